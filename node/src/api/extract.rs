@@ -1,0 +1,150 @@
+//! Request extractors that turn every malformed input into an `ApiError`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// Query parameters, read by name with explicit parsing and error messages.
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+        Ok(Params(map))
+    }
+}
+
+impl Params {
+    pub fn string(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A non-negative integer, or a `bad_request` error naming the parameter.
+    pub fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.parse(name, ApiError::bad_request)
+    }
+
+    /// Like `number`, but errors have the code `invalid_revision`.
+    pub fn revision(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.parse(name, ApiError::invalid_revision)
+    }
+
+    fn parse(&self, name: &str, error: fn(String) -> ApiError) -> Result<Option<u64>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(raw) => raw
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| error(format!("{name} must be a non-negative integer, got {raw:?}"))),
+        }
+    }
+
+    /// `true`/`1` or `false`/`0`; absent is false.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!("{name} must be true or false, got {other:?}"))),
+        }
+    }
+
+    /// A bounded page size.
+    pub fn limit(&self, default: u64, max: u64) -> Result<usize, ApiError> {
+        let limit = self.number("limit")?.unwrap_or(default);
+        if limit == 0 || limit > max {
+            return Err(ApiError::bad_request(format!("limit must be between 1 and {max}, got {limit}")));
+        }
+        Ok(limit as usize)
+    }
+
+    /// `consistency=linearizable` (default) or `stale`; true means stale.
+    pub fn stale(&self) -> Result<bool, ApiError> {
+        match self.string("consistency") {
+            None | Some("linearizable") => Ok(false),
+            Some("stale") => Ok(true),
+            Some(other) => {
+                Err(ApiError::bad_request(format!("consistency must be linearizable or stale, got {other:?}")))
+            }
+        }
+    }
+}
+
+/// A raw request body; an oversize body is a JSON 413.
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state).await.map(Body).map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })
+    }
+}
+
+/// A JSON request body, parsed with error messages that name the problem.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Body(bytes) = Body::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The `{*key}` path segment as a validated key.
+pub struct KeyPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(key) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", format!("bad key in path: {e}")))?;
+        validate_key(&key)?;
+        Ok(KeyPath(key))
+    }
+}
+
+/// Keys are non-empty UTF-8 of at most `MAX_KEY_BYTES` bytes without control
+/// characters (NUL separates keys from revisions in the history index).
+pub fn validate_key(key: &str) -> Result<(), ApiError> {
+    use shoal_storage::kv::MAX_KEY_BYTES;
+    if key.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", "key must not be empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "key_too_large",
+            format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    if let Some(c) = key.chars().find(|c| c.is_control()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("key contains the control character U+{:04X}", c as u32),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The public HTTP API (axum). Every handler answers errors as `ApiError`.
+
+pub mod error;
+pub mod extract;
+mod kv;
+mod lease;
+mod model;
+mod node;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::Instrument;
+
+use crate::service::Shoal;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub shoal: Arc<Shoal>,
+    pub prometheus: PrometheusHandle,
+}
+
+impl FromRef<AppState> for Arc<Shoal> {
+    fn from_ref(app: &AppState) -> Arc<Shoal> {
+        app.shoal.clone()
+    }
+}
+
+/// Request body limit: room for a maximal value base64-encoded in a transaction.
+pub fn body_limit(max_value_bytes: usize) -> usize {
+    max_value_bytes * 2 + (64 << 10)
+}
+
+pub fn router(app: AppState) -> Router {
+    let limit = body_limit(app.shoal.settings.max_value_bytes);
+    Router::new()
+        .route("/health", get(node::health))
+        .route("/ready", get(node::ready))
+        .route("/metrics", get(node::metrics))
+        .route("/openapi.json", get(node::openapi))
+        .route("/v1/status", get(node::status))
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/txn", post(kv::txn))
+        .route("/v1/history/{*key}", get(kv::history))
+        .route("/v1/rollback/{*key}", post(kv::rollback))
+        .route("/v1/compact", post(kv::compact))
+        .route("/v1/leases", get(lease::list).post(lease::grant))
+        .route("/v1/leases/{id}", get(lease::get).delete(lease::revoke))
+        .route("/v1/leases/{id}/keepalive", post(lease::keepalive))
+        .route("/v1/watch", get(watch::sse))
+        .route("/v1/watch/poll", get(watch::poll))
+        .fallback(node::not_found)
+        .method_not_allowed_fallback(node::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// Per-request span (request id, node id) and request count/latency metrics.
+async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let span = tracing::info_span!("request", %request_id, node_id = app.shoal.node_id, %method, %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    span.in_scope(|| tracing::debug!(%status, elapsed_ms = elapsed * 1000.0, "request done"));
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("shoal_http_requests_total", &labels).increment(1);
+    metrics::histogram!("shoal_http_request_duration_seconds", &labels[..2]).record(elapsed);
+    if let Ok(value) = request_id.parse() {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

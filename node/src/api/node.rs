@@ -1,0 +1,88 @@
+//! Node endpoints: health, readiness, status, metrics, OpenAPI.
+
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::ServerState;
+use serde_json::json;
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+
+pub async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// Ready once a leader is known and everything committed is applied.
+pub async fn ready(State(app): State<AppState>) -> Response {
+    let metrics = app.shoal.raft.metrics().borrow().clone();
+    let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
+    let committed = app.shoal.committed();
+    let has_leader = metrics.current_leader.is_some()
+        && matches!(metrics.state, ServerState::Leader | ServerState::Follower | ServerState::Learner);
+    if has_leader && applied >= committed {
+        Json(json!({"status": "ready", "leader": metrics.current_leader, "applied_index": applied})).into_response()
+    } else {
+        let reason = if has_leader { "applying the committed log" } else { "no Raft leader yet" };
+        ApiError::unavailable(format!("not ready: {reason}")).into_response()
+    }
+}
+
+pub async fn status(State(app): State<AppState>) -> ApiResult<Response> {
+    let shoal = &app.shoal;
+    let metrics = shoal.raft.metrics().borrow().clone();
+    let (counters, first_log_index) =
+        shoal.read(|store| Ok((store.counters()?, store.log_first_index()?.unwrap_or(0)))).await?;
+    Ok(Json(json!({
+        "node_id": shoal.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "state": format!("{:?}", metrics.state),
+        "term": metrics.current_term,
+        "leader": metrics.current_leader,
+        "commit_index": shoal.committed(),
+        "applied_index": metrics.last_applied.map(|id| id.index).unwrap_or(0),
+        "last_log_index": metrics.last_log_index.unwrap_or(0),
+        "snapshot_index": metrics.snapshot.map(|id| id.index).unwrap_or(0),
+        "first_log_index": first_log_index,
+        "revision": counters.revision,
+        "compact_revision": counters.compact_revision,
+        "watchers": shoal.hub.watcher_count(),
+        "uptime_seconds": shoal.started.elapsed().as_secs(),
+        "api": shoal.settings.api.to_string(),
+        "rpc": shoal.settings.rpc.to_string(),
+    }))
+    .into_response())
+}
+
+/// Prometheus text: request metrics recorded as they happen, plus Raft and
+/// storage gauges sampled now.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let shoal = &app.shoal;
+    let raft = shoal.raft.metrics().borrow().clone();
+    metrics::gauge!("shoal_raft_term").set(raft.current_term as f64);
+    metrics::gauge!("shoal_raft_commit_index").set(shoal.committed() as f64);
+    metrics::gauge!("shoal_raft_applied_index").set(raft.last_applied.map(|id| id.index).unwrap_or(0) as f64);
+    metrics::gauge!("shoal_raft_last_log_index").set(raft.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!("shoal_raft_is_leader").set(if raft.state == ServerState::Leader { 1.0 } else { 0.0 });
+    metrics::gauge!("shoal_watchers").set(shoal.hub.watcher_count() as f64);
+    if let Ok((counters, disk)) = shoal.read(|store| Ok((store.counters()?, store.disk_bytes()))).await {
+        metrics::gauge!("shoal_kv_revision").set(counters.revision as f64);
+        metrics::gauge!("shoal_kv_compact_revision").set(counters.compact_revision as f64);
+        metrics::gauge!("shoal_storage_disk_bytes").set(disk as f64);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.prometheus.render()).into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint; see /openapi.json")
+}

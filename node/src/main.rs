@@ -1,0 +1,89 @@
+//! `shoal`: one binary for configuration, messaging, logs and workflows.
+
+mod api;
+mod client;
+mod server;
+mod service;
+mod settings;
+mod telemetry;
+mod watch;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{ClientArgs, KvCommand, LeaseCommand};
+use crate::settings::{NodeArgs, Settings};
+
+/// Shoal: a self-contained backbone for service clusters.
+///
+/// Start a node with `shoal dev` (single node, data in ./shoal-data, API on
+/// http://127.0.0.1:7700), then use `shoal kv` against it.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node. Every setting is a flag, an environment variable
+    /// (SHOAL_...) or a key in the --config TOML file, in that order.
+    Serve(NodeArgs),
+    /// Run a single self-bootstrapping node for development, with the same
+    /// flags as `serve` and the same defaults (data in ./shoal-data).
+    Dev(NodeArgs),
+    /// Read and write configuration keys.
+    Kv {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Grant, keep alive and revoke leases.
+    Lease {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+    /// Show a node's status: Raft role, term, leader, indexes, revision.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => server::run(Settings::resolve(args)?).await,
+            Command::Dev(args) => {
+                let settings = Settings::resolve(args)?;
+                eprintln!(
+                    "shoal dev: single node, data in {}, API on http://{}\n  try: shoal kv put hello world && shoal kv get hello",
+                    settings.data_dir.display(),
+                    settings.api
+                );
+                server::run(settings).await
+            }
+            Command::Kv { client, command } => client::kv(client, command).await,
+            Command::Lease { client, command } => client::lease(client, command).await,
+            Command::Status { client } => client::status(client).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

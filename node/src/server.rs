@@ -1,0 +1,155 @@
+//! Starting a node: storage, Raft, listeners, background duties, shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use openraft::{Config, SnapshotPolicy};
+use shoal_raft::{serve_rpc, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
+use shoal_storage::kv::Command;
+use shoal_storage::Store;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::service::{now_ms, Shoal};
+use crate::settings::{self, Settings};
+use crate::telemetry;
+use crate::watch::WatchHub;
+
+/// How often the leader looks for expired leases.
+const LEASE_CHECK: Duration = Duration::from_millis(200);
+/// How often the leader considers compacting history.
+const COMPACT_CHECK: Duration = Duration::from_secs(5);
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let _telemetry = telemetry::init_node(&settings)?;
+    let prometheus = telemetry::init_metrics()?;
+    let started = Instant::now();
+    let node_id = settings::node_id(&settings)?;
+
+    // Bind first: a port in use is the most common start-up failure.
+    let api_listener =
+        TcpListener::bind(settings.api).await.with_context(|| format!("binding the API address {}", settings.api))?;
+    let rpc_listener =
+        TcpListener::bind(settings.rpc).await.with_context(|| format!("binding the RPC address {}", settings.rpc))?;
+
+    let db_path = settings.data_dir.join("db");
+    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+        .await?
+        .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+    let hub = Arc::new(WatchHub::default());
+    let log_store = LogStore::new(store.clone());
+    let committed_index = log_store.committed_index();
+    let state_machine = StateMachine::new(store.clone(), settings.data_dir.join("snapshots"), hub.clone())
+        .context("creating the snapshot directory")?;
+    let config = Config {
+        cluster_name: "shoal".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+        max_in_snapshot_log_to_keep: settings.snapshot_every.min(1000),
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+    let raft = Raft::new(node_id, Arc::new(config), RpcNetwork, log_store, state_machine)
+        .await
+        .context("starting raft")?;
+
+    let me = NodeAddr { rpc: settings.rpc.to_string(), api: settings.api.to_string() };
+    if !raft.is_initialized().await.context("reading raft state")? {
+        // A single-node cluster bootstraps itself; clustering adds gossip-driven formation.
+        tracing::info!("initialising a new single-node cluster");
+        raft.initialize(BTreeMap::from([(node_id, me)])).await.context("initialising raft")?;
+    }
+
+    let shoal = Arc::new(Shoal {
+        node_id,
+        settings: settings.clone(),
+        raft: raft.clone(),
+        store,
+        hub,
+        committed_index,
+        started,
+    });
+    tokio::spawn(serve_rpc(rpc_listener, raft.clone()));
+    tokio::spawn(expire_leases(shoal.clone()));
+    tokio::spawn(compact_history(shoal.clone()));
+
+    let app = api::router(AppState { shoal: shoal.clone(), prometheus });
+    tracing::info!(api = %settings.api, rpc = %settings.rpc, data_dir = %settings.data_dir.display(),
+        startup_ms = started.elapsed().as_millis() as u64, "shoal node listening");
+    axum::serve(api_listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    tracing::info!("shutting down");
+    raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// On the leader: revoke leases whose time is up. The proposal carries the
+/// leader's clock, and the state machine re-checks expiry with it, so a
+/// keepalive applied in between wins.
+async fn expire_leases(shoal: Arc<Shoal>) {
+    let mut tick = tokio::time::interval(LEASE_CHECK);
+    loop {
+        tick.tick().await;
+        if !shoal.is_leader() {
+            continue;
+        }
+        let now = now_ms();
+        let expired = shoal
+            .read(move |store| {
+                Ok(store.lease_list()?.into_iter().filter(|l| l.expires_at_ms <= now).map(|l| l.id).collect::<Vec<_>>())
+            })
+            .await;
+        match expired {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(?ids, "leases expired");
+                if let Err(e) = shoal.write(Command::LeaseExpire { ids, now_ms: now }).await {
+                    tracing::warn!(error = %e.message, "lease expiry not applied; will retry");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.message, "reading leases failed"),
+        }
+    }
+}
+
+/// On the leader: keep the last `history_revisions` revisions of history.
+/// Compacts in steps of a tenth of the window so it is not a write per tick.
+async fn compact_history(shoal: Arc<Shoal>) {
+    let keep = shoal.settings.history_revisions;
+    let step = (keep / 10).max(1);
+    let mut tick = tokio::time::interval(COMPACT_CHECK);
+    loop {
+        tick.tick().await;
+        if !shoal.is_leader() {
+            continue;
+        }
+        let Ok(counters) = shoal.read(|store| store.counters()).await else { continue };
+        let target = (counters.revision + 1).saturating_sub(keep);
+        if target >= counters.compact_revision + step {
+            if let Err(e) = shoal.write(Command::Compact { revision: target }).await {
+                tracing::warn!(error = %e.message, "compaction not applied; will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Node settings: each one can come from a flag, an environment variable
+//! (`SHOAL_...`) or a TOML file (`--config`), in that order of precedence,
+//! else its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags shared by `shoal serve` and `shoal dev`. Every field is optional
+/// here so that a flag that was not given can fall back to the file.
+#[derive(Args, Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeArgs {
+    /// TOML file with settings (keys are the flag names with `_`, e.g. `data_dir = "d1"`).
+    #[arg(long, env = "SHOAL_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory for everything the node persists [default: ./shoal-data].
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Public HTTP API listen address [default: 127.0.0.1:7700].
+    #[arg(long, env = "SHOAL_API")]
+    pub api: Option<SocketAddr>,
+    /// Node-to-node RPC listen address [default: 127.0.0.1:7701].
+    #[arg(long, env = "SHOAL_RPC")]
+    pub rpc: Option<SocketAddr>,
+    /// Gossip (UDP) address, used by cluster membership [default: 127.0.0.1:7702].
+    #[arg(long, env = "SHOAL_GOSSIP")]
+    pub gossip: Option<SocketAddr>,
+    /// Node id; by default generated on first start and kept in DATA_DIR/node-id.
+    #[arg(long, env = "SHOAL_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info` [default: info].
+    #[arg(long, env = "SHOAL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Directory for the node's own rolling log files [default: DATA_DIR/logs].
+    #[arg(long, env = "SHOAL_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Roll the log file when it reaches this size, in MiB (it also rolls daily) [default: 64].
+    #[arg(long, env = "SHOAL_LOG_MAX_FILE_MB")]
+    pub log_max_file_mb: Option<u64>,
+    /// How many rolled log files to keep [default: 10].
+    #[arg(long, env = "SHOAL_LOG_MAX_FILES")]
+    pub log_max_files: Option<usize>,
+    /// Export traces to this OpenTelemetry collector (OTLP/gRPC), e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "SHOAL_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Largest value accepted for a key, in bytes [default: 1048576].
+    #[arg(long, env = "SHOAL_MAX_VALUE_BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Time limit for one API request, in milliseconds [default: 10000].
+    #[arg(long, env = "SHOAL_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Take a Raft snapshot (and purge the log) every this many log entries [default: 10000].
+    #[arg(long, env = "SHOAL_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Keep the history of this many most recent revisions; older ones are compacted [default: 100000].
+    #[arg(long, env = "SHOAL_HISTORY_REVISIONS")]
+    pub history_revisions: Option<u64>,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub rpc: SocketAddr,
+    pub gossip: SocketAddr,
+    pub node_id: Option<u64>,
+    pub log_level: String,
+    pub log_dir: PathBuf,
+    pub log_max_file_bytes: u64,
+    pub log_max_files: usize,
+    pub otlp_endpoint: Option<String>,
+    pub max_value_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub snapshot_every: u64,
+    pub history_revisions: u64,
+}
+
+impl Settings {
+    pub fn resolve(flags: NodeArgs) -> anyhow::Result<Settings> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => NodeArgs::default(),
+        };
+        // Flags (which clap already merged with the environment) win over the file.
+        macro_rules! pick {
+            ($field:ident) => {
+                flags.$field.clone().or(file.$field.clone())
+            };
+        }
+        let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("./shoal-data"));
+        let settings = Settings {
+            log_dir: pick!(log_dir).unwrap_or_else(|| data_dir.join("logs")),
+            data_dir,
+            api: pick!(api).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
+            rpc: pick!(rpc).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701))),
+            gossip: pick!(gossip).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702))),
+            node_id: pick!(node_id),
+            log_level: pick!(log_level).unwrap_or_else(|| "info".into()),
+            log_max_file_bytes: pick!(log_max_file_mb).unwrap_or(64).saturating_mul(1 << 20),
+            log_max_files: pick!(log_max_files).unwrap_or(10),
+            otlp_endpoint: pick!(otlp_endpoint),
+            max_value_bytes: pick!(max_value_bytes).unwrap_or(1 << 20),
+            request_timeout_ms: pick!(request_timeout_ms).unwrap_or(10_000),
+            snapshot_every: pick!(snapshot_every).unwrap_or(10_000),
+            history_revisions: pick!(history_revisions).unwrap_or(100_000),
+        };
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.node_id == Some(0) {
+            bail!("--node-id must be greater than 0");
+        }
+        if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
+            bail!("--max-value-bytes must be between 1 and 67108864");
+        }
+        if self.snapshot_every < 10 {
+            bail!("--snapshot-every must be at least 10");
+        }
+        if self.history_revisions == 0 {
+            bail!("--history-revisions must be at least 1");
+        }
+        if self.request_timeout_ms < 100 {
+            bail!("--request-timeout-ms must be at least 100");
+        }
+        if self.log_max_files == 0 || self.log_max_file_bytes == 0 {
+            bail!("--log-max-files and --log-max-file-mb must be at least 1");
+        }
+        let addrs = [self.api, self.rpc, self.gossip];
+        if addrs[0] == addrs[1] || addrs[1] == addrs[2] || addrs[0] == addrs[2] {
+            bail!("--api, --rpc and --gossip must be different addresses");
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<NodeArgs> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The node id: given, or kept in DATA_DIR/node-id (created on first start).
+pub fn node_id(settings: &Settings) -> anyhow::Result<u64> {
+    let path = settings.data_dir.join("node-id");
+    let stored = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().parse::<u64>().with_context(|| format!("bad node id in {}", path.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let id = match (settings.node_id, stored) {
+        (Some(given), Some(stored)) if given != stored => {
+            bail!("--node-id {given} but {} holds node {stored}; use another --data-dir", settings.data_dir.display())
+        }
+        (_, Some(stored)) => return Ok(stored),
+        (Some(given), None) => given,
+        // Below 2^53 so the id survives JSON clients that use doubles.
+        (None, None) => rand::random_range(1..(1u64 << 53)),
+    };
+    std::fs::write(&path, format!("{id}\n")).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}

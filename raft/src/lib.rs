@@ -1,0 +1,42 @@
+//! Raft for Shoal: the openraft type configuration, the log store and state
+//! machine over `shoal-storage`, and the node-to-node RPC transport.
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use network::{serve_rpc, RpcNetwork};
+pub use state_machine::{ChangeSink, StateMachine};
+
+pub type NodeId = u64;
+
+/// What the cluster knows about a member's addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// Node-to-node RPC listener.
+    pub rpc: String,
+    /// Public HTTP API listener.
+    pub api: String,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = shoal_storage::kv::Command,
+        R = shoal_storage::kv::Response,
+        NodeId = NodeId,
+        Node = NodeAddr,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+fn io_error(e: impl std::error::Error + 'static) -> openraft::AnyError {
+    openraft::AnyError::new(&e)
+}

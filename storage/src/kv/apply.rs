@@ -1,0 +1,416 @@
+//! Deterministic application of commands. One command is one atomic RocksDB
+//! write (without fsync: the Raft log append that preceded it was synced, and
+//! the shared WAL recovers writes in order), together with the applied Raft
+//! position, so the state machine and its position never disagree.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+
+use super::{
+    key_rev, lease_key, prefix_end, ChangeBatch, Command, Compare, CompareOp, CompareTarget, Event,
+    EventType, KeyValue, Lease, OpResult, Rejection, Response, Txn, TxnOp, META_COMPACT_REVISION,
+    META_LAST_APPLIED, META_MEMBERSHIP, META_NEXT_LEASE_ID, META_REVISION,
+};
+use crate::db::{u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
+use crate::error::StorageError;
+use crate::{decode, encode};
+
+/// The outcome of applying one command.
+pub struct Applied {
+    pub response: Response,
+    /// The changes made, if the command created a revision.
+    pub changes: Option<ChangeBatch>,
+}
+
+impl Store {
+    /// Apply one log entry: `command` is None for Raft-internal entries.
+    /// `applied` is the encoded log id of the entry; `membership` the encoded
+    /// membership if the entry changed it.
+    pub fn sm_apply(
+        &self,
+        command: Option<&Command>,
+        applied: &[u8],
+        membership: Option<&[u8]>,
+    ) -> Result<Applied, StorageError> {
+        let mut tx = ApplyTx::new(self)?;
+        let response = match command {
+            None => Response::Empty,
+            Some(command) => tx.run(command)?,
+        };
+        let meta = self.cf(CF_SM_META)?;
+        tx.batch.put_cf(meta, META_LAST_APPLIED, applied);
+        if let Some(membership) = membership {
+            tx.batch.put_cf(meta, META_MEMBERSHIP, membership);
+        }
+        let changes = tx.finish()?;
+        Ok(Applied { response, changes })
+    }
+}
+
+/// One command's pending writes, with an overlay so later operations in a
+/// transaction see the effects of earlier ones.
+struct ApplyTx<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+    kv: HashMap<String, Option<KeyValue>>,
+    leases: HashMap<u64, Option<Lease>>,
+    events: Vec<Event>,
+    /// Revision the pending changes will get (current + 1).
+    revision: u64,
+}
+
+impl<'a> ApplyTx<'a> {
+    fn new(store: &'a Store) -> Result<ApplyTx<'a>, StorageError> {
+        let current = store.meta_u64(META_REVISION)?;
+        Ok(ApplyTx {
+            store,
+            batch: WriteBatch::default(),
+            kv: HashMap::new(),
+            leases: HashMap::new(),
+            events: Vec::new(),
+            revision: current + 1,
+        })
+    }
+
+    fn current_revision(&self) -> u64 {
+        if self.events.is_empty() {
+            self.revision - 1
+        } else {
+            self.revision
+        }
+    }
+
+    fn run(&mut self, command: &Command) -> Result<Response, StorageError> {
+        match command {
+            Command::Txn(txn) => self.txn(txn),
+            Command::LeaseGrant { ttl_seconds, now_ms } => self.lease_grant(*ttl_seconds, *now_ms),
+            Command::LeaseKeepAlive { id, now_ms } => match self.lease(*id)? {
+                // Expired but not yet revoked: too late to keep alive.
+                Some(lease) if lease.expires_at_ms <= *now_ms => Ok(self.reject(Rejection::LeaseNotFound(*id))),
+                None => Ok(self.reject(Rejection::LeaseNotFound(*id))),
+                Some(mut lease) => {
+                    lease.expires_at_ms = now_ms.saturating_add(lease.ttl_seconds * 1000);
+                    self.put_lease(&lease)?;
+                    Ok(Response::Lease(lease))
+                }
+            },
+            Command::LeaseRevoke { id } => match self.lease(*id)? {
+                None => Ok(self.reject(Rejection::LeaseNotFound(*id))),
+                Some(_) => {
+                    let deleted = self.revoke(*id)?;
+                    Ok(Response::Revoked { revision: self.current_revision(), deleted })
+                }
+            },
+            Command::LeaseExpire { ids, now_ms } => {
+                let mut deleted = 0;
+                for id in ids {
+                    if let Some(lease) = self.lease(*id)? {
+                        if lease.expires_at_ms <= *now_ms {
+                            deleted += self.revoke(*id)?;
+                        }
+                    }
+                }
+                Ok(Response::Revoked { revision: self.current_revision(), deleted })
+            }
+            Command::Rollback { key, revision } => self.rollback(key, *revision),
+            Command::Compact { revision } => self.compact(*revision),
+        }
+    }
+
+    /// Drop everything pending and answer with a rejection.
+    fn reject(&mut self, rejection: Rejection) -> Response {
+        self.batch = WriteBatch::default();
+        self.kv.clear();
+        self.leases.clear();
+        self.events.clear();
+        Response::Rejected(rejection)
+    }
+
+    fn txn(&mut self, txn: &Txn) -> Result<Response, StorageError> {
+        let mut succeeded = true;
+        for compare in &txn.compare {
+            if !self.compare_holds(compare)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let result = match op {
+                TxnOp::Put { key, value, lease } => {
+                    if *lease != 0 && self.lease(*lease)?.is_none() {
+                        return Ok(self.reject(Rejection::LeaseNotFound(*lease)));
+                    }
+                    let (kv, prev) = self.put(key, value.clone(), *lease)?;
+                    OpResult::Put { kv: kv.without_value(), prev: prev.map(|p| p.without_value()) }
+                }
+                TxnOp::Delete { key, prefix: false } => {
+                    OpResult::Delete { deleted: u64::from(self.delete(key)?) }
+                }
+                TxnOp::Delete { key, prefix: true } => {
+                    let mut deleted = 0;
+                    for key in self.keys_with_prefix(key)? {
+                        deleted += u64::from(self.delete(&key)?);
+                    }
+                    OpResult::Delete { deleted }
+                }
+                TxnOp::Get { key } => OpResult::Get { kv: self.get(key)? },
+            };
+            results.push(result);
+        }
+        Ok(Response::Txn { succeeded, revision: self.current_revision(), results })
+    }
+
+    fn compare_holds(&self, compare: &Compare) -> Result<bool, StorageError> {
+        let kv = self.get(&compare.key)?;
+        let number = |f: fn(&KeyValue) -> u64| kv.as_ref().map(f).unwrap_or(0);
+        let ordering = match &compare.target {
+            CompareTarget::ModRevision(want) => number(|kv| kv.mod_revision).cmp(want),
+            CompareTarget::CreateRevision(want) => number(|kv| kv.create_revision).cmp(want),
+            CompareTarget::Version(want) => number(|kv| kv.version).cmp(want),
+            CompareTarget::Value(want) => {
+                let have: &[u8] = kv.as_ref().map(|kv| kv.value.as_slice()).unwrap_or(&[]);
+                have.cmp(want.as_slice())
+            }
+        };
+        Ok(match compare.op {
+            CompareOp::Equal => ordering.is_eq(),
+            CompareOp::NotEqual => ordering.is_ne(),
+            CompareOp::Less => ordering.is_lt(),
+            CompareOp::Greater => ordering.is_gt(),
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
+        if let Some(pending) = self.kv.get(key) {
+            return Ok(pending.clone());
+        }
+        match self.store.db.get_cf(self.store.cf(CF_KV)?, key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        lease: u64,
+    ) -> Result<(KeyValue, Option<KeyValue>), StorageError> {
+        let prev = self.get(key)?;
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (self.revision, 1),
+        };
+        let kv = KeyValue {
+            key: key.to_string(),
+            value,
+            create_revision,
+            mod_revision: self.revision,
+            version,
+            lease,
+        };
+        let lease_keys = self.store.cf(CF_LEASE_KEYS)?;
+        if let Some(p) = &prev {
+            if p.lease != 0 && p.lease != lease {
+                self.batch.delete_cf(lease_keys, lease_key(p.lease, key));
+            }
+        }
+        if lease != 0 {
+            self.batch.put_cf(lease_keys, lease_key(lease, key), []);
+        }
+        self.batch.put_cf(self.store.cf(CF_KV)?, key, encode(&kv)?);
+        self.batch.put_cf(self.store.cf(CF_KEY_REVS)?, key_rev(key, self.revision), []);
+        self.kv.insert(key.to_string(), Some(kv.clone()));
+        self.events.push(Event { kind: EventType::Put, kv: kv.clone() });
+        Ok((kv, prev))
+    }
+
+    /// Delete one key; false if it did not exist.
+    fn delete(&mut self, key: &str) -> Result<bool, StorageError> {
+        let Some(prev) = self.get(key)? else {
+            return Ok(false);
+        };
+        if prev.lease != 0 {
+            self.batch.delete_cf(self.store.cf(CF_LEASE_KEYS)?, lease_key(prev.lease, key));
+        }
+        self.batch.delete_cf(self.store.cf(CF_KV)?, key);
+        self.batch.put_cf(self.store.cf(CF_KEY_REVS)?, key_rev(key, self.revision), []);
+        self.kv.insert(key.to_string(), None);
+        let tombstone = KeyValue {
+            key: key.to_string(),
+            value: Vec::new(),
+            create_revision: prev.create_revision,
+            mod_revision: self.revision,
+            version: 0,
+            lease: 0,
+        };
+        self.events.push(Event { kind: EventType::Delete, kv: tombstone });
+        Ok(true)
+    }
+
+    /// Keys that currently exist (stored or pending) and start with `prefix`.
+    fn keys_with_prefix(&self, prefix: &str) -> Result<BTreeSet<String>, StorageError> {
+        let mut keys = BTreeSet::new();
+        let mut opts = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix.as_bytes()) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        for item in self.store.db.iterator_cf_opt(self.store.cf(CF_KV)?, opts, mode) {
+            let (key, _) = item?;
+            keys.insert(String::from_utf8_lossy(&key).into_owned());
+        }
+        for (key, pending) in &self.kv {
+            if key.starts_with(prefix) {
+                match pending {
+                    Some(_) => keys.insert(key.clone()),
+                    None => keys.remove(key),
+                };
+            }
+        }
+        Ok(keys)
+    }
+
+    fn lease(&self, id: u64) -> Result<Option<Lease>, StorageError> {
+        if let Some(pending) = self.leases.get(&id) {
+            return Ok(pending.clone());
+        }
+        match self.store.db.get_cf(self.store.cf(CF_LEASES)?, u64_key(id))? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_lease(&mut self, lease: &Lease) -> Result<(), StorageError> {
+        self.batch.put_cf(self.store.cf(CF_LEASES)?, u64_key(lease.id), encode(lease)?);
+        self.leases.insert(lease.id, Some(lease.clone()));
+        Ok(())
+    }
+
+    fn lease_grant(&mut self, ttl_seconds: u64, now_ms: u64) -> Result<Response, StorageError> {
+        let id = self.store.meta_u64(META_NEXT_LEASE_ID)?.max(1);
+        self.batch.put_cf(self.store.cf(CF_SM_META)?, META_NEXT_LEASE_ID, (id + 1).to_be_bytes());
+        let lease =
+            Lease { id, ttl_seconds, expires_at_ms: now_ms.saturating_add(ttl_seconds * 1000) };
+        self.put_lease(&lease)?;
+        Ok(Response::Lease(lease))
+    }
+
+    /// Remove a lease and delete its keys; returns how many keys were deleted.
+    fn revoke(&mut self, id: u64) -> Result<u64, StorageError> {
+        let lease_keys = self.store.cf(CF_LEASE_KEYS)?;
+        let mut attached = Vec::new();
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(u64_key(id + 1));
+        let mode = IteratorMode::From(&u64_key(id), Direction::Forward);
+        for item in self.store.db.iterator_cf_opt(lease_keys, opts, mode) {
+            let (raw, _) = item?;
+            attached.push(String::from_utf8_lossy(&raw[8..]).into_owned());
+        }
+        let mut deleted = 0;
+        for key in attached {
+            // Only keys still on this lease: a pending put may have moved one.
+            if self.get(&key)?.is_some_and(|kv| kv.lease == id) && self.delete(&key)? {
+                deleted += 1;
+            }
+        }
+        self.batch.delete_cf(self.store.cf(CF_LEASES)?, u64_key(id));
+        self.leases.insert(id, None);
+        Ok(deleted)
+    }
+
+    fn rollback(&mut self, key: &str, revision: u64) -> Result<Response, StorageError> {
+        let current = self.revision - 1;
+        if revision > current {
+            return Ok(self.reject(Rejection::FutureRevision { revision, current }));
+        }
+        let compact_revision = self.store.meta_u64(META_COMPACT_REVISION)?;
+        if revision < compact_revision {
+            return Ok(self.reject(Rejection::Compacted { compact_revision }));
+        }
+        let Some(then) = self.value_at(key, revision)? else {
+            return Ok(self.reject(Rejection::Compacted { compact_revision }));
+        };
+        let kv = match then {
+            Some(value) => Some(self.put(key, value, 0)?.0.without_value()),
+            None => {
+                self.delete(key)?;
+                None
+            }
+        };
+        Ok(Response::Rollback { revision: self.current_revision(), kv })
+    }
+
+    /// The value of `key` as of `revision`: Some(Some(v)) if it existed,
+    /// Some(None) if it did not, None if compaction has erased the answer.
+    fn value_at(&self, key: &str, revision: u64) -> Result<Option<Option<Vec<u8>>>, StorageError> {
+        let revs = self.store.key_revisions(key)?;
+        if let Some(at) = revs.iter().rev().find(|r| **r <= revision) {
+            return Ok(self.store.event_at(key, *at)?.map(|event| match event.kind {
+                EventType::Put => Some(event.kv.value),
+                EventType::Delete => None,
+            }));
+        }
+        // No retained change at or before `revision`: decide from what follows.
+        match revs.first() {
+            None => Ok(Some(self.get(key)?.map(|kv| kv.value))),
+            Some(next) => match self.store.event_at(key, *next)? {
+                Some(Event { kind: EventType::Put, kv }) if kv.version == 1 => Ok(Some(None)),
+                _ => Ok(None),
+            },
+        }
+    }
+
+    fn compact(&mut self, revision: u64) -> Result<Response, StorageError> {
+        let current = self.revision - 1;
+        if revision > current + 1 {
+            return Ok(self.reject(Rejection::FutureRevision { revision, current }));
+        }
+        let old = self.store.meta_u64(META_COMPACT_REVISION)?;
+        if revision <= old {
+            return Ok(Response::Compacted { compact_revision: old });
+        }
+        let events = self.store.cf(CF_EVENTS)?;
+        let key_revs = self.store.cf(CF_KEY_REVS)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(u64_key(revision));
+        let mode = IteratorMode::From(&u64_key(old), Direction::Forward);
+        for item in self.store.db.iterator_cf_opt(events, opts, mode) {
+            let (_, value) = item?;
+            let batch: ChangeBatch = decode(&value)?;
+            for event in &batch.events {
+                self.batch.delete_cf(key_revs, key_rev(&event.kv.key, batch.revision));
+            }
+        }
+        self.batch.delete_range_cf(events, u64_key(0), u64_key(revision));
+        self.batch.put_cf(self.store.cf(CF_SM_META)?, META_COMPACT_REVISION, revision.to_be_bytes());
+        Ok(Response::Compacted { compact_revision: revision })
+    }
+
+    /// Add the change record and new revision to the batch and write it.
+    fn finish(mut self) -> Result<Option<ChangeBatch>, StorageError> {
+        let changes = if self.events.is_empty() {
+            None
+        } else {
+            let changes = ChangeBatch { revision: self.revision, events: self.events };
+            let meta = self.store.cf(CF_SM_META)?;
+            self.batch.put_cf(self.store.cf(CF_EVENTS)?, u64_key(changes.revision), encode(&changes)?);
+            self.batch.put_cf(meta, META_REVISION, changes.revision.to_be_bytes());
+            Some(changes)
+        };
+        self.store.write(self.batch, false)?;
+        Ok(changes)
+    }
+}
+
+impl Store {
+    pub(crate) fn meta_u64(&self, name: &str) -> Result<u64, StorageError> {
+        match self.db.get_cf(self.cf(CF_SM_META)?, name)? {
+            None => Ok(0),
+            Some(bytes) => crate::db::key_u64(&bytes, CF_SM_META),
+        }
+    }
+}

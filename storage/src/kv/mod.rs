@@ -1,0 +1,192 @@
+//! The replicated key/value state machine: its data model, the deterministic
+//! application of commands, consistent reads and snapshot export/import.
+//!
+//! Every change to keys gets the next cluster-wide revision; a transaction
+//! that changes several keys gets one revision for all of them.
+
+mod apply;
+mod read;
+mod snapshot;
+
+use serde::{Deserialize, Serialize};
+
+pub use apply::Applied;
+pub use read::{Changes, Counters, LeaseDetail};
+pub use snapshot::Export;
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key (since its last deletion).
+    pub create_revision: u64,
+    /// Revision of the last write to the key.
+    pub mod_revision: u64,
+    /// Writes since creation; 1 after creation, 0 in a delete event.
+    pub version: u64,
+    /// Lease the key is attached to; 0 for none.
+    pub lease: u64,
+}
+
+impl KeyValue {
+    /// The same metadata without the value (responses to writes need no copy of it).
+    pub fn without_value(&self) -> KeyValue {
+        KeyValue { value: Vec::new(), ..self.clone() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Put,
+    Delete,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventType,
+    pub kv: KeyValue,
+}
+
+/// All changes made by one revision, in the order they were made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    pub revision: u64,
+    pub events: Vec<Event>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: u64,
+    pub ttl_seconds: u64,
+    /// Wall-clock expiry in ms since the epoch, taken from the leader's clock
+    /// in the command so every replica computes the same state.
+    pub expires_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// What a compare looks at, with the value to compare against. A missing key
+/// has 0 for every revision target and an empty value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    ModRevision(u64),
+    CreateRevision(u64),
+    Version(u64),
+    Value(Vec<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: String,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: String, value: Vec<u8>, lease: u64 },
+    Delete { key: String, prefix: bool },
+    Get { key: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// A replicated command. Time-dependent commands carry the proposer's clock
+/// so that applying them is deterministic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Txn(Txn),
+    LeaseGrant { ttl_seconds: u64, now_ms: u64 },
+    LeaseKeepAlive { id: u64, now_ms: u64 },
+    LeaseRevoke { id: u64 },
+    /// Revoke those of `ids` that are still expired at `now_ms` (a keepalive
+    /// may have been applied since the proposer looked).
+    LeaseExpire { ids: Vec<u64>, now_ms: u64 },
+    /// Write the value `key` had at `revision` as a new revision.
+    Rollback { key: String, revision: u64 },
+    /// Drop history older than `revision`.
+    Compact { revision: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// The written key without its value, and the previous key (also without value).
+    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Delete { deleted: u64 },
+    Get { kv: Option<KeyValue> },
+}
+
+/// Why a command was applied as a no-op. These are part of the replicated
+/// outcome: every replica rejects the same command the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    LeaseNotFound(u64),
+    Compacted { compact_revision: u64 },
+    FutureRevision { revision: u64, current: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Txn { succeeded: bool, revision: u64, results: Vec<OpResult> },
+    Lease(Lease),
+    Revoked { revision: u64, deleted: u64 },
+    Rollback { revision: u64, kv: Option<KeyValue> },
+    Compacted { compact_revision: u64 },
+    Rejected(Rejection),
+    /// Raft-internal entries (blank, membership) answer nothing.
+    Empty,
+}
+
+/// Key of the per-key history index: key ++ 0x00 ++ revision. Keys never
+/// contain NUL (validated at the API), so a prefix scan of `key ++ 0x00`
+/// finds exactly that key's revisions.
+fn key_rev(key: &str, revision: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 9);
+    out.extend_from_slice(key.as_bytes());
+    out.push(0);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out
+}
+
+fn lease_key(id: u64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 8);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Smallest byte string greater than every string starting with `prefix`,
+/// or None when there is none (prefix empty or all 0xFF).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+const META_REVISION: &str = "revision";
+const META_COMPACT_REVISION: &str = "compact_revision";
+const META_NEXT_LEASE_ID: &str = "next_lease_id";
+const META_LAST_APPLIED: &str = "last_applied";
+const META_MEMBERSHIP: &str = "membership";
+
+#[cfg(test)]
+mod tests;

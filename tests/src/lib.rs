@@ -1,0 +1,48 @@
+//! Harness for Shoal's integration tests.
+//!
+//! Every test starts its own `shoal` process ([`Node`]) on free local ports with
+//! a fresh data directory, and drives it over HTTP (or through the `shoal kv`
+//! command line). Nothing here knows Shoal's internals: the tests are written
+//! against the public HTTP API described in `docs/config-api.md`.
+//!
+//! The binary is looked up in `SHOAL_BIN`, else next to the test executable
+//! (`<target>/debug/shoal`); build it with `cargo build -p shoal`.
+
+mod cli;
+mod http;
+mod node;
+mod sse;
+
+pub use cli::{run_shoal, shoal_command, CliOutput};
+pub use http::{
+    assert_error, b64, encode_key, error_detail, error_matches, kv_value, num, opt_num, text,
+    unb64, Reply,
+};
+pub use node::{free_port, shoal_bin, Node, NodeBuilder, Settings};
+pub use sse::{changes, Change, SseEvent, WatchStream};
+
+pub use reqwest::{Method, StatusCode};
+pub use serde_json::{json, Value};
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
+/// after `timeout`. Used instead of sleeps: a test waits for a condition,
+/// never for a fixed time.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,588 @@
+//! Starting, killing and restarting `shoal` processes, and talking to them.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::http::{encode_key, num, Reply};
+use crate::sse::WatchStream;
+
+/// How long a node may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default timeout of one HTTP request made by the helpers.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Path of the `shoal` binary under test: `SHOAL_BIN`, else
+/// `<target>/debug/shoal` next to the test executable (`<target>/debug/deps/`).
+pub fn shoal_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SHOAL_BIN") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "SHOAL_BIN points to {}, which is not a file",
+            path.display()
+        );
+        return path;
+    }
+    let exe = std::env::current_exe().expect("cannot find the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is not in <target>/<profile>/deps/");
+    let bin = profile_dir.join(format!("shoal{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the shoal binary was not found at {}: build it with `cargo build -p shoal` \
+         (same CARGO_TARGET_DIR as the tests), or set SHOAL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A local port that is free for TCP and UDP right now and that this process
+/// has not handed out before (so parallel tests never get the same port).
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a local TCP port");
+        let port = listener.local_addr().expect("local_addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// How a node gets its addresses and data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settings {
+    /// `--data-dir`, `--api`, `--rpc`, `--gossip` flags.
+    Flags,
+    /// Like `Flags`, but the API address comes from `SHOAL_API` instead of `--api`.
+    ApiFromEnv,
+    /// A TOML file passed with `--config`, holding `data_dir`, `api`, `rpc`, `gossip`.
+    ConfigFile,
+}
+
+/// Options for starting a node; see [`Node::builder`].
+#[derive(Debug)]
+pub struct NodeBuilder {
+    subcommand: String,
+    extra_args: Vec<String>,
+    settings: Settings,
+}
+
+impl NodeBuilder {
+    /// `serve` (the default) or `dev`.
+    pub fn subcommand(mut self, subcommand: &str) -> Self {
+        self.subcommand = subcommand.to_string();
+        self
+    }
+
+    /// Extra arguments appended to the command line, e.g. `["--snapshot-every", "20"]`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Starts the process and waits until `/ready` answers 200.
+    pub async fn start(self) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-test-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let data_dir = dir.path().join("data");
+        let (api_port, rpc_port, gossip_port) = (free_port(), free_port(), free_port());
+        let addr = |port: u16| format!("127.0.0.1:{port}");
+
+        let mut args = vec![self.subcommand.clone()];
+        let mut env = Vec::new();
+        match self.settings {
+            Settings::Flags | Settings::ApiFromEnv => {
+                args.extend(["--data-dir".to_string(), data_dir.display().to_string()]);
+                if self.settings == Settings::Flags {
+                    args.extend(["--api".to_string(), addr(api_port)]);
+                } else {
+                    env.push(("SHOAL_API".to_string(), addr(api_port)));
+                }
+                args.extend(["--rpc".to_string(), addr(rpc_port)]);
+                args.extend(["--gossip".to_string(), addr(gossip_port)]);
+            }
+            Settings::ConfigFile => {
+                let config = dir.path().join("shoal.toml");
+                let contents = format!(
+                    "data_dir = {}\napi = {}\nrpc = {}\ngossip = {}\n",
+                    toml_string(&data_dir.display().to_string()),
+                    toml_string(&addr(api_port)),
+                    toml_string(&addr(rpc_port)),
+                    toml_string(&addr(gossip_port)),
+                );
+                std::fs::write(&config, contents).expect("cannot write the config file");
+                args.extend(["--config".to_string(), config.display().to_string()]);
+            }
+        }
+        args.extend(self.extra_args);
+
+        let mut node = Node {
+            child: None,
+            args,
+            env,
+            data_dir,
+            api_port,
+            rpc_port,
+            gossip_port,
+            client: new_client(),
+            dir,
+        };
+        node.spawn();
+        node.wait_ready().await;
+        node
+    }
+}
+
+fn toml_string(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn new_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("cannot build an HTTP client")
+}
+
+/// A running `shoal` process with its own data directory and ports. Dropping
+/// it kills the process and removes the directory; if the test is panicking,
+/// the end of the node's log is printed first.
+pub struct Node {
+    child: Option<Child>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    data_dir: PathBuf,
+    pub api_port: u16,
+    pub rpc_port: u16,
+    pub gossip_port: u16,
+    client: reqwest::Client,
+    // Declared last so the process is gone before the directory is removed.
+    dir: TempDir,
+}
+
+impl Node {
+    /// `shoal serve` with flags and no extra arguments, ready.
+    pub async fn start() -> Node {
+        Node::builder().start().await
+    }
+
+    /// `shoal serve` with extra arguments, ready.
+    pub async fn start_with(args: &[&str]) -> Node {
+        Node::builder().args(args).start().await
+    }
+
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            subcommand: "serve".to_string(),
+            extra_args: Vec::new(),
+            settings: Settings::Flags,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The temporary directory holding the data directory and the logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `http://127.0.0.1:PORT`, the API base URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.endpoint(), path)
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    fn stdout_log(&self) -> PathBuf {
+        self.dir.path().join("shoal.stdout.log")
+    }
+
+    fn stderr_log(&self) -> PathBuf {
+        self.dir.path().join("shoal.stderr.log")
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the node is already running");
+        let open_log = |path: PathBuf| -> File {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            writeln!(file, "=== test harness: starting shoal {}", self.args.join(" "))
+                .expect("cannot write to the log");
+            file
+        };
+        let stdout = open_log(self.stdout_log());
+        let stderr = open_log(self.stderr_log());
+        let mut command = Command::new(shoal_bin());
+        command
+            .args(&self.args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        clean_env(&mut command);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", shoal_bin().display()));
+        self.child = Some(child);
+    }
+
+    /// Polls `GET /ready` every 50 ms until it answers 200 (30 s at most).
+    /// Panics with the log's tail if the process exits or never gets ready.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().expect("try_wait failed") {
+                    self.child = None;
+                    panic!(
+                        "shoal exited with {status} before becoming ready\n{}",
+                        self.log_tail(40)
+                    );
+                }
+            } else {
+                panic!("wait_ready: the node is not running");
+            }
+            let answer = self
+                .client
+                .get(self.url("/ready"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            match answer {
+                Ok(response) if response.status() == StatusCode::OK => return,
+                Ok(response) => last = format!("/ready answered {}", response.status()),
+                Err(e) => last = format!("/ready failed: {e}"),
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "shoal was not ready after {READY_TIMEOUT:?} (last: {last})\n{}",
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL the process and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // `Child::kill` sends SIGKILL on Unix.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again with the same data directory, ports and
+    /// arguments (killing it first if it still runs) and waits until ready.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        // Fresh connection pool: the old connections died with the process.
+        self.client = new_client();
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait failed").is_none(),
+            None => false,
+        }
+    }
+
+    /// The last `lines` lines of the node's stdout and stderr.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let tail = |path: PathBuf| {
+            let content = std::fs::read(&path).unwrap_or_default();
+            let content = String::from_utf8_lossy(&content);
+            let all: Vec<&str> = content.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            format!(
+                "--- last {} lines of {} ---\n{}\n",
+                all.len() - start,
+                path.display(),
+                all[start..].join("\n")
+            )
+        };
+        format!("{}{}", tail(self.stderr_log()), tail(self.stdout_log()))
+    }
+
+    // ----- raw requests -------------------------------------------------
+
+    /// A request to `path` (which may include a query string) with the
+    /// default timeout.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .timeout(REQUEST_TIMEOUT)
+    }
+
+    /// Sends a request and reads the whole reply.
+    pub async fn send(&self, request: RequestBuilder) -> Reply {
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HTTP request failed: {e}\n{}", self.log_tail(20)));
+        Reply::read(response).await
+    }
+
+    /// `GET path` (path may include a query string).
+    pub async fn get_path(&self, path: &str) -> Reply {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    // ----- key/value ----------------------------------------------------
+
+    fn kv_path(key: &str) -> String {
+        format!("/v1/kv/{}", encode_key(key))
+    }
+
+    /// `PUT /v1/kv/{key}` with query parameters; returns the reply as is.
+    pub async fn put_with(&self, key: &str, value: &[u8], query: &[(&str, &str)]) -> Reply {
+        let request = self
+            .request(Method::PUT, &Self::kv_path(key))
+            .query(query)
+            .body(value.to_vec());
+        self.send(request).await
+    }
+
+    /// `PUT /v1/kv/{key}`, asserting 200; returns the body.
+    pub async fn put(&self, key: &str, value: &[u8]) -> Value {
+        let reply = self.put_with(key, value, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "PUT {key:?}: {}", reply.describe());
+        reply.body
+    }
+
+    /// `PUT`, returning the new revision.
+    pub async fn put_rev(&self, key: &str, value: &[u8]) -> u64 {
+        num(&self.put(key, value).await, "/revision")
+    }
+
+    /// `GET /v1/kv/{key}` with query parameters.
+    pub async fn get_with(&self, key: &str, query: &[(&str, &str)]) -> Reply {
+        self.send(self.request(Method::GET, &Self::kv_path(key)).query(query))
+            .await
+    }
+
+    /// `GET /v1/kv/{key}`: status and body.
+    pub async fn get(&self, key: &str) -> (StatusCode, Value) {
+        let reply = self.get_with(key, &[]).await;
+        (reply.status, reply.body)
+    }
+
+    /// The key's `kv` object, asserting that it exists.
+    pub async fn get_kv(&self, key: &str) -> Value {
+        let reply = self.get_with(key, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "GET {key:?}: {}", reply.describe());
+        reply.body["kv"].clone()
+    }
+
+    /// `DELETE /v1/kv/{key}` with query parameters.
+    pub async fn delete_with(&self, key: &str, query: &[(&str, &str)]) -> Reply {
+        self.send(self.request(Method::DELETE, &Self::kv_path(key)).query(query))
+            .await
+    }
+
+    /// `DELETE /v1/kv/{key}`, asserting 200; returns the body.
+    pub async fn delete(&self, key: &str) -> Value {
+        let reply = self.delete_with(key, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "DELETE {key:?}: {}", reply.describe());
+        reply.body
+    }
+
+    /// `GET /v1/kv` with query parameters, asserting 200.
+    pub async fn list(&self, query: &[(&str, &str)]) -> Reply {
+        let reply = self
+            .send(self.request(Method::GET, "/v1/kv").query(query))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "list {query:?}: {}", reply.describe());
+        reply
+    }
+
+    /// Every key/value object under `prefix`, following pagination.
+    pub async fn list_all(&self, prefix: &str) -> Vec<Value> {
+        let mut kvs = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..10_000 {
+            let mut query = vec![("prefix", prefix.to_string()), ("limit", "1000".to_string())];
+            if let Some(after) = &after {
+                query.push(("after", after.clone()));
+            }
+            let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let page = self.list(&query).await.body;
+            kvs.extend(page["kvs"].as_array().expect("kvs is not an array").iter().cloned());
+            if page["more"] != Value::Bool(true) {
+                return kvs;
+            }
+            after = Some(
+                page["next_after"]
+                    .as_str()
+                    .expect("more is true but next_after is not a string")
+                    .to_string(),
+            );
+        }
+        panic!("list_all: pagination did not end");
+    }
+
+    /// `POST /v1/txn`.
+    pub async fn txn(&self, body: &Value) -> Reply {
+        self.post_json("/v1/txn", body).await
+    }
+
+    // ----- node ---------------------------------------------------------
+
+    /// `GET /v1/status`, asserting 200.
+    pub async fn status(&self) -> Value {
+        self.get_path("/v1/status").await.ok()
+    }
+
+    /// The current store revision, from `/v1/status`.
+    pub async fn revision(&self) -> u64 {
+        num(&self.status().await, "/revision")
+    }
+
+    // ----- leases -------------------------------------------------------
+
+    /// Grants a lease, returning its id.
+    pub async fn grant_lease(&self, ttl_seconds: u64) -> u64 {
+        let body = self
+            .post_json("/v1/leases", &json!({ "ttl_seconds": ttl_seconds }))
+            .await
+            .ok();
+        assert_eq!(num(&body, "/ttl_seconds"), ttl_seconds, "grant: {body}");
+        num(&body, "/id")
+    }
+
+    pub async fn keepalive(&self, lease: u64) -> Reply {
+        self.send(self.request(Method::POST, &format!("/v1/leases/{lease}/keepalive")))
+            .await
+    }
+
+    // ----- watch --------------------------------------------------------
+
+    /// `GET /v1/watch` (SSE) without reading the stream: for error replies.
+    pub async fn watch_reply(&self, query: &[(&str, &str)]) -> Reply {
+        self.send(self.request(Method::GET, "/v1/watch").query(query))
+            .await
+    }
+
+    /// Opens an SSE watch, asserting 200 and `text/event-stream`. With
+    /// `last_event_id`, sends `Last-Event-ID` as a reconnecting client does.
+    pub async fn watch(&self, query: &[(&str, &str)], last_event_id: Option<u64>) -> WatchStream {
+        let mut request = self
+            .client
+            .get(self.url("/v1/watch"))
+            .query(query)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .unwrap_or_else(|_| panic!("watch {query:?}: no response headers in time"))
+            .unwrap_or_else(|e| panic!("watch {query:?} failed: {e}"));
+        if response.status() != StatusCode::OK {
+            let reply = Reply::read(response).await;
+            panic!("watch {query:?}: expected 200, got {}", reply.describe());
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "watch content-type is {content_type:?}"
+        );
+        WatchStream::new(response)
+    }
+
+    /// `GET /v1/watch/poll` with query parameters; the HTTP timeout is the
+    /// server-side `timeout_ms` (if given) plus 10 s.
+    pub async fn poll(&self, query: &[(&str, &str)]) -> Reply {
+        let server_ms: u64 = query
+            .iter()
+            .find(|(k, _)| *k == "timeout_ms")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(30_000);
+        let request = self
+            .request(Method::GET, "/v1/watch/poll")
+            .query(query)
+            .timeout(Duration::from_millis(server_ms) + Duration::from_secs(10));
+        self.send(request).await
+    }
+}
+
+/// Removes inherited `SHOAL_*` variables so the developer's environment cannot
+/// change what a test starts.
+fn clean_env(command: &mut Command) {
+    for name in inherited_shoal_vars() {
+        command.env_remove(name);
+    }
+}
+
+/// Names of the `SHOAL_*` environment variables of this process.
+pub(crate) fn inherited_shoal_vars() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| name.to_string_lossy().starts_with("SHOAL_"))
+        .collect()
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed; shoal node {} (data in {}):\n{}",
+                self.endpoint(),
+                self.dir.path().display(),
+                self.log_tail(60)
+            );
+        }
+        self.kill9();
+    }
+}

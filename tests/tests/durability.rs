@@ -1,0 +1,159 @@
+//! Crash safety: acknowledged writes survive SIGKILL, with and without
+//! snapshots and log purging.
+
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use shoal_tests::*;
+
+const T: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_kill9() {
+    let mut node = Node::start().await;
+
+    // 200 puts, 8 at a time; each acknowledged before we record it.
+    let acked: Vec<(String, Vec<u8>, u64)> = stream::iter(0..200)
+        .map(|i| {
+            let node = &node;
+            async move {
+                let key = format!("dur/{i:03}");
+                let value = format!("value-{i}-{}", "x".repeat(i % 50)).into_bytes();
+                let rev = node.put_rev(&key, &value).await;
+                (key, value, rev)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let lease = node.grant_lease(600).await;
+    node.put_with("dur-lease/key", b"leased", &[("lease", &lease.to_string())])
+        .await
+        .ok();
+    let before = node.status().await;
+    let revision = num(&before, "/revision");
+
+    node.kill9();
+    node.restart().await;
+
+    let after = node.status().await;
+    assert_eq!(num(&after, "/revision"), revision, "revision after restart: {after}");
+
+    let listed = node.list_all("dur/").await;
+    assert_eq!(listed.len(), 200);
+    let mut expected = acked.clone();
+    expected.sort();
+    for (kv, (key, value, rev)) in listed.iter().zip(&expected) {
+        assert_eq!(text(kv, "/key"), key);
+        assert_eq!(&kv_value(kv), value, "value of {key}");
+        assert_eq!(num(kv, "/mod_revision"), *rev, "mod_revision of {key}");
+        assert_eq!(num(kv, "/version"), 1);
+    }
+    for (key, value, rev) in expected.iter().step_by(37) {
+        let kv = node.get_kv(key).await;
+        assert_eq!(&kv_value(&kv), value);
+        assert_eq!(num(&kv, "/mod_revision"), *rev);
+    }
+
+    // The lease survived with its key.
+    let info = node.get_path(&format!("/v1/leases/{lease}")).await.ok();
+    assert_eq!(num(&info, "/ttl_seconds"), 600);
+    assert_eq!(info["keys"], json!(["dur-lease/key"]));
+    assert_eq!(num(&node.get_kv("dur-lease/key").await, "/lease"), lease);
+    assert_eq!(node.keepalive(lease).await.status, StatusCode::OK);
+
+    // A watch from revision 1 replays every put.
+    let mut watch = node.watch(&[("prefix", "dur/"), ("from_revision", "1")], None).await;
+    let max_rev = acked.iter().map(|(_, _, rev)| *rev).max().expect("writes");
+    let batches = watch.events_through(max_rev, T).await;
+    let mut by_revision = acked.clone();
+    by_revision.sort_by_key(|(_, _, rev)| *rev);
+    let want: Vec<Change> = by_revision
+        .iter()
+        .map(|(key, value, rev)| Change::put(*rev, key, value))
+        .collect();
+    assert_eq!(changes(&batches), want);
+
+    // New writes continue from the old revision.
+    assert_eq!(node.put_rev("dur-after", b"x").await, revision + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_survive_repeated_crashes() {
+    let mut node = Node::start().await;
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        for i in 0..20 {
+            let key = format!("rc/{round}/{i:02}");
+            let rev = node.put_rev(&key, key.as_bytes()).await;
+            expected.push((key, rev));
+        }
+        node.kill9();
+        node.restart().await;
+        let listed = node.list_all("rc/").await;
+        let got: Vec<(String, u64)> = listed
+            .iter()
+            .map(|kv| (text(kv, "/key").to_string(), num(kv, "/mod_revision")))
+            .collect();
+        assert_eq!(got, expected, "after crash {round}");
+    }
+}
+
+/// Every key/value object plus the store revision and a few histories.
+async fn full_state(node: &Node) -> (u64, Vec<Value>, Vec<Value>) {
+    let revision = node.revision().await;
+    let kvs = node.list_all("").await;
+    let mut histories = Vec::new();
+    for key in ["snap/000", "snap/007", "snap/042", "snap/099"] {
+        histories.push(node.get_path(&format!("/v1/history/{key}")).await.body);
+    }
+    (revision, kvs, histories)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_and_log_purge_survive_kill9() {
+    let mut node = Node::start_with(&["--snapshot-every", "20"]).await;
+
+    // 300 changes: puts over 100 keys, overwrites, and deletes.
+    let mut changes_made = 0;
+    let mut i = 0u64;
+    while changes_made < 300 {
+        let key = format!("snap/{:03}", i % 100);
+        if i % 7 == 6 {
+            let body = node.delete(&key).await;
+            changes_made += num(&body, "/deleted");
+        } else {
+            node.put(&key, format!("v{i}").as_bytes()).await;
+            changes_made += 1;
+        }
+        i += 1;
+    }
+
+    let status = eventually(T, "a snapshot and a purged log", || async {
+        let status = node.status().await;
+        let snapshot = opt_num(&status, "/snapshot_index").unwrap_or(0);
+        let first_log = opt_num(&status, "/first_log_index").unwrap_or(0);
+        (snapshot > 0 && first_log > 1).then_some(status)
+    })
+    .await;
+    assert!(
+        num(&status, "/snapshot_index") <= num(&status, "/applied_index"),
+        "{status}"
+    );
+
+    let before = full_state(&node).await;
+    assert!(!before.1.is_empty());
+
+    node.kill9();
+    node.restart().await;
+
+    let after = full_state(&node).await;
+    assert_eq!(after.0, before.0, "revision after restart");
+    assert_eq!(after.1.len(), before.1.len(), "number of keys after restart");
+    assert_eq!(after.1, before.1, "every key, value and revision after restart");
+    assert_eq!(after.2, before.2, "histories after restart");
+
+    let restarted = node.status().await;
+    assert!(num(&restarted, "/snapshot_index") > 0, "{restarted}");
+    assert_eq!(node.put_rev("snap/after", b"x").await, before.0 + 1);
+}

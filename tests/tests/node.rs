@@ -1,0 +1,186 @@
+//! Node endpoints, the command line surface and how settings are read.
+
+use shoal_tests::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_ready_and_status() {
+    let node = Node::start().await;
+    let health = node.get_path("/health").await.ok();
+    assert_eq!(health["status"], json!("ok"));
+    let ready = node.get_path("/ready").await.ok();
+    assert_eq!(ready["status"], json!("ready"));
+
+    let rev = node.put_rev("s/k", b"v").await;
+    let status = node.status().await;
+    for field in [
+        "node_id",
+        "state",
+        "term",
+        "leader",
+        "commit_index",
+        "applied_index",
+        "revision",
+        "compact_revision",
+        "snapshot_index",
+        "first_log_index",
+    ] {
+        assert!(status.get(field).is_some(), "/v1/status lacks {field}: {status}");
+    }
+    assert!(!status["node_id"].is_null(), "{status}");
+    assert_eq!(status["state"], json!("Leader"), "a single node leads: {status}");
+    assert!(num(&status, "/term") >= 1);
+    assert!(!status["leader"].is_null(), "a ready node knows its leader: {status}");
+    let commit = num(&status, "/commit_index");
+    let applied = num(&status, "/applied_index");
+    assert!(applied >= 1 && applied <= commit, "applied {applied}, commit {commit}");
+    assert_eq!(num(&status, "/revision"), rev);
+    assert_eq!(num(&status, "/compact_revision"), 0, "nothing compacted yet: {status}");
+}
+
+/// Value of the first sample of a metric (any labels), if present.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_prometheus_text() {
+    let node = Node::start().await;
+    node.put("m/k", b"v").await;
+    node.get("m/k").await;
+
+    let reply = node.get_path("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let content_type = reply
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(content_type.starts_with("text/plain"), "content-type {content_type:?}");
+    let text = &reply.text;
+    for name in [
+        "shoal_http_requests_total",
+        "shoal_raft_term",
+        "shoal_raft_commit_index",
+        "shoal_raft_applied_index",
+        "shoal_raft_is_leader",
+    ] {
+        assert!(metric_value(text, name).is_some(), "metric {name} missing from:\n{text}");
+    }
+    assert_eq!(metric_value(text, "shoal_raft_is_leader"), Some(1.0));
+    assert!(metric_value(text, "shoal_raft_term").is_some_and(|t| t >= 1.0));
+    assert!(metric_value(text, "shoal_raft_applied_index").is_some_and(|t| t >= 1.0));
+    assert!(metric_value(text, "shoal_http_requests_total").is_some_and(|t| t >= 1.0));
+
+    // Every sample line is `name[{labels}] value`.
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap_or("");
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "not a Prometheus sample line: {line:?}"
+        );
+        assert!(
+            line.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'),
+            "not a Prometheus sample line: {line:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_describes_the_api() {
+    let node = Node::start().await;
+    let doc = node.get_path("/openapi.json").await.ok();
+    let version = text(&doc, "/openapi");
+    assert!(version.starts_with("3.1"), "OpenAPI 3.1 expected, got {version}");
+    let paths = doc["paths"].as_object().expect("paths object");
+    for path in [
+        "/v1/kv/{key}",
+        "/v1/kv",
+        "/v1/txn",
+        "/v1/watch",
+        "/v1/watch/poll",
+        "/v1/leases",
+        "/v1/history/{key}",
+        "/v1/status",
+    ] {
+        assert!(paths.contains_key(path), "openapi.json lacks {path}; has {:?}", paths.keys());
+    }
+    let kv = &doc["paths"]["/v1/kv/{key}"];
+    for method in ["get", "put", "delete"] {
+        assert!(kv.get(method).is_some(), "/v1/kv/{{key}} lacks {method}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_mode_starts_with_the_same_flags() {
+    let node = Node::builder().subcommand("dev").start().await;
+    let rev = node.put_rev("dev/k", b"v").await;
+    assert_eq!(kv_value(&node.get_kv("dev/k").await), b"v");
+    assert_eq!(node.revision().await, rev);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_address_from_environment() {
+    let node = Node::builder().settings(Settings::ApiFromEnv).start().await;
+    // `start` already waited for /ready on the SHOAL_API port.
+    let rev = node.put_rev("env/k", b"v").await;
+    assert_eq!(node.revision().await, rev);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_from_a_config_file() {
+    let mut node = Node::builder().settings(Settings::ConfigFile).start().await;
+    node.put("cfg/k", b"v").await;
+    // The data directory named in the file is the one used.
+    let entries = std::fs::read_dir(node.data_dir())
+        .map(|dir| dir.count())
+        .unwrap_or(0);
+    assert!(entries > 0, "nothing written to the data_dir of the config file");
+    node.kill9();
+    node.restart().await;
+    assert_eq!(kv_value(&node.get_kv("cfg/k").await), b"v");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn help_texts() {
+    let out = run_shoal(&["--help"], None, &[]).await;
+    out.assert_success();
+    let help = out.stdout_text();
+    for word in ["serve", "dev", "kv"] {
+        assert!(help.contains(word), "`shoal --help` does not mention {word}:\n{help}");
+    }
+
+    let out = run_shoal(&["serve", "--help"], None, &[]).await;
+    out.assert_success();
+    let help = out.stdout_text();
+    for flag in [
+        "--data-dir",
+        "--api",
+        "--rpc",
+        "--gossip",
+        "--config",
+        "--snapshot-every",
+        "--history-revisions",
+        "--max-value-bytes",
+        "--request-timeout-ms",
+    ] {
+        assert!(help.contains(flag), "`shoal serve --help` does not mention {flag}:\n{help}");
+    }
+
+    let out = run_shoal(&["kv", "--help"], None, &[]).await;
+    out.assert_success();
+    let help = out.stdout_text();
+    for word in ["put", "get", "del", "ls", "watch", "history", "rollback", "--endpoint", "--json"] {
+        assert!(help.contains(word), "`shoal kv --help` does not mention {word}:\n{help}");
+    }
+
+    let out = run_shoal(&["no-such-command"], None, &[]).await;
+    assert!(!out.status.success(), "an unknown subcommand must fail");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
