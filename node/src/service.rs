@@ -103,6 +103,9 @@ fn no_leader(leader: Option<NodeId>) -> ApiError {
 fn rejection_error(rejection: Rejection) -> ApiError {
     match rejection {
         Rejection::LeaseNotFound(id) => ApiError::lease_not_found(id),
+        Rejection::KeyNotFound => {
+            ApiError::new(axum::http::StatusCode::NOT_FOUND, "key_not_found", "the key does not exist and has no history")
+        }
         Rejection::Compacted { compact_revision } => ApiError::new(
             axum::http::StatusCode::GONE,
             "compacted",

@@ -33,7 +33,7 @@ pub struct NodeArgs {
     /// Node id; by default generated on first start and kept in DATA_DIR/node-id.
     #[arg(long, env = "SHOAL_NODE_ID")]
     pub node_id: Option<u64>,
-    /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info` [default: info].
+    /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info` [default: info,openraft=warn].
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Directory for the node's own rolling log files [default: DATA_DIR/logs].
@@ -101,7 +101,7 @@ impl Settings {
             rpc: pick!(rpc).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701))),
             gossip: pick!(gossip).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702))),
             node_id: pick!(node_id),
-            log_level: pick!(log_level).unwrap_or_else(|| "info".into()),
+            log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
             log_max_file_bytes: pick!(log_max_file_mb).unwrap_or(64).saturating_mul(1 << 20),
             log_max_files: pick!(log_max_files).unwrap_or(10),
             otlp_endpoint: pick!(otlp_endpoint),

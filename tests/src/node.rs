@@ -332,7 +332,7 @@ impl Node {
     pub fn log_tail(&self, lines: usize) -> String {
         let tail = |path: PathBuf| {
             let content = std::fs::read(&path).unwrap_or_default();
-            let content = String::from_utf8_lossy(&content);
+            let content = strip_ansi(&String::from_utf8_lossy(&content));
             let all: Vec<&str> = content.lines().collect();
             let start = all.len().saturating_sub(lines);
             format!(
@@ -555,6 +555,25 @@ impl Node {
             .timeout(Duration::from_millis(server_ms) + Duration::from_secs(10));
         self.send(request).await
     }
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`) from log text.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Removes inherited `SHOAL_*` variables so the developer's environment cannot

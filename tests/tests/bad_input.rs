@@ -114,6 +114,12 @@ fn cases() -> Vec<Case> {
             vec![BAD_REVISION],
         ),
         case("if_revision=abc on DELETE", Method::DELETE, "/v1/kv/q?if_revision=abc", vec![BAD_REVISION]),
+        case(
+            "if_revision with prefix=true",
+            Method::DELETE,
+            "/v1/kv/q?prefix=true&if_revision=1",
+            vec![BAD_REQUEST, BAD_REVISION],
+        ),
         case("lease=abc", Method::PUT, "/v1/kv/q?lease=abc", vec![BAD_REQUEST]),
         case("unknown lease on put", Method::PUT, "/v1/kv/q?lease=987654321", vec![NO_LEASE]),
         case("prefix=maybe", Method::DELETE, "/v1/kv/q?prefix=maybe", vec![BAD_REQUEST]),

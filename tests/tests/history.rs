@@ -36,8 +36,11 @@ async fn history_is_newest_first_and_includes_deletes() {
     let r4 = node.put_rev(key, b"v3").await;
     node.put("h/other", b"x").await;
 
+    let current = node.revision().await;
     let body = node.get_path("/v1/history/h/key").await.ok();
     assert_eq!(text(&body, "/key"), key);
+    assert_eq!(num(&body, "/revision"), current);
+    assert_eq!(num(&body, "/compact_revision"), 0, "nothing compacted: {body}");
     assert_eq!(
         entries(&body),
         vec![put(r4, b"v3"), del(r3), put(r2, b"v2"), put(r1, b"v1")]
@@ -136,6 +139,48 @@ async fn rollback_to_before_the_key_existed_deletes_it() {
     assert_eq!(node.get("rbd/key").await.0, StatusCode::NOT_FOUND);
     let history = node.get_path("/v1/history/rbd/key").await.ok();
     assert_eq!(entries(&history)[0], del(before + 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_restores_a_deleted_key() {
+    let node = Node::start().await;
+    let r1 = node.put_rev("undo/key", b"precious").await;
+    let rd = num(&node.delete("undo/key").await, "/revision");
+    assert_eq!(node.get("undo/key").await.0, StatusCode::NOT_FOUND);
+
+    let body = node
+        .post_json("/v1/rollback/undo/key", &json!({"revision": r1}))
+        .await
+        .ok();
+    let r = num(&body, "/revision");
+    assert_eq!(r, rd + 1);
+    assert_eq!(num(&body, "/kv/create_revision"), r, "a restored key starts a new life");
+    assert_eq!(num(&body, "/kv/version"), 1);
+    let kv = node.get_kv("undo/key").await;
+    assert_eq!(kv_value(&kv), b"precious");
+    assert_eq!(num(&kv, "/mod_revision"), r);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rolled_back_key_has_no_lease() {
+    let node = Node::start().await;
+    let r1 = node.put_rev("rbl/key", b"plain").await;
+    let lease = node.grant_lease(60).await;
+    node.put_with("rbl/key", b"leased", &[("lease", lease.to_string().as_str())])
+        .await
+        .ok();
+    assert_eq!(num(&node.get_kv("rbl/key").await, "/lease"), lease);
+
+    let body = node
+        .post_json("/v1/rollback/rbl/key", &json!({"revision": r1}))
+        .await
+        .ok();
+    assert_eq!(num(&body, "/kv/lease"), 0, "{body}");
+    let kv = node.get_kv("rbl/key").await;
+    assert_eq!(kv_value(&kv), b"plain");
+    assert_eq!(num(&kv, "/lease"), 0);
+    let info = node.get_path(&format!("/v1/leases/{lease}")).await.ok();
+    assert_eq!(info["keys"], json!([]), "the key left the lease: {info}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

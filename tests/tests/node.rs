@@ -109,7 +109,11 @@ async fn openapi_document_describes_the_api() {
         "/v1/history/{key}",
         "/v1/status",
     ] {
-        assert!(paths.contains_key(path), "openapi.json lacks {path}; has {:?}", paths.keys());
+        assert!(
+            paths.contains_key(path),
+            "openapi.json lacks {path}; has {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
     }
     let kv = &doc["paths"]["/v1/kv/{key}"];
     for method in ["get", "put", "delete"] {

@@ -410,6 +410,25 @@ async fn compacted_history_gives_410() {
     let reply = node.post_json("/v1/rollback/c/0", &json!({"revision": 1})).await;
     assert_error(&reply, 410, "compacted");
 
+    // The boundary: the compaction revision itself is retained, the one
+    // before it is not. Every revision here changed a c/ key.
+    let below = (target - 1).to_string();
+    let reply = node
+        .poll(&[("prefix", "c/"), ("from_revision", &below), ("timeout_ms", "100")])
+        .await;
+    assert_error(&reply, 410, "compacted");
+    let at = target.to_string();
+    let reply = node
+        .poll(&[("prefix", "c/"), ("from_revision", &at), ("timeout_ms", "100")])
+        .await;
+    let batches = batches_of(&reply);
+    assert_eq!(num(&batches[0], "/revision"), target, "{}", reply.describe());
+    let history = node.get_path("/v1/history/c/0").await.ok();
+    assert_eq!(num(&history, "/compact_revision"), target);
+    for entry in history["history"].as_array().expect("history") {
+        assert!(num(entry, "/kv/mod_revision") >= target, "compacted entry listed: {history}");
+    }
+
     // The recovery the spec describes: re-list, then watch from its revision + 1.
     let listed = node.list(&[("prefix", "c/")]).await.body;
     let relist_rev = num(&listed, "/revision");

@@ -15,7 +15,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 use shoal_storage::kv::{ChangeBatch, MAX_KEY_BYTES};
 use tokio::sync::mpsc;
@@ -23,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{validate_key, Params};
+use super::kv::with_revision;
 use super::model::batch_json;
 use crate::service::Shoal;
 use crate::watch::{Filter, Registration};
@@ -179,5 +179,7 @@ pub async fn poll(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
     let mut watcher = Watcher::start(shoal, filter, from, limit).await?;
     let batches = watcher.next_batches(Some(Duration::from_millis(timeout_ms))).await?;
     let batches: Vec<_> = batches.iter().map(batch_json).collect();
-    Ok(Json(json!({"batches": batches, "next_revision": watcher.next_revision()})).into_response())
+    // The reply is complete up to next_revision - 1.
+    let through = watcher.next_revision().saturating_sub(1);
+    Ok(with_revision(through, json!({"batches": batches, "next_revision": watcher.next_revision()})))
 }

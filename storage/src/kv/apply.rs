@@ -331,6 +331,9 @@ impl<'a> ApplyTx<'a> {
         if revision < compact_revision {
             return Ok(self.reject(Rejection::Compacted { compact_revision }));
         }
+        if self.store.key_revisions(key)?.is_empty() && self.get(key)?.is_none() {
+            return Ok(self.reject(Rejection::KeyNotFound));
+        }
         let Some(then) = self.value_at(key, revision)? else {
             return Ok(self.reject(Rejection::Compacted { compact_revision }));
         };

@@ -135,6 +135,8 @@ pub enum OpResult {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
     LeaseNotFound(u64),
+    /// The key neither exists nor has retained history.
+    KeyNotFound,
     Compacted { compact_revision: u64 },
     FutureRevision { revision: u64, current: u64 },
 }
