@@ -81,6 +81,7 @@ pub enum Settings {
 pub struct NodeBuilder {
     subcommand: String,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     settings: Settings,
 }
 
@@ -94,6 +95,12 @@ impl NodeBuilder {
     /// Extra arguments appended to the command line, e.g. `["--snapshot-every", "20"]`.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An extra environment variable for the node process.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.extra_env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -139,6 +146,7 @@ impl NodeBuilder {
             }
         }
         args.extend(self.extra_args);
+        env.extend(self.extra_env);
 
         let mut node = Node {
             child: None,
@@ -200,6 +208,7 @@ impl Node {
         NodeBuilder {
             subcommand: "serve".to_string(),
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
             settings: Settings::Flags,
         }
     }
