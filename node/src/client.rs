@@ -95,6 +95,17 @@ pub enum LeaseCommand {
     Ls,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show every member: id, addresses, gossip state, Raft role, match index, version, uptime.
+    Status,
+    /// Remove a node from the cluster (default: the node at --endpoint, which then exits).
+    Leave {
+        #[arg(long)]
+        node_id: Option<u64>,
+    },
+}
+
 struct Client {
     http: reqwest::Client,
     endpoint: String,
@@ -377,6 +388,46 @@ pub async fn lease(args: ClientArgs, command: LeaseCommand) -> anyhow::Result<()
         LeaseCommand::Ls => client.send(client.http.get(client.url("/v1/leases"))).await?,
     };
     client.print_json(&body);
+    Ok(())
+}
+
+pub async fn cluster(args: ClientArgs, command: ClusterCommand) -> anyhow::Result<()> {
+    let client = Client::new(&args)?;
+    match command {
+        ClusterCommand::Status => {
+            let body = client.send(client.http.get(client.url("/v1/cluster"))).await?;
+            if client.json {
+                client.print_json(&body);
+                return Ok(());
+            }
+            println!("leader {}  term {}", body["leader"], body["term"]);
+            println!(
+                "{:<18} {:<22} {:<22} {:<8} {:<8} {:>8} {:>8} {:<8} {:>8}",
+                "NODE", "API", "RPC", "GOSSIP", "RAFT", "MATCH", "APPLIED", "VERSION", "UPTIME"
+            );
+            for member in body["members"].as_array().cloned().unwrap_or_default() {
+                let text = |field: &str| match &member[field] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "-".to_string(),
+                    other => other.to_string(),
+                };
+                println!(
+                    "{:<18} {:<22} {:<22} {:<8} {:<8} {:>8} {:>8} {:<8} {:>7}s",
+                    text("node_id"), text("api"), text("rpc"), text("gossip_state"), text("raft_role"),
+                    text("match_index"), text("applied_index"), text("version"), text("uptime_seconds")
+                );
+            }
+        }
+        ClusterCommand::Leave { node_id } => {
+            let body = json!({"node_id": node_id});
+            let reply = client.send(client.http.post(client.url("/v1/cluster/leave")).json(&body)).await?;
+            if client.json {
+                client.print_json(&reply);
+            } else {
+                println!("node {} left the cluster", reply["removed"]);
+            }
+        }
+    }
     Ok(())
 }
 

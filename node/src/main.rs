@@ -1,6 +1,7 @@
 //! `shoal`: one binary for configuration, messaging, logs and workflows.
 
 mod api;
+mod cluster;
 mod client;
 mod server;
 mod service;
@@ -10,7 +11,7 @@ mod watch;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::{ClientArgs, KvCommand, LeaseCommand};
+use crate::client::{ClientArgs, ClusterCommand, KvCommand, LeaseCommand};
 use crate::settings::{NodeArgs, Settings};
 
 /// Shoal: a self-contained backbone for service clusters.
@@ -46,6 +47,13 @@ enum Command {
         #[command(subcommand)]
         command: LeaseCommand,
     },
+    /// Inspect cluster membership, or make a node leave.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Show a node's status: Raft role, term, leader, indexes, revision.
     Status {
         #[command(flatten)]
@@ -65,7 +73,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => server::run(Settings::resolve(args)?).await,
-            Command::Dev(args) => {
+            Command::Dev(mut args) => {
+                args.bootstrap_expect.get_or_insert(1);
                 let settings = Settings::resolve(args)?;
                 eprintln!(
                     "shoal dev: single node, data in {}, API on http://{}\n  try: shoal kv put hello world && shoal kv get hello",
@@ -76,6 +85,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Kv { client, command } => client::kv(client, command).await,
             Command::Lease { client, command } => client::lease(client, command).await,
+            Command::Cluster { client, command } => client::cluster(client, command).await,
             Command::Status { client } => client::status(client).await,
         }
     });

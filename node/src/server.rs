@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::{Config, SnapshotPolicy};
-use shoal_raft::{serve_rpc, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
+use shoal_raft::{serve_rpc, ClusterKey, Forwarder, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
 use shoal_storage::kv::Command;
 use shoal_storage::Store;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
+use crate::cluster::{self, Gossip};
 use crate::service::{now_ms, Shoal};
 use crate::settings::{self, Settings};
 use crate::telemetry;
@@ -19,6 +21,8 @@ use crate::watch::WatchHub;
 
 /// How often the leader looks for expired leases.
 const LEASE_CHECK: Duration = Duration::from_millis(200);
+/// How long open requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often the leader considers compacting history.
 const COMPACT_CHECK: Duration = Duration::from_secs(5);
 
@@ -56,16 +60,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     .validate()
     .context("raft configuration")?;
-    let raft = Raft::new(node_id, Arc::new(config), RpcNetwork, log_store, state_machine)
+    let key = ClusterKey::new(settings.cluster_secret.as_deref());
+    let raft = Raft::new(node_id, Arc::new(config), RpcNetwork::new(key.clone()), log_store, state_machine)
         .await
         .context("starting raft")?;
-
-    let me = NodeAddr { rpc: settings.rpc.to_string(), api: settings.api.to_string() };
-    if !raft.is_initialized().await.context("reading raft state")? {
-        // A single-node cluster bootstraps itself; clustering adds gossip-driven formation.
-        tracing::info!("initialising a new single-node cluster");
-        raft.initialize(BTreeMap::from([(node_id, me)])).await.context("initialising raft")?;
-    }
+    let gossip = Gossip::start(&settings, node_id).await?;
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -75,16 +74,58 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         hub,
         committed_index,
         started,
+        gossip,
+        forwarder: Forwarder::new(key.clone()),
+        shutdown: Notify::new(),
     });
-    tokio::spawn(serve_rpc(rpc_listener, raft.clone()));
+    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), key));
+
+    if !raft.is_initialized().await.context("reading raft state")? {
+        match settings.bootstrap_expect {
+            0 => tracing::info!(seeds = ?settings.seeds, "joining an existing cluster through the seeds"),
+            1 => {
+                tracing::info!("initialising a new single-node cluster");
+                let me = NodeAddr { rpc: settings.rpc.to_string(), api: settings.api.to_string() };
+                raft.initialize(BTreeMap::from([(node_id, me)])).await.context("initialising raft")?;
+            }
+            expect => {
+                tokio::spawn(cluster::form_cluster(shoal.clone(), expect));
+            }
+        }
+    }
+    tokio::spawn(cluster::publish_state(shoal.clone()));
+    tokio::spawn(cluster::reconcile_membership(shoal.clone()));
     tokio::spawn(expire_leases(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
 
     let app = api::router(AppState { shoal: shoal.clone(), prometheus });
-    tracing::info!(api = %settings.api, rpc = %settings.rpc, data_dir = %settings.data_dir.display(),
-        startup_ms = started.elapsed().as_millis() as u64, "shoal node listening");
-    axum::serve(api_listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving the API")?;
+    tracing::info!(api = %settings.api, rpc = %settings.rpc, gossip = %settings.gossip,
+        data_dir = %settings.data_dir.display(), startup_ms = started.elapsed().as_millis() as u64,
+        "shoal node listening");
+    let stop = Arc::new(Notify::new());
+    let server = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(api_listener, app).with_graceful_shutdown(async move { stop.notified().await }).await
+        })
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {
+            if settings.leave_on_terminate {
+                tracing::info!("leaving the cluster before exiting");
+                if let Err(e) = api::leave_cluster(&shoal, node_id).await {
+                    tracing::warn!(error = %e.message, "could not leave the cluster");
+                }
+            }
+        }
+        _ = shoal.shutdown.notified() => tracing::info!("this node left the cluster"),
+    }
     tracing::info!("shutting down");
+    stop.notify_one();
+    // Open watch streams never finish on their own: give requests a moment, then stop.
+    if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+        tracing::info!("closing remaining connections");
+    }
     raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     Ok(())
 }

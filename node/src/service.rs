@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
-use shoal_raft::{NodeId, Raft};
+use shoal_raft::{ForwardError, Forwarder, NodeId, Raft};
+use tokio::sync::Notify;
 use shoal_storage::kv::{Command, Rejection, Response};
 use shoal_storage::{Store, StorageError};
 
 use crate::api::error::{ApiError, ApiResult};
+use crate::cluster::Gossip;
 use crate::settings::Settings;
 use crate::watch::WatchHub;
 
@@ -23,7 +25,16 @@ pub struct Shoal {
     pub hub: Arc<WatchHub>,
     pub committed_index: Arc<AtomicU64>,
     pub started: Instant,
+    pub gossip: Gossip,
+    pub forwarder: Forwarder,
+    /// Signalled to stop the node (after it left the cluster).
+    pub shutdown: Notify,
 }
+
+/// Pause before asking again while there is no leader.
+const NO_LEADER_RETRY: Duration = Duration::from_millis(50);
+/// A leader that has not heard from a quorum for this long has lost it.
+const QUORUM_ACK_STALE_MS: u64 = 1500;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -35,38 +46,100 @@ impl Shoal {
     }
 
     /// Replicate a command and wait until it is committed (durable on a
-    /// quorum) and applied; deterministic rejections become API errors.
+    /// quorum) and applied. On a follower the command is forwarded to the
+    /// leader; while there is no leader it retries until the request
+    /// timeout. Deterministic rejections become API errors.
     pub async fn write(&self, command: Command) -> ApiResult<Response> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.request_timeout(), self.raft.client_write(command)).await;
+        let deadline = started + self.request_timeout();
+        let result = self.write_until(command, deadline).await;
         metrics::histogram!("shoal_raft_write_seconds").record(started.elapsed().as_secs_f64());
-        let response = match result {
-            Err(_) => return Err(ApiError::timeout()),
-            Ok(Ok(written)) => written.data,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                return Err(no_leader(forward.leader_id));
-            }
-            Ok(Err(e)) => return Err(ApiError::unavailable(format!("write failed: {e}"))),
-        };
-        match response {
+        match result? {
             Response::Rejected(rejection) => Err(rejection_error(rejection)),
             other => Ok(other),
         }
     }
 
+    async fn write_until(&self, command: Command, deadline: Instant) -> ApiResult<Response> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.timed_out());
+            }
+            let leader = match tokio::time::timeout(left, self.raft.client_write(command.clone())).await {
+                Err(_) => return Err(self.timed_out()),
+                Ok(Ok(written)) => return Ok(written.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward.leader_node,
+                Ok(Err(e)) => return Err(ApiError::unavailable(format!("write failed: {e}"))),
+            };
+            let Some(leader) = leader else {
+                tokio::time::sleep(NO_LEADER_RETRY.min(left)).await;
+                continue;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.forwarder.client_write(&leader.rpc, command.clone(), left).await {
+                Ok(Ok(response)) => return Ok(response),
+                // Leadership moved, or the leader is gone: ask again.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
+                Ok(Err(e)) => return Err(ApiError::unavailable(format!("write failed on the leader: {e}"))),
+                Err(ForwardError::Timeout { .. }) => return Err(self.timed_out()),
+                Err(e) => tracing::debug!(error = %e, "forwarding to the leader failed; retrying"),
+            }
+            tokio::time::sleep(NO_LEADER_RETRY.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
     /// Wait until this node may serve a linearizable read (read-index:
-    /// confirm leadership with a quorum, then wait until applied).
+    /// the leader confirms its leadership with a quorum and names the log
+    /// index to wait for; this node waits until it has applied it).
     pub async fn read_barrier(&self, stale: bool) -> ApiResult<()> {
         if stale {
             return Ok(());
         }
-        match tokio::time::timeout(self.request_timeout(), self.raft.ensure_linearizable()).await {
-            Err(_) => Err(ApiError::timeout()),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                Err(no_leader(forward.leader_id))
+        let deadline = Instant::now() + self.request_timeout();
+        let read_index = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.timed_out());
             }
-            Ok(Err(e)) => Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
+            let leader = match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+                Err(_) => return Err(self.timed_out()),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => forward.leader_node,
+                Ok(Err(e)) => return Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
+            };
+            if let Some(leader) = leader {
+                match self.forwarder.read_index(&leader.rpc, left).await {
+                    Ok(Ok(read_index)) => break read_index,
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {}
+                    Ok(Err(e)) => return Err(ApiError::unavailable(format!("the leader cannot confirm leadership: {e}"))),
+                    Err(ForwardError::Timeout { .. }) => return Err(self.timed_out()),
+                    Err(e) => tracing::debug!(error = %e, "read-index from the leader failed; retrying"),
+                }
+            }
+            tokio::time::sleep(NO_LEADER_RETRY.min(deadline.saturating_duration_since(Instant::now()))).await;
+        };
+        let Some(read_index) = read_index else { return Ok(()) };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(read_index.index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| self.timed_out())
+    }
+
+    /// A request ran out of time: say whether it is for want of a quorum.
+    fn timed_out(&self) -> ApiError {
+        let metrics = self.raft.metrics().borrow().clone();
+        let quorum_lost = match metrics.state {
+            ServerState::Leader => metrics.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_ACK_STALE_MS),
+            _ => metrics.current_leader.is_none(),
+        };
+        if quorum_lost {
+            ApiError::unavailable("no quorum: the cluster cannot commit or confirm right now; retry later")
+        } else {
+            ApiError::timeout()
         }
     }
 
@@ -89,14 +162,6 @@ impl Shoal {
 
     pub fn committed(&self) -> u64 {
         self.committed_index.load(Ordering::Relaxed)
-    }
-}
-
-fn no_leader(leader: Option<NodeId>) -> ApiError {
-    match leader {
-        Some(leader) => ApiError::unavailable(format!("this node is not the leader (node {leader} is); retry there"))
-            .with("leader", serde_json::json!(leader)),
-        None => ApiError::unavailable("there is no Raft leader (no quorum); retry later"),
     }
 }
 

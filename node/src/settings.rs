@@ -33,6 +33,25 @@ pub struct NodeArgs {
     /// Node id; by default generated on first start and kept in DATA_DIR/node-id.
     #[arg(long, env = "SHOAL_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Gossip address of a node to join through (repeat, or comma-separate); may name this node itself.
+    #[arg(long = "seed", env = "SHOAL_SEEDS", value_delimiter = ',')]
+    #[serde(default, alias = "seeds")]
+    pub seed: Vec<String>,
+    /// Form a new cluster once this many nodes see each other by gossip [default: 1 without --seed, else 0: only join].
+    #[arg(long, env = "SHOAL_BOOTSTRAP_EXPECT")]
+    pub bootstrap_expect: Option<usize>,
+    /// Raft voters to keep (others are learners); 3 or 5 [default: 3].
+    #[arg(long, env = "SHOAL_VOTERS")]
+    pub voters: Option<usize>,
+    /// Remove a member from Raft after it has been dead (by gossip) this long, in seconds [default: 30].
+    #[arg(long, env = "SHOAL_DEAD_NODE_GRACE_SECS")]
+    pub dead_node_grace_secs: Option<u64>,
+    /// Shared secret that peers must prove to exchange Raft and gossip traffic.
+    #[arg(long, env = "SHOAL_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// On SIGTERM, leave the cluster (be removed from Raft) before exiting.
+    #[arg(long, env = "SHOAL_LEAVE_ON_TERMINATE")]
+    pub leave_on_terminate: Option<bool>,
     /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info` [default: info,openraft=warn].
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -70,6 +89,12 @@ pub struct Settings {
     pub rpc: SocketAddr,
     pub gossip: SocketAddr,
     pub node_id: Option<u64>,
+    pub seeds: Vec<String>,
+    pub bootstrap_expect: usize,
+    pub voters: usize,
+    pub dead_node_grace_secs: u64,
+    pub cluster_secret: Option<String>,
+    pub leave_on_terminate: bool,
     pub log_level: String,
     pub log_dir: PathBuf,
     pub log_max_file_bytes: u64,
@@ -93,6 +118,7 @@ impl Settings {
                 flags.$field.clone().or(file.$field.clone())
             };
         }
+        let seeds = if flags.seed.is_empty() { file.seed.clone() } else { flags.seed.clone() };
         let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("./shoal-data"));
         let settings = Settings {
             log_dir: pick!(log_dir).unwrap_or_else(|| data_dir.join("logs")),
@@ -101,6 +127,12 @@ impl Settings {
             rpc: pick!(rpc).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701))),
             gossip: pick!(gossip).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702))),
             node_id: pick!(node_id),
+            bootstrap_expect: pick!(bootstrap_expect).unwrap_or(if seeds.is_empty() { 1 } else { 0 }),
+            seeds,
+            voters: pick!(voters).unwrap_or(3),
+            dead_node_grace_secs: pick!(dead_node_grace_secs).unwrap_or(30),
+            cluster_secret: pick!(cluster_secret),
+            leave_on_terminate: pick!(leave_on_terminate).unwrap_or(false),
             log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
             log_max_file_bytes: pick!(log_max_file_mb).unwrap_or(64).saturating_mul(1 << 20),
             log_max_files: pick!(log_max_files).unwrap_or(10),
@@ -123,6 +155,12 @@ impl Settings {
         }
         if self.snapshot_every < 10 {
             bail!("--snapshot-every must be at least 10");
+        }
+        if !(1..=7).contains(&self.voters) {
+            bail!("--voters must be between 1 and 7 (3 or 5 are the usual choices)");
+        }
+        if self.bootstrap_expect > 1 && self.seeds.is_empty() {
+            bail!("--bootstrap-expect {} needs --seed addresses to find the other nodes", self.bootstrap_expect);
         }
         if self.history_revisions == 0 {
             bail!("--history-revisions must be at least 1");

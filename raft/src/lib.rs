@@ -1,16 +1,22 @@
 //! Raft for Shoal: the openraft type configuration, the log store and state
 //! machine over `shoal-storage`, and the node-to-node RPC transport.
 
+mod forward;
 mod log_store;
 mod network;
+mod rpc;
 mod state_machine;
+mod wire;
 
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
-pub use network::{serve_rpc, RpcNetwork};
+pub use forward::{ForwardError, Forwarder};
+pub use network::RpcNetwork;
+pub use rpc::{local_replication, remove_node, serve_rpc, ReadIndexResult, Replication, WriteResult};
+pub use wire::ClusterKey;
 pub use state_machine::{ChangeSink, StateMachine};
 
 pub type NodeId = u64;

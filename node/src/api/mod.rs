@@ -1,5 +1,6 @@
 //! The public HTTP API (axum). Every handler answers errors as `ApiError`.
 
+mod cluster;
 pub mod error;
 pub mod extract;
 mod kv;
@@ -38,6 +39,8 @@ pub fn body_limit(max_value_bytes: usize) -> usize {
     max_value_bytes * 2 + (64 << 10)
 }
 
+pub use cluster::leave_cluster;
+
 pub fn router(app: AppState) -> Router {
     let limit = body_limit(app.shoal.settings.max_value_bytes);
     Router::new()
@@ -57,6 +60,8 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/leases/{id}/keepalive", post(lease::keepalive))
         .route("/v1/watch", get(watch::sse))
         .route("/v1/watch/poll", get(watch::poll))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/leave", post(cluster::leave))
         .fallback(node::not_found)
         .method_not_allowed_fallback(node::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -1,0 +1,124 @@
+//! Cluster endpoints: membership status and leaving.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shoal_raft::{local_replication, remove_node, NodeId};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::JsonBody;
+use crate::service::{now_ms, Shoal};
+
+/// How long to wait for the leader's replication figures.
+const REPLICATION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /v1/cluster`: every member known to Raft or gossip, with its gossip
+/// state, Raft role and the leader's match index for it.
+pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
+    let metrics = shoal.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership().clone();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let gossip = shoal.gossip.members().await;
+    let replication = match (local_replication(&shoal.raft), metrics.current_leader) {
+        (Some(replication), _) => Some(replication),
+        (None, Some(leader)) => match membership.get_node(&leader) {
+            Some(node) => shoal.forwarder.replication(&node.rpc, REPLICATION_TIMEOUT).await.ok().flatten(),
+            None => None,
+        },
+        (None, None) => None,
+    };
+    let mut ids: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    ids.extend(gossip.keys().copied());
+    let members: Vec<Value> = ids
+        .into_iter()
+        .map(|id| {
+            let raft_node = membership.get_node(&id);
+            let seen = gossip.get(&id);
+            let raft_role = if Some(id) == metrics.current_leader {
+                "leader"
+            } else if voters.contains(&id) {
+                "voter"
+            } else if raft_node.is_some() {
+                "learner"
+            } else {
+                "none"
+            };
+            let gossip_state = match seen {
+                Some(m) if m.left => "left",
+                Some(m) if m.alive => "alive",
+                Some(_) => "dead",
+                None => "unknown",
+            };
+            json!({
+                "node_id": id,
+                "api": seen.map(|m| m.api.clone()).or(raft_node.map(|n| n.api.clone())),
+                "rpc": seen.map(|m| m.rpc.clone()).or(raft_node.map(|n| n.rpc.clone())),
+                "gossip": seen.map(|m| m.gossip.clone()),
+                "gossip_state": gossip_state,
+                "raft_role": raft_role,
+                "match_index": replication.as_ref().and_then(|r| r.get(&id).copied().flatten()),
+                "applied_index": seen.map(|m| m.applied_index),
+                "version": seen.map(|m| m.version.clone()),
+                "uptime_seconds": seen.map(|m| now_ms().saturating_sub(m.started_ms) / 1000),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "node_id": shoal.node_id,
+        "leader": metrics.current_leader,
+        "term": metrics.current_term,
+        "members": members,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveBody {
+    node_id: Option<NodeId>,
+}
+
+/// `POST /v1/cluster/leave`: remove a node (default: this one) from Raft.
+/// A node that removes itself then shuts down.
+pub async fn leave(State(shoal): State<Arc<Shoal>>, JsonBody(body): JsonBody<LeaveBody>) -> ApiResult<Response> {
+    let id = body.node_id.unwrap_or(shoal.node_id);
+    leave_cluster(&shoal, id).await?;
+    if id == shoal.node_id {
+        shoal.gossip.publish(&[("left", "1".to_string())]).await;
+        shoal.shutdown.notify_one();
+    }
+    Ok(Json(json!({"removed": id})).into_response())
+}
+
+/// Ask the leader to remove `id` from the membership.
+pub async fn leave_cluster(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
+    let metrics = shoal.raft.metrics().borrow().clone();
+    if metrics.membership_config.membership().get_node(&id).is_none() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "node_not_found",
+            format!("node {id} is not a member of the cluster"),
+        ));
+    }
+    let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
+    let result = if metrics.current_leader == Some(shoal.node_id) {
+        remove_node(&shoal.raft, id).await
+    } else {
+        let leader = metrics.current_leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
+        let Some(leader) = leader else {
+            return Err(ApiError::unavailable("there is no leader to remove the node; retry later"));
+        };
+        shoal
+            .forwarder
+            .remove_node(&leader.rpc, id, timeout)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot reach the leader: {e}")))?
+    };
+    result.map_err(|e| ApiError::unavailable(format!("membership change failed: {e}")))
+}

@@ -1,0 +1,105 @@
+//! Requests a node sends to the leader on a client's behalf, over pooled
+//! authenticated connections.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shoal_storage::kv::Command;
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+use crate::rpc::{ReadIndexResult, Replication, Reply, Request, WriteResult};
+use crate::wire::{self, ClusterKey};
+use crate::NodeId;
+
+/// Idle connections kept per peer.
+const POOL_PER_PEER: usize = 64;
+
+#[derive(Debug, Error)]
+pub enum ForwardError {
+    #[error("cannot reach {addr}: {source}")]
+    Unreachable { addr: String, source: std::io::Error },
+    #[error("{addr} did not answer in time")]
+    Timeout { addr: String },
+    #[error("{addr} answered with the wrong kind of reply")]
+    WrongReply { addr: String },
+}
+
+/// A pool of connections to peers' RPC listeners.
+pub struct Forwarder {
+    key: ClusterKey,
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+impl Forwarder {
+    pub fn new(key: ClusterKey) -> Forwarder {
+        Forwarder { key, idle: Mutex::new(HashMap::new()) }
+    }
+
+    fn take(&self, addr: &str) -> Option<TcpStream> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(addr).and_then(Vec::pop)
+    }
+
+    fn give_back(&self, addr: &str, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = idle.entry(addr.to_string()).or_default();
+        if streams.len() < POOL_PER_PEER {
+            streams.push(stream);
+        }
+    }
+
+    async fn call(&self, addr: &str, request: &Request, timeout: Duration) -> Result<Reply, ForwardError> {
+        let unreachable = |source| ForwardError::Unreachable { addr: addr.to_string(), source };
+        let exchange = async {
+            // A pooled connection may have been closed by the peer; retry once on a fresh one.
+            if let Some(mut stream) = self.take(addr) {
+                if wire::send(&mut stream, request).await.is_ok() {
+                    if let Ok(reply) = wire::receive::<Reply>(&mut stream).await {
+                        return Ok((reply, stream));
+                    }
+                }
+            }
+            let mut stream = wire::connect(addr, &self.key).await.map_err(unreachable)?;
+            wire::send(&mut stream, request).await.map_err(unreachable)?;
+            let reply = wire::receive::<Reply>(&mut stream).await.map_err(unreachable)?;
+            Ok((reply, stream))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(ForwardError::Timeout { addr: addr.to_string() }),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((reply, stream))) => {
+                self.give_back(addr, stream);
+                Ok(reply)
+            }
+        }
+    }
+
+    pub async fn client_write(&self, addr: &str, command: Command, timeout: Duration) -> Result<WriteResult, ForwardError> {
+        match self.call(addr, &Request::ClientWrite(command), timeout).await? {
+            Reply::ClientWrite(result) => Ok(result),
+            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+        }
+    }
+
+    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<ReadIndexResult, ForwardError> {
+        match self.call(addr, &Request::ReadIndex, timeout).await? {
+            Reply::ReadIndex(result) => Ok(result),
+            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+        }
+    }
+
+    pub async fn replication(&self, addr: &str, timeout: Duration) -> Result<Option<Replication>, ForwardError> {
+        match self.call(addr, &Request::Replication, timeout).await? {
+            Reply::Replication(result) => Ok(result),
+            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+        }
+    }
+
+    pub async fn remove_node(&self, addr: &str, id: NodeId, timeout: Duration) -> Result<Result<(), String>, ForwardError> {
+        match self.call(addr, &Request::RemoveNode(id), timeout).await? {
+            Reply::RemoveNode(result) => Ok(result),
+            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+        }
+    }
+}

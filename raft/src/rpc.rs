@@ -1,0 +1,116 @@
+//! The node-to-node RPC protocol and its server: Raft messages, plus requests
+//! a follower forwards to the leader (writes, read-index, membership).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{ChangeMembers, LogId};
+use serde::{Deserialize, Serialize};
+use shoal_storage::kv::{Command, Response};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::wire::{self, ClusterKey};
+use crate::{NodeAddr, NodeId, Raft, TypeConfig};
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Replicate a command (sent to the leader).
+    ClientWrite(Command),
+    /// Confirm leadership and return the log id a linearizable read must wait for.
+    ReadIndex,
+    /// The leader's replication progress per member.
+    Replication,
+    /// Remove a node from the membership (sent to the leader).
+    RemoveNode(NodeId),
+}
+
+pub type WriteResult = Result<Response, RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>>;
+pub type ReadIndexResult = Result<Option<LogId<NodeId>>, RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>>;
+/// Matched log index per member, as the leader sees it.
+pub type Replication = BTreeMap<NodeId, Option<u64>>;
+
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Reply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    ClientWrite(WriteResult),
+    ReadIndex(ReadIndexResult),
+    Replication(Option<Replication>),
+    RemoveNode(Result<(), String>),
+}
+
+/// Serve peers until the listener fails. Connections that do not know the
+/// cluster secret are closed after the handshake.
+pub async fn serve_rpc(listener: TcpListener, raft: Raft, key: ClusterKey) {
+    let key = Arc::new(key);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "rpc accept failed");
+                continue;
+            }
+        };
+        let (raft, key) = (raft.clone(), key.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, raft, &key).await {
+                tracing::debug!(%peer, error = %e, "rpc connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, raft: Raft, key: &ClusterKey) -> std::io::Result<()> {
+    if !wire::accept(&mut stream, key).await? {
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::warn!(%peer, "rejected a peer with the wrong cluster secret");
+        metrics::counter!("shoal_rpc_rejected_peers_total").increment(1);
+        return Ok(());
+    }
+    loop {
+        let request: Request = wire::receive(&mut stream).await?;
+        let reply = match request {
+            Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
+            Request::ClientWrite(command) => Reply::ClientWrite(raft.client_write(command).await.map(|r| r.data)),
+            Request::ReadIndex => Reply::ReadIndex(raft.ensure_linearizable().await),
+            Request::Replication => Reply::Replication(local_replication(&raft)),
+            Request::RemoveNode(id) => Reply::RemoveNode(remove_node(&raft, id).await),
+        };
+        wire::send(&mut stream, &reply).await?;
+    }
+}
+
+/// This node's view of replication progress, if it is the leader.
+pub fn local_replication(raft: &Raft) -> Option<Replication> {
+    let metrics = raft.metrics().borrow().clone();
+    metrics
+        .replication
+        .map(|progress| progress.into_iter().map(|(id, matched)| (id, matched.map(|log_id| log_id.index))).collect())
+}
+
+/// Remove a voter or learner from the membership (on the leader): voters are
+/// demoted and dropped in one joint-consensus change.
+pub async fn remove_node(raft: &Raft, id: NodeId) -> Result<(), String> {
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let is_voter = membership.membership().voter_ids().any(|voter| voter == id);
+    let is_node = membership.membership().get_node(&id).is_some();
+    let change = if is_voter {
+        ChangeMembers::RemoveVoters([id].into())
+    } else if is_node {
+        ChangeMembers::RemoveNodes([id].into())
+    } else {
+        return Ok(());
+    };
+    raft.change_membership(change, false).await.map(|_| ()).map_err(|e| e.to_string())
+}
