@@ -50,7 +50,7 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// On SIGTERM, leave the cluster (be removed from Raft) before exiting.
-    #[arg(long, env = "SHOAL_LEAVE_ON_TERMINATE")]
+    #[arg(long, env = "SHOAL_LEAVE_ON_TERMINATE", num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_terminate: Option<bool>,
     /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info` [default: info,openraft=warn].
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
