@@ -324,14 +324,18 @@ fn local_endpoint(url: &str) -> anyhow::Result<String> {
     Ok(format!("http://127.0.0.1:{port}"))
 }
 
-async fn run(args: &Args, target: &mut Target, report: &mut Report) -> anyhow::Result<bool> {
+async fn run(
+    args: &Args,
+    target: &mut Target,
+    report: &mut Report,
+    failures: Arc<Problems>,
+    warnings: Arc<Problems>,
+) -> anyhow::Result<bool> {
     let api = target.api.clone();
     let base = Instant::now();
     let control = http_client(Some(Duration::from_secs(10)))?;
     let writer = http_client(Some(Duration::from_secs(15)))?;
     let watch_client = http_client(None)?;
-    let failures = Arc::new(Problems::default());
-    let warnings = Arc::new(Problems::default());
     let spawn = Spawn {
         client: watch_client,
         semaphore: Arc::new(Semaphore::new(args.connect_concurrency.max(1))),
@@ -692,8 +696,14 @@ async fn start(args: &Args, report: &mut Report) -> anyhow::Result<Target> {
     if !binary.is_file() {
         bail!("shoal binary {} does not exist", binary.display());
     }
-    eprintln!("shoal binary: {} ({why})", binary.display());
-    report.row("shoal binary", format!("{} ({why})", binary.display()));
+    let built = std::fs::metadata(&binary)
+        .map(|m| {
+            let age = m.modified().ok().and_then(|t| t.elapsed().ok()).map(|a| a.as_secs()).unwrap_or(0);
+            format!("{} bytes, modified {age} s ago", m.len())
+        })
+        .unwrap_or_default();
+    eprintln!("shoal binary: {} ({why}; {built})", binary.display());
+    report.row("shoal binary", format!("{} ({why}; {built})", binary.display()));
     let mut node = Node::spawn(&binary)?;
     let control = http_client(Some(Duration::from_secs(5)))?;
     match node.wait_ready(&control, Duration::from_secs(60)).await {
@@ -734,8 +744,10 @@ async fn main_async(args: Args) -> i32 {
         }
     };
     let remaining = deadline.saturating_sub(started.elapsed());
+    let failures = Arc::new(Problems::default());
+    let warnings = Arc::new(Problems::default());
     let result = tokio::select! {
-        r = tokio::time::timeout(remaining, run(&args, &mut target, &mut report)) =>
+        r = tokio::time::timeout(remaining, run(&args, &mut target, &mut report, failures.clone(), warnings.clone())) =>
             r.unwrap_or_else(|_| Err(anyhow::anyhow!("global deadline of {}s passed (--deadline-secs)", args.deadline_secs))),
         why = interrupted() => Err(anyhow::anyhow!(why)),
     };
@@ -744,6 +756,16 @@ async fn main_async(args: Args) -> i32 {
         Ok(false) => 1,
         Err(_) => 2,
     };
+    if result.is_err() {
+        // The run stopped early: show what had been seen up to then.
+        report.section("stopped early");
+        for line in failures.lines() {
+            report.row("MISMATCH", line);
+        }
+        for line in warnings.lines() {
+            report.row("warning", line);
+        }
+    }
     if let Some(node) = target.node.as_mut() {
         let warnings = node.log_warnings();
         if code != 0 {

@@ -10,7 +10,7 @@
 //! from the stored history (see `WatchStream`), so nothing is lost.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use shoal_raft::ChangeSink;
 use shoal_storage::kv::ChangeBatch;
@@ -34,16 +34,40 @@ impl Filter {
     }
 
     /// The batch restricted to matching events, or None if none match.
-    pub fn select(&self, batch: &ChangeBatch) -> Option<ChangeBatch> {
+    /// When every event matches, the shared batch itself is returned, so
+    /// its rendering is shared by all the watchers it reaches.
+    pub fn select(&self, shared: &Arc<SharedBatch>) -> Option<Arc<SharedBatch>> {
+        let batch = &shared.batch;
+        let matching = batch.events.iter().filter(|e| self.matches(&e.kv.key)).count();
+        if matching == batch.events.len() {
+            return Some(shared.clone());
+        }
         let events: Vec<_> = batch.events.iter().filter(|e| self.matches(&e.kv.key)).cloned().collect();
-        (!events.is_empty()).then(|| ChangeBatch { revision: batch.revision, events })
+        (!events.is_empty()).then(|| SharedBatch::new(ChangeBatch { revision: batch.revision, events }))
+    }
+}
+
+/// A change batch on its way to watchers, rendered (e.g. to JSON) at most
+/// once however many watchers receive it.
+pub struct SharedBatch {
+    pub batch: ChangeBatch,
+    rendered: OnceLock<String>,
+}
+
+impl SharedBatch {
+    pub fn new(batch: ChangeBatch) -> Arc<SharedBatch> {
+        Arc::new(SharedBatch { batch, rendered: OnceLock::new() })
+    }
+
+    pub fn rendered(&self, render: impl FnOnce(&ChangeBatch) -> String) -> &str {
+        self.rendered.get_or_init(|| render(&self.batch))
     }
 }
 
 #[derive(Default)]
 struct Registry {
     next_id: u64,
-    senders: HashMap<u64, (Filter, mpsc::Sender<Arc<ChangeBatch>>)>,
+    senders: HashMap<u64, (Filter, mpsc::Sender<Arc<SharedBatch>>)>,
     by_key: HashMap<String, Vec<u64>>,
     by_prefix: HashMap<String, Vec<u64>>,
     /// Length of registered prefixes -> how many prefixes have it.
@@ -101,7 +125,7 @@ pub struct WatchHub {
 pub struct Registration {
     hub: Arc<WatchHub>,
     id: u64,
-    pub receiver: mpsc::Receiver<Arc<ChangeBatch>>,
+    pub receiver: mpsc::Receiver<Arc<SharedBatch>>,
 }
 
 impl Drop for Registration {
@@ -146,7 +170,7 @@ impl ChangeSink for WatchHub {
         if ids.is_empty() {
             return;
         }
-        let batch = Arc::new(batch.clone());
+        let batch = SharedBatch::new(batch.clone());
         let mut overflowed = Vec::new();
         for id in ids {
             if let Some((_, sender)) = registry.senders.get(&id) {

@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use shoal_storage::kv::{ChangeBatch, MAX_KEY_BYTES};
+use shoal_storage::kv::MAX_KEY_BYTES;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -25,7 +25,7 @@ use super::extract::{validate_key, Params};
 use super::kv::with_revision;
 use super::model::batch_json;
 use crate::service::Shoal;
-use crate::watch::{Filter, Registration};
+use crate::watch::{Filter, Registration, SharedBatch};
 
 /// Revisions scanned per history read, to bound the work of one read.
 const HISTORY_SCAN: usize = 10_000;
@@ -60,7 +60,7 @@ impl Watcher {
     }
 
     /// The next batches in order: at least one, or none if `wait` elapsed.
-    pub async fn next_batches(&mut self, wait: Option<Duration>) -> ApiResult<Vec<ChangeBatch>> {
+    pub async fn next_batches(&mut self, wait: Option<Duration>) -> ApiResult<Vec<Arc<SharedBatch>>> {
         let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
         loop {
             if self.registration.is_none() {
@@ -77,7 +77,7 @@ impl Watcher {
                 self.next = changes.next_revision;
                 self.behind = changes.next_revision <= changes.counters.revision;
                 if !changes.batches.is_empty() {
-                    return Ok(changes.batches);
+                    return Ok(changes.batches.into_iter().map(SharedBatch::new).collect());
                 }
                 continue;
             }
@@ -92,9 +92,9 @@ impl Watcher {
             match received {
                 // The hub dropped us (we were slow, or the state was replaced).
                 None => self.registration = None,
-                Some(batch) if batch.revision < self.next => {}
+                Some(shared) if shared.batch.revision < self.next => {}
                 Some(batch) => {
-                    self.next = batch.revision + 1;
+                    self.next = batch.batch.revision + 1;
                     if let Some(selected) = self.filter.select(&batch) {
                         return Ok(vec![selected]);
                     }
@@ -120,8 +120,9 @@ fn filter(params: &Params) -> ApiResult<Filter> {
     }
 }
 
-fn change_event(batch: &ChangeBatch) -> Event {
-    Event::default().event("change").id(batch.revision.to_string()).data(batch_json(batch).to_string())
+fn change_event(shared: &SharedBatch) -> Event {
+    let data = shared.rendered(|batch| batch_json(batch).to_string());
+    Event::default().event("change").id(shared.batch.revision.to_string()).data(data)
 }
 
 /// `GET /v1/watch`: an SSE stream of change batches.
@@ -141,8 +142,13 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params, headers: Heade
     tokio::spawn(async move {
         metrics::gauge!("shoal_watch_streams").increment(1.0);
         loop {
-            let (events, last) = match watcher.next_batches(None).await {
-                Ok(batches) => (batches.iter().map(change_event).collect::<Vec<_>>(), false),
+            // Stop as soon as the client goes away, not only at the next change.
+            let next = tokio::select! {
+                next = watcher.next_batches(None) => next,
+                _ = sender.closed() => break,
+            };
+            let (events, last) = match next {
+                Ok(batches) => (batches.iter().map(|b| change_event(b)).collect::<Vec<_>>(), false),
                 Err(e) => {
                     // Mid-stream failure (e.g. compacted while lagging): say why, then end.
                     let body = json!({"error": {"code": e.code, "message": e.message}});
@@ -178,7 +184,7 @@ pub async fn poll(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
     let limit = params.limit(1000, 10_000)?;
     let mut watcher = Watcher::start(shoal, filter, from, limit).await?;
     let batches = watcher.next_batches(Some(Duration::from_millis(timeout_ms))).await?;
-    let batches: Vec<_> = batches.iter().map(batch_json).collect();
+    let batches: Vec<_> = batches.iter().map(|shared| batch_json(&shared.batch)).collect();
     // The reply is complete up to next_revision - 1.
     let through = watcher.next_revision().saturating_sub(1);
     Ok(with_revision(through, json!({"batches": batches, "next_revision": watcher.next_revision()})))
