@@ -1,0 +1,451 @@
+//! kv-bench: a three-node Shoal cluster against a three-node etcd cluster on
+//! loopback, same load: puts/s and linearizable gets/s with p50/p99 at several
+//! client counts, then the time from killing the leader to the first
+//! successful write through a surviving node.
+//!
+//! Shoal is driven over its HTTP API (HTTP/1.1, one connection per client);
+//! etcd through its own gRPC client (one HTTP/2 channel per node). Each client
+//! sticks to one node, spread round-robin over the three.
+
+// Shared with watch-bench, which uses more of its fields.
+#[allow(dead_code)]
+#[path = "stats.rs"]
+mod stats;
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+
+use crate::stats::{ms, summarize};
+
+#[derive(Parser, Debug)]
+#[command(about = "Three-node Shoal vs three-node etcd: throughput, latency and failover")]
+struct Args {
+    /// shoal binary [default: $SHOAL_BIN, else $CARGO_TARGET_DIR/release/shoal, else .../debug/shoal]
+    #[arg(long)]
+    shoal_bin: Option<PathBuf>,
+    /// etcd binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd_bin: PathBuf,
+    /// Client counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
+    clients: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Systems to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "shoal,etcd")]
+    targets: Vec<String>,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    /// Distinct keys written and read.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// Leader kills to time per system.
+    #[arg(long, default_value_t = 3)]
+    failovers: usize,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn default_shoal_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SHOAL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/shoal/target")
+    });
+    let release = target.join("release/shoal");
+    if release.exists() {
+        release
+    } else {
+        target.join("debug/shoal")
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped, and when the bench dies.
+struct Proc {
+    child: Child,
+    command: Command,
+}
+
+impl Proc {
+    fn start(mut command: Command, log: &Path) -> anyhow::Result<Proc> {
+        let file = File::options().create(true).append(true).open(log)?;
+        command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+        // the child if this process dies.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().context("starting a process")?;
+        Ok(Proc { child, command })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = self.command.spawn().context("restarting a process")?;
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One client's connection to one node.
+#[derive(Clone)]
+enum Conn {
+    Shoal { http: reqwest::Client, api: String },
+    Etcd(etcd_client::Client),
+}
+
+impl Conn {
+    async fn put(&mut self, key: &str, value: Vec<u8>, timeout: Duration) -> anyhow::Result<()> {
+        match self {
+            Conn::Shoal { http, api } => {
+                let response = http.put(format!("{api}/v1/kv/{key}")).body(value).timeout(timeout).send().await?;
+                if !response.status().is_success() {
+                    bail!("put answered {}", response.status());
+                }
+                Ok(())
+            }
+            Conn::Etcd(client) => {
+                tokio::time::timeout(timeout, client.put(key, value, None)).await??;
+                Ok(())
+            }
+        }
+    }
+
+    async fn get(&mut self, key: &str, timeout: Duration) -> anyhow::Result<()> {
+        match self {
+            Conn::Shoal { http, api } => {
+                let response = http.get(format!("{api}/v1/kv/{key}")).timeout(timeout).send().await?;
+                if !response.status().is_success() && response.status().as_u16() != 404 {
+                    bail!("get answered {}", response.status());
+                }
+                response.bytes().await?;
+                Ok(())
+            }
+            Conn::Etcd(client) => {
+                // etcd's default range request is linearizable.
+                tokio::time::timeout(timeout, client.get(key, None)).await??;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A running three-node cluster of either system.
+struct Cluster {
+    name: &'static str,
+    nodes: Vec<Proc>,
+    /// Client endpoint per node.
+    endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn shoal(bin: &Path) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("shoal-kv-bench-").tempdir()?;
+        let ports: Vec<(u16, u16, u16)> =
+            (0..3).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let seeds: Vec<String> = ports.iter().map(|(_, _, g)| format!("127.0.0.1:{g}")).collect();
+        let mut nodes = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (api, rpc, gossip)) in ports.iter().enumerate() {
+            let mut command = Command::new(bin);
+            command
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("n{i}")))
+                .args(["--api", &format!("127.0.0.1:{api}"), "--rpc", &format!("127.0.0.1:{rpc}")])
+                .args(["--gossip", &format!("127.0.0.1:{gossip}"), "--bootstrap-expect", "3"])
+                .args(["--log-level", "warn"]);
+            for seed in &seeds {
+                command.args(["--seed", seed]);
+            }
+            nodes.push(Proc::start(command, &dir.path().join(format!("n{i}.log")))?);
+            endpoints.push(format!("http://127.0.0.1:{api}"));
+        }
+        Ok(Cluster { name: "shoal", nodes, endpoints, _dir: dir })
+    }
+
+    fn etcd(bin: &Path) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("etcd-kv-bench-").tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}")).collect();
+        let mut nodes = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let mut command = Command::new(bin);
+            command
+                .args(["--name", &format!("n{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("n{i}")))
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "kv-bench", "--log-level", "warn"]);
+            nodes.push(Proc::start(command, &dir.path().join(format!("n{i}.log")))?);
+            endpoints.push(format!("http://127.0.0.1:{client}"));
+        }
+        Ok(Cluster { name: "etcd", nodes, endpoints, _dir: dir })
+    }
+
+    async fn connect(&self, node: usize) -> anyhow::Result<Conn> {
+        let endpoint = &self.endpoints[node];
+        match self.name {
+            "shoal" => Ok(Conn::Shoal {
+                http: reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build()?,
+                api: endpoint.clone(),
+            }),
+            _ => {
+                let options = etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(5));
+                Ok(Conn::Etcd(etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?))
+            }
+        }
+    }
+
+    /// Index of the current leader, as node 0 (or any answering node) sees it.
+    async fn leader(&self) -> anyhow::Result<usize> {
+        for node in 0..self.endpoints.len() {
+            if let Ok(leader) = self.leader_via(node).await {
+                return Ok(leader);
+            }
+        }
+        bail!("no node names a leader")
+    }
+
+    async fn leader_via(&self, node: usize) -> anyhow::Result<usize> {
+        match self.name {
+            "shoal" => {
+                let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
+                let cluster: serde_json::Value =
+                    http.get(format!("{}/v1/cluster", self.endpoints[node])).send().await?.json().await?;
+                let leader = cluster["leader"].as_u64().context("no leader")?;
+                let api = cluster["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|m| m["node_id"].as_u64() == Some(leader)))
+                    .and_then(|m| m["api"].as_str())
+                    .context("leader not listed")?;
+                self.endpoints.iter().position(|e| e.ends_with(api)).context("unknown leader address")
+            }
+            _ => {
+                let Conn::Etcd(mut client) = self.connect(node).await? else { bail!("not etcd") };
+                let leader = client.status().await?.leader();
+                for (i, _) in self.endpoints.iter().enumerate() {
+                    let Conn::Etcd(mut other) = self.connect(i).await? else { continue };
+                    if let Ok(status) = other.status().await {
+                        if status.header().map(|h| h.member_id()) == Some(leader) {
+                            return Ok(i);
+                        }
+                    }
+                }
+                bail!("leader {leader:x} not found")
+            }
+        }
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut ready = 0;
+            for node in 0..self.endpoints.len() {
+                if let Ok(mut conn) = self.connect(node).await {
+                    if conn.put("bench/ready", b"1".to_vec(), Duration::from_secs(1)).await.is_ok() {
+                        ready += 1;
+                    }
+                }
+            }
+            if ready == self.endpoints.len() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} cluster not ready after {timeout:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Put,
+    Get,
+}
+
+struct Measured {
+    ops_per_sec: f64,
+    p50: String,
+    p99: String,
+    errors: u64,
+}
+
+async fn measure(cluster: &Cluster, op: Op, clients: usize, args: &Args) -> anyhow::Result<Measured> {
+    let mut conns = Vec::new();
+    for node in 0..cluster.endpoints.len() {
+        conns.push(cluster.connect(node).await?);
+    }
+    let value = Arc::new(vec![b'v'; args.value_bytes]);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        // Shoal: one HTTP connection per client (the pool grows per task);
+        // etcd: clients on a node share that node's HTTP/2 channel.
+        let mut conn = conns[client % conns.len()].clone();
+        let (value, keys) = (value.clone(), args.keys);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+            while Instant::now() < until {
+                let key = format!("bench/k{}", rng.random_range(0..keys));
+                let t0 = Instant::now();
+                let result = match op {
+                    Op::Put => conn.put(&key, value.to_vec(), Duration::from_secs(5)).await,
+                    Op::Get => conn.get(&key, Duration::from_secs(5)).await,
+                };
+                match result {
+                    Ok(()) => latencies.push(t0.elapsed().as_nanos() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (latencies, task_errors) = task.await?;
+        all.extend(latencies);
+        errors += task_errors;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = all.len();
+    let summary = summarize(all);
+    Ok(Measured {
+        ops_per_sec: count as f64 / elapsed,
+        p50: summary.as_ref().map(|s| ms(s.p50)).unwrap_or_else(|| "-".into()),
+        p99: summary.as_ref().map(|s| ms(s.p99)).unwrap_or_else(|| "-".into()),
+        errors,
+    })
+}
+
+/// Kill the leader; time until a write through a surviving node succeeds.
+async fn failover(cluster: &mut Cluster) -> anyhow::Result<Duration> {
+    let leader = cluster.leader().await?;
+    let survivor = (leader + 1) % cluster.nodes.len();
+    let mut conn = cluster.connect(survivor).await?;
+    let killed_at = Instant::now();
+    cluster.nodes[leader].kill();
+    let deadline = killed_at + Duration::from_secs(60);
+    let mut attempt = 0u64;
+    let elapsed = loop {
+        attempt += 1;
+        if conn.put(&format!("bench/failover/{attempt}"), b"x".to_vec(), Duration::from_millis(500)).await.is_ok() {
+            break killed_at.elapsed();
+        }
+        if Instant::now() > deadline {
+            bail!("{}: no successful write within 60 s of killing the leader", cluster.name);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Bring the old leader back and let the cluster settle before the next round.
+    cluster.nodes[leader].restart()?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    Ok(elapsed)
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let shoal_bin = args.shoal_bin.clone().unwrap_or_else(default_shoal_bin);
+    println!("# kv-bench: 3-node clusters on 127.0.0.1, {} s per figure, {} B values, {} keys", args.seconds, args.value_bytes, args.keys);
+    println!("# shoal: {}", shoal_bin.display());
+    println!("# etcd:  {}", args.etcd_bin.display());
+    println!();
+    println!("| system | clients | puts/s | put p50 | put p99 | gets/s | get p50 | get p99 | errors |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut failovers = Vec::new();
+    for target in &args.targets {
+        let mut cluster = match target.as_str() {
+            "shoal" => Cluster::shoal(&shoal_bin)?,
+            "etcd" => Cluster::etcd(&args.etcd_bin)?,
+            other => bail!("unknown target {other:?} (shoal or etcd)"),
+        };
+        cluster.wait_ready(Duration::from_secs(60)).await?;
+        for clients in &args.clients {
+            eprintln!("{target}: {clients} clients ...");
+            let puts = measure(&cluster, Op::Put, *clients, args).await?;
+            let gets = measure(&cluster, Op::Get, *clients, args).await?;
+            println!(
+                "| {target} | {clients} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
+                puts.ops_per_sec, puts.p50, puts.p99, gets.ops_per_sec, gets.p50, gets.p99, puts.errors + gets.errors
+            );
+        }
+        let mut times = Vec::new();
+        for round in 0..args.failovers {
+            eprintln!("{target}: failover {}/{} ...", round + 1, args.failovers);
+            times.push(failover(&mut cluster).await?);
+        }
+        failovers.push((target.clone(), times));
+    }
+    println!();
+    println!("| system | leader kill -9 → first successful write (each run) | median |");
+    println!("| --- | --- | ---: |");
+    for (target, mut times) in failovers {
+        let each: Vec<String> = times.iter().map(|t| format!("{} ms", t.as_millis())).collect();
+        times.sort();
+        let median = times.get(times.len() / 2).map(|t| format!("{} ms", t.as_millis())).unwrap_or_default();
+        println!("| {target} | {} | {median} |", each.join(", "));
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kv-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1800), run(&args)).await }) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("kv-bench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+        Err(_) => {
+            eprintln!("kv-bench: gave up after 30 minutes");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
