@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::{Config, SnapshotPolicy};
-use shoal_raft::{serve_rpc, ClusterKey, Forwarder, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
+use shoal_raft::{serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
 use shoal_storage::kv::Command;
 use shoal_storage::Store;
 use tokio::net::TcpListener;
@@ -65,6 +65,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("starting raft")?;
     let gossip = Gossip::start(&settings, node_id).await?;
+    let linearizer = Linearizer::new(raft.clone());
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -76,9 +77,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         started,
         gossip,
         forwarder: Forwarder::new(key.clone()),
+        linearizer: linearizer.clone(),
         shutdown: Notify::new(),
     });
-    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), key));
+    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key));
 
     if !raft.is_initialized().await.context("reading raft state")? {
         match settings.bootstrap_expect {

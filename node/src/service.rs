@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
-use shoal_raft::{ForwardError, Forwarder, NodeId, Raft};
+use shoal_raft::{ForwardError, Forwarder, Linearizer, NodeId, Raft};
 use tokio::sync::Notify;
 use shoal_storage::kv::{Command, Rejection, Response};
 use shoal_storage::{Store, StorageError};
@@ -27,6 +27,7 @@ pub struct Shoal {
     pub started: Instant,
     pub gossip: Gossip,
     pub forwarder: Forwarder,
+    pub linearizer: Arc<Linearizer>,
     /// Signalled to stop the node (after it left the cluster).
     pub shutdown: Notify,
 }
@@ -102,7 +103,7 @@ impl Shoal {
             if left.is_zero() {
                 return Err(self.timed_out());
             }
-            let leader = match tokio::time::timeout(left, self.raft.ensure_linearizable()).await {
+            let leader = match tokio::time::timeout(left, self.linearizer.read_index()).await {
                 Err(_) => return Err(self.timed_out()),
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => forward.leader_node,

@@ -2,6 +2,7 @@
 //! machine over `shoal-storage`, and the node-to-node RPC transport.
 
 mod forward;
+mod linearizer;
 mod log_store;
 mod network;
 mod rpc;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use log_store::LogStore;
 pub use forward::{ForwardError, Forwarder};
+pub use linearizer::Linearizer;
 pub use network::RpcNetwork;
 pub use rpc::{local_replication, remove_node, serve_rpc, ReadIndexResult, Replication, WriteResult};
 pub use wire::ClusterKey;

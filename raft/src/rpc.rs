@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use shoal_storage::kv::{Command, Response};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::linearizer::Linearizer;
 use crate::wire::{self, ClusterKey};
 use crate::{NodeAddr, NodeId, Raft, TypeConfig};
 
@@ -50,7 +51,7 @@ pub(crate) enum Reply {
 
 /// Serve peers until the listener fails. Connections that do not know the
 /// cluster secret are closed after the handshake.
-pub async fn serve_rpc(listener: TcpListener, raft: Raft, key: ClusterKey) {
+pub async fn serve_rpc(listener: TcpListener, raft: Raft, linearizer: Arc<Linearizer>, key: ClusterKey) {
     let key = Arc::new(key);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -60,16 +61,21 @@ pub async fn serve_rpc(listener: TcpListener, raft: Raft, key: ClusterKey) {
                 continue;
             }
         };
-        let (raft, key) = (raft.clone(), key.clone());
+        let (raft, linearizer, key) = (raft.clone(), linearizer.clone(), key.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, &key).await {
+            if let Err(e) = serve_connection(stream, raft, linearizer, &key).await {
                 tracing::debug!(%peer, error = %e, "rpc connection closed");
             }
         });
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, raft: Raft, key: &ClusterKey) -> std::io::Result<()> {
+async fn serve_connection(
+    mut stream: TcpStream,
+    raft: Raft,
+    linearizer: Arc<Linearizer>,
+    key: &ClusterKey,
+) -> std::io::Result<()> {
     if !wire::accept(&mut stream, key).await? {
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::warn!(%peer, "rejected a peer with the wrong cluster secret");
@@ -83,7 +89,7 @@ async fn serve_connection(mut stream: TcpStream, raft: Raft, key: &ClusterKey) -
             Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
             Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
             Request::ClientWrite(command) => Reply::ClientWrite(raft.client_write(command).await.map(|r| r.data)),
-            Request::ReadIndex => Reply::ReadIndex(raft.ensure_linearizable().await),
+            Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
             Request::Replication => Reply::Replication(local_replication(&raft)),
             Request::RemoveNode(id) => Reply::RemoveNode(remove_node(&raft, id).await),
         };
