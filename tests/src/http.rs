@@ -46,19 +46,25 @@ pub struct Reply {
 impl Reply {
     pub async fn read(response: reqwest::Response) -> Reply {
         let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
+        Reply::try_read(response)
             .await
-            .unwrap_or_else(|e| panic!("reading the body of a {status} response failed: {e}"));
+            .unwrap_or_else(|e| panic!("reading the body of a {status} response failed: {e}"))
+    }
+
+    /// Like [`Reply::read`], returning an error if the body cannot be read
+    /// (the connection broke or the request timed out).
+    pub async fn try_read(response: reqwest::Response) -> Result<Reply, reqwest::Error> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
+        Ok(Reply {
             status,
             headers,
             body,
             text,
-        }
+        })
     }
 
     /// The `X-Shoal-Revision` header as a number, if present.

@@ -5,15 +5,21 @@
 //! command line). Nothing here knows Shoal's internals: the tests are written
 //! against the public HTTP API described in `docs/config-api.md`.
 //!
+//! [`Cluster`] starts several nodes that form one Raft cluster by gossip and
+//! gives each the same `--seed` list; its nodes are ordinary [`Node`]s that
+//! can be killed, restarted, paused (SIGSTOP) and terminated (SIGTERM).
+//!
 //! The binary is looked up in `SHOAL_BIN`, else next to the test executable
 //! (`<target>/debug/shoal`); build it with `cargo build -p shoal`.
 
 mod cli;
+mod cluster;
 mod http;
 mod node;
 mod sse;
 
 pub use cli::{run_shoal, shoal_command, CliOutput};
+pub use cluster::{members_of, Cluster, ClusterBuilder, Member, FORM_TIMEOUT};
 pub use http::{
     assert_error, b64, encode_key, error_detail, error_matches, kv_value, num, opt_num, text,
     unb64, Reply,
@@ -44,5 +50,27 @@ where
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Like [`eventually`], but `check` explains each miss (`Err(observation)`),
+/// and the panic after `timeout` shows the last observation, so a failure
+/// says what the cluster looked like rather than only what was awaited.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) => {
+                if Instant::now() >= deadline {
+                    panic!("timed out after {timeout:?} waiting for: {what}\nlast seen: {last}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub struct NodeBuilder {
     extra_args: Vec<String>,
     extra_env: Vec<(String, String)>,
     settings: Settings,
+    ports: Option<(u16, u16, u16)>,
+    label: Option<String>,
 }
 
 impl NodeBuilder {
@@ -109,14 +111,39 @@ impl NodeBuilder {
         self
     }
 
+    /// Fixed API, RPC and gossip ports (from [`free_port`]) instead of fresh
+    /// ones: a cluster hands every node the gossip addresses of all the others
+    /// before any of them starts.
+    pub fn ports(mut self, api: u16, rpc: u16, gossip: u16) -> Self {
+        self.ports = Some((api, rpc, gossip));
+        self
+    }
+
+    /// A name for the node in failure output, e.g. `"node 2"`.
+    pub fn label(mut self, label: &str) -> Self {
+        self.label = Some(label.to_string());
+        self
+    }
+
     /// Starts the process and waits until `/ready` answers 200.
     pub async fn start(self) -> Node {
+        let mut node = self.start_no_wait();
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts the process without waiting for it to become ready (a cluster
+    /// node is not ready before the cluster has formed). Use
+    /// [`Node::wait_ready`] to wait.
+    pub fn start_no_wait(self) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("shoal-test-")
             .tempdir()
             .expect("cannot create a temporary directory");
         let data_dir = dir.path().join("data");
-        let (api_port, rpc_port, gossip_port) = (free_port(), free_port(), free_port());
+        let (api_port, rpc_port, gossip_port) = self
+            .ports
+            .unwrap_or_else(|| (free_port(), free_port(), free_port()));
         let addr = |port: u16| format!("127.0.0.1:{port}");
 
         let mut args = vec![self.subcommand.clone()];
@@ -150,6 +177,9 @@ impl NodeBuilder {
 
         let mut node = Node {
             child: None,
+            paused: false,
+            last_exit: None,
+            label: self.label,
             args,
             env,
             data_dir,
@@ -160,7 +190,6 @@ impl NodeBuilder {
             dir,
         };
         node.spawn();
-        node.wait_ready().await;
         node
     }
 }
@@ -182,6 +211,11 @@ fn new_client() -> reqwest::Client {
 /// the end of the node's log is printed first.
 pub struct Node {
     child: Option<Child>,
+    /// Stopped with SIGSTOP and not yet continued.
+    paused: bool,
+    /// How the process ended, once the harness has reaped it.
+    last_exit: Option<ExitStatus>,
+    label: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     data_dir: PathBuf,
@@ -210,7 +244,24 @@ impl Node {
             extra_args: Vec::new(),
             extra_env: Vec::new(),
             settings: Settings::Flags,
+            ports: None,
+            label: None,
         }
+    }
+
+    /// The name given with [`NodeBuilder::label`], else the API endpoint.
+    pub fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| self.endpoint())
+    }
+
+    /// `127.0.0.1:PORT` of the gossip listener (what `--seed` takes).
+    pub fn gossip_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.gossip_port)
+    }
+
+    /// The command line arguments the node runs with (without the binary).
+    pub fn args(&self) -> &[String] {
+        &self.args
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -275,12 +326,18 @@ impl Node {
     /// Polls `GET /ready` every 50 ms until it answers 200 (30 s at most).
     /// Panics with the log's tail if the process exits or never gets ready.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        self.wait_ready_within(READY_TIMEOUT).await
+    }
+
+    /// [`Node::wait_ready`] with another time limit.
+    pub async fn wait_ready_within(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         let mut last;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().expect("try_wait failed") {
                     self.child = None;
+                    self.last_exit = Some(status);
                     panic!(
                         "shoal exited with {status} before becoming ready\n{}",
                         self.log_tail(40)
@@ -302,7 +359,8 @@ impl Node {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "shoal was not ready after {READY_TIMEOUT:?} (last: {last})\n{}",
+                    "shoal ({}) was not ready after {timeout:?} (last: {last})\n{}",
+                    self.label(),
                     self.log_tail(40)
                 );
             }
@@ -310,30 +368,136 @@ impl Node {
         }
     }
 
-    /// SIGKILL the process and reap it.
+    /// SIGKILL the process and reap it (a paused process is killed too).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             // `Child::kill` sends SIGKILL on Unix.
             let _ = child.kill();
-            let _ = child.wait();
+            if let Ok(status) = child.wait() {
+                self.last_exit = Some(status);
+            }
         }
+        self.paused = false;
     }
 
     /// Starts the process again with the same data directory, ports and
     /// arguments (killing it first if it still runs) and waits until ready.
     pub async fn restart(&mut self) {
+        self.restart_no_wait();
+        self.wait_ready().await;
+    }
+
+    /// Like [`Node::restart`] without waiting for `/ready`: a cluster node
+    /// may not be ready until enough of its peers are back.
+    pub fn restart_no_wait(&mut self) {
         self.kill9();
         // Fresh connection pool: the old connections died with the process.
         self.client = new_client();
         self.spawn();
-        self.wait_ready().await;
     }
 
-    /// Whether the process is still running.
+    /// Whether the process is still running (reaps it if it has exited).
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
-            Some(child) => child.try_wait().expect("try_wait failed").is_none(),
+            Some(child) => match child.try_wait().expect("try_wait failed") {
+                None => true,
+                Some(status) => {
+                    self.child = None;
+                    self.paused = false;
+                    self.last_exit = Some(status);
+                    false
+                }
+            },
             None => false,
+        }
+    }
+
+    /// Whether the harness started the process and has not seen it end, and
+    /// it is not paused: a node worth sending requests to.
+    pub fn is_up(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// How the process ended the last time the harness reaped it.
+    pub fn last_exit(&self) -> Option<ExitStatus> {
+        self.last_exit
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, ...) to the running process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("signal {signal}: {} is not running", self.label()));
+        let pid = libc::pid_t::try_from(pid).expect("pid does not fit in pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own child, which is not reaped yet, so it cannot have been reused.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            result,
+            0,
+            "kill({pid}, {signal}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its sockets but answers
+    /// nothing, like a hung machine.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.paused = true;
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    /// Sends SIGTERM (continuing the process first if it is paused) and waits
+    /// up to `timeout` for it to exit; panics with the log's tail if it does
+    /// not. Returns the exit status.
+    pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        if self.paused {
+            self.resume();
+        }
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (after a
+    /// SIGTERM, or after leaving the cluster) and reaps it; panics with the
+    /// log's tail if it is still running then. Returns the exit status.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return self
+                    .last_exit
+                    .unwrap_or_else(|| panic!("wait_exit: {} was never started", self.label()));
+            };
+            if let Some(status) = child.try_wait().expect("try_wait failed") {
+                self.child = None;
+                self.paused = false;
+                self.last_exit = Some(status);
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not exit within {timeout:?}\n{}",
+                    self.label(),
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -364,6 +528,20 @@ impl Node {
             .timeout(REQUEST_TIMEOUT)
     }
 
+    /// Sends a request and reads the whole reply; `Err` describes a failure
+    /// to connect, a timeout, or a broken reply (for nodes that may be down).
+    pub async fn try_send(&self, request: RequestBuilder) -> Result<Reply, String> {
+        let response = request.send().await.map_err(|e| describe_error(&e))?;
+        Reply::try_read(response).await.map_err(|e| describe_error(&e))
+    }
+
+    /// `METHOD path` with a time limit, not panicking if the node does not
+    /// answer.
+    pub async fn try_request(&self, method: Method, path: &str, timeout: Duration) -> Result<Reply, String> {
+        self.try_send(self.client.request(method, self.url(path)).timeout(timeout))
+            .await
+    }
+
     /// Sends a request and reads the whole reply.
     pub async fn send(&self, request: RequestBuilder) -> Reply {
         let response = request
@@ -387,6 +565,27 @@ impl Node {
 
     fn kv_path(key: &str) -> String {
         format!("/v1/kv/{}", encode_key(key))
+    }
+
+    /// `PUT /v1/kv/{key}` with a time limit; `Err` if there is no reply.
+    pub async fn try_put(&self, key: &str, value: &[u8], timeout: Duration) -> Result<Reply, String> {
+        let request = self
+            .client
+            .put(self.url(&Self::kv_path(key)))
+            .timeout(timeout)
+            .body(value.to_vec());
+        self.try_send(request).await
+    }
+
+    /// `GET /v1/kv/{key}` with query parameters and a time limit; `Err` if
+    /// there is no reply.
+    pub async fn try_get(&self, key: &str, query: &[(&str, &str)], timeout: Duration) -> Result<Reply, String> {
+        let request = self
+            .client
+            .get(self.url(&Self::kv_path(key)))
+            .query(query)
+            .timeout(timeout);
+        self.try_send(request).await
     }
 
     /// `PUT /v1/kv/{key}` with query parameters; returns the reply as is.
@@ -566,6 +765,22 @@ impl Node {
     }
 }
 
+/// A reqwest error with its causes (the top-level message alone is often
+/// just "error sending request").
+fn describe_error(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        text.push_str(" (timed out)");
+    }
+    text
+}
+
 /// Removes terminal colour sequences (`ESC [ ... letter`) from log text.
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -605,7 +820,8 @@ impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "test failed; shoal node {} (data in {}):\n{}",
+                "test failed; shoal node {}{} (data in {}):\n{}",
+                self.label.as_deref().map(|l| format!("{l} ")).unwrap_or_default(),
                 self.endpoint(),
                 self.dir.path().display(),
                 self.log_tail(60)
