@@ -45,7 +45,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
     let hub = Arc::new(WatchHub::default());
-    let log_store = LogStore::new(store.clone());
+    let log_store = LogStore::new(store.clone()).context("starting the WAL sync thread")?;
     let committed_index = log_store.committed_index();
     let state_machine = StateMachine::new(store.clone(), settings.data_dir.join("snapshots"), hub.clone())
         .context("creating the snapshot directory")?;

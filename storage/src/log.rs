@@ -7,15 +7,22 @@ use crate::db::{key_u64, u64_key, Store, CF_LOG, CF_RAFT_META};
 use crate::error::StorageError;
 
 impl Store {
-    /// Append entries (index, encoded entry) and fsync the WAL before returning,
-    /// so an append reported as flushed survives a crash.
-    pub fn log_append(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+    /// Write entries (index, encoded entry) to the WAL without waiting for
+    /// the disk. They are durable only after a later [`Store::sync_wal`] (or
+    /// any synced write) returns; the caller must not report them flushed
+    /// before that.
+    pub fn log_write(&self, entries: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
         let cf = self.cf(CF_LOG)?;
         let mut batch = WriteBatch::default();
         for (index, bytes) in entries {
             batch.put_cf(cf, u64_key(*index), bytes);
         }
-        self.write(batch, true)
+        self.write(batch, false)
+    }
+
+    /// fsync the WAL: every write made before this call is durable after it.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        Ok(self.db.flush_wal(true)?)
     }
 
     /// Entries with index in `[start, end)`, in order.
