@@ -51,9 +51,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("creating the snapshot directory")?;
     let config = Config {
         cluster_name: "shoal".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: settings.election_timeout_ms / 5,
+        election_timeout_min: settings.election_timeout_ms,
+        election_timeout_max: settings.election_timeout_ms * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
         max_in_snapshot_log_to_keep: settings.snapshot_every.min(1000),
         ..Default::default()

@@ -52,6 +52,10 @@ pub struct NodeArgs {
     /// On SIGTERM, leave the cluster (be removed from Raft) before exiting.
     #[arg(long, env = "SHOAL_LEAVE_ON_TERMINATE", num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_terminate: Option<bool>,
+    /// Raft election timeout in ms: a follower that hears no leader for a random time between this
+    /// and twice this starts an election; heartbeats go every fifth of it [default: 300].
+    #[arg(long, env = "SHOAL_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
     /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info` [default: info,openraft=warn].
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -95,6 +99,7 @@ pub struct Settings {
     pub dead_node_grace_secs: u64,
     pub cluster_secret: Option<String>,
     pub leave_on_terminate: bool,
+    pub election_timeout_ms: u64,
     pub log_level: String,
     pub log_dir: PathBuf,
     pub log_max_file_bytes: u64,
@@ -133,6 +138,7 @@ impl Settings {
             dead_node_grace_secs: pick!(dead_node_grace_secs).unwrap_or(30),
             cluster_secret: pick!(cluster_secret),
             leave_on_terminate: pick!(leave_on_terminate).unwrap_or(false),
+            election_timeout_ms: pick!(election_timeout_ms).unwrap_or(300),
             log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
             log_max_file_bytes: pick!(log_max_file_mb).unwrap_or(64).saturating_mul(1 << 20),
             log_max_files: pick!(log_max_files).unwrap_or(10),
@@ -161,6 +167,9 @@ impl Settings {
         }
         if self.bootstrap_expect > 1 && self.seeds.is_empty() {
             bail!("--bootstrap-expect {} needs --seed addresses to find the other nodes", self.bootstrap_expect);
+        }
+        if !(50..=60_000).contains(&self.election_timeout_ms) {
+            bail!("--election-timeout-ms must be between 50 and 60000");
         }
         if self.history_revisions == 0 {
             bail!("--history-revisions must be at least 1");
