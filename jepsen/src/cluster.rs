@@ -1,0 +1,441 @@
+//! The Shoal nodes: one `shoal serve` process per network namespace, and the
+//! harness's view of them (kill, restart, pause, resume, status, leader).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::netns::{node_ip, Net};
+
+pub const API_PORT: u16 = 7700;
+const RPC_PORT: u16 = 7701;
+const GOSSIP_PORT: u16 = 7702;
+/// Time limit of the harness's own status queries: a paused node must not
+/// stall the nemesis.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    Running,
+    Paused,
+    Killed,
+}
+
+struct NodeProc {
+    child: Option<Child>,
+    state: NodeState,
+    starts: u32,
+}
+
+/// Settings every node gets.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub shoal_bin: PathBuf,
+    pub voters: usize,
+    pub snapshot_every: u64,
+    pub extra_args: Vec<String>,
+}
+
+pub struct Cluster {
+    pub net: Net,
+    pub n: usize,
+    settings: NodeSettings,
+    data_root: PathBuf,
+    log_root: PathBuf,
+    procs: Vec<Mutex<NodeProc>>,
+    /// Node ids by index (from `/v1/status`; persisted in the data dir).
+    ids: Mutex<Vec<Option<u64>>>,
+    http: reqwest::Client,
+    /// Unexpected exits seen so far: (index, status).
+    exits: Mutex<Vec<(usize, String)>>,
+}
+
+/// `http://10.77.0.1x:7700`
+pub fn api_url(i: usize) -> String {
+    format!("http://{}:{API_PORT}", node_ip(i))
+}
+
+impl Cluster {
+    /// Creates the network and starts every node (without waiting).
+    pub fn start(
+        net: Net,
+        settings: NodeSettings,
+        data_root: &Path,
+        log_root: &Path,
+    ) -> Result<Cluster> {
+        let n = net.nodes;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(QUERY_TIMEOUT)
+            .connect_timeout(Duration::from_millis(500))
+            .build()?;
+        let cluster = Cluster {
+            net,
+            n,
+            settings,
+            data_root: data_root.to_path_buf(),
+            log_root: log_root.to_path_buf(),
+            procs: (0..n)
+                .map(|_| {
+                    Mutex::new(NodeProc {
+                        child: None,
+                        state: NodeState::Killed,
+                        starts: 0,
+                    })
+                })
+                .collect(),
+            ids: Mutex::new(vec![None; n]),
+            http,
+            exits: Mutex::new(Vec::new()),
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn args(&self, i: usize) -> Vec<String> {
+        let ip = node_ip(i);
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            self.data_dir(i).display().to_string(),
+            "--api".into(),
+            format!("{ip}:{API_PORT}"),
+            "--rpc".into(),
+            format!("{ip}:{RPC_PORT}"),
+            "--gossip".into(),
+            format!("{ip}:{GOSSIP_PORT}"),
+        ];
+        for j in 0..self.n {
+            args.push("--seed".into());
+            args.push(format!("{}:{GOSSIP_PORT}", node_ip(j)));
+        }
+        args.extend([
+            "--bootstrap-expect".to_string(),
+            self.n.to_string(),
+            "--voters".into(),
+            self.settings.voters.to_string(),
+            "--dead-node-grace-secs".into(),
+            "10".into(),
+            "--request-timeout-ms".into(),
+            "2000".into(),
+            "--snapshot-every".into(),
+            self.settings.snapshot_every.to_string(),
+        ]);
+        args.extend(self.settings.extra_args.iter().cloned());
+        args
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.data_root.join(format!("n{i}"))
+    }
+
+    fn console_log(&self, i: usize) -> PathBuf {
+        self.log_root.join(format!("n{i}")).join("console.log")
+    }
+
+    /// Starts node `i` inside its namespace (it must not be running).
+    fn spawn(&self, i: usize) -> Result<()> {
+        let mut proc_ = self.procs[i].lock().unwrap();
+        fs::create_dir_all(self.data_dir(i))?;
+        let console = self.console_log(i);
+        fs::create_dir_all(console.parent().unwrap())?;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&console)?;
+        let args = self.args(i);
+        writeln!(
+            log,
+            "=== shoal-jepsen: start #{} of node {i}: {} {}",
+            proc_.starts + 1,
+            self.settings.shoal_bin.display(),
+            args.join(" ")
+        )?;
+        let ns_path = format!("/run/netns/{}", Net::ns_name(&self.net.run_id, i));
+        let ns_fd: OwnedFd = File::open(&ns_path)
+            .with_context(|| format!("opening {ns_path}"))?
+            .into();
+        let raw_ns = ns_fd.as_raw_fd();
+        let mut cmd = Command::new(&self.settings.shoal_bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
+            .env_remove("SHOAL_CONFIG")
+            .env_remove("SHOAL_CLUSTER_SECRET");
+        // SAFETY: only async-signal-safe calls (setns, prctl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(raw_ns, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Die with the harness, whatever kills it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.settings.shoal_bin.display()))?;
+        drop(ns_fd);
+        proc_.child = Some(child);
+        proc_.state = NodeState::Running;
+        proc_.starts += 1;
+        Ok(())
+    }
+
+    pub fn state(&self, i: usize) -> NodeState {
+        self.procs[i].lock().unwrap().state
+    }
+
+    /// `kill -9`. Returns false if the node was not running.
+    pub fn kill(&self, i: usize) -> bool {
+        let mut p = self.procs[i].lock().unwrap();
+        let Some(mut child) = p.child.take() else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        p.state = NodeState::Killed;
+        true
+    }
+
+    /// Restarts a killed node with the same flags and data.
+    pub fn restart(&self, i: usize) -> Result<()> {
+        if self.procs[i].lock().unwrap().child.is_some() {
+            return Ok(());
+        }
+        self.spawn(i)
+    }
+
+    /// SIGSTOP. Returns false if the node was not running.
+    pub fn pause(&self, i: usize) -> bool {
+        self.signal(i, libc::SIGSTOP, NodeState::Running, NodeState::Paused)
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self, i: usize) -> bool {
+        self.signal(i, libc::SIGCONT, NodeState::Paused, NodeState::Running)
+    }
+
+    fn signal(&self, i: usize, sig: i32, from: NodeState, to: NodeState) -> bool {
+        let mut p = self.procs[i].lock().unwrap();
+        if p.state != from {
+            return false;
+        }
+        let Some(child) = p.child.as_ref() else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        p.state = to;
+        true
+    }
+
+    /// Notices nodes that exited without being killed by the nemesis (a crash
+    /// or a self-shutdown), records them, and returns the new ones.
+    pub fn reap_unexpected_exits(&self) -> Vec<(usize, String)> {
+        let mut new = Vec::new();
+        for i in 0..self.n {
+            let mut p = self.procs[i].lock().unwrap();
+            let exited = match p.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                p.child = None;
+                p.state = NodeState::Killed;
+                new.push((i, status));
+            }
+        }
+        self.exits.lock().unwrap().extend(new.iter().cloned());
+        new
+    }
+
+    pub fn unexpected_exits(&self) -> Vec<(usize, String)> {
+        self.exits.lock().unwrap().clone()
+    }
+
+    /// Kills every node (end of run).
+    pub fn stop_all(&self) {
+        for i in 0..self.n {
+            self.resume(i);
+            self.kill(i);
+        }
+    }
+
+    /// Copies the nodes' own log files (DATA_DIR/logs) next to the console logs.
+    pub fn copy_logs(&self) {
+        for i in 0..self.n {
+            let src = self.data_dir(i).join("logs");
+            let dst = self.log_root.join(format!("n{i}"));
+            if let Ok(entries) = fs::read_dir(&src) {
+                for entry in entries.flatten() {
+                    let _ = fs::copy(entry.path(), dst.join(entry.file_name()));
+                }
+            }
+        }
+    }
+
+    // ----- queries ----------------------------------------------------------
+
+    pub async fn get_json(&self, i: usize, path: &str) -> Option<(u16, Value)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", api_url(i)))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.ok()?;
+        Some((status, body))
+    }
+
+    pub async fn post_json(&self, i: usize, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", api_url(i)))
+            .timeout(Duration::from_secs(5))
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        match self.get_json(i, "/v1/status").await {
+            Some((200, v)) => {
+                if let Some(id) = v["node_id"].as_u64() {
+                    self.ids.lock().unwrap()[i] = Some(id);
+                }
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn node_ids(&self) -> Vec<Option<u64>> {
+        self.ids.lock().unwrap().clone()
+    }
+
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.ids.lock().unwrap().iter().position(|x| *x == Some(id))
+    }
+
+    /// The statuses of all nodes, queried concurrently.
+    pub async fn statuses(&self) -> Vec<Option<Value>> {
+        futures::future::join_all((0..self.n).map(|i| self.status(i))).await
+    }
+
+    /// The current leader's index, as reported by the reachable node with
+    /// the highest term.
+    pub async fn leader(&self) -> Option<usize> {
+        let statuses = self.statuses().await;
+        let best = statuses
+            .iter()
+            .flatten()
+            .filter(|s| s["leader"].as_u64().is_some())
+            .max_by_key(|s| s["term"].as_u64().unwrap_or(0))?;
+        self.index_of(best["leader"].as_u64()?)
+    }
+
+    /// Raft roles by node index from the leader's `/v1/cluster` view.
+    pub async fn membership(&self) -> Option<BTreeMap<usize, String>> {
+        let leader = self.leader().await?;
+        let (status, view) = self.get_json(leader, "/v1/cluster").await?;
+        if status != 200 {
+            return None;
+        }
+        let mut roles = BTreeMap::new();
+        for m in view["members"].as_array()? {
+            if let (Some(id), Some(role)) = (m["node_id"].as_u64(), m["raft_role"].as_str()) {
+                if let Some(i) = self.index_of(id) {
+                    roles.insert(i, role.to_string());
+                }
+            }
+        }
+        Some(roles)
+    }
+
+    /// Waits until every node is ready and the leader counts every node as a
+    /// Raft member, with `voters` voters. Returns how long it took, or the
+    /// last thing that was missing.
+    pub async fn wait_healthy(&self, timeout: Duration) -> std::result::Result<Duration, String> {
+        let start = Instant::now();
+        let mut missing;
+        loop {
+            missing = self.health_problem().await;
+            match &missing {
+                None => return Ok(start.elapsed()),
+                Some(_) if start.elapsed() >= timeout => break,
+                Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        Err(missing.unwrap_or_default())
+    }
+
+    async fn health_problem(&self) -> Option<String> {
+        for (i, s) in self.statuses().await.iter().enumerate() {
+            if s.is_none() {
+                return Some(format!("node {i} does not answer /v1/status"));
+            }
+        }
+        for i in 0..self.n {
+            match self.get_json(i, "/ready").await {
+                Some((200, _)) => {}
+                other => return Some(format!("node {i} not ready: {:?}", other.map(|o| o.1))),
+            }
+        }
+        let Some(roles) = self.membership().await else {
+            return Some("no leader view of the membership".into());
+        };
+        let voters = roles
+            .values()
+            .filter(|r| *r == "leader" || *r == "voter")
+            .count();
+        let members = roles.values().filter(|r| *r != "none").count();
+        let want_voters = self.settings.voters.min(self.n);
+        if voters != want_voters || members != self.n {
+            return Some(format!(
+                "membership not restored yet: {roles:?} (want {want_voters} voters, {} members)",
+                self.n
+            ));
+        }
+        None
+    }
+
+    /// Ensures all node ids are known (after formation).
+    pub async fn learn_ids(&self) -> Result<()> {
+        self.statuses().await;
+        if let Some(i) = self.node_ids().iter().position(Option::is_none) {
+            bail!("node {i} did not report its id");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
