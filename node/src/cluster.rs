@@ -232,6 +232,12 @@ async fn reconcile_once(
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+    // A leader that has just committed its own removal still calls itself
+    // leader until it steps down; it must not change membership any more
+    // (openraft 0.9 panics if it does).
+    if !voters.contains(&shoal.node_id) {
+        return Ok(());
+    }
     let gossip = shoal.gossip.members().await;
     let now = Instant::now();
 
@@ -248,7 +254,8 @@ async fn reconcile_once(
 
     // New nodes join as learners.
     for member in gossip.values() {
-        if member.alive && !member.left && !voters.contains(&member.node_id) && !learners.contains(&member.node_id) {
+        let known = voters.contains(&member.node_id) || learners.contains(&member.node_id);
+        if member.alive && !member.left && !known && member.node_id != shoal.node_id {
             tracing::info!(node = member.node_id, "adding a learner");
             let addr = NodeAddr { rpc: member.rpc.clone(), api: member.api.clone() };
             shoal.raft.add_learner(member.node_id, addr, false).await?;

@@ -111,7 +111,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             axum::serve(api_listener, app).with_graceful_shutdown(async move { stop.notified().await }).await
         })
     };
+    let mut raft_failure = None;
     tokio::select! {
+        fatal = raft_stopped(raft.clone()) => {
+            // Without a working Raft core the node can only answer errors; exit
+            // so that a supervisor restarts it and it rejoins from its data.
+            tracing::error!(error = %fatal, "the Raft core stopped; exiting");
+            raft_failure = Some(fatal);
+        }
         _ = shutdown_signal() => {
             if settings.leave_on_terminate {
                 tracing::info!("leaving the cluster before exiting");
@@ -129,7 +136,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("closing remaining connections");
     }
     raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
-    Ok(())
+    match raft_failure {
+        Some(fatal) => Err(anyhow::anyhow!("the Raft core stopped: {fatal}")),
+        None => Ok(()),
+    }
+}
+
+/// Resolves with the error once the Raft core has stopped on its own.
+async fn raft_stopped(raft: Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft metrics closed".to_string();
+        }
+    }
 }
 
 async fn shutdown_signal() {

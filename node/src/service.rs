@@ -9,7 +9,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use shoal_raft::{ForwardError, Forwarder, Linearizer, NodeId, Raft};
 use tokio::sync::Notify;
-use shoal_storage::kv::{Command, Rejection, Response};
+use shoal_storage::kv::{Command, Proposal, Rejection, Response};
 use shoal_storage::{Store, StorageError};
 
 use crate::api::error::{ApiError, ApiResult};
@@ -61,13 +61,16 @@ impl Shoal {
         }
     }
 
+    /// Retries (another leader, a lost connection) resend the same proposal
+    /// id, so a proposal that was committed after all is not applied twice.
     async fn write_until(&self, command: Command, deadline: Instant) -> ApiResult<Response> {
+        let proposal = Proposal { id: rand::random(), at_ms: now_ms(), command };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.timed_out());
             }
-            let leader = match tokio::time::timeout(left, self.raft.client_write(command.clone())).await {
+            let leader = match tokio::time::timeout(left, self.raft.client_write(proposal.clone())).await {
                 Err(_) => return Err(self.timed_out()),
                 Ok(Ok(written)) => return Ok(written.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward.leader_node,
@@ -78,7 +81,7 @@ impl Shoal {
                 continue;
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.forwarder.client_write(&leader.rpc, command.clone(), left).await {
+            match self.forwarder.client_write(&leader.rpc, proposal.clone(), left).await {
                 Ok(Ok(response)) => return Ok(response),
                 // Leadership moved, or the leader is gone: ask again.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}

@@ -174,8 +174,10 @@ impl Settings {
         if self.history_revisions == 0 {
             bail!("--history-revisions must be at least 1");
         }
-        if self.request_timeout_ms < 100 {
-            bail!("--request-timeout-ms must be at least 100");
+        // Retried proposals are deduplicated for PROPOSAL_ID_RETENTION_MS
+        // (2 minutes); a request must end well within that.
+        if !(100..=60_000).contains(&self.request_timeout_ms) {
+            bail!("--request-timeout-ms must be between 100 and 60000");
         }
         if self.log_max_files == 0 || self.log_max_file_bytes == 0 {
             bail!("--log-max-files and --log-max-file-mb must be at least 1");

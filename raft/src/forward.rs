@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_storage::kv::Command;
+use shoal_storage::kv::Proposal;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
@@ -75,8 +75,8 @@ impl Forwarder {
         }
     }
 
-    pub async fn client_write(&self, addr: &str, command: Command, timeout: Duration) -> Result<WriteResult, ForwardError> {
-        match self.call(addr, &Request::ClientWrite(command), timeout).await? {
+    pub async fn client_write(&self, addr: &str, proposal: Proposal, timeout: Duration) -> Result<WriteResult, ForwardError> {
+        match self.call(addr, &Request::ClientWrite(proposal), timeout).await? {
             Reply::ClientWrite(result) => Ok(result),
             _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
         }

@@ -34,7 +34,7 @@ pub struct NodeAddr {
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = shoal_storage::kv::Command,
+        D = shoal_storage::kv::Proposal,
         R = shoal_storage::kv::Response,
         NodeId = NodeId,
         Node = NodeAddr,

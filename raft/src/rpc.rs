@@ -11,7 +11,7 @@ use openraft::raft::{
 };
 use openraft::{ChangeMembers, LogId};
 use serde::{Deserialize, Serialize};
-use shoal_storage::kv::{Command, Response};
+use shoal_storage::kv::{Proposal, Response};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::linearizer::Linearizer;
@@ -23,8 +23,8 @@ pub(crate) enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// Replicate a command (sent to the leader).
-    ClientWrite(Command),
+    /// Replicate a proposal (sent to the leader).
+    ClientWrite(Proposal),
     /// Confirm leadership and return the log id a linearizable read must wait for.
     ReadIndex,
     /// The leader's replication progress per member.
@@ -88,7 +88,7 @@ async fn serve_connection(
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
             Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
             Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
-            Request::ClientWrite(command) => Reply::ClientWrite(raft.client_write(command).await.map(|r| r.data)),
+            Request::ClientWrite(proposal) => Reply::ClientWrite(raft.client_write(proposal).await.map(|r| r.data)),
             Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
             Request::Replication => Reply::Replication(local_replication(&raft)),
             Request::RemoveNode(id) => Reply::RemoveNode(remove_node(&raft, id).await),

@@ -144,7 +144,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let log_id = encode(&entry.log_id)?;
                     let applied = match entry.payload {
                         EntryPayload::Blank => sm.store.sm_apply(None, &log_id, None)?,
-                        EntryPayload::Normal(command) => sm.store.sm_apply(Some(&command), &log_id, None)?,
+                        EntryPayload::Normal(proposal) => sm.store.sm_apply(Some(&proposal), &log_id, None)?,
                         EntryPayload::Membership(membership) => {
                             let stored = encode(&Membership::new(Some(entry.log_id), membership))?;
                             sm.store.sm_apply(None, &log_id, Some(&stored))?

@@ -21,12 +21,16 @@ pub(crate) const CF_LEASES: &str = "leases";
 pub(crate) const CF_LEASE_KEYS: &str = "lease_keys";
 /// State machine counters and the applied Raft position.
 pub(crate) const CF_SM_META: &str = "sm_meta";
+/// Recently applied proposal ids: id -> encoded Response (for retried proposals).
+pub(crate) const CF_REQUESTS: &str = "requests";
+/// The same ids in time order, for pruning: at_ms ++ id -> empty.
+pub(crate) const CF_REQUEST_LOG: &str = "request_log";
 
 /// Column families that make up the replicated state machine (and so a snapshot).
-pub(crate) const STATE_MACHINE_CFS: [&str; 6] =
-    [CF_KV, CF_EVENTS, CF_KEY_REVS, CF_LEASES, CF_LEASE_KEYS, CF_SM_META];
+pub(crate) const STATE_MACHINE_CFS: [&str; 8] =
+    [CF_KV, CF_EVENTS, CF_KEY_REVS, CF_LEASES, CF_LEASE_KEYS, CF_SM_META, CF_REQUESTS, CF_REQUEST_LOG];
 
-const ALL_CFS: [&str; 8] = [
+const ALL_CFS: [&str; 10] = [
     CF_LOG,
     CF_RAFT_META,
     CF_KV,
@@ -35,6 +39,8 @@ const ALL_CFS: [&str; 8] = [
     CF_LEASES,
     CF_LEASE_KEYS,
     CF_SM_META,
+    CF_REQUESTS,
+    CF_REQUEST_LOG,
 ];
 
 /// The node's RocksDB. Cheap to clone; all methods are blocking and belong on

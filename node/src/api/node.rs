@@ -20,7 +20,8 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     let metrics = app.shoal.raft.metrics().borrow().clone();
     let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
     let committed = app.shoal.committed();
-    let has_leader = metrics.current_leader.is_some()
+    let has_leader = metrics.running_state.is_ok()
+        && metrics.current_leader.is_some()
         && matches!(metrics.state, ServerState::Leader | ServerState::Follower | ServerState::Learner);
     if has_leader && applied >= committed {
         Json(json!({"status": "ready", "leader": metrics.current_leader, "applied_index": applied})).into_response()

@@ -9,10 +9,15 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{
     key_rev, lease_key, prefix_end, ChangeBatch, Command, Compare, CompareOp, CompareTarget, Event,
-    EventType, KeyValue, Lease, OpResult, Rejection, Response, Txn, TxnOp, META_COMPACT_REVISION,
-    META_LAST_APPLIED, META_MEMBERSHIP, META_NEXT_LEASE_ID, META_REVISION,
+    EventType, KeyValue, Lease, OpResult, Proposal, Rejection, Response, Txn, TxnOp, META_COMPACT_REVISION,
+    META_LAST_APPLIED, META_MEMBERSHIP, META_NEXT_LEASE_ID, META_REVISION, PROPOSAL_ID_RETENTION_MS,
 };
-use crate::db::{u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
+use crate::db::{
+    u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_REQUESTS, CF_REQUEST_LOG, CF_SM_META,
+};
+
+/// Expired proposal ids forgotten per apply (keeps each apply's work bounded).
+const PRUNE_PER_APPLY: usize = 64;
 use crate::error::StorageError;
 use crate::{decode, encode};
 
@@ -24,19 +29,27 @@ pub struct Applied {
 }
 
 impl Store {
-    /// Apply one log entry: `command` is None for Raft-internal entries.
+    /// Apply one log entry: `proposal` is None for Raft-internal entries.
     /// `applied` is the encoded log id of the entry; `membership` the encoded
-    /// membership if the entry changed it.
+    /// membership if the entry changed it. A proposal whose id was already
+    /// applied changes nothing and answers with the first outcome.
     pub fn sm_apply(
         &self,
-        command: Option<&Command>,
+        proposal: Option<&Proposal>,
         applied: &[u8],
         membership: Option<&[u8]>,
     ) -> Result<Applied, StorageError> {
         let mut tx = ApplyTx::new(self)?;
-        let response = match command {
+        let response = match proposal {
             None => Response::Empty,
-            Some(command) => tx.run(command)?,
+            Some(proposal) => match self.db.get_cf(self.cf(CF_REQUESTS)?, proposal.id)? {
+                Some(first) => decode(&first)?,
+                None => {
+                    let response = tx.run(&proposal.command)?;
+                    tx.remember(proposal, &response)?;
+                    response
+                }
+            },
         };
         let meta = self.cf(CF_SM_META)?;
         tx.batch.put_cf(meta, META_LAST_APPLIED, applied);
@@ -116,6 +129,25 @@ impl<'a> ApplyTx<'a> {
             Command::Rollback { key, revision } => self.rollback(key, *revision),
             Command::Compact { revision } => self.compact(*revision),
         }
+    }
+
+    /// Record the proposal's outcome under its id, and forget ids that are
+    /// older than the retention (a bounded number per apply).
+    fn remember(&mut self, proposal: &Proposal, response: &Response) -> Result<(), StorageError> {
+        let (requests, log) = (self.store.cf(CF_REQUESTS)?, self.store.cf(CF_REQUEST_LOG)?);
+        self.batch.put_cf(requests, proposal.id, encode(response)?);
+        let mut log_key = proposal.at_ms.to_be_bytes().to_vec();
+        log_key.extend_from_slice(&proposal.id);
+        self.batch.put_cf(log, &log_key, []);
+        let cutoff = proposal.at_ms.saturating_sub(PROPOSAL_ID_RETENTION_MS);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(u64_key(cutoff));
+        for item in self.store.db.iterator_cf_opt(log, opts, IteratorMode::Start).take(PRUNE_PER_APPLY) {
+            let (key, _) = item?;
+            self.batch.delete_cf(log, &key);
+            self.batch.delete_cf(requests, key.get(8..).unwrap_or_default());
+        }
+        Ok(())
     }
 
     /// Drop everything pending and answer with a rejection.

@@ -122,6 +122,21 @@ pub enum Command {
     Compact { revision: u64 },
 }
 
+/// A command as proposed to Raft. The id makes a proposal idempotent: if a
+/// node retries a proposal whose first attempt was committed after all (the
+/// leader died after replicating it), the state machine applies it once and
+/// answers the retry with the first outcome. Ids are kept for
+/// [`PROPOSAL_ID_RETENTION_MS`] after `at_ms`, the proposer's clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: [u8; 16],
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+/// How long applied proposal ids are remembered; retries must end sooner.
+pub const PROPOSAL_ID_RETENTION_MS: u64 = 120_000;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     /// The written key without its value, and the previous key (also without value).
