@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
 use crate::cluster::{self, Gossip};
-use crate::service::{now_ms, Shoal};
+use crate::service::{now_ms, propose_batches, Shoal, PROPOSAL_QUEUE};
 use crate::settings::{self, Settings};
 use crate::telemetry;
 use crate::watch::WatchHub;
@@ -66,6 +66,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .context("starting raft")?;
     let gossip = Gossip::start(&settings, node_id).await?;
     let linearizer = Linearizer::new(raft.clone());
+    let (proposals, proposal_queue) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -78,9 +79,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         gossip,
         forwarder: Forwarder::new(key.clone()),
         linearizer: linearizer.clone(),
+        proposals,
         shutdown: Notify::new(),
     });
     tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key));
+    tokio::spawn(propose_batches(shoal.clone(), proposal_queue));
 
     if !raft.is_initialized().await.context("reading raft state")? {
         match settings.bootstrap_expect {

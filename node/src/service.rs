@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use shoal_raft::{ForwardError, Forwarder, Linearizer, NodeId, Raft};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use shoal_storage::kv::{Command, Proposal, Rejection, Response};
 use shoal_storage::{Store, StorageError};
 
@@ -28,8 +28,47 @@ pub struct Shoal {
     pub gossip: Gossip,
     pub forwarder: Forwarder,
     pub linearizer: Arc<Linearizer>,
+    /// Writes on their way into a batch (see `propose_batches`).
+    pub proposals: mpsc::Sender<Pending>,
     /// Signalled to stop the node (after it left the cluster).
     pub shutdown: Notify,
+}
+
+/// A proposal waiting to be sent, and where its outcome goes.
+pub struct Pending {
+    proposal: Proposal,
+    reply: oneshot::Sender<ApiResult<Response>>,
+}
+
+/// Proposals waiting for a batch; a full queue makes writers wait.
+pub const PROPOSAL_QUEUE: usize = 4096;
+/// Most proposals in one Raft entry.
+const MAX_BATCH: usize = 256;
+/// Batches in flight at once; while all are busy, new proposals gather
+/// into bigger batches.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Group concurrent writes into Raft entries. openraft 0.9 handles every
+/// entry separately (its own append, fsync and replication bookkeeping), so
+/// one entry per batch of concurrent writes is what lets write throughput
+/// grow with the number of clients.
+pub async fn propose_batches(shoal: Arc<Shoal>, mut queue: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let shoal = shoal.clone();
+        tokio::spawn(async move {
+            shoal.write_batch(batch).await;
+            drop(permit);
+        });
+    }
 }
 
 /// Pause before asking again while there is no leader.
@@ -47,13 +86,22 @@ impl Shoal {
     }
 
     /// Replicate a command and wait until it is committed (durable on a
-    /// quorum) and applied. On a follower the command is forwarded to the
-    /// leader; while there is no leader it retries until the request
+    /// quorum) and applied. Concurrent commands travel together as one Raft
+    /// entry (see `propose_batches`). On a follower the entry is forwarded to
+    /// the leader; while there is no leader it retries until the request
     /// timeout. Deterministic rejections become API errors.
     pub async fn write(&self, command: Command) -> ApiResult<Response> {
         let started = Instant::now();
-        let deadline = started + self.request_timeout();
-        let result = self.write_until(command, deadline).await;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { proposal: Proposal { id: rand::random(), at_ms: now_ms(), command }, reply };
+        if self.proposals.send(pending).await.is_err() {
+            return Err(ApiError::unavailable("the node is shutting down"));
+        }
+        let result = match tokio::time::timeout(self.request_timeout(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ApiError::internal("the proposal was dropped")),
+            Err(_) => Err(self.timed_out()),
+        };
         metrics::histogram!("shoal_raft_write_seconds").record(started.elapsed().as_secs_f64());
         match result? {
             Response::Rejected(rejection) => Err(rejection_error(rejection)),
@@ -61,16 +109,41 @@ impl Shoal {
         }
     }
 
+    /// Send one batch of proposals as a single Raft entry and answer each.
+    async fn write_batch(&self, batch: Vec<Pending>) {
+        let deadline = Instant::now() + self.request_timeout();
+        let (proposals, replies): (Vec<Proposal>, Vec<_>) = batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+        metrics::histogram!("shoal_proposal_batch_size").record(proposals.len() as f64);
+        let count = proposals.len();
+        match self.write_until(proposals, deadline).await {
+            Ok(responses) if responses.len() == count => {
+                for (reply, response) in replies.into_iter().zip(responses) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Ok(responses) => {
+                let e = ApiError::internal(format!("{} responses to {count} proposals", responses.len()));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
     /// Retries (another leader, a lost connection) resend the same proposal
-    /// id, so a proposal that was committed after all is not applied twice.
-    async fn write_until(&self, command: Command, deadline: Instant) -> ApiResult<Response> {
-        let proposal = Proposal { id: rand::random(), at_ms: now_ms(), command };
+    /// ids, so proposals that were committed after all are not applied twice.
+    async fn write_until(&self, proposals: Vec<Proposal>, deadline: Instant) -> ApiResult<Vec<Response>> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.timed_out());
             }
-            let leader = match tokio::time::timeout(left, self.raft.client_write(proposal.clone())).await {
+            let leader = match tokio::time::timeout(left, self.raft.client_write(proposals.clone())).await {
                 Err(_) => return Err(self.timed_out()),
                 Ok(Ok(written)) => return Ok(written.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward.leader_node,
@@ -81,7 +154,7 @@ impl Shoal {
                 continue;
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.forwarder.client_write(&leader.rpc, proposal.clone(), left).await {
+            match self.forwarder.client_write(&leader.rpc, proposals.clone(), left).await {
                 Ok(Ok(response)) => return Ok(response),
                 // Leadership moved, or the leader is gone: ask again.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}

@@ -75,8 +75,8 @@ impl Forwarder {
         }
     }
 
-    pub async fn client_write(&self, addr: &str, proposal: Proposal, timeout: Duration) -> Result<WriteResult, ForwardError> {
-        match self.call(addr, &Request::ClientWrite(proposal), timeout).await? {
+    pub async fn client_write(&self, addr: &str, proposals: Vec<Proposal>, timeout: Duration) -> Result<WriteResult, ForwardError> {
+        match self.call(addr, &Request::ClientWrite(proposals), timeout).await? {
             Reply::ClientWrite(result) => Ok(result),
             _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
         }

@@ -34,8 +34,8 @@ pub struct NodeAddr {
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = shoal_storage::kv::Proposal,
-        R = shoal_storage::kv::Response,
+        D = Vec<shoal_storage::kv::Proposal>,
+        R = Vec<shoal_storage::kv::Response>,
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,

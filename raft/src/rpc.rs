@@ -23,8 +23,8 @@ pub(crate) enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// Replicate a proposal (sent to the leader).
-    ClientWrite(Proposal),
+    /// Replicate proposals as one log entry (sent to the leader).
+    ClientWrite(Vec<Proposal>),
     /// Confirm leadership and return the log id a linearizable read must wait for.
     ReadIndex,
     /// The leader's replication progress per member.
@@ -33,7 +33,8 @@ pub(crate) enum Request {
     RemoveNode(NodeId),
 }
 
-pub type WriteResult = Result<Response, RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>>;
+/// One response per proposal, in order.
+pub type WriteResult = Result<Vec<Response>, RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>>;
 pub type ReadIndexResult = Result<Option<LogId<NodeId>>, RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>>;
 /// Matched log index per member, as the leader sees it.
 pub type Replication = BTreeMap<NodeId, Option<u64>>;
@@ -88,7 +89,7 @@ async fn serve_connection(
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
             Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
             Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
-            Request::ClientWrite(proposal) => Reply::ClientWrite(raft.client_write(proposal).await.map(|r| r.data)),
+            Request::ClientWrite(proposals) => Reply::ClientWrite(raft.client_write(proposals).await.map(|r| r.data)),
             Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
             Request::Replication => Reply::Replication(local_replication(&raft)),
             Request::RemoveNode(id) => Reply::RemoveNode(remove_node(&raft, id).await),

@@ -16,7 +16,7 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use shoal_storage::kv::{ChangeBatch, Response};
+use shoal_storage::kv::{ChangeBatch, Position, Response};
 use shoal_storage::{decode, encode, Store};
 
 use crate::{io_error, NodeAddr, NodeId, TypeConfig};
@@ -131,7 +131,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -142,18 +142,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut out = Vec::with_capacity(entries.len());
                 for entry in entries {
                     let log_id = encode(&entry.log_id)?;
-                    let applied = match entry.payload {
-                        EntryPayload::Blank => sm.store.sm_apply(None, &log_id, None)?,
-                        EntryPayload::Normal(proposal) => sm.store.sm_apply(Some(&proposal), &log_id, None)?,
+                    let at = Position { log_id: &log_id, membership: None };
+                    let responses = match entry.payload {
+                        EntryPayload::Normal(proposals) if !proposals.is_empty() => {
+                            let mut responses = Vec::with_capacity(proposals.len());
+                            for (i, proposal) in proposals.iter().enumerate() {
+                                // Only the entry's last proposal records the position.
+                                let position = (i + 1 == proposals.len()).then_some(at);
+                                let applied = sm.store.sm_apply(Some(proposal), position)?;
+                                if let Some(changes) = &applied.changes {
+                                    sm.sink.changed(changes);
+                                }
+                                responses.push(applied.response);
+                            }
+                            responses
+                        }
+                        EntryPayload::Normal(_) | EntryPayload::Blank => {
+                            sm.store.sm_apply(None, Some(at))?;
+                            Vec::new()
+                        }
                         EntryPayload::Membership(membership) => {
                             let stored = encode(&Membership::new(Some(entry.log_id), membership))?;
-                            sm.store.sm_apply(None, &log_id, Some(&stored))?
+                            sm.store.sm_apply(None, Some(Position { membership: Some(&stored), ..at }))?;
+                            Vec::new()
                         }
                     };
-                    if let Some(changes) = &applied.changes {
-                        sm.sink.changed(changes);
-                    }
-                    out.push(applied.response);
+                    out.push(responses);
                 }
                 Ok(out)
             })

@@ -21,6 +21,14 @@ const PRUNE_PER_APPLY: usize = 64;
 use crate::error::StorageError;
 use crate::{decode, encode};
 
+/// The Raft position an apply records: the entry's encoded log id, and its
+/// encoded membership if the entry changed it.
+#[derive(Clone, Copy)]
+pub struct Position<'a> {
+    pub log_id: &'a [u8],
+    pub membership: Option<&'a [u8]>,
+}
+
 /// The outcome of applying one command.
 pub struct Applied {
     pub response: Response,
@@ -29,16 +37,13 @@ pub struct Applied {
 }
 
 impl Store {
-    /// Apply one log entry: `proposal` is None for Raft-internal entries.
-    /// `applied` is the encoded log id of the entry; `membership` the encoded
-    /// membership if the entry changed it. A proposal whose id was already
-    /// applied changes nothing and answers with the first outcome.
-    pub fn sm_apply(
-        &self,
-        proposal: Option<&Proposal>,
-        applied: &[u8],
-        membership: Option<&[u8]>,
-    ) -> Result<Applied, StorageError> {
+    /// Apply one proposal (None for Raft-internal entries), atomically with
+    /// the Raft position if given. A log entry may carry several proposals:
+    /// only the last records the position, so after a crash in between the
+    /// entry is applied again and the proposals already applied are
+    /// recognised by id: a proposal whose id was already applied changes
+    /// nothing and answers with the first outcome.
+    pub fn sm_apply(&self, proposal: Option<&Proposal>, position: Option<Position<'_>>) -> Result<Applied, StorageError> {
         let mut tx = ApplyTx::new(self)?;
         let response = match proposal {
             None => Response::Empty,
@@ -51,10 +56,12 @@ impl Store {
                 }
             },
         };
-        let meta = self.cf(CF_SM_META)?;
-        tx.batch.put_cf(meta, META_LAST_APPLIED, applied);
-        if let Some(membership) = membership {
-            tx.batch.put_cf(meta, META_MEMBERSHIP, membership);
+        if let Some(position) = position {
+            let meta = self.cf(CF_SM_META)?;
+            tx.batch.put_cf(meta, META_LAST_APPLIED, position.log_id);
+            if let Some(membership) = position.membership {
+                tx.batch.put_cf(meta, META_MEMBERSHIP, membership);
+            }
         }
         let changes = tx.finish()?;
         Ok(Applied { response, changes })

@@ -10,7 +10,7 @@ mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
-pub use apply::Applied;
+pub use apply::{Applied, Position};
 pub use read::{Changes, Counters, LeaseDetail};
 pub use snapshot::Export;
 

@@ -20,8 +20,10 @@ fn proposal(cmd: &Command) -> Proposal {
     Proposal { id, at_ms: 1_000_000, command: cmd.clone() }
 }
 
+const AT: Option<Position<'static>> = Some(Position { log_id: b"log-id", membership: None });
+
 fn apply(store: &Store, cmd: &Command) -> Applied {
-    store.sm_apply(Some(&proposal(cmd)), b"log-id", None).expect("apply")
+    store.sm_apply(Some(&proposal(cmd)), AT).expect("apply")
 }
 
 #[test]
@@ -29,15 +31,15 @@ fn a_retried_proposal_is_applied_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     let p = proposal(&put("k", "v"));
-    let first = store.sm_apply(Some(&p), b"log-id", None).expect("apply");
-    let again = store.sm_apply(Some(&p), b"log-id", None).expect("apply");
+    let first = store.sm_apply(Some(&p), AT).expect("apply");
+    let again = store.sm_apply(Some(&p), AT).expect("apply");
     assert_eq!(first.response, again.response, "the retry answers with the first outcome");
     assert!(again.changes.is_none(), "the retry changes nothing");
     assert_eq!(store.kv_get("k").expect("get").0.revision, 1);
     // Ids older than the retention are forgotten as later proposals arrive.
     let later = Proposal { at_ms: p.at_ms + PROPOSAL_ID_RETENTION_MS + 1, ..proposal(&put("x", "1")) };
-    store.sm_apply(Some(&later), b"log-id", None).expect("apply");
-    let retried_late = store.sm_apply(Some(&p), b"log-id", None).expect("apply");
+    store.sm_apply(Some(&later), AT).expect("apply");
+    let retried_late = store.sm_apply(Some(&p), AT).expect("apply");
     assert!(retried_late.changes.is_some(), "a forgotten id is a new proposal");
 }
 
