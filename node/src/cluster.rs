@@ -49,14 +49,14 @@ pub struct Gossip {
     handle: ChitchatHandle,
 }
 
-/// Nodes with different cluster secrets ignore each other's gossip.
-fn cluster_id(secret: Option<&str>) -> String {
+/// Nodes with different cluster names or secrets ignore each other's gossip.
+fn cluster_id(name: &str, secret: Option<&str>) -> String {
     match secret {
-        None => "shoal".to_string(),
+        None => name.to_string(),
         Some(secret) => {
             let digest = Sha256::digest(format!("shoal-gossip:{secret}").as_bytes());
             let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            format!("shoal-{hex}")
+            format!("{name}-{hex}")
         }
     }
 }
@@ -65,7 +65,7 @@ impl Gossip {
     pub async fn start(settings: &Settings, node_id: NodeId) -> anyhow::Result<Gossip> {
         let config = ChitchatConfig {
             chitchat_id: ChitchatId::new(node_id.to_string(), now_ms(), settings.gossip),
-            cluster_id: cluster_id(settings.cluster_secret.as_deref()),
+            cluster_id: cluster_id(&settings.cluster_name, settings.cluster_secret.as_deref()),
             gossip_interval: GOSSIP_INTERVAL,
             listen_addr: settings.gossip,
             seed_nodes: settings.seeds.clone(),

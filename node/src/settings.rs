@@ -46,6 +46,10 @@ pub struct NodeArgs {
     /// Remove a member from Raft after it has been dead (by gossip) this long, in seconds [default: 30].
     #[arg(long, env = "SHOAL_DEAD_NODE_GRACE_SECS")]
     pub dead_node_grace_secs: Option<u64>,
+    /// Name of the cluster: nodes only gossip with nodes of the same name (like etcd's
+    /// --initial-cluster-token), so clusters that can reach each other stay apart [default: shoal].
+    #[arg(long, env = "SHOAL_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
     /// Shared secret that peers must prove to exchange Raft and gossip traffic.
     #[arg(long, env = "SHOAL_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -97,6 +101,7 @@ pub struct Settings {
     pub bootstrap_expect: usize,
     pub voters: usize,
     pub dead_node_grace_secs: u64,
+    pub cluster_name: String,
     pub cluster_secret: Option<String>,
     pub leave_on_terminate: bool,
     pub election_timeout_ms: u64,
@@ -136,6 +141,7 @@ impl Settings {
             seeds,
             voters: pick!(voters).unwrap_or(3),
             dead_node_grace_secs: pick!(dead_node_grace_secs).unwrap_or(30),
+            cluster_name: pick!(cluster_name).unwrap_or_else(|| "shoal".into()),
             cluster_secret: pick!(cluster_secret),
             leave_on_terminate: pick!(leave_on_terminate).unwrap_or(false),
             election_timeout_ms: pick!(election_timeout_ms).unwrap_or(300),

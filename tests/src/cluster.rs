@@ -62,7 +62,10 @@ impl ClusterBuilder {
         let ports: Vec<(u16, u16, u16)> = (0..self.size)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
-        let mut seeds = Vec::new();
+        // A name of its own keeps this cluster apart from the clusters of
+        // tests running beside it, even if a port of theirs is reused here.
+        let name = format!("test-{:016x}", rand::random::<u64>());
+        let mut seeds = vec!["--cluster-name".to_string(), name.clone()];
         for (_, _, gossip) in &ports {
             seeds.push("--seed".to_string());
             seeds.push(format!("127.0.0.1:{gossip}"));
@@ -102,6 +105,7 @@ impl ClusterBuilder {
             .collect();
         Cluster {
             ids: Mutex::new(vec![None; nodes.len()]),
+            name,
             nodes,
             args: self.args,
             env: self.env,
@@ -168,6 +172,8 @@ pub struct Cluster {
     /// Node ids by index, learned from `/v1/status` (they are persisted in
     /// the data directory, so they survive restarts).
     ids: Mutex<Vec<Option<u64>>>,
+    /// `--cluster-name`, unique per test cluster.
+    name: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -222,7 +228,7 @@ impl Cluster {
 
     /// `["--seed", ADDR, ...]` for every node's gossip address.
     pub fn seed_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
+        let mut args = vec!["--cluster-name".to_string(), self.name.clone()];
         for node in &self.nodes {
             args.push("--seed".to_string());
             args.push(node.gossip_addr());
