@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
-use openraft::{ChangeMembers, ServerState};
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use shoal_raft::{NodeAddr, NodeId, Raft};
+use shoal_raft::{NodeAddr, NodeId};
 
 use crate::service::{now_ms, Shoal};
 use crate::settings::Settings;
@@ -137,8 +137,9 @@ impl Gossip {
     }
 }
 
-fn raft_initialized(raft: &Raft) -> bool {
-    raft.metrics().borrow().membership_config.membership().nodes().next().is_some()
+/// A node's Raft is initialised once its membership names any node.
+fn raft_initialized(metrics: &RaftMetrics<NodeId, NodeAddr>) -> bool {
+    metrics.membership_config.membership().nodes().next().is_some()
 }
 
 /// Form a new cluster: once `expect` uninitialised nodes see each other and
@@ -148,7 +149,7 @@ fn raft_initialized(raft: &Raft) -> bool {
 pub async fn form_cluster(shoal: Arc<Shoal>, expect: usize) {
     let mut announced = false;
     loop {
-        if raft_initialized(&shoal.raft) {
+        if raft_initialized(&shoal.raft.metrics().borrow()) {
             return;
         }
         let members = shoal.gossip.members().await;
@@ -180,7 +181,7 @@ pub async fn publish_state(shoal: Arc<Shoal>) {
     loop {
         tick.tick().await;
         let metrics = shoal.raft.metrics().borrow().clone();
-        let initialized = metrics.membership_config.membership().nodes().next().is_some();
+        let initialized = raft_initialized(&metrics);
         let role = match metrics.state {
             ServerState::Leader => "leader",
             ServerState::Candidate => "candidate",

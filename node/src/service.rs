@@ -115,16 +115,16 @@ impl Shoal {
         let (proposals, replies): (Vec<Proposal>, Vec<_>) = batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
         metrics::histogram!("shoal_proposal_batch_size").record(proposals.len() as f64);
         let count = proposals.len();
-        match self.write_until(proposals, deadline).await {
-            Ok(responses) if responses.len() == count => {
+        let outcome = match self.write_until(proposals, deadline).await {
+            Ok(responses) if responses.len() != count => {
+                Err(ApiError::internal(format!("{} responses to {count} proposals", responses.len())))
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(responses) => {
                 for (reply, response) in replies.into_iter().zip(responses) {
                     let _ = reply.send(Ok(response));
-                }
-            }
-            Ok(responses) => {
-                let e = ApiError::internal(format!("{} responses to {count} proposals", responses.len()));
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
                 }
             }
             Err(e) => {

@@ -370,10 +370,11 @@ impl<'a> ApplyTx<'a> {
         if revision < compact_revision {
             return Ok(self.reject(Rejection::Compacted { compact_revision }));
         }
-        if self.store.key_revisions(key)?.is_empty() && self.get(key)?.is_none() {
+        let revs = self.store.key_revisions(key)?;
+        if revs.is_empty() && self.get(key)?.is_none() {
             return Ok(self.reject(Rejection::KeyNotFound));
         }
-        let Some(then) = self.value_at(key, revision)? else {
+        let Some(then) = self.value_at(key, &revs, revision)? else {
             return Ok(self.reject(Rejection::Compacted { compact_revision }));
         };
         let kv = match then {
@@ -386,10 +387,10 @@ impl<'a> ApplyTx<'a> {
         Ok(Response::Rollback { revision: self.current_revision(), kv })
     }
 
-    /// The value of `key` as of `revision`: Some(Some(v)) if it existed,
-    /// Some(None) if it did not, None if compaction has erased the answer.
-    fn value_at(&self, key: &str, revision: u64) -> Result<Option<Option<Vec<u8>>>, StorageError> {
-        let revs = self.store.key_revisions(key)?;
+    /// The value of `key` as of `revision`, given the key's retained
+    /// revisions `revs`: Some(Some(v)) if it existed, Some(None) if it did
+    /// not, None if compaction has erased the answer.
+    fn value_at(&self, key: &str, revs: &[u64], revision: u64) -> Result<Option<Option<Vec<u8>>>, StorageError> {
         if let Some(at) = revs.iter().rev().find(|r| **r <= revision) {
             return Ok(self.store.event_at(key, *at)?.map(|event| match event.kind {
                 EventType::Put => Some(event.kv.value),
