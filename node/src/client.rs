@@ -303,37 +303,17 @@ async fn watch(client: &Client, key: String, prefix: bool, from_revision: Option
             request = request.header("Last-Event-ID", last.to_string());
         }
         let response = request.send().await.map_err(|e| client.unreachable(e))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            bail!("{} ({}): {}", body["error"]["code"].as_str().unwrap_or("error"), status.as_u16(),
-                body["error"]["message"].as_str().unwrap_or("watch failed"));
-        }
-        let mut stream = response.bytes_stream();
-        let mut buffer = String::new();
-        let (mut event, mut data) = (String::new(), String::new());
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else { break };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find('\n') {
-                let line = buffer[..end].trim_end_matches('\r').to_string();
-                buffer.drain(..=end);
-                if let Some(rest) = line.strip_prefix("event:") {
-                    event = rest.trim().to_string();
-                } else if let Some(rest) = line.strip_prefix("data:") {
-                    data.push_str(rest.trim_start());
-                } else if line.is_empty() && !data.is_empty() {
-                    let batch: Value = serde_json::from_str(&data).context("bad event from the server")?;
-                    if event == "error" {
-                        bail!("{}: {}", batch["error"]["code"], batch["error"]["message"]);
-                    }
-                    print_batch(client, &batch);
-                    last_seen = batch["revision"].as_u64().or(last_seen);
-                    data.clear();
-                    event.clear();
-                }
+        let response = ensure_success(response, "watch failed").await?;
+        read_sse(response, |event, data| {
+            let batch: Value = serde_json::from_str(data).context("bad event from the server")?;
+            if event == "error" {
+                bail!("{}: {}", batch["error"]["code"], batch["error"]["message"]);
             }
-        }
+            print_batch(client, &batch);
+            last_seen = batch["revision"].as_u64().or(last_seen);
+            Ok(())
+        })
+        .await?;
         eprintln!("watch: connection lost; reconnecting");
         tokio::time::sleep(Duration::from_secs(1)).await;
         if last_seen.is_none() {
@@ -342,6 +322,126 @@ async fn watch(client: &Client, key: String, prefix: bool, from_revision: Option
             last_seen = status["revision"].as_u64();
         }
     }
+}
+
+/// Read a Server-Sent Events response until it ends, calling `on_event`
+/// with each event's name and data.
+async fn read_sse(
+    response: reqwest::Response,
+    mut on_event: impl FnMut(&str, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find('\n') {
+            let line = buffer[..end].trim_end_matches('\r').to_string();
+            buffer.drain(..=end);
+            if let Some(rest) = line.strip_prefix("event:") {
+                event = rest.trim().to_string();
+            } else if let Some(rest) = line.strip_prefix("data:") {
+                data.push_str(rest.trim_start());
+            } else if line.is_empty() && !data.is_empty() {
+                on_event(&event, &data)?;
+                data.clear();
+                event.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fail with the server's JSON error if the response is not a success.
+async fn ensure_success(response: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    bail!(
+        "{} ({}): {}",
+        body["error"]["code"].as_str().unwrap_or("error"),
+        status.as_u16(),
+        body["error"]["message"].as_str().unwrap_or(what)
+    );
+}
+
+/// `shoal pub TOPIC [MESSAGE]`: publish one message (standard input when
+/// MESSAGE is omitted).
+pub async fn publish(
+    args: ClientArgs,
+    topic: String,
+    message: Option<String>,
+    content_type: String,
+    headers: Vec<String>,
+) -> anyhow::Result<()> {
+    let client = Client::new(&args)?;
+    let body = match message {
+        Some(message) => message.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading the message from standard input")?;
+            buf
+        }
+    };
+    let mut request = client
+        .http
+        .post(client.url(&format!("/v1/topics/{}", encode_path(&topic))))
+        .header("content-type", content_type)
+        .body(body);
+    for header in headers {
+        let (name, value) = header.split_once('=').ok_or_else(|| anyhow!("--header takes NAME=VALUE, got {header:?}"))?;
+        request = request.header(format!("ce-{}", name.trim()), value.trim());
+    }
+    let receipt = client.send(request).await?;
+    if client.json {
+        client.print_json(&receipt);
+    } else {
+        println!(
+            "published {} to {} (local subscribers {}, forwarded to nodes {}, durable deliveries {})",
+            receipt["id"].as_str().unwrap_or("?"),
+            topic,
+            receipt["local"],
+            receipt["forwarded"],
+            receipt["durable"]
+        );
+    }
+    Ok(())
+}
+
+/// `shoal sub PATTERN`: print each message as it arrives, one per line.
+pub async fn subscribe(args: ClientArgs, pattern: String, queue: Option<String>) -> anyhow::Result<()> {
+    let client = Client::new(&args)?;
+    let mut query = vec![("pattern", pattern)];
+    if let Some(queue) = queue {
+        query.push(("queue", queue));
+    }
+    let response = client.http.get(client.url("/v1/subscribe")).query(&query).send().await.map_err(|e| client.unreachable(e))?;
+    let response = ensure_success(response, "subscribe failed").await?;
+    let mut stdout = std::io::stdout();
+    read_sse(response, |event, data| {
+        match event {
+            "message" if client.json => writeln!(stdout, "{data}")?,
+            "message" => {
+                let envelope: Value = serde_json::from_str(data).context("bad message from the server")?;
+                let payload = match (&envelope["data"], &envelope["data_base64"]) {
+                    (Value::String(text), _) => text.clone(),
+                    (Value::Null, Value::String(encoded)) => format!("<{encoded} (base64)>"),
+                    (value, _) => value.to_string(),
+                };
+                writeln!(stdout, "{} {}", envelope["topic"].as_str().unwrap_or("?"), payload)?;
+            }
+            "dropped" => eprintln!("sub: the node dropped messages because this subscriber was slow: {data}"),
+            "error" => bail!("the node ended the subscription: {data}"),
+            _ => {}
+        }
+        stdout.flush()?;
+        Ok(())
+    })
+    .await?;
+    bail!("the connection to {} ended", client.endpoint)
 }
 
 fn print_batch(client: &Client, batch: &Value) {

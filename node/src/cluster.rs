@@ -41,6 +41,9 @@ pub struct GossipMember {
     pub role: String,
     pub applied_index: u64,
     pub started_ms: u64,
+    /// The node's topic interest (JSON), see `messaging::sync_interest`.
+    #[serde(skip)]
+    pub topics: Option<String>,
     #[serde(skip)]
     generation: u64,
 }
@@ -129,6 +132,7 @@ impl Gossip {
                     role: state.get("role").unwrap_or("unknown").to_string(),
                     applied_index: number("applied"),
                     started_ms: number("started_ms"),
+                    topics: state.get("topics").map(str::to_string),
                     generation: id.generation_id,
                 },
             );

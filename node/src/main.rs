@@ -3,6 +3,7 @@
 mod api;
 mod cluster;
 mod client;
+mod messaging;
 mod server;
 mod service;
 mod settings;
@@ -54,6 +55,30 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Publish a message to a topic (from standard input when MESSAGE is omitted).
+    Pub {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Topic, dot-separated (e.g. orders.created).
+        topic: String,
+        message: Option<String>,
+        /// Content type of the message.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// A message header NAME=VALUE (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Print messages on topics matching PATTERN as they arrive, one per line
+    /// (`*` matches one token, `>` the rest; --json prints whole envelopes).
+    Sub {
+        #[command(flatten)]
+        client: ClientArgs,
+        pattern: String,
+        /// Join this queue group: each message goes to one member of the group.
+        #[arg(long)]
+        queue: Option<String>,
+    },
     /// Show a node's status: Raft role, term, leader, indexes, revision.
     Status {
         #[command(flatten)]
@@ -87,6 +112,10 @@ fn main() -> std::process::ExitCode {
             Command::Lease { client, command } => client::lease(client, command).await,
             Command::Cluster { client, command } => client::cluster(client, command).await,
             Command::Status { client } => client::status(client).await,
+            Command::Pub { client, topic, message, content_type, headers } => {
+                client::publish(client, topic, message, content_type, headers).await
+            }
+            Command::Sub { client, pattern, queue } => client::subscribe(client, pattern, queue).await,
         }
     });
     match result {

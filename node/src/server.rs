@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::{Config, SnapshotPolicy};
-use shoal_raft::{serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
+use shoal_actors::kafka::KafkaClient;
+use shoal_actors::Messaging;
+use shoal_raft::{
+    serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, Raft, RpcNetwork, StateMachine,
+};
+use shoal_storage::outbox::Outbox;
 use shoal_storage::kv::Command;
 use shoal_storage::Store;
 use tokio::net::TcpListener;
@@ -14,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
 use crate::cluster::{self, Gossip};
+use crate::messaging::{self, RpcTransport};
 use crate::service::{now_ms, propose_batches, Shoal, PROPOSAL_QUEUE};
 use crate::settings::{self, Settings};
 use crate::telemetry;
@@ -67,6 +73,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let gossip = Gossip::start(&settings, node_id).await?;
     let linearizer = Linearizer::new(raft.clone());
     let (proposals, proposal_queue) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+    let outbox_store = store.clone();
+    let outbox = tokio::task::spawn_blocking(move || Outbox::open(outbox_store)).await?.context("opening the outbox")?;
+    let kafka = match &settings.kafka_brokers {
+        Some(brokers) => Some(KafkaClient::new(brokers).context("creating the Kafka client")?),
+        None => None,
+    };
+    let transport = RpcTransport::new(Forwarder::new(key.clone()));
+    let messaging = Messaging::new(node_id, outbox, transport.clone(), kafka);
+    let inbox: MessageInbox = {
+        let router = messaging.router.clone();
+        Arc::new(move |frame: &[u8]| router.receive_frame(frame).map_err(|e| e.to_string()))
+    };
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -81,8 +99,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         linearizer: linearizer.clone(),
         proposals,
         shutdown: Notify::new(),
+        messaging: messaging.clone(),
     });
-    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key));
+    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key, inbox));
     tokio::spawn(propose_batches(shoal.clone(), proposal_queue));
 
     if !raft.is_initialized().await.context("reading raft state")? {
@@ -102,6 +121,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(cluster::reconcile_membership(shoal.clone()));
     tokio::spawn(expire_leases(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
+    tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
+    tokio::spawn(messaging::follow_config(shoal.clone()));
+    messaging.resume_deliveries().await;
 
     let app = api::router(AppState { shoal: shoal.clone(), prometheus });
     tracing::info!(api = %settings.api, rpc = %settings.rpc, gossip = %settings.gossip,

@@ -32,6 +32,7 @@ pub struct Shoal {
     pub proposals: mpsc::Sender<Pending>,
     /// Signalled to stop the node (after it left the cluster).
     pub shutdown: Notify,
+    pub messaging: Arc<shoal_actors::Messaging>,
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.

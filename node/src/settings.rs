@@ -87,6 +87,13 @@ pub struct NodeArgs {
     /// Keep the history of this many most recent revisions; older ones are compacted [default: 100000].
     #[arg(long, env = "SHOAL_HISTORY_REVISIONS")]
     pub history_revisions: Option<u64>,
+    /// Kafka bootstrap servers (host:port,...); enables the Kafka bridge
+    /// (`POST /v1/kafka/{topic}`, `kafka:` route destinations, bridges).
+    #[arg(long, env = "SHOAL_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Largest message payload accepted by publish, in bytes [default: 1048576].
+    #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
 }
 
 /// Fully resolved settings.
@@ -114,6 +121,8 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     pub snapshot_every: u64,
     pub history_revisions: u64,
+    pub kafka_brokers: Option<String>,
+    pub max_message_bytes: usize,
 }
 
 impl Settings {
@@ -153,6 +162,8 @@ impl Settings {
             request_timeout_ms: pick!(request_timeout_ms).unwrap_or(10_000),
             snapshot_every: pick!(snapshot_every).unwrap_or(10_000),
             history_revisions: pick!(history_revisions).unwrap_or(100_000),
+            kafka_brokers: pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
+            max_message_bytes: pick!(max_message_bytes).unwrap_or(1 << 20),
         };
         settings.check()?;
         Ok(settings)
@@ -161,6 +172,9 @@ impl Settings {
     fn check(&self) -> anyhow::Result<()> {
         if self.node_id == Some(0) {
             bail!("--node-id must be greater than 0");
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > 64 << 20 {
+            bail!("--max-message-bytes must be between 1 and 67108864");
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
             bail!("--max-value-bytes must be between 1 and 67108864");

@@ -102,4 +102,17 @@ impl Forwarder {
             _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
         }
     }
+
+    /// Hand a frame of pub/sub messages to a peer's router.
+    pub async fn deliver_messages(
+        &self,
+        addr: &str,
+        frame: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Result<usize, String>, ForwardError> {
+        match self.call(addr, &Request::Messages(frame), timeout).await? {
+            Reply::Messages(result) => Ok(result),
+            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+        }
+    }
 }

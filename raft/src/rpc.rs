@@ -31,6 +31,8 @@ pub(crate) enum Request {
     Replication,
     /// Remove a node from the membership (sent to the leader).
     RemoveNode(NodeId),
+    /// A frame of pub/sub messages for this node's router (opaque here).
+    Messages(Vec<u8>),
 }
 
 /// One response per proposal, in order.
@@ -48,11 +50,22 @@ pub(crate) enum Reply {
     ReadIndex(ReadIndexResult),
     Replication(Option<Replication>),
     RemoveNode(Result<(), String>),
+    /// How many local deliveries the frame made, or why it was refused.
+    Messages(Result<usize, String>),
 }
+
+/// Takes the message frames peers send (the node's topic router).
+pub type MessageInbox = Arc<dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync>;
 
 /// Serve peers until the listener fails. Connections that do not know the
 /// cluster secret are closed after the handshake.
-pub async fn serve_rpc(listener: TcpListener, raft: Raft, linearizer: Arc<Linearizer>, key: ClusterKey) {
+pub async fn serve_rpc(
+    listener: TcpListener,
+    raft: Raft,
+    linearizer: Arc<Linearizer>,
+    key: ClusterKey,
+    inbox: MessageInbox,
+) {
     let key = Arc::new(key);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -62,9 +75,9 @@ pub async fn serve_rpc(listener: TcpListener, raft: Raft, linearizer: Arc<Linear
                 continue;
             }
         };
-        let (raft, linearizer, key) = (raft.clone(), linearizer.clone(), key.clone());
+        let (raft, linearizer, key, inbox) = (raft.clone(), linearizer.clone(), key.clone(), inbox.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, linearizer, &key).await {
+            if let Err(e) = serve_connection(stream, raft, linearizer, &key, inbox).await {
                 tracing::debug!(%peer, error = %e, "rpc connection closed");
             }
         });
@@ -76,6 +89,7 @@ async fn serve_connection(
     raft: Raft,
     linearizer: Arc<Linearizer>,
     key: &ClusterKey,
+    inbox: MessageInbox,
 ) -> std::io::Result<()> {
     if !wire::accept(&mut stream, key).await? {
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -93,6 +107,7 @@ async fn serve_connection(
             Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
             Request::Replication => Reply::Replication(local_replication(&raft)),
             Request::RemoveNode(id) => Reply::RemoveNode(remove_node(&raft, id).await),
+            Request::Messages(frame) => Reply::Messages(inbox(&frame)),
         };
         wire::send(&mut stream, &reply).await?;
     }

@@ -26,11 +26,17 @@ pub(crate) const CF_REQUESTS: &str = "requests";
 /// The same ids in time order, for pruning: at_ms ++ id -> empty.
 pub(crate) const CF_REQUEST_LOG: &str = "request_log";
 
+/// Messages waiting for a durable destination (webhook, Kafka):
+/// destination ++ 0x00 ++ seq -> encoded entry; plus the next seq under `NEXT_SEQ`.
+pub(crate) const CF_OUTBOX: &str = "outbox";
+/// Messages whose retries ran out, keyed like the outbox.
+pub(crate) const CF_DEAD_LETTERS: &str = "dead_letters";
+
 /// Column families that make up the replicated state machine (and so a snapshot).
 pub(crate) const STATE_MACHINE_CFS: [&str; 8] =
     [CF_KV, CF_EVENTS, CF_KEY_REVS, CF_LEASES, CF_LEASE_KEYS, CF_SM_META, CF_REQUESTS, CF_REQUEST_LOG];
 
-const ALL_CFS: [&str; 10] = [
+const ALL_CFS: [&str; 12] = [
     CF_LOG,
     CF_RAFT_META,
     CF_KV,
@@ -41,6 +47,8 @@ const ALL_CFS: [&str; 10] = [
     CF_SM_META,
     CF_REQUESTS,
     CF_REQUEST_LOG,
+    CF_OUTBOX,
+    CF_DEAD_LETTERS,
 ];
 
 /// The node's RocksDB. Cheap to clone; all methods are blocking and belong on

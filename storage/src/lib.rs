@@ -10,6 +10,7 @@ mod db;
 mod error;
 pub mod kv;
 mod log;
+pub mod outbox;
 
 pub use db::Store;
 pub use error::StorageError;

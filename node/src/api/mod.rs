@@ -1,13 +1,15 @@
 //! The public HTTP API (axum). Every handler answers errors as `ApiError`.
 
 mod cluster;
+mod delivery;
 pub mod error;
 pub mod extract;
 mod kv;
 mod lease;
+mod messaging;
 mod model;
 mod node;
-mod watch;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +17,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tracing::Instrument;
@@ -41,9 +43,39 @@ pub fn body_limit(max_value_bytes: usize) -> usize {
 
 pub use cluster::leave_cluster;
 
+/// Publish body limit: a batch of messages at the payload limit, as JSON.
+fn publish_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes * 2 + (1 << 20)
+}
+
 pub fn router(app: AppState) -> Router {
     let limit = body_limit(app.shoal.settings.max_value_bytes);
+    let publishing = Router::new()
+        .route("/v1/topics/{topic}", post(messaging::publish_one))
+        .route("/v1/publish", post(messaging::publish_batch))
+        .route("/v1/kafka/{topic}", post(delivery::produce))
+        .layer(DefaultBodyLimit::max(publish_limit(app.shoal.settings.max_message_bytes)));
     Router::new()
+        .merge(publishing)
+        .route("/v1/topics", get(messaging::interest))
+        .route("/v1/publish/ws", get(messaging::publish_socket))
+        .route("/v1/subscribe", get(messaging::sse))
+        .route("/v1/subscribe/ws", get(messaging::websocket))
+        .route("/v1/webhooks", get(delivery::webhooks::list))
+        .route(
+            "/v1/webhooks/{name}",
+            put(delivery::webhooks::put).get(delivery::webhooks::get).delete(delivery::webhooks::delete),
+        )
+        .route("/v1/webhooks/{name}/dead-letters", get(delivery::dead_letters))
+        .route("/v1/webhooks/{name}/dead-letters/replay", post(delivery::replay))
+        .route("/v1/routes", get(delivery::routes::list))
+        .route("/v1/routes/{name}", put(delivery::routes::put).get(delivery::routes::get).delete(delivery::routes::delete))
+        .route("/v1/bridges", get(delivery::bridges::list))
+        .route(
+            "/v1/bridges/{name}",
+            put(delivery::bridges::put).get(delivery::bridges::get).delete(delivery::bridges::delete),
+        )
+        .route("/v1/outbox", get(delivery::outbox))
         .route("/health", get(node::health))
         .route("/ready", get(node::ready))
         .route("/metrics", get(node::metrics))

@@ -1,0 +1,343 @@
+//! At-least-once delivery to durable destinations (webhooks, Kafka topics)
+//! from the node's outbox. One ractor actor per destination drains its list
+//! in order: the oldest entry is attempted, and on failure the destination
+//! waits for that entry's next retry (head-of-line), so a receiver that is
+//! down costs one attempt per retry step, not one per waiting message.
+//! An entry whose schedule is used up becomes a dead letter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use shoal_storage::outbox::{List, Outbox};
+use tokio::sync::watch;
+
+use crate::config::{secret_key, Config, Webhook};
+use crate::kafka::KafkaClient;
+use crate::message::Message;
+
+/// Entries attempted per pass before the actor yields to its mailbox.
+const PASS_ENTRIES: usize = 64;
+/// Kafka destinations never give up: delays between attempts, the last repeated.
+const KAFKA_RETRY_MS: [u64; 6] = [0, 1_000, 2_000, 5_000, 10_000, 30_000];
+
+/// What the outbox holds for one message and one destination.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub message: Message,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl Entry {
+    pub fn new(message: Message) -> Entry {
+        Entry { message, attempts: 0, next_attempt_ms: 0, last_error: None }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Standard Webhooks signature of a payload: `v1,` + base64(HMAC-SHA256(key, id.timestamp.body)).
+pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// Everything a deliverer needs, shared by all of them.
+pub struct Shared {
+    pub outbox: Arc<Outbox>,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub http: reqwest::Client,
+    pub kafka: Option<KafkaClient>,
+}
+
+/// Starts and wakes the deliverer actors.
+pub struct Deliveries {
+    shared: Arc<Shared>,
+    actors: Mutex<HashMap<String, (ActorRef<Wake>, Arc<AtomicBool>)>>,
+}
+
+/// The only message a deliverer takes: look at the outbox again.
+pub struct Wake;
+
+impl Deliveries {
+    pub fn new(shared: Shared) -> Arc<Deliveries> {
+        Arc::new(Deliveries { shared: Arc::new(shared), actors: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.shared.outbox
+    }
+
+    /// Make sure a destination's deliverer runs and looks at its outbox.
+    /// At most one wake-up is ever waiting in a deliverer's mailbox.
+    pub async fn wake(&self, destination: &str) {
+        let existing = self.actors.lock().unwrap_or_else(|p| p.into_inner()).get(destination).cloned();
+        let (actor, pending) = match existing {
+            Some(found) => found,
+            None => {
+                let pending = Arc::new(AtomicBool::new(false));
+                let args = (destination.to_string(), self.shared.clone(), pending.clone());
+                match Actor::spawn(None, Deliverer, args).await {
+                    Ok((actor, _)) => {
+                        let mut actors = self.actors.lock().unwrap_or_else(|p| p.into_inner());
+                        // Another caller may have started one meanwhile; keep the first.
+                        let entry = actors.entry(destination.to_string()).or_insert((actor.clone(), pending));
+                        if entry.0.get_id() != actor.get_id() {
+                            actor.stop(None);
+                        }
+                        entry.clone()
+                    }
+                    Err(e) => {
+                        tracing::error!(destination, error = %e, "starting a deliverer failed");
+                        return;
+                    }
+                }
+            }
+        };
+        if !pending.swap(true, Ordering::AcqRel) {
+            let _ = actor.cast(Wake);
+        }
+    }
+
+    /// Stop a destination's deliverer (its webhook was deleted).
+    pub fn stop(&self, destination: &str) {
+        if let Some((actor, _)) = self.actors.lock().unwrap_or_else(|p| p.into_inner()).remove(destination) {
+            actor.stop(None);
+        }
+    }
+}
+
+struct Deliverer;
+
+struct State {
+    destination: String,
+    shared: Arc<Shared>,
+    pending: Arc<AtomicBool>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for Deliverer {
+    type Msg = Wake;
+    type State = State;
+    type Arguments = (String, Arc<Shared>, Arc<AtomicBool>);
+
+    async fn pre_start(&self, _: ActorRef<Wake>, (destination, shared, pending): Self::Arguments) -> Result<State, ActorProcessingErr> {
+        Ok(State { destination, shared, pending, timer: None })
+    }
+
+    async fn handle(&self, myself: ActorRef<Wake>, _: Wake, state: &mut State) -> Result<(), ActorProcessingErr> {
+        state.pending.store(false, Ordering::Release);
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
+        match pass(state).await {
+            Ok(Next::More) => {
+                if !state.pending.swap(true, Ordering::AcqRel) {
+                    myself.cast(Wake)?;
+                }
+            }
+            Ok(Next::At(at_ms)) => {
+                let delay = Duration::from_millis(at_ms.saturating_sub(now_ms()));
+                let pending = state.pending.clone();
+                let me = myself.clone();
+                state.timer = Some(tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if !pending.swap(true, Ordering::AcqRel) {
+                        let _ = me.cast(Wake);
+                    }
+                }));
+            }
+            Ok(Next::Idle) => {}
+            Err(e) => {
+                tracing::error!(destination = %state.destination, error = %e, "outbox pass failed; retrying in 1 s");
+                let me = myself.clone();
+                state.timer = Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = me.cast(Wake);
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<Wake>, state: &mut State) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+}
+
+enum Next {
+    /// More entries are due now.
+    More,
+    /// The head entry is due at this time.
+    At(u64),
+    /// Nothing is waiting.
+    Idle,
+}
+
+/// Attempt the due entries at the head of the destination's list, in order.
+async fn pass(state: &State) -> Result<Next, String> {
+    let outbox = state.shared.outbox.clone();
+    let destination = state.destination.clone();
+    let entries = tokio::task::spawn_blocking(move || outbox.scan(List::Pending, &destination, None, PASS_ENTRIES))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let full = entries.len() == PASS_ENTRIES;
+    for stored in entries {
+        let mut entry: Entry = shoal_storage::decode(&stored.value).map_err(|e| e.to_string())?;
+        if entry.next_attempt_ms > now_ms() {
+            return Ok(Next::At(entry.next_attempt_ms));
+        }
+        let topic = entry.message.topic.clone();
+        let outcome = attempt(state, &entry.message).await;
+        let outbox = state.shared.outbox.clone();
+        let destination = state.destination.clone();
+        match outcome {
+            Ok(()) => {
+                metrics::counter!("shoal_deliveries_total", "destination" => destination.clone(), "topic" => topic)
+                    .increment(1);
+                run_blocking(move || outbox.remove(&destination, stored.seq)).await?;
+            }
+            Err(Failure::Gone) => {
+                // The webhook was deleted: its entries go with it.
+                run_blocking(move || outbox.remove(&destination, stored.seq)).await?;
+            }
+            Err(Failure::Retry(error)) => {
+                entry.attempts += 1;
+                entry.last_error = Some(error.clone());
+                let schedule = schedule_for(state);
+                match next_delay(&schedule, entry.attempts, is_kafka(&state.destination)) {
+                    Some(delay) => {
+                        tracing::info!(destination = %state.destination, id = %entry.message.id,
+                            attempts = entry.attempts, retry_in_ms = delay, %error, "delivery failed; will retry");
+                        metrics::counter!("shoal_deliveries_retried_total", "destination" => destination.clone(), "topic" => topic)
+                            .increment(1);
+                        entry.next_attempt_ms = now_ms() + delay;
+                        let at = entry.next_attempt_ms;
+                        let value = shoal_storage::encode(&entry).map_err(|e| e.to_string())?;
+                        run_blocking(move || outbox.update(&destination, stored.seq, &value)).await?;
+                        return Ok(Next::At(at));
+                    }
+                    None => {
+                        tracing::warn!(destination = %state.destination, id = %entry.message.id,
+                            attempts = entry.attempts, %error, "delivery gave up; moved to the dead letters");
+                        metrics::counter!("shoal_deliveries_dead_lettered_total", "destination" => destination.clone(), "topic" => topic)
+                            .increment(1);
+                        let value = shoal_storage::encode(&entry).map_err(|e| e.to_string())?;
+                        run_blocking(move || outbox.kill(&destination, stored.seq, &value)).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(if full { Next::More } else { Next::Idle })
+}
+
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, shoal_storage::StorageError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
+fn is_kafka(destination: &str) -> bool {
+    destination.starts_with("kafka:")
+}
+
+fn webhook_for(state: &State) -> Option<Webhook> {
+    let name = state.destination.strip_prefix("webhook:")?;
+    state.shared.config.borrow().webhooks.get(name).cloned()
+}
+
+fn schedule_for(state: &State) -> Vec<u64> {
+    webhook_for(state).map(|w| w.retry_schedule_ms).unwrap_or_else(|| KAFKA_RETRY_MS.to_vec())
+}
+
+/// Delay before attempt number `attempts + 1`; None when the schedule is used
+/// up (Kafka repeats its last delay forever).
+fn next_delay(schedule: &[u64], attempts: u32, forever: bool) -> Option<u64> {
+    match schedule.get(attempts as usize) {
+        Some(delay) => Some(*delay),
+        None if forever => schedule.last().copied(),
+        None => None,
+    }
+}
+
+enum Failure {
+    Retry(String),
+    Gone,
+}
+
+async fn attempt(state: &State, message: &Message) -> Result<(), Failure> {
+    if let Some(topic) = state.destination.strip_prefix("kafka:") {
+        let Some(kafka) = &state.shared.kafka else {
+            return Err(Failure::Retry("no Kafka brokers are configured (--kafka-brokers)".into()));
+        };
+        return kafka.produce_message(topic, message).await.map(|_| ()).map_err(|e| Failure::Retry(e.to_string()));
+    }
+    let Some(webhook) = webhook_for(state) else { return Err(Failure::Gone) };
+    post_webhook(&state.shared.http, &webhook, message).await.map_err(Failure::Retry)
+}
+
+/// POST a message to a webhook, signed the Standard Webhooks way. Any 2xx is
+/// success; anything else (or no answer in time) is retried.
+async fn post_webhook(http: &reqwest::Client, webhook: &Webhook, message: &Message) -> Result<(), String> {
+    let key = secret_key(&webhook.secret).map_err(|e| e.to_string())?;
+    let body = message.envelope().to_string().into_bytes();
+    let timestamp = now_ms() / 1000;
+    let mut request = http
+        .post(&webhook.url)
+        .timeout(Duration::from_millis(webhook.timeout_ms))
+        .header("content-type", "application/json")
+        .header("webhook-id", &message.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", sign(&key, &message.id, timestamp, &body));
+    if let Some(traceparent) = &message.traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = request.body(body).send().await.map_err(|e| format!("POST {}: {e}", webhook.url))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("POST {} answered {status}", webhook.url))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // The example from the Standard Webhooks specification.
+        let key = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let signature = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn schedules_end_except_for_kafka() {
+        assert_eq!(next_delay(&[0, 100], 1, false), Some(100));
+        assert_eq!(next_delay(&[0, 100], 2, false), None);
+        assert_eq!(next_delay(&[0, 100], 5, true), Some(100));
+    }
+}

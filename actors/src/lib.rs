@@ -1,0 +1,16 @@
+//! Messaging for Shoal: topics routed between nodes, subscribers with
+//! bounded buffers, routing rules, and at-least-once delivery to webhooks
+//! and Kafka from a durable outbox. Knows nothing of HTTP serving or Raft:
+//! the node hands it messages, configuration changes and a transport to
+//! its peers.
+
+pub mod config;
+pub mod deliver;
+pub mod kafka;
+pub mod message;
+mod messaging;
+pub mod queue;
+pub mod router;
+pub mod subject;
+
+pub use messaging::{Messaging, MessagingError, Receipt};

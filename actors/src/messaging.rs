@@ -1,0 +1,263 @@
+//! The node's messaging service: publishing (routing rules, outbox, router),
+//! configuration changes, and the Kafka bridge actors.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Serialize;
+use shoal_storage::outbox::Outbox;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::{Bridge, Config, Destination, MAX_ROUTE_HOPS};
+use crate::deliver::{Deliveries, Entry, Shared};
+use crate::kafka::KafkaClient;
+use crate::message::{new_id, Message};
+use crate::router::{PeerTransport, Reach, Router};
+
+/// Header counting how often routing rules re-published a message.
+pub const HOPS_HEADER: &str = "shoal-hops";
+
+#[derive(Debug, Error)]
+pub enum MessagingError {
+    #[error("storing the message in the outbox failed: {0}")]
+    Outbox(String),
+}
+
+/// What a publish did.
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    /// Ids of the published messages, in order.
+    pub ids: Vec<String>,
+    /// Messages created by routing rules' topic destinations.
+    pub routed: usize,
+    /// Outbox entries written (webhook and Kafka deliveries to come).
+    pub durable: usize,
+    #[serde(flatten)]
+    pub reach: Reach,
+}
+
+pub struct Messaging {
+    pub router: Arc<Router>,
+    pub deliveries: Arc<Deliveries>,
+    pub kafka: Option<KafkaClient>,
+    node_name: String,
+    config: watch::Sender<Arc<Config>>,
+    bridges: Mutex<HashMap<String, (Bridge, ActorRef<()>)>>,
+    myself: Weak<Messaging>,
+}
+
+impl Messaging {
+    pub fn new(
+        node_id: u64,
+        outbox: Outbox,
+        transport: Arc<dyn PeerTransport>,
+        kafka: Option<KafkaClient>,
+    ) -> Arc<Messaging> {
+        let (config, config_rx) = watch::channel(Arc::new(Config::default()));
+        let deliveries = Deliveries::new(Shared {
+            outbox: Arc::new(outbox),
+            config: config_rx,
+            http: reqwest::Client::new(),
+            kafka: kafka.clone(),
+        });
+        Arc::new_cyclic(|myself| Messaging {
+            router: Router::new(node_id, transport),
+            deliveries,
+            kafka,
+            node_name: node_id.to_string(),
+            config,
+            bridges: Mutex::new(HashMap::new()),
+            myself: myself.clone(),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Apply changed configuration keys (from the replicated store; None
+    /// when deleted) and act on the differences.
+    pub async fn apply_config(&self, changes: Vec<(String, Option<Vec<u8>>)>) {
+        self.update_config(changes, false).await;
+    }
+
+    /// Replace the whole configuration with these keys.
+    pub async fn replace_config(&self, all: Vec<(String, Option<Vec<u8>>)>) {
+        self.update_config(all, true).await;
+    }
+
+    /// Deleted webhooks lose their outbox; bridges start and stop.
+    async fn update_config(&self, changes: Vec<(String, Option<Vec<u8>>)>, replace: bool) {
+        let old = self.config();
+        let mut config = if replace { Config::default() } else { (*old).clone() };
+        for (key, value) in &changes {
+            config.apply(key, value.as_deref());
+        }
+        let removed: Vec<String> = old.webhooks.keys().filter(|name| !config.webhooks.contains_key(*name)).cloned().collect();
+        let bridges = config.bridges.clone();
+        self.config.send_replace(Arc::new(config));
+        for name in removed {
+            let destination = format!("webhook:{name}");
+            self.deliveries.stop(&destination);
+            let outbox = self.deliveries.outbox().clone();
+            let purged = tokio::task::spawn_blocking(move || outbox.purge(&destination)).await;
+            if !matches!(purged, Ok(Ok(()))) {
+                tracing::warn!(webhook = %name, "could not purge the outbox of a deleted webhook");
+            }
+        }
+        self.sync_bridges(bridges).await;
+    }
+
+    /// Route messages published on this node. Routing rules run here, once:
+    /// webhook and Kafka destinations are written to the outbox (synced)
+    /// before this returns, topic destinations are published in turn.
+    pub async fn publish(&self, messages: Vec<Message>) -> Result<Receipt, MessagingError> {
+        let config = self.config();
+        let ids = messages.iter().map(|m| m.id.clone()).collect();
+        let mut routed = 0;
+        let mut all = Vec::with_capacity(messages.len());
+        let mut durable: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut work: VecDeque<Message> = messages.into();
+        while let Some(message) = work.pop_front() {
+            let hops: u32 = message.header(HOPS_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+            for destination in config.destinations_for(&message) {
+                match (&destination, destination.outbox_name()) {
+                    (Destination::Topic(topic), _) if hops < MAX_ROUTE_HOPS && *topic != message.topic => {
+                        work.push_back(rerouted(&message, topic, hops + 1));
+                        routed += 1;
+                    }
+                    (Destination::Topic(topic), _) => {
+                        tracing::warn!(id = %message.id, %topic, hops, "routing loop: message not re-published");
+                        metrics::counter!("shoal_messages_dropped_total", "topic" => topic.clone()).increment(1);
+                    }
+                    (_, Some(outbox_name)) => {
+                        let entry = shoal_storage::encode(&Entry::new(message.clone()))
+                            .map_err(|e| MessagingError::Outbox(e.to_string()))?;
+                        durable.push((outbox_name, entry));
+                    }
+                    (_, None) => {}
+                }
+            }
+            all.push(message);
+        }
+        let mut destinations: Vec<String> = durable.iter().map(|(d, _)| d.clone()).collect();
+        destinations.dedup();
+        let durable_count = durable.len();
+        if !durable.is_empty() {
+            let outbox = self.deliveries.outbox().clone();
+            tokio::task::spawn_blocking(move || outbox.add(&durable))
+                .await
+                .map_err(|e| MessagingError::Outbox(e.to_string()))?
+                .map_err(|e| MessagingError::Outbox(e.to_string()))?;
+        }
+        let reach = self.router.publish(all);
+        for destination in destinations {
+            self.deliveries.wake(&destination).await;
+        }
+        Ok(Receipt { ids, routed, durable: durable_count, reach })
+    }
+
+    /// After a restart: deliver what the outbox still holds.
+    pub async fn resume_deliveries(&self) {
+        let outbox = self.deliveries.outbox().clone();
+        match tokio::task::spawn_blocking(move || outbox.destinations()).await {
+            Ok(Ok(destinations)) => {
+                for destination in destinations {
+                    tracing::info!(%destination, "resuming deliveries from the outbox");
+                    self.deliveries.wake(&destination).await;
+                }
+            }
+            _ => tracing::error!("reading the outbox failed; deliveries resume on the next publish"),
+        }
+    }
+
+    /// Start bridges that are new or changed, stop those that are gone.
+    async fn sync_bridges(&self, wanted: std::collections::BTreeMap<String, Bridge>) {
+        let Some(kafka) = self.kafka.clone() else {
+            if !wanted.is_empty() {
+                tracing::warn!("Kafka bridges are configured but this node has no --kafka-brokers");
+            }
+            return;
+        };
+        let stale: Vec<ActorRef<()>> = {
+            let mut running = self.bridges.lock().unwrap_or_else(|p| p.into_inner());
+            let stale_names: Vec<String> = running
+                .iter()
+                .filter(|(name, (bridge, _))| wanted.get(*name) != Some(bridge))
+                .map(|(name, _)| name.clone())
+                .collect();
+            stale_names.iter().filter_map(|name| running.remove(name)).map(|(_, actor)| actor).collect()
+        };
+        for actor in stale {
+            actor.stop(None);
+        }
+        for (name, bridge) in wanted {
+            if self.bridges.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&name) {
+                continue;
+            }
+            let args = BridgeArgs { bridge: bridge.clone(), kafka: kafka.clone(), messaging: self.myself.clone(), node_name: self.node_name.clone() };
+            match Actor::spawn(None, BridgeActor, args).await {
+                Ok((actor, _)) => {
+                    self.bridges.lock().unwrap_or_else(|p| p.into_inner()).insert(name, (bridge, actor));
+                }
+                Err(e) => tracing::error!(bridge = %name, error = %e, "starting a Kafka bridge failed"),
+            }
+        }
+    }
+}
+
+/// A copy of a message for a routing rule's topic destination.
+fn rerouted(message: &Message, topic: &str, hops: u32) -> Message {
+    let mut copy = message.clone();
+    copy.id = new_id();
+    copy.topic = topic.to_string();
+    copy.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(HOPS_HEADER) && !k.eq_ignore_ascii_case("shoal-origin-id"));
+    copy.headers.push(("shoal-origin-id".to_string(), message.id.clone()));
+    copy.headers.push((HOPS_HEADER.to_string(), hops.to_string()));
+    copy
+}
+
+/// One Kafka bridge: consumes its Kafka topic in its consumer group and
+/// publishes each record on this node.
+struct BridgeActor;
+
+struct BridgeArgs {
+    bridge: Bridge,
+    kafka: KafkaClient,
+    messaging: Weak<Messaging>,
+    node_name: String,
+}
+
+impl Actor for BridgeActor {
+    type Msg = ();
+    type State = tokio::task::JoinHandle<()>;
+    type Arguments = BridgeArgs;
+
+    async fn pre_start(&self, _: ActorRef<()>, args: BridgeArgs) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tokio::spawn(async move {
+            let name = args.bridge.name.clone();
+            let messaging = args.messaging;
+            let hand_on = move |message: Message| {
+                let messaging = messaging.clone();
+                async move {
+                    let messaging = messaging.upgrade().ok_or_else(|| "the node is shutting down".to_string())?;
+                    messaging.publish(vec![message]).await.map(|_| ()).map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = args.kafka.run_bridge(args.bridge, args.node_name, hand_on).await {
+                tracing::error!(bridge = %name, error = %e, "Kafka bridge stopped");
+            }
+        }))
+    }
+
+    async fn handle(&self, _: ActorRef<()>, _: (), _: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn post_stop(&self, _: ActorRef<()>, consumer: &mut Self::State) -> Result<(), ActorProcessingErr> {
+        consumer.abort();
+        Ok(())
+    }
+}

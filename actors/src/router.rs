@@ -1,0 +1,428 @@
+//! The topic router: local subscribers, the interest other nodes announce
+//! through gossip, queue groups across the cluster, and links to peers.
+//!
+//! Publishing never waits for a consumer. Each local subscriber and each peer
+//! link has its own bounded queue (`BoundedQueue`), so a slow subscriber or a
+//! slow node only ever loses its own messages, counted, and never slows the
+//! publisher or anyone else. Core topics are at-most-once, like NATS core.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::future::BoxFuture;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::message::{Message, Shared};
+use crate::queue::{BoundedQueue, Overflow, Pushed};
+use crate::subject::{pattern_matches, Pattern};
+
+/// Messages buffered per peer link before the oldest are dropped.
+const PEER_LINK_CAPACITY: usize = 65_536;
+/// Most messages in one frame to a peer.
+const PEER_FRAME_MESSAGES: usize = 1024;
+
+pub type NodeId = u64;
+
+/// Sends an encoded frame of messages to a peer's router (implemented by the
+/// node over its RPC listener).
+pub trait PeerTransport: Send + Sync + 'static {
+    fn send(&self, node: NodeId, frame: Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// One line of a node's announced interest: a pattern, its queue group, and
+/// how many subscribers hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interest {
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub subscribers: u32,
+}
+
+/// A message on its way to a peer, with the queue groups that peer was
+/// chosen to serve for it.
+#[derive(Serialize, Deserialize)]
+struct Forward {
+    message: Message,
+    groups: Vec<String>,
+}
+
+struct LocalSub {
+    id: u64,
+    pattern: Pattern,
+    group: Option<String>,
+    queue: Arc<BoundedQueue<Arc<Shared>>>,
+}
+
+#[derive(Default)]
+struct LocalTable {
+    by_id: HashMap<u64, Arc<LocalSub>>,
+    /// Subscriptions without wildcards, by topic.
+    exact: HashMap<String, Vec<Arc<LocalSub>>>,
+    wildcard: Vec<Arc<LocalSub>>,
+}
+
+impl LocalTable {
+    fn matching<'a>(&'a self, topic: &str, mut visit: impl FnMut(&'a Arc<LocalSub>)) {
+        if let Some(subs) = self.exact.get(topic) {
+            subs.iter().for_each(&mut visit);
+        }
+        for sub in &self.wildcard {
+            if sub.pattern.matches(topic) {
+                visit(sub);
+            }
+        }
+    }
+}
+
+/// What a publish reached.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Reach {
+    /// Local subscriber queues the messages went into.
+    pub local: usize,
+    /// Messages handed to peer links (one per message per peer).
+    pub forwarded: usize,
+}
+
+pub struct Router {
+    node_id: NodeId,
+    local: RwLock<LocalTable>,
+    remote: RwLock<HashMap<NodeId, Vec<Interest>>>,
+    links: Mutex<HashMap<NodeId, Arc<BoundedQueue<Forward>>>>,
+    transport: Arc<dyn PeerTransport>,
+    next_id: AtomicU64,
+    /// Bumped on every local subscribe/unsubscribe, so the node knows when
+    /// to re-announce its interest.
+    interest_version: AtomicU64,
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct Subscription {
+    pub id: u64,
+    pub queue: Arc<BoundedQueue<Arc<Shared>>>,
+    router: Arc<Router>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.router.unsubscribe(self.id);
+    }
+}
+
+impl Router {
+    pub fn new(node_id: NodeId, transport: Arc<dyn PeerTransport>) -> Arc<Router> {
+        Arc::new(Router {
+            node_id,
+            local: RwLock::default(),
+            remote: RwLock::default(),
+            links: Mutex::default(),
+            transport,
+            next_id: AtomicU64::new(1),
+            interest_version: AtomicU64::new(0),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn subscribe(
+        self: &Arc<Self>,
+        pattern: Pattern,
+        group: Option<String>,
+        capacity: usize,
+        overflow: Overflow,
+    ) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let queue = BoundedQueue::new(capacity, overflow);
+        let sub = Arc::new(LocalSub { id, pattern, group, queue: queue.clone() });
+        {
+            let mut table = self.local.write().unwrap_or_else(|p| p.into_inner());
+            if sub.pattern.is_literal() {
+                table.exact.entry(sub.pattern.as_str().to_string()).or_default().push(sub.clone());
+            } else {
+                table.wildcard.push(sub.clone());
+            }
+            table.by_id.insert(id, sub);
+        }
+        self.interest_version.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("shoal_subscribers").increment(1.0);
+        Subscription { id, queue, router: self.clone() }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let mut table = self.local.write().unwrap_or_else(|p| p.into_inner());
+        let Some(sub) = table.by_id.remove(&id) else { return };
+        sub.queue.close();
+        if sub.pattern.is_literal() {
+            if let Some(subs) = table.exact.get_mut(sub.pattern.as_str()) {
+                subs.retain(|s| s.id != id);
+                if subs.is_empty() {
+                    table.exact.remove(sub.pattern.as_str());
+                }
+            }
+        } else {
+            table.wildcard.retain(|s| s.id != id);
+        }
+        drop(table);
+        self.interest_version.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("shoal_subscribers").decrement(1.0);
+    }
+
+    pub fn interest_version(&self) -> u64 {
+        self.interest_version.load(Ordering::Relaxed)
+    }
+
+    /// This node's subscriptions, aggregated for gossip.
+    pub fn local_interest(&self) -> Vec<Interest> {
+        let table = self.local.read().unwrap_or_else(|p| p.into_inner());
+        let mut counts: HashMap<(String, Option<String>), u32> = HashMap::new();
+        for sub in table.by_id.values() {
+            *counts.entry((sub.pattern.as_str().to_string(), sub.group.clone())).or_default() += 1;
+        }
+        let mut interest: Vec<Interest> = counts
+            .into_iter()
+            .map(|((pattern, group), subscribers)| Interest { pattern, group, subscribers })
+            .collect();
+        interest.sort_by(|a, b| (&a.pattern, &a.group).cmp(&(&b.pattern, &b.group)));
+        interest
+    }
+
+    /// Replace what is known of other nodes' interest (from gossip). Links to
+    /// nodes that are gone are closed.
+    pub fn set_remote_interest(&self, interest: HashMap<NodeId, Vec<Interest>>) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.retain(|node, link| {
+            let keep = interest.contains_key(node);
+            if !keep {
+                link.close();
+            }
+            keep
+        });
+        drop(links);
+        *self.remote.write().unwrap_or_else(|p| p.into_inner()) = interest;
+    }
+
+    /// Every node's interest, this one included (for `/v1/topics`).
+    pub fn cluster_interest(&self) -> HashMap<NodeId, Vec<Interest>> {
+        let mut all = self.remote.read().unwrap_or_else(|p| p.into_inner()).clone();
+        all.insert(self.node_id, self.local_interest());
+        all
+    }
+
+    /// Route messages published on this node: to local subscribers, to peers
+    /// with matching interest, and to one member of each matching queue
+    /// group anywhere in the cluster.
+    pub fn publish(self: &Arc<Self>, messages: Vec<Message>) -> Reach {
+        let mut reach = Reach::default();
+        let mut outgoing: HashMap<NodeId, Vec<Forward>> = HashMap::new();
+        {
+            let table = self.local.read().unwrap_or_else(|p| p.into_inner());
+            let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
+            for message in messages {
+                metrics::counter!("shoal_messages_published_total", "topic" => message.topic.clone()).increment(1);
+                let shared = Arc::new(Shared::new(message));
+                let topic = shared.message.topic.as_str();
+                // Queue groups: candidates per group, local members one by one
+                // and remote nodes weighted by their member count.
+                let mut groups: HashMap<&str, Vec<Candidate>> = HashMap::new();
+                table.matching(topic, |sub| match &sub.group {
+                    None => reach.local += usize::from(deliver(sub, &shared)),
+                    Some(group) => groups.entry(group.as_str()).or_default().push(Candidate::Local(sub)),
+                });
+                let mut nodes: HashMap<NodeId, Vec<String>> = HashMap::new();
+                for (node, interest) in remote.iter() {
+                    for line in interest {
+                        if !pattern_matches(&line.pattern, topic) {
+                            continue;
+                        }
+                        match &line.group {
+                            None => {
+                                nodes.entry(*node).or_default();
+                            }
+                            Some(group) => groups
+                                .entry(group.as_str())
+                                .or_default()
+                                .push(Candidate::Remote(*node, line.subscribers)),
+                        }
+                    }
+                }
+                for (group, candidates) in groups {
+                    match choose(&candidates) {
+                        Some(Candidate::Local(sub)) => reach.local += usize::from(deliver(sub, &shared)),
+                        Some(Candidate::Remote(node, _)) => nodes.entry(*node).or_default().push(group.to_string()),
+                        None => {}
+                    }
+                }
+                for (node, groups) in nodes {
+                    outgoing.entry(node).or_default().push(Forward { message: shared.message.clone(), groups });
+                }
+            }
+        }
+        for (node, forwards) in outgoing {
+            let link = self.link(node);
+            for forward in forwards {
+                match link.push(forward) {
+                    Pushed::Queued => reach.forwarded += 1,
+                    Pushed::DroppedOldest => {
+                        reach.forwarded += 1;
+                        metrics::counter!("shoal_peer_link_dropped_total").increment(1);
+                    }
+                    Pushed::Closed => {}
+                }
+            }
+        }
+        reach
+    }
+
+    /// Deliver a frame of messages a peer forwarded: to local subscribers,
+    /// and to one local member of each queue group the peer chose us for.
+    pub fn receive_frame(&self, frame: &[u8]) -> Result<usize, shoal_storage::StorageError> {
+        let forwards: Vec<Forward> = shoal_storage::decode(frame)?;
+        let table = self.local.read().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0;
+        for forward in forwards {
+            let shared = Arc::new(Shared::new(forward.message));
+            let mut members: HashMap<&str, Vec<&Arc<LocalSub>>> = HashMap::new();
+            table.matching(&shared.message.topic, |sub| match &sub.group {
+                None => delivered += usize::from(deliver(sub, &shared)),
+                Some(group) => members.entry(group.as_str()).or_default().push(sub),
+            });
+            for group in &forward.groups {
+                match members.get(group.as_str()).filter(|m| !m.is_empty()) {
+                    Some(members) => {
+                        let pick = rand::rng().random_range(0..members.len());
+                        delivered += usize::from(deliver(members[pick], &shared));
+                    }
+                    // The member left between gossip rounds: at-most-once, counted.
+                    None => metrics::counter!("shoal_messages_dropped_total", "topic" => shared.message.topic.clone())
+                        .increment(1),
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// The link to a peer, started on first use.
+    fn link(self: &Arc<Self>, node: NodeId) -> Arc<BoundedQueue<Forward>> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(link) = links.get(&node).filter(|link| !link.is_closed()) {
+            return link.clone();
+        }
+        let link = BoundedQueue::new(PEER_LINK_CAPACITY, Overflow::DropOldest);
+        links.insert(node, link.clone());
+        tokio::spawn(run_link(node, link.clone(), self.transport.clone()));
+        link
+    }
+}
+
+/// Put a message into a subscriber's queue; true if it was taken.
+fn deliver(sub: &LocalSub, shared: &Arc<Shared>) -> bool {
+    let topic = || shared.message.topic.clone();
+    match sub.queue.push(shared.clone()) {
+        Pushed::Queued => {
+            metrics::counter!("shoal_messages_delivered_total", "topic" => topic()).increment(1);
+            true
+        }
+        Pushed::DroppedOldest => {
+            metrics::counter!("shoal_messages_delivered_total", "topic" => topic()).increment(1);
+            metrics::counter!("shoal_messages_dropped_total", "topic" => topic()).increment(1);
+            true
+        }
+        Pushed::Closed => false,
+    }
+}
+
+/// A possible receiver of a queue group's message: a local member, or a
+/// node with this many members.
+enum Candidate<'a> {
+    Local(&'a Arc<LocalSub>),
+    Remote(NodeId, u32),
+}
+
+impl Candidate<'_> {
+    fn weight(&self) -> u64 {
+        match self {
+            Candidate::Local(_) => 1,
+            Candidate::Remote(_, members) => u64::from(*members),
+        }
+    }
+}
+
+/// Pick one candidate, weighted by its member count, so every member in the
+/// cluster is equally likely.
+fn choose<'c, 'a>(candidates: &'c [Candidate<'a>]) -> Option<&'c Candidate<'a>> {
+    let total: u64 = candidates.iter().map(Candidate::weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = rand::rng().random_range(0..total);
+    for candidate in candidates {
+        if ticket < candidate.weight() {
+            return Some(candidate);
+        }
+        ticket -= candidate.weight();
+    }
+    None
+}
+
+/// Drain one peer link: send what has gathered as one frame, wait for the
+/// peer to take it, repeat. While a frame is in flight new messages gather
+/// into the next one, so a busy link sends big frames. A frame that cannot
+/// be sent is dropped (at-most-once) and counted.
+async fn run_link(node: NodeId, link: Arc<BoundedQueue<Forward>>, transport: Arc<dyn PeerTransport>) {
+    while let Some(batch) = link.next_batch(PEER_FRAME_MESSAGES).await {
+        if batch.dropped > 0 {
+            tracing::warn!(node, dropped = batch.dropped, "peer link overflowed; oldest messages dropped");
+        }
+        if batch.items.is_empty() {
+            continue;
+        }
+        let count = batch.items.len();
+        let frame = match shoal_storage::encode(&batch.items) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::error!(node, error = %e, "encoding a frame for a peer failed");
+                continue;
+            }
+        };
+        if let Err(e) = transport.send(node, frame).await {
+            tracing::warn!(node, count, error = %e, "forwarding messages to a peer failed; dropped");
+            metrics::counter!("shoal_peer_link_dropped_total").increment(count as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoPeers;
+    impl PeerTransport for NoPeers {
+        fn send(&self, _: NodeId, _: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(async { Err("no peers".to_string()) })
+        }
+    }
+
+    fn message(topic: &str) -> Message {
+        Message { topic: topic.into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn queue_group_gets_each_message_once() {
+        let router = Router::new(1, Arc::new(NoPeers));
+        let pattern = Pattern::parse("jobs.*").unwrap();
+        let a = router.subscribe(pattern.clone(), Some("workers".into()), 100, Overflow::DropOldest);
+        let b = router.subscribe(pattern.clone(), Some("workers".into()), 100, Overflow::DropOldest);
+        let watcher = router.subscribe(pattern, None, 100, Overflow::DropOldest);
+        router.publish((0..50).map(|_| message("jobs.x")).collect());
+        assert_eq!(a.queue.len() + b.queue.len(), 50);
+        assert_eq!(watcher.queue.len(), 50);
+        assert_eq!(router.local_interest().len(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(router.local_interest().len(), 1);
+    }
+}

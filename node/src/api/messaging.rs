@@ -1,0 +1,466 @@
+//! Publish and subscribe over HTTP: one message or a batch, Server-Sent
+//! Events and WebSocket subscribers, and a WebSocket publishing stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use futures::{FutureExt, SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use shoal_actors::message::{new_id, rfc3339_now, Message, Shared};
+use shoal_actors::queue::{BoundedQueue, Overflow};
+use shoal_actors::router::Subscription;
+use shoal_actors::subject::{validate_topic, Pattern};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, JsonBody, Params};
+use crate::service::Shoal;
+
+/// Most messages in one publish batch.
+pub const MAX_BATCH_MESSAGES: usize = 1000;
+/// Subscriber buffer: default and largest allowed.
+const DEFAULT_BUFFER: u64 = 1024;
+const MAX_BUFFER: u64 = 65_536;
+/// Messages written to a subscriber stream per wake-up.
+const STREAM_BATCH: usize = 256;
+/// Most header entries on a message, and the longest header value.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 4096;
+/// WebSocket frames gathered into one publish.
+const WS_PUBLISH_BATCH: usize = 256;
+
+fn invalid_topic(e: impl ToString) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.to_string())
+}
+
+fn too_large(size: usize, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("message payload is {size} bytes; the limit is {limit} (--max-message-bytes)"),
+    )
+}
+
+fn check_header(name: &str, value: &str) -> ApiResult<()> {
+    if name.is_empty() || name.len() > 256 || value.len() > MAX_HEADER_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "header {name:?} must have a 1-256 byte name and a value of at most {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A W3C traceparent, checked: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn check_traceparent(value: &str) -> ApiResult<()> {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
+    let ok = parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("traceparent {value:?} is not a W3C trace context (00-<trace id>-<span id>-<flags>)")))
+    }
+}
+
+/// A new trace for a message that arrived without one, so it can still be followed.
+fn new_traceparent() -> String {
+    format!("00-{:032x}-{:016x}-01", rand::random::<u128>(), rand::random::<u64>())
+}
+
+fn node_source(shoal: &Shoal) -> String {
+    format!("shoal://node/{}", shoal.node_id)
+}
+
+/// `POST /v1/topics/{topic}`: publish the body as one message. The content
+/// type travels with it; CloudEvents binary-mode headers (`ce-id`,
+/// `ce-source`, `ce-type`, `ce-subject`, `ce-time`) set the envelope and
+/// other `ce-*` headers become message headers; `traceparent` is kept (or
+/// started).
+pub async fn publish_one(
+    State(shoal): State<Arc<Shoal>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    validate_topic(&topic).map_err(invalid_topic)?;
+    let limit = shoal.settings.max_message_bytes;
+    if body.len() > limit {
+        return Err(too_large(body.len(), limit));
+    }
+    let text = |name: &str| -> ApiResult<Option<String>> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .to_str()
+                .map(|v| Some(v.to_string()))
+                .map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII"))),
+        }
+    };
+    let mut message = Message {
+        id: text("ce-id")?.unwrap_or_else(new_id),
+        topic,
+        source: text("ce-source")?.unwrap_or_else(|| node_source(&shoal)),
+        kind: text("ce-type")?.unwrap_or_else(|| "shoal.message".into()),
+        time: text("ce-time")?.unwrap_or_else(rfc3339_now),
+        subject: text("ce-subject")?,
+        content_type: text("content-type")?.unwrap_or_else(|| "application/octet-stream".into()),
+        traceparent: text("traceparent")?,
+        headers: Vec::new(),
+        data: body.to_vec(),
+    };
+    for (name, value) in &headers {
+        let Some(extension) = name.as_str().strip_prefix("ce-") else { continue };
+        if matches!(extension, "id" | "source" | "type" | "subject" | "time" | "specversion") {
+            continue;
+        }
+        let value = value.to_str().map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))?;
+        check_header(extension, value)?;
+        message.headers.push((extension.to_string(), value.to_string()));
+    }
+    if message.headers.len() > MAX_HEADERS {
+        return Err(ApiError::bad_request(format!("at most {MAX_HEADERS} ce- headers per message")));
+    }
+    finish(&mut message)?;
+    let topic = message.topic.clone();
+    let receipt = shoal.messaging.publish(vec![message]).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": receipt.ids.first(),
+            "topic": topic,
+            "local": receipt.reach.local,
+            "forwarded": receipt.reach.forwarded,
+            "routed": receipt.routed,
+            "durable": receipt.durable,
+        })),
+    )
+        .into_response())
+}
+
+/// Check the envelope attributes and start a trace when there is none.
+fn finish(message: &mut Message) -> ApiResult<()> {
+    for (name, value) in [("id", &message.id), ("source", &message.source), ("type", &message.kind), ("time", &message.time)] {
+        if value.is_empty() || value.len() > 256 {
+            return Err(ApiError::bad_request(format!("{name} must be 1 to 256 bytes")));
+        }
+    }
+    match &message.traceparent {
+        Some(traceparent) => check_traceparent(traceparent)?,
+        None => message.traceparent = Some(new_traceparent()),
+    }
+    Ok(())
+}
+
+/// One message of a JSON batch.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchMessage {
+    topic: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    data_base64: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    headers: Map<String, Value>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    traceparent: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    messages: Vec<BatchMessage>,
+}
+
+/// A batch entry as a message: `data` as JSON (or text for a string),
+/// `data_base64` as bytes.
+fn batch_message(shoal: &Shoal, item: BatchMessage, traceparent: Option<&str>) -> ApiResult<Message> {
+    validate_topic(&item.topic).map_err(invalid_topic)?;
+    let (data, default_type) = match (item.data, item.data_base64) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give data or data_base64, not both")),
+        (Some(Value::String(text)), None) => (text.into_bytes(), "text/plain"),
+        (Some(value), None) => (value.to_string().into_bytes(), "application/json"),
+        (None, Some(encoded)) => (
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|_| ApiError::bad_request("data_base64 is not valid base64"))?,
+            "application/octet-stream",
+        ),
+        (None, None) => (Vec::new(), "application/octet-stream"),
+    };
+    let limit = shoal.settings.max_message_bytes;
+    if data.len() > limit {
+        return Err(too_large(data.len(), limit));
+    }
+    if item.headers.len() > MAX_HEADERS {
+        return Err(ApiError::bad_request(format!("at most {MAX_HEADERS} headers per message")));
+    }
+    let mut headers = Vec::with_capacity(item.headers.len());
+    for (name, value) in item.headers {
+        let Value::String(value) = value else {
+            return Err(ApiError::bad_request(format!("header {name:?} must be a string")));
+        };
+        check_header(&name, &value)?;
+        headers.push((name, value));
+    }
+    let mut message = Message {
+        id: item.id.unwrap_or_else(new_id),
+        topic: item.topic,
+        source: item.source.unwrap_or_else(|| node_source(shoal)),
+        kind: item.kind.unwrap_or_else(|| "shoal.message".into()),
+        time: rfc3339_now(),
+        subject: item.subject,
+        content_type: item.content_type.unwrap_or_else(|| default_type.into()),
+        traceparent: item.traceparent.or_else(|| traceparent.map(str::to_string)),
+        headers,
+        data,
+    };
+    finish(&mut message)?;
+    Ok(message)
+}
+
+/// `POST /v1/publish`: a batch of messages, all or none (a bad entry is a
+/// 400 naming its index; nothing is published).
+pub async fn publish_batch(
+    State(shoal): State<Arc<Shoal>>,
+    headers: HeaderMap,
+    JsonBody(batch): JsonBody<Batch>,
+) -> ApiResult<Response> {
+    if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
+        return Err(ApiError::bad_request(format!("a batch holds 1 to {MAX_BATCH_MESSAGES} messages")));
+    }
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let mut messages = Vec::with_capacity(batch.messages.len());
+    for (index, item) in batch.messages.into_iter().enumerate() {
+        let message = batch_message(&shoal, item, traceparent).map_err(|mut e| {
+            e.message = format!("messages[{index}]: {}", e.message);
+            e.with("index", json!(index))
+        })?;
+        messages.push(message);
+    }
+    let receipt = shoal.messaging.publish(messages).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(json!(receipt))).into_response())
+}
+
+/// The subscription parameters shared by SSE and WebSocket.
+fn subscribe(shoal: &Shoal, params: &Params) -> ApiResult<Subscription> {
+    let pattern = params.string("pattern").ok_or_else(|| ApiError::bad_request("pattern= is required (e.g. orders.*)"))?;
+    let pattern = Pattern::parse(pattern).map_err(invalid_topic)?;
+    let group = params.string("queue").map(str::to_string);
+    if let Some(group) = &group {
+        shoal_actors::config::validate_name("queue group", group).map_err(|e| ApiError::bad_request(e.0))?;
+    }
+    let buffer = params.number("buffer")?.unwrap_or(DEFAULT_BUFFER);
+    if buffer == 0 || buffer > MAX_BUFFER {
+        return Err(ApiError::bad_request(format!("buffer must be between 1 and {MAX_BUFFER}")));
+    }
+    let overflow = match params.string("overflow") {
+        None | Some("drop_oldest") => Overflow::DropOldest,
+        Some("disconnect") => Overflow::Disconnect,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("overflow must be drop_oldest or disconnect, got {other:?}")))
+        }
+    };
+    Ok(shoal.messaging.router.subscribe(pattern, group, buffer as usize, overflow))
+}
+
+fn slow_consumer_error() -> Value {
+    json!({"error": {"code": "slow_consumer", "message": "the subscriber's buffer overflowed and overflow=disconnect"}})
+}
+
+/// `GET /v1/subscribe`: an SSE stream of message envelopes (`event:
+/// message`), with `event: dropped` when the buffer overflowed.
+pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<Response> {
+    let subscription = subscribe(&shoal, &params)?;
+    let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
+    let hello = json!({"subscription": subscription.id, "node_id": shoal.node_id});
+    tokio::spawn(async move {
+        let queue = subscription.queue.clone();
+        if sender.send(Ok(Event::default().event("subscribed").data(hello.to_string()))).await.is_err() {
+            return;
+        }
+        loop {
+            let batch = tokio::select! {
+                batch = queue.next_batch(STREAM_BATCH) => batch,
+                _ = sender.closed() => return,
+            };
+            let Some(batch) = batch else {
+                let _ = sender.send(Ok(Event::default().event("error").data(slow_consumer_error().to_string()))).await;
+                return;
+            };
+            if batch.dropped > 0 {
+                let event = Event::default().event("dropped").data(json!({"dropped": batch.dropped}).to_string());
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            for shared in batch.items {
+                let event = Event::default().event("message").id(shared.message.id.clone()).data(shared.envelope_json());
+                if sender.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        // `subscription` is dropped here, which unsubscribes.
+    });
+    Ok(Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// `GET /v1/subscribe/ws`: the same over WebSocket. `format=json` (default)
+/// sends each envelope as a text frame; `format=raw` sends the payload alone
+/// as a binary frame. A `{"dropped": n}` text frame reports overflow.
+pub async fn websocket(State(shoal): State<Arc<Shoal>>, params: Params, upgrade: WebSocketUpgrade) -> ApiResult<Response> {
+    let raw = match params.string("format") {
+        None | Some("json") => false,
+        Some("raw") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("format must be json or raw, got {other:?}"))),
+    };
+    let subscription = subscribe(&shoal, &params)?;
+    Ok(upgrade.on_upgrade(move |socket| stream_to_socket(socket, subscription, raw)))
+}
+
+async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bool) {
+    let (mut sink, mut incoming) = socket.split();
+    let queue: Arc<BoundedQueue<Arc<Shared>>> = subscription.queue.clone();
+    loop {
+        let batch = tokio::select! {
+            batch = queue.next_batch(STREAM_BATCH) => batch,
+            // The client closed (or sent something): only a close matters.
+            frame = incoming.next() => match frame {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let Some(batch) = batch else {
+            let reason = "slow consumer: the buffer overflowed";
+            let _ = sink.send(WsMessage::Close(Some(CloseFrame { code: 1008, reason: reason.into() }))).await;
+            return;
+        };
+        if batch.dropped > 0 && sink.feed(WsMessage::Text(json!({"dropped": batch.dropped}).to_string().into())).await.is_err() {
+            return;
+        }
+        for shared in batch.items {
+            let frame = if raw {
+                WsMessage::Binary(Bytes::copy_from_slice(&shared.message.data))
+            } else {
+                WsMessage::Text(shared.envelope_json().to_string().into())
+            };
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `GET /v1/publish/ws`: a WebSocket publishing stream. With `?topic=T`
+/// each frame's payload is a message to T (`content_type=` sets its type);
+/// without, each text frame is a JSON object like a `/v1/publish` entry.
+/// Fire-and-forget like NATS core: a bad frame closes the socket with 1008
+/// and the reason.
+pub async fn publish_socket(State(shoal): State<Arc<Shoal>>, params: Params, upgrade: WebSocketUpgrade) -> ApiResult<Response> {
+    let topic = params.string("topic").map(str::to_string);
+    if let Some(topic) = &topic {
+        validate_topic(topic).map_err(invalid_topic)?;
+    }
+    let content_type = params.string("content_type").unwrap_or("application/octet-stream").to_string();
+    let limit = shoal.settings.max_message_bytes;
+    Ok(upgrade
+        .max_message_size(limit + (64 << 10))
+        .on_upgrade(move |socket| publish_from_socket(shoal, socket, topic, content_type)))
+}
+
+async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Option<String>, content_type: String) {
+    let source = node_source(&shoal);
+    let to_message = |frame: WsMessage| -> ApiResult<Option<Message>> {
+        let data = match (frame, &topic) {
+            (WsMessage::Text(text), None) => {
+                let item: BatchMessage = serde_json::from_str(text.as_str())
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON frame: {e}")))?;
+                return batch_message(&shoal, item, None).map(Some);
+            }
+            (WsMessage::Text(text), Some(_)) => Bytes::from(text),
+            (WsMessage::Binary(bytes), Some(_)) => bytes,
+            (WsMessage::Binary(_), None) => return Err(ApiError::bad_request("binary frames need ?topic=")),
+            _ => return Ok(None),
+        };
+        let mut message = Message {
+            id: new_id(),
+            topic: topic.clone().unwrap_or_default(),
+            source: source.clone(),
+            kind: "shoal.message".into(),
+            time: rfc3339_now(),
+            subject: None,
+            content_type: content_type.clone(),
+            traceparent: None,
+            headers: Vec::new(),
+            data: data.to_vec(),
+        };
+        finish(&mut message)?;
+        Ok(Some(message))
+    };
+    while let Some(Ok(first)) = socket.recv().await {
+        if matches!(first, WsMessage::Close(_)) {
+            return;
+        }
+        // Take whatever else has already arrived, so a busy stream publishes in batches.
+        let mut frames = vec![first];
+        while frames.len() < WS_PUBLISH_BATCH {
+            match socket.recv().now_or_never() {
+                Some(Some(Ok(frame))) => frames.push(frame),
+                _ => break,
+            }
+        }
+        let mut messages = Vec::with_capacity(frames.len());
+        for frame in frames {
+            match to_message(frame) {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = socket.send(WsMessage::Close(Some(CloseFrame { code: 1008, reason: e.message.into() }))).await;
+                    return;
+                }
+            }
+        }
+        if let Err(e) = shoal.messaging.publish(messages).await {
+            let _ = socket.send(WsMessage::Close(Some(CloseFrame { code: 1011, reason: e.to_string().into() }))).await;
+            return;
+        }
+    }
+}
+
+/// `GET /v1/topics`: every node's subscriptions (pattern, queue group,
+/// subscriber count), as gossip tells this node.
+pub async fn interest(State(shoal): State<Arc<Shoal>>) -> Json<Value> {
+    let nodes: Map<String, Value> = shoal
+        .messaging
+        .router
+        .cluster_interest()
+        .into_iter()
+        .map(|(node, lines)| (node.to_string(), json!(lines)))
+        .collect();
+    Json(json!({"node_id": shoal.node_id, "nodes": nodes}))
+}

@@ -1,0 +1,161 @@
+//! Messaging wired into the node: the peer transport over the RPC listener,
+//! topic interest announced and learned through gossip, and the messaging
+//! configuration followed from the replicated store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use shoal_actors::config::CONFIG_PREFIX;
+use shoal_actors::router::{Interest, NodeId, PeerTransport};
+use shoal_raft::Forwarder;
+
+use crate::api::watch::Watcher;
+use crate::service::Shoal;
+use crate::watch::Filter;
+
+/// How often interest is compared with gossip.
+const INTEREST_INTERVAL: Duration = Duration::from_millis(200);
+/// A peer must take a frame of messages within this time.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interest larger than this is announced in a compact form (see below):
+/// gossip carries small facts only.
+const MAX_INTEREST_BYTES: usize = 4096;
+
+/// Sends message frames to peers' RPC listeners, on its own connections.
+pub struct RpcTransport {
+    forwarder: Arc<Forwarder>,
+    addrs: RwLock<HashMap<NodeId, String>>,
+}
+
+impl RpcTransport {
+    pub fn new(forwarder: Forwarder) -> Arc<RpcTransport> {
+        Arc::new(RpcTransport { forwarder: Arc::new(forwarder), addrs: RwLock::default() })
+    }
+
+    fn set_addrs(&self, addrs: HashMap<NodeId, String>) {
+        *self.addrs.write().unwrap_or_else(|p| p.into_inner()) = addrs;
+    }
+}
+
+impl PeerTransport for RpcTransport {
+    fn send(&self, node: NodeId, frame: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
+        let addr = self.addrs.read().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
+        let forwarder = self.forwarder.clone();
+        Box::pin(async move {
+            let addr = addr.ok_or_else(|| format!("no address known for node {node}"))?;
+            match forwarder.deliver_messages(&addr, frame, FRAME_TIMEOUT).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(refused)) => Err(refused),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+/// The interest announced in gossip. Beyond the size limit, plain
+/// subscriptions collapse into `>` (peers then forward every message here
+/// and the router filters); queue group lines are kept as they are.
+fn announced(interest: Vec<Interest>) -> String {
+    let full = serde_json::to_string(&interest).unwrap_or_else(|_| "[]".into());
+    if full.len() <= MAX_INTEREST_BYTES {
+        return full;
+    }
+    let plain: u32 = interest.iter().filter(|i| i.group.is_none()).map(|i| i.subscribers).sum();
+    let mut compact: Vec<Interest> = interest.into_iter().filter(|i| i.group.is_some()).collect();
+    if plain > 0 {
+        compact.push(Interest { pattern: ">".into(), group: None, subscribers: plain });
+    }
+    serde_json::to_string(&compact).unwrap_or_else(|_| "[]".into())
+}
+
+/// Keep gossip and the router in step: announce this node's interest when
+/// it changes, and learn the interest and RPC address of every live peer.
+pub async fn sync_interest(shoal: Arc<Shoal>, transport: Arc<RpcTransport>) {
+    let router = shoal.messaging.router.clone();
+    let mut announced_version = None;
+    let mut tick = tokio::time::interval(INTEREST_INTERVAL);
+    loop {
+        tick.tick().await;
+        let version = router.interest_version();
+        if announced_version != Some(version) {
+            shoal.gossip.publish(&[("topics", announced(router.local_interest()))]).await;
+            announced_version = Some(version);
+        }
+        let members = shoal.gossip.members().await;
+        let mut interest = HashMap::new();
+        let mut addrs = HashMap::new();
+        for member in members.values() {
+            if member.node_id == shoal.node_id || !member.alive || member.left {
+                continue;
+            }
+            addrs.insert(member.node_id, member.rpc.clone());
+            let lines: Vec<Interest> =
+                member.topics.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+            if !lines.is_empty() {
+                interest.insert(member.node_id, lines);
+            }
+        }
+        transport.set_addrs(addrs);
+        router.set_remote_interest(interest);
+    }
+}
+
+/// Follow the messaging configuration (`_shoal/...` keys) in the local
+/// replica: load it whole, then apply each change as it is applied here.
+/// If the watch falls behind compaction, load it whole again.
+pub async fn follow_config(shoal: Arc<Shoal>) {
+    loop {
+        let loaded = shoal
+            .read(|store| {
+                let mut all = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let (counters, kvs, more) = store.kv_range(CONFIG_PREFIX, after.as_deref(), 1000)?;
+                    after = kvs.last().map(|kv| kv.key.clone());
+                    all.extend(kvs.into_iter().map(|kv| (kv.key, Some(kv.value))));
+                    if !more {
+                        return Ok((counters.revision, all));
+                    }
+                }
+            })
+            .await;
+        let (revision, all) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "loading the messaging configuration failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        shoal.messaging.replace_config(all).await;
+        let filter = Filter::Prefix(CONFIG_PREFIX.to_string());
+        let mut watcher = match Watcher::start(shoal.clone(), filter, Some(revision + 1), 256).await {
+            Ok(watcher) => watcher,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "watching the messaging configuration failed; reloading");
+                continue;
+            }
+        };
+        loop {
+            match watcher.next_batches(None).await {
+                Ok(batches) => {
+                    let changes = batches
+                        .iter()
+                        .flat_map(|shared| shared.batch.events.iter())
+                        .map(|event| {
+                            let value = matches!(event.kind, shoal_storage::kv::EventType::Put).then(|| event.kv.value.clone());
+                            (event.kv.key.clone(), value)
+                        })
+                        .collect();
+                    shoal.messaging.apply_config(changes).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "the messaging configuration watch stopped; reloading");
+                    break;
+                }
+            }
+        }
+    }
+}

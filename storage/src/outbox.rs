@@ -1,0 +1,225 @@
+//! The durable outbox: messages on their way to a destination that may be
+//! down (a webhook, Kafka), and the dead letters of each destination.
+//!
+//! This is node-local data, not replicated: a message waits on the node that
+//! accepted it. Entries are opaque bytes here; the messaging crate decides
+//! what they hold. Keys are `destination ++ 0x00 ++ seq` (big-endian), so a
+//! destination's entries come out in the order they were added.
+
+use std::sync::Mutex;
+
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+
+use crate::db::{CF_DEAD_LETTERS, CF_OUTBOX};
+use crate::{Store, StorageError};
+
+/// Where the next sequence number is kept (sorts before every destination).
+const NEXT_SEQ: &[u8] = b"\x00next_seq";
+
+/// One stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub value: Vec<u8>,
+}
+
+/// Which list of a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum List {
+    Pending,
+    Dead,
+}
+
+impl List {
+    fn cf(self) -> &'static str {
+        match self {
+            List::Pending => CF_OUTBOX,
+            List::Dead => CF_DEAD_LETTERS,
+        }
+    }
+}
+
+pub struct Outbox {
+    store: Store,
+    next_seq: Mutex<u64>,
+}
+
+fn entry_key(destination: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(destination.len() + 9);
+    key.extend_from_slice(destination.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn split_key(key: &[u8]) -> Option<(&str, u64)> {
+    let at = key.iter().position(|b| *b == 0)?;
+    let destination = std::str::from_utf8(&key[..at]).ok()?;
+    let seq = u64::from_be_bytes(key.get(at + 1..)?.try_into().ok()?);
+    Some((destination, seq))
+}
+
+impl Outbox {
+    /// Blocking: reads the sequence counter.
+    pub fn open(store: Store) -> Result<Outbox, StorageError> {
+        let next = match store.db.get_cf(store.cf(CF_OUTBOX)?, NEXT_SEQ)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+                cf: CF_OUTBOX,
+                detail: "bad sequence counter".into(),
+            })?),
+            None => 1,
+        };
+        Ok(Outbox { store, next_seq: Mutex::new(next) })
+    }
+
+    /// Add entries, one per (destination, value), in one synced write: once
+    /// this returns they survive a crash. Returns the sequence numbers.
+    pub fn add(&self, entries: &[(String, Vec<u8>)]) -> Result<Vec<u64>, StorageError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cf = self.store.cf(CF_OUTBOX)?;
+        // Held across the write so that sequence numbers reach the disk in order.
+        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let mut seqs = Vec::with_capacity(entries.len());
+        for (destination, value) in entries {
+            batch.put_cf(cf, entry_key(destination, *next), value);
+            seqs.push(*next);
+            *next += 1;
+        }
+        batch.put_cf(cf, NEXT_SEQ, next.to_be_bytes());
+        self.store.write(batch, true)?;
+        Ok(seqs)
+    }
+
+    /// Up to `limit` entries of a destination's list, oldest first, after `after`.
+    pub fn scan(&self, list: List, destination: &str, after: Option<u64>, limit: usize) -> Result<Vec<Stored>, StorageError> {
+        let cf = self.store.cf(list.cf())?;
+        let start = entry_key(destination, after.map_or(0, |seq| seq.saturating_add(1)));
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(entry_key(destination, u64::MAX));
+        let mut found = Vec::new();
+        for item in self.store.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item?;
+            let Some((_, seq)) = split_key(&key) else { continue };
+            found.push(Stored { seq, value: value.to_vec() });
+            if found.len() >= limit {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Number of entries in a destination's list (counts by scanning keys).
+    pub fn count(&self, list: List, destination: &str) -> Result<u64, StorageError> {
+        let cf = self.store.cf(list.cf())?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(entry_key(destination, u64::MAX));
+        let start = entry_key(destination, 0);
+        let mut count = 0;
+        for item in self.store.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+            item?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Every destination with pending entries.
+    pub fn destinations(&self) -> Result<Vec<String>, StorageError> {
+        let cf = self.store.cf(CF_OUTBOX)?;
+        let mut found: Vec<String> = Vec::new();
+        for item in self.store.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, _) = item?;
+            if let Some((destination, _)) = split_key(&key) {
+                if !destination.is_empty() && found.last().map(String::as_str) != Some(destination) {
+                    found.push(destination.to_string());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Replace a pending entry (after a failed attempt).
+    pub fn update(&self, destination: &str, seq: u64, value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.store.cf(CF_OUTBOX)?, entry_key(destination, seq), value);
+        self.store.write(batch, false)
+    }
+
+    /// Forget a delivered entry. Not synced: after a crash it may be
+    /// delivered again, which at-least-once allows.
+    pub fn remove(&self, destination: &str, seq: u64) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.store.cf(CF_OUTBOX)?, entry_key(destination, seq));
+        self.store.write(batch, false)
+    }
+
+    /// Move a pending entry to the dead letters, atomically.
+    pub fn kill(&self, destination: &str, seq: u64, value: &[u8]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let key = entry_key(destination, seq);
+        batch.delete_cf(self.store.cf(CF_OUTBOX)?, &key);
+        batch.put_cf(self.store.cf(CF_DEAD_LETTERS)?, &key, value);
+        self.store.write(batch, true)
+    }
+
+    /// Move dead letters back to the pending list (all of them, or the given
+    /// sequence numbers), each rewritten by `revive`. Returns how many moved.
+    pub fn replay(
+        &self,
+        destination: &str,
+        only: Option<&[u64]>,
+        revive: impl Fn(&[u8]) -> Vec<u8>,
+    ) -> Result<usize, StorageError> {
+        let dead = self.scan(List::Dead, destination, None, usize::MAX)?;
+        let mut batch = WriteBatch::default();
+        let mut moved = 0;
+        for entry in dead {
+            if only.is_some_and(|seqs| !seqs.contains(&entry.seq)) {
+                continue;
+            }
+            let key = entry_key(destination, entry.seq);
+            batch.delete_cf(self.store.cf(CF_DEAD_LETTERS)?, &key);
+            batch.put_cf(self.store.cf(CF_OUTBOX)?, &key, revive(&entry.value));
+            moved += 1;
+        }
+        self.store.write(batch, true)?;
+        Ok(moved)
+    }
+
+    /// Drop every entry of a destination, pending and dead (when it is deleted).
+    pub fn purge(&self, destination: &str) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for list in [List::Pending, List::Dead] {
+            batch.delete_range_cf(self.store.cf(list.cf())?, entry_key(destination, 0), entry_key(destination, u64::MAX));
+        }
+        self.store.write(batch, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_reopen_and_move_between_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+            let seqs = outbox.add(&[("webhook:a".into(), b"1".to_vec()), ("webhook:a".into(), b"2".to_vec())]).unwrap();
+            assert_eq!(seqs, vec![1, 2]);
+            outbox.kill("webhook:a", 1, b"1").unwrap();
+        }
+        let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(outbox.add(&[("kafka:t".into(), b"3".to_vec())]).unwrap(), vec![3]);
+        assert_eq!(outbox.destinations().unwrap(), vec!["kafka:t".to_string(), "webhook:a".to_string()]);
+        let pending = outbox.scan(List::Pending, "webhook:a", None, 10).unwrap();
+        assert_eq!(pending, vec![Stored { seq: 2, value: b"2".to_vec() }]);
+        assert_eq!(outbox.count(List::Dead, "webhook:a").unwrap(), 1);
+        assert_eq!(outbox.replay("webhook:a", None, |v| v.to_vec()).unwrap(), 1);
+        assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 2);
+        outbox.purge("webhook:a").unwrap();
+        assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 0);
+    }
+}
