@@ -14,9 +14,12 @@
 
 mod cli;
 mod cluster;
+pub mod hook;
 mod http;
+pub mod kafka;
 mod node;
 mod sse;
+pub mod ws;
 
 pub use cli::{run_shoal, shoal_command, CliOutput};
 pub use cluster::{members_of, Cluster, ClusterBuilder, Member, FORM_TIMEOUT};

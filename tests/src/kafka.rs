@@ -1,0 +1,1 @@
+//! A Kafka-protocol broker (tansu) started per test, and Kafka helpers.
