@@ -57,9 +57,26 @@ pub fn raise_fd_limit() -> (u64, u64) {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Start `command` with stdin closed and stdout/stderr appended to `log`. The
+/// child is started with `PR_SET_PDEATHSIG=SIGKILL`: if the bench dies without
+/// running its destructors (SIGKILL, abort), the kernel kills the child too.
+pub fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
+    let file = File::options().create(true).append(true).open(log).context("creating a process log")?;
+    command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let program = command.get_program().to_string_lossy().into_owned();
+    command.spawn().with_context(|| format!("starting {program}"))
 }
 
 /// A spawned shoal node. Dropping it kills the process, then removes the data dir.
@@ -73,12 +90,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// A single node (it forms a one-node cluster of its own).
     pub fn spawn(binary: &Path) -> anyhow::Result<Node> {
-        let dir = tempfile::Builder::new().prefix("shoal-watch-bench-").tempdir().context("creating a temp dir")?;
+        Node::spawn_with(binary, (free_port()?, free_port()?, free_port()?), &[])
+    }
+
+    /// A node on the given (api, rpc, gossip) ports, with extra `serve` flags.
+    pub fn spawn_with(binary: &Path, ports: (u16, u16, u16), extra: &[String]) -> anyhow::Result<Node> {
+        let dir = tempfile::Builder::new().prefix("shoal-bench-").tempdir().context("creating a temp dir")?;
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("node.log");
-        let log = File::create(&log_path).context("creating the node log")?;
-        let (api, rpc, gossip) = (free_port()?, free_port()?, free_port()?);
+        let (api, rpc, gossip) = ports;
         let mut command = Command::new(binary);
         command
             .arg("serve")
@@ -87,26 +109,37 @@ impl Node {
             .args(["--api", &format!("127.0.0.1:{api}")])
             .args(["--rpc", &format!("127.0.0.1:{rpc}")])
             .args(["--gossip", &format!("127.0.0.1:{gossip}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .args(extra);
         // The node takes its settings from our flags only.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("SHOAL_") {
                 command.env_remove(name);
             }
         }
-        // SAFETY: prctl is async-signal-safe. If the bench dies without running
-        // its destructors (SIGKILL, abort), the kernel kills the node too.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn().with_context(|| format!("starting {}", binary.display()))?;
+        let child = spawn_logged(&mut command, &log_path)?;
         let pid = child.id();
         Ok(Node { child: Some(child), pid, api: format!("http://127.0.0.1:{api}"), log_path, _dir: dir })
+    }
+
+    /// `n` nodes that find each other through gossip (each names all of them
+    /// as seeds) and bootstrap one cluster once all `n` are up. `extra` is
+    /// passed to every node. The cluster name is unique to this process, so it
+    /// cannot merge with another cluster that reuses a port.
+    pub fn spawn_cluster(binary: &Path, n: usize, extra: &[String]) -> anyhow::Result<Vec<Node>> {
+        let ports: Vec<(u16, u16, u16)> =
+            (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let mut flags = vec![
+            "--bootstrap-expect".to_string(),
+            n.to_string(),
+            "--cluster-name".to_string(),
+            format!("bench-{}", std::process::id()),
+        ];
+        for (_, _, gossip) in &ports {
+            flags.push("--seed".into());
+            flags.push(format!("127.0.0.1:{gossip}"));
+        }
+        flags.extend(extra.iter().cloned());
+        ports.into_iter().map(|p| Node::spawn_with(binary, p, &flags)).collect()
     }
 
     /// Wait until `GET /ready` is 200, the process dies, or `timeout` passes.

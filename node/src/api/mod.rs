@@ -101,6 +101,19 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
+/// Make the request's span a child of the caller's W3C `traceparent`, so a
+/// request (a publish, say) shows up inside the caller's trace when spans are
+/// exported over OTLP.
+fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) else { return };
+    let carrier = std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    // Fails only when no OpenTelemetry layer is installed: nothing to do then.
+    let _ = span.set_parent(parent);
+}
+
 /// Per-request span (request id, node id) and request count/latency metrics.
 async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
@@ -116,6 +129,7 @@ async fn observe(State(app): State<AppState>, request: Request, next: Next) -> R
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     let span = tracing::info_span!("request", %request_id, node_id = app.shoal.node_id, %method, %route);
+    continue_trace(&span, request.headers());
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16().to_string();
