@@ -216,15 +216,12 @@ async fn pass(state: &State) -> Result<Next, String> {
                     .increment(1);
                 run_blocking(move || outbox.remove(&destination, stored.seq)).await?;
             }
-            Err(Failure::Gone) => {
-                // The webhook was deleted: its entries go with it.
-                run_blocking(move || outbox.remove(&destination, stored.seq)).await?;
-            }
-            Err(Failure::Retry(error)) => {
+            Err(error) => {
                 entry.attempts += 1;
                 entry.last_error = Some(error.clone());
                 let schedule = schedule_for(state);
-                match next_delay(&schedule, entry.attempts, is_kafka(&state.destination)) {
+                let forever = is_kafka(&state.destination) || webhook_for(state).is_none();
+                match next_delay(&schedule, entry.attempts, forever) {
                     Some(delay) => {
                         tracing::info!(destination = %state.destination, id = %entry.message.id,
                             attempts = entry.attempts, retry_in_ms = delay, %error, "delivery failed; will retry");
@@ -266,6 +263,7 @@ fn webhook_for(state: &State) -> Option<Webhook> {
     state.shared.config.borrow().webhooks.get(name).cloned()
 }
 
+/// A webhook's schedule; Kafka's (which never ends) otherwise.
 fn schedule_for(state: &State) -> Vec<u64> {
     webhook_for(state).map(|w| w.retry_schedule_ms).unwrap_or_else(|| KAFKA_RETRY_MS.to_vec())
 }
@@ -280,20 +278,21 @@ fn next_delay(schedule: &[u64], attempts: u32, forever: bool) -> Option<u64> {
     }
 }
 
-enum Failure {
-    Retry(String),
-    Gone,
-}
-
-async fn attempt(state: &State, message: &Message) -> Result<(), Failure> {
+/// One delivery attempt. A webhook this node does not know (a route names
+/// one not created yet, or its definition is not replicated here yet) is
+/// retried like a Kafka destination, forever: a deleted webhook's entries
+/// are purged when the deletion is applied, so nothing waits for it.
+async fn attempt(state: &State, message: &Message) -> Result<(), String> {
     if let Some(topic) = state.destination.strip_prefix("kafka:") {
         let Some(kafka) = &state.shared.kafka else {
-            return Err(Failure::Retry("no Kafka brokers are configured (--kafka-brokers)".into()));
+            return Err("no Kafka brokers are configured (--kafka-brokers)".into());
         };
-        return kafka.produce_message(topic, message).await.map(|_| ()).map_err(|e| Failure::Retry(e.to_string()));
+        return kafka.produce_message(topic, message).await.map(|_| ()).map_err(|e| e.to_string());
     }
-    let Some(webhook) = webhook_for(state) else { return Err(Failure::Gone) };
-    post_webhook(&state.shared.http, &webhook, message).await.map_err(Failure::Retry)
+    let Some(webhook) = webhook_for(state) else {
+        return Err(format!("{} is not defined on this node", state.destination));
+    };
+    post_webhook(&state.shared.http, &webhook, message).await
 }
 
 /// POST a message to a webhook, signed the Standard Webhooks way. Any 2xx is

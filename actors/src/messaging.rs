@@ -18,6 +18,8 @@ use crate::router::{PeerTransport, Reach, Router};
 
 /// Header counting how often routing rules re-published a message.
 pub const HOPS_HEADER: &str = "shoal-hops";
+/// Header naming the message a routing rule's copy was made from.
+pub const ORIGIN_HEADER: &str = "shoal-origin-id";
 
 #[derive(Debug, Error)]
 pub enum MessagingError {
@@ -208,13 +210,15 @@ impl Messaging {
     }
 }
 
-/// A copy of a message for a routing rule's topic destination.
+/// A copy of a message for a routing rule's topic destination. It keeps
+/// the id of the message first published as `shoal-origin-id`.
 fn rerouted(message: &Message, topic: &str, hops: u32) -> Message {
+    let origin = message.header(ORIGIN_HEADER).unwrap_or(&message.id).to_string();
     let mut copy = message.clone();
     copy.id = new_id();
     copy.topic = topic.to_string();
-    copy.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(HOPS_HEADER) && !k.eq_ignore_ascii_case("shoal-origin-id"));
-    copy.headers.push(("shoal-origin-id".to_string(), message.id.clone()));
+    copy.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(HOPS_HEADER) && !k.eq_ignore_ascii_case(ORIGIN_HEADER));
+    copy.headers.push((ORIGIN_HEADER.to_string(), origin));
     copy.headers.push((HOPS_HEADER.to_string(), hops.to_string()));
     copy
 }

@@ -427,7 +427,7 @@ pub async fn subscribe(args: ClientArgs, pattern: String, queue: Option<String>)
             "message" => {
                 let envelope: Value = serde_json::from_str(data).context("bad message from the server")?;
                 let payload = match (&envelope["data"], &envelope["data_base64"]) {
-                    (Value::String(text), _) => text.clone(),
+                    (Value::String(text), _) => text.trim_end_matches('\n').to_string(),
                     (Value::Null, Value::String(encoded)) => format!("<{encoded} (base64)>"),
                     (value, _) => value.to_string(),
                 };

@@ -102,10 +102,13 @@ pub async fn sync_interest(shoal: Arc<Shoal>, transport: Arc<RpcTransport>) {
     }
 }
 
-/// Follow the messaging configuration (`_shoal/...` keys) in the local
-/// replica: load it whole, then apply each change as it is applied here.
-/// If the watch falls behind compaction, load it whole again.
-pub async fn follow_config(shoal: Arc<Shoal>) {
+/// Load the whole messaging configuration (`_shoal/...` keys) from the local
+/// replica into the messaging service, retrying until it can be read;
+/// returns the store revision it was read at. The node awaits this before
+/// it resumes deliveries and serves its API: a deliverer that looked up a
+/// webhook in a configuration not loaded yet would take it for deleted and
+/// drop its messages, and a publish would skip webhooks and routing rules.
+pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
     loop {
         let loaded = shoal
             .read(|store| {
@@ -121,20 +124,30 @@ pub async fn follow_config(shoal: Arc<Shoal>) {
                 }
             })
             .await;
-        let (revision, all) = match loaded {
-            Ok(loaded) => loaded,
+        match loaded {
+            Ok((revision, all)) => {
+                shoal.messaging.replace_config(all).await;
+                return revision;
+            }
             Err(e) => {
                 tracing::warn!(error = %e.message, "loading the messaging configuration failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
             }
-        };
-        shoal.messaging.replace_config(all).await;
+        }
+    }
+}
+
+/// Follow the messaging configuration in the local replica after
+/// [`load_config`] loaded it at `revision`: apply each change as it is
+/// applied here. If the watch falls behind compaction, load it whole again.
+pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
+    loop {
         let filter = Filter::Prefix(CONFIG_PREFIX.to_string());
         let mut watcher = match Watcher::start(shoal.clone(), filter, Some(revision + 1), 256).await {
             Ok(watcher) => watcher,
             Err(e) => {
                 tracing::warn!(error = %e.message, "watching the messaging configuration failed; reloading");
+                revision = load_config(&shoal).await;
                 continue;
             }
         };
@@ -157,5 +170,6 @@ pub async fn follow_config(shoal: Arc<Shoal>) {
                 }
             }
         }
+        revision = load_config(&shoal).await;
     }
 }

@@ -122,7 +122,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(expire_leases(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
-    tokio::spawn(messaging::follow_config(shoal.clone()));
+    // The configuration first: deliverers and publishes look webhooks and
+    // routing rules up in it.
+    let config_revision = messaging::load_config(&shoal).await;
+    tokio::spawn(messaging::follow_config(shoal.clone(), config_revision));
     messaging.resume_deliveries().await;
 
     let app = api::router(AppState { shoal: shoal.clone(), prometheus });

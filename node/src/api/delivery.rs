@@ -86,6 +86,14 @@ pub async fn put(shoal: Arc<Shoal>, kind: Kind, name: String, body: Value) -> Ap
     }
     let stored = kind.validate(&name, body)?;
     let value = serde_json::to_vec(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
+    let limit = shoal.settings.max_value_bytes;
+    if value.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("the definition is {} bytes stored; the limit is {limit} (--max-value-bytes)", value.len()),
+        ));
+    }
     let key = format!("{}{name}", kind.prefix());
     let put = TxnOp::Put { key, value, lease: 0 };
     shoal.write(Command::Txn(Txn { compare: vec![], success: vec![put], failure: vec![] })).await?;

@@ -131,6 +131,26 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
     }
 }
 
+/// Keys under this prefix hold the messaging configuration (webhooks,
+/// routes, bridges); they are written only through their own endpoints,
+/// which validate them.
+pub const RESERVED_PREFIX: &str = shoal_actors::config::CONFIG_PREFIX;
+
+/// Refuse a write to a reserved key, or a prefix delete that would cover them.
+pub fn check_writable(key: &str, prefix: bool) -> Result<(), ApiError> {
+    if key.starts_with(RESERVED_PREFIX) || (prefix && RESERVED_PREFIX.starts_with(key)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_key",
+            format!(
+                "keys under {RESERVED_PREFIX} hold the messaging configuration; change it through \
+                 /v1/webhooks, /v1/routes and /v1/bridges"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Keys are non-empty UTF-8 of at most `MAX_KEY_BYTES` bytes without control
 /// characters (NUL separates keys from revisions in the history index).
 pub fn validate_key(key: &str) -> Result<(), ApiError> {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use shoal_storage::kv::{Command, Compare, CompareOp, CompareTarget, OpResult, Response as SmResponse, Txn, TxnOp};
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{validate_key, Body, JsonBody, KeyPath, Params};
+use super::extract::{check_writable, validate_key, Body, JsonBody, KeyPath, Params};
 use super::model::{decode_value, event_json, kv_json};
 use crate::service::Shoal;
 
@@ -67,6 +67,7 @@ pub async fn put(
     params: Params,
     Body(value): Body,
 ) -> ApiResult<Response> {
+    check_writable(&key, false)?;
     check_value(&shoal, value.len())?;
     let lease = params.number("lease")?.unwrap_or(0);
     let if_revision = params.revision("if_revision")?;
@@ -97,6 +98,7 @@ pub async fn delete(State(shoal): State<Arc<Shoal>>, KeyPath(key): KeyPath, para
     if prefix && if_revision.is_some() {
         return Err(ApiError::bad_request("if_revision cannot be combined with prefix=true"));
     }
+    check_writable(&key, prefix)?;
     let op = TxnOp::Delete { key: key.clone(), prefix };
     let (succeeded, revision, results) = txn_outcome(shoal.write(guarded(&key, if_revision, op)).await?)?;
     match results.first() {
@@ -203,12 +205,14 @@ fn parse_ops(shoal: &Shoal, ops: Vec<OpBody>, branch: &str) -> ApiResult<Vec<Txn
         .map(|op| match op {
             OpBody::Put { key, value, lease } => {
                 validate_key(&key)?;
+                check_writable(&key, false)?;
                 let value = decode_value("put value", &value)?;
                 check_value(shoal, value.len())?;
                 Ok(TxnOp::Put { key, value, lease })
             }
             OpBody::Delete { key, prefix } => {
                 validate_key(&key)?;
+                check_writable(&key, prefix)?;
                 Ok(TxnOp::Delete { key, prefix })
             }
             OpBody::Get { key } => {
@@ -275,6 +279,7 @@ pub async fn rollback(
     KeyPath(key): KeyPath,
     JsonBody(body): JsonBody<RevisionBody>,
 ) -> ApiResult<Response> {
+    check_writable(&key, false)?;
     match shoal.write(Command::Rollback { key, revision: body.revision }).await? {
         SmResponse::Rollback { revision, kv } => Ok(with_revision(
             revision,
