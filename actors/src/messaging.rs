@@ -145,6 +145,7 @@ impl Messaging {
             all.push(message);
         }
         let mut destinations: Vec<String> = durable.iter().map(|(d, _)| d.clone()).collect();
+        destinations.sort_unstable();
         destinations.dedup();
         let durable_count = durable.len();
         if !durable.is_empty() {

@@ -4,6 +4,7 @@
 //! (counted) or disconnect the consumer.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -31,6 +32,8 @@ pub struct BoundedQueue<T> {
     ready: Notify,
     capacity: usize,
     overflow: Overflow,
+    /// Mirrors `State::closed`, so publishers can skip a closed queue without the lock.
+    closed: AtomicBool,
 }
 
 /// What a push did.
@@ -57,6 +60,7 @@ impl<T> BoundedQueue<T> {
             ready: Notify::new(),
             capacity: capacity.max(1),
             overflow,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -83,6 +87,7 @@ impl<T> BoundedQueue<T> {
                     }
                     Overflow::Disconnect => {
                         state.closed = true;
+                        self.closed.store(true, Ordering::Release);
                         Pushed::Closed
                     }
                 }
@@ -117,11 +122,12 @@ impl<T> BoundedQueue<T> {
     /// Stop accepting messages and wake the consumer.
     pub fn close(&self) {
         self.lock().closed = true;
+        self.closed.store(true, Ordering::Release);
         self.ready.notify_one();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.lock().closed
+        self.closed.load(Ordering::Acquire)
     }
 
     pub fn len(&self) -> usize {

@@ -65,11 +65,15 @@ struct LocalTable {
 }
 
 impl LocalTable {
+    /// Open subscriptions matching a topic. A closed one (its consumer was
+    /// disconnected) is skipped, so a queue group never picks it, until it
+    /// is removed.
     fn matching<'a>(&'a self, topic: &str, mut visit: impl FnMut(&'a Arc<LocalSub>)) {
+        let open = |sub: &&'a Arc<LocalSub>| !sub.queue.is_closed();
         if let Some(subs) = self.exact.get(topic) {
-            subs.iter().for_each(&mut visit);
+            subs.iter().filter(open).for_each(&mut visit);
         }
-        for sub in &self.wildcard {
+        for sub in self.wildcard.iter().filter(open) {
             if sub.pattern.matches(topic) {
                 visit(sub);
             }
@@ -218,6 +222,7 @@ impl Router {
     pub fn publish(self: &Arc<Self>, messages: Vec<Message>) -> Reach {
         let mut reach = Reach::default();
         let mut outgoing: HashMap<NodeId, Vec<Forward>> = HashMap::new();
+        let mut closed = Vec::new();
         {
             let table = self.local.read().unwrap_or_else(|p| p.into_inner());
             let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
@@ -229,7 +234,7 @@ impl Router {
                 // and remote nodes weighted by their member count.
                 let mut groups: HashMap<&str, Vec<Candidate>> = HashMap::new();
                 table.matching(topic, |sub| match &sub.group {
-                    None => reach.local += usize::from(deliver(sub, &shared)),
+                    None => reach.local += deliver(sub, &shared, &mut closed),
                     Some(group) => groups.entry(group.as_str()).or_default().push(Candidate::Local(sub)),
                 });
                 let mut nodes: HashMap<NodeId, Vec<String>> = HashMap::new();
@@ -251,7 +256,7 @@ impl Router {
                 }
                 for (group, candidates) in groups {
                     match choose(&candidates) {
-                        Some(Candidate::Local(sub)) => reach.local += usize::from(deliver(sub, &shared)),
+                        Some(Candidate::Local(sub)) => reach.local += deliver(sub, &shared, &mut closed),
                         Some(Candidate::Remote(node, _)) => nodes.entry(*node).or_default().push(group.to_string()),
                         None => {}
                     }
@@ -261,6 +266,7 @@ impl Router {
                 }
             }
         }
+        self.remove_closed(closed);
         for (node, forwards) in outgoing {
             let link = self.link(node);
             for forward in forwards {
@@ -283,18 +289,19 @@ impl Router {
         let forwards: Vec<Forward> = shoal_storage::decode(frame)?;
         let table = self.local.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
+        let mut closed = Vec::new();
         for forward in forwards {
             let shared = Arc::new(Shared::new(forward.message));
             let mut members: HashMap<&str, Vec<&Arc<LocalSub>>> = HashMap::new();
             table.matching(&shared.message.topic, |sub| match &sub.group {
-                None => delivered += usize::from(deliver(sub, &shared)),
+                None => delivered += deliver(sub, &shared, &mut closed),
                 Some(group) => members.entry(group.as_str()).or_default().push(sub),
             });
             for group in &forward.groups {
                 match members.get(group.as_str()).filter(|m| !m.is_empty()) {
                     Some(members) => {
                         let pick = rand::rng().random_range(0..members.len());
-                        delivered += usize::from(deliver(members[pick], &shared));
+                        delivered += deliver(members[pick], &shared, &mut closed);
                     }
                     // The member left between gossip rounds: at-most-once, counted.
                     None => metrics::counter!("shoal_messages_dropped_total", "topic" => shared.message.topic.clone())
@@ -302,7 +309,20 @@ impl Router {
                 }
             }
         }
+        drop(table);
+        self.remove_closed(closed);
         Ok(delivered)
+    }
+
+    /// Unsubscribe consumers found closed while delivering (disconnected for
+    /// being slow), so they leave the table and the announced interest now
+    /// rather than when their connection finally ends.
+    fn remove_closed(&self, mut closed: Vec<u64>) {
+        closed.sort_unstable();
+        closed.dedup();
+        for id in closed {
+            self.unsubscribe(id);
+        }
     }
 
     /// The link to a peer, started on first use.
@@ -318,20 +338,25 @@ impl Router {
     }
 }
 
-/// Put a message into a subscriber's queue; true if it was taken.
-fn deliver(sub: &LocalSub, shared: &Arc<Shared>) -> bool {
+/// Put a message into a subscriber's queue; 1 if it was taken, 0 if the
+/// queue is closed (its id is added to `closed`).
+fn deliver(sub: &LocalSub, shared: &Arc<Shared>, closed: &mut Vec<u64>) -> usize {
     let topic = || shared.message.topic.clone();
     match sub.queue.push(shared.clone()) {
         Pushed::Queued => {
             metrics::counter!("shoal_messages_delivered_total", "topic" => topic()).increment(1);
-            true
+            1
         }
         Pushed::DroppedOldest => {
             metrics::counter!("shoal_messages_delivered_total", "topic" => topic()).increment(1);
             metrics::counter!("shoal_messages_dropped_total", "topic" => topic()).increment(1);
-            true
+            1
         }
-        Pushed::Closed => false,
+        Pushed::Closed => {
+            metrics::counter!("shoal_messages_dropped_total", "topic" => topic()).increment(1);
+            closed.push(sub.id);
+            0
+        }
     }
 }
 

@@ -151,8 +151,8 @@ pub async fn publish_one(
 /// Check the envelope attributes and start a trace when there is none.
 fn finish(message: &mut Message) -> ApiResult<()> {
     for (name, value) in [("id", &message.id), ("source", &message.source), ("type", &message.kind), ("time", &message.time)] {
-        if value.is_empty() || value.len() > 256 {
-            return Err(ApiError::bad_request(format!("{name} must be 1 to 256 bytes")));
+        if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(format!("{name} must be 1 to 256 bytes without control characters")));
         }
     }
     match &message.traceparent {
@@ -353,8 +353,7 @@ async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bo
             },
         };
         let Some(batch) = batch else {
-            let reason = "slow consumer: the buffer overflowed";
-            let _ = sink.send(WsMessage::Close(Some(CloseFrame { code: 1008, reason: reason.into() }))).await;
+            let _ = sink.send(close(1008, "slow consumer: the buffer overflowed")).await;
             return;
         };
         if batch.dropped > 0 && sink.feed(WsMessage::Text(json!({"dropped": batch.dropped}).to_string().into())).await.is_err() {
@@ -407,6 +406,9 @@ async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Op
             (WsMessage::Binary(_), None) => return Err(ApiError::bad_request("binary frames need ?topic=")),
             _ => return Ok(None),
         };
+        if data.len() > shoal.settings.max_message_bytes {
+            return Err(too_large(data.len(), shoal.settings.max_message_bytes));
+        }
         let mut message = Message {
             id: new_id(),
             topic: topic.clone().unwrap_or_default(),
@@ -435,21 +437,38 @@ async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Op
             }
         }
         let mut messages = Vec::with_capacity(frames.len());
+        let mut refused = None;
         for frame in frames {
             match to_message(frame) {
                 Ok(Some(message)) => messages.push(message),
                 Ok(None) => {}
                 Err(e) => {
-                    let _ = socket.send(WsMessage::Close(Some(CloseFrame { code: 1008, reason: e.message.into() }))).await;
-                    return;
+                    refused = Some(e);
+                    break;
                 }
             }
         }
-        if let Err(e) = shoal.messaging.publish(messages).await {
-            let _ = socket.send(WsMessage::Close(Some(CloseFrame { code: 1011, reason: e.to_string().into() }))).await;
+        // Frames before a bad one are published: the client sent them first.
+        if !messages.is_empty() {
+            if let Err(e) = shoal.messaging.publish(messages).await {
+                let _ = socket.send(close(1011, &e.to_string())).await;
+                return;
+            }
+        }
+        if let Some(e) = refused {
+            let _ = socket.send(close(1008, &e.message)).await;
             return;
         }
     }
+}
+
+/// A close frame; the reason is cut to the 123 bytes a close frame can hold.
+fn close(code: u16, reason: &str) -> WsMessage {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame { code, reason: reason[..end].into() }))
 }
 
 /// `GET /v1/topics`: every node's subscriptions (pattern, queue group,
