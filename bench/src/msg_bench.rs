@@ -1,1 +1,1134 @@
-fn main() {}
+//! msg-bench: Shoal messaging against NATS core (Debian's `nats-server`), on
+//! loopback, same load, Rust clients for both: Shoal over WebSocket (publish
+//! stream `GET /v1/publish/ws?topic=T`, raw subscriber `GET
+//! /v1/subscribe/ws?format=raw`), NATS through `async-nats`.
+//!
+//! Per payload size: one publisher to one subscriber as fast as the publisher's
+//! socket takes it (delivered msgs/s and loss), the same to ten subscribers,
+//! and end-to-end latency at a paced rate; first on one server, then across a
+//! three-node cluster (publisher on node A, subscribers on node B). Every
+//! payload starts with its sequence number and the time it was sent, so the
+//! subscribers count loss and duplicates and measure latency themselves.
+//!
+//! See bench/README.md.
+
+// Shared with watch-bench and kv-bench, which use more of them.
+#[allow(dead_code)]
+#[path = "node.rs"]
+mod node;
+#[allow(dead_code)]
+#[path = "stats.rs"]
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::node::{free_port, spawn_logged, Node};
+use crate::stats::{summarize, Summary};
+
+#[derive(Parser, Debug)]
+#[command(about = "Shoal messaging (WebSocket) vs NATS core: throughput, fan-out, latency; one node and three")]
+struct Args {
+    /// shoal binary [default: $SHOAL_BIN, else $CARGO_TARGET_DIR/release/shoal, else .../debug/shoal]
+    #[arg(long)]
+    shoal_bin: Option<PathBuf>,
+    /// nats-server binary.
+    #[arg(long, default_value = "/usr/sbin/nats-server")]
+    nats_bin: PathBuf,
+    /// Payload sizes in bytes (at least 16: sequence number and send time).
+    #[arg(long, value_delimiter = ',', default_value = "128,4096")]
+    payloads: Vec<usize>,
+    /// Messages per throughput and fan-out run, one figure per payload size (same order).
+    #[arg(long, value_delimiter = ',', default_value = "200000,50000")]
+    messages: Vec<u64>,
+    /// Subscribers in the fan-out runs.
+    #[arg(long, default_value_t = 10)]
+    fanout: usize,
+    /// Publish rate of the latency runs, messages per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Length of each latency run, seconds.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// Per-subscriber buffer, in messages: Shoal's `buffer=` (server side,
+    /// drop-oldest) and async-nats' subscription capacity (client side).
+    #[arg(long, default_value_t = 65536)]
+    buffer: u64,
+    /// Systems to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "nats,shoal")]
+    targets: Vec<String>,
+    /// Topologies: `single` (one server) and/or `cluster` (three; publisher on A, subscribers on B).
+    #[arg(long, value_delimiter = ',', default_value = "single,cluster")]
+    topologies: Vec<String>,
+    /// Scenarios: `throughput` (1 to 1), `fanout` (1 to --fanout), `latency` (paced 1 to 1).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,fanout,latency")]
+    scenarios: Vec<String>,
+    /// After the last publish, subscribers stop once nothing arrived for this long (ms) ...
+    #[arg(long, default_value_t = 2000)]
+    idle_ms: u64,
+    /// ... or at the latest this many seconds after the last publish.
+    #[arg(long, default_value_t = 30)]
+    drain_secs: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Payloads: [sequence number u64 LE][send time, ns since BASE, u64 LE][zeros]
+
+/// Sequence number of the probes sent before a run until every subscriber has one.
+const PROBE: u64 = u64::MAX;
+const HEADER: usize = 16;
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    base().elapsed().as_nanos() as u64
+}
+
+fn payload(seq: u64, size: usize) -> Vec<u8> {
+    let mut data = vec![0u8; size.max(HEADER)];
+    data[..8].copy_from_slice(&seq.to_le_bytes());
+    data[8..16].copy_from_slice(&now_ns().to_le_bytes());
+    data
+}
+
+fn decode(data: &[u8]) -> Option<(u64, u64)> {
+    if data.len() < HEADER {
+        return None;
+    }
+    let seq = u64::from_le_bytes(data[..8].try_into().ok()?);
+    let sent = u64::from_le_bytes(data[8..16].try_into().ok()?);
+    Some((seq, sent))
+}
+
+// ---------------------------------------------------------------------------
+// The systems under test
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Nats,
+    Shoal,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Nats => "NATS",
+            System::Shoal => "Shoal",
+        }
+    }
+}
+
+/// A nats-server process, killed (SIGKILL) when dropped.
+struct NatsServer {
+    child: Child,
+    pid: u32,
+    url: String,
+    monitor: String,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nats(bin: &Path, n: usize, dir: &Path) -> anyhow::Result<Vec<NatsServer>> {
+    let ports: Vec<(u16, u16, u16)> =
+        (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let mut servers = Vec::new();
+    for (i, (client, monitor, cluster)) in ports.iter().enumerate() {
+        let mut command = Command::new(bin);
+        command
+            .args(["-a", "127.0.0.1", "-p", &client.to_string(), "-m", &monitor.to_string()])
+            .args(["--server_name", &format!("n{i}")]);
+        if n > 1 {
+            let routes: Vec<String> =
+                ports.iter().filter(|p| p.2 != *cluster).map(|p| format!("nats://127.0.0.1:{}", p.2)).collect();
+            command
+                .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
+                .args(["--cluster_name", &format!("msg-bench-{}", std::process::id())])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let child = spawn_logged(&mut command, &dir.join(format!("nats{i}.log")))?;
+        servers.push(NatsServer {
+            pid: child.id(),
+            child,
+            url: format!("nats://127.0.0.1:{client}"),
+            monitor: format!("http://127.0.0.1:{monitor}"),
+        });
+    }
+    Ok(servers)
+}
+
+/// Every server answers its monitoring port and, in a cluster, has a route to every other.
+async fn wait_nats(servers: &mut [NatsServer], http: &reqwest::Client, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let want_routes = servers.len() as u64 - 1;
+    for server in servers.iter_mut() {
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("nats-server {} exited ({status})", server.url);
+            }
+            let routes = async {
+                let routez: serde_json::Value = http.get(format!("{}/routez", server.monitor)).send().await?.json().await?;
+                anyhow::Ok(routez["num_routes"].as_u64().unwrap_or(0))
+            };
+            if matches!(routes.await, Ok(r) if r >= want_routes) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server {} not ready (routes) within {timeout:?}", server.url);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+enum Servers {
+    Nats(Vec<NatsServer>),
+    Shoal(Vec<Node>),
+}
+
+/// One running deployment: one server, or three clustered.
+struct Deployment {
+    system: System,
+    servers: Servers,
+    _dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    async fn start(system: System, n: usize, args: &Args, shoal_bin: &Path, http: &reqwest::Client) -> anyhow::Result<Deployment> {
+        let dir = tempfile::Builder::new().prefix("msg-bench-").tempdir()?;
+        let servers = match system {
+            System::Nats => {
+                let mut servers = start_nats(&args.nats_bin, n, dir.path())?;
+                wait_nats(&mut servers, http, Duration::from_secs(30)).await?;
+                Servers::Nats(servers)
+            }
+            System::Shoal => {
+                let quiet = ["--log-level".to_string(), "warn".to_string()];
+                let mut nodes = if n == 1 {
+                    vec![Node::spawn_with(shoal_bin, (free_port()?, free_port()?, free_port()?), &quiet)?]
+                } else {
+                    Node::spawn_cluster(shoal_bin, n, &quiet)?
+                };
+                for node in nodes.iter_mut() {
+                    node.wait_ready(http, Duration::from_secs(60)).await.map_err(|e| {
+                        anyhow::anyhow!("shoal node {}: {e:#}\n{}", node.api, node.log_tail(20))
+                    })?;
+                }
+                Servers::Shoal(nodes)
+            }
+        };
+        Ok(Deployment { system, servers, _dir: dir })
+    }
+
+    fn len(&self) -> usize {
+        match &self.servers {
+            Servers::Nats(s) => s.len(),
+            Servers::Shoal(n) => n.len(),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match &self.servers {
+            Servers::Nats(s) => s.iter().map(|s| s.pid).collect(),
+            Servers::Shoal(n) => n.iter().map(|n| n.pid).collect(),
+        }
+    }
+
+    /// NATS client URL or Shoal API base URL of server `i`.
+    fn endpoint(&self, i: usize) -> String {
+        match &self.servers {
+            Servers::Nats(s) => s[i].url.clone(),
+            Servers::Shoal(n) => n[i].api.clone(),
+        }
+    }
+
+    /// WARN/ERROR lines the Shoal nodes logged.
+    fn warnings(&self) -> Vec<String> {
+        match &self.servers {
+            Servers::Nats(_) => Vec::new(),
+            Servers::Shoal(nodes) => nodes.iter().flat_map(|n| n.log_warnings()).collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn ws_connect(url: String) -> anyhow::Result<Ws> {
+    // TCP_NODELAY on the client side, as async-nats sets it.
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
+    )
+    .await
+    .with_context(|| format!("connecting {url}: timed out"))?
+    .with_context(|| format!("connecting {url}"))?;
+    Ok(ws)
+}
+
+/// Slow-consumer and disconnect events reported by async-nats.
+#[derive(Default)]
+struct NatsEvents {
+    slow_consumer: AtomicU64,
+    disconnected: AtomicU64,
+}
+
+async fn nats_connect(url: &str, capacity: usize, events: Arc<NatsEvents>) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(capacity)
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::SlowConsumer(_) => events.slow_consumer.fetch_add(1, Ordering::Relaxed),
+                    async_nats::Event::Disconnected => events.disconnected.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+            }
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting {url}"))?;
+    Ok(client)
+}
+
+enum Publisher {
+    Nats(async_nats::Client, async_nats::Subject),
+    Shoal(Box<Ws>),
+}
+
+impl Publisher {
+    async fn connect(dep: &Deployment, node: usize, topic: &str, events: Arc<NatsEvents>) -> anyhow::Result<Publisher> {
+        let endpoint = dep.endpoint(node);
+        Ok(match dep.system {
+            System::Nats => Publisher::Nats(nats_connect(&endpoint, 1024, events).await?, topic.to_string().into()),
+            System::Shoal => {
+                let url = format!("{}/v1/publish/ws?topic={topic}", endpoint.replacen("http://", "ws://", 1));
+                Publisher::Shoal(Box::new(ws_connect(url).await?))
+            }
+        })
+    }
+
+    /// Queue one message; waits only while the connection's buffers are full.
+    async fn feed(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Publisher::Nats(client, subject) => client.publish(subject.clone(), data.into()).await?,
+            Publisher::Shoal(ws) => ws.feed(WsMessage::Binary(data.into())).await?,
+        }
+        Ok(())
+    }
+
+    /// Send one message now (async-nats writes as soon as its queue is empty).
+    async fn send(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Publisher::Nats(client, subject) => client.publish(subject.clone(), data.into()).await?,
+            Publisher::Shoal(ws) => ws.send(WsMessage::Binary(data.into())).await?,
+        }
+        Ok(())
+    }
+
+    /// Everything queued is written (NATS: and the server has read it: PING/PONG).
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Publisher::Nats(client, _) => client.flush().await?,
+            Publisher::Shoal(ws) => ws.flush().await?,
+        }
+        Ok(())
+    }
+
+    async fn close(self) {
+        match self {
+            Publisher::Nats(client, _) => {
+                let _ = client.flush().await;
+            }
+            Publisher::Shoal(mut ws) => {
+                let _ = SinkExt::close(&mut ws).await;
+            }
+        }
+    }
+}
+
+enum SubConn {
+    Nats { _client: async_nats::Client, sub: async_nats::Subscriber },
+    Shoal(Box<Ws>),
+}
+
+enum Incoming {
+    Payload(Bytes),
+    /// Shoal's `{"dropped": n}`: n messages lost to the subscriber's buffer.
+    Dropped(u64),
+    Closed(String),
+}
+
+impl SubConn {
+    async fn connect(dep: &Deployment, node: usize, topic: &str, buffer: u64, events: Arc<NatsEvents>) -> anyhow::Result<SubConn> {
+        let endpoint = dep.endpoint(node);
+        Ok(match dep.system {
+            System::Nats => {
+                let client = nats_connect(&endpoint, buffer as usize, events).await?;
+                let sub = client.subscribe(topic.to_string()).await?;
+                // The server has the SUB once the PONG is back.
+                client.flush().await?;
+                SubConn::Nats { _client: client, sub }
+            }
+            System::Shoal => {
+                // The node registers the subscription before it answers the upgrade.
+                let url = format!(
+                    "{}/v1/subscribe/ws?pattern={topic}&format=raw&buffer={buffer}",
+                    endpoint.replacen("http://", "ws://", 1)
+                );
+                SubConn::Shoal(Box::new(ws_connect(url).await?))
+            }
+        })
+    }
+
+    /// Cancel-safe: the only await points are the underlying streams' `next`.
+    async fn next(&mut self) -> Incoming {
+        match self {
+            SubConn::Nats { sub, .. } => match sub.next().await {
+                Some(message) => Incoming::Payload(message.payload),
+                None => Incoming::Closed("NATS subscription ended".into()),
+            },
+            SubConn::Shoal(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(WsMessage::Binary(data))) => return Incoming::Payload(data),
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let value: serde_json::Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                        match value["dropped"].as_u64() {
+                            Some(n) => return Incoming::Dropped(n),
+                            None => return Incoming::Closed(format!("unexpected text frame: {text}")),
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => return Incoming::Closed(format!("closed by the node: {frame:?}")),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Incoming::Closed(format!("WebSocket error: {e}")),
+                    None => return Incoming::Closed("WebSocket ended".into()),
+                }
+            },
+        }
+    }
+}
+
+/// Shoal: the publishing node must know (through gossip) that the subscribing
+/// node wants `topic` before a publish there is forwarded.
+async fn wait_interest(http: &reqwest::Client, publish_api: &str, subscribe_api: &str, topic: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let topics: serde_json::Value = http.get(format!("{subscribe_api}/v1/topics")).send().await?.json().await?;
+    let node_id = topics["node_id"].as_u64().context("/v1/topics without node_id")?.to_string();
+    loop {
+        let topics: serde_json::Value = http.get(format!("{publish_api}/v1/topics")).send().await?.json().await?;
+        let listed = topics["nodes"][&node_id]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|line| line["pattern"].as_str() == Some(topic)));
+        if listed {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{publish_api} did not learn {subscribe_api}'s interest in {topic} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One run
+
+#[derive(Default)]
+struct SubReport {
+    unique: u64,
+    duplicates: u64,
+    /// Shoal `{"dropped": n}` frames, summed.
+    dropped_reported: u64,
+    malformed: u64,
+    last: Option<Instant>,
+    latencies: Vec<u64>,
+    ended: Option<String>,
+}
+
+async fn subscriber(
+    mut conn: SubConn,
+    expected: u64,
+    record_latency: bool,
+    probed: Arc<AtomicUsize>,
+    mut done: watch::Receiver<bool>,
+    idle: Duration,
+    drain: Duration,
+) -> SubReport {
+    let mut report = SubReport::default();
+    let mut seen = vec![false; expected as usize];
+    let mut probe_seen = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    if record_latency {
+        report.latencies.reserve(expected as usize);
+    }
+    while report.unique < expected {
+        let incoming = match deadline {
+            // The publisher is done: stop after `idle` without a message, or at the drain deadline.
+            Some(deadline) => {
+                let until = (tokio::time::Instant::now() + idle).min(deadline);
+                match tokio::time::timeout_at(until, conn.next()).await {
+                    Ok(incoming) => incoming,
+                    Err(_) => break,
+                }
+            }
+            None => tokio::select! {
+                incoming = conn.next() => incoming,
+                _ = done.changed() => {
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                    continue;
+                }
+            },
+        };
+        match incoming {
+            Incoming::Payload(data) => {
+                let received = now_ns();
+                let Some((seq, sent)) = decode(&data) else {
+                    report.malformed += 1;
+                    continue;
+                };
+                if seq == PROBE {
+                    if !probe_seen {
+                        probe_seen = true;
+                        probed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+                let Some(slot) = seen.get_mut(seq as usize) else {
+                    report.malformed += 1;
+                    continue;
+                };
+                report.last = Some(Instant::now());
+                if *slot {
+                    report.duplicates += 1;
+                } else {
+                    *slot = true;
+                    report.unique += 1;
+                    if record_latency {
+                        report.latencies.push(received.saturating_sub(sent));
+                    }
+                }
+            }
+            Incoming::Dropped(n) => report.dropped_reported += n,
+            Incoming::Closed(why) => {
+                report.ended = Some(why);
+                break;
+            }
+        }
+    }
+    report
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else { return 0 };
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU samples (servers, this process) every 50 ms until stopped.
+fn sample_cpu(pids: Vec<u32>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<(Instant, u64, u64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        loop {
+            let servers: u64 = pids.iter().map(|pid| cpu_ticks(Some(*pid))).sum();
+            samples.push((Instant::now(), servers, cpu_ticks(None)));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.changed() => {
+                    let servers: u64 = pids.iter().map(|pid| cpu_ticks(Some(*pid))).sum();
+                    samples.push((Instant::now(), servers, cpu_ticks(None)));
+                    return samples;
+                }
+            }
+        }
+    })
+}
+
+/// Servers' and bench's CPU (100 = one core) between `from` and `to`.
+fn cpu_between(samples: &[(Instant, u64, u64)], from: Instant, to: Instant) -> (f64, f64) {
+    let first = samples.iter().rev().find(|s| s.0 <= from).or(samples.first());
+    let last = samples.iter().find(|s| s.0 >= to).or(samples.last());
+    let (Some(first), Some(last)) = (first, last) else { return (0.0, 0.0) };
+    let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
+    if secs <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let per_sec = ticks_per_sec();
+    let pct = |ticks: u64| ticks as f64 / per_sec / secs * 100.0;
+    (pct(last.1.saturating_sub(first.1)), pct(last.2.saturating_sub(first.2)))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    Throughput,
+    Fanout,
+    Latency,
+}
+
+impl Scenario {
+    fn parse(name: &str) -> anyhow::Result<Scenario> {
+        Ok(match name {
+            "throughput" => Scenario::Throughput,
+            "fanout" => Scenario::Fanout,
+            "latency" => Scenario::Latency,
+            other => bail!("unknown scenario {other:?} (throughput, fanout, latency)"),
+        })
+    }
+}
+
+struct Outcome {
+    subscribers: usize,
+    sent: u64,
+    publish_secs: f64,
+    expected: u64,
+    delivered: u64,
+    duplicates: u64,
+    dropped_reported: u64,
+    malformed: u64,
+    /// From the first publish to the last message received.
+    elapsed_secs: f64,
+    latency: Option<Summary>,
+    server_cpu: f64,
+    bench_cpu: f64,
+    interest_wait: Option<Duration>,
+    nats_slow_consumer: u64,
+    nats_disconnected: u64,
+    ended: Vec<String>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        if self.elapsed_secs > 0.0 {
+            self.delivered as f64 / self.elapsed_secs
+        } else {
+            0.0
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.delivered)
+    }
+}
+
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+async fn run_one(
+    dep: &Deployment,
+    scenario: Scenario,
+    size: usize,
+    count: u64,
+    args: &Args,
+    http: &reqwest::Client,
+) -> anyhow::Result<Outcome> {
+    let topic = format!("bench.r{}", RUN.fetch_add(1, Ordering::Relaxed));
+    let subscribers = if scenario == Scenario::Fanout { args.fanout } else { 1 };
+    let count = if scenario == Scenario::Latency { args.rate * args.latency_secs } else { count };
+    let (publish_node, subscribe_node) = (0, if dep.len() > 1 { 1 } else { 0 });
+    let events = Arc::new(NatsEvents::default());
+
+    let mut conns = Vec::new();
+    for _ in 0..subscribers {
+        conns.push(SubConn::connect(dep, subscribe_node, &topic, args.buffer, events.clone()).await?);
+    }
+    let interest_wait = if dep.system == System::Shoal && publish_node != subscribe_node {
+        Some(wait_interest(http, &dep.endpoint(publish_node), &dep.endpoint(subscribe_node), &topic).await?)
+    } else {
+        None
+    };
+    let mut publisher = Publisher::connect(dep, publish_node, &topic, events.clone()).await?;
+
+    let probed = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = watch::channel(false);
+    let idle = Duration::from_millis(args.idle_ms);
+    let drain = Duration::from_secs(args.drain_secs);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|conn| {
+            let latency = scenario == Scenario::Latency;
+            tokio::spawn(subscriber(conn, count, latency, probed.clone(), done_rx.clone(), idle, drain))
+        })
+        .collect();
+
+    // Probe until every subscriber has one: the path is open end to end (for
+    // NATS across servers, the route has the subscription).
+    let probe_started = Instant::now();
+    while probed.load(Ordering::SeqCst) < subscribers {
+        if probe_started.elapsed() > Duration::from_secs(30) {
+            bail!("subscribers did not get a probe within 30 s");
+        }
+        publisher.send(payload(PROBE, HEADER)).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (stop_cpu, stop_cpu_rx) = watch::channel(false);
+    let sampler = sample_cpu(dep.pids(), stop_cpu_rx);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+
+    let started = Instant::now();
+    let publishing = async {
+        if scenario == Scenario::Latency {
+            let interval_ns = 1_000_000_000 / args.rate.max(1);
+            let start = tokio::time::Instant::now();
+            for seq in 0..count {
+                tokio::time::sleep_until(start + Duration::from_nanos(seq * interval_ns)).await;
+                publisher.send(payload(seq, size)).await?;
+            }
+        } else {
+            for seq in 0..count {
+                publisher.feed(payload(seq, size)).await?;
+            }
+        }
+        publisher.flush().await
+    };
+    let published = tokio::time::timeout(Duration::from_secs(300), publishing).await;
+    let publish_secs = started.elapsed().as_secs_f64();
+    let _ = done_tx.send(true);
+    match published {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.context("publishing")),
+        Err(_) => bail!("publishing did not finish within 300 s"),
+    }
+
+    let mut reports = Vec::new();
+    for task in tasks {
+        reports.push(task.await?);
+    }
+    let _ = stop_cpu.send(true);
+    let samples = sampler.await?;
+    publisher.close().await;
+
+    let last = reports.iter().filter_map(|r| r.last).max().unwrap_or(started);
+    let (server_cpu, bench_cpu) = cpu_between(&samples, started, last);
+    let latency = if scenario == Scenario::Latency {
+        summarize(reports.iter().flat_map(|r| r.latencies.iter().copied()).collect())
+    } else {
+        None
+    };
+    Ok(Outcome {
+        subscribers,
+        sent: count,
+        publish_secs,
+        expected: count * subscribers as u64,
+        delivered: reports.iter().map(|r| r.unique).sum(),
+        duplicates: reports.iter().map(|r| r.duplicates).sum(),
+        dropped_reported: reports.iter().map(|r| r.dropped_reported).sum(),
+        malformed: reports.iter().map(|r| r.malformed).sum(),
+        elapsed_secs: last.saturating_duration_since(started).as_secs_f64(),
+        latency,
+        server_cpu,
+        bench_cpu,
+        interest_wait,
+        nats_slow_consumer: events.slow_consumer.load(Ordering::Relaxed),
+        nats_disconnected: events.disconnected.load(Ordering::Relaxed),
+        ended: reports.iter().filter_map(|r| r.ended.clone()).collect(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+struct Row {
+    topology: &'static str,
+    scenario: Scenario,
+    payload: usize,
+    results: Vec<(System, anyhow::Result<Outcome>)>,
+}
+
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn size_label(bytes: usize) -> String {
+    if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn ms_short(nanos: u64) -> String {
+    let ms = nanos as f64 / 1e6;
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+fn scenario_label(row: &Row, args: &Args) -> String {
+    let place = if row.topology == "single" { "1 server" } else { "3 servers, A→B" };
+    match row.scenario {
+        Scenario::Throughput => format!("1→1 stream, {place}"),
+        Scenario::Fanout => format!("1→{} fan-out, {place}", args.fanout),
+        Scenario::Latency => format!("latency @{} msg/s, {place}", args.rate),
+    }
+}
+
+fn result_of(row: &Row, system: System) -> Option<&anyhow::Result<Outcome>> {
+    row.results.iter().find(|(s, _)| *s == system).map(|(_, r)| r)
+}
+
+fn rate_cell(result: Option<&anyhow::Result<Outcome>>, scenario: Scenario) -> String {
+    match result {
+        None => "–".into(),
+        Some(Err(_)) => "error".into(),
+        Some(Ok(o)) if scenario == Scenario::Fanout => {
+            format!("{} ({}/sub)", thousands(o.rate()), thousands(o.rate() / o.subscribers as f64))
+        }
+        Some(Ok(o)) => thousands(o.rate()),
+    }
+}
+
+fn latency_cell(result: Option<&anyhow::Result<Outcome>>) -> String {
+    match result {
+        Some(Ok(Outcome { latency: Some(s), .. })) => format!("{} / {} ms", ms_short(s.p50), ms_short(s.p99)),
+        Some(Err(_)) => "error".into(),
+        _ => "–".into(),
+    }
+}
+
+fn lost_cell(result: Option<&anyhow::Result<Outcome>>) -> String {
+    match result {
+        Some(Ok(o)) if o.lost() == 0 => "0".into(),
+        Some(Ok(o)) => format!("{} ({:.1}%)", thousands(o.lost() as f64), o.lost() as f64 * 100.0 / o.expected.max(1) as f64),
+        Some(Err(_)) => "error".into(),
+        None => "–".into(),
+    }
+}
+
+fn print_report(rows: &[Row], args: &Args) {
+    println!();
+    println!("| scenario | payload | NATS msgs/s | Shoal msgs/s | ratio | NATS p50/p99 | Shoal p50/p99 | NATS lost | Shoal lost |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let (nats, shoal) = (result_of(row, System::Nats), result_of(row, System::Shoal));
+        let ratio = match (nats, shoal) {
+            (Some(Ok(n)), Some(Ok(s))) if n.rate() > 0.0 && row.scenario != Scenario::Latency => {
+                format!("{:.2}", s.rate() / n.rate())
+            }
+            _ => "–".into(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            scenario_label(row, args),
+            size_label(row.payload),
+            rate_cell(nats, row.scenario),
+            rate_cell(shoal, row.scenario),
+            ratio,
+            latency_cell(nats),
+            latency_cell(shoal),
+            lost_cell(nats),
+            lost_cell(shoal),
+        );
+    }
+
+    println!();
+    println!("Details (CPU: 100% = one core, over first publish → last delivery; servers summed):");
+    println!();
+    println!("| scenario | payload | system | sent | publish msgs/s | delivered | lost | dup | time s | p50 / p99 / max | server CPU | bench CPU | notes |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut errors = Vec::new();
+    for row in rows {
+        for (system, result) in &row.results {
+            let label = scenario_label(row, args);
+            match result {
+                Err(e) => {
+                    println!("| {label} | {} | {} | error | | | | | | | | | see below |", size_label(row.payload), system.name());
+                    errors.push(format!("{label}, {}, {}: {e:#}", size_label(row.payload), system.name()));
+                }
+                Ok(o) => {
+                    let mut notes = Vec::new();
+                    if o.dropped_reported > 0 {
+                        notes.push(format!("{} reported dropped", o.dropped_reported));
+                    }
+                    if o.nats_slow_consumer > 0 {
+                        notes.push(format!("{} slow-consumer events", o.nats_slow_consumer));
+                    }
+                    if o.nats_disconnected > 0 {
+                        notes.push(format!("{} disconnects", o.nats_disconnected));
+                    }
+                    if o.malformed > 0 {
+                        notes.push(format!("{} malformed", o.malformed));
+                    }
+                    if let Some(wait) = o.interest_wait {
+                        notes.push(format!("interest seen on A after {} ms", wait.as_millis()));
+                    }
+                    for ended in &o.ended {
+                        notes.push(format!("stream ended: {ended}"));
+                    }
+                    let latency = o
+                        .latency
+                        .as_ref()
+                        .map(|s| format!("{} / {} / {} ms", ms_short(s.p50), ms_short(s.p99), ms_short(s.max)))
+                        .unwrap_or_else(|| "–".into());
+                    println!(
+                        "| {label} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {latency} | {:.0}% | {:.0}% | {} |",
+                        size_label(row.payload),
+                        system.name(),
+                        thousands(o.sent as f64),
+                        thousands(o.sent as f64 / o.publish_secs.max(1e-9)),
+                        thousands(o.delivered as f64),
+                        thousands(o.lost() as f64),
+                        o.duplicates,
+                        o.elapsed_secs,
+                        o.server_cpu,
+                        o.bench_cpu,
+                        notes.join("; "),
+                    );
+                }
+            }
+        }
+    }
+    for error in &errors {
+        println!("error: {error}");
+    }
+
+    // The targets, stated as measured (nothing is tuned to meet them).
+    println!();
+    println!("Targets:");
+    for row in rows {
+        let (Some(Ok(nats)), Some(Ok(shoal))) = (result_of(row, System::Nats), result_of(row, System::Shoal)) else {
+            continue;
+        };
+        match row.scenario {
+            Scenario::Throughput | Scenario::Fanout if nats.rate() > 0.0 => {
+                let ratio = shoal.rate() / nats.rate();
+                println!(
+                    "- Shoal ≥ 0.5 × NATS throughput, {}, {}: {ratio:.2} × ({})",
+                    scenario_label(row, args),
+                    size_label(row.payload),
+                    if ratio >= 0.5 { "met" } else { "NOT met" }
+                );
+            }
+            Scenario::Latency => {
+                if let Some(s) = &shoal.latency {
+                    println!(
+                        "- Shoal p99 < 5 ms, {}, {}: {} ms ({})",
+                        scenario_label(row, args),
+                        size_label(row.payload),
+                        ms_short(s.p99),
+                        if s.p99 < 5_000_000 { "met" } else { "NOT met" }
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn command_output(program: &Path, arg: &str) -> String {
+    match Command::new(program).arg(arg).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string() + String::from_utf8_lossy(&out.stderr).trim(),
+        Err(e) => format!("? ({e})"),
+    }
+}
+
+/// Client crate versions, from the workspace lock file the bench was built with.
+fn locked_versions(names: &[&str]) -> String {
+    let lock = include_str!("../../Cargo.lock");
+    let mut out = Vec::new();
+    for name in names {
+        let needle = format!("name = \"{name}\"\nversion = \"");
+        let versions: Vec<&str> = lock
+            .match_indices(&needle)
+            .filter_map(|(i, _)| lock[i + needle.len()..].split('"').next())
+            .collect();
+        out.push(format!("{name} {}", versions.join("/")));
+    }
+    out.join(", ")
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    format!("nproc {cpus}, {model}, Linux {kernel}")
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    if args.payloads.len() != args.messages.len() {
+        bail!("--payloads and --messages need one entry each ({} vs {})", args.payloads.len(), args.messages.len());
+    }
+    if let Some(small) = args.payloads.iter().find(|p| **p < HEADER) {
+        bail!("payload {small} is below {HEADER} bytes (sequence number and send time)");
+    }
+    if args.rate == 0 || args.rate > 1_000_000_000 {
+        bail!("--rate must be between 1 and 1e9");
+    }
+    let scenarios: Vec<Scenario> = args.scenarios.iter().map(|s| Scenario::parse(s)).collect::<anyhow::Result<_>>()?;
+    let mut systems = Vec::new();
+    for target in &args.targets {
+        systems.push(match target.as_str() {
+            "nats" => System::Nats,
+            "shoal" => System::Shoal,
+            other => bail!("unknown target {other:?} (nats or shoal)"),
+        });
+    }
+    let mut topologies: Vec<(&'static str, usize)> = Vec::new();
+    for topology in &args.topologies {
+        topologies.push(match topology.as_str() {
+            "single" => ("single", 1),
+            "cluster" => ("cluster", 3),
+            other => bail!("unknown topology {other:?} (single or cluster)"),
+        });
+    }
+    let (shoal_bin, why) = node::resolve_binary(args.shoal_bin.clone())?;
+    node::raise_fd_limit();
+    base();
+
+    println!("# msg-bench: Shoal (WebSocket publish stream + raw WebSocket subscribers) vs NATS core, 127.0.0.1");
+    println!("# machine: {}", machine());
+    println!("# shoal: {} ({why}): {}", shoal_bin.display(), command_output(&shoal_bin, "--version"));
+    println!("# nats:  {}: {}", args.nats_bin.display(), command_output(&args.nats_bin, "--version"));
+    println!("# clients: {}", locked_versions(&["async-nats", "tokio-tungstenite"]));
+    println!(
+        "# runs: {} msgs per stream/fan-out run (payloads {}), fan-out {}, latency {} msg/s for {} s, subscriber buffer {}",
+        args.messages.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("/"),
+        args.payloads.iter().map(|p| size_label(*p)).collect::<Vec<_>>().join("/"),
+        args.fanout,
+        args.rate,
+        args.latency_secs,
+        args.buffer
+    );
+
+    // Other work on the machine shares its cores with the servers and the bench.
+    let load_before = load_average();
+    println!("# load average before the runs: {load_before}");
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let mut rows: Vec<Row> = Vec::new();
+    for (topology, n) in &topologies {
+        for &scenario in &scenarios {
+            for &payload in &args.payloads {
+                rows.push(Row { topology, scenario, payload, results: Vec::new() });
+            }
+        }
+        for &system in &systems {
+            eprintln!("{}: starting {n} server(s) ...", system.name());
+            let started = Instant::now();
+            let dep = Deployment::start(system, *n, args, &shoal_bin, &http).await?;
+            eprintln!("{}: {n} server(s) ready in {} ms", system.name(), started.elapsed().as_millis());
+            for row in rows.iter_mut().filter(|r| r.topology == *topology) {
+                let count = args.messages[args.payloads.iter().position(|p| *p == row.payload).unwrap_or(0)];
+                eprintln!("{} {topology}: {:?} {} ...", system.name(), row.scenario, size_label(row.payload));
+                let result = run_one(&dep, row.scenario, row.payload, count, args, &http).await;
+                match &result {
+                    Ok(o) => eprintln!(
+                        "  delivered {}/{} in {:.2} s = {} msgs/s{}",
+                        o.delivered,
+                        o.expected,
+                        o.elapsed_secs,
+                        thousands(o.rate()),
+                        o.latency.as_ref().map(|s| format!(", p50 {} ms p99 {} ms", ms_short(s.p50), ms_short(s.p99))).unwrap_or_default()
+                    ),
+                    Err(e) => eprintln!("  error: {e:#}"),
+                }
+                row.results.push((system, result));
+                // Let the servers drop the closed connections before the next run.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // WARN/ERROR lines in the node logs, by the module that logged them.
+            let mut by_target: Vec<(String, usize, String)> = Vec::new();
+            for line in dep.warnings() {
+                let target = line
+                    .split_whitespace()
+                    .skip_while(|w| *w != "WARN" && *w != "ERROR")
+                    .nth(1)
+                    .unwrap_or("?")
+                    .trim_end_matches(':')
+                    .to_string();
+                match by_target.iter_mut().find(|(t, _, _)| *t == target) {
+                    Some(entry) => {
+                        entry.1 += 1;
+                        entry.2 = line;
+                    }
+                    None => by_target.push((target, 1, line)),
+                }
+            }
+            for (target, count, last) in &by_target {
+                println!("# {} {topology}: {count} WARN/ERROR log lines from {target}; last: {last}", system.name());
+            }
+        }
+    }
+    print_report(&rows, args);
+    println!();
+    println!("# load average at the start: {load_before}; at the end: {}", load_average());
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("msg-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1800), run(&args)).await }) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("msg-bench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+        Err(_) => {
+            eprintln!("msg-bench: gave up after 30 minutes");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

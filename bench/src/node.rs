@@ -125,6 +125,7 @@ impl Node {
     /// as seeds) and bootstrap one cluster once all `n` are up. `extra` is
     /// passed to every node. The cluster name is unique to this process, so it
     /// cannot merge with another cluster that reuses a port.
+    #[allow(dead_code)] // msg-bench only
     pub fn spawn_cluster(binary: &Path, n: usize, extra: &[String]) -> anyhow::Result<Vec<Node>> {
         let ports: Vec<(u16, u16, u16)> =
             (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
