@@ -52,6 +52,10 @@ struct Args {
     /// Messages per throughput and fan-out run, one figure per payload size (same order).
     #[arg(long, value_delimiter = ',', default_value = "200000,50000")]
     messages: Vec<u64>,
+    /// Each stream and fan-out run is repeated this many times; the table
+    /// shows the run with the median delivered rate (all rates are in the details).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Subscribers in the fan-out runs.
     #[arg(long, default_value_t = 10)]
     fanout: usize,
@@ -633,6 +637,8 @@ struct Outcome {
     nats_slow_consumer: u64,
     nats_disconnected: u64,
     ended: Vec<String>,
+    /// Delivered rates of every repetition of this run.
+    all_rates: Vec<f64>,
 }
 
 impl Outcome {
@@ -760,6 +766,7 @@ async fn run_one(
         nats_slow_consumer: events.slow_consumer.load(Ordering::Relaxed),
         nats_disconnected: events.disconnected.load(Ordering::Relaxed),
         ended: reports.iter().filter_map(|r| r.ended.clone()).collect(),
+        all_rates: Vec::new(),
     })
 }
 
@@ -786,7 +793,7 @@ fn thousands(n: f64) -> String {
 }
 
 fn size_label(bytes: usize) -> String {
-    if bytes >= 1024 && bytes % 1024 == 0 {
+    if bytes >= 1024 && bytes.trailing_zeros() >= 10 {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} B")
@@ -870,7 +877,7 @@ fn print_report(rows: &[Row], args: &Args) {
     }
 
     println!();
-    println!("Details (CPU: 100% = one core, over first publish → last delivery; servers summed):");
+    println!("Details of the runs in the table (CPU: 100% = one core, first publish → last delivery, servers summed):");
     println!();
     println!("| scenario | payload | system | sent | publish msgs/s | delivered | lost | dup | time s | p50 / p99 / max | server CPU | bench CPU | notes |");
     println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
@@ -885,6 +892,10 @@ fn print_report(rows: &[Row], args: &Args) {
                 }
                 Ok(o) => {
                     let mut notes = Vec::new();
+                    if o.all_rates.len() > 1 {
+                        let rates: Vec<String> = o.all_rates.iter().map(|r| thousands(*r)).collect();
+                        notes.push(format!("median of {} runs: {} msgs/s", rates.len(), rates.join(" / ")));
+                    }
                     if o.dropped_reported > 0 {
                         notes.push(format!("{} reported dropped", o.dropped_reported));
                     }
@@ -1038,9 +1049,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     println!("# nats:  {}: {}", args.nats_bin.display(), command_output(&args.nats_bin, "--version"));
     println!("# clients: {}", locked_versions(&["async-nats", "tokio-tungstenite"]));
     println!(
-        "# runs: {} msgs per stream/fan-out run (payloads {}), fan-out {}, latency {} msg/s for {} s, subscriber buffer {}",
+        "# runs: {} msgs per stream/fan-out run (payloads {}, median of {}), fan-out {}, latency {} msg/s for {} s, subscriber buffer {}",
         args.messages.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("/"),
         args.payloads.iter().map(|p| size_label(*p)).collect::<Vec<_>>().join("/"),
+        args.repeat,
         args.fanout,
         args.rate,
         args.latency_secs,
@@ -1065,22 +1077,55 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             eprintln!("{}: {n} server(s) ready in {} ms", system.name(), started.elapsed().as_millis());
             for row in rows.iter_mut().filter(|r| r.topology == *topology) {
                 let count = args.messages[args.payloads.iter().position(|p| *p == row.payload).unwrap_or(0)];
-                eprintln!("{} {topology}: {:?} {} ...", system.name(), row.scenario, size_label(row.payload));
-                let result = run_one(&dep, row.scenario, row.payload, count, args, &http).await;
-                match &result {
-                    Ok(o) => eprintln!(
-                        "  delivered {}/{} in {:.2} s = {} msgs/s{}",
-                        o.delivered,
-                        o.expected,
-                        o.elapsed_secs,
-                        thousands(o.rate()),
-                        o.latency.as_ref().map(|s| format!(", p50 {} ms p99 {} ms", ms_short(s.p50), ms_short(s.p99))).unwrap_or_default()
-                    ),
-                    Err(e) => eprintln!("  error: {e:#}"),
+                let repeats = if row.scenario == Scenario::Latency { 1 } else { args.repeat.max(1) };
+                let mut outcomes = Vec::new();
+                let mut failure = None;
+                for round in 0..repeats {
+                    eprintln!(
+                        "{} {topology}: {:?} {} ({}/{repeats}) ...",
+                        system.name(),
+                        row.scenario,
+                        size_label(row.payload),
+                        round + 1
+                    );
+                    match run_one(&dep, row.scenario, row.payload, count, args, &http).await {
+                        Ok(o) => {
+                            eprintln!(
+                                "  delivered {}/{} in {:.2} s = {} msgs/s{}",
+                                o.delivered,
+                                o.expected,
+                                o.elapsed_secs,
+                                thousands(o.rate()),
+                                o.latency
+                                    .as_ref()
+                                    .map(|s| format!(", p50 {} ms p99 {} ms", ms_short(s.p50), ms_short(s.p99)))
+                                    .unwrap_or_default()
+                            );
+                            outcomes.push(o);
+                        }
+                        Err(e) => {
+                            eprintln!("  error: {e:#}");
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    // Let the servers drop the closed connections before the next run.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                let all_rates: Vec<f64> = outcomes.iter().map(Outcome::rate).collect();
+                outcomes.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+                let median = (!outcomes.is_empty()).then(|| outcomes.swap_remove(outcomes.len() / 2));
+                let result = match (median, failure) {
+                    (Some(mut o), failure) => {
+                        o.all_rates = all_rates;
+                        if let Some(e) = failure {
+                            o.ended.push(format!("a repetition failed: {e:#}"));
+                        }
+                        Ok(o)
+                    }
+                    (None, Some(e)) => Err(e),
+                    (None, None) => Err(anyhow::anyhow!("no run")),
+                };
                 row.results.push((system, result));
-                // Let the servers drop the closed connections before the next run.
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // WARN/ERROR lines in the node logs, by the module that logged them.
             let mut by_target: Vec<(String, usize, String)> = Vec::new();
