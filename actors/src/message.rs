@@ -23,6 +23,8 @@ pub struct Message {
     pub traceparent: Option<String>,
     /// Free-form headers (CloudEvents extension attributes), in order.
     pub headers: Vec<(String, String)>,
+    /// Bytes, not a sequence of numbers: bincode then copies them whole.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -152,5 +154,27 @@ mod tests {
 
 /// A new random message id: 32 hex digits.
 pub fn new_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let mut id = String::with_capacity(32);
+    push_hex(&mut id, &rand::random::<[u8; 16]>());
+    id
+}
+
+/// A new W3C traceparent (a fresh trace and span, sampled).
+pub fn new_traceparent() -> String {
+    let mut traceparent = String::with_capacity(55);
+    traceparent.push_str("00-");
+    push_hex(&mut traceparent, &rand::random::<[u8; 16]>());
+    traceparent.push('-');
+    push_hex(&mut traceparent, &rand::random::<[u8; 8]>());
+    traceparent.push_str("-01");
+    traceparent
+}
+
+/// Lower-case hex, without `format!` (this runs for every published message).
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
 }

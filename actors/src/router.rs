@@ -22,6 +22,8 @@ use crate::subject::{pattern_matches, Pattern};
 const PEER_LINK_CAPACITY: usize = 65_536;
 /// Most messages in one frame to a peer.
 const PEER_FRAME_MESSAGES: usize = 1024;
+/// Shortest time between two warnings about one overflowing peer link.
+const OVERFLOW_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub type NodeId = u64;
 
@@ -223,18 +225,19 @@ impl Router {
         let mut reach = Reach::default();
         let mut outgoing: HashMap<NodeId, Vec<Forward>> = HashMap::new();
         let mut closed = Vec::new();
+        let mut tally = Tally::default();
         {
             let table = self.local.read().unwrap_or_else(|p| p.into_inner());
             let remote = self.remote.read().unwrap_or_else(|p| p.into_inner());
             for message in messages {
-                metrics::counter!("shoal_messages_published_total", "topic" => message.topic.clone()).increment(1);
+                tally.add(&message.topic, Count::Published);
                 let shared = Arc::new(Shared::new(message));
                 let topic = shared.message.topic.as_str();
                 // Queue groups: candidates per group, local members one by one
                 // and remote nodes weighted by their member count.
                 let mut groups: HashMap<&str, Vec<Candidate>> = HashMap::new();
                 table.matching(topic, |sub| match &sub.group {
-                    None => reach.local += deliver(sub, &shared, &mut closed),
+                    None => reach.local += deliver(sub, &shared, &mut tally, &mut closed),
                     Some(group) => groups.entry(group.as_str()).or_default().push(Candidate::Local(sub)),
                 });
                 let mut nodes: HashMap<NodeId, Vec<String>> = HashMap::new();
@@ -256,7 +259,7 @@ impl Router {
                 }
                 for (group, candidates) in groups {
                     match choose(&candidates) {
-                        Some(Candidate::Local(sub)) => reach.local += deliver(sub, &shared, &mut closed),
+                        Some(Candidate::Local(sub)) => reach.local += deliver(sub, &shared, &mut tally, &mut closed),
                         Some(Candidate::Remote(node, _)) => nodes.entry(*node).or_default().push(group.to_string()),
                         None => {}
                     }
@@ -266,6 +269,7 @@ impl Router {
                 }
             }
         }
+        tally.emit();
         self.remove_closed(closed);
         for (node, forwards) in outgoing {
             let link = self.link(node);
@@ -290,26 +294,27 @@ impl Router {
         let table = self.local.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         let mut closed = Vec::new();
+        let mut tally = Tally::default();
         for forward in forwards {
             let shared = Arc::new(Shared::new(forward.message));
             let mut members: HashMap<&str, Vec<&Arc<LocalSub>>> = HashMap::new();
             table.matching(&shared.message.topic, |sub| match &sub.group {
-                None => delivered += deliver(sub, &shared, &mut closed),
+                None => delivered += deliver(sub, &shared, &mut tally, &mut closed),
                 Some(group) => members.entry(group.as_str()).or_default().push(sub),
             });
             for group in &forward.groups {
                 match members.get(group.as_str()).filter(|m| !m.is_empty()) {
                     Some(members) => {
                         let pick = rand::rng().random_range(0..members.len());
-                        delivered += deliver(members[pick], &shared, &mut closed);
+                        delivered += deliver(members[pick], &shared, &mut tally, &mut closed);
                     }
                     // The member left between gossip rounds: at-most-once, counted.
-                    None => metrics::counter!("shoal_messages_dropped_total", "topic" => shared.message.topic.clone())
-                        .increment(1),
+                    None => tally.add(&shared.message.topic, Count::Dropped),
                 }
             }
         }
         drop(table);
+        tally.emit();
         self.remove_closed(closed);
         Ok(delivered)
     }
@@ -340,22 +345,64 @@ impl Router {
 
 /// Put a message into a subscriber's queue; 1 if it was taken, 0 if the
 /// queue is closed (its id is added to `closed`).
-fn deliver(sub: &LocalSub, shared: &Arc<Shared>, closed: &mut Vec<u64>) -> usize {
-    let topic = || shared.message.topic.clone();
+fn deliver(sub: &LocalSub, shared: &Arc<Shared>, tally: &mut Tally, closed: &mut Vec<u64>) -> usize {
+    let topic = shared.message.topic.as_str();
     match sub.queue.push(shared.clone()) {
         Pushed::Queued => {
-            metrics::counter!("shoal_messages_delivered_total", "topic" => topic()).increment(1);
+            tally.add(topic, Count::Delivered);
             1
         }
         Pushed::DroppedOldest => {
-            metrics::counter!("shoal_messages_delivered_total", "topic" => topic()).increment(1);
-            metrics::counter!("shoal_messages_dropped_total", "topic" => topic()).increment(1);
+            tally.add(topic, Count::Delivered);
+            tally.add(topic, Count::Dropped);
             1
         }
         Pushed::Closed => {
-            metrics::counter!("shoal_messages_dropped_total", "topic" => topic()).increment(1);
+            tally.add(topic, Count::Dropped);
             closed.push(sub.id);
             0
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Count {
+    Published = 0,
+    Delivered = 1,
+    Dropped = 2,
+}
+
+/// Per-topic message counts of one publish (or one frame from a peer),
+/// added to the metrics once at the end: a labelled counter lookup per
+/// message would cost as much as routing it.
+#[derive(Default)]
+struct Tally {
+    topics: HashMap<String, [u64; 3]>,
+}
+
+impl Tally {
+    fn add(&mut self, topic: &str, count: Count) {
+        match self.topics.get_mut(topic) {
+            Some(counts) => counts[count as usize] += 1,
+            None => {
+                let mut counts = [0; 3];
+                counts[count as usize] = 1;
+                self.topics.insert(topic.to_string(), counts);
+            }
+        }
+    }
+
+    fn emit(self) {
+        for (topic, [published, delivered, dropped]) in self.topics {
+            for (name, value) in [
+                ("shoal_messages_published_total", published),
+                ("shoal_messages_delivered_total", delivered),
+                ("shoal_messages_dropped_total", dropped),
+            ] {
+                if value > 0 {
+                    metrics::counter!(name, "topic" => topic.clone()).increment(value);
+                }
+            }
         }
     }
 }
@@ -398,9 +445,15 @@ fn choose<'c, 'a>(candidates: &'c [Candidate<'a>]) -> Option<&'c Candidate<'a>> 
 /// into the next one, so a busy link sends big frames. A frame that cannot
 /// be sent is dropped (at-most-once) and counted.
 async fn run_link(node: NodeId, link: Arc<BoundedQueue<Forward>>, transport: Arc<dyn PeerTransport>) {
+    let mut dropped = 0;
+    let mut last_warning: Option<std::time::Instant> = None;
     while let Some(batch) = link.next_batch(PEER_FRAME_MESSAGES).await {
-        if batch.dropped > 0 {
-            tracing::warn!(node, dropped = batch.dropped, "peer link overflowed; oldest messages dropped");
+        dropped += batch.dropped;
+        // At most one warning per interval, with the total since the last one.
+        if dropped > 0 && last_warning.is_none_or(|at| at.elapsed() >= OVERFLOW_WARNING_INTERVAL) {
+            tracing::warn!(node, dropped, "peer link overflowed; oldest messages dropped");
+            last_warning = Some(std::time::Instant::now());
+            dropped = 0;
         }
         if batch.items.is_empty() {
             continue;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use openraft::{Config, SnapshotPolicy};
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
@@ -136,6 +137,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let server = {
         let stop = stop.clone();
         tokio::spawn(async move {
+            // No Nagle delay: stream frames (SSE, WebSocket) go out as soon as they are written.
+            let api_listener = api_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(api_listener, app).with_graceful_shutdown(async move { stop.notified().await }).await
         })
     };

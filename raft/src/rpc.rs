@@ -32,7 +32,7 @@ pub(crate) enum Request {
     /// Remove a node from the membership (sent to the leader).
     RemoveNode(NodeId),
     /// A frame of pub/sub messages for this node's router (opaque here).
-    Messages(Vec<u8>),
+    Messages(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// One response per proposal, in order.

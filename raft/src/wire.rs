@@ -55,13 +55,23 @@ impl ClusterKey {
     }
 }
 
+/// Bodies up to this size are copied behind their header and written at
+/// once; bigger ones are written after the header without the copy.
+const COPY_BELOW: usize = 64 << 10;
+
 pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(body.len() + 1).map_err(std::io::Error::other)?;
-    let mut frame = Vec::with_capacity(body.len() + 5);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.push(WIRE_VERSION);
-    frame.extend_from_slice(body);
-    stream.write_all(&frame).await
+    let mut header = [0; 5];
+    header[..4].copy_from_slice(&len.to_be_bytes());
+    header[4] = WIRE_VERSION;
+    if body.len() < COPY_BELOW {
+        let mut frame = Vec::with_capacity(body.len() + 5);
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(body);
+        return stream.write_all(&frame).await;
+    }
+    stream.write_all(&header).await?;
+    stream.write_all(body).await
 }
 
 pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
@@ -69,13 +79,13 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     if len == 0 || len > MAX_FRAME_BYTES {
         return Err(std::io::Error::other(format!("bad frame length {len}")));
     }
-    let mut frame = vec![0; len];
-    stream.read_exact(&mut frame).await?;
-    if frame[0] != WIRE_VERSION {
-        return Err(std::io::Error::other(format!("unknown wire version {}", frame[0])));
+    let version = stream.read_u8().await?;
+    if version != WIRE_VERSION {
+        return Err(std::io::Error::other(format!("unknown wire version {version}")));
     }
-    frame.remove(0);
-    Ok(frame)
+    let mut body = vec![0; len - 1];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
 }
 
 pub async fn send<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {

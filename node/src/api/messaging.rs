@@ -16,7 +16,7 @@ use base64::Engine;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use shoal_actors::message::{new_id, rfc3339_now, Message, Shared};
+use shoal_actors::message::{new_id, new_traceparent, rfc3339_now, Message, Shared};
 use shoal_actors::queue::{BoundedQueue, Overflow};
 use shoal_actors::router::Subscription;
 use shoal_actors::subject::{validate_topic, Pattern};
@@ -71,11 +71,6 @@ fn check_traceparent(value: &str) -> ApiResult<()> {
     } else {
         Err(ApiError::bad_request(format!("traceparent {value:?} is not a W3C trace context (00-<trace id>-<span id>-<flags>)")))
     }
-}
-
-/// A new trace for a message that arrived without one, so it can still be followed.
-fn new_traceparent() -> String {
-    format!("00-{:032x}-{:016x}-01", rand::random::<u128>(), rand::random::<u64>())
 }
 
 fn node_source(shoal: &Shoal) -> String {
@@ -394,7 +389,7 @@ pub async fn publish_socket(State(shoal): State<Arc<Shoal>>, params: Params, upg
 
 async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Option<String>, content_type: String) {
     let source = node_source(&shoal);
-    let to_message = |frame: WsMessage| -> ApiResult<Option<Message>> {
+    let to_message = |frame: WsMessage, time: &str| -> ApiResult<Option<Message>> {
         let data = match (frame, &topic) {
             (WsMessage::Text(text), None) => {
                 let item: BatchMessage = serde_json::from_str(text.as_str())
@@ -414,7 +409,7 @@ async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Op
             topic: topic.clone().unwrap_or_default(),
             source: source.clone(),
             kind: "shoal.message".into(),
-            time: rfc3339_now(),
+            time: time.to_string(),
             subject: None,
             content_type: content_type.clone(),
             traceparent: None,
@@ -438,8 +433,9 @@ async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Op
         }
         let mut messages = Vec::with_capacity(frames.len());
         let mut refused = None;
+        let now = rfc3339_now();
         for frame in frames {
-            match to_message(frame) {
+            match to_message(frame, &now) {
                 Ok(Some(message)) => messages.push(message),
                 Ok(None) => {}
                 Err(e) => {
