@@ -65,10 +65,13 @@ pub struct Shared {
     pub kafka: Option<KafkaClient>,
 }
 
+/// A running deliverer, and whether a wake-up is already in its mailbox.
+type Running = (ActorRef<Wake>, Arc<AtomicBool>);
+
 /// Starts and wakes the deliverer actors.
 pub struct Deliveries {
     shared: Arc<Shared>,
-    actors: Mutex<HashMap<String, (ActorRef<Wake>, Arc<AtomicBool>)>>,
+    actors: Mutex<HashMap<String, Running>>,
 }
 
 /// The only message a deliverer takes: look at the outbox again.
