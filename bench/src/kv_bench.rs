@@ -7,6 +7,8 @@
 //! etcd through its own gRPC client (one HTTP/2 channel per node). Each client
 //! sticks to one node, spread round-robin over the three.
 
+#[path = "runner.rs"]
+mod runner;
 // Shared with watch-bench, which uses more of its fields.
 #[allow(dead_code)]
 #[path = "stats.rs"]
@@ -430,22 +432,5 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("kv-bench: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1800), run(&args)).await }) {
-        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("kv-bench: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-        Err(_) => {
-            eprintln!("kv-bench: gave up after 30 minutes");
-            std::process::ExitCode::from(2)
-        }
-    }
+    runner::run_benchmark("kv-bench", run(&args))
 }

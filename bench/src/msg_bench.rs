@@ -16,6 +16,8 @@
 #[allow(dead_code)]
 #[path = "node.rs"]
 mod node;
+#[path = "runner.rs"]
+mod runner;
 #[allow(dead_code)]
 #[path = "stats.rs"]
 mod stats;
@@ -1158,22 +1160,5 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("msg-bench: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1800), run(&args)).await }) {
-        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("msg-bench: {e:#}");
-            std::process::ExitCode::from(2)
-        }
-        Err(_) => {
-            eprintln!("msg-bench: gave up after 30 minutes");
-            std::process::ExitCode::from(2)
-        }
-    }
+    runner::run_benchmark("msg-bench", run(&args))
 }

@@ -728,25 +728,7 @@ impl Node {
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
         }
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
-            .await
-            .unwrap_or_else(|_| panic!("watch {query:?}: no response headers in time"))
-            .unwrap_or_else(|e| panic!("watch {query:?} failed: {e}"));
-        if response.status() != StatusCode::OK {
-            let reply = Reply::read(response).await;
-            panic!("watch {query:?}: expected 200, got {}", reply.describe());
-        }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "watch content-type is {content_type:?}"
-        );
-        WatchStream::new(response)
+        open_event_stream(request, &format!("watch {query:?}")).await
     }
 
     /// `GET /v1/watch/poll` with query parameters; the HTTP timeout is the
@@ -829,4 +811,28 @@ impl Drop for Node {
         }
         self.kill9();
     }
+}
+
+/// Sends a request for a Server-Sent Events stream and opens it, asserting
+/// 200 and `text/event-stream`; `label` names the stream in failures.
+pub async fn open_event_stream(request: RequestBuilder, label: &str) -> WatchStream {
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+        .await
+        .unwrap_or_else(|_| panic!("{label}: no response headers in time"))
+        .unwrap_or_else(|e| panic!("{label}: request failed: {e}"));
+    if response.status() != StatusCode::OK {
+        let reply = Reply::read(response).await;
+        panic!("{label}: expected 200, got {}", reply.describe());
+    }
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{label}: content-type is {content_type:?}"
+    );
+    WatchStream::new(response)
 }

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::http::Reply;
-use crate::node::{Node, REQUEST_TIMEOUT};
+use crate::node::{open_event_stream, Node, REQUEST_TIMEOUT};
 use crate::sse::{SseEvent, WatchStream};
 use crate::wait_for;
 
@@ -510,25 +510,7 @@ impl Node {
             .get(self.url("/v1/subscribe"))
             .query(query)
             .header("accept", "text/event-stream");
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
-            .await
-            .unwrap_or_else(|_| panic!("{label}: no response headers in time"))
-            .unwrap_or_else(|e| panic!("{label}: request failed: {e}"));
-        if response.status() != StatusCode::OK {
-            let reply = Reply::read(response).await;
-            panic!("{label}: expected 200, got {}", reply.describe());
-        }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        assert!(
-            content_type.starts_with("text/event-stream"),
-            "{label}: content-type is {content_type:?}"
-        );
-        let mut stream = WatchStream::new(response);
+        let mut stream = open_event_stream(request, &label).await;
         let first = stream
             .next_sse(REQUEST_TIMEOUT)
             .await
