@@ -116,17 +116,7 @@ impl Kafka {
 
     /// The last `lines` lines of the broker's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let path = self.dir.path().join("tansu.log");
-        let content = std::fs::read(&path).unwrap_or_default();
-        let content = String::from_utf8_lossy(&content);
-        let all: Vec<&str> = content.lines().collect();
-        let start = all.len().saturating_sub(lines);
-        format!(
-            "--- last {} lines of {} ---\n{}\n",
-            all.len() - start,
-            path.display(),
-            all[start..].join("\n")
-        )
+        crate::node::file_tail(&self.dir.path().join("tansu.log"), lines, str::to_string)
     }
 }
 

@@ -503,18 +503,7 @@ impl Node {
 
     /// The last `lines` lines of the node's stdout and stderr.
     pub fn log_tail(&self, lines: usize) -> String {
-        let tail = |path: PathBuf| {
-            let content = std::fs::read(&path).unwrap_or_default();
-            let content = strip_ansi(&String::from_utf8_lossy(&content));
-            let all: Vec<&str> = content.lines().collect();
-            let start = all.len().saturating_sub(lines);
-            format!(
-                "--- last {} lines of {} ---\n{}\n",
-                all.len() - start,
-                path.display(),
-                all[start..].join("\n")
-            )
-        };
+        let tail = |path: PathBuf| file_tail(&path, lines, strip_ansi);
         format!("{}{}", tail(self.stderr_log()), tail(self.stdout_log()))
     }
 
@@ -835,4 +824,19 @@ pub async fn open_event_stream(request: RequestBuilder, label: &str) -> WatchStr
         "{label}: content-type is {content_type:?}"
     );
     WatchStream::new(response)
+}
+
+/// The last `lines` lines of a log file (passed through `clean`), under a
+/// header naming the file; empty if the file cannot be read.
+pub(crate) fn file_tail(path: &Path, lines: usize, clean: impl Fn(&str) -> String) -> String {
+    let content = std::fs::read(path).unwrap_or_default();
+    let content = clean(&String::from_utf8_lossy(&content));
+    let all: Vec<&str> = content.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    format!(
+        "--- last {} lines of {} ---\n{}\n",
+        all.len() - start,
+        path.display(),
+        all[start..].join("\n")
+    )
 }

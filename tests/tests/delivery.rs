@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use shoal_tests::hook::{self, hook_url, Hook};
 use shoal_tests::kafka::Kafka;
+use shoal_tests::ws::{Delivery, Subscriber};
 use shoal_tests::*;
 
 /// Time limit of most waits.
@@ -158,53 +159,21 @@ async fn dead_letters(node: &Node, name: &str, query: &str) -> Value {
 }
 
 /// An open `GET /v1/subscribe` SSE stream, after its `subscribed` event.
-async fn subscribe(node: &Node, pattern: &str) -> WatchStream {
-    let response = node
-        .client()
-        .get(node.url("/v1/subscribe"))
-        .query(&[("pattern", pattern)])
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("subscribe {pattern}: {e}"));
-    assert_eq!(response.status(), StatusCode::OK, "subscribe {pattern}");
-    let mut stream = WatchStream::new(response);
-    let first = stream
-        .next_sse(T)
-        .await
-        .unwrap_or_else(|e| panic!("subscribe {pattern}: {e:#}"))
-        .unwrap_or_else(|| panic!("subscribe {pattern}: no subscribed event"));
-    assert_eq!(
-        first.event.as_deref(),
-        Some("subscribed"),
-        "first event: {first:?}"
-    );
-    stream
+async fn subscribe(node: &Node, pattern: &str) -> Subscriber {
+    node.subscribe_sse(&[("pattern", pattern)]).await
 }
 
 /// The next message envelope of a subscription, `None` if none arrives
 /// within `timeout`. Panics on `dropped` or `error` events.
-async fn next_message(stream: &mut WatchStream, timeout: Duration) -> Option<Value> {
-    let event = stream
-        .next_sse(timeout)
-        .await
-        .unwrap_or_else(|e| panic!("subscription: {e:#}"))?;
-    assert_eq!(
-        event.event.as_deref(),
-        Some("message"),
-        "unexpected subscription event: {event:?}"
-    );
-    Some(
-        serde_json::from_str(&event.data)
-            .unwrap_or_else(|e| panic!("message data is not JSON ({e}): {event:?}")),
-    )
+async fn next_message(stream: &mut Subscriber, timeout: Duration) -> Option<Value> {
+    stream.next(timeout).await.map(Delivery::envelope)
 }
 
 /// Reads messages until one whose `data` equals `last`; returns the ones
 /// before it. Used with a sentinel published after the messages of interest
 /// on the same node: messages between two nodes keep their order, so once
 /// the sentinel arrived, everything published before it has too.
-async fn messages_until(stream: &mut WatchStream, last: &Value) -> Vec<Value> {
+async fn messages_until(stream: &mut Subscriber, last: &Value) -> Vec<Value> {
     let deadline = Instant::now() + T;
     let mut seen = Vec::new();
     loop {
@@ -222,24 +191,8 @@ async fn messages_until(stream: &mut WatchStream, last: &Value) -> Vec<Value> {
 /// Waits until node `publisher` of the cluster knows that node `subscriber`
 /// subscribed to `pattern` (interest travels by gossip).
 async fn wait_interest(cluster: &Cluster, publisher: usize, subscriber: usize, pattern: &str) {
-    let id = cluster.node_id(subscriber).await.to_string();
-    let node = cluster.node(publisher);
-    wait_for(
-        T,
-        &format!("node {publisher} to know node {subscriber}'s subscription to {pattern}"),
-        || async {
-            let body = node.get_path("/v1/topics").await.ok();
-            let known = body["nodes"][&id]
-                .as_array()
-                .is_some_and(|lines| lines.iter().any(|l| l["pattern"] == pattern));
-            if known {
-                Ok(())
-            } else {
-                Err(body.to_string())
-            }
-        },
-    )
-    .await
+    let owner = cluster.node_id(subscriber).await;
+    cluster.node(publisher).wait_interest(owner, pattern, None, 1).await;
 }
 
 fn header<'a>(envelope: &'a Value, name: &str) -> Option<&'a str> {
@@ -805,7 +758,7 @@ async fn produce(node: &Node, topic: &str, query: &[(&str, &str)], payload: &Val
 
 /// Reads messages until one of each expected `data` arrived; returns them
 /// by data, in the order of `want`.
-async fn wait_messages(stream: &mut WatchStream, want: &[Value], timeout: Duration) -> Vec<Value> {
+async fn wait_messages(stream: &mut Subscriber, want: &[Value], timeout: Duration) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     let mut found: Vec<Option<Value>> = vec![None; want.len()];
     let mut others = Vec::new();
