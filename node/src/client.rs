@@ -106,14 +106,14 @@ pub enum ClusterCommand {
     },
 }
 
-struct Client {
-    http: reqwest::Client,
-    endpoint: String,
-    json: bool,
+pub(crate) struct Client {
+    pub http: reqwest::Client,
+    pub endpoint: String,
+    pub json: bool,
 }
 
 /// Percent-encode a key for a URL path, keeping `/` separators.
-fn encode_path(key: &str) -> String {
+pub(crate) fn encode_path(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for byte in key.bytes() {
         match byte {
@@ -135,17 +135,17 @@ fn printable(value: &str) -> String {
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
         Ok(Client { http, endpoint: args.endpoint.trim_end_matches('/').to_string(), json: args.json })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.endpoint, path)
     }
 
     /// Send a request; a JSON error body becomes a readable error.
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let body: Value = response.json().await.with_context(|| format!("reading the reply from {}", self.endpoint))?;
@@ -157,7 +157,7 @@ impl Client {
         Ok(body)
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+    pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
         anyhow!("cannot reach {}: {e} (is a node running there? start one with `shoal dev`)", self.endpoint)
     }
 
@@ -326,7 +326,7 @@ async fn watch(client: &Client, key: String, prefix: bool, from_revision: Option
 
 /// Read a Server-Sent Events response until it ends, calling `on_event`
 /// with each event's name and data.
-async fn read_sse(
+pub(crate) async fn read_sse(
     response: reqwest::Response,
     mut on_event: impl FnMut(&str, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -354,7 +354,7 @@ async fn read_sse(
 }
 
 /// Fail with the server's JSON error if the response is not a success.
-async fn ensure_success(response: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn ensure_success(response: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
     if response.status().is_success() {
         return Ok(response);
     }

@@ -3,7 +3,10 @@
 mod api;
 mod cluster;
 mod client;
+mod logs;
+mod logs_client;
 mod messaging;
+mod otlp;
 mod server;
 mod service;
 mod settings;
@@ -79,6 +82,13 @@ enum Command {
         #[arg(long)]
         queue: Option<String>,
     },
+    /// Ship, search and tail logs and traces (`shoal logs --help`).
+    Logs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: logs_client::LogsCommand,
+    },
     /// Show a node's status: Raft role, term, leader, indexes, revision.
     Status {
         #[command(flatten)]
@@ -112,6 +122,7 @@ fn main() -> std::process::ExitCode {
             Command::Lease { client, command } => client::lease(client, command).await,
             Command::Cluster { client, command } => client::cluster(client, command).await,
             Command::Status { client } => client::status(client).await,
+            Command::Logs { client, command } => logs_client::run(client, command).await,
             Command::Pub { client, topic, message, content_type, headers } => {
                 client::publish(client, topic, message, content_type, headers).await
             }

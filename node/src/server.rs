@@ -10,8 +10,10 @@ use openraft::{Config, SnapshotPolicy};
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
 use shoal_raft::{
-    serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, Raft, RpcNetwork, StateMachine,
+    serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, PeerServices, Raft, RpcNetwork,
+    StateMachine,
 };
+use shoal_search::{Limits, Logs, LogsConfig, Retention};
 use shoal_storage::outbox::Outbox;
 use shoal_storage::kv::Command;
 use shoal_storage::Store;
@@ -20,7 +22,9 @@ use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
 use crate::cluster::{self, Gossip};
+use crate::logs;
 use crate::messaging::{self, RpcTransport};
+use crate::otlp;
 use crate::service::{now_ms, propose_batches, Shoal, PROPOSAL_QUEUE};
 use crate::settings::{self, Settings};
 use crate::telemetry;
@@ -30,13 +34,15 @@ use crate::watch::WatchHub;
 const LEASE_CHECK: Duration = Duration::from_millis(200);
 /// How long open requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Memory of one log partition's index writer (Tantivy's minimum is 15 MB).
+const LOG_WRITER_BYTES: usize = 64 << 20;
 /// How often the leader considers compacting history.
 const COMPACT_CHECK: Duration = Duration::from_secs(5);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-    let _telemetry = telemetry::init_node(&settings)?;
+    let mut telemetry = telemetry::init_node(&settings)?;
     let prometheus = telemetry::init_metrics()?;
     let started = Instant::now();
     let node_id = settings::node_id(&settings)?;
@@ -46,11 +52,38 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         TcpListener::bind(settings.api).await.with_context(|| format!("binding the API address {}", settings.api))?;
     let rpc_listener =
         TcpListener::bind(settings.rpc).await.with_context(|| format!("binding the RPC address {}", settings.rpc))?;
+    let otlp_grpc_listener = otlp::bind(settings.otlp_grpc, "OTLP/gRPC").await?;
+    let otlp_http_listener = otlp::bind(settings.otlp_http, "OTLP/HTTP").await?;
 
     let db_path = settings.data_dir.join("db");
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await?
         .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+    let logs_config = LogsConfig {
+        dir: settings.data_dir.join("search"),
+        node_id,
+        commit_interval: Duration::from_millis(settings.logs_commit_ms),
+        retention: Retention {
+            max_age: Duration::from_secs(settings.logs_retention_days * 86_400),
+            max_bytes_per_stream: settings.logs_retention_bytes,
+            streams: settings
+                .logs_stream_retention
+                .iter()
+                .map(|(stream, (days, mb))| {
+                    (stream.clone(), (days.map(|d| Duration::from_secs(d * 86_400)), mb.map(|mb| mb.saturating_mul(1 << 20))))
+                })
+                .collect(),
+        },
+        limits: Limits {
+            wal_bytes: settings.logs_wal_max_bytes,
+            indexing_bytes: settings.logs_indexing_max_bytes,
+            disk_bytes: settings.logs_disk_max_bytes,
+            writer_bytes: LOG_WRITER_BYTES,
+        },
+    };
+    let logs = tokio::task::spawn_blocking(move || Logs::open(logs_config))
+        .await?
+        .with_context(|| format!("opening the log indexes in {}", settings.data_dir.join("search").display()))?;
     let hub = Arc::new(WatchHub::default());
     let log_store = LogStore::new(store.clone()).context("starting the WAL sync thread")?;
     let committed_index = log_store.committed_index();
@@ -86,6 +119,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let router = messaging.router.clone();
         Arc::new(move |frame: &[u8]| router.receive_frame(frame).map_err(|e| e.to_string()))
     };
+    let peer_services = PeerServices { messages: inbox, search: logs::peer_handler(logs.clone()) };
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -101,8 +135,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         proposals,
         shutdown: Notify::new(),
         messaging: messaging.clone(),
+        logs: logs.clone(),
     });
-    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key, inbox));
+    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key, peer_services));
     tokio::spawn(propose_batches(shoal.clone(), proposal_queue));
 
     if !raft.is_initialized().await.context("reading raft state")? {
@@ -129,6 +164,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(messaging::follow_config(shoal.clone(), config_revision));
     messaging.resume_deliveries().await;
 
+    if let Some(events) = telemetry.own_logs.take() {
+        tokio::spawn(logs::index_own_logs(shoal.logs.clone(), events));
+    }
+    if let Some(listener) = otlp_grpc_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/gRPC receiver listening");
+        tokio::spawn(otlp::serve_grpc(listener, shoal.logs.clone(), settings.logs_max_body_bytes));
+    }
+    if let Some(listener) = otlp_http_listener {
+        tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");
+        let (logs, settings) = (shoal.logs.clone(), settings.clone());
+        tokio::spawn(async move { otlp::serve_http(listener, logs, &settings).await });
+    }
     let app = api::router(AppState { shoal: shoal.clone(), prometheus });
     tracing::info!(api = %settings.api, rpc = %settings.rpc, gossip = %settings.gossip,
         data_dir = %settings.data_dir.display(), startup_ms = started.elapsed().as_millis() as u64,

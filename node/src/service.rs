@@ -33,6 +33,8 @@ pub struct Shoal {
     /// Signalled to stop the node (after it left the cluster).
     pub shutdown: Notify,
     pub messaging: Arc<shoal_actors::Messaging>,
+    /// Logs and traces received by this node.
+    pub logs: shoal_search::Logs,
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.

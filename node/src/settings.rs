@@ -2,6 +2,7 @@
 //! (`SHOAL_...`) or a TOML file (`--config`), in that order of precedence,
 //! else its default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -94,6 +95,79 @@ pub struct NodeArgs {
     /// Largest message payload accepted by publish, in bytes [default: 1048576].
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// OpenTelemetry OTLP/gRPC receiver for logs and traces, or `off` [default: 127.0.0.1:4317;
+    /// if that default port is taken the receiver is skipped with a warning].
+    #[arg(long, env = "SHOAL_OTLP_GRPC")]
+    pub otlp_grpc: Option<String>,
+    /// OpenTelemetry OTLP/HTTP receiver (`/v1/logs`, `/v1/traces`), or `off` [default: 127.0.0.1:4318;
+    /// if that default port is taken the receiver is skipped with a warning].
+    #[arg(long, env = "SHOAL_OTLP_HTTP")]
+    pub otlp_http: Option<String>,
+    /// Keep log records and spans this many days; older days are dropped whole [default: 7].
+    #[arg(long, env = "SHOAL_LOGS_RETENTION_DAYS")]
+    pub logs_retention_days: Option<u64>,
+    /// Keep at most this many MiB of index per stream; its oldest days are dropped first [default: 10240].
+    #[arg(long, env = "SHOAL_LOGS_RETENTION_MB")]
+    pub logs_retention_mb: Option<u64>,
+    /// Per-stream retention STREAM=DAYS[:MB] (repeat, or comma-separate), e.g. `debug=1,audit=90:50000`.
+    #[arg(long = "logs-stream-retention", env = "SHOAL_LOGS_STREAM_RETENTION", value_delimiter = ',')]
+    #[serde(default)]
+    pub logs_stream_retention: Vec<String>,
+    /// Cap on the log write-ahead log, in MiB; past it ingest answers 429 [default: 1024].
+    #[arg(long, env = "SHOAL_LOGS_WAL_MAX_MB")]
+    pub logs_wal_max_mb: Option<u64>,
+    /// Cap on acknowledged log data waiting to be indexed, in MiB; past it ingest answers 429 [default: 256].
+    #[arg(long, env = "SHOAL_LOGS_INDEXING_MAX_MB")]
+    pub logs_indexing_max_mb: Option<u64>,
+    /// Cap on log storage on disk (indexes and WAL), in MiB; past it ingest answers 429 [default: 102400].
+    #[arg(long, env = "SHOAL_LOGS_DISK_MAX_MB")]
+    pub logs_disk_max_mb: Option<u64>,
+    /// Largest log ingest request (own API, `_bulk`, OTLP), in MiB [default: 32].
+    #[arg(long, env = "SHOAL_LOGS_MAX_BODY_MB")]
+    pub logs_max_body_mb: Option<u64>,
+    /// Records become searchable within this many milliseconds (the index commit interval) [default: 1000].
+    #[arg(long, env = "SHOAL_LOGS_COMMIT_MS")]
+    pub logs_commit_ms: Option<u64>,
+    /// Index this node's own logs into the stream `shoal` [default: true].
+    #[arg(long, env = "SHOAL_LOGS_SELF", num_args = 0..=1, default_missing_value = "true")]
+    pub logs_self: Option<bool>,
+}
+
+/// An optional listener: its address, and whether the user named it (a
+/// named address that cannot be bound is an error; the default is skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalListener {
+    pub addr: Option<SocketAddr>,
+    pub explicit: bool,
+}
+
+fn optional_listener(given: Option<String>, default: SocketAddr, flag: &str) -> anyhow::Result<OptionalListener> {
+    match given.as_deref().map(str::trim) {
+        None => Ok(OptionalListener { addr: Some(default), explicit: false }),
+        Some("off") | Some("") => Ok(OptionalListener { addr: None, explicit: true }),
+        Some(text) => {
+            let addr = text.parse().with_context(|| format!("--{flag} {text:?} is neither an address nor `off`"))?;
+            Ok(OptionalListener { addr: Some(addr), explicit: true })
+        }
+    }
+}
+
+/// `STREAM=DAYS[:MB]` entries.
+fn stream_retention(entries: &[String]) -> anyhow::Result<BTreeMap<String, (Option<u64>, Option<u64>)>> {
+    let mut streams = BTreeMap::new();
+    for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let bad = || format!("--logs-stream-retention {entry:?} is not STREAM=DAYS[:MB]");
+        let (stream, rule) = entry.split_once('=').with_context(bad)?;
+        shoal_search::record::validate_stream(stream).with_context(bad)?;
+        let (days, mb) = match rule.split_once(':') {
+            Some((days, mb)) => (days, Some(mb)),
+            None => (rule, None),
+        };
+        let days = if days.is_empty() { None } else { Some(days.parse::<u64>().with_context(bad)?) };
+        let mb = mb.map(|mb| mb.parse::<u64>()).transpose().with_context(bad)?;
+        streams.insert(stream.to_string(), (days, mb));
+    }
+    Ok(streams)
 }
 
 /// Fully resolved settings.
@@ -123,6 +197,18 @@ pub struct Settings {
     pub history_revisions: u64,
     pub kafka_brokers: Option<String>,
     pub max_message_bytes: usize,
+    pub otlp_grpc: OptionalListener,
+    pub otlp_http: OptionalListener,
+    pub logs_retention_days: u64,
+    pub logs_retention_bytes: u64,
+    /// Stream -> (days, MiB) overrides.
+    pub logs_stream_retention: BTreeMap<String, (Option<u64>, Option<u64>)>,
+    pub logs_wal_max_bytes: u64,
+    pub logs_indexing_max_bytes: u64,
+    pub logs_disk_max_bytes: u64,
+    pub logs_max_body_bytes: usize,
+    pub logs_commit_ms: u64,
+    pub logs_self: bool,
 }
 
 impl Settings {
@@ -164,6 +250,22 @@ impl Settings {
             history_revisions: pick!(history_revisions).unwrap_or(100_000),
             kafka_brokers: pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
             max_message_bytes: pick!(max_message_bytes).unwrap_or(1 << 20),
+            otlp_grpc: optional_listener(pick!(otlp_grpc), SocketAddr::from(([127, 0, 0, 1], 4317)), "otlp-grpc")?,
+            otlp_http: optional_listener(pick!(otlp_http), SocketAddr::from(([127, 0, 0, 1], 4318)), "otlp-http")?,
+            logs_retention_days: pick!(logs_retention_days).unwrap_or(7),
+            logs_retention_bytes: pick!(logs_retention_mb).unwrap_or(10 << 10).saturating_mul(1 << 20),
+            logs_stream_retention: stream_retention(if flags.logs_stream_retention.is_empty() {
+                &file.logs_stream_retention
+            } else {
+                &flags.logs_stream_retention
+            })?,
+            logs_wal_max_bytes: pick!(logs_wal_max_mb).unwrap_or(1024).saturating_mul(1 << 20),
+            logs_indexing_max_bytes: pick!(logs_indexing_max_mb).unwrap_or(256).saturating_mul(1 << 20),
+            logs_disk_max_bytes: pick!(logs_disk_max_mb).unwrap_or(100 << 10).saturating_mul(1 << 20),
+            logs_max_body_bytes: usize::try_from(pick!(logs_max_body_mb).unwrap_or(32).saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            logs_commit_ms: pick!(logs_commit_ms).unwrap_or(1000),
+            logs_self: pick!(logs_self).unwrap_or(true),
         };
         settings.check()?;
         Ok(settings)
@@ -201,6 +303,18 @@ impl Settings {
         }
         if self.log_max_files == 0 || self.log_max_file_bytes == 0 {
             bail!("--log-max-files and --log-max-file-mb must be at least 1");
+        }
+        if self.logs_retention_days == 0 || self.logs_retention_bytes == 0 {
+            bail!("--logs-retention-days and --logs-retention-mb must be at least 1");
+        }
+        if !(10..=60_000).contains(&self.logs_commit_ms) {
+            bail!("--logs-commit-ms must be between 10 and 60000");
+        }
+        if self.logs_max_body_bytes == 0 || self.logs_max_body_bytes > 1 << 30 {
+            bail!("--logs-max-body-mb must be between 1 and 1024");
+        }
+        if self.logs_wal_max_bytes == 0 || self.logs_indexing_max_bytes == 0 || self.logs_disk_max_bytes == 0 {
+            bail!("--logs-wal-max-mb, --logs-indexing-max-mb and --logs-disk-max-mb must be at least 1");
         }
         let addrs = [self.api, self.rpc, self.gossip];
         if addrs[0] == addrs[1] || addrs[1] == addrs[2] || addrs[0] == addrs[2] {

@@ -6,6 +6,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use rolling_file::{BasicRollingFileAppender, RollingConditionBasic};
+use shoal_search::Record;
+use tokio::sync::mpsc;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -16,6 +18,92 @@ use crate::settings::Settings;
 pub struct TelemetryGuard {
     _file: tracing_appender::non_blocking::WorkerGuard,
     tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// The node's own log events, to be indexed into the stream `shoal`.
+    pub own_logs: Option<mpsc::Receiver<Record>>,
+}
+
+/// Turns the node's log events into log records (bounded; drops when full).
+struct OwnLogs {
+    sender: mpsc::Sender<Record>,
+}
+
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.fields.insert(field.name().to_string(), serde_json::Value::String(text));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.fields.insert(field.name().to_string(), serde_json::Value::String(value.to_string()));
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.fields.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.fields.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.fields.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for OwnLogs
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let mut visited = EventFields::default();
+        event.record(&mut visited);
+        let metadata = event.metadata();
+        visited.fields.insert("target".into(), metadata.target().into());
+        // The enclosing spans with their fields (request id, node id, route).
+        if let Some(scope) = ctx.event_scope(event) {
+            let spans: Vec<String> = scope
+                .from_root()
+                .map(|span| {
+                    let extensions = span.extensions();
+                    match extensions.get::<tracing_subscriber::fmt::FormattedFields<tracing_subscriber::fmt::format::DefaultFields>>() {
+                        Some(fields) if !fields.is_empty() => format!("{}{{{}}}", span.name(), fields),
+                        _ => span.name().to_string(),
+                    }
+                })
+                .collect();
+            if !spans.is_empty() {
+                visited.fields.insert("spans".into(), spans.join(":").into());
+            }
+        }
+        let record = Record {
+            kind: shoal_search::Kind::Log,
+            ts_nanos: shoal_search::record::now_nanos(),
+            level: metadata.level().as_str().to_ascii_lowercase(),
+            service: "shoal".into(),
+            message: visited.message,
+            trace_id: String::new(),
+            span_id: String::new(),
+            attributes: serde_json::Value::Object(visited.fields).to_string(),
+            span: None,
+        };
+        if self.sender.try_send(record).is_err() {
+            metrics::counter!("shoal_logs_self_dropped_total").increment(1);
+        }
+    }
 }
 
 impl Drop for TelemetryGuard {
@@ -57,15 +145,22 @@ pub fn init_node(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
         None => None,
     };
     let otel_layer = tracer.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("shoal")));
+    let (own_layer, own_logs) = if settings.logs_self {
+        let (sender, receiver) = mpsc::channel(crate::logs::SELF_LOG_QUEUE);
+        (Some(OwnLogs { sender }), Some(receiver))
+    } else {
+        (None, None)
+    };
 
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file_writer))
         .with(otel_layer)
+        .with(own_layer)
         .try_init()
         .context("installing the log subscriber")?;
-    Ok(TelemetryGuard { _file: file_guard, tracer })
+    Ok(TelemetryGuard { _file: file_guard, tracer, own_logs })
 }
 
 /// Install the process-wide metrics recorder and return the handle that renders it.

@@ -115,4 +115,12 @@ impl Forwarder {
             _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
         }
     }
+
+    /// Run a log search on a peer (request and answer are opaque here).
+    pub async fn search(&self, addr: &str, body: Vec<u8>, timeout: Duration) -> Result<Result<Vec<u8>, String>, ForwardError> {
+        match self.call(addr, &Request::Search(body), timeout).await? {
+            Reply::Search(result) => Ok(result.map(serde_bytes::ByteBuf::into_vec)),
+            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+        }
+    }
 }

@@ -17,7 +17,10 @@ pub use log_store::LogStore;
 pub use forward::{ForwardError, Forwarder};
 pub use linearizer::Linearizer;
 pub use network::RpcNetwork;
-pub use rpc::{local_replication, remove_node, serve_rpc, MessageInbox, ReadIndexResult, Replication, WriteResult};
+pub use rpc::{
+    local_replication, remove_node, serve_rpc, MessageInbox, PeerServices, ReadIndexResult, Replication, SearchHandler,
+    WriteResult,
+};
 pub use wire::ClusterKey;
 pub use state_machine::{ChangeSink, StateMachine};
 

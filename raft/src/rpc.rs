@@ -2,6 +2,8 @@
 //! a follower forwards to the leader (writes, read-index, membership).
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InstallSnapshotError, RaftError};
@@ -33,6 +35,8 @@ pub(crate) enum Request {
     RemoveNode(NodeId),
     /// A frame of pub/sub messages for this node's router (opaque here).
     Messages(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A log search or aggregation for this node (opaque here).
+    Search(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// One response per proposal, in order.
@@ -52,10 +56,22 @@ pub(crate) enum Reply {
     RemoveNode(Result<(), String>),
     /// How many local deliveries the frame made, or why it was refused.
     Messages(Result<usize, String>),
+    Search(Result<serde_bytes::ByteBuf, String>),
 }
 
 /// Takes the message frames peers send (the node's topic router).
 pub type MessageInbox = Arc<dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync>;
+
+/// Answers peers' search requests (the node's log engine).
+pub type SearchHandler =
+    Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> + Send + Sync>;
+
+/// What a node serves to its peers besides Raft.
+#[derive(Clone)]
+pub struct PeerServices {
+    pub messages: MessageInbox,
+    pub search: SearchHandler,
+}
 
 /// Serve peers until the listener fails. Connections that do not know the
 /// cluster secret are closed after the handshake.
@@ -64,7 +80,7 @@ pub async fn serve_rpc(
     raft: Raft,
     linearizer: Arc<Linearizer>,
     key: ClusterKey,
-    inbox: MessageInbox,
+    services: PeerServices,
 ) {
     let key = Arc::new(key);
     loop {
@@ -75,9 +91,9 @@ pub async fn serve_rpc(
                 continue;
             }
         };
-        let (raft, linearizer, key, inbox) = (raft.clone(), linearizer.clone(), key.clone(), inbox.clone());
+        let (raft, linearizer, key, services) = (raft.clone(), linearizer.clone(), key.clone(), services.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, linearizer, &key, inbox).await {
+            if let Err(e) = serve_connection(stream, raft, linearizer, &key, services).await {
                 tracing::debug!(%peer, error = %e, "rpc connection closed");
             }
         });
@@ -89,7 +105,7 @@ async fn serve_connection(
     raft: Raft,
     linearizer: Arc<Linearizer>,
     key: &ClusterKey,
-    inbox: MessageInbox,
+    services: PeerServices,
 ) -> std::io::Result<()> {
     if !wire::accept(&mut stream, key).await? {
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -107,7 +123,8 @@ async fn serve_connection(
             Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
             Request::Replication => Reply::Replication(local_replication(&raft)),
             Request::RemoveNode(id) => Reply::RemoveNode(remove_node(&raft, id).await),
-            Request::Messages(frame) => Reply::Messages(inbox(&frame)),
+            Request::Messages(frame) => Reply::Messages((services.messages)(&frame)),
+            Request::Search(body) => Reply::Search((services.search)(body).await.map(serde_bytes::ByteBuf::from)),
         };
         wire::send(&mut stream, &reply).await?;
     }

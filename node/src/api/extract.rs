@@ -25,6 +25,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 }
 
 impl Params {
+    /// These parameters with `extra` added (an `extra` value wins).
+    pub fn merged(mut self, extra: HashMap<String, String>) -> Params {
+        self.0.extend(extra);
+        self
+    }
+
     pub fn string(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }

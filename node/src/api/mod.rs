@@ -2,10 +2,13 @@
 
 mod cluster;
 mod delivery;
+mod elastic;
 pub mod error;
 pub mod extract;
+mod jaeger;
 mod kv;
 mod lease;
+pub mod logs;
 mod messaging;
 mod model;
 mod node;
@@ -55,8 +58,27 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/publish", post(messaging::publish_batch))
         .route("/v1/kafka/{topic}", post(delivery::produce))
         .layer(DefaultBodyLimit::max(publish_limit(app.shoal.settings.max_message_bytes)));
+    // Log ingest bodies are larger than config values; their own limit.
+    let ingest = Router::new()
+        .route("/v1/logs/{stream}", post(logs::ingest))
+        .route("/_bulk", post(elastic::bulk_default).put(elastic::bulk_default))
+        .route("/{index}/_bulk", post(elastic::bulk_index).put(elastic::bulk_index))
+        .route("/", get(elastic::info).head(elastic::ping))
+        .layer(middleware::from_fn(elastic::product_header))
+        .layer(DefaultBodyLimit::max(app.shoal.settings.logs_max_body_bytes));
     Router::new()
         .merge(publishing)
+        .merge(ingest)
+        .route("/v1/logs/search", get(logs::search).post(logs::search))
+        .route("/v1/logs/aggregate", get(logs::aggregate).post(logs::aggregate))
+        .route("/v1/logs/tail", get(logs::tail))
+        .route("/v1/logs/streams", get(logs::streams))
+        .route("/v1/traces/{trace_id}", get(logs::trace))
+        .route("/api/services", get(jaeger::services))
+        .route("/api/services/{service}/operations", get(jaeger::service_operations))
+        .route("/api/operations", get(jaeger::operations))
+        .route("/api/traces", get(jaeger::find_traces))
+        .route("/api/traces/{trace_id}", get(jaeger::trace))
         .route("/v1/topics", get(messaging::interest))
         .route("/v1/publish/ws", get(messaging::publish_socket))
         .route("/v1/subscribe", get(messaging::sse))

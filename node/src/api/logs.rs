@@ -1,0 +1,477 @@
+//! Logs and traces over HTTP: ingest into a stream, cluster-wide search,
+//! aggregations, live tail (SSE), streams, and whole traces.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use shoal_search::record::{self, format_nanos, now_nanos};
+use shoal_search::{
+    AggregateRequest, Cursor, Hit, KindFilter, Record, SearchOrder, SearchRequest,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Body, Params};
+use super::AppState;
+use crate::logs::{self, search_error, NodeReport};
+
+/// Records in one ingest request.
+pub const MAX_RECORDS_PER_REQUEST: usize = 100_000;
+/// Per-record errors listed in an ingest answer (all are counted).
+const MAX_ERRORS_LISTED: usize = 100;
+/// Default page size of a search.
+const DEFAULT_LIMIT: u64 = 100;
+/// How often a live tail polls the cluster.
+const TAIL_POLL: Duration = Duration::from_millis(500);
+/// Most records one tail poll sends.
+const TAIL_BATCH: usize = 1000;
+
+/// Ingest `body` (NDJSON, a JSON array, or plain text lines) into `stream`.
+pub async fn ingest(
+    State(app): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    record::validate_stream(&stream).map_err(search_error)?;
+    let body = decompressed(&headers, &body, app.shoal.settings.logs_max_body_bytes)?;
+    let plain = content_type(&headers).starts_with("text/plain");
+    let default_service = stream.clone();
+    let (records, mut errors) =
+        tokio::task::spawn_blocking(move || parse_records(&body, plain, &default_service))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    let positions: Vec<usize> = records.iter().map(|(position, _)| *position).collect();
+    let records: Vec<Record> = records.into_iter().map(|(_, record)| record).collect();
+    let outcome = app.shoal.logs.ingest(&stream, records).await.map_err(search_error)?;
+    for (index, reason) in outcome.rejected {
+        errors.push((positions.get(index).copied().unwrap_or(index), reason));
+    }
+    errors.sort_by_key(|(position, _)| *position);
+    let rejected = errors.len();
+    let listed: Vec<Value> =
+        errors.into_iter().take(MAX_ERRORS_LISTED).map(|(index, error)| json!({"index": index, "error": error})).collect();
+    Ok(Json(json!({"stream": stream, "accepted": outcome.accepted, "rejected": rejected, "errors": listed})).into_response())
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
+}
+
+/// The body, gunzipped when it says so (bounded).
+pub fn decompressed(headers: &HeaderMap, body: &[u8], max_bytes: usize) -> ApiResult<Vec<u8>> {
+    match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
+        None | Some("") | Some("identity") => Ok(body.to_vec()),
+        Some("gzip") => crate::otlp::inflate(flate2::read::GzDecoder::new(body), max_bytes),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("content encoding {other:?}: send gzip or none"),
+        )),
+    }
+}
+
+type Parsed = (Vec<(usize, Record)>, Vec<(usize, String)>);
+
+/// Records with their position in the body, and per-record errors.
+fn parse_records(body: &[u8], plain: bool, service: &str) -> ApiResult<Parsed> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let mut records = Vec::new();
+    let mut errors = Vec::new();
+    if text.trim_start().starts_with('[') && !plain {
+        let values: Vec<Value> = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("the body starts with '[' but is not a JSON array: {e}")))?;
+        check_count(values.len())?;
+        for (position, value) in values.into_iter().enumerate() {
+            match record::log_from_json(value, service) {
+                Ok(record) => records.push((position, record)),
+                Err(e) => errors.push((position, e)),
+            }
+        }
+    } else {
+        let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+        check_count(lines.len())?;
+        for (position, line) in lines.into_iter().enumerate() {
+            if plain {
+                records.push((position, record::log_from_line(line, service)));
+                continue;
+            }
+            let parsed = serde_json::from_str::<Value>(line)
+                .map_err(|e| format!("not JSON: {e}"))
+                .and_then(|value| record::log_from_json(value, service));
+            match parsed {
+                Ok(record) => records.push((position, record)),
+                Err(e) => errors.push((position, e)),
+            }
+        }
+    }
+    if records.is_empty() && errors.is_empty() {
+        return Err(ApiError::bad_request("the body holds no records"));
+    }
+    Ok((records, errors))
+}
+
+fn check_count(count: usize) -> ApiResult<()> {
+    if count > MAX_RECORDS_PER_REQUEST {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_records",
+            format!("{count} records in one request; the limit is {MAX_RECORDS_PER_REQUEST}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A time: RFC 3339, Unix seconds/ms/ns, `now`, or a duration ago (`15m`, `2h`, `7d`).
+pub fn parse_time(text: &str, now: i64) -> ApiResult<i64> {
+    let text = text.trim();
+    if text == "now" {
+        return Ok(now);
+    }
+    if let Ok(ago) = parse_duration(text) {
+        if text.ends_with(|c: char| c.is_ascii_alphabetic()) {
+            return Ok(now.saturating_sub(ago));
+        }
+    }
+    record::parse_timestamp(&Value::String(text.to_string()))
+        .map_err(|e| ApiError::bad_request(format!("bad time {text:?}: {e}; use RFC 3339, epoch, or a duration ago like 15m")))
+}
+
+/// A duration in nanoseconds: a number with a unit (ns, us, ms, s, m, h, d);
+/// a bare number is nanoseconds.
+pub fn parse_duration(text: &str) -> ApiResult<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || ApiError::bad_request(format!("bad duration {text:?}: use e.g. 250ms, 15m, 2h, 7d"));
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "ns" => 1.0,
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" => 60e9,
+        "h" => 3600e9,
+        "d" => 86_400e9,
+        _ => return Err(bad()),
+    };
+    let nanos = number * scale;
+    if !nanos.is_finite() || nanos < 0.0 || nanos > 9.0e18 {
+        return Err(bad());
+    }
+    Ok(nanos as i64)
+}
+
+fn list(params: &Params, name: &str) -> Vec<String> {
+    params
+        .string(name)
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The search filters shared by search, aggregate, tail and the CLI.
+pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
+    let kind = match params.string("kind") {
+        None | Some("log") | Some("logs") => KindFilter::Log,
+        Some("span") | Some("spans") => KindFilter::Span,
+        Some("any") => KindFilter::Any,
+        Some(other) => return Err(ApiError::bad_request(format!("kind must be log, span or any, got {other:?}"))),
+    };
+    let order = match params.string("order") {
+        None | Some("newest") | Some("desc") => SearchOrder::Newest,
+        Some("oldest") | Some("asc") => SearchOrder::Oldest,
+        Some(other) => return Err(ApiError::bad_request(format!("order must be newest or oldest, got {other:?}"))),
+    };
+    let duration = |name: &str| -> ApiResult<Option<u64>> {
+        params.string(name).map(|text| parse_duration(text).map(|d| d as u64)).transpose()
+    };
+    let trace_ids = list(params, "trace_id")
+        .iter()
+        .map(|id| record::normalize_hex_id(id, "trace_id").map_err(ApiError::bad_request))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let levels = list(params, "level").iter().map(|l| record::normalize_level(l)).collect();
+    let mut names = list(params, "operation");
+    names.extend(list(params, "name"));
+    Ok(SearchRequest {
+        query: params.string("q").unwrap_or_default().to_string(),
+        streams: list(params, "stream"),
+        kind,
+        since: params.string("since").map(|t| parse_time(t, now)).transpose()?,
+        until: params.string("until").map(|t| parse_time(t, now)).transpose()?,
+        levels,
+        services: list(params, "service"),
+        trace_ids,
+        names,
+        statuses: list(params, "status"),
+        min_duration: duration("min_duration")?,
+        max_duration: duration("max_duration")?,
+        order,
+        limit: params.limit(DEFAULT_LIMIT, shoal_search::MAX_LIMIT as u64)?,
+        after: params.string("cursor").map(Cursor::decode).transpose().map_err(search_error)?,
+        seq_after: BTreeMap::new(),
+    })
+}
+
+/// A hit as the API shows it.
+pub fn hit_json(hit: &Hit) -> Value {
+    let record = &hit.record;
+    let attributes: Value = serde_json::from_str(&record.attributes).unwrap_or_else(|_| json!({}));
+    let mut value = json!({
+        "ts": format_nanos(record.ts_nanos),
+        "ts_nanos": record.ts_nanos,
+        "node": hit.node,
+        "stream": hit.stream,
+        "seq": hit.seq,
+        "kind": record.kind.as_str(),
+        "level": record.level,
+        "service": record.service,
+        "message": record.message,
+        "attributes": attributes,
+    });
+    if !record.trace_id.is_empty() {
+        value["trace_id"] = json!(record.trace_id);
+    }
+    if !record.span_id.is_empty() {
+        value["span_id"] = json!(record.span_id);
+    }
+    if let Some(span) = &record.span {
+        let events: Value = serde_json::from_str(&span.events).unwrap_or_else(|_| json!([]));
+        value["span"] = json!({
+            "parent_span_id": span.parent_span_id,
+            "kind": span.span_kind,
+            "duration_nanos": span.duration_nanos,
+            "duration_ms": span.duration_nanos as f64 / 1e6,
+            "status": span.status,
+            "status_message": span.status_message,
+            "events": events,
+        });
+    }
+    value
+}
+
+fn with_report(mut value: Value, report: &NodeReport) -> Value {
+    value["partial"] = json!(report.partial());
+    value["nodes"] = json!(report);
+    value
+}
+
+/// Query parameters, or the same names in a JSON object (POST).
+async fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
+    if body.is_empty() {
+        return Ok(params);
+    }
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let Value::Object(map) = value else { return Err(ApiError::bad_request("the JSON body must be an object")) };
+    let mut merged: HashMap<String, String> = HashMap::new();
+    for (name, value) in map {
+        let text = match value {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => continue,
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    Value::Number(n) => Ok(n.to_string()),
+                    other => Err(ApiError::bad_request(format!("{name}: list items must be strings, got {other}"))),
+                })
+                .collect::<ApiResult<Vec<_>>>()?
+                .join(","),
+            Value::Object(_) => return Err(ApiError::bad_request(format!("{name} must not be an object"))),
+        };
+        merged.insert(name, text);
+    }
+    Ok(params.merged(merged))
+}
+
+pub async fn search(State(app): State<AppState>, params: Params, Body(body): Body) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    let params = params_of(params, &body).await?;
+    let request = search_request(&params, now_nanos())?;
+    let limit = request.limit;
+    let (hits, report) = logs::search(&app.shoal, request).await?;
+    let next_cursor = (hits.len() == limit).then(|| hits.last().map(|h| h.cursor().encode())).flatten();
+    let value = json!({
+        "hits": hits.iter().map(hit_json).collect::<Vec<_>>(),
+        "count": hits.len(),
+        "next_cursor": next_cursor,
+        "took_ms": started.elapsed().as_millis() as u64,
+    });
+    Ok(Json(with_report(value, &report)).into_response())
+}
+
+pub async fn aggregate(State(app): State<AppState>, params: Params, Body(body): Body) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    let params = params_of(params, &body).await?;
+    let now = now_nanos();
+    let mut filter = search_request(&params, now)?;
+    // Dashboards ask for a window; default to the last hour.
+    let since = *filter.since.get_or_insert(now - 3_600_000_000_000);
+    let until = *filter.until.get_or_insert(now);
+    let interval = match params.string("interval") {
+        Some(text) => Some(parse_duration(text)?),
+        None if params.string("histogram") == Some("false") => None,
+        // About 60 buckets over the window, at least one second each.
+        None => Some(((until - since) / 60).max(1_000_000_000)),
+    };
+    let top = list(&params, "top");
+    let top_n = params.number("top_n")?.unwrap_or(10).clamp(1, 1000) as usize;
+    let (aggregation, report) =
+        logs::aggregate(&app.shoal, AggregateRequest { filter, interval, top: top.clone(), top_n }).await?;
+    let mut histogram = Vec::new();
+    if let Some(interval) = interval {
+        let mut bucket = since.div_euclid(interval) * interval;
+        while bucket < until {
+            let count = aggregation.histogram.get(&bucket).copied().unwrap_or(0);
+            histogram.push(json!({"ts": format_nanos(bucket), "ts_nanos": bucket, "count": count}));
+            bucket += interval;
+        }
+    }
+    let top: serde_json::Map<String, Value> = top
+        .iter()
+        .map(|field| {
+            let buckets: Vec<Value> = aggregation
+                .top_values(field, top_n)
+                .into_iter()
+                .map(|b| json!({"value": b.key, "count": b.count}))
+                .collect();
+            (field.clone(), Value::Array(buckets))
+        })
+        .collect();
+    let value = json!({
+        "total": aggregation.total,
+        "since": format_nanos(since),
+        "until": format_nanos(until),
+        "interval_nanos": interval,
+        "histogram": histogram,
+        "top": top,
+        "took_ms": started.elapsed().as_millis() as u64,
+    });
+    Ok(Json(with_report(value, &report)).into_response())
+}
+
+pub async fn streams(State(app): State<AppState>) -> ApiResult<Response> {
+    let (per_node, report) = logs::streams(&app.shoal).await?;
+    let mut totals: BTreeMap<String, (u64, u64, usize, Vec<u64>)> = BTreeMap::new();
+    for (node, streams) in &per_node {
+        for stream in streams {
+            let total = totals.entry(stream.name.clone()).or_default();
+            total.0 += stream.docs;
+            total.1 += stream.bytes;
+            total.2 += stream.partitions;
+            total.3.push(*node);
+        }
+    }
+    let streams: Vec<Value> = totals
+        .into_iter()
+        .map(|(name, (docs, bytes, partitions, nodes))| {
+            json!({"name": name, "docs": docs, "bytes": bytes, "partitions": partitions, "nodes": nodes})
+        })
+        .collect();
+    Ok(Json(with_report(json!({"streams": streams, "per_node": per_node}), &report)).into_response())
+}
+
+/// Every span and log record of one trace, from every node.
+pub async fn trace(State(app): State<AppState>, Path(trace_id): Path<String>) -> ApiResult<Response> {
+    let trace_id = record::normalize_hex_id(&trace_id, "trace id").map_err(ApiError::bad_request)?;
+    let (hits, report) = fetch_traces(&app, vec![trace_id.clone()]).await?;
+    if hits.is_empty() {
+        let error = ApiError::new(StatusCode::NOT_FOUND, "trace_not_found", format!("no spans or logs of trace {trace_id}"));
+        return Ok((error.status, Json(with_report(json!({"error": {"code": error.code, "message": error.message}}), &report))).into_response());
+    }
+    let (spans, logs): (Vec<&Hit>, Vec<&Hit>) = hits.iter().partition(|h| h.record.kind == shoal_search::Kind::Span);
+    let value = json!({
+        "trace_id": trace_id,
+        "spans": spans.into_iter().map(hit_json).collect::<Vec<_>>(),
+        "logs": logs.into_iter().map(hit_json).collect::<Vec<_>>(),
+    });
+    Ok(Json(with_report(value, &report)).into_response())
+}
+
+/// All records (spans and logs) of these traces, oldest first.
+pub async fn fetch_traces(app: &AppState, trace_ids: Vec<String>) -> ApiResult<(Vec<Hit>, NodeReport)> {
+    let request = SearchRequest {
+        kind: KindFilter::Any,
+        trace_ids,
+        order: SearchOrder::Oldest,
+        limit: shoal_search::MAX_LIMIT,
+        ..Default::default()
+    };
+    logs::search(&app.shoal, request).await
+}
+
+/// Live tail (SSE): records that become searchable after the request,
+/// as `record` events, oldest first; `backlog=N` first sends the newest N.
+pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
+    let mut request = search_request(&params, now_nanos())?;
+    let backlog = params.number("backlog")?.unwrap_or(0).min(1000) as usize;
+    let mut positions = logs::positions(&app.shoal).await?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(64);
+    if backlog > 0 {
+        let mut first = request.clone();
+        first.limit = backlog;
+        first.order = SearchOrder::Newest;
+        let (mut hits, _) = logs::search(&app.shoal, first).await?;
+        hits.reverse();
+        for hit in &hits {
+            let known = positions.entry(hit.node).or_default();
+            *known = (*known).max(hit.seq);
+            let _ = sender.try_send(record_event(hit));
+        }
+    }
+    request.order = SearchOrder::Ingest;
+    request.limit = TAIL_BATCH;
+    request.after = None;
+    let shoal = app.shoal.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(TAIL_POLL);
+        loop {
+            ticker.tick().await;
+            if sender.is_closed() {
+                return;
+            }
+            request.seq_after = positions.clone();
+            let (hits, report) = match logs::search(&shoal, request.clone()).await {
+                Ok(found) => found,
+                Err(e) => {
+                    let _ = sender.send(Event::default().event("error").data(e.message)).await;
+                    continue;
+                }
+            };
+            for hit in &hits {
+                let known = positions.entry(hit.node).or_default();
+                *known = (*known).max(hit.seq);
+                if sender.send(record_event(hit)).await.is_err() {
+                    return;
+                }
+            }
+            // A member the tail had no position for (it joined or came back):
+            // start it from where it is now.
+            if report.answered.iter().any(|node| !positions.contains_key(node)) {
+                if let Ok(now) = logs::positions(&shoal).await {
+                    for (node, seq) in now {
+                        positions.entry(node).or_insert(seq);
+                    }
+                }
+            }
+        }
+    });
+    let stream = ReceiverStream::new(receiver).map(Ok::<Event, Infallible>);
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn record_event(hit: &Hit) -> Event {
+    Event::default().event("record").data(hit_json(hit).to_string())
+}

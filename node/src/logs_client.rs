@@ -1,0 +1,581 @@
+//! `shoal logs ...`: ship log files or standard input to a stream (the job
+//! Filebeat or Promtail does, with read positions that survive restarts and
+//! rotation), search, tail, and list streams.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::client::{ensure_success, read_sse, Client, ClientArgs};
+
+#[derive(Subcommand, Debug)]
+pub enum LogsCommand {
+    /// Send log lines to a stream: from FILEs, or standard input when none is
+    /// given. JSON object lines are sent as records, other lines as messages.
+    /// With --follow, files are tailed across rotation (rename or truncate)
+    /// and read positions are saved, so a restart neither re-sends nor skips lines.
+    Ingest {
+        /// Stream to write to (e.g. orders-service).
+        #[arg(long)]
+        stream: String,
+        files: Vec<PathBuf>,
+        /// Keep reading the files as they grow and rotate.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Where read positions are kept [default: ~/.local/state/shoal/ingest-STREAM.json].
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// Lines per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Search records across the cluster, newest first.
+    Search {
+        /// Query: words, "phrases", AND/OR/NOT, field:value (level, service,
+        /// trace_id, attributes.KEY), ranges such as duration:>1000000.
+        #[arg(default_value = "")]
+        query: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Oldest first.
+        #[arg(long)]
+        oldest: bool,
+        /// At most this many records (pages are followed up to this total).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print the newest matching records; with -f, keep printing new ones.
+    Tail {
+        #[arg(default_value = "")]
+        query: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Follow: print records as they arrive.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many of the newest records to print first.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        lines: usize,
+    },
+    /// Counts over time and the most frequent levels and services.
+    Stats {
+        #[arg(default_value = "")]
+        query: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Histogram bucket width, e.g. 1m.
+        #[arg(long)]
+        interval: Option<String>,
+    },
+    /// List streams: records, bytes and nodes.
+    Streams,
+    /// Show a whole trace: its spans and log records, from every node.
+    Trace { trace_id: String },
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Only these streams (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    stream: Vec<String>,
+    /// From this time: a duration ago (15m, 2h, 7d), RFC 3339 or epoch.
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+    /// Only these levels (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    level: Vec<String>,
+    /// Only these services.
+    #[arg(long, value_delimiter = ',')]
+    service: Vec<String>,
+    /// log (default), span or any.
+    #[arg(long)]
+    kind: Option<String>,
+}
+
+impl FilterArgs {
+    fn query(&self, q: &str) -> Vec<(&'static str, String)> {
+        let mut query = vec![("q", q.to_string())];
+        let mut add = |name: &'static str, values: &[String]| {
+            if !values.is_empty() {
+                query.push((name, values.join(",")));
+            }
+        };
+        add("stream", &self.stream);
+        add("level", &self.level);
+        add("service", &self.service);
+        for (name, value) in [("since", &self.since), ("until", &self.until), ("kind", &self.kind)] {
+            if let Some(value) = value {
+                query.push((name, value.clone()));
+            }
+        }
+        query
+    }
+}
+
+pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
+    let client = Client::new(&args)?;
+    match command {
+        LogsCommand::Ingest { stream, files, follow, state_file, batch } => {
+            let shipper = Shipper { client: &client, stream: stream.clone(), batch: batch.clamp(1, 100_000), sent: 0, started: Instant::now() };
+            if files.is_empty() {
+                ship_stdin(shipper).await
+            } else {
+                let state_file = match state_file {
+                    Some(path) => path,
+                    None => default_state_file(&stream)?,
+                };
+                ship_files(shipper, files, follow, state_file).await
+            }
+        }
+        LogsCommand::Search { query, filter, oldest, limit } => {
+            let mut params = filter.query(&query);
+            params.push(("order", if oldest { "oldest" } else { "newest" }.to_string()));
+            let mut printed = 0;
+            let mut cursor: Option<String> = None;
+            while printed < limit {
+                let mut page = params.clone();
+                page.push(("limit", (limit - printed).min(1000).to_string()));
+                if let Some(cursor) = &cursor {
+                    page.push(("cursor", cursor.clone()));
+                }
+                let answer = client.send(client.http.get(client.url("/v1/logs/search")).query(&page)).await?;
+                warn_partial(&answer);
+                let hits = answer["hits"].as_array().cloned().unwrap_or_default();
+                for hit in &hits {
+                    print_hit(&client, hit);
+                }
+                printed += hits.len();
+                match answer["next_cursor"].as_str() {
+                    Some(next) if !hits.is_empty() => cursor = Some(next.to_string()),
+                    _ => break,
+                }
+            }
+            Ok(())
+        }
+        LogsCommand::Tail { query, filter, follow, lines } => {
+            let mut params = filter.query(&query);
+            if !follow {
+                params.push(("limit", lines.clamp(1, 10_000).to_string()));
+                let answer = client.send(client.http.get(client.url("/v1/logs/search")).query(&params)).await?;
+                warn_partial(&answer);
+                for hit in answer["hits"].as_array().cloned().unwrap_or_default().iter().rev() {
+                    print_hit(&client, hit);
+                }
+                return Ok(());
+            }
+            params.push(("backlog", lines.min(1000).to_string()));
+            let response = client.http.get(client.url("/v1/logs/tail")).query(&params).send().await.map_err(|e| client.unreachable(e))?;
+            let response = ensure_success(response, "tail failed").await?;
+            read_sse(response, |event, data| {
+                match event {
+                    "record" => print_hit(&client, &serde_json::from_str(data).context("bad record from the server")?),
+                    "error" => eprintln!("tail: {data}"),
+                    _ => {}
+                }
+                Ok(())
+            })
+            .await?;
+            bail!("the connection to {} ended", client.endpoint)
+        }
+        LogsCommand::Stats { query, filter, interval } => {
+            let mut params = filter.query(&query);
+            params.push(("top", "level,service".into()));
+            if let Some(interval) = interval {
+                params.push(("interval", interval));
+            }
+            let answer = client.send(client.http.get(client.url("/v1/logs/aggregate")).query(&params)).await?;
+            if client.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            warn_partial(&answer);
+            println!("{} records from {} to {}", answer["total"], text(&answer["since"]), text(&answer["until"]));
+            for field in ["level", "service"] {
+                let buckets: Vec<String> = answer["top"][field]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|b| format!("{} {}", text(&b["value"]), b["count"]))
+                    .collect();
+                println!("{field}: {}", buckets.join(", "));
+            }
+            for bucket in answer["histogram"].as_array().cloned().unwrap_or_default() {
+                if bucket["count"].as_u64().unwrap_or(0) > 0 {
+                    println!("{} {}", text(&bucket["ts"]), bucket["count"]);
+                }
+            }
+            Ok(())
+        }
+        LogsCommand::Streams => {
+            let answer = client.send(client.http.get(client.url("/v1/logs/streams"))).await?;
+            if client.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            warn_partial(&answer);
+            println!("{:<32} {:>12} {:>12} {:>6}", "STREAM", "RECORDS", "BYTES", "NODES");
+            for stream in answer["streams"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<32} {:>12} {:>12} {:>6}",
+                    text(&stream["name"]),
+                    stream["docs"],
+                    stream["bytes"],
+                    stream["nodes"].as_array().map_or(0, Vec::len)
+                );
+            }
+            Ok(())
+        }
+        LogsCommand::Trace { trace_id } => {
+            let answer = client.send(client.http.get(client.url(&format!("/v1/traces/{trace_id}")))).await?;
+            if client.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            warn_partial(&answer);
+            for hit in answer["spans"].as_array().into_iter().flatten().chain(answer["logs"].as_array().into_iter().flatten()) {
+                print_hit(&client, hit);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
+}
+
+fn warn_partial(answer: &Value) {
+    if answer["partial"].as_bool() == Some(true) {
+        let failed: Vec<String> = answer["nodes"]["failed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|f| format!("{} ({})", f["node"], text(&f["error"])))
+            .collect();
+        eprintln!("warning: partial result; no answer from {}", failed.join(", "));
+    }
+}
+
+fn print_hit(client: &Client, hit: &Value) {
+    if client.json {
+        println!("{hit}");
+        return;
+    }
+    let mut line = format!("{} {:<5} {} ", text(&hit["ts"]), text(&hit["level"]).to_uppercase(), text(&hit["service"]));
+    if hit["kind"] == "span" {
+        line.push_str(&format!(
+            "span {:?} {:.3}ms {} trace={}",
+            text(&hit["message"]),
+            hit["span"]["duration_ms"].as_f64().unwrap_or(0.0),
+            text(&hit["span"]["status"]),
+            text(&hit["trace_id"])
+        ));
+    } else {
+        line.push_str(&text(&hit["message"]));
+        if let Some(attributes) = hit["attributes"].as_object().filter(|a| !a.is_empty()) {
+            line.push_str(&format!(" {}", Value::Object(attributes.clone())));
+        }
+    }
+    println!("{line}");
+}
+
+/// Sends batches of lines, in order, retrying until the node takes them.
+struct Shipper<'a> {
+    client: &'a Client,
+    stream: String,
+    batch: usize,
+    sent: u64,
+    started: Instant,
+}
+
+impl Shipper<'_> {
+    /// A line as a record: JSON objects as they are, other text as a message
+    /// stamped with the time it was read.
+    fn record(line: &str) -> String {
+        let trimmed = line.trim_end_matches(['\r', '\n']);
+        if trimmed.trim_start().starts_with('{') && serde_json::from_str::<serde_json::Map<String, Value>>(trimmed).is_ok() {
+            return trimmed.to_string();
+        }
+        let now = shoal_search::record::format_nanos(shoal_search::record::now_nanos());
+        json!({"timestamp": now, "message": trimmed}).to_string()
+    }
+
+    /// Send one batch; returns once the node has acknowledged it. Busy or
+    /// unreachable nodes are retried with backoff; the batch is never dropped.
+    async fn send(&mut self, lines: &[String]) -> anyhow::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let body: String = lines.iter().map(|line| Self::record(line) + "\n").collect();
+        let url = self.client.url(&format!("/v1/logs/{}", crate::client::encode_path(&self.stream)));
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let request = self.client.http.post(&url).header("content-type", "application/x-ndjson").body(body.clone());
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    let answer: Value = response.json().await.unwrap_or(Value::Null);
+                    for error in answer["errors"].as_array().cloned().unwrap_or_default() {
+                        eprintln!("logs ingest: line {} of a batch refused: {}", error["index"], text(&error["error"]));
+                    }
+                    break;
+                }
+                Ok(response) if response.status().as_u16() == 429 || response.status().is_server_error() => {
+                    eprintln!("logs ingest: the node is busy ({}); retrying in {backoff:?}", response.status());
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let answer: Value = response.json().await.unwrap_or(Value::Null);
+                    bail!("the node refused the batch ({status}): {}", text(&answer["error"]["message"]));
+                }
+                Err(e) => eprintln!("logs ingest: {}; retrying in {backoff:?}", self.client.unreachable(e)),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        self.sent += lines.len() as u64;
+        Ok(())
+    }
+
+    fn progress(&self, done: bool) {
+        let seconds = self.started.elapsed().as_secs_f64().max(0.001);
+        eprintln!(
+            "logs ingest: {} lines sent to {} ({:.0} lines/s){}",
+            self.sent,
+            self.stream,
+            self.sent as f64 / seconds,
+            if done { ", done" } else { "" }
+        );
+    }
+}
+
+async fn ship_stdin(mut shipper: Shipper<'_>) -> anyhow::Result<()> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<String>(shipper.batch * 2);
+    // Standard input is read on its own thread: reads block.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if sender.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut last_progress = Instant::now();
+    loop {
+        let mut lines = Vec::new();
+        let deadline = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(deadline);
+        let mut ended = false;
+        while lines.len() < shipper.batch {
+            tokio::select! {
+                line = receiver.recv() => match line {
+                    Some(line) if line.trim().is_empty() => {}
+                    Some(line) => lines.push(line),
+                    None => { ended = true; break; }
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        shipper.send(&lines).await?;
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            shipper.progress(false);
+            last_progress = Instant::now();
+        }
+        if ended {
+            shipper.progress(true);
+            return Ok(());
+        }
+    }
+}
+
+/// Where reading a file stopped: its inode and the byte after the last line sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Position {
+    inode: u64,
+    offset: u64,
+}
+
+fn default_state_file(stream: &str) -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --state-file")?;
+    Ok(home.join(".local/state/shoal").join(format!("ingest-{stream}.json")))
+}
+
+fn load_state(path: &Path) -> anyhow::Result<BTreeMap<String, Position>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading positions from {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Save atomically (write, fsync, rename), so a crash leaves the old or the new positions.
+fn save_state(path: &Path, state: &BTreeMap<String, Position>) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut file = File::create(&temporary).with_context(|| format!("writing {}", temporary.display()))?;
+    file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// A file being read: the open handle (which keeps reading a renamed file
+/// to its end), and the position after the last complete line.
+struct Tailed {
+    path: PathBuf,
+    key: String,
+    reader: Option<BufReader<File>>,
+    position: Position,
+}
+
+impl Tailed {
+    fn open(path: &Path, saved: Option<Position>) -> anyhow::Result<Tailed> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
+        let mut tailed = Tailed { path: path.to_path_buf(), key, reader: None, position: Position::default() };
+        let Ok(file) = File::open(path) else { return Ok(tailed) };
+        let inode = file.metadata()?.ino();
+        match saved {
+            Some(saved) if saved.inode == inode => {
+                tailed.attach(file, saved)?;
+            }
+            Some(saved) => {
+                // Rotated while we were away: finish the old file first, if it is still there.
+                if let Some(old) = find_inode(path, saved.inode) {
+                    eprintln!("logs ingest: {} was rotated; reading the rest of {}", path.display(), old.display());
+                    tailed.attach(File::open(&old)?, saved)?;
+                } else {
+                    tailed.attach(file, Position { inode, offset: 0 })?;
+                }
+            }
+            None => tailed.attach(file, Position { inode, offset: 0 })?,
+        }
+        Ok(tailed)
+    }
+
+    fn attach(&mut self, mut file: File, mut position: Position) -> anyhow::Result<()> {
+        let size = file.metadata()?.len();
+        if position.offset > size {
+            // Truncated (copytruncate): start over.
+            position.offset = 0;
+        }
+        file.seek(SeekFrom::Start(position.offset))?;
+        self.reader = Some(BufReader::with_capacity(1 << 20, file));
+        self.position = position;
+        Ok(())
+    }
+
+    /// Complete lines available now (at most `max`); the position moves past them.
+    fn read_lines(&mut self, max: usize) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let Some(reader) = self.reader.as_mut() else { return Ok(lines) };
+        let mut buffer = Vec::new();
+        while lines.len() < max {
+            buffer.clear();
+            let read = reader.by_ref().take(16 << 20).read_until(b'\n', &mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            if buffer.last() != Some(&b'\n') {
+                // A partial line: leave it for the next read.
+                reader.seek(SeekFrom::Current(-(read as i64)))?;
+                break;
+            }
+            self.position.offset += read as u64;
+            let line = String::from_utf8_lossy(&buffer).trim_end_matches(['\n', '\r']).to_string();
+            if !line.trim().is_empty() {
+                lines.push(line);
+            }
+        }
+        Ok(lines)
+    }
+
+    /// After reaching the end: follow a rename (a new file at the path) or a truncation.
+    fn check_rotation(&mut self) -> anyhow::Result<bool> {
+        let current = std::fs::metadata(&self.path).ok();
+        match (&self.reader, current) {
+            (None, Some(_)) => {
+                let file = File::open(&self.path)?;
+                let inode = file.metadata()?.ino();
+                self.attach(file, Position { inode, offset: 0 })?;
+                Ok(true)
+            }
+            (Some(_), Some(meta)) if meta.ino() != self.position.inode => {
+                let file = File::open(&self.path)?;
+                self.attach(file, Position { inode: meta.ino(), offset: 0 })?;
+                Ok(true)
+            }
+            (Some(_), Some(meta)) if meta.len() < self.position.offset => {
+                let file = File::open(&self.path)?;
+                self.attach(file, Position { inode: meta.ino(), offset: 0 })?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// A file in the same directory with this inode (where a rotated file went).
+fn find_inode(path: &Path, inode: u64) -> Option<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
+}
+
+async fn ship_files(mut shipper: Shipper<'_>, files: Vec<PathBuf>, follow: bool, state_file: PathBuf) -> anyhow::Result<()> {
+    let mut state = if follow { load_state(&state_file)? } else { BTreeMap::new() };
+    let mut tailed = Vec::new();
+    for path in &files {
+        if !follow && !path.is_file() {
+            bail!("{} is not a readable file", path.display());
+        }
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string();
+        tailed.push(Tailed::open(path, state.get(&key).copied())?);
+    }
+    let mut last_progress = Instant::now();
+    loop {
+        let mut idle = true;
+        for file in &mut tailed {
+            loop {
+                let lines = file.read_lines(shipper.batch)?;
+                if lines.is_empty() {
+                    break;
+                }
+                idle = false;
+                shipper.send(&lines).await?;
+                if follow {
+                    // Saved only after the node acknowledged the lines.
+                    state.insert(file.key.clone(), file.position);
+                    save_state(&state_file, &state)?;
+                }
+            }
+            if follow && file.check_rotation()? {
+                idle = false;
+                state.insert(file.key.clone(), file.position);
+                save_state(&state_file, &state)?;
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            shipper.progress(false);
+            last_progress = Instant::now();
+        }
+        if !follow {
+            shipper.progress(true);
+            return Ok(());
+        }
+        if idle {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The log engine of one node: ingest through the WAL, one indexer thread
+//! that adds records to their partitions and commits about once a second,
+//! retention, and searches over the open partitions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tantivy::schema::Schema;
+use tantivy::IndexWriter;
+use tokio::sync::oneshot;
+
+use crate::index::{self, Fields, Partition, NANOS_PER_DAY};
+use crate::query::{self, AggregateRequest, Aggregation, Hit, SearchRequest};
+use crate::record::{self, now_nanos, Record};
+use crate::wal::{self, Entry, Job, Wal};
+use crate::SearchError;
+
+/// Partitions with an open writer at once; the least recently written is
+/// committed and closed beyond this.
+const MAX_OPEN_WRITERS: usize = 8;
+/// A writer idle this long is closed after its commit (frees its memory).
+const WRITER_IDLE: Duration = Duration::from_secs(60);
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
+/// Batches waiting for the WAL thread.
+const WAL_QUEUE: usize = 1024;
+/// Durable batches waiting for the indexer.
+const INDEX_QUEUE: usize = 256;
+/// Records may be at most this far in the future.
+const MAX_FUTURE_NANOS: i64 = NANOS_PER_DAY;
+
+/// How long records are kept: by age, and by size per stream.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_bytes_per_stream: u64,
+    /// Per-stream overrides of the above.
+    pub streams: BTreeMap<String, (Option<Duration>, Option<u64>)>,
+}
+
+impl Retention {
+    fn for_stream(&self, stream: &str) -> (Duration, u64) {
+        let (age, bytes) = self.streams.get(stream).cloned().unwrap_or((None, None));
+        (age.unwrap_or(self.max_age), bytes.unwrap_or(self.max_bytes_per_stream))
+    }
+}
+
+/// Hard caps: past one of them ingest answers "busy" instead of growing.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes of WAL not yet removed after commits.
+    pub wal_bytes: u64,
+    /// Bytes of acknowledged records not yet added to an index.
+    pub indexing_bytes: u64,
+    /// Bytes of indexes plus WAL on disk.
+    pub disk_bytes: u64,
+    /// Memory of one partition's index writer.
+    pub writer_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogsConfig {
+    pub dir: PathBuf,
+    pub node_id: u64,
+    pub commit_interval: Duration,
+    pub retention: Retention,
+    pub limits: Limits,
+}
+
+/// A stream on this node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub name: String,
+    pub partitions: usize,
+    pub docs: u64,
+    pub bytes: u64,
+    /// First and last day (`YYYY-MM-DD`) held.
+    pub first_day: String,
+    pub last_day: String,
+}
+
+type Partitions = RwLock<BTreeMap<(String, i64), Arc<Partition>>>;
+
+struct Shared {
+    config: LogsConfig,
+    schema: Schema,
+    fields: Fields,
+    partitions: Partitions,
+    /// Acknowledged bytes waiting for the indexer.
+    indexing_bytes: AtomicU64,
+    /// Bytes of all partitions, refreshed by retention.
+    index_bytes: AtomicU64,
+    /// The highest record seq that is committed (searchable).
+    searchable_seq: AtomicU64,
+}
+
+/// What an ingest did with a batch.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    /// (position in the batch, reason) of each refused record.
+    pub rejected: Vec<(usize, String)>,
+}
+
+#[derive(Clone)]
+pub struct Logs {
+    shared: Arc<Shared>,
+    wal: Arc<Wal>,
+}
+
+impl Logs {
+    /// Open (or create) the engine under `config.dir`: open every partition,
+    /// replay the WAL entries not yet committed, and start the indexer. Blocking.
+    pub fn open(config: LogsConfig) -> Result<Logs, SearchError> {
+        let (schema, fields) = index::schema();
+        let index_root = config.dir.join("indexes");
+        std::fs::create_dir_all(&index_root).map_err(|e| SearchError::io(&index_root, e))?;
+        let mut partitions = BTreeMap::new();
+        for stream_dir in std::fs::read_dir(&index_root).map_err(|e| SearchError::io(&index_root, e))?.flatten() {
+            let stream = stream_dir.file_name().to_string_lossy().to_string();
+            if record::validate_stream(&stream).is_err() {
+                continue;
+            }
+            for day_dir in std::fs::read_dir(stream_dir.path()).map_err(|e| SearchError::io(&stream_dir.path(), e))?.flatten() {
+                let Some(day) = index::parse_day_name(&day_dir.file_name().to_string_lossy()) else { continue };
+                match Partition::open(&index_root, &stream, day, &schema) {
+                    Ok(partition) => {
+                        partitions.insert((stream.clone(), day), Arc::new(partition));
+                    }
+                    Err(e) => tracing::error!(stream, day = %index::day_name(day), error = %e, "cannot open a log partition; skipping it"),
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            schema,
+            fields,
+            partitions: RwLock::new(partitions),
+            indexing_bytes: AtomicU64::new(0),
+            index_bytes: AtomicU64::new(0),
+            searchable_seq: AtomicU64::new(0),
+            config,
+        });
+        let (to_indexer, indexer_queue) = mpsc::sync_channel(INDEX_QUEUE);
+        let mut indexer = Indexer::new(shared.clone());
+        let mut replayed = 0usize;
+        let wal = Wal::open(&shared.config.dir.join("wal"), WAL_QUEUE, to_indexer, &mut |entry| {
+            replayed += entry.records.len();
+            indexer.add(entry, true);
+        })?;
+        let (next_seq, next_record) = wal.opened_at();
+        indexer.last_seq = indexer.last_seq.max(next_seq - 1);
+        indexer.next_record = indexer.next_record.max(next_record);
+        indexer.commit_all();
+        if replayed > 0 {
+            tracing::info!(records = replayed, "replayed the log WAL");
+        }
+        let wal = Arc::new(wal);
+        indexer.wal = Some(wal.clone());
+        indexer.remove_committed_wal();
+        indexer.retention();
+        std::thread::Builder::new()
+            .name("shoal-log-indexer".into())
+            .spawn(move || indexer.run(indexer_queue))
+            .map_err(|e| SearchError::Internal(format!("starting the indexer thread: {e}")))?;
+        Ok(Logs { shared, wal })
+    }
+
+    /// Append records to a stream: fsynced in the WAL before this returns,
+    /// searchable after the next commit (about a second). Records outside
+    /// retention or too far in the future are refused one by one.
+    pub async fn ingest(&self, stream: &str, records: Vec<Record>) -> Result<IngestOutcome, SearchError> {
+        record::validate_stream(stream)?;
+        self.check_capacity()?;
+        let (max_age, _) = self.shared.config.retention.for_stream(stream);
+        let now = now_nanos();
+        let oldest = now.saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
+        let mut outcome = IngestOutcome::default();
+        let mut kept = Vec::with_capacity(records.len());
+        for (position, record) in records.into_iter().enumerate() {
+            if record.ts_nanos < oldest {
+                outcome.rejected.push((position, "timestamp is older than the stream's retention".into()));
+            } else if record.ts_nanos > now + MAX_FUTURE_NANOS {
+                outcome.rejected.push((position, "timestamp is more than a day in the future".into()));
+            } else {
+                kept.push(record);
+            }
+        }
+        if kept.is_empty() {
+            return Ok(outcome);
+        }
+        outcome.accepted = kept.len();
+        let stream = stream.to_string();
+        let (kept, encoded) = tokio::task::spawn_blocking(move || {
+            let encoded = wal::encode_batch(&stream, &kept);
+            (kept, encoded.map(|e| (stream, e)))
+        })
+        .await
+        .map_err(|e| SearchError::Internal(format!("encoding task: {e}")))?;
+        let (stream, encoded) = encoded?;
+        let bytes = encoded.len() as u64;
+        let (reply, answer) = oneshot::channel();
+        self.shared.indexing_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let appended = self.wal.append(Job { stream, records: kept, encoded, reply });
+        if let Err(e) = appended {
+            self.shared.indexing_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(e);
+        }
+        match answer.await {
+            Ok(Ok(_seq)) => {
+                metrics::counter!("shoal_logs_ingested_records_total").increment(outcome.accepted as u64);
+                metrics::counter!("shoal_logs_ingested_bytes_total").increment(bytes);
+                Ok(outcome)
+            }
+            Ok(Err(e)) => {
+                self.shared.indexing_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                Err(e)
+            }
+            Err(_) => Err(SearchError::Internal("the WAL thread stopped".into())),
+        }
+    }
+
+    fn check_capacity(&self) -> Result<(), SearchError> {
+        let limits = &self.shared.config.limits;
+        let wal = self.wal.bytes();
+        if wal >= limits.wal_bytes {
+            return Err(SearchError::Busy(format!("the log WAL holds {wal} bytes, its cap is {}", limits.wal_bytes)));
+        }
+        let indexing = self.shared.indexing_bytes.load(Ordering::Relaxed);
+        if indexing >= limits.indexing_bytes {
+            return Err(SearchError::Busy(format!(
+                "{indexing} bytes are waiting to be indexed, the cap is {}",
+                limits.indexing_bytes
+            )));
+        }
+        let disk = self.disk_bytes();
+        if disk >= limits.disk_bytes {
+            return Err(SearchError::Busy(format!("log storage uses {disk} bytes, its cap is {}", limits.disk_bytes)));
+        }
+        Ok(())
+    }
+
+    /// The highest record seq that is searchable on this node.
+    pub fn searchable_seq(&self) -> u64 {
+        self.shared.searchable_seq.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of indexes and WAL on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared.index_bytes.load(Ordering::Relaxed) + self.wal.bytes()
+    }
+
+    fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Search this node's records. Runs on a blocking thread.
+    pub async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, SearchError> {
+        query::validate(&request)?;
+        let logs = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let shared = &logs.shared;
+            query::search(logs.partitions(), &shared.schema, &shared.fields, &request, shared.config.node_id)
+        })
+        .await
+        .map_err(|e| SearchError::Internal(format!("search task: {e}")))?
+    }
+
+    /// Count this node's matching records. Runs on a blocking thread.
+    pub async fn aggregate(&self, request: AggregateRequest) -> Result<Aggregation, SearchError> {
+        let mut filter = request.filter.clone();
+        filter.limit = 1;
+        query::validate(&filter)?;
+        let logs = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let shared = &logs.shared;
+            query::aggregate(logs.partitions(), &shared.schema, &shared.fields, &request)
+        })
+        .await
+        .map_err(|e| SearchError::Internal(format!("aggregation task: {e}")))?
+    }
+
+    /// The streams on this node.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let mut streams: BTreeMap<String, StreamInfo> = BTreeMap::new();
+        for partition in self.partitions() {
+            let info = streams.entry(partition.stream.clone()).or_insert_with(|| StreamInfo {
+                name: partition.stream.clone(),
+                first_day: index::day_name(partition.day),
+                ..Default::default()
+            });
+            info.partitions += 1;
+            info.docs += partition.num_docs();
+            info.bytes += partition.bytes();
+            info.last_day = index::day_name(partition.day);
+        }
+        streams.into_values().collect()
+    }
+}
+
+/// The indexer thread's state: the open writers, and the last WAL entry added.
+struct Indexer {
+    shared: Arc<Shared>,
+    wal: Option<Arc<Wal>>,
+    writers: HashMap<(String, i64), (IndexWriter, Instant, bool)>,
+    /// The last WAL entry added, and the record seq after it.
+    last_seq: u64,
+    next_record: u64,
+    last_retention: Instant,
+}
+
+impl Indexer {
+    fn new(shared: Arc<Shared>) -> Indexer {
+        Indexer { shared, wal: None, writers: HashMap::new(), last_seq: 0, next_record: 1, last_retention: Instant::now() }
+    }
+
+    fn run(mut self, queue: mpsc::Receiver<Entry>) {
+        let interval = self.shared.config.commit_interval;
+        let mut next_commit = Instant::now() + interval;
+        loop {
+            let wait = next_commit.saturating_duration_since(Instant::now());
+            match queue.recv_timeout(wait) {
+                Ok(entry) => self.add(entry, false),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.commit_all();
+                    return;
+                }
+            }
+            if Instant::now() >= next_commit {
+                self.commit_all();
+                self.remove_committed_wal();
+                if self.last_retention.elapsed() >= RETENTION_EVERY {
+                    self.retention();
+                }
+                next_commit = Instant::now() + interval;
+            }
+        }
+    }
+
+    /// Add an entry's records to their partitions. On replay, records a
+    /// partition has already committed are skipped.
+    fn add(&mut self, entry: Entry, replay: bool) {
+        self.last_seq = self.last_seq.max(entry.seq);
+        self.next_record = self.next_record.max(entry.first_record + entry.records.len() as u64);
+        for (i, record) in entry.records.iter().enumerate() {
+            let day = index::day_of(record.ts_nanos);
+            let partition = match self.partition(&entry.stream, day) {
+                Ok(partition) => partition,
+                Err(e) => {
+                    tracing::error!(stream = entry.stream, error = %e, "cannot open a log partition; record dropped");
+                    metrics::counter!("shoal_logs_index_errors_total").increment(1);
+                    continue;
+                }
+            };
+            if replay && partition.committed_seq() >= entry.seq {
+                continue;
+            }
+            let added = index::document(&self.shared.fields, record, entry.first_record + i as u64)
+                .and_then(|doc| self.writer(&partition).and_then(|w| w.add_document(doc).map_err(SearchError::from)));
+            if let Err(e) = added {
+                tracing::error!(stream = entry.stream, error = %e, "cannot index a record");
+                metrics::counter!("shoal_logs_index_errors_total").increment(1);
+            }
+        }
+        let counted = self.shared.indexing_bytes.load(Ordering::Relaxed);
+        self.shared.indexing_bytes.fetch_sub(entry.bytes.min(counted), Ordering::Relaxed);
+    }
+
+    fn partition(&self, stream: &str, day: i64) -> Result<Arc<Partition>, SearchError> {
+        let key = (stream.to_string(), day);
+        if let Some(partition) = self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(partition.clone());
+        }
+        let root = self.shared.config.dir.join("indexes");
+        let partition = Arc::new(Partition::open(&root, stream, day, &self.shared.schema)?);
+        self.shared.partitions.write().unwrap_or_else(|p| p.into_inner()).insert(key, partition.clone());
+        Ok(partition)
+    }
+
+    fn writer(&mut self, partition: &Partition) -> Result<&IndexWriter, SearchError> {
+        let key = (partition.stream.clone(), partition.day);
+        if !self.writers.contains_key(&key) {
+            if self.writers.len() >= MAX_OPEN_WRITERS {
+                self.close_least_recent();
+            }
+            let budget = self.shared.config.limits.writer_bytes.max(15_000_000);
+            let writer = partition.index.writer_with_num_threads(1, budget)?;
+            self.writers.insert(key.clone(), (writer, Instant::now(), false));
+        }
+        let (writer, used, dirty) = self.writers.get_mut(&key).ok_or_else(|| SearchError::Internal("writer vanished".into()))?;
+        *used = Instant::now();
+        *dirty = true;
+        Ok(writer)
+    }
+
+    fn close_least_recent(&mut self) {
+        let Some(key) = self.writers.iter().min_by_key(|(_, (_, used, _))| *used).map(|(k, _)| k.clone()) else { return };
+        self.commit_one(&key);
+        self.writers.remove(&key);
+    }
+
+    fn commit_one(&mut self, key: &(String, i64)) {
+        let last_seq = self.last_seq;
+        let Some((writer, _, dirty)) = self.writers.get_mut(key) else { return };
+        if !*dirty {
+            return;
+        }
+        let started = Instant::now();
+        let committed = writer.prepare_commit().and_then(|mut prepared| {
+            prepared.set_payload(&last_seq.to_string());
+            prepared.commit()
+        });
+        match committed {
+            Ok(_) => {
+                *dirty = false;
+                let partition = self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+                if let Some(partition) = partition {
+                    partition.committed_seq.store(last_seq, Ordering::Relaxed);
+                    if let Err(e) = partition.reader.reload() {
+                        tracing::warn!(error = %e, "cannot reload a log partition reader");
+                    }
+                }
+                metrics::histogram!("shoal_logs_commit_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => tracing::error!(stream = key.0, error = %e, "committing a log partition failed"),
+        }
+    }
+
+    /// Commit every partition with new records, then close idle writers.
+    fn commit_all(&mut self) {
+        let keys: Vec<(String, i64)> = self.writers.keys().cloned().collect();
+        for key in &keys {
+            self.commit_one(key);
+        }
+        self.writers.retain(|_, (_, used, dirty)| *dirty || used.elapsed() < WRITER_IDLE);
+        if !self.writers.values().any(|(_, _, dirty)| *dirty) {
+            self.shared.searchable_seq.store(self.next_record - 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every entry up to the last one added is in committed indexes (when no
+    /// writer is still dirty after a failed commit): its WAL can go.
+    fn remove_committed_wal(&self) {
+        if self.writers.values().any(|(_, _, dirty)| *dirty) {
+            return;
+        }
+        if let Some(wal) = &self.wal {
+            wal.remove_through(self.last_seq, self.next_record);
+        }
+    }
+
+    /// Drop partitions past their stream's age, then the oldest partitions of
+    /// streams over their size, and refresh the size figures.
+    fn retention(&mut self) {
+        self.last_retention = Instant::now();
+        let now = now_nanos();
+        let partitions: Vec<Arc<Partition>> =
+            self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut by_stream: BTreeMap<String, Vec<Arc<Partition>>> = BTreeMap::new();
+        for partition in partitions {
+            partition.measure();
+            by_stream.entry(partition.stream.clone()).or_default().push(partition);
+        }
+        let mut total = 0;
+        for (stream, mut partitions) in by_stream {
+            let (max_age, max_bytes) = self.shared.config.retention.for_stream(&stream);
+            let oldest = now.saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
+            partitions.sort_by_key(|p| p.day);
+            let mut bytes: u64 = partitions.iter().map(|p| p.bytes()).sum();
+            for partition in partitions {
+                let expired = (partition.day + 1) * NANOS_PER_DAY <= oldest;
+                if expired || bytes > max_bytes {
+                    bytes = bytes.saturating_sub(partition.bytes());
+                    self.drop_partition(&partition, if expired { "age" } else { "size" });
+                } else {
+                    total += partition.bytes();
+                }
+            }
+            metrics::gauge!("shoal_logs_stream_bytes", "stream" => stream.clone()).set(bytes as f64);
+        }
+        self.shared.index_bytes.store(total, Ordering::Relaxed);
+        metrics::gauge!("shoal_logs_index_bytes").set(total as f64);
+        if let Some(wal) = &self.wal {
+            metrics::gauge!("shoal_logs_wal_bytes").set(wal.bytes() as f64);
+        }
+    }
+
+    fn drop_partition(&mut self, partition: &Partition, why: &str) {
+        let key = (partition.stream.clone(), partition.day);
+        if let Some((writer, _, _)) = self.writers.remove(&key) {
+            // Merges still running would write into the removed directory.
+            if let Err(e) = writer.wait_merging_threads() {
+                tracing::warn!(error = %e, "closing a dropped partition's writer");
+            }
+        }
+        self.shared.partitions.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        match std::fs::remove_dir_all(&partition.dir) {
+            Ok(()) => {
+                tracing::info!(stream = key.0, day = %index::day_name(key.1), why, "retention dropped a log partition");
+                metrics::counter!("shoal_logs_partitions_dropped_total", "why" => why.to_string()).increment(1);
+            }
+            Err(e) => tracing::warn!(path = %partition.dir.display(), error = %e, "cannot remove a log partition"),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! One partition: the Tantivy index of one stream for one UTC day.
+//!
+//! Only what queries need is indexed; the whole record is stored once as
+//! bincode in `doc`, so a hit is rebuilt exactly as it was ingested.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tantivy::schema::{
+    Field, IndexRecordOption, JsonObjectOptions, Schema, TextFieldIndexing, TextOptions, FAST, STORED, STRING,
+};
+use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument};
+
+use crate::record::Record;
+use crate::SearchError;
+
+pub(crate) const NANOS_PER_DAY: i64 = 86_400_000_000_000;
+
+/// The fields of every partition's schema.
+#[derive(Clone)]
+pub(crate) struct Fields {
+    pub kind: Field,
+    pub ts: Field,
+    pub seq: Field,
+    pub level: Field,
+    pub service: Field,
+    pub message: Field,
+    pub trace_id: Field,
+    pub span_id: Field,
+    pub parent_span_id: Field,
+    pub name: Field,
+    pub status: Field,
+    pub span_kind: Field,
+    pub duration: Field,
+    pub attributes: Field,
+    pub doc: Field,
+}
+
+pub(crate) fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    // Dotted keys (`http.method`) are indexed as paths, so `attributes.http.method:GET` finds them.
+    let json = JsonObjectOptions::default().set_expand_dots_enabled().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        kind: builder.add_text_field("kind", STRING | FAST),
+        ts: builder.add_i64_field("ts", FAST),
+        seq: builder.add_u64_field("seq", FAST),
+        level: builder.add_text_field("level", STRING | FAST),
+        service: builder.add_text_field("service", STRING | FAST),
+        message: builder.add_text_field("message", text),
+        trace_id: builder.add_text_field("trace_id", STRING),
+        span_id: builder.add_text_field("span_id", STRING),
+        parent_span_id: builder.add_text_field("parent_span_id", STRING),
+        name: builder.add_text_field("name", STRING | FAST),
+        status: builder.add_text_field("status", STRING | FAST),
+        span_kind: builder.add_text_field("span_kind", STRING),
+        duration: builder.add_u64_field("duration", FAST),
+        attributes: builder.add_json_field("attributes", json),
+        doc: builder.add_bytes_field("doc", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// Days since the Unix epoch of a nanosecond timestamp.
+pub(crate) fn day_of(ts_nanos: i64) -> i64 {
+    ts_nanos.div_euclid(NANOS_PER_DAY)
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub(crate) fn day_name(day: i64) -> String {
+    chrono::DateTime::from_timestamp(day * 86_400, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| format!("day-{day}"))
+}
+
+pub(crate) fn parse_day_name(name: &str) -> Option<i64> {
+    let date = chrono::NaiveDate::parse_from_str(name, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp().div_euclid(86_400))
+}
+
+/// Build the Tantivy document of a record.
+pub(crate) fn document(fields: &Fields, record: &Record, seq: u64) -> Result<TantivyDocument, SearchError> {
+    let mut doc = TantivyDocument::new();
+    doc.add_text(fields.kind, record.kind.as_str());
+    doc.add_i64(fields.ts, record.ts_nanos);
+    doc.add_u64(fields.seq, seq);
+    doc.add_text(fields.level, &record.level);
+    doc.add_text(fields.service, &record.service);
+    doc.add_text(fields.message, &record.message);
+    if !record.trace_id.is_empty() {
+        doc.add_text(fields.trace_id, &record.trace_id);
+    }
+    if !record.span_id.is_empty() {
+        doc.add_text(fields.span_id, &record.span_id);
+    }
+    if let Some(span) = &record.span {
+        if !span.parent_span_id.is_empty() {
+            doc.add_text(fields.parent_span_id, &span.parent_span_id);
+        }
+        doc.add_text(fields.name, &record.message);
+        doc.add_text(fields.status, &span.status);
+        doc.add_text(fields.span_kind, &span.span_kind);
+        doc.add_u64(fields.duration, span.duration_nanos);
+    }
+    if record.attributes.len() > 2 {
+        // Ingest only lets JSON objects through; anything else is skipped, not fatal.
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&record.attributes) {
+            doc.add_object(fields.attributes, map.into_iter().map(|(k, v)| (k, v.into())).collect());
+        }
+    }
+    let stored = shoal_storage::encode(record).map_err(|e| SearchError::Internal(format!("encoding a record: {e}")))?;
+    doc.add_bytes(fields.doc, &stored);
+    Ok(doc)
+}
+
+/// The record stored in a document.
+pub(crate) fn stored_record(fields: &Fields, doc: &TantivyDocument) -> Option<Record> {
+    use tantivy::schema::Value;
+    let bytes = doc.get_first(fields.doc)?.as_bytes()?.to_vec();
+    shoal_storage::decode(&bytes).ok()
+}
+
+/// An open partition: its index and a reader reloaded after each commit.
+pub(crate) struct Partition {
+    pub stream: String,
+    pub day: i64,
+    pub dir: PathBuf,
+    pub index: Index,
+    pub reader: IndexReader,
+    /// The highest WAL entry whose records for this partition are committed.
+    pub committed_seq: AtomicU64,
+    /// Bytes on disk, refreshed by the retention pass.
+    pub bytes: AtomicU64,
+}
+
+impl Partition {
+    pub fn open(root: &Path, stream: &str, day: i64, schema: &Schema) -> Result<Partition, SearchError> {
+        let dir = root.join(stream).join(day_name(day));
+        std::fs::create_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
+        let index = if dir.join("meta.json").exists() {
+            Index::open_in_dir(&dir)?
+        } else {
+            Index::create_in_dir(&dir, schema.clone())?
+        };
+        let committed_seq = index.load_metas()?.payload.and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let partition = Partition {
+            stream: stream.to_string(),
+            day,
+            dir,
+            index,
+            reader,
+            committed_seq: AtomicU64::new(committed_seq),
+            bytes: AtomicU64::new(0),
+        };
+        partition.measure();
+        Ok(partition)
+    }
+
+    pub fn committed_seq(&self) -> u64 {
+        self.committed_seq.load(Ordering::Relaxed)
+    }
+
+    /// Refresh the on-disk size.
+    pub fn measure(&self) -> u64 {
+        let bytes = dir_bytes(&self.dir);
+        self.bytes.store(bytes, Ordering::Relaxed);
+        bytes
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|items| items.flatten().filter_map(|item| item.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}

@@ -1,0 +1,41 @@
+//! Logs and traces for Shoal: records are appended to a write-ahead log
+//! (fsynced before they are acknowledged), indexed with Tantivy in
+//! partitions of one stream and one UTC day, searched, aggregated and
+//! dropped whole by retention. This crate knows nothing of the cluster: the
+//! node fans a search out to its peers and merges their answers with
+//! [`merge_hits`] and [`Aggregation::merge`].
+
+mod engine;
+mod index;
+mod query;
+pub mod record;
+mod wal;
+
+use std::path::{Path, PathBuf};
+
+pub use engine::{Limits, Logs, LogsConfig, Retention, StreamInfo};
+pub use query::{MAX_LIMIT, MAX_QUERY_BYTES, TOP_FIELDS, merge_hits, Aggregation, AggregateRequest, Bucket, Cursor, Hit, KindFilter, SearchOrder, SearchRequest};
+pub use record::{Kind, Record, SpanInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("{0}")]
+    InvalidStream(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// A cap (WAL size, indexing memory, disk) is reached: retry later.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl SearchError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> SearchError {
+        SearchError::Io { path: path.to_path_buf(), source }
+    }
+}

@@ -1,0 +1,555 @@
+//! Searching and aggregating partitions: the request shapes, the Tantivy
+//! query built from them, and two collectors over fast fields (top hits in
+//! time order with an exact cursor, and counts for histograms and top-N).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::{Column, StrColumn};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{IndexRecordOption, Schema};
+use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
+
+use crate::index::{self, Fields, Partition, NANOS_PER_DAY};
+use crate::record::Record;
+use crate::SearchError;
+
+/// Most hits one search returns.
+pub const MAX_LIMIT: usize = 10_000;
+/// Most histogram buckets one aggregation returns.
+pub const MAX_BUCKETS: i64 = 10_000;
+/// Query strings longer than this are refused (query cost limit).
+pub const MAX_QUERY_BYTES: usize = 4096;
+/// Fields that `top` aggregations count.
+pub const TOP_FIELDS: &[&str] = &["level", "service", "status", "kind", "name"];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchOrder {
+    /// Newest first (by timestamp).
+    #[default]
+    Newest,
+    /// Oldest first.
+    Oldest,
+    /// In the order each node received records (for live tail), oldest first.
+    Ingest,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KindFilter {
+    #[default]
+    Log,
+    Span,
+    Any,
+}
+
+/// The position of a hit in the cluster-wide order (timestamp, node, seq).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Cursor {
+    pub ts: i64,
+    pub node: u64,
+    pub seq: u64,
+}
+
+impl Cursor {
+    /// Opaque text form for clients.
+    pub fn encode(&self) -> String {
+        format!("{:x}-{:x}-{:x}", self.ts, self.node, self.seq)
+    }
+
+    pub fn decode(text: &str) -> Result<Cursor, SearchError> {
+        let bad = || SearchError::InvalidQuery(format!("cursor {text:?} is not one this API returned"));
+        let mut parts = text.split('-');
+        let mut next = || parts.next().ok_or_else(bad);
+        let ts = i64::from_str_radix(next()?, 16).map_err(|_| bad())?;
+        let node = u64::from_str_radix(next()?, 16).map_err(|_| bad())?;
+        let seq = u64::from_str_radix(next()?, 16).map_err(|_| bad())?;
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Cursor { ts, node, seq })
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SearchRequest {
+    /// Tantivy query syntax over `message` by default; empty matches all.
+    pub query: String,
+    /// Streams to search; empty means all.
+    pub streams: Vec<String>,
+    pub kind: KindFilter,
+    /// Inclusive lower and exclusive upper time bound, Unix nanoseconds.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub levels: Vec<String>,
+    pub services: Vec<String>,
+    /// Records of any of these traces.
+    pub trace_ids: Vec<String>,
+    /// Spans: any of these names (operations) and statuses, duration bounds in nanoseconds.
+    pub names: Vec<String>,
+    pub statuses: Vec<String>,
+    pub min_duration: Option<u64>,
+    pub max_duration: Option<u64>,
+    pub order: SearchOrder,
+    pub limit: usize,
+    /// Continue after this hit (newest/oldest order).
+    pub after: Option<Cursor>,
+    /// Ingest order: per node, only records with a greater seq.
+    pub seq_after: BTreeMap<u64, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hit {
+    pub node: u64,
+    pub stream: String,
+    pub seq: u64,
+    pub record: Record,
+}
+
+impl Hit {
+    pub fn cursor(&self) -> Cursor {
+        Cursor { ts: self.record.ts_nanos, node: self.node, seq: self.seq }
+    }
+}
+
+/// Merge hit lists from several nodes into one page in the request's order.
+pub fn merge_hits(lists: Vec<Vec<Hit>>, order: SearchOrder, limit: usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = lists.into_iter().flatten().collect();
+    match order {
+        SearchOrder::Newest => hits.sort_by(|a, b| b.cursor().cmp(&a.cursor())),
+        SearchOrder::Oldest | SearchOrder::Ingest => hits.sort_by_key(Hit::cursor),
+    }
+    hits.truncate(limit);
+    hits
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AggregateRequest {
+    /// Which records to count (its order, limit and cursor are ignored).
+    pub filter: SearchRequest,
+    /// Histogram bucket width in nanoseconds; none means no histogram.
+    pub interval: Option<i64>,
+    /// Fields to count values of (see `TOP_FIELDS`).
+    pub top: Vec<String>,
+    pub top_n: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub key: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Aggregation {
+    pub total: u64,
+    /// Bucket start (Unix nanoseconds, a multiple of the interval) -> count, only non-empty buckets.
+    pub histogram: BTreeMap<i64, u64>,
+    /// Field -> value -> count.
+    pub top: BTreeMap<String, HashMap<String, u64>>,
+}
+
+impl Aggregation {
+    /// Sum aggregations from several partitions or nodes.
+    pub fn merge(parts: impl IntoIterator<Item = Aggregation>) -> Aggregation {
+        let mut merged = Aggregation::default();
+        for part in parts {
+            merged.total += part.total;
+            for (key, count) in part.histogram {
+                *merged.histogram.entry(key).or_default() += count;
+            }
+            for (field, values) in part.top {
+                let counts = merged.top.entry(field).or_default();
+                for (value, count) in values {
+                    *counts.entry(value).or_default() += count;
+                }
+            }
+        }
+        merged
+    }
+
+    /// The `n` most frequent values of a field, most frequent first.
+    pub fn top_values(&self, field: &str, n: usize) -> Vec<Bucket> {
+        let mut buckets: Vec<Bucket> = self
+            .top
+            .get(field)
+            .map(|values| values.iter().map(|(key, count)| Bucket { key: key.clone(), count: *count }).collect())
+            .unwrap_or_default();
+        buckets.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
+        buckets.truncate(n);
+        buckets
+    }
+}
+
+/// Check what a client may ask for before any work is done.
+pub(crate) fn validate(request: &SearchRequest) -> Result<(), SearchError> {
+    if request.query.len() > MAX_QUERY_BYTES {
+        return Err(SearchError::InvalidQuery(format!("query is {} bytes; the limit is {MAX_QUERY_BYTES}", request.query.len())));
+    }
+    if request.limit == 0 || request.limit > MAX_LIMIT {
+        return Err(SearchError::InvalidQuery(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    if let (Some(since), Some(until)) = (request.since, request.until) {
+        if since >= until {
+            return Err(SearchError::InvalidQuery("since must be before until".into()));
+        }
+    }
+    for stream in &request.streams {
+        crate::record::validate_stream(stream)?;
+    }
+    Ok(())
+}
+
+/// The Tantivy query for a request's filters.
+pub(crate) fn build_query(schema: &Schema, fields: &Fields, request: &SearchRequest) -> Result<Box<dyn Query>, SearchError> {
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    if !request.query.trim().is_empty() {
+        let mut parser = QueryParser::new(schema.clone(), vec![fields.message], tantivy::tokenizer::TokenizerManager::default());
+        parser.set_conjunction_by_default();
+        let parsed = parser
+            .parse_query(&request.query)
+            .map_err(|e| SearchError::InvalidQuery(format!("cannot parse query {:?}: {e}", request.query)))?;
+        clauses.push((Occur::Must, parsed));
+    }
+    let term = |field, value: &str| -> Box<dyn Query> {
+        Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+    };
+    let any_of = |field, values: &[String]| -> Box<dyn Query> {
+        Box::new(BooleanQuery::new(values.iter().map(|v| (Occur::Should, term(field, v))).collect()))
+    };
+    match request.kind {
+        KindFilter::Log => clauses.push((Occur::Must, term(fields.kind, "log"))),
+        KindFilter::Span => clauses.push((Occur::Must, term(fields.kind, "span"))),
+        KindFilter::Any => {}
+    }
+    for (field, values) in [
+        (fields.level, &request.levels),
+        (fields.service, &request.services),
+        (fields.trace_id, &request.trace_ids),
+        (fields.name, &request.names),
+        (fields.status, &request.statuses),
+    ] {
+        if !values.is_empty() {
+            clauses.push((Occur::Must, any_of(field, values)));
+        }
+    }
+    if request.min_duration.is_some() || request.max_duration.is_some() {
+        let bound = |b: Option<u64>| b.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_u64(fields.duration, v)));
+        clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(request.min_duration), bound(request.max_duration)))));
+    }
+    let (mut lower, mut upper) = (request.since.map(Bound::Included), request.until.map(Bound::Excluded));
+    // The cursor bounds the timestamp; ties are settled in the collector.
+    match (request.order, request.after) {
+        (SearchOrder::Newest, Some(after)) => {
+            upper = Some(tighter_upper(upper, after.ts));
+        }
+        (SearchOrder::Oldest, Some(after)) => {
+            lower = Some(tighter_lower(lower, after.ts));
+        }
+        _ => {}
+    }
+    if lower.is_some() || upper.is_some() {
+        let bound = |b: Option<Bound<i64>>| match b {
+            Some(Bound::Included(v)) => Bound::Included(Term::from_field_i64(fields.ts, v)),
+            Some(Bound::Excluded(v)) => Bound::Excluded(Term::from_field_i64(fields.ts, v)),
+            _ => Bound::Unbounded,
+        };
+        clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(lower), bound(upper)))));
+    }
+    if clauses.is_empty() {
+        return Ok(Box::new(AllQuery));
+    }
+    Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+fn tighter_upper(upper: Option<Bound<i64>>, ts: i64) -> Bound<i64> {
+    match upper {
+        Some(Bound::Excluded(u)) if u <= ts => Bound::Excluded(u),
+        _ => Bound::Included(ts),
+    }
+}
+
+fn tighter_lower(lower: Option<Bound<i64>>, ts: i64) -> Bound<i64> {
+    match lower {
+        Some(Bound::Included(l)) if l > ts => Bound::Included(l),
+        _ => Bound::Included(ts),
+    }
+}
+
+/// Which partitions a request may find records in, in the order to visit them.
+pub(crate) fn relevant(partitions: Vec<Arc<Partition>>, request: &SearchRequest) -> Vec<Arc<Partition>> {
+    let mut selected: Vec<Arc<Partition>> = partitions
+        .into_iter()
+        .filter(|p| request.streams.is_empty() || request.streams.iter().any(|s| *s == p.stream))
+        .filter(|p| request.since.is_none_or(|since| (p.day + 1) * NANOS_PER_DAY > since))
+        .filter(|p| request.until.is_none_or(|until| p.day * NANOS_PER_DAY < until))
+        .collect();
+    match request.order {
+        SearchOrder::Newest => selected.sort_by(|a, b| b.day.cmp(&a.day)),
+        _ => selected.sort_by(|a, b| a.day.cmp(&b.day)),
+    }
+    selected
+}
+
+/// Run a search on this node's partitions.
+pub(crate) fn search(
+    partitions: Vec<Arc<Partition>>,
+    schema: &Schema,
+    fields: &Fields,
+    request: &SearchRequest,
+    node: u64,
+) -> Result<Vec<Hit>, SearchError> {
+    let mut request = request.clone();
+    if request.order == SearchOrder::Ingest {
+        // Only this node's part of the tail position matters here.
+        request.after = None;
+    }
+    let query = build_query(schema, fields, &request)?;
+    let seq_after = request.seq_after.get(&node).copied();
+    let collector = TopHits { limit: request.limit, order: request.order, after: request.after, node, seq_after };
+    let mut found: Vec<(Key, Arc<Partition>, DocAddress)> = Vec::new();
+    for partition in relevant(partitions, &request) {
+        // Partitions are visited in order and do not overlap in time: once a
+        // page is full, an older (or newer) day cannot improve it.
+        if request.order != SearchOrder::Ingest && found.len() >= request.limit {
+            break;
+        }
+        let searcher = partition.reader.searcher();
+        for (key, address) in searcher.search(query.as_ref(), &collector)? {
+            found.push((key, partition.clone(), address));
+        }
+    }
+    sort_keys(&mut found, request.order, |item| item.0);
+    found.truncate(request.limit);
+    let mut hits = Vec::with_capacity(found.len());
+    for ((_, seq), partition, address) in found {
+        let searcher = partition.reader.searcher();
+        let doc: TantivyDocument = searcher.doc(address)?;
+        if let Some(record) = index::stored_record(fields, &doc) {
+            hits.push(Hit { node, stream: partition.stream.clone(), seq, record });
+        }
+    }
+    Ok(hits)
+}
+
+/// Count matching records on this node's partitions.
+pub(crate) fn aggregate(
+    partitions: Vec<Arc<Partition>>,
+    schema: &Schema,
+    fields: &Fields,
+    request: &AggregateRequest,
+) -> Result<Aggregation, SearchError> {
+    let query = build_query(schema, fields, &request.filter)?;
+    for field in &request.top {
+        if !TOP_FIELDS.contains(&field.as_str()) {
+            return Err(SearchError::InvalidQuery(format!("cannot count {field:?}; one of {}", TOP_FIELDS.join(", "))));
+        }
+    }
+    if let Some(interval) = request.interval {
+        let (Some(since), Some(until)) = (request.filter.since, request.filter.until) else {
+            return Err(SearchError::InvalidQuery("a histogram needs since and until".into()));
+        };
+        if interval <= 0 || (until - since) / interval > MAX_BUCKETS {
+            return Err(SearchError::InvalidQuery(format!("the histogram would have more than {MAX_BUCKETS} buckets")));
+        }
+    }
+    let collector = Counts { interval: request.interval, top: request.top.clone() };
+    let mut parts = Vec::new();
+    for partition in relevant(partitions, &request.filter) {
+        parts.push(partition.reader.searcher().search(query.as_ref(), &collector)?);
+    }
+    Ok(Aggregation::merge(parts))
+}
+
+/// (timestamp, seq) of a document.
+type Key = (i64, u64);
+
+fn sort_keys<T>(items: &mut [T], order: SearchOrder, key: impl Fn(&T) -> Key) {
+    match order {
+        SearchOrder::Newest => items.sort_unstable_by(|a, b| key(b).cmp(&key(a))),
+        SearchOrder::Oldest => items.sort_unstable_by_key(|item| key(item)),
+        SearchOrder::Ingest => items.sort_unstable_by_key(|item| key(item).1),
+    }
+}
+
+/// The best `limit` documents in the request's order, after the cursor.
+struct TopHits {
+    limit: usize,
+    order: SearchOrder,
+    after: Option<Cursor>,
+    node: u64,
+    seq_after: Option<u64>,
+}
+
+impl TopHits {
+    /// Is (ts, this node, seq) strictly after the cursor in the page order?
+    fn wanted(&self, ts: i64, seq: u64) -> bool {
+        if let Some(after) = self.seq_after {
+            if seq <= after {
+                return false;
+            }
+        }
+        let Some(after) = self.after else { return true };
+        let position = Cursor { ts, node: self.node, seq };
+        match self.order {
+            SearchOrder::Newest => position < after,
+            SearchOrder::Oldest => position > after,
+            SearchOrder::Ingest => true,
+        }
+    }
+}
+
+struct TopHitsSegment {
+    limit: usize,
+    order: SearchOrder,
+    segment: SegmentOrdinal,
+    ts: Column<i64>,
+    seq: Column<u64>,
+    filter: TopHits,
+    found: Vec<(Key, DocAddress)>,
+}
+
+impl Collector for TopHits {
+    type Fruit = Vec<(Key, DocAddress)>;
+    type Child = TopHitsSegment;
+
+    fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<TopHitsSegment> {
+        Ok(TopHitsSegment {
+            limit: self.limit,
+            order: self.order,
+            segment,
+            ts: reader.fast_fields().i64("ts")?,
+            seq: reader.fast_fields().u64("seq")?,
+            filter: TopHits { ..*self },
+            found: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<(Key, DocAddress)>>) -> tantivy::Result<Vec<(Key, DocAddress)>> {
+        let mut all: Vec<(Key, DocAddress)> = fruits.into_iter().flatten().collect();
+        sort_keys(&mut all, self.order, |item| item.0);
+        all.truncate(self.limit);
+        Ok(all)
+    }
+}
+
+impl SegmentCollector for TopHitsSegment {
+    type Fruit = Vec<(Key, DocAddress)>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        let (Some(ts), Some(seq)) = (self.ts.first(doc), self.seq.first(doc)) else { return };
+        if !self.filter.wanted(ts, seq) {
+            return;
+        }
+        self.found.push(((ts, seq), DocAddress::new(self.segment, doc)));
+        // Keep memory bounded: trim to the best `limit` now and then.
+        if self.found.len() >= self.limit * 2 + 64 {
+            sort_keys(&mut self.found, self.order, |item| item.0);
+            self.found.truncate(self.limit);
+        }
+    }
+
+    fn harvest(mut self) -> Self::Fruit {
+        sort_keys(&mut self.found, self.order, |item| item.0);
+        self.found.truncate(self.limit);
+        self.found
+    }
+}
+
+impl Clone for TopHits {
+    fn clone(&self) -> Self {
+        TopHits { ..*self }
+    }
+}
+
+impl Copy for TopHits {}
+
+/// Counts per time bucket (aligned to multiples of the interval since the
+/// epoch, as Elasticsearch's fixed intervals are) and per value of some fields.
+struct Counts {
+    interval: Option<i64>,
+    top: Vec<String>,
+}
+
+struct CountsSegment {
+    interval: Option<i64>,
+    ts: Column<i64>,
+    columns: Vec<(String, Option<StrColumn>, Vec<u64>)>,
+    total: u64,
+    histogram: HashMap<i64, u64>,
+}
+
+impl Collector for Counts {
+    type Fruit = Aggregation;
+    type Child = CountsSegment;
+
+    fn for_segment(&self, _segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<CountsSegment> {
+        let mut columns = Vec::new();
+        for field in &self.top {
+            let column = reader.fast_fields().str(field)?;
+            let terms = column.as_ref().map_or(0, |c| c.num_terms());
+            columns.push((field.clone(), column, vec![0; terms]));
+        }
+        Ok(CountsSegment {
+            interval: self.interval,
+            ts: reader.fast_fields().i64("ts")?,
+            columns,
+            total: 0,
+            histogram: HashMap::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Aggregation>) -> tantivy::Result<Aggregation> {
+        Ok(Aggregation::merge(fruits))
+    }
+}
+
+impl SegmentCollector for CountsSegment {
+    type Fruit = Aggregation;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        self.total += 1;
+        if let (Some(interval), Some(ts)) = (self.interval, self.ts.first(doc)) {
+            let bucket = ts.div_euclid(interval) * interval;
+            *self.histogram.entry(bucket).or_default() += 1;
+        }
+        for (_, column, counts) in &mut self.columns {
+            if let Some(column) = column {
+                for ord in column.term_ords(doc) {
+                    if let Some(count) = counts.get_mut(ord as usize) {
+                        *count += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn harvest(self) -> Aggregation {
+        let mut top = BTreeMap::new();
+        for (field, column, counts) in self.columns {
+            let mut values = HashMap::new();
+            if let Some(column) = column {
+                let mut text = String::new();
+                for (ord, count) in counts.into_iter().enumerate() {
+                    if count > 0 && column.ord_to_str(ord as u64, &mut text).unwrap_or(false) {
+                        values.insert(text.clone(), count);
+                    }
+                }
+            }
+            top.insert(field, values);
+        }
+        Aggregation { total: self.total, histogram: self.histogram.into_iter().collect(), top }
+    }
+}
