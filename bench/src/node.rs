@@ -84,6 +84,8 @@ pub struct Node {
     child: Option<Child>,
     pub pid: u32,
     pub api: String,
+    #[allow(dead_code)] // log-bench only
+    data_dir: PathBuf,
     log_path: PathBuf,
     // Dropped after `Drop::drop` has killed the process.
     _dir: tempfile::TempDir,
@@ -118,7 +120,7 @@ impl Node {
         }
         let child = spawn_logged(&mut command, &log_path)?;
         let pid = child.id();
-        Ok(Node { child: Some(child), pid, api: format!("http://127.0.0.1:{api}"), log_path, _dir: dir })
+        Ok(Node { child: Some(child), pid, api: format!("http://127.0.0.1:{api}"), data_dir, log_path, _dir: dir })
     }
 
     /// `n` nodes that find each other through gossip (each names all of them
@@ -163,6 +165,12 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The node's `--data-dir`.
+    #[allow(dead_code)] // log-bench only
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Still running?

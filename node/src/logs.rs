@@ -21,6 +21,8 @@ enum PeerRequest {
     Search(SearchRequest),
     Aggregate(AggregateRequest),
     Streams,
+    /// Every matching record, at most this many (for SQL).
+    Scan(SearchRequest, usize),
     /// The highest record seq that is searchable on the node (tail start).
     Position,
 }
@@ -73,7 +75,8 @@ async fn run_local(logs: &Logs, request: PeerRequest) -> Result<PeerReply, Searc
         PeerRequest::Search(request) => PeerReply::Hits(logs.search(request).await?),
         PeerRequest::Aggregate(request) => PeerReply::Aggregation(logs.aggregate(request).await?),
         PeerRequest::Streams => PeerReply::Streams(logs.streams()),
-        PeerRequest::Position => PeerReply::Position(logs.searchable_seq()),
+        PeerRequest::Scan(request, max) => PeerReply::Hits(logs.scan(request, max).await?),
+        PeerRequest::Position => PeerReply::Position(logs.tail_position().await),
     })
 }
 
@@ -95,14 +98,20 @@ async fn fan_out(shoal: &Shoal, request: PeerRequest) -> Result<(Vec<(u64, PeerR
     let body = serde_json::to_vec(&request).map_err(|e| ApiError::internal(e.to_string()))?;
     let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
     let members = shoal.gossip.members().await;
+    let membership = shoal.raft.metrics().borrow().membership_config.clone();
     let mut report = NodeReport::default();
     let mut calls = Vec::new();
     for member in members.values().filter(|m| !m.left && m.node_id != shoal.node_id) {
-        report.asked += 1;
         if !member.alive {
-            report.failed.push(NodeFailure { node: member.node_id, error: "down (by gossip)".into() });
+            // A dead node still in the cluster holds records we cannot reach:
+            // say so. One already removed from the cluster is gone for good.
+            if membership.membership().get_node(&member.node_id).is_some() {
+                report.asked += 1;
+                report.failed.push(NodeFailure { node: member.node_id, error: "down (by gossip)".into() });
+            }
             continue;
         }
+        report.asked += 1;
         let (node, addr, body) = (member.node_id, member.rpc.clone(), body.clone());
         calls.push(async move {
             let answer = match shoal.forwarder.search(&addr, body, timeout).await {
@@ -146,6 +155,19 @@ pub async fn search(shoal: &Shoal, request: SearchRequest) -> Result<(Vec<Hit>, 
         })
         .collect();
     Ok((shoal_search::merge_hits(lists, order, limit), report))
+}
+
+/// Every matching record from every node (at most `max` per node).
+pub async fn scan(shoal: &Shoal, request: SearchRequest, max: usize) -> Result<(Vec<Hit>, NodeReport), ApiError> {
+    let (replies, report) = fan_out(shoal, PeerRequest::Scan(request, max)).await?;
+    let hits = replies
+        .into_iter()
+        .flat_map(|(_, reply)| match reply {
+            PeerReply::Hits(hits) => hits,
+            _ => Vec::new(),
+        })
+        .collect();
+    Ok((hits, report))
 }
 
 pub async fn aggregate(shoal: &Shoal, request: AggregateRequest) -> Result<(Aggregation, NodeReport), ApiError> {

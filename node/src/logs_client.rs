@@ -75,6 +75,11 @@ pub enum LogsCommand {
         #[arg(long)]
         interval: Option<String>,
     },
+    /// Run SQL over logs (Polars) on the table `logs`, e.g.
+    /// "SELECT service, level, count(*) FROM logs WHERE ts > now() - interval '1 hour' GROUP BY 1, 2".
+    /// Columns: ts, stream, node, kind, level, service, message, trace_id,
+    /// span_id, duration_ns, status, attributes (JSON text).
+    Sql { query: String },
     /// List streams: records, bytes and nodes.
     Streams,
     /// Show a whole trace: its spans and log records, from every node.
@@ -215,6 +220,22 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
                     println!("{} {}", text(&bucket["ts"]), bucket["count"]);
                 }
             }
+            Ok(())
+        }
+        LogsCommand::Sql { query } => {
+            let answer = client.send(client.http.post(client.url("/v1/logs/sql")).json(&json!({"query": query}))).await?;
+            if client.json {
+                println!("{answer}");
+                return Ok(());
+            }
+            warn_partial(&answer);
+            let columns: Vec<String> = answer["columns"].as_array().into_iter().flatten().map(text).collect();
+            println!("{}", columns.join("\t"));
+            for row in answer["rows"].as_array().into_iter().flatten() {
+                let cells: Vec<String> = row.as_array().into_iter().flatten().map(text).collect();
+                println!("{}", cells.join("\t"));
+            }
+            eprintln!("({} rows, {} records read, {} ms)", answer["rows"].as_array().map_or(0, Vec::len), answer["scanned"], answer["took_ms"]);
             Ok(())
         }
         LogsCommand::Streams => {
@@ -439,12 +460,15 @@ struct Tailed {
     key: String,
     reader: Option<BufReader<File>>,
     position: Position,
+    /// The size of a renamed file when its rename was seen with lines
+    /// still unread: it is read to its end before the new file is opened.
+    draining: Option<u64>,
 }
 
 impl Tailed {
     fn open(path: &Path, saved: Option<Position>) -> anyhow::Result<Tailed> {
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
-        let mut tailed = Tailed { path: path.to_path_buf(), key, reader: None, position: Position::default() };
+        let mut tailed = Tailed { path: path.to_path_buf(), key, reader: None, position: Position::default(), draining: None };
         let Ok(file) = File::open(path) else { return Ok(tailed) };
         let inode = file.metadata()?.ino();
         match saved {
@@ -512,7 +536,16 @@ impl Tailed {
                 self.attach(file, Position { inode, offset: 0 })?;
                 Ok(true)
             }
-            (Some(_), Some(meta)) if meta.ino() != self.position.inode => {
+            (Some(reader), Some(meta)) if meta.ino() != self.position.inode => {
+                // Renamed. Lines written to the old file between our last read
+                // and the rename are still to be read: read again first (until
+                // the old file stops growing; a partial last line stays behind).
+                let old_len = reader.get_ref().metadata()?.len();
+                if old_len > self.position.offset && self.draining != Some(old_len) {
+                    self.draining = Some(old_len);
+                    return Ok(false);
+                }
+                self.draining = None;
                 let file = File::open(&self.path)?;
                 self.attach(file, Position { inode: meta.ino(), offset: 0 })?;
                 Ok(true)

@@ -96,6 +96,9 @@ struct Shared {
     index_bytes: AtomicU64,
     /// The highest record seq that is committed (searchable).
     searchable_seq: AtomicU64,
+    /// Odd while a commit pass makes records searchable partition by
+    /// partition: `searchable_seq` is behind what searches see until it ends.
+    commit_epoch: AtomicU64,
 }
 
 /// What an ingest did with a batch.
@@ -142,12 +145,13 @@ impl Logs {
             indexing_bytes: AtomicU64::new(0),
             index_bytes: AtomicU64::new(0),
             searchable_seq: AtomicU64::new(0),
+            commit_epoch: AtomicU64::new(0),
             config,
         });
         let (to_indexer, indexer_queue) = mpsc::sync_channel(INDEX_QUEUE);
         let mut indexer = Indexer::new(shared.clone());
         let mut replayed = 0usize;
-        let wal = Wal::open(&shared.config.dir.join("wal"), WAL_QUEUE, to_indexer, &mut |entry| {
+        let wal = Wal::open(&shared.config.dir.join("wal"), shared.config.limits.wal_bytes, WAL_QUEUE, to_indexer, &mut |entry| {
             replayed += entry.records.len();
             indexer.add(entry, true);
         })?;
@@ -248,6 +252,24 @@ impl Logs {
         self.shared.searchable_seq.load(Ordering::Relaxed)
     }
 
+    /// Where a live tail starts: the highest searchable record seq, taken
+    /// between commit passes, so that every record a search can see is at
+    /// or below it and every record at or below it is searchable. (During
+    /// a pass, partitions already reloaded show records above
+    /// `searchable_seq`: a tail starting there would send them as new.)
+    pub async fn tail_position(&self) -> u64 {
+        loop {
+            let epoch = self.shared.commit_epoch.load(Ordering::SeqCst);
+            if epoch % 2 == 0 {
+                let seq = self.shared.searchable_seq.load(Ordering::SeqCst);
+                if self.shared.commit_epoch.load(Ordering::SeqCst) == epoch {
+                    return seq;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Bytes of indexes and WAL on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.shared.index_bytes.load(Ordering::Relaxed) + self.wal.bytes()
@@ -267,6 +289,24 @@ impl Logs {
         })
         .await
         .map_err(|e| SearchError::Internal(format!("search task: {e}")))?
+    }
+
+    /// Every matching record on this node, newest first, at most `max` (for
+    /// SQL, whose own limits apply afterwards). Runs on a blocking thread.
+    pub async fn scan(&self, mut request: SearchRequest, max: usize) -> Result<Vec<Hit>, SearchError> {
+        request.limit = max.max(1);
+        request.order = query::SearchOrder::Newest;
+        request.after = None;
+        let mut check = request.clone();
+        check.limit = 1;
+        query::validate(&check)?;
+        let logs = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let shared = &logs.shared;
+            query::search(logs.partitions(), &shared.schema, &shared.fields, &request, shared.config.node_id)
+        })
+        .await
+        .map_err(|e| SearchError::Internal(format!("scan task: {e}")))?
     }
 
     /// Count this node's matching records. Runs on a blocking thread.
@@ -423,6 +463,9 @@ impl Indexer {
                     if let Err(e) = partition.reader.reload() {
                         tracing::warn!(error = %e, "cannot reload a log partition reader");
                     }
+                    // Keep the disk figure (checked by ingest) current between retention passes.
+                    partition.measure();
+                    self.refresh_index_bytes();
                 }
                 metrics::histogram!("shoal_logs_commit_seconds").record(started.elapsed().as_secs_f64());
             }
@@ -430,16 +473,24 @@ impl Indexer {
         }
     }
 
+    fn refresh_index_bytes(&self) {
+        let partitions = self.shared.partitions.read().unwrap_or_else(|p| p.into_inner());
+        let total: u64 = partitions.values().map(|p| p.bytes()).sum();
+        self.shared.index_bytes.store(total, Ordering::Relaxed);
+    }
+
     /// Commit every partition with new records, then close idle writers.
     fn commit_all(&mut self) {
+        self.shared.commit_epoch.fetch_add(1, Ordering::SeqCst);
         let keys: Vec<(String, i64)> = self.writers.keys().cloned().collect();
         for key in &keys {
             self.commit_one(key);
         }
         self.writers.retain(|_, (_, used, dirty)| *dirty || used.elapsed() < WRITER_IDLE);
         if !self.writers.values().any(|(_, _, dirty)| *dirty) {
-            self.shared.searchable_seq.store(self.next_record - 1, Ordering::Relaxed);
+            self.shared.searchable_seq.store(self.next_record - 1, Ordering::SeqCst);
         }
+        self.shared.commit_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Every entry up to the last one added is in committed indexes (when no
@@ -465,25 +516,25 @@ impl Indexer {
             partition.measure();
             by_stream.entry(partition.stream.clone()).or_default().push(partition);
         }
-        let mut total = 0;
         for (stream, mut partitions) in by_stream {
             let (max_age, max_bytes) = self.shared.config.retention.for_stream(&stream);
             let oldest = now.saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
             partitions.sort_by_key(|p| p.day);
             let mut bytes: u64 = partitions.iter().map(|p| p.bytes()).sum();
+            let newest = partitions.last().map(|p| p.day);
             for partition in partitions {
                 let expired = (partition.day + 1) * NANOS_PER_DAY <= oldest;
-                if expired || bytes > max_bytes {
+                // The newest day is never dropped for size: it holds what was just acknowledged.
+                let oversize = bytes > max_bytes && Some(partition.day) != newest;
+                if expired || oversize {
                     bytes = bytes.saturating_sub(partition.bytes());
                     self.drop_partition(&partition, if expired { "age" } else { "size" });
-                } else {
-                    total += partition.bytes();
                 }
             }
             metrics::gauge!("shoal_logs_stream_bytes", "stream" => stream.clone()).set(bytes as f64);
         }
-        self.shared.index_bytes.store(total, Ordering::Relaxed);
-        metrics::gauge!("shoal_logs_index_bytes").set(total as f64);
+        self.refresh_index_bytes();
+        metrics::gauge!("shoal_logs_index_bytes").set(self.shared.index_bytes.load(Ordering::Relaxed) as f64);
         if let Some(wal) = &self.wal {
             metrics::gauge!("shoal_logs_wal_bytes").set(wal.bytes() as f64);
         }
@@ -504,6 +555,90 @@ impl Indexer {
                 metrics::counter!("shoal_logs_partitions_dropped_total", "why" => why.to_string()).increment(1);
             }
             Err(e) => tracing::warn!(path = %partition.dir.display(), error = %e, "cannot remove a log partition"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::{Cursor, SearchOrder};
+    use crate::record::Kind;
+
+    fn config(dir: &std::path::Path) -> LogsConfig {
+        LogsConfig {
+            dir: dir.to_path_buf(),
+            node_id: 7,
+            commit_interval: Duration::from_millis(50),
+            retention: Retention { max_age: Duration::from_secs(7 * 86_400), max_bytes_per_stream: u64::MAX, streams: BTreeMap::new() },
+            limits: Limits { wal_bytes: 1 << 30, indexing_bytes: 1 << 30, disk_bytes: 1 << 40, writer_bytes: 15_000_000 },
+        }
+    }
+
+    fn record(ts_nanos: i64, message: &str) -> Record {
+        Record {
+            kind: Kind::Log,
+            ts_nanos,
+            level: "info".into(),
+            service: "svc".into(),
+            message: message.into(),
+            trace_id: String::new(),
+            span_id: String::new(),
+            attributes: "{}".into(),
+            span: None,
+        }
+    }
+
+    async fn all(logs: &Logs, order: SearchOrder, page: usize) -> Vec<Hit> {
+        let mut out = Vec::new();
+        let mut after: Option<Cursor> = None;
+        loop {
+            let request = SearchRequest { order, limit: page, after, ..Default::default() };
+            let hits = logs.search(request).await.unwrap();
+            let done = hits.len() < page;
+            after = hits.last().map(Hit::cursor);
+            out.extend(hits);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    async fn wait_count(logs: &Logs, count: usize) {
+        for _ in 0..200 {
+            if all(logs, SearchOrder::Newest, 1000).await.len() == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("never saw {count} records");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cursor_pages_are_exact_with_equal_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::open(config(dir.path())).unwrap();
+        let now = now_nanos();
+        // 95 records on 3 timestamps, in several batches.
+        for batch in 0..5 {
+            let records = (0..19).map(|i| record(now - ((batch * 19 + i) % 3) as i64, &format!("m{}", batch * 19 + i))).collect();
+            logs.ingest("s", records).await.unwrap();
+        }
+        wait_count(&logs, 95).await;
+        for order in [SearchOrder::Newest, SearchOrder::Oldest] {
+            let hits = all(&logs, order, 7).await;
+            assert_eq!(hits.len(), 95, "{order:?}");
+            let mut messages: Vec<&str> = hits.iter().map(|h| h.record.message.as_str()).collect();
+            messages.sort_unstable();
+            messages.dedup();
+            assert_eq!(messages.len(), 95, "{order:?}: duplicates across pages");
+            let keys: Vec<Cursor> = hits.iter().map(Hit::cursor).collect();
+            let mut sorted = keys.clone();
+            match order {
+                SearchOrder::Newest => sorted.sort_by(|a, b| b.cmp(a)),
+                _ => sorted.sort(),
+            }
+            assert_eq!(keys, sorted, "{order:?}: out of order");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tantivy::schema::{
     Field, IndexRecordOption, JsonObjectOptions, Schema, TextFieldIndexing, TextOptions, FAST, STORED, STRING,
 };
-use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument};
+use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy, TantivyDocument};
 
 use crate::record::Record;
 use crate::SearchError;
@@ -38,12 +38,18 @@ pub(crate) struct Fields {
 
 pub(crate) fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
+    // No field norms: hits are ordered by time, never scored.
     let text = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_fieldnorms(false)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
-    // Dotted keys (`http.method`) are indexed as paths, so `attributes.http.method:GET` finds them.
+    // Attribute values are matched whole, like Elasticsearch keywords
+    // (`attributes.user.id:u-42`); dotted keys (`http.method`) are indexed
+    // as paths, so `attributes.http.method:GET` finds them either way.
     let json = JsonObjectOptions::default().set_expand_dots_enabled().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic),
     );
     let fields = Fields {
         kind: builder.add_text_field("kind", STRING | FAST),
@@ -63,6 +69,12 @@ pub(crate) fn schema() -> (Schema, Fields) {
         doc: builder.add_bytes_field("doc", STORED),
     };
     (builder.build(), fields)
+}
+
+/// Stored records are compressed (lz4) in 64 KiB blocks: larger blocks
+/// compress repetitive log lines better, and a page of hits reads few blocks.
+fn settings() -> IndexSettings {
+    IndexSettings { docstore_blocksize: 64 << 10, ..IndexSettings::default() }
 }
 
 /// Days since the Unix epoch of a nanosecond timestamp.
@@ -144,7 +156,7 @@ impl Partition {
         let index = if dir.join("meta.json").exists() {
             Index::open_in_dir(&dir)?
         } else {
-            Index::create_in_dir(&dir, schema.clone())?
+            Index::builder().schema(schema.clone()).settings(settings()).create_in_dir(&dir)?
         };
         let committed_seq = index.load_metas()?.payload.and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;

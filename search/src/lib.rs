@@ -9,6 +9,7 @@ mod engine;
 mod index;
 mod query;
 pub mod record;
+pub mod sql;
 mod wal;
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query_grammar::UserInputAst;
 use tantivy::schema::{IndexRecordOption, Schema};
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
 
@@ -210,9 +211,10 @@ pub(crate) fn build_query(schema: &Schema, fields: &Fields, request: &SearchRequ
     if !request.query.trim().is_empty() {
         let mut parser = QueryParser::new(schema.clone(), vec![fields.message], tantivy::tokenizer::TokenizerManager::default());
         parser.set_conjunction_by_default();
-        let parsed = parser
-            .parse_query(&request.query)
-            .map_err(|e| SearchError::InvalidQuery(format!("cannot parse query {:?}: {e}", request.query)))?;
+        let invalid = |e: &dyn std::fmt::Display| SearchError::InvalidQuery(format!("cannot parse query {:?}: {e}", request.query));
+        let ast = tantivy::query_grammar::parse_query(&request.query)
+            .map_err(|_| invalid(&format!("Syntax Error: {}", request.query)))?;
+        let parsed = parser.build_query_from_user_input_ast(lift_negations(ast)).map_err(|e| invalid(&e))?;
         clauses.push((Occur::Must, parsed));
     }
     let term = |field, value: &str| -> Box<dyn Query> {
@@ -266,6 +268,30 @@ pub(crate) fn build_query(schema: &Schema, fields: &Fields, request: &SearchRequ
     Ok(Box::new(BooleanQuery::new(clauses)))
 }
 
+/// `a AND NOT b` parses as `+a +(-b)`, and in Tantivy a clause that only
+/// excludes matches nothing, so the whole query would find nothing. Lift
+/// such clauses into their parent (`+a -b`), which is what the query means.
+fn lift_negations(ast: UserInputAst) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(children) => {
+            let mut lifted = Vec::with_capacity(children.len());
+            for (occur, child) in children {
+                match (occur, lift_negations(child)) {
+                    (None | Some(Occur::Must), UserInputAst::Clause(inner))
+                        if !inner.is_empty() && inner.iter().all(|(o, _)| *o == Some(Occur::MustNot)) =>
+                    {
+                        lifted.extend(inner);
+                    }
+                    (occur, child) => lifted.push((occur, child)),
+                }
+            }
+            UserInputAst::Clause(lifted)
+        }
+        UserInputAst::Boost(inner, boost) => UserInputAst::Boost(Box::new(lift_negations(*inner)), boost),
+        leaf => leaf,
+    }
+}
+
 fn tighter_upper(upper: Option<Bound<i64>>, ts: i64) -> Bound<i64> {
     match upper {
         Some(Bound::Excluded(u)) if u <= ts => Bound::Excluded(u),
@@ -312,12 +338,19 @@ pub(crate) fn search(
     let seq_after = request.seq_after.get(&node).copied();
     let collector = TopHits { limit: request.limit, order: request.order, after: request.after, node, seq_after };
     let mut found: Vec<(Key, Arc<Partition>, DocAddress)> = Vec::new();
+    let mut visited_day = None;
     for partition in relevant(partitions, &request) {
-        // Partitions are visited in order and do not overlap in time: once a
-        // page is full, an older (or newer) day cannot improve it.
-        if request.order != SearchOrder::Ingest && found.len() >= request.limit {
+        // Partitions are visited day by day, and days do not overlap in
+        // time: once a page is full after a whole day, an older (or newer)
+        // day cannot improve it. The partitions of other streams on the
+        // same day can, so a day is always finished.
+        if request.order != SearchOrder::Ingest
+            && found.len() >= request.limit
+            && visited_day != Some(partition.day)
+        {
             break;
         }
+        visited_day = Some(partition.day);
         let searcher = partition.reader.searcher();
         for (key, address) in searcher.search(query.as_ref(), &collector)? {
             found.push((key, partition.clone(), address));

@@ -118,6 +118,10 @@ pub fn normalize_hex_id(raw: &str, what: &str) -> Result<String, String> {
 pub fn parse_timestamp(value: &Value) -> Result<i64, String> {
     match value {
         Value::String(text) => {
+            // Integers first: through f64, nanoseconds would lose their last digits.
+            if let Ok(int) = text.parse::<i64>() {
+                return epoch_int_to_nanos(int);
+            }
             if let Ok(number) = text.parse::<f64>() {
                 return epoch_number_to_nanos(number);
             }
@@ -295,10 +299,15 @@ mod tests {
             json!("2023-11-14T22:13:20Z"),
             json!("2023-11-14T23:13:20+01:00"),
             json!("1700000000000"),
+            json!("1700000000000000000"),
         ] {
             assert_eq!(parse_timestamp(&value), Ok(expected), "{value}");
         }
+        for value in [json!("1700000000123456789"), json!(1_700_000_000_123_456_789i64)] {
+            assert_eq!(parse_timestamp(&value), Ok(1_700_000_000_123_456_789), "{value}");
+        }
         assert_eq!(parse_timestamp(&json!(1_700_000_000.5)), Ok(expected + 500_000_000));
+        assert_eq!(parse_timestamp(&json!("1700000000.5")), Ok(expected + 500_000_000));
         assert!(parse_timestamp(&json!("yesterday")).is_err());
         assert!(parse_timestamp(&json!(-5)).is_err());
         assert!(parse_timestamp(&json!(true)).is_err());

@@ -19,8 +19,11 @@ use tokio::sync::oneshot;
 use crate::record::Record;
 use crate::SearchError;
 
-/// A segment is closed and a new one started past this size.
+/// A segment is closed and a new one started past this size (or past an
+/// eighth of the WAL cap, so that committed segments can go well before
+/// the cap is reached).
 const SEGMENT_BYTES: u64 = 64 << 20;
+const MIN_SEGMENT_BYTES: u64 = 1 << 20;
 /// At most this many batches share one fsync.
 const GROUP_COMMIT_MAX: usize = 512;
 const FRAME_HEADER: usize = 8;
@@ -79,6 +82,7 @@ impl Wal {
     /// the writer thread, which passes each new entry to `indexer`.
     pub fn open(
         dir: &Path,
+        max_bytes: u64,
         queue: usize,
         indexer: mpsc::SyncSender<Entry>,
         replay: &mut dyn FnMut(Entry),
@@ -104,8 +108,12 @@ impl Wal {
                 replay(entry);
             })?;
         }
-        // New writes go to a fresh segment: a torn tail stays where it is.
+        // New writes go to a fresh segment: a torn tail stays where it is. A
+        // segment already named for the next seq holds no valid entry (or the
+        // seq would have moved past it): start it again from empty.
+        segments.retain(|s| s.first_seq != next_seq);
         let current = Segment { first_seq: next_seq, path: dir.join(format!("{next_seq:020}.wal")), bytes: 0 };
+        File::create(&current.path).map_err(|e| SearchError::io(&current.path, e))?;
         let file = open_segment(&current.path)?;
         segments.push(current);
         let total: u64 = segments.iter().map(|s| s.bytes).sum();
@@ -121,6 +129,7 @@ impl Wal {
             next_seq,
             next_record,
             indexer,
+            segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
         };
         std::thread::Builder::new()
             .name("shoal-log-wal".into())
@@ -236,6 +245,7 @@ struct Writer {
     next_seq: u64,
     next_record: u64,
     indexer: mpsc::SyncSender<Entry>,
+    segment_bytes: u64,
 }
 
 impl Writer {
@@ -295,7 +305,7 @@ impl Writer {
                 let _ = job.reply.send(Ok(seq));
             }
             let current = self.segments.lock().unwrap_or_else(|p| p.into_inner()).last().map_or(0, |s| s.bytes);
-            if current >= SEGMENT_BYTES {
+            if current >= self.segment_bytes {
                 self.rotate();
             }
         }
@@ -318,5 +328,86 @@ impl Writer {
             }
             Err(e) => tracing::error!(error = %e, "cannot start a new WAL segment"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Kind, Record};
+
+    fn record(message: &str) -> Record {
+        Record {
+            kind: Kind::Log,
+            ts_nanos: 1,
+            level: "info".into(),
+            service: "svc".into(),
+            message: message.into(),
+            trace_id: String::new(),
+            span_id: String::new(),
+            attributes: "{}".into(),
+            span: None,
+        }
+    }
+
+    fn open(dir: &Path) -> (Wal, mpsc::Receiver<Entry>, Vec<Entry>) {
+        let (to_indexer, indexed) = mpsc::sync_channel(1024);
+        let mut replayed = Vec::new();
+        let wal = Wal::open(dir, 1 << 30, 64, to_indexer, &mut |entry| replayed.push(entry)).unwrap();
+        (wal, indexed, replayed)
+    }
+
+    fn append(wal: &Wal, messages: &[&str]) -> u64 {
+        let records: Vec<Record> = messages.iter().map(|m| record(m)).collect();
+        let encoded = encode_batch("s", &records).unwrap();
+        let (reply, answer) = oneshot::channel();
+        wal.append(Job { stream: "s".into(), records, encoded, reply }).unwrap();
+        answer.blocking_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn replay_stops_at_a_torn_tail_and_keeps_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, indexed, replayed) = open(dir.path());
+            assert!(replayed.is_empty());
+            assert_eq!(append(&wal, &["a", "b"]), 1);
+            assert_eq!(append(&wal, &["c"]), 2);
+            let sent: Vec<Entry> = indexed.try_iter().collect();
+            assert_eq!(sent.iter().map(|e| (e.seq, e.first_record)).collect::<Vec<_>>(), vec![(1, 1), (2, 3)]);
+        }
+        // A crash in the middle of a third frame: its tail is missing.
+        let segment = std::fs::read_dir(dir.path()).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "wal")).unwrap().path();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 5]);
+        std::fs::write(&segment, &bytes).unwrap();
+        let (wal, _indexed, replayed) = open(dir.path());
+        let messages: Vec<String> = replayed.iter().flat_map(|e| e.records.iter().map(|r| r.message.clone())).collect();
+        assert_eq!(messages, ["a", "b", "c"]);
+        // New entries continue the sequence in a fresh segment.
+        assert_eq!(append(&wal, &["d"]), 3);
+        drop(wal);
+        let (_wal, _indexed, replayed) = open(dir.path());
+        assert_eq!(replayed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn removed_segments_keep_the_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _indexed, _) = open(dir.path());
+            append(&wal, &["a", "b", "c"]);
+        }
+        {
+            // Reopening starts a new segment; the first one is now closed and removable.
+            let (wal, _indexed, replayed) = open(dir.path());
+            assert_eq!(replayed.len(), 1);
+            wal.remove_through(1, 4);
+            assert_eq!(wal.bytes(), 0);
+        }
+        let (wal, _indexed, replayed) = open(dir.path());
+        assert!(replayed.is_empty());
+        assert_eq!(wal.opened_at(), (2, 4));
+        assert_eq!(append(&wal, &["d"]), 2);
     }
 }

@@ -33,6 +33,7 @@ pub struct ClusterBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     random_order: bool,
+    otlp: bool,
 }
 
 impl ClusterBuilder {
@@ -46,6 +47,13 @@ impl ClusterBuilder {
     /// An extra environment variable for every node.
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts every node with its OpenTelemetry receivers on fresh ports
+    /// (see [`crate::NodeBuilder::otlp`]); they are off otherwise.
+    pub fn otlp(mut self) -> Self {
+        self.otlp = true;
         self
     }
 
@@ -97,6 +105,9 @@ impl ClusterBuilder {
             for (name, value) in &self.env {
                 builder = builder.env(name, value);
             }
+            if self.otlp {
+                builder = builder.otlp();
+            }
             started[i] = Some(builder.start_no_wait());
         }
         let nodes: Vec<Node> = started
@@ -109,6 +120,7 @@ impl ClusterBuilder {
             nodes,
             args: self.args,
             env: self.env,
+            otlp: self.otlp,
         }
     }
 }
@@ -176,6 +188,8 @@ pub struct Cluster {
     name: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Whether nodes get OTLP receivers ([`ClusterBuilder::otlp`]).
+    otlp: bool,
 }
 
 impl Cluster {
@@ -188,6 +202,7 @@ impl Cluster {
             args: Vec::new(),
             env: Vec::new(),
             random_order: false,
+            otlp: false,
         }
     }
 
@@ -254,6 +269,9 @@ impl Cluster {
             builder = builder.args(&as_strs(&self.args));
             for (name, value) in &self.env {
                 builder = builder.env(name, value);
+            }
+            if self.otlp {
+                builder = builder.otlp();
             }
         }
         builder = builder.args(args);

@@ -17,11 +17,14 @@ mod cluster;
 pub mod hook;
 mod http;
 pub mod kafka;
+pub mod logs;
 mod node;
+pub mod python;
 mod sse;
 pub mod ws;
 
 pub use cli::{run_shoal, shoal_command, CliOutput};
+pub use logs::{day_of, gzip, hits_of, messages, ndjson, now_nanos, rfc3339, DAY, HOUR, MINUTE, SEARCHABLE_TIMEOUT};
 pub use cluster::{members_of, Cluster, ClusterBuilder, Member, FORM_TIMEOUT};
 pub use http::{
     assert_error, b64, encode_key, error_detail, error_matches, kv_value, num, opt_num, text,

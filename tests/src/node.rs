@@ -85,6 +85,7 @@ pub struct NodeBuilder {
     settings: Settings,
     ports: Option<(u16, u16, u16)>,
     label: Option<String>,
+    otlp: bool,
 }
 
 impl NodeBuilder {
@@ -122,6 +123,16 @@ impl NodeBuilder {
     /// A name for the node in failure output, e.g. `"node 2"`.
     pub fn label(mut self, label: &str) -> Self {
         self.label = Some(label.to_string());
+        self
+    }
+
+    /// Turns the OpenTelemetry receivers on, on two fresh ports
+    /// (`--otlp-grpc 127.0.0.1:P1 --otlp-http 127.0.0.1:P2`), exposed as
+    /// [`Node::otlp_grpc_port`] and [`Node::otlp_http_port`]. Without it a
+    /// test node runs with `SHOAL_OTLP_GRPC=off` and `SHOAL_OTLP_HTTP=off`,
+    /// so parallel tests never compete for the default ports 4317 and 4318.
+    pub fn otlp(mut self) -> Self {
+        self.otlp = true;
         self
     }
 
@@ -172,7 +183,18 @@ impl NodeBuilder {
                 args.extend(["--config".to_string(), config.display().to_string()]);
             }
         }
+        let (mut otlp_grpc_port, mut otlp_http_port) = (None, None);
+        if self.otlp {
+            let (grpc, http) = (free_port(), free_port());
+            args.extend(["--otlp-grpc".to_string(), addr(grpc), "--otlp-http".to_string(), addr(http)]);
+            (otlp_grpc_port, otlp_http_port) = (Some(grpc), Some(http));
+        } else {
+            // Off unless asked for: the default ports are one per host.
+            env.push(("SHOAL_OTLP_GRPC".to_string(), "off".to_string()));
+            env.push(("SHOAL_OTLP_HTTP".to_string(), "off".to_string()));
+        }
         args.extend(self.extra_args);
+        // Added last: a test's own `env` wins over the defaults above.
         env.extend(self.extra_env);
 
         let mut node = Node {
@@ -186,6 +208,8 @@ impl NodeBuilder {
             api_port,
             rpc_port,
             gossip_port,
+            otlp_grpc_port,
+            otlp_http_port,
             client: new_client(),
             dir,
         };
@@ -222,6 +246,10 @@ pub struct Node {
     pub api_port: u16,
     pub rpc_port: u16,
     pub gossip_port: u16,
+    /// The OTLP/gRPC and OTLP/HTTP receivers' ports, when started with
+    /// [`NodeBuilder::otlp`] (otherwise the receivers are off).
+    pub otlp_grpc_port: Option<u16>,
+    pub otlp_http_port: Option<u16>,
     client: reqwest::Client,
     // Declared last so the process is gone before the directory is removed.
     dir: TempDir,
@@ -246,6 +274,7 @@ impl Node {
             settings: Settings::Flags,
             ports: None,
             label: None,
+            otlp: false,
         }
     }
 
@@ -264,6 +293,12 @@ impl Node {
         &self.args
     }
 
+    /// Changes the arguments the next [`Node::restart`] uses (for example
+    /// another retention setting on the same data directory).
+    pub fn args_mut(&mut self) -> &mut Vec<String> {
+        &mut self.args
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -271,6 +306,24 @@ impl Node {
     /// The temporary directory holding the data directory and the logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `http://127.0.0.1:PORT` of the OTLP/HTTP receiver; panics unless the
+    /// node was started with [`NodeBuilder::otlp`].
+    pub fn otlp_http_endpoint(&self) -> String {
+        let port = self
+            .otlp_http_port
+            .unwrap_or_else(|| panic!("{} was started without .otlp()", self.label()));
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// `127.0.0.1:PORT` of the OTLP/gRPC receiver; panics unless the node
+    /// was started with [`NodeBuilder::otlp`].
+    pub fn otlp_grpc_addr(&self) -> String {
+        let port = self
+            .otlp_grpc_port
+            .unwrap_or_else(|| panic!("{} was started without .otlp()", self.label()));
+        format!("127.0.0.1:{port}")
     }
 
     /// `http://127.0.0.1:PORT`, the API base URL.

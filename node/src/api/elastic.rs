@@ -3,6 +3,8 @@
 //! Bit, Vector, rsyslog's omelasticsearch and the official clients work
 //! unchanged. The `_index` of an action names the stream.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -12,8 +14,7 @@ use serde_json::{json, Value};
 use shoal_search::record::{self, validate_stream};
 use shoal_search::{Record, SearchError};
 
-use super::error::ApiResult;
-use super::extract::Body;
+use super::error::{ApiError, ApiResult};
 use super::logs::{decompressed, MAX_RECORDS_PER_REQUEST};
 use super::AppState;
 use crate::logs::search_error;
@@ -43,6 +44,23 @@ fn es_error(status: StatusCode, kind: &str, reason: impl Into<String>) -> Respon
     response
 }
 
+/// A Shoal error in Elasticsearch's shape (its code as the type).
+fn es_api_error(error: ApiError) -> Response {
+    es_error(error.status, error.code, error.message)
+}
+
+/// The body, or the Elasticsearch-shaped error for one that cannot be read
+/// (over `--logs-max-body-mb`: 413).
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Vec<u8>, Response> {
+    body.map(|bytes| bytes.to_vec()).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            es_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+        } else {
+            es_error(StatusCode::BAD_REQUEST, "parse_exception", format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
 pub async fn info(State(app): State<AppState>) -> Response {
     let shoal = &app.shoal;
     Json(json!({
@@ -62,17 +80,23 @@ pub async fn info(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
-pub async fn bulk_default(State(app): State<AppState>, headers: HeaderMap, Body(body): Body) -> Response {
-    bulk(app, None, headers, body.to_vec()).await
+pub async fn bulk_default(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    match body_or_error(body) {
+        Ok(body) => bulk(app, None, headers, body).await,
+        Err(response) => response,
+    }
 }
 
 pub async fn bulk_index(
     State(app): State<AppState>,
     Path(index): Path<String>,
     headers: HeaderMap,
-    Body(body): Body,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    bulk(app, Some(index), headers, body.to_vec()).await
+    match body_or_error(body) {
+        Ok(body) => bulk(app, Some(index), headers, body).await,
+        Err(response) => response,
+    }
 }
 
 /// One action of a bulk body and what became of it.
@@ -105,7 +129,7 @@ async fn bulk(app: AppState, path_index: Option<String>, headers: HeaderMap, bod
     let started = std::time::Instant::now();
     let body = match decompressed(&headers, &body, app.shoal.settings.logs_max_body_bytes) {
         Ok(body) => body,
-        Err(e) => return e.into_response(),
+        Err(e) => return es_api_error(e),
     };
     let parsed = tokio::task::spawn_blocking(move || parse_bulk(&body, path_index.as_deref())).await;
     let (mut items, by_stream) = match parsed {
@@ -129,7 +153,7 @@ async fn bulk(app: AppState, path_index: Option<String>, headers: HeaderMap, bod
             Err(e @ SearchError::Busy(_)) => {
                 return es_error(StatusCode::TOO_MANY_REQUESTS, "es_rejected_execution_exception", e.to_string())
             }
-            Err(e) => return search_error(e).into_response(),
+            Err(e) => return es_api_error(search_error(e)),
         }
     }
     let errors = items.iter().any(|item| item.error.is_some());

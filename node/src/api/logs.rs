@@ -23,6 +23,9 @@ use super::extract::{Body, Params};
 use super::AppState;
 use crate::logs::{self, search_error, NodeReport};
 
+/// Most records one SQL query may read, over all nodes (query cost limit).
+pub const MAX_SQL_ROWS: usize = 200_000;
+
 /// Records in one ingest request.
 pub const MAX_RECORDS_PER_REQUEST: usize = 100_000;
 /// Per-record errors listed in an ingest answer (all are counted).
@@ -415,6 +418,13 @@ pub async fn fetch_traces(app: &AppState, trace_ids: Vec<String>) -> ApiResult<(
 pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
     let mut request = search_request(&params, now_nanos())?;
     let backlog = params.number("backlog")?.unwrap_or(0).min(1000) as usize;
+    if backlog == 0 {
+        // A query that does not parse must be refused now, with a 400, not
+        // streamed as an error event every poll.
+        let mut probe = request.clone();
+        probe.limit = 1;
+        app.shoal.logs.search(probe).await.map_err(search_error)?;
+    }
     let mut positions = logs::positions(&app.shoal).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(64);
     if backlog > 0 {
@@ -474,4 +484,41 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
 
 fn record_event(hit: &Hit) -> Event {
     Event::default().event("record").data(hit_json(hit).to_string())
+}
+
+/// SQL over logs (Polars): `{"query": "SELECT ..."}`, or the query as a
+/// text/plain body, or `?q=`. Conditions on ts, level, service, stream,
+/// kind, status and trace_id are pushed down to every node's indexes.
+pub async fn sql(State(app): State<AppState>, params: Params, headers: HeaderMap, Body(body): Body) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
+    let query = if body.is_empty() {
+        params.string("q").map(str::to_string).ok_or_else(|| ApiError::bad_request("send the SQL as {\"query\": ...}, a text body, or ?q="))?
+    } else if content_type(&headers).starts_with("text/plain") {
+        String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
+    } else {
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        value["query"].as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("the JSON body needs a string field query"))?
+    };
+    let plan = shoal_search::sql::plan(&query, now_nanos()).map_err(search_error)?;
+    let (hits, report) = logs::scan(&app.shoal, plan.filter.clone(), MAX_SQL_ROWS + 1).await?;
+    if hits.len() > MAX_SQL_ROWS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_rows",
+            format!(
+                "the query reads more than {MAX_SQL_ROWS} records; narrow it with conditions on ts \
+                 (e.g. ts > now() - interval '1 hour'), level, service, stream or kind"
+            ),
+        ));
+    }
+    let scanned = hits.len();
+    let answer = tokio::task::spawn_blocking(move || shoal_search::sql::execute(&plan, &hits))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(search_error)?;
+    let mut value = answer;
+    value["scanned"] = json!(scanned);
+    value["took_ms"] = json!(started.elapsed().as_millis() as u64);
+    Ok(Json(with_report(value, &report)).into_response())
 }

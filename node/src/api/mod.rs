@@ -73,6 +73,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/logs/aggregate", get(logs::aggregate).post(logs::aggregate))
         .route("/v1/logs/tail", get(logs::tail))
         .route("/v1/logs/streams", get(logs::streams))
+        .route("/v1/logs/sql", get(logs::sql).post(logs::sql))
         .route("/v1/traces/{trace_id}", get(logs::trace))
         .route("/api/services", get(jaeger::services))
         .route("/api/services/{service}/operations", get(jaeger::service_operations))

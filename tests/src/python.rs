@@ -1,0 +1,85 @@
+//! Running the Python clients in `tests/py/` (the official OpenTelemetry SDK
+//! and Elasticsearch client) against a node.
+//!
+//! The interpreter is `$SHOAL_PYTHON`, else the venv that `./scripts/setup`
+//! creates at `$HOME/.cache/shoal/pyenv`. A missing interpreter or package
+//! fails the test, telling to run `./scripts/setup`: it is never skipped.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::cli::CliOutput;
+
+/// How long one script may run.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Python interpreter with the test clients installed.
+pub fn python_bin() -> PathBuf {
+    let path = match std::env::var_os("SHOAL_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let home = std::env::var_os("HOME").expect("HOME is not set");
+            PathBuf::from(home).join(".cache/shoal/pyenv/bin/python")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "the Python venv with the OpenTelemetry SDK and the elasticsearch client was not found \
+         at {}: run ./scripts/setup, or set SHOAL_PYTHON to an interpreter that has them",
+        path.display()
+    );
+    path
+}
+
+/// Path of a script in `tests/py/`.
+pub fn py_script(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py").join(name);
+    assert!(path.is_file(), "missing test script {}", path.display());
+    path
+}
+
+/// Runs `python tests/py/SCRIPT ARGS...` to completion (60 s at most).
+/// A script that fails because a package is missing panics with the hint
+/// to run `./scripts/setup`; other failures are returned for the test to
+/// judge.
+pub async fn run_python(script: &str, args: &[&str]) -> CliOutput {
+    let python = python_bin();
+    let mut command = Command::new(&python);
+    command
+        .arg(py_script(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .kill_on_drop(true);
+    // The SDK reads OTEL_* variables; the developer's must not change a test.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} {args:?} did not finish within {SCRIPT_TIMEOUT:?}"))
+        .expect("waiting for python failed");
+    let output = CliOutput {
+        status: output.status,
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(
+        !output.stderr.contains("ModuleNotFoundError"),
+        "{script}: a Python package is missing from {}: run ./scripts/setup\n{}",
+        python.display(),
+        output.stderr
+    );
+    output
+}
