@@ -563,7 +563,6 @@ impl Indexer {
 mod tests {
     use super::*;
     use crate::query::{Cursor, SearchOrder};
-    use crate::record::Kind;
 
     fn config(dir: &std::path::Path) -> LogsConfig {
         LogsConfig {
@@ -576,17 +575,7 @@ mod tests {
     }
 
     fn record(ts_nanos: i64, message: &str) -> Record {
-        Record {
-            kind: Kind::Log,
-            ts_nanos,
-            level: "info".into(),
-            service: "svc".into(),
-            message: message.into(),
-            trace_id: String::new(),
-            span_id: String::new(),
-            attributes: "{}".into(),
-            span: None,
-        }
+        crate::record::test_log(ts_nanos, message)
     }
 
     async fn all(logs: &Logs, order: SearchOrder, page: usize) -> Vec<Hit> {

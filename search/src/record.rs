@@ -268,6 +268,12 @@ pub fn log_from_json(value: Value, default_service: &str) -> Result<Record, Stri
     })
 }
 
+/// A plain log record for the unit tests.
+#[cfg(test)]
+pub(crate) fn test_log(ts_nanos: i64, message: &str) -> Record {
+    Record { ts_nanos, ..log_from_line(message, "svc") }
+}
+
 /// Build a log record from a plain text line.
 pub fn log_from_line(line: &str, service: &str) -> Record {
     Record {

@@ -464,7 +464,7 @@ fn to_json(frame: &DataFrame) -> Result<Value, SearchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Kind, Record};
+    use crate::record::Record;
 
     const NOW: i64 = 1_800_000_000_000_000_000;
 
@@ -473,17 +473,7 @@ mod tests {
             node: 1,
             stream: "app".into(),
             seq: 1,
-            record: Record {
-                kind: Kind::Log,
-                ts_nanos: ts,
-                level: level.into(),
-                service: service.into(),
-                message: "m".into(),
-                trace_id: String::new(),
-                span_id: String::new(),
-                attributes: "{}".into(),
-                span: None,
-            },
+            record: Record { level: level.into(), service: service.into(), ..crate::record::test_log(ts, "m") },
         }
     }
 

@@ -334,20 +334,9 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Kind, Record};
 
     fn record(message: &str) -> Record {
-        Record {
-            kind: Kind::Log,
-            ts_nanos: 1,
-            level: "info".into(),
-            service: "svc".into(),
-            message: message.into(),
-            trace_id: String::new(),
-            span_id: String::new(),
-            attributes: "{}".into(),
-            span: None,
-        }
+        crate::record::test_log(1, message)
     }
 
     fn open(dir: &Path) -> (Wal, mpsc::Receiver<Entry>, Vec<Entry>) {

@@ -192,27 +192,8 @@ pub const DAY: i64 = 24 * HOUR;
 /// RFC 3339 text (UTC) of a Unix-nanosecond time: nine fraction digits,
 /// or none for a whole second (as the API writes whole seconds).
 pub fn rfc3339(nanos: i64) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let frac = nanos.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let fraction = if frac == 0 { String::new() } else { format!(".{frac:09}") };
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let format = if nanos.rem_euclid(1_000_000_000) == 0 { chrono::SecondsFormat::Secs } else { chrono::SecondsFormat::Nanos };
+    chrono::DateTime::from_timestamp_nanos(nanos).to_rfc3339_opts(format, true)
 }
 
 /// The UTC day number (days since the epoch) of a Unix-nanosecond time.
