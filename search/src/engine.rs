@@ -198,13 +198,13 @@ impl Logs {
         }
         outcome.accepted = kept.len();
         let stream = stream.to_string();
-        let (kept, encoded) = tokio::task::spawn_blocking(move || {
+        let (stream, kept, encoded) = tokio::task::spawn_blocking(move || {
             let encoded = wal::encode_batch(&stream, &kept);
-            (kept, encoded.map(|e| (stream, e)))
+            (stream, kept, encoded)
         })
         .await
         .map_err(|e| SearchError::Internal(format!("encoding task: {e}")))?;
-        let (stream, encoded) = encoded?;
+        let encoded = encoded?;
         let bytes = encoded.len() as u64;
         let (reply, answer) = oneshot::channel();
         self.shared.indexing_bytes.fetch_add(bytes, Ordering::Relaxed);

@@ -35,6 +35,13 @@ impl Params {
         self.0.get(name).map(String::as_str)
     }
 
+    /// A comma-separated list (empty items dropped); absent is empty.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.string(name)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
     /// A non-negative integer, or a `bad_request` error naming the parameter.
     pub fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.parse(name, ApiError::bad_request)

@@ -173,13 +173,6 @@ pub fn parse_duration(text: &str) -> ApiResult<i64> {
     Ok(nanos as i64)
 }
 
-fn list(params: &Params, name: &str) -> Vec<String> {
-    params
-        .string(name)
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
 /// The search filters shared by search, aggregate, tail and the CLI.
 pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
     let kind = match params.string("kind") {
@@ -196,24 +189,24 @@ pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
     let duration = |name: &str| -> ApiResult<Option<u64>> {
         params.string(name).map(|text| parse_duration(text).map(|d| d as u64)).transpose()
     };
-    let trace_ids = list(params, "trace_id")
+    let trace_ids = params.list("trace_id")
         .iter()
         .map(|id| record::normalize_hex_id(id, "trace_id").map_err(ApiError::bad_request))
         .collect::<ApiResult<Vec<_>>>()?;
-    let levels = list(params, "level").iter().map(|l| record::normalize_level(l)).collect();
-    let mut names = list(params, "operation");
-    names.extend(list(params, "name"));
+    let levels = params.list("level").iter().map(|l| record::normalize_level(l)).collect();
+    let mut names = params.list("operation");
+    names.extend(params.list("name"));
     Ok(SearchRequest {
         query: params.string("q").unwrap_or_default().to_string(),
-        streams: list(params, "stream"),
+        streams: params.list("stream"),
         kind,
         since: params.string("since").map(|t| parse_time(t, now)).transpose()?,
         until: params.string("until").map(|t| parse_time(t, now)).transpose()?,
         levels,
-        services: list(params, "service"),
+        services: params.list("service"),
         trace_ids,
         names,
-        statuses: list(params, "status"),
+        statuses: params.list("status"),
         min_duration: duration("min_duration")?,
         max_duration: duration("max_duration")?,
         order,
@@ -267,12 +260,12 @@ fn with_report(mut value: Value, report: &NodeReport) -> Value {
 }
 
 /// Query parameters, or the same names in a JSON object (POST).
-async fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
+fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
     if body.is_empty() {
         return Ok(params);
     }
     let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let Value::Object(map) = value else { return Err(ApiError::bad_request("the JSON body must be an object")) };
     let mut merged: HashMap<String, String> = HashMap::new();
     for (name, value) in map {
@@ -299,7 +292,7 @@ async fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
 
 pub async fn search(State(app): State<AppState>, params: Params, Body(body): Body) -> ApiResult<Response> {
     let started = std::time::Instant::now();
-    let params = params_of(params, &body).await?;
+    let params = params_of(params, &body)?;
     let request = search_request(&params, now_nanos())?;
     let limit = request.limit;
     let (hits, report) = logs::search(&app.shoal, request).await?;
@@ -315,7 +308,7 @@ pub async fn search(State(app): State<AppState>, params: Params, Body(body): Bod
 
 pub async fn aggregate(State(app): State<AppState>, params: Params, Body(body): Body) -> ApiResult<Response> {
     let started = std::time::Instant::now();
-    let params = params_of(params, &body).await?;
+    let params = params_of(params, &body)?;
     let now = now_nanos();
     let mut filter = search_request(&params, now)?;
     // Dashboards ask for a window; default to the last hour.
@@ -327,7 +320,7 @@ pub async fn aggregate(State(app): State<AppState>, params: Params, Body(body): 
         // About 60 buckets over the window, at least one second each.
         None => Some(((until - since) / 60).max(1_000_000_000)),
     };
-    let top = list(&params, "top");
+    let top = params.list("top");
     let top_n = params.number("top_n")?.unwrap_or(10).clamp(1, 1000) as usize;
     let (aggregation, report) =
         logs::aggregate(&app.shoal, AggregateRequest { filter, interval, top: top.clone(), top_n }).await?;
