@@ -20,6 +20,7 @@ mod runner;
 #[allow(dead_code)]
 mod stats;
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,17 +128,26 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
+    let mut by_extension = BTreeMap::new();
+    bytes_by_extension(dir, &mut by_extension);
+    by_extension.values().sum()
+}
+
+/// Bytes under `dir` per file extension (Tantivy's parts: store, term, idx, pos, fast...).
+fn bytes_by_extension(dir: &Path, out: &mut BTreeMap<String, u64>) {
     if let Ok(items) = std::fs::read_dir(dir) {
         for item in items.flatten() {
             match item.metadata() {
-                Ok(meta) if meta.is_dir() => total += dir_bytes(&item.path()),
-                Ok(meta) => total += meta.len(),
+                Ok(meta) if meta.is_dir() => bytes_by_extension(&item.path(), out),
+                Ok(meta) => {
+                    let path = item.path();
+                    let extension = path.extension().map_or("other".to_string(), |e| e.to_string_lossy().to_string());
+                    *out.entry(extension).or_default() += meta.len();
+                }
                 Err(_) => {}
             }
         }
     }
-    total
 }
 
 async fn total(client: &reqwest::Client, api: &str) -> anyhow::Result<u64> {
@@ -277,6 +287,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let index = dir_bytes(&data_dir.join("search/indexes"));
     let wal = dir_bytes(&data_dir.join("search/wal"));
     println!("| index on disk | {:.1} MB ({:.0} % of raw), WAL left {:.1} MB |", index as f64 / 1e6, 100.0 * index as f64 / raw_bytes as f64, wal as f64 / 1e6);
+    let mut parts = BTreeMap::new();
+    bytes_by_extension(&data_dir.join("search/indexes"), &mut parts);
+    let mut parts: Vec<(String, u64)> = parts.into_iter().filter(|(_, bytes)| *bytes >= 1_000_000).collect();
+    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    let parts: Vec<String> =
+        parts.iter().map(|(name, bytes)| format!("{name} {:.1} % of raw", 100.0 * *bytes as f64 / raw_bytes as f64)).collect();
+    println!("| index parts (Tantivy files) | {} |", parts.join(", "));
 
     // Searches.
     let base = format!("{}/v1/logs", node.api);

@@ -15,6 +15,11 @@ mod watch;
 
 use clap::{Parser, Subcommand};
 
+// Indexing allocates and frees many small buffers from several threads;
+// mimalloc does that with less CPU than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use crate::client::{ClientArgs, ClusterCommand, KvCommand, LeaseCommand};
 use crate::settings::{NodeArgs, Settings};
 

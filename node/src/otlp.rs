@@ -496,6 +496,10 @@ fn encode<T: Message + serde::Serialize>(response: &T, encoding: Encoding, parti
 
 
 async fn http_logs(State(state): State<HttpState>, headers: HeaderMap, Body(body): Body) -> Response {
+    // A refused request should cost nothing more than this check.
+    if let Err(e) = state.logs.check_capacity() {
+        return search_error(e).into_response();
+    }
     let (data, encoding) = match read_body(&headers, &body, state.max_bytes) {
         Ok(read) => read,
         Err(e) => return e.into_response(),
@@ -511,6 +515,10 @@ async fn http_logs(State(state): State<HttpState>, headers: HeaderMap, Body(body
 }
 
 async fn http_traces(State(state): State<HttpState>, headers: HeaderMap, Body(body): Body) -> Response {
+    // A refused request should cost nothing more than this check.
+    if let Err(e) = state.logs.check_capacity() {
+        return search_error(e).into_response();
+    }
     let (data, encoding) = match read_body(&headers, &body, state.max_bytes) {
         Ok(read) => read,
         Err(e) => return e.into_response(),

@@ -116,7 +116,7 @@ pub struct NodeArgs {
     /// Cap on the log write-ahead log, in MiB; past it ingest answers 429 [default: 1024].
     #[arg(long, env = "SHOAL_LOGS_WAL_MAX_MB")]
     pub logs_wal_max_mb: Option<u64>,
-    /// Cap on acknowledged log data waiting to be indexed, in MiB; past it ingest answers 429 [default: 256].
+    /// Cap on acknowledged log data not yet searchable (indexed and committed), in MiB; past it ingest answers 429 [default: 256].
     #[arg(long, env = "SHOAL_LOGS_INDEXING_MAX_MB")]
     pub logs_indexing_max_mb: Option<u64>,
     /// Cap on log storage on disk (indexes and WAL), in MiB; past it ingest answers 429 [default: 102400].

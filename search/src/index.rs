@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tantivy::schema::{
-    Field, IndexRecordOption, JsonObjectOptions, Schema, TextFieldIndexing, TextOptions, FAST, STORED, STRING,
+    Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, FAST, STORED,
 };
+use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy, TantivyDocument};
 
 use crate::record::Record;
@@ -51,19 +52,23 @@ pub(crate) fn schema() -> (Schema, Fields) {
     let json = JsonObjectOptions::default().set_expand_dots_enabled().set_indexing_options(
         TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic),
     );
+    // Keywords: matched whole, also without field norms.
+    let keyword = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic),
+    );
     let fields = Fields {
-        kind: builder.add_text_field("kind", STRING | FAST),
+        kind: builder.add_text_field("kind", keyword.clone() | FAST),
         ts: builder.add_i64_field("ts", FAST),
         seq: builder.add_u64_field("seq", FAST),
-        level: builder.add_text_field("level", STRING | FAST),
-        service: builder.add_text_field("service", STRING | FAST),
+        level: builder.add_text_field("level", keyword.clone() | FAST),
+        service: builder.add_text_field("service", keyword.clone() | FAST),
         message: builder.add_text_field("message", text),
-        trace_id: builder.add_text_field("trace_id", STRING),
-        span_id: builder.add_text_field("span_id", STRING),
-        parent_span_id: builder.add_text_field("parent_span_id", STRING),
-        name: builder.add_text_field("name", STRING | FAST),
-        status: builder.add_text_field("status", STRING | FAST),
-        span_kind: builder.add_text_field("span_kind", STRING),
+        trace_id: builder.add_text_field("trace_id", keyword.clone()),
+        span_id: builder.add_text_field("span_id", keyword.clone()),
+        parent_span_id: builder.add_text_field("parent_span_id", keyword.clone()),
+        name: builder.add_text_field("name", keyword.clone() | FAST),
+        status: builder.add_text_field("status", keyword.clone() | FAST),
+        span_kind: builder.add_text_field("span_kind", keyword),
         duration: builder.add_u64_field("duration", FAST),
         attributes: builder.add_json_field("attributes", json),
         doc: builder.add_bytes_field("doc", STORED),
@@ -71,10 +76,15 @@ pub(crate) fn schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
-/// Stored records are compressed (lz4) in 64 KiB blocks: larger blocks
+/// Stored records are compressed with zstd in 64 KiB blocks: larger blocks
 /// compress repetitive log lines better, and a page of hits reads few blocks.
+/// (Partitions created before keep the compressor they were made with.)
 fn settings() -> IndexSettings {
-    IndexSettings { docstore_blocksize: 64 << 10, ..IndexSettings::default() }
+    IndexSettings {
+        docstore_compression: Compressor::Zstd(ZstdCompressor::default()),
+        docstore_blocksize: 64 << 10,
+        ..IndexSettings::default()
+    }
 }
 
 /// Days since the Unix epoch of a nanosecond timestamp.
@@ -120,8 +130,9 @@ pub(crate) fn document(fields: &Fields, record: &Record, seq: u64) -> Result<Tan
     }
     if record.attributes.len() > 2 {
         // Ingest only lets JSON objects through; anything else is skipped, not fatal.
-        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&record.attributes) {
-            doc.add_object(fields.attributes, map.into_iter().map(|(k, v)| (k, v.into())).collect());
+        // Parsed straight into Tantivy's value tree (no serde_json tree between).
+        if let Ok(object @ OwnedValue::Object(_)) = serde_json::from_str::<OwnedValue>(&record.attributes) {
+            doc.add_field_value(fields.attributes, &object);
         }
     }
     let stored = shoal_storage::encode(record).map_err(|e| SearchError::Internal(format!("encoding a record: {e}")))?;

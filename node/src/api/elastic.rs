@@ -127,6 +127,10 @@ impl Item {
 
 async fn bulk(app: AppState, path_index: Option<String>, headers: HeaderMap, body: Vec<u8>) -> Response {
     let started = std::time::Instant::now();
+    // Refuse before parsing: under backpressure a refused batch must be cheap.
+    if let Err(e @ SearchError::Busy(_)) = app.shoal.logs.check_capacity() {
+        return es_error(StatusCode::TOO_MANY_REQUESTS, "es_rejected_execution_exception", e.to_string());
+    }
     let body = match decompressed(&headers, &body, app.shoal.settings.logs_max_body_bytes) {
         Ok(body) => body,
         Err(e) => return es_api_error(e),

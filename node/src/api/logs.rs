@@ -45,6 +45,8 @@ pub async fn ingest(
     Body(body): Body,
 ) -> ApiResult<Response> {
     record::validate_stream(&stream).map_err(search_error)?;
+    // Refuse before parsing: under backpressure a refused batch must be cheap.
+    app.shoal.logs.check_capacity().map_err(search_error)?;
     let body = decompressed(&headers, &body, app.shoal.settings.logs_max_body_bytes)?;
     let plain = content_type(&headers).starts_with("text/plain");
     let default_service = stream.clone();
