@@ -5,17 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-if ! command -v rg >/dev/null 2>&1; then
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq ripgrep
-fi
+command -v rg >/dev/null 2>&1 || apt_install ripgrep
 ./scripts/setup >/dev/null
-if [ -z "${SHOAL_BIN:-}" ]; then
-    echo "logs.sh: building shoal (release)" >&2
-    cargo build -q --release -p shoal
-    export SHOAL_BIN="$CARGO_TARGET_DIR/release/shoal"
-fi
-cargo build -q --release -p shoal-bench --bin log-bench
+bench_build log-bench
 exec "$CARGO_TARGET_DIR/release/log-bench" "$@"

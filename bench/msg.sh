@@ -11,19 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 nats_bin="${NATS_BIN:-/usr/sbin/nats-server}"
-if [ ! -x "$nats_bin" ]; then
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server
-fi
+[ -x "$nats_bin" ] || apt_install nats-server
 # Ten subscriber connections per fan-out run, plus the servers' own.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
-if [ -z "${SHOAL_BIN:-}" ]; then
-    echo "msg.sh: building shoal (release)" >&2
-    cargo build -q --release -p shoal
-    export SHOAL_BIN="$CARGO_TARGET_DIR/release/shoal"
-fi
-cargo build -q --release -p shoal-bench --bin msg-bench
+bench_build msg-bench
 echo "msg.sh: $(rustc --version)" >&2
 exec "$CARGO_TARGET_DIR/release/msg-bench" --nats-bin "$nats_bin" "$@"

@@ -494,19 +494,24 @@ fn encode<T: Message + serde::Serialize>(response: &T, encoding: Encoding, parti
     }
 }
 
+/// The checks and decoding both OTLP/HTTP handlers start with: the caps
+/// first (a refused request should cost nothing more than that check), then
+/// the body, decompressed and decoded as its content type says.
+fn accept<T: Message + Default + serde::de::DeserializeOwned>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(T, Encoding), Response> {
+    state.logs.check_capacity().map_err(|e| search_error(e).into_response())?;
+    let (data, encoding) = read_body(headers, body, state.max_bytes).map_err(IntoResponse::into_response)?;
+    let request = decode(&data, encoding).map_err(IntoResponse::into_response)?;
+    Ok((request, encoding))
+}
 
 async fn http_logs(State(state): State<HttpState>, headers: HeaderMap, Body(body): Body) -> Response {
-    // A refused request should cost nothing more than this check.
-    if let Err(e) = state.logs.check_capacity() {
-        return search_error(e).into_response();
-    }
-    let (data, encoding) = match read_body(&headers, &body, state.max_bytes) {
-        Ok(read) => read,
-        Err(e) => return e.into_response(),
-    };
-    let request: ExportLogsServiceRequest = match decode(&data, encoding) {
-        Ok(request) => request,
-        Err(e) => return e.into_response(),
+    let (request, encoding) = match accept(&state, &headers, &body) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
     match export_logs(&state.logs, request).await {
         Ok(outcome) => encode(&logs_response(&outcome), encoding, outcome.rejected > 0),
@@ -515,17 +520,9 @@ async fn http_logs(State(state): State<HttpState>, headers: HeaderMap, Body(body
 }
 
 async fn http_traces(State(state): State<HttpState>, headers: HeaderMap, Body(body): Body) -> Response {
-    // A refused request should cost nothing more than this check.
-    if let Err(e) = state.logs.check_capacity() {
-        return search_error(e).into_response();
-    }
-    let (data, encoding) = match read_body(&headers, &body, state.max_bytes) {
-        Ok(read) => read,
-        Err(e) => return e.into_response(),
-    };
-    let request: ExportTraceServiceRequest = match decode(&data, encoding) {
-        Ok(request) => request,
-        Err(e) => return e.into_response(),
+    let (request, encoding) = match accept(&state, &headers, &body) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
     match export_traces(&state.logs, request).await {
         Ok(outcome) => encode(&traces_response(&outcome), encoding, outcome.rejected > 0),

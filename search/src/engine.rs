@@ -287,13 +287,10 @@ impl Logs {
     /// Search this node's records. Runs on a blocking thread.
     pub async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, SearchError> {
         query::validate(&request)?;
-        let logs = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let shared = &logs.shared;
-            query::search(logs.partitions(), &shared.schema, &shared.fields, &request, shared.config.node_id)
+        self.on_partitions("search", move |shared, partitions| {
+            query::search(partitions, &shared.schema, &shared.fields, &request, shared.config.node_id)
         })
         .await
-        .map_err(|e| SearchError::Internal(format!("search task: {e}")))?
     }
 
     /// Every matching record on this node, newest first, at most `max` (for
@@ -305,13 +302,10 @@ impl Logs {
         let mut check = request.clone();
         check.limit = 1;
         query::validate(&check)?;
-        let logs = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let shared = &logs.shared;
-            query::search(logs.partitions(), &shared.schema, &shared.fields, &request, shared.config.node_id)
+        self.on_partitions("scan", move |shared, partitions| {
+            query::search(partitions, &shared.schema, &shared.fields, &request, shared.config.node_id)
         })
         .await
-        .map_err(|e| SearchError::Internal(format!("scan task: {e}")))?
     }
 
     /// Count this node's matching records. Runs on a blocking thread.
@@ -319,13 +313,23 @@ impl Logs {
         let mut filter = request.filter.clone();
         filter.limit = 1;
         query::validate(&filter)?;
-        let logs = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let shared = &logs.shared;
-            query::aggregate(logs.partitions(), &shared.schema, &shared.fields, &request)
+        self.on_partitions("aggregation", move |shared, partitions| {
+            query::aggregate(partitions, &shared.schema, &shared.fields, &request)
         })
         .await
-        .map_err(|e| SearchError::Internal(format!("aggregation task: {e}")))?
+    }
+
+    /// Run `work` over this node's open partitions on a blocking thread
+    /// (Tantivy reads files and burns CPU).
+    async fn on_partitions<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&Shared, Vec<Arc<Partition>>) -> Result<T, SearchError> + Send + 'static,
+    ) -> Result<T, SearchError> {
+        let logs = self.clone();
+        tokio::task::spawn_blocking(move || work(&logs.shared, logs.partitions()))
+            .await
+            .map_err(|e| SearchError::Internal(format!("{what} task: {e}")))?
     }
 
     /// The streams on this node.

@@ -21,13 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Path of the tansu binary, panicking with what to run if it is missing.
 pub fn tansu_bin() -> PathBuf {
-    let path = match std::env::var_os("SHOAL_TANSU") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home).join(".cache/shoal/tools/tansu")
-        }
-    };
+    let path = crate::node::setup_tool("SHOAL_TANSU", "tools/tansu");
     assert!(
         path.is_file(),
         "the Kafka-protocol broker tansu was not found at {}: run ./scripts/setup \

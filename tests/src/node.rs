@@ -21,6 +21,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default timeout of one HTTP request made by the helpers.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Path of something `./scripts/setup` installs under `$HOME/.cache/shoal/`
+/// (`relative`), or the path in the environment variable `var` when set.
+pub fn setup_tool(var: &str, relative: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let home = std::env::var_os("HOME").expect("HOME is not set");
+            PathBuf::from(home).join(".cache/shoal").join(relative)
+        }
+    }
+}
+
 /// Path of the `shoal` binary under test: `SHOAL_BIN`, else
 /// `<target>/debug/shoal` next to the test executable (`<target>/debug/deps/`).
 pub fn shoal_bin() -> PathBuf {

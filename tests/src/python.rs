@@ -18,13 +18,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The Python interpreter with the test clients installed.
 pub fn python_bin() -> PathBuf {
-    let path = match std::env::var_os("SHOAL_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home).join(".cache/shoal/pyenv/bin/python")
-        }
-    };
+    let path = crate::node::setup_tool("SHOAL_PYTHON", "pyenv/bin/python");
     assert!(
         path.is_file(),
         "the Python venv with the OpenTelemetry SDK and the elasticsearch client was not found \

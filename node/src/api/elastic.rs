@@ -49,6 +49,16 @@ fn es_api_error(error: ApiError) -> Response {
     es_error(error.status, error.code, error.message)
 }
 
+/// An ingest the engine refused. At a cap the whole request is refused
+/// with 429, as Elasticsearch's rejected execution, so that the shipper
+/// retries it (nothing of it has been stored).
+fn es_ingest_error(error: SearchError) -> Response {
+    match error {
+        SearchError::Busy(_) => es_error(StatusCode::TOO_MANY_REQUESTS, "es_rejected_execution_exception", error.to_string()),
+        other => es_api_error(search_error(other)),
+    }
+}
+
 /// The body, or the Elasticsearch-shaped error for one that cannot be read
 /// (over `--logs-max-body-mb`: 413).
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Vec<u8>, Response> {
@@ -128,8 +138,8 @@ impl Item {
 async fn bulk(app: AppState, path_index: Option<String>, headers: HeaderMap, body: Vec<u8>) -> Response {
     let started = std::time::Instant::now();
     // Refuse before parsing: under backpressure a refused batch must be cheap.
-    if let Err(e @ SearchError::Busy(_)) = app.shoal.logs.check_capacity() {
-        return es_error(StatusCode::TOO_MANY_REQUESTS, "es_rejected_execution_exception", e.to_string());
+    if let Err(e) = app.shoal.logs.check_capacity() {
+        return es_ingest_error(e);
     }
     let body = match decompressed(&headers, &body, app.shoal.settings.logs_max_body_bytes) {
         Ok(body) => body,
@@ -152,12 +162,7 @@ async fn bulk(app: AppState, path_index: Option<String>, headers: HeaderMap, bod
                     }
                 }
             }
-            // A cap was reached: the whole request is refused so that the
-            // shipper retries it (it has not been stored).
-            Err(e @ SearchError::Busy(_)) => {
-                return es_error(StatusCode::TOO_MANY_REQUESTS, "es_rejected_execution_exception", e.to_string())
-            }
-            Err(e) => return es_api_error(search_error(e)),
+            Err(e) => return es_ingest_error(e),
         }
     }
     let errors = items.iter().any(|item| item.error.is_some());
