@@ -5,8 +5,10 @@
 //! node fans a search out to its peers and merges their answers with
 //! [`merge_hits`] and [`Aggregation::merge`].
 
+mod aggregate;
 mod engine;
 mod index;
+mod indexer;
 mod query;
 pub mod record;
 pub mod sql;
@@ -14,8 +16,9 @@ mod wal;
 
 use std::path::{Path, PathBuf};
 
+pub use aggregate::{AggregateRequest, Aggregation, Bucket};
 pub use engine::{Limits, Logs, LogsConfig, Retention, StreamInfo};
-pub use query::{MAX_LIMIT, MAX_QUERY_BYTES, TOP_FIELDS, merge_hits, Aggregation, AggregateRequest, Bucket, Cursor, Hit, KindFilter, SearchOrder, SearchRequest};
+pub use query::{MAX_LIMIT, MAX_QUERY_BYTES, TOP_FIELDS, merge_hits, Cursor, Hit, KindFilter, SearchOrder, SearchRequest};
 pub use record::{Kind, Record, SpanInfo};
 
 #[derive(Debug, thiserror::Error)]
