@@ -62,12 +62,22 @@ pub fn shoal_bin() -> PathBuf {
 
 /// A local port that is free for TCP and UDP right now and that this process
 /// has not handed out before (so parallel tests never get the same port).
+///
+/// Ports come from below the kernel's ephemeral range: a port from there
+/// (what binding port 0 gives) can be taken again, between this check and
+/// the node binding it, as the source port of any outgoing connection on the
+/// machine; that made nodes fail to start with "Address already in use".
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let below = ephemeral_ports_start();
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a local TCP port");
-        let port = listener.local_addr().expect("local_addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+        let port = if below > FIRST_TEST_PORT + 1000 {
+            rand::random_range(FIRST_TEST_PORT..below)
+        } else {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a local TCP port");
+            listener.local_addr().expect("local_addr").port()
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_err() || UdpSocket::bind(("127.0.0.1", port)).is_err() {
             continue;
         }
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,6 +85,17 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Lowest port the tests pick when the ephemeral range leaves room below it.
+const FIRST_TEST_PORT: u16 = 10_000;
+
+/// First port of the kernel's range for outgoing connections' source ports.
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// How a node gets its addresses and data directory.
