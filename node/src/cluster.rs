@@ -15,7 +15,7 @@ use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, Failu
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use shoal_raft::{NodeAddr, NodeId};
+use shoal_raft::{remove_node, NodeAddr, NodeId, Raft};
 
 use crate::service::{now_ms, Shoal};
 use crate::settings::Settings;
@@ -26,6 +26,8 @@ const FORMATION_POLL: Duration = Duration::from_millis(200);
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// A learner within this many entries of the leader's log counts as caught up.
 const CAUGHT_UP_LAG: u64 = 50;
+/// How long the leader holds off re-adding a node it removed (see `Removals`).
+const REMOVED_HOLD_OFF: Duration = Duration::from_secs(30);
 
 /// What gossip says about one node (its newest generation).
 #[derive(Clone, Debug, Serialize)]
@@ -225,6 +227,37 @@ pub async fn reconcile_membership(shoal: Arc<Shoal>) {
     }
 }
 
+/// Nodes removed from the membership on this node's watch (by `cluster
+/// leave`), with the wall-clock time of the removal. While gossip has not yet
+/// heard that such a node left, it looks like a new live node; the leader
+/// must not add it back as a learner. A process started after the removal
+/// (a restart) may join again.
+#[derive(Default)]
+pub struct Removals(std::sync::Mutex<HashMap<NodeId, u64>>);
+
+impl Removals {
+    fn record(&self, id: NodeId) {
+        let now = now_ms();
+        let mut removed = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        removed.retain(|_, at| now.saturating_sub(*at) < REMOVED_HOLD_OFF.as_millis() as u64);
+        removed.insert(id, now);
+    }
+
+    fn held_off(&self, member: &GossipMember) -> bool {
+        let removed = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        removed.get(&member.node_id).is_some_and(|at| {
+            now_ms().saturating_sub(*at) < REMOVED_HOLD_OFF.as_millis() as u64 && member.started_ms <= *at
+        })
+    }
+}
+
+/// On the leader: remove `id` from the membership, remembering it in
+/// `removals` first (the reconciliation may run before the change returns).
+pub async fn remove_member(raft: &Raft, removals: &Removals, id: NodeId) -> Result<(), String> {
+    removals.record(id);
+    remove_node(raft, id).await
+}
+
 async fn reconcile_once(
     shoal: &Shoal,
     grace: Duration,
@@ -260,7 +293,7 @@ async fn reconcile_once(
     // New nodes join as learners.
     for member in gossip.values() {
         let known = voters.contains(&member.node_id) || learners.contains(&member.node_id);
-        if member.alive && !member.left && !known && member.node_id != shoal.node_id {
+        if member.alive && !member.left && !known && !shoal.removals.held_off(member) && member.node_id != shoal.node_id {
             tracing::info!(node = member.node_id, "adding a learner");
             let addr = NodeAddr { rpc: member.rpc.clone(), api: member.api.clone() };
             shoal.raft.add_learner(member.node_id, addr, false).await?;

@@ -101,6 +101,9 @@ enum Command {
     },
 }
 
+/// How long an exiting node waits for its database to close.
+const STORE_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -110,9 +113,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let mut store_closed = None;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => server::run(Settings::resolve(args)?).await,
+            Command::Serve(args) => server::run(Settings::resolve(args)?, &mut store_closed).await,
             Command::Dev(mut args) => {
                 args.bootstrap_expect.get_or_insert(1);
                 let settings = Settings::resolve(args)?;
@@ -121,7 +125,7 @@ fn main() -> std::process::ExitCode {
                     settings.data_dir.display(),
                     settings.api
                 );
-                server::run(settings).await
+                server::run(settings, &mut store_closed).await
             }
             Command::Kv { client, command } => client::kv(client, command).await,
             Command::Lease { client, command } => client::lease(client, command).await,
@@ -134,6 +138,15 @@ fn main() -> std::process::ExitCode {
             Command::Sub { client, pattern, queue } => client::subscribe(client, pattern, queue).await,
         }
     });
+    // Dropping the runtime drops every task and, with them, the node's
+    // handles on its database; the last one may be on another thread (the
+    // WAL sync thread), so wait until RocksDB is closed before exiting.
+    drop(runtime);
+    if let Some(closed) = store_closed {
+        if !closed.wait(STORE_CLOSE_TIMEOUT) {
+            eprintln!("warning: the database was not closed within {STORE_CLOSE_TIMEOUT:?}; exiting anyway");
+        }
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

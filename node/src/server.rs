@@ -10,13 +10,14 @@ use openraft::{Config, SnapshotPolicy};
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
 use shoal_raft::{
-    serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, PeerServices, Raft, RpcNetwork,
+    serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, PeerServices, Raft, RemoveHandler,
+    RpcNetwork,
     StateMachine,
 };
 use shoal_search::{Limits, Logs, LogsConfig, Retention};
 use shoal_storage::outbox::Outbox;
 use shoal_storage::kv::Command;
-use shoal_storage::Store;
+use shoal_storage::{Store, StoreClosed};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -39,7 +40,10 @@ const LOG_WRITER_BYTES: usize = 64 << 20;
 /// How often the leader considers compacting history.
 const COMPACT_CHECK: Duration = Duration::from_secs(5);
 
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Run a node until it is stopped. `store_closed` receives a handle on the
+/// node's database, for the caller to wait, once the async runtime is gone,
+/// until the database is closed before the process exits.
+pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let mut telemetry = telemetry::init_node(&settings)?;
@@ -59,6 +63,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await?
         .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
+    *store_closed = Some(store.closed());
     let logs_config = LogsConfig {
         dir: settings.data_dir.join("search"),
         node_id,
@@ -119,7 +124,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let router = messaging.router.clone();
         Arc::new(move |frame: &[u8]| router.receive_frame(frame).map_err(|e| e.to_string()))
     };
-    let peer_services = PeerServices { messages: inbox, search: logs::peer_handler(logs.clone()) };
+    let removals = Arc::new(cluster::Removals::default());
+    let remove_node: RemoveHandler = {
+        let (raft, removals) = (raft.clone(), removals.clone());
+        Arc::new(move |id| {
+            let (raft, removals) = (raft.clone(), removals.clone());
+            Box::pin(async move { cluster::remove_member(&raft, &removals, id).await })
+        })
+    };
+    let peer_services = PeerServices { messages: inbox, search: logs::peer_handler(logs.clone()), remove_node };
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -136,6 +149,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown: Notify::new(),
         messaging: messaging.clone(),
         logs: logs.clone(),
+        removals,
     });
     tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key, peer_services));
     tokio::spawn(propose_batches(shoal.clone(), proposal_queue));
@@ -202,7 +216,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         _ = shutdown_signal() => {
             if settings.leave_on_terminate {
                 tracing::info!("leaving the cluster before exiting");
-                if let Err(e) = api::leave_cluster(&shoal, node_id).await {
+                if let Err(e) = api::leave_this_node(&shoal).await {
                     tracing::warn!(error = %e.message, "could not leave the cluster");
                 }
             }

@@ -35,6 +35,8 @@ pub struct Shoal {
     pub messaging: Arc<shoal_actors::Messaging>,
     /// Logs and traces received by this node.
     pub logs: shoal_search::Logs,
+    /// Nodes this node removed while leader, not to be re-added at once.
+    pub removals: Arc<crate::cluster::Removals>,
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.

@@ -18,7 +18,7 @@ pub use forward::{ForwardError, Forwarder};
 pub use linearizer::Linearizer;
 pub use network::RpcNetwork;
 pub use rpc::{
-    local_replication, remove_node, serve_rpc, MessageInbox, PeerServices, ReadIndexResult, Replication, SearchHandler,
+    local_replication, remove_node, serve_rpc, MessageInbox, PeerServices, ReadIndexResult, RemoveHandler, Replication, SearchHandler,
     WriteResult,
 };
 pub use wire::ClusterKey;

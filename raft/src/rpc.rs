@@ -66,11 +66,17 @@ pub type MessageInbox = Arc<dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync
 pub type SearchHandler =
     Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> + Send + Sync>;
 
+/// Removes a node from the membership on the leader's behalf (the node's
+/// cluster logic, which also remembers the removal).
+pub type RemoveHandler =
+    Arc<dyn Fn(NodeId) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
 /// What a node serves to its peers besides Raft.
 #[derive(Clone)]
 pub struct PeerServices {
     pub messages: MessageInbox,
     pub search: SearchHandler,
+    pub remove_node: RemoveHandler,
 }
 
 /// Serve peers until the listener fails. Connections that do not know the
@@ -122,7 +128,7 @@ async fn serve_connection(
             Request::ClientWrite(proposals) => Reply::ClientWrite(raft.client_write(proposals).await.map(|r| r.data)),
             Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
             Request::Replication => Reply::Replication(local_replication(&raft)),
-            Request::RemoveNode(id) => Reply::RemoveNode(remove_node(&raft, id).await),
+            Request::RemoveNode(id) => Reply::RemoveNode((services.remove_node)(id).await),
             Request::Messages(frame) => Reply::Messages((services.messages)(&frame)),
             Request::Search(body) => Reply::Search((services.search)(body).await.map(serde_bytes::ByteBuf::from)),
         };

@@ -1,5 +1,6 @@
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
@@ -56,6 +57,39 @@ const ALL_CFS: [&str; 12] = [
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<DB>,
+    /// Raised when the last clone is dropped. Declared after `db`, so fields
+    /// drop in that order: the database is closed before the flag goes up.
+    closed: Arc<ClosedFlag>,
+}
+
+/// Lets the process wait until the database is closed before it exits:
+/// exiting while another thread is still closing RocksDB aborts the process
+/// in RocksDB's static destructors ("pthread lock: Invalid argument").
+#[derive(Clone)]
+pub struct StoreClosed {
+    state: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl StoreClosed {
+    /// Whether the database was closed within `timeout`.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let (closed, changed) = &*self.state;
+        let guard = closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match changed.wait_timeout_while(guard, timeout, |closed| !*closed) {
+            Ok((closed, _)) => *closed,
+            Err(poisoned) => *poisoned.into_inner().0,
+        }
+    }
+}
+
+struct ClosedFlag(StoreClosed);
+
+impl Drop for ClosedFlag {
+    fn drop(&mut self) {
+        let (closed, changed) = &*self.0.state;
+        *closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        changed.notify_all();
+    }
 }
 
 impl Store {
@@ -67,7 +101,14 @@ impl Store {
         opts.set_keep_log_file_num(4);
         let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Store { db: Arc::new(db) })
+        let closed = StoreClosed { state: Arc::new((Mutex::new(false), Condvar::new())) };
+        Ok(Store { db: Arc::new(db), closed: Arc::new(ClosedFlag(closed)) })
+    }
+
+    /// A handle to wait on until every clone of this store is dropped and
+    /// the database closed.
+    pub fn closed(&self) -> StoreClosed {
+        self.closed.0.clone()
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StorageError> {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shoal_raft::{local_replication, remove_node, NodeId};
+use shoal_raft::{local_replication, NodeId};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
@@ -88,12 +88,25 @@ pub struct LeaveBody {
 /// A node that removes itself then shuts down.
 pub async fn leave(State(shoal): State<Arc<Shoal>>, JsonBody(body): JsonBody<LeaveBody>) -> ApiResult<Response> {
     let id = body.node_id.unwrap_or(shoal.node_id);
-    leave_cluster(&shoal, id).await?;
     if id == shoal.node_id {
-        shoal.gossip.publish(&[("left", "1".to_string())]).await;
+        leave_this_node(&shoal).await?;
         shoal.shutdown.notify_one();
+    } else {
+        leave_cluster(&shoal, id).await?;
     }
     Ok(Json(json!({"removed": id})).into_response())
+}
+
+/// Remove this node from the membership. Gossip hears "left" first, so that
+/// the leader does not take the node for a new one and add it back as a
+/// learner.
+pub async fn leave_this_node(shoal: &Shoal) -> ApiResult<()> {
+    shoal.gossip.publish(&[("left", "1".to_string())]).await;
+    let result = leave_cluster(shoal, shoal.node_id).await;
+    if result.is_err() {
+        shoal.gossip.publish(&[("left", "0".to_string())]).await;
+    }
+    result
 }
 
 /// Ask the leader to remove `id` from the membership.
@@ -108,7 +121,7 @@ pub async fn leave_cluster(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
     }
     let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
     let result = if metrics.current_leader == Some(shoal.node_id) {
-        remove_node(&shoal.raft, id).await
+        crate::cluster::remove_member(&shoal.raft, &shoal.removals, id).await
     } else {
         let leader = metrics.current_leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
         let Some(leader) = leader else {

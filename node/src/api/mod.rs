@@ -44,7 +44,7 @@ pub fn body_limit(max_value_bytes: usize) -> usize {
     max_value_bytes * 2 + (64 << 10)
 }
 
-pub use cluster::leave_cluster;
+pub use cluster::leave_this_node;
 
 /// Publish body limit: a batch of messages at the payload limit, as JSON.
 fn publish_limit(max_message_bytes: usize) -> usize {
