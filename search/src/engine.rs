@@ -2,7 +2,7 @@
 //! the WAL, ingest through the WAL with its caps, and searches and counts
 //! over the open partitions. The indexer thread is in `indexer.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
@@ -123,9 +123,13 @@ impl Logs {
             if record::validate_stream(&stream).is_err() {
                 continue;
             }
-            for day_dir in std::fs::read_dir(stream_dir.path()).map_err(|e| SearchError::io(&stream_dir.path(), e))?.flatten() {
-                let Some(day) = index::parse_day_name(&day_dir.file_name().to_string_lossy()) else { continue };
-                match Partition::open(&index_root, &stream, day, &schema) {
+            let days: BTreeSet<i64> = std::fs::read_dir(stream_dir.path())
+                .map_err(|e| SearchError::io(&stream_dir.path(), e))?
+                .flatten()
+                .filter_map(|day_dir| index::parse_day_name(&day_dir.file_name().to_string_lossy()))
+                .collect();
+            for day in days {
+                match Partition::open(&index_root, &stream, day, &schema, &fields) {
                     Ok(partition) => {
                         partitions.insert((stream.clone(), day), Arc::new(partition));
                     }

@@ -99,7 +99,9 @@ pub(crate) fn day_name(day: i64) -> String {
         .unwrap_or_else(|| format!("day-{day}"))
 }
 
+/// The day of a partition directory's name (also of one being rebuilt).
 pub(crate) fn parse_day_name(name: &str) -> Option<i64> {
+    let name = name.strip_suffix(UPGRADING).unwrap_or(name);
     let date = chrono::NaiveDate::parse_from_str(name, "%Y-%m-%d").ok()?;
     Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp().div_euclid(86_400))
 }
@@ -160,15 +162,42 @@ pub(crate) struct Partition {
     pub bytes: AtomicU64,
 }
 
+/// Every partition of the current format holds this file, with `FORMAT` in it.
+const FORMAT_FILE: &str = "shoal-format";
+/// Format 2 has Tantivy's sstable term dictionaries (smaller, and cheaper to
+/// build and merge than the FST ones of format 1, which had no format file).
+/// This build cannot search format 1, so such a partition is rebuilt from its
+/// stored records when it is opened.
+const FORMAT: &str = "2";
+/// Suffix of a partition directory while it is rebuilt.
+const UPGRADING: &str = ".upgrading";
+
 impl Partition {
-    pub fn open(root: &Path, stream: &str, day: i64, schema: &Schema) -> Result<Partition, SearchError> {
+    pub fn open(root: &Path, stream: &str, day: i64, schema: &Schema, fields: &Fields) -> Result<Partition, SearchError> {
         let dir = root.join(stream).join(day_name(day));
+        // The old partition is moved here while it is rebuilt; if it is
+        // still here, a rebuild was interrupted and starts over.
+        let old = root.join(stream).join(format!("{}{UPGRADING}", day_name(day)));
+        if old.exists() {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
+            }
+        } else if dir.join("meta.json").exists() && !dir.join(FORMAT_FILE).exists() {
+            std::fs::rename(&dir, &old).map_err(|e| SearchError::io(&dir, e))?;
+        }
         std::fs::create_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
         let index = if dir.join("meta.json").exists() {
             Index::open_in_dir(&dir)?
         } else {
-            Index::builder().schema(schema.clone()).settings(settings()).create_in_dir(&dir)?
+            let index = Index::builder().schema(schema.clone()).settings(settings()).create_in_dir(&dir)?;
+            let format = dir.join(FORMAT_FILE);
+            std::fs::write(&format, FORMAT).map_err(|e| SearchError::io(&format, e))?;
+            index
         };
+        if old.exists() {
+            rebuild(&old, &index, fields, stream, day)?;
+            std::fs::remove_dir_all(&old).map_err(|e| SearchError::io(&old, e))?;
+        }
         let committed_seq = index.load_metas()?.payload.and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let partition = Partition {
@@ -202,6 +231,42 @@ impl Partition {
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
     }
+}
+
+/// Re-index every record stored in the partition at `old` (an earlier
+/// format) into `index`, keeping record sequence numbers and the WAL position
+/// the old partition had committed.
+fn rebuild(old: &Path, index: &Index, fields: &Fields, stream: &str, day: i64) -> Result<(), SearchError> {
+    let old_index = Index::open_in_dir(old)?;
+    let payload = old_index.load_metas()?.payload;
+    let searcher = old_index.reader()?.searcher();
+    let total = searcher.num_docs();
+    tracing::info!(stream, day = %day_name(day), records = total, "rebuilding a log partition of an earlier format");
+    let started = std::time::Instant::now();
+    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 64 << 20)?;
+    let mut done = 0u64;
+    for segment in searcher.segment_readers() {
+        let seqs = segment.fast_fields().u64("seq")?;
+        let store = segment.get_store_reader(16).map_err(|e| SearchError::io(old, e))?;
+        for doc_id in segment.doc_ids_alive() {
+            let record = stored_record(fields, &store.get(doc_id)?)
+                .ok_or_else(|| SearchError::Internal(format!("a stored record in {} cannot be read", old.display())))?;
+            let seq = seqs.first(doc_id).unwrap_or(0);
+            writer.add_document(document(fields, &record, seq)?)?;
+            done += 1;
+            if done % 1_000_000 == 0 {
+                tracing::info!(stream, day = %day_name(day), done, total, "rebuilding a log partition");
+            }
+        }
+    }
+    let mut prepared = writer.prepare_commit()?;
+    if let Some(payload) = payload {
+        prepared.set_payload(&payload);
+    }
+    prepared.commit()?;
+    writer.wait_merging_threads()?;
+    tracing::info!(stream, day = %day_name(day), records = done, secs = started.elapsed().as_secs_f64(), "rebuilt a log partition");
+    Ok(())
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

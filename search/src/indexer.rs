@@ -143,7 +143,7 @@ impl Indexer {
             return Ok(partition.clone());
         }
         let root = self.shared.config.dir.join("indexes");
-        let partition = Arc::new(Partition::open(&root, stream, day, &self.shared.schema)?);
+        let partition = Arc::new(Partition::open(&root, stream, day, &self.shared.schema, &self.shared.fields)?);
         self.shared.partitions.write().unwrap_or_else(|p| p.into_inner()).insert(key, partition.clone());
         Ok(partition)
     }
