@@ -137,42 +137,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let applied = self
+        let (responses, changes) = self
             .blocking(StorageIOError::write_state_machine, move |sm| {
-                let mut out = Vec::with_capacity(entries.len());
-                for entry in entries {
+                // The whole run of entries is one write; the last entry's
+                // position goes with it.
+                let mut batch = sm.store.sm_batch()?;
+                let mut responses = Vec::with_capacity(entries.len());
+                for entry in &entries {
                     let log_id = encode(&entry.log_id)?;
-                    let at = Position { log_id: &log_id, membership: None };
-                    let responses = match entry.payload {
-                        EntryPayload::Normal(proposals) if !proposals.is_empty() => {
-                            let mut responses = Vec::with_capacity(proposals.len());
-                            for (i, proposal) in proposals.iter().enumerate() {
-                                // Only the entry's last proposal records the position.
-                                let position = (i + 1 == proposals.len()).then_some(at);
-                                let applied = sm.store.sm_apply(Some(proposal), position)?;
-                                if let Some(changes) = &applied.changes {
-                                    sm.sink.changed(changes);
-                                }
-                                responses.push(applied.response);
-                            }
-                            responses
+                    let mut position = Position { log_id: &log_id, membership: None };
+                    let stored;
+                    let answers = match &entry.payload {
+                        EntryPayload::Normal(proposals) => {
+                            proposals.iter().map(|proposal| batch.apply(proposal)).collect::<Result<Vec<_>, _>>()?
                         }
-                        EntryPayload::Normal(_) | EntryPayload::Blank => {
-                            sm.store.sm_apply(None, Some(at))?;
-                            Vec::new()
-                        }
+                        EntryPayload::Blank => Vec::new(),
                         EntryPayload::Membership(membership) => {
-                            let stored = encode(&Membership::new(Some(entry.log_id), membership))?;
-                            sm.store.sm_apply(None, Some(Position { membership: Some(&stored), ..at }))?;
+                            stored = encode(&Membership::new(Some(entry.log_id), membership.clone()))?;
+                            position.membership = Some(&stored);
                             Vec::new()
                         }
                     };
-                    out.push(responses);
+                    batch.set_position(position)?;
+                    responses.push(answers);
                 }
-                Ok(out)
+                let changes = batch.commit()?;
+                Ok((responses, changes))
             })
             .await?;
-        Ok(applied)
+        // Written: watchers may read the store now.
+        for change in &changes {
+            self.sink.changed(change);
+        }
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -10,7 +10,7 @@ mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
-pub use apply::{Applied, Position};
+pub use apply::{Position, SmBatch};
 pub use read::{Changes, Counters, LeaseDetail};
 pub use snapshot::Export;
 
@@ -20,6 +20,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     pub key: String,
+    /// As bytes, not as a sequence of numbers: the same bincode, encoded in
+    /// one copy rather than byte by byte.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Revision of the write that created the key (since its last deletion).
     pub create_revision: u64,
@@ -81,7 +84,7 @@ pub enum CompareTarget {
     ModRevision(u64),
     CreateRevision(u64),
     Version(u64),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +96,12 @@ pub struct Compare {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: String, value: Vec<u8>, lease: u64 },
+    Put {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        lease: u64,
+    },
     Delete { key: String, prefix: bool },
     Get { key: String },
 }

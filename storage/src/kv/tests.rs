@@ -20,10 +20,25 @@ fn proposal(cmd: &Command) -> Proposal {
     Proposal { id, at_ms: 1_000_000, command: cmd.clone() }
 }
 
-const AT: Option<Position<'static>> = Some(Position { log_id: b"log-id", membership: None });
+const AT: Position<'static> = Position { log_id: b"log-id", membership: None };
+
+/// What applying one proposal in a batch of its own gave.
+struct Applied {
+    response: Response,
+    changes: Option<ChangeBatch>,
+}
+
+fn apply_proposal(store: &Store, proposal: &Proposal) -> Applied {
+    let mut batch = store.sm_batch().expect("batch");
+    let response = batch.apply(proposal).expect("apply");
+    batch.set_position(AT).expect("position");
+    let mut changes = batch.commit().expect("commit");
+    assert!(changes.len() <= 1, "one proposal, one revision at most");
+    Applied { response, changes: changes.pop() }
+}
 
 fn apply(store: &Store, cmd: &Command) -> Applied {
-    store.sm_apply(Some(&proposal(cmd)), AT).expect("apply")
+    apply_proposal(store, &proposal(cmd))
 }
 
 #[test]
@@ -31,15 +46,15 @@ fn a_retried_proposal_is_applied_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     let p = proposal(&put("k", "v"));
-    let first = store.sm_apply(Some(&p), AT).expect("apply");
-    let again = store.sm_apply(Some(&p), AT).expect("apply");
+    let first = apply_proposal(&store, &p);
+    let again = apply_proposal(&store, &p);
     assert_eq!(first.response, again.response, "the retry answers with the first outcome");
     assert!(again.changes.is_none(), "the retry changes nothing");
     assert_eq!(store.kv_get("k").expect("get").0.revision, 1);
     // Ids older than the retention are forgotten as later proposals arrive.
     let later = Proposal { at_ms: p.at_ms + PROPOSAL_ID_RETENTION_MS + 1, ..proposal(&put("x", "1")) };
-    store.sm_apply(Some(&later), AT).expect("apply");
-    let retried_late = store.sm_apply(Some(&p), AT).expect("apply");
+    apply_proposal(&store, &later);
+    let retried_late = apply_proposal(&store, &p);
     assert!(retried_late.changes.is_some(), "a forgotten id is a new proposal");
 }
 
@@ -95,4 +110,89 @@ fn failed_lease_put_writes_nothing_and_compaction_drops_history() {
     let other = Store::open(other_dir.path()).expect("open");
     other.sm_import(&exported.data).expect("import");
     assert_eq!(other.kv_get("k").expect("get"), store.kv_get("k").expect("get"));
+}
+
+/// Commands applied together in one batch answer and change exactly as they
+/// would one by one: each sees the ones before it, a rejected one undoes
+/// only itself, and a retry within the batch answers with the first outcome.
+#[test]
+fn a_batch_of_proposals_behaves_like_one_by_one() {
+    let lease_put = |key: &str, lease: u64| {
+        Command::Txn(Txn {
+            compare: vec![],
+            success: vec![TxnOp::Put { key: key.into(), value: b"v".to_vec(), lease }],
+            failure: vec![],
+        })
+    };
+    let cas = |key: &str, version: u64, value: &str| {
+        Command::Txn(Txn {
+            compare: vec![Compare { key: key.into(), target: CompareTarget::Version(version), op: CompareOp::Equal }],
+            success: vec![TxnOp::Put { key: key.into(), value: value.into(), lease: 0 }],
+            failure: vec![TxnOp::Get { key: key.into() }],
+        })
+    };
+    let commands = vec![
+        put("a", "1"),
+        cas("a", 1, "2"),
+        cas("a", 1, "lost"),
+        Command::LeaseGrant { ttl_seconds: 60, now_ms: 1_000 },
+        Command::LeaseGrant { ttl_seconds: 60, now_ms: 1_000 },
+        lease_put("b", 2),
+        lease_put("c", 99),
+        Command::Rollback { key: "a".into(), revision: 1 },
+        Command::LeaseRevoke { id: 2 },
+        put("a", "3"),
+        Command::Compact { revision: 3 },
+        put("d", "4"),
+    ];
+    let proposals: Vec<Proposal> = commands.iter().map(proposal).collect();
+
+    let one_dir = tempfile::tempdir().expect("tempdir");
+    let one_by_one = Store::open(one_dir.path()).expect("open");
+    let mut expected = Vec::new();
+    let mut expected_changes = Vec::new();
+    for p in &proposals {
+        let applied = apply_proposal(&one_by_one, p);
+        expected.push(applied.response);
+        expected_changes.extend(applied.changes);
+    }
+
+    let together_dir = tempfile::tempdir().expect("tempdir");
+    let together = Store::open(together_dir.path()).expect("open");
+    let mut batch = together.sm_batch().expect("batch");
+    let mut answers = Vec::new();
+    for p in &proposals {
+        answers.push(batch.apply(p).expect("apply"));
+    }
+    // A retry of the second proposal in the same batch.
+    let retry = batch.apply(&proposals[1]).expect("apply");
+    batch.set_position(AT).expect("position");
+    let changes = batch.commit().expect("commit");
+
+    assert_eq!(answers, expected);
+    assert_eq!(retry, expected[1], "a retry answers with the first outcome");
+    assert_eq!(changes, expected_changes);
+    assert_eq!(together.sm_export().expect("export").data, one_by_one.sm_export().expect("export").data);
+}
+
+/// Values are encoded as bytes; the bincode must stay what it was when they
+/// were plain sequences, or stored data and peers of the version before
+/// could not be read.
+#[test]
+fn value_bytes_encode_as_before() {
+    #[derive(serde::Serialize)]
+    struct Before {
+        key: String,
+        value: Vec<u8>,
+        create_revision: u64,
+        mod_revision: u64,
+        version: u64,
+        lease: u64,
+    }
+    let value: Vec<u8> = (0..=255u8).chain(0..40).collect();
+    let kv = KeyValue { key: "k".into(), value: value.clone(), create_revision: 3, mod_revision: 300, version: 7, lease: 0 };
+    let before = Before { key: "k".into(), value, create_revision: 3, mod_revision: 300, version: 7, lease: 0 };
+    assert_eq!(crate::encode(&kv).expect("encode"), crate::encode(&before).expect("encode"));
+    let decoded: KeyValue = crate::decode(&crate::encode(&before).expect("encode")).expect("decode");
+    assert_eq!(decoded, kv);
 }
