@@ -1,39 +1,66 @@
 //! The Raft log in RocksDB. Appends are fsynced before openraft is told they
 //! are flushed (unlike openraft's rocksdb example, which acknowledges first).
 //!
-//! Group commit: `append` writes the entries to the WAL and hands the flush
-//! callback to a sync thread; the thread fsyncs once for every callback that
-//! queued up meanwhile and then completes them in order. openraft issues one
-//! append per client write, so this turns N fsyncs into one per batch.
+//! One writer thread owns every change to the log: `append` puts the entries
+//! in an in-memory tail and queues them, and returns at once; the thread
+//! writes whatever queued up meanwhile in one batch, fsyncs once and then
+//! completes the flush callbacks in order (group commit). Truncation and
+//! purging go through the same queue, so they happen in order with appends.
+//! Replication reads recent entries from the tail, without RocksDB and
+//! without decoding them again.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use shoal_storage::{decode, encode, Store};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{io_error, NodeId, TypeConfig};
 
-/// Flush callbacks waiting for the sync thread; a full queue makes `append` wait.
-const SYNC_QUEUE: usize = 4096;
+/// Changes waiting for the writer thread; a full queue makes `append` wait.
+const WRITE_QUEUE: usize = 4096;
+/// Entries kept in the in-memory tail once they are written.
+const TAIL_ENTRIES: usize = 2048;
+
+/// What the writer thread does, in queue order.
+enum LogOp {
+    Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
+    /// Delete entries from this index on.
+    Truncate(u64, oneshot::Sender<Result<(), shoal_storage::StorageError>>),
+    /// Delete entries up to this index, recording the purged log id.
+    Purge(u64, Vec<u8>, oneshot::Sender<Result<(), shoal_storage::StorageError>>),
+}
+
+/// The newest entries by index, shared with the writer thread, which drops
+/// the oldest once written (never one that is not yet in RocksDB).
+type Tail = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
 
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
     committed: Arc<AtomicU64>,
-    to_sync: mpsc::Sender<LogFlushed<TypeConfig>>,
+    tail: Tail,
+    writer: mpsc::Sender<LogOp>,
+}
+
+fn lock(tail: &Tail) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LogStore {
     pub fn new(store: Store) -> std::io::Result<LogStore> {
-        let (to_sync, pending) = mpsc::channel(SYNC_QUEUE);
-        let sync_store = store.clone();
-        std::thread::Builder::new().name("shoal-wal-sync".into()).spawn(move || sync_loop(sync_store, pending))?;
-        Ok(LogStore { store, committed: Arc::new(AtomicU64::new(0)), to_sync })
+        let (writer, queue) = mpsc::channel(WRITE_QUEUE);
+        let tail: Tail = Arc::default();
+        let (writer_store, writer_tail) = (store.clone(), tail.clone());
+        std::thread::Builder::new()
+            .name("shoal-raft-log".into())
+            .spawn(move || write_loop(writer_store, writer_tail, queue))?;
+        Ok(LogStore { store, committed: Arc::new(AtomicU64::new(0)), tail, writer })
     }
 
     /// The highest log index known committed, shared for metrics.
@@ -54,6 +81,27 @@ impl LogStore {
             Err(e) => Err(error(io_error(e)).into()),
         }
     }
+
+    /// Queue a change for the writer thread.
+    async fn queue(&self, op: LogOp) -> Result<(), StorageError<NodeId>> {
+        self.writer.send(op).await.map_err(|_| {
+            StorageIOError::write_logs(io_error(std::io::Error::other("the Raft log writer thread has stopped"))).into()
+        })
+    }
+
+    /// Queue a truncation or purge and wait until it is done.
+    async fn queue_and_wait(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<(), shoal_storage::StorageError>>) -> LogOp,
+    ) -> Result<(), StorageError<NodeId>> {
+        let (done, outcome) = oneshot::channel();
+        self.queue(op(done)).await?;
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageIOError::write_logs(io_error(e)).into()),
+            Err(_) => Err(StorageIOError::write_logs(io_error(std::io::Error::other("the Raft log writer thread has stopped"))).into()),
+        }
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -71,10 +119,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(n) => *n,
             Bound::Unbounded => u64::MAX,
         };
-        self.blocking(StorageIOError::read_logs, move |store| {
-            store.log_range(start, end)?.iter().map(|(_, bytes)| decode(bytes)).collect()
-        })
-        .await
+        // Recent entries come from the tail; older ones (below it) from RocksDB.
+        let (tail_first, mut recent) = {
+            let tail = lock(&self.tail);
+            let first = tail.keys().next().copied();
+            let from = first.map_or(end, |first| first.max(start));
+            let recent: Vec<Entry<TypeConfig>> =
+                if from < end { tail.range(from..end).map(|(_, entry)| entry.clone()).collect() } else { Vec::new() };
+            (first, recent)
+        };
+        let older_end = tail_first.map_or(end, |first| first.min(end));
+        if start >= older_end {
+            return Ok(recent);
+        }
+        let mut entries = self
+            .blocking(StorageIOError::read_logs, move |store| {
+                store.log_range(start, older_end)?.iter().map(|(_, bytes)| decode(bytes)).collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        entries.append(&mut recent);
+        Ok(entries)
     }
 }
 
@@ -82,14 +146,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        self.blocking(StorageIOError::read_logs, |store| {
+        let newest = lock(&self.tail).values().next_back().map(|entry| entry.log_id);
+        self.blocking(StorageIOError::read_logs, move |store| {
             let last_purged_log_id: Option<LogId<NodeId>> = match store.raft_meta_get("last_purged")? {
                 Some(bytes) => Some(decode(&bytes)?),
                 None => None,
             };
-            let last_log_id = match store.log_last()? {
-                Some((_, bytes)) => Some(decode::<Entry<TypeConfig>>(&bytes)?.log_id),
-                None => last_purged_log_id,
+            let last_log_id = match (newest, store.log_last()?) {
+                (Some(newest), _) => Some(newest),
+                (None, Some((_, bytes))) => Some(decode::<Entry<TypeConfig>>(&bytes)?.log_id),
+                (None, None) => last_purged_log_id,
             };
             Ok(LogState { last_purged_log_id, last_log_id })
         })
@@ -127,48 +193,83 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
+        let mut appended = Vec::new();
         for entry in entries {
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
             encoded.push((entry.log_id.index, bytes));
+            appended.push(entry);
         }
-        self.blocking(StorageIOError::write_logs, move |store| store.log_write(&encoded)).await?;
-        // Reported flushed by the sync thread, after the fsync that covers it.
-        self.to_sync.send(callback).await.map_err(|_| {
-            StorageIOError::write_logs(io_error(std::io::Error::other("the WAL sync thread has stopped")))
-        })?;
-        Ok(())
+        // Readable at once (openraft reads what it appended before it is
+        // flushed); reported flushed by the writer thread after the fsync.
+        lock(&self.tail).extend(appended.into_iter().map(|entry| (entry.log_id.index, entry)));
+        self.queue(LogOp::Append(encoded, callback)).await
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.blocking(StorageIOError::write_logs, move |store| store.log_truncate_from(log_id.index)).await
+        lock(&self.tail).retain(|index, _| *index < log_id.index);
+        self.queue_and_wait(|done| LogOp::Truncate(log_id.index, done)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.blocking(StorageIOError::write_logs, move |store| {
-            store.log_purge_upto(log_id.index, &encode(&log_id)?)
-        })
-        .await
+        let purged = encode(&log_id).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
+        self.queue_and_wait(|done| LogOp::Purge(log_id.index, purged, done)).await?;
+        lock(&self.tail).retain(|index, _| *index > log_id.index);
+        Ok(())
     }
 }
 
-/// The sync thread: one fsync per batch of queued appends, then their callbacks in order.
-fn sync_loop(store: Store, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    while let Some(first) = pending.blocking_recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = pending.try_recv() {
-            batch.push(more);
+/// The writer thread: every append that queued up is written in one batch
+/// and fsynced once, then their callbacks complete in order; truncations and
+/// purges run in turn. Written entries beyond the tail's size leave the tail.
+fn write_loop(store: Store, tail: Tail, mut queue: mpsc::Receiver<LogOp>) {
+    let mut next = queue.blocking_recv();
+    while let Some(op) = next.take() {
+        match op {
+            LogOp::Append(entries, callback) => {
+                let mut written = entries;
+                let mut callbacks = vec![callback];
+                // Everything appended meanwhile joins this write and fsync.
+                loop {
+                    match queue.try_recv() {
+                        Ok(LogOp::Append(more, callback)) => {
+                            written.extend(more);
+                            callbacks.push(callback);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = store.log_write(&written).and_then(|()| store.sync_wal());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "writing the Raft log failed");
+                }
+                metrics::histogram!("shoal_wal_sync_batch").record(callbacks.len() as f64);
+                for callback in callbacks {
+                    let outcome = match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    };
+                    callback.log_io_completed(outcome);
+                }
+                if let (Ok(()), Some((newest, _))) = (&result, written.last()) {
+                    let mut tail = lock(&tail);
+                    while tail.len() > TAIL_ENTRIES && tail.keys().next().is_some_and(|first| first <= newest) {
+                        tail.pop_first();
+                    }
+                }
+            }
+            LogOp::Truncate(from, done) => {
+                let _ = done.send(store.log_truncate_from(from));
+            }
+            LogOp::Purge(upto, purged, done) => {
+                let _ = done.send(store.log_purge_upto(upto, &purged));
+            }
         }
-        let result = store.sync_wal();
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "fsync of the Raft log failed");
-        }
-        metrics::histogram!("shoal_wal_sync_batch").record(batch.len() as f64);
-        for callback in batch {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(outcome);
+        if next.is_none() {
+            next = queue.blocking_recv();
         }
     }
 }
