@@ -239,16 +239,18 @@ impl Removals {
     fn record(&self, id: NodeId) {
         let now = now_ms();
         let mut removed = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        removed.retain(|_, at| now.saturating_sub(*at) < REMOVED_HOLD_OFF.as_millis() as u64);
+        removed.retain(|_, at| within_hold_off(*at, now));
         removed.insert(id, now);
     }
 
     fn held_off(&self, member: &GossipMember) -> bool {
         let removed = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        removed.get(&member.node_id).is_some_and(|at| {
-            now_ms().saturating_sub(*at) < REMOVED_HOLD_OFF.as_millis() as u64 && member.started_ms <= *at
-        })
+        removed.get(&member.node_id).is_some_and(|at| within_hold_off(*at, now_ms()) && member.started_ms <= *at)
     }
+}
+
+fn within_hold_off(removed_at_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(removed_at_ms) < REMOVED_HOLD_OFF.as_millis() as u64
 }
 
 /// On the leader: remove `id` from the membership, remembering it in

@@ -140,7 +140,7 @@ fn main() -> std::process::ExitCode {
     });
     // Dropping the runtime drops every task and, with them, the node's
     // handles on its database; the last one may be on another thread (the
-    // WAL sync thread), so wait until RocksDB is closed before exiting.
+    // Raft log writer), so wait until RocksDB is closed before exiting.
     drop(runtime);
     if let Some(closed) = store_closed {
         if !closed.wait(STORE_CLOSE_TIMEOUT) {

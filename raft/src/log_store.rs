@@ -84,9 +84,7 @@ impl LogStore {
 
     /// Queue a change for the writer thread.
     async fn queue(&self, op: LogOp) -> Result<(), StorageError<NodeId>> {
-        self.writer.send(op).await.map_err(|_| {
-            StorageIOError::write_logs(io_error(std::io::Error::other("the Raft log writer thread has stopped"))).into()
-        })
+        self.writer.send(op).await.map_err(|_| writer_stopped())
     }
 
     /// Queue a truncation or purge and wait until it is done.
@@ -99,9 +97,13 @@ impl LogStore {
         match outcome.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StorageIOError::write_logs(io_error(e)).into()),
-            Err(_) => Err(StorageIOError::write_logs(io_error(std::io::Error::other("the Raft log writer thread has stopped"))).into()),
+            Err(_) => Err(writer_stopped()),
         }
     }
+}
+
+fn writer_stopped() -> StorageError<NodeId> {
+    StorageIOError::write_logs(io_error(std::io::Error::other("the Raft log writer thread has stopped"))).into()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

@@ -139,27 +139,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let (responses, changes) = self
             .blocking(StorageIOError::write_state_machine, move |sm| {
-                // The whole run of entries is one write; the last entry's
-                // position goes with it.
+                // The whole run of entries is one write, with the position
+                // of its last entry (and the newest membership in it).
                 let mut batch = sm.store.sm_batch()?;
                 let mut responses = Vec::with_capacity(entries.len());
+                let mut membership = None;
                 for entry in &entries {
-                    let log_id = encode(&entry.log_id)?;
-                    let mut position = Position { log_id: &log_id, membership: None };
-                    let stored;
                     let answers = match &entry.payload {
                         EntryPayload::Normal(proposals) => {
                             proposals.iter().map(|proposal| batch.apply(proposal)).collect::<Result<Vec<_>, _>>()?
                         }
                         EntryPayload::Blank => Vec::new(),
-                        EntryPayload::Membership(membership) => {
-                            stored = encode(&Membership::new(Some(entry.log_id), membership.clone()))?;
-                            position.membership = Some(&stored);
+                        EntryPayload::Membership(changed) => {
+                            membership = Some(encode(&Membership::new(Some(entry.log_id), changed.clone()))?);
                             Vec::new()
                         }
                     };
-                    batch.set_position(position)?;
                     responses.push(answers);
+                }
+                if let Some(last) = entries.last() {
+                    let log_id = encode(&last.log_id)?;
+                    batch.set_position(Position { log_id: &log_id, membership: membership.as_deref() })?;
                 }
                 let changes = batch.commit()?;
                 Ok((responses, changes))

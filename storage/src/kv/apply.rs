@@ -1,8 +1,11 @@
 //! Deterministic application of commands. A run of committed Raft entries
 //! is applied as one atomic RocksDB write (without fsync: the Raft log append
 //! that preceded it was synced, and the shared WAL recovers writes in order),
-//! together with the applied Raft position, so the state machine and its
-//! position never disagree. One write per run rather than per command: at
+//! together with the applied Raft position. A run that holds a command
+//! reading beyond the overlays is written in parts (see [`SmBatch`]); after a
+//! crash between parts the entries since the recorded position are applied
+//! again, and every proposal already applied is recognised by its id and
+//! answered as the first time. One write per run rather than per command: at
 //! many concurrent clients an entry carries dozens of proposals, and a
 //! RocksDB write and three point reads per proposal were a third of the
 //! cluster's CPU.
@@ -20,14 +23,15 @@ use crate::db::{
     u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_REQUESTS, CF_REQUEST_LOG, CF_SM_META,
 };
 
-/// Expired proposal ids forgotten per applied proposal (keeps each apply's
-/// work bounded while forgetting faster than ids arrive).
-const PRUNE_PER_PROPOSAL: usize = 4;
 use crate::error::StorageError;
 use crate::{decode, encode};
 
-/// The Raft position an apply records: the entry's encoded log id, and its
-/// encoded membership if the entry changed it.
+/// Expired proposal ids forgotten per applied proposal (keeps each apply's
+/// work bounded while forgetting faster than ids arrive).
+const PRUNE_PER_PROPOSAL: usize = 4;
+
+/// The Raft position an apply records: the last entry's encoded log id, and
+/// the encoded membership if the run changed it.
 #[derive(Clone, Copy)]
 pub struct Position<'a> {
     pub log_id: &'a [u8],
