@@ -35,6 +35,8 @@ use crate::watch::WatchHub;
 const LEASE_CHECK: Duration = Duration::from_millis(200);
 /// How long open requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often the node checks whether its Raft core has stopped.
+const RAFT_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Memory of one log partition's index writer (Tantivy's minimum is 15 MB).
 const LOG_WRITER_BYTES: usize = 64 << 20;
 /// How often the leader considers compacting history.
@@ -236,15 +238,15 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     }
 }
 
-/// Resolves with the error once the Raft core has stopped on its own.
+/// Resolves once the Raft core has stopped, with the reason. Polled: the
+/// metrics change with every entry, and waking this (main-thread) future on
+/// each change cost a context switch per write.
 async fn raft_stopped(raft: Raft) -> String {
-    let mut metrics = raft.metrics();
+    let mut every = tokio::time::interval(RAFT_CHECK_EVERY);
     loop {
-        if let Err(fatal) = &metrics.borrow().running_state {
+        every.tick().await;
+        if let Err(fatal) = &raft.metrics().borrow().running_state {
             return fatal.to_string();
-        }
-        if metrics.changed().await.is_err() {
-            return "raft metrics closed".to_string();
         }
     }
 }

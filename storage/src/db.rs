@@ -5,6 +5,7 @@ use std::time::Duration;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::error::StorageError;
+use crate::kv::KvCache;
 
 /// Raft log entries, keyed by index (big-endian u64).
 pub(crate) const CF_LOG: &str = "raft_log";
@@ -73,6 +74,8 @@ fn cf_options(name: &str) -> Options {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<DB>,
+    /// The state machine's recently written key/value pairs (see `kv::cache`).
+    pub(crate) applied_kv: Arc<Mutex<KvCache>>,
     /// Raised when the last clone is dropped. Declared after `db`, so fields
     /// drop in that order: the database is closed before the flag goes up.
     closed: Arc<ClosedFlag>,
@@ -118,7 +121,7 @@ impl Store {
         let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let closed = StoreClosed { state: Arc::new((Mutex::new(false), Condvar::new())) };
-        Ok(Store { db: Arc::new(db), closed: Arc::new(ClosedFlag(closed)) })
+        Ok(Store { db: Arc::new(db), applied_kv: Arc::default(), closed: Arc::new(ClosedFlag(closed)) })
     }
 
     /// A handle to wait on until every clone of this store is dropped and

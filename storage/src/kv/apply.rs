@@ -11,9 +11,11 @@
 //! cluster's CPU.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::MutexGuard;
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
+use super::cache::KvCache;
 use super::{
     key_rev, lease_key, prefix_end, ChangeBatch, Command, Compare, CompareOp, CompareTarget, Event,
     EventType, KeyValue, Lease, OpResult, Proposal, Rejection, Response, Txn, TxnOp, META_COMPACT_REVISION,
@@ -47,6 +49,9 @@ pub struct SmBatch<'a> {
     store: &'a Store,
     batch: WriteBatch,
     kv: HashMap<String, Option<KeyValue>>,
+    /// Pairs written by earlier runs (held for the whole run: the applier
+    /// is its only user).
+    cache: MutexGuard<'a, KvCache>,
     leases: HashMap<u64, Option<Lease>>,
     /// Outcomes of the proposals applied in this batch, by id.
     answered: HashMap<[u8; 16], Response>,
@@ -67,6 +72,7 @@ impl Store {
             store: self,
             batch: WriteBatch::default(),
             kv: HashMap::new(),
+            cache: self.applied_kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
             leases: HashMap::new(),
             answered: HashMap::new(),
             revision: self.meta_u64(META_REVISION)?,
@@ -95,6 +101,7 @@ impl SmBatch<'_> {
         let mut tx = ApplyTx {
             store: self.store,
             committed_kv: &self.kv,
+            cache: &self.cache,
             committed_leases: &self.leases,
             ops: Vec::new(),
             kv: HashMap::new(),
@@ -179,8 +186,13 @@ impl SmBatch<'_> {
             return Ok(());
         }
         self.batch.put_cf(self.store.cf(CF_SM_META)?, META_REVISION, self.revision.to_be_bytes());
-        self.store.write(std::mem::take(&mut self.batch), false)?;
-        self.kv.clear();
+        if let Err(e) = self.store.write(std::mem::take(&mut self.batch), false) {
+            self.cache.clear();
+            return Err(e);
+        }
+        for (key, kv) in self.kv.drain() {
+            self.cache.insert(key, kv);
+        }
         self.leases.clear();
         Ok(())
     }
@@ -225,6 +237,7 @@ impl Op {
 struct ApplyTx<'a> {
     store: &'a Store,
     committed_kv: &'a HashMap<String, Option<KeyValue>>,
+    cache: &'a KvCache,
     committed_leases: &'a HashMap<u64, Option<Lease>>,
     ops: Vec<Op>,
     kv: HashMap<String, Option<KeyValue>>,
@@ -346,8 +359,8 @@ impl ApplyTx<'_> {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
-        if let Some(pending) = self.kv.get(key).or_else(|| self.committed_kv.get(key)) {
-            return Ok(pending.clone());
+        if let Some(known) = self.kv.get(key).or_else(|| self.committed_kv.get(key)).or_else(|| self.cache.get(key)) {
+            return Ok(known.clone());
         }
         match self.store.db.get_cf(self.store.cf(CF_KV)?, key)? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),

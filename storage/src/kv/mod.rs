@@ -5,11 +5,13 @@
 //! that changes several keys gets one revision for all of them.
 
 mod apply;
+mod cache;
 mod read;
 mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use cache::KvCache;
 pub use apply::{Position, SmBatch};
 pub use read::{Changes, Counters, LeaseDetail};
 pub use snapshot::Export;

@@ -60,6 +60,9 @@ impl Store {
             batch.put_cf(self.cf(name)?, key, value);
             rest = tail;
         }
+        // The applier's cache describes the state being replaced.
+        let mut cache = self.applied_kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.clear();
         self.write(batch, true)
     }
 }

@@ -196,3 +196,22 @@ fn value_bytes_encode_as_before() {
     let decoded: KeyValue = crate::decode(&crate::encode(&before).expect("encode")).expect("decode");
     assert_eq!(decoded, kv);
 }
+
+/// The applier remembers the pairs it wrote; a snapshot that replaces the
+/// state must make it forget them, or the next write would build on a
+/// version the store no longer has.
+#[test]
+fn a_snapshot_replaces_what_the_applier_remembers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    apply(&store, &put("k", "1"));
+    let snapshot = store.sm_export().expect("export").data;
+    apply(&store, &put("k", "2"));
+    apply(&store, &put("k", "3"));
+    store.sm_import(&snapshot).expect("import");
+    let after = apply(&store, &put("k", "again"));
+    let Response::Txn { results, .. } = after.response else { panic!("a put answers with a txn result") };
+    let Some(OpResult::Put { kv, prev: Some(prev) }) = results.first() else { panic!("a put with a previous version") };
+    assert_eq!((prev.version, prev.mod_revision), (1, 1), "the previous version is the snapshot's");
+    assert_eq!(kv.version, 2);
+}

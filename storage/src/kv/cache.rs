@@ -1,0 +1,53 @@
+//! The key/value pairs the state machine wrote last, so that applying a
+//! write to a hot key does not search RocksDB for its previous version.
+//! Such a search walks the memtable's skip list, which holds every version
+//! written since the last flush: in a profile of 128 clients putting 1 000
+//! keys, those lookups were a tenth of every node's CPU.
+//!
+//! Only the state machine's applier uses it, under the lock it holds for a
+//! whole run of entries; it is filled after each successful write, emptied
+//! when a write fails or a snapshot replaces the state, and emptied whole
+//! when it outgrows its budget (hot keys come back with their next write).
+
+use std::collections::HashMap;
+
+use super::KeyValue;
+
+/// Bytes of keys and values the cache may hold.
+const BUDGET_BYTES: usize = 32 << 20;
+/// Rough per-entry bookkeeping on top of key and value bytes.
+const ENTRY_OVERHEAD: usize = 96;
+
+#[derive(Default)]
+pub(crate) struct KvCache {
+    /// Key -> its current pair, or None if it was deleted.
+    entries: HashMap<String, Option<KeyValue>>,
+    bytes: usize,
+}
+
+fn cost(key: &str, kv: &Option<KeyValue>) -> usize {
+    ENTRY_OVERHEAD + 2 * key.len() + kv.as_ref().map_or(0, |kv| kv.value.len())
+}
+
+impl KvCache {
+    pub(crate) fn get(&self, key: &str) -> Option<&Option<KeyValue>> {
+        self.entries.get(key)
+    }
+
+    /// Record what was just written for `key`.
+    pub(crate) fn insert(&mut self, key: String, kv: Option<KeyValue>) {
+        self.bytes += cost(&key, &kv);
+        if let Some(old) = self.entries.get(&key) {
+            self.bytes -= cost(&key, old);
+        }
+        self.entries.insert(key, kv);
+        if self.bytes > BUDGET_BYTES {
+            self.clear();
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
