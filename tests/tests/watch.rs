@@ -371,7 +371,10 @@ async fn poll_chaining_delivers_every_change_once() {
         let next = num(&body, "/next_revision");
         if let Some(last) = batches.last() {
             assert!(num(&batches[0], "/revision") >= from, "batch before from_revision");
-            assert_eq!(next, num(last, "/revision") + 1);
+            // Past the last batch; revisions after it that touched no
+            // watched key may be skipped too. (Whether a change was missed
+            // is what the final comparison checks.)
+            assert!(next > num(last, "/revision"), "next_revision {next} not past the last batch");
         } else {
             assert!(next >= from, "next_revision went backwards");
         }
