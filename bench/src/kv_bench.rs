@@ -52,9 +52,14 @@ struct Args {
     /// Distinct keys written and read.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-    /// Leader kills to time per system.
+    /// Leader kills to time per system (in the first round).
     #[arg(long, default_value_t = 3)]
     failovers: usize,
+    /// Rounds: each starts fresh clusters of every system in turn, so that
+    /// drift in the machine's speed falls on both systems alike; a summary
+    /// of the mean throughput per system follows the rows.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    rounds: u64,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -395,28 +400,38 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     println!("| system | clients | puts/s | put p50 | put p99 | gets/s | get p50 | get p99 | errors |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut failovers = Vec::new();
-    for target in &args.targets {
-        let mut cluster = match target.as_str() {
-            "shoal" => Cluster::shoal(&shoal_bin)?,
-            "etcd" => Cluster::etcd(&args.etcd_bin)?,
-            other => bail!("unknown target {other:?} (shoal or etcd)"),
-        };
-        cluster.wait_ready(Duration::from_secs(60)).await?;
-        for clients in &args.clients {
-            eprintln!("{target}: {clients} clients ...");
-            let puts = measure(&cluster, Op::Put, *clients, args).await?;
-            let gets = measure(&cluster, Op::Get, *clients, args).await?;
-            println!(
-                "| {target} | {clients} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
-                puts.ops_per_sec, puts.p50, puts.p99, gets.ops_per_sec, gets.p50, gets.p99, puts.errors + gets.errors
-            );
+    // (system, clients) -> puts/s and gets/s of each round.
+    let mut throughput: Vec<(String, usize, f64, f64)> = Vec::new();
+    for round in 0..args.rounds {
+        for target in &args.targets {
+            let mut cluster = match target.as_str() {
+                "shoal" => Cluster::shoal(&shoal_bin)?,
+                "etcd" => Cluster::etcd(&args.etcd_bin)?,
+                other => bail!("unknown target {other:?} (shoal or etcd)"),
+            };
+            cluster.wait_ready(Duration::from_secs(60)).await?;
+            for clients in &args.clients {
+                eprintln!("round {}/{}: {target}: {clients} clients ...", round + 1, args.rounds);
+                let puts = measure(&cluster, Op::Put, *clients, args).await?;
+                let gets = measure(&cluster, Op::Get, *clients, args).await?;
+                println!(
+                    "| {target} | {clients} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
+                    puts.ops_per_sec, puts.p50, puts.p99, gets.ops_per_sec, gets.p50, gets.p99, puts.errors + gets.errors
+                );
+                throughput.push((target.clone(), *clients, puts.ops_per_sec, gets.ops_per_sec));
+            }
+            if round == 0 {
+                let mut times = Vec::new();
+                for kill in 0..args.failovers {
+                    eprintln!("{target}: failover {}/{} ...", kill + 1, args.failovers);
+                    times.push(failover(&mut cluster).await?);
+                }
+                failovers.push((target.clone(), times));
+            }
         }
-        let mut times = Vec::new();
-        for round in 0..args.failovers {
-            eprintln!("{target}: failover {}/{} ...", round + 1, args.failovers);
-            times.push(failover(&mut cluster).await?);
-        }
-        failovers.push((target.clone(), times));
+    }
+    if args.rounds > 1 {
+        print_means(&throughput, &args.targets, &args.clients, args.rounds);
     }
     println!();
     println!("| system | leader kill -9 → first successful write (each run) | median |");
@@ -428,6 +443,30 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         println!("| {target} | {} | {median} |", each.join(", "));
     }
     Ok(())
+}
+
+/// Mean puts/s and gets/s per system and client count over the rounds,
+/// and each system's share of the first system's figure.
+fn print_means(throughput: &[(String, usize, f64, f64)], targets: &[String], clients: &[usize], rounds: u64) {
+    let mean = |target: &str, count: usize, pick: fn(&(String, usize, f64, f64)) -> f64| -> f64 {
+        let values: Vec<f64> =
+            throughput.iter().filter(|row| row.0 == target && row.1 == count).map(pick).collect();
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    };
+    println!();
+    println!("Mean over {rounds} rounds (share: of {}'s figure):", targets.last().map(String::as_str).unwrap_or("-"));
+    println!();
+    println!("| system | clients | puts/s | share | gets/s | share |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let Some(base) = targets.last() else { return };
+    for target in targets {
+        for &count in clients {
+            let (puts, gets) = (mean(target, count, |row| row.2), mean(target, count, |row| row.3));
+            let (base_puts, base_gets) = (mean(base, count, |row| row.2), mean(base, count, |row| row.3));
+            let share = |value: f64, of: f64| if of > 0.0 { format!("{:.0} %", 100.0 * value / of) } else { "-".into() };
+            println!("| {target} | {count} | {puts:.0} | {} | {gets:.0} | {} |", share(puts, base_puts), share(gets, base_gets));
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
