@@ -446,7 +446,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Mean puts/s and gets/s per system and client count over the rounds,
-/// and each system's share of the first system's figure.
+/// and each system's share of the last system's figure (etcd's, by default).
 fn print_means(throughput: &[(String, usize, f64, f64)], targets: &[String], clients: &[usize], rounds: u64) {
     let mean = |target: &str, count: usize, pick: fn(&(String, usize, f64, f64)) -> f64| -> f64 {
         let values: Vec<f64> =
