@@ -154,10 +154,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some(bytes) => Some(decode(&bytes)?),
                 None => None,
             };
-            let last_log_id = match (newest, store.log_last()?) {
-                (Some(newest), _) => Some(newest),
-                (None, Some((_, bytes))) => Some(decode::<Entry<TypeConfig>>(&bytes)?.log_id),
-                (None, None) => last_purged_log_id,
+            // The tail holds the newest entry, if any; RocksDB only otherwise.
+            let last_log_id = match newest {
+                Some(newest) => Some(newest),
+                None => match store.log_last()? {
+                    Some((_, bytes)) => Some(decode::<Entry<TypeConfig>>(&bytes)?.log_id),
+                    None => last_purged_log_id,
+                },
             };
             Ok(LogState { last_purged_log_id, last_log_id })
         })

@@ -72,7 +72,7 @@ impl Store {
             store: self,
             batch: WriteBatch::default(),
             kv: HashMap::new(),
-            cache: self.applied_kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            cache: self.lock_applied_kv(),
             leases: HashMap::new(),
             answered: HashMap::new(),
             revision: self.meta_u64(META_REVISION)?,

@@ -10,8 +10,10 @@
 //! when it outgrows its budget (hot keys come back with their next write).
 
 use std::collections::HashMap;
+use std::sync::MutexGuard;
 
 use super::KeyValue;
+use crate::Store;
 
 /// Bytes of keys and values the cache may hold.
 const BUDGET_BYTES: usize = 32 << 20;
@@ -49,5 +51,13 @@ impl KvCache {
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
+    }
+}
+
+impl Store {
+    /// The applier's cache, locked (by the applier for a run of entries, or
+    /// by a snapshot install to empty it).
+    pub(crate) fn lock_applied_kv(&self) -> MutexGuard<'_, KvCache> {
+        self.applied_kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -52,7 +52,7 @@ impl Store {
         self.counters_in(&self.db.snapshot())
     }
 
-    /// The encoded last applied log id and membership, as stored by `sm_apply`.
+    /// The encoded last applied log id and membership, as recorded by `SmBatch::set_position`.
     pub fn sm_applied(&self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StorageError> {
         let meta = self.cf(CF_SM_META)?;
         let snap = self.db.snapshot();

@@ -61,7 +61,7 @@ impl Store {
             rest = tail;
         }
         // The applier's cache describes the state being replaced.
-        let mut cache = self.applied_kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.lock_applied_kv();
         cache.clear();
         self.write(batch, true)
     }
