@@ -1,0 +1,30 @@
+# The `shoal` binary in a small Debian image. Used by docker-compose.yml.
+#   docker build -t shoal .
+#   docker run --rm -p 7700:7700 shoal dev --api 0.0.0.0:7700
+# A first build compiles RocksDB and Polars from source (30-45 minutes on
+# 2 cores); the cache mounts keep later builds incremental.
+
+FROM rust:1-bookworm AS build
+# The same build dependencies scripts/setup installs on a Debian 12 host.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libclang-dev protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p shoal \
+    && cp target/release/shoal /usr/local/bin/shoal
+
+FROM debian:bookworm-slim
+# curl: the compose file's health check asks GET /ready.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /usr/local/bin/shoal /usr/local/bin/shoal
+ENV SHOAL_DATA_DIR=/data
+VOLUME /data
+# API (HTTP, also OTLP/HTTP and _bulk), RPC, gossip, OTLP/gRPC, OTLP/HTTP.
+EXPOSE 7700 7701 7702/udp 4317 4318
+ENTRYPOINT ["shoal"]
+CMD ["dev", "--api", "0.0.0.0:7700"]
