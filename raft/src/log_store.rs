@@ -204,8 +204,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.push((entry.log_id.index, bytes));
             appended.push(entry);
         }
-        // Readable at once (openraft reads what it appended before it is
-        // flushed); reported flushed by the writer thread after the fsync.
+        // Readable at once: openraft reads what it appended before it is
+        // flushed (a leader replicates its entries while this thread is still
+        // writing them, see vendor/openraft/SHOAL.md); reported flushed by the
+        // writer thread after the fsync.
         lock(&self.tail).extend(appended.into_iter().map(|entry| (entry.log_id.index, entry)));
         self.queue(LogOp::Append(encoded, callback)).await
     }
