@@ -94,6 +94,7 @@ use crate::type_config::TypeConfigExt;
 use crate::AsyncRuntime;
 use crate::ChangeMembers;
 use crate::Instant;
+use crate::CommittedLeaderId;
 use crate::LogId;
 use crate::Membership;
 use crate::MessageSummary;
@@ -1286,8 +1287,7 @@ where
                 // Only the leadership that appended the entries may count them
                 // as its own: a later one may have truncated the log since.
                 if let Ok(mut lh) = self.engine.leader_handler() {
-                    let current = LogIOId::new(lh.leader.vote.clone(), None);
-                    if current.committed_leader_id == log_io_id.committed_leader_id {
+                    if CommittedLeaderId::from(lh.leader.vote.clone()) == log_io_id.committed_leader_id {
                         lh.replication_handler().update_local_progress(log_io_id.log_id);
                     }
                 }
