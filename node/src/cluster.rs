@@ -40,6 +40,8 @@ pub struct GossipMember {
     pub alive: bool,
     pub initialized: bool,
     pub left: bool,
+    /// Started with empty Raft state and not yet caught up (votes refused).
+    pub catching_up: bool,
     pub role: String,
     pub applied_index: u64,
     pub started_ms: u64,
@@ -131,6 +133,7 @@ impl Gossip {
                     alive: live.contains(id),
                     initialized: state.get("initialized") == Some("1"),
                     left: state.get("left") == Some("1"),
+                    catching_up: state.get("catching_up") == Some("1"),
                     role: state.get("role").unwrap_or("unknown").to_string(),
                     applied_index: number("applied"),
                     started_ms: number("started_ms"),
@@ -196,12 +199,14 @@ pub async fn publish_state(shoal: Arc<Shoal>) {
             ServerState::Shutdown => "shutdown",
         };
         let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
+        shoal.catch_up.update(&metrics);
         shoal
             .gossip
             .publish(&[
                 ("initialized", if initialized { "1" } else { "0" }.to_string()),
                 ("role", role.to_string()),
                 ("applied", applied.to_string()),
+                ("catching_up", if shoal.catch_up.active() { "1" } else { "0" }.to_string()),
             ])
             .await;
     }

@@ -3,6 +3,8 @@
 mod api;
 mod cluster;
 mod client;
+mod faults;
+mod leases;
 mod logs;
 mod logs_client;
 mod messaging;

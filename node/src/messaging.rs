@@ -143,7 +143,7 @@ pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
 pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
     loop {
         let filter = Filter::Prefix(CONFIG_PREFIX.to_string());
-        let mut watcher = match Watcher::start(shoal.clone(), filter, Some(revision + 1), 256).await {
+        let mut watcher = match Watcher::start(shoal.clone(), filter, Some(revision + 1), false, 256).await {
             Ok(watcher) => watcher,
             Err(e) => {
                 tracing::warn!(error = %e.message, "watching the messaging configuration failed; reloading");

@@ -10,29 +10,29 @@ use openraft::{Config, SnapshotPolicy};
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
 use shoal_raft::{
-    serve_rpc, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, PeerServices, Raft, RemoveHandler,
+    serve_rpc, CatchUp, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, PeerServices, Raft, RemoveHandler,
     RpcNetwork,
     StateMachine,
 };
 use shoal_search::{Limits, Logs, LogsConfig, Retention};
 use shoal_storage::outbox::Outbox;
 use shoal_storage::kv::Command;
-use shoal_storage::{Store, StoreClosed};
+use shoal_storage::{OpenOptions, Store, StoreClosed};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
 use crate::cluster::{self, Gossip};
+use crate::faults::Faults;
+use crate::leases;
 use crate::logs;
 use crate::messaging::{self, RpcTransport};
 use crate::otlp;
-use crate::service::{now_ms, propose_batches, Shoal, PROPOSAL_QUEUE};
+use crate::service::{propose_batches, Shoal, PROPOSAL_QUEUE};
 use crate::settings::{self, Settings};
 use crate::telemetry;
 use crate::watch::WatchHub;
 
-/// How often the leader looks for expired leases.
-const LEASE_CHECK: Duration = Duration::from_millis(200);
 /// How long open requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often the node checks whether its Raft core has stopped.
@@ -51,7 +51,8 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     let mut telemetry = telemetry::init_node(&settings)?;
     let prometheus = telemetry::init_metrics()?;
     let started = Instant::now();
-    let node_id = settings::node_id(&settings)?;
+    let identity = settings::node_id(&settings)?;
+    let node_id = identity.id;
 
     // Bind first: a port in use is the most common start-up failure.
     let api_listener =
@@ -61,8 +62,10 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     let otlp_grpc_listener = otlp::bind(settings.otlp_grpc, "OTLP/gRPC").await?;
     let otlp_http_listener = otlp::bind(settings.otlp_http, "OTLP/HTTP").await?;
 
+    let faults = Faults::from_env();
     let db_path = settings.data_dir.join("db");
-    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+    let open_options = OpenOptions { lose_unsynced_writes: faults.lose_unsynced_writes };
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, open_options))
         .await?
         .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
     *store_closed = Some(store.closed());
@@ -91,8 +94,20 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     let logs = tokio::task::spawn_blocking(move || Logs::open(logs_config))
         .await?
         .with_context(|| format!("opening the log indexes in {}", settings.data_dir.join("search").display()))?;
+    let raft_state_empty = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok::<_, shoal_storage::StorageError>(store.raft_meta_get("vote")?.is_none() && store.log_last()?.is_none())
+        })
+        .await?
+        .context("reading the Raft state")?
+    };
+    // Empty Raft state under an id that is not new: possibly a voter that
+    // lost its disk (see `shoal_raft::CatchUp`). A made-up id never voted.
+    let may_have_voted = raft_state_empty && !identity.generated;
+    let catch_up = Arc::new(CatchUp::open(&settings.data_dir, may_have_voted).context("writing the catch-up marker")?);
     let hub = Arc::new(WatchHub::default());
-    let log_store = LogStore::new(store.clone()).context("starting the WAL sync thread")?;
+    let log_store = LogStore::new(store.clone(), faults.log_sync_delay).context("starting the WAL sync thread")?;
     let committed_index = log_store.committed_index();
     let state_machine = StateMachine::new(store.clone(), settings.data_dir.join("snapshots"), hub.clone())
         .context("creating the snapshot directory")?;
@@ -134,7 +149,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             Box::pin(async move { cluster::remove_member(&raft, &removals, id).await })
         })
     };
-    let peer_services = PeerServices { messages: inbox, search: logs::peer_handler(logs.clone()), remove_node };
+    let peer_services = PeerServices { catch_up: catch_up.clone(), messages: inbox, search: logs::peer_handler(logs.clone()), remove_node };
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -152,7 +167,10 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         messaging: messaging.clone(),
         logs: logs.clone(),
         removals,
+        lease_timers: Arc::default(),
+        catch_up,
     });
+    tokio::spawn(end_catch_up(raft.clone(), shoal.catch_up.clone()));
     tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key, peer_services));
     tokio::spawn(propose_batches(shoal.clone(), proposal_queue));
 
@@ -171,7 +189,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     }
     tokio::spawn(cluster::publish_state(shoal.clone()));
     tokio::spawn(cluster::reconcile_membership(shoal.clone()));
-    tokio::spawn(expire_leases(shoal.clone()));
+    tokio::spawn(leases::run(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
     // The configuration first: deliverers and publishes look webhooks and
@@ -266,31 +284,15 @@ async fn shutdown_signal() {
     }
 }
 
-/// On the leader: revoke leases whose time is up. The proposal carries the
-/// leader's clock, and the state machine re-checks expiry with it, so a
-/// keepalive applied in between wins.
-async fn expire_leases(shoal: Arc<Shoal>) {
-    let mut tick = tokio::time::interval(LEASE_CHECK);
-    loop {
-        tick.tick().await;
-        if !shoal.is_leader() {
-            continue;
-        }
-        let now = now_ms();
-        let expired = shoal
-            .read(move |store| {
-                Ok(store.lease_list()?.into_iter().filter(|l| l.expires_at_ms <= now).map(|l| l.id).collect::<Vec<_>>())
-            })
-            .await;
-        match expired {
-            Ok(ids) if !ids.is_empty() => {
-                tracing::info!(?ids, "leases expired");
-                if let Err(e) = shoal.write(Command::LeaseExpire { ids, now_ms: now }).await {
-                    tracing::warn!(error = %e.message, "lease expiry not applied; will retry");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e.message, "reading leases failed"),
+/// End catching up as soon as Raft's state allows it (see `CatchUp`): the
+/// shorter a node stays in it, the smaller the window in which a crash of
+/// every node at once would leave all of them refusing each other's votes.
+async fn end_catch_up(raft: Raft, catch_up: Arc<CatchUp>) {
+    let mut metrics = raft.metrics();
+    while catch_up.active() {
+        catch_up.update(&metrics.borrow().clone());
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct Shoal {
     pub logs: shoal_search::Logs,
     /// Nodes this node removed while leader, not to be re-added at once.
     pub removals: Arc<crate::cluster::Removals>,
+    /// Lease TTLs as this node measures them (see `leases`).
+    pub lease_timers: Arc<crate::leases::LeaseTimers>,
+    /// Whether this node still refuses votes after starting empty.
+    pub catch_up: Arc<shoal_raft::CatchUp>,
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.
@@ -79,7 +83,8 @@ const NO_LEADER_RETRY: Duration = Duration::from_millis(50);
 const QUORUM_ACK_STALE_MS: u64 = 1500;
 
 /// A proposal id: the proposal time (big-endian milliseconds), then 64
-/// random bits. Ids only need to be unique; leading with the time makes
+/// random bits. Ids only need to be unique (the time decides nothing: see
+/// `Proposal::issued_at` for how long ids are remembered); leading with it makes
 /// every node's insert of a new id land at the end of RocksDB's sorted
 /// memtable instead of at a random place in it (a skip-list walk per write
 /// on every node).
@@ -107,8 +112,8 @@ impl Shoal {
     pub async fn write(&self, command: Command) -> ApiResult<Response> {
         let started = Instant::now();
         let (reply, answer) = oneshot::channel();
-        let at_ms = now_ms();
-        let pending = Pending { proposal: Proposal { id: proposal_id(at_ms), at_ms, command }, reply };
+        let proposal = Proposal { id: proposal_id(now_ms()), issued_at: self.store.applied_proposals(), command };
+        let pending = Pending { proposal, reply };
         if self.proposals.send(pending).await.is_err() {
             return Err(ApiError::unavailable("the node is shutting down"));
         }
@@ -272,5 +277,8 @@ fn rejection_error(rejection: Rejection) -> ApiError {
         Rejection::FutureRevision { revision, current } => {
             ApiError::invalid_revision(format!("revision {revision} is in the future (current revision is {current})"))
         }
+        Rejection::ProposalExpired => ApiError::unavailable(
+            "the write was retried too late to tell whether its first attempt was applied; read the key and retry",
+        ),
     }
 }

@@ -1,18 +1,22 @@
 //! Raft for Shoal: the openraft type configuration, the log store and state
 //! machine over `shoal-storage`, and the node-to-node RPC transport.
 
+mod catch_up;
 mod forward;
 mod linearizer;
 mod log_store;
 mod network;
 mod rpc;
 mod state_machine;
+#[cfg(test)]
+mod tests;
 mod wire;
 
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use catch_up::CatchUp;
 pub use log_store::LogStore;
 pub use forward::{ForwardError, Forwarder};
 pub use linearizer::Linearizer;

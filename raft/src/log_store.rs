@@ -14,6 +14,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -53,13 +54,13 @@ fn lock(tail: &Tail) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
 }
 
 impl LogStore {
-    pub fn new(store: Store) -> std::io::Result<LogStore> {
+    /// `sync_delay` is a fault-injection hook (tests make a leader's fsync
+    /// slower than its followers'); production passes `None`.
+    pub fn new(store: Store, sync_delay: Option<Duration>) -> std::io::Result<LogStore> {
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
         let tail: Tail = Arc::default();
-        let (writer_store, writer_tail) = (store.clone(), tail.clone());
-        std::thread::Builder::new()
-            .name("shoal-raft-log".into())
-            .spawn(move || write_loop(writer_store, writer_tail, queue))?;
+        let log_writer = LogWriter { store: store.clone(), tail: tail.clone(), sync_delay, failed: None };
+        std::thread::Builder::new().name("shoal-raft-log".into()).spawn(move || log_writer.run(queue))?;
         Ok(LogStore { store, committed: Arc::new(AtomicU64::new(0)), tail, writer })
     }
 
@@ -225,58 +226,117 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// The writer thread: every append that queued up is written in one batch
-/// and fsynced once, then their callbacks complete in order; truncations and
-/// purges run in turn. Written entries beyond the tail's size leave the tail.
-fn write_loop(store: Store, tail: Tail, mut queue: mpsc::Receiver<LogOp>) {
-    let mut next = queue.blocking_recv();
-    while let Some(op) = next.take() {
-        match op {
-            LogOp::Append(entries, callback) => {
-                let mut written = entries;
-                let mut callbacks = vec![callback];
-                // Everything appended meanwhile joins this write and fsync.
-                loop {
-                    match queue.try_recv() {
-                        Ok(LogOp::Append(more, callback)) => {
-                            written.extend(more);
-                            callbacks.push(callback);
+/// The writer thread's state. After a failed write nothing later is written:
+/// a later batch on top of a lost one would leave a hole in the log, so every
+/// change queued after the failure fails too (openraft stops the node on the
+/// first failed flush).
+struct LogWriter {
+    store: Store,
+    tail: Tail,
+    sync_delay: Option<Duration>,
+    failed: Option<String>,
+}
+
+impl LogWriter {
+    /// Every append that queued up is written in one batch and fsynced once,
+    /// then their callbacks complete in order; truncations and purges run in
+    /// turn. Written entries beyond the tail's size leave the tail.
+    fn run(mut self, mut queue: mpsc::Receiver<LogOp>) {
+        let mut next = queue.blocking_recv();
+        while let Some(op) = next.take() {
+            match op {
+                LogOp::Append(entries, callback) => {
+                    let mut written = entries;
+                    let mut callbacks = vec![callback];
+                    // Everything appended meanwhile joins this write and fsync.
+                    loop {
+                        match queue.try_recv() {
+                            Ok(LogOp::Append(more, callback)) => {
+                                written.extend(more);
+                                callbacks.push(callback);
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
                         }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
+                    }
+                    let result = self.append(&written);
+                    metrics::histogram!("shoal_wal_sync_batch").record(callbacks.len() as f64);
+                    for callback in callbacks {
+                        callback.log_io_completed(result.clone().map_err(std::io::Error::other));
                     }
                 }
-                let result = store.log_write(&written).and_then(|()| store.sync_wal());
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "writing the Raft log failed");
+                LogOp::Truncate(from, done) => {
+                    let _ = done.send(self.guarded(|store| store.log_truncate_from(from)));
                 }
-                metrics::histogram!("shoal_wal_sync_batch").record(callbacks.len() as f64);
-                for callback in callbacks {
-                    let outcome = match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(std::io::Error::other(e.to_string())),
-                    };
-                    callback.log_io_completed(outcome);
-                }
-                if let (Ok(()), Some((newest, _))) = (&result, written.last()) {
-                    let mut tail = lock(&tail);
-                    while tail.len() > TAIL_ENTRIES && tail.keys().next().is_some_and(|first| first <= newest) {
-                        tail.pop_first();
-                    }
+                LogOp::Purge(upto, purged, done) => {
+                    let _ = done.send(self.guarded(|store| store.log_purge_upto(upto, &purged)));
                 }
             }
-            LogOp::Truncate(from, done) => {
-                let _ = done.send(store.log_truncate_from(from));
-            }
-            LogOp::Purge(upto, purged, done) => {
-                let _ = done.send(store.log_purge_upto(upto, &purged));
+            if next.is_none() {
+                next = queue.blocking_recv();
             }
         }
-        if next.is_none() {
-            next = queue.blocking_recv();
+    }
+
+    fn append(&mut self, written: &[(u64, Vec<u8>)]) -> Result<(), String> {
+        if let Some(failed) = &self.failed {
+            return Err(format!("an earlier Raft log write failed: {failed}"));
         }
+        let result = self.store.log_write(written).and_then(|()| {
+            if let Some(delay) = self.sync_delay {
+                std::thread::sleep(delay);
+            }
+            self.store.sync_wal()
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "writing the Raft log failed; no later change is written");
+            self.failed = Some(e.to_string());
+            return Err(e.to_string());
+        }
+        if let Some((newest, _)) = written.last() {
+            let mut tail = lock(&self.tail);
+            while tail.len() > TAIL_ENTRIES && tail.keys().next().is_some_and(|first| first <= newest) {
+                tail.pop_first();
+            }
+        }
+        Ok(())
+    }
+
+    fn guarded(
+        &mut self,
+        change: impl FnOnce(&Store) -> Result<(), shoal_storage::StorageError>,
+    ) -> Result<(), shoal_storage::StorageError> {
+        if let Some(failed) = &self.failed {
+            return Err(shoal_storage::StorageError::Io(format!("an earlier Raft log write failed: {failed}")));
+        }
+        let result = change(&self.store);
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a failed write the writer writes nothing more: a later batch
+    /// on top of a lost one would leave a hole in the log.
+    #[test]
+    fn nothing_is_written_after_a_failed_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut writer = LogWriter { store: store.clone(), tail: Tail::default(), sync_delay: None, failed: None };
+        writer.append(&[(1, b"one".to_vec())]).expect("a healthy write");
+        writer.failed = Some("injected".into());
+        assert!(writer.append(&[(2, b"two".to_vec())]).is_err());
+        assert!(writer.guarded(|store| store.log_truncate_from(1)).is_err());
+        assert!(writer.guarded(|store| store.log_purge_upto(1, b"purged")).is_err());
+        let indexes: Vec<u64> = store.log_range(0, u64::MAX).expect("range").into_iter().map(|(i, _)| i).collect();
+        assert_eq!(indexes, vec![1]);
     }
 }

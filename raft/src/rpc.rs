@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use shoal_storage::kv::{Proposal, Response};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::catch_up::CatchUp;
 use crate::linearizer::Linearizer;
 use crate::wire::{self, ClusterKey};
 use crate::{NodeAddr, NodeId, Raft, TypeConfig};
@@ -74,6 +75,8 @@ pub type RemoveHandler =
 /// What a node serves to its peers besides Raft.
 #[derive(Clone)]
 pub struct PeerServices {
+    /// Whether this node is still catching up after starting empty.
+    pub catch_up: Arc<CatchUp>,
     pub messages: MessageInbox,
     pub search: SearchHandler,
     pub remove_node: RemoveHandler,
@@ -123,7 +126,7 @@ async fn serve_connection(
         let request: Request = wire::receive(&mut stream).await?;
         let reply = match request {
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
-            Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+            Request::Vote(rpc) => Reply::Vote(vote(&raft, &services.catch_up, rpc).await),
             Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
             Request::ClientWrite(proposals) => Reply::ClientWrite(raft.client_write(proposals).await.map(|r| r.data)),
             Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
@@ -134,6 +137,19 @@ async fn serve_connection(
         };
         wire::send(&mut stream, &reply).await?;
     }
+}
+
+/// Answer a vote request, refusing it without asking Raft while this node
+/// is catching up (see [`CatchUp`]).
+async fn vote(raft: &Raft, catch_up: &CatchUp, request: VoteRequest<NodeId>) -> Result<VoteResponse<NodeId>, RaftError<NodeId>> {
+    let metrics = raft.metrics().borrow().clone();
+    catch_up.update(&metrics);
+    if catch_up.may_vote_for(&request) {
+        return raft.vote(request).await;
+    }
+    tracing::info!(candidate = %request.vote, "refusing a vote while catching up after starting empty");
+    metrics::counter!("shoal_raft_votes_refused_catching_up_total").increment(1);
+    Ok(VoteResponse::new(metrics.vote, None, false))
 }
 
 /// This node's view of replication progress, if it is the leader.

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -89,6 +90,9 @@ pub struct Store {
     pub(crate) db: Arc<DB>,
     /// The state machine's recently written key/value pairs (see `kv::cache`).
     pub(crate) applied_kv: Arc<Mutex<KvCache>>,
+    /// How many distinct proposals the state machine has applied (the
+    /// proposal id window's position; see `kv::Proposal`).
+    pub(crate) applied_proposals: Arc<AtomicU64>,
     /// Raised when the last clone is dropped. Declared after `db`, so fields
     /// drop in that order: the database is closed before the flag goes up.
     closed: Arc<ClosedFlag>,
@@ -124,9 +128,24 @@ impl Drop for ClosedFlag {
     }
 }
 
+/// How to open the database. The default is what production uses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Fault injection: keep WAL writes that were not fsynced in process
+    /// memory (RocksDB's manual WAL flush), so that killing the process
+    /// loses exactly what a power cut would lose: every write after the last
+    /// fsync. Synced writes and [`Store::sync_wal`] still reach the disk.
+    pub lose_unsynced_writes: bool,
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StorageError> {
+        Store::open_with(path, OpenOptions::default())
+    }
+
+    pub fn open_with(path: &Path, options: OpenOptions) -> Result<Store, StorageError> {
         let mut opts = Options::default();
+        opts.set_manual_wal_flush(options.lose_unsynced_writes);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -134,7 +153,14 @@ impl Store {
         let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let closed = StoreClosed { state: Arc::new((Mutex::new(false), Condvar::new())) };
-        Ok(Store { db: Arc::new(db), applied_kv: Arc::default(), closed: Arc::new(ClosedFlag(closed)) })
+        let store = Store {
+            db: Arc::new(db),
+            applied_kv: Arc::default(),
+            applied_proposals: Arc::default(),
+            closed: Arc::new(ClosedFlag(closed)),
+        };
+        store.load_applied_proposals()?;
+        Ok(store)
     }
 
     /// A handle to wait on until every clone of this store is dropped and

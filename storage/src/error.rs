@@ -8,6 +8,8 @@ pub enum StorageError {
     Codec(String),
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),
+    #[error("{0}")]
+    Io(String),
     #[error("corrupt record in {cf}: {detail}")]
     Corrupt { cf: &'static str, detail: String },
 }

@@ -12,7 +12,7 @@ pub mod kv;
 mod log;
 pub mod outbox;
 
-pub use db::{Store, StoreClosed};
+pub use db::{OpenOptions, Store, StoreClosed};
 pub use error::StorageError;
 
 /// Encode a value with the one binary encoding used on disk and on the wire.

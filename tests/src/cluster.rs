@@ -8,6 +8,8 @@
 //! has `--seed`s. Each node is an ordinary [`Node`]: kill, restart, pause and
 //! terminate it through [`Cluster::node_mut`].
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::http::Reply;
+use crate::http::{encode_key, kv_value, num, text, Reply};
 use crate::node::{free_port, Node};
 use crate::wait_for;
 
@@ -34,6 +36,11 @@ pub struct ClusterBuilder {
     env: Vec<(String, String)>,
     random_order: bool,
     otlp: bool,
+    /// Per node (by index): extra arguments, extra environment, and the
+    /// directory to create its temporary directory in.
+    node_args: BTreeMap<usize, Vec<String>>,
+    node_env: BTreeMap<usize, Vec<(String, String)>>,
+    node_temp_root: BTreeMap<usize, PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -54,6 +61,66 @@ impl ClusterBuilder {
     /// (see [`crate::NodeBuilder::otlp`]); they are off otherwise.
     pub fn otlp(mut self) -> Self {
         self.otlp = true;
+        self
+    }
+
+    /// Extra arguments for node `i` only (kept for its restarts).
+    pub fn node_args(mut self, i: usize, args: &[&str]) -> Self {
+        assert!(
+            i < self.size,
+            "node_args: no node {i} in a cluster of {}",
+            self.size
+        );
+        self.node_args
+            .entry(i)
+            .or_default()
+            .extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An extra environment variable for node `i` only (kept for its
+    /// restarts); it wins over one of the same name given to every node.
+    pub fn node_env(mut self, i: usize, name: &str, value: &str) -> Self {
+        assert!(
+            i < self.size,
+            "node_env: no node {i} in a cluster of {}",
+            self.size
+        );
+        self.node_env
+            .entry(i)
+            .or_default()
+            .push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs node `i` with its wall clock `seconds` off (see
+    /// [`crate::clock_offset_env`]).
+    pub fn node_clock_offset(mut self, i: usize, seconds: i64) -> Self {
+        for (name, value) in crate::node::clock_offset_env(seconds) {
+            self = self.node_env(i, &name, &value);
+        }
+        self
+    }
+
+    /// Creates node `i`'s temporary directory (data and logs) under `root`,
+    /// e.g. [`crate::tmpfs_root`].
+    pub fn node_temp_root(mut self, i: usize, root: &std::path::Path) -> Self {
+        assert!(
+            i < self.size,
+            "node_temp_root: no node {i} in a cluster of {}",
+            self.size
+        );
+        self.node_temp_root.insert(i, root.to_path_buf());
+        self
+    }
+
+    /// Gives node `i` the fixed id `i + 1` (`--node-id`). With
+    /// `--bootstrap-expect` the lowest id forms the cluster and is its first
+    /// leader, so node 0 leads first.
+    pub fn numbered(mut self) -> Self {
+        for i in 0..self.size {
+            self = self.node_args(i, &["--node-id", &(i + 1).to_string()]);
+        }
         self
     }
 
@@ -104,6 +171,15 @@ impl ClusterBuilder {
                 .args(&as_strs(&self.args));
             for (name, value) in &self.env {
                 builder = builder.env(name, value);
+            }
+            if let Some(args) = self.node_args.get(&i) {
+                builder = builder.args(&as_strs(args));
+            }
+            for (name, value) in self.node_env.get(&i).into_iter().flatten() {
+                builder = builder.env(name, value);
+            }
+            if let Some(root) = self.node_temp_root.get(&i) {
+                builder = builder.temp_root(root);
             }
             if self.otlp {
                 builder = builder.otlp();
@@ -203,6 +279,9 @@ impl Cluster {
             env: Vec::new(),
             random_order: false,
             otlp: false,
+            node_args: BTreeMap::new(),
+            node_env: BTreeMap::new(),
+            node_temp_root: BTreeMap::new(),
         }
     }
 
@@ -426,6 +505,105 @@ impl Cluster {
         self.wait_agreement(&self.up(), FORM_TIMEOUT).await
     }
 
+    /// `GET /v1/cluster/digest` of node `i`: its own replicated state's
+    /// digest (`node_id`, `applied_index`, `applied_term`, `revision`,
+    /// `digest`, `records`). `Err` unless it answers 200 with those fields.
+    pub async fn digest(&self, i: usize) -> Result<Value, String> {
+        let reply = self.query(i, "/v1/cluster/digest").await?;
+        parse_digest(i, reply)
+    }
+
+    /// Waits (at most `timeout`) until the nodes `indices` report the same
+    /// `applied_index` in `/v1/cluster/digest` (read one after the other),
+    /// and returns those digests in the order of `indices`. It does not
+    /// compare the digests: the caller asserts that they are equal, so that a
+    /// difference is reported as such rather than as a timeout. `Err` after
+    /// `timeout` with the last observation, or at once if a node answers 404
+    /// (it has no such endpoint).
+    pub async fn wait_same_applied_digest(
+        &self,
+        indices: &[usize],
+        timeout: Duration,
+    ) -> Result<Vec<Value>, String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut digests = Vec::new();
+            let mut last = None;
+            for &i in indices {
+                let reply = self.query(i, "/v1/cluster/digest").await;
+                let missing = matches!(&reply, Ok(r) if r.status == StatusCode::NOT_FOUND);
+                match reply.and_then(|reply| parse_digest(i, reply)) {
+                    Ok(digest) => digests.push(digest),
+                    Err(e) if missing => return Err(e),
+                    Err(e) => {
+                        last = Some(e);
+                        break;
+                    }
+                }
+            }
+            if last.is_none() {
+                let applied: Vec<u64> = digests.iter().map(|d| num(d, "/applied_index")).collect();
+                if applied.windows(2).all(|w| w[0] == w[1]) {
+                    return Ok(digests);
+                }
+                last = Some(format!("applied indexes {applied:?}; digests {digests:?}"));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "not at the same applied_index after {timeout:?}; last seen: {}",
+                    last.unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every key under `prefix` that node `i` holds, read locally
+    /// (`consistency=stale`), as key -> (value, mod_revision); `Err` if the
+    /// node does not answer 200.
+    pub async fn stale_kvs(
+        &self,
+        i: usize,
+        prefix: &str,
+    ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, String> {
+        let mut map = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!(
+                "/v1/kv?prefix={}&limit=1000&consistency=stale",
+                encode_key(prefix)
+            );
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={}", encode_key(after)));
+            }
+            if !self.nodes[i].is_up() {
+                return Err(format!("node {i} is not running"));
+            }
+            let reply = self.nodes[i]
+                .try_request(Method::GET, &path, Duration::from_secs(10))
+                .await?;
+            if reply.status != StatusCode::OK {
+                return Err(format!("list on node {i}: {}", reply.describe()));
+            }
+            let kvs = reply.body["kvs"].as_array().ok_or_else(|| {
+                format!(
+                    "list on node {i}: kvs is not an array: {}",
+                    reply.describe()
+                )
+            })?;
+            for kv in kvs {
+                map.insert(
+                    text(kv, "/key").to_string(),
+                    (kv_value(kv), num(kv, "/mod_revision")),
+                );
+            }
+            if reply.body["more"] != Value::Bool(true) {
+                return Ok(map);
+            }
+            after = Some(text(&reply.body, "/next_after").to_string());
+        }
+    }
+
     /// A one-line summary per node, for assertion messages.
     pub async fn describe(&self) -> String {
         let mut out = String::new();
@@ -453,4 +631,35 @@ impl Cluster {
         }
         out
     }
+}
+
+/// Checks a `/v1/cluster/digest` reply of node `i`; see [`Cluster::digest`].
+fn parse_digest(i: usize, reply: Reply) -> Result<Value, String> {
+    if reply.status != StatusCode::OK {
+        return Err(format!(
+            "node {i}: /v1/cluster/digest answered {}",
+            reply.describe()
+        ));
+    }
+    let body = reply.body;
+    for field in [
+        "node_id",
+        "applied_index",
+        "applied_term",
+        "revision",
+        "records",
+    ] {
+        if body[field].as_u64().is_none() {
+            return Err(format!(
+                "node {i}: /v1/cluster/digest without a numeric {field}: {body}"
+            ));
+        }
+    }
+    let digest = body["digest"].as_str().unwrap_or("");
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "node {i}: /v1/cluster/digest: digest is not 64 hex digits: {body}"
+        ));
+    }
+    Ok(body)
 }

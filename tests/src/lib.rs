@@ -17,6 +17,7 @@ mod cluster;
 pub mod hook;
 mod http;
 pub mod kafka;
+mod load;
 pub mod logs;
 mod node;
 pub mod python;
@@ -30,7 +31,10 @@ pub use http::{
     assert_error, b64, encode_key, error_detail, error_matches, kv_value, num, opt_num, text,
     unb64, Reply,
 };
-pub use node::{free_port, shoal_bin, Node, NodeBuilder, Settings};
+pub use load::{check_acked, Acked, Load};
+pub use node::{
+    clock_offset_env, free_port, libfaketime, shoal_bin, tmpfs_root, Node, NodeBuilder, Settings,
+};
 pub use sse::{changes, Change, SseEvent, WatchStream};
 
 pub use reqwest::{Method, StatusCode};

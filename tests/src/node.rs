@@ -87,6 +87,55 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A memory-backed (tmpfs) directory for node data, where an fsync costs
+/// next to nothing: `/dev/shm` if it is a writable directory, else `None`.
+pub fn tmpfs_root() -> Option<PathBuf> {
+    let shm = PathBuf::from("/dev/shm");
+    let probe = tempfile::Builder::new()
+        .prefix("shoal-probe-")
+        .tempdir_in(&shm)
+        .ok()?;
+    drop(probe);
+    Some(shm)
+}
+
+/// Where Debian's `libfaketime` package (installed by `scripts/setup`)
+/// puts the multi-threaded library.
+const LIBFAKETIME: [&str; 3] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+];
+
+/// The libfaketime library, for a node whose wall clock is off (see
+/// [`clock_offset_env`]); panics with what to install if it is missing.
+pub fn libfaketime() -> PathBuf {
+    LIBFAKETIME
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime is missing (Debian: apt-get install faketime, which ./scripts/setup does); \
+                 looked in {LIBFAKETIME:?}"
+            )
+        })
+}
+
+/// Environment that runs a process with its wall clock `seconds` ahead (or
+/// behind, if negative) under libfaketime. The monotonic clock is left
+/// alone, as a real clock step (NTP, an operator) leaves it.
+pub fn clock_offset_env(seconds: i64) -> Vec<(String, String)> {
+    vec![
+        (
+            "LD_PRELOAD".to_string(),
+            libfaketime().display().to_string(),
+        ),
+        ("FAKETIME".to_string(), format!("{seconds:+}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+    ]
+}
+
 /// Lowest port the tests pick when the ephemeral range leaves room below it.
 const FIRST_TEST_PORT: u16 = 10_000;
 
@@ -119,6 +168,7 @@ pub struct NodeBuilder {
     ports: Option<(u16, u16, u16)>,
     label: Option<String>,
     otlp: bool,
+    temp_root: Option<PathBuf>,
 }
 
 impl NodeBuilder {
@@ -169,6 +219,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Creates the node's temporary directory (data directory and logs)
+    /// under `root` instead of the system's temporary directory, e.g. under
+    /// [`tmpfs_root`] for a node whose fsyncs should cost nothing.
+    pub fn temp_root(mut self, root: &Path) -> Self {
+        self.temp_root = Some(root.to_path_buf());
+        self
+    }
+
     /// Starts the process and waits until `/ready` answers 200.
     pub async fn start(self) -> Node {
         let mut node = self.start_no_wait();
@@ -180,10 +238,17 @@ impl NodeBuilder {
     /// node is not ready before the cluster has formed). Use
     /// [`Node::wait_ready`] to wait.
     pub fn start_no_wait(self) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("shoal-test-")
-            .tempdir()
-            .expect("cannot create a temporary directory");
+        let mut temp = tempfile::Builder::new();
+        temp.prefix("shoal-test-");
+        let dir = match &self.temp_root {
+            Some(root) => temp.tempdir_in(root).unwrap_or_else(|e| {
+                panic!(
+                    "cannot create a temporary directory in {}: {e}",
+                    root.display()
+                )
+            }),
+            None => temp.tempdir().expect("cannot create a temporary directory"),
+        };
         let data_dir = dir.path().join("data");
         let (api_port, rpc_port, gossip_port) = self
             .ports
@@ -308,6 +373,7 @@ impl Node {
             ports: None,
             label: None,
             otlp: false,
+            temp_root: None,
         }
     }
 
@@ -422,8 +488,10 @@ impl Node {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().expect("try_wait failed") {
+                    let pid = child.id();
                     self.child = None;
                     self.last_exit = Some(status);
+                    self.remove_faketime_files(pid);
                     panic!(
                         "shoal exited with {status} before becoming ready\n{}",
                         self.log_tail(40)
@@ -462,8 +530,27 @@ impl Node {
             if let Ok(status) = child.wait() {
                 self.last_exit = Some(status);
             }
+            self.remove_faketime_files(child.id());
         }
         self.paused = false;
+    }
+
+    /// Removes the shared memory and semaphore that libfaketime creates for
+    /// a process it runs in (see [`clock_offset_env`]) once the process is
+    /// gone: a killed process cannot remove them itself.
+    fn remove_faketime_files(&self, pid: u32) {
+        let faketime = self
+            .env
+            .iter()
+            .any(|(name, value)| name == "LD_PRELOAD" && value.contains("faketime"));
+        if faketime {
+            for name in [
+                format!("faketime_shm_{pid}"),
+                format!("sem.faketime_sem_{pid}"),
+            ] {
+                let _ = std::fs::remove_file(Path::new("/dev/shm").join(name));
+            }
+        }
     }
 
     /// Starts the process again with the same data directory, ports and
@@ -482,15 +569,33 @@ impl Node {
         self.spawn();
     }
 
+    /// Deletes the data directory of a stopped node (a disk replaced, or
+    /// wiped by mistake): the next start begins with nothing. The logs,
+    /// kept beside the data directory, stay.
+    pub fn wipe_data_dir(&mut self) {
+        assert!(
+            !self.is_running(),
+            "wipe_data_dir: {} is still running; kill it first",
+            self.label()
+        );
+        match std::fs::remove_dir_all(&self.data_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", self.data_dir.display()),
+        }
+    }
+
     /// Whether the process is still running (reaps it if it has exited).
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => match child.try_wait().expect("try_wait failed") {
                 None => true,
                 Some(status) => {
+                    let pid = child.id();
                     self.child = None;
                     self.paused = false;
                     self.last_exit = Some(status);
+                    self.remove_faketime_files(pid);
                     false
                 }
             },
@@ -571,9 +676,11 @@ impl Node {
                     .unwrap_or_else(|| panic!("wait_exit: {} was never started", self.label()));
             };
             if let Some(status) = child.try_wait().expect("try_wait failed") {
+                let pid = child.id();
                 self.child = None;
                 self.paused = false;
                 self.last_exit = Some(status);
+                self.remove_faketime_files(pid);
                 return status;
             }
             if Instant::now() >= deadline {

@@ -64,6 +64,7 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
                 "raft_role": raft_role,
                 "match_index": replication.as_ref().and_then(|r| r.get(&id).copied().flatten()),
                 "applied_index": seen.map(|m| m.applied_index),
+                "catching_up": seen.map(|m| m.catching_up),
                 "version": seen.map(|m| m.version.clone()),
                 "uptime_seconds": seen.map(|m| now_ms().saturating_sub(m.started_ms) / 1000),
             })
@@ -74,6 +75,28 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
         "leader": metrics.current_leader,
         "term": metrics.current_term,
         "members": members,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/cluster/digest`: a digest of this node's whole replicated state
+/// at the position it has applied (local, no read barrier). Replicas at the
+/// same `applied_index` must have the same digest; the fault tests compare
+/// them.
+pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
+    let digest = shoal.read(|store| store.sm_digest()).await?;
+    let applied: Option<openraft::LogId<NodeId>> = match &digest.last_applied {
+        Some(bytes) => Some(shoal_storage::decode(bytes)?),
+        None => None,
+    };
+    let hex: String = digest.hash.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Json(json!({
+        "node_id": shoal.node_id,
+        "applied_index": applied.map_or(0, |id| id.index),
+        "applied_term": applied.map_or(0, |id| id.leader_id.term),
+        "revision": digest.revision,
+        "digest": hex,
+        "records": digest.records,
     }))
     .into_response())
 }

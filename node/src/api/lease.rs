@@ -1,5 +1,6 @@
-//! Lease endpoints. A lease expires `ttl_seconds` after its grant or last
-//! keepalive; the leader's expiry loop then revokes it (see `server.rs`).
+//! Lease endpoints. A lease expires `ttl_seconds` after the leader saw its
+//! grant or last keepalive, measured on the leader's monotonic clock; the
+//! leader then revokes it (see `leases.rs`).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use shoal_storage::kv::{Command, Lease, Response as SmResponse};
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
 use super::kv::with_revision;
-use crate::service::{now_ms, Shoal};
+use crate::service::Shoal;
 
 /// Longest lease, one day.
 pub const MAX_TTL_SECONDS: u64 = 86_400;
@@ -24,11 +25,11 @@ pub struct GrantBody {
     ttl_seconds: u64,
 }
 
-fn lease_json(lease: &Lease) -> Value {
+fn lease_json(shoal: &Shoal, lease: &Lease) -> Value {
     json!({
         "id": lease.id,
         "ttl_seconds": lease.ttl_seconds,
-        "remaining_ms": lease.expires_at_ms.saturating_sub(now_ms()),
+        "remaining_ms": shoal.lease_timers.remaining_ms(lease),
     })
 }
 
@@ -47,12 +48,12 @@ pub async fn grant(State(shoal): State<Arc<Shoal>>, JsonBody(body): JsonBody<Gra
     if body.ttl_seconds == 0 || body.ttl_seconds > MAX_TTL_SECONDS {
         return Err(ApiError::bad_request(format!("ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")));
     }
-    lease_reply(shoal.write(Command::LeaseGrant { ttl_seconds: body.ttl_seconds, now_ms: now_ms() }).await?)
+    lease_reply(shoal.write(Command::LeaseGrant { ttl_seconds: body.ttl_seconds }).await?)
 }
 
 pub async fn keepalive(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = lease_id(&id)?;
-    lease_reply(shoal.write(Command::LeaseKeepAlive { id, now_ms: now_ms() }).await?)
+    lease_reply(shoal.write(Command::LeaseKeepAlive { id }).await?)
 }
 
 pub async fn revoke(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -70,7 +71,7 @@ pub async fn get(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> Api
     shoal.read_barrier(false).await?;
     match shoal.read(move |store| store.lease_get(id)).await? {
         Some(detail) => {
-            let mut body = lease_json(&detail.lease);
+            let mut body = lease_json(&shoal, &detail.lease);
             body["keys"] = json!(detail.keys);
             Ok(Json(body).into_response())
         }
@@ -81,5 +82,5 @@ pub async fn get(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> Api
 pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     shoal.read_barrier(false).await?;
     let leases = shoal.read(|store| store.lease_list()).await?;
-    Ok(Json(json!({"leases": leases.iter().map(lease_json).collect::<Vec<_>>()})).into_response())
+    Ok(Json(json!({"leases": leases.iter().map(|lease| lease_json(&shoal, lease)).collect::<Vec<_>>()})).into_response())
 }

@@ -117,6 +117,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/watch/poll", get(watch::poll))
         .route("/v1/cluster", get(cluster::status))
         .route("/v1/cluster/leave", post(cluster::leave))
+        .route("/v1/cluster/digest", get(cluster::digest))
         .fallback(node::not_found)
         .method_not_allowed_fallback(node::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -45,8 +45,19 @@ pub struct Watcher {
 
 impl Watcher {
     /// A watcher from `from` (default: only changes after now); fails with
-    /// `compacted` if `from` is older than the retained history.
-    pub async fn start(shoal: Arc<Shoal>, filter: Filter, from: Option<u64>, max_batches: usize) -> ApiResult<Watcher> {
+    /// `compacted` if `from` is older than the retained history. "Now" is
+    /// the cluster's revision (read-index, as for a linearizable read), not
+    /// this node's possibly lagging one, unless `stale` is asked for.
+    pub async fn start(
+        shoal: Arc<Shoal>,
+        filter: Filter,
+        from: Option<u64>,
+        stale: bool,
+        max_batches: usize,
+    ) -> ApiResult<Watcher> {
+        if from.is_none() {
+            shoal.read_barrier(stale).await?;
+        }
         let counters = shoal.read(|store| store.counters()).await?;
         let next = from.unwrap_or(counters.revision + 1);
         if next < counters.compact_revision {
@@ -137,7 +148,8 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params, headers: Heade
             .ok_or_else(|| ApiError::invalid_revision("Last-Event-ID must be a revision number"))?;
         from = Some(last + 1);
     }
-    let mut watcher = Watcher::start(shoal, filter, from, 256).await?;
+    let stale = params.stale()?;
+    let mut watcher = Watcher::start(shoal, filter, from, stale, 256).await?;
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
         metrics::gauge!("shoal_watch_streams").increment(1.0);
@@ -182,7 +194,8 @@ pub async fn poll(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
         return Err(ApiError::bad_request(format!("timeout_ms must be at most {MAX_POLL_MS}")));
     }
     let limit = params.limit(1000, 10_000)?;
-    let mut watcher = Watcher::start(shoal, filter, from, limit).await?;
+    let stale = params.stale()?;
+    let mut watcher = Watcher::start(shoal, filter, from, stale, limit).await?;
     let batches = watcher.next_batches(Some(Duration::from_millis(timeout_ms))).await?;
     let batches: Vec<_> = batches.iter().map(|shared| batch_json(&shared.batch)).collect();
     // The reply is complete up to next_revision - 1.

@@ -1,16 +1,20 @@
 //! Deterministic application of commands. A run of committed Raft entries
-//! is applied as one atomic RocksDB write (without fsync: the Raft log append
-//! that preceded it was synced, and the shared WAL recovers writes in order),
-//! together with the applied Raft position. A run that holds a command
-//! reading beyond the overlays is written in parts (see [`SmBatch`]); after a
-//! crash between parts the entries since the recorded position are applied
-//! again, and every proposal already applied is recognised by its id and
-//! answered as the first time. One write per run rather than per command: at
+//! is applied as one atomic RocksDB write, together with the applied Raft
+//! position, without fsync: committed entries are on a quorum's disks, and
+//! the shared WAL recovers writes in order. After a crash the state may be
+//! behind the node's own log (the entries since are applied again) or, on a
+//! leader, whose own log write runs beside replication, ahead of it (openraft
+//! then purges the log up to what was applied, see `vendor/openraft/SHOAL.md`).
+//! A run that holds a command reading beyond the overlays is written in
+//! parts (see [`SmBatch`]); after a crash between parts the entries since the
+//! recorded position are applied again, and every proposal already applied
+//! is recognised by its id and answered as the first time. One write per run rather than per command: at
 //! many concurrent clients an entry carries dozens of proposals, and a
 //! RocksDB write and three point reads per proposal were a third of the
 //! cluster's CPU.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
@@ -18,8 +22,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use super::cache::KvCache;
 use super::{
     key_rev, lease_key, prefix_end, ChangeBatch, Command, Compare, CompareOp, CompareTarget, Event,
-    EventType, KeyValue, Lease, OpResult, Proposal, Rejection, Response, Txn, TxnOp, META_COMPACT_REVISION,
-    META_LAST_APPLIED, META_MEMBERSHIP, META_NEXT_LEASE_ID, META_REVISION, PROPOSAL_ID_RETENTION_MS,
+    EventType, KeyValue, Lease, OpResult, Proposal, Rejection, Response, Txn, TxnOp, META_APPLIED_PROPOSALS,
+    META_COMPACT_REVISION, META_LAST_APPLIED, META_MEMBERSHIP, META_NEXT_LEASE_ID, META_REVISION,
+    PROPOSAL_ID_PRUNE_STEP, PROPOSAL_ID_WINDOW,
 };
 use crate::db::{
     u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_REQUESTS, CF_REQUEST_LOG, CF_SM_META,
@@ -27,10 +32,6 @@ use crate::db::{
 
 use crate::error::StorageError;
 use crate::{decode, encode};
-
-/// Expired proposal ids forgotten per applied proposal (keeps each apply's
-/// work bounded while forgetting faster than ids arrive).
-const PRUNE_PER_PROPOSAL: usize = 4;
 
 /// The Raft position an apply records: the last entry's encoded log id, and
 /// the encoded membership if the run changed it.
@@ -59,10 +60,8 @@ pub struct SmBatch<'a> {
     revision: u64,
     /// Change batches made, in order, for the watchers once written.
     changes: Vec<ChangeBatch>,
-    /// Newest proposal time seen and proposals remembered since the last
-    /// pruning of expired ids.
-    newest_at_ms: u64,
-    remembered: usize,
+    /// Distinct proposals applied, counting the pending ones.
+    applied_proposals: u64,
 }
 
 impl Store {
@@ -77,8 +76,7 @@ impl Store {
             answered: HashMap::new(),
             revision: self.meta_u64(META_REVISION)?,
             changes: Vec::new(),
-            newest_at_ms: 0,
-            remembered: 0,
+            applied_proposals: self.meta_u64(META_APPLIED_PROPOSALS)?,
         })
     }
 }
@@ -88,6 +86,12 @@ impl SmBatch<'_> {
     /// already applied (a client's retry, or an entry applied again after a
     /// crash) changes nothing and answers with the first outcome.
     pub fn apply(&mut self, proposal: &Proposal) -> Result<Response, StorageError> {
+        // First the window, then the ids: an id may or may not be pruned yet
+        // once the window has passed it, so only this order decides the same
+        // way on every replica.
+        if proposal.issued_at.saturating_add(PROPOSAL_ID_WINDOW) < self.applied_proposals {
+            return Ok(Response::Rejected(Rejection::ProposalExpired));
+        }
         if let Some(first) = self.answered.get(&proposal.id) {
             return Ok(first.clone());
         }
@@ -146,50 +150,55 @@ impl SmBatch<'_> {
     }
 
     /// Record the proposal's outcome under its id (answered again if the
-    /// proposal is retried).
+    /// proposal is retried), numbered in the order applied; every
+    /// [`PROPOSAL_ID_PRUNE_STEP`] proposals, forget the ids that left the
+    /// window.
     fn remember(&mut self, proposal: &Proposal, response: &Response) -> Result<(), StorageError> {
+        let seq = self.applied_proposals;
         self.batch.put_cf(self.store.cf(CF_REQUESTS)?, proposal.id, encode(response)?);
-        let mut log_key = proposal.at_ms.to_be_bytes().to_vec();
-        log_key.extend_from_slice(&proposal.id);
-        self.batch.put_cf(self.store.cf(CF_REQUEST_LOG)?, &log_key, []);
+        self.batch.put_cf(self.store.cf(CF_REQUEST_LOG)?, u64_key(seq), proposal.id);
         self.answered.insert(proposal.id, response.clone());
-        self.newest_at_ms = self.newest_at_ms.max(proposal.at_ms);
-        self.remembered += 1;
+        self.applied_proposals += 1;
+        if self.applied_proposals % PROPOSAL_ID_PRUNE_STEP == 0 {
+            self.prune_ids()?;
+        }
         Ok(())
     }
 
-    /// Forget ids older than the retention: a bounded number for the
-    /// proposals remembered since the last time.
-    fn prune_expired_ids(&mut self) -> Result<(), StorageError> {
-        if self.remembered == 0 {
-            return Ok(());
-        }
+    /// Delete the ids numbered below the window. What is deleted depends on
+    /// the count alone, so every replica holds the same ids.
+    fn prune_ids(&mut self) -> Result<(), StorageError> {
+        let Some(below) = self.applied_proposals.checked_sub(PROPOSAL_ID_WINDOW) else { return Ok(()) };
+        // RocksDB must hold every id numbered below `below` first.
+        self.write_pending()?;
         let (requests, log) = (self.store.cf(CF_REQUESTS)?, self.store.cf(CF_REQUEST_LOG)?);
-        let cutoff = self.newest_at_ms.saturating_sub(PROPOSAL_ID_RETENTION_MS);
         let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(u64_key(cutoff));
-        let limit = self.remembered * PRUNE_PER_PROPOSAL;
-        for item in self.store.db.iterator_cf_opt(log, opts, IteratorMode::Start).take(limit) {
-            let (key, _) = item?;
-            self.batch.delete_cf(log, &key);
-            self.batch.delete_cf(requests, key.get(8..).unwrap_or_default());
+        // Everything below the previous step's bound is gone already; not
+        // walking over its deletions keeps each step's work to one step.
+        opts.set_iterate_lower_bound(u64_key(below.saturating_sub(PROPOSAL_ID_PRUNE_STEP)));
+        opts.set_iterate_upper_bound(u64_key(below));
+        for item in self.store.db.iterator_cf_opt(log, opts, IteratorMode::Start) {
+            let (seq, id) = item?;
+            self.batch.delete_cf(requests, &id);
+            self.batch.delete_cf(log, &seq);
         }
-        self.remembered = 0;
         Ok(())
     }
 
     /// Write what is pending (with the new revision), so that RocksDB
     /// reads see it.
     fn write_pending(&mut self) -> Result<(), StorageError> {
-        self.prune_expired_ids()?;
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.batch.put_cf(self.store.cf(CF_SM_META)?, META_REVISION, self.revision.to_be_bytes());
+        let meta = self.store.cf(CF_SM_META)?;
+        self.batch.put_cf(meta, META_REVISION, self.revision.to_be_bytes());
+        self.batch.put_cf(meta, META_APPLIED_PROPOSALS, self.applied_proposals.to_be_bytes());
         if let Err(e) = self.store.write(std::mem::take(&mut self.batch), false) {
             self.cache.clear();
             return Err(e);
         }
+        self.store.applied_proposals.store(self.applied_proposals, Ordering::Relaxed);
         for (key, kv) in self.kv.drain() {
             self.cache.insert(key, kv);
         }
@@ -259,13 +268,11 @@ impl ApplyTx<'_> {
     fn run(&mut self, command: &Command) -> Result<Response, StorageError> {
         match command {
             Command::Txn(txn) => self.txn(txn),
-            Command::LeaseGrant { ttl_seconds, now_ms } => self.lease_grant(*ttl_seconds, *now_ms),
-            Command::LeaseKeepAlive { id, now_ms } => match self.lease(*id)? {
-                // Expired but not yet revoked: too late to keep alive.
-                Some(lease) if lease.expires_at_ms <= *now_ms => Ok(self.reject(Rejection::LeaseNotFound(*id))),
+            Command::LeaseGrant { ttl_seconds } => self.lease_grant(*ttl_seconds),
+            Command::LeaseKeepAlive { id } => match self.lease(*id)? {
                 None => Ok(self.reject(Rejection::LeaseNotFound(*id))),
                 Some(mut lease) => {
-                    lease.expires_at_ms = now_ms.saturating_add(lease.ttl_seconds * 1000);
+                    lease.renewals += 1;
                     self.put_lease(&lease)?;
                     Ok(Response::Lease(lease))
                 }
@@ -277,13 +284,11 @@ impl ApplyTx<'_> {
                     Ok(Response::Revoked { revision: self.current_revision(), deleted })
                 }
             },
-            Command::LeaseExpire { ids, now_ms } => {
+            Command::LeaseExpire { leases } => {
                 let mut deleted = 0;
-                for id in ids {
-                    if let Some(lease) = self.lease(*id)? {
-                        if lease.expires_at_ms <= *now_ms {
-                            deleted += self.revoke(*id)?;
-                        }
+                for (id, renewals) in leases {
+                    if self.lease(*id)?.is_some_and(|lease| lease.renewals == *renewals) {
+                        deleted += self.revoke(*id)?;
                     }
                 }
                 Ok(Response::Revoked { revision: self.current_revision(), deleted })
@@ -464,11 +469,10 @@ impl ApplyTx<'_> {
         Ok(())
     }
 
-    fn lease_grant(&mut self, ttl_seconds: u64, now_ms: u64) -> Result<Response, StorageError> {
+    fn lease_grant(&mut self, ttl_seconds: u64) -> Result<Response, StorageError> {
         let id = self.store.meta_u64(META_NEXT_LEASE_ID)?.max(1);
         self.ops.push(Op::Put(CF_SM_META, META_NEXT_LEASE_ID.as_bytes().to_vec(), (id + 1).to_be_bytes().to_vec()));
-        let lease =
-            Lease { id, ttl_seconds, expires_at_ms: now_ms.saturating_add(ttl_seconds * 1000) };
+        let lease = Lease { id, ttl_seconds, renewals: 0 };
         self.put_lease(&lease)?;
         Ok(Response::Lease(lease))
     }
@@ -569,6 +573,18 @@ impl ApplyTx<'_> {
 }
 
 impl Store {
+    /// How many distinct proposals this replica has applied: a new proposal
+    /// carries it as `issued_at`.
+    pub fn applied_proposals(&self) -> u64 {
+        self.applied_proposals.load(Ordering::Relaxed)
+    }
+
+    /// Read the count from the state (at open, and after a snapshot replaced it).
+    pub(crate) fn load_applied_proposals(&self) -> Result<(), StorageError> {
+        self.applied_proposals.store(self.meta_u64(META_APPLIED_PROPOSALS)?, Ordering::Relaxed);
+        Ok(())
+    }
+
     pub(crate) fn meta_u64(&self, name: &str) -> Result<u64, StorageError> {
         match self.db.get_cf(self.cf(CF_SM_META)?, name)? {
             None => Ok(0),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use cache::KvCache;
 pub use apply::{Position, SmBatch};
 pub use read::{Changes, Counters, LeaseDetail};
-pub use snapshot::Export;
+pub use snapshot::{Digest, Export};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -62,13 +62,16 @@ pub struct ChangeBatch {
     pub events: Vec<Event>,
 }
 
+/// A lease. Its time is not replicated: the leader measures the TTL on its
+/// own monotonic clock from when it sees a grant or keepalive, so no replica
+/// depends on a wall clock (see the node's lease timers). `renewals` counts
+/// grants and keepalives; an expiry names the count it saw, so a keepalive
+/// applied in between wins.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub id: u64,
     pub ttl_seconds: u64,
-    /// Wall-clock expiry in ms since the epoch, taken from the leader's clock
-    /// in the command so every replica computes the same state.
-    pub expires_at_ms: u64,
+    pub renewals: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,17 +118,17 @@ pub struct Txn {
     pub failure: Vec<TxnOp>,
 }
 
-/// A replicated command. Time-dependent commands carry the proposer's clock
-/// so that applying them is deterministic.
+/// A replicated command. Nothing in it depends on a clock: applying it is
+/// decided by the log alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Txn(Txn),
-    LeaseGrant { ttl_seconds: u64, now_ms: u64 },
-    LeaseKeepAlive { id: u64, now_ms: u64 },
+    LeaseGrant { ttl_seconds: u64 },
+    LeaseKeepAlive { id: u64 },
     LeaseRevoke { id: u64 },
-    /// Revoke those of `ids` that are still expired at `now_ms` (a keepalive
-    /// may have been applied since the proposer looked).
-    LeaseExpire { ids: Vec<u64>, now_ms: u64 },
+    /// Revoke the leases named, each only if it has not been renewed since
+    /// the proposer saw it with that many renewals.
+    LeaseExpire { leases: Vec<(u64, u64)> },
     /// Write the value `key` had at `revision` as a new revision.
     Rollback { key: String, revision: u64 },
     /// Drop history older than `revision`.
@@ -135,17 +138,28 @@ pub enum Command {
 /// A command as proposed to Raft. The id makes a proposal idempotent: if a
 /// node retries a proposal whose first attempt was committed after all (the
 /// leader died after replicating it), the state machine applies it once and
-/// answers the retry with the first outcome. Ids are kept for
-/// [`PROPOSAL_ID_RETENTION_MS`] after `at_ms`, the proposer's clock.
+/// answers the retry with the first outcome.
+///
+/// Ids are remembered for the last [`PROPOSAL_ID_WINDOW`] proposals applied,
+/// counted by the state machine in log order, so every replica forgets the
+/// same ids at the same point whatever its batching or clock. `issued_at` is
+/// that count on the proposer's replica when the proposal was made; a
+/// proposal that arrives after the window has moved past it (its first
+/// attempt, if any, may be forgotten) is rejected on every replica alike,
+/// never applied a second time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub id: [u8; 16],
-    pub at_ms: u64,
+    pub issued_at: u64,
     pub command: Command,
 }
 
-/// How long applied proposal ids are remembered; retries must end sooner.
-pub const PROPOSAL_ID_RETENTION_MS: u64 = 120_000;
+/// How many applied proposals' ids are remembered. Retries end long before
+/// (they stop at the request timeout; at 15 000 writes/s the window is about
+/// a minute), and it bounds the space ids take.
+pub const PROPOSAL_ID_WINDOW: u64 = if cfg!(test) { 64 } else { 1 << 20 };
+/// Forgotten ids are deleted in steps of this many proposals.
+pub const PROPOSAL_ID_PRUNE_STEP: u64 = if cfg!(test) { 8 } else { 1024 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
@@ -164,6 +178,9 @@ pub enum Rejection {
     KeyNotFound,
     Compacted { compact_revision: u64 },
     FutureRevision { revision: u64, current: u64 },
+    /// The proposal is older than the id window: whether an earlier attempt
+    /// of it was applied can no longer be told.
+    ProposalExpired,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,6 +231,8 @@ const META_COMPACT_REVISION: &str = "compact_revision";
 const META_NEXT_LEASE_ID: &str = "next_lease_id";
 const META_LAST_APPLIED: &str = "last_applied";
 const META_MEMBERSHIP: &str = "membership";
+/// How many distinct proposals have been applied (the id window's clock).
+const META_APPLIED_PROPOSALS: &str = "applied_proposals";
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 
 use rocksdb::{IteratorMode, WriteBatch};
 
-use super::{META_LAST_APPLIED, META_MEMBERSHIP};
+use super::{META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION};
 use crate::db::{Store, CF_SM_META, STATE_MACHINE_CFS};
 use crate::error::StorageError;
 
@@ -63,8 +63,46 @@ impl Store {
         // The applier's cache describes the state being replaced.
         let mut cache = self.lock_applied_kv();
         cache.clear();
-        self.write(batch, true)
+        self.write(batch, true)?;
+        self.load_applied_proposals()
     }
+
+    /// A digest of the whole replicated state (every record of every state
+    /// machine column family, the applied position included), read from one
+    /// consistent view: replicas that applied the same log have the same
+    /// digest. Returns it with the revision and the number of records.
+    pub fn sm_digest(&self) -> Result<Digest, StorageError> {
+        let snap = self.db.snapshot();
+        let meta = self.cf(CF_SM_META)?;
+        let last_applied = snap.get_cf(meta, META_LAST_APPLIED)?;
+        let revision = match snap.get_cf(meta, META_REVISION)? {
+            Some(bytes) => crate::db::key_u64(&bytes, CF_SM_META)?,
+            None => 0,
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut records = 0u64;
+        for (index, name) in STATE_MACHINE_CFS.iter().enumerate() {
+            for item in snap.iterator_cf(self.cf(name)?, IteratorMode::Start) {
+                let (key, value) = item?;
+                hasher.update(&[index as u8]);
+                for part in [&key[..], &value[..]] {
+                    hasher.update(&(part.len() as u32).to_be_bytes());
+                    hasher.update(part);
+                }
+                records += 1;
+            }
+        }
+        Ok(Digest { hash: *hasher.finalize().as_bytes(), revision, records, last_applied })
+    }
+}
+
+/// See [`Store::sm_digest`].
+pub struct Digest {
+    pub hash: [u8; 32],
+    pub revision: u64,
+    pub records: u64,
+    /// The encoded log id of the last applied entry, if any.
+    pub last_applied: Option<Vec<u8>>,
 }
 
 fn take_part(data: &[u8]) -> Option<(&[u8], &[u8])> {

@@ -17,7 +17,7 @@ fn proposal(cmd: &Command) -> Proposal {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.to_be_bytes());
-    Proposal { id, at_ms: 1_000_000, command: cmd.clone() }
+    Proposal { id, issued_at: 0, command: cmd.clone() }
 }
 
 const AT: Position<'static> = Position { log_id: b"log-id", membership: None };
@@ -51,11 +51,19 @@ fn a_retried_proposal_is_applied_once() {
     assert_eq!(first.response, again.response, "the retry answers with the first outcome");
     assert!(again.changes.is_none(), "the retry changes nothing");
     assert_eq!(store.kv_get("k").expect("get").0.revision, 1);
-    // Ids older than the retention are forgotten as later proposals arrive.
-    let later = Proposal { at_ms: p.at_ms + PROPOSAL_ID_RETENTION_MS + 1, ..proposal(&put("x", "1")) };
-    apply_proposal(&store, &later);
+    assert_eq!(store.applied_proposals(), 1, "a retry is not counted");
+    // Once the window has moved past a proposal, a retry of it is refused,
+    // never applied again, whether or not its id is still stored.
+    for i in 0..PROPOSAL_ID_WINDOW {
+        apply_proposal(&store, &Proposal { issued_at: i, ..proposal(&put("x", &i.to_string())) });
+    }
     let retried_late = apply_proposal(&store, &p);
-    assert!(retried_late.changes.is_some(), "a forgotten id is a new proposal");
+    assert_eq!(retried_late.response, Response::Rejected(Rejection::ProposalExpired));
+    assert!(retried_late.changes.is_none());
+    assert_eq!(store.kv_get("k").expect("get").1.expect("present").version, 1);
+    // A proposal issued within the window is applied.
+    let fresh = Proposal { issued_at: store.applied_proposals(), ..proposal(&put("k", "w")) };
+    assert!(apply_proposal(&store, &fresh).changes.is_some());
 }
 
 #[test]
@@ -135,8 +143,8 @@ fn a_batch_of_proposals_behaves_like_one_by_one() {
         put("a", "1"),
         cas("a", 1, "2"),
         cas("a", 1, "lost"),
-        Command::LeaseGrant { ttl_seconds: 60, now_ms: 1_000 },
-        Command::LeaseGrant { ttl_seconds: 60, now_ms: 1_000 },
+        Command::LeaseGrant { ttl_seconds: 60 },
+        Command::LeaseGrant { ttl_seconds: 60 },
         lease_put("b", 2),
         lease_put("c", 99),
         Command::Rollback { key: "a".into(), revision: 1 },
@@ -214,4 +222,61 @@ fn a_snapshot_replaces_what_the_applier_remembers() {
     let Some(OpResult::Put { kv, prev: Some(prev) }) = results.first() else { panic!("a put with a previous version") };
     assert_eq!((prev.version, prev.mod_revision), (1, 1), "the previous version is the snapshot's");
     assert_eq!(kv.version, 2);
+}
+
+/// Every replica must reach the same state from the same log, however its
+/// applier splits the log into runs: the proposal id window (which ids are
+/// remembered, which retries are refused) and leases depend on the log
+/// alone. Applies one log, with retries and late retries, in runs of 1, of
+/// 7, of 61 and all at once, and compares the whole state byte for byte.
+#[test]
+fn the_same_log_in_different_runs_gives_identical_state() {
+    let mut log: Vec<Proposal> = Vec::new();
+    for i in 0..(PROPOSAL_ID_WINDOW * 3) {
+        let issued_at = log.len().saturating_sub(5) as u64;
+        let command = match i % 9 {
+            0 => Command::LeaseGrant { ttl_seconds: 30 },
+            1 => Command::LeaseKeepAlive { id: 1 + i / 9 },
+            2 => Command::LeaseExpire { leases: vec![(i / 9, 0), (i / 9 + 1, 1)] },
+            3 => Command::Txn(Txn {
+                compare: vec![],
+                success: vec![TxnOp::Delete { key: format!("k{}", i % 13), prefix: true }],
+                failure: vec![],
+            }),
+            4 => Command::Compact { revision: i / 3 },
+            _ => put(&format!("k{}", i % 17), &i.to_string()),
+        };
+        log.push(Proposal { issued_at, ..proposal(&command) });
+        // Retries: a recent one (applied once), and one from far back (its
+        // id is pruned on some schedule; refused on every replica).
+        if i % 11 == 0 && log.len() >= 3 {
+            log.push(log[log.len() - 3].clone());
+        }
+        if i % 23 == 0 && log.len() > PROPOSAL_ID_WINDOW as usize + 2 {
+            log.push(log[log.len() - PROPOSAL_ID_WINDOW as usize - 2].clone());
+        }
+    }
+    let state_after = |run: usize| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut answers = Vec::new();
+        for chunk in log.chunks(run) {
+            let mut batch = store.sm_batch().expect("batch");
+            for p in chunk {
+                answers.push(batch.apply(p).expect("apply"));
+            }
+            batch.set_position(AT).expect("position");
+            batch.commit().expect("commit");
+        }
+        let digest = store.sm_digest().expect("digest");
+        (store.sm_export().expect("export").data, digest.hash, answers)
+    };
+    let (one, one_digest, one_answers) = state_after(1);
+    assert!(one_answers.contains(&Response::Rejected(Rejection::ProposalExpired)), "the log has late retries");
+    for run in [7, 61, log.len()] {
+        let (data, digest, answers) = state_after(run);
+        assert_eq!(answers, one_answers, "answers with runs of {run}");
+        assert!(data == one, "state with runs of {run} differs from one by one");
+        assert_eq!(digest, one_digest, "digest with runs of {run}");
+    }
 }

@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,18 +153,25 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // Shoal: a node that was leader before it stopped does not resume
+        // leadership in its old term. A leader replicates entries before its
+        // own log has them on disk (see SHOAL.md), so after a crash its log
+        // may lack entries that followers hold and acknowledged; leading
+        // again in the same term would propose other entries at those same
+        // (term, index) positions, and followers, matching by log id only,
+        // would keep theirs: the replicas would fork. It campaigns in a new
+        // term instead, and the election restriction lets it win only if its
+        // log is at least as up to date as a quorum's.
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
-            return;
+            if self.state.membership_state.effective().is_voter(&self.config.id) {
+                tracing::info!("startup: was leader in {}; campaigning in a new term", self.state.vote_ref());
+                self.elect();
+                return;
+            }
+            // A leader that was no longer a voter (it removed itself) keeps
+            // no claim: it follows whoever leads next.
+            let term = self.state.vote_ref().leader_id().term;
+            self.state.vote.update(C::now(), Vote::new(term, self.config.id.clone()));
         }
 
         let server_state = if self.state.membership_state.effective().is_voter(&self.config.id) {

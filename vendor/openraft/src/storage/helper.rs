@@ -129,8 +129,15 @@ where
 
         // If there is not a snapshot and there are logs purged, which means the snapshot is not persisted,
         // we just rebuild it so that replication can use it.
+        // Shoal: a snapshot older than the purge point is rebuilt too. After
+        // a crash the state machine can be ahead of the log (a leader applies
+        // committed entries its own log write may not have reached), and the
+        // clean-up above then purges the log up to `last_applied`; serving the
+        // older snapshot would leave a follower that needs the purged entries
+        // asking for them again and again.
         let snapshot = match snapshot {
-            None => {
+            Some(s) if s.meta.last_log_id >= last_purged_log_id => Some(s),
+            _ => {
                 if last_purged_log_id.is_some() {
                     let mut b = self.state_machine.get_snapshot_builder().await;
                     let s = b.build_snapshot().await?;
@@ -139,7 +146,6 @@ where
                     None
                 }
             }
-            s @ Some(_) => s,
         };
         let snapshot_meta = snapshot.map(|x| x.meta).unwrap_or_default();
 

@@ -1,0 +1,36 @@
+//! Fault-injection hooks for the fault tests (`tests/`, `jepsen/`), read from
+//! the environment at start. Only debug builds honour them; a release build
+//! ignores the variables, so production nodes cannot be slowed or made to
+//! lose writes by an environment setting.
+//!
+//! - `SHOAL_FAULT_LOG_SYNC_DELAY_MS=N`: the Raft log writer sleeps N ms before
+//!   every fsync (a leader whose own disk is slower than its followers').
+//! - `SHOAL_FAULT_LOSE_UNSYNCED=1`: writes that were not fsynced stay in
+//!   process memory, so `kill -9` loses what a power cut would lose.
+
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    pub log_sync_delay: Option<Duration>,
+    pub lose_unsynced_writes: bool,
+}
+
+impl Faults {
+    pub fn from_env() -> Faults {
+        if !cfg!(debug_assertions) {
+            return Faults::default();
+        }
+        let log_sync_delay = std::env::var("SHOAL_FAULT_LOG_SYNC_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        let lose_unsynced_writes = std::env::var("SHOAL_FAULT_LOSE_UNSYNCED").is_ok_and(|v| v.trim() == "1");
+        let faults = Faults { log_sync_delay, lose_unsynced_writes };
+        if log_sync_delay.is_some() || lose_unsynced_writes {
+            tracing::warn!(?faults, "fault injection is on (debug build)");
+        }
+        faults
+    }
+}
