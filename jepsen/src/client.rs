@@ -216,6 +216,95 @@ impl Api {
         }
     }
 
+    /// `PUT /v1/kv/{key}?lease=ID`: a put that attaches the key to a lease.
+    pub async fn put_with_lease(
+        &self,
+        node: usize,
+        key: &str,
+        value: &str,
+        lease: u64,
+    ) -> Reply<()> {
+        let req = self
+            .http
+            .put(format!("{}/v1/kv/{key}", api_url(node)))
+            .query(&[("lease", lease)])
+            .body(value.to_string());
+        match self.mutate(req).await {
+            Ok(body) => Reply::ok(None, body["revision"].as_u64()),
+            Err(r) => r,
+        }
+    }
+
+    /// `POST /v1/leases`: the new lease's id.
+    pub async fn lease_grant(&self, node: usize, ttl_seconds: u64) -> Reply<u64> {
+        let req = self
+            .http
+            .post(format!("{}/v1/leases", api_url(node)))
+            .json(&json!({"ttl_seconds": ttl_seconds}));
+        match self.mutate(req).await {
+            Ok(body) => match body["id"].as_u64() {
+                Some(id) => Reply::ok(Some(id), None),
+                // It was granted, but we do not know which lease it is.
+                None => Reply::info(format!("grant reply without an id: {body}")),
+            },
+            Err(r) => Reply {
+                outcome: r.outcome,
+                value: None,
+                revision: None,
+                error: r.error,
+            },
+        }
+    }
+
+    /// `POST /v1/leases/{id}/keepalive`. A lease that is gone answers 404
+    /// `lease_not_found` (a definite failure).
+    pub async fn lease_keepalive(&self, node: usize, id: u64) -> Reply<()> {
+        let req = self
+            .http
+            .post(format!("{}/v1/leases/{id}/keepalive", api_url(node)));
+        match self.mutate(req).await {
+            Ok(_) => Reply::ok(None, None),
+            Err(r) => r,
+        }
+    }
+
+    /// `DELETE /v1/leases/{id}`: revokes the lease and deletes its keys.
+    pub async fn lease_revoke(&self, node: usize, id: u64) -> Reply<()> {
+        let req = self
+            .http
+            .delete(format!("{}/v1/leases/{id}", api_url(node)));
+        match self.mutate(req).await {
+            Ok(body) => Reply::ok(None, body["revision"].as_u64()),
+            Err(r) => r,
+        }
+    }
+
+    /// Every live lease as (id, remaining ms), `GET /v1/leases` (linearizable).
+    pub async fn leases(&self, node: usize) -> Result<Vec<(u64, u64)>> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/leases", api_url(node)))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await?;
+        if status != 200 {
+            bail!("lease list on node {node}: {status} {body}");
+        }
+        let Some(leases) = body["leases"].as_array() else {
+            bail!("lease list on node {node} without `leases`: {body}");
+        };
+        Ok(leases
+            .iter()
+            .map(|l| {
+                (
+                    l["id"].as_u64().unwrap_or(0),
+                    l["remaining_ms"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
     /// Every key/value under `prefix` (linearizable list, paginated).
     pub async fn list(&self, node: usize, prefix: &str) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();

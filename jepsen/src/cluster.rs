@@ -1,7 +1,9 @@
 //! The Shoal nodes: one `shoal serve` process per network namespace, and the
-//! harness's view of them (kill, restart, pause, resume, status, leader).
+//! harness's view of them (kill, restart, pause, resume, status, leader),
+//! with the debug build's fault hooks (slow fsync, losing unsynced writes)
+//! and a per-node wall clock under libfaketime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::checker::digest::{Collected, NodeDigest, Reading};
 use crate::netns::{node_ip, Net};
 
 pub const API_PORT: u16 = 7700;
@@ -36,6 +39,34 @@ struct NodeProc {
     starts: u32,
 }
 
+/// Debug builds of `shoal` read these at start (release builds ignore them).
+/// The Raft log writer sleeps this many ms before every fsync.
+pub const ENV_FSYNC_DELAY: &str = "SHOAL_FAULT_LOG_SYNC_DELAY_MS";
+/// RocksDB keeps unsynced writes in process memory, so `kill -9` loses what
+/// a power cut would.
+pub const ENV_LOSE_UNSYNCED: &str = "SHOAL_FAULT_LOSE_UNSYNCED";
+
+/// Where Debian's `libfaketime` package puts the library.
+const LIBFAKETIME: [&str; 3] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+];
+
+/// The libfaketime library, or a clear error.
+pub fn find_libfaketime() -> Result<PathBuf> {
+    LIBFAKETIME
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the clock nemesis needs libfaketime (Debian: apt-get install -y faketime); \
+                 looked in {LIBFAKETIME:?}"
+            )
+        })
+}
+
 /// Settings every node gets.
 #[derive(Clone, Debug)]
 pub struct NodeSettings {
@@ -43,6 +74,16 @@ pub struct NodeSettings {
     pub voters: usize,
     pub snapshot_every: u64,
     pub extra_args: Vec<String>,
+    /// `SHOAL_FAULT_LOG_SYNC_DELAY_MS` for the nodes that run with a slow
+    /// fsync.
+    pub fsync_delay_ms: u64,
+    /// Nodes started with the slow fsync (the nemesis may change the set).
+    pub slow_fsync_nodes: BTreeSet<usize>,
+    /// Every node runs with `SHOAL_FAULT_LOSE_UNSYNCED=1`.
+    pub lose_unsynced: bool,
+    /// Run every node under this libfaketime library, with a clock offset
+    /// the nemesis can change while it runs.
+    pub libfaketime: Option<PathBuf>,
 }
 
 pub struct Cluster {
@@ -57,6 +98,10 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Unexpected exits seen so far: (index, status).
     exits: Mutex<Vec<(usize, String)>>,
+    /// Nodes that get the slow fsync at their next start.
+    slow_fsync: Mutex<BTreeSet<usize>>,
+    /// Clock offsets in seconds (under libfaketime).
+    clock_offsets: Mutex<Vec<i64>>,
 }
 
 /// `http://10.77.0.1x:7700`
@@ -73,6 +118,7 @@ impl Cluster {
         log_root: &Path,
     ) -> Result<Cluster> {
         let n = net.nodes;
+        let settings_slow = settings.slow_fsync_nodes.clone();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(QUERY_TIMEOUT)
@@ -96,7 +142,14 @@ impl Cluster {
             ids: Mutex::new(vec![None; n]),
             http,
             exits: Mutex::new(Vec::new()),
+            slow_fsync: Mutex::new(settings_slow),
+            clock_offsets: Mutex::new(vec![0; n]),
         };
+        if cluster.settings.libfaketime.is_some() {
+            for i in 0..n {
+                cluster.set_clock_offset(i, 0)?;
+            }
+        }
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -144,6 +197,94 @@ impl Cluster {
         self.log_root.join(format!("n{i}")).join("console.log")
     }
 
+    /// libfaketime's `FAKETIME_TIMESTAMP_FILE` of node `i` (outside its
+    /// data directory, which a snapshot may replace).
+    fn clock_file(&self, i: usize) -> PathBuf {
+        self.log_root.join(format!("n{i}")).join("faketime.rc")
+    }
+
+    /// The fault hooks and clock of node `i`'s next start.
+    fn fault_env(&self, i: usize) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if self.slow_fsync.lock().unwrap().contains(&i) {
+            env.push((
+                ENV_FSYNC_DELAY.to_string(),
+                self.settings.fsync_delay_ms.to_string(),
+            ));
+        }
+        if self.settings.lose_unsynced {
+            env.push((ENV_LOSE_UNSYNCED.to_string(), "1".to_string()));
+        }
+        if let Some(lib) = &self.settings.libfaketime {
+            env.extend([
+                ("LD_PRELOAD".to_string(), lib.display().to_string()),
+                (
+                    "FAKETIME_TIMESTAMP_FILE".to_string(),
+                    self.clock_file(i).display().to_string(),
+                ),
+                // Only the wall clock moves: Raft's timers use the monotonic
+                // clock, which a real clock step (NTP, an operator) leaves alone.
+                // (libfaketime 0.9.10 then fails absolute monotonic sleeps,
+                // clock_nanosleep(TIMER_ABSTIME) and timed waits on monotonic
+                // condvars; Rust's std, tokio and RocksDB sleep and wait with
+                // relative timeouts, futexes or pthread_cond_clockwait, which
+                // work: the nodes keep their normal throughput under it.)
+                ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+                // Re-read the file every second.
+                ("FAKETIME_CACHE_DURATION".to_string(), "1".to_string()),
+            ]);
+        }
+        env
+    }
+
+    /// Gives node `i` the slow fsync (or takes it away) from its next start.
+    pub fn set_slow_fsync(&self, i: usize, slow: bool) {
+        let mut set = self.slow_fsync.lock().unwrap();
+        if slow {
+            set.insert(i);
+        } else {
+            set.remove(&i);
+        }
+    }
+
+    /// Node `i` gets the slow fsync at its next start only if the run's
+    /// settings say so.
+    pub fn reset_slow_fsync(&self, i: usize) {
+        self.set_slow_fsync(i, self.settings.slow_fsync_nodes.contains(&i));
+    }
+
+    pub fn fsync_delay_ms(&self) -> u64 {
+        self.settings.fsync_delay_ms
+    }
+
+    pub fn loses_unsynced(&self) -> bool {
+        self.settings.lose_unsynced
+    }
+
+    pub fn has_fake_clock(&self) -> bool {
+        self.settings.libfaketime.is_some()
+    }
+
+    /// Sets node `i`'s wall clock `secs` away from the real one (it follows
+    /// within a second, without a restart).
+    pub fn set_clock_offset(&self, i: usize, secs: i64) -> Result<()> {
+        if self.settings.libfaketime.is_none() {
+            bail!("the nodes do not run under libfaketime");
+        }
+        let path = self.clock_file(i);
+        fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        // Write and rename, so that the node never reads a half-written file.
+        let tmp = path.with_extension("rc.tmp");
+        fs::write(&tmp, format!("{secs:+}\n"))?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        self.clock_offsets.lock().unwrap()[i] = secs;
+        Ok(())
+    }
+
+    pub fn clock_offsets(&self) -> Vec<i64> {
+        self.clock_offsets.lock().unwrap().clone()
+    }
+
     /// Starts node `i` inside its namespace (it must not be running).
     fn spawn(&self, i: usize) -> Result<()> {
         let mut proc_ = self.procs[i].lock().unwrap();
@@ -155,10 +296,14 @@ impl Cluster {
             .append(true)
             .open(&console)?;
         let args = self.args(i);
+        let env = self.fault_env(i);
         writeln!(
             log,
-            "=== shoal-jepsen: start #{} of node {i}: {} {}",
+            "=== shoal-jepsen: start #{} of node {i}: {}{} {}",
             proc_.starts + 1,
+            env.iter()
+                .map(|(k, v)| format!("{k}={v} "))
+                .collect::<String>(),
             self.settings.shoal_bin.display(),
             args.join(" ")
         )?;
@@ -175,7 +320,10 @@ impl Cluster {
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .env_remove("SHOAL_CONFIG")
-            .env_remove("SHOAL_CLUSTER_SECRET");
+            .env_remove("SHOAL_CLUSTER_SECRET")
+            .env_remove(ENV_FSYNC_DELAY)
+            .env_remove(ENV_LOSE_UNSYNCED)
+            .envs(env);
         // SAFETY: only async-signal-safe calls (setns, prctl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -203,17 +351,35 @@ impl Cluster {
 
     /// `kill -9`. Returns false if the node was not running.
     pub fn kill(&self, i: usize) -> bool {
-        let mut p = self.procs[i].lock().unwrap();
-        let Some(mut child) = p.child.take() else {
-            return false;
-        };
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGKILL);
+        !self.kill_all_of(&[i]).is_empty()
+    }
+
+    /// `kill -9` of several nodes at the same moment (every signal is sent
+    /// before the first exit is awaited). Returns the nodes that were running.
+    pub fn kill_all_of(&self, nodes: &[usize]) -> Vec<usize> {
+        let nodes: BTreeSet<usize> = nodes.iter().copied().filter(|i| *i < self.n).collect();
+        let mut guards: Vec<_> = nodes
+            .iter()
+            .map(|i| (*i, self.procs[*i].lock().unwrap()))
+            .collect();
+        let mut killed = Vec::new();
+        for (i, p) in guards.iter_mut() {
+            if let Some(child) = p.child.as_ref() {
+                // SAFETY: kill(2) on our own child, not yet reaped.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGKILL);
+                }
+                killed.push(*i);
+            }
         }
-        let _ = child.wait();
-        p.state = NodeState::Killed;
-        true
+        for (_, p) in guards.iter_mut() {
+            if let Some(mut child) = p.child.take() {
+                let _ = child.wait();
+                remove_faketime_shm(child.id());
+                p.state = NodeState::Killed;
+            }
+        }
+        killed
     }
 
     /// Restarts a killed node with the same flags and data.
@@ -261,7 +427,9 @@ impl Cluster {
                 _ => None,
             };
             if let Some(status) = exited {
-                p.child = None;
+                if let Some(child) = p.child.take() {
+                    remove_faketime_shm(child.id());
+                }
                 p.state = NodeState::Killed;
                 new.push((i, status));
             }
@@ -320,6 +488,60 @@ impl Cluster {
         let status = resp.status().as_u16();
         let body = resp.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, body))
+    }
+
+    /// `GET /v1/cluster/digest`: the node's own replicated state in one hash.
+    pub async fn digest(&self, i: usize) -> std::result::Result<Value, String> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/cluster/digest", api_url(i)))
+            .send()
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| format!("{status}: {e}"))?;
+        if status != 200 {
+            let text: String = text.chars().take(200).collect();
+            return Err(format!("{status} {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("unreadable reply ({e}): {text}"))
+    }
+
+    /// Every node's digest, re-read until all of them report the same
+    /// applied index or `patience` runs out (then the last round).
+    pub async fn converged_digests(&self, patience: Duration) -> Collected {
+        let start = Instant::now();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let readings: Vec<Reading> =
+                futures::future::join_all((0..self.n).map(|i| async move {
+                    match self.digest(i).await.and_then(|v| NodeDigest::from_json(&v)) {
+                        Ok(d) => Reading {
+                            node: i,
+                            digest: Some(d),
+                            error: None,
+                        },
+                        Err(e) => Reading {
+                            node: i,
+                            digest: None,
+                            error: Some(e),
+                        },
+                    }
+                }))
+                .await;
+            let converged = Collected::same_index(&readings);
+            if converged || start.elapsed() >= patience {
+                return Collected {
+                    converged,
+                    rounds,
+                    waited_ms: start.elapsed().as_millis() as u64,
+                    patience_ms: patience.as_millis() as u64,
+                    readings,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     pub async fn status(&self, i: usize) -> Option<Value> {
@@ -432,6 +654,14 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// libfaketime shares its settings with child processes through
+/// `/dev/shm/faketime_shm_<pid>` and a semaphore, which a `kill -9` leaves
+/// behind; a later process with the same pid would fail to start.
+fn remove_faketime_shm(pid: u32) {
+    let _ = fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
+    let _ = fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
 }
 
 impl Drop for Cluster {

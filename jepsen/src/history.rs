@@ -32,18 +32,20 @@ pub enum Outcome {
 pub struct Op {
     /// Position in the history, in completion order.
     pub index: u64,
-    /// `register`, `set` or `watch`.
+    /// `register`, `set`, `watch` or `lease`.
     pub workload: String,
     /// Logical process (Jepsen-style): a worker takes a fresh process id after
     /// an indeterminate operation, since that one may still be in flight.
     pub process: u64,
     /// Index of the node the request went to.
     pub node: usize,
-    /// `read`, `write`, `cas`, `add`.
+    /// `read`, `write`, `cas`, `add`; lease workload: `grant`, `put`,
+    /// `keepalive`, `revoke`, `read`.
     pub f: String,
     pub key: String,
     /// read: the value read (null = key absent; only meaningful when ok);
-    /// write/add: the value written; cas: the new value.
+    /// write/add/put: the value written; cas: the new value; grant: the TTL
+    /// in seconds.
     pub value: Option<String>,
     /// cas: the expected old value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +61,10 @@ pub struct Op {
     /// Why it failed or is indeterminate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Lease workload: the lease the operation is about (a grant's only
+    /// when it succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 /// Monotonic time base of a run.

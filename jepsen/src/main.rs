@@ -1,7 +1,7 @@
 //! shoal-jepsen: runs a real Shoal cluster (one node per network namespace),
 //! injects faults while clients work, records every operation, and checks
-//! the history for linearizability, lost writes and watch gaps.
-//! See jepsen/README.md.
+//! the history for linearizability, lost writes, watch gaps and lease
+//! expiry, and the replicas for identical state. See jepsen/README.md.
 
 mod checker;
 mod client;
@@ -72,10 +72,16 @@ struct RunArgs {
     /// Explicit seeds, comma-separated (one run each; overrides --seed/--runs).
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
-    /// register | set | watch | all (all three at once), or a comma list.
+    /// register | set | watch | lease | all (all four at once), or a comma list.
     #[arg(long, default_value = "all")]
     workload: String,
-    /// kill, pause, partition, membership (comma list), all, or none.
+    /// Comma list of: kill, pause, partition, membership, crash (kill -9 of
+    /// the whole cluster with the old leader back first, or one node
+    /// restarted at once), slow-fsync (the leader fsyncs slower than its
+    /// followers, then a crash), power-cut (kill -9 losing every unsynced
+    /// write), clock (one node's wall clock jumps minutes, libfaketime),
+    /// snapshot (a follower that must install a snapshot, crashed while it
+    /// does); or all, or none.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// Where run directories go.
@@ -85,14 +91,32 @@ struct RunArgs {
     /// $CARGO_TARGET_DIR/debug/shoal, else ~/.cache/shoal/target/debug/shoal).
     #[arg(long)]
     shoal_bin: Option<PathBuf>,
-    /// Passed to every node: snapshot (and purge the log) this often.
-    #[arg(long, default_value_t = 200)]
-    snapshot_every: u64,
+    /// Passed to every node: snapshot (and purge the log) this often
+    /// [default: 200, or 25 with the snapshot nemesis].
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+    /// Nodes (indexes, comma list, or `all`) that run the whole run with a
+    /// slow Raft log fsync (SHOAL_FAULT_LOG_SYNC_DELAY_MS; debug builds).
+    #[arg(long)]
+    slow_fsync_nodes: Option<String>,
+    /// The fsync delay of slow nodes (--slow-fsync-nodes and the slow-fsync
+    /// nemesis), in ms.
+    #[arg(long, default_value_t = nemesis::DEFAULT_FSYNC_DELAY_MS)]
+    fsync_delay_ms: u64,
+    /// Every node keeps unsynced writes in memory only
+    /// (SHOAL_FAULT_LOSE_UNSYNCED=1; debug builds), so every kill -9 acts as
+    /// a power cut. Implied by the power-cut nemesis.
+    #[arg(long)]
+    lose_unsynced: bool,
+    /// Passed to every node as --election-timeout-ms [default: the node's].
+    #[arg(long)]
+    election_timeout_ms: Option<u64>,
     /// Keep the nodes' data directories in the run directory.
     #[arg(long)]
     keep_data: bool,
-    /// The CI set: fixed seeds covering every nemesis with all workloads,
-    /// about two minutes in total. Ignores --seed/--runs/--workload/--nemesis/--time-limit.
+    /// The CI set: 8 fixed seeds covering every nemesis with all workloads,
+    /// about three and a half minutes in total. Ignores
+    /// --seed/--runs/--workload/--nemesis/--time-limit.
     #[arg(long)]
     ci: bool,
 }
@@ -101,14 +125,44 @@ struct RunArgs {
 /// Seeds chosen (with `shoal-jepsen schedule`) so that the set covers kill
 /// and pause of a random node, the leader and a majority; partitions
 /// majorities-ring, isolate-leader, halves, leader-minority; and removing
-/// the leader and a random node.
+/// the leader and a random node (the first five runs, the last of them with
+/// the four original kinds mixed). Then: the leader with a slow fsync and
+/// three whole-cluster crashes with the old leader back first (seed 2: the
+/// combination that found the forked-replicas bug); power cuts of everyone
+/// and of a majority, a fast restart of the leader and a whole-cluster
+/// crash (seed 20); a follower that must install a snapshot, killed while
+/// it does, then the leader killed while one installs, and the leader's
+/// clock jumping forward (seed 2).
 const CI_RUNS: &[(&str, &str, u64, u64)] = &[
     ("all", "kill", 3, 20),
     ("all", "pause", 9, 20),
     ("all", "partition", 3, 20),
     ("all", "membership", 7, 20),
-    ("all", "all", 10, 20),
+    ("all", "kill,pause,partition,membership", 10, 20),
+    ("all", "slow-fsync", 2, 20),
+    ("all", "crash,power-cut", 20, 20),
+    ("all", "snapshot,clock", 2, 20),
 ];
+
+/// `0,2` / `all` / `` → node indexes.
+fn parse_nodes(spec: &str, nodes: usize) -> Result<Vec<usize>> {
+    let spec = spec.trim();
+    if spec == "all" {
+        return Ok((0..nodes).collect());
+    }
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<usize>() {
+            Ok(i) if i < nodes => out.push(i),
+            _ => {
+                bail!("`{part}` is not a node index below {nodes} (expected a comma list or `all`)")
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
 
 fn find_shoal(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
@@ -189,7 +243,11 @@ async fn real_main(cli: Cli) -> Result<i32> {
     let shoal_bin = find_shoal(a.shoal_bin)?;
     // Parse early so that a typo fails before any cluster starts.
     run::Workloads::parse(&a.workload)?;
-    nemesis::parse_kinds(&a.nemesis)?;
+    let kinds = nemesis::parse_kinds(&a.nemesis)?;
+    if a.ci || kinds.iter().any(|k| k == nemesis::NEEDS_FAKE_CLOCK) {
+        cluster::find_libfaketime()?;
+    }
+    let slow_fsync_nodes = parse_nodes(a.slow_fsync_nodes.as_deref().unwrap_or(""), a.nodes)?;
 
     let mut specs = Vec::new();
     let base = |seed, workload: &str, nemesis: &str, time_limit_s| RunSpec {
@@ -202,6 +260,10 @@ async fn real_main(cli: Cli) -> Result<i32> {
         out: a.out.clone(),
         snapshot_every: a.snapshot_every,
         keep_data: a.keep_data,
+        slow_fsync_nodes: slow_fsync_nodes.clone(),
+        fsync_delay_ms: a.fsync_delay_ms,
+        lose_unsynced: a.lose_unsynced,
+        election_timeout_ms: a.election_timeout_ms,
     };
     if a.ci {
         for (w, n, seed, t) in CI_RUNS {

@@ -114,7 +114,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>3}  {:<9} {:<26} {:>6} {:>6} {:>5} {:>6} {:>6}  {:<8} detail",
+        "{:>3}  {:<9} {:<31} {:>6} {:>6} {:>5} {:>6} {:>6}  {:<8} detail",
         "run", "workload", "nemesis", "seed", "ops", "info", "faults", "secs", "verdict"
     );
     for r in rows {
@@ -125,7 +125,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>3}  {:<9} {:<26} {:>6} {:>6} {:>5} {:>6} {:>6.0}  {:<8} {}",
+            "{:>3}  {:<9} {:<31} {:>6} {:>6} {:>5} {:>6} {:>6.0}  {:<8} {}",
             r.run,
             r.workload,
             r.nemesis,

@@ -11,14 +11,24 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::checker::{register, set, watch};
+use crate::checker::{digest, lease, register, set, watch};
 use crate::client::Api;
-use crate::cluster::{Cluster, NodeSettings};
+use crate::cluster::{self, Cluster, NodeSettings};
 use crate::history::{self, Clock, Op, Outcome, Recorder};
 use crate::nemesis::{self, Executed, Nemesis};
 use crate::netns::{self, Net};
 use crate::output::{self, render_op, write_json, Row};
 use crate::workload::{self, Ctx};
+
+/// `--snapshot-every` when the run has the snapshot nemesis (and the
+/// option was not given): the leader snapshots and purges its log every few
+/// dozen entries, so a follower that was down for a second needs a snapshot.
+pub const SNAPSHOT_EVERY_FOR_SNAPSHOT_NEMESIS: u64 = 25;
+/// `--snapshot-every` otherwise.
+pub const SNAPSHOT_EVERY: u64 = 200;
+/// How long the replicas get after the final reads to reach the same
+/// applied index.
+const DIGEST_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The run currently holding network namespaces (for ctrl-c cleanup).
 pub static ACTIVE_RUN: Mutex<Option<String>> = Mutex::new(None);
@@ -28,6 +38,7 @@ pub struct Workloads {
     pub register: bool,
     pub set: bool,
     pub watch: bool,
+    pub lease: bool,
 }
 
 impl Workloads {
@@ -36,21 +47,24 @@ impl Workloads {
             register: false,
             set: false,
             watch: false,
+            lease: false,
         };
         for part in spec.split([',', '+']).map(str::trim) {
             match part {
                 "register" => w.register = true,
                 "set" => w.set = true,
                 "watch" => w.watch = true,
+                "lease" => w.lease = true,
                 "all" => {
                     w = Workloads {
                         register: true,
                         set: true,
                         watch: true,
+                        lease: true,
                     }
                 }
                 other => anyhow::bail!(
-                    "unknown workload `{other}` (expected register, set, watch or all)"
+                    "unknown workload `{other}` (expected register, set, watch, lease or all)"
                 ),
             }
         }
@@ -67,16 +81,57 @@ pub struct RunSpec {
     pub nodes: usize,
     pub shoal_bin: PathBuf,
     pub out: PathBuf,
-    pub snapshot_every: u64,
+    /// None: [`SNAPSHOT_EVERY`], or [`SNAPSHOT_EVERY_FOR_SNAPSHOT_NEMESIS`]
+    /// with the snapshot nemesis.
+    pub snapshot_every: Option<u64>,
     pub keep_data: bool,
+    /// Nodes that run with `SHOAL_FAULT_LOG_SYNC_DELAY_MS` from the start.
+    pub slow_fsync_nodes: Vec<usize>,
+    pub fsync_delay_ms: u64,
+    /// Every node runs with `SHOAL_FAULT_LOSE_UNSYNCED=1` (also implied by
+    /// the power-cut nemesis).
+    pub lose_unsynced: bool,
+    /// Passed to the nodes as `--election-timeout-ms` when set.
+    pub election_timeout_ms: Option<u64>,
 }
 
 impl RunSpec {
     pub fn reproduce(&self) -> String {
-        format!(
-            "shoal-jepsen --seed {} --workload {} --nemesis {} --time-limit {} --nodes {} --snapshot-every {}",
-            self.seed, self.workload, self.nemesis, self.time_limit_s, self.nodes, self.snapshot_every
-        )
+        let mut line = format!(
+            "shoal-jepsen --seed {} --workload {} --nemesis {} --time-limit {} --nodes {}",
+            self.seed, self.workload, self.nemesis, self.time_limit_s, self.nodes
+        );
+        if let Some(every) = self.snapshot_every {
+            line += &format!(" --snapshot-every {every}");
+        }
+        if !self.slow_fsync_nodes.is_empty() {
+            let nodes: Vec<String> = self
+                .slow_fsync_nodes
+                .iter()
+                .map(|i| i.to_string())
+                .collect();
+            line += &format!(" --slow-fsync-nodes {}", nodes.join(","));
+        }
+        if self.fsync_delay_ms != nemesis::DEFAULT_FSYNC_DELAY_MS {
+            line += &format!(" --fsync-delay-ms {}", self.fsync_delay_ms);
+        }
+        if self.lose_unsynced {
+            line += " --lose-unsynced";
+        }
+        if let Some(ms) = self.election_timeout_ms {
+            line += &format!(" --election-timeout-ms {ms}");
+        }
+        line
+    }
+
+    /// The `--snapshot-every` the nodes get.
+    pub fn snapshot_every_for(&self, kinds: &[String]) -> u64 {
+        self.snapshot_every
+            .unwrap_or(if kinds.iter().any(|k| k == nemesis::NEEDS_SNAPSHOTS) {
+                SNAPSHOT_EVERY_FOR_SNAPSHOT_NEMESIS
+            } else {
+                SNAPSHOT_EVERY
+            })
     }
 }
 
@@ -87,6 +142,13 @@ pub struct Inputs {
     pub set_reads: Vec<set::FinalRead>,
     pub references: Vec<watch::Reference>,
     pub watchers: Vec<watch::WatcherLog>,
+    /// The lease workload's final check (after healing).
+    pub lease_final: Option<workload::lease::FinalState>,
+    /// Every node's state digest once they reached the same applied index
+    /// (None for an old run directory without `digests.json`).
+    pub digests: Option<digest::Collected>,
+    /// Restarted leaders that resumed leadership in their old term.
+    pub resumed_leadership: Vec<String>,
     pub unexpected_exits: Vec<(usize, String)>,
     /// The cluster did not recover after healing (not ready in time).
     pub liveness: Vec<String>,
@@ -103,6 +165,13 @@ pub struct Checks {
     pub set: Option<set::SetResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<watch::WatchResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<lease::LeaseResult>,
+    /// Every replica holds the same state (`digests.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<digest::DigestResult>,
+    /// A restarted leader came back as Leader in its old term.
+    pub resumed_leadership: Vec<String>,
     /// Nodes that exited without being killed.
     pub unexpected_exits: Vec<String>,
     /// Panics in the nodes' logs (a node may panic in a task and live on).
@@ -125,6 +194,11 @@ pub fn evaluate(inputs: &Inputs) -> Checks {
         .workloads
         .watch
         .then(|| watch::check(&inputs.history, &inputs.references, &inputs.watchers));
+    let lease = inputs
+        .workloads
+        .lease
+        .then(|| lease::check(&inputs.history, inputs.lease_final.as_ref()));
+    let digest = inputs.digests.as_ref().map(digest::check);
     let unexpected_exits: Vec<String> = inputs
         .unexpected_exits
         .iter()
@@ -133,6 +207,9 @@ pub fn evaluate(inputs: &Inputs) -> Checks {
     let valid = register.as_ref().is_none_or(|r| r.valid)
         && set.as_ref().is_none_or(|r| r.valid)
         && watch.as_ref().is_none_or(|r| r.valid)
+        && lease.as_ref().is_none_or(|r| r.valid)
+        && digest.as_ref().is_none_or(|r| r.valid)
+        && inputs.resumed_leadership.is_empty()
         && unexpected_exits.is_empty()
         && inputs.node_panics.is_empty()
         && inputs.liveness.is_empty();
@@ -141,6 +218,9 @@ pub fn evaluate(inputs: &Inputs) -> Checks {
         register,
         set,
         watch,
+        lease,
+        digest,
+        resumed_leadership: inputs.resumed_leadership.clone(),
         unexpected_exits,
         node_panics: inputs.node_panics.clone(),
         liveness: inputs.liveness.clone(),
@@ -150,6 +230,16 @@ pub fn evaluate(inputs: &Inputs) -> Checks {
 /// One-line summary of what failed.
 pub fn failure_summary(c: &Checks) -> String {
     let mut parts = Vec::new();
+    // The replicas' own state first: a fork explains every other finding.
+    if let Some(d) = &c.digest {
+        parts.extend(d.problems.iter().map(|p| format!("digest: {p}")));
+    }
+    if !c.resumed_leadership.is_empty() {
+        parts.push(format!(
+            "{} restarted leader(s) resumed leadership without an election",
+            c.resumed_leadership.len()
+        ));
+    }
     if let Some(r) = &c.register {
         if !r.failures.is_empty() {
             parts.push(format!(
@@ -194,6 +284,16 @@ pub fn failure_summary(c: &Checks) -> String {
             parts.push(format!("watch: {bad} watcher(s) with anomalies"));
         }
     }
+    if let Some(l) = &c.lease {
+        let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+        for v in &l.violations {
+            *kinds.entry(v.kind.as_str()).or_default() += 1;
+        }
+        for (kind, count) in kinds {
+            parts.push(format!("lease: {count} {kind}"));
+        }
+        parts.extend(l.problems.iter().map(|p| format!("lease: {p}")));
+    }
     if !c.unexpected_exits.is_empty() {
         parts.push(format!(
             "{} unexpected node exit(s)",
@@ -226,6 +326,21 @@ pub fn failure_report(
     )?;
     let by_index: std::collections::HashMap<u64, &Op> =
         history.iter().map(|o| (o.index, o)).collect();
+    if let Some(d) = &checks.digest {
+        if !d.valid {
+            writeln!(s, "== replica digests (digests.json)")?;
+            for p in &d.problems {
+                writeln!(s, "  {p}")?;
+            }
+            writeln!(s)?;
+        }
+    }
+    for e in &checks.resumed_leadership {
+        writeln!(s, "== resumed leadership: {e}")?;
+    }
+    if !checks.resumed_leadership.is_empty() {
+        writeln!(s)?;
+    }
     if let Some(r) = &checks.register {
         for k in r.failures.iter().chain(r.unknown.iter()) {
             writeln!(
@@ -320,6 +435,11 @@ pub fn failure_report(
             writeln!(s)?;
         }
     }
+    if let Some(l) = &checks.lease {
+        if !l.valid {
+            lease_report(&mut s, l, &by_index, events)?;
+        }
+    }
     for e in &checks.unexpected_exits {
         writeln!(s, "== {e} (see nodes/*/console.log)")?;
     }
@@ -330,6 +450,61 @@ pub fn failure_report(
         writeln!(s, "== liveness: {l}")?;
     }
     Ok(s)
+}
+
+/// The lease section of the failure report: each violation, the lease's
+/// operations and the faults around them.
+fn lease_report(
+    s: &mut String,
+    l: &lease::LeaseResult,
+    by_index: &std::collections::HashMap<u64, &Op>,
+    events: &[Executed],
+) -> Result<()> {
+    writeln!(
+        s,
+        "== lease: {} violation(s) ({} leases granted, {} kept alive, {} reads checked)",
+        l.violations.len(),
+        l.granted,
+        l.kept_alive,
+        l.reads_checked
+    )?;
+    for v in l.violations.iter().take(20) {
+        writeln!(
+            s,
+            "  {} (lease {}, {}): {}",
+            v.kind, v.lease, v.key, v.detail
+        )?;
+    }
+    for p in &l.problems {
+        writeln!(s, "  {p}")?;
+    }
+    let first = l.violations.iter().find_map(|v| v.op);
+    if let Some(lease_id) = first.and_then(|i| by_index.get(&i)).and_then(|o| o.lease) {
+        let mut ops: Vec<&Op> = l
+            .anomaly_ops
+            .iter()
+            .filter_map(|i| by_index.get(i).copied())
+            .filter(|o| o.lease == Some(lease_id))
+            .collect();
+        ops.sort_by_key(|o| o.start_ns);
+        writeln!(s, "  The operations of lease {lease_id}:")?;
+        for op in &ops {
+            writeln!(s, "    {}", render_op(op))?;
+        }
+        if let (Some(t0), Some(t1)) = (ops.first(), ops.last()) {
+            writeln!(s, "  Faults around them:")?;
+            for line in output::nemesis_during(events, t0.start_ns, t1.end_ns) {
+                writeln!(s, "    {line}")?;
+            }
+        }
+    }
+    writeln!(s)?;
+    Ok(())
+}
+
+/// Nemesis events that are not faults.
+fn is_fault(e: &Executed) -> bool {
+    e.kind != "heal-all" && e.kind != nemesis::RESUMED_LEADERSHIP
 }
 
 pub struct RunResult {
@@ -377,12 +552,7 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
     let plan = nemesis::schedule(spec.seed, &kinds, time_limit_ms);
     write_json(&dir.join("schedule.json"), &plan)?;
 
-    let settings = NodeSettings {
-        shoal_bin: spec.shoal_bin.clone(),
-        voters: if spec.nodes >= 5 { 5 } else { 3 },
-        snapshot_every: spec.snapshot_every,
-        extra_args: Vec::new(),
-    };
+    let settings = node_settings(spec, &kinds)?;
     *ACTIVE_RUN.lock().unwrap() = Some(rid.clone());
     // On error, whatever was created is removed as it is dropped.
     let cluster = match Net::create(&rid, spec.nodes)
@@ -407,7 +577,16 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
     if !spec.keep_data {
         let _ = std::fs::remove_dir_all(dir.join("data"));
     }
-    let (history, events, set_reads, references, watchers, settle) = outcome?;
+    let Driven {
+        history,
+        events,
+        set_reads,
+        references,
+        watchers,
+        lease_final,
+        digests,
+        settle,
+    } = outcome?;
 
     let liveness: Vec<String> = settle.as_ref().err().cloned().into_iter().collect();
     let settle_text = settle.unwrap_or_else(|e| e);
@@ -418,6 +597,9 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
         set_reads,
         references,
         watchers,
+        lease_final,
+        digests: Some(digests),
+        resumed_leadership: resumed_leadership(&events),
         unexpected_exits: exits,
         liveness,
         node_panics,
@@ -446,7 +628,7 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
         "summary": summary,
         "settle": settle_text,
         "stats": stats(&inputs.history),
-        "faults": events.iter().filter(|e| e.kind != "heal-all").count(),
+        "faults": events.iter().filter(|e| is_fault(e)).count(),
         "checks": checks,
     });
     if !checks.valid {
@@ -477,7 +659,7 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
             seed: spec.seed,
             ops: inputs.history.len(),
             info,
-            faults: events.iter().filter(|e| e.kind != "heal-all").count(),
+            faults: events.iter().filter(|e| is_fault(e)).count(),
             secs: wall.elapsed().as_secs_f64(),
             verdict: if checks.valid {
                 "valid".into()
@@ -492,7 +674,7 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
 
 fn stats(history: &[Op]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    for w in ["register", "set", "watch"] {
+    for w in ["register", "set", "watch", "lease"] {
         let ops: Vec<&Op> = history.iter().filter(|o| o.workload == w).collect();
         if ops.is_empty() {
             continue;
@@ -503,14 +685,56 @@ fn stats(history: &[Op]) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-type Driven = (
-    Vec<Op>,
-    Vec<Executed>,
-    Vec<set::FinalRead>,
-    Vec<watch::Reference>,
-    Vec<watch::WatcherLog>,
-    std::result::Result<String, String>,
-);
+/// The node settings of a run: snapshot frequency, fault hooks and clock
+/// for its nemeses.
+fn node_settings(spec: &RunSpec, kinds: &[String]) -> Result<NodeSettings> {
+    let has = |k: &str| kinds.iter().any(|x| x == k);
+    if let Some(i) = spec.slow_fsync_nodes.iter().find(|i| **i >= spec.nodes) {
+        anyhow::bail!(
+            "--slow-fsync-nodes: there is no node {i} (nodes are 0..{})",
+            spec.nodes
+        );
+    }
+    let mut extra_args = Vec::new();
+    if let Some(ms) = spec.election_timeout_ms {
+        extra_args.extend(["--election-timeout-ms".to_string(), ms.to_string()]);
+    }
+    Ok(NodeSettings {
+        shoal_bin: spec.shoal_bin.clone(),
+        voters: if spec.nodes >= 5 { 5 } else { 3 },
+        snapshot_every: spec.snapshot_every_for(kinds),
+        extra_args,
+        fsync_delay_ms: spec.fsync_delay_ms,
+        slow_fsync_nodes: spec.slow_fsync_nodes.iter().copied().collect(),
+        lose_unsynced: spec.lose_unsynced || has(nemesis::NEEDS_LOSE_UNSYNCED),
+        libfaketime: if has(nemesis::NEEDS_FAKE_CLOCK) {
+            Some(cluster::find_libfaketime()?)
+        } else {
+            None
+        },
+    })
+}
+
+/// The `resumed-leadership` findings among the nemesis events.
+fn resumed_leadership(events: &[Executed]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind == nemesis::RESUMED_LEADERSHIP)
+        .map(|e| format!("[{}] {}", history::secs(e.start_ns), e.detail))
+        .collect()
+}
+
+/// What the part of a run with the cluster up produced.
+struct Driven {
+    history: Vec<Op>,
+    events: Vec<Executed>,
+    set_reads: Vec<set::FinalRead>,
+    references: Vec<watch::Reference>,
+    watchers: Vec<watch::WatcherLog>,
+    lease_final: Option<workload::lease::FinalState>,
+    digests: digest::Collected,
+    settle: std::result::Result<String, String>,
+}
 
 /// The part of a run that needs the cluster up.
 async fn drive(
@@ -584,6 +808,16 @@ async fn drive(
             )));
         }
     }
+    if w.lease {
+        for i in 0..2 {
+            tasks.push(tokio::spawn(workload::lease::worker(
+                ctx.clone(),
+                i,
+                2,
+                seed ^ (0x500 + i as u64),
+            )));
+        }
+    }
     let control = Arc::new(workload::watch::WatchControl::default());
     let mut watchers = Vec::new();
     if w.watch {
@@ -636,6 +870,10 @@ async fn drive(
     nemesis_stop.store(true, Ordering::Relaxed);
     let _ = nemesis_task.await;
     nemesis.heal_all().await;
+    println!(
+        "  {:>4.0}s: faults over, everything healed",
+        clock.now_ns() as f64 / 1e9
+    );
     ctx.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -679,6 +917,13 @@ async fn drive(
         let _ = x.handle.await;
         watcher_logs.push(x.log.lock().unwrap().clone());
     }
+    let lease_final = if w.lease {
+        let last = workload::lease::final_state(&ctx, Duration::from_secs(30)).await;
+        write_json(&dir.join("lease-final.json"), &last)?;
+        Some(last)
+    } else {
+        None
+    };
     if w.set {
         write_json(&dir.join("set-final-reads.json"), &set_reads)?;
     }
@@ -686,22 +931,70 @@ async fn drive(
         write_json(&dir.join("watch-reference.json"), &references)?;
         write_json(&dir.join("watchers.json"), &watcher_logs)?;
     }
+    let digests = cluster.converged_digests(DIGEST_PATIENCE).await;
+    write_json(&dir.join("digests.json"), &digests)?;
+    println!("  {}", digest_line(&digests));
+    nemesis.finish().await;
     let events = nemesis.events.lock().unwrap().clone();
-    Ok((
-        rec.ops(),
+    Ok(Driven {
+        history: rec.ops(),
         events,
         set_reads,
         references,
-        watcher_logs,
+        watchers: watcher_logs,
+        lease_final,
+        digests,
         settle,
-    ))
+    })
+}
+
+/// One line about the replicas' digests, for the console.
+fn digest_line(c: &digest::Collected) -> String {
+    let first = c.readings.iter().find_map(|r| r.digest.as_ref());
+    match (c.converged, first) {
+        (true, Some(d)) => {
+            let same = c
+                .readings
+                .iter()
+                .all(|r| r.digest.as_ref().is_some_and(|x| x.digest == d.digest));
+            format!(
+                "replicas at applied index {} after {:.1}s: {}",
+                d.applied_index,
+                c.waited_ms as f64 / 1000.0,
+                if same {
+                    format!("same digest {}", &d.digest[..16.min(d.digest.len())])
+                } else {
+                    "DIGESTS DIFFER".to_string()
+                }
+            )
+        }
+        _ => {
+            let errors: Vec<String> = c
+                .readings
+                .iter()
+                .filter_map(|r| r.error.as_ref().map(|e| format!("node {}: {e}", r.node)))
+                .take(2)
+                .collect();
+            format!(
+                "replicas did not converge within {:.0}s{}",
+                c.patience_ms as f64 / 1000.0,
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", errors.join("; "))
+                }
+            )
+        }
+    }
 }
 
 /// `shoal-jepsen check DIR`: re-runs the checkers on a finished run.
 pub fn recheck(dir: &Path) -> Result<bool> {
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("run.json"))?)?;
-    let workloads = Workloads::parse(run["spec"]["workload"].as_str().unwrap_or("all"))?;
+    let mut workloads = Workloads::parse(run["spec"]["workload"].as_str().unwrap_or("all"))?;
+    // Runs from before the lease workload existed have no lease-final.json.
+    workloads.lease &= dir.join("lease-final.json").exists();
     let load = |name: &str| -> Result<Option<String>> {
         let p = dir.join(name);
         Ok(if p.exists() {
@@ -709,6 +1002,14 @@ pub fn recheck(dir: &Path) -> Result<bool> {
         } else {
             None
         })
+    };
+    let events: Vec<Executed> = match load("nemesis.jsonl")? {
+        Some(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
     };
     let inputs = Inputs {
         history: history::load(&dir.join("history.jsonl"))?,
@@ -724,20 +1025,19 @@ pub fn recheck(dir: &Path) -> Result<bool> {
             .map(|s| serde_json::from_str(&s))
             .transpose()?
             .unwrap_or_default(),
+        lease_final: load("lease-final.json")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?,
+        digests: load("digests.json")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?,
+        resumed_leadership: resumed_leadership(&events),
         unexpected_exits: Vec::new(),
         liveness: previous_liveness(dir),
         node_panics: scan_panics(&dir.join("nodes")),
         workloads,
     };
     let checks = evaluate(&inputs);
-    let events: Vec<Executed> = match load("nemesis.jsonl")? {
-        Some(text) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
     if checks.valid {
         println!("valid");
     } else {

@@ -333,6 +333,7 @@ mod tests {
             outcome,
             revision: None,
             error: (f == "cas" && outcome == Outcome::Fail).then(|| "compare_failed".to_string()),
+            lease: None,
         }
     }
 

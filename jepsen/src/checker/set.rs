@@ -164,6 +164,7 @@ mod tests {
             outcome,
             revision: None,
             error: None,
+            lease: None,
         }
     }
 

@@ -470,6 +470,7 @@ mod tests {
             outcome: Outcome::Ok,
             revision: Some(rev),
             error: None,
+            lease: None,
         }
     }
 

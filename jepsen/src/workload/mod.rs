@@ -11,6 +11,7 @@ use rand::Rng;
 use crate::client::{Api, Reply};
 use crate::history::{Op, Outcome, Recorder};
 
+pub mod lease;
 pub mod register;
 pub mod set;
 pub mod watch;
@@ -90,5 +91,6 @@ pub fn op_of<T>(
         outcome: reply.outcome,
         revision: reply.revision,
         error: reply.error.clone(),
+        lease: None,
     }
 }
