@@ -199,7 +199,6 @@ pub async fn publish_state(shoal: Arc<Shoal>) {
             ServerState::Shutdown => "shutdown",
         };
         let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
-        shoal.catch_up.update(&metrics);
         shoal
             .gossip
             .publish(&[

@@ -27,6 +27,10 @@ use crate::{io_error, NodeId, TypeConfig};
 const WRITE_QUEUE: usize = 4096;
 /// Entries kept in the in-memory tail once they are written.
 const TAIL_ENTRIES: usize = 2048;
+/// How long a purge waits for the state machine to reach it, and how often
+/// it looks (see `LogStore::wait_applied`).
+const PURGE_WAIT: Duration = Duration::from_secs(120);
+const PURGE_POLL: Duration = Duration::from_millis(5);
 
 /// What the writer thread does, in queue order.
 enum LogOp {
@@ -99,6 +103,38 @@ impl LogStore {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StorageIOError::write_logs(io_error(e)).into()),
             Err(_) => Err(writer_stopped()),
+        }
+    }
+}
+
+impl LogStore {
+    /// Wait until the state machine has applied `index`. openraft 0.9.25
+    /// purges the log up to an installed snapshot in the same step in which
+    /// it hands the snapshot to the state machine worker, without waiting for
+    /// the install: a crash in between left a log purged past what the state
+    /// machine held, and the node could not start again. Purging only what
+    /// the state machine has written (the purge's synced write makes the
+    /// earlier state machine writes durable too: one WAL) keeps every
+    /// purged entry recoverable from the state.
+    async fn wait_applied(&self, index: u64) -> Result<(), StorageError<NodeId>> {
+        let deadline = tokio::time::Instant::now() + PURGE_WAIT;
+        loop {
+            let applied = self
+                .blocking(StorageIOError::read_state_machine, |store| match store.sm_applied()?.0 {
+                    Some(bytes) => Ok(Some(decode::<LogId<NodeId>>(&bytes)?.index)),
+                    None => Ok(None),
+                })
+                .await?;
+            if applied.is_some_and(|applied| applied >= index) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let e = std::io::Error::other(format!(
+                    "the state machine has applied {applied:?}, not yet {index}: refusing to purge the log past it"
+                ));
+                return Err(StorageIOError::write_logs(io_error(e)).into());
+            }
+            tokio::time::sleep(PURGE_POLL).await;
         }
     }
 }
@@ -219,6 +255,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.wait_applied(log_id.index).await?;
         let purged = encode(&log_id).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
         self.queue_and_wait(|done| LogOp::Purge(log_id.index, purged, done)).await?;
         lock(&self.tail).retain(|index, _| *index > log_id.index);
@@ -323,6 +360,33 @@ impl LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A purge waits until the state machine has applied what it purges
+    /// (a snapshot install and the purge it covers run in different tasks).
+    #[tokio::test]
+    async fn a_purge_waits_for_the_state_machine() {
+        use openraft::{CommittedLeaderId, EntryPayload};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let entry = |index| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        let written: Vec<(u64, Vec<u8>)> = (1..=10).map(|i| (i, encode(&entry(i)).expect("encode"))).collect();
+        store.log_write(&written).expect("write");
+        store.sync_wal().expect("sync");
+        let mut log = LogStore::new(store.clone(), None).expect("log store");
+        let purge = tokio::spawn(async move { log.purge(LogId::new(CommittedLeaderId::new(1, 1), 8)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!purge.is_finished(), "purged past what the state machine applied");
+        assert_eq!(store.log_first_index().expect("first"), Some(1));
+        let mut batch = store.sm_batch().expect("batch");
+        let applied = encode(&entry(8).log_id).expect("encode");
+        batch.set_position(shoal_storage::kv::Position { log_id: &applied, membership: None }).expect("position");
+        batch.commit().expect("commit");
+        purge.await.expect("task").expect("purge");
+        assert_eq!(store.log_first_index().expect("first"), Some(9));
+    }
 
     /// After a failed write the writer writes nothing more: a later batch
     /// on top of a lost one would leave a hole in the log.

@@ -282,6 +282,20 @@ async fn more_writes_through(
 /// comes back first. It must campaign in a new term: resuming leadership in
 /// its old term would reuse (term, index) positions that the followers hold
 /// with other entries, and the replicas would differ for ever.
+/// Kill -9 every node while `load` is writing (after it made progress), then
+/// stop it; returns the writes acknowledged and the term before the crash.
+async fn kill_all_under_load(cluster: &mut Cluster, load: Load, what: &str) -> (Vec<Acked>, u64) {
+    load.wait_progress(20, T).await;
+    let old_term = current_term(cluster, &ALL).await;
+    for i in ALL {
+        cluster.node_mut(i).kill9();
+    }
+    let acked = load.stop().await;
+    eprintln!("{} writes acknowledged before the {what} (term {old_term})", acked.len());
+    assert!(!acked.is_empty(), "no write was acknowledged before the {what}");
+    (acked, old_term)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restarted_leader_needs_an_election() {
     let mut cluster = numbered_with_fast_followers()
@@ -299,20 +313,7 @@ async fn restarted_leader_needs_an_election() {
     let load = Load::start(vec![cluster.node(0).endpoint()], 48, "rl/");
     tokio::time::sleep(LOAD_TIME).await;
     // Writes are flowing at the moment of the crash.
-    load.wait_progress(20, T).await;
-    let old_term = current_term(&cluster, &ALL).await;
-    for i in ALL {
-        cluster.node_mut(i).kill9();
-    }
-    let acked = load.stop().await;
-    eprintln!(
-        "{} writes acknowledged before the crash (term {old_term})",
-        acked.len()
-    );
-    assert!(
-        !acked.is_empty(),
-        "no write was acknowledged before the crash"
-    );
+    let (acked, old_term) = kill_all_under_load(&mut cluster, load, "crash").await;
 
     // The old leader first, alone for 300 ms, then the others.
     let since = Instant::now();
@@ -437,20 +438,7 @@ async fn power_cut_whole_cluster() {
 
     let load = Load::start(endpoints(&cluster, &ALL), 32, "pc/");
     tokio::time::sleep(LOAD_TIME).await;
-    load.wait_progress(20, T).await;
-    let old_term = current_term(&cluster, &ALL).await;
-    for i in ALL {
-        cluster.node_mut(i).kill9();
-    }
-    let acked = load.stop().await;
-    eprintln!(
-        "{} writes acknowledged before the power cut (term {old_term})",
-        acked.len()
-    );
-    assert!(
-        !acked.is_empty(),
-        "no write was acknowledged before the power cut"
-    );
+    let (acked, old_term) = kill_all_under_load(&mut cluster, load, "power cut").await;
 
     let since = Instant::now();
     for i in ALL {
