@@ -108,6 +108,7 @@ async fn openapi_document_describes_the_api() {
         "/v1/leases",
         "/v1/history/{key}",
         "/v1/status",
+        "/v1/cluster/digest",
     ] {
         assert!(
             paths.contains_key(path),
