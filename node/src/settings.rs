@@ -296,8 +296,9 @@ impl Settings {
         if self.history_revisions == 0 {
             bail!("--history-revisions must be at least 1");
         }
-        // Retried proposals are deduplicated for PROPOSAL_ID_RETENTION_MS
-        // (2 minutes); a request must end well within that.
+        // A request's retries must end while the state machine still
+        // remembers its proposal id (the last PROPOSAL_ID_WINDOW proposals:
+        // about a minute at 15 000 writes/s); a retry after that is refused.
         if !(100..=60_000).contains(&self.request_timeout_ms) {
             bail!("--request-timeout-ms must be between 100 and 60000");
         }

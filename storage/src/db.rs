@@ -26,7 +26,7 @@ pub(crate) const CF_LEASE_KEYS: &str = "lease_keys";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 /// Recently applied proposal ids: id -> encoded Response (for retried proposals).
 pub(crate) const CF_REQUESTS: &str = "requests";
-/// The same ids in time order, for pruning: at_ms ++ id -> empty.
+/// The same ids in the order applied, for pruning: sequence number (big-endian u64) -> id.
 pub(crate) const CF_REQUEST_LOG: &str = "request_log";
 
 /// Messages waiting for a durable destination (webhook, Kafka):
