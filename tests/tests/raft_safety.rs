@@ -282,6 +282,15 @@ async fn more_writes_through(
 /// comes back first. It must campaign in a new term: resuming leadership in
 /// its old term would reuse (term, index) positions that the followers hold
 /// with other entries, and the replicas would differ for ever.
+/// Once the nodes agree on a leader: more writes, then every acknowledged
+/// write and the replicas' digests checked.
+async fn check_after_agreement(cluster: &Cluster, acked: Vec<Acked>, prefix: &str, problems: &mut Vec<String>) {
+    cluster.wait_agreement(&ALL, T).await;
+    let mut all = acked;
+    all.extend(more_writes(cluster, &format!("{prefix}-after/"), 100).await);
+    check_replicas(cluster, &ALL, prefix, &all, problems).await;
+}
+
 /// Kill -9 every node while `load` is writing (after it made progress), then
 /// stop it; returns the writes acknowledged and the term before the crash.
 async fn kill_all_under_load(cluster: &mut Cluster, load: Load, what: &str) -> (Vec<Acked>, u64) {
@@ -348,10 +357,7 @@ async fn restarted_leader_needs_an_election() {
         Ok(_) => {}
     }
     if agreed.is_ok() {
-        cluster.wait_agreement(&ALL, T).await;
-        let mut all = acked;
-        all.extend(more_writes(&cluster, "rl-after/", 100).await);
-        check_replicas(&cluster, &ALL, "rl", &all, &mut problems).await;
+        check_after_agreement(&cluster, acked, "rl", &mut problems).await;
     }
     report(&cluster, "restarted_leader_needs_an_election", &problems).await;
 }
@@ -462,10 +468,7 @@ async fn power_cut_whole_cluster() {
     if let Err(e) = &agreed {
         problems.push(format!("(a) {e}"));
     } else {
-        cluster.wait_agreement(&ALL, T).await;
-        let mut all = acked;
-        all.extend(more_writes(&cluster, "pc-after/", 100).await);
-        check_replicas(&cluster, &ALL, "pc", &all, &mut problems).await;
+        check_after_agreement(&cluster, acked, "pc", &mut problems).await;
     }
     report(&cluster, "power_cut_whole_cluster", &problems).await;
 }
