@@ -47,37 +47,43 @@ impl LeaseTimers {
             (_, Some(current)) => Some((current, now)),
             (_, None) => None,
         };
-        let mut current = HashMap::with_capacity(leases.len());
+        let mut seen = HashMap::with_capacity(leases.len());
+        let mut expired = Vec::new();
         for lease in leases {
-            let seen = match state.seen.get(&lease.id) {
-                Some(&(renewals, at)) if renewals == lease.renewals => (renewals, at),
-                _ => (lease.renewals, now),
-            };
-            current.insert(lease.id, seen);
+            let at = state.renewed_at(lease, now);
+            seen.insert(lease.id, (lease.renewals, at));
+            if state.leading.is_some() && state.deadline(lease, at) <= now {
+                expired.push((lease.id, lease.renewals));
+            }
         }
-        state.seen = current;
-        let Some((_, leading_since)) = state.leading else { return Vec::new() };
-        leases
-            .iter()
-            .filter(|lease| {
-                state.seen.get(&lease.id).is_some_and(|&(_, at)| {
-                    at.max(leading_since) + Duration::from_secs(lease.ttl_seconds) <= now
-                })
-            })
-            .map(|lease| (lease.id, lease.renewals))
-            .collect()
+        state.seen = seen;
+        expired
     }
 
     /// Milliseconds left of a lease's TTL as this node measures it.
     pub fn remaining_ms(&self, lease: &Lease) -> u64 {
         let state = self.state();
-        let ttl = Duration::from_secs(lease.ttl_seconds);
-        let Some(&(renewals, at)) = state.seen.get(&lease.id) else { return ttl.as_millis() as u64 };
-        if renewals != lease.renewals {
-            return ttl.as_millis() as u64;
+        let now = Instant::now();
+        let at = state.renewed_at(lease, now);
+        state.deadline(lease, at).saturating_duration_since(now).as_millis() as u64
+    }
+}
+
+impl TimerState {
+    /// When this node first saw the lease's current renewal (`now` if it
+    /// has not seen it yet).
+    fn renewed_at(&self, lease: &Lease, now: Instant) -> Instant {
+        match self.seen.get(&lease.id) {
+            Some(&(renewals, at)) if renewals == lease.renewals => at,
+            _ => now,
         }
-        let start = state.leading.map_or(at, |(_, since)| at.max(since));
-        (start + ttl).saturating_duration_since(Instant::now()).as_millis() as u64
+    }
+
+    /// When a lease renewed (last seen renewed) at `at` runs out: a TTL
+    /// after that, or after this node became leader if that is later.
+    fn deadline(&self, lease: &Lease, at: Instant) -> Instant {
+        let start = self.leading.map_or(at, |(_, since)| at.max(since));
+        start + Duration::from_secs(lease.ttl_seconds)
     }
 }
 
@@ -95,7 +101,8 @@ pub async fn run(shoal: Arc<Shoal>) {
             }
         };
         let leader_term = {
-            let metrics = shoal.raft.metrics().borrow().clone();
+            let metrics = shoal.raft.metrics();
+            let metrics = metrics.borrow();
             (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
         };
         let expired = shoal.lease_timers.observe(&leases, leader_term, Instant::now());

@@ -142,14 +142,13 @@ async fn serve_connection(
 /// Answer a vote request, refusing it without asking Raft while this node
 /// is catching up (see [`CatchUp`]).
 async fn vote(raft: &Raft, catch_up: &CatchUp, request: VoteRequest<NodeId>) -> Result<VoteResponse<NodeId>, RaftError<NodeId>> {
-    let metrics = raft.metrics().borrow().clone();
-    catch_up.update(&metrics);
     if catch_up.may_vote_for(&request) {
         return raft.vote(request).await;
     }
     tracing::info!(candidate = %request.vote, "refusing a vote while catching up after starting empty");
     metrics::counter!("shoal_raft_votes_refused_catching_up_total").increment(1);
-    Ok(VoteResponse::new(metrics.vote, None, false))
+    let vote = raft.metrics().borrow().vote;
+    Ok(VoteResponse::new(vote, None, false))
 }
 
 /// This node's view of replication progress, if it is the leader.

@@ -33,11 +33,17 @@ pub struct StateMachine {
     store: Store,
     snapshot_dir: PathBuf,
     sink: Arc<dyn ChangeSink>,
-    /// Held while a snapshot is built or installed: openraft builds
+    /// Held while a snapshot is built, installed or read: openraft builds
     /// snapshots in a task of their own while the state machine worker may
     /// install one, and both end by replacing the current snapshot file.
-    snapshot_lock: Arc<Mutex<()>>,
+    /// Holds the current file's position once known, so that a build need
+    /// not read the whole file to compare positions.
+    snapshot_lock: Arc<Mutex<CurrentPosition>>,
 }
+
+/// The position (last log id) of the current snapshot file: `None` until
+/// the file was read or written; `Some(None)` when there is no file.
+type CurrentPosition = Option<Option<LogId<NodeId>>>;
 
 type Meta = SnapshotMeta<NodeId, NodeAddr>;
 type Membership = StoredMembership<NodeId, NodeAddr>;
@@ -66,21 +72,51 @@ impl StateMachine {
         }
     }
 
-    fn lock_snapshots(&self) -> MutexGuard<'_, ()> {
+    fn lock_snapshots(&self) -> MutexGuard<'_, CurrentPosition> {
         self.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Read the current snapshot file and note its position. The state
+    /// machine in RocksDB is the truth: a damaged file is dropped, and
+    /// openraft builds a new one when it needs it (at start, whenever the log
+    /// was purged). Call with the lock.
+    fn load_current(&self, position: &mut CurrentPosition) -> Result<Option<(Meta, Vec<u8>)>, shoal_storage::StorageError> {
+        let path = self.snapshot_path();
+        let loaded = match load_snapshot_file(&path) {
+            Err(e @ shoal_storage::StorageError::Corrupt { .. }) => {
+                tracing::warn!(error = %e, path = %path.display(), "removing a damaged snapshot file");
+                std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
+                None
+            }
+            other => other?,
+        };
+        *position = Some(loaded.as_ref().and_then(|(meta, _)| meta.last_log_id));
+        Ok(loaded)
     }
 
     /// Make `meta` and `data` the current snapshot unless the current one is
     /// newer (a slow build must not replace a snapshot installed meanwhile).
     /// Returns the snapshot that is current afterwards. Call with the lock.
-    fn keep_newest(&self, meta: Meta, data: Vec<u8>) -> Result<(Meta, Vec<u8>), shoal_storage::StorageError> {
-        let path = self.snapshot_path();
-        if let Some((current, current_data)) = load_snapshot_file(&path)? {
-            if current.last_log_id > meta.last_log_id {
-                return Ok((current, current_data));
+    fn keep_newest(
+        &self,
+        position: &mut CurrentPosition,
+        meta: Meta,
+        data: Vec<u8>,
+    ) -> Result<(Meta, Vec<u8>), shoal_storage::StorageError> {
+        let current = match *position {
+            Some(current) => current,
+            None => {
+                self.load_current(position)?;
+                position.flatten()
+            }
+        };
+        if current > meta.last_log_id {
+            if let Some(newer) = self.load_current(position)? {
+                return Ok(newer);
             }
         }
-        save_snapshot_file(&path, &meta, &data)?;
+        save_snapshot_file(&self.snapshot_path(), &meta, &data)?;
+        *position = Some(meta.last_log_id);
         Ok((meta, data))
     }
 }
@@ -146,7 +182,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (meta, data) = self
             .blocking(|e| StorageIOError::write_snapshot(None, e), |sm| {
-                let _building = sm.lock_snapshots();
+                let mut position = sm.lock_snapshots();
                 let export = sm.store.sm_export()?;
                 let last_log_id: Option<LogId<NodeId>> = match &export.last_applied {
                     Some(bytes) => Some(decode(bytes)?),
@@ -165,7 +201,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     None => format!("0-0-{build}"),
                 };
                 let meta = Meta { last_log_id, last_membership, snapshot_id };
-                sm.keep_newest(meta, export.data)
+                sm.keep_newest(&mut position, meta, export.data)
             })
             .await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -244,9 +280,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         let data = snapshot.into_inner();
         self.blocking(|e| StorageIOError::write_snapshot(None, e), move |sm| {
-            let _installing = sm.lock_snapshots();
+            let mut position = sm.lock_snapshots();
             sm.store.sm_import(&data)?;
-            sm.keep_newest(meta, data).map(|_| ())
+            sm.keep_newest(&mut position, meta, data).map(|_| ())
         })
         .await?;
         self.sink.replaced();
@@ -255,21 +291,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let loaded = self
-            .blocking(|e| StorageIOError::read_snapshot(None, e), |sm| {
-                let _reading = sm.lock_snapshots();
-                let path = sm.snapshot_path();
-                match load_snapshot_file(&path) {
-                    // The state machine in RocksDB is the truth; a damaged
-                    // file is dropped, and openraft builds a new one when it
-                    // needs it (at start, whenever the log was purged).
-                    Err(e @ shoal_storage::StorageError::Corrupt { .. }) => {
-                        tracing::warn!(error = %e, path = %path.display(), "removing a damaged snapshot file");
-                        std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
-                        Ok(None)
-                    }
-                    other => other,
-                }
-            })
+            .blocking(|e| StorageIOError::read_snapshot(None, e), |sm| sm.load_current(&mut sm.lock_snapshots()))
             .await?;
         Ok(loaded.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }

@@ -77,6 +77,17 @@ struct Leadership {
 }
 
 impl Leadership {
+    /// Adds a problem naming every stale claim, if there were any; `when`
+    /// (e.g. "round 2: ") says which restart they followed.
+    fn report_stale_claims(&self, when: &str, problems: &mut Vec<String>) {
+        if !self.stale_claims.is_empty() {
+            problems.push(format!(
+                "(a) {when}leadership resumed without an election: {}",
+                self.stale_claims.join("; ")
+            ));
+        }
+    }
+
     /// Asks every running node for `/v1/status` once (concurrently) and
     /// records what they report; returns the answers by index.
     async fn observe(
@@ -343,12 +354,7 @@ async fn restarted_leader_needs_an_election() {
     );
 
     let mut problems = Vec::new();
-    if !leadership.stale_claims.is_empty() {
-        problems.push(format!(
-            "(a) leadership resumed without an election: {}",
-            leadership.stale_claims.join("; ")
-        ));
-    }
+    leadership.report_stale_claims("", &mut problems);
     match &agreed {
         Err(e) => problems.push(format!("(a) {e}")),
         Ok((leader, term)) if *term <= old_term => problems.push(format!(
@@ -399,12 +405,7 @@ async fn fast_restart_of_leader() {
             since.elapsed(),
             leadership.seen
         );
-        if !leadership.stale_claims.is_empty() {
-            problems.push(format!(
-                "(a) round {round}: leadership resumed without an election: {}",
-                leadership.stale_claims.join("; ")
-            ));
-        }
+        leadership.report_stale_claims(&format!("round {round}: "), &mut problems);
         match agreed {
             Err(e) => {
                 problems.push(format!("(a) round {round}: {e}"));
@@ -459,12 +460,7 @@ async fn power_cut_whole_cluster() {
         leadership.seen
     );
     let mut problems = Vec::new();
-    if !leadership.stale_claims.is_empty() {
-        problems.push(format!(
-            "(a) leadership resumed without an election: {}",
-            leadership.stale_claims.join("; ")
-        ));
-    }
+    leadership.report_stale_claims("", &mut problems);
     if let Err(e) = &agreed {
         problems.push(format!("(a) {e}"));
     } else {

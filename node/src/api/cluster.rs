@@ -89,13 +89,12 @@ pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
         Some(bytes) => Some(shoal_storage::decode(bytes)?),
         None => None,
     };
-    let hex: String = digest.hash.iter().map(|b| format!("{b:02x}")).collect();
     Ok(Json(json!({
         "node_id": shoal.node_id,
         "applied_index": applied.map_or(0, |id| id.index),
         "applied_term": applied.map_or(0, |id| id.leader_id.term),
         "revision": digest.revision,
-        "digest": hex,
+        "digest": digest.hex(),
         "records": digest.records,
     }))
     .into_response())

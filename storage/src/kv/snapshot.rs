@@ -105,6 +105,13 @@ pub struct Digest {
     pub last_applied: Option<Vec<u8>>,
 }
 
+impl Digest {
+    /// The hash in lower-case hex.
+    pub fn hex(&self) -> String {
+        blake3::Hash::from(self.hash).to_hex().to_string()
+    }
+}
+
 fn take_part(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let len_bytes: [u8; 4] = data.get(..4)?.try_into().ok()?;
     let len = u32::from_be_bytes(len_bytes) as usize;
