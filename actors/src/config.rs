@@ -32,8 +32,9 @@ pub const MAX_ROUTE_HOPS: u32 = 8;
 
 /// The Standard Webhooks-like default: immediately, then 5 s, 5 min, 30 min,
 /// 2 h, 5 h, 10 h, 10 h (about a day in all).
-pub const DEFAULT_RETRY_SCHEDULE_MS: [u64; 8] =
-    [0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000];
+pub const DEFAULT_RETRY_SCHEDULE_MS: [u64; 8] = [
+    0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+];
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -46,7 +47,9 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 pub fn validate_name(kind: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -94,7 +97,8 @@ impl Webhook {
     pub fn validate(mut self, name: &str) -> Result<Webhook, ConfigError> {
         validate_name("webhook", name)?;
         self.name = name.to_string();
-        let url = reqwest::Url::parse(&self.url).map_err(|e| invalid(format!("url {:?}: {e}", self.url)))?;
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| invalid(format!("url {:?}: {e}", self.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid("url must be http:// or https://"));
         }
@@ -103,11 +107,16 @@ impl Webhook {
         }
         if self.secret.is_empty() {
             let key: [u8; 24] = rand::random();
-            self.secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+            self.secret = format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            );
         }
         secret_key(&self.secret)?;
         if self.retry_schedule_ms.is_empty() || self.retry_schedule_ms.len() > MAX_RETRIES {
-            return Err(invalid(format!("retry_schedule_ms needs 1 to {MAX_RETRIES} delays")));
+            return Err(invalid(format!(
+                "retry_schedule_ms needs 1 to {MAX_RETRIES} delays"
+            )));
         }
         if !(100..=120_000).contains(&self.timeout_ms) {
             return Err(invalid("timeout_ms must be between 100 and 120000"));
@@ -118,7 +127,9 @@ impl Webhook {
 
 /// The signing key of a `whsec_` secret.
 pub fn secret_key(secret: &str) -> Result<Vec<u8>, ConfigError> {
-    let encoded = secret.strip_prefix("whsec_").ok_or_else(|| invalid("secret must start with whsec_"))?;
+    let encoded = secret
+        .strip_prefix("whsec_")
+        .ok_or_else(|| invalid("secret must start with whsec_"))?;
     let key = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .map_err(|_| invalid("secret must be whsec_ followed by base64"))?;
@@ -142,9 +153,9 @@ impl Filter {
     fn accepts(&self, message: &Message) -> bool {
         match self {
             Filter::Header { name, equals } => message.header(name) == Some(equals.as_str()),
-            Filter::Json { pointer, equals } => {
-                message.json_data().is_some_and(|data| data.pointer(pointer) == Some(equals))
-            }
+            Filter::Json { pointer, equals } => message
+                .json_data()
+                .is_some_and(|data| data.pointer(pointer) == Some(equals)),
         }
     }
 }
@@ -159,7 +170,11 @@ pub enum Destination {
 
 impl Destination {
     pub fn parse(text: &str) -> Result<Destination, ConfigError> {
-        let bad = || invalid(format!("destination {text:?} must be topic:<topic>, webhook:<name> or kafka:<topic>"));
+        let bad = || {
+            invalid(format!(
+                "destination {text:?} must be topic:<topic>, webhook:<name> or kafka:<topic>"
+            ))
+        };
         let (kind, target) = text.split_once(':').ok_or_else(bad)?;
         match kind {
             "topic" => {
@@ -194,11 +209,15 @@ pub fn validate_kafka_topic(topic: &str) -> Result<(), ConfigError> {
         && topic.len() <= 249
         && topic != "."
         && topic != ".."
-        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("Kafka topic {topic:?} must be 1-249 characters of letters, digits, '-', '_' or '.'")))
+        Err(invalid(format!(
+            "Kafka topic {topic:?} must be 1-249 characters of letters, digits, '-', '_' or '.'"
+        )))
     }
 }
 
@@ -221,14 +240,18 @@ impl Route {
         self.name = name.to_string();
         Pattern::parse(&self.source).map_err(|e| invalid(e.to_string()))?;
         if self.destinations.is_empty() || self.destinations.len() > MAX_DESTINATIONS {
-            return Err(invalid(format!("a route needs 1 to {MAX_DESTINATIONS} destinations")));
+            return Err(invalid(format!(
+                "a route needs 1 to {MAX_DESTINATIONS} destinations"
+            )));
         }
         for destination in &self.destinations {
             Destination::parse(destination)?;
         }
         if let Some(Filter::Json { pointer, .. }) = &self.filter {
             if !pointer.is_empty() && !pointer.starts_with('/') {
-                return Err(invalid("a JSON filter's pointer starts with '/', e.g. /order/amount"));
+                return Err(invalid(
+                    "a JSON filter's pointer starts with '/', e.g. /order/amount",
+                ));
             }
         }
         Ok(self)
@@ -307,7 +330,11 @@ impl Config {
             }
         };
         for webhook in self.webhooks.values() {
-            if webhook.pattern.as_deref().is_some_and(|p| crate::subject::pattern_matches(p, &message.topic)) {
+            if webhook
+                .pattern
+                .as_deref()
+                .is_some_and(|p| crate::subject::pattern_matches(p, &message.topic))
+            {
                 add(Destination::Webhook(webhook.name.clone()));
             }
         }
@@ -315,7 +342,11 @@ impl Config {
             if !crate::subject::pattern_matches(&route.source, &message.topic) {
                 continue;
             }
-            if route.filter.as_ref().is_some_and(|filter| !filter.accepts(message)) {
+            if route
+                .filter
+                .as_ref()
+                .is_some_and(|filter| !filter.accepts(message))
+            {
                 continue;
             }
             for destination in &route.destinations {
@@ -339,12 +370,18 @@ mod tests {
         let route = Route {
             name: String::new(),
             source: "orders.*".into(),
-            filter: Some(Filter::Json { pointer: "/region".into(), equals: json!("eu") }),
+            filter: Some(Filter::Json {
+                pointer: "/region".into(),
+                equals: json!("eu"),
+            }),
             destinations: vec!["topic:audit.eu".into(), "kafka:orders".into()],
         }
         .validate("eu-orders")
         .unwrap();
-        config.apply("_shoal/routes/eu-orders", Some(&serde_json::to_vec(&route).unwrap()));
+        config.apply(
+            "_shoal/routes/eu-orders",
+            Some(&serde_json::to_vec(&route).unwrap()),
+        );
         let mut message = Message {
             topic: "orders.created".into(),
             content_type: "application/json".into(),
@@ -353,7 +390,10 @@ mod tests {
         };
         assert_eq!(
             config.destinations_for(&message),
-            vec![Destination::Topic("audit.eu".into()), Destination::Kafka("orders".into())]
+            vec![
+                Destination::Topic("audit.eu".into()),
+                Destination::Kafka("orders".into())
+            ]
         );
         message.data = br#"{"region":"us"}"#.to_vec();
         assert!(config.destinations_for(&message).is_empty());
@@ -374,7 +414,12 @@ mod tests {
             timeout_ms: 1000,
         };
         assert!(webhook.clone().validate("w").is_err());
-        let ok = Webhook { url: "http://127.0.0.1:9/hook".into(), ..webhook }.validate("w").unwrap();
+        let ok = Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            ..webhook
+        }
+        .validate("w")
+        .unwrap();
         assert!(ok.secret.starts_with("whsec_"));
         assert!(validate_name("webhook", "a/b").is_err());
     }

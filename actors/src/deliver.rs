@@ -38,23 +38,36 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(message: Message) -> Entry {
-        Entry { message, attempts: 0, next_attempt_ms: 0, last_error: None }
+        Entry {
+            message,
+            attempts: 0,
+            next_attempt_ms: 0,
+            last_error: None,
+        }
     }
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Standard Webhooks signature of a payload: `v1,` + base64(HMAC-SHA256(key, id.timestamp.body)).
 pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else { return String::new() };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
     mac.update(id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
 }
 
 /// Everything a deliverer needs, shared by all of them.
@@ -79,7 +92,10 @@ pub struct Wake;
 
 impl Deliveries {
     pub fn new(shared: Shared) -> Arc<Deliveries> {
-        Arc::new(Deliveries { shared: Arc::new(shared), actors: Mutex::new(HashMap::new()) })
+        Arc::new(Deliveries {
+            shared: Arc::new(shared),
+            actors: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -89,17 +105,28 @@ impl Deliveries {
     /// Make sure a destination's deliverer runs and looks at its outbox.
     /// At most one wake-up is ever waiting in a deliverer's mailbox.
     pub async fn wake(&self, destination: &str) {
-        let existing = self.actors.lock().unwrap_or_else(|p| p.into_inner()).get(destination).cloned();
+        let existing = self
+            .actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(destination)
+            .cloned();
         let (actor, pending) = match existing {
             Some(found) => found,
             None => {
                 let pending = Arc::new(AtomicBool::new(false));
-                let args = (destination.to_string(), self.shared.clone(), pending.clone());
+                let args = (
+                    destination.to_string(),
+                    self.shared.clone(),
+                    pending.clone(),
+                );
                 match Actor::spawn(None, Deliverer, args).await {
                     Ok((actor, _)) => {
                         let mut actors = self.actors.lock().unwrap_or_else(|p| p.into_inner());
                         // Another caller may have started one meanwhile; keep the first.
-                        let entry = actors.entry(destination.to_string()).or_insert((actor.clone(), pending));
+                        let entry = actors
+                            .entry(destination.to_string())
+                            .or_insert((actor.clone(), pending));
                         if entry.0.get_id() != actor.get_id() {
                             actor.stop(None);
                         }
@@ -119,7 +146,12 @@ impl Deliveries {
 
     /// Stop a destination's deliverer (its webhook was deleted).
     pub fn stop(&self, destination: &str) {
-        if let Some((actor, _)) = self.actors.lock().unwrap_or_else(|p| p.into_inner()).remove(destination) {
+        if let Some((actor, _)) = self
+            .actors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(destination)
+        {
             actor.stop(None);
         }
     }
@@ -139,11 +171,25 @@ impl Actor for Deliverer {
     type State = State;
     type Arguments = (String, Arc<Shared>, Arc<AtomicBool>);
 
-    async fn pre_start(&self, _: ActorRef<Wake>, (destination, shared, pending): Self::Arguments) -> Result<State, ActorProcessingErr> {
-        Ok(State { destination, shared, pending, timer: None })
+    async fn pre_start(
+        &self,
+        _: ActorRef<Wake>,
+        (destination, shared, pending): Self::Arguments,
+    ) -> Result<State, ActorProcessingErr> {
+        Ok(State {
+            destination,
+            shared,
+            pending,
+            timer: None,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<Wake>, _: Wake, state: &mut State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Wake>,
+        _: Wake,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
         state.pending.store(false, Ordering::Release);
         if let Some(timer) = state.timer.take() {
             timer.abort();
@@ -178,7 +224,11 @@ impl Actor for Deliverer {
         Ok(())
     }
 
-    async fn post_stop(&self, _: ActorRef<Wake>, state: &mut State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<Wake>,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(timer) = state.timer.take() {
             timer.abort();
         }
@@ -199,10 +249,12 @@ enum Next {
 async fn pass(state: &State) -> Result<Next, String> {
     let outbox = state.shared.outbox.clone();
     let destination = state.destination.clone();
-    let entries = tokio::task::spawn_blocking(move || outbox.scan(List::Pending, &destination, None, PASS_ENTRIES))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let entries = tokio::task::spawn_blocking(move || {
+        outbox.scan(List::Pending, &destination, None, PASS_ENTRIES)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let full = entries.len() == PASS_ENTRIES;
     for stored in entries {
         let mut entry: Entry = shoal_storage::decode(&stored.value).map_err(|e| e.to_string())?;
@@ -233,7 +285,8 @@ async fn pass(state: &State) -> Result<Next, String> {
                         entry.next_attempt_ms = now_ms() + delay;
                         let at = entry.next_attempt_ms;
                         let value = shoal_storage::encode(&entry).map_err(|e| e.to_string())?;
-                        run_blocking(move || outbox.update(&destination, stored.seq, &value)).await?;
+                        run_blocking(move || outbox.update(&destination, stored.seq, &value))
+                            .await?;
                         return Ok(Next::At(at));
                     }
                     None => {
@@ -254,7 +307,10 @@ async fn pass(state: &State) -> Result<Next, String> {
 async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, shoal_storage::StorageError> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 fn is_kafka(destination: &str) -> bool {
@@ -268,7 +324,9 @@ fn webhook_for(state: &State) -> Option<Webhook> {
 
 /// A webhook's schedule; Kafka's (which never ends) otherwise.
 fn schedule_for(state: &State) -> Vec<u64> {
-    webhook_for(state).map(|w| w.retry_schedule_ms).unwrap_or_else(|| KAFKA_RETRY_MS.to_vec())
+    webhook_for(state)
+        .map(|w| w.retry_schedule_ms)
+        .unwrap_or_else(|| KAFKA_RETRY_MS.to_vec())
 }
 
 /// Delay before attempt number `attempts + 1`; None when the schedule is used
@@ -290,7 +348,11 @@ async fn attempt(state: &State, message: &Message) -> Result<(), String> {
         let Some(kafka) = &state.shared.kafka else {
             return Err("no Kafka brokers are configured (--kafka-brokers)".into());
         };
-        return kafka.produce_message(topic, message).await.map(|_| ()).map_err(|e| e.to_string());
+        return kafka
+            .produce_message(topic, message)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
     }
     let Some(webhook) = webhook_for(state) else {
         return Err(format!("{} is not defined on this node", state.destination));
@@ -300,7 +362,11 @@ async fn attempt(state: &State, message: &Message) -> Result<(), String> {
 
 /// POST a message to a webhook, signed the Standard Webhooks way. Any 2xx is
 /// success; anything else (or no answer in time) is retried.
-async fn post_webhook(http: &reqwest::Client, webhook: &Webhook, message: &Message) -> Result<(), String> {
+async fn post_webhook(
+    http: &reqwest::Client,
+    webhook: &Webhook,
+    message: &Message,
+) -> Result<(), String> {
     let key = secret_key(&webhook.secret).map_err(|e| e.to_string())?;
     let body = message.envelope().to_string().into_bytes();
     let timestamp = now_ms() / 1000;
@@ -310,11 +376,18 @@ async fn post_webhook(http: &reqwest::Client, webhook: &Webhook, message: &Messa
         .header("content-type", "application/json")
         .header("webhook-id", &message.id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", sign(&key, &message.id, timestamp, &body));
+        .header(
+            "webhook-signature",
+            sign(&key, &message.id, timestamp, &body),
+        );
     if let Some(traceparent) = &message.traceparent {
         request = request.header("traceparent", traceparent);
     }
-    let response = request.body(body).send().await.map_err(|e| format!("POST {}: {e}", webhook.url))?;
+    let response = request
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("POST {}: {e}", webhook.url))?;
     let status = response.status();
     if status.is_success() {
         Ok(())

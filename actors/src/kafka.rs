@@ -51,20 +51,31 @@ impl KafkaClient {
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("enable.idempotence", "false")
-            .set("message.timeout.ms", PRODUCE_TIMEOUT.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                PRODUCE_TIMEOUT.as_millis().to_string(),
+            )
             .set("linger.ms", "1")
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
-        Ok(KafkaClient { brokers: brokers.to_string(), producer })
+        Ok(KafkaClient {
+            brokers: brokers.to_string(),
+            producer,
+        })
     }
 
     /// Produce one record and wait until the brokers acknowledged it (acks=all).
     pub async fn produce(&self, record: Record<'_>) -> Result<Produced, KafkaError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in record.headers {
-            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
         }
-        let mut future = FutureRecord::<[u8], [u8]>::to(record.topic).payload(record.payload).headers(headers);
+        let mut future = FutureRecord::<[u8], [u8]>::to(record.topic)
+            .payload(record.payload)
+            .headers(headers);
         if let Some(key) = record.key {
             future = future.key(key);
         }
@@ -74,7 +85,10 @@ impl KafkaClient {
         match self.producer.send(future, PRODUCE_TIMEOUT).await {
             Ok(delivery) => {
                 metrics::counter!("shoal_kafka_produced_total", "topic" => record.topic.to_string()).increment(1);
-                Ok(Produced { partition: delivery.partition, offset: delivery.offset })
+                Ok(Produced {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
             }
             Err((e, _)) => Err(KafkaError::Produce(e.to_string())),
         }
@@ -82,7 +96,11 @@ impl KafkaClient {
 
     /// A message as a Kafka record: the payload as is, the envelope
     /// attributes and headers as Kafka headers.
-    pub async fn produce_message(&self, topic: &str, message: &Message) -> Result<Produced, KafkaError> {
+    pub async fn produce_message(
+        &self,
+        topic: &str,
+        message: &Message,
+    ) -> Result<Produced, KafkaError> {
         let mut headers = vec![
             ("ce_id".to_string(), message.id.clone()),
             ("ce_source".to_string(), message.source.clone()),
@@ -96,14 +114,26 @@ impl KafkaClient {
         }
         headers.extend(message.headers.iter().cloned());
         let key = message.header("kafka-key").map(str::as_bytes);
-        self.produce(Record { topic, key, partition: None, headers: &headers, payload: &message.data }).await
+        self.produce(Record {
+            topic,
+            key,
+            partition: None,
+            headers: &headers,
+            payload: &message.data,
+        })
+        .await
     }
 
     /// Consume a bridge's Kafka topic as a member of its consumer group,
     /// handing each record to `hand_on` and committing its offset only once
     /// `hand_on` succeeded. A record that could not be handed on is retried
     /// with backoff before the next one is read, so nothing is skipped.
-    pub async fn run_bridge<F, Fut>(&self, bridge: Bridge, node_name: String, hand_on: F) -> Result<(), KafkaError>
+    pub async fn run_bridge<F, Fut>(
+        &self,
+        bridge: Bridge,
+        node_name: String,
+        hand_on: F,
+    ) -> Result<(), KafkaError>
     where
         F: Fn(Message) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
@@ -118,7 +148,9 @@ impl KafkaClient {
             .set("heartbeat.interval.ms", "1000")
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
-        consumer.subscribe(&[&bridge.kafka_topic]).map_err(|e| KafkaError::Client(e.to_string()))?;
+        consumer
+            .subscribe(&[&bridge.kafka_topic])
+            .map_err(|e| KafkaError::Client(e.to_string()))?;
         tracing::info!(bridge = %bridge.name, kafka_topic = %bridge.kafka_topic, topic = %bridge.topic, "Kafka bridge consuming");
         loop {
             let record = match consumer.recv().await {
@@ -144,7 +176,8 @@ impl KafkaClient {
             if let Err(e) = consumer.commit_message(&record, CommitMode::Async) {
                 tracing::warn!(bridge = %bridge.name, error = %e, "committing a Kafka offset failed");
             }
-            metrics::counter!("shoal_kafka_consumed_total", "bridge" => bridge.name.clone()).increment(1);
+            metrics::counter!("shoal_kafka_consumed_total", "bridge" => bridge.name.clone())
+                .increment(1);
         }
     }
 }
@@ -153,17 +186,26 @@ impl KafkaClient {
 fn bridge_message(bridge: &Bridge, record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
     let mut headers = vec![
         ("kafka-topic".to_string(), record.topic().to_string()),
-        ("kafka-partition".to_string(), record.partition().to_string()),
+        (
+            "kafka-partition".to_string(),
+            record.partition().to_string(),
+        ),
         ("kafka-offset".to_string(), record.offset().to_string()),
     ];
     if let Some(key) = record.key() {
-        headers.push(("kafka-key".to_string(), String::from_utf8_lossy(key).into_owned()));
+        headers.push((
+            "kafka-key".to_string(),
+            String::from_utf8_lossy(key).into_owned(),
+        ));
     }
     let mut content_type = "application/octet-stream".to_string();
     let mut traceparent = None;
     if let Some(kafka_headers) = record.headers() {
         for header in kafka_headers.iter() {
-            let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+            let value = header
+                .value
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
             match header.key {
                 "content-type" => content_type = value,
                 "traceparent" => traceparent = Some(value),
@@ -172,9 +214,18 @@ fn bridge_message(bridge: &Bridge, record: &rdkafka::message::BorrowedMessage<'_
             }
         }
     }
-    let time = record.timestamp().to_millis().map(|ms| rfc3339(ms.max(0) as u64)).unwrap_or_else(crate::message::rfc3339_now);
+    let time = record
+        .timestamp()
+        .to_millis()
+        .map(|ms| rfc3339(ms.max(0) as u64))
+        .unwrap_or_else(crate::message::rfc3339_now);
     Message {
-        id: format!("kafka-{}-{}-{}", record.topic(), record.partition(), record.offset()),
+        id: format!(
+            "kafka-{}-{}-{}",
+            record.topic(),
+            record.partition(),
+            record.offset()
+        ),
         topic: bridge.topic.clone(),
         source: format!("kafka://{}", record.topic()),
         kind: "shoal.kafka.record".to_string(),

@@ -30,7 +30,10 @@ pub struct Message {
 
 impl Message {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
     }
 
     /// True when the payload is declared as JSON.
@@ -66,7 +69,11 @@ impl Message {
         if let Some(traceparent) = &self.traceparent {
             event.insert("traceparent".into(), json!(traceparent));
         }
-        let headers: Map<String, Value> = self.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let headers: Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         event.insert("headers".into(), Value::Object(headers));
         match (self.json_data(), std::str::from_utf8(&self.data)) {
             (Some(value), _) => {
@@ -94,17 +101,23 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(message: Message) -> Shared {
-        Shared { message, rendered: OnceLock::new() }
+        Shared {
+            message,
+            rendered: OnceLock::new(),
+        }
     }
 
     pub fn envelope_json(&self) -> &str {
-        self.rendered.get_or_init(|| self.message.envelope().to_string())
+        self.rendered
+            .get_or_init(|| self.message.envelope().to_string())
     }
 }
 
 /// Current time as RFC 3339 with milliseconds, UTC.
 pub fn rfc3339_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(now.as_millis() as u64)
 }
 
@@ -131,27 +144,6 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
-    }
-
-    #[test]
-    fn envelope_embeds_json_text_or_base64() {
-        let mut message = Message { content_type: "application/json".into(), data: br#"{"a":1}"#.to_vec(), ..Default::default() };
-        assert_eq!(message.envelope()["data"], json!({"a": 1}));
-        message.content_type = "text/plain".into();
-        assert_eq!(message.envelope()["data"], json!(r#"{"a":1}"#));
-        message.data = vec![0xff, 0x00];
-        assert_eq!(message.envelope()["data_base64"], json!("/wA="));
-    }
-}
-
 /// A new random message id: 32 hex digits.
 pub fn new_id() -> String {
     let mut id = String::with_capacity(32);
@@ -176,5 +168,30 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
     for byte in bytes {
         out.push(char::from(DIGITS[usize::from(byte >> 4)]));
         out.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn envelope_embeds_json_text_or_base64() {
+        let mut message = Message {
+            content_type: "application/json".into(),
+            data: br#"{"a":1}"#.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(message.envelope()["data"], json!({"a": 1}));
+        message.content_type = "text/plain".into();
+        assert_eq!(message.envelope()["data"], json!(r#"{"a":1}"#));
+        message.data = vec![0xff, 0x00];
+        assert_eq!(message.envelope()["data_base64"], json!("/wA="));
     }
 }

@@ -93,11 +93,20 @@ impl Messaging {
     /// Deleted webhooks lose their outbox; bridges start and stop.
     async fn update_config(&self, changes: Vec<(String, Option<Vec<u8>>)>, replace: bool) {
         let old = self.config();
-        let mut config = if replace { Config::default() } else { (*old).clone() };
+        let mut config = if replace {
+            Config::default()
+        } else {
+            (*old).clone()
+        };
         for (key, value) in &changes {
             config.apply(key, value.as_deref());
         }
-        let removed: Vec<String> = old.webhooks.keys().filter(|name| !config.webhooks.contains_key(*name)).cloned().collect();
+        let removed: Vec<String> = old
+            .webhooks
+            .keys()
+            .filter(|name| !config.webhooks.contains_key(*name))
+            .cloned()
+            .collect();
         let bridges = config.bridges.clone();
         self.config.send_replace(Arc::new(config));
         for name in removed {
@@ -123,16 +132,22 @@ impl Messaging {
         let mut durable: Vec<(String, Vec<u8>)> = Vec::new();
         let mut work: VecDeque<Message> = messages.into();
         while let Some(message) = work.pop_front() {
-            let hops: u32 = message.header(HOPS_HEADER).and_then(|h| h.parse().ok()).unwrap_or(0);
+            let hops: u32 = message
+                .header(HOPS_HEADER)
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(0);
             for destination in config.destinations_for(&message) {
                 match (&destination, destination.outbox_name()) {
-                    (Destination::Topic(topic), _) if hops < MAX_ROUTE_HOPS && *topic != message.topic => {
+                    (Destination::Topic(topic), _)
+                        if hops < MAX_ROUTE_HOPS && *topic != message.topic =>
+                    {
                         work.push_back(rerouted(&message, topic, hops + 1));
                         routed += 1;
                     }
                     (Destination::Topic(topic), _) => {
                         tracing::warn!(id = %message.id, %topic, hops, "routing loop: message not re-published");
-                        metrics::counter!("shoal_messages_dropped_total", "topic" => topic.clone()).increment(1);
+                        metrics::counter!("shoal_messages_dropped_total", "topic" => topic.clone())
+                            .increment(1);
                     }
                     (_, Some(outbox_name)) => {
                         let entry = shoal_storage::encode(&Entry::new(message.clone()))
@@ -159,7 +174,12 @@ impl Messaging {
         for destination in destinations {
             self.deliveries.wake(&destination).await;
         }
-        Ok(Receipt { ids, routed, durable: durable_count, reach })
+        Ok(Receipt {
+            ids,
+            routed,
+            durable: durable_count,
+            reach,
+        })
     }
 
     /// After a restart: deliver what the outbox still holds.
@@ -172,7 +192,9 @@ impl Messaging {
                     self.deliveries.wake(&destination).await;
                 }
             }
-            _ => tracing::error!("reading the outbox failed; deliveries resume on the next publish"),
+            _ => {
+                tracing::error!("reading the outbox failed; deliveries resume on the next publish")
+            }
         }
     }
 
@@ -191,21 +213,40 @@ impl Messaging {
                 .filter(|(name, (bridge, _))| wanted.get(*name) != Some(bridge))
                 .map(|(name, _)| name.clone())
                 .collect();
-            stale_names.iter().filter_map(|name| running.remove(name)).map(|(_, actor)| actor).collect()
+            stale_names
+                .iter()
+                .filter_map(|name| running.remove(name))
+                .map(|(_, actor)| actor)
+                .collect()
         };
         for actor in stale {
             actor.stop(None);
         }
         for (name, bridge) in wanted {
-            if self.bridges.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&name) {
+            if self
+                .bridges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&name)
+            {
                 continue;
             }
-            let args = BridgeArgs { bridge: bridge.clone(), kafka: kafka.clone(), messaging: self.myself.clone(), node_name: self.node_name.clone() };
+            let args = BridgeArgs {
+                bridge: bridge.clone(),
+                kafka: kafka.clone(),
+                messaging: self.myself.clone(),
+                node_name: self.node_name.clone(),
+            };
             match Actor::spawn(None, BridgeActor, args).await {
                 Ok((actor, _)) => {
-                    self.bridges.lock().unwrap_or_else(|p| p.into_inner()).insert(name, (bridge, actor));
+                    self.bridges
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name, (bridge, actor));
                 }
-                Err(e) => tracing::error!(bridge = %name, error = %e, "starting a Kafka bridge failed"),
+                Err(e) => {
+                    tracing::error!(bridge = %name, error = %e, "starting a Kafka bridge failed")
+                }
             }
         }
     }
@@ -214,13 +255,19 @@ impl Messaging {
 /// A copy of a message for a routing rule's topic destination. It keeps
 /// the id of the message first published as `shoal-origin-id`.
 fn rerouted(message: &Message, topic: &str, hops: u32) -> Message {
-    let origin = message.header(ORIGIN_HEADER).unwrap_or(&message.id).to_string();
+    let origin = message
+        .header(ORIGIN_HEADER)
+        .unwrap_or(&message.id)
+        .to_string();
     let mut copy = message.clone();
     copy.id = new_id();
     copy.topic = topic.to_string();
-    copy.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(HOPS_HEADER) && !k.eq_ignore_ascii_case(ORIGIN_HEADER));
+    copy.headers.retain(|(k, _)| {
+        !k.eq_ignore_ascii_case(HOPS_HEADER) && !k.eq_ignore_ascii_case(ORIGIN_HEADER)
+    });
     copy.headers.push((ORIGIN_HEADER.to_string(), origin));
-    copy.headers.push((HOPS_HEADER.to_string(), hops.to_string()));
+    copy.headers
+        .push((HOPS_HEADER.to_string(), hops.to_string()));
     copy
 }
 
@@ -240,28 +287,51 @@ impl Actor for BridgeActor {
     type State = tokio::task::JoinHandle<()>;
     type Arguments = BridgeArgs;
 
-    async fn pre_start(&self, _: ActorRef<()>, args: BridgeArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<()>,
+        args: BridgeArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(tokio::spawn(async move {
             let name = args.bridge.name.clone();
             let messaging = args.messaging;
             let hand_on = move |message: Message| {
                 let messaging = messaging.clone();
                 async move {
-                    let messaging = messaging.upgrade().ok_or_else(|| "the node is shutting down".to_string())?;
-                    messaging.publish(vec![message]).await.map(|_| ()).map_err(|e| e.to_string())
+                    let messaging = messaging
+                        .upgrade()
+                        .ok_or_else(|| "the node is shutting down".to_string())?;
+                    messaging
+                        .publish(vec![message])
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }
             };
-            if let Err(e) = args.kafka.run_bridge(args.bridge, args.node_name, hand_on).await {
+            if let Err(e) = args
+                .kafka
+                .run_bridge(args.bridge, args.node_name, hand_on)
+                .await
+            {
                 tracing::error!(bridge = %name, error = %e, "Kafka bridge stopped");
             }
         }))
     }
 
-    async fn handle(&self, _: ActorRef<()>, _: (), _: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<()>,
+        _: (),
+        _: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
 
-    async fn post_stop(&self, _: ActorRef<()>, consumer: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<()>,
+        consumer: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         consumer.abort();
         Ok(())
     }

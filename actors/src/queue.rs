@@ -56,7 +56,11 @@ pub struct Batch<T> {
 impl<T> BoundedQueue<T> {
     pub fn new(capacity: usize, overflow: Overflow) -> Arc<BoundedQueue<T>> {
         Arc::new(BoundedQueue {
-            state: Mutex::new(State { items: VecDeque::new(), dropped: 0, closed: false }),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                dropped: 0,
+                closed: false,
+            }),
             ready: Notify::new(),
             capacity: capacity.max(1),
             overflow,
@@ -65,7 +69,9 @@ impl<T> BoundedQueue<T> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn push(&self, item: T) -> Pushed {

@@ -143,11 +143,20 @@ impl Router {
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = BoundedQueue::new(capacity, overflow);
-        let sub = Arc::new(LocalSub { id, pattern, group, queue: queue.clone() });
+        let sub = Arc::new(LocalSub {
+            id,
+            pattern,
+            group,
+            queue: queue.clone(),
+        });
         {
             let mut table = self.local.write().unwrap_or_else(|p| p.into_inner());
             if sub.pattern.is_literal() {
-                table.exact.entry(sub.pattern.as_str().to_string()).or_default().push(sub.clone());
+                table
+                    .exact
+                    .entry(sub.pattern.as_str().to_string())
+                    .or_default()
+                    .push(sub.clone());
             } else {
                 table.wildcard.push(sub.clone());
             }
@@ -155,12 +164,18 @@ impl Router {
         }
         self.interest_version.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("shoal_subscribers").increment(1.0);
-        Subscription { id, queue, router: self.clone() }
+        Subscription {
+            id,
+            queue,
+            router: self.clone(),
+        }
     }
 
     fn unsubscribe(&self, id: u64) {
         let mut table = self.local.write().unwrap_or_else(|p| p.into_inner());
-        let Some(sub) = table.by_id.remove(&id) else { return };
+        let Some(sub) = table.by_id.remove(&id) else {
+            return;
+        };
         sub.queue.close();
         if sub.pattern.is_literal() {
             if let Some(subs) = table.exact.get_mut(sub.pattern.as_str()) {
@@ -186,11 +201,17 @@ impl Router {
         let table = self.local.read().unwrap_or_else(|p| p.into_inner());
         let mut counts: HashMap<(String, Option<String>), u32> = HashMap::new();
         for sub in table.by_id.values() {
-            *counts.entry((sub.pattern.as_str().to_string(), sub.group.clone())).or_default() += 1;
+            *counts
+                .entry((sub.pattern.as_str().to_string(), sub.group.clone()))
+                .or_default() += 1;
         }
         let mut interest: Vec<Interest> = counts
             .into_iter()
-            .map(|((pattern, group), subscribers)| Interest { pattern, group, subscribers })
+            .map(|((pattern, group), subscribers)| Interest {
+                pattern,
+                group,
+                subscribers,
+            })
             .collect();
         interest.sort_by(|a, b| (&a.pattern, &a.group).cmp(&(&b.pattern, &b.group)));
         interest
@@ -213,7 +234,11 @@ impl Router {
 
     /// Every node's interest, this one included (for `/v1/topics`).
     pub fn cluster_interest(&self) -> HashMap<NodeId, Vec<Interest>> {
-        let mut all = self.remote.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut all = self
+            .remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         all.insert(self.node_id, self.local_interest());
         all
     }
@@ -238,7 +263,10 @@ impl Router {
                 let mut groups: HashMap<&str, Vec<Candidate>> = HashMap::new();
                 table.matching(topic, |sub| match &sub.group {
                     None => reach.local += deliver(sub, &shared, &mut tally, &mut closed),
-                    Some(group) => groups.entry(group.as_str()).or_default().push(Candidate::Local(sub)),
+                    Some(group) => groups
+                        .entry(group.as_str())
+                        .or_default()
+                        .push(Candidate::Local(sub)),
                 });
                 let mut nodes: HashMap<NodeId, Vec<String>> = HashMap::new();
                 for (node, interest) in remote.iter() {
@@ -259,13 +287,20 @@ impl Router {
                 }
                 for (group, candidates) in groups {
                     match choose(&candidates) {
-                        Some(Candidate::Local(sub)) => reach.local += deliver(sub, &shared, &mut tally, &mut closed),
-                        Some(Candidate::Remote(node, _)) => nodes.entry(*node).or_default().push(group.to_string()),
+                        Some(Candidate::Local(sub)) => {
+                            reach.local += deliver(sub, &shared, &mut tally, &mut closed)
+                        }
+                        Some(Candidate::Remote(node, _)) => {
+                            nodes.entry(*node).or_default().push(group.to_string())
+                        }
                         None => {}
                     }
                 }
                 for (node, groups) in nodes {
-                    outgoing.entry(node).or_default().push(Forward { message: shared.message.clone(), groups });
+                    outgoing.entry(node).or_default().push(Forward {
+                        message: shared.message.clone(),
+                        groups,
+                    });
                 }
             }
         }
@@ -345,7 +380,12 @@ impl Router {
 
 /// Put a message into a subscriber's queue; 1 if it was taken, 0 if the
 /// queue is closed (its id is added to `closed`).
-fn deliver(sub: &LocalSub, shared: &Arc<Shared>, tally: &mut Tally, closed: &mut Vec<u64>) -> usize {
+fn deliver(
+    sub: &LocalSub,
+    shared: &Arc<Shared>,
+    tally: &mut Tally,
+    closed: &mut Vec<u64>,
+) -> usize {
     let topic = shared.message.topic.as_str();
     match sub.queue.push(shared.clone()) {
         Pushed::Queued => {
@@ -444,14 +484,22 @@ fn choose<'c, 'a>(candidates: &'c [Candidate<'a>]) -> Option<&'c Candidate<'a>> 
 /// peer to take it, repeat. While a frame is in flight new messages gather
 /// into the next one, so a busy link sends big frames. A frame that cannot
 /// be sent is dropped (at-most-once) and counted.
-async fn run_link(node: NodeId, link: Arc<BoundedQueue<Forward>>, transport: Arc<dyn PeerTransport>) {
+async fn run_link(
+    node: NodeId,
+    link: Arc<BoundedQueue<Forward>>,
+    transport: Arc<dyn PeerTransport>,
+) {
     let mut dropped = 0;
     let mut last_warning: Option<std::time::Instant> = None;
     while let Some(batch) = link.next_batch(PEER_FRAME_MESSAGES).await {
         dropped += batch.dropped;
         // At most one warning per interval, with the total since the last one.
         if dropped > 0 && last_warning.is_none_or(|at| at.elapsed() >= OVERFLOW_WARNING_INTERVAL) {
-            tracing::warn!(node, dropped, "peer link overflowed; oldest messages dropped");
+            tracing::warn!(
+                node,
+                dropped,
+                "peer link overflowed; oldest messages dropped"
+            );
             last_warning = Some(std::time::Instant::now());
             dropped = 0;
         }
@@ -485,15 +533,28 @@ mod tests {
     }
 
     fn message(topic: &str) -> Message {
-        Message { topic: topic.into(), ..Default::default() }
+        Message {
+            topic: topic.into(),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
     async fn queue_group_gets_each_message_once() {
         let router = Router::new(1, Arc::new(NoPeers));
         let pattern = Pattern::parse("jobs.*").unwrap();
-        let a = router.subscribe(pattern.clone(), Some("workers".into()), 100, Overflow::DropOldest);
-        let b = router.subscribe(pattern.clone(), Some("workers".into()), 100, Overflow::DropOldest);
+        let a = router.subscribe(
+            pattern.clone(),
+            Some("workers".into()),
+            100,
+            Overflow::DropOldest,
+        );
+        let b = router.subscribe(
+            pattern.clone(),
+            Some("workers".into()),
+            100,
+            Overflow::DropOldest,
+        );
         let watcher = router.subscribe(pattern, None, 100, Overflow::DropOldest);
         router.publish((0..50).map(|_| message("jobs.x")).collect());
         assert_eq!(a.queue.len() + b.queue.len(), 50);

@@ -22,7 +22,9 @@ pub enum SubjectError {
     BadCharacter(String),
     #[error("topic {0:?} uses a wildcard; publish to a concrete topic")]
     WildcardInTopic(String),
-    #[error("pattern {0:?} is invalid: '*' and '>' must be whole tokens, and '>' only the last one")]
+    #[error(
+        "pattern {0:?} is invalid: '*' and '>' must be whole tokens, and '>' only the last one"
+    )]
     BadWildcard(String),
 }
 
@@ -74,7 +76,10 @@ impl Pattern {
                 return Err(SubjectError::BadWildcard(text.to_string()));
             }
         }
-        Ok(Pattern { text: text.to_string(), literal })
+        Ok(Pattern {
+            text: text.to_string(),
+            literal,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -128,18 +133,38 @@ mod tests {
         ];
         for (pattern, topic, expected) in cases {
             let pattern = Pattern::parse(pattern).unwrap();
-            assert_eq!(pattern.matches(topic), expected, "{} vs {topic}", pattern.as_str());
+            assert_eq!(
+                pattern.matches(topic),
+                expected,
+                "{} vs {topic}",
+                pattern.as_str()
+            );
         }
     }
 
     #[test]
     fn bad_names_are_rejected() {
         assert_eq!(validate_topic(""), Err(SubjectError::Empty));
-        assert!(matches!(validate_topic("a..b"), Err(SubjectError::EmptyToken(_))));
-        assert!(matches!(validate_topic("a.*"), Err(SubjectError::WildcardInTopic(_))));
-        assert!(matches!(validate_topic("a b"), Err(SubjectError::BadCharacter(_))));
-        assert!(matches!(Pattern::parse("a.>.b"), Err(SubjectError::BadWildcard(_))));
-        assert!(matches!(Pattern::parse("a.b*"), Err(SubjectError::BadWildcard(_))));
+        assert!(matches!(
+            validate_topic("a..b"),
+            Err(SubjectError::EmptyToken(_))
+        ));
+        assert!(matches!(
+            validate_topic("a.*"),
+            Err(SubjectError::WildcardInTopic(_))
+        ));
+        assert!(matches!(
+            validate_topic("a b"),
+            Err(SubjectError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            Pattern::parse("a.>.b"),
+            Err(SubjectError::BadWildcard(_))
+        ));
+        assert!(matches!(
+            Pattern::parse("a.b*"),
+            Err(SubjectError::BadWildcard(_))
+        ));
         assert!(validate_topic(&"a".repeat(MAX_TOPIC_BYTES + 1)).is_err());
     }
 }

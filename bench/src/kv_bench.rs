@@ -70,9 +70,11 @@ fn default_shoal_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("SHOAL_BIN") {
         return PathBuf::from(bin);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/shoal/target")
-    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/shoal/target")
+        });
     let release = target.join("release/shoal");
     if release.exists() {
         release
@@ -90,7 +92,10 @@ struct Proc {
 impl Proc {
     fn start(mut command: Command, log: &Path) -> anyhow::Result<Proc> {
         let file = File::options().create(true).append(true).open(log)?;
-        command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
         // the child if this process dies.
         unsafe {
@@ -125,14 +130,19 @@ impl Drop for Proc {
 #[derive(Clone)]
 enum Conn {
     Shoal { http: reqwest::Client, api: String },
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 impl Conn {
     async fn put(&mut self, key: &str, value: Vec<u8>, timeout: Duration) -> anyhow::Result<()> {
         match self {
             Conn::Shoal { http, api } => {
-                let response = http.put(format!("{api}/v1/kv/{key}")).body(value).timeout(timeout).send().await?;
+                let response = http
+                    .put(format!("{api}/v1/kv/{key}"))
+                    .body(value)
+                    .timeout(timeout)
+                    .send()
+                    .await?;
                 if !response.status().is_success() {
                     bail!("put answered {}", response.status());
                 }
@@ -148,7 +158,11 @@ impl Conn {
     async fn get(&mut self, key: &str, timeout: Duration) -> anyhow::Result<()> {
         match self {
             Conn::Shoal { http, api } => {
-                let response = http.get(format!("{api}/v1/kv/{key}")).timeout(timeout).send().await?;
+                let response = http
+                    .get(format!("{api}/v1/kv/{key}"))
+                    .timeout(timeout)
+                    .send()
+                    .await?;
                 if !response.status().is_success() && response.status().as_u16() != 404 {
                     bail!("get answered {}", response.status());
                 }
@@ -175,10 +189,16 @@ struct Cluster {
 
 impl Cluster {
     fn shoal(bin: &Path) -> anyhow::Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("shoal-kv-bench-").tempdir()?;
-        let ports: Vec<(u16, u16, u16)> =
-            (0..3).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
-        let seeds: Vec<String> = ports.iter().map(|(_, _, g)| format!("127.0.0.1:{g}")).collect();
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-kv-bench-")
+            .tempdir()?;
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let seeds: Vec<String> = ports
+            .iter()
+            .map(|(_, _, g)| format!("127.0.0.1:{g}"))
+            .collect();
         let mut nodes = Vec::new();
         let mut endpoints = Vec::new();
         for (i, (api, rpc, gossip)) in ports.iter().enumerate() {
@@ -187,8 +207,18 @@ impl Cluster {
                 .arg("serve")
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("n{i}")))
-                .args(["--api", &format!("127.0.0.1:{api}"), "--rpc", &format!("127.0.0.1:{rpc}")])
-                .args(["--gossip", &format!("127.0.0.1:{gossip}"), "--bootstrap-expect", "3"])
+                .args([
+                    "--api",
+                    &format!("127.0.0.1:{api}"),
+                    "--rpc",
+                    &format!("127.0.0.1:{rpc}"),
+                ])
+                .args([
+                    "--gossip",
+                    &format!("127.0.0.1:{gossip}"),
+                    "--bootstrap-expect",
+                    "3",
+                ])
                 .args(["--log-level", "warn"]);
             for seed in &seeds {
                 command.args(["--seed", seed]);
@@ -196,14 +226,26 @@ impl Cluster {
             nodes.push(Proc::start(command, &dir.path().join(format!("n{i}.log")))?);
             endpoints.push(format!("http://127.0.0.1:{api}"));
         }
-        Ok(Cluster { name: "shoal", nodes, endpoints, _dir: dir })
+        Ok(Cluster {
+            name: "shoal",
+            nodes,
+            endpoints,
+            _dir: dir,
+        })
     }
 
     fn etcd(bin: &Path) -> anyhow::Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("etcd-kv-bench-").tempdir()?;
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
-        let initial: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}")).collect();
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-kv-bench-")
+            .tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+            .collect();
         let mut nodes = Vec::new();
         let mut endpoints = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
@@ -212,30 +254,54 @@ impl Cluster {
                 .args(["--name", &format!("n{i}")])
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("n{i}")))
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                ])
                 .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-state",
+                    "new",
+                ])
                 .args(["--initial-cluster-token", "kv-bench", "--log-level", "warn"]);
             nodes.push(Proc::start(command, &dir.path().join(format!("n{i}.log")))?);
             endpoints.push(format!("http://127.0.0.1:{client}"));
         }
-        Ok(Cluster { name: "etcd", nodes, endpoints, _dir: dir })
+        Ok(Cluster {
+            name: "etcd",
+            nodes,
+            endpoints,
+            _dir: dir,
+        })
     }
 
     async fn connect(&self, node: usize) -> anyhow::Result<Conn> {
         let endpoint = &self.endpoints[node];
         match self.name {
             "shoal" => Ok(Conn::Shoal {
-                http: reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build()?,
+                http: reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(256)
+                    .build()?,
                 api: endpoint.clone(),
             }),
             _ => {
                 let options = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(2))
                     .with_timeout(Duration::from_secs(5));
-                Ok(Conn::Etcd(etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?))
+                Ok(Conn::Etcd(Box::new(
+                    etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?,
+                )))
             }
         }
     }
@@ -253,22 +319,36 @@ impl Cluster {
     async fn leader_via(&self, node: usize) -> anyhow::Result<usize> {
         match self.name {
             "shoal" => {
-                let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
-                let cluster: serde_json::Value =
-                    http.get(format!("{}/v1/cluster", self.endpoints[node])).send().await?.json().await?;
+                let http = reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(Duration::from_secs(2))
+                    .build()?;
+                let cluster: serde_json::Value = http
+                    .get(format!("{}/v1/cluster", self.endpoints[node]))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
                 let leader = cluster["leader"].as_u64().context("no leader")?;
                 let api = cluster["members"]
                     .as_array()
                     .and_then(|m| m.iter().find(|m| m["node_id"].as_u64() == Some(leader)))
                     .and_then(|m| m["api"].as_str())
                     .context("leader not listed")?;
-                self.endpoints.iter().position(|e| e.ends_with(api)).context("unknown leader address")
+                self.endpoints
+                    .iter()
+                    .position(|e| e.ends_with(api))
+                    .context("unknown leader address")
             }
             _ => {
-                let Conn::Etcd(mut client) = self.connect(node).await? else { bail!("not etcd") };
+                let Conn::Etcd(mut client) = self.connect(node).await? else {
+                    bail!("not etcd")
+                };
                 let leader = client.status().await?.leader();
                 for (i, _) in self.endpoints.iter().enumerate() {
-                    let Conn::Etcd(mut other) = self.connect(i).await? else { continue };
+                    let Conn::Etcd(mut other) = self.connect(i).await? else {
+                        continue;
+                    };
                     if let Ok(status) = other.status().await {
                         if status.header().map(|h| h.member_id()) == Some(leader) {
                             return Ok(i);
@@ -286,7 +366,11 @@ impl Cluster {
             let mut ready = 0;
             for node in 0..self.endpoints.len() {
                 if let Ok(mut conn) = self.connect(node).await {
-                    if conn.put("bench/ready", b"1".to_vec(), Duration::from_secs(1)).await.is_ok() {
+                    if conn
+                        .put("bench/ready", b"1".to_vec(), Duration::from_secs(1))
+                        .await
+                        .is_ok()
+                    {
                         ready += 1;
                     }
                 }
@@ -315,7 +399,12 @@ struct Measured {
     errors: u64,
 }
 
-async fn measure(cluster: &Cluster, op: Op, clients: usize, args: &Args) -> anyhow::Result<Measured> {
+async fn measure(
+    cluster: &Cluster,
+    op: Op,
+    clients: usize,
+    args: &Args,
+) -> anyhow::Result<Measured> {
     let mut conns = Vec::new();
     for node in 0..cluster.endpoints.len() {
         conns.push(cluster.connect(node).await?);
@@ -360,8 +449,14 @@ async fn measure(cluster: &Cluster, op: Op, clients: usize, args: &Args) -> anyh
     let summary = summarize(all);
     Ok(Measured {
         ops_per_sec: count as f64 / elapsed,
-        p50: summary.as_ref().map(|s| ms(s.p50)).unwrap_or_else(|| "-".into()),
-        p99: summary.as_ref().map(|s| ms(s.p99)).unwrap_or_else(|| "-".into()),
+        p50: summary
+            .as_ref()
+            .map(|s| ms(s.p50))
+            .unwrap_or_else(|| "-".into()),
+        p99: summary
+            .as_ref()
+            .map(|s| ms(s.p99))
+            .unwrap_or_else(|| "-".into()),
         errors,
     })
 }
@@ -377,11 +472,22 @@ async fn failover(cluster: &mut Cluster) -> anyhow::Result<Duration> {
     let mut attempt = 0u64;
     let elapsed = loop {
         attempt += 1;
-        if conn.put(&format!("bench/failover/{attempt}"), b"x".to_vec(), Duration::from_millis(500)).await.is_ok() {
+        if conn
+            .put(
+                &format!("bench/failover/{attempt}"),
+                b"x".to_vec(),
+                Duration::from_millis(500),
+            )
+            .await
+            .is_ok()
+        {
             break killed_at.elapsed();
         }
         if Instant::now() > deadline {
-            bail!("{}: no successful write within 60 s of killing the leader", cluster.name);
+            bail!(
+                "{}: no successful write within 60 s of killing the leader",
+                cluster.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
@@ -393,11 +499,16 @@ async fn failover(cluster: &mut Cluster) -> anyhow::Result<Duration> {
 
 async fn run(args: &Args) -> anyhow::Result<()> {
     let shoal_bin = args.shoal_bin.clone().unwrap_or_else(default_shoal_bin);
-    println!("# kv-bench: 3-node clusters on 127.0.0.1, {} s per figure, {} B values, {} keys", args.seconds, args.value_bytes, args.keys);
+    println!(
+        "# kv-bench: 3-node clusters on 127.0.0.1, {} s per figure, {} B values, {} keys",
+        args.seconds, args.value_bytes, args.keys
+    );
     println!("# shoal: {}", shoal_bin.display());
     println!("# etcd:  {}", args.etcd_bin.display());
     println!();
-    println!("| system | clients | puts/s | put p50 | put p99 | gets/s | get p50 | get p99 | errors |");
+    println!(
+        "| system | clients | puts/s | put p50 | put p99 | gets/s | get p50 | get p99 | errors |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut failovers = Vec::new();
     // (system, clients) -> puts/s and gets/s of each round.
@@ -411,12 +522,22 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             };
             cluster.wait_ready(Duration::from_secs(60)).await?;
             for clients in &args.clients {
-                eprintln!("round {}/{}: {target}: {clients} clients ...", round + 1, args.rounds);
+                eprintln!(
+                    "round {}/{}: {target}: {clients} clients ...",
+                    round + 1,
+                    args.rounds
+                );
                 let puts = measure(&cluster, Op::Put, *clients, args).await?;
                 let gets = measure(&cluster, Op::Get, *clients, args).await?;
                 println!(
                     "| {target} | {clients} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
-                    puts.ops_per_sec, puts.p50, puts.p99, gets.ops_per_sec, gets.p50, gets.p99, puts.errors + gets.errors
+                    puts.ops_per_sec,
+                    puts.p50,
+                    puts.p99,
+                    gets.ops_per_sec,
+                    gets.p50,
+                    gets.p99,
+                    puts.errors + gets.errors
                 );
                 throughput.push((target.clone(), *clients, puts.ops_per_sec, gets.ops_per_sec));
             }
@@ -437,9 +558,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     println!("| system | leader kill -9 → first successful write (each run) | median |");
     println!("| --- | --- | ---: |");
     for (target, mut times) in failovers {
-        let each: Vec<String> = times.iter().map(|t| format!("{} ms", t.as_millis())).collect();
+        let each: Vec<String> = times
+            .iter()
+            .map(|t| format!("{} ms", t.as_millis()))
+            .collect();
         times.sort();
-        let median = times.get(times.len() / 2).map(|t| format!("{} ms", t.as_millis())).unwrap_or_default();
+        let median = times
+            .get(times.len() / 2)
+            .map(|t| format!("{} ms", t.as_millis()))
+            .unwrap_or_default();
         println!("| {target} | {} | {median} |", each.join(", "));
     }
     Ok(())
@@ -447,24 +574,51 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
 /// Mean puts/s and gets/s per system and client count over the rounds,
 /// and each system's share of the last system's figure (etcd's, by default).
-fn print_means(throughput: &[(String, usize, f64, f64)], targets: &[String], clients: &[usize], rounds: u64) {
+fn print_means(
+    throughput: &[(String, usize, f64, f64)],
+    targets: &[String],
+    clients: &[usize],
+    rounds: u64,
+) {
     let mean = |target: &str, count: usize, pick: fn(&(String, usize, f64, f64)) -> f64| -> f64 {
-        let values: Vec<f64> =
-            throughput.iter().filter(|row| row.0 == target && row.1 == count).map(pick).collect();
+        let values: Vec<f64> = throughput
+            .iter()
+            .filter(|row| row.0 == target && row.1 == count)
+            .map(pick)
+            .collect();
         values.iter().sum::<f64>() / values.len().max(1) as f64
     };
     println!();
-    println!("Mean over {rounds} rounds (share: of {}'s figure):", targets.last().map(String::as_str).unwrap_or("-"));
+    println!(
+        "Mean over {rounds} rounds (share: of {}'s figure):",
+        targets.last().map(String::as_str).unwrap_or("-")
+    );
     println!();
     println!("| system | clients | puts/s | share | gets/s | share |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let Some(base) = targets.last() else { return };
     for target in targets {
         for &count in clients {
-            let (puts, gets) = (mean(target, count, |row| row.2), mean(target, count, |row| row.3));
-            let (base_puts, base_gets) = (mean(base, count, |row| row.2), mean(base, count, |row| row.3));
-            let share = |value: f64, of: f64| if of > 0.0 { format!("{:.0} %", 100.0 * value / of) } else { "-".into() };
-            println!("| {target} | {count} | {puts:.0} | {} | {gets:.0} | {} |", share(puts, base_puts), share(gets, base_gets));
+            let (puts, gets) = (
+                mean(target, count, |row| row.2),
+                mean(target, count, |row| row.3),
+            );
+            let (base_puts, base_gets) = (
+                mean(base, count, |row| row.2),
+                mean(base, count, |row| row.3),
+            );
+            let share = |value: f64, of: f64| {
+                if of > 0.0 {
+                    format!("{:.0} %", 100.0 * value / of)
+                } else {
+                    "-".into()
+                }
+            };
+            println!(
+                "| {target} | {count} | {puts:.0} | {} | {gets:.0} | {} |",
+                share(puts, base_puts),
+                share(gets, base_gets)
+            );
         }
     }
 }

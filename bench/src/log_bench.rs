@@ -62,9 +62,31 @@ struct Args {
     seed: u64,
 }
 
-const SERVICES: &[&str] = &["checkout", "payments", "orders", "inventory", "shipping", "users", "search", "gateway"];
-const PATHS: &[&str] = &["/api/orders", "/api/cart", "/api/payments", "/api/users", "/api/items", "/api/shipments"];
-const REGIONS: &[&str] = &["eu-west-1", "eu-central-1", "us-east-1", "us-west-2", "ap-south-1"];
+const SERVICES: &[&str] = &[
+    "checkout",
+    "payments",
+    "orders",
+    "inventory",
+    "shipping",
+    "users",
+    "search",
+    "gateway",
+];
+const PATHS: &[&str] = &[
+    "/api/orders",
+    "/api/cart",
+    "/api/payments",
+    "/api/users",
+    "/api/items",
+    "/api/shipments",
+];
+const REGIONS: &[&str] = &[
+    "eu-west-1",
+    "eu-central-1",
+    "us-east-1",
+    "us-west-2",
+    "ap-south-1",
+];
 
 /// One log line of 200-400 bytes. About 1% mention "timeout" and 0.5% the
 /// phrase "payment declined", the targets of the timed searches.
@@ -74,14 +96,46 @@ fn line(rng: &mut StdRng, ts_ms: i64) -> String {
     let user = format!("u-{:05}", rng.random_range(0..50_000));
     let roll = rng.random_range(0..1000);
     let (level, message, status) = if roll < 10 {
-        ("error", format!("upstream timeout after {} ms calling {service}-db pool={}", rng.random_range(1000..5000), rng.random_range(1..9)), 504)
+        (
+            "error",
+            format!(
+                "upstream timeout after {} ms calling {service}-db pool={}",
+                rng.random_range(1000..5000),
+                rng.random_range(1..9)
+            ),
+            504,
+        )
     } else if roll < 15 {
-        ("warn", format!("payment declined for order {} card ending {:04} reason=insufficient_funds", rng.random_range(100_000..999_999), rng.random_range(0..10_000)), 402)
+        (
+            "warn",
+            format!(
+                "payment declined for order {} card ending {:04} reason=insufficient_funds",
+                rng.random_range(100_000..999_999),
+                rng.random_range(0..10_000)
+            ),
+            402,
+        )
     } else if roll < 60 {
-        ("warn", format!("slow request {} took {} ms (threshold 500 ms) cache=miss", PATHS[rng.random_range(0..PATHS.len())], rng.random_range(500..3000)), 200)
+        (
+            "warn",
+            format!(
+                "slow request {} took {} ms (threshold 500 ms) cache=miss",
+                PATHS[rng.random_range(0..PATHS.len())],
+                rng.random_range(500..3000)
+            ),
+            200,
+        )
     } else {
         let path = PATHS[rng.random_range(0..PATHS.len())];
-        ("info", format!("GET {path}/{} completed status=200 bytes={} cache=hit", rng.random_range(1..1_000_000), rng.random_range(200..90_000)), 200)
+        (
+            "info",
+            format!(
+                "GET {path}/{} completed status=200 bytes={} cache=hit",
+                rng.random_range(1..1_000_000),
+                rng.random_range(200..90_000)
+            ),
+            200,
+        )
     };
     let trace: u128 = rng.random();
     json!({
@@ -99,7 +153,9 @@ fn line(rng: &mut StdRng, ts_ms: i64) -> String {
 /// records span the 24 hours before it.
 fn generate(path: &Path, records: usize, seed: u64) -> anyhow::Result<(u64, i64)> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     let span_ms = 24 * 3600 * 1000 - 60_000;
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut bytes = 0u64;
@@ -121,7 +177,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz.max(1.0)
@@ -141,7 +202,9 @@ fn bytes_by_extension(dir: &Path, out: &mut BTreeMap<String, u64>) {
                 Ok(meta) if meta.is_dir() => bytes_by_extension(&item.path(), out),
                 Ok(meta) => {
                     let path = item.path();
-                    let extension = path.extension().map_or("other".to_string(), |e| e.to_string_lossy().to_string());
+                    let extension = path
+                        .extension()
+                        .map_or("other".to_string(), |e| e.to_string_lossy().to_string());
                     *out.entry(extension).or_default() += meta.len();
                 }
                 Err(_) => {}
@@ -152,16 +215,25 @@ fn bytes_by_extension(dir: &Path, out: &mut BTreeMap<String, u64>) {
 
 async fn total(client: &reqwest::Client, api: &str) -> anyhow::Result<u64> {
     let answer: Value = client
-        .get(format!("{api}/v1/logs/aggregate?stream=bench&since=30h&histogram=false"))
+        .get(format!(
+            "{api}/v1/logs/aggregate?stream=bench&since=30h&histogram=false"
+        ))
         .send()
         .await?
         .json()
         .await?;
-    answer["total"].as_u64().context("no total in the aggregate answer")
+    answer["total"]
+        .as_u64()
+        .context("no total in the aggregate answer")
 }
 
 /// Time `runs` calls of a search URL; checks each answer is a 200 with the same result.
-async fn time_search(client: &reqwest::Client, url: &str, runs: usize, field: &str) -> anyhow::Result<(Vec<u64>, Value)> {
+async fn time_search(
+    client: &reqwest::Client,
+    url: &str,
+    runs: usize,
+    field: &str,
+) -> anyhow::Result<(Vec<u64>, Value)> {
     let mut samples = Vec::with_capacity(runs);
     let mut first: Option<Value> = None;
     for _ in 0..runs {
@@ -175,7 +247,9 @@ async fn time_search(client: &reqwest::Client, url: &str, runs: usize, field: &s
         }
         match &first {
             None => first = Some(answer[field].clone()),
-            Some(expected) if *expected != answer[field] => bail!("{url} changed its answer between runs"),
+            Some(expected) if *expected != answer[field] => {
+                bail!("{url} changed its answer between runs")
+            }
             Some(_) => {}
         }
     }
@@ -187,18 +261,29 @@ fn time_command(program: &str, args: &[&str]) -> Option<(Duration, String)> {
     let run = || -> Option<(Duration, String)> {
         let started = Instant::now();
         let output = Command::new(program).args(args).output().ok()?;
-        Some((started.elapsed(), String::from_utf8_lossy(&output.stdout).trim().to_string()))
+        Some((
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        ))
     };
     run()?;
-    (0..3).filter_map(|_| run()).min_by_key(|(elapsed, _)| *elapsed)
+    (0..3)
+        .filter_map(|_| run())
+        .min_by_key(|(elapsed, _)| *elapsed)
 }
 
 async fn bench(args: Args) -> anyhow::Result<()> {
     let (binary, why) = node::resolve_binary(args.shoal_bin.clone())?;
-    println!("# log-bench: {} records, {} clients x {} lines per request, {} runs per search", args.records, args.clients, args.batch, args.runs);
+    println!(
+        "# log-bench: {} records, {} clients x {} lines per request, {} runs per search",
+        args.records, args.clients, args.batch, args.runs
+    );
     println!("# shoal: {} ({why})", binary.display());
     let scratch = tempfile::Builder::new().prefix("log-bench-").tempdir()?;
-    let raw = args.data.clone().unwrap_or_else(|| scratch.path().join("raw.ndjson"));
+    let raw = args
+        .data
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("raw.ndjson"));
     let started = Instant::now();
     let (raw_bytes, generated_ms) = generate(&raw, args.records, args.seed)?;
     println!(
@@ -209,32 +294,61 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let extra: Vec<String> = ["--logs-self", "false", "--otlp-grpc", "off", "--otlp-http", "off", "--logs-retention-days", "3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let extra: Vec<String> = [
+        "--logs-self",
+        "false",
+        "--otlp-grpc",
+        "off",
+        "--otlp-http",
+        "off",
+        "--logs-retention-days",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut node = Node::spawn_with(&binary, (free_port()?, free_port()?, free_port()?), &extra)?;
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()?;
     node.wait_ready(&client, Duration::from_secs(30)).await?;
 
     // Ingest: the file split into batches, C clients taking the next batch.
     let text = std::fs::read_to_string(&raw)?;
     let lines: Vec<&str> = text.lines().collect();
-    let batches: Arc<Vec<String>> = Arc::new(lines.chunks(args.batch.max(1)).map(|chunk| chunk.join("\n")).collect());
+    let batches: Arc<Vec<String>> = Arc::new(
+        lines
+            .chunks(args.batch.max(1))
+            .map(|chunk| chunk.join("\n"))
+            .collect(),
+    );
     drop(lines);
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_seconds(node.pid);
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.clients.max(1) {
-        let (client, batches, next, url) = (client.clone(), batches.clone(), next.clone(), format!("{}/v1/logs/bench", node.api));
+        let (client, batches, next, url) = (
+            client.clone(),
+            batches.clone(),
+            next.clone(),
+            format!("{}/v1/logs/bench", node.api),
+        );
         workers.push(tokio::spawn(async move {
             let mut busy = 0u64;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = batches.get(i) else { return Ok::<u64, anyhow::Error>(busy) };
+                let Some(body) = batches.get(i) else {
+                    return Ok::<u64, anyhow::Error>(busy);
+                };
                 loop {
-                    let response = client.post(&url).header("content-type", "application/x-ndjson").body(body.clone()).send().await?;
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.clone())
+                        .send()
+                        .await?;
                     if response.status().as_u16() == 429 {
                         busy += 1;
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -272,13 +386,35 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     println!();
     println!("| ingest figure | value |");
     println!("| --- | ---: |");
-    println!("| acknowledged (fsynced in the WAL) | {:.1} s: {:.1} MB/s, {:.0} records/s |", acked.as_secs_f64(), mb / acked.as_secs_f64(), args.records as f64 / acked.as_secs_f64());
-    println!("| all searchable | {:.1} s: {:.1} MB/s, {:.0} records/s |", searchable.as_secs_f64(), mb / searchable.as_secs_f64(), args.records as f64 / searchable.as_secs_f64());
-    println!("| node CPU until acknowledged | {cpu:.1} s: {:.1} MB/s and {:.0} records/s per core |", mb / cpu.max(0.001), args.records as f64 / cpu.max(0.001));
-    println!("| node CPU until searchable | {cpu_all:.1} s: {:.1} MB/s and {:.0} records/s per core |", mb / cpu_all.max(0.001), args.records as f64 / cpu_all.max(0.001));
+    println!(
+        "| acknowledged (fsynced in the WAL) | {:.1} s: {:.1} MB/s, {:.0} records/s |",
+        acked.as_secs_f64(),
+        mb / acked.as_secs_f64(),
+        args.records as f64 / acked.as_secs_f64()
+    );
+    println!(
+        "| all searchable | {:.1} s: {:.1} MB/s, {:.0} records/s |",
+        searchable.as_secs_f64(),
+        mb / searchable.as_secs_f64(),
+        args.records as f64 / searchable.as_secs_f64()
+    );
+    println!(
+        "| node CPU until acknowledged | {cpu:.1} s: {:.1} MB/s and {:.0} records/s per core |",
+        mb / cpu.max(0.001),
+        args.records as f64 / cpu.max(0.001)
+    );
+    println!(
+        "| node CPU until searchable | {cpu_all:.1} s: {:.1} MB/s and {:.0} records/s per core |",
+        mb / cpu_all.max(0.001),
+        args.records as f64 / cpu_all.max(0.001)
+    );
     println!("| 429 answers (retried) | {busy} |");
     if let Some(stats) = node::ProcStats::read(node.pid) {
-        println!("| node memory (RSS / peak) | {:.0} MiB / {:.0} MiB |", stats.rss_mib(), stats.hwm_mib());
+        println!(
+            "| node memory (RSS / peak) | {:.0} MiB / {:.0} MiB |",
+            stats.rss_mib(),
+            stats.hwm_mib()
+        );
     }
 
     // Let background merges settle a little before measuring the footprint.
@@ -286,41 +422,92 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let data_dir = node.data_dir();
     let index = dir_bytes(&data_dir.join("search/indexes"));
     let wal = dir_bytes(&data_dir.join("search/wal"));
-    println!("| index on disk | {:.1} MB ({:.0} % of raw), WAL left {:.1} MB |", index as f64 / 1e6, 100.0 * index as f64 / raw_bytes as f64, wal as f64 / 1e6);
+    println!(
+        "| index on disk | {:.1} MB ({:.0} % of raw), WAL left {:.1} MB |",
+        index as f64 / 1e6,
+        100.0 * index as f64 / raw_bytes as f64,
+        wal as f64 / 1e6
+    );
     let mut parts = BTreeMap::new();
     bytes_by_extension(&data_dir.join("search/indexes"), &mut parts);
-    let mut parts: Vec<(String, u64)> = parts.into_iter().filter(|(_, bytes)| *bytes >= 1_000_000).collect();
-    parts.sort_by(|a, b| b.1.cmp(&a.1));
-    let parts: Vec<String> =
-        parts.iter().map(|(name, bytes)| format!("{name} {:.1} % of raw", 100.0 * *bytes as f64 / raw_bytes as f64)).collect();
+    let mut parts: Vec<(String, u64)> = parts
+        .into_iter()
+        .filter(|(_, bytes)| *bytes >= 1_000_000)
+        .collect();
+    parts.sort_by_key(|part| std::cmp::Reverse(part.1));
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|(name, bytes)| {
+            format!(
+                "{name} {:.1} % of raw",
+                100.0 * *bytes as f64 / raw_bytes as f64
+            )
+        })
+        .collect();
     println!("| index parts (Tantivy files) | {} |", parts.join(", "));
 
     // Searches.
     let base = format!("{}/v1/logs", node.api);
     // The generated day, fixed: a window relative to now would lose the
     // oldest records as the benchmark runs.
-    let day = format!("since={}&until={}", generated_ms - 24 * 3600 * 1000, generated_ms + 1000);
+    let day = format!(
+        "since={}&until={}",
+        generated_ms - 24 * 3600 * 1000,
+        generated_ms + 1000
+    );
     let searches = [
-        ("term: timeout (newest 100)", format!("{base}/search?q=timeout&{day}&limit=100"), "count"),
-        ("phrase: \"payment declined\" (newest 100)", format!("{base}/search?q=%22payment%20declined%22&{day}&limit=100"), "count"),
-        ("24 h histogram, 1 h buckets, all records", format!("{base}/aggregate?{day}&interval=1h"), "total"),
-        ("24 h histogram of term timeout", format!("{base}/aggregate?q=timeout&{day}&interval=1h"), "total"),
+        (
+            "term: timeout (newest 100)",
+            format!("{base}/search?q=timeout&{day}&limit=100"),
+            "count",
+        ),
+        (
+            "phrase: \"payment declined\" (newest 100)",
+            format!("{base}/search?q=%22payment%20declined%22&{day}&limit=100"),
+            "count",
+        ),
+        (
+            "24 h histogram, 1 h buckets, all records",
+            format!("{base}/aggregate?{day}&interval=1h"),
+            "total",
+        ),
+        (
+            "24 h histogram of term timeout",
+            format!("{base}/aggregate?q=timeout&{day}&interval=1h"),
+            "total",
+        ),
     ];
     println!();
-    println!("| search ({} records) | result | p50 | p99 | max |", args.records);
+    println!(
+        "| search ({} records) | result | p50 | p99 | max |",
+        args.records
+    );
     println!("| --- | ---: | ---: | ---: | ---: |");
     for (name, url, field) in &searches {
         let (samples, result) = time_search(&client, url, args.runs, field).await?;
         let summary = summarize(samples).context("no samples")?;
-        println!("| {name} | {result} | {} | {} | {} |", ms(summary.p50), ms(summary.p99), ms(summary.max));
+        println!(
+            "| {name} | {result} | {} | {} | {} |",
+            ms(summary.p50),
+            ms(summary.p99),
+            ms(summary.max)
+        );
     }
     let raw_path = raw.display().to_string();
     println!();
     println!("| brute force over the raw file | matches | time (best of 3) |");
     println!("| --- | ---: | ---: |");
-    for (tool, pattern) in [("grep", "timeout"), ("grep", "payment declined"), ("rg", "timeout"), ("rg", "payment declined")] {
+    for (tool, pattern) in [
+        ("grep", "timeout"),
+        ("grep", "payment declined"),
+        ("rg", "timeout"),
+        ("rg", "payment declined"),
+    ] {
         match time_command(tool, &["-c", pattern, &raw_path]) {
-            Some((elapsed, count)) => println!("| {tool} -c {pattern:?} | {count} | {} |", ms(elapsed.as_nanos() as u64)),
+            Some((elapsed, count)) => println!(
+                "| {tool} -c {pattern:?} | {count} | {} |",
+                ms(elapsed.as_nanos() as u64)
+            ),
             None => println!("| {tool} -c {pattern:?} | ({tool} not installed) | |"),
         }
     }
@@ -329,7 +516,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     let warnings = node.log_warnings();
     if !warnings.is_empty() {
-        println!("\n# node warnings: {}\n{}", warnings.len(), warnings.iter().take(5).cloned().collect::<Vec<_>>().join("\n"));
+        println!(
+            "\n# node warnings: {}\n{}",
+            warnings.len(),
+            warnings
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     println!("\n# node: {}", node.stop(Duration::from_secs(10)));
     Ok(())

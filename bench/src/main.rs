@@ -34,7 +34,10 @@ use crate::stats::{ms, summarize};
 use crate::watch::{chain, open_group, GroupStats, Problems, Sink, Spawn};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "watch-bench", about = "Write-to-event latency with many concurrent watches on one Shoal node")]
+#[command(
+    name = "watch-bench",
+    about = "Write-to-event latency with many concurrent watches on one Shoal node"
+)]
 struct Args {
     /// shoal binary to spawn [default: $SHOAL_BIN, else
     /// ${CARGO_TARGET_DIR:-$HOME/.cache/shoal/target}/release/shoal, else .../debug/shoal].
@@ -99,38 +102,72 @@ struct KeySink {
 }
 
 impl Sink for KeySink {
-    fn on_event(&self, w: usize, revision: u64, kind: &str, key: &str, value: Option<&[u8]>, at: Instant) {
+    fn on_event(
+        &self,
+        w: usize,
+        revision: u64,
+        kind: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        at: Instant,
+    ) {
         self.total.fetch_add(1, Ordering::Relaxed);
         let own = format!("bench/w/{w}");
         if key != own {
-            self.failures.add("event for a key the watcher does not watch", format!("watcher of {own} got {key} at revision {revision}"));
+            self.failures.add(
+                "event for a key the watcher does not watch",
+                format!("watcher of {own} got {key} at revision {revision}"),
+            );
             return;
         }
         if kind != "put" {
-            self.failures.add("unexpected event type", format!("{own}: {kind:?} at revision {revision}"));
+            self.failures.add(
+                "unexpected event type",
+                format!("{own}: {kind:?} at revision {revision}"),
+            );
         }
         let previous = self.last_rev[w].fetch_max(revision, Ordering::Relaxed);
         if previous >= revision {
-            self.failures.add("revision not increasing on one watch", format!("{own}: {revision} after {previous}"));
+            self.failures.add(
+                "revision not increasing on one watch",
+                format!("{own}: {revision} after {previous}"),
+            );
         }
-        let seq = value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<usize>().ok());
+        let seq = value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<usize>().ok());
         let Some(seq) = seq.filter(|s| *s < self.target.len()) else {
-            self.failures.add("event with a value the bench did not write", format!("{own}: {:?}", value.map(String::from_utf8_lossy)));
+            self.failures.add(
+                "event with a value the bench did not write",
+                format!("{own}: {:?}", value.map(String::from_utf8_lossy)),
+            );
             return;
         };
         if self.target[seq] as usize != w {
-            self.failures.add("write delivered to the wrong watcher", format!("write {seq} (to bench/w/{}) at {own}", self.target[seq]));
+            self.failures.add(
+                "write delivered to the wrong watcher",
+                format!("write {seq} (to bench/w/{}) at {own}", self.target[seq]),
+            );
             return;
         }
         if self.recv_count[seq].fetch_add(1, Ordering::AcqRel) > 0 {
-            self.failures.add("duplicate event", format!("write {seq} to {own} delivered again at revision {revision}"));
+            self.failures.add(
+                "duplicate event",
+                format!("write {seq} to {own} delivered again at revision {revision}"),
+            );
             return;
         }
         let sent = self.sent_at[seq].load(Ordering::Acquire);
         if sent == 0 {
-            self.failures.add("event before its PUT was sent", format!("write {seq} to {own}"));
+            self.failures.add(
+                "event before its PUT was sent",
+                format!("write {seq} to {own}"),
+            );
         } else {
-            self.latency[seq].store(nanos(self.base, at).saturating_sub(sent).max(1), Ordering::Relaxed);
+            self.latency[seq].store(
+                nanos(self.base, at).saturating_sub(sent).max(1),
+                Ordering::Relaxed,
+            );
         }
         self.event_rev[seq].store(revision, Ordering::Relaxed);
         self.first_receipts.fetch_add(1, Ordering::AcqRel);
@@ -159,14 +196,28 @@ struct FanSink {
 }
 
 impl Sink for FanSink {
-    fn on_event(&self, w: usize, revision: u64, kind: &str, key: &str, value: Option<&[u8]>, at: Instant) {
+    fn on_event(
+        &self,
+        w: usize,
+        revision: u64,
+        kind: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        at: Instant,
+    ) {
         self.total.fetch_add(1, Ordering::Relaxed);
         if key != FAN_KEY {
-            self.failures.add("fanout watcher got an unexpected key", format!("watcher {w}: {key} at revision {revision}"));
+            self.failures.add(
+                "fanout watcher got an unexpected key",
+                format!("watcher {w}: {key} at revision {revision}"),
+            );
             return;
         }
         if kind != "put" {
-            self.failures.add("unexpected event type", format!("fan watcher {w}: {kind:?} at revision {revision}"));
+            self.failures.add(
+                "unexpected event type",
+                format!("fan watcher {w}: {kind:?} at revision {revision}"),
+            );
         }
         let n = value
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -174,22 +225,38 @@ impl Sink for FanSink {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|n| *n < self.writes);
         let Some(n) = n else {
-            self.failures.add("fanout event with a value the bench did not write", format!("watcher {w}: {:?}", value.map(String::from_utf8_lossy)));
+            self.failures.add(
+                "fanout event with a value the bench did not write",
+                format!("watcher {w}: {:?}", value.map(String::from_utf8_lossy)),
+            );
             return;
         };
         let expected = self.next[w].swap(n + 1, Ordering::Relaxed);
         if n != expected {
-            let kind = if n < expected { "fanout duplicate or reordered event" } else { "fanout event missed" };
-            self.failures.add(kind, format!("watcher {w}: got write {n}, expected write {expected}"));
+            let kind = if n < expected {
+                "fanout duplicate or reordered event"
+            } else {
+                "fanout event missed"
+            };
+            self.failures.add(
+                kind,
+                format!("watcher {w}: got write {n}, expected write {expected}"),
+            );
         }
-        if let Err(other) = self.seen_rev[n].compare_exchange(0, revision, Ordering::Relaxed, Ordering::Relaxed) {
+        if let Err(other) =
+            self.seen_rev[n].compare_exchange(0, revision, Ordering::Relaxed, Ordering::Relaxed)
+        {
             if other != revision {
-                self.failures.add("fanout watchers disagree on a revision", format!("write {n}: {revision} vs {other}"));
+                self.failures.add(
+                    "fanout watchers disagree on a revision",
+                    format!("write {n}: {revision} vs {other}"),
+                );
             }
         }
         let sent = self.sent_at[n].load(Ordering::Acquire);
         if sent == 0 {
-            self.failures.add("event before its PUT was sent", format!("fan write {n}"));
+            self.failures
+                .add("event before its PUT was sent", format!("fan write {n}"));
         } else {
             let latency = nanos(self.base, at).saturating_sub(sent).max(1);
             self.first[n].fetch_min(latency, Ordering::Relaxed);
@@ -214,7 +281,13 @@ impl Report {
         self.rows.push((name.into(), value.into()));
     }
     fn print(&self) {
-        let width = self.rows.iter().filter(|(_, v)| !v.is_empty()).map(|(n, _)| n.len()).max().unwrap_or(0);
+        let width = self
+            .rows
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, _)| n.len())
+            .max()
+            .unwrap_or(0);
         for (name, value) in &self.rows {
             if value.is_empty() {
                 println!("{name}");
@@ -237,7 +310,11 @@ impl Target {
 }
 
 async fn status(control: &reqwest::Client, api: &str) -> anyhow::Result<serde_json::Value> {
-    let resp = control.get(format!("{api}/v1/status")).send().await.map_err(|e| anyhow::anyhow!(chain(&e)))?;
+    let resp = control
+        .get(format!("{api}/v1/status"))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!(chain(&e)))?;
     if !resp.status().is_success() {
         bail!("GET /v1/status: HTTP {}", resp.status());
     }
@@ -245,10 +322,13 @@ async fn status(control: &reqwest::Client, api: &str) -> anyhow::Result<serde_js
 }
 
 async fn watchers(control: &reqwest::Client, api: &str) -> anyhow::Result<u64> {
-    status(control, api).await?["watchers"].as_u64().context("/v1/status has no `watchers` number")
+    status(control, api).await?["watchers"]
+        .as_u64()
+        .context("/v1/status has no `watchers` number")
 }
 
 /// Poll `/v1/status` until it reports at least `want` watchers; progress to stderr every second.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the arguments
 async fn wait_registered(
     control: &reqwest::Client,
     api: &str,
@@ -280,7 +360,10 @@ async fn wait_registered(
             bail!("{failed} {label} watches could not connect");
         }
         if started.elapsed() > limit {
-            bail!("{label}: only {connected}/{total} connected, {} registered, after {limit:?}", registered.saturating_sub(baseline));
+            bail!(
+                "{label}: only {connected}/{total} connected, {} registered, after {limit:?}",
+                registered.saturating_sub(baseline)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -288,13 +371,20 @@ async fn wait_registered(
 
 fn mib(stats: Option<ProcStats>) -> String {
     match stats {
-        Some(s) => format!("{:.1} MiB (fds {}, threads {})", s.rss_mib(), s.fds, s.threads),
+        Some(s) => format!(
+            "{:.1} MiB (fds {}, threads {})",
+            s.rss_mib(),
+            s.fds,
+            s.threads
+        ),
         None => "n/a (external node)".into(),
     }
 }
 
 fn own_rss() -> String {
-    ProcStats::read(std::process::id()).map(|s| format!("{:.1} MiB", s.rss_mib())).unwrap_or_default()
+    ProcStats::read(std::process::id())
+        .map(|s| format!("{:.1} MiB", s.rss_mib()))
+        .unwrap_or_default()
 }
 
 fn http_client(timeout: Option<Duration>) -> anyhow::Result<reqwest::Client> {
@@ -353,10 +443,21 @@ async fn run(
 
     // ---- scenario 1: open N single-key watches
     let n = args.watches;
-    eprintln!("scenario 1: opening {n} watches ({} at a time)", args.connect_concurrency);
-    let urls = (0..n).map(|i| format!("{api}/v1/watch?key=bench/w/{i}")).collect();
+    eprintln!(
+        "scenario 1: opening {n} watches ({} at a time)",
+        args.connect_concurrency
+    );
+    let urls = (0..n)
+        .map(|i| format!("{api}/v1/watch?key=bench/w/{i}"))
+        .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let target_of: Vec<u32> = if n == 0 { Vec::new() } else { (0..args.writes).map(|_| rng.random_range(0..n as u32)).collect() };
+    let target_of: Vec<u32> = if n == 0 {
+        Vec::new()
+    } else {
+        (0..args.writes)
+            .map(|_| rng.random_range(0..n as u32))
+            .collect()
+    };
     if n == 0 && args.writes > 0 {
         bail!("--writes needs --watches > 0");
     }
@@ -376,20 +477,42 @@ async fn run(
         failures: failures.clone(),
     });
     let group1 = open_group(&spawn, urls, key_sink.clone());
-    let connect1 = wait_registered(&control, &api, "scenario 1", baseline + n as u64, baseline, n, &group1.stats, connect_limit).await?;
+    let connect1 = wait_registered(
+        &control,
+        &api,
+        "scenario 1",
+        baseline + n as u64,
+        baseline,
+        n,
+        &group1.stats,
+        connect_limit,
+    )
+    .await?;
     let node_idle = target.proc();
     let bench_idle = own_rss();
-    eprintln!("scenario 1: {n} watches registered in {:.2} s", connect1.as_secs_f64());
+    eprintln!(
+        "scenario 1: {n} watches registered in {:.2} s",
+        connect1.as_secs_f64()
+    );
 
     // ---- scenario 1: W writes at concurrency C
-    eprintln!("scenario 1: {w} writes, {} concurrent writers", args.concurrency);
+    eprintln!(
+        "scenario 1: {w} writes, {} concurrent writers",
+        args.concurrency
+    );
     let next = Arc::new(AtomicUsize::new(0));
     let put_latencies = Arc::new(Mutex::new(Vec::with_capacity(w)));
     let write_started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency.max(1) {
-        let (next, sink, client, api, lat, failures) =
-            (next.clone(), key_sink.clone(), writer.clone(), api.clone(), put_latencies.clone(), failures.clone());
+        let (next, sink, client, api, lat, failures) = (
+            next.clone(),
+            key_sink.clone(),
+            writer.clone(),
+            api.clone(),
+            put_latencies.clone(),
+            failures.clone(),
+        );
         writers.spawn(async move {
             loop {
                 let seq = next.fetch_add(1, Ordering::Relaxed);
@@ -404,14 +527,26 @@ async fn run(
                 match result {
                     Ok(resp) if resp.status().is_success() => {
                         lat.lock().unwrap().push(took.as_nanos() as u64);
-                        match resp.json::<serde_json::Value>().await.ok().and_then(|v| v["revision"].as_u64()) {
+                        match resp
+                            .json::<serde_json::Value>()
+                            .await
+                            .ok()
+                            .and_then(|v| v["revision"].as_u64())
+                        {
                             Some(rev) => sink.put_rev[seq].store(rev, Ordering::Relaxed),
-                            None => failures.add("PUT response without revision", format!("write {seq}")),
+                            None => failures
+                                .add("PUT response without revision", format!("write {seq}")),
                         }
                     }
                     Ok(resp) => {
                         let status = resp.status();
-                        failures.add("PUT failed", format!("write {seq}: HTTP {status}: {}", resp.text().await.unwrap_or_default()))
+                        failures.add(
+                            "PUT failed",
+                            format!(
+                                "write {seq}: HTTP {status}: {}",
+                                resp.text().await.unwrap_or_default()
+                            ),
+                        )
                     }
                     Err(e) => failures.add("PUT failed", format!("write {seq}: {}", chain(&e))),
                 }
@@ -422,7 +557,9 @@ async fn run(
     let write_time = write_started.elapsed();
     let puts_ok = put_latencies.lock().unwrap().len();
     let settle_started = Instant::now();
-    while key_sink.first_receipts.load(Ordering::Acquire) < puts_ok && settle_started.elapsed() < Duration::from_secs(args.settle_secs) {
+    while key_sink.first_receipts.load(Ordering::Acquire) < puts_ok
+        && settle_started.elapsed() < Duration::from_secs(args.settle_secs)
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let all_in = write_started.elapsed();
@@ -439,7 +576,10 @@ async fn run(
             0 => {
                 lost += 1;
                 if lost <= 5 {
-                    failures.add("write produced no event", format!("write {seq} to bench/w/{}", key_sink.target[seq]));
+                    failures.add(
+                        "write produced no event",
+                        format!("write {seq} to bench/w/{}", key_sink.target[seq]),
+                    );
                 } else {
                     failures.add("write produced no event", String::new());
                 }
@@ -447,10 +587,16 @@ async fn run(
             1 => {}
             _ => duplicated += 1,
         }
-        let (put, got) = (key_sink.put_rev[seq].load(Ordering::Relaxed), key_sink.event_rev[seq].load(Ordering::Relaxed));
+        let (put, got) = (
+            key_sink.put_rev[seq].load(Ordering::Relaxed),
+            key_sink.event_rev[seq].load(Ordering::Relaxed),
+        );
         if put != 0 && got != 0 && put != got {
             rev_mismatch += 1;
-            failures.add("event revision differs from the PUT's revision", format!("write {seq}: PUT {put}, event {got}"));
+            failures.add(
+                "event revision differs from the PUT's revision",
+                format!("write {seq}: PUT {put}, event {got}"),
+            );
         }
         let latency = key_sink.latency[seq].load(Ordering::Relaxed);
         if latency > 0 {
@@ -459,10 +605,15 @@ async fn run(
     }
     let total1 = key_sink.total.load(Ordering::Relaxed);
     if total1 != w as u64 {
-        failures.add("total events differ from writes", format!("{total1} events for {w} writes"));
+        failures.add(
+            "total events differ from writes",
+            format!("{total1} events for {w} writes"),
+        );
     }
 
-    report.section(&format!("scenario 1: {n} watches, one key each (bench/w/{{i}})"));
+    report.section(&format!(
+        "scenario 1: {n} watches, one key each (bench/w/{{i}})"
+    ));
     report.row("watches", n.to_string());
     report.row(
         "time to connect all watches",
@@ -474,21 +625,48 @@ async fn run(
             group1.stats.failed.load(Ordering::Relaxed)
         ),
     );
-    report.row("writes", format!("{w} ({} concurrent writers, {} succeeded)", args.concurrency, puts_ok));
+    report.row(
+        "writes",
+        format!(
+            "{w} ({} concurrent writers, {} succeeded)",
+            args.concurrency, puts_ok
+        ),
+    );
     report.row(
         "write throughput",
-        format!("{:.1} writes/s ({:.3} s for all PUTs; last event {:.3} s after the first PUT)", puts_ok as f64 / write_time.as_secs_f64(), write_time.as_secs_f64(), all_in.as_secs_f64()),
+        format!(
+            "{:.1} writes/s ({:.3} s for all PUTs; last event {:.3} s after the first PUT)",
+            puts_ok as f64 / write_time.as_secs_f64(),
+            write_time.as_secs_f64(),
+            all_in.as_secs_f64()
+        ),
     );
     match summarize(latencies) {
         Some(s) => report.row(
             "write-to-event latency",
-            format!("p50 {}  p90 {}  p99 {}  max {}  (n={})", ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max), s.count),
+            format!(
+                "p50 {}  p90 {}  p99 {}  max {}  (n={})",
+                ms(s.p50),
+                ms(s.p90),
+                ms(s.p99),
+                ms(s.max),
+                s.count
+            ),
         ),
         None => report.row("write-to-event latency", "no events"),
     }
     let put_lat = std::mem::take(&mut *put_latencies.lock().unwrap());
     match summarize(put_lat) {
-        Some(s) => report.row("PUT latency", format!("p50 {}  p90 {}  p99 {}  max {}", ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max))),
+        Some(s) => report.row(
+            "PUT latency",
+            format!(
+                "p50 {}  p90 {}  p99 {}  max {}",
+                ms(s.p50),
+                ms(s.p90),
+                ms(s.p99),
+                ms(s.max)
+            ),
+        ),
         None => report.row("PUT latency", "no successful PUTs"),
     }
     report.row(
@@ -509,7 +687,9 @@ async fn run(
         let fw = args.fanout_writes;
         let before = watchers(&control, &api).await?;
         eprintln!("scenario 2: opening {k} watches on prefix {FAN_PREFIX} ({} scenario-1 watches stay open)", n);
-        let urls = (0..k).map(|_| format!("{api}/v1/watch?prefix={FAN_PREFIX}")).collect();
+        let urls = (0..k)
+            .map(|_| format!("{api}/v1/watch?prefix={FAN_PREFIX}"))
+            .collect();
         let fan = Arc::new(FanSink {
             base,
             writes: fw,
@@ -524,24 +704,49 @@ async fn run(
             failures: failures.clone(),
         });
         let group2 = open_group(&spawn, urls, fan.clone());
-        let connect2 = wait_registered(&control, &api, "scenario 2", before + k as u64, before, k, &group2.stats, connect_limit).await?;
+        let connect2 = wait_registered(
+            &control,
+            &api,
+            "scenario 2",
+            before + k as u64,
+            before,
+            k,
+            &group2.stats,
+            connect_limit,
+        )
+        .await?;
         let node_fan_idle = target.proc();
-        eprintln!("scenario 2: {k} prefix watches registered in {:.2} s; {fw} writes to {FAN_KEY}", connect2.as_secs_f64());
+        eprintln!(
+            "scenario 2: {k} prefix watches registered in {:.2} s; {fw} writes to {FAN_KEY}",
+            connect2.as_secs_f64()
+        );
         let mut fan_put = Vec::with_capacity(fw);
         let mut incomplete = 0;
         for i in 0..fw {
             let sent = Instant::now();
             fan.sent_at[i].store(nanos(base, sent), Ordering::Release);
-            let resp = writer.put(format!("{api}/v1/kv/{FAN_KEY}")).body(format!("f{i}")).send().await;
+            let resp = writer
+                .put(format!("{api}/v1/kv/{FAN_KEY}"))
+                .body(format!("f{i}"))
+                .send()
+                .await;
             match resp {
                 Ok(resp) if resp.status().is_success() => {
                     fan_put.push(sent.elapsed().as_nanos() as u64);
-                    if let Some(rev) = resp.json::<serde_json::Value>().await.ok().and_then(|v| v["revision"].as_u64()) {
+                    if let Some(rev) = resp
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["revision"].as_u64())
+                    {
                         fan.put_rev[i].store(rev, Ordering::Relaxed);
                     }
                 }
                 Ok(resp) => {
-                    failures.add("PUT failed", format!("fan write {i}: HTTP {}", resp.status()));
+                    failures.add(
+                        "PUT failed",
+                        format!("fan write {i}: HTTP {}", resp.status()),
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -550,13 +755,18 @@ async fn run(
                 }
             }
             let waiting = Instant::now();
-            while fan.count[i].load(Ordering::Acquire) < k && waiting.elapsed() < Duration::from_secs(args.settle_secs) {
+            while fan.count[i].load(Ordering::Acquire) < k
+                && waiting.elapsed() < Duration::from_secs(args.settle_secs)
+            {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let got = fan.count[i].load(Ordering::Acquire);
             if got < k {
                 incomplete += 1;
-                failures.add("fan write not received by every watcher", format!("write {i}: {got}/{k} within {}s", args.settle_secs));
+                failures.add(
+                    "fan write not received by every watcher",
+                    format!("write {i}: {got}/{k} within {}s", args.settle_secs),
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -564,37 +774,79 @@ async fn run(
         let total2 = fan.total.load(Ordering::Relaxed);
         let expected2 = (fw * k) as u64;
         if total2 != expected2 {
-            failures.add("fanout: total events differ from writes x watchers", format!("{total2} events, expected {expected2}"));
+            failures.add(
+                "fanout: total events differ from writes x watchers",
+                format!("{total2} events, expected {expected2}"),
+            );
         }
         for i in 0..fw {
-            let (put, seen) = (fan.put_rev[i].load(Ordering::Relaxed), fan.seen_rev[i].load(Ordering::Relaxed));
+            let (put, seen) = (
+                fan.put_rev[i].load(Ordering::Relaxed),
+                fan.seen_rev[i].load(Ordering::Relaxed),
+            );
             if put != 0 && seen != 0 && put != seen {
-                failures.add("event revision differs from the PUT's revision", format!("fan write {i}: PUT {put}, event {seen}"));
+                failures.add(
+                    "event revision differs from the PUT's revision",
+                    format!("fan write {i}: PUT {put}, event {seen}"),
+                );
             }
         }
-        let short: usize = fan.next.iter().filter(|n| n.load(Ordering::Relaxed) != fw).count();
-        let lasts: Vec<u64> = fan.last.iter().map(|v| v.load(Ordering::Relaxed)).filter(|v| *v > 0).collect();
-        let firsts: Vec<u64> = fan.first.iter().map(|v| v.load(Ordering::Relaxed)).filter(|v| *v != u64::MAX).collect();
+        let short: usize = fan
+            .next
+            .iter()
+            .filter(|n| n.load(Ordering::Relaxed) != fw)
+            .count();
+        let lasts: Vec<u64> = fan
+            .last
+            .iter()
+            .map(|v| v.load(Ordering::Relaxed))
+            .filter(|v| *v > 0)
+            .collect();
+        let firsts: Vec<u64> = fan
+            .first
+            .iter()
+            .map(|v| v.load(Ordering::Relaxed))
+            .filter(|v| *v != u64::MAX)
+            .collect();
 
-        report.section(&format!("scenario 2: fanout, {k} watches on prefix {FAN_PREFIX} (plus the {n} above)"));
+        report.section(&format!(
+            "scenario 2: fanout, {k} watches on prefix {FAN_PREFIX} (plus the {n} above)"
+        ));
         report.row("fanout watches", k.to_string());
         report.row(
             "time to connect them",
-            format!("{:.2} s (retried attempts {}, failed {})", connect2.as_secs_f64(), group2.stats.retries.load(Ordering::Relaxed), group2.stats.failed.load(Ordering::Relaxed)),
+            format!(
+                "{:.2} s (retried attempts {}, failed {})",
+                connect2.as_secs_f64(),
+                group2.stats.retries.load(Ordering::Relaxed),
+                group2.stats.failed.load(Ordering::Relaxed)
+            ),
         );
         report.row("writes", format!("{fw} to {FAN_KEY}, one at a time"));
         match summarize(lasts) {
             Some(s) => report.row(
                 "write to last watcher",
-                format!("p50 {}  p90 {}  p99 {}  max {}", ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max)),
+                format!(
+                    "p50 {}  p90 {}  p99 {}  max {}",
+                    ms(s.p50),
+                    ms(s.p90),
+                    ms(s.p99),
+                    ms(s.max)
+                ),
             ),
             None => report.row("write to last watcher", "no events"),
         }
         if let Some(s) = summarize(firsts) {
-            report.row("write to first watcher", format!("p50 {}  p99 {}  max {}", ms(s.p50), ms(s.p99), ms(s.max)));
+            report.row(
+                "write to first watcher",
+                format!("p50 {}  p99 {}  max {}", ms(s.p50), ms(s.p99), ms(s.max)),
+            );
         }
         if let Some(s) = summarize(fan_put) {
-            report.row("PUT latency", format!("p50 {}  p99 {}  max {}", ms(s.p50), ms(s.p99), ms(s.max)));
+            report.row(
+                "PUT latency",
+                format!("p50 {}  p99 {}  max {}", ms(s.p50), ms(s.p99), ms(s.max)),
+            );
         }
         report.row(
             "events",
@@ -613,10 +865,16 @@ async fn run(
     // Scenario 1's watchers must not have seen any fanout write.
     let total1_end = key_sink.total.load(Ordering::Relaxed);
     if total1_end != total1 {
-        failures.add("scenario-1 watchers got events during the fanout scenario", format!("{} extra", total1_end - total1));
+        failures.add(
+            "scenario-1 watchers got events during the fanout scenario",
+            format!("{} extra", total1_end - total1),
+        );
     }
     let dropped1 = group1.stats.dropped.load(Ordering::Relaxed);
-    let keepalives = group1.stats.comments.load(Ordering::Relaxed) + group2.as_ref().map_or(0, |g| g.stats.comments.load(Ordering::Relaxed));
+    let keepalives = group1.stats.comments.load(Ordering::Relaxed)
+        + group2
+            .as_ref()
+            .map_or(0, |g| g.stats.comments.load(Ordering::Relaxed));
 
     // ---- after: close everything and see the node let go of the watches
     eprintln!("closing all watch connections");
@@ -632,20 +890,42 @@ async fn run(
         remaining = watchers(&control, &api).await?;
     }
     report.section("after closing every watch connection");
-    report.row("node watchers while open", registered_open.saturating_sub(baseline).to_string());
+    report.row(
+        "node watchers while open",
+        registered_open.saturating_sub(baseline).to_string(),
+    );
     report.row(
         "node watchers 5 s after close",
-        format!("{}{}", remaining.saturating_sub(baseline), if remaining > baseline { "  (WARNING: registrations outlive their connections)" } else { "" }),
+        format!(
+            "{}{}",
+            remaining.saturating_sub(baseline),
+            if remaining > baseline {
+                "  (WARNING: registrations outlive their connections)"
+            } else {
+                ""
+            }
+        ),
     );
     if remaining > baseline && args.fanout > 0 {
         // Does a matching write release the registrations of closed connections?
-        let _ = writer.put(format!("{api}/v1/kv/{FAN_KEY}")).body("probe").send().await;
+        let _ = writer
+            .put(format!("{api}/v1/kv/{FAN_KEY}"))
+            .body("probe")
+            .send()
+            .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after_probe = watchers(&control, &api).await?;
-        report.row(format!("... after one more write to {FAN_KEY}"), after_probe.saturating_sub(baseline).to_string());
+        report.row(
+            format!("... after one more write to {FAN_KEY}"),
+            after_probe.saturating_sub(baseline).to_string(),
+        );
         warnings.add(
             "watch registrations outlive closed connections",
-            format!("{} still registered 5 s after close; {} after one write to {FAN_KEY}", remaining - baseline, after_probe.saturating_sub(baseline)),
+            format!(
+                "{} still registered 5 s after close; {} after one write to {FAN_KEY}",
+                remaining - baseline,
+                after_probe.saturating_sub(baseline)
+            ),
         );
     }
     let after_close = target.proc();
@@ -666,7 +946,10 @@ async fn run(
     let ok = failures.total() == 0;
     report.section("checks");
     if ok {
-        report.row("verdict", "OK: every write produced exactly one event at exactly its watcher(s); no stray events");
+        report.row(
+            "verdict",
+            "OK: every write produced exactly one event at exactly its watcher(s); no stray events",
+        );
     } else {
         report.row("verdict", "MISMATCH");
         for line in failures.lines() {
@@ -682,7 +965,10 @@ async fn run(
 async fn start(args: &Args, report: &mut Report) -> anyhow::Result<Target> {
     let (soft, hard) = node::raise_fd_limit();
     let needed = (args.watches + args.fanout + args.concurrency + 256) as u64;
-    report.row("open files limit", format!("soft {soft}, hard {hard} (needs about {needed} in the bench and in the node)"));
+    report.row(
+        "open files limit",
+        format!("soft {soft}, hard {hard} (needs about {needed} in the bench and in the node)"),
+    );
     if soft < needed {
         bail!("open files limit {soft} (hard {hard}) is below the ~{needed} needed; raise it (ulimit -n) or use fewer watches");
     }
@@ -698,25 +984,49 @@ async fn start(args: &Args, report: &mut Report) -> anyhow::Result<Target> {
     }
     let built = std::fs::metadata(&binary)
         .map(|m| {
-            let age = m.modified().ok().and_then(|t| t.elapsed().ok()).map(|a| a.as_secs()).unwrap_or(0);
+            let age = m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map(|a| a.as_secs())
+                .unwrap_or(0);
             format!("{} bytes, modified {age} s ago", m.len())
         })
         .unwrap_or_default();
     eprintln!("shoal binary: {} ({why}; {built})", binary.display());
-    report.row("shoal binary", format!("{} ({why}; {built})", binary.display()));
+    report.row(
+        "shoal binary",
+        format!("{} ({why}; {built})", binary.display()),
+    );
     let mut node = Node::spawn(&binary)?;
     let control = http_client(Some(Duration::from_secs(5)))?;
     match node.wait_ready(&control, Duration::from_secs(60)).await {
         Ok(took) => {
-            eprintln!("node pid {} ready at {} in {} ms", node.pid, node.api, took.as_millis());
-            report.row("node", format!("spawned, pid {}, {}, ready in {} ms", node.pid, node.api, took.as_millis()));
+            eprintln!(
+                "node pid {} ready at {} in {} ms",
+                node.pid,
+                node.api,
+                took.as_millis()
+            );
+            report.row(
+                "node",
+                format!(
+                    "spawned, pid {}, {}, ready in {} ms",
+                    node.pid,
+                    node.api,
+                    took.as_millis()
+                ),
+            );
         }
         Err(e) => {
             eprintln!("node log (tail):\n{}", node.log_tail(30));
             return Err(e);
         }
     }
-    Ok(Target { api: node.api.clone(), node: Some(node) })
+    Ok(Target {
+        api: node.api.clone(),
+        node: Some(node),
+    })
 }
 
 async fn interrupted() -> &'static str {
@@ -781,7 +1091,10 @@ async fn main_async(args: Args) -> i32 {
             report.row("  node log", line.clone());
         }
     }
-    report.row("total run time", format!("{:.1} s", started.elapsed().as_secs_f64()));
+    report.row(
+        "total run time",
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    );
     report.print();
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -792,7 +1105,10 @@ async fn main_async(args: Args) -> i32 {
 
 fn main() {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = runtime.block_on(main_async(args));
     // Drops the node (kills it if still running) and any leftover tasks.
     runtime.shutdown_timeout(Duration::from_secs(2));

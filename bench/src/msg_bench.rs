@@ -40,7 +40,9 @@ use crate::node::{free_port, spawn_logged, Node};
 use crate::stats::{summarize, Summary};
 
 #[derive(Parser, Debug)]
-#[command(about = "Shoal messaging (WebSocket) vs NATS core: throughput, fan-out, latency; one node and three")]
+#[command(
+    about = "Shoal messaging (WebSocket) vs NATS core: throughput, fan-out, latency; one node and three"
+)]
 struct Args {
     /// shoal binary [default: $SHOAL_BIN, else $CARGO_TARGET_DIR/release/shoal, else .../debug/shoal]
     #[arg(long)]
@@ -78,7 +80,11 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "single,cluster")]
     topologies: Vec<String>,
     /// Scenarios: `throughput` (1 to 1), `fanout` (1 to --fanout), `latency` (paced 1 to 1).
-    #[arg(long, value_delimiter = ',', default_value = "throughput,fanout,latency")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,fanout,latency"
+    )]
     scenarios: Vec<String>,
     /// After the last publish, subscribers stop once nothing arrived for this long (ms) ...
     #[arg(long, default_value_t = 2000)]
@@ -154,20 +160,34 @@ impl Drop for NatsServer {
 }
 
 fn start_nats(bin: &Path, n: usize, dir: &Path) -> anyhow::Result<Vec<NatsServer>> {
-    let ports: Vec<(u16, u16, u16)> =
-        (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+    let ports: Vec<(u16, u16, u16)> = (0..n)
+        .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+        .collect::<anyhow::Result<_>>()?;
     let mut servers = Vec::new();
     for (i, (client, monitor, cluster)) in ports.iter().enumerate() {
         let mut command = Command::new(bin);
         command
-            .args(["-a", "127.0.0.1", "-p", &client.to_string(), "-m", &monitor.to_string()])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &client.to_string(),
+                "-m",
+                &monitor.to_string(),
+            ])
             .args(["--server_name", &format!("n{i}")]);
         if n > 1 {
-            let routes: Vec<String> =
-                ports.iter().filter(|p| p.2 != *cluster).map(|p| format!("nats://127.0.0.1:{}", p.2)).collect();
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|p| p.2 != *cluster)
+                .map(|p| format!("nats://127.0.0.1:{}", p.2))
+                .collect();
             command
                 .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
-                .args(["--cluster_name", &format!("msg-bench-{}", std::process::id())])
+                .args([
+                    "--cluster_name",
+                    &format!("msg-bench-{}", std::process::id()),
+                ])
                 .args(["--routes", &routes.join(",")]);
         }
         let child = spawn_logged(&mut command, &dir.join(format!("nats{i}.log")))?;
@@ -182,7 +202,11 @@ fn start_nats(bin: &Path, n: usize, dir: &Path) -> anyhow::Result<Vec<NatsServer
 }
 
 /// Every server answers its monitoring port and, in a cluster, has a route to every other.
-async fn wait_nats(servers: &mut [NatsServer], http: &reqwest::Client, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_nats(
+    servers: &mut [NatsServer],
+    http: &reqwest::Client,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let want_routes = servers.len() as u64 - 1;
     for server in servers.iter_mut() {
@@ -191,14 +215,22 @@ async fn wait_nats(servers: &mut [NatsServer], http: &reqwest::Client, timeout: 
                 bail!("nats-server {} exited ({status})", server.url);
             }
             let routes = async {
-                let routez: serde_json::Value = http.get(format!("{}/routez", server.monitor)).send().await?.json().await?;
+                let routez: serde_json::Value = http
+                    .get(format!("{}/routez", server.monitor))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
                 anyhow::Ok(routez["num_routes"].as_u64().unwrap_or(0))
             };
             if matches!(routes.await, Ok(r) if r >= want_routes) {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("nats-server {} not ready (routes) within {timeout:?}", server.url);
+                bail!(
+                    "nats-server {} not ready (routes) within {timeout:?}",
+                    server.url
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -219,7 +251,13 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn start(system: System, n: usize, args: &Args, shoal_bin: &Path, http: &reqwest::Client) -> anyhow::Result<Deployment> {
+    async fn start(
+        system: System,
+        n: usize,
+        args: &Args,
+        shoal_bin: &Path,
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Deployment> {
         let dir = tempfile::Builder::new().prefix("msg-bench-").tempdir()?;
         let servers = match system {
             System::Nats => {
@@ -230,19 +268,29 @@ impl Deployment {
             System::Shoal => {
                 let quiet = ["--log-level".to_string(), "warn".to_string()];
                 let mut nodes = if n == 1 {
-                    vec![Node::spawn_with(shoal_bin, (free_port()?, free_port()?, free_port()?), &quiet)?]
+                    vec![Node::spawn_with(
+                        shoal_bin,
+                        (free_port()?, free_port()?, free_port()?),
+                        &quiet,
+                    )?]
                 } else {
                     Node::spawn_cluster(shoal_bin, n, &quiet)?
                 };
                 for node in nodes.iter_mut() {
-                    node.wait_ready(http, Duration::from_secs(60)).await.map_err(|e| {
-                        anyhow::anyhow!("shoal node {}: {e:#}\n{}", node.api, node.log_tail(20))
-                    })?;
+                    node.wait_ready(http, Duration::from_secs(60))
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!("shoal node {}: {e:#}\n{}", node.api, node.log_tail(20))
+                        })?;
                 }
                 Servers::Shoal(nodes)
             }
         };
-        Ok(Deployment { system, servers, _dir: dir })
+        Ok(Deployment {
+            system,
+            servers,
+            _dir: dir,
+        })
     }
 
     fn len(&self) -> usize {
@@ -300,15 +348,23 @@ struct NatsEvents {
     disconnected: AtomicU64,
 }
 
-async fn nats_connect(url: &str, capacity: usize, events: Arc<NatsEvents>) -> anyhow::Result<async_nats::Client> {
+async fn nats_connect(
+    url: &str,
+    capacity: usize,
+    events: Arc<NatsEvents>,
+) -> anyhow::Result<async_nats::Client> {
     let client = async_nats::ConnectOptions::new()
         .subscription_capacity(capacity)
         .event_callback(move |event| {
             let events = events.clone();
             async move {
                 match event {
-                    async_nats::Event::SlowConsumer(_) => events.slow_consumer.fetch_add(1, Ordering::Relaxed),
-                    async_nats::Event::Disconnected => events.disconnected.fetch_add(1, Ordering::Relaxed),
+                    async_nats::Event::SlowConsumer(_) => {
+                        events.slow_consumer.fetch_add(1, Ordering::Relaxed)
+                    }
+                    async_nats::Event::Disconnected => {
+                        events.disconnected.fetch_add(1, Ordering::Relaxed)
+                    }
                     _ => 0,
                 };
             }
@@ -325,12 +381,23 @@ enum Publisher {
 }
 
 impl Publisher {
-    async fn connect(dep: &Deployment, node: usize, topic: &str, events: Arc<NatsEvents>) -> anyhow::Result<Publisher> {
+    async fn connect(
+        dep: &Deployment,
+        node: usize,
+        topic: &str,
+        events: Arc<NatsEvents>,
+    ) -> anyhow::Result<Publisher> {
         let endpoint = dep.endpoint(node);
         Ok(match dep.system {
-            System::Nats => Publisher::Nats(nats_connect(&endpoint, 1024, events).await?, topic.to_string().into()),
+            System::Nats => Publisher::Nats(
+                nats_connect(&endpoint, 1024, events).await?,
+                topic.to_string().into(),
+            ),
             System::Shoal => {
-                let url = format!("{}/v1/publish/ws?topic={topic}", endpoint.replacen("http://", "ws://", 1));
+                let url = format!(
+                    "{}/v1/publish/ws?topic={topic}",
+                    endpoint.replacen("http://", "ws://", 1)
+                );
                 Publisher::Shoal(Box::new(ws_connect(url).await?))
             }
         })
@@ -339,7 +406,9 @@ impl Publisher {
     /// Queue one message; waits only while the connection's buffers are full.
     async fn feed(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Publisher::Nats(client, subject) => client.publish(subject.clone(), data.into()).await?,
+            Publisher::Nats(client, subject) => {
+                client.publish(subject.clone(), data.into()).await?
+            }
             Publisher::Shoal(ws) => ws.feed(WsMessage::Binary(data.into())).await?,
         }
         Ok(())
@@ -348,7 +417,9 @@ impl Publisher {
     /// Send one message now (async-nats writes as soon as its queue is empty).
     async fn send(&mut self, data: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Publisher::Nats(client, subject) => client.publish(subject.clone(), data.into()).await?,
+            Publisher::Nats(client, subject) => {
+                client.publish(subject.clone(), data.into()).await?
+            }
             Publisher::Shoal(ws) => ws.send(WsMessage::Binary(data.into())).await?,
         }
         Ok(())
@@ -376,7 +447,10 @@ impl Publisher {
 }
 
 enum SubConn {
-    Nats { _client: async_nats::Client, sub: async_nats::Subscriber },
+    Nats {
+        _client: async_nats::Client,
+        sub: async_nats::Subscriber,
+    },
     Shoal(Box<Ws>),
 }
 
@@ -388,7 +462,13 @@ enum Incoming {
 }
 
 impl SubConn {
-    async fn connect(dep: &Deployment, node: usize, topic: &str, buffer: u64, events: Arc<NatsEvents>) -> anyhow::Result<SubConn> {
+    async fn connect(
+        dep: &Deployment,
+        node: usize,
+        topic: &str,
+        buffer: u64,
+        events: Arc<NatsEvents>,
+    ) -> anyhow::Result<SubConn> {
         let endpoint = dep.endpoint(node);
         Ok(match dep.system {
             System::Nats => {
@@ -396,7 +476,10 @@ impl SubConn {
                 let sub = client.subscribe(topic.to_string()).await?;
                 // The server has the SUB once the PONG is back.
                 client.flush().await?;
-                SubConn::Nats { _client: client, sub }
+                SubConn::Nats {
+                    _client: client,
+                    sub,
+                }
             }
             System::Shoal => {
                 // The node registers the subscription before it answers the upgrade.
@@ -420,13 +503,18 @@ impl SubConn {
                 match ws.next().await {
                     Some(Ok(WsMessage::Binary(data))) => return Incoming::Payload(data),
                     Some(Ok(WsMessage::Text(text))) => {
-                        let value: serde_json::Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                        let value: serde_json::Value =
+                            serde_json::from_str(text.as_str()).unwrap_or_default();
                         match value["dropped"].as_u64() {
                             Some(n) => return Incoming::Dropped(n),
-                            None => return Incoming::Closed(format!("unexpected text frame: {text}")),
+                            None => {
+                                return Incoming::Closed(format!("unexpected text frame: {text}"))
+                            }
                         }
                     }
-                    Some(Ok(WsMessage::Close(frame))) => return Incoming::Closed(format!("closed by the node: {frame:?}")),
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        return Incoming::Closed(format!("closed by the node: {frame:?}"))
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Incoming::Closed(format!("WebSocket error: {e}")),
                     None => return Incoming::Closed("WebSocket ended".into()),
@@ -438,15 +526,35 @@ impl SubConn {
 
 /// Shoal: the publishing node must know (through gossip) that the subscribing
 /// node wants `topic` before a publish there is forwarded.
-async fn wait_interest(http: &reqwest::Client, publish_api: &str, subscribe_api: &str, topic: &str) -> anyhow::Result<Duration> {
+async fn wait_interest(
+    http: &reqwest::Client,
+    publish_api: &str,
+    subscribe_api: &str,
+    topic: &str,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let topics: serde_json::Value = http.get(format!("{subscribe_api}/v1/topics")).send().await?.json().await?;
-    let node_id = topics["node_id"].as_u64().context("/v1/topics without node_id")?.to_string();
+    let topics: serde_json::Value = http
+        .get(format!("{subscribe_api}/v1/topics"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let node_id = topics["node_id"]
+        .as_u64()
+        .context("/v1/topics without node_id")?
+        .to_string();
     loop {
-        let topics: serde_json::Value = http.get(format!("{publish_api}/v1/topics")).send().await?.json().await?;
-        let listed = topics["nodes"][&node_id]
-            .as_array()
-            .is_some_and(|lines| lines.iter().any(|line| line["pattern"].as_str() == Some(topic)));
+        let topics: serde_json::Value = http
+            .get(format!("{publish_api}/v1/topics"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let listed = topics["nodes"][&node_id].as_array().is_some_and(|lines| {
+            lines
+                .iter()
+                .any(|line| line["pattern"].as_str() == Some(topic))
+        });
         if listed {
             return Ok(started.elapsed());
         }
@@ -551,12 +659,21 @@ fn cpu_ticks(pid: Option<u32>) -> u64 {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_string(),
     };
-    let Ok(stat) = std::fs::read_to_string(path) else { return 0 };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0;
+    };
     // Fields after the command name (which may contain spaces) in parentheses.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     field(11) + field(12)
 }
 
@@ -571,7 +688,10 @@ fn ticks_per_sec() -> f64 {
 }
 
 /// CPU samples (servers, this process) every 50 ms until stopped.
-fn sample_cpu(pids: Vec<u32>, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<(Instant, u64, u64)>> {
+fn sample_cpu(
+    pids: Vec<u32>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<(Instant, u64, u64)>> {
     tokio::spawn(async move {
         let mut samples = Vec::new();
         loop {
@@ -591,16 +711,25 @@ fn sample_cpu(pids: Vec<u32>, mut stop: watch::Receiver<bool>) -> tokio::task::J
 
 /// Servers' and bench's CPU (100 = one core) between `from` and `to`.
 fn cpu_between(samples: &[(Instant, u64, u64)], from: Instant, to: Instant) -> (f64, f64) {
-    let first = samples.iter().rev().find(|s| s.0 <= from).or(samples.first());
+    let first = samples
+        .iter()
+        .rev()
+        .find(|s| s.0 <= from)
+        .or(samples.first());
     let last = samples.iter().find(|s| s.0 >= to).or(samples.last());
-    let (Some(first), Some(last)) = (first, last) else { return (0.0, 0.0) };
+    let (Some(first), Some(last)) = (first, last) else {
+        return (0.0, 0.0);
+    };
     let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
     if secs <= 0.0 {
         return (0.0, 0.0);
     }
     let per_sec = ticks_per_sec();
     let pct = |ticks: u64| ticks as f64 / per_sec / secs * 100.0;
-    (pct(last.1.saturating_sub(first.1)), pct(last.2.saturating_sub(first.2)))
+    (
+        pct(last.1.saturating_sub(first.1)),
+        pct(last.2.saturating_sub(first.2)),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -668,17 +797,35 @@ async fn run_one(
     http: &reqwest::Client,
 ) -> anyhow::Result<Outcome> {
     let topic = format!("bench.r{}", RUN.fetch_add(1, Ordering::Relaxed));
-    let subscribers = if scenario == Scenario::Fanout { args.fanout } else { 1 };
-    let count = if scenario == Scenario::Latency { args.rate * args.latency_secs } else { count };
+    let subscribers = if scenario == Scenario::Fanout {
+        args.fanout
+    } else {
+        1
+    };
+    let count = if scenario == Scenario::Latency {
+        args.rate * args.latency_secs
+    } else {
+        count
+    };
     let (publish_node, subscribe_node) = (0, if dep.len() > 1 { 1 } else { 0 });
     let events = Arc::new(NatsEvents::default());
 
     let mut conns = Vec::new();
     for _ in 0..subscribers {
-        conns.push(SubConn::connect(dep, subscribe_node, &topic, args.buffer, events.clone()).await?);
+        conns.push(
+            SubConn::connect(dep, subscribe_node, &topic, args.buffer, events.clone()).await?,
+        );
     }
     let interest_wait = if dep.system == System::Shoal && publish_node != subscribe_node {
-        Some(wait_interest(http, &dep.endpoint(publish_node), &dep.endpoint(subscribe_node), &topic).await?)
+        Some(
+            wait_interest(
+                http,
+                &dep.endpoint(publish_node),
+                &dep.endpoint(subscribe_node),
+                &topic,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -692,7 +839,15 @@ async fn run_one(
         .into_iter()
         .map(|conn| {
             let latency = scenario == Scenario::Latency;
-            tokio::spawn(subscriber(conn, count, latency, probed.clone(), done_rx.clone(), idle, drain))
+            tokio::spawn(subscriber(
+                conn,
+                count,
+                latency,
+                probed.clone(),
+                done_rx.clone(),
+                idle,
+                drain,
+            ))
         })
         .collect();
 
@@ -744,10 +899,19 @@ async fn run_one(
     let samples = sampler.await?;
     publisher.close().await;
 
-    let last = reports.iter().filter_map(|r| r.last).max().unwrap_or(started);
+    let last = reports
+        .iter()
+        .filter_map(|r| r.last)
+        .max()
+        .unwrap_or(started);
     let (server_cpu, bench_cpu) = cpu_between(&samples, started, last);
     let latency = if scenario == Scenario::Latency {
-        summarize(reports.iter().flat_map(|r| r.latencies.iter().copied()).collect())
+        summarize(
+            reports
+                .iter()
+                .flat_map(|r| r.latencies.iter().copied())
+                .collect(),
+        )
     } else {
         None
     };
@@ -812,7 +976,11 @@ fn ms_short(nanos: u64) -> String {
 }
 
 fn scenario_label(row: &Row, args: &Args) -> String {
-    let place = if row.topology == "single" { "1 server" } else { "3 servers, A→B" };
+    let place = if row.topology == "single" {
+        "1 server"
+    } else {
+        "3 servers, A→B"
+    };
     match row.scenario {
         Scenario::Throughput => format!("1→1 stream, {place}"),
         Scenario::Fanout => format!("1→{} fan-out, {place}", args.fanout),
@@ -821,7 +989,10 @@ fn scenario_label(row: &Row, args: &Args) -> String {
 }
 
 fn result_of(row: &Row, system: System) -> Option<&anyhow::Result<Outcome>> {
-    row.results.iter().find(|(s, _)| *s == system).map(|(_, r)| r)
+    row.results
+        .iter()
+        .find(|(s, _)| *s == system)
+        .map(|(_, r)| r)
 }
 
 fn rate_cell(result: Option<&anyhow::Result<Outcome>>, scenario: Scenario) -> String {
@@ -829,7 +1000,11 @@ fn rate_cell(result: Option<&anyhow::Result<Outcome>>, scenario: Scenario) -> St
         None => "–".into(),
         Some(Err(_)) => "error".into(),
         Some(Ok(o)) if scenario == Scenario::Fanout => {
-            format!("{} ({}/sub)", thousands(o.rate()), thousands(o.rate() / o.subscribers as f64))
+            format!(
+                "{} ({}/sub)",
+                thousands(o.rate()),
+                thousands(o.rate() / o.subscribers as f64)
+            )
         }
         Some(Ok(o)) => thousands(o.rate()),
     }
@@ -837,7 +1012,9 @@ fn rate_cell(result: Option<&anyhow::Result<Outcome>>, scenario: Scenario) -> St
 
 fn latency_cell(result: Option<&anyhow::Result<Outcome>>) -> String {
     match result {
-        Some(Ok(Outcome { latency: Some(s), .. })) => format!("{} / {} ms", ms_short(s.p50), ms_short(s.p99)),
+        Some(Ok(Outcome {
+            latency: Some(s), ..
+        })) => format!("{} / {} ms", ms_short(s.p50), ms_short(s.p99)),
         Some(Err(_)) => "error".into(),
         _ => "–".into(),
     }
@@ -846,7 +1023,11 @@ fn latency_cell(result: Option<&anyhow::Result<Outcome>>) -> String {
 fn lost_cell(result: Option<&anyhow::Result<Outcome>>) -> String {
     match result {
         Some(Ok(o)) if o.lost() == 0 => "0".into(),
-        Some(Ok(o)) => format!("{} ({:.1}%)", thousands(o.lost() as f64), o.lost() as f64 * 100.0 / o.expected.max(1) as f64),
+        Some(Ok(o)) => format!(
+            "{} ({:.1}%)",
+            thousands(o.lost() as f64),
+            o.lost() as f64 * 100.0 / o.expected.max(1) as f64
+        ),
         Some(Err(_)) => "error".into(),
         None => "–".into(),
     }
@@ -882,21 +1063,36 @@ fn print_report(rows: &[Row], args: &Args) {
     println!("Details of the runs in the table (CPU: 100% = one core, first publish → last delivery, servers summed):");
     println!();
     println!("| scenario | payload | system | sent | publish msgs/s | delivered | lost | dup | time s | p50 / p99 / max | server CPU | bench CPU | notes |");
-    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!(
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
     let mut errors = Vec::new();
     for row in rows {
         for (system, result) in &row.results {
             let label = scenario_label(row, args);
             match result {
                 Err(e) => {
-                    println!("| {label} | {} | {} | error | | | | | | | | | see below |", size_label(row.payload), system.name());
-                    errors.push(format!("{label}, {}, {}: {e:#}", size_label(row.payload), system.name()));
+                    println!(
+                        "| {label} | {} | {} | error | | | | | | | | | see below |",
+                        size_label(row.payload),
+                        system.name()
+                    );
+                    errors.push(format!(
+                        "{label}, {}, {}: {e:#}",
+                        size_label(row.payload),
+                        system.name()
+                    ));
                 }
                 Ok(o) => {
                     let mut notes = Vec::new();
                     if o.all_rates.len() > 1 {
-                        let rates: Vec<String> = o.all_rates.iter().map(|r| thousands(*r)).collect();
-                        notes.push(format!("median of {} runs: {} msgs/s", rates.len(), rates.join(" / ")));
+                        let rates: Vec<String> =
+                            o.all_rates.iter().map(|r| thousands(*r)).collect();
+                        notes.push(format!(
+                            "median of {} runs: {} msgs/s",
+                            rates.len(),
+                            rates.join(" / ")
+                        ));
                     }
                     if o.dropped_reported > 0 {
                         notes.push(format!("{} reported dropped", o.dropped_reported));
@@ -919,7 +1115,14 @@ fn print_report(rows: &[Row], args: &Args) {
                     let latency = o
                         .latency
                         .as_ref()
-                        .map(|s| format!("{} / {} / {} ms", ms_short(s.p50), ms_short(s.p99), ms_short(s.max)))
+                        .map(|s| {
+                            format!(
+                                "{} / {} / {} ms",
+                                ms_short(s.p50),
+                                ms_short(s.p99),
+                                ms_short(s.max)
+                            )
+                        })
                         .unwrap_or_else(|| "–".into());
                     println!(
                         "| {label} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {latency} | {:.0}% | {:.0}% | {} |",
@@ -947,7 +1150,9 @@ fn print_report(rows: &[Row], args: &Args) {
     println!();
     println!("Targets:");
     for row in rows {
-        let (Some(Ok(nats)), Some(Ok(shoal))) = (result_of(row, System::Nats), result_of(row, System::Shoal)) else {
+        let (Some(Ok(nats)), Some(Ok(shoal))) =
+            (result_of(row, System::Nats), result_of(row, System::Shoal))
+        else {
             continue;
         };
         match row.scenario {
@@ -978,7 +1183,10 @@ fn print_report(rows: &[Row], args: &Args) {
 
 fn command_output(program: &Path, arg: &str) -> String {
     match Command::new(program).arg(arg).output() {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string() + String::from_utf8_lossy(&out.stderr).trim(),
+        Ok(out) => {
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+                + String::from_utf8_lossy(&out.stderr).trim()
+        }
         Err(e) => format!("? ({e})"),
     }
 }
@@ -999,12 +1207,21 @@ fn locked_versions(names: &[&str]) -> String {
 }
 
 fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_else(|| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     format!("nproc {cpus}, {model}, Linux {kernel}")
 }
 
@@ -1016,7 +1233,11 @@ fn load_average() -> String {
 
 async fn run(args: &Args) -> anyhow::Result<()> {
     if args.payloads.len() != args.messages.len() {
-        bail!("--payloads and --messages need one entry each ({} vs {})", args.payloads.len(), args.messages.len());
+        bail!(
+            "--payloads and --messages need one entry each ({} vs {})",
+            args.payloads.len(),
+            args.messages.len()
+        );
     }
     if let Some(small) = args.payloads.iter().find(|p| **p < HEADER) {
         bail!("payload {small} is below {HEADER} bytes (sequence number and send time)");
@@ -1024,7 +1245,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if args.rate == 0 || args.rate > 1_000_000_000 {
         bail!("--rate must be between 1 and 1e9");
     }
-    let scenarios: Vec<Scenario> = args.scenarios.iter().map(|s| Scenario::parse(s)).collect::<anyhow::Result<_>>()?;
+    let scenarios: Vec<Scenario> = args
+        .scenarios
+        .iter()
+        .map(|s| Scenario::parse(s))
+        .collect::<anyhow::Result<_>>()?;
     let mut systems = Vec::new();
     for target in &args.targets {
         systems.push(match target.as_str() {
@@ -1047,9 +1272,20 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     println!("# msg-bench: Shoal (WebSocket publish stream + raw WebSocket subscribers) vs NATS core, 127.0.0.1");
     println!("# machine: {}", machine());
-    println!("# shoal: {} ({why}): {}", shoal_bin.display(), command_output(&shoal_bin, "--version"));
-    println!("# nats:  {}: {}", args.nats_bin.display(), command_output(&args.nats_bin, "--version"));
-    println!("# clients: {}", locked_versions(&["async-nats", "tokio-tungstenite"]));
+    println!(
+        "# shoal: {} ({why}): {}",
+        shoal_bin.display(),
+        command_output(&shoal_bin, "--version")
+    );
+    println!(
+        "# nats:  {}: {}",
+        args.nats_bin.display(),
+        command_output(&args.nats_bin, "--version")
+    );
+    println!(
+        "# clients: {}",
+        locked_versions(&["async-nats", "tokio-tungstenite"])
+    );
     println!(
         "# runs: {} msgs per stream/fan-out run (payloads {}, median of {}), fan-out {}, latency {} msg/s for {} s, subscriber buffer {}",
         args.messages.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("/"),
@@ -1064,22 +1300,42 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // Other work on the machine shares its cores with the servers and the bench.
     let load_before = load_average();
     println!("# load average before the runs: {load_before}");
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let mut rows: Vec<Row> = Vec::new();
     for (topology, n) in &topologies {
         for &scenario in &scenarios {
             for &payload in &args.payloads {
-                rows.push(Row { topology, scenario, payload, results: Vec::new() });
+                rows.push(Row {
+                    topology,
+                    scenario,
+                    payload,
+                    results: Vec::new(),
+                });
             }
         }
         for &system in &systems {
             eprintln!("{}: starting {n} server(s) ...", system.name());
             let started = Instant::now();
             let dep = Deployment::start(system, *n, args, &shoal_bin, &http).await?;
-            eprintln!("{}: {n} server(s) ready in {} ms", system.name(), started.elapsed().as_millis());
+            eprintln!(
+                "{}: {n} server(s) ready in {} ms",
+                system.name(),
+                started.elapsed().as_millis()
+            );
             for row in rows.iter_mut().filter(|r| r.topology == *topology) {
-                let count = args.messages[args.payloads.iter().position(|p| *p == row.payload).unwrap_or(0)];
-                let repeats = if row.scenario == Scenario::Latency { 1 } else { args.repeat.max(1) };
+                let count = args.messages[args
+                    .payloads
+                    .iter()
+                    .position(|p| *p == row.payload)
+                    .unwrap_or(0)];
+                let repeats = if row.scenario == Scenario::Latency {
+                    1
+                } else {
+                    args.repeat.max(1)
+                };
                 let mut outcomes = Vec::new();
                 let mut failure = None;
                 for round in 0..repeats {
@@ -1100,7 +1356,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                                 thousands(o.rate()),
                                 o.latency
                                     .as_ref()
-                                    .map(|s| format!(", p50 {} ms p99 {} ms", ms_short(s.p50), ms_short(s.p99)))
+                                    .map(|s| format!(
+                                        ", p50 {} ms p99 {} ms",
+                                        ms_short(s.p50),
+                                        ms_short(s.p99)
+                                    ))
                                     .unwrap_or_default()
                             );
                             outcomes.push(o);
@@ -1115,7 +1375,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 }
                 let all_rates: Vec<f64> = outcomes.iter().map(Outcome::rate).collect();
                 outcomes.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-                let median = (!outcomes.is_empty()).then(|| outcomes.swap_remove(outcomes.len() / 2));
+                let median =
+                    (!outcomes.is_empty()).then(|| outcomes.swap_remove(outcomes.len() / 2));
                 let result = match (median, failure) {
                     (Some(mut o), failure) => {
                         o.all_rates = all_rates;
@@ -1148,13 +1409,19 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 }
             }
             for (target, count, last) in &by_target {
-                println!("# {} {topology}: {count} WARN/ERROR log lines from {target}; last: {last}", system.name());
+                println!(
+                    "# {} {topology}: {count} WARN/ERROR log lines from {target}; last: {last}",
+                    system.name()
+                );
             }
         }
     }
     print_report(&rows, args);
     println!();
-    println!("# load average at the start: {load_before}; at the end: {}", load_average());
+    println!(
+        "# load average at the start: {load_before}; at the end: {}",
+        load_average()
+    );
     Ok(())
 }
 

@@ -23,7 +23,8 @@ pub fn resolve_binary(flag: Option<PathBuf>) -> anyhow::Result<(PathBuf, String)
     let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let home = std::env::var_os("HOME").context("neither CARGO_TARGET_DIR nor HOME is set")?;
+            let home =
+                std::env::var_os("HOME").context("neither CARGO_TARGET_DIR nor HOME is set")?;
             PathBuf::from(home).join(".cache/shoal/target")
         }
     };
@@ -35,7 +36,11 @@ pub fn resolve_binary(flag: Option<PathBuf>) -> anyhow::Result<(PathBuf, String)
     if debug.is_file() {
         return Ok((debug, "debug build (no release build found)".into()));
     }
-    bail!("no shoal binary at {} or {}; build one or pass --shoal-bin", release.display(), debug.display())
+    bail!(
+        "no shoal binary at {} or {}; build one or pass --shoal-bin",
+        release.display(),
+        debug.display()
+    )
 }
 
 /// Raise the soft open-files limit to the hard limit. Returns (soft, hard)
@@ -43,17 +48,23 @@ pub fn resolve_binary(flag: Option<PathBuf>) -> anyhow::Result<(PathBuf, String)
 pub fn raise_fd_limit() -> (u64, u64) {
     // SAFETY: plain syscalls on a local struct.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return (0, 0);
         }
         if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
                 lim.rlim_cur = lim.rlim_max;
             }
         }
-        (lim.rlim_cur as u64, lim.rlim_max as u64)
+        (lim.rlim_cur, lim.rlim_max)
     }
 }
 
@@ -66,8 +77,15 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// child is started with `PR_SET_PDEATHSIG=SIGKILL`: if the bench dies without
 /// running its destructors (SIGKILL, abort), the kernel kills the child too.
 pub fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> {
-    let file = File::options().create(true).append(true).open(log).context("creating a process log")?;
-    command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .context("creating a process log")?;
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
     // SAFETY: prctl is async-signal-safe.
     unsafe {
         command.pre_exec(|| {
@@ -76,7 +94,9 @@ pub fn spawn_logged(command: &mut Command, log: &Path) -> anyhow::Result<Child> 
         });
     }
     let program = command.get_program().to_string_lossy().into_owned();
-    command.spawn().with_context(|| format!("starting {program}"))
+    command
+        .spawn()
+        .with_context(|| format!("starting {program}"))
 }
 
 /// A spawned shoal node. Dropping it kills the process, then removes the data dir.
@@ -98,8 +118,15 @@ impl Node {
     }
 
     /// A node on the given (api, rpc, gossip) ports, with extra `serve` flags.
-    pub fn spawn_with(binary: &Path, ports: (u16, u16, u16), extra: &[String]) -> anyhow::Result<Node> {
-        let dir = tempfile::Builder::new().prefix("shoal-bench-").tempdir().context("creating a temp dir")?;
+    pub fn spawn_with(
+        binary: &Path,
+        ports: (u16, u16, u16),
+        extra: &[String],
+    ) -> anyhow::Result<Node> {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-bench-")
+            .tempdir()
+            .context("creating a temp dir")?;
         let data_dir = dir.path().join("data");
         let log_path = dir.path().join("node.log");
         let (api, rpc, gossip) = ports;
@@ -120,7 +147,14 @@ impl Node {
         }
         let child = spawn_logged(&mut command, &log_path)?;
         let pid = child.id();
-        Ok(Node { child: Some(child), pid, api: format!("http://127.0.0.1:{api}"), data_dir, log_path, _dir: dir })
+        Ok(Node {
+            child: Some(child),
+            pid,
+            api: format!("http://127.0.0.1:{api}"),
+            data_dir,
+            log_path,
+            _dir: dir,
+        })
     }
 
     /// `n` nodes that find each other through gossip (each names all of them
@@ -129,8 +163,9 @@ impl Node {
     /// cannot merge with another cluster that reuses a port.
     #[allow(dead_code)] // msg-bench only
     pub fn spawn_cluster(binary: &Path, n: usize, extra: &[String]) -> anyhow::Result<Vec<Node>> {
-        let ports: Vec<(u16, u16, u16)> =
-            (0..n).map(|_| Ok((free_port()?, free_port()?, free_port()?))).collect::<anyhow::Result<_>>()?;
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
         let mut flags = vec![
             "--bootstrap-expect".to_string(),
             n.to_string(),
@@ -142,11 +177,18 @@ impl Node {
             flags.push(format!("127.0.0.1:{gossip}"));
         }
         flags.extend(extra.iter().cloned());
-        ports.into_iter().map(|p| Node::spawn_with(binary, p, &flags)).collect()
+        ports
+            .into_iter()
+            .map(|p| Node::spawn_with(binary, p, &flags))
+            .collect()
     }
 
     /// Wait until `GET /ready` is 200, the process dies, or `timeout` passes.
-    pub async fn wait_ready(&mut self, client: &reqwest::Client, timeout: Duration) -> anyhow::Result<Duration> {
+    pub async fn wait_ready(
+        &mut self,
+        client: &reqwest::Client,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let url = format!("{}/ready", self.api);
         loop {
@@ -155,7 +197,9 @@ impl Node {
                     bail!("the node exited before it was ready ({status})");
                 }
             }
-            if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), client.get(&url).send()).await {
+            if let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(2), client.get(&url).send()).await
+            {
                 if resp.status().is_success() {
                     return Ok(started.elapsed());
                 }
@@ -180,7 +224,9 @@ impl Node {
 
     /// The last `lines` lines of the node's stdout/stderr.
     pub fn log_tail(&self, lines: usize) -> String {
-        let Ok(mut file) = File::open(&self.log_path) else { return String::new() };
+        let Ok(mut file) = File::open(&self.log_path) else {
+            return String::new();
+        };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
         let mut text = String::new();
@@ -193,12 +239,17 @@ impl Node {
     /// Count log lines at WARN or ERROR level (the node's console format).
     pub fn log_warnings(&self) -> Vec<String> {
         let text = strip_ansi(&std::fs::read_to_string(&self.log_path).unwrap_or_default());
-        text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked")).map(str::to_string).collect()
+        text.lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+            .map(str::to_string)
+            .collect()
     }
 
     /// SIGTERM, up to `grace` for a clean exit, then SIGKILL. Returns how it ended.
     pub fn stop(&mut self, grace: Duration) -> String {
-        let Some(mut child) = self.child.take() else { return "already stopped".into() };
+        let Some(mut child) = self.child.take() else {
+            return "already stopped".into();
+        };
         if let Ok(Some(status)) = child.try_wait() {
             return format!("had already exited ({status})");
         }
@@ -209,13 +260,19 @@ impl Node {
         let started = Instant::now();
         while started.elapsed() < grace {
             if let Ok(Some(status)) = child.try_wait() {
-                return format!("exited after SIGTERM in {} ms ({status})", started.elapsed().as_millis());
+                return format!(
+                    "exited after SIGTERM in {} ms ({status})",
+                    started.elapsed().as_millis()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
-        format!("did not exit within {} ms of SIGTERM; killed (SIGKILL)", grace.as_millis())
+        format!(
+            "did not exit within {} ms of SIGTERM; killed (SIGKILL)",
+            grace.as_millis()
+        )
     }
 }
 
@@ -269,8 +326,15 @@ impl ProcStats {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
-        Some(ProcStats { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:"), threads: field("Threads:"), fds })
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        Some(ProcStats {
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+            threads: field("Threads:"),
+            fds,
+        })
     }
 
     pub fn rss_mib(&self) -> f64 {

@@ -9,7 +9,10 @@ use std::time::Duration;
 const CAP: Duration = Duration::from_secs(1800);
 
 pub fn run_benchmark(name: &str, run: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("{name}: {e}");

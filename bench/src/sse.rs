@@ -39,7 +39,11 @@ impl SseParser {
     fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
         if line.is_empty() {
             if let Some(data) = self.data.take() {
-                out.push(SseEvent { event: std::mem::take(&mut self.event), id: self.id.clone(), data });
+                out.push(SseEvent {
+                    event: std::mem::take(&mut self.event),
+                    id: self.id.clone(),
+                    data,
+                });
             }
             self.event.clear();
             return;
@@ -78,7 +82,14 @@ mod tests {
         parser.push(b": keepalive\n\nevent: change\nid: 7\nda", &mut out);
         assert!(out.is_empty());
         parser.push(b"ta: {\"revision\":7}\r\n\r\n", &mut out);
-        assert_eq!(out, vec![SseEvent { event: "change".into(), id: Some("7".into()), data: "{\"revision\":7}".into() }]);
+        assert_eq!(
+            out,
+            vec![SseEvent {
+                event: "change".into(),
+                id: Some("7".into()),
+                data: "{\"revision\":7}".into()
+            }]
+        );
         assert_eq!(parser.comments, 1);
     }
 }

@@ -31,7 +31,12 @@ impl Problems {
     }
 
     pub fn total(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(n, _)| n).sum()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(n, _)| n)
+            .sum()
     }
 
     pub fn lines(&self) -> Vec<String> {
@@ -63,7 +68,15 @@ pub fn chain(error: &dyn StdError) -> String {
 pub trait Sink: Send + Sync + 'static {
     /// `watcher` is the index of the connection that received the event;
     /// `at` is when the chunk holding it was read from the socket.
-    fn on_event(&self, watcher: usize, revision: u64, kind: &str, key: &str, value: Option<&[u8]>, at: Instant);
+    fn on_event(
+        &self,
+        watcher: usize,
+        revision: u64,
+        kind: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        at: Instant,
+    );
 }
 
 /// Counters shared by the connections of one group.
@@ -142,16 +155,25 @@ async fn watcher(
     warnings: Arc<Problems>,
 ) {
     let response = {
-        let Ok(_permit) = semaphore.acquire().await else { return };
+        let Ok(_permit) = semaphore.acquire().await else {
+            return;
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let request = client.get(&url).header(reqwest::header::ACCEPT, "text/event-stream").send();
+            let request = client
+                .get(&url)
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .send();
             let result = match tokio::time::timeout(attempt_timeout, request).await {
                 Err(_) => Err(format!("no response headers within {attempt_timeout:?}")),
                 Ok(Err(e)) => Err(chain(&e)),
                 Ok(Ok(resp)) if resp.status() == reqwest::StatusCode::OK => {
-                    let kind = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let kind = resp
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
                     if kind.starts_with("text/event-stream") {
                         Ok(resp)
                     } else {
@@ -160,18 +182,27 @@ async fn watcher(
                 }
                 Ok(Ok(resp)) => {
                     let status = resp.status();
-                    Err(format!("HTTP {status}: {}", resp.text().await.unwrap_or_default()))
+                    Err(format!(
+                        "HTTP {status}: {}",
+                        resp.text().await.unwrap_or_default()
+                    ))
                 }
             };
             match result {
                 Ok(resp) => break resp,
                 Err(e) if attempt < attempts => {
-                    warnings.add("watch connect attempt failed (retried)", format!("watch {i} attempt {attempt}: {e}"));
+                    warnings.add(
+                        "watch connect attempt failed (retried)",
+                        format!("watch {i} attempt {attempt}: {e}"),
+                    );
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
                 }
                 Err(e) => {
-                    failures.add("watch could not connect", format!("watch {i} after {attempt} attempts: {e}"));
+                    failures.add(
+                        "watch could not connect",
+                        format!("watch {i} after {attempt} attempts: {e}"),
+                    );
                     stats.failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -190,7 +221,9 @@ async fn watcher(
                 let at = Instant::now();
                 parser.push(&chunk, &mut events);
                 if parser.comments != comments {
-                    stats.comments.fetch_add(parser.comments - comments, Ordering::Relaxed);
+                    stats
+                        .comments
+                        .fetch_add(parser.comments - comments, Ordering::Relaxed);
                     comments = parser.comments;
                 }
                 for event in events.drain(..) {
@@ -221,26 +254,41 @@ fn deliver(i: usize, event: &SseEvent, at: Instant, sink: &dyn Sink, failures: &
             return;
         }
         other => {
-            failures.add("unexpected SSE event type", format!("watch {i}: {other:?} {}", event.data));
+            failures.add(
+                "unexpected SSE event type",
+                format!("watch {i}: {other:?} {}", event.data),
+            );
             return;
         }
     }
     let batch: serde_json::Value = match serde_json::from_str(&event.data) {
         Ok(batch) => batch,
         Err(e) => {
-            failures.add("unparsable change data", format!("watch {i}: {e}: {}", event.data));
+            failures.add(
+                "unparsable change data",
+                format!("watch {i}: {e}: {}", event.data),
+            );
             return;
         }
     };
     let Some(revision) = batch["revision"].as_u64() else {
-        failures.add("change without revision", format!("watch {i}: {}", event.data));
+        failures.add(
+            "change without revision",
+            format!("watch {i}: {}", event.data),
+        );
         return;
     };
     if event.id.as_deref() != Some(revision.to_string().as_str()) {
-        failures.add("SSE id differs from batch revision", format!("watch {i}: id {:?}, revision {revision}", event.id));
+        failures.add(
+            "SSE id differs from batch revision",
+            format!("watch {i}: id {:?}, revision {revision}", event.id),
+        );
     }
     let Some(items) = batch["events"].as_array().filter(|a| !a.is_empty()) else {
-        failures.add("change without events", format!("watch {i}: {}", event.data));
+        failures.add(
+            "change without events",
+            format!("watch {i}: {}", event.data),
+        );
         return;
     };
     for item in items {

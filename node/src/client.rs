@@ -13,7 +13,12 @@ use serde_json::{json, Value};
 #[derive(Args, Debug)]
 pub struct ClientArgs {
     /// Node to talk to.
-    #[arg(long, env = "SHOAL_ENDPOINT", default_value = "http://127.0.0.1:7700", global = true)]
+    #[arg(
+        long,
+        env = "SHOAL_ENDPOINT",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
     pub endpoint: String,
     /// Print the server's JSON instead of readable text.
     #[arg(long, global = true)]
@@ -117,7 +122,9 @@ pub(crate) fn encode_path(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for byte in key.bytes() {
         match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(byte as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
             _ => out.push_str(&format!("%{byte:02X}")),
         }
     }
@@ -136,8 +143,14 @@ fn printable(value: &str) -> String {
 
 impl Client {
     pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
-        Ok(Client { http, endpoint: args.endpoint.trim_end_matches('/').to_string(), json: args.json })
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Client {
+            http,
+            endpoint: args.endpoint.trim_end_matches('/').to_string(),
+            json: args.json,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -148,17 +161,25 @@ impl Client {
     pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
-        let body: Value = response.json().await.with_context(|| format!("reading the reply from {}", self.endpoint))?;
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("reading the reply from {}", self.endpoint))?;
         if !status.is_success() {
             let code = body["error"]["code"].as_str().unwrap_or("error");
-            let message = body["error"]["message"].as_str().unwrap_or("request failed");
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
             bail!("{code} ({}): {message}", status.as_u16());
         }
         Ok(body)
     }
 
     pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        anyhow!("cannot reach {}: {e} (is a node running there? start one with `shoal dev`)", self.endpoint)
+        anyhow!(
+            "cannot reach {}: {e} (is a node running there? start one with `shoal dev`)",
+            self.endpoint
+        )
     }
 
     fn print_json(&self, value: &Value) {
@@ -169,12 +190,19 @@ impl Client {
 pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
     let client = Client::new(&args)?;
     match command {
-        KvCommand::Put { key, value, lease, if_revision } => {
+        KvCommand::Put {
+            key,
+            value,
+            lease,
+            if_revision,
+        } => {
             let value = match value {
                 Some(value) => value.into_bytes(),
                 None => {
                     let mut buf = Vec::new();
-                    std::io::stdin().read_to_end(&mut buf).context("reading the value from standard input")?;
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("reading the value from standard input")?;
                     buf
                 }
             };
@@ -185,7 +213,11 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
             if let Some(revision) = if_revision {
                 query.push(("if_revision", revision.to_string()));
             }
-            let request = client.http.put(client.url(&format!("/v1/kv/{}", encode_path(&key)))).query(&query).body(value);
+            let request = client
+                .http
+                .put(client.url(&format!("/v1/kv/{}", encode_path(&key))))
+                .query(&query)
+                .body(value);
             let body = client.send(request).await?;
             if client.json {
                 client.print_json(&body);
@@ -203,7 +235,9 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
             if client.json {
                 client.print_json(&body);
             } else {
-                let value = STANDARD.decode(body["kv"]["value"].as_str().unwrap_or("")).context("decoding the value")?;
+                let value = STANDARD
+                    .decode(body["kv"]["value"].as_str().unwrap_or(""))
+                    .context("decoding the value")?;
                 let mut out = std::io::stdout();
                 out.write_all(&value)?;
                 if !value.ends_with(b"\n") {
@@ -211,12 +245,19 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        KvCommand::Del { key, prefix, if_revision } => {
+        KvCommand::Del {
+            key,
+            prefix,
+            if_revision,
+        } => {
             let mut query = vec![("prefix", prefix.to_string())];
             if let Some(revision) = if_revision {
                 query.push(("if_revision", revision.to_string()));
             }
-            let request = client.http.delete(client.url(&format!("/v1/kv/{}", encode_path(&key)))).query(&query);
+            let request = client
+                .http
+                .delete(client.url(&format!("/v1/kv/{}", encode_path(&key))))
+                .query(&query);
             let body = client.send(request).await?;
             if client.json {
                 client.print_json(&body);
@@ -233,7 +274,9 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
                 if let Some(after) = &after {
                     query.push(("after", after.clone()));
                 }
-                let body = client.send(client.http.get(client.url("/v1/kv")).query(&query)).await?;
+                let body = client
+                    .send(client.http.get(client.url("/v1/kv")).query(&query))
+                    .await?;
                 let kvs = body["kvs"].as_array().cloned().unwrap_or_default();
                 for kv in &kvs {
                     if client.json {
@@ -249,7 +292,11 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        KvCommand::Watch { key, prefix, from_revision } => watch(&client, key, prefix, from_revision).await?,
+        KvCommand::Watch {
+            key,
+            prefix,
+            from_revision,
+        } => watch(&client, key, prefix, from_revision).await?,
         KvCommand::History { key, limit } => {
             let request = client
                 .http
@@ -282,7 +329,10 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
             if client.json {
                 client.print_json(&body);
             } else {
-                println!("OK revision {} (value of revision {revision})", body["revision"]);
+                println!(
+                    "OK revision {} (value of revision {revision})",
+                    body["revision"]
+                );
             }
         }
     }
@@ -291,7 +341,12 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
 
 /// Follow the SSE stream, printing each batch; on a dropped connection,
 /// reconnect with `Last-Event-ID` so no change is missed or repeated.
-async fn watch(client: &Client, key: String, prefix: bool, from_revision: Option<u64>) -> anyhow::Result<()> {
+async fn watch(
+    client: &Client,
+    key: String,
+    prefix: bool,
+    from_revision: Option<u64>,
+) -> anyhow::Result<()> {
     let mut last_seen: Option<u64> = from_revision.map(|r| r.saturating_sub(1));
     loop {
         let mut query = vec![(if prefix { "prefix" } else { "key" }, key.clone())];
@@ -318,7 +373,9 @@ async fn watch(client: &Client, key: String, prefix: bool, from_revision: Option
         tokio::time::sleep(Duration::from_secs(1)).await;
         if last_seen.is_none() {
             // Resume from now if nothing was seen yet: ask the node for its revision.
-            let status = client.send(client.http.get(client.url("/v1/status"))).await?;
+            let status = client
+                .send(client.http.get(client.url("/v1/status")))
+                .await?;
             last_seen = status["revision"].as_u64();
         }
     }
@@ -354,7 +411,10 @@ pub(crate) async fn read_sse(
 }
 
 /// Fail with the server's JSON error if the response is not a success.
-pub(crate) async fn ensure_success(response: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn ensure_success(
+    response: reqwest::Response,
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
     if response.status().is_success() {
         return Ok(response);
     }
@@ -382,7 +442,9 @@ pub async fn publish(
         Some(message) => message.into_bytes(),
         None => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading the message from standard input")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading the message from standard input")?;
             buf
         }
     };
@@ -392,7 +454,9 @@ pub async fn publish(
         .header("content-type", content_type)
         .body(body);
     for header in headers {
-        let (name, value) = header.split_once('=').ok_or_else(|| anyhow!("--header takes NAME=VALUE, got {header:?}"))?;
+        let (name, value) = header
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--header takes NAME=VALUE, got {header:?}"))?;
         request = request.header(format!("ce-{}", name.trim()), value.trim());
     }
     let receipt = client.send(request).await?;
@@ -412,28 +476,46 @@ pub async fn publish(
 }
 
 /// `shoal sub PATTERN`: print each message as it arrives, one per line.
-pub async fn subscribe(args: ClientArgs, pattern: String, queue: Option<String>) -> anyhow::Result<()> {
+pub async fn subscribe(
+    args: ClientArgs,
+    pattern: String,
+    queue: Option<String>,
+) -> anyhow::Result<()> {
     let client = Client::new(&args)?;
     let mut query = vec![("pattern", pattern)];
     if let Some(queue) = queue {
         query.push(("queue", queue));
     }
-    let response = client.http.get(client.url("/v1/subscribe")).query(&query).send().await.map_err(|e| client.unreachable(e))?;
+    let response = client
+        .http
+        .get(client.url("/v1/subscribe"))
+        .query(&query)
+        .send()
+        .await
+        .map_err(|e| client.unreachable(e))?;
     let response = ensure_success(response, "subscribe failed").await?;
     let mut stdout = std::io::stdout();
     read_sse(response, |event, data| {
         match event {
             "message" if client.json => writeln!(stdout, "{data}")?,
             "message" => {
-                let envelope: Value = serde_json::from_str(data).context("bad message from the server")?;
+                let envelope: Value =
+                    serde_json::from_str(data).context("bad message from the server")?;
                 let payload = match (&envelope["data"], &envelope["data_base64"]) {
                     (Value::String(text), _) => text.trim_end_matches('\n').to_string(),
                     (Value::Null, Value::String(encoded)) => format!("<{encoded} (base64)>"),
                     (value, _) => value.to_string(),
                 };
-                writeln!(stdout, "{} {}", envelope["topic"].as_str().unwrap_or("?"), payload)?;
+                writeln!(
+                    stdout,
+                    "{} {}",
+                    envelope["topic"].as_str().unwrap_or("?"),
+                    payload
+                )?;
             }
-            "dropped" => eprintln!("sub: the node dropped messages because this subscriber was slow: {data}"),
+            "dropped" => {
+                eprintln!("sub: the node dropped messages because this subscriber was slow: {data}")
+            }
             "error" => bail!("the node ended the subscription: {data}"),
             _ => {}
         }
@@ -454,7 +536,11 @@ fn print_batch(client: &Client, batch: &Value) {
         let key = kv["key"].as_str().unwrap_or("");
         match event["type"].as_str() {
             Some("put") => {
-                println!("PUT {key} {} (revision {})", printable(kv["value"].as_str().unwrap_or("")), batch["revision"])
+                println!(
+                    "PUT {key} {} (revision {})",
+                    printable(kv["value"].as_str().unwrap_or("")),
+                    batch["revision"]
+                )
             }
             _ => println!("DELETE {key} (revision {})", batch["revision"]),
         }
@@ -466,7 +552,14 @@ pub async fn lease(args: ClientArgs, command: LeaseCommand) -> anyhow::Result<()
     let client = Client::new(&args)?;
     let body = match command {
         LeaseCommand::Grant { ttl_seconds } => {
-            let body = client.send(client.http.post(client.url("/v1/leases")).json(&json!({"ttl_seconds": ttl_seconds}))).await?;
+            let body = client
+                .send(
+                    client
+                        .http
+                        .post(client.url("/v1/leases"))
+                        .json(&json!({"ttl_seconds": ttl_seconds})),
+                )
+                .await?;
             if !client.json {
                 println!("lease {} granted, ttl {}s", body["id"], body["ttl_seconds"]);
                 return Ok(());
@@ -474,7 +567,13 @@ pub async fn lease(args: ClientArgs, command: LeaseCommand) -> anyhow::Result<()
             body
         }
         LeaseCommand::Keepalive { id, every } => loop {
-            let body = client.send(client.http.post(client.url(&format!("/v1/leases/{id}/keepalive")))).await?;
+            let body = client
+                .send(
+                    client
+                        .http
+                        .post(client.url(&format!("/v1/leases/{id}/keepalive"))),
+                )
+                .await?;
             match every {
                 None => break body,
                 Some(seconds) => {
@@ -483,9 +582,21 @@ pub async fn lease(args: ClientArgs, command: LeaseCommand) -> anyhow::Result<()
                 }
             }
         },
-        LeaseCommand::Revoke { id } => client.send(client.http.delete(client.url(&format!("/v1/leases/{id}")))).await?,
-        LeaseCommand::Get { id } => client.send(client.http.get(client.url(&format!("/v1/leases/{id}")))).await?,
-        LeaseCommand::Ls => client.send(client.http.get(client.url("/v1/leases"))).await?,
+        LeaseCommand::Revoke { id } => {
+            client
+                .send(client.http.delete(client.url(&format!("/v1/leases/{id}"))))
+                .await?
+        }
+        LeaseCommand::Get { id } => {
+            client
+                .send(client.http.get(client.url(&format!("/v1/leases/{id}"))))
+                .await?
+        }
+        LeaseCommand::Ls => {
+            client
+                .send(client.http.get(client.url("/v1/leases")))
+                .await?
+        }
     };
     client.print_json(&body);
     Ok(())
@@ -495,7 +606,9 @@ pub async fn cluster(args: ClientArgs, command: ClusterCommand) -> anyhow::Resul
     let client = Client::new(&args)?;
     match command {
         ClusterCommand::Status => {
-            let body = client.send(client.http.get(client.url("/v1/cluster"))).await?;
+            let body = client
+                .send(client.http.get(client.url("/v1/cluster")))
+                .await?;
             if client.json {
                 client.print_json(&body);
                 return Ok(());
@@ -513,14 +626,28 @@ pub async fn cluster(args: ClientArgs, command: ClusterCommand) -> anyhow::Resul
                 };
                 println!(
                     "{:<18} {:<22} {:<22} {:<8} {:<8} {:>8} {:>8} {:<8} {:>7}s",
-                    text("node_id"), text("api"), text("rpc"), text("gossip_state"), text("raft_role"),
-                    text("match_index"), text("applied_index"), text("version"), text("uptime_seconds")
+                    text("node_id"),
+                    text("api"),
+                    text("rpc"),
+                    text("gossip_state"),
+                    text("raft_role"),
+                    text("match_index"),
+                    text("applied_index"),
+                    text("version"),
+                    text("uptime_seconds")
                 );
             }
         }
         ClusterCommand::Leave { node_id } => {
             let body = json!({"node_id": node_id});
-            let reply = client.send(client.http.post(client.url("/v1/cluster/leave")).json(&body)).await?;
+            let reply = client
+                .send(
+                    client
+                        .http
+                        .post(client.url("/v1/cluster/leave"))
+                        .json(&body),
+                )
+                .await?;
             if client.json {
                 client.print_json(&reply);
             } else {
@@ -533,12 +660,20 @@ pub async fn cluster(args: ClientArgs, command: ClusterCommand) -> anyhow::Resul
 
 pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(&args)?;
-    let body = client.send(client.http.get(client.url("/v1/status"))).await?;
+    let body = client
+        .send(client.http.get(client.url("/v1/status")))
+        .await?;
     if client.json {
         client.print_json(&body);
     } else {
         for (name, value) in body.as_object().cloned().unwrap_or_default() {
-            println!("{name:>16}: {}", value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string()));
+            println!(
+                "{name:>16}: {}",
+                value
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| value.to_string())
+            );
         }
     }
     Ok(())

@@ -116,9 +116,16 @@ impl Gossip {
         let live: BTreeSet<ChitchatId> = chitchat.live_nodes().cloned().collect();
         let mut members: BTreeMap<NodeId, GossipMember> = BTreeMap::new();
         for (id, state) in chitchat.node_states() {
-            let Ok(node_id) = id.node_id.parse::<NodeId>() else { continue };
-            let (Some(api), Some(rpc)) = (state.get("api"), state.get("rpc")) else { continue };
-            if members.get(&node_id).is_some_and(|known| known.generation > id.generation_id) {
+            let Ok(node_id) = id.node_id.parse::<NodeId>() else {
+                continue;
+            };
+            let (Some(api), Some(rpc)) = (state.get("api"), state.get("rpc")) else {
+                continue;
+            };
+            if members
+                .get(&node_id)
+                .is_some_and(|known| known.generation > id.generation_id)
+            {
                 continue;
             }
             let number = |key: &str| state.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -148,7 +155,12 @@ impl Gossip {
 
 /// A node's Raft is initialised once its membership names any node.
 fn raft_initialized(metrics: &RaftMetrics<NodeId, NodeAddr>) -> bool {
-    metrics.membership_config.membership().nodes().next().is_some()
+    metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .next()
+        .is_some()
 }
 
 /// Form a new cluster: once `expect` uninitialised nodes see each other and
@@ -169,7 +181,15 @@ pub async fn form_cluster(shoal: Arc<Shoal>, expect: usize) {
             if lowest == Some(shoal.node_id) {
                 let voters: BTreeMap<NodeId, NodeAddr> = alive
                     .iter()
-                    .map(|m| (m.node_id, NodeAddr { rpc: m.rpc.clone(), api: m.api.clone() }))
+                    .map(|m| {
+                        (
+                            m.node_id,
+                            NodeAddr {
+                                rpc: m.rpc.clone(),
+                                api: m.api.clone(),
+                            },
+                        )
+                    })
                     .collect();
                 tracing::info!(members = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
                 if let Err(e) = shoal.raft.initialize(voters).await {
@@ -177,7 +197,12 @@ pub async fn form_cluster(shoal: Arc<Shoal>, expect: usize) {
                 }
             }
         } else if !announced {
-            tracing::info!(expect, seen = alive.len(), someone_initialized, "waiting for peers to form or join a cluster");
+            tracing::info!(
+                expect,
+                seen = alive.len(),
+                someone_initialized,
+                "waiting for peers to form or join a cluster"
+            );
             announced = true;
         }
         tokio::time::sleep(FORMATION_POLL).await;
@@ -202,10 +227,16 @@ pub async fn publish_state(shoal: Arc<Shoal>) {
         shoal
             .gossip
             .publish(&[
-                ("initialized", if initialized { "1" } else { "0" }.to_string()),
+                (
+                    "initialized",
+                    if initialized { "1" } else { "0" }.to_string(),
+                ),
                 ("role", role.to_string()),
                 ("applied", applied.to_string()),
-                ("catching_up", if shoal.catch_up.active() { "1" } else { "0" }.to_string()),
+                (
+                    "catching_up",
+                    if shoal.catch_up.active() { "1" } else { "0" }.to_string(),
+                ),
             ])
             .await;
     }
@@ -242,14 +273,22 @@ pub struct Removals(std::sync::Mutex<HashMap<NodeId, u64>>);
 impl Removals {
     fn record(&self, id: NodeId) {
         let now = now_ms();
-        let mut removed = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut removed = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         removed.retain(|_, at| within_hold_off(*at, now));
         removed.insert(id, now);
     }
 
     fn held_off(&self, member: &GossipMember) -> bool {
-        let removed = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        removed.get(&member.node_id).is_some_and(|at| within_hold_off(*at, now_ms()) && member.started_ms <= *at)
+        let removed = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        removed
+            .get(&member.node_id)
+            .is_some_and(|at| within_hold_off(*at, now_ms()) && member.started_ms <= *at)
     }
 }
 
@@ -299,9 +338,17 @@ async fn reconcile_once(
     // New nodes join as learners.
     for member in gossip.values() {
         let known = voters.contains(&member.node_id) || learners.contains(&member.node_id);
-        if member.alive && !member.left && !known && !shoal.removals.held_off(member) && member.node_id != shoal.node_id {
+        if member.alive
+            && !member.left
+            && !known
+            && !shoal.removals.held_off(member)
+            && member.node_id != shoal.node_id
+        {
             tracing::info!(node = member.node_id, "adding a learner");
-            let addr = NodeAddr { rpc: member.rpc.clone(), api: member.api.clone() };
+            let addr = NodeAddr {
+                rpc: member.rpc.clone(),
+                api: member.api.clone(),
+            };
             shoal.raft.add_learner(member.node_id, addr, false).await?;
             return Ok(());
         }
@@ -310,31 +357,55 @@ async fn reconcile_once(
     let last_log = metrics.last_log_index.unwrap_or(0);
     let progress = metrics.replication.clone().unwrap_or_default();
     let caught_up = |id: &NodeId| {
-        progress.get(id).copied().flatten().is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last_log)
+        progress
+            .get(id)
+            .copied()
+            .flatten()
+            .is_some_and(|matched| matched.index + CAUGHT_UP_LAG >= last_log)
     };
-    let live_learner = learners.iter().copied().find(|id| !dead_since.contains_key(id) && caught_up(id));
-    let expired = |id: &NodeId| dead_since.get(id).is_some_and(|since| now.duration_since(*since) >= grace);
+    let live_learner = learners
+        .iter()
+        .copied()
+        .find(|id| !dead_since.contains_key(id) && caught_up(id));
+    let expired = |id: &NodeId| {
+        dead_since
+            .get(id)
+            .is_some_and(|since| now.duration_since(*since) >= grace)
+    };
 
     // Dead voters: replace with a live learner, or drop if a quorum remains.
-    if let Some(dead) = voters.iter().copied().find(|id| *id != shoal.node_id && expired(id)) {
+    if let Some(dead) = voters
+        .iter()
+        .copied()
+        .find(|id| *id != shoal.node_id && expired(id))
+    {
         let mut next: BTreeSet<NodeId> = voters.iter().copied().filter(|id| *id != dead).collect();
         if let Some(learner) = live_learner {
             next.insert(learner);
         }
         tracing::info!(dead, ?next, "replacing a dead voter");
-        shoal.raft.change_membership(ChangeMembers::ReplaceAllVoters(next), false).await?;
+        shoal
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(next), false)
+            .await?;
         return Ok(());
     }
     if let Some(dead) = learners.iter().copied().find(|id| expired(id)) {
         tracing::info!(dead, "removing a dead learner");
-        shoal.raft.change_membership(ChangeMembers::RemoveNodes([dead].into()), false).await?;
+        shoal
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes([dead].into()), false)
+            .await?;
         return Ok(());
     }
     // Promote caught-up learners up to the voter target.
     if voters.len() < shoal.settings.voters {
         if let Some(learner) = live_learner {
             tracing::info!(node = learner, "promoting a learner to voter");
-            shoal.raft.change_membership(ChangeMembers::AddVoterIds([learner].into()), false).await?;
+            shoal
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds([learner].into()), false)
+                .await?;
         }
     }
     Ok(())

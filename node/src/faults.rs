@@ -26,8 +26,12 @@ impl Faults {
             .and_then(|ms| ms.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis);
-        let lose_unsynced_writes = std::env::var("SHOAL_FAULT_LOSE_UNSYNCED").is_ok_and(|v| v.trim() == "1");
-        let faults = Faults { log_sync_delay, lose_unsynced_writes };
+        let lose_unsynced_writes =
+            std::env::var("SHOAL_FAULT_LOSE_UNSYNCED").is_ok_and(|v| v.trim() == "1");
+        let faults = Faults {
+            log_sync_delay,
+            lose_unsynced_writes,
+        };
         if log_sync_delay.is_some() || lose_unsynced_writes {
             tracing::warn!(?faults, "fault injection is on (debug build)");
         }

@@ -34,7 +34,9 @@ struct TimerState {
 
 impl LeaseTimers {
     fn state(&self) -> std::sync::MutexGuard<'_, TimerState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Record the current leases and this node's leadership; returns the
@@ -65,7 +67,10 @@ impl LeaseTimers {
         let state = self.state();
         let now = Instant::now();
         let at = state.renewed_at(lease, now);
-        state.deadline(lease, at).saturating_duration_since(now).as_millis() as u64
+        state
+            .deadline(lease, at)
+            .saturating_duration_since(now)
+            .as_millis() as u64
     }
 }
 
@@ -105,7 +110,9 @@ pub async fn run(shoal: Arc<Shoal>) {
             let metrics = metrics.borrow();
             (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
         };
-        let expired = shoal.lease_timers.observe(&leases, leader_term, Instant::now());
+        let expired = shoal
+            .lease_timers
+            .observe(&leases, leader_term, Instant::now());
         if expired.is_empty() {
             continue;
         }
@@ -121,7 +128,11 @@ mod tests {
     use super::*;
 
     fn lease(id: u64, ttl_seconds: u64, renewals: u64) -> Lease {
-        Lease { id, ttl_seconds, renewals }
+        Lease {
+            id,
+            ttl_seconds,
+            renewals,
+        }
     }
 
     #[test]
@@ -130,11 +141,20 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         assert!(timers.observe(&[lease(1, 2, 0)], Some(1), t0).is_empty());
-        assert!(timers.observe(&[lease(1, 2, 0)], Some(1), t0 + s).is_empty());
+        assert!(timers
+            .observe(&[lease(1, 2, 0)], Some(1), t0 + s)
+            .is_empty());
         // A keepalive seen at t0 + 1.5 s starts the TTL again.
-        assert!(timers.observe(&[lease(1, 2, 1)], Some(1), t0 + s * 3 / 2).is_empty());
-        assert!(timers.observe(&[lease(1, 2, 1)], Some(1), t0 + s * 3).is_empty());
-        assert_eq!(timers.observe(&[lease(1, 2, 1)], Some(1), t0 + s * 4), vec![(1, 1)]);
+        assert!(timers
+            .observe(&[lease(1, 2, 1)], Some(1), t0 + s * 3 / 2)
+            .is_empty());
+        assert!(timers
+            .observe(&[lease(1, 2, 1)], Some(1), t0 + s * 3)
+            .is_empty());
+        assert_eq!(
+            timers.observe(&[lease(1, 2, 1)], Some(1), t0 + s * 4),
+            vec![(1, 1)]
+        );
     }
 
     #[test]
@@ -143,13 +163,29 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         assert!(timers.observe(&[lease(1, 2, 0)], None, t0).is_empty());
-        assert!(timers.observe(&[lease(1, 2, 0)], None, t0 + s * 10).is_empty(), "a follower expires nothing");
+        assert!(
+            timers
+                .observe(&[lease(1, 2, 0)], None, t0 + s * 10)
+                .is_empty(),
+            "a follower expires nothing"
+        );
         // Leader from t0 + 10 s: the lease has its whole TTL from then.
-        assert!(timers.observe(&[lease(1, 2, 0)], Some(2), t0 + s * 10).is_empty());
-        assert!(timers.observe(&[lease(1, 2, 0)], Some(2), t0 + s * 11).is_empty());
+        assert!(timers
+            .observe(&[lease(1, 2, 0)], Some(2), t0 + s * 10)
+            .is_empty());
+        assert!(timers
+            .observe(&[lease(1, 2, 0)], Some(2), t0 + s * 11)
+            .is_empty());
         // A new term (another election won) restarts it again.
-        assert!(timers.observe(&[lease(1, 2, 0)], Some(3), t0 + s * 12).is_empty());
-        assert!(timers.observe(&[lease(1, 2, 0)], Some(3), t0 + s * 13).is_empty());
-        assert_eq!(timers.observe(&[lease(1, 2, 0)], Some(3), t0 + s * 14), vec![(1, 0)]);
+        assert!(timers
+            .observe(&[lease(1, 2, 0)], Some(3), t0 + s * 12)
+            .is_empty());
+        assert!(timers
+            .observe(&[lease(1, 2, 0)], Some(3), t0 + s * 13)
+            .is_empty());
+        assert_eq!(
+            timers.observe(&[lease(1, 2, 0)], Some(3), t0 + s * 14),
+            vec![(1, 0)]
+        );
     }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shoal_raft::SearchHandler;
-use shoal_search::{AggregateRequest, Aggregation, Hit, Logs, Record, SearchError, SearchRequest, StreamInfo};
+use shoal_search::{
+    AggregateRequest, Aggregation, Hit, Logs, Record, SearchError, SearchRequest, StreamInfo,
+};
 use tokio::sync::mpsc;
 
 use crate::api::error::ApiError;
@@ -60,9 +62,14 @@ impl NodeReport {
 pub fn search_error(e: SearchError) -> ApiError {
     use axum::http::StatusCode;
     match e {
-        SearchError::InvalidStream(message) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream", message),
-        SearchError::InvalidQuery(message) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message),
-        SearchError::Busy(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message).with("retry_after_s", serde_json::json!(1)),
+        SearchError::InvalidStream(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream", message)
+        }
+        SearchError::InvalidQuery(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+        }
+        SearchError::Busy(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+            .with("retry_after_s", serde_json::json!(1)),
         other => {
             tracing::error!(error = %other, "log engine error");
             ApiError::internal(other.to_string())
@@ -85,7 +92,8 @@ pub fn peer_handler(logs: Logs) -> SearchHandler {
     Arc::new(move |body: Vec<u8>| {
         let logs = logs.clone();
         Box::pin(async move {
-            let request: PeerRequest = serde_json::from_slice(&body).map_err(|e| format!("bad search request: {e}"))?;
+            let request: PeerRequest =
+                serde_json::from_slice(&body).map_err(|e| format!("bad search request: {e}"))?;
             let reply = run_local(&logs, request).await.map_err(|e| e.to_string())?;
             serde_json::to_vec(&reply).map_err(|e| e.to_string())
         })
@@ -94,20 +102,29 @@ pub fn peer_handler(logs: Logs) -> SearchHandler {
 
 /// Run a request on every member gossip knows (that has not left): this
 /// node locally, the others over RPC, all at once.
-async fn fan_out(shoal: &Shoal, request: PeerRequest) -> Result<(Vec<(u64, PeerReply)>, NodeReport), ApiError> {
+async fn fan_out(
+    shoal: &Shoal,
+    request: PeerRequest,
+) -> Result<(Vec<(u64, PeerReply)>, NodeReport), ApiError> {
     let body = serde_json::to_vec(&request).map_err(|e| ApiError::internal(e.to_string()))?;
     let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
     let members = shoal.gossip.members().await;
     let membership = shoal.raft.metrics().borrow().membership_config.clone();
     let mut report = NodeReport::default();
     let mut calls = Vec::new();
-    for member in members.values().filter(|m| !m.left && m.node_id != shoal.node_id) {
+    for member in members
+        .values()
+        .filter(|m| !m.left && m.node_id != shoal.node_id)
+    {
         if !member.alive {
             // A dead node still in the cluster holds records we cannot reach:
             // say so. One already removed from the cluster is gone for good.
             if membership.membership().get_node(&member.node_id).is_some() {
                 report.asked += 1;
-                report.failed.push(NodeFailure { node: member.node_id, error: "down (by gossip)".into() });
+                report.failed.push(NodeFailure {
+                    node: member.node_id,
+                    error: "down (by gossip)".into(),
+                });
             }
             continue;
         }
@@ -115,7 +132,8 @@ async fn fan_out(shoal: &Shoal, request: PeerRequest) -> Result<(Vec<(u64, PeerR
         let (node, addr, body) = (member.node_id, member.rpc.clone(), body.clone());
         calls.push(async move {
             let answer = match shoal.forwarder.search(&addr, body, timeout).await {
-                Ok(Ok(bytes)) => serde_json::from_slice::<PeerReply>(&bytes).map_err(|e| format!("bad answer: {e}")),
+                Ok(Ok(bytes)) => serde_json::from_slice::<PeerReply>(&bytes)
+                    .map_err(|e| format!("bad answer: {e}")),
                 Ok(Err(e)) => Err(e),
                 Err(e) => Err(e.to_string()),
             };
@@ -123,7 +141,10 @@ async fn fan_out(shoal: &Shoal, request: PeerRequest) -> Result<(Vec<(u64, PeerR
         });
     }
     report.asked += 1;
-    let (local, remote) = tokio::join!(run_local(&shoal.logs, request), futures::future::join_all(calls));
+    let (local, remote) = tokio::join!(
+        run_local(&shoal.logs, request),
+        futures::future::join_all(calls)
+    );
     let mut replies = vec![(shoal.node_id, local.map_err(search_error)?)];
     report.answered.push(shoal.node_id);
     for (node, answer) in remote {
@@ -144,7 +165,10 @@ async fn fan_out(shoal: &Shoal, request: PeerRequest) -> Result<(Vec<(u64, PeerR
 }
 
 /// A cluster-wide search: each node's page, merged into one.
-pub async fn search(shoal: &Shoal, request: SearchRequest) -> Result<(Vec<Hit>, NodeReport), ApiError> {
+pub async fn search(
+    shoal: &Shoal,
+    request: SearchRequest,
+) -> Result<(Vec<Hit>, NodeReport), ApiError> {
     let (order, limit) = (request.order, request.limit);
     let (replies, report) = fan_out(shoal, PeerRequest::Search(request)).await?;
     let lists = replies
@@ -158,7 +182,11 @@ pub async fn search(shoal: &Shoal, request: SearchRequest) -> Result<(Vec<Hit>, 
 }
 
 /// Every matching record from every node (at most `max` per node).
-pub async fn scan(shoal: &Shoal, request: SearchRequest, max: usize) -> Result<(Vec<Hit>, NodeReport), ApiError> {
+pub async fn scan(
+    shoal: &Shoal,
+    request: SearchRequest,
+    max: usize,
+) -> Result<(Vec<Hit>, NodeReport), ApiError> {
     let (replies, report) = fan_out(shoal, PeerRequest::Scan(request, max)).await?;
     let hits = replies
         .into_iter()
@@ -170,7 +198,10 @@ pub async fn scan(shoal: &Shoal, request: SearchRequest, max: usize) -> Result<(
     Ok((hits, report))
 }
 
-pub async fn aggregate(shoal: &Shoal, request: AggregateRequest) -> Result<(Aggregation, NodeReport), ApiError> {
+pub async fn aggregate(
+    shoal: &Shoal,
+    request: AggregateRequest,
+) -> Result<(Aggregation, NodeReport), ApiError> {
     let (replies, report) = fan_out(shoal, PeerRequest::Aggregate(request)).await?;
     let parts = replies.into_iter().filter_map(|(_, reply)| match reply {
         PeerReply::Aggregation(aggregation) => Some(aggregation),
@@ -180,7 +211,9 @@ pub async fn aggregate(shoal: &Shoal, request: AggregateRequest) -> Result<(Aggr
 }
 
 /// Streams per node.
-pub async fn streams(shoal: &Shoal) -> Result<(BTreeMap<u64, Vec<StreamInfo>>, NodeReport), ApiError> {
+pub async fn streams(
+    shoal: &Shoal,
+) -> Result<(BTreeMap<u64, Vec<StreamInfo>>, NodeReport), ApiError> {
     let (replies, report) = fan_out(shoal, PeerRequest::Streams).await?;
     let streams = replies
         .into_iter()
@@ -233,7 +266,11 @@ pub async fn index_own_logs(logs: Logs, mut events: mpsc::Receiver<Record>) {
             continue;
         }
         // No tracing here on failure: it would feed this very queue.
-        if logs.ingest("shoal", std::mem::take(&mut batch)).await.is_err() {
+        if logs
+            .ingest("shoal", std::mem::take(&mut batch))
+            .await
+            .is_err()
+        {
             metrics::counter!("shoal_logs_self_dropped_total").increment(1);
         }
     }

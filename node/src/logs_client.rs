@@ -118,7 +118,11 @@ impl FilterArgs {
         add("stream", &self.stream);
         add("level", &self.level);
         add("service", &self.service);
-        for (name, value) in [("since", &self.since), ("until", &self.until), ("kind", &self.kind)] {
+        for (name, value) in [
+            ("since", &self.since),
+            ("until", &self.until),
+            ("kind", &self.kind),
+        ] {
             if let Some(value) = value {
                 query.push((name, value.clone()));
             }
@@ -130,8 +134,20 @@ impl FilterArgs {
 pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
     let client = Client::new(&args)?;
     match command {
-        LogsCommand::Ingest { stream, files, follow, state_file, batch } => {
-            let shipper = Shipper { client: &client, stream: stream.clone(), batch: batch.clamp(1, 100_000), sent: 0, started: Instant::now() };
+        LogsCommand::Ingest {
+            stream,
+            files,
+            follow,
+            state_file,
+            batch,
+        } => {
+            let shipper = Shipper {
+                client: &client,
+                stream: stream.clone(),
+                batch: batch.clamp(1, 100_000),
+                sent: 0,
+                started: Instant::now(),
+            };
             if files.is_empty() {
                 ship_stdin(shipper).await
             } else {
@@ -142,9 +158,17 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
                 ship_files(shipper, files, follow, state_file).await
             }
         }
-        LogsCommand::Search { query, filter, oldest, limit } => {
+        LogsCommand::Search {
+            query,
+            filter,
+            oldest,
+            limit,
+        } => {
             let mut params = filter.query(&query);
-            params.push(("order", if oldest { "oldest" } else { "newest" }.to_string()));
+            params.push((
+                "order",
+                if oldest { "oldest" } else { "newest" }.to_string(),
+            ));
             let mut printed = 0;
             let mut cursor: Option<String> = None;
             while printed < limit {
@@ -153,7 +177,9 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
                 if let Some(cursor) = &cursor {
                     page.push(("cursor", cursor.clone()));
                 }
-                let answer = client.send(client.http.get(client.url("/v1/logs/search")).query(&page)).await?;
+                let answer = client
+                    .send(client.http.get(client.url("/v1/logs/search")).query(&page))
+                    .await?;
                 warn_partial(&answer);
                 let hits = answer["hits"].as_array().cloned().unwrap_or_default();
                 for hit in &hits {
@@ -167,23 +193,50 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LogsCommand::Tail { query, filter, follow, lines } => {
+        LogsCommand::Tail {
+            query,
+            filter,
+            follow,
+            lines,
+        } => {
             let mut params = filter.query(&query);
             if !follow {
                 params.push(("limit", lines.clamp(1, 10_000).to_string()));
-                let answer = client.send(client.http.get(client.url("/v1/logs/search")).query(&params)).await?;
+                let answer = client
+                    .send(
+                        client
+                            .http
+                            .get(client.url("/v1/logs/search"))
+                            .query(&params),
+                    )
+                    .await?;
                 warn_partial(&answer);
-                for hit in answer["hits"].as_array().cloned().unwrap_or_default().iter().rev() {
+                for hit in answer["hits"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .rev()
+                {
                     print_hit(&client, hit);
                 }
                 return Ok(());
             }
             params.push(("backlog", lines.min(1000).to_string()));
-            let response = client.http.get(client.url("/v1/logs/tail")).query(&params).send().await.map_err(|e| client.unreachable(e))?;
+            let response = client
+                .http
+                .get(client.url("/v1/logs/tail"))
+                .query(&params)
+                .send()
+                .await
+                .map_err(|e| client.unreachable(e))?;
             let response = ensure_success(response, "tail failed").await?;
             read_sse(response, |event, data| {
                 match event {
-                    "record" => print_hit(&client, &serde_json::from_str(data).context("bad record from the server")?),
+                    "record" => print_hit(
+                        &client,
+                        &serde_json::from_str(data).context("bad record from the server")?,
+                    ),
                     "error" => eprintln!("tail: {data}"),
                     _ => {}
                 }
@@ -192,19 +245,35 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             .await?;
             bail!("the connection to {} ended", client.endpoint)
         }
-        LogsCommand::Stats { query, filter, interval } => {
+        LogsCommand::Stats {
+            query,
+            filter,
+            interval,
+        } => {
             let mut params = filter.query(&query);
             params.push(("top", "level,service".into()));
             if let Some(interval) = interval {
                 params.push(("interval", interval));
             }
-            let answer = client.send(client.http.get(client.url("/v1/logs/aggregate")).query(&params)).await?;
+            let answer = client
+                .send(
+                    client
+                        .http
+                        .get(client.url("/v1/logs/aggregate"))
+                        .query(&params),
+                )
+                .await?;
             if client.json {
                 println!("{answer}");
                 return Ok(());
             }
             warn_partial(&answer);
-            println!("{} records from {} to {}", answer["total"], text(&answer["since"]), text(&answer["until"]));
+            println!(
+                "{} records from {} to {}",
+                answer["total"],
+                text(&answer["since"]),
+                text(&answer["until"])
+            );
             for field in ["level", "service"] {
                 let buckets: Vec<String> = answer["top"][field]
                     .as_array()
@@ -223,29 +292,51 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LogsCommand::Sql { query } => {
-            let answer = client.send(client.http.post(client.url("/v1/logs/sql")).json(&json!({"query": query}))).await?;
+            let answer = client
+                .send(
+                    client
+                        .http
+                        .post(client.url("/v1/logs/sql"))
+                        .json(&json!({"query": query})),
+                )
+                .await?;
             if client.json {
                 println!("{answer}");
                 return Ok(());
             }
             warn_partial(&answer);
-            let columns: Vec<String> = answer["columns"].as_array().into_iter().flatten().map(text).collect();
+            let columns: Vec<String> = answer["columns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect();
             println!("{}", columns.join("\t"));
             for row in answer["rows"].as_array().into_iter().flatten() {
                 let cells: Vec<String> = row.as_array().into_iter().flatten().map(text).collect();
                 println!("{}", cells.join("\t"));
             }
-            eprintln!("({} rows, {} records read, {} ms)", answer["rows"].as_array().map_or(0, Vec::len), answer["scanned"], answer["took_ms"]);
+            eprintln!(
+                "({} rows, {} records read, {} ms)",
+                answer["rows"].as_array().map_or(0, Vec::len),
+                answer["scanned"],
+                answer["took_ms"]
+            );
             Ok(())
         }
         LogsCommand::Streams => {
-            let answer = client.send(client.http.get(client.url("/v1/logs/streams"))).await?;
+            let answer = client
+                .send(client.http.get(client.url("/v1/logs/streams")))
+                .await?;
             if client.json {
                 println!("{answer}");
                 return Ok(());
             }
             warn_partial(&answer);
-            println!("{:<32} {:>12} {:>12} {:>6}", "STREAM", "RECORDS", "BYTES", "NODES");
+            println!(
+                "{:<32} {:>12} {:>12} {:>6}",
+                "STREAM", "RECORDS", "BYTES", "NODES"
+            );
             for stream in answer["streams"].as_array().cloned().unwrap_or_default() {
                 println!(
                     "{:<32} {:>12} {:>12} {:>6}",
@@ -258,13 +349,24 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LogsCommand::Trace { trace_id } => {
-            let answer = client.send(client.http.get(client.url(&format!("/v1/traces/{trace_id}")))).await?;
+            let answer = client
+                .send(
+                    client
+                        .http
+                        .get(client.url(&format!("/v1/traces/{trace_id}"))),
+                )
+                .await?;
             if client.json {
                 println!("{answer}");
                 return Ok(());
             }
             warn_partial(&answer);
-            for hit in answer["spans"].as_array().into_iter().flatten().chain(answer["logs"].as_array().into_iter().flatten()) {
+            for hit in answer["spans"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(answer["logs"].as_array().into_iter().flatten())
+            {
                 print_hit(&client, hit);
             }
             Ok(())
@@ -273,7 +375,9 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
 }
 
 fn text(value: &Value) -> String {
-    value.as_str().map_or_else(|| value.to_string(), str::to_string)
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_string)
 }
 
 fn warn_partial(answer: &Value) {
@@ -285,7 +389,10 @@ fn warn_partial(answer: &Value) {
             .iter()
             .map(|f| format!("{} ({})", f["node"], text(&f["error"])))
             .collect();
-        eprintln!("warning: partial result; no answer from {}", failed.join(", "));
+        eprintln!(
+            "warning: partial result; no answer from {}",
+            failed.join(", ")
+        );
     }
 }
 
@@ -294,7 +401,12 @@ fn print_hit(client: &Client, hit: &Value) {
         println!("{hit}");
         return;
     }
-    let mut line = format!("{} {:<5} {} ", text(&hit["ts"]), text(&hit["level"]).to_uppercase(), text(&hit["service"]));
+    let mut line = format!(
+        "{} {:<5} {} ",
+        text(&hit["ts"]),
+        text(&hit["level"]).to_uppercase(),
+        text(&hit["service"])
+    );
     if hit["kind"] == "span" {
         line.push_str(&format!(
             "span {:?} {:.3}ms {} trace={}",
@@ -326,7 +438,9 @@ impl Shipper<'_> {
     /// stamped with the time it was read.
     fn record(line: &str) -> String {
         let trimmed = line.trim_end_matches(['\r', '\n']);
-        if trimmed.trim_start().starts_with('{') && serde_json::from_str::<serde_json::Map<String, Value>>(trimmed).is_ok() {
+        if trimmed.trim_start().starts_with('{')
+            && serde_json::from_str::<serde_json::Map<String, Value>>(trimmed).is_ok()
+        {
             return trimmed.to_string();
         }
         let now = shoal_search::record::format_nanos(shoal_search::record::now_nanos());
@@ -340,27 +454,50 @@ impl Shipper<'_> {
             return Ok(());
         }
         let body: String = lines.iter().map(|line| Self::record(line) + "\n").collect();
-        let url = self.client.url(&format!("/v1/logs/{}", crate::client::encode_path(&self.stream)));
+        let url = self.client.url(&format!(
+            "/v1/logs/{}",
+            crate::client::encode_path(&self.stream)
+        ));
         let mut backoff = Duration::from_millis(200);
         loop {
-            let request = self.client.http.post(&url).header("content-type", "application/x-ndjson").body(body.clone());
+            let request = self
+                .client
+                .http
+                .post(&url)
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone());
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
                     let answer: Value = response.json().await.unwrap_or(Value::Null);
                     for error in answer["errors"].as_array().cloned().unwrap_or_default() {
-                        eprintln!("logs ingest: line {} of a batch refused: {}", error["index"], text(&error["error"]));
+                        eprintln!(
+                            "logs ingest: line {} of a batch refused: {}",
+                            error["index"],
+                            text(&error["error"])
+                        );
                     }
                     break;
                 }
-                Ok(response) if response.status().as_u16() == 429 || response.status().is_server_error() => {
-                    eprintln!("logs ingest: the node is busy ({}); retrying in {backoff:?}", response.status());
+                Ok(response)
+                    if response.status().as_u16() == 429 || response.status().is_server_error() =>
+                {
+                    eprintln!(
+                        "logs ingest: the node is busy ({}); retrying in {backoff:?}",
+                        response.status()
+                    );
                 }
                 Ok(response) => {
                     let status = response.status();
                     let answer: Value = response.json().await.unwrap_or(Value::Null);
-                    bail!("the node refused the batch ({status}): {}", text(&answer["error"]["message"]));
+                    bail!(
+                        "the node refused the batch ({status}): {}",
+                        text(&answer["error"]["message"])
+                    );
                 }
-                Err(e) => eprintln!("logs ingest: {}; retrying in {backoff:?}", self.client.unreachable(e)),
+                Err(e) => eprintln!(
+                    "logs ingest: {}; retrying in {backoff:?}",
+                    self.client.unreachable(e)
+                ),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -428,13 +565,18 @@ struct Position {
 }
 
 fn default_state_file(stream: &str) -> anyhow::Result<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set; pass --state-file")?;
-    Ok(home.join(".local/state/shoal").join(format!("ingest-{stream}.json")))
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set; pass --state-file")?;
+    Ok(home
+        .join(".local/state/shoal")
+        .join(format!("ingest-{stream}.json")))
 }
 
 fn load_state(path: &Path) -> anyhow::Result<BTreeMap<String, Position>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading positions from {}", path.display())),
+        Ok(text) => serde_json::from_str(&text)
+            .with_context(|| format!("reading positions from {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -446,7 +588,8 @@ fn save_state(path: &Path, state: &BTreeMap<String, Position>) -> anyhow::Result
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let temporary = path.with_extension("tmp");
-    let mut file = File::create(&temporary).with_context(|| format!("writing {}", temporary.display()))?;
+    let mut file =
+        File::create(&temporary).with_context(|| format!("writing {}", temporary.display()))?;
     file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))?;
@@ -467,9 +610,20 @@ struct Tailed {
 
 impl Tailed {
     fn open(path: &Path, saved: Option<Position>) -> anyhow::Result<Tailed> {
-        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
-        let mut tailed = Tailed { path: path.to_path_buf(), key, reader: None, position: Position::default(), draining: None };
-        let Ok(file) = File::open(path) else { return Ok(tailed) };
+        let key = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        let mut tailed = Tailed {
+            path: path.to_path_buf(),
+            key,
+            reader: None,
+            position: Position::default(),
+            draining: None,
+        };
+        let Ok(file) = File::open(path) else {
+            return Ok(tailed);
+        };
         let inode = file.metadata()?.ino();
         match saved {
             Some(saved) if saved.inode == inode => {
@@ -478,7 +632,11 @@ impl Tailed {
             Some(saved) => {
                 // Rotated while we were away: finish the old file first, if it is still there.
                 if let Some(old) = find_inode(path, saved.inode) {
-                    eprintln!("logs ingest: {} was rotated; reading the rest of {}", path.display(), old.display());
+                    eprintln!(
+                        "logs ingest: {} was rotated; reading the rest of {}",
+                        path.display(),
+                        old.display()
+                    );
                     tailed.attach(File::open(&old)?, saved)?;
                 } else {
                     tailed.attach(file, Position { inode, offset: 0 })?;
@@ -504,11 +662,16 @@ impl Tailed {
     /// Complete lines available now (at most `max`); the position moves past them.
     fn read_lines(&mut self, max: usize) -> anyhow::Result<Vec<String>> {
         let mut lines = Vec::new();
-        let Some(reader) = self.reader.as_mut() else { return Ok(lines) };
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(lines);
+        };
         let mut buffer = Vec::new();
         while lines.len() < max {
             buffer.clear();
-            let read = reader.by_ref().take(16 << 20).read_until(b'\n', &mut buffer)?;
+            let read = reader
+                .by_ref()
+                .take(16 << 20)
+                .read_until(b'\n', &mut buffer)?;
             if read == 0 {
                 break;
             }
@@ -518,7 +681,9 @@ impl Tailed {
                 break;
             }
             self.position.offset += read as u64;
-            let line = String::from_utf8_lossy(&buffer).trim_end_matches(['\n', '\r']).to_string();
+            let line = String::from_utf8_lossy(&buffer)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
             if !line.trim().is_empty() {
                 lines.push(line);
             }
@@ -547,12 +712,24 @@ impl Tailed {
                 }
                 self.draining = None;
                 let file = File::open(&self.path)?;
-                self.attach(file, Position { inode: meta.ino(), offset: 0 })?;
+                self.attach(
+                    file,
+                    Position {
+                        inode: meta.ino(),
+                        offset: 0,
+                    },
+                )?;
                 Ok(true)
             }
             (Some(_), Some(meta)) if meta.len() < self.position.offset => {
                 let file = File::open(&self.path)?;
-                self.attach(file, Position { inode: meta.ino(), offset: 0 })?;
+                self.attach(
+                    file,
+                    Position {
+                        inode: meta.ino(),
+                        offset: 0,
+                    },
+                )?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -562,18 +739,37 @@ impl Tailed {
 
 /// A file in the same directory with this inode (where a rotated file went).
 fn find_inode(path: &Path, inode: u64) -> Option<PathBuf> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
 }
 
-async fn ship_files(mut shipper: Shipper<'_>, files: Vec<PathBuf>, follow: bool, state_file: PathBuf) -> anyhow::Result<()> {
-    let mut state = if follow { load_state(&state_file)? } else { BTreeMap::new() };
+async fn ship_files(
+    mut shipper: Shipper<'_>,
+    files: Vec<PathBuf>,
+    follow: bool,
+    state_file: PathBuf,
+) -> anyhow::Result<()> {
+    let mut state = if follow {
+        load_state(&state_file)?
+    } else {
+        BTreeMap::new()
+    };
     let mut tailed = Vec::new();
     for path in &files {
         if !follow && !path.is_file() {
             bail!("{} is not a readable file", path.display());
         }
-        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string();
+        let key = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string();
         tailed.push(Tailed::open(path, state.get(&key).copied())?);
     }
     let mut last_progress = Instant::now();

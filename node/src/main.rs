@@ -1,8 +1,8 @@
 //! `shoal`: one binary for configuration, messaging, logs and workflows.
 
 mod api;
-mod cluster;
 mod client;
+mod cluster;
 mod faults;
 mod leases;
 mod logs;
@@ -118,7 +118,10 @@ const STORE_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     no_transparent_huge_pages();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -31,7 +31,10 @@ pub struct RpcTransport {
 
 impl RpcTransport {
     pub fn new(forwarder: Forwarder) -> Arc<RpcTransport> {
-        Arc::new(RpcTransport { forwarder: Arc::new(forwarder), addrs: RwLock::default() })
+        Arc::new(RpcTransport {
+            forwarder: Arc::new(forwarder),
+            addrs: RwLock::default(),
+        })
     }
 
     fn set_addrs(&self, addrs: HashMap<NodeId, String>) {
@@ -41,11 +44,19 @@ impl RpcTransport {
 
 impl PeerTransport for RpcTransport {
     fn send(&self, node: NodeId, frame: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
-        let addr = self.addrs.read().unwrap_or_else(|p| p.into_inner()).get(&node).cloned();
+        let addr = self
+            .addrs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .cloned();
         let forwarder = self.forwarder.clone();
         Box::pin(async move {
             let addr = addr.ok_or_else(|| format!("no address known for node {node}"))?;
-            match forwarder.deliver_messages(&addr, frame, FRAME_TIMEOUT).await {
+            match forwarder
+                .deliver_messages(&addr, frame, FRAME_TIMEOUT)
+                .await
+            {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(refused)) => Err(refused),
                 Err(e) => Err(e.to_string()),
@@ -62,10 +73,18 @@ fn announced(interest: Vec<Interest>) -> String {
     if full.len() <= MAX_INTEREST_BYTES {
         return full;
     }
-    let plain: u32 = interest.iter().filter(|i| i.group.is_none()).map(|i| i.subscribers).sum();
+    let plain: u32 = interest
+        .iter()
+        .filter(|i| i.group.is_none())
+        .map(|i| i.subscribers)
+        .sum();
     let mut compact: Vec<Interest> = interest.into_iter().filter(|i| i.group.is_some()).collect();
     if plain > 0 {
-        compact.push(Interest { pattern: ">".into(), group: None, subscribers: plain });
+        compact.push(Interest {
+            pattern: ">".into(),
+            group: None,
+            subscribers: plain,
+        });
     }
     serde_json::to_string(&compact).unwrap_or_else(|_| "[]".into())
 }
@@ -80,7 +99,10 @@ pub async fn sync_interest(shoal: Arc<Shoal>, transport: Arc<RpcTransport>) {
         tick.tick().await;
         let version = router.interest_version();
         if announced_version != Some(version) {
-            shoal.gossip.publish(&[("topics", announced(router.local_interest()))]).await;
+            shoal
+                .gossip
+                .publish(&[("topics", announced(router.local_interest()))])
+                .await;
             announced_version = Some(version);
         }
         let members = shoal.gossip.members().await;
@@ -91,8 +113,11 @@ pub async fn sync_interest(shoal: Arc<Shoal>, transport: Arc<RpcTransport>) {
                 continue;
             }
             addrs.insert(member.node_id, member.rpc.clone());
-            let lines: Vec<Interest> =
-                member.topics.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+            let lines: Vec<Interest> = member
+                .topics
+                .as_deref()
+                .and_then(|json| serde_json::from_str(json).ok())
+                .unwrap_or_default();
             if !lines.is_empty() {
                 interest.insert(member.node_id, lines);
             }
@@ -115,7 +140,8 @@ pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
                 let mut all = Vec::new();
                 let mut after: Option<String> = None;
                 loop {
-                    let (counters, kvs, more) = store.kv_range(CONFIG_PREFIX, after.as_deref(), 1000)?;
+                    let (counters, kvs, more) =
+                        store.kv_range(CONFIG_PREFIX, after.as_deref(), 1000)?;
                     after = kvs.last().map(|kv| kv.key.clone());
                     all.extend(kvs.into_iter().map(|kv| (kv.key, Some(kv.value))));
                     if !more {
@@ -143,7 +169,15 @@ pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
 pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
     loop {
         let filter = Filter::Prefix(CONFIG_PREFIX.to_string());
-        let mut watcher = match Watcher::start(shoal.clone(), filter, Some(revision + 1), false, 256).await {
+        let mut watcher = match Watcher::start(
+            shoal.clone(),
+            filter,
+            Some(revision + 1),
+            false,
+            256,
+        )
+        .await
+        {
             Ok(watcher) => watcher,
             Err(e) => {
                 tracing::warn!(error = %e.message, "watching the messaging configuration failed; reloading");
@@ -158,7 +192,8 @@ pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
                         .iter()
                         .flat_map(|shared| shared.batch.events.iter())
                         .map(|event| {
-                            let value = matches!(event.kind, shoal_storage::kv::EventType::Put).then(|| event.kv.value.clone());
+                            let value = matches!(event.kind, shoal_storage::kv::EventType::Put)
+                                .then(|| event.kv.value.clone());
                             (event.kv.key.clone(), value)
                         })
                         .collect();

@@ -13,11 +13,15 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -26,7 +30,9 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Map, Value};
-use shoal_search::record::{self, now_nanos, normalize_level, truncate, MAX_ATTRIBUTES_BYTES, MAX_MESSAGE_BYTES};
+use shoal_search::record::{
+    self, normalize_level, now_nanos, truncate, MAX_ATTRIBUTES_BYTES, MAX_MESSAGE_BYTES,
+};
 use shoal_search::{Kind, Logs, Record, SearchError, SpanInfo};
 use tokio::net::TcpListener;
 
@@ -68,9 +74,15 @@ fn any_to_json(value: &AnyValue) -> Value {
         Some(any_value::Value::StringValue(s)) => Value::String(s.clone()),
         Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
         Some(any_value::Value::IntValue(i)) => Value::from(*i),
-        Some(any_value::Value::DoubleValue(d)) => serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number),
-        Some(any_value::Value::ArrayValue(array)) => Value::Array(array.values.iter().map(any_to_json).collect()),
-        Some(any_value::Value::KvlistValue(list)) => Value::Object(attributes_to_json(&list.values)),
+        Some(any_value::Value::DoubleValue(d)) => {
+            serde_json::Number::from_f64(*d).map_or(Value::Null, Value::Number)
+        }
+        Some(any_value::Value::ArrayValue(array)) => {
+            Value::Array(array.values.iter().map(any_to_json).collect())
+        }
+        Some(any_value::Value::KvlistValue(list)) => {
+            Value::Object(attributes_to_json(&list.values))
+        }
         Some(any_value::Value::BytesValue(bytes)) => Value::String(hex(bytes)),
     }
 }
@@ -78,16 +90,23 @@ fn any_to_json(value: &AnyValue) -> Value {
 fn attributes_to_json(attributes: &[KeyValue]) -> Map<String, Value> {
     attributes
         .iter()
-        .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, any_to_json)))
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value.as_ref().map_or(Value::Null, any_to_json),
+            )
+        })
         .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// A trace or span id: `bytes` long and not all zero, else empty (absent).
@@ -112,13 +131,19 @@ fn severity_level(number: i32) -> &'static str {
     }
 }
 
-fn attributes_text(mut attributes: Map<String, Value>, resource: &Map<String, Value>) -> Result<String, String> {
+fn attributes_text(
+    mut attributes: Map<String, Value>,
+    resource: &Map<String, Value>,
+) -> Result<String, String> {
     if !resource.is_empty() {
         attributes.insert("resource".into(), Value::Object(resource.clone()));
     }
     let text = Value::Object(attributes).to_string();
     if text.len() > MAX_ATTRIBUTES_BYTES {
-        return Err(format!("attributes are {} bytes; the limit is {MAX_ATTRIBUTES_BYTES}", text.len()));
+        return Err(format!(
+            "attributes are {} bytes; the limit is {MAX_ATTRIBUTES_BYTES}",
+            text.len()
+        ));
     }
     Ok(text)
 }
@@ -135,14 +160,24 @@ fn stream_from(text: &str) -> Option<String> {
     let name: String = text
         .to_ascii_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(record::MAX_STREAM_BYTES)
         .collect();
     let name = name.trim_start_matches(['.', '_', '-']).to_string();
     record::validate_stream(&name).ok().map(|_| name)
 }
 
-fn log_record(log: &LogRecord, service: &str, resource: &Map<String, Value>) -> Result<Record, String> {
+fn log_record(
+    log: &LogRecord,
+    service: &str,
+    resource: &Map<String, Value>,
+) -> Result<Record, String> {
     let ts_nanos = [log.time_unix_nano, log.observed_time_unix_nano]
         .into_iter()
         .find(|t| *t > 0)
@@ -185,7 +220,11 @@ fn span_kind(kind: i32) -> &'static str {
     }
 }
 
-fn span_record(span: &Span, service: &str, resource: &Map<String, Value>) -> Result<Record, String> {
+fn span_record(
+    span: &Span,
+    service: &str,
+    resource: &Map<String, Value>,
+) -> Result<Record, String> {
     let trace_id = id(&span.trace_id, 16, "trace_id")?;
     let span_id = id(&span.span_id, 8, "span_id")?;
     if trace_id.is_empty() || span_id.is_empty() {
@@ -209,8 +248,14 @@ fn span_record(span: &Span, service: &str, resource: &Map<String, Value>) -> Res
         .collect();
     Ok(Record {
         kind: Kind::Span,
-        ts_nanos: i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX).max(1),
-        level: if status == "error" { "error".into() } else { "info".into() },
+        ts_nanos: i64::try_from(span.start_time_unix_nano)
+            .unwrap_or(i64::MAX)
+            .max(1),
+        level: if status == "error" {
+            "error".into()
+        } else {
+            "info".into()
+        },
         service: service.to_string(),
         message: truncate(span.name.clone(), MAX_MESSAGE_BYTES),
         trace_id,
@@ -219,7 +264,9 @@ fn span_record(span: &Span, service: &str, resource: &Map<String, Value>) -> Res
         span: Some(SpanInfo {
             parent_span_id: id(&span.parent_span_id, 8, "parent_span_id")?,
             span_kind: span_kind(span.kind).into(),
-            duration_nanos: span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano),
+            duration_nanos: span
+                .end_time_unix_nano
+                .saturating_sub(span.start_time_unix_nano),
             status: status.into(),
             status_message,
             events: Value::Array(events).to_string(),
@@ -228,7 +275,11 @@ fn span_record(span: &Span, service: &str, resource: &Map<String, Value>) -> Res
 }
 
 /// Ingest records grouped by stream; records the engine refuses are counted.
-async fn ingest(logs: &Logs, by_stream: BTreeMap<String, Vec<Record>>, outcome: &mut Outcome) -> Result<(), SearchError> {
+async fn ingest(
+    logs: &Logs,
+    by_stream: BTreeMap<String, Vec<Record>>,
+    outcome: &mut Outcome,
+) -> Result<(), SearchError> {
     for (stream, records) in by_stream {
         let result = logs.ingest(&stream, records).await?;
         for (_, reason) in result.rejected {
@@ -238,11 +289,18 @@ async fn ingest(logs: &Logs, by_stream: BTreeMap<String, Vec<Record>>, outcome: 
     Ok(())
 }
 
-async fn export_logs(logs: &Logs, request: ExportLogsServiceRequest) -> Result<Outcome, SearchError> {
+async fn export_logs(
+    logs: &Logs,
+    request: ExportLogsServiceRequest,
+) -> Result<Outcome, SearchError> {
     let mut outcome = Outcome::default();
     let mut by_stream: BTreeMap<String, Vec<Record>> = BTreeMap::new();
     for resource_logs in &request.resource_logs {
-        let resource = resource_logs.resource.as_ref().map(|r| attributes_to_json(&r.attributes)).unwrap_or_default();
+        let resource = resource_logs
+            .resource
+            .as_ref()
+            .map(|r| attributes_to_json(&r.attributes))
+            .unwrap_or_default();
         let service = service_name(&resource);
         let stream = match resource.get(STREAM_ATTRIBUTE) {
             Some(Value::String(stream)) => stream_from(stream),
@@ -263,11 +321,18 @@ async fn export_logs(logs: &Logs, request: ExportLogsServiceRequest) -> Result<O
     Ok(outcome)
 }
 
-async fn export_traces(logs: &Logs, request: ExportTraceServiceRequest) -> Result<Outcome, SearchError> {
+async fn export_traces(
+    logs: &Logs,
+    request: ExportTraceServiceRequest,
+) -> Result<Outcome, SearchError> {
     let mut outcome = Outcome::default();
     let mut spans = Vec::new();
     for resource_spans in &request.resource_spans {
-        let resource = resource_spans.resource.as_ref().map(|r| attributes_to_json(&r.attributes)).unwrap_or_default();
+        let resource = resource_spans
+            .resource
+            .as_ref()
+            .map(|r| attributes_to_json(&r.attributes))
+            .unwrap_or_default();
         let service = service_name(&resource);
         for scope_spans in &resource_spans.scope_spans {
             for span in &scope_spans.spans {
@@ -278,7 +343,12 @@ async fn export_traces(logs: &Logs, request: ExportTraceServiceRequest) -> Resul
             }
         }
     }
-    ingest(logs, BTreeMap::from([(TRACES_STREAM.to_string(), spans)]), &mut outcome).await?;
+    ingest(
+        logs,
+        BTreeMap::from([(TRACES_STREAM.to_string(), spans)]),
+        &mut outcome,
+    )
+    .await?;
     metrics::counter!("shoal_otlp_spans_rejected_total").increment(outcome.rejected as u64);
     Ok(outcome)
 }
@@ -311,7 +381,9 @@ fn grpc_status(e: SearchError) -> tonic::Status {
     match e {
         // UNAVAILABLE is what OTLP exporters retry with backoff.
         SearchError::Busy(message) => tonic::Status::unavailable(message),
-        SearchError::InvalidStream(message) | SearchError::InvalidQuery(message) => tonic::Status::invalid_argument(message),
+        SearchError::InvalidStream(message) | SearchError::InvalidQuery(message) => {
+            tonic::Status::invalid_argument(message)
+        }
         other => tonic::Status::internal(other.to_string()),
     }
 }
@@ -322,7 +394,9 @@ impl LogsService for Grpc {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let outcome = export_logs(&self.logs, request.into_inner()).await.map_err(grpc_status)?;
+        let outcome = export_logs(&self.logs, request.into_inner())
+            .await
+            .map_err(grpc_status)?;
         Ok(tonic::Response::new(logs_response(&outcome)))
     }
 }
@@ -333,7 +407,9 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let outcome = export_traces(&self.logs, request.into_inner()).await.map_err(grpc_status)?;
+        let outcome = export_traces(&self.logs, request.into_inner())
+            .await
+            .map_err(grpc_status)?;
         Ok(tonic::Response::new(traces_response(&outcome)))
     }
 }
@@ -341,7 +417,9 @@ impl TraceService for Grpc {
 /// Bind an optional listener: a named address must bind; the default one
 /// is skipped with a warning when taken (several nodes on one host).
 pub async fn bind(listener: OptionalListener, what: &str) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = listener.addr else { return Ok(None) };
+    let Some(addr) = listener.addr else {
+        return Ok(None);
+    };
     match TcpListener::bind(addr).await {
         Ok(bound) => Ok(Some(bound)),
         Err(e) if !listener.explicit => {
@@ -387,7 +465,11 @@ pub async fn serve_http(listener: TcpListener, logs: Logs, settings: &Settings) 
         .route("/v1/logs", post(http_logs))
         .route("/v1/traces", post(http_traces))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "OTLP/HTTP serves POST /v1/logs and POST /v1/traces")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "OTLP/HTTP serves POST /v1/logs and POST /v1/traces",
+            )
         })
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(HttpState { logs, max_bytes });
@@ -404,8 +486,15 @@ enum Encoding {
 }
 
 /// The body, decompressed (bounded) and with its encoding.
-fn read_body(headers: &HeaderMap, body: &[u8], max_bytes: usize) -> Result<(Vec<u8>, Encoding), ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+fn read_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Encoding), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let encoding = match content_type.split(';').next().unwrap_or("").trim() {
         "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
         "application/json" => Encoding::Json,
@@ -417,7 +506,10 @@ fn read_body(headers: &HeaderMap, body: &[u8], max_bytes: usize) -> Result<(Vec<
             ))
         }
     };
-    let compression = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let compression = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
     let data = match compression.trim() {
         "" | "identity" => body.to_vec(),
         "gzip" => inflate(flate2::read::GzDecoder::new(body), max_bytes)?,
@@ -460,7 +552,9 @@ fn normalize_json(value: &mut Value) {
                     *item = Value::String(item.to_string());
                 } else if (key == "arrayValue" || key == "kvlistValue") && item.is_object() {
                     if let Value::Object(inner) = item {
-                        inner.entry("values").or_insert_with(|| Value::Array(Vec::new()));
+                        inner
+                            .entry("values")
+                            .or_insert_with(|| Value::Array(Vec::new()));
                     }
                 }
                 normalize_json(item);
@@ -471,24 +565,37 @@ fn normalize_json(value: &mut Value) {
     }
 }
 
-fn decode<T: Message + Default + serde::de::DeserializeOwned>(data: &[u8], encoding: Encoding) -> Result<T, ApiError> {
+fn decode<T: Message + Default + serde::de::DeserializeOwned>(
+    data: &[u8],
+    encoding: Encoding,
+) -> Result<T, ApiError> {
     match encoding {
-        Encoding::Protobuf => T::decode(data).map_err(|e| ApiError::bad_request(format!("invalid OTLP protobuf: {e}"))),
+        Encoding::Protobuf => T::decode(data)
+            .map_err(|e| ApiError::bad_request(format!("invalid OTLP protobuf: {e}"))),
         Encoding::Json => {
-            let mut value: Value =
-                serde_json::from_slice(data).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+            let mut value: Value = serde_json::from_slice(data)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
             normalize_json(&mut value);
-            serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid OTLP JSON: {e}")))
+            serde_json::from_value(value)
+                .map_err(|e| ApiError::bad_request(format!("invalid OTLP JSON: {e}")))
         }
     }
 }
 
-fn encode<T: Message + serde::Serialize>(response: &T, encoding: Encoding, partial: bool) -> Response {
+fn encode<T: Message + serde::Serialize>(
+    response: &T,
+    encoding: Encoding,
+    partial: bool,
+) -> Response {
     match encoding {
-        Encoding::Protobuf => {
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"))], response.encode_to_vec())
-                .into_response()
-        }
+        Encoding::Protobuf => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-protobuf"),
+            )],
+            response.encode_to_vec(),
+        )
+            .into_response(),
         Encoding::Json if !partial => axum::Json(serde_json::json!({})).into_response(),
         Encoding::Json => axum::Json(response).into_response(),
     }
@@ -502,13 +609,21 @@ fn accept<T: Message + Default + serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(T, Encoding), Response> {
-    state.logs.check_capacity().map_err(|e| search_error(e).into_response())?;
-    let (data, encoding) = read_body(headers, body, state.max_bytes).map_err(IntoResponse::into_response)?;
+    state
+        .logs
+        .check_capacity()
+        .map_err(|e| search_error(e).into_response())?;
+    let (data, encoding) =
+        read_body(headers, body, state.max_bytes).map_err(IntoResponse::into_response)?;
     let request = decode(&data, encoding).map_err(IntoResponse::into_response)?;
     Ok((request, encoding))
 }
 
-async fn http_logs(State(state): State<HttpState>, headers: HeaderMap, Body(body): Body) -> Response {
+async fn http_logs(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Response {
     let (request, encoding) = match accept(&state, &headers, &body) {
         Ok(accepted) => accepted,
         Err(response) => return response,
@@ -519,7 +634,11 @@ async fn http_logs(State(state): State<HttpState>, headers: HeaderMap, Body(body
     }
 }
 
-async fn http_traces(State(state): State<HttpState>, headers: HeaderMap, Body(body): Body) -> Response {
+async fn http_traces(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Response {
     let (request, encoding) = match accept(&state, &headers, &body) {
         Ok(accepted) => accepted,
         Err(response) => return response,

@@ -10,13 +10,12 @@ use openraft::{Config, SnapshotPolicy};
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
 use shoal_raft::{
-    serve_rpc, CatchUp, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr, PeerServices, Raft, RemoveHandler,
-    RpcNetwork,
-    StateMachine,
+    serve_rpc, CatchUp, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr,
+    PeerServices, Raft, RemoveHandler, RpcNetwork, StateMachine,
 };
 use shoal_search::{Limits, Logs, LogsConfig, Retention};
-use shoal_storage::outbox::Outbox;
 use shoal_storage::kv::Command;
+use shoal_storage::outbox::Outbox;
 use shoal_storage::{OpenOptions, Store, StoreClosed};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -55,16 +54,20 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     let node_id = identity.id;
 
     // Bind first: a port in use is the most common start-up failure.
-    let api_listener =
-        TcpListener::bind(settings.api).await.with_context(|| format!("binding the API address {}", settings.api))?;
-    let rpc_listener =
-        TcpListener::bind(settings.rpc).await.with_context(|| format!("binding the RPC address {}", settings.rpc))?;
+    let api_listener = TcpListener::bind(settings.api)
+        .await
+        .with_context(|| format!("binding the API address {}", settings.api))?;
+    let rpc_listener = TcpListener::bind(settings.rpc)
+        .await
+        .with_context(|| format!("binding the RPC address {}", settings.rpc))?;
     let otlp_grpc_listener = otlp::bind(settings.otlp_grpc, "OTLP/gRPC").await?;
     let otlp_http_listener = otlp::bind(settings.otlp_http, "OTLP/HTTP").await?;
 
     let faults = Faults::from_env();
     let db_path = settings.data_dir.join("db");
-    let open_options = OpenOptions { lose_unsynced_writes: faults.lose_unsynced_writes };
+    let open_options = OpenOptions {
+        lose_unsynced_writes: faults.lose_unsynced_writes,
+    };
     let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, open_options))
         .await?
         .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
@@ -80,7 +83,13 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
                 .logs_stream_retention
                 .iter()
                 .map(|(stream, (days, mb))| {
-                    (stream.clone(), (days.map(|d| Duration::from_secs(d * 86_400)), mb.map(|mb| mb.saturating_mul(1 << 20))))
+                    (
+                        stream.clone(),
+                        (
+                            days.map(|d| Duration::from_secs(d * 86_400)),
+                            mb.map(|mb| mb.saturating_mul(1 << 20)),
+                        ),
+                    )
                 })
                 .collect(),
         },
@@ -93,11 +102,18 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     };
     let logs = tokio::task::spawn_blocking(move || Logs::open(logs_config))
         .await?
-        .with_context(|| format!("opening the log indexes in {}", settings.data_dir.join("search").display()))?;
+        .with_context(|| {
+            format!(
+                "opening the log indexes in {}",
+                settings.data_dir.join("search").display()
+            )
+        })?;
     let raft_state_empty = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
-            Ok::<_, shoal_storage::StorageError>(store.raft_meta_get("vote")?.is_none() && store.log_last()?.is_none())
+            Ok::<_, shoal_storage::StorageError>(
+                store.raft_meta_get("vote")?.is_none() && store.log_last()?.is_none(),
+            )
         })
         .await?
         .context("reading the Raft state")?
@@ -105,12 +121,19 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     // Empty Raft state under an id that is not new: possibly a voter that
     // lost its disk (see `shoal_raft::CatchUp`). A made-up id never voted.
     let may_have_voted = raft_state_empty && !identity.generated;
-    let catch_up = Arc::new(CatchUp::open(&settings.data_dir, may_have_voted).context("writing the catch-up marker")?);
+    let catch_up = Arc::new(
+        CatchUp::open(&settings.data_dir, may_have_voted).context("writing the catch-up marker")?,
+    );
     let hub = Arc::new(WatchHub::default());
-    let log_store = LogStore::new(store.clone(), faults.log_sync_delay).context("starting the WAL sync thread")?;
+    let log_store = LogStore::new(store.clone(), faults.log_sync_delay)
+        .context("starting the WAL sync thread")?;
     let committed_index = log_store.committed_index();
-    let state_machine = StateMachine::new(store.clone(), settings.data_dir.join("snapshots"), hub.clone())
-        .context("creating the snapshot directory")?;
+    let state_machine = StateMachine::new(
+        store.clone(),
+        settings.data_dir.join("snapshots"),
+        hub.clone(),
+    )
+    .context("creating the snapshot directory")?;
     let config = Config {
         cluster_name: "shoal".into(),
         heartbeat_interval: settings.election_timeout_ms / 5,
@@ -123,14 +146,22 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     .validate()
     .context("raft configuration")?;
     let key = ClusterKey::new(settings.cluster_secret.as_deref());
-    let raft = Raft::new(node_id, Arc::new(config), RpcNetwork::new(key.clone()), log_store, state_machine)
-        .await
-        .context("starting raft")?;
+    let raft = Raft::new(
+        node_id,
+        Arc::new(config),
+        RpcNetwork::new(key.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
     let gossip = Gossip::start(&settings, node_id).await?;
     let linearizer = Linearizer::new(raft.clone());
     let (proposals, proposal_queue) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
     let outbox_store = store.clone();
-    let outbox = tokio::task::spawn_blocking(move || Outbox::open(outbox_store)).await?.context("opening the outbox")?;
+    let outbox = tokio::task::spawn_blocking(move || Outbox::open(outbox_store))
+        .await?
+        .context("opening the outbox")?;
     let kafka = match &settings.kafka_brokers {
         Some(brokers) => Some(KafkaClient::new(brokers).context("creating the Kafka client")?),
         None => None,
@@ -149,7 +180,12 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             Box::pin(async move { cluster::remove_member(&raft, &removals, id).await })
         })
     };
-    let peer_services = PeerServices { catch_up: catch_up.clone(), messages: inbox, search: logs::peer_handler(logs.clone()), remove_node };
+    let peer_services = PeerServices {
+        catch_up: catch_up.clone(),
+        messages: inbox,
+        search: logs::peer_handler(logs.clone()),
+        remove_node,
+    };
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -171,16 +207,29 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         catch_up,
     });
     tokio::spawn(end_catch_up(raft.clone(), shoal.catch_up.clone()));
-    tokio::spawn(serve_rpc(rpc_listener, raft.clone(), linearizer, key, peer_services));
+    tokio::spawn(serve_rpc(
+        rpc_listener,
+        raft.clone(),
+        linearizer,
+        key,
+        peer_services,
+    ));
     tokio::spawn(propose_batches(shoal.clone(), proposal_queue));
 
     if !raft.is_initialized().await.context("reading raft state")? {
         match settings.bootstrap_expect {
-            0 => tracing::info!(seeds = ?settings.seeds, "joining an existing cluster through the seeds"),
+            0 => {
+                tracing::info!(seeds = ?settings.seeds, "joining an existing cluster through the seeds")
+            }
             1 => {
                 tracing::info!("initialising a new single-node cluster");
-                let me = NodeAddr { rpc: settings.rpc.to_string(), api: settings.api.to_string() };
-                raft.initialize(BTreeMap::from([(node_id, me)])).await.context("initialising raft")?;
+                let me = NodeAddr {
+                    rpc: settings.rpc.to_string(),
+                    api: settings.api.to_string(),
+                };
+                raft.initialize(BTreeMap::from([(node_id, me)]))
+                    .await
+                    .context("initialising raft")?;
             }
             expect => {
                 tokio::spawn(cluster::form_cluster(shoal.clone(), expect));
@@ -203,14 +252,21 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     }
     if let Some(listener) = otlp_grpc_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/gRPC receiver listening");
-        tokio::spawn(otlp::serve_grpc(listener, shoal.logs.clone(), settings.logs_max_body_bytes));
+        tokio::spawn(otlp::serve_grpc(
+            listener,
+            shoal.logs.clone(),
+            settings.logs_max_body_bytes,
+        ));
     }
     if let Some(listener) = otlp_http_listener {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");
         let (logs, settings) = (shoal.logs.clone(), settings.clone());
         tokio::spawn(async move { otlp::serve_http(listener, logs, &settings).await });
     }
-    let app = api::router(AppState { shoal: shoal.clone(), prometheus });
+    let app = api::router(AppState {
+        shoal: shoal.clone(),
+        prometheus,
+    });
     tracing::info!(api = %settings.api, rpc = %settings.rpc, gossip = %settings.gossip,
         data_dir = %settings.data_dir.display(), startup_ms = started.elapsed().as_millis() as u64,
         "shoal node listening");
@@ -222,7 +278,9 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             let api_listener = api_listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(api_listener, app).with_graceful_shutdown(async move { stop.notified().await }).await
+            axum::serve(api_listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
         })
     };
     let mut raft_failure = None;
@@ -249,7 +307,9 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
         tracing::info!("closing remaining connections");
     }
-    raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+    raft.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
     match raft_failure {
         Some(fatal) => Err(anyhow::anyhow!("the Raft core stopped: {fatal}")),
         None => Ok(()),
@@ -308,7 +368,9 @@ async fn compact_history(shoal: Arc<Shoal>) {
         if !shoal.is_leader() {
             continue;
         }
-        let Ok(counters) = shoal.read(|store| store.counters()).await else { continue };
+        let Ok(counters) = shoal.read(|store| store.counters()).await else {
+            continue;
+        };
         let target = (counters.revision + 1).saturating_sub(keep);
         if target >= counters.compact_revision + step {
             if let Err(e) = shoal.write(Command::Compact { revision: target }).await {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use shoal_raft::{ForwardError, Forwarder, Linearizer, NodeId, Raft};
-use tokio::sync::{mpsc, oneshot, Notify};
 use shoal_storage::kv::{Command, Proposal, Rejection, Response};
-use shoal_storage::{Store, StorageError};
+use shoal_storage::{StorageError, Store};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::cluster::Gossip;
@@ -96,7 +96,10 @@ fn proposal_id(at_ms: u64) -> [u8; 16] {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Shoal {
@@ -112,7 +115,11 @@ impl Shoal {
     pub async fn write(&self, command: Command) -> ApiResult<Response> {
         let started = Instant::now();
         let (reply, answer) = oneshot::channel();
-        let proposal = Proposal { id: proposal_id(now_ms()), issued_at: self.store.applied_proposals(), command };
+        let proposal = Proposal {
+            id: proposal_id(now_ms()),
+            issued_at: self.store.applied_proposals(),
+            command,
+        };
         let pending = Pending { proposal, reply };
         if self.proposals.send(pending).await.is_err() {
             return Err(ApiError::unavailable("the node is shutting down"));
@@ -132,13 +139,15 @@ impl Shoal {
     /// Send one batch of proposals as a single Raft entry and answer each.
     async fn write_batch(&self, batch: Vec<Pending>) {
         let deadline = Instant::now() + self.request_timeout();
-        let (proposals, replies): (Vec<Proposal>, Vec<_>) = batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+        let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+            batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
         metrics::histogram!("shoal_proposal_batch_size").record(proposals.len() as f64);
         let count = proposals.len();
         let outcome = match self.write_until(proposals, deadline).await {
-            Ok(responses) if responses.len() != count => {
-                Err(ApiError::internal(format!("{} responses to {count} proposals", responses.len())))
-            }
+            Ok(responses) if responses.len() != count => Err(ApiError::internal(format!(
+                "{} responses to {count} proposals",
+                responses.len()
+            ))),
             other => other,
         };
         match outcome {
@@ -157,32 +166,50 @@ impl Shoal {
 
     /// Retries (another leader, a lost connection) resend the same proposal
     /// ids, so proposals that were committed after all are not applied twice.
-    async fn write_until(&self, proposals: Vec<Proposal>, deadline: Instant) -> ApiResult<Vec<Response>> {
+    async fn write_until(
+        &self,
+        proposals: Vec<Proposal>,
+        deadline: Instant,
+    ) -> ApiResult<Vec<Response>> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.timed_out());
             }
-            let leader = match tokio::time::timeout(left, self.raft.client_write(proposals.clone())).await {
-                Err(_) => return Err(self.timed_out()),
-                Ok(Ok(written)) => return Ok(written.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => forward.leader_node,
-                Ok(Err(e)) => return Err(ApiError::unavailable(format!("write failed: {e}"))),
-            };
+            let leader =
+                match tokio::time::timeout(left, self.raft.client_write(proposals.clone())).await {
+                    Err(_) => return Err(self.timed_out()),
+                    Ok(Ok(written)) => return Ok(written.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                        forward.leader_node
+                    }
+                    Ok(Err(e)) => return Err(ApiError::unavailable(format!("write failed: {e}"))),
+                };
             let Some(leader) = leader else {
                 tokio::time::sleep(NO_LEADER_RETRY.min(left)).await;
                 continue;
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.forwarder.client_write(&leader.rpc, proposals.clone(), left).await {
+            match self
+                .forwarder
+                .client_write(&leader.rpc, proposals.clone(), left)
+                .await
+            {
                 Ok(Ok(response)) => return Ok(response),
                 // Leadership moved, or the leader is gone: ask again.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
-                Ok(Err(e)) => return Err(ApiError::unavailable(format!("write failed on the leader: {e}"))),
+                Ok(Err(e)) => {
+                    return Err(ApiError::unavailable(format!(
+                        "write failed on the leader: {e}"
+                    )))
+                }
                 Err(ForwardError::Timeout { .. }) => return Err(self.timed_out()),
                 Err(e) => tracing::debug!(error = %e, "forwarding to the leader failed; retrying"),
             }
-            tokio::time::sleep(NO_LEADER_RETRY.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(
+                NO_LEADER_RETRY.min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 
@@ -202,21 +229,38 @@ impl Shoal {
             let leader = match tokio::time::timeout(left, self.linearizer.read_index()).await {
                 Err(_) => return Err(self.timed_out()),
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => forward.leader_node,
-                Ok(Err(e)) => return Err(ApiError::unavailable(format!("cannot confirm leadership: {e}"))),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                    forward.leader_node
+                }
+                Ok(Err(e)) => {
+                    return Err(ApiError::unavailable(format!(
+                        "cannot confirm leadership: {e}"
+                    )))
+                }
             };
             if let Some(leader) = leader {
                 match self.forwarder.read_index(&leader.rpc, left).await {
                     Ok(Ok(read_index)) => break read_index,
                     Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {}
-                    Ok(Err(e)) => return Err(ApiError::unavailable(format!("the leader cannot confirm leadership: {e}"))),
+                    Ok(Err(e)) => {
+                        return Err(ApiError::unavailable(format!(
+                            "the leader cannot confirm leadership: {e}"
+                        )))
+                    }
                     Err(ForwardError::Timeout { .. }) => return Err(self.timed_out()),
-                    Err(e) => tracing::debug!(error = %e, "read-index from the leader failed; retrying"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read-index from the leader failed; retrying")
+                    }
                 }
             }
-            tokio::time::sleep(NO_LEADER_RETRY.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(
+                NO_LEADER_RETRY.min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         };
-        let Some(read_index) = read_index else { return Ok(()) };
+        let Some(read_index) = read_index else {
+            return Ok(());
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(left))
@@ -230,11 +274,15 @@ impl Shoal {
     fn timed_out(&self) -> ApiError {
         let metrics = self.raft.metrics().borrow().clone();
         let quorum_lost = match metrics.state {
-            ServerState::Leader => metrics.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_ACK_STALE_MS),
+            ServerState::Leader => metrics
+                .millis_since_quorum_ack
+                .is_none_or(|ms| ms > QUORUM_ACK_STALE_MS),
             _ => metrics.current_leader.is_none(),
         };
         if quorum_lost {
-            ApiError::unavailable("no quorum: the cluster cannot commit or confirm right now; retry later")
+            ApiError::unavailable(
+                "no quorum: the cluster cannot commit or confirm right now; retry later",
+            )
         } else {
             ApiError::timeout()
         }

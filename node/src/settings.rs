@@ -110,7 +110,11 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_LOGS_RETENTION_MB")]
     pub logs_retention_mb: Option<u64>,
     /// Per-stream retention STREAM=DAYS[:MB] (repeat, or comma-separate), e.g. `debug=1,audit=90:50000`.
-    #[arg(long = "logs-stream-retention", env = "SHOAL_LOGS_STREAM_RETENTION", value_delimiter = ',')]
+    #[arg(
+        long = "logs-stream-retention",
+        env = "SHOAL_LOGS_STREAM_RETENTION",
+        value_delimiter = ','
+    )]
     #[serde(default)]
     pub logs_stream_retention: Vec<String>,
     /// Cap on the log write-ahead log, in MiB; past it ingest answers 429 [default: 1024].
@@ -141,19 +145,36 @@ pub struct OptionalListener {
     pub explicit: bool,
 }
 
-fn optional_listener(given: Option<String>, default: SocketAddr, flag: &str) -> anyhow::Result<OptionalListener> {
+fn optional_listener(
+    given: Option<String>,
+    default: SocketAddr,
+    flag: &str,
+) -> anyhow::Result<OptionalListener> {
     match given.as_deref().map(str::trim) {
-        None => Ok(OptionalListener { addr: Some(default), explicit: false }),
-        Some("off") | Some("") => Ok(OptionalListener { addr: None, explicit: true }),
+        None => Ok(OptionalListener {
+            addr: Some(default),
+            explicit: false,
+        }),
+        Some("off") | Some("") => Ok(OptionalListener {
+            addr: None,
+            explicit: true,
+        }),
         Some(text) => {
-            let addr = text.parse().with_context(|| format!("--{flag} {text:?} is neither an address nor `off`"))?;
-            Ok(OptionalListener { addr: Some(addr), explicit: true })
+            let addr = text
+                .parse()
+                .with_context(|| format!("--{flag} {text:?} is neither an address nor `off`"))?;
+            Ok(OptionalListener {
+                addr: Some(addr),
+                explicit: true,
+            })
         }
     }
 }
 
 /// `STREAM=DAYS[:MB]` entries.
-fn stream_retention(entries: &[String]) -> anyhow::Result<BTreeMap<String, (Option<u64>, Option<u64>)>> {
+fn stream_retention(
+    entries: &[String],
+) -> anyhow::Result<BTreeMap<String, (Option<u64>, Option<u64>)>> {
     let mut streams = BTreeMap::new();
     for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
         let bad = || format!("--logs-stream-retention {entry:?} is not STREAM=DAYS[:MB]");
@@ -163,8 +184,15 @@ fn stream_retention(entries: &[String]) -> anyhow::Result<BTreeMap<String, (Opti
             Some((days, mb)) => (days, Some(mb)),
             None => (rule, None),
         };
-        let days = if days.is_empty() { None } else { Some(days.parse::<u64>().with_context(bad)?) };
-        let mb = mb.map(|mb| mb.parse::<u64>()).transpose().with_context(bad)?;
+        let days = if days.is_empty() {
+            None
+        } else {
+            Some(days.parse::<u64>().with_context(bad)?)
+        };
+        let mb = mb
+            .map(|mb| mb.parse::<u64>())
+            .transpose()
+            .with_context(bad)?;
         streams.insert(stream.to_string(), (days, mb));
     }
     Ok(streams)
@@ -223,7 +251,11 @@ impl Settings {
                 flags.$field.clone().or(file.$field.clone())
             };
         }
-        let seeds = if flags.seed.is_empty() { file.seed.clone() } else { flags.seed.clone() };
+        let seeds = if flags.seed.is_empty() {
+            file.seed.clone()
+        } else {
+            flags.seed.clone()
+        };
         let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("./shoal-data"));
         let settings = Settings {
             log_dir: pick!(log_dir).unwrap_or_else(|| data_dir.join("logs")),
@@ -232,7 +264,11 @@ impl Settings {
             rpc: pick!(rpc).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701))),
             gossip: pick!(gossip).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702))),
             node_id: pick!(node_id),
-            bootstrap_expect: pick!(bootstrap_expect).unwrap_or(if seeds.is_empty() { 1 } else { 0 }),
+            bootstrap_expect: pick!(bootstrap_expect).unwrap_or(if seeds.is_empty() {
+                1
+            } else {
+                0
+            }),
             seeds,
             voters: pick!(voters).unwrap_or(3),
             dead_node_grace_secs: pick!(dead_node_grace_secs).unwrap_or(30),
@@ -250,20 +286,40 @@ impl Settings {
             history_revisions: pick!(history_revisions).unwrap_or(100_000),
             kafka_brokers: pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
             max_message_bytes: pick!(max_message_bytes).unwrap_or(1 << 20),
-            otlp_grpc: optional_listener(pick!(otlp_grpc), SocketAddr::from(([127, 0, 0, 1], 4317)), "otlp-grpc")?,
-            otlp_http: optional_listener(pick!(otlp_http), SocketAddr::from(([127, 0, 0, 1], 4318)), "otlp-http")?,
+            otlp_grpc: optional_listener(
+                pick!(otlp_grpc),
+                SocketAddr::from(([127, 0, 0, 1], 4317)),
+                "otlp-grpc",
+            )?,
+            otlp_http: optional_listener(
+                pick!(otlp_http),
+                SocketAddr::from(([127, 0, 0, 1], 4318)),
+                "otlp-http",
+            )?,
             logs_retention_days: pick!(logs_retention_days).unwrap_or(7),
-            logs_retention_bytes: pick!(logs_retention_mb).unwrap_or(10 << 10).saturating_mul(1 << 20),
+            logs_retention_bytes: pick!(logs_retention_mb)
+                .unwrap_or(10 << 10)
+                .saturating_mul(1 << 20),
             logs_stream_retention: stream_retention(if flags.logs_stream_retention.is_empty() {
                 &file.logs_stream_retention
             } else {
                 &flags.logs_stream_retention
             })?,
-            logs_wal_max_bytes: pick!(logs_wal_max_mb).unwrap_or(1024).saturating_mul(1 << 20),
-            logs_indexing_max_bytes: pick!(logs_indexing_max_mb).unwrap_or(256).saturating_mul(1 << 20),
-            logs_disk_max_bytes: pick!(logs_disk_max_mb).unwrap_or(100 << 10).saturating_mul(1 << 20),
-            logs_max_body_bytes: usize::try_from(pick!(logs_max_body_mb).unwrap_or(32).saturating_mul(1 << 20))
-                .unwrap_or(usize::MAX),
+            logs_wal_max_bytes: pick!(logs_wal_max_mb)
+                .unwrap_or(1024)
+                .saturating_mul(1 << 20),
+            logs_indexing_max_bytes: pick!(logs_indexing_max_mb)
+                .unwrap_or(256)
+                .saturating_mul(1 << 20),
+            logs_disk_max_bytes: pick!(logs_disk_max_mb)
+                .unwrap_or(100 << 10)
+                .saturating_mul(1 << 20),
+            logs_max_body_bytes: usize::try_from(
+                pick!(logs_max_body_mb)
+                    .unwrap_or(32)
+                    .saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
             logs_commit_ms: pick!(logs_commit_ms).unwrap_or(1000),
             logs_self: pick!(logs_self).unwrap_or(true),
         };
@@ -288,7 +344,10 @@ impl Settings {
             bail!("--voters must be between 1 and 7 (3 or 5 are the usual choices)");
         }
         if self.bootstrap_expect > 1 && self.seeds.is_empty() {
-            bail!("--bootstrap-expect {} needs --seed addresses to find the other nodes", self.bootstrap_expect);
+            bail!(
+                "--bootstrap-expect {} needs --seed addresses to find the other nodes",
+                self.bootstrap_expect
+            );
         }
         if !(50..=60_000).contains(&self.election_timeout_ms) {
             bail!("--election-timeout-ms must be between 50 and 60000");
@@ -314,7 +373,10 @@ impl Settings {
         if self.logs_max_body_bytes == 0 || self.logs_max_body_bytes > 1 << 30 {
             bail!("--logs-max-body-mb must be between 1 and 1024");
         }
-        if self.logs_wal_max_bytes == 0 || self.logs_indexing_max_bytes == 0 || self.logs_disk_max_bytes == 0 {
+        if self.logs_wal_max_bytes == 0
+            || self.logs_indexing_max_bytes == 0
+            || self.logs_disk_max_bytes == 0
+        {
             bail!("--logs-wal-max-mb, --logs-indexing-max-mb and --logs-disk-max-mb must be at least 1");
         }
         let addrs = [self.api, self.rpc, self.gossip];
@@ -326,7 +388,8 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<NodeArgs> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -342,20 +405,39 @@ pub struct NodeIdentity {
 pub fn node_id(settings: &Settings) -> anyhow::Result<NodeIdentity> {
     let path = settings.data_dir.join("node-id");
     let stored = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text.trim().parse::<u64>().with_context(|| format!("bad node id in {}", path.display()))?),
+        Ok(text) => Some(
+            text.trim()
+                .parse::<u64>()
+                .with_context(|| format!("bad node id in {}", path.display()))?,
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let id = match (settings.node_id, stored) {
         (Some(given), Some(stored)) if given != stored => {
-            bail!("--node-id {given} but {} holds node {stored}; use another --data-dir", settings.data_dir.display())
+            bail!(
+                "--node-id {given} but {} holds node {stored}; use another --data-dir",
+                settings.data_dir.display()
+            )
         }
-        (_, Some(stored)) => return Ok(NodeIdentity { id: stored, generated: false }),
-        (Some(given), None) => NodeIdentity { id: given, generated: false },
+        (_, Some(stored)) => {
+            return Ok(NodeIdentity {
+                id: stored,
+                generated: false,
+            })
+        }
+        (Some(given), None) => NodeIdentity {
+            id: given,
+            generated: false,
+        },
         // Below 2^53 so the id survives JSON clients that use doubles.
-        (None, None) => NodeIdentity { id: rand::random_range(1..(1u64 << 53)), generated: true },
+        (None, None) => NodeIdentity {
+            id: rand::random_range(1..(1u64 << 53)),
+            generated: true,
+        },
     };
-    write_synced(&path, format!("{}\n", id.id).as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    write_synced(&path, format!("{}\n", id.id).as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
 }
 

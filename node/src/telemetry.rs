@@ -39,7 +39,8 @@ impl tracing::field::Visit for EventFields {
         if field.name() == "message" {
             self.message = text;
         } else {
-            self.fields.insert(field.name().to_string(), serde_json::Value::String(text));
+            self.fields
+                .insert(field.name().to_string(), serde_json::Value::String(text));
         }
     }
 
@@ -47,7 +48,10 @@ impl tracing::field::Visit for EventFields {
         if field.name() == "message" {
             self.message = value.to_string();
         } else {
-            self.fields.insert(field.name().to_string(), serde_json::Value::String(value.to_string()));
+            self.fields.insert(
+                field.name().to_string(),
+                serde_json::Value::String(value.to_string()),
+            );
         }
     }
 
@@ -72,21 +76,29 @@ where
         let mut visited = EventFields::default();
         event.record(&mut visited);
         let metadata = event.metadata();
-        visited.fields.insert("target".into(), metadata.target().into());
+        visited
+            .fields
+            .insert("target".into(), metadata.target().into());
         // The enclosing spans with their fields (request id, node id, route).
         if let Some(scope) = ctx.event_scope(event) {
             let spans: Vec<String> = scope
                 .from_root()
                 .map(|span| {
                     let extensions = span.extensions();
-                    match extensions.get::<tracing_subscriber::fmt::FormattedFields<tracing_subscriber::fmt::format::DefaultFields>>() {
-                        Some(fields) if !fields.is_empty() => format!("{}{{{}}}", span.name(), fields),
+                    match extensions.get::<tracing_subscriber::fmt::FormattedFields<
+                        tracing_subscriber::fmt::format::DefaultFields,
+                    >>() {
+                        Some(fields) if !fields.is_empty() => {
+                            format!("{}{{{}}}", span.name(), fields)
+                        }
                         _ => span.name().to_string(),
                     }
                 })
                 .collect();
             if !spans.is_empty() {
-                visited.fields.insert("spans".into(), spans.join(":").into());
+                visited
+                    .fields
+                    .insert("spans".into(), spans.join(":").into());
             }
         }
         let record = Record {
@@ -119,10 +131,15 @@ impl Drop for TelemetryGuard {
 pub fn init_node(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     std::fs::create_dir_all(&settings.log_dir)
         .with_context(|| format!("creating {}", settings.log_dir.display()))?;
-    let condition = RollingConditionBasic::new().daily().max_size(settings.log_max_file_bytes);
-    let appender =
-        BasicRollingFileAppender::new(settings.log_dir.join("shoal.log"), condition, settings.log_max_files)
-            .with_context(|| format!("opening log file in {}", settings.log_dir.display()))?;
+    let condition = RollingConditionBasic::new()
+        .daily()
+        .max_size(settings.log_max_file_bytes);
+    let appender = BasicRollingFileAppender::new(
+        settings.log_dir.join("shoal.log"),
+        condition,
+        settings.log_max_files,
+    )
+    .with_context(|| format!("opening log file in {}", settings.log_dir.display()))?;
     let (file_writer, file_guard) = tracing_appender::non_blocking(appender);
     let filter = EnvFilter::try_new(&settings.log_level)
         .with_context(|| format!("bad --log-level {:?}", settings.log_level))?;
@@ -134,7 +151,9 @@ pub fn init_node(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
                 .with_endpoint(endpoint)
                 .build()
                 .context("building the OTLP exporter")?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name("shoal").build();
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name("shoal")
+                .build();
             Some(
                 opentelemetry_sdk::trace::SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -144,7 +163,9 @@ pub fn init_node(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
         }
         None => None,
     };
-    let otel_layer = tracer.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("shoal")));
+    let otel_layer = tracer
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("shoal")));
     let (own_layer, own_logs) = if settings.logs_self {
         let (sender, receiver) = mpsc::channel(crate::logs::SELF_LOG_QUEUE);
         (Some(OwnLogs { sender }), Some(receiver))
@@ -155,17 +176,27 @@ pub fn init_node(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(file_writer))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(file_writer),
+        )
         .with(otel_layer)
         .with(own_layer)
         .try_init()
         .context("installing the log subscriber")?;
-    Ok(TelemetryGuard { _file: file_guard, tracer, own_logs })
+    Ok(TelemetryGuard {
+        _file: file_guard,
+        tracer,
+        own_logs,
+    })
 }
 
 /// Install the process-wide metrics recorder and return the handle that renders it.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets(&buckets)
         .context("metric buckets")?

@@ -38,12 +38,26 @@ impl Filter {
     /// its rendering is shared by all the watchers it reaches.
     pub fn select(&self, shared: &Arc<SharedBatch>) -> Option<Arc<SharedBatch>> {
         let batch = &shared.batch;
-        let matching = batch.events.iter().filter(|e| self.matches(&e.kv.key)).count();
+        let matching = batch
+            .events
+            .iter()
+            .filter(|e| self.matches(&e.kv.key))
+            .count();
         if matching == batch.events.len() {
             return Some(shared.clone());
         }
-        let events: Vec<_> = batch.events.iter().filter(|e| self.matches(&e.kv.key)).cloned().collect();
-        (!events.is_empty()).then(|| SharedBatch::new(ChangeBatch { revision: batch.revision, events }))
+        let events: Vec<_> = batch
+            .events
+            .iter()
+            .filter(|e| self.matches(&e.kv.key))
+            .cloned()
+            .collect();
+        (!events.is_empty()).then(|| {
+            SharedBatch::new(ChangeBatch {
+                revision: batch.revision,
+                events,
+            })
+        })
     }
 }
 
@@ -56,7 +70,10 @@ pub struct SharedBatch {
 
 impl SharedBatch {
     pub fn new(batch: ChangeBatch) -> Arc<SharedBatch> {
-        Arc::new(SharedBatch { batch, rendered: OnceLock::new() })
+        Arc::new(SharedBatch {
+            batch,
+            rendered: OnceLock::new(),
+        })
     }
 
     pub fn rendered(&self, render: impl FnOnce(&ChangeBatch) -> String) -> &str {
@@ -76,7 +93,9 @@ struct Registry {
 
 impl Registry {
     fn remove(&mut self, id: u64) {
-        let Some((filter, _)) = self.senders.remove(&id) else { return };
+        let Some((filter, _)) = self.senders.remove(&id) else {
+            return;
+        };
         let (map, name) = match &filter {
             Filter::Key(k) => (&mut self.by_key, k),
             Filter::Prefix(p) => (&mut self.by_prefix, p),
@@ -138,7 +157,9 @@ impl WatchHub {
     fn lock(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the lock cannot leave the maps inconsistent
         // in a way that matters more than losing watches, so keep going.
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn register(self: &Arc<Self>, filter: Filter) -> Registration {
@@ -155,7 +176,11 @@ impl WatchHub {
         }
         registry.senders.insert(id, (filter, sender));
         drop(registry);
-        Registration { hub: self.clone(), id, receiver }
+        Registration {
+            hub: self.clone(),
+            id,
+            receiver,
+        }
     }
 
     pub fn watcher_count(&self) -> usize {

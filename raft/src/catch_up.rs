@@ -47,7 +47,10 @@ impl CatchUp {
         if active {
             tracing::info!("raft state is new: voting only for cluster formation until caught up with a leader");
         }
-        Ok(CatchUp { marker, active: AtomicBool::new(active) })
+        Ok(CatchUp {
+            marker,
+            active: AtomicBool::new(active),
+        })
     }
 
     pub fn active(&self) -> bool {
@@ -60,7 +63,9 @@ impl CatchUp {
         if !self.active() {
             return;
         }
-        let applied_in_leader_term = metrics.last_applied.is_some_and(|id| id.leader_id.term == metrics.current_term);
+        let applied_in_leader_term = metrics
+            .last_applied
+            .is_some_and(|id| id.leader_id.term == metrics.current_term);
         if metrics.current_leader.is_some() && applied_in_leader_term {
             match std::fs::remove_file(&self.marker) {
                 Ok(()) => {}
@@ -71,7 +76,10 @@ impl CatchUp {
                 }
             }
             self.active.store(false, Ordering::Relaxed);
-            tracing::info!(term = metrics.current_term, "caught up with the leader: voting normally");
+            tracing::info!(
+                term = metrics.current_term,
+                "caught up with the leader: voting normally"
+            );
         }
     }
 

@@ -19,7 +19,10 @@ const POOL_PER_PEER: usize = 64;
 #[derive(Debug, Error)]
 pub enum ForwardError {
     #[error("cannot reach {addr}: {source}")]
-    Unreachable { addr: String, source: std::io::Error },
+    Unreachable {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{addr} did not answer in time")]
     Timeout { addr: String },
     #[error("{addr} answered with the wrong kind of reply")]
@@ -34,11 +37,18 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(key: ClusterKey) -> Forwarder {
-        Forwarder { key, idle: Mutex::new(HashMap::new()) }
+        Forwarder {
+            key,
+            idle: Mutex::new(HashMap::new()),
+        }
     }
 
     fn take(&self, addr: &str) -> Option<TcpStream> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).get_mut(addr).and_then(Vec::pop)
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(addr)
+            .and_then(Vec::pop)
     }
 
     fn give_back(&self, addr: &str, stream: TcpStream) {
@@ -49,8 +59,16 @@ impl Forwarder {
         }
     }
 
-    async fn call(&self, addr: &str, request: &Request, timeout: Duration) -> Result<Reply, ForwardError> {
-        let unreachable = |source| ForwardError::Unreachable { addr: addr.to_string(), source };
+    async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, ForwardError> {
+        let unreachable = |source| ForwardError::Unreachable {
+            addr: addr.to_string(),
+            source,
+        };
         let exchange = async {
             // A pooled connection may have been closed by the peer; retry once on a fresh one.
             if let Some(mut stream) = self.take(addr) {
@@ -61,12 +79,18 @@ impl Forwarder {
                 }
             }
             let mut stream = wire::connect(addr, &self.key).await.map_err(unreachable)?;
-            wire::send(&mut stream, request).await.map_err(unreachable)?;
-            let reply = wire::receive::<Reply>(&mut stream).await.map_err(unreachable)?;
+            wire::send(&mut stream, request)
+                .await
+                .map_err(unreachable)?;
+            let reply = wire::receive::<Reply>(&mut stream)
+                .await
+                .map_err(unreachable)?;
             Ok((reply, stream))
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => Err(ForwardError::Timeout { addr: addr.to_string() }),
+            Err(_) => Err(ForwardError::Timeout {
+                addr: addr.to_string(),
+            }),
             Ok(Err(e)) => Err(e),
             Ok(Ok((reply, stream))) => {
                 self.give_back(addr, stream);
@@ -75,31 +99,60 @@ impl Forwarder {
         }
     }
 
-    pub async fn client_write(&self, addr: &str, proposals: Vec<Proposal>, timeout: Duration) -> Result<WriteResult, ForwardError> {
-        match self.call(addr, &Request::ClientWrite(proposals), timeout).await? {
+    pub async fn client_write(
+        &self,
+        addr: &str,
+        proposals: Vec<Proposal>,
+        timeout: Duration,
+    ) -> Result<WriteResult, ForwardError> {
+        match self
+            .call(addr, &Request::ClientWrite(proposals), timeout)
+            .await?
+        {
             Reply::ClientWrite(result) => Ok(result),
-            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+            _ => Err(ForwardError::WrongReply {
+                addr: addr.to_string(),
+            }),
         }
     }
 
-    pub async fn read_index(&self, addr: &str, timeout: Duration) -> Result<ReadIndexResult, ForwardError> {
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<ReadIndexResult, ForwardError> {
         match self.call(addr, &Request::ReadIndex, timeout).await? {
             Reply::ReadIndex(result) => Ok(result),
-            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+            _ => Err(ForwardError::WrongReply {
+                addr: addr.to_string(),
+            }),
         }
     }
 
-    pub async fn replication(&self, addr: &str, timeout: Duration) -> Result<Option<Replication>, ForwardError> {
+    pub async fn replication(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Option<Replication>, ForwardError> {
         match self.call(addr, &Request::Replication, timeout).await? {
             Reply::Replication(result) => Ok(result),
-            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+            _ => Err(ForwardError::WrongReply {
+                addr: addr.to_string(),
+            }),
         }
     }
 
-    pub async fn remove_node(&self, addr: &str, id: NodeId, timeout: Duration) -> Result<Result<(), String>, ForwardError> {
+    pub async fn remove_node(
+        &self,
+        addr: &str,
+        id: NodeId,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, ForwardError> {
         match self.call(addr, &Request::RemoveNode(id), timeout).await? {
             Reply::RemoveNode(result) => Ok(result),
-            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+            _ => Err(ForwardError::WrongReply {
+                addr: addr.to_string(),
+            }),
         }
     }
 
@@ -112,15 +165,24 @@ impl Forwarder {
     ) -> Result<Result<usize, String>, ForwardError> {
         match self.call(addr, &Request::Messages(frame), timeout).await? {
             Reply::Messages(result) => Ok(result),
-            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+            _ => Err(ForwardError::WrongReply {
+                addr: addr.to_string(),
+            }),
         }
     }
 
     /// Run a log search on a peer (request and answer are opaque here).
-    pub async fn search(&self, addr: &str, body: Vec<u8>, timeout: Duration) -> Result<Result<Vec<u8>, String>, ForwardError> {
+    pub async fn search(
+        &self,
+        addr: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Result<Vec<u8>, String>, ForwardError> {
         match self.call(addr, &Request::Search(body), timeout).await? {
             Reply::Search(result) => Ok(result.map(serde_bytes::ByteBuf::into_vec)),
-            _ => Err(ForwardError::WrongReply { addr: addr.to_string() }),
+            _ => Err(ForwardError::WrongReply {
+                addr: addr.to_string(),
+            }),
         }
     }
 }

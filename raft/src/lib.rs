@@ -17,16 +17,16 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub use catch_up::CatchUp;
-pub use log_store::LogStore;
 pub use forward::{ForwardError, Forwarder};
 pub use linearizer::Linearizer;
+pub use log_store::LogStore;
 pub use network::RpcNetwork;
 pub use rpc::{
-    local_replication, remove_node, serve_rpc, MessageInbox, PeerServices, ReadIndexResult, RemoveHandler, Replication, SearchHandler,
-    WriteResult,
+    local_replication, remove_node, serve_rpc, MessageInbox, PeerServices, ReadIndexResult,
+    RemoveHandler, Replication, SearchHandler, WriteResult,
 };
-pub use wire::ClusterKey;
 pub use state_machine::{ChangeSink, StateMachine};
+pub use wire::ClusterKey;
 
 pub type NodeId = u64;
 

@@ -26,7 +26,10 @@ struct State {
 
 impl Linearizer {
     pub fn new(raft: Raft) -> Arc<Linearizer> {
-        Arc::new(Linearizer { raft, state: Mutex::new(State::default()) })
+        Arc::new(Linearizer {
+            raft,
+            state: Mutex::new(State::default()),
+        })
     }
 
     /// On the leader: the log id a linearizable read must see applied (the

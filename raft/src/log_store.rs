@@ -36,9 +36,16 @@ const PURGE_POLL: Duration = Duration::from_millis(5);
 enum LogOp {
     Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
     /// Delete entries from this index on.
-    Truncate(u64, oneshot::Sender<Result<(), shoal_storage::StorageError>>),
+    Truncate(
+        u64,
+        oneshot::Sender<Result<(), shoal_storage::StorageError>>,
+    ),
     /// Delete entries up to this index, recording the purged log id.
-    Purge(u64, Vec<u8>, oneshot::Sender<Result<(), shoal_storage::StorageError>>),
+    Purge(
+        u64,
+        Vec<u8>,
+        oneshot::Sender<Result<(), shoal_storage::StorageError>>,
+    ),
 }
 
 /// The newest entries by index, shared with the writer thread, which drops
@@ -63,9 +70,21 @@ impl LogStore {
     pub fn new(store: Store, sync_delay: Option<Duration>) -> std::io::Result<LogStore> {
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
         let tail: Tail = Arc::default();
-        let log_writer = LogWriter { store: store.clone(), tail: tail.clone(), sync_delay, failed: None };
-        std::thread::Builder::new().name("shoal-raft-log".into()).spawn(move || log_writer.run(queue))?;
-        Ok(LogStore { store, committed: Arc::new(AtomicU64::new(0)), tail, writer })
+        let log_writer = LogWriter {
+            store: store.clone(),
+            tail: tail.clone(),
+            sync_delay,
+            failed: None,
+        };
+        std::thread::Builder::new()
+            .name("shoal-raft-log".into())
+            .spawn(move || log_writer.run(queue))?;
+        Ok(LogStore {
+            store,
+            committed: Arc::new(AtomicU64::new(0)),
+            tail,
+            writer,
+        })
     }
 
     /// The highest log index known committed, shared for metrics.
@@ -120,9 +139,11 @@ impl LogStore {
         let deadline = tokio::time::Instant::now() + PURGE_WAIT;
         loop {
             let applied = self
-                .blocking(StorageIOError::read_state_machine, |store| match store.sm_applied()?.0 {
-                    Some(bytes) => Ok(Some(decode::<LogId<NodeId>>(&bytes)?.index)),
-                    None => Ok(None),
+                .blocking(StorageIOError::read_state_machine, |store| {
+                    match store.sm_applied()?.0 {
+                        Some(bytes) => Ok(Some(decode::<LogId<NodeId>>(&bytes)?.index)),
+                        None => Ok(None),
+                    }
                 })
                 .await?;
             if applied.is_some_and(|applied| applied >= index) {
@@ -140,7 +161,10 @@ impl LogStore {
 }
 
 fn writer_stopped() -> StorageError<NodeId> {
-    StorageIOError::write_logs(io_error(std::io::Error::other("the Raft log writer thread has stopped"))).into()
+    StorageIOError::write_logs(io_error(std::io::Error::other(
+        "the Raft log writer thread has stopped",
+    )))
+    .into()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -163,8 +187,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let tail = lock(&self.tail);
             let first = tail.keys().next().copied();
             let from = first.map_or(end, |first| first.max(start));
-            let recent: Vec<Entry<TypeConfig>> =
-                if from < end { tail.range(from..end).map(|(_, entry)| entry.clone()).collect() } else { Vec::new() };
+            let recent: Vec<Entry<TypeConfig>> = if from < end {
+                tail.range(from..end)
+                    .map(|(_, entry)| entry.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             (first, recent)
         };
         let older_end = tail_first.map_or(end, |first| first.min(end));
@@ -173,7 +202,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         let mut entries = self
             .blocking(StorageIOError::read_logs, move |store| {
-                store.log_range(start, older_end)?.iter().map(|(_, bytes)| decode(bytes)).collect::<Result<Vec<_>, _>>()
+                store
+                    .log_range(start, older_end)?
+                    .iter()
+                    .map(|(_, bytes)| decode(bytes))
+                    .collect::<Result<Vec<_>, _>>()
             })
             .await?;
         entries.append(&mut recent);
@@ -185,12 +218,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let newest = lock(&self.tail).values().next_back().map(|entry| entry.log_id);
+        let newest = lock(&self.tail)
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id);
         self.blocking(StorageIOError::read_logs, move |store| {
-            let last_purged_log_id: Option<LogId<NodeId>> = match store.raft_meta_get("last_purged")? {
-                Some(bytes) => Some(decode(&bytes)?),
-                None => None,
-            };
+            let last_purged_log_id: Option<LogId<NodeId>> =
+                match store.raft_meta_get("last_purged")? {
+                    Some(bytes) => Some(decode(&bytes)?),
+                    None => None,
+                };
             // The tail holds the newest entry, if any; RocksDB only otherwise.
             let last_log_id = match newest {
                 Some(newest) => Some(newest),
@@ -199,7 +236,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     None => last_purged_log_id,
                 },
             };
-            Ok(LogState { last_purged_log_id, last_log_id })
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id,
+            })
         })
         .await
     }
@@ -210,26 +250,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let vote = *vote;
-        self.blocking(StorageIOError::write_vote, move |store| store.raft_meta_put("vote", &encode(&vote)?))
-            .await
+        self.blocking(StorageIOError::write_vote, move |store| {
+            store.raft_meta_put("vote", &encode(&vote)?)
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.blocking(StorageIOError::read_vote, |store| match store.raft_meta_get("vote")? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
+        self.blocking(StorageIOError::read_vote, |store| {
+            match store.raft_meta_get("vote")? {
+                Some(bytes) => Ok(Some(decode(&bytes)?)),
+                None => Ok(None),
+            }
         })
         .await
     }
 
     /// Kept in memory only, for metrics: the state machine persists what it
     /// applied, so a restart needs no separate committed marker.
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        self.committed.store(committed.map(|id| id.index).unwrap_or(0), Ordering::Relaxed);
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.committed
+            .store(committed.map(|id| id.index).unwrap_or(0), Ordering::Relaxed);
         Ok(())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -245,19 +297,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // flushed (a leader replicates its entries while this thread is still
         // writing them, see vendor/openraft/SHOAL.md); reported flushed by the
         // writer thread after the fsync.
-        lock(&self.tail).extend(appended.into_iter().map(|entry| (entry.log_id.index, entry)));
+        lock(&self.tail).extend(
+            appended
+                .into_iter()
+                .map(|entry| (entry.log_id.index, entry)),
+        );
         self.queue(LogOp::Append(encoded, callback)).await
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         lock(&self.tail).retain(|index, _| *index < log_id.index);
-        self.queue_and_wait(|done| LogOp::Truncate(log_id.index, done)).await
+        self.queue_and_wait(|done| LogOp::Truncate(log_id.index, done))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.wait_applied(log_id.index).await?;
         let purged = encode(&log_id).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
-        self.queue_and_wait(|done| LogOp::Purge(log_id.index, purged, done)).await?;
+        self.queue_and_wait(|done| LogOp::Purge(log_id.index, purged, done))
+            .await?;
         lock(&self.tail).retain(|index, _| *index > log_id.index);
         Ok(())
     }
@@ -335,7 +393,9 @@ impl LogWriter {
         }
         if let Some((newest, _)) = written.last() {
             let mut tail = lock(&self.tail);
-            while tail.len() > TAIL_ENTRIES && tail.keys().next().is_some_and(|first| first <= newest) {
+            while tail.len() > TAIL_ENTRIES
+                && tail.keys().next().is_some_and(|first| first <= newest)
+            {
                 tail.pop_first();
             }
         }
@@ -347,7 +407,9 @@ impl LogWriter {
         change: impl FnOnce(&Store) -> Result<(), shoal_storage::StorageError>,
     ) -> Result<(), shoal_storage::StorageError> {
         if let Some(failed) = &self.failed {
-            return Err(shoal_storage::StorageError::Io(format!("an earlier Raft log write failed: {failed}")));
+            return Err(shoal_storage::StorageError::Io(format!(
+                "an earlier Raft log write failed: {failed}"
+            )));
         }
         let result = change(&self.store);
         if let Err(e) = &result {
@@ -372,17 +434,30 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Blank,
         };
-        let written: Vec<(u64, Vec<u8>)> = (1..=10).map(|i| (i, encode(&entry(i)).expect("encode"))).collect();
+        let written: Vec<(u64, Vec<u8>)> = (1..=10)
+            .map(|i| (i, encode(&entry(i)).expect("encode")))
+            .collect();
         store.log_write(&written).expect("write");
         store.sync_wal().expect("sync");
         let mut log = LogStore::new(store.clone(), None).expect("log store");
-        let purge = tokio::spawn(async move { log.purge(LogId::new(CommittedLeaderId::new(1, 1), 8)).await });
+        let purge =
+            tokio::spawn(
+                async move { log.purge(LogId::new(CommittedLeaderId::new(1, 1), 8)).await },
+            );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!purge.is_finished(), "purged past what the state machine applied");
+        assert!(
+            !purge.is_finished(),
+            "purged past what the state machine applied"
+        );
         assert_eq!(store.log_first_index().expect("first"), Some(1));
         let mut batch = store.sm_batch().expect("batch");
         let applied = encode(&entry(8).log_id).expect("encode");
-        batch.set_position(shoal_storage::kv::Position { log_id: &applied, membership: None }).expect("position");
+        batch
+            .set_position(shoal_storage::kv::Position {
+                log_id: &applied,
+                membership: None,
+            })
+            .expect("position");
         batch.commit().expect("commit");
         purge.await.expect("task").expect("purge");
         assert_eq!(store.log_first_index().expect("first"), Some(9));
@@ -394,13 +469,27 @@ mod tests {
     fn nothing_is_written_after_a_failed_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let mut writer = LogWriter { store: store.clone(), tail: Tail::default(), sync_delay: None, failed: None };
-        writer.append(&[(1, b"one".to_vec())]).expect("a healthy write");
+        let mut writer = LogWriter {
+            store: store.clone(),
+            tail: Tail::default(),
+            sync_delay: None,
+            failed: None,
+        };
+        writer
+            .append(&[(1, b"one".to_vec())])
+            .expect("a healthy write");
         writer.failed = Some("injected".into());
         assert!(writer.append(&[(2, b"two".to_vec())]).is_err());
         assert!(writer.guarded(|store| store.log_truncate_from(1)).is_err());
-        assert!(writer.guarded(|store| store.log_purge_upto(1, b"purged")).is_err());
-        let indexes: Vec<u64> = store.log_range(0, u64::MAX).expect("range").into_iter().map(|(i, _)| i).collect();
+        assert!(writer
+            .guarded(|store| store.log_purge_upto(1, b"purged"))
+            .is_err());
+        let indexes: Vec<u64> = store
+            .log_range(0, u64::MAX)
+            .expect("range")
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(indexes, vec![1]);
     }
 }

@@ -1,7 +1,9 @@
 //! openraft's network: one authenticated TCP connection per peer, one
 //! request and one reply at a time.
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -28,7 +30,12 @@ impl RaftNetworkFactory<TypeConfig> for RpcNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerConnection {
-        PeerConnection { target, addr: node.rpc.clone(), key: self.key.clone(), stream: None }
+        PeerConnection {
+            target,
+            addr: node.rpc.clone(),
+            key: self.key.clone(),
+            stream: None,
+        }
     }
 }
 
@@ -41,12 +48,18 @@ pub struct PeerConnection {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
 
-fn network_error<E: std::error::Error>(e: impl std::error::Error + 'static) -> RPCError<NodeId, NodeAddr, E> {
+fn network_error<E: std::error::Error>(
+    e: impl std::error::Error + 'static,
+) -> RPCError<NodeId, NodeAddr, E> {
     RPCError::Network(NetworkError::new(&e))
 }
 
 impl PeerConnection {
-    async fn call<E: std::error::Error>(&mut self, request: Request, option: &RPCOption) -> RpcResult<Reply, E> {
+    async fn call<E: std::error::Error>(
+        &mut self,
+        request: Request,
+        option: &RPCOption,
+    ) -> RpcResult<Reply, E> {
         let exchange = async {
             if self.stream.is_none() {
                 let stream = wire::connect(&self.addr, &self.key)

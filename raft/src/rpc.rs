@@ -42,7 +42,8 @@ pub(crate) enum Request {
 
 /// One response per proposal, in order.
 pub type WriteResult = Result<Vec<Response>, RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>>;
-pub type ReadIndexResult = Result<Option<LogId<NodeId>>, RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>>;
+pub type ReadIndexResult =
+    Result<Option<LogId<NodeId>>, RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>>;
 /// Matched log index per member, as the leader sees it.
 pub type Replication = BTreeMap<NodeId, Option<u64>>;
 
@@ -50,7 +51,9 @@ pub type Replication = BTreeMap<NodeId, Option<u64>>;
 pub(crate) enum Reply {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
     ClientWrite(WriteResult),
     ReadIndex(ReadIndexResult),
     Replication(Option<Replication>),
@@ -64,8 +67,9 @@ pub(crate) enum Reply {
 pub type MessageInbox = Arc<dyn Fn(&[u8]) -> Result<usize, String> + Send + Sync>;
 
 /// Answers peers' search requests (the node's log engine).
-pub type SearchHandler =
-    Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> + Send + Sync>;
+pub type SearchHandler = Arc<
+    dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>> + Send + Sync,
+>;
 
 /// Removes a node from the membership on the leader's behalf (the node's
 /// cluster logic, which also remembers the removal).
@@ -100,7 +104,12 @@ pub async fn serve_rpc(
                 continue;
             }
         };
-        let (raft, linearizer, key, services) = (raft.clone(), linearizer.clone(), key.clone(), services.clone());
+        let (raft, linearizer, key, services) = (
+            raft.clone(),
+            linearizer.clone(),
+            key.clone(),
+            services.clone(),
+        );
         tokio::spawn(async move {
             if let Err(e) = serve_connection(stream, raft, linearizer, &key, services).await {
                 tracing::debug!(%peer, error = %e, "rpc connection closed");
@@ -117,7 +126,10 @@ async fn serve_connection(
     services: PeerServices,
 ) -> std::io::Result<()> {
     if !wire::accept(&mut stream, key).await? {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         tracing::warn!(%peer, "rejected a peer with the wrong cluster secret");
         metrics::counter!("shoal_rpc_rejected_peers_total").increment(1);
         return Ok(());
@@ -127,13 +139,21 @@ async fn serve_connection(
         let reply = match request {
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
             Request::Vote(rpc) => Reply::Vote(vote(&raft, &services.catch_up, rpc).await),
-            Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
-            Request::ClientWrite(proposals) => Reply::ClientWrite(raft.client_write(proposals).await.map(|r| r.data)),
+            Request::InstallSnapshot(rpc) => {
+                Reply::InstallSnapshot(raft.install_snapshot(rpc).await)
+            }
+            Request::ClientWrite(proposals) => {
+                Reply::ClientWrite(raft.client_write(proposals).await.map(|r| r.data))
+            }
             Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
             Request::Replication => Reply::Replication(local_replication(&raft)),
             Request::RemoveNode(id) => Reply::RemoveNode((services.remove_node)(id).await),
             Request::Messages(frame) => Reply::Messages((services.messages)(&frame)),
-            Request::Search(body) => Reply::Search((services.search)(body).await.map(serde_bytes::ByteBuf::from)),
+            Request::Search(body) => Reply::Search(
+                (services.search)(body)
+                    .await
+                    .map(serde_bytes::ByteBuf::from),
+            ),
         };
         wire::send(&mut stream, &reply).await?;
     }
@@ -141,7 +161,11 @@ async fn serve_connection(
 
 /// Answer a vote request, refusing it without asking Raft while this node
 /// is catching up (see [`CatchUp`]).
-async fn vote(raft: &Raft, catch_up: &CatchUp, request: VoteRequest<NodeId>) -> Result<VoteResponse<NodeId>, RaftError<NodeId>> {
+async fn vote(
+    raft: &Raft,
+    catch_up: &CatchUp,
+    request: VoteRequest<NodeId>,
+) -> Result<VoteResponse<NodeId>, RaftError<NodeId>> {
     if catch_up.may_vote_for(&request) {
         return raft.vote(request).await;
     }
@@ -154,9 +178,12 @@ async fn vote(raft: &Raft, catch_up: &CatchUp, request: VoteRequest<NodeId>) -> 
 /// This node's view of replication progress, if it is the leader.
 pub fn local_replication(raft: &Raft) -> Option<Replication> {
     let metrics = raft.metrics().borrow().clone();
-    metrics
-        .replication
-        .map(|progress| progress.into_iter().map(|(id, matched)| (id, matched.map(|log_id| log_id.index))).collect())
+    metrics.replication.map(|progress| {
+        progress
+            .into_iter()
+            .map(|(id, matched)| (id, matched.map(|log_id| log_id.index)))
+            .collect()
+    })
 }
 
 /// Remove a voter or learner from the membership (on the leader): voters are
@@ -172,5 +199,8 @@ pub async fn remove_node(raft: &Raft, id: NodeId) -> Result<(), String> {
     } else {
         return Ok(());
     };
-    raft.change_membership(change, false).await.map(|_| ()).map_err(|e| e.to_string())
+    raft.change_membership(change, false)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -49,10 +49,19 @@ type Meta = SnapshotMeta<NodeId, NodeAddr>;
 type Membership = StoredMembership<NodeId, NodeAddr>;
 
 impl StateMachine {
-    pub fn new(store: Store, snapshot_dir: PathBuf, sink: Arc<dyn ChangeSink>) -> std::io::Result<StateMachine> {
+    pub fn new(
+        store: Store,
+        snapshot_dir: PathBuf,
+        sink: Arc<dyn ChangeSink>,
+    ) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         remove_stale_temporaries(&snapshot_dir);
-        Ok(StateMachine { store, snapshot_dir, sink, snapshot_lock: Arc::default() })
+        Ok(StateMachine {
+            store,
+            snapshot_dir,
+            sink,
+            snapshot_lock: Arc::default(),
+        })
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -73,14 +82,19 @@ impl StateMachine {
     }
 
     fn lock_snapshots(&self) -> MutexGuard<'_, CurrentPosition> {
-        self.snapshot_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.snapshot_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Read the current snapshot file and note its position. The state
     /// machine in RocksDB is the truth: a damaged file is dropped, and
     /// openraft builds a new one when it needs it (at start, whenever the log
     /// was purged). Call with the lock.
-    fn load_current(&self, position: &mut CurrentPosition) -> Result<Option<(Meta, Vec<u8>)>, shoal_storage::StorageError> {
+    fn load_current(
+        &self,
+        position: &mut CurrentPosition,
+    ) -> Result<Option<(Meta, Vec<u8>)>, shoal_storage::StorageError> {
         let path = self.snapshot_path();
         let loaded = match load_snapshot_file(&path) {
             Err(e @ shoal_storage::StorageError::Corrupt { .. }) => {
@@ -131,10 +145,18 @@ fn file_error(path: &Path, e: std::io::Error) -> shoal_storage::StorageError {
 
 /// Persist a snapshot file atomically: a temporary file of its own, fsync,
 /// rename over the current one, fsync of the directory.
-fn save_snapshot_file(path: &Path, meta: &Meta, data: &[u8]) -> Result<(), shoal_storage::StorageError> {
+fn save_snapshot_file(
+    path: &Path,
+    meta: &Meta,
+    data: &[u8],
+) -> Result<(), shoal_storage::StorageError> {
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
     let body = encode(&(meta, data))?;
-    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), NEXT_TMP.fetch_add(1, Ordering::Relaxed)));
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        NEXT_TMP.fetch_add(1, Ordering::Relaxed)
+    ));
     let written = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(SNAPSHOT_MAGIC)?;
@@ -159,9 +181,16 @@ fn load_snapshot_file(path: &Path) -> Result<Option<(Meta, Vec<u8>)>, shoal_stor
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(file_error(path, e)),
     };
-    let corrupt = |detail: &str| shoal_storage::StorageError::Corrupt { cf: "snapshot file", detail: detail.into() };
-    let rest = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()).ok_or_else(|| corrupt("bad magic"))?;
-    let (sum, body) = rest.split_at_checked(32).ok_or_else(|| corrupt("truncated"))?;
+    let corrupt = |detail: &str| shoal_storage::StorageError::Corrupt {
+        cf: "snapshot file",
+        detail: detail.into(),
+    };
+    let rest = bytes
+        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+        .ok_or_else(|| corrupt("bad magic"))?;
+    let (sum, body) = rest
+        .split_at_checked(32)
+        .ok_or_else(|| corrupt("truncated"))?;
     if blake3::hash(body).as_bytes() != sum {
         return Err(corrupt("checksum mismatch"));
     }
@@ -170,9 +199,15 @@ fn load_snapshot_file(path: &Path) -> Result<Option<(Meta, Vec<u8>)>, shoal_stor
 
 /// Remove temporary files a crash left behind.
 fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("current.tmp") {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("current.tmp")
+        {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -181,37 +216,49 @@ fn remove_stale_temporaries(dir: &Path) {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let (meta, data) = self
-            .blocking(|e| StorageIOError::write_snapshot(None, e), |sm| {
-                let mut position = sm.lock_snapshots();
-                let export = sm.store.sm_export()?;
-                let last_log_id: Option<LogId<NodeId>> = match &export.last_applied {
-                    Some(bytes) => Some(decode(bytes)?),
-                    None => None,
-                };
-                let last_membership: Membership = match &export.membership {
-                    Some(bytes) => decode(bytes)?,
-                    None => Membership::default(),
-                };
-                // The id names the position; a counter tells two builds at
-                // the same position apart (openraft wants distinct ids).
-                static BUILDS: AtomicU64 = AtomicU64::new(0);
-                let build = BUILDS.fetch_add(1, Ordering::Relaxed);
-                let snapshot_id = match last_log_id {
-                    Some(id) => format!("{}-{}-{build}", id.leader_id.term, id.index),
-                    None => format!("0-0-{build}"),
-                };
-                let meta = Meta { last_log_id, last_membership, snapshot_id };
-                sm.keep_newest(&mut position, meta, export.data)
-            })
+            .blocking(
+                |e| StorageIOError::write_snapshot(None, e),
+                |sm| {
+                    let mut position = sm.lock_snapshots();
+                    let export = sm.store.sm_export()?;
+                    let last_log_id: Option<LogId<NodeId>> = match &export.last_applied {
+                        Some(bytes) => Some(decode(bytes)?),
+                        None => None,
+                    };
+                    let last_membership: Membership = match &export.membership {
+                        Some(bytes) => decode(bytes)?,
+                        None => Membership::default(),
+                    };
+                    // The id names the position; a counter tells two builds at
+                    // the same position apart (openraft wants distinct ids).
+                    static BUILDS: AtomicU64 = AtomicU64::new(0);
+                    let build = BUILDS.fetch_add(1, Ordering::Relaxed);
+                    let snapshot_id = match last_log_id {
+                        Some(id) => format!("{}-{}-{build}", id.leader_id.term, id.index),
+                        None => format!("0-0-{build}"),
+                    };
+                    let meta = Meta {
+                        last_log_id,
+                        last_membership,
+                        snapshot_id,
+                    };
+                    sm.keep_newest(&mut position, meta, export.data)
+                },
+            )
             .await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
         self.blocking(StorageIOError::read_state_machine, |sm| {
             let (applied, membership) = sm.store.sm_applied()?;
             let applied = match applied {
@@ -242,12 +289,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut membership = None;
                 for entry in &entries {
                     let answers = match &entry.payload {
-                        EntryPayload::Normal(proposals) => {
-                            proposals.iter().map(|proposal| batch.apply(proposal)).collect::<Result<Vec<_>, _>>()?
-                        }
+                        EntryPayload::Normal(proposals) => proposals
+                            .iter()
+                            .map(|proposal| batch.apply(proposal))
+                            .collect::<Result<Vec<_>, _>>()?,
                         EntryPayload::Blank => Vec::new(),
                         EntryPayload::Membership(changed) => {
-                            membership = Some(encode(&Membership::new(Some(entry.log_id), changed.clone()))?);
+                            membership = Some(encode(&Membership::new(
+                                Some(entry.log_id),
+                                changed.clone(),
+                            ))?);
                             Vec::new()
                         }
                     };
@@ -255,7 +306,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 if let Some(last) = entries.last() {
                     let log_id = encode(&last.log_id)?;
-                    batch.set_position(Position { log_id: &log_id, membership: membership.as_deref() })?;
+                    batch.set_position(Position {
+                        log_id: &log_id,
+                        membership: membership.as_deref(),
+                    })?;
                 }
                 let changes = batch.commit()?;
                 Ok((responses, changes))
@@ -272,28 +326,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<NodeId>> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
         let meta = meta.clone();
         let data = snapshot.into_inner();
-        self.blocking(|e| StorageIOError::write_snapshot(None, e), move |sm| {
-            let mut position = sm.lock_snapshots();
-            sm.store.sm_import(&data)?;
-            sm.keep_newest(&mut position, meta, data).map(|_| ())
-        })
+        self.blocking(
+            |e| StorageIOError::write_snapshot(None, e),
+            move |sm| {
+                let mut position = sm.lock_snapshots();
+                sm.store.sm_import(&data)?;
+                sm.keep_newest(&mut position, meta, data).map(|_| ())
+            },
+        )
         .await?;
         self.sink.replaced();
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let loaded = self
-            .blocking(|e| StorageIOError::read_snapshot(None, e), |sm| sm.load_current(&mut sm.lock_snapshots()))
+            .blocking(
+                |e| StorageIOError::read_snapshot(None, e),
+                |sm| sm.load_current(&mut sm.lock_snapshots()),
+            )
             .await?;
-        Ok(loaded.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }
 
@@ -315,12 +386,20 @@ mod tests {
         id[..8].copy_from_slice(&index.to_be_bytes());
         let command = Command::Txn(Txn {
             compare: vec![],
-            success: vec![TxnOp::Put { key: key.into(), value: b"v".to_vec(), lease: 0 }],
+            success: vec![TxnOp::Put {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease: 0,
+            }],
             failure: vec![],
         });
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(vec![Proposal { id, issued_at: 0, command }]),
+            payload: EntryPayload::Normal(vec![Proposal {
+                id,
+                issued_at: 0,
+                command,
+            }]),
         }
     }
 
@@ -336,13 +415,18 @@ mod tests {
     async fn overlapping_builds_and_installs_keep_the_newest_whole_snapshot() {
         let newer_dir = tempfile::tempdir().expect("tempdir");
         let mut newer = machine(newer_dir.path());
-        newer.apply((1..=50).map(|i| put_entry(i, &format!("k{i}")))).await.expect("apply");
+        newer
+            .apply((1..=50).map(|i| put_entry(i, &format!("k{i}"))))
+            .await
+            .expect("apply");
         let newest = newer.build_snapshot().await.expect("build");
         let newest_data = newest.snapshot.into_inner();
 
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sm = machine(dir.path());
-        sm.apply((1..=10).map(|i| put_entry(i, &format!("k{i}")))).await.expect("apply");
+        sm.apply((1..=10).map(|i| put_entry(i, &format!("k{i}"))))
+            .await
+            .expect("apply");
         let mut tasks = Vec::new();
         for round in 0..40 {
             let mut sm = sm.clone();
@@ -350,17 +434,30 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 if round % 2 == 0 {
                     let built = sm.build_snapshot().await.expect("build");
-                    assert!(built.meta.last_log_id.is_some_and(|id| id.index == 10 || id.index == 50));
+                    assert!(built
+                        .meta
+                        .last_log_id
+                        .is_some_and(|id| id.index == 10 || id.index == 50));
                 } else {
-                    sm.install_snapshot(&meta, Box::new(Cursor::new(data))).await.expect("install");
+                    sm.install_snapshot(&meta, Box::new(Cursor::new(data)))
+                        .await
+                        .expect("install");
                 }
             }));
         }
         for task in tasks {
             task.await.expect("task");
         }
-        let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
-        assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(50), "an older build replaced a newer install");
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(
+            current.meta.last_log_id.map(|id| id.index),
+            Some(50),
+            "an older build replaced a newer install"
+        );
         assert_eq!(current.snapshot.into_inner(), newest_data);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
             .expect("dir")
@@ -381,17 +478,30 @@ mod tests {
     async fn a_snapshot_older_than_the_purged_log_is_rebuilt_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sm = machine(dir.path());
-        sm.apply((1..=3).map(|i| put_entry(i, "k"))).await.expect("apply");
+        sm.apply((1..=3).map(|i| put_entry(i, "k")))
+            .await
+            .expect("apply");
         sm.build_snapshot().await.expect("build");
-        sm.apply((4..=10).map(|i| put_entry(i, "k"))).await.expect("apply");
+        sm.apply((4..=10).map(|i| put_entry(i, "k")))
+            .await
+            .expect("apply");
         // The node's own log reached index 5 only.
-        let written: Vec<(u64, Vec<u8>)> = (1..=5).map(|i| (i, encode(&put_entry(i, "k")).expect("encode"))).collect();
+        let written: Vec<(u64, Vec<u8>)> = (1..=5)
+            .map(|i| (i, encode(&put_entry(i, "k")).expect("encode")))
+            .collect();
         sm.store.log_write(&written).expect("write");
         sm.store.sync_wal().expect("sync");
         let mut log = crate::LogStore::new(sm.store.clone(), None).expect("log store");
-        let state = openraft::StorageHelper::new(&mut log, &mut sm).get_initial_state().await.expect("initial state");
+        let state = openraft::StorageHelper::new(&mut log, &mut sm)
+            .get_initial_state()
+            .await
+            .expect("initial state");
         assert_eq!(state.snapshot_meta.last_log_id.map(|id| id.index), Some(10));
-        let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(10));
     }
 
@@ -400,7 +510,9 @@ mod tests {
     async fn a_damaged_snapshot_file_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sm = machine(dir.path());
-        sm.apply((1..=3).map(|i| put_entry(i, "k"))).await.expect("apply");
+        sm.apply((1..=3).map(|i| put_entry(i, "k")))
+            .await
+            .expect("apply");
         sm.build_snapshot().await.expect("build");
         let path = sm.snapshot_path();
         let mut bytes = std::fs::read(&path).expect("read");

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
-use openraft::{CommittedLeaderId, Config, Entry, EntryPayload, LogId, Membership, ServerState, Vote};
+use openraft::{
+    CommittedLeaderId, Config, Entry, EntryPayload, LogId, Membership, ServerState, Vote,
+};
 use shoal_storage::kv::ChangeBatch;
 use shoal_storage::{encode, Store};
 
@@ -27,26 +29,61 @@ async fn a_restarted_leader_campaigns_in_a_new_term() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("db")).expect("open");
     let nodes: BTreeMap<u64, NodeAddr> = (1..=3)
-        .map(|id| (id, NodeAddr { rpc: "127.0.0.1:1".into(), api: "127.0.0.1:1".into() }))
+        .map(|id| {
+            (
+                id,
+                NodeAddr {
+                    rpc: "127.0.0.1:1".into(),
+                    api: "127.0.0.1:1".into(),
+                },
+            )
+        })
         .collect();
     let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
     let leader = CommittedLeaderId::new(3, 1);
     let entries: Vec<Entry<crate::TypeConfig>> = vec![
-        Entry { log_id: LogId::default(), payload: EntryPayload::Membership(membership) },
-        Entry { log_id: LogId::new(leader, 1), payload: EntryPayload::Blank },
-        Entry { log_id: LogId::new(leader, 2), payload: EntryPayload::Blank },
+        Entry {
+            log_id: LogId::default(),
+            payload: EntryPayload::Membership(membership),
+        },
+        Entry {
+            log_id: LogId::new(leader, 1),
+            payload: EntryPayload::Blank,
+        },
+        Entry {
+            log_id: LogId::new(leader, 2),
+            payload: EntryPayload::Blank,
+        },
     ];
-    let written: Vec<(u64, Vec<u8>)> =
-        entries.iter().map(|e| (e.log_id.index, encode(e).expect("encode"))).collect();
+    let written: Vec<(u64, Vec<u8>)> = entries
+        .iter()
+        .map(|e| (e.log_id.index, encode(e).expect("encode")))
+        .collect();
     store.log_write(&written).expect("write");
     store.sync_wal().expect("sync");
     let mut log = LogStore::new(store.clone(), None).expect("log store");
-    log.save_vote(&Vote::new_committed(3, 1)).await.expect("vote");
-    let sm = StateMachine::new(store, dir.path().join("snapshots"), Arc::new(NoSink)).expect("state machine");
-    let config = Config { heartbeat_interval: 50, election_timeout_min: 150, election_timeout_max: 300, ..Default::default() }
-        .validate()
-        .expect("config");
-    let raft = Raft::new(1, Arc::new(config), RpcNetwork::new(ClusterKey::new(None)), log, sm).await.expect("raft");
+    log.save_vote(&Vote::new_committed(3, 1))
+        .await
+        .expect("vote");
+    let sm = StateMachine::new(store, dir.path().join("snapshots"), Arc::new(NoSink))
+        .expect("state machine");
+    let config = Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    }
+    .validate()
+    .expect("config");
+    let raft = Raft::new(
+        1,
+        Arc::new(config),
+        RpcNetwork::new(ClusterKey::new(None)),
+        log,
+        sm,
+    )
+    .await
+    .expect("raft");
     let mut metrics = raft.metrics();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut states = Vec::new();
@@ -58,10 +95,17 @@ async fn a_restarted_leader_campaigns_in_a_new_term() {
             "the restarted leader led again in its old term: {states:?}"
         );
         if now.current_term > 3 {
-            assert_ne!(now.state, ServerState::Leader, "no peer voted, yet it leads: {states:?}");
+            assert_ne!(
+                now.state,
+                ServerState::Leader,
+                "no peer voted, yet it leads: {states:?}"
+            );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no election in a new term: {states:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no election in a new term: {states:?}"
+        );
         let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
     }
     raft.shutdown().await.expect("shutdown");

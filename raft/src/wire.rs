@@ -81,7 +81,9 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     }
     let version = stream.read_u8().await?;
     if version != WIRE_VERSION {
-        return Err(std::io::Error::other(format!("unknown wire version {version}")));
+        return Err(std::io::Error::other(format!(
+            "unknown wire version {version}"
+        )));
     }
     let mut body = vec![0; len - 1];
     stream.read_exact(&mut body).await?;
@@ -115,7 +117,12 @@ pub async fn connect(addr: &str, key: &ClusterKey) -> std::io::Result<TcpStream>
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("handshake with {addr} timed out")))??;
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("handshake with {addr} timed out"),
+            )
+        })??;
     Ok(stream)
 }
 

@@ -70,7 +70,15 @@ impl Aggregation {
         let mut buckets: Vec<Bucket> = self
             .top
             .get(field)
-            .map(|values| values.iter().map(|(key, count)| Bucket { key: key.clone(), count: *count }).collect())
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|(key, count)| Bucket {
+                        key: key.clone(),
+                        count: *count,
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         buckets.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         buckets.truncate(n);
@@ -88,22 +96,32 @@ pub(crate) fn count(
     let query = build_query(schema, fields, &request.filter)?;
     for field in &request.top {
         if !TOP_FIELDS.contains(&field.as_str()) {
-            return Err(SearchError::InvalidQuery(format!("cannot count {field:?}; one of {}", TOP_FIELDS.join(", "))));
+            return Err(SearchError::InvalidQuery(format!(
+                "cannot count {field:?}; one of {}",
+                TOP_FIELDS.join(", ")
+            )));
         }
     }
     let histogram = match request.interval {
         Some(interval) => {
             let (Some(since), Some(until)) = (request.filter.since, request.filter.until) else {
-                return Err(SearchError::InvalidQuery("a histogram needs since and until".into()));
+                return Err(SearchError::InvalidQuery(
+                    "a histogram needs since and until".into(),
+                ));
             };
             if interval <= 0 || (until - since) / interval > MAX_BUCKETS {
-                return Err(SearchError::InvalidQuery(format!("the histogram would have more than {MAX_BUCKETS} buckets")));
+                return Err(SearchError::InvalidQuery(format!(
+                    "the histogram would have more than {MAX_BUCKETS} buckets"
+                )));
             }
             Some(Histogram::new(since, until, interval))
         }
         None => None,
     };
-    let collector = Counts { histogram, top: request.top.clone() };
+    let collector = Counts {
+        histogram,
+        top: request.top.clone(),
+    };
     let by_columns = counts_by_columns(&request.filter);
     let mut parts = Vec::new();
     for partition in relevant(partitions, &request.filter) {
@@ -116,7 +134,11 @@ pub(crate) fn count(
             };
             match counted {
                 Some(part) => parts.push(part),
-                None => parts.push(collector.collect_segment(weight.as_ref(), ordinal as SegmentOrdinal, segment)?),
+                None => parts.push(collector.collect_segment(
+                    weight.as_ref(),
+                    ordinal as SegmentOrdinal,
+                    segment,
+                )?),
             }
         }
     }
@@ -160,12 +182,17 @@ impl Histogram {
     fn new(since: i64, until: i64, interval: i64) -> Histogram {
         let first = since.div_euclid(interval) * interval;
         let last = (until - 1).div_euclid(interval) * interval;
-        Histogram { first, interval, len: ((last - first) / interval + 1) as usize }
+        Histogram {
+            first,
+            interval,
+            len: ((last - first) / interval + 1) as usize,
+        }
     }
 
     fn slot(&self, ts: i64) -> usize {
         // Out-of-range times (which the filter excludes) land past the end.
-        usize::try_from(ts.saturating_sub(self.first).div_euclid(self.interval)).unwrap_or(usize::MAX)
+        usize::try_from(ts.saturating_sub(self.first).div_euclid(self.interval))
+            .unwrap_or(usize::MAX)
     }
 
     fn buckets(&self, counts: &[u64]) -> BTreeMap<i64, u64> {
@@ -219,7 +246,9 @@ impl Counts {
         }
         let docs = reader.max_doc();
         if let Some(kind) = kind {
-            let matching = reader.inverted_index(fields.kind)?.doc_freq(&Term::from_field_text(fields.kind, kind))?;
+            let matching = reader
+                .inverted_index(fields.kind)?
+                .doc_freq(&Term::from_field_text(fields.kind, kind))?;
             if matching == 0 {
                 return Ok(Some(Aggregation::default()));
             }
@@ -230,11 +259,17 @@ impl Counts {
         let mut segment = self.segment(reader)?;
         let full = |column: &Column<u64>| column.get_cardinality() == Cardinality::Full;
         if segment.ts.get_cardinality() != Cardinality::Full
-            || segment.columns.iter().any(|(_, column, _)| column.as_ref().is_some_and(|c| !full(c.ords())))
+            || segment
+                .columns
+                .iter()
+                .any(|(_, column, _)| column.as_ref().is_some_and(|c| !full(c.ords())))
         {
             return Ok(None);
         }
-        let (since, until) = (filter.since.unwrap_or(i64::MIN), filter.until.unwrap_or(i64::MAX));
+        let (since, until) = (
+            filter.since.unwrap_or(i64::MIN),
+            filter.until.unwrap_or(i64::MAX),
+        );
         let values = segment.ts.values.clone();
         let all_in_range = values.min_value() >= since && values.max_value() < until;
         let mut ts = vec![0i64; COLUMN_BLOCK];
@@ -287,7 +322,11 @@ impl Collector for Counts {
     type Fruit = Aggregation;
     type Child = CountsSegment;
 
-    fn for_segment(&self, _segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<CountsSegment> {
+    fn for_segment(
+        &self,
+        _segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<CountsSegment> {
         self.segment(reader)
     }
 
@@ -335,7 +374,14 @@ impl SegmentCollector for CountsSegment {
             }
             top.insert(field, values);
         }
-        let histogram = self.histogram.map(|h| h.buckets(&self.buckets)).unwrap_or_default();
-        Aggregation { total: self.total, histogram, top }
+        let histogram = self
+            .histogram
+            .map(|h| h.buckets(&self.buckets))
+            .unwrap_or_default();
+        Aggregation {
+            total: self.total,
+            histogram,
+            top,
+        }
     }
 }

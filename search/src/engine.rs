@@ -39,7 +39,10 @@ pub struct Retention {
 impl Retention {
     pub(crate) fn for_stream(&self, stream: &str) -> (Duration, u64) {
         let (age, bytes) = self.streams.get(stream).cloned().unwrap_or((None, None));
-        (age.unwrap_or(self.max_age), bytes.unwrap_or(self.max_bytes_per_stream))
+        (
+            age.unwrap_or(self.max_age),
+            bytes.unwrap_or(self.max_bytes_per_stream),
+        )
     }
 }
 
@@ -118,7 +121,10 @@ impl Logs {
         let index_root = config.dir.join("indexes");
         std::fs::create_dir_all(&index_root).map_err(|e| SearchError::io(&index_root, e))?;
         let mut partitions = BTreeMap::new();
-        for stream_dir in std::fs::read_dir(&index_root).map_err(|e| SearchError::io(&index_root, e))?.flatten() {
+        for stream_dir in std::fs::read_dir(&index_root)
+            .map_err(|e| SearchError::io(&index_root, e))?
+            .flatten()
+        {
             let stream = stream_dir.file_name().to_string_lossy().to_string();
             if record::validate_stream(&stream).is_err() {
                 continue;
@@ -133,7 +139,9 @@ impl Logs {
                     Ok(partition) => {
                         partitions.insert((stream.clone(), day), Arc::new(partition));
                     }
-                    Err(e) => tracing::error!(stream, day = %index::day_name(day), error = %e, "cannot open a log partition; skipping it"),
+                    Err(e) => {
+                        tracing::error!(stream, day = %index::day_name(day), error = %e, "cannot open a log partition; skipping it")
+                    }
                 }
             }
         }
@@ -150,10 +158,16 @@ impl Logs {
         let (to_indexer, indexer_queue) = mpsc::sync_channel(INDEX_QUEUE);
         let mut indexer = Indexer::new(shared.clone());
         let mut replayed = 0usize;
-        let wal = Wal::open(&shared.config.dir.join("wal"), shared.config.limits.wal_bytes, WAL_QUEUE, to_indexer, &mut |entry| {
-            replayed += entry.records.len();
-            indexer.add(entry, true);
-        })?;
+        let wal = Wal::open(
+            &shared.config.dir.join("wal"),
+            shared.config.limits.wal_bytes,
+            WAL_QUEUE,
+            to_indexer,
+            &mut |entry| {
+                replayed += entry.records.len();
+                indexer.add(entry, true);
+            },
+        )?;
         let (next_seq, next_record) = wal.opened_at();
         indexer.last_seq = indexer.last_seq.max(next_seq - 1);
         indexer.next_record = indexer.next_record.max(next_record);
@@ -175,7 +189,11 @@ impl Logs {
     /// Append records to a stream: fsynced in the WAL before this returns,
     /// searchable after the next commit (about a second). Records outside
     /// retention or too far in the future are refused one by one.
-    pub async fn ingest(&self, stream: &str, records: Vec<Record>) -> Result<IngestOutcome, SearchError> {
+    pub async fn ingest(
+        &self,
+        stream: &str,
+        records: Vec<Record>,
+    ) -> Result<IngestOutcome, SearchError> {
         record::validate_stream(stream)?;
         self.check_capacity()?;
         let (max_age, _) = self.shared.config.retention.for_stream(stream);
@@ -185,9 +203,15 @@ impl Logs {
         let mut kept = Vec::with_capacity(records.len());
         for (position, record) in records.into_iter().enumerate() {
             if record.ts_nanos < oldest {
-                outcome.rejected.push((position, "timestamp is older than the stream's retention".into()));
+                outcome.rejected.push((
+                    position,
+                    "timestamp is older than the stream's retention".into(),
+                ));
             } else if record.ts_nanos > now + MAX_FUTURE_NANOS {
-                outcome.rejected.push((position, "timestamp is more than a day in the future".into()));
+                outcome.rejected.push((
+                    position,
+                    "timestamp is more than a day in the future".into(),
+                ));
             } else {
                 kept.push(record);
             }
@@ -206,20 +230,32 @@ impl Logs {
         let encoded = encoded?;
         let bytes = encoded.len() as u64;
         let (reply, answer) = oneshot::channel();
-        self.shared.indexing_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let appended = self.wal.append(Job { stream, records: kept, encoded, reply });
+        self.shared
+            .indexing_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        let appended = self.wal.append(Job {
+            stream,
+            records: kept,
+            encoded,
+            reply,
+        });
         if let Err(e) = appended {
-            self.shared.indexing_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.shared
+                .indexing_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             return Err(e);
         }
         match answer.await {
             Ok(Ok(_seq)) => {
-                metrics::counter!("shoal_logs_ingested_records_total").increment(outcome.accepted as u64);
+                metrics::counter!("shoal_logs_ingested_records_total")
+                    .increment(outcome.accepted as u64);
                 metrics::counter!("shoal_logs_ingested_bytes_total").increment(bytes);
                 Ok(outcome)
             }
             Ok(Err(e)) => {
-                self.shared.indexing_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.shared
+                    .indexing_bytes
+                    .fetch_sub(bytes, Ordering::Relaxed);
                 Err(e)
             }
             Err(_) => Err(SearchError::Internal("the WAL thread stopped".into())),
@@ -232,7 +268,10 @@ impl Logs {
         let limits = &self.shared.config.limits;
         let wal = self.wal.bytes();
         if wal >= limits.wal_bytes {
-            return Err(SearchError::Busy(format!("the log WAL holds {wal} bytes, its cap is {}", limits.wal_bytes)));
+            return Err(SearchError::Busy(format!(
+                "the log WAL holds {wal} bytes, its cap is {}",
+                limits.wal_bytes
+            )));
         }
         let indexing = self.shared.indexing_bytes.load(Ordering::Relaxed);
         if indexing >= limits.indexing_bytes {
@@ -243,7 +282,10 @@ impl Logs {
         }
         let disk = self.disk_bytes();
         if disk >= limits.disk_bytes {
-            return Err(SearchError::Busy(format!("log storage uses {disk} bytes, its cap is {}", limits.disk_bytes)));
+            return Err(SearchError::Busy(format!(
+                "log storage uses {disk} bytes, its cap is {}",
+                limits.disk_bytes
+            )));
         }
         Ok(())
     }
@@ -261,7 +303,7 @@ impl Logs {
     pub async fn tail_position(&self) -> u64 {
         loop {
             let epoch = self.shared.commit_epoch.load(Ordering::SeqCst);
-            if epoch % 2 == 0 {
+            if epoch.is_multiple_of(2) {
                 let seq = self.shared.searchable_seq.load(Ordering::SeqCst);
                 if self.shared.commit_epoch.load(Ordering::SeqCst) == epoch {
                     return seq;
@@ -277,21 +319,37 @@ impl Logs {
     }
 
     fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.shared
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Search this node's records. Runs on a blocking thread.
     pub async fn search(&self, request: SearchRequest) -> Result<Vec<Hit>, SearchError> {
         query::validate(&request)?;
         self.on_partitions("search", move |shared, partitions| {
-            query::search(partitions, &shared.schema, &shared.fields, &request, shared.config.node_id)
+            query::search(
+                partitions,
+                &shared.schema,
+                &shared.fields,
+                &request,
+                shared.config.node_id,
+            )
         })
         .await
     }
 
     /// Every matching record on this node, newest first, at most `max` (for
     /// SQL, whose own limits apply afterwards). Runs on a blocking thread.
-    pub async fn scan(&self, mut request: SearchRequest, max: usize) -> Result<Vec<Hit>, SearchError> {
+    pub async fn scan(
+        &self,
+        mut request: SearchRequest,
+        max: usize,
+    ) -> Result<Vec<Hit>, SearchError> {
         request.limit = max.max(1);
         request.order = query::SearchOrder::Newest;
         request.after = None;
@@ -299,7 +357,13 @@ impl Logs {
         check.limit = 1;
         query::validate(&check)?;
         self.on_partitions("scan", move |shared, partitions| {
-            query::search(partitions, &shared.schema, &shared.fields, &request, shared.config.node_id)
+            query::search(
+                partitions,
+                &shared.schema,
+                &shared.fields,
+                &request,
+                shared.config.node_id,
+            )
         })
         .await
     }
@@ -332,11 +396,13 @@ impl Logs {
     pub fn streams(&self) -> Vec<StreamInfo> {
         let mut streams: BTreeMap<String, StreamInfo> = BTreeMap::new();
         for partition in self.partitions() {
-            let info = streams.entry(partition.stream.clone()).or_insert_with(|| StreamInfo {
-                name: partition.stream.clone(),
-                first_day: index::day_name(partition.day),
-                ..Default::default()
-            });
+            let info = streams
+                .entry(partition.stream.clone())
+                .or_insert_with(|| StreamInfo {
+                    name: partition.stream.clone(),
+                    first_day: index::day_name(partition.day),
+                    ..Default::default()
+                });
             info.partitions += 1;
             info.docs += partition.num_docs();
             info.bytes += partition.bytes();
@@ -356,8 +422,17 @@ mod tests {
             dir: dir.to_path_buf(),
             node_id: 7,
             commit_interval: Duration::from_millis(50),
-            retention: Retention { max_age: Duration::from_secs(7 * 86_400), max_bytes_per_stream: u64::MAX, streams: BTreeMap::new() },
-            limits: Limits { wal_bytes: 1 << 30, indexing_bytes: 1 << 30, disk_bytes: 1 << 40, writer_bytes: 15_000_000 },
+            retention: Retention {
+                max_age: Duration::from_secs(7 * 86_400),
+                max_bytes_per_stream: u64::MAX,
+                streams: BTreeMap::new(),
+            },
+            limits: Limits {
+                wal_bytes: 1 << 30,
+                indexing_bytes: 1 << 30,
+                disk_bytes: 1 << 40,
+                writer_bytes: 15_000_000,
+            },
         }
     }
 
@@ -369,7 +444,12 @@ mod tests {
         let mut out = Vec::new();
         let mut after: Option<Cursor> = None;
         loop {
-            let request = SearchRequest { order, limit: page, after, ..Default::default() };
+            let request = SearchRequest {
+                order,
+                limit: page,
+                after,
+                ..Default::default()
+            };
             let hits = logs.search(request).await.unwrap();
             let done = hits.len() < page;
             after = hits.last().map(Hit::cursor);
@@ -397,7 +477,14 @@ mod tests {
         let now = now_nanos();
         // 95 records on 3 timestamps, in several batches.
         for batch in 0..5 {
-            let records = (0..19).map(|i| record(now - ((batch * 19 + i) % 3) as i64, &format!("m{}", batch * 19 + i))).collect();
+            let records = (0..19)
+                .map(|i| {
+                    record(
+                        now - ((batch * 19 + i) % 3) as i64,
+                        &format!("m{}", batch * 19 + i),
+                    )
+                })
+                .collect();
             logs.ingest("s", records).await.unwrap();
         }
         wait_count(&logs, 95).await;
@@ -443,23 +530,41 @@ mod tests {
             let mut mixed = records;
             mixed.extend((0..7).map(|i| Record {
                 kind: Kind::Span,
-                span: Some(SpanInfo { status: "ok".into(), ..Default::default() }),
+                span: Some(SpanInfo {
+                    status: "ok".into(),
+                    ..Default::default()
+                }),
                 ..log(batch * 60 + i * 5)
             }));
             logs.ingest("mixed", mixed).await.unwrap();
         }
         let total = 2 * 180 + 21;
         for _ in 0..200 {
-            let any = AggregateRequest { filter: SearchRequest { kind: KindFilter::Any, ..Default::default() }, ..Default::default() };
+            let any = AggregateRequest {
+                filter: SearchRequest {
+                    kind: KindFilter::Any,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
             if logs.aggregate(any).await.unwrap().total == total {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let windows = [(now - 200 * minute, now + 1), (now - 95 * minute, now - 35 * minute), (now - 10 * minute, now - 9 * minute)];
+        let windows = [
+            (now - 200 * minute, now + 1),
+            (now - 95 * minute, now - 35 * minute),
+            (now - 10 * minute, now - 9 * minute),
+        ];
         for kind in [KindFilter::Log, KindFilter::Span, KindFilter::Any] {
             for (since, until) in windows {
-                let filter = SearchRequest { kind, since: Some(since), until: Some(until), ..Default::default() };
+                let filter = SearchRequest {
+                    kind,
+                    since: Some(since),
+                    until: Some(until),
+                    ..Default::default()
+                };
                 let request = |filter: SearchRequest| AggregateRequest {
                     filter,
                     interval: Some(7 * minute),
@@ -469,13 +574,20 @@ mod tests {
                 let by_columns = logs.aggregate(request(filter.clone())).await.unwrap();
                 // Naming every level keeps the same records but needs the query.
                 let levels = levels.iter().map(|l| l.to_string()).collect();
-                let by_query = logs.aggregate(request(SearchRequest { levels, ..filter })).await.unwrap();
+                let by_query = logs
+                    .aggregate(request(SearchRequest { levels, ..filter }))
+                    .await
+                    .unwrap();
                 let case = format!("{kind:?} {since}..{until}");
                 assert!(by_columns.total > 0, "{case}: nothing counted");
                 assert_eq!(by_columns.total, by_query.total, "{case}");
                 assert_eq!(by_columns.histogram, by_query.histogram, "{case}");
                 assert_eq!(by_columns.top, by_query.top, "{case}");
-                assert_eq!(by_columns.histogram.values().sum::<u64>(), by_columns.total, "{case}");
+                assert_eq!(
+                    by_columns.histogram.values().sum::<u64>(),
+                    by_columns.total,
+                    "{case}"
+                );
             }
         }
     }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tantivy::schema::{
-    Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, FAST, STORED,
+    Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema, TextFieldIndexing,
+    TextOptions, FAST, STORED,
 };
 use tantivy::store::{Compressor, ZstdCompressor};
 use tantivy::{Index, IndexReader, IndexSettings, ReloadPolicy, TantivyDocument};
@@ -49,12 +50,20 @@ pub(crate) fn schema() -> (Schema, Fields) {
     // Attribute values are matched whole, like Elasticsearch keywords
     // (`attributes.user.id:u-42`); dotted keys (`http.method`) are indexed
     // as paths, so `attributes.http.method:GET` finds them either way.
-    let json = JsonObjectOptions::default().set_expand_dots_enabled().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic),
-    );
+    let json = JsonObjectOptions::default()
+        .set_expand_dots_enabled()
+        .set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_fieldnorms(false)
+                .set_index_option(IndexRecordOption::Basic),
+        );
     // Keywords: matched whole, also without field norms.
     let keyword = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("raw").set_fieldnorms(false).set_index_option(IndexRecordOption::Basic),
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_fieldnorms(false)
+            .set_index_option(IndexRecordOption::Basic),
     );
     let fields = Fields {
         kind: builder.add_text_field("kind", keyword.clone() | FAST),
@@ -103,11 +112,20 @@ pub(crate) fn day_name(day: i64) -> String {
 pub(crate) fn parse_day_name(name: &str) -> Option<i64> {
     let name = name.strip_suffix(UPGRADING).unwrap_or(name);
     let date = chrono::NaiveDate::parse_from_str(name, "%Y-%m-%d").ok()?;
-    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp().div_euclid(86_400))
+    Some(
+        date.and_hms_opt(0, 0, 0)?
+            .and_utc()
+            .timestamp()
+            .div_euclid(86_400),
+    )
 }
 
 /// Build the Tantivy document of a record.
-pub(crate) fn document(fields: &Fields, record: &Record, seq: u64) -> Result<TantivyDocument, SearchError> {
+pub(crate) fn document(
+    fields: &Fields,
+    record: &Record,
+    seq: u64,
+) -> Result<TantivyDocument, SearchError> {
     let mut doc = TantivyDocument::new();
     doc.add_text(fields.kind, record.kind.as_str());
     doc.add_i64(fields.ts, record.ts_nanos);
@@ -133,11 +151,14 @@ pub(crate) fn document(fields: &Fields, record: &Record, seq: u64) -> Result<Tan
     if record.attributes.len() > 2 {
         // Ingest only lets JSON objects through; anything else is skipped, not fatal.
         // Parsed straight into Tantivy's value tree (no serde_json tree between).
-        if let Ok(object @ OwnedValue::Object(_)) = serde_json::from_str::<OwnedValue>(&record.attributes) {
+        if let Ok(object @ OwnedValue::Object(_)) =
+            serde_json::from_str::<OwnedValue>(&record.attributes)
+        {
             doc.add_field_value(fields.attributes, &object);
         }
     }
-    let stored = shoal_storage::encode(record).map_err(|e| SearchError::Internal(format!("encoding a record: {e}")))?;
+    let stored = shoal_storage::encode(record)
+        .map_err(|e| SearchError::Internal(format!("encoding a record: {e}")))?;
     doc.add_bytes(fields.doc, &stored);
     Ok(doc)
 }
@@ -173,11 +194,19 @@ const FORMAT: &str = "2";
 const UPGRADING: &str = ".upgrading";
 
 impl Partition {
-    pub fn open(root: &Path, stream: &str, day: i64, schema: &Schema, fields: &Fields) -> Result<Partition, SearchError> {
+    pub fn open(
+        root: &Path,
+        stream: &str,
+        day: i64,
+        schema: &Schema,
+        fields: &Fields,
+    ) -> Result<Partition, SearchError> {
         let dir = root.join(stream).join(day_name(day));
         // The old partition is moved here while it is rebuilt; if it is
         // still here, a rebuild was interrupted and starts over.
-        let old = root.join(stream).join(format!("{}{UPGRADING}", day_name(day)));
+        let old = root
+            .join(stream)
+            .join(format!("{}{UPGRADING}", day_name(day)));
         if old.exists() {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
@@ -189,7 +218,10 @@ impl Partition {
         let index = if dir.join("meta.json").exists() {
             Index::open_in_dir(&dir)?
         } else {
-            let index = Index::builder().schema(schema.clone()).settings(settings()).create_in_dir(&dir)?;
+            let index = Index::builder()
+                .schema(schema.clone())
+                .settings(settings())
+                .create_in_dir(&dir)?;
             let format = dir.join(FORMAT_FILE);
             std::fs::write(&format, FORMAT).map_err(|e| SearchError::io(&format, e))?;
             index
@@ -198,8 +230,15 @@ impl Partition {
             rebuild(&old, &index, fields, stream, day)?;
             std::fs::remove_dir_all(&old).map_err(|e| SearchError::io(&old, e))?;
         }
-        let committed_seq = index.load_metas()?.payload.and_then(|p| p.parse::<u64>().ok()).unwrap_or(0);
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let committed_seq = index
+            .load_metas()?
+            .payload
+            .and_then(|p| p.parse::<u64>().ok())
+            .unwrap_or(0);
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
         let partition = Partition {
             stream: stream.to_string(),
             day,
@@ -236,7 +275,13 @@ impl Partition {
 /// Re-index every record stored in the partition at `old` (an earlier
 /// format) into `index`, keeping record sequence numbers and the WAL position
 /// the old partition had committed.
-fn rebuild(old: &Path, index: &Index, fields: &Fields, stream: &str, day: i64) -> Result<(), SearchError> {
+fn rebuild(
+    old: &Path,
+    index: &Index,
+    fields: &Fields,
+    stream: &str,
+    day: i64,
+) -> Result<(), SearchError> {
     let old_index = Index::open_in_dir(old)?;
     let payload = old_index.load_metas()?.payload;
     let searcher = old_index.reader()?.searcher();
@@ -247,14 +292,20 @@ fn rebuild(old: &Path, index: &Index, fields: &Fields, stream: &str, day: i64) -
     let mut done = 0u64;
     for segment in searcher.segment_readers() {
         let seqs = segment.fast_fields().u64("seq")?;
-        let store = segment.get_store_reader(16).map_err(|e| SearchError::io(old, e))?;
+        let store = segment
+            .get_store_reader(16)
+            .map_err(|e| SearchError::io(old, e))?;
         for doc_id in segment.doc_ids_alive() {
-            let record = stored_record(fields, &store.get(doc_id)?)
-                .ok_or_else(|| SearchError::Internal(format!("a stored record in {} cannot be read", old.display())))?;
+            let record = stored_record(fields, &store.get(doc_id)?).ok_or_else(|| {
+                SearchError::Internal(format!(
+                    "a stored record in {} cannot be read",
+                    old.display()
+                ))
+            })?;
             let seq = seqs.first(doc_id).unwrap_or(0);
             writer.add_document(document(fields, &record, seq)?)?;
             done += 1;
-            if done % 1_000_000 == 0 {
+            if done.is_multiple_of(1_000_000) {
                 tracing::info!(stream, day = %day_name(day), done, total, "rebuilding a log partition");
             }
         }
@@ -271,6 +322,12 @@ fn rebuild(old: &Path, index: &Index, fields: &Fields, stream: &str, day: i64) -
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|items| items.flatten().filter_map(|item| item.metadata().ok()).map(|m| m.len()).sum())
+        .map(|items| {
+            items
+                .flatten()
+                .filter_map(|item| item.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }

@@ -93,7 +93,9 @@ impl Indexer {
     /// in batches: one hand-over to its indexing thread per batch, not per record.
     pub fn add(&mut self, entry: Entry, replay: bool) {
         self.last_seq = self.last_seq.max(entry.seq);
-        self.next_record = self.next_record.max(entry.first_record + entry.records.len() as u64);
+        self.next_record = self
+            .next_record
+            .max(entry.first_record + entry.records.len() as u64);
         self.uncommitted_bytes += entry.bytes;
         let mut batch: Vec<UserOperation> = Vec::new();
         let mut batch_partition: Option<Arc<Partition>> = None;
@@ -110,7 +112,9 @@ impl Indexer {
             if replay && partition.committed_seq() >= entry.seq {
                 continue;
             }
-            let same = batch_partition.as_ref().is_some_and(|p| Arc::ptr_eq(p, &partition));
+            let same = batch_partition
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &partition));
             if !same || batch.len() >= INDEX_BATCH {
                 self.send(batch_partition.take(), &mut batch, &entry.stream);
             }
@@ -127,10 +131,19 @@ impl Indexer {
     }
 
     /// Hand a batch of documents to its partition's writer.
-    fn send(&mut self, partition: Option<Arc<Partition>>, batch: &mut Vec<UserOperation>, stream: &str) {
-        let (Some(partition), false) = (partition, batch.is_empty()) else { return };
+    fn send(
+        &mut self,
+        partition: Option<Arc<Partition>>,
+        batch: &mut Vec<UserOperation>,
+        stream: &str,
+    ) {
+        let (Some(partition), false) = (partition, batch.is_empty()) else {
+            return;
+        };
         let count = batch.len() as u64;
-        let sent = self.writer(&partition).and_then(|w| w.run(std::mem::take(batch)).map_err(SearchError::from));
+        let sent = self
+            .writer(&partition)
+            .and_then(|w| w.run(std::mem::take(batch)).map_err(SearchError::from));
         if let Err(e) = sent {
             tracing::error!(stream, error = %e, records = count, "cannot index records");
             metrics::counter!("shoal_logs_index_errors_total").increment(count);
@@ -139,12 +152,28 @@ impl Indexer {
 
     fn partition(&self, stream: &str, day: i64) -> Result<Arc<Partition>, SearchError> {
         let key = (stream.to_string(), day);
-        if let Some(partition) = self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(partition) = self
+            .shared
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return Ok(partition.clone());
         }
         let root = self.shared.config.dir.join("indexes");
-        let partition = Arc::new(Partition::open(&root, stream, day, &self.shared.schema, &self.shared.fields)?);
-        self.shared.partitions.write().unwrap_or_else(|p| p.into_inner()).insert(key, partition.clone());
+        let partition = Arc::new(Partition::open(
+            &root,
+            stream,
+            day,
+            &self.shared.schema,
+            &self.shared.fields,
+        )?);
+        self.shared
+            .partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, partition.clone());
         Ok(partition)
     }
 
@@ -157,23 +186,36 @@ impl Indexer {
             let budget = self.shared.config.limits.writer_bytes.max(15_000_000);
             let writer: IndexWriter = partition.index.writer_with_num_threads(1, budget)?;
             writer.set_merge_policy(Box::new(merge_policy()));
-            self.writers.insert(key.clone(), (writer, Instant::now(), false));
+            self.writers
+                .insert(key.clone(), (writer, Instant::now(), false));
         }
-        let (writer, used, dirty) = self.writers.get_mut(&key).ok_or_else(|| SearchError::Internal("writer vanished".into()))?;
+        let (writer, used, dirty) = self
+            .writers
+            .get_mut(&key)
+            .ok_or_else(|| SearchError::Internal("writer vanished".into()))?;
         *used = Instant::now();
         *dirty = true;
         Ok(writer)
     }
 
     fn close_least_recent(&mut self) {
-        let Some(key) = self.writers.iter().min_by_key(|(_, (_, used, _))| *used).map(|(k, _)| k.clone()) else { return };
+        let Some(key) = self
+            .writers
+            .iter()
+            .min_by_key(|(_, (_, used, _))| *used)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
         self.commit_one(&key);
         self.writers.remove(&key);
     }
 
     fn commit_one(&mut self, key: &(String, i64)) {
         let last_seq = self.last_seq;
-        let Some((writer, _, dirty)) = self.writers.get_mut(key) else { return };
+        let Some((writer, _, dirty)) = self.writers.get_mut(key) else {
+            return;
+        };
         if !*dirty {
             return;
         }
@@ -185,7 +227,13 @@ impl Indexer {
         match committed {
             Ok(_) => {
                 *dirty = false;
-                let partition = self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+                let partition = self
+                    .shared
+                    .partitions
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(key)
+                    .cloned();
                 if let Some(partition) = partition {
                     partition.committed_seq.store(last_seq, Ordering::Relaxed);
                     if let Err(e) = partition.reader.reload() {
@@ -195,14 +243,21 @@ impl Indexer {
                     partition.measure();
                     self.refresh_index_bytes();
                 }
-                metrics::histogram!("shoal_logs_commit_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("shoal_logs_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
             }
-            Err(e) => tracing::error!(stream = key.0, error = %e, "committing a log partition failed"),
+            Err(e) => {
+                tracing::error!(stream = key.0, error = %e, "committing a log partition failed")
+            }
         }
     }
 
     fn refresh_index_bytes(&self) {
-        let partitions = self.shared.partitions.read().unwrap_or_else(|p| p.into_inner());
+        let partitions = self
+            .shared
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let total: u64 = partitions.values().map(|p| p.bytes()).sum();
         self.shared.index_bytes.store(total, Ordering::Relaxed);
     }
@@ -214,13 +269,18 @@ impl Indexer {
         for key in &keys {
             self.commit_one(key);
         }
-        self.writers.retain(|_, (_, used, dirty)| *dirty || used.elapsed() < WRITER_IDLE);
+        self.writers
+            .retain(|_, (_, used, dirty)| *dirty || used.elapsed() < WRITER_IDLE);
         if !self.writers.values().any(|(_, _, dirty)| *dirty) {
-            self.shared.searchable_seq.store(self.next_record - 1, Ordering::SeqCst);
+            self.shared
+                .searchable_seq
+                .store(self.next_record - 1, Ordering::SeqCst);
             // Counted until committed: the indexing cap then also bounds
             // what Tantivy holds in memory before a commit.
             let counted = self.shared.indexing_bytes.load(Ordering::Relaxed);
-            self.shared.indexing_bytes.fetch_sub(self.uncommitted_bytes.min(counted), Ordering::Relaxed);
+            self.shared
+                .indexing_bytes
+                .fetch_sub(self.uncommitted_bytes.min(counted), Ordering::Relaxed);
             self.uncommitted_bytes = 0;
         }
         self.shared.commit_epoch.fetch_add(1, Ordering::SeqCst);
@@ -242,12 +302,21 @@ impl Indexer {
     pub fn retention(&mut self) {
         self.last_retention = Instant::now();
         let now = now_nanos();
-        let partitions: Vec<Arc<Partition>> =
-            self.shared.partitions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let partitions: Vec<Arc<Partition>> = self
+            .shared
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let mut by_stream: BTreeMap<String, Vec<Arc<Partition>>> = BTreeMap::new();
         for partition in partitions {
             partition.measure();
-            by_stream.entry(partition.stream.clone()).or_default().push(partition);
+            by_stream
+                .entry(partition.stream.clone())
+                .or_default()
+                .push(partition);
         }
         for (stream, mut partitions) in by_stream {
             let (max_age, max_bytes) = self.shared.config.retention.for_stream(&stream);
@@ -264,10 +333,12 @@ impl Indexer {
                     self.drop_partition(&partition, if expired { "age" } else { "size" });
                 }
             }
-            metrics::gauge!("shoal_logs_stream_bytes", "stream" => stream.clone()).set(bytes as f64);
+            metrics::gauge!("shoal_logs_stream_bytes", "stream" => stream.clone())
+                .set(bytes as f64);
         }
         self.refresh_index_bytes();
-        metrics::gauge!("shoal_logs_index_bytes").set(self.shared.index_bytes.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("shoal_logs_index_bytes")
+            .set(self.shared.index_bytes.load(Ordering::Relaxed) as f64);
         if let Some(wal) = &self.wal {
             metrics::gauge!("shoal_logs_wal_bytes").set(wal.bytes() as f64);
         }
@@ -281,13 +352,20 @@ impl Indexer {
                 tracing::warn!(error = %e, "closing a dropped partition's writer");
             }
         }
-        self.shared.partitions.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        self.shared
+            .partitions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
         match std::fs::remove_dir_all(&partition.dir) {
             Ok(()) => {
                 tracing::info!(stream = key.0, day = %index::day_name(key.1), why, "retention dropped a log partition");
-                metrics::counter!("shoal_logs_partitions_dropped_total", "why" => why.to_string()).increment(1);
+                metrics::counter!("shoal_logs_partitions_dropped_total", "why" => why.to_string())
+                    .increment(1);
             }
-            Err(e) => tracing::warn!(path = %partition.dir.display(), error = %e, "cannot remove a log partition"),
+            Err(e) => {
+                tracing::warn!(path = %partition.dir.display(), error = %e, "cannot remove a log partition")
+            }
         }
     }
 }

@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 
 pub use aggregate::{AggregateRequest, Aggregation, Bucket};
 pub use engine::{Limits, Logs, LogsConfig, Retention, StreamInfo};
-pub use query::{MAX_LIMIT, MAX_QUERY_BYTES, TOP_FIELDS, merge_hits, Cursor, Hit, KindFilter, SearchOrder, SearchRequest};
+pub use query::{
+    merge_hits, Cursor, Hit, KindFilter, SearchOrder, SearchRequest, MAX_LIMIT, MAX_QUERY_BYTES,
+    TOP_FIELDS,
+};
 pub use record::{Kind, Record, SpanInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +34,10 @@ pub enum SearchError {
     #[error("{0}")]
     Busy(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("index: {0}")]
     Index(#[from] tantivy::TantivyError),
     #[error("{0}")]
@@ -40,6 +46,9 @@ pub enum SearchError {
 
 impl SearchError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> SearchError {
-        SearchError::Io { path: path.to_path_buf(), source }
+        SearchError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

@@ -61,7 +61,8 @@ impl Cursor {
     }
 
     pub fn decode(text: &str) -> Result<Cursor, SearchError> {
-        let bad = || SearchError::InvalidQuery(format!("cursor {text:?} is not one this API returned"));
+        let bad =
+            || SearchError::InvalidQuery(format!("cursor {text:?} is not one this API returned"));
         let mut parts = text.split('-');
         let mut next = || parts.next().ok_or_else(bad);
         let ts = i64::from_str_radix(next()?, 16).map_err(|_| bad())?;
@@ -111,7 +112,11 @@ pub struct Hit {
 
 impl Hit {
     pub fn cursor(&self) -> Cursor {
-        Cursor { ts: self.record.ts_nanos, node: self.node, seq: self.seq }
+        Cursor {
+            ts: self.record.ts_nanos,
+            node: self.node,
+            seq: self.seq,
+        }
     }
 }
 
@@ -119,7 +124,7 @@ impl Hit {
 pub fn merge_hits(lists: Vec<Vec<Hit>>, order: SearchOrder, limit: usize) -> Vec<Hit> {
     let mut hits: Vec<Hit> = lists.into_iter().flatten().collect();
     match order {
-        SearchOrder::Newest => hits.sort_by(|a, b| b.cursor().cmp(&a.cursor())),
+        SearchOrder::Newest => hits.sort_by_key(|hit| std::cmp::Reverse(hit.cursor())),
         SearchOrder::Oldest | SearchOrder::Ingest => hits.sort_by_key(Hit::cursor),
     }
     hits.truncate(limit);
@@ -129,14 +134,21 @@ pub fn merge_hits(lists: Vec<Vec<Hit>>, order: SearchOrder, limit: usize) -> Vec
 /// Check what a client may ask for before any work is done.
 pub(crate) fn validate(request: &SearchRequest) -> Result<(), SearchError> {
     if request.query.len() > MAX_QUERY_BYTES {
-        return Err(SearchError::InvalidQuery(format!("query is {} bytes; the limit is {MAX_QUERY_BYTES}", request.query.len())));
+        return Err(SearchError::InvalidQuery(format!(
+            "query is {} bytes; the limit is {MAX_QUERY_BYTES}",
+            request.query.len()
+        )));
     }
     if request.limit == 0 || request.limit > MAX_LIMIT {
-        return Err(SearchError::InvalidQuery(format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(SearchError::InvalidQuery(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
     }
     if let (Some(since), Some(until)) = (request.since, request.until) {
         if since >= until {
-            return Err(SearchError::InvalidQuery("since must be before until".into()));
+            return Err(SearchError::InvalidQuery(
+                "since must be before until".into(),
+            ));
         }
     }
     for stream in &request.streams {
@@ -146,22 +158,42 @@ pub(crate) fn validate(request: &SearchRequest) -> Result<(), SearchError> {
 }
 
 /// The Tantivy query for a request's filters.
-pub(crate) fn build_query(schema: &Schema, fields: &Fields, request: &SearchRequest) -> Result<Box<dyn Query>, SearchError> {
+pub(crate) fn build_query(
+    schema: &Schema,
+    fields: &Fields,
+    request: &SearchRequest,
+) -> Result<Box<dyn Query>, SearchError> {
     let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     if !request.query.trim().is_empty() {
-        let mut parser = QueryParser::new(schema.clone(), vec![fields.message], tantivy::tokenizer::TokenizerManager::default());
+        let mut parser = QueryParser::new(
+            schema.clone(),
+            vec![fields.message],
+            tantivy::tokenizer::TokenizerManager::default(),
+        );
         parser.set_conjunction_by_default();
-        let invalid = |e: &dyn std::fmt::Display| SearchError::InvalidQuery(format!("cannot parse query {:?}: {e}", request.query));
+        let invalid = |e: &dyn std::fmt::Display| {
+            SearchError::InvalidQuery(format!("cannot parse query {:?}: {e}", request.query))
+        };
         let ast = tantivy::query_grammar::parse_query(&request.query)
             .map_err(|_| invalid(&format!("Syntax Error: {}", request.query)))?;
-        let parsed = parser.build_query_from_user_input_ast(lift_negations(ast)).map_err(|e| invalid(&e))?;
+        let parsed = parser
+            .build_query_from_user_input_ast(lift_negations(ast))
+            .map_err(|e| invalid(&e))?;
         clauses.push((Occur::Must, parsed));
     }
     let term = |field, value: &str| -> Box<dyn Query> {
-        Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic))
+        Box::new(TermQuery::new(
+            Term::from_field_text(field, value),
+            IndexRecordOption::Basic,
+        ))
     };
     let any_of = |field, values: &[String]| -> Box<dyn Query> {
-        Box::new(BooleanQuery::new(values.iter().map(|v| (Occur::Should, term(field, v))).collect()))
+        Box::new(BooleanQuery::new(
+            values
+                .iter()
+                .map(|v| (Occur::Should, term(field, v)))
+                .collect(),
+        ))
     };
     match request.kind {
         KindFilter::Log => clauses.push((Occur::Must, term(fields.kind, "log"))),
@@ -180,10 +212,23 @@ pub(crate) fn build_query(schema: &Schema, fields: &Fields, request: &SearchRequ
         }
     }
     if request.min_duration.is_some() || request.max_duration.is_some() {
-        let bound = |b: Option<u64>| b.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_u64(fields.duration, v)));
-        clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(request.min_duration), bound(request.max_duration)))));
+        let bound = |b: Option<u64>| {
+            b.map_or(Bound::Unbounded, |v| {
+                Bound::Included(Term::from_field_u64(fields.duration, v))
+            })
+        };
+        clauses.push((
+            Occur::Must,
+            Box::new(RangeQuery::new(
+                bound(request.min_duration),
+                bound(request.max_duration),
+            )),
+        ));
     }
-    let (mut lower, mut upper) = (request.since.map(Bound::Included), request.until.map(Bound::Excluded));
+    let (mut lower, mut upper) = (
+        request.since.map(Bound::Included),
+        request.until.map(Bound::Excluded),
+    );
     // The cursor bounds the timestamp; ties are settled in the collector.
     match (request.order, request.after) {
         (SearchOrder::Newest, Some(after)) => {
@@ -200,7 +245,10 @@ pub(crate) fn build_query(schema: &Schema, fields: &Fields, request: &SearchRequ
             Some(Bound::Excluded(v)) => Bound::Excluded(Term::from_field_i64(fields.ts, v)),
             _ => Bound::Unbounded,
         };
-        clauses.push((Occur::Must, Box::new(RangeQuery::new(bound(lower), bound(upper)))));
+        clauses.push((
+            Occur::Must,
+            Box::new(RangeQuery::new(bound(lower), bound(upper))),
+        ));
     }
     if clauses.is_empty() {
         return Ok(Box::new(AllQuery));
@@ -218,7 +266,8 @@ fn lift_negations(ast: UserInputAst) -> UserInputAst {
             for (occur, child) in children {
                 match (occur, lift_negations(child)) {
                     (None | Some(Occur::Must), UserInputAst::Clause(inner))
-                        if !inner.is_empty() && inner.iter().all(|(o, _)| *o == Some(Occur::MustNot)) =>
+                        if !inner.is_empty()
+                            && inner.iter().all(|(o, _)| *o == Some(Occur::MustNot)) =>
                     {
                         lifted.extend(inner);
                     }
@@ -227,7 +276,9 @@ fn lift_negations(ast: UserInputAst) -> UserInputAst {
             }
             UserInputAst::Clause(lifted)
         }
-        UserInputAst::Boost(inner, boost) => UserInputAst::Boost(Box::new(lift_negations(*inner)), boost),
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(lift_negations(*inner)), boost)
+        }
         leaf => leaf,
     }
 }
@@ -247,16 +298,27 @@ fn tighter_lower(lower: Option<Bound<i64>>, ts: i64) -> Bound<i64> {
 }
 
 /// Which partitions a request may find records in, in the order to visit them.
-pub(crate) fn relevant(partitions: Vec<Arc<Partition>>, request: &SearchRequest) -> Vec<Arc<Partition>> {
+pub(crate) fn relevant(
+    partitions: Vec<Arc<Partition>>,
+    request: &SearchRequest,
+) -> Vec<Arc<Partition>> {
     let mut selected: Vec<Arc<Partition>> = partitions
         .into_iter()
         .filter(|p| request.streams.is_empty() || request.streams.iter().any(|s| *s == p.stream))
-        .filter(|p| request.since.is_none_or(|since| (p.day + 1) * NANOS_PER_DAY > since))
-        .filter(|p| request.until.is_none_or(|until| p.day * NANOS_PER_DAY < until))
+        .filter(|p| {
+            request
+                .since
+                .is_none_or(|since| (p.day + 1) * NANOS_PER_DAY > since)
+        })
+        .filter(|p| {
+            request
+                .until
+                .is_none_or(|until| p.day * NANOS_PER_DAY < until)
+        })
         .collect();
     match request.order {
-        SearchOrder::Newest => selected.sort_by(|a, b| b.day.cmp(&a.day)),
-        _ => selected.sort_by(|a, b| a.day.cmp(&b.day)),
+        SearchOrder::Newest => selected.sort_by_key(|a| std::cmp::Reverse(a.day)),
+        _ => selected.sort_by_key(|a| a.day),
     }
     selected
 }
@@ -276,7 +338,13 @@ pub(crate) fn search(
     }
     let query = build_query(schema, fields, &request)?;
     let seq_after = request.seq_after.get(&node).copied();
-    let collector = TopHits { limit: request.limit, order: request.order, after: request.after, node, seq_after };
+    let collector = TopHits {
+        limit: request.limit,
+        order: request.order,
+        after: request.after,
+        node,
+        seq_after,
+    };
     let mut found: Vec<(Key, Arc<Partition>, DocAddress)> = Vec::new();
     let mut visited_day = None;
     for partition in relevant(partitions, &request) {
@@ -303,7 +371,12 @@ pub(crate) fn search(
         let searcher = partition.reader.searcher();
         let doc: TantivyDocument = searcher.doc(address)?;
         if let Some(record) = index::stored_record(fields, &doc) {
-            hits.push(Hit { node, stream: partition.stream.clone(), seq, record });
+            hits.push(Hit {
+                node,
+                stream: partition.stream.clone(),
+                seq,
+                record,
+            });
         }
     }
     Ok(hits)
@@ -314,13 +387,14 @@ type Key = (i64, u64);
 
 fn sort_keys<T>(items: &mut [T], order: SearchOrder, key: impl Fn(&T) -> Key) {
     match order {
-        SearchOrder::Newest => items.sort_unstable_by(|a, b| key(b).cmp(&key(a))),
+        SearchOrder::Newest => items.sort_unstable_by_key(|item| std::cmp::Reverse(key(item))),
         SearchOrder::Oldest => items.sort_unstable_by_key(|item| key(item)),
         SearchOrder::Ingest => items.sort_unstable_by_key(|item| key(item).1),
     }
 }
 
 /// The best `limit` documents in the request's order, after the cursor.
+#[derive(Clone, Copy)]
 struct TopHits {
     limit: usize,
     order: SearchOrder,
@@ -338,7 +412,11 @@ impl TopHits {
             }
         }
         let Some(after) = self.after else { return true };
-        let position = Cursor { ts, node: self.node, seq };
+        let position = Cursor {
+            ts,
+            node: self.node,
+            seq,
+        };
         match self.order {
             SearchOrder::Newest => position < after,
             SearchOrder::Oldest => position > after,
@@ -361,14 +439,18 @@ impl Collector for TopHits {
     type Fruit = Vec<(Key, DocAddress)>;
     type Child = TopHitsSegment;
 
-    fn for_segment(&self, segment: SegmentOrdinal, reader: &SegmentReader) -> tantivy::Result<TopHitsSegment> {
+    fn for_segment(
+        &self,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<TopHitsSegment> {
         Ok(TopHitsSegment {
             limit: self.limit,
             order: self.order,
             segment,
             ts: reader.fast_fields().i64("ts")?,
             seq: reader.fast_fields().u64("seq")?,
-            filter: TopHits { ..*self },
+            filter: *self,
             found: Vec::new(),
         })
     }
@@ -377,7 +459,10 @@ impl Collector for TopHits {
         false
     }
 
-    fn merge_fruits(&self, fruits: Vec<Vec<(Key, DocAddress)>>) -> tantivy::Result<Vec<(Key, DocAddress)>> {
+    fn merge_fruits(
+        &self,
+        fruits: Vec<Vec<(Key, DocAddress)>>,
+    ) -> tantivy::Result<Vec<(Key, DocAddress)>> {
         let mut all: Vec<(Key, DocAddress)> = fruits.into_iter().flatten().collect();
         sort_keys(&mut all, self.order, |item| item.0);
         all.truncate(self.limit);
@@ -389,11 +474,14 @@ impl SegmentCollector for TopHitsSegment {
     type Fruit = Vec<(Key, DocAddress)>;
 
     fn collect(&mut self, doc: DocId, _score: Score) {
-        let (Some(ts), Some(seq)) = (self.ts.first(doc), self.seq.first(doc)) else { return };
+        let (Some(ts), Some(seq)) = (self.ts.first(doc), self.seq.first(doc)) else {
+            return;
+        };
         if !self.filter.wanted(ts, seq) {
             return;
         }
-        self.found.push(((ts, seq), DocAddress::new(self.segment, doc)));
+        self.found
+            .push(((ts, seq), DocAddress::new(self.segment, doc)));
         // Keep memory bounded: trim to the best `limit` now and then.
         if self.found.len() >= self.limit * 2 + 64 {
             sort_keys(&mut self.found, self.order, |item| item.0);
@@ -407,11 +495,3 @@ impl SegmentCollector for TopHitsSegment {
         self.found
     }
 }
-
-impl Clone for TopHits {
-    fn clone(&self) -> Self {
-        TopHits { ..*self }
-    }
-}
-
-impl Copy for TopHits {}

@@ -64,14 +64,21 @@ pub struct Record {
 
 /// Check a stream name.
 pub fn validate_stream(name: &str) -> Result<(), SearchError> {
-    let bad = |why: &str| Err(SearchError::InvalidStream(format!("stream name {name:?} {why}")));
+    let bad = |why: &str| {
+        Err(SearchError::InvalidStream(format!(
+            "stream name {name:?} {why}"
+        )))
+    };
     if name.is_empty() || name.len() > MAX_STREAM_BYTES {
         return bad(&format!("must be 1 to {MAX_STREAM_BYTES} bytes"));
     }
     if name.starts_with('.') || name.starts_with('_') || name.starts_with('-') {
         return bad("must not start with '.', '_' or '-'");
     }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+    {
         return bad("may hold only a-z, 0-9, '.', '_' and '-'");
     }
     Ok(())
@@ -86,7 +93,8 @@ pub fn normalize_level(raw: &str) -> String {
         "info" | "information" | "informational" | "notice" | "5" | "6" | "" => "info",
         "warn" | "warning" | "4" => "warn",
         "error" | "err" | "severe" | "3" => "error",
-        "fatal" | "critical" | "crit" | "alert" | "emerg" | "emergency" | "panic" | "0" | "1" | "2" => "fatal",
+        "fatal" | "critical" | "crit" | "alert" | "emerg" | "emergency" | "panic" | "0" | "1"
+        | "2" => "fatal",
         _ => return truncate(lower, 32),
     };
     level.to_string()
@@ -132,9 +140,14 @@ pub fn parse_timestamp(value: &Value) -> Result<i64, String> {
         }
         Value::Number(number) => match number.as_i64() {
             Some(int) => epoch_int_to_nanos(int),
-            None => number.as_f64().map_or(Err("timestamp is not a number".into()), epoch_number_to_nanos),
+            None => number.as_f64().map_or(
+                Err("timestamp is not a number".into()),
+                epoch_number_to_nanos,
+            ),
         },
-        other => Err(format!("timestamp must be a string or a number, got {other}")),
+        other => Err(format!(
+            "timestamp must be a string or a number, got {other}"
+        )),
     }
 }
 
@@ -149,7 +162,9 @@ fn epoch_int_to_nanos(value: i64) -> Result<i64, String> {
     } else {
         Some(value)
     };
-    nanos.filter(|n| *n > 0).ok_or_else(|| format!("timestamp {value} is out of range"))
+    nanos
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("timestamp {value} is out of range"))
 }
 
 fn epoch_number_to_nanos(value: f64) -> Result<i64, String> {
@@ -160,7 +175,11 @@ fn epoch_number_to_nanos(value: f64) -> Result<i64, String> {
         return epoch_int_to_nanos(value as i64);
     }
     // Fractional: seconds (or milliseconds) with a fraction.
-    let nanos = if value < 1e11 { value * 1e9 } else { value * 1e6 };
+    let nanos = if value < 1e11 {
+        value * 1e9
+    } else {
+        value * 1e6
+    };
     if nanos >= 9.2e18 {
         return Err(format!("timestamp {value} is out of range"));
     }
@@ -177,13 +196,21 @@ pub fn now_nanos() -> i64 {
 
 /// RFC 3339 text of a Unix-nanosecond time, UTC, with nanoseconds.
 pub fn format_nanos(nanos: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(nanos).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    chrono::DateTime::from_timestamp_nanos(nanos)
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Field names read from a JSON document, first match wins. Everything else
 /// in the document becomes an attribute.
 const TIMESTAMP_FIELDS: &[&str] = &["timestamp", "@timestamp", "ts", "time", "date"];
-const LEVEL_FIELDS: &[&str] = &["level", "severity", "log.level", "severity_text", "loglevel", "lvl"];
+const LEVEL_FIELDS: &[&str] = &[
+    "level",
+    "severity",
+    "log.level",
+    "severity_text",
+    "loglevel",
+    "lvl",
+];
 const SERVICE_FIELDS: &[&str] = &["service", "service.name", "app", "application"];
 const MESSAGE_FIELDS: &[&str] = &["message", "msg", "body", "log", "text"];
 const TRACE_FIELDS: &[&str] = &["trace_id", "traceId", "trace.id", "traceid"];
@@ -233,9 +260,15 @@ pub fn log_from_json(value: Value, default_service: &str) -> Result<Record, Stri
         Some(value) => parse_timestamp(&value)?,
         None => now_nanos(),
     };
-    let level = take_field(&mut doc, LEVEL_FIELDS).map(as_text).unwrap_or_default();
-    let service = take_field(&mut doc, SERVICE_FIELDS).map(as_text).unwrap_or_else(|| default_service.to_string());
-    let message = take_field(&mut doc, MESSAGE_FIELDS).map(as_text).unwrap_or_default();
+    let level = take_field(&mut doc, LEVEL_FIELDS)
+        .map(as_text)
+        .unwrap_or_default();
+    let service = take_field(&mut doc, SERVICE_FIELDS)
+        .map(as_text)
+        .unwrap_or_else(|| default_service.to_string());
+    let message = take_field(&mut doc, MESSAGE_FIELDS)
+        .map(as_text)
+        .unwrap_or_default();
     let trace_id = match take_field(&mut doc, TRACE_FIELDS) {
         Some(value) => normalize_hex_id(&as_text(value), "trace_id")?,
         None => String::new(),
@@ -253,7 +286,10 @@ pub fn log_from_json(value: Value, default_service: &str) -> Result<Record, Stri
     attributes.extend(doc);
     let attributes = Value::Object(attributes).to_string();
     if attributes.len() > MAX_ATTRIBUTES_BYTES {
-        return Err(format!("attributes are {} bytes; the limit is {MAX_ATTRIBUTES_BYTES}", attributes.len()));
+        return Err(format!(
+            "attributes are {} bytes; the limit is {MAX_ATTRIBUTES_BYTES}",
+            attributes.len()
+        ));
     }
     Ok(Record {
         kind: Kind::Log,
@@ -271,7 +307,10 @@ pub fn log_from_json(value: Value, default_service: &str) -> Result<Record, Stri
 /// A plain log record for the unit tests.
 #[cfg(test)]
 pub(crate) fn test_log(ts_nanos: i64, message: &str) -> Record {
-    Record { ts_nanos, ..log_from_line(message, "svc") }
+    Record {
+        ts_nanos,
+        ..log_from_line(message, "svc")
+    }
 }
 
 /// Build a log record from a plain text line.
@@ -309,11 +348,24 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(&value), Ok(expected), "{value}");
         }
-        for value in [json!("1700000000123456789"), json!(1_700_000_000_123_456_789i64)] {
-            assert_eq!(parse_timestamp(&value), Ok(1_700_000_000_123_456_789), "{value}");
+        for value in [
+            json!("1700000000123456789"),
+            json!(1_700_000_000_123_456_789i64),
+        ] {
+            assert_eq!(
+                parse_timestamp(&value),
+                Ok(1_700_000_000_123_456_789),
+                "{value}"
+            );
         }
-        assert_eq!(parse_timestamp(&json!(1_700_000_000.5)), Ok(expected + 500_000_000));
-        assert_eq!(parse_timestamp(&json!("1700000000.5")), Ok(expected + 500_000_000));
+        assert_eq!(
+            parse_timestamp(&json!(1_700_000_000.5)),
+            Ok(expected + 500_000_000)
+        );
+        assert_eq!(
+            parse_timestamp(&json!("1700000000.5")),
+            Ok(expected + 500_000_000)
+        );
         assert!(parse_timestamp(&json!("yesterday")).is_err());
         assert!(parse_timestamp(&json!(-5)).is_err());
         assert!(parse_timestamp(&json!(true)).is_err());

@@ -10,12 +10,15 @@
 
 use std::ops::ControlFlow;
 
-use polars::prelude::{AnyValue, Column, DataFrame, IntoColumn, IntoLazy, NamedFrom, Series, TimeUnit, TimeZone};
+use polars::prelude::{
+    AnyValue, Column, DataFrame, IntoColumn, IntoLazy, NamedFrom, Series, TimeUnit, TimeZone,
+};
 use polars::sql::SQLContext;
 use serde_json::{json, Value};
 use sqlparser::ast::{
-    visit_expressions_mut, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, Ident, Interval, ObjectName, SetExpr, Statement, TableFactor, Value as SqlValue, ValueWithSpan,
+    visit_expressions_mut, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, Ident, Interval, ObjectName, SetExpr, Statement,
+    TableFactor, Value as SqlValue, ValueWithSpan,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserOptions};
@@ -27,7 +30,17 @@ use crate::SearchError;
 /// The table every query reads, and its columns.
 pub const TABLE: &str = "logs";
 pub const COLUMNS: &[&str] = &[
-    "ts", "stream", "node", "kind", "level", "service", "message", "trace_id", "span_id", "duration_ns", "status",
+    "ts",
+    "stream",
+    "node",
+    "kind",
+    "level",
+    "service",
+    "message",
+    "trace_id",
+    "span_id",
+    "duration_ns",
+    "status",
     "attributes",
 ];
 /// Longest SQL text accepted.
@@ -49,7 +62,10 @@ fn invalid(message: impl Into<String>) -> SearchError {
 /// Parse and check a query, extract what can be pushed down, rewrite it.
 pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
     if sql.len() > MAX_SQL_BYTES {
-        return Err(invalid(format!("the query is {} bytes; the limit is {MAX_SQL_BYTES}", sql.len())));
+        return Err(invalid(format!(
+            "the query is {} bytes; the limit is {MAX_SQL_BYTES}",
+            sql.len()
+        )));
     }
     let mut statements = Parser::new(&GenericDialect)
         .with_options(ParserOptions::new().with_trailing_commas(true))
@@ -62,7 +78,10 @@ pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
     let Statement::Query(query) = &statements[0] else {
         return Err(invalid("only SELECT queries are allowed"));
     };
-    let mut filter = SearchRequest { kind: KindFilter::Any, ..Default::default() };
+    let mut filter = SearchRequest {
+        kind: KindFilter::Any,
+        ..Default::default()
+    };
     if let (None, SetExpr::Select(select)) = (&query.with, query.body.as_ref()) {
         let reads_logs_only = select.from.len() == 1
             && select.from[0].joins.is_empty()
@@ -87,7 +106,9 @@ pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
             if let Some(text) = string_literal(&interval.value) {
                 // Polars panics on an interval it cannot parse: check it here.
                 if polars::time::Duration::try_parse_interval(text).is_err() || text.contains('-') {
-                    bad = Some(format!("invalid interval '{text}' (use e.g. '15 minutes', '1 hour', '7 days')"));
+                    bad = Some(format!(
+                        "invalid interval '{text}' (use e.g. '15 minutes', '1 hour', '7 days')"
+                    ));
                     return ControlFlow::Break(());
                 }
             }
@@ -97,11 +118,15 @@ pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
             return ControlFlow::Continue(());
         }
         match expr {
-            Expr::BinaryOp { left, op, right } if flip(op).is_some() || *op == BinaryOperator::NotEq => {
+            Expr::BinaryOp { left, op, right }
+                if flip(op).is_some() || *op == BinaryOperator::NotEq =>
+            {
                 utc_side(left, right);
                 utc_side(right, left);
             }
-            Expr::Between { expr, low, high, .. } => {
+            Expr::Between {
+                expr, low, high, ..
+            } => {
                 utc_side(expr, low);
                 utc_side(expr, high);
             }
@@ -112,17 +137,25 @@ pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
     if let Some(bad) = bad {
         return Err(invalid(bad));
     }
-    Ok(SqlPlan { filter, sql: statements[0].to_string() })
+    Ok(SqlPlan {
+        filter,
+        sql: statements[0].to_string(),
+    })
 }
 
 fn table_is_logs(name: &ObjectName) -> bool {
-    name.0.last().and_then(|part| part.as_ident()).is_some_and(|ident| ident.value.eq_ignore_ascii_case(TABLE))
+    name.0
+        .last()
+        .and_then(|part| part.as_ident())
+        .is_some_and(|ident| ident.value.eq_ignore_ascii_case(TABLE))
 }
 
 fn column_name(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Identifier(ident) => Some(ident.value.to_ascii_lowercase()),
-        Expr::CompoundIdentifier(parts) => parts.last().map(|ident| ident.value.to_ascii_lowercase()),
+        Expr::CompoundIdentifier(parts) => {
+            parts.last().map(|ident| ident.value.to_ascii_lowercase())
+        }
         Expr::Nested(inner) => column_name(inner),
         _ => None,
     }
@@ -130,7 +163,10 @@ fn column_name(expr: &Expr) -> Option<String> {
 
 fn string_literal(expr: &Expr) -> Option<&str> {
     match expr {
-        Expr::Value(ValueWithSpan { value: SqlValue::SingleQuotedString(text), .. }) => Some(text.as_str()),
+        Expr::Value(ValueWithSpan {
+            value: SqlValue::SingleQuotedString(text),
+            ..
+        }) => Some(text.as_str()),
         Expr::Nested(inner) => string_literal(inner),
         _ => None,
     }
@@ -138,7 +174,9 @@ fn string_literal(expr: &Expr) -> Option<&str> {
 
 fn function_is(function: &Function, names: &[&str]) -> bool {
     function.name.0.len() == 1
-        && function.name.0[0].as_ident().is_some_and(|ident| names.iter().any(|n| ident.value.eq_ignore_ascii_case(n)))
+        && function.name.0[0]
+            .as_ident()
+            .is_some_and(|ident| names.iter().any(|n| ident.value.eq_ignore_ascii_case(n)))
 }
 
 fn is_now(expr: &Expr) -> bool {
@@ -149,11 +187,14 @@ fn interval_nanos(interval: &Interval) -> Option<i64> {
     if interval.leading_field.is_some() || interval.last_field.is_some() {
         return None;
     }
-    let duration = polars::time::Duration::try_parse_interval(string_literal(&interval.value)?).ok()?;
+    let duration =
+        polars::time::Duration::try_parse_interval(string_literal(&interval.value)?).ok()?;
     if duration.months() != 0 {
         return None;
     }
-    let nanos = duration.weeks() * 604_800_000_000_000 + duration.days() * 86_400_000_000_000 + duration.nanoseconds();
+    let nanos = duration.weeks() * 604_800_000_000_000
+        + duration.days() * 86_400_000_000_000
+        + duration.nanoseconds();
     Some(if duration.negative() { -nanos } else { nanos })
 }
 
@@ -162,12 +203,21 @@ fn timestamp_text(text: &str) -> Option<i64> {
     if let Ok(nanos) = parse_timestamp(&Value::String(text.to_string())) {
         return Some(nanos);
     }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+    for format in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(naive) = chrono::NaiveDateTime::parse_from_str(text, format) {
             return naive.and_utc().timestamp_nanos_opt();
         }
     }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0)?.and_utc().timestamp_nanos_opt()
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()?
+        .and_hms_opt(0, 0, 0)?
+        .and_utc()
+        .timestamp_nanos_opt()
 }
 
 /// The value of a constant time expression: `now()`, a string, `x ± interval`.
@@ -181,7 +231,9 @@ fn constant_time(expr: &Expr, now: i64) -> Option<i64> {
             _ => None,
         },
         Expr::BinaryOp { left, op, right } => {
-            let Expr::Interval(interval) = right.as_ref() else { return None };
+            let Expr::Interval(interval) = right.as_ref() else {
+                return None;
+            };
             let (base, delta) = (constant_time(left, now)?, interval_nanos(interval)?);
             match op {
                 BinaryOperator::Minus => base.checked_sub(delta),
@@ -206,7 +258,11 @@ fn flip(op: &BinaryOperator) -> Option<BinaryOperator> {
 
 fn conjuncts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
     match expr {
-        Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
             conjuncts(left, out);
             conjuncts(right, out);
         }
@@ -229,7 +285,9 @@ fn push_down(condition: &Expr, now: i64, filter: &mut SearchRequest) {
                 _ => return,
             };
             if column == "ts" {
-                let Some(at) = constant_time(other, now) else { return };
+                let Some(at) = constant_time(other, now) else {
+                    return;
+                };
                 match op {
                     BinaryOperator::Gt | BinaryOperator::GtEq => tighten_since(filter, at),
                     BinaryOperator::Lt => tighten_until(filter, at),
@@ -246,15 +304,31 @@ fn push_down(condition: &Expr, now: i64, filter: &mut SearchRequest) {
                 }
             }
         }
-        Expr::Between { expr, negated: false, low, high, .. } if column_name(expr).as_deref() == Some("ts") => {
+        Expr::Between {
+            expr,
+            negated: false,
+            low,
+            high,
+            ..
+        } if column_name(expr).as_deref() == Some("ts") => {
             if let (Some(low), Some(high)) = (constant_time(low, now), constant_time(high, now)) {
                 tighten_since(filter, low);
                 tighten_until(filter, high.saturating_add(1));
             }
         }
-        Expr::InList { expr, list, negated: false, .. } => {
-            let Some(column) = column_name(expr) else { return };
-            let values: Option<Vec<String>> = list.iter().map(|v| string_literal(v).map(str::to_string)).collect();
+        Expr::InList {
+            expr,
+            list,
+            negated: false,
+            ..
+        } => {
+            let Some(column) = column_name(expr) else {
+                return;
+            };
+            let values: Option<Vec<String>> = list
+                .iter()
+                .map(|v| string_literal(v).map(str::to_string))
+                .collect();
             if let Some(values) = values {
                 push_values(filter, &column, values);
             }
@@ -283,7 +357,10 @@ fn push_values(filter: &mut SearchRequest, column: &str, values: Vec<String>) {
         }
         "service" => &mut filter.services,
         "stream" => {
-            if values.iter().any(|v| crate::record::validate_stream(v).is_err()) {
+            if values
+                .iter()
+                .any(|v| crate::record::validate_stream(v).is_err())
+            {
                 return;
             }
             &mut filter.streams
@@ -315,7 +392,10 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
         args: FunctionArguments::List(FunctionArgumentList {
             duplicate_treatment: None,
             clauses: vec![],
-            args: args.into_iter().map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a))).collect(),
+            args: args
+                .into_iter()
+                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                .collect(),
         }),
         filter: None,
         null_treatment: None,
@@ -330,16 +410,24 @@ fn text(value: &str) -> Expr {
 
 /// A UTC timestamp literal (Polars' strptime with %z yields a UTC datetime).
 fn utc_literal(nanos: i64) -> Expr {
-    let formatted = chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(nanos).format("%Y-%m-%dT%H:%M:%S%.6f+0000");
-    call("strptime", vec![text(&formatted.to_string()), text("%Y-%m-%dT%H:%M:%S%.f%z")])
+    let formatted = chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(nanos)
+        .format("%Y-%m-%dT%H:%M:%S%.6f+0000");
+    call(
+        "strptime",
+        vec![text(&formatted.to_string()), text("%Y-%m-%dT%H:%M:%S%.f%z")],
+    )
 }
 
 fn rewrite_date_trunc(expr: &Expr) -> Option<Expr> {
-    let Expr::Function(function) = expr else { return None };
+    let Expr::Function(function) = expr else {
+        return None;
+    };
     if !function_is(function, &["date_trunc"]) {
         return None;
     }
-    let FunctionArguments::List(list) = &function.args else { return None };
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
     let [FunctionArg::Unnamed(FunctionArgExpr::Expr(unit)), FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] =
         list.args.as_slice()
     else {
@@ -354,7 +442,13 @@ fn rewrite_date_trunc(expr: &Expr) -> Option<Expr> {
         "year" => "%Y-01-01T00:00:00+0000",
         _ => return None,
     };
-    Some(call("strptime", vec![call("strftime", vec![arg.clone(), text(format)]), text("%Y-%m-%dT%H:%M:%S%z")]))
+    Some(call(
+        "strptime",
+        vec![
+            call("strftime", vec![arg.clone(), text(format)]),
+            text("%Y-%m-%dT%H:%M:%S%z"),
+        ],
+    ))
 }
 
 /// `ts <op> 'timestamp text'`: make the text a UTC literal.
@@ -369,7 +463,8 @@ fn utc_side(column: &Expr, other: &mut Expr) {
 /// Run a planned query over records. Blocking and CPU-heavy: call it from a
 /// blocking thread. Answers `{"columns": [...], "rows": [[...], ...]}`.
 pub fn execute(plan: &SqlPlan, hits: &[Hit]) -> Result<Value, SearchError> {
-    let frame = frame(hits).map_err(|e| SearchError::Internal(format!("building the table: {e}")))?;
+    let frame =
+        frame(hits).map_err(|e| SearchError::Internal(format!("building the table: {e}")))?;
     // Polars can still panic on inputs it does not expect: contain it.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut context = SQLContext::new();
@@ -384,17 +479,27 @@ pub fn execute(plan: &SqlPlan, hits: &[Hit]) -> Result<Value, SearchError> {
 fn frame(hits: &[Hit]) -> polars::prelude::PolarsResult<DataFrame> {
     let optional = |value: &str| (!value.is_empty()).then(|| value.to_string());
     let ts: Vec<i64> = hits.iter().map(|h| h.record.ts_nanos).collect();
-    let ts = Series::new("ts".into(), ts).into_datetime(TimeUnit::Nanoseconds, Some(TimeZone::UTC)).into_column();
-    let strings = |name: &str, get: &dyn Fn(&Hit) -> String| Column::new(name.into(), hits.iter().map(get).collect::<Vec<String>>());
+    let ts = Series::new("ts".into(), ts)
+        .into_datetime(TimeUnit::Nanoseconds, Some(TimeZone::UTC))
+        .into_column();
+    let strings = |name: &str, get: &dyn Fn(&Hit) -> String| {
+        Column::new(name.into(), hits.iter().map(get).collect::<Vec<String>>())
+    };
     let optional_strings = |name: &str, get: &dyn Fn(&Hit) -> Option<String>| {
-        Column::new(name.into(), hits.iter().map(get).collect::<Vec<Option<String>>>())
+        Column::new(
+            name.into(),
+            hits.iter().map(get).collect::<Vec<Option<String>>>(),
+        )
     };
     DataFrame::new(
         hits.len(),
         vec![
             ts,
             strings("stream", &|h| h.stream.clone()),
-            Column::new("node".into(), hits.iter().map(|h| h.node).collect::<Vec<u64>>()),
+            Column::new(
+                "node".into(),
+                hits.iter().map(|h| h.node).collect::<Vec<u64>>(),
+            ),
             strings("kind", &|h| h.record.kind.as_str().to_string()),
             strings("level", &|h| h.record.level.clone()),
             strings("service", &|h| h.record.service.clone()),
@@ -403,9 +508,13 @@ fn frame(hits: &[Hit]) -> polars::prelude::PolarsResult<DataFrame> {
             optional_strings("span_id", &|h| optional(&h.record.span_id)),
             Column::new(
                 "duration_ns".into(),
-                hits.iter().map(|h| h.record.span.as_ref().map(|s| s.duration_nanos)).collect::<Vec<Option<u64>>>(),
+                hits.iter()
+                    .map(|h| h.record.span.as_ref().map(|s| s.duration_nanos))
+                    .collect::<Vec<Option<u64>>>(),
             ),
-            optional_strings("status", &|h| h.record.span.as_ref().map(|s| s.status.clone())),
+            optional_strings("status", &|h| {
+                h.record.span.as_ref().map(|s| s.status.clone())
+            }),
             strings("attributes", &|h| h.record.attributes.clone()),
         ],
     )
@@ -434,9 +543,13 @@ fn any_to_json(value: AnyValue<'_>) -> Value {
         AnyValue::Int16(x) => x.into(),
         AnyValue::Int32(x) => x.into(),
         AnyValue::Int64(x) => x.into(),
-        AnyValue::Float32(f) => serde_json::Number::from_f64(f64::from(f)).map_or(Value::Null, Value::Number),
+        AnyValue::Float32(f) => {
+            serde_json::Number::from_f64(f64::from(f)).map_or(Value::Null, Value::Number)
+        }
         AnyValue::Float64(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
-        AnyValue::Datetime(v, unit, _) | AnyValue::DatetimeOwned(v, unit, _) => timestamp_json(v, unit),
+        AnyValue::Datetime(v, unit, _) | AnyValue::DatetimeOwned(v, unit, _) => {
+            timestamp_json(v, unit)
+        }
         AnyValue::Duration(v, unit) => Value::from(match unit {
             TimeUnit::Nanoseconds => v,
             TimeUnit::Microseconds => v.saturating_mul(1_000),
@@ -447,7 +560,11 @@ fn any_to_json(value: AnyValue<'_>) -> Value {
 }
 
 fn to_json(frame: &DataFrame) -> Result<Value, SearchError> {
-    let columns: Vec<String> = frame.get_column_names().iter().map(|name| name.to_string()).collect();
+    let columns: Vec<String> = frame
+        .get_column_names()
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
     let mut rows = Vec::with_capacity(frame.height());
     for i in 0..frame.height() {
         let row = frame
@@ -473,7 +590,11 @@ mod tests {
             node: 1,
             stream: "app".into(),
             seq: 1,
-            record: Record { level: level.into(), service: service.into(), ..crate::record::test_log(ts, "m") },
+            record: Record {
+                level: level.into(),
+                service: service.into(),
+                ..crate::record::test_log(ts, "m")
+            },
         }
     }
 
@@ -501,7 +622,10 @@ mod tests {
             "SELEC * FROM logs",
             "SELECT * FROM logs WHERE ts > now() - interval '1 fortnight'",
         ] {
-            assert!(matches!(plan(bad, NOW), Err(SearchError::InvalidQuery(_))), "{bad}");
+            assert!(
+                matches!(plan(bad, NOW), Err(SearchError::InvalidQuery(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -522,9 +646,19 @@ mod tests {
         .unwrap();
         let answer = execute(&plan, &hits).unwrap();
         assert_eq!(answer["columns"], json!(["service", "level", "n"]));
-        assert_eq!(answer["rows"], json!([["api", "error", 2], ["api", "info", 1], ["db", "error", 1]]));
-        let plan = super::plan("SELECT max(ts) AS last FROM logs WHERE ts < '2027-01-15T08:00:00Z'", NOW).unwrap();
+        assert_eq!(
+            answer["rows"],
+            json!([["api", "error", 2], ["api", "info", 1], ["db", "error", 1]])
+        );
+        let plan = super::plan(
+            "SELECT max(ts) AS last FROM logs WHERE ts < '2027-01-15T08:00:00Z'",
+            NOW,
+        )
+        .unwrap();
         let answer = execute(&plan, &hits).unwrap();
-        assert_eq!(answer["rows"][0][0], json!(crate::record::format_nanos(NOW - 10)));
+        assert_eq!(
+            answer["rows"][0][0],
+            json!(crate::record::format_nanos(NOW - 10))
+        );
     }
 }

@@ -69,12 +69,15 @@ const POSITION_FILE: &str = "position";
 
 fn read_position(dir: &Path) -> (u64, u64) {
     let text = std::fs::read_to_string(dir.join(POSITION_FILE)).unwrap_or_default();
-    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0));
+    let mut numbers = text
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().unwrap_or(0));
     (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
 }
 
 pub(crate) fn encode_batch(stream: &str, records: &[Record]) -> Result<Vec<u8>, SearchError> {
-    shoal_storage::encode(&(stream, records)).map_err(|e| SearchError::Internal(format!("encoding a batch: {e}")))
+    shoal_storage::encode(&(stream, records))
+        .map_err(|e| SearchError::Internal(format!("encoding a batch: {e}")))
 }
 
 impl Wal {
@@ -92,9 +95,16 @@ impl Wal {
         for item in std::fs::read_dir(dir).map_err(|e| SearchError::io(dir, e))? {
             let item = item.map_err(|e| SearchError::io(dir, e))?;
             let name = item.file_name().to_string_lossy().to_string();
-            if let Some(seq) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(seq) = name
+                .strip_suffix(".wal")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 let bytes = item.metadata().map(|m| m.len()).unwrap_or(0);
-                segments.push(Segment { first_seq: seq, path: item.path(), bytes });
+                segments.push(Segment {
+                    first_seq: seq,
+                    path: item.path(),
+                    bytes,
+                });
             }
         }
         segments.sort_by_key(|s| s.first_seq);
@@ -112,7 +122,11 @@ impl Wal {
         // segment already named for the next seq holds no valid entry (or the
         // seq would have moved past it): start it again from empty.
         segments.retain(|s| s.first_seq != next_seq);
-        let current = Segment { first_seq: next_seq, path: dir.join(format!("{next_seq:020}.wal")), bytes: 0 };
+        let current = Segment {
+            first_seq: next_seq,
+            path: dir.join(format!("{next_seq:020}.wal")),
+            bytes: 0,
+        };
         File::create(&current.path).map_err(|e| SearchError::io(&current.path, e))?;
         let file = open_segment(&current.path)?;
         segments.push(current);
@@ -135,14 +149,24 @@ impl Wal {
             .name("shoal-log-wal".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| SearchError::Internal(format!("starting the WAL thread: {e}")))?;
-        Ok(Wal { dir: dir.to_path_buf(), jobs, segments, bytes, opened_at })
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            jobs,
+            segments,
+            bytes,
+            opened_at,
+        })
     }
 
     /// Queue a batch; the reply comes once it is fsynced and handed to the indexer.
     pub fn append(&self, job: Job) -> Result<(), SearchError> {
         self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => SearchError::Busy("the write-ahead log queue is full".into()),
-            mpsc::TrySendError::Disconnected(_) => SearchError::Internal("the write-ahead log has stopped".into()),
+            mpsc::TrySendError::Full(_) => {
+                SearchError::Busy("the write-ahead log queue is full".into())
+            }
+            mpsc::TrySendError::Disconnected(_) => {
+                SearchError::Internal("the write-ahead log has stopped".into())
+            }
         })
     }
 
@@ -195,7 +219,11 @@ fn write_position(dir: &Path, next_seq: u64, next_record: u64) -> std::io::Resul
 }
 
 fn open_segment(path: &Path) -> Result<File, SearchError> {
-    let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| SearchError::io(path, e))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| SearchError::io(path, e))?;
     // Make the new file's directory entry durable too.
     if let Some(dir) = path.parent() {
         if let Ok(dir) = File::open(dir) {
@@ -208,13 +236,15 @@ fn open_segment(path: &Path) -> Result<File, SearchError> {
 /// Read one segment's frames; stops quietly at the first torn or corrupt one.
 fn read_segment(path: &Path, each: &mut dyn FnMut(Entry)) -> Result<(), SearchError> {
     let mut data = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| SearchError::io(path, e))?;
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| SearchError::io(path, e))?;
     let mut at = 0;
     while at + FRAME_HEADER <= data.len() {
         let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
         let start = at + FRAME_HEADER;
-        if len < BODY_HEADER || len > MAX_FRAME_BYTES || start + len > data.len() {
+        if !(BODY_HEADER..=MAX_FRAME_BYTES).contains(&len) || start + len > data.len() {
             tracing::warn!(path = %path.display(), offset = at, "WAL segment ends in a torn frame; ignoring the rest");
             break;
         }
@@ -226,7 +256,13 @@ fn read_segment(path: &Path, each: &mut dyn FnMut(Entry)) -> Result<(), SearchEr
         let seq = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
         let first_record = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
         match shoal_storage::decode::<(String, Vec<Record>)>(&body[BODY_HEADER..]) {
-            Ok((stream, records)) => each(Entry { seq, first_record, stream, records, bytes: 0 }),
+            Ok((stream, records)) => each(Entry {
+                seq,
+                first_record,
+                stream,
+                records,
+                bytes: 0,
+            }),
             Err(e) => {
                 tracing::warn!(path = %path.display(), offset = at, error = %e, "undecodable WAL entry; ignoring the rest");
                 break;
@@ -276,14 +312,20 @@ impl Writer {
                 crc.update(&job.encoded);
                 header[0..4].copy_from_slice(&len.to_le_bytes());
                 header[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
-                result = self.file.write_all(&header).and_then(|_| self.file.write_all(&job.encoded));
+                result = self
+                    .file
+                    .write_all(&header)
+                    .and_then(|_| self.file.write_all(&job.encoded));
                 if result.is_err() {
                     break;
                 }
                 written += (header.len() + job.encoded.len()) as u64;
             }
-            let result = result.and_then(|_| self.file.flush()).and_then(|_| self.file.get_ref().sync_data());
-            metrics::histogram!("shoal_logs_wal_sync_seconds").record(started.elapsed().as_secs_f64());
+            let result = result
+                .and_then(|_| self.file.flush())
+                .and_then(|_| self.file.get_ref().sync_data());
+            metrics::histogram!("shoal_logs_wal_sync_seconds")
+                .record(started.elapsed().as_secs_f64());
             self.grow(written);
             if let Err(e) = result {
                 tracing::error!(error = %e, "writing the log WAL failed");
@@ -291,20 +333,35 @@ impl Writer {
                 // replay, which stops at a torn frame, still sees later entries.
                 self.rotate();
                 for job in batch {
-                    let _ = job.reply.send(Err(SearchError::Internal(format!("writing the WAL: {e}"))));
+                    let _ = job
+                        .reply
+                        .send(Err(SearchError::Internal(format!("writing the WAL: {e}"))));
                 }
                 continue;
             }
             for (job, (seq, first_record)) in batch.into_iter().zip(assigned) {
                 let bytes = job.encoded.len() as u64;
-                let entry = Entry { seq, first_record, stream: job.stream, records: job.records, bytes };
+                let entry = Entry {
+                    seq,
+                    first_record,
+                    stream: job.stream,
+                    records: job.records,
+                    bytes,
+                };
                 if self.indexer.send(entry).is_err() {
-                    let _ = job.reply.send(Err(SearchError::Internal("the indexer has stopped".into())));
+                    let _ = job
+                        .reply
+                        .send(Err(SearchError::Internal("the indexer has stopped".into())));
                     continue;
                 }
                 let _ = job.reply.send(Ok(seq));
             }
-            let current = self.segments.lock().unwrap_or_else(|p| p.into_inner()).last().map_or(0, |s| s.bytes);
+            let current = self
+                .segments
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last()
+                .map_or(0, |s| s.bytes);
             if current >= self.segment_bytes {
                 self.rotate();
             }
@@ -312,7 +369,12 @@ impl Writer {
     }
 
     fn grow(&self, written: u64) {
-        if let Some(segment) = self.segments.lock().unwrap_or_else(|p| p.into_inner()).last_mut() {
+        if let Some(segment) = self
+            .segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_mut()
+        {
             segment.bytes += written;
         }
         self.bytes.fetch_add(written, Ordering::Relaxed);
@@ -323,8 +385,15 @@ impl Writer {
         match open_segment(&path) {
             Ok(file) => {
                 self.file = BufWriter::with_capacity(1 << 20, file);
-                let segment = Segment { first_seq: self.next_seq, path, bytes: 0 };
-                self.segments.lock().unwrap_or_else(|p| p.into_inner()).push(segment);
+                let segment = Segment {
+                    first_seq: self.next_seq,
+                    path,
+                    bytes: 0,
+                };
+                self.segments
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(segment);
             }
             Err(e) => tracing::error!(error = %e, "cannot start a new WAL segment"),
         }
@@ -342,7 +411,10 @@ mod tests {
     fn open(dir: &Path) -> (Wal, mpsc::Receiver<Entry>, Vec<Entry>) {
         let (to_indexer, indexed) = mpsc::sync_channel(1024);
         let mut replayed = Vec::new();
-        let wal = Wal::open(dir, 1 << 30, 64, to_indexer, &mut |entry| replayed.push(entry)).unwrap();
+        let wal = Wal::open(dir, 1 << 30, 64, to_indexer, &mut |entry| {
+            replayed.push(entry)
+        })
+        .unwrap();
         (wal, indexed, replayed)
     }
 
@@ -350,7 +422,13 @@ mod tests {
         let records: Vec<Record> = messages.iter().map(|m| record(m)).collect();
         let encoded = encode_batch("s", &records).unwrap();
         let (reply, answer) = oneshot::channel();
-        wal.append(Job { stream: "s".into(), records, encoded, reply }).unwrap();
+        wal.append(Job {
+            stream: "s".into(),
+            records,
+            encoded,
+            reply,
+        })
+        .unwrap();
         answer.blocking_recv().unwrap().unwrap()
     }
 
@@ -363,21 +441,37 @@ mod tests {
             assert_eq!(append(&wal, &["a", "b"]), 1);
             assert_eq!(append(&wal, &["c"]), 2);
             let sent: Vec<Entry> = indexed.try_iter().collect();
-            assert_eq!(sent.iter().map(|e| (e.seq, e.first_record)).collect::<Vec<_>>(), vec![(1, 1), (2, 3)]);
+            assert_eq!(
+                sent.iter()
+                    .map(|e| (e.seq, e.first_record))
+                    .collect::<Vec<_>>(),
+                vec![(1, 1), (2, 3)]
+            );
         }
         // A crash in the middle of a third frame: its tail is missing.
-        let segment = std::fs::read_dir(dir.path()).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "wal")).unwrap().path();
+        let segment = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "wal"))
+            .unwrap()
+            .path();
         let mut bytes = std::fs::read(&segment).unwrap();
         bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 5]);
         std::fs::write(&segment, &bytes).unwrap();
         let (wal, _indexed, replayed) = open(dir.path());
-        let messages: Vec<String> = replayed.iter().flat_map(|e| e.records.iter().map(|r| r.message.clone())).collect();
+        let messages: Vec<String> = replayed
+            .iter()
+            .flat_map(|e| e.records.iter().map(|r| r.message.clone()))
+            .collect();
         assert_eq!(messages, ["a", "b", "c"]);
         // New entries continue the sequence in a fresh segment.
         assert_eq!(append(&wal, &["d"]), 3);
         drop(wal);
         let (_wal, _indexed, replayed) = open(dir.path());
-        assert_eq!(replayed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            replayed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]

@@ -36,8 +36,16 @@ pub(crate) const CF_OUTBOX: &str = "outbox";
 pub(crate) const CF_DEAD_LETTERS: &str = "dead_letters";
 
 /// Column families that make up the replicated state machine (and so a snapshot).
-pub(crate) const STATE_MACHINE_CFS: [&str; 8] =
-    [CF_KV, CF_EVENTS, CF_KEY_REVS, CF_LEASES, CF_LEASE_KEYS, CF_SM_META, CF_REQUESTS, CF_REQUEST_LOG];
+pub(crate) const STATE_MACHINE_CFS: [&str; 8] = [
+    CF_KV,
+    CF_EVENTS,
+    CF_KEY_REVS,
+    CF_LEASES,
+    CF_LEASE_KEYS,
+    CF_SM_META,
+    CF_REQUESTS,
+    CF_REQUEST_LOG,
+];
 
 const ALL_CFS: [&str; 12] = [
     CF_LOG,
@@ -110,7 +118,9 @@ impl StoreClosed {
     /// Whether the database was closed within `timeout`.
     pub fn wait(&self, timeout: Duration) -> bool {
         let (closed, changed) = &*self.state;
-        let guard = closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = closed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match changed.wait_timeout_while(guard, timeout, |closed| !*closed) {
             Ok((closed, _)) => *closed,
             Err(poisoned) => *poisoned.into_inner().0,
@@ -123,7 +133,9 @@ struct ClosedFlag(StoreClosed);
 impl Drop for ClosedFlag {
     fn drop(&mut self) {
         let (closed, changed) = &*self.0.state;
-        *closed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        *closed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
         changed.notify_all();
     }
 }
@@ -150,9 +162,13 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
-        let cfs = ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        let closed = StoreClosed { state: Arc::new((Mutex::new(false), Condvar::new())) };
+        let closed = StoreClosed {
+            state: Arc::new((Mutex::new(false), Condvar::new())),
+        };
         let store = Store {
             db: Arc::new(db),
             applied_kv: Arc::default(),
@@ -170,7 +186,9 @@ impl Store {
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StorageError> {
-        self.db.cf_handle(name).ok_or(StorageError::MissingColumnFamily(name))
+        self.db
+            .cf_handle(name)
+            .ok_or(StorageError::MissingColumnFamily(name))
     }
 
     /// Write a batch; `sync` waits for the WAL to reach the disk (fsync).
@@ -203,8 +221,12 @@ pub(crate) fn u64_key(n: u64) -> [u8; 8] {
 }
 
 pub(crate) fn key_u64(bytes: &[u8], cf: &'static str) -> Result<u64, StorageError> {
-    let arr: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| {
-        StorageError::Corrupt { cf, detail: format!("key of {} bytes, want 8", bytes.len()) }
-    })?;
+    let arr: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt {
+            cf,
+            detail: format!("key of {} bytes, want 8", bytes.len()),
+        })?;
     Ok(u64::from_be_bytes(arr))
 }

@@ -29,7 +29,9 @@ impl Store {
     pub fn log_range(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let cf = self.cf(CF_LOG)?;
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(cf, IteratorMode::From(&u64_key(start), Direction::Forward));
+        let iter = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&u64_key(start), Direction::Forward));
         for item in iter {
             let (key, value) = item?;
             let index = key_u64(&key, CF_LOG)?;

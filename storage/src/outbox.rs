@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::db::{CF_DEAD_LETTERS, CF_OUTBOX};
-use crate::{Store, StorageError};
+use crate::{StorageError, Store};
 
 /// Where the next sequence number is kept (sorts before every destination).
 const NEXT_SEQ: &[u8] = b"\x00next_seq";
@@ -63,13 +63,18 @@ impl Outbox {
     /// Blocking: reads the sequence counter.
     pub fn open(store: Store) -> Result<Outbox, StorageError> {
         let next = match store.db.get_cf(store.cf(CF_OUTBOX)?, NEXT_SEQ)? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt {
-                cf: CF_OUTBOX,
-                detail: "bad sequence counter".into(),
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                StorageError::Corrupt {
+                    cf: CF_OUTBOX,
+                    detail: "bad sequence counter".into(),
+                }
             })?),
             None => 1,
         };
-        Ok(Outbox { store, next_seq: Mutex::new(next) })
+        Ok(Outbox {
+            store,
+            next_seq: Mutex::new(next),
+        })
     }
 
     /// Add entries, one per (destination, value), in one synced write: once
@@ -94,16 +99,31 @@ impl Outbox {
     }
 
     /// Up to `limit` entries of a destination's list, oldest first, after `after`.
-    pub fn scan(&self, list: List, destination: &str, after: Option<u64>, limit: usize) -> Result<Vec<Stored>, StorageError> {
+    pub fn scan(
+        &self,
+        list: List,
+        destination: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StorageError> {
         let cf = self.store.cf(list.cf())?;
         let start = entry_key(destination, after.map_or(0, |seq| seq.saturating_add(1)));
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(entry_key(destination, u64::MAX));
         let mut found = Vec::new();
-        for item in self.store.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+        for item in
+            self.store
+                .db
+                .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward))
+        {
             let (key, value) = item?;
-            let Some((_, seq)) = split_key(&key) else { continue };
-            found.push(Stored { seq, value: value.to_vec() });
+            let Some((_, seq)) = split_key(&key) else {
+                continue;
+            };
+            found.push(Stored {
+                seq,
+                value: value.to_vec(),
+            });
             if found.len() >= limit {
                 break;
             }
@@ -118,7 +138,11 @@ impl Outbox {
         opts.set_iterate_upper_bound(entry_key(destination, u64::MAX));
         let start = entry_key(destination, 0);
         let mut count = 0;
-        for item in self.store.db.iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward)) {
+        for item in
+            self.store
+                .db
+                .iterator_cf_opt(cf, opts, IteratorMode::From(&start, Direction::Forward))
+        {
             item?;
             count += 1;
         }
@@ -132,7 +156,8 @@ impl Outbox {
         for item in self.store.db.iterator_cf(cf, IteratorMode::Start) {
             let (key, _) = item?;
             if let Some((destination, _)) = split_key(&key) {
-                if !destination.is_empty() && found.last().map(String::as_str) != Some(destination) {
+                if !destination.is_empty() && found.last().map(String::as_str) != Some(destination)
+                {
                     found.push(destination.to_string());
                 }
             }
@@ -143,7 +168,11 @@ impl Outbox {
     /// Replace a pending entry (after a failed attempt).
     pub fn update(&self, destination: &str, seq: u64, value: &[u8]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.store.cf(CF_OUTBOX)?, entry_key(destination, seq), value);
+        batch.put_cf(
+            self.store.cf(CF_OUTBOX)?,
+            entry_key(destination, seq),
+            value,
+        );
         self.store.write(batch, false)
     }
 
@@ -192,7 +221,11 @@ impl Outbox {
     pub fn purge(&self, destination: &str) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         for list in [List::Pending, List::Dead] {
-            batch.delete_range_cf(self.store.cf(list.cf())?, entry_key(destination, 0), entry_key(destination, u64::MAX));
+            batch.delete_range_cf(
+                self.store.cf(list.cf())?,
+                entry_key(destination, 0),
+                entry_key(destination, u64::MAX),
+            );
         }
         self.store.write(batch, true)
     }
@@ -207,15 +240,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
-            let seqs = outbox.add(&[("webhook:a".into(), b"1".to_vec()), ("webhook:a".into(), b"2".to_vec())]).unwrap();
+            let seqs = outbox
+                .add(&[
+                    ("webhook:a".into(), b"1".to_vec()),
+                    ("webhook:a".into(), b"2".to_vec()),
+                ])
+                .unwrap();
             assert_eq!(seqs, vec![1, 2]);
             outbox.kill("webhook:a", 1, b"1").unwrap();
         }
         let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
-        assert_eq!(outbox.add(&[("kafka:t".into(), b"3".to_vec())]).unwrap(), vec![3]);
-        assert_eq!(outbox.destinations().unwrap(), vec!["kafka:t".to_string(), "webhook:a".to_string()]);
+        assert_eq!(
+            outbox.add(&[("kafka:t".into(), b"3".to_vec())]).unwrap(),
+            vec![3]
+        );
+        assert_eq!(
+            outbox.destinations().unwrap(),
+            vec!["kafka:t".to_string(), "webhook:a".to_string()]
+        );
         let pending = outbox.scan(List::Pending, "webhook:a", None, 10).unwrap();
-        assert_eq!(pending, vec![Stored { seq: 2, value: b"2".to_vec() }]);
+        assert_eq!(
+            pending,
+            vec![Stored {
+                seq: 2,
+                value: b"2".to_vec()
+            }]
+        );
         assert_eq!(outbox.count(List::Dead, "webhook:a").unwrap(), 1);
         assert_eq!(outbox.replay("webhook:a", None, |v| v.to_vec()).unwrap(), 1);
         assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 2);

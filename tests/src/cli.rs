@@ -108,7 +108,12 @@ pub async fn run_shoal(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]
     }
     let output = tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("`shoal {}` did not finish within {CLI_TIMEOUT:?}", args.join(" ")))
+        .unwrap_or_else(|_| {
+            panic!(
+                "`shoal {}` did not finish within {CLI_TIMEOUT:?}",
+                args.join(" ")
+            )
+        })
         .expect("waiting for shoal failed");
     CliOutput {
         status: output.status,

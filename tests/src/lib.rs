@@ -25,13 +25,16 @@ mod sse;
 pub mod ws;
 
 pub use cli::{run_shoal, shoal_command, CliOutput};
-pub use logs::{day_of, gzip, hits_of, messages, ndjson, now_nanos, rfc3339, DAY, HOUR, MINUTE, SEARCHABLE_TIMEOUT};
 pub use cluster::{members_of, Cluster, ClusterBuilder, Member, FORM_TIMEOUT};
 pub use http::{
     assert_error, b64, encode_key, error_detail, error_matches, kv_value, num, opt_num, text,
     unb64, Reply,
 };
 pub use load::{check_acked, Acked, Load};
+pub use logs::{
+    day_of, gzip, hits_of, messages, ndjson, now_nanos, rfc3339, DAY, HOUR, MINUTE,
+    SEARCHABLE_TIMEOUT,
+};
 pub use node::{
     clock_offset_env, free_port, libfaketime, shoal_bin, tmpfs_root, Node, NodeBuilder, Settings,
 };

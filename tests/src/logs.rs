@@ -32,18 +32,31 @@ pub fn hits_of(answer: &Value) -> Vec<Value> {
 /// The `message` of each hit, in order.
 pub fn messages(hits: &[Value]) -> Vec<String> {
     hits.iter()
-        .map(|h| h["message"].as_str().unwrap_or_else(|| panic!("hit without a message: {h}")).to_string())
+        .map(|h| {
+            h["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("hit without a message: {h}"))
+                .to_string()
+        })
         .collect()
 }
 
 /// `(key, value)` pairs as owned strings, for building queries.
 fn owned(query: &[(&str, &str)]) -> Vec<(String, String)> {
-    query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Node {
     /// `POST /v1/logs/{stream}` with a body and content type, as is.
-    pub async fn ingest_raw(&self, stream: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Reply {
+    pub async fn ingest_raw(
+        &self,
+        stream: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
         let request = self
             .request(Method::POST, &format!("/v1/logs/{stream}"))
             .header("content-type", content_type)
@@ -54,15 +67,27 @@ impl Node {
     /// Ingests records as NDJSON, asserting 200 with every record accepted.
     /// Returns the answer.
     pub async fn ingest_records(&self, stream: &str, records: &[Value]) -> Value {
-        let reply = self.ingest_raw(stream, "application/x-ndjson", ndjson(records)).await;
-        assert_eq!(reply.status, StatusCode::OK, "ingest into {stream}: {}", reply.describe());
+        let reply = self
+            .ingest_raw(stream, "application/x-ndjson", ndjson(records))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "ingest into {stream}: {}",
+            reply.describe()
+        );
         assert_eq!(
             reply.body["accepted"].as_u64(),
             Some(records.len() as u64),
             "ingest into {stream}: not every record was accepted: {}",
             reply.describe()
         );
-        assert_eq!(reply.body["rejected"].as_u64(), Some(0), "ingest into {stream}: {}", reply.describe());
+        assert_eq!(
+            reply.body["rejected"].as_u64(),
+            Some(0),
+            "ingest into {stream}: {}",
+            reply.describe()
+        );
         reply.body
     }
 
@@ -75,7 +100,12 @@ impl Node {
     /// `GET /v1/logs/search`, asserting 200; returns the answer.
     pub async fn search(&self, query: &[(&str, &str)]) -> Value {
         let reply = self.search_reply(query).await;
-        assert_eq!(reply.status, StatusCode::OK, "search {query:?}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "search {query:?}: {}",
+            reply.describe()
+        );
         reply.body
     }
 
@@ -93,7 +123,10 @@ impl Node {
         wait_for(SEARCHABLE_TIMEOUT, &what, || {
             let query = query.clone();
             async move {
-                let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let query: Vec<(&str, &str)> = query
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 let answer = self.search(&query).await;
                 let hits = hits_of(&answer);
                 if hits.len() == count {
@@ -122,12 +155,24 @@ impl Node {
             let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let answer = self.search(&q).await;
             let hits = hits_of(&answer);
-            assert_eq!(answer["count"].as_u64(), Some(hits.len() as u64), "count differs from hits: {answer}");
-            assert!(hits.len() <= page, "a page of {page} holds {} hits", hits.len());
+            assert_eq!(
+                answer["count"].as_u64(),
+                Some(hits.len() as u64),
+                "count differs from hits: {answer}"
+            );
+            assert!(
+                hits.len() <= page,
+                "a page of {page} holds {} hits",
+                hits.len()
+            );
             all.extend(hits.iter().cloned());
             match answer["next_cursor"].as_str() {
                 Some(next) => {
-                    assert_eq!(hits.len(), page, "next_cursor on a page that is not full: {answer}");
+                    assert_eq!(
+                        hits.len(),
+                        page,
+                        "next_cursor on a page that is not full: {answer}"
+                    );
                     cursor = Some(next.to_string());
                 }
                 None => {
@@ -135,7 +180,10 @@ impl Node {
                         answer["next_cursor"].is_null(),
                         "next_cursor is neither a string nor null: {answer}"
                     );
-                    assert!(hits.len() < page, "a full page without next_cursor: {answer}");
+                    assert!(
+                        hits.len() < page,
+                        "a full page without next_cursor: {answer}"
+                    );
                     return all;
                 }
             }
@@ -148,7 +196,12 @@ impl Node {
         let reply = self
             .send(self.request(Method::GET, "/v1/logs/aggregate").query(query))
             .await;
-        assert_eq!(reply.status, StatusCode::OK, "aggregate {query:?}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "aggregate {query:?}: {}",
+            reply.describe()
+        );
         reply.body
     }
 
@@ -164,7 +217,12 @@ impl Node {
 
     /// `POST PATH` on the node's OTLP/HTTP receiver (see
     /// [`crate::NodeBuilder::otlp`]) with a content type and body.
-    pub async fn otlp_post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Reply {
+    pub async fn otlp_post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
         let url = format!("{}{path}", self.otlp_http_endpoint());
         let request = self
             .client()
@@ -192,7 +250,11 @@ pub const DAY: i64 = 24 * HOUR;
 /// RFC 3339 text (UTC) of a Unix-nanosecond time: nine fraction digits,
 /// or none for a whole second (as the API writes whole seconds).
 pub fn rfc3339(nanos: i64) -> String {
-    let format = if nanos.rem_euclid(1_000_000_000) == 0 { chrono::SecondsFormat::Secs } else { chrono::SecondsFormat::Nanos };
+    let format = if nanos.rem_euclid(1_000_000_000) == 0 {
+        chrono::SecondsFormat::Secs
+    } else {
+        chrono::SecondsFormat::Nanos
+    };
     chrono::DateTime::from_timestamp_nanos(nanos).to_rfc3339_opts(format, true)
 }
 

@@ -77,7 +77,9 @@ pub fn free_port() -> u16 {
             let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a local TCP port");
             listener.local_addr().expect("local_addr").port()
         };
-        if TcpListener::bind(("127.0.0.1", port)).is_err() || UdpSocket::bind(("127.0.0.1", port)).is_err() {
+        if TcpListener::bind(("127.0.0.1", port)).is_err()
+            || UdpSocket::bind(("127.0.0.1", port)).is_err()
+        {
             continue;
         }
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
@@ -284,7 +286,12 @@ impl NodeBuilder {
         let (mut otlp_grpc_port, mut otlp_http_port) = (None, None);
         if self.otlp {
             let (grpc, http) = (free_port(), free_port());
-            args.extend(["--otlp-grpc".to_string(), addr(grpc), "--otlp-http".to_string(), addr(http)]);
+            args.extend([
+                "--otlp-grpc".to_string(),
+                addr(grpc),
+                "--otlp-http".to_string(),
+                addr(http),
+            ]);
             (otlp_grpc_port, otlp_http_port) = (Some(grpc), Some(http));
         } else {
             // Off unless asked for: the default ports are one per host.
@@ -454,8 +461,12 @@ impl Node {
                 .append(true)
                 .open(&path)
                 .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-            writeln!(file, "=== test harness: starting shoal {}", self.args.join(" "))
-                .expect("cannot write to the log");
+            writeln!(
+                file,
+                "=== test harness: starting shoal {}",
+                self.args.join(" ")
+            )
+            .expect("cannot write to the log");
             file
         };
         let stdout = open_log(self.stdout_log());
@@ -714,12 +725,19 @@ impl Node {
     /// to connect, a timeout, or a broken reply (for nodes that may be down).
     pub async fn try_send(&self, request: RequestBuilder) -> Result<Reply, String> {
         let response = request.send().await.map_err(|e| describe_error(&e))?;
-        Reply::try_read(response).await.map_err(|e| describe_error(&e))
+        Reply::try_read(response)
+            .await
+            .map_err(|e| describe_error(&e))
     }
 
     /// `METHOD path` with a time limit, not panicking if the node does not
     /// answer.
-    pub async fn try_request(&self, method: Method, path: &str, timeout: Duration) -> Result<Reply, String> {
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Reply, String> {
         self.try_send(self.client.request(method, self.url(path)).timeout(timeout))
             .await
     }
@@ -750,7 +768,12 @@ impl Node {
     }
 
     /// `PUT /v1/kv/{key}` with a time limit; `Err` if there is no reply.
-    pub async fn try_put(&self, key: &str, value: &[u8], timeout: Duration) -> Result<Reply, String> {
+    pub async fn try_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, String> {
         let request = self
             .client
             .put(self.url(&Self::kv_path(key)))
@@ -761,7 +784,12 @@ impl Node {
 
     /// `GET /v1/kv/{key}` with query parameters and a time limit; `Err` if
     /// there is no reply.
-    pub async fn try_get(&self, key: &str, query: &[(&str, &str)], timeout: Duration) -> Result<Reply, String> {
+    pub async fn try_get(
+        &self,
+        key: &str,
+        query: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Reply, String> {
         let request = self
             .client
             .get(self.url(&Self::kv_path(key)))
@@ -782,7 +810,12 @@ impl Node {
     /// `PUT /v1/kv/{key}`, asserting 200; returns the body.
     pub async fn put(&self, key: &str, value: &[u8]) -> Value {
         let reply = self.put_with(key, value, &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "PUT {key:?}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "PUT {key:?}: {}",
+            reply.describe()
+        );
         reply.body
     }
 
@@ -806,20 +839,33 @@ impl Node {
     /// The key's `kv` object, asserting that it exists.
     pub async fn get_kv(&self, key: &str) -> Value {
         let reply = self.get_with(key, &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "GET {key:?}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "GET {key:?}: {}",
+            reply.describe()
+        );
         reply.body["kv"].clone()
     }
 
     /// `DELETE /v1/kv/{key}` with query parameters.
     pub async fn delete_with(&self, key: &str, query: &[(&str, &str)]) -> Reply {
-        self.send(self.request(Method::DELETE, &Self::kv_path(key)).query(query))
-            .await
+        self.send(
+            self.request(Method::DELETE, &Self::kv_path(key))
+                .query(query),
+        )
+        .await
     }
 
     /// `DELETE /v1/kv/{key}`, asserting 200; returns the body.
     pub async fn delete(&self, key: &str) -> Value {
         let reply = self.delete_with(key, &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "DELETE {key:?}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "DELETE {key:?}: {}",
+            reply.describe()
+        );
         reply.body
     }
 
@@ -828,7 +874,12 @@ impl Node {
         let reply = self
             .send(self.request(Method::GET, "/v1/kv").query(query))
             .await;
-        assert_eq!(reply.status, StatusCode::OK, "list {query:?}: {}", reply.describe());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "list {query:?}: {}",
+            reply.describe()
+        );
         reply
     }
 
@@ -837,13 +888,22 @@ impl Node {
         let mut kvs = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..10_000 {
-            let mut query = vec![("prefix", prefix.to_string()), ("limit", "1000".to_string())];
+            let mut query = vec![
+                ("prefix", prefix.to_string()),
+                ("limit", "1000".to_string()),
+            ];
             if let Some(after) = &after {
                 query.push(("after", after.clone()));
             }
             let query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let page = self.list(&query).await.body;
-            kvs.extend(page["kvs"].as_array().expect("kvs is not an array").iter().cloned());
+            kvs.extend(
+                page["kvs"]
+                    .as_array()
+                    .expect("kvs is not an array")
+                    .iter()
+                    .cloned(),
+            );
             if page["more"] != Value::Bool(true) {
                 return kvs;
             }
@@ -985,7 +1045,10 @@ impl Drop for Node {
         if std::thread::panicking() {
             eprintln!(
                 "test failed; shoal node {}{} (data in {}):\n{}",
-                self.label.as_deref().map(|l| format!("{l} ")).unwrap_or_default(),
+                self.label
+                    .as_deref()
+                    .map(|l| format!("{l} "))
+                    .unwrap_or_default(),
                 self.endpoint(),
                 self.dir.path().display(),
                 self.log_tail(60)

@@ -33,7 +33,8 @@ pub fn python_bin() -> PathBuf {
 /// test was compiled in: checkouts sharing one target directory reuse each
 /// other's compiled tests, and a path baked in could name another checkout.
 pub fn py_script(name: &str) -> PathBuf {
-    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     let path = package.join("py").join(name);
     assert!(path.is_file(), "missing test script {}", path.display());
     path

@@ -39,7 +39,9 @@ pub struct WatchStream {
 
 impl WatchStream {
     pub fn new(response: reqwest::Response) -> WatchStream {
-        let body = response.bytes_stream().map(|chunk| chunk.map(|b| b.to_vec()));
+        let body = response
+            .bytes_stream()
+            .map(|chunk| chunk.map(|b| b.to_vec()));
         WatchStream {
             body: Box::pin(body),
             buffer: Vec::new(),

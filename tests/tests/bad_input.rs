@@ -36,7 +36,12 @@ fn with_body(mut case: Case, content_type: &'static str, body: impl Into<Vec<u8>
     case
 }
 
-fn json_case(name: &'static str, path: &str, body: Value, expect: Vec<(u16, &'static [&'static str])>) -> Case {
+fn json_case(
+    name: &'static str,
+    path: &str,
+    body: Value,
+    expect: Vec<(u16, &'static [&'static str])>,
+) -> Case {
     with_body(
         case(name, Method::POST, path, expect),
         "application/json",
@@ -67,11 +72,31 @@ fn cases() -> Vec<Case> {
 
     vec![
         // ----- keys
-        case("empty key (PUT)", Method::PUT, "/v1/kv/", vec![INVALID_KEY, NOT_FOUND]),
-        case("empty key (GET)", Method::GET, "/v1/kv/", vec![INVALID_KEY, NOT_FOUND]),
-        case("empty key (DELETE)", Method::DELETE, "/v1/kv/", vec![INVALID_KEY, NOT_FOUND]),
+        case(
+            "empty key (PUT)",
+            Method::PUT,
+            "/v1/kv/",
+            vec![INVALID_KEY, NOT_FOUND],
+        ),
+        case(
+            "empty key (GET)",
+            Method::GET,
+            "/v1/kv/",
+            vec![INVALID_KEY, NOT_FOUND],
+        ),
+        case(
+            "empty key (DELETE)",
+            Method::DELETE,
+            "/v1/kv/",
+            vec![INVALID_KEY, NOT_FOUND],
+        ),
         with_body(
-            case("key over 1024 bytes", Method::PUT, format!("/v1/kv/{long_key}"), vec![(413, &["key_too_large"])]),
+            case(
+                "key over 1024 bytes",
+                Method::PUT,
+                format!("/v1/kv/{long_key}"),
+                vec![(413, &["key_too_large"])],
+            ),
             "application/octet-stream",
             "v",
         ),
@@ -85,13 +110,48 @@ fn cases() -> Vec<Case> {
             "application/octet-stream",
             "v",
         ),
-        case("key with %01", Method::PUT, "/v1/kv/bad%01key", vec![INVALID_KEY]),
-        case("key with NUL", Method::PUT, "/v1/kv/bad%00key", vec![INVALID_KEY]),
-        case("key with newline", Method::PUT, "/v1/kv/bad%0Akey", vec![INVALID_KEY]),
-        case("key with DEL (0x7f)", Method::PUT, "/v1/kv/bad%7Fkey", vec![INVALID_KEY]),
-        case("key not UTF-8", Method::PUT, "/v1/kv/bad%FF%FEkey", vec![INVALID_KEY]),
-        case("GET key with %01", Method::GET, "/v1/kv/bad%01key", vec![INVALID_KEY]),
-        case("DELETE key with %01", Method::DELETE, "/v1/kv/bad%01key", vec![INVALID_KEY]),
+        case(
+            "key with %01",
+            Method::PUT,
+            "/v1/kv/bad%01key",
+            vec![INVALID_KEY],
+        ),
+        case(
+            "key with NUL",
+            Method::PUT,
+            "/v1/kv/bad%00key",
+            vec![INVALID_KEY],
+        ),
+        case(
+            "key with newline",
+            Method::PUT,
+            "/v1/kv/bad%0Akey",
+            vec![INVALID_KEY],
+        ),
+        case(
+            "key with DEL (0x7f)",
+            Method::PUT,
+            "/v1/kv/bad%7Fkey",
+            vec![INVALID_KEY],
+        ),
+        case(
+            "key not UTF-8",
+            Method::PUT,
+            "/v1/kv/bad%FF%FEkey",
+            vec![INVALID_KEY],
+        ),
+        case(
+            "GET key with %01",
+            Method::GET,
+            "/v1/kv/bad%01key",
+            vec![INVALID_KEY],
+        ),
+        case(
+            "DELETE key with %01",
+            Method::DELETE,
+            "/v1/kv/bad%01key",
+            vec![INVALID_KEY],
+        ),
         // ----- values
         with_body(
             case(
@@ -104,29 +164,84 @@ fn cases() -> Vec<Case> {
             too_big_value,
         ),
         // ----- query parameters
-        case("if_revision=abc", Method::PUT, "/v1/kv/q?if_revision=abc", vec![BAD_REVISION]),
-        case("if_revision=-1", Method::PUT, "/v1/kv/q?if_revision=-1", vec![BAD_REVISION]),
-        case("if_revision=1.5", Method::PUT, "/v1/kv/q?if_revision=1.5", vec![BAD_REVISION]),
+        case(
+            "if_revision=abc",
+            Method::PUT,
+            "/v1/kv/q?if_revision=abc",
+            vec![BAD_REVISION],
+        ),
+        case(
+            "if_revision=-1",
+            Method::PUT,
+            "/v1/kv/q?if_revision=-1",
+            vec![BAD_REVISION],
+        ),
+        case(
+            "if_revision=1.5",
+            Method::PUT,
+            "/v1/kv/q?if_revision=1.5",
+            vec![BAD_REVISION],
+        ),
         case(
             "if_revision beyond u64",
             Method::PUT,
             "/v1/kv/q?if_revision=18446744073709551616",
             vec![BAD_REVISION],
         ),
-        case("if_revision=abc on DELETE", Method::DELETE, "/v1/kv/q?if_revision=abc", vec![BAD_REVISION]),
+        case(
+            "if_revision=abc on DELETE",
+            Method::DELETE,
+            "/v1/kv/q?if_revision=abc",
+            vec![BAD_REVISION],
+        ),
         case(
             "if_revision with prefix=true",
             Method::DELETE,
             "/v1/kv/q?prefix=true&if_revision=1",
             vec![BAD_REQUEST, BAD_REVISION],
         ),
-        case("lease=abc", Method::PUT, "/v1/kv/q?lease=abc", vec![BAD_REQUEST]),
-        case("unknown lease on put", Method::PUT, "/v1/kv/q?lease=987654321", vec![NO_LEASE]),
-        case("prefix=maybe", Method::DELETE, "/v1/kv/q?prefix=maybe", vec![BAD_REQUEST]),
-        case("consistency=bogus", Method::GET, "/v1/kv/q?consistency=bogus", vec![BAD_REQUEST]),
-        case("watch from_revision=x", Method::GET, "/v1/watch?prefix=a&from_revision=x", vec![BAD_REVISION]),
-        case("watch from_revision=-5", Method::GET, "/v1/watch?prefix=a&from_revision=-5", vec![BAD_REVISION]),
-        case("poll from_revision=x", Method::GET, "/v1/watch/poll?prefix=a&from_revision=x", vec![BAD_REVISION]),
+        case(
+            "lease=abc",
+            Method::PUT,
+            "/v1/kv/q?lease=abc",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "unknown lease on put",
+            Method::PUT,
+            "/v1/kv/q?lease=987654321",
+            vec![NO_LEASE],
+        ),
+        case(
+            "prefix=maybe",
+            Method::DELETE,
+            "/v1/kv/q?prefix=maybe",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "consistency=bogus",
+            Method::GET,
+            "/v1/kv/q?consistency=bogus",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "watch from_revision=x",
+            Method::GET,
+            "/v1/watch?prefix=a&from_revision=x",
+            vec![BAD_REVISION],
+        ),
+        case(
+            "watch from_revision=-5",
+            Method::GET,
+            "/v1/watch?prefix=a&from_revision=-5",
+            vec![BAD_REVISION],
+        ),
+        case(
+            "poll from_revision=x",
+            Method::GET,
+            "/v1/watch/poll?prefix=a&from_revision=x",
+            vec![BAD_REVISION],
+        ),
         case(
             "poll timeout_ms=abc",
             Method::GET,
@@ -139,27 +254,89 @@ fn cases() -> Vec<Case> {
             "/v1/watch/poll?prefix=a&from_revision=1&limit=abc",
             vec![BAD_REQUEST],
         ),
-        case("list limit=0", Method::GET, "/v1/kv?limit=0", vec![BAD_REQUEST]),
-        case("list limit=100000", Method::GET, "/v1/kv?limit=100000", vec![BAD_REQUEST]),
-        case("list limit=-3", Method::GET, "/v1/kv?limit=-3", vec![BAD_REQUEST]),
-        case("list limit=abc", Method::GET, "/v1/kv?limit=abc", vec![BAD_REQUEST]),
-        case("list keys_only=maybe", Method::GET, "/v1/kv?keys_only=maybe", vec![BAD_REQUEST]),
-        case("history limit=abc", Method::GET, "/v1/history/q?limit=abc", vec![BAD_REQUEST]),
-        case("history before=abc", Method::GET, "/v1/history/q?before=abc", vec![BAD_REVISION]),
+        case(
+            "list limit=0",
+            Method::GET,
+            "/v1/kv?limit=0",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "list limit=100000",
+            Method::GET,
+            "/v1/kv?limit=100000",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "list limit=-3",
+            Method::GET,
+            "/v1/kv?limit=-3",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "list limit=abc",
+            Method::GET,
+            "/v1/kv?limit=abc",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "list keys_only=maybe",
+            Method::GET,
+            "/v1/kv?keys_only=maybe",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "history limit=abc",
+            Method::GET,
+            "/v1/history/q?limit=abc",
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "history before=abc",
+            Method::GET,
+            "/v1/history/q?before=abc",
+            vec![BAD_REVISION],
+        ),
         // ----- transactions
         with_body(
-            case("txn malformed JSON", Method::POST, "/v1/txn", vec![BAD_REQUEST]),
+            case(
+                "txn malformed JSON",
+                Method::POST,
+                "/v1/txn",
+                vec![BAD_REQUEST],
+            ),
             "application/json",
             r#"{"compare": [, "success": []"#,
         ),
-        with_body(case("txn empty body", Method::POST, "/v1/txn", vec![BAD_REQUEST]), "application/json", ""),
         with_body(
-            case("txn non-JSON body", Method::POST, "/v1/txn", vec![BAD_REQUEST, (415, &["bad_request", "unsupported_media_type"])]),
+            case("txn empty body", Method::POST, "/v1/txn", vec![BAD_REQUEST]),
+            "application/json",
+            "",
+        ),
+        with_body(
+            case(
+                "txn non-JSON body",
+                Method::POST,
+                "/v1/txn",
+                vec![
+                    BAD_REQUEST,
+                    (415, &["bad_request", "unsupported_media_type"]),
+                ],
+            ),
             "text/plain",
             "put a=b please",
         ),
-        json_case("txn body is an array", "/v1/txn", json!([]), vec![BAD_REQUEST]),
-        json_case("txn compare not a list", "/v1/txn", json!({"compare": "x", "success": [], "failure": []}), vec![BAD_REQUEST]),
+        json_case(
+            "txn body is an array",
+            "/v1/txn",
+            json!([]),
+            vec![BAD_REQUEST],
+        ),
+        json_case(
+            "txn compare not a list",
+            "/v1/txn",
+            json!({"compare": "x", "success": [], "failure": []}),
+            vec![BAD_REQUEST],
+        ),
         json_case(
             "txn bad base64 in put",
             "/v1/txn",
@@ -251,43 +428,143 @@ fn cases() -> Vec<Case> {
             vec![BAD_REQUEST],
         ),
         // ----- leases
-        json_case("lease ttl 0", "/v1/leases", json!({"ttl_seconds": 0}), vec![BAD_REQUEST]),
-        json_case("lease ttl -1", "/v1/leases", json!({"ttl_seconds": -1}), vec![BAD_REQUEST]),
-        json_case("lease ttl 86401", "/v1/leases", json!({"ttl_seconds": 86401}), vec![BAD_REQUEST]),
-        json_case("lease ttl huge", "/v1/leases", json!({"ttl_seconds": 1e30}), vec![BAD_REQUEST]),
-        json_case("lease ttl u64::MAX", "/v1/leases", json!({"ttl_seconds": u64::MAX}), vec![BAD_REQUEST]),
-        json_case("lease ttl string", "/v1/leases", json!({"ttl_seconds": "10"}), vec![BAD_REQUEST]),
-        json_case("lease ttl missing", "/v1/leases", json!({}), vec![BAD_REQUEST]),
-        case("keepalive unknown lease", Method::POST, "/v1/leases/987654321/keepalive", vec![NO_LEASE]),
+        json_case(
+            "lease ttl 0",
+            "/v1/leases",
+            json!({"ttl_seconds": 0}),
+            vec![BAD_REQUEST],
+        ),
+        json_case(
+            "lease ttl -1",
+            "/v1/leases",
+            json!({"ttl_seconds": -1}),
+            vec![BAD_REQUEST],
+        ),
+        json_case(
+            "lease ttl 86401",
+            "/v1/leases",
+            json!({"ttl_seconds": 86401}),
+            vec![BAD_REQUEST],
+        ),
+        json_case(
+            "lease ttl huge",
+            "/v1/leases",
+            json!({"ttl_seconds": 1e30}),
+            vec![BAD_REQUEST],
+        ),
+        json_case(
+            "lease ttl u64::MAX",
+            "/v1/leases",
+            json!({"ttl_seconds": u64::MAX}),
+            vec![BAD_REQUEST],
+        ),
+        json_case(
+            "lease ttl string",
+            "/v1/leases",
+            json!({"ttl_seconds": "10"}),
+            vec![BAD_REQUEST],
+        ),
+        json_case(
+            "lease ttl missing",
+            "/v1/leases",
+            json!({}),
+            vec![BAD_REQUEST],
+        ),
+        case(
+            "keepalive unknown lease",
+            Method::POST,
+            "/v1/leases/987654321/keepalive",
+            vec![NO_LEASE],
+        ),
         case(
             "keepalive non-numeric lease",
             Method::POST,
             "/v1/leases/abc/keepalive",
             vec![BAD_REQUEST, NO_LEASE, NOT_FOUND],
         ),
-        case("GET unknown lease", Method::GET, "/v1/leases/987654321", vec![NO_LEASE]),
-        case("revoke unknown lease", Method::DELETE, "/v1/leases/987654321", vec![NO_LEASE]),
+        case(
+            "GET unknown lease",
+            Method::GET,
+            "/v1/leases/987654321",
+            vec![NO_LEASE],
+        ),
+        case(
+            "revoke unknown lease",
+            Method::DELETE,
+            "/v1/leases/987654321",
+            vec![NO_LEASE],
+        ),
         // ----- rollback and compaction
-        json_case("rollback malformed", "/v1/rollback/q", json!({"rev": 1}), vec![BAD_REQUEST, BAD_REVISION]),
-        json_case("rollback revision string", "/v1/rollback/q", json!({"revision": "abc"}), vec![BAD_REQUEST, BAD_REVISION]),
+        json_case(
+            "rollback malformed",
+            "/v1/rollback/q",
+            json!({"rev": 1}),
+            vec![BAD_REQUEST, BAD_REVISION],
+        ),
+        json_case(
+            "rollback revision string",
+            "/v1/rollback/q",
+            json!({"revision": "abc"}),
+            vec![BAD_REQUEST, BAD_REVISION],
+        ),
         with_body(
-            case("rollback not JSON", Method::POST, "/v1/rollback/q", vec![BAD_REQUEST]),
+            case(
+                "rollback not JSON",
+                Method::POST,
+                "/v1/rollback/q",
+                vec![BAD_REQUEST],
+            ),
             "application/json",
             "{{{",
         ),
-        json_case("compact to the future", "/v1/compact", json!({"revision": 1_000_000}), vec![(400, &["invalid_revision"])]),
-        json_case("compact negative", "/v1/compact", json!({"revision": -1}), vec![BAD_REVISION]),
+        json_case(
+            "compact to the future",
+            "/v1/compact",
+            json!({"revision": 1_000_000}),
+            vec![(400, &["invalid_revision"])],
+        ),
+        json_case(
+            "compact negative",
+            "/v1/compact",
+            json!({"revision": -1}),
+            vec![BAD_REVISION],
+        ),
         // ----- routes and methods
         case("unknown route", Method::GET, "/v1/nope", vec![NOT_FOUND]),
-        case("unknown top-level route", Method::GET, "/nope", vec![NOT_FOUND]),
-        case("unknown route under /v1/leases", Method::GET, "/v1/leases/1/frob", vec![NOT_FOUND]),
-        case("POST on /v1/status", Method::POST, "/v1/status", vec![METHOD]),
+        case(
+            "unknown top-level route",
+            Method::GET,
+            "/nope",
+            vec![NOT_FOUND],
+        ),
+        case(
+            "unknown route under /v1/leases",
+            Method::GET,
+            "/v1/leases/1/frob",
+            vec![NOT_FOUND],
+        ),
+        case(
+            "POST on /v1/status",
+            Method::POST,
+            "/v1/status",
+            vec![METHOD],
+        ),
         case("POST on /health", Method::POST, "/health", vec![METHOD]),
         case("PATCH on a key", Method::PATCH, "/v1/kv/q", vec![METHOD]),
         case("PUT on the list route", Method::PUT, "/v1/kv", vec![METHOD]),
         case("GET on /v1/txn", Method::GET, "/v1/txn", vec![METHOD]),
-        case("DELETE on /v1/watch", Method::DELETE, "/v1/watch", vec![METHOD]),
-        case("PUT on /v1/compact", Method::PUT, "/v1/compact", vec![METHOD]),
+        case(
+            "DELETE on /v1/watch",
+            Method::DELETE,
+            "/v1/watch",
+            vec![METHOD],
+        ),
+        case(
+            "PUT on /v1/compact",
+            Method::PUT,
+            "/v1/compact",
+            vec![METHOD],
+        ),
     ]
 }
 
@@ -299,7 +576,9 @@ async fn hostile_input_is_rejected_and_the_node_survives() {
 
     let mut failures = Vec::new();
     for case in cases() {
-        let mut request = node.request(case.method.clone(), &case.path).body(case.body.clone());
+        let mut request = node
+            .request(case.method.clone(), &case.path)
+            .body(case.body.clone());
         if let Some(content_type) = case.content_type {
             request = request.header("content-type", content_type);
         }
@@ -311,7 +590,12 @@ async fn hostile_input_is_rejected_and_the_node_survives() {
             }
         };
         if let Err(problem) = error_matches(&reply, &case.expect) {
-            failures.push(format!("{} ({} {}): {problem}", case.name, case.method, short(&case.path)));
+            failures.push(format!(
+                "{} ({} {}): {problem}",
+                case.name,
+                case.method,
+                short(&case.path)
+            ));
         }
     }
     assert!(
@@ -325,7 +609,11 @@ async fn hostile_input_is_rejected_and_the_node_survives() {
     // Nothing crashed, nothing was written.
     let health = node.get_path("/health").await.ok();
     assert_eq!(health["status"], json!("ok"));
-    assert_eq!(node.revision().await, revision, "rejected requests must not write");
+    assert_eq!(
+        node.revision().await,
+        revision,
+        "rejected requests must not write"
+    );
     let keys: Vec<String> = node
         .list_all("")
         .await

@@ -12,13 +12,17 @@ fn current(body: &Value) -> &Value {
 async fn if_revision_zero_is_create_only() {
     let node = Node::start().await;
 
-    let reply = node.put_with("cfg/leader", b"node-a", &[("if_revision", "0")]).await;
+    let reply = node
+        .put_with("cfg/leader", b"node-a", &[("if_revision", "0")])
+        .await;
     let body = reply.ok();
     let r1 = num(&body, "/revision");
     assert_eq!(num(&body, "/kv/create_revision"), r1);
     assert_eq!(num(&body, "/kv/version"), 1);
 
-    let reply = node.put_with("cfg/leader", b"node-b", &[("if_revision", "0")]).await;
+    let reply = node
+        .put_with("cfg/leader", b"node-b", &[("if_revision", "0")])
+        .await;
     let body = assert_error(&reply, 409, "compare_failed");
     let current = current(&body);
     assert_eq!(text(current, "/key"), "cfg/leader");
@@ -32,7 +36,9 @@ async fn if_revision_zero_is_create_only() {
 
     // After a delete, create-only succeeds again.
     node.delete("cfg/leader").await;
-    let reply = node.put_with("cfg/leader", b"node-c", &[("if_revision", "0")]).await;
+    let reply = node
+        .put_with("cfg/leader", b"node-c", &[("if_revision", "0")])
+        .await;
     assert_eq!(num(&reply.ok(), "/revision"), r1 + 2);
 }
 
@@ -42,7 +48,9 @@ async fn update_with_current_and_stale_mod_revision() {
     let r1 = node.put_rev("cas/key", b"v1").await;
 
     let r1s = r1.to_string();
-    let reply = node.put_with("cas/key", b"v2", &[("if_revision", &r1s)]).await;
+    let reply = node
+        .put_with("cas/key", b"v2", &[("if_revision", &r1s)])
+        .await;
     let body = reply.ok();
     let r2 = num(&body, "/revision");
     assert_eq!(r2, r1 + 1);
@@ -50,7 +58,9 @@ async fn update_with_current_and_stale_mod_revision() {
     assert_eq!(num(&body, "/prev_kv/mod_revision"), r1);
 
     // r1 is stale now.
-    let reply = node.put_with("cas/key", b"v3", &[("if_revision", &r1s)]).await;
+    let reply = node
+        .put_with("cas/key", b"v3", &[("if_revision", &r1s)])
+        .await;
     let body = assert_error(&reply, 409, "compare_failed");
     assert_eq!(num(current(&body), "/mod_revision"), r2);
     assert_eq!(num(current(&body), "/version"), 2);
@@ -58,9 +68,14 @@ async fn update_with_current_and_stale_mod_revision() {
     assert_eq!(node.revision().await, r2);
 
     // A compare on a key that does not exist: `current` is null.
-    let reply = node.put_with("cas/missing", b"x", &[("if_revision", "5")]).await;
+    let reply = node
+        .put_with("cas/missing", b"x", &[("if_revision", "5")])
+        .await;
     let body = assert_error(&reply, 409, "compare_failed");
-    assert!(current(&body).is_null(), "current of a missing key is null: {body}");
+    assert!(
+        current(&body).is_null(),
+        "current of a missing key is null: {body}"
+    );
     assert_eq!(node.get("cas/missing").await.0, StatusCode::NOT_FOUND);
     assert_eq!(node.revision().await, r2);
 }
@@ -72,14 +87,18 @@ async fn delete_with_if_revision() {
     let r2 = node.put_rev("del/key", b"v2").await;
 
     let stale = r1.to_string();
-    let reply = node.delete_with("del/key", &[("if_revision", &stale)]).await;
+    let reply = node
+        .delete_with("del/key", &[("if_revision", &stale)])
+        .await;
     let body = assert_error(&reply, 409, "compare_failed");
     assert_eq!(num(current(&body), "/mod_revision"), r2);
     assert_eq!(kv_value(&node.get_kv("del/key").await), b"v2");
     assert_eq!(node.revision().await, r2);
 
     let fresh = r2.to_string();
-    let reply = node.delete_with("del/key", &[("if_revision", &fresh)]).await;
+    let reply = node
+        .delete_with("del/key", &[("if_revision", &fresh)])
+        .await;
     let body = reply.ok();
     assert_eq!(num(&body, "/deleted"), 1);
     assert_eq!(num(&body, "/revision"), r2 + 1);
@@ -123,7 +142,10 @@ async fn txn_success_branch_runs_every_op_kind() {
     assert_eq!(kv_value(&results[2]["get"]["kv"]), b"read me");
     assert_eq!(text(&results[2], "/get/kv/key"), "t/c");
     assert_eq!(num(&results[3], "/delete/deleted"), 2);
-    assert!(results[4]["get"]["kv"].is_null(), "get of a missing key: {body}");
+    assert!(
+        results[4]["get"]["kv"].is_null(),
+        "get of a missing key: {body}"
+    );
     assert_eq!(num(&results[5], "/put/kv/create_revision"), rev);
 
     assert_eq!(kv_value(&node.get_kv("t/a").await), b"2");
@@ -177,32 +199,107 @@ async fn txn_compare_targets_and_operators() {
     assert!(m > c + 1);
 
     let cases: Vec<(Value, bool)> = vec![
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": "=", "value": m}), true),
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": "=", "value": c}), false),
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": "!=", "value": c}), true),
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": "!=", "value": m}), false),
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": "<", "value": m + 1}), true),
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": "<", "value": m}), false),
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": ">", "value": m - 1}), true),
-        (json!({"key": "cmp/k", "target": "mod_revision", "op": ">", "value": m}), false),
-        (json!({"key": "cmp/k", "target": "create_revision", "op": "=", "value": c}), true),
-        (json!({"key": "cmp/k", "target": "create_revision", "op": "=", "value": m}), false),
-        (json!({"key": "cmp/k", "target": "create_revision", "op": "<", "value": m}), true),
-        (json!({"key": "cmp/k", "target": "create_revision", "op": ">", "value": c}), false),
-        (json!({"key": "cmp/k", "target": "version", "op": "=", "value": 3}), true),
-        (json!({"key": "cmp/k", "target": "version", "op": "!=", "value": 3}), false),
-        (json!({"key": "cmp/k", "target": "version", "op": ">", "value": 2}), true),
-        (json!({"key": "cmp/k", "target": "version", "op": "<", "value": 3}), false),
-        (json!({"key": "cmp/k", "target": "value", "op": "=", "value": b64(b"abc")}), true),
-        (json!({"key": "cmp/k", "target": "value", "op": "=", "value": b64(b"abd")}), false),
-        (json!({"key": "cmp/k", "target": "value", "op": "!=", "value": b64(b"first")}), true),
-        (json!({"key": "cmp/k", "target": "value", "op": "!=", "value": b64(b"abc")}), false),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": "=", "value": m}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": "=", "value": c}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": "!=", "value": c}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": "!=", "value": m}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": "<", "value": m + 1}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": "<", "value": m}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": ">", "value": m - 1}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "mod_revision", "op": ">", "value": m}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "create_revision", "op": "=", "value": c}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "create_revision", "op": "=", "value": m}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "create_revision", "op": "<", "value": m}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "create_revision", "op": ">", "value": c}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "version", "op": "=", "value": 3}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "version", "op": "!=", "value": 3}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "version", "op": ">", "value": 2}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "version", "op": "<", "value": 3}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "value", "op": "=", "value": b64(b"abc")}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "value", "op": "=", "value": b64(b"abd")}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "value", "op": "!=", "value": b64(b"first")}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/k", "target": "value", "op": "!=", "value": b64(b"abc")}),
+            false,
+        ),
         // A missing key has 0 for every revision target.
-        (json!({"key": "cmp/none", "target": "mod_revision", "op": "=", "value": 0}), true),
-        (json!({"key": "cmp/none", "target": "create_revision", "op": "=", "value": 0}), true),
-        (json!({"key": "cmp/none", "target": "version", "op": "=", "value": 0}), true),
-        (json!({"key": "cmp/none", "target": "version", "op": ">", "value": 0}), false),
-        (json!({"key": "cmp/none", "target": "mod_revision", "op": "<", "value": 1}), true),
+        (
+            json!({"key": "cmp/none", "target": "mod_revision", "op": "=", "value": 0}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/none", "target": "create_revision", "op": "=", "value": 0}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/none", "target": "version", "op": "=", "value": 0}),
+            true,
+        ),
+        (
+            json!({"key": "cmp/none", "target": "version", "op": ">", "value": 0}),
+            false,
+        ),
+        (
+            json!({"key": "cmp/none", "target": "mod_revision", "op": "<", "value": 1}),
+            true,
+        ),
     ];
 
     let before = node.revision().await;
@@ -215,7 +312,11 @@ async fn txn_compare_targets_and_operators() {
             }))
             .await;
         let body = reply.ok();
-        assert_eq!(body["succeeded"], json!(holds), "compare {compare} should be {holds}: {body}");
+        assert_eq!(
+            body["succeeded"],
+            json!(holds),
+            "compare {compare} should be {holds}: {body}"
+        );
         if *holds {
             assert_eq!(kv_value(&body["results"][0]["get"]["kv"]), b"abc");
         } else {
@@ -226,7 +327,11 @@ async fn txn_compare_targets_and_operators() {
     assert_eq!(node.revision().await, before);
 
     // All compares must hold: every true compare plus one false one fails.
-    let all_true: Vec<Value> = cases.iter().filter(|(_, h)| *h).map(|(c, _)| c.clone()).collect();
+    let all_true: Vec<Value> = cases
+        .iter()
+        .filter(|(_, h)| *h)
+        .map(|(c, _)| c.clone())
+        .collect();
     let reply = node
         .txn(&json!({"compare": all_true, "success": [{"get": {"key": "cmp/k"}}], "failure": []}))
         .await;

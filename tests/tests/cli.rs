@@ -32,7 +32,10 @@ async fn read_lines(reader: &mut StdoutLines, count: usize) -> Vec<String> {
     let mut lines = Vec::new();
     while lines.len() < count {
         match tokio::time::timeout_at(deadline, reader.next_line()).await {
-            Err(_) => panic!("timed out after {} of {count} lines: {lines:?}", lines.len()),
+            Err(_) => panic!(
+                "timed out after {} of {count} lines: {lines:?}",
+                lines.len()
+            ),
             Ok(Ok(Some(line))) if line.trim().is_empty() => {}
             Ok(Ok(Some(line))) => lines.push(line),
             Ok(Ok(None)) => panic!("the command closed stdout after {lines:?}"),
@@ -61,7 +64,9 @@ async fn put_then_get() {
     assert_raw_output(&out, b"hello");
 
     // Keys with slashes and spaces go through unharmed.
-    node.run_cli(&["put", "a/b c/d", "spaced"]).await.assert_success();
+    node.run_cli(&["put", "a/b c/d", "spaced"])
+        .await
+        .assert_success();
     assert_eq!(kv_value(&node.get_kv("a/b c/d").await), b"spaced");
 }
 
@@ -74,7 +79,11 @@ async fn json_get_prints_base64() {
     let doc: Value = serde_json::from_str(out.stdout_text().trim())
         .unwrap_or_else(|e| panic!("--json get printed non-JSON ({e}): {}", out.stdout_text()));
     // Either the kv object itself or the API's {"revision", "kv"} reply.
-    let kv = if doc.get("kv").is_some() { &doc["kv"] } else { &doc };
+    let kv = if doc.get("kv").is_some() {
+        &doc["kv"]
+    } else {
+        &doc
+    };
     assert_eq!(text(kv, "/key"), "j/k");
     assert_eq!(kv_value(kv), b"\x00binary\xff");
     assert_eq!(num(kv, "/mod_revision"), rev);
@@ -87,8 +96,15 @@ async fn put_reads_the_value_from_stdin() {
         .run_cli_stdin(&["put", "stdin/text"], b"line one\nline two")
         .await;
     out.assert_success();
-    assert!(out.stdout_text().starts_with("OK revision "), "{}", out.stdout_text());
-    assert_eq!(kv_value(&node.get_kv("stdin/text").await), b"line one\nline two");
+    assert!(
+        out.stdout_text().starts_with("OK revision "),
+        "{}",
+        out.stdout_text()
+    );
+    assert_eq!(
+        kv_value(&node.get_kv("stdin/text").await),
+        b"line one\nline two"
+    );
 
     let all_bytes: Vec<u8> = (0..=255u8).collect();
     node.run_cli_stdin(&["put", "stdin/bin"], &all_bytes)
@@ -146,7 +162,9 @@ async fn put_with_if_revision_and_lease() {
     node.run_cli(&["put", "lock", "me", "--if-revision", "0"])
         .await
         .assert_success();
-    let out = node.run_cli(&["put", "lock", "you", "--if-revision", "0"]).await;
+    let out = node
+        .run_cli(&["put", "lock", "you", "--if-revision", "0"])
+        .await;
     out.assert_clean_failure();
     assert_eq!(kv_value(&node.get_kv("lock").await), b"me");
 
@@ -190,7 +208,11 @@ async fn history_and_rollback() {
     out.assert_success();
     let found = numbers(&out.stdout_text());
     for rev in [r1, r2, r3] {
-        assert!(found.contains(&rev), "history lacks revision {rev}:\n{}", out.stdout_text());
+        assert!(
+            found.contains(&rev),
+            "history lacks revision {rev}:\n{}",
+            out.stdout_text()
+        );
     }
     assert!(out.lines().len() >= 3, "{}", out.stdout_text());
 
@@ -198,7 +220,11 @@ async fn history_and_rollback() {
     out.assert_success();
     let found = numbers(&out.stdout_text());
     assert!(found.contains(&r3), "{}", out.stdout_text());
-    assert!(!found.contains(&r1), "--limit 1 shows only the newest:\n{}", out.stdout_text());
+    assert!(
+        !found.contains(&r1),
+        "--limit 1 shows only the newest:\n{}",
+        out.stdout_text()
+    );
 
     let out = node.run_cli(&["rollback", "h", &r1.to_string()]).await;
     out.assert_success();
@@ -206,7 +232,9 @@ async fn history_and_rollback() {
     assert_eq!(kv_value(&kv), b"first");
     assert_eq!(num(&kv, "/mod_revision"), r3 + 1);
 
-    node.run_cli(&["history", "nope"]).await.assert_clean_failure();
+    node.run_cli(&["history", "nope"])
+        .await
+        .assert_clean_failure();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -222,9 +250,7 @@ async fn watch_json_prints_one_batch_per_line() {
     let lines = read_lines(&mut out, 3).await;
     let batches: Vec<Value> = lines
         .iter()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-        })
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect();
     assert_eq!(
         changes(&batches),
@@ -270,7 +296,12 @@ async fn endpoint_from_environment() {
     let node = Node::start().await;
     node.put("envkey", b"from env").await;
     let endpoint = node.endpoint();
-    let out = run_shoal(&["kv", "get", "envkey"], None, &[("SHOAL_ENDPOINT", &endpoint)]).await;
+    let out = run_shoal(
+        &["kv", "get", "envkey"],
+        None,
+        &[("SHOAL_ENDPOINT", &endpoint)],
+    )
+    .await;
     out.assert_success();
     assert_raw_output(&out, b"from env");
 }
@@ -293,7 +324,15 @@ async fn errors_are_readable_not_panics() {
     let node = Node::start().await;
     let out = node.run_cli(&["get", "missing"]).await;
     out.assert_clean_failure();
-    assert!(out.stdout.is_empty(), "no value printed for a missing key: {}", out.stdout_text());
-    node.run_cli(&["get", "bad\u{1}key"]).await.assert_clean_failure();
-    node.run_cli(&["rollback", "missing", "abc"]).await.assert_clean_failure();
+    assert!(
+        out.stdout.is_empty(),
+        "no value printed for a missing key: {}",
+        out.stdout_text()
+    );
+    node.run_cli(&["get", "bad\u{1}key"])
+        .await
+        .assert_clean_failure();
+    node.run_cli(&["rollback", "missing", "abc"])
+        .await
+        .assert_clean_failure();
 }

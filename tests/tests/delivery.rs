@@ -192,7 +192,10 @@ async fn messages_until(stream: &mut Subscriber, last: &Value) -> Vec<Value> {
 /// subscribed to `pattern` (interest travels by gossip).
 async fn wait_interest(cluster: &Cluster, publisher: usize, subscriber: usize, pattern: &str) {
     let owner = cluster.node_id(subscriber).await;
-    cluster.node(publisher).wait_interest(owner, pattern, None, 1).await;
+    cluster
+        .node(publisher)
+        .wait_interest(owner, pattern, None, 1)
+        .await;
 }
 
 fn header<'a>(envelope: &'a Value, name: &str) -> Option<&'a str> {

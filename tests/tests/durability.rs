@@ -37,7 +37,11 @@ async fn acknowledged_writes_survive_kill9() {
     node.restart().await;
 
     let after = node.status().await;
-    assert_eq!(num(&after, "/revision"), revision, "revision after restart: {after}");
+    assert_eq!(
+        num(&after, "/revision"),
+        revision,
+        "revision after restart: {after}"
+    );
 
     let listed = node.list_all("dur/").await;
     assert_eq!(listed.len(), 200);
@@ -63,7 +67,9 @@ async fn acknowledged_writes_survive_kill9() {
     assert_eq!(node.keepalive(lease).await.status, StatusCode::OK);
 
     // A watch from revision 1 replays every put.
-    let mut watch = node.watch(&[("prefix", "dur/"), ("from_revision", "1")], None).await;
+    let mut watch = node
+        .watch(&[("prefix", "dur/"), ("from_revision", "1")], None)
+        .await;
     let max_rev = acked.iter().map(|(_, _, rev)| *rev).max().expect("writes");
     let batches = watch.events_through(max_rev, T).await;
     let mut by_revision = acked.clone();
@@ -149,8 +155,15 @@ async fn snapshots_and_log_purge_survive_kill9() {
 
     let after = full_state(&node).await;
     assert_eq!(after.0, before.0, "revision after restart");
-    assert_eq!(after.1.len(), before.1.len(), "number of keys after restart");
-    assert_eq!(after.1, before.1, "every key, value and revision after restart");
+    assert_eq!(
+        after.1.len(),
+        before.1.len(),
+        "number of keys after restart"
+    );
+    assert_eq!(
+        after.1, before.1,
+        "every key, value and revision after restart"
+    );
     assert_eq!(after.2, before.2, "histories after restart");
 
     let restarted = node.status().await;

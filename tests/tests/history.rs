@@ -40,7 +40,11 @@ async fn history_is_newest_first_and_includes_deletes() {
     let body = node.get_path("/v1/history/h/key").await.ok();
     assert_eq!(text(&body, "/key"), key);
     assert_eq!(num(&body, "/revision"), current);
-    assert_eq!(num(&body, "/compact_revision"), 0, "nothing compacted: {body}");
+    assert_eq!(
+        num(&body, "/compact_revision"),
+        0,
+        "nothing compacted: {body}"
+    );
     assert_eq!(
         entries(&body),
         vec![put(r4, b"v3"), del(r3), put(r2, b"v2"), put(r1, b"v1")]
@@ -50,7 +54,11 @@ async fn history_is_newest_first_and_includes_deletes() {
         assert_eq!(text(entry, "/kv/key"), key);
     }
     // Metadata as of each write.
-    assert_eq!(num(&history[0], "/kv/version"), 1, "re-created key starts at version 1");
+    assert_eq!(
+        num(&history[0], "/kv/version"),
+        1,
+        "re-created key starts at version 1"
+    );
     assert_eq!(num(&history[0], "/kv/create_revision"), r4);
     assert_eq!(num(&history[2], "/kv/version"), 2);
     assert_eq!(num(&history[2], "/kv/create_revision"), r1);
@@ -75,11 +83,17 @@ async fn history_limit_and_before() {
     }
 
     let body = node.get_path("/v1/history/hl?limit=2").await.ok();
-    assert_eq!(entries(&body), vec![put(revs[5], b"v6"), put(revs[4], b"v5")]);
+    assert_eq!(
+        entries(&body),
+        vec![put(revs[5], b"v6"), put(revs[4], b"v5")]
+    );
 
     let path = format!("/v1/history/hl?before={}", revs[2]);
     let body = node.get_path(&path).await.ok();
-    assert_eq!(entries(&body), vec![put(revs[1], b"v2"), put(revs[0], b"v1")]);
+    assert_eq!(
+        entries(&body),
+        vec![put(revs[1], b"v2"), put(revs[0], b"v1")]
+    );
 
     let path = format!("/v1/history/hl?before={}&limit=1", revs[4]);
     let body = node.get_path(&path).await.ok();
@@ -95,7 +109,9 @@ async fn rollback_writes_the_old_value_as_a_new_revision() {
     let unrelated = node.put_rev("rb/unrelated", b"x").await;
     let r3 = node.put_rev(key, b"broken").await;
 
-    let reply = node.post_json("/v1/rollback/rb/key", &json!({"revision": r1})).await;
+    let reply = node
+        .post_json("/v1/rollback/rb/key", &json!({"revision": r1}))
+        .await;
     let body = reply.ok();
     let r4 = num(&body, "/revision");
     assert_eq!(r4, r3 + 1, "a rollback is a new write");
@@ -133,7 +149,9 @@ async fn rollback_to_before_the_key_existed_deletes_it() {
     let node = Node::start().await;
     let before = node.put_rev("rbd/other", b"x").await;
     node.put("rbd/key", b"new").await;
-    let reply = node.post_json("/v1/rollback/rbd/key", &json!({"revision": before})).await;
+    let reply = node
+        .post_json("/v1/rollback/rbd/key", &json!({"revision": before}))
+        .await;
     let body = reply.ok();
     assert_eq!(num(&body, "/revision"), before + 2);
     assert_eq!(node.get("rbd/key").await.0, StatusCode::NOT_FOUND);
@@ -154,7 +172,11 @@ async fn rollback_restores_a_deleted_key() {
         .ok();
     let r = num(&body, "/revision");
     assert_eq!(r, rd + 1);
-    assert_eq!(num(&body, "/kv/create_revision"), r, "a restored key starts a new life");
+    assert_eq!(
+        num(&body, "/kv/create_revision"),
+        r,
+        "a restored key starts a new life"
+    );
     assert_eq!(num(&body, "/kv/version"), 1);
     let kv = node.get_kv("undo/key").await;
     assert_eq!(kv_value(&kv), b"precious");
@@ -166,9 +188,13 @@ async fn rolled_back_key_has_no_lease() {
     let node = Node::start().await;
     let r1 = node.put_rev("rbl/key", b"plain").await;
     let lease = node.grant_lease(60).await;
-    node.put_with("rbl/key", b"leased", &[("lease", lease.to_string().as_str())])
-        .await
-        .ok();
+    node.put_with(
+        "rbl/key",
+        b"leased",
+        &[("lease", lease.to_string().as_str())],
+    )
+    .await
+    .ok();
     assert_eq!(num(&node.get_kv("rbl/key").await, "/lease"), lease);
 
     let body = node
@@ -187,9 +213,13 @@ async fn rolled_back_key_has_no_lease() {
 async fn rollback_to_a_future_revision_is_invalid() {
     let node = Node::start().await;
     let rev = node.put_rev("fut", b"v").await;
-    let reply = node.post_json("/v1/rollback/fut", &json!({"revision": rev + 100})).await;
+    let reply = node
+        .post_json("/v1/rollback/fut", &json!({"revision": rev + 100}))
+        .await;
     assert_error(&reply, 400, "invalid_revision");
-    let reply = node.post_json("/v1/rollback/fut", &json!({"revision": -1})).await;
+    let reply = node
+        .post_json("/v1/rollback/fut", &json!({"revision": -1}))
+        .await;
     assert!(
         error_matches(&reply, &[(400, &["invalid_revision", "bad_request"])]).is_ok(),
         "negative rollback revision: {}",
@@ -207,6 +237,8 @@ async fn unknown_key_has_no_history() {
     assert_error(&reply, 404, "key_not_found");
     let reply = node.get_path("/v1/history/know").await;
     assert_error(&reply, 404, "key_not_found");
-    let reply = node.post_json("/v1/rollback/unknown", &json!({"revision": 1})).await;
+    let reply = node
+        .post_json("/v1/rollback/unknown", &json!({"revision": 1}))
+        .await;
     assert_error(&reply, 404, "key_not_found");
 }

@@ -63,7 +63,10 @@ async fn binary_values_round_trip() {
     // Not valid UTF-8, and NUL bytes in the middle.
     let invalid_utf8 = b"\xff\xfe\x00\x00\xc3\x28\x00end".to_vec();
     node.put("bin/invalid-utf8", &invalid_utf8).await;
-    assert_eq!(kv_value(&node.get_kv("bin/invalid-utf8").await), invalid_utf8);
+    assert_eq!(
+        kv_value(&node.get_kv("bin/invalid-utf8").await),
+        invalid_utf8
+    );
 
     // The empty value is a value, not a missing key.
     node.put("bin/empty", b"").await;
@@ -127,8 +130,17 @@ async fn revisions_increase_by_one_per_write() {
             continue; // deleting nothing makes no revision
         }
         expected += 1;
-        assert_eq!(num(&reply.body, "/revision"), expected, "write {i}: {}", reply.describe());
-        assert_eq!(reply.revision_header(), Some(expected), "header of write {i}");
+        assert_eq!(
+            num(&reply.body, "/revision"),
+            expected,
+            "write {i}: {}",
+            reply.describe()
+        );
+        assert_eq!(
+            reply.revision_header(),
+            Some(expected),
+            "header of write {i}"
+        );
     }
     assert_eq!(node.revision().await, expected);
 }
@@ -141,7 +153,11 @@ async fn create_mod_revision_and_version_semantics() {
     let r1 = node.put_rev(key, b"one").await;
     let kv = node.get_kv(key).await;
     assert_eq!(
-        (num(&kv, "/create_revision"), num(&kv, "/mod_revision"), num(&kv, "/version")),
+        (
+            num(&kv, "/create_revision"),
+            num(&kv, "/mod_revision"),
+            num(&kv, "/version")
+        ),
         (r1, r1, 1)
     );
 
@@ -150,7 +166,11 @@ async fn create_mod_revision_and_version_semantics() {
     assert_eq!((r2, r3), (r1 + 1, r1 + 2));
     let kv = node.get_kv(key).await;
     assert_eq!(
-        (num(&kv, "/create_revision"), num(&kv, "/mod_revision"), num(&kv, "/version")),
+        (
+            num(&kv, "/create_revision"),
+            num(&kv, "/mod_revision"),
+            num(&kv, "/version")
+        ),
         (r1, r3, 3)
     );
     assert_eq!(kv_value(&kv), b"three");
@@ -168,10 +188,17 @@ async fn create_mod_revision_and_version_semantics() {
     let put = node.put(key, b"reborn").await;
     let r6 = num(&put, "/revision");
     assert_eq!(r6, r4 + 2);
-    assert!(put["prev_kv"].is_null(), "re-creation has no prev_kv: {put}");
+    assert!(
+        put["prev_kv"].is_null(),
+        "re-creation has no prev_kv: {put}"
+    );
     let kv = node.get_kv(key).await;
     assert_eq!(
-        (num(&kv, "/create_revision"), num(&kv, "/mod_revision"), num(&kv, "/version")),
+        (
+            num(&kv, "/create_revision"),
+            num(&kv, "/mod_revision"),
+            num(&kv, "/version")
+        ),
         (r6, r6, 1)
     );
 }
@@ -214,9 +241,11 @@ async fn revision_header_on_reads_and_writes() {
 fn page_keys() -> Vec<String> {
     let mut keys: Vec<String> = (0..18).map(|i| format!("page/k{i}")).collect();
     keys.extend(
-        ["page/A", "page/a", "page/B", "page/_", "page/é", "page/z", "page/Z"]
-            .iter()
-            .map(|k| k.to_string()),
+        [
+            "page/A", "page/a", "page/B", "page/_", "page/é", "page/z", "page/Z",
+        ]
+        .iter()
+        .map(|k| k.to_string()),
     );
     assert_eq!(keys.len(), 25);
     keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -258,11 +287,18 @@ async fn list_by_prefix_paginates_in_byte_order() {
         }
         if page["more"] == json!(true) {
             let next = text(&page, "/next_after").to_string();
-            assert_eq!(Some(&next), seen.last(), "next_after is the page's last key");
+            assert_eq!(
+                Some(&next),
+                seen.last(),
+                "next_after is the page's last key"
+            );
             after = Some(next);
         } else {
             assert_eq!(page["more"], json!(false), "{page}");
-            assert!(page["next_after"].is_null(), "last page has next_after null: {page}");
+            assert!(
+                page["next_after"].is_null(),
+                "last page has next_after null: {page}"
+            );
             after = None;
         }
     }
@@ -292,7 +328,10 @@ async fn list_by_prefix_paginates_in_byte_order() {
         .iter()
         .map(|kv| text(kv, "/key"))
         .collect();
-    let start = keys.iter().position(|k| k.as_str() > "page/k16~").expect("a later key");
+    let start = keys
+        .iter()
+        .position(|k| k.as_str() > "page/k16~")
+        .expect("a later key");
     let expected: Vec<&str> = keys[start..].iter().take(3).map(String::as_str).collect();
     assert_eq!(listed, expected);
 }
@@ -303,10 +342,7 @@ async fn list_all_keys_with_empty_prefix() {
     for key in ["b", "a/1", "c/x/y", "a"] {
         node.put(key, key.as_bytes()).await;
     }
-    let all: Vec<String> = node
-        .list(&[])
-        .await
-        .body["kvs"]
+    let all: Vec<String> = node.list(&[]).await.body["kvs"]
         .as_array()
         .expect("kvs")
         .iter()
@@ -354,21 +390,35 @@ async fn prefix_is_a_namespace_and_delete_prefix() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(keys_under("prod/").await, vec!["prod/a", "prod/b", "prod/sub/c"]);
+    assert_eq!(
+        keys_under("prod/").await,
+        vec!["prod/a", "prod/b", "prod/sub/c"]
+    );
     assert_eq!(keys_under("prod2/").await, vec!["prod2/a"]);
-    assert_eq!(keys_under("prod").await, vec!["prod", "prod/a", "prod/b", "prod/sub/c", "prod2/a"]);
+    assert_eq!(
+        keys_under("prod").await,
+        vec!["prod", "prod/a", "prod/b", "prod/sub/c", "prod2/a"]
+    );
 
     let before = node.revision().await;
     let reply = node.delete_with("prod/", &[("prefix", "true")]).await;
     let body = reply.ok();
     assert_eq!(num(&body, "/deleted"), 3);
-    assert_eq!(num(&body, "/revision"), before + 1, "a prefix delete is one revision");
+    assert_eq!(
+        num(&body, "/revision"),
+        before + 1,
+        "a prefix delete is one revision"
+    );
     assert_eq!(node.revision().await, before + 1);
 
     assert!(keys_under("prod/").await.is_empty());
     assert_eq!(keys_under("").await, vec!["pro", "prod", "prod2/a"]);
     for key in ["prod/a", "prod/b", "prod/sub/c"] {
-        assert_eq!(node.get(key).await.0, StatusCode::NOT_FOUND, "{key} is deleted");
+        assert_eq!(
+            node.get(key).await.0,
+            StatusCode::NOT_FOUND,
+            "{key} is deleted"
+        );
     }
 
     // Without prefix=true, "prod" deletes only the key "prod".
@@ -385,7 +435,11 @@ async fn delete_of_missing_key_creates_no_revision() {
     let reply = node.delete_with("absent", &[]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
     assert_eq!(num(&reply.body, "/deleted"), 0);
-    assert_eq!(num(&reply.body, "/revision"), r1, "a no-op delete reports the current revision");
+    assert_eq!(
+        num(&reply.body, "/revision"),
+        r1,
+        "a no-op delete reports the current revision"
+    );
     let reply = node.delete_with("nothing/", &[("prefix", "true")]).await;
     assert_eq!(num(&reply.body, "/deleted"), 0, "{}", reply.describe());
 
@@ -399,10 +453,16 @@ async fn stale_reads_work() {
     let rev = node.put_rev("stale/key", b"value").await;
 
     // A stale read may lag, but on a single node it catches up quickly.
-    let kv = eventually(Duration::from_secs(5), "stale read sees the write", || async {
-        let reply = node.get_with("stale/key", &[("consistency", "stale")]).await;
-        (reply.status == StatusCode::OK).then(|| reply.body["kv"].clone())
-    })
+    let kv = eventually(
+        Duration::from_secs(5),
+        "stale read sees the write",
+        || async {
+            let reply = node
+                .get_with("stale/key", &[("consistency", "stale")])
+                .await;
+            (reply.status == StatusCode::OK).then(|| reply.body["kv"].clone())
+        },
+    )
     .await;
     assert_eq!(kv_value(&kv), b"value");
     assert_eq!(num(&kv, "/mod_revision"), rev);
@@ -418,7 +478,9 @@ async fn stale_reads_work() {
         .body;
     assert_eq!(page["kvs"].as_array().map(Vec::len), Some(1), "{page}");
 
-    let reply = node.get_with("stale/missing", &[("consistency", "stale")]).await;
+    let reply = node
+        .get_with("stale/missing", &[("consistency", "stale")])
+        .await;
     assert_error(&reply, 404, "key_not_found");
 }
 

@@ -29,20 +29,31 @@ async fn grant_attach_and_inspect() {
         .await
         .ok();
     let lease = num(&body, "/id");
-    assert!(lease > 0, "lease ids are non-zero (0 means no lease): {body}");
+    assert!(
+        lease > 0,
+        "lease ids are non-zero (0 means no lease): {body}"
+    );
     assert_eq!(num(&body, "/ttl_seconds"), 30);
 
     let info = lease_info(&node, lease).await.ok();
     assert_eq!(num(&info, "/id"), lease);
     assert_eq!(num(&info, "/ttl_seconds"), 30);
     let remaining = num(&info, "/remaining_ms");
-    assert!(remaining > 0 && remaining <= 30_000, "remaining_ms {remaining}");
+    assert!(
+        remaining > 0 && remaining <= 30_000,
+        "remaining_ms {remaining}"
+    );
     assert_eq!(sorted_keys(&info["keys"]), Vec::<String>::new());
 
     let id = lease.to_string();
-    let put = node.put_with("svc/a", b"10.0.0.1", &[("lease", &id)]).await.ok();
+    let put = node
+        .put_with("svc/a", b"10.0.0.1", &[("lease", &id)])
+        .await
+        .ok();
     assert_eq!(num(&put, "/kv/lease"), lease);
-    node.put_with("svc/b", b"10.0.0.2", &[("lease", &id)]).await.ok();
+    node.put_with("svc/b", b"10.0.0.2", &[("lease", &id)])
+        .await
+        .ok();
     // A txn put can attach to the lease too.
     let reply = node
         .txn(&json!({"compare": [], "success": [
@@ -94,15 +105,19 @@ async fn keys_vanish_after_ttl() {
     let present = node.list_all("eph/").await.len();
     assert_eq!(present, 3, "keys are present before the lease expires");
 
-    eventually(EXPIRY_DEADLINE, "leased keys deleted after the TTL", || async {
-        let keys: Vec<String> = node
-            .list_all("eph/")
-            .await
-            .iter()
-            .map(|kv| text(kv, "/key").to_string())
-            .collect();
-        (keys == vec!["eph/stays"]).then_some(())
-    })
+    eventually(
+        EXPIRY_DEADLINE,
+        "leased keys deleted after the TTL",
+        || async {
+            let keys: Vec<String> = node
+                .list_all("eph/")
+                .await
+                .iter()
+                .map(|kv| text(kv, "/key").to_string())
+                .collect();
+            (keys == vec!["eph/stays"]).then_some(())
+        },
+    )
     .await;
     // The server started the TTL after we sent the grant, so the keys cannot
     // have gone earlier than 2 s after that (less a little clock slack).
@@ -138,19 +153,33 @@ async fn keepalive_keeps_keys_alive() {
         assert_eq!(num(&body, "/id"), lease);
         assert_eq!(num(&body, "/ttl_seconds"), 1);
         let (status, got) = node.get("hb/worker").await;
-        assert_eq!(status, StatusCode::OK, "key expired despite keepalives after {:?}: {got}", started.elapsed());
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "key expired despite keepalives after {:?}: {got}",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let kv = node.get_kv("hb/worker").await;
     assert_eq!(kv_value(&kv), b"alive");
-    assert_eq!(num(&kv, "/version"), 1, "keepalive does not rewrite the key");
+    assert_eq!(
+        num(&kv, "/version"),
+        1,
+        "keepalive does not rewrite the key"
+    );
     let remaining = num(&lease_info(&node, lease).await.ok(), "/remaining_ms");
-    assert!(remaining <= 1000, "remaining_ms {remaining} exceeds the TTL");
+    assert!(
+        remaining <= 1000,
+        "remaining_ms {remaining} exceeds the TTL"
+    );
 
     // Once the keepalives stop, the key goes.
-    eventually(EXPIRY_DEADLINE, "key deleted once keepalives stop", || async {
-        (node.get("hb/worker").await.0 == StatusCode::NOT_FOUND).then_some(())
-    })
+    eventually(
+        EXPIRY_DEADLINE,
+        "key deleted once keepalives stop",
+        || async { (node.get("hb/worker").await.0 == StatusCode::NOT_FOUND).then_some(()) },
+    )
     .await;
 }
 
@@ -160,7 +189,10 @@ async fn revoke_deletes_keys() {
     let lease = node.grant_lease(60).await;
     let id = lease.to_string();
     node.put_with("rv/1", b"1", &[("lease", &id)]).await.ok();
-    let r = num(&node.put_with("rv/2", b"2", &[("lease", &id)]).await.ok(), "/revision");
+    let r = num(
+        &node.put_with("rv/2", b"2", &[("lease", &id)]).await.ok(),
+        "/revision",
+    );
     node.put("rv/3", b"3").await;
 
     let reply = node
@@ -168,7 +200,11 @@ async fn revoke_deletes_keys() {
         .await;
     let body = reply.ok();
     assert_eq!(num(&body, "/deleted"), 2);
-    assert_eq!(num(&body, "/revision"), r + 2, "revoke deletes the keys in one revision");
+    assert_eq!(
+        num(&body, "/revision"),
+        r + 2,
+        "revoke deletes the keys in one revision"
+    );
 
     let keys: Vec<String> = node
         .list_all("rv/")
@@ -189,7 +225,9 @@ async fn revoke_deletes_keys() {
 async fn put_with_unknown_lease_is_rejected() {
     let node = Node::start().await;
     let before = node.revision().await;
-    let reply = node.put_with("ul/key", b"v", &[("lease", "987654321")]).await;
+    let reply = node
+        .put_with("ul/key", b"v", &[("lease", "987654321")])
+        .await;
     assert_error(&reply, 404, "lease_not_found");
     let reply = node
         .txn(&json!({"compare": [], "success": [
@@ -208,12 +246,20 @@ async fn watch_sees_deletes_of_expired_lease_keys() {
     let node = Node::start().await;
     let lease = node.grant_lease(2).await;
     let id = lease.to_string();
-    let r1 = num(&node.put_with("lw/a", b"a", &[("lease", &id)]).await.ok(), "/revision");
-    let r2 = num(&node.put_with("lw/b", b"b", &[("lease", &id)]).await.ok(), "/revision");
+    let r1 = num(
+        &node.put_with("lw/a", b"a", &[("lease", &id)]).await.ok(),
+        "/revision",
+    );
+    let r2 = num(
+        &node.put_with("lw/b", b"b", &[("lease", &id)]).await.ok(),
+        "/revision",
+    );
     assert_eq!(r2, r1 + 1);
 
     let from = r1.to_string();
-    let mut watch = node.watch(&[("prefix", "lw/"), ("from_revision", &from)], None).await;
+    let mut watch = node
+        .watch(&[("prefix", "lw/"), ("from_revision", &from)], None)
+        .await;
     let batches = watch.events_through(r2, Duration::from_secs(5)).await;
     assert_eq!(
         changes(&batches),
@@ -225,6 +271,9 @@ async fn watch_sees_deletes_of_expired_lease_keys() {
     assert_eq!(rev, r2 + 1, "expiry is the next revision: {batch}");
     let mut got = changes(&[batch]);
     got.sort();
-    assert_eq!(got, vec![Change::delete(rev, "lw/a"), Change::delete(rev, "lw/b")]);
+    assert_eq!(
+        got,
+        vec![Change::delete(rev, "lw/a"), Change::delete(rev, "lw/b")]
+    );
     assert_eq!(node.revision().await, rev);
 }

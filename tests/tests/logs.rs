@@ -22,7 +22,12 @@ fn whole_second_now() -> i64 {
 #[track_caller]
 fn hit_with<'a>(hits: &'a [Value], message: &str) -> &'a Value {
     let found: Vec<&Value> = hits.iter().filter(|h| h["message"] == message).collect();
-    assert_eq!(found.len(), 1, "expected one hit {message:?} in {:?}", messages(hits));
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one hit {message:?} in {:?}",
+        messages(hits)
+    );
     found[0]
 }
 
@@ -49,7 +54,9 @@ async fn ingest_accepts_ndjson_arrays_text_and_gzip_and_reports_bad_records_one_
         json!({"@timestamp": rfc3339(t0 + MINUTE), "severity": "ERROR", "app": "payments",
                "msg": "payment failed", "user": "bob", "http": {"status": 502}}),
     );
-    let reply = node.ingest_raw("orders", "application/x-ndjson", body).await;
+    let reply = node
+        .ingest_raw("orders", "application/x-ndjson", body)
+        .await;
     let answer = reply.ok();
     assert_eq!(answer["stream"], "orders", "{answer}");
     assert_eq!(answer["accepted"], 2, "{answer}");
@@ -57,8 +64,16 @@ async fn ingest_accepts_ndjson_arrays_text_and_gzip_and_reports_bad_records_one_
     let errors = answer["errors"].as_array().expect("errors array");
     let indexes: Vec<u64> = errors.iter().map(|e| num(e, "/index")).collect();
     assert_eq!(indexes, vec![1, 2, 3, 4], "{answer}");
-    for (error, needle) in errors.iter().zip(["not JSON", "RFC 3339", "trace_id", "attributes must be a JSON object"]) {
-        assert!(text(error, "/error").contains(needle), "error {error} should mention {needle:?}");
+    for (error, needle) in errors.iter().zip([
+        "not JSON",
+        "RFC 3339",
+        "trace_id",
+        "attributes must be a JSON object",
+    ]) {
+        assert!(
+            text(error, "/error").contains(needle),
+            "error {error} should mention {needle:?}"
+        );
     }
 
     // A JSON array: a number in the middle is refused, the objects stored.
@@ -69,34 +84,70 @@ async fn ingest_accepts_ndjson_arrays_text_and_gzip_and_reports_bad_records_one_
         // Nanoseconds as a string keep every digit.
         {"date": (t0 + 4 * MINUTE + 123_456_789).to_string(), "message": "array three"},
     ]);
-    let answer = node.ingest_raw("orders", "application/json", array.to_string()).await.ok();
-    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(3), Some(1)), "{answer}");
+    let answer = node
+        .ingest_raw("orders", "application/json", array.to_string())
+        .await
+        .ok();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(3), Some(1)),
+        "{answer}"
+    );
     assert_eq!(answer["errors"][0]["index"], 1, "{answer}");
-    assert!(text(&answer, "/errors/0/error").contains("JSON object"), "{answer}");
+    assert!(
+        text(&answer, "/errors/0/error").contains("JSON object"),
+        "{answer}"
+    );
 
     // Plain text: one record per non-empty line, even if a line looks like JSON.
     let answer = node
-        .ingest_raw("orders", "text/plain; charset=utf-8", "plain line one\n{\"message\": \"plain two\"}\n\nplain line three\n")
+        .ingest_raw(
+            "orders",
+            "text/plain; charset=utf-8",
+            "plain line one\n{\"message\": \"plain two\"}\n\nplain line three\n",
+        )
         .await
         .ok();
-    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(3), Some(0)), "{answer}");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(3), Some(0)),
+        "{answer}"
+    );
 
     // Gzip-compressed NDJSON.
-    let compressed = gzip(ndjson(&[json!({"message": "gzip one"}), json!({"message": "gzip two"})]).as_bytes());
+    let compressed = gzip(
+        ndjson(&[
+            json!({"message": "gzip one"}),
+            json!({"message": "gzip two"}),
+        ])
+        .as_bytes(),
+    );
     let request = node
         .request(Method::POST, "/v1/logs/orders")
         .header("content-type", "application/x-ndjson")
         .header("content-encoding", "gzip")
         .body(compressed);
     let answer = node.send(request).await.ok();
-    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(2), Some(0)), "{answer}");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(2), Some(0)),
+        "{answer}"
+    );
 
     // Everything accepted is searchable, exactly as ingested.
     let hits = node.wait_hits(&[("stream", "orders")], 10).await;
     let got: BTreeSet<String> = messages(&hits).into_iter().collect();
     let want: BTreeSet<String> = strs(&[
-        "order placed", "payment failed", "array one", "array two", "array three", "plain line one",
-        "{\"message\": \"plain two\"}", "plain line three", "gzip one", "gzip two",
+        "order placed",
+        "payment failed",
+        "array one",
+        "array two",
+        "array three",
+        "plain line one",
+        "{\"message\": \"plain two\"}",
+        "plain line three",
+        "gzip one",
+        "gzip two",
     ])
     .into_iter()
     .collect();
@@ -107,7 +158,10 @@ async fn ingest_accepts_ndjson_arrays_text_and_gzip_and_reports_bad_records_one_
         assert_eq!(num(hit, "/node"), id, "{hit}");
         assert_eq!(hit["stream"], "orders", "{hit}");
         assert_eq!(hit["kind"], "log", "{hit}");
-        assert!(hit.get("span").is_none(), "a log record has no span part: {hit}");
+        assert!(
+            hit.get("span").is_none(),
+            "a log record has no span part: {hit}"
+        );
     }
 
     let placed = hit_with(&hits, "order placed");
@@ -123,21 +177,53 @@ async fn ingest_accepts_ndjson_arrays_text_and_gzip_and_reports_bad_records_one_
     assert_eq!(failed["ts_nanos"].as_i64(), Some(t0 + MINUTE), "{failed}");
     assert_eq!(failed["level"], "error");
     assert_eq!(failed["service"], "payments");
-    assert_eq!(failed["attributes"], json!({"user": "bob", "http": {"status": 502}}));
-    assert!(failed.get("trace_id").is_none(), "no trace id was given: {failed}");
+    assert_eq!(
+        failed["attributes"],
+        json!({"user": "bob", "http": {"status": 502}})
+    );
+    assert!(
+        failed.get("trace_id").is_none(),
+        "no trace id was given: {failed}"
+    );
 
     let one = hit_with(&hits, "array one");
-    assert_eq!((one["level"].as_str(), one["ts_nanos"].as_i64()), (Some("warn"), Some(t0 + 2 * MINUTE)));
-    assert_eq!(one["service"], "orders", "the stream is the default service: {one}");
+    assert_eq!(
+        (one["level"].as_str(), one["ts_nanos"].as_i64()),
+        (Some("warn"), Some(t0 + 2 * MINUTE))
+    );
+    assert_eq!(
+        one["service"], "orders",
+        "the stream is the default service: {one}"
+    );
     let two = hit_with(&hits, "array two");
-    assert_eq!((two["level"].as_str(), two["ts_nanos"].as_i64()), (Some("debug"), Some(t0 + 3 * MINUTE)));
+    assert_eq!(
+        (two["level"].as_str(), two["ts_nanos"].as_i64()),
+        (Some("debug"), Some(t0 + 3 * MINUTE))
+    );
     let three = hit_with(&hits, "array three");
-    assert_eq!(three["ts_nanos"].as_i64(), Some(t0 + 4 * MINUTE + 123_456_789), "{three}");
-    assert_eq!(three["ts"], rfc3339(t0 + 4 * MINUTE + 123_456_789), "{three}");
+    assert_eq!(
+        three["ts_nanos"].as_i64(),
+        Some(t0 + 4 * MINUTE + 123_456_789),
+        "{three}"
+    );
+    assert_eq!(
+        three["ts"],
+        rfc3339(t0 + 4 * MINUTE + 123_456_789),
+        "{three}"
+    );
 
-    for message in ["plain line one", "{\"message\": \"plain two\"}", "plain line three", "gzip one"] {
+    for message in [
+        "plain line one",
+        "{\"message\": \"plain two\"}",
+        "plain line three",
+        "gzip one",
+    ] {
         let hit = hit_with(&hits, message);
-        assert_eq!((hit["level"].as_str(), hit["service"].as_str()), (Some("info"), Some("orders")), "{hit}");
+        assert_eq!(
+            (hit["level"].as_str(), hit["service"].as_str()),
+            (Some("info"), Some("orders")),
+            "{hit}"
+        );
         assert_eq!(hit["attributes"], json!({}), "{hit}");
         // Stamped on arrival: within the last few minutes.
         let age = now_nanos() - hit["ts_nanos"].as_i64().unwrap();
@@ -208,9 +294,15 @@ async fn search_syntax_filters_time_ranges_order_and_kinds() {
         (vec![("q", "payment -retry")], vec![audit, r4, r2]),
         (vec![("q", "payment NOT retry")], vec![audit, r4, r2]),
         (vec![("q", "payment AND NOT retry")], vec![audit, r4, r2]),
-        (vec![("q", "payment AND NOT retry AND NOT audit")], vec![r4, r2]),
+        (
+            vec![("q", "payment AND NOT retry AND NOT audit")],
+            vec![r4, r2],
+        ),
         (vec![("q", "order OR cache")], vec![r6, r5, r2]),
-        (vec![("q", "(order OR cache) AND NOT shipped")], vec![r6, r2]),
+        (
+            vec![("q", "(order OR cache) AND NOT shipped")],
+            vec![r6, r2],
+        ),
         (vec![("q", "level:error")], vec![r4, r2]),
         (vec![("q", "service:web")], vec![r5, r4, r1]),
         (vec![("q", "service:payments AND retry")], vec![r3]),
@@ -224,11 +316,26 @@ async fn search_syntax_filters_time_ranges_order_and_kinds() {
         (vec![("level", "error"), ("service", "web")], vec![r4]),
         (vec![("q", "payment"), ("stream", "audit")], vec![audit]),
         // until is exclusive: the audit record sits exactly on it.
-        (vec![("since", since_45m.as_str()), ("until", until_15m.as_str())], vec![r4, r3, r2]),
+        (
+            vec![("since", since_45m.as_str()), ("until", until_15m.as_str())],
+            vec![r4, r3, r2],
+        ),
         (vec![("since", "35m")], vec![r6, r5, audit, r4, r3]),
-        (vec![("since", since_epoch_s.as_str()), ("until", until_epoch_ms.as_str())], vec![r5, audit, r4]),
-        (vec![("order", "oldest")], vec![r1, r2, r3, r4, audit, r5, r6]),
-        (vec![("order", "newest")], vec![r6, r5, audit, r4, r3, r2, r1]),
+        (
+            vec![
+                ("since", since_epoch_s.as_str()),
+                ("until", until_epoch_ms.as_str()),
+            ],
+            vec![r5, audit, r4],
+        ),
+        (
+            vec![("order", "oldest")],
+            vec![r1, r2, r3, r4, audit, r5, r6],
+        ),
+        (
+            vec![("order", "newest")],
+            vec![r6, r5, audit, r4, r3, r2, r1],
+        ),
         (vec![("order", "oldest"), ("limit", "2")], vec![r1, r2]),
         (vec![("limit", "3")], vec![r6, r5, audit]),
         (vec![("q", "nothing-matches-this")], vec![]),
@@ -241,13 +348,20 @@ async fn search_syntax_filters_time_ranges_order_and_kinds() {
         let answer = node.search(&query).await;
         let got = messages(&hits_of(&answer));
         assert_eq!(got, *want, "search {query:?}");
-        assert_eq!(answer["count"].as_u64(), Some(want.len() as u64), "{query:?}: {answer}");
+        assert_eq!(
+            answer["count"].as_u64(),
+            Some(want.len() as u64),
+            "{query:?}: {answer}"
+        );
         assert_eq!(answer["partial"], false, "{answer}");
     }
 
     // The same filters as a JSON body (POST), lists as arrays.
     let answer = node
-        .post_json("/v1/logs/search", &json!({"q": "payment", "stream": ["shop", "audit"], "level": ["error"], "limit": 10}))
+        .post_json(
+            "/v1/logs/search",
+            &json!({"q": "payment", "stream": ["shop", "audit"], "level": ["error"], "limit": 10}),
+        )
         .await
         .ok();
     assert_eq!(messages(&hits_of(&answer)), vec![r4, r2], "{answer}");
@@ -263,28 +377,48 @@ async fn search_syntax_filters_time_ranges_order_and_kinds() {
             "status": {"code": 2, "message": "template missing"}
         }]}]
     }]});
-    let reply = node.otlp_post("/v1/traces", "application/json", spans.to_string()).await;
+    let reply = node
+        .otlp_post("/v1/traces", "application/json", spans.to_string())
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
-    node.wait_hits(&[("stream", "traces"), ("kind", "span")], 1).await;
+    node.wait_hits(&[("stream", "traces"), ("kind", "span")], 1)
+        .await;
     let all_streams = [("stream", "shop,audit,traces"), ("q", "payment")];
     let logs = node.search(&all_streams).await;
-    assert_eq!(messages(&hits_of(&logs)), vec![audit, r4, r3, r2], "kind=log is the default");
+    assert_eq!(
+        messages(&hits_of(&logs)),
+        vec![audit, r4, r3, r2],
+        "kind=log is the default"
+    );
     let mut query = all_streams.to_vec();
     query.push(("kind", "span"));
     let spans = hits_of(&node.search(&query).await);
     assert_eq!(messages(&spans), vec!["render payment page"]);
     let span = &spans[0];
-    assert_eq!((span["kind"].as_str(), span["stream"].as_str(), span["service"].as_str()), (Some("span"), Some("traces"), Some("web")));
+    assert_eq!(
+        (
+            span["kind"].as_str(),
+            span["stream"].as_str(),
+            span["service"].as_str()
+        ),
+        (Some("span"), Some("traces"), Some("web"))
+    );
     assert_eq!(span["trace_id"], trace_id);
     assert_eq!(span["span"]["status"], "error", "{span}");
     assert_eq!(span["span"]["status_message"], "template missing", "{span}");
     assert_eq!(span["span"]["duration_nanos"], 250_000_000, "{span}");
     assert_eq!(span["span"]["kind"], "server", "{span}");
-    assert_eq!(span["level"], "error", "an error span has level error: {span}");
+    assert_eq!(
+        span["level"], "error",
+        "an error span has level error: {span}"
+    );
     query.pop();
     query.push(("kind", "any"));
     let any = hits_of(&node.search(&query).await);
-    assert_eq!(messages(&any), vec![audit, "render payment page", r4, r3, r2]);
+    assert_eq!(
+        messages(&any),
+        vec![audit, "render payment page", r4, r3, r2]
+    );
     // Span filters.
     for (extra, want) in [
         (vec![("min_duration", "200ms")], 1),
@@ -333,33 +467,72 @@ async fn cursor_pagination_returns_every_record_once_in_order() {
 
     let streams = [("stream", "pages,pages-other")];
     let all = node.wait_hits(&streams, 300).await;
-    let key = |h: &Value| (h["ts_nanos"].as_i64().unwrap(), num(h, "/node"), num(h, "/seq"));
+    let key = |h: &Value| {
+        (
+            h["ts_nanos"].as_i64().unwrap(),
+            num(h, "/node"),
+            num(h, "/seq"),
+        )
+    };
     for pair in all.windows(2) {
-        assert!(key(&pair[0]) > key(&pair[1]), "not strictly newest first: {} then {}", pair[0], pair[1]);
+        assert!(
+            key(&pair[0]) > key(&pair[1]),
+            "not strictly newest first: {} then {}",
+            pair[0],
+            pair[1]
+        );
     }
     let unique: BTreeSet<String> = messages(&all).into_iter().collect();
     assert_eq!(unique.len(), 300);
 
     // The first page holds the newest records of all streams.
-    let first = hits_of(&node.search(&[("stream", "pages,pages-other"), ("limit", "5")]).await);
+    let first = hits_of(
+        &node
+            .search(&[("stream", "pages,pages-other"), ("limit", "5")])
+            .await,
+    );
     assert_eq!(messages(&first), messages(&all[..5]), "first page");
-    let first_oldest = hits_of(&node.search(&[("stream", "pages,pages-other"), ("limit", "5"), ("order", "oldest")]).await);
+    let first_oldest = hits_of(
+        &node
+            .search(&[
+                ("stream", "pages,pages-other"),
+                ("limit", "5"),
+                ("order", "oldest"),
+            ])
+            .await,
+    );
     let mut oldest_all = all.clone();
     oldest_all.reverse();
-    assert_eq!(messages(&first_oldest), messages(&oldest_all[..5]), "first oldest page");
+    assert_eq!(
+        messages(&first_oldest),
+        messages(&oldest_all[..5]),
+        "first oldest page"
+    );
 
     for page in [7, 13, 100, 299, 300, 301] {
         let walked = node.search_pages(&streams, page).await;
-        assert_eq!(messages(&walked), messages(&all), "newest first, pages of {page}");
-        let walked = node.search_pages(&[streams[0], ("order", "oldest")], page).await;
-        assert_eq!(messages(&walked), messages(&oldest_all), "oldest first, pages of {page}");
+        assert_eq!(
+            messages(&walked),
+            messages(&all),
+            "newest first, pages of {page}"
+        );
+        let walked = node
+            .search_pages(&[streams[0], ("order", "oldest")], page)
+            .await;
+        assert_eq!(
+            messages(&walked),
+            messages(&oldest_all),
+            "oldest first, pages of {page}"
+        );
     }
 
     // A cursor also works with filters and time bounds: the 25 records of
     // one shared timestamp, in pages of 4.
     let at = (base - 3 * MINUTE).to_string();
     let until = (base - 3 * MINUTE + 1).to_string();
-    let walked = node.search_pages(&[("stream", "pages"), ("since", &at), ("until", &until)], 4).await;
+    let walked = node
+        .search_pages(&[("stream", "pages"), ("since", &at), ("until", &until)], 4)
+        .await;
     let ns: BTreeSet<u64> = walked.iter().map(|h| num(h, "/attributes/n")).collect();
     let want: BTreeSet<u64> = (0..250).filter(|n| 1 + n % 10 == 3).collect();
     assert_eq!(walked.len(), 25);
@@ -371,9 +544,7 @@ async fn aggregations_count_histograms_and_top_values_exactly() {
     let node = Node::start().await;
     let ten_minutes = 10 * MINUTE;
     let base = now_nanos().div_euclid(ten_minutes) * ten_minutes - 6 * ten_minutes;
-    let rec = |offset: i64, level: &str, service: &str| {
-        json!({"timestamp": base + offset, "level": level, "service": service, "message": format!("agg {level} {service}")})
-    };
+    let rec = |offset: i64, level: &str, service: &str| json!({"timestamp": base + offset, "level": level, "service": service, "message": format!("agg {level} {service}")});
     let m = MINUTE;
     let records = vec![
         rec(-5 * m, "info", "web"), // before the window
@@ -394,9 +565,17 @@ async fn aggregations_count_histograms_and_top_values_exactly() {
 
     let since = rfc3339(base);
     let until = rfc3339(base + 60 * m);
-    let window = [("stream", "agg"), ("since", since.as_str()), ("until", until.as_str())];
+    let window = [
+        ("stream", "agg"),
+        ("since", since.as_str()),
+        ("until", until.as_str()),
+    ];
     let mut query = window.to_vec();
-    query.extend([("interval", "10m"), ("top", "level,service"), ("top_n", "2")]);
+    query.extend([
+        ("interval", "10m"),
+        ("top", "level,service"),
+        ("top_n", "2"),
+    ]);
     let answer = node.aggregate(&query).await;
     assert_eq!(answer["total"], 10, "{answer}");
     let histogram: Vec<(i64, u64)> = answer["histogram"]
@@ -405,22 +584,46 @@ async fn aggregations_count_histograms_and_top_values_exactly() {
         .iter()
         .map(|b| (b["ts_nanos"].as_i64().unwrap(), num(b, "/count")))
         .collect();
-    let want: Vec<(i64, u64)> = [2, 3, 0, 1, 0, 4].iter().enumerate().map(|(i, c)| (base + i as i64 * ten_minutes, *c)).collect();
+    let want: Vec<(i64, u64)> = [2, 3, 0, 1, 0, 4]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (base + i as i64 * ten_minutes, *c))
+        .collect();
     assert_eq!(histogram, want, "{answer}");
     assert_eq!(answer["histogram"][0]["ts"], rfc3339(base));
-    assert_eq!(answer["top"]["level"], json!([{"value": "info", "count": 6}, {"value": "error", "count": 3}]), "{answer}");
-    assert_eq!(answer["top"]["service"], json!([{"value": "web", "count": 7}, {"value": "payments", "count": 2}]), "{answer}");
+    assert_eq!(
+        answer["top"]["level"],
+        json!([{"value": "info", "count": 6}, {"value": "error", "count": 3}]),
+        "{answer}"
+    );
+    assert_eq!(
+        answer["top"]["service"],
+        json!([{"value": "web", "count": 7}, {"value": "payments", "count": 2}]),
+        "{answer}"
+    );
     assert_eq!(answer["partial"], false);
     assert_eq!(answer["nodes"]["answered"], json!([node_id(&node).await]));
 
     // Filters apply to counts; a query too.
     let mut query = window.to_vec();
-    query.extend([("interval", "10m"), ("q", "level:error"), ("top", "service,kind")]);
+    query.extend([
+        ("interval", "10m"),
+        ("q", "level:error"),
+        ("top", "service,kind"),
+    ]);
     let answer = node.aggregate(&query).await;
     assert_eq!(answer["total"], 3, "{answer}");
-    let counts: Vec<u64> = answer["histogram"].as_array().unwrap().iter().map(|b| num(b, "/count")).collect();
+    let counts: Vec<u64> = answer["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| num(b, "/count"))
+        .collect();
     assert_eq!(counts, vec![0, 2, 0, 0, 0, 1], "{answer}");
-    assert_eq!(answer["top"]["service"], json!([{"value": "payments", "count": 2}, {"value": "web", "count": 1}]));
+    assert_eq!(
+        answer["top"]["service"],
+        json!([{"value": "payments", "count": 2}, {"value": "web", "count": 1}])
+    );
     assert_eq!(answer["top"]["kind"], json!([{"value": "log", "count": 3}]));
 
     // A 30-minute interval: buckets aligned to multiples of it since the epoch.
@@ -439,7 +642,9 @@ async fn aggregations_count_histograms_and_top_values_exactly() {
     for record in &records {
         let ts = record["timestamp"].as_i64().unwrap();
         if ts >= base && ts < base + 60 * m {
-            *want.entry(ts.div_euclid(half_hour) * half_hour).or_insert(0u64) += 1;
+            *want
+                .entry(ts.div_euclid(half_hour) * half_hour)
+                .or_insert(0u64) += 1;
         }
     }
     let mut bucket = first;
@@ -452,31 +657,36 @@ async fn aggregations_count_histograms_and_top_values_exactly() {
     assert_eq!(answer["total"], 10);
 }
 
-/// Reads SSE events until one `record` event arrives; returns its hit.
+/// Reads the next SSE event, which must be a `record` event; returns its hit.
 async fn next_record(stream: &mut WatchStream, what: &str) -> Value {
-    loop {
-        let event = stream
-            .next_sse(Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("{what}: {e:#}"))
-            .unwrap_or_else(|| panic!("{what}: no event within 20 s"));
-        match event.event.as_deref() {
-            Some("record") => {
-                return serde_json::from_str(&event.data).unwrap_or_else(|e| panic!("{what}: bad data {e}: {event:?}"))
-            }
-            other => panic!("{what}: unexpected event {other:?}: {event:?}"),
-        }
+    let event = stream
+        .next_sse(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"))
+        .unwrap_or_else(|| panic!("{what}: no event within 20 s"));
+    match event.event.as_deref() {
+        Some("record") => serde_json::from_str(&event.data)
+            .unwrap_or_else(|e| panic!("{what}: bad data {e}: {event:?}")),
+        other => panic!("{what}: unexpected event {other:?}: {event:?}"),
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn live_tail_sends_exactly_the_matching_new_records() {
     let node = Node::start().await;
-    node.ingest_records("tailed", &[json!({"message": "old match one"}), json!({"message": "old match two"})])
-        .await;
+    node.ingest_records(
+        "tailed",
+        &[
+            json!({"message": "old match one"}),
+            json!({"message": "old match two"}),
+        ],
+    )
+    .await;
     node.wait_hits(&[("stream", "tailed")], 2).await;
 
-    let mut tail = node.logs_tail(&[("q", "match"), ("stream", "tailed")]).await;
+    let mut tail = node
+        .logs_tail(&[("q", "match"), ("stream", "tailed")])
+        .await;
     node.ingest_records(
         "tailed",
         &[
@@ -486,29 +696,62 @@ async fn live_tail_sends_exactly_the_matching_new_records() {
         ],
     )
     .await;
-    node.ingest_records("elsewhere", &[json!({"message": "match in another stream"})]).await;
-    node.ingest_records("tailed", &[json!({"message": "noise two"}), json!({"message": "new match three"})])
-        .await;
+    node.ingest_records(
+        "elsewhere",
+        &[json!({"message": "match in another stream"})],
+    )
+    .await;
+    node.ingest_records(
+        "tailed",
+        &[
+            json!({"message": "noise two"}),
+            json!({"message": "new match three"}),
+        ],
+    )
+    .await;
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(next_record(&mut tail, "tail").await);
     }
-    assert_eq!(messages(&got), vec!["new match one", "new match two", "new match three"]);
+    assert_eq!(
+        messages(&got),
+        vec!["new match one", "new match two", "new match three"]
+    );
     assert_eq!(got[0]["level"], "warn");
     assert!(got.iter().all(|h| h["stream"] == "tailed"), "{got:?}");
     // Nothing else was sent in between: the next event is the sentinel.
-    node.ingest_records("tailed", &[json!({"message": "noise three"}), json!({"message": "match sentinel"})])
-        .await;
+    node.ingest_records(
+        "tailed",
+        &[
+            json!({"message": "noise three"}),
+            json!({"message": "match sentinel"}),
+        ],
+    )
+    .await;
     let next = next_record(&mut tail, "tail").await;
-    assert_eq!(next["message"], "match sentinel", "unexpected record: {next}");
+    assert_eq!(
+        next["message"], "match sentinel",
+        "unexpected record: {next}"
+    );
 
     // backlog=N: the newest N matching records first, oldest of them first.
-    let mut with_backlog = node.logs_tail(&[("q", "match"), ("stream", "tailed"), ("backlog", "2")]).await;
+    let mut with_backlog = node
+        .logs_tail(&[("q", "match"), ("stream", "tailed"), ("backlog", "2")])
+        .await;
     let first = next_record(&mut with_backlog, "tail with backlog").await;
     let second = next_record(&mut with_backlog, "tail with backlog").await;
-    assert_eq!(messages(&[first, second]), vec!["new match three", "match sentinel"]);
-    node.ingest_records("tailed", &[json!({"message": "later noise"}), json!({"message": "later match"})])
-        .await;
+    assert_eq!(
+        messages(&[first, second]),
+        vec!["new match three", "match sentinel"]
+    );
+    node.ingest_records(
+        "tailed",
+        &[
+            json!({"message": "later noise"}),
+            json!({"message": "later match"}),
+        ],
+    )
+    .await;
     let next = next_record(&mut with_backlog, "tail with backlog").await;
     assert_eq!(next["message"], "later match");
     let next = next_record(&mut tail, "tail").await;
@@ -522,8 +765,16 @@ async fn the_nodes_own_logs_are_searchable_in_stream_shoal() {
     let hits = node.wait_hits(&query, 1).await;
     let hit = &hits[0];
     assert_eq!(hit["message"], "shoal node listening", "{hit}");
-    assert_eq!((hit["service"].as_str(), hit["level"].as_str()), (Some("shoal"), Some("info")), "{hit}");
-    assert_eq!(hit["attributes"]["api"], format!("127.0.0.1:{}", node.api_port), "{hit}");
+    assert_eq!(
+        (hit["service"].as_str(), hit["level"].as_str()),
+        (Some("shoal"), Some("info")),
+        "{hit}"
+    );
+    assert_eq!(
+        hit["attributes"]["api"],
+        format!("127.0.0.1:{}", node.api_port),
+        "{hit}"
+    );
     assert!(hit["attributes"]["target"].is_string(), "{hit}");
     // A second start adds a second one (and the first survived the restart).
     node.restart().await;

@@ -20,7 +20,9 @@ fn counts_of(hits: &[Value]) -> BTreeMap<u64, usize> {
 
 /// Records `first..first + count` of a batch, each with its number `n`.
 fn numbered(first: u64, count: u64, label: &str) -> Vec<Value> {
-    (first..first + count).map(|n| json!({"message": format!("{label} {n}"), "n": n})).collect()
+    (first..first + count)
+        .map(|n| json!({"message": format!("{label} {n}"), "n": n}))
+        .collect()
 }
 
 /// One search of everything in `stream` (no waiting): the hits.
@@ -33,11 +35,17 @@ fn assert_exactly(hits: &[Value], want: impl IntoIterator<Item = u64>, what: &st
     let counts = counts_of(hits);
     let want: BTreeSet<u64> = want.into_iter().collect();
     let duplicated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(duplicated.is_empty(), "{what}: records found more than once (n, times): {duplicated:?}");
+    assert!(
+        duplicated.is_empty(),
+        "{what}: records found more than once (n, times): {duplicated:?}"
+    );
     let got: BTreeSet<u64> = counts.keys().copied().collect();
     let missing: Vec<&u64> = want.difference(&got).collect();
     let extra: Vec<&u64> = got.difference(&want).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "{what}: missing {missing:?}, unexpected {extra:?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing {missing:?}, unexpected {extra:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -45,10 +53,15 @@ async fn acknowledged_records_survive_kill9_exactly_once() {
     // Nothing is committed for a minute: every record must come from the WAL.
     let mut node = Node::start_with(&["--logs-commit-ms", "60000"]).await;
     for batch in 0..20 {
-        node.ingest_records("durable", &numbered(batch * 10, 10, "durable")).await;
+        node.ingest_records("durable", &numbered(batch * 10, 10, "durable"))
+            .await;
     }
     let before = everything(&node, "durable").await;
-    assert!(before.is_empty(), "records are searchable before any commit: {}", before.len());
+    assert!(
+        before.is_empty(),
+        "records are searchable before any commit: {}",
+        before.len()
+    );
 
     node.kill9();
     node.restart().await;
@@ -59,21 +72,33 @@ async fn acknowledged_records_survive_kill9_exactly_once() {
     // Committed at start; a second kill -9 must not replay them again.
     node.kill9();
     node.restart().await;
-    assert_exactly(&everything(&node, "durable").await, 0..200, "after a second kill -9");
+    assert_exactly(
+        &everything(&node, "durable").await,
+        0..200,
+        "after a second kill -9",
+    );
 
     // Now with the normal commit interval: records committed by the timer,
     // whose WAL entries are still on disk, are not indexed twice either.
     let args = node.args_mut();
-    let at = args.iter().position(|a| a == "--logs-commit-ms").expect("--logs-commit-ms");
+    let at = args
+        .iter()
+        .position(|a| a == "--logs-commit-ms")
+        .expect("--logs-commit-ms");
     args.drain(at..at + 2);
     node.restart().await;
     for batch in 20..25 {
-        node.ingest_records("durable", &numbered(batch * 10, 10, "durable")).await;
+        node.ingest_records("durable", &numbered(batch * 10, 10, "durable"))
+            .await;
     }
     node.wait_hits(&[("stream", "durable")], 250).await;
     node.kill9();
     node.restart().await;
-    assert_exactly(&everything(&node, "durable").await, 0..250, "after kill -9 after a commit");
+    assert_exactly(
+        &everything(&node, "durable").await,
+        0..250,
+        "after kill -9 after a commit",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,7 +113,12 @@ async fn kill9_during_ingest_keeps_every_acknowledged_batch_whole() {
             // may or may not be stored, but then whole.
             for batch in 0..10_000u64 {
                 let body = ndjson(&numbered(batch * 25, 25, "racing"));
-                let sent = client.post(&url).body(body).timeout(Duration::from_secs(10)).send().await;
+                let sent = client
+                    .post(&url)
+                    .body(body)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
                 match sent {
                     Ok(response) if response.status() == StatusCode::OK => {
                         acked.store(batch as usize + 1, Ordering::SeqCst);
@@ -110,7 +140,10 @@ async fn kill9_during_ingest_keeps_every_acknowledged_batch_whole() {
         .expect("the writer stops once the node is gone")
         .expect("writer task");
     let acked = acked.load(Ordering::SeqCst) as u64;
-    assert_eq!(stopped_at, acked, "the writer stopped at the first unacknowledged batch");
+    assert_eq!(
+        stopped_at, acked,
+        "the writer stopped at the first unacknowledged batch"
+    );
     node.restart().await;
     let hits = everything(&node, "racing").await;
     let counts = counts_of(&hits);
@@ -120,7 +153,11 @@ async fn kill9_during_ingest_keeps_every_acknowledged_batch_whole() {
         m
     });
     for batch in 0..acked {
-        assert_eq!(batches.get(&batch), Some(&25), "acknowledged batch {batch} is not whole: {batches:?}");
+        assert_eq!(
+            batches.get(&batch),
+            Some(&25),
+            "acknowledged batch {batch} is not whole: {batches:?}"
+        );
     }
     // Only the batch in flight may be there beyond the acknowledged ones, and whole.
     let beyond: Vec<(&u64, &usize)> = batches.iter().filter(|(b, _)| **b >= acked).collect();
@@ -152,57 +189,102 @@ fn set_flag(node: &mut Node, flag: &str, value: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_refuses_old_records_and_drops_expired_days() {
-    let mut node = Node::start_with(&["--logs-retention-days", "3", "--logs-stream-retention", "short=1"]).await;
+    let mut node = Node::start_with(&[
+        "--logs-retention-days",
+        "3",
+        "--logs-stream-retention",
+        "short=1",
+    ])
+    .await;
     let now = now_nanos();
     let two_days_ago = now - 2 * DAY;
     let mut records: Vec<Value> = (0..5u64)
         .map(|n| json!({"timestamp": two_days_ago + n as i64 * 1_000_000, "message": format!("old {n}"), "n": n}))
         .collect();
-    records.extend((5..8u64).map(|n| json!({"timestamp": now - n as i64 * 1_000_000, "message": format!("new {n}"), "n": n})));
+    records.extend((5..8u64).map(
+        |n| json!({"timestamp": now - n as i64 * 1_000_000, "message": format!("new {n}"), "n": n}),
+    ));
     records.push(json!({"timestamp": now - 4 * DAY, "message": "too old", "n": 8}));
     records.push(json!({"timestamp": now + 2 * DAY, "message": "too far ahead", "n": 9}));
-    let answer = node.ingest_raw("kept", "application/x-ndjson", ndjson(&records)).await.ok();
-    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(8), Some(2)), "{answer}");
+    let answer = node
+        .ingest_raw("kept", "application/x-ndjson", ndjson(&records))
+        .await
+        .ok();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(8), Some(2)),
+        "{answer}"
+    );
     assert_eq!(answer["errors"][0]["index"], 8, "{answer}");
-    assert!(text(&answer, "/errors/0/error").contains("retention"), "{answer}");
+    assert!(
+        text(&answer, "/errors/0/error").contains("retention"),
+        "{answer}"
+    );
     assert_eq!(answer["errors"][1]["index"], 9, "{answer}");
-    assert!(text(&answer, "/errors/1/error").contains("future"), "{answer}");
+    assert!(
+        text(&answer, "/errors/1/error").contains("future"),
+        "{answer}"
+    );
 
     // A stream with its own, shorter retention.
     let answer = node
         .ingest_raw(
             "short",
             "application/x-ndjson",
-            ndjson(&[json!({"timestamp": two_days_ago, "message": "short old"}), json!({"message": "short new"})]),
+            ndjson(&[
+                json!({"timestamp": two_days_ago, "message": "short old"}),
+                json!({"message": "short new"}),
+            ]),
         )
         .await
         .ok();
-    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(1), Some(1)), "{answer}");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{answer}"
+    );
     assert_eq!(answer["errors"][0]["index"], 0, "{answer}");
 
     let hits = node.wait_hits(&[("stream", "kept")], 8).await;
     assert_exactly(&hits, 0..8, "before the restart");
     node.wait_hits(&[("stream", "short")], 1).await;
-    assert_eq!(stream_info(&node, "kept").await.map(|(p, d, _)| (p, d)), Some((2, 8)));
+    assert_eq!(
+        stream_info(&node, "kept").await.map(|(p, d, _)| (p, d)),
+        Some((2, 8))
+    );
 
     // One day of retention from now on: the day two days ago goes at start.
     set_flag(&mut node, "--logs-retention-days", "1");
     node.restart().await;
     let hits = everything(&node, "kept").await;
     assert_exactly(&hits, 5..8, "after the restart with one day of retention");
-    assert_eq!(stream_info(&node, "kept").await.map(|(p, d, _)| (p, d)), Some((1, 3)));
+    assert_eq!(
+        stream_info(&node, "kept").await.map(|(p, d, _)| (p, d)),
+        Some((1, 3))
+    );
     let old = node.search(&[("stream", "kept"), ("until", "36h")]).await;
     assert!(hits_of(&old).is_empty(), "{old}");
     let answer = node
         .ingest_raw(
             "kept",
             "application/x-ndjson",
-            ndjson(&[json!({"timestamp": two_days_ago, "message": "old again", "n": 20}), json!({"message": "fresh", "n": 21})]),
+            ndjson(&[
+                json!({"timestamp": two_days_ago, "message": "old again", "n": 20}),
+                json!({"message": "fresh", "n": 21}),
+            ]),
         )
         .await
         .ok();
-    assert_eq!((answer["accepted"].as_u64(), answer["rejected"].as_u64()), (Some(1), Some(1)), "{answer}");
-    assert_exactly(&node.wait_hits(&[("stream", "kept")], 4).await, [5, 6, 7, 21], "after ingesting again");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{answer}"
+    );
+    assert_exactly(
+        &node.wait_hits(&[("stream", "kept")], 4).await,
+        [5, 6, 7, 21],
+        "after ingesting again",
+    );
 }
 
 /// A deterministic stream of words that do not compress (nor repeat much).
@@ -223,26 +305,42 @@ async fn size_retention_drops_the_oldest_days_but_never_the_newest() {
     let mut node = Node::start().await;
     let now = now_nanos();
     // Yesterday: a small day. Today: a day bigger than the 1 MiB limit on its own.
-    for (first, count, ts) in [(0u64, 300u64, now - DAY), (1000, 600, now - 1_000_000_000), (1600, 600, now - 1_000_000_000)] {
+    for (first, count, ts) in [
+        (0u64, 300u64, now - DAY),
+        (1000, 600, now - 1_000_000_000),
+        (1600, 600, now - 1_000_000_000),
+    ] {
         let records: Vec<Value> = (first..first + count)
             .map(|n| json!({"timestamp": ts - n as i64, "message": noise(n, if n < 1000 { 40 } else { 80 }), "n": n}))
             .collect();
         node.ingest_records("sized", &records).await;
     }
     node.wait_hits(&[("stream", "sized")], 1500).await;
-    let (partitions, _, bytes) = eventually(SEARCHABLE_TIMEOUT, "both partitions measured", || async {
-        stream_info(&node, "sized").await.filter(|(p, _, b)| *p == 2 && *b > 0)
-    })
-    .await;
+    let (partitions, _, bytes) =
+        eventually(SEARCHABLE_TIMEOUT, "both partitions measured", || async {
+            stream_info(&node, "sized")
+                .await
+                .filter(|(p, _, b)| *p == 2 && *b > 0)
+        })
+        .await;
     assert_eq!(partitions, 2);
 
     set_flag(&mut node, "--logs-retention-mb", "1");
     node.restart().await;
     let hits = everything(&node, "sized").await;
-    assert_exactly(&hits, (1000..2200).collect::<Vec<_>>(), "after size retention");
-    let (partitions, docs, after) = stream_info(&node, "sized").await.expect("the stream is still listed");
+    assert_exactly(
+        &hits,
+        (1000..2200).collect::<Vec<_>>(),
+        "after size retention",
+    );
+    let (partitions, docs, after) = stream_info(&node, "sized")
+        .await
+        .expect("the stream is still listed");
     assert_eq!((partitions, docs), (1, 1200));
-    assert!(after > 1 << 20, "today's partition ({after} bytes of {bytes}) is over the limit, and kept");
+    assert!(
+        after > 1 << 20,
+        "today's partition ({after} bytes of {bytes}) is over the limit, and kept"
+    );
 }
 
 /// Batches of about 200 KB (200 records of 1 KB).
@@ -257,18 +355,27 @@ fn big_batch(batch: u64) -> String {
 /// were acknowledged. Checks the 429's shape.
 async fn fill_until_busy(node: &Node, stream: &str) -> u64 {
     for batch in 0..200u64 {
-        let reply = node.ingest_raw(stream, "application/x-ndjson", big_batch(batch)).await;
+        let reply = node
+            .ingest_raw(stream, "application/x-ndjson", big_batch(batch))
+            .await;
         match reply.status.as_u16() {
             200 => assert_eq!(reply.body["accepted"], 200, "{}", reply.describe()),
             429 => {
                 assert_error(&reply, 429, "busy");
                 assert_eq!(
-                    reply.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+                    reply
+                        .headers
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()),
                     Some("1"),
                     "429 without Retry-After: {:?}",
                     reply.headers
                 );
-                assert!(batch >= 1, "the very first batch was refused: {}", reply.describe());
+                assert!(
+                    batch >= 1,
+                    "the very first batch was refused: {}",
+                    reply.describe()
+                );
                 return batch;
             }
             _ => panic!("batch {batch}: {}", reply.describe()),
@@ -281,25 +388,50 @@ async fn fill_until_busy(node: &Node, stream: &str) -> u64 {
 async fn the_disk_cap_answers_429_and_keeps_what_was_acknowledged() {
     let node = Node::start_with(&["--logs-disk-max-mb", "1"]).await;
     let acked = fill_until_busy(&node, "capped").await;
-    assert!(acked <= 10, "{acked} batches of 200 KB fit under a 1 MiB disk cap");
+    assert!(
+        acked <= 10,
+        "{acked} batches of 200 KB fit under a 1 MiB disk cap"
+    );
 
     // The Elasticsearch path refuses the whole request, as shippers expect.
     let bulk = "{\"index\":{\"_index\":\"capped\"}}\n{\"message\":\"via bulk\"}\n";
     let reply = node
-        .send(node.request(Method::POST, "/_bulk").header("content-type", "application/x-ndjson").body(bulk))
+        .send(
+            node.request(Method::POST, "/_bulk")
+                .header("content-type", "application/x-ndjson")
+                .body(bulk),
+        )
         .await;
-    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.describe());
-    assert_eq!(reply.body["error"]["type"], "es_rejected_execution_exception", "{}", reply.describe());
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.describe()
+    );
+    assert_eq!(
+        reply.body["error"]["type"],
+        "es_rejected_execution_exception",
+        "{}",
+        reply.describe()
+    );
     assert_eq!(reply.body["status"], 429, "{}", reply.describe());
-    assert!(reply.headers.get("retry-after").is_some(), "{:?}", reply.headers);
+    assert!(
+        reply.headers.get("retry-after").is_some(),
+        "{:?}",
+        reply.headers
+    );
 
     // The node is healthy, searches work, and everything acknowledged is there.
     let health = node.get_path("/health").await;
     assert_eq!(health.status, StatusCode::OK, "{}", health.describe());
-    let hits = node.wait_hits(&[("stream", "capped")], (acked * 200) as usize).await;
+    let hits = node
+        .wait_hits(&[("stream", "capped")], (acked * 200) as usize)
+        .await;
     assert_exactly(&hits, 0..acked * 200, "acknowledged before the cap");
     // The disk does not shrink by itself: still busy.
-    let reply = node.ingest_raw("capped", "application/x-ndjson", big_batch(999)).await;
+    let reply = node
+        .ingest_raw("capped", "application/x-ndjson", big_batch(999))
+        .await;
     assert_error(&reply, 429, "busy");
 }
 
@@ -310,28 +442,40 @@ async fn the_wal_cap_answers_429_until_committed_segments_are_removed() {
     // Once the indexer has committed, the WAL shrinks and ingest works
     // again. The batch retried is the one numbered `acked` (a refused batch
     // is not stored).
-    wait_for(Duration::from_secs(30), "ingest accepted again after the WAL cap", || async {
-        let reply = node.ingest_raw("walcap", "application/x-ndjson", big_batch(acked)).await;
-        match reply.status.as_u16() {
-            200 => Ok(()),
-            429 => Err(reply.describe()),
-            _ => panic!("{}", reply.describe()),
-        }
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "ingest accepted again after the WAL cap",
+        || async {
+            let reply = node
+                .ingest_raw("walcap", "application/x-ndjson", big_batch(acked))
+                .await;
+            match reply.status.as_u16() {
+                200 => Ok(()),
+                429 => Err(reply.describe()),
+                _ => panic!("{}", reply.describe()),
+            }
+        },
+    )
     .await;
-    let hits = node.wait_hits(&[("stream", "walcap")], ((acked + 1) * 200) as usize).await;
+    let hits = node
+        .wait_hits(&[("stream", "walcap")], ((acked + 1) * 200) as usize)
+        .await;
     assert_exactly(&hits, 0..(acked + 1) * 200, "acknowledged records");
 }
 
 /// Copy the directory tree `from` to `to`.
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display())).flatten() {
+    for entry in std::fs::read_dir(from)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", from.display()))
+        .flatten()
+    {
         let target = to.join(entry.file_name());
         if entry.path().is_dir() {
             copy_tree(&entry.path(), &target);
         } else {
-            std::fs::copy(entry.path(), &target).unwrap_or_else(|e| panic!("copying {}: {e}", entry.path().display()));
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copying {}: {e}", entry.path().display()));
         }
     }
 }
@@ -339,33 +483,78 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// The fixture's two day partitions of the stream `legacy`, written by a
 /// build whose term dictionaries were FSTs (see tests/fixtures/logs-format1).
 fn format1_fixture() -> std::path::PathBuf {
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let root = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     std::path::Path::new(&root).join("fixtures/logs-format1/legacy")
 }
 
 /// All 30 fixture records, found with several kinds of query, each with
 /// the record sequence number it had before the rebuild.
 async fn assert_fixture_searchable(node: &Node, what: &str) {
-    let all = [("stream", "legacy"), ("since", "2024-05-01T00:00:00Z"), ("limit", "100")];
+    let all = [
+        ("stream", "legacy"),
+        ("since", "2024-05-01T00:00:00Z"),
+        ("limit", "100"),
+    ];
     let hits = hits_of(&node.search(&all).await);
     let mut numbers = BTreeSet::new();
     for hit in &hits {
         let message = text(hit, "/message");
-        let n: u64 = message.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{what}: {hit}"));
+        let n: u64 = message
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: {hit}"));
         // The old build gave record n the sequence number n + 5 (its own
         // log records took 1 to 4); the rebuild must keep them.
         assert_eq!(num(hit, "/seq"), n + 5, "{what}: sequence number of {hit}");
         numbers.insert(n);
     }
-    assert_eq!(numbers, (0..30).collect::<BTreeSet<u64>>(), "{what}: every record once ({} hits)", hits.len());
+    assert_eq!(
+        numbers,
+        (0..30).collect::<BTreeSet<u64>>(),
+        "{what}: every record once ({} hits)",
+        hits.len()
+    );
 
-    let query = |q: &'static str| [("stream", "legacy"), ("since", "2024-05-01T00:00:00Z"), ("q", q)];
+    let query = |q: &'static str| {
+        [
+            ("stream", "legacy"),
+            ("since", "2024-05-01T00:00:00Z"),
+            ("q", q),
+        ]
+    };
     let count = |answer: &Value| hits_of(answer).len();
-    assert_eq!(count(&node.search(&query("\"payment declined\"")).await), 6, "{what}: phrase");
-    assert_eq!(count(&node.search(&query("service:payments AND level:error")).await), 5, "{what}: fields");
-    assert_eq!(count(&node.search(&query("attributes.order.id:o-7")).await), 1, "{what}: attribute");
-    let trace = node.search(&query("trace_id:00000000000000000000000000000013")).await;
-    assert_eq!(hits_of(&trace).iter().map(|h| text(h, "/message")).collect::<Vec<_>>(), ["legacy record 19 ok"], "{what}: trace id");
+    assert_eq!(
+        count(&node.search(&query("\"payment declined\"")).await),
+        6,
+        "{what}: phrase"
+    );
+    assert_eq!(
+        count(
+            &node
+                .search(&query("service:payments AND level:error"))
+                .await
+        ),
+        5,
+        "{what}: fields"
+    );
+    assert_eq!(
+        count(&node.search(&query("attributes.order.id:o-7")).await),
+        1,
+        "{what}: attribute"
+    );
+    let trace = node
+        .search(&query("trace_id:00000000000000000000000000000013"))
+        .await;
+    assert_eq!(
+        hits_of(&trace)
+            .iter()
+            .map(|h| text(h, "/message"))
+            .collect::<Vec<_>>(),
+        ["legacy record 19 ok"],
+        "{what}: trace id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -377,8 +566,14 @@ async fn partitions_of_the_earlier_format_are_rebuilt() {
     node.restart().await;
     assert_fixture_searchable(&node, "after the rebuild").await;
     for day in ["2024-05-01", "2024-05-02"] {
-        assert!(legacy.join(day).join("shoal-format").exists(), "{day} has no format file");
-        assert!(!legacy.join(format!("{day}.upgrading")).exists(), "{day}: the old partition is left behind");
+        assert!(
+            legacy.join(day).join("shoal-format").exists(),
+            "{day} has no format file"
+        );
+        assert!(
+            !legacy.join(format!("{day}.upgrading")).exists(),
+            "{day}: the old partition is left behind"
+        );
     }
 
     // Rebuilt once: a restart finds the same records, no more.
@@ -395,9 +590,15 @@ async fn an_interrupted_rebuild_starts_over() {
     // none yet.
     let legacy = node.data_dir().join("search/indexes/legacy");
     for day in ["2024-05-01", "2024-05-02"] {
-        copy_tree(&format1_fixture().join(day), &legacy.join(format!("{day}.upgrading")));
+        copy_tree(
+            &format1_fixture().join(day),
+            &legacy.join(format!("{day}.upgrading")),
+        );
     }
-    copy_tree(&format1_fixture().join("2024-05-02"), &legacy.join("2024-05-01"));
+    copy_tree(
+        &format1_fixture().join("2024-05-02"),
+        &legacy.join("2024-05-01"),
+    );
     std::fs::write(legacy.join("2024-05-01/shoal-format"), "2").expect("writing the format file");
     node.restart().await;
     assert_fixture_searchable(&node, "after the interrupted rebuild").await;

@@ -1674,9 +1674,7 @@ async fn publishing_socket_close_reasons_fit_in_a_close_frame() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_messages_per_topic() {
     let node = Node::start().await;
-    let _subscriber = node
-        .subscribe_sse(&[("pattern", "metered.*")])
-        .await;
+    let _subscriber = node.subscribe_sse(&[("pattern", "metered.*")]).await;
     for _ in 0..3 {
         node.publish("metered.a", b"x").await;
     }

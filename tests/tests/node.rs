@@ -24,17 +24,34 @@ async fn health_ready_and_status() {
         "snapshot_index",
         "first_log_index",
     ] {
-        assert!(status.get(field).is_some(), "/v1/status lacks {field}: {status}");
+        assert!(
+            status.get(field).is_some(),
+            "/v1/status lacks {field}: {status}"
+        );
     }
     assert!(!status["node_id"].is_null(), "{status}");
-    assert_eq!(status["state"], json!("Leader"), "a single node leads: {status}");
+    assert_eq!(
+        status["state"],
+        json!("Leader"),
+        "a single node leads: {status}"
+    );
     assert!(num(&status, "/term") >= 1);
-    assert!(!status["leader"].is_null(), "a ready node knows its leader: {status}");
+    assert!(
+        !status["leader"].is_null(),
+        "a ready node knows its leader: {status}"
+    );
     let commit = num(&status, "/commit_index");
     let applied = num(&status, "/applied_index");
-    assert!(applied >= 1 && applied <= commit, "applied {applied}, commit {commit}");
+    assert!(
+        applied >= 1 && applied <= commit,
+        "applied {applied}, commit {commit}"
+    );
     assert_eq!(num(&status, "/revision"), rev);
-    assert_eq!(num(&status, "/compact_revision"), 0, "nothing compacted yet: {status}");
+    assert_eq!(
+        num(&status, "/compact_revision"),
+        0,
+        "nothing compacted yet: {status}"
+    );
 }
 
 /// Value of the first sample of a metric (any labels), if present.
@@ -62,7 +79,10 @@ async fn metrics_are_prometheus_text() {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    assert!(content_type.starts_with("text/plain"), "content-type {content_type:?}");
+    assert!(
+        content_type.starts_with("text/plain"),
+        "content-type {content_type:?}"
+    );
     let text = &reply.text;
     for name in [
         "shoal_http_requests_total",
@@ -71,7 +91,10 @@ async fn metrics_are_prometheus_text() {
         "shoal_raft_applied_index",
         "shoal_raft_is_leader",
     ] {
-        assert!(metric_value(text, name).is_some(), "metric {name} missing from:\n{text}");
+        assert!(
+            metric_value(text, name).is_some(),
+            "metric {name} missing from:\n{text}"
+        );
     }
     assert_eq!(metric_value(text, "shoal_raft_is_leader"), Some(1.0));
     assert!(metric_value(text, "shoal_raft_term").is_some_and(|t| t >= 1.0));
@@ -79,7 +102,10 @@ async fn metrics_are_prometheus_text() {
     assert!(metric_value(text, "shoal_http_requests_total").is_some_and(|t| t >= 1.0));
 
     // Every sample line is `name[{labels}] value`.
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let value = line.rsplit(' ').next().unwrap_or("");
         assert!(
             value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
@@ -97,7 +123,10 @@ async fn openapi_document_describes_the_api() {
     let node = Node::start().await;
     let doc = node.get_path("/openapi.json").await.ok();
     let version = text(&doc, "/openapi");
-    assert!(version.starts_with("3.1"), "OpenAPI 3.1 expected, got {version}");
+    assert!(
+        version.starts_with("3.1"),
+        "OpenAPI 3.1 expected, got {version}"
+    );
     let paths = doc["paths"].as_object().expect("paths object");
     for path in [
         "/v1/kv/{key}",
@@ -146,7 +175,10 @@ async fn settings_from_a_config_file() {
     let entries = std::fs::read_dir(node.data_dir())
         .map(|dir| dir.count())
         .unwrap_or(0);
-    assert!(entries > 0, "nothing written to the data_dir of the config file");
+    assert!(
+        entries > 0,
+        "nothing written to the data_dir of the config file"
+    );
     node.kill9();
     node.restart().await;
     assert_eq!(kv_value(&node.get_kv("cfg/k").await), b"v");
@@ -158,7 +190,10 @@ async fn help_texts() {
     out.assert_success();
     let help = out.stdout_text();
     for word in ["serve", "dev", "kv"] {
-        assert!(help.contains(word), "`shoal --help` does not mention {word}:\n{help}");
+        assert!(
+            help.contains(word),
+            "`shoal --help` does not mention {word}:\n{help}"
+        );
     }
 
     let out = run_shoal(&["serve", "--help"], None, &[]).await;
@@ -175,14 +210,30 @@ async fn help_texts() {
         "--max-value-bytes",
         "--request-timeout-ms",
     ] {
-        assert!(help.contains(flag), "`shoal serve --help` does not mention {flag}:\n{help}");
+        assert!(
+            help.contains(flag),
+            "`shoal serve --help` does not mention {flag}:\n{help}"
+        );
     }
 
     let out = run_shoal(&["kv", "--help"], None, &[]).await;
     out.assert_success();
     let help = out.stdout_text();
-    for word in ["put", "get", "del", "ls", "watch", "history", "rollback", "--endpoint", "--json"] {
-        assert!(help.contains(word), "`shoal kv --help` does not mention {word}:\n{help}");
+    for word in [
+        "put",
+        "get",
+        "del",
+        "ls",
+        "watch",
+        "history",
+        "rollback",
+        "--endpoint",
+        "--json",
+    ] {
+        assert!(
+            help.contains(word),
+            "`shoal kv --help` does not mention {word}:\n{help}"
+        );
     }
 
     let out = run_shoal(&["no-such-command"], None, &[]).await;

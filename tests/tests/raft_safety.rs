@@ -295,7 +295,12 @@ async fn more_writes_through(
 /// with other entries, and the replicas would differ for ever.
 /// Once the nodes agree on a leader: more writes, then every acknowledged
 /// write and the replicas' digests checked.
-async fn check_after_agreement(cluster: &Cluster, acked: Vec<Acked>, prefix: &str, problems: &mut Vec<String>) {
+async fn check_after_agreement(
+    cluster: &Cluster,
+    acked: Vec<Acked>,
+    prefix: &str,
+    problems: &mut Vec<String>,
+) {
     cluster.wait_agreement(&ALL, T).await;
     let mut all = acked;
     all.extend(more_writes(cluster, &format!("{prefix}-after/"), 100).await);
@@ -311,8 +316,14 @@ async fn kill_all_under_load(cluster: &mut Cluster, load: Load, what: &str) -> (
         cluster.node_mut(i).kill9();
     }
     let acked = load.stop().await;
-    eprintln!("{} writes acknowledged before the {what} (term {old_term})", acked.len());
-    assert!(!acked.is_empty(), "no write was acknowledged before the {what}");
+    eprintln!(
+        "{} writes acknowledged before the {what} (term {old_term})",
+        acked.len()
+    );
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged before the {what}"
+    );
     (acked, old_term)
 }
 

@@ -10,7 +10,14 @@ use tokio::io::AsyncReadExt;
 async fn own_logs_roll_by_size_and_keep_a_bounded_number_of_files() {
     // Debug logging is verbose enough to fill 1 MiB files quickly.
     let node = Node::builder()
-        .args(&["--log-level", "debug", "--log-max-file-mb", "1", "--log-max-files", "2"])
+        .args(&[
+            "--log-level",
+            "debug",
+            "--log-max-file-mb",
+            "1",
+            "--log-max-files",
+            "2",
+        ])
         .start()
         .await;
     let logs = node.data_dir().join("logs");
@@ -44,10 +51,19 @@ async fn own_logs_roll_by_size_and_keep_a_bounded_number_of_files() {
     // Let the non-blocking writer flush, then check the cap and sizes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let files = list();
-    assert!(files.iter().any(|(name, _)| name == "shoal.log"), "{files:?}");
-    assert!(files.len() <= 3, "at most 2 rolled files + the current one: {files:?}");
+    assert!(
+        files.iter().any(|(name, _)| name == "shoal.log"),
+        "{files:?}"
+    );
+    assert!(
+        files.len() <= 3,
+        "at most 2 rolled files + the current one: {files:?}"
+    );
     for (name, size) in &files {
-        assert!(*size <= (1 << 20) + (64 << 10), "{name} is {size} bytes, over the 1 MiB roll size");
+        assert!(
+            *size <= (1 << 20) + (64 << 10),
+            "{name} is {size} bytes, over the 1 MiB roll size"
+        );
     }
 }
 
@@ -55,7 +71,9 @@ async fn own_logs_roll_by_size_and_keep_a_bounded_number_of_files() {
 async fn traces_are_exported_over_otlp_grpc_when_configured() {
     // A TCP listener standing in for a collector: an OTLP/gRPC export opens
     // an HTTP/2 connection, which starts with the client preface.
-    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let endpoint = format!("http://{}", collector.local_addr().expect("addr"));
     let node = Node::builder()
         .args(&["--otlp-endpoint", &endpoint])
@@ -74,5 +92,8 @@ async fn traces_are_exported_over_otlp_grpc_when_configured() {
         .await
         .expect("preface within 10 s")
         .expect("read preface");
-    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "an HTTP/2 (gRPC) client preface");
+    assert_eq!(
+        &preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        "an HTTP/2 (gRPC) client preface"
+    );
 }

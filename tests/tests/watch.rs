@@ -55,9 +55,15 @@ async fn watch_from_past_revision_replays_exactly_the_changes() {
     assert_eq!(last, first + 7, "one revision per write");
 
     let from = first.to_string();
-    let mut watch = node.watch(&[("prefix", "w/"), ("from_revision", &from)], None).await;
+    let mut watch = node
+        .watch(&[("prefix", "w/"), ("from_revision", &from)], None)
+        .await;
     let batches = watch.events_through(last, T).await;
-    assert_eq!(changes(&batches), expected, "exactly the changes since {first}, in order");
+    assert_eq!(
+        changes(&batches),
+        expected,
+        "exactly the changes since {first}, in order"
+    );
 
     // Live changes follow, with nothing repeated in between.
     let live = node.put_rev("w/live", b"now").await;
@@ -78,7 +84,10 @@ async fn watch_without_from_revision_sees_only_new_changes() {
     let mut watch = node.watch(&[("prefix", "n/")], None).await;
     let rev = node.put_rev("n/after", b"new").await;
     let (id, batch) = watch.next_event(T).await;
-    assert_eq!(id, rev, "the first event is the first change after the watch began: {batch}");
+    assert_eq!(
+        id, rev,
+        "the first event is the first change after the watch began: {batch}"
+    );
     assert_eq!(changes(&[batch]), vec![Change::put(rev, "n/after", b"new")]);
 }
 
@@ -102,7 +111,9 @@ async fn prefix_watch_skips_other_keys() {
         }
     }
     let from = start.to_string();
-    let mut watch = node.watch(&[("prefix", "app/"), ("from_revision", &from)], None).await;
+    let mut watch = node
+        .watch(&[("prefix", "app/"), ("from_revision", &from)], None)
+        .await;
     let last = expected.last().expect("changes").revision;
     let batches = watch.events_through(last, T).await;
     assert_eq!(changes(&batches), expected);
@@ -127,7 +138,9 @@ async fn single_key_watch_is_exact() {
     node.put("cfg/child", b"child 2").await;
 
     let from = start.to_string();
-    let mut watch = node.watch(&[("key", "cfg"), ("from_revision", &from)], None).await;
+    let mut watch = node
+        .watch(&[("key", "cfg"), ("from_revision", &from)], None)
+        .await;
     let batches = watch.events_through(r3, T).await;
     assert_eq!(
         changes(&batches),
@@ -162,7 +175,9 @@ async fn txn_and_prefix_delete_arrive_as_single_batches() {
     assert_eq!(num(&del, "/deleted"), 3);
 
     let from = (r0 + 1).to_string();
-    let mut watch = node.watch(&[("prefix", "tx/"), ("from_revision", &from)], None).await;
+    let mut watch = node
+        .watch(&[("prefix", "tx/"), ("from_revision", &from)], None)
+        .await;
 
     let (id, batch) = watch.next_event(T).await;
     assert_eq!(id, rt);
@@ -176,7 +191,10 @@ async fn txn_and_prefix_delete_arrive_as_single_batches() {
         Change::delete(rt, "tx/gone"),
     ];
     want.sort();
-    assert_eq!(got, want, "the transaction is one batch with one event per matching key");
+    assert_eq!(
+        got, want,
+        "the transaction is one batch with one event per matching key"
+    );
 
     let (id, batch) = watch.next_event(T).await;
     assert_eq!(id, rd);
@@ -184,7 +202,11 @@ async fn txn_and_prefix_delete_arrive_as_single_batches() {
     got.sort();
     assert_eq!(
         got,
-        vec![Change::delete(rd, "tx/1"), Change::delete(rd, "tx/2"), Change::delete(rd, "tx/3")]
+        vec![
+            Change::delete(rd, "tx/1"),
+            Change::delete(rd, "tx/2"),
+            Change::delete(rd, "tx/3")
+        ]
     );
 }
 
@@ -195,7 +217,11 @@ async fn resume_with_last_event_id() {
     let mut expected = Vec::new();
     for i in 0..5 {
         let key = format!("res/{i}");
-        expected.push(Change::put(node.put_rev(&key, b"first").await, &key, b"first"));
+        expected.push(Change::put(
+            node.put_rev(&key, b"first").await,
+            &key,
+            b"first",
+        ));
     }
 
     let from = start.to_string();
@@ -213,14 +239,22 @@ async fn resume_with_last_event_id() {
 
     for i in 0..3 {
         let key = format!("res/{i}");
-        expected.push(Change::put(node.put_rev(&key, b"second").await, &key, b"second"));
+        expected.push(Change::put(
+            node.put_rev(&key, b"second").await,
+            &key,
+            b"second",
+        ));
     }
     let last = expected.last().expect("changes").revision;
 
     // Same query (from_revision = start), but Last-Event-ID wins.
     let mut watch = node.watch(&query, Some(last_id)).await;
     let rest = watch.events_through(last, T).await;
-    assert_eq!(changes(&rest), expected[3..].to_vec(), "exactly the changes after {last_id}");
+    assert_eq!(
+        changes(&rest),
+        expected[3..].to_vec(),
+        "exactly the changes after {last_id}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,7 +263,12 @@ async fn poll_returns_existing_history_at_once() {
     let start = node.revision().await + 1;
     let expected = write_all(
         &node,
-        &[("lp/a", Some(b"1")), ("lp/b", Some(b"2")), ("lp/a", None), ("lp/c", Some(b"3"))],
+        &[
+            ("lp/a", Some(b"1")),
+            ("lp/b", Some(b"2")),
+            ("lp/a", None),
+            ("lp/c", Some(b"3")),
+        ],
     )
     .await;
     let last = expected.last().expect("changes").revision;
@@ -240,18 +279,28 @@ async fn poll_returns_existing_history_at_once() {
         let from_text = from.to_string();
         let asked = Instant::now();
         let reply = node
-            .poll(&[("prefix", "lp/"), ("from_revision", &from_text), ("timeout_ms", "15000")])
+            .poll(&[
+                ("prefix", "lp/"),
+                ("from_revision", &from_text),
+                ("timeout_ms", "15000"),
+            ])
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
         let got = batches_of(&reply);
-        assert!(!got.is_empty(), "history exists, so the poll must not come back empty");
+        assert!(
+            !got.is_empty(),
+            "history exists, so the poll must not come back empty"
+        );
         assert!(
             asked.elapsed() < Duration::from_secs(7),
             "with history available the poll must not wait for its 15 s timeout"
         );
         let next = num(&reply.body, "/next_revision");
         assert_eq!(next, num(got.last().expect("batch"), "/revision") + 1);
-        assert!(reply.revision_header().is_some(), "poll carries X-Shoal-Revision");
+        assert!(
+            reply.revision_header().is_some(),
+            "poll carries X-Shoal-Revision"
+        );
         batches.extend(got);
         from = next;
     }
@@ -273,12 +322,19 @@ async fn poll_waits_for_a_new_change() {
     };
     let from_text = from.to_string();
     let reply = node
-        .poll(&[("prefix", "wait/"), ("from_revision", &from_text), ("timeout_ms", "10000")])
+        .poll(&[
+            ("prefix", "wait/"),
+            ("from_revision", &from_text),
+            ("timeout_ms", "10000"),
+        ])
         .await;
     let rev = writer.await.expect("writer task");
     let body = reply.ok();
     let batches = body["batches"].as_array().expect("batches").clone();
-    assert_eq!(changes(&batches), vec![Change::put(rev, "wait/new", b"fresh")]);
+    assert_eq!(
+        changes(&batches),
+        vec![Change::put(rev, "wait/new", b"fresh")]
+    );
     assert_eq!(num(&body, "/next_revision"), rev + 1);
 }
 
@@ -290,12 +346,20 @@ async fn poll_times_out_with_no_batches() {
     let from_text = from.to_string();
     let asked = Instant::now();
     let reply = node
-        .poll(&[("prefix", "quiet/"), ("from_revision", &from_text), ("timeout_ms", "300")])
+        .poll(&[
+            ("prefix", "quiet/"),
+            ("from_revision", &from_text),
+            ("timeout_ms", "300"),
+        ])
         .await;
     let waited = asked.elapsed();
     let body = reply.ok();
     assert_eq!(body["batches"], json!([]), "{body}");
-    assert_eq!(num(&body, "/next_revision"), from, "nothing happened, resume where we were");
+    assert_eq!(
+        num(&body, "/next_revision"),
+        from,
+        "nothing happened, resume where we were"
+    );
     assert!(
         waited >= Duration::from_millis(250),
         "an empty poll returns after its timeout, not before (took {waited:?})"
@@ -304,7 +368,11 @@ async fn poll_times_out_with_no_batches() {
     // Writes elsewhere do not wake a prefix poll with batches for other keys.
     node.put("loud/x", b"x").await;
     let reply = node
-        .poll(&[("prefix", "quiet/"), ("from_revision", &from_text), ("timeout_ms", "300")])
+        .poll(&[
+            ("prefix", "quiet/"),
+            ("from_revision", &from_text),
+            ("timeout_ms", "300"),
+        ])
         .await;
     let body = reply.ok();
     assert_eq!(body["batches"], json!([]), "{body}");
@@ -355,7 +423,10 @@ async fn poll_chaining_delivers_every_change_once() {
             expected = Some((&mut writer).await.expect("writer task"));
             continue;
         }
-        assert!(Instant::now() < deadline, "chained polling did not catch up: {collected:?}");
+        assert!(
+            Instant::now() < deadline,
+            "chained polling did not catch up: {collected:?}"
+        );
         let from_text = from.to_string();
         let reply = node
             .poll(&[
@@ -367,37 +438,56 @@ async fn poll_chaining_delivers_every_change_once() {
             .await;
         let body = reply.ok();
         let batches = body["batches"].as_array().expect("batches").clone();
-        assert!(batches.len() <= 7, "limit=7 exceeded: {} batches", batches.len());
+        assert!(
+            batches.len() <= 7,
+            "limit=7 exceeded: {} batches",
+            batches.len()
+        );
         let next = num(&body, "/next_revision");
         if let Some(last) = batches.last() {
-            assert!(num(&batches[0], "/revision") >= from, "batch before from_revision");
+            assert!(
+                num(&batches[0], "/revision") >= from,
+                "batch before from_revision"
+            );
             // Past the last batch; revisions after it that touched no
             // watched key may be skipped too. (Whether a change was missed
             // is what the final comparison checks.)
-            assert!(next > num(last, "/revision"), "next_revision {next} not past the last batch");
+            assert!(
+                next > num(last, "/revision"),
+                "next_revision {next} not past the last batch"
+            );
         } else {
             assert!(next >= from, "next_revision went backwards");
         }
         collected.extend(changes(&batches));
         from = next;
     }
-    assert_eq!(collected, expected.expect("writer result"), "every change exactly once, in order");
+    assert_eq!(
+        collected,
+        expected.expect("writer result"),
+        "every change exactly once, in order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compacted_history_gives_410() {
     let node = Node::start_with(&["--history-revisions", "5"]).await;
     for i in 0..30 {
-        node.put(&format!("c/{}", i % 4), format!("v{i}").as_bytes()).await;
+        node.put(&format!("c/{}", i % 4), format!("v{i}").as_bytes())
+            .await;
     }
     let current = node.revision().await;
     let target = current - 2;
-    let reply = node.post_json("/v1/compact", &json!({"revision": target})).await;
+    let reply = node
+        .post_json("/v1/compact", &json!({"revision": target}))
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
     let status = node.status().await;
     assert_eq!(num(&status, "/compact_revision"), target, "{status}");
 
-    let reply = node.watch_reply(&[("prefix", "c/"), ("from_revision", "1")]).await;
+    let reply = node
+        .watch_reply(&[("prefix", "c/"), ("from_revision", "1")])
+        .await;
     let body = assert_error(&reply, 410, "compacted");
     let compact = error_detail(&body, "compact_revision")
         .and_then(Value::as_u64)
@@ -405,31 +495,56 @@ async fn compacted_history_gives_410() {
     assert_eq!(compact, target);
 
     let reply = node
-        .poll(&[("prefix", "c/"), ("from_revision", "1"), ("timeout_ms", "100")])
+        .poll(&[
+            ("prefix", "c/"),
+            ("from_revision", "1"),
+            ("timeout_ms", "100"),
+        ])
         .await;
     let body = assert_error(&reply, 410, "compacted");
-    assert_eq!(error_detail(&body, "compact_revision").and_then(Value::as_u64), Some(target));
+    assert_eq!(
+        error_detail(&body, "compact_revision").and_then(Value::as_u64),
+        Some(target)
+    );
 
-    let reply = node.post_json("/v1/rollback/c/0", &json!({"revision": 1})).await;
+    let reply = node
+        .post_json("/v1/rollback/c/0", &json!({"revision": 1}))
+        .await;
     assert_error(&reply, 410, "compacted");
 
     // The boundary: the compaction revision itself is retained, the one
     // before it is not. Every revision here changed a c/ key.
     let below = (target - 1).to_string();
     let reply = node
-        .poll(&[("prefix", "c/"), ("from_revision", &below), ("timeout_ms", "100")])
+        .poll(&[
+            ("prefix", "c/"),
+            ("from_revision", &below),
+            ("timeout_ms", "100"),
+        ])
         .await;
     assert_error(&reply, 410, "compacted");
     let at = target.to_string();
     let reply = node
-        .poll(&[("prefix", "c/"), ("from_revision", &at), ("timeout_ms", "100")])
+        .poll(&[
+            ("prefix", "c/"),
+            ("from_revision", &at),
+            ("timeout_ms", "100"),
+        ])
         .await;
     let batches = batches_of(&reply);
-    assert_eq!(num(&batches[0], "/revision"), target, "{}", reply.describe());
+    assert_eq!(
+        num(&batches[0], "/revision"),
+        target,
+        "{}",
+        reply.describe()
+    );
     let history = node.get_path("/v1/history/c/0").await.ok();
     assert_eq!(num(&history, "/compact_revision"), target);
     for entry in history["history"].as_array().expect("history") {
-        assert!(num(entry, "/kv/mod_revision") >= target, "compacted entry listed: {history}");
+        assert!(
+            num(entry, "/kv/mod_revision") >= target,
+            "compacted entry listed: {history}"
+        );
     }
 
     // The recovery the spec describes: re-list, then watch from its revision + 1.
@@ -437,7 +552,9 @@ async fn compacted_history_gives_410() {
     let relist_rev = num(&listed, "/revision");
     assert_eq!(relist_rev, current);
     let from = (relist_rev + 1).to_string();
-    let mut watch = node.watch(&[("prefix", "c/"), ("from_revision", &from)], None).await;
+    let mut watch = node
+        .watch(&[("prefix", "c/"), ("from_revision", &from)], None)
+        .await;
     let rev = node.put_rev("c/new", b"after compaction").await;
     let (id, _) = watch.next_event(T).await;
     assert_eq!(id, rev);
@@ -445,17 +562,27 @@ async fn compacted_history_gives_410() {
     // The newest revision is still in the history.
     let newest = current.to_string();
     let reply = node
-        .poll(&[("prefix", "c/"), ("from_revision", &newest), ("timeout_ms", "100")])
+        .poll(&[
+            ("prefix", "c/"),
+            ("from_revision", &newest),
+            ("timeout_ms", "100"),
+        ])
         .await;
     let batches = batches_of(&reply);
-    assert_eq!(num(&batches[0], "/revision"), current, "{}", reply.describe());
+    assert_eq!(
+        num(&batches[0], "/revision"),
+        current,
+        "{}",
+        reply.describe()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn automatic_compaction_keeps_recent_history() {
     let node = Node::start_with(&["--history-revisions", "5"]).await;
     for i in 0..30 {
-        node.put(&format!("auto/{}", i % 3), format!("v{i}").as_bytes()).await;
+        node.put(&format!("auto/{}", i % 3), format!("v{i}").as_bytes())
+            .await;
     }
     let current = node.revision().await;
     let compact = eventually(T, "automatic compaction", || async {
@@ -463,16 +590,30 @@ async fn automatic_compaction_keeps_recent_history() {
         (compact + 10 >= current).then_some(compact)
     })
     .await;
-    assert!(compact < current, "compaction must keep the newest revisions");
+    assert!(
+        compact < current,
+        "compaction must keep the newest revisions"
+    );
 
-    let reply = node.watch_reply(&[("prefix", "auto/"), ("from_revision", "1")]).await;
+    let reply = node
+        .watch_reply(&[("prefix", "auto/"), ("from_revision", "1")])
+        .await;
     assert_error(&reply, 410, "compacted");
 
     // The last revisions are kept: polling from current - 2 works.
     let from = (current - 2).to_string();
     let reply = node
-        .poll(&[("prefix", "auto/"), ("from_revision", &from), ("timeout_ms", "100")])
+        .poll(&[
+            ("prefix", "auto/"),
+            ("from_revision", &from),
+            ("timeout_ms", "100"),
+        ])
         .await;
     let batches = batches_of(&reply);
-    assert_eq!(num(&batches[0], "/revision"), current - 2, "{}", reply.describe());
+    assert_eq!(
+        num(&batches[0], "/revision"),
+        current - 2,
+        "{}",
+        reply.describe()
+    );
 }

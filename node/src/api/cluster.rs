@@ -28,7 +28,12 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     let replication = match (local_replication(&shoal.raft), metrics.current_leader) {
         (Some(replication), _) => Some(replication),
         (None, Some(leader)) => match membership.get_node(&leader) {
-            Some(node) => shoal.forwarder.replication(&node.rpc, REPLICATION_TIMEOUT).await.ok().flatten(),
+            Some(node) => shoal
+                .forwarder
+                .replication(&node.rpc, REPLICATION_TIMEOUT)
+                .await
+                .ok()
+                .flatten(),
             None => None,
         },
         (None, None) => None,
@@ -108,7 +113,10 @@ pub struct LeaveBody {
 
 /// `POST /v1/cluster/leave`: remove a node (default: this one) from Raft.
 /// A node that removes itself then shuts down.
-pub async fn leave(State(shoal): State<Arc<Shoal>>, JsonBody(body): JsonBody<LeaveBody>) -> ApiResult<Response> {
+pub async fn leave(
+    State(shoal): State<Arc<Shoal>>,
+    JsonBody(body): JsonBody<LeaveBody>,
+) -> ApiResult<Response> {
     let id = body.node_id.unwrap_or(shoal.node_id);
     if id == shoal.node_id {
         leave_this_node(&shoal).await?;
@@ -134,7 +142,12 @@ pub async fn leave_this_node(shoal: &Shoal) -> ApiResult<()> {
 /// Ask the leader to remove `id` from the membership.
 pub async fn leave_cluster(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
     let metrics = shoal.raft.metrics().borrow().clone();
-    if metrics.membership_config.membership().get_node(&id).is_none() {
+    if metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_none()
+    {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "node_not_found",
@@ -145,9 +158,13 @@ pub async fn leave_cluster(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
     let result = if metrics.current_leader == Some(shoal.node_id) {
         crate::cluster::remove_member(&shoal.raft, &shoal.removals, id).await
     } else {
-        let leader = metrics.current_leader.and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
+        let leader = metrics
+            .current_leader
+            .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
         let Some(leader) = leader else {
-            return Err(ApiError::unavailable("there is no leader to remove the node; retry later"));
+            return Err(ApiError::unavailable(
+                "there is no leader to remove the node; retry later",
+            ));
         };
         shoal
             .forwarder

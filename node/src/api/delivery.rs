@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shoal_actors::config::{
-    validate_kafka_topic, Bridge, ConfigError, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX, WEBHOOKS_PREFIX,
+    validate_kafka_topic, Bridge, ConfigError, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX,
+    WEBHOOKS_PREFIX,
 };
 use shoal_actors::deliver::Entry;
 use shoal_actors::kafka::Record;
@@ -58,7 +59,8 @@ impl Kind {
             body: Value,
             validate: impl FnOnce(T) -> Result<T, ConfigError>,
         ) -> ApiResult<Value> {
-            let parsed: T = serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("invalid definition: {e}")))?;
+            let parsed: T = serde_json::from_value(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid definition: {e}")))?;
             let valid = validate(parsed).map_err(|e| ApiError::bad_request(e.0))?;
             serde_json::to_value(valid).map_err(|e| ApiError::internal(e.to_string()))
         }
@@ -71,7 +73,11 @@ impl Kind {
 }
 
 fn not_found(kind: Kind, name: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{} {name:?} does not exist", kind.noun()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("{} {name:?} does not exist", kind.noun()),
+    )
 }
 
 fn check_name(kind: Kind, name: &str) -> ApiResult<()> {
@@ -82,7 +88,9 @@ fn check_name(kind: Kind, name: &str) -> ApiResult<()> {
 pub async fn put(shoal: Arc<Shoal>, kind: Kind, name: String, body: Value) -> ApiResult<Response> {
     check_name(kind, &name)?;
     if !body.is_object() {
-        return Err(ApiError::bad_request("the definition must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the definition must be a JSON object",
+        ));
     }
     let stored = kind.validate(&name, body)?;
     let value = serde_json::to_vec(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -91,12 +99,25 @@ pub async fn put(shoal: Arc<Shoal>, kind: Kind, name: String, body: Value) -> Ap
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "value_too_large",
-            format!("the definition is {} bytes stored; the limit is {limit} (--max-value-bytes)", value.len()),
+            format!(
+                "the definition is {} bytes stored; the limit is {limit} (--max-value-bytes)",
+                value.len()
+            ),
         ));
     }
     let key = format!("{}{name}", kind.prefix());
-    let put = TxnOp::Put { key, value, lease: 0 };
-    shoal.write(Command::Txn(Txn { compare: vec![], success: vec![put], failure: vec![] })).await?;
+    let put = TxnOp::Put {
+        key,
+        value,
+        lease: 0,
+    };
+    shoal
+        .write(Command::Txn(Txn {
+            compare: vec![],
+            success: vec![put],
+            failure: vec![],
+        }))
+        .await?;
     Ok(Json(stored).into_response())
 }
 
@@ -107,7 +128,8 @@ pub async fn get(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Respo
     let key = format!("{}{name}", kind.prefix());
     let (_, kv) = shoal.read(move |store| store.kv_get(&key)).await?;
     let kv = kv.ok_or_else(|| not_found(kind, &name))?;
-    let value: Value = serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(value).into_response())
 }
 
@@ -115,8 +137,13 @@ pub async fn get(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Respo
 pub async fn list(shoal: Arc<Shoal>, kind: Kind) -> ApiResult<Response> {
     shoal.read_barrier(false).await?;
     let prefix = kind.prefix();
-    let (_, kvs, _) = shoal.read(move |store| store.kv_range(prefix, None, 10_000)).await?;
-    let items: Vec<Value> = kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
+    let (_, kvs, _) = shoal
+        .read(move |store| store.kv_range(prefix, None, 10_000))
+        .await?;
+    let items: Vec<Value> = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
     Ok(Json(json!({ format!("{}s", kind.noun()): items })).into_response())
 }
 
@@ -125,11 +152,17 @@ pub async fn delete(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Re
     check_name(kind, &name)?;
     let key = format!("{}{name}", kind.prefix());
     let delete = TxnOp::Delete { key, prefix: false };
-    let response = shoal.write(Command::Txn(Txn { compare: vec![], success: vec![delete], failure: vec![] })).await?;
+    let response = shoal
+        .write(Command::Txn(Txn {
+            compare: vec![],
+            success: vec![delete],
+            failure: vec![],
+        }))
+        .await?;
     let deleted = match response {
-        shoal_storage::kv::Response::Txn { results, .. } => results.iter().any(|r| {
-            matches!(r, shoal_storage::kv::OpResult::Delete { deleted, .. } if *deleted > 0)
-        }),
+        shoal_storage::kv::Response::Txn { results, .. } => results.iter().any(
+            |r| matches!(r, shoal_storage::kv::OpResult::Delete { deleted, .. } if *deleted > 0),
+        ),
         _ => false,
     };
     if !deleted {
@@ -149,13 +182,19 @@ macro_rules! config_handlers {
             ) -> ApiResult<Response> {
                 super::put(shoal, $kind, name, body).await
             }
-            pub async fn get(State(shoal): State<Arc<Shoal>>, Path(name): Path<String>) -> ApiResult<Response> {
+            pub async fn get(
+                State(shoal): State<Arc<Shoal>>,
+                Path(name): Path<String>,
+            ) -> ApiResult<Response> {
                 super::get(shoal, $kind, name).await
             }
             pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
                 super::list(shoal, $kind).await
             }
-            pub async fn delete(State(shoal): State<Arc<Shoal>>, Path(name): Path<String>) -> ApiResult<Response> {
+            pub async fn delete(
+                State(shoal): State<Arc<Shoal>>,
+                Path(name): Path<String>,
+            ) -> ApiResult<Response> {
                 super::delete(shoal, $kind, name).await
             }
         }
@@ -184,32 +223,44 @@ fn local_scope(params: &Params) -> ApiResult<bool> {
     match params.string("scope") {
         None | Some("cluster") => Ok(false),
         Some("local") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!("scope must be cluster or local, got {other:?}"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "scope must be cluster or local, got {other:?}"
+        ))),
     }
 }
 
 /// Ask every other live node the same question over its HTTP API
 /// (`scope=local`); answers by node, and the nodes that did not answer.
-async fn fan_out(shoal: &Shoal, method: reqwest::Method, path_and_query: &str, body: Option<Value>) -> (Vec<Value>, Vec<u64>) {
+async fn fan_out(
+    shoal: &Shoal,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<Value>,
+) -> (Vec<Value>, Vec<u64>) {
     let members = shoal.gossip.members().await;
     let client = reqwest::Client::new();
-    let calls = members.values().filter(|m| m.node_id != shoal.node_id && !m.left).map(|member| {
-        let url = format!("http://{}{path_and_query}", member.api);
-        let mut request = client.request(method.clone(), url).timeout(FAN_OUT_TIMEOUT);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let (node_id, alive) = (member.node_id, member.alive);
-        async move {
-            if !alive {
-                return Err(node_id);
+    let calls = members
+        .values()
+        .filter(|m| m.node_id != shoal.node_id && !m.left)
+        .map(|member| {
+            let url = format!("http://{}{path_and_query}", member.api);
+            let mut request = client.request(method.clone(), url).timeout(FAN_OUT_TIMEOUT);
+            if let Some(body) = &body {
+                request = request.json(body);
             }
-            match request.send().await {
-                Ok(response) if response.status().is_success() => response.json::<Value>().await.map_err(|_| node_id),
-                _ => Err(node_id),
+            let (node_id, alive) = (member.node_id, member.alive);
+            async move {
+                if !alive {
+                    return Err(node_id);
+                }
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        response.json::<Value>().await.map_err(|_| node_id)
+                    }
+                    _ => Err(node_id),
+                }
             }
-        }
-    });
+        });
     let mut answers = Vec::new();
     let mut unreachable = Vec::new();
     for result in futures::future::join_all(calls).await {
@@ -224,15 +275,20 @@ async fn fan_out(shoal: &Shoal, method: reqwest::Method, path_and_query: &str, b
 /// `GET /v1/webhooks/{name}/dead-letters`: messages whose retries ran out,
 /// from every node (each keeps those it accepted); `unreachable` lists
 /// nodes that did not answer, so a partial answer is never silent.
-pub async fn dead_letters(State(shoal): State<Arc<Shoal>>, Path(name): Path<String>, params: Params) -> ApiResult<Response> {
+pub async fn dead_letters(
+    State(shoal): State<Arc<Shoal>>,
+    Path(name): Path<String>,
+    params: Params,
+) -> ApiResult<Response> {
     check_name(Kind::Webhook, &name)?;
     let limit = params.limit(100, 10_000)?;
     let destination = format!("webhook:{name}");
     let outbox = shoal.messaging.deliveries.outbox().clone();
     let node_id = shoal.node_id;
-    let stored = tokio::task::spawn_blocking(move || outbox.scan(List::Dead, &destination, None, limit))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let stored =
+        tokio::task::spawn_blocking(move || outbox.scan(List::Dead, &destination, None, limit))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
     let mut letters = Vec::with_capacity(stored.len());
     for item in stored {
         let entry: Entry = shoal_storage::decode(&item.value)?;
@@ -249,7 +305,10 @@ pub async fn dead_letters(State(shoal): State<Arc<Shoal>>, Path(name): Path<Stri
         }
         unreachable = missing;
     }
-    Ok(Json(json!({"webhook": name, "dead_letters": letters, "unreachable": unreachable})).into_response())
+    Ok(
+        Json(json!({"webhook": name, "dead_letters": letters, "unreachable": unreachable}))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize, Serialize, Default)]
@@ -279,19 +338,30 @@ pub async fn replay(
     let replay: Replay = if body.is_empty() {
         Replay::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     let node_id = shoal.node_id;
-    let only: Option<Vec<u64>> =
-        replay.only.as_ref().map(|items| items.iter().filter(|i| i.node_id == node_id).map(|i| i.seq).collect());
+    let only: Option<Vec<u64>> = replay.only.as_ref().map(|items| {
+        items
+            .iter()
+            .filter(|i| i.node_id == node_id)
+            .map(|i| i.seq)
+            .collect()
+    });
     let destination = format!("webhook:{name}");
     let outbox = shoal.messaging.deliveries.outbox().clone();
     let target = destination.clone();
     let moved = tokio::task::spawn_blocking(move || {
-        outbox.replay(&target, only.as_deref(), |value| match shoal_storage::decode::<Entry>(value) {
-            Ok(entry) => shoal_storage::encode(&Entry::new(entry.message)).unwrap_or_else(|_| value.to_vec()),
-            Err(_) => value.to_vec(),
-        })
+        outbox.replay(
+            &target,
+            only.as_deref(),
+            |value| match shoal_storage::decode::<Entry>(value) {
+                Ok(entry) => shoal_storage::encode(&Entry::new(entry.message))
+                    .unwrap_or_else(|_| value.to_vec()),
+                Err(_) => value.to_vec(),
+            },
+        )
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -304,34 +374,45 @@ pub async fn replay(
         let path = format!("/v1/webhooks/{name}/dead-letters/replay?scope=local");
         let body = serde_json::to_value(&replay).map_err(|e| ApiError::internal(e.to_string()))?;
         let (answers, missing) = fan_out(&shoal, reqwest::Method::POST, &path, Some(body)).await;
-        replayed += answers.iter().filter_map(|a| a["replayed"].as_u64()).sum::<u64>() as usize;
+        replayed += answers
+            .iter()
+            .filter_map(|a| a["replayed"].as_u64())
+            .sum::<u64>() as usize;
         unreachable = missing;
     }
-    Ok(Json(json!({"webhook": name, "replayed": replayed, "unreachable": unreachable})).into_response())
+    Ok(
+        Json(json!({"webhook": name, "replayed": replayed, "unreachable": unreachable}))
+            .into_response(),
+    )
 }
 
 /// `GET /v1/outbox`: this node's pending and dead entries per destination.
 pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     let outbox = shoal.messaging.deliveries.outbox().clone();
     let config = shoal.messaging.config();
-    let mut names: Vec<String> = config.webhooks.keys().map(|name| format!("webhook:{name}")).collect();
-    let counts = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, shoal_storage::StorageError> {
-        for destination in outbox.destinations()? {
-            if !names.contains(&destination) {
-                names.push(destination);
+    let mut names: Vec<String> = config
+        .webhooks
+        .keys()
+        .map(|name| format!("webhook:{name}"))
+        .collect();
+    let counts =
+        tokio::task::spawn_blocking(move || -> Result<Vec<Value>, shoal_storage::StorageError> {
+            for destination in outbox.destinations()? {
+                if !names.contains(&destination) {
+                    names.push(destination);
+                }
             }
-        }
-        names
-            .into_iter()
-            .map(|destination| {
-                let pending = outbox.count(List::Pending, &destination)?;
-                let dead = outbox.count(List::Dead, &destination)?;
-                Ok(json!({"destination": destination, "pending": pending, "dead": dead}))
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+            names
+                .into_iter()
+                .map(|destination| {
+                    let pending = outbox.count(List::Pending, &destination)?;
+                    let dead = outbox.count(List::Dead, &destination)?;
+                    Ok(json!({"destination": destination, "pending": pending, "dead": dead}))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(Json(json!({"node_id": shoal.node_id, "destinations": counts})).into_response())
 }
 
@@ -347,31 +428,40 @@ pub async fn produce(
     Body(body): Body,
 ) -> ApiResult<Response> {
     let kafka = shoal.messaging.kafka.clone().ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "kafka_not_configured", "this node has no --kafka-brokers")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "kafka_not_configured",
+            "this node has no --kafka-brokers",
+        )
     })?;
-    validate_kafka_topic(&topic).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.0))?;
+    validate_kafka_topic(&topic)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.0))?;
     let limit = shoal.settings.max_message_bytes;
     if body.len() > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("message payload is {} bytes; the limit is {limit}", body.len()),
+            format!(
+                "message payload is {} bytes; the limit is {limit}",
+                body.len()
+            ),
         ));
     }
     let partition = match params.string("partition") {
         None => None,
-        Some(raw) => Some(
-            raw.parse::<i32>()
-                .ok()
-                .filter(|p| *p >= 0)
-                .ok_or_else(|| ApiError::bad_request(format!("partition must be a non-negative integer, got {raw:?}")))?,
-        ),
+        Some(raw) => Some(raw.parse::<i32>().ok().filter(|p| *p >= 0).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "partition must be a non-negative integer, got {raw:?}"
+            ))
+        })?),
     };
     let mut kafka_headers = Vec::new();
     for (name, value) in &headers {
         let name = name.as_str();
         if name == "content-type" || name == "traceparent" || name.starts_with("ce-") {
-            let value = value.to_str().map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))?;
+            let value = value.to_str().map_err(|_| {
+                ApiError::bad_request(format!("header {name} is not visible ASCII"))
+            })?;
             kafka_headers.push((name.to_string(), value.to_string()));
         }
     }
@@ -386,5 +476,8 @@ pub async fn produce(
         .produce(record)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "kafka_unavailable", e.to_string()))?;
-    Ok(Json(json!({"topic": topic, "partition": produced.partition, "offset": produced.offset})).into_response())
+    Ok(
+        Json(json!({"topic": topic, "partition": produced.partition, "offset": produced.offset}))
+            .into_response(),
+    )
 }

@@ -25,7 +25,10 @@ const ES_VERSION: &str = "8.15.0";
 /// Clients refuse servers whose answers lack this header.
 pub async fn product_header(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    response.headers_mut().insert("x-elastic-product", HeaderValue::from_static("Elasticsearch"));
+    response.headers_mut().insert(
+        "x-elastic-product",
+        HeaderValue::from_static("Elasticsearch"),
+    );
     response
 }
 
@@ -39,7 +42,10 @@ fn es_error(status: StatusCode, kind: &str, reason: impl Into<String>) -> Respon
     });
     let mut response = (status, Json(body)).into_response();
     if status == StatusCode::TOO_MANY_REQUESTS {
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
     }
     response
 }
@@ -54,7 +60,11 @@ fn es_api_error(error: ApiError) -> Response {
 /// retries it (nothing of it has been stored).
 fn es_ingest_error(error: SearchError) -> Response {
     match error {
-        SearchError::Busy(_) => es_error(StatusCode::TOO_MANY_REQUESTS, "es_rejected_execution_exception", error.to_string()),
+        SearchError::Busy(_) => es_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "es_rejected_execution_exception",
+            error.to_string(),
+        ),
         other => es_api_error(search_error(other)),
     }
 }
@@ -64,9 +74,17 @@ fn es_ingest_error(error: SearchError) -> Response {
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Vec<u8>, Response> {
     body.map(|bytes| bytes.to_vec()).map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            es_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+            es_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is too large",
+            )
         } else {
-            es_error(StatusCode::BAD_REQUEST, "parse_exception", format!("cannot read the request body: {e}"))
+            es_error(
+                StatusCode::BAD_REQUEST,
+                "parse_exception",
+                format!("cannot read the request body: {e}"),
+            )
         }
     })
 }
@@ -90,7 +108,11 @@ pub async fn info(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
-pub async fn bulk_default(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn bulk_default(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match body_or_error(body) {
         Ok(body) => bulk(app, None, headers, body).await,
         Err(response) => response,
@@ -135,7 +157,12 @@ impl Item {
     }
 }
 
-async fn bulk(app: AppState, path_index: Option<String>, headers: HeaderMap, body: Vec<u8>) -> Response {
+async fn bulk(
+    app: AppState,
+    path_index: Option<String>,
+    headers: HeaderMap,
+    body: Vec<u8>,
+) -> Response {
     let started = std::time::Instant::now();
     // Refuse before parsing: under backpressure a refused batch must be cheap.
     if let Err(e) = app.shoal.logs.check_capacity() {
@@ -145,7 +172,8 @@ async fn bulk(app: AppState, path_index: Option<String>, headers: HeaderMap, bod
         Ok(body) => body,
         Err(e) => return es_api_error(e),
     };
-    let parsed = tokio::task::spawn_blocking(move || parse_bulk(&body, path_index.as_deref())).await;
+    let parsed =
+        tokio::task::spawn_blocking(move || parse_bulk(&body, path_index.as_deref())).await;
     let (mut items, by_stream) = match parsed {
         Ok(Ok(parsed)) => parsed,
         Ok(Err(response)) => return response,
@@ -179,11 +207,17 @@ type Bulk = (Vec<Item>, Vec<(String, Vec<(usize, Record)>)>);
 /// Parse NDJSON action/source pairs. A malformed action line ends the
 /// request (as in Elasticsearch); a bad document fails only its item.
 fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| es_error(StatusCode::BAD_REQUEST, "parse_exception", format!("the body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body).map_err(|e| {
+        es_error(
+            StatusCode::BAD_REQUEST,
+            "parse_exception",
+            format!("the body is not UTF-8: {e}"),
+        )
+    })?;
     let mut lines = text.lines().filter(|line| !line.trim().is_empty());
     let mut items = Vec::new();
-    let mut by_stream: std::collections::BTreeMap<String, Vec<(usize, Record)>> = Default::default();
+    let mut by_stream: std::collections::BTreeMap<String, Vec<(usize, Record)>> =
+        Default::default();
     while let Some(action_line) = lines.next() {
         if items.len() >= MAX_RECORDS_PER_REQUEST {
             return Err(es_error(
@@ -193,9 +227,17 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
             ));
         }
         let action: Value = serde_json::from_str(action_line).map_err(|e| {
-            es_error(StatusCode::BAD_REQUEST, "illegal_argument_exception", format!("malformed action/metadata line: {e}"))
+            es_error(
+                StatusCode::BAD_REQUEST,
+                "illegal_argument_exception",
+                format!("malformed action/metadata line: {e}"),
+            )
         })?;
-        let Some((op, meta)) = action.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next()) else {
+        let Some((op, meta)) = action
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.iter().next())
+        else {
             return Err(es_error(
                 StatusCode::BAD_REQUEST,
                 "illegal_argument_exception",
@@ -204,26 +246,49 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
         };
         let op = op.clone();
         let meta = meta.as_object().cloned().unwrap_or_default();
-        let index = meta.get("_index").and_then(Value::as_str).or(path_index).unwrap_or("").to_string();
+        let index = meta
+            .get("_index")
+            .and_then(Value::as_str)
+            .or(path_index)
+            .unwrap_or("")
+            .to_string();
         let id = meta
             .get("_id")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .unwrap_or_else(|| format!("{:016x}{:04x}", rand::random::<u64>(), rand::random::<u16>()));
-        let mut item = Item { op: op.clone(), index: index.clone(), id, status: 201, error: None };
+            .unwrap_or_else(|| {
+                format!(
+                    "{:016x}{:04x}",
+                    rand::random::<u64>(),
+                    rand::random::<u16>()
+                )
+            });
+        let mut item = Item {
+            op: op.clone(),
+            index: index.clone(),
+            id,
+            status: 201,
+            error: None,
+        };
         // delete has no source line; update and delete are not supported (logs are append-only).
         match op.as_str() {
             "index" | "create" => {}
             "delete" => {
                 item.status = 400;
-                item.error = Some(("action_request_validation_exception".into(), "logs are append-only: delete is not supported".into()));
+                item.error = Some((
+                    "action_request_validation_exception".into(),
+                    "logs are append-only: delete is not supported".into(),
+                ));
                 items.push(item);
                 continue;
             }
             "update" => {
                 lines.next();
                 item.status = 400;
-                item.error = Some(("action_request_validation_exception".into(), "logs are append-only: update is not supported".into()));
+                item.error = Some((
+                    "action_request_validation_exception".into(),
+                    "logs are append-only: update is not supported".into(),
+                ));
                 items.push(item);
                 continue;
             }
@@ -236,11 +301,18 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
             }
         }
         let Some(source) = lines.next() else {
-            return Err(es_error(StatusCode::BAD_REQUEST, "illegal_argument_exception", "the last action has no source line"));
+            return Err(es_error(
+                StatusCode::BAD_REQUEST,
+                "illegal_argument_exception",
+                "the last action has no source line",
+            ));
         };
         if index.is_empty() {
             item.status = 400;
-            item.error = Some(("action_request_validation_exception".into(), "index is missing".into()));
+            item.error = Some((
+                "action_request_validation_exception".into(),
+                "index is missing".into(),
+            ));
         } else if let Err(e) = validate_stream(&index) {
             item.status = 400;
             item.error = Some(("invalid_index_name_exception".into(), e.to_string()));
@@ -249,7 +321,10 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
                 .map_err(|e| format!("failed to parse the document: {e}"))
                 .and_then(|doc| record::log_from_json(doc, &index));
             match parsed {
-                Ok(record) => by_stream.entry(index.clone()).or_default().push((items.len(), record)),
+                Ok(record) => by_stream
+                    .entry(index.clone())
+                    .or_default()
+                    .push((items.len(), record)),
                 Err(reason) => {
                     item.status = 400;
                     item.error = Some(("document_parsing_exception".into(), reason));
@@ -259,7 +334,11 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
         items.push(item);
     }
     if items.is_empty() {
-        return Err(es_error(StatusCode::BAD_REQUEST, "action_request_validation_exception", "no requests added"));
+        return Err(es_error(
+            StatusCode::BAD_REQUEST,
+            "action_request_validation_exception",
+            "no requests added",
+        ));
     }
     Ok((items, by_stream.into_iter().collect()))
 }

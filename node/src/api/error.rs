@@ -17,7 +17,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), extra: Map::new() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
     }
 
     pub fn with(mut self, field: &str, value: Value) -> ApiError {
@@ -42,11 +47,19 @@ impl ApiError {
     }
 
     pub fn timeout() -> ApiError {
-        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "the request did not complete in time")
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request did not complete in time",
+        )
     }
 
     pub fn lease_not_found(id: u64) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "lease_not_found", format!("lease {id} does not exist or has expired"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "lease_not_found",
+            format!("lease {id} does not exist or has expired"),
+        )
     }
 
     pub fn compacted(from: u64, compact_revision: u64) -> ApiError {
@@ -77,7 +90,10 @@ impl IntoResponse for ApiError {
         error.extend(self.extra);
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
         }
         response
     }

@@ -38,7 +38,13 @@ impl Params {
     /// A comma-separated list (empty items dropped); absent is empty.
     pub fn list(&self, name: &str) -> Vec<String> {
         self.string(name)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -55,10 +61,11 @@ impl Params {
     fn parse(&self, name: &str, error: fn(String) -> ApiError) -> Result<Option<u64>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(raw) => raw
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| error(format!("{name} must be a non-negative integer, got {raw:?}"))),
+            Some(raw) => raw.parse::<u64>().map(Some).map_err(|_| {
+                error(format!(
+                    "{name} must be a non-negative integer, got {raw:?}"
+                ))
+            }),
         }
     }
 
@@ -67,7 +74,9 @@ impl Params {
         match self.0.get(name).map(String::as_str) {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") | Some("") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!("{name} must be true or false, got {other:?}"))),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{name} must be true or false, got {other:?}"
+            ))),
         }
     }
 
@@ -75,7 +84,9 @@ impl Params {
     pub fn limit(&self, default: u64, max: u64) -> Result<usize, ApiError> {
         let limit = self.number("limit")?.unwrap_or(default);
         if limit == 0 || limit > max {
-            return Err(ApiError::bad_request(format!("limit must be between 1 and {max}, got {limit}")));
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {max}, got {limit}"
+            )));
         }
         Ok(limit as usize)
     }
@@ -85,9 +96,9 @@ impl Params {
         match self.string("consistency") {
             None | Some("linearizable") => Ok(false),
             Some("stale") => Ok(true),
-            Some(other) => {
-                Err(ApiError::bad_request(format!("consistency must be linearizable or stale, got {other:?}")))
-            }
+            Some(other) => Err(ApiError::bad_request(format!(
+                "consistency must be linearizable or stale, got {other:?}"
+            ))),
         }
     }
 }
@@ -99,13 +110,20 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state).await.map(Body).map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
-            }
-        })
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "request body is too large",
+                    )
+                } else {
+                    ApiError::bad_request(format!("cannot read the request body: {e}"))
+                }
+            })
     }
 }
 
@@ -117,8 +135,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Body(bytes) = Body::from_request(req, state).await?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
         // serde would also accept an array for a struct; bodies are objects.
         if !value.is_object() {
             return Err(ApiError::bad_request("the JSON body must be an object"));
@@ -136,9 +154,16 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(key) = axum::extract::Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", format!("bad key in path: {e}")))?;
+        let axum::extract::Path(key) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_key",
+                        format!("bad key in path: {e}"),
+                    )
+                })?;
         validate_key(&key)?;
         Ok(KeyPath(key))
     }
@@ -169,7 +194,11 @@ pub fn check_writable(key: &str, prefix: bool) -> Result<(), ApiError> {
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
     use shoal_storage::kv::MAX_KEY_BYTES;
     if key.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", "key must not be empty"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            "key must not be empty",
+        ));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::new(

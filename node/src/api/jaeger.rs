@@ -27,10 +27,24 @@ fn data(value: Value) -> Response {
 }
 
 async fn span_values(app: &AppState, field: &str, services: Vec<String>) -> ApiResult<Vec<String>> {
-    let filter = SearchRequest { kind: KindFilter::Span, services, limit: 1, ..Default::default() };
-    let request = AggregateRequest { filter, interval: None, top: vec![field.to_string()], top_n: 10_000 };
+    let filter = SearchRequest {
+        kind: KindFilter::Span,
+        services,
+        limit: 1,
+        ..Default::default()
+    };
+    let request = AggregateRequest {
+        filter,
+        interval: None,
+        top: vec![field.to_string()],
+        top_n: 10_000,
+    };
     let (aggregation, _) = logs::aggregate(&app.shoal, request).await?;
-    let mut values: Vec<String> = aggregation.top_values(field, 10_000).into_iter().map(|b| b.key).collect();
+    let mut values: Vec<String> = aggregation
+        .top_values(field, 10_000)
+        .into_iter()
+        .map(|b| b.key)
+        .collect();
     values.sort();
     Ok(values)
 }
@@ -39,18 +53,30 @@ pub async fn services(State(app): State<AppState>) -> ApiResult<Response> {
     Ok(data(json!(span_values(&app, "service", Vec::new()).await?)))
 }
 
-pub async fn service_operations(State(app): State<AppState>, Path(service): Path<String>) -> ApiResult<Response> {
+pub async fn service_operations(
+    State(app): State<AppState>,
+    Path(service): Path<String>,
+) -> ApiResult<Response> {
     Ok(data(json!(span_values(&app, "name", vec![service]).await?)))
 }
 
 pub async fn operations(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
-    let service = params.string("service").ok_or_else(|| ApiError::bad_request("service is required"))?;
+    let service = params
+        .string("service")
+        .ok_or_else(|| ApiError::bad_request("service is required"))?;
     let names = span_values(&app, "name", vec![service.to_string()]).await?;
-    Ok(data(json!(names.into_iter().map(|name| json!({"name": name, "spanKind": ""})).collect::<Vec<_>>())))
+    Ok(data(json!(names
+        .into_iter()
+        .map(|name| json!({"name": name, "spanKind": ""}))
+        .collect::<Vec<_>>())))
 }
 
-pub async fn trace(State(app): State<AppState>, Path(trace_id): Path<String>) -> ApiResult<Response> {
-    let trace_id = record::normalize_hex_id(&trace_id, "trace id").map_err(ApiError::bad_request)?;
+pub async fn trace(
+    State(app): State<AppState>,
+    Path(trace_id): Path<String>,
+) -> ApiResult<Response> {
+    let trace_id =
+        record::normalize_hex_id(&trace_id, "trace id").map_err(ApiError::bad_request)?;
     let (hits, _) = fetch_traces(&app, vec![trace_id.clone()]).await?;
     let traces = jaeger_traces(&hits);
     if traces.is_empty() {
@@ -71,20 +97,30 @@ fn micros(params: &Params, name: &str) -> ApiResult<Option<i64>> {
         .map(|text| {
             text.parse::<i64>()
                 .map(|us| us.saturating_mul(1000))
-                .map_err(|_| ApiError::bad_request(format!("{name} must be Unix microseconds, got {text:?}")))
+                .map_err(|_| {
+                    ApiError::bad_request(format!("{name} must be Unix microseconds, got {text:?}"))
+                })
         })
         .transpose()
 }
 
 /// `tags={"http.status_code":"500"}` as a query on span attributes.
 fn tags_query(params: &Params) -> ApiResult<String> {
-    let Some(text) = params.string("tags") else { return Ok(String::new()) };
-    let tags: Map<String, Value> =
-        serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("tags must be a JSON object: {e}")))?;
+    let Some(text) = params.string("tags") else {
+        return Ok(String::new());
+    };
+    let tags: Map<String, Value> = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("tags must be a JSON object: {e}")))?;
     let mut clauses = Vec::new();
     for (key, value) in tags {
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-            return Err(ApiError::bad_request(format!("tag key {key:?} may hold only letters, digits, '.', '_' and '-'")));
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(ApiError::bad_request(format!(
+                "tag key {key:?} may hold only letters, digits, '.', '_' and '-'"
+            )));
         }
         let value = match value {
             Value::String(s) => s,
@@ -98,7 +134,10 @@ fn tags_query(params: &Params) -> ApiResult<String> {
 
 pub async fn find_traces(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
     let now = now_nanos();
-    let limit = params.number("limit")?.unwrap_or(DEFAULT_TRACES).clamp(1, MAX_TRACES) as usize;
+    let limit = params
+        .number("limit")?
+        .unwrap_or(DEFAULT_TRACES)
+        .clamp(1, MAX_TRACES) as usize;
     let until = micros(&params, "end")?.unwrap_or(now);
     let lookback = match params.string("lookback") {
         // Grafana sends lookback=custom together with start and end.
@@ -107,15 +146,26 @@ pub async fn find_traces(State(app): State<AppState>, params: Params) -> ApiResu
     };
     let since = micros(&params, "start")?.unwrap_or(until - lookback);
     let duration = |name: &str| -> ApiResult<Option<u64>> {
-        params.string(name).filter(|t| !t.is_empty()).map(|t| parse_duration(t).map(|d| d as u64)).transpose()
+        params
+            .string(name)
+            .filter(|t| !t.is_empty())
+            .map(|t| parse_duration(t).map(|d| d as u64))
+            .transpose()
     };
     let request = SearchRequest {
         query: tags_query(&params)?,
         kind: KindFilter::Span,
         since: Some(since),
         until: Some(until.max(since + 1)),
-        services: params.string("service").map(|s| vec![s.to_string()]).unwrap_or_default(),
-        names: params.string("operation").filter(|o| !o.is_empty()).map(|o| vec![o.to_string()]).unwrap_or_default(),
+        services: params
+            .string("service")
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default(),
+        names: params
+            .string("operation")
+            .filter(|o| !o.is_empty())
+            .map(|o| vec![o.to_string()])
+            .unwrap_or_default(),
         min_duration: duration("minDuration")?,
         max_duration: duration("maxDuration")?,
         order: SearchOrder::Newest,
@@ -139,18 +189,28 @@ pub async fn find_traces(State(app): State<AppState>, params: Params) -> ApiResu
     let (hits, _) = fetch_traces(&app, trace_ids.clone()).await?;
     let mut traces = jaeger_traces(&hits);
     // Newest match first, as the search found them.
-    traces.sort_by_key(|t| trace_ids.iter().position(|id| Some(id.as_str()) == t["traceID"].as_str()));
+    traces.sort_by_key(|t| {
+        trace_ids
+            .iter()
+            .position(|id| Some(id.as_str()) == t["traceID"].as_str())
+    });
     Ok(data(json!(traces)))
 }
 
 /// Flatten a JSON object into Jaeger key/value tags (`a.b` for nesting).
 fn tags(prefix: &str, object: &Map<String, Value>, out: &mut Vec<Value>) {
     for (key, value) in object {
-        let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         match value {
             Value::Object(inner) => tags(&key, inner, out),
             Value::Bool(b) => out.push(json!({"key": key, "type": "bool", "value": b})),
-            Value::Number(n) if n.is_i64() || n.is_u64() => out.push(json!({"key": key, "type": "int64", "value": n})),
+            Value::Number(n) if n.is_i64() || n.is_u64() => {
+                out.push(json!({"key": key, "type": "int64", "value": n}))
+            }
             Value::Number(n) => out.push(json!({"key": key, "type": "float64", "value": n})),
             Value::String(s) => out.push(json!({"key": key, "type": "string", "value": s})),
             other => out.push(json!({"key": key, "type": "string", "value": other.to_string()})),
@@ -162,7 +222,10 @@ fn tags(prefix: &str, object: &Map<String, Value>, out: &mut Vec<Value>) {
 fn jaeger_traces(hits: &[Hit]) -> Vec<Value> {
     let mut by_trace: BTreeMap<&str, Vec<&Hit>> = BTreeMap::new();
     for hit in hits.iter().filter(|h| h.record.kind == Kind::Span) {
-        by_trace.entry(hit.record.trace_id.as_str()).or_default().push(hit);
+        by_trace
+            .entry(hit.record.trace_id.as_str())
+            .or_default()
+            .push(hit);
     }
     by_trace
         .into_iter()

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use shoal_storage::kv::{Command, Compare, CompareOp, CompareTarget, OpResult, Response as SmResponse, Txn, TxnOp};
+use shoal_storage::kv::{
+    Command, Compare, CompareOp, CompareTarget, OpResult, Response as SmResponse, Txn, TxnOp,
+};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{check_writable, validate_key, Body, JsonBody, KeyPath, Params};
@@ -41,23 +43,41 @@ fn compare_failed(current: Option<&OpResult>) -> ApiError {
         Some(OpResult::Get { kv: Some(kv) }) => kv_json(kv, false),
         _ => Value::Null,
     };
-    ApiError::new(StatusCode::CONFLICT, "compare_failed", "the key's mod_revision is not the expected one")
-        .with("current", current)
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "compare_failed",
+        "the key's mod_revision is not the expected one",
+    )
+    .with("current", current)
 }
 
 /// A guarded single-key transaction: `op` if `if_revision` holds, else read the key.
 fn guarded(key: &str, if_revision: Option<u64>, op: TxnOp) -> Command {
     let compare = if_revision
-        .map(|revision| Compare { key: key.into(), op: CompareOp::Equal, target: CompareTarget::ModRevision(revision) })
+        .map(|revision| Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::ModRevision(revision),
+        })
         .into_iter()
         .collect();
-    Command::Txn(Txn { compare, success: vec![op], failure: vec![TxnOp::Get { key: key.into() }] })
+    Command::Txn(Txn {
+        compare,
+        success: vec![op],
+        failure: vec![TxnOp::Get { key: key.into() }],
+    })
 }
 
 fn txn_outcome(response: SmResponse) -> ApiResult<(bool, u64, Vec<OpResult>)> {
     match response {
-        SmResponse::Txn { succeeded, revision, results } => Ok((succeeded, revision, results)),
-        other => Err(ApiError::internal(format!("unexpected state machine response {other:?}"))),
+        SmResponse::Txn {
+            succeeded,
+            revision,
+            results,
+        } => Ok((succeeded, revision, results)),
+        other => Err(ApiError::internal(format!(
+            "unexpected state machine response {other:?}"
+        ))),
     }
 }
 
@@ -71,8 +91,13 @@ pub async fn put(
     check_value(&shoal, value.len())?;
     let lease = params.number("lease")?.unwrap_or(0);
     let if_revision = params.revision("if_revision")?;
-    let op = TxnOp::Put { key: key.clone(), value: value.to_vec(), lease };
-    let (succeeded, revision, results) = txn_outcome(shoal.write(guarded(&key, if_revision, op)).await?)?;
+    let op = TxnOp::Put {
+        key: key.clone(),
+        value: value.to_vec(),
+        lease,
+    };
+    let (succeeded, revision, results) =
+        txn_outcome(shoal.write(guarded(&key, if_revision, op)).await?)?;
     match results.first() {
         Some(OpResult::Put { kv, prev }) if succeeded => Ok(with_revision(
             revision,
@@ -82,29 +107,51 @@ pub async fn put(
     }
 }
 
-pub async fn get(State(shoal): State<Arc<Shoal>>, KeyPath(key): KeyPath, params: Params) -> ApiResult<Response> {
+pub async fn get(
+    State(shoal): State<Arc<Shoal>>,
+    KeyPath(key): KeyPath,
+    params: Params,
+) -> ApiResult<Response> {
     shoal.read_barrier(params.stale()?).await?;
     let wanted = key.clone();
     let (counters, kv) = shoal.read(move |store| store.kv_get(&wanted)).await?;
     match kv {
-        Some(kv) => Ok(with_revision(counters.revision, json!({"revision": counters.revision, "kv": kv_json(&kv, true)}))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "key_not_found", format!("key {key:?} does not exist"))),
+        Some(kv) => Ok(with_revision(
+            counters.revision,
+            json!({"revision": counters.revision, "kv": kv_json(&kv, true)}),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            format!("key {key:?} does not exist"),
+        )),
     }
 }
 
-pub async fn delete(State(shoal): State<Arc<Shoal>>, KeyPath(key): KeyPath, params: Params) -> ApiResult<Response> {
+pub async fn delete(
+    State(shoal): State<Arc<Shoal>>,
+    KeyPath(key): KeyPath,
+    params: Params,
+) -> ApiResult<Response> {
     let prefix = params.flag("prefix")?;
     let if_revision = params.revision("if_revision")?;
     if prefix && if_revision.is_some() {
-        return Err(ApiError::bad_request("if_revision cannot be combined with prefix=true"));
+        return Err(ApiError::bad_request(
+            "if_revision cannot be combined with prefix=true",
+        ));
     }
     check_writable(&key, prefix)?;
-    let op = TxnOp::Delete { key: key.clone(), prefix };
-    let (succeeded, revision, results) = txn_outcome(shoal.write(guarded(&key, if_revision, op)).await?)?;
+    let op = TxnOp::Delete {
+        key: key.clone(),
+        prefix,
+    };
+    let (succeeded, revision, results) =
+        txn_outcome(shoal.write(guarded(&key, if_revision, op)).await?)?;
     match results.first() {
-        Some(OpResult::Delete { deleted }) if succeeded => {
-            Ok(with_revision(revision, json!({"revision": revision, "deleted": deleted})))
-        }
+        Some(OpResult::Delete { deleted }) if succeeded => Ok(with_revision(
+            revision,
+            json!({"revision": revision, "deleted": deleted}),
+        )),
         current => Err(compare_failed(current)),
     }
 }
@@ -115,8 +162,14 @@ pub async fn list(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
     let limit = params.limit(100, 1000)?;
     let keys_only = params.flag("keys_only")?;
     shoal.read_barrier(params.stale()?).await?;
-    let (counters, kvs, more) = shoal.read(move |store| store.kv_range(&prefix, after.as_deref(), limit)).await?;
-    let next_after = if more { kvs.last().map(|kv| kv.key.clone()) } else { None };
+    let (counters, kvs, more) = shoal
+        .read(move |store| store.kv_range(&prefix, after.as_deref(), limit))
+        .await?;
+    let next_after = if more {
+        kvs.last().map(|kv| kv.key.clone())
+    } else {
+        None
+    };
     let kvs: Vec<Value> = kvs.iter().map(|kv| kv_json(kv, !keys_only)).collect();
     Ok(with_revision(
         counters.revision,
@@ -170,11 +223,18 @@ fn parse_compare(body: CompareBody) -> ApiResult<Compare> {
         "!=" => CompareOp::NotEqual,
         "<" => CompareOp::Less,
         ">" => CompareOp::Greater,
-        other => return Err(ApiError::bad_request(format!("compare op must be =, !=, < or >, got {other:?}"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "compare op must be =, !=, < or >, got {other:?}"
+            )))
+        }
     };
     let number = || {
         body.value.as_u64().ok_or_else(|| {
-            ApiError::bad_request(format!("compare value for {} must be a non-negative integer", body.target))
+            ApiError::bad_request(format!(
+                "compare value for {} must be a non-negative integer",
+                body.target
+            ))
         })
     };
     let target = match body.target.as_str() {
@@ -183,23 +243,35 @@ fn parse_compare(body: CompareBody) -> ApiResult<Compare> {
         "version" => CompareTarget::Version(number()?),
         "value" => {
             if !matches!(op, CompareOp::Equal | CompareOp::NotEqual) {
-                return Err(ApiError::bad_request("a value compare supports only = and !="));
+                return Err(ApiError::bad_request(
+                    "a value compare supports only = and !=",
+                ));
             }
-            let text = body.value.as_str().ok_or_else(|| ApiError::bad_request("compare value must be base64 text"))?;
+            let text = body
+                .value
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("compare value must be base64 text"))?;
             CompareTarget::Value(decode_value("compare value", text)?)
         }
         other => {
             return Err(ApiError::bad_request(format!(
-                "compare target must be mod_revision, create_revision, version or value, got {other:?}"
-            )))
+            "compare target must be mod_revision, create_revision, version or value, got {other:?}"
+        )))
         }
     };
-    Ok(Compare { key: body.key, op, target })
+    Ok(Compare {
+        key: body.key,
+        op,
+        target,
+    })
 }
 
 fn parse_ops(shoal: &Shoal, ops: Vec<OpBody>, branch: &str) -> ApiResult<Vec<TxnOp>> {
     if ops.len() > MAX_TXN_OPS {
-        return Err(ApiError::bad_request(format!("{branch} has {} operations; the limit is {MAX_TXN_OPS}", ops.len())));
+        return Err(ApiError::bad_request(format!(
+            "{branch} has {} operations; the limit is {MAX_TXN_OPS}",
+            ops.len()
+        )));
     }
     ops.into_iter()
         .map(|op| match op {
@@ -233,20 +305,44 @@ fn result_json(result: &OpResult) -> Value {
     }
 }
 
-pub async fn txn(State(shoal): State<Arc<Shoal>>, JsonBody(body): JsonBody<TxnBody>) -> ApiResult<Response> {
+pub async fn txn(
+    State(shoal): State<Arc<Shoal>>,
+    JsonBody(body): JsonBody<TxnBody>,
+) -> ApiResult<Response> {
     if body.compare.len() > MAX_TXN_OPS {
-        return Err(ApiError::bad_request(format!("compare has {} entries; the limit is {MAX_TXN_OPS}", body.compare.len())));
+        return Err(ApiError::bad_request(format!(
+            "compare has {} entries; the limit is {MAX_TXN_OPS}",
+            body.compare.len()
+        )));
     }
-    let compare = body.compare.into_iter().map(parse_compare).collect::<ApiResult<Vec<_>>>()?;
+    let compare = body
+        .compare
+        .into_iter()
+        .map(parse_compare)
+        .collect::<ApiResult<Vec<_>>>()?;
     let success = parse_ops(&shoal, body.success, "success")?;
     let failure = parse_ops(&shoal, body.failure, "failure")?;
-    let (succeeded, revision, results) =
-        txn_outcome(shoal.write(Command::Txn(Txn { compare, success, failure })).await?)?;
+    let (succeeded, revision, results) = txn_outcome(
+        shoal
+            .write(Command::Txn(Txn {
+                compare,
+                success,
+                failure,
+            }))
+            .await?,
+    )?;
     let results: Vec<Value> = results.iter().map(result_json).collect();
-    Ok(with_revision(revision, json!({"succeeded": succeeded, "revision": revision, "results": results})))
+    Ok(with_revision(
+        revision,
+        json!({"succeeded": succeeded, "revision": revision, "results": results}),
+    ))
 }
 
-pub async fn history(State(shoal): State<Arc<Shoal>>, KeyPath(key): KeyPath, params: Params) -> ApiResult<Response> {
+pub async fn history(
+    State(shoal): State<Arc<Shoal>>,
+    KeyPath(key): KeyPath,
+    params: Params,
+) -> ApiResult<Response> {
     let limit = params.limit(100, 1000)?;
     let before = params.revision("before")?;
     shoal.read_barrier(params.stale()?).await?;
@@ -259,7 +355,11 @@ pub async fn history(State(shoal): State<Arc<Shoal>>, KeyPath(key): KeyPath, par
         })
         .await?;
     if events.is_empty() && !exists && before.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "key_not_found", format!("key {key:?} has no history")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            format!("key {key:?} has no history"),
+        ));
     }
     let history: Vec<Value> = events.iter().map(event_json).collect();
     Ok(with_revision(
@@ -280,18 +380,38 @@ pub async fn rollback(
     JsonBody(body): JsonBody<RevisionBody>,
 ) -> ApiResult<Response> {
     check_writable(&key, false)?;
-    match shoal.write(Command::Rollback { key, revision: body.revision }).await? {
+    match shoal
+        .write(Command::Rollback {
+            key,
+            revision: body.revision,
+        })
+        .await?
+    {
         SmResponse::Rollback { revision, kv } => Ok(with_revision(
             revision,
             json!({"revision": revision, "kv": kv.as_ref().map(|kv| kv_json(kv, false))}),
         )),
-        other => Err(ApiError::internal(format!("unexpected state machine response {other:?}"))),
+        other => Err(ApiError::internal(format!(
+            "unexpected state machine response {other:?}"
+        ))),
     }
 }
 
-pub async fn compact(State(shoal): State<Arc<Shoal>>, JsonBody(body): JsonBody<RevisionBody>) -> ApiResult<Response> {
-    match shoal.write(Command::Compact { revision: body.revision }).await? {
-        SmResponse::Compacted { compact_revision } => Ok(Json(json!({"compact_revision": compact_revision})).into_response()),
-        other => Err(ApiError::internal(format!("unexpected state machine response {other:?}"))),
+pub async fn compact(
+    State(shoal): State<Arc<Shoal>>,
+    JsonBody(body): JsonBody<RevisionBody>,
+) -> ApiResult<Response> {
+    match shoal
+        .write(Command::Compact {
+            revision: body.revision,
+        })
+        .await?
+    {
+        SmResponse::Compacted { compact_revision } => {
+            Ok(Json(json!({"compact_revision": compact_revision})).into_response())
+        }
+        other => Err(ApiError::internal(format!(
+            "unexpected state machine response {other:?}"
+        ))),
     }
 }

@@ -34,35 +34,61 @@ fn lease_json(shoal: &Shoal, lease: &Lease) -> Value {
 }
 
 fn lease_id(raw: &str) -> ApiResult<u64> {
-    raw.parse().map_err(|_| ApiError::bad_request(format!("lease id must be a positive integer, got {raw:?}")))
+    raw.parse().map_err(|_| {
+        ApiError::bad_request(format!("lease id must be a positive integer, got {raw:?}"))
+    })
 }
 
 fn lease_reply(response: SmResponse) -> ApiResult<Response> {
     match response {
-        SmResponse::Lease(lease) => Ok(Json(json!({"id": lease.id, "ttl_seconds": lease.ttl_seconds})).into_response()),
-        other => Err(ApiError::internal(format!("unexpected state machine response {other:?}"))),
+        SmResponse::Lease(lease) => {
+            Ok(Json(json!({"id": lease.id, "ttl_seconds": lease.ttl_seconds})).into_response())
+        }
+        other => Err(ApiError::internal(format!(
+            "unexpected state machine response {other:?}"
+        ))),
     }
 }
 
-pub async fn grant(State(shoal): State<Arc<Shoal>>, JsonBody(body): JsonBody<GrantBody>) -> ApiResult<Response> {
+pub async fn grant(
+    State(shoal): State<Arc<Shoal>>,
+    JsonBody(body): JsonBody<GrantBody>,
+) -> ApiResult<Response> {
     if body.ttl_seconds == 0 || body.ttl_seconds > MAX_TTL_SECONDS {
-        return Err(ApiError::bad_request(format!("ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")));
+        return Err(ApiError::bad_request(format!(
+            "ttl_seconds must be between 1 and {MAX_TTL_SECONDS}"
+        )));
     }
-    lease_reply(shoal.write(Command::LeaseGrant { ttl_seconds: body.ttl_seconds }).await?)
+    lease_reply(
+        shoal
+            .write(Command::LeaseGrant {
+                ttl_seconds: body.ttl_seconds,
+            })
+            .await?,
+    )
 }
 
-pub async fn keepalive(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn keepalive(
+    State(shoal): State<Arc<Shoal>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let id = lease_id(&id)?;
     lease_reply(shoal.write(Command::LeaseKeepAlive { id }).await?)
 }
 
-pub async fn revoke(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn revoke(
+    State(shoal): State<Arc<Shoal>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let id = lease_id(&id)?;
     match shoal.write(Command::LeaseRevoke { id }).await? {
-        SmResponse::Revoked { revision, deleted } => {
-            Ok(with_revision(revision, json!({"revision": revision, "deleted": deleted})))
-        }
-        other => Err(ApiError::internal(format!("unexpected state machine response {other:?}"))),
+        SmResponse::Revoked { revision, deleted } => Ok(with_revision(
+            revision,
+            json!({"revision": revision, "deleted": deleted}),
+        )),
+        other => Err(ApiError::internal(format!(
+            "unexpected state machine response {other:?}"
+        ))),
     }
 }
 
@@ -82,5 +108,8 @@ pub async fn get(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> Api
 pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     shoal.read_barrier(false).await?;
     let leases = shoal.read(|store| store.lease_list()).await?;
-    Ok(Json(json!({"leases": leases.iter().map(|lease| lease_json(&shoal, lease)).collect::<Vec<_>>()})).into_response())
+    Ok(Json(
+        json!({"leases": leases.iter().map(|lease| lease_json(&shoal, lease)).collect::<Vec<_>>()}),
+    )
+    .into_response())
 }

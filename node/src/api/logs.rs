@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use shoal_search::record::{self, format_nanos, now_nanos};
-use shoal_search::{
-    AggregateRequest, Cursor, Hit, KindFilter, Record, SearchOrder, SearchRequest,
-};
+use shoal_search::{AggregateRequest, Cursor, Hit, KindFilter, Record, SearchOrder, SearchRequest};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
@@ -56,24 +54,40 @@ pub async fn ingest(
             .map_err(|e| ApiError::internal(e.to_string()))??;
     let positions: Vec<usize> = records.iter().map(|(position, _)| *position).collect();
     let records: Vec<Record> = records.into_iter().map(|(_, record)| record).collect();
-    let outcome = app.shoal.logs.ingest(&stream, records).await.map_err(search_error)?;
+    let outcome = app
+        .shoal
+        .logs
+        .ingest(&stream, records)
+        .await
+        .map_err(search_error)?;
     for (index, reason) in outcome.rejected {
         errors.push((positions.get(index).copied().unwrap_or(index), reason));
     }
     errors.sort_by_key(|(position, _)| *position);
     let rejected = errors.len();
-    let listed: Vec<Value> =
-        errors.into_iter().take(MAX_ERRORS_LISTED).map(|(index, error)| json!({"index": index, "error": error})).collect();
+    let listed: Vec<Value> = errors
+        .into_iter()
+        .take(MAX_ERRORS_LISTED)
+        .map(|(index, error)| json!({"index": index, "error": error}))
+        .collect();
     Ok(Json(json!({"stream": stream, "accepted": outcome.accepted, "rejected": rejected, "errors": listed})).into_response())
 }
 
 fn content_type(headers: &HeaderMap) -> String {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }
 
 /// The body, gunzipped when it says so (bounded).
 pub fn decompressed(headers: &HeaderMap, body: &[u8], max_bytes: usize) -> ApiResult<Vec<u8>> {
-    match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
         None | Some("") | Some("identity") => Ok(body.to_vec()),
         Some("gzip") => crate::otlp::inflate(flate2::read::GzDecoder::new(body), max_bytes),
         Some(other) => Err(ApiError::new(
@@ -88,12 +102,16 @@ type Parsed = (Vec<(usize, Record)>, Vec<(usize, String)>);
 
 /// Records with their position in the body, and per-record errors.
 fn parse_records(body: &[u8], plain: bool, service: &str) -> ApiResult<Parsed> {
-    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
     let mut records = Vec::new();
     let mut errors = Vec::new();
     if text.trim_start().starts_with('[') && !plain {
-        let values: Vec<Value> = serde_json::from_str(text)
-            .map_err(|e| ApiError::bad_request(format!("the body starts with '[' but is not a JSON array: {e}")))?;
+        let values: Vec<Value> = serde_json::from_str(text).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body starts with '[' but is not a JSON array: {e}"
+            ))
+        })?;
         check_count(values.len())?;
         for (position, value) in values.into_iter().enumerate() {
             match record::log_from_json(value, service) {
@@ -102,7 +120,10 @@ fn parse_records(body: &[u8], plain: bool, service: &str) -> ApiResult<Parsed> {
             }
         }
     } else {
-        let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
         check_count(lines.len())?;
         for (position, line) in lines.into_iter().enumerate() {
             if plain {
@@ -146,17 +167,26 @@ pub fn parse_time(text: &str, now: i64) -> ApiResult<i64> {
             return Ok(now.saturating_sub(ago));
         }
     }
-    record::parse_timestamp(&Value::String(text.to_string()))
-        .map_err(|e| ApiError::bad_request(format!("bad time {text:?}: {e}; use RFC 3339, epoch, or a duration ago like 15m")))
+    record::parse_timestamp(&Value::String(text.to_string())).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad time {text:?}: {e}; use RFC 3339, epoch, or a duration ago like 15m"
+        ))
+    })
 }
 
 /// A duration in nanoseconds: a number with a unit (ns, us, ms, s, m, h, d);
 /// a bare number is nanoseconds.
 pub fn parse_duration(text: &str) -> ApiResult<i64> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let bad = || ApiError::bad_request(format!("bad duration {text:?}: use e.g. 250ms, 15m, 2h, 7d"));
+    let bad = || {
+        ApiError::bad_request(format!(
+            "bad duration {text:?}: use e.g. 250ms, 15m, 2h, 7d"
+        ))
+    };
     let number: f64 = number.parse().map_err(|_| bad())?;
     let scale = match unit {
         "" | "ns" => 1.0,
@@ -169,7 +199,7 @@ pub fn parse_duration(text: &str) -> ApiResult<i64> {
         _ => return Err(bad()),
     };
     let nanos = number * scale;
-    if !nanos.is_finite() || nanos < 0.0 || nanos > 9.0e18 {
+    if !nanos.is_finite() || !(0.0..=9.0e18).contains(&nanos) {
         return Err(bad());
     }
     Ok(nanos as i64)
@@ -181,29 +211,51 @@ pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
         None | Some("log") | Some("logs") => KindFilter::Log,
         Some("span") | Some("spans") => KindFilter::Span,
         Some("any") => KindFilter::Any,
-        Some(other) => return Err(ApiError::bad_request(format!("kind must be log, span or any, got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "kind must be log, span or any, got {other:?}"
+            )))
+        }
     };
     let order = match params.string("order") {
         None | Some("newest") | Some("desc") => SearchOrder::Newest,
         Some("oldest") | Some("asc") => SearchOrder::Oldest,
-        Some(other) => return Err(ApiError::bad_request(format!("order must be newest or oldest, got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order must be newest or oldest, got {other:?}"
+            )))
+        }
     };
     let duration = |name: &str| -> ApiResult<Option<u64>> {
-        params.string(name).map(|text| parse_duration(text).map(|d| d as u64)).transpose()
+        params
+            .string(name)
+            .map(|text| parse_duration(text).map(|d| d as u64))
+            .transpose()
     };
-    let trace_ids = params.list("trace_id")
+    let trace_ids = params
+        .list("trace_id")
         .iter()
         .map(|id| record::normalize_hex_id(id, "trace_id").map_err(ApiError::bad_request))
         .collect::<ApiResult<Vec<_>>>()?;
-    let levels = params.list("level").iter().map(|l| record::normalize_level(l)).collect();
+    let levels = params
+        .list("level")
+        .iter()
+        .map(|l| record::normalize_level(l))
+        .collect();
     let mut names = params.list("operation");
     names.extend(params.list("name"));
     Ok(SearchRequest {
         query: params.string("q").unwrap_or_default().to_string(),
         streams: params.list("stream"),
         kind,
-        since: params.string("since").map(|t| parse_time(t, now)).transpose()?,
-        until: params.string("until").map(|t| parse_time(t, now)).transpose()?,
+        since: params
+            .string("since")
+            .map(|t| parse_time(t, now))
+            .transpose()?,
+        until: params
+            .string("until")
+            .map(|t| parse_time(t, now))
+            .transpose()?,
         levels,
         services: params.list("service"),
         trace_ids,
@@ -213,7 +265,11 @@ pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
         max_duration: duration("max_duration")?,
         order,
         limit: params.limit(DEFAULT_LIMIT, shoal_search::MAX_LIMIT as u64)?,
-        after: params.string("cursor").map(Cursor::decode).transpose().map_err(search_error)?,
+        after: params
+            .string("cursor")
+            .map(Cursor::decode)
+            .transpose()
+            .map_err(search_error)?,
         seq_after: BTreeMap::new(),
     })
 }
@@ -266,9 +322,11 @@ fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
     if body.is_empty() {
         return Ok(params);
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let Value::Object(map) = value else { return Err(ApiError::bad_request("the JSON body must be an object")) };
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::bad_request("the JSON body must be an object"));
+    };
     let mut merged: HashMap<String, String> = HashMap::new();
     for (name, value) in map {
         let text = match value {
@@ -281,24 +339,36 @@ fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
                 .map(|item| match item {
                     Value::String(s) => Ok(s),
                     Value::Number(n) => Ok(n.to_string()),
-                    other => Err(ApiError::bad_request(format!("{name}: list items must be strings, got {other}"))),
+                    other => Err(ApiError::bad_request(format!(
+                        "{name}: list items must be strings, got {other}"
+                    ))),
                 })
                 .collect::<ApiResult<Vec<_>>>()?
                 .join(","),
-            Value::Object(_) => return Err(ApiError::bad_request(format!("{name} must not be an object"))),
+            Value::Object(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "{name} must not be an object"
+                )))
+            }
         };
         merged.insert(name, text);
     }
     Ok(params.merged(merged))
 }
 
-pub async fn search(State(app): State<AppState>, params: Params, Body(body): Body) -> ApiResult<Response> {
+pub async fn search(
+    State(app): State<AppState>,
+    params: Params,
+    Body(body): Body,
+) -> ApiResult<Response> {
     let started = std::time::Instant::now();
     let params = params_of(params, &body)?;
     let request = search_request(&params, now_nanos())?;
     let limit = request.limit;
     let (hits, report) = logs::search(&app.shoal, request).await?;
-    let next_cursor = (hits.len() == limit).then(|| hits.last().map(|h| h.cursor().encode())).flatten();
+    let next_cursor = (hits.len() == limit)
+        .then(|| hits.last().map(|h| h.cursor().encode()))
+        .flatten();
     let value = json!({
         "hits": hits.iter().map(hit_json).collect::<Vec<_>>(),
         "count": hits.len(),
@@ -308,7 +378,11 @@ pub async fn search(State(app): State<AppState>, params: Params, Body(body): Bod
     Ok(Json(with_report(value, &report)).into_response())
 }
 
-pub async fn aggregate(State(app): State<AppState>, params: Params, Body(body): Body) -> ApiResult<Response> {
+pub async fn aggregate(
+    State(app): State<AppState>,
+    params: Params,
+    Body(body): Body,
+) -> ApiResult<Response> {
     let started = std::time::Instant::now();
     let params = params_of(params, &body)?;
     let now = now_nanos();
@@ -324,8 +398,16 @@ pub async fn aggregate(State(app): State<AppState>, params: Params, Body(body): 
     };
     let top = params.list("top");
     let top_n = params.number("top_n")?.unwrap_or(10).clamp(1, 1000) as usize;
-    let (aggregation, report) =
-        logs::aggregate(&app.shoal, AggregateRequest { filter, interval, top: top.clone(), top_n }).await?;
+    let (aggregation, report) = logs::aggregate(
+        &app.shoal,
+        AggregateRequest {
+            filter,
+            interval,
+            top: top.clone(),
+            top_n,
+        },
+    )
+    .await?;
     let mut histogram = Vec::new();
     if let Some(interval) = interval {
         let mut bucket = since.div_euclid(interval) * interval;
@@ -376,18 +458,39 @@ pub async fn streams(State(app): State<AppState>) -> ApiResult<Response> {
             json!({"name": name, "docs": docs, "bytes": bytes, "partitions": partitions, "nodes": nodes})
         })
         .collect();
-    Ok(Json(with_report(json!({"streams": streams, "per_node": per_node}), &report)).into_response())
+    Ok(Json(with_report(
+        json!({"streams": streams, "per_node": per_node}),
+        &report,
+    ))
+    .into_response())
 }
 
 /// Every span and log record of one trace, from every node.
-pub async fn trace(State(app): State<AppState>, Path(trace_id): Path<String>) -> ApiResult<Response> {
-    let trace_id = record::normalize_hex_id(&trace_id, "trace id").map_err(ApiError::bad_request)?;
+pub async fn trace(
+    State(app): State<AppState>,
+    Path(trace_id): Path<String>,
+) -> ApiResult<Response> {
+    let trace_id =
+        record::normalize_hex_id(&trace_id, "trace id").map_err(ApiError::bad_request)?;
     let (hits, report) = fetch_traces(&app, vec![trace_id.clone()]).await?;
     if hits.is_empty() {
-        let error = ApiError::new(StatusCode::NOT_FOUND, "trace_not_found", format!("no spans or logs of trace {trace_id}"));
-        return Ok((error.status, Json(with_report(json!({"error": {"code": error.code, "message": error.message}}), &report))).into_response());
+        let error = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "trace_not_found",
+            format!("no spans or logs of trace {trace_id}"),
+        );
+        return Ok((
+            error.status,
+            Json(with_report(
+                json!({"error": {"code": error.code, "message": error.message}}),
+                &report,
+            )),
+        )
+            .into_response());
     }
-    let (spans, logs): (Vec<&Hit>, Vec<&Hit>) = hits.iter().partition(|h| h.record.kind == shoal_search::Kind::Span);
+    let (spans, logs): (Vec<&Hit>, Vec<&Hit>) = hits
+        .iter()
+        .partition(|h| h.record.kind == shoal_search::Kind::Span);
     let value = json!({
         "trace_id": trace_id,
         "spans": spans.into_iter().map(hit_json).collect::<Vec<_>>(),
@@ -397,7 +500,10 @@ pub async fn trace(State(app): State<AppState>, Path(trace_id): Path<String>) ->
 }
 
 /// All records (spans and logs) of these traces, oldest first.
-pub async fn fetch_traces(app: &AppState, trace_ids: Vec<String>) -> ApiResult<(Vec<Hit>, NodeReport)> {
+pub async fn fetch_traces(
+    app: &AppState,
+    trace_ids: Vec<String>,
+) -> ApiResult<(Vec<Hit>, NodeReport)> {
     let request = SearchRequest {
         kind: KindFilter::Any,
         trace_ids,
@@ -449,7 +555,9 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
             let (hits, report) = match logs::search(&shoal, request.clone()).await {
                 Ok(found) => found,
                 Err(e) => {
-                    let _ = sender.send(Event::default().event("error").data(e.message)).await;
+                    let _ = sender
+                        .send(Event::default().event("error").data(e.message))
+                        .await;
                     continue;
                 }
             };
@@ -462,7 +570,11 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
             }
             // A member the tail had no position for (it joined or came back):
             // start it from where it is now.
-            if report.answered.iter().any(|node| !positions.contains_key(node)) {
+            if report
+                .answered
+                .iter()
+                .any(|node| !positions.contains_key(node))
+            {
                 if let Ok(now) = logs::positions(&shoal).await {
                     for (node, seq) in now {
                         positions.entry(node).or_insert(seq);
@@ -472,28 +584,45 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
         }
     });
     let stream = ReceiverStream::new(receiver).map(Ok::<Event, Infallible>);
-    let mut response = Sse::new(stream).keep_alive(KeepAlive::default()).into_response();
-    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
 }
 
 fn record_event(hit: &Hit) -> Event {
-    Event::default().event("record").data(hit_json(hit).to_string())
+    Event::default()
+        .event("record")
+        .data(hit_json(hit).to_string())
 }
 
 /// SQL over logs (Polars): `{"query": "SELECT ..."}`, or the query as a
 /// text/plain body, or `?q=`. Conditions on ts, level, service, stream,
 /// kind, status and trace_id are pushed down to every node's indexes.
-pub async fn sql(State(app): State<AppState>, params: Params, headers: HeaderMap, Body(body): Body) -> ApiResult<Response> {
+pub async fn sql(
+    State(app): State<AppState>,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Response> {
     let started = std::time::Instant::now();
     let query = if body.is_empty() {
-        params.string("q").map(str::to_string).ok_or_else(|| ApiError::bad_request("send the SQL as {\"query\": ...}, a text body, or ?q="))?
+        params.string("q").map(str::to_string).ok_or_else(|| {
+            ApiError::bad_request("send the SQL as {\"query\": ...}, a text body, or ?q=")
+        })?
     } else if content_type(&headers).starts_with("text/plain") {
-        String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
     } else {
-        let value: Value =
-            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        value["query"].as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("the JSON body needs a string field query"))?
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        value["query"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::bad_request("the JSON body needs a string field query"))?
     };
     let plan = shoal_search::sql::plan(&query, now_nanos()).map_err(search_error)?;
     let (hits, report) = logs::scan(&app.shoal, plan.filter.clone(), MAX_SQL_ROWS + 1).await?;

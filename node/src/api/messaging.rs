@@ -65,11 +65,17 @@ fn check_header(name: &str, value: &str) -> ApiResult<()> {
 fn check_traceparent(value: &str) -> ApiResult<()> {
     let parts: Vec<&str> = value.split('-').collect();
     let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
-    let ok = parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2);
+    let ok = parts.len() == 4
+        && hex(parts[0], 2)
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2);
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(format!("traceparent {value:?} is not a W3C trace context (00-<trace id>-<span id>-<flags>)")))
+        Err(ApiError::bad_request(format!(
+            "traceparent {value:?} is not a W3C trace context (00-<trace id>-<span id>-<flags>)"
+        )))
     }
 }
 
@@ -115,20 +121,35 @@ pub async fn publish_one(
         data: body.to_vec(),
     };
     for (name, value) in &headers {
-        let Some(extension) = name.as_str().strip_prefix("ce-") else { continue };
-        if matches!(extension, "id" | "source" | "type" | "subject" | "time" | "specversion") {
+        let Some(extension) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        if matches!(
+            extension,
+            "id" | "source" | "type" | "subject" | "time" | "specversion"
+        ) {
             continue;
         }
-        let value = value.to_str().map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))?;
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))?;
         check_header(extension, value)?;
-        message.headers.push((extension.to_string(), value.to_string()));
+        message
+            .headers
+            .push((extension.to_string(), value.to_string()));
     }
     if message.headers.len() > MAX_HEADERS {
-        return Err(ApiError::bad_request(format!("at most {MAX_HEADERS} ce- headers per message")));
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_HEADERS} ce- headers per message"
+        )));
     }
     finish(&mut message)?;
     let topic = message.topic.clone();
-    let receipt = shoal.messaging.publish(vec![message]).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let receipt = shoal
+        .messaging
+        .publish(vec![message])
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -145,9 +166,16 @@ pub async fn publish_one(
 
 /// Check the envelope attributes and start a trace when there is none.
 fn finish(message: &mut Message) -> ApiResult<()> {
-    for (name, value) in [("id", &message.id), ("source", &message.source), ("type", &message.kind), ("time", &message.time)] {
+    for (name, value) in [
+        ("id", &message.id),
+        ("source", &message.source),
+        ("type", &message.kind),
+        ("time", &message.time),
+    ] {
         if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(format!("{name} must be 1 to 256 bytes without control characters")));
+            return Err(ApiError::bad_request(format!(
+                "{name} must be 1 to 256 bytes without control characters"
+            )));
         }
     }
     match &message.traceparent {
@@ -190,10 +218,16 @@ pub struct Batch {
 
 /// A batch entry as a message: `data` as JSON (or text for a string),
 /// `data_base64` as bytes.
-fn batch_message(shoal: &Shoal, item: BatchMessage, traceparent: Option<&str>) -> ApiResult<Message> {
+fn batch_message(
+    shoal: &Shoal,
+    item: BatchMessage,
+    traceparent: Option<&str>,
+) -> ApiResult<Message> {
     validate_topic(&item.topic).map_err(invalid_topic)?;
     let (data, default_type) = match (item.data, item.data_base64) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give data or data_base64, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give data or data_base64, not both"))
+        }
         (Some(Value::String(text)), None) => (text.into_bytes(), "text/plain"),
         (Some(value), None) => (value.to_string().into_bytes(), "application/json"),
         (None, Some(encoded)) => (
@@ -209,12 +243,16 @@ fn batch_message(shoal: &Shoal, item: BatchMessage, traceparent: Option<&str>) -
         return Err(too_large(data.len(), limit));
     }
     if item.headers.len() > MAX_HEADERS {
-        return Err(ApiError::bad_request(format!("at most {MAX_HEADERS} headers per message")));
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_HEADERS} headers per message"
+        )));
     }
     let mut headers = Vec::with_capacity(item.headers.len());
     for (name, value) in item.headers {
         let Value::String(value) = value else {
-            return Err(ApiError::bad_request(format!("header {name:?} must be a string")));
+            return Err(ApiError::bad_request(format!(
+                "header {name:?} must be a string"
+            )));
         };
         check_header(&name, &value)?;
         headers.push((name, value));
@@ -243,7 +281,9 @@ pub async fn publish_batch(
     JsonBody(batch): JsonBody<Batch>,
 ) -> ApiResult<Response> {
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
-        return Err(ApiError::bad_request(format!("a batch holds 1 to {MAX_BATCH_MESSAGES} messages")));
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {MAX_BATCH_MESSAGES} messages"
+        )));
     }
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let mut messages = Vec::with_capacity(batch.messages.len());
@@ -254,30 +294,44 @@ pub async fn publish_batch(
         })?;
         messages.push(message);
     }
-    let receipt = shoal.messaging.publish(messages).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let receipt = shoal
+        .messaging
+        .publish(messages)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((StatusCode::ACCEPTED, Json(json!(receipt))).into_response())
 }
 
 /// The subscription parameters shared by SSE and WebSocket.
 fn subscribe(shoal: &Shoal, params: &Params) -> ApiResult<Subscription> {
-    let pattern = params.string("pattern").ok_or_else(|| ApiError::bad_request("pattern= is required (e.g. orders.*)"))?;
+    let pattern = params
+        .string("pattern")
+        .ok_or_else(|| ApiError::bad_request("pattern= is required (e.g. orders.*)"))?;
     let pattern = Pattern::parse(pattern).map_err(invalid_topic)?;
     let group = params.string("queue").map(str::to_string);
     if let Some(group) = &group {
-        shoal_actors::config::validate_name("queue group", group).map_err(|e| ApiError::bad_request(e.0))?;
+        shoal_actors::config::validate_name("queue group", group)
+            .map_err(|e| ApiError::bad_request(e.0))?;
     }
     let buffer = params.number("buffer")?.unwrap_or(DEFAULT_BUFFER);
     if buffer == 0 || buffer > MAX_BUFFER {
-        return Err(ApiError::bad_request(format!("buffer must be between 1 and {MAX_BUFFER}")));
+        return Err(ApiError::bad_request(format!(
+            "buffer must be between 1 and {MAX_BUFFER}"
+        )));
     }
     let overflow = match params.string("overflow") {
         None | Some("drop_oldest") => Overflow::DropOldest,
         Some("disconnect") => Overflow::Disconnect,
         Some(other) => {
-            return Err(ApiError::bad_request(format!("overflow must be drop_oldest or disconnect, got {other:?}")))
+            return Err(ApiError::bad_request(format!(
+                "overflow must be drop_oldest or disconnect, got {other:?}"
+            )))
         }
     };
-    Ok(shoal.messaging.router.subscribe(pattern, group, buffer as usize, overflow))
+    Ok(shoal
+        .messaging
+        .router
+        .subscribe(pattern, group, buffer as usize, overflow))
 }
 
 fn slow_consumer_error() -> Value {
@@ -292,7 +346,13 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
     let hello = json!({"subscription": subscription.id, "node_id": shoal.node_id});
     tokio::spawn(async move {
         let queue = subscription.queue.clone();
-        if sender.send(Ok(Event::default().event("subscribed").data(hello.to_string()))).await.is_err() {
+        if sender
+            .send(Ok(Event::default()
+                .event("subscribed")
+                .data(hello.to_string())))
+            .await
+            .is_err()
+        {
             return;
         }
         loop {
@@ -301,17 +361,26 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
                 _ = sender.closed() => return,
             };
             let Some(batch) = batch else {
-                let _ = sender.send(Ok(Event::default().event("error").data(slow_consumer_error().to_string()))).await;
+                let _ = sender
+                    .send(Ok(Event::default()
+                        .event("error")
+                        .data(slow_consumer_error().to_string())))
+                    .await;
                 return;
             };
             if batch.dropped > 0 {
-                let event = Event::default().event("dropped").data(json!({"dropped": batch.dropped}).to_string());
+                let event = Event::default()
+                    .event("dropped")
+                    .data(json!({"dropped": batch.dropped}).to_string());
                 if sender.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
             for shared in batch.items {
-                let event = Event::default().event("message").id(shared.message.id.clone()).data(shared.envelope_json());
+                let event = Event::default()
+                    .event("message")
+                    .id(shared.message.id.clone())
+                    .data(shared.envelope_json());
                 if sender.send(Ok(event)).await.is_err() {
                     return;
                 }
@@ -319,17 +388,27 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
         }
         // `subscription` is dropped here, which unsubscribes.
     });
-    Ok(Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(ReceiverStream::new(receiver))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 /// `GET /v1/subscribe/ws`: the same over WebSocket. `format=json` (default)
 /// sends each envelope as a text frame; `format=raw` sends the payload alone
 /// as a binary frame. A `{"dropped": n}` text frame reports overflow.
-pub async fn websocket(State(shoal): State<Arc<Shoal>>, params: Params, upgrade: WebSocketUpgrade) -> ApiResult<Response> {
+pub async fn websocket(
+    State(shoal): State<Arc<Shoal>>,
+    params: Params,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
     let raw = match params.string("format") {
         None | Some("json") => false,
         Some("raw") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("format must be json or raw, got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format must be json or raw, got {other:?}"
+            )))
+        }
     };
     let subscription = subscribe(&shoal, &params)?;
     Ok(upgrade.on_upgrade(move |socket| stream_to_socket(socket, subscription, raw)))
@@ -348,10 +427,19 @@ async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bo
             },
         };
         let Some(batch) = batch else {
-            let _ = sink.send(close(1008, "slow consumer: the buffer overflowed")).await;
+            let _ = sink
+                .send(close(1008, "slow consumer: the buffer overflowed"))
+                .await;
             return;
         };
-        if batch.dropped > 0 && sink.feed(WsMessage::Text(json!({"dropped": batch.dropped}).to_string().into())).await.is_err() {
+        if batch.dropped > 0
+            && sink
+                .feed(WsMessage::Text(
+                    json!({"dropped": batch.dropped}).to_string().into(),
+                ))
+                .await
+                .is_err()
+        {
             return;
         }
         for shared in batch.items {
@@ -375,19 +463,31 @@ async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bo
 /// without, each text frame is a JSON object like a `/v1/publish` entry.
 /// Fire-and-forget like NATS core: a bad frame closes the socket with 1008
 /// and the reason.
-pub async fn publish_socket(State(shoal): State<Arc<Shoal>>, params: Params, upgrade: WebSocketUpgrade) -> ApiResult<Response> {
+pub async fn publish_socket(
+    State(shoal): State<Arc<Shoal>>,
+    params: Params,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
     let topic = params.string("topic").map(str::to_string);
     if let Some(topic) = &topic {
         validate_topic(topic).map_err(invalid_topic)?;
     }
-    let content_type = params.string("content_type").unwrap_or("application/octet-stream").to_string();
+    let content_type = params
+        .string("content_type")
+        .unwrap_or("application/octet-stream")
+        .to_string();
     let limit = shoal.settings.max_message_bytes;
     Ok(upgrade
         .max_message_size(limit + (64 << 10))
         .on_upgrade(move |socket| publish_from_socket(shoal, socket, topic, content_type)))
 }
 
-async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Option<String>, content_type: String) {
+async fn publish_from_socket(
+    shoal: Arc<Shoal>,
+    mut socket: WebSocket,
+    topic: Option<String>,
+    content_type: String,
+) {
     let source = node_source(&shoal);
     let to_message = |frame: WsMessage, time: &str| -> ApiResult<Option<Message>> {
         let data = match (frame, &topic) {
@@ -398,7 +498,9 @@ async fn publish_from_socket(shoal: Arc<Shoal>, mut socket: WebSocket, topic: Op
             }
             (WsMessage::Text(text), Some(_)) => Bytes::from(text),
             (WsMessage::Binary(bytes), Some(_)) => bytes,
-            (WsMessage::Binary(_), None) => return Err(ApiError::bad_request("binary frames need ?topic=")),
+            (WsMessage::Binary(_), None) => {
+                return Err(ApiError::bad_request("binary frames need ?topic="))
+            }
             _ => return Ok(None),
         };
         if data.len() > shoal.settings.max_message_bytes {
@@ -464,7 +566,10 @@ fn close(code: u16, reason: &str) -> WsMessage {
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    WsMessage::Close(Some(CloseFrame { code, reason: reason[..end].into() }))
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }))
 }
 
 /// `GET /v1/topics`: every node's subscriptions (pattern, queue group,

@@ -57,26 +57,42 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/topics/{topic}", post(messaging::publish_one))
         .route("/v1/publish", post(messaging::publish_batch))
         .route("/v1/kafka/{topic}", post(delivery::produce))
-        .layer(DefaultBodyLimit::max(publish_limit(app.shoal.settings.max_message_bytes)));
+        .layer(DefaultBodyLimit::max(publish_limit(
+            app.shoal.settings.max_message_bytes,
+        )));
     // Log ingest bodies are larger than config values; their own limit.
     let ingest = Router::new()
         .route("/v1/logs/{stream}", post(logs::ingest))
-        .route("/_bulk", post(elastic::bulk_default).put(elastic::bulk_default))
-        .route("/{index}/_bulk", post(elastic::bulk_index).put(elastic::bulk_index))
+        .route(
+            "/_bulk",
+            post(elastic::bulk_default).put(elastic::bulk_default),
+        )
+        .route(
+            "/{index}/_bulk",
+            post(elastic::bulk_index).put(elastic::bulk_index),
+        )
         .route("/", get(elastic::info).head(elastic::ping))
         .layer(middleware::from_fn(elastic::product_header))
-        .layer(DefaultBodyLimit::max(app.shoal.settings.logs_max_body_bytes));
+        .layer(DefaultBodyLimit::max(
+            app.shoal.settings.logs_max_body_bytes,
+        ));
     Router::new()
         .merge(publishing)
         .merge(ingest)
         .route("/v1/logs/search", get(logs::search).post(logs::search))
-        .route("/v1/logs/aggregate", get(logs::aggregate).post(logs::aggregate))
+        .route(
+            "/v1/logs/aggregate",
+            get(logs::aggregate).post(logs::aggregate),
+        )
         .route("/v1/logs/tail", get(logs::tail))
         .route("/v1/logs/streams", get(logs::streams))
         .route("/v1/logs/sql", get(logs::sql).post(logs::sql))
         .route("/v1/traces/{trace_id}", get(logs::trace))
         .route("/api/services", get(jaeger::services))
-        .route("/api/services/{service}/operations", get(jaeger::service_operations))
+        .route(
+            "/api/services/{service}/operations",
+            get(jaeger::service_operations),
+        )
         .route("/api/operations", get(jaeger::operations))
         .route("/api/traces", get(jaeger::find_traces))
         .route("/api/traces/{trace_id}", get(jaeger::trace))
@@ -87,16 +103,31 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/webhooks", get(delivery::webhooks::list))
         .route(
             "/v1/webhooks/{name}",
-            put(delivery::webhooks::put).get(delivery::webhooks::get).delete(delivery::webhooks::delete),
+            put(delivery::webhooks::put)
+                .get(delivery::webhooks::get)
+                .delete(delivery::webhooks::delete),
         )
-        .route("/v1/webhooks/{name}/dead-letters", get(delivery::dead_letters))
-        .route("/v1/webhooks/{name}/dead-letters/replay", post(delivery::replay))
+        .route(
+            "/v1/webhooks/{name}/dead-letters",
+            get(delivery::dead_letters),
+        )
+        .route(
+            "/v1/webhooks/{name}/dead-letters/replay",
+            post(delivery::replay),
+        )
         .route("/v1/routes", get(delivery::routes::list))
-        .route("/v1/routes/{name}", put(delivery::routes::put).get(delivery::routes::get).delete(delivery::routes::delete))
+        .route(
+            "/v1/routes/{name}",
+            put(delivery::routes::put)
+                .get(delivery::routes::get)
+                .delete(delivery::routes::delete),
+        )
         .route("/v1/bridges", get(delivery::bridges::list))
         .route(
             "/v1/bridges/{name}",
-            put(delivery::bridges::put).get(delivery::bridges::get).delete(delivery::bridges::delete),
+            put(delivery::bridges::put)
+                .get(delivery::bridges::get)
+                .delete(delivery::bridges::delete),
         )
         .route("/v1/outbox", get(delivery::outbox))
         .route("/health", get(node::health))
@@ -105,7 +136,10 @@ pub fn router(app: AppState) -> Router {
         .route("/openapi.json", get(node::openapi))
         .route("/v1/status", get(node::status))
         .route("/v1/kv", get(kv::list))
-        .route("/v1/kv/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/txn", post(kv::txn))
         .route("/v1/history/{*key}", get(kv::history))
         .route("/v1/rollback/{*key}", post(kv::rollback))
@@ -131,8 +165,11 @@ pub fn router(app: AppState) -> Router {
 fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     use opentelemetry::propagation::TextMapPropagator;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) else { return };
-    let carrier = std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
     let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
     // Fails only when no OpenTelemetry layer is installed: nothing to do then.
     let _ = span.set_parent(parent);
@@ -152,7 +189,8 @@ async fn observe(State(app): State<AppState>, request: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    let span = tracing::info_span!("request", %request_id, node_id = app.shoal.node_id, %method, %route);
+    let span =
+        tracing::info_span!("request", %request_id, node_id = app.shoal.node_id, %method, %route);
     continue_trace(&span, request.headers());
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;

@@ -33,5 +33,7 @@ pub fn batch_json(batch: &ChangeBatch) -> Value {
 }
 
 pub fn decode_value(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
-    STANDARD.decode(text).map_err(|e| ApiError::bad_request(format!("{field} is not valid base64: {e}")))
+    STANDARD
+        .decode(text)
+        .map_err(|e| ApiError::bad_request(format!("{field} is not valid base64: {e}")))
 }

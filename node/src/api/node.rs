@@ -1,6 +1,5 @@
 //! Node endpoints: health, readiness, status, metrics, OpenAPI.
 
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,11 +21,19 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     let committed = app.shoal.committed();
     let has_leader = metrics.running_state.is_ok()
         && metrics.current_leader.is_some()
-        && matches!(metrics.state, ServerState::Leader | ServerState::Follower | ServerState::Learner);
+        && matches!(
+            metrics.state,
+            ServerState::Leader | ServerState::Follower | ServerState::Learner
+        );
     if has_leader && applied >= committed {
-        Json(json!({"status": "ready", "leader": metrics.current_leader, "applied_index": applied})).into_response()
+        Json(json!({"status": "ready", "leader": metrics.current_leader, "applied_index": applied}))
+            .into_response()
     } else {
-        let reason = if has_leader { "applying the committed log" } else { "no Raft leader yet" };
+        let reason = if has_leader {
+            "applying the committed log"
+        } else {
+            "no Raft leader yet"
+        };
         ApiError::unavailable(format!("not ready: {reason}")).into_response()
     }
 }
@@ -34,8 +41,9 @@ pub async fn ready(State(app): State<AppState>) -> Response {
 pub async fn status(State(app): State<AppState>) -> ApiResult<Response> {
     let shoal = &app.shoal;
     let metrics = shoal.raft.metrics().borrow().clone();
-    let (counters, first_log_index) =
-        shoal.read(|store| Ok((store.counters()?, store.log_first_index()?.unwrap_or(0)))).await?;
+    let (counters, first_log_index) = shoal
+        .read(|store| Ok((store.counters()?, store.log_first_index()?.unwrap_or(0))))
+        .await?;
     Ok(Json(json!({
         "node_id": shoal.node_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -64,26 +72,50 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     let raft = shoal.raft.metrics().borrow().clone();
     metrics::gauge!("shoal_raft_term").set(raft.current_term as f64);
     metrics::gauge!("shoal_raft_commit_index").set(shoal.committed() as f64);
-    metrics::gauge!("shoal_raft_applied_index").set(raft.last_applied.map(|id| id.index).unwrap_or(0) as f64);
+    metrics::gauge!("shoal_raft_applied_index")
+        .set(raft.last_applied.map(|id| id.index).unwrap_or(0) as f64);
     metrics::gauge!("shoal_raft_last_log_index").set(raft.last_log_index.unwrap_or(0) as f64);
-    metrics::gauge!("shoal_raft_is_leader").set(if raft.state == ServerState::Leader { 1.0 } else { 0.0 });
+    metrics::gauge!("shoal_raft_is_leader").set(if raft.state == ServerState::Leader {
+        1.0
+    } else {
+        0.0
+    });
     metrics::gauge!("shoal_watchers").set(shoal.hub.watcher_count() as f64);
-    if let Ok((counters, disk)) = shoal.read(|store| Ok((store.counters()?, store.disk_bytes()))).await {
+    if let Ok((counters, disk)) = shoal
+        .read(|store| Ok((store.counters()?, store.disk_bytes())))
+        .await
+    {
         metrics::gauge!("shoal_kv_revision").set(counters.revision as f64);
         metrics::gauge!("shoal_kv_compact_revision").set(counters.compact_revision as f64);
         metrics::gauge!("shoal_storage_disk_bytes").set(disk as f64);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.prometheus.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.prometheus.render(),
+    )
+        .into_response()
 }
 
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /openapi.json",
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint; see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint; see /openapi.json",
+    )
 }

@@ -63,7 +63,14 @@ impl Watcher {
         if next < counters.compact_revision {
             return Err(ApiError::compacted(next, counters.compact_revision));
         }
-        Ok(Watcher { shoal, filter, next, max_batches, registration: None, behind: true })
+        Ok(Watcher {
+            shoal,
+            filter,
+            next,
+            max_batches,
+            registration: None,
+            behind: true,
+        })
     }
 
     pub fn next_revision(&self) -> u64 {
@@ -71,7 +78,10 @@ impl Watcher {
     }
 
     /// The next batches in order: at least one, or none if `wait` elapsed.
-    pub async fn next_batches(&mut self, wait: Option<Duration>) -> ApiResult<Vec<Arc<SharedBatch>>> {
+    pub async fn next_batches(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> ApiResult<Vec<Arc<SharedBatch>>> {
         let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
         loop {
             if self.registration.is_none() {
@@ -80,8 +90,12 @@ impl Watcher {
             }
             if self.behind {
                 let (from, filter, max) = (self.next, self.filter.clone(), self.max_batches);
-                let changes =
-                    self.shoal.read(move |store| store.kv_changes(from, &|key| filter.matches(key), max, HISTORY_SCAN)).await?;
+                let changes = self
+                    .shoal
+                    .read(move |store| {
+                        store.kv_changes(from, &|key| filter.matches(key), max, HISTORY_SCAN)
+                    })
+                    .await?;
                 if from < changes.counters.compact_revision {
                     return Err(ApiError::compacted(from, changes.counters.compact_revision));
                 }
@@ -92,13 +106,17 @@ impl Watcher {
                 }
                 continue;
             }
-            let Some(registration) = self.registration.as_mut() else { continue };
+            let Some(registration) = self.registration.as_mut() else {
+                continue;
+            };
             let received = match deadline {
                 None => registration.receiver.recv().await,
-                Some(deadline) => match tokio::time::timeout_at(deadline, registration.receiver.recv()).await {
-                    Ok(received) => received,
-                    Err(_) => return Ok(Vec::new()),
-                },
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, registration.receiver.recv()).await {
+                        Ok(received) => received,
+                        Err(_) => return Ok(Vec::new()),
+                    }
+                }
             };
             match received {
                 // The hub dropped us (we were slow, or the state was replaced).
@@ -123,21 +141,32 @@ fn filter(params: &Params) -> ApiResult<Filter> {
         }
         (None, Some(prefix)) => {
             if prefix.len() > MAX_KEY_BYTES {
-                return Err(ApiError::bad_request(format!("prefix is longer than {MAX_KEY_BYTES} bytes")));
+                return Err(ApiError::bad_request(format!(
+                    "prefix is longer than {MAX_KEY_BYTES} bytes"
+                )));
             }
             Ok(Filter::Prefix(prefix.to_string()))
         }
-        _ => Err(ApiError::bad_request("give exactly one of key=K or prefix=P (prefix= watches every key)")),
+        _ => Err(ApiError::bad_request(
+            "give exactly one of key=K or prefix=P (prefix= watches every key)",
+        )),
     }
 }
 
 fn change_event(shared: &SharedBatch) -> Event {
     let data = shared.rendered(|batch| batch_json(batch).to_string());
-    Event::default().event("change").id(shared.batch.revision.to_string()).data(data)
+    Event::default()
+        .event("change")
+        .id(shared.batch.revision.to_string())
+        .data(data)
 }
 
 /// `GET /v1/watch`: an SSE stream of change batches.
-pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn sse(
+    State(shoal): State<Arc<Shoal>>,
+    params: Params,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let filter = filter(&params)?;
     let mut from = params.revision("from_revision")?;
     if let Some(last) = headers.get("last-event-id") {
@@ -160,11 +189,17 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params, headers: Heade
                 _ = sender.closed() => break,
             };
             let (events, last) = match next {
-                Ok(batches) => (batches.iter().map(|b| change_event(b)).collect::<Vec<_>>(), false),
+                Ok(batches) => (
+                    batches.iter().map(|b| change_event(b)).collect::<Vec<_>>(),
+                    false,
+                ),
                 Err(e) => {
                     // Mid-stream failure (e.g. compacted while lagging): say why, then end.
                     let body = json!({"error": {"code": e.code, "message": e.message}});
-                    (vec![Event::default().event("error").data(body.to_string())], true)
+                    (
+                        vec![Event::default().event("error").data(body.to_string())],
+                        true,
+                    )
                 }
             };
             let mut client_gone = false;
@@ -180,8 +215,11 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params, headers: Heade
         }
         metrics::gauge!("shoal_watch_streams").decrement(1.0);
     });
-    let stream = Sse::new(ReceiverStream::new(receiver))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keepalive"));
+    let stream = Sse::new(ReceiverStream::new(receiver)).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keepalive"),
+    );
     Ok(stream.into_response())
 }
 
@@ -191,14 +229,24 @@ pub async fn poll(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
     let from = params.revision("from_revision")?;
     let timeout_ms = params.number("timeout_ms")?.unwrap_or(30_000);
     if timeout_ms > MAX_POLL_MS {
-        return Err(ApiError::bad_request(format!("timeout_ms must be at most {MAX_POLL_MS}")));
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms must be at most {MAX_POLL_MS}"
+        )));
     }
     let limit = params.limit(1000, 10_000)?;
     let stale = params.stale()?;
     let mut watcher = Watcher::start(shoal, filter, from, stale, limit).await?;
-    let batches = watcher.next_batches(Some(Duration::from_millis(timeout_ms))).await?;
-    let batches: Vec<_> = batches.iter().map(|shared| batch_json(&shared.batch)).collect();
+    let batches = watcher
+        .next_batches(Some(Duration::from_millis(timeout_ms)))
+        .await?;
+    let batches: Vec<_> = batches
+        .iter()
+        .map(|shared| batch_json(&shared.batch))
+        .collect();
     // The reply is complete up to next_revision - 1.
     let through = watcher.next_revision().saturating_sub(1);
-    Ok(with_revision(through, json!({"batches": batches, "next_revision": watcher.next_revision()})))
+    Ok(with_revision(
+        through,
+        json!({"batches": batches, "next_revision": watcher.next_revision()}),
+    ))
 }

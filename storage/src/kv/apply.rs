@@ -22,12 +22,13 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use super::cache::KvCache;
 use super::{
     key_rev, lease_key, prefix_end, ChangeBatch, Command, Compare, CompareOp, CompareTarget, Event,
-    EventType, KeyValue, Lease, OpResult, Proposal, Rejection, Response, Txn, TxnOp, META_APPLIED_PROPOSALS,
-    META_COMPACT_REVISION, META_LAST_APPLIED, META_MEMBERSHIP, META_NEXT_LEASE_ID, META_REVISION,
-    PROPOSAL_ID_PRUNE_STEP, PROPOSAL_ID_WINDOW,
+    EventType, KeyValue, Lease, OpResult, Proposal, Rejection, Response, Txn, TxnOp,
+    META_APPLIED_PROPOSALS, META_COMPACT_REVISION, META_LAST_APPLIED, META_MEMBERSHIP,
+    META_NEXT_LEASE_ID, META_REVISION, PROPOSAL_ID_PRUNE_STEP, PROPOSAL_ID_WINDOW,
 };
 use crate::db::{
-    u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_REQUESTS, CF_REQUEST_LOG, CF_SM_META,
+    u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_REQUESTS,
+    CF_REQUEST_LOG, CF_SM_META,
 };
 
 use crate::error::StorageError;
@@ -95,7 +96,11 @@ impl SmBatch<'_> {
         if let Some(first) = self.answered.get(&proposal.id) {
             return Ok(first.clone());
         }
-        if let Some(first) = self.store.db.get_cf(self.store.cf(CF_REQUESTS)?, proposal.id)? {
+        if let Some(first) = self
+            .store
+            .db
+            .get_cf(self.store.cf(CF_REQUESTS)?, proposal.id)?
+        {
             return decode(&first);
         }
         let reads_only_overlays = only_keys_and_leases(&proposal.command);
@@ -114,7 +119,13 @@ impl SmBatch<'_> {
             revision: self.revision + 1,
         };
         let response = tx.run(&proposal.command)?;
-        let ApplyTx { ops, kv, leases, events, .. } = tx;
+        let ApplyTx {
+            ops,
+            kv,
+            leases,
+            events,
+            ..
+        } = tx;
         for op in ops {
             op.add_to(self.store, &mut self.batch)?;
         }
@@ -122,8 +133,15 @@ impl SmBatch<'_> {
         self.leases.extend(leases);
         if !events.is_empty() {
             self.revision += 1;
-            let changes = ChangeBatch { revision: self.revision, events };
-            self.batch.put_cf(self.store.cf(CF_EVENTS)?, u64_key(changes.revision), encode(&changes)?);
+            let changes = ChangeBatch {
+                revision: self.revision,
+                events,
+            };
+            self.batch.put_cf(
+                self.store.cf(CF_EVENTS)?,
+                u64_key(changes.revision),
+                encode(&changes)?,
+            );
             self.changes.push(changes);
         }
         self.remember(proposal, &response)?;
@@ -155,11 +173,16 @@ impl SmBatch<'_> {
     /// window.
     fn remember(&mut self, proposal: &Proposal, response: &Response) -> Result<(), StorageError> {
         let seq = self.applied_proposals;
-        self.batch.put_cf(self.store.cf(CF_REQUESTS)?, proposal.id, encode(response)?);
-        self.batch.put_cf(self.store.cf(CF_REQUEST_LOG)?, u64_key(seq), proposal.id);
+        self.batch
+            .put_cf(self.store.cf(CF_REQUESTS)?, proposal.id, encode(response)?);
+        self.batch
+            .put_cf(self.store.cf(CF_REQUEST_LOG)?, u64_key(seq), proposal.id);
         self.answered.insert(proposal.id, response.clone());
         self.applied_proposals += 1;
-        if self.applied_proposals % PROPOSAL_ID_PRUNE_STEP == 0 {
+        if self
+            .applied_proposals
+            .is_multiple_of(PROPOSAL_ID_PRUNE_STEP)
+        {
             self.prune_ids()?;
         }
         Ok(())
@@ -168,7 +191,9 @@ impl SmBatch<'_> {
     /// Delete the ids numbered below the window. What is deleted depends on
     /// the count alone, so every replica holds the same ids.
     fn prune_ids(&mut self) -> Result<(), StorageError> {
-        let Some(below) = self.applied_proposals.checked_sub(PROPOSAL_ID_WINDOW) else { return Ok(()) };
+        let Some(below) = self.applied_proposals.checked_sub(PROPOSAL_ID_WINDOW) else {
+            return Ok(());
+        };
         // RocksDB must hold every id numbered below `below` first.
         self.write_pending()?;
         let (requests, log) = (self.store.cf(CF_REQUESTS)?, self.store.cf(CF_REQUEST_LOG)?);
@@ -177,7 +202,11 @@ impl SmBatch<'_> {
         // walking over its deletions keeps each step's work to one step.
         opts.set_iterate_lower_bound(u64_key(below.saturating_sub(PROPOSAL_ID_PRUNE_STEP)));
         opts.set_iterate_upper_bound(u64_key(below));
-        for item in self.store.db.iterator_cf_opt(log, opts, IteratorMode::Start) {
+        for item in self
+            .store
+            .db
+            .iterator_cf_opt(log, opts, IteratorMode::Start)
+        {
             let (seq, id) = item?;
             self.batch.delete_cf(requests, &id);
             self.batch.delete_cf(log, &seq);
@@ -192,13 +221,20 @@ impl SmBatch<'_> {
             return Ok(());
         }
         let meta = self.store.cf(CF_SM_META)?;
-        self.batch.put_cf(meta, META_REVISION, self.revision.to_be_bytes());
-        self.batch.put_cf(meta, META_APPLIED_PROPOSALS, self.applied_proposals.to_be_bytes());
+        self.batch
+            .put_cf(meta, META_REVISION, self.revision.to_be_bytes());
+        self.batch.put_cf(
+            meta,
+            META_APPLIED_PROPOSALS,
+            self.applied_proposals.to_be_bytes(),
+        );
         if let Err(e) = self.store.write(std::mem::take(&mut self.batch), false) {
             self.cache.clear();
             return Err(e);
         }
-        self.store.applied_proposals.store(self.applied_proposals, Ordering::Relaxed);
+        self.store
+            .applied_proposals
+            .store(self.applied_proposals, Ordering::Relaxed);
         for (key, kv) in self.kv.drain() {
             self.cache.insert(key, kv);
         }
@@ -281,17 +317,26 @@ impl ApplyTx<'_> {
                 None => Ok(self.reject(Rejection::LeaseNotFound(*id))),
                 Some(_) => {
                     let deleted = self.revoke(*id)?;
-                    Ok(Response::Revoked { revision: self.current_revision(), deleted })
+                    Ok(Response::Revoked {
+                        revision: self.current_revision(),
+                        deleted,
+                    })
                 }
             },
             Command::LeaseExpire { leases } => {
                 let mut deleted = 0;
                 for (id, renewals) in leases {
-                    if self.lease(*id)?.is_some_and(|lease| lease.renewals == *renewals) {
+                    if self
+                        .lease(*id)?
+                        .is_some_and(|lease| lease.renewals == *renewals)
+                    {
                         deleted += self.revoke(*id)?;
                     }
                 }
-                Ok(Response::Revoked { revision: self.current_revision(), deleted })
+                Ok(Response::Revoked {
+                    revision: self.current_revision(),
+                    deleted,
+                })
             }
             Command::Rollback { key, revision } => self.rollback(key, *revision),
             Command::Compact { revision } => self.compact(*revision),
@@ -315,7 +360,11 @@ impl ApplyTx<'_> {
                 break;
             }
         }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             let result = match op {
@@ -324,11 +373,14 @@ impl ApplyTx<'_> {
                         return Ok(self.reject(Rejection::LeaseNotFound(*lease)));
                     }
                     let (kv, prev) = self.put(key, value.clone(), *lease)?;
-                    OpResult::Put { kv: kv.without_value(), prev: prev.map(|p| p.without_value()) }
+                    OpResult::Put {
+                        kv: kv.without_value(),
+                        prev: prev.map(|p| p.without_value()),
+                    }
                 }
-                TxnOp::Delete { key, prefix: false } => {
-                    OpResult::Delete { deleted: u64::from(self.delete(key)?) }
-                }
+                TxnOp::Delete { key, prefix: false } => OpResult::Delete {
+                    deleted: u64::from(self.delete(key)?),
+                },
                 TxnOp::Delete { key, prefix: true } => {
                     let mut deleted = 0;
                     for key in self.keys_with_prefix(key)? {
@@ -340,7 +392,11 @@ impl ApplyTx<'_> {
             };
             results.push(result);
         }
-        Ok(Response::Txn { succeeded, revision: self.current_revision(), results })
+        Ok(Response::Txn {
+            succeeded,
+            revision: self.current_revision(),
+            results,
+        })
     }
 
     fn compare_holds(&self, compare: &Compare) -> Result<bool, StorageError> {
@@ -364,7 +420,12 @@ impl ApplyTx<'_> {
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StorageError> {
-        if let Some(known) = self.kv.get(key).or_else(|| self.committed_kv.get(key)).or_else(|| self.cache.get(key)) {
+        if let Some(known) = self
+            .kv
+            .get(key)
+            .or_else(|| self.committed_kv.get(key))
+            .or_else(|| self.cache.get(key))
+        {
             return Ok(known.clone());
         }
         match self.store.db.get_cf(self.store.cf(CF_KV)?, key)? {
@@ -394,16 +455,26 @@ impl ApplyTx<'_> {
         };
         if let Some(p) = &prev {
             if p.lease != 0 && p.lease != lease {
-                self.ops.push(Op::Delete(CF_LEASE_KEYS, lease_key(p.lease, key)));
+                self.ops
+                    .push(Op::Delete(CF_LEASE_KEYS, lease_key(p.lease, key)));
             }
         }
         if lease != 0 {
-            self.ops.push(Op::Put(CF_LEASE_KEYS, lease_key(lease, key), Vec::new()));
+            self.ops
+                .push(Op::Put(CF_LEASE_KEYS, lease_key(lease, key), Vec::new()));
         }
-        self.ops.push(Op::Put(CF_KV, key.as_bytes().to_vec(), encode(&kv)?));
-        self.ops.push(Op::Put(CF_KEY_REVS, key_rev(key, self.revision), Vec::new()));
+        self.ops
+            .push(Op::Put(CF_KV, key.as_bytes().to_vec(), encode(&kv)?));
+        self.ops.push(Op::Put(
+            CF_KEY_REVS,
+            key_rev(key, self.revision),
+            Vec::new(),
+        ));
         self.kv.insert(key.to_string(), Some(kv.clone()));
-        self.events.push(Event { kind: EventType::Put, kv: kv.clone() });
+        self.events.push(Event {
+            kind: EventType::Put,
+            kv: kv.clone(),
+        });
         Ok((kv, prev))
     }
 
@@ -413,10 +484,15 @@ impl ApplyTx<'_> {
             return Ok(false);
         };
         if prev.lease != 0 {
-            self.ops.push(Op::Delete(CF_LEASE_KEYS, lease_key(prev.lease, key)));
+            self.ops
+                .push(Op::Delete(CF_LEASE_KEYS, lease_key(prev.lease, key)));
         }
         self.ops.push(Op::Delete(CF_KV, key.as_bytes().to_vec()));
-        self.ops.push(Op::Put(CF_KEY_REVS, key_rev(key, self.revision), Vec::new()));
+        self.ops.push(Op::Put(
+            CF_KEY_REVS,
+            key_rev(key, self.revision),
+            Vec::new(),
+        ));
         self.kv.insert(key.to_string(), None);
         let tombstone = KeyValue {
             key: key.to_string(),
@@ -426,7 +502,10 @@ impl ApplyTx<'_> {
             version: 0,
             lease: 0,
         };
-        self.events.push(Event { kind: EventType::Delete, kv: tombstone });
+        self.events.push(Event {
+            kind: EventType::Delete,
+            kv: tombstone,
+        });
         Ok(true)
     }
 
@@ -438,7 +517,11 @@ impl ApplyTx<'_> {
             opts.set_iterate_upper_bound(end);
         }
         let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
-        for item in self.store.db.iterator_cf_opt(self.store.cf(CF_KV)?, opts, mode) {
+        for item in self
+            .store
+            .db
+            .iterator_cf_opt(self.store.cf(CF_KV)?, opts, mode)
+        {
             let (key, _) = item?;
             keys.insert(String::from_utf8_lossy(&key).into_owned());
         }
@@ -454,25 +537,45 @@ impl ApplyTx<'_> {
     }
 
     fn lease(&self, id: u64) -> Result<Option<Lease>, StorageError> {
-        if let Some(pending) = self.leases.get(&id).or_else(|| self.committed_leases.get(&id)) {
+        if let Some(pending) = self
+            .leases
+            .get(&id)
+            .or_else(|| self.committed_leases.get(&id))
+        {
             return Ok(pending.clone());
         }
-        match self.store.db.get_cf(self.store.cf(CF_LEASES)?, u64_key(id))? {
+        match self
+            .store
+            .db
+            .get_cf(self.store.cf(CF_LEASES)?, u64_key(id))?
+        {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
     fn put_lease(&mut self, lease: &Lease) -> Result<(), StorageError> {
-        self.ops.push(Op::Put(CF_LEASES, u64_key(lease.id).to_vec(), encode(lease)?));
+        self.ops.push(Op::Put(
+            CF_LEASES,
+            u64_key(lease.id).to_vec(),
+            encode(lease)?,
+        ));
         self.leases.insert(lease.id, Some(lease.clone()));
         Ok(())
     }
 
     fn lease_grant(&mut self, ttl_seconds: u64) -> Result<Response, StorageError> {
         let id = self.store.meta_u64(META_NEXT_LEASE_ID)?.max(1);
-        self.ops.push(Op::Put(CF_SM_META, META_NEXT_LEASE_ID.as_bytes().to_vec(), (id + 1).to_be_bytes().to_vec()));
-        let lease = Lease { id, ttl_seconds, renewals: 0 };
+        self.ops.push(Op::Put(
+            CF_SM_META,
+            META_NEXT_LEASE_ID.as_bytes().to_vec(),
+            (id + 1).to_be_bytes().to_vec(),
+        ));
+        let lease = Lease {
+            id,
+            ttl_seconds,
+            renewals: 0,
+        };
         self.put_lease(&lease)?;
         Ok(Response::Lease(lease))
     }
@@ -523,24 +626,38 @@ impl ApplyTx<'_> {
                 None
             }
         };
-        Ok(Response::Rollback { revision: self.current_revision(), kv })
+        Ok(Response::Rollback {
+            revision: self.current_revision(),
+            kv,
+        })
     }
 
     /// The value of `key` as of `revision`, given the key's retained
     /// revisions `revs`: Some(Some(v)) if it existed, Some(None) if it did
     /// not, None if compaction has erased the answer.
-    fn value_at(&self, key: &str, revs: &[u64], revision: u64) -> Result<Option<Option<Vec<u8>>>, StorageError> {
+    fn value_at(
+        &self,
+        key: &str,
+        revs: &[u64],
+        revision: u64,
+    ) -> Result<Option<Option<Vec<u8>>>, StorageError> {
         if let Some(at) = revs.iter().rev().find(|r| **r <= revision) {
-            return Ok(self.store.event_at(key, *at)?.map(|event| match event.kind {
-                EventType::Put => Some(event.kv.value),
-                EventType::Delete => None,
-            }));
+            return Ok(self
+                .store
+                .event_at(key, *at)?
+                .map(|event| match event.kind {
+                    EventType::Put => Some(event.kv.value),
+                    EventType::Delete => None,
+                }));
         }
         // No retained change at or before `revision`: decide from what follows.
         match revs.first() {
             None => Ok(Some(self.get(key)?.map(|kv| kv.value))),
             Some(next) => match self.store.event_at(key, *next)? {
-                Some(Event { kind: EventType::Put, kv }) if kv.version == 1 => Ok(Some(None)),
+                Some(Event {
+                    kind: EventType::Put,
+                    kv,
+                }) if kv.version == 1 => Ok(Some(None)),
                 _ => Ok(None),
             },
         }
@@ -553,7 +670,9 @@ impl ApplyTx<'_> {
         }
         let old = self.store.meta_u64(META_COMPACT_REVISION)?;
         if revision <= old {
-            return Ok(Response::Compacted { compact_revision: old });
+            return Ok(Response::Compacted {
+                compact_revision: old,
+            });
         }
         let events = self.store.cf(CF_EVENTS)?;
         let mut opts = ReadOptions::default();
@@ -563,12 +682,25 @@ impl ApplyTx<'_> {
             let (_, value) = item?;
             let batch: ChangeBatch = decode(&value)?;
             for event in &batch.events {
-                self.ops.push(Op::Delete(CF_KEY_REVS, key_rev(&event.kv.key, batch.revision)));
+                self.ops.push(Op::Delete(
+                    CF_KEY_REVS,
+                    key_rev(&event.kv.key, batch.revision),
+                ));
             }
         }
-        self.ops.push(Op::DeleteRange(CF_EVENTS, u64_key(0).to_vec(), u64_key(revision).to_vec()));
-        self.ops.push(Op::Put(CF_SM_META, META_COMPACT_REVISION.as_bytes().to_vec(), revision.to_be_bytes().to_vec()));
-        Ok(Response::Compacted { compact_revision: revision })
+        self.ops.push(Op::DeleteRange(
+            CF_EVENTS,
+            u64_key(0).to_vec(),
+            u64_key(revision).to_vec(),
+        ));
+        self.ops.push(Op::Put(
+            CF_SM_META,
+            META_COMPACT_REVISION.as_bytes().to_vec(),
+            revision.to_be_bytes().to_vec(),
+        ));
+        Ok(Response::Compacted {
+            compact_revision: revision,
+        })
     }
 }
 
@@ -581,7 +713,8 @@ impl Store {
 
     /// Read the count from the state (at open, and after a snapshot replaced it).
     pub(crate) fn load_applied_proposals(&self) -> Result<(), StorageError> {
-        self.applied_proposals.store(self.meta_u64(META_APPLIED_PROPOSALS)?, Ordering::Relaxed);
+        self.applied_proposals
+            .store(self.meta_u64(META_APPLIED_PROPOSALS)?, Ordering::Relaxed);
         Ok(())
     }
 

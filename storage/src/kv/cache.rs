@@ -58,6 +58,8 @@ impl Store {
     /// The applier's cache, locked (by the applier for a run of entries, or
     /// by a snapshot install to empty it).
     pub(crate) fn lock_applied_kv(&self) -> MutexGuard<'_, KvCache> {
-        self.applied_kv.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.applied_kv
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

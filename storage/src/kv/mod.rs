@@ -11,8 +11,8 @@ mod snapshot;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use cache::KvCache;
 pub use apply::{Position, SmBatch};
+pub(crate) use cache::KvCache;
 pub use read::{Changes, Counters, LeaseDetail};
 pub use snapshot::{Digest, Export};
 
@@ -39,7 +39,10 @@ pub struct KeyValue {
 impl KeyValue {
     /// The same metadata without the value (responses to writes need no copy of it).
     pub fn without_value(&self) -> KeyValue {
-        KeyValue { value: Vec::new(), ..self.clone() }
+        KeyValue {
+            value: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 
@@ -107,8 +110,13 @@ pub enum TxnOp {
         value: Vec<u8>,
         lease: u64,
     },
-    Delete { key: String, prefix: bool },
-    Get { key: String },
+    Delete {
+        key: String,
+        prefix: bool,
+    },
+    Get {
+        key: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,16 +131,29 @@ pub struct Txn {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Txn(Txn),
-    LeaseGrant { ttl_seconds: u64 },
-    LeaseKeepAlive { id: u64 },
-    LeaseRevoke { id: u64 },
+    LeaseGrant {
+        ttl_seconds: u64,
+    },
+    LeaseKeepAlive {
+        id: u64,
+    },
+    LeaseRevoke {
+        id: u64,
+    },
     /// Revoke the leases named, each only if it has not been renewed since
     /// the proposer saw it with that many renewals.
-    LeaseExpire { leases: Vec<(u64, u64)> },
+    LeaseExpire {
+        leases: Vec<(u64, u64)>,
+    },
     /// Write the value `key` had at `revision` as a new revision.
-    Rollback { key: String, revision: u64 },
+    Rollback {
+        key: String,
+        revision: u64,
+    },
     /// Drop history older than `revision`.
-    Compact { revision: u64 },
+    Compact {
+        revision: u64,
+    },
 }
 
 /// A command as proposed to Raft. The id makes a proposal idempotent: if a
@@ -164,9 +185,16 @@ pub const PROPOSAL_ID_PRUNE_STEP: u64 = if cfg!(test) { 8 } else { 1024 };
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     /// The written key without its value, and the previous key (also without value).
-    Put { kv: KeyValue, prev: Option<KeyValue> },
-    Delete { deleted: u64 },
-    Get { kv: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+    },
+    Get {
+        kv: Option<KeyValue>,
+    },
 }
 
 /// Why a command was applied as a no-op. These are part of the replicated
@@ -176,8 +204,13 @@ pub enum Rejection {
     LeaseNotFound(u64),
     /// The key neither exists nor has retained history.
     KeyNotFound,
-    Compacted { compact_revision: u64 },
-    FutureRevision { revision: u64, current: u64 },
+    Compacted {
+        compact_revision: u64,
+    },
+    FutureRevision {
+        revision: u64,
+        current: u64,
+    },
     /// The proposal is older than the id window: whether an earlier attempt
     /// of it was applied can no longer be told.
     ProposalExpired,
@@ -185,11 +218,23 @@ pub enum Rejection {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Txn { succeeded: bool, revision: u64, results: Vec<OpResult> },
+    Txn {
+        succeeded: bool,
+        revision: u64,
+        results: Vec<OpResult>,
+    },
     Lease(Lease),
-    Revoked { revision: u64, deleted: u64 },
-    Rollback { revision: u64, kv: Option<KeyValue> },
-    Compacted { compact_revision: u64 },
+    Revoked {
+        revision: u64,
+        deleted: u64,
+    },
+    Rollback {
+        revision: u64,
+        kv: Option<KeyValue>,
+    },
+    Compacted {
+        compact_revision: u64,
+    },
     Rejected(Rejection),
     /// Raft-internal entries (blank, membership) answer nothing.
     Empty,

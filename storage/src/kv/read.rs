@@ -7,7 +7,9 @@ use super::{
     key_rev, prefix_end, ChangeBatch, Event, KeyValue, Lease, META_COMPACT_REVISION,
     META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION,
 };
-use crate::db::{key_u64, u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META};
+use crate::db::{
+    key_u64, u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META,
+};
 use crate::decode;
 use crate::error::StorageError;
 
@@ -45,7 +47,10 @@ impl Store {
                 Some(bytes) => key_u64(&bytes, CF_SM_META),
             }
         };
-        Ok(Counters { revision: read(META_REVISION)?, compact_revision: read(META_COMPACT_REVISION)? })
+        Ok(Counters {
+            revision: read(META_REVISION)?,
+            compact_revision: read(META_COMPACT_REVISION)?,
+        })
     }
 
     pub fn counters(&self) -> Result<Counters, StorageError> {
@@ -56,7 +61,10 @@ impl Store {
     pub fn sm_applied(&self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StorageError> {
         let meta = self.cf(CF_SM_META)?;
         let snap = self.db.snapshot();
-        Ok((snap.get_cf(meta, META_LAST_APPLIED)?, snap.get_cf(meta, META_MEMBERSHIP)?))
+        Ok((
+            snap.get_cf(meta, META_LAST_APPLIED)?,
+            snap.get_cf(meta, META_MEMBERSHIP)?,
+        ))
     }
 
     pub fn kv_get(&self, key: &str) -> Result<(Counters, Option<KeyValue>), StorageError> {
@@ -123,7 +131,10 @@ impl Store {
         let snap = self.db.snapshot();
         let events_cf = self.cf(CF_EVENTS)?;
         let mut out = Vec::new();
-        for revision in key_revisions_in(&snap, self.cf(CF_KEY_REVS)?, key)?.into_iter().rev() {
+        for revision in key_revisions_in(&snap, self.cf(CF_KEY_REVS)?, key)?
+            .into_iter()
+            .rev()
+        {
             if before.is_some_and(|before| revision >= before) {
                 continue;
             }
@@ -170,7 +181,11 @@ impl Store {
         if exhausted {
             next_revision = next_revision.max(counters.revision + 1);
         }
-        Ok(Changes { counters, batches, next_revision })
+        Ok(Changes {
+            counters,
+            batches,
+            next_revision,
+        })
     }
 
     pub fn lease_get(&self, id: u64) -> Result<Option<LeaseDetail>, StorageError> {
@@ -192,7 +207,10 @@ impl Store {
 
     pub fn lease_list(&self) -> Result<Vec<Lease>, StorageError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_LEASES)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_LEASES)?, IteratorMode::Start)
+        {
             let (_, value) = item?;
             out.push(decode(&value)?);
         }
@@ -214,7 +232,10 @@ fn key_revisions_in(
     let mode = IteratorMode::From(&start, Direction::Forward);
     for item in snap.iterator_cf_opt(cf, opts, mode) {
         let (raw, _) = item?;
-        out.push(key_u64(raw.get(key.len() + 1..).unwrap_or_default(), CF_KEY_REVS)?);
+        out.push(key_u64(
+            raw.get(key.len() + 1..).unwrap_or_default(),
+            CF_KEY_REVS,
+        )?);
     }
     Ok(out)
 }
@@ -229,5 +250,9 @@ fn event_at_in(
         return Ok(None);
     };
     let batch: ChangeBatch = decode(&bytes)?;
-    Ok(batch.events.into_iter().rev().find(|event| event.kv.key == key))
+    Ok(batch
+        .events
+        .into_iter()
+        .rev()
+        .find(|event| event.kv.key == key))
 }

@@ -38,13 +38,22 @@ impl Store {
                 }
             }
         }
-        Ok(Export { data: out, last_applied, membership })
+        Ok(Export {
+            data: out,
+            last_applied,
+            membership,
+        })
     }
 
     /// Replace the whole state machine with an export, atomically and durably.
     pub fn sm_import(&self, data: &[u8]) -> Result<(), StorageError> {
-        let corrupt = |detail: &str| StorageError::Corrupt { cf: "snapshot", detail: detail.into() };
-        let body = data.strip_prefix(MAGIC.as_slice()).ok_or_else(|| corrupt("bad magic"))?;
+        let corrupt = |detail: &str| StorageError::Corrupt {
+            cf: "snapshot",
+            detail: detail.into(),
+        };
+        let body = data
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| corrupt("bad magic"))?;
         let mut batch = WriteBatch::default();
         for name in STATE_MACHINE_CFS {
             let cf = self.cf(name)?;
@@ -54,7 +63,9 @@ impl Store {
         }
         let mut rest = body;
         while let Some((&index, tail)) = rest.split_first() {
-            let name = STATE_MACHINE_CFS.get(index as usize).ok_or_else(|| corrupt("bad column family"))?;
+            let name = STATE_MACHINE_CFS
+                .get(index as usize)
+                .ok_or_else(|| corrupt("bad column family"))?;
             let (key, tail) = take_part(tail).ok_or_else(|| corrupt("truncated key"))?;
             let (value, tail) = take_part(tail).ok_or_else(|| corrupt("truncated value"))?;
             batch.put_cf(self.cf(name)?, key, value);
@@ -92,7 +103,12 @@ impl Store {
                 records += 1;
             }
         }
-        Ok(Digest { hash: *hasher.finalize().as_bytes(), revision, records, last_applied })
+        Ok(Digest {
+            hash: *hasher.finalize().as_bytes(),
+            revision,
+            records,
+            last_applied,
+        })
     }
 }
 

@@ -7,7 +7,11 @@ use crate::Store;
 fn put(key: &str, value: &str) -> Command {
     Command::Txn(Txn {
         compare: vec![],
-        success: vec![TxnOp::Put { key: key.into(), value: value.into(), lease: 0 }],
+        success: vec![TxnOp::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }],
         failure: vec![],
     })
 }
@@ -17,10 +21,17 @@ fn proposal(cmd: &Command) -> Proposal {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.to_be_bytes());
-    Proposal { id, issued_at: 0, command: cmd.clone() }
+    Proposal {
+        id,
+        issued_at: 0,
+        command: cmd.clone(),
+    }
 }
 
-const AT: Position<'static> = Position { log_id: b"log-id", membership: None };
+const AT: Position<'static> = Position {
+    log_id: b"log-id",
+    membership: None,
+};
 
 /// What applying one proposal in a batch of its own gave.
 struct Applied {
@@ -34,7 +45,10 @@ fn apply_proposal(store: &Store, proposal: &Proposal) -> Applied {
     batch.set_position(AT).expect("position");
     let mut changes = batch.commit().expect("commit");
     assert!(changes.len() <= 1, "one proposal, one revision at most");
-    Applied { response, changes: changes.pop() }
+    Applied {
+        response,
+        changes: changes.pop(),
+    }
 }
 
 fn apply(store: &Store, cmd: &Command) -> Applied {
@@ -48,21 +62,39 @@ fn a_retried_proposal_is_applied_once() {
     let p = proposal(&put("k", "v"));
     let first = apply_proposal(&store, &p);
     let again = apply_proposal(&store, &p);
-    assert_eq!(first.response, again.response, "the retry answers with the first outcome");
+    assert_eq!(
+        first.response, again.response,
+        "the retry answers with the first outcome"
+    );
     assert!(again.changes.is_none(), "the retry changes nothing");
     assert_eq!(store.kv_get("k").expect("get").0.revision, 1);
     assert_eq!(store.applied_proposals(), 1, "a retry is not counted");
     // Once the window has moved past a proposal, a retry of it is refused,
     // never applied again, whether or not its id is still stored.
     for i in 0..PROPOSAL_ID_WINDOW {
-        apply_proposal(&store, &Proposal { issued_at: i, ..proposal(&put("x", &i.to_string())) });
+        apply_proposal(
+            &store,
+            &Proposal {
+                issued_at: i,
+                ..proposal(&put("x", &i.to_string()))
+            },
+        );
     }
     let retried_late = apply_proposal(&store, &p);
-    assert_eq!(retried_late.response, Response::Rejected(Rejection::ProposalExpired));
+    assert_eq!(
+        retried_late.response,
+        Response::Rejected(Rejection::ProposalExpired)
+    );
     assert!(retried_late.changes.is_none());
-    assert_eq!(store.kv_get("k").expect("get").1.expect("present").version, 1);
+    assert_eq!(
+        store.kv_get("k").expect("get").1.expect("present").version,
+        1
+    );
     // A proposal issued within the window is applied.
-    let fresh = Proposal { issued_at: store.applied_proposals(), ..proposal(&put("k", "w")) };
+    let fresh = Proposal {
+        issued_at: store.applied_proposals(),
+        ..proposal(&put("k", "w"))
+    };
     assert!(apply_proposal(&store, &fresh).changes.is_some());
 }
 
@@ -74,21 +106,41 @@ fn revisions_versions_and_history() {
     apply(&store, &put("a", "2"));
     let del = Command::Txn(Txn {
         compare: vec![],
-        success: vec![TxnOp::Delete { key: "a".into(), prefix: false }],
+        success: vec![TxnOp::Delete {
+            key: "a".into(),
+            prefix: false,
+        }],
         failure: vec![],
     });
     assert_eq!(apply(&store, &del).changes.map(|c| c.revision), Some(3));
     apply(&store, &put("a", "3"));
     let (counters, kv) = store.kv_get("a").expect("get");
     let kv = kv.expect("present");
-    assert_eq!((counters.revision, kv.create_revision, kv.mod_revision, kv.version), (4, 4, 4, 1));
+    assert_eq!(
+        (
+            counters.revision,
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
+        (4, 4, 4, 1)
+    );
     let (_, history) = store.kv_history("a", None, 10).expect("history");
     let revs: Vec<u64> = history.iter().map(|e| e.kv.mod_revision).collect();
     assert_eq!(revs, vec![4, 3, 2, 1]);
     // Rollback to revision 1 writes "1" as revision 5.
-    let rolled = apply(&store, &Command::Rollback { key: "a".into(), revision: 1 });
+    let rolled = apply(
+        &store,
+        &Command::Rollback {
+            key: "a".into(),
+            revision: 1,
+        },
+    );
     assert_eq!(rolled.changes.map(|c| c.revision), Some(5));
-    assert_eq!(store.kv_get("a").expect("get").1.expect("present").value, b"1");
+    assert_eq!(
+        store.kv_get("a").expect("get").1.expect("present").value,
+        b"1"
+    );
 }
 
 #[test]
@@ -98,13 +150,24 @@ fn failed_lease_put_writes_nothing_and_compaction_drops_history() {
     let bad = Command::Txn(Txn {
         compare: vec![],
         success: vec![
-            TxnOp::Put { key: "x".into(), value: b"1".to_vec(), lease: 0 },
-            TxnOp::Put { key: "y".into(), value: b"1".to_vec(), lease: 42 },
+            TxnOp::Put {
+                key: "x".into(),
+                value: b"1".to_vec(),
+                lease: 0,
+            },
+            TxnOp::Put {
+                key: "y".into(),
+                value: b"1".to_vec(),
+                lease: 42,
+            },
         ],
         failure: vec![],
     });
     let applied = apply(&store, &bad);
-    assert_eq!(applied.response, Response::Rejected(Rejection::LeaseNotFound(42)));
+    assert_eq!(
+        applied.response,
+        Response::Rejected(Rejection::LeaseNotFound(42))
+    );
     assert!(store.kv_get("x").expect("get").1.is_none());
     for i in 0..10 {
         apply(&store, &put("k", &i.to_string()));
@@ -117,7 +180,10 @@ fn failed_lease_put_writes_nothing_and_compaction_drops_history() {
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other = Store::open(other_dir.path()).expect("open");
     other.sm_import(&exported.data).expect("import");
-    assert_eq!(other.kv_get("k").expect("get"), store.kv_get("k").expect("get"));
+    assert_eq!(
+        other.kv_get("k").expect("get"),
+        store.kv_get("k").expect("get")
+    );
 }
 
 /// Commands applied together in one batch answer and change exactly as they
@@ -128,14 +194,26 @@ fn a_batch_of_proposals_behaves_like_one_by_one() {
     let lease_put = |key: &str, lease: u64| {
         Command::Txn(Txn {
             compare: vec![],
-            success: vec![TxnOp::Put { key: key.into(), value: b"v".to_vec(), lease }],
+            success: vec![TxnOp::Put {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease,
+            }],
             failure: vec![],
         })
     };
     let cas = |key: &str, version: u64, value: &str| {
         Command::Txn(Txn {
-            compare: vec![Compare { key: key.into(), target: CompareTarget::Version(version), op: CompareOp::Equal }],
-            success: vec![TxnOp::Put { key: key.into(), value: value.into(), lease: 0 }],
+            compare: vec![Compare {
+                key: key.into(),
+                target: CompareTarget::Version(version),
+                op: CompareOp::Equal,
+            }],
+            success: vec![TxnOp::Put {
+                key: key.into(),
+                value: value.into(),
+                lease: 0,
+            }],
             failure: vec![TxnOp::Get { key: key.into() }],
         })
     };
@@ -147,7 +225,10 @@ fn a_batch_of_proposals_behaves_like_one_by_one() {
         Command::LeaseGrant { ttl_seconds: 60 },
         lease_put("b", 2),
         lease_put("c", 99),
-        Command::Rollback { key: "a".into(), revision: 1 },
+        Command::Rollback {
+            key: "a".into(),
+            revision: 1,
+        },
         Command::LeaseRevoke { id: 2 },
         put("a", "3"),
         Command::Compact { revision: 3 },
@@ -180,7 +261,10 @@ fn a_batch_of_proposals_behaves_like_one_by_one() {
     assert_eq!(answers, expected);
     assert_eq!(retry, expected[1], "a retry answers with the first outcome");
     assert_eq!(changes, expected_changes);
-    assert_eq!(together.sm_export().expect("export").data, one_by_one.sm_export().expect("export").data);
+    assert_eq!(
+        together.sm_export().expect("export").data,
+        one_by_one.sm_export().expect("export").data
+    );
 }
 
 /// Values are encoded as bytes; the bincode must stay what it was when they
@@ -198,10 +282,28 @@ fn value_bytes_encode_as_before() {
         lease: u64,
     }
     let value: Vec<u8> = (0..=255u8).chain(0..40).collect();
-    let kv = KeyValue { key: "k".into(), value: value.clone(), create_revision: 3, mod_revision: 300, version: 7, lease: 0 };
-    let before = Before { key: "k".into(), value, create_revision: 3, mod_revision: 300, version: 7, lease: 0 };
-    assert_eq!(crate::encode(&kv).expect("encode"), crate::encode(&before).expect("encode"));
-    let decoded: KeyValue = crate::decode(&crate::encode(&before).expect("encode")).expect("decode");
+    let kv = KeyValue {
+        key: "k".into(),
+        value: value.clone(),
+        create_revision: 3,
+        mod_revision: 300,
+        version: 7,
+        lease: 0,
+    };
+    let before = Before {
+        key: "k".into(),
+        value,
+        create_revision: 3,
+        mod_revision: 300,
+        version: 7,
+        lease: 0,
+    };
+    assert_eq!(
+        crate::encode(&kv).expect("encode"),
+        crate::encode(&before).expect("encode")
+    );
+    let decoded: KeyValue =
+        crate::decode(&crate::encode(&before).expect("encode")).expect("decode");
     assert_eq!(decoded, kv);
 }
 
@@ -218,9 +320,21 @@ fn a_snapshot_replaces_what_the_applier_remembers() {
     apply(&store, &put("k", "3"));
     store.sm_import(&snapshot).expect("import");
     let after = apply(&store, &put("k", "again"));
-    let Response::Txn { results, .. } = after.response else { panic!("a put answers with a txn result") };
-    let Some(OpResult::Put { kv, prev: Some(prev) }) = results.first() else { panic!("a put with a previous version") };
-    assert_eq!((prev.version, prev.mod_revision), (1, 1), "the previous version is the snapshot's");
+    let Response::Txn { results, .. } = after.response else {
+        panic!("a put answers with a txn result")
+    };
+    let Some(OpResult::Put {
+        kv,
+        prev: Some(prev),
+    }) = results.first()
+    else {
+        panic!("a put with a previous version")
+    };
+    assert_eq!(
+        (prev.version, prev.mod_revision),
+        (1, 1),
+        "the previous version is the snapshot's"
+    );
     assert_eq!(kv.version, 2);
 }
 
@@ -237,16 +351,24 @@ fn the_same_log_in_different_runs_gives_identical_state() {
         let command = match i % 9 {
             0 => Command::LeaseGrant { ttl_seconds: 30 },
             1 => Command::LeaseKeepAlive { id: 1 + i / 9 },
-            2 => Command::LeaseExpire { leases: vec![(i / 9, 0), (i / 9 + 1, 1)] },
+            2 => Command::LeaseExpire {
+                leases: vec![(i / 9, 0), (i / 9 + 1, 1)],
+            },
             3 => Command::Txn(Txn {
                 compare: vec![],
-                success: vec![TxnOp::Delete { key: format!("k{}", i % 13), prefix: true }],
+                success: vec![TxnOp::Delete {
+                    key: format!("k{}", i % 13),
+                    prefix: true,
+                }],
                 failure: vec![],
             }),
             4 => Command::Compact { revision: i / 3 },
             _ => put(&format!("k{}", i % 17), &i.to_string()),
         };
-        log.push(Proposal { issued_at, ..proposal(&command) });
+        log.push(Proposal {
+            issued_at,
+            ..proposal(&command)
+        });
         // Retries: a recent one (applied once), and one from far back (its
         // id is pruned on some schedule; refused on every replica).
         if i % 11 == 0 && log.len() >= 3 {
@@ -269,14 +391,24 @@ fn the_same_log_in_different_runs_gives_identical_state() {
             batch.commit().expect("commit");
         }
         let digest = store.sm_digest().expect("digest");
-        (store.sm_export().expect("export").data, digest.hash, answers)
+        (
+            store.sm_export().expect("export").data,
+            digest.hash,
+            answers,
+        )
     };
     let (one, one_digest, one_answers) = state_after(1);
-    assert!(one_answers.contains(&Response::Rejected(Rejection::ProposalExpired)), "the log has late retries");
+    assert!(
+        one_answers.contains(&Response::Rejected(Rejection::ProposalExpired)),
+        "the log has late retries"
+    );
     for run in [7, 61, log.len()] {
         let (data, digest, answers) = state_after(run);
         assert_eq!(answers, one_answers, "answers with runs of {run}");
-        assert!(data == one, "state with runs of {run} differs from one by one");
+        assert!(
+            data == one,
+            "state with runs of {run} differs from one by one"
+        );
         assert_eq!(digest, one_digest, "digest with runs of {run}");
     }
 }
