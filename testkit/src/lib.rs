@@ -1,0 +1,1 @@
+//! Test support for the tests, benchmarks and fault runs (work in progress).
