@@ -9,8 +9,10 @@ pub mod deliver;
 pub mod kafka;
 pub mod message;
 mod messaging;
+mod metric_help;
 pub mod queue;
 pub mod router;
 pub mod subject;
 
 pub use messaging::{Messaging, MessagingError, Receipt};
+pub use metric_help::describe_metrics;

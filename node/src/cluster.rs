@@ -29,6 +29,36 @@ const CAUGHT_UP_LAG: u64 = 50;
 /// How long the leader holds off re-adding a node it removed (see `Removals`).
 const REMOVED_HOLD_OFF: Duration = Duration::from_secs(30);
 
+/// The keys a node publishes about itself in gossip: every one is here, so
+/// what a node tells its peers can be read in one place.
+pub mod keys {
+    /// Advertised HTTP API address (host:port).
+    pub const API: &str = "api";
+    /// Advertised node-to-node RPC address (host:port).
+    pub const RPC: &str = "rpc";
+    /// The binary's version.
+    pub const VERSION: &str = "version";
+    /// When this process started, in ms since the epoch.
+    pub const STARTED_MS: &str = "started_ms";
+    /// "1" once the node's Raft state is initialised.
+    pub const INITIALIZED: &str = "initialized";
+    /// Raft role: leader, follower, candidate, learner, shutdown.
+    pub const ROLE: &str = "role";
+    /// Last applied Raft log index.
+    pub const APPLIED: &str = "applied";
+    /// "1" while the node started empty and has not caught up (refuses votes).
+    pub const CATCHING_UP: &str = "catching_up";
+    /// "1" once the node asked to leave the cluster.
+    pub const LEFT: &str = "left";
+    /// The node's topic interest (JSON), see `messaging::sync_interest`.
+    pub const TOPICS: &str = "topics";
+}
+
+/// "1" or "0", as boolean gossip values are written.
+pub fn flag(value: bool) -> String {
+    if value { "1" } else { "0" }.to_string()
+}
+
 /// What gossip says about one node (its newest generation).
 #[derive(Clone, Debug, Serialize)]
 pub struct GossipMember {
@@ -70,8 +100,19 @@ fn cluster_id(name: &str, secret: Option<&str>) -> String {
 
 impl Gossip {
     pub async fn start(settings: &Settings, node_id: NodeId) -> anyhow::Result<Gossip> {
+        // chitchat tells peers a socket address, so a host name is resolved once here.
+        let advertise_gossip = tokio::net::lookup_host(settings.advertise_gossip.as_str())
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .with_context(|| {
+                format!(
+                    "cannot resolve --advertise-gossip {}",
+                    settings.advertise_gossip
+                )
+            })?;
         let config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(node_id.to_string(), now_ms(), settings.gossip),
+            chitchat_id: ChitchatId::new(node_id.to_string(), now_ms(), advertise_gossip),
             cluster_id: cluster_id(&settings.cluster_name, settings.cluster_secret.as_deref()),
             gossip_interval: GOSSIP_INTERVAL,
             listen_addr: settings.gossip,
@@ -86,11 +127,14 @@ impl Gossip {
             protocol_version: chitchat::ProtocolVersion::V0,
         };
         let initial = vec![
-            ("api".to_string(), settings.api.to_string()),
-            ("rpc".to_string(), settings.rpc.to_string()),
-            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-            ("started_ms".to_string(), now_ms().to_string()),
-            ("initialized".to_string(), "0".to_string()),
+            (keys::API.to_string(), settings.advertise_api.clone()),
+            (keys::RPC.to_string(), settings.advertise_rpc.clone()),
+            (
+                keys::VERSION.to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ),
+            (keys::STARTED_MS.to_string(), now_ms().to_string()),
+            (keys::INITIALIZED.to_string(), flag(false)),
         ];
         let handle = spawn_chitchat(config, initial, &UdpTransport)
             .await
@@ -119,7 +163,7 @@ impl Gossip {
             let Ok(node_id) = id.node_id.parse::<NodeId>() else {
                 continue;
             };
-            let (Some(api), Some(rpc)) = (state.get("api"), state.get("rpc")) else {
+            let (Some(api), Some(rpc)) = (state.get(keys::API), state.get(keys::RPC)) else {
                 continue;
             };
             if members
@@ -136,15 +180,15 @@ impl Gossip {
                     gossip: id.gossip_advertise_addr.to_string(),
                     api: api.to_string(),
                     rpc: rpc.to_string(),
-                    version: state.get("version").unwrap_or_default().to_string(),
+                    version: state.get(keys::VERSION).unwrap_or_default().to_string(),
                     alive: live.contains(id),
-                    initialized: state.get("initialized") == Some("1"),
-                    left: state.get("left") == Some("1"),
-                    catching_up: state.get("catching_up") == Some("1"),
-                    role: state.get("role").unwrap_or("unknown").to_string(),
-                    applied_index: number("applied"),
-                    started_ms: number("started_ms"),
-                    topics: state.get("topics").map(str::to_string),
+                    initialized: state.get(keys::INITIALIZED) == Some("1"),
+                    left: state.get(keys::LEFT) == Some("1"),
+                    catching_up: state.get(keys::CATCHING_UP) == Some("1"),
+                    role: state.get(keys::ROLE).unwrap_or("unknown").to_string(),
+                    applied_index: number(keys::APPLIED),
+                    started_ms: number(keys::STARTED_MS),
+                    topics: state.get(keys::TOPICS).map(str::to_string),
                     generation: id.generation_id,
                 },
             );
@@ -227,16 +271,10 @@ pub async fn publish_state(shoal: Arc<Shoal>) {
         shoal
             .gossip
             .publish(&[
-                (
-                    "initialized",
-                    if initialized { "1" } else { "0" }.to_string(),
-                ),
-                ("role", role.to_string()),
-                ("applied", applied.to_string()),
-                (
-                    "catching_up",
-                    if shoal.catch_up.active() { "1" } else { "0" }.to_string(),
-                ),
+                (keys::INITIALIZED, flag(initialized)),
+                (keys::ROLE, role.to_string()),
+                (keys::APPLIED, applied.to_string()),
+                (keys::CATCHING_UP, flag(shoal.catch_up.active())),
             ])
             .await;
     }

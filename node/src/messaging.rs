@@ -101,7 +101,10 @@ pub async fn sync_interest(shoal: Arc<Shoal>, transport: Arc<RpcTransport>) {
         if announced_version != Some(version) {
             shoal
                 .gossip
-                .publish(&[("topics", announced(router.local_interest()))])
+                .publish(&[(
+                    crate::cluster::keys::TOPICS,
+                    announced(router.local_interest()),
+                )])
                 .await;
             announced_version = Some(version);
         }

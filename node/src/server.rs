@@ -224,8 +224,8 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             1 => {
                 tracing::info!("initialising a new single-node cluster");
                 let me = NodeAddr {
-                    rpc: settings.rpc.to_string(),
-                    api: settings.api.to_string(),
+                    rpc: settings.advertise_rpc.clone(),
+                    api: settings.advertise_api.clone(),
                 };
                 raft.initialize(BTreeMap::from([(node_id, me)]))
                     .await

@@ -141,7 +141,7 @@ impl Shoal {
         let deadline = Instant::now() + self.request_timeout();
         let (proposals, replies): (Vec<Proposal>, Vec<_>) =
             batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
-        metrics::histogram!("shoal_proposal_batch_size").record(proposals.len() as f64);
+        metrics::histogram!("shoal_proposal_batch_proposals").record(proposals.len() as f64);
         let count = proposals.len();
         let outcome = match self.write_until(proposals, deadline).await {
             Ok(responses) if responses.len() != count => Err(ApiError::internal(format!(

@@ -31,6 +31,17 @@ pub struct NodeArgs {
     /// Gossip (UDP) address, used by cluster membership [default: 127.0.0.1:7702].
     #[arg(long, env = "SHOAL_GOSSIP")]
     pub gossip: Option<SocketAddr>,
+    /// API address other nodes and clients are told to use (host:port) [default: the --api address].
+    #[arg(long, env = "SHOAL_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+    /// RPC address peers connect to (host:port); needed when --rpc listens on 0.0.0.0 or
+    /// behind NAT, e.g. in a container [default: the --rpc address].
+    #[arg(long, env = "SHOAL_ADVERTISE_RPC")]
+    pub advertise_rpc: Option<String>,
+    /// Gossip address peers send to (host:port, resolved at start); needed when --gossip
+    /// listens on 0.0.0.0 or behind NAT [default: the --gossip address].
+    #[arg(long, env = "SHOAL_ADVERTISE_GOSSIP")]
+    pub advertise_gossip: Option<String>,
     /// Node id; by default generated on first start and kept in DATA_DIR/node-id.
     #[arg(long, env = "SHOAL_NODE_ID")]
     pub node_id: Option<u64>,
@@ -171,6 +182,33 @@ fn optional_listener(
     }
 }
 
+/// The address to tell others for the listener `--{flag}`: the advertised
+/// one when given (host:port), else the listen address. Peers cannot reach
+/// 0.0.0.0, so a peer-facing listener on an unspecified address needs one.
+fn advertised(
+    flag: &str,
+    listen: SocketAddr,
+    given: Option<String>,
+    peers_need_it: bool,
+) -> anyhow::Result<String> {
+    match given.map(|text| text.trim().to_string()) {
+        Some(text) => {
+            let port = text
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            match port {
+                Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(text),
+                _ => bail!("--advertise-{flag} {text:?} is not HOST:PORT"),
+            }
+        }
+        None if peers_need_it && listen.ip().is_unspecified() => bail!(
+            "--{flag} {listen} listens on every interface, so peers need to be told \
+             one address: give --advertise-{flag} HOST:PORT"
+        ),
+        None => Ok(listen.to_string()),
+    }
+}
+
 /// `STREAM=DAYS[:MB]` entries.
 fn stream_retention(
     entries: &[String],
@@ -205,6 +243,10 @@ pub struct Settings {
     pub api: SocketAddr,
     pub rpc: SocketAddr,
     pub gossip: SocketAddr,
+    /// What peers and clients are told: `--advertise-*`, else the listen address.
+    pub advertise_api: String,
+    pub advertise_rpc: String,
+    pub advertise_gossip: String,
     pub node_id: Option<u64>,
     pub seeds: Vec<String>,
     pub bootstrap_expect: usize,
@@ -257,12 +299,18 @@ impl Settings {
             flags.seed.clone()
         };
         let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("./shoal-data"));
+        let api = pick!(api).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700)));
+        let rpc = pick!(rpc).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701)));
+        let gossip = pick!(gossip).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702)));
         let settings = Settings {
             log_dir: pick!(log_dir).unwrap_or_else(|| data_dir.join("logs")),
             data_dir,
-            api: pick!(api).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700))),
-            rpc: pick!(rpc).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701))),
-            gossip: pick!(gossip).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702))),
+            advertise_api: advertised("api", api, pick!(advertise_api), false)?,
+            advertise_rpc: advertised("rpc", rpc, pick!(advertise_rpc), true)?,
+            advertise_gossip: advertised("gossip", gossip, pick!(advertise_gossip), true)?,
+            api,
+            rpc,
+            gossip,
             node_id: pick!(node_id),
             bootstrap_expect: pick!(bootstrap_expect).unwrap_or(if seeds.is_empty() {
                 1

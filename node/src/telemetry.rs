@@ -2,7 +2,7 @@
 //! and the Prometheus metrics recorder.
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use rolling_file::{BasicRollingFileAppender, RollingConditionBasic};
@@ -192,14 +192,126 @@ pub fn init_node(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     })
 }
 
-/// Install the process-wide metrics recorder and return the handle that renders it.
+/// Install the process-wide metrics recorder, register every metric's help
+/// text, and return the handle that renders them.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [
+    let seconds = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
-    PrometheusBuilder::new()
-        .set_buckets(&buckets)
+    // Every other histogram counts things (batch sizes).
+    let counts = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&counts)
+        .context("metric buckets")?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
         .context("metric buckets")?
         .install_recorder()
-        .context("installing the metrics recorder")
+        .context("installing the metrics recorder")?;
+    shoal_raft::describe_metrics();
+    shoal_search::describe_metrics();
+    shoal_actors::describe_metrics();
+    describe_node_metrics();
+    Ok(handle)
+}
+
+/// Help text and units of the metrics the node itself records.
+fn describe_node_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "shoal_http_requests_total",
+        Unit::Count,
+        "HTTP API requests answered, by method, route and status."
+    );
+    describe_histogram!(
+        "shoal_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP API request, by method and route."
+    );
+    describe_histogram!(
+        "shoal_raft_write_seconds",
+        Unit::Seconds,
+        "Time from a write's arrival to its commit and apply by Raft."
+    );
+    describe_histogram!(
+        "shoal_proposal_batch_proposals",
+        Unit::Count,
+        "Writes proposed to Raft together as one log entry."
+    );
+    describe_gauge!(
+        "shoal_raft_term",
+        Unit::Count,
+        "This node's current Raft term."
+    );
+    describe_gauge!(
+        "shoal_raft_commit_index",
+        Unit::Count,
+        "Highest Raft log index this node knows to be committed."
+    );
+    describe_gauge!(
+        "shoal_raft_applied_index",
+        Unit::Count,
+        "Highest Raft log index applied to this node's state machine."
+    );
+    describe_gauge!(
+        "shoal_raft_last_log_index",
+        Unit::Count,
+        "Highest index in this node's Raft log."
+    );
+    describe_gauge!(
+        "shoal_raft_is_leader",
+        Unit::Count,
+        "1 if this node is the Raft leader, else 0."
+    );
+    describe_gauge!(
+        "shoal_kv_revision",
+        Unit::Count,
+        "Current revision of the key/value store."
+    );
+    describe_gauge!(
+        "shoal_kv_compact_revision",
+        Unit::Count,
+        "Revision below which key history has been compacted."
+    );
+    describe_gauge!(
+        "shoal_storage_disk_bytes",
+        Unit::Bytes,
+        "Size of the node's RocksDB files on disk."
+    );
+    describe_gauge!(
+        "shoal_watchers",
+        Unit::Count,
+        "Key/value watchers registered on this node."
+    );
+    describe_gauge!(
+        "shoal_watch_streams",
+        Unit::Count,
+        "Open SSE watch streams on this node."
+    );
+    describe_counter!(
+        "shoal_watch_overflows_total",
+        Unit::Count,
+        "Watchers cancelled because they fell too far behind."
+    );
+    describe_counter!(
+        "shoal_logs_search_node_failures_total",
+        Unit::Count,
+        "Peers that failed to answer a cluster-wide log search (partial results)."
+    );
+    describe_counter!(
+        "shoal_logs_self_dropped_total",
+        Unit::Count,
+        "Lines of this node's own log not indexed because the queue was full."
+    );
+    describe_counter!(
+        "shoal_otlp_log_records_rejected_total",
+        Unit::Count,
+        "OTLP log records rejected (reported back as partial success)."
+    );
+    describe_counter!(
+        "shoal_otlp_spans_rejected_total",
+        Unit::Count,
+        "OTLP spans rejected (reported back as partial success)."
+    );
 }

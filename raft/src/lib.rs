@@ -5,6 +5,7 @@ mod catch_up;
 mod forward;
 mod linearizer;
 mod log_store;
+mod metric_help;
 mod network;
 mod rpc;
 mod state_machine;
@@ -20,6 +21,7 @@ pub use catch_up::CatchUp;
 pub use forward::{ForwardError, Forwarder};
 pub use linearizer::Linearizer;
 pub use log_store::LogStore;
+pub use metric_help::describe_metrics;
 pub use network::RpcNetwork;
 pub use rpc::{
     local_replication, remove_node, serve_rpc, MessageInbox, PeerServices, ReadIndexResult,

@@ -62,7 +62,7 @@ impl Linearizer {
                 }
                 std::mem::take(&mut state.waiting)
             };
-            metrics::histogram!("shoal_read_index_batch_size").record(batch.len() as f64);
+            metrics::histogram!("shoal_read_index_batch_reads").record(batch.len() as f64);
             let result = self.raft.ensure_linearizable().await;
             for waiter in batch {
                 let _ = waiter.send(result.clone());

@@ -358,7 +358,8 @@ impl LogWriter {
                         }
                     }
                     let result = self.append(&written);
-                    metrics::histogram!("shoal_wal_sync_batch").record(callbacks.len() as f64);
+                    metrics::histogram!("shoal_raft_log_sync_batch_appends")
+                        .record(callbacks.len() as f64);
                     for callback in callbacks {
                         callback.log_io_completed(result.clone().map_err(std::io::Error::other));
                     }

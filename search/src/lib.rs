@@ -9,6 +9,7 @@ mod aggregate;
 mod engine;
 mod index;
 mod indexer;
+mod metric_help;
 mod query;
 pub mod record;
 pub mod sql;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use aggregate::{AggregateRequest, Aggregation, Bucket};
 pub use engine::{Limits, Logs, LogsConfig, Retention, StreamInfo};
+pub use metric_help::describe_metrics;
 pub use query::{
     merge_hits, Cursor, Hit, KindFilter, SearchOrder, SearchRequest, MAX_LIMIT, MAX_QUERY_BYTES,
     TOP_FIELDS,

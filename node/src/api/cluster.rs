@@ -13,6 +13,7 @@ use shoal_raft::{local_replication, NodeId};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
+use crate::cluster;
 use crate::service::{now_ms, Shoal};
 
 /// How long to wait for the leader's replication figures.
@@ -131,29 +132,52 @@ pub async fn leave(
 /// the leader does not take the node for a new one and add it back as a
 /// learner.
 pub async fn leave_this_node(shoal: &Shoal) -> ApiResult<()> {
-    shoal.gossip.publish(&[("left", "1".to_string())]).await;
+    check_removable(shoal, shoal.node_id)?;
+    shoal
+        .gossip
+        .publish(&[(cluster::keys::LEFT, cluster::flag(true))])
+        .await;
     let result = leave_cluster(shoal, shoal.node_id).await;
     if result.is_err() {
-        shoal.gossip.publish(&[("left", "0".to_string())]).await;
+        shoal
+            .gossip
+            .publish(&[(cluster::keys::LEFT, cluster::flag(false))])
+            .await;
     }
     result
 }
 
-/// Ask the leader to remove `id` from the membership.
-pub async fn leave_cluster(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
+/// Refuse what no membership change can do: remove a node that is not a
+/// member (404), or the only voter, which would leave no one to commit
+/// anything (409: stop the node instead).
+fn check_removable(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
     let metrics = shoal.raft.metrics().borrow().clone();
-    if metrics
-        .membership_config
-        .membership()
-        .get_node(&id)
-        .is_none()
-    {
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&id).is_none() {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "node_not_found",
             format!("node {id} is not a member of the cluster"),
         ));
     }
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    if voters == [id] {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "last_voter",
+            format!(
+                "node {id} is the cluster's only voter: removing it would leave no quorum; \
+                 stop the node instead"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Ask the leader to remove `id` from the membership.
+pub async fn leave_cluster(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
+    check_removable(shoal, id)?;
+    let metrics = shoal.raft.metrics().borrow().clone();
     let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
     let result = if metrics.current_leader == Some(shoal.node_id) {
         crate::cluster::remove_member(&shoal.raft, &shoal.removals, id).await

@@ -59,8 +59,8 @@ pub async fn status(State(app): State<AppState>) -> ApiResult<Response> {
         "compact_revision": counters.compact_revision,
         "watchers": shoal.hub.watcher_count(),
         "uptime_seconds": shoal.started.elapsed().as_secs(),
-        "api": shoal.settings.api.to_string(),
-        "rpc": shoal.settings.rpc.to_string(),
+        "api": shoal.settings.advertise_api,
+        "rpc": shoal.settings.advertise_rpc,
     }))
     .into_response())
 }

@@ -1,0 +1,27 @@
+//! Help text and units of the metrics this crate records.
+
+use metrics::{describe_counter, describe_histogram, Unit};
+
+/// Register the help text of this crate's metrics with the installed recorder.
+pub fn describe_metrics() {
+    describe_counter!(
+        "shoal_raft_votes_refused_catching_up_total",
+        Unit::Count,
+        "Vote requests refused because this node started empty and has not caught up."
+    );
+    describe_counter!(
+        "shoal_rpc_rejected_peers_total",
+        Unit::Count,
+        "Node-to-node connections closed because the peer did not know the cluster secret."
+    );
+    describe_histogram!(
+        "shoal_read_index_batch_reads",
+        Unit::Count,
+        "Linearizable reads served by one leadership confirmation round."
+    );
+    describe_histogram!(
+        "shoal_raft_log_sync_batch_appends",
+        Unit::Count,
+        "Raft log appends made durable by one fsync (group commit)."
+    );
+}
