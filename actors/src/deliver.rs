@@ -257,7 +257,7 @@ async fn pass(state: &State) -> Result<Next, String> {
     .map_err(|e| e.to_string())?;
     let full = entries.len() == PASS_ENTRIES;
     for stored in entries {
-        let mut entry: Entry = shoal_storage::decode(&stored.value).map_err(|e| e.to_string())?;
+        let mut entry: Entry = shoal_codec::decode(&stored.value).map_err(|e| e.to_string())?;
         if entry.next_attempt_ms > now_ms() {
             return Ok(Next::At(entry.next_attempt_ms));
         }
@@ -284,7 +284,7 @@ async fn pass(state: &State) -> Result<Next, String> {
                             .increment(1);
                         entry.next_attempt_ms = now_ms() + delay;
                         let at = entry.next_attempt_ms;
-                        let value = shoal_storage::encode(&entry).map_err(|e| e.to_string())?;
+                        let value = shoal_codec::encode(&entry).map_err(|e| e.to_string())?;
                         run_blocking(move || outbox.update(&destination, stored.seq, &value))
                             .await?;
                         return Ok(Next::At(at));
@@ -294,7 +294,7 @@ async fn pass(state: &State) -> Result<Next, String> {
                             attempts = entry.attempts, %error, "delivery gave up; moved to the dead letters");
                         metrics::counter!("shoal_deliveries_dead_lettered_total", "destination" => destination.clone(), "topic" => topic)
                             .increment(1);
-                        let value = shoal_storage::encode(&entry).map_err(|e| e.to_string())?;
+                        let value = shoal_codec::encode(&entry).map_err(|e| e.to_string())?;
                         run_blocking(move || outbox.kill(&destination, stored.seq, &value)).await?;
                     }
                 }

@@ -150,7 +150,7 @@ impl Messaging {
                             .increment(1);
                     }
                     (_, Some(outbox_name)) => {
-                        let entry = shoal_storage::encode(&Entry::new(message.clone()))
+                        let entry = shoal_codec::encode(&Entry::new(message.clone()))
                             .map_err(|e| MessagingError::Outbox(e.to_string()))?;
                         durable.push((outbox_name, entry));
                     }

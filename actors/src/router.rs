@@ -325,7 +325,7 @@ impl Router {
     /// Deliver a frame of messages a peer forwarded: to local subscribers,
     /// and to one local member of each queue group the peer chose us for.
     pub fn receive_frame(&self, frame: &[u8]) -> Result<usize, shoal_storage::StorageError> {
-        let forwards: Vec<Forward> = shoal_storage::decode(frame)?;
+        let forwards: Vec<Forward> = shoal_codec::decode(frame)?;
         let table = self.local.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         let mut closed = Vec::new();
@@ -507,7 +507,7 @@ async fn run_link(
             continue;
         }
         let count = batch.items.len();
-        let frame = match shoal_storage::encode(&batch.items) {
+        let frame = match shoal_codec::encode(&batch.items) {
             Ok(frame) => frame,
             Err(e) => {
                 tracing::error!(node, error = %e, "encoding a frame for a peer failed");

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use shoal_storage::{decode, encode, Store};
+use shoal_codec::{decode, encode};
+use shoal_storage::Store;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{io_error, NodeId, TypeConfig};
@@ -205,7 +206,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 store
                     .log_range(start, older_end)?
                     .iter()
-                    .map(|(_, bytes)| decode(bytes))
+                    .map(|(_, bytes)| decode(bytes).map_err(shoal_storage::StorageError::from))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await?;

@@ -16,8 +16,9 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
+use shoal_codec::{decode, encode};
 use shoal_storage::kv::{ChangeBatch, Position, Response};
-use shoal_storage::{decode, encode, Store};
+use shoal_storage::Store;
 
 use crate::{io_error, NodeAddr, NodeId, TypeConfig};
 

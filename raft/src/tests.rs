@@ -8,8 +8,9 @@ use openraft::storage::RaftLogStorage;
 use openraft::{
     CommittedLeaderId, Config, Entry, EntryPayload, LogId, Membership, ServerState, Vote,
 };
+use shoal_codec::encode;
 use shoal_storage::kv::ChangeBatch;
-use shoal_storage::{encode, Store};
+use shoal_storage::Store;
 
 use crate::{ChangeSink, ClusterKey, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
 

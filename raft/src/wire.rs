@@ -91,13 +91,13 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 pub async fn send<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
-    let body = shoal_storage::encode(message).map_err(std::io::Error::other)?;
+    let body = shoal_codec::encode(message).map_err(std::io::Error::other)?;
     write_frame(stream, &body).await
 }
 
 pub async fn receive<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<T> {
     let frame = read_frame(stream).await?;
-    shoal_storage::decode(&frame).map_err(std::io::Error::other)
+    shoal_codec::decode(&frame).map_err(std::io::Error::other)
 }
 
 /// Connect to a peer and prove we know the cluster secret.

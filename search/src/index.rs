@@ -157,7 +157,7 @@ pub(crate) fn document(
             doc.add_field_value(fields.attributes, &object);
         }
     }
-    let stored = shoal_storage::encode(record)
+    let stored = shoal_codec::encode(record)
         .map_err(|e| SearchError::Internal(format!("encoding a record: {e}")))?;
     doc.add_bytes(fields.doc, &stored);
     Ok(doc)
@@ -167,7 +167,7 @@ pub(crate) fn document(
 pub(crate) fn stored_record(fields: &Fields, doc: &TantivyDocument) -> Option<Record> {
     use tantivy::schema::Value;
     let bytes = doc.get_first(fields.doc)?.as_bytes()?.to_vec();
-    shoal_storage::decode(&bytes).ok()
+    shoal_codec::decode(&bytes).ok()
 }
 
 /// An open partition: its index and a reader reloaded after each commit.

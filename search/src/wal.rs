@@ -76,7 +76,7 @@ fn read_position(dir: &Path) -> (u64, u64) {
 }
 
 pub(crate) fn encode_batch(stream: &str, records: &[Record]) -> Result<Vec<u8>, SearchError> {
-    shoal_storage::encode(&(stream, records))
+    shoal_codec::encode(&(stream, records))
         .map_err(|e| SearchError::Internal(format!("encoding a batch: {e}")))
 }
 
@@ -255,7 +255,7 @@ fn read_segment(path: &Path, each: &mut dyn FnMut(Entry)) -> Result<(), SearchEr
         }
         let seq = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
         let first_record = u64::from_le_bytes(body[8..16].try_into().unwrap_or_default());
-        match shoal_storage::decode::<(String, Vec<Record>)>(&body[BODY_HEADER..]) {
+        match shoal_codec::decode::<(String, Vec<Record>)>(&body[BODY_HEADER..]) {
             Ok((stream, records)) => each(Entry {
                 seq,
                 first_record,

@@ -4,8 +4,8 @@ use thiserror::Error;
 pub enum StorageError {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
-    #[error("encoding: {0}")]
-    Codec(String),
+    #[error(transparent)]
+    Codec(#[from] shoal_codec::CodecError),
     #[error("column family {0} is missing")]
     MissingColumnFamily(&'static str),
     #[error("{0}")]

@@ -92,7 +92,7 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
 pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     let digest = shoal.read(|store| store.sm_digest()).await?;
     let applied: Option<openraft::LogId<NodeId>> = match &digest.last_applied {
-        Some(bytes) => Some(shoal_storage::decode(bytes)?),
+        Some(bytes) => Some(shoal_codec::decode(bytes)?),
         None => None,
     };
     Ok(Json(json!({

@@ -291,7 +291,7 @@ pub async fn dead_letters(
             .map_err(|e| ApiError::internal(e.to_string()))??;
     let mut letters = Vec::with_capacity(stored.len());
     for item in stored {
-        let entry: Entry = shoal_storage::decode(&item.value)?;
+        let entry: Entry = shoal_codec::decode(&item.value)?;
         letters.push(dead_letter_json(node_id, item.seq, &entry));
     }
     let mut unreachable = Vec::new();
@@ -356,8 +356,8 @@ pub async fn replay(
         outbox.replay(
             &target,
             only.as_deref(),
-            |value| match shoal_storage::decode::<Entry>(value) {
-                Ok(entry) => shoal_storage::encode(&Entry::new(entry.message))
+            |value| match shoal_codec::decode::<Entry>(value) {
+                Ok(entry) => shoal_codec::encode(&Entry::new(entry.message))
                     .unwrap_or_else(|_| value.to_vec()),
                 Err(_) => value.to_vec(),
             },

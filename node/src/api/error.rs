@@ -82,6 +82,13 @@ impl From<shoal_storage::StorageError> for ApiError {
     }
 }
 
+/// Stored data that does not decode is a fault of this node, not the request.
+impl From<shoal_codec::CodecError> for ApiError {
+    fn from(e: shoal_codec::CodecError) -> ApiError {
+        ApiError::from(shoal_storage::StorageError::from(e))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut error = Map::new();

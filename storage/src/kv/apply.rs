@@ -32,7 +32,7 @@ use crate::db::{
 };
 
 use crate::error::StorageError;
-use crate::{decode, encode};
+use shoal_codec::{decode, encode};
 
 /// The Raft position an apply records: the last entry's encoded log id, and
 /// the encoded membership if the run changed it.
@@ -101,7 +101,7 @@ impl SmBatch<'_> {
             .db
             .get_cf(self.store.cf(CF_REQUESTS)?, proposal.id)?
         {
-            return decode(&first);
+            return Ok(decode(&first)?);
         }
         let reads_only_overlays = only_keys_and_leases(&proposal.command);
         if !reads_only_overlays {

@@ -10,8 +10,8 @@ use super::{
 use crate::db::{
     key_u64, u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META,
 };
-use crate::decode;
 use crate::error::StorageError;
+use shoal_codec::decode;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {

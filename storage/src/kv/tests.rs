@@ -299,11 +299,11 @@ fn value_bytes_encode_as_before() {
         lease: 0,
     };
     assert_eq!(
-        crate::encode(&kv).expect("encode"),
-        crate::encode(&before).expect("encode")
+        shoal_codec::encode(&kv).expect("encode"),
+        shoal_codec::encode(&before).expect("encode")
     );
     let decoded: KeyValue =
-        crate::decode(&crate::encode(&before).expect("encode")).expect("decode");
+        shoal_codec::decode(&shoal_codec::encode(&before).expect("encode")).expect("decode");
     assert_eq!(decoded, kv);
 }
 
