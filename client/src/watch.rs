@@ -1,0 +1,308 @@
+//! Watches: a `Stream` of change batches that survives disconnects and node
+//! failures without losing or repeating a revision.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::client::error_from_body;
+use crate::client::{query, Client, Request};
+use crate::error::{Error, Result};
+use crate::kv::{Consistency, Event, ListOptions};
+use crate::sse::SseReader;
+
+/// Batches buffered between the connection task and the consumer.
+const BUFFER: usize = 64;
+/// Reconnect backoff: first pause and cap.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What to watch and from where.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    key: Option<String>,
+    prefix: Option<String>,
+    from_revision: Option<u64>,
+    consistency: Consistency,
+}
+
+impl WatchOptions {
+    /// Watch one key.
+    pub fn key(key: impl Into<String>) -> WatchOptions {
+        WatchOptions {
+            key: Some(key.into()),
+            prefix: None,
+            from_revision: None,
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    /// Watch every key starting with `prefix` (`""`: every key).
+    pub fn prefix(prefix: impl Into<String>) -> WatchOptions {
+        WatchOptions {
+            key: None,
+            prefix: Some(prefix.into()),
+            from_revision: None,
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    /// Start at this revision (replaying history from it). Without it the
+    /// watch starts right after the cluster's current revision.
+    pub fn from_revision(mut self, revision: u64) -> WatchOptions {
+        self.from_revision = Some(revision);
+        self
+    }
+
+    /// Consistency of the read that fixes the start revision when no
+    /// `from_revision` is given.
+    pub fn consistency(mut self, consistency: Consistency) -> WatchOptions {
+        self.consistency = consistency;
+        self
+    }
+
+    fn path(&self, from: u64) -> String {
+        let query = query(&[
+            ("key", self.key.clone()),
+            ("prefix", self.prefix.clone()),
+            ("from_revision", Some(from.to_string())),
+        ]);
+        format!("/v1/watch{query}")
+    }
+}
+
+/// All changes of one revision that match the watch (a transaction can
+/// change several keys in one revision).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WatchBatch {
+    /// The revision.
+    pub revision: u64,
+    /// The matching changes, in order.
+    pub events: Vec<Event>,
+}
+
+/// A stream of [`WatchBatch`]es in revision order, each revision exactly once.
+///
+/// A background task holds the SSE connection. When it drops (node down,
+/// network), the task reconnects, to the next endpoint, asking for the
+/// revision after the last one delivered, with a backoff of up to 2 s and
+/// without giving up. An item is an error only when watching cannot go on:
+/// [`Error::Compacted`] (the history needed is gone: re-read and watch
+/// again) or a request the server refuses; the stream ends after it.
+/// Dropping the stream closes the connection.
+#[derive(Debug)]
+pub struct WatchStream {
+    receiver: mpsc::Receiver<Result<WatchBatch>>,
+    start_revision: u64,
+    connected: Arc<Mutex<Option<String>>>,
+    reconnects: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl WatchStream {
+    /// How often the watch has had to connect again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The first revision this watch delivers (if it changes anything matching).
+    pub fn start_revision(&self) -> u64 {
+        self.start_revision
+    }
+
+    /// The endpoint the watch is connected to now, if connected.
+    pub fn connected_endpoint(&self) -> Option<String> {
+        self.connected.lock().map(|c| c.clone()).unwrap_or(None)
+    }
+}
+
+impl Stream for WatchStream {
+    type Item = Result<WatchBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Client {
+    /// Opens a watch. Returns once its start revision is fixed: every change
+    /// after that revision is delivered, including changes written before
+    /// the first connection is made.
+    pub async fn watch(&self, options: WatchOptions) -> Result<WatchStream> {
+        let start = match options.from_revision {
+            Some(revision) => revision,
+            None => {
+                // The cluster's revision now; watching from the next one
+                // makes reconnects exact even before the first event.
+                let list = ListOptions {
+                    limit: Some(1),
+                    keys_only: true,
+                    consistency: options.consistency,
+                    ..ListOptions::default()
+                };
+                self.list("", &list).await?.revision + 1
+            }
+        };
+        let (sender, receiver) = mpsc::channel(BUFFER);
+        let connected = Arc::new(Mutex::new(None));
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(
+            self.clone(),
+            options,
+            start,
+            sender,
+            connected.clone(),
+            reconnects.clone(),
+        ));
+        Ok(WatchStream {
+            receiver,
+            start_revision: start,
+            connected,
+            reconnects,
+            task,
+        })
+    }
+}
+
+/// Why one connection ended.
+enum Ended {
+    /// The consumer is gone.
+    Closed,
+    /// Reconnect (after `error`, if any).
+    Reconnect(Option<Error>),
+    /// Report this error and stop.
+    Fatal(Error),
+}
+
+async fn run(
+    client: Client,
+    options: WatchOptions,
+    mut next: u64,
+    sender: mpsc::Sender<Result<WatchBatch>>,
+    connected: Arc<Mutex<Option<String>>>,
+    reconnects: Arc<AtomicU64>,
+) {
+    let count = client.endpoints().len();
+    let mut index = client.current_index();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let ended = tokio::select! {
+            ended = connect(&client, &options, &mut next, &mut index, &sender, &connected, &mut backoff) => ended,
+            _ = sender.closed() => Ended::Closed,
+        };
+        set_connected(&connected, None);
+        match ended {
+            Ended::Closed => return,
+            Ended::Fatal(error) => {
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+            Ended::Reconnect(error) => {
+                match &error {
+                    Some(e) => tracing::warn!(next, "watch disconnected, reconnecting: {e}"),
+                    None => tracing::info!(next, "watch stream ended, reconnecting"),
+                }
+                reconnects.fetch_add(1, Ordering::Relaxed);
+                // Another node may serve while this one is down or restarting.
+                index = (index + 1) % count;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = sender.closed() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn set_connected(connected: &Mutex<Option<String>>, endpoint: Option<String>) {
+    if let Ok(mut slot) = connected.lock() {
+        *slot = endpoint;
+    }
+}
+
+async fn connect(
+    client: &Client,
+    options: &WatchOptions,
+    next: &mut u64,
+    index: &mut usize,
+    sender: &mpsc::Sender<Result<WatchBatch>>,
+    connected: &Mutex<Option<String>>,
+    backoff: &mut Duration,
+) -> Ended {
+    let request = Request::get(options.path(*next));
+    let (response, at) = match client.open_stream(&request, *index).await {
+        Ok(answer) => answer,
+        Err(Error::Compacted {
+            compact_revision,
+            message,
+            ..
+        }) => {
+            return Ended::Fatal(Error::Compacted {
+                requested: *next,
+                compact_revision,
+                message,
+            })
+        }
+        Err(e) if e.is_retryable() => return Ended::Reconnect(Some(e)),
+        Err(e) => return Ended::Fatal(e),
+    };
+    *index = at;
+    let endpoint = client.endpoints()[at].clone();
+    tracing::debug!(%endpoint, from = *next, "watch connected");
+    set_connected(connected, Some(endpoint.clone()));
+    let mut reader = SseReader::new(response, &endpoint);
+    loop {
+        let event = match reader.next().await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ended::Reconnect(None),
+            Err(e) => return Ended::Reconnect(Some(e)),
+        };
+        match event.event.as_str() {
+            "change" => {
+                let batch: WatchBatch = match serde_json::from_str(&event.data) {
+                    Ok(batch) => batch,
+                    Err(e) => return Ended::Fatal(Error::decode("watch event", e)),
+                };
+                // The server never repeats a revision on one connection; this
+                // guards the seam between two connections.
+                if batch.revision < *next {
+                    continue;
+                }
+                *next = batch.revision + 1;
+                *backoff = BACKOFF_MIN;
+                if sender.send(Ok(batch)).await.is_err() {
+                    return Ended::Closed;
+                }
+            }
+            "error" => match error_from_body(500, event.data.as_bytes()) {
+                Error::Compacted {
+                    compact_revision,
+                    message,
+                    ..
+                } => {
+                    return Ended::Fatal(Error::Compacted {
+                        requested: *next,
+                        compact_revision,
+                        message,
+                    })
+                }
+                other => return Ended::Reconnect(Some(other)),
+            },
+            _ => {}
+        }
+    }
+}
