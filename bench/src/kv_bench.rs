@@ -14,17 +14,16 @@ mod runner;
 #[path = "stats.rs"]
 mod stats;
 
-use std::fs::File;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
+
+use shoal_testkit::{free_port, set_parent_death_signal, shoal_bin_release_first, Process};
 
 use crate::stats::{ms, summarize};
 
@@ -62,67 +61,27 @@ struct Args {
     rounds: u64,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn default_shoal_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("SHOAL_BIN") {
-        return PathBuf::from(bin);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/shoal/target")
-        });
-    let release = target.join("release/shoal");
-    if release.exists() {
-        release
-    } else {
-        target.join("debug/shoal")
-    }
-}
-
 /// A child process killed (SIGKILL) when dropped, and when the bench dies.
 struct Proc {
-    child: Child,
+    process: Process,
     command: Command,
 }
 
 impl Proc {
     fn start(mut command: Command, log: &Path) -> anyhow::Result<Proc> {
-        let file = File::options().create(true).append(true).open(log)?;
-        command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
-        // the child if this process dies.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn().context("starting a process")?;
-        Ok(Proc { child, command })
+        set_parent_death_signal(&mut command);
+        let mut process = Process::new(log, log);
+        process.start(&mut command, "")?;
+        Ok(Proc { process, command })
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
 
     fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.child = self.command.spawn().context("restarting a process")?;
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.start(&mut self.command, "")
     }
 }
 
@@ -498,7 +457,10 @@ async fn failover(cluster: &mut Cluster) -> anyhow::Result<Duration> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
-    let shoal_bin = args.shoal_bin.clone().unwrap_or_else(default_shoal_bin);
+    let shoal_bin = match args.shoal_bin.clone() {
+        Some(path) => path,
+        None => shoal_bin_release_first()?.0,
+    };
     println!(
         "# kv-bench: 3-node clusters on 127.0.0.1, {} s per figure, {} B values, {} keys",
         args.seconds, args.value_bytes, args.keys

@@ -34,7 +34,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::node::{free_port, Node};
+use crate::node::Node;
 use crate::stats::{ms, summarize};
 
 #[derive(Parser, Debug)]
@@ -307,12 +307,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut node = Node::spawn_with(&binary, (free_port()?, free_port()?, free_port()?), &extra)?;
+    let mut node = Node::spawn_with(&binary, &extra)?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(120))
         .build()?;
-    node.wait_ready(&client, Duration::from_secs(30)).await?;
+    node.wait_ready(Duration::from_secs(30)).await?;
 
     // Ingest: the file split into batches, C clients taking the next batch.
     let text = std::fs::read_to_string(&raw)?;

@@ -999,8 +999,7 @@ async fn start(args: &Args, report: &mut Report) -> anyhow::Result<Target> {
         format!("{} ({why}; {built})", binary.display()),
     );
     let mut node = Node::spawn(&binary)?;
-    let control = http_client(Some(Duration::from_secs(5)))?;
-    match node.wait_ready(&control, Duration::from_secs(60)).await {
+    match node.wait_ready(Duration::from_secs(60)).await {
         Ok(took) => {
             eprintln!(
                 "node pid {} ready at {} in {} ms",

@@ -23,7 +23,7 @@ mod runner;
 mod stats;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -36,7 +36,9 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::node::{free_port, spawn_logged, Node};
+use shoal_testkit::{free_port, Process};
+
+use crate::node::{spawn_logged, Node};
 use crate::stats::{summarize, Summary};
 
 #[derive(Parser, Debug)]
@@ -146,17 +148,10 @@ impl System {
 
 /// A nats-server process, killed (SIGKILL) when dropped.
 struct NatsServer {
-    child: Child,
+    process: Process,
     pid: u32,
     url: String,
     monitor: String,
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_nats(bin: &Path, n: usize, dir: &Path) -> anyhow::Result<Vec<NatsServer>> {
@@ -190,10 +185,10 @@ fn start_nats(bin: &Path, n: usize, dir: &Path) -> anyhow::Result<Vec<NatsServer
                 ])
                 .args(["--routes", &routes.join(",")]);
         }
-        let child = spawn_logged(&mut command, &dir.join(format!("nats{i}.log")))?;
+        let process = spawn_logged(&mut command, &dir.join(format!("nats{i}.log")))?;
         servers.push(NatsServer {
-            pid: child.id(),
-            child,
+            pid: process.pid().context("nats-server is not running")?,
+            process,
             url: format!("nats://127.0.0.1:{client}"),
             monitor: format!("http://127.0.0.1:{monitor}"),
         });
@@ -211,7 +206,7 @@ async fn wait_nats(
     let want_routes = servers.len() as u64 - 1;
     for server in servers.iter_mut() {
         loop {
-            if let Some(status) = server.child.try_wait()? {
+            if let Some(status) = server.process.try_exit()? {
                 bail!("nats-server {} exited ({status})", server.url);
             }
             let routes = async {
@@ -268,16 +263,12 @@ impl Deployment {
             System::Shoal => {
                 let quiet = ["--log-level".to_string(), "warn".to_string()];
                 let mut nodes = if n == 1 {
-                    vec![Node::spawn_with(
-                        shoal_bin,
-                        (free_port()?, free_port()?, free_port()?),
-                        &quiet,
-                    )?]
+                    vec![Node::spawn_with(shoal_bin, &quiet)?]
                 } else {
                     Node::spawn_cluster(shoal_bin, n, &quiet)?
                 };
                 for node in nodes.iter_mut() {
-                    node.wait_ready(http, Duration::from_secs(60))
+                    node.wait_ready(Duration::from_secs(60))
                         .await
                         .map_err(|e| {
                             anyhow::anyhow!("shoal node {}: {e:#}\n{}", node.api, node.log_tail(20))

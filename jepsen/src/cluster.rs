@@ -4,17 +4,17 @@
 //! and a per-node wall clock under libfaketime.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use shoal_testkit::Process;
 
 use crate::checker::digest::{Collected, NodeDigest, Reading};
 use crate::netns::{node_ip, Net};
@@ -34,9 +34,22 @@ pub enum NodeState {
 }
 
 struct NodeProc {
-    child: Option<Child>,
-    state: NodeState,
+    /// The node's process slot: its console log, signals, exit status
+    /// (killed when dropped).
+    process: Process,
     starts: u32,
+}
+
+impl NodeProc {
+    fn state(&self) -> NodeState {
+        if self.process.pid().is_none() {
+            NodeState::Killed
+        } else if self.process.is_paused() {
+            NodeState::Paused
+        } else {
+            NodeState::Running
+        }
+    }
 }
 
 /// Debug builds of `shoal` read these at start (release builds ignore them).
@@ -46,25 +59,9 @@ pub const ENV_FSYNC_DELAY: &str = "SHOAL_FAULT_LOG_SYNC_DELAY_MS";
 /// a power cut would.
 pub const ENV_LOSE_UNSYNCED: &str = "SHOAL_FAULT_LOSE_UNSYNCED";
 
-/// Where Debian's `libfaketime` package puts the library.
-const LIBFAKETIME: [&str; 3] = [
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/faketime/libfaketimeMT.so.1",
-];
-
 /// The libfaketime library, or a clear error.
 pub fn find_libfaketime() -> Result<PathBuf> {
-    LIBFAKETIME
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "the clock nemesis needs libfaketime (Debian: apt-get install -y faketime); \
-                 looked in {LIBFAKETIME:?}"
-            )
-        })
+    shoal_testkit::libfaketime().context("the clock nemesis needs libfaketime")
 }
 
 /// Settings every node gets.
@@ -131,10 +128,10 @@ impl Cluster {
             data_root: data_root.to_path_buf(),
             log_root: log_root.to_path_buf(),
             procs: (0..n)
-                .map(|_| {
+                .map(|i| {
+                    let console = console_log(log_root, i);
                     Mutex::new(NodeProc {
-                        child: None,
-                        state: NodeState::Killed,
+                        process: Process::new(&console, &console),
                         starts: 0,
                     })
                 })
@@ -194,7 +191,7 @@ impl Cluster {
     }
 
     fn console_log(&self, i: usize) -> PathBuf {
-        self.log_root.join(format!("n{i}")).join("console.log")
+        console_log(&self.log_root, i)
     }
 
     /// libfaketime's `FAKETIME_TIMESTAMP_FILE` of node `i` (outside its
@@ -291,14 +288,9 @@ impl Cluster {
         fs::create_dir_all(self.data_dir(i))?;
         let console = self.console_log(i);
         fs::create_dir_all(console.parent().unwrap())?;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&console)?;
         let args = self.args(i);
         let env = self.fault_env(i);
-        writeln!(
-            log,
+        let header = format!(
             "=== shoal-jepsen: start #{} of node {i}: {}{} {}",
             proc_.starts + 1,
             env.iter()
@@ -306,7 +298,7 @@ impl Cluster {
                 .collect::<String>(),
             self.settings.shoal_bin.display(),
             args.join(" ")
-        )?;
+        );
         let ns_path = format!("/run/netns/{}", Net::ns_name(&self.net.run_id, i));
         let ns_fd: OwnedFd = File::open(&ns_path)
             .with_context(|| format!("opening {ns_path}"))?
@@ -314,9 +306,6 @@ impl Cluster {
         let raw_ns = ns_fd.as_raw_fd();
         let mut cmd = Command::new(&self.settings.shoal_bin);
         cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .env_remove("SHOAL_CONFIG")
@@ -335,18 +324,18 @@ impl Cluster {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.settings.shoal_bin.display()))?;
+        let started = proc_
+            .process
+            .start(&mut cmd, &header)
+            .with_context(|| format!("starting {}", self.settings.shoal_bin.display()));
         drop(ns_fd);
-        proc_.child = Some(child);
-        proc_.state = NodeState::Running;
+        started?;
         proc_.starts += 1;
         Ok(())
     }
 
     pub fn state(&self, i: usize) -> NodeState {
-        self.procs[i].lock().unwrap().state
+        self.procs[i].lock().unwrap().state()
     }
 
     /// `kill -9`. Returns false if the node was not running.
@@ -364,27 +353,21 @@ impl Cluster {
             .collect();
         let mut killed = Vec::new();
         for (i, p) in guards.iter_mut() {
-            if let Some(child) = p.child.as_ref() {
-                // SAFETY: kill(2) on our own child, not yet reaped.
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGKILL);
-                }
+            if p.process.pid().is_some() {
+                let _ = p.process.signal(libc::SIGKILL);
                 killed.push(*i);
             }
         }
         for (_, p) in guards.iter_mut() {
-            if let Some(mut child) = p.child.take() {
-                let _ = child.wait();
-                remove_faketime_shm(child.id());
-                p.state = NodeState::Killed;
-            }
+            // Reaps the process (and removes libfaketime's files).
+            p.process.kill9();
         }
         killed
     }
 
     /// Restarts a killed node with the same flags and data.
     pub fn restart(&self, i: usize) -> Result<()> {
-        if self.procs[i].lock().unwrap().child.is_some() {
+        if self.procs[i].lock().unwrap().process.pid().is_some() {
             return Ok(());
         }
         self.spawn(i)
@@ -392,28 +375,14 @@ impl Cluster {
 
     /// SIGSTOP. Returns false if the node was not running.
     pub fn pause(&self, i: usize) -> bool {
-        self.signal(i, libc::SIGSTOP, NodeState::Running, NodeState::Paused)
-    }
-
-    /// SIGCONT.
-    pub fn resume(&self, i: usize) -> bool {
-        self.signal(i, libc::SIGCONT, NodeState::Paused, NodeState::Running)
-    }
-
-    fn signal(&self, i: usize, sig: i32, from: NodeState, to: NodeState) -> bool {
         let mut p = self.procs[i].lock().unwrap();
-        if p.state != from {
-            return false;
-        }
-        let Some(child) = p.child.as_ref() else {
-            return false;
-        };
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe {
-            libc::kill(child.id() as i32, sig);
-        }
-        p.state = to;
-        true
+        p.state() == NodeState::Running && p.process.pause().is_ok()
+    }
+
+    /// SIGCONT. Returns false if the node was not paused.
+    pub fn resume(&self, i: usize) -> bool {
+        let mut p = self.procs[i].lock().unwrap();
+        p.state() == NodeState::Paused && p.process.resume().is_ok()
     }
 
     /// Notices nodes that exited without being killed by the nemesis (a crash
@@ -422,16 +391,9 @@ impl Cluster {
         let mut new = Vec::new();
         for i in 0..self.n {
             let mut p = self.procs[i].lock().unwrap();
-            let exited = match p.child.as_mut().map(|c| c.try_wait()) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
-                _ => None,
-            };
-            if let Some(status) = exited {
-                if let Some(child) = p.child.take() {
-                    remove_faketime_shm(child.id());
-                }
-                p.state = NodeState::Killed;
-                new.push((i, status));
+            // Reaps an exited process (and removes libfaketime's files).
+            if let Ok(Some(status)) = p.process.try_exit() {
+                new.push((i, status.to_string()));
             }
         }
         self.exits.lock().unwrap().extend(new.iter().cloned());
@@ -656,12 +618,9 @@ impl Cluster {
     }
 }
 
-/// libfaketime shares its settings with child processes through
-/// `/dev/shm/faketime_shm_<pid>` and a semaphore, which a `kill -9` leaves
-/// behind; a later process with the same pid would fail to start.
-fn remove_faketime_shm(pid: u32) {
-    let _ = fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
-    let _ = fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
+/// Node `i`'s console log (stdout and stderr) under `log_root`.
+fn console_log(log_root: &Path, i: usize) -> PathBuf {
+    log_root.join(format!("n{i}")).join("console.log")
 }
 
 impl Drop for Cluster {

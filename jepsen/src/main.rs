@@ -87,7 +87,7 @@ struct RunArgs {
     /// Where run directories go.
     #[arg(long, default_value = "./jepsen-runs")]
     out: PathBuf,
-    /// The shoal binary (default: next to this binary, else
+    /// The shoal binary (default: $SHOAL_BIN, else next to this binary, else
     /// $CARGO_TARGET_DIR/debug/shoal, else ~/.cache/shoal/target/debug/shoal).
     #[arg(long)]
     shoal_bin: Option<PathBuf>,
@@ -171,23 +171,7 @@ fn find_shoal(given: Option<PathBuf>) -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("shoal"));
-        }
-    }
-    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
-        candidates.push(PathBuf::from(t).join("debug/shoal"));
-    }
-    if let Ok(h) = std::env::var("HOME") {
-        candidates.push(PathBuf::from(h).join(".cache/shoal/target/debug/shoal"));
-    }
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no shoal binary found: build it (cargo build -p shoal) or pass --shoal-bin"
-        )
-    })
+    shoal_testkit::shoal_bin()
 }
 
 #[tokio::main]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use crate::node::{inherited_shoal_vars, shoal_bin, Node};
+use crate::node::{shoal_bin, Node};
+use shoal_testkit::inherited_shoal_vars;
 
 /// How long one CLI invocation may run.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);

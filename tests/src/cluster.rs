@@ -19,7 +19,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::http::{encode_key, kv_value, num, text, Reply};
-use crate::node::{free_port, Node};
+use shoal_testkit::ClusterPlan;
+
+use crate::node::{Node, NodeBuilder};
 use crate::wait_for;
 
 /// How long a cluster may take to form, or to agree on a leader again.
@@ -134,17 +136,7 @@ impl ClusterBuilder {
     /// Starts every node and returns without waiting for the cluster to form
     /// (see [`Cluster::wait_formed`]).
     pub async fn start(self) -> Cluster {
-        let ports: Vec<(u16, u16, u16)> = (0..self.size)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
-        // A name of its own keeps this cluster apart from the clusters of
-        // tests running beside it, even if a port of theirs is reused here.
-        let name = format!("test-{:016x}", rand::random::<u64>());
-        let mut seeds = vec!["--cluster-name".to_string(), name.clone()];
-        for (_, _, gossip) in &ports {
-            seeds.push("--seed".to_string());
-            seeds.push(format!("127.0.0.1:{gossip}"));
-        }
+        let plan = crate::node::or_panic(ClusterPlan::new(self.size));
         let mut order: Vec<usize> = (0..self.size).collect();
         let mut delays = vec![Duration::ZERO; self.size];
         if self.random_order {
@@ -162,13 +154,7 @@ impl ClusterBuilder {
             if !delays[position].is_zero() {
                 tokio::time::sleep(delays[position]).await;
             }
-            let (api, rpc, gossip) = ports[i];
-            let mut builder = Node::builder()
-                .label(&format!("node {i}"))
-                .ports(api, rpc, gossip)
-                .args(&as_strs(&seeds))
-                .args(&["--bootstrap-expect", &self.size.to_string()])
-                .args(&as_strs(&self.args));
+            let mut builder = NodeBuilder(plan.node(i)).args(&as_strs(&self.args));
             for (name, value) in &self.env {
                 builder = builder.env(name, value);
             }
@@ -192,7 +178,7 @@ impl ClusterBuilder {
             .collect();
         Cluster {
             ids: Mutex::new(vec![None; nodes.len()]),
-            name,
+            name: plan.name,
             nodes,
             args: self.args,
             env: self.env,

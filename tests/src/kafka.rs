@@ -110,7 +110,7 @@ impl Kafka {
 
     /// The last `lines` lines of the broker's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        crate::node::file_tail(&self.dir.path().join("tansu.log"), lines, str::to_string)
+        shoal_testkit::file_tail(&self.dir.path().join("tansu.log"), lines, str::to_string)
     }
 }
 

@@ -9,16 +9,23 @@
 //! gives each the same `--seed` list; its nodes are ordinary [`Node`]s that
 //! can be killed, restarted, paused (SIGSTOP) and terminated (SIGTERM).
 //!
+//! Starting, killing and restarting the processes, free ports and tool
+//! lookup live in `shoal-testkit` (shared with `bench/` and `jepsen/`);
+//! [`Node`] adds the HTTP helpers on top of its `NodeProcess`.
+//!
 //! The binary is looked up in `SHOAL_BIN`, else next to the test executable
 //! (`<target>/debug/shoal`); build it with `cargo build -p shoal`.
 
 mod cli;
 mod cluster;
+pub mod cluster_support;
+pub mod delivery_support;
 pub mod hook;
 mod http;
 pub mod kafka;
 mod load;
 pub mod logs;
+pub mod messaging_support;
 mod node;
 pub mod python;
 mod sse;
@@ -38,6 +45,7 @@ pub use logs::{
 pub use node::{
     clock_offset_env, free_port, libfaketime, shoal_bin, tmpfs_root, Node, NodeBuilder, Settings,
 };
+pub use shoal_testkit::NodeProcess;
 pub use sse::{changes, Change, SseEvent, WatchStream};
 
 pub use reqwest::{Method, StatusCode};

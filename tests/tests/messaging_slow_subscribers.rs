@@ -1,0 +1,215 @@
+//! Messaging, slow subscribers: they lose messages or are disconnected,
+//! and never slow the publisher; a queue member disconnected for being slow
+//! stops taking its group's share.
+
+use std::time::{Duration, Instant};
+
+use shoal_tests::messaging_support::*;
+use shoal_tests::ws::{Delivery, Subscriber};
+use shoal_tests::*;
+
+/// Skips messages and drop reports until the subscriber's close frame;
+/// `None` if nothing closes it within `timeout`.
+async fn close_frame(subscriber: &mut Subscriber, timeout: Duration) -> Option<(u16, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match subscriber.next(left).await? {
+            Delivery::Message(_) | Delivery::Payload(_) | Delivery::Dropped(_) => {}
+            Delivery::Closed(close) => return close,
+            other => panic!("{}: {other:?} instead of a close frame", subscriber.label),
+        }
+    }
+}
+
+// ----- 4. slow subscribers ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_subscribers_lose_messages_or_are_disconnected_and_never_slow_the_publisher() {
+    let node = Node::start().await;
+    let own = node.node_id().await;
+    let drop_query = [("pattern", "slow.>"), ("buffer", "10")];
+    let cut_query = [
+        ("pattern", "slow.>"),
+        ("buffer", "10"),
+        ("overflow", "disconnect"),
+    ];
+    let mut sse_drop = node.subscribe_sse(&drop_query).await;
+    let mut ws_drop = node
+        .subscribe_ws(&[drop_query.as_slice(), &[("format", "raw")]].concat())
+        .await;
+    let mut sse_cut = node.subscribe_sse(&cut_query).await;
+    let mut ws_cut = node.subscribe_ws(&cut_query).await;
+    node.wait_interest(own, "slow.>", None, 4).await;
+
+    // 1000 messages of 16 KiB (16 MB: more than the sockets can hold) while
+    // no subscriber reads. Publishing does not wait for them: if it did,
+    // this would never finish.
+    let total = 1000usize;
+    let filler = "x".repeat(16 << 10);
+    let started = Instant::now();
+    for batch in 0..10 {
+        let messages = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                entry(
+                    &format!("slow-{n:04}"),
+                    "slow.data",
+                    &format!("{n:04}{filler}"),
+                )
+            })
+            .collect();
+        publish_batch(&node, messages).await;
+    }
+    eprintln!("published {total} messages in {:?}", started.elapsed());
+
+    // drop_oldest: the newest messages arrive, in order, and every message
+    // was either delivered or counted as dropped.
+    let mut delivered = Vec::new();
+    let mut dropped = 0;
+    let mut dropped_reports = 0;
+    while delivered.last().map(String::as_str) != Some("0999") {
+        match sse_drop.expect(T).await {
+            Delivery::Message(envelope) => {
+                delivered.push(text(&envelope, "/data")[..4].to_string())
+            }
+            Delivery::Dropped(n) => {
+                assert!(n > 0, "a dropped report of 0");
+                dropped += n as usize;
+                dropped_reports += 1;
+            }
+            other => panic!(
+                "SSE drop_oldest subscriber: {other:?} after {} messages",
+                delivered.len()
+            ),
+        }
+    }
+    assert!(
+        dropped > 0,
+        "SSE: nothing was dropped ({} delivered)",
+        delivered.len()
+    );
+    assert_eq!(
+        delivered.len() + dropped,
+        total,
+        "SSE: delivered + dropped ({dropped_reports} reports)"
+    );
+    let mut sorted = delivered.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        delivered, sorted,
+        "SSE: delivered in order, without repeats"
+    );
+
+    let mut delivered = Vec::new();
+    let mut dropped = 0;
+    while delivered.last().map(String::as_str) != Some("0999") {
+        match ws_drop.expect(T).await {
+            Delivery::Payload(data) => {
+                delivered.push(String::from_utf8_lossy(&data[..4]).into_owned())
+            }
+            Delivery::Dropped(n) => dropped += n as usize,
+            other => panic!(
+                "WebSocket drop_oldest subscriber: {other:?} after {} messages",
+                delivered.len()
+            ),
+        }
+    }
+    assert!(
+        dropped > 0,
+        "WebSocket: nothing was dropped ({} delivered)",
+        delivered.len()
+    );
+    assert_eq!(
+        delivered.len() + dropped,
+        total,
+        "WebSocket: delivered + dropped"
+    );
+    let mut sorted = delivered.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        delivered, sorted,
+        "WebSocket: delivered in order, without repeats"
+    );
+
+    // disconnect: the SSE stream ends with a slow_consumer error event...
+    let mut before_error = 0;
+    let error = loop {
+        match sse_cut.expect(T).await {
+            Delivery::Message(_) => before_error += 1,
+            Delivery::Error(error) => break error,
+            other => panic!("SSE disconnect subscriber: {other:?} after {before_error} messages"),
+        }
+    };
+    assert_eq!(error["error"]["code"], "slow_consumer", "{error}");
+    assert!(
+        before_error < total,
+        "SSE disconnect subscriber got all {total} messages"
+    );
+    assert!(
+        matches!(sse_cut.expect(T).await, Delivery::Ended(_)),
+        "the SSE stream ends after the error event"
+    );
+    // ...and the WebSocket is closed with 1008 (policy violation).
+    let (code, reason) = match close_frame(&mut ws_cut, T).await {
+        Some(close) => close,
+        None => panic!("the WebSocket disconnect subscriber was not closed"),
+    };
+    assert_eq!(code, 1008, "close reason {reason:?}");
+
+    // The disconnected ones are unsubscribed; the others still receive.
+    node.wait_interest(own, "slow.>", None, 2).await;
+    let receipt = node.publish("slow.after", b"after").await;
+    assert_eq!(receipt["local"], 2, "{receipt}");
+    assert_eq!(sse_drop.expect(T).await.envelope()["data"], "after");
+    assert_eq!(
+        ws_drop.expect(T).await,
+        Delivery::Payload(b"after".to_vec())
+    );
+}
+
+// ----- bugs found while writing these tests --------------------------------------
+
+/// A subscriber disconnected by `overflow=disconnect` leaves the router at
+/// once. (It used to stay until its stream task ended, which can take for
+/// ever with a client that does not read, and meanwhile it was still
+/// announced and still chosen for its queue group's share, which was lost.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_member_disconnected_for_being_slow_stops_taking_messages() {
+    let node = Node::start().await;
+    let own = node.node_id().await;
+    // Never read: its socket fills, then its buffer, then it is disconnected.
+    let _stuck = node
+        .subscribe_sse(&[
+            ("pattern", "q.*"),
+            ("queue", "g"),
+            ("buffer", "100"),
+            ("overflow", "disconnect"),
+        ])
+        .await;
+    let _live = node
+        .subscribe_ws(&[("pattern", "q.*"), ("queue", "g"), ("buffer", "65536")])
+        .await;
+    node.wait_interest(own, "q.*", Some("g"), 2).await;
+
+    // About 8 MB for each member: more than the stuck member's socket holds.
+    let filler = "x".repeat(16 << 10);
+    for batch in 0..10 {
+        let messages = (0..100)
+            .map(|i| entry(&format!("fill-{batch}-{i}"), "q.fill", &filler))
+            .collect();
+        publish_batch(&node, messages).await;
+    }
+    // The stuck member has been disconnected: the group is the live member alone.
+    let messages = (0..100)
+        .map(|i| entry(&format!("after-{i}"), "q.after", "after"))
+        .collect();
+    let receipt = publish_batch(&node, messages).await;
+    assert_eq!(
+        receipt["local"], 100,
+        "every message after the disconnect goes to the remaining member: {receipt}"
+    );
+    node.wait_interest(own, "q.*", Some("g"), 1).await;
+}
