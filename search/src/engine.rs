@@ -3,20 +3,19 @@
 //! over the open partitions. The indexer thread is in `indexer.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tantivy::schema::Schema;
 use tokio::sync::oneshot;
 
 use crate::aggregate::{self, AggregateRequest, Aggregation};
-use crate::index::{self, Fields, Partition, NANOS_PER_DAY};
+use crate::index::{self, Partition, NANOS_PER_DAY};
 use crate::indexer::Indexer;
 use crate::query::{self, Hit, SearchRequest};
 use crate::record::{self, now_nanos, Record};
+use crate::state::{LogsConfig, Shared};
 use crate::wal::{self, Job, Wal};
 use crate::SearchError;
 
@@ -26,47 +25,6 @@ const WAL_QUEUE: usize = 1024;
 const INDEX_QUEUE: usize = 256;
 /// Records may be at most this far in the future.
 const MAX_FUTURE_NANOS: i64 = NANOS_PER_DAY;
-
-/// How long records are kept: by age, and by size per stream.
-#[derive(Clone, Debug)]
-pub struct Retention {
-    pub max_age: Duration,
-    pub max_bytes_per_stream: u64,
-    /// Per-stream overrides of the above.
-    pub streams: BTreeMap<String, (Option<Duration>, Option<u64>)>,
-}
-
-impl Retention {
-    pub(crate) fn for_stream(&self, stream: &str) -> (Duration, u64) {
-        let (age, bytes) = self.streams.get(stream).cloned().unwrap_or((None, None));
-        (
-            age.unwrap_or(self.max_age),
-            bytes.unwrap_or(self.max_bytes_per_stream),
-        )
-    }
-}
-
-/// Hard caps: past one of them ingest answers "busy" instead of growing.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Bytes of WAL not yet removed after commits.
-    pub wal_bytes: u64,
-    /// Bytes of acknowledged records not yet added to an index.
-    pub indexing_bytes: u64,
-    /// Bytes of indexes plus WAL on disk.
-    pub disk_bytes: u64,
-    /// Memory of one partition's index writer.
-    pub writer_bytes: usize,
-}
-
-#[derive(Clone, Debug)]
-pub struct LogsConfig {
-    pub dir: PathBuf,
-    pub node_id: u64,
-    pub commit_interval: Duration,
-    pub retention: Retention,
-    pub limits: Limits,
-}
 
 /// A stream on this node.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -78,25 +36,6 @@ pub struct StreamInfo {
     /// First and last day (`YYYY-MM-DD`) held.
     pub first_day: String,
     pub last_day: String,
-}
-
-pub(crate) type Partitions = RwLock<BTreeMap<(String, i64), Arc<Partition>>>;
-
-/// What `Logs` handles and the indexer thread share.
-pub(crate) struct Shared {
-    pub config: LogsConfig,
-    pub schema: Schema,
-    pub fields: Fields,
-    pub partitions: Partitions,
-    /// Acknowledged bytes not yet committed (searchable).
-    pub indexing_bytes: AtomicU64,
-    /// Bytes of all partitions, refreshed by retention.
-    pub index_bytes: AtomicU64,
-    /// The highest record seq that is committed (searchable).
-    pub searchable_seq: AtomicU64,
-    /// Odd while a commit pass makes records searchable partition by
-    /// partition: `searchable_seq` is behind what searches see until it ends.
-    pub commit_epoch: AtomicU64,
 }
 
 /// What an ingest did with a batch.
@@ -416,6 +355,7 @@ impl Logs {
 mod tests {
     use super::*;
     use crate::query::{Cursor, SearchOrder};
+    use crate::state::{Limits, Retention};
 
     fn config(dir: &std::path::Path) -> LogsConfig {
         LogsConfig {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tantivy::indexer::{LogMergePolicy, UserOperation};
 use tantivy::IndexWriter;
 
-use crate::engine::Shared;
 use crate::index::{self, Partition, NANOS_PER_DAY};
 use crate::record::now_nanos;
+use crate::state::Shared;
 use crate::wal::{Entry, Wal};
 use crate::SearchError;
 

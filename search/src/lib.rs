@@ -13,18 +13,20 @@ mod metric_help;
 mod query;
 pub mod record;
 pub mod sql;
+mod state;
 mod wal;
 
 use std::path::{Path, PathBuf};
 
 pub use aggregate::{AggregateRequest, Aggregation, Bucket};
-pub use engine::{Limits, Logs, LogsConfig, Retention, StreamInfo};
+pub use engine::{Logs, StreamInfo};
 pub use metric_help::describe_metrics;
 pub use query::{
     merge_hits, Cursor, Hit, KindFilter, SearchOrder, SearchRequest, MAX_LIMIT, MAX_QUERY_BYTES,
     TOP_FIELDS,
 };
 pub use record::{Kind, Record, SpanInfo};
+pub use state::{Limits, LogsConfig, Retention};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
