@@ -69,6 +69,7 @@ pub struct NodeBuilder {
     temp_root: Option<PathBuf>,
     temp_prefix: String,
     die_with_parent: bool,
+    listen_host: String,
 }
 
 impl Default for NodeBuilder {
@@ -85,6 +86,7 @@ impl Default for NodeBuilder {
             temp_root: None,
             temp_prefix: "shoal-test-".to_string(),
             die_with_parent: false,
+            listen_host: "127.0.0.1".to_string(),
         }
     }
 }
@@ -99,6 +101,14 @@ impl NodeBuilder {
     /// `serve` (the default) or `dev`.
     pub fn subcommand(mut self, subcommand: &str) -> Self {
         self.subcommand = subcommand.to_string();
+        self
+    }
+
+    /// The host the API, RPC and gossip listeners bind (default
+    /// `127.0.0.1`), e.g. `0.0.0.0` to test `--advertise-*`. The node is
+    /// still reached on 127.0.0.1.
+    pub fn listen_host(mut self, host: &str) -> Self {
+        self.listen_host = host.to_string();
         self
     }
 
@@ -197,7 +207,8 @@ impl NodeBuilder {
             Some(ports) => ports,
             None => Ports::free()?,
         };
-        let addr = |port: u16| format!("127.0.0.1:{port}");
+        let host = self.listen_host.clone();
+        let addr = |port: u16| format!("{host}:{port}");
 
         let mut args = vec![self.subcommand.clone()];
         let mut env = Vec::new();
