@@ -79,10 +79,8 @@ fn cf_options(name: &str) -> Options {
     // cost of that skip-list walk grows with the memtable (it was the largest
     // single item of a node's CPU under a steady write load). Most of `kv`'s
     // memtable is old versions of the same keys, which a flush drops, so a
-    // small one flushes to a small file. Measured with kv-bench, 128 clients
-    // on three nodes: node CPU per put 97-112 us with 4 and 8 MiB against
-    // 103-143 us with the default 64 MiB (alternating runs); 2/4 and 8/16 MiB
-    // were within the noise of 4/8.
+    // small one flushes to a small file. The sizes were chosen with kv-bench
+    // (bench/README.md, "kv and key_revs memtables").
     match name {
         CF_KV => options.set_write_buffer_size(8 << 20),
         CF_KEY_REVS => options.set_write_buffer_size(16 << 20),
