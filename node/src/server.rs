@@ -1,4 +1,5 @@
 //! Starting a node: storage, Raft, listeners, background duties, shutdown.
+//! [`run`] reads as the list of steps; each step is a function below.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -6,31 +7,33 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::{Config, SnapshotPolicy};
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
-use shoal_raft::{
-    serve_rpc, CatchUp, ClusterKey, Forwarder, Linearizer, LogStore, MessageInbox, NodeAddr,
-    PeerServices, Raft, RemoveHandler, RpcNetwork, StateMachine,
-};
+use shoal_raft::{CatchUp, Linearizer, LogStore, NodeAddr, NodeId, Raft, StateMachine};
 use shoal_search::{Limits, Logs, LogsConfig, Retention};
-use shoal_storage::kv::Command;
 use shoal_storage::outbox::Outbox;
 use shoal_storage::{OpenOptions, Store, StoreClosed};
+use shoal_transport::{
+    serve_rpc, ClusterKey, Forwarder, MessageInbox, PeerServices, RemoteError, RemoteErrorKind,
+    RemoveHandler, RpcNetwork,
+};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
-use crate::api::{self, AppState};
-use crate::cluster::{self, Gossip};
+use crate::api::AppState;
+use crate::cluster::{self, Cluster, Gossip, Removals};
+use crate::compat::otlp;
 use crate::faults::Faults;
-use crate::leases;
-use crate::logs;
-use crate::messaging::{self, RpcTransport};
-use crate::otlp;
-use crate::service::{propose_batches, Shoal, PROPOSAL_QUEUE};
-use crate::settings::{self, Settings};
-use crate::telemetry;
-use crate::watch::WatchHub;
+use crate::routes;
+use crate::services::compaction::compact_history;
+use crate::services::messaging::{self, RpcTransport};
+use crate::services::shoal::{propose_batches, Pending, Shoal, PROPOSAL_QUEUE};
+use crate::services::watch_hub::WatchHub;
+use crate::services::{leases, logs};
+use crate::settings::{self, OptionalListener, Settings};
+use crate::telemetry::{self, TelemetryGuard};
 
 /// How long open requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -38,8 +41,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const RAFT_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Memory of one log partition's index writer (Tantivy's minimum is 15 MB).
 const LOG_WRITER_BYTES: usize = 64 << 20;
-/// How often the leader considers compacting history.
-const COMPACT_CHECK: Duration = Duration::from_secs(5);
 
 /// Run a node until it is stopped. `store_closed` receives a handle on the
 /// node's database, for the caller to wait, once the async runtime is gone,
@@ -53,25 +54,117 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     let identity = settings::node_id(&settings)?;
     let node_id = identity.id;
 
-    // Bind first: a port in use is the most common start-up failure.
-    let api_listener = TcpListener::bind(settings.api)
+    let listeners = bind_listeners(&settings).await?;
+    let faults = Faults::from_env();
+    let store = open_store(&settings, &faults).await?;
+    *store_closed = Some(store.closed());
+    let logs = open_logs(&settings, node_id).await?;
+    let key = ClusterKey::new(settings.cluster_secret.as_deref());
+    let core = start_raft(
+        &settings,
+        node_id,
+        identity.generated,
+        &store,
+        &faults,
+        &key,
+    )
+    .await?;
+    let cluster = start_cluster(&settings, node_id, &core, &key).await?;
+    let (proposals, proposal_queue) = mpsc::channel(PROPOSAL_QUEUE);
+    let (messaging, transport) = start_messaging(&settings, node_id, &store, &key).await?;
+    let peer_services = peer_services(&cluster, &messaging, &logs);
+
+    let shoal = Arc::new(Shoal {
+        node_id,
+        settings: settings.clone(),
+        raft: core.raft.clone(),
+        store,
+        hub: core.hub.clone(),
+        committed_index: core.committed_index.clone(),
+        started,
+        forwarder: cluster.forwarder.clone(),
+        cluster,
+        linearizer: core.linearizer.clone(),
+        proposals,
+        shutdown: Notify::new(),
+        messaging: messaging.clone(),
+        logs,
+        lease_timers: Arc::default(),
+    });
+    serve_peers(listeners.rpc, core, key, peer_services);
+    start_writes(&shoal, proposal_queue);
+    bootstrap(&shoal).await?;
+    spawn_duties(&shoal, transport);
+    start_messaging_delivery(&shoal).await;
+    serve_ingest(
+        &shoal,
+        &mut telemetry,
+        listeners.otlp_grpc,
+        listeners.otlp_http,
+    );
+    let (server, stop) = serve_api(&shoal, listeners.api, prometheus);
+    let raft_failure = wait_for_stop(&shoal).await;
+    shut_down(&shoal.raft, server, stop, raft_failure).await
+}
+
+/// The node's listeners, bound before anything else is started.
+struct Listeners {
+    api: TcpListener,
+    rpc: TcpListener,
+    otlp_grpc: Option<TcpListener>,
+    otlp_http: Option<TcpListener>,
+}
+
+/// Bind first: a port in use is the most common start-up failure.
+async fn bind_listeners(settings: &Settings) -> anyhow::Result<Listeners> {
+    let api = TcpListener::bind(settings.api)
         .await
         .with_context(|| format!("binding the API address {}", settings.api))?;
-    let rpc_listener = TcpListener::bind(settings.rpc)
+    let rpc = TcpListener::bind(settings.rpc)
         .await
         .with_context(|| format!("binding the RPC address {}", settings.rpc))?;
-    let otlp_grpc_listener = otlp::bind(settings.otlp_grpc, "OTLP/gRPC").await?;
-    let otlp_http_listener = otlp::bind(settings.otlp_http, "OTLP/HTTP").await?;
+    let otlp_grpc = bind_optional(settings.otlp_grpc, "OTLP/gRPC").await?;
+    let otlp_http = bind_optional(settings.otlp_http, "OTLP/HTTP").await?;
+    Ok(Listeners {
+        api,
+        rpc,
+        otlp_grpc,
+        otlp_http,
+    })
+}
 
-    let faults = Faults::from_env();
+/// Bind an optional listener: a named address must bind; the default one
+/// is skipped with a warning when taken (several nodes on one host).
+async fn bind_optional(
+    listener: OptionalListener,
+    what: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = listener.addr else {
+        return Ok(None);
+    };
+    match TcpListener::bind(addr).await {
+        Ok(bound) => Ok(Some(bound)),
+        Err(e) if !listener.explicit => {
+            tracing::warn!(%addr, error = %e, "the default {what} address is taken; {what} is off (set its flag to choose another address)");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("binding the {what} address {addr}")),
+    }
+}
+
+/// Open the node's RocksDB.
+async fn open_store(settings: &Settings, faults: &Faults) -> anyhow::Result<Store> {
     let db_path = settings.data_dir.join("db");
     let open_options = OpenOptions {
         lose_unsynced_writes: faults.lose_unsynced_writes,
     };
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, open_options))
+    tokio::task::spawn_blocking(move || Store::open_with(&db_path, open_options))
         .await?
-        .with_context(|| format!("opening the database in {}", settings.data_dir.display()))?;
-    *store_closed = Some(store.closed());
+        .with_context(|| format!("opening the database in {}", settings.data_dir.display()))
+}
+
+/// Open the log and trace indexes with the configured retention and limits.
+async fn open_logs(settings: &Settings, node_id: NodeId) -> anyhow::Result<Logs> {
     let logs_config = LogsConfig {
         dir: settings.data_dir.join("search"),
         node_id,
@@ -100,14 +193,35 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             writer_bytes: LOG_WRITER_BYTES,
         },
     };
-    let logs = tokio::task::spawn_blocking(move || Logs::open(logs_config))
+    tokio::task::spawn_blocking(move || Logs::open(logs_config))
         .await?
         .with_context(|| {
             format!(
                 "opening the log indexes in {}",
                 settings.data_dir.join("search").display()
             )
-        })?;
+        })
+}
+
+/// Raft and what is built with it.
+struct RaftCore {
+    raft: Raft,
+    catch_up: Arc<CatchUp>,
+    hub: Arc<WatchHub>,
+    committed_index: Arc<std::sync::atomic::AtomicU64>,
+    linearizer: Arc<Linearizer>,
+}
+
+/// Start Raft on the store: log store, state machine (feeding watches),
+/// configuration, and the vote guard of a node that may have lost its disk.
+async fn start_raft(
+    settings: &Settings,
+    node_id: NodeId,
+    generated_id: bool,
+    store: &Store,
+    faults: &Faults,
+    key: &ClusterKey,
+) -> anyhow::Result<RaftCore> {
     let raft_state_empty = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
@@ -120,7 +234,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     };
     // Empty Raft state under an id that is not new: possibly a voter that
     // lost its disk (see `shoal_raft::CatchUp`). A made-up id never voted.
-    let may_have_voted = raft_state_empty && !identity.generated;
+    let may_have_voted = raft_state_empty && !generated_id;
     let catch_up = Arc::new(
         CatchUp::open(&settings.data_dir, may_have_voted).context("writing the catch-up marker")?,
     );
@@ -145,7 +259,6 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     }
     .validate()
     .context("raft configuration")?;
-    let key = ClusterKey::new(settings.cluster_secret.as_deref());
     let raft = Raft::new(
         node_id,
         Arc::new(config),
@@ -155,9 +268,46 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     )
     .await
     .context("starting raft")?;
-    let gossip = Gossip::start(&settings, node_id).await?;
     let linearizer = Linearizer::new(raft.clone());
-    let (proposals, proposal_queue) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+    Ok(RaftCore {
+        raft,
+        catch_up,
+        hub,
+        committed_index,
+        linearizer,
+    })
+}
+
+/// Join gossip; the cluster duties' state (shares the node's pooled
+/// connections to peers).
+async fn start_cluster(
+    settings: &Settings,
+    node_id: NodeId,
+    core: &RaftCore,
+    key: &ClusterKey,
+) -> anyhow::Result<Arc<Cluster>> {
+    let gossip = Gossip::start(settings, node_id).await?;
+    Ok(Arc::new(Cluster {
+        node_id,
+        raft: core.raft.clone(),
+        gossip,
+        forwarder: Arc::new(Forwarder::new(key.clone())),
+        removals: Removals::default(),
+        catch_up: core.catch_up.clone(),
+        voters: settings.voters,
+        dead_node_grace: Duration::from_secs(settings.dead_node_grace_secs),
+        request_timeout: Duration::from_millis(settings.request_timeout_ms),
+    }))
+}
+
+/// The messaging service with its outbox, optional Kafka client, and its
+/// transport to peers (on connections of its own).
+async fn start_messaging(
+    settings: &Settings,
+    node_id: NodeId,
+    store: &Store,
+    key: &ClusterKey,
+) -> anyhow::Result<(Arc<Messaging>, Arc<RpcTransport>)> {
     let outbox_store = store.clone();
     let outbox = tokio::task::spawn_blocking(move || Outbox::open(outbox_store))
         .await?
@@ -168,107 +318,137 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     };
     let transport = RpcTransport::new(Forwarder::new(key.clone()));
     let messaging = Messaging::new(node_id, outbox, transport.clone(), kafka);
+    Ok((messaging, transport))
+}
+
+/// What this node answers to peers besides Raft: message frames for its
+/// router, searches of its log engine, removals asked of it as leader.
+fn peer_services(cluster: &Arc<Cluster>, messaging: &Messaging, logs: &Logs) -> PeerServices {
     let inbox: MessageInbox = {
         let router = messaging.router.clone();
-        Arc::new(move |frame: &[u8]| router.receive_frame(frame).map_err(|e| e.to_string()))
-    };
-    let removals = Arc::new(cluster::Removals::default());
-    let remove_node: RemoveHandler = {
-        let (raft, removals) = (raft.clone(), removals.clone());
-        Arc::new(move |id| {
-            let (raft, removals) = (raft.clone(), removals.clone());
-            Box::pin(async move { cluster::remove_member(&raft, &removals, id).await })
+        Arc::new(move |frame: &[u8]| {
+            router
+                .receive_frame(frame)
+                .map_err(|e| RemoteError::new(RemoteErrorKind::Invalid, e.to_string()))
         })
     };
-    let peer_services = PeerServices {
-        catch_up: catch_up.clone(),
+    let remove_node: RemoveHandler = {
+        let cluster = cluster.clone();
+        Arc::new(move |id| {
+            let cluster = cluster.clone();
+            Box::pin(async move { cluster.remove_member(id).await })
+        })
+    };
+    PeerServices {
+        catch_up: cluster.catch_up.clone(),
         messages: inbox,
         search: logs::peer_handler(logs.clone()),
         remove_node,
-    };
+    }
+}
 
-    let shoal = Arc::new(Shoal {
-        node_id,
-        settings: settings.clone(),
-        raft: raft.clone(),
-        store,
-        hub,
-        committed_index,
-        started,
-        gossip,
-        forwarder: Forwarder::new(key.clone()),
-        linearizer: linearizer.clone(),
-        proposals,
-        shutdown: Notify::new(),
-        messaging: messaging.clone(),
-        logs: logs.clone(),
-        removals,
-        lease_timers: Arc::default(),
-        catch_up,
-    });
-    tokio::spawn(end_catch_up(raft.clone(), shoal.catch_up.clone()));
+/// Answer peers on the RPC listener, and end catching up when Raft allows.
+fn serve_peers(listener: TcpListener, core: RaftCore, key: ClusterKey, services: PeerServices) {
+    tokio::spawn(end_catch_up(core.raft.clone(), core.catch_up));
     tokio::spawn(serve_rpc(
-        rpc_listener,
-        raft.clone(),
-        linearizer,
+        listener,
+        core.raft,
+        core.linearizer,
         key,
-        peer_services,
+        services,
     ));
-    tokio::spawn(propose_batches(shoal.clone(), proposal_queue));
+}
 
-    if !raft.is_initialized().await.context("reading raft state")? {
-        match settings.bootstrap_expect {
-            0 => {
-                tracing::info!(seeds = ?settings.seeds, "joining an existing cluster through the seeds")
-            }
-            1 => {
-                tracing::info!("initialising a new single-node cluster");
-                let me = NodeAddr {
-                    rpc: settings.advertise_rpc.clone(),
-                    api: settings.advertise_api.clone(),
-                };
-                raft.initialize(BTreeMap::from([(node_id, me)]))
-                    .await
-                    .context("initialising raft")?;
-            }
-            expect => {
-                tokio::spawn(cluster::form_cluster(shoal.clone(), expect));
-            }
+/// Start batching proposals into Raft entries.
+fn start_writes(shoal: &Arc<Shoal>, queue: mpsc::Receiver<Pending>) {
+    tokio::spawn(propose_batches(shoal.clone(), queue));
+}
+
+/// A node whose Raft is not initialised joins through the seeds, initialises
+/// a single-node cluster, or waits to form one (`--bootstrap-expect`).
+async fn bootstrap(shoal: &Arc<Shoal>) -> anyhow::Result<()> {
+    let (raft, settings) = (&shoal.raft, &shoal.settings);
+    if raft.is_initialized().await.context("reading raft state")? {
+        return Ok(());
+    }
+    match settings.bootstrap_expect {
+        0 => {
+            tracing::info!(seeds = ?settings.seeds, "joining an existing cluster through the seeds")
+        }
+        1 => {
+            tracing::info!("initialising a new single-node cluster");
+            let me = NodeAddr {
+                rpc: settings.advertise_rpc.clone(),
+                api: settings.advertise_api.clone(),
+            };
+            raft.initialize(BTreeMap::from([(shoal.node_id, me)]))
+                .await
+                .context("initialising raft")?;
+        }
+        expect => {
+            tokio::spawn(cluster::form_cluster(shoal.cluster.clone(), expect));
         }
     }
-    tokio::spawn(cluster::publish_state(shoal.clone()));
-    tokio::spawn(cluster::reconcile_membership(shoal.clone()));
+    Ok(())
+}
+
+/// The background duties every node runs (most act only on the leader).
+fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
+    tokio::spawn(cluster::publish_state(shoal.cluster.clone()));
+    tokio::spawn(cluster::reconcile_membership(shoal.cluster.clone()));
     tokio::spawn(leases::run(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
-    // The configuration first: deliverers and publishes look webhooks and
-    // routing rules up in it.
-    let config_revision = messaging::load_config(&shoal).await;
-    tokio::spawn(messaging::follow_config(shoal.clone(), config_revision));
-    messaging.resume_deliveries().await;
+}
 
+/// The configuration first: deliverers and publishes look webhooks and
+/// routing rules up in it. Then follow it and resume deliveries.
+async fn start_messaging_delivery(shoal: &Arc<Shoal>) {
+    let config_revision = messaging::load_config(shoal).await;
+    tokio::spawn(messaging::follow_config(shoal.clone(), config_revision));
+    shoal.messaging.resume_deliveries().await;
+}
+
+/// Index the node's own logs, and receive OTLP on its listeners.
+fn serve_ingest(
+    shoal: &Shoal,
+    telemetry: &mut TelemetryGuard,
+    otlp_grpc: Option<TcpListener>,
+    otlp_http: Option<TcpListener>,
+) {
     if let Some(events) = telemetry.own_logs.take() {
         tokio::spawn(logs::index_own_logs(shoal.logs.clone(), events));
     }
-    if let Some(listener) = otlp_grpc_listener {
+    if let Some(listener) = otlp_grpc {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/gRPC receiver listening");
         tokio::spawn(otlp::serve_grpc(
             listener,
             shoal.logs.clone(),
-            settings.logs_max_body_bytes,
+            shoal.settings.logs_max_body_bytes,
         ));
     }
-    if let Some(listener) = otlp_http_listener {
+    if let Some(listener) = otlp_http {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");
-        let (logs, settings) = (shoal.logs.clone(), settings.clone());
+        let (logs, settings) = (shoal.logs.clone(), shoal.settings.clone());
         tokio::spawn(async move { otlp::serve_http(listener, logs, &settings).await });
     }
-    let app = api::router(AppState {
+}
+
+type ApiServer = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Serve the public HTTP API until `stop` is notified.
+fn serve_api(
+    shoal: &Arc<Shoal>,
+    api_listener: TcpListener,
+    prometheus: PrometheusHandle,
+) -> (ApiServer, Arc<Notify>) {
+    let app = routes::router(AppState {
         shoal: shoal.clone(),
         prometheus,
     });
+    let settings = &shoal.settings;
     tracing::info!(api = %settings.api, rpc = %settings.rpc, gossip = %settings.gossip,
-        data_dir = %settings.data_dir.display(), startup_ms = started.elapsed().as_millis() as u64,
+        data_dir = %settings.data_dir.display(), startup_ms = shoal.started.elapsed().as_millis() as u64,
         "shoal node listening");
     let stop = Arc::new(Notify::new());
     let server = {
@@ -283,24 +463,42 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
                 .await
         })
     };
-    let mut raft_failure = None;
+    (server, stop)
+}
+
+/// Wait until the node is to stop: its Raft core failed (returned), a
+/// signal came (leaving the cluster first if configured), or it left.
+async fn wait_for_stop(shoal: &Shoal) -> Option<String> {
     tokio::select! {
-        fatal = raft_stopped(raft.clone()) => {
+        fatal = raft_stopped(shoal.raft.clone()) => {
             // Without a working Raft core the node can only answer errors; exit
             // so that a supervisor restarts it and it rejoins from its data.
             tracing::error!(error = %fatal, "the Raft core stopped; exiting");
-            raft_failure = Some(fatal);
+            Some(fatal)
         }
         _ = shutdown_signal() => {
-            if settings.leave_on_terminate {
+            if shoal.settings.leave_on_terminate {
                 tracing::info!("leaving the cluster before exiting");
-                if let Err(e) = api::leave_this_node(&shoal).await {
-                    tracing::warn!(error = %e.message, "could not leave the cluster");
+                if let Err(e) = shoal.cluster.leave_this_node().await {
+                    tracing::warn!(error = %e, "could not leave the cluster");
                 }
             }
+            None
         }
-        _ = shoal.shutdown.notified() => tracing::info!("this node left the cluster"),
+        _ = shoal.shutdown.notified() => {
+            tracing::info!("this node left the cluster");
+            None
+        }
     }
+}
+
+/// Stop serving (open requests get a moment), then stop Raft.
+async fn shut_down(
+    raft: &Raft,
+    server: ApiServer,
+    stop: Arc<Notify>,
+    raft_failure: Option<String>,
+) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     stop.notify_one();
     // Open watch streams never finish on their own: give requests a moment, then stop.
@@ -353,29 +551,6 @@ async fn end_catch_up(raft: Raft, catch_up: Arc<CatchUp>) {
         catch_up.update(&metrics.borrow().clone());
         if metrics.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// On the leader: keep the last `history_revisions` revisions of history.
-/// Compacts in steps of a tenth of the window so it is not a write per tick.
-async fn compact_history(shoal: Arc<Shoal>) {
-    let keep = shoal.settings.history_revisions;
-    let step = (keep / 10).max(1);
-    let mut tick = tokio::time::interval(COMPACT_CHECK);
-    loop {
-        tick.tick().await;
-        if !shoal.is_leader() {
-            continue;
-        }
-        let Ok(counters) = shoal.read(|store| store.counters()).await else {
-            continue;
-        };
-        let target = (counters.revision + 1).saturating_sub(keep);
-        if target >= counters.compact_revision + step {
-            if let Err(e) = shoal.write(Command::Compact { revision: target }).await {
-                tracing::warn!(error = %e.message, "compaction not applied; will retry");
-            }
         }
     }
 }

@@ -14,6 +14,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::settings::Settings;
 
+/// Own log events waiting to be indexed; beyond this they are dropped (and counted).
+const SELF_LOG_QUEUE: usize = 8192;
+
 /// Keeps log writers and exporters alive; flushes them when dropped.
 pub struct TelemetryGuard {
     _file: tracing_appender::non_blocking::WorkerGuard,
@@ -167,7 +170,7 @@ pub fn init_node(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("shoal")));
     let (own_layer, own_logs) = if settings.logs_self {
-        let (sender, receiver) = mpsc::channel(crate::logs::SELF_LOG_QUEUE);
+        let (sender, receiver) = mpsc::channel(SELF_LOG_QUEUE);
         (Some(OwnLogs { sender }), Some(receiver))
     } else {
         (None, None)
@@ -210,6 +213,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     shoal_raft::describe_metrics();
+    shoal_transport::describe_metrics();
     shoal_search::describe_metrics();
     shoal_actors::describe_metrics();
     describe_node_metrics();

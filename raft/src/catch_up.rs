@@ -22,10 +22,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use openraft::raft::VoteRequest;
+use openraft::error::RaftError;
+use openraft::raft::{VoteRequest, VoteResponse};
 use openraft::RaftMetrics;
 
-use crate::{NodeAddr, NodeId};
+use crate::{NodeAddr, NodeId, Raft};
 
 const MARKER: &str = "raft-catching-up";
 
@@ -87,4 +88,20 @@ impl CatchUp {
     pub fn may_vote_for(&self, request: &VoteRequest<NodeId>) -> bool {
         !self.active() || request.last_log_id.is_none_or(|id| id.index == 0)
     }
+}
+
+/// Answer a vote request, refusing it without asking Raft while this node
+/// is catching up (see [`CatchUp`]).
+pub async fn vote_unless_catching_up(
+    raft: &Raft,
+    catch_up: &CatchUp,
+    request: VoteRequest<NodeId>,
+) -> Result<VoteResponse<NodeId>, RaftError<NodeId>> {
+    if catch_up.may_vote_for(&request) {
+        return raft.vote(request).await;
+    }
+    tracing::info!(candidate = %request.vote, "refusing a vote while catching up after starting empty");
+    metrics::counter!("shoal_raft_votes_refused_catching_up_total").increment(1);
+    let vote = raft.metrics().borrow().vote;
+    Ok(VoteResponse::new(vote, None, false))
 }

@@ -1,34 +1,30 @@
 //! Raft for Shoal: the openraft type configuration, the log store and state
-//! machine over `shoal-storage`, and the node-to-node RPC transport.
+//! machine over `shoal-storage`, read-index batching ([`Linearizer`]), the
+//! vote guard of a node that lost its disk ([`CatchUp`]) and the membership
+//! operations the node needs. It owns what Raft decides, not how peers reach
+//! each other: the network openraft uses is given to [`Raft::new`] by the
+//! caller (`shoal-transport` provides it). It must not depend on the
+//! transport, the node or anything HTTP.
 
 mod catch_up;
-mod forward;
 mod linearizer;
 mod log_store;
+mod membership;
 mod metric_help;
-mod network;
-mod rpc;
 mod state_machine;
 #[cfg(test)]
 mod tests;
-mod wire;
 
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-pub use catch_up::CatchUp;
-pub use forward::{ForwardError, Forwarder};
-pub use linearizer::Linearizer;
+pub use catch_up::{vote_unless_catching_up, CatchUp};
+pub use linearizer::{Linearizer, ReadIndexResult};
 pub use log_store::LogStore;
+pub use membership::{local_replication, remove_node, MembershipError, Replication};
 pub use metric_help::describe_metrics;
-pub use network::RpcNetwork;
-pub use rpc::{
-    local_replication, remove_node, serve_rpc, MessageInbox, PeerServices, ReadIndexResult,
-    RemoveHandler, Replication, SearchHandler, WriteResult,
-};
 pub use state_machine::{ChangeSink, StateMachine};
-pub use wire::ClusterKey;
 
 pub type NodeId = u64;
 

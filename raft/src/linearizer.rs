@@ -6,10 +6,16 @@
 
 use std::sync::{Arc, Mutex};
 
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::LogId;
 use tokio::sync::oneshot;
 
-use crate::rpc::ReadIndexResult;
-use crate::Raft;
+use crate::{NodeAddr, NodeId, Raft};
+
+/// The log id a linearizable read must wait for, or why leadership could not
+/// be confirmed (`ForwardToLeader` names the leader to ask instead).
+pub type ReadIndexResult =
+    Result<Option<LogId<NodeId>>, RaftError<NodeId, CheckIsLeaderError<NodeId, NodeAddr>>>;
 
 pub struct Linearizer {
     raft: Raft,

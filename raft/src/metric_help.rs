@@ -9,11 +9,6 @@ pub fn describe_metrics() {
         Unit::Count,
         "Vote requests refused because this node started empty and has not caught up."
     );
-    describe_counter!(
-        "shoal_rpc_rejected_peers_total",
-        Unit::Count,
-        "Node-to-node connections closed because the peer did not know the cluster secret."
-    );
     describe_histogram!(
         "shoal_read_index_batch_reads",
         Unit::Count,

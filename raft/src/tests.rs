@@ -4,6 +4,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::storage::RaftLogStorage;
 use openraft::{
     CommittedLeaderId, Config, Entry, EntryPayload, LogId, Membership, ServerState, Vote,
@@ -12,12 +18,58 @@ use shoal_codec::encode;
 use shoal_storage::kv::ChangeBatch;
 use shoal_storage::Store;
 
-use crate::{ChangeSink, ClusterKey, LogStore, NodeAddr, Raft, RpcNetwork, StateMachine};
+use crate::{ChangeSink, LogStore, NodeAddr, NodeId, Raft, StateMachine, TypeConfig};
 
 struct NoSink;
 impl ChangeSink for NoSink {
     fn changed(&self, _: &ChangeBatch) {}
     fn replaced(&self) {}
+}
+
+/// A network on which no peer ever answers (the real one lives in
+/// `shoal-transport`, which depends on this crate).
+struct NoPeers;
+
+type Refused<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
+
+fn unreachable<E: std::error::Error>() -> RPCError<NodeId, NodeAddr, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+        "no peers in this test",
+    )))
+}
+
+impl RaftNetworkFactory<TypeConfig> for NoPeers {
+    type Network = NoPeers;
+
+    async fn new_client(&mut self, _: NodeId, _: &NodeAddr) -> NoPeers {
+        NoPeers
+    }
+}
+
+impl RaftNetwork<TypeConfig> for NoPeers {
+    async fn append_entries(
+        &mut self,
+        _: AppendEntriesRequest<TypeConfig>,
+        _: RPCOption,
+    ) -> Refused<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        Err(unreachable())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _: InstallSnapshotRequest<TypeConfig>,
+        _: RPCOption,
+    ) -> Refused<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        Err(unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _: VoteRequest<NodeId>,
+        _: RPCOption,
+    ) -> Refused<VoteResponse<NodeId>, RaftError<NodeId>> {
+        Err(unreachable())
+    }
 }
 
 /// A node that was leader (its stored vote is committed and names itself)
@@ -76,15 +128,9 @@ async fn a_restarted_leader_campaigns_in_a_new_term() {
     }
     .validate()
     .expect("config");
-    let raft = Raft::new(
-        1,
-        Arc::new(config),
-        RpcNetwork::new(ClusterKey::new(None)),
-        log,
-        sm,
-    )
-    .await
-    .expect("raft");
+    let raft = Raft::new(1, Arc::new(config), NoPeers, log, sm)
+        .await
+        .expect("raft");
     let mut metrics = raft.metrics();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut states = Vec::new();

@@ -11,10 +11,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_raft::{local_replication, NodeId};
 
-use super::error::{ApiError, ApiResult};
+use shoal_actors::deliver::now_ms;
+
+use super::error::ApiResult;
 use super::extract::JsonBody;
-use crate::cluster;
-use crate::service::{now_ms, Shoal};
+use crate::services::shoal::Shoal;
 
 /// How long to wait for the leader's replication figures.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,7 +26,7 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     let metrics = shoal.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership().clone();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    let gossip = shoal.gossip.members().await;
+    let gossip = shoal.cluster.gossip.members().await;
     let replication = match (local_replication(&shoal.raft), metrics.current_leader) {
         (Some(replication), _) => Some(replication),
         (None, Some(leader)) => match membership.get_node(&leader) {
@@ -120,81 +121,10 @@ pub async fn leave(
 ) -> ApiResult<Response> {
     let id = body.node_id.unwrap_or(shoal.node_id);
     if id == shoal.node_id {
-        leave_this_node(&shoal).await?;
+        shoal.cluster.leave_this_node().await?;
         shoal.shutdown.notify_one();
     } else {
-        leave_cluster(&shoal, id).await?;
+        shoal.cluster.leave(id).await?;
     }
     Ok(Json(json!({"removed": id})).into_response())
-}
-
-/// Remove this node from the membership. Gossip hears "left" first, so that
-/// the leader does not take the node for a new one and add it back as a
-/// learner.
-pub async fn leave_this_node(shoal: &Shoal) -> ApiResult<()> {
-    check_removable(shoal, shoal.node_id)?;
-    shoal
-        .gossip
-        .publish(&[(cluster::keys::LEFT, cluster::flag(true))])
-        .await;
-    let result = leave_cluster(shoal, shoal.node_id).await;
-    if result.is_err() {
-        shoal
-            .gossip
-            .publish(&[(cluster::keys::LEFT, cluster::flag(false))])
-            .await;
-    }
-    result
-}
-
-/// Refuse what no membership change can do: remove a node that is not a
-/// member (404), or the only voter, which would leave no one to commit
-/// anything (409: stop the node instead).
-fn check_removable(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
-    let metrics = shoal.raft.metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
-    if membership.get_node(&id).is_none() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "node_not_found",
-            format!("node {id} is not a member of the cluster"),
-        ));
-    }
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    if voters == [id] {
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "last_voter",
-            format!(
-                "node {id} is the cluster's only voter: removing it would leave no quorum; \
-                 stop the node instead"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Ask the leader to remove `id` from the membership.
-pub async fn leave_cluster(shoal: &Shoal, id: NodeId) -> ApiResult<()> {
-    check_removable(shoal, id)?;
-    let metrics = shoal.raft.metrics().borrow().clone();
-    let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
-    let result = if metrics.current_leader == Some(shoal.node_id) {
-        crate::cluster::remove_member(&shoal.raft, &shoal.removals, id).await
-    } else {
-        let leader = metrics
-            .current_leader
-            .and_then(|l| metrics.membership_config.membership().get_node(&l).cloned());
-        let Some(leader) = leader else {
-            return Err(ApiError::unavailable(
-                "there is no leader to remove the node; retry later",
-            ));
-        };
-        shoal
-            .forwarder
-            .remove_node(&leader.rpc, id, timeout)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("cannot reach the leader: {e}")))?
-    };
-    result.map_err(|e| ApiError::unavailable(format!("membership change failed: {e}")))
 }

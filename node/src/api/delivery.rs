@@ -23,7 +23,7 @@ use shoal_storage::outbox::List;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, JsonBody, Params};
-use crate::service::Shoal;
+use crate::services::shoal::Shoal;
 
 /// Time allowed to each other node when gathering dead letters.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -237,7 +237,7 @@ async fn fan_out(
     path_and_query: &str,
     body: Option<Value>,
 ) -> (Vec<Value>, Vec<u64>) {
-    let members = shoal.gossip.members().await;
+    let members = shoal.cluster.gossip.members().await;
     let client = reqwest::Client::new();
     let calls = members
         .values()

@@ -1,10 +1,15 @@
 //! The one error shape every endpoint answers with:
-//! `{"error": {"code": "...", "message": "...", ...extra fields}}`.
+//! `{"error": {"code": "...", "message": "...", ...extra fields}}`, and the
+//! mapping of the services' typed errors to it (status and code).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
+use shoal_search::SearchError;
+
+use crate::cluster::LeaveError;
+use crate::services::shoal::KvError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -86,6 +91,67 @@ impl From<shoal_storage::StorageError> for ApiError {
 impl From<shoal_codec::CodecError> for ApiError {
     fn from(e: shoal_codec::CodecError) -> ApiError {
         ApiError::from(shoal_storage::StorageError::from(e))
+    }
+}
+
+impl From<KvError> for ApiError {
+    fn from(e: KvError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            KvError::Unavailable(_) | KvError::NoQuorum | KvError::ProposalExpired => {
+                ApiError::unavailable(message)
+            }
+            KvError::Timeout => ApiError::timeout(),
+            // Storage errors were logged where they happened.
+            KvError::Internal(_) | KvError::Storage(_) => ApiError::internal(message),
+            KvError::LeaseNotFound(id) => ApiError::lease_not_found(id),
+            KvError::KeyNotFound => ApiError::new(StatusCode::NOT_FOUND, "key_not_found", message),
+            KvError::Compacted { compact_revision } => {
+                ApiError::new(StatusCode::GONE, "compacted", message)
+                    .with("compact_revision", json!(compact_revision))
+            }
+            KvError::FutureRevision { .. } => ApiError::invalid_revision(message),
+            KvError::HistoryCompacted {
+                from,
+                compact_revision,
+            } => ApiError::compacted(from, compact_revision),
+        }
+    }
+}
+
+impl From<SearchError> for ApiError {
+    fn from(e: SearchError) -> ApiError {
+        match e {
+            SearchError::InvalidStream(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream", message)
+            }
+            SearchError::InvalidQuery(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+            }
+            SearchError::Busy(message) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+                    .with("retry_after_s", json!(1))
+            }
+            other => {
+                tracing::error!(error = %other, "log engine error");
+                ApiError::internal(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<LeaveError> for ApiError {
+    fn from(e: LeaveError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            LeaveError::NotMember(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "node_not_found", message)
+            }
+            LeaveError::LastVoter(_) => ApiError::new(StatusCode::CONFLICT, "last_voter", message),
+            LeaveError::NoLeader | LeaveError::LeaderUnreachable(_) | LeaveError::Refused(_) => {
+                ApiError::unavailable(message)
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Request extractors that turn every malformed input into an `ApiError`.
 
 use std::collections::HashMap;
+use std::io::Read;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -215,4 +216,21 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Decompress at most `max_bytes` (a small gzip body can expand enormously).
+pub fn inflate(reader: impl Read, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
+    let mut data = Vec::new();
+    reader
+        .take(max_bytes as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| ApiError::bad_request(format!("cannot decompress the body: {e}")))?;
+    if data.len() > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the decompressed body exceeds {max_bytes} bytes"),
+        ));
+    }
+    Ok(data)
 }

@@ -16,7 +16,7 @@ use shoal_storage::kv::{
 use super::error::{ApiError, ApiResult};
 use super::extract::{check_writable, validate_key, Body, JsonBody, KeyPath, Params};
 use super::model::{decode_value, event_json, kv_json};
-use crate::service::Shoal;
+use crate::services::shoal::Shoal;
 
 /// Operations allowed in each part of a transaction.
 pub const MAX_TXN_OPS: usize = 128;

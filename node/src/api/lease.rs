@@ -14,7 +14,7 @@ use shoal_storage::kv::{Command, Lease, Response as SmResponse};
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
 use super::kv::with_revision;
-use crate::service::Shoal;
+use crate::services::shoal::Shoal;
 
 /// Longest lease, one day.
 pub const MAX_TTL_SECONDS: u64 = 86_400;

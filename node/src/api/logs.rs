@@ -19,7 +19,7 @@ use tokio_stream::StreamExt;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, Params};
 use super::AppState;
-use crate::logs::{self, search_error, NodeReport};
+use crate::services::logs::{self, NodeReport};
 
 /// Most records one SQL query may read, over all nodes (query cost limit).
 pub const MAX_SQL_ROWS: usize = 200_000;
@@ -42,9 +42,9 @@ pub async fn ingest(
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
-    record::validate_stream(&stream).map_err(search_error)?;
+    record::validate_stream(&stream).map_err(ApiError::from)?;
     // Refuse before parsing: under backpressure a refused batch must be cheap.
-    app.shoal.logs.check_capacity().map_err(search_error)?;
+    app.shoal.logs.check_capacity().map_err(ApiError::from)?;
     let body = decompressed(&headers, &body, app.shoal.settings.logs_max_body_bytes)?;
     let plain = content_type(&headers).starts_with("text/plain");
     let default_service = stream.clone();
@@ -59,7 +59,7 @@ pub async fn ingest(
         .logs
         .ingest(&stream, records)
         .await
-        .map_err(search_error)?;
+        .map_err(ApiError::from)?;
     for (index, reason) in outcome.rejected {
         errors.push((positions.get(index).copied().unwrap_or(index), reason));
     }
@@ -89,7 +89,7 @@ pub fn decompressed(headers: &HeaderMap, body: &[u8], max_bytes: usize) -> ApiRe
         .map(str::trim)
     {
         None | Some("") | Some("identity") => Ok(body.to_vec()),
-        Some("gzip") => crate::otlp::inflate(flate2::read::GzDecoder::new(body), max_bytes),
+        Some("gzip") => super::extract::inflate(flate2::read::GzDecoder::new(body), max_bytes),
         Some(other) => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_encoding",
@@ -269,7 +269,7 @@ pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
             .string("cursor")
             .map(Cursor::decode)
             .transpose()
-            .map_err(search_error)?,
+            .map_err(ApiError::from)?,
         seq_after: BTreeMap::new(),
     })
 }
@@ -511,7 +511,7 @@ pub async fn fetch_traces(
         limit: shoal_search::MAX_LIMIT,
         ..Default::default()
     };
-    logs::search(&app.shoal, request).await
+    Ok(logs::search(&app.shoal, request).await?)
 }
 
 /// Live tail (SSE): records that become searchable after the request,
@@ -524,7 +524,7 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
         // streamed as an error event every poll.
         let mut probe = request.clone();
         probe.limit = 1;
-        app.shoal.logs.search(probe).await.map_err(search_error)?;
+        app.shoal.logs.search(probe).await.map_err(ApiError::from)?;
     }
     let mut positions = logs::positions(&app.shoal).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(64);
@@ -556,7 +556,11 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
                 Ok(found) => found,
                 Err(e) => {
                     let _ = sender
-                        .send(Event::default().event("error").data(e.message))
+                        .send(
+                            Event::default()
+                                .event("error")
+                                .data(ApiError::from(e).message),
+                        )
                         .await;
                     continue;
                 }
@@ -624,7 +628,7 @@ pub async fn sql(
             .map(str::to_string)
             .ok_or_else(|| ApiError::bad_request("the JSON body needs a string field query"))?
     };
-    let plan = shoal_search::sql::plan(&query, now_nanos()).map_err(search_error)?;
+    let plan = shoal_search::sql::plan(&query, now_nanos()).map_err(ApiError::from)?;
     let (hits, report) = logs::scan(&app.shoal, plan.filter.clone(), MAX_SQL_ROWS + 1).await?;
     if hits.len() > MAX_SQL_ROWS {
         return Err(ApiError::new(
@@ -640,7 +644,7 @@ pub async fn sql(
     let answer = tokio::task::spawn_blocking(move || shoal_search::sql::execute(&plan, &hits))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(search_error)?;
+        .map_err(ApiError::from)?;
     let mut value = answer;
     value["scanned"] = json!(scanned);
     value["took_ms"] = json!(started.elapsed().as_millis() as u64);

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Body, JsonBody, Params};
-use crate::service::Shoal;
+use crate::services::shoal::Shoal;
 
 /// Most messages in one publish batch.
 pub const MAX_BATCH_MESSAGES: usize = 1000;

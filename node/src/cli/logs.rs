@@ -14,7 +14,7 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::client::{ensure_success, read_sse, Client, ClientArgs};
+use super::client::{ensure_success, read_sse, Client, ClientArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum LogsCommand {
@@ -456,7 +456,7 @@ impl Shipper<'_> {
         let body: String = lines.iter().map(|line| Self::record(line) + "\n").collect();
         let url = self.client.url(&format!(
             "/v1/logs/{}",
-            crate::client::encode_path(&self.stream)
+            super::client::encode_path(&self.stream)
         ));
         let mut backoff = Duration::from_millis(200);
         loop {

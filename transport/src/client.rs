@@ -1,21 +1,24 @@
-//! Requests a node sends to the leader on a client's behalf, over pooled
-//! authenticated connections.
+//! The pooled client: requests a node sends to a peer (writes and
+//! read-index to the leader on a client's behalf, membership removal,
+//! search fan-out, message frames), over authenticated connections kept
+//! open between calls.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use shoal_raft::{MembershipError, NodeId, ReadIndexResult, Replication};
 use shoal_storage::kv::Proposal;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
-use crate::rpc::{ReadIndexResult, Replication, Reply, Request, WriteResult};
+use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall, WriteResult};
 use crate::wire::{self, ClusterKey};
-use crate::NodeId;
 
 /// Idle connections kept per peer.
 const POOL_PER_PEER: usize = 64;
 
+/// The exchange itself failed (the peer's own refusals are in the inner result).
 #[derive(Debug, Error)]
 pub enum ForwardError {
     #[error("cannot reach {addr}: {source}")]
@@ -147,7 +150,7 @@ impl Forwarder {
         addr: &str,
         id: NodeId,
         timeout: Duration,
-    ) -> Result<Result<(), String>, ForwardError> {
+    ) -> Result<Result<(), MembershipError>, ForwardError> {
         match self.call(addr, &Request::RemoveNode(id), timeout).await? {
             Reply::RemoveNode(result) => Ok(result),
             _ => Err(ForwardError::WrongReply {
@@ -162,7 +165,7 @@ impl Forwarder {
         addr: &str,
         frame: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Result<usize, String>, ForwardError> {
+    ) -> Result<Result<usize, RemoteError>, ForwardError> {
         match self.call(addr, &Request::Messages(frame), timeout).await? {
             Reply::Messages(result) => Ok(result),
             _ => Err(ForwardError::WrongReply {
@@ -171,15 +174,15 @@ impl Forwarder {
         }
     }
 
-    /// Run a log search on a peer (request and answer are opaque here).
+    /// Run a log search or aggregation on a peer.
     pub async fn search(
         &self,
         addr: &str,
-        body: Vec<u8>,
+        call: SearchCall,
         timeout: Duration,
-    ) -> Result<Result<Vec<u8>, String>, ForwardError> {
-        match self.call(addr, &Request::Search(body), timeout).await? {
-            Reply::Search(result) => Ok(result.map(serde_bytes::ByteBuf::into_vec)),
+    ) -> Result<Result<SearchAnswer, RemoteError>, ForwardError> {
+        match self.call(addr, &Request::Search(call), timeout).await? {
+            Reply::Search(result) => Ok(result),
             _ => Err(ForwardError::WrongReply {
                 addr: addr.to_string(),
             }),

@@ -7,7 +7,7 @@
 //!
 //! Delivery never blocks the state machine: when a watcher's channel is full
 //! it is dropped from the hub, and the watcher re-reads the missed changes
-//! from the stored history (see `WatchStream`), so nothing is lost.
+//! from the stored history (see `services::watch::Watcher`), so nothing is lost.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

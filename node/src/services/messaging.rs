@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use shoal_actors::config::CONFIG_PREFIX;
-use shoal_actors::router::{Interest, NodeId, PeerTransport};
-use shoal_raft::Forwarder;
+use shoal_actors::router::{Interest, PeerTransport};
+use shoal_raft::NodeId;
+use shoal_transport::Forwarder;
 
-use crate::api::watch::Watcher;
-use crate::service::Shoal;
-use crate::watch::Filter;
+use super::shoal::Shoal;
+use super::watch::Watcher;
+use super::watch_hub::Filter;
+use crate::cluster::keys;
 
 /// How often interest is compared with gossip.
 const INTEREST_INTERVAL: Duration = Duration::from_millis(200);
@@ -58,7 +60,7 @@ impl PeerTransport for RpcTransport {
                 .await
             {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(refused)) => Err(refused),
+                Ok(Err(refused)) => Err(refused.to_string()),
                 Err(e) => Err(e.to_string()),
             }
         })
@@ -100,15 +102,13 @@ pub async fn sync_interest(shoal: Arc<Shoal>, transport: Arc<RpcTransport>) {
         let version = router.interest_version();
         if announced_version != Some(version) {
             shoal
+                .cluster
                 .gossip
-                .publish(&[(
-                    crate::cluster::keys::TOPICS,
-                    announced(router.local_interest()),
-                )])
+                .publish(&[(keys::TOPICS, announced(router.local_interest()))])
                 .await;
             announced_version = Some(version);
         }
-        let members = shoal.gossip.members().await;
+        let members = shoal.cluster.gossip.members().await;
         let mut interest = HashMap::new();
         let mut addrs = HashMap::new();
         for member in members.values() {
@@ -159,7 +159,7 @@ pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
                 return revision;
             }
             Err(e) => {
-                tracing::warn!(error = %e.message, "loading the messaging configuration failed; retrying");
+                tracing::warn!(error = %e, "loading the messaging configuration failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -183,7 +183,7 @@ pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
         {
             Ok(watcher) => watcher,
             Err(e) => {
-                tracing::warn!(error = %e.message, "watching the messaging configuration failed; reloading");
+                tracing::warn!(error = %e, "watching the messaging configuration failed; reloading");
                 revision = load_config(&shoal).await;
                 continue;
             }
@@ -203,7 +203,7 @@ pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
                     shoal.messaging.apply_config(changes).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e.message, "the messaging configuration watch stopped; reloading");
+                    tracing::warn!(error = %e, "the messaging configuration watch stopped; reloading");
                     break;
                 }
             }

@@ -1,41 +1,21 @@
 //! Logs and traces across the cluster: a search or aggregation asked on any
 //! node runs on every live member (over the RPC listener) and the answers
 //! are merged; members that did not answer are reported, never hidden.
-//! Also: the node's own log events fed into the stream `shoal`.
+//! Also: the node's own log events fed into the stream `shoal`. Failures
+//! are the log engine's own `SearchError`; the HTTP layer maps them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use shoal_raft::SearchHandler;
+use serde::Serialize;
 use shoal_search::{
     AggregateRequest, Aggregation, Hit, Logs, Record, SearchError, SearchRequest, StreamInfo,
 };
+use shoal_transport::{RemoteError, RemoteErrorKind, SearchAnswer, SearchCall, SearchHandler};
 use tokio::sync::mpsc;
 
-use crate::api::error::ApiError;
-use crate::service::Shoal;
-
-/// What one node asks another.
-#[derive(Serialize, Deserialize)]
-enum PeerRequest {
-    Search(SearchRequest),
-    Aggregate(AggregateRequest),
-    Streams,
-    /// Every matching record, at most this many (for SQL).
-    Scan(SearchRequest, usize),
-    /// The highest record seq that is searchable on the node (tail start).
-    Position,
-}
-
-#[derive(Serialize, Deserialize)]
-enum PeerReply {
-    Hits(Vec<Hit>),
-    Aggregation(Aggregation),
-    Streams(Vec<StreamInfo>),
-    Position(u64),
-}
+use super::shoal::Shoal;
 
 /// Which members answered a cluster-wide request.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -59,44 +39,31 @@ impl NodeReport {
     }
 }
 
-pub fn search_error(e: SearchError) -> ApiError {
-    use axum::http::StatusCode;
-    match e {
-        SearchError::InvalidStream(message) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream", message)
-        }
-        SearchError::InvalidQuery(message) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
-        }
-        SearchError::Busy(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
-            .with("retry_after_s", serde_json::json!(1)),
-        other => {
-            tracing::error!(error = %other, "log engine error");
-            ApiError::internal(other.to_string())
-        }
-    }
+async fn run_local(logs: &Logs, call: SearchCall) -> Result<SearchAnswer, SearchError> {
+    Ok(match call {
+        SearchCall::Search(request) => SearchAnswer::Hits(logs.search(request).await?),
+        SearchCall::Aggregate(request) => SearchAnswer::Aggregation(logs.aggregate(request).await?),
+        SearchCall::Streams => SearchAnswer::Streams(logs.streams()),
+        SearchCall::Scan(request, max) => SearchAnswer::Hits(logs.scan(request, max).await?),
+        SearchCall::Position => SearchAnswer::Position(logs.tail_position().await),
+    })
 }
 
-async fn run_local(logs: &Logs, request: PeerRequest) -> Result<PeerReply, SearchError> {
-    Ok(match request {
-        PeerRequest::Search(request) => PeerReply::Hits(logs.search(request).await?),
-        PeerRequest::Aggregate(request) => PeerReply::Aggregation(logs.aggregate(request).await?),
-        PeerRequest::Streams => PeerReply::Streams(logs.streams()),
-        PeerRequest::Scan(request, max) => PeerReply::Hits(logs.scan(request, max).await?),
-        PeerRequest::Position => PeerReply::Position(logs.tail_position().await),
-    })
+/// How a search failure is told to the peer that asked.
+fn remote_error(e: SearchError) -> RemoteError {
+    let kind = match e {
+        SearchError::InvalidStream(_) | SearchError::InvalidQuery(_) => RemoteErrorKind::Invalid,
+        SearchError::Busy(_) => RemoteErrorKind::Busy,
+        _ => RemoteErrorKind::Internal,
+    };
+    RemoteError::new(kind, e.to_string())
 }
 
 /// Answers peers' requests with this node's engine.
 pub fn peer_handler(logs: Logs) -> SearchHandler {
-    Arc::new(move |body: Vec<u8>| {
+    Arc::new(move |call: SearchCall| {
         let logs = logs.clone();
-        Box::pin(async move {
-            let request: PeerRequest =
-                serde_json::from_slice(&body).map_err(|e| format!("bad search request: {e}"))?;
-            let reply = run_local(&logs, request).await.map_err(|e| e.to_string())?;
-            serde_json::to_vec(&reply).map_err(|e| e.to_string())
-        })
+        Box::pin(async move { run_local(&logs, call).await.map_err(remote_error) })
     })
 }
 
@@ -104,11 +71,10 @@ pub fn peer_handler(logs: Logs) -> SearchHandler {
 /// node locally, the others over RPC, all at once.
 async fn fan_out(
     shoal: &Shoal,
-    request: PeerRequest,
-) -> Result<(Vec<(u64, PeerReply)>, NodeReport), ApiError> {
-    let body = serde_json::to_vec(&request).map_err(|e| ApiError::internal(e.to_string()))?;
+    call: SearchCall,
+) -> Result<(Vec<(u64, SearchAnswer)>, NodeReport), SearchError> {
     let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
-    let members = shoal.gossip.members().await;
+    let members = shoal.cluster.gossip.members().await;
     let membership = shoal.raft.metrics().borrow().membership_config.clone();
     let mut report = NodeReport::default();
     let mut calls = Vec::new();
@@ -129,12 +95,11 @@ async fn fan_out(
             continue;
         }
         report.asked += 1;
-        let (node, addr, body) = (member.node_id, member.rpc.clone(), body.clone());
+        let (node, addr, call) = (member.node_id, member.rpc.clone(), call.clone());
         calls.push(async move {
-            let answer = match shoal.forwarder.search(&addr, body, timeout).await {
-                Ok(Ok(bytes)) => serde_json::from_slice::<PeerReply>(&bytes)
-                    .map_err(|e| format!("bad answer: {e}")),
-                Ok(Err(e)) => Err(e),
+            let answer = match shoal.forwarder.search(&addr, call, timeout).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             (node, answer)
@@ -142,10 +107,10 @@ async fn fan_out(
     }
     report.asked += 1;
     let (local, remote) = tokio::join!(
-        run_local(&shoal.logs, request),
+        run_local(&shoal.logs, call),
         futures::future::join_all(calls)
     );
-    let mut replies = vec![(shoal.node_id, local.map_err(search_error)?)];
+    let mut replies = vec![(shoal.node_id, local?)];
     report.answered.push(shoal.node_id);
     for (node, answer) in remote {
         match answer {
@@ -168,13 +133,13 @@ async fn fan_out(
 pub async fn search(
     shoal: &Shoal,
     request: SearchRequest,
-) -> Result<(Vec<Hit>, NodeReport), ApiError> {
+) -> Result<(Vec<Hit>, NodeReport), SearchError> {
     let (order, limit) = (request.order, request.limit);
-    let (replies, report) = fan_out(shoal, PeerRequest::Search(request)).await?;
+    let (replies, report) = fan_out(shoal, SearchCall::Search(request)).await?;
     let lists = replies
         .into_iter()
         .filter_map(|(_, reply)| match reply {
-            PeerReply::Hits(hits) => Some(hits),
+            SearchAnswer::Hits(hits) => Some(hits),
             _ => None,
         })
         .collect();
@@ -186,12 +151,12 @@ pub async fn scan(
     shoal: &Shoal,
     request: SearchRequest,
     max: usize,
-) -> Result<(Vec<Hit>, NodeReport), ApiError> {
-    let (replies, report) = fan_out(shoal, PeerRequest::Scan(request, max)).await?;
+) -> Result<(Vec<Hit>, NodeReport), SearchError> {
+    let (replies, report) = fan_out(shoal, SearchCall::Scan(request, max)).await?;
     let hits = replies
         .into_iter()
         .flat_map(|(_, reply)| match reply {
-            PeerReply::Hits(hits) => hits,
+            SearchAnswer::Hits(hits) => hits,
             _ => Vec::new(),
         })
         .collect();
@@ -201,10 +166,10 @@ pub async fn scan(
 pub async fn aggregate(
     shoal: &Shoal,
     request: AggregateRequest,
-) -> Result<(Aggregation, NodeReport), ApiError> {
-    let (replies, report) = fan_out(shoal, PeerRequest::Aggregate(request)).await?;
+) -> Result<(Aggregation, NodeReport), SearchError> {
+    let (replies, report) = fan_out(shoal, SearchCall::Aggregate(request)).await?;
     let parts = replies.into_iter().filter_map(|(_, reply)| match reply {
-        PeerReply::Aggregation(aggregation) => Some(aggregation),
+        SearchAnswer::Aggregation(aggregation) => Some(aggregation),
         _ => None,
     });
     Ok((Aggregation::merge(parts), report))
@@ -213,12 +178,12 @@ pub async fn aggregate(
 /// Streams per node.
 pub async fn streams(
     shoal: &Shoal,
-) -> Result<(BTreeMap<u64, Vec<StreamInfo>>, NodeReport), ApiError> {
-    let (replies, report) = fan_out(shoal, PeerRequest::Streams).await?;
+) -> Result<(BTreeMap<u64, Vec<StreamInfo>>, NodeReport), SearchError> {
+    let (replies, report) = fan_out(shoal, SearchCall::Streams).await?;
     let streams = replies
         .into_iter()
         .filter_map(|(node, reply)| match reply {
-            PeerReply::Streams(streams) => Some((node, streams)),
+            SearchAnswer::Streams(streams) => Some((node, streams)),
             _ => None,
         })
         .collect();
@@ -226,19 +191,17 @@ pub async fn streams(
 }
 
 /// Where a live tail starts: every node's searchable position.
-pub async fn positions(shoal: &Shoal) -> Result<BTreeMap<u64, u64>, ApiError> {
-    let (replies, _) = fan_out(shoal, PeerRequest::Position).await?;
+pub async fn positions(shoal: &Shoal) -> Result<BTreeMap<u64, u64>, SearchError> {
+    let (replies, _) = fan_out(shoal, SearchCall::Position).await?;
     Ok(replies
         .into_iter()
         .filter_map(|(node, reply)| match reply {
-            PeerReply::Position(seq) => Some((node, seq)),
+            SearchAnswer::Position(seq) => Some((node, seq)),
             _ => None,
         })
         .collect())
 }
 
-/// Own log events waiting to be indexed; beyond this they are dropped (and counted).
-pub const SELF_LOG_QUEUE: usize = 8192;
 const SELF_LOG_BATCH: usize = 1000;
 const SELF_LOG_FLUSH: Duration = Duration::from_millis(500);
 

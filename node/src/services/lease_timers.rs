@@ -9,15 +9,10 @@
 //! in between makes it a no-op on every replica.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use shoal_storage::kv::{Command, Lease};
-
-use crate::service::Shoal;
-
-/// How often each node looks at the leases.
-const LEASE_CHECK: Duration = Duration::from_millis(200);
+use shoal_storage::kv::Lease;
 
 #[derive(Default)]
 pub struct LeaseTimers {
@@ -42,7 +37,12 @@ impl LeaseTimers {
     /// Record the current leases and this node's leadership; returns the
     /// leases whose TTL has run out, with the renewal count seen, if this
     /// node leads.
-    fn observe(&self, leases: &[Lease], leader_term: Option<u64>, now: Instant) -> Vec<(u64, u64)> {
+    pub fn observe(
+        &self,
+        leases: &[Lease],
+        leader_term: Option<u64>,
+        now: Instant,
+    ) -> Vec<(u64, u64)> {
         let mut state = self.state();
         state.leading = match (state.leading, leader_term) {
             (Some((term, since)), Some(current)) if term == current => Some((term, since)),
@@ -89,37 +89,6 @@ impl TimerState {
     fn deadline(&self, lease: &Lease, at: Instant) -> Instant {
         let start = self.leading.map_or(at, |(_, since)| at.max(since));
         start + Duration::from_secs(lease.ttl_seconds)
-    }
-}
-
-/// On every node: follow the leases; on the leader, revoke those whose TTL
-/// has run out.
-pub async fn run(shoal: Arc<Shoal>) {
-    let mut tick = tokio::time::interval(LEASE_CHECK);
-    loop {
-        tick.tick().await;
-        let leases = match shoal.read(|store| store.lease_list()).await {
-            Ok(leases) => leases,
-            Err(e) => {
-                tracing::warn!(error = %e.message, "reading leases failed");
-                continue;
-            }
-        };
-        let leader_term = {
-            let metrics = shoal.raft.metrics();
-            let metrics = metrics.borrow();
-            (metrics.state == openraft::ServerState::Leader).then_some(metrics.current_term)
-        };
-        let expired = shoal
-            .lease_timers
-            .observe(&leases, leader_term, Instant::now());
-        if expired.is_empty() {
-            continue;
-        }
-        tracing::info!(leases = ?expired, "leases expired");
-        if let Err(e) = shoal.write(Command::LeaseExpire { leases: expired }).await {
-            tracing::warn!(error = %e.message, "lease expiry not applied; will retry");
-        }
     }
 }
 

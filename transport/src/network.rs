@@ -9,12 +9,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use shoal_raft::{NodeAddr, NodeId, TypeConfig};
 use tokio::net::TcpStream;
 
-use crate::rpc::{Reply, Request};
+use crate::protocol::{Reply, Request};
 use crate::wire::{self, ClusterKey};
-use crate::{NodeAddr, NodeId, TypeConfig};
 
+/// Creates openraft's connections to peers (give it to `Raft::new`).
 #[derive(Clone)]
 pub struct RpcNetwork {
     key: ClusterKey,

@@ -1,21 +1,76 @@
-//! The node's shared state and the three ways the API touches the store:
-//! replicated writes, read barriers, and blocking reads.
+//! The node's shared state and the three ways the services touch the
+//! store: replicated writes, read barriers, and blocking reads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
-use shoal_raft::{ForwardError, Forwarder, Linearizer, NodeId, Raft};
+use shoal_actors::deliver::now_ms;
+use shoal_raft::{Linearizer, NodeId, Raft};
 use shoal_storage::kv::{Command, Proposal, Rejection, Response};
 use shoal_storage::{StorageError, Store};
+use shoal_transport::{ForwardError, Forwarder};
+use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::api::error::{ApiError, ApiResult};
-use crate::cluster::Gossip;
+use super::lease_timers::LeaseTimers;
+use super::watch_hub::WatchHub;
+use crate::cluster::Cluster;
 use crate::settings::Settings;
-use crate::watch::WatchHub;
+
+/// Why a replicated write, a read barrier or a store read failed. The texts
+/// are what clients see.
+#[derive(Clone, Debug, Error)]
+pub enum KvError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("no quorum: the cluster cannot commit or confirm right now; retry later")]
+    NoQuorum,
+    #[error("the request did not complete in time")]
+    Timeout,
+    #[error("{0}")]
+    Internal(String),
+    #[error("storage: {0}")]
+    Storage(Arc<StorageError>),
+    #[error("lease {0} does not exist or has expired")]
+    LeaseNotFound(u64),
+    #[error("the key does not exist and has no history")]
+    KeyNotFound,
+    /// A write named a revision older than the compaction point.
+    #[error("the requested revision is older than the compaction point {compact_revision}")]
+    Compacted { compact_revision: u64 },
+    #[error("revision {revision} is in the future (current revision is {current})")]
+    FutureRevision { revision: u64, current: u64 },
+    #[error(
+        "the write was retried too late to tell whether its first attempt was applied; \
+         read the key and retry"
+    )]
+    ProposalExpired,
+    /// A watch asked for history that compaction removed.
+    #[error(
+        "revision {from} has been compacted (oldest available is {compact_revision}); \
+         re-list the keys and watch from the list's revision + 1"
+    )]
+    HistoryCompacted { from: u64, compact_revision: u64 },
+}
+
+pub type KvResult<T> = Result<T, KvError>;
+
+impl From<Rejection> for KvError {
+    fn from(rejection: Rejection) -> KvError {
+        match rejection {
+            Rejection::LeaseNotFound(id) => KvError::LeaseNotFound(id),
+            Rejection::KeyNotFound => KvError::KeyNotFound,
+            Rejection::Compacted { compact_revision } => KvError::Compacted { compact_revision },
+            Rejection::FutureRevision { revision, current } => {
+                KvError::FutureRevision { revision, current }
+            }
+            Rejection::ProposalExpired => KvError::ProposalExpired,
+        }
+    }
+}
 
 pub struct Shoal {
     pub node_id: NodeId,
@@ -25,8 +80,10 @@ pub struct Shoal {
     pub hub: Arc<WatchHub>,
     pub committed_index: Arc<AtomicU64>,
     pub started: Instant,
-    pub gossip: Gossip,
-    pub forwarder: Forwarder,
+    /// Membership, gossip and the cluster duties' state.
+    pub cluster: Arc<Cluster>,
+    /// Pooled connections to peers (forwarding to the leader, search fan-out).
+    pub forwarder: Arc<Forwarder>,
     pub linearizer: Arc<Linearizer>,
     /// Writes on their way into a batch (see `propose_batches`).
     pub proposals: mpsc::Sender<Pending>,
@@ -35,18 +92,14 @@ pub struct Shoal {
     pub messaging: Arc<shoal_actors::Messaging>,
     /// Logs and traces received by this node.
     pub logs: shoal_search::Logs,
-    /// Nodes this node removed while leader, not to be re-added at once.
-    pub removals: Arc<crate::cluster::Removals>,
-    /// Lease TTLs as this node measures them (see `leases`).
-    pub lease_timers: Arc<crate::leases::LeaseTimers>,
-    /// Whether this node still refuses votes after starting empty.
-    pub catch_up: Arc<shoal_raft::CatchUp>,
+    /// Lease TTLs as this node measures them (see `lease_timers`).
+    pub lease_timers: Arc<LeaseTimers>,
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.
 pub struct Pending {
     proposal: Proposal,
-    reply: oneshot::Sender<ApiResult<Response>>,
+    reply: oneshot::Sender<KvResult<Response>>,
 }
 
 /// Proposals waiting for a batch; a full queue makes writers wait.
@@ -58,12 +111,8 @@ const MAX_BATCH: usize = 256;
 /// openraft 0.9 handles every client write as an entry of its own (its own
 /// append and replication bookkeeping), so one entry per batch of concurrent
 /// writes is what lets write throughput grow with the number of clients.
-/// Fewer, larger entries went at least as far as more of them in flight
-/// (kv-bench, three nodes, before the leader wrote its log in parallel with
-/// replication: 16 clients 2 854 puts/s with two batches in flight, 3 154
-/// and 3 490 with one; 128 clients about 9 000 to 9 500 either way; after
-/// it, two in flight were within the noise at 16 clients and raised put p99
-/// at 128 from 17.4-19.6 ms to 21.8-24.5 ms).
+/// One batch in flight rather than several: fewer, larger entries go at
+/// least as far, with lower tail latency (figures in bench/README.md).
 pub async fn propose_batches(shoal: Arc<Shoal>, mut queue: mpsc::Receiver<Pending>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -95,13 +144,6 @@ fn proposal_id(at_ms: u64) -> [u8; 16] {
     id
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Shoal {
     fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.settings.request_timeout_ms)
@@ -111,8 +153,8 @@ impl Shoal {
     /// quorum) and applied. Concurrent commands travel together as one Raft
     /// entry (see `propose_batches`). On a follower the entry is forwarded to
     /// the leader; while there is no leader it retries until the request
-    /// timeout. Deterministic rejections become API errors.
-    pub async fn write(&self, command: Command) -> ApiResult<Response> {
+    /// timeout. Deterministic rejections become errors.
+    pub async fn write(&self, command: Command) -> KvResult<Response> {
         let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         let proposal = Proposal {
@@ -122,16 +164,16 @@ impl Shoal {
         };
         let pending = Pending { proposal, reply };
         if self.proposals.send(pending).await.is_err() {
-            return Err(ApiError::unavailable("the node is shutting down"));
+            return Err(KvError::Unavailable("the node is shutting down".into()));
         }
         let result = match tokio::time::timeout(self.request_timeout(), answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ApiError::internal("the proposal was dropped")),
+            Ok(Err(_)) => Err(KvError::Internal("the proposal was dropped".into())),
             Err(_) => Err(self.timed_out()),
         };
         metrics::histogram!("shoal_raft_write_seconds").record(started.elapsed().as_secs_f64());
         match result? {
-            Response::Rejected(rejection) => Err(rejection_error(rejection)),
+            Response::Rejected(rejection) => Err(rejection.into()),
             other => Ok(other),
         }
     }
@@ -144,7 +186,7 @@ impl Shoal {
         metrics::histogram!("shoal_proposal_batch_proposals").record(proposals.len() as f64);
         let count = proposals.len();
         let outcome = match self.write_until(proposals, deadline).await {
-            Ok(responses) if responses.len() != count => Err(ApiError::internal(format!(
+            Ok(responses) if responses.len() != count => Err(KvError::Internal(format!(
                 "{} responses to {count} proposals",
                 responses.len()
             ))),
@@ -170,7 +212,7 @@ impl Shoal {
         &self,
         proposals: Vec<Proposal>,
         deadline: Instant,
-    ) -> ApiResult<Vec<Response>> {
+    ) -> KvResult<Vec<Response>> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -183,7 +225,7 @@ impl Shoal {
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                         forward.leader_node
                     }
-                    Ok(Err(e)) => return Err(ApiError::unavailable(format!("write failed: {e}"))),
+                    Ok(Err(e)) => return Err(KvError::Unavailable(format!("write failed: {e}"))),
                 };
             let Some(leader) = leader else {
                 tokio::time::sleep(NO_LEADER_RETRY.min(left)).await;
@@ -199,7 +241,7 @@ impl Shoal {
                 // Leadership moved, or the leader is gone: ask again.
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {}
                 Ok(Err(e)) => {
-                    return Err(ApiError::unavailable(format!(
+                    return Err(KvError::Unavailable(format!(
                         "write failed on the leader: {e}"
                     )))
                 }
@@ -216,7 +258,7 @@ impl Shoal {
     /// Wait until this node may serve a linearizable read (read-index:
     /// the leader confirms its leadership with a quorum and names the log
     /// index to wait for; this node waits until it has applied it).
-    pub async fn read_barrier(&self, stale: bool) -> ApiResult<()> {
+    pub async fn read_barrier(&self, stale: bool) -> KvResult<()> {
         if stale {
             return Ok(());
         }
@@ -233,7 +275,7 @@ impl Shoal {
                     forward.leader_node
                 }
                 Ok(Err(e)) => {
-                    return Err(ApiError::unavailable(format!(
+                    return Err(KvError::Unavailable(format!(
                         "cannot confirm leadership: {e}"
                     )))
                 }
@@ -243,7 +285,7 @@ impl Shoal {
                     Ok(Ok(read_index)) => break read_index,
                     Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {}
                     Ok(Err(e)) => {
-                        return Err(ApiError::unavailable(format!(
+                        return Err(KvError::Unavailable(format!(
                             "the leader cannot confirm leadership: {e}"
                         )))
                     }
@@ -271,7 +313,7 @@ impl Shoal {
     }
 
     /// A request ran out of time: say whether it is for want of a quorum.
-    fn timed_out(&self) -> ApiError {
+    fn timed_out(&self) -> KvError {
         let metrics = self.raft.metrics().borrow().clone();
         let quorum_lost = match metrics.state {
             ServerState::Leader => metrics
@@ -280,11 +322,9 @@ impl Shoal {
             _ => metrics.current_leader.is_none(),
         };
         if quorum_lost {
-            ApiError::unavailable(
-                "no quorum: the cluster cannot commit or confirm right now; retry later",
-            )
+            KvError::NoQuorum
         } else {
-            ApiError::timeout()
+            KvError::Timeout
         }
     }
 
@@ -292,11 +332,15 @@ impl Shoal {
     pub async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
-    ) -> ApiResult<T> {
+    ) -> KvResult<T> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || work(&store)).await {
-            Ok(result) => Ok(result?),
-            Err(e) => Err(ApiError::internal(format!("read task failed: {e}"))),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "storage error");
+                Err(KvError::Storage(Arc::new(e)))
+            }
+            Err(e) => Err(KvError::Internal(format!("read task failed: {e}"))),
         }
     }
 
@@ -307,26 +351,5 @@ impl Shoal {
 
     pub fn committed(&self) -> u64 {
         self.committed_index.load(Ordering::Relaxed)
-    }
-}
-
-fn rejection_error(rejection: Rejection) -> ApiError {
-    match rejection {
-        Rejection::LeaseNotFound(id) => ApiError::lease_not_found(id),
-        Rejection::KeyNotFound => {
-            ApiError::new(axum::http::StatusCode::NOT_FOUND, "key_not_found", "the key does not exist and has no history")
-        }
-        Rejection::Compacted { compact_revision } => ApiError::new(
-            axum::http::StatusCode::GONE,
-            "compacted",
-            format!("the requested revision is older than the compaction point {compact_revision}"),
-        )
-        .with("compact_revision", serde_json::json!(compact_revision)),
-        Rejection::FutureRevision { revision, current } => {
-            ApiError::invalid_revision(format!("revision {revision} is in the future (current revision is {current})"))
-        }
-        Rejection::ProposalExpired => ApiError::unavailable(
-            "the write was retried too late to tell whether its first attempt was applied; read the key and retry",
-        ),
     }
 }

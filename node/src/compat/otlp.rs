@@ -3,11 +3,9 @@
 //! SDK or Collector exports to Shoal.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,9 +35,8 @@ use shoal_search::{Kind, Logs, Record, SearchError, SpanInfo};
 use tokio::net::TcpListener;
 
 use crate::api::error::ApiError;
-use crate::api::extract::Body;
-use crate::logs::search_error;
-use crate::settings::{OptionalListener, Settings};
+use crate::api::extract::{inflate, Body};
+use crate::settings::Settings;
 
 /// The stream spans go to.
 pub const TRACES_STREAM: &str = "traces";
@@ -414,22 +411,6 @@ impl TraceService for Grpc {
     }
 }
 
-/// Bind an optional listener: a named address must bind; the default one
-/// is skipped with a warning when taken (several nodes on one host).
-pub async fn bind(listener: OptionalListener, what: &str) -> anyhow::Result<Option<TcpListener>> {
-    let Some(addr) = listener.addr else {
-        return Ok(None);
-    };
-    match TcpListener::bind(addr).await {
-        Ok(bound) => Ok(Some(bound)),
-        Err(e) if !listener.explicit => {
-            tracing::warn!(%addr, error = %e, "the default {what} address is taken; {what} is off (set its flag to choose another address)");
-            Ok(None)
-        }
-        Err(e) => Err(e).with_context(|| format!("binding the {what} address {addr}")),
-    }
-}
-
 pub async fn serve_grpc(listener: TcpListener, logs: Logs, max_bytes: usize) {
     use tonic::codec::CompressionEncoding;
     let grpc = Arc::new(Grpc { logs });
@@ -525,23 +506,6 @@ fn read_body(
     Ok((data, encoding))
 }
 
-/// Decompress at most `max_bytes` (a small gzip body can expand enormously).
-pub fn inflate(reader: impl Read, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
-    let mut data = Vec::new();
-    reader
-        .take(max_bytes as u64 + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| ApiError::bad_request(format!("cannot decompress the body: {e}")))?;
-    if data.len() > max_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the decompressed body exceeds {max_bytes} bytes"),
-        ));
-    }
-    Ok(data)
-}
-
 /// Accept what lenient OTLP/JSON senders write but the generated serde
 /// code refuses: times as numbers, and arrays or maps without `values`.
 fn normalize_json(value: &mut Value) {
@@ -612,7 +576,7 @@ fn accept<T: Message + Default + serde::de::DeserializeOwned>(
     state
         .logs
         .check_capacity()
-        .map_err(|e| search_error(e).into_response())?;
+        .map_err(|e| ApiError::from(e).into_response())?;
     let (data, encoding) =
         read_body(headers, body, state.max_bytes).map_err(IntoResponse::into_response)?;
     let request = decode(&data, encoding).map_err(IntoResponse::into_response)?;
@@ -630,7 +594,7 @@ async fn http_logs(
     };
     match export_logs(&state.logs, request).await {
         Ok(outcome) => encode(&logs_response(&outcome), encoding, outcome.rejected > 0),
-        Err(e) => search_error(e).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -645,6 +609,6 @@ async fn http_traces(
     };
     match export_traces(&state.logs, request).await {
         Ok(outcome) => encode(&traces_response(&outcome), encoding, outcome.rejected > 0),
-        Err(e) => search_error(e).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }

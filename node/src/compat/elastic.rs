@@ -14,10 +14,9 @@ use serde_json::{json, Value};
 use shoal_search::record::{self, validate_stream};
 use shoal_search::{Record, SearchError};
 
-use super::error::{ApiError, ApiResult};
-use super::logs::{decompressed, MAX_RECORDS_PER_REQUEST};
-use super::AppState;
-use crate::logs::search_error;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::logs::{decompressed, MAX_RECORDS_PER_REQUEST};
+use crate::api::AppState;
 
 /// The Elasticsearch version Shoal answers as (clients check the major).
 const ES_VERSION: &str = "8.15.0";
@@ -65,7 +64,7 @@ fn es_ingest_error(error: SearchError) -> Response {
             "es_rejected_execution_exception",
             error.to_string(),
         ),
-        other => es_api_error(search_error(other)),
+        other => es_api_error(ApiError::from(other)),
     }
 }
 

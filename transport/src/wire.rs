@@ -1,6 +1,7 @@
 //! Framing and peer authentication for node-to-node TCP connections.
 //!
-//! A frame is a u32 big-endian length, a version byte, then a bincode body.
+//! A frame is a u32 big-endian length, a version byte, then a body encoded
+//! with `shoal_codec`.
 //! Every connection starts with a challenge: the server sends a random
 //! nonce, the client answers HMAC-SHA256(cluster secret, nonce), and the
 //! server answers one byte, 1 (accepted) or 0 (rejected), before any request.
@@ -16,7 +17,8 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const WIRE_VERSION: u8 = 1;
+/// Version 2: typed search requests and answers, typed errors in replies.
+const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted; snapshot chunks and append batches stay far below.
 const MAX_FRAME_BYTES: usize = 64 << 20;
 const NONCE_BYTES: usize = 16;
@@ -140,4 +142,68 @@ pub async fn accept(stream: &mut TcpStream, key: &ClusterKey) -> std::io::Result
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::protocol::{SearchAnswer, SearchCall};
+
+    /// One server accepting one connection with `server_key`; returns the
+    /// client's connect result and whether the server accepted.
+    async fn handshake(server_key: &str, client_key: &str) -> (bool, bool) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server_key = ClusterKey::new(Some(server_key));
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let accepted = accept(&mut stream, &server_key).await.expect("handshake");
+            if accepted {
+                let call: SearchCall = receive(&mut stream).await.expect("request");
+                assert!(matches!(call, SearchCall::Position));
+                send(&mut stream, &SearchAnswer::Position(7))
+                    .await
+                    .expect("reply");
+            }
+            accepted
+        });
+        let client = match connect(&addr, &ClusterKey::new(Some(client_key))).await {
+            Ok(mut stream) => {
+                send(&mut stream, &SearchCall::Position)
+                    .await
+                    .expect("send");
+                let answer: SearchAnswer = receive(&mut stream).await.expect("receive");
+                assert!(matches!(answer, SearchAnswer::Position(7)));
+                true
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+                false
+            }
+        };
+        (client, server.await.expect("server task"))
+    }
+
+    #[tokio::test]
+    async fn peers_with_the_same_secret_talk_and_others_are_refused() {
+        assert_eq!(handshake("secret", "secret").await, (true, true));
+        assert_eq!(handshake("secret", "other").await, (false, false));
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_another_wire_version_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let writer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            // Length 2 (version byte + one body byte), version 1.
+            stream.write_all(&[0, 0, 0, 2, 1, 0]).await.expect("write");
+        });
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let error = read_frame(&mut stream).await.expect_err("old version");
+        assert!(error.to_string().contains("unknown wire version 1"));
+        writer.await.expect("writer task");
+    }
 }

@@ -11,11 +11,11 @@ use serde_json::{json, Map, Value};
 use shoal_search::record::{self, now_nanos};
 use shoal_search::{AggregateRequest, Hit, Kind, KindFilter, SearchOrder, SearchRequest};
 
-use super::error::{ApiError, ApiResult};
-use super::extract::Params;
-use super::logs::{fetch_traces, parse_duration};
-use super::AppState;
-use crate::logs;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::Params;
+use crate::api::logs::{fetch_traces, parse_duration};
+use crate::api::AppState;
+use crate::services::logs;
 
 /// Traces one `/api/traces` search returns by default, and at most.
 const DEFAULT_TRACES: u64 = 20;

@@ -1,0 +1,119 @@
+//! The command-line interface: the `shoal` command's arguments and the
+//! client subcommands (`kv`, `lease`, `cluster`, `pub`, `sub`, `logs`,
+//! `status`), which talk to a node over its public HTTP API like any other
+//! client. It owns argument parsing and output formatting; it must not
+//! depend on the node's internals (services, `cluster/`, the HTTP layer),
+//! only on `settings` for the flags of `serve` and `dev`.
+
+mod client;
+mod logs;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::NodeArgs;
+use client::{ClientArgs, ClusterCommand, KvCommand, LeaseCommand};
+use logs::LogsCommand;
+
+/// Shoal: a self-contained backbone for service clusters.
+///
+/// Start a node with `shoal dev` (single node, data in ./shoal-data, API on
+/// http://127.0.0.1:7700), then use `shoal kv` against it.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node. Every setting is a flag, an environment variable
+    /// (SHOAL_...) or a key in the --config TOML file, in that order.
+    Serve(NodeArgs),
+    /// Run a single self-bootstrapping node for development, with the same
+    /// flags as `serve` and the same defaults (data in ./shoal-data).
+    Dev(NodeArgs),
+    /// Read and write configuration keys.
+    Kv {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Grant, keep alive and revoke leases.
+    Lease {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+    /// Inspect cluster membership, or make a node leave.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Publish a message to a topic (from standard input when MESSAGE is omitted).
+    Pub {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Topic, dot-separated (e.g. orders.created).
+        topic: String,
+        message: Option<String>,
+        /// Content type of the message.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// A message header NAME=VALUE (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+    },
+    /// Print messages on topics matching PATTERN as they arrive, one per line
+    /// (`*` matches one token, `>` the rest; --json prints whole envelopes).
+    Sub {
+        #[command(flatten)]
+        client: ClientArgs,
+        pattern: String,
+        /// Join this queue group: each message goes to one member of the group.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Ship, search and tail logs and traces (`shoal logs --help`).
+    Logs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
+    /// Show a node's status: Raft role, term, leader, indexes, revision.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Run a client subcommand (`serve` and `dev` are run by `main`).
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) | Command::Dev(_) => {
+            anyhow::bail!("serve and dev run a node, not a client command")
+        }
+        Command::Kv { client, command } => client::kv(client, command).await,
+        Command::Lease { client, command } => client::lease(client, command).await,
+        Command::Cluster { client, command } => client::cluster(client, command).await,
+        Command::Status { client } => client::status(client).await,
+        Command::Logs { client, command } => logs::run(client, command).await,
+        Command::Pub {
+            client,
+            topic,
+            message,
+            content_type,
+            headers,
+        } => client::publish(client, topic, message, content_type, headers).await,
+        Command::Sub {
+            client,
+            pattern,
+            queue,
+        } => client::subscribe(client, pattern, queue).await,
+    }
+}

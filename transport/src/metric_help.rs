@@ -1,0 +1,12 @@
+//! Help text and units of the metrics this crate records.
+
+use metrics::{describe_counter, Unit};
+
+/// Register the help text of this crate's metrics with the installed recorder.
+pub fn describe_metrics() {
+    describe_counter!(
+        "shoal_rpc_rejected_peers_total",
+        Unit::Count,
+        "Node-to-node connections closed because the peer did not know the cluster secret."
+    );
+}

@@ -1,0 +1,107 @@
+//! The RPC server: accepts peers that know the cluster secret and answers
+//! their requests one at a time per connection, Raft's with Raft and the
+//! rest with the handlers the node supplies in [`PeerServices`].
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use shoal_raft::{
+    local_replication, vote_unless_catching_up, CatchUp, Linearizer, MembershipError, NodeId, Raft,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall};
+use crate::wire::{self, ClusterKey};
+
+/// Takes the message frames peers send (the node's topic router).
+pub type MessageInbox = Arc<dyn Fn(&[u8]) -> Result<usize, RemoteError> + Send + Sync>;
+
+/// Answers peers' search requests (the node's log engine).
+pub type SearchHandler =
+    Arc<dyn Fn(SearchCall) -> BoxFuture<'static, Result<SearchAnswer, RemoteError>> + Send + Sync>;
+
+/// Removes a node from the membership on the leader's behalf (the node's
+/// cluster logic, which also remembers the removal).
+pub type RemoveHandler =
+    Arc<dyn Fn(NodeId) -> BoxFuture<'static, Result<(), MembershipError>> + Send + Sync>;
+
+/// What a node serves to its peers besides Raft.
+#[derive(Clone)]
+pub struct PeerServices {
+    /// Whether this node is still catching up after starting empty.
+    pub catch_up: Arc<CatchUp>,
+    pub messages: MessageInbox,
+    pub search: SearchHandler,
+    pub remove_node: RemoveHandler,
+}
+
+/// Serve peers until the listener fails. Connections that do not know the
+/// cluster secret are closed after the handshake.
+pub async fn serve_rpc(
+    listener: TcpListener,
+    raft: Raft,
+    linearizer: Arc<Linearizer>,
+    key: ClusterKey,
+    services: PeerServices,
+) {
+    let key = Arc::new(key);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "rpc accept failed");
+                continue;
+            }
+        };
+        let (raft, linearizer, key, services) = (
+            raft.clone(),
+            linearizer.clone(),
+            key.clone(),
+            services.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, raft, linearizer, &key, services).await {
+                tracing::debug!(%peer, error = %e, "rpc connection closed");
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    raft: Raft,
+    linearizer: Arc<Linearizer>,
+    key: &ClusterKey,
+    services: PeerServices,
+) -> std::io::Result<()> {
+    if !wire::accept(&mut stream, key).await? {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::warn!(%peer, "rejected a peer with the wrong cluster secret");
+        metrics::counter!("shoal_rpc_rejected_peers_total").increment(1);
+        return Ok(());
+    }
+    loop {
+        let request: Request = wire::receive(&mut stream).await?;
+        let reply = match request {
+            Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
+            Request::Vote(rpc) => {
+                Reply::Vote(vote_unless_catching_up(&raft, &services.catch_up, rpc).await)
+            }
+            Request::InstallSnapshot(rpc) => {
+                Reply::InstallSnapshot(raft.install_snapshot(rpc).await)
+            }
+            Request::ClientWrite(proposals) => {
+                Reply::ClientWrite(raft.client_write(proposals).await.map(|r| r.data))
+            }
+            Request::ReadIndex => Reply::ReadIndex(linearizer.read_index().await),
+            Request::Replication => Reply::Replication(local_replication(&raft)),
+            Request::RemoveNode(id) => Reply::RemoveNode((services.remove_node)(id).await),
+            Request::Messages(frame) => Reply::Messages((services.messages)(&frame)),
+            Request::Search(call) => Reply::Search((services.search)(call).await),
+        };
+        wire::send(&mut stream, &reply).await?;
+    }
+}
