@@ -4,12 +4,31 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+
+/// A WebSocket upgrade; a request that is not one is answered 400
+/// `bad_request` in JSON like every other malformed request (axum's own
+/// rejection is plain text).
+pub struct Upgrade(pub WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map(Upgrade)
+            .map_err(|e| {
+                ApiError::bad_request(format!("this route takes a WebSocket upgrade: {e}"))
+            })
+    }
+}
 
 /// Query parameters, read by name with explicit parsing and error messages.
 pub struct Params(HashMap<String, String>);

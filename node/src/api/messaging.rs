@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Body, JsonBody, Params};
+use super::extract::{Body, JsonBody, Params, Upgrade};
 use crate::services::shoal::Shoal;
 
 /// Most messages in one publish batch.
@@ -399,7 +399,7 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
 pub async fn websocket(
     State(shoal): State<Arc<Shoal>>,
     params: Params,
-    upgrade: WebSocketUpgrade,
+    Upgrade(upgrade): Upgrade,
 ) -> ApiResult<Response> {
     let raw = match params.string("format") {
         None | Some("json") => false,
@@ -466,7 +466,7 @@ async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bo
 pub async fn publish_socket(
     State(shoal): State<Arc<Shoal>>,
     params: Params,
-    upgrade: WebSocketUpgrade,
+    Upgrade(upgrade): Upgrade,
 ) -> ApiResult<Response> {
     let topic = params.string("topic").map(str::to_string);
     if let Some(topic) = &topic {
