@@ -128,3 +128,80 @@ pub fn router(app: AppState) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), api::observe))
         .with_state(app)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// (path, method) of every `.route(...)` in this file's source. The
+    /// route table is read from the source because a built axum `Router`
+    /// does not list its routes.
+    fn routes_in_source() -> BTreeSet<(String, String)> {
+        let source = include_str!("routes.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        let mut routes = BTreeSet::new();
+        for call in source.split(".route(").skip(1) {
+            let mut depth = 1;
+            let end = call
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map_or(call.len(), |(i, _)| i);
+            let call = &call[..end];
+            let path = call
+                .split('"')
+                .nth(1)
+                .expect("a route path literal")
+                .to_string();
+            // Methods are `get(`, `.put(`, ... at the start of the handler
+            // expression or after a dot (not inside `api::kv::get`).
+            let handlers = call.split_once(',').map_or("", |(_, rest)| rest);
+            for method in ["get", "post", "put", "delete", "head", "patch"] {
+                let called = format!("{method}(");
+                let mut rest = handlers;
+                while let Some(at) = rest.find(&called) {
+                    let before = rest[..at].trim_end().chars().last();
+                    if matches!(before, None | Some('.') | Some(',')) {
+                        routes.insert((path.clone(), method.to_string()));
+                    }
+                    rest = &rest[at + called.len()..];
+                }
+            }
+        }
+        routes
+    }
+
+    /// The OpenAPI document lists exactly the routes the router serves:
+    /// a route added or removed without its documentation fails here (the
+    /// API fuzz test in tests/ checks the answers against the document).
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_served() {
+        let document: serde_json::Value =
+            serde_json::from_str(include_str!("api/openapi.json")).expect("openapi.json is JSON");
+        let mut documented = BTreeSet::new();
+        for (path, operations) in document["paths"].as_object().expect("paths") {
+            // The document names a catch-all `{*key}` parameter `{key}`.
+            let path = path.replace("{key}", "{*key}");
+            for method in operations.as_object().expect("operations").keys() {
+                if method != "parameters" {
+                    documented.insert((path.clone(), method.clone()));
+                }
+            }
+        }
+        let served = routes_in_source();
+        assert!(served.len() > 40, "the route parser found only {served:?}");
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not in openapi.json: {undocumented:?}\n\
+             in openapi.json but not served: {unserved:?}"
+        );
+    }
+}
