@@ -424,7 +424,15 @@ async fn run(
     let api = target.api.clone();
     let base = Instant::now();
     let control = http_client(Some(Duration::from_secs(10)))?;
-    let writer = http_client(Some(Duration::from_secs(15)))?;
+    // Writes go through Shoal's Rust client; the watches stay raw SSE (the
+    // bench times each event from the socket read, counts keepalive comments
+    // and checks SSE ids, and must see every dropped stream, which the
+    // client's resuming watch would hide).
+    let writer = shoal_client::Client::builder()
+        .endpoint(api.as_str())
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
     let watch_client = http_client(None)?;
     let spawn = Spawn {
         client: watch_client,
@@ -505,11 +513,10 @@ async fn run(
     let write_started = Instant::now();
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency.max(1) {
-        let (next, sink, client, api, lat, failures) = (
+        let (next, sink, client, lat, failures) = (
             next.clone(),
             key_sink.clone(),
             writer.clone(),
-            api.clone(),
             put_latencies.clone(),
             failures.clone(),
         );
@@ -519,34 +526,15 @@ async fn run(
                 if seq >= sink.target.len() {
                     return;
                 }
-                let url = format!("{api}/v1/kv/bench/w/{}", sink.target[seq]);
+                let key = format!("bench/w/{}", sink.target[seq]);
                 let sent = Instant::now();
                 sink.sent_at[seq].store(nanos(sink.base, sent), Ordering::Release);
-                let result = client.put(&url).body(seq.to_string()).send().await;
+                let result = client.put(&key, seq.to_string()).await;
                 let took = sent.elapsed();
                 match result {
-                    Ok(resp) if resp.status().is_success() => {
+                    Ok(answer) => {
                         lat.lock().unwrap().push(took.as_nanos() as u64);
-                        match resp
-                            .json::<serde_json::Value>()
-                            .await
-                            .ok()
-                            .and_then(|v| v["revision"].as_u64())
-                        {
-                            Some(rev) => sink.put_rev[seq].store(rev, Ordering::Relaxed),
-                            None => failures
-                                .add("PUT response without revision", format!("write {seq}")),
-                        }
-                    }
-                    Ok(resp) => {
-                        let status = resp.status();
-                        failures.add(
-                            "PUT failed",
-                            format!(
-                                "write {seq}: HTTP {status}: {}",
-                                resp.text().await.unwrap_or_default()
-                            ),
-                        )
+                        sink.put_rev[seq].store(answer.revision, Ordering::Relaxed);
                     }
                     Err(e) => failures.add("PUT failed", format!("write {seq}: {}", chain(&e))),
                 }
@@ -725,29 +713,10 @@ async fn run(
         for i in 0..fw {
             let sent = Instant::now();
             fan.sent_at[i].store(nanos(base, sent), Ordering::Release);
-            let resp = writer
-                .put(format!("{api}/v1/kv/{FAN_KEY}"))
-                .body(format!("f{i}"))
-                .send()
-                .await;
-            match resp {
-                Ok(resp) if resp.status().is_success() => {
+            match writer.put(FAN_KEY, format!("f{i}")).await {
+                Ok(answer) => {
                     fan_put.push(sent.elapsed().as_nanos() as u64);
-                    if let Some(rev) = resp
-                        .json::<serde_json::Value>()
-                        .await
-                        .ok()
-                        .and_then(|v| v["revision"].as_u64())
-                    {
-                        fan.put_rev[i].store(rev, Ordering::Relaxed);
-                    }
-                }
-                Ok(resp) => {
-                    failures.add(
-                        "PUT failed",
-                        format!("fan write {i}: HTTP {}", resp.status()),
-                    );
-                    continue;
+                    fan.put_rev[i].store(answer.revision, Ordering::Relaxed);
                 }
                 Err(e) => {
                     failures.add("PUT failed", format!("fan write {i}: {}", chain(&e)));
@@ -908,11 +877,7 @@ async fn run(
     );
     if remaining > baseline && args.fanout > 0 {
         // Does a matching write release the registrations of closed connections?
-        let _ = writer
-            .put(format!("{api}/v1/kv/{FAN_KEY}"))
-            .body("probe")
-            .send()
-            .await;
+        let _ = writer.put(FAN_KEY, "probe").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after_probe = watchers(&control, &api).await?;
         report.row(

@@ -25,7 +25,8 @@ const MAX_ERROR_TEXT: usize = 512;
 /// moves on to the next endpoint in the list. Requests that could apply
 /// twice (transactions, compare-and-set writes, lease grants, publishes,
 /// log ingest) only move on when the connection was refused, i.e. when the
-/// first endpoint surely never saw them.
+/// first endpoint surely never saw them. With a single endpoint every
+/// request is sent exactly once.
 #[derive(Clone, Debug)]
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
@@ -318,19 +319,21 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
 }
 
 /// The error of a non-2xx answer, from Shoal's `{"error": {...}}` body when
-/// it has one.
+/// it has one. The status alone is already the server's answer: if the body
+/// breaks off, the error is still [`Error::Api`] with that status (code
+/// `http_{status}`), not a transport error, so a definite refusal (`4xx`)
+/// stays recognizable as one.
 pub(crate) async fn api_error(response: reqwest::Response, endpoint: &str) -> Error {
     let status = response.status().as_u16();
-    let bytes = match response.bytes().await {
-        Ok(bytes) => bytes,
-        Err(source) => {
-            return Error::Transport {
-                endpoint: endpoint.to_string(),
-                source,
-            }
-        }
-    };
-    error_from_body(status, &bytes)
+    match response.bytes().await {
+        Ok(bytes) => error_from_body(status, &bytes),
+        Err(source) => Error::Api {
+            status,
+            code: format!("http_{status}"),
+            message: format!("the error body from {endpoint} could not be read: {source}"),
+            details: Map::new(),
+        },
+    }
 }
 
 /// Parses `{"error": {"code", "message", ...}}`; anything else becomes a

@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use shoal_client::{
+    Client, Compare, CompareOp, Consistency, Error, ListOptions, PutOptions, Txn, TxnOp,
+};
 
 use crate::cluster::api_url;
 use crate::history::Outcome;
@@ -53,8 +56,18 @@ impl<T> Reply<T> {
     }
 }
 
+/// The API as the workloads use it. Key/value, transaction and lease
+/// operations go through `shoal_client`, one client per node with that node
+/// as its only endpoint: the workload chooses the node, and a client with a
+/// single endpoint sends every request exactly once (no failover, no
+/// retries), so each reply says what happened on that node. The watch
+/// stream, the long-poll reference read and `/v1/status` stay raw HTTP (the
+/// watch workload checks the SSE stream itself: ids, resumption with
+/// `Last-Event-ID`, duplicates, which the client's resuming stream hides).
 #[derive(Clone)]
 pub struct Api {
+    /// `nodes[i]` talks to node `i` only.
+    nodes: Vec<Client>,
     http: reqwest::Client,
     /// No overall timeout: watch streams last.
     stream_http: reqwest::Client,
@@ -105,12 +118,67 @@ pub fn decode(b64: &str) -> String {
     }
 }
 
-fn error_code(body: &Value) -> String {
-    body["error"]["code"].as_str().unwrap_or("?").to_string()
+/// The server's error code of an error answer (`?` if it has none).
+fn error_code(error: &Error) -> &str {
+    error.code().unwrap_or("?")
+}
+
+/// Classifies a failed request with side effects: a `4xx` answer is a
+/// definite failure, and so is a connection refused before anything was
+/// sent; anything else (timeout, broken connection, `5xx`, a `200` whose
+/// body cannot be read) may have been applied.
+fn mutation_failed<T>(error: Error) -> Reply<T> {
+    match &error {
+        Error::Transport { source, .. } if source.is_connect() => {
+            Reply::fail(format!("connect: {source}"))
+        }
+        Error::Transport { source, .. } if source.is_timeout() => {
+            Reply::info("client timeout".into())
+        }
+        Error::Transport { source, .. } => Reply::info(format!("request: {source}")),
+        _ => match error.status() {
+            Some(status @ 400..=499) => Reply::fail(format!("{status} {}", error_code(&error))),
+            Some(status) => Reply::info(format!("{status} {}", error_code(&error))),
+            // A 200 whose body is not the expected answer.
+            None if matches!(error, Error::Decode { .. }) => {
+                Reply::info(format!("200 with an unreadable body: {error}"))
+            }
+            // Nothing else happens to a unary request; if it did, whether the
+            // request was applied would be unknown.
+            None => Reply::info(error.to_string()),
+        },
+    }
+}
+
+/// Describes a failed read (reads have no side effects: always a failure).
+fn read_failed<T>(error: Error) -> Reply<T> {
+    Reply::fail(match &error {
+        Error::Transport { source, .. } if source.is_timeout() => "client timeout".into(),
+        Error::Transport { source, .. } => format!("request: {source}"),
+        _ => match error.status() {
+            Some(status) => format!("{status} {}", error_code(&error)),
+            None => format!("200: {error}"),
+        },
+    })
+}
+
+/// Bytes we wrote ourselves (ASCII) as text.
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 impl Api {
-    pub fn new() -> Result<Api> {
+    /// Clients for nodes `0..n`.
+    pub fn new(n: usize) -> Result<Api> {
+        let nodes = (0..n)
+            .map(|node| {
+                Client::builder()
+                    .endpoint(api_url(node))
+                    .timeout(OP_TIMEOUT)
+                    .connect_timeout(Duration::from_millis(1000))
+                    .build()
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(OP_TIMEOUT)
@@ -120,99 +188,51 @@ impl Api {
             .no_proxy()
             .connect_timeout(Duration::from_millis(1000))
             .build()?;
-        Ok(Api { http, stream_http })
-    }
-
-    /// Classifies the reply of a request with side effects: a 4xx is a
-    /// definite failure, a connection refused before sending is too;
-    /// anything else that is not a 200 may have been applied.
-    async fn mutate(&self, req: reqwest::RequestBuilder) -> std::result::Result<Value, Reply<()>> {
-        match req.send().await {
-            Err(e) if e.is_connect() => Err(Reply::fail(format!("connect: {e}"))),
-            Err(e) if e.is_timeout() => Err(Reply::info("client timeout".into())),
-            Err(e) => Err(Reply::info(format!("request: {e}"))),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let body: std::result::Result<Value, _> = resp.json().await;
-                match (status, body) {
-                    (200, Ok(body)) => Ok(body),
-                    (200, Err(e)) => Err(Reply::info(format!("200 with an unreadable body: {e}"))),
-                    (400..=499, Ok(body)) => {
-                        Err(Reply::fail(format!("{status} {}", error_code(&body))))
-                    }
-                    (400..=499, Err(_)) => Err(Reply::fail(format!("{status}"))),
-                    (_, Ok(body)) => Err(Reply::info(format!("{status} {}", error_code(&body)))),
-                    (_, Err(_)) => Err(Reply::info(format!("{status}"))),
-                }
-            }
-        }
+        Ok(Api {
+            nodes,
+            http,
+            stream_http,
+        })
     }
 
     /// Linearizable read: `Some(value)`, or `None` if the key does not exist.
     /// Reads have no side effects, so every error is a plain failure.
     pub async fn read(&self, node: usize, key: &str) -> Reply<Option<String>> {
-        let resp = match self
-            .http
-            .get(format!("{}/v1/kv/{key}", api_url(node)))
-            .send()
+        match self.nodes[node]
+            .get_with(key, Consistency::Linearizable)
             .await
         {
-            Ok(resp) => resp,
-            Err(e) => {
-                return Reply::fail(if e.is_timeout() {
-                    "client timeout".into()
-                } else {
-                    format!("request: {e}")
-                })
+            Ok(Some(answer)) => {
+                Reply::ok(Some(Some(text(&answer.kv.value))), Some(answer.revision))
             }
-        };
-        let status = resp.status().as_u16();
-        match (status, resp.json::<Value>().await) {
-            (200, Ok(body)) => match body["kv"]["value"].as_str() {
-                Some(v) => Reply::ok(Some(Some(decode(v))), body["revision"].as_u64()),
-                None => Reply::fail(format!("200 without a value: {body}")),
-            },
-            (404, Ok(body)) if error_code(&body) == "key_not_found" => Reply::ok(Some(None), None),
-            (_, Ok(body)) => Reply::fail(format!("{status} {}", error_code(&body))),
-            (_, Err(e)) => Reply::fail(format!("{status}: {e}")),
+            Ok(None) => Reply::ok(Some(None), None),
+            Err(e) => read_failed(e),
         }
     }
 
     /// `PUT /v1/kv/{key}`; returns the write's revision.
     pub async fn write(&self, node: usize, key: &str, value: &str) -> Reply<()> {
-        let req = self
-            .http
-            .put(format!("{}/v1/kv/{key}", api_url(node)))
-            .body(value.to_string());
-        match self.mutate(req).await {
-            Ok(body) => Reply::ok(None, body["revision"].as_u64()),
-            Err(r) => r,
+        match self.nodes[node].put(key, value).await {
+            Ok(answer) => Reply::ok(None, Some(answer.revision)),
+            Err(e) => mutation_failed(e),
         }
     }
 
     /// Compare-and-set by value through `POST /v1/txn`. `succeeded: false`
     /// is a definite failure (error `compare_failed`).
     pub async fn cas(&self, node: usize, key: &str, old: &str, new: &str) -> Reply<()> {
-        let body = json!({
-            "compare": [{"key": key, "target": "value", "op": "=", "value": B64.encode(old)}],
-            "success": [{"put": {"key": key, "value": B64.encode(new)}}],
-        });
-        let req = self
-            .http
-            .post(format!("{}/v1/txn", api_url(node)))
-            .json(&body);
-        match self.mutate(req).await {
-            Ok(body) => match body["succeeded"].as_bool() {
-                Some(true) => Reply::ok(None, body["revision"].as_u64()),
-                Some(false) => Reply {
-                    outcome: Outcome::Fail,
-                    value: None,
-                    revision: body["revision"].as_u64(),
-                    error: Some("compare_failed".into()),
-                },
-                None => Reply::info(format!("txn reply without `succeeded`: {body}")),
+        let txn = Txn::new()
+            .when([Compare::value(key, CompareOp::Equal, old)])
+            .and_then([TxnOp::put(key, new)]);
+        match self.nodes[node].txn(&txn).await {
+            Ok(answer) if answer.succeeded => Reply::ok(None, Some(answer.revision)),
+            Ok(answer) => Reply {
+                outcome: Outcome::Fail,
+                value: None,
+                revision: Some(answer.revision),
+                error: Some("compare_failed".into()),
             },
-            Err(r) => r,
+            Err(e) => mutation_failed(e),
         }
     }
 
@@ -224,114 +244,69 @@ impl Api {
         value: &str,
         lease: u64,
     ) -> Reply<()> {
-        let req = self
-            .http
-            .put(format!("{}/v1/kv/{key}", api_url(node)))
-            .query(&[("lease", lease)])
-            .body(value.to_string());
-        match self.mutate(req).await {
-            Ok(body) => Reply::ok(None, body["revision"].as_u64()),
-            Err(r) => r,
+        let options = PutOptions {
+            lease: Some(lease),
+            ..PutOptions::default()
+        };
+        match self.nodes[node].put_with(key, value, &options).await {
+            Ok(answer) => Reply::ok(None, Some(answer.revision)),
+            Err(e) => mutation_failed(e),
         }
     }
 
-    /// `POST /v1/leases`: the new lease's id.
+    /// `POST /v1/leases`: the new lease's id. An answer without an id is
+    /// indeterminate: a lease was granted, but we do not know which.
     pub async fn lease_grant(&self, node: usize, ttl_seconds: u64) -> Reply<u64> {
-        let req = self
-            .http
-            .post(format!("{}/v1/leases", api_url(node)))
-            .json(&json!({"ttl_seconds": ttl_seconds}));
-        match self.mutate(req).await {
-            Ok(body) => match body["id"].as_u64() {
-                Some(id) => Reply::ok(Some(id), None),
-                // It was granted, but we do not know which lease it is.
-                None => Reply::info(format!("grant reply without an id: {body}")),
-            },
-            Err(r) => Reply {
-                outcome: r.outcome,
-                value: None,
-                revision: None,
-                error: r.error,
-            },
+        match self.nodes[node].lease_grant(ttl_seconds).await {
+            Ok(lease) => Reply::ok(Some(lease.id), None),
+            Err(e) => mutation_failed(e),
         }
     }
 
     /// `POST /v1/leases/{id}/keepalive`. A lease that is gone answers 404
     /// `lease_not_found` (a definite failure).
     pub async fn lease_keepalive(&self, node: usize, id: u64) -> Reply<()> {
-        let req = self
-            .http
-            .post(format!("{}/v1/leases/{id}/keepalive", api_url(node)));
-        match self.mutate(req).await {
+        match self.nodes[node].lease_keepalive(id).await {
             Ok(_) => Reply::ok(None, None),
-            Err(r) => r,
+            Err(e) => mutation_failed(e),
         }
     }
 
     /// `DELETE /v1/leases/{id}`: revokes the lease and deletes its keys.
     pub async fn lease_revoke(&self, node: usize, id: u64) -> Reply<()> {
-        let req = self
-            .http
-            .delete(format!("{}/v1/leases/{id}", api_url(node)));
-        match self.mutate(req).await {
-            Ok(body) => Reply::ok(None, body["revision"].as_u64()),
-            Err(r) => r,
+        match self.nodes[node].lease_revoke(id).await {
+            Ok(answer) => Reply::ok(None, Some(answer.revision)),
+            Err(e) => mutation_failed(e),
         }
     }
 
     /// Every live lease as (id, remaining ms), `GET /v1/leases` (linearizable).
     pub async fn leases(&self, node: usize) -> Result<Vec<(u64, u64)>> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/leases", api_url(node)))
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await?;
-        if status != 200 {
-            bail!("lease list on node {node}: {status} {body}");
-        }
-        let Some(leases) = body["leases"].as_array() else {
-            bail!("lease list on node {node} without `leases`: {body}");
-        };
-        Ok(leases
-            .iter()
-            .map(|l| {
-                (
-                    l["id"].as_u64().unwrap_or(0),
-                    l["remaining_ms"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect())
+        let leases = self.nodes[node]
+            .lease_list()
+            .await
+            .with_context(|| format!("lease list on node {node}"))?;
+        Ok(leases.iter().map(|l| (l.id, l.remaining_ms)).collect())
     }
 
     /// Every key/value under `prefix` (linearizable list, paginated).
     pub async fn list(&self, node: usize, prefix: &str) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        let mut after: Option<String> = None;
+        let mut options = ListOptions {
+            limit: Some(1000),
+            ..ListOptions::default()
+        };
         loop {
-            let mut req = self
-                .http
-                .get(format!("{}/v1/kv", api_url(node)))
-                .query(&[("prefix", prefix), ("limit", "1000")]);
-            if let Some(a) = &after {
-                req = req.query(&[("after", a.as_str())]);
-            }
-            let resp = req.send().await?;
-            let status = resp.status().as_u16();
-            let body: Value = resp.json().await?;
-            if status != 200 {
-                bail!("list on node {node}: {status} {body}");
-            }
-            for kv in body["kvs"].as_array().into_iter().flatten() {
-                let key = kv["key"].as_str().unwrap_or("?").to_string();
-                out.push((key, kv["value"].as_str().map(decode).unwrap_or_default()));
-            }
-            if body["more"].as_bool() != Some(true) {
+            let page = self.nodes[node]
+                .list(prefix, &options)
+                .await
+                .with_context(|| format!("list on node {node}"))?;
+            out.extend(page.kvs.iter().map(|kv| (kv.key.clone(), text(&kv.value))));
+            if !page.more {
                 return Ok(out);
             }
-            match body["next_after"].as_str() {
-                Some(next) => after = Some(next.to_string()),
+            match page.next_after {
+                Some(next) => options.after = Some(next),
                 None => bail!("list on node {node}: more=true without next_after"),
             }
         }
@@ -342,18 +317,15 @@ impl Api {
     pub async fn poll_all(&self, node: usize, prefix: &str) -> Result<Vec<Batch>> {
         // Long-polls read the node's local state: first make it catch up with
         // the leader's commit index through a linearizable (read-index) list.
-        let barrier = self
-            .http
-            .get(format!("{}/v1/kv", api_url(node)))
-            .query(&[("prefix", prefix), ("limit", "1"), ("keys_only", "true")])
-            .send()
-            .await?;
-        if barrier.status().as_u16() != 200 {
-            bail!(
-                "linearizable list on node {node} before the poll: {}",
-                barrier.status()
-            );
-        }
+        let barrier = ListOptions {
+            limit: Some(1),
+            keys_only: true,
+            ..ListOptions::default()
+        };
+        self.nodes[node]
+            .list(prefix, &barrier)
+            .await
+            .with_context(|| format!("linearizable list on node {node} before the poll"))?;
         let mut out = Vec::new();
         let mut from = 1u64;
         loop {

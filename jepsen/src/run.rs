@@ -777,7 +777,7 @@ async fn drive(
     )?;
     let rec = Recorder::create(&dir.join("history.jsonl"), clock)?;
     let ctx = Ctx {
-        api: Api::new()?,
+        api: Api::new(cluster.n)?,
         rec: rec.clone(),
         n: cluster.n,
         stop: Arc::new(AtomicBool::new(false)),

@@ -17,9 +17,10 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-
-use crate::http::{encode_key, kv_value, num, text, Reply};
+use shoal_client::{Consistency, KeyValue, ListOptions};
 use shoal_testkit::ClusterPlan;
+
+use crate::http::{num, Reply};
 
 use crate::node::{Node, NodeBuilder};
 use crate::wait_for;
@@ -546,47 +547,51 @@ impl Cluster {
 
     /// Every key under `prefix` that node `i` holds, read locally
     /// (`consistency=stale`), as key -> (value, mod_revision); `Err` if the
-    /// node does not answer 200.
+    /// node does not answer.
     pub async fn stale_kvs(
         &self,
         i: usize,
         prefix: &str,
     ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, String> {
-        let mut map = BTreeMap::new();
-        let mut after: Option<String> = None;
+        let kvs = self.list_kvs(i, prefix, Consistency::Stale).await?;
+        Ok(kvs
+            .into_iter()
+            .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
+            .collect())
+    }
+
+    /// Every key under `prefix` on node `i` (and only node `i`), page after
+    /// page, with this read consistency; `Err` if the node is down or does
+    /// not answer (10 s per page).
+    pub async fn list_kvs(
+        &self,
+        i: usize,
+        prefix: &str,
+        consistency: Consistency,
+    ) -> Result<Vec<KeyValue>, String> {
+        let mut kvs = Vec::new();
+        let mut options = ListOptions {
+            limit: Some(1000),
+            consistency,
+            ..ListOptions::default()
+        };
         loop {
-            let mut path = format!(
-                "/v1/kv?prefix={}&limit=1000&consistency=stale",
-                encode_key(prefix)
-            );
-            if let Some(after) = &after {
-                path.push_str(&format!("&after={}", encode_key(after)));
-            }
             if !self.nodes[i].is_up() {
                 return Err(format!("node {i} is not running"));
             }
-            let reply = self.nodes[i]
-                .try_request(Method::GET, &path, Duration::from_secs(10))
-                .await?;
-            if reply.status != StatusCode::OK {
-                return Err(format!("list on node {i}: {}", reply.describe()));
+            let page = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.nodes[i].api().list(prefix, &options),
+            )
+            .await
+            .map_err(|_| format!("list on node {i}: no answer within 10 s"))?
+            .map_err(|e| format!("list on node {i}: {e}"))?;
+            kvs.extend(page.kvs);
+            match (page.more, page.next_after) {
+                (false, _) => return Ok(kvs),
+                (true, Some(after)) => options.after = Some(after),
+                (true, None) => return Err(format!("list on node {i}: more without next_after")),
             }
-            let kvs = reply.body["kvs"].as_array().ok_or_else(|| {
-                format!(
-                    "list on node {i}: kvs is not an array: {}",
-                    reply.describe()
-                )
-            })?;
-            for kv in kvs {
-                map.insert(
-                    text(kv, "/key").to_string(),
-                    (kv_value(kv), num(kv, "/mod_revision")),
-                );
-            }
-            if reply.body["more"] != Value::Bool(true) {
-                return Ok(map);
-            }
-            after = Some(text(&reply.body, "/next_after").to_string());
         }
     }
 

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use shoal_client::Consistency;
+
 use crate::*;
 
 /// Convergence deadline: formation, failover, catch-up, membership changes.
@@ -17,57 +19,41 @@ pub fn others(cluster: &Cluster, except: &[usize]) -> Vec<usize> {
     (0..cluster.len()).filter(|i| !except.contains(i)).collect()
 }
 
-/// `PUT` through node `i`, asserting 200; returns the revision.
+/// `PUT` through node `i` (and only node `i`) within [`WRITE_TIMEOUT`];
+/// returns the revision, or `Err` describing the error or the silence.
+pub async fn try_put(cluster: &Cluster, i: usize, key: &str, value: &[u8]) -> Result<u64, String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, cluster.node(i).api().put(key, value)).await {
+        Ok(Ok(answer)) => Ok(answer.revision),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no reply within {WRITE_TIMEOUT:?}")),
+    }
+}
+
+/// `PUT` through node `i` (and only node `i`), asserting success; returns
+/// the revision.
 pub async fn put(cluster: &Cluster, i: usize, key: &str, value: &[u8]) -> u64 {
-    let reply = cluster
-        .node(i)
-        .try_put(key, value, WRITE_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("PUT {key} on node {i}: no reply: {e}"));
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "PUT {key} on node {i}: {}\n{}",
-        reply.describe(),
-        cluster.describe().await
-    );
-    num(&reply.body, "/revision")
+    match try_put(cluster, i, key, value).await {
+        Ok(revision) => revision,
+        Err(e) => panic!("PUT {key} on node {i}: {e}\n{}", cluster.describe().await),
+    }
 }
 
 /// Every key/value under `prefix` on node `i` as a key → value map, read with
 /// `consistency` (`stale` or `linearizable`); `Err` if the node does not
-/// answer 200.
+/// answer.
 pub async fn kv_map(
     cluster: &Cluster,
     i: usize,
     prefix: &str,
     consistency: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let mut map = BTreeMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = format!(
-            "/v1/kv?prefix={}&limit=1000&consistency={consistency}",
-            encode_key(prefix)
-        );
-        if let Some(after) = &after {
-            path.push_str(&format!("&after={}", encode_key(after)));
-        }
-        let reply = cluster
-            .node(i)
-            .try_request(Method::GET, &path, Duration::from_secs(10))
-            .await?;
-        if reply.status != StatusCode::OK {
-            return Err(format!("list on node {i}: {}", reply.describe()));
-        }
-        for kv in reply.body["kvs"].as_array().ok_or("kvs is not an array")? {
-            map.insert(text(kv, "/key").to_string(), kv_value(kv));
-        }
-        if reply.body["more"] != Value::Bool(true) {
-            return Ok(map);
-        }
-        after = Some(text(&reply.body, "/next_after").to_string());
-    }
+    let consistency = match consistency {
+        "stale" => Consistency::Stale,
+        "linearizable" => Consistency::Linearizable,
+        other => panic!("kv_map: unknown consistency {other:?}"),
+    };
+    let kvs = cluster.list_kvs(i, prefix, consistency).await?;
+    Ok(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
 }
 
 /// Waits until node `i`'s `stale` view of `prefix` contains every expected

@@ -6,11 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use serde_json::Value;
+use shoal_client::Client;
 use tokio::task::JoinHandle;
 
-use crate::http::encode_key;
 use crate::wait_for;
 
 /// Client time limit of one write.
@@ -45,51 +43,45 @@ impl Load {
     /// next key after a short pause. Only 200 replies are recorded.
     pub fn start(endpoints: Vec<String>, writers: usize, prefix: &str) -> Load {
         assert!(!endpoints.is_empty(), "Load::start: no endpoints");
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .expect("cannot build an HTTP client");
+        // One client per endpoint, each with that endpoint only: a write goes
+        // to the node it is meant for, once.
+        let clients: Vec<Client> = endpoints
+            .iter()
+            .map(|endpoint| {
+                Client::builder()
+                    .endpoint(endpoint.as_str())
+                    .timeout(WRITE_TIMEOUT)
+                    .connect_timeout(Duration::from_secs(1))
+                    .build()
+                    .unwrap_or_else(|e| panic!("cannot build a client for {endpoint}: {e}"))
+            })
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
         let failures = Arc::new(AtomicU64::new(0));
         let tasks = (0..writers)
             .map(|w| {
-                let (client, endpoints, stop) = (client.clone(), endpoints.clone(), stop.clone());
+                let (clients, stop) = (clients.clone(), stop.clone());
                 let (acked, failures) = (acked.clone(), failures.clone());
                 let prefix = prefix.to_string();
                 tokio::spawn(async move {
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         let key = format!("{prefix}{w:02}/{n:07}");
-                        let endpoint = &endpoints[(w + n) % endpoints.len()];
+                        let client = &clients[(w + n) % clients.len()];
                         n += 1;
-                        let answer = client
-                            .put(format!("{endpoint}/v1/kv/{}", encode_key(&key)))
-                            .body(key.clone().into_bytes())
-                            .timeout(WRITE_TIMEOUT)
-                            .send()
-                            .await;
-                        let revision = match answer {
-                            Ok(response) if response.status() == StatusCode::OK => {
-                                match response.json::<Value>().await {
-                                    Ok(body) => body["revision"].as_u64(),
-                                    // The reply broke off: the outcome is unknown.
-                                    Err(_) => None,
-                                }
-                            }
-                            _ => None,
-                        };
-                        match revision {
-                            Some(revision) => {
+                        // Any error (including a reply that broke off) leaves
+                        // the outcome unknown.
+                        match client.put(&key, key.clone()).await {
+                            Ok(answer) => {
                                 let value = key.clone().into_bytes();
                                 acked.lock().unwrap_or_else(|e| e.into_inner()).push(Acked {
                                     key,
                                     value,
-                                    revision,
+                                    revision: answer.revision,
                                 });
                             }
-                            None => {
+                            Err(_) => {
                                 failures.fetch_add(1, Ordering::Relaxed);
                                 tokio::time::sleep(BACKOFF).await;
                             }

@@ -7,7 +7,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use shoal_testkit::{NodeProcess, Ports};
 
 use crate::http::{encode_key, num, Reply};
@@ -125,6 +125,17 @@ fn new_client() -> reqwest::Client {
         .expect("cannot build an HTTP client")
 }
 
+/// A `shoal_client::Client` with `endpoint` as its only endpoint (so every
+/// request goes to that node, once) and the helpers' request timeout.
+pub(crate) fn api_client(endpoint: &str) -> shoal_client::Client {
+    shoal_client::Client::builder()
+        .endpoint(endpoint)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a client for {endpoint}: {e}"))
+}
+
 /// A running `shoal` process with its own data directory and ports. Dropping
 /// it kills the process and removes the directory; if the test is panicking,
 /// the end of the node's log is printed first. The process methods of
@@ -140,6 +151,7 @@ pub struct Node {
     pub otlp_grpc_port: Option<u16>,
     pub otlp_http_port: Option<u16>,
     client: reqwest::Client,
+    api: shoal_client::Client,
 }
 
 impl Deref for Node {
@@ -180,6 +192,7 @@ impl Node {
             gossip_port: ports.gossip,
             otlp_grpc_port: process.otlp_grpc_port(),
             otlp_http_port: process.otlp_http_port(),
+            api: api_client(&process.api_url()),
             process,
             client: new_client(),
         }
@@ -208,8 +221,16 @@ impl Node {
         self.process.api_url()
     }
 
+    /// The raw HTTP client, for tests of the HTTP API itself.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// Shoal's Rust client with this node as its only endpoint (no
+    /// failover), for ordinary KV, lease and watch operations whose HTTP
+    /// form is not what a test checks.
+    pub fn api(&self) -> &shoal_client::Client {
+        &self.api
     }
 
     /// Polls `GET /ready` every 50 ms until it answers 200 (30 s at most).
@@ -234,8 +255,9 @@ impl Node {
     /// may not be ready until enough of its peers are back.
     pub fn restart_no_wait(&mut self) {
         or_panic(self.process.restart_no_wait());
-        // Fresh connection pool: the old connections died with the process.
+        // Fresh connection pools: the old connections died with the process.
         self.client = new_client();
+        self.api = api_client(&self.process.api_url());
     }
 
     /// Deletes the data directory of a stopped node (a disk replaced, or
@@ -502,12 +524,13 @@ impl Node {
 
     /// Grants a lease, returning its id.
     pub async fn grant_lease(&self, ttl_seconds: u64) -> u64 {
-        let body = self
-            .post_json("/v1/leases", &json!({ "ttl_seconds": ttl_seconds }))
+        let lease = self
+            .api
+            .lease_grant(ttl_seconds)
             .await
-            .ok();
-        assert_eq!(num(&body, "/ttl_seconds"), ttl_seconds, "grant: {body}");
-        num(&body, "/id")
+            .unwrap_or_else(|e| panic!("grant a {ttl_seconds} s lease: {e}"));
+        assert_eq!(lease.ttl_seconds, ttl_seconds, "grant: {lease:?}");
+        lease.id
     }
 
     pub async fn keepalive(&self, lease: u64) -> Reply {

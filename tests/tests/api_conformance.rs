@@ -144,6 +144,8 @@ async fn the_api_answers_as_its_openapi_document_says_under_fuzzing() {
             "(_bulk$|^/v1/watch/poll$)",
         ])
         .env("NO_COLOR", "1")
+        // It keeps a cache of examples in the working directory.
+        .current_dir(node.dir())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -16,17 +16,9 @@ use shoal_tests::*;
 /// Retries a `PUT` through node `i` until it is acknowledged (within `T`);
 /// returns the revision.
 async fn put_eventually(cluster: &Cluster, i: usize, key: &str, value: &[u8]) -> u64 {
-    wait_for(
-        T,
-        &format!("PUT {key} acknowledged by node {i}"),
-        || async {
-            match cluster.node(i).try_put(key, value, WRITE_TIMEOUT).await {
-                Ok(reply) if reply.status == StatusCode::OK => Ok(num(&reply.body, "/revision")),
-                Ok(reply) => Err(reply.describe()),
-                Err(e) => Err(e),
-            }
-        },
-    )
+    wait_for(T, &format!("PUT {key} acknowledged by node {i}"), || {
+        try_put(cluster, i, key, value)
+    })
     .await
 }
 
@@ -319,20 +311,15 @@ async fn watch_across_leader_change() {
         loop {
             let key = format!("w/{i:03}.{attempt}");
             attempted.insert(key.clone());
-            match cluster
-                .node(writer)
-                .try_put(&key, b"after", WRITE_TIMEOUT)
-                .await
-            {
-                Ok(reply) if reply.status == StatusCode::OK => {
-                    acked.push((num(&reply.body, "/revision"), key));
+            match try_put(&cluster, writer, &key, b"after").await {
+                Ok(revision) => {
+                    acked.push((revision, key));
                     break;
                 }
-                answer => {
+                Err(last) => {
                     assert!(
                         Instant::now() < deadline,
-                        "no write acknowledged within {T:?} after the leader was killed; last: {:?}\n{}",
-                        answer.map(|r| r.describe()),
+                        "no write acknowledged within {T:?} after the leader was killed; last: {last}\n{}",
                         cluster.describe().await
                     );
                     attempt += 1;

@@ -10,4 +10,5 @@ mod kv;
 mod lease;
 mod logs;
 mod pubsub;
+mod raw;
 mod watch;
