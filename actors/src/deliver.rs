@@ -15,6 +15,7 @@ use hmac::{Hmac, Mac};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use shoal_storage::now_ms;
 use shoal_storage::outbox::{List, Outbox};
 use tokio::sync::watch;
 
@@ -45,13 +46,6 @@ impl Entry {
             last_error: None,
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Standard Webhooks signature of a payload: `v1,` + base64(HMAC-SHA256(key, id.timestamp.body)).
@@ -245,19 +239,50 @@ enum Next {
     Idle,
 }
 
+/// Why a pass over a destination's list stopped early: the outbox itself
+/// failed (the entries stay and the pass is tried again).
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error("outbox: {0}")]
+    Outbox(#[from] shoal_storage::StorageError),
+    #[error(transparent)]
+    Codec(#[from] shoal_codec::CodecError),
+    #[error("outbox task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why one delivery attempt failed; its text is kept as the entry's
+/// `last_error`, which the dead-letter API shows.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("no Kafka brokers are configured (--kafka-brokers)")]
+    KafkaNotConfigured,
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
+    #[error("{0} is not defined on this node")]
+    UnknownDestination(String),
+    #[error("webhook secret: {0}")]
+    Secret(#[from] crate::config::ConfigError),
+    #[error("POST {url}: {source}")]
+    Request { url: String, source: reqwest::Error },
+    #[error("POST {url} answered {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+}
+
 /// Attempt the due entries at the head of the destination's list, in order.
-async fn pass(state: &State) -> Result<Next, String> {
+async fn pass(state: &State) -> Result<Next, PassError> {
     let outbox = state.shared.outbox.clone();
     let destination = state.destination.clone();
     let entries = tokio::task::spawn_blocking(move || {
         outbox.scan(List::Pending, &destination, None, PASS_ENTRIES)
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .await??;
     let full = entries.len() == PASS_ENTRIES;
     for stored in entries {
-        let mut entry: Entry = shoal_codec::decode(&stored.value).map_err(|e| e.to_string())?;
+        let mut entry: Entry = shoal_codec::decode(&stored.value)?;
         if entry.next_attempt_ms > now_ms() {
             return Ok(Next::At(entry.next_attempt_ms));
         }
@@ -273,7 +298,7 @@ async fn pass(state: &State) -> Result<Next, String> {
             }
             Err(error) => {
                 entry.attempts += 1;
-                entry.last_error = Some(error.clone());
+                entry.last_error = Some(error.to_string());
                 let schedule = schedule_for(state);
                 let forever = is_kafka(&state.destination) || webhook_for(state).is_none();
                 match next_delay(&schedule, entry.attempts, forever) {
@@ -284,7 +309,7 @@ async fn pass(state: &State) -> Result<Next, String> {
                             .increment(1);
                         entry.next_attempt_ms = now_ms() + delay;
                         let at = entry.next_attempt_ms;
-                        let value = shoal_codec::encode(&entry).map_err(|e| e.to_string())?;
+                        let value = shoal_codec::encode(&entry)?;
                         run_blocking(move || outbox.update(&destination, stored.seq, &value))
                             .await?;
                         return Ok(Next::At(at));
@@ -294,7 +319,7 @@ async fn pass(state: &State) -> Result<Next, String> {
                             attempts = entry.attempts, %error, "delivery gave up; moved to the dead letters");
                         metrics::counter!("shoal_deliveries_dead_lettered_total", "destination" => destination.clone(), "topic" => topic)
                             .increment(1);
-                        let value = shoal_codec::encode(&entry).map_err(|e| e.to_string())?;
+                        let value = shoal_codec::encode(&entry)?;
                         run_blocking(move || outbox.kill(&destination, stored.seq, &value)).await?;
                     }
                 }
@@ -306,11 +331,8 @@ async fn pass(state: &State) -> Result<Next, String> {
 
 async fn run_blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, shoal_storage::StorageError> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+) -> Result<T, PassError> {
+    Ok(tokio::task::spawn_blocking(work).await??)
 }
 
 fn is_kafka(destination: &str) -> bool {
@@ -343,19 +365,16 @@ fn next_delay(schedule: &[u64], attempts: u32, forever: bool) -> Option<u64> {
 /// one not created yet, or its definition is not replicated here yet) is
 /// retried like a Kafka destination, forever: a deleted webhook's entries
 /// are purged when the deletion is applied, so nothing waits for it.
-async fn attempt(state: &State, message: &Message) -> Result<(), String> {
+async fn attempt(state: &State, message: &Message) -> Result<(), AttemptError> {
     if let Some(topic) = state.destination.strip_prefix("kafka:") {
         let Some(kafka) = &state.shared.kafka else {
-            return Err("no Kafka brokers are configured (--kafka-brokers)".into());
+            return Err(AttemptError::KafkaNotConfigured);
         };
-        return kafka
-            .produce_message(topic, message)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        kafka.produce_message(topic, message).await?;
+        return Ok(());
     }
     let Some(webhook) = webhook_for(state) else {
-        return Err(format!("{} is not defined on this node", state.destination));
+        return Err(AttemptError::UnknownDestination(state.destination.clone()));
     };
     post_webhook(&state.shared.http, &webhook, message).await
 }
@@ -366,8 +385,8 @@ async fn post_webhook(
     http: &reqwest::Client,
     webhook: &Webhook,
     message: &Message,
-) -> Result<(), String> {
-    let key = secret_key(&webhook.secret).map_err(|e| e.to_string())?;
+) -> Result<(), AttemptError> {
+    let key = secret_key(&webhook.secret)?;
     let body = message.envelope().to_string().into_bytes();
     let timestamp = now_ms() / 1000;
     let mut request = http
@@ -387,12 +406,18 @@ async fn post_webhook(
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("POST {}: {e}", webhook.url))?;
+        .map_err(|source| AttemptError::Request {
+            url: webhook.url.clone(),
+            source,
+        })?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("POST {} answered {status}", webhook.url))
+        Err(AttemptError::Status {
+            url: webhook.url.clone(),
+            status,
+        })
     }
 }
 

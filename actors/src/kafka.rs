@@ -128,7 +128,7 @@ impl KafkaClient {
     /// handing each record to `hand_on` and committing its offset only once
     /// `hand_on` succeeded. A record that could not be handed on is retried
     /// with backoff before the next one is read, so nothing is skipped.
-    pub async fn run_bridge<F, Fut>(
+    pub async fn run_bridge<F, Fut, E>(
         &self,
         bridge: Bridge,
         node_name: String,
@@ -136,7 +136,8 @@ impl KafkaClient {
     ) -> Result<(), KafkaError>
     where
         F: Fn(Message) -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)

@@ -25,6 +25,8 @@ pub const ORIGIN_HEADER: &str = "shoal-origin-id";
 pub enum MessagingError {
     #[error("storing the message in the outbox failed: {0}")]
     Outbox(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }
 
 /// What a publish did.
@@ -298,14 +300,8 @@ impl Actor for BridgeActor {
             let hand_on = move |message: Message| {
                 let messaging = messaging.clone();
                 async move {
-                    let messaging = messaging
-                        .upgrade()
-                        .ok_or_else(|| "the node is shutting down".to_string())?;
-                    messaging
-                        .publish(vec![message])
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    let messaging = messaging.upgrade().ok_or(MessagingError::ShuttingDown)?;
+                    messaging.publish(vec![message]).await.map(|_| ())
                 }
             };
             if let Err(e) = args

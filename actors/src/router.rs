@@ -25,12 +25,24 @@ const PEER_FRAME_MESSAGES: usize = 1024;
 /// Shortest time between two warnings about one overflowing peer link.
 const OVERFLOW_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub type NodeId = u64;
+pub use shoal_storage::NodeId;
 
 /// Sends an encoded frame of messages to a peer's router (implemented by the
 /// node over its RPC listener).
 pub trait PeerTransport: Send + Sync + 'static {
-    fn send(&self, node: NodeId, frame: Vec<u8>) -> BoxFuture<'static, Result<(), String>>;
+    fn send(&self, node: NodeId, frame: Vec<u8>) -> BoxFuture<'static, Result<(), PeerSendError>>;
+}
+
+/// Why a frame of messages did not reach a peer's router. The reasons come
+/// from the node's transport, which this crate does not know.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerSendError {
+    #[error("no address is known for node {0}")]
+    NoAddress(NodeId),
+    #[error("cannot reach node {node}: {reason}")]
+    Unreachable { node: NodeId, reason: String },
+    #[error("node {node} refused the frame: {reason}")]
+    Refused { node: NodeId, reason: String },
 }
 
 /// One line of a node's announced interest: a pattern, its queue group, and
@@ -324,7 +336,7 @@ impl Router {
 
     /// Deliver a frame of messages a peer forwarded: to local subscribers,
     /// and to one local member of each queue group the peer chose us for.
-    pub fn receive_frame(&self, frame: &[u8]) -> Result<usize, shoal_storage::StorageError> {
+    pub fn receive_frame(&self, frame: &[u8]) -> Result<usize, shoal_codec::CodecError> {
         let forwards: Vec<Forward> = shoal_codec::decode(frame)?;
         let table = self.local.read().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
@@ -527,8 +539,8 @@ mod tests {
 
     struct NoPeers;
     impl PeerTransport for NoPeers {
-        fn send(&self, _: NodeId, _: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
-            Box::pin(async { Err("no peers".to_string()) })
+        fn send(&self, node: NodeId, _: Vec<u8>) -> BoxFuture<'static, Result<(), PeerSendError>> {
+            Box::pin(async move { Err(PeerSendError::NoAddress(node)) })
         }
     }
 

@@ -26,7 +26,7 @@ pub use membership::{local_replication, remove_node, MembershipError, Replicatio
 pub use metric_help::describe_metrics;
 pub use state_machine::{ChangeSink, StateMachine};
 
-pub type NodeId = u64;
+pub use shoal_storage::NodeId;
 
 /// What the cluster knows about a member's addresses.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,3 +14,16 @@ pub mod outbox;
 
 pub use db::{OpenOptions, Store, StoreClosed};
 pub use error::StorageError;
+
+/// A node's id, as Raft, gossip and the message router know it.
+pub type NodeId = u64;
+
+/// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is
+/// before it). For timestamps people read and for schedules; never for
+/// anything replicas must agree on.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

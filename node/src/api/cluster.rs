@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_raft::{local_replication, NodeId};
 
-use shoal_actors::deliver::now_ms;
+use shoal_storage::now_ms;
 
 use super::error::ApiResult;
 use super::extract::JsonBody;

@@ -10,8 +10,8 @@ use chitchat::transport::UdpTransport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use shoal_actors::deliver::now_ms;
 use shoal_raft::NodeId;
+use shoal_storage::now_ms;
 use thiserror::Error;
 
 use crate::settings::Settings;

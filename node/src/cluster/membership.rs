@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::{ChangeMembers, ServerState};
-use shoal_actors::deliver::now_ms;
 use shoal_raft::{remove_node, CatchUp, MembershipError, NodeAddr, NodeId, Raft};
+use shoal_storage::now_ms;
 use shoal_transport::{ForwardError, Forwarder};
 use thiserror::Error;
 

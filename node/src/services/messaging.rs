@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use shoal_actors::config::CONFIG_PREFIX;
-use shoal_actors::router::{Interest, PeerTransport};
+use shoal_actors::router::{Interest, PeerSendError, PeerTransport};
 use shoal_raft::NodeId;
 use shoal_transport::Forwarder;
 
@@ -45,7 +45,7 @@ impl RpcTransport {
 }
 
 impl PeerTransport for RpcTransport {
-    fn send(&self, node: NodeId, frame: Vec<u8>) -> BoxFuture<'static, Result<(), String>> {
+    fn send(&self, node: NodeId, frame: Vec<u8>) -> BoxFuture<'static, Result<(), PeerSendError>> {
         let addr = self
             .addrs
             .read()
@@ -54,14 +54,20 @@ impl PeerTransport for RpcTransport {
             .cloned();
         let forwarder = self.forwarder.clone();
         Box::pin(async move {
-            let addr = addr.ok_or_else(|| format!("no address known for node {node}"))?;
+            let addr = addr.ok_or(PeerSendError::NoAddress(node))?;
             match forwarder
                 .deliver_messages(&addr, frame, FRAME_TIMEOUT)
                 .await
             {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(refused)) => Err(refused.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(Err(refused)) => Err(PeerSendError::Refused {
+                    node,
+                    reason: refused.to_string(),
+                }),
+                Err(e) => Err(PeerSendError::Unreachable {
+                    node,
+                    reason: e.to_string(),
+                }),
             }
         })
     }

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
-use shoal_actors::deliver::now_ms;
 use shoal_raft::{Linearizer, NodeId, Raft};
 use shoal_storage::kv::{Command, Proposal, Rejection, Response};
+use shoal_storage::now_ms;
 use shoal_storage::{StorageError, Store};
 use shoal_transport::{ForwardError, Forwarder};
 use thiserror::Error;
