@@ -112,18 +112,26 @@ pub fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
+/// Why a log record, a timestamp or an id was refused. The text says what
+/// and is what the client gets back as the record's rejection reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRecord(String);
+
 /// Lowercase hex id of 1..=32 hex digits, or an error.
-pub fn normalize_hex_id(raw: &str, what: &str) -> Result<String, String> {
+pub fn normalize_hex_id(raw: &str, what: &str) -> Result<String, InvalidRecord> {
     let id = raw.trim().to_ascii_lowercase();
     if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("{what} must be 1 to 32 hex digits, got {raw:?}"));
+        return Err(InvalidRecord(format!(
+            "{what} must be 1 to 32 hex digits, got {raw:?}"
+        )));
     }
     Ok(id)
 }
 
 /// Parse a timestamp: RFC 3339 text, or a number of seconds, milliseconds,
 /// microseconds or nanoseconds since the epoch (told apart by magnitude).
-pub fn parse_timestamp(value: &Value) -> Result<i64, String> {
+pub fn parse_timestamp(value: &Value) -> Result<i64, InvalidRecord> {
     match value {
         Value::String(text) => {
             // Integers first: through f64, nanoseconds would lose their last digits.
@@ -134,24 +142,24 @@ pub fn parse_timestamp(value: &Value) -> Result<i64, String> {
                 return epoch_number_to_nanos(number);
             }
             chrono::DateTime::parse_from_rfc3339(text)
-                .map_err(|e| format!("timestamp {text:?} is not RFC 3339: {e}"))?
+                .map_err(|e| InvalidRecord(format!("timestamp {text:?} is not RFC 3339: {e}")))?
                 .timestamp_nanos_opt()
-                .ok_or_else(|| format!("timestamp {text:?} is out of range"))
+                .ok_or_else(|| InvalidRecord(format!("timestamp {text:?} is out of range")))
         }
         Value::Number(number) => match number.as_i64() {
             Some(int) => epoch_int_to_nanos(int),
             None => number.as_f64().map_or(
-                Err("timestamp is not a number".into()),
+                Err(InvalidRecord("timestamp is not a number".into())),
                 epoch_number_to_nanos,
             ),
         },
-        other => Err(format!(
+        other => Err(InvalidRecord(format!(
             "timestamp must be a string or a number, got {other}"
-        )),
+        ))),
     }
 }
 
-fn epoch_int_to_nanos(value: i64) -> Result<i64, String> {
+fn epoch_int_to_nanos(value: i64) -> Result<i64, InvalidRecord> {
     let abs = value.unsigned_abs();
     let nanos = if abs < 100_000_000_000 {
         value.checked_mul(1_000_000_000)
@@ -164,12 +172,12 @@ fn epoch_int_to_nanos(value: i64) -> Result<i64, String> {
     };
     nanos
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("timestamp {value} is out of range"))
+        .ok_or_else(|| InvalidRecord(format!("timestamp {value} is out of range")))
 }
 
-fn epoch_number_to_nanos(value: f64) -> Result<i64, String> {
+fn epoch_number_to_nanos(value: f64) -> Result<i64, InvalidRecord> {
     if !value.is_finite() || value <= 0.0 {
-        return Err(format!("timestamp {value} is out of range"));
+        return Err(InvalidRecord(format!("timestamp {value} is out of range")));
     }
     if value.fract() == 0.0 && value < 9.2e18 {
         return epoch_int_to_nanos(value as i64);
@@ -181,7 +189,7 @@ fn epoch_number_to_nanos(value: f64) -> Result<i64, String> {
         value * 1e6
     };
     if nanos >= 9.2e18 {
-        return Err(format!("timestamp {value} is out of range"));
+        return Err(InvalidRecord(format!("timestamp {value} is out of range")));
     }
     Ok(nanos as i64)
 }
@@ -252,9 +260,9 @@ fn as_text(value: Value) -> String {
 
 /// Build a log record from a JSON object. `default_service` is used when the
 /// document names none; a missing timestamp means "now".
-pub fn log_from_json(value: Value, default_service: &str) -> Result<Record, String> {
+pub fn log_from_json(value: Value, default_service: &str) -> Result<Record, InvalidRecord> {
     let Value::Object(mut doc) = value else {
-        return Err("a record must be a JSON object".into());
+        return Err(InvalidRecord("a record must be a JSON object".into()));
     };
     let ts_nanos = match take_field(&mut doc, TIMESTAMP_FIELDS) {
         Some(value) => parse_timestamp(&value)?,
@@ -281,15 +289,19 @@ pub fn log_from_json(value: Value, default_service: &str) -> Result<Record, Stri
     let mut attributes = match doc.remove("attributes") {
         Some(Value::Object(map)) => map,
         Some(Value::Null) | None => Map::new(),
-        Some(other) => return Err(format!("attributes must be a JSON object, got {other}")),
+        Some(other) => {
+            return Err(InvalidRecord(format!(
+                "attributes must be a JSON object, got {other}"
+            )))
+        }
     };
     attributes.extend(doc);
     let attributes = Value::Object(attributes).to_string();
     if attributes.len() > MAX_ATTRIBUTES_BYTES {
-        return Err(format!(
+        return Err(InvalidRecord(format!(
             "attributes are {} bytes; the limit is {MAX_ATTRIBUTES_BYTES}",
             attributes.len()
-        ));
+        )));
     }
     Ok(Record {
         kind: Kind::Log,

@@ -116,7 +116,7 @@ fn parse_records(body: &[u8], plain: bool, service: &str) -> ApiResult<Parsed> {
         for (position, value) in values.into_iter().enumerate() {
             match record::log_from_json(value, service) {
                 Ok(record) => records.push((position, record)),
-                Err(e) => errors.push((position, e)),
+                Err(e) => errors.push((position, e.to_string())),
             }
         }
     } else {
@@ -132,7 +132,7 @@ fn parse_records(body: &[u8], plain: bool, service: &str) -> ApiResult<Parsed> {
             }
             let parsed = serde_json::from_str::<Value>(line)
                 .map_err(|e| format!("not JSON: {e}"))
-                .and_then(|value| record::log_from_json(value, service));
+                .and_then(|value| record::log_from_json(value, service).map_err(|e| e.to_string()));
             match parsed {
                 Ok(record) => records.push((position, record)),
                 Err(e) => errors.push((position, e)),
@@ -235,7 +235,10 @@ pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
     let trace_ids = params
         .list("trace_id")
         .iter()
-        .map(|id| record::normalize_hex_id(id, "trace_id").map_err(ApiError::bad_request))
+        .map(|id| {
+            record::normalize_hex_id(id, "trace_id")
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        })
         .collect::<ApiResult<Vec<_>>>()?;
     let levels = params
         .list("level")
@@ -470,8 +473,8 @@ pub async fn trace(
     State(app): State<AppState>,
     Path(trace_id): Path<String>,
 ) -> ApiResult<Response> {
-    let trace_id =
-        record::normalize_hex_id(&trace_id, "trace id").map_err(ApiError::bad_request)?;
+    let trace_id = record::normalize_hex_id(&trace_id, "trace id")
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (hits, report) = fetch_traces(&app, vec![trace_id.clone()]).await?;
     if hits.is_empty() {
         let error = ApiError::new(

@@ -318,7 +318,7 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
         } else {
             let parsed = serde_json::from_str::<Value>(source)
                 .map_err(|e| format!("failed to parse the document: {e}"))
-                .and_then(|doc| record::log_from_json(doc, &index));
+                .and_then(|doc| record::log_from_json(doc, &index).map_err(|e| e.to_string()));
             match parsed {
                 Ok(record) => by_stream
                     .entry(index.clone())

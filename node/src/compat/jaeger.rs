@@ -75,8 +75,8 @@ pub async fn trace(
     State(app): State<AppState>,
     Path(trace_id): Path<String>,
 ) -> ApiResult<Response> {
-    let trace_id =
-        record::normalize_hex_id(&trace_id, "trace id").map_err(ApiError::bad_request)?;
+    let trace_id = record::normalize_hex_id(&trace_id, "trace id")
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let (hits, _) = fetch_traces(&app, vec![trace_id.clone()]).await?;
     let traces = jaeger_traces(&hits);
     if traces.is_empty() {
