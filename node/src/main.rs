@@ -27,7 +27,7 @@ mod services;
 mod settings;
 mod telemetry;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 // Indexing allocates and frees many small buffers from several threads;
 // mimalloc does that with less CPU than the system allocator.
@@ -50,7 +50,8 @@ fn no_transparent_huge_pages() {
 const STORE_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = settings::with_defaults_in_help(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     no_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

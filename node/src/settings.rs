@@ -19,16 +19,16 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Directory for everything the node persists [default: ./shoal-data].
+    /// Directory for everything the node persists.
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Public HTTP API listen address [default: 127.0.0.1:7700].
+    /// Public HTTP API listen address.
     #[arg(long, env = "SHOAL_API")]
     pub api: Option<SocketAddr>,
-    /// Node-to-node RPC listen address [default: 127.0.0.1:7701].
+    /// Node-to-node RPC listen address.
     #[arg(long, env = "SHOAL_RPC")]
     pub rpc: Option<SocketAddr>,
-    /// Gossip (UDP) address, used by cluster membership [default: 127.0.0.1:7702].
+    /// Gossip (UDP) address, used by cluster membership.
     #[arg(long, env = "SHOAL_GOSSIP")]
     pub gossip: Option<SocketAddr>,
     /// API address other nodes and clients are told to use (host:port) [default: the --api address].
@@ -52,14 +52,14 @@ pub struct NodeArgs {
     /// Form a new cluster once this many nodes see each other by gossip [default: 1 without --seed, else 0: only join].
     #[arg(long, env = "SHOAL_BOOTSTRAP_EXPECT")]
     pub bootstrap_expect: Option<usize>,
-    /// Raft voters to keep (others are learners); 3 or 5 [default: 3].
+    /// Raft voters to keep (others are learners); 3 or 5.
     #[arg(long, env = "SHOAL_VOTERS")]
     pub voters: Option<usize>,
-    /// Remove a member from Raft after it has been dead (by gossip) this long, in seconds [default: 30].
+    /// Remove a member from Raft after it has been dead (by gossip) this long, in seconds.
     #[arg(long, env = "SHOAL_DEAD_NODE_GRACE_SECS")]
     pub dead_node_grace_secs: Option<u64>,
     /// Name of the cluster: nodes only gossip with nodes of the same name (like etcd's
-    /// --initial-cluster-token), so clusters that can reach each other stay apart [default: shoal].
+    /// --initial-cluster-token), so clusters that can reach each other stay apart.
     #[arg(long, env = "SHOAL_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
     /// Shared secret that peers must prove to exchange Raft and gossip traffic.
@@ -69,55 +69,55 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_LEAVE_ON_TERMINATE", num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_terminate: Option<bool>,
     /// Raft election timeout in ms: a follower that hears no leader for a random time between this
-    /// and twice this starts an election; heartbeats go every fifth of it [default: 300].
+    /// and twice this starts an election; heartbeats go every fifth of it.
     #[arg(long, env = "SHOAL_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
-    /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info` [default: info,openraft=warn].
+    /// Log filter for the console and log files, e.g. `info` or `shoal=debug,info`.
     #[arg(long, env = "SHOAL_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Directory for the node's own rolling log files [default: DATA_DIR/logs].
     #[arg(long, env = "SHOAL_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
-    /// Roll the log file when it reaches this size, in MiB (it also rolls daily) [default: 64].
+    /// Roll the log file when it reaches this size, in MiB (it also rolls daily).
     #[arg(long, env = "SHOAL_LOG_MAX_FILE_MB")]
     pub log_max_file_mb: Option<u64>,
-    /// How many rolled log files to keep [default: 10].
+    /// How many rolled log files to keep.
     #[arg(long, env = "SHOAL_LOG_MAX_FILES")]
     pub log_max_files: Option<usize>,
     /// Export traces to this OpenTelemetry collector (OTLP/gRPC), e.g. http://127.0.0.1:4317.
     #[arg(long, env = "SHOAL_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
-    /// Largest value accepted for a key, in bytes [default: 1048576].
+    /// Largest value accepted for a key, in bytes.
     #[arg(long, env = "SHOAL_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
-    /// Time limit for one API request, in milliseconds [default: 10000].
+    /// Time limit for one API request, in milliseconds.
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
-    /// Take a Raft snapshot (and purge the log) every this many log entries [default: 10000].
+    /// Take a Raft snapshot (and purge the log) every this many log entries.
     #[arg(long, env = "SHOAL_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
-    /// Keep the history of this many most recent revisions; older ones are compacted [default: 100000].
+    /// Keep the history of this many most recent revisions; older ones are compacted.
     #[arg(long, env = "SHOAL_HISTORY_REVISIONS")]
     pub history_revisions: Option<u64>,
     /// Kafka bootstrap servers (host:port,...); enables the Kafka bridge
     /// (`POST /v1/kafka/{topic}`, `kafka:` route destinations, bridges).
     #[arg(long, env = "SHOAL_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// Largest message payload accepted by publish, in bytes [default: 1048576].
+    /// Largest message payload accepted by publish, in bytes.
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
-    /// OpenTelemetry OTLP/gRPC receiver for logs and traces, or `off` [default: 127.0.0.1:4317;
-    /// if that default port is taken the receiver is skipped with a warning].
+    /// OpenTelemetry OTLP/gRPC receiver for logs and traces, or `off` (if the default
+    /// port is taken, the receiver is skipped with a warning).
     #[arg(long, env = "SHOAL_OTLP_GRPC")]
     pub otlp_grpc: Option<String>,
-    /// OpenTelemetry OTLP/HTTP receiver (`/v1/logs`, `/v1/traces`), or `off` [default: 127.0.0.1:4318;
-    /// if that default port is taken the receiver is skipped with a warning].
+    /// OpenTelemetry OTLP/HTTP receiver (`/v1/logs`, `/v1/traces`), or `off` (if the default
+    /// port is taken, the receiver is skipped with a warning).
     #[arg(long, env = "SHOAL_OTLP_HTTP")]
     pub otlp_http: Option<String>,
-    /// Keep log records and spans this many days; older days are dropped whole [default: 7].
+    /// Keep log records and spans this many days; older days are dropped whole.
     #[arg(long, env = "SHOAL_LOGS_RETENTION_DAYS")]
     pub logs_retention_days: Option<u64>,
-    /// Keep at most this many MiB of index per stream; its oldest days are dropped first [default: 10240].
+    /// Keep at most this many MiB of index per stream; its oldest days are dropped first.
     #[arg(long, env = "SHOAL_LOGS_RETENTION_MB")]
     pub logs_retention_mb: Option<u64>,
     /// Per-stream retention STREAM=DAYS[:MB] (repeat, or comma-separate), e.g. `debug=1,audit=90:50000`.
@@ -128,24 +128,97 @@ pub struct NodeArgs {
     )]
     #[serde(default)]
     pub logs_stream_retention: Vec<String>,
-    /// Cap on the log write-ahead log, in MiB; past it ingest answers 429 [default: 1024].
+    /// Cap on the log write-ahead log, in MiB; past it ingest answers 429.
     #[arg(long, env = "SHOAL_LOGS_WAL_MAX_MB")]
     pub logs_wal_max_mb: Option<u64>,
-    /// Cap on acknowledged log data not yet searchable (indexed and committed), in MiB; past it ingest answers 429 [default: 256].
+    /// Cap on acknowledged log data not yet searchable (indexed and committed), in MiB; past it ingest answers 429.
     #[arg(long, env = "SHOAL_LOGS_INDEXING_MAX_MB")]
     pub logs_indexing_max_mb: Option<u64>,
-    /// Cap on log storage on disk (indexes and WAL), in MiB; past it ingest answers 429 [default: 102400].
+    /// Cap on log storage on disk (indexes and WAL), in MiB; past it ingest answers 429.
     #[arg(long, env = "SHOAL_LOGS_DISK_MAX_MB")]
     pub logs_disk_max_mb: Option<u64>,
-    /// Largest log ingest request (own API, `_bulk`, OTLP), in MiB [default: 32].
+    /// Largest log ingest request (own API, `_bulk`, OTLP), in MiB.
     #[arg(long, env = "SHOAL_LOGS_MAX_BODY_MB")]
     pub logs_max_body_mb: Option<u64>,
-    /// Records become searchable within this many milliseconds (the index commit interval) [default: 1000].
+    /// Records become searchable within this many milliseconds (the index commit interval).
     #[arg(long, env = "SHOAL_LOGS_COMMIT_MS")]
     pub logs_commit_ms: Option<u64>,
-    /// Index this node's own logs into the stream `shoal` [default: true].
+    /// Index this node's own logs into the stream `shoal`.
     #[arg(long, env = "SHOAL_LOGS_SELF", num_args = 0..=1, default_missing_value = "true")]
     pub logs_self: Option<bool>,
+}
+
+/// Every setting's default, written once: `Settings::resolve` parses its
+/// value from here, and `--help` shows it (see [`with_defaults_in_help`]).
+const DEFAULTS: &[(&str, &str)] = &[
+    ("data_dir", "./shoal-data"),
+    ("api", "127.0.0.1:7700"),
+    ("rpc", "127.0.0.1:7701"),
+    ("gossip", "127.0.0.1:7702"),
+    ("voters", "3"),
+    ("dead_node_grace_secs", "30"),
+    ("cluster_name", "shoal"),
+    ("election_timeout_ms", "300"),
+    ("log_level", "info,openraft=warn"),
+    ("log_max_file_mb", "64"),
+    ("log_max_files", "10"),
+    ("max_value_bytes", "1048576"),
+    ("request_timeout_ms", "10000"),
+    ("snapshot_every", "10000"),
+    ("history_revisions", "100000"),
+    ("max_message_bytes", "1048576"),
+    ("otlp_grpc", "127.0.0.1:4317"),
+    ("otlp_http", "127.0.0.1:4318"),
+    ("logs_retention_days", "7"),
+    ("logs_retention_mb", "10240"),
+    ("logs_wal_max_mb", "1024"),
+    ("logs_indexing_max_mb", "256"),
+    ("logs_disk_max_mb", "102400"),
+    ("logs_max_body_mb", "32"),
+    ("logs_commit_ms", "1000"),
+    ("logs_self", "true"),
+];
+
+/// The default of the setting `name`, parsed. Every entry of [`DEFAULTS`]
+/// is parsed by a unit test, so this cannot fail at run time.
+fn default_of<T: std::str::FromStr>(name: &str) -> T {
+    let text = DEFAULTS
+        .iter()
+        .find(|(setting, _)| *setting == name)
+        .map(|(_, value)| *value)
+        .unwrap_or_else(|| panic!("no default for the setting {name}"));
+    text.parse()
+        .unwrap_or_else(|_| panic!("the default of {name} ({text:?}) does not parse"))
+}
+
+/// `serve`'s and `dev`'s help with each setting's default from [`DEFAULTS`].
+pub fn with_defaults_in_help(command: clap::Command) -> clap::Command {
+    ["serve", "dev"]
+        .into_iter()
+        .fold(command, |command, subcommand| {
+            command.mut_subcommand(subcommand, |sub| {
+                DEFAULTS.iter().fold(sub, |sub, (name, value)| {
+                    sub.mut_arg(*name, |arg| {
+                        let with_default = |help: &clap::builder::StyledStr| {
+                            format!(
+                                "{} [default: {value}]",
+                                help.to_string().trim_end_matches('.')
+                            )
+                        };
+                        let short = arg.get_help().map(with_default);
+                        let long = arg.get_long_help().map(with_default);
+                        let arg = match short {
+                            Some(help) => arg.help(help),
+                            None => arg,
+                        };
+                        match long {
+                            Some(help) => arg.long_help(help),
+                            None => arg,
+                        }
+                    })
+                })
+            })
+        })
 }
 
 /// An optional listener: its address, and whether the user named it (a
@@ -298,10 +371,10 @@ impl Settings {
         } else {
             flags.seed.clone()
         };
-        let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from("./shoal-data"));
-        let api = pick!(api).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7700)));
-        let rpc = pick!(rpc).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7701)));
-        let gossip = pick!(gossip).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7702)));
+        let data_dir = pick!(data_dir).unwrap_or_else(|| default_of("data_dir"));
+        let api = pick!(api).unwrap_or_else(|| default_of("api"));
+        let rpc = pick!(rpc).unwrap_or_else(|| default_of("rpc"));
+        let gossip = pick!(gossip).unwrap_or_else(|| default_of("gossip"));
         let settings = Settings {
             log_dir: pick!(log_dir).unwrap_or_else(|| data_dir.join("logs")),
             data_dir,
@@ -318,35 +391,36 @@ impl Settings {
                 0
             }),
             seeds,
-            voters: pick!(voters).unwrap_or(3),
-            dead_node_grace_secs: pick!(dead_node_grace_secs).unwrap_or(30),
-            cluster_name: pick!(cluster_name).unwrap_or_else(|| "shoal".into()),
+            voters: pick!(voters).unwrap_or_else(|| default_of("voters")),
+            dead_node_grace_secs: pick!(dead_node_grace_secs)
+                .unwrap_or_else(|| default_of("dead_node_grace_secs")),
+            cluster_name: pick!(cluster_name).unwrap_or_else(|| default_of("cluster_name")),
             cluster_secret: pick!(cluster_secret),
             leave_on_terminate: pick!(leave_on_terminate).unwrap_or(false),
-            election_timeout_ms: pick!(election_timeout_ms).unwrap_or(300),
-            log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
-            log_max_file_bytes: pick!(log_max_file_mb).unwrap_or(64).saturating_mul(1 << 20),
-            log_max_files: pick!(log_max_files).unwrap_or(10),
+            election_timeout_ms: pick!(election_timeout_ms)
+                .unwrap_or_else(|| default_of("election_timeout_ms")),
+            log_level: pick!(log_level).unwrap_or_else(|| default_of("log_level")),
+            log_max_file_bytes: pick!(log_max_file_mb)
+                .unwrap_or_else(|| default_of("log_max_file_mb"))
+                .saturating_mul(1 << 20),
+            log_max_files: pick!(log_max_files).unwrap_or_else(|| default_of("log_max_files")),
             otlp_endpoint: pick!(otlp_endpoint),
-            max_value_bytes: pick!(max_value_bytes).unwrap_or(1 << 20),
-            request_timeout_ms: pick!(request_timeout_ms).unwrap_or(10_000),
-            snapshot_every: pick!(snapshot_every).unwrap_or(10_000),
-            history_revisions: pick!(history_revisions).unwrap_or(100_000),
+            max_value_bytes: pick!(max_value_bytes)
+                .unwrap_or_else(|| default_of("max_value_bytes")),
+            request_timeout_ms: pick!(request_timeout_ms)
+                .unwrap_or_else(|| default_of("request_timeout_ms")),
+            snapshot_every: pick!(snapshot_every).unwrap_or_else(|| default_of("snapshot_every")),
+            history_revisions: pick!(history_revisions)
+                .unwrap_or_else(|| default_of("history_revisions")),
             kafka_brokers: pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
-            max_message_bytes: pick!(max_message_bytes).unwrap_or(1 << 20),
-            otlp_grpc: optional_listener(
-                pick!(otlp_grpc),
-                SocketAddr::from(([127, 0, 0, 1], 4317)),
-                "otlp-grpc",
-            )?,
-            otlp_http: optional_listener(
-                pick!(otlp_http),
-                SocketAddr::from(([127, 0, 0, 1], 4318)),
-                "otlp-http",
-            )?,
-            logs_retention_days: pick!(logs_retention_days).unwrap_or(7),
+            max_message_bytes: pick!(max_message_bytes)
+                .unwrap_or_else(|| default_of("max_message_bytes")),
+            otlp_grpc: optional_listener(pick!(otlp_grpc), default_of("otlp_grpc"), "otlp-grpc")?,
+            otlp_http: optional_listener(pick!(otlp_http), default_of("otlp_http"), "otlp-http")?,
+            logs_retention_days: pick!(logs_retention_days)
+                .unwrap_or_else(|| default_of("logs_retention_days")),
             logs_retention_bytes: pick!(logs_retention_mb)
-                .unwrap_or(10 << 10)
+                .unwrap_or_else(|| default_of("logs_retention_mb"))
                 .saturating_mul(1 << 20),
             logs_stream_retention: stream_retention(if flags.logs_stream_retention.is_empty() {
                 &file.logs_stream_retention
@@ -354,22 +428,22 @@ impl Settings {
                 &flags.logs_stream_retention
             })?,
             logs_wal_max_bytes: pick!(logs_wal_max_mb)
-                .unwrap_or(1024)
+                .unwrap_or_else(|| default_of("logs_wal_max_mb"))
                 .saturating_mul(1 << 20),
             logs_indexing_max_bytes: pick!(logs_indexing_max_mb)
-                .unwrap_or(256)
+                .unwrap_or_else(|| default_of("logs_indexing_max_mb"))
                 .saturating_mul(1 << 20),
             logs_disk_max_bytes: pick!(logs_disk_max_mb)
-                .unwrap_or(100 << 10)
+                .unwrap_or_else(|| default_of("logs_disk_max_mb"))
                 .saturating_mul(1 << 20),
             logs_max_body_bytes: usize::try_from(
                 pick!(logs_max_body_mb)
-                    .unwrap_or(32)
+                    .unwrap_or_else(|| default_of::<u64>("logs_max_body_mb"))
                     .saturating_mul(1 << 20),
             )
             .unwrap_or(usize::MAX),
-            logs_commit_ms: pick!(logs_commit_ms).unwrap_or(1000),
-            logs_self: pick!(logs_self).unwrap_or(true),
+            logs_commit_ms: pick!(logs_commit_ms).unwrap_or_else(|| default_of("logs_commit_ms")),
+            logs_self: pick!(logs_self).unwrap_or_else(|| default_of("logs_self")),
         };
         settings.check()?;
         Ok(settings)
@@ -502,5 +576,47 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) => std::fs::File::open(dir)?.sync_all(),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, Command};
+
+    use super::*;
+
+    /// Resolving no flags at all takes every default, so every entry of
+    /// `DEFAULTS` parses into its setting's type.
+    #[test]
+    fn every_default_parses_and_resolves() {
+        let settings = Settings::resolve(NodeArgs::default()).expect("the defaults are valid");
+        assert_eq!(settings.api.to_string(), "127.0.0.1:7700");
+        assert_eq!(settings.advertise_rpc, "127.0.0.1:7701");
+        assert_eq!(settings.logs_retention_bytes, 10240 << 20);
+        assert!(settings.logs_self);
+    }
+
+    /// `--help` shows each default, taken from the same table.
+    #[test]
+    fn help_shows_every_default() {
+        let command = ["serve", "dev"]
+            .into_iter()
+            .fold(Command::new("shoal"), |command, name| {
+                command.subcommand(NodeArgs::augment_args(Command::new(name)))
+            });
+        let mut command = with_defaults_in_help(command);
+        let help = command
+            .find_subcommand_mut("serve")
+            .expect("serve")
+            .render_long_help()
+            .to_string();
+        // Help is wrapped to the terminal's width.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for (name, value) in DEFAULTS {
+            assert!(
+                help.contains(&format!("[default: {value}]")),
+                "--help does not show the default of {name}:\n{help}"
+            );
+        }
     }
 }
