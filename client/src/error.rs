@@ -2,8 +2,6 @@
 
 use serde_json::{Map, Value};
 
-use crate::kv::KeyValue;
-
 /// Everything that can go wrong talking to Shoal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -121,17 +119,6 @@ impl Error {
     /// True when a compare-and-set (`if_revision`) did not hold.
     pub fn is_compare_failed(&self) -> bool {
         self.code() == Some("compare_failed")
-    }
-
-    /// For a failed compare-and-set: the key as it is now (`None` if it does
-    /// not exist). The server sends it without its value.
-    pub fn current_kv(&self) -> Option<KeyValue> {
-        match self {
-            Error::Api { code, details, .. } if code == "compare_failed" => details
-                .get("current")
-                .and_then(|v| serde_json::from_value::<KeyValue>(v.clone()).ok()),
-            _ => None,
-        }
     }
 
     /// Whether another endpoint may succeed where this one failed: a

@@ -10,6 +10,21 @@ use serde_json::{json, Value};
 use crate::client::{encode_path, query, Client, Request, Retry};
 use crate::error::{Error, Result};
 
+// In this module rather than error.rs, so that the error type does not
+// depend on the KV model (kv.rs already depends on the error type).
+impl Error {
+    /// For a failed compare-and-set: the key as it is now (`None` if it does
+    /// not exist). The server sends it without its value.
+    pub fn current_kv(&self) -> Option<KeyValue> {
+        match self {
+            Error::Api { code, details, .. } if code == "compare_failed" => details
+                .get("current")
+                .and_then(|v| serde_json::from_value::<KeyValue>(v.clone()).ok()),
+            _ => None,
+        }
+    }
+}
+
 /// A key with its value and revisions.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct KeyValue {
