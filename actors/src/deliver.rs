@@ -207,7 +207,11 @@ impl Actor for Deliverer {
             }
             Ok(Next::Idle) => {}
             Err(e) => {
-                tracing::error!(destination = %state.destination, error = %e, "outbox pass failed; retrying in 1 s");
+                tracing::error!(
+                    destination = %state.destination,
+                    error = %e,
+                    "outbox pass failed; retrying in 1 s",
+                );
                 let me = myself.clone();
                 state.timer = Some(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -292,8 +296,12 @@ async fn pass(state: &State) -> Result<Next, PassError> {
         let destination = state.destination.clone();
         match outcome {
             Ok(()) => {
-                metrics::counter!("shoal_deliveries_total", "destination" => destination.clone(), "topic" => topic)
-                    .increment(1);
+                metrics::counter!(
+                    "shoal_deliveries_total",
+                    "destination" => destination.clone(),
+                    "topic" => topic,
+                )
+                .increment(1);
                 run_blocking(move || outbox.remove(&destination, stored.seq)).await?;
             }
             Err(error) => {
@@ -305,8 +313,12 @@ async fn pass(state: &State) -> Result<Next, PassError> {
                     Some(delay) => {
                         tracing::info!(destination = %state.destination, id = %entry.message.id,
                             attempts = entry.attempts, retry_in_ms = delay, %error, "delivery failed; will retry");
-                        metrics::counter!("shoal_deliveries_retried_total", "destination" => destination.clone(), "topic" => topic)
-                            .increment(1);
+                        metrics::counter!(
+                            "shoal_deliveries_retried_total",
+                            "destination" => destination.clone(),
+                            "topic" => topic,
+                        )
+                        .increment(1);
                         entry.next_attempt_ms = now_ms() + delay;
                         let at = entry.next_attempt_ms;
                         let value = shoal_codec::encode(&entry)?;
@@ -317,8 +329,12 @@ async fn pass(state: &State) -> Result<Next, PassError> {
                     None => {
                         tracing::warn!(destination = %state.destination, id = %entry.message.id,
                             attempts = entry.attempts, %error, "delivery gave up; moved to the dead letters");
-                        metrics::counter!("shoal_deliveries_dead_lettered_total", "destination" => destination.clone(), "topic" => topic)
-                            .increment(1);
+                        metrics::counter!(
+                            "shoal_deliveries_dead_lettered_total",
+                            "destination" => destination.clone(),
+                            "topic" => topic,
+                        )
+                        .increment(1);
                         let value = shoal_codec::encode(&entry)?;
                         run_blocking(move || outbox.kill(&destination, stored.seq, &value)).await?;
                     }

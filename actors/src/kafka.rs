@@ -84,7 +84,10 @@ impl KafkaClient {
         }
         match self.producer.send(future, PRODUCE_TIMEOUT).await {
             Ok(delivery) => {
-                metrics::counter!("shoal_kafka_produced_total", "topic" => record.topic.to_string()).increment(1);
+                metrics::counter!(
+                    "shoal_kafka_produced_total",
+                    "topic" => record.topic.to_string())
+                .increment(1);
                 Ok(Produced {
                     partition: delivery.partition,
                     offset: delivery.offset,
@@ -152,7 +155,12 @@ impl KafkaClient {
         consumer
             .subscribe(&[&bridge.kafka_topic])
             .map_err(|e| KafkaError::Client(e.to_string()))?;
-        tracing::info!(bridge = %bridge.name, kafka_topic = %bridge.kafka_topic, topic = %bridge.topic, "Kafka bridge consuming");
+        tracing::info!(
+            bridge = %bridge.name,
+            kafka_topic = %bridge.kafka_topic,
+            topic = %bridge.topic,
+            "Kafka bridge consuming",
+        );
         loop {
             let record = match consumer.recv().await {
                 Ok(record) => record,
@@ -168,14 +176,22 @@ impl KafkaClient {
                 match hand_on(message.clone()).await {
                     Ok(()) => break,
                     Err(e) => {
-                        tracing::warn!(bridge = %bridge.name, error = %e, "handing a Kafka record on failed; retrying");
+                        tracing::warn!(
+                            bridge = %bridge.name,
+                            error = %e,
+                            "handing a Kafka record on failed; retrying",
+                        );
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
                 }
             }
             if let Err(e) = consumer.commit_message(&record, CommitMode::Async) {
-                tracing::warn!(bridge = %bridge.name, error = %e, "committing a Kafka offset failed");
+                tracing::warn!(
+                    bridge = %bridge.name,
+                    error = %e,
+                    "committing a Kafka offset failed",
+                );
             }
             metrics::counter!("shoal_kafka_consumed_total", "bridge" => bridge.name.clone())
                 .increment(1);

@@ -147,7 +147,12 @@ impl Messaging {
                         routed += 1;
                     }
                     (Destination::Topic(topic), _) => {
-                        tracing::warn!(id = %message.id, %topic, hops, "routing loop: message not re-published");
+                        tracing::warn!(
+                            id = %message.id,
+                            %topic,
+                            hops,
+                            "routing loop: message not re-published",
+                        );
                         metrics::counter!("shoal_messages_dropped_total", "topic" => topic.clone())
                             .increment(1);
                     }

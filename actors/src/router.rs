@@ -527,7 +527,12 @@ async fn run_link(
             }
         };
         if let Err(e) = transport.send(node, frame).await {
-            tracing::warn!(node, count, error = %e, "forwarding messages to a peer failed; dropped");
+            tracing::warn!(
+                node,
+                count,
+                error = %e,
+                "forwarding messages to a peer failed; dropped",
+            );
             metrics::counter!("shoal_peer_link_dropped_total").increment(count as u64);
         }
     }

@@ -145,7 +145,11 @@ async fn bind_optional(
     match TcpListener::bind(addr).await {
         Ok(bound) => Ok(Some(bound)),
         Err(e) if !listener.explicit => {
-            tracing::warn!(%addr, error = %e, "the default {what} address is taken; {what} is off (set its flag to choose another address)");
+            tracing::warn!(
+                %addr,
+                error = %e,
+                "the default {what} address is taken; {what} is off (set its flag to choose another address)",
+            );
             Ok(None)
         }
         Err(e) => Err(e).with_context(|| format!("binding the {what} address {addr}")),

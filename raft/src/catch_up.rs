@@ -72,7 +72,10 @@ impl CatchUp {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot remove the catch-up marker; still catching up");
+                    tracing::warn!(
+                        error = %e,
+                        "cannot remove the catch-up marker; still catching up",
+                    );
                     return;
                 }
             }
@@ -100,7 +103,10 @@ pub async fn vote_unless_catching_up(
     if catch_up.may_vote_for(&request) {
         return raft.vote(request).await;
     }
-    tracing::info!(candidate = %request.vote, "refusing a vote while catching up after starting empty");
+    tracing::info!(
+        candidate = %request.vote,
+        "refusing a vote while catching up after starting empty",
+    );
     metrics::counter!("shoal_raft_votes_refused_catching_up_total").increment(1);
     let vote = raft.metrics().borrow().vote;
     Ok(VoteResponse::new(vote, None, false))

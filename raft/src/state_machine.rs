@@ -99,7 +99,11 @@ impl StateMachine {
         let path = self.snapshot_path();
         let loaded = match load_snapshot_file(&path) {
             Err(e @ shoal_storage::StorageError::Corrupt { .. }) => {
-                tracing::warn!(error = %e, path = %path.display(), "removing a damaged snapshot file");
+                tracing::warn!(
+                    error = %e,
+                    path = %path.display(),
+                    "removing a damaged snapshot file",
+                );
                 std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
                 None
             }

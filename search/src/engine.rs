@@ -79,7 +79,12 @@ impl Logs {
                         partitions.insert((stream.clone(), day), Arc::new(partition));
                     }
                     Err(e) => {
-                        tracing::error!(stream, day = %index::day_name(day), error = %e, "cannot open a log partition; skipping it")
+                        tracing::error!(
+                            stream,
+                            day = %index::day_name(day),
+                            error = %e,
+                            "cannot open a log partition; skipping it",
+                        )
                     }
                 }
             }

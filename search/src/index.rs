@@ -286,7 +286,12 @@ fn rebuild(
     let payload = old_index.load_metas()?.payload;
     let searcher = old_index.reader()?.searcher();
     let total = searcher.num_docs();
-    tracing::info!(stream, day = %day_name(day), records = total, "rebuilding a log partition of an earlier format");
+    tracing::info!(
+        stream,
+        day = %day_name(day),
+        records = total,
+        "rebuilding a log partition of an earlier format",
+    );
     let started = std::time::Instant::now();
     let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 64 << 20)?;
     let mut done = 0u64;
@@ -306,7 +311,13 @@ fn rebuild(
             writer.add_document(document(fields, &record, seq)?)?;
             done += 1;
             if done.is_multiple_of(1_000_000) {
-                tracing::info!(stream, day = %day_name(day), done, total, "rebuilding a log partition");
+                tracing::info!(
+                    stream,
+                    day = %day_name(day),
+                    done,
+                    total,
+                    "rebuilding a log partition",
+                );
             }
         }
     }
@@ -316,7 +327,13 @@ fn rebuild(
     }
     prepared.commit()?;
     writer.wait_merging_threads()?;
-    tracing::info!(stream, day = %day_name(day), records = done, secs = started.elapsed().as_secs_f64(), "rebuilt a log partition");
+    tracing::info!(
+        stream,
+        day = %day_name(day),
+        records = done,
+        secs = started.elapsed().as_secs_f64(),
+        "rebuilt a log partition",
+    );
     Ok(())
 }
 

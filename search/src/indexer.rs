@@ -104,7 +104,11 @@ impl Indexer {
             let partition = match self.partition(&entry.stream, day) {
                 Ok(partition) => partition,
                 Err(e) => {
-                    tracing::error!(stream = entry.stream, error = %e, "cannot open a log partition; record dropped");
+                    tracing::error!(
+                        stream = entry.stream,
+                        error = %e,
+                        "cannot open a log partition; record dropped",
+                    );
                     metrics::counter!("shoal_logs_index_errors_total").increment(1);
                     continue;
                 }
@@ -359,12 +363,21 @@ impl Indexer {
             .remove(&key);
         match std::fs::remove_dir_all(&partition.dir) {
             Ok(()) => {
-                tracing::info!(stream = key.0, day = %index::day_name(key.1), why, "retention dropped a log partition");
+                tracing::info!(
+                    stream = key.0,
+                    day = %index::day_name(key.1),
+                    why,
+                    "retention dropped a log partition",
+                );
                 metrics::counter!("shoal_logs_partitions_dropped_total", "why" => why.to_string())
                     .increment(1);
             }
             Err(e) => {
-                tracing::warn!(path = %partition.dir.display(), error = %e, "cannot remove a log partition")
+                tracing::warn!(
+                    path = %partition.dir.display(),
+                    error = %e,
+                    "cannot remove a log partition",
+                )
             }
         }
     }

@@ -200,7 +200,11 @@ impl Wal {
                     self.bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    tracing::warn!(path = %segment.path.display(), error = %e, "cannot remove a WAL segment");
+                    tracing::warn!(
+                        path = %segment.path.display(),
+                        error = %e,
+                        "cannot remove a WAL segment",
+                    );
                     segments.insert(0, segment);
                     break;
                 }
@@ -245,12 +249,20 @@ fn read_segment(path: &Path, each: &mut dyn FnMut(Entry)) -> Result<(), SearchEr
         let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
         let start = at + FRAME_HEADER;
         if !(BODY_HEADER..=MAX_FRAME_BYTES).contains(&len) || start + len > data.len() {
-            tracing::warn!(path = %path.display(), offset = at, "WAL segment ends in a torn frame; ignoring the rest");
+            tracing::warn!(
+                path = %path.display(),
+                offset = at,
+                "WAL segment ends in a torn frame; ignoring the rest",
+            );
             break;
         }
         let body = &data[start..start + len];
         if crc32fast::hash(body) != crc {
-            tracing::warn!(path = %path.display(), offset = at, "WAL frame fails its checksum; ignoring the rest");
+            tracing::warn!(
+                path = %path.display(),
+                offset = at,
+                "WAL frame fails its checksum; ignoring the rest",
+            );
             break;
         }
         let seq = u64::from_le_bytes(body[0..8].try_into().unwrap_or_default());
@@ -264,7 +276,12 @@ fn read_segment(path: &Path, each: &mut dyn FnMut(Entry)) -> Result<(), SearchEr
                 bytes: 0,
             }),
             Err(e) => {
-                tracing::warn!(path = %path.display(), offset = at, error = %e, "undecodable WAL entry; ignoring the rest");
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = at,
+                    error = %e,
+                    "undecodable WAL entry; ignoring the rest",
+                );
                 break;
             }
         }

@@ -52,7 +52,10 @@ pub async fn form_cluster(cluster: Arc<Cluster>, expect: usize) {
                         )
                     })
                     .collect();
-                tracing::info!(members = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
+                tracing::info!(
+                    members = ?voters.keys().collect::<Vec<_>>(),
+                    "forming a new cluster",
+                );
                 if let Err(e) = cluster.raft.initialize(voters).await {
                     tracing::warn!(error = %e, "cluster initialisation failed; will retry");
                 }

@@ -178,22 +178,18 @@ pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
 pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
     loop {
         let filter = Filter::Prefix(CONFIG_PREFIX.to_string());
-        let mut watcher = match Watcher::start(
-            shoal.clone(),
-            filter,
-            Some(revision + 1),
-            false,
-            256,
-        )
-        .await
-        {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the messaging configuration failed; reloading");
-                revision = load_config(&shoal).await;
-                continue;
-            }
-        };
+        let mut watcher =
+            match Watcher::start(shoal.clone(), filter, Some(revision + 1), false, 256).await {
+                Ok(watcher) => watcher,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "watching the messaging configuration failed; reloading",
+                    );
+                    revision = load_config(&shoal).await;
+                    continue;
+                }
+            };
         loop {
             match watcher.next_batches(None).await {
                 Ok(batches) => {
@@ -209,7 +205,10 @@ pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
                     shoal.messaging.apply_config(changes).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "the messaging configuration watch stopped; reloading");
+                    tracing::warn!(
+                        error = %e,
+                        "the messaging configuration watch stopped; reloading",
+                    );
                     break;
                 }
             }
