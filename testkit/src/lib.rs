@@ -299,3 +299,24 @@ pub fn file_tail(path: &Path, lines: usize, clean: impl Fn(&str) -> String) -> S
         all[start..].join("\n")
     )
 }
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
+/// after `timeout`. Tests wait for a condition this way, never for a fixed
+/// time.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -54,25 +54,7 @@ pub use serde_json::{json, Value};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics with `what`
-/// after `timeout`. Used instead of sleeps: a test waits for a condition,
-/// never for a fixed time.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use shoal_testkit::eventually;
 
 /// Like [`eventually`], but `check` explains each miss (`Err(observation)`),
 /// and the panic after `timeout` shows the last observation, so a failure

@@ -1,7 +1,7 @@
 //! Helpers shared by the tests.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_client::Client;
 use shoal_testkit::NodeProcess;
@@ -21,24 +21,7 @@ pub fn client_for<'a>(nodes: impl IntoIterator<Item = &'a NodeProcess>) -> Clien
         .expect("build the client")
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or panics after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use shoal_testkit::eventually;
 
 /// Awaits `future`, panicking with `what` after `timeout`.
 pub async fn within<T>(timeout: Duration, what: &str, future: impl Future<Output = T>) -> T {

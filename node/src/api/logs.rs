@@ -468,13 +468,17 @@ pub async fn streams(State(app): State<AppState>) -> ApiResult<Response> {
     .into_response())
 }
 
+/// A trace id from a path: 1 to 32 hex digits, lowercased; else 400.
+pub fn trace_id_param(raw: &str) -> ApiResult<String> {
+    record::normalize_hex_id(raw, "trace id").map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
 /// Every span and log record of one trace, from every node.
 pub async fn trace(
     State(app): State<AppState>,
     Path(trace_id): Path<String>,
 ) -> ApiResult<Response> {
-    let trace_id = record::normalize_hex_id(&trace_id, "trace id")
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let trace_id = trace_id_param(&trace_id)?;
     let (hits, report) = fetch_traces(&app, vec![trace_id.clone()]).await?;
     if hits.is_empty() {
         let error = ApiError::new(

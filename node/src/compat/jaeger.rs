@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
-use shoal_search::record::{self, now_nanos};
+use shoal_search::record::now_nanos;
 use shoal_search::{AggregateRequest, Hit, Kind, KindFilter, SearchOrder, SearchRequest};
 
 use crate::api::error::{ApiError, ApiResult};
@@ -75,8 +75,7 @@ pub async fn trace(
     State(app): State<AppState>,
     Path(trace_id): Path<String>,
 ) -> ApiResult<Response> {
-    let trace_id = record::normalize_hex_id(&trace_id, "trace id")
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let trace_id = crate::api::logs::trace_id_param(&trace_id)?;
     let (hits, _) = fetch_traces(&app, vec![trace_id.clone()]).await?;
     let traces = jaeger_traces(&hits);
     if traces.is_empty() {
