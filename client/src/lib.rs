@@ -6,10 +6,11 @@
 //! `Stream` that resumes across disconnects and node failures without
 //! losing or repeating a revision, typed configuration read from a key
 //! prefix into a serde type and kept current, publish/subscribe messaging,
-//! and log ingest and search. A [`Client`] holds a list of endpoints (any
-//! nodes of the cluster) and fails over between them. The API is async and
-//! needs a Tokio runtime: watches, subscriptions, lease keepers and the log
-//! batcher run in Tokio tasks.
+//! and log ingest and search, plus [`Client::request_json`] and
+//! [`Client::request_events`] for endpoints it does not model. A [`Client`]
+//! holds a list of endpoints (any nodes of the cluster) and fails over
+//! between them. The API is async and needs a Tokio runtime: watches,
+//! subscriptions, lease keepers and the log batcher run in Tokio tasks.
 //!
 //! ```no_run
 //! use futures::StreamExt;
@@ -44,6 +45,7 @@ mod kv;
 mod lease;
 mod logs;
 mod messaging;
+mod raw;
 mod sse;
 mod watch;
 
@@ -64,6 +66,8 @@ pub use messaging::{
     BatchReceipt, Message, OutgoingMessage, Overflow, PublishOptions, PublishReceipt,
     SubscribeOptions, Subscription,
 };
+pub use raw::{RawEvent, RawEvents};
+pub use reqwest::Method;
 pub use watch::{WatchBatch, WatchOptions, WatchStream};
 
 /// Compiles the Rust snippets of the README as doc tests, so they stay true.

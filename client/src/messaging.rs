@@ -203,12 +203,20 @@ pub struct Message {
     /// The payload. A JSON payload is re-serialized from the envelope, so it
     /// is equal as JSON, not necessarily byte for byte.
     pub payload: Vec<u8>,
+    /// The envelope as received (JSON text), for [`Message::envelope`].
+    envelope: String,
 }
 
 impl Message {
     /// The payload as UTF-8 text, if it is.
     pub fn text(&self) -> Option<&str> {
         std::str::from_utf8(&self.payload).ok()
+    }
+
+    /// The CloudEvents envelope exactly as the node sent it (JSON text),
+    /// including attributes this type has no field for.
+    pub fn envelope(&self) -> &str {
+        &self.envelope
     }
 
     /// The payload parsed as JSON into `T`.
@@ -258,6 +266,7 @@ impl Message {
             traceparent: envelope.traceparent,
             headers: envelope.headers,
             payload,
+            envelope: text.to_string(),
         })
     }
 }

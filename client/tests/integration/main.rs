@@ -6,6 +6,7 @@
 
 mod common;
 mod config;
+mod escape_hatch;
 mod kv;
 mod lease;
 mod logs;

@@ -1,4 +1,5 @@
-//! The command-line client: `shoal kv ...`, `shoal lease ...`, `shoal status`.
+//! The command-line client: `shoal kv ...`, `shoal lease ...`, `shoal cluster ...`,
+//! `shoal pub`, `shoal sub` and `shoal status`, on top of `shoal-client`.
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -9,6 +10,11 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use shoal_client::{
+    Client, Consistency, DeleteOptions, Error, Event, EventType, HistoryOptions, KeyValue,
+    LeaseInfo, ListOptions, Message, Method, PublishOptions, PutOptions, SubscribeOptions,
+    WatchBatch, WatchOptions,
+};
 
 #[derive(Args, Debug)]
 pub struct ClientArgs {
@@ -111,84 +117,80 @@ pub enum ClusterCommand {
     },
 }
 
-pub(crate) struct Client {
-    pub http: reqwest::Client,
-    pub endpoint: String,
-    pub json: bool,
+impl ClientArgs {
+    /// A client for `--endpoint`.
+    pub fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::builder()
+            .endpoint(self.endpoint.as_str())
+            .connect_timeout(Duration::from_secs(5))
+            .build()?)
+    }
 }
 
-/// Percent-encode a key for a URL path, keeping `/` separators.
-pub(crate) fn encode_path(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
+/// The CLI's wording of a client error: the server's `code (status):
+/// message`, or a hint to start a node when none answers.
+pub(crate) fn describe(error: &Error) -> String {
+    match error {
+        Error::Transport { endpoint, source } => format!(
+            "cannot reach {endpoint}: {source} (is a node running there? start one with `shoal dev`)"
+        ),
+        Error::Compacted { message, .. } => format!("compacted (410): {message}"),
+        other => other.to_string(),
+    }
+}
+
+fn printable(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("<{} bytes of binary>", value.len()),
+    }
+}
+
+fn read_stdin(what: &str) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading the {what} from standard input"))?;
+    Ok(buf)
+}
+
+// The API's JSON for the typed answers, for `--json` (as the server sends it).
+
+fn kv_json(kv: &KeyValue, with_value: bool) -> Value {
+    let mut out = json!({
+        "key": kv.key,
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": kv.lease,
+    });
+    if with_value {
+        out["value"] = json!(STANDARD.encode(&kv.value));
     }
     out
 }
 
-fn printable(value: &str) -> String {
-    match STANDARD.decode(value) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(e) => format!("<{} bytes of binary>", e.as_bytes().len()),
-        },
-        Err(_) => value.to_string(),
+fn event_json(event: &Event) -> Value {
+    match event.kind {
+        EventType::Put => json!({"type": "put", "kv": kv_json(&event.kv, true)}),
+        EventType::Delete => json!({"type": "delete", "kv": kv_json(&event.kv, false)}),
     }
 }
 
-impl Client {
-    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Client {
-            http,
-            endpoint: args.endpoint.trim_end_matches('/').to_string(),
-            json: args.json,
-        })
+fn lease_json(lease: &LeaseInfo, with_keys: bool) -> Value {
+    let mut out = json!({
+        "id": lease.id,
+        "ttl_seconds": lease.ttl_seconds,
+        "remaining_ms": lease.remaining_ms,
+    });
+    if with_keys {
+        out["keys"] = json!(lease.keys);
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.endpoint, path)
-    }
-
-    /// Send a request; a JSON error body becomes a readable error.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .with_context(|| format!("reading the reply from {}", self.endpoint))?;
-        if !status.is_success() {
-            let code = body["error"]["code"].as_str().unwrap_or("error");
-            let message = body["error"]["message"]
-                .as_str()
-                .unwrap_or("request failed");
-            bail!("{code} ({}): {message}", status.as_u16());
-        }
-        Ok(body)
-    }
-
-    pub fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        anyhow!(
-            "cannot reach {}: {e} (is a node running there? start one with `shoal dev`)",
-            self.endpoint
-        )
-    }
-
-    fn print_json(&self, value: &Value) {
-        println!("{value}");
-    }
+    out
 }
 
 pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
-    let client = Client::new(&args)?;
+    let client = args.connect()?;
     match command {
         KvCommand::Put {
             key,
@@ -198,49 +200,41 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
         } => {
             let value = match value {
                 Some(value) => value.into_bytes(),
-                None => {
-                    let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .context("reading the value from standard input")?;
-                    buf
-                }
+                None => read_stdin("value")?,
             };
-            let mut query = Vec::new();
-            if let Some(lease) = lease {
-                query.push(("lease", lease.to_string()));
-            }
-            if let Some(revision) = if_revision {
-                query.push(("if_revision", revision.to_string()));
-            }
-            let request = client
-                .http
-                .put(client.url(&format!("/v1/kv/{}", encode_path(&key))))
-                .query(&query)
-                .body(value);
-            let body = client.send(request).await?;
-            if client.json {
-                client.print_json(&body);
+            let options = PutOptions { lease, if_revision };
+            let put = client.put_with(&key, value, &options).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({
+                        "revision": put.revision,
+                        "kv": kv_json(&put.kv, false),
+                        "prev_kv": put.prev_kv.as_ref().map(|p| kv_json(p, false)),
+                    })
+                );
             } else {
-                println!("OK revision {}", body["revision"]);
+                println!("OK revision {}", put.revision);
             }
         }
         KvCommand::Get { key, stale } => {
-            let consistency = if stale { "stale" } else { "linearizable" };
-            let request = client
-                .http
-                .get(client.url(&format!("/v1/kv/{}", encode_path(&key))))
-                .query(&[("consistency", consistency)]);
-            let body = client.send(request).await?;
-            if client.json {
-                client.print_json(&body);
+            let consistency = if stale {
+                Consistency::Stale
             } else {
-                let value = STANDARD
-                    .decode(body["kv"]["value"].as_str().unwrap_or(""))
-                    .context("decoding the value")?;
+                Consistency::Linearizable
+            };
+            let Some(got) = client.get_with(&key, consistency).await? else {
+                bail!("key_not_found (404): key {key:?} does not exist");
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"revision": got.revision, "kv": kv_json(&got.kv, true)})
+                );
+            } else {
                 let mut out = std::io::stdout();
-                out.write_all(&value)?;
-                if !value.ends_with(b"\n") {
+                out.write_all(&got.kv.value)?;
+                if !got.kv.value.ends_with(b"\n") {
                     out.write_all(b"\n")?;
                 }
             }
@@ -250,44 +244,37 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
             prefix,
             if_revision,
         } => {
-            let mut query = vec![("prefix", prefix.to_string())];
-            if let Some(revision) = if_revision {
-                query.push(("if_revision", revision.to_string()));
-            }
-            let request = client
-                .http
-                .delete(client.url(&format!("/v1/kv/{}", encode_path(&key))))
-                .query(&query);
-            let body = client.send(request).await?;
-            if client.json {
-                client.print_json(&body);
+            let options = DeleteOptions {
+                prefix,
+                if_revision,
+            };
+            let deleted = client.delete_with(&key, &options).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"revision": deleted.revision, "deleted": deleted.deleted})
+                );
             } else {
-                println!("deleted {}", body["deleted"]);
+                println!("deleted {}", deleted.deleted);
             }
         }
         KvCommand::Ls { prefix, limit } => {
-            let mut after: Option<String> = None;
+            let mut options = ListOptions::default();
             let mut listed = 0;
             loop {
-                let page = (limit - listed).min(1000);
-                let mut query = vec![("prefix", prefix.clone()), ("limit", page.to_string())];
-                if let Some(after) = &after {
-                    query.push(("after", after.clone()));
-                }
-                let body = client
-                    .send(client.http.get(client.url("/v1/kv")).query(&query))
-                    .await?;
-                let kvs = body["kvs"].as_array().cloned().unwrap_or_default();
-                for kv in &kvs {
-                    if client.json {
-                        client.print_json(kv);
+                // At most 1000, so the cast cannot truncate.
+                options.limit = Some((limit - listed).min(1000) as u32);
+                let page = client.list(&prefix, &options).await?;
+                for kv in &page.kvs {
+                    if args.json {
+                        println!("{}", kv_json(kv, true));
                     } else {
-                        println!("{}", kv["key"].as_str().unwrap_or(""));
+                        println!("{}", kv.key);
                     }
                 }
-                listed += kvs.len() as u64;
-                after = body["next_after"].as_str().map(str::to_string);
-                if after.is_none() || listed >= limit {
+                listed += page.kvs.len() as u64;
+                options.after = page.next_after;
+                if options.after.is_none() || listed >= limit {
                     break;
                 }
             }
@@ -296,136 +283,115 @@ pub async fn kv(args: ClientArgs, command: KvCommand) -> anyhow::Result<()> {
             key,
             prefix,
             from_revision,
-        } => watch(&client, key, prefix, from_revision).await?,
+        } => watch(&client, args.json, key, prefix, from_revision).await?,
         KvCommand::History { key, limit } => {
-            let request = client
-                .http
-                .get(client.url(&format!("/v1/history/{}", encode_path(&key))))
-                .query(&[("limit", limit)]);
-            let body = client.send(request).await?;
-            if client.json {
-                client.print_json(&body);
+            let options = HistoryOptions {
+                limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
+                ..HistoryOptions::default()
+            };
+            let history = client.history(&key, &options).await?;
+            if args.json {
+                let events: Vec<Value> = history.events.iter().map(event_json).collect();
+                println!(
+                    "{}",
+                    json!({
+                        "key": history.key,
+                        "revision": history.revision,
+                        "compact_revision": history.compact_revision,
+                        "history": events,
+                    })
+                );
             } else {
-                for event in body["history"].as_array().cloned().unwrap_or_default() {
-                    let kv = &event["kv"];
-                    match event["type"].as_str() {
-                        Some("put") => println!(
+                for event in &history.events {
+                    let kv = &event.kv;
+                    match event.kind {
+                        EventType::Put => println!(
                             "revision {} PUT {} (version {})",
-                            kv["mod_revision"],
-                            printable(kv["value"].as_str().unwrap_or("")),
-                            kv["version"]
+                            kv.mod_revision,
+                            printable(&kv.value),
+                            kv.version
                         ),
-                        _ => println!("revision {} DELETE", kv["mod_revision"]),
+                        EventType::Delete => println!("revision {} DELETE", kv.mod_revision),
                     }
                 }
             }
         }
         KvCommand::Rollback { key, revision } => {
-            let request = client
-                .http
-                .post(client.url(&format!("/v1/rollback/{}", encode_path(&key))))
-                .json(&json!({"revision": revision}));
-            let body = client.send(request).await?;
-            if client.json {
-                client.print_json(&body);
-            } else {
+            let (new_revision, kv) = client.rollback(&key, revision).await?;
+            if args.json {
                 println!(
-                    "OK revision {} (value of revision {revision})",
-                    body["revision"]
+                    "{}",
+                    json!({"revision": new_revision, "kv": kv.as_ref().map(|kv| kv_json(kv, false))})
                 );
+            } else {
+                println!("OK revision {new_revision} (value of revision {revision})");
             }
         }
     }
     Ok(())
 }
 
-/// Follow the SSE stream, printing each batch; on a dropped connection,
-/// reconnect with `Last-Event-ID` so no change is missed or repeated.
+/// Follow the client's watch stream (it reconnects on its own, without
+/// missing or repeating a revision), printing each batch.
 async fn watch(
     client: &Client,
+    json: bool,
     key: String,
     prefix: bool,
     from_revision: Option<u64>,
 ) -> anyhow::Result<()> {
-    let mut last_seen: Option<u64> = from_revision.map(|r| r.saturating_sub(1));
+    let mut options = if prefix {
+        WatchOptions::prefix(key)
+    } else {
+        WatchOptions::key(key)
+    };
+    if let Some(revision) = from_revision {
+        options = options.from_revision(revision);
+    }
+    let mut batches = client.watch(options).await?;
+    let mut reconnects = 0;
+    let mut announced = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let mut query = vec![(if prefix { "prefix" } else { "key" }, key.clone())];
-        if let Some(from) = from_revision.filter(|_| last_seen.is_none()) {
-            query.push(("from_revision", from.to_string()));
+        tokio::select! {
+            batch = batches.next() => match batch {
+                Some(batch) => print_batch(json, &batch?),
+                None => bail!("the watch ended"),
+            },
+            _ = tick.tick() => {}
         }
-        let mut request = client.http.get(client.url("/v1/watch")).query(&query);
-        if let Some(last) = last_seen {
-            request = request.header("Last-Event-ID", last.to_string());
+        // Once per outage, not once per attempt.
+        if batches.connected_endpoint().is_some() {
+            announced = false;
         }
-        let response = request.send().await.map_err(|e| client.unreachable(e))?;
-        let response = ensure_success(response, "watch failed").await?;
-        read_sse(response, |event, data| {
-            let batch: Value = serde_json::from_str(data).context("bad event from the server")?;
-            if event == "error" {
-                bail!("{}: {}", batch["error"]["code"], batch["error"]["message"]);
+        if batches.reconnects() > reconnects {
+            reconnects = batches.reconnects();
+            if !announced {
+                announced = true;
+                eprintln!("watch: connection lost; reconnecting");
             }
-            print_batch(client, &batch);
-            last_seen = batch["revision"].as_u64().or(last_seen);
-            Ok(())
-        })
-        .await?;
-        eprintln!("watch: connection lost; reconnecting");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if last_seen.is_none() {
-            // Resume from now if nothing was seen yet: ask the node for its revision.
-            let status = client
-                .send(client.http.get(client.url("/v1/status")))
-                .await?;
-            last_seen = status["revision"].as_u64();
         }
     }
 }
 
-/// Read a Server-Sent Events response until it ends, calling `on_event`
-/// with each event's name and data.
-pub(crate) async fn read_sse(
-    response: reqwest::Response,
-    mut on_event: impl FnMut(&str, &str) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut stream = response.bytes_stream();
-    let mut buffer = String::new();
-    let (mut event, mut data) = (String::new(), String::new());
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { break };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find('\n') {
-            let line = buffer[..end].trim_end_matches('\r').to_string();
-            buffer.drain(..=end);
-            if let Some(rest) = line.strip_prefix("event:") {
-                event = rest.trim().to_string();
-            } else if let Some(rest) = line.strip_prefix("data:") {
-                data.push_str(rest.trim_start());
-            } else if line.is_empty() && !data.is_empty() {
-                on_event(&event, &data)?;
-                data.clear();
-                event.clear();
+fn print_batch(json: bool, batch: &WatchBatch) {
+    if json {
+        let events: Vec<Value> = batch.events.iter().map(event_json).collect();
+        println!("{}", json!({"revision": batch.revision, "events": events}));
+    } else {
+        for event in &batch.events {
+            let key = &event.kv.key;
+            match event.kind {
+                EventType::Put => println!(
+                    "PUT {key} {} (revision {})",
+                    printable(&event.kv.value),
+                    batch.revision
+                ),
+                EventType::Delete => println!("DELETE {key} (revision {})", batch.revision),
             }
         }
     }
-    Ok(())
-}
-
-/// Fail with the server's JSON error if the response is not a success.
-pub(crate) async fn ensure_success(
-    response: reqwest::Response,
-    what: &str,
-) -> anyhow::Result<reqwest::Response> {
-    if response.status().is_success() {
-        return Ok(response);
-    }
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    bail!(
-        "{} ({}): {}",
-        body["error"]["code"].as_str().unwrap_or("error"),
-        status.as_u16(),
-        body["error"]["message"].as_str().unwrap_or(what)
-    );
+    let _ = std::io::stdout().flush();
 }
 
 /// `shoal pub TOPIC [MESSAGE]`: publish one message (standard input when
@@ -437,39 +403,40 @@ pub async fn publish(
     content_type: String,
     headers: Vec<String>,
 ) -> anyhow::Result<()> {
-    let client = Client::new(&args)?;
+    let client = args.connect()?;
     let body = match message {
         Some(message) => message.into_bytes(),
-        None => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("reading the message from standard input")?;
-            buf
-        }
+        None => read_stdin("message")?,
     };
-    let mut request = client
-        .http
-        .post(client.url(&format!("/v1/topics/{}", encode_path(&topic))))
-        .header("content-type", content_type)
-        .body(body);
+    let mut options = PublishOptions {
+        content_type: Some(content_type),
+        ..PublishOptions::default()
+    };
     for header in headers {
         let (name, value) = header
             .split_once('=')
             .ok_or_else(|| anyhow!("--header takes NAME=VALUE, got {header:?}"))?;
-        request = request.header(format!("ce-{}", name.trim()), value.trim());
+        options
+            .headers
+            .push((name.trim().to_string(), value.trim().to_string()));
     }
-    let receipt = client.send(request).await?;
-    if client.json {
-        client.print_json(&receipt);
+    let receipt = client.publish_with(&topic, body, &options).await?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "id": receipt.id,
+                "topic": receipt.topic,
+                "local": receipt.local,
+                "forwarded": receipt.forwarded,
+                "routed": receipt.routed,
+                "durable": receipt.durable,
+            })
+        );
     } else {
         println!(
             "published {} to {} (local subscribers {}, forwarded to nodes {}, durable deliveries {})",
-            receipt["id"].as_str().unwrap_or("?"),
-            topic,
-            receipt["local"],
-            receipt["forwarded"],
-            receipt["durable"]
+            receipt.id, topic, receipt.local, receipt.forwarded, receipt.durable
         );
     }
     Ok(())
@@ -481,101 +448,73 @@ pub async fn subscribe(
     pattern: String,
     queue: Option<String>,
 ) -> anyhow::Result<()> {
-    let client = Client::new(&args)?;
-    let mut query = vec![("pattern", pattern)];
-    if let Some(queue) = queue {
-        query.push(("queue", queue));
-    }
-    let response = client
-        .http
-        .get(client.url("/v1/subscribe"))
-        .query(&query)
-        .send()
-        .await
-        .map_err(|e| client.unreachable(e))?;
-    let response = ensure_success(response, "subscribe failed").await?;
-    let mut stdout = std::io::stdout();
-    read_sse(response, |event, data| {
-        match event {
-            "message" if client.json => writeln!(stdout, "{data}")?,
-            "message" => {
-                let envelope: Value =
-                    serde_json::from_str(data).context("bad message from the server")?;
-                let payload = match (&envelope["data"], &envelope["data_base64"]) {
-                    (Value::String(text), _) => text.trim_end_matches('\n').to_string(),
-                    (Value::Null, Value::String(encoded)) => format!("<{encoded} (base64)>"),
-                    (value, _) => value.to_string(),
-                };
-                writeln!(
-                    stdout,
-                    "{} {}",
-                    envelope["topic"].as_str().unwrap_or("?"),
-                    payload
-                )?;
-            }
-            "dropped" => {
-                eprintln!("sub: the node dropped messages because this subscriber was slow: {data}")
-            }
-            "error" => bail!("the node ended the subscription: {data}"),
-            _ => {}
+    let client = args.connect()?;
+    let options = SubscribeOptions {
+        queue,
+        ..SubscribeOptions::default()
+    };
+    let mut messages = client.subscribe(&pattern, &options).await?;
+    let (mut dropped, mut reconnects) = (0, 0);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(Ok(message)) => print_message(args.json, &message)?,
+                Some(Err(e)) => bail!("the node ended the subscription: {}", describe(&e)),
+                None => bail!("the connection to {} ended", client.current_endpoint()),
+            },
+            _ = tick.tick() => {}
         }
-        stdout.flush()?;
-        Ok(())
-    })
-    .await?;
-    bail!("the connection to {} ended", client.endpoint)
+        if messages.dropped() > dropped {
+            let count = messages.dropped() - dropped;
+            dropped = messages.dropped();
+            eprintln!(
+                "sub: the node dropped messages because this subscriber was slow: {}",
+                json!({ "dropped": count })
+            );
+        }
+        if messages.reconnects() > reconnects {
+            reconnects = messages.reconnects();
+            eprintln!(
+                "sub: connection lost; subscribing again (messages published meanwhile are missed)"
+            );
+        }
+    }
 }
 
-fn print_batch(client: &Client, batch: &Value) {
-    if client.json {
-        client.print_json(batch);
-        return;
+fn print_message(json: bool, message: &Message) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout();
+    if json {
+        writeln!(stdout, "{}", message.envelope())?;
+    } else {
+        let envelope: Value =
+            serde_json::from_str(message.envelope()).context("bad message from the server")?;
+        let payload = match (&envelope["data"], &envelope["data_base64"]) {
+            (Value::String(text), _) => text.trim_end_matches('\n').to_string(),
+            (Value::Null, Value::String(encoded)) => format!("<{encoded} (base64)>"),
+            (value, _) => value.to_string(),
+        };
+        writeln!(stdout, "{} {payload}", message.topic)?;
     }
-    for event in batch["events"].as_array().cloned().unwrap_or_default() {
-        let kv = &event["kv"];
-        let key = kv["key"].as_str().unwrap_or("");
-        match event["type"].as_str() {
-            Some("put") => {
-                println!(
-                    "PUT {key} {} (revision {})",
-                    printable(kv["value"].as_str().unwrap_or("")),
-                    batch["revision"]
-                )
-            }
-            _ => println!("DELETE {key} (revision {})", batch["revision"]),
-        }
-    }
-    let _ = std::io::stdout().flush();
+    stdout.flush()?;
+    Ok(())
 }
 
 pub async fn lease(args: ClientArgs, command: LeaseCommand) -> anyhow::Result<()> {
-    let client = Client::new(&args)?;
+    let client = args.connect()?;
     let body = match command {
         LeaseCommand::Grant { ttl_seconds } => {
-            let body = client
-                .send(
-                    client
-                        .http
-                        .post(client.url("/v1/leases"))
-                        .json(&json!({"ttl_seconds": ttl_seconds})),
-                )
-                .await?;
-            if !client.json {
-                println!("lease {} granted, ttl {}s", body["id"], body["ttl_seconds"]);
+            let lease = client.lease_grant(ttl_seconds).await?;
+            if !args.json {
+                println!("lease {} granted, ttl {}s", lease.id, lease.ttl_seconds);
                 return Ok(());
             }
-            body
+            json!({"id": lease.id, "ttl_seconds": lease.ttl_seconds})
         }
         LeaseCommand::Keepalive { id, every } => loop {
-            let body = client
-                .send(
-                    client
-                        .http
-                        .post(client.url(&format!("/v1/leases/{id}/keepalive"))),
-                )
-                .await?;
+            let lease = client.lease_keepalive(id).await?;
             match every {
-                None => break body,
+                None => break json!({"id": lease.id, "ttl_seconds": lease.ttl_seconds}),
                 Some(seconds) => {
                     println!("lease {id} kept alive");
                     tokio::time::sleep(Duration::from_secs(seconds.max(1))).await;
@@ -583,34 +522,32 @@ pub async fn lease(args: ClientArgs, command: LeaseCommand) -> anyhow::Result<()
             }
         },
         LeaseCommand::Revoke { id } => {
-            client
-                .send(client.http.delete(client.url(&format!("/v1/leases/{id}"))))
-                .await?
+            let revoked = client.lease_revoke(id).await?;
+            json!({"revision": revoked.revision, "deleted": revoked.deleted})
         }
-        LeaseCommand::Get { id } => {
-            client
-                .send(client.http.get(client.url(&format!("/v1/leases/{id}"))))
-                .await?
-        }
+        LeaseCommand::Get { id } => match client.lease_time_to_live(id).await? {
+            Some(lease) => lease_json(&lease, true),
+            None => bail!("lease_not_found (404): lease {id} does not exist or has expired"),
+        },
         LeaseCommand::Ls => {
-            client
-                .send(client.http.get(client.url("/v1/leases")))
-                .await?
+            let leases = client.lease_list().await?;
+            let leases: Vec<Value> = leases.iter().map(|l| lease_json(l, false)).collect();
+            json!({ "leases": leases })
         }
     };
-    client.print_json(&body);
+    println!("{body}");
     Ok(())
 }
 
 pub async fn cluster(args: ClientArgs, command: ClusterCommand) -> anyhow::Result<()> {
-    let client = Client::new(&args)?;
+    let client = args.connect()?;
     match command {
         ClusterCommand::Status => {
             let body = client
-                .send(client.http.get(client.url("/v1/cluster")))
+                .request_json(Method::GET, "/v1/cluster", &[], None)
                 .await?;
-            if client.json {
-                client.print_json(&body);
+            if args.json {
+                println!("{body}");
                 return Ok(());
             }
             println!("leader {}  term {}", body["leader"], body["term"]);
@@ -641,15 +578,10 @@ pub async fn cluster(args: ClientArgs, command: ClusterCommand) -> anyhow::Resul
         ClusterCommand::Leave { node_id } => {
             let body = json!({"node_id": node_id});
             let reply = client
-                .send(
-                    client
-                        .http
-                        .post(client.url("/v1/cluster/leave"))
-                        .json(&body),
-                )
+                .request_json(Method::POST, "/v1/cluster/leave", &[], Some(&body))
                 .await?;
-            if client.json {
-                client.print_json(&reply);
+            if args.json {
+                println!("{reply}");
             } else {
                 println!("node {} left the cluster", reply["removed"]);
             }
@@ -659,12 +591,12 @@ pub async fn cluster(args: ClientArgs, command: ClusterCommand) -> anyhow::Resul
 }
 
 pub async fn status(args: ClientArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args)?;
+    let client = args.connect()?;
     let body = client
-        .send(client.http.get(client.url("/v1/status")))
+        .request_json(Method::GET, "/v1/status", &[], None)
         .await?;
-    if client.json {
-        client.print_json(&body);
+    if args.json {
+        println!("{body}");
     } else {
         for (name, value) in body.as_object().cloned().unwrap_or_default() {
             println!(

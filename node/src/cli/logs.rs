@@ -13,8 +13,9 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use shoal_client::{Client, Error, Method};
 
-use super::client::{ensure_success, read_sse, Client, ClientArgs};
+use super::client::{describe, ClientArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum LogsCommand {
@@ -131,8 +132,17 @@ impl FilterArgs {
     }
 }
 
+/// A GET of an endpoint the client has no typed call for, with query parameters.
+async fn get(client: &Client, path: &str, params: &[(&str, String)]) -> anyhow::Result<Value> {
+    let params: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    Ok(client
+        .request_json(Method::GET, path, &params, None)
+        .await?)
+}
+
 pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
-    let client = Client::new(&args)?;
+    let client = args.connect()?;
+    let json = args.json;
     match command {
         LogsCommand::Ingest {
             stream,
@@ -177,13 +187,11 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
                 if let Some(cursor) = &cursor {
                     page.push(("cursor", cursor.clone()));
                 }
-                let answer = client
-                    .send(client.http.get(client.url("/v1/logs/search")).query(&page))
-                    .await?;
+                let answer = get(&client, "/v1/logs/search", &page).await?;
                 warn_partial(&answer);
                 let hits = answer["hits"].as_array().cloned().unwrap_or_default();
                 for hit in &hits {
-                    print_hit(&client, hit);
+                    print_hit(json, hit);
                 }
                 printed += hits.len();
                 match answer["next_cursor"].as_str() {
@@ -202,14 +210,7 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             let mut params = filter.query(&query);
             if !follow {
                 params.push(("limit", lines.clamp(1, 10_000).to_string()));
-                let answer = client
-                    .send(
-                        client
-                            .http
-                            .get(client.url("/v1/logs/search"))
-                            .query(&params),
-                    )
-                    .await?;
+                let answer = get(&client, "/v1/logs/search", &params).await?;
                 warn_partial(&answer);
                 for hit in answer["hits"]
                     .as_array()
@@ -218,32 +219,24 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
                     .iter()
                     .rev()
                 {
-                    print_hit(&client, hit);
+                    print_hit(json, hit);
                 }
                 return Ok(());
             }
             params.push(("backlog", lines.min(1000).to_string()));
-            let response = client
-                .http
-                .get(client.url("/v1/logs/tail"))
-                .query(&params)
-                .send()
-                .await
-                .map_err(|e| client.unreachable(e))?;
-            let response = ensure_success(response, "tail failed").await?;
-            read_sse(response, |event, data| {
-                match event {
+            let params: Vec<(&str, &str)> = params.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let mut events = client.request_events("/v1/logs/tail", &params).await?;
+            while let Some(event) = events.next().await? {
+                match event.event.as_str() {
                     "record" => print_hit(
-                        &client,
-                        &serde_json::from_str(data).context("bad record from the server")?,
+                        json,
+                        &serde_json::from_str(&event.data).context("bad record from the server")?,
                     ),
-                    "error" => eprintln!("tail: {data}"),
+                    "error" => eprintln!("tail: {}", event.data),
                     _ => {}
                 }
-                Ok(())
-            })
-            .await?;
-            bail!("the connection to {} ended", client.endpoint)
+            }
+            bail!("the connection to {} ended", client.current_endpoint())
         }
         LogsCommand::Stats {
             query,
@@ -255,15 +248,8 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             if let Some(interval) = interval {
                 params.push(("interval", interval));
             }
-            let answer = client
-                .send(
-                    client
-                        .http
-                        .get(client.url("/v1/logs/aggregate"))
-                        .query(&params),
-                )
-                .await?;
-            if client.json {
+            let answer = get(&client, "/v1/logs/aggregate", &params).await?;
+            if json {
                 println!("{answer}");
                 return Ok(());
             }
@@ -292,15 +278,11 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LogsCommand::Sql { query } => {
+            let body = json!({ "query": query });
             let answer = client
-                .send(
-                    client
-                        .http
-                        .post(client.url("/v1/logs/sql"))
-                        .json(&json!({"query": query})),
-                )
+                .request_json(Method::POST, "/v1/logs/sql", &[], Some(&body))
                 .await?;
-            if client.json {
+            if json {
                 println!("{answer}");
                 return Ok(());
             }
@@ -325,10 +307,8 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LogsCommand::Streams => {
-            let answer = client
-                .send(client.http.get(client.url("/v1/logs/streams")))
-                .await?;
-            if client.json {
+            let answer = get(&client, "/v1/logs/streams", &[]).await?;
+            if json {
                 println!("{answer}");
                 return Ok(());
             }
@@ -349,14 +329,8 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         LogsCommand::Trace { trace_id } => {
-            let answer = client
-                .send(
-                    client
-                        .http
-                        .get(client.url(&format!("/v1/traces/{trace_id}"))),
-                )
-                .await?;
-            if client.json {
+            let answer = get(&client, &format!("/v1/traces/{trace_id}"), &[]).await?;
+            if json {
                 println!("{answer}");
                 return Ok(());
             }
@@ -367,7 +341,7 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
                 .flatten()
                 .chain(answer["logs"].as_array().into_iter().flatten())
             {
-                print_hit(&client, hit);
+                print_hit(json, hit);
             }
             Ok(())
         }
@@ -396,8 +370,8 @@ fn warn_partial(answer: &Value) {
     }
 }
 
-fn print_hit(client: &Client, hit: &Value) {
-    if client.json {
+fn print_hit(json: bool, hit: &Value) {
+    if json {
         println!("{hit}");
         return;
     }
@@ -422,6 +396,11 @@ fn print_hit(client: &Client, hit: &Value) {
         }
     }
     println!("{line}");
+}
+
+/// An HTTP status with its reason, e.g. `429 Too Many Requests`.
+fn status_text(status: u16) -> String {
+    reqwest::StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string())
 }
 
 /// Sends batches of lines, in order, retrying until the node takes them.
@@ -454,50 +433,43 @@ impl Shipper<'_> {
             return Ok(());
         }
         let body: String = lines.iter().map(|line| Self::record(line) + "\n").collect();
-        let url = self.client.url(&format!(
-            "/v1/logs/{}",
-            super::client::encode_path(&self.stream)
-        ));
         let mut backoff = Duration::from_millis(200);
         loop {
-            let request = self
+            let sent = self
                 .client
-                .http
-                .post(&url)
-                .header("content-type", "application/x-ndjson")
-                .body(body.clone());
-            match request.send().await {
-                Ok(response) if response.status().is_success() => {
-                    let answer: Value = response.json().await.unwrap_or(Value::Null);
-                    for error in answer["errors"].as_array().cloned().unwrap_or_default() {
+                .ingest_raw(
+                    &self.stream,
+                    body.clone().into_bytes(),
+                    "application/x-ndjson",
+                )
+                .await;
+            match sent {
+                Ok(answer) => {
+                    for error in &answer.errors {
                         eprintln!(
                             "logs ingest: line {} of a batch refused: {}",
-                            error["index"],
-                            text(&error["error"])
+                            error.index, error.error
                         );
                     }
                     break;
                 }
-                Ok(response)
-                    if response.status().as_u16() == 429 || response.status().is_server_error() =>
-                {
+                // The node took the batch; only its answer was unreadable.
+                Err(Error::Decode { .. }) => break,
+                Err(Error::Api { status, .. }) if status == 429 || status >= 500 => {
                     eprintln!(
                         "logs ingest: the node is busy ({}); retrying in {backoff:?}",
-                        response.status()
+                        status_text(status)
                     );
                 }
-                Ok(response) => {
-                    let status = response.status();
-                    let answer: Value = response.json().await.unwrap_or(Value::Null);
+                Err(Error::Api {
+                    status, message, ..
+                }) => {
                     bail!(
-                        "the node refused the batch ({status}): {}",
-                        text(&answer["error"]["message"])
+                        "the node refused the batch ({}): {message}",
+                        status_text(status)
                     );
                 }
-                Err(e) => eprintln!(
-                    "logs ingest: {}; retrying in {backoff:?}",
-                    self.client.unreachable(e)
-                ),
+                Err(e) => eprintln!("logs ingest: {}; retrying in {backoff:?}", describe(&e)),
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));

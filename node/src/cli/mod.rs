@@ -1,9 +1,11 @@
 //! The command-line interface: the `shoal` command's arguments and the
 //! client subcommands (`kv`, `lease`, `cluster`, `pub`, `sub`, `logs`,
-//! `status`), which talk to a node over its public HTTP API like any other
-//! client. It owns argument parsing and output formatting; it must not
-//! depend on the node's internals (services, `cluster/`, the HTTP layer),
-//! only on `settings` for the flags of `serve` and `dev`.
+//! `status`). It owns argument parsing, output formatting and the wording of
+//! errors, and talks to nodes only through `shoal-client` (typed calls where
+//! the client models the API, its `request_json`/`request_events` escape
+//! hatch for cluster, status and log queries), like any other client; it
+//! must not depend on the node's internals (services, `cluster/`, the HTTP
+//! layer), only on `settings` for the flags of `serve` and `dev`.
 
 mod client;
 mod logs;
@@ -94,6 +96,15 @@ pub enum Command {
 
 /// Run a client subcommand (`serve` and `dev` are run by `main`).
 pub async fn run(command: Command) -> anyhow::Result<()> {
+    dispatch(command)
+        .await
+        .map_err(|error| match error.downcast_ref::<shoal_client::Error>() {
+            Some(e) => anyhow::anyhow!(client::describe(e)),
+            None => error,
+        })
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) | Command::Dev(_) => {
             anyhow::bail!("serve and dev run a node, not a client command")
