@@ -47,6 +47,7 @@ mod logs;
 mod messaging;
 mod raw;
 mod sse;
+mod stream;
 mod watch;
 
 pub use client::{Client, ClientBuilder};

@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -16,18 +15,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::client::{encode_path, error_from_body, query, Client, Request, Retry};
 use crate::error::{Error, Result};
 use crate::kv::decode_base64;
 use crate::sse::SseReader;
+use crate::stream::{Ended, Reconnect, TaskStream};
 
 /// Messages buffered between the connection task and the consumer.
 const BUFFER: usize = 256;
-/// Reconnect backoff: first pause and cap.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Envelope attributes of a single publish; all optional.
 #[derive(Debug, Clone, Default)]
@@ -307,10 +303,9 @@ pub struct SubscribeOptions {
 /// subscription or ends it (`slow_consumer` with [`Overflow::Disconnect`]).
 #[derive(Debug)]
 pub struct Subscription {
-    receiver: mpsc::Receiver<Result<Message>>,
+    messages: TaskStream<Result<Message>>,
     dropped: Arc<AtomicU64>,
     reconnects: Arc<AtomicU64>,
-    task: JoinHandle<()>,
 }
 
 impl Subscription {
@@ -329,13 +324,7 @@ impl Stream for Subscription {
     type Item = Result<Message>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.receiver.poll_recv(cx)
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.task.abort();
+        Pin::new(&mut self.messages).poll_next(cx)
     }
 }
 
@@ -436,10 +425,9 @@ impl Client {
             reconnects.clone(),
         ));
         let subscription = Subscription {
-            receiver,
+            messages: TaskStream::new(receiver, task),
             dropped,
             reconnects,
-            task,
         };
         match subscribed.await {
             Ok(Ok(())) => Ok(subscription),
@@ -447,12 +435,6 @@ impl Client {
             Err(_) => Err(Error::Closed("the subscription task stopped".into())),
         }
     }
-}
-
-enum Ended {
-    Closed,
-    Reconnect(Option<Error>),
-    Fatal(Error),
 }
 
 async fn run_subscription(
@@ -463,12 +445,10 @@ async fn run_subscription(
     dropped: Arc<AtomicU64>,
     reconnects: Arc<AtomicU64>,
 ) {
-    let count = client.endpoints().len();
-    let mut index = client.current_index();
-    let mut backoff = BACKOFF_MIN;
+    let mut reconnect = Reconnect::new(&client);
     loop {
         let ended = tokio::select! {
-            ended = connect(&client, &request, &mut index, &sender, &mut ready, &dropped, &mut backoff) => ended,
+            ended = connect(&client, &request, &mut reconnect, &sender, &mut ready, &dropped) => ended,
             _ = sender.closed() => Ended::Closed,
         };
         let error = match ended {
@@ -498,30 +478,26 @@ async fn run_subscription(
             None => tracing::info!("subscription ended by the node, reconnecting"),
         }
         reconnects.fetch_add(1, Ordering::Relaxed);
-        index = (index + 1) % count;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = sender.closed() => return,
+        if !reconnect.wait(&sender).await {
+            return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
 async fn connect(
     client: &Client,
     request: &Request,
-    index: &mut usize,
+    reconnect: &mut Reconnect,
     sender: &mpsc::Sender<Result<Message>>,
     ready: &mut Option<oneshot::Sender<Result<()>>>,
     dropped: &AtomicU64,
-    backoff: &mut Duration,
 ) -> Ended {
-    let (response, at) = match client.open_stream(request, *index).await {
+    let (response, at) = match client.open_stream(request, reconnect.index).await {
         Ok(answer) => answer,
         Err(e) if e.is_retryable() => return Ended::Reconnect(Some(e)),
         Err(e) => return Ended::Fatal(e),
     };
-    *index = at;
+    reconnect.index = at;
     let endpoint = client.endpoints()[at].clone();
     let mut reader = SseReader::new(response, &endpoint);
     loop {
@@ -533,7 +509,7 @@ async fn connect(
         match event.event.as_str() {
             "subscribed" => {
                 tracing::debug!(%endpoint, hello = %event.data, "subscribed");
-                *backoff = BACKOFF_MIN;
+                reconnect.delivered();
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Ok(()));
                 }

@@ -5,24 +5,20 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::client::error_from_body;
 use crate::client::{query, Client, Request};
 use crate::error::{Error, Result};
 use crate::kv::{Consistency, Event, ListOptions};
 use crate::sse::SseReader;
+use crate::stream::{Ended, Reconnect, TaskStream};
 
 /// Batches buffered between the connection task and the consumer.
 const BUFFER: usize = 64;
-/// Reconnect backoff: first pause and cap.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// What to watch and from where.
 #[derive(Debug, Clone)]
@@ -99,11 +95,10 @@ pub struct WatchBatch {
 /// Dropping the stream closes the connection.
 #[derive(Debug)]
 pub struct WatchStream {
-    receiver: mpsc::Receiver<Result<WatchBatch>>,
+    batches: TaskStream<Result<WatchBatch>>,
     start_revision: u64,
     connected: Arc<Mutex<Option<String>>>,
     reconnects: Arc<AtomicU64>,
-    task: JoinHandle<()>,
 }
 
 impl WatchStream {
@@ -127,13 +122,7 @@ impl Stream for WatchStream {
     type Item = Result<WatchBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.receiver.poll_recv(cx)
-    }
-}
-
-impl Drop for WatchStream {
-    fn drop(&mut self) {
-        self.task.abort();
+        Pin::new(&mut self.batches).poll_next(cx)
     }
 }
 
@@ -168,23 +157,12 @@ impl Client {
             reconnects.clone(),
         ));
         Ok(WatchStream {
-            receiver,
+            batches: TaskStream::new(receiver, task),
             start_revision: start,
             connected,
             reconnects,
-            task,
         })
     }
-}
-
-/// Why one connection ended.
-enum Ended {
-    /// The consumer is gone.
-    Closed,
-    /// Reconnect (after `error`, if any).
-    Reconnect(Option<Error>),
-    /// Report this error and stop.
-    Fatal(Error),
 }
 
 async fn run(
@@ -195,12 +173,10 @@ async fn run(
     connected: Arc<Mutex<Option<String>>>,
     reconnects: Arc<AtomicU64>,
 ) {
-    let count = client.endpoints().len();
-    let mut index = client.current_index();
-    let mut backoff = BACKOFF_MIN;
+    let mut reconnect = Reconnect::new(&client);
     loop {
         let ended = tokio::select! {
-            ended = connect(&client, &options, &mut next, &mut index, &sender, &connected, &mut backoff) => ended,
+            ended = connect(&client, &options, &mut next, &mut reconnect, &sender, &connected) => ended,
             _ = sender.closed() => Ended::Closed,
         };
         set_connected(&connected, None);
@@ -216,13 +192,9 @@ async fn run(
                     None => tracing::info!(next, "watch stream ended, reconnecting"),
                 }
                 reconnects.fetch_add(1, Ordering::Relaxed);
-                // Another node may serve while this one is down or restarting.
-                index = (index + 1) % count;
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = sender.closed() => return,
+                if !reconnect.wait(&sender).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
@@ -238,13 +210,12 @@ async fn connect(
     client: &Client,
     options: &WatchOptions,
     next: &mut u64,
-    index: &mut usize,
+    reconnect: &mut Reconnect,
     sender: &mpsc::Sender<Result<WatchBatch>>,
     connected: &Mutex<Option<String>>,
-    backoff: &mut Duration,
 ) -> Ended {
     let request = Request::get(options.path(*next));
-    let (response, at) = match client.open_stream(&request, *index).await {
+    let (response, at) = match client.open_stream(&request, reconnect.index).await {
         Ok(answer) => answer,
         Err(Error::Compacted {
             compact_revision,
@@ -260,7 +231,7 @@ async fn connect(
         Err(e) if e.is_retryable() => return Ended::Reconnect(Some(e)),
         Err(e) => return Ended::Fatal(e),
     };
-    *index = at;
+    reconnect.index = at;
     let endpoint = client.endpoints()[at].clone();
     tracing::debug!(%endpoint, from = *next, "watch connected");
     set_connected(connected, Some(endpoint.clone()));
@@ -283,7 +254,7 @@ async fn connect(
                     continue;
                 }
                 *next = batch.revision + 1;
-                *backoff = BACKOFF_MIN;
+                reconnect.delivered();
                 if sender.send(Ok(batch)).await.is_err() {
                     return Ended::Closed;
                 }
