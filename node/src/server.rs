@@ -90,6 +90,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         messaging: messaging.clone(),
         logs,
         lease_timers: Arc::default(),
+        caught_up: Default::default(),
     });
     serve_peers(listeners.rpc, core, key, peer_services);
     start_writes(&shoal, proposal_queue);

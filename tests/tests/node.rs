@@ -2,6 +2,52 @@
 
 use shoal_tests::*;
 
+/// `/ready` is a readiness probe: once the node has caught up it stays
+/// ready while writes are in flight (each is committed a moment before it
+/// is applied), rather than dropping out of service under load.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_stays_ready_while_writes_are_in_flight() {
+    let node = Node::start().await;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (url, http, writing) = (node.url(""), node.client().clone(), writing.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("{url}/v1/kv/ready/{w}-{i}");
+                    let put = http.put(key).body("v").send().await.expect("PUT");
+                    assert!(put.status().is_success(), "PUT answered {}", put.status());
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    let mut not_ready = Vec::new();
+    for _ in 0..200 {
+        let reply = node.get_path("/ready").await;
+        if reply.status != StatusCode::OK {
+            not_ready.push(reply.text);
+        }
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut writes = 0;
+    for writer in writers {
+        writes += writer.await.expect("writer");
+    }
+    assert!(
+        writes > 100,
+        "only {writes} writes were made while /ready was polled"
+    );
+    assert!(
+        not_ready.is_empty(),
+        "{} of 200 probes said not ready during {writes} writes: {:?}",
+        not_ready.len(),
+        not_ready.first()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_ready_and_status() {
     let node = Node::start().await;

@@ -1,5 +1,7 @@
 //! Node endpoints: health, readiness, status, metrics, OpenAPI.
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +16,11 @@ pub async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready once a leader is known and everything committed is applied.
+/// Ready once a leader is known and the node has caught up: applied
+/// everything committed, once since it started. After that it stays ready
+/// while it knows a leader: every write is committed a moment before it is
+/// applied, so comparing the two on each probe would take a busy node out of
+/// service again and again.
 pub async fn ready(State(app): State<AppState>) -> Response {
     let metrics = app.shoal.raft.metrics().borrow().clone();
     let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
@@ -26,6 +32,9 @@ pub async fn ready(State(app): State<AppState>) -> Response {
             ServerState::Leader | ServerState::Follower | ServerState::Learner
         );
     if has_leader && applied >= committed {
+        app.shoal.caught_up.store(true, Ordering::Relaxed);
+    }
+    if has_leader && app.shoal.caught_up.load(Ordering::Relaxed) {
         Json(json!({"status": "ready", "leader": metrics.current_leader, "applied_index": applied}))
             .into_response()
     } else {

@@ -94,6 +94,9 @@ pub struct Shoal {
     pub logs: shoal_search::Logs,
     /// Lease TTLs as this node measures them (see `lease_timers`).
     pub lease_timers: Arc<LeaseTimers>,
+    /// Set once this node has applied everything committed since it
+    /// started (see `api::node::ready`).
+    pub caught_up: std::sync::atomic::AtomicBool,
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.
