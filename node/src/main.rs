@@ -46,6 +46,17 @@ fn no_transparent_huge_pages() {
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
+/// For client commands: end quietly when the reader of stdout goes away
+/// (`shoal logs stats | head -3`), as Unix tools do, instead of panicking
+/// in `println!`. Rust ignores SIGPIPE by default; sockets are unaffected
+/// either way (their writes use MSG_NOSIGNAL), so only the pipe changes.
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal for this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// How long an exiting node waits for its database to close.
 const STORE_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -53,6 +64,9 @@ fn main() -> std::process::ExitCode {
     let matches = settings::with_defaults_in_help(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     no_transparent_huge_pages();
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
+        default_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

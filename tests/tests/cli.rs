@@ -336,3 +336,29 @@ async fn errors_are_readable_not_panics() {
         .await
         .assert_clean_failure();
 }
+
+/// A reader that stops early (`shoal kv ls | head`) ends the command quietly
+/// with SIGPIPE, as Unix tools do, not with a panic about a broken pipe.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let node = Node::start().await;
+    // More than a pipe buffer (64 KiB) of key names.
+    for i in 0..100 {
+        let key = format!("pipe/{i:03}-{}", "k".repeat(900));
+        node.put_rev(&key, b"v").await;
+    }
+    let output = tokio::process::Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; \"$0\" kv ls pipe/ --endpoint \"$1\" | head -c 100 >/dev/null",
+        ])
+        .arg(shoal_bin())
+        .arg(node.endpoint())
+        .output()
+        .await
+        .expect("running bash");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "the CLI panicked: {stderr}");
+    // 141: killed by SIGPIPE (128 + 13), reported through pipefail.
+    assert_eq!(output.status.code(), Some(141), "stderr: {stderr}");
+}
