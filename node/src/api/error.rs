@@ -155,13 +155,21 @@ impl From<LeaveError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// `{"error": {"code", "message", ...extra}}`: the body of an error
+    /// answer, and the data of an SSE `error` event that ends a stream.
+    pub fn body(&self) -> Value {
         let mut error = Map::new();
         error.insert("code".into(), json!(self.code));
         error.insert("message".into(), json!(self.message));
-        error.extend(self.extra);
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        error.extend(self.extra.clone());
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -173,3 +181,20 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream's `error` event carries the same fields as the 410 answer,
+    /// so a watcher that falls behind compaction learns where history starts.
+    #[test]
+    fn the_error_body_keeps_the_extra_fields() {
+        let body = ApiError::compacted(3, 40).body();
+        assert_eq!(body["error"]["code"], "compacted");
+        assert_eq!(body["error"]["compact_revision"], 40);
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("40")));
+    }
+}

@@ -87,8 +87,7 @@ pub async fn sse(
                 ),
                 Err(e) => {
                     // Mid-stream failure (e.g. compacted while lagging): say why, then end.
-                    let e = ApiError::from(e);
-                    let body = json!({"error": {"code": e.code, "message": e.message}});
+                    let body = ApiError::from(e).body();
                     (
                         vec![Event::default().event("error").data(body.to_string())],
                         true,
