@@ -9,6 +9,7 @@
 
 mod client;
 mod logs;
+mod ship;
 
 use clap::{Parser, Subcommand};
 
