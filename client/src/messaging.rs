@@ -19,8 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client::{encode_path, error_from_body, query, Client, Request, Retry};
 use crate::error::{Error, Result};
 use crate::kv::decode_base64;
-use crate::sse::SseReader;
-use crate::stream::{Ended, Reconnect, TaskStream};
+use crate::stream::{next_event, Ended, Reconnect, TaskStream};
 
 /// Messages buffered between the connection task and the consumer.
 const BUFFER: usize = 256;
@@ -492,19 +491,14 @@ async fn connect(
     ready: &mut Option<oneshot::Sender<Result<()>>>,
     dropped: &AtomicU64,
 ) -> Ended {
-    let (response, at) = match client.open_stream(request, reconnect.index).await {
-        Ok(answer) => answer,
-        Err(e) if e.is_retryable() => return Ended::Reconnect(Some(e)),
-        Err(e) => return Ended::Fatal(e),
+    let (mut reader, endpoint) = match reconnect.open(client, request).await {
+        Ok(opened) => opened,
+        Err(e) => return Ended::after(e),
     };
-    reconnect.index = at;
-    let endpoint = client.endpoints()[at].clone();
-    let mut reader = SseReader::new(response, &endpoint);
     loop {
-        let event = match reader.next().await {
-            Ok(Some(event)) => event,
-            Ok(None) => return Ended::Reconnect(None),
-            Err(e) => return Ended::Reconnect(Some(e)),
+        let event = match next_event(&mut reader).await {
+            Ok(event) => event,
+            Err(ended) => return ended,
         };
         match event.event.as_str() {
             "subscribed" => {

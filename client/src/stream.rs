@@ -10,8 +10,9 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::client::Client;
+use crate::client::{Client, Request};
 use crate::error::Error;
+use crate::sse::{SseEvent, SseReader};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -53,6 +54,28 @@ pub(crate) enum Ended {
     Fatal(Error),
 }
 
+impl Ended {
+    /// How a connection ends when opening it failed: another attempt
+    /// (perhaps on another endpoint) may succeed, or it cannot.
+    pub(crate) fn after(error: Error) -> Ended {
+        if error.is_retryable() {
+            Ended::Reconnect(Some(error))
+        } else {
+            Ended::Fatal(error)
+        }
+    }
+}
+
+/// The next event of a connection, or how the connection ended: the server
+/// closing it or a read failing both mean connecting again.
+pub(crate) async fn next_event(reader: &mut SseReader) -> Result<SseEvent, Ended> {
+    match reader.next().await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err(Ended::Reconnect(None)),
+        Err(e) => Err(Ended::Reconnect(Some(e))),
+    }
+}
+
 /// Which endpoint a stream connects to next, and how long it waits first.
 pub(crate) struct Reconnect {
     count: usize,
@@ -68,6 +91,19 @@ impl Reconnect {
             index: client.current_index(),
             backoff: BACKOFF_MIN,
         }
+    }
+
+    /// Opens `request` on the endpoint this policy names and remembers the
+    /// one that answered; returns the event reader and that endpoint.
+    pub(crate) async fn open(
+        &mut self,
+        client: &Client,
+        request: &Request,
+    ) -> Result<(SseReader, String), Error> {
+        let (response, at) = client.open_stream(request, self.index).await?;
+        self.index = at;
+        let endpoint = client.endpoints()[at].clone();
+        Ok((SseReader::new(response, &endpoint), endpoint))
     }
 
     /// The stream delivered something: the next outage starts from the

@@ -14,8 +14,7 @@ use crate::client::error_from_body;
 use crate::client::{query, Client, Request};
 use crate::error::{Error, Result};
 use crate::kv::{Consistency, Event, ListOptions};
-use crate::sse::SseReader;
-use crate::stream::{Ended, Reconnect, TaskStream};
+use crate::stream::{next_event, Ended, Reconnect, TaskStream};
 
 /// Batches buffered between the connection task and the consumer.
 const BUFFER: usize = 64;
@@ -215,8 +214,8 @@ async fn connect(
     connected: &Mutex<Option<String>>,
 ) -> Ended {
     let request = Request::get(options.path(*next));
-    let (response, at) = match client.open_stream(&request, reconnect.index).await {
-        Ok(answer) => answer,
+    let (mut reader, endpoint) = match reconnect.open(client, &request).await {
+        Ok(opened) => opened,
         Err(Error::Compacted {
             compact_revision,
             message,
@@ -228,19 +227,14 @@ async fn connect(
                 message,
             })
         }
-        Err(e) if e.is_retryable() => return Ended::Reconnect(Some(e)),
-        Err(e) => return Ended::Fatal(e),
+        Err(e) => return Ended::after(e),
     };
-    reconnect.index = at;
-    let endpoint = client.endpoints()[at].clone();
     tracing::debug!(%endpoint, from = *next, "watch connected");
-    set_connected(connected, Some(endpoint.clone()));
-    let mut reader = SseReader::new(response, &endpoint);
+    set_connected(connected, Some(endpoint));
     loop {
-        let event = match reader.next().await {
-            Ok(Some(event)) => event,
-            Ok(None) => return Ended::Reconnect(None),
-            Err(e) => return Ended::Reconnect(Some(e)),
+        let event = match next_event(&mut reader).await {
+            Ok(event) => event,
+            Err(ended) => return ended,
         };
         match event.event.as_str() {
             "change" => {
