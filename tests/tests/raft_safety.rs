@@ -88,6 +88,40 @@ impl Leadership {
         }
     }
 
+    /// Waits until all nodes agree on one leader, prints what was seen, and
+    /// adds to `problems` (prefixed by `when`, e.g. "round 2: ") every
+    /// breach of (a): a stale leadership claim, no agreement within `T`, or
+    /// an agreed term not above `old_term`. True if they agreed in a newer
+    /// term.
+    async fn agree_in_a_new_term(
+        &mut self,
+        cluster: &Cluster,
+        old_term: u64,
+        since: Instant,
+        when: &str,
+        problems: &mut Vec<String>,
+    ) -> bool {
+        let agreed = self
+            .until_agreement(cluster, &ALL, old_term, since, T)
+            .await;
+        eprintln!(
+            "{when}agreement after {:?}: {agreed:?}; states seen after the restart \
+             (node, state, term): {:?}",
+            since.elapsed(),
+            self.seen
+        );
+        self.report_stale_claims(when, problems);
+        match agreed {
+            Err(e) => problems.push(format!("(a) {when}{e}")),
+            Ok((leader, term)) if term <= old_term => problems.push(format!(
+                "(a) {when}node {leader} leads in term {term}, not above the term before the \
+                 restart ({old_term})"
+            )),
+            Ok(_) => return true,
+        }
+        false
+    }
+
     /// Asks every running node for `/v1/status` once (concurrently) and
     /// records what they report; returns the answers by index.
     async fn observe(
@@ -356,24 +390,12 @@ async fn restarted_leader_needs_an_election() {
     }
     cluster.node_mut(1).restart_no_wait();
     cluster.node_mut(2).restart_no_wait();
-    let agreed = leadership
-        .until_agreement(&cluster, &ALL, old_term, since, T)
-        .await;
-    eprintln!(
-        "states seen after the restart (node, state, term): {:?}",
-        leadership.seen
-    );
 
     let mut problems = Vec::new();
-    leadership.report_stale_claims("", &mut problems);
-    match &agreed {
-        Err(e) => problems.push(format!("(a) {e}")),
-        Ok((leader, term)) if *term <= old_term => problems.push(format!(
-            "(a) node {leader} leads in term {term}, not above the term before the crash ({old_term})"
-        )),
-        Ok(_) => {}
-    }
-    if agreed.is_ok() {
+    if leadership
+        .agree_in_a_new_term(&cluster, old_term, since, "", &mut problems)
+        .await
+    {
         check_after_agreement(&cluster, acked, "rl", &mut problems).await;
     }
     report(&cluster, "restarted_leader_needs_an_election", &problems).await;
@@ -407,28 +429,13 @@ async fn fast_restart_of_leader() {
         cluster.node_mut(leader).kill9();
         cluster.node_mut(leader).restart_no_wait();
         let since = Instant::now();
-        let mut leadership = Leadership::default();
-        let agreed = leadership
-            .until_agreement(&cluster, &ALL, old_term, since, T)
-            .await;
-        eprintln!(
-            "round {round}: restarted node {leader} (term {old_term}); agreement after {:?}: {agreed:?}; seen {:?}",
-            since.elapsed(),
-            leadership.seen
-        );
-        leadership.report_stale_claims(&format!("round {round}: "), &mut problems);
-        match agreed {
-            Err(e) => {
-                problems.push(format!("(a) round {round}: {e}"));
-                break;
-            }
-            Ok((leader, term)) if term <= old_term => {
-                problems.push(format!(
-                    "(a) round {round}: node {leader} leads in term {term}, not above the term before the restart ({old_term})"
-                ));
-                break;
-            }
-            Ok(_) => {}
+        eprintln!("round {round}: restarted node {leader} (term {old_term})");
+        let when = format!("round {round}: ");
+        if !Leadership::default()
+            .agree_in_a_new_term(&cluster, old_term, since, &when, &mut problems)
+            .await
+        {
+            break;
         }
     }
     if problems.is_empty() {
@@ -462,19 +469,11 @@ async fn power_cut_whole_cluster() {
     for i in ALL {
         cluster.node_mut(i).restart_no_wait();
     }
-    let mut leadership = Leadership::default();
-    let agreed = leadership
-        .until_agreement(&cluster, &ALL, old_term, since, T)
-        .await;
-    eprintln!(
-        "states seen after the restart (node, state, term): {:?}",
-        leadership.seen
-    );
     let mut problems = Vec::new();
-    leadership.report_stale_claims("", &mut problems);
-    if let Err(e) = &agreed {
-        problems.push(format!("(a) {e}"));
-    } else {
+    if Leadership::default()
+        .agree_in_a_new_term(&cluster, old_term, since, "", &mut problems)
+        .await
+    {
         check_after_agreement(&cluster, acked, "pc", &mut problems).await;
     }
     report(&cluster, "power_cut_whole_cluster", &problems).await;
