@@ -30,7 +30,6 @@ mod cluster;
 mod node;
 mod process;
 
-use std::collections::BTreeSet;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -132,15 +131,24 @@ pub fn shoal_bin_release_first() -> Result<(PathBuf, String)> {
 /// Lowest port handed out when the ephemeral range leaves room below it.
 const FIRST_PORT: u16 = 10_000;
 
-/// A local port that is free for TCP and UDP right now and that this process
-/// has not handed out before (so parallel tests never get the same port).
+/// A local port that is free for TCP and UDP right now and that no other
+/// process using this function holds (so parallel tests, even in separate
+/// processes, never get the same port).
 ///
 /// Ports come from below the kernel's ephemeral range: a port from there
 /// (what binding port 0 gives) can be taken again, between this check and
 /// the node binding it, as the source port of any outgoing connection on the
 /// machine; that made nodes fail to start with "Address already in use".
+///
+/// Each port handed out is reserved until this process exits by an exclusive
+/// lock on a file named after it in [`PORT_LOCKS`]: the test runner runs
+/// each test in its own process, and two of them drawing the same random port
+/// made a node fail to bind it.
 pub fn free_port() -> Result<u16> {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let lock_dir = std::env::temp_dir().join(PORT_LOCKS);
+    std::fs::create_dir_all(&lock_dir)
+        .with_context(|| format!("cannot create {}", lock_dir.display()))?;
     let below = ephemeral_ports_start();
     loop {
         let port = if below > FIRST_PORT + 1000 {
@@ -150,17 +158,31 @@ pub fn free_port() -> Result<u16> {
                 TcpListener::bind("127.0.0.1:0").context("cannot bind a local TCP port")?;
             listener.local_addr().context("local_addr")?.port()
         };
+        let lock_path = lock_dir.join(port.to_string());
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        // Held by another process (or already by this one: flock locks
+        // belong to the open file, so a second open conflicts too).
+        if lock.try_lock().is_err() {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_err()
             || UdpSocket::bind(("127.0.0.1", port)).is_err()
         {
             continue;
         }
-        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if handed_out.insert(port) {
-            return Ok(port);
-        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
+        return Ok(port);
     }
 }
+
+/// Directory, under the system's temporary directory, of the lock files that
+/// reserve the ports [`free_port`] hands out.
+const PORT_LOCKS: &str = "shoal-test-ports";
 
 /// First port of the kernel's range for outgoing connections' source ports.
 fn ephemeral_ports_start() -> u16 {
@@ -318,5 +340,23 @@ where
             "timed out after {timeout:?} waiting for: {what}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another process opening a handed-out port's lock file cannot take
+    /// the lock (an open of our own stands in for it: flock conflicts
+    /// between open files, not only between processes).
+    #[test]
+    fn a_handed_out_port_stays_reserved() -> Result<()> {
+        let port = free_port()?;
+        let lock_path = std::env::temp_dir().join(PORT_LOCKS).join(port.to_string());
+        let other = std::fs::OpenOptions::new().write(true).open(&lock_path)?;
+        assert!(other.try_lock().is_err(), "port {port} is not reserved");
+        assert_ne!(free_port()?, port);
+        Ok(())
     }
 }
