@@ -60,12 +60,28 @@ fn default_sigpipe() {
 /// How long an exiting node waits for its database to close.
 const STORE_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+fn print_openapi() -> std::process::ExitCode {
+    match serde_json::to_string_pretty(&routes::document()) {
+        Ok(document) => {
+            println!("{document}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot serialize the OpenAPI document: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let matches = settings::with_defaults_in_help(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     no_transparent_huge_pages();
     if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         default_sigpipe();
+    }
+    if matches!(cli.command, Command::Openapi) {
+        return print_openapi();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,6 +22,16 @@ const REPLICATION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /v1/cluster`: every member known to Raft or gossip, with its gossip
 /// state, Raft role and the leader's match index for it.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "cluster",
+    operation_id = "clusterStatus",
+    summary = "Cluster members with gossip state, Raft role and match index",
+    responses(
+        (status = 200, description = "Members known to Raft or gossip."),
+    )
+)]
 pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     let metrics = shoal.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership().clone();
@@ -90,6 +100,18 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
 /// at the position it has applied (local, no read barrier). Replicas at the
 /// same `applied_index` must have the same digest; the fault tests compare
 /// them.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster/digest",
+    tag = "cluster",
+    operation_id = "clusterDigest",
+    summary = "A digest of this node's whole replicated state",
+    description = "A hash (blake3) over every record of the replicated state (keys with revisions and values, history, leases, proposal ids, counters, the applied Raft position), read from one consistent view of this node's local state (no read barrier). Replicas at the same `applied_index` must have the same `digest`.",
+    responses(
+        (status = 200, description = "The digest."),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
 pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     let digest = shoal.read(|store| store.sm_digest()).await?;
     let applied: Option<openraft::LogId<NodeId>> = match &digest.last_applied {
@@ -115,6 +137,20 @@ pub struct LeaveBody {
 
 /// `POST /v1/cluster/leave`: remove a node (default: this one) from Raft.
 /// A node that removes itself then shuts down.
+#[utoipa::path(
+    post,
+    path = "/v1/cluster/leave",
+    tag = "cluster",
+    operation_id = "clusterLeave",
+    summary = "Remove a node from the cluster (default: this node, which then exits)",
+    responses(
+        (status = 200, description = "Removed."),
+        (status = 400, description = "Malformed body. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The node is not a member. Error codes: `node_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 409, description = "The node is the cluster's only voter: removing it would leave no quorum (stop the node instead). Error codes: `last_voter`.", body = crate::api::error::ErrorBody),
+        (status = 503, description = "No leader, or the membership change failed. Error codes: `unavailable`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn leave(
     State(shoal): State<Arc<Shoal>>,
     JsonBody(body): JsonBody<LeaveBody>,

@@ -21,7 +21,7 @@ use shoal_actors::kafka::Record;
 use shoal_storage::kv::{Command, Txn, TxnOp};
 use shoal_storage::outbox::List;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::{Body, JsonBody, Params};
 use crate::services::shoal::Shoal;
 
@@ -75,7 +75,7 @@ impl Kind {
 fn not_found(kind: Kind, name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("{} {name:?} does not exist", kind.noun()),
     )
 }
@@ -98,7 +98,7 @@ pub async fn put(shoal: Arc<Shoal>, kind: Kind, name: String, body: Value) -> Ap
     if value.len() > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
+            ErrorCode::ValueTooLarge,
             format!(
                 "the definition is {} bytes stored; the limit is {limit} (--max-value-bytes)",
                 value.len()
@@ -171,39 +171,281 @@ pub async fn delete(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Re
     Ok(Json(json!({"deleted": name})).into_response())
 }
 
-macro_rules! config_handlers {
-    ($module:ident, $kind:expr) => {
-        pub mod $module {
-            use super::*;
-            pub async fn put(
-                State(shoal): State<Arc<Shoal>>,
-                Path(name): Path<String>,
-                JsonBody(body): JsonBody<Value>,
-            ) -> ApiResult<Response> {
-                super::put(shoal, $kind, name, body).await
-            }
-            pub async fn get(
-                State(shoal): State<Arc<Shoal>>,
-                Path(name): Path<String>,
-            ) -> ApiResult<Response> {
-                super::get(shoal, $kind, name).await
-            }
-            pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
-                super::list(shoal, $kind).await
-            }
-            pub async fn delete(
-                State(shoal): State<Arc<Shoal>>,
-                Path(name): Path<String>,
-            ) -> ApiResult<Response> {
-                super::delete(shoal, $kind, name).await
-            }
-        }
-    };
+pub mod webhooks {
+    use super::*;
+
+    #[utoipa::path(
+        put,
+        path = "/v1/webhooks/{name}",
+        tag = "delivery",
+        operation_id = "putWebhook",
+        summary = "Create or replace a webhook",
+        description = "Every message published on a topic matching `pattern` (or sent by a route) is POSTed to `url` at least once, signed as Standard Webhooks specifies (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), retried on the schedule, then kept as a dead letter. Stored in Raft: every node applies it without a restart.",
+        params(
+            ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
+        ),
+        responses(
+            (status = 200, description = "The stored definition."),
+            (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
+        )
+    )]
+    pub async fn put(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+        JsonBody(body): JsonBody<Value>,
+    ) -> ApiResult<Response> {
+        super::put(shoal, Kind::Webhook, name, body).await
+    }
+
+    #[utoipa::path(
+        get,
+        path = "/v1/webhooks/{name}",
+        tag = "delivery",
+        operation_id = "getWebhook",
+        summary = "Read a webhook",
+        params(
+            ("name" = String, Path, description = "Name"),
+        ),
+        responses(
+            (status = 200, description = "The definition."),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 404, response = crate::api::doc::NotFound),
+            (status = 503, response = crate::api::doc::Unavailable),
+        )
+    )]
+    pub async fn get(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+    ) -> ApiResult<Response> {
+        super::get(shoal, Kind::Webhook, name).await
+    }
+
+    #[utoipa::path(
+        get,
+        path = "/v1/webhooks",
+        tag = "delivery",
+        operation_id = "listWebhooks",
+        summary = "List webhooks",
+        description = "Linearizable read.",
+        responses(
+            (status = 200, description = "All webhooks."),
+            (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
+        )
+    )]
+    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
+        super::list(shoal, Kind::Webhook).await
+    }
+
+    #[utoipa::path(
+        delete,
+        path = "/v1/webhooks/{name}",
+        tag = "delivery",
+        operation_id = "deleteWebhook",
+        summary = "Delete a webhook",
+        params(
+            ("name" = String, Path, description = "Name"),
+        ),
+        responses(
+            (status = 200, description = "Deleted."),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 404, response = crate::api::doc::NotFound),
+            (status = 503, response = crate::api::doc::Unavailable),
+        )
+    )]
+    pub async fn delete(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+    ) -> ApiResult<Response> {
+        super::delete(shoal, Kind::Webhook, name).await
+    }
 }
 
-config_handlers!(webhooks, Kind::Webhook);
-config_handlers!(routes, Kind::Route);
-config_handlers!(bridges, Kind::Bridge);
+pub mod routes {
+    use super::*;
+
+    #[utoipa::path(
+        put,
+        path = "/v1/routes/{name}",
+        tag = "delivery",
+        operation_id = "putRoute",
+        summary = "Create or replace a route",
+        description = "Messages on topics matching `source` (and passing `filter`) also go to each destination: `topic:<t>` re-publishes a copy (loops stop after 8 hops), `webhook:<name>` and `kafka:<topic>` go through the durable outbox. Stored in Raft: every node applies it without a restart.",
+        params(
+            ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
+        ),
+        responses(
+            (status = 200, description = "The stored definition."),
+            (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
+        )
+    )]
+    pub async fn put(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+        JsonBody(body): JsonBody<Value>,
+    ) -> ApiResult<Response> {
+        super::put(shoal, Kind::Route, name, body).await
+    }
+
+    #[utoipa::path(
+        get,
+        path = "/v1/routes/{name}",
+        tag = "delivery",
+        operation_id = "getRoute",
+        summary = "Read a route",
+        params(
+            ("name" = String, Path, description = "Name"),
+        ),
+        responses(
+            (status = 200, description = "The definition."),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 404, response = crate::api::doc::NotFound),
+            (status = 503, response = crate::api::doc::Unavailable),
+        )
+    )]
+    pub async fn get(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+    ) -> ApiResult<Response> {
+        super::get(shoal, Kind::Route, name).await
+    }
+
+    #[utoipa::path(
+        get,
+        path = "/v1/routes",
+        tag = "delivery",
+        operation_id = "listRoutes",
+        summary = "List routes",
+        description = "Linearizable read.",
+        responses(
+            (status = 200, description = "All routes."),
+            (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
+        )
+    )]
+    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
+        super::list(shoal, Kind::Route).await
+    }
+
+    #[utoipa::path(
+        delete,
+        path = "/v1/routes/{name}",
+        tag = "delivery",
+        operation_id = "deleteRoute",
+        summary = "Delete a route",
+        params(
+            ("name" = String, Path, description = "Name"),
+        ),
+        responses(
+            (status = 200, description = "Deleted."),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 404, response = crate::api::doc::NotFound),
+            (status = 503, response = crate::api::doc::Unavailable),
+        )
+    )]
+    pub async fn delete(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+    ) -> ApiResult<Response> {
+        super::delete(shoal, Kind::Route, name).await
+    }
+}
+
+pub mod bridges {
+    use super::*;
+
+    #[utoipa::path(
+        put,
+        path = "/v1/bridges/{name}",
+        tag = "delivery",
+        operation_id = "putBridge",
+        summary = "Create or replace a bridge",
+        description = "Every node consumes `kafka_topic` in the consumer group `shoal-bridge-<name>` and publishes each record to `topic`, committing the offset after the hand-on. Needs --kafka-brokers. Stored in Raft: every node applies it without a restart.",
+        params(
+            ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
+        ),
+        responses(
+            (status = 200, description = "The stored definition."),
+            (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
+        )
+    )]
+    pub async fn put(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+        JsonBody(body): JsonBody<Value>,
+    ) -> ApiResult<Response> {
+        super::put(shoal, Kind::Bridge, name, body).await
+    }
+
+    #[utoipa::path(
+        get,
+        path = "/v1/bridges/{name}",
+        tag = "delivery",
+        operation_id = "getBridge",
+        summary = "Read a bridge",
+        params(
+            ("name" = String, Path, description = "Name"),
+        ),
+        responses(
+            (status = 200, description = "The definition."),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 404, response = crate::api::doc::NotFound),
+            (status = 503, response = crate::api::doc::Unavailable),
+        )
+    )]
+    pub async fn get(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+    ) -> ApiResult<Response> {
+        super::get(shoal, Kind::Bridge, name).await
+    }
+
+    #[utoipa::path(
+        get,
+        path = "/v1/bridges",
+        tag = "delivery",
+        operation_id = "listBridges",
+        summary = "List bridges",
+        description = "Linearizable read.",
+        responses(
+            (status = 200, description = "All bridges."),
+            (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
+        )
+    )]
+    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
+        super::list(shoal, Kind::Bridge).await
+    }
+
+    #[utoipa::path(
+        delete,
+        path = "/v1/bridges/{name}",
+        tag = "delivery",
+        operation_id = "deleteBridge",
+        summary = "Delete a bridge",
+        params(
+            ("name" = String, Path, description = "Name"),
+        ),
+        responses(
+            (status = 200, description = "Deleted."),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 404, response = crate::api::doc::NotFound),
+            (status = 503, response = crate::api::doc::Unavailable),
+        )
+    )]
+    pub async fn delete(
+        State(shoal): State<Arc<Shoal>>,
+        Path(name): Path<String>,
+    ) -> ApiResult<Response> {
+        super::delete(shoal, Kind::Bridge, name).await
+    }
+}
 
 /// A dead letter as the API shows it.
 fn dead_letter_json(node_id: u64, seq: u64, entry: &Entry) -> Value {
@@ -275,6 +517,23 @@ async fn fan_out(
 /// `GET /v1/webhooks/{name}/dead-letters`: messages whose retries ran out,
 /// from every node (each keeps those it accepted); `unreachable` lists
 /// nodes that did not answer, so a partial answer is never silent.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{name}/dead-letters",
+    tag = "delivery",
+    operation_id = "deadLetters",
+    summary = "A webhook's dead letters",
+    description = "Messages whose retry schedule ran out, from every node (each node keeps those it accepted). `unreachable` lists nodes that did not answer.",
+    params(
+        ("name" = String, Path, description = "Webhook name"),
+        ("scope" = Option<String>, Query, description = "cluster (default: ask every live node) or local"),
+        ("limit" = Option<u64>, Query, description = "Per node, 1-10000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "Dead letters."),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn dead_letters(
     State(shoal): State<Arc<Shoal>>,
     Path(name): Path<String>,
@@ -328,6 +587,22 @@ pub struct ReplayItem {
 
 /// `POST /v1/webhooks/{name}/dead-letters/replay`: put dead letters back in
 /// the outbox with a fresh retry schedule, on every node.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{name}/dead-letters/replay",
+    tag = "delivery",
+    operation_id = "replayDeadLetters",
+    summary = "Replay dead letters",
+    description = "Put dead letters back in the outbox with a fresh retry schedule, on every node. Body (optional): `{\"only\": [{\"node_id\": 1, \"seq\": 12}]}`.",
+    params(
+        ("name" = String, Path, description = "Webhook name"),
+        ("scope" = Option<String>, Query, description = "cluster (default: ask every live node) or local"),
+    ),
+    responses(
+        (status = 200, description = "Replayed."),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn replay(
     State(shoal): State<Arc<Shoal>>,
     Path(name): Path<String>,
@@ -387,6 +662,17 @@ pub async fn replay(
 }
 
 /// `GET /v1/outbox`: this node's pending and dead entries per destination.
+#[utoipa::path(
+    get,
+    path = "/v1/outbox",
+    tag = "delivery",
+    operation_id = "outbox",
+    summary = "This node's outbox",
+    description = "Pending and dead entries per destination on this node.",
+    responses(
+        (status = 200, description = "Counts."),
+    )
+)]
 pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     let outbox = shoal.messaging.deliveries.outbox().clone();
     let config = shoal.messaging.config();
@@ -420,6 +706,25 @@ pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
 /// answer with the partition and offset Kafka gave it. `key=` and
 /// `partition=` are optional; `content-type`, `traceparent` and `ce-*`
 /// headers become Kafka headers.
+#[utoipa::path(
+    post,
+    path = "/v1/kafka/{topic}",
+    tag = "delivery",
+    operation_id = "produceKafka",
+    summary = "Produce to Kafka",
+    description = "Produces the body with acks=all and answers once Kafka acknowledged it. `content-type`, `traceparent` and `ce-*` headers become Kafka headers.",
+    params(
+        ("topic" = String, Path, description = "Kafka topic"),
+        ("key" = Option<String>, Query, description = "Record key"),
+        ("partition" = Option<u64>, Query, description = "Partition"),
+    ),
+    responses(
+        (status = 200, description = "Stored by Kafka."),
+        (status = 400, description = "Malformed request. Error codes: `kafka_not_configured`, `invalid_topic`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 502, description = "Kafka did not take the record. Error codes: `kafka_unavailable`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn produce(
     State(shoal): State<Arc<Shoal>>,
     Path(topic): Path<String>,
@@ -430,17 +735,17 @@ pub async fn produce(
     let kafka = shoal.messaging.kafka.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "kafka_not_configured",
+            ErrorCode::KafkaNotConfigured,
             "this node has no --kafka-brokers",
         )
     })?;
     validate_kafka_topic(&topic)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.0))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidTopic, e.0))?;
     let limit = shoal.settings.max_message_bytes;
     if body.len() > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!(
                 "message payload is {} bytes; the limit is {limit}",
                 body.len()
@@ -472,10 +777,13 @@ pub async fn produce(
         headers: &kafka_headers,
         payload: &body,
     };
-    let produced = kafka
-        .produce(record)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "kafka_unavailable", e.to_string()))?;
+    let produced = kafka.produce(record).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::KafkaUnavailable,
+            e.to_string(),
+        )
+    })?;
     Ok(
         Json(json!({"topic": topic, "partition": produced.partition, "offset": produced.offset}))
             .into_response(),

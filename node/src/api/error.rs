@@ -5,23 +5,149 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use shoal_search::SearchError;
+use utoipa::ToSchema;
 
 use crate::cluster::LeaveError;
 use crate::services::shoal::KvError;
 
+/// Every error code the API answers with, by status. The OpenAPI document's
+/// enum is generated from this type, so a new code is documented when added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the request is malformed (body, query string or a field).
+    BadRequest,
+    /// 400: the key is empty, has a control character or is not UTF-8.
+    InvalidKey,
+    /// 400: the key is in a prefix Shoal reserves for itself.
+    ReservedKey,
+    /// 400: a revision parameter is not a non-negative integer or is in the future.
+    InvalidRevision,
+    /// 400: a log query does not parse.
+    InvalidQuery,
+    /// 400: a log stream name is invalid.
+    InvalidStream,
+    /// 400: a topic name or pattern is invalid.
+    InvalidTopic,
+    /// 400: no Kafka brokers are configured.
+    KafkaNotConfigured,
+    /// 400: an SQL answer would exceed the row limit.
+    TooManyRows,
+    /// 404: the key does not exist.
+    KeyNotFound,
+    /// 404: the lease does not exist or has expired.
+    LeaseNotFound,
+    /// 404: the node is not a cluster member.
+    NodeNotFound,
+    /// 404: no span of the trace is stored.
+    TraceNotFound,
+    /// 404: no such route or named resource.
+    NotFound,
+    /// 405: the route does not take this method.
+    MethodNotAllowed,
+    /// 409: a compare-and-set found another revision.
+    CompareFailed,
+    /// 409: the node is the cluster's only voter.
+    LastVoter,
+    /// 410: the revision has been compacted.
+    Compacted,
+    /// 413: the key is longer than 1024 bytes.
+    KeyTooLarge,
+    /// 413: the value is over the value limit.
+    ValueTooLarge,
+    /// 413: the body or a message is over its limit.
+    PayloadTooLarge,
+    /// 413: a log batch has too many records.
+    TooManyRecords,
+    /// 415: the body's encoding is not supported.
+    UnsupportedEncoding,
+    /// 415: the body's content type is not supported.
+    UnsupportedMediaType,
+    /// 429: the node is at its limit; retry after a second.
+    Busy,
+    /// 500: a fault of this node.
+    Internal,
+    /// 502: the Kafka brokers did not answer.
+    KafkaUnavailable,
+    /// 503: no leader or quorum now, or another node must answer.
+    Unavailable,
+    /// 504: the request did not complete in time.
+    Timeout,
+}
+
+impl ErrorCode {
+    /// The code as it appears in JSON (`"bad_request"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidKey => "invalid_key",
+            ErrorCode::ReservedKey => "reserved_key",
+            ErrorCode::InvalidRevision => "invalid_revision",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::InvalidStream => "invalid_stream",
+            ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::KafkaNotConfigured => "kafka_not_configured",
+            ErrorCode::TooManyRows => "too_many_rows",
+            ErrorCode::KeyNotFound => "key_not_found",
+            ErrorCode::LeaseNotFound => "lease_not_found",
+            ErrorCode::NodeNotFound => "node_not_found",
+            ErrorCode::TraceNotFound => "trace_not_found",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::CompareFailed => "compare_failed",
+            ErrorCode::LastVoter => "last_voter",
+            ErrorCode::Compacted => "compacted",
+            ErrorCode::KeyTooLarge => "key_too_large",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TooManyRecords => "too_many_records",
+            ErrorCode::UnsupportedEncoding => "unsupported_encoding",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+            ErrorCode::KafkaUnavailable => "kafka_unavailable",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+        }
+    }
+}
+
+/// `{"error": {"code", "message", ...}}`: the body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid_key", "message": "key must not be empty"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The error itself. Some codes add fields: `compare_failed` adds `current`
+/// (the key's metadata without value, or null), `compacted` adds
+/// `compact_revision` (the oldest revision still kept), `unavailable` adds
+/// `leader` (the leader's node id, when this node knows one) and `busy` adds
+/// `retry_after_s`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+    #[serde(flatten)]
+    #[schema(additional_properties)]
+    pub extra: Map<String, Value>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Extra fields inside the `error` object (e.g. `compact_revision`).
     pub extra: Map<String, Value>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -36,25 +162,33 @@ impl ApiError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
 
     pub fn invalid_revision(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_revision", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRevision, message)
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 
     pub fn timeout() -> ApiError {
         ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
+            ErrorCode::Timeout,
             "the request did not complete in time",
         )
     }
@@ -62,7 +196,7 @@ impl ApiError {
     pub fn lease_not_found(id: u64) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "lease_not_found",
+            ErrorCode::LeaseNotFound,
             format!("lease {id} does not exist or has expired"),
         )
     }
@@ -70,7 +204,7 @@ impl ApiError {
     pub fn compacted(from: u64, compact_revision: u64) -> ApiError {
         ApiError::new(
             StatusCode::GONE,
-            "compacted",
+            ErrorCode::Compacted,
             format!(
                 "revision {from} has been compacted (oldest available is {compact_revision}); \
                  re-list the keys and watch from the list's revision + 1"
@@ -105,9 +239,11 @@ impl From<KvError> for ApiError {
             // Storage errors were logged where they happened.
             KvError::Internal(_) | KvError::Storage(_) => ApiError::internal(message),
             KvError::LeaseNotFound(id) => ApiError::lease_not_found(id),
-            KvError::KeyNotFound => ApiError::new(StatusCode::NOT_FOUND, "key_not_found", message),
+            KvError::KeyNotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::KeyNotFound, message)
+            }
             KvError::Compacted { compact_revision } => {
-                ApiError::new(StatusCode::GONE, "compacted", message)
+                ApiError::new(StatusCode::GONE, ErrorCode::Compacted, message)
                     .with("compact_revision", json!(compact_revision))
             }
             KvError::FutureRevision { .. } => ApiError::invalid_revision(message),
@@ -123,13 +259,13 @@ impl From<SearchError> for ApiError {
     fn from(e: SearchError) -> ApiError {
         match e {
             SearchError::InvalidStream(message) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream", message)
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidStream, message)
             }
             SearchError::InvalidQuery(message) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, message)
             }
             SearchError::Busy(message) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Busy, message)
                     .with("retry_after_s", json!(1))
             }
             other => {
@@ -145,9 +281,11 @@ impl From<LeaveError> for ApiError {
         let message = e.to_string();
         match e {
             LeaveError::NotMember(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "node_not_found", message)
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NodeNotFound, message)
             }
-            LeaveError::LastVoter(_) => ApiError::new(StatusCode::CONFLICT, "last_voter", message),
+            LeaveError::LastVoter(_) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::LastVoter, message)
+            }
             LeaveError::NoLeader | LeaveError::LeaderUnreachable(_) | LeaveError::Refused(_) => {
                 ApiError::unavailable(message)
             }
@@ -159,11 +297,14 @@ impl ApiError {
     /// `{"error": {"code", "message", ...extra}}`: the body of an error
     /// answer, and the data of an SSE `error` event that ends a stream.
     pub fn body(&self) -> Value {
-        let mut error = Map::new();
-        error.insert("code".into(), json!(self.code));
-        error.insert("message".into(), json!(self.message));
-        error.extend(self.extra.clone());
-        json!({ "error": error })
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+                extra: self.extra.clone(),
+            },
+        };
+        serde_json::to_value(body).unwrap_or(Value::Null)
     }
 }
 

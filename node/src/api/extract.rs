@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// A WebSocket upgrade; a request that is not one is answered 400
 /// `bad_request` in JSON like every other malformed request (axum's own
@@ -137,7 +137,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
+                        ErrorCode::PayloadTooLarge,
                         "request body is too large",
                     )
                 } else {
@@ -180,7 +180,7 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
                 .map_err(|e| {
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
-                        "invalid_key",
+                        ErrorCode::InvalidKey,
                         format!("bad key in path: {e}"),
                     )
                 })?;
@@ -199,7 +199,7 @@ pub fn check_writable(key: &str, prefix: bool) -> Result<(), ApiError> {
     if key.starts_with(RESERVED_PREFIX) || (prefix && RESERVED_PREFIX.starts_with(key)) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "reserved_key",
+            ErrorCode::ReservedKey,
             format!(
                 "keys under {RESERVED_PREFIX} hold the messaging configuration; change it through \
                  /v1/webhooks, /v1/routes and /v1/bridges"
@@ -216,21 +216,21 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_key",
+            ErrorCode::InvalidKey,
             "key must not be empty",
         ));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "key_too_large",
+            ErrorCode::KeyTooLarge,
             format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
         ));
     }
     if let Some(c) = key.chars().find(|c| c.is_control()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_key",
+            ErrorCode::InvalidKey,
             format!("key contains the control character U+{:04X}", c as u32),
         ));
     }
@@ -247,7 +247,7 @@ pub fn inflate(reader: impl Read, max_bytes: usize) -> Result<Vec<u8>, ApiError>
     if data.len() > max_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the decompressed body exceeds {max_bytes} bytes"),
         ));
     }

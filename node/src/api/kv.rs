@@ -13,7 +13,7 @@ use shoal_storage::kv::{
     Command, Compare, CompareOp, CompareTarget, OpResult, Response as SmResponse, Txn, TxnOp,
 };
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::{check_writable, validate_key, Body, JsonBody, KeyPath, Params};
 use super::model::{decode_value, event_json, kv_json};
 use crate::services::shoal::Shoal;
@@ -31,7 +31,7 @@ fn check_value(shoal: &Shoal, len: usize) -> ApiResult<()> {
     if len > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
+            ErrorCode::ValueTooLarge,
             format!("value is {len} bytes; the limit is {limit} (--max-value-bytes)"),
         ));
     }
@@ -45,7 +45,7 @@ fn compare_failed(current: Option<&OpResult>) -> ApiError {
     };
     ApiError::new(
         StatusCode::CONFLICT,
-        "compare_failed",
+        ErrorCode::CompareFailed,
         "the key's mod_revision is not the expected one",
     )
     .with("current", current)
@@ -81,6 +81,29 @@ fn txn_outcome(response: SmResponse) -> ApiResult<(bool, u64, Vec<OpResult>)> {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/kv/{*key}",
+    tag = "kv",
+    operation_id = "putKey",
+    summary = "Write one key",
+    description = "Sets the key to the raw request body. With `if_revision=N` the write is a compare-and-set: it applies only if the key's `mod_revision` is N (`0` = only if the key does not exist, i.e. create-only); otherwise 409 `compare_failed` with the key's current metadata (or null) in `error.current`. With `lease=ID` the key is attached to the lease and deleted when it expires or is revoked.",
+    params(
+        ("key" = String, Path, description = "The key: the whole rest of the path after the prefix, a `/`-separated path that may contain slashes (e.g. `/v1/kv/prod/payments/url` is key `prod/payments/url`). Percent-encoded bytes are decoded. 1..1024 bytes of UTF-8 without control characters: empty, control characters or invalid UTF-8 → 400 `invalid_key`; over 1024 bytes → 413 `key_too_large`."),
+        ("lease" = Option<u64>, Query, description = "Lease id to attach the key to; 0 (default) = no lease. Not a non-negative integer → 400 `bad_request`; unknown/expired lease → 404 `lease_not_found`."),
+        ("if_revision" = Option<u64>, Query, description = "Compare-and-set: write only if the key's `mod_revision` equals this (0 = key must not exist). Not a non-negative integer → 400 `invalid_revision`."),
+    ),
+    responses(
+        (status = 200, description = "Written; a new revision."),
+        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: `if_revision` is not a non-negative integer. `bad_request`: `lease` is not a non-negative integer, malformed query string, or the body could not be read. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The `lease` does not exist or has expired. Error codes: `lease_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 409, description = "`if_revision` did not hold; `error.current` is the key's current metadata (without value) or null if it does not exist. Error codes: `compare_failed`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "Too large. `key_too_large`: the key is longer than 1024 bytes. `value_too_large`: the body is larger than `--max-value-bytes` (default 1 MiB). `payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `key_too_large`, `value_too_large`, `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn put(
     State(shoal): State<Arc<Shoal>>,
     KeyPath(key): KeyPath,
@@ -107,6 +130,27 @@ pub async fn put(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/kv/{*key}",
+    tag = "kv",
+    operation_id = "getKey",
+    summary = "Read one key",
+    description = "Reads the key with its value (base64). Linearizable by default (confirms leadership with a quorum first; a follower answers 503 `unavailable` naming the leader); `consistency=stale` serves this node's local state.",
+    params(
+        ("key" = String, Path, description = "The key: the whole rest of the path after the prefix, a `/`-separated path that may contain slashes (e.g. `/v1/kv/prod/payments/url` is key `prod/payments/url`). Percent-encoded bytes are decoded. 1..1024 bytes of UTF-8 without control characters: empty, control characters or invalid UTF-8 → 400 `invalid_key`; over 1024 bytes → 413 `key_too_large`."),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
+    ),
+    responses(
+        (status = 200, description = "The key."),
+        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `bad_request`: bad `consistency` or malformed query string. Error codes: `invalid_key`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The key does not exist. Error codes: `key_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn get(
     State(shoal): State<Arc<Shoal>>,
     KeyPath(key): KeyPath,
@@ -122,12 +166,34 @@ pub async fn get(
         )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "key_not_found",
+            ErrorCode::KeyNotFound,
             format!("key {key:?} does not exist"),
         )),
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/kv/{*key}",
+    tag = "kv",
+    operation_id = "deleteKey",
+    summary = "Delete a key or a prefix",
+    description = "Deletes the key, or with `prefix=true` every key starting with `{key}` (one revision). Deleting a missing key gives 200 with `deleted: 0` and does not create a revision (`revision` is then the current one). With `if_revision=N` the delete applies only if the key's `mod_revision` is N, else 409 `compare_failed`. `if_revision` cannot be combined with `prefix=true`.",
+    params(
+        ("key" = String, Path, description = "The key: the whole rest of the path after the prefix, a `/`-separated path that may contain slashes (e.g. `/v1/kv/prod/payments/url` is key `prod/payments/url`). Percent-encoded bytes are decoded. 1..1024 bytes of UTF-8 without control characters: empty, control characters or invalid UTF-8 → 400 `invalid_key`; over 1024 bytes → 413 `key_too_large`."),
+        ("prefix" = Option<String>, Query, description = "`true`/`1` (or present without a value): delete every key starting with `{key}`. Default false. Anything other than true/false/1/0 → 400 `bad_request`."),
+        ("if_revision" = Option<u64>, Query, description = "Delete only if the key's `mod_revision` equals this. Not a non-negative integer → 400 `invalid_revision`; combined with `prefix=true` → 400 `bad_request`."),
+    ),
+    responses(
+        (status = 200, description = "Deleted (possibly nothing)."),
+        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: bad `if_revision`. `bad_request`: bad `prefix` flag, `if_revision` with `prefix=true`, malformed query string. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 409, description = "`if_revision` did not hold; `error.current` is the key's current metadata (without value) or null. Error codes: `compare_failed`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn delete(
     State(shoal): State<Arc<Shoal>>,
     KeyPath(key): KeyPath,
@@ -156,6 +222,28 @@ pub async fn delete(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    tag = "kv",
+    operation_id = "listKeys",
+    summary = "List keys by prefix",
+    description = "Lists keys starting with `prefix` (all keys if empty or absent) in byte order, starting strictly after key `after`. Paginate by passing `next_after` from the previous page as `after` while `more` is true. Responses carry `X-Shoal-Revision`; the body's `revision` is the revision the page was read at (use it + 1 as `from_revision` to watch from a listing).",
+    params(
+        ("prefix" = Option<String>, Query, description = "Only keys starting with this string. Empty or absent: every key."),
+        ("after" = Option<String>, Query, description = "Start strictly after this key (exclusive); use `next_after` of the previous page."),
+        ("limit" = Option<u64>, Query, description = "Page size, 1..1000 (default 100). Out of range → 400 `bad_request`."),
+        ("keys_only" = Option<String>, Query, description = "`true`/`1` (or present without a value): omit the `value` fields. `false`/`0` or absent: include values. Anything else → 400 `bad_request`."),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
+    ),
+    responses(
+        (status = 200, description = "One page of keys."),
+        (status = 400, description = "Bad query parameter (`limit` out of 1..1000 or not an integer, bad `keys_only` or `consistency`, malformed query string). Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn list(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<Response> {
     let prefix = params.string("prefix").unwrap_or("").to_string();
     let after = params.string("after").map(str::to_string);
@@ -305,6 +393,23 @@ fn result_json(result: &OpResult) -> Value {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/txn",
+    tag = "kv",
+    operation_id = "txn",
+    summary = "Atomic multi-key transaction",
+    description = "If every `compare` holds, the `success` operations run, else the `failure` operations; atomically, as one revision (only if something was written). A missing key has 0 for every revision target and an empty value. Limits: at most 128 compares and 128 operations per branch (more → 400 `bad_request`); each put value at most `--max-value-bytes` after base64 decoding. A failed compare is not an error: the response has `succeeded: false`. The body is parsed as JSON regardless of its Content-Type; unknown fields are rejected (`bad_request`).",
+    responses(
+        (status = 200, description = "The transaction ran (check `succeeded`)."),
+        (status = 400, description = "`bad_request`: malformed JSON or unknown field, more than 128 compares or operations in a branch, bad compare `op`/`target`, non-integer compare value for a revision target, `<`/`>` on a value compare, bad base64. `invalid_key`: an empty key or one with a control character. Error codes: `bad_request`, `invalid_key`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "A put names a lease that does not exist (nothing is written). Error codes: `lease_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "Too large. `key_too_large`: a key is longer than 1024 bytes. `value_too_large`: a decoded put value exceeds `--max-value-bytes`. `payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `key_too_large`, `value_too_large`, `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn txn(
     State(shoal): State<Arc<Shoal>>,
     JsonBody(body): JsonBody<TxnBody>,
@@ -338,6 +443,29 @@ pub async fn txn(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/history/{*key}",
+    tag = "kv",
+    operation_id = "getHistory",
+    summary = "Change history of a key",
+    description = "The retained changes to the key, newest first: put events (with value) and delete events. With `before=R` only changes with revision < R. History older than `compact_revision` is no longer available (it is simply absent; no 410). 404 `key_not_found` only if the key does not exist, has no retained history, and `before` is not given.",
+    params(
+        ("key" = String, Path, description = "The key: the whole rest of the path after the prefix, a `/`-separated path that may contain slashes (e.g. `/v1/kv/prod/payments/url` is key `prod/payments/url`). Percent-encoded bytes are decoded. 1..1024 bytes of UTF-8 without control characters: empty, control characters or invalid UTF-8 → 400 `invalid_key`; over 1024 bytes → 413 `key_too_large`."),
+        ("limit" = Option<u64>, Query, description = "Maximum number of events, 1..1000 (default 100). Out of range → 400 `bad_request`."),
+        ("before" = Option<u64>, Query, description = "Only changes with revision strictly less than this. Not a non-negative integer → 400 `invalid_revision`."),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
+    ),
+    responses(
+        (status = 200, description = "The key's history, newest first."),
+        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: bad `before`. `bad_request`: bad `limit` or `consistency`, malformed query string. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The key does not exist and has no retained history. Error codes: `key_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn history(
     State(shoal): State<Arc<Shoal>>,
     KeyPath(key): KeyPath,
@@ -357,7 +485,7 @@ pub async fn history(
     if events.is_empty() && !exists && before.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "key_not_found",
+            ErrorCode::KeyNotFound,
             format!("key {key:?} has no history"),
         ));
     }
@@ -374,6 +502,27 @@ pub struct RevisionBody {
     revision: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/rollback/{*key}",
+    tag = "kv",
+    operation_id = "rollbackKey",
+    summary = "Restore a key's value as of a revision",
+    description = "Writes the value the key had at `revision` as a new put (a new revision, no lease). If the key did not exist at that revision it is deleted and `kv` is null. 410 `compacted` if the revision is older than the compaction point (or the answer was erased by compaction); 400 `invalid_revision` if it is in the future. The body is parsed as JSON regardless of its Content-Type; unknown fields are rejected (`bad_request`).",
+    params(
+        ("key" = String, Path, description = "The key: the whole rest of the path after the prefix, a `/`-separated path that may contain slashes (e.g. `/v1/kv/prod/payments/url` is key `prod/payments/url`). Percent-encoded bytes are decoded. 1..1024 bytes of UTF-8 without control characters: empty, control characters or invalid UTF-8 → 400 `invalid_key`; over 1024 bytes → 413 `key_too_large`."),
+    ),
+    responses(
+        (status = 200, description = "Rolled back; a new revision."),
+        (status = 400, description = "`invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: `revision` is greater than the current revision. `bad_request`: malformed JSON body, missing/negative `revision`, unknown field. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The key does not exist and has no retained history. Error codes: `key_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 410, description = "`revision` is older than the compaction point; `error.compact_revision` is the oldest available revision. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. `payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `key_too_large`, `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn rollback(
     State(shoal): State<Arc<Shoal>>,
     KeyPath(key): KeyPath,
@@ -397,6 +546,22 @@ pub async fn rollback(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/compact",
+    tag = "kv",
+    operation_id = "compact",
+    summary = "Compact history now",
+    description = "Discards change history (events) with revision < `revision`. History is also compacted automatically, keeping the last `--history-revisions` (default 100000) revisions. Compacting to a revision at or below the current compaction point is a no-op that returns the current point. `revision` may be at most the current revision + 1. The body is parsed as JSON regardless of its Content-Type; unknown fields are rejected (`bad_request`).",
+    responses(
+        (status = 200, description = "The compaction point after the request."),
+        (status = 400, description = "`invalid_revision`: `revision` is more than the current revision + 1. `bad_request`: malformed JSON body, missing/negative `revision`, unknown field. Error codes: `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn compact(
     State(shoal): State<Arc<Shoal>>,
     JsonBody(body): JsonBody<RevisionBody>,

@@ -50,6 +50,22 @@ fn lease_reply(response: SmResponse) -> ApiResult<Response> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/leases",
+    tag = "leases",
+    operation_id = "grantLease",
+    summary = "Grant a lease",
+    description = "Creates a lease that expires `ttl_seconds` after its grant or last keepalive; its keys are then deleted (one revision, a delete event per key). The body is parsed as JSON regardless of its Content-Type; unknown fields are rejected (`bad_request`).",
+    responses(
+        (status = 200, description = "The new lease."),
+        (status = 400, description = "`ttl_seconds` not in 1..86400, malformed JSON body, missing field or unknown field. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn grant(
     State(shoal): State<Arc<Shoal>>,
     JsonBody(body): JsonBody<GrantBody>,
@@ -68,6 +84,25 @@ pub async fn grant(
     )
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/leases/{id}/keepalive",
+    tag = "leases",
+    operation_id = "keepAliveLease",
+    summary = "Renew a lease",
+    description = "Resets the lease's expiry to now + `ttl_seconds`. A lease that has already expired (even if not yet revoked) cannot be kept alive: 404 `lease_not_found`. No request body.",
+    params(
+        ("id" = u64, Path, description = "Lease id (non-negative integer; otherwise 400 `bad_request`)."),
+    ),
+    responses(
+        (status = 200, description = "Renewed."),
+        (status = 400, description = "The lease id in the path is not a non-negative integer. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The lease does not exist or has expired. Error codes: `lease_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn keepalive(
     State(shoal): State<Arc<Shoal>>,
     Path(id): Path<String>,
@@ -76,6 +111,25 @@ pub async fn keepalive(
     lease_reply(shoal.write(Command::LeaseKeepAlive { id }).await?)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/leases/{id}",
+    tag = "leases",
+    operation_id = "revokeLease",
+    summary = "Revoke a lease",
+    description = "Removes the lease and deletes every key attached to it (one revision if any key was deleted).",
+    params(
+        ("id" = u64, Path, description = "Lease id (non-negative integer; otherwise 400 `bad_request`)."),
+    ),
+    responses(
+        (status = 200, description = "Revoked."),
+        (status = 400, description = "The lease id in the path is not a non-negative integer. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The lease does not exist or has expired. Error codes: `lease_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn revoke(
     State(shoal): State<Arc<Shoal>>,
     Path(id): Path<String>,
@@ -92,6 +146,25 @@ pub async fn revoke(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leases/{id}",
+    tag = "leases",
+    operation_id = "getLease",
+    summary = "Read a lease",
+    description = "The lease, its remaining time and the keys attached to it. Linearizable read.",
+    params(
+        ("id" = u64, Path, description = "Lease id (non-negative integer; otherwise 400 `bad_request`)."),
+    ),
+    responses(
+        (status = 200, description = "The lease."),
+        (status = 400, description = "The lease id in the path is not a non-negative integer. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "The lease does not exist or has expired. Error codes: `lease_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn get(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = lease_id(&id)?;
     shoal.read_barrier(false).await?;
@@ -105,6 +178,20 @@ pub async fn get(State(shoal): State<Arc<Shoal>>, Path(id): Path<String>) -> Api
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/leases",
+    tag = "leases",
+    operation_id = "listLeases",
+    summary = "List leases",
+    description = "Every lease with its TTL and remaining time. Linearizable read.",
+    responses(
+        (status = 200, description = "All leases."),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
     shoal.read_barrier(false).await?;
     let leases = shoal.read(|store| store.lease_list()).await?;

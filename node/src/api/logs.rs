@@ -16,7 +16,7 @@ use shoal_search::{AggregateRequest, Cursor, Hit, KindFilter, Record, SearchOrde
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::{Body, Params};
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
@@ -36,6 +36,24 @@ const TAIL_POLL: Duration = Duration::from_millis(500);
 const TAIL_BATCH: usize = 1000;
 
 /// Ingest `body` (NDJSON, a JSON array, or plain text lines) into `stream`.
+#[utoipa::path(
+    post,
+    path = "/v1/logs/{stream}",
+    tag = "logs",
+    operation_id = "ingestLogs",
+    summary = "Ingest log records into a stream",
+    description = "Body: NDJSON (one JSON object per line), a JSON array of objects, or `text/plain` lines (one record each). Optional `Content-Encoding: gzip`. Recognised fields: timestamp/@timestamp/ts/time (RFC 3339 or epoch s/ms/us/ns; default now), level/severity/log.level, service/service.name/app, message/msg/body/log, trace_id, span_id, attributes (object); every other field becomes an attribute. Records are fsynced into the write-ahead log before the answer and searchable within --logs-commit-ms (1 s). Bad records are reported one by one and do not affect the others. Limits: body --logs-max-body-mb (32 MiB), 100 000 records, message 64 KiB (longer is cut), attributes 64 KiB, timestamps within retention and at most a day ahead.",
+    params(
+        ("stream" = String, Path, description = "1-64 of a-z, 0-9, '.', '_', '-', not starting with '.', '_' or '-'"),
+    ),
+    responses(
+        (status = 200, description = "Stored (except the records listed in errors)."),
+        (status = 400, description = "Error codes: `invalid_stream`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "Error codes: `payload_too_large`, `too_many_records`.", body = crate::api::error::ErrorBody),
+        (status = 415, description = "Error codes: `unsupported_encoding`.", body = crate::api::error::ErrorBody),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn ingest(
     State(app): State<AppState>,
     Path(stream): Path<String>,
@@ -92,7 +110,7 @@ pub fn decompressed(headers: &HeaderMap, body: &[u8], max_bytes: usize) -> ApiRe
         Some("gzip") => super::extract::inflate(flate2::read::GzDecoder::new(body), max_bytes),
         Some(other) => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_encoding",
+            ErrorCode::UnsupportedEncoding,
             format!("content encoding {other:?}: send gzip or none"),
         )),
     }
@@ -149,7 +167,7 @@ fn check_count(count: usize) -> ApiResult<()> {
     if count > MAX_RECORDS_PER_REQUEST {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_records",
+            ErrorCode::TooManyRecords,
             format!("{count} records in one request; the limit is {MAX_RECORDS_PER_REQUEST}"),
         ));
     }
@@ -359,6 +377,34 @@ fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
     Ok(params.merged(merged))
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/v1/logs/search",
+    tag = "logs",
+    summary = "Search logs and spans on every node",
+    description = "Runs on every live member and merges the pages; members that do not answer are listed in `nodes.failed` and `partial` is true (the answer is still 200). POST takes the same parameters as a JSON object. Query cost limits: query at most 4096 bytes, limit at most 10 000.",
+    params(
+        ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
+        ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
+        ("kind" = Option<String>, Query, description = "log (default), span or any"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration ago (15m, 2h, 7d), RFC 3339, or Unix s/ms/us/ns"),
+        ("until" = Option<String>, Query, description = "Exclusive end, same forms as since"),
+        ("level" = Option<String>, Query, description = "Levels, comma-separated (trace, debug, info, warn, error, fatal)"),
+        ("service" = Option<String>, Query, description = "Services, comma-separated"),
+        ("trace_id" = Option<String>, Query, description = "Trace ids (hex), comma-separated"),
+        ("operation" = Option<String>, Query, description = "Span names, comma-separated"),
+        ("status" = Option<String>, Query, description = "Span statuses (unset, ok, error), comma-separated"),
+        ("min_duration" = Option<String>, Query, description = "Spans at least this long (250ms, 2s, or nanoseconds)"),
+        ("max_duration" = Option<String>, Query, description = "Spans at most this long"),
+        ("order" = Option<String>, Query, description = "newest (default) or oldest"),
+        ("limit" = Option<u64>, Query, description = "1..10000, default 100"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of hits."),
+        (status = 400, description = "Error codes: `invalid_query`, `invalid_stream`, `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn search(
     State(app): State<AppState>,
     params: Params,
@@ -381,6 +427,34 @@ pub async fn search(
     Ok(Json(with_report(value, &report)).into_response())
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/v1/logs/aggregate",
+    tag = "logs",
+    summary = "Counts over time and top values, cluster-wide",
+    description = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.",
+    params(
+        ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
+        ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
+        ("kind" = Option<String>, Query, description = "log (default), span or any"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration ago (15m, 2h, 7d), RFC 3339, or Unix s/ms/us/ns"),
+        ("until" = Option<String>, Query, description = "Exclusive end, same forms as since"),
+        ("level" = Option<String>, Query, description = "Levels, comma-separated (trace, debug, info, warn, error, fatal)"),
+        ("service" = Option<String>, Query, description = "Services, comma-separated"),
+        ("trace_id" = Option<String>, Query, description = "Trace ids (hex), comma-separated"),
+        ("operation" = Option<String>, Query, description = "Span names, comma-separated"),
+        ("status" = Option<String>, Query, description = "Span statuses (unset, ok, error), comma-separated"),
+        ("min_duration" = Option<String>, Query, description = "Spans at least this long (250ms, 2s, or nanoseconds)"),
+        ("max_duration" = Option<String>, Query, description = "Spans at most this long"),
+        ("interval" = Option<String>, Query, description = "Bucket width (1m, 1h); histogram=false for none"),
+        ("top" = Option<String>, Query, description = "Fields to count: level, service, status, kind, name (comma-separated)"),
+        ("top_n" = Option<u64>, Query, description = "Values per field, default 10"),
+    ),
+    responses(
+        (status = 200, description = "Counts."),
+        (status = 400, description = "Error codes: `invalid_query`, `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn aggregate(
     State(app): State<AppState>,
     params: Params,
@@ -443,6 +517,16 @@ pub async fn aggregate(
     Ok(Json(with_report(value, &report)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/logs/streams",
+    tag = "logs",
+    operation_id = "listStreams",
+    summary = "Streams on every node: records, bytes, day partitions",
+    responses(
+        (status = 200, description = "Streams."),
+    )
+)]
 pub async fn streams(State(app): State<AppState>) -> ApiResult<Response> {
     let (per_node, report) = logs::streams(&app.shoal).await?;
     let mut totals: BTreeMap<String, (u64, u64, usize, Vec<u64>)> = BTreeMap::new();
@@ -474,6 +558,21 @@ pub fn trace_id_param(raw: &str) -> ApiResult<String> {
 }
 
 /// Every span and log record of one trace, from every node.
+#[utoipa::path(
+    get,
+    path = "/v1/traces/{trace_id}",
+    tag = "traces",
+    operation_id = "getTrace",
+    summary = "A whole trace: its spans and the log records with its trace id, from every node",
+    params(
+        ("trace_id" = String, Path, description = "32 hex digits (1-32 accepted)"),
+    ),
+    responses(
+        (status = 200, description = "The trace."),
+        (status = 400, description = "Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "Error codes: `trace_not_found`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn trace(
     State(app): State<AppState>,
     Path(trace_id): Path<String>,
@@ -483,7 +582,7 @@ pub async fn trace(
     if hits.is_empty() {
         let error = ApiError::new(
             StatusCode::NOT_FOUND,
-            "trace_not_found",
+            ErrorCode::TraceNotFound,
             format!("no spans or logs of trace {trace_id}"),
         );
         return Ok((
@@ -523,6 +622,33 @@ pub async fn fetch_traces(
 
 /// Live tail (SSE): records that become searchable after the request,
 /// as `record` events, oldest first; `backlog=N` first sends the newest N.
+#[utoipa::path(
+    get,
+    path = "/v1/logs/tail",
+    tag = "logs",
+    operation_id = "tailLogs",
+    summary = "Live tail (Server-Sent Events)",
+    description = "Sends `record` events (data: a LogHit) for matching records that become searchable after the request, from every node, polled every 500 ms. backlog=N first sends the N newest matching records.",
+    params(
+        ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
+        ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
+        ("kind" = Option<String>, Query, description = "log (default), span or any"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration ago (15m, 2h, 7d), RFC 3339, or Unix s/ms/us/ns"),
+        ("until" = Option<String>, Query, description = "Exclusive end, same forms as since"),
+        ("level" = Option<String>, Query, description = "Levels, comma-separated (trace, debug, info, warn, error, fatal)"),
+        ("service" = Option<String>, Query, description = "Services, comma-separated"),
+        ("trace_id" = Option<String>, Query, description = "Trace ids (hex), comma-separated"),
+        ("operation" = Option<String>, Query, description = "Span names, comma-separated"),
+        ("status" = Option<String>, Query, description = "Span statuses (unset, ok, error), comma-separated"),
+        ("min_duration" = Option<String>, Query, description = "Spans at least this long (250ms, 2s, or nanoseconds)"),
+        ("max_duration" = Option<String>, Query, description = "Spans at most this long"),
+        ("backlog" = Option<u64>, Query, description = "Newest records to send first (0..1000)"),
+    ),
+    responses(
+        (status = 200, description = "An event stream."),
+        (status = 400, description = "Error codes: `invalid_query`, `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
     let mut request = search_request(&params, now_nanos())?;
     let backlog = params.number("backlog")?.unwrap_or(0).min(1000) as usize;
@@ -613,6 +739,20 @@ fn record_event(hit: &Hit) -> Event {
 /// SQL over logs (Polars): `{"query": "SELECT ..."}`, or the query as a
 /// text/plain body, or `?q=`. Conditions on ts, level, service, stream,
 /// kind, status and trace_id are pushed down to every node's indexes.
+#[utoipa::path(
+    method(get, post),
+    path = "/v1/logs/sql",
+    tag = "logs",
+    summary = "SQL over logs (Polars) on the table `logs`",
+    description = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL.",
+    params(
+        ("q" = Option<String>, Query, description = ""),
+    ),
+    responses(
+        (status = 200, description = "Columns and rows."),
+        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn sql(
     State(app): State<AppState>,
     params: Params,
@@ -640,7 +780,7 @@ pub async fn sql(
     if hits.len() > MAX_SQL_ROWS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "too_many_rows",
+            ErrorCode::TooManyRows,
             format!(
                 "the query reads more than {MAX_SQL_ROWS} records; narrow it with conditions on ts \
                  (e.g. ts > now() - interval '1 hour'), level, service, stream or kind"

@@ -23,7 +23,7 @@ use shoal_actors::subject::{validate_topic, Pattern};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::{Body, JsonBody, Params, Upgrade};
 use crate::services::shoal::Shoal;
 
@@ -41,13 +41,17 @@ const MAX_HEADER_BYTES: usize = 4096;
 const WS_PUBLISH_BATCH: usize = 256;
 
 fn invalid_topic(e: impl ToString) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.to_string())
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidTopic,
+        e.to_string(),
+    )
 }
 
 fn too_large(size: usize, limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("message payload is {size} bytes; the limit is {limit} (--max-message-bytes)"),
     )
 }
@@ -88,6 +92,23 @@ fn node_source(shoal: &Shoal) -> String {
 /// `ce-source`, `ce-type`, `ce-subject`, `ce-time`) set the envelope and
 /// other `ce-*` headers become message headers; `traceparent` is kept (or
 /// started).
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}",
+    tag = "messaging",
+    operation_id = "publish",
+    summary = "Publish one message",
+    description = "The body is the payload (up to --max-message-bytes, default 1 MiB); Content-Type travels with it. CloudEvents binary-mode headers `ce-id`, `ce-source`, `ce-type`, `ce-subject`, `ce-time` set the envelope; other `ce-<name>` headers become message headers. `traceparent` is kept (a new trace is started when absent). Subscribers on every node with a matching pattern receive it (at-most-once); webhook and Kafka destinations are written to the durable outbox before the answer (at-least-once). Routing rules run on this node.",
+    params(
+        ("topic" = String, Path, description = "Dot-separated topic, no wildcards, at most 256 bytes"),
+    ),
+    responses(
+        (status = 202, description = "Published."),
+        (status = 400, description = "Malformed request. Error codes: `invalid_topic`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
 pub async fn publish_one(
     State(shoal): State<Arc<Shoal>>,
     Path(topic): Path<String>,
@@ -275,6 +296,20 @@ fn batch_message(
 
 /// `POST /v1/publish`: a batch of messages, all or none (a bad entry is a
 /// 400 naming its index; nothing is published).
+#[utoipa::path(
+    post,
+    path = "/v1/publish",
+    tag = "messaging",
+    operation_id = "publishBatch",
+    summary = "Publish a batch of messages",
+    description = "1 to 1000 messages, all or none: a bad entry is a 400 whose message names `messages[i]` and whose `index` field gives i.",
+    responses(
+        (status = 202, description = "Published."),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
 pub async fn publish_batch(
     State(shoal): State<Arc<Shoal>>,
     headers: HeaderMap,
@@ -340,6 +375,24 @@ fn slow_consumer_error() -> Value {
 
 /// `GET /v1/subscribe`: an SSE stream of message envelopes (`event:
 /// message`), with `event: dropped` when the buffer overflowed.
+#[utoipa::path(
+    get,
+    path = "/v1/subscribe",
+    tag = "messaging",
+    operation_id = "subscribe",
+    summary = "Subscribe (Server-Sent Events)",
+    description = "Events: `subscribed` (once), `message` (id = message id, data = the envelope), `dropped` (`{\"dropped\": n}` after overflow), `error` (slow_consumer, then the stream ends).",
+    params(
+        ("pattern" = String, Query, description = "Topic pattern: `*` matches one token, `>` the remaining tokens"),
+        ("queue" = Option<String>, Query, description = "Queue group: each message goes to one member of the group in the whole cluster"),
+        ("buffer" = Option<u64>, Query, description = "Messages buffered for this subscriber (1-65536, default 1024)"),
+        ("overflow" = Option<String>, Query, description = "When the buffer is full: drop_oldest (default; reported as a `dropped` event) or disconnect"),
+    ),
+    responses(
+        (status = 200, description = "An event stream."),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<Response> {
     let subscription = subscribe(&shoal, &params)?;
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
@@ -396,6 +449,25 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
 /// `GET /v1/subscribe/ws`: the same over WebSocket. `format=json` (default)
 /// sends each envelope as a text frame; `format=raw` sends the payload alone
 /// as a binary frame. A `{"dropped": n}` text frame reports overflow.
+#[utoipa::path(
+    get,
+    path = "/v1/subscribe/ws",
+    tag = "messaging",
+    operation_id = "subscribeWebSocket",
+    summary = "Subscribe (WebSocket)",
+    description = "`format=json` (default): a text frame per envelope, and `{\"dropped\": n}` text frames after overflow. `format=raw`: a binary frame per payload. Overflow with overflow=disconnect closes with code 1008.",
+    params(
+        ("pattern" = String, Query, description = "Topic pattern: `*` matches one token, `>` the remaining tokens"),
+        ("queue" = Option<String>, Query, description = "Queue group: each message goes to one member of the group in the whole cluster"),
+        ("buffer" = Option<u64>, Query, description = "Messages buffered for this subscriber (1-65536, default 1024)"),
+        ("overflow" = Option<String>, Query, description = "When the buffer is full: drop_oldest (default; reported as a `dropped` event) or disconnect"),
+        ("format" = Option<String>, Query, description = "json or raw"),
+    ),
+    responses(
+        (status = 101, description = "Switching to WebSocket."),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn websocket(
     State(shoal): State<Arc<Shoal>>,
     params: Params,
@@ -463,6 +535,22 @@ async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bo
 /// without, each text frame is a JSON object like a `/v1/publish` entry.
 /// Fire-and-forget like NATS core: a bad frame closes the socket with 1008
 /// and the reason.
+#[utoipa::path(
+    get,
+    path = "/v1/publish/ws",
+    tag = "messaging",
+    operation_id = "publishWebSocket",
+    summary = "Publish over a WebSocket stream",
+    description = "With `topic`, every frame (text or binary) is a message to that topic. Without, every text frame is a JSON object like a /v1/publish entry. Fire-and-forget; a bad frame closes the socket with code 1008 and the reason.",
+    params(
+        ("topic" = Option<String>, Query, description = "Topic for every frame"),
+        ("content_type" = Option<String>, Query, description = "Content type of the frames' payloads (default application/octet-stream)"),
+    ),
+    responses(
+        (status = 101, description = "Switching to WebSocket."),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn publish_socket(
     State(shoal): State<Arc<Shoal>>,
     params: Params,
@@ -574,6 +662,17 @@ fn close(code: u16, reason: &str) -> WsMessage {
 
 /// `GET /v1/topics`: every node's subscriptions (pattern, queue group,
 /// subscriber count), as gossip tells this node.
+#[utoipa::path(
+    get,
+    path = "/v1/topics",
+    tag = "messaging",
+    operation_id = "topicInterest",
+    summary = "Subscriptions in the cluster",
+    description = "Every node's subscription patterns, queue groups and subscriber counts, as gossip shows them to this node.",
+    responses(
+        (status = 200, description = "Interest by node id."),
+    )
+)]
 pub async fn interest(State(shoal): State<Arc<Shoal>>) -> Json<Value> {
     let nodes: Map<String, Value> = shoal
         .messaging

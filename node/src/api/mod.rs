@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod delivery;
+pub mod doc;
 pub mod error;
 pub mod extract;
 pub mod kv;

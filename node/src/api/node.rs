@@ -9,9 +9,20 @@ use axum::Json;
 use openraft::ServerState;
 use serde_json::json;
 
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorCode};
 use super::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "node",
+    operation_id = "health",
+    summary = "Liveness check",
+    description = "Always answers 200 while the process is serving HTTP. Does not consult Raft.",
+    responses(
+        (status = 200, description = "The process is serving."),
+    )
+)]
 pub async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
@@ -21,6 +32,18 @@ pub async fn health() -> Response {
 /// while it knows a leader: every write is committed a moment before it is
 /// applied, so comparing the two on each probe would take a busy node out of
 /// service again and again.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "node",
+    operation_id = "ready",
+    summary = "Readiness check",
+    description = "200 once the node knows a Raft leader (and is leader, follower or learner) and has caught up: applied every committed log entry, once since it started. After that it stays ready while it knows a leader (writes in flight do not make it unready). Otherwise 503 `unavailable` with a message saying why (`not ready: no Raft leader yet` or `not ready: applying the committed log`).",
+    responses(
+        (status = 200, description = "The node is ready to serve."),
+        (status = 503, description = "Not ready: no Raft leader yet, or still catching up with the committed log after starting. Error codes: `unavailable`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn ready(State(app): State<AppState>) -> Response {
     let metrics = app.shoal.raft.metrics().borrow().clone();
     let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
@@ -47,6 +70,18 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "node",
+    operation_id = "getStatus",
+    summary = "Node and cluster status",
+    description = "This node's id and version, Raft role, term, leader, log indexes, the store's current revision and compaction point, and the number of active watchers. Served from local state (no read barrier).",
+    responses(
+        (status = 200, description = "Node status."),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
 pub async fn status(State(app): State<AppState>) -> ApiResult<Response> {
     let shoal = &app.shoal;
     let metrics = shoal.raft.metrics().borrow().clone();
@@ -76,6 +111,17 @@ pub async fn status(State(app): State<AppState>) -> ApiResult<Response> {
 
 /// Prometheus text: request metrics recorded as they happen, plus Raft and
 /// storage gauges sampled now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "Prometheus text exposition format (`text/plain; version=0.0.4`). Includes HTTP request counters/latency histograms (`shoal_http_requests_total`, `shoal_http_request_duration_seconds`), Raft gauges sampled at scrape time (`shoal_raft_term`, `shoal_raft_commit_index`, `shoal_raft_applied_index`, `shoal_raft_last_log_index`, `shoal_raft_is_leader`), `shoal_raft_write_seconds`, `shoal_watchers`, `shoal_watch_streams`, `shoal_kv_revision`, `shoal_kv_compact_revision` and `shoal_storage_disk_bytes`.",
+    responses(
+        (status = 200, description = "Metrics in Prometheus text format."),
+    )
+)]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let shoal = &app.shoal;
     let raft = shoal.raft.metrics().borrow().clone();
@@ -105,18 +151,10 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
-    )
-        .into_response()
-}
-
 pub async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         "no such endpoint; see /openapi.json",
     )
 }
@@ -124,7 +162,7 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this endpoint; see /openapi.json",
     )
 }

@@ -54,6 +54,30 @@ fn change_event(shared: &SharedBatch) -> Event {
 }
 
 /// `GET /v1/watch`: an SSE stream of change batches.
+#[utoipa::path(
+    get,
+    path = "/v1/watch",
+    tag = "watch",
+    operation_id = "watch",
+    summary = "Watch changes (Server-Sent Events)",
+    description = "A `text/event-stream` of change batches for one key or a prefix, in revision order, each change exactly once. Each batch (one revision) is an SSE event with `event: change`, `id: <revision>`, `data: <ChangeBatch JSON>`. A reconnecting client sends `Last-Event-ID: <revision>` and resumes at revision + 1 (overrides `from_revision`). A comment line `: keepalive` is sent every 15 s. If the stream fails after it started (e.g. the watcher fell behind the compaction point), a final `event: error` with `data: {\"error\": {\"code\", \"message\", ...}}` (the same body as the error answer; for `compacted` it has `compact_revision`) is sent and the stream ends. Without `from_revision` (and `Last-Event-ID`), the start revision is confirmed by read-index first (503 `unavailable` / 504 `timeout` without a quorum), unless `consistency=stale`; the changes themselves are read from this node's local state.",
+    params(
+        ("key" = Option<String>, Query, description = "Watch exactly this key. Give exactly one of `key` and `prefix`. Invalid key → 400 `invalid_key`; longer than 1024 bytes → 413 `key_too_large`."),
+        ("prefix" = Option<String>, Query, description = "Watch every key starting with this prefix; `prefix=` (empty) watches every key. Give exactly one of `key` and `prefix`. Longer than 1024 bytes → 400 `bad_request`."),
+        ("from_revision" = Option<u64>, Query, description = "Deliver changes with revision ≥ this. Default: the cluster's current revision + 1 (only new changes), confirmed by read-index first (with `consistency=stale`: this node's revision + 1). Older than the compaction point → 410 `compacted`. Not a non-negative integer → 400 `invalid_revision`."),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Revision of the last event received; the stream resumes at this + 1 and overrides `from_revision`. Not an integer → 400 `invalid_revision`."),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
+    ),
+    responses(
+        (status = 200, description = "The event stream. Events: `change` (id = revision, data = ChangeBatch JSON), `error` (data = Error JSON, then the stream ends); `: keepalive` comments every 15 s. SSE stream; each `change` event's data is a ChangeBatch (see #/components/schemas/ChangeBatch)."),
+        (status = 400, description = "`bad_request`: neither or both of `key`/`prefix`, `prefix` longer than 1024 bytes, malformed query string. `invalid_key`: bad `key`. `invalid_revision`: bad `from_revision` or `Last-Event-ID`. Error codes: `bad_request`, `invalid_key`, `invalid_revision`.", body = crate::api::error::ErrorBody),
+        (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the list's revision + 1. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`key` is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn sse(
     State(shoal): State<Arc<Shoal>>,
     params: Params,
@@ -116,6 +140,31 @@ pub async fn sse(
 }
 
 /// `GET /v1/watch/poll`: wait for the next batches, or time out empty.
+#[utoipa::path(
+    get,
+    path = "/v1/watch/poll",
+    tag = "watch",
+    operation_id = "watchPoll",
+    summary = "Watch changes (long-poll)",
+    description = "Returns as soon as at least one matching change batch exists at or after `from_revision`, or after `timeout_ms` with `batches: []`. Resume with `from_revision=next_revision`. Without `from_revision`, the start revision is confirmed by read-index first (503 `unavailable` / 504 `timeout` without a quorum), unless `consistency=stale`; the changes themselves are read from this node's local state.",
+    params(
+        ("key" = Option<String>, Query, description = "Watch exactly this key. Give exactly one of `key` and `prefix`. Invalid key → 400 `invalid_key`; longer than 1024 bytes → 413 `key_too_large`."),
+        ("prefix" = Option<String>, Query, description = "Watch every key starting with this prefix; `prefix=` (empty) watches every key. Give exactly one of `key` and `prefix`. Longer than 1024 bytes → 400 `bad_request`."),
+        ("from_revision" = Option<u64>, Query, description = "Deliver changes with revision ≥ this. Default: the cluster's current revision + 1 (only new changes), confirmed by read-index first (with `consistency=stale`: this node's revision + 1). Older than the compaction point → 410 `compacted`. Not a non-negative integer → 400 `invalid_revision`."),
+        ("timeout_ms" = Option<u64>, Query, description = "How long to wait for a change, in milliseconds; at most 300000 (5 min), default 30000. Over the limit or not an integer → 400 `bad_request`."),
+        ("limit" = Option<u64>, Query, description = "Maximum number of batches returned, 1..10000 (default 1000). Out of range → 400 `bad_request`."),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
+    ),
+    responses(
+        (status = 200, description = "Batches (possibly none, after the timeout)."),
+        (status = 400, description = "`bad_request`: neither or both of `key`/`prefix`, `prefix` longer than 1024 bytes, `timeout_ms` over 300000, `limit` outside 1..10000, malformed query string. `invalid_key`: bad `key`. `invalid_revision`: bad `from_revision`. Error codes: `bad_request`, `invalid_key`, `invalid_revision`.", body = crate::api::error::ErrorBody),
+        (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the list's revision + 1. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "`key` is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
+        (status = 504, response = crate::api::doc::Timeout),
+    )
+)]
 pub async fn poll(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<Response> {
     let filter = filter(&params)?;
     let from = params.revision("from_revision")?;

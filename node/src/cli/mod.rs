@@ -93,9 +93,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (what every node serves at
+    /// /openapi.json), without a node: for generating clients.
+    Openapi,
 }
 
-/// Run a client subcommand (`serve` and `dev` are run by `main`).
+/// Run a client subcommand (`serve`, `dev` and `openapi` are run by `main`).
 pub async fn run(command: Command) -> anyhow::Result<()> {
     dispatch(command)
         .await
@@ -107,8 +110,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) | Command::Dev(_) => {
-            anyhow::bail!("serve and dev run a node, not a client command")
+        Command::Serve(_) | Command::Dev(_) | Command::Openapi => {
+            anyhow::bail!("serve, dev and openapi are not client commands")
         }
         Command::Kv { client, command } => client::kv(client, command).await,
         Command::Lease { client, command } => client::lease(client, command).await,

@@ -51,7 +51,7 @@ fn es_error(status: StatusCode, kind: &str, reason: impl Into<String>) -> Respon
 
 /// A Shoal error in Elasticsearch's shape (its code as the type).
 fn es_api_error(error: ApiError) -> Response {
-    es_error(error.status, error.code, error.message)
+    es_error(error.status, error.code.as_str(), error.message)
 }
 
 /// An ingest the engine refused. At a cap the whole request is refused
@@ -88,6 +88,16 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Vec<u8>, Respons
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "logs",
+    operation_id = "esInfo",
+    summary = "Elasticsearch-style node info (for shippers and clients that check the version)",
+    responses(
+        (status = 200, description = "Info with version.number 8.15.0."),
+    )
+)]
 pub async fn info(State(app): State<AppState>) -> Response {
     let shoal = &app.shoal;
     Json(json!({
@@ -107,6 +117,19 @@ pub async fn info(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(
+    method(post, put),
+    path = "/_bulk",
+    tag = "logs",
+    summary = "Elasticsearch _bulk",
+    description = "Elasticsearch-compatible bulk ingest for shippers (Filebeat, Fluent Bit, Vector, rsyslog omelasticsearch, official clients). NDJSON action/source pairs; `index` and `create` store the document as a log record in the stream named by `_index` (or the path); `delete` and `update` fail per item (logs are append-only). Answers like Elasticsearch: per-item status and error, the top-level `errors` flag, and the `X-Elastic-Product: Elasticsearch` header. When a cap is reached the whole request gets 429 (es_rejected_execution_exception) with Retry-After.",
+    responses(
+        (status = 200, description = "Per-item results."),
+        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message)."),
+        (status = 413, description = "Error codes: `payload_too_large`, `too_many_records`.", body = crate::api::error::ErrorBody),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn bulk_default(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -118,6 +141,22 @@ pub async fn bulk_default(
     }
 }
 
+#[utoipa::path(
+    method(post, put),
+    path = "/{index}/_bulk",
+    tag = "logs",
+    summary = "Elasticsearch _bulk with a default index",
+    description = "Elasticsearch-compatible bulk ingest for shippers (Filebeat, Fluent Bit, Vector, rsyslog omelasticsearch, official clients). NDJSON action/source pairs; `index` and `create` store the document as a log record in the stream named by `_index` (or the path); `delete` and `update` fail per item (logs are append-only). Answers like Elasticsearch: per-item status and error, the top-level `errors` flag, and the `X-Elastic-Product: Elasticsearch` header. When a cap is reached the whole request gets 429 (es_rejected_execution_exception) with Retry-After.",
+    params(
+        ("index" = String, Path, description = ""),
+    ),
+    responses(
+        (status = 200, description = "Per-item results."),
+        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message)."),
+        (status = 413, description = "Error codes: `payload_too_large`, `too_many_records`.", body = crate::api::error::ErrorBody),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn bulk_index(
     State(app): State<AppState>,
     Path(index): Path<String>,
@@ -343,6 +382,16 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
 }
 
 /// `HEAD /` (the clients' ping).
+#[utoipa::path(
+    head,
+    path = "/",
+    tag = "logs",
+    operation_id = "esPing",
+    summary = "Elasticsearch ping",
+    responses(
+        (status = 200, description = "Up."),
+    )
+)]
 pub async fn ping() -> ApiResult<StatusCode> {
     Ok(StatusCode::OK)
 }

@@ -49,10 +49,35 @@ async fn span_values(app: &AppState, field: &str, services: Vec<String>) -> ApiR
     Ok(values)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/services",
+    tag = "traces",
+    operation_id = "jaegerServices",
+    summary = "Jaeger: services that sent spans",
+    responses(
+        (status = 200, description = "Jaeger's `{\"data\": ...}` envelope."),
+        (status = 400, description = "Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn services(State(app): State<AppState>) -> ApiResult<Response> {
     Ok(data(json!(span_values(&app, "service", Vec::new()).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/services/{service}/operations",
+    tag = "traces",
+    operation_id = "jaegerServiceOperations",
+    summary = "Jaeger: span names of a service",
+    params(
+        ("service" = String, Path, description = ""),
+    ),
+    responses(
+        (status = 200, description = "Jaeger's `{\"data\": ...}` envelope."),
+        (status = 400, description = "Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn service_operations(
     State(app): State<AppState>,
     Path(service): Path<String>,
@@ -60,6 +85,20 @@ pub async fn service_operations(
     Ok(data(json!(span_values(&app, "name", vec![service]).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/operations",
+    tag = "traces",
+    operation_id = "jaegerOperations",
+    summary = "Jaeger: span names of a service as {name, spanKind}",
+    params(
+        ("service" = Option<String>, Query, description = "Service (required)"),
+    ),
+    responses(
+        (status = 200, description = "Jaeger's `{\"data\": ...}` envelope."),
+        (status = 400, description = "Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn operations(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
     let service = params
         .string("service")
@@ -71,6 +110,21 @@ pub async fn operations(State(app): State<AppState>, params: Params) -> ApiResul
         .collect::<Vec<_>>())))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/traces/{trace_id}",
+    tag = "traces",
+    operation_id = "jaegerTrace",
+    summary = "Jaeger: one trace",
+    params(
+        ("trace_id" = String, Path, description = ""),
+    ),
+    responses(
+        (status = 200, description = "Jaeger's `{\"data\": ...}` envelope."),
+        (status = 400, description = "Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "No span of this trace is held. Jaeger clients read `errors`; Shoal clients read `error` (code `trace_not_found`)."),
+    )
+)]
 pub async fn trace(
     State(app): State<AppState>,
     Path(trace_id): Path<String>,
@@ -131,6 +185,28 @@ fn tags_query(params: &Params) -> ApiResult<String> {
     Ok(clauses.join(" AND "))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/traces",
+    tag = "traces",
+    operation_id = "jaegerFindTraces",
+    summary = "Jaeger: find traces",
+    params(
+        ("service" = Option<String>, Query, description = "Service"),
+        ("operation" = Option<String>, Query, description = "Span name"),
+        ("tags" = Option<String>, Query, description = "JSON object of attribute values"),
+        ("minDuration" = Option<String>, Query, description = "e.g. 100ms"),
+        ("maxDuration" = Option<String>, Query, description = "e.g. 2s"),
+        ("limit" = Option<u64>, Query, description = "Traces, default 20, at most 1500"),
+        ("start" = Option<u64>, Query, description = "Unix microseconds"),
+        ("end" = Option<u64>, Query, description = "Unix microseconds"),
+        ("lookback" = Option<String>, Query, description = "e.g. 1h (default), or custom"),
+    ),
+    responses(
+        (status = 200, description = "Jaeger's `{\"data\": ...}` envelope."),
+        (status = 400, description = "Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+    )
+)]
 pub async fn find_traces(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
     let now = now_nanos();
     let limit = params

@@ -34,7 +34,7 @@ use shoal_search::record::{
 use shoal_search::{Kind, Logs, Record, SearchError, SpanInfo};
 use tokio::net::TcpListener;
 
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, ErrorCode};
 use crate::api::extract::{inflate, Body};
 use crate::settings::Settings;
 
@@ -448,7 +448,7 @@ pub async fn serve_http(listener: TcpListener, logs: Logs, settings: &Settings) 
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 "OTLP/HTTP serves POST /v1/logs and POST /v1/traces",
             )
         })
@@ -482,7 +482,7 @@ fn read_body(
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!("content type {other:?}: send application/x-protobuf or application/json"),
             ))
         }
@@ -498,7 +498,7 @@ fn read_body(
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_encoding",
+                ErrorCode::UnsupportedEncoding,
                 format!("content encoding {other:?}: send gzip, deflate or none"),
             ))
         }
