@@ -10,6 +10,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
+use utoipa::ToSchema;
 
 use crate::message::Message;
 use crate::subject::{validate_topic, Pattern};
@@ -61,26 +62,34 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), ConfigError> {
 
 /// A webhook subscription: every message on a matching topic is POSTed to
 /// `url`, signed, at least once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "billing", "url": "https://example.com/hooks/orders",
+    "pattern": "orders.*", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "retry_schedule_ms": [0, 5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000],
+    "timeout_ms": 10000}))]
 pub struct Webhook {
+    /// Read-only: the name in the path.
     #[serde(default)]
     pub name: String,
+    /// The http(s) URL messages are POSTed to.
     pub url: String,
     /// Topic pattern; messages on matching topics are delivered. Optional:
     /// a webhook may receive only what routing rules send it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
-    /// `whsec_` + base64 key, as Standard Webhooks defines it; generated
-    /// when not given.
+    /// `whsec_` + base64 key (16 to 64 bytes), as Standard Webhooks
+    /// defines it; generated when not given.
     #[serde(default)]
     pub secret: String,
     /// Delay before each attempt, in milliseconds; after the last one the
     /// message becomes a dead letter.
     #[serde(default = "default_schedule")]
+    #[schema(default = default_schedule)]
     pub retry_schedule_ms: Vec<u64>,
-    /// Time allowed per attempt.
+    /// Time allowed per attempt, in milliseconds.
     #[serde(default = "default_timeout_ms")]
+    #[schema(default = default_timeout_ms)]
     pub timeout_ms: u64,
 }
 
@@ -140,13 +149,17 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, ConfigError> {
 }
 
 /// Which messages a routing rule takes, beyond its source pattern.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum Filter {
     /// A header equals a value.
     Header { name: String, equals: String },
     /// A field of a JSON payload (a JSON Pointer such as `/amount`) equals a value.
-    Json { pointer: String, equals: Value },
+    Json {
+        pointer: String,
+        #[schema(value_type = Value)]
+        equals: Value,
+    },
 }
 
 impl Filter {
@@ -223,14 +236,20 @@ pub fn validate_kafka_topic(topic: &str) -> Result<(), ConfigError> {
 
 /// A routing rule: messages on topics matching `source` (and passing the
 /// filter) also go to each destination.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "big-orders", "source": "orders.>",
+    "filter": {"json": {"pointer": "/amount", "equals": 1000}},
+    "destinations": ["topic:orders.big", "webhook:billing"]}))]
 pub struct Route {
+    /// Read-only: the name in the path.
     #[serde(default)]
     pub name: String,
+    /// Topic pattern of the messages taken (`*` one token, `>` the rest).
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
+    /// 1 or more of `topic:<topic>`, `webhook:<name>`, `kafka:<topic>`.
     pub destinations: Vec<String>,
 }
 
@@ -261,12 +280,16 @@ impl Route {
 /// A Kafka -> Shoal bridge: records of `kafka_topic` are published to the
 /// Shoal topic `topic`. Every node consumes in the group
 /// `shoal-bridge-<name>`, so Kafka spreads the partitions across nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "payments-in", "kafka_topic": "payments", "topic": "payments.in"}))]
 pub struct Bridge {
+    /// Read-only: the name in the path.
     #[serde(default)]
     pub name: String,
+    /// The Kafka topic consumed.
     pub kafka_topic: String,
+    /// The Shoal topic each record is published to.
     pub topic: String,
 }
 

@@ -50,19 +50,25 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
     // Log ingest bodies are larger than config values; their own limit.
     let ingest = OpenApiRouter::new()
         .routes(routes!(api::logs::ingest))
-        .routes(routes!(compat::elastic::bulk_default))
-        .routes(routes!(compat::elastic::bulk_index))
+        .routes(routes!(
+            compat::elastic::bulk_default,
+            compat::elastic::bulk_default_put
+        ))
+        .routes(routes!(
+            compat::elastic::bulk_index,
+            compat::elastic::bulk_index_put
+        ))
         .routes(routes!(compat::elastic::info, compat::elastic::ping))
         .layer(middleware::from_fn(compat::elastic::product_header))
         .layer(DefaultBodyLimit::max(limits.log_ingest));
     OpenApiRouter::new()
         .merge(publishing)
         .merge(ingest)
-        .routes(routes!(api::logs::search))
-        .routes(routes!(api::logs::aggregate))
+        .routes(routes!(api::logs::search, api::logs::search_post))
+        .routes(routes!(api::logs::aggregate, api::logs::aggregate_post))
         .routes(routes!(api::logs::tail))
         .routes(routes!(api::logs::streams))
-        .routes(routes!(api::logs::sql))
+        .routes(routes!(api::logs::sql_get, api::logs::sql))
         .routes(routes!(api::logs::trace))
         .routes(routes!(compat::jaeger::services))
         .routes(routes!(compat::jaeger::service_operations))
@@ -142,7 +148,49 @@ pub fn router(app: AppState) -> Router {
 mod tests {
     use std::collections::BTreeSet;
 
+    use serde_json::Value;
+
     use super::*;
+
+    fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    found.push(target);
+                }
+                map.values().for_each(|v| refs(v, found));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+
+    /// Every `$ref` points at a component that exists, and no component is
+    /// a bare Rust primitive (what a type alias such as `NodeId` becomes
+    /// without `#[schema(value_type = u64)]`).
+    #[test]
+    fn every_reference_in_the_document_resolves() {
+        let document = serde_json::to_value(document()).expect("the document serializes");
+        let mut found = Vec::new();
+        refs(&document, &mut found);
+        assert!(found.len() > 50, "only {} references", found.len());
+        for target in found {
+            let pointer = target.trim_start_matches('#');
+            assert!(
+                document.pointer(pointer).is_some(),
+                "{target} does not resolve"
+            );
+        }
+        let schemas = document["components"]["schemas"]
+            .as_object()
+            .expect("schemas");
+        for name in schemas.keys() {
+            assert!(
+                name.chars().next().is_some_and(|c| c.is_ascii_uppercase()),
+                "component schema {name} is not a named type"
+            );
+        }
+    }
 
     /// Every `{parameter}` of a path is documented as a path parameter, and
     /// every operation has its own id (clients generate method names from

@@ -195,6 +195,18 @@ async fn openapi_document_describes_the_api() {
     for method in ["get", "put", "delete"] {
         assert!(kv.get(method).is_some(), "/v1/kv/{{key}} lacks {method}");
     }
+    // `shoal openapi` prints, without a node, the document nodes serve.
+    let printed = std::process::Command::new(shoal_bin())
+        .arg("openapi")
+        .output()
+        .expect("run shoal openapi");
+    assert!(
+        printed.status.success(),
+        "shoal openapi failed: {printed:?}"
+    );
+    let printed: serde_json::Value =
+        serde_json::from_slice(&printed.stdout).expect("shoal openapi prints JSON");
+    assert_eq!(printed, doc, "shoal openapi differs from /openapi.json");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use shoal_actors::config::{
     validate_kafka_topic, Bridge, ConfigError, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX,
     WEBHOOKS_PREFIX,
@@ -20,9 +19,11 @@ use shoal_actors::deliver::Entry;
 use shoal_actors::kafka::Record;
 use shoal_storage::kv::{Command, Txn, TxnOp};
 use shoal_storage::outbox::List;
+use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult, ErrorCode};
+use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use super::extract::{Body, JsonBody, Params};
+use super::messaging::RawPayload;
 use crate::services::shoal::Shoal;
 
 /// Time allowed to each other node when gathering dead letters.
@@ -85,7 +86,12 @@ fn check_name(kind: Kind, name: &str) -> ApiResult<()> {
 }
 
 /// `PUT /v1/{webhooks,routes,bridges}/{name}`: create or replace.
-pub async fn put(shoal: Arc<Shoal>, kind: Kind, name: String, body: Value) -> ApiResult<Response> {
+pub async fn put(
+    shoal: Arc<Shoal>,
+    kind: Kind,
+    name: String,
+    body: Value,
+) -> ApiResult<Json<Value>> {
     check_name(kind, &name)?;
     if !body.is_object() {
         return Err(ApiError::bad_request(
@@ -118,11 +124,11 @@ pub async fn put(shoal: Arc<Shoal>, kind: Kind, name: String, body: Value) -> Ap
             failure: vec![],
         }))
         .await?;
-    Ok(Json(stored).into_response())
+    Ok(Json(stored))
 }
 
 /// `GET /v1/{kind}/{name}` (linearizable).
-pub async fn get(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Response> {
+pub async fn get(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Json<Value>> {
     check_name(kind, &name)?;
     shoal.read_barrier(false).await?;
     let key = format!("{}{name}", kind.prefix());
@@ -130,25 +136,28 @@ pub async fn get(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Respo
     let kv = kv.ok_or_else(|| not_found(kind, &name))?;
     let value: Value =
         serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(value).into_response())
+    Ok(Json(value))
 }
 
 /// `GET /v1/{kind}` (linearizable): every definition, by name.
-pub async fn list(shoal: Arc<Shoal>, kind: Kind) -> ApiResult<Response> {
+pub async fn list(shoal: Arc<Shoal>, kind: Kind) -> ApiResult<Vec<Value>> {
     shoal.read_barrier(false).await?;
     let prefix = kind.prefix();
     let (_, kvs, _) = shoal
         .read(move |store| store.kv_range(prefix, None, 10_000))
         .await?;
-    let items: Vec<Value> = kvs
+    Ok(kvs
         .iter()
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect();
-    Ok(Json(json!({ format!("{}s", kind.noun()): items })).into_response())
+        .collect())
 }
 
 /// `DELETE /v1/{kind}/{name}`; 404 if it does not exist.
-pub async fn delete(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Response> {
+pub async fn delete(
+    shoal: Arc<Shoal>,
+    kind: Kind,
+    name: String,
+) -> ApiResult<Json<DefinitionDeleted>> {
     check_name(kind, &name)?;
     let key = format!("{}{name}", kind.prefix());
     let delete = TxnOp::Delete { key, prefix: false };
@@ -168,7 +177,39 @@ pub async fn delete(shoal: Arc<Shoal>, kind: Kind, name: String) -> ApiResult<Re
     if !deleted {
         return Err(not_found(kind, &name));
     }
-    Ok(Json(json!({"deleted": name})).into_response())
+    Ok(Json(DefinitionDeleted { deleted: name }))
+}
+
+/// The answer to deleting a webhook, route or bridge.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"deleted": "billing"}))]
+pub struct DefinitionDeleted {
+    /// The deleted definition's name
+    pub deleted: String,
+}
+
+/// The answer of `GET /v1/webhooks`.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    /// Every webhook, by name (each as `PUT /v1/webhooks/{name}` stored it)
+    #[schema(value_type = Vec<shoal_actors::config::Webhook>)]
+    pub webhooks: Vec<Value>,
+}
+
+/// The answer of `GET /v1/routes`.
+#[derive(Serialize, ToSchema)]
+pub struct RouteList {
+    /// Every route, by name (each as `PUT /v1/routes/{name}` stored it)
+    #[schema(value_type = Vec<shoal_actors::config::Route>)]
+    pub routes: Vec<Value>,
+}
+
+/// The answer of `GET /v1/bridges`.
+#[derive(Serialize, ToSchema)]
+pub struct BridgeList {
+    /// Every bridge, by name (each as `PUT /v1/bridges/{name}` stored it)
+    #[schema(value_type = Vec<shoal_actors::config::Bridge>)]
+    pub bridges: Vec<Value>,
 }
 
 pub mod webhooks {
@@ -184,9 +225,17 @@ pub mod webhooks {
         params(
             ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
         ),
+        request_body(
+            content = shoal_actors::config::Webhook,
+            content_type = "application/json",
+            example = json!({"url": "https://example.com/hooks/orders", "pattern": "orders.*"}),
+        ),
         responses(
-            (status = 200, description = "The stored definition."),
-            (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 200, description = "The stored definition, defaults filled in. ",
+             body = shoal_actors::config::Webhook, example = json!({"name": "billing", "url": "https://example.com/hooks/orders", "pattern": "orders.*", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "retry_schedule_ms": [0, 5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000], "timeout_ms": 10000})),
+            (status = 400, description = "Malformed request: the name, or a definition that does not parse or is invalid. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 413, description = "The body is over the request size limit (`payload_too_large`), or the stored definition would be over the value limit, --max-value-bytes (`value_too_large`). Error codes: `payload_too_large`, `value_too_large`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
             (status = 504, response = crate::api::doc::Timeout),
         )
@@ -195,7 +244,7 @@ pub mod webhooks {
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
         JsonBody(body): JsonBody<Value>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<Value>> {
         super::put(shoal, Kind::Webhook, name, body).await
     }
 
@@ -205,20 +254,24 @@ pub mod webhooks {
         tag = "delivery",
         operation_id = "getWebhook",
         summary = "Read a webhook",
+        description = "Linearizable read.",
         params(
             ("name" = String, Path, description = "Name"),
         ),
         responses(
-            (status = 200, description = "The definition."),
-            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
-            (status = 404, response = crate::api::doc::NotFound),
+            (status = 200, description = "The definition. ",
+             body = shoal_actors::config::Webhook, example = json!({"name": "billing", "url": "https://example.com/hooks/orders", "pattern": "orders.*", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "retry_schedule_ms": [0, 5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000], "timeout_ms": 10000})),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 404, description = "No webhook has this name. Error codes: `not_found`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
         )
     )]
     pub async fn get(
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<Value>> {
         super::get(shoal, Kind::Webhook, name).await
     }
 
@@ -230,13 +283,17 @@ pub mod webhooks {
         summary = "List webhooks",
         description = "Linearizable read.",
         responses(
-            (status = 200, description = "All webhooks."),
+            (status = 200, description = "All webhooks, by name. ", body = WebhookList,
+             example = json!({"webhooks": [{"name": "billing", "url": "https://example.com/hooks/orders", "pattern": "orders.*", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "retry_schedule_ms": [0, 5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000], "timeout_ms": 10000}]})),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
             (status = 504, response = crate::api::doc::Timeout),
         )
     )]
-    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
-        super::list(shoal, Kind::Webhook).await
+    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<WebhookList>> {
+        Ok(Json(WebhookList {
+            webhooks: super::list(shoal, Kind::Webhook).await?,
+        }))
     }
 
     #[utoipa::path(
@@ -249,16 +306,18 @@ pub mod webhooks {
             ("name" = String, Path, description = "Name"),
         ),
         responses(
-            (status = 200, description = "Deleted."),
-            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
-            (status = 404, response = crate::api::doc::NotFound),
+            (status = 200, description = "Deleted.", body = DefinitionDeleted),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 404, description = "No webhook has this name. Error codes: `not_found`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
         )
     )]
     pub async fn delete(
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<DefinitionDeleted>> {
         super::delete(shoal, Kind::Webhook, name).await
     }
 }
@@ -276,9 +335,17 @@ pub mod routes {
         params(
             ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
         ),
+        request_body(
+            content = shoal_actors::config::Route,
+            content_type = "application/json",
+            example = json!({"source": "orders.*", "filter": {"header": {"name": "region", "equals": "eu"}}, "destinations": ["topic:orders.eu", "webhook:billing"]}),
+        ),
         responses(
-            (status = 200, description = "The stored definition."),
-            (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 200, description = "The stored definition, defaults filled in. ",
+             body = shoal_actors::config::Route, example = json!({"name": "eu-orders", "source": "orders.*", "filter": {"header": {"name": "region", "equals": "eu"}}, "destinations": ["topic:orders.eu", "webhook:billing"]})),
+            (status = 400, description = "Malformed request: the name, or a definition that does not parse or is invalid. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 413, description = "The body is over the request size limit (`payload_too_large`), or the stored definition would be over the value limit, --max-value-bytes (`value_too_large`). Error codes: `payload_too_large`, `value_too_large`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
             (status = 504, response = crate::api::doc::Timeout),
         )
@@ -287,7 +354,7 @@ pub mod routes {
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
         JsonBody(body): JsonBody<Value>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<Value>> {
         super::put(shoal, Kind::Route, name, body).await
     }
 
@@ -297,20 +364,24 @@ pub mod routes {
         tag = "delivery",
         operation_id = "getRoute",
         summary = "Read a route",
+        description = "Linearizable read.",
         params(
             ("name" = String, Path, description = "Name"),
         ),
         responses(
-            (status = 200, description = "The definition."),
-            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
-            (status = 404, response = crate::api::doc::NotFound),
+            (status = 200, description = "The definition. ",
+             body = shoal_actors::config::Route, example = json!({"name": "eu-orders", "source": "orders.*", "filter": {"header": {"name": "region", "equals": "eu"}}, "destinations": ["topic:orders.eu", "webhook:billing"]})),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 404, description = "No route has this name. Error codes: `not_found`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
         )
     )]
     pub async fn get(
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<Value>> {
         super::get(shoal, Kind::Route, name).await
     }
 
@@ -322,13 +393,17 @@ pub mod routes {
         summary = "List routes",
         description = "Linearizable read.",
         responses(
-            (status = 200, description = "All routes."),
+            (status = 200, description = "All routes, by name. ", body = RouteList,
+             example = json!({"routes": [{"name": "eu-orders", "source": "orders.*", "filter": {"header": {"name": "region", "equals": "eu"}}, "destinations": ["topic:orders.eu", "webhook:billing"]}]})),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
             (status = 504, response = crate::api::doc::Timeout),
         )
     )]
-    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
-        super::list(shoal, Kind::Route).await
+    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<RouteList>> {
+        Ok(Json(RouteList {
+            routes: super::list(shoal, Kind::Route).await?,
+        }))
     }
 
     #[utoipa::path(
@@ -341,16 +416,18 @@ pub mod routes {
             ("name" = String, Path, description = "Name"),
         ),
         responses(
-            (status = 200, description = "Deleted."),
-            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
-            (status = 404, response = crate::api::doc::NotFound),
+            (status = 200, description = "Deleted.", body = DefinitionDeleted),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 404, description = "No route has this name. Error codes: `not_found`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
         )
     )]
     pub async fn delete(
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<DefinitionDeleted>> {
         super::delete(shoal, Kind::Route, name).await
     }
 }
@@ -368,9 +445,17 @@ pub mod bridges {
         params(
             ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
         ),
+        request_body(
+            content = shoal_actors::config::Bridge,
+            content_type = "application/json",
+            example = json!({"kafka_topic": "orders", "topic": "kafka.orders"}),
+        ),
         responses(
-            (status = 200, description = "The stored definition."),
-            (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+            (status = 200, description = "The stored definition, defaults filled in. ",
+             body = shoal_actors::config::Bridge, example = json!({"name": "orders-in", "kafka_topic": "orders", "topic": "kafka.orders"})),
+            (status = 400, description = "Malformed request: the name, or a definition that does not parse or is invalid. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 413, description = "The body is over the request size limit (`payload_too_large`), or the stored definition would be over the value limit, --max-value-bytes (`value_too_large`). Error codes: `payload_too_large`, `value_too_large`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
             (status = 504, response = crate::api::doc::Timeout),
         )
@@ -379,7 +464,7 @@ pub mod bridges {
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
         JsonBody(body): JsonBody<Value>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<Value>> {
         super::put(shoal, Kind::Bridge, name, body).await
     }
 
@@ -389,20 +474,24 @@ pub mod bridges {
         tag = "delivery",
         operation_id = "getBridge",
         summary = "Read a bridge",
+        description = "Linearizable read.",
         params(
             ("name" = String, Path, description = "Name"),
         ),
         responses(
-            (status = 200, description = "The definition."),
-            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
-            (status = 404, response = crate::api::doc::NotFound),
+            (status = 200, description = "The definition. ",
+             body = shoal_actors::config::Bridge, example = json!({"name": "orders-in", "kafka_topic": "orders", "topic": "kafka.orders"})),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 404, description = "No bridge has this name. Error codes: `not_found`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
         )
     )]
     pub async fn get(
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<Value>> {
         super::get(shoal, Kind::Bridge, name).await
     }
 
@@ -414,13 +503,17 @@ pub mod bridges {
         summary = "List bridges",
         description = "Linearizable read.",
         responses(
-            (status = 200, description = "All bridges."),
+            (status = 200, description = "All bridges, by name. ", body = BridgeList,
+             example = json!({"bridges": [{"name": "orders-in", "kafka_topic": "orders", "topic": "kafka.orders"}]})),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
             (status = 504, response = crate::api::doc::Timeout),
         )
     )]
-    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
-        super::list(shoal, Kind::Bridge).await
+    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<BridgeList>> {
+        Ok(Json(BridgeList {
+            bridges: super::list(shoal, Kind::Bridge).await?,
+        }))
     }
 
     #[utoipa::path(
@@ -433,31 +526,74 @@ pub mod bridges {
             ("name" = String, Path, description = "Name"),
         ),
         responses(
-            (status = 200, description = "Deleted."),
-            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
-            (status = 404, response = crate::api::doc::NotFound),
+            (status = 200, description = "Deleted.", body = DefinitionDeleted),
+            (status = 400, description = "The name is not 1-128 letters, digits, `-`, `_` or `.`. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 404, description = "No bridge has this name. Error codes: `not_found`.", body = ErrorBody),
+            (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
+            (status = 504, response = crate::api::doc::Timeout),
         )
     )]
     pub async fn delete(
         State(shoal): State<Arc<Shoal>>,
         Path(name): Path<String>,
-    ) -> ApiResult<Response> {
+    ) -> ApiResult<Json<DefinitionDeleted>> {
         super::delete(shoal, Kind::Bridge, name).await
     }
 }
 
-/// A dead letter as the API shows it.
-fn dead_letter_json(node_id: u64, seq: u64, entry: &Entry) -> Value {
-    json!({
-        "node_id": node_id,
-        "seq": seq,
-        "id": entry.message.id,
-        "topic": entry.message.topic,
-        "attempts": entry.attempts,
-        "last_error": entry.last_error,
-        "message": entry.message.envelope(),
-    })
+/// A message whose retry schedule ran out.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DeadLetter {
+    /// The node that keeps it (the node that accepted the message)
+    pub node_id: u64,
+    /// Its sequence number on that node (with `node_id`, what replay's `only` names)
+    pub seq: u64,
+    /// The message's id
+    pub id: String,
+    /// The message's topic
+    pub topic: String,
+    /// Delivery attempts made
+    pub attempts: u32,
+    /// Why the last attempt failed
+    pub last_error: Option<String>,
+    /// The message as the webhook receives it: its envelope (CloudEvents 1.0
+    /// structured mode, plus `topic` and `headers`: `specversion`, `id`, `topic`,
+    /// `source`, `type`, `time`, `subject`, `datacontenttype`, `traceparent`,
+    /// `headers`, and `data` or `data_base64`)
+    #[schema(value_type = Object)]
+    pub message: Value,
+}
+
+impl DeadLetter {
+    fn new(node_id: u64, seq: u64, entry: &Entry) -> DeadLetter {
+        DeadLetter {
+            node_id,
+            seq,
+            id: entry.message.id.clone(),
+            topic: entry.message.topic.clone(),
+            attempts: entry.attempts,
+            last_error: entry.last_error.clone(),
+            message: entry.message.envelope(),
+        }
+    }
+}
+
+/// A webhook's dead letters, from every node that answered.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "webhook": "billing",
+    "dead_letters": [{"node_id": 1, "seq": 12, "id": "5f1c...", "topic": "orders.created",
+                      "attempts": 8, "last_error": "POST http://...: answered 500", "message": {}}],
+    "unreachable": []
+}))]
+pub struct DeadLetters {
+    /// The webhook's name
+    pub webhook: String,
+    /// The dead letters, node by node (at most `limit` per node)
+    pub dead_letters: Vec<DeadLetter>,
+    /// Nodes that did not answer (their dead letters are missing)
+    pub unreachable: Vec<u64>,
 }
 
 /// Whether a request is about this node only (`scope=local`) or the cluster.
@@ -472,13 +608,14 @@ fn local_scope(params: &Params) -> ApiResult<bool> {
 }
 
 /// Ask every other live node the same question over its HTTP API
-/// (`scope=local`); answers by node, and the nodes that did not answer.
-async fn fan_out(
+/// (`scope=local`); answers by node, and the nodes that did not answer (or
+/// whose answer did not parse).
+async fn fan_out<T: DeserializeOwned>(
     shoal: &Shoal,
     method: reqwest::Method,
     path_and_query: &str,
     body: Option<Value>,
-) -> (Vec<Value>, Vec<u64>) {
+) -> (Vec<T>, Vec<u64>) {
     let members = shoal.cluster.gossip.members().await;
     let client = reqwest::Client::new();
     let calls = members
@@ -497,7 +634,7 @@ async fn fan_out(
                 }
                 match request.send().await {
                     Ok(response) if response.status().is_success() => {
-                        response.json::<Value>().await.map_err(|_| node_id)
+                        response.json::<T>().await.map_err(|_| node_id)
                     }
                     _ => Err(node_id),
                 }
@@ -530,15 +667,16 @@ async fn fan_out(
         ("limit" = Option<u64>, Query, description = "Per node, 1-10000 (default 100)"),
     ),
     responses(
-        (status = 200, description = "Dead letters."),
-        (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Dead letters.", body = DeadLetters),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn dead_letters(
     State(shoal): State<Arc<Shoal>>,
     Path(name): Path<String>,
     params: Params,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<DeadLetters>> {
     check_name(Kind::Webhook, &name)?;
     let limit = params.limit(100, 10_000)?;
     let destination = format!("webhook:{name}");
@@ -551,38 +689,55 @@ pub async fn dead_letters(
     let mut letters = Vec::with_capacity(stored.len());
     for item in stored {
         let entry: Entry = shoal_codec::decode(&item.value)?;
-        letters.push(dead_letter_json(node_id, item.seq, &entry));
+        letters.push(DeadLetter::new(node_id, item.seq, &entry));
     }
     let mut unreachable = Vec::new();
     if !local_scope(&params)? {
         let path = format!("/v1/webhooks/{name}/dead-letters?scope=local&limit={limit}");
-        let (answers, missing) = fan_out(&shoal, reqwest::Method::GET, &path, None).await;
+        let (answers, missing) =
+            fan_out::<DeadLetters>(&shoal, reqwest::Method::GET, &path, None).await;
         for answer in answers {
-            if let Some(more) = answer["dead_letters"].as_array() {
-                letters.extend(more.iter().cloned());
-            }
+            letters.extend(answer.dead_letters);
         }
         unreachable = missing;
     }
-    Ok(
-        Json(json!({"webhook": name, "dead_letters": letters, "unreachable": unreachable}))
-            .into_response(),
-    )
+    Ok(Json(DeadLetters {
+        webhook: name,
+        dead_letters: letters,
+        unreachable,
+    }))
 }
 
-#[derive(Deserialize, Serialize, Default)]
+/// Which dead letters to replay (the body is optional: all of them).
+#[derive(Deserialize, Serialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Replay {
+#[schema(example = json!({"only": [{"node_id": 1, "seq": 12}]}))]
+pub struct ReplayRequest {
     /// Only these dead letters (by `node_id` and `seq`); all when absent.
     #[serde(default)]
     only: Option<Vec<ReplayItem>>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy)]
+/// One dead letter, as `GET /v1/webhooks/{name}/dead-letters` names it.
+#[derive(Deserialize, Serialize, Clone, Copy, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayItem {
+    /// The node that keeps it
     node_id: u64,
+    /// Its sequence number on that node
     seq: u64,
+}
+
+/// How many dead letters went back to the outbox.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"webhook": "billing", "replayed": 3, "unreachable": []}))]
+pub struct Replayed {
+    /// The webhook's name
+    pub webhook: String,
+    /// Dead letters put back in the outbox, on every node that answered
+    pub replayed: u64,
+    /// Nodes that did not answer (their dead letters were not replayed)
+    pub unreachable: Vec<u64>,
 }
 
 /// `POST /v1/webhooks/{name}/dead-letters/replay`: put dead letters back in
@@ -598,9 +753,16 @@ pub struct ReplayItem {
         ("name" = String, Path, description = "Webhook name"),
         ("scope" = Option<String>, Query, description = "cluster (default: ask every live node) or local"),
     ),
+    request_body(
+        content = Option<ReplayRequest>,
+        content_type = "application/json",
+        description = "Optional: without a body (or with `null`), every dead letter of the webhook is replayed.",
+    ),
     responses(
-        (status = 200, description = "Replayed."),
-        (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Replayed.", body = Replayed),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`.", body = ErrorBody),
+        (status = 413, description = "The body is too large. Error codes: `payload_too_large`.", body = ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn replay(
@@ -608,13 +770,15 @@ pub async fn replay(
     Path(name): Path<String>,
     params: Params,
     Body(body): Body,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Replayed>> {
     check_name(Kind::Webhook, &name)?;
-    let replay: Replay = if body.is_empty() {
-        Replay::default()
+    // No body (or `null`) replays every dead letter.
+    let replay: ReplayRequest = if body.is_empty() {
+        ReplayRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<ReplayRequest>>(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .unwrap_or_default()
     };
     let node_id = shoal.node_id;
     let only: Option<Vec<u64>> = replay.only.as_ref().map(|items| {
@@ -643,22 +807,21 @@ pub async fn replay(
     if moved > 0 {
         shoal.messaging.deliveries.wake(&destination).await;
     }
-    let mut replayed = moved;
+    let mut replayed = moved as u64;
     let mut unreachable = Vec::new();
     if !local_scope(&params)? {
         let path = format!("/v1/webhooks/{name}/dead-letters/replay?scope=local");
         let body = serde_json::to_value(&replay).map_err(|e| ApiError::internal(e.to_string()))?;
-        let (answers, missing) = fan_out(&shoal, reqwest::Method::POST, &path, Some(body)).await;
-        replayed += answers
-            .iter()
-            .filter_map(|a| a["replayed"].as_u64())
-            .sum::<u64>() as usize;
+        let (answers, missing) =
+            fan_out::<Replayed>(&shoal, reqwest::Method::POST, &path, Some(body)).await;
+        replayed += answers.iter().map(|a| a.replayed).sum::<u64>();
         unreachable = missing;
     }
-    Ok(
-        Json(json!({"webhook": name, "replayed": replayed, "unreachable": unreachable}))
-            .into_response(),
-    )
+    Ok(Json(Replayed {
+        webhook: name,
+        replayed,
+        unreachable,
+    }))
 }
 
 /// `GET /v1/outbox`: this node's pending and dead entries per destination.
@@ -670,10 +833,11 @@ pub async fn replay(
     summary = "This node's outbox",
     description = "Pending and dead entries per destination on this node.",
     responses(
-        (status = 200, description = "Counts."),
+        (status = 200, description = "Counts.", body = Outbox),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
-pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
+pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Outbox>> {
     let outbox = shoal.messaging.deliveries.outbox().clone();
     let config = shoal.messaging.config();
     let mut names: Vec<String> = config
@@ -681,8 +845,8 @@ pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
         .keys()
         .map(|name| format!("webhook:{name}"))
         .collect();
-    let counts =
-        tokio::task::spawn_blocking(move || -> Result<Vec<Value>, shoal_storage::StorageError> {
+    let counts = tokio::task::spawn_blocking(
+        move || -> Result<Vec<OutboxDestination>, shoal_storage::StorageError> {
             for destination in outbox.destinations()? {
                 if !names.contains(&destination) {
                     names.push(destination);
@@ -693,13 +857,44 @@ pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
                 .map(|destination| {
                     let pending = outbox.count(List::Pending, &destination)?;
                     let dead = outbox.count(List::Dead, &destination)?;
-                    Ok(json!({"destination": destination, "pending": pending, "dead": dead}))
+                    Ok(OutboxDestination {
+                        destination,
+                        pending,
+                        dead,
+                    })
                 })
                 .collect()
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(json!({"node_id": shoal.node_id, "destinations": counts})).into_response())
+        },
+    )
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(Outbox {
+        node_id: shoal.node_id,
+        destinations: counts,
+    }))
+}
+
+/// This node's outbox: entries per destination.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"node_id": 1, "destinations": [
+    {"destination": "webhook:billing", "pending": 0, "dead": 1}
+]}))]
+pub struct Outbox {
+    /// This node
+    pub node_id: u64,
+    /// Every configured webhook and every destination with entries
+    pub destinations: Vec<OutboxDestination>,
+}
+
+/// The outbox entries of one destination on this node.
+#[derive(Serialize, ToSchema)]
+pub struct OutboxDestination {
+    /// `webhook:<name>` or `kafka:<topic>`
+    pub destination: String,
+    /// Entries waiting for delivery (or a retry)
+    pub pending: u64,
+    /// Dead letters: entries whose retry schedule ran out
+    pub dead: u64,
 }
 
 /// `POST /v1/kafka/{topic}`: produce the body to Kafka with acks=all and
@@ -718,11 +913,16 @@ pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Response> {
         ("key" = Option<String>, Query, description = "Record key"),
         ("partition" = Option<u64>, Query, description = "Partition"),
     ),
+    request_body(
+        content = inline(RawPayload),
+        content_type = "*/*",
+        description = "The record's value, any bytes (up to --max-message-bytes).",
+    ),
     responses(
-        (status = 200, description = "Stored by Kafka."),
-        (status = 400, description = "Malformed request. Error codes: `kafka_not_configured`, `invalid_topic`, `bad_request`.", body = crate::api::error::ErrorBody),
-        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
-        (status = 502, description = "Kafka did not take the record. Error codes: `kafka_unavailable`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Stored by Kafka.", body = KafkaReceipt),
+        (status = 400, description = "Malformed request. Error codes: `kafka_not_configured`, `invalid_topic`, `bad_request`.", body = ErrorBody),
+        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = ErrorBody),
+        (status = 502, description = "Kafka did not take the record. Error codes: `kafka_unavailable`.", body = ErrorBody),
     )
 )]
 pub async fn produce(
@@ -731,7 +931,7 @@ pub async fn produce(
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<KafkaReceipt>> {
     let kafka = shoal.messaging.kafka.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -784,8 +984,21 @@ pub async fn produce(
             e.to_string(),
         )
     })?;
-    Ok(
-        Json(json!({"topic": topic, "partition": produced.partition, "offset": produced.offset}))
-            .into_response(),
-    )
+    Ok(Json(KafkaReceipt {
+        topic,
+        partition: produced.partition,
+        offset: produced.offset,
+    }))
+}
+
+/// Where Kafka stored a record.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"topic": "orders", "partition": 2, "offset": 41}))]
+pub struct KafkaReceipt {
+    /// The Kafka topic
+    pub topic: String,
+    /// The partition Kafka wrote the record to
+    pub partition: i32,
+    /// The record's offset in that partition
+    pub offset: i64,
 }

@@ -104,8 +104,9 @@ per transaction branch; list page 1..1000 (default 100); history page 1..1000 (d
 long-poll `timeout_ms` ≤ 300000 (default 30000) and `limit` 1..10000 (default 1000); lease TTL \
 1..86400 s; request timeout 10 s (`--request-timeout-ms`).";
 
-const TAGS: [(&str, &str); 8] = [
+const TAGS: [(&str, &str); 9] = [
     ("node", "Health, readiness, status, metrics"),
+    ("cluster", "Membership, leaving, replica digests"),
     ("kv", "Keys, transactions, history, rollback, compaction"),
     ("leases", "Leases (TTL-bound keys)"),
     ("watch", "Change streams"),

@@ -147,6 +147,23 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
+/// In the OpenAPI document a raw body is a string of bytes.
+impl utoipa::PartialSchema for Body {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .content_media_type("application/octet-stream")
+            .description(Some("Raw bytes."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Body {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("RawBytes")
+    }
+}
+
 /// A JSON request body, parsed with error messages that name the problem.
 pub struct JsonBody<T>(pub T);
 
@@ -164,6 +181,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         serde_json::from_value(value)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The one `{name}` path parameter of a route, as text; a segment that is
+/// not UTF-8 after percent-decoding is answered 400 `bad_request` in JSON
+/// (axum's own rejection is plain text).
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(text)| PathText(text))
+            .map_err(|e| ApiError::bad_request(format!("bad path parameter: {e}")))
     }
 }
 

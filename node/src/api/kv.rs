@@ -7,23 +7,120 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use shoal_storage::kv::{
     Command, Compare, CompareOp, CompareTarget, OpResult, Response as SmResponse, Txn, TxnOp,
 };
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+use utoipa::openapi::{Object, Schema};
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::{check_writable, validate_key, Body, JsonBody, KeyPath, Params};
-use super::model::{decode_value, event_json, kv_json};
+use super::model::{decode_value, kv_json, DeleteResponse, EventJson, KeyValueJson};
 use crate::services::shoal::Shoal;
 
 /// Operations allowed in each part of a transaction.
 pub const MAX_TXN_OPS: usize = 128;
 
 /// A JSON response with the `X-Shoal-Revision` header.
-pub fn with_revision(revision: u64, body: Value) -> Response {
+pub fn with_revision(revision: u64, body: impl Serialize) -> Response {
     ([("x-shoal-revision", revision.to_string())], Json(body)).into_response()
+}
+
+/// `GET /v1/kv/{key}`: the key with its value.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "revision": 9,
+    "kv": {
+        "key": "prod/payments/url",
+        "value": "aHR0cDovL3g=",
+        "create_revision": 4,
+        "mod_revision": 9,
+        "version": 3,
+        "lease": 0
+    }
+}))]
+pub struct GetKeyResponse {
+    /// Current store revision.
+    pub revision: u64,
+    /// The key, including `value`.
+    pub kv: KeyValueJson,
+}
+
+/// `PUT /v1/kv/{key}`: the write's revision and the key before and after it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "revision": 10,
+    "kv": {"key": "prod/payments/url", "create_revision": 4, "mod_revision": 10, "version": 4, "lease": 0},
+    "prev_kv": {"key": "prod/payments/url", "create_revision": 4, "mod_revision": 9, "version": 3, "lease": 0}
+}))]
+pub struct PutResponse {
+    /// The write's revision.
+    pub revision: u64,
+    /// The key after the write (without value).
+    pub kv: KeyValueJson,
+    /// The key before the write (without value), or null if it did not exist.
+    #[schema(required = true)]
+    pub prev_kv: Option<KeyValueJson>,
+}
+
+/// `GET /v1/kv`: one page of keys.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "revision": 9,
+    "kvs": [{"key": "prod/payments/url", "value": "aHR0cDovL3g=", "create_revision": 4, "mod_revision": 9, "version": 3, "lease": 0}],
+    "more": false,
+    "next_after": null
+}))]
+pub struct ListResponse {
+    /// The revision the page was read at.
+    pub revision: u64,
+    /// Keys in byte order; without `value` if `keys_only`.
+    #[schema(max_items = 1000)]
+    pub kvs: Vec<KeyValueJson>,
+    /// Whether more keys follow.
+    pub more: bool,
+    /// The last key of this page if `more`, else null; pass it as `after`.
+    #[schema(required = true)]
+    pub next_after: Option<String>,
+}
+
+/// `GET /v1/history/{key}`: the key's retained changes, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryResponse {
+    pub key: String,
+    /// Current store revision.
+    pub revision: u64,
+    /// The compaction point; changes before it are not retained.
+    pub compact_revision: u64,
+    /// Newest first.
+    #[schema(max_items = 1000)]
+    pub history: Vec<EventJson>,
+}
+
+/// `POST /v1/rollback/{key}`: the rollback's revision and the key after it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "revision": 14,
+    "kv": {"key": "prod/payments/url", "create_revision": 4, "mod_revision": 14, "version": 5, "lease": 0}
+}))]
+pub struct RollbackResponse {
+    /// The rollback's new revision.
+    pub revision: u64,
+    /// The key after the rollback (without value), or null if it was deleted
+    /// because it did not exist at the target revision.
+    #[schema(required = true)]
+    pub kv: Option<KeyValueJson>,
+}
+
+/// `POST /v1/compact`: the compaction point after the request.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"compact_revision": 1000}))]
+pub struct CompactResponse {
+    /// Oldest revision whose history is still available.
+    pub compact_revision: u64,
 }
 
 fn check_value(shoal: &Shoal, len: usize) -> ApiResult<()> {
@@ -86,6 +183,7 @@ fn txn_outcome(response: SmResponse) -> ApiResult<(bool, u64, Vec<OpResult>)> {
     path = "/v1/kv/{*key}",
     tag = "kv",
     operation_id = "putKey",
+    request_body(content = inline(Body), content_type = "application/octet-stream", description = "The raw value bytes (any Content-Type is accepted; may be empty). At most `--max-value-bytes` (default 1 MiB = 1048576 bytes)."),
     summary = "Write one key",
     description = "Sets the key to the raw request body. With `if_revision=N` the write is a compare-and-set: it applies only if the key's `mod_revision` is N (`0` = only if the key does not exist, i.e. create-only); otherwise 409 `compare_failed` with the key's current metadata (or null) in `error.current`. With `lease=ID` the key is attached to the lease and deleted when it expires or is revoked.",
     params(
@@ -94,8 +192,8 @@ fn txn_outcome(response: SmResponse) -> ApiResult<(bool, u64, Vec<OpResult>)> {
         ("if_revision" = Option<u64>, Query, description = "Compare-and-set: write only if the key's `mod_revision` equals this (0 = key must not exist). Not a non-negative integer → 400 `invalid_revision`."),
     ),
     responses(
-        (status = 200, description = "Written; a new revision."),
-        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: `if_revision` is not a non-negative integer. `bad_request`: `lease` is not a non-negative integer, malformed query string, or the body could not be read. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Written; a new revision.", body = PutResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
+        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: `if_revision` is not a non-negative integer. `bad_request`: `lease` is not a non-negative integer, malformed query string, or the body could not be read. `reserved_key`: the key is under `_shoal/`, which holds the messaging configuration (written only through /v1/webhooks, /v1/routes and /v1/bridges). Error codes: `invalid_key`, `invalid_revision`, `bad_request`, `reserved_key`.", body = crate::api::error::ErrorBody),
         (status = 404, description = "The `lease` does not exist or has expired. Error codes: `lease_not_found`.", body = crate::api::error::ErrorBody),
         (status = 409, description = "`if_revision` did not hold; `error.current` is the key's current metadata (without value) or null if it does not exist. Error codes: `compare_failed`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "Too large. `key_too_large`: the key is longer than 1024 bytes. `value_too_large`: the body is larger than `--max-value-bytes` (default 1 MiB). `payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `key_too_large`, `value_too_large`, `payload_too_large`.", body = crate::api::error::ErrorBody),
@@ -124,7 +222,11 @@ pub async fn put(
     match results.first() {
         Some(OpResult::Put { kv, prev }) if succeeded => Ok(with_revision(
             revision,
-            json!({"revision": revision, "kv": kv_json(kv, false), "prev_kv": prev.as_ref().map(|p| kv_json(p, false))}),
+            PutResponse {
+                revision,
+                kv: KeyValueJson::new(kv, false),
+                prev_kv: prev.as_ref().map(|p| KeyValueJson::new(p, false)),
+            },
         )),
         current => Err(compare_failed(current)),
     }
@@ -142,7 +244,7 @@ pub async fn put(
         ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
     ),
     responses(
-        (status = 200, description = "The key."),
+        (status = 200, description = "The key.", body = GetKeyResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
         (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `bad_request`: bad `consistency` or malformed query string. Error codes: `invalid_key`, `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 404, description = "The key does not exist. Error codes: `key_not_found`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
@@ -162,7 +264,10 @@ pub async fn get(
     match kv {
         Some(kv) => Ok(with_revision(
             counters.revision,
-            json!({"revision": counters.revision, "kv": kv_json(&kv, true)}),
+            GetKeyResponse {
+                revision: counters.revision,
+                kv: KeyValueJson::new(&kv, true),
+            },
         )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -185,8 +290,8 @@ pub async fn get(
         ("if_revision" = Option<u64>, Query, description = "Delete only if the key's `mod_revision` equals this. Not a non-negative integer → 400 `invalid_revision`; combined with `prefix=true` → 400 `bad_request`."),
     ),
     responses(
-        (status = 200, description = "Deleted (possibly nothing)."),
-        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: bad `if_revision`. `bad_request`: bad `prefix` flag, `if_revision` with `prefix=true`, malformed query string. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Deleted (possibly nothing).", body = DeleteResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
+        (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: bad `if_revision`. `bad_request`: bad `prefix` flag, `if_revision` with `prefix=true`, malformed query string. `reserved_key`: the key is under `_shoal/`, or a prefix delete would cover `_shoal/` (the messaging configuration, changed only through /v1/webhooks, /v1/routes and /v1/bridges). Error codes: `invalid_key`, `invalid_revision`, `bad_request`, `reserved_key`.", body = crate::api::error::ErrorBody),
         (status = 409, description = "`if_revision` did not hold; `error.current` is the key's current metadata (without value) or null. Error codes: `compare_failed`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
@@ -216,7 +321,10 @@ pub async fn delete(
     match results.first() {
         Some(OpResult::Delete { deleted }) if succeeded => Ok(with_revision(
             revision,
-            json!({"revision": revision, "deleted": deleted}),
+            DeleteResponse {
+                revision,
+                deleted: *deleted,
+            },
         )),
         current => Err(compare_failed(current)),
     }
@@ -237,7 +345,7 @@ pub async fn delete(
         ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
     ),
     responses(
-        (status = 200, description = "One page of keys."),
+        (status = 200, description = "One page of keys.", body = ListResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
         (status = 400, description = "Bad query parameter (`limit` out of 1..1000 or not an integer, bad `keys_only` or `consistency`, malformed query string). Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
         (status = 503, response = crate::api::doc::Unavailable),
@@ -258,48 +366,134 @@ pub async fn list(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
     } else {
         None
     };
-    let kvs: Vec<Value> = kvs.iter().map(|kv| kv_json(kv, !keys_only)).collect();
+    let kvs = kvs
+        .iter()
+        .map(|kv| KeyValueJson::new(kv, !keys_only))
+        .collect();
     Ok(with_revision(
         counters.revision,
-        json!({"revision": counters.revision, "kvs": kvs, "more": more, "next_after": next_after}),
+        ListResponse {
+            revision: counters.revision,
+            kvs,
+            more,
+            next_after,
+        },
     ))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/txn`: compares and the operations of both branches.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = TxnRequest, example = json!({
+    "compare": [{"key": "a", "target": "mod_revision", "op": "=", "value": 5}],
+    "success": [
+        {"put": {"key": "a", "value": "YmFy", "lease": 0}},
+        {"delete": {"key": "b", "prefix": false}},
+        {"get": {"key": "c"}}
+    ],
+    "failure": [{"get": {"key": "a"}}]
+}))]
 pub struct TxnBody {
+    /// All must hold for `success` to run. At most 128.
     #[serde(default)]
+    #[schema(max_items = 128, default = json!([]))]
     compare: Vec<CompareBody>,
+    /// Run if every compare holds. At most 128.
     #[serde(default)]
+    #[schema(max_items = 128, default = json!([]))]
     success: Vec<OpBody>,
+    /// Run otherwise. At most 128.
     #[serde(default)]
+    #[schema(max_items = 128, default = json!([]))]
     failure: Vec<OpBody>,
 }
 
-#[derive(Deserialize)]
+/// One condition of a transaction.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CompareBody {
+#[schema(as = Compare)]
+pub struct CompareBody {
+    #[schema(min_length = 1, max_length = 1024)]
     key: String,
+    #[schema(schema_with = compare_target_schema)]
     target: String,
+    #[schema(schema_with = compare_op_schema)]
     op: String,
+    #[schema(schema_with = compare_value_schema)]
     value: Value,
 }
 
-#[derive(Deserialize)]
+fn compare_target_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([
+            "mod_revision",
+            "create_revision",
+            "version",
+            "value",
+        ]))
+        .description(Some(
+            "A missing key has 0 for every revision target and an empty value.",
+        ))
+        .build()
+}
+
+fn compare_op_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["=", "==", "!=", "<", ">"]))
+        .description(Some(
+            "`==` is accepted as `=`. Only `=`/`!=` for target `value`.",
+        ))
+        .build()
+}
+
+fn compare_value_schema() -> Schema {
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_encoding("base64"),
+        )
+        .description(Some(
+            "A non-negative integer for revision/version targets; base64 text for target `value`.",
+        ))
+        .build()
+        .into()
+}
+
+/// One operation of a transaction: exactly one of `put`, `delete`, `get`.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum OpBody {
+#[schema(as = TxnOp)]
+pub enum OpBody {
     Put {
+        #[schema(min_length = 1, max_length = 1024)]
         key: String,
+        /// Base64; at most `--max-value-bytes` (default 1 MiB) decoded.
+        #[schema(content_encoding = "base64")]
         value: String,
+        /// Lease id; 0 = none. Unknown lease → 404 `lease_not_found`.
         #[serde(default)]
+        #[schema(default = 0)]
         lease: u64,
     },
     Delete {
+        #[schema(min_length = 1, max_length = 1024)]
         key: String,
+        /// Delete every key starting with `key`.
         #[serde(default)]
+        #[schema(default = false)]
         prefix: bool,
     },
     Get {
+        #[schema(min_length = 1, max_length = 1024)]
         key: String,
     },
 }
@@ -383,14 +577,66 @@ fn parse_ops(shoal: &Shoal, ops: Vec<OpBody>, branch: &str) -> ApiResult<Vec<Txn
         .collect()
 }
 
-fn result_json(result: &OpResult) -> Value {
-    match result {
-        OpResult::Put { kv, prev } => {
-            json!({"put": {"kv": kv_json(kv, false), "prev_kv": prev.as_ref().map(|p| kv_json(p, false))}})
+/// One result per operation of the branch that ran, in order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = TxnResult)]
+pub enum TxnResultJson {
+    Put {
+        /// The key after the write (without value).
+        kv: KeyValueJson,
+        /// The key before the write (without value), or null if it did not exist.
+        #[schema(required = true)]
+        prev_kv: Option<KeyValueJson>,
+    },
+    Delete {
+        /// Number of keys deleted.
+        deleted: u64,
+    },
+    Get {
+        /// The key with its value (as seen at that point of the transaction),
+        /// or null if missing.
+        #[schema(required = true)]
+        kv: Option<KeyValueJson>,
+    },
+}
+
+impl From<&OpResult> for TxnResultJson {
+    fn from(result: &OpResult) -> TxnResultJson {
+        match result {
+            OpResult::Put { kv, prev } => TxnResultJson::Put {
+                kv: KeyValueJson::new(kv, false),
+                prev_kv: prev.as_ref().map(|p| KeyValueJson::new(p, false)),
+            },
+            OpResult::Delete { deleted } => TxnResultJson::Delete { deleted: *deleted },
+            OpResult::Get { kv } => TxnResultJson::Get {
+                kv: kv.as_ref().map(|kv| KeyValueJson::new(kv, true)),
+            },
         }
-        OpResult::Delete { deleted } => json!({"delete": {"deleted": deleted}}),
-        OpResult::Get { kv } => json!({"get": {"kv": kv.as_ref().map(|kv| kv_json(kv, true))}}),
     }
+}
+
+/// `POST /v1/txn`: whether the compares held, and the results of the branch
+/// that ran.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "succeeded": true,
+    "revision": 13,
+    "results": [
+        {"put": {
+            "kv": {"key": "a", "create_revision": 2, "mod_revision": 13, "version": 4, "lease": 0},
+            "prev_kv": {"key": "a", "create_revision": 2, "mod_revision": 5, "version": 3, "lease": 0}
+        }},
+        {"delete": {"deleted": 1}},
+        {"get": {"kv": null}}
+    ]
+}))]
+pub struct TxnResponse {
+    /// Whether every compare held (so `success` ran).
+    pub succeeded: bool,
+    /// The transaction's revision if it wrote something, else the current revision.
+    pub revision: u64,
+    pub results: Vec<TxnResultJson>,
 }
 
 #[utoipa::path(
@@ -398,11 +644,12 @@ fn result_json(result: &OpResult) -> Value {
     path = "/v1/txn",
     tag = "kv",
     operation_id = "txn",
+    request_body(content = TxnBody, content_type = "application/json", description = "Compares and the operations of both branches. Parsed as JSON regardless of the Content-Type; unknown fields are rejected."),
     summary = "Atomic multi-key transaction",
     description = "If every `compare` holds, the `success` operations run, else the `failure` operations; atomically, as one revision (only if something was written). A missing key has 0 for every revision target and an empty value. Limits: at most 128 compares and 128 operations per branch (more → 400 `bad_request`); each put value at most `--max-value-bytes` after base64 decoding. A failed compare is not an error: the response has `succeeded: false`. The body is parsed as JSON regardless of its Content-Type; unknown fields are rejected (`bad_request`).",
     responses(
-        (status = 200, description = "The transaction ran (check `succeeded`)."),
-        (status = 400, description = "`bad_request`: malformed JSON or unknown field, more than 128 compares or operations in a branch, bad compare `op`/`target`, non-integer compare value for a revision target, `<`/`>` on a value compare, bad base64. `invalid_key`: an empty key or one with a control character. Error codes: `bad_request`, `invalid_key`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "The transaction ran (check `succeeded`).", body = TxnResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
+        (status = 400, description = "`bad_request`: malformed JSON or unknown field, more than 128 compares or operations in a branch, bad compare `op`/`target`, non-integer compare value for a revision target, `<`/`>` on a value compare, bad base64. `invalid_key`: an empty key or one with a control character. `reserved_key`: a put or delete of a key under `_shoal/`, or a prefix delete covering `_shoal/` (the messaging configuration, changed only through /v1/webhooks, /v1/routes and /v1/bridges). Error codes: `bad_request`, `invalid_key`, `reserved_key`.", body = crate::api::error::ErrorBody),
         (status = 404, description = "A put names a lease that does not exist (nothing is written). Error codes: `lease_not_found`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "Too large. `key_too_large`: a key is longer than 1024 bytes. `value_too_large`: a decoded put value exceeds `--max-value-bytes`. `payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `key_too_large`, `value_too_large`, `payload_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
@@ -436,10 +683,13 @@ pub async fn txn(
             }))
             .await?,
     )?;
-    let results: Vec<Value> = results.iter().map(result_json).collect();
     Ok(with_revision(
         revision,
-        json!({"succeeded": succeeded, "revision": revision, "results": results}),
+        TxnResponse {
+            succeeded,
+            revision,
+            results: results.iter().map(TxnResultJson::from).collect(),
+        },
     ))
 }
 
@@ -457,7 +707,7 @@ pub async fn txn(
         ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
     ),
     responses(
-        (status = 200, description = "The key's history, newest first."),
+        (status = 200, description = "The key's history, newest first.", body = HistoryResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
         (status = 400, description = "Invalid key or query parameter. `invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: bad `before`. `bad_request`: bad `limit` or `consistency`, malformed query string. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 404, description = "The key does not exist and has no retained history. Error codes: `key_not_found`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
@@ -489,16 +739,23 @@ pub async fn history(
             format!("key {key:?} has no history"),
         ));
     }
-    let history: Vec<Value> = events.iter().map(event_json).collect();
     Ok(with_revision(
         counters.revision,
-        json!({"key": key, "revision": counters.revision, "compact_revision": counters.compact_revision, "history": history}),
+        HistoryResponse {
+            key,
+            revision: counters.revision,
+            compact_revision: counters.compact_revision,
+            history: events.iter().map(EventJson::from).collect(),
+        },
     ))
 }
 
-#[derive(Deserialize)]
+/// A revision to roll back to or compact up to.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RevisionRequest)]
 pub struct RevisionBody {
+    /// A store revision.
     revision: u64,
 }
 
@@ -507,14 +764,15 @@ pub struct RevisionBody {
     path = "/v1/rollback/{*key}",
     tag = "kv",
     operation_id = "rollbackKey",
+    request_body(content = RevisionBody, content_type = "application/json", description = "The revision whose value to restore. Parsed as JSON regardless of the Content-Type; unknown fields are rejected.", example = json!({"revision": 5})),
     summary = "Restore a key's value as of a revision",
     description = "Writes the value the key had at `revision` as a new put (a new revision, no lease). If the key did not exist at that revision it is deleted and `kv` is null. 410 `compacted` if the revision is older than the compaction point (or the answer was erased by compaction); 400 `invalid_revision` if it is in the future. The body is parsed as JSON regardless of its Content-Type; unknown fields are rejected (`bad_request`).",
     params(
         ("key" = String, Path, description = "The key: the whole rest of the path after the prefix, a `/`-separated path that may contain slashes (e.g. `/v1/kv/prod/payments/url` is key `prod/payments/url`). Percent-encoded bytes are decoded. 1..1024 bytes of UTF-8 without control characters: empty, control characters or invalid UTF-8 → 400 `invalid_key`; over 1024 bytes → 413 `key_too_large`."),
     ),
     responses(
-        (status = 200, description = "Rolled back; a new revision."),
-        (status = 400, description = "`invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: `revision` is greater than the current revision. `bad_request`: malformed JSON body, missing/negative `revision`, unknown field. Error codes: `invalid_key`, `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Rolled back; a new revision.", body = RollbackResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
+        (status = 400, description = "`invalid_key`: the key in the path is empty, contains a control character (e.g. NUL), or is not valid UTF-8 after percent-decoding. `invalid_revision`: `revision` is greater than the current revision. `bad_request`: malformed JSON body, missing/negative `revision`, unknown field. `reserved_key`: the key is under `_shoal/`, which holds the messaging configuration (written only through /v1/webhooks, /v1/routes and /v1/bridges). Error codes: `invalid_key`, `invalid_revision`, `bad_request`, `reserved_key`.", body = crate::api::error::ErrorBody),
         (status = 404, description = "The key does not exist and has no retained history. Error codes: `key_not_found`.", body = crate::api::error::ErrorBody),
         (status = 410, description = "`revision` is older than the compaction point; `error.compact_revision` is the oldest available revision. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key_too_large`: the key is longer than 1024 bytes. `payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `key_too_large`, `payload_too_large`.", body = crate::api::error::ErrorBody),
@@ -538,7 +796,10 @@ pub async fn rollback(
     {
         SmResponse::Rollback { revision, kv } => Ok(with_revision(
             revision,
-            json!({"revision": revision, "kv": kv.as_ref().map(|kv| kv_json(kv, false))}),
+            RollbackResponse {
+                revision,
+                kv: kv.as_ref().map(|kv| KeyValueJson::new(kv, false)),
+            },
         )),
         other => Err(ApiError::internal(format!(
             "unexpected state machine response {other:?}"
@@ -551,10 +812,11 @@ pub async fn rollback(
     path = "/v1/compact",
     tag = "kv",
     operation_id = "compact",
+    request_body(content = RevisionBody, content_type = "application/json", description = "Discard history before this revision. Parsed as JSON regardless of the Content-Type; unknown fields are rejected.", example = json!({"revision": 1000})),
     summary = "Compact history now",
     description = "Discards change history (events) with revision < `revision`. History is also compacted automatically, keeping the last `--history-revisions` (default 100000) revisions. Compacting to a revision at or below the current compaction point is a no-op that returns the current point. `revision` may be at most the current revision + 1. The body is parsed as JSON regardless of its Content-Type; unknown fields are rejected (`bad_request`).",
     responses(
-        (status = 200, description = "The compaction point after the request."),
+        (status = 200, description = "The compaction point after the request.", body = CompactResponse),
         (status = 400, description = "`invalid_revision`: `revision` is more than the current revision + 1. `bad_request`: malformed JSON body, missing/negative `revision`, unknown field. Error codes: `invalid_revision`, `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`payload_too_large`: the request body exceeds the body limit (2 × `--max-value-bytes` + 64 KiB; 2 MiB + 64 KiB by default). Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
@@ -573,7 +835,7 @@ pub async fn compact(
         .await?
     {
         SmResponse::Compacted { compact_revision } => {
-            Ok(Json(json!({"compact_revision": compact_revision})).into_response())
+            Ok(Json(CompactResponse { compact_revision }).into_response())
         }
         other => Err(ApiError::internal(format!(
             "unexpected state machine response {other:?}"

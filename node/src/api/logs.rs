@@ -10,14 +10,19 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use shoal_search::record::{self, format_nanos, now_nanos};
-use shoal_search::{AggregateRequest, Cursor, Hit, KindFilter, Record, SearchOrder, SearchRequest};
+use shoal_search::{
+    AggregateRequest, Cursor, Hit, Kind, KindFilter, Record, SearchOrder, SearchRequest, StreamInfo,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult, ErrorCode};
+use super::error::{ApiError, ApiResult, ErrorCode, ErrorDetail};
 use super::extract::{Body, Params};
+use super::model::SseEvent;
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
 
@@ -35,6 +40,331 @@ const TAIL_POLL: Duration = Duration::from_millis(500);
 /// Most records one tail poll sends.
 const TAIL_BATCH: usize = 1000;
 
+/// Which members answered a cluster-wide request; a member that did not is
+/// listed in failed and `partial` is true.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = NodeReport, example = json!({"asked": 3, "answered": [1, 2], "failed": [{"node": 3, "error": "down (by gossip)"}]}))]
+pub struct NodeReportBody {
+    /// Members asked (this node included).
+    pub asked: usize,
+    /// Members that answered, by node id.
+    pub answered: Vec<u64>,
+    /// Members that did not answer, and why.
+    pub failed: Vec<NodeFailureBody>,
+}
+
+/// A member that did not answer a cluster-wide request.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = NodeFailure)]
+pub struct NodeFailureBody {
+    /// Its node id.
+    pub node: u64,
+    /// Why it did not answer.
+    pub error: String,
+}
+
+impl From<&NodeReport> for NodeReportBody {
+    fn from(report: &NodeReport) -> NodeReportBody {
+        NodeReportBody {
+            asked: report.asked,
+            answered: report.answered.clone(),
+            failed: report
+                .failed
+                .iter()
+                .map(|failure| NodeFailureBody {
+                    node: failure.node,
+                    error: failure.error.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One record an ingest refused.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogIngestError {
+    /// Position of the record in the body (line or array index, from 0).
+    pub index: usize,
+    /// Why it was refused.
+    pub error: String,
+}
+
+/// What an ingest stored.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"stream": "orders-service", "accepted": 2, "rejected": 1, "errors": [{"index": 1, "error": "not JSON: expected value at line 1 column 1"}]}))]
+pub struct LogIngestResult {
+    /// The stream written.
+    pub stream: String,
+    /// Records stored.
+    pub accepted: usize,
+    /// Records refused (all are counted).
+    pub rejected: usize,
+    /// The refused records in body order (at most 100 are listed).
+    pub errors: Vec<LogIngestError>,
+}
+
+/// Whether a record is a log record or a span.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    Log,
+    Span,
+}
+
+/// A log record or span as stored.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"ts": "2026-11-29T11:04:05.123Z", "ts_nanos": 1795950245123000000_i64, "node": 1, "stream": "orders-service", "seq": 42, "kind": "log", "level": "error", "service": "orders", "message": "payment declined", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "attributes": {"order_id": "A-17"}}))]
+pub struct LogHit {
+    /// When it happened (a span's start), RFC 3339 UTC.
+    #[schema(format = DateTime)]
+    pub ts: String,
+    /// The same time in Unix nanoseconds.
+    pub ts_nanos: i64,
+    /// Node that received it
+    pub node: u64,
+    /// Stream it was ingested into.
+    pub stream: String,
+    /// Per-node ingest sequence
+    pub seq: u64,
+    pub kind: RecordKind,
+    /// trace, debug, info, warn, error or fatal (other text is kept as given).
+    pub level: String,
+    pub service: String,
+    /// Log body, or span name
+    pub message: String,
+    /// Lowercase hex; absent when the record has none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    /// Lowercase hex; absent when the record has none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub span_id: String,
+    /// Every other field of the record.
+    #[schema(value_type = Object)]
+    pub attributes: Value,
+    /// Only for spans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub span: Option<LogHitSpan>,
+}
+
+/// The span part of a span record.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogHitSpan {
+    /// Parent span id (hex), empty for a root span.
+    pub parent_span_id: String,
+    /// server, client, producer, consumer, internal or unspecified.
+    pub kind: String,
+    pub duration_nanos: u64,
+    pub duration_ms: f64,
+    /// unset, ok or error.
+    pub status: String,
+    pub status_message: String,
+    /// Span events (objects with name, time_nanos and attributes).
+    #[schema(value_type = Vec<Object>)]
+    pub events: Value,
+}
+
+impl From<&Hit> for LogHit {
+    fn from(hit: &Hit) -> LogHit {
+        let record = &hit.record;
+        let attributes: Value =
+            serde_json::from_str(&record.attributes).unwrap_or_else(|_| json!({}));
+        LogHit {
+            ts: format_nanos(record.ts_nanos),
+            ts_nanos: record.ts_nanos,
+            node: hit.node,
+            stream: hit.stream.clone(),
+            seq: hit.seq,
+            kind: match record.kind {
+                Kind::Log => RecordKind::Log,
+                Kind::Span => RecordKind::Span,
+            },
+            level: record.level.clone(),
+            service: record.service.clone(),
+            message: record.message.clone(),
+            trace_id: record.trace_id.clone(),
+            span_id: record.span_id.clone(),
+            attributes,
+            span: record.span.as_ref().map(|span| LogHitSpan {
+                parent_span_id: span.parent_span_id.clone(),
+                kind: span.span_kind.clone(),
+                duration_nanos: span.duration_nanos,
+                duration_ms: span.duration_nanos as f64 / 1e6,
+                status: span.status.clone(),
+                status_message: span.status_message.clone(),
+                events: serde_json::from_str(&span.events).unwrap_or_else(|_| json!([])),
+            }),
+        }
+    }
+}
+
+/// A page of hits, merged from every node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogSearchResult {
+    pub hits: Vec<LogHit>,
+    /// Hits on this page.
+    pub count: usize,
+    /// Pass as `cursor` for the next page; null when this page is the last.
+    pub next_cursor: Option<String>,
+    /// Time taken, in milliseconds.
+    pub took_ms: u64,
+    /// True when a member did not answer (see `nodes.failed`).
+    pub partial: bool,
+    pub nodes: NodeReportBody,
+}
+
+/// One histogram bucket.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogHistogramBucket {
+    /// Bucket start, RFC 3339 UTC.
+    pub ts: String,
+    /// Bucket start in Unix nanoseconds (a multiple of the interval).
+    pub ts_nanos: i64,
+    /// Matching records in the bucket.
+    pub count: u64,
+}
+
+/// One value of a field and how often it occurs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogTopValue {
+    pub value: String,
+    pub count: u64,
+}
+
+/// Counts over time and top values.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"total": 7, "since": "2026-11-29T10:30:00Z", "until": "2026-11-29T11:30:00Z", "interval_nanos": 60000000000_i64, "histogram": [{"ts": "2026-11-29T11:00:00Z", "ts_nanos": 1795950000000000000_i64, "count": 7}], "top": {"level": [{"value": "info", "count": 5}]}, "took_ms": 2, "partial": false, "nodes": {"asked": 1, "answered": [1], "failed": []}}))]
+pub struct LogAggregation {
+    /// Matching records in the window.
+    pub total: u64,
+    /// Window start, RFC 3339 UTC.
+    pub since: String,
+    /// Window end (exclusive), RFC 3339 UTC.
+    pub until: String,
+    /// Bucket width in nanoseconds; null without a histogram.
+    pub interval_nanos: Option<i64>,
+    /// Every bucket of the window, oldest first (empty ones included).
+    pub histogram: Vec<LogHistogramBucket>,
+    /// For each field asked in `top`: its most frequent values, most frequent first.
+    pub top: BTreeMap<String, Vec<LogTopValue>>,
+    /// Time taken, in milliseconds.
+    pub took_ms: u64,
+    /// True when a member did not answer (see `nodes.failed`).
+    pub partial: bool,
+    pub nodes: NodeReportBody,
+}
+
+/// A stream, totalled over the nodes that hold it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogStream {
+    pub name: String,
+    /// Records.
+    pub docs: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Day partitions.
+    pub partitions: usize,
+    /// Nodes that hold records of it.
+    pub nodes: Vec<u64>,
+}
+
+/// A stream on one node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogStreamInfo {
+    pub name: String,
+    /// Day partitions.
+    pub partitions: usize,
+    /// Records.
+    pub docs: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// First day held (`YYYY-MM-DD`).
+    pub first_day: String,
+    /// Last day held (`YYYY-MM-DD`).
+    pub last_day: String,
+}
+
+impl From<&StreamInfo> for LogStreamInfo {
+    fn from(info: &StreamInfo) -> LogStreamInfo {
+        LogStreamInfo {
+            name: info.name.clone(),
+            partitions: info.partitions,
+            docs: info.docs,
+            bytes: info.bytes,
+            first_day: info.first_day.clone(),
+            last_day: info.last_day.clone(),
+        }
+    }
+}
+
+/// The streams of the cluster.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"streams": [{"name": "orders-service", "docs": 120, "bytes": 48213, "partitions": 1, "nodes": [1]}], "per_node": {"1": [{"name": "orders-service", "partitions": 1, "docs": 120, "bytes": 48213, "first_day": "2026-11-29", "last_day": "2026-11-29"}]}, "partial": false, "nodes": {"asked": 1, "answered": [1], "failed": []}}))]
+pub struct LogStreams {
+    /// Every stream, totalled over the nodes, by name.
+    pub streams: Vec<LogStream>,
+    /// Each answering node's streams, by node id.
+    #[schema(value_type = BTreeMap<String, Vec<LogStreamInfo>>)]
+    pub per_node: BTreeMap<u64, Vec<LogStreamInfo>>,
+    /// True when a member did not answer (see `nodes.failed`).
+    pub partial: bool,
+    pub nodes: NodeReportBody,
+}
+
+/// An SQL query (`POST /v1/logs/sql` with a JSON body).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LogSqlQuery {
+    /// One SELECT over the table `logs` (at most 8 KiB).
+    pub query: String,
+}
+
+/// The columns and rows an SQL query produced, as `sql::execute` gives them.
+#[derive(Deserialize)]
+struct SqlTable {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
+/// The result of an SQL query.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"columns": ["service", "level", "n"], "rows": [["orders", "error", 1]], "scanned": 2, "took_ms": 3, "partial": false, "nodes": {"asked": 1, "answered": [1], "failed": []}}))]
+pub struct LogSqlResult {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// The rows, each a list of values in column order (timestamps as RFC 3339 text).
+    pub rows: Vec<Vec<Value>>,
+    /// Records read from the nodes.
+    pub scanned: usize,
+    /// Time taken, in milliseconds.
+    pub took_ms: u64,
+    /// True when a member did not answer (see `nodes.failed`).
+    pub partial: bool,
+    pub nodes: NodeReportBody,
+}
+
+/// A whole trace.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogTrace {
+    pub trace_id: String,
+    /// Its spans, oldest first.
+    pub spans: Vec<LogHit>,
+    /// Log records with its trace id, oldest first.
+    pub logs: Vec<LogHit>,
+    /// True when a member did not answer (see `nodes.failed`).
+    pub partial: bool,
+    pub nodes: NodeReportBody,
+}
+
+/// No node holds a record of the trace (an error answer that also says
+/// which members answered).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogTraceNotFound {
+    pub error: ErrorDetail,
+    /// True when a member did not answer (see `nodes.failed`): the trace may be there.
+    pub partial: bool,
+    pub nodes: NodeReportBody,
+}
+
 /// Ingest `body` (NDJSON, a JSON array, or plain text lines) into `stream`.
 #[utoipa::path(
     post,
@@ -46,12 +376,25 @@ const TAIL_BATCH: usize = 1000;
     params(
         ("stream" = String, Path, description = "1-64 of a-z, 0-9, '.', '_', '-', not starting with '.', '_' or '-'"),
     ),
+    request_body(
+        description = "The records: NDJSON, a JSON array of objects, or text lines (`text/plain`), optionally gzip-compressed (`Content-Encoding: gzip`).",
+        content(
+            (String = "application/x-ndjson"),
+            (
+                Vec<Object> = "application/json",
+                example = json!([{"level": "info", "message": "order placed", "order_id": "A-17"}, {"level": "error", "message": "payment declined"}])
+            ),
+            (String = "text/plain"),
+        )
+    ),
     responses(
-        (status = 200, description = "Stored (except the records listed in errors)."),
+        (status = 200, description = "Stored (except the records listed in errors).", body = LogIngestResult),
         (status = 400, description = "Error codes: `invalid_stream`, `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "Error codes: `payload_too_large`, `too_many_records`.", body = crate::api::error::ErrorBody),
         (status = 415, description = "Error codes: `unsupported_encoding`.", body = crate::api::error::ErrorBody),
-        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn ingest(
@@ -83,12 +426,18 @@ pub async fn ingest(
     }
     errors.sort_by_key(|(position, _)| *position);
     let rejected = errors.len();
-    let listed: Vec<Value> = errors
+    let errors = errors
         .into_iter()
         .take(MAX_ERRORS_LISTED)
-        .map(|(index, error)| json!({"index": index, "error": error}))
+        .map(|(index, error)| LogIngestError { index, error })
         .collect();
-    Ok(Json(json!({"stream": stream, "accepted": outcome.accepted, "rejected": rejected, "errors": listed})).into_response())
+    Ok(Json(LogIngestResult {
+        stream,
+        accepted: outcome.accepted,
+        rejected,
+        errors,
+    })
+    .into_response())
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -295,49 +644,6 @@ pub fn search_request(params: &Params, now: i64) -> ApiResult<SearchRequest> {
     })
 }
 
-/// A hit as the API shows it.
-pub fn hit_json(hit: &Hit) -> Value {
-    let record = &hit.record;
-    let attributes: Value = serde_json::from_str(&record.attributes).unwrap_or_else(|_| json!({}));
-    let mut value = json!({
-        "ts": format_nanos(record.ts_nanos),
-        "ts_nanos": record.ts_nanos,
-        "node": hit.node,
-        "stream": hit.stream,
-        "seq": hit.seq,
-        "kind": record.kind.as_str(),
-        "level": record.level,
-        "service": record.service,
-        "message": record.message,
-        "attributes": attributes,
-    });
-    if !record.trace_id.is_empty() {
-        value["trace_id"] = json!(record.trace_id);
-    }
-    if !record.span_id.is_empty() {
-        value["span_id"] = json!(record.span_id);
-    }
-    if let Some(span) = &record.span {
-        let events: Value = serde_json::from_str(&span.events).unwrap_or_else(|_| json!([]));
-        value["span"] = json!({
-            "parent_span_id": span.parent_span_id,
-            "kind": span.span_kind,
-            "duration_nanos": span.duration_nanos,
-            "duration_ms": span.duration_nanos as f64 / 1e6,
-            "status": span.status,
-            "status_message": span.status_message,
-            "events": events,
-        });
-    }
-    value
-}
-
-fn with_report(mut value: Value, report: &NodeReport) -> Value {
-    value["partial"] = json!(report.partial());
-    value["nodes"] = json!(report);
-    value
-}
-
 /// Query parameters, or the same names in a JSON object (POST).
 fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
     if body.is_empty() {
@@ -378,9 +684,10 @@ fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
 }
 
 #[utoipa::path(
-    method(get, post),
+    get,
     path = "/v1/logs/search",
     tag = "logs",
+    operation_id = "searchLogs",
     summary = "Search logs and spans on every node",
     description = "Runs on every live member and merges the pages; members that do not answer are listed in `nodes.failed` and `partial` is true (the answer is still 200). POST takes the same parameters as a JSON object. Query cost limits: query at most 4096 bytes, limit at most 10 000.",
     params(
@@ -401,15 +708,69 @@ fn params_of(params: Params, body: &[u8]) -> ApiResult<Params> {
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),
     responses(
-        (status = 200, description = "A page of hits."),
+        (status = 200, description = "A page of hits.", body = LogSearchResult),
         (status = 400, description = "Error codes: `invalid_query`, `invalid_stream`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn search(
     State(app): State<AppState>,
     params: Params,
     Body(body): Body,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<LogSearchResult>> {
+    run_search(app, params, body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/logs/search",
+    tag = "logs",
+    operation_id = "searchLogsPost",
+    summary = "Search logs and spans on every node",
+    description = "Runs on every live member and merges the pages; members that do not answer are listed in `nodes.failed` and `partial` is true (the answer is still 200). POST takes the same parameters as a JSON object. Query cost limits: query at most 4096 bytes, limit at most 10 000.",
+    params(
+        ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
+        ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
+        ("kind" = Option<String>, Query, description = "log (default), span or any"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration ago (15m, 2h, 7d), RFC 3339, or Unix s/ms/us/ns"),
+        ("until" = Option<String>, Query, description = "Exclusive end, same forms as since"),
+        ("level" = Option<String>, Query, description = "Levels, comma-separated (trace, debug, info, warn, error, fatal)"),
+        ("service" = Option<String>, Query, description = "Services, comma-separated"),
+        ("trace_id" = Option<String>, Query, description = "Trace ids (hex), comma-separated"),
+        ("operation" = Option<String>, Query, description = "Span names, comma-separated"),
+        ("status" = Option<String>, Query, description = "Span statuses (unset, ok, error), comma-separated"),
+        ("min_duration" = Option<String>, Query, description = "Spans at least this long (250ms, 2s, or nanoseconds)"),
+        ("max_duration" = Option<String>, Query, description = "Spans at most this long"),
+        ("order" = Option<String>, Query, description = "newest (default) or oldest"),
+        ("limit" = Option<u64>, Query, description = "1..10000, default 100"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    request_body(
+        content = Option<Object>,
+        description = "The query parameters as a JSON object (they win over the query string); lists as arrays or comma-separated strings.",
+        example = json!({"q": "level:error AND payment", "stream": ["orders-service"], "since": "1h", "limit": 50})
+    ),
+    responses(
+        (status = 200, description = "A page of hits.", body = LogSearchResult),
+        (status = 400, description = "Error codes: `invalid_query`, `invalid_stream`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
+pub async fn search_post(
+    State(app): State<AppState>,
+    params: Params,
+    Body(body): Body,
+) -> ApiResult<Json<LogSearchResult>> {
+    run_search(app, params, body).await
+}
+
+async fn run_search(
+    app: AppState,
+    params: Params,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<LogSearchResult>> {
     let started = std::time::Instant::now();
     let params = params_of(params, &body)?;
     let request = search_request(&params, now_nanos())?;
@@ -418,19 +779,21 @@ pub async fn search(
     let next_cursor = (hits.len() == limit)
         .then(|| hits.last().map(|h| h.cursor().encode()))
         .flatten();
-    let value = json!({
-        "hits": hits.iter().map(hit_json).collect::<Vec<_>>(),
-        "count": hits.len(),
-        "next_cursor": next_cursor,
-        "took_ms": started.elapsed().as_millis() as u64,
-    });
-    Ok(Json(with_report(value, &report)).into_response())
+    Ok(Json(LogSearchResult {
+        hits: hits.iter().map(LogHit::from).collect(),
+        count: hits.len(),
+        next_cursor,
+        took_ms: started.elapsed().as_millis() as u64,
+        partial: report.partial(),
+        nodes: NodeReportBody::from(&report),
+    }))
 }
 
 #[utoipa::path(
-    method(get, post),
+    get,
     path = "/v1/logs/aggregate",
     tag = "logs",
+    operation_id = "aggregateLogs",
     summary = "Counts over time and top values, cluster-wide",
     description = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.",
     params(
@@ -451,15 +814,69 @@ pub async fn search(
         ("top_n" = Option<u64>, Query, description = "Values per field, default 10"),
     ),
     responses(
-        (status = 200, description = "Counts."),
+        (status = 200, description = "Counts.", body = LogAggregation),
         (status = 400, description = "Error codes: `invalid_query`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn aggregate(
     State(app): State<AppState>,
     params: Params,
     Body(body): Body,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<LogAggregation>> {
+    run_aggregate(app, params, body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/logs/aggregate",
+    tag = "logs",
+    operation_id = "aggregateLogsPost",
+    summary = "Counts over time and top values, cluster-wide",
+    description = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.",
+    params(
+        ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
+        ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
+        ("kind" = Option<String>, Query, description = "log (default), span or any"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration ago (15m, 2h, 7d), RFC 3339, or Unix s/ms/us/ns"),
+        ("until" = Option<String>, Query, description = "Exclusive end, same forms as since"),
+        ("level" = Option<String>, Query, description = "Levels, comma-separated (trace, debug, info, warn, error, fatal)"),
+        ("service" = Option<String>, Query, description = "Services, comma-separated"),
+        ("trace_id" = Option<String>, Query, description = "Trace ids (hex), comma-separated"),
+        ("operation" = Option<String>, Query, description = "Span names, comma-separated"),
+        ("status" = Option<String>, Query, description = "Span statuses (unset, ok, error), comma-separated"),
+        ("min_duration" = Option<String>, Query, description = "Spans at least this long (250ms, 2s, or nanoseconds)"),
+        ("max_duration" = Option<String>, Query, description = "Spans at most this long"),
+        ("interval" = Option<String>, Query, description = "Bucket width (1m, 1h); histogram=false for none"),
+        ("top" = Option<String>, Query, description = "Fields to count: level, service, status, kind, name (comma-separated)"),
+        ("top_n" = Option<u64>, Query, description = "Values per field, default 10"),
+    ),
+    request_body(
+        content = Option<Object>,
+        description = "The query parameters as a JSON object (they win over the query string); lists as arrays or comma-separated strings.",
+        example = json!({"q": "level:error", "since": "6h", "interval": "10m", "top": ["service", "level"]})
+    ),
+    responses(
+        (status = 200, description = "Counts.", body = LogAggregation),
+        (status = 400, description = "Error codes: `invalid_query`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
+pub async fn aggregate_post(
+    State(app): State<AppState>,
+    params: Params,
+    Body(body): Body,
+) -> ApiResult<Json<LogAggregation>> {
+    run_aggregate(app, params, body).await
+}
+
+async fn run_aggregate(
+    app: AppState,
+    params: Params,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<LogAggregation>> {
     let started = std::time::Instant::now();
     let params = params_of(params, &body)?;
     let now = now_nanos();
@@ -490,31 +907,39 @@ pub async fn aggregate(
         let mut bucket = since.div_euclid(interval) * interval;
         while bucket < until {
             let count = aggregation.histogram.get(&bucket).copied().unwrap_or(0);
-            histogram.push(json!({"ts": format_nanos(bucket), "ts_nanos": bucket, "count": count}));
+            histogram.push(LogHistogramBucket {
+                ts: format_nanos(bucket),
+                ts_nanos: bucket,
+                count,
+            });
             bucket += interval;
         }
     }
-    let top: serde_json::Map<String, Value> = top
+    let top = top
         .iter()
         .map(|field| {
-            let buckets: Vec<Value> = aggregation
+            let values = aggregation
                 .top_values(field, top_n)
                 .into_iter()
-                .map(|b| json!({"value": b.key, "count": b.count}))
+                .map(|b| LogTopValue {
+                    value: b.key,
+                    count: b.count,
+                })
                 .collect();
-            (field.clone(), Value::Array(buckets))
+            (field.clone(), values)
         })
         .collect();
-    let value = json!({
-        "total": aggregation.total,
-        "since": format_nanos(since),
-        "until": format_nanos(until),
-        "interval_nanos": interval,
-        "histogram": histogram,
-        "top": top,
-        "took_ms": started.elapsed().as_millis() as u64,
-    });
-    Ok(Json(with_report(value, &report)).into_response())
+    Ok(Json(LogAggregation {
+        total: aggregation.total,
+        since: format_nanos(since),
+        until: format_nanos(until),
+        interval_nanos: interval,
+        histogram,
+        top,
+        took_ms: started.elapsed().as_millis() as u64,
+        partial: report.partial(),
+        nodes: NodeReportBody::from(&report),
+    }))
 }
 
 #[utoipa::path(
@@ -524,10 +949,11 @@ pub async fn aggregate(
     operation_id = "listStreams",
     summary = "Streams on every node: records, bytes, day partitions",
     responses(
-        (status = 200, description = "Streams."),
+        (status = 200, description = "Streams.", body = LogStreams),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
-pub async fn streams(State(app): State<AppState>) -> ApiResult<Response> {
+pub async fn streams(State(app): State<AppState>) -> ApiResult<Json<LogStreams>> {
     let (per_node, report) = logs::streams(&app.shoal).await?;
     let mut totals: BTreeMap<String, (u64, u64, usize, Vec<u64>)> = BTreeMap::new();
     for (node, streams) in &per_node {
@@ -539,17 +965,26 @@ pub async fn streams(State(app): State<AppState>) -> ApiResult<Response> {
             total.3.push(*node);
         }
     }
-    let streams: Vec<Value> = totals
+    let streams = totals
         .into_iter()
-        .map(|(name, (docs, bytes, partitions, nodes))| {
-            json!({"name": name, "docs": docs, "bytes": bytes, "partitions": partitions, "nodes": nodes})
+        .map(|(name, (docs, bytes, partitions, nodes))| LogStream {
+            name,
+            docs,
+            bytes,
+            partitions,
+            nodes,
         })
         .collect();
-    Ok(Json(with_report(
-        json!({"streams": streams, "per_node": per_node}),
-        &report,
-    ))
-    .into_response())
+    let per_node = per_node
+        .iter()
+        .map(|(node, streams)| (*node, streams.iter().map(LogStreamInfo::from).collect()))
+        .collect();
+    Ok(Json(LogStreams {
+        streams,
+        per_node,
+        partial: report.partial(),
+        nodes: NodeReportBody::from(&report),
+    }))
 }
 
 /// A trace id from a path: 1 to 32 hex digits, lowercased; else 400.
@@ -568,9 +1003,10 @@ pub fn trace_id_param(raw: &str) -> ApiResult<String> {
         ("trace_id" = String, Path, description = "32 hex digits (1-32 accepted)"),
     ),
     responses(
-        (status = 200, description = "The trace."),
+        (status = 200, description = "The trace.", body = LogTrace),
         (status = 400, description = "Error codes: `bad_request`.", body = crate::api::error::ErrorBody),
-        (status = 404, description = "Error codes: `trace_not_found`.", body = crate::api::error::ErrorBody),
+        (status = 404, description = "No node holds a span or log record of this trace; the answer also carries `partial` and `nodes` (a member that did not answer may hold it). Error codes: `trace_not_found`.", body = LogTraceNotFound),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn trace(
@@ -587,22 +1023,28 @@ pub async fn trace(
         );
         return Ok((
             error.status,
-            Json(with_report(
-                json!({"error": {"code": error.code, "message": error.message}}),
-                &report,
-            )),
+            Json(LogTraceNotFound {
+                error: ErrorDetail {
+                    code: error.code,
+                    message: error.message,
+                    extra: Map::new(),
+                },
+                partial: report.partial(),
+                nodes: NodeReportBody::from(&report),
+            }),
         )
             .into_response());
     }
-    let (spans, logs): (Vec<&Hit>, Vec<&Hit>) = hits
-        .iter()
-        .partition(|h| h.record.kind == shoal_search::Kind::Span);
-    let value = json!({
-        "trace_id": trace_id,
-        "spans": spans.into_iter().map(hit_json).collect::<Vec<_>>(),
-        "logs": logs.into_iter().map(hit_json).collect::<Vec<_>>(),
-    });
-    Ok(Json(with_report(value, &report)).into_response())
+    let (spans, logs): (Vec<&Hit>, Vec<&Hit>) =
+        hits.iter().partition(|h| h.record.kind == Kind::Span);
+    Ok(Json(LogTrace {
+        trace_id,
+        spans: spans.into_iter().map(LogHit::from).collect(),
+        logs: logs.into_iter().map(LogHit::from).collect(),
+        partial: report.partial(),
+        nodes: NodeReportBody::from(&report),
+    })
+    .into_response())
 }
 
 /// All records (spans and logs) of these traces, oldest first.
@@ -645,8 +1087,9 @@ pub async fn fetch_traces(
         ("backlog" = Option<u64>, Query, description = "Newest records to send first (0..1000)"),
     ),
     responses(
-        (status = 200, description = "An event stream."),
+        (status = 200, description = "An event stream: `record` events whose data is a LogHit (JSON), `error` events whose data is a message (text) when a poll fails (the stream goes on); keep-alive comments.", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "Error codes: `invalid_query`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
@@ -731,26 +1174,72 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
 }
 
 fn record_event(hit: &Hit) -> Event {
-    Event::default()
-        .event("record")
-        .data(hit_json(hit).to_string())
+    SseEvent {
+        event: Some("record".to_string()),
+        data: Some(serde_json::to_string(&LogHit::from(hit)).unwrap_or_default()),
+        ..SseEvent::default()
+    }
+    .into()
 }
 
 /// SQL over logs (Polars): `{"query": "SELECT ..."}`, or the query as a
 /// text/plain body, or `?q=`. Conditions on ts, level, service, stream,
 /// kind, status and trace_id are pushed down to every node's indexes.
 #[utoipa::path(
-    method(get, post),
+    get,
     path = "/v1/logs/sql",
     tag = "logs",
+    operation_id = "sqlLogsGet",
     summary = "SQL over logs (Polars) on the table `logs`",
     description = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL.",
     params(
-        ("q" = Option<String>, Query, description = ""),
+        ("q" = Option<String>, Query, description = "The SQL, when there is no body"),
+    ),
+    request_body(
+        description = "The SQL: `{\"query\": \"SELECT ...\"}`, or the SQL itself as `text/plain`.",
+        content(
+            (Option<LogSqlQuery> = "application/json", example = json!({"query": "SELECT service, level, count(*) AS n FROM logs WHERE ts > now() - interval '1 hour' GROUP BY service, level"})),
+            (Option<String> = "text/plain"),
+        )
     ),
     responses(
-        (status = 200, description = "Columns and rows."),
+        (status = 200, description = "Columns and rows.", body = LogSqlResult),
         (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
+    )
+)]
+pub async fn sql_get(
+    State(app): State<AppState>,
+    params: Params,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> ApiResult<Json<LogSqlResult>> {
+    run_sql(app, params, headers, body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/logs/sql",
+    tag = "logs",
+    operation_id = "sqlLogs",
+    summary = "SQL over logs (Polars) on the table `logs`",
+    description = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL.",
+    params(
+        ("q" = Option<String>, Query, description = "The SQL, when there is no body"),
+    ),
+    request_body(
+        description = "The SQL: `{\"query\": \"SELECT ...\"}`, or the SQL itself as `text/plain`.",
+        content(
+            (Option<LogSqlQuery> = "application/json", example = json!({"query": "SELECT service, level, count(*) AS n FROM logs WHERE ts > now() - interval '1 hour' GROUP BY service, level"})),
+            (Option<String> = "text/plain"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Columns and rows.", body = LogSqlResult),
+        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn sql(
@@ -758,7 +1247,16 @@ pub async fn sql(
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<LogSqlResult>> {
+    run_sql(app, params, headers, body).await
+}
+
+async fn run_sql(
+    app: AppState,
+    params: Params,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<LogSqlResult>> {
     let started = std::time::Instant::now();
     let query = if body.is_empty() {
         params.string("q").map(str::to_string).ok_or_else(|| {
@@ -770,10 +1268,13 @@ pub async fn sql(
     } else {
         let value: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        value["query"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::bad_request("the JSON body needs a string field query"))?
+        let needs_query = || ApiError::bad_request("the JSON body needs a string field query");
+        if !value.is_object() {
+            return Err(needs_query());
+        }
+        serde_json::from_value::<LogSqlQuery>(value)
+            .map_err(|_| needs_query())?
+            .query
     };
     let plan = shoal_search::sql::plan(&query, now_nanos()).map_err(ApiError::from)?;
     let (hits, report) = logs::scan(&app.shoal, plan.filter.clone(), MAX_SQL_ROWS + 1).await?;
@@ -792,8 +1293,14 @@ pub async fn sql(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ApiError::from)?;
-    let mut value = answer;
-    value["scanned"] = json!(scanned);
-    value["took_ms"] = json!(started.elapsed().as_millis() as u64);
-    Ok(Json(with_report(value, &report)).into_response())
+    let table: SqlTable = serde_json::from_value(answer)
+        .map_err(|e| ApiError::internal(format!("reading the SQL result: {e}")))?;
+    Ok(Json(LogSqlResult {
+        columns: table.columns,
+        rows: table.rows,
+        scanned,
+        took_ms: started.elapsed().as_millis() as u64,
+        partial: report.partial(),
+        nodes: NodeReportBody::from(&report),
+    }))
 }

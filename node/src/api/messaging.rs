@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use futures::{FutureExt, SinkExt, StreamExt};
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use shoal_actors::message::{new_id, new_traceparent, rfc3339_now, Message, Shared};
 use shoal_actors::queue::{BoundedQueue, Overflow};
@@ -22,9 +24,11 @@ use shoal_actors::router::Subscription;
 use shoal_actors::subject::{validate_topic, Pattern};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult, ErrorCode};
+use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use super::extract::{Body, JsonBody, Params, Upgrade};
+use super::model::SseEvent;
 use crate::services::shoal::Shoal;
 
 /// Most messages in one publish batch.
@@ -87,6 +91,33 @@ fn node_source(shoal: &Shoal) -> String {
     format!("shoal://node/{}", shoal.node_id)
 }
 
+/// Where a publish went. One message (`POST /v1/topics/{topic}`) answers
+/// with `id` and `topic`; a batch (`POST /v1/publish`) with `ids`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "5f1c...", "topic": "orders.created", "local": 1, "forwarded": 2, "routed": 0, "durable": 1}))]
+pub struct PublishReceipt {
+    /// The message's id (one message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub id: Option<String>,
+    /// The messages' ids, in the batch's order (a batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub ids: Option<Vec<String>>,
+    /// The message's topic (one message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub topic: Option<String>,
+    /// Local subscriber queues reached
+    pub local: usize,
+    /// Messages handed to links to other nodes
+    pub forwarded: usize,
+    /// Copies made by routing rules' topic destinations
+    pub routed: usize,
+    /// Outbox entries (webhook/Kafka deliveries) written to disk before this answer
+    pub durable: usize,
+}
+
 /// `POST /v1/topics/{topic}`: publish the body as one message. The content
 /// type travels with it; CloudEvents binary-mode headers (`ce-id`,
 /// `ce-source`, `ce-type`, `ce-subject`, `ce-time`) set the envelope and
@@ -102,10 +133,15 @@ fn node_source(shoal: &Shoal) -> String {
     params(
         ("topic" = String, Path, description = "Dot-separated topic, no wildcards, at most 256 bytes"),
     ),
+    request_body(
+        content = inline(RawPayload),
+        content_type = "*/*",
+        description = "The message payload, any bytes; the request's Content-Type becomes the message's content type (default application/octet-stream).",
+    ),
     responses(
-        (status = 202, description = "Published."),
-        (status = 400, description = "Malformed request. Error codes: `invalid_topic`, `bad_request`.", body = crate::api::error::ErrorBody),
-        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 202, description = "Published.", body = PublishReceipt),
+        (status = 400, description = "Malformed request. Error codes: `invalid_topic`, `bad_request`.", body = ErrorBody),
+        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
     )
 )]
@@ -114,7 +150,7 @@ pub async fn publish_one(
     Path(topic): Path<String>,
     headers: HeaderMap,
     Body(body): Body,
-) -> ApiResult<Response> {
+) -> ApiResult<(StatusCode, Json<PublishReceipt>)> {
     validate_topic(&topic).map_err(invalid_topic)?;
     let limit = shoal.settings.max_message_bytes;
     if body.len() > limit {
@@ -173,17 +209,23 @@ pub async fn publish_one(
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "id": receipt.ids.first(),
-            "topic": topic,
-            "local": receipt.reach.local,
-            "forwarded": receipt.reach.forwarded,
-            "routed": receipt.routed,
-            "durable": receipt.durable,
-        })),
-    )
-        .into_response())
+        Json(PublishReceipt {
+            id: receipt.ids.into_iter().next(),
+            ids: None,
+            topic: Some(topic),
+            local: receipt.reach.local,
+            forwarded: receipt.reach.forwarded,
+            routed: receipt.routed,
+            durable: receipt.durable,
+        }),
+    ))
 }
+
+// A raw request body, for the document (handlers read `Body`).
+/// Any bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct RawPayload(());
 
 /// Check the envelope attributes and start a trace when there is none.
 fn finish(message: &mut Message) -> ApiResult<()> {
@@ -206,34 +248,54 @@ fn finish(message: &mut Message) -> ApiResult<()> {
     Ok(())
 }
 
-/// One message of a JSON batch.
-#[derive(Deserialize)]
+/// One message of a JSON batch (and a text frame of `GET /v1/publish/ws`
+/// without `topic`). Give `data` or `data_base64`, not both; neither is an
+/// empty payload.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchMessage {
+    /// Dot-separated topic, no wildcards, at most 256 bytes
     topic: String,
+    /// The payload as JSON. A string is sent as text/plain, other JSON as application/json
     #[serde(default)]
+    #[schema(value_type = Value)]
     data: Option<Value>,
+    /// The payload as base64 bytes (standard alphabet); sent as application/octet-stream
     #[serde(default)]
     data_base64: Option<String>,
+    /// The payload's content type, instead of the one `data` or `data_base64` implies
     #[serde(default)]
     content_type: Option<String>,
+    /// Message headers: at most 64, names of 1-256 bytes, string values of at most 4096 bytes
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     headers: Map<String, Value>,
+    /// Message id (CloudEvents `id`); generated when absent
     #[serde(default)]
     id: Option<String>,
+    /// CloudEvents `source`; default `shoal://node/<node id>`
     #[serde(default)]
     source: Option<String>,
+    /// CloudEvents `type`; default `shoal.message`
     #[serde(default, rename = "type")]
     kind: Option<String>,
+    /// CloudEvents `subject`
     #[serde(default)]
     subject: Option<String>,
+    /// W3C trace context; default the request's `traceparent` header, else a new trace
     #[serde(default)]
     traceparent: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/publish`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Batch {
+#[schema(example = json!({"messages": [
+    {"topic": "orders.created", "data": {"id": 42}},
+    {"topic": "audit.log", "data": "plain text", "headers": {"region": "eu"}}
+]}))]
+pub struct PublishBatch {
+    /// 1 to 1000 messages
     messages: Vec<BatchMessage>,
 }
 
@@ -303,18 +365,24 @@ fn batch_message(
     operation_id = "publishBatch",
     summary = "Publish a batch of messages",
     description = "1 to 1000 messages, all or none: a bad entry is a 400 whose message names `messages[i]` and whose `index` field gives i.",
+    request_body(
+        content = PublishBatch,
+        content_type = "application/json",
+        description = "The messages, published in order.",
+    ),
     responses(
-        (status = 202, description = "Published."),
-        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
-        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
+        (status = 202, description = "Published.", body = PublishReceipt,
+         example = json!({"ids": ["5f1c...", "9a0b..."], "local": 2, "forwarded": 0, "routed": 0, "durable": 1})),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = ErrorBody),
+        (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn publish_batch(
     State(shoal): State<Arc<Shoal>>,
     headers: HeaderMap,
-    JsonBody(batch): JsonBody<Batch>,
-) -> ApiResult<Response> {
+    JsonBody(batch): JsonBody<PublishBatch>,
+) -> ApiResult<(StatusCode, Json<PublishReceipt>)> {
     if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
         return Err(ApiError::bad_request(format!(
             "a batch holds 1 to {MAX_BATCH_MESSAGES} messages"
@@ -334,7 +402,18 @@ pub async fn publish_batch(
         .publish(messages)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok((StatusCode::ACCEPTED, Json(json!(receipt))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PublishReceipt {
+            id: None,
+            ids: Some(receipt.ids),
+            topic: None,
+            local: receipt.reach.local,
+            forwarded: receipt.reach.forwarded,
+            routed: receipt.routed,
+            durable: receipt.durable,
+        }),
+    ))
 }
 
 /// The subscription parameters shared by SSE and WebSocket.
@@ -381,7 +460,7 @@ fn slow_consumer_error() -> Value {
     tag = "messaging",
     operation_id = "subscribe",
     summary = "Subscribe (Server-Sent Events)",
-    description = "Events: `subscribed` (once), `message` (id = message id, data = the envelope), `dropped` (`{\"dropped\": n}` after overflow), `error` (slow_consumer, then the stream ends).",
+    description = "Events: `subscribed` (once), `message` (id = message id, data = the envelope), `dropped` (`{\"dropped\": n}` after overflow), `error` (slow_consumer, then the stream ends).\n\nThe events' data: `subscribed`: `{\"subscription\": <id>, \"node_id\": <node id>}`. `message`: the envelope, a message as subscribers and webhooks receive it (CloudEvents 1.0 structured mode, plus `topic` and `headers`): `specversion` (\"1.0\"), `id`, `topic`, `source`, `type`, `time` (RFC 3339), `subject` (optional), `datacontenttype`, `traceparent` (optional), `headers` (an object of strings), and the payload: JSON payloads embedded as `data`, UTF-8 text as a string `data`, other bytes as `data_base64`. `dropped`: `{\"dropped\": n}`, messages lost to overflow (overflow=drop_oldest). `error`: `{\"error\": {\"code\": \"slow_consumer\", \"message\": \"...\"}}` when the buffer overflowed with overflow=disconnect; the stream then ends. A comment line is sent every 15 s to keep the connection open.",
     params(
         ("pattern" = String, Query, description = "Topic pattern: `*` matches one token, `>` the remaining tokens"),
         ("queue" = Option<String>, Query, description = "Queue group: each message goes to one member of the group in the whole cluster"),
@@ -389,8 +468,8 @@ fn slow_consumer_error() -> Value {
         ("overflow" = Option<String>, Query, description = "When the buffer is full: drop_oldest (default; reported as a `dropped` event) or disconnect"),
     ),
     responses(
-        (status = 200, description = "An event stream."),
-        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "An event stream.", content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = ErrorBody),
     )
 )]
 pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<Response> {
@@ -465,7 +544,7 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
     ),
     responses(
         (status = 101, description = "Switching to WebSocket."),
-        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
+        (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = ErrorBody),
     )
 )]
 pub async fn websocket(
@@ -548,7 +627,7 @@ async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bo
     ),
     responses(
         (status = 101, description = "Switching to WebSocket."),
-        (status = 400, description = "Not a WebSocket upgrade, or a malformed request. Error codes: `bad_request`, `invalid_topic`.", body = crate::api::error::ErrorBody),
+        (status = 400, description = "Not a WebSocket upgrade, or a malformed request. Error codes: `bad_request`, `invalid_topic`.", body = ErrorBody),
     )
 )]
 pub async fn publish_socket(
@@ -670,16 +749,56 @@ fn close(code: u16, reason: &str) -> WsMessage {
     summary = "Subscriptions in the cluster",
     description = "Every node's subscription patterns, queue groups and subscriber counts, as gossip shows them to this node.",
     responses(
-        (status = 200, description = "Interest by node id."),
+        (status = 200, description = "Interest by node id.", body = TopicInterest),
     )
 )]
-pub async fn interest(State(shoal): State<Arc<Shoal>>) -> Json<Value> {
-    let nodes: Map<String, Value> = shoal
+pub async fn interest(State(shoal): State<Arc<Shoal>>) -> Json<TopicInterest> {
+    let nodes = shoal
         .messaging
         .router
         .cluster_interest()
         .into_iter()
-        .map(|(node, lines)| (node.to_string(), json!(lines)))
+        .map(|(node, lines)| {
+            let lines = lines
+                .into_iter()
+                .map(|line| InterestLine {
+                    pattern: line.pattern,
+                    group: line.group,
+                    subscribers: line.subscribers,
+                })
+                .collect();
+            (node.to_string(), lines)
+        })
         .collect();
-    Json(json!({"node_id": shoal.node_id, "nodes": nodes}))
+    Json(TopicInterest {
+        node_id: shoal.node_id,
+        nodes,
+    })
+}
+
+/// The subscriptions of every node in the cluster, as gossip shows them to
+/// this node.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"node_id": 1, "nodes": {
+    "1": [{"pattern": "orders.*", "subscribers": 2}],
+    "2": [{"pattern": "jobs.>", "group": "workers", "subscribers": 1}]
+}}))]
+pub struct TopicInterest {
+    /// The node that answered
+    pub node_id: u64,
+    /// Each node's subscriptions, by node id
+    pub nodes: BTreeMap<String, Vec<InterestLine>>,
+}
+
+/// Subscribers of one node with one pattern (and queue group).
+#[derive(Serialize, ToSchema)]
+pub struct InterestLine {
+    /// Topic pattern: `*` matches one token, `>` the remaining tokens
+    pub pattern: String,
+    /// Queue group, when the subscribers are in one
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub group: Option<String>,
+    /// Subscribers with this pattern (and group) on the node
+    pub subscribers: u32,
 }

@@ -7,10 +7,75 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::ServerState;
-use serde_json::json;
+use serde::Serialize;
+use shoal_raft::NodeId;
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::AppState;
+
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
+    pub status: &'static str,
+}
+
+/// `GET /ready` when ready.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "leader": 1, "applied_index": 42}))]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(value_type = String, pattern = "^ready$")]
+    pub status: &'static str,
+    /// Node id of the current Raft leader.
+    #[schema(value_type = Option<u64>)]
+    pub leader: Option<NodeId>,
+    /// Index of the last Raft log entry applied on this node.
+    pub applied_index: u64,
+}
+
+/// `GET /v1/status`: this node as it sees itself, from local state.
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// This node's id.
+    #[schema(value_type = u64)]
+    pub node_id: NodeId,
+    /// Shoal version.
+    #[schema(value_type = String)]
+    pub version: &'static str,
+    /// Raft role: `Leader`, `Follower`, `Candidate`, `Learner` or `Shutdown`.
+    pub state: String,
+    /// Current Raft term.
+    pub term: u64,
+    /// Current leader's node id, or null if unknown.
+    #[schema(value_type = Option<u64>)]
+    pub leader: Option<NodeId>,
+    /// Raft commit index.
+    pub commit_index: u64,
+    /// Last applied log index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Index of the last snapshot.
+    pub snapshot_index: u64,
+    /// First log index still stored.
+    pub first_log_index: u64,
+    /// Current store revision.
+    pub revision: u64,
+    /// Compaction point.
+    pub compact_revision: u64,
+    /// Active watchers on this node.
+    pub watchers: u64,
+    /// Seconds since the process started.
+    pub uptime_seconds: u64,
+    /// HTTP API address other nodes and clients use.
+    pub api: String,
+    /// Node-to-node RPC address.
+    pub rpc: String,
+}
 
 #[utoipa::path(
     get,
@@ -20,11 +85,11 @@ use super::AppState;
     summary = "Liveness check",
     description = "Always answers 200 while the process is serving HTTP. Does not consult Raft.",
     responses(
-        (status = 200, description = "The process is serving."),
+        (status = 200, description = "The process is serving.", body = Health),
     )
 )]
-pub async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Ready once a leader is known and the node has caught up: applied
@@ -40,7 +105,7 @@ pub async fn health() -> Response {
     summary = "Readiness check",
     description = "200 once the node knows a Raft leader (and is leader, follower or learner) and has caught up: applied every committed log entry, once since it started. After that it stays ready while it knows a leader (writes in flight do not make it unready). Otherwise 503 `unavailable` with a message saying why (`not ready: no Raft leader yet` or `not ready: applying the committed log`).",
     responses(
-        (status = 200, description = "The node is ready to serve."),
+        (status = 200, description = "The node is ready to serve.", body = Ready),
         (status = 503, description = "Not ready: no Raft leader yet, or still catching up with the committed log after starting. Error codes: `unavailable`.", body = crate::api::error::ErrorBody),
     )
 )]
@@ -58,8 +123,12 @@ pub async fn ready(State(app): State<AppState>) -> Response {
         app.shoal.caught_up.store(true, Ordering::Relaxed);
     }
     if has_leader && app.shoal.caught_up.load(Ordering::Relaxed) {
-        Json(json!({"status": "ready", "leader": metrics.current_leader, "applied_index": applied}))
-            .into_response()
+        Json(Ready {
+            status: "ready",
+            leader: metrics.current_leader,
+            applied_index: applied,
+        })
+        .into_response()
     } else {
         let reason = if has_leader {
             "applying the committed log"
@@ -78,35 +147,34 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     summary = "Node and cluster status",
     description = "This node's id and version, Raft role, term, leader, log indexes, the store's current revision and compaction point, and the number of active watchers. Served from local state (no read barrier).",
     responses(
-        (status = 200, description = "Node status."),
+        (status = 200, description = "Node status.", body = Status),
         (status = 500, response = crate::api::doc::Internal),
     )
 )]
-pub async fn status(State(app): State<AppState>) -> ApiResult<Response> {
+pub async fn status(State(app): State<AppState>) -> ApiResult<Json<Status>> {
     let shoal = &app.shoal;
     let metrics = shoal.raft.metrics().borrow().clone();
     let (counters, first_log_index) = shoal
         .read(|store| Ok((store.counters()?, store.log_first_index()?.unwrap_or(0))))
         .await?;
-    Ok(Json(json!({
-        "node_id": shoal.node_id,
-        "version": env!("CARGO_PKG_VERSION"),
-        "state": format!("{:?}", metrics.state),
-        "term": metrics.current_term,
-        "leader": metrics.current_leader,
-        "commit_index": shoal.committed(),
-        "applied_index": metrics.last_applied.map(|id| id.index).unwrap_or(0),
-        "last_log_index": metrics.last_log_index.unwrap_or(0),
-        "snapshot_index": metrics.snapshot.map(|id| id.index).unwrap_or(0),
-        "first_log_index": first_log_index,
-        "revision": counters.revision,
-        "compact_revision": counters.compact_revision,
-        "watchers": shoal.hub.watcher_count(),
-        "uptime_seconds": shoal.started.elapsed().as_secs(),
-        "api": shoal.settings.advertise_api,
-        "rpc": shoal.settings.advertise_rpc,
+    Ok(Json(Status {
+        node_id: shoal.node_id,
+        version: env!("CARGO_PKG_VERSION"),
+        state: format!("{:?}", metrics.state),
+        term: metrics.current_term,
+        leader: metrics.current_leader,
+        commit_index: shoal.committed(),
+        applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
+        first_log_index,
+        revision: counters.revision,
+        compact_revision: counters.compact_revision,
+        watchers: shoal.hub.watcher_count() as u64,
+        uptime_seconds: shoal.started.elapsed().as_secs(),
+        api: shoal.settings.advertise_api.clone(),
+        rpc: shoal.settings.advertise_rpc.clone(),
     }))
-    .into_response())
 }
 
 /// Prometheus text: request metrics recorded as they happen, plus Raft and
@@ -119,7 +187,8 @@ pub async fn status(State(app): State<AppState>) -> ApiResult<Response> {
     summary = "Prometheus metrics",
     description = "Prometheus text exposition format (`text/plain; version=0.0.4`). Includes HTTP request counters/latency histograms (`shoal_http_requests_total`, `shoal_http_request_duration_seconds`), Raft gauges sampled at scrape time (`shoal_raft_term`, `shoal_raft_commit_index`, `shoal_raft_applied_index`, `shoal_raft_last_log_index`, `shoal_raft_is_leader`), `shoal_raft_write_seconds`, `shoal_watchers`, `shoal_watch_streams`, `shoal_kv_revision`, `shoal_kv_compact_revision` and `shoal_storage_disk_bytes`.",
     responses(
-        (status = 200, description = "Metrics in Prometheus text format."),
+        (status = 200, description = "Metrics in Prometheus text format.", body = String,
+         content_type = "text/plain"),
     )
 )]
 pub async fn metrics(State(app): State<AppState>) -> Response {

@@ -9,21 +9,36 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use shoal_storage::kv::MAX_KEY_BYTES;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{validate_key, Params};
 use super::kv::with_revision;
-use super::model::batch_json;
+use super::model::{ChangeBatchJson, SseEvent};
 use crate::services::shoal::Shoal;
 use crate::services::watch::Watcher;
 use crate::services::watch_hub::{Filter, SharedBatch};
 
 /// Longest long-poll wait.
 const MAX_POLL_MS: u64 = 300_000;
+
+/// `GET /v1/watch/poll`: the change batches found, and where to continue.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "batches": [{"revision": 12, "events": [{"type": "put", "kv": {"key": "a", "value": "YmFy", "create_revision": 12, "mod_revision": 12, "version": 1, "lease": 0}}]}],
+    "next_revision": 13
+}))]
+pub struct PollResponse {
+    /// In revision order; empty after a timeout.
+    #[schema(max_items = 10000)]
+    pub batches: Vec<ChangeBatchJson>,
+    /// Pass as `from_revision` to continue.
+    pub next_revision: u64,
+}
 
 fn filter(params: &Params) -> ApiResult<Filter> {
     match (params.string("key"), params.string("prefix")) {
@@ -46,7 +61,10 @@ fn filter(params: &Params) -> ApiResult<Filter> {
 }
 
 fn change_event(shared: &SharedBatch) -> Event {
-    let data = shared.rendered(|batch| batch_json(batch).to_string());
+    let data = shared
+        .rendered(|batch| serde_json::to_string(&ChangeBatchJson::from(batch)).unwrap_or_default());
+    // Built directly rather than through `SseEvent`: the rendered data is
+    // shared by every watcher of the batch and is not copied once more.
     Event::default()
         .event("change")
         .id(shared.batch.revision.to_string())
@@ -69,7 +87,7 @@ fn change_event(shared: &SharedBatch) -> Event {
         ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
     ),
     responses(
-        (status = 200, description = "The event stream. Events: `change` (id = revision, data = ChangeBatch JSON), `error` (data = Error JSON, then the stream ends); `: keepalive` comments every 15 s. SSE stream; each `change` event's data is a ChangeBatch (see #/components/schemas/ChangeBatch)."),
+        (status = 200, description = "The event stream. Events: `change` (id = revision, data = ChangeBatch JSON), `error` (data = Error JSON, then the stream ends); `: keepalive` comments every 15 s. SSE stream; each `change` event's data is a ChangeBatch (see #/components/schemas/ChangeBatch).", body = SseEvent, content_type = "text/event-stream", example = json!("event: change\nid: 12\ndata: {\"revision\":12,\"events\":[{\"type\":\"put\",\"kv\":{\"key\":\"a\",\"value\":\"YmFy\",\"create_revision\":12,\"mod_revision\":12,\"version\":1,\"lease\":0}}]}\n\n: keepalive\n\n")),
         (status = 400, description = "`bad_request`: neither or both of `key`/`prefix`, `prefix` longer than 1024 bytes, malformed query string. `invalid_key`: bad `key`. `invalid_revision`: bad `from_revision` or `Last-Event-ID`. Error codes: `bad_request`, `invalid_key`, `invalid_revision`.", body = crate::api::error::ErrorBody),
         (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the list's revision + 1. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key` is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
@@ -113,7 +131,12 @@ pub async fn sse(
                     // Mid-stream failure (e.g. compacted while lagging): say why, then end.
                     let body = ApiError::from(e).body();
                     (
-                        vec![Event::default().event("error").data(body.to_string())],
+                        vec![SseEvent {
+                            event: Some("error".into()),
+                            data: Some(body.to_string()),
+                            ..SseEvent::default()
+                        }
+                        .into()],
                         true,
                     )
                 }
@@ -156,7 +179,7 @@ pub async fn sse(
         ("consistency" = Option<String>, Query, description = "`linearizable` (default): confirm leadership with a quorum first (a non-leader answers 503 `unavailable`). `stale`: serve this node's local state. Anything else → 400 `bad_request`."),
     ),
     responses(
-        (status = 200, description = "Batches (possibly none, after the timeout)."),
+        (status = 200, description = "Batches (possibly none, after the timeout).", body = PollResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
         (status = 400, description = "`bad_request`: neither or both of `key`/`prefix`, `prefix` longer than 1024 bytes, `timeout_ms` over 300000, `limit` outside 1..10000, malformed query string. `invalid_key`: bad `key`. `invalid_revision`: bad `from_revision`. Error codes: `bad_request`, `invalid_key`, `invalid_revision`.", body = crate::api::error::ErrorBody),
         (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the list's revision + 1. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key` is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
@@ -180,14 +203,17 @@ pub async fn poll(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
     let batches = watcher
         .next_batches(Some(Duration::from_millis(timeout_ms)))
         .await?;
-    let batches: Vec<_> = batches
+    let batches = batches
         .iter()
-        .map(|shared| batch_json(&shared.batch))
+        .map(|shared| ChangeBatchJson::from(&shared.batch))
         .collect();
     // The reply is complete up to next_revision - 1.
     let through = watcher.next_revision().saturating_sub(1);
     Ok(with_revision(
         through,
-        json!({"batches": batches, "next_revision": watcher.next_revision()}),
+        PollResponse {
+            batches,
+            next_revision: watcher.next_revision(),
+        },
     ))
 }

@@ -10,9 +10,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use shoal_search::record::{self, validate_stream};
 use shoal_search::{Record, SearchError};
+use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::logs::{decompressed, MAX_RECORDS_PER_REQUEST};
@@ -31,14 +33,58 @@ pub async fn product_header(request: Request, next: Next) -> Response {
     response
 }
 
+/// An error in Elasticsearch's shape, which also carries Shoal's `code` and
+/// `message`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "illegal_argument_exception", "message": "malformed action/metadata line: expected value at line 1 column 1", "type": "illegal_argument_exception", "reason": "malformed action/metadata line: expected value at line 1 column 1", "root_cause": [{"type": "illegal_argument_exception", "reason": "malformed action/metadata line: expected value at line 1 column 1"}]}, "status": 400}))]
+pub struct EsError {
+    pub error: EsErrorDetail,
+    /// The HTTP status.
+    pub status: u16,
+}
+
+/// The error of an [`EsError`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EsErrorDetail {
+    /// The same as `type` (Shoal's error field).
+    pub code: String,
+    /// The same as `reason` (Shoal's error field).
+    pub message: String,
+    /// Elasticsearch's error type (`illegal_argument_exception`,
+    /// `parse_exception`, `action_request_validation_exception`,
+    /// `es_rejected_execution_exception`) or a Shoal error code
+    /// (`payload_too_large`, `too_many_records`, `unsupported_encoding`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What went wrong, for people.
+    pub reason: String,
+    pub root_cause: Vec<EsCause>,
+}
+
+/// An error's type and reason (a root cause, or a bulk item's error).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EsCause {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub reason: String,
+}
+
 /// An Elasticsearch-shaped error that also carries Shoal's `code` and `message`.
 fn es_error(status: StatusCode, kind: &str, reason: impl Into<String>) -> Response {
     let reason = reason.into();
-    let body = json!({
-        "error": {"code": kind, "message": reason, "type": kind, "reason": reason,
-                  "root_cause": [{"type": kind, "reason": reason}]},
-        "status": status.as_u16(),
-    });
+    let body = EsError {
+        error: EsErrorDetail {
+            code: kind.to_string(),
+            message: reason.clone(),
+            kind: kind.to_string(),
+            reason: reason.clone(),
+            root_cause: vec![EsCause {
+                kind: kind.to_string(),
+                reason,
+            }],
+        },
+        status: status.as_u16(),
+    };
     let mut response = (status, Json(body)).into_response();
     if status == StatusCode::TOO_MANY_REQUESTS {
         response.headers_mut().insert(
@@ -95,39 +141,78 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Vec<u8>, Respons
     operation_id = "esInfo",
     summary = "Elasticsearch-style node info (for shippers and clients that check the version)",
     responses(
-        (status = 200, description = "Info with version.number 8.15.0."),
+        (status = 200, description = "Info with version.number 8.15.0.", body = EsInfo,
+         headers(("X-Elastic-Product" = String, description = "`Elasticsearch` (clients refuse servers without it)"))),
     )
 )]
-pub async fn info(State(app): State<AppState>) -> Response {
+pub async fn info(State(app): State<AppState>) -> Json<EsInfo> {
     let shoal = &app.shoal;
-    Json(json!({
-        "name": shoal.node_id.to_string(),
-        "cluster_name": shoal.settings.cluster_name,
-        "cluster_uuid": format!("shoal-{}", shoal.settings.cluster_name),
-        "version": {
-            "number": ES_VERSION,
-            "build_flavor": "default",
-            "build_type": "shoal",
-            "lucene_version": "9.11.1",
-            "minimum_wire_compatibility_version": "7.17.0",
-            "minimum_index_compatibility_version": "7.0.0",
+    Json(EsInfo {
+        name: shoal.node_id.to_string(),
+        cluster_name: shoal.settings.cluster_name.clone(),
+        cluster_uuid: format!("shoal-{}", shoal.settings.cluster_name),
+        version: EsVersion {
+            number: ES_VERSION,
+            build_flavor: "default",
+            build_type: "shoal",
+            lucene_version: "9.11.1",
+            minimum_wire_compatibility_version: "7.17.0",
+            minimum_index_compatibility_version: "7.0.0",
         },
-        "tagline": "You Know, for Search",
-    }))
-    .into_response()
+        tagline: "You Know, for Search",
+    })
 }
 
+/// Elasticsearch's node info, as shippers and clients check it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"name": "1", "cluster_name": "shoal", "cluster_uuid": "shoal-shoal", "version": {"number": "8.15.0", "build_flavor": "default", "build_type": "shoal", "lucene_version": "9.11.1", "minimum_wire_compatibility_version": "7.17.0", "minimum_index_compatibility_version": "7.0.0"}, "tagline": "You Know, for Search"}))]
+pub struct EsInfo {
+    /// This node's id.
+    pub name: String,
+    /// The cluster's name (`--cluster-name`).
+    pub cluster_name: String,
+    /// `shoal-` and the cluster's name.
+    pub cluster_uuid: String,
+    pub version: EsVersion,
+    pub tagline: &'static str,
+}
+
+/// The Elasticsearch version Shoal answers as.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EsVersion {
+    /// 8.15.0 (clients check the major version).
+    pub number: &'static str,
+    pub build_flavor: &'static str,
+    pub build_type: &'static str,
+    pub lucene_version: &'static str,
+    pub minimum_wire_compatibility_version: &'static str,
+    pub minimum_index_compatibility_version: &'static str,
+}
+
+const BULK_DESCRIPTION: &str = "Elasticsearch-compatible bulk ingest for shippers (Filebeat, Fluent Bit, Vector, rsyslog omelasticsearch, official clients). NDJSON action/source pairs; `index` and `create` store the document as a log record in the stream named by `_index` (or the path); `delete` and `update` fail per item (logs are append-only). Answers like Elasticsearch: per-item status and error, the top-level `errors` flag, and the `X-Elastic-Product: Elasticsearch` header. When a cap is reached the whole request gets 429 (es_rejected_execution_exception) with Retry-After.";
+
 #[utoipa::path(
-    method(post, put),
+    post,
     path = "/_bulk",
     tag = "logs",
+    operation_id = "esBulk",
     summary = "Elasticsearch _bulk",
-    description = "Elasticsearch-compatible bulk ingest for shippers (Filebeat, Fluent Bit, Vector, rsyslog omelasticsearch, official clients). NDJSON action/source pairs; `index` and `create` store the document as a log record in the stream named by `_index` (or the path); `delete` and `update` fail per item (logs are append-only). Answers like Elasticsearch: per-item status and error, the top-level `errors` flag, and the `X-Elastic-Product: Elasticsearch` header. When a cap is reached the whole request gets 429 (es_rejected_execution_exception) with Retry-After.",
+    description = BULK_DESCRIPTION,
+    request_body(
+        content = String,
+        content_type = "application/x-ndjson",
+        description = "NDJSON action/source pairs (`delete` has no source line), optionally gzip-compressed (`Content-Encoding: gzip`); at most 100 000 actions and --logs-max-body-mb.",
+        example = json!("{\"index\": {\"_index\": \"app\", \"_id\": \"1\"}}\n{\"@timestamp\": \"2026-11-29T11:04:05Z\", \"message\": \"order placed\", \"log.level\": \"info\"}\n")
+    ),
     responses(
-        (status = 200, description = "Per-item results."),
-        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message)."),
-        (status = 413, description = "Error codes: `payload_too_large`, `too_many_records`.", body = crate::api::error::ErrorBody),
-        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Per-item results.", body = EsBulkResponse,
+         headers(("X-Elastic-Product" = String, description = "`Elasticsearch` (clients refuse servers without it)"))),
+        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
+        (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
+        (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
     )
 )]
 pub async fn bulk_default(
@@ -135,26 +220,66 @@ pub async fn bulk_default(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match body_or_error(body) {
-        Ok(body) => bulk(app, None, headers, body).await,
-        Err(response) => response,
-    }
+    bulk_request(app, None, headers, body).await
 }
 
 #[utoipa::path(
-    method(post, put),
-    path = "/{index}/_bulk",
+    put,
+    path = "/_bulk",
     tag = "logs",
-    summary = "Elasticsearch _bulk with a default index",
-    description = "Elasticsearch-compatible bulk ingest for shippers (Filebeat, Fluent Bit, Vector, rsyslog omelasticsearch, official clients). NDJSON action/source pairs; `index` and `create` store the document as a log record in the stream named by `_index` (or the path); `delete` and `update` fail per item (logs are append-only). Answers like Elasticsearch: per-item status and error, the top-level `errors` flag, and the `X-Elastic-Product: Elasticsearch` header. When a cap is reached the whole request gets 429 (es_rejected_execution_exception) with Retry-After.",
-    params(
-        ("index" = String, Path, description = ""),
+    operation_id = "esBulkPut",
+    summary = "Elasticsearch _bulk (PUT, as the Python client sends it)",
+    description = BULK_DESCRIPTION,
+    request_body(
+        content = String,
+        content_type = "application/x-ndjson",
+        description = "NDJSON action/source pairs (`delete` has no source line), optionally gzip-compressed (`Content-Encoding: gzip`); at most 100 000 actions and --logs-max-body-mb.",
+        example = json!("{\"index\": {\"_index\": \"app\", \"_id\": \"1\"}}\n{\"@timestamp\": \"2026-11-29T11:04:05Z\", \"message\": \"order placed\", \"log.level\": \"info\"}\n")
     ),
     responses(
-        (status = 200, description = "Per-item results."),
-        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message)."),
-        (status = 413, description = "Error codes: `payload_too_large`, `too_many_records`.", body = crate::api::error::ErrorBody),
-        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody),
+        (status = 200, description = "Per-item results.", body = EsBulkResponse,
+         headers(("X-Elastic-Product" = String, description = "`Elasticsearch` (clients refuse servers without it)"))),
+        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
+        (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
+        (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
+    )
+)]
+pub async fn bulk_default_put(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    bulk_request(app, None, headers, body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/{index}/_bulk",
+    tag = "logs",
+    operation_id = "esBulkIndex",
+    summary = "Elasticsearch _bulk with a default index",
+    description = BULK_DESCRIPTION,
+    params(
+        ("index" = String, Path, description = "The default stream (`_index`) of actions that name none"),
+    ),
+    request_body(
+        content = String,
+        content_type = "application/x-ndjson",
+        description = "NDJSON action/source pairs (`delete` has no source line), optionally gzip-compressed (`Content-Encoding: gzip`); at most 100 000 actions and --logs-max-body-mb.",
+        example = json!("{\"index\": {\"_index\": \"app\", \"_id\": \"1\"}}\n{\"@timestamp\": \"2026-11-29T11:04:05Z\", \"message\": \"order placed\", \"log.level\": \"info\"}\n")
+    ),
+    responses(
+        (status = 200, description = "Per-item results.", body = EsBulkResponse,
+         headers(("X-Elastic-Product" = String, description = "`Elasticsearch` (clients refuse servers without it)"))),
+        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
+        (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
+        (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
     )
 )]
 pub async fn bulk_index(
@@ -163,15 +288,69 @@ pub async fn bulk_index(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    bulk_request(app, Some(index), headers, body).await
+}
+
+#[utoipa::path(
+    put,
+    path = "/{index}/_bulk",
+    tag = "logs",
+    operation_id = "esBulkIndexPut",
+    summary = "Elasticsearch _bulk with a default index (PUT)",
+    description = BULK_DESCRIPTION,
+    params(
+        ("index" = String, Path, description = "The default stream (`_index`) of actions that name none"),
+    ),
+    request_body(
+        content = String,
+        content_type = "application/x-ndjson",
+        description = "NDJSON action/source pairs (`delete` has no source line), optionally gzip-compressed (`Content-Encoding: gzip`); at most 100 000 actions and --logs-max-body-mb.",
+        example = json!("{\"index\": {\"_index\": \"app\", \"_id\": \"1\"}}\n{\"@timestamp\": \"2026-11-29T11:04:05Z\", \"message\": \"order placed\", \"log.level\": \"info\"}\n")
+    ),
+    responses(
+        (status = 200, description = "Per-item results.", body = EsBulkResponse,
+         headers(("X-Elastic-Product" = String, description = "`Elasticsearch` (clients refuse servers without it)"))),
+        (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
+        (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
+        (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+         headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
+    )
+)]
+pub async fn bulk_index_put(
+    State(app): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    bulk_request(app, Some(index), headers, body).await
+}
+
+async fn bulk_request(
+    app: AppState,
+    path_index: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match body_or_error(body) {
-        Ok(body) => bulk(app, Some(index), headers, body).await,
+        Ok(body) => bulk(app, path_index, headers, body).await,
         Err(response) => response,
     }
 }
 
+/// A bulk action.
+#[derive(Debug, Clone, Copy)]
+enum BulkOp {
+    Index,
+    Create,
+    Delete,
+    Update,
+}
+
 /// One action of a bulk body and what became of it.
 struct Item {
-    op: String,
+    op: BulkOp,
     index: String,
     id: String,
     status: u16,
@@ -179,20 +358,100 @@ struct Item {
 }
 
 impl Item {
-    fn json(&self) -> Value {
-        let mut inner = json!({"_index": self.index, "_id": self.id, "status": self.status});
-        match &self.error {
-            Some((kind, reason)) => inner["error"] = json!({"type": kind, "reason": reason}),
-            None => {
-                inner["result"] = json!("created");
-                inner["_version"] = json!(1);
-                inner["_shards"] = json!({"total": 1, "successful": 1, "failed": 0});
-                inner["_seq_no"] = json!(0);
-                inner["_primary_term"] = json!(1);
-            }
+    fn answer(&self) -> EsBulkItem {
+        let stored = self.error.is_none();
+        let result = EsBulkItemResult {
+            index: self.index.clone(),
+            id: self.id.clone(),
+            status: self.status,
+            error: self.error.as_ref().map(|(kind, reason)| EsCause {
+                kind: kind.clone(),
+                reason: reason.clone(),
+            }),
+            result: stored.then_some("created"),
+            version: stored.then_some(1),
+            shards: stored.then_some(EsShards {
+                total: 1,
+                successful: 1,
+                failed: 0,
+            }),
+            seq_no: stored.then_some(0),
+            primary_term: stored.then_some(1),
+        };
+        match self.op {
+            BulkOp::Index => EsBulkItem::Index(result),
+            BulkOp::Create => EsBulkItem::Create(result),
+            BulkOp::Delete => EsBulkItem::Delete(result),
+            BulkOp::Update => EsBulkItem::Update(result),
         }
-        json!({ self.op.clone(): inner })
     }
+}
+
+/// Elasticsearch's bulk answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"took": 3, "errors": true, "items": [{"index": {"_index": "app", "_id": "1", "status": 201, "result": "created", "_version": 1, "_shards": {"total": 1, "successful": 1, "failed": 0}, "_seq_no": 0, "_primary_term": 1}}, {"create": {"_index": "app", "_id": "2", "status": 400, "error": {"type": "document_parsing_exception", "reason": "timestamp \"yesterday\" is not RFC 3339"}}}]}))]
+pub struct EsBulkResponse {
+    /// Milliseconds taken.
+    pub took: u64,
+    /// True when any item failed.
+    pub errors: bool,
+    /// One result per action, in body order.
+    pub items: Vec<EsBulkItem>,
+}
+
+/// An action's result, under the action's name.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EsBulkItem {
+    Index(EsBulkItemResult),
+    Create(EsBulkItemResult),
+    Delete(EsBulkItemResult),
+    Update(EsBulkItemResult),
+}
+
+/// What became of one action.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EsBulkItemResult {
+    /// The stream (`_index` of the action, or the path's).
+    #[serde(rename = "_index")]
+    pub index: String,
+    /// The action's `_id`, or a generated one.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// 201 when stored, 400 when refused.
+    pub status: u16,
+    /// Why it was refused (only when refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub error: Option<EsCause>,
+    /// `created` (only when stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub result: Option<&'static str>,
+    /// Always 1 (only when stored).
+    #[serde(rename = "_version", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub version: Option<u64>,
+    /// Only when stored.
+    #[serde(rename = "_shards", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub shards: Option<EsShards>,
+    /// Always 0 (only when stored).
+    #[serde(rename = "_seq_no", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub seq_no: Option<u64>,
+    /// Always 1 (only when stored).
+    #[serde(rename = "_primary_term", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub primary_term: Option<u64>,
+}
+
+/// Shard counts of a stored item (always one shard).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EsShards {
+    pub total: u32,
+    pub successful: u32,
+    pub failed: u32,
 }
 
 async fn bulk(
@@ -232,11 +491,11 @@ async fn bulk(
         }
     }
     let errors = items.iter().any(|item| item.error.is_some());
-    Json(json!({
-        "took": started.elapsed().as_millis() as u64,
-        "errors": errors,
-        "items": items.iter().map(Item::json).collect::<Vec<_>>(),
-    }))
+    Json(EsBulkResponse {
+        took: started.elapsed().as_millis() as u64,
+        errors,
+        items: items.iter().map(Item::answer).collect(),
+    })
     .into_response()
 }
 
@@ -282,7 +541,19 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
                 format!("malformed action/metadata line {}: expected one action such as {{\"index\":{{}}}}", items.len() + 1),
             ));
         };
-        let op = op.clone();
+        let op = match op.as_str() {
+            "index" => BulkOp::Index,
+            "create" => BulkOp::Create,
+            "delete" => BulkOp::Delete,
+            "update" => BulkOp::Update,
+            other => {
+                return Err(es_error(
+                    StatusCode::BAD_REQUEST,
+                    "illegal_argument_exception",
+                    format!("unknown bulk action {other:?}; expected index or create"),
+                ))
+            }
+        };
         let meta = meta.as_object().cloned().unwrap_or_default();
         let index = meta
             .get("_index")
@@ -302,16 +573,16 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
                 )
             });
         let mut item = Item {
-            op: op.clone(),
+            op,
             index: index.clone(),
             id,
             status: 201,
             error: None,
         };
         // delete has no source line; update and delete are not supported (logs are append-only).
-        match op.as_str() {
-            "index" | "create" => {}
-            "delete" => {
+        match op {
+            BulkOp::Index | BulkOp::Create => {}
+            BulkOp::Delete => {
                 item.status = 400;
                 item.error = Some((
                     "action_request_validation_exception".into(),
@@ -320,7 +591,7 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
                 items.push(item);
                 continue;
             }
-            "update" => {
+            BulkOp::Update => {
                 lines.next();
                 item.status = 400;
                 item.error = Some((
@@ -329,13 +600,6 @@ fn parse_bulk(body: &[u8], path_index: Option<&str>) -> Result<Bulk, Response> {
                 ));
                 items.push(item);
                 continue;
-            }
-            other => {
-                return Err(es_error(
-                    StatusCode::BAD_REQUEST,
-                    "illegal_argument_exception",
-                    format!("unknown bulk action {other:?}; expected index or create"),
-                ))
             }
         }
         let Some(source) = lines.next() else {
