@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -22,7 +22,7 @@ use shoal_storage::outbox::List;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-use super::extract::{Body, JsonBody, Params};
+use super::extract::{Body, JsonBody, Params, PathText};
 use super::messaging::RawPayload;
 use crate::services::shoal::Shoal;
 
@@ -242,7 +242,7 @@ pub mod webhooks {
     )]
     pub async fn put(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
         JsonBody(body): JsonBody<Value>,
     ) -> ApiResult<Json<Value>> {
         super::put(shoal, Kind::Webhook, name, body).await
@@ -270,7 +270,7 @@ pub mod webhooks {
     )]
     pub async fn get(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
     ) -> ApiResult<Json<Value>> {
         super::get(shoal, Kind::Webhook, name).await
     }
@@ -316,7 +316,7 @@ pub mod webhooks {
     )]
     pub async fn delete(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
     ) -> ApiResult<Json<DefinitionDeleted>> {
         super::delete(shoal, Kind::Webhook, name).await
     }
@@ -352,7 +352,7 @@ pub mod routes {
     )]
     pub async fn put(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
         JsonBody(body): JsonBody<Value>,
     ) -> ApiResult<Json<Value>> {
         super::put(shoal, Kind::Route, name, body).await
@@ -380,7 +380,7 @@ pub mod routes {
     )]
     pub async fn get(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
     ) -> ApiResult<Json<Value>> {
         super::get(shoal, Kind::Route, name).await
     }
@@ -426,7 +426,7 @@ pub mod routes {
     )]
     pub async fn delete(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
     ) -> ApiResult<Json<DefinitionDeleted>> {
         super::delete(shoal, Kind::Route, name).await
     }
@@ -462,7 +462,7 @@ pub mod bridges {
     )]
     pub async fn put(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
         JsonBody(body): JsonBody<Value>,
     ) -> ApiResult<Json<Value>> {
         super::put(shoal, Kind::Bridge, name, body).await
@@ -490,7 +490,7 @@ pub mod bridges {
     )]
     pub async fn get(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
     ) -> ApiResult<Json<Value>> {
         super::get(shoal, Kind::Bridge, name).await
     }
@@ -536,7 +536,7 @@ pub mod bridges {
     )]
     pub async fn delete(
         State(shoal): State<Arc<Shoal>>,
-        Path(name): Path<String>,
+        PathText(name): PathText,
     ) -> ApiResult<Json<DefinitionDeleted>> {
         super::delete(shoal, Kind::Bridge, name).await
     }
@@ -674,7 +674,7 @@ async fn fan_out<T: DeserializeOwned>(
 )]
 pub async fn dead_letters(
     State(shoal): State<Arc<Shoal>>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
 ) -> ApiResult<Json<DeadLetters>> {
     check_name(Kind::Webhook, &name)?;
@@ -767,7 +767,7 @@ pub struct Replayed {
 )]
 pub async fn replay(
     State(shoal): State<Arc<Shoal>>,
-    Path(name): Path<String>,
+    PathText(name): PathText,
     params: Params,
     Body(body): Body,
 ) -> ApiResult<Json<Replayed>> {
@@ -927,7 +927,7 @@ pub struct OutboxDestination {
 )]
 pub async fn produce(
     State(shoal): State<Arc<Shoal>>,
-    Path(topic): Path<String>,
+    PathText(topic): PathText,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,

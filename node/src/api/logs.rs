@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorCode, ErrorDetail};
-use super::extract::{Body, Params};
+use super::extract::{Body, Params, PathText};
 use super::model::SseEvent;
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
@@ -399,7 +399,7 @@ pub struct LogTraceNotFound {
 )]
 pub async fn ingest(
     State(app): State<AppState>,
-    Path(stream): Path<String>,
+    PathText(stream): PathText,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
@@ -1011,7 +1011,7 @@ pub fn trace_id_param(raw: &str) -> ApiResult<String> {
 )]
 pub async fn trace(
     State(app): State<AppState>,
-    Path(trace_id): Path<String>,
+    PathText(trace_id): PathText,
 ) -> ApiResult<Response> {
     let trace_id = trace_id_param(&trace_id)?;
     let (hits, report) = fetch_traces(&app, vec![trace_id.clone()]).await?;

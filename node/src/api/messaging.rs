@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
-use super::extract::{Body, JsonBody, Params, Upgrade};
+use super::extract::{Body, JsonBody, Params, PathText, Upgrade};
 use super::model::SseEvent;
 use crate::services::shoal::Shoal;
 
@@ -147,7 +147,7 @@ pub struct PublishReceipt {
 )]
 pub async fn publish_one(
     State(shoal): State<Arc<Shoal>>,
-    Path(topic): Path<String>,
+    PathText(topic): PathText,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<PublishReceipt>)> {

@@ -3,9 +3,10 @@
 //! Bit, Vector, rsyslog's omelasticsearch and the official clients work
 //! unchanged. The `_index` of an action names the stream.
 
+use crate::api::extract::PathText;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -284,7 +285,7 @@ pub async fn bulk_default_put(
 )]
 pub async fn bulk_index(
     State(app): State<AppState>,
-    Path(index): Path<String>,
+    PathText(index): PathText,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -320,7 +321,7 @@ pub async fn bulk_index(
 )]
 pub async fn bulk_index_put(
     State(app): State<AppState>,
-    Path(index): Path<String>,
+    PathText(index): PathText,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

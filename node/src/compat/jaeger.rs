@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +14,7 @@ use shoal_search::{AggregateRequest, Hit, Kind, KindFilter, SearchOrder, SearchR
 use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult, ErrorCode, ErrorDetail};
-use crate::api::extract::Params;
+use crate::api::extract::{Params, PathText};
 use crate::api::logs::{fetch_traces, parse_duration};
 use crate::api::AppState;
 use crate::services::logs;
@@ -220,7 +220,7 @@ pub async fn services(State(app): State<AppState>) -> ApiResult<Json<JaegerAnswe
 )]
 pub async fn service_operations(
     State(app): State<AppState>,
-    Path(service): Path<String>,
+    PathText(service): PathText,
 ) -> ApiResult<Json<JaegerAnswer<String>>> {
     Ok(data(span_values(&app, "name", vec![service]).await?))
 }
@@ -277,7 +277,7 @@ pub async fn operations(
 )]
 pub async fn trace(
     State(app): State<AppState>,
-    Path(trace_id): Path<String>,
+    PathText(trace_id): PathText,
 ) -> ApiResult<Response> {
     let trace_id = crate::api::logs::trace_id_param(&trace_id)?;
     let (hits, _) = fetch_traces(&app, vec![trace_id.clone()]).await?;
