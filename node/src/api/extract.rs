@@ -10,7 +10,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ApiResult, ErrorCode};
+use crate::services::shoal::Shoal;
 
 /// A WebSocket upgrade; a request that is not one is answered 400
 /// `bad_request` in JSON like every other malformed request (axum's own
@@ -285,4 +286,17 @@ pub fn inflate(reader: impl Read, max_bytes: usize) -> Result<Vec<u8>, ApiError>
         ));
     }
     Ok(data)
+}
+
+/// A value is at most `--max-value-bytes`.
+pub fn check_value(shoal: &Shoal, len: usize) -> ApiResult<()> {
+    let limit = shoal.settings.max_value_bytes;
+    if len > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::ValueTooLarge,
+            format!("value is {len} bytes; the limit is {limit} (--max-value-bytes)"),
+        ));
+    }
+    Ok(())
 }
