@@ -32,6 +32,13 @@ const TAIL_POLL: Duration = Duration::from_millis(500);
 /// Most records one tail poll sends.
 const TAIL_BATCH: usize = 1000;
 
+/// Descriptions shared by the GET and POST operations of one path.
+const SEARCH_DESCRIPTION: &str = "Runs on every live member and merges the pages; members that do not answer are listed in `nodes.failed` and `partial` is true (the answer is still 200). POST takes the same parameters as a JSON object. Query cost limits: query at most 4096 bytes, limit at most 10 000.";
+
+const AGGREGATE_DESCRIPTION: &str = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.";
+
+const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL.";
+
 mod answers;
 mod parse;
 
@@ -119,7 +126,7 @@ pub async fn ingest(
     tag = "logs",
     operation_id = "searchLogs",
     summary = "Search logs and spans on every node",
-    description = "Runs on every live member and merges the pages; members that do not answer are listed in `nodes.failed` and `partial` is true (the answer is still 200). POST takes the same parameters as a JSON object. Query cost limits: query at most 4096 bytes, limit at most 10 000.",
+    description = SEARCH_DESCRIPTION,
     params(
         ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
         ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
@@ -158,7 +165,7 @@ pub async fn search(
     tag = "logs",
     operation_id = "searchLogsPost",
     summary = "Search logs and spans on every node",
-    description = "Runs on every live member and merges the pages; members that do not answer are listed in `nodes.failed` and `partial` is true (the answer is still 200). POST takes the same parameters as a JSON object. Query cost limits: query at most 4096 bytes, limit at most 10 000.",
+    description = SEARCH_DESCRIPTION,
     params(
         ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
         ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
@@ -225,7 +232,7 @@ async fn run_search(
     tag = "logs",
     operation_id = "aggregateLogs",
     summary = "Counts over time and top values, cluster-wide",
-    description = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.",
+    description = AGGREGATE_DESCRIPTION,
     params(
         ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
         ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
@@ -264,7 +271,7 @@ pub async fn aggregate(
     tag = "logs",
     operation_id = "aggregateLogsPost",
     summary = "Counts over time and top values, cluster-wide",
-    description = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.",
+    description = AGGREGATE_DESCRIPTION,
     params(
         ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
         ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
@@ -621,7 +628,7 @@ fn record_event(hit: &Hit) -> Event {
     tag = "logs",
     operation_id = "sqlLogsGet",
     summary = "SQL over logs (Polars) on the table `logs`",
-    description = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL.",
+    description = SQL_DESCRIPTION,
     params(
         ("q" = Option<String>, Query, description = "The SQL, when there is no body"),
     ),
@@ -654,7 +661,7 @@ pub async fn sql_get(
     tag = "logs",
     operation_id = "sqlLogs",
     summary = "SQL over logs (Polars) on the table `logs`",
-    description = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL.",
+    description = SQL_DESCRIPTION,
     params(
         ("q" = Option<String>, Query, description = "The SQL, when there is no body"),
     ),
