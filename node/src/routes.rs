@@ -119,6 +119,12 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(api::cluster::status))
         .routes(routes!(api::cluster::leave))
         .routes(routes!(api::cluster::digest))
+        .routes(routes!(api::workflows::list_definitions))
+        .routes(routes!(
+            api::workflows::put_definition,
+            api::workflows::get_definition,
+            api::workflows::delete_definition
+        ))
         .layer(DefaultBodyLimit::max(limits.default))
 }
 
@@ -162,6 +168,68 @@ mod tests {
             }
             Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
             _ => {}
+        }
+    }
+
+    /// The schema names of every type deriving `ToSchema` in this crate
+    /// (its own name, or the one `#[schema(as = ...)]` gives it), with the
+    /// file it is in.
+    fn schema_names(dir: &std::path::Path, found: &mut Vec<(String, String)>) {
+        let entries = std::fs::read_dir(dir).expect("read the source directory");
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                schema_names(&path, found);
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap_or_default();
+            for item in source.split("#[derive(").skip(1) {
+                let derives = item.split(')').next().unwrap_or_default();
+                if !derives.contains("ToSchema") {
+                    continue;
+                }
+                let Some(at) = ["struct ", "enum "]
+                    .iter()
+                    .filter_map(|keyword| item.find(keyword).map(|i| i + keyword.len()))
+                    .min()
+                else {
+                    continue;
+                };
+                let rust_name: String = item[at..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let attributes = &item[..at];
+                let name = attributes
+                    .split("as = ")
+                    .nth(1)
+                    .map(|rest| {
+                        rest.chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect()
+                    })
+                    .unwrap_or(rust_name);
+                found.push((name, path.display().to_string()));
+            }
+        }
+    }
+
+    /// No two types document themselves under the same schema name: the
+    /// generator keeps one of them silently, and the other's answers are
+    /// then checked against the wrong schema.
+    #[test]
+    fn every_schema_name_is_used_once() {
+        let mut found = Vec::new();
+        schema_names(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert!(found.len() > 50, "only {} schemas found", found.len());
+        let mut seen = std::collections::BTreeMap::new();
+        for (name, file) in found {
+            if let Some(other) = seen.insert(name.clone(), file.clone()) {
+                panic!("schema {name} is defined in {other} and in {file}");
+            }
         }
     }
 

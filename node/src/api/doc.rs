@@ -104,7 +104,7 @@ per transaction branch; list page 1..1000 (default 100); history page 1..1000 (d
 long-poll `timeout_ms` ≤ 300000 (default 30000) and `limit` 1..10000 (default 1000); lease TTL \
 1..86400 s; request timeout 10 s (`--request-timeout-ms`).";
 
-const TAGS: [(&str, &str); 9] = [
+const TAGS: [(&str, &str); 10] = [
     ("node", "Health, readiness, status, metrics"),
     ("cluster", "Membership, leaving, replica digests"),
     ("kv", "Keys, transactions, history, rollback, compaction"),
@@ -122,6 +122,10 @@ const TAGS: [(&str, &str); 9] = [
         "logs",
         "Log ingest (own API, Elasticsearch _bulk), cluster-wide search, aggregations, live \
          tail, streams",
+    ),
+    (
+        "workflows",
+        "Workflow definitions (CNCF Serverless Workflow DSL 1.0)",
     ),
     (
         "traces",

@@ -36,6 +36,11 @@ pub enum ErrorCode {
     KafkaNotConfigured,
     /// 400: an SQL answer would exceed the row limit.
     TooManyRows,
+    /// 400: a workflow definition is not valid (`path` says where).
+    InvalidDefinition,
+    /// 400: a workflow definition uses a construct Shoal does not run
+    /// (`path` and `construct` name it).
+    UnsupportedConstruct,
     /// 404: the key does not exist.
     KeyNotFound,
     /// 404: the lease does not exist or has expired.
@@ -52,6 +57,8 @@ pub enum ErrorCode {
     CompareFailed,
     /// 409: the node is the cluster's only voter.
     LastVoter,
+    /// 409: a workflow definition version exists with another document.
+    VersionExists,
     /// 410: the revision has been compacted.
     Compacted,
     /// 413: the key is longer than 1024 bytes.
@@ -91,6 +98,8 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::KafkaNotConfigured => "kafka_not_configured",
             ErrorCode::TooManyRows => "too_many_rows",
+            ErrorCode::InvalidDefinition => "invalid_definition",
+            ErrorCode::UnsupportedConstruct => "unsupported_construct",
             ErrorCode::KeyNotFound => "key_not_found",
             ErrorCode::LeaseNotFound => "lease_not_found",
             ErrorCode::NodeNotFound => "node_not_found",
@@ -99,6 +108,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::CompareFailed => "compare_failed",
             ErrorCode::LastVoter => "last_voter",
+            ErrorCode::VersionExists => "version_exists",
             ErrorCode::Compacted => "compacted",
             ErrorCode::KeyTooLarge => "key_too_large",
             ErrorCode::ValueTooLarge => "value_too_large",

@@ -1,6 +1,6 @@
 //! The command-line interface: the `shoal` command's arguments and the
 //! client subcommands (`kv`, `lease`, `cluster`, `pub`, `sub`, `logs`,
-//! `status`). It owns argument parsing, output formatting and the wording of
+//! `wf`, `status`). It owns argument parsing, output formatting and the wording of
 //! errors, and talks to nodes only through `shoal-client` (typed calls where
 //! the client models the API, its `request_json`/`request_events` escape
 //! hatch for cluster, status and log queries), like any other client; it
@@ -10,12 +10,14 @@
 mod client;
 mod logs;
 mod ship;
+mod workflows;
 
 use clap::{Parser, Subcommand};
 
 use crate::settings::NodeArgs;
 use client::{ClientArgs, ClusterCommand, KvCommand, LeaseCommand};
 use logs::LogsCommand;
+use workflows::WfCommand;
 
 /// Shoal: a self-contained backbone for service clusters.
 ///
@@ -93,6 +95,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Publish, read, list and delete workflow definitions (CNCF Serverless
+    /// Workflow DSL 1.0; `shoal wf --help`).
+    Wf {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: WfCommand,
+    },
     /// Print the HTTP API's OpenAPI 3.1 document (what every node serves at
     /// /openapi.json), without a node: for generating clients.
     Openapi,
@@ -118,6 +128,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Cluster { client, command } => client::cluster(client, command).await,
         Command::Status { client } => client::status(client).await,
         Command::Logs { client, command } => logs::run(client, command).await,
+        Command::Wf { client, command } => workflows::run(client, command).await,
         Command::Pub {
             client,
             topic,

@@ -13,3 +13,4 @@ pub mod messaging;
 pub mod shoal;
 pub mod watch;
 pub mod watch_hub;
+pub mod workflows;

@@ -1,0 +1,12 @@
+//! Workflows: definitions written in the CNCF Serverless Workflow DSL 1.0.
+//!
+//! This crate parses and validates definitions (YAML or JSON) and refuses,
+//! with the construct's JSON Pointer path, everything of the DSL that Shoal
+//! does not run. It knows nothing of storage or HTTP: the node stores the
+//! validated document in Raft and serves it.
+
+pub mod definition;
+
+pub use definition::{
+    check_id, parse, Definition, DefinitionError, MAX_DEFINITION_BYTES, SUPPORTED_TASKS,
+};
