@@ -20,49 +20,32 @@
 //! `with.redirect`, `listen.read`, `listen`'s `foreach`, `until`, retry
 //! `when`/`exceptWhen`, external schemas, and durations in years or months.
 //!
-//! Modules: `syntax` (bytes to a size-bounded JSON value), `sections` (the
-//! workflow's sections), `tasks` (task lists and tasks), `values` (durations,
-//! runtime expressions, shared helpers).
+//! Modules, each using only those before it: `types` (limits, the
+//! definition, its errors, the validator's state), `values` (durations,
+//! runtime expressions, shared helpers), `syntax` (bytes to a size-bounded
+//! JSON value), `sections` (the workflow's sections), `tasks` (task lists
+//! and tasks); this file puts them together.
 
 mod sections;
 mod syntax;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod types;
 mod values;
 
-use std::collections::HashSet;
-
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use self::sections::*;
 use self::syntax::*;
 pub use self::values::parse_duration;
 use self::values::*;
 
-/// The largest definition [`parse`] accepts, in bytes of YAML or JSON.
-pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
-
-/// The largest definition once expressed as JSON (YAML aliases expanded).
-pub const MAX_EXPANDED_BYTES: usize = 4 * MAX_DEFINITION_BYTES;
-
-/// How deep task lists may nest (the workflow's `do` is level 1).
-pub const MAX_NESTING: usize = 32;
-
-/// How many tasks a definition may hold, nested ones included.
-pub const MAX_TASKS: usize = 1000;
-
-/// The task kinds Shoal runs (`call` only as `call: http`).
-pub const SUPPORTED_TASKS: &[&str] = &[
-    "call", "do", "emit", "for", "fork", "listen", "raise", "set", "switch", "try", "wait",
-];
-
-/// What a `call` task may call.
-pub const SUPPORTED_CALLS: &[&str] = &["http"];
-
-/// The DSL versions Shoal reads, as a pattern for messages.
-const SUPPORTED_DSL: &str = "1.0.x, e.g. '1.0.0'";
+use self::types::{Check, Validator};
+pub use self::types::{
+    Definition, DefinitionError, MAX_DEFINITION_BYTES, MAX_EXPANDED_BYTES, MAX_NESTING, MAX_TASKS,
+    SUPPORTED_CALLS, SUPPORTED_TASKS,
+};
 
 /// Checks a definition's identity as given apart from its document (a URL
 /// path, a command-line argument): the same rules as `document.namespace`,
@@ -88,22 +71,7 @@ pub fn check_id(namespace: &str, name: &str, version: &str) -> Result<(), Defini
     Ok(())
 }
 
-/// A validated workflow definition.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Definition {
-    pub namespace: String,
-    pub name: String,
-    pub version: String,
-    /// The whole definition as JSON (YAML converted, aliases expanded).
-    pub document: Value,
-}
-
 impl Definition {
-    /// `namespace/name/version`, the definition's identity.
-    pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.namespace, self.name, self.version)
-    }
-
     /// Validates a definition already in JSON form (e.g. one read back from
     /// storage, or a request body decoded by the caller).
     pub fn from_value(document: Value) -> Result<Definition, DefinitionError> {
@@ -114,46 +82,6 @@ impl Definition {
             version,
             document,
         })
-    }
-}
-
-/// Why a definition is refused. Every variant is the user's mistake (a 4xx),
-/// and its `Display` is written for the user.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-pub enum DefinitionError {
-    /// The definition is larger than `limit` bytes (as uploaded, or as JSON
-    /// once YAML aliases are expanded; `size` is then how far it got).
-    #[error("the workflow definition is too large: {size} bytes, the limit is {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
-    /// Neither valid JSON nor valid YAML (or not exactly one YAML document).
-    #[error("the workflow definition is not valid YAML or JSON: {0}")]
-    Syntax(String),
-    /// The document breaks the DSL; `path` is a JSON Pointer into it.
-    #[error("invalid workflow definition at {}: {message}", show_path(.path))]
-    Invalid { path: String, message: String },
-    /// A construct of the DSL that Shoal does not run; `path` is a JSON
-    /// Pointer into the document.
-    #[error("{construct} is not supported by Shoal (at {})", show_path(.path))]
-    Unsupported { path: String, construct: String },
-}
-
-impl DefinitionError {
-    /// The JSON Pointer of the offending construct, if the error has one.
-    pub fn path(&self) -> Option<&str> {
-        match self {
-            DefinitionError::Invalid { path, .. } | DefinitionError::Unsupported { path, .. } => {
-                Some(path)
-            }
-            DefinitionError::TooLarge { .. } | DefinitionError::Syntax(_) => None,
-        }
-    }
-}
-
-fn show_path(path: &str) -> &str {
-    if path.is_empty() {
-        "the document root"
-    } else {
-        path
     }
 }
 
@@ -195,9 +123,6 @@ pub fn parse(bytes: &[u8]) -> Result<Definition, DefinitionError> {
 // Validation: the workflow (its sections are in `sections.rs`, its tasks in
 // `tasks.rs`).
 
-type Obj = Map<String, Value>;
-type Check<T = ()> = Result<T, DefinitionError>;
-
 const TOP_LEVEL: &[&str] = &[
     "document", "input", "output", "use", "do", "timeout", "schedule",
 ];
@@ -238,13 +163,4 @@ fn validate(document: &Value) -> Check<(String, String, String)> {
     }
     validator.task_list(tasks, "/do", 1)?;
     Ok(identity)
-}
-
-/// What the validator learns on its way: names defined in `use`, and the
-/// running task count.
-#[derive(Default)]
-struct Validator {
-    errors: HashSet<String>,
-    retries: HashSet<String>,
-    tasks: usize,
 }

@@ -4,7 +4,10 @@
 
 use std::collections::HashSet;
 
-use super::*;
+use serde_json::Value;
+
+use super::types::*;
+use super::values::*;
 
 pub(super) const DOCUMENT: &[&str] = &[
     "dsl",

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use super::{DefinitionError, MAX_EXPANDED_BYTES};
+use super::types::{DefinitionError, MAX_EXPANDED_BYTES};
 
 pub(super) fn parse_json(bytes: &[u8]) -> Result<Value, DefinitionError> {
     let budget = Budget::new(MAX_EXPANDED_BYTES);

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::*;
+use super::sections::*;
+use super::types::*;
+use super::values::*;
 
 /// The fields every task may carry.
 const COMMON: &[&str] = &[

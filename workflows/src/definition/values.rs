@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::*;
+use serde_json::Value;
+
+use super::types::*;
 
 // ---------------------------------------------------------------------------
 // Durations.
