@@ -218,6 +218,8 @@ async fn hostile_definitions_are_refused_with_the_path_of_the_problem() {
         ("unknown task field", order.clone(), with_task("  - done:\n      set:\n        status: completed\n      colour: red\n"), 400, "invalid_definition", None),
         ("old DSL", order.clone(), ORDER.replace("dsl: '1.0.0'", "dsl: '0.8'"), 400, "unsupported_construct", Some("/document/dsl")),
         ("no do", order.clone(), "document:\n  dsl: '1.0.0'\n  namespace: commerce\n  name: order\n  version: '1.0.0'\n".into(), 400, "invalid_definition", None),
+        ("unknown jq function", order.clone(), ORDER.replace("body: ${ . }", "body: ${ nosuch(.) }"), 400, "invalid_definition", Some("/do/2/ship/with/body")),
+        ("jq syntax error", order.clone(), ORDER.replace("body: ${ . }", "body: ${ .[ }"), 400, "invalid_definition", Some("/do/2/ship/with/body")),
         ("YAML syntax", order.clone(), "document: [\n".into(), 400, "invalid_definition", None),
         ("not a document", order.clone(), "[1, 2, 3]".into(), 400, "invalid_definition", None),
         ("empty body", order.clone(), String::new(), 400, "invalid_definition", None),

@@ -24,8 +24,10 @@
 //! definition, its errors, the validator's state), `values` (durations,
 //! runtime expressions, shared helpers), `syntax` (bytes to a size-bounded
 //! JSON value), `sections` (the workflow's sections), `tasks` (task lists
-//! and tasks); this file puts them together.
+//! and tasks), `jq` (every runtime expression compiled with jaq); this file
+//! puts them together.
 
+mod jq;
 mod sections;
 mod syntax;
 mod tasks;
@@ -162,5 +164,6 @@ fn validate(document: &Value) -> Check<(String, String, String)> {
         schedule_section(schedule, "/schedule")?;
     }
     validator.task_list(tasks, "/do", 1)?;
+    jq::check_expressions(document)?;
     Ok(identity)
 }
