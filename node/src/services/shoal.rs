@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use shoal_raft::{Linearizer, NodeId, Raft};
-use shoal_storage::kv::{Command, Proposal, Rejection, Response};
+use shoal_storage::kv::{Command, OpResult, Proposal, Rejection, Response, Txn, TxnOp};
 use shoal_storage::now_ms;
 use shoal_storage::{StorageError, Store};
 use shoal_transport::{ForwardError, Forwarder};
@@ -256,6 +256,37 @@ impl Shoal {
             )
             .await;
         }
+    }
+
+    /// Replicate a transaction ([`Shoal::write`]); whether its compares
+    /// held, its revision, and the results of the branch that ran.
+    pub async fn txn(&self, txn: Txn) -> KvResult<(bool, u64, Vec<OpResult>)> {
+        match self.write(Command::Txn(txn)).await? {
+            Response::Txn {
+                succeeded,
+                revision,
+                results,
+            } => Ok((succeeded, revision, results)),
+            other => Err(KvError::Internal(format!(
+                "unexpected answer to a transaction: {other:?}"
+            ))),
+        }
+    }
+
+    /// Delete one key; the deletion's revision, or `None` if the key did
+    /// not exist (then nothing was written).
+    pub async fn delete_key(&self, key: String) -> KvResult<Option<u64>> {
+        let (_, revision, results) = self
+            .txn(Txn {
+                compare: vec![],
+                success: vec![TxnOp::Delete { key, prefix: false }],
+                failure: vec![],
+            })
+            .await?;
+        let deleted = results
+            .iter()
+            .any(|r| matches!(r, OpResult::Delete { deleted } if *deleted > 0));
+        Ok(deleted.then_some(revision))
     }
 
     /// Wait until this node may serve a linearizable read (read-index:

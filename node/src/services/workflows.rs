@@ -3,9 +3,7 @@
 //! A version is immutable: storing it again with the same document changes
 //! nothing; with another document it is refused.
 
-use shoal_storage::kv::{
-    Command, Compare, CompareOp, CompareTarget, OpResult, Response, Txn, TxnOp,
-};
+use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
 use shoal_workflows::Definition;
 use thiserror::Error;
 
@@ -66,8 +64,8 @@ pub async fn put_definition(
         key: key.clone(),
         message: e.to_string(),
     })?;
-    let response = shoal
-        .write(Command::Txn(Txn {
+    let (succeeded, revision, results) = shoal
+        .txn(Txn {
             compare: vec![Compare {
                 key: key.clone(),
                 op: CompareOp::Equal,
@@ -79,18 +77,8 @@ pub async fn put_definition(
                 lease: 0,
             }],
             failure: vec![TxnOp::Get { key: key.clone() }],
-        }))
+        })
         .await?;
-    let Response::Txn {
-        succeeded,
-        revision,
-        results,
-    } = response
-    else {
-        return Err(
-            KvError::Internal(format!("unexpected answer to a transaction: {response:?}")).into(),
-        );
-    };
     if succeeded {
         return Ok(Stored::Created(revision));
     }
@@ -136,28 +124,8 @@ pub async fn list_definitions(
 
 /// Delete a definition; the revision of the deletion.
 pub async fn delete_definition(shoal: &Shoal, id: &str) -> Result<u64, WorkflowError> {
-    let response = shoal
-        .write(Command::Txn(Txn {
-            compare: vec![],
-            success: vec![TxnOp::Delete {
-                key: key_of(id),
-                prefix: false,
-            }],
-            failure: vec![],
-        }))
-        .await?;
-    match response {
-        Response::Txn {
-            revision, results, ..
-        } if results
-            .iter()
-            .any(|r| matches!(r, OpResult::Delete { deleted } if *deleted > 0)) =>
-        {
-            Ok(revision)
-        }
-        Response::Txn { .. } => Err(WorkflowError::NotFound(id.to_string())),
-        other => {
-            Err(KvError::Internal(format!("unexpected answer to a transaction: {other:?}")).into())
-        }
-    }
+    shoal
+        .delete_key(key_of(id))
+        .await?
+        .ok_or_else(|| WorkflowError::NotFound(id.to_string()))
 }

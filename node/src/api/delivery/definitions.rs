@@ -13,7 +13,7 @@ use serde_json::Value;
 use shoal_actors::config::{
     Bridge, ConfigError, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX, WEBHOOKS_PREFIX,
 };
-use shoal_storage::kv::{Command, Txn, TxnOp};
+use shoal_storage::kv::{Txn, TxnOp};
 use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
@@ -109,11 +109,11 @@ pub async fn put(
         lease: 0,
     };
     shoal
-        .write(Command::Txn(Txn {
+        .txn(Txn {
             compare: vec![],
             success: vec![put],
             failure: vec![],
-        }))
+        })
         .await?;
     Ok(Json(stored))
 }
@@ -151,21 +151,7 @@ pub async fn delete(
 ) -> ApiResult<Json<DefinitionDeleted>> {
     check_name(kind, &name)?;
     let key = format!("{}{name}", kind.prefix());
-    let delete = TxnOp::Delete { key, prefix: false };
-    let response = shoal
-        .write(Command::Txn(Txn {
-            compare: vec![],
-            success: vec![delete],
-            failure: vec![],
-        }))
-        .await?;
-    let deleted = match response {
-        shoal_storage::kv::Response::Txn { results, .. } => results.iter().any(
-            |r| matches!(r, shoal_storage::kv::OpResult::Delete { deleted, .. } if *deleted > 0),
-        ),
-        _ => false,
-    };
-    if !deleted {
+    if shoal.delete_key(key).await?.is_none() {
         return Err(not_found(kind, &name));
     }
     Ok(Json(DefinitionDeleted { deleted: name }))

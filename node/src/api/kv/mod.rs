@@ -136,7 +136,7 @@ fn compare_failed(current: Option<&OpResult>) -> ApiError {
 }
 
 /// A guarded single-key transaction: `op` if `if_revision` holds, else read the key.
-fn guarded(key: &str, if_revision: Option<u64>, op: TxnOp) -> Command {
+fn guarded(key: &str, if_revision: Option<u64>, op: TxnOp) -> Txn {
     let compare = if_revision
         .map(|revision| Compare {
             key: key.into(),
@@ -145,23 +145,10 @@ fn guarded(key: &str, if_revision: Option<u64>, op: TxnOp) -> Command {
         })
         .into_iter()
         .collect();
-    Command::Txn(Txn {
+    Txn {
         compare,
         success: vec![op],
         failure: vec![TxnOp::Get { key: key.into() }],
-    })
-}
-
-fn txn_outcome(response: SmResponse) -> ApiResult<(bool, u64, Vec<OpResult>)> {
-    match response {
-        SmResponse::Txn {
-            succeeded,
-            revision,
-            results,
-        } => Ok((succeeded, revision, results)),
-        other => Err(ApiError::internal(format!(
-            "unexpected state machine response {other:?}"
-        ))),
     }
 }
 
@@ -204,8 +191,7 @@ pub async fn put(
         value: value.to_vec(),
         lease,
     };
-    let (succeeded, revision, results) =
-        txn_outcome(shoal.write(guarded(&key, if_revision, op)).await?)?;
+    let (succeeded, revision, results) = shoal.txn(guarded(&key, if_revision, op)).await?;
     match results.first() {
         Some(OpResult::Put { kv, prev }) if succeeded => Ok(with_revision(
             revision,
@@ -303,8 +289,7 @@ pub async fn delete(
         key: key.clone(),
         prefix,
     };
-    let (succeeded, revision, results) =
-        txn_outcome(shoal.write(guarded(&key, if_revision, op)).await?)?;
+    let (succeeded, revision, results) = shoal.txn(guarded(&key, if_revision, op)).await?;
     match results.first() {
         Some(OpResult::Delete { deleted }) if succeeded => Ok(with_revision(
             revision,
@@ -403,15 +388,13 @@ pub async fn txn(
         .collect::<ApiResult<Vec<_>>>()?;
     let success = parse_ops(&shoal, body.success, "success")?;
     let failure = parse_ops(&shoal, body.failure, "failure")?;
-    let (succeeded, revision, results) = txn_outcome(
-        shoal
-            .write(Command::Txn(Txn {
-                compare,
-                success,
-                failure,
-            }))
-            .await?,
-    )?;
+    let (succeeded, revision, results) = shoal
+        .txn(Txn {
+            compare,
+            success,
+            failure,
+        })
+        .await?;
     Ok(with_revision(
         revision,
         TxnResponse {
