@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
-use shoal_workflows::{check_id, parse, DefinitionError, MAX_DEFINITION_BYTES};
+use shoal_workflows::{check_id, parse, DefinitionError};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
@@ -178,13 +178,6 @@ pub async fn put_definition(
     DefinitionId(id): DefinitionId,
     Body(body): Body,
 ) -> ApiResult<Response> {
-    if body.len() > MAX_DEFINITION_BYTES {
-        return Err(DefinitionError::TooLarge {
-            size: body.len(),
-            limit: MAX_DEFINITION_BYTES,
-        }
-        .into());
-    }
     let definition = tokio::task::spawn_blocking(move || parse(&body))
         .await
         .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))??;

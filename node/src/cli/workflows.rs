@@ -31,15 +31,18 @@ pub enum WfCommand {
     Delete { id: String },
 }
 
-fn definition_path(id: &str) -> anyhow::Result<String> {
+fn definition_path(namespace: &str, name: &str, version: &str) -> String {
+    format!("/v1/workflows/definitions/{namespace}/{name}/{version}")
+}
+
+/// The path of a definition named NAMESPACE/NAME/VERSION on the command line.
+fn path_of_id(id: &str) -> anyhow::Result<String> {
     let parts: Vec<&str> = id.split('/').collect();
     let [namespace, name, version] = parts[..] else {
         anyhow::bail!("{id:?} is not NAMESPACE/NAME/VERSION");
     };
     shoal_workflows::check_id(namespace, name, version)?;
-    Ok(format!(
-        "/v1/workflows/definitions/{namespace}/{name}/{version}"
-    ))
+    Ok(definition_path(namespace, name, version))
 }
 
 pub async fn run(args: ClientArgs, command: WfCommand) -> anyhow::Result<()> {
@@ -50,7 +53,8 @@ pub async fn run(args: ClientArgs, command: WfCommand) -> anyhow::Result<()> {
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let definition = shoal_workflows::parse(&bytes)
                 .with_context(|| format!("{} is not a definition Shoal runs", file.display()))?;
-            let path = definition_path(&definition.key())?;
+            let path =
+                definition_path(&definition.namespace, &definition.name, &definition.version);
             let answer = client
                 .request_json(Method::PUT, &path, &[], Some(&definition.document))
                 .await?;
@@ -71,7 +75,7 @@ pub async fn run(args: ClientArgs, command: WfCommand) -> anyhow::Result<()> {
         }
         WfCommand::Get { id } => {
             let answer = client
-                .request_json(Method::GET, &definition_path(&id)?, &[], None)
+                .request_json(Method::GET, &path_of_id(&id)?, &[], None)
                 .await?;
             if !args.json {
                 println!("{}", serde_json::to_string_pretty(&answer["document"])?);
@@ -112,7 +116,7 @@ pub async fn run(args: ClientArgs, command: WfCommand) -> anyhow::Result<()> {
         }
         WfCommand::Delete { id } => {
             let answer = client
-                .request_json(Method::DELETE, &definition_path(&id)?, &[], None)
+                .request_json(Method::DELETE, &path_of_id(&id)?, &[], None)
                 .await?;
             if !args.json {
                 println!("deleted {id} (revision {})", answer["revision"]);
