@@ -125,6 +125,11 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
             api::workflows::get_definition,
             api::workflows::delete_definition
         ))
+        .routes(routes!(api::workflow_instances::start_instance))
+        .routes(routes!(api::workflow_instances::list_instances))
+        .routes(routes!(api::workflow_instances::get_instance))
+        .routes(routes!(api::workflow_instances::act_on_instance))
+        .routes(routes!(api::workflow_instances::act_on_instances))
         .layer(DefaultBodyLimit::max(limits.default))
 }
 

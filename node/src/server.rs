@@ -31,7 +31,7 @@ use crate::services::compaction::compact_history;
 use crate::services::messaging::{self, RpcTransport};
 use crate::services::shoal::{propose_batches, Pending, Shoal, PROPOSAL_QUEUE};
 use crate::services::watch_hub::WatchHub;
-use crate::services::{leases, logs};
+use crate::services::{leases, logs, workflow_runner};
 use crate::settings::{self, OptionalListener, Settings};
 use crate::telemetry::{self, TelemetryGuard};
 
@@ -403,6 +403,7 @@ fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
     tokio::spawn(cluster::reconcile_membership(shoal.cluster.clone()));
     tokio::spawn(leases::run(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
+    tokio::spawn(workflow_runner::run(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
 }
 

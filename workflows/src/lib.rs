@@ -6,6 +6,8 @@
 //! validated document in Raft and serves it.
 
 pub mod definition;
+pub mod expr;
+pub mod run;
 
 pub use definition::{
     check_id, parse, Definition, DefinitionError, MAX_DEFINITION_BYTES, SUPPORTED_TASKS,

@@ -59,6 +59,10 @@ pub enum ErrorCode {
     LastVoter,
     /// 409: a workflow definition version exists with another document.
     VersionExists,
+    /// 409: a workflow instance id is taken by another workflow's instance.
+    IdTaken,
+    /// 409: a workflow instance's status does not allow the action.
+    WrongStatus,
     /// 410: the revision has been compacted.
     Compacted,
     /// 413: the key is longer than 1024 bytes.
@@ -109,6 +113,8 @@ impl ErrorCode {
             ErrorCode::CompareFailed => "compare_failed",
             ErrorCode::LastVoter => "last_voter",
             ErrorCode::VersionExists => "version_exists",
+            ErrorCode::IdTaken => "id_taken",
+            ErrorCode::WrongStatus => "wrong_status",
             ErrorCode::Compacted => "compacted",
             ErrorCode::KeyTooLarge => "key_too_large",
             ErrorCode::ValueTooLarge => "value_too_large",

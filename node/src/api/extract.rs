@@ -185,16 +185,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// The one `{name}` path parameter of a route, as text; a segment that is
-/// not UTF-8 after percent-decoding is answered 400 `bad_request` in JSON
-/// (axum's own rejection is plain text).
-pub struct PathText(pub String);
+/// The path parameters of a route as text (one `String`, or a tuple for
+/// several); a segment that is not UTF-8 after percent-decoding is
+/// answered 400 `bad_request` in JSON (axum's own rejection is plain text).
+pub struct PathText<T = String>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for PathText {
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathText<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<String>::from_request_parts(parts, state)
+        axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(text)| PathText(text))
             .map_err(|e| ApiError::bad_request(format!("bad path parameter: {e}")))

@@ -6,6 +6,7 @@
 //! `compat/`), the CLI, or the wiring in `server.rs`.
 
 pub mod compaction;
+pub mod instances;
 pub mod lease_timers;
 pub mod leases;
 pub mod logs;
@@ -13,4 +14,5 @@ pub mod messaging;
 pub mod shoal;
 pub mod watch;
 pub mod watch_hub;
+pub mod workflow_runner;
 pub mod workflows;

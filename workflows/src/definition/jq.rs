@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use jaq_core::load::{Arena, File, Loader};
 use serde_json::Value;
 
 use super::types::Check;
 use super::values::{child, index, invalid};
+use crate::expr::compile;
 
 /// Most runtime expressions one definition may hold (each is compiled).
 pub const MAX_EXPRESSIONS: usize = 2000;
@@ -105,85 +105,10 @@ fn expressions(value: &Value, path: &str, bare: bool, out: &mut Vec<(String, Str
     }
 }
 
-/// Compiles one jq program with the given global variables; the error is
-/// jaq's, in words.
-fn compile(code: &str, variables: &[&str]) -> Result<(), String> {
-    type Data = jaq_core::data::JustLut<jaq_json::Val>;
-    let definitions = jaq_core::defs()
-        .chain(jaq_std::defs())
-        .chain(jaq_json::defs());
-    let functions = jaq_core::funs::<Data>()
-        .chain(jaq_std::funs())
-        .chain(jaq_json::funs());
-    let arena = Arena::default();
-    let modules = Loader::new(definitions)
-        .load(&arena, File { code, path: () })
-        .map_err(|errors| {
-            let messages: Vec<String> = errors
-                .into_iter()
-                .flat_map(|(_, error)| match error {
-                    jaq_core::load::Error::Io(errors) => errors
-                        .into_iter()
-                        .map(|(name, message)| format!("cannot load {name}: {message}"))
-                        .collect::<Vec<_>>(),
-                    jaq_core::load::Error::Lex(errors) => errors
-                        .into_iter()
-                        .map(|(expected, at)| {
-                            format!("expected {} at '{}'", expected.as_str(), excerpt(at))
-                        })
-                        .collect(),
-                    jaq_core::load::Error::Parse(errors) => errors
-                        .into_iter()
-                        .map(|(expected, found)| {
-                            format!("expected {}, found '{}'", expected.as_str(), excerpt(found))
-                        })
-                        .collect(),
-                })
-                .collect();
-            messages.join("; ")
-        })?;
-    jaq_core::Compiler::default()
-        .with_funs(functions)
-        .with_global_vars(variables.iter().copied())
-        .compile(modules)
-        .map(|_| ())
-        .map_err(|errors| {
-            let messages: Vec<String> = errors
-                .into_iter()
-                .flat_map(|(_, undefined)| undefined)
-                .map(|(name, kind)| format!("undefined {} '{name}'", kind.as_str()))
-                .collect();
-            messages.join("; ")
-        })
-}
-
-/// At most 20 characters of the code where an error was found ("the end"
-/// when at the end).
-fn excerpt(at: &str) -> String {
-    if at.is_empty() {
-        return "the end".to_string();
-    }
-    at.chars().take(20).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::types::DefinitionError;
     use super::*;
-
-    #[test]
-    fn expressions_compile_or_say_why() {
-        let vars = ["$context", "$input"];
-        assert_eq!(compile(".a | map(. + 1)", &vars), Ok(()));
-        assert_eq!(compile("{ order: .order }", &vars), Ok(()));
-        assert_eq!(compile("$context.x", &vars), Ok(()));
-        let error = compile(".[", &vars).expect_err("unclosed");
-        assert!(error.contains("expected"), "{error}");
-        let error = compile("nosuchfunction(1)", &vars).expect_err("unknown function");
-        assert!(error.contains("nosuchfunction"), "{error}");
-        let error = compile("$nope", &vars).expect_err("unknown variable");
-        assert!(error.contains("$nope"), "{error}");
-    }
 
     #[test]
     fn every_expression_of_a_document_is_found_with_its_path() {

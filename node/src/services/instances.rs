@@ -1,0 +1,320 @@
+//! Workflow instances, stored in Raft under `_shoal/workflows/instances/`
+//! as JSON, one key per instance. Every change is a compare-and-swap on
+//! the key's revision: the driver and operators never overwrite a state
+//! they did not read.
+
+use serde_json::Value;
+use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
+use shoal_storage::{now_ms, Store};
+use shoal_workflows::run::{Instance, Outcome, Record, Status};
+use shoal_workflows::Definition;
+use thiserror::Error;
+
+use super::shoal::{KvError, Shoal};
+
+/// Where instances are stored (inside the reserved `_shoal/` prefix).
+pub const INSTANCES_PREFIX: &str = "_shoal/workflows/instances/";
+/// Most bytes of JSON an instance's input may hold.
+pub const MAX_INPUT_BYTES: usize = 256 * 1024;
+/// Most characters of an instance id.
+pub const MAX_ID_CHARS: usize = 128;
+
+#[derive(Debug, Error)]
+pub enum InstanceError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("workflow instance {0} does not exist")]
+    NotFound(String),
+    #[error("instance id {0} is taken by an instance of workflow {1}")]
+    IdTaken(String, String),
+    #[error("instance {id} is {status}: it cannot be {action}")]
+    WrongStatus {
+        id: String,
+        status: &'static str,
+        action: &'static str,
+    },
+    #[error("stored workflow instance {key} is unreadable: {message}")]
+    Unreadable { key: String, message: String },
+    #[error("the instance would hold {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// What an operator asks of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Suspend,
+    Resume,
+    Cancel,
+    Retry,
+}
+
+impl Action {
+    pub fn parse(text: &str) -> Option<Action> {
+        match text {
+            "suspend" => Some(Action::Suspend),
+            "resume" => Some(Action::Resume),
+            "cancel" => Some(Action::Cancel),
+            "retry" => Some(Action::Retry),
+            _ => None,
+        }
+    }
+
+    fn past(self) -> &'static str {
+        match self {
+            Action::Suspend => "suspended",
+            Action::Resume => "resumed",
+            Action::Cancel => "cancelled",
+            Action::Retry => "retried",
+        }
+    }
+}
+
+pub fn key_of(id: &str) -> String {
+    format!("{INSTANCES_PREFIX}{id}")
+}
+
+/// An id a user may give: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_CHARS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+pub fn decode(key: &str, bytes: &[u8]) -> Result<Instance, InstanceError> {
+    serde_json::from_slice(bytes).map_err(|e| InstanceError::Unreadable {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn encode(shoal: &Shoal, instance: &Instance) -> Result<Vec<u8>, InstanceError> {
+    let bytes = serde_json::to_vec(instance).map_err(|e| InstanceError::Unreadable {
+        key: key_of(&instance.id),
+        message: e.to_string(),
+    })?;
+    let limit = shoal.settings.max_value_bytes;
+    if bytes.len() > limit {
+        return Err(InstanceError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Starts an instance unless one with this id exists; then that one is
+/// returned (an idempotent start). True when it was created.
+pub async fn start(
+    shoal: &Shoal,
+    definition: &Definition,
+    id: String,
+    input: Value,
+) -> Result<(Instance, u64, bool), InstanceError> {
+    let instance = Instance::new(id, definition, input, now_ms());
+    let key = key_of(&instance.id);
+    let (succeeded, revision, results) = shoal
+        .txn(Txn {
+            compare: vec![Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::CreateRevision(0),
+            }],
+            success: vec![TxnOp::Put {
+                key: key.clone(),
+                value: encode(shoal, &instance)?,
+                lease: 0,
+            }],
+            failure: vec![TxnOp::Get { key: key.clone() }],
+        })
+        .await?;
+    if succeeded {
+        return Ok((instance, revision, true));
+    }
+    match results.first() {
+        Some(OpResult::Get { kv: Some(kv) }) => {
+            let existing = decode(&key, &kv.value)?;
+            if existing.namespace != instance.namespace || existing.name != instance.name {
+                return Err(InstanceError::IdTaken(
+                    instance.id,
+                    format!("{}/{}", existing.namespace, existing.name),
+                ));
+            }
+            Ok((existing, kv.mod_revision, false))
+        }
+        other => Err(
+            KvError::Internal(format!("a failed create-only transaction read {other:?}")).into(),
+        ),
+    }
+}
+
+/// An instance as this replica has it, with its revision (no barrier).
+pub fn read_local(store: &Store, id: &str) -> Result<Option<(Instance, u64)>, InstanceError> {
+    let key = key_of(id);
+    let (_, kv) = store.kv_get(&key)?;
+    kv.map(|kv| Ok((decode(&key, &kv.value)?, kv.mod_revision)))
+        .transpose()
+}
+
+/// An instance (linearizable read).
+pub async fn get(shoal: &Shoal, id: &str) -> Result<(Instance, u64), InstanceError> {
+    shoal.read_barrier(false).await?;
+    let key = key_of(id);
+    let read_key = key.clone();
+    let (_, kv) = shoal.read(move |store| store.kv_get(&read_key)).await?;
+    let kv = kv.ok_or_else(|| InstanceError::NotFound(id.to_string()))?;
+    Ok((decode(&key, &kv.value)?, kv.mod_revision))
+}
+
+/// Writes `instance` if its key is still at `revision`; the new revision,
+/// or none when someone changed it first.
+pub async fn write(
+    shoal: &Shoal,
+    instance: &Instance,
+    revision: u64,
+) -> Result<Option<u64>, InstanceError> {
+    let key = key_of(&instance.id);
+    let (succeeded, new_revision, _) = shoal
+        .txn(Txn {
+            compare: vec![Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::ModRevision(revision),
+            }],
+            success: vec![TxnOp::Put {
+                key,
+                value: encode(shoal, instance)?,
+                lease: 0,
+            }],
+            failure: vec![],
+        })
+        .await?;
+    Ok(succeeded.then_some(new_revision))
+}
+
+/// Which instances a list answers.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub status: Option<Status>,
+    /// Only instances created at least this many milliseconds ago.
+    pub min_age_ms: Option<u64>,
+    /// Start after this instance id (the previous page's `next`).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl ListFilter {
+    pub fn matches(&self, instance: &Instance, now_ms: u64) -> bool {
+        let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        same(&self.namespace, &instance.namespace)
+            && same(&self.name, &instance.name)
+            && same(&self.version, &instance.version)
+            && self.status.is_none_or(|s| s == instance.status)
+            && self
+                .min_age_ms
+                .is_none_or(|age| now_ms.saturating_sub(instance.created_ms) >= age)
+    }
+}
+
+/// Instances in id order that pass the filter and `keep`, at most
+/// `filter.limit`, and the id to continue after when there may be more.
+pub async fn list(
+    shoal: &Shoal,
+    filter: ListFilter,
+    keep: impl Fn(&Instance) -> bool + Send + 'static,
+) -> Result<(Vec<Instance>, Option<String>), InstanceError> {
+    shoal.read_barrier(false).await?;
+    let now = now_ms();
+    shoal
+        .read(move |store| {
+            let mut found = Vec::new();
+            let mut after = filter.after.as_ref().map(|id| key_of(id));
+            loop {
+                let (_, kvs, more) = store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
+                after = kvs.last().map(|kv| kv.key.clone());
+                for kv in kvs {
+                    let Ok(instance) = decode(&kv.key, &kv.value) else {
+                        continue;
+                    };
+                    if filter.matches(&instance, now) && keep(&instance) {
+                        if found.len() == filter.limit {
+                            let next = found.last().map(|i: &Instance| i.id.clone());
+                            return Ok((found, next));
+                        }
+                        found.push(instance);
+                    }
+                }
+                if !more {
+                    return Ok((found, None));
+                }
+            }
+        })
+        .await
+        .map_err(InstanceError::from)
+}
+
+/// Applies an operator's action, retrying on a concurrent change.
+pub async fn act(shoal: &Shoal, id: &str, action: Action) -> Result<Instance, InstanceError> {
+    loop {
+        let (mut instance, revision) = get(shoal, id).await?;
+        let wrong = || InstanceError::WrongStatus {
+            id: id.to_string(),
+            status: instance.status.as_str(),
+            action: action.past(),
+        };
+        let now = now_ms();
+        match (action, instance.status) {
+            (Action::Suspend, Status::Pending | Status::Running | Status::Waiting) => {
+                instance.status = Status::Suspended;
+            }
+            (Action::Resume, Status::Suspended) => instance.status = Status::Running,
+            (Action::Cancel, status) if !status.is_final() => {
+                instance.status = Status::Cancelled;
+                instance.waiting.clear();
+            }
+            (Action::Retry, Status::Faulted) => {
+                retry(&mut instance);
+            }
+            _ => return Err(wrong()),
+        }
+        instance.note(now, action.past(), instance.current_task.clone().as_deref());
+        if write(shoal, &instance, revision).await?.is_some() {
+            return Ok(instance);
+        }
+    }
+}
+
+/// A faulted instance runs again from its failed task: the failed calls
+/// and the timeout that fired on that task are forgotten (they are asked
+/// again, with a new idempotency key), everything else is kept.
+fn retry(instance: &mut Instance) {
+    let failed_task = instance
+        .error
+        .as_ref()
+        .and_then(|e| e.instance.clone())
+        .unwrap_or_default();
+    instance.outcomes.retain(|key, record| match record {
+        Record {
+            outcome: Outcome::Call { error: Some(_), .. },
+            ..
+        } => false,
+        Record {
+            outcome: Outcome::Timer { fired: true, .. },
+            ..
+        } => !(key.ends_with("/timeout") && key.starts_with(&failed_task)),
+        _ => true,
+    });
+    instance.retries += 1;
+    instance.status = Status::Running;
+    instance.error = None;
+}
+
+impl From<shoal_storage::StorageError> for InstanceError {
+    fn from(e: shoal_storage::StorageError) -> InstanceError {
+        InstanceError::Kv(KvError::Storage(std::sync::Arc::new(e)))
+    }
+}

@@ -1,0 +1,477 @@
+//! The actors that drive instances on the leader: one per running
+//! instance, under one supervisor per definition version. An instance actor
+//! holds no state of its own that matters: it reads the replicated
+//! instance, evaluates it, writes what it found, and performs the effects
+//! (timers, calls, emits). If it fails, its supervisor starts it again from
+//! the replicated state; other instances are not touched.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::Value;
+use shoal_storage::now_ms;
+use shoal_workflows::run::{
+    evaluate, event_matches, settle, Applied, Env, Evaluated, Instance, Need, Outcome, Record,
+    Status, WorkflowError,
+};
+use shoal_workflows::Definition;
+use tokio::sync::Semaphore;
+
+use super::effects;
+use super::ListenIndex;
+use crate::services::instances::{self, InstanceError};
+use crate::services::shoal::Shoal;
+
+/// Longest one evaluation may take before the instance is faulted.
+const EVALUATION_LIMIT: Duration = Duration::from_secs(2);
+/// Most times an actor re-reads and re-writes in one go.
+const MAX_ROUNDS: usize = 32;
+
+pub enum InstanceMsg {
+    /// The instance changed (or may have): evaluate it again.
+    Wake,
+    TimerDue(String),
+    CallDone(String, Result<Value, WorkflowError>),
+    Event(Arc<Value>),
+}
+
+/// What every actor of one definition version shares.
+pub struct DefinitionShared {
+    pub shoal: Arc<Shoal>,
+    pub definition: Arc<Definition>,
+    pub index: Arc<ListenIndex>,
+    /// Outgoing calls in flight for this definition.
+    pub calls: Arc<Semaphore>,
+    /// Outgoing calls in flight on this node.
+    pub node_calls: Arc<Semaphore>,
+    pub http: reqwest::Client,
+}
+
+pub struct InstanceActor;
+
+pub struct InstanceState {
+    id: String,
+    shared: Arc<DefinitionShared>,
+    /// Timers with a pending wake-up.
+    scheduled: HashSet<String>,
+    /// Calls on their way.
+    calling: HashSet<String>,
+}
+
+impl Actor for InstanceActor {
+    type Msg = InstanceMsg;
+    type State = InstanceState;
+    type Arguments = (String, Arc<DefinitionShared>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<InstanceMsg>,
+        (id, shared): Self::Arguments,
+    ) -> Result<InstanceState, ActorProcessingErr> {
+        myself.send_message(InstanceMsg::Wake)?;
+        Ok(InstanceState {
+            id,
+            shared,
+            scheduled: HashSet::new(),
+            calling: HashSet::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<InstanceMsg>,
+        state: &mut InstanceState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.shared.index.forget(&state.id);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<InstanceMsg>,
+        message: InstanceMsg,
+        state: &mut InstanceState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = now_ms();
+        match message {
+            InstanceMsg::Wake => {}
+            InstanceMsg::TimerDue(key) => {
+                state.scheduled.remove(&key);
+                let fired = state
+                    .change(|instance| {
+                        let due = match instance.outcomes.get(&key) {
+                            Some(Record {
+                                outcome: Outcome::Timer { due_ms, .. },
+                                ..
+                            }) => *due_ms,
+                            _ => now,
+                        };
+                        let fired = instance.fire_timer(&key, now);
+                        if fired {
+                            metrics::histogram!("shoal_workflow_timer_lateness_seconds")
+                                .record(now.saturating_sub(due) as f64 / 1000.0);
+                        }
+                        fired
+                    })
+                    .await?;
+                if !fired {
+                    return Ok(());
+                }
+            }
+            InstanceMsg::CallDone(key, result) => {
+                state.calling.remove(&key);
+                state
+                    .change(|instance| instance.record_call(&key, result.clone(), now))
+                    .await?;
+            }
+            InstanceMsg::Event(event) => {
+                let mut outcome = Applied::NotWaiting;
+                state
+                    .change(|instance| {
+                        outcome = instance.apply_event(&event, now, event_matches);
+                        outcome == Applied::Applied
+                    })
+                    .await?;
+                let result = match outcome {
+                    Applied::Applied => "applied",
+                    Applied::Duplicate => "duplicate",
+                    Applied::NotWaiting => "not_waiting",
+                };
+                metrics::counter!("shoal_workflow_events_total", "result" => result).increment(1);
+                if outcome != Applied::Applied {
+                    return Ok(());
+                }
+            }
+        }
+        state.advance(&myself).await
+    }
+}
+
+impl InstanceState {
+    /// Reads the instance, lets `change` modify it, and writes it back if
+    /// it says it changed; retried when someone else wrote in between.
+    async fn change(
+        &self,
+        mut change: impl FnMut(&mut Instance) -> bool,
+    ) -> Result<bool, InstanceError> {
+        for _ in 0..MAX_ROUNDS {
+            let Some((mut instance, revision)) = self.read().await? else {
+                return Ok(false);
+            };
+            if instance.status.is_final() || instance.status == Status::Suspended {
+                return Ok(false);
+            }
+            if !change(&mut instance) {
+                return Ok(false);
+            }
+            if instances::write(&self.shared.shoal, &instance, revision)
+                .await?
+                .is_some()
+            {
+                metrics::counter!("shoal_workflow_transitions_total").increment(1);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn read(&self) -> Result<Option<(Instance, u64)>, InstanceError> {
+        let id = self.id.clone();
+        let store = self.shared.shoal.store.clone();
+        tokio::task::spawn_blocking(move || instances::read_local(&store, &id))
+            .await
+            .map_err(|e| InstanceError::Unreadable {
+                key: instances::key_of(&self.id),
+                message: e.to_string(),
+            })?
+    }
+
+    /// Evaluates the instance, writes what changed, and starts its effects.
+    async fn advance(&mut self, myself: &ActorRef<InstanceMsg>) -> Result<(), ActorProcessingErr> {
+        for _ in 0..MAX_ROUNDS {
+            let Some((instance, revision)) = self.read().await? else {
+                myself.stop(None);
+                return Ok(());
+            };
+            if instance.status.is_final() {
+                myself.stop(None);
+                return Ok(());
+            }
+            if instance.status == Status::Suspended {
+                self.shared.index.forget(&self.id);
+                return Ok(());
+            }
+            let now = now_ms();
+            let mut next = instance.clone();
+            match self.evaluate(&instance, now).await {
+                Ok(evaluation) => settle(&mut next, &evaluation, now),
+                Err(error) => {
+                    next.status = Status::Faulted;
+                    next.error = Some(error);
+                    next.waiting.clear();
+                    next.note(now, "faulted", None);
+                }
+            }
+            for need in next.waiting.clone() {
+                if let Need::Timer {
+                    key,
+                    task,
+                    duration_ms,
+                    jitter_ms,
+                } = need
+                {
+                    if !next.outcomes.contains_key(&key) {
+                        let jitter = jitter_ms.map_or(0, |(from, to)| {
+                            from + rand::random::<u64>() % (to.saturating_sub(from) + 1)
+                        });
+                        next.arm_timer(&key, &task, now + duration_ms + jitter, now);
+                    }
+                }
+            }
+            let current = if next != instance {
+                match instances::write(&self.shared.shoal, &next, revision).await? {
+                    Some(_) => {
+                        metrics::counter!("shoal_workflow_transitions_total").increment(1);
+                        next
+                    }
+                    None => continue,
+                }
+            } else {
+                instance
+            };
+            if current.status.is_final() {
+                myself.stop(None);
+                return Ok(());
+            }
+            if self.effects(myself, &current).await? {
+                continue;
+            }
+            return Ok(());
+        }
+        // Still changing after many rounds: come back to it.
+        myself.send_message(InstanceMsg::Wake)?;
+        Ok(())
+    }
+
+    async fn evaluate(
+        &self,
+        instance: &Instance,
+        now: u64,
+    ) -> Result<shoal_workflows::run::Evaluation, WorkflowError> {
+        let definition = self.shared.definition.clone();
+        let secrets = effects::secrets(&self.shared.shoal, &definition).await;
+        let instance = instance.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            evaluate(
+                &definition.document,
+                &instance,
+                &Env {
+                    now_ms: now,
+                    secrets: &secrets,
+                },
+            )
+        });
+        let too_long = || {
+            WorkflowError::new(
+                shoal_workflows::run::errors::RUNTIME,
+                500,
+                "evaluation too long",
+                format!(
+                    "evaluating the instance took longer than {} ms (a runaway expression?)",
+                    EVALUATION_LIMIT.as_millis()
+                ),
+            )
+        };
+        match tokio::time::timeout(EVALUATION_LIMIT, work).await {
+            Ok(Ok(evaluation)) => Ok(evaluation),
+            Ok(Err(e)) => Err(WorkflowError::new(
+                shoal_workflows::run::errors::RUNTIME,
+                500,
+                "evaluation failed",
+                e.to_string(),
+            )),
+            Err(_) => Err(too_long()),
+        }
+        .inspect(|evaluation| {
+            if let Evaluated::Faulted(error) = &evaluation.result {
+                tracing::info!(instance = %self.id, error = ?error, "workflow instance faulted");
+            }
+        })
+    }
+
+    /// Starts what the instance waits for. True when something was
+    /// recorded (an emit published) and the instance must be evaluated
+    /// again.
+    async fn effects(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        instance: &Instance,
+    ) -> Result<bool, ActorProcessingErr> {
+        // Listening first: an emit below may be answered at once.
+        let listening: Vec<_> = instance
+            .waiting
+            .iter()
+            .filter_map(|need| match need {
+                Need::Listen { filters, .. } => Some(filters.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.shared.index.listen(&self.id, &listening);
+        let mut recorded = false;
+        for need in &instance.waiting {
+            match need {
+                Need::Timer { key, .. } => {
+                    let due = match instance.outcomes.get(key) {
+                        Some(Record {
+                            outcome:
+                                Outcome::Timer {
+                                    due_ms,
+                                    fired: false,
+                                },
+                            ..
+                        }) => *due_ms,
+                        _ => continue,
+                    };
+                    if self.scheduled.insert(key.clone()) {
+                        let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                        let key = key.clone();
+                        myself.send_after(wait, move || InstanceMsg::TimerDue(key));
+                    }
+                }
+                Need::Listen { .. } => {}
+                Need::Emit { key, event, .. } => {
+                    let message = effects::emitted_message(instance, key, event);
+                    self.shared.shoal.messaging.publish(vec![message]).await?;
+                    let now = now_ms();
+                    recorded |= self
+                        .change(|instance| instance.record_emitted(key, now))
+                        .await?;
+                }
+                Need::Call { key, request, .. } => {
+                    if !self.calling.insert(key.clone()) {
+                        continue;
+                    }
+                    let shared = self.shared.clone();
+                    let actor = myself.clone();
+                    let key = key.clone();
+                    let request = request.clone();
+                    let idempotency_key = format!("{}{}/{}", instance.id, key, instance.retries);
+                    tokio::spawn(async move {
+                        let result = effects::call(&shared, &request, &idempotency_key).await;
+                        let _ = actor.send_message(InstanceMsg::CallDone(key, result));
+                    });
+                }
+            }
+        }
+        Ok(recorded)
+    }
+}
+
+/// Supervises the instance actors of one definition version: starts them
+/// on request and again when one fails.
+pub struct DefinitionSupervisor;
+
+pub enum SupervisorMsg {
+    /// Make sure the instance has an actor and pass it this message.
+    Deliver(String, InstanceMsg),
+}
+
+pub struct SupervisorState {
+    shared: Arc<DefinitionShared>,
+    actors: HashMap<String, ActorRef<InstanceMsg>>,
+}
+
+impl DefinitionSupervisor {
+    async fn spawn(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        id: &str,
+    ) -> Result<ActorRef<InstanceMsg>, ActorProcessingErr> {
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            InstanceActor,
+            (id.to_string(), state.shared.clone()),
+            myself.get_cell(),
+        )
+        .await?;
+        metrics::gauge!("shoal_workflow_actors").increment(1.0);
+        state.actors.insert(id.to_string(), actor.clone());
+        Ok(actor)
+    }
+
+    fn id_of(state: &SupervisorState, cell: &ractor::ActorCell) -> Option<String> {
+        state
+            .actors
+            .iter()
+            .find(|(_, actor)| actor.get_id() == cell.get_id())
+            .map(|(id, _)| id.clone())
+    }
+}
+
+impl Actor for DefinitionSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Arc<DefinitionShared>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        shared: Arc<DefinitionShared>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            shared,
+            actors: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisorMsg::Deliver(id, message) = message;
+        let actor = match state.actors.get(&id) {
+            Some(actor) => actor.clone(),
+            None => Self::spawn(&myself, state, &id).await?,
+        };
+        if actor.send_message(message).is_err() {
+            // It stopped meanwhile (its instance finished): a new one reads
+            // the state again.
+            state.actors.remove(&id);
+            Self::spawn(&myself, state, &id).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some(id) = Self::id_of(state, &cell) {
+                    state.actors.remove(&id);
+                    metrics::gauge!("shoal_workflow_actors").decrement(1.0);
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if let Some(id) = Self::id_of(state, &cell) {
+                    state.actors.remove(&id);
+                    metrics::gauge!("shoal_workflow_actors").decrement(1.0);
+                    metrics::counter!("shoal_workflow_actor_restarts_total").increment(1);
+                    tracing::warn!(instance = %id, %error, "workflow instance actor failed; restarting it from the replicated state");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Self::spawn(&myself, state, &id).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

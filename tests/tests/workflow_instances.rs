@@ -1,0 +1,882 @@
+//! Workflow instances on real nodes: every task kind to the DSL's
+//! semantics (happy and error paths), events from topics applied once,
+//! idempotent starts, timers firing once across `kill -9` of the leader,
+//! operators' actions by id and by filter, a new version beside running
+//! instances, and hostile requests.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use shoal_tests::hook::{summarize, Hook};
+use shoal_tests::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Publishes a definition whose first line is
+/// `document: {dsl: '1.0.0', namespace: N, name: M, version: 'V'}`.
+async fn define(node: &Node, yaml: &str) {
+    let line = yaml
+        .lines()
+        .find(|l| l.starts_with("document:"))
+        .expect("a document line");
+    let field = |name: &str| {
+        let start = line.find(&format!("{name}: ")).expect(name) + name.len() + 2;
+        line[start..]
+            .split([',', '}'])
+            .next()
+            .expect(name)
+            .trim()
+            .trim_matches('\'')
+            .to_string()
+    };
+    let path = format!(
+        "/v1/workflows/definitions/{}/{}/{}",
+        field("namespace"),
+        field(" name"),
+        field("version"),
+    );
+    let reply = node
+        .send(node.request(Method::PUT, &path).body(yaml.to_string()))
+        .await;
+    assert!(
+        reply.status.is_success(),
+        "publishing {path}: {}",
+        reply.describe()
+    );
+}
+
+async fn start(node: &Node, workflow: &str, id: &str, input: Value) -> Reply {
+    node.post_json(
+        &format!("/v1/workflows/{workflow}/instances"),
+        &json!({"id": id, "input": input}),
+    )
+    .await
+}
+
+async fn instance(node: &Node, id: &str) -> Value {
+    let reply = node
+        .get_path(&format!("/v1/workflows/instances/{id}"))
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.describe());
+    reply.body
+}
+
+/// Waits until the instance has this status; returns it.
+async fn wait_status(node: &Node, id: &str, status: &str) -> Value {
+    wait_for(WAIT, &format!("instance {id} {status}"), || async {
+        let reply = node
+            .get_path(&format!("/v1/workflows/instances/{id}"))
+            .await;
+        if reply.body["status"] == json!(status) {
+            Ok(reply.body)
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await
+}
+
+/// Publishes a CloudEvent (binary mode) on a topic.
+async fn publish(node: &Node, topic: &str, kind: &str, id: &str, data: Value) {
+    let reply = node
+        .send(
+            node.request(Method::POST, &format!("/v1/topics/{topic}"))
+                .header("ce-type", kind)
+                .header("ce-id", id)
+                .header("content-type", "application/json")
+                .body(data.to_string()),
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
+}
+
+/// Publishes until the instance is past its listen (a subscription made
+/// when the instance started reaches other nodes by gossip).
+async fn deliver(node: &Node, id: &str, topic: &str, kind: &str, event_id: &str, data: Value) {
+    wait_for(WAIT, &format!("{kind} applied to {id}"), || {
+        let data = data.clone();
+        async move {
+            publish(node, topic, kind, event_id, data).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let found = instance(node, id).await;
+            let applied = found["history"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|e| e["what"] == json!("event.applied")));
+            if applied {
+                Ok(())
+            } else {
+                Err(found.to_string())
+            }
+        }
+    })
+    .await
+}
+
+fn history(instance: &Value) -> Vec<String> {
+    instance["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|e| e["what"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn count(instance: &Value, what: &str) -> usize {
+    history(instance).iter().filter(|w| *w == what).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_tasks_run_to_the_spec() {
+    let node = Node::start().await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: data, version: '1.0.0'}
+input:
+  from: '${ .order }'
+output:
+  as: '${ {total, lines: .count, tier, context: $context} }'
+do:
+  - sum:
+      for: {each: line, in: '.lines', at: i}
+      do:
+        - add:
+            set:
+              total: '${ .total + $line.price * $line.qty }'
+              count: '${ $i + 1 }'
+              lines: '${ .lines }'
+  - classify:
+      switch:
+        - big: {when: '.total >= 100', then: gold}
+        - other: {then: plain}
+  - gold:
+      set: '${ . + {tier: "gold"} }'
+      export: {as: '${ {tiered: true} }'}
+      then: end
+  - plain:
+      set: '${ . + {tier: "plain"} }'
+"#,
+    )
+    .await;
+    let order = |qty: u64| json!({"order": {"total": 0, "lines": [{"price": 10, "qty": qty}, {"price": 5, "qty": 1}]}});
+    assert_eq!(
+        start(&node, "test/data", "big", order(10))
+            .await
+            .status
+            .as_u16(),
+        201
+    );
+    assert_eq!(
+        start(&node, "test/data", "small", order(1))
+            .await
+            .status
+            .as_u16(),
+        201
+    );
+    let big = wait_status(&node, "big", "completed").await;
+    assert_eq!(
+        big["output"],
+        json!({"total": 105, "lines": 2, "tier": "gold", "context": {"tiered": true}})
+    );
+    let small = wait_status(&node, "small", "completed").await;
+    assert_eq!(
+        small["output"],
+        json!({"total": 15, "lines": 2, "tier": "plain", "context": {}})
+    );
+
+    // raise: an uncaught error faults the instance with the error and the
+    // task that raised it; `if` skips a task.
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: raise, version: '1.0.0'}
+use:
+  errors:
+    outOfStock: {type: 'https://shoal.dev/errors/out-of-stock', status: 409, title: Out of stock}
+do:
+  - check:
+      if: '.qty > 5'
+      raise: {error: outOfStock}
+  - ok:
+      set: {reserved: '${ .qty }'}
+"#,
+    )
+    .await;
+    start(&node, "test/raise", "raise-1", json!({"qty": 9})).await;
+    start(&node, "test/raise", "raise-2", json!({"qty": 2})).await;
+    let faulted = wait_status(&node, "raise-1", "faulted").await;
+    assert_eq!(
+        faulted["error"],
+        json!({"type": "https://shoal.dev/errors/out-of-stock", "status": 409,
+               "title": "Out of stock", "instance": "/do/0/check"})
+    );
+    let skipped = wait_status(&node, "raise-2", "completed").await;
+    assert_eq!(skipped["output"], json!({"reserved": 2}));
+
+    // fork: every branch's output in order; competing, the first to finish.
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: fork, version: '1.0.0'}
+do:
+  - both:
+      fork:
+        branches:
+          - a: {set: {branch: a}}
+          - b: {set: {branch: b}}
+  - race:
+      fork:
+        compete: true
+        branches:
+          - slow:
+              do:
+                - sleep: {wait: {minutes: 10}}
+                - done: {set: '${ "slow" }'}
+          - fast:
+              do:
+                - sleep: {wait: {milliseconds: 200}}
+                - done: {set: '${ "fast" }'}
+      output:
+        as: '${ {winner: .} }'
+"#,
+    )
+    .await;
+    start(&node, "test/fork", "fork-1", json!({})).await;
+    let forked = wait_status(&node, "fork-1", "completed").await;
+    assert_eq!(forked["output"], json!({"winner": "fast"}));
+    assert!(forked["waiting"].as_array().is_some_and(Vec::is_empty));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_are_retried_with_idempotency_keys_and_failures_are_caught() {
+    let node = Node::start().await;
+    let hook = Hook::start().await;
+    define(
+        &node,
+        &format!(
+            r#"
+document: {{dsl: '1.0.0', namespace: test, name: charge, version: '1.0.0'}}
+do:
+  - charge:
+      try:
+        - pay:
+            call: http
+            with:
+              method: post
+              endpoint: '{url}'
+              headers: {{x-order: '${{ .order }}'}}
+              body: '${{ {{amount: .amount}} }}'
+              output: response
+      catch:
+        errors:
+          with: {{type: 'https://serverlessworkflow.io/spec/1.0.0/errors/communication'}}
+        as: failure
+        retry:
+          delay: {{milliseconds: 100}}
+          backoff: {{exponential: {{}}}}
+          limit: {{attempt: {{count: 2}}}}
+        do:
+          - refund:
+              set: {{refunded: true, status: '${{ $failure.status }}'}}
+  - result:
+      set: '${{ {{status: (.statusCode // .status), refunded: (.refunded // false)}} }}'
+"#,
+            url = hook.url()
+        ),
+    )
+    .await;
+
+    // Two failures, then an answer: three requests, each attempt its own key.
+    hook.fail_first(2, 503);
+    start(
+        &node,
+        "test/charge",
+        "pay-1",
+        json!({"order": "o-1", "amount": 5}),
+    )
+    .await;
+    let paid = wait_status(&node, "pay-1", "completed").await;
+    assert_eq!(paid["output"], json!({"status": 200, "refunded": false}));
+    let requests = hook.requests();
+    assert_eq!(requests.len(), 3, "{}", summarize(&requests));
+    let keys: Vec<&str> = requests
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or(""))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "pay-1/do/0/charge/try/0/pay/0",
+            "pay-1/do/0/charge/try/0/pay#1/0",
+            "pay-1/do/0/charge/try/0/pay#2/0"
+        ]
+    );
+    assert_eq!(requests[0].header("x-order"), Some("o-1"));
+    assert_eq!(requests[0].json(), json!({"amount": 5}));
+
+    // Failing past the retry limit: the catch's `do` compensates.
+    hook.set_status(500);
+    start(
+        &node,
+        "test/charge",
+        "pay-2",
+        json!({"order": "o-2", "amount": 7}),
+    )
+    .await;
+    let refunded = wait_status(&node, "pay-2", "completed").await;
+    assert_eq!(refunded["output"], json!({"status": 500, "refunded": true}));
+    assert_eq!(count(&refunded, "call.failed"), 3);
+
+    // An uncaught call failure faults the instance with a communication error.
+    define(
+        &node,
+        &format!(
+            r#"
+document: {{dsl: '1.0.0', namespace: test, name: plain-call, version: '1.0.0'}}
+do:
+  - ship:
+      call: http
+      with: {{method: get, endpoint: '{url}'}}
+"#,
+            url = hook.url()
+        ),
+    )
+    .await;
+    start(&node, "test/plain-call", "ship-1", json!({})).await;
+    let faulted = wait_status(&node, "ship-1", "faulted").await;
+    assert_eq!(
+        faulted["error"]["type"],
+        json!("https://serverlessworkflow.io/spec/1.0.0/errors/communication")
+    );
+    assert_eq!(faulted["error"]["status"], json!(500));
+
+    // Retry from the failed task once the receiver is back: the call is
+    // made again with a new key and the instance completes.
+    hook.set_status(200);
+    let retried = node
+        .post_json("/v1/workflows/instances/ship-1/retry", &json!({}))
+        .await;
+    assert_eq!(retried.status.as_u16(), 200, "{}", retried.describe());
+    wait_status(&node, "ship-1", "completed").await;
+    let last = hook.requests().last().cloned().expect("a request");
+    assert_eq!(last.header("idempotency-key"), Some("ship-1/do/0/ship/1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emit_listen_and_timeouts_connect_instances_through_topics() {
+    let node = Node::start().await;
+    // The payment service stand-in is another workflow: it listens for a
+    // request and emits the answer the order listens for.
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: order, version: '1.0.0'}
+do:
+  - request:
+      emit:
+        event:
+          with:
+            type: test.payment.requested
+            source: test
+            data: '${ {order: .order, amount: .amount} }'
+  - await:
+      try:
+        - paid:
+            listen:
+              to:
+                one:
+                  with: {type: test.payment.paid}
+                  correlate:
+                    order: {from: '${ .data.order }', expect: '${ .order }'}
+            timeout: {after: {seconds: 2}}
+      catch:
+        errors:
+          with: {type: 'https://serverlessworkflow.io/spec/1.0.0/errors/timeout'}
+        do:
+          - release:
+              emit:
+                event:
+                  with: {type: test.stock.released, source: test, data: '${ {order: .order} }'}
+          - cancelled:
+              set: {status: cancelled}
+              then: end
+  - done:
+      set: '${ {status: "paid", by: .[0].data.by} }'
+"#,
+    )
+    .await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: payments, version: '1.0.0'}
+do:
+  - request:
+      listen:
+        to:
+          one:
+            with: {type: test.payment.requested}
+            correlate:
+              order: {from: '${ .data.order }', expect: '${ .order }'}
+  - answer:
+      emit:
+        event:
+          with:
+            type: test.payment.paid
+            source: test
+            data: '${ {order: .[0].data.order, by: "card"} }'
+"#,
+    )
+    .await;
+    start(&node, "test/payments", "pay-o1", json!({"order": "o1"})).await;
+    wait_status(&node, "pay-o1", "waiting").await;
+    start(
+        &node,
+        "test/order",
+        "o1",
+        json!({"order": "o1", "amount": 3}),
+    )
+    .await;
+    let paid = wait_status(&node, "o1", "completed").await;
+    assert_eq!(paid["output"], json!({"status": "paid", "by": "card"}));
+    wait_status(&node, "pay-o1", "completed").await;
+
+    // No payment: the timeout fires, the catch releases the stock.
+    start(
+        &node,
+        "test/order",
+        "o2",
+        json!({"order": "o2", "amount": 3}),
+    )
+    .await;
+    let cancelled = wait_status(&node, "o2", "completed").await;
+    assert_eq!(cancelled["output"], json!({"status": "cancelled"}));
+    assert_eq!(count(&cancelled, "timer.fired"), 1);
+    assert_eq!(count(&cancelled, "emitted"), 2, "{:?}", history(&cancelled));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_are_applied_once_and_starts_are_idempotent() {
+    let node = Node::start().await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: pair, version: '1.0.0'}
+do:
+  - both:
+      listen:
+        to:
+          all:
+            - with: {type: test.part}
+            - with: {type: test.part}
+  - ids:
+      set: '${ map(.id) }'
+"#,
+    )
+    .await;
+    let first = start(&node, "test/pair", "p1", json!({"n": 1})).await;
+    assert_eq!(first.status.as_u16(), 201, "{}", first.describe());
+    let again = start(&node, "test/pair", "p1", json!({"n": 2})).await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.describe());
+    assert_eq!(
+        again.body["input"],
+        json!({"n": 1}),
+        "the existing instance"
+    );
+    assert_eq!(again.body["created_ms"], first.body["created_ms"]);
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: other, version: '1.0.0'}
+do:
+  - x: {set: {x: 1}}
+"#,
+    )
+    .await;
+    assert_error(
+        &start(&node, "test/other", "p1", json!({})).await,
+        409,
+        "id_taken",
+    );
+
+    wait_status(&node, "p1", "waiting").await;
+    deliver(&node, "p1", "parts", "test.part", "e-1", json!({})).await;
+    // The same event again (a redelivery) must not meet the second filter.
+    for _ in 0..3 {
+        publish(&node, "parts", "test.part", "e-1", json!({})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = instance(&node, "p1").await;
+    assert_eq!(waiting["status"], json!("waiting"), "{waiting}");
+    assert_eq!(count(&waiting, "event.applied"), 1);
+    publish(&node, "parts", "test.part", "e-2", json!({})).await;
+    let done = wait_status(&node, "p1", "completed").await;
+    assert_eq!(done["output"], json!(["e-1", "e-2"]));
+    let metrics = node.client().get(node.url("/metrics")).send().await;
+    let metrics = metrics.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics.contains("shoal_workflow_events_total{result=\"duplicate\"}"),
+        "duplicates are counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timer_fires_once_when_the_leader_is_killed() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader().await;
+    let other = (leader + 1) % 3;
+    define(
+        cluster.node(other),
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: timer, version: '1.0.0'}
+do:
+  - pause: {wait: {seconds: 4}}
+  - done: {set: {done: true}}
+"#,
+    )
+    .await;
+    let ids: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+    for id in &ids {
+        let reply = start(cluster.node(other), "test/timer", id, json!({})).await;
+        assert_eq!(reply.status.as_u16(), 201, "{}", reply.describe());
+    }
+    for id in &ids {
+        let waiting = wait_status(cluster.node(other), id, "waiting").await;
+        assert!(
+            waiting["outcomes"]["/do/0/pause"].is_object(),
+            "armed: {waiting}"
+        );
+    }
+    cluster.node_mut(leader).kill9();
+    let survivor = (0..3).find(|&i| i != leader).expect("a survivor");
+    for id in &ids {
+        let done = wait_status(cluster.node(survivor), id, "completed").await;
+        assert_eq!(count(&done, "timer.fired"), 1, "{:?}", history(&done));
+        assert_eq!(count(&done, "completed"), 1, "{:?}", history(&done));
+        assert_eq!(done["output"], json!({"done": true}));
+    }
+    cluster.node_mut(leader).restart().await;
+    cluster.wait_formed().await;
+    for id in &ids {
+        let seen = wait_status(cluster.node(leader), id, "completed").await;
+        assert_eq!(count(&seen, "timer.fired"), 1, "the restarted node agrees");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_suspend_resume_cancel_and_retry_by_filter() {
+    let node = Node::start().await;
+    let hook = Hook::start().await;
+    hook.set_status(500);
+    define(
+        &node,
+        &format!(
+            r#"
+document: {{dsl: '1.0.0', namespace: ops, name: call, version: '1.0.0'}}
+do:
+  - call: {{call: http, with: {{method: post, endpoint: '{url}', body: '${{ . }}'}}}}
+"#,
+            url = hook.url()
+        ),
+    )
+    .await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: ops, name: sleep, version: '1.0.0'}
+do:
+  - long: {wait: {minutes: 10}}
+"#,
+    )
+    .await;
+    for i in 0..3 {
+        start(&node, "ops/call", &format!("c{i}"), json!({"i": i})).await;
+    }
+    for i in 0..3 {
+        wait_status(&node, &format!("c{i}"), "faulted").await;
+    }
+    let faulted = node
+        .get_path("/v1/workflows/instances?namespace=ops&status=faulted")
+        .await;
+    assert_eq!(faulted.body["instances"].as_array().map(Vec::len), Some(3));
+    let big = node
+        .get_path("/v1/workflows/instances?namespace=ops&where=.input.i%20%3E%3D%201")
+        .await;
+    let ids: BTreeSet<&str> = big.body["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| text(i, "/id"))
+        .collect();
+    assert_eq!(ids, BTreeSet::from(["c1", "c2"]), "the jq filter");
+
+    hook.set_status(200);
+    let retried = node
+        .post_json(
+            "/v1/workflows/ops/call/instances/retry?status=faulted",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(retried.status.as_u16(), 200, "{}", retried.describe());
+    assert_eq!(retried.body["changed"].as_array().map(Vec::len), Some(3));
+    for i in 0..3 {
+        wait_status(&node, &format!("c{i}"), "completed").await;
+    }
+
+    start(&node, "ops/sleep", "s1", json!({})).await;
+    start(&node, "ops/sleep", "s2", json!({})).await;
+    wait_status(&node, "s1", "waiting").await;
+    let suspended = node
+        .post_json("/v1/workflows/instances/s1/suspend", &json!({}))
+        .await;
+    assert_eq!(
+        suspended.body["status"],
+        json!("suspended"),
+        "{}",
+        suspended.describe()
+    );
+    assert_error(
+        &node
+            .post_json("/v1/workflows/instances/s1/suspend", &json!({}))
+            .await,
+        409,
+        "wrong_status",
+    );
+    let resumed = node
+        .post_json("/v1/workflows/instances/s1/resume", &json!({}))
+        .await;
+    assert_eq!(resumed.status.as_u16(), 200, "{}", resumed.describe());
+    wait_status(&node, "s1", "waiting").await;
+    let cancelled = node
+        .post_json("/v1/workflows/ops/sleep/instances/cancel", &json!({}))
+        .await;
+    let changed: BTreeSet<&str> = cancelled.body["changed"]
+        .as_array()
+        .expect("changed")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(changed, BTreeSet::from(["s1", "s2"]));
+    for id in ["s1", "s2"] {
+        assert_eq!(instance(&node, id).await["status"], json!("cancelled"));
+    }
+    assert_error(
+        &node
+            .post_json("/v1/workflows/instances/s1/resume", &json!({}))
+            .await,
+        409,
+        "wrong_status",
+    );
+
+    // shoal wf lists and acts too.
+    let endpoint = node.endpoint();
+    let listed = run_shoal(
+        &[
+            "wf",
+            "--endpoint",
+            &endpoint,
+            "instances",
+            "--workflow",
+            "ops/sleep",
+        ],
+        None,
+        &[],
+    )
+    .await;
+    listed.assert_success();
+    assert_eq!(listed.lines().len(), 2, "{}", listed.stdout_text());
+    assert!(listed.stdout_text().contains("cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_leaves_running_instances_on_theirs() {
+    let node = Node::start().await;
+    let version = |v: &str, out: u64| {
+        format!(
+            r#"
+document: {{dsl: '1.0.0', namespace: test, name: versioned, version: '{v}'}}
+do:
+  - wait: {{listen: {{to: {{one: {{with: {{type: test.go}}}}}}}}}}
+  - out: {{set: {{version: {out}}}}}
+"#
+        )
+    };
+    define(&node, &version("1.0.0", 1)).await;
+    start(&node, "test/versioned", "old", json!({})).await;
+    wait_status(&node, "old", "waiting").await;
+    define(&node, &version("1.10.0", 2)).await;
+    define(&node, &version("1.9.0", 3)).await;
+    let new = start(&node, "test/versioned", "new", json!({})).await;
+    assert_eq!(
+        new.body["version"],
+        json!("1.10.0"),
+        "the newest by semantic version"
+    );
+    wait_status(&node, "new", "waiting").await;
+    deliver(&node, "old", "go", "test.go", "go-1", json!({})).await;
+    assert_eq!(
+        wait_status(&node, "old", "completed").await["output"],
+        json!({"version": 1})
+    );
+    assert_eq!(
+        wait_status(&node, "new", "completed").await["output"],
+        json!({"version": 2})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_instance_requests_are_refused_and_runaway_expressions_fault() {
+    let node = Node::start().await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: ok, version: '1.0.0'}
+do:
+  - x: {set: {x: 1}}
+"#,
+    )
+    .await;
+    let big = json!({"blob": "x".repeat(300 * 1024)});
+    assert_error(
+        &start(&node, "test/ok", "big", big).await,
+        413,
+        "payload_too_large",
+    );
+    assert_error(
+        &start(&node, "test/ok", "bad id", json!({})).await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &start(&node, "test/ok", &"x".repeat(129), json!({})).await,
+        400,
+        "bad_request",
+    );
+    assert_error(
+        &start(&node, "test/nothing", "a", json!({})).await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &start(&node, "Test/ok", "a", json!({})).await,
+        400,
+        "invalid_definition",
+    );
+    let post = |path: &str, body: &str| {
+        node.send(
+            node.request(Method::POST, path)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+    };
+    for body in [
+        "[]",
+        "{",
+        "{\"input\": 1, \"extra\": true}",
+        "{\"version\": \"x\"}",
+    ] {
+        let reply = post("/v1/workflows/test/ok/instances", body).await;
+        assert!(reply.status.as_u16() == 400, "{body}: {}", reply.describe());
+    }
+    for query in [
+        "status=sleeping",
+        "where=.[",
+        "limit=0",
+        "limit=5000",
+        "min_age_ms=-1",
+    ] {
+        let reply = node
+            .get_path(&format!("/v1/workflows/instances?{query}"))
+            .await;
+        assert_eq!(reply.status.as_u16(), 400, "{query}: {}", reply.describe());
+        assert!(
+            reply.body["error"]["code"].is_string(),
+            "{query}: {}",
+            reply.describe()
+        );
+    }
+    assert_error(
+        &node
+            .post_json("/v1/workflows/instances/nope/cancel", &json!({}))
+            .await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &node
+            .post_json("/v1/workflows/instances/nope/explode", &json!({}))
+            .await,
+        404,
+        "not_found",
+    );
+    assert_error(
+        &node.get_path("/v1/workflows/instances/nope").await,
+        404,
+        "not_found",
+    );
+
+    // An expression that never ends faults its instance; the node goes on.
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: runaway, version: '1.0.0'}
+do:
+  - spin: {set: {n: '${ last(range(1e15)) }'}}
+"#,
+    )
+    .await;
+    start(&node, "test/runaway", "spin", json!({})).await;
+    let faulted = wait_status(&node, "spin", "faulted").await;
+    assert_eq!(
+        faulted["error"]["title"],
+        json!("evaluation too long"),
+        "{faulted}"
+    );
+    start(&node, "test/ok", "after", json!({})).await;
+    wait_status(&node, "after", "completed").await;
+    // A loop of tasks that never ends is cut off by the step limit.
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: loop, version: '1.0.0'}
+do:
+  - again: {set: {n: 1}, then: again}
+"#,
+    )
+    .await;
+    start(&node, "test/loop", "loop", json!({})).await;
+    let looped = wait_status(&node, "loop", "faulted").await;
+    assert_eq!(
+        looped["error"]["title"],
+        json!("too many steps"),
+        "{looped}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_is_bounded() {
+    let node = Node::start().await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: many, version: '1.0.0'}
+do:
+  - each:
+      for: {in: '[range(60)]'}
+      do:
+        - tick: {wait: {milliseconds: 1}}
+"#,
+    )
+    .await;
+    start(&node, "test/many", "m", json!({})).await;
+    let done = wait_status(&node, "m", "completed").await;
+    let kept = done["history"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(kept, 100, "at most 100 entries are kept");
+    assert!(
+        done["history_dropped"].as_u64().unwrap_or(0) >= 20,
+        "{}",
+        done["history_dropped"]
+    );
+    assert_eq!(count(&done, "completed"), 1);
+}

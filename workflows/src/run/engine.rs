@@ -1,0 +1,1220 @@
+//! The interpreter. An instance is evaluated from the start every time,
+//! with its recorded outcomes answering every call, timer, listen and emit
+//! it meets; where an outcome is missing the interpreter notes what it
+//! needs and stops that branch. Evaluation is deterministic: the same
+//! document, input and outcomes give the same result on any node, at any
+//! time (jq's clock and environment are not available, see `expr`). The
+//! one exception is a retry's duration limit, decided against the driver's
+//! clock once and then kept by the recorded timer.
+
+use serde_json::{json, Map, Value};
+
+use super::state::{
+    errors, Correlation, EventFilter, HttpRequest, Instance, ListenMode, Need, Outcome, Record,
+    WorkflowError,
+};
+use crate::definition::parse_duration;
+use crate::expr;
+
+/// Most tasks one evaluation may run (loops included) before the instance
+/// is faulted as runaway.
+pub const MAX_STEPS: usize = 100_000;
+
+/// What the driver hands the interpreter besides the instance.
+pub struct Env<'a> {
+    /// The driver's clock (Unix milliseconds): only for retry duration
+    /// limits not decided yet.
+    pub now_ms: u64,
+    /// `$secret`: the secrets the definition names, by name.
+    pub secrets: &'a Value,
+}
+
+/// What an evaluation found.
+#[derive(Debug, PartialEq)]
+pub enum Evaluated {
+    Completed(Value),
+    Faulted(WorkflowError),
+    /// Waiting for what `needs` lists.
+    Blocked,
+}
+
+#[derive(Debug)]
+pub struct Evaluation {
+    pub result: Evaluated,
+    /// Outcomes still to record (emits may be listed even when completed).
+    pub needs: Vec<Need>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Directive {
+    Continue,
+    Exit,
+    End,
+    Goto(String),
+}
+
+/// How a task or a list of tasks ended; `seq` is the latest settled
+/// outcome it used.
+enum Flow {
+    Done {
+        output: Value,
+        directive: Directive,
+        seq: u64,
+    },
+    Blocked {
+        seq: u64,
+    },
+    Raised {
+        error: WorkflowError,
+        seq: u64,
+    },
+}
+
+/// Variables declared by `for` and `catch.as`, innermost last.
+type Locals = Vec<(String, Value)>;
+
+struct Interpreter<'a> {
+    document: &'a Value,
+    instance: &'a Instance,
+    env: &'a Env<'a>,
+    needs: Vec<Need>,
+    steps: usize,
+    context: Value,
+    workflow: Value,
+    runtime: Value,
+}
+
+/// Evaluates an instance of `document` as far as its outcomes reach.
+pub fn evaluate(document: &Value, instance: &Instance, env: &Env) -> Evaluation {
+    let mut interpreter = Interpreter {
+        document,
+        instance,
+        env,
+        needs: Vec::new(),
+        steps: 0,
+        context: json!({}),
+        workflow: json!({
+            "id": instance.id,
+            "definition": document,
+            "input": instance.input,
+            "startedAt": {"epoch": {"milliseconds": instance.created_ms}},
+        }),
+        runtime: json!({"name": "shoal", "version": env!("CARGO_PKG_VERSION")}),
+    };
+    let flow = interpreter.workflow();
+    let result = match flow {
+        Flow::Done { output, .. } => Evaluated::Completed(output),
+        Flow::Blocked { .. } => Evaluated::Blocked,
+        Flow::Raised { error, .. } => Evaluated::Faulted(error),
+    };
+    Evaluation {
+        result,
+        needs: interpreter.needs,
+    }
+}
+
+fn expression_error(path: &str, message: String) -> WorkflowError {
+    WorkflowError::new(
+        errors::EXPRESSION,
+        400,
+        "runtime expression failed",
+        message,
+    )
+    .at(path)
+}
+
+fn raised(error: WorkflowError, seq: u64) -> Flow {
+    Flow::Raised { error, seq }
+}
+
+/// The single `name: task` entry of a task list item.
+fn entry(item: &Value) -> Option<(&String, &Value)> {
+    item.as_object().and_then(|map| map.iter().next())
+}
+
+fn directive(value: Option<&Value>) -> Directive {
+    match value.and_then(Value::as_str) {
+        None | Some("continue") => Directive::Continue,
+        Some("exit") => Directive::Exit,
+        Some("end") => Directive::End,
+        Some(task) => Directive::Goto(task.to_string()),
+    }
+}
+
+fn bare(text: &str) -> &str {
+    let trimmed = text.trim();
+    trimmed
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or(trimmed)
+}
+
+fn is_expression(text: &str) -> bool {
+    let trimmed = text.trim();
+    trimmed.starts_with("${") && trimmed.ends_with('}')
+}
+
+impl<'a> Interpreter<'a> {
+    fn workflow(&mut self) -> Flow {
+        let document = self.document;
+        let locals = Locals::new();
+        let raw = self.instance.input.clone();
+        let input = match document.pointer("/input/from") {
+            Some(from) => match self.value(from, &raw, &raw, &locals, "/input/from") {
+                Ok(v) => v,
+                Err(e) => return raised(e, 0),
+            },
+            None => raw,
+        };
+        let tasks = document
+            .get("do")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let flow = self.list(tasks, "/do", "", input.clone(), &locals);
+        let flow = self.timeout(document.get("timeout"), "", "", flow, 0);
+        match flow {
+            Flow::Done { output, seq, .. } => match document.pointer("/output/as") {
+                Some(output_as) => {
+                    match self.value(output_as, &output, &input, &locals, "/output/as") {
+                        Ok(v) => Flow::Done {
+                            output: v,
+                            directive: Directive::End,
+                            seq,
+                        },
+                        Err(e) => raised(e, seq),
+                    }
+                }
+                None => Flow::Done {
+                    output,
+                    directive: Directive::End,
+                    seq,
+                },
+            },
+            other => other,
+        }
+    }
+
+    /// The variables every expression sees.
+    fn variables<'v>(
+        &'v self,
+        input: &'v Value,
+        task: &'v Value,
+        locals: &'v Locals,
+    ) -> Vec<(String, &'v Value)> {
+        let mut vars: Vec<(String, &Value)> = vec![
+            ("$context".into(), &self.context),
+            ("$input".into(), input),
+            ("$output".into(), &Value::Null),
+            ("$secret".into(), self.env.secrets),
+            ("$task".into(), task),
+            ("$workflow".into(), &self.workflow),
+            ("$runtime".into(), &self.runtime),
+            ("$authorization".into(), &Value::Null),
+        ];
+        for (name, value) in locals {
+            let name = format!("${name}");
+            vars.retain(|(n, _)| *n != name);
+            vars.push((name, value));
+        }
+        vars
+    }
+
+    /// Runs one jq program.
+    fn jq(
+        &self,
+        code: &str,
+        data: &Value,
+        input: &Value,
+        locals: &Locals,
+        path: &str,
+    ) -> Result<Value, WorkflowError> {
+        let task = json!({"reference": path, "input": input});
+        let vars = self.variables(input, &task, locals);
+        let vars: Vec<(&str, &Value)> = vars.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        expr::evaluate(code, data, &vars).map_err(|message| expression_error(path, message))
+    }
+
+    /// A value with every `${ }` string in it evaluated against `data`.
+    fn value(
+        &self,
+        value: &Value,
+        data: &Value,
+        input: &Value,
+        locals: &Locals,
+        path: &str,
+    ) -> Result<Value, WorkflowError> {
+        match value {
+            Value::String(text) if is_expression(text) => {
+                self.jq(bare(text), data, input, locals, path)
+            }
+            Value::Array(items) => items
+                .iter()
+                .map(|item| self.value(item, data, input, locals, path))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), self.value(v, data, input, locals, path)?)))
+                .collect::<Result<Map<_, _>, _>>()
+                .map(Value::Object),
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// A condition (`if`, `when`, `while`): jq with or without `${ }`.
+    fn condition(
+        &self,
+        text: &Value,
+        data: &Value,
+        input: &Value,
+        locals: &Locals,
+        path: &str,
+    ) -> Result<bool, WorkflowError> {
+        let code = text.as_str().map(bare).unwrap_or("true");
+        let value = self.jq(code, data, input, locals, path)?;
+        Ok(!matches!(value, Value::Null | Value::Bool(false)))
+    }
+
+    fn record(&self, key: &str) -> Option<&'a Record> {
+        self.instance.outcomes.get(key)
+    }
+
+    fn key(&self, path: &str, scope: &str) -> String {
+        format!("{path}{scope}")
+    }
+
+    /// A list of tasks, in order, following flow directives.
+    fn list(
+        &mut self,
+        tasks: &[Value],
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let mut current = input;
+        let mut seq = 0;
+        let mut i = 0;
+        while i < tasks.len() {
+            let Some((name, task)) = entry(&tasks[i]) else {
+                i += 1;
+                continue;
+            };
+            let task_path = format!("{path}/{i}/{name}");
+            match self.task(name, task, &task_path, scope, current, locals) {
+                Flow::Done {
+                    output,
+                    directive,
+                    seq: s,
+                } => {
+                    seq = seq.max(s);
+                    current = output;
+                    match directive {
+                        Directive::Continue => i += 1,
+                        Directive::Exit => break,
+                        Directive::End => {
+                            return Flow::Done {
+                                output: current,
+                                directive: Directive::End,
+                                seq,
+                            }
+                        }
+                        Directive::Goto(target) => {
+                            match tasks
+                                .iter()
+                                .position(|t| entry(t).is_some_and(|(n, _)| *n == target))
+                            {
+                                Some(at) => i = at,
+                                None => {
+                                    return raised(
+                                        WorkflowError::new(
+                                            errors::CONFIGURATION,
+                                            400,
+                                            "unknown task",
+                                            format!("then: '{target}' names no task of this list"),
+                                        )
+                                        .at(&task_path),
+                                        seq,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+                Flow::Blocked { seq: s } => return Flow::Blocked { seq: seq.max(s) },
+                Flow::Raised { error, seq: s } => return raised(error, seq.max(s)),
+            }
+        }
+        Flow::Done {
+            output: current,
+            directive: Directive::Continue,
+            seq,
+        }
+    }
+
+    /// One task with its common fields: `input`, `if`, `timeout`,
+    /// `output`, `export`, `then`.
+    fn task(
+        &mut self,
+        name: &str,
+        task: &Value,
+        path: &str,
+        scope: &str,
+        raw: Value,
+        locals: &Locals,
+    ) -> Flow {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return raised(
+                WorkflowError::new(
+                    errors::RUNTIME,
+                    500,
+                    "too many steps",
+                    format!(
+                        "the instance ran {MAX_STEPS} tasks in one evaluation (a runaway loop?)"
+                    ),
+                )
+                .at(path),
+                0,
+            );
+        }
+        let input = match task.pointer("/input/from") {
+            Some(from) => match self.value(from, &raw, &raw, locals, &format!("{path}/input/from"))
+            {
+                Ok(v) => v,
+                Err(e) => return raised(e, 0),
+            },
+            None => raw.clone(),
+        };
+        if let Some(condition) = task.get("if") {
+            match self.condition(condition, &input, &input, locals, &format!("{path}/if")) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Flow::Done {
+                        output: raw,
+                        directive: Directive::Continue,
+                        seq: 0,
+                    }
+                }
+                Err(e) => return raised(e, 0),
+            }
+        }
+        let needs_before = self.needs.len();
+        let flow = self.body(name, task, path, scope, input.clone(), locals);
+        let flow = self.timeout(task.get("timeout"), path, scope, flow, needs_before);
+        let Flow::Done {
+            output,
+            directive: inner,
+            seq,
+        } = flow
+        else {
+            return flow;
+        };
+        let output = match task.pointer("/output/as") {
+            Some(output_as) => {
+                match self.value(
+                    output_as,
+                    &output,
+                    &input,
+                    locals,
+                    &format!("{path}/output/as"),
+                ) {
+                    Ok(v) => v,
+                    Err(e) => return raised(e, seq),
+                }
+            }
+            None => output,
+        };
+        if let Some(export_as) = task.pointer("/export/as") {
+            match self.value(
+                export_as,
+                &output,
+                &input,
+                locals,
+                &format!("{path}/export/as"),
+            ) {
+                Ok(context) => self.context = context,
+                Err(e) => return raised(e, seq),
+            }
+        }
+        let directive = match inner {
+            Directive::End => Directive::End,
+            _ if task.get("switch").is_some() => inner,
+            _ => directive(task.get("then")),
+        };
+        Flow::Done {
+            output,
+            directive,
+            seq,
+        }
+    }
+
+    /// A task's or the workflow's `timeout`: a timer raced with the work.
+    fn timeout(
+        &mut self,
+        timeout: Option<&Value>,
+        path: &str,
+        scope: &str,
+        flow: Flow,
+        needs_before: usize,
+    ) -> Flow {
+        let Some(after) = timeout.and_then(|t| t.get("after")) else {
+            return flow;
+        };
+        let key = self.key(&format!("{path}/timeout"), scope);
+        let fired = match self.record(&key) {
+            Some(Record {
+                seq: Some(seq),
+                outcome: Outcome::Timer { fired: true, .. },
+            }) => Some(*seq),
+            _ => None,
+        };
+        let timed_out = |fired_seq: u64| {
+            raised(
+                WorkflowError::new(
+                    errors::TIMEOUT,
+                    408,
+                    "timed out",
+                    format!("the task did not finish within {after}"),
+                )
+                .at(if path.is_empty() { "/" } else { path }),
+                fired_seq,
+            )
+        };
+        match (flow, fired) {
+            (Flow::Done { seq, .. } | Flow::Raised { seq, .. }, Some(fired_seq))
+                if seq > fired_seq =>
+            {
+                timed_out(fired_seq)
+            }
+            (Flow::Blocked { .. }, Some(fired_seq)) => {
+                // What the task waited for no longer matters.
+                self.needs.truncate(needs_before);
+                timed_out(fired_seq)
+            }
+            (Flow::Blocked { seq }, None) => {
+                let duration_ms = parse_duration(after).map_or(0, |d| d.as_millis() as u64);
+                self.needs.push(Need::Timer {
+                    key,
+                    task: if path.is_empty() {
+                        "/".into()
+                    } else {
+                        path.into()
+                    },
+                    duration_ms,
+                    jitter_ms: None,
+                });
+                Flow::Blocked { seq }
+            }
+            (flow, _) => flow,
+        }
+    }
+
+    fn body(
+        &mut self,
+        name: &str,
+        task: &Value,
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let done = |output: Value, seq: u64| Flow::Done {
+            output,
+            directive: Directive::Continue,
+            seq,
+        };
+        if let Some(set) = task.get("set") {
+            return match self.value(set, &input, &input, locals, &format!("{path}/set")) {
+                Ok(v) => done(v, 0),
+                Err(e) => raised(e, 0),
+            };
+        }
+        if let Some(cases) = task.get("switch").and_then(Value::as_array) {
+            return self.switch(cases, path, input, locals);
+        }
+        if let Some(error) = task.pointer("/raise/error") {
+            return self.raise(error, path, &input, locals);
+        }
+        if task.get("for").is_some() {
+            return self.for_each(task, path, scope, input, locals);
+        }
+        if let Some(fork) = task.get("fork") {
+            return self.fork(fork, path, scope, input, locals);
+        }
+        if task.get("try").is_some() {
+            return self.try_catch(task, path, scope, input, locals);
+        }
+        if let Some(tasks) = task.get("do").and_then(Value::as_array) {
+            let flow = self.list(tasks, &format!("{path}/do"), scope, input, locals);
+            return match flow {
+                Flow::Done {
+                    output,
+                    directive: Directive::End,
+                    seq,
+                } => Flow::Done {
+                    output,
+                    directive: Directive::End,
+                    seq,
+                },
+                Flow::Done { output, seq, .. } => done(output, seq),
+                other => other,
+            };
+        }
+        if let Some(wait) = task.get("wait") {
+            let key = self.key(path, scope);
+            return match self.record(&key) {
+                Some(Record {
+                    seq: Some(seq),
+                    outcome: Outcome::Timer { fired: true, .. },
+                }) => done(input, *seq),
+                _ => {
+                    let duration_ms = parse_duration(wait).map_or(0, |d| d.as_millis() as u64);
+                    self.needs.push(Need::Timer {
+                        key,
+                        task: path.to_string(),
+                        duration_ms,
+                        jitter_ms: None,
+                    });
+                    Flow::Blocked { seq: 0 }
+                }
+            };
+        }
+        if let Some(with) = task.pointer("/emit/event/with") {
+            let key = self.key(path, scope);
+            if self.record(&key).is_none() {
+                match self.value(with, &input, &input, locals, &format!("{path}/emit")) {
+                    Ok(Value::Object(event)) => self.needs.push(Need::Emit {
+                        key,
+                        task: path.to_string(),
+                        event,
+                    }),
+                    Ok(other) => {
+                        return raised(
+                            expression_error(path, format!("emit.event.with became {other}")),
+                            0,
+                        )
+                    }
+                    Err(e) => return raised(e, 0),
+                }
+            }
+            // An emit does not wait: the driver publishes it and records it.
+            return done(input, 0);
+        }
+        if let Some(to) = task.pointer("/listen/to") {
+            return self.listen(to, path, scope, input, locals);
+        }
+        if task.get("call").is_some() {
+            return self.call(task, path, scope, input, locals);
+        }
+        raised(
+            WorkflowError::new(
+                errors::CONFIGURATION,
+                400,
+                "unknown task",
+                format!("task '{name}' is of no kind this runtime knows"),
+            )
+            .at(path),
+            0,
+        )
+    }
+
+    fn switch(&mut self, cases: &[Value], path: &str, input: Value, locals: &Locals) -> Flow {
+        for (i, case) in cases.iter().enumerate() {
+            let Some((name, case)) = entry(case) else {
+                continue;
+            };
+            let matched = match case.get("when") {
+                None => Ok(true),
+                Some(when) => self.condition(
+                    when,
+                    &input,
+                    &input,
+                    locals,
+                    &format!("{path}/switch/{i}/{name}/when"),
+                ),
+            };
+            match matched {
+                Ok(true) => {
+                    return Flow::Done {
+                        output: input,
+                        directive: directive(case.get("then")),
+                        seq: 0,
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return raised(e, 0),
+            }
+        }
+        Flow::Done {
+            output: input,
+            directive: Directive::Continue,
+            seq: 0,
+        }
+    }
+
+    fn raise(&mut self, error: &Value, path: &str, input: &Value, locals: &Locals) -> Flow {
+        let error = match error {
+            Value::String(name) => match self.document.pointer(&format!("/use/errors/{name}")) {
+                Some(defined) => defined.clone(),
+                None => json!({"type": errors::CONFIGURATION, "status": 400,
+                    "detail": format!("no error named '{name}' in use.errors")}),
+            },
+            other => other.clone(),
+        };
+        let error = match self.value(&error, input, input, locals, &format!("{path}/raise")) {
+            Ok(v) => v,
+            Err(e) => return raised(e, 0),
+        };
+        let error = WorkflowError {
+            kind: error["type"]
+                .as_str()
+                .unwrap_or(errors::RUNTIME)
+                .to_string(),
+            status: error["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(500),
+            title: error["title"].as_str().map(str::to_string),
+            detail: error["detail"].as_str().map(str::to_string),
+            instance: Some(error["instance"].as_str().unwrap_or(path).to_string()),
+        };
+        raised(error, 0)
+    }
+
+    fn for_each(
+        &mut self,
+        task: &Value,
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let spec = &task["for"];
+        let each = spec["each"].as_str().unwrap_or("item").to_string();
+        let at = spec["at"].as_str().unwrap_or("index").to_string();
+        let collection = match spec.get("in") {
+            Some(Value::String(code)) => self.jq(
+                bare(code),
+                &input,
+                &input,
+                locals,
+                &format!("{path}/for/in"),
+            ),
+            Some(other) => Ok(other.clone()),
+            None => Ok(Value::Array(Vec::new())),
+        };
+        let items = match collection {
+            Ok(Value::Array(items)) => items,
+            Ok(Value::Null) => Vec::new(),
+            Ok(other) => {
+                return raised(
+                    expression_error(
+                        &format!("{path}/for/in"),
+                        format!("for.in must give an array, gave {other}"),
+                    ),
+                    0,
+                )
+            }
+            Err(e) => return raised(e, 0),
+        };
+        let tasks = task
+            .get("do")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut current = input.clone();
+        let mut seq = 0;
+        for (i, item) in items.into_iter().enumerate() {
+            let mut locals = locals.clone();
+            locals.push((each.clone(), item));
+            locals.push((at.clone(), json!(i)));
+            if let Some(condition) = task.get("while") {
+                match self.condition(
+                    condition,
+                    &current,
+                    &input,
+                    &locals,
+                    &format!("{path}/while"),
+                ) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => return raised(e, seq),
+                }
+            }
+            let iteration_scope = format!("{scope}[{i}]");
+            match self.list(
+                tasks,
+                &format!("{path}/do"),
+                &iteration_scope,
+                current,
+                &locals,
+            ) {
+                Flow::Done {
+                    output,
+                    directive,
+                    seq: s,
+                } => {
+                    seq = seq.max(s);
+                    current = output;
+                    if directive == Directive::End {
+                        return Flow::Done {
+                            output: current,
+                            directive,
+                            seq,
+                        };
+                    }
+                }
+                Flow::Blocked { seq: s } => return Flow::Blocked { seq: seq.max(s) },
+                Flow::Raised { error, seq: s } => return raised(error, seq.max(s)),
+            }
+        }
+        Flow::Done {
+            output: current,
+            directive: Directive::Continue,
+            seq,
+        }
+    }
+
+    fn fork(
+        &mut self,
+        fork: &Value,
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let compete = fork["compete"].as_bool().unwrap_or(false);
+        let branches = fork
+            .get("branches")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let needs_before = self.needs.len();
+        let mut outputs = Vec::with_capacity(branches.len());
+        let mut blocked = false;
+        let mut first_error: Option<(WorkflowError, u64)> = None;
+        let mut winner: Option<(u64, Value)> = None;
+        let mut seq = 0;
+        for (i, branch) in branches.iter().enumerate() {
+            let Some((name, branch)) = entry(branch) else {
+                continue;
+            };
+            let branch_path = format!("{path}/fork/branches/{i}/{name}");
+            match self.task(name, branch, &branch_path, scope, input.clone(), locals) {
+                Flow::Done { output, seq: s, .. } => {
+                    seq = seq.max(s);
+                    if winner.as_ref().is_none_or(|(best, _)| s < *best) {
+                        winner = Some((s, output.clone()));
+                    }
+                    outputs.push(output);
+                }
+                Flow::Blocked { seq: s } => {
+                    seq = seq.max(s);
+                    blocked = true;
+                }
+                Flow::Raised { error, seq: s } => {
+                    seq = seq.max(s);
+                    if first_error.as_ref().is_none_or(|(_, best)| s < *best) {
+                        first_error = Some((error, s));
+                    }
+                }
+            }
+        }
+        if compete {
+            if let Some((s, output)) = winner {
+                // The first branch to finish wins; the others are dropped.
+                self.needs.truncate(needs_before);
+                return Flow::Done {
+                    output,
+                    directive: Directive::Continue,
+                    seq: s,
+                };
+            }
+        }
+        if let Some((error, s)) = first_error {
+            if !compete || !blocked {
+                self.needs.truncate(needs_before);
+                return raised(error, s);
+            }
+        }
+        if blocked {
+            return Flow::Blocked { seq };
+        }
+        Flow::Done {
+            output: Value::Array(outputs),
+            directive: Directive::Continue,
+            seq,
+        }
+    }
+
+    fn try_catch(
+        &mut self,
+        task: &Value,
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let tasks = task
+            .get("try")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let catch = task.get("catch").cloned().unwrap_or(Value::Null);
+        let retry = match catch.get("retry") {
+            Some(Value::String(name)) => self.document.pointer(&format!("/use/retries/{name}")),
+            other => other,
+        };
+        let mut attempt: u64 = 0;
+        loop {
+            let attempt_scope = match attempt {
+                0 => scope.to_string(),
+                n => format!("{scope}#{n}"),
+            };
+            let needs_before = self.needs.len();
+            let flow = self.list(
+                tasks,
+                &format!("{path}/try"),
+                &attempt_scope,
+                input.clone(),
+                locals,
+            );
+            let (error, seq) = match flow {
+                Flow::Raised { error, seq } => (error, seq),
+                Flow::Done {
+                    output,
+                    directive: Directive::End,
+                    seq,
+                } => {
+                    return Flow::Done {
+                        output,
+                        directive: Directive::End,
+                        seq,
+                    }
+                }
+                Flow::Done { output, seq, .. } => {
+                    return Flow::Done {
+                        output,
+                        directive: Directive::Continue,
+                        seq,
+                    }
+                }
+                blocked => return blocked,
+            };
+            self.needs.truncate(needs_before);
+            let error_value = serde_json::to_value(&error).unwrap_or(Value::Null);
+            let name = catch["as"].as_str().unwrap_or("error").to_string();
+            let mut catch_locals = locals.clone();
+            catch_locals.push((name, error_value));
+            match self.caught(&catch, &error, path, &input, &catch_locals) {
+                Ok(true) => {}
+                Ok(false) => return raised(error, seq),
+                Err(e) => return raised(e, seq),
+            }
+            if let Some(policy) = retry {
+                let key = self.key(
+                    &format!("{path}/retry"),
+                    &format!("{scope}#{}", attempt + 1),
+                );
+                match self.record(&key) {
+                    Some(Record {
+                        seq: Some(_),
+                        outcome: Outcome::Timer { fired: true, .. },
+                    }) => {
+                        attempt += 1;
+                        continue;
+                    }
+                    Some(_) => return Flow::Blocked { seq },
+                    None => {
+                        if let Some((duration_ms, jitter_ms)) =
+                            self.retry_delay(policy, path, scope, attempt)
+                        {
+                            self.needs.push(Need::Timer {
+                                key,
+                                task: path.to_string(),
+                                duration_ms,
+                                jitter_ms,
+                            });
+                            return Flow::Blocked { seq };
+                        }
+                    }
+                }
+            }
+            let Some(handler) = catch.get("do").and_then(Value::as_array) else {
+                return Flow::Done {
+                    output: input,
+                    directive: Directive::Continue,
+                    seq,
+                };
+            };
+            let flow = self.list(
+                handler,
+                &format!("{path}/catch/do"),
+                &format!("{scope}#caught"),
+                input.clone(),
+                &catch_locals,
+            );
+            return match flow {
+                Flow::Done {
+                    output,
+                    directive: Directive::End,
+                    seq: s,
+                } => Flow::Done {
+                    output,
+                    directive: Directive::End,
+                    seq: seq.max(s),
+                },
+                Flow::Done { output, seq: s, .. } => Flow::Done {
+                    output,
+                    directive: Directive::Continue,
+                    seq: seq.max(s),
+                },
+                Flow::Blocked { seq: s } => Flow::Blocked { seq: seq.max(s) },
+                Flow::Raised { error, seq: s } => raised(error, seq.max(s)),
+            };
+        }
+    }
+
+    /// Whether `catch` takes this error: `errors.with` fields equal, `when`
+    /// true, `exceptWhen` false.
+    fn caught(
+        &self,
+        catch: &Value,
+        error: &WorkflowError,
+        path: &str,
+        input: &Value,
+        locals: &Locals,
+    ) -> Result<bool, WorkflowError> {
+        if let Some(with) = catch.pointer("/errors/with").and_then(Value::as_object) {
+            let error = serde_json::to_value(error).unwrap_or(Value::Null);
+            if with
+                .iter()
+                .any(|(field, expected)| error.get(field) != Some(expected))
+            {
+                return Ok(false);
+            }
+        }
+        if let Some(when) = catch.get("when") {
+            if !self.condition(when, input, input, locals, &format!("{path}/catch/when"))? {
+                return Ok(false);
+            }
+        }
+        if let Some(except) = catch.get("exceptWhen") {
+            if self.condition(
+                except,
+                input,
+                input,
+                locals,
+                &format!("{path}/catch/exceptWhen"),
+            )? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The delay before retry `attempt + 1`, or none when the policy's
+    /// limits are reached.
+    fn retry_delay(
+        &self,
+        policy: &Value,
+        path: &str,
+        scope: &str,
+        attempt: u64,
+    ) -> Option<(u64, Option<(u64, u64)>)> {
+        let ms = |v: Option<&Value>| {
+            v.and_then(|v| parse_duration(v).ok())
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        if let Some(count) = policy
+            .pointer("/limit/attempt/count")
+            .and_then(Value::as_u64)
+        {
+            if attempt >= count {
+                return None;
+            }
+        }
+        if let Some(limit) = policy.pointer("/limit/duration") {
+            let first = self.key(&format!("{path}/retry"), &format!("{scope}#1"));
+            let started = match self.record(&first) {
+                Some(Record {
+                    outcome: Outcome::Timer { due_ms, .. },
+                    ..
+                }) => due_ms.saturating_sub(ms(policy.get("delay"))),
+                _ => self.env.now_ms,
+            };
+            if self.env.now_ms.saturating_sub(started) >= ms(Some(limit)) {
+                return None;
+            }
+        }
+        let delay = ms(policy.get("delay"));
+        let backoff = policy
+            .get("backoff")
+            .and_then(Value::as_object)
+            .and_then(|b| b.keys().next().cloned())
+            .unwrap_or_else(|| "constant".into());
+        let duration = match backoff.as_str() {
+            "linear" => delay.saturating_mul(attempt + 1),
+            "exponential" => delay.saturating_mul(1u64 << attempt.min(32)),
+            _ => delay,
+        };
+        let jitter = policy
+            .get("jitter")
+            .map(|j| (ms(j.get("from")), ms(j.get("to"))));
+        Some((duration, jitter))
+    }
+
+    fn listen(
+        &mut self,
+        to: &Value,
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let key = self.key(path, scope);
+        if let Some(Record {
+            seq: Some(seq),
+            outcome: Outcome::Events { events },
+        }) = self.record(&key)
+        {
+            let consumed: Vec<Value> = events.iter().flatten().cloned().collect();
+            return Flow::Done {
+                output: Value::Array(consumed),
+                directive: Directive::Continue,
+                seq: *seq,
+            };
+        }
+        let (mode, filters) = match (to.get("one"), to.get("any"), to.get("all")) {
+            (Some(one), _, _) => (ListenMode::One, vec![one.clone()]),
+            (_, Some(Value::Array(any)), _) => (ListenMode::Any, any.clone()),
+            (_, _, Some(Value::Array(all))) => (ListenMode::All, all.clone()),
+            _ => (ListenMode::Any, Vec::new()),
+        };
+        let mut computed = Vec::with_capacity(filters.len());
+        for (i, filter) in filters.iter().enumerate() {
+            let filter_path = format!("{path}/listen/to/{i}");
+            let mut correlate = Vec::new();
+            if let Some(map) = filter.get("correlate").and_then(Value::as_object) {
+                for (name, correlation) in map {
+                    let expect = match correlation.get("expect") {
+                        Some(expect) => {
+                            match self.value(expect, &input, &input, locals, &filter_path) {
+                                Ok(v) => v,
+                                Err(e) => return raised(e, 0),
+                            }
+                        }
+                        None => Value::Null,
+                    };
+                    correlate.push(Correlation {
+                        name: name.clone(),
+                        from: correlation["from"].as_str().map(bare).unwrap_or(".").into(),
+                        expect,
+                    });
+                }
+            }
+            computed.push(EventFilter {
+                with: filter
+                    .get("with")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+                correlate,
+            });
+        }
+        self.needs.push(Need::Listen {
+            key,
+            task: path.to_string(),
+            mode,
+            filters: computed,
+        });
+        Flow::Blocked { seq: 0 }
+    }
+
+    fn call(
+        &mut self,
+        task: &Value,
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let key = self.key(path, scope);
+        match self.record(&key) {
+            Some(Record {
+                seq: Some(seq),
+                outcome: Outcome::Call { output, error },
+            }) => {
+                return match error {
+                    Some(error) => raised(error.clone(), *seq),
+                    None => Flow::Done {
+                        output: output.clone().unwrap_or(Value::Null),
+                        directive: Directive::Continue,
+                        seq: *seq,
+                    },
+                }
+            }
+            Some(_) => return Flow::Blocked { seq: 0 },
+            None => {}
+        }
+        let with_path = format!("{path}/with");
+        let with = match self.value(&task["with"], &input, &input, locals, &with_path) {
+            Ok(v) => v,
+            Err(e) => return raised(e, 0),
+        };
+        let endpoint = match &with["endpoint"] {
+            Value::String(uri) => uri.clone(),
+            other => other["uri"].as_str().unwrap_or_default().to_string(),
+        };
+        let object = |field: &str| with[field].as_object().cloned().unwrap_or_default();
+        self.needs.push(Need::Call {
+            key,
+            task: path.to_string(),
+            request: HttpRequest {
+                method: with["method"]
+                    .as_str()
+                    .unwrap_or("get")
+                    .to_ascii_uppercase(),
+                endpoint,
+                headers: object("headers"),
+                query: object("query"),
+                body: with.get("body").cloned(),
+                output: with["output"].as_str().unwrap_or("content").to_string(),
+            },
+        });
+        Flow::Blocked { seq: 0 }
+    }
+}
+
+/// Whether an event (a CloudEvent envelope) meets a filter: every `with`
+/// attribute equal (or its `${ }` expression true on the event), and every
+/// correlation's value equal to the one expected (compared as text when
+/// the expected value is text).
+pub fn event_matches(filter: &EventFilter, event: &Value) -> bool {
+    let attributes_match = filter.with.iter().all(|(name, expected)| match expected {
+        Value::String(text) if is_expression(text) => {
+            matches!(
+                expr::evaluate(bare(text), event, &[]),
+                Ok(Value::Bool(true))
+            )
+        }
+        expected => event.get(name) == Some(expected),
+    });
+    attributes_match
+        && filter.correlate.iter().all(|correlation| {
+            let Ok(found) = expr::evaluate(&correlation.from, event, &[]) else {
+                return false;
+            };
+            match (&correlation.expect, &found) {
+                (Value::Null, _) => true,
+                (Value::String(expected), Value::String(found)) => expected == found,
+                (Value::String(expected), found) => {
+                    let found = found.to_string();
+                    *expected == found
+                }
+                (expected, found) => expected == found,
+            }
+        })
+}
