@@ -318,4 +318,34 @@ fn describe_node_metrics() {
         Unit::Count,
         "OTLP spans rejected (reported back as partial success)."
     );
+    describe_gauge!(
+        "shoal_workflow_instances",
+        Unit::Count,
+        "Workflow instances known to the leader, by workflow version and status."
+    );
+    describe_gauge!(
+        "shoal_workflow_actors",
+        Unit::Count,
+        "Workflow instance actors running on this node (the leader)."
+    );
+    describe_counter!(
+        "shoal_workflow_actor_restarts_total",
+        Unit::Count,
+        "Workflow instance actors restarted by their supervisor after a failure."
+    );
+    describe_counter!(
+        "shoal_workflow_transitions_total",
+        Unit::Count,
+        "Workflow instance state changes written by this node's driver."
+    );
+    describe_counter!(
+        "shoal_workflow_events_total",
+        Unit::Count,
+        "Events offered to workflow instances, by result (applied, duplicate, not_waiting, dropped)."
+    );
+    describe_histogram!(
+        "shoal_workflow_timer_lateness_seconds",
+        Unit::Seconds,
+        "How long after its due time a workflow timer fired."
+    );
 }

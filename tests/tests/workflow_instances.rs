@@ -880,3 +880,95 @@ do:
     );
     assert_eq!(count(&done, "completed"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_start_instances_once_per_tick_across_the_cluster() {
+    let cluster = Cluster::start(3, &[]).await;
+    cluster.wait_leader().await;
+    let node = cluster.node(1);
+    define(
+        node,
+        r#"
+document: {dsl: '1.0.0', namespace: sched, name: tick, version: '1.0.0'}
+schedule:
+  every: {seconds: 1}
+do:
+  - x: {set: {ticked: true}}
+"#,
+    )
+    .await;
+    define(
+        node,
+        r#"
+document: {dsl: '1.0.0', namespace: sched, name: onevent, version: '1.0.0'}
+schedule:
+  on:
+    one:
+      with: {type: test.order.placed}
+do:
+  - x: {set: '${ {order: .[0].data.order} }'}
+"#,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let ticks = wait_for(WAIT, "three scheduled instances", || async {
+        let reply = node
+            .get_path("/v1/workflows/instances?namespace=sched&name=tick&status=completed")
+            .await;
+        let found = reply.body["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if found.len() >= 3 {
+            Ok(found)
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs() + 1;
+    let all = node
+        .get_path("/v1/workflows/instances?namespace=sched&name=tick")
+        .await;
+    let count = all.body["instances"].as_array().map(Vec::len).unwrap_or(0) as u64;
+    assert!(
+        count <= elapsed + 1,
+        "{count} instances in {elapsed} s from a schedule of one per second: {}",
+        all.describe()
+    );
+    assert!(ticks.iter().all(|i| text(i, "/id").starts_with("tick-")));
+
+    // An event that meets schedule.on starts one instance, however often
+    // it is delivered.
+    wait_for(WAIT, "the event-started instance", || async {
+        publish(
+            node,
+            "orders",
+            "test.order.placed",
+            "evt-1",
+            json!({"order": "o-9"}),
+        )
+        .await;
+        let reply = node.get_path("/v1/workflows/instances/onevent-evt-1").await;
+        if reply.body["status"] == json!("completed") {
+            Ok(())
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    publish(
+        node,
+        "orders",
+        "test.order.placed",
+        "evt-1",
+        json!({"order": "o-9"}),
+    )
+    .await;
+    let done = instance(node, "onevent-evt-1").await;
+    assert_eq!(done["output"], json!({"order": "o-9"}));
+    let listed = node
+        .get_path("/v1/workflows/instances?namespace=sched&name=onevent")
+        .await;
+    assert_eq!(listed.body["instances"].as_array().map(Vec::len), Some(1));
+}

@@ -5,6 +5,7 @@
 //! does not run. It knows nothing of storage or HTTP: the node stores the
 //! validated document in Raft and serves it.
 
+pub mod cron;
 pub mod definition;
 pub mod expr;
 pub mod run;

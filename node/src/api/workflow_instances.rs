@@ -201,7 +201,7 @@ pub async fn start_instance(
                 .await?
                 .0
         }
-        None => workflows::list_definitions(&shoal, &format!("{namespace}/{name}/"))
+        None => workflows::list_definitions(&shoal, &format!("{namespace}/{name}/"), false)
             .await?
             .into_iter()
             .map(|(definition, _)| definition)

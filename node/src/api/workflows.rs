@@ -276,7 +276,7 @@ pub async fn list_definitions(
             return Err(ApiError::bad_request("`name` needs `namespace`"));
         }
     };
-    let definitions = workflows::list_definitions(&shoal, &prefix)
+    let definitions = workflows::list_definitions(&shoal, &prefix, false)
         .await?
         .into_iter()
         .map(|(definition, revision)| WorkflowDefinitionSummary {

@@ -107,12 +107,14 @@ pub async fn get_definition(shoal: &Shoal, id: &str) -> Result<(Definition, u64)
 }
 
 /// Every definition whose id (`namespace/name/version`) starts with
-/// `id_prefix`, in id order (linearizable read), at most [`MAX_LIST`].
+/// `id_prefix`, in id order, at most [`MAX_LIST`]; a linearizable read
+/// unless `stale` (then this replica's view).
 pub async fn list_definitions(
     shoal: &Shoal,
     id_prefix: &str,
+    stale: bool,
 ) -> Result<Vec<(Definition, u64)>, WorkflowError> {
-    shoal.read_barrier(false).await?;
+    shoal.read_barrier(stale).await?;
     let prefix = key_of(id_prefix);
     let (_, kvs, _) = shoal
         .read(move |store| store.kv_range(&prefix, None, MAX_LIST))

@@ -458,32 +458,26 @@ pub(super) fn schedule_section(value: &Value, path: &str) -> Check {
             }
         }
         "cron" => cron(string(value, &chosen_path, "schedule.cron")?, &chosen_path)?,
-        _ => event_consumption(value, &chosen_path)?,
+        _ => {
+            if value.get("all").is_some() {
+                return Err(unsupported(
+                    &child(&chosen_path, "all"),
+                    "schedule.on.all (a start on several correlated events; use one or any)",
+                ));
+            }
+            event_consumption(value, &chosen_path)?
+        }
     }
     Ok(())
 }
 
-/// Five whitespace-separated fields of cron characters.
+/// A cron expression that parses and matches some minute.
 pub(super) fn cron(text: &str, path: &str) -> Check {
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    if fields.len() != 5 {
+    let cron = crate::cron::Cron::parse(text).map_err(|message| invalid(path, message))?;
+    if cron.next_after(0).is_none() {
         return Err(invalid(
             path,
-            format!(
-                "a cron expression has 5 fields (minute hour day-of-month month day-of-week), \
-                 e.g. '0 0 * * *'; '{text}' has {}",
-                fields.len()
-            ),
-        ));
-    }
-    if let Some(field) = fields.iter().find(|field| {
-        !field
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/' | '?' | '#'))
-    }) {
-        return Err(invalid(
-            path,
-            format!("cron field '{field}' holds a character cron does not use"),
+            format!("cron expression '{text}' never matches a day"),
         ));
     }
     Ok(())

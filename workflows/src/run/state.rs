@@ -22,6 +22,7 @@ pub const MAX_OUTCOMES: usize = 10_000;
 /// The statuses of the DSL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = WorkflowStatus)]
 pub enum Status {
     /// Started; the driver has not run it yet.
     Pending,
@@ -118,6 +119,7 @@ impl WorkflowError {
 
 /// An outcome the driver recorded, under the key of what it answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowRecord)]
 pub struct Record {
     /// Order in which outcomes were settled (1, 2, ...); none while the
     /// outcome is still partial (a timer armed, an `all` listen half met).
@@ -130,6 +132,7 @@ pub struct Record {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[schema(as = WorkflowOutcome)]
 pub enum Outcome {
     /// A timer (a `wait`, a retry's delay, a timeout): when it is due
     /// (Unix milliseconds, chosen once by the driver) and whether it fired.
@@ -149,6 +152,7 @@ pub enum Outcome {
 
 /// One thing that happened to an instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowHistoryEntry)]
 pub struct HistoryEntry {
     pub at_ms: u64,
     /// `started`, `timer.armed`, `timer.fired`, `event.applied`,
@@ -162,6 +166,7 @@ pub struct HistoryEntry {
 /// How a `listen` is met.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = WorkflowListenMode)]
 pub enum ListenMode {
     One,
     Any,
@@ -170,6 +175,7 @@ pub enum ListenMode {
 
 /// An event filter with its correlation values computed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowEventFilter)]
 pub struct EventFilter {
     /// Attributes the event must have: a value is compared as is, a
     /// `${ }` expression is run on the event and must give `true`.
@@ -180,6 +186,7 @@ pub struct EventFilter {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowCorrelation)]
 pub struct Correlation {
     pub name: String,
     pub from: String,
@@ -188,6 +195,7 @@ pub struct Correlation {
 
 /// An HTTP request a `call` makes, its expressions evaluated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowHttpRequest)]
 pub struct HttpRequest {
     pub method: String,
     pub endpoint: String,
@@ -205,6 +213,7 @@ pub struct HttpRequest {
 /// What an instance waits for, under the key its outcome is recorded at.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[schema(as = WorkflowNeed)]
 pub enum Need {
     Timer {
         key: String,
@@ -259,6 +268,7 @@ impl Need {
 
 /// An instance: its identity, status, data and recorded outcomes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = WorkflowInstance)]
 pub struct Instance {
     pub id: String,
     pub namespace: String,

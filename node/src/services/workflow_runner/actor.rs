@@ -13,14 +13,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::Value;
 use shoal_storage::now_ms;
 use shoal_workflows::run::{
-    evaluate, event_matches, settle, Applied, Env, Evaluated, Instance, Need, Outcome, Record,
-    Status, WorkflowError,
+    evaluate, settle, Env, Evaluated, Instance, Need, Outcome, Record, Status, WorkflowError,
 };
 use shoal_workflows::Definition;
 use tokio::sync::Semaphore;
 
 use super::effects;
-use super::ListenIndex;
 use crate::services::instances::{self, InstanceError};
 use crate::services::shoal::Shoal;
 
@@ -34,14 +32,12 @@ pub enum InstanceMsg {
     Wake,
     TimerDue(String),
     CallDone(String, Result<Value, WorkflowError>),
-    Event(Arc<Value>),
 }
 
 /// What every actor of one definition version shares.
 pub struct DefinitionShared {
     pub shoal: Arc<Shoal>,
     pub definition: Arc<Definition>,
-    pub index: Arc<ListenIndex>,
     /// Outgoing calls in flight for this definition.
     pub calls: Arc<Semaphore>,
     /// Outgoing calls in flight on this node.
@@ -77,15 +73,6 @@ impl Actor for InstanceActor {
             scheduled: HashSet::new(),
             calling: HashSet::new(),
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _: ActorRef<InstanceMsg>,
-        state: &mut InstanceState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.shared.index.forget(&state.id);
-        Ok(())
     }
 
     async fn handle(
@@ -125,24 +112,6 @@ impl Actor for InstanceActor {
                 state
                     .change(|instance| instance.record_call(&key, result.clone(), now))
                     .await?;
-            }
-            InstanceMsg::Event(event) => {
-                let mut outcome = Applied::NotWaiting;
-                state
-                    .change(|instance| {
-                        outcome = instance.apply_event(&event, now, event_matches);
-                        outcome == Applied::Applied
-                    })
-                    .await?;
-                let result = match outcome {
-                    Applied::Applied => "applied",
-                    Applied::Duplicate => "duplicate",
-                    Applied::NotWaiting => "not_waiting",
-                };
-                metrics::counter!("shoal_workflow_events_total", "result" => result).increment(1);
-                if outcome != Applied::Applied {
-                    return Ok(());
-                }
             }
         }
         state.advance(&myself).await
@@ -200,7 +169,6 @@ impl InstanceState {
                 return Ok(());
             }
             if instance.status == Status::Suspended {
-                self.shared.index.forget(&self.id);
                 return Ok(());
             }
             let now = now_ms();
@@ -231,13 +199,32 @@ impl InstanceState {
                 }
             }
             let current = if next != instance {
-                match instances::write(&self.shared.shoal, &next, revision).await? {
-                    Some(_) => {
-                        metrics::counter!("shoal_workflow_transitions_total").increment(1);
-                        next
+                let next = match instances::write(&self.shared.shoal, &next, revision).await {
+                    Ok(Some(_)) => next,
+                    Ok(None) => continue,
+                    Err(InstanceError::TooLarge { size, limit }) => {
+                        // Stop where it was, faulted, rather than fail forever.
+                        let mut faulted = instance.clone();
+                        faulted.status = Status::Faulted;
+                        faulted.waiting.clear();
+                        faulted.error = Some(WorkflowError::new(
+                            shoal_workflows::run::errors::RUNTIME,
+                            500,
+                            "instance too large",
+                            format!(
+                                "the instance's next state is {size} bytes; the limit is {limit}"
+                            ),
+                        ));
+                        faulted.note(now, "faulted", None);
+                        match instances::write(&self.shared.shoal, &faulted, revision).await? {
+                            Some(_) => faulted,
+                            None => continue,
+                        }
                     }
-                    None => continue,
-                }
+                    Err(e) => return Err(e.into()),
+                };
+                metrics::counter!("shoal_workflow_transitions_total").increment(1);
+                next
             } else {
                 instance
             };
@@ -309,17 +296,6 @@ impl InstanceState {
         myself: &ActorRef<InstanceMsg>,
         instance: &Instance,
     ) -> Result<bool, ActorProcessingErr> {
-        // Listening first: an emit below may be answered at once.
-        let listening: Vec<_> = instance
-            .waiting
-            .iter()
-            .filter_map(|need| match need {
-                Need::Listen { filters, .. } => Some(filters.iter().cloned()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        self.shared.index.listen(&self.id, &listening);
         let mut recorded = false;
         for need in &instance.waiting {
             match need {

@@ -1,27 +1,27 @@
-//! The workflow runner. On every node it waits; on the Raft leader it
-//! drives instances: it loads every instance that is not finished, starts
-//! an actor for each (under its definition's supervisor), follows changes
-//! to instances through a watch, hands events published on any topic to
-//! the instances listening for them, and publishes lifecycle events. When
-//! the node stops leading, every actor stops; the next leader starts them
-//! again from the replicated state.
+//! The workflow runner. On the Raft leader it drives instances: it loads
+//! every instance that is not finished, starts an actor for each (under its
+//! definition's supervisor), follows changes to instances through a watch,
+//! starts scheduled instances and publishes lifecycle events. When the node
+//! stops leading, every actor stops; the next leader starts them again from
+//! the replicated state. Events reach instances through the intake, which
+//! runs on every node (`intake`).
 
 mod actor;
 mod effects;
+mod intake;
+mod schedules;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use shoal_actors::queue::Overflow;
-use shoal_actors::router::Subscription;
-use shoal_actors::subject::Pattern;
 use shoal_storage::kv::EventType;
-use shoal_workflows::run::{EventFilter, Instance, Status};
+use shoal_workflows::run::{Instance, Status};
 use tokio::sync::Semaphore;
 
 use self::actor::{DefinitionShared, DefinitionSupervisor, InstanceMsg, SupervisorMsg};
+use self::schedules::Schedules;
 use super::instances::{self, INSTANCES_PREFIX};
 use super::shoal::Shoal;
 use super::watch::Watcher;
@@ -31,97 +31,14 @@ use super::workflows::get_definition;
 /// Outgoing calls in flight per definition version and per node.
 const CALLS_PER_DEFINITION: usize = 64;
 const CALLS_PER_NODE: usize = 256;
-/// Events waiting for the runner; past it the oldest are dropped (topics
-/// are at most once).
-const EVENT_QUEUE: usize = 65_536;
 /// How often leadership is checked.
 const LEADERSHIP_CHECK: Duration = Duration::from_millis(200);
-
-/// Which instances listen for which event types: a coarse index so an
-/// event is offered only to instances that may take it (the instance
-/// checks every filter itself).
-#[derive(Default)]
-pub struct ListenIndex {
-    state: Mutex<IndexState>,
-}
-
-#[derive(Default)]
-struct IndexState {
-    /// Event type (empty: a filter without a literal type) to instances.
-    by_type: HashMap<String, HashSet<String>>,
-    /// Instance to the types it is indexed under.
-    types: HashMap<String, Vec<String>>,
-}
-
-impl ListenIndex {
-    fn lock(&self) -> std::sync::MutexGuard<'_, IndexState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The instance now listens with these filters (none: it does not).
-    pub fn listen(&self, id: &str, filters: &[EventFilter]) {
-        let mut types: Vec<String> = filters
-            .iter()
-            .map(|f| match f.with.get("type") {
-                Some(serde_json::Value::String(t)) if !t.trim_start().starts_with("${") => {
-                    t.clone()
-                }
-                _ => String::new(),
-            })
-            .collect();
-        types.sort();
-        types.dedup();
-        let mut state = self.lock();
-        if state.types.get(id) == Some(&types) {
-            return;
-        }
-        state.remove(id);
-        for t in &types {
-            state
-                .by_type
-                .entry(t.clone())
-                .or_default()
-                .insert(id.to_string());
-        }
-        if !types.is_empty() {
-            state.types.insert(id.to_string(), types);
-        }
-    }
-
-    pub fn forget(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    /// Instances that may take an event of this type.
-    fn candidates(&self, kind: &str) -> Vec<String> {
-        let state = self.lock();
-        let mut found: Vec<String> = Vec::new();
-        for t in [kind, ""] {
-            if let Some(ids) = state.by_type.get(t) {
-                found.extend(ids.iter().cloned());
-            }
-        }
-        found
-    }
-}
-
-impl IndexState {
-    fn remove(&mut self, id: &str) {
-        if let Some(types) = self.types.remove(id) {
-            for t in types {
-                if let Some(ids) = self.by_type.get_mut(&t) {
-                    ids.remove(id);
-                    if ids.is_empty() {
-                        self.by_type.remove(&t);
-                    }
-                }
-            }
-        }
-    }
-}
+/// How often schedules are read again from the definitions and checked.
+const SCHEDULE_CHECK: Duration = Duration::from_secs(1);
 
 /// Runs forever: drives instances while this node leads.
 pub async fn run(shoal: Arc<Shoal>) {
+    tokio::spawn(intake::run(shoal.clone()));
     let node_calls = Arc::new(Semaphore::new(CALLS_PER_NODE));
     let http = reqwest::Client::new();
     loop {
@@ -132,9 +49,9 @@ pub async fn run(shoal: Arc<Shoal>) {
         let term = shoal.raft.metrics().borrow().current_term;
         let mut runner = Runner {
             shoal: shoal.clone(),
-            index: Arc::new(ListenIndex::default()),
             supervisors: HashMap::new(),
             statuses: HashMap::new(),
+            schedules: Schedules::default(),
             node_calls: node_calls.clone(),
             http: http.clone(),
         };
@@ -148,11 +65,11 @@ pub async fn run(shoal: Arc<Shoal>) {
 
 struct Runner {
     shoal: Arc<Shoal>,
-    index: Arc<ListenIndex>,
     /// By definition key (`namespace/name/version`).
     supervisors: HashMap<String, ActorRef<SupervisorMsg>>,
     /// The last status seen of every instance, for lifecycle events.
     statuses: HashMap<String, (String, Status)>,
+    schedules: Schedules,
     node_calls: Arc<Semaphore>,
     http: reqwest::Client,
 }
@@ -166,7 +83,6 @@ impl Runner {
         // Everything committed before this term is applied here once the
         // barrier passes: the load below sees every instance.
         self.shoal.read_barrier(false).await?;
-        let mut events: Option<Subscription> = None;
         let revision = self.load().await?;
         let mut watcher = Watcher::start(
             self.shoal.clone(),
@@ -177,14 +93,8 @@ impl Runner {
         )
         .await?;
         let mut check = tokio::time::interval(LEADERSHIP_CHECK);
+        let mut schedule_check = tokio::time::interval(SCHEDULE_CHECK);
         loop {
-            self.follow_events(&mut events)?;
-            let next_events = async {
-                match &events {
-                    Some(subscription) => subscription.queue.next_batch(256).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 batches = watcher.next_batches(None) => {
                     for shared in batches? {
@@ -200,16 +110,6 @@ impl Runner {
                         }
                     }
                 }
-                batch = next_events => {
-                    let Some(batch) = batch else { return Ok(()) };
-                    if batch.dropped > 0 {
-                        metrics::counter!("shoal_workflow_events_total", "result" => "dropped")
-                            .increment(batch.dropped);
-                    }
-                    for message in batch.items {
-                        self.offer(&message.message).await;
-                    }
-                }
                 _ = check.tick() => {
                     if !self.still_leading(term) {
                         tracing::info!(term, "no longer leading: workflow actors stop");
@@ -217,29 +117,15 @@ impl Runner {
                     }
                     self.publish_gauges();
                 }
+                _ = schedule_check.tick() => {
+                    match Schedules::load(&self.shoal, false).await {
+                        Ok(schedules) => self.schedules = schedules,
+                        Err(e) => tracing::warn!(error = %e, "reading workflow schedules failed"),
+                    }
+                    self.schedules.tick(&self.shoal).await;
+                }
             }
         }
-    }
-
-    /// Events are taken from every topic while some instance is unfinished
-    /// (one may listen), and not at all otherwise: a subscription to every
-    /// topic makes every node forward every message to the leader.
-    fn follow_events(&self, events: &mut Option<Subscription>) -> anyhow::Result<()> {
-        let unfinished = self.statuses.values().any(|(_, s)| !s.is_final());
-        match (unfinished, events.is_some()) {
-            (true, false) => {
-                let pattern = Pattern::parse(">").map_err(|e| anyhow::anyhow!("{e}"))?;
-                *events = Some(self.shoal.messaging.router.subscribe(
-                    pattern,
-                    None,
-                    EVENT_QUEUE,
-                    Overflow::DropOldest,
-                ));
-            }
-            (false, true) => *events = None,
-            _ => {}
-        }
-        Ok(())
     }
 
     /// Every instance from the local replica; starts the unfinished ones.
@@ -294,26 +180,6 @@ impl Runner {
         }
     }
 
-    /// Offers an event to the instances listening for its type.
-    async fn offer(&mut self, message: &shoal_actors::message::Message) {
-        let candidates = self.index.candidates(&message.kind);
-        if candidates.is_empty() {
-            return;
-        }
-        let envelope = Arc::new(message.envelope());
-        for id in candidates {
-            let Some((definition, _)) = self.statuses.get(&id).cloned() else {
-                continue;
-            };
-            if let Some(supervisor) = self.supervisor(&definition).await {
-                let _ = supervisor.send_message(SupervisorMsg::Deliver(
-                    id,
-                    InstanceMsg::Event(envelope.clone()),
-                ));
-            }
-        }
-    }
-
     async fn deliver(&mut self, instance: &Instance, message: InstanceMsg) {
         if let Some(supervisor) = self.supervisor(&instance.definition_key()).await {
             let _ = supervisor.send_message(SupervisorMsg::Deliver(instance.id.clone(), message));
@@ -335,7 +201,6 @@ impl Runner {
         let shared = Arc::new(DefinitionShared {
             shoal: self.shoal.clone(),
             definition: Arc::new(definition),
-            index: self.index.clone(),
             calls: Arc::new(Semaphore::new(CALLS_PER_DEFINITION)),
             node_calls: self.node_calls.clone(),
             http: self.http.clone(),

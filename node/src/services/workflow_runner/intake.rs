@@ -1,0 +1,347 @@
+//! Events into instances, on every node. Each node follows the instances
+//! in its replica (which listen for what) and subscribes to every topic in
+//! one queue group, so each published message is taken by one node. That
+//! node applies the event to the instances listening for it (a
+//! compare-and-swap through Raft) and starts the instances of schedules
+//! that start on events; the leader's driver sees the change and goes on.
+//!
+//! An event that finds no listener is kept a few seconds: this replica may
+//! not yet have applied the write that made an instance listen (its
+//! emit's answer can be quicker than replication), and the event is
+//! offered again when one does.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_actors::queue::Overflow;
+use shoal_actors::router::Subscription;
+use shoal_actors::subject::Pattern;
+use shoal_storage::kv::EventType;
+use shoal_storage::now_ms;
+use shoal_workflows::run::{event_matches, Applied, Instance, Need, Status};
+
+use super::schedules::Schedules;
+use crate::services::instances::{self, INSTANCES_PREFIX};
+use crate::services::shoal::Shoal;
+use crate::services::watch::Watcher;
+use crate::services::watch_hub::Filter;
+use crate::services::workflows::DEFINITIONS_PREFIX;
+
+/// The queue group of every node's intake subscription.
+const GROUP: &str = "_shoal.workflows";
+/// Messages waiting for the intake; past it the oldest are dropped (topics
+/// are at most once).
+const QUEUE: usize = 65_536;
+/// How long an event nobody took is kept, and how many.
+const KEEP: Duration = Duration::from_secs(10);
+const MAX_KEPT: usize = 10_000;
+/// How often definitions (schedules) are read again.
+const RELOAD: Duration = Duration::from_secs(1);
+/// Tries of a compare-and-swap that lost to another write.
+const TRIES: usize = 8;
+
+/// Runs for ever on every node.
+pub async fn run(shoal: Arc<Shoal>) {
+    loop {
+        let mut intake = Intake {
+            shoal: shoal.clone(),
+            listening: HashMap::new(),
+            by_type: HashMap::new(),
+            kept: VecDeque::new(),
+            schedules: Schedules::default(),
+        };
+        if let Err(e) = intake.follow().await {
+            tracing::warn!(error = %e, "workflow event intake stopped; starting again");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+struct Intake {
+    shoal: Arc<Shoal>,
+    /// Instance to the event types it listens for ("" for a filter without
+    /// a literal type).
+    listening: HashMap<String, Vec<String>>,
+    by_type: HashMap<String, HashSet<String>>,
+    /// Events nobody took yet, with when they came.
+    kept: VecDeque<(Instant, Arc<Value>)>,
+    schedules: Schedules,
+}
+
+/// The types an instance listens for, if it is driven.
+fn listened_types(instance: &Instance) -> Vec<String> {
+    if !matches!(instance.status, Status::Running | Status::Waiting) {
+        return Vec::new();
+    }
+    let mut types: Vec<String> = instance
+        .waiting
+        .iter()
+        .filter_map(|need| match need {
+            Need::Listen { filters, .. } => Some(filters),
+            _ => None,
+        })
+        .flatten()
+        .map(|filter| match filter.with.get("type") {
+            Some(Value::String(t)) if !t.trim_start().starts_with("${") => t.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
+impl Intake {
+    async fn follow(&mut self) -> anyhow::Result<()> {
+        let revision = self.load().await?;
+        let mut watcher = Watcher::start(
+            self.shoal.clone(),
+            Filter::Prefix(INSTANCES_PREFIX.to_string()),
+            Some(revision + 1),
+            true,
+            256,
+        )
+        .await?;
+        // A new definition is taken up at once: instances of it may start
+        // right after, and their events must find this subscription.
+        let mut definitions = Watcher::start(
+            self.shoal.clone(),
+            Filter::Prefix(DEFINITIONS_PREFIX.to_string()),
+            Some(revision + 1),
+            true,
+            16,
+        )
+        .await?;
+        let mut events: Option<Subscription> = None;
+        let mut reload = tokio::time::interval(RELOAD);
+        loop {
+            let next_events = async {
+                match &events {
+                    Some(subscription) => subscription.queue.next_batch(256).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                batches = watcher.next_batches(None) => {
+                    let mut new_types = HashSet::new();
+                    for shared in batches? {
+                        for event in &shared.batch.events {
+                            let id = event.kv.key.trim_start_matches(INSTANCES_PREFIX).to_string();
+                            let types = match event.kind {
+                                EventType::Put => instances::decode(&event.kv.key, &event.kv.value)
+                                    .map(|i| listened_types(&i))
+                                    .unwrap_or_default(),
+                                _ => Vec::new(),
+                            };
+                            new_types.extend(self.index(&id, types));
+                        }
+                    }
+                    if !new_types.is_empty() {
+                        self.offer_kept(&new_types).await;
+                    }
+                }
+                batch = next_events => {
+                    let Some(batch) = batch else { return Ok(()) };
+                    if batch.dropped > 0 {
+                        metrics::counter!("shoal_workflow_events_total", "result" => "dropped")
+                            .increment(batch.dropped);
+                    }
+                    for message in batch.items {
+                        let event = Arc::new(message.message.envelope());
+                        if !self.offer(&event).await {
+                            self.keep(event);
+                        }
+                    }
+                }
+                changed = definitions.next_batches(None) => {
+                    changed?;
+                    self.refresh(&mut events).await?;
+                }
+                _ = reload.tick() => self.refresh(&mut events).await?,
+            }
+        }
+    }
+
+    /// Reads the schedules again, subscribes or unsubscribes, and forgets
+    /// events kept too long.
+    async fn refresh(&mut self, events: &mut Option<Subscription>) -> anyhow::Result<()> {
+        match Schedules::load(&self.shoal, true).await {
+            Ok(schedules) => self.schedules = schedules,
+            Err(e) => tracing::warn!(error = %e, "reading workflow schedules failed"),
+        }
+        let wanted = self.schedules.any_workflow || !self.listening.is_empty();
+        match (wanted, events.is_some()) {
+            (true, false) => {
+                let pattern = Pattern::parse(">").map_err(|e| anyhow::anyhow!("{e}"))?;
+                *events = Some(self.shoal.messaging.router.subscribe(
+                    pattern,
+                    Some(GROUP.to_string()),
+                    QUEUE,
+                    Overflow::DropOldest,
+                ));
+            }
+            (false, true) => *events = None,
+            _ => {}
+        }
+        let now = Instant::now();
+        while self.kept.front().is_some_and(|(at, _)| now - *at > KEEP) {
+            self.kept.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Every instance of this replica; the revision it was read at.
+    async fn load(&mut self) -> anyhow::Result<u64> {
+        let (revision, all) = self
+            .shoal
+            .read(|store| {
+                let mut all = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let (counters, kvs, more) =
+                        store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
+                    after = kvs.last().map(|kv| kv.key.clone());
+                    all.extend(kvs.into_iter().filter_map(|kv| {
+                        instances::decode(&kv.key, &kv.value)
+                            .ok()
+                            .map(|i| (i.id.clone(), listened_types(&i)))
+                    }));
+                    if !more {
+                        return Ok((counters.revision, all));
+                    }
+                }
+            })
+            .await?;
+        for (id, types) in all {
+            self.index(&id, types);
+        }
+        Ok(revision)
+    }
+
+    /// Records what an instance listens for; returns the types it began to
+    /// listen for.
+    fn index(&mut self, id: &str, types: Vec<String>) -> Vec<String> {
+        let before = self.listening.remove(id).unwrap_or_default();
+        for t in &before {
+            if let Some(ids) = self.by_type.get_mut(t) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_type.remove(t);
+                }
+            }
+        }
+        for t in &types {
+            self.by_type
+                .entry(t.clone())
+                .or_default()
+                .insert(id.to_string());
+        }
+        let new = types
+            .iter()
+            .filter(|t| !before.contains(t))
+            .cloned()
+            .collect();
+        if !types.is_empty() {
+            self.listening.insert(id.to_string(), types);
+        }
+        new
+    }
+
+    /// Applies an event to the instances listening for it and starts the
+    /// instances of schedules that start on it. False when no instance
+    /// took it.
+    async fn offer(&mut self, event: &Value) -> bool {
+        self.schedules.offer(&self.shoal, event).await;
+        let kind = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut candidates: Vec<String> = Vec::new();
+        for t in [kind, ""] {
+            if let Some(ids) = self.by_type.get(t) {
+                candidates.extend(ids.iter().cloned());
+            }
+        }
+        let mut taken = false;
+        for id in candidates {
+            let result = match self.apply(&id, event).await {
+                Ok(Applied::Applied) => {
+                    taken = true;
+                    "applied"
+                }
+                Ok(Applied::Duplicate) => {
+                    taken = true;
+                    "duplicate"
+                }
+                Ok(Applied::NotWaiting) => "not_waiting",
+                Err(e) => {
+                    tracing::warn!(instance = %id, error = %e, "applying an event failed");
+                    "failed"
+                }
+            };
+            metrics::counter!("shoal_workflow_events_total", "result" => result).increment(1);
+        }
+        taken
+    }
+
+    async fn apply(&self, id: &str, event: &Value) -> Result<Applied, instances::InstanceError> {
+        for attempt in 0..TRIES {
+            let read_id = id.to_string();
+            let store = self.shoal.store.clone();
+            let read = tokio::task::spawn_blocking(move || instances::read_local(&store, &read_id))
+                .await
+                .map_err(|e| instances::InstanceError::Unreadable {
+                    key: instances::key_of(id),
+                    message: e.to_string(),
+                })??;
+            let Some((mut instance, revision)) = read else {
+                return Ok(Applied::NotWaiting);
+            };
+            if !matches!(instance.status, Status::Running | Status::Waiting) {
+                return Ok(Applied::NotWaiting);
+            }
+            let applied = instance.apply_event(event, now_ms(), event_matches);
+            if applied != Applied::Applied {
+                return Ok(applied);
+            }
+            if instances::write(&self.shoal, &instance, revision)
+                .await?
+                .is_some()
+            {
+                return Ok(Applied::Applied);
+            }
+            // Someone wrote first; this replica catches up, then again.
+            tokio::time::sleep(Duration::from_millis(10 << attempt.min(5))).await;
+        }
+        Ok(Applied::NotWaiting)
+    }
+
+    fn keep(&mut self, event: Arc<Value>) {
+        self.kept.push_back((Instant::now(), event));
+        while self.kept.len() > MAX_KEPT {
+            self.kept.pop_front();
+        }
+    }
+
+    /// Offers the kept events of these types again.
+    async fn offer_kept(&mut self, types: &HashSet<String>) {
+        let any = types.contains("");
+        let (again, stay): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.kept)
+                .into_iter()
+                .partition(|(_, event)| {
+                    any || event
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| types.contains(t))
+                });
+        self.kept = stay.into();
+        for (at, event) in again {
+            if !self.offer(&event).await {
+                self.kept.push_back((at, event));
+            }
+        }
+    }
+}

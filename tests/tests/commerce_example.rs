@@ -1,0 +1,221 @@
+//! The order saga of `examples/commerce/`: its `run.sh` end to end, orders
+//! arriving from Kafka through a bridge, and the payment timeout firing
+//! once when the leader is killed while it waits. The inventory, payment
+//! and shipping stand-ins are `examples/commerce/services.py`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shoal_tests::delivery_support::put_definition;
+use shoal_tests::kafka::Kafka;
+use shoal_tests::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn example(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/commerce")
+        .join(file)
+}
+
+/// The saga with a payment window of `window` instead of 30 minutes.
+fn saga(window: &str) -> String {
+    std::fs::read_to_string(example("order.yaml"))
+        .expect("examples/commerce/order.yaml")
+        .replace("after: PT30M", &format!("after: {window}"))
+}
+
+/// The stand-in services, answering on `endpoint`; killed when dropped.
+struct Services(Child);
+
+impl Services {
+    async fn start(node: &Node) -> Services {
+        let child = Command::new("python3")
+            .arg(example("services.py"))
+            .arg(node.endpoint())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 examples/commerce/services.py");
+        Services(child)
+    }
+
+    /// Waits until `node` knows of the services' subscriptions and of the
+    /// workflow intake's: a topic is at most once, and a node forwards a
+    /// message only to the subscriptions it has learned of by gossip.
+    async fn wait_known(node: &Node) {
+        wait_for(WAIT, "the subscriptions, known to the node", || async {
+            let topics = node.get_path("/v1/topics").await;
+            let text = topics.body.to_string();
+            if ["inventory", "payment", "shipping", "_shoal.workflows"]
+                .iter()
+                .all(|group| text.contains(group))
+            {
+                Ok(())
+            } else {
+                Err(topics.describe())
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn publish_saga(node: &Node, window: &str) {
+    let reply = node
+        .send(
+            node.request(
+                Method::PUT,
+                "/v1/workflows/definitions/commerce/order/1.0.0",
+            )
+            .body(saga(window)),
+        )
+        .await;
+    assert!(reply.status.is_success(), "{}", reply.describe());
+}
+
+async fn wait_final(node: &Node, id: &str) -> Value {
+    wait_for(WAIT, &format!("order {id} finished"), || async {
+        let reply = node
+            .get_path(&format!("/v1/workflows/instances/{id}"))
+            .await;
+        match reply.body["status"].as_str() {
+            Some("completed" | "faulted" | "cancelled") => Ok(reply.body),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_sh_places_one_order_per_outcome_and_checks_them() {
+    let output = tokio::process::Command::new("bash")
+        .arg(example("run.sh"))
+        .env("SHOAL_BIN", shoal_bin())
+        .env("PAYMENT_WINDOW", "PT3S")
+        .env_remove("SHOAL_ENDPOINT")
+        .output()
+        .await
+        .expect("run.sh runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "run.sh failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("all orders ended where they should"),
+        "{stdout}"
+    );
+    for line in [
+        "happy            completed",
+        "payment-fails    cancelled: payment failed",
+        "payment-timeout  cancelled: payment timeout",
+        "shipment-fails   cancelled: shipment failed",
+        "out-of-stock     cancelled: out of stock",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_from_kafka_drive_the_saga_through_a_bridge() {
+    let kafka = Kafka::start().await;
+    let node = Node::start_with(&["--kafka-brokers", &kafka.brokers()]).await;
+    publish_saga(&node, "PT30M").await;
+    let _services = Services::start(&node).await;
+    Services::wait_known(&node).await;
+    let bridge = put_definition(
+        &node,
+        "bridges",
+        "orders-in",
+        &json!({"kafka_topic": "orders", "topic": "commerce.orders.kafka"}),
+    )
+    .await;
+    assert!(bridge.status.is_success(), "{}", bridge.describe());
+    // Another system produces the order to Kafka.
+    let produced = node
+        .send(
+            node.request(Method::POST, "/v1/kafka/orders")
+                .query(&[("partition", "0")])
+                .header("content-type", "application/json")
+                .body(
+                    json!({"order": "k-1", "items": [{"product": "p-1", "quantity": 1, "price": 9}],
+                           "total": 9, "scenario": "happy"})
+                    .to_string(),
+                ),
+        )
+        .await;
+    assert_eq!(produced.status.as_u16(), 200, "{}", produced.describe());
+    let offset = produced.body["offset"].as_u64().expect("offset");
+    let id = format!("order-kafka-orders-0-{offset}");
+    let done = wait_final(&node, &id).await;
+    assert_eq!(
+        done["output"],
+        json!({"order": "k-1", "status": "completed", "tracking": "TRK-k-1"}),
+        "{done}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_payment_timeout_fires_once_when_the_leader_is_killed() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    publish_saga(cluster.node(follower), "PT4S").await;
+    let services = Services::start(cluster.node(follower)).await;
+    for i in 0..3 {
+        Services::wait_known(cluster.node(i)).await;
+    }
+    let start = cluster
+        .node(follower)
+        .post_json(
+            "/v1/workflows/commerce/order/instances",
+            &json!({"id": "late", "input": {"order": "late", "items": [], "total": 3,
+                    "scenario": "payment-timeout"}}),
+        )
+        .await;
+    assert_eq!(start.status.as_u16(), 201, "{}", start.describe());
+    // Waiting for the payment, its timeout armed.
+    wait_for(WAIT, "the payment wait", || async {
+        let reply = cluster
+            .node(follower)
+            .get_path("/v1/workflows/instances/late")
+            .await;
+        let armed = reply.body["outcomes"]
+            .as_object()
+            .is_some_and(|o| o.keys().any(|k| k.ends_with("/timeout")));
+        if armed && reply.body["status"] == json!("waiting") {
+            Ok(())
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    cluster.node_mut(leader).kill9();
+    let done = wait_final(cluster.node(follower), "late").await;
+    assert_eq!(
+        done["output"],
+        json!({"order": "late", "status": "cancelled", "reason": "payment timeout"}),
+        "{done}"
+    );
+    let history: Vec<&str> = done["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|e| e["what"].as_str())
+        .collect();
+    assert_eq!(
+        history.iter().filter(|w| **w == "timer.fired").count(),
+        1,
+        "{history:?}"
+    );
+    drop(services);
+}
