@@ -116,14 +116,10 @@ impl Cron {
     /// The first whole minute strictly after `after_ms` (Unix ms) that the
     /// expression matches, if one comes within four years.
     pub fn next_after(&self, after_ms: u64) -> Option<u64> {
-        let mut minute = after_ms / MINUTE_MS + 1;
-        for _ in 0..HORIZON_MINUTES {
-            if self.matches(minute) {
-                return Some(minute * MINUTE_MS);
-            }
-            minute += 1;
-        }
-        None
+        let first = after_ms / MINUTE_MS + 1;
+        (first..first + HORIZON_MINUTES)
+            .find(|&minute| self.matches(minute))
+            .map(|minute| minute * MINUTE_MS)
     }
 
     fn matches(&self, minute: u64) -> bool {
