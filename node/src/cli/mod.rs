@@ -143,3 +143,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => client::subscribe(client, pattern, queue).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command line's definition only when it is parsed: a
+    /// clash (two arguments named alike) would panic for the user.
+    #[test]
+    fn every_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -30,8 +30,9 @@ pub enum WfCommand {
     },
     /// Delete a definition version: NAMESPACE/NAME/VERSION.
     Delete { id: String },
-    /// Start an instance of NAMESPACE/NAME (its newest version unless
-    /// --version). Starting again with the same --id returns that instance.
+    /// Start an instance of NAMESPACE/NAME (its newest version) or of
+    /// NAMESPACE/NAME/VERSION. Starting again with the same --id returns
+    /// that instance.
     Start {
         workflow: String,
         /// The input, as JSON.
@@ -40,8 +41,6 @@ pub enum WfCommand {
         /// The instance id (1-128 of A-Z a-z 0-9 . _ -); generated if absent.
         #[arg(long)]
         id: Option<String>,
-        #[arg(long)]
-        version: Option<String>,
     },
     /// Print an instance: status, current task, data, outcomes, history.
     Instance { id: String },
@@ -195,16 +194,26 @@ pub async fn run(args: ClientArgs, command: WfCommand) -> anyhow::Result<()> {
             workflow,
             input,
             id,
-            version,
         } => {
-            let (namespace, name) = workflow_of(&workflow)?;
+            let (namespace, name, version) = match workflow.matches('/').count() {
+                2 => {
+                    let (rest, version) = workflow.rsplit_once('/').unwrap_or_default();
+                    let (namespace, name) = workflow_of(rest)?;
+                    shoal_workflows::check_id(namespace, name, version)?;
+                    (namespace, name, Some(version))
+                }
+                _ => {
+                    let (namespace, name) = workflow_of(&workflow)?;
+                    (namespace, name, None)
+                }
+            };
             let input: Value = serde_json::from_str(&input).context("--input is not JSON")?;
             let mut body = serde_json::json!({ "input": input });
             if let Some(id) = id {
                 body["id"] = Value::String(id);
             }
             if let Some(version) = version {
-                body["version"] = Value::String(version);
+                body["version"] = Value::String(version.to_string());
             }
             let path = format!("/v1/workflows/{namespace}/{name}/instances");
             let answer = client
