@@ -395,6 +395,39 @@ impl Api {
         Ok(resp)
     }
 
+    /// A raw JSON request to a node: the status and the body (`null` when
+    /// it is not JSON), or why no answer came.
+    pub async fn http_json(
+        &self,
+        node: usize,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> std::result::Result<(u16, Value), String> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", api_url(node)));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                format!("connect: {e}")
+            } else if e.is_timeout() {
+                "client timeout".to_string()
+            } else {
+                format!("request: {e}")
+            }
+        })?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
     /// The node's current revision (`/v1/status`).
     pub async fn revision(&self, node: usize) -> Option<u64> {
         let resp = self

@@ -32,7 +32,7 @@ pub enum Outcome {
 pub struct Op {
     /// Position in the history, in completion order.
     pub index: u64,
-    /// `register`, `set`, `watch` or `lease`.
+    /// `register`, `set`, `watch`, `lease` or `workflow`.
     pub workload: String,
     /// Logical process (Jepsen-style): a worker takes a fresh process id after
     /// an indeterminate operation, since that one may still be in flight.

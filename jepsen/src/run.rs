@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::checker::{digest, lease, register, set, watch};
+use crate::checker::{digest, lease, register, set, watch, workflow};
 use crate::client::Api;
 use crate::cluster::{self, Cluster, NodeSettings};
 use crate::history::{self, Clock, Op, Outcome, Recorder};
@@ -39,6 +39,7 @@ pub struct Workloads {
     pub set: bool,
     pub watch: bool,
     pub lease: bool,
+    pub workflow: bool,
 }
 
 impl Workloads {
@@ -48,6 +49,7 @@ impl Workloads {
             set: false,
             watch: false,
             lease: false,
+            workflow: false,
         };
         for part in spec.split([',', '+']).map(str::trim) {
             match part {
@@ -55,16 +57,18 @@ impl Workloads {
                 "set" => w.set = true,
                 "watch" => w.watch = true,
                 "lease" => w.lease = true,
+                "workflow" => w.workflow = true,
                 "all" => {
                     w = Workloads {
                         register: true,
                         set: true,
                         watch: true,
                         lease: true,
+                        workflow: true,
                     }
                 }
                 other => anyhow::bail!(
-                    "unknown workload `{other}` (expected register, set, watch, lease or all)"
+                    "unknown workload `{other}` (expected register, set, watch, lease, workflow or all)"
                 ),
             }
         }
@@ -144,6 +148,8 @@ pub struct Inputs {
     pub watchers: Vec<watch::WatcherLog>,
     /// The lease workload's final check (after healing).
     pub lease_final: Option<workload::lease::FinalState>,
+    /// The workflow workload's final read (after healing).
+    pub workflow_final: Option<workload::workflow::FinalState>,
     /// Every node's state digest once they reached the same applied index
     /// (None for an old run directory without `digests.json`).
     pub digests: Option<digest::Collected>,
@@ -167,6 +173,8 @@ pub struct Checks {
     pub watch: Option<watch::WatchResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<lease::LeaseResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<workflow::WorkflowResult>,
     /// Every replica holds the same state (`digests.json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<digest::DigestResult>,
@@ -198,6 +206,10 @@ pub fn evaluate(inputs: &Inputs) -> Checks {
         .workloads
         .lease
         .then(|| lease::check(&inputs.history, inputs.lease_final.as_ref()));
+    let workflow = inputs
+        .workloads
+        .workflow
+        .then(|| workflow::check(&inputs.history, inputs.workflow_final.as_ref()));
     let digest = inputs.digests.as_ref().map(digest::check);
     let unexpected_exits: Vec<String> = inputs
         .unexpected_exits
@@ -208,6 +220,7 @@ pub fn evaluate(inputs: &Inputs) -> Checks {
         && set.as_ref().is_none_or(|r| r.valid)
         && watch.as_ref().is_none_or(|r| r.valid)
         && lease.as_ref().is_none_or(|r| r.valid)
+        && workflow.as_ref().is_none_or(|r| r.valid)
         && digest.as_ref().is_none_or(|r| r.valid)
         && inputs.resumed_leadership.is_empty()
         && unexpected_exits.is_empty()
@@ -219,6 +232,7 @@ pub fn evaluate(inputs: &Inputs) -> Checks {
         set,
         watch,
         lease,
+        workflow,
         digest,
         resumed_leadership: inputs.resumed_leadership.clone(),
         unexpected_exits,
@@ -293,6 +307,24 @@ pub fn failure_summary(c: &Checks) -> String {
             parts.push(format!("lease: {count} {kind}"));
         }
         parts.extend(l.problems.iter().map(|p| format!("lease: {p}")));
+    }
+    if let Some(w) = c.workflow.as_ref().filter(|w| !w.valid) {
+        let named = [
+            ("lost", &w.lost),
+            ("unexpected", &w.unexpected),
+            ("unfinished", &w.unfinished),
+            ("timer not fired once", &w.timers),
+            ("event not applied once", &w.events),
+            ("bad completion", &w.completions),
+        ];
+        for (what, list) in named {
+            if let Some(first) = list.first() {
+                parts.push(format!("workflow: {} {what} (first {first})", list.len()));
+            }
+        }
+        if let Some(error) = &w.error {
+            parts.push(format!("workflow: {error}"));
+        }
     }
     if !c.unexpected_exits.is_empty() {
         parts.push(format!(
@@ -584,6 +616,7 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
         references,
         watchers,
         lease_final,
+        workflow_final,
         digests,
         settle,
     } = outcome?;
@@ -598,6 +631,7 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
         references,
         watchers,
         lease_final,
+        workflow_final,
         digests: Some(digests),
         resumed_leadership: resumed_leadership(&events),
         unexpected_exits: exits,
@@ -674,7 +708,7 @@ pub async fn run_one(spec: &RunSpec, number: usize) -> Result<RunResult> {
 
 fn stats(history: &[Op]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    for w in ["register", "set", "watch", "lease"] {
+    for w in ["register", "set", "watch", "lease", "workflow"] {
         let ops: Vec<&Op> = history.iter().filter(|o| o.workload == w).collect();
         if ops.is_empty() {
             continue;
@@ -732,6 +766,7 @@ struct Driven {
     references: Vec<watch::Reference>,
     watchers: Vec<watch::WatcherLog>,
     lease_final: Option<workload::lease::FinalState>,
+    workflow_final: Option<workload::workflow::FinalState>,
     digests: digest::Collected,
     settle: std::result::Result<String, String>,
 }
@@ -786,6 +821,17 @@ async fn drive(
     // Clients.
     let mut tasks = Vec::new();
     let seed = spec.seed;
+    if w.workflow {
+        workload::workflow::setup(&ctx).await?;
+        for i in 0..2 {
+            tasks.push(tokio::spawn(workload::workflow::worker(
+                ctx.clone(),
+                i,
+                2,
+                seed ^ (0x600 + i as u64),
+            )));
+        }
+    }
     if w.register {
         let keys = workload::register::Keys::new();
         for i in 0..5 {
@@ -924,6 +970,13 @@ async fn drive(
     } else {
         None
     };
+    let workflow_final = if w.workflow {
+        let last = workload::workflow::final_state(&ctx, Duration::from_secs(60)).await;
+        write_json(&dir.join("workflow-final.json"), &last)?;
+        Some(last)
+    } else {
+        None
+    };
     if w.set {
         write_json(&dir.join("set-final-reads.json"), &set_reads)?;
     }
@@ -943,6 +996,7 @@ async fn drive(
         references,
         watchers: watcher_logs,
         lease_final,
+        workflow_final,
         digests,
         settle,
     })
@@ -995,6 +1049,7 @@ pub fn recheck(dir: &Path) -> Result<bool> {
     let mut workloads = Workloads::parse(run["spec"]["workload"].as_str().unwrap_or("all"))?;
     // Runs from before the lease workload existed have no lease-final.json.
     workloads.lease &= dir.join("lease-final.json").exists();
+    workloads.workflow &= dir.join("workflow-final.json").exists();
     let load = |name: &str| -> Result<Option<String>> {
         let p = dir.join(name);
         Ok(if p.exists() {
@@ -1026,6 +1081,9 @@ pub fn recheck(dir: &Path) -> Result<bool> {
             .transpose()?
             .unwrap_or_default(),
         lease_final: load("lease-final.json")?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()?,
+        workflow_final: load("workflow-final.json")?
             .map(|s| serde_json::from_str(&s))
             .transpose()?,
         digests: load("digests.json")?

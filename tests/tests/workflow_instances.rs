@@ -972,3 +972,61 @@ do:
         .await;
     assert_eq!(listed.body["instances"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_reach_instances_after_a_majority_was_killed_and_restarted() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader().await;
+    let other = (leader + 1) % 3;
+    define(
+        cluster.node(other),
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: after, version: '1.0.0'}
+do:
+  - pause: {wait: {milliseconds: 300}}
+  - go:
+      listen:
+        to:
+          one:
+            with: {type: test.after.go}
+            correlate: {id: {from: '${ .data.id }', expect: '${ .id }'}}
+  - done: {set: '${ {id: .[0].data.id} }'}
+"#,
+    )
+    .await;
+    let ids: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+    for id in &ids {
+        let reply = start(cluster.node(other), "test/after", id, json!({"id": id})).await;
+        assert_eq!(reply.status.as_u16(), 201, "{}", reply.describe());
+    }
+    for id in &ids {
+        wait_status(cluster.node(other), id, "waiting").await;
+    }
+    // A majority, the leader among them, is killed and comes back.
+    cluster.node_mut(leader).kill9();
+    cluster.node_mut(other).kill9();
+    cluster.node_mut(leader).restart_no_wait();
+    cluster.node_mut(other).restart_no_wait();
+    cluster.wait_formed().await;
+    for (n, id) in ids.iter().enumerate() {
+        let node = cluster.node(n % 3);
+        wait_for(WAIT, &format!("{id} completed"), || async {
+            publish(
+                node,
+                "after",
+                "test.after.go",
+                &format!("go-{id}"),
+                json!({"id": id}),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let found = instance(node, id).await;
+            if found["status"] == json!("completed") {
+                Ok(())
+            } else {
+                Err(found.to_string())
+            }
+        })
+        .await;
+    }
+}

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod register;
 pub mod set;
 pub mod watch;
+pub mod workflow;
 
 /// What every worker needs.
 #[derive(Clone)]

@@ -157,6 +157,24 @@ pub fn read_local(store: &Store, id: &str) -> Result<Option<(Instance, u64)>, In
         .transpose()
 }
 
+/// Every readable instance of this replica, and the revision they were
+/// read at (no barrier; a blocking read, for `Shoal::read`).
+pub fn scan(store: &Store) -> Result<(u64, Vec<Instance>), shoal_storage::StorageError> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (counters, kvs, more) = store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
+        after = kvs.last().map(|kv| kv.key.clone());
+        all.extend(
+            kvs.into_iter()
+                .filter_map(|kv| decode(&kv.key, &kv.value).ok()),
+        );
+        if !more {
+            return Ok((counters.revision, all));
+        }
+    }
+}
+
 /// An instance (linearizable read).
 pub async fn get(shoal: &Shoal, id: &str) -> Result<(Instance, u64), InstanceError> {
     shoal.read_barrier(false).await?;

@@ -21,15 +21,13 @@ pub use state::{
 pub fn settle(instance: &mut Instance, evaluation: &Evaluation, now_ms: u64) {
     let before = instance.status;
     if instance.outcomes.len() > MAX_OUTCOMES {
-        instance.status = Status::Faulted;
-        instance.error = Some(WorkflowError::new(
+        let error = WorkflowError::new(
             errors::RUNTIME,
             500,
             "too many outcomes",
             format!("the instance recorded more than {MAX_OUTCOMES} outcomes"),
-        ));
-        instance.waiting.clear();
-        instance.note(now_ms, "faulted", None);
+        );
+        instance.fault(error, now_ms);
         return;
     }
     instance.waiting = evaluation.needs.clone();

@@ -345,6 +345,14 @@ impl Instance {
         instance
     }
 
+    /// Faults the instance with this error: nothing is waited for any more.
+    pub fn fault(&mut self, error: WorkflowError, now_ms: u64) {
+        self.status = Status::Faulted;
+        self.waiting.clear();
+        self.note(now_ms, "faulted", error.instance.clone().as_deref());
+        self.error = Some(error);
+    }
+
     /// `namespace/name/version` of the definition it runs.
     pub fn definition_key(&self) -> String {
         format!("{}/{}/{}", self.namespace, self.name, self.version)

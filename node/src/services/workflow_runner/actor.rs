@@ -175,12 +175,7 @@ impl InstanceState {
             let mut next = instance.clone();
             match self.evaluate(&instance, now).await {
                 Ok(evaluation) => settle(&mut next, &evaluation, now),
-                Err(error) => {
-                    next.status = Status::Faulted;
-                    next.error = Some(error);
-                    next.waiting.clear();
-                    next.note(now, "faulted", None);
-                }
+                Err(error) => next.fault(error, now),
             }
             for need in next.waiting.clone() {
                 if let Need::Timer {
@@ -205,17 +200,15 @@ impl InstanceState {
                     Err(InstanceError::TooLarge { size, limit }) => {
                         // Stop where it was, faulted, rather than fail forever.
                         let mut faulted = instance.clone();
-                        faulted.status = Status::Faulted;
-                        faulted.waiting.clear();
-                        faulted.error = Some(WorkflowError::new(
+                        let error = WorkflowError::new(
                             shoal_workflows::run::errors::RUNTIME,
                             500,
                             "instance too large",
                             format!(
                                 "the instance's next state is {size} bytes; the limit is {limit}"
                             ),
-                        ));
-                        faulted.note(now, "faulted", None);
+                        );
+                        faulted.fault(error, now);
                         match instances::write(&self.shared.shoal, &faulted, revision).await? {
                             Some(_) => faulted,
                             None => continue,

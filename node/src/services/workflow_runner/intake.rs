@@ -10,7 +10,7 @@
 //! emit's answer can be quicker than replication), and the event is
 //! offered again when one does.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,9 @@ use shoal_actors::router::Subscription;
 use shoal_actors::subject::Pattern;
 use shoal_storage::kv::EventType;
 use shoal_storage::now_ms;
-use shoal_workflows::run::{event_matches, Applied, Instance, Need, Status};
+use shoal_workflows::run::{event_matches, Applied, Status};
 
+use super::listeners::Listeners;
 use super::schedules::Schedules;
 use crate::services::instances::{self, INSTANCES_PREFIX};
 use crate::services::shoal::Shoal;
@@ -47,8 +48,7 @@ pub async fn run(shoal: Arc<Shoal>) {
     loop {
         let mut intake = Intake {
             shoal: shoal.clone(),
-            listening: HashMap::new(),
-            by_type: HashMap::new(),
+            listeners: Listeners::default(),
             kept: VecDeque::new(),
             schedules: Schedules::default(),
         };
@@ -61,36 +61,10 @@ pub async fn run(shoal: Arc<Shoal>) {
 
 struct Intake {
     shoal: Arc<Shoal>,
-    /// Instance to the event types it listens for ("" for a filter without
-    /// a literal type).
-    listening: HashMap<String, Vec<String>>,
-    by_type: HashMap<String, HashSet<String>>,
+    listeners: Listeners,
     /// Events nobody took yet, with when they came.
     kept: VecDeque<(Instant, Arc<Value>)>,
     schedules: Schedules,
-}
-
-/// The types an instance listens for, if it is driven.
-fn listened_types(instance: &Instance) -> Vec<String> {
-    if !matches!(instance.status, Status::Running | Status::Waiting) {
-        return Vec::new();
-    }
-    let mut types: Vec<String> = instance
-        .waiting
-        .iter()
-        .filter_map(|need| match need {
-            Need::Listen { filters, .. } => Some(filters),
-            _ => None,
-        })
-        .flatten()
-        .map(|filter| match filter.with.get("type") {
-            Some(Value::String(t)) if !t.trim_start().starts_with("${") => t.clone(),
-            _ => String::new(),
-        })
-        .collect();
-    types.sort();
-    types.dedup();
-    types
 }
 
 impl Intake {
@@ -125,17 +99,17 @@ impl Intake {
             };
             tokio::select! {
                 batches = watcher.next_batches(None) => {
-                    let mut new_types = HashSet::new();
+                    let mut new_types = BTreeSet::new();
                     for shared in batches? {
                         for event in &shared.batch.events {
-                            let id = event.kv.key.trim_start_matches(INSTANCES_PREFIX).to_string();
-                            let types = match event.kind {
-                                EventType::Put => instances::decode(&event.kv.key, &event.kv.value)
-                                    .map(|i| listened_types(&i))
-                                    .unwrap_or_default(),
-                                _ => Vec::new(),
+                            let id = event.kv.key.trim_start_matches(INSTANCES_PREFIX);
+                            let instance = match event.kind {
+                                EventType::Put => {
+                                    instances::decode(&event.kv.key, &event.kv.value).ok()
+                                }
+                                _ => None,
                             };
-                            new_types.extend(self.index(&id, types));
+                            new_types.extend(self.listeners.update(id, instance.as_ref()));
                         }
                     }
                     if !new_types.is_empty() {
@@ -171,7 +145,7 @@ impl Intake {
             Ok(schedules) => self.schedules = schedules,
             Err(e) => tracing::warn!(error = %e, "reading workflow schedules failed"),
         }
-        let wanted = self.schedules.any_workflow || !self.listening.is_empty();
+        let wanted = self.schedules.any_workflow || !self.listeners.is_empty();
         match (wanted, events.is_some()) {
             (true, false) => {
                 let pattern = Pattern::parse(">").map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -194,59 +168,11 @@ impl Intake {
 
     /// Every instance of this replica; the revision it was read at.
     async fn load(&mut self) -> anyhow::Result<u64> {
-        let (revision, all) = self
-            .shoal
-            .read(|store| {
-                let mut all = Vec::new();
-                let mut after: Option<String> = None;
-                loop {
-                    let (counters, kvs, more) =
-                        store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
-                    after = kvs.last().map(|kv| kv.key.clone());
-                    all.extend(kvs.into_iter().filter_map(|kv| {
-                        instances::decode(&kv.key, &kv.value)
-                            .ok()
-                            .map(|i| (i.id.clone(), listened_types(&i)))
-                    }));
-                    if !more {
-                        return Ok((counters.revision, all));
-                    }
-                }
-            })
-            .await?;
-        for (id, types) in all {
-            self.index(&id, types);
+        let (revision, all) = self.shoal.read(instances::scan).await?;
+        for instance in all {
+            self.listeners.update(&instance.id, Some(&instance));
         }
         Ok(revision)
-    }
-
-    /// Records what an instance listens for; returns the types it began to
-    /// listen for.
-    fn index(&mut self, id: &str, types: Vec<String>) -> Vec<String> {
-        let before = self.listening.remove(id).unwrap_or_default();
-        for t in &before {
-            if let Some(ids) = self.by_type.get_mut(t) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    self.by_type.remove(t);
-                }
-            }
-        }
-        for t in &types {
-            self.by_type
-                .entry(t.clone())
-                .or_default()
-                .insert(id.to_string());
-        }
-        let new = types
-            .iter()
-            .filter(|t| !before.contains(t))
-            .cloned()
-            .collect();
-        if !types.is_empty() {
-            self.listening.insert(id.to_string(), types);
-        }
-        new
     }
 
     /// Applies an event to the instances listening for it and starts the
@@ -254,18 +180,14 @@ impl Intake {
     /// took it.
     async fn offer(&mut self, event: &Value) -> bool {
         self.schedules.offer(&self.shoal, event).await;
-        let kind = event
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let mut candidates: Vec<String> = Vec::new();
-        for t in [kind, ""] {
-            if let Some(ids) = self.by_type.get(t) {
-                candidates.extend(ids.iter().cloned());
-            }
-        }
+        self.offer_to_instances(event).await
+    }
+
+    /// Applies an event to the instances listening for it; false when none
+    /// took it.
+    async fn offer_to_instances(&mut self, event: &Value) -> bool {
         let mut taken = false;
-        for id in candidates {
+        for id in self.listeners.candidates(event) {
             let result = match self.apply(&id, event).await {
                 Ok(Applied::Applied) => {
                     taken = true;
@@ -326,7 +248,7 @@ impl Intake {
     }
 
     /// Offers the kept events of these types again.
-    async fn offer_kept(&mut self, types: &HashSet<String>) {
+    async fn offer_kept(&mut self, types: &BTreeSet<String>) {
         let any = types.contains("");
         let (again, stay): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.kept)
@@ -339,7 +261,7 @@ impl Intake {
                 });
         self.kept = stay.into();
         for (at, event) in again {
-            if !self.offer(&event).await {
+            if !self.offer_to_instances(&event).await {
                 self.kept.push_back((at, event));
             }
         }

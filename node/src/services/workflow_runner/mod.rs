@@ -9,6 +9,7 @@
 mod actor;
 mod effects;
 mod intake;
+mod listeners;
 mod schedules;
 
 use std::collections::HashMap;
@@ -130,25 +131,7 @@ impl Runner {
 
     /// Every instance from the local replica; starts the unfinished ones.
     async fn load(&mut self) -> anyhow::Result<u64> {
-        let (revision, all) = self
-            .shoal
-            .read(|store| {
-                let mut all = Vec::new();
-                let mut after: Option<String> = None;
-                loop {
-                    let (counters, kvs, more) =
-                        store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
-                    after = kvs.last().map(|kv| kv.key.clone());
-                    all.extend(
-                        kvs.into_iter()
-                            .filter_map(|kv| instances::decode(&kv.key, &kv.value).ok()),
-                    );
-                    if !more {
-                        return Ok((counters.revision, all));
-                    }
-                }
-            })
-            .await?;
+        let (revision, all) = self.shoal.read(instances::scan).await?;
         for instance in all {
             self.statuses.insert(
                 instance.id.clone(),
