@@ -45,6 +45,12 @@ const LOG_WRITER_BYTES: usize = 64 << 20;
 /// Run a node until it is stopped. `store_closed` receives a handle on the
 /// node's database, for the caller to wait, once the async runtime is gone,
 /// until the database is closed before the process exits.
+/// Longest a snapshot chunk's send, or the install after the last one, may
+/// take before openraft starts the transfer again.
+const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 30_000;
+/// Bytes per snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+
 pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
@@ -260,6 +266,14 @@ async fn start_raft(
         election_timeout_max: settings.election_timeout_ms * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
         max_in_snapshot_log_to_keep: settings.snapshot_every.min(1000),
+        // openraft gives the send of each snapshot chunk, and the install of
+        // the whole snapshot after the last one, 200 ms by default. Past
+        // that the transfer starts again from the beginning, so a follower
+        // whose snapshot takes longer to install never catches up (tests:
+        // durability a_follower_catches_up_from_a_large_snapshot). Chunks
+        // are smaller than the 3 MiB default so each one goes well within.
+        install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT_MS,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         ..Default::default()
     }
     .validate()

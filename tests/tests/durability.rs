@@ -170,3 +170,45 @@ async fn snapshots_and_log_purge_survive_kill9() {
     assert!(num(&restarted, "/snapshot_index") > 0, "{restarted}");
     assert_eq!(node.put_rev("snap/after", b"x").await, before.0 + 1);
 }
+
+/// A follower that was down while the leader snapshotted and purged its log
+/// catches up by installing a snapshot of a state far larger than one
+/// transfer chunk (openraft's default gives the install of the last chunk
+/// 200 ms, which a large snapshot does not meet: the follower then never
+/// caught up).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_catches_up_from_a_large_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "50"]).await;
+    let leader = cluster.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.node_mut(follower).kill9();
+    // About 24 MiB of state, in 400 writes of 60 KiB.
+    let value = "x".repeat(60 * 1024);
+    for i in 0..400 {
+        cluster
+            .node(leader)
+            .put(&format!("big/{i:04}"), value.as_bytes())
+            .await;
+    }
+    let status = wait_for(
+        Duration::from_secs(60),
+        "a snapshot and a purged log",
+        || async {
+            let status = cluster.node(leader).status().await;
+            let first_log = opt_num(&status, "/first_log_index").unwrap_or(0);
+            if first_log > 100 {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(num(&status, "/snapshot_index") > 100, "{status}");
+    cluster.node_mut(follower).restart().await;
+    let up: Vec<usize> = (0..3).collect();
+    cluster
+        .wait_same_applied_digest(&up, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|e| panic!("the follower did not catch up: {e}"));
+}
