@@ -292,7 +292,12 @@ impl InstanceState {
         let mut recorded = false;
         for need in &instance.waiting {
             match need {
-                Need::Timer { key, .. } => {
+                Need::Timer {
+                    key,
+                    duration_ms,
+                    jitter_ms,
+                    ..
+                } => {
                     let due = match instance.outcomes.get(key) {
                         Some(Record {
                             outcome:
@@ -305,7 +310,8 @@ impl InstanceState {
                         _ => continue,
                     };
                     if self.scheduled.insert(key.clone()) {
-                        let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                        let longest = duration_ms + jitter_ms.map_or(0, |(_, to)| to);
+                        let wait = timer_wait(due, now_ms(), longest);
                         let key = key.clone();
                         myself.send_after(wait, move || InstanceMsg::TimerDue(key));
                     }
@@ -337,6 +343,17 @@ impl InstanceState {
         }
         Ok(recorded)
     }
+}
+
+/// How long to wait for a timer due at `due_ms` (Unix ms, by the clock of
+/// the leader that armed it) that lasts at most `longest_ms`. The wait is
+/// never longer than the timer itself: a timer armed by a leader whose
+/// clock ran ahead would otherwise keep a later leader waiting for as long
+/// as that clock was off (the jepsen clock nemesis found an instance
+/// stuck for minutes). A leader whose clock runs behind fires early, by at
+/// most the timer's length.
+fn timer_wait(due_ms: u64, now_ms: u64, longest_ms: u64) -> Duration {
+    Duration::from_millis(due_ms.saturating_sub(now_ms).min(longest_ms))
 }
 
 /// Supervises the instance actors of one definition version: starts them
@@ -442,5 +459,23 @@ impl Actor for DefinitionSupervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_never_waits_longer_than_it_lasts() {
+        let now = 1_000_000;
+        assert_eq!(timer_wait(now + 300, now, 300), Duration::from_millis(300));
+        assert_eq!(timer_wait(now + 100, now, 300), Duration::from_millis(100));
+        assert_eq!(timer_wait(now - 5, now, 300), Duration::ZERO, "overdue");
+        // Armed by a leader ten minutes ahead.
+        assert_eq!(
+            timer_wait(now + 600_000 + 300, now, 300),
+            Duration::from_millis(300)
+        );
     }
 }

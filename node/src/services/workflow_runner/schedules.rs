@@ -201,6 +201,19 @@ async fn tick_one(shoal: &Shoal, definition: &Definition) -> anyhow::Result<()> 
         }
         return Ok(());
     }
+    // The next tick is never later than this node would set it now: a tick
+    // set by a leader whose clock ran ahead would otherwise wait for as long
+    // as that clock was off.
+    if let Some(latest) = next_time(schedule, now) {
+        if state.next_ms > latest {
+            let state = ScheduleState {
+                next_ms: latest,
+                ..state
+            };
+            write(shoal, &key, &state, revision, None).await?;
+            return Ok(());
+        }
+    }
     if state.next_ms == 0 || now < state.next_ms {
         return Ok(());
     }
