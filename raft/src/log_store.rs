@@ -59,6 +59,11 @@ pub struct LogStore {
     committed: Arc<AtomicU64>,
     tail: Tail,
     writer: mpsc::Sender<LogOp>,
+    /// Held by the writer thread until it has dropped its store: a process
+    /// that exits while that thread still closes RocksDB can abort (RocksDB's
+    /// own mutexes are destroyed at exit), so tests wait for it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    writer_alive: Arc<()>,
 }
 
 fn lock(tail: &Tail) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
@@ -77,14 +82,20 @@ impl LogStore {
             sync_delay,
             failed: None,
         };
+        let writer_alive = Arc::new(());
+        let alive = writer_alive.clone();
         std::thread::Builder::new()
             .name("shoal-raft-log".into())
-            .spawn(move || log_writer.run(queue))?;
+            .spawn(move || {
+                log_writer.run(queue);
+                drop(alive);
+            })?;
         Ok(LogStore {
             store,
             committed: Arc::new(AtomicU64::new(0)),
             tail,
             writer,
+            writer_alive,
         })
     }
 
@@ -442,6 +453,7 @@ mod tests {
         store.log_write(&written).expect("write");
         store.sync_wal().expect("sync");
         let mut log = LogStore::new(store.clone(), None).expect("log store");
+        let writer_alive = Arc::downgrade(&log.writer_alive);
         let purge =
             tokio::spawn(
                 async move { log.purge(LogId::new(CommittedLeaderId::new(1, 1), 8)).await },
@@ -463,6 +475,11 @@ mod tests {
         batch.commit().expect("commit");
         purge.await.expect("task").expect("purge");
         assert_eq!(store.log_first_index().expect("first"), Some(9));
+        // The log store is gone with the task: wait for its writer thread to
+        // let go of RocksDB before the process exits.
+        while std::sync::Weak::strong_count(&writer_alive) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// After a failed write the writer writes nothing more: a later batch
