@@ -11,5 +11,6 @@ pub mod expr;
 pub mod run;
 
 pub use definition::{
-    check_id, parse, Definition, DefinitionError, MAX_DEFINITION_BYTES, SUPPORTED_TASKS,
+    check_id, parse, version_order, Definition, DefinitionError, MAX_DEFINITION_BYTES,
+    SUPPORTED_TASKS,
 };

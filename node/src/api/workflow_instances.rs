@@ -11,8 +11,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shoal_actors::message::new_id;
-use shoal_workflows::check_id;
 use shoal_workflows::run::{Instance, Status};
+use shoal_workflows::{check_id, version_order};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
@@ -125,16 +125,6 @@ pub struct InstanceActionFailure {
     pub error: String,
 }
 
-/// Orders `1.2.10` after `1.2.9`; a pre-release before its release.
-fn version_key(version: &str) -> (Vec<u64>, bool, String) {
-    let (core, pre) = match version.split_once('-') {
-        Some((core, pre)) => (core, Some(pre)),
-        None => (version.split('+').next().unwrap_or(version), None),
-    };
-    let numbers = core.split('.').map(|n| n.parse().unwrap_or(0)).collect();
-    (numbers, pre.is_none(), pre.unwrap_or_default().to_string())
-}
-
 fn action_of(text: &str) -> ApiResult<Action> {
     Action::parse(text).ok_or_else(|| {
         ApiError::new(
@@ -205,7 +195,7 @@ pub async fn start_instance(
             .await?
             .into_iter()
             .map(|(definition, _)| definition)
-            .max_by_key(|definition| version_key(&definition.version))
+            .max_by_key(|definition| version_order(&definition.version))
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,

@@ -73,6 +73,19 @@ pub fn check_id(namespace: &str, name: &str, version: &str) -> Result<(), Defini
     Ok(())
 }
 
+/// The order of definition versions, newest last: by their numbers
+/// (`1.10.0` after `1.9.0`), a pre-release (`1.0.0-rc.1`) before its
+/// release; build metadata is ignored.
+pub fn version_order(version: &str) -> (Vec<u64>, bool, String) {
+    let version = version.split('+').next().unwrap_or(version);
+    let (core, pre) = match version.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (version, None),
+    };
+    let numbers = core.split('.').map(|n| n.parse().unwrap_or(0)).collect();
+    (numbers, pre.is_none(), pre.unwrap_or_default().to_string())
+}
+
 impl Definition {
     /// Validates a definition already in JSON form (e.g. one read back from
     /// storage, or a request body decoded by the caller).

@@ -692,3 +692,27 @@ fn definitions_round_trip_through_serde() {
         Ok(definition)
     );
 }
+
+#[test]
+fn versions_order_by_number_with_pre_releases_first() {
+    let mut versions = vec![
+        "1.10.0",
+        "1.0.0",
+        "1.9.0",
+        "1.0.0-demo",
+        "2.0.0-rc.1",
+        "1.9.0+build.7",
+    ];
+    versions.sort_by_key(|v| super::version_order(v));
+    assert_eq!(
+        versions,
+        [
+            "1.0.0-demo",
+            "1.0.0",
+            "1.9.0",
+            "1.9.0+build.7",
+            "1.10.0",
+            "2.0.0-rc.1"
+        ]
+    );
+}

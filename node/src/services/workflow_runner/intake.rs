@@ -38,8 +38,9 @@ const QUEUE: usize = 65_536;
 /// How long an event nobody took is kept, and how many.
 const KEEP: Duration = Duration::from_secs(10);
 const MAX_KEPT: usize = 10_000;
-/// How often definitions (schedules) are read again.
-const RELOAD: Duration = Duration::from_secs(1);
+/// How often the subscription and the kept events are looked at (and the
+/// schedules read again if the last read failed).
+const TICK: Duration = Duration::from_secs(1);
 /// Tries of a compare-and-swap that lost to another write.
 const TRIES: usize = 8;
 
@@ -89,7 +90,8 @@ impl Intake {
         )
         .await?;
         let mut events: Option<Subscription> = None;
-        let mut reload = tokio::time::interval(RELOAD);
+        let mut schedules_read = self.read_schedules().await;
+        let mut tick = tokio::time::interval(TICK);
         loop {
             let next_events = async {
                 match &events {
@@ -131,20 +133,35 @@ impl Intake {
                 }
                 changed = definitions.next_batches(None) => {
                     changed?;
-                    self.refresh(&mut events).await?;
+                    schedules_read = self.read_schedules().await;
+                    self.refresh(&mut events)?;
                 }
-                _ = reload.tick() => self.refresh(&mut events).await?,
+                _ = tick.tick() => {
+                    if !schedules_read {
+                        schedules_read = self.read_schedules().await;
+                    }
+                    self.refresh(&mut events)?;
+                }
             }
         }
     }
 
-    /// Reads the schedules again, subscribes or unsubscribes, and forgets
-    /// events kept too long.
-    async fn refresh(&mut self, events: &mut Option<Subscription>) -> anyhow::Result<()> {
+    /// Reads the schedules (when a definition changed); false if that failed.
+    async fn read_schedules(&mut self) -> bool {
         match Schedules::load(&self.shoal, true).await {
-            Ok(schedules) => self.schedules = schedules,
-            Err(e) => tracing::warn!(error = %e, "reading workflow schedules failed"),
+            Ok(schedules) => {
+                self.schedules = schedules;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading workflow schedules failed");
+                false
+            }
         }
+    }
+
+    /// Subscribes or unsubscribes, and forgets events kept too long.
+    fn refresh(&mut self, events: &mut Option<Subscription>) -> anyhow::Result<()> {
         let wanted = self.schedules.any_workflow || !self.listeners.is_empty();
         match (wanted, events.is_some()) {
             (true, false) => {

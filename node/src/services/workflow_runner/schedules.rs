@@ -22,7 +22,7 @@ use shoal_storage::now_ms;
 use shoal_workflows::cron::Cron;
 use shoal_workflows::definition::parse_duration;
 use shoal_workflows::run::{event_matches, EventFilter, Instance};
-use shoal_workflows::Definition;
+use shoal_workflows::{version_order, Definition};
 
 use crate::services::instances;
 use crate::services::shoal::Shoal;
@@ -56,13 +56,6 @@ fn key_of(definition: &Definition) -> String {
     )
 }
 
-fn version_key(version: &str) -> Vec<u64> {
-    version
-        .split(['.', '-', '+'])
-        .map(|part| part.parse().unwrap_or(0))
-        .collect()
-}
-
 /// The filters of `schedule.on` (`one` or `any`).
 fn event_filters(on: &Value) -> Vec<EventFilter> {
     let filters = match (on.get("one"), on.get("any")) {
@@ -93,9 +86,9 @@ impl Schedules {
         let mut newest: HashMap<(String, String), Definition> = HashMap::new();
         for (definition, _) in list_definitions(shoal, "", stale).await? {
             let id = (definition.namespace.clone(), definition.name.clone());
-            let newer = newest
-                .get(&id)
-                .is_none_or(|known| version_key(&definition.version) > version_key(&known.version));
+            let newer = newest.get(&id).is_none_or(|known| {
+                version_order(&definition.version) > version_order(&known.version)
+            });
             if newer {
                 newest.insert(id, definition);
             }

@@ -69,6 +69,28 @@ enum Flow {
     },
 }
 
+impl Flow {
+    /// The same outcome, for work that also used the outcomes up to
+    /// `earlier` (the latest settled outcome decides races).
+    fn after(self, earlier: u64) -> Flow {
+        match self {
+            Flow::Done {
+                output,
+                directive,
+                seq,
+            } => Flow::Done {
+                output,
+                directive,
+                seq: seq.max(earlier),
+            },
+            Flow::Blocked { seq } => Flow::Blocked {
+                seq: seq.max(earlier),
+            },
+            Flow::Raised { error, seq } => raised(error, seq.max(earlier)),
+        }
+    }
+}
+
 /// Variables declared by `for` and `catch.as`, innermost last.
 type Locals = Vec<(String, Value)>;
 
@@ -341,8 +363,7 @@ impl<'a> Interpreter<'a> {
                         }
                     }
                 }
-                Flow::Blocked { seq: s } => return Flow::Blocked { seq: seq.max(s) },
-                Flow::Raised { error, seq: s } => return raised(error, seq.max(s)),
+                other => return other.after(seq),
             }
         }
         Flow::Done {
@@ -546,20 +567,7 @@ impl<'a> Interpreter<'a> {
             return self.try_catch(task, path, scope, input, locals);
         }
         if let Some(tasks) = task.get("do").and_then(Value::as_array) {
-            let flow = self.list(tasks, &format!("{path}/do"), scope, input, locals);
-            return match flow {
-                Flow::Done {
-                    output,
-                    directive: Directive::End,
-                    seq,
-                } => Flow::Done {
-                    output,
-                    directive: Directive::End,
-                    seq,
-                },
-                Flow::Done { output, seq, .. } => done(output, seq),
-                other => other,
-            };
+            return self.list(tasks, &format!("{path}/do"), scope, input, locals);
         }
         if let Some(wait) = task.get("wait") {
             let key = self.key(path, scope);

@@ -170,8 +170,7 @@ impl Interpreter<'_> {
                         };
                     }
                 }
-                Flow::Blocked { seq: s } => return Flow::Blocked { seq: seq.max(s) },
-                Flow::Raised { error, seq: s } => return raised(error, seq.max(s)),
+                other => return other.after(seq),
             }
         }
         Flow::Done {
@@ -287,25 +286,7 @@ impl Interpreter<'_> {
             );
             let (error, seq) = match flow {
                 Flow::Raised { error, seq } => (error, seq),
-                Flow::Done {
-                    output,
-                    directive: Directive::End,
-                    seq,
-                } => {
-                    return Flow::Done {
-                        output,
-                        directive: Directive::End,
-                        seq,
-                    }
-                }
-                Flow::Done { output, seq, .. } => {
-                    return Flow::Done {
-                        output,
-                        directive: Directive::Continue,
-                        seq,
-                    }
-                }
-                blocked => return blocked,
+                done_or_blocked => return done_or_blocked,
             };
             self.needs.truncate(needs_before);
             let error_value = serde_json::to_value(&error).unwrap_or(Value::Null);
@@ -360,24 +341,7 @@ impl Interpreter<'_> {
                 input.clone(),
                 &catch_locals,
             );
-            return match flow {
-                Flow::Done {
-                    output,
-                    directive: Directive::End,
-                    seq: s,
-                } => Flow::Done {
-                    output,
-                    directive: Directive::End,
-                    seq: seq.max(s),
-                },
-                Flow::Done { output, seq: s, .. } => Flow::Done {
-                    output,
-                    directive: Directive::Continue,
-                    seq: seq.max(s),
-                },
-                Flow::Blocked { seq: s } => Flow::Blocked { seq: seq.max(s) },
-                Flow::Raised { error, seq: s } => raised(error, seq.max(s)),
-            };
+            return flow.after(seq);
         }
     }
 
