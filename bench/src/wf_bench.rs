@@ -10,7 +10,16 @@
 //!   to the instance's `completed` lifecycle event (received over SSE on
 //!   another node) is measured;
 //! - memory: the leader's resident memory before and after `--sleeping`
-//!   instances start waiting on an hour-long timer, per instance.
+//!   instances start waiting on an hour-long timer, per instance;
+//! - timers: `--timers` instances wait on hour-long timers (the leader's
+//!   memory per instance), and beside them `--probes` 5 s timers started at
+//!   `--rate`: how late each fired (its recorded firing time against its
+//!   due time);
+//! - burst (not run by default): `--timers` instances each wait
+//!   `--timer-wait-secs`, so they all fall due as fast as they started;
+//! - recovery: `--recovering` instances wait on a timer, the leader is
+//!   killed (`kill -9`); the time until a new leader tracks all of them,
+//!   and until all completed. This run kills a node, so it is the last.
 //!
 //! No other workflow engine installs here, so there is no peer side by
 //! side. See bench/README.md.
@@ -41,7 +50,7 @@ use crate::stats::{ms, summarize};
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Workflow instances on three nodes: transitions/s, event-to-state latency, memory per waiting instance"
+    about = "Workflow instances on three nodes: transitions/s, event-to-state latency, memory per waiting instance, timer lateness, recovery after a leader kill"
 )]
 struct Args {
     /// shoal binary [default: $SHOAL_BIN, else $CARGO_TARGET_DIR/release/shoal, else .../debug/shoal]
@@ -62,6 +71,27 @@ struct Args {
     /// Instances waiting on a timer in the memory run.
     #[arg(long, default_value_t = 10000)]
     sleeping: usize,
+    /// Instances waiting on an hour-long timer in the timers run, and
+    /// instances with a timer in the burst run.
+    #[arg(long, default_value_t = 100_000)]
+    timers: usize,
+    /// Timers measured beside them in the timers run (started at --rate).
+    #[arg(long, default_value_t = 2000)]
+    probes: usize,
+    /// How long each timer of the burst run waits: long enough that all
+    /// are waiting before the first is due.
+    #[arg(long, default_value_t = 150)]
+    timer_wait_secs: u64,
+    /// Instances waiting when the leader is killed in the recovery run.
+    #[arg(long, default_value_t = 10_000)]
+    recovering: usize,
+    /// The runs to make, in this order (also: `burst`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,latency,memory,timers,recovery"
+    )]
+    runs: Vec<String>,
 }
 
 const STEPS: &str = r#"
@@ -90,6 +120,17 @@ do:
   - long: {wait: {hours: 1}}
 "#;
 
+/// A workflow whose one timer lasts `seconds`.
+fn timer_workflow(name: &str, seconds: u64) -> String {
+    format!(
+        "document: {{dsl: '1.0.0', namespace: bench, name: {name}, version: '1.0.0'}}\n\
+         do:\n  - nap: {{wait: {{seconds: {seconds}}}}}\n  - done: {{set: {{done: true}}}}\n"
+    )
+}
+
+/// Starts answered 503 or 504 and sent again.
+static RETRIED_STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 struct Bench {
     http: reqwest::Client,
     apis: Vec<String>,
@@ -109,28 +150,56 @@ impl Bench {
         Ok(())
     }
 
+    /// Starts an instance, as a client would: again (it is idempotent by
+    /// id) while the cluster answers 503 or 504, for up to a minute.
     async fn start(&self, node: usize, workflow: &str, id: &str) -> anyhow::Result<()> {
         let url = format!(
             "{}/v1/workflows/bench/{workflow}/instances",
             self.apis[node]
         );
-        let answer = self
-            .http
-            .post(url)
-            .json(&json!({"id": id, "input": {"id": id}}))
-            .send()
-            .await?;
-        if !answer.status().is_success() {
-            bail!("starting {id}: {}", answer.text().await?);
+        let begun = Instant::now();
+        loop {
+            let answer = self
+                .http
+                .post(&url)
+                .json(&json!({"id": id, "input": {"id": id}}))
+                .send()
+                .await?;
+            let status = answer.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            if !matches!(status.as_u16(), 503 | 504) || begun.elapsed() > Duration::from_secs(60) {
+                bail!("starting {id}: {}", answer.text().await?);
+            }
+            RETRIED_STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(())
     }
 
     /// The leader's metrics: (transitions, instances by workflow and status).
+    /// The node that leads now (it may have changed under load).
+    async fn current_leader(&self) -> anyhow::Result<usize> {
+        for _ in 0..600 {
+            for (i, api) in self.apis.iter().enumerate() {
+                let Ok(answer) = self.http.get(format!("{api}/v1/status")).send().await else {
+                    continue;
+                };
+                let status: Value = answer.json().await.unwrap_or(Value::Null);
+                if status["state"] == json!("Leader") {
+                    return Ok(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("no leader for 12 s")
+    }
+
     async fn leader_metrics(&self) -> anyhow::Result<(f64, HashMap<(String, String), f64>)> {
+        let leader = self.current_leader().await?;
         let text = self
             .http
-            .get(format!("{}/metrics", self.apis[self.leader]))
+            .get(format!("{}/metrics", self.apis[leader]))
             .send()
             .await?
             .text()
@@ -185,6 +254,58 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Nanoseconds each completed instance of `workflow` fired its `nap`
+    /// timer after it was due, from the recorded outcomes (read on `node`).
+    async fn timer_lateness(&self, node: usize, workflow: &str) -> anyhow::Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut url = format!(
+                "{}/v1/workflows/instances?namespace=bench&name={workflow}&status=completed&limit=1000",
+                self.apis[node]
+            );
+            if let Some(after) = &after {
+                url.push_str(&format!("&after={after}"));
+            }
+            let page: Value = self.http.get(url).send().await?.json().await?;
+            for instance in page["instances"].as_array().into_iter().flatten() {
+                if let Some(id) = instance["id"].as_str() {
+                    ids.push(id.to_string());
+                }
+            }
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => break,
+            }
+        }
+        let api = &self.apis[node];
+        let lateness = futures::stream::iter(ids)
+            .map(|id| async move {
+                let instance: Value = self
+                    .http
+                    .get(format!("{api}/v1/workflows/instances/{id}"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let timer = &instance["outcomes"]["/do/0/nap"];
+                Ok::<_, anyhow::Error>(
+                    match (timer["outcome"]["due_ms"].as_u64(), timer["at_ms"].as_u64()) {
+                        (Some(due), Some(fired)) => Some(fired.saturating_sub(due) * 1_000_000),
+                        _ => None,
+                    },
+                )
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        let mut samples = Vec::with_capacity(lateness.len());
+        for sample in lateness {
+            samples.extend(sample?);
+        }
+        Ok(samples)
     }
 
     /// Starts `ids` with `clients` concurrent clients through every node.
@@ -365,6 +486,202 @@ async fn memory(bench: &Bench, args: &Args, leader_pid: u32) -> anyhow::Result<(
     Ok(())
 }
 
+/// `--timers` instances wait on hour-long timers (the leader's memory for
+/// them is measured); beside them, `--probes` instances with 5 s timers
+/// start at `--rate` per second, and each probe's lateness is taken from
+/// its recorded outcome.
+async fn timers(bench: &Bench, args: &Args, leader_pid: u32) -> anyhow::Result<()> {
+    const PROBE_SECS: u64 = 5;
+    bench
+        .put_definition(&timer_workflow("held", 3600), "held")
+        .await?;
+    bench
+        .put_definition(&timer_workflow("probe", PROBE_SECS), "probe")
+        .await?;
+    let before = ProcStats::read(leader_pid).context("reading the leader's memory")?;
+    let ids: Vec<String> = (0..args.timers).map(|i| format!("h-{i}")).collect();
+    let started = Instant::now();
+    bench.start_all("held", ids, args.clients).await?;
+    bench
+        .wait_count("held", "waiting", args.timers, Duration::from_secs(900))
+        .await?;
+    let all_waiting = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = ProcStats::read(leader_pid).context("reading the leader's memory")?;
+    println!(
+        "| memory | {} instances waiting on a timer (all waiting after {:.0} s) | leader RSS {:.1} MiB -> {:.1} MiB | {:.0} bytes per waiting instance | |",
+        args.timers,
+        all_waiting.as_secs_f64(),
+        before.rss_mib(),
+        after.rss_mib(),
+        (after.rss_mib() - before.rss_mib()) * 1024.0 * 1024.0 / args.timers as f64
+    );
+    let gap = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let mut next = Instant::now();
+    for i in 0..args.probes {
+        tokio::time::sleep_until(next.into()).await;
+        next += gap;
+        bench
+            .start(i % bench.apis.len(), "probe", &format!("p-{i}"))
+            .await?;
+    }
+    bench
+        .wait_count("probe", "completed", args.probes, Duration::from_secs(300))
+        .await?;
+    let samples = bench.timer_lateness(bench.leader, "probe").await?;
+    let count = samples.len();
+    let summary = summarize(samples).context("no timer fired")?;
+    println!(
+        "| timers | {} timers of {PROBE_SECS} s started at {}/s beside {} waiting | {count} fired | lateness p50 {} | p99 {} (max {}) |",
+        args.probes,
+        args.rate,
+        args.timers,
+        ms(summary.p50),
+        ms(summary.p99),
+        ms(summary.max)
+    );
+    Ok(())
+}
+
+/// `--timers` instances whose timers all fall due within the time it took
+/// to start them: a burst of firings at the cluster's write capacity.
+async fn burst(bench: &Bench, args: &Args, leader_pid: u32) -> anyhow::Result<()> {
+    bench
+        .put_definition(&timer_workflow("timer", args.timer_wait_secs), "timer")
+        .await?;
+    let before = ProcStats::read(leader_pid).context("reading the leader's memory")?;
+    let ids: Vec<String> = (0..args.timers).map(|i| format!("t-{i}")).collect();
+    let started = Instant::now();
+    bench.start_all("timer", ids, args.clients).await?;
+    let waiting = bench
+        .wait_count(
+            "timer",
+            "waiting",
+            args.timers,
+            Duration::from_secs(args.timer_wait_secs),
+        )
+        .await;
+    let all_waiting = started.elapsed();
+    let after = ProcStats::read(leader_pid).context("reading the leader's memory")?;
+    if waiting.is_err() {
+        eprintln!(
+            "wf-bench: not all {} timers were armed before the first was due",
+            args.timers
+        );
+    }
+    bench
+        .wait_count(
+            "timer",
+            "completed",
+            args.timers,
+            Duration::from_secs(args.timer_wait_secs + 600),
+        )
+        .await?;
+    let samples = bench.timer_lateness(bench.leader, "timer").await?;
+    let count = samples.len();
+    let summary = summarize(samples).context("no timer fired")?;
+    println!(
+        "| burst | {} instances wait {} s each (all waiting after {:.0} s) | {count} fired | lateness p50 {} | p99 {} (max {}) |",
+        args.timers,
+        args.timer_wait_secs,
+        all_waiting.as_secs_f64(),
+        ms(summary.p50),
+        ms(summary.p99),
+        ms(summary.max)
+    );
+    println!(
+        "| memory | {} instances waiting on a timer | leader RSS {:.1} MiB -> {:.1} MiB | {:.0} bytes per waiting instance | |",
+        args.timers,
+        before.rss_mib(),
+        after.rss_mib(),
+        (after.rss_mib() - before.rss_mib()) * 1024.0 * 1024.0 / args.timers as f64
+    );
+    Ok(())
+}
+
+async fn recovery(bench: &mut Bench, args: &Args, leader_pid: u32) -> anyhow::Result<()> {
+    const WAIT_SECS: u64 = 30;
+    bench
+        .put_definition(&timer_workflow("recover", WAIT_SECS), "recover")
+        .await?;
+    let ids: Vec<String> = (0..args.recovering).map(|i| format!("r-{i}")).collect();
+    let started = Instant::now();
+    bench.start_all("recover", ids, args.clients).await?;
+    bench
+        .wait_count(
+            "recover",
+            "waiting",
+            args.recovering,
+            Duration::from_secs(WAIT_SECS),
+        )
+        .await?;
+    let armed = started.elapsed();
+    let killed = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &leader_pid.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -9 {leader_pid} failed");
+    }
+    let old = bench.leader;
+    let mut elected = None;
+    while elected.is_none() {
+        if killed.elapsed() > Duration::from_secs(60) {
+            bail!("no new leader 60 s after killing the old one");
+        }
+        for (i, api) in bench.apis.iter().enumerate().filter(|(i, _)| *i != old) {
+            let Ok(answer) = bench.http.get(format!("{api}/v1/status")).send().await else {
+                continue;
+            };
+            let status: Value = answer.json().await.unwrap_or(Value::Null);
+            if status["state"] == json!("Leader") {
+                elected = Some((i, killed.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (leader, elected_after) = elected.context("no leader")?;
+    bench.leader = leader;
+    // The new leader's runner tracks every instance (its gauges count them).
+    loop {
+        let waiting = bench.count("recover", "waiting").await.unwrap_or(0);
+        let completed = bench.count("recover", "completed").await.unwrap_or(0);
+        if waiting + completed >= args.recovering {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "the new leader tracks {waiting} + {completed} of {} instances after 120 s",
+                args.recovering
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tracked_after = killed.elapsed();
+    bench
+        .wait_count(
+            "recover",
+            "completed",
+            args.recovering,
+            Duration::from_secs(WAIT_SECS + 300),
+        )
+        .await?;
+    let completed_after = killed.elapsed();
+    let samples = bench.timer_lateness(leader, "recover").await?;
+    let summary = summarize(samples).context("no timer fired")?;
+    println!(
+        "| recovery | {} instances waiting on {WAIT_SECS} s timers (armed in {:.1} s), leader killed | new leader after {:.2} s, tracking all after {:.2} s, all completed {:.1} s after the kill | lateness p50 {} | p99 {} |",
+        args.recovering,
+        armed.as_secs_f64(),
+        elected_after.as_secs_f64(),
+        tracked_after.as_secs_f64(),
+        completed_after.as_secs_f64(),
+        ms(summary.p50),
+        ms(summary.p99),
+    );
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let (binary, _) = node::resolve_binary(args.shoal_bin.clone())?;
     let mut nodes = Node::spawn_cluster(&binary, 3, &[])?;
@@ -395,12 +712,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let leader = leader.context("no leader")?;
     eprintln!("wf-bench: {} (leader: node {leader})", binary.display());
-    let bench = Bench { http, apis, leader };
+    let mut bench = Bench { http, apis, leader };
     println!("| run | load | result | rate or p50 | transitions or p99 |");
     println!("| --- | --- | --- | --- | --- |");
-    throughput(&bench, &args).await?;
-    latency(&bench, &args).await?;
-    memory(&bench, &args, nodes[leader].pid).await?;
+    for run in &args.runs {
+        match run.as_str() {
+            "throughput" => throughput(&bench, &args).await?,
+            "latency" => latency(&bench, &args).await?,
+            "memory" => memory(&bench, &args, nodes[leader].pid).await?,
+            "timers" => timers(&bench, &args, nodes[leader].pid).await?,
+            "burst" => burst(&bench, &args, nodes[leader].pid).await?,
+            "recovery" => {
+                let leader = bench.current_leader().await?;
+                bench.leader = leader;
+                recovery(&mut bench, &args, nodes[leader].pid).await?
+            }
+            other => bail!("no run named {other}"),
+        }
+    }
+    let retried = RETRIED_STARTS.load(std::sync::atomic::Ordering::Relaxed);
+    if retried > 0 {
+        eprintln!("wf-bench: {retried} starts were answered 503/504 and sent again");
+    }
     Ok(())
 }
 

@@ -146,6 +146,10 @@ pub struct NodeArgs {
     /// Index this node's own logs into the stream `shoal`.
     #[arg(long, env = "SHOAL_LOGS_SELF", num_args = 0..=1, default_missing_value = "true")]
     pub logs_self: Option<bool>,
+    /// Keep finished workflow instances (completed, faulted, cancelled) this long after they
+    /// finished, then delete them, e.g. `12h`, `7d`, `30min`; the Raft leader's setting applies.
+    #[arg(long, env = "SHOAL_WORKFLOW_RETENTION")]
+    pub workflow_retention: Option<String>,
 }
 
 /// Every setting's default, written once: `Settings::resolve` parses its
@@ -177,6 +181,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("logs_max_body_mb", "32"),
     ("logs_commit_ms", "1000"),
     ("logs_self", "true"),
+    ("workflow_retention", "7d"),
 ];
 
 /// The default of the setting `name`, parsed. Every entry of [`DEFAULTS`]
@@ -352,6 +357,7 @@ pub struct Settings {
     pub logs_max_body_bytes: usize,
     pub logs_commit_ms: u64,
     pub logs_self: bool,
+    pub workflow_retention: std::time::Duration,
 }
 
 impl Settings {
@@ -444,6 +450,15 @@ impl Settings {
             .unwrap_or(usize::MAX),
             logs_commit_ms: pick!(logs_commit_ms).unwrap_or_else(|| default_of("logs_commit_ms")),
             logs_self: pick!(logs_self).unwrap_or_else(|| default_of("logs_self")),
+            workflow_retention: match pick!(workflow_retention) {
+                Some(text) => text
+                    .parse::<humantime::Duration>()
+                    .with_context(|| {
+                        format!("--workflow-retention {text:?} is not a duration such as 12h or 7d")
+                    })?
+                    .into(),
+                None => default_of::<humantime::Duration>("workflow_retention").into(),
+            },
         };
         settings.check()?;
         Ok(settings)
@@ -488,6 +503,9 @@ impl Settings {
         }
         if self.logs_retention_days == 0 || self.logs_retention_bytes == 0 {
             bail!("--logs-retention-days and --logs-retention-mb must be at least 1");
+        }
+        if self.workflow_retention < std::time::Duration::from_secs(1) {
+            bail!("--workflow-retention must be at least 1s");
         }
         if !(10..=60_000).contains(&self.logs_commit_ms) {
             bail!("--logs-commit-ms must be between 10 and 60000");
@@ -594,6 +612,10 @@ mod tests {
         assert_eq!(settings.advertise_rpc, "127.0.0.1:7701");
         assert_eq!(settings.logs_retention_bytes, 10240 << 20);
         assert!(settings.logs_self);
+        assert_eq!(
+            settings.workflow_retention,
+            std::time::Duration::from_secs(7 * 24 * 3600)
+        );
     }
 
     /// `--help` shows each default, taken from the same table.

@@ -333,6 +333,16 @@ fn describe_node_metrics() {
         Unit::Count,
         "Workflow instance actors restarted by their supervisor after a failure."
     );
+    describe_histogram!(
+        "shoal_workflow_task_duration_seconds",
+        Unit::Seconds,
+        "Workflow task runs from start to end (completed or faulted), by workflow version and task; timed by the leader that saw both."
+    );
+    describe_counter!(
+        "shoal_workflow_instances_deleted_total",
+        Unit::Count,
+        "Finished workflow instances deleted by this node (the leader) once --workflow-retention passed."
+    );
     describe_counter!(
         "shoal_workflow_transitions_total",
         Unit::Count,

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use shoal_tests::delivery_support::{next_message, subscribe};
 use shoal_tests::hook::{summarize, Hook};
 use shoal_tests::*;
 
@@ -1029,4 +1030,217 @@ do:
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_lifecycle_events_are_published_once_per_task_run() {
+    let node = Node::start().await;
+    let mut events = subscribe(&node, "workflows.test.steps.>").await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: steps, version: '1.0.0'}
+do:
+  - first: {set: {a: 1}}
+  - pause: {wait: {milliseconds: 50}}
+  - each:
+      for: {in: '[1, 2]'}
+      do:
+        - step: {set: {b: 2}}
+"#,
+    )
+    .await;
+    start(&node, "test/steps", "s1", json!({})).await;
+    wait_status(&node, "s1", "completed").await;
+    let mut seen = Vec::new();
+    // Collect until a quiet second: a repeat would show up in it.
+    while let Some(message) = next_message(&mut events, Duration::from_secs(3)).await {
+        let data: Value = message["data"].clone();
+        seen.push((
+            message["id"].as_str().unwrap_or("").to_string(),
+            message["type"].as_str().unwrap_or("").to_string(),
+            data["task"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    let tasks: Vec<String> = seen
+        .iter()
+        .filter(|(_, kind, _)| kind.starts_with("io.serverlessworkflow.task."))
+        .map(|(_, kind, task)| {
+            let what = kind
+                .trim_start_matches("io.serverlessworkflow.task.")
+                .trim_end_matches(".v1");
+            format!("{task} {what}")
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        [
+            "/do/0/first started",
+            "/do/0/first completed",
+            "/do/1/pause started",
+            "/do/1/pause completed",
+            "/do/2/each started",
+            "/do/2/each/do/0/step[0] started",
+            "/do/2/each/do/0/step[0] completed",
+            "/do/2/each/do/0/step[1] started",
+            "/do/2/each/do/0/step[1] completed",
+            "/do/2/each completed",
+        ],
+        "{seen:?}"
+    );
+    let ids: BTreeSet<&str> = seen.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), seen.len(), "every event once: {seen:?}");
+    let workflow: Vec<&str> = seen
+        .iter()
+        .filter(|(_, kind, _)| kind.starts_with("io.serverlessworkflow.workflow."))
+        .map(|(_, kind, _)| kind.as_str())
+        .collect();
+    assert_eq!(
+        workflow,
+        [
+            "io.serverlessworkflow.workflow.started.v1",
+            "io.serverlessworkflow.workflow.completed.v1"
+        ]
+    );
+    // Each task's duration, by its path (the two iterations together).
+    let metrics = node.get_path("/metrics").await.text;
+    for (task, runs) in [("/do/1/pause", 1), ("/do/2/each/do/0/step", 2)] {
+        let line = format!(
+            "shoal_workflow_task_duration_seconds_count{{workflow=\"test/steps/1.0.0\",task=\"{task}\"}} {runs}"
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_instances_are_deleted_once_the_retention_has_passed() {
+    let out = run_shoal(&["serve", "--workflow-retention", "soon"], None, &[]).await;
+    out.assert_clean_failure();
+    assert!(
+        out.stderr.contains("--workflow-retention"),
+        "{}",
+        out.stderr
+    );
+
+    let node = Node::start_with(&["--workflow-retention", "2s"]).await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: quick, version: '1.0.0'}
+do:
+  - done: {set: {done: true}}
+"#,
+    )
+    .await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: slow, version: '1.0.0'}
+do:
+  - await:
+      listen:
+        to:
+          one:
+            with: {type: test.never}
+"#,
+    )
+    .await;
+    start(&node, "test/slow", "waits", json!({})).await;
+    wait_status(&node, "waits", "waiting").await;
+    start(&node, "test/quick", "q1", json!({})).await;
+    wait_status(&node, "q1", "completed").await;
+    wait_for(WAIT, "q1 deleted", || async {
+        let reply = node.get_path("/v1/workflows/instances/q1").await;
+        if reply.status.as_u16() == 404 {
+            Ok(())
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    // Unfinished instances stay, however old.
+    let waiting = instance(&node, "waits").await;
+    assert_eq!(waiting["status"], json!("waiting"), "{waiting}");
+    wait_for(WAIT, "the deletion counted and the gauge at 0", || async {
+        let text = node.get_path("/metrics").await.text;
+        let deleted = text.contains("shoal_workflow_instances_deleted_total 1");
+        let gauge = text.contains(
+            "shoal_workflow_instances{workflow=\"test/quick/1.0.0\",status=\"completed\"} 0",
+        );
+        if deleted && gauge {
+            Ok(())
+        } else {
+            Err(text
+                .lines()
+                .filter(|l| l.starts_with("shoal_workflow_instances"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    })
+    .await;
+}
+
+/// Waiting instances have no actor; a timer that fell due while its
+/// instance was suspended fires once after the resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_instances_hold_no_actor_and_a_timer_due_while_suspended_fires_on_resume() {
+    let node = Node::start().await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: nap, version: '1.0.0'}
+do:
+  - nap: {wait: {seconds: 1}}
+  - done: {set: {done: true}}
+"#,
+    )
+    .await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: idle, version: '1.0.0'}
+do:
+  - await:
+      listen:
+        to:
+          one:
+            with: {type: test.never}
+"#,
+    )
+    .await;
+    for i in 0..20 {
+        start(&node, "test/idle", &format!("idle-{i}"), json!({})).await;
+    }
+    for i in 0..20 {
+        wait_status(&node, &format!("idle-{i}"), "waiting").await;
+    }
+    wait_for(WAIT, "no actor for waiting instances", || async {
+        let text = node.get_path("/metrics").await.text;
+        match text
+            .lines()
+            .find(|l| l.starts_with("shoal_workflow_actors "))
+        {
+            Some("shoal_workflow_actors 0") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    start(&node, "test/nap", "n1", json!({})).await;
+    // Armed, then suspended before it is due.
+    wait_status(&node, "n1", "waiting").await;
+    let suspended = node
+        .post_json("/v1/workflows/instances/n1/suspend", &json!({}))
+        .await;
+    assert_eq!(suspended.status.as_u16(), 200, "{}", suspended.describe());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = instance(&node, "n1").await;
+    assert_eq!(held["status"], json!("suspended"), "{held}");
+    assert_eq!(count(&held, "timer.fired"), 0, "{:?}", history(&held));
+    let resumed = node
+        .post_json("/v1/workflows/instances/n1/resume", &json!({}))
+        .await;
+    assert_eq!(resumed.status.as_u16(), 200, "{}", resumed.describe());
+    let done = wait_status(&node, "n1", "completed").await;
+    assert_eq!(count(&done, "timer.fired"), 1, "{:?}", history(&done));
 }

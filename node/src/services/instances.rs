@@ -157,18 +157,20 @@ pub fn read_local(store: &Store, id: &str) -> Result<Option<(Instance, u64)>, In
         .transpose()
 }
 
-/// Every readable instance of this replica, and the revision they were
-/// read at (no barrier; a blocking read, for `Shoal::read`).
-pub fn scan(store: &Store) -> Result<(u64, Vec<Instance>), shoal_storage::StorageError> {
+/// Every readable instance of this replica with its own revision, and the
+/// revision they were read at (no barrier; a blocking read, for
+/// `Shoal::read`).
+#[allow(clippy::type_complexity)]
+pub fn scan(store: &Store) -> Result<(u64, Vec<(Instance, u64)>), shoal_storage::StorageError> {
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let (counters, kvs, more) = store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
         after = kvs.last().map(|kv| kv.key.clone());
-        all.extend(
-            kvs.into_iter()
-                .filter_map(|kv| decode(&kv.key, &kv.value).ok()),
-        );
+        all.extend(kvs.into_iter().filter_map(|kv| {
+            let instance = decode(&kv.key, &kv.value).ok()?;
+            Some((instance, kv.mod_revision))
+        }));
         if !more {
             return Ok((counters.revision, all));
         }
@@ -183,6 +185,28 @@ pub async fn get(shoal: &Shoal, id: &str) -> Result<(Instance, u64), InstanceErr
     let (_, kv) = shoal.read(move |store| store.kv_get(&read_key)).await?;
     let kv = kv.ok_or_else(|| InstanceError::NotFound(id.to_string()))?;
     Ok((decode(&key, &kv.value)?, kv.mod_revision))
+}
+
+/// Deletes a finished instance if its key is still at `revision`. True
+/// when it was deleted.
+pub async fn delete_unchanged(
+    shoal: &Shoal,
+    id: &str,
+    revision: u64,
+) -> Result<bool, InstanceError> {
+    let key = key_of(id);
+    let (succeeded, _, _) = shoal
+        .txn(Txn {
+            compare: vec![Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::ModRevision(revision),
+            }],
+            success: vec![TxnOp::Delete { key, prefix: false }],
+            failure: vec![],
+        })
+        .await?;
+    Ok(succeeded)
 }
 
 /// Writes `instance` if its key is still at `revision`; the new revision,

@@ -8,7 +8,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{evaluate, event_matches, Env, Evaluated, Evaluation, MAX_STEPS};
+pub use engine::{evaluate, event_matches, Env, Evaluated, Evaluation, TaskEvent, MAX_STEPS};
 pub use state::{
     errors, Applied, Correlation, EventFilter, HistoryEntry, HttpRequest, Instance, ListenMode,
     Need, Outcome, Record, Status, WorkflowError, MAX_APPLIED_EVENTS, MAX_HISTORY, MAX_OUTCOMES,
@@ -31,6 +31,7 @@ pub fn settle(instance: &mut Instance, evaluation: &Evaluation, now_ms: u64) {
         return;
     }
     instance.waiting = evaluation.needs.clone();
+    instance.task_events_through = Some(instance.settled);
     instance.current_task = evaluation.needs.first().map(|n| n.task().to_string());
     let emitting = evaluation
         .needs
@@ -61,4 +62,28 @@ pub fn settle(instance: &mut Instance, evaluation: &Evaluation, now_ms: u64) {
     } else if status == Status::Waiting && before != Status::Waiting {
         instance.note(now_ms, "waiting", instance.current_task.clone().as_deref());
     }
+}
+
+/// The task lifecycle steps of `evaluation` (of `instance`) not published
+/// yet, each with its occurrence number: a task run again by a `then`
+/// jump meets the same step again, and the number tells the two apart.
+pub fn unpublished_task_events<'a>(
+    instance: &Instance,
+    evaluation: &'a Evaluation,
+) -> Vec<(&'a TaskEvent, usize)> {
+    let mut seen: std::collections::HashMap<(&str, &str), usize> = Default::default();
+    evaluation
+        .tasks
+        .iter()
+        .map(|event| {
+            let count = seen.entry((event.task.as_str(), event.what)).or_default();
+            *count += 1;
+            (event, *count)
+        })
+        .filter(|(event, _)| {
+            instance
+                .task_events_through
+                .is_none_or(|through| event.seq > through)
+        })
+        .collect()
 }

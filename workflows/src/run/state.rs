@@ -127,6 +127,9 @@ pub struct Record {
     /// timed out; the first branch of a competing fork to finish wins.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// When it was settled (Unix ms, the driver's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
     pub outcome: Outcome,
 }
 
@@ -306,6 +309,10 @@ pub struct Instance {
     /// key, so a call made again after a retry gets a new one.
     #[serde(default)]
     pub retries: u32,
+    /// Task lifecycle events are published up to this outcome number
+    /// (none: not even those of the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_events_through: Option<u64>,
 }
 
 /// What applying an event did.
@@ -340,6 +347,7 @@ impl Instance {
             history: VecDeque::new(),
             history_dropped: 0,
             retries: 0,
+            task_events_through: None,
         };
         instance.note(now_ms, "started", None);
         instance
@@ -371,15 +379,28 @@ impl Instance {
         }
     }
 
-    fn settle_record(&mut self, key: &str, outcome: Outcome) {
+    fn settle_record(&mut self, key: &str, outcome: Outcome, now_ms: u64) {
         self.settled += 1;
         self.outcomes.insert(
             key.to_string(),
             Record {
                 seq: Some(self.settled),
+                at_ms: Some(now_ms),
                 outcome,
             },
         );
+    }
+
+    /// When the outcome numbered `seq` was settled (0: when the instance
+    /// was created); none if that outcome is no longer recorded.
+    pub fn settled_at(&self, seq: u64) -> Option<u64> {
+        if seq == 0 {
+            return Some(self.created_ms);
+        }
+        self.outcomes
+            .values()
+            .find(|record| record.seq == Some(seq))
+            .and_then(|record| record.at_ms)
     }
 
     /// A timer is armed to fire at `due_ms`.
@@ -388,6 +409,7 @@ impl Instance {
             key.to_string(),
             Record {
                 seq: None,
+                at_ms: None,
                 outcome: Outcome::Timer {
                     due_ms,
                     fired: false,
@@ -417,6 +439,7 @@ impl Instance {
                 due_ms,
                 fired: true,
             },
+            now_ms,
         );
         let task = self.task_of(key);
         self.note(now_ms, "timer.fired", task.as_deref());
@@ -450,7 +473,7 @@ impl Instance {
                 "call.failed",
             ),
         };
-        self.settle_record(key, outcome);
+        self.settle_record(key, outcome, now_ms);
         self.note(now_ms, what, task.as_deref());
         true
     }
@@ -461,7 +484,7 @@ impl Instance {
             return false;
         }
         let task = self.task_of(key);
-        self.settle_record(key, Outcome::Emitted);
+        self.settle_record(key, Outcome::Emitted, now_ms);
         self.note(now_ms, "emitted", task.as_deref());
         true
     }
@@ -503,6 +526,7 @@ impl Instance {
                 Some(Record {
                     seq: None,
                     outcome: Outcome::Events { events },
+                    ..
                 }) => events.clone(),
                 Some(_) => continue,
                 None => vec![None; filters.len()],
@@ -527,12 +551,13 @@ impl Instance {
             return Applied::NotWaiting;
         };
         if met {
-            self.settle_record(&key, Outcome::Events { events });
+            self.settle_record(&key, Outcome::Events { events }, now_ms);
         } else {
             self.outcomes.insert(
                 key,
                 Record {
                     seq: None,
+                    at_ms: None,
                     outcome: Outcome::Events { events },
                 },
             );

@@ -183,6 +183,35 @@ fn a_failing_call_is_retried_by_its_policy_then_caught() {
         _ => timers_and_emits(need, instance),
     });
     assert_eq!(second.output, Some(json!({"charged": 5})));
+
+    // While a retry's delay is armed, the instance still lists it as what
+    // it waits for (the driver wakes it from that list).
+    let mut third = start(&definition, json!({"amount": 5}));
+    let seen = drive(&definition, &mut third, |need, instance| match need {
+        Need::Call { key, .. } => {
+            let error = WorkflowError::new(errors::COMMUNICATION, 503, "down", "503");
+            instance.record_call(key, Err(error), NOW)
+        }
+        Need::Timer { key, task, .. } => {
+            instance.arm_timer(key, task, NOW + 1000, NOW);
+            false
+        }
+        _ => false,
+    });
+    assert!(matches!(seen.last(), Some(Need::Timer { .. })), "{seen:?}");
+    let evaluation = evaluate(
+        &definition.document,
+        &third,
+        &Env {
+            now_ms: NOW,
+            secrets: &json!({}),
+        },
+    );
+    assert!(
+        matches!(evaluation.needs.as_slice(), [Need::Timer { key, duration_ms: 1000, .. }] if key == "/do/0/charge/retry#1"),
+        "{:?}",
+        evaluation.needs
+    );
 }
 
 #[test]
@@ -409,4 +438,61 @@ fn a_workflow_timeout_faults_a_waiting_instance() {
     assert_eq!(instance.status, Status::Faulted);
     assert_eq!(instance.error.map(|e| e.status), Some(408));
     assert!(instance.waiting.is_empty());
+}
+
+#[test]
+fn task_lifecycle_steps_are_new_exactly_once() {
+    let definition = definition(json!([
+        {"pause": {"wait": "PT1S"}},
+        {"each": {"for": {"in": "${ [1, 2] }", "each": "n"}, "do": [
+            {"nap": {"wait": "PT1S"}}
+        ]}},
+        {"fail": {"try": [{"boom": {"raise": {"error": {"type": "https://example.com/x", "status": 400}}}}],
+                  "catch": {"do": [{"after": {"set": {"ok": true}}}]}}}
+    ]));
+    let mut instance = start(&definition, json!({}));
+    let env = Env {
+        now_ms: NOW,
+        secrets: &json!({}),
+    };
+    let mut published: Vec<String> = Vec::new();
+    for _ in 0..10 {
+        let evaluation = evaluate(&definition.document, &instance, &env);
+        for (event, n) in unpublished_task_events(&instance, &evaluation) {
+            published.push(format!("{} {} {n} @{}", event.task, event.what, event.seq));
+        }
+        settle(&mut instance, &evaluation, NOW);
+        if instance.status.is_final() {
+            break;
+        }
+        for need in evaluation.needs {
+            timers_and_emits(&need, &mut instance);
+        }
+        // Evaluating again with no new outcome publishes nothing.
+        if !instance.status.is_final() {
+            let again = evaluate(&definition.document, &instance, &env);
+            let mut settled = instance.clone();
+            settle(&mut settled, &again, NOW);
+            assert!(unpublished_task_events(&settled, &again).is_empty());
+        }
+    }
+    assert_eq!(instance.status, Status::Completed);
+    // Each step in the order met, placed after the outcome it waited on.
+    let expected = [
+        "/do/0/pause started 1 @0",
+        "/do/0/pause completed 1 @1",
+        "/do/1/each started 1 @1",
+        "/do/1/each/do/0/nap[0] started 1 @1",
+        "/do/1/each/do/0/nap[0] completed 1 @2",
+        "/do/1/each/do/0/nap[1] started 1 @2",
+        "/do/1/each/do/0/nap[1] completed 1 @3",
+        "/do/1/each completed 1 @3",
+        "/do/2/fail started 1 @3",
+        "/do/2/fail/try/0/boom started 1 @3",
+        "/do/2/fail/try/0/boom faulted 1 @3",
+        "/do/2/fail/catch/do/0/after#caught started 1 @3",
+        "/do/2/fail/catch/do/0/after#caught completed 1 @3",
+        "/do/2/fail completed 1 @3",
+    ];
+    assert_eq!(published, expected);
 }

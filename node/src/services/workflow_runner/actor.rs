@@ -1,9 +1,12 @@
-//! The actors that drive instances on the leader: one per running
-//! instance, under one supervisor per definition version. An instance actor
-//! holds no state of its own that matters: it reads the replicated
+//! The actors that drive instances on the leader: one per instance with
+//! work to do, under one supervisor per definition version. An instance
+//! actor holds no state of its own that matters: it reads the replicated
 //! instance, evaluates it, writes what it found, and performs the effects
-//! (timers, calls, emits). If it fails, its supervisor starts it again from
-//! the replicated state; other instances are not touched.
+//! (calls, emits). If it fails, its supervisor starts it again from the
+//! replicated state; other instances are not touched. An instance that
+//! only waits (for an event or a timer) or is suspended has no actor: its
+//! actor asks to be stopped and the runner starts a new one when the
+//! instance changes or one of its timers is due.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,7 +16,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::Value;
 use shoal_storage::now_ms;
 use shoal_workflows::run::{
-    evaluate, settle, Env, Evaluated, Instance, Need, Outcome, Record, Status, WorkflowError,
+    evaluate, settle, unpublished_task_events, Env, Evaluated, Instance, Need, Outcome, Record,
+    Status, TaskEvent, WorkflowError,
 };
 use shoal_workflows::Definition;
 use tokio::sync::Semaphore;
@@ -32,6 +36,8 @@ pub enum InstanceMsg {
     Wake,
     TimerDue(String),
     CallDone(String, Result<Value, WorkflowError>),
+    /// Sent by the actor to itself: evaluate again.
+    Again,
 }
 
 /// What every actor of one definition version shares.
@@ -50,8 +56,10 @@ pub struct InstanceActor;
 pub struct InstanceState {
     id: String,
     shared: Arc<DefinitionShared>,
-    /// Timers with a pending wake-up.
-    scheduled: HashSet<String>,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// Messages handled that the supervisor delivered: it stops an idle
+    /// actor only when it has delivered no more than this.
+    handled: u64,
     /// Calls on their way.
     calling: HashSet<String>,
 }
@@ -59,18 +67,20 @@ pub struct InstanceState {
 impl Actor for InstanceActor {
     type Msg = InstanceMsg;
     type State = InstanceState;
-    type Arguments = (String, Arc<DefinitionShared>);
+    type Arguments = (String, Arc<DefinitionShared>, ActorRef<SupervisorMsg>);
 
+    /// The supervisor hands every actor it starts a message at once, so it
+    /// needs no wake-up of its own.
     async fn pre_start(
         &self,
-        myself: ActorRef<InstanceMsg>,
-        (id, shared): Self::Arguments,
+        _: ActorRef<InstanceMsg>,
+        (id, shared, supervisor): Self::Arguments,
     ) -> Result<InstanceState, ActorProcessingErr> {
-        myself.send_message(InstanceMsg::Wake)?;
         Ok(InstanceState {
             id,
             shared,
-            scheduled: HashSet::new(),
+            supervisor,
+            handled: 0,
             calling: HashSet::new(),
         })
     }
@@ -82,10 +92,12 @@ impl Actor for InstanceActor {
         state: &mut InstanceState,
     ) -> Result<(), ActorProcessingErr> {
         let now = now_ms();
+        if matches!(message, InstanceMsg::Wake | InstanceMsg::TimerDue(_)) {
+            state.handled += 1;
+        }
         match message {
-            InstanceMsg::Wake => {}
+            InstanceMsg::Wake | InstanceMsg::Again => {}
             InstanceMsg::TimerDue(key) => {
-                state.scheduled.remove(&key);
                 let fired = state
                     .change(|instance| {
                         let due = match instance.outcomes.get(&key) {
@@ -104,7 +116,7 @@ impl Actor for InstanceActor {
                     })
                     .await?;
                 if !fired {
-                    return Ok(());
+                    return state.rest(&myself).await;
                 }
             }
             InstanceMsg::CallDone(key, result) => {
@@ -114,7 +126,10 @@ impl Actor for InstanceActor {
                     .await?;
             }
         }
-        state.advance(&myself).await
+        if state.advance(&myself).await? {
+            state.rest(&myself).await?;
+        }
+        Ok(())
     }
 }
 
@@ -157,24 +172,46 @@ impl InstanceState {
             })?
     }
 
+    /// Asks the supervisor to stop this actor if the instance only waits
+    /// (or is suspended) and no call is on its way.
+    async fn rest(&self, myself: &ActorRef<InstanceMsg>) -> Result<(), ActorProcessingErr> {
+        if !self.calling.is_empty() {
+            return Ok(());
+        }
+        let resting = self.read().await?.is_none_or(|(instance, _)| {
+            matches!(instance.status, Status::Waiting | Status::Suspended)
+                || instance.status.is_final()
+        });
+        if resting {
+            self.supervisor.send_message(SupervisorMsg::Idle {
+                id: self.id.clone(),
+                actor: myself.get_id(),
+                handled: self.handled,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Evaluates the instance, writes what changed, and starts its effects.
-    async fn advance(&mut self, myself: &ActorRef<InstanceMsg>) -> Result<(), ActorProcessingErr> {
+    /// True when it is left waiting, suspended or finished.
+    async fn advance(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+    ) -> Result<bool, ActorProcessingErr> {
         for _ in 0..MAX_ROUNDS {
             let Some((instance, revision)) = self.read().await? else {
-                myself.stop(None);
-                return Ok(());
+                return Ok(true);
             };
-            if instance.status.is_final() {
-                myself.stop(None);
-                return Ok(());
-            }
-            if instance.status == Status::Suspended {
-                return Ok(());
+            if instance.status.is_final() || instance.status == Status::Suspended {
+                return Ok(true);
             }
             let now = now_ms();
             let mut next = instance.clone();
             match self.evaluate(&instance, now).await {
-                Ok(evaluation) => settle(&mut next, &evaluation, now),
+                Ok(evaluation) => {
+                    self.publish_task_events(&instance, &evaluation).await?;
+                    settle(&mut next, &evaluation, now);
+                }
                 Err(error) => next.fault(error, now),
             }
             for need in next.waiting.clone() {
@@ -222,17 +259,16 @@ impl InstanceState {
                 instance
             };
             if current.status.is_final() {
-                myself.stop(None);
-                return Ok(());
+                return Ok(true);
             }
             if self.effects(myself, &current).await? {
                 continue;
             }
-            return Ok(());
+            return Ok(current.status == Status::Waiting);
         }
         // Still changing after many rounds: come back to it.
-        myself.send_message(InstanceMsg::Wake)?;
-        Ok(())
+        myself.send_message(InstanceMsg::Again)?;
+        Ok(false)
     }
 
     async fn evaluate(
@@ -281,6 +317,57 @@ impl InstanceState {
         })
     }
 
+    /// Publishes the lifecycle events this evaluation found that are not
+    /// published yet: the workflow's `started` on the first evaluation,
+    /// and every task's `started`, `completed` and `faulted`. They go out
+    /// before the instance records them as published, so a failed write or
+    /// a new leader publishes them again, with the same ids.
+    async fn publish_task_events(
+        &self,
+        instance: &Instance,
+        evaluation: &shoal_workflows::run::Evaluation,
+    ) -> Result<(), ActorProcessingErr> {
+        // The workflow's `started` goes out with its first tasks' events,
+        // under the same rule, so no leader change can lose it.
+        let started = instance
+            .task_events_through
+            .is_none()
+            .then(|| effects::lifecycle_message(instance, "started"));
+        let tasks = unpublished_task_events(instance, evaluation);
+        Self::time_tasks(instance, &tasks);
+        let messages: Vec<_> = started
+            .into_iter()
+            .chain(
+                tasks
+                    .into_iter()
+                    .map(|(event, occurrence)| effects::task_message(instance, event, occurrence)),
+            )
+            .collect();
+        if !messages.is_empty() {
+            self.shared.shoal.messaging.publish(messages).await?;
+        }
+        Ok(())
+    }
+
+    /// Times the task runs that ended, from the times their outcomes were
+    /// settled (replicated, so any leader times them alike).
+    fn time_tasks(instance: &Instance, tasks: &[(&TaskEvent, usize)]) {
+        for (event, _) in tasks.iter().filter(|(event, _)| event.what != "started") {
+            let (Some(started), Some(ended)) = (
+                instance.settled_at(event.since),
+                instance.settled_at(event.seq),
+            ) else {
+                continue;
+            };
+            metrics::histogram!(
+                "shoal_workflow_task_duration_seconds",
+                "workflow" => instance.definition_key(),
+                "task" => event.path.clone(),
+            )
+            .record(ended.saturating_sub(started) as f64 / 1000.0);
+        }
+    }
+
     /// Starts what the instance waits for. True when something was
     /// recorded (an emit published) and the instance must be evaluated
     /// again.
@@ -292,31 +379,9 @@ impl InstanceState {
         let mut recorded = false;
         for need in &instance.waiting {
             match need {
-                Need::Timer {
-                    key,
-                    duration_ms,
-                    jitter_ms,
-                    ..
-                } => {
-                    let due = match instance.outcomes.get(key) {
-                        Some(Record {
-                            outcome:
-                                Outcome::Timer {
-                                    due_ms,
-                                    fired: false,
-                                },
-                            ..
-                        }) => *due_ms,
-                        _ => continue,
-                    };
-                    if self.scheduled.insert(key.clone()) {
-                        let longest = duration_ms + jitter_ms.map_or(0, |(_, to)| to);
-                        let wait = timer_wait(due, now_ms(), longest);
-                        let key = key.clone();
-                        myself.send_after(wait, move || InstanceMsg::TimerDue(key));
-                    }
-                }
-                Need::Listen { .. } => {}
+                // The runner wakes the instance when a timer is due or an
+                // event was applied.
+                Need::Timer { .. } | Need::Listen { .. } => {}
                 Need::Emit { key, event, .. } => {
                     let message = effects::emitted_message(instance, key, event);
                     self.shared.shoal.messaging.publish(vec![message]).await?;
@@ -345,6 +410,39 @@ impl InstanceState {
     }
 }
 
+/// The timers an instance has armed and that have not fired: (key, how
+/// long to wait for it from now).
+pub fn pending_timers(instance: &Instance, now_ms: u64) -> Vec<(String, Duration)> {
+    instance
+        .waiting
+        .iter()
+        .filter_map(|need| {
+            let Need::Timer {
+                key,
+                duration_ms,
+                jitter_ms,
+                ..
+            } = need
+            else {
+                return None;
+            };
+            let Some(Record {
+                outcome:
+                    Outcome::Timer {
+                        due_ms,
+                        fired: false,
+                    },
+                ..
+            }) = instance.outcomes.get(key)
+            else {
+                return None;
+            };
+            let longest = duration_ms + jitter_ms.map_or(0, |(_, to)| to);
+            Some((key.clone(), timer_wait(*due_ms, now_ms, longest)))
+        })
+        .collect()
+}
+
 /// How long to wait for a timer due at `due_ms` (Unix ms, by the clock of
 /// the leader that armed it) that lasts at most `longest_ms`. The wait is
 /// never longer than the timer itself: a timer armed by a leader whose
@@ -363,11 +461,19 @@ pub struct DefinitionSupervisor;
 pub enum SupervisorMsg {
     /// Make sure the instance has an actor and pass it this message.
     Deliver(String, InstanceMsg),
+    /// An actor whose instance only waits asks to be stopped; it has
+    /// handled `handled` delivered messages.
+    Idle {
+        id: String,
+        actor: ractor::ActorId,
+        handled: u64,
+    },
 }
 
 pub struct SupervisorState {
     shared: Arc<DefinitionShared>,
-    actors: HashMap<String, ActorRef<InstanceMsg>>,
+    /// Each instance's actor and how many messages were delivered to it.
+    actors: HashMap<String, (ActorRef<InstanceMsg>, u64)>,
 }
 
 impl DefinitionSupervisor {
@@ -379,12 +485,12 @@ impl DefinitionSupervisor {
         let (actor, _) = Actor::spawn_linked(
             None,
             InstanceActor,
-            (id.to_string(), state.shared.clone()),
+            (id.to_string(), state.shared.clone(), myself.clone()),
             myself.get_cell(),
         )
         .await?;
         metrics::gauge!("shoal_workflow_actors").increment(1.0);
-        state.actors.insert(id.to_string(), actor.clone());
+        state.actors.insert(id.to_string(), (actor.clone(), 0));
         Ok(actor)
     }
 
@@ -392,8 +498,37 @@ impl DefinitionSupervisor {
         state
             .actors
             .iter()
-            .find(|(_, actor)| actor.get_id() == cell.get_id())
+            .find(|(_, (actor, _))| actor.get_id() == cell.get_id())
             .map(|(id, _)| id.clone())
+    }
+
+    /// Hands `message` to the instance's actor, started if it has none.
+    async fn deliver(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        id: String,
+        message: InstanceMsg,
+    ) -> Result<(), ActorProcessingErr> {
+        let actor = match state.actors.get(&id) {
+            Some((actor, _)) => actor.clone(),
+            None => Self::spawn(myself, state, &id).await?,
+        };
+        let message = match actor.send_message(message) {
+            Ok(()) => None,
+            // It stopped meanwhile (its instance finished): a new one
+            // reads the state again.
+            Err(ractor::MessagingErr::SendErr(message)) => Some(message),
+            Err(_) => None,
+        };
+        if let Some(message) = message {
+            state.actors.remove(&id);
+            let actor = Self::spawn(myself, state, &id).await?;
+            let _ = actor.send_message(message);
+        }
+        if let Some((_, delivered)) = state.actors.get_mut(&id) {
+            *delivered += 1;
+        }
+        Ok(())
     }
 }
 
@@ -419,16 +554,23 @@ impl Actor for DefinitionSupervisor {
         message: SupervisorMsg,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let SupervisorMsg::Deliver(id, message) = message;
-        let actor = match state.actors.get(&id) {
-            Some(actor) => actor.clone(),
-            None => Self::spawn(&myself, state, &id).await?,
-        };
-        if actor.send_message(message).is_err() {
-            // It stopped meanwhile (its instance finished): a new one reads
-            // the state again.
-            state.actors.remove(&id);
-            Self::spawn(&myself, state, &id).await?;
+        match message {
+            SupervisorMsg::Deliver(id, message) => {
+                Self::deliver(&myself, state, id, message).await?;
+            }
+            SupervisorMsg::Idle { id, actor, handled } => {
+                // Stopped only if nothing was delivered since it looked:
+                // a later message would otherwise be lost with it.
+                let idle = state.actors.get(&id).is_some_and(|(current, delivered)| {
+                    current.get_id() == actor && *delivered == handled
+                });
+                if idle {
+                    if let Some((actor, _)) = state.actors.remove(&id) {
+                        actor.stop(None);
+                        metrics::gauge!("shoal_workflow_actors").decrement(1.0);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -452,8 +594,11 @@ impl Actor for DefinitionSupervisor {
                     metrics::gauge!("shoal_workflow_actors").decrement(1.0);
                     metrics::counter!("shoal_workflow_actor_restarts_total").increment(1);
                     tracing::warn!(instance = %id, %error, "workflow instance actor failed; restarting it from the replicated state");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Self::spawn(&myself, state, &id).await?;
+                    // A moment later, without holding up the other
+                    // instances' messages meanwhile.
+                    myself.send_after(Duration::from_millis(100), move || {
+                        SupervisorMsg::Deliver(id, InstanceMsg::Wake)
+                    });
                 }
             }
             _ => {}

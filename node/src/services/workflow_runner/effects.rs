@@ -8,7 +8,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 use shoal_actors::message::{rfc3339_now, Message};
 use shoal_actors::subject::validate_topic;
-use shoal_workflows::run::{errors, HttpRequest, Instance, WorkflowError};
+use shoal_workflows::run::{errors, HttpRequest, Instance, TaskEvent, WorkflowError};
 use shoal_workflows::Definition;
 
 use super::actor::DefinitionShared;
@@ -202,6 +202,33 @@ pub fn lifecycle_message(instance: &Instance, what: &str) -> Message {
         topic: format!("workflows.{}.{}.{what}", instance.namespace, instance.name),
         source: source_of(instance),
         kind: format!("io.serverlessworkflow.workflow.{what}.v1"),
+        time: rfc3339_now(),
+        subject: Some(instance.id.clone()),
+        content_type: "application/json".into(),
+        traceparent: None,
+        headers: Vec::new(),
+        data: data.to_string().into_bytes(),
+    }
+}
+
+/// A task lifecycle event (`started`, `completed`, `faulted`) on
+/// `workflows.<namespace>.<name>.task.<event>`. Its id names the instance,
+/// the task run and the occurrence, the same however often it is sent.
+pub fn task_message(instance: &Instance, event: &TaskEvent, occurrence: usize) -> Message {
+    let what = event.what;
+    let data = json!({
+        "instance": instance.id,
+        "workflow": instance.definition_key(),
+        "task": event.task,
+    });
+    Message {
+        id: format!("{}{}/{what}/{occurrence}", instance.id, event.task),
+        topic: format!(
+            "workflows.{}.{}.task.{what}",
+            instance.namespace, instance.name
+        ),
+        source: source_of(instance),
+        kind: format!("io.serverlessworkflow.task.{what}.v1"),
         time: rfc3339_now(),
         subject: Some(instance.id.clone()),
         content_type: "application/json".into(),

@@ -186,7 +186,7 @@ impl Intake {
     /// Every instance of this replica; the revision it was read at.
     async fn load(&mut self) -> anyhow::Result<u64> {
         let (revision, all) = self.shoal.read(instances::scan).await?;
-        for instance in all {
+        for (instance, _) in all {
             self.listeners.update(&instance.id, Some(&instance));
         }
         Ok(revision)

@@ -1,7 +1,9 @@
 //! The workflow runner. On the Raft leader it drives instances: it loads
-//! every instance that is not finished, starts an actor for each (under its
-//! definition's supervisor), follows changes to instances through a watch,
-//! starts scheduled instances and publishes lifecycle events. When the node
+//! every instance, follows changes to instances through a watch, hands
+//! each instance with work to do to an actor (under its definition's
+//! supervisor), keeps every armed timer and wakes its instance when it is
+//! due, starts scheduled instances, deletes finished instances past
+//! retention and publishes lifecycle events. When the node
 //! stops leading, every actor stops; the next leader starts them again from
 //! the replicated state. Events reach instances through the intake, which
 //! runs on every node (`intake`).
@@ -12,16 +14,21 @@ mod intake;
 mod listeners;
 mod schedules;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use shoal_storage::kv::EventType;
+use shoal_storage::now_ms;
 use shoal_workflows::run::{Instance, Status};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use self::actor::{DefinitionShared, DefinitionSupervisor, InstanceMsg, SupervisorMsg};
+use self::actor::{
+    pending_timers, DefinitionShared, DefinitionSupervisor, InstanceMsg, SupervisorMsg,
+};
 use self::schedules::Schedules;
 use super::instances::{self, INSTANCES_PREFIX};
 use super::shoal::Shoal;
@@ -34,8 +41,15 @@ const CALLS_PER_DEFINITION: usize = 64;
 const CALLS_PER_NODE: usize = 256;
 /// How often leadership is checked.
 const LEADERSHIP_CHECK: Duration = Duration::from_millis(200);
-/// How often schedules are read again from the definitions and checked.
+/// How often schedules are read again from the definitions and checked,
+/// and finished instances past retention deleted.
 const SCHEDULE_CHECK: Duration = Duration::from_secs(1);
+/// Most finished instances deleted in one sweep.
+const DELETES_PER_SWEEP: usize = 1000;
+/// A due timer is offered to its instance again this often until the
+/// instance records it fired (an offer to an actor that failed is lost
+/// with its mailbox).
+const TIMER_REOFFER: Duration = Duration::from_millis(250);
 
 /// Runs forever: drives instances while this node leads.
 pub async fn run(shoal: Arc<Shoal>) {
@@ -51,7 +65,12 @@ pub async fn run(shoal: Arc<Shoal>) {
         let mut runner = Runner {
             shoal: shoal.clone(),
             supervisors: HashMap::new(),
-            statuses: HashMap::new(),
+            tracked: HashMap::new(),
+            definitions: HashSet::new(),
+            expiring: BTreeMap::new(),
+            sweep: None,
+            gauged: HashSet::new(),
+            timers: BTreeSet::new(),
             schedules: Schedules::default(),
             node_calls: node_calls.clone(),
             http: http.clone(),
@@ -68,8 +87,20 @@ struct Runner {
     shoal: Arc<Shoal>,
     /// By definition key (`namespace/name/version`).
     supervisors: HashMap<String, ActorRef<SupervisorMsg>>,
-    /// The last status seen of every instance, for lifecycle events.
-    statuses: HashMap<String, (String, Status)>,
+    /// What was last seen of every instance, by id.
+    tracked: HashMap<String, Tracked>,
+    /// Definition keys, shared by the instances that run them.
+    definitions: HashSet<Arc<str>>,
+    /// Finished instances, by when they finished, with the revision of
+    /// that state: deleted once retention has passed.
+    expiring: BTreeMap<(u64, String), u64>,
+    /// The deletes under way; it gives back those that failed.
+    sweep: Option<JoinHandle<Vec<Expiring>>>,
+    /// The gauge labels set last time, to zero those that went away.
+    gauged: HashSet<(Arc<str>, Status)>,
+    /// Every armed timer that has not fired: (when to offer it, instance
+    /// id, timer key).
+    timers: BTreeSet<(Instant, String, String)>,
     schedules: Schedules,
     node_calls: Arc<Semaphore>,
     http: reqwest::Client,
@@ -96,17 +127,19 @@ impl Runner {
         let mut check = tokio::time::interval(LEADERSHIP_CHECK);
         let mut schedule_check = tokio::time::interval(SCHEDULE_CHECK);
         loop {
+            let next_timer = self.timers.first().map(|(at, _, _)| *at);
             tokio::select! {
+                _ = sleep_until(next_timer) => self.offer_due_timers().await,
                 batches = watcher.next_batches(None) => {
                     for shared in batches? {
                         for event in &shared.batch.events {
                             if event.kind != EventType::Put {
                                 let id = event.kv.key.trim_start_matches(INSTANCES_PREFIX);
-                                self.statuses.remove(id);
+                                self.forget(id);
                                 continue;
                             }
                             if let Ok(instance) = instances::decode(&event.kv.key, &event.kv.value) {
-                                self.changed(instance).await;
+                                self.changed(instance, event.kv.mod_revision).await;
                             }
                         }
                     }
@@ -124,48 +157,187 @@ impl Runner {
                         Err(e) => tracing::warn!(error = %e, "reading workflow schedules failed"),
                     }
                     self.schedules.tick(&self.shoal).await;
+                    self.sweep().await;
                 }
             }
         }
     }
 
-    /// Every instance from the local replica; starts the unfinished ones.
+    /// Every instance from the local replica; wakes those with work to do
+    /// and keeps the timers of all.
     async fn load(&mut self) -> anyhow::Result<u64> {
         let (revision, all) = self.shoal.read(instances::scan).await?;
-        for instance in all {
-            self.statuses.insert(
-                instance.id.clone(),
-                (instance.definition_key(), instance.status),
-            );
-            if needs_driving(&instance) {
-                self.deliver(&instance, InstanceMsg::Wake).await;
+        for (instance, revision) in all {
+            self.track(&instance, revision);
+            if needs_evaluation(None, &instance) {
+                self.deliver(&instance.definition_key(), &instance.id, InstanceMsg::Wake)
+                    .await;
             }
         }
         Ok(revision)
     }
 
-    async fn changed(&mut self, instance: Instance) {
-        let before = self
-            .statuses
-            .insert(
-                instance.id.clone(),
-                (instance.definition_key(), instance.status),
-            )
-            .map(|(_, status)| status);
+    /// Offers each due timer to its instance, and again later until the
+    /// instance records that it fired.
+    async fn offer_due_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((at, id, key)) = self.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(definition) = self.tracked.get(&id).map(|t| t.definition.clone()) else {
+                continue;
+            };
+            self.deliver(&definition, &id, InstanceMsg::TimerDue(key.clone()))
+                .await;
+            let again = now + TIMER_REOFFER;
+            if let Some(tracked) = self.tracked.get_mut(&id) {
+                for timer in tracked.timers.iter_mut().filter(|(_, k)| *k == key) {
+                    timer.0 = again;
+                }
+            }
+            self.timers.insert((again, id, key));
+        }
+    }
+
+    /// Remembers an instance's state; its status before, if it was known.
+    fn track(&mut self, instance: &Instance, revision: u64) -> Option<Status> {
+        let key = instance.definition_key();
+        let definition = match self.definitions.get(key.as_str()) {
+            Some(definition) => definition.clone(),
+            None => {
+                let definition: Arc<str> = Arc::from(key);
+                self.definitions.insert(definition.clone());
+                definition
+            }
+        };
+        let finished_ms = instance.status.is_final().then_some(instance.updated_ms);
+        if let Some(at) = finished_ms {
+            self.expiring.insert((at, instance.id.clone()), revision);
+        }
+        let before = self.tracked.remove(&instance.id);
+        // The instance's timers now: one known already keeps its time.
+        let now = Instant::now();
+        let known = before.as_ref().map(|t| t.timers.as_slice()).unwrap_or(&[]);
+        // A suspended instance's timers wait for its resume.
+        let driven = matches!(
+            instance.status,
+            Status::Pending | Status::Running | Status::Waiting
+        );
+        let timers: Vec<(Instant, String)> = pending_timers(instance, now_ms())
+            .into_iter()
+            .filter(|_| driven)
+            .map(|(key, wait)| match known.iter().find(|(_, k)| *k == key) {
+                Some((at, _)) => (*at, key),
+                None => (now + wait, key),
+            })
+            .collect();
+        for (at, key) in known {
+            self.timers.remove(&(*at, instance.id.clone(), key.clone()));
+        }
+        for (at, key) in &timers {
+            self.timers.insert((*at, instance.id.clone(), key.clone()));
+        }
+        self.tracked.insert(
+            instance.id.clone(),
+            Tracked {
+                definition,
+                status: instance.status,
+                finished_ms,
+                timers,
+            },
+        );
+        let before = before?;
+        if let Some(at) = before.finished_ms.filter(|at| Some(*at) != finished_ms) {
+            self.expiring.remove(&(at, instance.id.clone()));
+        }
+        Some(before.status)
+    }
+
+    fn forget(&mut self, id: &str) {
+        let Some(tracked) = self.tracked.remove(id) else {
+            return;
+        };
+        if let Some(at) = tracked.finished_ms {
+            self.expiring.remove(&(at, id.to_string()));
+        }
+        for (at, key) in tracked.timers {
+            self.timers.remove(&(at, id.to_string(), key));
+        }
+    }
+
+    /// Deletes finished instances whose retention has passed, at most
+    /// [`DELETES_PER_SWEEP`] at a time, one sweep at a time, each only if
+    /// it has not changed since it was seen (an operator may retry it).
+    async fn sweep(&mut self) {
+        if let Some(sweep) = self.sweep.take() {
+            if !sweep.is_finished() {
+                self.sweep = Some(sweep);
+                return;
+            }
+            for ((at, id), revision) in sweep.await.unwrap_or_default() {
+                if self
+                    .tracked
+                    .get(&id)
+                    .is_some_and(|t| t.finished_ms == Some(at))
+                {
+                    self.expiring.insert((at, id), revision);
+                }
+            }
+        }
+        let retention = self.shoal.settings.workflow_retention.as_millis() as u64;
+        let cutoff = now_ms().saturating_sub(retention);
+        let mut due = Vec::new();
+        while due.len() < DELETES_PER_SWEEP {
+            match self.expiring.first_key_value() {
+                Some(((at, _), _)) if *at <= cutoff => {}
+                _ => break,
+            }
+            if let Some(entry) = self.expiring.pop_first() {
+                due.push(entry);
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let shoal = self.shoal.clone();
+        self.sweep = Some(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for ((at, id), revision) in due {
+                match instances::delete_unchanged(&shoal, &id, revision).await {
+                    Ok(true) => {
+                        metrics::counter!("shoal_workflow_instances_deleted_total").increment(1);
+                    }
+                    // Changed meanwhile: the watch brings its new state.
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "deleting a finished workflow instance failed");
+                        failed.push(((at, id), revision));
+                    }
+                }
+            }
+            failed
+        }));
+    }
+
+    async fn changed(&mut self, instance: Instance, revision: u64) {
+        let before = self.track(&instance, revision);
         if let Some(what) = lifecycle(before, &instance) {
             let message = effects::lifecycle_message(&instance, what);
             if let Err(e) = self.shoal.messaging.publish(vec![message]).await {
                 tracing::warn!(instance = %instance.id, error = %e, "publishing a lifecycle event failed");
             }
         }
-        if needs_driving(&instance) {
-            self.deliver(&instance, InstanceMsg::Wake).await;
+        if needs_evaluation(before, &instance) {
+            self.deliver(&instance.definition_key(), &instance.id, InstanceMsg::Wake)
+                .await;
         }
     }
 
-    async fn deliver(&mut self, instance: &Instance, message: InstanceMsg) {
-        if let Some(supervisor) = self.supervisor(&instance.definition_key()).await {
-            let _ = supervisor.send_message(SupervisorMsg::Deliver(instance.id.clone(), message));
+    async fn deliver(&mut self, definition: &str, id: &str, message: InstanceMsg) {
+        if let Some(supervisor) = self.supervisor(definition).await {
+            let _ = supervisor.send_message(SupervisorMsg::Deliver(id.to_string(), message));
         }
     }
 
@@ -200,11 +372,23 @@ impl Runner {
         }
     }
 
-    fn publish_gauges(&self) {
-        let mut counts: HashMap<(&str, Status), u64> = HashMap::new();
-        for (definition, status) in self.statuses.values() {
-            *counts.entry((definition.as_str(), *status)).or_default() += 1;
+    fn publish_gauges(&mut self) {
+        let mut counts: HashMap<(Arc<str>, Status), u64> = HashMap::new();
+        for tracked in self.tracked.values() {
+            *counts
+                .entry((tracked.definition.clone(), tracked.status))
+                .or_default() += 1;
         }
+        let gone: Vec<_> = self
+            .gauged
+            .iter()
+            .filter(|labels| !counts.contains_key(*labels))
+            .cloned()
+            .collect();
+        for labels in gone {
+            counts.insert(labels, 0);
+        }
+        self.gauged.clear();
         for ((definition, status), count) in counts {
             metrics::gauge!(
                 "shoal_workflow_instances",
@@ -212,10 +396,21 @@ impl Runner {
                 "status" => status.as_str(),
             )
             .set(count as f64);
+            if count > 0 {
+                self.gauged.insert((definition, status));
+            }
         }
     }
 
     fn stop(&mut self) {
+        if let Some(sweep) = self.sweep.take() {
+            sweep.abort();
+        }
+        // The next leader counts instances and keeps timers; this node no
+        // longer does.
+        self.tracked.clear();
+        self.timers.clear();
+        self.publish_gauges();
         for (_, supervisor) in self.supervisors.drain() {
             supervisor.stop_children(None);
             supervisor.stop(None);
@@ -223,22 +418,53 @@ impl Runner {
     }
 }
 
-/// Whether an instance needs an actor: started, running or waiting.
-fn needs_driving(instance: &Instance) -> bool {
-    matches!(
-        instance.status,
-        Status::Pending | Status::Running | Status::Waiting
-    )
+/// What the runner remembers of an instance.
+struct Tracked {
+    definition: Arc<str>,
+    status: Status,
+    /// When it finished (`updated_ms` of its final state).
+    finished_ms: Option<u64>,
+    /// Its armed timers that have not fired: when to offer each, and key.
+    timers: Vec<(Instant, String)>,
 }
 
-/// The lifecycle event a status change makes, if any.
+/// A finished instance: (when it finished, id) and the revision seen.
+type Expiring = ((u64, String), u64);
+
+/// Whether an instance must be evaluated (by its actor, started if it
+/// has none) now that it is in this state, having been in `before` (none:
+/// not seen yet). An actor's own write that leaves the instance running or
+/// waiting needs nothing more; a new instance, an outcome recorded since
+/// the last evaluation (an event, a call's answer, a timer), an operator's
+/// resume or retry, and a new leader finding an instance running do.
+fn needs_evaluation(before: Option<Status>, instance: &Instance) -> bool {
+    let unevaluated = instance.task_events_through != Some(instance.settled);
+    match instance.status {
+        Status::Pending => true,
+        Status::Running => {
+            unevaluated || matches!(before, None | Some(Status::Suspended | Status::Faulted))
+        }
+        Status::Waiting => unevaluated,
+        Status::Suspended | Status::Cancelled | Status::Faulted | Status::Completed => false,
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The lifecycle event a status change makes, if any (`started` is the
+/// actor's, see `actor::publish_task_events`).
 fn lifecycle(before: Option<Status>, instance: &Instance) -> Option<&'static str> {
     let now = instance.status;
     if before == Some(now) {
         return None;
     }
     match (before, now) {
-        (None, Status::Pending) => Some("started"),
         (_, Status::Completed) => Some("completed"),
         (_, Status::Faulted) => Some("faulted"),
         (_, Status::Cancelled) => Some("cancelled"),

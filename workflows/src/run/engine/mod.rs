@@ -42,6 +42,28 @@ pub struct Evaluation {
     pub result: Evaluated,
     /// Outcomes still to record (emits may be listed even when completed).
     pub needs: Vec<Need>,
+    /// Every task the evaluation started, completed or saw fault, in the
+    /// order it met them.
+    pub tasks: Vec<TaskEvent>,
+}
+
+/// A task's lifecycle step, placed in time by outcome order: `seq` is the
+/// latest settled outcome it depended on (0: none, it happened at the
+/// start). An instance evaluated again with more outcomes meets the same
+/// steps again with the same `seq`; the steps with a `seq` above those of
+/// the last evaluation are the new ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// The task's JSON Pointer with its scope (`[i]` for a `for`
+    /// iteration, `#n` for a retry's attempt), unique per run of a task.
+    pub task: String,
+    /// The task's JSON Pointer alone, the same for every run of it.
+    pub path: String,
+    /// `started`, `completed` or `faulted`.
+    pub what: &'static str,
+    pub seq: u64,
+    /// The `seq` at which the task started.
+    pub since: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +121,10 @@ struct Interpreter<'a> {
     instance: &'a Instance,
     env: &'a Env<'a>,
     needs: Vec<Need>,
+    tasks: Vec<TaskEvent>,
+    /// When the task about to run became reachable: the latest settled
+    /// outcome that what ran before it depended on.
+    entered: u64,
     steps: usize,
     context: Value,
     workflow: Value,
@@ -112,6 +138,8 @@ pub fn evaluate(document: &Value, instance: &Instance, env: &Env) -> Evaluation 
         instance,
         env,
         needs: Vec::new(),
+        tasks: Vec::new(),
+        entered: 0,
         steps: 0,
         context: json!({}),
         workflow: json!({
@@ -131,6 +159,7 @@ pub fn evaluate(document: &Value, instance: &Instance, env: &Env) -> Evaluation 
     Evaluation {
         result,
         needs: interpreter.needs,
+        tasks: interpreter.tasks,
     }
 }
 
@@ -314,6 +343,21 @@ impl<'a> Interpreter<'a> {
         input: Value,
         locals: &Locals,
     ) -> Flow {
+        let entered = self.entered;
+        let flow = self.list_from(tasks, path, scope, input, locals, entered);
+        self.entered = entered;
+        flow
+    }
+
+    fn list_from(
+        &mut self,
+        tasks: &[Value],
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+        entered: u64,
+    ) -> Flow {
         let mut current = input;
         let mut seq = 0;
         let mut i = 0;
@@ -323,6 +367,7 @@ impl<'a> Interpreter<'a> {
                 continue;
             };
             let task_path = format!("{path}/{i}/{name}");
+            self.entered = entered.max(seq);
             match self.task(name, task, &task_path, scope, current, locals) {
                 Flow::Done {
                     output,
@@ -420,9 +465,43 @@ impl<'a> Interpreter<'a> {
                 Err(e) => return raised(e, 0),
             }
         }
+        let entered = self.entered;
+        self.note_task(path, scope, "started", entered, entered);
         let needs_before = self.needs.len();
         let flow = self.body(name, task, path, scope, input.clone(), locals);
         let flow = self.timeout(task.get("timeout"), path, scope, flow, needs_before);
+        let flow = self.finished(flow, path, task, &input, locals);
+        match &flow {
+            Flow::Done { seq, .. } => {
+                self.note_task(path, scope, "completed", entered, entered.max(*seq))
+            }
+            Flow::Raised { seq, .. } => {
+                self.note_task(path, scope, "faulted", entered, entered.max(*seq))
+            }
+            Flow::Blocked { .. } => {}
+        }
+        flow
+    }
+
+    fn note_task(&mut self, path: &str, scope: &str, what: &'static str, since: u64, seq: u64) {
+        self.tasks.push(TaskEvent {
+            task: self.key(path, scope),
+            path: path.to_string(),
+            what,
+            seq,
+            since,
+        });
+    }
+
+    /// A task's `output`, `export` and `then`, once its body is done.
+    fn finished(
+        &mut self,
+        flow: Flow,
+        path: &str,
+        task: &Value,
+        input: &Value,
+        locals: &Locals,
+    ) -> Flow {
         let Flow::Done {
             output,
             directive: inner,
@@ -436,7 +515,7 @@ impl<'a> Interpreter<'a> {
                 match self.value(
                     output_as,
                     &output,
-                    &input,
+                    input,
                     locals,
                     &format!("{path}/output/as"),
                 ) {
@@ -450,7 +529,7 @@ impl<'a> Interpreter<'a> {
             match self.value(
                 export_as,
                 &output,
-                &input,
+                input,
                 locals,
                 &format!("{path}/export/as"),
             ) {
@@ -487,6 +566,7 @@ impl<'a> Interpreter<'a> {
             Some(Record {
                 seq: Some(seq),
                 outcome: Outcome::Timer { fired: true, .. },
+                ..
             }) => Some(*seq),
             _ => None,
         };
@@ -575,6 +655,7 @@ impl<'a> Interpreter<'a> {
                 Some(Record {
                     seq: Some(seq),
                     outcome: Outcome::Timer { fired: true, .. },
+                    ..
                 }) => done(input, *seq),
                 _ => {
                     let duration_ms = parse_duration(wait).map_or(0, |d| d.as_millis() as u64);

@@ -11,6 +11,11 @@ use crate::run::state::{
     errors, Correlation, EventFilter, HttpRequest, ListenMode, Need, Outcome, Record, WorkflowError,
 };
 
+/// The length given to a retry delay that was armed before its policy's
+/// limits were reached: unknown here, and long enough that only its due
+/// time decides when it fires.
+const ARMED_BEYOND_LIMITS_MS: u64 = u64::MAX / 4;
+
 impl Interpreter<'_> {
     pub(super) fn switch(
         &mut self,
@@ -95,10 +100,7 @@ impl Interpreter<'_> {
         input: Value,
         locals: &Locals,
     ) -> Flow {
-        let spec = &task["for"];
-        let each = spec["each"].as_str().unwrap_or("item").to_string();
-        let at = spec["at"].as_str().unwrap_or("index").to_string();
-        let collection = match spec.get("in") {
+        let collection = match task["for"].get("in") {
             Some(Value::String(code)) => self.jq(
                 bare(code),
                 &input,
@@ -123,6 +125,25 @@ impl Interpreter<'_> {
             }
             Err(e) => return raised(e, 0),
         };
+        let entered = self.entered;
+        let flow = self.iterations(task, path, scope, items, input, locals);
+        self.entered = entered;
+        flow
+    }
+
+    fn iterations(
+        &mut self,
+        task: &Value,
+        path: &str,
+        scope: &str,
+        items: Vec<Value>,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
+        let entered = self.entered;
+        let spec = &task["for"];
+        let each = spec["each"].as_str().unwrap_or("item").to_string();
+        let at = spec["at"].as_str().unwrap_or("index").to_string();
         let tasks = task
             .get("do")
             .and_then(Value::as_array)
@@ -148,6 +169,8 @@ impl Interpreter<'_> {
                 }
             }
             let iteration_scope = format!("{scope}[{i}]");
+            // An iteration starts when the one before it ended.
+            self.entered = entered.max(seq);
             match self.list(
                 tasks,
                 &format!("{path}/do"),
@@ -260,6 +283,20 @@ impl Interpreter<'_> {
         input: Value,
         locals: &Locals,
     ) -> Flow {
+        let entered = self.entered;
+        let flow = self.attempts(task, path, scope, input, locals);
+        self.entered = entered;
+        flow
+    }
+
+    fn attempts(
+        &mut self,
+        task: &Value,
+        path: &str,
+        scope: &str,
+        input: Value,
+        locals: &Locals,
+    ) -> Flow {
         let tasks = task
             .get("try")
             .and_then(Value::as_array)
@@ -305,17 +342,24 @@ impl Interpreter<'_> {
                 );
                 match self.record(&key) {
                     Some(Record {
-                        seq: Some(_),
+                        seq: Some(fired),
                         outcome: Outcome::Timer { fired: true, .. },
+                        ..
                     }) => {
+                        // The next attempt starts when the delay ends.
+                        self.entered = self.entered.max(*fired);
                         attempt += 1;
                         continue;
                     }
-                    Some(_) => return Flow::Blocked { seq },
-                    None => {
-                        if let Some((duration_ms, jitter_ms)) =
-                            self.retry_delay(policy, path, scope, attempt)
-                        {
+                    armed => {
+                        // An armed delay is waited for even if the limits
+                        // were reached since it was armed.
+                        let delay = match self.retry_delay(policy, path, scope, attempt) {
+                            Some(delay) => Some(delay),
+                            None if armed.is_some() => Some((ARMED_BEYOND_LIMITS_MS, None)),
+                            None => None,
+                        };
+                        if let Some((duration_ms, jitter_ms)) = delay {
                             self.needs.push(Need::Timer {
                                 key,
                                 task: path.to_string(),
@@ -334,6 +378,8 @@ impl Interpreter<'_> {
                     seq,
                 };
             };
+            // The handler starts when the error was raised.
+            self.entered = self.entered.max(seq);
             let flow = self.list(
                 handler,
                 &format!("{path}/catch/do"),
@@ -446,6 +492,7 @@ impl Interpreter<'_> {
         if let Some(Record {
             seq: Some(seq),
             outcome: Outcome::Events { events },
+            ..
         }) = self.record(&key)
         {
             let consumed: Vec<Value> = events.iter().flatten().cloned().collect();
@@ -514,6 +561,7 @@ impl Interpreter<'_> {
             Some(Record {
                 seq: Some(seq),
                 outcome: Outcome::Call { output, error },
+                ..
             }) => {
                 return match error {
                     Some(error) => raised(error.clone(), *seq),
