@@ -70,6 +70,23 @@ fn lock(tail: &Tail) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
     tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Waits until a log store's writer thread has let go of RocksDB: a test
+/// process that exits while that thread still closes RocksDB can abort
+/// ("pthread lock: Invalid argument").
+#[cfg(test)]
+pub(crate) struct WriterGone(std::sync::Weak<()>);
+
+#[cfg(test)]
+impl WriterGone {
+    /// Returns once the thread is gone, or after 5 s.
+    pub(crate) async fn wait(self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.0.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
 impl LogStore {
     /// `sync_delay` is a fault-injection hook (tests make a leader's fsync
     /// slower than its followers'); production passes `None`.
@@ -97,6 +114,11 @@ impl LogStore {
             writer,
             writer_alive,
         })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn writer_gone(&self) -> WriterGone {
+        WriterGone(Arc::downgrade(&self.writer_alive))
     }
 
     /// The highest log index known committed, shared for metrics.
@@ -453,7 +475,7 @@ mod tests {
         store.log_write(&written).expect("write");
         store.sync_wal().expect("sync");
         let mut log = LogStore::new(store.clone(), None).expect("log store");
-        let writer_alive = Arc::downgrade(&log.writer_alive);
+        let writer_gone = log.writer_gone();
         let purge =
             tokio::spawn(
                 async move { log.purge(LogId::new(CommittedLeaderId::new(1, 1), 8)).await },
@@ -477,9 +499,7 @@ mod tests {
         assert_eq!(store.log_first_index().expect("first"), Some(9));
         // The log store is gone with the task: wait for its writer thread to
         // let go of RocksDB before the process exits.
-        while std::sync::Weak::strong_count(&writer_alive) > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        writer_gone.wait().await;
     }
 
     /// After a failed write the writer writes nothing more: a later batch

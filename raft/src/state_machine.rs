@@ -508,6 +508,9 @@ mod tests {
             .expect("read")
             .expect("a snapshot");
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(10));
+        let writer_gone = log.writer_gone();
+        drop(log);
+        writer_gone.wait().await;
     }
 
     /// A damaged snapshot file is dropped, not loaded or shipped.

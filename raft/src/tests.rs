@@ -115,6 +115,7 @@ async fn a_restarted_leader_campaigns_in_a_new_term() {
     store.log_write(&written).expect("write");
     store.sync_wal().expect("sync");
     let mut log = LogStore::new(store.clone(), None).expect("log store");
+    let writer_gone = log.writer_gone();
     log.save_vote(&Vote::new_committed(3, 1))
         .await
         .expect("vote");
@@ -156,4 +157,6 @@ async fn a_restarted_leader_campaigns_in_a_new_term() {
         let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
     }
     raft.shutdown().await.expect("shutdown");
+    drop(raft);
+    writer_gone.wait().await;
 }

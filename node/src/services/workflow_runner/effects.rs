@@ -193,22 +193,12 @@ pub fn lifecycle_message(instance: &Instance, what: &str) -> Message {
     if let Some(error) = &instance.error {
         data["error"] = json!(error);
     }
-    Message {
-        id: format!(
-            "{}/{what}/{}",
-            instance.id,
-            instance.history_dropped + instance.history.len() as u64
-        ),
-        topic: format!("workflows.{}.{}.{what}", instance.namespace, instance.name),
-        source: source_of(instance),
-        kind: format!("io.serverlessworkflow.workflow.{what}.v1"),
-        time: rfc3339_now(),
-        subject: Some(instance.id.clone()),
-        content_type: "application/json".into(),
-        traceparent: None,
-        headers: Vec::new(),
-        data: data.to_string().into_bytes(),
-    }
+    let id = format!(
+        "{}/{what}/{}",
+        instance.id,
+        instance.history_dropped + instance.history.len() as u64
+    );
+    dsl_event(instance, id, &format!("workflow.{what}"), what, data)
 }
 
 /// A task lifecycle event (`started`, `completed`, `faulted`) on
@@ -221,14 +211,33 @@ pub fn task_message(instance: &Instance, event: &TaskEvent, occurrence: usize) -
         "workflow": instance.definition_key(),
         "task": event.task,
     });
+    let id = format!("{}{}/{what}/{occurrence}", instance.id, event.task);
+    dsl_event(
+        instance,
+        id,
+        &format!("task.{what}"),
+        &format!("task.{what}"),
+        data,
+    )
+}
+
+/// An event of the DSL's lifecycle: type `io.serverlessworkflow.{kind}.v1`
+/// on `workflows.<namespace>.<name>.{topic_tail}`.
+fn dsl_event(
+    instance: &Instance,
+    id: String,
+    kind: &str,
+    topic_tail: &str,
+    data: Value,
+) -> Message {
     Message {
-        id: format!("{}{}/{what}/{occurrence}", instance.id, event.task),
+        id,
         topic: format!(
-            "workflows.{}.{}.task.{what}",
+            "workflows.{}.{}.{topic_tail}",
             instance.namespace, instance.name
         ),
         source: source_of(instance),
-        kind: format!("io.serverlessworkflow.task.{what}.v1"),
+        kind: format!("io.serverlessworkflow.{kind}.v1"),
         time: rfc3339_now(),
         subject: Some(instance.id.clone()),
         content_type: "application/json".into(),

@@ -343,8 +343,18 @@ impl<'a> Interpreter<'a> {
         input: Value,
         locals: &Locals,
     ) -> Flow {
+        self.keeping_entered(|this| {
+            let entered = this.entered;
+            this.list_from(tasks, path, scope, input, locals, entered)
+        })
+    }
+
+    /// Runs `work`, which moves `entered` along as its tasks run, and puts
+    /// `entered` back afterwards: what follows a composite task is placed
+    /// by the composite's own outcome, not by its last inner task.
+    fn keeping_entered(&mut self, work: impl FnOnce(&mut Self) -> Flow) -> Flow {
         let entered = self.entered;
-        let flow = self.list_from(tasks, path, scope, input, locals, entered);
+        let flow = work(self);
         self.entered = entered;
         flow
     }

@@ -125,10 +125,7 @@ impl Interpreter<'_> {
             }
             Err(e) => return raised(e, 0),
         };
-        let entered = self.entered;
-        let flow = self.iterations(task, path, scope, items, input, locals);
-        self.entered = entered;
-        flow
+        self.keeping_entered(|this| this.iterations(task, path, scope, items, input, locals))
     }
 
     fn iterations(
@@ -283,10 +280,7 @@ impl Interpreter<'_> {
         input: Value,
         locals: &Locals,
     ) -> Flow {
-        let entered = self.entered;
-        let flow = self.attempts(task, path, scope, input, locals);
-        self.entered = entered;
-        flow
+        self.keeping_entered(|this| this.attempts(task, path, scope, input, locals))
     }
 
     fn attempts(
