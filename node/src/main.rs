@@ -83,6 +83,9 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, Command::Openapi) {
         return print_openapi();
     }
+    if matches!(cli.command, Command::Evaluator) {
+        return services::evaluator::serve();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -97,6 +97,11 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         logs,
         lease_timers: Arc::default(),
         caught_up: Default::default(),
+        unfinished_instances: Default::default(),
+        evaluator: Arc::new(
+            crate::services::evaluator::Evaluator::new()
+                .context("cannot find this executable to run workflow evaluators")?,
+        ),
     });
     serve_peers(listeners.rpc, core, key, peer_services);
     start_writes(&shoal, proposal_queue);

@@ -150,6 +150,11 @@ pub struct NodeArgs {
     /// finished, then delete them, e.g. `12h`, `7d`, `30min`; the Raft leader's setting applies.
     #[arg(long, env = "SHOAL_WORKFLOW_RETENTION")]
     pub workflow_retention: Option<String>,
+    /// Most unfinished workflow instances (pending, running, waiting, suspended) the cluster
+    /// holds: past it, starts are refused with 429 `too_many_instances` (the leader drives every
+    /// one, so this bounds its memory); counted by each node from its replica.
+    #[arg(long, env = "SHOAL_WORKFLOW_MAX_UNFINISHED")]
+    pub workflow_max_unfinished: Option<u64>,
 }
 
 /// Every setting's default, written once: `Settings::resolve` parses its
@@ -182,6 +187,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("logs_commit_ms", "1000"),
     ("logs_self", "true"),
     ("workflow_retention", "7d"),
+    ("workflow_max_unfinished", "1000000"),
 ];
 
 /// The default of the setting `name`, parsed. Every entry of [`DEFAULTS`]
@@ -358,6 +364,7 @@ pub struct Settings {
     pub logs_commit_ms: u64,
     pub logs_self: bool,
     pub workflow_retention: std::time::Duration,
+    pub workflow_max_unfinished: u64,
 }
 
 impl Settings {
@@ -459,6 +466,8 @@ impl Settings {
                     .into(),
                 None => default_of::<humantime::Duration>("workflow_retention").into(),
             },
+            workflow_max_unfinished: pick!(workflow_max_unfinished)
+                .unwrap_or_else(|| default_of("workflow_max_unfinished")),
         };
         settings.check()?;
         Ok(settings)
@@ -506,6 +515,9 @@ impl Settings {
         }
         if self.workflow_retention < std::time::Duration::from_secs(1) {
             bail!("--workflow-retention must be at least 1s");
+        }
+        if self.workflow_max_unfinished == 0 {
+            bail!("--workflow-max-unfinished must be at least 1");
         }
         if !(10..=60_000).contains(&self.logs_commit_ms) {
             bail!("--logs-commit-ms must be between 10 and 60000");

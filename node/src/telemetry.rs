@@ -351,7 +351,17 @@ fn describe_node_metrics() {
     describe_counter!(
         "shoal_workflow_events_total",
         Unit::Count,
-        "Events offered to workflow instances, by result (applied, duplicate, not_waiting, dropped)."
+        "Events offered to workflow instances, by result (applied, duplicate, not_waiting, dropped, failed: the definition's expressions could not be run on it)."
+    );
+    describe_counter!(
+        "shoal_workflow_evaluators_started_total",
+        Unit::Count,
+        "Workflow expression evaluator processes this node started (one per core, and again after each one that died or was killed)."
+    );
+    describe_counter!(
+        "shoal_workflow_evaluators_killed_total",
+        Unit::Count,
+        "Workflow expression evaluators killed because a piece of work ran past its time limit."
     );
     describe_histogram!(
         "shoal_workflow_timer_lateness_seconds",

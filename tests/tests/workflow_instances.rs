@@ -855,6 +855,156 @@ do:
     );
 }
 
+/// The node's child processes (its workflow evaluators) and the CPU time
+/// each has used, in clock ticks.
+fn children_cpu(pid: u32) -> Vec<(u32, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let children: BTreeSet<u32> = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    children
+        .into_iter()
+        .filter_map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // Fields after the command's closing parenthesis: utime and
+            // stime are the 12th and 13th.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let used =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some((child, used))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expressions_that_would_exhaust_or_crash_a_node_fault_only_their_instance() {
+    let mut node = Node::start().await;
+    let pid = node.pid().expect("the node runs");
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: ok, version: '1.0.0'}
+do:
+  - x: {set: {x: 1}}
+"#,
+    )
+    .await;
+    // Each of these would end the node's process if it ran there: the
+    // stack overflows, or memory runs out (or, slower, time).
+    for (name, code, titles) in [
+        ("recurse", "def f: 1 + f; f", &["evaluation failed"][..]),
+        (
+            "explode",
+            "[range(1e10)] | length",
+            &["evaluation failed", "evaluation too long"][..],
+        ),
+    ] {
+        define(
+            &node,
+            &format!(
+                "document: {{dsl: '1.0.0', namespace: test, name: {name}, version: '1.0.0'}}\n\
+                 do:\n  - boom: {{set: {{n: '${{ {code} }}'}}}}\n"
+            ),
+        )
+        .await;
+        start(&node, &format!("test/{name}"), name, json!({})).await;
+        let faulted = wait_status(&node, name, "faulted").await;
+        let title = faulted["error"]["title"].as_str().unwrap_or_default();
+        assert!(titles.contains(&title), "{name}: {faulted}");
+        assert!(
+            faulted["error"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("evaluat")),
+            "{name}: {faulted}"
+        );
+        assert!(node.is_running(), "the node survived {name}");
+    }
+    // A correlation that recurses without end fails the events it is
+    // computed for, on the node that takes them; the instance waits on.
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: correlated, version: '1.0.0'}
+do:
+  - wait:
+      listen:
+        to:
+          one:
+            with: {type: poison}
+            correlate:
+              order: {from: '${ def f: 1 + f; f }', expect: 'x'}
+"#,
+    )
+    .await;
+    start(&node, "test/correlated", "correlated", json!({})).await;
+    wait_status(&node, "correlated", "waiting").await;
+    let sent = std::sync::atomic::AtomicU32::new(0);
+    wait_for(WAIT, "a poison event counted as failed", || async {
+        let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        publish(&node, "poison", "poison", &format!("poison-{n}"), json!({})).await;
+        let text = node.get_path("/metrics").await.text;
+        if text.contains("shoal_workflow_events_total{result=\"failed\"}") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    assert!(node.is_running(), "the node survived the poison event");
+    assert_eq!(
+        instance(&node, "correlated").await["status"],
+        json!("waiting")
+    );
+    // A list predicate past the limits is refused with 400.
+    for (code, says) in [
+        ("def f: 1 + f; f", "evaluator"),
+        ("last(range(1e15))", "longer than"),
+    ] {
+        let reply = node
+            .client()
+            .get(node.url("/v1/workflows/instances"))
+            .query(&[("where", code)])
+            .send()
+            .await
+            .expect("the list answers");
+        let reply = Reply::read(reply).await;
+        assert_eq!(reply.status.as_u16(), 400, "{code}: {}", reply.describe());
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{code}: {}",
+            reply.describe()
+        );
+    }
+    // The node goes on, and nothing keeps running the runaway work.
+    start(&node, "test/ok", "after", json!({})).await;
+    wait_status(&node, "after", "completed").await;
+    assert!(node.is_running());
+    let before = children_cpu(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = children_cpu(pid);
+    for (child, used) in after {
+        let earlier = before
+            .iter()
+            .find(|(c, _)| *c == child)
+            .map_or(0, |(_, u)| *u);
+        assert!(
+            used.saturating_sub(earlier) < 50,
+            "evaluator {child} used {} ticks of CPU in 2 s while idle",
+            used - earlier
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_is_bounded() {
     let node = Node::start().await;
@@ -1112,15 +1262,29 @@ do:
     }
 }
 
+/// `test/slow`: waits for an event nobody sends.
+const NEVER_ENDING: &str = r#"
+document: {dsl: '1.0.0', namespace: test, name: slow, version: '1.0.0'}
+do:
+  - await:
+      listen:
+        to:
+          one:
+            with: {type: test.never}
+"#;
+
+/// `shoal serve` with this flag and value exits with an error naming the
+/// flag.
+async fn refused_at_start(flag_and_value: &[&str]) {
+    let args: Vec<&str> = ["serve"].iter().chain(flag_and_value).copied().collect();
+    let out = run_shoal(&args, None, &[]).await;
+    out.assert_clean_failure();
+    assert!(out.stderr.contains(flag_and_value[0]), "{}", out.stderr);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn finished_instances_are_deleted_once_the_retention_has_passed() {
-    let out = run_shoal(&["serve", "--workflow-retention", "soon"], None, &[]).await;
-    out.assert_clean_failure();
-    assert!(
-        out.stderr.contains("--workflow-retention"),
-        "{}",
-        out.stderr
-    );
+    refused_at_start(&["--workflow-retention", "soon"]).await;
 
     let node = Node::start_with(&["--workflow-retention", "2s"]).await;
     define(
@@ -1132,19 +1296,7 @@ do:
 "#,
     )
     .await;
-    define(
-        &node,
-        r#"
-document: {dsl: '1.0.0', namespace: test, name: slow, version: '1.0.0'}
-do:
-  - await:
-      listen:
-        to:
-          one:
-            with: {type: test.never}
-"#,
-    )
-    .await;
+    define(&node, NEVER_ENDING).await;
     start(&node, "test/slow", "waits", json!({})).await;
     wait_status(&node, "waits", "waiting").await;
     start(&node, "test/quick", "q1", json!({})).await;
@@ -1243,4 +1395,51 @@ do:
     assert_eq!(resumed.status.as_u16(), 200, "{}", resumed.describe());
     let done = wait_status(&node, "n1", "completed").await;
     assert_eq!(count(&done, "timer.fired"), 1, "{:?}", history(&done));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_past_the_bound_on_unfinished_instances_are_refused_until_some_finish() {
+    refused_at_start(&["--workflow-max-unfinished", "0"]).await;
+
+    let node = Node::start_with(&["--workflow-max-unfinished", "2"]).await;
+    define(&node, NEVER_ENDING).await;
+    for id in ["w1", "w2"] {
+        let reply = start(&node, "test/slow", id, json!({})).await;
+        assert_eq!(reply.status.as_u16(), 201, "{}", reply.describe());
+    }
+    // The count follows the replica: wait until the third start is refused.
+    let refused = wait_for(WAIT, "a start past the bound refused", || async {
+        let reply = start(&node, "test/slow", "w3", json!({})).await;
+        match reply.status.as_u16() {
+            429 => Ok(reply),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
+    // (A start that raced the count would have made w3: then this fails.)
+    let body = assert_error(&refused, 429, "too_many_instances");
+    assert_eq!(body["error"]["limit"], json!(2), "{body}");
+    assert_error(
+        &node.get_path("/v1/workflows/instances/w3").await,
+        404,
+        "not_found",
+    );
+    // Starting an existing instance again is still answered with it.
+    let again = start(&node, "test/slow", "w1", json!({})).await;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.describe());
+    assert_eq!(again.body["id"], json!("w1"));
+    // A finished instance makes room.
+    let cancelled = node
+        .post_json("/v1/workflows/instances/w1/cancel", &json!({}))
+        .await;
+    assert_eq!(cancelled.status.as_u16(), 200, "{}", cancelled.describe());
+    wait_for(WAIT, "a start after one finished", || async {
+        let reply = start(&node, "test/slow", "w3", json!({})).await;
+        match reply.status.as_u16() {
+            201 => Ok(()),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
+    wait_status(&node, "w3", "waiting").await;
 }

@@ -9,6 +9,7 @@ pub mod cron;
 pub mod definition;
 pub mod expr;
 pub mod run;
+pub mod sandbox;
 
 pub use definition::{
     check_id, parse, version_order, Definition, DefinitionError, MAX_DEFINITION_BYTES,

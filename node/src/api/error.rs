@@ -79,6 +79,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 429: the node is at its limit; retry after a second.
     Busy,
+    /// 429: the cluster holds --workflow-max-unfinished unfinished
+    /// workflow instances; a start waits until some finish.
+    TooManyInstances,
     /// 500: a fault of this node.
     Internal,
     /// 502: the Kafka brokers did not answer.
@@ -123,6 +126,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedEncoding => "unsupported_encoding",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Busy => "busy",
+            ErrorCode::TooManyInstances => "too_many_instances",
             ErrorCode::Internal => "internal",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
             ErrorCode::Unavailable => "unavailable",

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use super::extract::{JsonBody, Params, PathText};
+use crate::services::evaluator::EvaluatorError;
 use crate::services::instances::{self, Action, InstanceError, ListFilter, MAX_INPUT_BYTES};
 use crate::services::shoal::Shoal;
 use crate::services::workflows;
@@ -49,6 +50,16 @@ impl From<InstanceError> for ApiError {
             .with("size", json!(size))
             .with("limit", json!(limit)),
             InstanceError::Unreadable { .. } => ApiError::internal(message),
+            InstanceError::Evaluation(EvaluatorError::Unavailable(_)) => {
+                ApiError::unavailable(message)
+            }
+            InstanceError::Evaluation(_) => ApiError::bad_request(message),
+            InstanceError::TooMany { limit } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyInstances,
+                message,
+            )
+            .with("limit", json!(limit)),
         }
     }
 }
@@ -154,6 +165,7 @@ fn action_of(text: &str) -> ApiResult<Action> {
         (status = 404, description = "No such definition (version). Error codes: `not_found`.", body = ErrorBody),
         (status = 409, description = "The id is taken by another workflow's instance. Error codes: `id_taken`.", body = ErrorBody),
         (status = 413, description = "The input is over 256 KiB. Error codes: `payload_too_large`.", body = ErrorBody),
+        (status = 429, description = "The cluster holds --workflow-max-unfinished unfinished instances (`limit` says how many). Error codes: `too_many_instances`.", body = ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
         (status = 503, response = crate::api::doc::Unavailable),
         (status = 504, response = crate::api::doc::Timeout),
@@ -270,22 +282,13 @@ fn filter_of(params: &Params, limit: usize) -> ApiResult<(ListFilter, Option<Str
     ))
 }
 
-/// Whether the jq predicate holds on an instance (its JSON).
-fn predicate_holds(code: &str, instance: &Instance) -> bool {
-    let value = serde_json::to_value(instance).unwrap_or(Value::Null);
-    matches!(
-        shoal_workflows::expr::evaluate(code, &value, &[]),
-        Ok(v) if !matches!(v, Value::Null | Value::Bool(false))
-    )
-}
-
 #[utoipa::path(
     get,
     path = "/v1/workflows/instances",
     tag = "workflows",
     operation_id = "listWorkflowInstances",
     summary = "List workflow instances",
-    description = "Instances in id order, filtered; linearizable. `where` is a jq predicate over the instance's JSON (as `GET /v1/workflows/instances/{id}` shows it), e.g. `.input.total > 100`.",
+    description = "Instances in id order, filtered; linearizable. `where` is a jq predicate over the instance's JSON (as `GET /v1/workflows/instances/{id}` shows it), e.g. `.input.total > 100`; it runs in an evaluator process, at most 2 s and 1 GiB per batch of instances (past either: 400). A scan longer than 10 s ends the page early, with `next` where it stopped.",
     params(
         ("namespace" = Option<String>, Query, description = "Only this namespace."),
         ("name" = Option<String>, Query, description = "Only this workflow name."),
@@ -309,12 +312,7 @@ pub async fn list_instances(
     params: Params,
 ) -> ApiResult<Json<InstanceList>> {
     let (filter, predicate) = filter_of(&params, params.limit(100, MAX_PAGE)?)?;
-    let (found, next) = instances::list(&shoal, filter, move |instance| {
-        predicate
-            .as_deref()
-            .is_none_or(|code| predicate_holds(code, instance))
-    })
-    .await?;
+    let (found, next) = instances::list(&shoal, filter, predicate).await?;
     Ok(Json(InstanceList {
         instances: found.iter().map(InstanceSummary::from).collect(),
         next,
@@ -386,12 +384,7 @@ pub async fn act_on_instances(
     extra.insert("name".to_string(), name);
     let params = params.merged(extra);
     let (filter, predicate) = filter_of(&params, MAX_BULK)?;
-    let (found, _) = instances::list(&shoal, filter, move |instance| {
-        predicate
-            .as_deref()
-            .is_none_or(|code| predicate_holds(code, instance))
-    })
-    .await?;
+    let (found, _) = instances::list(&shoal, filter, predicate).await?;
     let mut acted = InstancesActed {
         changed: Vec::new(),
         failed: Vec::new(),

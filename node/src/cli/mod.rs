@@ -106,9 +106,14 @@ pub enum Command {
     /// Print the HTTP API's OpenAPI 3.1 document (what every node serves at
     /// /openapi.json), without a node: for generating clients.
     Openapi,
+    /// Internal: the process a node runs workflow expressions in (frames on
+    /// stdin and stdout). Not for people.
+    #[command(hide = true)]
+    Evaluator,
 }
 
-/// Run a client subcommand (`serve`, `dev` and `openapi` are run by `main`).
+/// Run a client subcommand (`serve`, `dev`, `openapi` and `evaluator` are
+/// run by `main`).
 pub async fn run(command: Command) -> anyhow::Result<()> {
     dispatch(command)
         .await
@@ -120,8 +125,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) | Command::Dev(_) | Command::Openapi => {
-            anyhow::bail!("serve, dev and openapi are not client commands")
+        Command::Serve(_) | Command::Dev(_) | Command::Openapi | Command::Evaluator => {
+            anyhow::bail!("serve, dev, openapi and evaluator are not client commands")
         }
         Command::Kv { client, command } => client::kv(client, command).await,
         Command::Lease { client, command } => client::lease(client, command).await,

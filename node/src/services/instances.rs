@@ -3,6 +3,9 @@
 //! the key's revision: the driver and operators never overwrite a state
 //! they did not read.
 
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
 use shoal_storage::{now_ms, Store};
@@ -37,6 +40,10 @@ pub enum InstanceError {
     Unreadable { key: String, message: String },
     #[error("the instance would hold {size} bytes; the limit is {limit}")]
     TooLarge { size: usize, limit: usize },
+    #[error(transparent)]
+    Evaluation(#[from] super::evaluator::EvaluatorError),
+    #[error("the cluster holds {limit} unfinished workflow instances, its limit (--workflow-max-unfinished); start again when some have finished")]
+    TooMany { limit: u64 },
 }
 
 /// What an operator asks of an instance.
@@ -105,13 +112,26 @@ fn encode(shoal: &Shoal, instance: &Instance) -> Result<Vec<u8>, InstanceError> 
 }
 
 /// Starts an instance unless one with this id exists; then that one is
-/// returned (an idempotent start). True when it was created.
+/// returned (an idempotent start). True when it was created. While the
+/// cluster holds its limit of unfinished instances only the existing one
+/// is returned.
 pub async fn start(
     shoal: &Shoal,
     definition: &Definition,
     id: String,
     input: Value,
 ) -> Result<(Instance, u64, bool), InstanceError> {
+    let limit = shoal.settings.workflow_max_unfinished;
+    if shoal.unfinished_instances.load(Ordering::Relaxed) >= limit {
+        return match get(shoal, &id).await {
+            Ok((existing, revision)) => {
+                same_workflow(&existing, definition)?;
+                Ok((existing, revision, false))
+            }
+            Err(InstanceError::NotFound(_)) => Err(InstanceError::TooMany { limit }),
+            Err(e) => Err(e),
+        };
+    }
     let instance = Instance::new(id, definition, input, now_ms());
     let key = key_of(&instance.id);
     let (succeeded, revision, results) = shoal
@@ -135,18 +155,25 @@ pub async fn start(
     match results.first() {
         Some(OpResult::Get { kv: Some(kv) }) => {
             let existing = decode(&key, &kv.value)?;
-            if existing.namespace != instance.namespace || existing.name != instance.name {
-                return Err(InstanceError::IdTaken(
-                    instance.id,
-                    format!("{}/{}", existing.namespace, existing.name),
-                ));
-            }
+            same_workflow(&existing, definition)?;
             Ok((existing, kv.mod_revision, false))
         }
         other => Err(
             KvError::Internal(format!("a failed create-only transaction read {other:?}")).into(),
         ),
     }
+}
+
+/// An id given to a start is taken unless its instance is of the same
+/// workflow.
+fn same_workflow(existing: &Instance, definition: &Definition) -> Result<(), InstanceError> {
+    if existing.namespace != definition.namespace || existing.name != definition.name {
+        return Err(InstanceError::IdTaken(
+            existing.id.clone(),
+            format!("{}/{}", existing.namespace, existing.name),
+        ));
+    }
+    Ok(())
 }
 
 /// An instance as this replica has it, with its revision (no barrier).
@@ -262,41 +289,105 @@ impl ListFilter {
     }
 }
 
-/// Instances in id order that pass the filter and `keep`, at most
-/// `filter.limit`, and the id to continue after when there may be more.
+/// Longest a list scans before it answers what it found so far (with the
+/// id to continue after).
+pub const LIST_SCAN_LIMIT: Duration = Duration::from_secs(10);
+/// Most bytes of instances one predicate evaluation is given.
+const PREDICATE_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Instances in id order that pass the filter and the jq `predicate` (run
+/// in the evaluator; true unless it gives `null`, `false` or an error), at
+/// most `filter.limit`, and the id to continue after when there may be
+/// more. A scan that takes longer than [`LIST_SCAN_LIMIT`] stops early and
+/// answers the last id it looked at as the one to continue after.
 pub async fn list(
     shoal: &Shoal,
     filter: ListFilter,
-    keep: impl Fn(&Instance) -> bool + Send + 'static,
+    predicate: Option<String>,
 ) -> Result<(Vec<Instance>, Option<String>), InstanceError> {
     shoal.read_barrier(false).await?;
     let now = now_ms();
-    shoal
-        .read(move |store| {
-            let mut found = Vec::new();
-            let mut after = filter.after.as_ref().map(|id| key_of(id));
-            loop {
-                let (_, kvs, more) = store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
-                after = kvs.last().map(|kv| kv.key.clone());
-                for kv in kvs {
-                    let Ok(instance) = decode(&kv.key, &kv.value) else {
-                        continue;
-                    };
-                    if filter.matches(&instance, now) && keep(&instance) {
-                        if found.len() == filter.limit {
-                            let next = found.last().map(|i: &Instance| i.id.clone());
-                            return Ok((found, next));
-                        }
-                        found.push(instance);
-                    }
-                }
-                if !more {
-                    return Ok((found, None));
-                }
+    let started = Instant::now();
+    let mut found: Vec<Instance> = Vec::new();
+    let mut after = filter.after.as_ref().map(|id| key_of(id));
+    loop {
+        let read_after = after.clone();
+        let chunk_filter = filter.clone();
+        let (matching, last, more) = shoal
+            .read(move |store| {
+                let (_, kvs, more) =
+                    store.kv_range(INSTANCES_PREFIX, read_after.as_deref(), 1000)?;
+                let last = kvs.last().map(|kv| kv.key.clone());
+                let matching: Vec<(Instance, usize)> = kvs
+                    .into_iter()
+                    .filter_map(|kv| {
+                        let instance = decode(&kv.key, &kv.value).ok()?;
+                        chunk_filter
+                            .matches(&instance, now)
+                            .then_some((instance, kv.value.len()))
+                    })
+                    .collect();
+                Ok((matching, last, more))
+            })
+            .await?;
+        after = last;
+        let kept = match &predicate {
+            None => matching.into_iter().map(|(instance, _)| instance).collect(),
+            Some(code) => holding(shoal, code, matching).await?,
+        };
+        for instance in kept {
+            if found.len() == filter.limit {
+                let next = found.last().map(|i| i.id.clone());
+                return Ok((found, next));
             }
-        })
-        .await
-        .map_err(InstanceError::from)
+            found.push(instance);
+        }
+        if !more {
+            return Ok((found, None));
+        }
+        if started.elapsed() > LIST_SCAN_LIMIT {
+            let next = after
+                .as_deref()
+                .and_then(|key| key.strip_prefix(INSTANCES_PREFIX));
+            return Ok((found, next.map(str::to_string)));
+        }
+    }
+}
+
+/// The instances on which the jq predicate holds, evaluated in batches of
+/// at most [`PREDICATE_BATCH_BYTES`].
+async fn holding(
+    shoal: &Shoal,
+    code: &str,
+    instances: Vec<(Instance, usize)>,
+) -> Result<Vec<Instance>, InstanceError> {
+    let mut kept = Vec::new();
+    let mut batch: Vec<Instance> = Vec::new();
+    let mut bytes = 0;
+    let mut rest = instances.into_iter().peekable();
+    while let Some((instance, size)) = rest.next() {
+        bytes += size;
+        batch.push(instance);
+        if bytes < PREDICATE_BATCH_BYTES && rest.peek().is_some() {
+            continue;
+        }
+        let inputs = batch
+            .iter()
+            .map(|instance| serde_json::to_value(instance).unwrap_or(Value::Null))
+            .collect();
+        let answers = shoal.evaluator.jq(vec![code.to_string()], inputs).await?;
+        for (instance, answer) in batch.drain(..).zip(answers) {
+            let holds = matches!(
+                answer.first(),
+                Some(Ok(value)) if !matches!(value, Value::Null | Value::Bool(false))
+            );
+            if holds {
+                kept.push(instance);
+            }
+        }
+        bytes = 0;
+    }
+    Ok(kept)
 }
 
 /// Applies an operator's action, retrying on a concurrent change.

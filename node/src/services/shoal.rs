@@ -97,6 +97,11 @@ pub struct Shoal {
     /// Set once this node has applied everything committed since it
     /// started (see `api::node::ready`).
     pub caught_up: std::sync::atomic::AtomicBool,
+    /// Unfinished workflow instances in this replica, as the intake counts
+    /// them (see `--workflow-max-unfinished`).
+    pub unfinished_instances: AtomicU64,
+    /// Where workflow expressions run (processes of their own).
+    pub evaluator: Arc<super::evaluator::Evaluator>,
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.

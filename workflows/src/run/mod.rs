@@ -8,7 +8,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{evaluate, event_matches, Env, Evaluated, Evaluation, TaskEvent, MAX_STEPS};
+pub use engine::{
+    evaluate, event_matches, Env, Evaluated, Evaluation, TaskEvent, TaskStep, MAX_STEPS,
+};
 pub use state::{
     errors, Applied, Correlation, EventFilter, HistoryEntry, HttpRequest, Instance, ListenMode,
     Need, Outcome, Record, Status, WorkflowError, MAX_APPLIED_EVENTS, MAX_HISTORY, MAX_OUTCOMES,
@@ -76,7 +78,9 @@ pub fn unpublished_task_events<'a>(
         .tasks
         .iter()
         .map(|event| {
-            let count = seen.entry((event.task.as_str(), event.what)).or_default();
+            let count = seen
+                .entry((event.task.as_str(), event.what.as_str()))
+                .or_default();
             *count += 1;
             (event, *count)
         })

@@ -316,7 +316,7 @@ pub struct Instance {
 }
 
 /// What applying an event did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     /// The event met a filter of a listen the instance waits on.
     Applied,

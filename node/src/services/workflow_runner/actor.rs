@@ -16,18 +16,18 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::Value;
 use shoal_storage::now_ms;
 use shoal_workflows::run::{
-    evaluate, settle, unpublished_task_events, Env, Evaluated, Instance, Need, Outcome, Record,
-    Status, TaskEvent, WorkflowError,
+    settle, unpublished_task_events, Evaluated, Instance, Need, Outcome, Record, Status, TaskEvent,
+    TaskStep, WorkflowError,
 };
+use shoal_workflows::sandbox::Document;
 use shoal_workflows::Definition;
 use tokio::sync::Semaphore;
 
 use super::effects;
+use crate::services::evaluator::EvaluatorError;
 use crate::services::instances::{self, InstanceError};
 use crate::services::shoal::Shoal;
 
-/// Longest one evaluation may take before the instance is faulted.
-const EVALUATION_LIMIT: Duration = Duration::from_secs(2);
 /// Most times an actor re-reads and re-writes in one go.
 const MAX_ROUNDS: usize = 32;
 
@@ -44,6 +44,8 @@ pub enum InstanceMsg {
 pub struct DefinitionShared {
     pub shoal: Arc<Shoal>,
     pub definition: Arc<Definition>,
+    /// The definition's document as evaluators are sent it.
+    pub document: Document,
     /// Outgoing calls in flight for this definition.
     pub calls: Arc<Semaphore>,
     /// Outgoing calls in flight on this node.
@@ -207,7 +209,7 @@ impl InstanceState {
             }
             let now = now_ms();
             let mut next = instance.clone();
-            match self.evaluate(&instance, now).await {
+            match self.evaluate(&instance, now).await? {
                 Ok(evaluation) => {
                     self.publish_task_events(&instance, &evaluation).await?;
                     settle(&mut next, &evaluation, now);
@@ -271,50 +273,46 @@ impl InstanceState {
         Ok(false)
     }
 
+    /// The evaluation, or the fault an evaluation that went wrong leaves
+    /// the instance in; an error when no evaluator could be run (the actor
+    /// is restarted and tries again).
     async fn evaluate(
         &self,
         instance: &Instance,
         now: u64,
-    ) -> Result<shoal_workflows::run::Evaluation, WorkflowError> {
-        let definition = self.shared.definition.clone();
-        let secrets = effects::secrets(&self.shared.shoal, &definition).await;
-        let instance = instance.clone();
-        let work = tokio::task::spawn_blocking(move || {
-            evaluate(
-                &definition.document,
-                &instance,
-                &Env {
-                    now_ms: now,
-                    secrets: &secrets,
-                },
-            )
-        });
-        let too_long = || {
-            WorkflowError::new(
-                shoal_workflows::run::errors::RUNTIME,
-                500,
-                "evaluation too long",
-                format!(
-                    "evaluating the instance took longer than {} ms (a runaway expression?)",
-                    EVALUATION_LIMIT.as_millis()
-                ),
-            )
-        };
-        match tokio::time::timeout(EVALUATION_LIMIT, work).await {
-            Ok(Ok(evaluation)) => Ok(evaluation),
-            Ok(Err(e)) => Err(WorkflowError::new(
-                shoal_workflows::run::errors::RUNTIME,
-                500,
-                "evaluation failed",
-                e.to_string(),
-            )),
-            Err(_) => Err(too_long()),
-        }
-        .inspect(|evaluation| {
-            if let Evaluated::Faulted(error) = &evaluation.result {
-                tracing::info!(instance = %self.id, error = ?error, "workflow instance faulted");
+    ) -> Result<Result<shoal_workflows::run::Evaluation, WorkflowError>, ActorProcessingErr> {
+        let definition = &self.shared.definition;
+        let secrets = effects::secrets(&self.shared.shoal, definition).await;
+        let evaluated = self
+            .shared
+            .shoal
+            .evaluator
+            .evaluate(&self.shared.document, instance, now, &secrets)
+            .await;
+        let title = match &evaluated {
+            Ok(evaluation) => {
+                if let Evaluated::Faulted(error) = &evaluation.result {
+                    tracing::info!(instance = %self.id, error = ?error, "workflow instance faulted");
+                }
+                None
             }
-        })
+            Err(EvaluatorError::TooLong) => Some("evaluation too long"),
+            Err(EvaluatorError::Died(_) | EvaluatorError::Panicked(_)) => Some("evaluation failed"),
+            Err(EvaluatorError::Unavailable(_)) => None,
+        };
+        match (evaluated, title) {
+            (Ok(evaluation), _) => Ok(Ok(evaluation)),
+            (Err(e), Some(title)) => {
+                tracing::info!(instance = %self.id, error = %e, "workflow instance faulted");
+                Ok(Err(WorkflowError::new(
+                    shoal_workflows::run::errors::RUNTIME,
+                    500,
+                    title,
+                    e.to_string(),
+                )))
+            }
+            (Err(e), None) => Err(e.into()),
+        }
     }
 
     /// Publishes the lifecycle events this evaluation found that are not
@@ -352,7 +350,10 @@ impl InstanceState {
     /// Times the task runs that ended, from the times their outcomes were
     /// settled (replicated, so any leader times them alike).
     fn time_tasks(instance: &Instance, tasks: &[(&TaskEvent, usize)]) {
-        for (event, _) in tasks.iter().filter(|(event, _)| event.what != "started") {
+        for (event, _) in tasks
+            .iter()
+            .filter(|(event, _)| event.what != TaskStep::Started)
+        {
             let (Some(started), Some(ended)) = (
                 instance.settled_at(event.since),
                 instance.settled_at(event.seq),

@@ -205,7 +205,7 @@ pub fn lifecycle_message(instance: &Instance, what: &str) -> Message {
 /// `workflows.<namespace>.<name>.task.<event>`. Its id names the instance,
 /// the task run and the occurrence, the same however often it is sent.
 pub fn task_message(instance: &Instance, event: &TaskEvent, occurrence: usize) -> Message {
-    let what = event.what;
+    let what = event.what.as_str();
     let data = json!({
         "instance": instance.id,
         "workflow": instance.definition_key(),

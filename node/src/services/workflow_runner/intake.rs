@@ -10,7 +10,9 @@
 //! emit's answer can be quicker than replication), and the event is
 //! offered again when one does.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use shoal_actors::router::Subscription;
 use shoal_actors::subject::Pattern;
 use shoal_storage::kv::EventType;
 use shoal_storage::now_ms;
-use shoal_workflows::run::{event_matches, Applied, Status};
+use shoal_workflows::run::{Applied, Instance, Status};
 
 use super::listeners::Listeners;
 use super::schedules::Schedules;
@@ -52,6 +54,7 @@ pub async fn run(shoal: Arc<Shoal>) {
             listeners: Listeners::default(),
             kept: VecDeque::new(),
             schedules: Schedules::default(),
+            unfinished: HashSet::new(),
         };
         if let Err(e) = intake.follow().await {
             tracing::warn!(error = %e, "workflow event intake stopped; starting again");
@@ -66,6 +69,10 @@ struct Intake {
     /// Events nobody took yet, with when they came.
     kept: VecDeque<(Instant, Arc<Value>)>,
     schedules: Schedules,
+    /// The unfinished instances of this replica, by a hash of their id
+    /// (8 bytes each, not the id): their number is what
+    /// `--workflow-max-unfinished` bounds.
+    unfinished: HashSet<u64>,
 }
 
 impl Intake {
@@ -111,6 +118,7 @@ impl Intake {
                                 }
                                 _ => None,
                             };
+                            self.count(id, instance.as_ref());
                             new_types.extend(self.listeners.update(id, instance.as_ref()));
                         }
                     }
@@ -187,9 +195,25 @@ impl Intake {
     async fn load(&mut self) -> anyhow::Result<u64> {
         let (revision, all) = self.shoal.read(instances::scan).await?;
         for (instance, _) in all {
+            self.count(&instance.id, Some(&instance));
             self.listeners.update(&instance.id, Some(&instance));
         }
         Ok(revision)
+    }
+
+    /// Counts an instance as unfinished or not (none: deleted).
+    fn count(&mut self, id: &str, instance: Option<&Instance>) {
+        let mut hasher = std::hash::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let key = hasher.finish();
+        if instance.is_some_and(|i| !i.status.is_final()) {
+            self.unfinished.insert(key);
+        } else {
+            self.unfinished.remove(&key);
+        }
+        self.shoal
+            .unfinished_instances
+            .store(self.unfinished.len() as u64, Ordering::Relaxed);
     }
 
     /// Applies an event to the instances listening for it and starts the
@@ -204,7 +228,10 @@ impl Intake {
     /// took it.
     async fn offer_to_instances(&mut self, event: &Value) -> bool {
         let mut taken = false;
-        for id in self.listeners.candidates(event) {
+        let programs = self.listeners.programs(event);
+        let answers = self.correlation_values(&programs, event).await;
+        let candidates = self.listeners.candidates(event, &programs, answers);
+        for id in candidates {
             let result = match self.apply(&id, event).await {
                 Ok(Applied::Applied) => {
                     taken = true;
@@ -225,6 +252,39 @@ impl Intake {
         taken
     }
 
+    /// Each correlation program's value on the event (none where it
+    /// failed), all in one piece of work; if that fails, each program on
+    /// its own, so that one definition's runaway correlation costs only its
+    /// own instances their events.
+    async fn correlation_values(&self, programs: &[String], event: &Value) -> Vec<Option<Value>> {
+        if programs.is_empty() {
+            return Vec::new();
+        }
+        let evaluator = &self.shoal.evaluator;
+        match evaluator.jq(programs.to_vec(), vec![event.clone()]).await {
+            Ok(mut by_input) => by_input
+                .pop()
+                .unwrap_or_default()
+                .into_iter()
+                .map(Result::ok)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "an event's correlation values could not be computed together; computing each alone");
+                metrics::counter!("shoal_workflow_events_total", "result" => "failed").increment(1);
+                let mut values = Vec::with_capacity(programs.len());
+                for program in programs {
+                    let value = evaluator
+                        .jq(vec![program.clone()], vec![event.clone()])
+                        .await
+                        .ok()
+                        .and_then(|mut by_input| by_input.pop()?.pop()?.ok());
+                    values.push(value);
+                }
+                values
+            }
+        }
+    }
+
     async fn apply(&self, id: &str, event: &Value) -> Result<Applied, instances::InstanceError> {
         for attempt in 0..TRIES {
             let read_id = id.to_string();
@@ -235,13 +295,17 @@ impl Intake {
                     key: instances::key_of(id),
                     message: e.to_string(),
                 })??;
-            let Some((mut instance, revision)) = read else {
+            let Some((instance, revision)) = read else {
                 return Ok(Applied::NotWaiting);
             };
             if !matches!(instance.status, Status::Running | Status::Waiting) {
                 return Ok(Applied::NotWaiting);
             }
-            let applied = instance.apply_event(event, now_ms(), event_matches);
+            let (instance, applied) = self
+                .shoal
+                .evaluator
+                .apply_event(instance, event, now_ms())
+                .await?;
             if applied != Applied::Applied {
                 return Ok(applied);
             }

@@ -8,7 +8,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
-use shoal_workflows::expr;
 use shoal_workflows::run::{Instance, Need, Status};
 
 /// One filter of a listening instance, as the index keys it: the event
@@ -124,26 +123,49 @@ impl Listeners {
         new
     }
 
-    /// The instances that may take this event (each checks every filter
-    /// itself when the event is applied).
-    pub fn candidates(&self, event: &Value) -> BTreeSet<String> {
+    /// The filters of listeners of this event's type (or of no type).
+    fn groups<'a>(
+        &'a self,
+        event: &'a Value,
+    ) -> impl Iterator<Item = (&'a Vec<String>, &'a HashMap<Vec<String>, HashSet<String>>)> {
         let kind = event
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        [kind, ""]
+            .into_iter()
+            .filter_map(|t| self.by_type.get(t))
+            .flatten()
+    }
+
+    /// The correlation expressions to run on this event, each once.
+    pub fn programs(&self, event: &Value) -> Vec<String> {
+        let programs: BTreeSet<&String> = self.groups(event).flat_map(|(from, _)| from).collect();
+        programs.into_iter().cloned().collect()
+    }
+
+    /// The instances that may take this event (each checks every filter
+    /// itself when the event is applied), given the answer of each of
+    /// `programs` (none where it failed).
+    pub fn candidates(
+        &self,
+        event: &Value,
+        programs: &[String],
+        answers: Vec<Option<Value>>,
+    ) -> BTreeSet<String> {
+        let values: HashMap<&str, Option<String>> = programs
+            .iter()
+            .map(String::as_str)
+            .zip(answers.iter().map(|a| a.as_ref().map(text_of)))
+            .collect();
         let mut found = BTreeSet::new();
-        for t in [kind, ""] {
-            let Some(by_from) = self.by_type.get(t) else {
-                continue;
-            };
-            for (from, by_expect) in by_from {
-                let values: Option<Vec<String>> = from
-                    .iter()
-                    .map(|code| expr::evaluate(code, event, &[]).ok().map(|v| text_of(&v)))
-                    .collect();
-                if let Some(ids) = values.and_then(|values| by_expect.get(&values)) {
-                    found.extend(ids.iter().cloned());
-                }
+        for (from, by_expect) in self.groups(event) {
+            let expected: Option<Vec<String>> = from
+                .iter()
+                .map(|code| values.get(code.as_str()).cloned().flatten())
+                .collect();
+            if let Some(ids) = expected.and_then(|values| by_expect.get(&values)) {
+                found.extend(ids.iter().cloned());
             }
         }
         found
@@ -156,6 +178,16 @@ mod tests {
     use shoal_workflows::run::{Correlation, EventFilter, ListenMode};
 
     use super::*;
+
+    /// The candidates, with the correlation expressions run in-process.
+    fn candidates(listeners: &Listeners, event: &Value) -> BTreeSet<String> {
+        let programs = listeners.programs(event);
+        let answers = programs
+            .iter()
+            .map(|code| shoal_workflows::expr::evaluate(code, event, &[]).ok())
+            .collect();
+        listeners.candidates(event, &programs, answers)
+    }
 
     fn listening(id: &str, kind: &str, order: Option<&str>) -> Instance {
         let definition = shoal_workflows::parse(
@@ -201,18 +233,18 @@ mod tests {
         listeners.update("any", Some(&listening("any", "paid", None)));
         listeners.update("other", Some(&listening("other", "shipped", Some("o-1"))));
         let event = json!({"type": "paid", "data": {"order": "o-1"}});
-        let ids: Vec<String> = listeners.candidates(&event).into_iter().collect();
+        let ids: Vec<String> = candidates(&listeners, &event).into_iter().collect();
         assert_eq!(ids, ["a", "any", "c"]);
         // A number compares as its JSON text.
         listeners.update("n", Some(&listening("n", "paid", Some("7"))));
         let numbered = json!({"type": "paid", "data": {"order": 7}});
-        assert!(listeners.candidates(&numbered).contains("n"));
+        assert!(candidates(&listeners, &numbered).contains("n"));
         // Finished instances listen no more.
         listeners.update("a", None);
         let mut done = listening("c", "paid", Some("o-1"));
         done.status = Status::Completed;
         listeners.update("c", Some(&done));
-        let ids: Vec<String> = listeners.candidates(&event).into_iter().collect();
+        let ids: Vec<String> = candidates(&listeners, &event).into_iter().collect();
         assert_eq!(ids, ["any"]);
         assert!(!listeners.is_empty());
     }

@@ -355,6 +355,7 @@ impl Runner {
         };
         let shared = Arc::new(DefinitionShared {
             shoal: self.shoal.clone(),
+            document: shoal_workflows::sandbox::Document::new(&definition.document),
             definition: Arc::new(definition),
             calls: Arc::new(Semaphore::new(CALLS_PER_DEFINITION)),
             node_calls: self.node_calls.clone(),

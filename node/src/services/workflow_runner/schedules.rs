@@ -13,6 +13,7 @@
 //!   its id made from the event's, so a redelivered event starts nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -21,10 +22,10 @@ use shoal_storage::kv::{Compare, CompareOp, CompareTarget, Txn, TxnOp};
 use shoal_storage::now_ms;
 use shoal_workflows::cron::Cron;
 use shoal_workflows::definition::parse_duration;
-use shoal_workflows::run::{event_matches, EventFilter, Instance};
+use shoal_workflows::run::{EventFilter, Instance};
 use shoal_workflows::{version_order, Definition};
 
-use crate::services::instances;
+use crate::services::instances::{self, InstanceError};
 use crate::services::shoal::Shoal;
 use crate::services::workflows::list_definitions;
 
@@ -124,8 +125,13 @@ impl Schedules {
     pub async fn offer(&self, shoal: &Shoal, event: &Value) {
         let event_id = event.get("id").and_then(Value::as_str).unwrap_or_default();
         for (definition, filters) in &self.on_event {
-            if !filters.iter().any(|filter| event_matches(filter, event)) {
-                continue;
+            match shoal.evaluator.matches(filters, event).await {
+                Ok(found) if found.contains(&true) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(workflow = %definition.key(), error = %e, "an event could not be matched against a schedule");
+                    continue;
+                }
             }
             let suffix: String = event_id
                 .chars()
@@ -209,6 +215,11 @@ async fn tick_one(shoal: &Shoal, definition: &Definition) -> anyhow::Result<()> 
     }
     if state.next_ms == 0 || now < state.next_ms {
         return Ok(());
+    }
+    let limit = shoal.settings.workflow_max_unfinished;
+    if shoal.unfinished_instances.load(Ordering::Relaxed) >= limit {
+        // The tick stays due and fires once there is room.
+        anyhow::bail!(InstanceError::TooMany { limit });
     }
     let id = format!("{}-{}", definition.name, state.next_ms);
     let instance = Instance::new(id.clone(), definition, json!({}), now);

@@ -9,6 +9,7 @@
 
 mod tasks;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::state::{errors, EventFilter, Instance, Need, Outcome, Record, WorkflowError};
@@ -29,7 +30,7 @@ pub struct Env<'a> {
 }
 
 /// What an evaluation found.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub enum Evaluated {
     Completed(Value),
     Faulted(WorkflowError),
@@ -37,7 +38,7 @@ pub enum Evaluated {
     Blocked,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Evaluation {
     pub result: Evaluated,
     /// Outcomes still to record (emits may be listed even when completed).
@@ -52,18 +53,43 @@ pub struct Evaluation {
 /// start). An instance evaluated again with more outcomes meets the same
 /// steps again with the same `seq`; the steps with a `seq` above those of
 /// the last evaluation are the new ones.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskEvent {
     /// The task's JSON Pointer with its scope (`[i]` for a `for`
     /// iteration, `#n` for a retry's attempt), unique per run of a task.
     pub task: String,
     /// The task's JSON Pointer alone, the same for every run of it.
     pub path: String,
-    /// `started`, `completed` or `faulted`.
-    pub what: &'static str,
+    pub what: TaskStep,
     pub seq: u64,
     /// The `seq` at which the task started.
     pub since: u64,
+}
+
+/// A step in a task's lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStep {
+    Started,
+    Completed,
+    Faulted,
+}
+
+impl TaskStep {
+    /// The DSL's name of the step, as in its event types.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStep::Started => "started",
+            TaskStep::Completed => "completed",
+            TaskStep::Faulted => "faulted",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -476,24 +502,24 @@ impl<'a> Interpreter<'a> {
             }
         }
         let entered = self.entered;
-        self.note_task(path, scope, "started", entered, entered);
+        self.note_task(path, scope, TaskStep::Started, entered, entered);
         let needs_before = self.needs.len();
         let flow = self.body(name, task, path, scope, input.clone(), locals);
         let flow = self.timeout(task.get("timeout"), path, scope, flow, needs_before);
         let flow = self.finished(flow, path, task, &input, locals);
         match &flow {
             Flow::Done { seq, .. } => {
-                self.note_task(path, scope, "completed", entered, entered.max(*seq))
+                self.note_task(path, scope, TaskStep::Completed, entered, entered.max(*seq))
             }
             Flow::Raised { seq, .. } => {
-                self.note_task(path, scope, "faulted", entered, entered.max(*seq))
+                self.note_task(path, scope, TaskStep::Faulted, entered, entered.max(*seq))
             }
             Flow::Blocked { .. } => {}
         }
         flow
     }
 
-    fn note_task(&mut self, path: &str, scope: &str, what: &'static str, since: u64, seq: u64) {
+    fn note_task(&mut self, path: &str, scope: &str, what: TaskStep, since: u64, seq: u64) {
         self.tasks.push(TaskEvent {
             task: self.key(path, scope),
             path: path.to_string(),
