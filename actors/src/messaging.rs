@@ -53,17 +53,20 @@ pub struct Messaging {
 }
 
 impl Messaging {
+    /// `http` makes the webhooks' requests (the node's client for users'
+    /// URLs).
     pub fn new(
         node_id: u64,
         outbox: Outbox,
         transport: Arc<dyn PeerTransport>,
         kafka: Option<KafkaClient>,
+        http: reqwest::Client,
     ) -> Arc<Messaging> {
         let (config, config_rx) = watch::channel(Arc::new(Config::default()));
         let deliveries = Deliveries::new(Shared {
             outbox: Arc::new(outbox),
             config: config_rx,
-            http: reqwest::Client::new(),
+            http,
             kafka: kafka.clone(),
         });
         Arc::new_cyclic(|myself| Messaging {

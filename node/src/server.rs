@@ -77,7 +77,9 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     .await?;
     let cluster = start_cluster(&settings, node_id, &core, &key).await?;
     let (proposals, proposal_queue) = mpsc::channel(PROPOSAL_QUEUE);
-    let (messaging, transport) = start_messaging(&settings, node_id, &store, &key).await?;
+    let outbound_http = outbound_client(settings.outbound_ca_file.as_deref())?;
+    let (messaging, transport) =
+        start_messaging(&settings, node_id, &store, &key, outbound_http.clone()).await?;
     let peer_services = peer_services(&cluster, &messaging, &logs);
 
     let shoal = Arc::new(Shoal {
@@ -98,6 +100,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         lease_timers: Arc::default(),
         caught_up: Default::default(),
         unfinished_instances: Default::default(),
+        outbound_http,
         evaluator: Arc::new(
             crate::services::evaluator::Evaluator::new()
                 .context("cannot find this executable to run workflow evaluators")?,
@@ -331,6 +334,7 @@ async fn start_messaging(
     node_id: NodeId,
     store: &Store,
     key: &ClusterKey,
+    outbound_http: reqwest::Client,
 ) -> anyhow::Result<(Arc<Messaging>, Arc<RpcTransport>)> {
     let outbox_store = store.clone();
     let outbox = tokio::task::spawn_blocking(move || Outbox::open(outbox_store))
@@ -341,8 +345,36 @@ async fn start_messaging(
         None => None,
     };
     let transport = RpcTransport::new(Forwarder::new(key.clone()));
-    let messaging = Messaging::new(node_id, outbox, transport.clone(), kafka);
+    let messaging = Messaging::new(node_id, outbox, transport.clone(), kafka, outbound_http);
     Ok((messaging, transport))
+}
+
+/// The client for requests to users' URLs (webhooks, workflow calls):
+/// HTTPS verified against the system's roots and, when given, the CA
+/// certificates of `ca_file` (PEM).
+fn outbound_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading --outbound-ca-file {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!(
+                "--outbound-ca-file {}: not PEM certificates",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "--outbound-ca-file {} holds no certificate",
+            path.display()
+        );
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .context("building the HTTP client for webhooks and workflow calls")
 }
 
 /// What this node answers to peers besides Raft: message frames for its

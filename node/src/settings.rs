@@ -103,6 +103,10 @@ pub struct NodeArgs {
     /// (`POST /v1/kafka/{topic}`, `kafka:` route destinations, bridges).
     #[arg(long, env = "SHOAL_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// A PEM file of CA certificates to trust for https:// webhooks and workflow calls, besides
+    /// the system's roots (/etc/ssl/certs).
+    #[arg(long, env = "SHOAL_OUTBOUND_CA_FILE")]
+    pub outbound_ca_file: Option<PathBuf>,
     /// Largest message payload accepted by publish, in bytes.
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -350,6 +354,7 @@ pub struct Settings {
     pub snapshot_every: u64,
     pub history_revisions: u64,
     pub kafka_brokers: Option<String>,
+    pub outbound_ca_file: Option<PathBuf>,
     pub max_message_bytes: usize,
     pub otlp_grpc: OptionalListener,
     pub otlp_http: OptionalListener,
@@ -426,6 +431,7 @@ impl Settings {
             history_revisions: pick!(history_revisions)
                 .unwrap_or_else(|| default_of("history_revisions")),
             kafka_brokers: pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
+            outbound_ca_file: pick!(outbound_ca_file),
             max_message_bytes: pick!(max_message_bytes)
                 .unwrap_or_else(|| default_of("max_message_bytes")),
             otlp_grpc: optional_listener(pick!(otlp_grpc), default_of("otlp_grpc"), "otlp-grpc")?,

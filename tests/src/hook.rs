@@ -18,9 +18,11 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 use crate::wait_for;
 
@@ -28,6 +30,10 @@ use crate::wait_for;
 const PATH: &str = "/hook";
 /// Largest request head or body the receiver accepts.
 const MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// A connection the receiver reads requests from: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
 /// The URL of a receiver on `port` (whether it runs yet or not).
 pub fn hook_url(port: u16) -> String {
@@ -144,6 +150,8 @@ struct State {
 /// A running webhook receiver.
 pub struct Hook {
     port: u16,
+    /// Served over TLS (the URL is https://).
+    tls: bool,
     state: Arc<Mutex<State>>,
     server: JoinHandle<()>,
 }
@@ -154,7 +162,19 @@ impl Hook {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("cannot bind a local TCP port for the webhook receiver");
-        Hook::serve(listener)
+        Hook::serve(listener, None)
+    }
+
+    /// A receiver over TLS (`https://127.0.0.1:PORT/hook`) on a fresh
+    /// local port, with this certificate chain and key (PEM).
+    pub async fn start_tls(certificate_pem: &str, key_pem: &str) -> Hook {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("cannot bind a local TCP port for the webhook receiver");
+        Hook::serve(
+            listener,
+            Some(crate::tls::acceptor(certificate_pem, key_pem)),
+        )
     }
 
     /// A receiver on this port (e.g. one from [`crate::free_port`] whose
@@ -163,16 +183,17 @@ impl Hook {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap_or_else(|e| panic!("cannot bind port {port} for the webhook receiver: {e}"));
-        Hook::serve(listener)
+        Hook::serve(listener, None)
     }
 
-    fn serve(listener: TcpListener) -> Hook {
+    fn serve(listener: TcpListener, tls: Option<TlsAcceptor>) -> Hook {
         let port = listener.local_addr().expect("local_addr").port();
         let state = Arc::new(Mutex::new(State {
             default_status: 200,
             ..State::default()
         }));
         let shared = state.clone();
+        let secure = tls.is_some();
         let server = tokio::spawn(async move {
             // Dropped with the accept loop when the Hook is dropped, which
             // aborts every connection task.
@@ -180,9 +201,21 @@ impl Hook {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            connections.spawn(serve_connection(stream, shared.clone()));
-                        }
+                        Ok((stream, _)) => match &tls {
+                            None => {
+                                connections.spawn(serve_connection(stream, shared.clone()));
+                            }
+                            Some(acceptor) => {
+                                let accept = acceptor.accept(stream);
+                                let shared = shared.clone();
+                                connections.spawn(async move {
+                                    match accept.await {
+                                        Ok(stream) => serve_connection(stream, shared).await,
+                                        Err(e) => eprintln!("webhook receiver: TLS handshake failed: {e}"),
+                                    }
+                                });
+                            }
+                        },
                         Err(e) => {
                             eprintln!("webhook receiver: accept failed: {e}");
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -194,6 +227,7 @@ impl Hook {
         });
         Hook {
             port,
+            tls: secure,
             state,
             server,
         }
@@ -203,9 +237,13 @@ impl Hook {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT/hook`.
+    /// `http://127.0.0.1:PORT/hook` (`https://` over TLS).
     pub fn url(&self) -> String {
-        hook_url(self.port)
+        let url = hook_url(self.port);
+        match self.tls {
+            true => url.replacen("http://", "https://", 1),
+            false => url,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -306,7 +344,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Requests on one connection, one after the other, until the peer closes it.
-async fn serve_connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+async fn serve_connection<S: Stream>(mut stream: S, state: Arc<Mutex<State>>) {
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         let request = match read_request(&mut stream, &mut buffer).await {
@@ -347,7 +385,7 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
 }
 
 /// Reads more bytes into `buffer`; false at end of stream.
-async fn fill(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<bool> {
+async fn fill<S: Stream>(stream: &mut S, buffer: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut chunk = [0u8; 16 * 1024];
     let n = stream.read(&mut chunk).await?;
     buffer.extend_from_slice(&chunk[..n]);
@@ -359,8 +397,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// One request from the connection; `None` if it closed between requests.
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: Stream>(
+    stream: &mut S,
     buffer: &mut Vec<u8>,
 ) -> Result<Option<Request>, String> {
     let head_end = loop {
@@ -432,7 +470,7 @@ async fn read_request(
 }
 
 /// A chunked body (trailers are read and ignored).
-async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Vec<u8>, String> {
+async fn read_chunked<S: Stream>(stream: &mut S, buffer: &mut Vec<u8>) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {

@@ -29,6 +29,7 @@ pub mod messaging_support;
 mod node;
 pub mod python;
 mod sse;
+pub mod tls;
 pub mod ws;
 
 pub use cli::{run_shoal, shoal_command, CliOutput};

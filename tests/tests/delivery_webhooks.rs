@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use shoal_tests::delivery_support::*;
 use shoal_tests::hook::{self, hook_url, Hook};
+use shoal_tests::tls::TestCa;
 use shoal_tests::*;
 
 /// Waits until the node knows the webhook (its `/v1/outbox` lists every
@@ -418,4 +419,76 @@ async fn webhook_defined_on_one_node_serves_messages_published_on_another() {
         "{}",
         hook::summarize(&hook.requests())
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_webhooks_are_delivered_only_to_certificates_that_verify() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = TestCa::new("shoal test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("writing the CA file");
+    let ca_path = ca_file.to_str().expect("a UTF-8 path");
+    let signed = ca.server();
+    let trusted = Hook::start_tls(&signed.certificate_pem, &signed.key_pem).await;
+    let stranger = TestCa::new("a CA nobody trusts").server();
+    let untrusted = Hook::start_tls(&stranger.certificate_pem, &stranger.key_pem).await;
+
+    let node = Node::start_with(&["--outbound-ca-file", ca_path]).await;
+    let stored = put_webhook(
+        &node,
+        "secure",
+        json!({"url": trusted.url(), "pattern": "secure.*"}),
+    )
+    .await;
+    let secret = text(&stored, "/secret").to_string();
+    put_webhook(
+        &node,
+        "forged",
+        json!({"url": untrusted.url(), "pattern": "forged.*", "retry_schedule_ms": [0, 100]}),
+    )
+    .await;
+    wait_webhook_known(&node, "secure").await;
+    wait_webhook_known(&node, "forged").await;
+
+    let payload = json!({"order": 1});
+    publish(&node, "secure.created", &payload).await;
+    publish(&node, "forged.created", &json!({"order": 2})).await;
+    let requests = trusted.wait_requests(1, T).await;
+    assert!(trusted.url().starts_with("https://"), "{}", trusted.url());
+    assert_eq!(requests[0].json()["data"], payload);
+    requests[0]
+        .verify(&secret)
+        .unwrap_or_else(|e| panic!("bad signature: {e}"));
+    // A certificate from another CA: every attempt fails in the handshake,
+    // so nothing reaches the receiver and the message is a dead letter.
+    wait_for(
+        T,
+        "the forged-certificate message dead-lettered",
+        || async {
+            let body = dead_letters(&node, "forged", "").await;
+            match body["dead_letters"].as_array().map(Vec::len) {
+                Some(1) => Ok(()),
+                _ => Err(body.to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(
+        untrusted.requests().is_empty(),
+        "{}",
+        hook::summarize(&untrusted.requests())
+    );
+
+    // A CA file that is missing or holds no certificate stops the start.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("writing a file");
+    for path in ["/nonexistent/ca.pem", empty.to_str().expect("a UTF-8 path")] {
+        let out = run_shoal(&["serve", "--outbound-ca-file", path], None, &[]).await;
+        out.assert_clean_failure();
+        assert!(
+            out.stderr.contains("--outbound-ca-file"),
+            "{path}: {}",
+            out.stderr
+        );
+    }
 }

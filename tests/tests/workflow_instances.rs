@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use shoal_tests::delivery_support::{next_message, subscribe};
 use shoal_tests::hook::{summarize, Hook};
+use shoal_tests::tls::TestCa;
 use shoal_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -1442,4 +1443,47 @@ async fn starts_past_the_bound_on_unfinished_instances_are_refused_until_some_fi
     })
     .await;
     wait_status(&node, "w3", "waiting").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_calls_verify_the_certificate_against_the_trusted_cas() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = TestCa::new("shoal test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("writing the CA file");
+    let signed = ca.server();
+    let trusted = Hook::start_tls(&signed.certificate_pem, &signed.key_pem).await;
+    let stranger = TestCa::new("a CA nobody trusts").server();
+    let untrusted = Hook::start_tls(&stranger.certificate_pem, &stranger.key_pem).await;
+    let node = Node::start_with(&["--outbound-ca-file", ca_file.to_str().expect("UTF-8")]).await;
+    for (name, url) in [("trusted", trusted.url()), ("untrusted", untrusted.url())] {
+        define(
+            &node,
+            &format!(
+                "document: {{dsl: '1.0.0', namespace: tls, name: {name}, version: '1.0.0'}}\n\
+                 do:\n  - pay: {{call: http, with: {{method: post, endpoint: '{url}', body: {{amount: 5}}}}}}\n"
+            ),
+        )
+        .await;
+    }
+    start(&node, "tls/trusted", "secure-1", json!({})).await;
+    wait_status(&node, "secure-1", "completed").await;
+    let requests = trusted.requests();
+    assert_eq!(requests.len(), 1, "{}", summarize(&requests));
+    assert_eq!(
+        requests[0].header("idempotency-key"),
+        Some("secure-1/do/0/pay/0")
+    );
+    start(&node, "tls/untrusted", "forged-1", json!({})).await;
+    let faulted = wait_status(&node, "forged-1", "faulted").await;
+    assert_eq!(
+        faulted["error"]["type"],
+        json!("https://serverlessworkflow.io/spec/1.0.0/errors/communication"),
+        "{faulted}"
+    );
+    assert!(
+        untrusted.requests().is_empty(),
+        "{}",
+        summarize(&untrusted.requests())
+    );
 }

@@ -100,6 +100,9 @@ pub struct Shoal {
     /// Unfinished workflow instances in this replica, as the intake counts
     /// them (see `--workflow-max-unfinished`).
     pub unfinished_instances: AtomicU64,
+    /// The client for requests this node makes over HTTP: to users' URLs
+    /// (webhooks, workflow calls) and to peers' APIs (fan-outs).
+    pub outbound_http: reqwest::Client,
     /// Where workflow expressions run (processes of their own).
     pub evaluator: Arc<super::evaluator::Evaluator>,
 }

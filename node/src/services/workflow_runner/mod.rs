@@ -55,7 +55,7 @@ const TIMER_REOFFER: Duration = Duration::from_millis(250);
 pub async fn run(shoal: Arc<Shoal>) {
     tokio::spawn(intake::run(shoal.clone()));
     let node_calls = Arc::new(Semaphore::new(CALLS_PER_NODE));
-    let http = reqwest::Client::new();
+    let http = shoal.outbound_http.clone();
     loop {
         tokio::time::sleep(LEADERSHIP_CHECK).await;
         if !shoal.is_leader() {
