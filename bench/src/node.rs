@@ -87,7 +87,7 @@ impl Node {
     /// as seeds) and bootstrap one cluster once all `n` are up. `extra` is
     /// passed to every node. The cluster name is unique to this cluster, so it
     /// cannot merge with another cluster that reuses a port.
-    #[allow(dead_code)] // msg-bench only
+    #[allow(dead_code)] // msg-bench and wf-bench only
     pub fn spawn_cluster(binary: &Path, n: usize, extra: &[String]) -> anyhow::Result<Vec<Node>> {
         let plan = ClusterPlan::new(n)?;
         (0..n)

@@ -49,10 +49,27 @@ pub use self::types::{
     SUPPORTED_CALLS, SUPPORTED_TASKS,
 };
 
+/// Namespaces that would collide with the API's own routes under
+/// `/v1/workflows/`.
+pub const RESERVED_NAMESPACES: [&str; 2] = ["instances", "definitions"];
+
+fn refuse_reserved(namespace: &str) -> Result<(), DefinitionError> {
+    if RESERVED_NAMESPACES.contains(&namespace) {
+        return Err(invalid(
+            "/document/namespace",
+            format!(
+                "namespace '{namespace}' is reserved: /v1/workflows/{namespace}/... is a route of its own"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a definition's identity as given apart from its document (a URL
 /// path, a command-line argument): the same rules as `document.namespace`,
-/// `document.name` and `document.version`.
+/// `document.name` and `document.version`, and no reserved namespace.
 pub fn check_id(namespace: &str, name: &str, version: &str) -> Result<(), DefinitionError> {
+    refuse_reserved(namespace)?;
     for (field, text) in [("namespace", namespace), ("name", name)] {
         if !is_label(text) {
             return Err(invalid(

@@ -72,6 +72,7 @@ pub(super) fn document_section(value: &Value, path: &str) -> Check<(String, Stri
         Ok(text.to_owned())
     };
     let namespace = label("namespace")?;
+    super::refuse_reserved(&namespace)?;
     let name = label("name")?;
 
     let version_path = child(path, "version");

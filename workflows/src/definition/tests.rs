@@ -239,6 +239,13 @@ fn invalid_documents_are_refused_with_their_path() {
         ),
         ("bad name", format!("{}{ONE_TASK}", header("Orders")), Expect::Invalid("/document/name")),
         (
+            "a namespace the routes use",
+            format!(
+                "document:\n  dsl: '1.0.0'\n  namespace: instances\n  name: t\n  version: '1.0.0'\n{ONE_TASK}"
+            ),
+            Expect::Invalid("/document/namespace"),
+        ),
+        (
             "bad version",
             format!(
                 "document:\n  dsl: '1.0.0'\n  namespace: shop\n  name: t\n  version: v1\n{ONE_TASK}"
