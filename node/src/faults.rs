@@ -7,6 +7,9 @@
 //!   every fsync (a leader whose own disk is slower than its followers').
 //! - `SHOAL_FAULT_LOSE_UNSYNCED=1`: writes that were not fsynced stay in
 //!   process memory, so `kill -9` loses what a power cut would lose.
+//! - `SHOAL_FAULT_LIFECYCLE_DELAY_MS=N`: the workflow runner waits N ms
+//!   between seeing a committed status change and publishing its lifecycle
+//!   event (a leader that dies in between).
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use std::time::Duration;
 pub struct Faults {
     pub log_sync_delay: Option<Duration>,
     pub lose_unsynced_writes: bool,
+    pub lifecycle_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -21,20 +25,26 @@ impl Faults {
         if !cfg!(debug_assertions) {
             return Faults::default();
         }
-        let log_sync_delay = std::env::var("SHOAL_FAULT_LOG_SYNC_DELAY_MS")
-            .ok()
-            .and_then(|ms| ms.trim().parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis);
+        let log_sync_delay = delay_from_env("SHOAL_FAULT_LOG_SYNC_DELAY_MS");
         let lose_unsynced_writes =
             std::env::var("SHOAL_FAULT_LOSE_UNSYNCED").is_ok_and(|v| v.trim() == "1");
+        let lifecycle_delay = delay_from_env("SHOAL_FAULT_LIFECYCLE_DELAY_MS");
         let faults = Faults {
             log_sync_delay,
             lose_unsynced_writes,
+            lifecycle_delay,
         };
-        if log_sync_delay.is_some() || lose_unsynced_writes {
+        if log_sync_delay.is_some() || lose_unsynced_writes || lifecycle_delay.is_some() {
             tracing::warn!(?faults, "fault injection is on (debug build)");
         }
         faults
     }
+}
+
+fn delay_from_env(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
 }

@@ -101,6 +101,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         caught_up: Default::default(),
         unfinished_instances: Default::default(),
         outbound_http,
+        faults,
         evaluator: Arc::new(
             crate::services::evaluator::Evaluator::new()
                 .context("cannot find this executable to run workflow evaluators")?,

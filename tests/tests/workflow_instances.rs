@@ -2,7 +2,8 @@
 //! semantics (happy and error paths), events from topics applied once,
 //! idempotent starts, timers firing once across `kill -9` of the leader,
 //! operators' actions by id and by filter, a new version beside running
-//! instances, and hostile requests.
+//! instances, lifecycle events across the death of the leader that
+//! committed them, and hostile requests.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -1261,6 +1262,67 @@ do:
         );
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_events_a_killed_leader_committed_but_never_published_come_from_the_next() {
+    // Every node waits 4 s between seeing a committed status change and
+    // publishing its lifecycle event: the leader is killed in between.
+    let mut cluster = Cluster::builder(3)
+        .env("SHOAL_FAULT_LIFECYCLE_DELAY_MS", "4000")
+        .start()
+        .await;
+    cluster.wait_formed().await;
+    let leader = cluster.wait_leader().await;
+    let other = (leader + 1) % 3;
+    let node = cluster.node(other);
+    define(node, NEVER_ENDING).await;
+    for id in ["k1", "k2", "k3"] {
+        start(node, "test/slow", id, json!({})).await;
+        wait_status(node, id, "waiting").await;
+    }
+    let mut events = subscribe(node, "workflows.test.slow.*").await;
+    for (id, action) in [("k1", "cancel"), ("k2", "cancel"), ("k3", "suspend")] {
+        let reply = node
+            .post_json(
+                &format!("/v1/workflows/instances/{id}/{action}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.describe());
+    }
+    cluster.node_mut(leader).kill9();
+    let node = cluster.node(other);
+    let mut seen = BTreeSet::new();
+    while seen.len() < 3 {
+        let Some(message) = next_message(&mut events, WAIT).await else {
+            panic!("lifecycle events lost with the leader; seen: {seen:?}");
+        };
+        let id = message["id"].as_str().unwrap_or("").to_string();
+        let kind = message["type"].as_str().unwrap_or("").to_string();
+        let instance = message["data"]["instance"].as_str().unwrap_or("");
+        let (what, _) = id
+            .strip_prefix(&format!("{instance}/"))
+            .and_then(|rest| rest.split_once('/'))
+            .unwrap_or_else(|| panic!("id {id} names instance, event, entry"));
+        assert_eq!(kind, format!("io.serverlessworkflow.workflow.{what}.v1"));
+        seen.insert(format!("{instance} {what}"));
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["k1 cancelled", "k2 cancelled", "k3 suspended"].map(String::from))
+    );
+    // An event after the new leader took over is published once, by it.
+    let resumed = node
+        .post_json("/v1/workflows/instances/k3/resume", &json!({}))
+        .await;
+    assert_eq!(resumed.status.as_u16(), 200, "{}", resumed.describe());
+    let mut after = Vec::new();
+    while let Some(message) = next_message(&mut events, Duration::from_secs(8)).await {
+        after.push(message["id"].as_str().unwrap_or("").to_string());
+    }
+    let resumed: Vec<&String> = after.iter().filter(|id| id.contains("/resumed/")).collect();
+    assert_eq!(resumed.len(), 1, "{after:?}");
 }
 
 /// `test/slow`: waits for an event nobody sends.

@@ -103,6 +103,8 @@ pub struct Shoal {
     /// The client for requests this node makes over HTTP: to users' URLs
     /// (webhooks, workflow calls) and to peers' APIs (fan-outs).
     pub outbound_http: reqwest::Client,
+    /// Fault injection for the fault tests (debug builds only).
+    pub faults: crate::faults::Faults,
     /// Where workflow expressions run (processes of their own).
     pub evaluator: Arc<super::evaluator::Evaluator>,
 }

@@ -366,6 +366,22 @@ impl Instance {
         format!("{}/{}/{}", self.namespace, self.name, self.version)
     }
 
+    /// The number of history entries ever noted: the next entry's number.
+    pub fn history_end(&self) -> u64 {
+        self.history_dropped + self.history.len() as u64
+    }
+
+    /// The history entries still kept from number `from` on, each with its
+    /// number.
+    pub fn history_from(&self, from: u64) -> impl Iterator<Item = (u64, &HistoryEntry)> {
+        let first = self.history_dropped;
+        self.history
+            .iter()
+            .enumerate()
+            .map(move |(i, entry)| (first + i as u64, entry))
+            .filter(move |(number, _)| *number >= from)
+    }
+
     pub fn note(&mut self, at_ms: u64, what: &str, task: Option<&str>) {
         self.updated_ms = self.updated_ms.max(at_ms);
         self.history.push_back(HistoryEntry {

@@ -93,45 +93,55 @@ impl Actor for InstanceActor {
         message: InstanceMsg,
         state: &mut InstanceState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = now_ms();
         if matches!(message, InstanceMsg::Wake | InstanceMsg::TimerDue(_)) {
             state.handled += 1;
         }
-        match message {
-            InstanceMsg::Wake | InstanceMsg::Again => {}
-            InstanceMsg::TimerDue(key) => {
-                let fired = state
-                    .change(|instance| {
-                        let due = match instance.outcomes.get(&key) {
-                            Some(Record {
-                                outcome: Outcome::Timer { due_ms, .. },
-                                ..
-                            }) => *due_ms,
-                            _ => now,
-                        };
-                        let fired = instance.fire_timer(&key, now);
-                        if fired {
-                            metrics::histogram!("shoal_workflow_timer_lateness_seconds")
-                                .record(now.saturating_sub(due) as f64 / 1000.0);
-                        }
-                        fired
-                    })
-                    .await?;
-                if !fired {
-                    return state.rest(&myself).await;
-                }
-            }
+        let arrival = match message {
+            InstanceMsg::Wake | InstanceMsg::Again => Arrival::Nothing,
+            InstanceMsg::TimerDue(key) => Arrival::TimerDue(key),
             InstanceMsg::CallDone(key, result) => {
                 state.calling.remove(&key);
-                state
-                    .change(|instance| instance.record_call(&key, result.clone(), now))
-                    .await?;
+                Arrival::CallDone(key, result)
             }
-        }
-        if state.advance(&myself).await? {
+        };
+        if state.advance(&myself, &arrival).await? {
             state.rest(&myself).await?;
         }
         Ok(())
+    }
+}
+
+/// What a message brings to record before the instance is evaluated: the
+/// record and the evaluation it allows go in one write.
+enum Arrival {
+    Nothing,
+    TimerDue(String),
+    CallDone(String, Result<Value, WorkflowError>),
+}
+
+impl Arrival {
+    /// Records it in the instance; false when there was nothing to record
+    /// (the timer fired already, the call was recorded before).
+    fn record(&self, instance: &mut Instance, now: u64) -> bool {
+        match self {
+            Arrival::Nothing => false,
+            Arrival::TimerDue(key) => instance.fire_timer(key, now),
+            Arrival::CallDone(key, result) => instance.record_call(key, result.clone(), now),
+        }
+    }
+
+    /// How late a due timer fires at `now`, in seconds.
+    fn lateness(&self, instance: &Instance, now: u64) -> Option<f64> {
+        let Arrival::TimerDue(key) = self else {
+            return None;
+        };
+        match instance.outcomes.get(key) {
+            Some(Record {
+                outcome: Outcome::Timer { due_ms, .. },
+                ..
+            }) => Some(now.saturating_sub(*due_ms) as f64 / 1000.0),
+            _ => None,
+        }
     }
 }
 
@@ -199,7 +209,10 @@ impl InstanceState {
     async fn advance(
         &mut self,
         myself: &ActorRef<InstanceMsg>,
+        arrival: &Arrival,
     ) -> Result<bool, ActorProcessingErr> {
+        // What arrived, until it is written.
+        let mut arrival = Some(arrival);
         for _ in 0..MAX_ROUNDS {
             let Some((instance, revision)) = self.read().await? else {
                 return Ok(true);
@@ -208,10 +221,24 @@ impl InstanceState {
                 return Ok(true);
             }
             let now = now_ms();
-            let mut next = instance.clone();
-            match self.evaluate(&instance, now).await? {
+            // The instance with what arrived recorded: evaluated as it will
+            // be written, so the record and the step it allows are one write.
+            let mut base = instance.clone();
+            let mut lateness = None;
+            if let Some(arrived) = arrival {
+                lateness = arrived.lateness(&instance, now);
+                if !arrived.record(&mut base, now) {
+                    if matches!(arrived, Arrival::TimerDue(_)) {
+                        // Fired already (a re-offer that crossed the write).
+                        return Ok(true);
+                    }
+                    arrival = None;
+                }
+            }
+            let mut next = base.clone();
+            match self.evaluate(&base, now).await? {
                 Ok(evaluation) => {
-                    self.publish_task_events(&instance, &evaluation).await?;
+                    self.publish_task_events(&base, &evaluation).await?;
                     settle(&mut next, &evaluation, now);
                 }
                 Err(error) => next.fault(error, now),
@@ -234,11 +261,14 @@ impl InstanceState {
             }
             let current = if next != instance {
                 let next = match instances::write(&self.shared.shoal, &next, revision).await {
-                    Ok(Some(_)) => next,
+                    Ok(Some(_)) => {
+                        arrival = None;
+                        next
+                    }
                     Ok(None) => continue,
                     Err(InstanceError::TooLarge { size, limit }) => {
                         // Stop where it was, faulted, rather than fail forever.
-                        let mut faulted = instance.clone();
+                        let mut faulted = base.clone();
                         let error = WorkflowError::new(
                             shoal_workflows::run::errors::RUNTIME,
                             500,
@@ -249,12 +279,18 @@ impl InstanceState {
                         );
                         faulted.fault(error, now);
                         match instances::write(&self.shared.shoal, &faulted, revision).await? {
-                            Some(_) => faulted,
+                            Some(_) => {
+                                arrival = None;
+                                faulted
+                            }
                             None => continue,
                         }
                     }
                     Err(e) => return Err(e.into()),
                 };
+                if let Some(seconds) = lateness {
+                    metrics::histogram!("shoal_workflow_timer_lateness_seconds").record(seconds);
+                }
                 metrics::counter!("shoal_workflow_transitions_total").increment(1);
                 next
             } else {
@@ -330,7 +366,7 @@ impl InstanceState {
         let started = instance
             .task_events_through
             .is_none()
-            .then(|| effects::lifecycle_message(instance, "started"));
+            .then(|| effects::started_message(instance));
         let tasks = unpublished_task_events(instance, evaluation);
         Self::time_tasks(instance, &tasks);
         let messages: Vec<_> = started

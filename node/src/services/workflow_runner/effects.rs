@@ -178,26 +178,47 @@ fn source_of(instance: &Instance) -> String {
     format!("shoal://workflows/{}/{}", instance.namespace, instance.name)
 }
 
-/// A lifecycle event (`started`, `completed`, `faulted`, `cancelled`,
-/// `suspended`, `resumed`, `retried`) on
+/// The workflow lifecycle events of an instance's status changes (as its
+/// history notes them) from history entry `from` on: `completed`,
+/// `faulted`, `cancelled`, `suspended`, `resumed`, `retried`, on
 /// `workflows.<namespace>.<name>.<event>`, typed as the DSL names them.
-pub fn lifecycle_message(instance: &Instance, what: &str) -> Message {
+/// Each id names the instance, the event and its history entry, the same
+/// however often it is sent. (`started` goes with the first task events:
+/// see [`started_message`].)
+pub fn lifecycle_messages(instance: &Instance, from: u64) -> Vec<Message> {
+    instance
+        .history_from(from)
+        .filter(|(_, entry)| LIFECYCLE_EVENTS.contains(&entry.what.as_str()))
+        .map(|(number, entry)| lifecycle_message(instance, &entry.what, number))
+        .collect()
+}
+
+/// The workflow's `started` event.
+pub fn started_message(instance: &Instance) -> Message {
+    lifecycle_message(instance, "started", 0)
+}
+
+const LIFECYCLE_EVENTS: [&str; 6] = [
+    "completed",
+    "faulted",
+    "cancelled",
+    "suspended",
+    "resumed",
+    "retried",
+];
+
+fn lifecycle_message(instance: &Instance, what: &str, number: u64) -> Message {
     let mut data = json!({
         "instance": instance.id,
         "workflow": instance.definition_key(),
         "status": instance.status,
     });
-    if let Some(output) = &instance.output {
-        data["output"] = output.clone();
+    match (what, &instance.output, &instance.error) {
+        ("completed", Some(output), _) => data["output"] = output.clone(),
+        ("faulted", _, Some(error)) => data["error"] = json!(error),
+        _ => {}
     }
-    if let Some(error) = &instance.error {
-        data["error"] = json!(error);
-    }
-    let id = format!(
-        "{}/{what}/{}",
-        instance.id,
-        instance.history_dropped + instance.history.len() as u64
-    );
+    let id = format!("{}/{what}/{number}", instance.id);
     dsl_event(instance, id, &format!("workflow.{what}"), what, data)
 }
 

@@ -3,7 +3,8 @@
 //! each instance with work to do to an actor (under its definition's
 //! supervisor), keeps every armed timer and wakes its instance when it is
 //! due, starts scheduled instances, deletes finished instances past
-//! retention and publishes lifecycle events. When the node
+//! retention and publishes lifecycle events (at least once: see
+//! [`ANNOUNCED_KEY`]). When the node
 //! stops leading, every actor stops; the next leader starts them again from
 //! the replicated state. Events reach instances through the intake, which
 //! runs on every node (`intake`).
@@ -18,8 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use ractor::{Actor, ActorRef};
-use shoal_storage::kv::EventType;
+use shoal_actors::message::Message;
+use shoal_storage::kv::{EventType, Txn, TxnOp};
 use shoal_storage::now_ms;
 use shoal_workflows::run::{Instance, Status};
 use tokio::sync::Semaphore;
@@ -51,6 +54,16 @@ const DELETES_PER_SWEEP: usize = 1000;
 /// with its mailbox).
 const TIMER_REOFFER: Duration = Duration::from_millis(250);
 
+/// The KV revision through which the leader has published the lifecycle
+/// events of every instance change, written each [`SCHEDULE_CHECK`] when
+/// an instance changed (a cluster without instances never writes it). A
+/// new leader publishes again the lifecycle events of every instance
+/// changed after it: a leader that dies between a commit and its
+/// publication loses no event (a few may come twice, with the same ids).
+const ANNOUNCED_KEY: &str = "_shoal/workflows/announced";
+/// Lifecycle events published together when a new leader catches up.
+const ANNOUNCE_BATCH: usize = 1000;
+
 /// Runs forever: drives instances while this node leads.
 pub async fn run(shoal: Arc<Shoal>) {
     tokio::spawn(intake::run(shoal.clone()));
@@ -74,6 +87,8 @@ pub async fn run(shoal: Arc<Shoal>) {
             schedules: Schedules::default(),
             node_calls: node_calls.clone(),
             http: http.clone(),
+            announced: 0,
+            announced_written: 0,
         };
         tracing::info!(term, "leading: driving workflow instances");
         if let Err(e) = runner.lead(term).await {
@@ -104,6 +119,10 @@ struct Runner {
     schedules: Schedules,
     node_calls: Arc<Semaphore>,
     http: reqwest::Client,
+    /// The revision of the last instance change whose lifecycle events are
+    /// published, and the one last written to [`ANNOUNCED_KEY`].
+    announced: u64,
+    announced_written: u64,
 }
 
 impl Runner {
@@ -116,6 +135,7 @@ impl Runner {
         // barrier passes: the load below sees every instance.
         self.shoal.read_barrier(false).await?;
         let revision = self.load().await?;
+        self.write_announced().await?;
         let mut watcher = Watcher::start(
             self.shoal.clone(),
             Filter::Prefix(INSTANCES_PREFIX.to_string()),
@@ -139,8 +159,9 @@ impl Runner {
                                 continue;
                             }
                             if let Ok(instance) = instances::decode(&event.kv.key, &event.kv.value) {
-                                self.changed(instance, event.kv.mod_revision).await;
+                                self.changed(instance, event.kv.mod_revision).await?;
                             }
+                            self.announced = event.kv.mod_revision;
                         }
                     }
                 }
@@ -158,23 +179,88 @@ impl Runner {
                     }
                     self.schedules.tick(&self.shoal).await;
                     self.sweep().await;
+                    if let Err(e) = self.write_announced().await {
+                        tracing::warn!(error = %e, "recording published lifecycle events failed");
+                    }
                 }
             }
         }
     }
 
     /// Every instance from the local replica; wakes those with work to do
-    /// and keeps the timers of all.
+    /// and keeps the timers of all. The lifecycle events of instances
+    /// changed since the last leader recorded its publishing are published
+    /// (again).
     async fn load(&mut self) -> anyhow::Result<u64> {
-        let (revision, all) = self.shoal.read(instances::scan).await?;
+        let (revision, (all, announced)) = self
+            .shoal
+            .read(|store| {
+                let (revision, all) = instances::scan(store)?;
+                let (_, announced) = store.kv_get(ANNOUNCED_KEY)?;
+                Ok((revision, (all, announced)))
+            })
+            .await?;
+        // Unreadable or missing (a new cluster): everything is published again.
+        let announced: u64 = announced
+            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+            .unwrap_or(0);
+        self.announced = announced;
+        self.announced_written = announced;
+        let mut unannounced = Vec::new();
         for (instance, revision) in all {
             self.track(&instance, revision);
+            self.announced = self.announced.max(revision);
+            if revision > announced {
+                unannounced.extend(effects::lifecycle_messages(&instance, 0));
+                if unannounced.len() >= ANNOUNCE_BATCH {
+                    self.publish_lifecycle(std::mem::take(&mut unannounced))
+                        .await?;
+                }
+            }
             if needs_evaluation(None, &instance) {
                 self.deliver(&instance.definition_key(), &instance.id, InstanceMsg::Wake)
                     .await;
             }
         }
+        self.publish_lifecycle(unannounced).await?;
         Ok(revision)
+    }
+
+    /// Publishes lifecycle events; an error stops this term's driving (the
+    /// next one, here or elsewhere, publishes them again).
+    async fn publish_lifecycle(&self, messages: Vec<Message>) -> anyhow::Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        if let Some(delay) = self.shoal.faults.lifecycle_delay {
+            tokio::time::sleep(delay).await;
+        }
+        metrics::counter!("shoal_workflow_lifecycle_events_total").increment(messages.len() as u64);
+        self.shoal
+            .messaging
+            .publish(messages)
+            .await
+            .context("publishing workflow lifecycle events")?;
+        Ok(())
+    }
+
+    /// Records how far lifecycle events are published, if it moved.
+    async fn write_announced(&mut self) -> anyhow::Result<()> {
+        if self.announced <= self.announced_written {
+            return Ok(());
+        }
+        let txn = Txn {
+            compare: vec![],
+            success: vec![TxnOp::Put {
+                key: ANNOUNCED_KEY.to_string(),
+                value: self.announced.to_string().into_bytes(),
+                lease: 0,
+            }],
+            failure: vec![],
+        };
+        self.shoal.txn(txn).await?;
+        self.announced_written = self.announced;
+        Ok(())
     }
 
     /// Offers each due timer to its instance, and again later until the
@@ -201,8 +287,9 @@ impl Runner {
         }
     }
 
-    /// Remembers an instance's state; its status before, if it was known.
-    fn track(&mut self, instance: &Instance, revision: u64) -> Option<Status> {
+    /// Remembers an instance's state; its status and history end before,
+    /// if it was known.
+    fn track(&mut self, instance: &Instance, revision: u64) -> Option<(Status, u64)> {
         let key = instance.definition_key();
         let definition = match self.definitions.get(key.as_str()) {
             Some(definition) => definition.clone(),
@@ -244,6 +331,7 @@ impl Runner {
             Tracked {
                 definition,
                 status: instance.status,
+                history_end: instance.history_end(),
                 finished_ms,
                 timers,
             },
@@ -252,7 +340,7 @@ impl Runner {
         if let Some(at) = before.finished_ms.filter(|at| Some(*at) != finished_ms) {
             self.expiring.remove(&(at, instance.id.clone()));
         }
-        Some(before.status)
+        Some((before.status, before.history_end))
     }
 
     fn forget(&mut self, id: &str) {
@@ -321,18 +409,16 @@ impl Runner {
         }));
     }
 
-    async fn changed(&mut self, instance: Instance, revision: u64) {
+    async fn changed(&mut self, instance: Instance, revision: u64) -> anyhow::Result<()> {
         let before = self.track(&instance, revision);
-        if let Some(what) = lifecycle(before, &instance) {
-            let message = effects::lifecycle_message(&instance, what);
-            if let Err(e) = self.shoal.messaging.publish(vec![message]).await {
-                tracing::warn!(instance = %instance.id, error = %e, "publishing a lifecycle event failed");
-            }
-        }
-        if needs_evaluation(before, &instance) {
+        let from = before.map_or(0, |(_, history_end)| history_end);
+        self.publish_lifecycle(effects::lifecycle_messages(&instance, from))
+            .await?;
+        if needs_evaluation(before.map(|(status, _)| status), &instance) {
             self.deliver(&instance.definition_key(), &instance.id, InstanceMsg::Wake)
                 .await;
         }
+        Ok(())
     }
 
     async fn deliver(&mut self, definition: &str, id: &str, message: InstanceMsg) {
@@ -423,6 +509,8 @@ impl Runner {
 struct Tracked {
     definition: Arc<str>,
     status: Status,
+    /// Its history entries seen (their lifecycle events are published).
+    history_end: u64,
     /// When it finished (`updated_ms` of its final state).
     finished_ms: Option<u64>,
     /// Its armed timers that have not fired: when to offer each, and key.
@@ -455,23 +543,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The lifecycle event a status change makes, if any (`started` is the
-/// actor's, see `actor::publish_task_events`).
-fn lifecycle(before: Option<Status>, instance: &Instance) -> Option<&'static str> {
-    let now = instance.status;
-    if before == Some(now) {
-        return None;
-    }
-    match (before, now) {
-        (_, Status::Completed) => Some("completed"),
-        (_, Status::Faulted) => Some("faulted"),
-        (_, Status::Cancelled) => Some("cancelled"),
-        (_, Status::Suspended) => Some("suspended"),
-        (Some(Status::Suspended), _) => Some("resumed"),
-        (Some(Status::Faulted), _) => Some("retried"),
-        _ => None,
     }
 }
