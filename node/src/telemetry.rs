@@ -356,12 +356,17 @@ fn describe_node_metrics() {
     describe_counter!(
         "shoal_workflow_evaluators_started_total",
         Unit::Count,
-        "Workflow expression evaluator processes this node started (one per core, and again after each one that died or was killed)."
+        "Workflow expression evaluator processes this node started (two per core, at least four, and again after each one that died or was killed)."
     );
     describe_counter!(
         "shoal_workflow_evaluators_killed_total",
         Unit::Count,
         "Workflow expression evaluators killed because a piece of work ran past its time limit."
+    );
+    describe_counter!(
+        "shoal_workflow_lifecycle_events_total",
+        Unit::Count,
+        "Workflow lifecycle events (completed, faulted, cancelled, suspended, resumed, retried) this node published as leader, repeats after a leader change included."
     );
     describe_histogram!(
         "shoal_workflow_timer_lateness_seconds",
