@@ -384,7 +384,12 @@ pub async fn find_traces(
         None | Some("") | Some("custom") => 3_600_000_000_000,
         Some(text) => parse_duration(text)?,
     };
-    let since = micros(&params, "start")?.unwrap_or(until - lookback);
+    let since = micros(&params, "start")?.unwrap_or(until.saturating_sub(lookback));
+    let until = until.max(since.saturating_add(1));
+    if since >= until {
+        // start at the end of time: nothing can be later.
+        return Ok(data(Vec::new()));
+    }
     let duration = |name: &str| -> ApiResult<Option<u64>> {
         params
             .string(name)
@@ -396,7 +401,7 @@ pub async fn find_traces(
         query: tags_query(&params)?,
         kind: KindFilter::Span,
         since: Some(since),
-        until: Some(until.max(since + 1)),
+        until: Some(until),
         services: params
             .string("service")
             .map(|s| vec![s.to_string()])

@@ -341,15 +341,16 @@ async fn run_aggregate(
     .await?;
     let mut histogram = Vec::new();
     if let Some(interval) = interval {
-        let mut bucket = since.div_euclid(interval) * interval;
-        while bucket < until {
+        // A window ending near i64::MAX must not step past it.
+        let mut next = Some(since.div_euclid(interval) * interval);
+        while let Some(bucket) = next.filter(|b| *b < until) {
             let count = aggregation.histogram.get(&bucket).copied().unwrap_or(0);
             histogram.push(LogHistogramBucket {
                 ts: format_nanos(bucket),
                 ts_nanos: bucket,
                 count,
             });
-            bucket += interval;
+            next = bucket.checked_add(interval);
         }
     }
     let top = top
