@@ -65,7 +65,7 @@ pub use logs::{
 };
 pub use messaging::{
     BatchReceipt, Message, OutgoingMessage, Overflow, PublishOptions, PublishReceipt,
-    SubscribeOptions, Subscription,
+    SubscribeOptions, Subscription, WorkflowEventReceipt,
 };
 pub use raw::{RawEvent, RawEvents};
 pub use reqwest::Method;

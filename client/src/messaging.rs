@@ -60,6 +60,50 @@ pub struct PublishReceipt {
     pub durable: u64,
 }
 
+/// Answer to an event sent to the workflow event inbox.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkflowEventReceipt {
+    /// The event id.
+    pub id: String,
+    /// The topic it names.
+    pub topic: String,
+    /// True when an event with this id was waiting already (nothing changed).
+    pub duplicate: bool,
+    /// The KV revision it was stored at.
+    pub revision: u64,
+}
+
+/// One message as a request: the payload as the body, the envelope as
+/// headers.
+fn message_request(
+    path: String,
+    retry: Retry,
+    payload: Vec<u8>,
+    options: &PublishOptions,
+) -> Request {
+    let content_type = options
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let mut request = Request::new(Method::POST, path, retry).body(payload, content_type);
+    for (name, value) in &options.headers {
+        request = request.header(format!("ce-{name}"), value.clone());
+    }
+    let attributes = [
+        ("ce-id", &options.id),
+        ("ce-source", &options.source),
+        ("ce-type", &options.kind),
+        ("ce-subject", &options.subject),
+        ("traceparent", &options.traceparent),
+    ];
+    for (name, value) in attributes {
+        if let Some(value) = value {
+            request = request.header(name, value.clone());
+        }
+    }
+    request
+}
+
 /// Answer to a batch publish.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BatchReceipt {
@@ -360,28 +404,28 @@ impl Client {
         options: &PublishOptions,
     ) -> Result<PublishReceipt> {
         let path = format!("/v1/topics/{}", encode_path(topic));
-        let content_type = options
-            .content_type
-            .clone()
-            .unwrap_or_else(|| "application/octet-stream".into());
-        let mut request =
-            Request::new(Method::POST, path, Retry::Once).body(payload.into(), content_type);
-        for (name, value) in &options.headers {
-            request = request.header(format!("ce-{name}"), value.clone());
-        }
-        let attributes = [
-            ("ce-id", &options.id),
-            ("ce-source", &options.source),
-            ("ce-type", &options.kind),
-            ("ce-subject", &options.subject),
-            ("traceparent", &options.traceparent),
-        ];
-        for (name, value) in attributes {
-            if let Some(value) = value {
-                request = request.header(name, value.clone());
-            }
-        }
+        let request = message_request(path, Retry::Once, payload.into(), options);
         self.call_json(request, "publish answer").await
+    }
+
+    /// Sends an event to the workflow event inbox: it is stored in Raft
+    /// before the answer and applied to the workflow instances listening
+    /// for it (not published to subscribers). Give `options.id`: a retried
+    /// request then changes nothing, and is retried on another endpoint
+    /// after any transport error.
+    pub async fn send_workflow_event(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        options: &PublishOptions,
+    ) -> Result<WorkflowEventReceipt> {
+        let path = format!("/v1/workflows/events/{}", encode_path(topic));
+        let retry = match options.id {
+            Some(_) => Retry::Idempotent,
+            None => Retry::Once,
+        };
+        let request = message_request(path, retry, payload.into(), options);
+        self.call_json(request, "workflow event answer").await
     }
 
     /// Publishes 1..=1000 messages at once: all are accepted or none.

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Stand-ins for the inventory, payment and shipping services of the order
 saga (examples/commerce/order.yaml): each subscribes to its request topics
-in a queue group (so several copies share the work) and answers by
-publishing events. Python standard library only.
+in a queue group (so several copies share the work) and answers by sending
+events to the workflow event inbox (stored in Raft before the answer, so an
+answer is not lost if a node dies; a topic would be at most once). Python
+standard library only.
 
 What they answer depends on the order's `scenario`:
   out-of-stock     inventory answers commerce.stock.unavailable
@@ -24,9 +26,9 @@ import urllib.request
 ENDPOINT = sys.argv[1].rstrip("/") if len(sys.argv) > 1 else "http://127.0.0.1:7700"
 
 
-def publish(kind, event_id, data):
+def send_event(kind, event_id, data):
     request = urllib.request.Request(
-        f"{ENDPOINT}/v1/topics/{kind}",
+        f"{ENDPOINT}/v1/workflows/events/{kind}",
         data=json.dumps(data).encode(),
         method="POST",
         headers={
@@ -65,7 +67,7 @@ def inventory(kind, data):
     order = data["order"]
     if kind == "commerce.stock.reserve":
         answer = "unavailable" if data.get("scenario") == "out-of-stock" else "reserved"
-        publish(f"commerce.stock.{answer}", f"stock-{answer}-{order}", {"order": order})
+        send_event(f"commerce.stock.{answer}", f"stock-{answer}-{order}", {"order": order})
     elif kind == "commerce.stock.release":
         print(f"inventory: stock of {order} released", flush=True)
 
@@ -77,7 +79,7 @@ def payment(kind, data):
         if scenario == "payment-timeout":
             return
         answer = "failed" if scenario == "payment-fails" else "paid"
-        publish(f"commerce.payment.{answer}", f"payment-{answer}-{order}", {"order": order, "amount": data.get("amount")})
+        send_event(f"commerce.payment.{answer}", f"payment-{answer}-{order}", {"order": order, "amount": data.get("amount")})
     elif kind == "commerce.payment.refund":
         print(f"payment: {order} refunded", flush=True)
 
@@ -85,12 +87,12 @@ def payment(kind, data):
 def shipping(kind, data):
     order = data["order"]
     if data.get("scenario") == "shipment-fails":
-        publish("commerce.shipment.failed", f"shipment-failed-{order}", {"order": order})
+        send_event("commerce.shipment.failed", f"shipment-failed-{order}", {"order": order})
         return
     tracking = f"TRK-{order}"
-    publish("commerce.shipment.shipped", f"shipment-shipped-{order}", {"order": order, "tracking": tracking})
+    send_event("commerce.shipment.shipped", f"shipment-shipped-{order}", {"order": order, "tracking": tracking})
     time.sleep(0.2)
-    publish("commerce.shipment.delivered", f"shipment-delivered-{order}", {"order": order, "tracking": tracking})
+    send_event("commerce.shipment.delivered", f"shipment-delivered-{order}", {"order": order, "tracking": tracking})
 
 
 if __name__ == "__main__":

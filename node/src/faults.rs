@@ -10,6 +10,9 @@
 //! - `SHOAL_FAULT_LIFECYCLE_DELAY_MS=N`: the workflow runner waits N ms
 //!   between seeing a committed status change and publishing its lifecycle
 //!   event (a leader that dies in between).
+//! - `SHOAL_FAULT_INBOX_DELAY_MS=N`: the leader's workflow intake waits N ms
+//!   between seeing an event arrive in the workflow event inbox and offering
+//!   it (a leader that dies in between).
 
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ pub struct Faults {
     pub log_sync_delay: Option<Duration>,
     pub lose_unsynced_writes: bool,
     pub lifecycle_delay: Option<Duration>,
+    pub inbox_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -29,12 +33,18 @@ impl Faults {
         let lose_unsynced_writes =
             std::env::var("SHOAL_FAULT_LOSE_UNSYNCED").is_ok_and(|v| v.trim() == "1");
         let lifecycle_delay = delay_from_env("SHOAL_FAULT_LIFECYCLE_DELAY_MS");
+        let inbox_delay = delay_from_env("SHOAL_FAULT_INBOX_DELAY_MS");
         let faults = Faults {
             log_sync_delay,
             lose_unsynced_writes,
             lifecycle_delay,
+            inbox_delay,
         };
-        if log_sync_delay.is_some() || lose_unsynced_writes || lifecycle_delay.is_some() {
+        if log_sync_delay.is_some()
+            || lose_unsynced_writes
+            || lifecycle_delay.is_some()
+            || inbox_delay.is_some()
+        {
             tracing::warn!(?faults, "fault injection is on (debug build)");
         }
         faults

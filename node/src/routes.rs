@@ -130,6 +130,8 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(api::workflow_instances::get_instance))
         .routes(routes!(api::workflow_instances::act_on_instance))
         .routes(routes!(api::workflow_instances::act_on_instances))
+        .routes(routes!(api::workflow_events::send_event))
+        .routes(routes!(api::workflow_events::list_events))
         .layer(DefaultBodyLimit::max(limits.default))
 }
 

@@ -100,6 +100,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         lease_timers: Arc::default(),
         caught_up: Default::default(),
         unfinished_instances: Default::default(),
+        waiting_events: Default::default(),
         outbound_http,
         faults,
         evaluator: Arc::new(

@@ -159,6 +159,10 @@ pub struct NodeArgs {
     /// one, so this bounds its memory); counted by each node from its replica.
     #[arg(long, env = "SHOAL_WORKFLOW_MAX_UNFINISHED")]
     pub workflow_max_unfinished: Option<u64>,
+    /// Keep an event of the workflow event inbox that no instance took this long, then delete
+    /// it, e.g. `30min`, `1h`, `2d`; the Raft leader's setting applies.
+    #[arg(long, env = "SHOAL_WORKFLOW_EVENT_RETENTION")]
+    pub workflow_event_retention: Option<String>,
 }
 
 /// Every setting's default, written once: `Settings::resolve` parses its
@@ -192,7 +196,19 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("logs_self", "true"),
     ("workflow_retention", "7d"),
     ("workflow_max_unfinished", "1000000"),
+    ("workflow_event_retention", "1h"),
 ];
+
+/// A duration setting (`12h`, `7d`) given as `--{flag}`, or its default.
+fn duration_setting(flag: &str, text: Option<String>) -> anyhow::Result<std::time::Duration> {
+    match text {
+        Some(text) => Ok(text
+            .parse::<humantime::Duration>()
+            .with_context(|| format!("--{flag} {text:?} is not a duration such as 12h or 7d"))?
+            .into()),
+        None => Ok(default_of::<humantime::Duration>(&flag.replace('-', "_")).into()),
+    }
+}
 
 /// The default of the setting `name`, parsed. Every entry of [`DEFAULTS`]
 /// is parsed by a unit test, so this cannot fail at run time.
@@ -370,6 +386,7 @@ pub struct Settings {
     pub logs_self: bool,
     pub workflow_retention: std::time::Duration,
     pub workflow_max_unfinished: u64,
+    pub workflow_event_retention: std::time::Duration,
 }
 
 impl Settings {
@@ -463,15 +480,11 @@ impl Settings {
             .unwrap_or(usize::MAX),
             logs_commit_ms: pick!(logs_commit_ms).unwrap_or_else(|| default_of("logs_commit_ms")),
             logs_self: pick!(logs_self).unwrap_or_else(|| default_of("logs_self")),
-            workflow_retention: match pick!(workflow_retention) {
-                Some(text) => text
-                    .parse::<humantime::Duration>()
-                    .with_context(|| {
-                        format!("--workflow-retention {text:?} is not a duration such as 12h or 7d")
-                    })?
-                    .into(),
-                None => default_of::<humantime::Duration>("workflow_retention").into(),
-            },
+            workflow_retention: duration_setting("workflow-retention", pick!(workflow_retention))?,
+            workflow_event_retention: duration_setting(
+                "workflow-event-retention",
+                pick!(workflow_event_retention),
+            )?,
             workflow_max_unfinished: pick!(workflow_max_unfinished)
                 .unwrap_or_else(|| default_of("workflow_max_unfinished")),
         };
@@ -521,6 +534,9 @@ impl Settings {
         }
         if self.workflow_retention < std::time::Duration::from_secs(1) {
             bail!("--workflow-retention must be at least 1s");
+        }
+        if self.workflow_event_retention < std::time::Duration::from_secs(1) {
+            bail!("--workflow-event-retention must be at least 1s");
         }
         if self.workflow_max_unfinished == 0 {
             bail!("--workflow-max-unfinished must be at least 1");
@@ -633,6 +649,10 @@ mod tests {
         assert_eq!(
             settings.workflow_retention,
             std::time::Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(
+            settings.workflow_event_retention,
+            std::time::Duration::from_secs(3600)
         );
     }
 

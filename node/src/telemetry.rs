@@ -368,6 +368,16 @@ fn describe_node_metrics() {
         Unit::Count,
         "Workflow lifecycle events (completed, faulted, cancelled, suspended, resumed, retried) this node published as leader, repeats after a leader change included."
     );
+    describe_gauge!(
+        "shoal_workflow_inbox_waiting",
+        Unit::Count,
+        "Events in the workflow event inbox that no instance has taken yet, in this node's replica."
+    );
+    describe_counter!(
+        "shoal_workflow_inbox_events_total",
+        Unit::Count,
+        "Workflow event inbox events by result: accepted and duplicate (sent to this node), taken and expired (deleted by this node as leader)."
+    );
     describe_histogram!(
         "shoal_workflow_timer_lateness_seconds",
         Unit::Seconds,

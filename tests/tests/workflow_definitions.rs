@@ -227,6 +227,7 @@ async fn hostile_definitions_are_refused_with_the_path_of_the_problem() {
         ("upper-case namespace in the path", path("Commerce", "order", "1.0.0"), ORDER.into(), 400, "invalid_definition", None),
         ("version not semantic", path("commerce", "order", "v1"), ORDER.into(), 400, "invalid_definition", None),
         ("a namespace the routes use", path("instances", "order", "1.0.0"), ORDER.replace("namespace: commerce", "namespace: instances"), 400, "invalid_definition", Some("/document/namespace")),
+        ("the namespace of the event inbox", path("events", "order", "1.0.0"), ORDER.replace("namespace: commerce", "namespace: events"), 400, "invalid_definition", Some("/document/namespace")),
         ("over 256 KiB", order.clone(), format!("{ORDER}\n# {}\n", "x".repeat(300 * 1024)), 413, "payload_too_large", None),
         ("alias bomb", order.clone(), bomb, 400, "invalid_definition", None),
     ];

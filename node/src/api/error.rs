@@ -82,6 +82,9 @@ pub enum ErrorCode {
     /// 429: the cluster holds --workflow-max-unfinished unfinished
     /// workflow instances; a start waits until some finish.
     TooManyInstances,
+    /// 429: the workflow event inbox is full; send again when instances
+    /// have taken some of its events.
+    TooManyEvents,
     /// 500: a fault of this node.
     Internal,
     /// 502: the Kafka brokers did not answer.
@@ -127,6 +130,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Busy => "busy",
             ErrorCode::TooManyInstances => "too_many_instances",
+            ErrorCode::TooManyEvents => "too_many_events",
             ErrorCode::Internal => "internal",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
             ErrorCode::Unavailable => "unavailable",

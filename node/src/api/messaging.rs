@@ -151,6 +151,35 @@ pub async fn publish_one(
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<(StatusCode, Json<PublishReceipt>)> {
+    let message = message_of_request(&shoal, topic, &headers, &body)?;
+    let topic = message.topic.clone();
+    let receipt = shoal
+        .messaging
+        .publish(vec![message])
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PublishReceipt {
+            id: receipt.ids.into_iter().next(),
+            ids: None,
+            topic: Some(topic),
+            local: receipt.reach.local,
+            forwarded: receipt.reach.forwarded,
+            routed: receipt.routed,
+            durable: receipt.durable,
+        }),
+    ))
+}
+
+/// One message from a request to a topic: the body is its payload and the
+/// headers its envelope (Content-Type, `ce-*`, `traceparent`), checked.
+pub fn message_of_request(
+    shoal: &Shoal,
+    topic: String,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Message> {
     validate_topic(&topic).map_err(invalid_topic)?;
     let limit = shoal.settings.max_message_bytes;
     if body.len() > limit {
@@ -168,7 +197,7 @@ pub async fn publish_one(
     let mut message = Message {
         id: text("ce-id")?.unwrap_or_else(new_id),
         topic,
-        source: text("ce-source")?.unwrap_or_else(|| node_source(&shoal)),
+        source: text("ce-source")?.unwrap_or_else(|| node_source(shoal)),
         kind: text("ce-type")?.unwrap_or_else(|| "shoal.message".into()),
         time: text("ce-time")?.unwrap_or_else(rfc3339_now),
         subject: text("ce-subject")?,
@@ -177,7 +206,7 @@ pub async fn publish_one(
         headers: Vec::new(),
         data: body.to_vec(),
     };
-    for (name, value) in &headers {
+    for (name, value) in headers {
         let Some(extension) = name.as_str().strip_prefix("ce-") else {
             continue;
         };
@@ -201,24 +230,7 @@ pub async fn publish_one(
         )));
     }
     finish(&mut message)?;
-    let topic = message.topic.clone();
-    let receipt = shoal
-        .messaging
-        .publish(vec![message])
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(PublishReceipt {
-            id: receipt.ids.into_iter().next(),
-            ids: None,
-            topic: Some(topic),
-            local: receipt.reach.local,
-            forwarded: receipt.reach.forwarded,
-            routed: receipt.routed,
-            durable: receipt.durable,
-        }),
-    ))
+    Ok(message)
 }
 
 // A raw request body, for the document (handlers read `Body`).

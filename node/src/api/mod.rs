@@ -18,6 +18,7 @@ pub mod messaging;
 pub mod model;
 pub mod node;
 pub mod watch;
+pub mod workflow_events;
 pub mod workflow_instances;
 pub mod workflows;
 

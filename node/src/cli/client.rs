@@ -402,6 +402,7 @@ pub async fn publish(
     message: Option<String>,
     content_type: String,
     headers: Vec<String>,
+    to_workflows: bool,
 ) -> anyhow::Result<()> {
     let client = args.connect()?;
     let body = match message {
@@ -419,6 +420,38 @@ pub async fn publish(
         options
             .headers
             .push((name.trim().to_string(), value.trim().to_string()));
+    }
+    if to_workflows {
+        // An id known before sending lets a retry change nothing.
+        options.id = Some(
+            match options.headers.iter().position(|(name, _)| name == "id") {
+                Some(at) => options.headers.remove(at).1,
+                None => shoal_actors::message::new_id(),
+            },
+        );
+        let receipt = client.send_workflow_event(&topic, body, &options).await?;
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "id": receipt.id,
+                    "topic": receipt.topic,
+                    "duplicate": receipt.duplicate,
+                    "revision": receipt.revision,
+                })
+            );
+        } else if receipt.duplicate {
+            println!(
+                "{} was waiting already in the workflow event inbox",
+                receipt.id
+            );
+        } else {
+            println!(
+                "stored {} for workflows (topic {}, revision {})",
+                receipt.id, receipt.topic, receipt.revision
+            );
+        }
+        return Ok(());
     }
     let receipt = client.publish_with(&topic, body, &options).await?;
     if args.json {

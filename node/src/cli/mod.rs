@@ -69,9 +69,15 @@ pub enum Command {
         /// Content type of the message.
         #[arg(long, default_value = "text/plain")]
         content_type: String,
-        /// A message header NAME=VALUE (repeatable).
+        /// A message header NAME=VALUE (repeatable); `type`, `id`, `source` and `subject` set
+        /// the CloudEvent's attributes.
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// Send it to the workflow event inbox instead of subscribers: stored in Raft before the
+        /// answer, then taken by the workflow instances listening for it (an `id` header makes
+        /// sending it again harmless; one is generated when absent).
+        #[arg(long)]
+        to_workflows: bool,
     },
     /// Print messages on topics matching PATTERN as they arrive, one per line
     /// (`*` matches one token, `>` the rest; --json prints whole envelopes).
@@ -140,7 +146,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             message,
             content_type,
             headers,
-        } => client::publish(client, topic, message, content_type, headers).await,
+            to_workflows,
+        } => client::publish(client, topic, message, content_type, headers, to_workflows).await,
         Command::Sub {
             client,
             pattern,

@@ -15,5 +15,6 @@ pub mod messaging;
 pub mod shoal;
 pub mod watch;
 pub mod watch_hub;
+pub mod workflow_events;
 pub mod workflow_runner;
 pub mod workflows;

@@ -100,6 +100,9 @@ pub struct Shoal {
     /// Unfinished workflow instances in this replica, as the intake counts
     /// them (see `--workflow-max-unfinished`).
     pub unfinished_instances: AtomicU64,
+    /// Events in the workflow event inbox of this replica, as the intake
+    /// counts them (see `workflow_events::MAX_WAITING`).
+    pub waiting_events: AtomicU64,
     /// The client for requests this node makes over HTTP: to users' URLs
     /// (webhooks, workflow calls) and to peers' APIs (fan-outs).
     pub outbound_http: reqwest::Client,

@@ -51,7 +51,7 @@ pub use self::types::{
 
 /// Namespaces that would collide with the API's own routes under
 /// `/v1/workflows/`.
-pub const RESERVED_NAMESPACES: [&str; 2] = ["instances", "definitions"];
+pub const RESERVED_NAMESPACES: [&str; 3] = ["instances", "definitions", "events"];
 
 fn refuse_reserved(namespace: &str) -> Result<(), DefinitionError> {
     if RESERVED_NAMESPACES.contains(&namespace) {

@@ -9,8 +9,13 @@
 //! not yet have applied the write that made an instance listen (its
 //! emit's answer can be quicker than replication), and the event is
 //! offered again when one does.
+//!
+//! Every node also follows the workflow event inbox (`workflow_events`);
+//! the leader's intake offers each inbox event when it arrives, when an
+//! instance begins to listen for its type, and all of them when it begins
+//! to lead, and deletes it once taken (or past its retention).
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use crate::services::instances::{self, INSTANCES_PREFIX};
 use crate::services::shoal::Shoal;
 use crate::services::watch::Watcher;
 use crate::services::watch_hub::Filter;
+use crate::services::workflow_events::{self, EVENTS_PREFIX};
 use crate::services::workflows::DEFINITIONS_PREFIX;
 
 /// The queue group of every node's intake subscription.
@@ -45,6 +51,25 @@ const MAX_KEPT: usize = 10_000;
 const TICK: Duration = Duration::from_secs(1);
 /// Tries of a compare-and-swap that lost to another write.
 const TRIES: usize = 8;
+/// Most inbox events deleted in one write.
+const DELETES_PER_WRITE: usize = 100;
+
+/// What offering an event did: an instance took it (or a schedule started
+/// one), and whether any offer failed (and may succeed when tried again).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offered {
+    pub taken: bool,
+    pub failed: bool,
+}
+
+impl Offered {
+    fn and(self, other: Offered) -> Offered {
+        Offered {
+            taken: self.taken || other.taken,
+            failed: self.failed || other.failed,
+        }
+    }
+}
 
 /// Runs for ever on every node.
 pub async fn run(shoal: Arc<Shoal>) {
@@ -55,6 +80,9 @@ pub async fn run(shoal: Arc<Shoal>) {
             kept: VecDeque::new(),
             schedules: Schedules::default(),
             unfinished: HashSet::new(),
+            inbox: BTreeMap::new(),
+            retry: BTreeSet::new(),
+            leading: false,
         };
         if let Err(e) = intake.follow().await {
             tracing::warn!(error = %e, "workflow event intake stopped; starting again");
@@ -73,6 +101,13 @@ struct Intake {
     /// (8 bytes each, not the id): their number is what
     /// `--workflow-max-unfinished` bounds.
     unfinished: HashSet<u64>,
+    /// The workflow event inbox of this replica: event, by id, with when
+    /// it was accepted.
+    inbox: BTreeMap<String, (u64, Arc<Value>)>,
+    /// Inbox events whose offer or delete failed: offered again each tick.
+    retry: BTreeSet<String>,
+    /// Whether this node led at the last tick (the leader offers the inbox).
+    leading: bool,
 }
 
 impl Intake {
@@ -94,6 +129,15 @@ impl Intake {
             Some(revision + 1),
             true,
             16,
+        )
+        .await?;
+        let inbox_revision = self.load_inbox().await?;
+        let mut inbox = Watcher::start(
+            self.shoal.clone(),
+            Filter::Prefix(EVENTS_PREFIX.to_string()),
+            Some(inbox_revision + 1),
+            true,
+            256,
         )
         .await?;
         let mut events: Option<Subscription> = None;
@@ -124,6 +168,41 @@ impl Intake {
                     }
                     if !new_types.is_empty() {
                         self.offer_kept(&new_types).await;
+                        self.offer_inbox_of(&new_types).await;
+                    }
+                }
+                batches = inbox.next_batches(None) => {
+                    let mut arrived = Vec::new();
+                    for shared in batches? {
+                        for event in &shared.batch.events {
+                            let id = event.kv.key[EVENTS_PREFIX.len()..].to_string();
+                            let waiting = match event.kind {
+                                EventType::Put => {
+                                    workflow_events::decode(&event.kv.key, &event.kv.value).ok()
+                                }
+                                _ => None,
+                            };
+                            match waiting {
+                                Some(waiting) => {
+                                    self.inbox.insert(
+                                        id.clone(),
+                                        (waiting.accepted_ms, Arc::new(waiting.event)),
+                                    );
+                                    arrived.push(id);
+                                }
+                                None => {
+                                    self.inbox.remove(&id);
+                                    self.retry.remove(&id);
+                                }
+                            }
+                        }
+                    }
+                    self.gauge_inbox();
+                    if self.shoal.is_leader() {
+                        if let Some(delay) = self.shoal.faults.inbox_delay {
+                            tokio::time::sleep(delay).await;
+                        }
+                        self.offer_inbox(arrived).await;
                     }
                 }
                 batch = next_events => {
@@ -134,7 +213,7 @@ impl Intake {
                     }
                     for message in batch.items {
                         let event = Arc::new(message.message.envelope());
-                        if !self.offer(&event).await {
+                        if !self.offer(&event).await.taken {
                             self.keep(event);
                         }
                     }
@@ -149,6 +228,7 @@ impl Intake {
                         schedules_read = self.read_schedules().await;
                     }
                     self.refresh(&mut events)?;
+                    self.tend_inbox().await;
                 }
             }
         }
@@ -217,39 +297,38 @@ impl Intake {
     }
 
     /// Applies an event to the instances listening for it and starts the
-    /// instances of schedules that start on it. False when no instance
-    /// took it.
-    async fn offer(&mut self, event: &Value) -> bool {
-        self.schedules.offer(&self.shoal, event).await;
-        self.offer_to_instances(event).await
+    /// instances of schedules that start on it.
+    async fn offer(&mut self, event: &Value) -> Offered {
+        let started = self.schedules.offer(&self.shoal, event).await;
+        started.and(self.offer_to_instances(event).await)
     }
 
-    /// Applies an event to the instances listening for it; false when none
-    /// took it.
-    async fn offer_to_instances(&mut self, event: &Value) -> bool {
-        let mut taken = false;
+    /// Applies an event to the instances listening for it.
+    async fn offer_to_instances(&mut self, event: &Value) -> Offered {
+        let mut offered = Offered::default();
         let programs = self.listeners.programs(event);
         let answers = self.correlation_values(&programs, event).await;
         let candidates = self.listeners.candidates(event, &programs, answers);
         for id in candidates {
             let result = match self.apply(&id, event).await {
                 Ok(Applied::Applied) => {
-                    taken = true;
+                    offered.taken = true;
                     "applied"
                 }
                 Ok(Applied::Duplicate) => {
-                    taken = true;
+                    offered.taken = true;
                     "duplicate"
                 }
                 Ok(Applied::NotWaiting) => "not_waiting",
                 Err(e) => {
                     tracing::warn!(instance = %id, error = %e, "applying an event failed");
+                    offered.failed = true;
                     "failed"
                 }
             };
             metrics::counter!("shoal_workflow_events_total", "result" => result).increment(1);
         }
-        taken
+        offered
     }
 
     /// Each correlation program's value on the event (none where it
@@ -342,8 +421,113 @@ impl Intake {
                 });
         self.kept = stay.into();
         for (at, event) in again {
-            if !self.offer_to_instances(&event).await {
+            if !self.offer_to_instances(&event).await.taken {
                 self.kept.push_back((at, event));
+            }
+        }
+    }
+
+    /// Every waiting inbox event of this replica; the revision it was read at.
+    async fn load_inbox(&mut self) -> anyhow::Result<u64> {
+        let (revision, all) = self.shoal.read(workflow_events::scan).await?;
+        self.inbox = all
+            .into_iter()
+            .map(|(id, waiting)| (id, (waiting.accepted_ms, Arc::new(waiting.event))))
+            .collect();
+        self.gauge_inbox();
+        Ok(revision)
+    }
+
+    fn gauge_inbox(&self) {
+        let waiting = self.inbox.len() as u64;
+        self.shoal.waiting_events.store(waiting, Ordering::Relaxed);
+        metrics::gauge!("shoal_workflow_inbox_waiting").set(waiting as f64);
+    }
+
+    /// On the leader, each tick: the whole inbox when it has just begun to
+    /// lead, else the events whose offer failed; then the events past
+    /// retention are deleted.
+    async fn tend_inbox(&mut self) {
+        let leading = self.shoal.is_leader();
+        let began = leading && !self.leading;
+        self.leading = leading;
+        if !leading {
+            return;
+        }
+        let again: Vec<String> = if began {
+            self.inbox.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.retry).into_iter().collect()
+        };
+        self.offer_inbox(again).await;
+        let retention = self.shoal.settings.workflow_event_retention.as_millis() as u64;
+        let now = now_ms();
+        let expired: Vec<String> = self
+            .inbox
+            .iter()
+            .filter(|(_, (accepted_ms, _))| accepted_ms.saturating_add(retention) <= now)
+            .map(|(id, _)| id.clone())
+            .take(DELETES_PER_WRITE)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        match workflow_events::delete(&self.shoal, &expired).await {
+            Ok(()) => {
+                metrics::counter!("shoal_workflow_inbox_events_total", "result" => "expired")
+                    .increment(expired.len() as u64);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting workflow inbox events past retention failed")
+            }
+        }
+    }
+
+    /// On the leader, the inbox events of these types (`""`: any) again.
+    async fn offer_inbox_of(&mut self, types: &BTreeSet<String>) {
+        if !self.shoal.is_leader() {
+            return;
+        }
+        let any = types.contains("");
+        let ids: Vec<String> = self
+            .inbox
+            .iter()
+            .filter(|(_, (_, event))| {
+                any || event
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| types.contains(t))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.offer_inbox(ids).await;
+    }
+
+    /// Offers these inbox events (on the leader) and deletes those taken
+    /// with no failed offer; a failed offer or delete is tried again.
+    async fn offer_inbox(&mut self, ids: Vec<String>) {
+        let mut taken = Vec::new();
+        for id in ids {
+            let Some((_, event)) = self.inbox.get(&id).cloned() else {
+                continue;
+            };
+            let offered = self.offer(&event).await;
+            if offered.failed {
+                self.retry.insert(id);
+            } else if offered.taken {
+                taken.push(id);
+            }
+        }
+        for ids in taken.chunks(DELETES_PER_WRITE) {
+            match workflow_events::delete(&self.shoal, ids).await {
+                Ok(()) => {
+                    metrics::counter!("shoal_workflow_inbox_events_total", "result" => "taken")
+                        .increment(ids.len() as u64);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "deleting taken workflow inbox events failed");
+                    self.retry.extend(ids.iter().cloned());
+                }
             }
         }
     }

@@ -25,6 +25,7 @@ use shoal_workflows::definition::parse_duration;
 use shoal_workflows::run::{EventFilter, Instance};
 use shoal_workflows::{version_order, Definition};
 
+use super::intake::Offered;
 use crate::services::instances::{self, InstanceError};
 use crate::services::shoal::Shoal;
 use crate::services::workflows::list_definitions;
@@ -122,7 +123,8 @@ impl Schedules {
 
     /// Starts an instance of each workflow whose `schedule.on` the event
     /// meets.
-    pub async fn offer(&self, shoal: &Shoal, event: &Value) {
+    pub async fn offer(&self, shoal: &Shoal, event: &Value) -> Offered {
+        let mut offered = Offered::default();
         let event_id = event.get("id").and_then(Value::as_str).unwrap_or_default();
         for (definition, filters) in &self.on_event {
             match shoal.evaluator.matches(filters, event).await {
@@ -130,6 +132,7 @@ impl Schedules {
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(workflow = %definition.key(), error = %e, "an event could not be matched against a schedule");
+                    offered.failed = true;
                     continue;
                 }
             }
@@ -145,11 +148,19 @@ impl Schedules {
                 .collect();
             let mut id = format!("{}-{suffix}", definition.name);
             id.truncate(instances::MAX_ID_CHARS);
-            let started = instances::start(shoal, definition, id, json!([event])).await;
-            if let Err(e) = started {
-                tracing::warn!(workflow = %definition.key(), error = %e, "an event-started instance failed to start");
+            match instances::start(shoal, definition, id, json!([event])).await {
+                Ok(_) => offered.taken = true,
+                // Never going to start: trying again would not help.
+                Err(e @ InstanceError::IdTaken(..)) => {
+                    tracing::warn!(workflow = %definition.key(), error = %e, "an event-started instance cannot start");
+                }
+                Err(e) => {
+                    tracing::warn!(workflow = %definition.key(), error = %e, "an event-started instance failed to start");
+                    offered.failed = true;
+                }
             }
         }
+        offered
     }
 }
 

@@ -1,0 +1,171 @@
+//! The workflow event inbox: events for workflow instances that must not
+//! be lost, stored in Raft under `_shoal/workflows/events/{id}` before the
+//! sender gets its answer (a topic is at most once; this is not). The
+//! leader's intake applies each to the instances listening for it and
+//! starts the instances of schedules that start on it, then deletes it. An
+//! event no instance took waits, and is offered again whenever an instance
+//! begins to listen for its type, until `--workflow-event-retention` has
+//! passed; then it is deleted.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
+use shoal_storage::{now_ms, StorageError, Store};
+use std::sync::atomic::Ordering;
+use thiserror::Error;
+
+use super::shoal::{KvError, Shoal};
+
+/// Where waiting events are stored (inside the reserved `_shoal/` prefix).
+pub const EVENTS_PREFIX: &str = "_shoal/workflows/events/";
+/// Most events the inbox holds; past it, events are refused with 429.
+pub const MAX_WAITING: u64 = 10_000;
+
+#[derive(Debug, Error)]
+pub enum EventError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("the event would be stored as {size} bytes; the limit is {limit} (--max-value-bytes)")]
+    TooLarge { size: usize, limit: usize },
+    #[error("the workflow event inbox holds {limit} events, its limit; send again when instances have taken some")]
+    TooMany { limit: u64 },
+    #[error("stored workflow event {key} is unreadable: {message}")]
+    Unreadable { key: String, message: String },
+}
+
+/// An event in the inbox: its CloudEvent envelope and when it was accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Waiting {
+    pub accepted_ms: u64,
+    pub event: Value,
+}
+
+/// What accepting an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored at this revision.
+    Stored(u64),
+    /// An event with this id waits already (stored at this revision):
+    /// nothing changed.
+    Duplicate(u64),
+}
+
+pub fn key_of(id: &str) -> String {
+    format!("{EVENTS_PREFIX}{id}")
+}
+
+pub fn decode(key: &str, bytes: &[u8]) -> Result<Waiting, EventError> {
+    serde_json::from_slice(bytes).map_err(|e| EventError::Unreadable {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Stores an event (a CloudEvent envelope with an `id`) unless one with
+/// its id waits already.
+pub async fn accept(shoal: &Shoal, event: Value) -> Result<Accepted, EventError> {
+    if shoal.waiting_events.load(Ordering::Relaxed) >= MAX_WAITING {
+        return Err(EventError::TooMany { limit: MAX_WAITING });
+    }
+    let id = event
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let key = key_of(&id);
+    let value = serde_json::to_vec(&Waiting {
+        accepted_ms: now_ms(),
+        event,
+    })
+    .map_err(|e| EventError::Unreadable {
+        key: key.clone(),
+        message: e.to_string(),
+    })?;
+    let limit = shoal.settings.max_value_bytes;
+    if value.len() > limit {
+        return Err(EventError::TooLarge {
+            size: value.len(),
+            limit,
+        });
+    }
+    let (succeeded, revision, results) = shoal
+        .txn(Txn {
+            compare: vec![Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::CreateRevision(0),
+            }],
+            success: vec![TxnOp::Put {
+                key: key.clone(),
+                value,
+                lease: 0,
+            }],
+            failure: vec![TxnOp::Get { key }],
+        })
+        .await?;
+    if succeeded {
+        return Ok(Accepted::Stored(revision));
+    }
+    match results.first() {
+        Some(OpResult::Get { kv: Some(kv) }) => Ok(Accepted::Duplicate(kv.mod_revision)),
+        other => Err(
+            KvError::Internal(format!("a failed create-only transaction read {other:?}")).into(),
+        ),
+    }
+}
+
+/// Deletes these events in one write (taken or past retention).
+pub async fn delete(shoal: &Shoal, ids: &[String]) -> Result<(), EventError> {
+    shoal
+        .txn(Txn {
+            compare: vec![],
+            success: ids
+                .iter()
+                .map(|id| TxnOp::Delete {
+                    key: key_of(id),
+                    prefix: false,
+                })
+                .collect(),
+            failure: vec![],
+        })
+        .await?;
+    Ok(())
+}
+
+/// Every readable waiting event of this replica by id, and the revision
+/// they were read at (no barrier; a blocking read, for `Shoal::read`).
+#[allow(clippy::type_complexity)]
+pub fn scan(store: &Store) -> Result<(u64, Vec<(String, Waiting)>), StorageError> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (counters, kvs, more) = store.kv_range(EVENTS_PREFIX, after.as_deref(), 1000)?;
+        after = kvs.last().map(|kv| kv.key.clone());
+        all.extend(kvs.into_iter().filter_map(|kv| {
+            let waiting = decode(&kv.key, &kv.value).ok()?;
+            Some((kv.key[EVENTS_PREFIX.len()..].to_string(), waiting))
+        }));
+        if !more {
+            return Ok((counters.revision, all));
+        }
+    }
+}
+
+/// The waiting events in id order after `after`, at most `limit`, and
+/// whether more follow (linearizable read).
+pub async fn list(
+    shoal: &Shoal,
+    after: Option<String>,
+    limit: usize,
+) -> Result<(Vec<Waiting>, bool), EventError> {
+    shoal.read_barrier(false).await?;
+    let after = after.map(|id| key_of(&id));
+    let (_, kvs, more) = shoal
+        .read(move |store| store.kv_range(EVENTS_PREFIX, after.as_deref(), limit))
+        .await?;
+    let waiting = kvs
+        .iter()
+        .map(|kv| decode(&kv.key, &kv.value))
+        .collect::<Result<_, _>>()?;
+    Ok((waiting, more))
+}

@@ -1,0 +1,339 @@
+//! The workflow event inbox on real nodes: an event sent there before any
+//! instance listens is kept in Raft through the loss of the leader and a
+//! crash of the whole cluster, and taken once by the instance that later
+//! listens for it; an event a killed leader stored but never offered is
+//! offered by the next; one nobody takes is deleted after its retention;
+//! an event a schedule starts on starts its instance; bad input is refused.
+
+use std::time::Duration;
+
+use shoal_client::PublishOptions;
+use shoal_tests::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const PAID: &str = r#"
+document: {dsl: '1.0.0', namespace: inbox, name: paid, version: '1.0.0'}
+do:
+  - paid:
+      listen:
+        to:
+          one:
+            with: {type: test.paid}
+            correlate: {order: {from: '${ .data.order }', expect: '${ .order }'}}
+  - done: {set: '${ {order: .[0].data.order, amount: .[0].data.amount} }'}
+"#;
+
+async fn define(node: &Node, path: &str, yaml: &str) {
+    let reply = node
+        .send(node.request(Method::PUT, path).body(yaml.to_string()))
+        .await;
+    assert!(reply.status.is_success(), "{path}: {}", reply.describe());
+}
+
+/// Sends `test.paid` for an order to the inbox through the client SDK.
+async fn send_paid(node: &Node, event_id: &str, order: &str) -> shoal_client::WorkflowEventReceipt {
+    let options = PublishOptions {
+        content_type: Some("application/json".into()),
+        id: Some(event_id.into()),
+        kind: Some("test.paid".into()),
+        ..PublishOptions::default()
+    };
+    let data = json!({"order": order, "amount": 42}).to_string();
+    node.api()
+        .send_workflow_event("payments", data, &options)
+        .await
+        .unwrap_or_else(|e| panic!("sending {event_id}: {e}"))
+}
+
+/// Starts an instance, trying again while the cluster has no leader.
+async fn start(node: &Node, workflow: &str, id: &str, input: Value) {
+    wait_for(WAIT, &format!("starting {id}"), || {
+        let input = input.clone();
+        async move {
+            let reply = node
+                .post_json(
+                    &format!("/v1/workflows/{workflow}/instances"),
+                    &json!({"id": id, "input": input}),
+                )
+                .await;
+            match reply.status.as_u16() {
+                200 | 201 => Ok(()),
+                _ => Err(reply.describe()),
+            }
+        }
+    })
+    .await;
+}
+
+async fn wait_status(node: &Node, id: &str, status: &str) -> Value {
+    wait_for(WAIT, &format!("instance {id} {status}"), || async {
+        let reply = node
+            .get_path(&format!("/v1/workflows/instances/{id}"))
+            .await;
+        if reply.body["status"] == json!(status) {
+            Ok(reply.body)
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await
+}
+
+fn applied(instance: &Value) -> usize {
+    instance["history"]
+        .as_array()
+        .map(|h| h.iter().filter(|e| e["what"] == "event.applied").count())
+        .unwrap_or(0)
+}
+
+/// The ids of the events waiting in the inbox.
+async fn waiting(node: &Node) -> Vec<String> {
+    let reply = node.get_path("/v1/workflows/events").await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.describe());
+    reply.body["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| e["event"]["id"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_inbox_empty(node: &Node) {
+    wait_for(WAIT, "an empty inbox", || async {
+        let ids = waiting(node).await;
+        if ids.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    })
+    .await;
+}
+
+async fn completed_once(node: &Node, id: &str, order: &str) {
+    let done = wait_status(node, id, "completed").await;
+    assert_eq!(applied(&done), 1, "{done}");
+    assert_eq!(done["output"], json!({"order": order, "amount": 42}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inbox_event_outlives_the_leader_and_a_crash_of_the_whole_cluster() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader().await;
+    let other = (leader + 1) % 3;
+    let third = (leader + 2) % 3;
+    define(
+        cluster.node(other),
+        "/v1/workflows/definitions/inbox/paid/1.0.0",
+        PAID,
+    )
+    .await;
+
+    // Sent before any instance listens, on a follower; the same id again
+    // changes nothing.
+    let first = send_paid(cluster.node(other), "pay-a1", "a1").await;
+    assert!(!first.duplicate, "{first:?}");
+    assert_eq!(first.topic, "payments");
+    let again = send_paid(cluster.node(third), "pay-a1", "a1").await;
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(waiting(cluster.node(third)).await, vec!["pay-a1"]);
+
+    // The leader dies; the instance that listens for the event starts
+    // later, through another node, and takes it once.
+    cluster.node_mut(leader).kill9();
+    start(
+        cluster.node(other),
+        "inbox/paid",
+        "a1",
+        json!({"order": "a1"}),
+    )
+    .await;
+    completed_once(cluster.node(third), "a1", "a1").await;
+    wait_inbox_empty(cluster.node(third)).await;
+    cluster.node_mut(leader).restart().await;
+    cluster.wait_formed().await;
+
+    // Every node is killed right after the answer, and the instance starts
+    // once they are back.
+    send_paid(cluster.node(leader), "pay-a2", "a2").await;
+    for i in 0..3 {
+        cluster.node_mut(i).kill9();
+    }
+    for i in 0..3 {
+        cluster.node_mut(i).restart_no_wait();
+    }
+    cluster.wait_formed().await;
+    assert_eq!(waiting(cluster.node(other)).await, vec!["pay-a2"]);
+    start(
+        cluster.node(third),
+        "inbox/paid",
+        "a2",
+        json!({"order": "a2"}),
+    )
+    .await;
+    completed_once(cluster.node(other), "a2", "a2").await;
+    wait_inbox_empty(cluster.node(leader)).await;
+
+    // Every replica agrees, and a1 took its event only once.
+    for i in 0..3 {
+        completed_once(cluster.node(i), "a1", "a1").await;
+        completed_once(cluster.node(i), "a2", "a2").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_events_a_killed_leader_never_offered_are_offered_by_the_next() {
+    // Every node waits 4 s between seeing an event arrive in the inbox and
+    // offering it: the leader is killed in between, with the instances
+    // already listening.
+    let mut cluster = Cluster::builder(3)
+        .env("SHOAL_FAULT_INBOX_DELAY_MS", "4000")
+        .start()
+        .await;
+    cluster.wait_formed().await;
+    let leader = cluster.wait_leader().await;
+    let other = (leader + 1) % 3;
+    let node = cluster.node(other);
+    define(node, "/v1/workflows/definitions/inbox/paid/1.0.0", PAID).await;
+    let orders = ["b1", "b2", "b3"];
+    for order in orders {
+        start(node, "inbox/paid", order, json!({"order": order})).await;
+        wait_status(node, order, "waiting").await;
+    }
+    for order in orders {
+        send_paid(node, &format!("pay-{order}"), order).await;
+    }
+    cluster.node_mut(leader).kill9();
+    let node = cluster.node(other);
+    for order in orders {
+        completed_once(node, order, order).await;
+    }
+    wait_inbox_empty(node).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbox_events_expire_start_scheduled_instances_and_refuse_bad_input() {
+    let node = Node::start_with(&[
+        "--workflow-event-retention",
+        "2s",
+        "--max-value-bytes",
+        "4096",
+    ])
+    .await;
+    define(&node, "/v1/workflows/definitions/inbox/paid/1.0.0", PAID).await;
+
+    // Nobody takes it: deleted once retention has passed, and an instance
+    // that listens afterwards waits.
+    send_paid(&node, "pay-late", "late").await;
+    assert_eq!(waiting(&node).await, vec!["pay-late"]);
+    wait_inbox_empty(&node).await;
+    start(&node, "inbox/paid", "late", json!({"order": "late"})).await;
+    wait_status(&node, "late", "waiting").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = wait_status(&node, "late", "waiting").await;
+    assert_eq!(applied(&still), 0, "{still}");
+    // An instance that listens takes the next one at once.
+    send_paid(&node, "pay-late-2", "late").await;
+    completed_once(&node, "late", "late").await;
+    let metrics = node
+        .client()
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        "shoal_workflow_inbox_events_total{result=\"expired\"} 1",
+        "shoal_workflow_inbox_events_total{result=\"taken\"} 1",
+        "shoal_workflow_inbox_waiting 0",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in /metrics");
+    }
+
+    // A schedule that starts on the event starts its instance.
+    define(
+        &node,
+        "/v1/workflows/definitions/inbox/placed/1.0.0",
+        r#"
+document: {dsl: '1.0.0', namespace: inbox, name: placed, version: '1.0.0'}
+schedule:
+  on:
+    one:
+      with: {type: test.placed}
+do:
+  - x: {set: '${ {order: .[0].data.order} }'}
+"#,
+    )
+    .await;
+    let placed = node
+        .send(
+            node.request(Method::POST, "/v1/workflows/events/orders")
+                .header("ce-type", "test.placed")
+                .header("ce-id", "placed-1")
+                .header("content-type", "application/json")
+                .body(json!({"order": "p1"}).to_string()),
+        )
+        .await;
+    assert_eq!(placed.status.as_u16(), 202, "{}", placed.describe());
+    let started = wait_status(&node, "placed-placed-1", "completed").await;
+    assert_eq!(started["output"], json!({"order": "p1"}));
+    wait_inbox_empty(&node).await;
+
+    // Bad input.
+    let post = |path: &str, id: &str, body: Vec<u8>| {
+        node.request(Method::POST, path)
+            .header("ce-id", id)
+            .header("ce-type", "test.paid")
+            .body(body)
+    };
+    let cases = [
+        (
+            "/v1/workflows/events/a..b",
+            "x",
+            vec![b'1'],
+            400,
+            "invalid_topic",
+        ),
+        (
+            "/v1/workflows/events/a.*",
+            "x",
+            vec![b'1'],
+            400,
+            "invalid_topic",
+        ),
+        (
+            "/v1/workflows/events/ok",
+            &*"i".repeat(300),
+            vec![b'1'],
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/workflows/events/ok",
+            "big",
+            vec![b'x'; 5000],
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (path, id, body, status, code) in cases {
+        let reply = node.send(post(path, id, body)).await;
+        assert_error(&reply, status, code);
+    }
+    for path in [
+        "/v1/workflows/events?limit=0",
+        "/v1/workflows/events?limit=1001",
+        "/v1/workflows/events?limit=x",
+    ] {
+        assert_error(&node.get_path(path).await, 400, "bad_request");
+    }
+    assert!(waiting(&node).await.is_empty(), "nothing bad was stored");
+    let health = node.get_path("/health").await;
+    assert_eq!(health.status.as_u16(), 200, "{}", health.describe());
+}
