@@ -1,5 +1,6 @@
 //! The workflow workload: after healing (and the events of unfinished
-//! instances published again),
+//! instances sent again, except those the workflow event inbox
+//! acknowledged: an unfinished one of these is an event the inbox lost),
 //!
 //! - lost: acknowledged starts with no instance;
 //! - unexpected: instances nobody tried to start;
@@ -15,14 +16,16 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::history::{Op, Outcome};
-use crate::workload::workflow::{attempted, FinalState};
+use crate::history::Op;
+use crate::workload::workflow::{acknowledged, attempted, inbox_events, FinalState};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkflowResult {
     pub valid: bool,
     pub attempted: usize,
     pub acknowledged: usize,
+    /// Instances whose event the inbox acknowledged (never sent again).
+    pub inbox_acknowledged: usize,
     pub instances: usize,
     pub waited_ms: u64,
     pub error: Option<String>,
@@ -36,15 +39,12 @@ pub struct WorkflowResult {
 
 pub fn check(history: &[Op], last: Option<&FinalState>) -> WorkflowResult {
     let attempted = attempted(history);
-    let acknowledged: BTreeSet<String> = history
-        .iter()
-        .filter(|o| o.workload == "workflow" && o.outcome == Outcome::Ok)
-        .map(|o| o.key.clone())
-        .collect();
+    let acknowledged = acknowledged(history);
     let mut result = WorkflowResult {
         valid: false,
         attempted: attempted.len(),
         acknowledged: acknowledged.len(),
+        inbox_acknowledged: inbox_events(history).1.len(),
         instances: 0,
         waited_ms: last.map_or(0, |l| l.waited_ms),
         error: None,

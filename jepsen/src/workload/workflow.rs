@@ -1,14 +1,16 @@
 //! Workflow workload: each worker starts instances of a short saga
 //! (`jepsen/saga`: a 300 ms timer, then an event correlated by instance id)
-//! with its own ids, through random nodes, and publishes each instance's
-//! event twice (the second a redelivery: the same CloudEvent id). Starts
-//! are idempotent by id, so a start that may or may not have happened is
-//! simply one more attempt.
+//! with its own ids, through random nodes, and sends each instance's event
+//! twice (the second a redelivery: the same CloudEvent id): every other
+//! instance's on a topic, the rest's to the workflow event inbox (recorded
+//! as `event` operations). Starts are idempotent by id, so a start that may
+//! or may not have happened is simply one more attempt.
 //!
-//! After healing, the final phase publishes the event of every instance
+//! After healing, the final phase sends again the event of every instance
 //! that has not completed yet (topics are at most once, and a partition
-//! can swallow an event) until all have completed or the patience runs
-//! out, then reads every instance.
+//! can swallow an event), except where the inbox acknowledged it: that one
+//! must arrive on its own. It goes on until all have completed or the
+//! patience runs out, then reads every instance.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -79,13 +81,19 @@ pub async fn setup(ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
-async fn publish_go(ctx: &Ctx, node: usize, id: &str) -> Result<(u16, Value), String> {
+/// The event of instance `id`, on a topic or (`durable`) to the inbox.
+async fn send_go(ctx: &Ctx, node: usize, id: &str, durable: bool) -> Result<(u16, Value), String> {
     let event_id = format!("go-{id}");
+    let path = if durable {
+        "/v1/workflows/events/jepsen.go"
+    } else {
+        "/v1/topics/jepsen.go"
+    };
     ctx.api
         .http_json(
             node,
             Method::POST,
-            "/v1/topics/jepsen.go",
+            path,
             &[
                 ("content-type", "application/json"),
                 ("ce-type", "jepsen.go"),
@@ -162,9 +170,39 @@ pub async fn worker(ctx: Ctx, worker: usize, workers: usize, seed: u64) {
         process.after(op.outcome);
         ctx.rec.record(op);
         // The event, and the same event again a moment later.
+        let durable = seq.is_multiple_of(2);
         for _ in 0..2 {
             pace(&mut rng).await;
-            let _ = publish_go(&ctx, rng.random_range(0..ctx.n), &id).await;
+            let node = rng.random_range(0..ctx.n);
+            let start = ctx.rec.clock.now_ns();
+            let answer = send_go(&ctx, node, &id, durable).await;
+            if durable {
+                let reply: Reply<()> = Reply {
+                    outcome: match &answer {
+                        Ok((200 | 202, _)) => Outcome::Ok,
+                        Ok((400..=499, _)) => Outcome::Fail,
+                        Err(e) if e.starts_with("connect") => Outcome::Fail,
+                        _ => Outcome::Info,
+                    },
+                    value: None,
+                    revision: None,
+                    error: answer.err(),
+                };
+                let op = super::op_of(
+                    "workflow",
+                    process.id,
+                    node,
+                    "event",
+                    &id,
+                    None,
+                    None,
+                    start,
+                    ctx.rec.clock.now_ns(),
+                    &reply,
+                );
+                process.after(op.outcome);
+                ctx.rec.record(op);
+            }
         }
         pace(&mut rng).await;
     }
@@ -172,11 +210,41 @@ pub async fn worker(ctx: Ctx, worker: usize, workers: usize, seed: u64) {
 
 /// Every instance id the workload may have started (ok or indeterminate).
 pub fn attempted(history: &[Op]) -> BTreeSet<String> {
-    history
-        .iter()
-        .filter(|o| o.workload == "workflow" && o.outcome != Outcome::Fail)
+    starts(history)
+        .filter(|o| o.outcome != Outcome::Fail)
         .map(|o| o.key.clone())
         .collect()
+}
+
+/// Every instance id whose start was acknowledged.
+pub fn acknowledged(history: &[Op]) -> BTreeSet<String> {
+    starts(history)
+        .filter(|o| o.outcome == Outcome::Ok)
+        .map(|o| o.key.clone())
+        .collect()
+}
+
+fn starts(history: &[Op]) -> impl Iterator<Item = &Op> {
+    history
+        .iter()
+        .filter(|o| o.workload == "workflow" && o.f == "start")
+}
+
+/// The instances whose events go to the inbox, and those of them whose
+/// event the inbox acknowledged.
+pub fn inbox_events(history: &[Op]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let sent = history
+        .iter()
+        .filter(|o| o.workload == "workflow" && o.f == "event");
+    let mut durable = BTreeSet::new();
+    let mut acknowledged = BTreeSet::new();
+    for op in sent {
+        durable.insert(op.key.clone());
+        if op.outcome == Outcome::Ok {
+            acknowledged.insert(op.key.clone());
+        }
+    }
+    (durable, acknowledged)
 }
 
 async fn list_all(ctx: &Ctx, node: usize) -> Result<Vec<Value>, String> {
@@ -203,9 +271,11 @@ async fn list_all(ctx: &Ctx, node: usize) -> Result<Vec<Value>, String> {
     }
 }
 
-/// After healing: publishes the events of unfinished instances until every
-/// instance has completed (or `patience` runs out), then reads each one.
+/// After healing: sends again the events of unfinished instances (except
+/// those the inbox acknowledged) until every instance has completed (or
+/// `patience` runs out), then reads each one.
 pub async fn final_state(ctx: &Ctx, patience: Duration) -> FinalState {
+    let (durable, acknowledged) = inbox_events(&ctx.rec.ops());
     let started = tokio::time::Instant::now();
     let deadline = started + patience;
     let mut node = 0;
@@ -220,8 +290,8 @@ pub async fn final_state(ctx: &Ctx, patience: Duration) -> FinalState {
                 if unfinished.is_empty() || tokio::time::Instant::now() >= deadline {
                     break Ok(listed);
                 }
-                for id in &unfinished {
-                    let _ = publish_go(ctx, node, id).await;
+                for id in unfinished.iter().filter(|id| !acknowledged.contains(*id)) {
+                    let _ = send_go(ctx, node, id, durable.contains(id)).await;
                 }
             }
             Err(e) if tokio::time::Instant::now() >= deadline => break Err(e),
