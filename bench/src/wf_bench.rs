@@ -9,6 +9,8 @@
 //!   published at `--rate` per second on one node, and the time from publish
 //!   to the instance's `completed` lifecycle event (received over SSE on
 //!   another node) is measured;
+//! - inbox: the same, with the events sent to the workflow event inbox
+//!   (stored in Raft before the answer) instead of a topic;
 //! - memory: the leader's resident memory before and after `--sleeping`
 //!   instances start waiting on an hour-long timer, per instance;
 //! - timers: `--timers` instances wait on hour-long timers (the leader's
@@ -89,7 +91,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "throughput,latency,memory,timers,recovery"
+        default_value = "throughput,latency,inbox,memory,timers,recovery"
     )]
     runs: Vec<String>,
     /// A `shoal serve` flag for every node, e.g. `--node-arg=--snapshot-every=100000`
@@ -381,9 +383,12 @@ async fn throughput(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn latency(bench: &Bench, args: &Args) -> anyhow::Result<()> {
+/// Event-to-state latency, the events published on a topic or (`inbox`)
+/// sent to the workflow event inbox.
+async fn latency(bench: &Bench, args: &Args, inbox: bool) -> anyhow::Result<()> {
     bench.put_definition(EVENT, "event").await?;
-    let ids: Vec<String> = (0..args.waiting).map(|i| format!("e-{i}")).collect();
+    let prefix = if inbox { "i" } else { "e" };
+    let ids: Vec<String> = (0..args.waiting).map(|i| format!("{prefix}-{i}")).collect();
     bench.start_all("event", ids.clone(), args.clients).await?;
     bench
         .wait_count("event", "waiting", args.waiting, Duration::from_secs(300))
@@ -442,9 +447,14 @@ async fn latency(bench: &Bench, args: &Args) -> anyhow::Result<()> {
         sent.lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), Instant::now());
+        let path = if inbox {
+            "/v1/workflows/events/bench.go"
+        } else {
+            "/v1/topics/bench.go"
+        };
         let answer = bench
             .http
-            .post(format!("{}/v1/topics/bench.go", bench.apis[publisher]))
+            .post(format!("{}{path}", bench.apis[publisher]))
             .header("ce-type", "bench.go")
             .header("ce-id", format!("go-{id}"))
             .header("content-type", "application/json")
@@ -460,9 +470,15 @@ async fn latency(bench: &Bench, args: &Args) -> anyhow::Result<()> {
     let received = samples.len();
     let summary = summarize(samples).context("no instance completed")?;
     println!(
-        "| latency | {} events at {}/s, published on a follower, seen on another | {received} completed | p50 {} | p99 {} (max {}) |",
+        "| {} | {} events at {}/s, {} on a follower, seen on another | {received} completed | p50 {} | p99 {} (max {}) |",
+        if inbox { "inbox latency" } else { "latency" },
         args.waiting,
         args.rate,
+        if inbox {
+            "sent to the inbox"
+        } else {
+            "published"
+        },
         ms(summary.p50),
         ms(summary.p99),
         ms(summary.max)
@@ -740,7 +756,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for run in &args.runs {
         match run.as_str() {
             "throughput" => throughput(&bench, &args).await?,
-            "latency" => latency(&bench, &args).await?,
+            "latency" => latency(&bench, &args, false).await?,
+            "inbox" => latency(&bench, &args, true).await?,
             "memory" => memory(&bench, &args, nodes[leader].pid).await?,
             "timers" => timers(&bench, &args, nodes[leader].pid).await?,
             "burst" => burst(&bench, &args, nodes[leader].pid).await?,

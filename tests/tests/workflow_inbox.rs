@@ -183,6 +183,35 @@ async fn an_inbox_event_outlives_the_leader_and_a_crash_of_the_whole_cluster() {
         completed_once(cluster.node(i), "a1", "a1").await;
         completed_once(cluster.node(i), "a2", "a2").await;
     }
+
+    // An event is gone with the write that applied it: the leader killed
+    // right after leaves nothing for a later instance of the same order.
+    let leader = cluster.wait_leader().await;
+    let other = (leader + 1) % 3;
+    start(
+        cluster.node(other),
+        "inbox/paid",
+        "c1",
+        json!({"order": "c"}),
+    )
+    .await;
+    wait_status(cluster.node(other), "c1", "waiting").await;
+    send_paid(cluster.node(other), "pay-c", "c").await;
+    completed_once(cluster.node(other), "c1", "c").await;
+    cluster.node_mut(leader).kill9();
+    start(
+        cluster.node(other),
+        "inbox/paid",
+        "c2",
+        json!({"order": "c"}),
+    )
+    .await;
+    wait_status(cluster.node(other), "c2", "waiting").await;
+    // A new leader offers every waiting event within a second or so.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = wait_status(cluster.node(other), "c2", "waiting").await;
+    assert_eq!(applied(&later), 0, "{later}");
+    assert!(waiting(cluster.node(other)).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -239,6 +268,7 @@ async fn inbox_events_expire_start_scheduled_instances_and_refuse_bad_input() {
     // An instance that listens takes the next one at once.
     send_paid(&node, "pay-late-2", "late").await;
     completed_once(&node, "late", "late").await;
+    wait_inbox_empty(&node).await;
     let metrics = node
         .client()
         .get(node.url("/metrics"))

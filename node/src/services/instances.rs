@@ -243,6 +243,16 @@ pub async fn write(
     instance: &Instance,
     revision: u64,
 ) -> Result<Option<u64>, InstanceError> {
+    write_and_delete(shoal, instance, revision, None).await
+}
+
+/// [`write`], deleting `also_delete` in the same write when it succeeds.
+pub async fn write_and_delete(
+    shoal: &Shoal,
+    instance: &Instance,
+    revision: u64,
+    also_delete: Option<String>,
+) -> Result<Option<u64>, InstanceError> {
     let key = key_of(&instance.id);
     let (succeeded, new_revision, _) = shoal
         .txn(Txn {
@@ -251,11 +261,13 @@ pub async fn write(
                 op: CompareOp::Equal,
                 target: CompareTarget::ModRevision(revision),
             }],
-            success: vec![TxnOp::Put {
+            success: std::iter::once(TxnOp::Put {
                 key,
                 value: encode(shoal, instance)?,
                 lease: 0,
-            }],
+            })
+            .chain(also_delete.map(|key| TxnOp::Delete { key, prefix: false }))
+            .collect(),
             failure: vec![],
         })
         .await?;

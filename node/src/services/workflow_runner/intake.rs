@@ -13,7 +13,9 @@
 //! Every node also follows the workflow event inbox (`workflow_events`);
 //! the leader's intake offers each inbox event when it arrives, when an
 //! instance begins to listen for its type, and all of them when it begins
-//! to lead, and deletes it once taken (or past its retention).
+//! to lead. The write that applies an inbox event to an instance deletes
+//! it; one taken otherwise (a schedule's start) is deleted at the next
+//! tick, as are those past retention.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -55,11 +57,13 @@ const TRIES: usize = 8;
 const DELETES_PER_WRITE: usize = 100;
 
 /// What offering an event did: an instance took it (or a schedule started
-/// one), and whether any offer failed (and may succeed when tried again).
+/// one), whether any offer failed (and may succeed when tried again), and
+/// whether an instance's write deleted it from the inbox.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Offered {
     pub taken: bool,
     pub failed: bool,
+    pub deleted: bool,
 }
 
 impl Offered {
@@ -67,6 +71,7 @@ impl Offered {
         Offered {
             taken: self.taken || other.taken,
             failed: self.failed || other.failed,
+            deleted: self.deleted || other.deleted,
         }
     }
 }
@@ -82,12 +87,30 @@ pub async fn run(shoal: Arc<Shoal>) {
             unfinished: HashSet::new(),
             inbox: BTreeMap::new(),
             retry: BTreeSet::new(),
+            taken: Vec::new(),
             leading: false,
         };
         if let Err(e) = intake.follow().await {
             tracing::warn!(error = %e, "workflow event intake stopped; starting again");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+struct Inboxed {
+    accepted_ms: u64,
+    event: Arc<Value>,
+    /// Taken in this term (deleted soon): not offered again.
+    taken: bool,
+}
+
+impl Inboxed {
+    fn new(waiting: workflow_events::Waiting) -> Inboxed {
+        Inboxed {
+            accepted_ms: waiting.accepted_ms,
+            event: Arc::new(waiting.event),
+            taken: false,
+        }
     }
 }
 
@@ -101,11 +124,12 @@ struct Intake {
     /// (8 bytes each, not the id): their number is what
     /// `--workflow-max-unfinished` bounds.
     unfinished: HashSet<u64>,
-    /// The workflow event inbox of this replica: event, by id, with when
-    /// it was accepted.
-    inbox: BTreeMap<String, (u64, Arc<Value>)>,
-    /// Inbox events whose offer or delete failed: offered again each tick.
+    /// The workflow event inbox of this replica, by event id.
+    inbox: BTreeMap<String, Inboxed>,
+    /// Inbox events whose offer failed: offered again each tick.
     retry: BTreeSet<String>,
+    /// Inbox events taken in this term, to delete.
+    taken: Vec<String>,
     /// Whether this node led at the last tick (the leader offers the inbox).
     leading: bool,
 }
@@ -184,10 +208,7 @@ impl Intake {
                             };
                             match waiting {
                                 Some(waiting) => {
-                                    self.inbox.insert(
-                                        id.clone(),
-                                        (waiting.accepted_ms, Arc::new(waiting.event)),
-                                    );
+                                    self.inbox.insert(id.clone(), Inboxed::new(waiting));
                                     arrived.push(id);
                                 }
                                 None => {
@@ -213,7 +234,7 @@ impl Intake {
                     }
                     for message in batch.items {
                         let event = Arc::new(message.message.envelope());
-                        if !self.offer(&event).await.taken {
+                        if !self.offer(&event, None).await.taken {
                             self.keep(event);
                         }
                     }
@@ -297,22 +318,24 @@ impl Intake {
     }
 
     /// Applies an event to the instances listening for it and starts the
-    /// instances of schedules that start on it.
-    async fn offer(&mut self, event: &Value) -> Offered {
+    /// instances of schedules that start on it. An inbox event (its id
+    /// given) is deleted by the write that applies it.
+    async fn offer(&mut self, event: &Value, inbox_id: Option<&str>) -> Offered {
         let started = self.schedules.offer(&self.shoal, event).await;
-        started.and(self.offer_to_instances(event).await)
+        started.and(self.offer_to_instances(event, inbox_id).await)
     }
 
     /// Applies an event to the instances listening for it.
-    async fn offer_to_instances(&mut self, event: &Value) -> Offered {
+    async fn offer_to_instances(&mut self, event: &Value, inbox_id: Option<&str>) -> Offered {
         let mut offered = Offered::default();
         let programs = self.listeners.programs(event);
         let answers = self.correlation_values(&programs, event).await;
         let candidates = self.listeners.candidates(event, &programs, answers);
         for id in candidates {
-            let result = match self.apply(&id, event).await {
+            let result = match self.apply(&id, event, inbox_id).await {
                 Ok(Applied::Applied) => {
                     offered.taken = true;
+                    offered.deleted |= inbox_id.is_some();
                     "applied"
                 }
                 Ok(Applied::Duplicate) => {
@@ -364,7 +387,14 @@ impl Intake {
         }
     }
 
-    async fn apply(&self, id: &str, event: &Value) -> Result<Applied, instances::InstanceError> {
+    /// Applies the event to one instance (a compare-and-swap, tried again
+    /// when another write came first); an inbox event is deleted with it.
+    async fn apply(
+        &self,
+        id: &str,
+        event: &Value,
+        inbox_id: Option<&str>,
+    ) -> Result<Applied, instances::InstanceError> {
         for attempt in 0..TRIES {
             let read_id = id.to_string();
             let store = self.shoal.store.clone();
@@ -388,7 +418,8 @@ impl Intake {
             if applied != Applied::Applied {
                 return Ok(applied);
             }
-            if instances::write(&self.shoal, &instance, revision)
+            let also_delete = inbox_id.map(workflow_events::key_of);
+            if instances::write_and_delete(&self.shoal, &instance, revision, also_delete)
                 .await?
                 .is_some()
             {
@@ -421,7 +452,7 @@ impl Intake {
                 });
         self.kept = stay.into();
         for (at, event) in again {
-            if !self.offer_to_instances(&event).await.taken {
+            if !self.offer_to_instances(&event, None).await.taken {
                 self.kept.push_back((at, event));
             }
         }
@@ -432,7 +463,7 @@ impl Intake {
         let (revision, all) = self.shoal.read(workflow_events::scan).await?;
         self.inbox = all
             .into_iter()
-            .map(|(id, waiting)| (id, (waiting.accepted_ms, Arc::new(waiting.event))))
+            .map(|(id, waiting)| (id, Inboxed::new(waiting)))
             .collect();
         self.gauge_inbox();
         Ok(revision)
@@ -445,27 +476,35 @@ impl Intake {
     }
 
     /// On the leader, each tick: the whole inbox when it has just begun to
-    /// lead, else the events whose offer failed; then the events past
-    /// retention are deleted.
+    /// lead (taken or not before), else the events whose offer failed;
+    /// then the taken events and those past retention are deleted.
     async fn tend_inbox(&mut self) {
         let leading = self.shoal.is_leader();
         let began = leading && !self.leading;
         self.leading = leading;
         if !leading {
+            // The next leader offers everything again.
+            self.retry.clear();
+            self.taken.clear();
             return;
         }
         let again: Vec<String> = if began {
+            self.taken.clear();
+            for inboxed in self.inbox.values_mut() {
+                inboxed.taken = false;
+            }
             self.inbox.keys().cloned().collect()
         } else {
             std::mem::take(&mut self.retry).into_iter().collect()
         };
         self.offer_inbox(again).await;
+        self.delete_taken().await;
         let retention = self.shoal.settings.workflow_event_retention.as_millis() as u64;
         let now = now_ms();
         let expired: Vec<String> = self
             .inbox
             .iter()
-            .filter(|(_, (accepted_ms, _))| accepted_ms.saturating_add(retention) <= now)
+            .filter(|(_, e)| !e.taken && e.accepted_ms.saturating_add(retention) <= now)
             .map(|(id, _)| id.clone())
             .take(DELETES_PER_WRITE)
             .collect();
@@ -492,8 +531,9 @@ impl Intake {
         let ids: Vec<String> = self
             .inbox
             .iter()
-            .filter(|(_, (_, event))| {
-                any || event
+            .filter(|(_, e)| {
+                any || e
+                    .event
                     .get("type")
                     .and_then(Value::as_str)
                     .is_some_and(|t| types.contains(t))
@@ -503,32 +543,54 @@ impl Intake {
         self.offer_inbox(ids).await;
     }
 
-    /// Offers these inbox events (on the leader) and deletes those taken
-    /// with no failed offer; a failed offer or delete is tried again.
+    /// Offers these inbox events (on the leader) unless taken already. One
+    /// an instance applied was deleted by that write; one taken otherwise
+    /// (a duplicate, a schedule's start) with no failed offer is deleted
+    /// later; a failed offer is tried again next tick.
     async fn offer_inbox(&mut self, ids: Vec<String>) {
-        let mut taken = Vec::new();
         for id in ids {
-            let Some((_, event)) = self.inbox.get(&id).cloned() else {
+            let Some(event) = self
+                .inbox
+                .get(&id)
+                .filter(|e| !e.taken)
+                .map(|e| e.event.clone())
+            else {
                 continue;
             };
-            let offered = self.offer(&event).await;
-            if offered.failed {
+            let offered = self.offer(&event, Some(&id)).await;
+            let taken = offered.deleted || (offered.taken && !offered.failed);
+            if taken {
+                if let Some(inboxed) = self.inbox.get_mut(&id) {
+                    inboxed.taken = true;
+                }
+            }
+            if offered.deleted {
+                metrics::counter!("shoal_workflow_inbox_events_total", "result" => "taken")
+                    .increment(1);
+            } else if taken {
+                self.taken.push(id);
+            } else if offered.failed {
                 self.retry.insert(id);
-            } else if offered.taken {
-                taken.push(id);
             }
         }
-        for ids in taken.chunks(DELETES_PER_WRITE) {
-            match workflow_events::delete(&self.shoal, ids).await {
-                Ok(()) => {
-                    metrics::counter!("shoal_workflow_inbox_events_total", "result" => "taken")
-                        .increment(ids.len() as u64);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "deleting taken workflow inbox events failed");
-                    self.retry.extend(ids.iter().cloned());
-                }
+        if self.taken.len() >= DELETES_PER_WRITE {
+            self.delete_taken().await;
+        }
+    }
+
+    /// Deletes the taken events, up to [`DELETES_PER_WRITE`] a write; those
+    /// not deleted stay marked and are tried again next tick.
+    async fn delete_taken(&mut self) {
+        while !self.taken.is_empty() {
+            let count = self.taken.len().min(DELETES_PER_WRITE);
+            let ids: Vec<String> = self.taken[..count].to_vec();
+            if let Err(e) = workflow_events::delete(&self.shoal, &ids).await {
+                tracing::debug!(error = %e, "deleting taken workflow inbox events failed");
+                return;
             }
+            metrics::counter!("shoal_workflow_inbox_events_total", "result" => "taken")
+                .increment(count as u64);
+            self.taken.drain(..count);
         }
     }
 }
