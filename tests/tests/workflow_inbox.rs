@@ -2,8 +2,10 @@
 //! instance listens is kept in Raft through the loss of the leader and a
 //! crash of the whole cluster, and taken once by the instance that later
 //! listens for it; an event a killed leader stored but never offered is
-//! offered by the next; one nobody takes is deleted after its retention;
-//! an event a schedule starts on starts its instance; bad input is refused.
+//! offered by the next; one applied is gone with the write that applied
+//! it; every instance listening when it arrives takes it; one nobody takes
+//! is deleted after its retention; an event a schedule starts on starts its
+//! instance; bad input is refused.
 
 use std::time::Duration;
 
@@ -285,6 +287,36 @@ async fn inbox_events_expire_start_scheduled_instances_and_refuse_bad_input() {
     ] {
         assert!(metrics.contains(line), "no {line:?} in /metrics");
     }
+
+    // Every instance listening when it arrives takes it, then it is gone.
+    define(
+        &node,
+        "/v1/workflows/definitions/inbox/all/1.0.0",
+        r#"
+document: {dsl: '1.0.0', namespace: inbox, name: all, version: '1.0.0'}
+do:
+  - go: {listen: {to: {one: {with: {type: test.all}}}}}
+"#,
+    )
+    .await;
+    for id in ["m1", "m2", "m3"] {
+        start(&node, "inbox/all", id, json!({})).await;
+        wait_status(&node, id, "waiting").await;
+    }
+    let everyone = node
+        .send(
+            node.request(Method::POST, "/v1/workflows/events/all")
+                .header("ce-type", "test.all")
+                .header("ce-id", "all-1")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(everyone.status.as_u16(), 202, "{}", everyone.describe());
+    for id in ["m1", "m2", "m3"] {
+        let done = wait_status(&node, id, "completed").await;
+        assert_eq!(applied(&done), 1, "{done}");
+    }
+    wait_inbox_empty(&node).await;
 
     // A schedule that starts on the event starts its instance.
     define(

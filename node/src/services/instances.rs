@@ -243,35 +243,80 @@ pub async fn write(
     instance: &Instance,
     revision: u64,
 ) -> Result<Option<u64>, InstanceError> {
-    write_and_delete(shoal, instance, revision, None).await
+    match write_requiring(shoal, instance, revision, None).await? {
+        Written::At(revision) => Ok(Some(revision)),
+        Written::Changed | Written::RequiredGone => Ok(None),
+    }
 }
 
-/// [`write`], deleting `also_delete` in the same write when it succeeds.
-pub async fn write_and_delete(
+/// Another key a write depends on: the write happens only while that key
+/// exists, and deletes it when `delete`.
+pub struct Requires {
+    pub key: String,
+    pub delete: bool,
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Written at this revision.
+    At(u64),
+    /// Someone changed the instance first.
+    Changed,
+    /// The required key is gone.
+    RequiredGone,
+}
+
+/// [`write`], also requiring (and perhaps deleting) another key, in one
+/// transaction.
+pub async fn write_requiring(
     shoal: &Shoal,
     instance: &Instance,
     revision: u64,
-    also_delete: Option<String>,
-) -> Result<Option<u64>, InstanceError> {
+    requires: Option<&Requires>,
+) -> Result<Written, InstanceError> {
     let key = key_of(&instance.id);
-    let (succeeded, new_revision, _) = shoal
+    let mut compare = vec![Compare {
+        key: key.clone(),
+        op: CompareOp::Equal,
+        target: CompareTarget::ModRevision(revision),
+    }];
+    let mut success = vec![TxnOp::Put {
+        key,
+        value: encode(shoal, instance)?,
+        lease: 0,
+    }];
+    let mut failure = Vec::new();
+    if let Some(requires) = requires {
+        compare.push(Compare {
+            key: requires.key.clone(),
+            op: CompareOp::Greater,
+            target: CompareTarget::CreateRevision(0),
+        });
+        if requires.delete {
+            success.push(TxnOp::Delete {
+                key: requires.key.clone(),
+                prefix: false,
+            });
+        }
+        failure.push(TxnOp::Get {
+            key: requires.key.clone(),
+        });
+    }
+    let (succeeded, new_revision, results) = shoal
         .txn(Txn {
-            compare: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::ModRevision(revision),
-            }],
-            success: std::iter::once(TxnOp::Put {
-                key,
-                value: encode(shoal, instance)?,
-                lease: 0,
-            })
-            .chain(also_delete.map(|key| TxnOp::Delete { key, prefix: false }))
-            .collect(),
-            failure: vec![],
+            compare,
+            success,
+            failure,
         })
         .await?;
-    Ok(succeeded.then_some(new_revision))
+    if succeeded {
+        return Ok(Written::At(new_revision));
+    }
+    match results.first() {
+        Some(OpResult::Get { kv: None }) => Ok(Written::RequiredGone),
+        _ => Ok(Written::Changed),
+    }
 }
 
 /// Which instances a list answers.

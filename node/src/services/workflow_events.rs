@@ -2,8 +2,8 @@
 //! be lost, stored in Raft under `_shoal/workflows/events/{id}` before the
 //! sender gets its answer (a topic is at most once; this is not). The
 //! leader's intake applies each to the instances listening for it (the
-//! write that applies it deletes it) and starts the instances of schedules
-//! that start on it. An
+//! last write that applies it deletes it) and starts the instances of
+//! schedules that start on it. An
 //! event no instance took waits, and is offered again whenever an instance
 //! begins to listen for its type, until `--workflow-event-retention` has
 //! passed; then it is deleted.

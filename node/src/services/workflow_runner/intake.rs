@@ -13,9 +13,10 @@
 //! Every node also follows the workflow event inbox (`workflow_events`);
 //! the leader's intake offers each inbox event when it arrives, when an
 //! instance begins to listen for its type, and all of them when it begins
-//! to lead. The write that applies an inbox event to an instance deletes
-//! it; one taken otherwise (a schedule's start) is deleted at the next
-//! tick, as are those past retention.
+//! to lead. The writes that apply an inbox event hold only while it is in
+//! the inbox, and the last of them deletes it; one taken otherwise (a
+//! schedule's start) is deleted at the next tick, as are those past
+//! retention.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -325,17 +326,29 @@ impl Intake {
         started.and(self.offer_to_instances(event, inbox_id).await)
     }
 
-    /// Applies an event to the instances listening for it.
+    /// Applies an event to the instances listening for it. An inbox event
+    /// is applied only while it is in the inbox (a replica that has not yet
+    /// seen it deleted must not hand it out again), and the write to the
+    /// last instance deletes it.
     async fn offer_to_instances(&mut self, event: &Value, inbox_id: Option<&str>) -> Offered {
         let mut offered = Offered::default();
         let programs = self.listeners.programs(event);
         let answers = self.correlation_values(&programs, event).await;
-        let candidates = self.listeners.candidates(event, &programs, answers);
-        for id in candidates {
-            let result = match self.apply(&id, event, inbox_id).await {
+        let candidates: Vec<String> = self
+            .listeners
+            .candidates(event, &programs, answers)
+            .into_iter()
+            .collect();
+        let last = candidates.len().saturating_sub(1);
+        for (n, id) in candidates.iter().enumerate() {
+            let requires = inbox_id.map(|inbox_id| instances::Requires {
+                key: workflow_events::key_of(inbox_id),
+                delete: n == last,
+            });
+            let result = match self.apply(id, event, requires.as_ref()).await {
                 Ok(Applied::Applied) => {
                     offered.taken = true;
-                    offered.deleted |= inbox_id.is_some();
+                    offered.deleted |= requires.is_some_and(|r| r.delete);
                     "applied"
                 }
                 Ok(Applied::Duplicate) => {
@@ -388,12 +401,13 @@ impl Intake {
     }
 
     /// Applies the event to one instance (a compare-and-swap, tried again
-    /// when another write came first); an inbox event is deleted with it.
+    /// when another write came first), requiring the inbox key of an inbox
+    /// event: once it is gone the event counts as taken (`Duplicate`).
     async fn apply(
         &self,
         id: &str,
         event: &Value,
-        inbox_id: Option<&str>,
+        requires: Option<&instances::Requires>,
     ) -> Result<Applied, instances::InstanceError> {
         for attempt in 0..TRIES {
             let read_id = id.to_string();
@@ -418,12 +432,10 @@ impl Intake {
             if applied != Applied::Applied {
                 return Ok(applied);
             }
-            let also_delete = inbox_id.map(workflow_events::key_of);
-            if instances::write_and_delete(&self.shoal, &instance, revision, also_delete)
-                .await?
-                .is_some()
-            {
-                return Ok(Applied::Applied);
+            match instances::write_requiring(&self.shoal, &instance, revision, requires).await? {
+                instances::Written::At(_) => return Ok(Applied::Applied),
+                instances::Written::RequiredGone => return Ok(Applied::Duplicate),
+                instances::Written::Changed => {}
             }
             // Someone wrote first; this replica catches up, then again.
             tokio::time::sleep(Duration::from_millis(10 << attempt.min(5))).await;
