@@ -179,15 +179,24 @@ pub enum Destination {
     Topic(String),
     Webhook(String),
     Kafka(String),
+    /// The workflow event inbox (`workflows:inbox`): stored in Raft for the
+    /// instances that listen for the message, now or later.
+    WorkflowInbox,
 }
+
+/// The text of the workflow event inbox as a destination.
+pub const WORKFLOW_INBOX: &str = "workflows:inbox";
 
 impl Destination {
     pub fn parse(text: &str) -> Result<Destination, ConfigError> {
         let bad = || {
             invalid(format!(
-                "destination {text:?} must be topic:<topic>, webhook:<name> or kafka:<topic>"
+                "destination {text:?} must be topic:<topic>, webhook:<name>, kafka:<topic> or {WORKFLOW_INBOX}"
             ))
         };
+        if text == WORKFLOW_INBOX {
+            return Ok(Destination::WorkflowInbox);
+        }
         let (kind, target) = text.split_once(':').ok_or_else(bad)?;
         match kind {
             "topic" => {
@@ -212,6 +221,7 @@ impl Destination {
             Destination::Topic(_) => None,
             Destination::Webhook(name) => Some(format!("webhook:{name}")),
             Destination::Kafka(topic) => Some(format!("kafka:{topic}")),
+            Destination::WorkflowInbox => Some(WORKFLOW_INBOX.to_string()),
         }
     }
 }
@@ -249,7 +259,8 @@ pub struct Route {
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
-    /// 1 or more of `topic:<topic>`, `webhook:<name>`, `kafka:<topic>`.
+    /// 1 or more of `topic:<topic>`, `webhook:<name>`, `kafka:<topic>`,
+    /// `workflows:inbox`.
     pub destinations: Vec<String>,
 }
 
@@ -427,6 +438,11 @@ mod tests {
     #[test]
     fn bad_definitions_are_rejected() {
         assert!(Destination::parse("queue:x").is_err());
+        assert_eq!(
+            Destination::parse("workflows:inbox").ok(),
+            Some(Destination::WorkflowInbox)
+        );
+        assert!(Destination::parse("workflows:other").is_err());
         assert!(Destination::parse("topic:a.*").is_err());
         let webhook = Webhook {
             name: String::new(),

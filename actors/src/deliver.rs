@@ -1,4 +1,5 @@
-//! At-least-once delivery to durable destinations (webhooks, Kafka topics)
+//! At-least-once delivery to durable destinations (webhooks, Kafka topics,
+//! the workflow event inbox)
 //! from the node's outbox. One ractor actor per destination drains its list
 //! in order: the oldest entry is attempted, and on failure the destination
 //! waits for that entry's next retry (head-of-line), so a receiver that is
@@ -17,16 +18,17 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use shoal_storage::now_ms;
 use shoal_storage::outbox::{List, Outbox};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{secret_key, Config, Webhook};
+use crate::config::{secret_key, Config, Webhook, WORKFLOW_INBOX};
 use crate::kafka::KafkaClient;
 use crate::message::Message;
 
 /// Entries attempted per pass before the actor yields to its mailbox.
 const PASS_ENTRIES: usize = 64;
-/// Kafka destinations never give up: delays between attempts, the last repeated.
-const KAFKA_RETRY_MS: [u64; 6] = [0, 1_000, 2_000, 5_000, 10_000, 30_000];
+/// Kafka and the workflow event inbox never give up (except on an entry
+/// they refuse for good): delays between attempts, the last repeated.
+const FOREVER_RETRY_MS: [u64; 6] = [0, 1_000, 2_000, 5_000, 10_000, 30_000];
 
 /// What the outbox holds for one message and one destination.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +72,27 @@ pub struct Shared {
     pub config: watch::Receiver<Arc<Config>>,
     pub http: reqwest::Client,
     pub kafka: Option<KafkaClient>,
+    /// Where `workflows:inbox` entries go: the node stores each in Raft and
+    /// answers (the workflows service lives above this crate).
+    pub workflow_inbox: mpsc::Sender<InboxDelivery>,
+}
+
+/// A message for the workflow event inbox (its CloudEvent envelope), and
+/// where the outcome goes.
+pub struct InboxDelivery {
+    pub event: serde_json::Value,
+    pub reply: oneshot::Sender<Result<(), InboxRefusal>>,
+}
+
+/// Why the workflow event inbox did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum InboxRefusal {
+    /// Tried again later (no quorum, the inbox full).
+    #[error("{0}")]
+    Retry(String),
+    /// Never taken (too large): the entry becomes a dead letter at once.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A running deliverer, and whether a wake-up is already in its mailbox.
@@ -265,6 +288,8 @@ enum AttemptError {
     Kafka(#[from] crate::kafka::KafkaError),
     #[error("{0} is not defined on this node")]
     UnknownDestination(String),
+    #[error("the workflow event inbox: {0}")]
+    Inbox(#[from] InboxRefusal),
     #[error("webhook secret: {0}")]
     Secret(#[from] crate::config::ConfigError),
     #[error("POST {url}: {source}")]
@@ -309,7 +334,11 @@ async fn pass(state: &State) -> Result<Next, PassError> {
                 entry.last_error = Some(error.to_string());
                 let schedule = schedule_for(state);
                 let forever = is_kafka(&state.destination) || webhook_for(state).is_none();
-                match next_delay(&schedule, entry.attempts, forever) {
+                let delay = match &error {
+                    AttemptError::Inbox(InboxRefusal::Refused(_)) => None,
+                    _ => next_delay(&schedule, entry.attempts, forever),
+                };
+                match delay {
                     Some(delay) => {
                         tracing::info!(destination = %state.destination, id = %entry.message.id,
                             attempts = entry.attempts, retry_in_ms = delay, %error, "delivery failed; will retry");
@@ -360,11 +389,11 @@ fn webhook_for(state: &State) -> Option<Webhook> {
     state.shared.config.borrow().webhooks.get(name).cloned()
 }
 
-/// A webhook's schedule; Kafka's (which never ends) otherwise.
+/// A webhook's schedule; one that never ends otherwise.
 fn schedule_for(state: &State) -> Vec<u64> {
     webhook_for(state)
         .map(|w| w.retry_schedule_ms)
-        .unwrap_or_else(|| KAFKA_RETRY_MS.to_vec())
+        .unwrap_or_else(|| FOREVER_RETRY_MS.to_vec())
 }
 
 /// Delay before attempt number `attempts + 1`; None when the schedule is used
@@ -389,10 +418,30 @@ async fn attempt(state: &State, message: &Message) -> Result<(), AttemptError> {
         kafka.produce_message(topic, message).await?;
         return Ok(());
     }
+    if state.destination == WORKFLOW_INBOX {
+        return send_to_inbox(&state.shared.workflow_inbox, message).await;
+    }
     let Some(webhook) = webhook_for(state) else {
         return Err(AttemptError::UnknownDestination(state.destination.clone()));
     };
     post_webhook(&state.shared.http, &webhook, message).await
+}
+
+/// Hand a message to the node's workflow event inbox and wait for its
+/// answer: stored (or waiting already under its id) is success.
+async fn send_to_inbox(
+    inbox: &mpsc::Sender<InboxDelivery>,
+    message: &Message,
+) -> Result<(), AttemptError> {
+    let stopped = || InboxRefusal::Retry("the node is shutting down".into());
+    let (reply, answer) = oneshot::channel();
+    let delivery = InboxDelivery {
+        event: message.envelope(),
+        reply,
+    };
+    inbox.send(delivery).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())??;
+    Ok(())
 }
 
 /// POST a message to a webhook, signed the Standard Webhooks way. Any 2xx is

@@ -8,10 +8,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use shoal_storage::outbox::Outbox;
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Bridge, Config, Destination, MAX_ROUTE_HOPS};
-use crate::deliver::{Deliveries, Entry, Shared};
+use crate::deliver::{Deliveries, Entry, InboxDelivery, Shared};
 use crate::kafka::KafkaClient;
 use crate::message::{new_id, Message};
 use crate::router::{PeerTransport, Reach, Router};
@@ -54,13 +54,14 @@ pub struct Messaging {
 
 impl Messaging {
     /// `http` makes the webhooks' requests (the node's client for users'
-    /// URLs).
+    /// URLs); `workflow_inbox` takes the `workflows:inbox` deliveries.
     pub fn new(
         node_id: u64,
         outbox: Outbox,
         transport: Arc<dyn PeerTransport>,
         kafka: Option<KafkaClient>,
         http: reqwest::Client,
+        workflow_inbox: mpsc::Sender<InboxDelivery>,
     ) -> Arc<Messaging> {
         let (config, config_rx) = watch::channel(Arc::new(Config::default()));
         let deliveries = Deliveries::new(Shared {
@@ -68,6 +69,7 @@ impl Messaging {
             config: config_rx,
             http,
             kafka: kafka.clone(),
+            workflow_inbox,
         });
         Arc::new_cyclic(|myself| Messaging {
             router: Router::new(node_id, transport),

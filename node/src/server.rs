@@ -9,6 +9,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::{Config, SnapshotPolicy};
+use shoal_actors::deliver::InboxDelivery;
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
 use shoal_raft::{CatchUp, Linearizer, LogStore, NodeAddr, NodeId, Raft, StateMachine};
@@ -31,7 +32,7 @@ use crate::services::compaction::compact_history;
 use crate::services::messaging::{self, RpcTransport};
 use crate::services::shoal::{propose_batches, Pending, Shoal, PROPOSAL_QUEUE};
 use crate::services::watch_hub::WatchHub;
-use crate::services::{leases, logs, workflow_runner};
+use crate::services::{leases, logs, workflow_events, workflow_runner};
 use crate::settings::{self, OptionalListener, Settings};
 use crate::telemetry::{self, TelemetryGuard};
 
@@ -50,6 +51,9 @@ const LOG_WRITER_BYTES: usize = 64 << 20;
 const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 30_000;
 /// Bytes per snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Outbox deliveries to the workflow event inbox waiting for it (each
+/// deliverer waits for its answer, so this is rarely more than one).
+const INBOX_DELIVERIES: usize = 16;
 
 pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
@@ -78,8 +82,16 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     let cluster = start_cluster(&settings, node_id, &core, &key).await?;
     let (proposals, proposal_queue) = mpsc::channel(PROPOSAL_QUEUE);
     let outbound_http = outbound_client(settings.outbound_ca_file.as_deref())?;
-    let (messaging, transport) =
-        start_messaging(&settings, node_id, &store, &key, outbound_http.clone()).await?;
+    let (inbox_deliveries, inbox_receiver) = mpsc::channel(INBOX_DELIVERIES);
+    let (messaging, transport) = start_messaging(
+        &settings,
+        node_id,
+        &store,
+        &key,
+        outbound_http.clone(),
+        inbox_deliveries,
+    )
+    .await?;
     let peer_services = peer_services(&cluster, &messaging, &logs);
 
     let shoal = Arc::new(Shoal {
@@ -112,7 +124,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     start_writes(&shoal, proposal_queue);
     bootstrap(&shoal).await?;
     spawn_duties(&shoal, transport);
-    start_messaging_delivery(&shoal).await;
+    start_messaging_delivery(&shoal, inbox_receiver).await;
     serve_ingest(
         &shoal,
         &mut telemetry,
@@ -337,6 +349,7 @@ async fn start_messaging(
     store: &Store,
     key: &ClusterKey,
     outbound_http: reqwest::Client,
+    inbox_deliveries: mpsc::Sender<InboxDelivery>,
 ) -> anyhow::Result<(Arc<Messaging>, Arc<RpcTransport>)> {
     let outbox_store = store.clone();
     let outbox = tokio::task::spawn_blocking(move || Outbox::open(outbox_store))
@@ -347,7 +360,14 @@ async fn start_messaging(
         None => None,
     };
     let transport = RpcTransport::new(Forwarder::new(key.clone()));
-    let messaging = Messaging::new(node_id, outbox, transport.clone(), kafka, outbound_http);
+    let messaging = Messaging::new(
+        node_id,
+        outbox,
+        transport.clone(),
+        kafka,
+        outbound_http,
+        inbox_deliveries,
+    );
     Ok((messaging, transport))
 }
 
@@ -461,10 +481,18 @@ fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
 }
 
 /// The configuration first: deliverers and publishes look webhooks and
-/// routing rules up in it. Then follow it and resume deliveries.
-async fn start_messaging_delivery(shoal: &Arc<Shoal>) {
+/// routing rules up in it. Then follow it and resume deliveries (those to
+/// the workflow event inbox come back on `inbox_receiver`).
+async fn start_messaging_delivery(
+    shoal: &Arc<Shoal>,
+    inbox_receiver: mpsc::Receiver<InboxDelivery>,
+) {
     let config_revision = messaging::load_config(shoal).await;
     tokio::spawn(messaging::follow_config(shoal.clone(), config_revision));
+    tokio::spawn(workflow_events::take_deliveries(
+        shoal.clone(),
+        inbox_receiver,
+    ));
     shoal.messaging.resume_deliveries().await;
 }
 

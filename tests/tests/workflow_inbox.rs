@@ -5,11 +5,15 @@
 //! offered by the next; one applied is gone with the write that applied
 //! it; every instance listening when it arrives takes it; one nobody takes
 //! is deleted after its retention; an event a schedule starts on starts its
-//! instance; bad input is refused.
+//! instance; bad input is refused. Messages published on topics or
+//! bridged from Kafka reach the inbox through a routing rule to
+//! `workflows:inbox`, through the outbox, across an outage of the cluster.
 
 use std::time::Duration;
 
 use shoal_client::PublishOptions;
+use shoal_tests::delivery_support::{put_definition, wait_outbox};
+use shoal_tests::kafka::Kafka;
 use shoal_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -398,4 +402,173 @@ do:
     assert!(waiting(&node).await.is_empty(), "nothing bad was stored");
     let health = node.get_path("/health").await;
     assert_eq!(health.status.as_u16(), 200, "{}", health.describe());
+}
+
+/// Puts the routing rule that sends `payments.>` to the inbox.
+async fn route_payments_to_the_inbox(node: &Node) {
+    let reply = put_definition(
+        node,
+        "routes",
+        "to-workflows",
+        &json!({"source": "payments.>", "destinations": ["workflows:inbox"]}),
+    )
+    .await;
+    assert!(reply.status.is_success(), "{}", reply.describe());
+}
+
+/// Publishes `test.paid` for an order on a topic; the receipt.
+async fn publish_paid(node: &Node, event_id: &str, order: &str) -> Value {
+    let body = json!({"order": order, "amount": 42}).to_string();
+    let reply = node
+        .publish_with(
+            "payments.http",
+            body.as_bytes(),
+            &[
+                ("content-type", "application/json"),
+                ("ce-type", "test.paid"),
+                ("ce-id", event_id),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
+    reply.body
+}
+
+async fn wait_waiting(node: &Node, want: &[&str]) {
+    wait_for(WAIT, &format!("{want:?} in the inbox"), || async {
+        let ids = waiting(node).await;
+        if ids == want {
+            Ok(())
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_to_the_inbox_keeps_events_through_an_outage_of_the_cluster() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader().await;
+    let publisher = (leader + 1) % 3;
+    route_payments_to_the_inbox(cluster.node(leader)).await;
+
+    // Published before any definition exists (a topic alone would drop
+    // it); the same id is sent until the publisher applies the rule.
+    wait_for(WAIT, "the rule applied on the publisher", || async {
+        let receipt = publish_paid(cluster.node(publisher), "pay-r1", "r1").await;
+        if receipt["durable"] == json!(1) {
+            Ok(())
+        } else {
+            Err(receipt.to_string())
+        }
+    })
+    .await;
+    wait_waiting(cluster.node(leader), &["pay-r1"]).await;
+
+    // Without a quorum the message waits in the publisher's outbox, and
+    // survives the publisher's kill -9 and a restart of every node.
+    for i in [leader, (leader + 2) % 3] {
+        cluster.node_mut(i).kill9();
+    }
+    let receipt = publish_paid(cluster.node(publisher), "pay-r2", "r2").await;
+    assert_eq!(receipt["durable"], json!(1), "{receipt}");
+    wait_outbox(cluster.node(publisher), "workflows:inbox", (1, 0)).await;
+    cluster.node_mut(publisher).kill9();
+    for i in 0..3 {
+        cluster.node_mut(i).restart_no_wait();
+    }
+    cluster.wait_formed().await;
+    wait_waiting(cluster.node(leader), &["pay-r1", "pay-r2"]).await;
+    wait_outbox(cluster.node(publisher), "workflows:inbox", (0, 0)).await;
+
+    define(
+        cluster.node(leader),
+        "/v1/workflows/definitions/inbox/paid/1.0.0",
+        PAID,
+    )
+    .await;
+    for order in ["r1", "r2"] {
+        start(
+            cluster.node(publisher),
+            "inbox/paid",
+            order,
+            json!({"order": order}),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        completed_once(cluster.node(i), "r1", "r1").await;
+        completed_once(cluster.node(i), "r2", "r2").await;
+    }
+    wait_inbox_empty(cluster.node(publisher)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_bridge_reaches_the_inbox_through_a_route() {
+    let kafka = Kafka::start().await;
+    let node = Node::start_with(&[
+        "--kafka-brokers",
+        &kafka.brokers(),
+        "--max-value-bytes",
+        "4096",
+    ])
+    .await;
+    route_payments_to_the_inbox(&node).await;
+    let bridge = put_definition(
+        &node,
+        "bridges",
+        "payments-in",
+        &json!({"kafka_topic": "payments", "topic": "payments.kafka"}),
+    )
+    .await;
+    assert!(bridge.status.is_success(), "{}", bridge.describe());
+
+    // Another system produces the payment before anything listens for it.
+    let produced = node
+        .send(
+            node.request(Method::POST, "/v1/kafka/payments")
+                .query(&[("partition", "0")])
+                .header("content-type", "application/json")
+                .body(json!({"order": "k1", "amount": 42}).to_string()),
+        )
+        .await;
+    assert_eq!(produced.status.as_u16(), 200, "{}", produced.describe());
+    let offset = produced.body["offset"].as_u64().expect("offset");
+    let id = format!("kafka-payments-0-{offset}");
+    wait_waiting(&node, &[id.as_str()]).await;
+    define(
+        &node,
+        "/v1/workflows/definitions/inbox/kpaid/1.0.0",
+        &PAID
+            .replace("name: paid", "name: kpaid")
+            .replace("test.paid", "shoal.kafka.record"),
+    )
+    .await;
+    start(&node, "inbox/kpaid", "k1", json!({"order": "k1"})).await;
+    completed_once(&node, "k1", "k1").await;
+    wait_inbox_empty(&node).await;
+
+    // A message too large for the inbox is a dead letter at once.
+    let big = json!({"order": "big", "pad": "x".repeat(5000)}).to_string();
+    let reply = node
+        .publish_with(
+            "payments.big",
+            big.as_bytes(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
+    wait_outbox(&node, "workflows:inbox", (0, 1)).await;
+    assert!(waiting(&node).await.is_empty());
+
+    // Only the inbox is a workflows destination.
+    let bad = put_definition(
+        &node,
+        "routes",
+        "bad",
+        &json!({"source": "payments.>", "destinations": ["workflows:other"]}),
+    )
+    .await;
+    assert_eq!(bad.status.as_u16(), 400, "{}", bad.describe());
 }

@@ -95,11 +95,6 @@ pub async fn send_event(
             Accepted::Stored(revision) => (StatusCode::ACCEPTED, false, revision),
             Accepted::Duplicate(revision) => (StatusCode::OK, true, revision),
         };
-    metrics::counter!(
-        "shoal_workflow_inbox_events_total",
-        "result" => if duplicate { "duplicate" } else { "accepted" }
-    )
-    .increment(1);
     Ok((
         status,
         Json(EventReceipt {

@@ -10,10 +10,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_actors::deliver::{InboxDelivery, InboxRefusal};
 use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
 use shoal_storage::{now_ms, StorageError, Store};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use thiserror::Error;
+use tokio::sync::mpsc;
 
 use super::shoal::{KvError, Shoal};
 
@@ -63,8 +66,34 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Waiting, EventError> {
 }
 
 /// Stores an event (a CloudEvent envelope with an `id`) unless one with
-/// its id waits already.
+/// its id waits already, and counts it.
 pub async fn accept(shoal: &Shoal, event: Value) -> Result<Accepted, EventError> {
+    let accepted = store(shoal, event).await?;
+    let result = match accepted {
+        Accepted::Stored(_) => "accepted",
+        Accepted::Duplicate(_) => "duplicate",
+    };
+    metrics::counter!("shoal_workflow_inbox_events_total", "result" => result).increment(1);
+    Ok(accepted)
+}
+
+/// Takes the messaging outbox's `workflows:inbox` deliveries (routing
+/// rules, and Kafka bridges through them), one at a time, as events sent
+/// to the API: an event too large for the inbox is refused for good (a
+/// dead letter), anything else is tried again by the outbox.
+pub async fn take_deliveries(shoal: Arc<Shoal>, mut deliveries: mpsc::Receiver<InboxDelivery>) {
+    while let Some(delivery) = deliveries.recv().await {
+        let outcome = match accept(&shoal, delivery.event).await {
+            Ok(_) => Ok(()),
+            Err(e @ EventError::TooLarge { .. }) => Err(InboxRefusal::Refused(e.to_string())),
+            Err(e) => Err(InboxRefusal::Retry(e.to_string())),
+        };
+        // The deliverer may have stopped waiting (its webhook deleted, the node stopping).
+        let _ = delivery.reply.send(outcome);
+    }
+}
+
+async fn store(shoal: &Shoal, event: Value) -> Result<Accepted, EventError> {
     if shoal.waiting_events.load(Ordering::Relaxed) >= MAX_WAITING {
         return Err(EventError::TooMany { limit: MAX_WAITING });
     }

@@ -308,7 +308,7 @@ pub mod routes {
         tag = "delivery",
         operation_id = "putRoute",
         summary = "Create or replace a route",
-        description = "Messages on topics matching `source` (and passing `filter`) also go to each destination: `topic:<t>` re-publishes a copy (loops stop after 8 hops), `webhook:<name>` and `kafka:<topic>` go through the durable outbox. Stored in Raft: every node applies it without a restart.",
+        description = "Messages on topics matching `source` (and passing `filter`) also go to each destination: `topic:<t>` re-publishes a copy (loops stop after 8 hops), `webhook:<name>`, `kafka:<topic>` and `workflows:inbox` (the workflow event inbox) go through the durable outbox. Stored in Raft: every node applies it without a restart.",
         params(
             ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
         ),

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shoal_actors::config::validate_kafka_topic;
+use shoal_actors::config::{validate_kafka_topic, WORKFLOW_INBOX};
 use shoal_actors::deliver::Entry;
 use shoal_actors::kafka::Record;
 use shoal_storage::outbox::List;
@@ -318,7 +318,7 @@ pub async fn replay(
     tag = "delivery",
     operation_id = "outbox",
     summary = "This node's outbox",
-    description = "Pending and dead entries per destination on this node.",
+    description = "Pending and dead entries per destination on this node: every configured webhook, `workflows:inbox`, and every other destination with pending entries.",
     responses(
         (status = 200, description = "Counts.", body = Outbox),
         (status = 500, response = crate::api::doc::Internal),
@@ -331,6 +331,7 @@ pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Outbox>> 
         .webhooks
         .keys()
         .map(|name| format!("webhook:{name}"))
+        .chain([WORKFLOW_INBOX.to_string()])
         .collect();
     let counts = tokio::task::spawn_blocking(
         move || -> Result<Vec<OutboxDestination>, shoal_storage::StorageError> {
@@ -369,14 +370,15 @@ pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Outbox>> 
 pub struct Outbox {
     /// This node
     pub node_id: u64,
-    /// Every configured webhook and every destination with entries
+    /// Every configured webhook, the workflow event inbox, and every
+    /// destination with pending entries
     pub destinations: Vec<OutboxDestination>,
 }
 
 /// The outbox entries of one destination on this node.
 #[derive(Serialize, ToSchema)]
 pub struct OutboxDestination {
-    /// `webhook:<name>` or `kafka:<topic>`
+    /// `webhook:<name>`, `kafka:<topic>` or `workflows:inbox`
     pub destination: String,
     /// Entries waiting for delivery (or a retry)
     pub pending: u64,
