@@ -4,7 +4,8 @@
 //! listens for it; an event a killed leader stored but never offered is
 //! offered by the next; one applied is gone with the write that applied
 //! it; every instance listening when it arrives takes it; one nobody takes
-//! is deleted after its retention; an event a schedule starts on starts its
+//! is deleted after its retention; waiting events are offered in the
+//! order they were accepted; an event a schedule starts on starts its
 //! instance; bad input is refused. Messages published on topics or
 //! bridged from Kafka reach the inbox through a routing rule to
 //! `workflows:inbox`, through the outbox, across an outage of the cluster.
@@ -291,6 +292,37 @@ async fn inbox_events_expire_start_scheduled_instances_and_refuse_bad_input() {
     ] {
         assert!(metrics.contains(line), "no {line:?} in /metrics");
     }
+
+    // Waiting events that may go to one instance are offered in the order
+    // they were accepted (their ids sort the other way).
+    define(
+        &node,
+        "/v1/workflows/definitions/inbox/first/1.0.0",
+        r#"
+document: {dsl: '1.0.0', namespace: inbox, name: first, version: '1.0.0'}
+do:
+  - go: {listen: {to: {one: {with: {type: test.order}}}}}
+  - done: {set: '${ .[0].data }'}
+"#,
+    )
+    .await;
+    for n in (1..=5).rev() {
+        let reply = node
+            .send(
+                node.request(Method::POST, "/v1/workflows/events/orders")
+                    .header("ce-type", "test.order")
+                    .header("ce-id", format!("ord-{n}"))
+                    .header("content-type", "application/json")
+                    .body(json!({"n": n}).to_string()),
+            )
+            .await;
+        assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start(&node, "inbox/first", "first", json!({})).await;
+    let first = wait_status(&node, "first", "completed").await;
+    assert_eq!(first["output"], json!({"n": 5}), "{first}");
+    wait_inbox_empty(&node).await;
 
     // Every instance listening when it arrives takes it, then it is gone.
     define(

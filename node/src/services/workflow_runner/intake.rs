@@ -18,7 +18,9 @@
 //! schedule's start) is deleted at the next tick, as are those past
 //! retention.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use futures::StreamExt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,6 +58,8 @@ const TICK: Duration = Duration::from_secs(1);
 const TRIES: usize = 8;
 /// Most inbox events deleted in one write.
 const DELETES_PER_WRITE: usize = 100;
+/// Most inbox events offered at once.
+const CONCURRENT_OFFERS: usize = 32;
 
 /// What offering an event did: an instance took it (or a schedule started
 /// one), whether any offer failed (and may succeed when tried again), and
@@ -75,6 +79,30 @@ impl Offered {
             deleted: self.deleted || other.deleted,
         }
     }
+}
+
+/// Groups events (by position) into waves to offer one after the other:
+/// an event goes in the wave after the last one holding an event with a
+/// candidate instance in common, so each instance is offered its events
+/// in the order they came, and events for different instances go together.
+fn waves(candidates: &[Vec<String>]) -> Vec<Vec<usize>> {
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    let mut wave_of_instance: HashMap<&str, usize> = HashMap::new();
+    for (n, ids) in candidates.iter().enumerate() {
+        let wave = ids
+            .iter()
+            .filter_map(|id| wave_of_instance.get(id.as_str()))
+            .max()
+            .map_or(0, |w| w + 1);
+        for id in ids {
+            wave_of_instance.insert(id, wave);
+        }
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(n);
+    }
+    waves
 }
 
 /// Runs for ever on every node.
@@ -321,24 +349,45 @@ impl Intake {
     /// Applies an event to the instances listening for it and starts the
     /// instances of schedules that start on it. An inbox event (its id
     /// given) is deleted by the write that applies it.
-    async fn offer(&mut self, event: &Value, inbox_id: Option<&str>) -> Offered {
+    async fn offer(&self, event: &Value, inbox_id: Option<&str>) -> Offered {
+        let candidates = self.candidates(event).await;
+        self.offer_to(event, &candidates, inbox_id).await
+    }
+
+    /// The instances of this replica that may be listening for the event
+    /// (the correlation keys computed).
+    async fn candidates(&self, event: &Value) -> Vec<String> {
+        let programs = self.listeners.programs(event);
+        let answers = self.correlation_values(&programs, event).await;
+        self.listeners
+            .candidates(event, &programs, answers)
+            .into_iter()
+            .collect()
+    }
+
+    /// Starts the instances of schedules that start on the event and
+    /// applies it to these candidates.
+    async fn offer_to(
+        &self,
+        event: &Value,
+        candidates: &[String],
+        inbox_id: Option<&str>,
+    ) -> Offered {
         let started = self.schedules.offer(&self.shoal, event).await;
-        started.and(self.offer_to_instances(event, inbox_id).await)
+        started.and(self.offer_to_instances(event, candidates, inbox_id).await)
     }
 
     /// Applies an event to the instances listening for it. An inbox event
     /// is applied only while it is in the inbox (a replica that has not yet
     /// seen it deleted must not hand it out again), and the write to the
     /// last instance deletes it.
-    async fn offer_to_instances(&mut self, event: &Value, inbox_id: Option<&str>) -> Offered {
+    async fn offer_to_instances(
+        &self,
+        event: &Value,
+        candidates: &[String],
+        inbox_id: Option<&str>,
+    ) -> Offered {
         let mut offered = Offered::default();
-        let programs = self.listeners.programs(event);
-        let answers = self.correlation_values(&programs, event).await;
-        let candidates: Vec<String> = self
-            .listeners
-            .candidates(event, &programs, answers)
-            .into_iter()
-            .collect();
         let last = candidates.len().saturating_sub(1);
         for (n, id) in candidates.iter().enumerate() {
             let requires = inbox_id.map(|inbox_id| instances::Requires {
@@ -464,7 +513,12 @@ impl Intake {
                 });
         self.kept = stay.into();
         for (at, event) in again {
-            if !self.offer_to_instances(&event, None).await.taken {
+            let candidates = self.candidates(&event).await;
+            if !self
+                .offer_to_instances(&event, &candidates, None)
+                .await
+                .taken
+            {
                 self.kept.push_back((at, event));
             }
         }
@@ -559,20 +613,62 @@ impl Intake {
     /// an instance applied was deleted by that write; one taken otherwise
     /// (a duplicate, a schedule's start) with no failed offer is deleted
     /// later; a failed offer is tried again next tick.
+    ///
+    /// Up to [`CONCURRENT_OFFERS`] events are offered at once (each offer
+    /// waits for the evaluator and a Raft write; one at a time, the inbox
+    /// took fewer events a second than a topic), but never two that may go
+    /// to the same instance: those are offered in the order they were
+    /// accepted.
     async fn offer_inbox(&mut self, ids: Vec<String>) {
-        for id in ids {
-            let Some(event) = self
-                .inbox
-                .get(&id)
-                .filter(|e| !e.taken)
-                .map(|e| e.event.clone())
-            else {
-                continue;
-            };
-            let offered = self.offer(&event, Some(&id)).await;
+        let mut waiting: Vec<(u64, String, Arc<Value>)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let inboxed = self.inbox.get(&id).filter(|e| !e.taken)?;
+                Some((inboxed.accepted_ms, id, inboxed.event.clone()))
+            })
+            .collect();
+        // In the order they were accepted (a stable sort: arrivals keep
+        // their commit order where the accepting nodes' clocks tie).
+        waiting.sort_by_key(|(accepted_ms, _, _)| *accepted_ms);
+        let events: Vec<(String, Arc<Value>)> = waiting
+            .into_iter()
+            .map(|(_, id, event)| (id, event))
+            .collect();
+        let this: &Intake = self;
+        // Futures made in a loop, not by a closure: a closure's borrowed
+        // arguments make the task's future fail to be Send.
+        let mut lookups = Vec::with_capacity(events.len());
+        for (_, event) in &events {
+            let event = event.clone();
+            lookups.push(async move { this.candidates(&event).await });
+        }
+        let candidates: Vec<Vec<String>> = futures::stream::iter(lookups)
+            .buffered(CONCURRENT_OFFERS)
+            .collect()
+            .await;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for wave in waves(&candidates) {
+            let mut offers = Vec::with_capacity(wave.len());
+            for n in wave {
+                let (id, event) = events[n].clone();
+                let candidates = candidates[n].clone();
+                offers.push(async move {
+                    let offered = this.offer_to(&event, &candidates, Some(&id)).await;
+                    (n, offered)
+                });
+            }
+            outcomes.extend(
+                futures::stream::iter(offers)
+                    .buffer_unordered(CONCURRENT_OFFERS)
+                    .collect::<Vec<_>>()
+                    .await,
+            );
+        }
+        for (n, offered) in outcomes {
+            let id = &events[n].0;
             let taken = offered.deleted || (offered.taken && !offered.failed);
             if taken {
-                if let Some(inboxed) = self.inbox.get_mut(&id) {
+                if let Some(inboxed) = self.inbox.get_mut(id) {
                     inboxed.taken = true;
                 }
             }
@@ -580,9 +676,9 @@ impl Intake {
                 metrics::counter!("shoal_workflow_inbox_events_total", "result" => "taken")
                     .increment(1);
             } else if taken {
-                self.taken.push(id);
+                self.taken.push(id.clone());
             } else if offered.failed {
-                self.retry.insert(id);
+                self.retry.insert(id.clone());
             }
         }
         if self.taken.len() >= DELETES_PER_WRITE {
@@ -604,5 +700,27 @@ impl Intake {
                 .increment(count as u64);
             self.taken.drain(..count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waves;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn events_for_one_instance_go_in_order_and_others_together() {
+        let candidates = vec![
+            ids(&["a"]),
+            ids(&["b"]),
+            ids(&["a", "c"]),
+            ids(&[]),
+            ids(&["c"]),
+            ids(&["d"]),
+        ];
+        assert_eq!(waves(&candidates), vec![vec![0, 1, 3, 5], vec![2], vec![4]]);
     }
 }
