@@ -13,7 +13,7 @@ use shoal_workflows::run::{Instance, Outcome, Record, Status};
 use shoal_workflows::Definition;
 use thiserror::Error;
 
-use super::shoal::{KvError, Shoal};
+use super::shoal::{Created, KvError, Shoal};
 
 /// Where instances are stored (inside the reserved `_shoal/` prefix).
 pub const INSTANCES_PREFIX: &str = "_shoal/workflows/instances/";
@@ -134,33 +134,13 @@ pub async fn start(
     }
     let instance = Instance::new(id, definition, input, now_ms());
     let key = key_of(&instance.id);
-    let (succeeded, revision, results) = shoal
-        .txn(Txn {
-            compare: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(0),
-            }],
-            success: vec![TxnOp::Put {
-                key: key.clone(),
-                value: encode(shoal, &instance)?,
-                lease: 0,
-            }],
-            failure: vec![TxnOp::Get { key: key.clone() }],
-        })
-        .await?;
-    if succeeded {
-        return Ok((instance, revision, true));
-    }
-    match results.first() {
-        Some(OpResult::Get { kv: Some(kv) }) => {
-            let existing = decode(&key, &kv.value)?;
+    match shoal.create(key.clone(), encode(shoal, &instance)?).await? {
+        Created::Written(revision) => Ok((instance, revision, true)),
+        Created::Exists { value, revision } => {
+            let existing = decode(&key, &value)?;
             same_workflow(&existing, definition)?;
-            Ok((existing, kv.mod_revision, false))
+            Ok((existing, revision, false))
         }
-        other => Err(
-            KvError::Internal(format!("a failed create-only transaction read {other:?}")).into(),
-        ),
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use shoal_raft::{Linearizer, NodeId, Raft};
-use shoal_storage::kv::{Command, OpResult, Proposal, Rejection, Response, Txn, TxnOp};
+use shoal_storage::kv::{
+    Command, Compare, CompareOp, CompareTarget, OpResult, Proposal, Rejection, Response, Txn, TxnOp,
+};
 use shoal_storage::now_ms;
 use shoal_storage::{StorageError, Store};
 use shoal_transport::{ForwardError, Forwarder};
@@ -110,6 +112,15 @@ pub struct Shoal {
     pub faults: crate::faults::Faults,
     /// Where workflow expressions run (processes of their own).
     pub evaluator: Arc<super::evaluator::Evaluator>,
+}
+
+/// What a create-only write ([`Shoal::create`]) found.
+#[derive(Debug)]
+pub enum Created {
+    /// The key was written at this revision.
+    Written(u64),
+    /// The key existed (nothing was written): its value and revision.
+    Exists { value: Vec<u8>, revision: u64 },
 }
 
 /// A proposal waiting to be sent, and where its outcome goes.
@@ -282,6 +293,38 @@ impl Shoal {
             } => Ok((succeeded, revision, results)),
             other => Err(KvError::Internal(format!(
                 "unexpected answer to a transaction: {other:?}"
+            ))),
+        }
+    }
+
+    /// Write a key only if it was never created: one transaction that
+    /// otherwise reads it.
+    pub async fn create(&self, key: String, value: Vec<u8>) -> KvResult<Created> {
+        let (succeeded, revision, results) = self
+            .txn(Txn {
+                compare: vec![Compare {
+                    key: key.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::CreateRevision(0),
+                }],
+                success: vec![TxnOp::Put {
+                    key: key.clone(),
+                    value,
+                    lease: 0,
+                }],
+                failure: vec![TxnOp::Get { key }],
+            })
+            .await?;
+        if succeeded {
+            return Ok(Created::Written(revision));
+        }
+        match results.into_iter().next() {
+            Some(OpResult::Get { kv: Some(kv) }) => Ok(Created::Exists {
+                value: kv.value,
+                revision: kv.mod_revision,
+            }),
+            other => Err(KvError::Internal(format!(
+                "a failed create-only transaction read {other:?}"
             ))),
         }
     }

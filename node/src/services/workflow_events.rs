@@ -11,14 +11,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_actors::deliver::{InboxDelivery, InboxRefusal};
-use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
+use shoal_storage::kv::{Txn, TxnOp};
 use shoal_storage::{now_ms, StorageError, Store};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use super::shoal::{KvError, Shoal};
+use super::shoal::{Created, KvError, Shoal};
 
 /// Where waiting events are stored (inside the reserved `_shoal/` prefix).
 pub const EVENTS_PREFIX: &str = "_shoal/workflows/events/";
@@ -118,29 +118,9 @@ async fn store(shoal: &Shoal, event: Value) -> Result<Accepted, EventError> {
             limit,
         });
     }
-    let (succeeded, revision, results) = shoal
-        .txn(Txn {
-            compare: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(0),
-            }],
-            success: vec![TxnOp::Put {
-                key: key.clone(),
-                value,
-                lease: 0,
-            }],
-            failure: vec![TxnOp::Get { key }],
-        })
-        .await?;
-    if succeeded {
-        return Ok(Accepted::Stored(revision));
-    }
-    match results.first() {
-        Some(OpResult::Get { kv: Some(kv) }) => Ok(Accepted::Duplicate(kv.mod_revision)),
-        other => Err(
-            KvError::Internal(format!("a failed create-only transaction read {other:?}")).into(),
-        ),
+    match shoal.create(key, value).await? {
+        Created::Written(revision) => Ok(Accepted::Stored(revision)),
+        Created::Exists { revision, .. } => Ok(Accepted::Duplicate(revision)),
     }
 }
 

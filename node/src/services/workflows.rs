@@ -3,11 +3,10 @@
 //! A version is immutable: storing it again with the same document changes
 //! nothing; with another document it is refused.
 
-use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
 use shoal_workflows::Definition;
 use thiserror::Error;
 
-use super::shoal::{KvError, Shoal};
+use super::shoal::{Created, KvError, Shoal};
 
 /// Where definitions are stored (inside the reserved `_shoal/` prefix, so
 /// the KV API cannot write them).
@@ -64,35 +63,15 @@ pub async fn put_definition(
         key: key.clone(),
         message: e.to_string(),
     })?;
-    let (succeeded, revision, results) = shoal
-        .txn(Txn {
-            compare: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(0),
-            }],
-            success: vec![TxnOp::Put {
-                key: key.clone(),
-                value,
-                lease: 0,
-            }],
-            failure: vec![TxnOp::Get { key: key.clone() }],
-        })
-        .await?;
-    if succeeded {
-        return Ok(Stored::Created(revision));
-    }
-    match results.first() {
-        Some(OpResult::Get { kv: Some(kv) }) => {
-            if decode(&key, &kv.value)? == *definition {
-                Ok(Stored::Unchanged(kv.mod_revision))
+    match shoal.create(key.clone(), value).await? {
+        Created::Written(revision) => Ok(Stored::Created(revision)),
+        Created::Exists { value, revision } => {
+            if decode(&key, &value)? == *definition {
+                Ok(Stored::Unchanged(revision))
             } else {
                 Err(WorkflowError::VersionExists(id))
             }
         }
-        other => Err(
-            KvError::Internal(format!("a failed create-only transaction read {other:?}")).into(),
-        ),
     }
 }
 
