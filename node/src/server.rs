@@ -56,6 +56,9 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 const INBOX_DELIVERIES: usize = 16;
 
 pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> anyhow::Result<()> {
+    // Before anything touches the data dir: a bad CA file stops the start
+    // with nothing created, opened or joined.
+    let outbound_http = outbound_client(settings.outbound_ca_file.as_deref())?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let mut telemetry = telemetry::init_node(&settings)?;
@@ -81,7 +84,6 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     .await?;
     let cluster = start_cluster(&settings, node_id, &core, &key).await?;
     let (proposals, proposal_queue) = mpsc::channel(PROPOSAL_QUEUE);
-    let outbound_http = outbound_client(settings.outbound_ca_file.as_deref())?;
     let (inbox_deliveries, inbox_receiver) = mpsc::channel(INBOX_DELIVERIES);
     let (messaging, transport) = start_messaging(
         &settings,

@@ -479,16 +479,34 @@ async fn https_webhooks_are_delivered_only_to_certificates_that_verify() {
         hook::summarize(&untrusted.requests())
     );
 
-    // A CA file that is missing or holds no certificate stops the start.
+    // A CA file that is missing or holds no certificate stops the start
+    // before the node creates its data dir.
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").expect("writing a file");
+    let data_dir = dir.path().join("data");
+    let data_dir_arg = data_dir.to_str().expect("a UTF-8 path");
     for path in ["/nonexistent/ca.pem", empty.to_str().expect("a UTF-8 path")] {
-        let out = run_shoal(&["serve", "--outbound-ca-file", path], None, &[]).await;
+        let out = run_shoal(
+            &[
+                "serve",
+                "--data-dir",
+                data_dir_arg,
+                "--outbound-ca-file",
+                path,
+            ],
+            None,
+            &[],
+        )
+        .await;
         out.assert_clean_failure();
         assert!(
             out.stderr.contains("--outbound-ca-file"),
             "{path}: {}",
             out.stderr
+        );
+        assert!(
+            !data_dir.exists(),
+            "{path}: the refused start created {data_dir:?}"
         );
     }
 }
