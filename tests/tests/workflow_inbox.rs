@@ -53,6 +53,21 @@ async fn send_paid(node: &Node, event_id: &str, order: &str) -> shoal_client::Wo
         .unwrap_or_else(|e| panic!("sending {event_id}: {e}"))
 }
 
+/// Sends a JSON event of this type and id to the inbox over HTTP,
+/// asserting 202 (stored).
+async fn send_event(node: &Node, topic: &str, kind: &str, id: &str, data: Value) {
+    let reply = node
+        .send(
+            node.request(Method::POST, &format!("/v1/workflows/events/{topic}"))
+                .header("ce-type", kind)
+                .header("ce-id", id)
+                .header("content-type", "application/json")
+                .body(data.to_string()),
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 202, "{id}: {}", reply.describe());
+}
+
 /// Starts an instance, trying again while the cluster has no leader.
 async fn start(node: &Node, workflow: &str, id: &str, input: Value) {
     wait_for(WAIT, &format!("starting {id}"), || {
@@ -307,16 +322,14 @@ do:
     )
     .await;
     for n in (1..=5).rev() {
-        let reply = node
-            .send(
-                node.request(Method::POST, "/v1/workflows/events/orders")
-                    .header("ce-type", "test.order")
-                    .header("ce-id", format!("ord-{n}"))
-                    .header("content-type", "application/json")
-                    .body(json!({"n": n}).to_string()),
-            )
-            .await;
-        assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
+        send_event(
+            &node,
+            "orders",
+            "test.order",
+            &format!("ord-{n}"),
+            json!({"n": n}),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     start(&node, "inbox/first", "first", json!({})).await;
@@ -339,15 +352,7 @@ do:
         start(&node, "inbox/all", id, json!({})).await;
         wait_status(&node, id, "waiting").await;
     }
-    let everyone = node
-        .send(
-            node.request(Method::POST, "/v1/workflows/events/all")
-                .header("ce-type", "test.all")
-                .header("ce-id", "all-1")
-                .body("{}"),
-        )
-        .await;
-    assert_eq!(everyone.status.as_u16(), 202, "{}", everyone.describe());
+    send_event(&node, "all", "test.all", "all-1", json!({})).await;
     for id in ["m1", "m2", "m3"] {
         let done = wait_status(&node, id, "completed").await;
         assert_eq!(applied(&done), 1, "{done}");
@@ -369,16 +374,14 @@ do:
 "#,
     )
     .await;
-    let placed = node
-        .send(
-            node.request(Method::POST, "/v1/workflows/events/orders")
-                .header("ce-type", "test.placed")
-                .header("ce-id", "placed-1")
-                .header("content-type", "application/json")
-                .body(json!({"order": "p1"}).to_string()),
-        )
-        .await;
-    assert_eq!(placed.status.as_u16(), 202, "{}", placed.describe());
+    send_event(
+        &node,
+        "orders",
+        "test.placed",
+        "placed-1",
+        json!({"order": "p1"}),
+    )
+    .await;
     let started = wait_status(&node, "placed-placed-1", "completed").await;
     assert_eq!(started["output"], json!({"order": "p1"}));
     wait_inbox_empty(&node).await;
