@@ -70,7 +70,7 @@ pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 pub struct Shared {
     pub outbox: Arc<Outbox>,
     pub config: watch::Receiver<Arc<Config>>,
-    pub http: reqwest::Client,
+    pub outbound: shoal_outbound::Outbound,
     pub kafka: Option<KafkaClient>,
     /// Where `workflows:inbox` entries go: the node stores each in Raft and
     /// answers (the workflows service lives above this crate).
@@ -292,8 +292,8 @@ enum AttemptError {
     Inbox(#[from] InboxRefusal),
     #[error("webhook secret: {0}")]
     Secret(#[from] crate::config::ConfigError),
-    #[error("POST {url}: {source}")]
-    Request { url: String, source: reqwest::Error },
+    #[error("POST {url}: {failure}")]
+    Request { url: String, failure: String },
     #[error("POST {url} answered {status}")]
     Status {
         url: String,
@@ -424,7 +424,7 @@ async fn attempt(state: &State, message: &Message) -> Result<(), AttemptError> {
     let Some(webhook) = webhook_for(state) else {
         return Err(AttemptError::UnknownDestination(state.destination.clone()));
     };
-    post_webhook(&state.shared.http, &webhook, message).await
+    post_webhook(&state.shared.outbound, &webhook, message).await
 }
 
 /// Hand a message to the node's workflow event inbox and wait for its
@@ -447,15 +447,20 @@ async fn send_to_inbox(
 /// POST a message to a webhook, signed the Standard Webhooks way. Any 2xx is
 /// success; anything else (or no answer in time) is retried.
 async fn post_webhook(
-    http: &reqwest::Client,
+    outbound: &shoal_outbound::Outbound,
     webhook: &Webhook,
     message: &Message,
 ) -> Result<(), AttemptError> {
     let key = secret_key(&webhook.secret)?;
     let body = message.envelope().to_string().into_bytes();
     let timestamp = now_ms() / 1000;
-    let mut request = http
-        .post(&webhook.url)
+    let failed = |failure: String| AttemptError::Request {
+        url: webhook.url.clone(),
+        failure,
+    };
+    let mut request = outbound
+        .request(reqwest::Method::POST, &webhook.url)
+        .map_err(|e| failed(e.to_string()))?
         .timeout(Duration::from_millis(webhook.timeout_ms))
         .header("content-type", "application/json")
         .header("webhook-id", &message.id)
@@ -471,10 +476,7 @@ async fn post_webhook(
         .body(body)
         .send()
         .await
-        .map_err(|source| AttemptError::Request {
-            url: webhook.url.clone(),
-            source,
-        })?;
+        .map_err(|e| failed(shoal_outbound::failure(&e)))?;
     let status = response.status();
     if status.is_success() {
         Ok(())

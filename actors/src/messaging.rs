@@ -53,21 +53,21 @@ pub struct Messaging {
 }
 
 impl Messaging {
-    /// `http` makes the webhooks' requests (the node's client for users'
-    /// URLs); `workflow_inbox` takes the `workflows:inbox` deliveries.
+    /// `outbound` makes the webhooks' requests (the node's client for
+    /// users' URLs); `workflow_inbox` takes the `workflows:inbox` deliveries.
     pub fn new(
         node_id: u64,
         outbox: Outbox,
         transport: Arc<dyn PeerTransport>,
         kafka: Option<KafkaClient>,
-        http: reqwest::Client,
+        outbound: shoal_outbound::Outbound,
         workflow_inbox: mpsc::Sender<InboxDelivery>,
     ) -> Arc<Messaging> {
         let (config, config_rx) = watch::channel(Arc::new(Config::default()));
         let deliveries = Deliveries::new(Shared {
             outbox: Arc::new(outbox),
             config: config_rx,
-            http,
+            outbound,
             kafka: kafka.clone(),
             workflow_inbox,
         });

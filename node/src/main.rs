@@ -102,7 +102,8 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => server::run(Settings::resolve(args)?, &mut store_closed).await,
             Command::Dev(mut args) => {
                 args.bootstrap_expect.get_or_insert(1);
-                let settings = Settings::resolve(args)?;
+                let mut settings = Settings::resolve(args)?;
+                settings.outbound_policy.allow_loopback();
                 eprintln!(
                     "shoal dev: single node, data in {}, API on http://{}\n  try: shoal kv put hello world && shoal kv get hello",
                     settings.data_dir.display(),

@@ -12,6 +12,7 @@ use openraft::{Config, SnapshotPolicy};
 use shoal_actors::deliver::InboxDelivery;
 use shoal_actors::kafka::KafkaClient;
 use shoal_actors::Messaging;
+use shoal_outbound::Outbound;
 use shoal_raft::{CatchUp, Linearizer, LogStore, NodeAddr, NodeId, Raft, StateMachine};
 use shoal_search::{Limits, Logs, LogsConfig, Retention};
 use shoal_storage::outbox::Outbox;
@@ -58,7 +59,10 @@ const INBOX_DELIVERIES: usize = 16;
 pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> anyhow::Result<()> {
     // Before anything touches the data dir: a bad CA file stops the start
     // with nothing created, opened or joined.
-    let outbound_http = outbound_client(settings.outbound_ca_file.as_deref())?;
+    let outbound = Outbound::new(
+        settings.outbound_policy.clone(),
+        settings.outbound_ca_file.as_deref(),
+    )?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let mut telemetry = telemetry::init_node(&settings)?;
@@ -90,7 +94,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         node_id,
         &store,
         &key,
-        outbound_http.clone(),
+        outbound.clone(),
         inbox_deliveries,
     )
     .await?;
@@ -115,7 +119,11 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         caught_up: Default::default(),
         unfinished_instances: Default::default(),
         waiting_events: Default::default(),
-        outbound_http,
+        outbound,
+        peer_http: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("building the HTTP client for peers")?,
         faults,
         evaluator: Arc::new(
             crate::services::evaluator::Evaluator::new()
@@ -350,7 +358,7 @@ async fn start_messaging(
     node_id: NodeId,
     store: &Store,
     key: &ClusterKey,
-    outbound_http: reqwest::Client,
+    outbound: Outbound,
     inbox_deliveries: mpsc::Sender<InboxDelivery>,
 ) -> anyhow::Result<(Arc<Messaging>, Arc<RpcTransport>)> {
     let outbox_store = store.clone();
@@ -367,38 +375,10 @@ async fn start_messaging(
         outbox,
         transport.clone(),
         kafka,
-        outbound_http,
+        outbound,
         inbox_deliveries,
     );
     Ok((messaging, transport))
-}
-
-/// The client for requests to users' URLs (webhooks, workflow calls):
-/// HTTPS verified against the system's roots and, when given, the CA
-/// certificates of `ca_file` (PEM).
-fn outbound_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder();
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading --outbound-ca-file {}", path.display()))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-            format!(
-                "--outbound-ca-file {}: not PEM certificates",
-                path.display()
-            )
-        })?;
-        anyhow::ensure!(
-            !certificates.is_empty(),
-            "--outbound-ca-file {} holds no certificate",
-            path.display()
-        );
-        for certificate in certificates {
-            builder = builder.add_root_certificate(certificate);
-        }
-    }
-    builder
-        .build()
-        .context("building the HTTP client for webhooks and workflow calls")
 }
 
 /// What this node answers to peers besides Raft: message frames for its

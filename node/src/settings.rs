@@ -107,6 +107,12 @@ pub struct NodeArgs {
     /// the system's roots (/etc/ssl/certs).
     #[arg(long, env = "SHOAL_OUTBOUND_CA_FILE")]
     pub outbound_ca_file: Option<PathBuf>,
+    /// Let webhooks and workflow calls reach this network (10.0.0.0/8), address or host name
+    /// although it is loopback, link-local, private or otherwise not public (repeat, or
+    /// comma-separate). `shoal dev` allows loopback.
+    #[arg(long, env = "SHOAL_OUTBOUND_ALLOW", value_delimiter = ',')]
+    #[serde(default)]
+    pub outbound_allow: Vec<String>,
     /// Largest message payload accepted by publish, in bytes.
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -371,6 +377,8 @@ pub struct Settings {
     pub history_revisions: u64,
     pub kafka_brokers: Option<String>,
     pub outbound_ca_file: Option<PathBuf>,
+    /// Where webhooks and workflow calls may go (`--outbound-allow`).
+    pub outbound_policy: shoal_outbound::Policy,
     pub max_message_bytes: usize,
     pub otlp_grpc: OptionalListener,
     pub otlp_http: OptionalListener,
@@ -449,6 +457,11 @@ impl Settings {
                 .unwrap_or_else(|| default_of("history_revisions")),
             kafka_brokers: pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
             outbound_ca_file: pick!(outbound_ca_file),
+            outbound_policy: shoal_outbound::Policy::new(if flags.outbound_allow.is_empty() {
+                &file.outbound_allow
+            } else {
+                &flags.outbound_allow
+            })?,
             max_message_bytes: pick!(max_message_bytes)
                 .unwrap_or_else(|| default_of("max_message_bytes")),
             otlp_grpc: optional_listener(pick!(otlp_grpc), default_of("otlp_grpc"), "otlp-grpc")?,

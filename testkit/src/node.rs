@@ -256,6 +256,13 @@ impl NodeBuilder {
             }
             Otlp::NodeDefault => {}
         }
+        // Tests' webhook receivers and call targets listen on loopback,
+        // which a node refuses by default; a test of that refusal sets
+        // the variable to "".
+        env.push((
+            "SHOAL_OUTBOUND_ALLOW".to_string(),
+            "127.0.0.0/8".to_string(),
+        ));
         args.extend(self.extra_args);
         // Added last: the caller's own `env` wins over the defaults above.
         env.extend(self.extra_env);

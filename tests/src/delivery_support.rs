@@ -88,6 +88,23 @@ pub async fn outbox_counts(node: &Node, destination: &str) -> Option<(u64, u64)>
         .map(|d| (num(d, "/pending"), num(d, "/dead")))
 }
 
+/// Waits until the node knows the webhook (its `/v1/outbox` lists every
+/// configured webhook): its messaging configuration has caught up.
+pub async fn wait_webhook_known(node: &Node, name: &str) {
+    let destination = format!("webhook:{name}");
+    wait_for(
+        T,
+        &format!("{} to know {destination}", node.label()),
+        || async {
+            match outbox_counts(node, &destination).await {
+                Some(_) => Ok(()),
+                None => Err(node.get_path("/v1/outbox").await.text),
+            }
+        },
+    )
+    .await
+}
+
 /// Waits until the node's outbox shows `(pending, dead)` for the destination.
 /// A destination that is not listed counts as empty: `/v1/outbox` lists
 /// every configured webhook, but other destinations (`kafka:...`) only

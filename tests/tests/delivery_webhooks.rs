@@ -12,23 +12,6 @@ use shoal_tests::hook::{self, hook_url, Hook};
 use shoal_tests::tls::TestCa;
 use shoal_tests::*;
 
-/// Waits until the node knows the webhook (its `/v1/outbox` lists every
-/// configured webhook): its messaging configuration has caught up.
-async fn wait_webhook_known(node: &Node, name: &str) {
-    let destination = format!("webhook:{name}");
-    wait_for(
-        T,
-        &format!("{} to know {destination}", node.label()),
-        || async {
-            match outbox_counts(node, &destination).await {
-                Some(_) => Ok(()),
-                None => Err(node.get_path("/v1/outbox").await.text),
-            }
-        },
-    )
-    .await
-}
-
 /// `GET /v1/webhooks/{name}/dead-letters` (with a query), asserting 200.
 async fn dead_letters(node: &Node, name: &str, query: &str) -> Value {
     node.get_path(&format!("/v1/webhooks/{name}/dead-letters{query}"))

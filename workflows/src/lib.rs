@@ -12,6 +12,6 @@ pub mod run;
 pub mod sandbox;
 
 pub use definition::{
-    check_id, parse, version_order, Definition, DefinitionError, MAX_DEFINITION_BYTES,
-    SUPPORTED_TASKS,
+    check_id, parse, version_order, Definition, DefinitionError, HttpEndpoint,
+    MAX_DEFINITION_BYTES, SUPPORTED_TASKS,
 };

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use shoal_outbound::OutboundError;
 use shoal_search::SearchError;
 use utoipa::ToSchema;
 
@@ -41,6 +42,9 @@ pub enum ErrorCode {
     /// 400: a workflow definition uses a construct Shoal does not run
     /// (`path` and `construct` name it).
     UnsupportedConstruct,
+    /// 400: a URL points where outbound requests may not go (loopback,
+    /// link-local, private; see `--outbound-allow`).
+    DestinationRefused,
     /// 404: the key does not exist.
     KeyNotFound,
     /// 404: the lease does not exist or has expired.
@@ -110,6 +114,7 @@ impl ErrorCode {
             ErrorCode::TooManyRows => "too_many_rows",
             ErrorCode::InvalidDefinition => "invalid_definition",
             ErrorCode::UnsupportedConstruct => "unsupported_construct",
+            ErrorCode::DestinationRefused => "destination_refused",
             ErrorCode::KeyNotFound => "key_not_found",
             ErrorCode::LeaseNotFound => "lease_not_found",
             ErrorCode::NodeNotFound => "node_not_found",
@@ -314,6 +319,16 @@ impl From<LeaveError> for ApiError {
                 ApiError::unavailable(message)
             }
         }
+    }
+}
+
+impl From<OutboundError> for ApiError {
+    fn from(e: OutboundError) -> ApiError {
+        let code = match e {
+            OutboundError::Refused(_) => ErrorCode::DestinationRefused,
+            OutboundError::BadUrl { .. } | OutboundError::Scheme { .. } => ErrorCode::BadRequest,
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     }
 }
 

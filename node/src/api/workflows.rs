@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
+use shoal_outbound::OutboundError;
 use shoal_workflows::{check_id, parse, DefinitionError};
 use utoipa::ToSchema;
 
@@ -165,7 +166,7 @@ pub struct WorkflowDefinitionDeleted {
     responses(
         (status = 200, description = "This version was already stored with the same document; nothing changed.", body = WorkflowDefinitionStored),
         (status = 201, description = "Stored.", body = WorkflowDefinitionStored),
-        (status = 400, description = "The path, the document or a construct is not accepted. Error codes: `bad_request` (the path differs from the document or is malformed), `invalid_definition` (with `path`), `unsupported_construct` (with `path` and `construct`).", body = ErrorBody),
+        (status = 400, description = "The path, the document or a construct is not accepted. Error codes: `bad_request` (the path differs from the document or is malformed), `invalid_definition` (with `path`), `unsupported_construct` (with `path` and `construct`), `destination_refused` (an HTTP call's endpoint, written as a URI, points at a loopback, link-local, private or otherwise non-public address that `--outbound-allow` does not allow; with `path`).", body = ErrorBody),
         (status = 409, description = "This version exists with another document. Error codes: `version_exists`.", body = ErrorBody),
         (status = 413, description = "The definition is over 256 KiB, or the body over the request limit. Error codes: `payload_too_large`.", body = ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
@@ -186,6 +187,20 @@ pub async fn put_definition(
             "the path names {id} but the document is {}",
             definition.key()
         )));
+    }
+    for endpoint in definition.http_endpoints() {
+        // A URI template's host may not parse yet; its calls are checked
+        // when they are made.
+        if let Err(OutboundError::Refused(refusal)) =
+            shoal.outbound.check_destination(&endpoint.uri).await
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::DestinationRefused,
+                format!("{refusal} (at {})", endpoint.path),
+            )
+            .with("path", json!(endpoint.path)));
+        }
     }
     let stored = workflows::put_definition(&shoal, &definition).await?;
     let (status, created, revision) = match stored {

@@ -105,9 +105,11 @@ pub struct Shoal {
     /// Events in the workflow event inbox of this replica, as the intake
     /// counts them (see `workflow_events::MAX_WAITING`).
     pub waiting_events: AtomicU64,
-    /// The client for requests this node makes over HTTP: to users' URLs
-    /// (webhooks, workflow calls) and to peers' APIs (fan-outs).
-    pub outbound_http: reqwest::Client,
+    /// The client for requests to users' URLs (webhooks, workflow calls),
+    /// which applies the outbound policy (`--outbound-allow`).
+    pub outbound: shoal_outbound::Outbound,
+    /// The client for requests to peers' APIs (fan-outs).
+    pub peer_http: reqwest::Client,
     /// Fault injection for the fault tests (debug builds only).
     pub faults: crate::faults::Faults,
     /// Where workflow expressions run (processes of their own).

@@ -45,8 +45,8 @@ use self::values::*;
 
 use self::types::{Check, Validator};
 pub use self::types::{
-    Definition, DefinitionError, MAX_DEFINITION_BYTES, MAX_EXPANDED_BYTES, MAX_NESTING, MAX_TASKS,
-    SUPPORTED_CALLS, SUPPORTED_TASKS,
+    Definition, DefinitionError, HttpEndpoint, MAX_DEFINITION_BYTES, MAX_EXPANDED_BYTES,
+    MAX_NESTING, MAX_TASKS, SUPPORTED_CALLS, SUPPORTED_TASKS,
 };
 
 /// Namespaces that would collide with the API's own routes under
@@ -107,13 +107,21 @@ impl Definition {
     /// Validates a definition already in JSON form (e.g. one read back from
     /// storage, or a request body decoded by the caller).
     pub fn from_value(document: Value) -> Result<Definition, DefinitionError> {
-        let (namespace, name, version) = validate(&document)?;
+        let ((namespace, name, version), _) = validate(&document)?;
         Ok(Definition {
             namespace,
             name,
             version,
             document,
         })
+    }
+
+    /// The endpoints of the definition's HTTP calls that are written as
+    /// URIs (those computed by expressions are known only when they run).
+    pub fn http_endpoints(&self) -> Vec<HttpEndpoint> {
+        validate(&self.document)
+            .map(|(_, validator)| validator.http_endpoints)
+            .unwrap_or_default()
     }
 }
 
@@ -161,8 +169,9 @@ const TOP_LEVEL: &[&str] = &[
 const TOP_LEVEL_UNSUPPORTED: &[(&str, &str)] =
     &[("evaluate", "evaluate (runtime expression settings)")];
 
-/// Validates a whole definition; returns its namespace, name and version.
-fn validate(document: &Value) -> Check<(String, String, String)> {
+/// Validates a whole definition; returns its namespace, name and version,
+/// and what the validator learned.
+fn validate(document: &Value) -> Check<((String, String, String), Validator)> {
     let Some(root) = document.as_object() else {
         return Err(invalid(
             "",
@@ -195,5 +204,5 @@ fn validate(document: &Value) -> Check<(String, String, String)> {
     }
     validator.task_list(tasks, "/do", 1)?;
     jq::check_expressions(document)?;
-    Ok(identity)
+    Ok((identity, validator))
 }

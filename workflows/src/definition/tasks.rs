@@ -161,7 +161,11 @@ impl Validator {
         let body_path = child(path, kind);
         let body = required(task, kind, path, "the task")?;
         match kind {
-            "call" => call_task(task, path),
+            "call" => {
+                call_task(task, path)?;
+                self.record_endpoint(task, path);
+                Ok(())
+            }
             "do" => self.task_list(body, &body_path, depth + 1),
             "emit" => emit_task(body, &body_path),
             "for" => self.for_task(task, path, depth),
@@ -397,6 +401,25 @@ fn variable<'a>(value: &'a Value, path: &str, what: &str) -> Check<&'a str> {
         ));
     }
     Ok(name)
+}
+
+impl Validator {
+    /// Notes a validated HTTP call's endpoint if it is a URI.
+    fn record_endpoint(&mut self, task: &Obj, path: &str) {
+        let Some(endpoint) = task.get("with").and_then(|with| with.get("endpoint")) else {
+            return;
+        };
+        let (uri, uri_path) = match endpoint.get("uri") {
+            Some(uri) => (uri, format!("{path}/with/endpoint/uri")),
+            None => (endpoint, format!("{path}/with/endpoint")),
+        };
+        if let Some(uri) = uri.as_str().filter(|uri| !is_expression(uri)) {
+            self.http_endpoints.push(HttpEndpoint {
+                path: uri_path,
+                uri: uri.to_string(),
+            });
+        }
+    }
 }
 
 fn call_task(task: &Obj, path: &str) -> Check {

@@ -89,11 +89,21 @@ fn show_path(path: &str) -> &str {
 pub(super) type Obj = Map<String, Value>;
 pub(super) type Check<T = ()> = Result<T, DefinitionError>;
 
-/// What the validator learns on its way: names defined in `use`, and the
-/// running task count.
+/// What the validator learns on its way: names defined in `use`, the
+/// running task count, and the endpoints of HTTP calls.
 #[derive(Default)]
 pub(super) struct Validator {
     pub(super) errors: HashSet<String>,
     pub(super) retries: HashSet<String>,
     pub(super) tasks: usize,
+    pub(super) http_endpoints: Vec<HttpEndpoint>,
+}
+
+/// An HTTP call's endpoint written as a URI (not computed by an
+/// expression), for checks the definition's reader makes of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpEndpoint {
+    /// JSON Pointer of the URI in the document.
+    pub path: String,
+    pub uri: String,
 }

@@ -90,6 +90,9 @@ pub async fn put(
         ));
     }
     let stored = kind.validate(&name, body)?;
+    if let (Kind::Webhook, Some(url)) = (kind, stored.get("url").and_then(Value::as_str)) {
+        shoal.outbound.check_destination(url).await?;
+    }
     let value = serde_json::to_vec(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
     let limit = shoal.settings.max_value_bytes;
     if value.len() > limit {
@@ -198,7 +201,7 @@ pub mod webhooks {
         tag = "delivery",
         operation_id = "putWebhook",
         summary = "Create or replace a webhook",
-        description = "Every message published on a topic matching `pattern` (or sent by a route) is POSTed to `url` at least once, signed as Standard Webhooks specifies (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), retried on the schedule, then kept as a dead letter. Stored in Raft: every node applies it without a restart.",
+        description = "Every message published on a topic matching `pattern` (or sent by a route) is POSTed to `url` at least once, signed as Standard Webhooks specifies (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`), retried on the schedule, then kept as a dead letter. Stored in Raft: every node applies it without a restart. A `url` that points at a loopback, link-local, private or otherwise non-public address (by its address, `localhost`, or a name resolving only to such addresses) is refused unless the operator allows it with `--outbound-allow`.",
         params(
             ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
         ),
@@ -210,7 +213,7 @@ pub mod webhooks {
         responses(
             (status = 200, description = "The stored definition, defaults filled in. ",
              body = shoal_actors::config::Webhook, example = json!({"name": "billing", "url": "https://example.com/hooks/orders", "pattern": "orders.*", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "retry_schedule_ms": [0, 5000, 300000, 1800000, 7200000, 18000000, 36000000, 36000000], "timeout_ms": 10000})),
-            (status = 400, description = "Malformed request: the name, or a definition that does not parse or is invalid. Error codes: `bad_request`.", body = ErrorBody),
+            (status = 400, description = "Malformed request: the name, or a definition that does not parse or is invalid (`bad_request`), or a `url` the outbound policy refuses (`destination_refused`). Error codes: `bad_request`, `destination_refused`.", body = ErrorBody),
             (status = 413, description = "The body is over the request size limit (`payload_too_large`), or the stored definition would be over the value limit, --max-value-bytes (`value_too_large`). Error codes: `payload_too_large`, `value_too_large`.", body = ErrorBody),
             (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),

@@ -104,7 +104,7 @@ async fn fan_out<T: DeserializeOwned>(
     body: Option<Value>,
 ) -> (Vec<T>, Vec<u64>) {
     let members = shoal.cluster.gossip.members().await;
-    let client = &shoal.outbound_http;
+    let client = &shoal.peer_http;
     let calls = members
         .values()
         .filter(|m| m.node_id != shoal.node_id && !m.left)

@@ -50,7 +50,6 @@ pub struct DefinitionShared {
     pub calls: Arc<Semaphore>,
     /// Outgoing calls in flight on this node.
     pub node_calls: Arc<Semaphore>,
-    pub http: reqwest::Client,
 }
 
 pub struct InstanceActor;

@@ -27,7 +27,8 @@ fn communication(status: u16, detail: String) -> WorkflowError {
 
 /// Makes one HTTP call with its idempotency key, bounded per definition
 /// and per node. An answer outside 2xx is a communication error carrying
-/// its status; a transport failure one with status 503. Neither echoes the
+/// its status; a transport failure one with status 503, a destination
+/// the outbound policy refuses one with status 403. None echoes the
 /// answer's body.
 pub async fn call(
     shared: &DefinitionShared,
@@ -39,8 +40,15 @@ pub async fn call(
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| communication(400, format!("'{}' is not an HTTP method", request.method)))?;
     let mut builder = shared
-        .http
+        .shoal
+        .outbound
         .request(method, &request.endpoint)
+        .map_err(|refused| {
+            communication(
+                403,
+                format!("{} {}: {refused}", request.method, request.endpoint),
+            )
+        })?
         .timeout(CALL_TIMEOUT)
         .header("Idempotency-Key", idempotency_key);
     let query: Vec<(String, String)> = request
@@ -58,16 +66,18 @@ pub async fn call(
         builder = builder.json(body);
     }
     let response = builder.send().await.map_err(|e| {
-        let kind = if e.is_timeout() {
-            "timed out"
-        } else if e.is_connect() {
-            "could not connect"
-        } else {
-            "request failed"
+        let status = match shoal_outbound::refusal(&e) {
+            Some(_) => 403,
+            None => 503,
         };
         communication(
-            503,
-            format!("{} {}: {kind}", request.method, request.endpoint),
+            status,
+            format!(
+                "{} {}: {}",
+                request.method,
+                request.endpoint,
+                shoal_outbound::failure(&e)
+            ),
         )
     })?;
     let status = response.status();

@@ -68,7 +68,6 @@ const ANNOUNCE_BATCH: usize = 1000;
 pub async fn run(shoal: Arc<Shoal>) {
     tokio::spawn(intake::run(shoal.clone()));
     let node_calls = Arc::new(Semaphore::new(CALLS_PER_NODE));
-    let http = shoal.outbound_http.clone();
     loop {
         tokio::time::sleep(LEADERSHIP_CHECK).await;
         if !shoal.is_leader() {
@@ -86,7 +85,6 @@ pub async fn run(shoal: Arc<Shoal>) {
             timers: BTreeSet::new(),
             schedules: Schedules::default(),
             node_calls: node_calls.clone(),
-            http: http.clone(),
             announced: 0,
             announced_written: 0,
         };
@@ -118,7 +116,6 @@ struct Runner {
     timers: BTreeSet<(Instant, String, String)>,
     schedules: Schedules,
     node_calls: Arc<Semaphore>,
-    http: reqwest::Client,
     /// The revision of the last instance change whose lifecycle events are
     /// published, and the one last written to [`ANNOUNCED_KEY`].
     announced: u64,
@@ -445,7 +442,6 @@ impl Runner {
             definition: Arc::new(definition),
             calls: Arc::new(Semaphore::new(CALLS_PER_DEFINITION)),
             node_calls: self.node_calls.clone(),
-            http: self.http.clone(),
         });
         match Actor::spawn(None, DefinitionSupervisor, shared).await {
             Ok((supervisor, _)) => {
