@@ -149,12 +149,16 @@ impl Node {
 /// A bench node: `shoal serve` with the binary under test, its settings from
 /// flags only (OTLP receivers as the node has them by default), killed by
 /// the kernel if the bench dies.
+/// Every client of a bench is on 127.0.0.1, and watch-bench alone holds
+/// 10 000 connections: the per-address limit would refuse them.
 fn bench_node(binary: &Path) -> shoal_testkit::NodeBuilder {
     NodeProcess::builder()
         .binary(binary)
         .temp_prefix("shoal-bench-")
         .otlp_node_default()
         .die_with_parent()
+        .env("SHOAL_MAX_CONNECTIONS_PER_CLIENT", "65536")
+        .env("SHOAL_MAX_CONNECTIONS", "65536")
 }
 
 /// Figures from /proc/PID/status and /proc/PID/fd.

@@ -17,6 +17,7 @@
 //! settings, the CLI) uses `anyhow` with context.
 
 mod api;
+mod api_server;
 mod cli;
 mod cluster;
 mod compat;

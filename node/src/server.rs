@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use openraft::{Config, SnapshotPolicy};
 use shoal_actors::deliver::InboxDelivery;
@@ -22,9 +21,10 @@ use shoal_transport::{
     RemoveHandler, RpcNetwork,
 };
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::api::AppState;
+use crate::api_server::{self, ConnectionLimits};
 use crate::cluster::{self, Cluster, Gossip, Removals};
 use crate::compat::otlp;
 use crate::faults::Faults;
@@ -67,6 +67,16 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let mut telemetry = telemetry::init_node(&settings)?;
     let prometheus = telemetry::init_metrics()?;
+    match api_server::raise_open_files_limit() {
+        Some(limit) if limit < (settings.max_connections as u64).saturating_add(1024) => {
+            tracing::warn!(
+                open_files = limit,
+                max_connections = settings.max_connections,
+                "the open-files limit is lower than --max-connections plus 1024 for the node's own files; a flood of connections will meet it first"
+            );
+        }
+        _ => {}
+    }
     let started = Instant::now();
     let identity = settings::node_id(&settings)?;
     let node_id = identity.id;
@@ -135,13 +145,15 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     bootstrap(&shoal).await?;
     spawn_duties(&shoal, transport);
     start_messaging_delivery(&shoal, inbox_receiver).await;
+    let (stop, stopped) = watch::channel(false);
     serve_ingest(
         &shoal,
         &mut telemetry,
         listeners.otlp_grpc,
         listeners.otlp_http,
+        stopped.clone(),
     );
-    let (server, stop) = serve_api(&shoal, listeners.api, prometheus);
+    let server = serve_api(&shoal, listeners.api, prometheus, stopped);
     let raft_failure = wait_for_stop(&shoal).await;
     shut_down(&shoal.raft, server, stop, raft_failure).await
 }
@@ -484,6 +496,7 @@ fn serve_ingest(
     telemetry: &mut TelemetryGuard,
     otlp_grpc: Option<TcpListener>,
     otlp_http: Option<TcpListener>,
+    stopped: watch::Receiver<bool>,
 ) {
     if let Some(events) = telemetry.own_logs.take() {
         tokio::spawn(logs::index_own_logs(shoal.logs.clone(), events));
@@ -499,18 +512,19 @@ fn serve_ingest(
     if let Some(listener) = otlp_http {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");
         let (logs, settings) = (shoal.logs.clone(), shoal.settings.clone());
-        tokio::spawn(async move { otlp::serve_http(listener, logs, &settings).await });
+        tokio::spawn(async move { otlp::serve_http(listener, logs, &settings, stopped).await });
     }
 }
 
-type ApiServer = tokio::task::JoinHandle<std::io::Result<()>>;
+type ApiServer = tokio::task::JoinHandle<()>;
 
 /// Serve the public HTTP API until `stop` is notified.
 fn serve_api(
     shoal: &Arc<Shoal>,
     api_listener: TcpListener,
     prometheus: PrometheusHandle,
-) -> (ApiServer, Arc<Notify>) {
+    stopped: watch::Receiver<bool>,
+) -> ApiServer {
     let app = routes::router(AppState {
         shoal: shoal.clone(),
         prometheus,
@@ -519,20 +533,13 @@ fn serve_api(
     tracing::info!(api = %settings.api, rpc = %settings.rpc, gossip = %settings.gossip,
         data_dir = %settings.data_dir.display(), startup_ms = shoal.started.elapsed().as_millis() as u64,
         "shoal node listening");
-    let stop = Arc::new(Notify::new());
-    let server = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            // No Nagle delay: stream frames (SSE, WebSocket) go out as soon as they are written.
-            let api_listener = api_listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(api_listener, app)
-                .with_graceful_shutdown(async move { stop.notified().await })
-                .await
-        })
-    };
-    (server, stop)
+    tokio::spawn(api_server::serve(
+        api_listener,
+        "api",
+        app,
+        ConnectionLimits::of(settings),
+        stopped,
+    ))
 }
 
 /// Wait until the node is to stop: its Raft core failed (returned), a
@@ -565,11 +572,11 @@ async fn wait_for_stop(shoal: &Shoal) -> Option<String> {
 async fn shut_down(
     raft: &Raft,
     server: ApiServer,
-    stop: Arc<Notify>,
+    stop: watch::Sender<bool>,
     raft_failure: Option<String>,
 ) -> anyhow::Result<()> {
     tracing::info!("shutting down");
-    stop.notify_one();
+    let _ = stop.send(true);
     // Open watch streams never finish on their own: give requests a moment, then stop.
     if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
         tracing::info!("closing remaining connections");

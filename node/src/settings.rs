@@ -93,6 +93,18 @@ pub struct NodeArgs {
     /// Time limit for one API request, in milliseconds.
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// Most open connections on each HTTP listener (API, OTLP/HTTP); past it a connection is
+    /// answered 503 and closed.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one client address on each HTTP listener; past it a
+    /// connection is answered 429 and closed.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
+    /// Time a client has to send a request's headers, in milliseconds; it also closes an
+    /// HTTP/1.1 connection idle between requests for this long.
+    #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
     /// Take a Raft snapshot (and purge the log) every this many log entries.
     #[arg(long, env = "SHOAL_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -187,6 +199,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("log_max_files", "10"),
     ("max_value_bytes", "1048576"),
     ("request_timeout_ms", "10000"),
+    ("max_connections", "16384"),
+    ("max_connections_per_client", "1024"),
+    ("header_read_timeout_ms", "30000"),
     ("snapshot_every", "10000"),
     ("history_revisions", "100000"),
     ("max_message_bytes", "1048576"),
@@ -373,6 +388,9 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     pub max_value_bytes: usize,
     pub request_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub header_read_timeout_ms: u64,
     pub snapshot_every: u64,
     pub history_revisions: u64,
     pub kafka_brokers: Option<String>,
@@ -452,6 +470,12 @@ impl Settings {
                 .unwrap_or_else(|| default_of("max_value_bytes")),
             request_timeout_ms: pick!(request_timeout_ms)
                 .unwrap_or_else(|| default_of("request_timeout_ms")),
+            max_connections: pick!(max_connections)
+                .unwrap_or_else(|| default_of("max_connections")),
+            max_connections_per_client: pick!(max_connections_per_client)
+                .unwrap_or_else(|| default_of("max_connections_per_client")),
+            header_read_timeout_ms: pick!(header_read_timeout_ms)
+                .unwrap_or_else(|| default_of("header_read_timeout_ms")),
             snapshot_every: pick!(snapshot_every).unwrap_or_else(|| default_of("snapshot_every")),
             history_revisions: pick!(history_revisions)
                 .unwrap_or_else(|| default_of("history_revisions")),
@@ -538,6 +562,12 @@ impl Settings {
         // about a minute at 15 000 writes/s); a retry after that is refused.
         if !(100..=60_000).contains(&self.request_timeout_ms) {
             bail!("--request-timeout-ms must be between 100 and 60000");
+        }
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            bail!("--max-connections and --max-connections-per-client must be at least 1");
+        }
+        if !(100..=600_000).contains(&self.header_read_timeout_ms) {
+            bail!("--header-read-timeout-ms must be between 100 and 600000");
         }
         if self.log_max_files == 0 || self.log_max_file_bytes == 0 {
             bail!("--log-max-files and --log-max-file-mb must be at least 1");

@@ -244,6 +244,16 @@ fn describe_node_metrics() {
         "Writes proposed to Raft together as one log entry."
     );
     describe_gauge!(
+        "shoal_api_connections",
+        Unit::Count,
+        "Open connections on each of the node's HTTP listeners (listener=api, otlp_http)."
+    );
+    describe_counter!(
+        "shoal_api_connections_refused_total",
+        Unit::Count,
+        "Connections answered 503 or 429 and closed because the listener was at --max-connections (limit=node) or the client address at --max-connections-per-client (limit=client)."
+    );
+    describe_gauge!(
         "shoal_raft_term",
         Unit::Count,
         "This node's current Raft term."

@@ -292,8 +292,8 @@ mod tests {
         let policy = Policy::new(&["Payments.Internal.", "10.0.0.0/8"]).unwrap();
         assert!(policy.allows_host("payments.internal"));
         assert!(!policy.allows_host("internal"));
+        assert_eq!(Policy::new(&["", " "]).unwrap(), Policy::default());
         for bad in [
-            "",
             "10.0.0.0/33",
             "http://x/",
             "a b",

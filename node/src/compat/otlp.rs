@@ -3,7 +3,6 @@
 //! SDK or Collector exports to Shoal.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -36,6 +35,7 @@ use tokio::net::TcpListener;
 
 use crate::api::error::{ApiError, ErrorCode};
 use crate::api::extract::{inflate, Body};
+use crate::api_server::ConnectionLimits;
 use crate::settings::Settings;
 
 /// The stream spans go to.
@@ -440,7 +440,12 @@ struct HttpState {
     max_bytes: usize,
 }
 
-pub async fn serve_http(listener: TcpListener, logs: Logs, settings: &Settings) {
+pub async fn serve_http(
+    listener: TcpListener,
+    logs: Logs,
+    settings: &Settings,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let max_bytes = settings.logs_max_body_bytes;
     let app = Router::new()
         .route("/v1/logs", post(http_logs))
@@ -454,10 +459,14 @@ pub async fn serve_http(listener: TcpListener, logs: Logs, settings: &Settings) 
         })
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(HttpState { logs, max_bytes });
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(?addr, error = %e, "the OTLP/HTTP listener stopped");
-    }
+    crate::api_server::serve(
+        listener,
+        "otlp_http",
+        app,
+        ConnectionLimits::of(settings),
+        stopped,
+    )
+    .await
 }
 
 #[derive(Clone, Copy, PartialEq)]

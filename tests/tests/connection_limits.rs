@@ -1,0 +1,207 @@
+//! Limits that keep a node's HTTP listener alive under abusive clients:
+//! connections per client address and in all (past them a JSON 429 or
+//! 503, then close), and the deadline for a request's headers, which ends
+//! slowloris connections and idle ones while streams stay open.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shoal_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Longest wait for something the node must do on its own.
+const T: Duration = Duration::from_secs(20);
+
+fn api_addr(node: &Node) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], node.ports().api))
+}
+
+/// A TCP connection to the node's API from `source` (any port).
+async fn connect_from(node: &Node, source: [u8; 4]) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("binding the source address");
+    socket
+        .connect(api_addr(node))
+        .await
+        .expect("connecting to the API")
+}
+
+/// Everything the node sends until it closes the connection (or `T`).
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(T, stream.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the node did not close the connection within {T:?}"
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `GET /ready` on this connection: the whole answer.
+async fn ready_answer(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /ready HTTP/1.1\r\nhost: shoal\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("writing a request");
+    read_to_close(stream).await
+}
+
+/// `GET /ready` on this connection: the status line of the answer.
+async fn ready_on(stream: &mut TcpStream) -> String {
+    let answer = ready_answer(stream).await;
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+fn assert_refused(answer: &str, status: &str) {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status}")),
+        "{answer}"
+    );
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(body["error"]["code"], "too_many_connections", "{answer}");
+}
+
+fn refused_count(metrics: &str, limit: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("shoal_api_connections_refused_total")
+                && l.contains("listener=\"api\"")
+                && l.contains(&format!("limit=\"{limit}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_address_past_its_limit_is_refused_and_others_are_served() {
+    let node = Node::start_with(&["--max-connections-per-client", "20"]).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_from(&node, [127, 0, 0, 1]).await);
+    }
+    // The node counts a connection once it has accepted it; the 21st is
+    // refused as soon as the first 20 are counted.
+    let answer = wait_for(T, "the 21st connection refused", || async {
+        let mut extra = connect_from(&node, [127, 0, 0, 1]).await;
+        let answer = ready_answer(&mut extra).await;
+        match answer.starts_with("HTTP/1.1 429") {
+            true => Ok(answer),
+            false => Err(answer),
+        }
+    })
+    .await;
+    assert_refused(&answer, "429");
+    // Another address is served meanwhile.
+    let mut other = connect_from(&node, [127, 0, 0, 2]).await;
+    assert_eq!(ready_on(&mut other).await, "HTTP/1.1 200 OK");
+    let metrics = other_metrics(&node).await;
+    assert!(refused_count(&metrics, "client") >= 1, "{metrics}");
+    // Closed connections give their places back.
+    drop(held);
+    wait_for(T, "a connection served again", || async {
+        let mut again = connect_from(&node, [127, 0, 0, 1]).await;
+        let status = ready_on(&mut again).await;
+        match status == "HTTP/1.1 200 OK" {
+            true => Ok(()),
+            false => Err(status),
+        }
+    })
+    .await;
+}
+
+/// `/metrics`, asked from 127.0.0.3 (an address with no held connections).
+async fn other_metrics(node: &Node) -> String {
+    let mut stream = connect_from(node, [127, 0, 0, 3]).await;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: shoal\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("writing a request");
+    read_to_close(&mut stream).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_past_its_limit_answers_503_and_stays_up() {
+    let node = Node::start_with(&["--max-connections", "40"]).await;
+    let mut held = Vec::new();
+    for i in 0..40u8 {
+        held.push(connect_from(&node, [127, 0, 1, i]).await);
+    }
+    let answer = wait_for(T, "a connection past the limit refused", || async {
+        let mut extra = connect_from(&node, [127, 0, 2, 1]).await;
+        let answer = ready_answer(&mut extra).await;
+        match answer.starts_with("HTTP/1.1 503") {
+            true => Ok(answer),
+            false => Err(answer),
+        }
+    })
+    .await;
+    assert_refused(&answer, "503");
+    drop(held);
+    wait_for(T, "the node serving again", || async {
+        let reply = node.get_path("/ready").await;
+        match reply.status.as_u16() {
+            200 => Ok(()),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_connections_are_closed_but_streams_stay_open() {
+    let node = Node::start_with(&["--header-read-timeout-ms", "1000"]).await;
+    let mut watch = node.watch(&[("key", "limits/k")], None).await;
+
+    // Thousands of idle connections from one address: every one is closed,
+    // those the node took once their headers did not come in time, those
+    // past 1024 open ones when their request did not come.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(connect_from(&node, [127, 0, 0, 5]).await);
+    }
+    // A slowloris client: a header line every 200 ms, never the end.
+    let mut slow = connect_from(&node, [127, 0, 0, 4]).await;
+    slow.write_all(b"GET /ready HTTP/1.1\r\n")
+        .await
+        .expect("writing the request line");
+    let trickle = tokio::spawn(async move {
+        for i in 0..100 {
+            if slow
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    });
+    for stream in &mut idle {
+        let answer = read_to_close(stream).await;
+        // Closed without an answer: the header deadline passed, or (past
+        // the limit) the request never came.
+        assert_eq!(answer, "", "an idle connection was answered");
+    }
+    assert!(
+        tokio::time::timeout(T, trickle)
+            .await
+            .expect("the slow client was not cut off within 20 s")
+            .expect("the slow client's task"),
+        "the node read headers for 20 s"
+    );
+
+    // The watch opened before all this still delivers.
+    let revision = num(&node.put("limits/k", b"still here").await, "/revision");
+    let (_, batch) = watch.next_event(T).await;
+    assert_eq!(
+        changes(&[batch]),
+        vec![Change::put(revision, "limits/k", b"still here")]
+    );
+    assert_eq!(node.get_path("/ready").await.status.as_u16(), 200);
+}
