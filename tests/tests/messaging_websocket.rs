@@ -122,3 +122,24 @@ async fn publishing_socket_close_reasons_fit_in_a_close_frame() {
         }
     }
 }
+
+/// A subscriber's socket carries the node's messages; what the client may
+/// send on it is small (pings, a close). A large frame ends the socket
+/// before the node buffers it, and other subscribers are untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_sending_a_large_frame_is_cut_off() {
+    let node = Node::start().await;
+    let mut other = node.subscribe_ws(&[("pattern", "big.>")]).await;
+    let mut abuser = node
+        .try_subscribe_ws(&[("pattern", "big.>")])
+        .await
+        .unwrap_or_else(|r| panic!("refused: {}", r.describe()));
+    abuser.send_binary(&vec![7u8; 1 << 20]).await;
+    match abuser.next_frame(T).await {
+        Some(Frame::Close(_) | Frame::Ended(_)) => {}
+        other => panic!("expected the socket to end, got {other:?}"),
+    }
+    node.publish("big.one", b"1").await;
+    let delivered = other.messages(1, T).await;
+    assert_eq!(delivered[0]["topic"], "big.one", "{delivered:?}");
+}

@@ -9,4 +9,9 @@ pub fn describe_metrics() {
         Unit::Count,
         "Node-to-node connections closed because the peer did not know the cluster secret."
     );
+    describe_counter!(
+        "shoal_rpc_handshakes_refused_total",
+        Unit::Count,
+        "Node-to-node connections closed unanswered because 64 handshakes were already under way."
+    );
 }

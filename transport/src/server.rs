@@ -2,16 +2,23 @@
 //! their requests one at a time per connection, Raft's with Raft and the
 //! rest with the handlers the node supplies in [`PeerServices`].
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 use shoal_raft::{
     local_replication, vote_unless_catching_up, CatchUp, Linearizer, MembershipError, NodeId, Raft,
 };
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall};
 use crate::wire::{self, ClusterKey};
+
+/// Handshakes under way at once; a connection past them is closed at once.
+const MAX_HANDSHAKES: usize = 64;
+/// Back-off after a failed accept (out of file descriptors, most likely).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Takes the message frames peers send (the node's topic router).
 pub type MessageInbox = Arc<dyn Fn(&[u8]) -> Result<usize, RemoteError> + Send + Sync>;
@@ -45,13 +52,22 @@ pub async fn serve_rpc(
     services: PeerServices,
 ) {
     let key = Arc::new(key);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "rpc accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
+        };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            // Peers that know the secret connect again; strangers holding
+            // handshakes open cannot queue more behind them.
+            metrics::counter!("shoal_rpc_handshakes_refused_total").increment(1);
+            tracing::debug!(%peer, "rpc connection closed: {MAX_HANDSHAKES} handshakes under way");
+            continue;
         };
         let (raft, linearizer, key, services) = (
             raft.clone(),
@@ -60,7 +76,8 @@ pub async fn serve_rpc(
             services.clone(),
         );
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, linearizer, &key, services).await {
+            let served = serve_connection(stream, raft, linearizer, &key, services, handshake);
+            if let Err(e) = served.await {
                 tracing::debug!(%peer, error = %e, "rpc connection closed");
             }
         });
@@ -73,8 +90,11 @@ async fn serve_connection(
     linearizer: Arc<Linearizer>,
     key: &ClusterKey,
     services: PeerServices,
+    handshake: OwnedSemaphorePermit,
 ) -> std::io::Result<()> {
-    if !wire::accept(&mut stream, key).await? {
+    let accepted = wire::accept(&mut stream, key).await;
+    drop(handshake);
+    if !accepted? {
         let peer = stream
             .peer_addr()
             .map(|a| a.to_string())

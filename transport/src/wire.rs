@@ -21,6 +21,12 @@ use tokio::net::TcpStream;
 const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted; snapshot chunks and append batches stay far below.
 const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Largest frame of the handshake (a nonce, a proof, a verdict: 32 bytes
+/// or less), so a stranger cannot make a node wait for or hold more.
+const MAX_HANDSHAKE_FRAME_BYTES: usize = 64;
+/// Memory reserved for a frame before its bytes arrive; a bigger frame's
+/// buffer grows as they do, so a length header alone holds nothing.
+const FRAME_RESERVE_BYTES: usize = 1 << 20;
 const NONCE_BYTES: usize = 16;
 /// A peer must complete the handshake within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,9 +83,15 @@ pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result
 }
 
 pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    read_frame_within(stream, MAX_FRAME_BYTES).await
+}
+
+async fn read_frame_within(stream: &mut TcpStream, max: usize) -> std::io::Result<Vec<u8>> {
     let len = stream.read_u32().await? as usize;
-    if len == 0 || len > MAX_FRAME_BYTES {
-        return Err(std::io::Error::other(format!("bad frame length {len}")));
+    if len == 0 || len > max {
+        return Err(std::io::Error::other(format!(
+            "bad frame length {len} (at most {max})"
+        )));
     }
     let version = stream.read_u8().await?;
     if version != WIRE_VERSION {
@@ -87,8 +99,15 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
             "unknown wire version {version}"
         )));
     }
-    let mut body = vec![0; len - 1];
-    stream.read_exact(&mut body).await?;
+    let want = len - 1;
+    let mut body = Vec::with_capacity(want.min(FRAME_RESERVE_BYTES));
+    (&mut *stream)
+        .take(want as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() != want {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(body)
 }
 
@@ -107,9 +126,12 @@ pub async fn connect(addr: &str, key: &ClusterKey) -> std::io::Result<TcpStream>
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let handshake = async {
-        let nonce = read_frame(&mut stream).await?;
+        let nonce = read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
         write_frame(&mut stream, &key.proof(&nonce)).await?;
-        match read_frame(&mut stream).await?.as_slice() {
+        match read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES)
+            .await?
+            .as_slice()
+        {
             [1] => Ok(()),
             _ => Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -134,7 +156,7 @@ pub async fn accept(stream: &mut TcpStream, key: &ClusterKey) -> std::io::Result
     let handshake = async {
         let nonce: [u8; NONCE_BYTES] = rand::random();
         write_frame(stream, &nonce).await?;
-        let proof = read_frame(stream).await?;
+        let proof = read_frame_within(stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
         let accepted = key.verify(&nonce, &proof);
         write_frame(stream, &[u8::from(accepted)]).await?;
         Ok(accepted)

@@ -33,6 +33,8 @@ use crate::services::shoal::Shoal;
 
 /// Most messages in one publish batch.
 pub const MAX_BATCH_MESSAGES: usize = 1000;
+/// Largest frame or message a WebSocket subscriber may send.
+const SUBSCRIBER_FRAME_BYTES: usize = 16 << 10;
 /// Subscriber buffer: default and largest allowed.
 const DEFAULT_BUFFER: u64 = 1024;
 const MAX_BUFFER: u64 = 65_536;
@@ -574,7 +576,12 @@ pub async fn websocket(
         }
     };
     let subscription = subscribe(&shoal, &params)?;
-    Ok(upgrade.on_upgrade(move |socket| stream_to_socket(socket, subscription, raw)))
+    // A subscriber only ever sends control frames and a close: anything
+    // bigger ends the socket before the node buffers it.
+    Ok(upgrade
+        .max_message_size(SUBSCRIBER_FRAME_BYTES)
+        .max_frame_size(SUBSCRIBER_FRAME_BYTES)
+        .on_upgrade(move |socket| stream_to_socket(socket, subscription, raw)))
 }
 
 async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bool) {
@@ -655,9 +662,10 @@ pub async fn publish_socket(
         .string("content_type")
         .unwrap_or("application/octet-stream")
         .to_string();
-    let limit = shoal.settings.max_message_bytes;
+    let limit = shoal.settings.max_message_bytes + (64 << 10);
     Ok(upgrade
-        .max_message_size(limit + (64 << 10))
+        .max_message_size(limit)
+        .max_frame_size(limit)
         .on_upgrade(move |socket| publish_from_socket(shoal, socket, topic, content_type)))
 }
 
