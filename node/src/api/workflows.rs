@@ -179,16 +179,21 @@ pub async fn put_definition(
     DefinitionId(id): DefinitionId,
     Body(body): Body,
 ) -> ApiResult<Response> {
-    let definition = tokio::task::spawn_blocking(move || parse(&body))
-        .await
-        .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))??;
+    let (definition, endpoints) = tokio::task::spawn_blocking(move || {
+        parse(&body).map(|definition| {
+            let endpoints = definition.http_endpoints();
+            (definition, endpoints)
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))??;
     if definition.key() != id {
         return Err(ApiError::bad_request(format!(
             "the path names {id} but the document is {}",
             definition.key()
         )));
     }
-    for endpoint in definition.http_endpoints() {
+    for endpoint in endpoints {
         // A URI template's host may not parse yet; its calls are checked
         // when they are made.
         if let Err(OutboundError::Refused(refusal)) =

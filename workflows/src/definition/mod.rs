@@ -118,8 +118,10 @@ impl Definition {
 
     /// The endpoints of the definition's HTTP calls that are written as
     /// URIs (those computed by expressions are known only when they run).
+    /// A walk of the document's structure; its expressions were checked
+    /// when the definition was built and are not compiled again.
     pub fn http_endpoints(&self) -> Vec<HttpEndpoint> {
-        validate(&self.document)
+        check_structure(&self.document)
             .map(|(_, validator)| validator.http_endpoints)
             .unwrap_or_default()
     }
@@ -172,6 +174,13 @@ const TOP_LEVEL_UNSUPPORTED: &[(&str, &str)] =
 /// Validates a whole definition; returns its namespace, name and version,
 /// and what the validator learned.
 fn validate(document: &Value) -> Check<((String, String, String), Validator)> {
+    let checked = check_structure(document)?;
+    jq::check_expressions(document)?;
+    Ok(checked)
+}
+
+/// Everything [`validate`] checks but the expressions (which it compiles).
+fn check_structure(document: &Value) -> Check<((String, String, String), Validator)> {
     let Some(root) = document.as_object() else {
         return Err(invalid(
             "",
@@ -203,6 +212,5 @@ fn validate(document: &Value) -> Check<((String, String, String), Validator)> {
         schedule_section(schedule, "/schedule")?;
     }
     validator.task_list(tasks, "/do", 1)?;
-    jq::check_expressions(document)?;
     Ok((identity, validator))
 }
