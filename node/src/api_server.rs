@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -18,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::api::error::{ApiError, ErrorCode};
 use crate::settings::Settings;
 
 /// How long a refused connection gets to send its request's headers, take
@@ -89,27 +91,29 @@ enum Refusal {
 
 impl Refusal {
     fn answer(self, limits: &ConnectionLimits) -> String {
-        let (status, code, message) = match self {
+        let (status, message) = match self {
             Refusal::Node => (
-                "503 Service Unavailable",
-                "too_many_connections",
+                StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "the node has {} open connections, its limit (--max-connections)",
                     limits.total
                 ),
             ),
             Refusal::Client => (
-                "429 Too Many Requests",
-                "too_many_connections",
+                StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "this address has {} open connections, the limit per client address (--max-connections-per-client)",
                     limits.per_client
                 ),
             ),
         };
-        let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+        let body = ApiError::new(status, ErrorCode::TooManyConnections, message)
+            .body()
+            .to_string();
         format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or_default(),
             body.len()
         )
     }

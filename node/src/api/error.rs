@@ -89,6 +89,9 @@ pub enum ErrorCode {
     /// 429: the workflow event inbox is full; send again when instances
     /// have taken some of its events.
     TooManyEvents,
+    /// 429 or 503: the client address (429) or the listener (503) has as
+    /// many open connections as it may; the connection is closed.
+    TooManyConnections,
     /// 500: a fault of this node.
     Internal,
     /// 502: the Kafka brokers did not answer.
@@ -136,6 +139,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::TooManyInstances => "too_many_instances",
             ErrorCode::TooManyEvents => "too_many_events",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Internal => "internal",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
             ErrorCode::Unavailable => "unavailable",
