@@ -105,12 +105,12 @@ impl Policy {
 
     /// What can be told from a URL's host without DNS: an address in it,
     /// or a name that always means loopback (`localhost`, `*.localhost`).
-    pub fn check_host(&self, host: &reqwest::Url) -> Result<(), Refusal> {
+    pub fn check_host(&self, url: &reqwest::Url) -> Result<(), Refusal> {
         let refused_as = |class| Refusal {
-            destination: host.host_str().unwrap_or_default().to_string(),
+            destination: url.host_str().unwrap_or_default().to_string(),
             class,
         };
-        match host.host() {
+        match url.host() {
             Some(url::Host::Ipv4(address)) => self.check_address(address.into()),
             Some(url::Host::Ipv6(address)) => self.check_address(address.into()),
             Some(url::Host::Domain(name)) => {
