@@ -347,6 +347,18 @@ impl Node {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
+    /// `POST path` with a CloudEvent in binary mode: its type and id as
+    /// `ce-` headers, its JSON data as the body.
+    pub async fn post_cloud_event(&self, path: &str, kind: &str, id: &str, data: &Value) -> Reply {
+        let request = self
+            .request(Method::POST, path)
+            .header("ce-type", kind)
+            .header("ce-id", id)
+            .header("content-type", "application/json")
+            .body(data.to_string());
+        self.send(request).await
+    }
+
     // ----- key/value ----------------------------------------------------
 
     fn kv_path(key: &str) -> String {

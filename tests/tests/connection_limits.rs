@@ -40,10 +40,11 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// `GET /ready` on this connection: the whole answer.
-async fn ready_answer(stream: &mut TcpStream) -> String {
+/// `GET path` on this connection: the whole answer.
+async fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: shoal\r\nconnection: close\r\n\r\n");
     stream
-        .write_all(b"GET /ready HTTP/1.1\r\nhost: shoal\r\nconnection: close\r\n\r\n")
+        .write_all(request.as_bytes())
         .await
         .expect("writing a request");
     read_to_close(stream).await
@@ -51,8 +52,28 @@ async fn ready_answer(stream: &mut TcpStream) -> String {
 
 /// `GET /ready` on this connection: the status line of the answer.
 async fn ready_on(stream: &mut TcpStream) -> String {
-    let answer = ready_answer(stream).await;
+    let answer = get_on(stream, "/ready").await;
     answer.lines().next().unwrap_or_default().to_string()
+}
+
+/// Waits until a connection from `source` is refused with `status` (the
+/// node counts a connection once it has accepted it, so the refusal
+/// comes once the held ones are counted), and checks the answer.
+async fn wait_refused(node: &Node, source: [u8; 4], status: &str) {
+    let answer = wait_for(
+        T,
+        &format!("a connection from {source:?} refused"),
+        || async {
+            let mut extra = connect_from(node, source).await;
+            let answer = get_on(&mut extra, "/ready").await;
+            match answer.starts_with(&format!("HTTP/1.1 {status}")) {
+                true => Ok(answer),
+                false => Err(answer),
+            }
+        },
+    )
+    .await;
+    assert_refused(&answer, status);
 }
 
 fn assert_refused(answer: &str, status: &str) {
@@ -84,22 +105,12 @@ async fn a_client_address_past_its_limit_is_refused_and_others_are_served() {
     for _ in 0..20 {
         held.push(connect_from(&node, [127, 0, 0, 1]).await);
     }
-    // The node counts a connection once it has accepted it; the 21st is
-    // refused as soon as the first 20 are counted.
-    let answer = wait_for(T, "the 21st connection refused", || async {
-        let mut extra = connect_from(&node, [127, 0, 0, 1]).await;
-        let answer = ready_answer(&mut extra).await;
-        match answer.starts_with("HTTP/1.1 429") {
-            true => Ok(answer),
-            false => Err(answer),
-        }
-    })
-    .await;
-    assert_refused(&answer, "429");
+    wait_refused(&node, [127, 0, 0, 1], "429").await;
     // Another address is served meanwhile.
     let mut other = connect_from(&node, [127, 0, 0, 2]).await;
     assert_eq!(ready_on(&mut other).await, "HTTP/1.1 200 OK");
-    let metrics = other_metrics(&node).await;
+    // From 127.0.0.3, an address with no held connections.
+    let metrics = get_on(&mut connect_from(&node, [127, 0, 0, 3]).await, "/metrics").await;
     assert!(refused_count(&metrics, "client") >= 1, "{metrics}");
     // Closed connections give their places back.
     drop(held);
@@ -114,16 +125,6 @@ async fn a_client_address_past_its_limit_is_refused_and_others_are_served() {
     .await;
 }
 
-/// `/metrics`, asked from 127.0.0.3 (an address with no held connections).
-async fn other_metrics(node: &Node) -> String {
-    let mut stream = connect_from(node, [127, 0, 0, 3]).await;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: shoal\r\nconnection: close\r\n\r\n")
-        .await
-        .expect("writing a request");
-    read_to_close(&mut stream).await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_listener_past_its_limit_answers_503_and_stays_up() {
     let node = Node::start_with(&["--max-connections", "40"]).await;
@@ -131,16 +132,7 @@ async fn a_listener_past_its_limit_answers_503_and_stays_up() {
     for i in 0..40u8 {
         held.push(connect_from(&node, [127, 0, 1, i]).await);
     }
-    let answer = wait_for(T, "a connection past the limit refused", || async {
-        let mut extra = connect_from(&node, [127, 0, 2, 1]).await;
-        let answer = ready_answer(&mut extra).await;
-        match answer.starts_with("HTTP/1.1 503") {
-            true => Ok(answer),
-            false => Err(answer),
-        }
-    })
-    .await;
-    assert_refused(&answer, "503");
+    wait_refused(&node, [127, 0, 2, 1], "503").await;
     drop(held);
     wait_for(T, "the node serving again", || async {
         let reply = node.get_path("/ready").await;

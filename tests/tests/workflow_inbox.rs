@@ -56,15 +56,8 @@ async fn send_paid(node: &Node, event_id: &str, order: &str) -> shoal_client::Wo
 /// Sends a JSON event of this type and id to the inbox over HTTP,
 /// asserting 202 (stored).
 async fn send_event(node: &Node, topic: &str, kind: &str, id: &str, data: Value) {
-    let reply = node
-        .send(
-            node.request(Method::POST, &format!("/v1/workflows/events/{topic}"))
-                .header("ce-type", kind)
-                .header("ce-id", id)
-                .header("content-type", "application/json")
-                .body(data.to_string()),
-        )
-        .await;
+    let path = format!("/v1/workflows/events/{topic}");
+    let reply = node.post_cloud_event(&path, kind, id, &data).await;
     assert_eq!(reply.status.as_u16(), 202, "{id}: {}", reply.describe());
 }
 

@@ -81,15 +81,8 @@ async fn wait_status(node: &Node, id: &str, status: &str) -> Value {
 
 /// Publishes a CloudEvent (binary mode) on a topic.
 async fn publish(node: &Node, topic: &str, kind: &str, id: &str, data: Value) {
-    let reply = node
-        .send(
-            node.request(Method::POST, &format!("/v1/topics/{topic}"))
-                .header("ce-type", kind)
-                .header("ce-id", id)
-                .header("content-type", "application/json")
-                .body(data.to_string()),
-        )
-        .await;
+    let path = format!("/v1/topics/{topic}");
+    let reply = node.post_cloud_event(&path, kind, id, &data).await;
     assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
 }
 
