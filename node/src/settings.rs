@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 mod node_id;
 
-pub use node_id::{node_id, NodeIdentity};
+pub use node_id::node_id;
 
 /// Flags shared by `shoal serve` and `shoal dev`. Every field is optional
 /// here so that a flag that was not given can fall back to the file.
