@@ -2,7 +2,7 @@
 #
 # From source (needs the rust and debian images from a registry):
 #   docker build -t shoal .
-#   docker run --rm -p 7700:7700 shoal dev --api 0.0.0.0:7700
+#   docker run --rm -p 7700:7700 shoal dev --api 0.0.0.0:7700 --insecure-no-auth
 # A first build compiles RocksDB and Polars from source (30-45 minutes on
 # 2 cores); the cache mounts keep later builds incremental.
 #
@@ -35,7 +35,9 @@ VOLUME /data
 # API (HTTP, also OTLP/HTTP and _bulk), RPC, gossip, OTLP/gRPC, OTLP/HTTP.
 EXPOSE 7700 7701 7702/udp 4317 4318
 ENTRYPOINT ["shoal"]
-CMD ["dev", "--api", "0.0.0.0:7700"]
+# A development node: reachable through the published port, without tokens
+# (docker-compose.yml shows a cluster with access control).
+CMD ["dev", "--api", "0.0.0.0:7700", "--insecure-no-auth"]
 
 # A binary built outside, copied from the build context (scripts/docker-image).
 FROM runtime AS prebuilt

@@ -46,6 +46,7 @@ pub struct ClientBuilder {
     endpoints: Vec<String>,
     timeout: Duration,
     connect_timeout: Duration,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -74,6 +75,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends this token (`Authorization: Bearer`) with every request, as
+    /// nodes with ACLs on (`--acl`) require.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// Checks the endpoints and builds the client. No connection is made yet.
     pub fn build(self) -> Result<Client> {
         if self.endpoints.is_empty() {
@@ -84,7 +92,18 @@ impl ClientBuilder {
             .iter()
             .map(|e| normalize_endpoint(e))
             .collect::<Result<Vec<_>>>()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::InvalidEndpoint {
+                    endpoint: endpoints.join(","),
+                    reason: "the token has characters a header cannot carry".into(),
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(self.connect_timeout)
             // The endpoints are cluster nodes: a system proxy would only be in the way.
             .no_proxy()
@@ -191,6 +210,7 @@ impl Client {
             endpoints: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            token: None,
         }
     }
 

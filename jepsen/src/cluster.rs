@@ -181,6 +181,9 @@ impl Cluster {
             "2000".into(),
             "--snapshot-every".into(),
             self.settings.snapshot_every.to_string(),
+            // The API listens on the namespaces' private addresses; the
+            // checker is the only client.
+            "--insecure-no-auth".into(),
         ]);
         args.extend(self.settings.extra_args.iter().cloned());
         args

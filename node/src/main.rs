@@ -105,8 +105,13 @@ fn main() -> std::process::ExitCode {
                 args.bootstrap_expect.get_or_insert(1);
                 let mut settings = Settings::resolve(args)?;
                 settings.outbound_policy.allow_loopback();
+                let try_first = if settings.acl {
+                    "shoal acl bootstrap, then export SHOAL_TOKEN=<its secret>"
+                } else {
+                    "shoal kv put hello world && shoal kv get hello"
+                };
                 eprintln!(
-                    "shoal dev: single node, data in {}, API on http://{}\n  try: shoal kv put hello world && shoal kv get hello",
+                    "shoal dev: single node, data in {}, API on http://{}\n  try: {try_first}",
                     settings.data_dir.display(),
                     settings.api
                 );
@@ -128,6 +133,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<settings::Unprotected>().is_some() {
+                // A usage error, like clap's: the command line must change.
+                return std::process::ExitCode::from(2);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -132,6 +132,22 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(api::workflow_instances::act_on_instances))
         .routes(routes!(api::workflow_events::send_event))
         .routes(routes!(api::workflow_events::list_events))
+        .routes(routes!(api::acl::bootstrap))
+        .routes(routes!(api::acl::whoami))
+        .routes(routes!(api::acl::list_policies))
+        .routes(routes!(
+            api::acl::put_policy,
+            api::acl::get_policy,
+            api::acl::delete_policy
+        ))
+        .routes(routes!(api::acl::list_roles))
+        .routes(routes!(
+            api::acl::put_role,
+            api::acl::get_role,
+            api::acl::delete_role
+        ))
+        .routes(routes!(api::acl::list_tokens, api::acl::create_token))
+        .routes(routes!(api::acl::get_token, api::acl::delete_token))
         .layer(DefaultBodyLimit::max(limits.default))
 }
 
@@ -150,6 +166,10 @@ pub fn router(app: AppState) -> Router {
     let document = api::doc::finish(document);
     let json = serde_json::to_string(&document).unwrap_or_else(|_| "{}".to_string());
     router
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            api::auth::authorize,
+        ))
         .fallback(api::node::not_found)
         .method_not_allowed_fallback(api::node::method_not_allowed)
         .layer(Extension(OpenApiJson(json.into())))

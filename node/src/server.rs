@@ -130,6 +130,10 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         unfinished_instances: Default::default(),
         waiting_events: Default::default(),
         outbound,
+        acl: Arc::new(shoal_acl::Acl::new(
+            settings.acl,
+            settings.initial_management_token.as_deref(),
+        )),
         peer_http: reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -506,13 +510,20 @@ fn serve_ingest(
         tokio::spawn(otlp::serve_grpc(
             listener,
             shoal.logs.clone(),
+            shoal.acl.clone(),
             shoal.settings.logs_max_body_bytes,
         ));
     }
     if let Some(listener) = otlp_http {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");
-        let (logs, settings) = (shoal.logs.clone(), shoal.settings.clone());
-        tokio::spawn(async move { otlp::serve_http(listener, logs, &settings, stopped).await });
+        let (logs, acl, settings) = (
+            shoal.logs.clone(),
+            shoal.acl.clone(),
+            shoal.settings.clone(),
+        );
+        tokio::spawn(
+            async move { otlp::serve_http(listener, logs, acl, &settings, stopped).await },
+        );
     }
 }
 

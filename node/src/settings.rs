@@ -69,6 +69,19 @@ pub struct NodeArgs {
     /// Shared secret that peers must prove to exchange Raft and gossip traffic.
     #[arg(long, env = "SHOAL_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Require a token on every API request (`Authorization: Bearer ...`); without one that
+    /// a policy allows, a request is refused. Start with `shoal acl bootstrap` or
+    /// --initial-management-token-file.
+    #[arg(long, env = "SHOAL_ACL", num_args = 0..=1, default_missing_value = "true")]
+    pub acl: Option<bool>,
+    /// A file holding a secret that this node accepts as a management token (allowed
+    /// everything), to set up ACLs without `shoal acl bootstrap`.
+    #[arg(long, env = "SHOAL_INITIAL_MANAGEMENT_TOKEN_FILE")]
+    pub initial_management_token_file: Option<PathBuf>,
+    /// Serve the API and OTLP on addresses other than loopback without --acl (anyone who can
+    /// reach them can read and change everything).
+    #[arg(long, env = "SHOAL_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_no_auth: Option<bool>,
     /// On SIGTERM, leave the cluster (be removed from Raft) before exiting.
     #[arg(long, env = "SHOAL_LEAVE_ON_TERMINATE", num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_terminate: Option<bool>,
@@ -277,6 +290,33 @@ pub fn with_defaults_in_help(command: clap::Command) -> clap::Command {
         })
 }
 
+/// A node was asked to serve its API or OTLP beyond loopback without ACLs.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{listener} listens on {addr}, which is reachable from other machines, and --acl is off: \
+     anyone who can reach it could read and change everything. Start with --acl (then \
+     `shoal acl bootstrap`, or --initial-management-token-file), listen on 127.0.0.1, or pass \
+     --insecure-no-auth if the network itself is trusted"
+)]
+pub struct Unprotected {
+    pub listener: &'static str,
+    pub addr: SocketAddr,
+}
+
+/// A secret from a file: its first line, which must not be empty.
+fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --initial-management-token-file {}", path.display()))?;
+    let secret = text.lines().next().unwrap_or_default().trim();
+    if secret.len() < 16 {
+        bail!(
+            "--initial-management-token-file {}: the secret on its first line must have at least 16 characters",
+            path.display()
+        );
+    }
+    Ok(secret.to_string())
+}
+
 /// An optional listener: its address, and whether the user named it (a
 /// named address that cannot be bound is an error; the default is skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,6 +424,10 @@ pub struct Settings {
     pub cluster_name: String,
     pub cluster_secret: Option<String>,
     pub leave_on_terminate: bool,
+    pub acl: bool,
+    /// The secret read from --initial-management-token-file.
+    pub initial_management_token: Option<String>,
+    pub insecure_no_auth: bool,
     pub election_timeout_ms: u64,
     pub log_level: String,
     pub log_dir: PathBuf,
@@ -462,6 +506,11 @@ impl Settings {
             cluster_name: pick!(cluster_name).unwrap_or_else(|| default_of("cluster_name")),
             cluster_secret: pick!(cluster_secret),
             leave_on_terminate: pick!(leave_on_terminate).unwrap_or(false),
+            acl: pick!(acl).unwrap_or(false),
+            initial_management_token: pick!(initial_management_token_file)
+                .map(|path| read_secret_file(&path))
+                .transpose()?,
+            insecure_no_auth: pick!(insecure_no_auth).unwrap_or(false),
             election_timeout_ms: pick!(election_timeout_ms)
                 .unwrap_or_else(|| default_of("election_timeout_ms")),
             log_level: pick!(log_level).unwrap_or_else(|| default_of("log_level")),
@@ -533,7 +582,29 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Refuse to serve beyond loopback without ACLs unless told to.
+    fn check_protected(&self) -> Result<(), Unprotected> {
+        if self.acl || self.insecure_no_auth {
+            return Ok(());
+        }
+        let listeners = [
+            ("the API", Some(self.api)),
+            ("the OTLP/gRPC receiver", self.otlp_grpc.addr),
+            ("the OTLP/HTTP receiver", self.otlp_http.addr),
+        ];
+        for (listener, addr) in listeners {
+            if let Some(addr) = addr.filter(|addr| !addr.ip().is_loopback()) {
+                return Err(Unprotected { listener, addr });
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self) -> anyhow::Result<()> {
+        self.check_protected()?;
+        if self.initial_management_token.is_some() && !self.acl {
+            bail!("--initial-management-token-file needs --acl");
+        }
         if self.node_id == Some(0) {
             bail!("--node-id must be greater than 0");
         }

@@ -13,11 +13,13 @@ The documents (all into INDEX):
   (no id) index {"message": "es doc three"}   (no timestamp: stamped on arrival)
   then, in a second bulk: es-4 {"message": "es doc four"} and
   es-bad {"timestamp": "yesterday", "message": "es doc bad"}, which must fail.
-Used by tests/tests/logs_shipping.rs.
+With ES_API_KEY set, the client sends it (`Authorization: ApiKey ...`).
+Used by tests/tests/logs_shipping.rs and tests/tests/acl.rs.
 """
 
 import datetime
 import json
+import os
 import sys
 
 from elasticsearch import Elasticsearch, helpers
@@ -25,7 +27,7 @@ from elasticsearch import Elasticsearch, helpers
 
 def main():
     url, index = sys.argv[1], sys.argv[2]
-    es = Elasticsearch(url, request_timeout=10)
+    es = Elasticsearch(url, request_timeout=10, api_key=os.environ.get("ES_API_KEY"))
     info = es.info().body
     print(json.dumps({"op": "info", "version": info["version"]["number"], "tagline": info.get("tagline"),
                       "ping": es.ping()}), flush=True)

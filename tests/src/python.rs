@@ -45,6 +45,12 @@ pub fn py_script(name: &str) -> PathBuf {
 /// to run `./scripts/setup`; other failures are returned for the test to
 /// judge.
 pub async fn run_python(script: &str, args: &[&str]) -> CliOutput {
+    run_python_with_env(script, args, &[]).await
+}
+
+/// [`run_python`] with these environment variables set for the script
+/// (e.g. `OTEL_EXPORTER_OTLP_HEADERS`, which the OpenTelemetry SDK reads).
+pub async fn run_python_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
     let python = python_bin();
     let mut command = Command::new(&python);
     command
@@ -62,6 +68,7 @@ pub async fn run_python(script: &str, args: &[&str]) -> CliOutput {
             command.env_remove(name);
         }
     }
+    command.envs(env.iter().copied());
     let child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));

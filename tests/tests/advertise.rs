@@ -64,7 +64,9 @@ async fn nodes_on_every_interface_form_a_cluster_through_advertised_names() {
         let node = plan
             .node(i)
             .listen_host("0.0.0.0")
+            // The API on every interface without ACLs: the test network is trusted.
             .args(&[
+                "--insecure-no-auth",
                 "--advertise-api",
                 &format!("localhost:{}", ports.api),
                 "--advertise-rpc",

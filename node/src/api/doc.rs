@@ -11,6 +11,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, InfoBuilder, ObjectBuilder, OpenApi, RefOr, ResponseBuilder,
     ServerBuilder, Tag, Type,
@@ -65,6 +66,16 @@ shared_error_response!(
 );
 shared_error_response!(NotFound, "Any unknown route. Error codes: `not_found`.");
 shared_error_response!(
+    Unauthorized,
+    "ACLs are on (`--acl`) and the request carries no token, or an unknown, deleted or expired \
+     one. Error codes: `unauthorized`."
+);
+shared_error_response!(
+    Forbidden,
+    "The token's policies do not allow this (`error.resource` and `error.access` name what is \
+     missing). Error codes: `permission_denied`."
+);
+shared_error_response!(
     MethodNotAllowed,
     "A known route called with a method it does not take. Error codes: `method_not_allowed`."
 );
@@ -104,7 +115,7 @@ per transaction branch; list page 1..1000 (default 100); history page 1..1000 (d
 long-poll `timeout_ms` ≤ 300000 (default 30000) and `limit` 1..10000 (default 1000); lease TTL \
 1..86400 s; request timeout 10 s (`--request-timeout-ms`).";
 
-const TAGS: [(&str, &str); 10] = [
+const TAGS: [(&str, &str); 11] = [
     ("node", "Health, readiness, status, metrics"),
     ("cluster", "Membership, leaving, replica digests"),
     ("kv", "Keys, transactions, history, rollback, compaction"),
@@ -130,6 +141,10 @@ const TAGS: [(&str, &str); 10] = [
     (
         "traces",
         "Whole traces across the cluster, and the Jaeger query API for Grafana",
+    ),
+    (
+        "acl",
+        "Tokens, roles and policies (with --acl, every other route needs a token)",
     ),
 ];
 
@@ -161,6 +176,8 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
         <Timeout as ToResponse>::response(),
         <NotFound as ToResponse>::response(),
         <MethodNotAllowed as ToResponse>::response(),
+        <Unauthorized as ToResponse>::response(),
+        <Forbidden as ToResponse>::response(),
     ] {
         components.responses.insert(name.to_string(), response);
     }
@@ -172,15 +189,44 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
     <ErrorBody as ToSchema>::schemas(&mut schemas);
     components.schemas.extend(schemas);
 
+    components.security_schemes.insert(
+        "token".to_string(),
+        RefOr::T(SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "A token's secret (`shoal acl token create`), needed when ACLs are on \
+                     (`--acl`). Stream routes also take `access_token=`; the Elasticsearch \
+                     routes also `ApiKey` and `Basic` (the token as password).",
+                ))
+                .build(),
+        )),
+    );
+
     // Axum's catch-all `{*key}` is the parameter `{key}` in OpenAPI.
     let paths = std::mem::take(&mut document.paths.paths);
     for (path, mut item) in paths {
+        let open = super::auth::OPEN_ROUTES.contains(&path.as_str());
         for operation in operations(&mut item) {
             add_request_id(operation);
+            if !open {
+                add_token(operation);
+            }
         }
         document.paths.paths.insert(path.replace("{*", "{"), item);
     }
     document
+}
+
+/// The token requirement and its two error answers.
+fn add_token(operation: &mut utoipa::openapi::path::Operation) {
+    operation.security = Some(vec![SecurityRequirement::new::<_, _, &str>("token", [])]);
+    for (status, name) in [("401", "Unauthorized"), ("403", "Forbidden")] {
+        operation.responses.responses.insert(
+            status.to_string(),
+            RefOr::Ref(utoipa::openapi::Ref::from_response_name(name)),
+        );
+    }
 }
 
 fn operations(

@@ -45,6 +45,12 @@ pub enum ErrorCode {
     /// 400: a URL points where outbound requests may not go (loopback,
     /// link-local, private; see `--outbound-allow`).
     DestinationRefused,
+    /// 401: the request carries no token, or one that is unknown, deleted
+    /// or expired (ACLs are on).
+    Unauthorized,
+    /// 403: the token's policies do not allow this (`resource` and
+    /// `access` name what was missing).
+    PermissionDenied,
     /// 404: the key does not exist.
     KeyNotFound,
     /// 404: the lease does not exist or has expired.
@@ -63,6 +69,8 @@ pub enum ErrorCode {
     LastVoter,
     /// 409: a workflow definition version exists with another document.
     VersionExists,
+    /// 409: the ACL was bootstrapped already.
+    AlreadyBootstrapped,
     /// 409: a workflow instance id is taken by another workflow's instance.
     IdTaken,
     /// 409: a workflow instance's status does not allow the action.
@@ -118,6 +126,8 @@ impl ErrorCode {
             ErrorCode::InvalidDefinition => "invalid_definition",
             ErrorCode::UnsupportedConstruct => "unsupported_construct",
             ErrorCode::DestinationRefused => "destination_refused",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::KeyNotFound => "key_not_found",
             ErrorCode::LeaseNotFound => "lease_not_found",
             ErrorCode::NodeNotFound => "node_not_found",
@@ -127,6 +137,7 @@ impl ErrorCode {
             ErrorCode::CompareFailed => "compare_failed",
             ErrorCode::LastVoter => "last_voter",
             ErrorCode::VersionExists => "version_exists",
+            ErrorCode::AlreadyBootstrapped => "already_bootstrapped",
             ErrorCode::IdTaken => "id_taken",
             ErrorCode::WrongStatus => "wrong_status",
             ErrorCode::Compacted => "compacted",

@@ -32,6 +32,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 /// Query parameters, read by name with explicit parsing and error messages.
+#[derive(Default)]
 pub struct Params(HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {

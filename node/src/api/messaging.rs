@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use shoal_acl::{Access, Resource};
 use shoal_actors::message::{new_id, new_traceparent, rfc3339_now, Message, Shared};
 use shoal_actors::queue::{BoundedQueue, Overflow};
 use shoal_actors::router::Subscription;
@@ -26,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use super::extract::{Body, JsonBody, Params, PathText, Upgrade};
 use super::model::SseEvent;
@@ -393,6 +395,7 @@ fn batch_message(
     )
 )]
 pub async fn publish_batch(
+    caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     headers: HeaderMap,
     JsonBody(batch): JsonBody<PublishBatch>,
@@ -409,6 +412,7 @@ pub async fn publish_batch(
             e.message = format!("messages[{index}]: {}", e.message);
             e.with("index", json!(index))
         })?;
+        caller.require(Resource::Topic, &message.topic, Access::Write)?;
         messages.push(message);
     }
     let receipt = shoal
@@ -650,6 +654,7 @@ async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bo
     )
 )]
 pub async fn publish_socket(
+    caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     params: Params,
     Upgrade(upgrade): Upgrade,
@@ -657,6 +662,7 @@ pub async fn publish_socket(
     let topic = params.string("topic").map(str::to_string);
     if let Some(topic) = &topic {
         validate_topic(topic).map_err(invalid_topic)?;
+        caller.require(Resource::Topic, topic, Access::Write)?;
     }
     let content_type = params
         .string("content_type")
@@ -666,11 +672,12 @@ pub async fn publish_socket(
     Ok(upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| publish_from_socket(shoal, socket, topic, content_type)))
+        .on_upgrade(move |socket| publish_from_socket(shoal, caller, socket, topic, content_type)))
 }
 
 async fn publish_from_socket(
     shoal: Arc<Shoal>,
+    caller: Caller,
     mut socket: WebSocket,
     topic: Option<String>,
     content_type: String,
@@ -681,7 +688,9 @@ async fn publish_from_socket(
             (WsMessage::Text(text), None) => {
                 let item: BatchMessage = serde_json::from_str(text.as_str())
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON frame: {e}")))?;
-                return batch_message(&shoal, item, None).map(Some);
+                let message = batch_message(&shoal, item, None)?;
+                caller.require(Resource::Topic, &message.topic, Access::Write)?;
+                return Ok(Some(message));
             }
             (WsMessage::Text(text), Some(_)) => Bytes::from(text),
             (WsMessage::Binary(bytes), Some(_)) => bytes,

@@ -6,6 +6,8 @@
 //! not be imported by them, by `cluster/`, or by the CLI; the route table
 //! is `routes.rs`, above both this and `compat/`.
 
+pub mod acl;
+pub mod auth;
 pub mod cluster;
 pub mod delivery;
 pub mod doc;

@@ -26,6 +26,9 @@ pub struct ClientArgs {
         global = true
     )]
     pub endpoint: String,
+    /// Token to send (`Authorization: Bearer`), needed when the node runs with --acl.
+    #[arg(long, env = "SHOAL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     /// Print the server's JSON instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -120,10 +123,13 @@ pub enum ClusterCommand {
 impl ClientArgs {
     /// A client for `--endpoint`.
     pub fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::builder()
+        let mut builder = Client::builder()
             .endpoint(self.endpoint.as_str())
-            .connect_timeout(Duration::from_secs(5))
-            .build()?)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(token) = self.token.as_deref().filter(|token| !token.is_empty()) {
+            builder = builder.token(token);
+        }
+        Ok(builder.build()?)
     }
 }
 

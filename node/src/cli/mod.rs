@@ -1,12 +1,13 @@
 //! The command-line interface: the `shoal` command's arguments and the
 //! client subcommands (`kv`, `lease`, `cluster`, `pub`, `sub`, `logs`,
-//! `wf`, `status`). It owns argument parsing, output formatting and the wording of
+//! `wf`, `acl`, `status`). It owns argument parsing, output formatting and the wording of
 //! errors, and talks to nodes only through `shoal-client` (typed calls where
 //! the client models the API, its `request_json`/`request_events` escape
 //! hatch for cluster, status and log queries), like any other client; it
 //! must not depend on the node's internals (services, `cluster/`, the HTTP
 //! layer), only on `settings` for the flags of `serve` and `dev`.
 
+mod acl;
 mod client;
 mod logs;
 mod ship;
@@ -15,6 +16,7 @@ mod workflows;
 use clap::{Parser, Subcommand};
 
 use crate::settings::NodeArgs;
+use acl::AclCommand;
 use client::{ClientArgs, ClusterCommand, KvCommand, LeaseCommand};
 use logs::LogsCommand;
 use workflows::WfCommand;
@@ -109,6 +111,14 @@ pub enum Command {
         #[command(subcommand)]
         command: WfCommand,
     },
+    /// Manage access control: bootstrap, tokens, roles and policies (nodes started with
+    /// --acl; `shoal acl --help`).
+    Acl {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: AclCommand,
+    },
     /// Print the HTTP API's OpenAPI 3.1 document (what every node serves at
     /// /openapi.json), without a node: for generating clients.
     Openapi,
@@ -140,6 +150,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status { client } => client::status(client).await,
         Command::Logs { client, command } => logs::run(client, command).await,
         Command::Wf { client, command } => workflows::run(client, command).await,
+        Command::Acl { client, command } => acl::run(client, command).await,
         Command::Pub {
             client,
             topic,

@@ -3,6 +3,7 @@
 //! Bit, Vector, rsyslog's omelasticsearch and the official clients work
 //! unchanged. The `_index` of an action names the stream.
 
+use crate::api::auth::Caller;
 use crate::api::extract::PathText;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
+use shoal_acl::{Access, Resource};
 use shoal_search::record::{self, validate_stream};
 use shoal_search::{Record, SearchError};
 use utoipa::ToSchema;
@@ -217,11 +219,12 @@ const BULK_DESCRIPTION: &str = "Elasticsearch-compatible bulk ingest for shipper
     )
 )]
 pub async fn bulk_default(
+    caller: Caller,
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    bulk_request(app, None, headers, body).await
+    bulk_request(app, caller, None, headers, body).await
 }
 
 #[utoipa::path(
@@ -249,11 +252,12 @@ pub async fn bulk_default(
     )
 )]
 pub async fn bulk_default_put(
+    caller: Caller,
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    bulk_request(app, None, headers, body).await
+    bulk_request(app, caller, None, headers, body).await
 }
 
 #[utoipa::path(
@@ -284,12 +288,13 @@ pub async fn bulk_default_put(
     )
 )]
 pub async fn bulk_index(
+    caller: Caller,
     State(app): State<AppState>,
     PathText(index): PathText,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    bulk_request(app, Some(index), headers, body).await
+    bulk_request(app, caller, Some(index), headers, body).await
 }
 
 #[utoipa::path(
@@ -320,22 +325,24 @@ pub async fn bulk_index(
     )
 )]
 pub async fn bulk_index_put(
+    caller: Caller,
     State(app): State<AppState>,
     PathText(index): PathText,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    bulk_request(app, Some(index), headers, body).await
+    bulk_request(app, caller, Some(index), headers, body).await
 }
 
 async fn bulk_request(
     app: AppState,
+    caller: Caller,
     path_index: Option<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match body_or_error(body) {
-        Ok(body) => bulk(app, path_index, headers, body).await,
+        Ok(body) => bulk(app, caller, path_index, headers, body).await,
         Err(response) => response,
     }
 }
@@ -457,6 +464,7 @@ pub struct EsShards {
 
 async fn bulk(
     app: AppState,
+    caller: Caller,
     path_index: Option<String>,
     headers: HeaderMap,
     body: Vec<u8>,
@@ -479,6 +487,17 @@ async fn bulk(
     };
     for (stream, records) in by_stream {
         let (positions, records): (Vec<usize>, Vec<Record>) = records.into_iter().unzip();
+        // Like Elasticsearch, a document the credentials may not write
+        // fails as an item; the others are stored.
+        if let Err(e) = caller.require(Resource::Logs, &stream, Access::Write) {
+            for position in &positions {
+                if let Some(item) = items.get_mut(*position) {
+                    item.status = 403;
+                    item.error = Some(("security_exception".into(), e.message.clone()));
+                }
+            }
+            continue;
+        }
         match app.shoal.logs.ingest(&stream, records).await {
             Ok(outcome) => {
                 for (index, reason) in outcome.rejected {

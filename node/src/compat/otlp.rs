@@ -27,6 +27,7 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::{Map, Value};
+use shoal_acl::{Access, Acl, AuthError, Identity, Resource};
 use shoal_search::record::{
     self, normalize_level, now_nanos, truncate, MAX_ATTRIBUTES_BYTES, MAX_MESSAGE_BYTES,
 };
@@ -271,12 +272,59 @@ fn span_record(
     })
 }
 
-/// Ingest records grouped by stream; records the engine refuses are counted.
+/// Why an export was refused as a whole.
+enum ExportError {
+    Search(SearchError),
+    /// No token, or an unknown or expired one (ACLs are on).
+    Unauthenticated(AuthError),
+    /// The token may not write one of the export's streams.
+    Denied(String),
+}
+
+impl From<SearchError> for ExportError {
+    fn from(e: SearchError) -> ExportError {
+        ExportError::Search(e)
+    }
+}
+
+impl From<ExportError> for ApiError {
+    fn from(e: ExportError) -> ApiError {
+        match e {
+            ExportError::Search(e) => ApiError::from(e),
+            ExportError::Unauthenticated(e) => crate::api::auth::unauthorized(e),
+            ExportError::Denied(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, message)
+            }
+        }
+    }
+}
+
+/// Who sent an export: the exporter's `authorization` header (set with
+/// `OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer ...`).
+fn authenticate(acl: &Acl, headers: &HeaderMap) -> Result<Identity, ExportError> {
+    let secret = crate::api::auth::credentials(headers, None, false);
+    acl.authenticate(secret.as_deref(), shoal_storage::now_ms())
+        .map_err(ExportError::Unauthenticated)
+}
+
+/// Ingest records grouped by stream, all or none of the streams: the
+/// identity must be allowed to write each. Records the engine refuses are
+/// counted.
 async fn ingest(
     logs: &Logs,
+    identity: &Identity,
     by_stream: BTreeMap<String, Vec<Record>>,
     outcome: &mut Outcome,
-) -> Result<(), SearchError> {
+) -> Result<(), ExportError> {
+    if let Some(stream) = by_stream
+        .keys()
+        .find(|stream| !identity.allows(Resource::Logs, stream, Access::Write))
+    {
+        metrics::counter!("shoal_acl_denied_total", "resource" => "logs").increment(1);
+        return Err(ExportError::Denied(format!(
+            "the token may not write logs {stream:?}"
+        )));
+    }
     for (stream, records) in by_stream {
         let result = logs.ingest(&stream, records).await?;
         for (_, reason) in result.rejected {
@@ -288,8 +336,9 @@ async fn ingest(
 
 async fn export_logs(
     logs: &Logs,
+    identity: &Identity,
     request: ExportLogsServiceRequest,
-) -> Result<Outcome, SearchError> {
+) -> Result<Outcome, ExportError> {
     let mut outcome = Outcome::default();
     let mut by_stream: BTreeMap<String, Vec<Record>> = BTreeMap::new();
     for resource_logs in &request.resource_logs {
@@ -313,15 +362,16 @@ async fn export_logs(
             }
         }
     }
-    ingest(logs, by_stream, &mut outcome).await?;
+    ingest(logs, identity, by_stream, &mut outcome).await?;
     metrics::counter!("shoal_otlp_log_records_rejected_total").increment(outcome.rejected as u64);
     Ok(outcome)
 }
 
 async fn export_traces(
     logs: &Logs,
+    identity: &Identity,
     request: ExportTraceServiceRequest,
-) -> Result<Outcome, SearchError> {
+) -> Result<Outcome, ExportError> {
     let mut outcome = Outcome::default();
     let mut spans = Vec::new();
     for resource_spans in &request.resource_spans {
@@ -342,6 +392,7 @@ async fn export_traces(
     }
     ingest(
         logs,
+        identity,
         BTreeMap::from([(TRACES_STREAM.to_string(), spans)]),
         &mut outcome,
     )
@@ -372,9 +423,22 @@ fn traces_response(outcome: &Outcome) -> ExportTraceServiceResponse {
 
 struct Grpc {
     logs: Logs,
+    acl: Arc<Acl>,
 }
 
-fn grpc_status(e: SearchError) -> tonic::Status {
+impl Grpc {
+    fn identity<T>(&self, request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
+        authenticate(&self.acl, &headers).map_err(grpc_status)
+    }
+}
+
+fn grpc_status(e: ExportError) -> tonic::Status {
+    let e = match e {
+        ExportError::Search(e) => e,
+        ExportError::Unauthenticated(e) => return tonic::Status::unauthenticated(e.to_string()),
+        ExportError::Denied(message) => return tonic::Status::permission_denied(message),
+    };
     match e {
         // UNAVAILABLE is what OTLP exporters retry with backoff.
         SearchError::Busy(message) => tonic::Status::unavailable(message),
@@ -391,7 +455,8 @@ impl LogsService for Grpc {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let outcome = export_logs(&self.logs, request.into_inner())
+        let identity = self.identity(&request)?;
+        let outcome = export_logs(&self.logs, &identity, request.into_inner())
             .await
             .map_err(grpc_status)?;
         Ok(tonic::Response::new(logs_response(&outcome)))
@@ -404,16 +469,17 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let outcome = export_traces(&self.logs, request.into_inner())
+        let identity = self.identity(&request)?;
+        let outcome = export_traces(&self.logs, &identity, request.into_inner())
             .await
             .map_err(grpc_status)?;
         Ok(tonic::Response::new(traces_response(&outcome)))
     }
 }
 
-pub async fn serve_grpc(listener: TcpListener, logs: Logs, max_bytes: usize) {
+pub async fn serve_grpc(listener: TcpListener, logs: Logs, acl: Arc<Acl>, max_bytes: usize) {
     use tonic::codec::CompressionEncoding;
-    let grpc = Arc::new(Grpc { logs });
+    let grpc = Arc::new(Grpc { logs, acl });
     let result = tonic::transport::Server::builder()
         .add_service(
             LogsServiceServer::from_arc(grpc.clone())
@@ -437,12 +503,14 @@ pub async fn serve_grpc(listener: TcpListener, logs: Logs, max_bytes: usize) {
 #[derive(Clone)]
 struct HttpState {
     logs: Logs,
+    acl: Arc<Acl>,
     max_bytes: usize,
 }
 
 pub async fn serve_http(
     listener: TcpListener,
     logs: Logs,
+    acl: Arc<Acl>,
     settings: &Settings,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -458,7 +526,11 @@ pub async fn serve_http(
             )
         })
         .layer(DefaultBodyLimit::max(max_bytes))
-        .with_state(HttpState { logs, max_bytes });
+        .with_state(HttpState {
+            logs,
+            acl,
+            max_bytes,
+        });
     crate::api_server::serve(
         listener,
         "otlp_http",
@@ -597,11 +669,16 @@ async fn http_logs(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
+    // Before decoding: a caller without a token costs no more than this.
+    let identity = match authenticate(&state.acl, &headers) {
+        Ok(identity) => identity,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let (request, encoding) = match accept(&state, &headers, &body) {
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
-    match export_logs(&state.logs, request).await {
+    match export_logs(&state.logs, &identity, request).await {
         Ok(outcome) => encode(&logs_response(&outcome), encoding, outcome.rejected > 0),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -612,11 +689,16 @@ async fn http_traces(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Response {
+    // Before decoding: a caller without a token costs no more than this.
+    let identity = match authenticate(&state.acl, &headers) {
+        Ok(identity) => identity,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let (request, encoding) = match accept(&state, &headers, &body) {
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
-    match export_traces(&state.logs, request).await {
+    match export_traces(&state.logs, &identity, request).await {
         Ok(outcome) => encode(&traces_response(&outcome), encoding, outcome.rejected > 0),
         Err(e) => ApiError::from(e).into_response(),
     }

@@ -137,7 +137,7 @@ pub async fn sync_interest(shoal: Arc<Shoal>, transport: Arc<RpcTransport>) {
 }
 
 /// Load the whole messaging configuration (`_shoal/...` keys) from the local
-/// replica into the messaging service, retrying until it can be read;
+/// replica into the messaging service (and the ACL's entries into the ACL), retrying until it can be read;
 /// returns the store revision it was read at. The node awaits this before
 /// it resumes deliveries and serves its API: a deliverer that looked up a
 /// webhook in a configuration not loaded yet would take it for deleted and
@@ -161,6 +161,7 @@ pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
             .await;
         match loaded {
             Ok((revision, all)) => {
+                shoal.acl.replace(&all, revision);
                 shoal.messaging.replace_config(all).await;
                 return revision;
             }
@@ -201,7 +202,9 @@ pub async fn follow_config(shoal: Arc<Shoal>, mut revision: u64) {
                                 .then(|| event.kv.value.clone());
                             (event.kv.key.clone(), value)
                         })
-                        .collect();
+                        .collect::<Vec<_>>();
+                    let through = batches.last().map(|shared| shared.batch.revision);
+                    shoal.acl.apply(&changes, through.unwrap_or(revision));
                     shoal.messaging.apply_config(changes).await;
                 }
                 Err(e) => {

@@ -108,6 +108,8 @@ pub struct Shoal {
     /// The client for requests to users' URLs (webhooks, workflow calls),
     /// which applies the outbound policy (`--outbound-allow`).
     pub outbound: shoal_outbound::Outbound,
+    /// Tokens, roles and policies as this replica has them (see `load_config`).
+    pub acl: Arc<shoal_acl::Acl>,
     /// The client for requests to peers' APIs (fan-outs).
     pub peer_http: reqwest::Client,
     /// Fault injection for the fault tests (debug builds only).

@@ -10,12 +10,14 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use shoal_acl::{Access, Resource};
 use shoal_actors::config::{
     Bridge, ConfigError, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX, WEBHOOKS_PREFIX,
 };
 use shoal_storage::kv::{Txn, TxnOp};
 use utoipa::ToSchema;
 
+use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::api::extract::{JsonBody, PathText};
 use crate::services::shoal::Shoal;
@@ -249,10 +251,12 @@ pub mod webhooks {
         )
     )]
     pub async fn get(
+        caller: Caller,
         State(shoal): State<Arc<Shoal>>,
         PathText(name): PathText,
     ) -> ApiResult<Json<Value>> {
-        super::get(shoal, Kind::Webhook, name).await
+        let Json(webhook) = super::get(shoal, Kind::Webhook, name).await?;
+        Ok(Json(without_secret(&caller, webhook)))
     }
 
     #[utoipa::path(
@@ -270,10 +274,33 @@ pub mod webhooks {
             (status = 504, response = crate::api::doc::Timeout),
         )
     )]
-    pub async fn list(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<WebhookList>> {
+    pub async fn list(
+        caller: Caller,
+        State(shoal): State<Arc<Shoal>>,
+    ) -> ApiResult<Json<WebhookList>> {
+        let webhooks = super::list(shoal, Kind::Webhook).await?;
         Ok(Json(WebhookList {
-            webhooks: super::list(shoal, Kind::Webhook).await?,
+            webhooks: webhooks
+                .into_iter()
+                .map(|webhook| without_secret(&caller, webhook))
+                .collect(),
         }))
+    }
+
+    /// The signing secret is shown only to tokens that may change the
+    /// webhook (read access alone does not reveal it).
+    fn without_secret(caller: &Caller, mut webhook: Value) -> Value {
+        let name = webhook
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let resource = format!("webhooks/{name}");
+        if !caller.may(Resource::Delivery, &resource, Access::Write) {
+            if let Some(fields) = webhook.as_object_mut() {
+                fields.remove("secret");
+            }
+        }
+        webhook
     }
 
     #[utoipa::path(

@@ -17,6 +17,7 @@ use shoal_actors::kafka::Record;
 use shoal_storage::outbox::List;
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use super::extract::{Body, Params, PathText};
 use super::messaging::RawPayload;
@@ -99,6 +100,7 @@ fn local_scope(params: &Params) -> ApiResult<bool> {
 /// whose answer did not parse).
 async fn fan_out<T: DeserializeOwned>(
     shoal: &Shoal,
+    caller: &Caller,
     method: reqwest::Method,
     path_and_query: &str,
     body: Option<Value>,
@@ -111,6 +113,10 @@ async fn fan_out<T: DeserializeOwned>(
         .map(|member| {
             let url = format!("http://{}{path_and_query}", member.api);
             let mut request = client.request(method.clone(), url).timeout(FAN_OUT_TIMEOUT);
+            // The peer checks the caller's token as this node did.
+            if let Some(authorization) = &caller.authorization {
+                request = request.header(axum::http::header::AUTHORIZATION, authorization.clone());
+            }
             if let Some(body) = &body {
                 request = request.json(body);
             }
@@ -160,6 +166,7 @@ async fn fan_out<T: DeserializeOwned>(
     )
 )]
 pub async fn dead_letters(
+    caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     PathText(name): PathText,
     params: Params,
@@ -182,7 +189,7 @@ pub async fn dead_letters(
     if !local_scope(&params)? {
         let path = format!("/v1/webhooks/{name}/dead-letters?scope=local&limit={limit}");
         let (answers, missing) =
-            fan_out::<DeadLetters>(&shoal, reqwest::Method::GET, &path, None).await;
+            fan_out::<DeadLetters>(&shoal, &caller, reqwest::Method::GET, &path, None).await;
         for answer in answers {
             letters.extend(answer.dead_letters);
         }
@@ -253,6 +260,7 @@ pub struct Replayed {
     )
 )]
 pub async fn replay(
+    caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     PathText(name): PathText,
     params: Params,
@@ -300,7 +308,7 @@ pub async fn replay(
         let path = format!("/v1/webhooks/{name}/dead-letters/replay?scope=local");
         let body = serde_json::to_value(&replay).map_err(|e| ApiError::internal(e.to_string()))?;
         let (answers, missing) =
-            fan_out::<Replayed>(&shoal, reqwest::Method::POST, &path, Some(body)).await;
+            fan_out::<Replayed>(&shoal, &caller, reqwest::Method::POST, &path, Some(body)).await;
         replayed += answers.iter().map(|a| a.replayed).sum::<u64>();
         unreachable = missing;
     }

@@ -14,6 +14,7 @@ use shoal_storage::kv::{
 };
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::{check_value, check_writable, Body, JsonBody, KeyPath, Params};
 use super::model::{kv_json, DeleteResponse, EventJson, KeyValueJson};
@@ -372,6 +373,7 @@ pub async fn list(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<
     )
 )]
 pub async fn txn(
+    caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     JsonBody(body): JsonBody<TxnBody>,
 ) -> ApiResult<Response> {
@@ -388,13 +390,13 @@ pub async fn txn(
         .collect::<ApiResult<Vec<_>>>()?;
     let success = parse_ops(&shoal, body.success, "success")?;
     let failure = parse_ops(&shoal, body.failure, "failure")?;
-    let (succeeded, revision, results) = shoal
-        .txn(Txn {
-            compare,
-            success,
-            failure,
-        })
-        .await?;
+    let txn = Txn {
+        compare,
+        success,
+        failure,
+    };
+    txn::check_access(&caller, &txn)?;
+    let (succeeded, revision, results) = shoal.txn(txn).await?;
     Ok(with_revision(
         revision,
         TxnResponse {

@@ -4,11 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, TxnOp};
+use shoal_storage::kv::{Compare, CompareOp, CompareTarget, OpResult, Txn, TxnOp};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
 use utoipa::openapi::{Object, Schema};
 use utoipa::ToSchema;
 
+use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{check_value, check_writable, validate_key};
 use crate::api::model::{decode_value, KeyValueJson};
@@ -182,6 +183,27 @@ pub fn parse_compare(body: CompareBody) -> ApiResult<Compare> {
         op,
         target,
     })
+}
+
+/// 403 unless the caller may read every compared or read key and write
+/// every written or deleted one (whichever branch runs).
+pub fn check_access(caller: &Caller, txn: &Txn) -> ApiResult<()> {
+    use shoal_acl::{Access, Resource};
+    for compare in &txn.compare {
+        caller.require(Resource::Kv, &compare.key, Access::Read)?;
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key, prefix: false } => {
+                caller.require(Resource::Kv, key, Access::Write)?
+            }
+            TxnOp::Delete { key, prefix: true } => {
+                caller.require_under(Resource::Kv, key, Access::Write)?
+            }
+            TxnOp::Get { key } => caller.require(Resource::Kv, key, Access::Read)?,
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_ops(shoal: &Shoal, ops: Vec<OpBody>, branch: &str) -> ApiResult<Vec<TxnOp>> {
