@@ -44,7 +44,8 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Systems to measure, comma-separated.
+    /// Systems to measure, comma-separated: shoal, shoal-acl (ACLs on; the
+    /// clients' token has a policy allowing bench/), etcd.
     #[arg(long, value_delimiter = ',', default_value = "shoal,etcd")]
     targets: Vec<String>,
     /// Value size in bytes.
@@ -130,11 +131,18 @@ struct Cluster {
     nodes: Vec<Proc>,
     /// Client endpoint per node.
     endpoints: Vec<String>,
+    /// With ACLs on: the management token (for the bench's own requests)
+    /// and the token the clients send.
+    management_token: Option<String>,
+    client_token: Option<String>,
     _dir: tempfile::TempDir,
 }
 
+/// The secret given to ACL-enabled bench nodes as their management token.
+const BENCH_MANAGEMENT_TOKEN: &str = "shoal_bench-management-token";
+
 impl Cluster {
-    fn shoal(bin: &Path) -> anyhow::Result<Cluster> {
+    fn shoal(bin: &Path, acl: bool) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-kv-bench-")
             .tempdir()?;
@@ -166,16 +174,27 @@ impl Cluster {
                     "3",
                 ])
                 .args(["--log-level", "warn"]);
+            if acl {
+                let file = dir.path().join("management-token");
+                std::fs::write(&file, BENCH_MANAGEMENT_TOKEN)?;
+                command
+                    .arg("--acl")
+                    .arg("--initial-management-token-file")
+                    .arg(&file);
+            }
             for seed in &seeds {
                 command.args(["--seed", seed]);
             }
             nodes.push(Proc::start(command, &dir.path().join(format!("n{i}.log")))?);
             endpoints.push(format!("http://127.0.0.1:{api}"));
         }
+        let management_token = acl.then(|| BENCH_MANAGEMENT_TOKEN.to_string());
         Ok(Cluster {
             name: "shoal",
             nodes,
             endpoints,
+            client_token: management_token.clone(),
+            management_token,
             _dir: dir,
         })
     }
@@ -227,6 +246,8 @@ impl Cluster {
             name: "etcd",
             nodes,
             endpoints,
+            management_token: None,
+            client_token: None,
             _dir: dir,
         })
     }
@@ -234,11 +255,13 @@ impl Cluster {
     async fn connect(&self, node: usize) -> anyhow::Result<Conn> {
         let endpoint = &self.endpoints[node];
         match self.name {
-            "shoal" => Ok(Conn::Shoal(
-                shoal_client::Client::builder()
-                    .endpoint(endpoint.as_str())
-                    .build()?,
-            )),
+            "shoal" => {
+                let mut builder = shoal_client::Client::builder().endpoint(endpoint.as_str());
+                if let Some(token) = &self.client_token {
+                    builder = builder.token(token);
+                }
+                Ok(Conn::Shoal(builder.build()?))
+            }
             _ => {
                 let options = etcd_client::ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(2))
@@ -267,12 +290,11 @@ impl Cluster {
                     .no_proxy()
                     .timeout(Duration::from_secs(2))
                     .build()?;
-                let cluster: serde_json::Value = http
-                    .get(format!("{}/v1/cluster", self.endpoints[node]))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
+                let mut request = http.get(format!("{}/v1/cluster", self.endpoints[node]));
+                if let Some(token) = &self.management_token {
+                    request = request.bearer_auth(token);
+                }
+                let cluster: serde_json::Value = request.send().await?.json().await?;
                 let leader = cluster["leader"].as_u64().context("no leader")?;
                 let api = cluster["members"]
                     .as_array()
@@ -302,6 +324,45 @@ impl Cluster {
                 bail!("leader {leader:x} not found")
             }
         }
+    }
+
+    /// With ACLs on, give the clients a token of their own whose policy
+    /// allows the keys they use (so every request is checked against rules,
+    /// as a service's would be).
+    async fn issue_client_token(&mut self) -> anyhow::Result<()> {
+        let Some(management) = &self.management_token else {
+            return Ok(());
+        };
+        let admin = shoal_client::Client::builder()
+            .endpoint(self.endpoints[0].as_str())
+            .token(management)
+            .build()?;
+        let policy = serde_json::json!({"rules": [
+            {"resource": "kv", "match": "bench/", "access": "write"},
+            {"resource": "kv", "match": "bench/private/", "access": "deny"},
+        ]});
+        admin
+            .request_json(
+                shoal_client::Method::PUT,
+                "/v1/acl/policies/bench",
+                &[],
+                Some(&policy),
+            )
+            .await?;
+        let token = admin
+            .request_json(
+                shoal_client::Method::POST,
+                "/v1/acl/tokens",
+                &[],
+                Some(&serde_json::json!({"policies": ["bench"]})),
+            )
+            .await?;
+        let secret = token["secret"]
+            .as_str()
+            .context("no secret in the answer")?;
+        self.client_token = Some(secret.to_string());
+        // Every node must know the token before the clients start.
+        self.wait_ready(Duration::from_secs(30)).await
     }
 
     async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
@@ -463,11 +524,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for round in 0..args.rounds {
         for target in &args.targets {
             let mut cluster = match target.as_str() {
-                "shoal" => Cluster::shoal(&shoal_bin)?,
+                "shoal" => Cluster::shoal(&shoal_bin, false)?,
+                "shoal-acl" => Cluster::shoal(&shoal_bin, true)?,
                 "etcd" => Cluster::etcd(&args.etcd_bin)?,
-                other => bail!("unknown target {other:?} (shoal or etcd)"),
+                other => bail!("unknown target {other:?} (shoal, shoal-acl or etcd)"),
             };
             cluster.wait_ready(Duration::from_secs(60)).await?;
+            cluster.issue_client_token().await?;
             for clients in &args.clients {
                 eprintln!(
                     "round {}/{}: {target}: {clients} clients ...",

@@ -55,6 +55,8 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Outbox deliveries to the workflow event inbox waiting for it (each
 /// deliverer waits for its answer, so this is rarely more than one).
 const INBOX_DELIVERIES: usize = 16;
+/// Audit records waiting to be indexed; past this they are counted as dropped.
+const AUDIT_QUEUE: usize = 8192;
 
 pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> anyhow::Result<()> {
     // Before anything touches the data dir: a bad CA file stops the start
@@ -98,6 +100,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     .await?;
     let cluster = start_cluster(&settings, node_id, &core, &key).await?;
     let (proposals, proposal_queue) = mpsc::channel(PROPOSAL_QUEUE);
+    let (audit, audit_records) = mpsc::channel(AUDIT_QUEUE);
     let (inbox_deliveries, inbox_receiver) = mpsc::channel(INBOX_DELIVERIES);
     let (messaging, transport) = start_messaging(
         &settings,
@@ -130,6 +133,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         unfinished_instances: Default::default(),
         waiting_events: Default::default(),
         outbound,
+        audit,
         acl: Arc::new(shoal_acl::Acl::new(
             settings.acl,
             settings.initial_management_token.as_deref(),
@@ -144,6 +148,14 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
                 .context("cannot find this executable to run workflow evaluators")?,
         ),
     });
+    if shoal.acl.enabled() {
+        tokio::spawn(logs::index_records(
+            shoal.logs.clone(),
+            crate::api::audit::AUDIT_STREAM,
+            audit_records,
+            "shoal_audit_dropped_total",
+        ));
+    }
     serve_peers(listeners.rpc, core, key, peer_services);
     start_writes(&shoal, proposal_queue);
     bootstrap(&shoal).await?;
@@ -503,7 +515,12 @@ fn serve_ingest(
     stopped: watch::Receiver<bool>,
 ) {
     if let Some(events) = telemetry.own_logs.take() {
-        tokio::spawn(logs::index_own_logs(shoal.logs.clone(), events));
+        tokio::spawn(logs::index_records(
+            shoal.logs.clone(),
+            "shoal",
+            events,
+            "shoal_logs_self_dropped_total",
+        ));
     }
     if let Some(listener) = otlp_grpc {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/gRPC receiver listening");

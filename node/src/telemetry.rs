@@ -319,6 +319,21 @@ fn describe_node_metrics() {
         "Lines of this node's own log not indexed because the queue was full."
     );
     describe_counter!(
+        "shoal_acl_denied_total",
+        Unit::Count,
+        "Requests refused 403 because the token's policies do not allow them, by resource."
+    );
+    describe_counter!(
+        "shoal_acl_unauthenticated_total",
+        Unit::Count,
+        "Requests refused 401: no token, or an unknown, deleted or expired one."
+    );
+    describe_counter!(
+        "shoal_audit_dropped_total",
+        Unit::Count,
+        "Audit records not indexed: the queue was full (counted per record) or the log engine refused a batch."
+    );
+    describe_counter!(
         "shoal_otlp_log_records_rejected_total",
         Unit::Count,
         "OTLP log records rejected (reported back as partial success)."

@@ -17,7 +17,7 @@ use shoal_acl::{Access, AuthError, Identity, Resource};
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::Params;
-use super::AppState;
+use super::{audit, AppState, RequestId};
 
 /// Routes anyone may call: probes, the API description, and the one-time
 /// ACL bootstrap (which refuses once done).
@@ -160,32 +160,73 @@ pub fn credentials(headers: &HeaderMap, query: Option<&str>, stream: bool) -> Op
         .map(|(_, value)| value.into_owned())
 }
 
+/// A refused request, and who sent it (for the audit trail).
+struct Refusal {
+    error: ApiError,
+    accessor: String,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Refusal {
+        Refusal {
+            error,
+            accessor: Identity::anonymous().accessor().to_string(),
+        }
+    }
+}
+
 /// Authenticate the request and check what its route needs; the handler
-/// finds the identity as [`Caller`].
+/// finds the identity as [`Caller`]. With ACLs on, changes and refusals
+/// go to the audit trail.
 pub async fn authorize(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    match check(&app, request).await {
-        Ok(request) => next.run(request).await,
-        Err(e) => {
-            let mut response = e.into_response();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_default();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let request_id = request.extensions().get::<RequestId>().cloned();
+    let (response, accessor) = match check(&app, &route, request).await {
+        Ok(request) => {
+            let accessor = request
+                .extensions()
+                .get::<Caller>()
+                .map(|caller| caller.identity.accessor().to_string())
+                .unwrap_or_default();
+            (next.run(request).await, accessor)
+        }
+        Err(refusal) => {
+            let mut response = refusal.error.into_response();
             if response.status() == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"shoal\""),
                 );
             }
-            response
+            (response, refusal.accessor)
         }
+    };
+    let status = response.status().as_u16();
+    if app.shoal.acl.enabled() && audit::audited(&route, &method, status) {
+        audit::record(
+            &app.shoal,
+            audit::Entry {
+                accessor: &accessor,
+                method: &method,
+                route: &route,
+                path: &path,
+                status,
+                request_id: request_id.as_ref().map(|id| id.0.as_str()),
+            },
+        );
     }
+    response
 }
 
-async fn check(app: &AppState, request: Request) -> ApiResult<Request> {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_string())
-        .unwrap_or_default();
+async fn check(app: &AppState, route: &str, request: Request) -> Result<Request, Refusal> {
     let acl = &app.shoal.acl;
-    let stream = STREAM_ROUTES.contains(&route.as_str());
+    let stream = STREAM_ROUTES.contains(&route);
     let secret = credentials(request.headers(), request.uri().query(), stream);
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let (mut parts, body) = request.into_parts();
@@ -195,7 +236,7 @@ async fn check(app: &AppState, request: Request) -> ApiResult<Request> {
                 .await
                 .map_err(|e| ApiError::bad_request(format!("bad path parameter: {e}")))?;
         let params = Params::from_request_parts(&mut parts, &()).await?;
-        need(&route, &parts.method, &path, &params)
+        need(route, &parts.method, &path, &params)
     } else {
         Need::Token
     };
@@ -205,20 +246,21 @@ async fn check(app: &AppState, request: Request) -> ApiResult<Request> {
     ) {
         (_, Ok(identity)) => identity,
         (Need::Nothing, Err(_)) => Identity::anonymous(),
-        (_, Err(e)) => return Err(unauthorized(e)),
+        (_, Err(e)) => return Err(unauthorized(e).into()),
     };
-    match &need {
-        Need::Nothing | Need::Token => {}
-        Need::One(resource, name, access) => {
-            if !identity.allows(*resource, name, *access) {
-                return Err(denied(&identity, *resource, name, *access));
-            }
-        }
-        Need::Under(resource, prefix, access) => {
-            if !identity.allows_under(*resource, prefix, *access) {
-                return Err(denied(&identity, *resource, prefix, *access));
-            }
-        }
+    let refused = match &need {
+        Need::Nothing | Need::Token => None,
+        Need::One(resource, name, access) => (!identity.allows(*resource, name, *access))
+            .then(|| denied(&identity, *resource, name, *access)),
+        Need::Under(resource, prefix, access) => (!identity
+            .allows_under(*resource, prefix, *access))
+        .then(|| denied(&identity, *resource, prefix, *access)),
+    };
+    if let Some(error) = refused {
+        return Err(Refusal {
+            error,
+            accessor: identity.accessor().to_string(),
+        });
     }
     let mut request = Request::from_parts(parts, body);
     request.extensions_mut().insert(Caller {

@@ -7,6 +7,7 @@
 //! is `routes.rs`, above both this and `compat/`.
 
 pub mod acl;
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod delivery;
@@ -68,8 +69,13 @@ fn continue_trace(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     let _ = span.set_parent(parent);
 }
 
+/// The request's id (the client's `X-Request-Id`, or one made up), for the
+/// middleware and handlers after [`observe`].
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
 /// Per-request span (request id, node id) and request count/latency metrics.
-pub async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn observe(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -85,6 +91,9 @@ pub async fn observe(State(app): State<AppState>, request: Request, next: Next) 
     let span =
         tracing::info_span!("request", %request_id, node_id = app.shoal.node_id, %method, %route);
     continue_trace(&span, request.headers());
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16().to_string();

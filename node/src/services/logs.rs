@@ -202,21 +202,28 @@ pub async fn positions(shoal: &Shoal) -> Result<BTreeMap<u64, u64>, SearchError>
         .collect())
 }
 
-const SELF_LOG_BATCH: usize = 1000;
-const SELF_LOG_FLUSH: Duration = Duration::from_millis(500);
+const RECORD_BATCH: usize = 1000;
+const RECORD_FLUSH: Duration = Duration::from_millis(500);
 
-/// Index the node's own log events (from the telemetry layer) into the stream `shoal`.
-pub async fn index_own_logs(logs: Logs, mut events: mpsc::Receiver<Record>) {
+/// Index records the node makes itself (its own log events, the audit
+/// trail) into `stream`, in batches of up to 1000 or every 500 ms; a batch
+/// the engine refuses is counted in `dropped_metric`.
+pub async fn index_records(
+    logs: Logs,
+    stream: &'static str,
+    mut events: mpsc::Receiver<Record>,
+    dropped_metric: &'static str,
+) {
     let mut batch = Vec::new();
     loop {
-        let deadline = tokio::time::sleep(SELF_LOG_FLUSH);
+        let deadline = tokio::time::sleep(RECORD_FLUSH);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(record) => {
                         batch.push(record);
-                        if batch.len() >= SELF_LOG_BATCH {
+                        if batch.len() >= RECORD_BATCH {
                             break;
                         }
                     }
@@ -230,11 +237,11 @@ pub async fn index_own_logs(logs: Logs, mut events: mpsc::Receiver<Record>) {
         }
         // No tracing here on failure: it would feed this very queue.
         if logs
-            .ingest("shoal", std::mem::take(&mut batch))
+            .ingest(stream, std::mem::take(&mut batch))
             .await
             .is_err()
         {
-            metrics::counter!("shoal_logs_self_dropped_total").increment(1);
+            metrics::counter!(dropped_metric).increment(1);
         }
     }
 }

@@ -108,6 +108,9 @@ pub struct Shoal {
     /// The client for requests to users' URLs (webhooks, workflow calls),
     /// which applies the outbound policy (`--outbound-allow`).
     pub outbound: shoal_outbound::Outbound,
+    /// Where the API's audit records go (see `api::audit`), to be indexed
+    /// into the stream `audit`.
+    pub audit: mpsc::Sender<shoal_search::Record>,
     /// Tokens, roles and policies as this replica has them (see `load_config`).
     pub acl: Arc<shoal_acl::Acl>,
     /// The client for requests to peers' APIs (fan-outs).
