@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -29,7 +29,7 @@ pub enum AuthError {
 #[derive(Clone, Debug)]
 pub struct Identity {
     /// `None` when ACLs are off (everything is allowed).
-    pub token: Option<TokenSummary>,
+    pub token: Option<Arc<TokenSummary>>,
     rules: Arc<Vec<Rule>>,
     everything: bool,
 }
@@ -86,6 +86,8 @@ impl Identity {
 /// Everything under `_shoal/acl/`, as this replica has applied it.
 #[derive(Default, Debug)]
 struct Stored {
+    /// Bumped by every change: identities resolved before it are stale.
+    generation: u64,
     policies: BTreeMap<String, Policy>,
     roles: BTreeMap<String, Role>,
     tokens: BTreeMap<String, Token>,
@@ -95,6 +97,7 @@ struct Stored {
 
 impl Stored {
     fn apply(&mut self, key: &str, value: Option<&[u8]>) {
+        self.generation += 1;
         fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
             serde_json::from_slice(value)
                 .map_err(|e| tracing::warn!(key, error = %e, "ignoring an unreadable ACL entry"))
@@ -120,6 +123,26 @@ impl Stored {
                 self.tokens.insert(accessor.to_string(), token);
             }
         }
+    }
+
+    /// The identity of the token whose secret hashes to `hash`.
+    fn resolve(&self, hash: &str) -> Option<Identity> {
+        let token = self
+            .by_hash
+            .get(hash)
+            .and_then(|accessor| self.tokens.get(accessor))?;
+        let (rules, everything) = self.rules_of(&token.policies, &token.roles);
+        Some(Identity {
+            token: Some(Arc::new(TokenSummary {
+                accessor_id: token.accessor_id.clone(),
+                description: token.description.clone(),
+                policies: token.policies.clone(),
+                roles: token.roles.clone(),
+                expires_at_ms: token.expires_at_ms,
+            })),
+            rules: Arc::new(rules),
+            everything,
+        })
     }
 
     /// The rules of these policies and of these roles' policies. Names
@@ -152,7 +175,14 @@ pub struct Acl {
     /// SHA-256 of the `--initial-management-token-file` secret.
     initial_management: Option<String>,
     stored: RwLock<Stored>,
+    /// Identities already resolved, by secret hash, with the generation of
+    /// `stored` they were resolved from (so a request does not rebuild its
+    /// token's rules).
+    resolved: Mutex<HashMap<String, (u64, Identity)>>,
 }
+
+/// Most resolved identities kept; past it the cache starts over.
+const MAX_RESOLVED: usize = 10_000;
 
 impl Acl {
     pub fn new(enabled: bool, initial_management_secret: Option<&str>) -> Acl {
@@ -161,6 +191,7 @@ impl Acl {
             revision: AtomicU64::new(0),
             initial_management: initial_management_secret.map(secret_hash),
             stored: RwLock::new(Stored::default()),
+            resolved: Mutex::new(HashMap::new()),
         }
     }
 
@@ -181,11 +212,16 @@ impl Acl {
     /// `revision` (keys under `_shoal/` that are not ACL entries are
     /// ignored).
     pub fn replace(&self, entries: &[(String, Option<Vec<u8>>)], revision: u64) {
-        let mut stored = Stored::default();
+        let mut guard = self.write();
+        let mut stored = Stored {
+            generation: guard.generation,
+            ..Stored::default()
+        };
         for (key, value) in entries {
             stored.apply(key, value.as_deref());
         }
-        *self.write() = stored;
+        stored.generation += 1;
+        *guard = stored;
         self.revision.store(revision, Ordering::Release);
     }
 
@@ -213,38 +249,45 @@ impl Acl {
         let hash = secret_hash(secret);
         if self.initial_management.as_deref() == Some(hash.as_str()) {
             return Ok(Identity {
-                token: Some(TokenSummary {
+                token: Some(Arc::new(TokenSummary {
                     accessor_id: "initial-management".into(),
                     description: "--initial-management-token-file".into(),
                     policies: vec![MANAGEMENT_POLICY.into()],
                     roles: Vec::new(),
                     expires_at_ms: None,
-                }),
+                })),
                 rules: Arc::new(Vec::new()),
                 everything: true,
             });
         }
         let stored = self.read();
-        let token = stored
-            .by_hash
+        let cached = self
+            .cache()
             .get(&hash)
-            .and_then(|accessor| stored.tokens.get(accessor))
-            .ok_or(AuthError::Unknown)?;
-        if token.expires_at_ms.is_some_and(|at| at <= now_ms) {
+            .filter(|(generation, _)| *generation == stored.generation)
+            .map(|(_, identity)| identity.clone());
+        let identity = match cached {
+            Some(identity) => identity,
+            None => {
+                let identity = stored.resolve(&hash).ok_or(AuthError::Unknown)?;
+                let mut cache = self.cache();
+                if cache.len() >= MAX_RESOLVED {
+                    cache.clear();
+                }
+                cache.insert(hash, (stored.generation, identity.clone()));
+                identity
+            }
+        };
+        let expires = identity.token.as_ref().and_then(|t| t.expires_at_ms);
+        if expires.is_some_and(|at| at <= now_ms) {
             return Err(AuthError::Expired);
         }
-        let (rules, everything) = stored.rules_of(&token.policies, &token.roles);
-        Ok(Identity {
-            token: Some(TokenSummary {
-                accessor_id: token.accessor_id.clone(),
-                description: token.description.clone(),
-                policies: token.policies.clone(),
-                roles: token.roles.clone(),
-                expires_at_ms: token.expires_at_ms,
-            }),
-            rules: Arc::new(rules),
-            everything,
-        })
+        Ok(identity)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Identity)>> {
+        // Entries are inserted whole; a panic elsewhere leaves them usable.
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -311,6 +354,42 @@ mod tests {
             acl.authenticate(Some(&secret), 2_000).unwrap_err(),
             AuthError::Unknown
         );
+    }
+
+    #[test]
+    fn a_changed_policy_applies_to_tokens_already_seen() {
+        let acl = Acl::new(true, None);
+        let policy = |access| Policy {
+            name: "p".into(),
+            description: String::new(),
+            rules: vec![Rule {
+                resource: Resource::Kv,
+                pattern: String::new(),
+                access,
+            }],
+        };
+        let (token, secret) = NewToken {
+            policies: vec!["p".into()],
+            ..NewToken::default()
+        }
+        .issue(0)
+        .unwrap();
+        let policy_key = format!("{POLICIES_PREFIX}p");
+        acl.replace(
+            &[
+                entry(&policy_key, &policy(Access::Read)),
+                entry(&format!("{TOKENS_PREFIX}{}", token.accessor_id), &token),
+            ],
+            1,
+        );
+        let before = acl.authenticate(Some(&secret), 0).unwrap();
+        assert!(!before.allows(Resource::Kv, "k", Access::Write));
+        acl.apply(&[entry(&policy_key, &policy(Access::Write))], 2);
+        let after = acl.authenticate(Some(&secret), 0).unwrap();
+        assert!(after.allows(Resource::Kv, "k", Access::Write));
+        acl.apply(&[(policy_key, None)], 3);
+        let gone = acl.authenticate(Some(&secret), 0).unwrap();
+        assert!(!gone.allows(Resource::Kv, "k", Access::Read));
     }
 
     #[test]

@@ -60,6 +60,10 @@ struct Args {
     data: Option<PathBuf>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Run the node with ACLs on; every request carries a token whose
+    /// policy allows ingest and search on the bench's stream.
+    #[arg(long)]
+    acl: bool,
 }
 
 const SERVICES: &[&str] = &[
@@ -272,6 +276,37 @@ fn time_command(program: &str, args: &[&str]) -> Option<(Duration, String)> {
         .min_by_key(|(elapsed, _)| *elapsed)
 }
 
+/// The management secret of a node started with `--acl`.
+const MANAGEMENT_TOKEN: &str = "shoal_bench-management-token";
+
+/// A token whose policy allows what the bench does (ingest and search the
+/// logs), as a shipper's and a dashboard's would.
+async fn issue_token(api: &str) -> anyhow::Result<String> {
+    let admin = shoal_client::Client::builder()
+        .endpoint(api)
+        .token(MANAGEMENT_TOKEN)
+        .build()?;
+    let policy =
+        serde_json::json!({"rules": [{"resource": "logs", "match": "", "access": "write"}]});
+    admin
+        .request_json(
+            shoal_client::Method::PUT,
+            "/v1/acl/policies/log-bench",
+            &[],
+            Some(&policy),
+        )
+        .await?;
+    let token = admin
+        .request_json(
+            shoal_client::Method::POST,
+            "/v1/acl/tokens",
+            &[],
+            Some(&serde_json::json!({"policies": ["log-bench"]})),
+        )
+        .await?;
+    Ok(token["secret"].as_str().unwrap_or_default().to_string())
+}
+
 async fn bench(args: Args) -> anyhow::Result<()> {
     let (binary, why) = node::resolve_binary(args.shoal_bin.clone())?;
     println!(
@@ -279,6 +314,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.records, args.clients, args.batch, args.runs
     );
     println!("# shoal: {} ({why})", binary.display());
+    if args.acl {
+        println!("# ACLs on: every request carries a token with a logs policy");
+    }
     let scratch = tempfile::Builder::new().prefix("log-bench-").tempdir()?;
     let raw = args
         .data
@@ -307,12 +345,35 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let mut extra = extra;
+    let management_file = scratch.path().join("management-token");
+    if args.acl {
+        std::fs::write(&management_file, MANAGEMENT_TOKEN)?;
+        extra.extend([
+            "--acl".to_string(),
+            "--initial-management-token-file".to_string(),
+            management_file.display().to_string(),
+        ]);
+    }
     let mut node = Node::spawn_with(&binary, &extra)?;
+    node.wait_ready(Duration::from_secs(30)).await?;
+    let token = if args.acl {
+        Some(issue_token(&node.api).await?)
+    } else {
+        None
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
     let client = reqwest::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .timeout(Duration::from_secs(120))
         .build()?;
-    node.wait_ready(Duration::from_secs(30)).await?;
 
     // Ingest: the file split into batches, C clients taking the next batch.
     let text = std::fs::read_to_string(&raw)?;

@@ -725,3 +725,107 @@ async fn a_node_reachable_beyond_loopback_needs_acls_or_an_explicit_waiver() {
         node.wait_ready().await.expect("the node starts");
     }
 }
+
+/// The value of `field:` in `shoal acl` output.
+fn field_of(output: &CliOutput, field: &str) -> String {
+    output
+        .lines()
+        .iter()
+        .find_map(|line| {
+            line.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {field}: in {}", output.stdout_text()))
+}
+
+/// `shoal --endpoint ENDPOINT ARGS...` with `SHOAL_TOKEN` set to `token`.
+async fn shoal_as(endpoint: &str, token: Option<&str>, args: &[&str]) -> CliOutput {
+    let mut all = args.to_vec();
+    all.extend(["--endpoint", endpoint]);
+    let env: Vec<(&str, &str)> = token.map(|t| vec![("SHOAL_TOKEN", t)]).unwrap_or_default();
+    run_shoal(&all, None, &env).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_bootstraps_and_manages_tokens() {
+    let node = acl_node().await;
+    let endpoint = node.endpoint();
+    let bootstrap = shoal_as(&endpoint, None, &["acl", "bootstrap"]).await;
+    bootstrap.assert_success();
+    let admin = field_of(&bootstrap, "secret");
+    shoal_as(&endpoint, None, &["acl", "bootstrap"])
+        .await
+        .assert_clean_failure();
+    shoal_as(
+        &endpoint,
+        Some(&admin),
+        &["acl", "policy", "create", "app", "--rule", "kv:app/:read"],
+    )
+    .await
+    .assert_success();
+    shoal_as(
+        &endpoint,
+        Some(&admin),
+        &["acl", "role", "create", "apps", "--policy", "app"],
+    )
+    .await
+    .assert_success();
+    let created = shoal_as(
+        &endpoint,
+        Some(&admin),
+        &[
+            "acl",
+            "token",
+            "create",
+            "--role",
+            "apps",
+            "--expires-in",
+            "1h",
+        ],
+    )
+    .await;
+    created.assert_success();
+    let (accessor, secret) = (
+        field_of(&created, "accessor_id"),
+        field_of(&created, "secret"),
+    );
+    let listed = shoal_as(&endpoint, Some(&admin), &["acl", "token", "ls"]).await;
+    assert!(
+        listed.stdout_text().contains(&accessor),
+        "{}",
+        listed.stdout_text()
+    );
+    assert!(!listed.stdout_text().contains(&secret), "ls shows a secret");
+    shoal_as(&endpoint, Some(&admin), &["kv", "put", "app/x", "1"])
+        .await
+        .assert_success();
+    let read = shoal_as(&endpoint, Some(&secret), &["kv", "get", "app/x"]).await;
+    assert_eq!(read.stdout_text().trim(), "1");
+    let refused = shoal_as(&endpoint, Some(&secret), &["kv", "put", "app/x", "2"]).await;
+    refused.assert_clean_failure();
+    assert!(
+        refused.stderr.contains("permission_denied"),
+        "{}",
+        refused.stderr
+    );
+    let whoami = shoal_as(&endpoint, Some(&secret), &["acl", "whoami"]).await;
+    assert!(
+        whoami.stdout_text().contains(&accessor),
+        "{}",
+        whoami.stdout_text()
+    );
+    shoal_as(
+        &endpoint,
+        Some(&admin),
+        &["acl", "token", "delete", &accessor],
+    )
+    .await
+    .assert_success();
+    let revoked = shoal_as(&endpoint, Some(&secret), &["kv", "get", "app/x"]).await;
+    revoked.assert_clean_failure();
+    assert!(
+        revoked.stderr.contains("unauthorized"),
+        "{}",
+        revoked.stderr
+    );
+}

@@ -288,7 +288,7 @@ pub async fn bootstrap(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<TokenC
 pub async fn whoami(caller: Caller, State(shoal): State<Arc<Shoal>>) -> Json<WhoAmI> {
     Json(WhoAmI {
         acl: shoal.acl.enabled(),
-        token: caller.identity.token,
+        token: caller.identity.token.as_deref().cloned(),
     })
 }
 
