@@ -166,6 +166,7 @@ pub fn router(app: AppState) -> Router {
     let document = api::doc::finish(document);
     let json = serde_json::to_string(&document).unwrap_or_else(|_| "{}".to_string());
     router
+        .route_layer(middleware::from_fn_with_state(app.clone(), api::limit_time))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             api::auth::authorize,

@@ -319,6 +319,11 @@ fn describe_node_metrics() {
         "Lines of this node's own log not indexed because the queue was full."
     );
     describe_counter!(
+        "shoal_http_requests_timed_out_total",
+        Unit::Count,
+        "API requests answered 504 because they (their body included) took longer than --request-timeout-ms plus a second."
+    );
+    describe_counter!(
         "shoal_acl_denied_total",
         Unit::Count,
         "Requests refused 403 because the token's policies do not allow them, by resource."

@@ -129,10 +129,18 @@ impl WsClient {
 
     /// Sends one binary frame.
     pub async fn send_binary(&mut self, data: &[u8]) {
+        self.try_send_binary(data)
+            .await
+            .unwrap_or_else(|e| panic!("sending a binary frame failed: {e}"));
+    }
+
+    /// Sends one binary frame; an error if the connection failed meanwhile
+    /// (the node may close it before a frame over its limit is all sent).
+    pub async fn try_send_binary(&mut self, data: &[u8]) -> Result<(), String> {
         self.socket
             .send(WsMessage::binary(data.to_vec()))
             .await
-            .unwrap_or_else(|e| panic!("sending a binary frame failed: {e}"));
+            .map_err(|e| e.to_string())
     }
 
     /// Sends one text frame.

@@ -646,6 +646,15 @@ async fn a_deleted_or_expired_token_is_refused_on_every_node() {
     for node in &nodes {
         wait_accepted(node, &secret).await;
     }
+    // A stream opened with the token before it is deleted.
+    let mut watch = nodes[2]
+        .client()
+        .get(nodes[2].url("/v1/watch?prefix="))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .expect("opening a watch");
+    assert_eq!(watch.status(), StatusCode::OK);
     let deleted = call(
         &nodes[1],
         Some(management),
@@ -665,6 +674,15 @@ async fn a_deleted_or_expired_token_is_refused_on_every_node() {
         })
         .await;
     }
+    // The open stream ends too.
+    let ended = tokio::time::timeout(SPREAD, async {
+        while let Ok(Some(_)) = watch.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a watch opened with the deleted token stays open"
+    );
 
     // A token that expires works until then, on every node.
     let (_, brief) = token_with(

@@ -1,7 +1,8 @@
 //! Limits that keep a node's HTTP listener alive under abusive clients:
 //! connections per client address and in all (past them a JSON 429 or
 //! 503, then close), and the deadline for a request's headers, which ends
-//! slowloris connections and idle ones while streams stay open.
+//! slowloris connections and idle ones while streams stay open, and the
+//! request timeout, which also bounds a body sent slowly.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -196,4 +197,35 @@ async fn slow_and_idle_connections_are_closed_but_streams_stay_open() {
         vec![Change::put(revision, "limits/k", b"still here")]
     );
     assert_eq!(node.get_path("/ready").await.status.as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_sent_slowly_is_answered_504_when_the_request_time_runs_out() {
+    let node = Node::start_with(&["--request-timeout-ms", "500"]).await;
+    let mut stream = connect_from(&node, [127, 0, 0, 1]).await;
+    stream
+        .write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: shoal\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .expect("sending the headers");
+    // One byte a quarter second: the body would take four minutes.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            // After its answer the node may close: a failed write is fine.
+            let _ = stream.write_all(b"x").await;
+            let mut answer = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut answer)).await {
+                Ok(Ok(read)) => return String::from_utf8_lossy(&answer[..read]).into_owned(),
+                Ok(Err(e)) => return format!("the connection failed: {e}"),
+                Err(_) => {}
+            }
+        }
+    };
+    let answer = tokio::time::timeout(T, trickle)
+        .await
+        .expect("the node answered the slow body within 20 s");
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("\"timeout\""), "{answer}");
+    let (status, _) = node.get("slow").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the slow write was stored");
 }

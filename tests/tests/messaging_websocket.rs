@@ -134,7 +134,9 @@ async fn a_subscriber_sending_a_large_frame_is_cut_off() {
         .try_subscribe_ws(&[("pattern", "big.>")])
         .await
         .unwrap_or_else(|r| panic!("refused: {}", r.describe()));
-    abuser.send_binary(&vec![7u8; 1 << 20]).await;
+    // The node may close the connection while the frame is still being
+    // sent (under load the client sees the reset); either way it must end.
+    let _ = abuser.try_send_binary(&vec![7u8; 1 << 20]).await;
     match abuser.next_frame(T).await {
         Some(Frame::Close(_) | Frame::Ended(_)) => {}
         other => panic!("expected the socket to end, got {other:?}"),

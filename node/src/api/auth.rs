@@ -5,6 +5,8 @@
 //! are checked by their handlers through [`Caller`].
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -13,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use shoal_acl::{Access, AuthError, Identity, Resource};
+use shoal_acl::{Access, Acl, AuthError, Identity, Resource};
 
 use super::error::{ApiError, ApiResult, ErrorCode};
 use super::extract::Params;
@@ -52,7 +54,12 @@ pub struct Caller {
     pub identity: Identity,
     /// The credentials as sent, to ask peers on the caller's behalf.
     pub authorization: Option<HeaderValue>,
+    /// The secret, to check again while a stream stays open.
+    secret: Option<String>,
 }
+
+/// How often an open stream checks that its token is still accepted.
+const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Caller {
     /// 403 unless the caller may do `access` on `name`.
@@ -73,6 +80,27 @@ impl Caller {
 
     pub fn may(&self, resource: Resource, name: &str, access: Access) -> bool {
         self.identity.allows(resource, name, access)
+    }
+
+    /// Resolves once the caller's token is no longer accepted (deleted,
+    /// expired); never with ACLs off. Streams end on it, so a revoked
+    /// token does not keep a subscription, watch or tail open.
+    pub fn revoked(&self, acl: Arc<Acl>) -> impl Future<Output = ()> + Send + 'static {
+        let secret = self.secret.clone();
+        async move {
+            if !acl.enabled() {
+                return std::future::pending().await;
+            }
+            loop {
+                tokio::time::sleep(REVOCATION_CHECK).await;
+                if acl
+                    .authenticate(secret.as_deref(), shoal_storage::now_ms())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -266,6 +294,7 @@ async fn check(app: &AppState, route: &str, request: Request) -> Result<Request,
     request.extensions_mut().insert(Caller {
         identity,
         authorization,
+        secret,
     });
     Ok(request)
 }

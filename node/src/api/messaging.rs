@@ -490,7 +490,11 @@ fn slow_consumer_error() -> Value {
         (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = ErrorBody),
     )
 )]
-pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<Response> {
+pub async fn sse(
+    caller: Caller,
+    State(shoal): State<Arc<Shoal>>,
+    params: Params,
+) -> ApiResult<Response> {
     let subscription = subscribe(&shoal, &params)?;
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     let hello = json!({"subscription": subscription.id, "node_id": shoal.node_id});
@@ -538,7 +542,8 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
         }
         // `subscription` is dropped here, which unsubscribes.
     });
-    Ok(Sse::new(ReceiverStream::new(receiver))
+    let stream = ReceiverStream::new(receiver).take_until(caller.revoked(shoal.acl.clone()));
+    Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
@@ -566,6 +571,7 @@ pub async fn sse(State(shoal): State<Arc<Shoal>>, params: Params) -> ApiResult<R
     )
 )]
 pub async fn websocket(
+    caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     params: Params,
     Upgrade(upgrade): Upgrade,
@@ -585,15 +591,28 @@ pub async fn websocket(
     Ok(upgrade
         .max_message_size(SUBSCRIBER_FRAME_BYTES)
         .max_frame_size(SUBSCRIBER_FRAME_BYTES)
-        .on_upgrade(move |socket| stream_to_socket(socket, subscription, raw)))
+        .on_upgrade(move |socket| {
+            let revoked = caller.revoked(shoal.acl.clone());
+            stream_to_socket(socket, subscription, raw, revoked)
+        }))
 }
 
-async fn stream_to_socket(socket: WebSocket, subscription: Subscription, raw: bool) {
+async fn stream_to_socket(
+    socket: WebSocket,
+    subscription: Subscription,
+    raw: bool,
+    revoked: impl std::future::Future<Output = ()>,
+) {
     let (mut sink, mut incoming) = socket.split();
     let queue: Arc<BoundedQueue<Arc<Shared>>> = subscription.queue.clone();
+    tokio::pin!(revoked);
     loop {
         let batch = tokio::select! {
             batch = queue.next_batch(STREAM_BATCH) => batch,
+            () = &mut revoked => {
+                let _ = sink.send(close(1008, "the token was revoked")).await;
+                return;
+            }
             // The client closed (or sent something): only a close matters.
             frame = incoming.next() => match frame {
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
@@ -717,7 +736,19 @@ async fn publish_from_socket(
         finish(&mut message)?;
         Ok(Some(message))
     };
-    while let Some(Ok(first)) = socket.recv().await {
+    let revoked = caller.revoked(shoal.acl.clone());
+    tokio::pin!(revoked);
+    loop {
+        let first = tokio::select! {
+            frame = socket.recv() => match frame {
+                Some(Ok(frame)) => frame,
+                _ => return,
+            },
+            () = &mut revoked => {
+                let _ = socket.send(close(1008, "the token was revoked")).await;
+                return;
+            }
+        };
         if matches!(first, WsMessage::Close(_)) {
             return;
         }

@@ -107,3 +107,31 @@ pub async fn observe(State(app): State<AppState>, mut request: Request, next: Ne
     }
     response
 }
+
+/// Routes allowed to take longer than `--request-timeout-ms`: the
+/// long-poll waits up to its own `timeout_ms` (300 s at most).
+const UNTIMED_ROUTES: [&str; 1] = ["/v1/watch/poll"];
+
+/// Bound every request, its body included, by `--request-timeout-ms` plus
+/// a second (so that the services' own deadlines answer first): a client
+/// that sends its body slowly, or a request stuck for any other reason,
+/// gets `504 timeout` and gives its place back. Streams are not bounded:
+/// their handlers answer at once and the stream runs after.
+pub async fn limit_time(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    if route.is_some_and(|route| UNTIMED_ROUTES.contains(&route)) {
+        return next.run(request).await;
+    }
+    let limit = std::time::Duration::from_millis(app.shoal.settings.request_timeout_ms)
+        + std::time::Duration::from_secs(1);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("shoal_http_requests_timed_out_total").increment(1);
+            axum::response::IntoResponse::into_response(error::ApiError::timeout())
+        }
+    }
+}

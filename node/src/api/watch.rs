@@ -9,12 +9,14 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde::Serialize;
 use shoal_storage::kv::MAX_KEY_BYTES;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{validate_key, Params};
 use super::kv::with_revision;
@@ -97,6 +99,7 @@ fn change_event(shared: &SharedBatch) -> Event {
     )
 )]
 pub async fn sse(
+    caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     params: Params,
     headers: HeaderMap,
@@ -112,6 +115,7 @@ pub async fn sse(
         from = Some(last + 1);
     }
     let stale = params.stale()?;
+    let revoked = caller.revoked(shoal.acl.clone());
     let mut watcher = Watcher::start(shoal, filter, from, stale, 256).await?;
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
@@ -154,7 +158,8 @@ pub async fn sse(
         }
         metrics::gauge!("shoal_watch_streams").decrement(1.0);
     });
-    let stream = Sse::new(ReceiverStream::new(receiver)).keep_alive(
+    let events = ReceiverStream::new(receiver).take_until(revoked);
+    let stream = Sse::new(events).keep_alive(
         KeepAlive::new()
             .interval(Duration::from_secs(15))
             .text("keepalive"),

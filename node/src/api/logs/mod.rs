@@ -16,6 +16,7 @@ use shoal_search::{AggregateRequest, Hit, Kind, KindFilter, Record, SearchOrder,
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorCode, ErrorDetail};
 use super::extract::{Body, Params, PathText};
 use super::model::SseEvent;
@@ -530,7 +531,11 @@ pub async fn fetch_traces(
         (status = 500, response = crate::api::doc::Internal),
     )
 )]
-pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Response> {
+pub async fn tail(
+    caller: Caller,
+    State(app): State<AppState>,
+    params: Params,
+) -> ApiResult<Response> {
     let mut request = search_request(&params, now_nanos())?;
     let backlog = params.number("backlog")?.unwrap_or(0).min(1000) as usize;
     if backlog == 0 {
@@ -601,7 +606,10 @@ pub async fn tail(State(app): State<AppState>, params: Params) -> ApiResult<Resp
             }
         }
     });
-    let stream = ReceiverStream::new(receiver).map(Ok::<Event, Infallible>);
+    let stream = futures::StreamExt::take_until(
+        ReceiverStream::new(receiver).map(Ok::<Event, Infallible>),
+        caller.revoked(app.shoal.acl.clone()),
+    );
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response();
