@@ -49,7 +49,8 @@ enum Need {
 }
 
 /// The request's identity, for handlers that check resources themselves.
-#[derive(Clone, Debug)]
+/// Not `Debug`: it holds the secret.
+#[derive(Clone)]
 pub struct Caller {
     pub identity: Identity,
     /// The credentials as sent, to ask peers on the caller's behalf.
@@ -256,7 +257,14 @@ async fn check(app: &AppState, route: &str, request: Request) -> Result<Request,
     let acl = &app.shoal.acl;
     let stream = STREAM_ROUTES.contains(&route);
     let secret = credentials(request.headers(), request.uri().query(), stream);
-    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .cloned()
+        .map(|mut value| {
+            value.set_sensitive(true);
+            value
+        });
     let (mut parts, body) = request.into_parts();
     let need = if acl.enabled() {
         let axum::extract::Path(path) =
