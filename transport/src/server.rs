@@ -15,6 +15,28 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall};
 use crate::wire::{self, ClusterKey};
 
+/// openraft 0.9 resets a follower's election timer only when a snapshot's
+/// last chunk is installed, and a leader sends no heartbeat to a follower
+/// while a snapshot is in flight to it: a transfer longer than the election
+/// timeout made the follower campaign, which restarted the transfer, over
+/// and over (seen on a loaded machine with a 24 MiB snapshot). A chunk is
+/// the leader's proof of life, so it counts as a heartbeat: an empty
+/// AppendEntries under the chunk's vote (no previous log id, no entries, no
+/// commit index) updates the follower's vote and its timer and nothing else.
+async fn chunk_as_heartbeat(
+    raft: &Raft,
+    rpc: &openraft::raft::InstallSnapshotRequest<shoal_raft::TypeConfig>,
+) {
+    let heartbeat = openraft::raft::AppendEntriesRequest {
+        vote: rpc.vote,
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    // A refusal (a stale leader's chunk) is answered by the install itself.
+    let _ = raft.append_entries(heartbeat).await;
+}
+
 /// Handshakes under way at once; a connection past them is closed at once.
 const MAX_HANDSHAKES: usize = 64;
 /// Back-off after a failed accept (out of file descriptors, most likely).
@@ -111,6 +133,9 @@ async fn serve_connection(
                 Reply::Vote(vote_unless_catching_up(&raft, &services.catch_up, rpc).await)
             }
             Request::InstallSnapshot(rpc) => {
+                if !rpc.done {
+                    chunk_as_heartbeat(&raft, &rpc).await;
+                }
                 Reply::InstallSnapshot(raft.install_snapshot(rpc).await)
             }
             Request::ClientWrite(proposals) => {
