@@ -9,6 +9,8 @@
 //! the three: a Shoal client gets that node as its only endpoint, so it
 //! never fails over.
 
+#[path = "acl.rs"]
+mod acl;
 #[path = "runner.rs"]
 mod runner;
 // Shared with watch-bench, which uses more of its fields.
@@ -138,9 +140,6 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// The secret given to ACL-enabled bench nodes as their management token.
-const BENCH_MANAGEMENT_TOKEN: &str = "shoal_bench-management-token";
-
 impl Cluster {
     fn shoal(bin: &Path, acl: bool) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
@@ -153,6 +152,11 @@ impl Cluster {
             .iter()
             .map(|(_, _, g)| format!("127.0.0.1:{g}"))
             .collect();
+        let acl_args = if acl {
+            crate::acl::acl_args(dir.path())?
+        } else {
+            Vec::new()
+        };
         let mut nodes = Vec::new();
         let mut endpoints = Vec::new();
         for (i, (api, rpc, gossip)) in ports.iter().enumerate() {
@@ -173,22 +177,15 @@ impl Cluster {
                     "--bootstrap-expect",
                     "3",
                 ])
-                .args(["--log-level", "warn"]);
-            if acl {
-                let file = dir.path().join("management-token");
-                std::fs::write(&file, BENCH_MANAGEMENT_TOKEN)?;
-                command
-                    .arg("--acl")
-                    .arg("--initial-management-token-file")
-                    .arg(&file);
-            }
+                .args(["--log-level", "warn"])
+                .args(&acl_args);
             for seed in &seeds {
                 command.args(["--seed", seed]);
             }
             nodes.push(Proc::start(command, &dir.path().join(format!("n{i}.log")))?);
             endpoints.push(format!("http://127.0.0.1:{api}"));
         }
-        let management_token = acl.then(|| BENCH_MANAGEMENT_TOKEN.to_string());
+        let management_token = acl.then(|| crate::acl::MANAGEMENT_TOKEN.to_string());
         Ok(Cluster {
             name: "shoal",
             nodes,
@@ -330,37 +327,15 @@ impl Cluster {
     /// allows the keys they use (so every request is checked against rules,
     /// as a service's would be).
     async fn issue_client_token(&mut self) -> anyhow::Result<()> {
-        let Some(management) = &self.management_token else {
+        if self.management_token.is_none() {
             return Ok(());
-        };
-        let admin = shoal_client::Client::builder()
-            .endpoint(self.endpoints[0].as_str())
-            .token(management)
-            .build()?;
-        let policy = serde_json::json!({"rules": [
+        }
+        let rules = serde_json::json!([
             {"resource": "kv", "match": "bench/", "access": "write"},
             {"resource": "kv", "match": "bench/private/", "access": "deny"},
-        ]});
-        admin
-            .request_json(
-                shoal_client::Method::PUT,
-                "/v1/acl/policies/bench",
-                &[],
-                Some(&policy),
-            )
-            .await?;
-        let token = admin
-            .request_json(
-                shoal_client::Method::POST,
-                "/v1/acl/tokens",
-                &[],
-                Some(&serde_json::json!({"policies": ["bench"]})),
-            )
-            .await?;
-        let secret = token["secret"]
-            .as_str()
-            .context("no secret in the answer")?;
-        self.client_token = Some(secret.to_string());
+        ]);
+        let secret = crate::acl::issue_token(&self.endpoints[0], "bench", rules).await?;
+        self.client_token = Some(secret);
         // Every node must know the token before the clients start.
         self.wait_ready(Duration::from_secs(30)).await
     }

@@ -12,6 +12,7 @@
 //! 4. Times a term query, a phrase query and a 24 h histogram (p50/p99 over
 //!    R runs each) and the same searches with grep and rg over the raw file.
 
+mod acl;
 // Shared with the other benchmarks, which use more of them.
 #[allow(dead_code)]
 mod node;
@@ -276,37 +277,6 @@ fn time_command(program: &str, args: &[&str]) -> Option<(Duration, String)> {
         .min_by_key(|(elapsed, _)| *elapsed)
 }
 
-/// The management secret of a node started with `--acl`.
-const MANAGEMENT_TOKEN: &str = "shoal_bench-management-token";
-
-/// A token whose policy allows what the bench does (ingest and search the
-/// logs), as a shipper's and a dashboard's would.
-async fn issue_token(api: &str) -> anyhow::Result<String> {
-    let admin = shoal_client::Client::builder()
-        .endpoint(api)
-        .token(MANAGEMENT_TOKEN)
-        .build()?;
-    let policy =
-        serde_json::json!({"rules": [{"resource": "logs", "match": "", "access": "write"}]});
-    admin
-        .request_json(
-            shoal_client::Method::PUT,
-            "/v1/acl/policies/log-bench",
-            &[],
-            Some(&policy),
-        )
-        .await?;
-    let token = admin
-        .request_json(
-            shoal_client::Method::POST,
-            "/v1/acl/tokens",
-            &[],
-            Some(&serde_json::json!({"policies": ["log-bench"]})),
-        )
-        .await?;
-    Ok(token["secret"].as_str().unwrap_or_default().to_string())
-}
-
 async fn bench(args: Args) -> anyhow::Result<()> {
     let (binary, why) = node::resolve_binary(args.shoal_bin.clone())?;
     println!(
@@ -346,19 +316,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .map(|s| s.to_string())
     .collect();
     let mut extra = extra;
-    let management_file = scratch.path().join("management-token");
     if args.acl {
-        std::fs::write(&management_file, MANAGEMENT_TOKEN)?;
-        extra.extend([
-            "--acl".to_string(),
-            "--initial-management-token-file".to_string(),
-            management_file.display().to_string(),
-        ]);
+        extra.extend(acl::acl_args(scratch.path())?);
     }
     let mut node = Node::spawn_with(&binary, &extra)?;
     node.wait_ready(Duration::from_secs(30)).await?;
     let token = if args.acl {
-        Some(issue_token(&node.api).await?)
+        // A shipper's and a dashboard's token: ingest and search the logs.
+        let rules = serde_json::json!([{"resource": "logs", "match": "", "access": "write"}]);
+        Some(acl::issue_token(&node.api, "log-bench", rules).await?)
     } else {
         None
     };
