@@ -207,7 +207,17 @@ impl From<ApiError> for Refusal {
 /// Authenticate the request and check what its route needs; the handler
 /// finds the identity as [`Caller`]. With ACLs on, changes and refusals
 /// go to the audit trail.
-pub async fn authorize(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn authorize(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    if !app.shoal.acl.enabled() {
+        // Everything is allowed and nothing is audited: no need to look.
+        let caller = Caller {
+            identity: Identity::unrestricted(),
+            authorization: sensitive_authorization(request.headers()),
+            secret: None,
+        };
+        request.extensions_mut().insert(caller);
+        return next.run(request).await;
+    }
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -237,7 +247,7 @@ pub async fn authorize(State(app): State<AppState>, request: Request, next: Next
         }
     };
     let status = response.status().as_u16();
-    if app.shoal.acl.enabled() && audit::audited(&route, &method, status) {
+    if audit::audited(&route, &method, status) {
         audit::record(
             &app.shoal,
             audit::Entry {
@@ -253,57 +263,56 @@ pub async fn authorize(State(app): State<AppState>, request: Request, next: Next
     response
 }
 
-async fn check(app: &AppState, route: &str, request: Request) -> Result<Request, Refusal> {
-    let acl = &app.shoal.acl;
-    let stream = STREAM_ROUTES.contains(&route);
-    let secret = credentials(request.headers(), request.uri().query(), stream);
-    let authorization = request
-        .headers()
+/// The `Authorization` header, marked sensitive (kept out of debug output).
+fn sensitive_authorization(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
         .get(header::AUTHORIZATION)
         .cloned()
         .map(|mut value| {
             value.set_sensitive(true);
             value
-        });
+        })
+}
+
+async fn check(app: &AppState, route: &str, request: Request) -> Result<Request, Refusal> {
+    let stream = STREAM_ROUTES.contains(&route);
+    let secret = credentials(request.headers(), request.uri().query(), stream);
+    let authorization = sensitive_authorization(request.headers());
     let (mut parts, body) = request.into_parts();
-    let need = if acl.enabled() {
-        let axum::extract::Path(path) =
-            axum::extract::Path::<HashMap<String, String>>::from_request_parts(&mut parts, &())
-                .await
-                .map_err(|e| ApiError::bad_request(format!("bad path parameter: {e}")))?;
-        let params = Params::from_request_parts(&mut parts, &()).await?;
-        need(route, &parts.method, &path, &params)
-    } else {
-        Need::Token
-    };
+    let axum::extract::Path(path) =
+        axum::extract::Path::<HashMap<String, String>>::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("bad path parameter: {e}")))?;
+    let params = Params::from_request_parts(&mut parts, &()).await?;
+    let need = need(route, &parts.method, &path, &params);
     let identity = match (
         &need,
-        acl.authenticate(secret.as_deref(), shoal_storage::now_ms()),
+        app.shoal
+            .acl
+            .authenticate(secret.as_deref(), shoal_storage::now_ms()),
     ) {
         (_, Ok(identity)) => identity,
         (Need::Nothing, Err(_)) => Identity::anonymous(),
         (_, Err(e)) => return Err(unauthorized(e).into()),
     };
-    let refused = match &need {
-        Need::Nothing | Need::Token => None,
-        Need::One(resource, name, access) => (!identity.allows(*resource, name, *access))
-            .then(|| denied(&identity, *resource, name, *access)),
-        Need::Under(resource, prefix, access) => (!identity
-            .allows_under(*resource, prefix, *access))
-        .then(|| denied(&identity, *resource, prefix, *access)),
-    };
-    if let Some(error) = refused {
-        return Err(Refusal {
-            error,
-            accessor: identity.accessor().to_string(),
-        });
-    }
-    let mut request = Request::from_parts(parts, body);
-    request.extensions_mut().insert(Caller {
+    let caller = Caller {
         identity,
         authorization,
         secret,
-    });
+    };
+    let allowed = match &need {
+        Need::Nothing | Need::Token => Ok(()),
+        Need::One(resource, name, access) => caller.require(*resource, name, *access),
+        Need::Under(resource, prefix, access) => caller.require_under(*resource, prefix, *access),
+    };
+    if let Err(error) = allowed {
+        return Err(Refusal {
+            error,
+            accessor: caller.identity.accessor().to_string(),
+        });
+    }
+    let mut request = Request::from_parts(parts, body);
+    request.extensions_mut().insert(caller);
     Ok(request)
 }
 
