@@ -879,6 +879,55 @@ fn children_cpu(pid: u32) -> Vec<(u32, u64)> {
         .collect()
 }
 
+/// The evaluation limit counts the CPU an evaluator used, not the time
+/// that passed: evaluators that are stopped (as in a paused machine, or
+/// starved of CPU) past the limit while an instance's cheap expressions
+/// wait on them must not fault it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evaluator_stopped_past_the_time_limit_does_not_fault_its_instance() {
+    let node = Node::start().await;
+    let pid = node.pid().expect("the node runs");
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: ok, version: '1.0.0'}
+do:
+  - x: {set: {x: '${ 1 + 1 }'}}
+"#,
+    )
+    .await;
+    start(&node, "test/ok", "first", json!({})).await;
+    wait_status(&node, "first", "completed").await;
+    let evaluators: Vec<i32> = children_cpu(pid)
+        .into_iter()
+        .filter_map(|(child, _)| i32::try_from(child).ok())
+        .collect();
+    assert!(!evaluators.is_empty(), "the node has evaluators");
+    for child in &evaluators {
+        // SAFETY: kill only sends a signal to the node's own child.
+        assert_eq!(unsafe { libc::kill(*child, libc::SIGSTOP) }, 0);
+    }
+    // Twice the limit, then they go on.
+    let stopped = evaluators.clone();
+    let resume = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for child in stopped {
+            // SAFETY: as above.
+            unsafe { libc::kill(child, libc::SIGCONT) };
+        }
+    });
+    let reply = start(&node, "test/ok", "stopped", json!({})).await;
+    assert!(reply.status.is_success(), "{}", reply.describe());
+    let _ = resume.await;
+    let done = wait_status(&node, "stopped", "completed").await;
+    assert_eq!(done["output"], json!({"x": 2}), "{done}");
+    let metrics = node.get_path("/metrics").await.text;
+    assert!(
+        !metrics.contains("shoal_workflow_evaluators_killed_total 1"),
+        "an evaluator was killed: {metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expressions_that_would_exhaust_or_crash_a_node_fault_only_their_instance() {
     let mut node = Node::start().await;
@@ -961,7 +1010,7 @@ do:
     // A list predicate past the limits is refused with 400.
     for (code, says) in [
         ("def f: 1 + f; f", "evaluator"),
-        ("last(range(1e15))", "longer than"),
+        ("last(range(1e15))", "ms of CPU time"),
     ] {
         let reply = node
             .client()

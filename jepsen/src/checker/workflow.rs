@@ -69,7 +69,14 @@ pub fn check(history: &[Op], last: Option<&FinalState>) -> WorkflowResult {
     for instance in instances {
         let id = instance.id.clone();
         if instance.status != "completed" {
-            result.unfinished.push(format!("{id}: {}", instance.status));
+            let why = instance
+                .error
+                .as_ref()
+                .map(|error| format!(" ({error})"))
+                .unwrap_or_default();
+            result
+                .unfinished
+                .push(format!("{id}: {}{why}", instance.status));
         }
         if instance.timer_fired != 1 {
             result

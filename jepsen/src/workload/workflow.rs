@@ -47,6 +47,9 @@ pub struct FinalInstance {
     pub id: String,
     pub status: String,
     pub output: Value,
+    /// The error of a faulted instance (`title: detail`).
+    #[serde(default)]
+    pub error: Option<String>,
     /// How often each of these appears in its history.
     pub timer_fired: usize,
     pub event_applied: usize,
@@ -341,6 +344,19 @@ pub async fn final_state(ctx: &Ctx, patience: Duration) -> FinalState {
             id,
             status: body["status"].as_str().unwrap_or_default().to_string(),
             output: body["output"].clone(),
+            error: body["error"].as_object().map(|error| {
+                format!(
+                    "{}: {}",
+                    error
+                        .get("title")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    error
+                        .get("detail")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                )
+            }),
             timer_fired: count("timer.fired"),
             event_applied: count("event.applied"),
             completed: count("completed"),

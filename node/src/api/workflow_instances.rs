@@ -288,7 +288,7 @@ fn filter_of(params: &Params, limit: usize) -> ApiResult<(ListFilter, Option<Str
     tag = "workflows",
     operation_id = "listWorkflowInstances",
     summary = "List workflow instances",
-    description = "Instances in id order, filtered; linearizable. `where` is a jq predicate over the instance's JSON (as `GET /v1/workflows/instances/{id}` shows it), e.g. `.input.total > 100`; it runs in an evaluator process, at most 2 s and 1 GiB per batch of instances (past either: 400). A scan longer than 10 s ends the page early, with `next` where it stopped.",
+    description = "Instances in id order, filtered; linearizable. `where` is a jq predicate over the instance's JSON (as `GET /v1/workflows/instances/{id}` shows it), e.g. `.input.total > 100`; it runs in an evaluator process, at most 2 s of CPU and 1 GiB per batch of instances (past either: 400). A scan longer than 10 s ends the page early, with `next` where it stopped.",
     params(
         ("namespace" = Option<String>, Query, description = "Only this namespace."),
         ("name" = Option<String>, Query, description = "Only this workflow name."),

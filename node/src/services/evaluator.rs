@@ -1,7 +1,8 @@
 //! Workflow expressions run in evaluator processes (`shoal evaluator`, see
 //! `shoal_workflows::sandbox` for why): a pool of them, one piece of work
-//! at a time each, at most two per core. A piece of work that runs past
-//! [`TIME_LIMIT`] gets its evaluator killed; one that allocates past
+//! at a time each, at most two per core. A piece of work that uses more
+//! than [`TIME_LIMIT`] of CPU (or waits past [`WALL_LIMIT`]) gets its
+//! evaluator killed; one that allocates past
 //! [`MEMORY_LIMIT_BYTES`] or overflows the stack kills its evaluator
 //! itself. Either way the caller gets an [`EvaluatorError`] and the next
 //! piece of work gets a fresh evaluator.
@@ -19,8 +20,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
 
-/// Longest one piece of work may take.
+/// Most CPU time one piece of work may use. CPU time, not time passed: a
+/// node or evaluator that was stopped (SIGSTOP, a paused VM) or starved of
+/// CPU must not fault an instance whose expressions are cheap.
 pub const TIME_LIMIT: Duration = Duration::from_secs(2);
+/// Longest one piece of work may take however little CPU it got (an
+/// evaluator that makes no progress at all is replaced).
+pub const WALL_LIMIT: Duration = Duration::from_secs(30);
 /// Most memory (address space) an evaluator may map beyond what it maps
 /// when it starts.
 pub const MEMORY_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
@@ -29,7 +35,7 @@ const STDERR_BYTES: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluatorError {
-    #[error("the evaluation ran longer than {} ms (a runaway expression?)", TIME_LIMIT.as_millis())]
+    #[error("the evaluation used more than {} ms of CPU time (a runaway expression?)", TIME_LIMIT.as_millis())]
     TooLong,
     #[error("the evaluation ended its evaluator ({0}): an expression past the {limit} MiB memory limit or recursing without end?", limit = MEMORY_LIMIT_BYTES >> 20)]
     Died(String),
@@ -243,12 +249,32 @@ impl Worker {
     async fn run(&mut self, request: &Request) -> Result<Response, EvaluatorError> {
         let bytes = sandbox::frame(request)
             .map_err(|e| EvaluatorError::Unavailable(format!("cannot encode the work: {e}")))?;
-        match tokio::time::timeout(TIME_LIMIT, self.exchange(&bytes)).await {
-            Ok(Ok(body)) => serde_json::from_slice(&body).map_err(|e| {
+        let pid = self.child.id();
+        let cpu_before = pid.and_then(cpu_time);
+        let started = tokio::time::Instant::now();
+        let answered = {
+            let exchange = self.exchange(&bytes);
+            tokio::pin!(exchange);
+            loop {
+                if let Ok(answered) = tokio::time::timeout(TIME_LIMIT, &mut exchange).await {
+                    break Some(answered);
+                }
+                // Unknown CPU time counts as all of the time passed.
+                let used = match (cpu_before, pid.and_then(cpu_time)) {
+                    (Some(before), Some(now)) => now.saturating_sub(before),
+                    _ => started.elapsed(),
+                };
+                if used >= TIME_LIMIT || started.elapsed() >= WALL_LIMIT {
+                    break None;
+                }
+            }
+        };
+        match answered {
+            Some(Ok(body)) => serde_json::from_slice(&body).map_err(|e| {
                 EvaluatorError::Unavailable(format!("an answer that does not decode: {e}"))
             }),
-            Ok(Err(_)) => Err(EvaluatorError::Died(self.last_words().await)),
-            Err(_) => {
+            Some(Err(_)) => Err(EvaluatorError::Died(self.last_words().await)),
+            None => {
                 let _ = self.child.kill().await;
                 metrics::counter!("shoal_workflow_evaluators_killed_total").increment(1);
                 Err(EvaluatorError::TooLong)
@@ -292,6 +318,23 @@ impl Worker {
             None => status,
         }
     }
+}
+
+/// The CPU time process `pid` has used (user and system, all threads),
+/// from `/proc/<pid>/stat`; None where that cannot be read.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command's closing parenthesis: utime and stime
+    // are the 12th and 13th, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|hz| *hz > 0)?;
+    Some(Duration::from_millis(
+        ticks.saturating_mul(1000) / per_second,
+    ))
 }
 
 fn unexpected(response: &Response) -> EvaluatorError {
