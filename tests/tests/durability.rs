@@ -210,5 +210,11 @@ async fn a_follower_catches_up_from_a_large_snapshot() {
     cluster
         .wait_same_applied_digest(&up, Duration::from_secs(90))
         .await
-        .unwrap_or_else(|e| panic!("the follower did not catch up: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "the follower did not catch up: {e}\nthe follower's log:\n{}\nthe leader's log:\n{}",
+                cluster.node(follower).log_tail(300),
+                cluster.node(leader).log_tail(100)
+            )
+        });
 }

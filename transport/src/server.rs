@@ -17,24 +17,37 @@ use crate::wire::{self, ClusterKey};
 
 /// openraft 0.9 resets a follower's election timer only when a snapshot's
 /// last chunk is installed, and a leader sends no heartbeat to a follower
-/// while a snapshot is in flight to it: a transfer longer than the election
-/// timeout made the follower campaign, which restarted the transfer, over
-/// and over (seen on a loaded machine with a 24 MiB snapshot). A chunk is
-/// the leader's proof of life, so it counts as a heartbeat: an empty
-/// AppendEntries under the chunk's vote (no previous log id, no entries, no
-/// commit index) updates the follower's vote and its timer and nothing else.
-async fn chunk_as_heartbeat(
+/// while a snapshot is in flight to it: a transfer, or a last chunk's
+/// install, longer than the election timeout made the follower campaign,
+/// which restarted the transfer, over and over (seen on a loaded machine
+/// with a 24 MiB snapshot). A chunk is the leader's proof of life, so it
+/// counts as a heartbeat when it arrives and at every heartbeat interval
+/// while it is being installed: an empty AppendEntries under the chunk's
+/// vote (no previous log id, no entries, no commit index) updates the
+/// follower's vote and its timer and nothing else.
+async fn install_snapshot_chunk(
     raft: &Raft,
-    rpc: &openraft::raft::InstallSnapshotRequest<shoal_raft::TypeConfig>,
-) {
+    rpc: openraft::raft::InstallSnapshotRequest<shoal_raft::TypeConfig>,
+) -> Result<
+    openraft::raft::InstallSnapshotResponse<shoal_raft::NodeId>,
+    openraft::error::RaftError<shoal_raft::NodeId, openraft::error::InstallSnapshotError>,
+> {
     let heartbeat = openraft::raft::AppendEntriesRequest {
         vote: rpc.vote,
         prev_log_id: None,
         entries: Vec::new(),
         leader_commit: None,
     };
-    // A refusal (a stale leader's chunk) is answered by the install itself.
-    let _ = raft.append_entries(heartbeat).await;
+    let every = Duration::from_millis(raft.config().heartbeat_interval.max(1));
+    let install = raft.install_snapshot(rpc);
+    tokio::pin!(install);
+    loop {
+        // A refusal (a stale leader's chunk) is answered by the install itself.
+        let _ = raft.append_entries(heartbeat.clone()).await;
+        if let Ok(installed) = tokio::time::timeout(every, &mut install).await {
+            return installed;
+        }
+    }
 }
 
 /// Handshakes under way at once; a connection past them is closed at once.
@@ -133,10 +146,7 @@ async fn serve_connection(
                 Reply::Vote(vote_unless_catching_up(&raft, &services.catch_up, rpc).await)
             }
             Request::InstallSnapshot(rpc) => {
-                if !rpc.done {
-                    chunk_as_heartbeat(&raft, &rpc).await;
-                }
-                Reply::InstallSnapshot(raft.install_snapshot(rpc).await)
+                Reply::InstallSnapshot(install_snapshot_chunk(&raft, rpc).await)
             }
             Request::ClientWrite(proposals) => {
                 Reply::ClientWrite(raft.client_write(proposals).await.map(|r| r.data))
