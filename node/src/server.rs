@@ -524,12 +524,15 @@ fn serve_ingest(
     }
     if let Some(listener) = otlp_grpc {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/gRPC receiver listening");
-        tokio::spawn(otlp::serve_grpc(
-            listener,
+        let (logs, acl, settings, stopped) = (
             shoal.logs.clone(),
             shoal.acl.clone(),
-            shoal.settings.logs_max_body_bytes,
-        ));
+            shoal.settings.clone(),
+            stopped.clone(),
+        );
+        tokio::spawn(
+            async move { otlp::serve_grpc(listener, logs, acl, &settings, stopped).await },
+        );
     }
     if let Some(listener) = otlp_http {
         tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");

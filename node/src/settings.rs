@@ -110,7 +110,7 @@ pub struct NodeArgs {
     /// Time limit for one API request, in milliseconds.
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
-    /// Most open connections on each HTTP listener (API, OTLP/HTTP); past it a connection is
+    /// Most open connections on each HTTP listener (API, OTLP/HTTP, OTLP/gRPC); past it a connection is
     /// answered 503 and closed.
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,

@@ -2,7 +2,8 @@
 //! connections per client address and in all (past them a JSON 429 or
 //! 503, then close), and the deadline for a request's headers, which ends
 //! slowloris connections and idle ones while streams stay open, and the
-//! request timeout, which also bounds a body sent slowly.
+//! request timeout, which also bounds a body sent slowly. The OTLP/gRPC
+//! listener has the same connection limits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,11 +89,15 @@ fn assert_refused(answer: &str, status: &str) {
 }
 
 fn refused_count(metrics: &str, limit: &str) -> u64 {
+    refused_count_on(metrics, "api", limit)
+}
+
+fn refused_count_on(metrics: &str, listener: &str, limit: &str) -> u64 {
     metrics
         .lines()
         .find(|l| {
             l.starts_with("shoal_api_connections_refused_total")
-                && l.contains("listener=\"api\"")
+                && l.contains(&format!("listener=\"{listener}\""))
                 && l.contains(&format!("limit=\"{limit}\""))
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -124,6 +129,62 @@ async fn a_client_address_past_its_limit_is_refused_and_others_are_served() {
         }
     })
     .await;
+}
+
+/// What an HTTP/2 (and so gRPC) client sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_otlp_grpc_listener_refuses_a_client_address_past_its_limit() {
+    let node = Node::builder()
+        .otlp()
+        .args(&["--max-connections-per-client", "5"])
+        .start()
+        .await;
+    let grpc: SocketAddr = node.otlp_grpc_addr().parse().expect("an address");
+    let connect = |source: [u8; 4]| async move {
+        let socket = TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .expect("binding the source address");
+        socket.connect(grpc).await.expect("connecting to OTLP/gRPC")
+    };
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect([127, 0, 0, 1]).await);
+    }
+    let answer = wait_for(T, "a sixth gRPC connection refused", || async {
+        let mut extra = connect([127, 0, 0, 1]).await;
+        extra
+            .write_all(H2_PREFACE)
+            .await
+            .expect("writing the preface");
+        let answer = read_to_close(&mut extra).await;
+        match answer.starts_with("HTTP/1.1 429") {
+            true => Ok(answer),
+            false => Err(answer),
+        }
+    })
+    .await;
+    assert_refused(&answer, "429");
+    // Another address gets an HTTP/2 server: its first frame is SETTINGS.
+    let mut other = connect([127, 0, 0, 2]).await;
+    other
+        .write_all(H2_PREFACE)
+        .await
+        .expect("writing the preface");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(T, other.read_exact(&mut frame))
+        .await
+        .expect("the server's first frame in time")
+        .expect("reading the server's first frame");
+    assert_eq!(frame[3], 0x4, "a SETTINGS frame: {frame:?}");
+    let metrics = node.get_path("/metrics").await.text;
+    assert!(
+        refused_count_on(&metrics, "otlp_grpc", "client") >= 1,
+        "{metrics}"
+    );
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread")]

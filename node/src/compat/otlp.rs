@@ -477,25 +477,38 @@ impl TraceService for Grpc {
     }
 }
 
-pub async fn serve_grpc(listener: TcpListener, logs: Logs, acl: Arc<Acl>, max_bytes: usize) {
+/// Serves OTLP/gRPC on `listener` through the same connection handling as
+/// the API (`--max-connections`, `--max-connections-per-client`, the header
+/// deadline, graceful shutdown): a gRPC client is an HTTP/2 client.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    logs: Logs,
+    acl: Arc<Acl>,
+    settings: &Settings,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
     use tonic::codec::CompressionEncoding;
+    let max_bytes = settings.logs_max_body_bytes;
     let grpc = Arc::new(Grpc { logs, acl });
-    let result = tonic::transport::Server::builder()
-        .add_service(
-            LogsServiceServer::from_arc(grpc.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max_bytes),
-        )
-        .add_service(
-            TraceServiceServer::from_arc(grpc)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max_bytes),
-        )
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the OTLP/gRPC listener stopped");
-    }
+    let app = tonic::service::Routes::new(
+        LogsServiceServer::from_arc(grpc.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max_bytes),
+    )
+    .add_service(
+        TraceServiceServer::from_arc(grpc)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max_bytes),
+    )
+    .into_axum_router();
+    crate::api_server::serve(
+        listener,
+        "otlp_grpc",
+        app,
+        ConnectionLimits::of(settings),
+        stopped,
+    )
+    .await;
 }
 
 // ---- HTTP ----
