@@ -522,28 +522,30 @@ fn serve_ingest(
             "shoal_logs_self_dropped_total",
         ));
     }
-    if let Some(listener) = otlp_grpc {
-        tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/gRPC receiver listening");
-        let (logs, acl, settings, stopped) = (
-            shoal.logs.clone(),
-            shoal.acl.clone(),
-            shoal.settings.clone(),
+    let (logs, acl) = (&shoal.logs, &shoal.acl);
+    let max_bytes = shoal.settings.logs_max_body_bytes;
+    let receivers = [
+        (
+            otlp_grpc,
+            "otlp_grpc",
+            otlp::grpc_router(logs.clone(), acl.clone(), max_bytes),
+        ),
+        (
+            otlp_http,
+            "otlp_http",
+            otlp::http_router(logs.clone(), acl.clone(), max_bytes),
+        ),
+    ];
+    for (listener, name, receiver) in receivers {
+        let Some(listener) = listener else { continue };
+        tracing::info!(addr = ?listener.local_addr().ok(), receiver = name, "OTLP receiver listening");
+        tokio::spawn(api_server::serve(
+            listener,
+            name,
+            receiver,
+            ConnectionLimits::of(&shoal.settings),
             stopped.clone(),
-        );
-        tokio::spawn(
-            async move { otlp::serve_grpc(listener, logs, acl, &settings, stopped).await },
-        );
-    }
-    if let Some(listener) = otlp_http {
-        tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");
-        let (logs, acl, settings) = (
-            shoal.logs.clone(),
-            shoal.acl.clone(),
-            shoal.settings.clone(),
-        );
-        tokio::spawn(
-            async move { otlp::serve_http(listener, logs, acl, &settings, stopped).await },
-        );
+        ));
     }
 }
 

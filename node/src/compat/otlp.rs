@@ -32,12 +32,9 @@ use shoal_search::record::{
     self, normalize_level, now_nanos, truncate, MAX_ATTRIBUTES_BYTES, MAX_MESSAGE_BYTES,
 };
 use shoal_search::{Kind, Logs, Record, SearchError, SpanInfo};
-use tokio::net::TcpListener;
 
 use crate::api::error::{ApiError, ErrorCode};
 use crate::api::extract::{inflate, Body};
-use crate::api_server::ConnectionLimits;
-use crate::settings::Settings;
 
 /// The stream spans go to.
 pub const TRACES_STREAM: &str = "traces";
@@ -477,20 +474,13 @@ impl TraceService for Grpc {
     }
 }
 
-/// Serves OTLP/gRPC on `listener` through the same connection handling as
-/// the API (`--max-connections`, `--max-connections-per-client`, the header
-/// deadline, graceful shutdown): a gRPC client is an HTTP/2 client.
-pub async fn serve_grpc(
-    listener: TcpListener,
-    logs: Logs,
-    acl: Arc<Acl>,
-    settings: &Settings,
-    stopped: tokio::sync::watch::Receiver<bool>,
-) {
+/// The OTLP/gRPC services (logs and traces) as a router, served like the
+/// API (`api_server::serve`): a gRPC client is an HTTP/2 client, so the
+/// listener gets the same connection limits, deadline and shutdown.
+pub fn grpc_router(logs: Logs, acl: Arc<Acl>, max_bytes: usize) -> Router {
     use tonic::codec::CompressionEncoding;
-    let max_bytes = settings.logs_max_body_bytes;
     let grpc = Arc::new(Grpc { logs, acl });
-    let app = tonic::service::Routes::new(
+    tonic::service::Routes::new(
         LogsServiceServer::from_arc(grpc.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(max_bytes),
@@ -500,15 +490,7 @@ pub async fn serve_grpc(
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(max_bytes),
     )
-    .into_axum_router();
-    crate::api_server::serve(
-        listener,
-        "otlp_grpc",
-        app,
-        ConnectionLimits::of(settings),
-        stopped,
-    )
-    .await;
+    .into_axum_router()
 }
 
 // ---- HTTP ----
@@ -520,15 +502,9 @@ struct HttpState {
     max_bytes: usize,
 }
 
-pub async fn serve_http(
-    listener: TcpListener,
-    logs: Logs,
-    acl: Arc<Acl>,
-    settings: &Settings,
-    stopped: tokio::sync::watch::Receiver<bool>,
-) {
-    let max_bytes = settings.logs_max_body_bytes;
-    let app = Router::new()
+/// The OTLP/HTTP routes (`POST /v1/logs`, `POST /v1/traces`).
+pub fn http_router(logs: Logs, acl: Arc<Acl>, max_bytes: usize) -> Router {
+    Router::new()
         .route("/v1/logs", post(http_logs))
         .route("/v1/traces", post(http_traces))
         .fallback(|| async {
@@ -543,15 +519,7 @@ pub async fn serve_http(
             logs,
             acl,
             max_bytes,
-        });
-    crate::api_server::serve(
-        listener,
-        "otlp_http",
-        app,
-        ConnectionLimits::of(settings),
-        stopped,
-    )
-    .await
+        })
 }
 
 #[derive(Clone, Copy, PartialEq)]
