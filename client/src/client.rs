@@ -47,6 +47,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientBuilder {
@@ -82,6 +83,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the certificate authorities in this PEM (besides the
+    /// system's) for `https://` endpoints, as nodes with certificates from
+    /// `shoal tls` need.
+    pub fn ca_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
     /// Checks the endpoints and builds the client. No connection is made yet.
     pub fn build(self) -> Result<Client> {
         if self.endpoints.is_empty() {
@@ -102,7 +111,18 @@ impl ClientBuilder {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(pem) = &self.ca_pem {
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::InvalidEndpoint {
+                    endpoint: endpoints.join(","),
+                    reason: format!("the CA certificates are not PEM: {e}"),
+                })?;
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http
             .default_headers(headers)
             .connect_timeout(self.connect_timeout)
             // The endpoints are cluster nodes: a system proxy would only be in the way.
@@ -134,11 +154,14 @@ fn normalize_endpoint(raw: &str) -> Result<String> {
         endpoint: raw.to_string(),
         reason: reason.to_string(),
     };
-    let Some(rest) = with_scheme.strip_prefix("http://") else {
-        return Err(invalid("only http:// endpoints are supported"));
+    let Some(rest) = with_scheme
+        .strip_prefix("http://")
+        .or_else(|| with_scheme.strip_prefix("https://"))
+    else {
+        return Err(invalid("only http:// and https:// endpoints are supported"));
     };
     if rest.is_empty() || rest.contains('/') {
-        return Err(invalid("expected http://host:port"));
+        return Err(invalid("expected http://host:port or https://host:port"));
     }
     Ok(with_scheme)
 }
@@ -211,6 +234,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             token: None,
+            ca_pem: None,
         }
     }
 
@@ -456,7 +480,11 @@ mod tests {
             normalize_endpoint("127.0.0.1:7700/").ok().as_deref(),
             Some("http://127.0.0.1:7700")
         );
-        assert!(normalize_endpoint("https://x:1").is_err());
+        assert_eq!(
+            normalize_endpoint("https://x:1/").ok().as_deref(),
+            Some("https://x:1")
+        );
+        assert!(normalize_endpoint("ftp://x:1").is_err());
         assert!(normalize_endpoint("http://x:1/api").is_err());
     }
 

@@ -3,6 +3,8 @@
 //! client address (past them a connection gets a JSON 503 or 429 and is
 //! closed), and a deadline for a request's headers, which also closes an
 //! HTTP/1.1 connection that sits idle between requests (slowloris).
+//! With a TLS acceptor, every connection is TLS: the handshake has the same
+//! deadline as a request's headers, and ALPN tells HTTP/2 from HTTP/1.1.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,10 +16,11 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::api::error::{ApiError, ErrorCode};
 use crate::settings::Settings;
@@ -148,14 +151,16 @@ fn admit(
     })
 }
 
-/// Serves `app` on `listener` until `stop` changes; then stops accepting,
-/// asks every connection to finish what it is answering, and returns once
-/// all have closed (the caller bounds that wait: streams never finish).
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop` changes;
+/// then stops accepting, asks every connection to finish what it is
+/// answering, and returns once all have closed (the caller bounds that
+/// wait: streams never finish).
 pub async fn serve(
     listener: TcpListener,
     name: &'static str,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let open = Arc::new(Mutex::new(Open {
@@ -184,8 +189,12 @@ pub async fn serve(
             Ok(slot) => {
                 connections.spawn(serve_connection(
                     stream,
-                    app.clone(),
-                    limits,
+                    Listener {
+                        name,
+                        app: app.clone(),
+                        limits,
+                        tls: tls.clone(),
+                    },
                     slot,
                     stop.clone(),
                 ));
@@ -198,36 +207,89 @@ pub async fn serve(
                 )
                 .increment(1);
                 tracing::debug!(%peer, limit = refusal.label(), "API connection refused");
-                connections.spawn(refuse(stream, refusal.answer(&limits)));
+                connections.spawn(refuse(stream, tls.clone(), refusal.answer(&limits)));
             }
         }
     }
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// What a connection is served with.
+struct Listener {
+    name: &'static str,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Which HTTP a connection speaks.
+enum Protocol {
+    /// Told by the first bytes (plain TCP).
+    Detect,
+    Http1,
+    Http2,
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    listener: Listener,
     _slot: Slot,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2 without a
-    // deadline of its own: bound that wait by the header deadline.
-    if !tokio::time::timeout(limits.header_read_timeout, version_known(&stream))
-        .await
-        .unwrap_or(false)
-    {
-        return;
+    let deadline = listener.limits.header_read_timeout;
+    match &listener.tls {
+        None => {
+            // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2
+            // without a deadline of its own: bound that wait by the header
+            // deadline.
+            if tokio::time::timeout(deadline, version_known(&stream))
+                .await
+                .unwrap_or(false)
+            {
+                serve_http(stream, Protocol::Detect, listener, stop).await;
+            }
+        }
+        Some(acceptor) => {
+            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    metrics::counter!("shoal_tls_handshake_failures_total", "listener" => listener.name)
+                        .increment(1);
+                    tracing::debug!(error = %e, listener = listener.name, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve_http(stream, protocol, listener, stop).await;
+        }
     }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    protocol: Protocol,
+    listener: Listener,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(listener.limits.header_read_timeout);
     // WebSockets over HTTP/2 use the CONNECT protocol.
     builder.http2().enable_connect_protocol();
-    let service = TowerToHyperService::new(app);
+    let builder = match protocol {
+        Protocol::Detect => builder,
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+    };
+    let service = TowerToHyperService::new(listener.app);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
@@ -254,25 +316,36 @@ async fn version_known(stream: &TcpStream) -> bool {
     }
 }
 
-async fn refuse(mut stream: TcpStream, answer: String) {
+async fn refuse(stream: TcpStream, tls: Option<TlsAcceptor>, answer: String) {
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-        // An HTTP client takes an answer that comes before its request as
-        // a broken connection: wait for the request's headers first.
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            match stream.read(&mut chunk).await {
-                Ok(n) if n > 0 => head.extend_from_slice(&chunk[..n]),
-                _ => return,
+        match tls {
+            None => answer_and_close(stream, answer).await,
+            Some(acceptor) => {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    answer_and_close(stream, answer).await;
+                }
             }
         }
-        let _ = stream.write_all(answer.as_bytes()).await;
-        let _ = stream.shutdown().await;
-        // Read on until the client closes: closing with its body unread
-        // would reset the connection, and the client might lose the answer.
-        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: String) {
+    // An HTTP client takes an answer that comes before its request as
+    // a broken connection: wait for the request's headers first.
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut chunk).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    }
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    // Read on until the client closes: closing with its body unread
+    // would reset the connection, and the client might lose the answer.
+    while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
 }
 
 /// Raises this process's soft limit on open files to its hard limit (as

@@ -27,6 +27,7 @@ mod server;
 mod services;
 mod settings;
 mod telemetry;
+mod tls;
 
 use clap::{CommandFactory, FromArgMatches};
 

@@ -17,11 +17,12 @@ use shoal_search::{Limits, Logs, LogsConfig, Retention};
 use shoal_storage::outbox::Outbox;
 use shoal_storage::{OpenOptions, Store, StoreClosed};
 use shoal_transport::{
-    serve_rpc, ClusterKey, Forwarder, MessageInbox, PeerServices, RemoteError, RemoteErrorKind,
+    serve_rpc, Forwarder, MessageInbox, PeerAuth, PeerServices, RemoteError, RemoteErrorKind,
     RemoveHandler, RpcNetwork,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio_rustls::TlsAcceptor;
 
 use crate::api::AppState;
 use crate::api_server::{self, ConnectionLimits};
@@ -65,6 +66,8 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         settings.outbound_policy.clone(),
         settings.outbound_ca_file.as_deref(),
     )?;
+    let tls = crate::tls::load(&settings)?;
+    let peer_http = crate::tls::peer_http_client(&settings)?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let mut telemetry = telemetry::init_node(&settings)?;
@@ -88,17 +91,20 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
     let store = open_store(&settings, &faults).await?;
     *store_closed = Some(store.closed());
     let logs = open_logs(&settings, node_id).await?;
-    let key = ClusterKey::new(settings.cluster_secret.as_deref());
+    let auth = PeerAuth::new(
+        settings.cluster_secret.as_deref(),
+        crate::tls::peer_tls(&settings, tls.as_ref())?,
+    );
     let core = start_raft(
         &settings,
         node_id,
         identity.generated,
         &store,
         &faults,
-        &key,
+        &auth,
     )
     .await?;
-    let cluster = start_cluster(&settings, node_id, &core, &key).await?;
+    let cluster = start_cluster(&settings, node_id, &core, &auth).await?;
     let (proposals, proposal_queue) = mpsc::channel(PROPOSAL_QUEUE);
     let (audit, audit_records) = mpsc::channel(AUDIT_QUEUE);
     let (inbox_deliveries, inbox_receiver) = mpsc::channel(INBOX_DELIVERIES);
@@ -106,7 +112,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         &settings,
         node_id,
         &store,
-        &key,
+        &auth,
         outbound.clone(),
         inbox_deliveries,
     )
@@ -138,10 +144,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             settings.acl,
             settings.initial_management_token.as_deref(),
         )),
-        peer_http: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .context("building the HTTP client for peers")?,
+        peer_http,
         faults,
         evaluator: Arc::new(
             crate::services::evaluator::Evaluator::new()
@@ -156,20 +159,25 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             "shoal_audit_dropped_total",
         ));
     }
-    serve_peers(listeners.rpc, core, key, peer_services);
+    serve_peers(listeners.rpc, core, auth, peer_services);
     start_writes(&shoal, proposal_queue);
     bootstrap(&shoal).await?;
     spawn_duties(&shoal, transport);
     start_messaging_delivery(&shoal, inbox_receiver).await;
     let (stop, stopped) = watch::channel(false);
+    let acceptor = tls.map(|tls| {
+        crate::tls::spawn_reloader(tls.certificate);
+        tls.acceptor
+    });
     serve_ingest(
         &shoal,
         &mut telemetry,
         listeners.otlp_grpc,
         listeners.otlp_http,
+        acceptor.clone(),
         stopped.clone(),
     );
-    let server = serve_api(&shoal, listeners.api, prometheus, stopped);
+    let server = serve_api(&shoal, listeners.api, prometheus, acceptor, stopped);
     let raft_failure = wait_for_stop(&shoal).await;
     shut_down(&shoal.raft, server, stop, raft_failure).await
 }
@@ -291,7 +299,7 @@ async fn start_raft(
     generated_id: bool,
     store: &Store,
     faults: &Faults,
-    key: &ClusterKey,
+    auth: &PeerAuth,
 ) -> anyhow::Result<RaftCore> {
     let raft_state_empty = {
         let store = store.clone();
@@ -341,7 +349,7 @@ async fn start_raft(
     let raft = Raft::new(
         node_id,
         Arc::new(config),
-        RpcNetwork::new(key.clone()),
+        RpcNetwork::new(auth.clone()),
         log_store,
         state_machine,
     )
@@ -363,14 +371,14 @@ async fn start_cluster(
     settings: &Settings,
     node_id: NodeId,
     core: &RaftCore,
-    key: &ClusterKey,
+    auth: &PeerAuth,
 ) -> anyhow::Result<Arc<Cluster>> {
     let gossip = Gossip::start(settings, node_id).await?;
     Ok(Arc::new(Cluster {
         node_id,
         raft: core.raft.clone(),
         gossip,
-        forwarder: Arc::new(Forwarder::new(key.clone())),
+        forwarder: Arc::new(Forwarder::new(auth.clone())),
         removals: Removals::default(),
         catch_up: core.catch_up.clone(),
         voters: settings.voters,
@@ -385,7 +393,7 @@ async fn start_messaging(
     settings: &Settings,
     node_id: NodeId,
     store: &Store,
-    key: &ClusterKey,
+    auth: &PeerAuth,
     outbound: Outbound,
     inbox_deliveries: mpsc::Sender<InboxDelivery>,
 ) -> anyhow::Result<(Arc<Messaging>, Arc<RpcTransport>)> {
@@ -397,7 +405,7 @@ async fn start_messaging(
         Some(brokers) => Some(KafkaClient::new(brokers).context("creating the Kafka client")?),
         None => None,
     };
-    let transport = RpcTransport::new(Forwarder::new(key.clone()));
+    let transport = RpcTransport::new(Forwarder::new(auth.clone()));
     let messaging = Messaging::new(
         node_id,
         outbox,
@@ -436,13 +444,13 @@ fn peer_services(cluster: &Arc<Cluster>, messaging: &Messaging, logs: &Logs) -> 
 }
 
 /// Answer peers on the RPC listener, and end catching up when Raft allows.
-fn serve_peers(listener: TcpListener, core: RaftCore, key: ClusterKey, services: PeerServices) {
+fn serve_peers(listener: TcpListener, core: RaftCore, auth: PeerAuth, services: PeerServices) {
     tokio::spawn(end_catch_up(core.raft.clone(), core.catch_up));
     tokio::spawn(serve_rpc(
         listener,
         core.raft,
         core.linearizer,
-        key,
+        auth,
         services,
     ));
 }
@@ -512,6 +520,7 @@ fn serve_ingest(
     telemetry: &mut TelemetryGuard,
     otlp_grpc: Option<TcpListener>,
     otlp_http: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
     stopped: watch::Receiver<bool>,
 ) {
     if let Some(events) = telemetry.own_logs.take() {
@@ -544,6 +553,7 @@ fn serve_ingest(
             name,
             receiver,
             ConnectionLimits::of(&shoal.settings),
+            tls.clone(),
             stopped.clone(),
         ));
     }
@@ -556,6 +566,7 @@ fn serve_api(
     shoal: &Arc<Shoal>,
     api_listener: TcpListener,
     prometheus: PrometheusHandle,
+    tls: Option<TlsAcceptor>,
     stopped: watch::Receiver<bool>,
 ) -> ApiServer {
     let app = routes::router(AppState {
@@ -563,7 +574,7 @@ fn serve_api(
         prometheus,
     });
     let settings = &shoal.settings;
-    tracing::info!(api = %settings.api, rpc = %settings.rpc, gossip = %settings.gossip,
+    tracing::info!(api = %settings.api, tls = tls.is_some(), rpc = %settings.rpc, gossip = %settings.gossip,
         data_dir = %settings.data_dir.display(), startup_ms = shoal.started.elapsed().as_millis() as u64,
         "shoal node listening");
     tokio::spawn(api_server::serve(
@@ -571,6 +582,7 @@ fn serve_api(
         "api",
         app,
         ConnectionLimits::of(settings),
+        tls,
         stopped,
     ))
 }

@@ -82,6 +82,19 @@ pub struct NodeArgs {
     /// reach them can read and change everything).
     #[arg(long, env = "SHOAL_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_no_auth: Option<bool>,
+    /// Serve the API and both OTLP receivers over TLS only, with this certificate chain (PEM,
+    /// leaf first; e.g. from `shoal tls cert`). Read again on SIGHUP and when the file changes.
+    #[arg(long, env = "SHOAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SHOAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM, e.g. the ca.pem of `shoal tls ca`): node-to-node RPC becomes
+    /// mutual TLS (each node presents --tls-cert, which needs client use too, and accepts only
+    /// peers whose certificate this CA signed), and it is trusted, besides the system's roots,
+    /// when this node calls the other nodes' API.
+    #[arg(long, env = "SHOAL_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// On SIGTERM, leave the cluster (be removed from Raft) before exiting.
     #[arg(long, env = "SHOAL_LEAVE_ON_TERMINATE", num_args = 0..=1, default_missing_value = "true")]
     pub leave_on_terminate: Option<bool>,
@@ -428,6 +441,9 @@ pub struct Settings {
     /// The secret read from --initial-management-token-file.
     pub initial_management_token: Option<String>,
     pub insecure_no_auth: bool,
+    /// `--tls-cert` and `--tls-key`, when the listeners serve TLS.
+    pub tls: Option<shoal_tls::CertificateFiles>,
+    pub tls_ca: Option<PathBuf>,
     pub election_timeout_ms: u64,
     pub log_level: String,
     pub log_dir: PathBuf,
@@ -464,6 +480,16 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The scheme of this node's API, and so of every node's (they are
+    /// started alike).
+    pub fn api_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn resolve(flags: NodeArgs) -> anyhow::Result<Settings> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
@@ -511,6 +537,14 @@ impl Settings {
                 .map(|path| read_secret_file(&path))
                 .transpose()?,
             insecure_no_auth: pick!(insecure_no_auth).unwrap_or(false),
+            tls: match (pick!(tls_cert), pick!(tls_key)) {
+                (Some(certificate), Some(key)) => {
+                    Some(shoal_tls::CertificateFiles { certificate, key })
+                }
+                (None, None) => None,
+                _ => bail!("--tls-cert and --tls-key go together"),
+            },
+            tls_ca: pick!(tls_ca),
             election_timeout_ms: pick!(election_timeout_ms)
                 .unwrap_or_else(|| default_of("election_timeout_ms")),
             log_level: pick!(log_level).unwrap_or_else(|| default_of("log_level")),
@@ -602,6 +636,9 @@ impl Settings {
 
     fn check(&self) -> anyhow::Result<()> {
         self.check_protected()?;
+        if self.tls_ca.is_some() && self.tls.is_none() {
+            bail!("--tls-ca needs --tls-cert and --tls-key");
+        }
         if self.initial_management_token.is_some() && !self.acl {
             bail!("--initial-management-token-file needs --acl");
         }

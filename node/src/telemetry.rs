@@ -246,12 +246,32 @@ fn describe_node_metrics() {
     describe_gauge!(
         "shoal_api_connections",
         Unit::Count,
-        "Open connections on each of the node's HTTP listeners (listener=api, otlp_http)."
+        "Open connections on each of the node's HTTP listeners (listener=api, otlp_http, otlp_grpc)."
     );
     describe_counter!(
         "shoal_api_connections_refused_total",
         Unit::Count,
         "Connections answered 503 or 429 and closed because the listener was at --max-connections (limit=node) or the client address at --max-connections-per-client (limit=client)."
+    );
+    describe_counter!(
+        "shoal_membership_join_refused_total",
+        Unit::Count,
+        "Times the leader did not add a node seen by gossip because it failed the RPC handshake (another cluster secret, or with --tls-ca no certificate from the cluster CA)."
+    );
+    describe_counter!(
+        "shoal_tls_handshake_failures_total",
+        Unit::Count,
+        "TLS handshakes that failed on each HTTP listener (listener=api, otlp_http, otlp_grpc): plain HTTP, an old protocol version, a client that does not trust the certificate."
+    );
+    describe_counter!(
+        "shoal_tls_reloads_total",
+        Unit::Count,
+        "Reads of --tls-cert and --tls-key after start (on SIGHUP or a change of the files): result=ok, or result=error when the files did not load and the certificate in use stayed."
+    );
+    describe_gauge!(
+        "shoal_tls_certificate_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "When the certificate the node serves expires (Unix time)."
     );
     describe_gauge!(
         "shoal_raft_term",

@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, bail, Context, Result};
 
 pub use cluster::{start_cluster, ClusterPlan};
-pub use node::{NodeBuilder, NodeProcess, Ports, Settings, READY_TIMEOUT};
+pub use node::{http_client, NodeBuilder, NodeProcess, Ports, Settings, READY_TIMEOUT};
 pub use process::{set_parent_death_signal, Process};
 
 /// Path of something `./scripts/setup` installs under `$HOME/.cache/shoal/`

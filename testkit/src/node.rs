@@ -70,6 +70,8 @@ pub struct NodeBuilder {
     temp_prefix: String,
     die_with_parent: bool,
     listen_host: String,
+    /// The CA that signed the node's certificate, when it serves TLS.
+    tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for NodeBuilder {
@@ -87,6 +89,7 @@ impl Default for NodeBuilder {
             temp_prefix: "shoal-test-".to_string(),
             die_with_parent: false,
             listen_host: "127.0.0.1".to_string(),
+            tls_ca_pem: None,
         }
     }
 }
@@ -182,6 +185,14 @@ impl NodeBuilder {
     /// running destructors. Off by default.
     pub fn die_with_parent(mut self) -> Self {
         self.die_with_parent = true;
+        self
+    }
+
+    /// The node serves TLS (the caller passes `--tls-cert` and `--tls-key`)
+    /// with a certificate this CA (PEM) signed: its URLs are `https://` and
+    /// the harness's client trusts the CA.
+    pub fn https(mut self, ca_pem: &[u8]) -> Self {
+        self.tls_ca_pem = Some(ca_pem.to_vec());
         self
     }
 
@@ -282,7 +293,8 @@ impl NodeBuilder {
             otlp_grpc_port,
             otlp_http_port,
             die_with_parent: self.die_with_parent,
-            http: new_client()?,
+            http: http_client(self.tls_ca_pem.as_deref())?,
+            tls_ca_pem: self.tls_ca_pem,
             dir,
         };
         node.spawn()?;
@@ -294,12 +306,17 @@ fn toml_string(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn new_client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// An HTTP client for a node, trusting `ca_pem` (PEM) besides the system's roots.
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .context("cannot build an HTTP client")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(pem) = ca_pem {
+        for certificate in reqwest::Certificate::from_pem_bundle(pem).context("the CA's PEM")? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().context("cannot build an HTTP client")
 }
 
 /// A `shoal` process on 127.0.0.1 with its own ports and temporary
@@ -320,6 +337,7 @@ pub struct NodeProcess {
     die_with_parent: bool,
     /// For the readiness check only.
     http: reqwest::Client,
+    tls_ca_pem: Option<Vec<u8>>,
     // Declared last so the process is gone before the directory is removed.
     dir: TempDir,
 }
@@ -342,9 +360,20 @@ impl NodeProcess {
         NodeProcess::builder().start().await
     }
 
-    /// `http://127.0.0.1:PORT`, the API base URL.
+    /// `http://127.0.0.1:PORT` (`https://` with [`NodeBuilder::https`]),
+    /// the API base URL.
     pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.api)
+        let scheme = if self.tls_ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.ports.api)
+    }
+
+    /// The CA given to [`NodeBuilder::https`].
+    pub fn tls_ca_pem(&self) -> Option<&[u8]> {
+        self.tls_ca_pem.as_deref()
     }
 
     /// The API base URL followed by `path` (which starts with `/`).
@@ -518,7 +547,7 @@ impl NodeProcess {
     pub fn restart_no_wait(&mut self) -> Result<()> {
         self.kill9();
         // Fresh connection pool: the old connections died with the process.
-        self.http = new_client()?;
+        self.http = http_client(self.tls_ca_pem.as_deref())?;
         self.spawn()
     }
 

@@ -13,7 +13,8 @@ The documents (all into INDEX):
   (no id) index {"message": "es doc three"}   (no timestamp: stamped on arrival)
   then, in a second bulk: es-4 {"message": "es doc four"} and
   es-bad {"timestamp": "yesterday", "message": "es doc bad"}, which must fail.
-With ES_API_KEY set, the client sends it (`Authorization: ApiKey ...`).
+With ES_API_KEY set, the client sends it (`Authorization: ApiKey ...`); with
+ES_CA_CERTS, an https:// URL is verified against that CA file.
 Used by tests/tests/logs_shipping.rs and tests/tests/acl.rs.
 """
 
@@ -27,7 +28,8 @@ from elasticsearch import Elasticsearch, helpers
 
 def main():
     url, index = sys.argv[1], sys.argv[2]
-    es = Elasticsearch(url, request_timeout=10, api_key=os.environ.get("ES_API_KEY"))
+    es = Elasticsearch(url, request_timeout=10, api_key=os.environ.get("ES_API_KEY"),
+                       ca_certs=os.environ.get("ES_CA_CERTS"))
     info = es.info().body
     print(json.dumps({"op": "info", "version": info["version"]["number"], "tagline": info.get("tagline"),
                       "ping": es.ping()}), flush=True)

@@ -3,6 +3,9 @@
     otel_export.py (--http http://127.0.0.1:PORT | --grpc 127.0.0.1:PORT)
                    [--gzip] [--service NAME]
 
+Over TLS (--http https://..., --grpc https://...), the exporters trust the CA
+file named by OTEL_EXPORTER_OTLP_CERTIFICATE.
+
 Emits, under the resource service.name NAME:
   * a SERVER span "handle-order" with the attribute order.id=42 and an ERROR
     status ("payment declined"), and inside it a CLIENT span "charge-card";
@@ -99,9 +102,11 @@ def exporters(args):
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     compression = Compression.Gzip if args.gzip else Compression.NoCompression
+    # An https:// address is TLS, verified against OTEL_EXPORTER_OTLP_CERTIFICATE.
+    insecure = not args.grpc.startswith("https://")
     return (
-        OTLPSpanExporter(endpoint=args.grpc, insecure=True, compression=compression, timeout=10),
-        OTLPLogExporter(endpoint=args.grpc, insecure=True, compression=compression, timeout=10),
+        OTLPSpanExporter(endpoint=args.grpc, insecure=insecure, compression=compression, timeout=10),
+        OTLPLogExporter(endpoint=args.grpc, insecure=insecure, compression=compression, timeout=10),
     )
 
 
@@ -109,7 +114,7 @@ def main():
     parser = argparse.ArgumentParser()
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--http", help="OTLP/HTTP base URL, e.g. http://127.0.0.1:4318")
-    target.add_argument("--grpc", help="OTLP/gRPC address, e.g. 127.0.0.1:4317")
+    target.add_argument("--grpc", help="OTLP/gRPC address, e.g. 127.0.0.1:4317 (https://127.0.0.1:4317 for TLS)")
     parser.add_argument("--gzip", action="store_true")
     parser.add_argument("--service", default="otel-test")
     args = parser.parse_args()

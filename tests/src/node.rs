@@ -102,6 +102,13 @@ impl NodeBuilder {
         NodeBuilder(self.0.temp_root(root))
     }
 
+    /// The node serves TLS with a certificate this CA (PEM) signed (the
+    /// caller passes `--tls-cert` and `--tls-key`): [`Node::endpoint`] is
+    /// `https://` and the node's clients trust the CA.
+    pub fn https(self, ca_pem: &[u8]) -> Self {
+        NodeBuilder(self.0.https(ca_pem))
+    }
+
     /// Starts the process and waits until `/ready` answers 200.
     pub async fn start(self) -> Node {
         let mut node = self.start_no_wait();
@@ -117,21 +124,18 @@ impl NodeBuilder {
     }
 }
 
-fn new_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("cannot build an HTTP client")
-}
-
 /// A `shoal_client::Client` with `endpoint` as its only endpoint (so every
-/// request goes to that node, once) and the helpers' request timeout.
-pub(crate) fn api_client(endpoint: &str) -> shoal_client::Client {
-    shoal_client::Client::builder()
+/// request goes to that node, once) and the helpers' request timeout;
+/// trusting `ca_pem` for an `https://` endpoint.
+pub(crate) fn api_client(endpoint: &str, ca_pem: Option<&[u8]>) -> shoal_client::Client {
+    let mut builder = shoal_client::Client::builder()
         .endpoint(endpoint)
         .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(pem) = ca_pem {
+        builder = builder.ca_certificates_pem(pem);
+    }
+    builder
         .build()
         .unwrap_or_else(|e| panic!("cannot build a client for {endpoint}: {e}"))
 }
@@ -192,9 +196,10 @@ impl Node {
             gossip_port: ports.gossip,
             otlp_grpc_port: process.otlp_grpc_port(),
             otlp_http_port: process.otlp_http_port(),
-            api: api_client(&process.api_url()),
+            api: api_client(&process.api_url(), process.tls_ca_pem()),
+            client: shoal_testkit::http_client(process.tls_ca_pem())
+                .expect("cannot build an HTTP client"),
             process,
-            client: new_client(),
         }
     }
 
@@ -256,8 +261,9 @@ impl Node {
     pub fn restart_no_wait(&mut self) {
         or_panic(self.process.restart_no_wait());
         // Fresh connection pools: the old connections died with the process.
-        self.client = new_client();
-        self.api = api_client(&self.process.api_url());
+        self.client = shoal_testkit::http_client(self.process.tls_ca_pem())
+            .expect("cannot build an HTTP client");
+        self.api = api_client(&self.process.api_url(), self.process.tls_ca_pem());
     }
 
     /// Deletes the data directory of a stopped node (a disk replaced, or

@@ -62,9 +62,15 @@ pub async fn run_python_with_env(script: &str, args: &[&str], env: &[(&str, &str
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .kill_on_drop(true);
-    // The SDK reads OTEL_* variables; the developer's must not change a test.
+    // The SDK reads OTEL_* variables; the developer's must not change a
+    // test. requests lets REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE win over the
+    // CA file a client is given (the OTLP/HTTP exporter's certificate).
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("OTEL_") {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("OTEL_")
+            || name_text == "REQUESTS_CA_BUNDLE"
+            || name_text == "CURL_CA_BUNDLE"
+        {
             command.env_remove(name);
         }
     }

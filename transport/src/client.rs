@@ -10,10 +10,9 @@ use std::time::Duration;
 use shoal_raft::{MembershipError, NodeId, ReadIndexResult, Replication};
 use shoal_storage::kv::Proposal;
 use thiserror::Error;
-use tokio::net::TcpStream;
 
 use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall, WriteResult};
-use crate::wire::{self, ClusterKey};
+use crate::wire::{self, PeerAuth, PeerStream};
 
 /// Idle connections kept per peer.
 const POOL_PER_PEER: usize = 64;
@@ -34,19 +33,19 @@ pub enum ForwardError {
 
 /// A pool of connections to peers' RPC listeners.
 pub struct Forwarder {
-    key: ClusterKey,
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    auth: PeerAuth,
+    idle: Mutex<HashMap<String, Vec<PeerStream>>>,
 }
 
 impl Forwarder {
-    pub fn new(key: ClusterKey) -> Forwarder {
+    pub fn new(auth: PeerAuth) -> Forwarder {
         Forwarder {
-            key,
+            auth,
             idle: Mutex::new(HashMap::new()),
         }
     }
 
-    fn take(&self, addr: &str) -> Option<TcpStream> {
+    fn take(&self, addr: &str) -> Option<PeerStream> {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -54,7 +53,7 @@ impl Forwarder {
             .and_then(Vec::pop)
     }
 
-    fn give_back(&self, addr: &str, stream: TcpStream) {
+    fn give_back(&self, addr: &str, stream: PeerStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let streams = idle.entry(addr.to_string()).or_default();
         if streams.len() < POOL_PER_PEER {
@@ -81,7 +80,7 @@ impl Forwarder {
                     }
                 }
             }
-            let mut stream = wire::connect(addr, &self.key).await.map_err(unreachable)?;
+            let mut stream = wire::connect(addr, &self.auth).await.map_err(unreachable)?;
             wire::send(&mut stream, request)
                 .await
                 .map_err(unreachable)?;
@@ -98,6 +97,25 @@ impl Forwarder {
             Ok(Ok((reply, stream))) => {
                 self.give_back(addr, stream);
                 Ok(reply)
+            }
+        }
+    }
+
+    /// Connects to `addr` and completes the handshake, which proves (with
+    /// TLS) that the peer holds a certificate from the cluster CA and that
+    /// it knows the cluster secret; the connection is kept for later calls.
+    pub async fn probe(&self, addr: &str, timeout: Duration) -> Result<(), ForwardError> {
+        match tokio::time::timeout(timeout, wire::connect(addr, &self.auth)).await {
+            Err(_) => Err(ForwardError::Timeout {
+                addr: addr.to_string(),
+            }),
+            Ok(Err(source)) => Err(ForwardError::Unreachable {
+                addr: addr.to_string(),
+                source,
+            }),
+            Ok(Ok(stream)) => {
+                self.give_back(addr, stream);
+                Ok(())
             }
         }
     }

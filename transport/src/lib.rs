@@ -1,6 +1,7 @@
 //! Node-to-node transport for Shoal: one authenticated TCP listener per node
 //! carries everything peers say to each other. It owns the framing and the
-//! cluster-secret handshake (`wire`), the typed protocol (`protocol`:
+//! handshake (mutual TLS when configured, then the cluster secret: `wire`),
+//! the typed protocol (`protocol`:
 //! Raft RPCs, writes and read-index forwarded to the leader, membership
 //! removal, search fan-out, message frames), the server loop
 //! ([`serve_rpc`]), a pooled client ([`Forwarder`]) and openraft's network
@@ -23,4 +24,4 @@ pub use metric_help::describe_metrics;
 pub use network::RpcNetwork;
 pub use protocol::{RemoteError, RemoteErrorKind, SearchAnswer, SearchCall, WriteResult};
 pub use server::{serve_rpc, MessageInbox, PeerServices, RemoveHandler, SearchHandler};
-pub use wire::ClusterKey;
+pub use wire::{PeerAuth, PeerTls};

@@ -7,7 +7,7 @@ pub fn describe_metrics() {
     describe_counter!(
         "shoal_rpc_rejected_peers_total",
         Unit::Count,
-        "Node-to-node connections closed because the peer did not know the cluster secret."
+        "Node-to-node connections closed at the handshake: reason=secret (the peer did not know the cluster secret) or reason=tls (with --tls-ca, no certificate from the cluster CA)."
     );
     describe_counter!(
         "shoal_rpc_handshakes_refused_total",

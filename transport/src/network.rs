@@ -10,20 +10,19 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use shoal_raft::{NodeAddr, NodeId, TypeConfig};
-use tokio::net::TcpStream;
 
 use crate::protocol::{Reply, Request};
-use crate::wire::{self, ClusterKey};
+use crate::wire::{self, PeerAuth, PeerStream};
 
 /// Creates openraft's connections to peers (give it to `Raft::new`).
 #[derive(Clone)]
 pub struct RpcNetwork {
-    key: ClusterKey,
+    auth: PeerAuth,
 }
 
 impl RpcNetwork {
-    pub fn new(key: ClusterKey) -> RpcNetwork {
-        RpcNetwork { key }
+    pub fn new(auth: PeerAuth) -> RpcNetwork {
+        RpcNetwork { auth }
     }
 }
 
@@ -34,7 +33,7 @@ impl RaftNetworkFactory<TypeConfig> for RpcNetwork {
         PeerConnection {
             target,
             addr: node.rpc.clone(),
-            key: self.key.clone(),
+            auth: self.auth.clone(),
             stream: None,
         }
     }
@@ -43,8 +42,8 @@ impl RaftNetworkFactory<TypeConfig> for RpcNetwork {
 pub struct PeerConnection {
     target: NodeId,
     addr: String,
-    key: ClusterKey,
-    stream: Option<TcpStream>,
+    auth: PeerAuth,
+    stream: Option<PeerStream>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
@@ -63,7 +62,7 @@ impl PeerConnection {
     ) -> RpcResult<Reply, E> {
         let exchange = async {
             if self.stream.is_none() {
-                let stream = wire::connect(&self.addr, &self.key)
+                let stream = wire::connect(&self.addr, &self.auth)
                     .await
                     .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
                 self.stream = Some(stream);

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall};
-use crate::wire::{self, ClusterKey};
+use crate::wire::{self, PeerAuth};
 
 /// openraft 0.9 resets a follower's election timer only when a snapshot's
 /// last chunk is installed, and a leader sends no heartbeat to a follower
@@ -78,15 +78,16 @@ pub struct PeerServices {
 }
 
 /// Serve peers until the listener fails. Connections that do not know the
-/// cluster secret are closed after the handshake.
+/// cluster secret, or (with TLS) have no certificate from the cluster CA,
+/// are closed after the handshake.
 pub async fn serve_rpc(
     listener: TcpListener,
     raft: Raft,
     linearizer: Arc<Linearizer>,
-    key: ClusterKey,
+    auth: PeerAuth,
     services: PeerServices,
 ) {
-    let key = Arc::new(key);
+    let auth = Arc::new(auth);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -104,14 +105,14 @@ pub async fn serve_rpc(
             tracing::debug!(%peer, "rpc connection closed: {MAX_HANDSHAKES} handshakes under way");
             continue;
         };
-        let (raft, linearizer, key, services) = (
+        let (raft, linearizer, auth, services) = (
             raft.clone(),
             linearizer.clone(),
-            key.clone(),
+            auth.clone(),
             services.clone(),
         );
         tokio::spawn(async move {
-            let served = serve_connection(stream, raft, linearizer, &key, services, handshake);
+            let served = serve_connection(stream, raft, linearizer, &auth, services, handshake);
             if let Err(e) = served.await {
                 tracing::debug!(%peer, error = %e, "rpc connection closed");
             }
@@ -120,24 +121,33 @@ pub async fn serve_rpc(
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     raft: Raft,
     linearizer: Arc<Linearizer>,
-    key: &ClusterKey,
+    auth: &PeerAuth,
     services: PeerServices,
     handshake: OwnedSemaphorePermit,
 ) -> std::io::Result<()> {
-    let accepted = wire::accept(&mut stream, key).await;
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let accepted = wire::accept(stream, auth).await;
     drop(handshake);
-    if !accepted? {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tracing::warn!(%peer, "rejected a peer with the wrong cluster secret");
-        metrics::counter!("shoal_rpc_rejected_peers_total").increment(1);
-        return Ok(());
-    }
+    let mut stream = match accepted {
+        Ok(Some(stream)) => stream,
+        Ok(None) => {
+            tracing::warn!(%peer, "rejected a peer with the wrong cluster secret");
+            metrics::counter!("shoal_rpc_rejected_peers_total", "reason" => "secret").increment(1);
+            return Ok(());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(%peer, error = %e, "rejected a peer without a certificate from the cluster CA");
+            metrics::counter!("shoal_rpc_rejected_peers_total", "reason" => "tls").increment(1);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     loop {
         let request: Request = wire::receive(&mut stream).await?;
         let reply = match request {

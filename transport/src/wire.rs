@@ -2,11 +2,16 @@
 //!
 //! A frame is a u32 big-endian length, a version byte, then a body encoded
 //! with `shoal_codec`.
-//! Every connection starts with a challenge: the server sends a random
-//! nonce, the client answers HMAC-SHA256(cluster secret, nonce), and the
-//! server answers one byte, 1 (accepted) or 0 (rejected), before any request.
-//! Without a secret both sides use the empty key, so a node with a secret
-//! and one without cannot talk.
+//! With TLS configured ([`PeerTls`]), a connection is mutual TLS first:
+//! each side presents its certificate and checks the other's against the
+//! cluster CA, and everything after, the challenge included, is inside it.
+//! Every connection then starts with a mutual challenge: the server sends a
+//! random nonce, the client answers with its own nonce and its proof,
+//! HMAC-SHA256(cluster secret, "client", both nonces), and the server
+//! answers 0 (rejected), or 1 and its own proof over both nonces, which the
+//! client checks before sending any request. So each side knows the other
+//! holds the secret. Without a secret both sides use the empty key, so a
+//! node with a secret and one without cannot talk.
 
 use std::time::Duration;
 
@@ -14,15 +19,18 @@ use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// Version 2: typed search requests and answers, typed errors in replies.
-const WIRE_VERSION: u8 = 2;
+/// Version 3: the handshake proves the secret both ways.
+const WIRE_VERSION: u8 = 3;
 /// Largest frame accepted; snapshot chunks and append batches stay far below.
 const MAX_FRAME_BYTES: usize = 64 << 20;
-/// Largest frame of the handshake (a nonce, a proof, a verdict: 32 bytes
-/// or less), so a stranger cannot make a node wait for or hold more.
+/// Largest frame of the handshake (a nonce, a proof and a nonce, a verdict
+/// and a proof: 48 bytes or less), so a stranger cannot make a node wait for
+/// or hold more.
 const MAX_HANDSHAKE_FRAME_BYTES: usize = 64;
 /// Memory reserved for a frame before its bytes arrive; a bigger frame's
 /// buffer grows as they do, so a length header alone holds nothing.
@@ -33,41 +41,88 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The shared cluster secret (empty when none is configured).
 #[derive(Clone, Default)]
-pub struct ClusterKey(Vec<u8>);
+struct ClusterKey(Vec<u8>);
 
 impl ClusterKey {
-    pub fn new(secret: Option<&str>) -> ClusterKey {
+    fn new(secret: Option<&str>) -> ClusterKey {
         ClusterKey(secret.unwrap_or_default().as_bytes().to_vec())
     }
 
-    fn proof(&self, nonce: &[u8]) -> Vec<u8> {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.0) {
-            Ok(mac) => mac,
-            Err(_) => return Vec::new(),
-        };
-        mac.update(b"shoal-rpc-v1");
-        mac.update(nonce);
-        mac.finalize().into_bytes().to_vec()
+    /// HMAC-SHA256 over the role and both nonces.
+    fn proof(&self, role: Role, server_nonce: &[u8], client_nonce: &[u8]) -> Vec<u8> {
+        self.mac(role, server_nonce, client_nonce)
+            .map(|mac| mac.finalize().into_bytes().to_vec())
+            .unwrap_or_default()
     }
 
-    fn verify(&self, nonce: &[u8], proof: &[u8]) -> bool {
-        match Hmac::<Sha256>::new_from_slice(&self.0) {
-            Ok(mut mac) => {
-                mac.update(b"shoal-rpc-v1");
-                mac.update(nonce);
-                mac.verify_slice(proof).is_ok()
-            }
-            Err(_) => false,
+    fn verify(&self, role: Role, server_nonce: &[u8], client_nonce: &[u8], proof: &[u8]) -> bool {
+        self.mac(role, server_nonce, client_nonce)
+            .is_some_and(|mac| mac.verify_slice(proof).is_ok())
+    }
+
+    fn mac(&self, role: Role, server_nonce: &[u8], client_nonce: &[u8]) -> Option<Hmac<Sha256>> {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).ok()?;
+        mac.update(match role {
+            Role::Client => b"shoal-rpc-v3-client",
+            Role::Server => b"shoal-rpc-v3-server",
+        });
+        mac.update(server_nonce);
+        mac.update(client_nonce);
+        Some(mac)
+    }
+}
+
+/// Which side of a connection a proof comes from (so neither side's proof
+/// can be sent back to it as the other's).
+#[derive(Clone, Copy)]
+enum Role {
+    Client,
+    Server,
+}
+
+/// Mutual TLS between nodes: the acceptor asks connecting peers for a
+/// certificate from the cluster CA, and the connector presents this node's
+/// and checks the peer's against the same CA.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub acceptor: TlsAcceptor,
+    pub connector: TlsConnector,
+}
+
+/// How this node and its peers prove themselves to each other: the cluster
+/// secret, inside mutual TLS when that is configured.
+#[derive(Clone, Default)]
+pub struct PeerAuth {
+    key: ClusterKey,
+    tls: Option<PeerTls>,
+}
+
+impl PeerAuth {
+    pub fn new(secret: Option<&str>, tls: Option<PeerTls>) -> PeerAuth {
+        PeerAuth {
+            key: ClusterKey::new(secret),
+            tls,
         }
     }
 }
+
+/// What a connection to or from a peer is: TCP, or TLS over it.
+pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> PeerIo for T {}
+
+/// An authenticated connection to or from a peer.
+pub type PeerStream = Box<dyn PeerIo>;
 
 /// Bodies up to this size are copied behind their header and written at
 /// once; bigger ones are written after the header without the copy.
 const COPY_BELOW: usize = 64 << 10;
 
-pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = u32::try_from(body.len() + 1).map_err(std::io::Error::other)?;
     let mut header = [0; 5];
     header[..4].copy_from_slice(&len.to_be_bytes());
@@ -82,11 +137,14 @@ pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> std::io::Result
     stream.write_all(body).await
 }
 
-pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
     read_frame_within(stream, MAX_FRAME_BYTES).await
 }
 
-async fn read_frame_within(stream: &mut TcpStream, max: usize) -> std::io::Result<Vec<u8>> {
+async fn read_frame_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
     let len = stream.read_u32().await? as usize;
     if len == 0 || len > max {
         return Err(std::io::Error::other(format!(
@@ -111,59 +169,120 @@ async fn read_frame_within(stream: &mut TcpStream, max: usize) -> std::io::Resul
     Ok(body)
 }
 
-pub async fn send<T: Serialize>(stream: &mut TcpStream, message: &T) -> std::io::Result<()> {
+pub async fn send<T: Serialize>(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+) -> std::io::Result<()> {
     let body = shoal_codec::encode(message).map_err(std::io::Error::other)?;
     write_frame(stream, &body).await
 }
 
-pub async fn receive<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io::Result<T> {
+pub async fn receive<T: DeserializeOwned>(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> std::io::Result<T> {
     let frame = read_frame(stream).await?;
     shoal_codec::decode(&frame).map_err(std::io::Error::other)
 }
 
-/// Connect to a peer and prove we know the cluster secret.
-pub async fn connect(addr: &str, key: &ClusterKey) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+/// The host part of `host:port` as TLS names it (an IP address or a DNS name).
+fn server_name(addr: &str) -> std::io::Result<ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr}: not a host name for TLS: {e}"),
+        )
+    })
+}
+
+fn timed_out(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
+/// Connect to a peer (over mutual TLS when configured) and prove we know
+/// the cluster secret.
+pub async fn connect(addr: &str, auth: &PeerAuth) -> std::io::Result<PeerStream> {
     let handshake = async {
-        let nonce = read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
-        write_frame(&mut stream, &key.proof(&nonce)).await?;
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let mut stream: PeerStream = match &auth.tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(
+                tls.connector
+                    .connect(server_name(addr)?, tcp)
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("TLS with {addr} failed: {e}"),
+                        )
+                    })?,
+            ),
+        };
+        let server_nonce = read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
+        let client_nonce: [u8; NONCE_BYTES] = rand::random();
+        let mut answer = auth.key.proof(Role::Client, &server_nonce, &client_nonce);
+        answer.extend_from_slice(&client_nonce);
+        write_frame(&mut stream, &answer).await?;
+        let denied = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
         match read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES)
             .await?
-            .as_slice()
+            .split_first()
         {
-            [1] => Ok(()),
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("{addr} rejected our cluster secret"),
-            )),
+            Some((1, proof))
+                if auth
+                    .key
+                    .verify(Role::Server, &server_nonce, &client_nonce, proof) =>
+            {
+                Ok(stream)
+            }
+            Some((1, _)) => Err(denied(format!("{addr} does not know the cluster secret"))),
+            _ => Err(denied(format!("{addr} rejected our cluster secret"))),
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("handshake with {addr} timed out"),
-            )
-        })??;
-    Ok(stream)
+        .map_err(|_| timed_out(format!("handshake with {addr} timed out")))?
 }
 
-/// Challenge a connecting peer; Ok(false) if it does not know the secret.
-pub async fn accept(stream: &mut TcpStream, key: &ClusterKey) -> std::io::Result<bool> {
+/// Authenticate a connecting peer: mutual TLS when configured, then the
+/// challenge. `Ok(None)` if it does not know the secret; an error of kind
+/// `PermissionDenied` if its TLS handshake failed (no certificate, or one
+/// the cluster CA did not sign).
+pub async fn accept(stream: TcpStream, auth: &PeerAuth) -> std::io::Result<Option<PeerStream>> {
     stream.set_nodelay(true)?;
     let handshake = async {
-        let nonce: [u8; NONCE_BYTES] = rand::random();
-        write_frame(stream, &nonce).await?;
-        let proof = read_frame_within(stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
-        let accepted = key.verify(&nonce, &proof);
-        write_frame(stream, &[u8::from(accepted)]).await?;
-        Ok(accepted)
+        let mut stream: PeerStream = match &auth.tls {
+            None => Box::new(stream),
+            Some(tls) => Box::new(tls.acceptor.accept(stream).await.map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("TLS handshake failed: {e}"),
+                )
+            })?),
+        };
+        let server_nonce: [u8; NONCE_BYTES] = rand::random();
+        write_frame(&mut stream, &server_nonce).await?;
+        let answer = read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
+        let accepted = answer.len() > NONCE_BYTES && {
+            let (proof, client_nonce) = answer.split_at(answer.len() - NONCE_BYTES);
+            auth.key
+                .verify(Role::Client, &server_nonce, client_nonce, proof)
+        };
+        if !accepted {
+            write_frame(&mut stream, &[0]).await?;
+            return Ok(None);
+        }
+        let client_nonce = &answer[answer.len() - NONCE_BYTES..];
+        let mut verdict = vec![1];
+        verdict.extend(auth.key.proof(Role::Server, &server_nonce, client_nonce));
+        write_frame(&mut stream, &verdict).await?;
+        Ok(Some(stream))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))?
+        .map_err(|_| timed_out("handshake timed out".to_string()))?
 }
 
 #[cfg(test)]
@@ -178,20 +297,22 @@ mod tests {
     async fn handshake(server_key: &str, client_key: &str) -> (bool, bool) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let server_key = ClusterKey::new(Some(server_key));
+        let server_auth = PeerAuth::new(Some(server_key), None);
         let server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
-            let accepted = accept(&mut stream, &server_key).await.expect("handshake");
-            if accepted {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let accepted = accept(stream, &server_auth).await.expect("handshake");
+            if let Some(mut stream) = accepted {
                 let call: SearchCall = receive(&mut stream).await.expect("request");
                 assert!(matches!(call, SearchCall::Position));
                 send(&mut stream, &SearchAnswer::Position(7))
                     .await
                     .expect("reply");
+                true
+            } else {
+                false
             }
-            accepted
         });
-        let client = match connect(&addr, &ClusterKey::new(Some(client_key))).await {
+        let client = match connect(&addr, &PeerAuth::new(Some(client_key), None)).await {
             Ok(mut stream) => {
                 send(&mut stream, &SearchCall::Position)
                     .await
@@ -212,6 +333,132 @@ mod tests {
     async fn peers_with_the_same_secret_talk_and_others_are_refused() {
         assert_eq!(handshake("secret", "secret").await, (true, true));
         assert_eq!(handshake("secret", "other").await, (false, false));
+    }
+
+    /// The `PeerAuth` of a node holding a certificate that `holder` (a CA)
+    /// signed and trusting only the CA `trusted` (files in `dir`).
+    fn tls_auth(
+        dir: &std::path::Path,
+        holder: &shoal_tls::Issued,
+        trusted: &shoal_tls::Issued,
+    ) -> PeerAuth {
+        use std::sync::Arc;
+        let write = |pem: &str| {
+            let path = dir.join(format!("{:016x}.pem", rand::random::<u64>()));
+            std::fs::write(&path, pem).expect("write");
+            path
+        };
+        let node = shoal_tls::issue(
+            &holder.certificate_pem,
+            &holder.key_pem,
+            "node",
+            &["127.0.0.1".to_string()],
+            shoal_tls::Usage::Node,
+            1,
+        )
+        .expect("a node certificate");
+        let files = shoal_tls::CertificateFiles {
+            certificate: write(&node.certificate_pem),
+            key: write(&node.key_pem),
+        };
+        let roots = shoal_tls::read_roots(&write(&trusted.certificate_pem)).expect("roots");
+        let certificate = shoal_tls::ReloadingCertificate::load(files).expect("load");
+        let server = shoal_tls::server_config(certificate.clone(), Some(roots.clone()), &[])
+            .expect("server config");
+        let client = shoal_tls::client_config(roots, Some(certificate)).expect("client config");
+        PeerAuth::new(
+            Some("secret"),
+            Some(PeerTls {
+                acceptor: TlsAcceptor::from(Arc::new(server)),
+                connector: TlsConnector::from(Arc::new(client)),
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ours = shoal_tls::new_authority("ours", 1).expect("a CA");
+        let theirs = shoal_tls::new_authority("theirs", 1).expect("a CA");
+        let server_auth = tls_auth(dir.path(), &ours, &ours);
+        // The same secret is not enough: a client that trusts our CA (so it
+        // accepts the server) but holds another CA's certificate must be
+        // refused by the server, and a client that trusts only another CA
+        // refuses the server.
+        let clients = [
+            ("a peer", tls_auth(dir.path(), &ours, &ours)),
+            (
+                "another CA's certificate",
+                tls_auth(dir.path(), &theirs, &ours),
+            ),
+            ("another CA's trust", tls_auth(dir.path(), &theirs, &theirs)),
+        ];
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let mut verdicts = Vec::new();
+            for _ in 0..3 {
+                let (stream, _) = listener.accept().await.expect("accept");
+                verdicts.push(match accept(stream, &server_auth).await {
+                    Ok(Some(mut stream)) => {
+                        let call: SearchCall = receive(&mut stream).await.expect("request");
+                        assert!(matches!(call, SearchCall::Position));
+                        send(&mut stream, &SearchAnswer::Position(7))
+                            .await
+                            .expect("reply");
+                        "accepted".to_string()
+                    }
+                    Ok(None) => "wrong secret".to_string(),
+                    Err(e) => format!("{:?}", e.kind()),
+                });
+            }
+            verdicts
+        });
+        for (who, auth) in &clients {
+            match connect(&addr, auth).await {
+                Ok(mut stream) => {
+                    assert_eq!(*who, "a peer", "{who} was accepted");
+                    send(&mut stream, &SearchCall::Position)
+                        .await
+                        .expect("send");
+                    let answer: SearchAnswer = receive(&mut stream).await.expect("receive");
+                    assert!(matches!(answer, SearchAnswer::Position(7)));
+                }
+                // With TLS 1.3 a client hears that the server refused its
+                // certificate when it reads the first frame (an alert).
+                Err(e) => assert_ne!(*who, "a peer", "{e}"),
+            }
+        }
+        assert_eq!(
+            server.await.expect("server task"),
+            vec!["accepted", "PermissionDenied", "PermissionDenied"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_know_the_secret_is_not_talked_to() {
+        // It says yes to anything, with a proof it cannot make.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let impostor = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            write_frame(&mut stream, &[7; NONCE_BYTES])
+                .await
+                .expect("nonce");
+            read_frame(&mut stream).await.expect("the client's answer");
+            let mut verdict = vec![1];
+            verdict.extend([0u8; 32]);
+            write_frame(&mut stream, &verdict).await.expect("verdict");
+        });
+        let refused = connect(&addr, &PeerAuth::new(Some("secret"), None))
+            .await
+            .err()
+            .expect("an impostor accepted");
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(refused
+            .to_string()
+            .contains("does not know the cluster secret"));
+        impostor.await.expect("impostor task");
     }
 
     #[tokio::test]

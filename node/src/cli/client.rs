@@ -29,6 +29,10 @@ pub struct ClientArgs {
     /// Token to send (`Authorization: Bearer`), needed when the node runs with --acl.
     #[arg(long, env = "SHOAL_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// endpoint, besides the system's
+    /// (e.g. the ca.pem of `shoal tls ca`).
+    #[arg(long, env = "SHOAL_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
     /// Print the server's JSON instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -128,6 +132,11 @@ impl ClientArgs {
             .connect_timeout(Duration::from_secs(5));
         if let Some(token) = self.token.as_deref().filter(|token| !token.is_empty()) {
             builder = builder.token(token);
+        }
+        if let Some(path) = &self.cacert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --cacert {}", path.display()))?;
+            builder = builder.ca_certificates_pem(pem);
         }
         Ok(builder.build()?)
     }

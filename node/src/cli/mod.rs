@@ -1,6 +1,6 @@
 //! The command-line interface: the `shoal` command's arguments and the
 //! client subcommands (`kv`, `lease`, `cluster`, `pub`, `sub`, `logs`,
-//! `wf`, `acl`, `status`). It owns argument parsing, output formatting and the wording of
+//! `wf`, `acl`, `status`, and `tls`, which needs no node). It owns argument parsing, output formatting and the wording of
 //! errors, and talks to nodes only through `shoal-client` (typed calls where
 //! the client models the API, its `request_json`/`request_events` escape
 //! hatch for cluster, status and log queries), like any other client; it
@@ -11,6 +11,7 @@ mod acl;
 mod client;
 mod logs;
 mod ship;
+mod tls;
 mod workflows;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,7 @@ use crate::settings::NodeArgs;
 use acl::AclCommand;
 use client::{ClientArgs, ClusterCommand, KvCommand, LeaseCommand};
 use logs::LogsCommand;
+use tls::TlsCommand;
 use workflows::WfCommand;
 
 /// Shoal: a self-contained backbone for service clusters.
@@ -119,6 +121,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AclCommand,
     },
+    /// Make a certificate authority and certificates for nodes and clients, for clusters
+    /// without a PKI of their own (`shoal tls --help`).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Print the HTTP API's OpenAPI 3.1 document (what every node serves at
     /// /openapi.json), without a node: for generating clients.
     Openapi,
@@ -151,6 +159,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Logs { client, command } => logs::run(client, command).await,
         Command::Wf { client, command } => workflows::run(client, command).await,
         Command::Acl { client, command } => acl::run(client, command).await,
+        Command::Tls { command } => tls::run(command),
         Command::Pub {
             client,
             topic,

@@ -19,6 +19,8 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 const CAUGHT_UP_LAG: u64 = 50;
 /// How long the leader holds off re-adding a node it removed (see `Removals`).
 const REMOVED_HOLD_OFF: Duration = Duration::from_secs(30);
+/// How long a new node has to complete the RPC handshake before it is added.
+const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the cluster duties need from the node: its Raft, its gossip, and
 /// the membership settings.
@@ -217,6 +219,19 @@ async fn reconcile_once(
             && !cluster.removals.held_off(member)
             && member.node_id != cluster.node_id
         {
+            // Gossip is not authenticated: a node proves itself on the
+            // RPC handshake (cluster secret both ways, and with --tls-ca a
+            // certificate from the cluster CA) before it becomes a member.
+            if let Err(e) = cluster
+                .forwarder
+                .probe(&member.rpc, JOIN_PROBE_TIMEOUT)
+                .await
+            {
+                metrics::counter!("shoal_membership_join_refused_total").increment(1);
+                tracing::warn!(node = member.node_id, rpc = %member.rpc, error = %e,
+                    "not adding a node that failed the RPC handshake (another cluster secret or CA?)");
+                continue;
+            }
             tracing::info!(node = member.node_id, "adding a learner");
             let addr = NodeAddr {
                 rpc: member.rpc.clone(),

@@ -111,7 +111,11 @@ async fn fan_out<T: DeserializeOwned>(
         .values()
         .filter(|m| m.node_id != shoal.node_id && !m.left)
         .map(|member| {
-            let url = format!("http://{}{path_and_query}", member.api);
+            let url = format!(
+                "{}://{}{path_and_query}",
+                shoal.settings.api_scheme(),
+                member.api
+            );
             let mut request = client.request(method.clone(), url).timeout(FAN_OUT_TIMEOUT);
             // The peer checks the caller's token as this node did.
             if let Some(authorization) = &caller.authorization {
