@@ -275,6 +275,11 @@ async fn real_clients_reach_the_api_and_both_otlp_receivers_over_tls_only() {
     run_shoal(&strs(&with_ca), None, &[]).await.assert_success();
     let without = run_shoal(&strs(&cli(&[])), None, &[]).await;
     without.assert_clean_failure();
+    assert!(
+        without.stderr.contains("certificate") && without.stderr.contains("--cacert"),
+        "{}",
+        without.stderr
+    );
     let value = node
         .send(
             node.request(Method::GET, "/v1/kv/tls-key")

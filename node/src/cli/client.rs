@@ -146,9 +146,20 @@ impl ClientArgs {
 /// message`, or a hint to start a node when none answers.
 pub(crate) fn describe(error: &Error) -> String {
     match error {
-        Error::Transport { endpoint, source } => format!(
-            "cannot reach {endpoint}: {source} (is a node running there? start one with `shoal dev`)"
-        ),
+        Error::Transport { endpoint, source } => {
+            // The innermost cause says what went wrong (refused, a
+            // certificate not trusted, ...); reqwest's own text does not.
+            let mut cause: &dyn std::error::Error = source;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            let hint = if cause.to_string().contains("certificate") {
+                "is the node's CA given with --cacert?"
+            } else {
+                "is a node running there? start one with `shoal dev`"
+            };
+            format!("cannot reach {endpoint}: {source}: {cause} ({hint})")
+        }
         Error::Compacted { message, .. } => format!("compacted (410): {message}"),
         other => other.to_string(),
     }
