@@ -14,6 +14,7 @@ use shoal_raft::NodeId;
 use shoal_storage::now_ms;
 use thiserror::Error;
 
+use super::sealed::SealedUdpTransport;
 use crate::settings::Settings;
 
 const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -132,12 +133,14 @@ impl Gossip {
             (keys::STARTED_MS.to_string(), now_ms().to_string()),
             (keys::INITIALIZED.to_string(), flag(false)),
         ];
-        let handle = spawn_chitchat(config, initial, &UdpTransport)
-            .await
-            .map_err(|e| GossipError::Start {
-                addr: settings.gossip,
-                source: e.into(),
-            })?;
+        let spawned = match settings.cluster_secret.as_deref() {
+            Some(secret) => spawn_chitchat(config, initial, &SealedUdpTransport::new(secret)).await,
+            None => spawn_chitchat(config, initial, &UdpTransport).await,
+        };
+        let handle = spawned.map_err(|e| GossipError::Start {
+            addr: settings.gossip,
+            source: e.into(),
+        })?;
         Ok(Gossip { handle })
     }
 

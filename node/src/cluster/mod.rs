@@ -9,6 +9,7 @@
 mod formation;
 mod gossip;
 mod membership;
+mod sealed;
 
 pub use formation::{form_cluster, publish_state};
 pub use gossip::{keys, Gossip};
