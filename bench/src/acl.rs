@@ -24,16 +24,20 @@ pub fn acl_args(dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// A token for the bench's clients, as a service would have one: a policy
 /// `name` with these `rules` (JSON), made with the management token on the
-/// node at `api`; its secret.
+/// node at `api` (trusting `ca_pem` for https); its secret.
 pub async fn issue_token(
     api: &str,
     name: &str,
     rules: serde_json::Value,
+    ca_pem: Option<&[u8]>,
 ) -> anyhow::Result<String> {
-    let admin = shoal_client::Client::builder()
+    let mut admin = shoal_client::Client::builder()
         .endpoint(api)
-        .token(MANAGEMENT_TOKEN)
-        .build()?;
+        .token(MANAGEMENT_TOKEN);
+    if let Some(pem) = ca_pem {
+        admin = admin.ca_certificates_pem(pem);
+    }
+    let admin = admin.build()?;
     let policy = serde_json::json!({ "rules": rules });
     admin
         .request_json(

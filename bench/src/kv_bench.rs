@@ -47,9 +47,15 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// Systems to measure, comma-separated: shoal, shoal-acl (ACLs on; the
-    /// clients' token has a policy allowing bench/), etcd.
+    /// clients' token has a policy allowing bench/), shoal-tls (TLS on the
+    /// API, mutual TLS between nodes, certificates from `shoal tls`),
+    /// shoal-tls-acl (both), etcd.
     #[arg(long, value_delimiter = ',', default_value = "shoal,etcd")]
     targets: Vec<String>,
+    /// Shoal's clients speak HTTP/1.1 over TLS too (by default they take
+    /// HTTP/2, which ALPN offers, and multiplex on one connection per node).
+    #[arg(long)]
+    http1: bool,
     /// Value size in bytes.
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
@@ -137,11 +143,45 @@ struct Cluster {
     /// and the token the clients send.
     management_token: Option<String>,
     client_token: Option<String>,
+    /// With TLS on: the CA (PEM) the clients trust.
+    ca_pem: Option<Vec<u8>>,
+    /// Shoal's clients speak HTTP/1.1 only (`--http1`).
+    http1: bool,
     _dir: tempfile::TempDir,
 }
 
+/// Makes a CA and a node certificate with `shoal tls` in `dir`; the flags
+/// that turn TLS on with them, and the CA's PEM.
+fn tls_args(bin: &Path, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
+    let certs = dir.join("certs");
+    let dir_arg = certs.display().to_string();
+    for args in [
+        vec!["tls", "ca", "--dir", &dir_arg],
+        vec!["tls", "cert", "node", "--dir", &dir_arg],
+    ] {
+        let output = Command::new(bin).args(&args).output()?;
+        if !output.status.success() {
+            bail!(
+                "shoal {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    let path = |file: &str| certs.join(file).display().to_string();
+    let args = vec![
+        "--tls-cert".into(),
+        path("node.pem"),
+        "--tls-key".into(),
+        path("node-key.pem"),
+        "--tls-ca".into(),
+        path("ca.pem"),
+    ];
+    Ok((args, std::fs::read(certs.join("ca.pem"))?))
+}
+
 impl Cluster {
-    fn shoal(bin: &Path, acl: bool) -> anyhow::Result<Cluster> {
+    fn shoal(bin: &Path, acl: bool, tls: bool) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-kv-bench-")
             .tempdir()?;
@@ -152,11 +192,19 @@ impl Cluster {
             .iter()
             .map(|(_, _, g)| format!("127.0.0.1:{g}"))
             .collect();
-        let acl_args = if acl {
+        let mut acl_args = if acl {
             crate::acl::acl_args(dir.path())?
         } else {
             Vec::new()
         };
+        let ca_pem = if tls {
+            let (args, ca_pem) = tls_args(bin, dir.path())?;
+            acl_args.extend(args);
+            Some(ca_pem)
+        } else {
+            None
+        };
+        let scheme = if tls { "https" } else { "http" };
         let mut nodes = Vec::new();
         let mut endpoints = Vec::new();
         for (i, (api, rpc, gossip)) in ports.iter().enumerate() {
@@ -183,7 +231,7 @@ impl Cluster {
                 command.args(["--seed", seed]);
             }
             nodes.push(Proc::start(command, &dir.path().join(format!("n{i}.log")))?);
-            endpoints.push(format!("http://127.0.0.1:{api}"));
+            endpoints.push(format!("{scheme}://127.0.0.1:{api}"));
         }
         let management_token = acl.then(|| crate::acl::MANAGEMENT_TOKEN.to_string());
         Ok(Cluster {
@@ -192,6 +240,8 @@ impl Cluster {
             endpoints,
             client_token: management_token.clone(),
             management_token,
+            ca_pem,
+            http1: false,
             _dir: dir,
         })
     }
@@ -245,6 +295,8 @@ impl Cluster {
             endpoints,
             management_token: None,
             client_token: None,
+            ca_pem: None,
+            http1: false,
             _dir: dir,
         })
     }
@@ -256,6 +308,12 @@ impl Cluster {
                 let mut builder = shoal_client::Client::builder().endpoint(endpoint.as_str());
                 if let Some(token) = &self.client_token {
                     builder = builder.token(token);
+                }
+                if let Some(pem) = &self.ca_pem {
+                    builder = builder.ca_certificates_pem(pem.clone());
+                }
+                if self.http1 {
+                    builder = builder.http1_only();
                 }
                 Ok(Conn::Shoal(builder.build()?))
             }
@@ -283,10 +341,13 @@ impl Cluster {
     async fn leader_via(&self, node: usize) -> anyhow::Result<usize> {
         match self.name {
             "shoal" => {
-                let http = reqwest::Client::builder()
+                let mut http = reqwest::Client::builder()
                     .no_proxy()
-                    .timeout(Duration::from_secs(2))
-                    .build()?;
+                    .timeout(Duration::from_secs(2));
+                if let Some(pem) = &self.ca_pem {
+                    http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+                }
+                let http = http.build()?;
                 let mut request = http.get(format!("{}/v1/cluster", self.endpoints[node]));
                 if let Some(token) = &self.management_token {
                     request = request.bearer_auth(token);
@@ -334,7 +395,9 @@ impl Cluster {
             {"resource": "kv", "match": "bench/", "access": "write"},
             {"resource": "kv", "match": "bench/private/", "access": "deny"},
         ]);
-        let secret = crate::acl::issue_token(&self.endpoints[0], "bench", rules).await?;
+        let secret =
+            crate::acl::issue_token(&self.endpoints[0], "bench", rules, self.ca_pem.as_deref())
+                .await?;
         self.client_token = Some(secret);
         // Every node must know the token before the clients start.
         self.wait_ready(Duration::from_secs(30)).await
@@ -499,11 +562,16 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for round in 0..args.rounds {
         for target in &args.targets {
             let mut cluster = match target.as_str() {
-                "shoal" => Cluster::shoal(&shoal_bin, false)?,
-                "shoal-acl" => Cluster::shoal(&shoal_bin, true)?,
+                "shoal" => Cluster::shoal(&shoal_bin, false, false)?,
+                "shoal-acl" => Cluster::shoal(&shoal_bin, true, false)?,
+                "shoal-tls" => Cluster::shoal(&shoal_bin, false, true)?,
+                "shoal-tls-acl" => Cluster::shoal(&shoal_bin, true, true)?,
                 "etcd" => Cluster::etcd(&args.etcd_bin)?,
-                other => bail!("unknown target {other:?} (shoal, shoal-acl or etcd)"),
+                other => bail!(
+                    "unknown target {other:?} (shoal, shoal-acl, shoal-tls, shoal-tls-acl or etcd)"
+                ),
             };
+            cluster.http1 = args.http1;
             cluster.wait_ready(Duration::from_secs(60)).await?;
             cluster.issue_client_token().await?;
             for clients in &args.clients {

@@ -324,7 +324,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let token = if args.acl {
         // A shipper's and a dashboard's token: ingest and search the logs.
         let rules = serde_json::json!([{"resource": "logs", "match": "", "access": "write"}]);
-        Some(acl::issue_token(&node.api, "log-bench", rules).await?)
+        Some(acl::issue_token(&node.api, "log-bench", rules, None).await?)
     } else {
         None
     };

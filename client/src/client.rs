@@ -48,6 +48,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     token: Option<String>,
     ca_pem: Option<Vec<u8>>,
+    http1_only: bool,
 }
 
 impl ClientBuilder {
@@ -83,6 +84,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Speaks HTTP/1.1 over `https://` too, instead of HTTP/2 (offered by
+    /// ALPN), so concurrent requests use connections of their own rather
+    /// than streams of one.
+    pub fn http1_only(mut self) -> Self {
+        self.http1_only = true;
+        self
+    }
+
     /// Trusts the certificate authorities in this PEM (besides the
     /// system's) for `https://` endpoints, as nodes with certificates from
     /// `shoal tls` need.
@@ -112,6 +121,9 @@ impl ClientBuilder {
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         let mut http = reqwest::Client::builder();
+        if self.http1_only {
+            http = http.http1_only();
+        }
         if let Some(pem) = &self.ca_pem {
             let certificates =
                 reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::InvalidEndpoint {
@@ -235,6 +247,7 @@ impl Client {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             token: None,
             ca_pem: None,
+            http1_only: false,
         }
     }
 

@@ -307,20 +307,8 @@ async fn trusted_by(node: &Node, ca_pem: &[u8]) -> bool {
 /// `shoal_tls_reloads_total{result}` of the node, asked with `client`
 /// (which trusts whichever certificate the node serves).
 async fn tls_reloads(client: &reqwest::Client, node: &Node, result: &str) -> u64 {
-    let metrics = client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let prefix = format!("shoal_tls_reloads_total{{result=\"{result}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map(|count| count.trim().parse().expect("a count"))
-        .unwrap_or(0)
+    let line = format!("shoal_tls_reloads_total{{result=\"{result}\"}} ");
+    metric(client, node, &line).await
 }
 
 /// Replaces `to`'s file with `from`'s by a rename, as a deployment tool would.
@@ -406,9 +394,9 @@ async fn a_changed_certificate_is_served_without_a_restart_and_a_bad_one_is_not(
 }
 
 /// The value of the metric line starting with `name` (labels included) in
-/// the node's `/metrics`, 0 when absent.
-async fn metric(node: &Node, name: &str) -> u64 {
-    let Ok(response) = node.client().get(node.url("/metrics")).send().await else {
+/// the node's `/metrics`, asked with `client`; 0 when absent.
+async fn metric(client: &reqwest::Client, node: &Node, name: &str) -> u64 {
+    let Ok(response) = client.get(node.url("/metrics")).send().await else {
         return 0;
     };
     let text = response.text().await.unwrap_or_default();
@@ -489,7 +477,11 @@ async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_is_not_added() {
         Duration::from_secs(30),
         "the leader to refuse the stranger",
         || async {
-            (metric(&nodes[0], refused).await + metric(&nodes[1], refused).await > 0).then_some(())
+            let counts = [
+                metric(nodes[0].client(), &nodes[0], refused).await,
+                metric(nodes[1].client(), &nodes[1], refused).await,
+            ];
+            (counts.iter().sum::<u64>() > 0).then_some(())
         },
     )
     .await;
@@ -500,7 +492,7 @@ async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_is_not_added() {
     assert_eq!(raft_members, 2, "{}", view.describe());
     // The stranger refused the leader's certificate too.
     let rejected = "shoal_rpc_rejected_peers_total{reason=\"tls\"} ";
-    assert!(metric(&stranger, rejected).await > 0);
+    assert!(metric(stranger.client(), &stranger, rejected).await > 0);
     // The cluster still takes writes.
     let put = nodes[1].put_with("tls/after", b"v", &[]).await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.describe());
