@@ -49,7 +49,8 @@ struct Args {
     /// Systems to measure, comma-separated: shoal, shoal-acl (ACLs on; the
     /// clients' token has a policy allowing bench/), shoal-tls (TLS on the
     /// API, mutual TLS between nodes, certificates from `shoal tls`),
-    /// shoal-tls-acl (both), etcd.
+    /// shoal-tls-api (TLS on the API only: no --tls-ca, RPC plain),
+    /// shoal-tls-acl (TLS and ACLs), etcd.
     #[arg(long, value_delimiter = ',', default_value = "shoal,etcd")]
     targets: Vec<String>,
     /// Shoal's clients speak HTTP/1.1 over TLS too (by default they take
@@ -150,9 +151,19 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// Where a bench cluster uses TLS.
+#[derive(Clone, Copy, PartialEq)]
+enum Tls {
+    Off,
+    /// On the API only (RPC between nodes stays plain).
+    Api,
+    /// On the API, and mutual TLS between nodes.
+    Everywhere,
+}
+
 /// Makes a CA and a node certificate with `shoal tls` in `dir`; the flags
 /// that turn TLS on with them, and the CA's PEM.
-fn tls_args(bin: &Path, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
+fn tls_args(bin: &Path, dir: &Path, tls: Tls) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
     let certs = dir.join("certs");
     let dir_arg = certs.display().to_string();
     for args in [
@@ -169,19 +180,20 @@ fn tls_args(bin: &Path, dir: &Path) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
         }
     }
     let path = |file: &str| certs.join(file).display().to_string();
-    let args = vec![
+    let mut args = vec![
         "--tls-cert".into(),
         path("node.pem"),
         "--tls-key".into(),
         path("node-key.pem"),
-        "--tls-ca".into(),
-        path("ca.pem"),
     ];
+    if tls == Tls::Everywhere {
+        args.extend(["--tls-ca".into(), path("ca.pem")]);
+    }
     Ok((args, std::fs::read(certs.join("ca.pem"))?))
 }
 
 impl Cluster {
-    fn shoal(bin: &Path, acl: bool, tls: bool) -> anyhow::Result<Cluster> {
+    fn shoal(bin: &Path, acl: bool, tls: Tls) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("shoal-kv-bench-")
             .tempdir()?;
@@ -197,14 +209,14 @@ impl Cluster {
         } else {
             Vec::new()
         };
-        let ca_pem = if tls {
-            let (args, ca_pem) = tls_args(bin, dir.path())?;
+        let ca_pem = if tls == Tls::Off {
+            None
+        } else {
+            let (args, ca_pem) = tls_args(bin, dir.path(), tls)?;
             acl_args.extend(args);
             Some(ca_pem)
-        } else {
-            None
         };
-        let scheme = if tls { "https" } else { "http" };
+        let scheme = if tls == Tls::Off { "http" } else { "https" };
         let mut nodes = Vec::new();
         let mut endpoints = Vec::new();
         for (i, (api, rpc, gossip)) in ports.iter().enumerate() {
@@ -562,13 +574,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     for round in 0..args.rounds {
         for target in &args.targets {
             let mut cluster = match target.as_str() {
-                "shoal" => Cluster::shoal(&shoal_bin, false, false)?,
-                "shoal-acl" => Cluster::shoal(&shoal_bin, true, false)?,
-                "shoal-tls" => Cluster::shoal(&shoal_bin, false, true)?,
-                "shoal-tls-acl" => Cluster::shoal(&shoal_bin, true, true)?,
+                "shoal" => Cluster::shoal(&shoal_bin, false, Tls::Off)?,
+                "shoal-acl" => Cluster::shoal(&shoal_bin, true, Tls::Off)?,
+                "shoal-tls" => Cluster::shoal(&shoal_bin, false, Tls::Everywhere)?,
+                "shoal-tls-api" => Cluster::shoal(&shoal_bin, false, Tls::Api)?,
+                "shoal-tls-acl" => Cluster::shoal(&shoal_bin, true, Tls::Everywhere)?,
                 "etcd" => Cluster::etcd(&args.etcd_bin)?,
                 other => bail!(
-                    "unknown target {other:?} (shoal, shoal-acl, shoal-tls, shoal-tls-acl or etcd)"
+                    "unknown target {other:?} (shoal, shoal-acl, shoal-tls, shoal-tls-api, shoal-tls-acl or etcd)"
                 ),
             };
             cluster.http1 = args.http1;

@@ -3,19 +3,15 @@
 //! search fan-out, message frames), over authenticated connections kept
 //! open between calls.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use shoal_raft::{MembershipError, NodeId, ReadIndexResult, Replication};
 use shoal_storage::kv::Proposal;
 use thiserror::Error;
 
+use crate::pool::IdleConnections;
 use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall, WriteResult};
 use crate::wire::{self, PeerAuth, PeerStream};
-
-/// Idle connections kept per peer.
-const POOL_PER_PEER: usize = 64;
 
 /// The exchange itself failed (the peer's own refusals are in the inner result).
 #[derive(Debug, Error)]
@@ -34,31 +30,23 @@ pub enum ForwardError {
 /// A pool of connections to peers' RPC listeners.
 pub struct Forwarder {
     auth: PeerAuth,
-    idle: Mutex<HashMap<String, Vec<PeerStream>>>,
+    idle: IdleConnections,
 }
 
 impl Forwarder {
     pub fn new(auth: PeerAuth) -> Forwarder {
         Forwarder {
             auth,
-            idle: Mutex::new(HashMap::new()),
+            idle: IdleConnections::default(),
         }
     }
 
     fn take(&self, addr: &str) -> Option<PeerStream> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(addr)
-            .and_then(Vec::pop)
+        self.idle.take(addr)
     }
 
     fn give_back(&self, addr: &str, stream: PeerStream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let streams = idle.entry(addr.to_string()).or_default();
-        if streams.len() < POOL_PER_PEER {
-            streams.push(stream);
-        }
+        self.idle.give_back(addr, stream);
     }
 
     async fn call(

@@ -15,6 +15,7 @@
 mod client;
 mod metric_help;
 mod network;
+mod pool;
 mod protocol;
 mod server;
 mod wire;

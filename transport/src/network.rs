@@ -1,5 +1,8 @@
-//! openraft's network: one authenticated TCP connection per peer, one
-//! request and one reply at a time.
+//! openraft's network: an authenticated connection per peer client, one
+//! request and one reply at a time. openraft makes a new client for every
+//! heartbeat round of a linearizable read and every election; the
+//! connections of clients it drops go back to a pool shared by all, so a
+//! read does not open (and, with TLS, handshake) a connection per voter.
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -11,6 +14,9 @@ use openraft::raft::{
 };
 use shoal_raft::{NodeAddr, NodeId, TypeConfig};
 
+use std::sync::Arc;
+
+use crate::pool::IdleConnections;
 use crate::protocol::{Reply, Request};
 use crate::wire::{self, PeerAuth, PeerStream};
 
@@ -18,11 +24,15 @@ use crate::wire::{self, PeerAuth, PeerStream};
 #[derive(Clone)]
 pub struct RpcNetwork {
     auth: PeerAuth,
+    idle: Arc<IdleConnections>,
 }
 
 impl RpcNetwork {
     pub fn new(auth: PeerAuth) -> RpcNetwork {
-        RpcNetwork { auth }
+        RpcNetwork {
+            auth,
+            idle: Arc::default(),
+        }
     }
 }
 
@@ -34,7 +44,9 @@ impl RaftNetworkFactory<TypeConfig> for RpcNetwork {
             target,
             addr: node.rpc.clone(),
             auth: self.auth.clone(),
+            idle: self.idle.clone(),
             stream: None,
+            busy: false,
         }
     }
 }
@@ -43,7 +55,19 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     auth: PeerAuth,
+    idle: Arc<IdleConnections>,
     stream: Option<PeerStream>,
+    /// A call is under way on `stream`; if the client is dropped meanwhile
+    /// (openraft's timeout), the stream may hold half a frame and is closed.
+    busy: bool,
+}
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        if let (false, Some(stream)) = (self.busy, self.stream.take()) {
+            self.idle.give_back(&self.addr, stream);
+        }
+    }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, E>>;
@@ -60,28 +84,41 @@ impl PeerConnection {
         request: Request,
         option: &RPCOption,
     ) -> RpcResult<Reply, E> {
-        let exchange = async {
-            if self.stream.is_none() {
-                let stream = wire::connect(&self.addr, &self.auth)
-                    .await
-                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-                self.stream = Some(stream);
-            }
-            let Some(stream) = self.stream.as_mut() else {
-                return Err(network_error(std::io::Error::other("no connection")));
-            };
-            wire::send(stream, &request).await.map_err(network_error)?;
-            wire::receive::<Reply>(stream).await.map_err(network_error)
-        };
-        let result = match tokio::time::timeout(option.hard_ttl(), exchange).await {
+        self.busy = true;
+        let result = match tokio::time::timeout(option.hard_ttl(), self.exchange(&request)).await {
             Ok(result) => result,
             Err(e) => Err(network_error(e)),
         };
+        self.busy = false;
         if result.is_err() {
             // A broken or timed-out connection may hold a half-read frame.
             self.stream = None;
         }
         result
+    }
+
+    async fn exchange<E: std::error::Error>(&mut self, request: &Request) -> RpcResult<Reply, E> {
+        if self.stream.is_none() {
+            // A pooled connection may have been closed by the peer; a fresh
+            // one is tried after it (Raft's requests may be sent twice).
+            if let Some(mut pooled) = self.idle.take(&self.addr) {
+                if wire::send(&mut pooled, request).await.is_ok() {
+                    if let Ok(reply) = wire::receive::<Reply>(&mut pooled).await {
+                        self.stream = Some(pooled);
+                        return Ok(reply);
+                    }
+                }
+            }
+            let stream = wire::connect(&self.addr, &self.auth)
+                .await
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            self.stream = Some(stream);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(network_error(std::io::Error::other("no connection")));
+        };
+        wire::send(stream, request).await.map_err(network_error)?;
+        wire::receive::<Reply>(stream).await.map_err(network_error)
     }
 
     fn remote<T, E: std::error::Error>(&self, result: Result<T, E>) -> RpcResult<T, E> {
