@@ -9,9 +9,9 @@ use shoal_raft::{MembershipError, NodeId, ReadIndexResult, Replication};
 use shoal_storage::kv::Proposal;
 use thiserror::Error;
 
-use crate::pool::IdleConnections;
+use crate::pool::{ExchangeError, IdleConnections};
 use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall, WriteResult};
-use crate::wire::{self, PeerAuth, PeerStream};
+use crate::wire::{self, PeerAuth};
 
 /// The exchange itself failed (the peer's own refusals are in the inner result).
 #[derive(Debug, Error)]
@@ -41,49 +41,25 @@ impl Forwarder {
         }
     }
 
-    fn take(&self, addr: &str) -> Option<PeerStream> {
-        self.idle.take(addr)
-    }
-
-    fn give_back(&self, addr: &str, stream: PeerStream) {
-        self.idle.give_back(addr, stream);
-    }
-
     async fn call(
         &self,
         addr: &str,
         request: &Request,
         timeout: Duration,
     ) -> Result<Reply, ForwardError> {
-        let unreachable = |source| ForwardError::Unreachable {
-            addr: addr.to_string(),
-            source,
-        };
-        let exchange = async {
-            // A pooled connection may have been closed by the peer; retry once on a fresh one.
-            if let Some(mut stream) = self.take(addr) {
-                if wire::send(&mut stream, request).await.is_ok() {
-                    if let Ok(reply) = wire::receive::<Reply>(&mut stream).await {
-                        return Ok((reply, stream));
-                    }
-                }
-            }
-            let mut stream = wire::connect(addr, &self.auth).await.map_err(unreachable)?;
-            wire::send(&mut stream, request)
-                .await
-                .map_err(unreachable)?;
-            let reply = wire::receive::<Reply>(&mut stream)
-                .await
-                .map_err(unreachable)?;
-            Ok((reply, stream))
-        };
+        let exchange = self.idle.exchange(addr, &self.auth, request);
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => Err(ForwardError::Timeout {
                 addr: addr.to_string(),
             }),
-            Ok(Err(e)) => Err(e),
+            Ok(Err(ExchangeError::Connect(source) | ExchangeError::Exchange(source))) => {
+                Err(ForwardError::Unreachable {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
             Ok(Ok((reply, stream))) => {
-                self.give_back(addr, stream);
+                self.idle.give_back(addr, stream);
                 Ok(reply)
             }
         }
@@ -102,7 +78,7 @@ impl Forwarder {
                 source,
             }),
             Ok(Ok(stream)) => {
-                self.give_back(addr, stream);
+                self.idle.give_back(addr, stream);
                 Ok(())
             }
         }

@@ -16,7 +16,7 @@ use shoal_raft::{NodeAddr, NodeId, TypeConfig};
 
 use std::sync::Arc;
 
-use crate::pool::IdleConnections;
+use crate::pool::{ExchangeError, IdleConnections};
 use crate::protocol::{Reply, Request};
 use crate::wire::{self, PeerAuth, PeerStream};
 
@@ -98,27 +98,20 @@ impl PeerConnection {
     }
 
     async fn exchange<E: std::error::Error>(&mut self, request: &Request) -> RpcResult<Reply, E> {
-        if self.stream.is_none() {
-            // A pooled connection may have been closed by the peer; a fresh
-            // one is tried after it (Raft's requests may be sent twice).
-            if let Some(mut pooled) = self.idle.take(&self.addr) {
-                if wire::send(&mut pooled, request).await.is_ok() {
-                    if let Ok(reply) = wire::receive::<Reply>(&mut pooled).await {
-                        self.stream = Some(pooled);
-                        return Ok(reply);
-                    }
-                }
-            }
-            let stream = wire::connect(&self.addr, &self.auth)
-                .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-            self.stream = Some(stream);
+        if let Some(stream) = self.stream.as_mut() {
+            wire::send(stream, request).await.map_err(network_error)?;
+            return wire::receive::<Reply>(stream).await.map_err(network_error);
         }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(network_error(std::io::Error::other("no connection")));
-        };
-        wire::send(stream, request).await.map_err(network_error)?;
-        wire::receive::<Reply>(stream).await.map_err(network_error)
+        let (reply, stream) = self
+            .idle
+            .exchange(&self.addr, &self.auth, request)
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Connect(e) => RPCError::Unreachable(Unreachable::new(&e)),
+                ExchangeError::Exchange(e) => network_error(e),
+            })?;
+        self.stream = Some(stream);
+        Ok(reply)
     }
 
     fn remote<T, E: std::error::Error>(&self, result: Result<T, E>) -> RpcResult<T, E> {
