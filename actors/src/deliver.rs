@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{secret_key, Config, Webhook, WORKFLOW_INBOX};
 use crate::kafka::KafkaClient;
+use crate::labels::topic_label;
 use crate::message::Message;
 
 /// Entries attempted per pass before the actor yields to its mailbox.
@@ -315,7 +316,7 @@ async fn pass(state: &State) -> Result<Next, PassError> {
         if entry.next_attempt_ms > now_ms() {
             return Ok(Next::At(entry.next_attempt_ms));
         }
-        let topic = entry.message.topic.clone();
+        let topic = topic_label(&entry.message.topic);
         let outcome = attempt(state, &entry.message).await;
         let outbox = state.shared.outbox.clone();
         let destination = state.destination.clone();

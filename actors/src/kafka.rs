@@ -10,6 +10,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use thiserror::Error;
 
 use crate::config::Bridge;
+use crate::labels::topic_label;
 use crate::message::{rfc3339, Message};
 
 /// How long a produce may wait in librdkafka's queue and for the brokers.
@@ -86,7 +87,7 @@ impl KafkaClient {
             Ok(delivery) => {
                 metrics::counter!(
                     "shoal_kafka_produced_total",
-                    "topic" => record.topic.to_string())
+                    "topic" => topic_label(record.topic))
                 .increment(1);
                 Ok(Produced {
                     partition: delivery.partition,

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod deliver;
 pub mod kafka;
+pub mod labels;
 pub mod message;
 mod messaging;
 mod metric_help;

@@ -2,6 +2,7 @@
 //! configuration changes, and the Kafka bridge actors.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Bridge, Config, Destination, MAX_ROUTE_HOPS};
 use crate::deliver::{Deliveries, Entry, InboxDelivery, Shared};
 use crate::kafka::KafkaClient;
+use crate::labels::topic_label;
 use crate::message::{new_id, Message};
 use crate::router::{PeerTransport, Reach, Router};
 
@@ -27,6 +29,13 @@ pub enum MessagingError {
     Outbox(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The message has webhook or Kafka destinations and the node's disk is
+    /// nearly full: its outbox takes nothing until space is freed.
+    #[error(
+        "the node's disk is nearly full (see --min-free-disk-mb): messages for webhooks and \
+         Kafka are not accepted until space is freed"
+    )]
+    NoSpace,
 }
 
 /// What a publish did.
@@ -50,6 +59,8 @@ pub struct Messaging {
     config: watch::Sender<Arc<Config>>,
     bridges: Mutex<HashMap<String, (Bridge, ActorRef<()>)>>,
     myself: Weak<Messaging>,
+    /// Set while the node's disk is nearly full (see [`Messaging::set_disk_low`]).
+    disk_low: AtomicBool,
 }
 
 impl Messaging {
@@ -79,7 +90,15 @@ impl Messaging {
             config,
             bridges: Mutex::new(HashMap::new()),
             myself: myself.clone(),
+            disk_low: AtomicBool::new(false),
         })
+    }
+
+    /// Refuse (or take again) messages that need the outbox, because the
+    /// file system holding it is nearly full. Messages for topics only are
+    /// not written to disk and still go.
+    pub fn set_disk_low(&self, low: bool) {
+        self.disk_low.store(low, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -158,7 +177,7 @@ impl Messaging {
                             hops,
                             "routing loop: message not re-published",
                         );
-                        metrics::counter!("shoal_messages_dropped_total", "topic" => topic.clone())
+                        metrics::counter!("shoal_messages_dropped_total", "topic" => topic_label(topic))
                             .increment(1);
                     }
                     (_, Some(outbox_name)) => {
@@ -175,6 +194,9 @@ impl Messaging {
         destinations.sort_unstable();
         destinations.dedup();
         let durable_count = durable.len();
+        if !durable.is_empty() && self.disk_low.load(Ordering::Relaxed) {
+            return Err(MessagingError::NoSpace);
+        }
         if !durable.is_empty() {
             let outbox = self.deliveries.outbox().clone();
             tokio::task::spawn_blocking(move || outbox.add(&durable))

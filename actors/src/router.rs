@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::labels::topic_label;
 use crate::message::{Message, Shared};
 use crate::queue::{BoundedQueue, Overflow, Pushed};
 use crate::subject::{pattern_matches, Pattern};
@@ -452,7 +453,7 @@ impl Tally {
                 ("shoal_messages_dropped_total", dropped),
             ] {
                 if value > 0 {
-                    metrics::counter!(name, "topic" => topic.clone()).increment(value);
+                    metrics::counter!(name, "topic" => topic_label(&topic)).increment(value);
                 }
             }
         }

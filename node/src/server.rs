@@ -150,6 +150,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
             crate::services::evaluator::Evaluator::new()
                 .context("cannot find this executable to run workflow evaluators")?,
         ),
+        space: Default::default(),
     });
     if shoal.acl.enabled() {
         tokio::spawn(logs::index_records(
@@ -270,6 +271,7 @@ async fn open_logs(settings: &Settings, node_id: NodeId) -> anyhow::Result<Logs>
             indexing_bytes: settings.logs_indexing_max_bytes,
             disk_bytes: settings.logs_disk_max_bytes,
             writer_bytes: LOG_WRITER_BYTES,
+            streams: settings.logs_max_streams,
         },
     };
     tokio::task::spawn_blocking(move || Logs::open(logs_config))
@@ -494,6 +496,7 @@ fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
     tokio::spawn(cluster::reconcile_membership(shoal.cluster.clone()));
     tokio::spawn(leases::run(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
+    tokio::spawn(crate::services::space::watch_space(shoal.clone()));
     tokio::spawn(workflow_runner::run(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
 }

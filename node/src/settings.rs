@@ -135,6 +135,16 @@ pub struct NodeArgs {
     /// HTTP/1.1 connection idle between requests for this long.
     #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
+    /// Most space the replicated store (keys, history, leases) may take on a node, in MiB; past
+    /// it on any node, writes that add data get 507 `quota_exceeded` until keys are deleted and
+    /// history compacted (deletes and compaction still work).
+    #[arg(long, env = "SHOAL_QUOTA_BACKEND_MB")]
+    pub quota_backend_mb: Option<u64>,
+    /// Keep this much of the data directory's file system free, in MiB; below it on any node,
+    /// writes that add data get 507 `insufficient_storage` (and log ingest and webhook/Kafka
+    /// messages on that node) until space is freed.
+    #[arg(long, env = "SHOAL_MIN_FREE_DISK_MB")]
+    pub min_free_disk_mb: Option<u64>,
     /// Take a Raft snapshot (and purge the log) every this many log entries.
     #[arg(long, env = "SHOAL_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
@@ -186,6 +196,10 @@ pub struct NodeArgs {
     /// Cap on acknowledged log data not yet searchable (indexed and committed), in MiB; past it ingest answers 429.
     #[arg(long, env = "SHOAL_LOGS_INDEXING_MAX_MB")]
     pub logs_indexing_max_mb: Option<u64>,
+    /// Most log streams on this node; records for a new stream past it are refused (400
+    /// `too_many_streams`) until retention drops a stream. The node's own streams are not refused.
+    #[arg(long, env = "SHOAL_LOGS_MAX_STREAMS")]
+    pub logs_max_streams: Option<usize>,
     /// Cap on log storage on disk (indexes and WAL), in MiB; past it ingest answers 429.
     #[arg(long, env = "SHOAL_LOGS_DISK_MAX_MB")]
     pub logs_disk_max_mb: Option<u64>,
@@ -232,6 +246,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("max_connections", "16384"),
     ("max_connections_per_client", "1024"),
     ("header_read_timeout_ms", "30000"),
+    ("quota_backend_mb", "8192"),
+    ("min_free_disk_mb", "256"),
     ("snapshot_every", "10000"),
     ("history_revisions", "100000"),
     ("max_message_bytes", "1048576"),
@@ -242,6 +258,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("logs_wal_max_mb", "1024"),
     ("logs_indexing_max_mb", "256"),
     ("logs_disk_max_mb", "102400"),
+    ("logs_max_streams", "1000"),
     ("logs_max_body_mb", "32"),
     ("logs_commit_ms", "1000"),
     ("logs_self", "true"),
@@ -471,6 +488,9 @@ pub struct Settings {
     pub logs_wal_max_bytes: u64,
     pub logs_indexing_max_bytes: u64,
     pub logs_disk_max_bytes: u64,
+    pub logs_max_streams: usize,
+    pub quota_backend_bytes: u64,
+    pub min_free_disk_bytes: u64,
     pub logs_max_body_bytes: usize,
     pub logs_commit_ms: u64,
     pub logs_self: bool,
@@ -593,6 +613,14 @@ impl Settings {
             logs_indexing_max_bytes: pick!(logs_indexing_max_mb)
                 .unwrap_or_else(|| default_of("logs_indexing_max_mb"))
                 .saturating_mul(1 << 20),
+            quota_backend_bytes: pick!(quota_backend_mb)
+                .unwrap_or_else(|| default_of("quota_backend_mb"))
+                .saturating_mul(1 << 20),
+            min_free_disk_bytes: pick!(min_free_disk_mb)
+                .unwrap_or_else(|| default_of("min_free_disk_mb"))
+                .saturating_mul(1 << 20),
+            logs_max_streams: pick!(logs_max_streams)
+                .unwrap_or_else(|| default_of("logs_max_streams")),
             logs_disk_max_bytes: pick!(logs_disk_max_mb)
                 .unwrap_or_else(|| default_of("logs_disk_max_mb"))
                 .saturating_mul(1 << 20),
@@ -665,6 +693,9 @@ impl Settings {
         }
         if !(50..=60_000).contains(&self.election_timeout_ms) {
             bail!("--election-timeout-ms must be between 50 and 60000");
+        }
+        if self.quota_backend_bytes == 0 {
+            bail!("--quota-backend-mb must be at least 1");
         }
         if self.history_revisions == 0 {
             bail!("--history-revisions must be at least 1");

@@ -319,6 +319,26 @@ fn describe_node_metrics() {
         "Size of the node's RocksDB files on disk."
     );
     describe_gauge!(
+        "shoal_storage_state_machine_bytes",
+        Unit::Bytes,
+        "Size of the replicated store (keys, history, leases) on this node: what --quota-backend-mb limits."
+    );
+    describe_gauge!(
+        "shoal_storage_free_bytes",
+        Unit::Bytes,
+        "Free space on the file system of the node's data directory."
+    );
+    describe_gauge!(
+        "shoal_space_alarm",
+        Unit::Count,
+        "1 while the space alarm (quota, disk) is raised on any live member: writes that add data get 507."
+    );
+    describe_counter!(
+        "shoal_kv_writes_refused_total",
+        Unit::Count,
+        "Replicated writes refused with 507 because a space alarm was raised, by alarm."
+    );
+    describe_gauge!(
         "shoal_watchers",
         Unit::Count,
         "Key/value watchers registered on this node."

@@ -97,6 +97,8 @@ impl Logs {
             index_bytes: AtomicU64::new(0),
             searchable_seq: AtomicU64::new(0),
             commit_epoch: AtomicU64::new(0),
+            disk_low: Default::default(),
+            streams: Default::default(),
             config,
         });
         let (to_indexer, indexer_queue) = mpsc::sync_channel(INDEX_QUEUE);
@@ -123,6 +125,13 @@ impl Logs {
         indexer.wal = Some(wal.clone());
         indexer.remove_committed_wal();
         indexer.retention();
+        shared.stream_names().known = shared
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|(stream, _)| stream.clone())
+            .collect();
         std::thread::Builder::new()
             .name("shoal-log-indexer".into())
             .spawn(move || indexer.run(indexer_queue))
@@ -140,6 +149,7 @@ impl Logs {
     ) -> Result<IngestOutcome, SearchError> {
         record::validate_stream(stream)?;
         self.check_capacity()?;
+        self.admit_stream(stream)?;
         let (max_age, _) = self.shared.config.retention.for_stream(stream);
         let now = now_nanos();
         let oldest = now.saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
@@ -209,6 +219,13 @@ impl Logs {
     /// `Busy` when a cap is reached. Ingest checks this itself; callers check
     /// it first as well so that a refused request costs no parsing.
     pub fn check_capacity(&self) -> Result<(), SearchError> {
+        if self.shared.disk_low.load(Ordering::Relaxed) {
+            return Err(SearchError::NoSpace(
+                "the node's disk is nearly full (see --min-free-disk-mb): logs are not accepted \
+                 until space is freed"
+                    .into(),
+            ));
+        }
         let limits = &self.shared.config.limits;
         let wal = self.wal.bytes();
         if wal >= limits.wal_bytes {
@@ -232,6 +249,47 @@ impl Logs {
             )));
         }
         Ok(())
+    }
+
+    /// A stream the node does not hold yet is taken only under the cap.
+    fn admit_stream(&self, stream: &str) -> Result<(), SearchError> {
+        let mut names = self.shared.stream_names();
+        if names.known.contains(stream) {
+            return Ok(());
+        }
+        let max = self.shared.config.limits.streams;
+        let counted = || {
+            names
+                .known
+                .iter()
+                .filter(|known| !names.reserved.contains(*known))
+                .count()
+        };
+        if !names.reserved.contains(stream) && counted() >= max {
+            metrics::counter!("shoal_logs_streams_refused_total").increment(1);
+            return Err(SearchError::TooManyStreams(format!(
+                "this node holds {max} log streams, the most it may (--logs-max-streams): records \
+                 for a new stream are refused until retention drops one"
+            )));
+        }
+        names.known.insert(stream.to_string());
+        metrics::gauge!("shoal_logs_streams").set(names.known.len() as f64);
+        Ok(())
+    }
+
+    /// Never refuse this stream for the stream cap (the node's own records:
+    /// audit, its own logs).
+    pub fn reserve_stream(&self, stream: &str) {
+        self.shared
+            .stream_names()
+            .reserved
+            .insert(stream.to_string());
+    }
+
+    /// Refuse (or accept again) new records because the file system holding
+    /// them is nearly full: the node's own check, not the engine's caps.
+    pub fn set_disk_low(&self, low: bool) {
+        self.shared.disk_low.store(low, Ordering::Relaxed);
     }
 
     /// The highest record seq that is searchable on this node.
@@ -377,6 +435,7 @@ mod tests {
                 indexing_bytes: 1 << 30,
                 disk_bytes: 1 << 40,
                 writer_bytes: 15_000_000,
+                streams: 1000,
             },
         }
     }

@@ -328,6 +328,7 @@ impl Indexer {
             partitions.sort_by_key(|p| p.day);
             let mut bytes: u64 = partitions.iter().map(|p| p.bytes()).sum();
             let newest = partitions.last().map(|p| p.day);
+            let mut kept = partitions.len();
             for partition in partitions {
                 let expired = (partition.day + 1) * NANOS_PER_DAY <= oldest;
                 // The newest day is never dropped for size: it holds what was just acknowledged.
@@ -335,7 +336,13 @@ impl Indexer {
                 if expired || oversize {
                     bytes = bytes.saturating_sub(partition.bytes());
                     self.drop_partition(&partition, if expired { "age" } else { "size" });
+                    kept -= 1;
                 }
+            }
+            if kept == 0 {
+                let mut names = self.shared.stream_names();
+                names.known.remove(&stream);
+                metrics::gauge!("shoal_logs_streams").set(names.known.len() as f64);
             }
             metrics::gauge!("shoal_logs_stream_bytes", "stream" => stream.clone())
                 .set(bytes as f64);

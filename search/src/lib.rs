@@ -37,6 +37,12 @@ pub enum SearchError {
     /// A cap (WAL size, indexing memory, disk) is reached: retry later.
     #[error("{0}")]
     Busy(String),
+    /// The node's disk is (nearly) full: nothing is written until space is freed.
+    #[error("{0}")]
+    NoSpace(String),
+    /// A record for a new stream while the node holds `Limits::streams`.
+    #[error("{0}")]
+    TooManyStreams(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

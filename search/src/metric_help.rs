@@ -25,6 +25,16 @@ pub fn describe_metrics() {
         "Log partitions (one stream, one day) dropped by retention."
     );
     describe_gauge!(
+        "shoal_logs_streams",
+        Unit::Count,
+        "Log streams holding records on this node (at most --logs-max-streams)."
+    );
+    describe_counter!(
+        "shoal_logs_streams_refused_total",
+        Unit::Count,
+        "Ingest requests refused because they named a new stream past --logs-max-streams."
+    );
+    describe_gauge!(
         "shoal_logs_index_bytes",
         Unit::Bytes,
         "Size of all log indexes on disk."

@@ -16,9 +16,9 @@ use polars::prelude::{
 use polars::sql::SQLContext;
 use serde_json::{json, Value};
 use sqlparser::ast::{
-    visit_expressions_mut, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr,
-    FunctionArgumentList, FunctionArguments, Ident, Interval, ObjectName, SetExpr, Statement,
-    TableFactor, Value as SqlValue, ValueWithSpan,
+    visit_expressions_mut, visit_relations, BinaryOperator, Expr, Function, FunctionArg,
+    FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, Interval, ObjectName, SetExpr,
+    Statement, TableFactor, Value as SqlValue, ValueWithSpan,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserOptions};
@@ -53,6 +53,21 @@ pub struct SqlPlan {
     pub filter: SearchRequest,
     /// The query with `now()`, `date_trunc` and timestamp strings rewritten.
     pub sql: String,
+    /// How many times the query names a table (`logs`, or a CTE over it):
+    /// a join of `logs` with itself reads it twice.
+    pub table_reads: u32,
+}
+
+/// Most rows a query that reads the table more than once (a join) may be
+/// able to make: the records read to the power of `table_reads`. A self
+/// cross join of every record would otherwise take the node's memory.
+pub const MAX_JOINED_ROWS: u128 = 1_000_000;
+
+impl SqlPlan {
+    /// The most rows the query's joins could make from `records` records.
+    pub fn most_joined_rows(&self, records: usize) -> u128 {
+        (records as u128).saturating_pow(self.table_reads)
+    }
 }
 
 fn invalid(message: impl Into<String>) -> SearchError {
@@ -137,9 +152,15 @@ pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
     if let Some(bad) = bad {
         return Err(invalid(bad));
     }
+    let mut table_reads = 0u32;
+    let _ = visit_relations(&statements, |_| {
+        table_reads = table_reads.saturating_add(1);
+        ControlFlow::<()>::Continue(())
+    });
     Ok(SqlPlan {
         filter,
         sql: statements[0].to_string(),
+        table_reads,
     })
 }
 
@@ -612,6 +633,25 @@ mod tests {
         assert_eq!(plan.filter.services, ["api"]);
         assert!(plan.sql.contains("strptime"), "{}", plan.sql);
         assert!(!plan.sql.to_lowercase().contains("now()"), "{}", plan.sql);
+    }
+
+    #[test]
+    fn counts_every_read_of_a_table() {
+        for (query, reads) in [
+            ("SELECT * FROM logs", 1),
+            ("SELECT * FROM logs a JOIN logs b ON a.level = b.level", 2),
+            (
+                "SELECT * FROM logs WHERE level IN (SELECT level FROM logs)",
+                2,
+            ),
+            ("WITH x AS (SELECT * FROM logs) SELECT * FROM x, x AS y", 3),
+        ] {
+            let plan = plan(query, NOW).expect("plans");
+            assert_eq!(plan.table_reads, reads, "{query}");
+        }
+        let join = plan("SELECT * FROM logs a, logs b", NOW).expect("plans");
+        assert_eq!(join.most_joined_rows(1000), 1_000_000);
+        assert!(join.most_joined_rows(1001) > MAX_JOINED_ROWS);
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! both use: the configuration and the state they share. Both depend on
 //! this module and neither on the other's internals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tantivy::schema::Schema;
@@ -42,6 +42,18 @@ pub struct Limits {
     pub disk_bytes: u64,
     /// Memory of one partition's index writer.
     pub writer_bytes: usize,
+    /// Most streams with records on the node, its own (reserved) streams
+    /// not counted (each is a directory of daily indexes and a label value
+    /// of the stream metrics).
+    pub streams: usize,
+}
+
+/// The names of the streams that hold records, and of those that are
+/// never refused for the cap (the node's own streams).
+#[derive(Default)]
+pub(crate) struct StreamNames {
+    pub known: BTreeSet<String>,
+    pub reserved: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +66,12 @@ pub struct LogsConfig {
 }
 
 pub(crate) type Partitions = RwLock<BTreeMap<(String, i64), Arc<Partition>>>;
+
+impl Shared {
+    pub fn stream_names(&self) -> std::sync::MutexGuard<'_, StreamNames> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// What `Logs` handles and the indexer thread share.
 pub(crate) struct Shared {
@@ -70,4 +88,8 @@ pub(crate) struct Shared {
     /// Odd while a commit pass makes records searchable partition by
     /// partition: `searchable_seq` is behind what searches see until it ends.
     pub commit_epoch: AtomicU64,
+    /// Set while the file system holding the node's data is nearly full
+    /// (see [`crate::Logs::set_disk_low`]).
+    pub disk_low: AtomicBool,
+    pub streams: Mutex<StreamNames>,
 }

@@ -197,6 +197,48 @@ impl Store {
         Ok(())
     }
 
+    /// Approximate size of the replicated state machine (keys, history,
+    /// leases, proposal ids): its SST files plus its memtables, which hold
+    /// the newest writes before they are flushed. A memtable's figure is
+    /// the memory it reserved (several MiB even when nearly empty), so past
+    /// `limit` the memtables are flushed and only the files are counted:
+    /// near the limit the figure is what the data takes on disk. What
+    /// `--quota-backend-mb` measures.
+    pub fn state_machine_bytes(&self, limit: u64) -> Result<u64, StorageError> {
+        let with_memtables = self.state_machine_property("rocksdb.total-sst-files-size")?
+            + self.state_machine_property("rocksdb.size-all-mem-tables")?;
+        if with_memtables <= limit {
+            return Ok(with_memtables);
+        }
+        for name in STATE_MACHINE_CFS {
+            self.db.flush_cf(self.cf(name)?)?;
+        }
+        self.state_machine_property("rocksdb.total-sst-files-size")
+    }
+
+    fn state_machine_property(&self, property: &str) -> Result<u64, StorageError> {
+        let mut total = 0;
+        for name in STATE_MACHINE_CFS {
+            total += self
+                .db
+                .property_int_value_cf(self.cf(name)?, property)?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Rewrite the state machine's files without what deletes and history
+    /// compaction removed, so that their space is given back (etcd's
+    /// defragmentation). Heavy: a full compaction of those column families.
+    pub fn reclaim_space(&self) -> Result<(), StorageError> {
+        for name in STATE_MACHINE_CFS {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(cf)?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// Approximate on-disk size of the whole database, for metrics.
     pub fn disk_bytes(&self) -> u64 {
         let mut total = 0;

@@ -58,6 +58,11 @@ pub struct ClusterMember {
     /// for cluster formation) until it has applied an entry the current
     /// leader committed in its own term; as published over gossip.
     pub catching_up: Option<bool>,
+    /// Space alarms raised on the member, as published over gossip:
+    /// `quota` (its replicated store is past `--quota-backend-mb`) and
+    /// `disk` (less than `--min-free-disk-mb` free). While any live member
+    /// has one, writes that would grow the store get 507.
+    pub alarms: Option<Vec<String>>,
     pub version: Option<String>,
     pub uptime_seconds: Option<u64>,
 }
@@ -150,6 +155,7 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<ClusterSt
                     .and_then(|r| r.get(&id).copied().flatten()),
                 applied_index: seen.map(|m| m.applied_index),
                 catching_up: seen.map(|m| m.catching_up),
+                alarms: seen.map(|m| m.alarms.clone()),
                 version: seen.map(|m| m.version.clone()),
                 uptime_seconds: seen.map(|m| now_ms().saturating_sub(m.started_ms) / 1000),
             }

@@ -64,6 +64,14 @@ shared_error_response!(
     "The request did not complete within the request timeout (`--request-timeout-ms`, default \
      10 s); it may still be applied. Error codes: `timeout`."
 );
+shared_error_response!(
+    InsufficientStorage,
+    "A space alarm is raised on a live member: the replicated store is past \
+     `--quota-backend-mb` (`quota_exceeded`) or a disk has less than `--min-free-disk-mb` free \
+     (`insufficient_storage`); `error.alarm` names it. Writes that add data are refused until \
+     space is freed; deletes and compaction still work. Error codes: `quota_exceeded`, \
+     `insufficient_storage`."
+);
 shared_error_response!(NotFound, "Any unknown route. Error codes: `not_found`.");
 shared_error_response!(
     Unauthorized,
@@ -174,6 +182,7 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
         <Internal as ToResponse>::response(),
         <Unavailable as ToResponse>::response(),
         <Timeout as ToResponse>::response(),
+        <InsufficientStorage as ToResponse>::response(),
         <NotFound as ToResponse>::response(),
         <MethodNotAllowed as ToResponse>::response(),
         <Unauthorized as ToResponse>::response(),
@@ -207,7 +216,10 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
     let paths = std::mem::take(&mut document.paths.paths);
     for (path, mut item) in paths {
         let open = super::auth::OPEN_ROUTES.contains(&path.as_str());
-        for operation in operations(&mut item) {
+        for (method, operation) in operations(&mut item) {
+            if method != "delete" {
+                add_space_alarm(operation);
+            }
             add_request_id(operation);
             if !open {
                 add_token(operation);
@@ -229,21 +241,41 @@ fn add_token(operation: &mut utoipa::openapi::path::Operation) {
     }
 }
 
+/// Writes through Raft (the operations that may answer 503 for want of a
+/// leader) other than deletes, and the local writes below, are refused
+/// with 507 while a space alarm is raised (see `services::space`).
+fn add_space_alarm(operation: &mut utoipa::openapi::path::Operation) {
+    const LOCAL_WRITES: [&str; 3] = ["ingestLogs", "publish", "publishBatch"];
+    let local = operation
+        .operation_id
+        .as_deref()
+        .is_some_and(|id| LOCAL_WRITES.contains(&id));
+    let responses = &mut operation.responses.responses;
+    if local || responses.contains_key("503") {
+        responses.insert(
+            "507".to_string(),
+            RefOr::Ref(utoipa::openapi::Ref::from_response_name(
+                "InsufficientStorage",
+            )),
+        );
+    }
+}
+
 fn operations(
     item: &mut utoipa::openapi::PathItem,
-) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+) -> impl Iterator<Item = (&'static str, &mut utoipa::openapi::path::Operation)> {
     [
-        item.get.as_mut(),
-        item.put.as_mut(),
-        item.post.as_mut(),
-        item.delete.as_mut(),
-        item.options.as_mut(),
-        item.head.as_mut(),
-        item.patch.as_mut(),
-        item.trace.as_mut(),
+        ("get", item.get.as_mut()),
+        ("put", item.put.as_mut()),
+        ("post", item.post.as_mut()),
+        ("delete", item.delete.as_mut()),
+        ("options", item.options.as_mut()),
+        ("head", item.head.as_mut()),
+        ("patch", item.patch.as_mut()),
+        ("trace", item.trace.as_mut()),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(method, operation)| Some((method, operation?)))
 }
 
 /// Every request may carry `X-Request-Id`, and every answer echoes it.

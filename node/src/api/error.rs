@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use crate::cluster::LeaveError;
 use crate::services::shoal::KvError;
+use crate::services::space::Alarm;
 
 /// Every error code the API answers with, by status. The OpenAPI document's
 /// enum is generated from this type, so a new code is documented when added.
@@ -31,6 +32,9 @@ pub enum ErrorCode {
     InvalidQuery,
     /// 400: a log stream name is invalid.
     InvalidStream,
+    /// 400: a log record names a new stream while the node holds
+    /// `--logs-max-streams` streams.
+    TooManyStreams,
     /// 400: a topic name or pattern is invalid.
     InvalidTopic,
     /// 400: no Kafka brokers are configured.
@@ -102,6 +106,12 @@ pub enum ErrorCode {
     TooManyConnections,
     /// 500: a fault of this node.
     Internal,
+    /// 507: the replicated store is past `--quota-backend-mb` (on some
+    /// node); deletes and compaction still work.
+    QuotaExceeded,
+    /// 507: a node's disk has less than `--min-free-disk-mb` free; deletes
+    /// and compaction still work.
+    InsufficientStorage,
     /// 502: the Kafka brokers did not answer.
     KafkaUnavailable,
     /// 503: no leader or quorum now, or another node must answer.
@@ -120,6 +130,7 @@ impl ErrorCode {
             ErrorCode::InvalidRevision => "invalid_revision",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::InvalidStream => "invalid_stream",
+            ErrorCode::TooManyStreams => "too_many_streams",
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::KafkaNotConfigured => "kafka_not_configured",
             ErrorCode::TooManyRows => "too_many_rows",
@@ -152,6 +163,8 @@ impl ErrorCode {
             ErrorCode::TooManyEvents => "too_many_events",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Internal => "internal",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
@@ -295,6 +308,14 @@ impl From<KvError> for ApiError {
                 from,
                 compact_revision,
             } => ApiError::compacted(from, compact_revision),
+            KvError::NoSpace(alarm) => {
+                let code = match alarm {
+                    Alarm::Quota => ErrorCode::QuotaExceeded,
+                    Alarm::Disk => ErrorCode::InsufficientStorage,
+                };
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, code, message)
+                    .with("alarm", json!(alarm.name()))
+            }
         }
     }
 }
@@ -312,10 +333,31 @@ impl From<SearchError> for ApiError {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Busy, message)
                     .with("retry_after_s", json!(1))
             }
+            SearchError::TooManyStreams(message) => {
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::TooManyStreams, message)
+            }
+            SearchError::NoSpace(message) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+                message,
+            ),
             other => {
                 tracing::error!(error = %other, "log engine error");
                 ApiError::internal(other.to_string())
             }
+        }
+    }
+}
+
+impl From<shoal_actors::MessagingError> for ApiError {
+    fn from(e: shoal_actors::MessagingError) -> ApiError {
+        match e {
+            shoal_actors::MessagingError::NoSpace => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::InsufficientStorage,
+                e.to_string(),
+            ),
+            other => ApiError::internal(other.to_string()),
         }
     }
 }

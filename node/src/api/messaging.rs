@@ -157,11 +157,7 @@ pub async fn publish_one(
 ) -> ApiResult<(StatusCode, Json<PublishReceipt>)> {
     let message = message_of_request(&shoal, topic, &headers, &body)?;
     let topic = message.topic.clone();
-    let receipt = shoal
-        .messaging
-        .publish(vec![message])
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let receipt = shoal.messaging.publish(vec![message]).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(PublishReceipt {
@@ -415,11 +411,7 @@ pub async fn publish_batch(
         caller.require(Resource::Topic, &message.topic, Access::Write)?;
         messages.push(message);
     }
-    let receipt = shoal
-        .messaging
-        .publish(messages)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let receipt = shoal.messaging.publish(messages).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(PublishReceipt {
@@ -776,7 +768,12 @@ async fn publish_from_socket(
         // Frames before a bad one are published: the client sent them first.
         if !messages.is_empty() {
             if let Err(e) = shoal.messaging.publish(messages).await {
-                let _ = socket.send(close(1011, &e.to_string())).await;
+                // 1013 "try again later": the disk is nearly full.
+                let code = match e {
+                    shoal_actors::MessagingError::NoSpace => 1013,
+                    _ => 1011,
+                };
+                let _ = socket.send(close(code, &e.to_string())).await;
                 return;
             }
         }

@@ -42,6 +42,9 @@ pub mod keys {
     pub const LEFT: &str = "left";
     /// The node's topic interest (JSON), see `services::messaging::sync_interest`.
     pub const TOPICS: &str = "topics";
+    /// The space alarms raised on the node, comma-separated (`quota`,
+    /// `disk`), empty when none; see `services::space`.
+    pub const ALARMS: &str = "alarms";
 }
 
 /// "1" or "0", as boolean gossip values are written.
@@ -68,6 +71,8 @@ pub struct GossipMember {
     /// The node's topic interest (JSON), see `services::messaging::sync_interest`.
     #[serde(skip)]
     pub topics: Option<String>,
+    /// The space alarms raised on the node (`quota`, `disk`).
+    pub alarms: Vec<String>,
     #[serde(skip)]
     generation: u64,
 }
@@ -191,6 +196,13 @@ impl Gossip {
                     applied_index: number(keys::APPLIED),
                     started_ms: number(keys::STARTED_MS),
                     topics: state.get(keys::TOPICS).map(str::to_string),
+                    alarms: state
+                        .get(keys::ALARMS)
+                        .unwrap_or_default()
+                        .split(',')
+                        .filter(|alarm| !alarm.is_empty())
+                        .map(str::to_string)
+                        .collect(),
                     generation: id.generation_id,
                 },
             );

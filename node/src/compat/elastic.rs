@@ -113,6 +113,12 @@ fn es_ingest_error(error: SearchError) -> Response {
             "es_rejected_execution_exception",
             error.to_string(),
         ),
+        // What Elasticsearch answers past its flood-stage disk watermark.
+        SearchError::NoSpace(_) => es_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "cluster_block_exception",
+            error.to_string(),
+        ),
         other => es_api_error(ApiError::from(other)),
     }
 }
@@ -213,7 +219,7 @@ const BULK_DESCRIPTION: &str = "Elasticsearch-compatible bulk ingest for shipper
         (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
         (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
         (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
-        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk: `es_rejected_execution_exception`), or the disk has less than `--min-free-disk-mb` free (`cluster_block_exception`, as Elasticsearch past its flood-stage watermark): retry later; nothing of the request was stored.", body = EsError,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
     )
@@ -246,7 +252,7 @@ pub async fn bulk_default(
         (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
         (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
         (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
-        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk: `es_rejected_execution_exception`), or the disk has less than `--min-free-disk-mb` free (`cluster_block_exception`, as Elasticsearch past its flood-stage watermark): retry later; nothing of the request was stored.", body = EsError,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
     )
@@ -282,7 +288,7 @@ pub async fn bulk_default_put(
         (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
         (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
         (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
-        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk: `es_rejected_execution_exception`), or the disk has less than `--min-free-disk-mb` free (`cluster_block_exception`, as Elasticsearch past its flood-stage watermark): retry later; nothing of the request was stored.", body = EsError,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
     )
@@ -319,7 +325,7 @@ pub async fn bulk_index(
         (status = 400, description = "Malformed action line (Elasticsearch error shape plus code/message).", body = EsError),
         (status = 413, description = "The body is over --logs-max-body-mb, or holds more than 100 000 actions. Error types: `payload_too_large`, `too_many_records`.", body = EsError),
         (status = 415, description = "A `Content-Encoding` other than gzip. Error types: `unsupported_encoding`.", body = EsError),
-        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later; nothing of the request was stored. Error types: `es_rejected_execution_exception`.", body = EsError,
+        (status = 429, description = "A cap is reached (WAL size, indexing memory or disk: `es_rejected_execution_exception`), or the disk has less than `--min-free-disk-mb` free (`cluster_block_exception`, as Elasticsearch past its flood-stage watermark): retry later; nothing of the request was stored.", body = EsError,
          headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Internal error. Error types: `internal`.", body = EsError),
     )
@@ -504,6 +510,15 @@ async fn bulk(
                     if let Some(item) = positions.get(index).and_then(|p| items.get_mut(*p)) {
                         item.status = 400;
                         item.error = Some(("document_parsing_exception".into(), reason));
+                    }
+                }
+            }
+            // Like a document Elasticsearch cannot index: the others are stored.
+            Err(SearchError::TooManyStreams(reason)) => {
+                for position in &positions {
+                    if let Some(item) = items.get_mut(*position) {
+                        item.status = 400;
+                        item.error = Some(("validation_exception".into(), reason.clone()));
                     }
                 }
             }

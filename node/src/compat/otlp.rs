@@ -287,6 +287,12 @@ impl From<SearchError> for ExportError {
 impl From<ExportError> for ApiError {
     fn from(e: ExportError) -> ApiError {
         match e {
+            // OTLP exporters retry 503 (not 507): the batch is kept until space is freed.
+            ExportError::Search(SearchError::NoSpace(message)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::InsufficientStorage,
+                message,
+            ),
             ExportError::Search(e) => ApiError::from(e),
             ExportError::Unauthenticated(e) => crate::api::auth::unauthorized(e),
             ExportError::Denied(message) => {
@@ -438,10 +444,12 @@ fn grpc_status(e: ExportError) -> tonic::Status {
     };
     match e {
         // UNAVAILABLE is what OTLP exporters retry with backoff.
-        SearchError::Busy(message) => tonic::Status::unavailable(message),
-        SearchError::InvalidStream(message) | SearchError::InvalidQuery(message) => {
-            tonic::Status::invalid_argument(message)
+        SearchError::Busy(message) | SearchError::NoSpace(message) => {
+            tonic::Status::unavailable(message)
         }
+        SearchError::InvalidStream(message)
+        | SearchError::InvalidQuery(message)
+        | SearchError::TooManyStreams(message) => tonic::Status::invalid_argument(message),
         other => tonic::Status::internal(other.to_string()),
     }
 }

@@ -214,6 +214,8 @@ pub async fn index_records(
     mut events: mpsc::Receiver<Record>,
     dropped_metric: &'static str,
 ) {
+    // The node's own records are not refused for the stream cap.
+    logs.reserve_stream(stream);
     let mut batch = Vec::new();
     loop {
         let deadline = tokio::time::sleep(RECORD_FLUSH);

@@ -13,6 +13,7 @@ pub mod leases;
 pub mod logs;
 pub mod messaging;
 pub mod shoal;
+pub mod space;
 pub mod watch;
 pub mod watch_hub;
 pub mod workflow_events;

@@ -56,6 +56,10 @@ pub enum KvError {
          re-list the keys and watch from the list's revision + 1"
     )]
     HistoryCompacted { from: u64, compact_revision: u64 },
+    /// A space alarm is raised (see `services::space`): only writes that
+    /// free space are taken.
+    #[error("{0}")]
+    NoSpace(super::space::Alarm),
 }
 
 pub type KvResult<T> = Result<T, KvError>;
@@ -119,6 +123,8 @@ pub struct Shoal {
     pub faults: crate::faults::Faults,
     /// Where workflow expressions run (processes of their own).
     pub evaluator: Arc<super::evaluator::Evaluator>,
+    /// The space alarms raised on this node and in the cluster.
+    pub space: super::space::SpaceAlarms,
 }
 
 /// What a create-only write ([`Shoal::create`]) found.
@@ -189,6 +195,11 @@ impl Shoal {
     /// the leader; while there is no leader it retries until the request
     /// timeout. Deterministic rejections become errors.
     pub async fn write(&self, command: Command) -> KvResult<Response> {
+        if let Some(alarm) = self.space.refuses(&command) {
+            metrics::counter!("shoal_kv_writes_refused_total", "alarm" => alarm.name())
+                .increment(1);
+            return Err(KvError::NoSpace(alarm));
+        }
         let started = Instant::now();
         let (reply, answer) = oneshot::channel();
         let proposal = Proposal {

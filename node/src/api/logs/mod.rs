@@ -38,7 +38,7 @@ const SEARCH_DESCRIPTION: &str = "Runs on every live member and merges the pages
 
 const AGGREGATE_DESCRIPTION: &str = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.";
 
-const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL.";
+const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL; a query that names a table more than once (a join, a subquery, a CTE) is refused (400 too_many_rows) when the records read to the power of that count pass 1 000 000, so a self cross join cannot take the node's memory.";
 
 mod answers;
 mod parse;
@@ -70,7 +70,7 @@ pub use parse::*;
     ),
     responses(
         (status = 200, description = "Stored (except the records listed in errors).", body = LogIngestResult),
-        (status = 400, description = "Error codes: `invalid_stream`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 400, description = "Error codes: `invalid_stream`, `bad_request`, `too_many_streams` (the stream is new and the node holds `--logs-max-streams` streams).", body = crate::api::error::ErrorBody),
         (status = 413, description = "Error codes: `payload_too_large`, `too_many_records`.", body = crate::api::error::ErrorBody),
         (status = 415, description = "Error codes: `unsupported_encoding`.", body = crate::api::error::ErrorBody),
         (status = 429, description = "A cap is reached (WAL size, indexing memory or disk): retry later. Error code `busy`.", body = crate::api::error::ErrorBody,
@@ -735,6 +735,20 @@ async fn run_sql(
         ));
     }
     let scanned = hits.len();
+    if plan.table_reads > 1 && plan.most_joined_rows(scanned) > shoal_search::sql::MAX_JOINED_ROWS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TooManyRows,
+            format!(
+                "the query reads the table {} times (a join or a subquery) over {scanned} records: \
+                 up to {scanned}^{} rows, past the limit of {}; narrow it with conditions on ts, \
+                 level, service, stream or kind",
+                plan.table_reads,
+                plan.table_reads,
+                shoal_search::sql::MAX_JOINED_ROWS
+            ),
+        ));
+    }
     let answer = tokio::task::spawn_blocking(move || shoal_search::sql::execute(&plan, &hits))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?

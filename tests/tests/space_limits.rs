@@ -1,0 +1,333 @@
+//! Space limits: past the store quota (`--quota-backend-mb`) or under the
+//! free-disk reserve (`--min-free-disk-mb`) of any live node, writes that add
+//! data are refused with 507 while reads, deletes and compaction go on; the
+//! node stays up, keeps every acknowledged write, and takes writes again
+//! once space is freed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shoal_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+/// Values are random bytes (compression gives nothing back) of this size.
+const VALUE_BYTES: usize = 64 << 10;
+
+fn random_value() -> Vec<u8> {
+    (0..VALUE_BYTES).map(|_| rand::random::<u8>()).collect()
+}
+
+/// Puts values under `prefix` through `node` until one is refused (at
+/// most `max` puts): the acknowledged keys with their values, and the
+/// refusal.
+async fn fill_until_refused(
+    node: &Node,
+    prefix: &str,
+    max: usize,
+) -> (Vec<(String, Vec<u8>)>, Reply) {
+    let mut acked = Vec::new();
+    for i in 0..max {
+        let key = format!("{prefix}{i:05}");
+        let value = random_value();
+        let reply = node.put_with(&key, &value, &[]).await;
+        if reply.status != StatusCode::OK {
+            return (acked, reply);
+        }
+        acked.push((key, value));
+    }
+    panic!("{max} puts of {VALUE_BYTES} bytes were all taken");
+}
+
+fn assert_refused(reply: &Reply, code: &str, alarm: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{}",
+        reply.describe()
+    );
+    assert_eq!(reply.body["error"]["code"], json!(code), "{}", reply.text);
+    assert_eq!(reply.body["error"]["alarm"], json!(alarm), "{}", reply.text);
+}
+
+async fn assert_values(node: &Node, acked: &[(String, Vec<u8>)]) {
+    for (key, value) in acked {
+        let kv = node.get_kv(key).await;
+        assert!(&kv_value(&kv) == value, "value of {key} changed");
+    }
+}
+
+/// The alarms `/v1/cluster` shows for each member, by node id.
+async fn alarms_by_node(node: &Node) -> Vec<(u64, Value)> {
+    let view = node.get_path("/v1/cluster").await.ok();
+    view["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .map(|m| (num(m, "/node_id"), m["alarms"].clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `POST /v1/logs/disk` with one NDJSON record.
+async fn ingest(node: &Node, body: &'static str) -> Reply {
+    node.send(
+        node.request(Method::POST, "/v1/logs/disk")
+            .header("content-type", "application/x-ndjson")
+            .body(body),
+    )
+    .await
+}
+
+async fn metrics_text(node: &Node) -> String {
+    node.get_path("/metrics").await.text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_refuses_growth_until_deletes_and_compaction_free_space() {
+    let mut node = Node::start_with(&["--quota-backend-mb", "2"]).await;
+    let (acked, refused) = fill_until_refused(&node, "q/", 4000).await;
+    assert_refused(&refused, "quota_exceeded", "quota");
+    assert!(acked.len() >= 10, "only {} puts were taken", acked.len());
+
+    // Everything acknowledged reads back; what adds data is refused.
+    assert_values(&node, &acked).await;
+    let txn_put = node
+        .txn(&json!({"success": [{"put": {"key": "q/txn", "value": b64(b"x")}}]}))
+        .await;
+    assert_refused(&txn_put, "quota_exceeded", "quota");
+    let lease = node
+        .post_json("/v1/leases", &json!({"ttl_seconds": 60}))
+        .await;
+    assert_refused(&lease, "quota_exceeded", "quota");
+    let shown: Vec<Value> = alarms_by_node(&node)
+        .await
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(shown, vec![json!(["quota"])], "the alarm in /v1/cluster");
+    let metrics = metrics_text(&node).await;
+    assert!(
+        metrics.contains("shoal_space_alarm{alarm=\"quota\"} 1"),
+        "{metrics}"
+    );
+
+    // Deletes (one plain, the rest in a transaction) and compaction go.
+    let (first, rest) = acked.split_first().expect("puts were taken");
+    node.delete(&first.0).await;
+    let deletes: Vec<Value> = rest
+        .iter()
+        .map(|(key, _)| json!({"delete": {"key": key, "prefix": false}}))
+        .collect();
+    for chunk in deletes.chunks(100) {
+        let reply = node.txn(&json!({"success": chunk})).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    }
+    let revision = node.revision().await;
+    let compacted = node
+        .post_json("/v1/compact", &json!({"revision": revision}))
+        .await;
+    assert_eq!(compacted.status, StatusCode::OK, "{}", compacted.describe());
+
+    // The node gives the space back and clears the alarm by itself.
+    let after = wait_for(T, "a put taken again after compaction", || async {
+        let reply = node.put_with("q/after", b"fits again", &[]).await;
+        match reply.status {
+            StatusCode::OK => Ok(num(&reply.body, "/revision")),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
+    let shown: Vec<Value> = alarms_by_node(&node)
+        .await
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(shown, vec![json!([])], "no alarm in /v1/cluster");
+
+    // Nothing acknowledged is lost across kill -9.
+    node.kill9();
+    node.restart().await;
+    let kv = node.get_kv("q/after").await;
+    assert_eq!(num(&kv, "/mod_revision"), after);
+    assert_eq!(node.list_all("q/").await.len(), 1, "only q/after is left");
+}
+
+/// One node's alarm holds the whole cluster's writes: the other nodes
+/// must not send it entries it has no room for.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_nodes_quota_alarm_refuses_writes_on_every_node() {
+    let cluster = Cluster::builder(3)
+        .node_args(2, &["--quota-backend-mb", "2"])
+        .start()
+        .await;
+    cluster.wait_leader().await;
+    let small = cluster.node_id(2).await;
+    let (acked, refused) = fill_until_refused(cluster.node(0), "c/", 4000).await;
+    assert_refused(&refused, "quota_exceeded", "quota");
+    for i in 0..3 {
+        let node = cluster.node(i);
+        let reply = node.put_with("c/more", &random_value(), &[]).await;
+        assert_refused(&reply, "quota_exceeded", "quota");
+        assert_values(node, &acked[acked.len() - 3..]).await;
+        for (id, alarms) in alarms_by_node(node).await {
+            let want = if id == small {
+                json!(["quota"])
+            } else {
+                json!([])
+            };
+            assert_eq!(alarms, want, "alarms of node {id} as node {i} sees them");
+        }
+    }
+    // Deletes go through any node.
+    let reply = cluster.node(1).delete_with(&acked[0].0, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+}
+
+/// A tmpfs of `megabytes` mounted on a new directory; unmounted on drop.
+struct SmallFilesystem {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFilesystem {
+    fn mount(megabytes: u64) -> SmallFilesystem {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-small-fs-")
+            .tempdir()
+            .expect("temporary directory");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {megabytes} MiB tmpfs failed (the test needs root)"
+        );
+        SmallFilesystem { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let path = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes())
+            .expect("path without NUL");
+        // SAFETY: statvfs writes only into the struct it is given.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail * stat.f_frsize
+    }
+
+    /// Writes a file of zeros that leaves about `left` bytes free.
+    fn fill_leaving(&self, name: &str, left: u64) {
+        let size = self.free_bytes().saturating_sub(left);
+        let file = std::fs::File::create(self.path().join(name)).expect("create the filler");
+        file.set_len(0).expect("truncate");
+        let mut file = std::io::BufWriter::new(file);
+        let block = vec![0u8; 1 << 20];
+        let mut written = 0;
+        while written < size {
+            let n = (size - written).min(block.len() as u64) as usize;
+            std::io::Write::write_all(&mut file, &block[..n]).expect("write the filler");
+            written += n as u64;
+        }
+        std::io::Write::flush(&mut file).expect("flush the filler");
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nearly_full_disk_refuses_writes_and_the_node_stays_up() {
+    // Like the jepsen run in scripts/test: CI runs as root.
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPING: mounting a small tmpfs needs root");
+        return;
+    }
+    let fs = SmallFilesystem::mount(192);
+    let mut node = Node::builder()
+        .temp_root(fs.path())
+        .args(&["--min-free-disk-mb", "48"])
+        .start()
+        .await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let key = format!("d/{i:02}");
+        let value = random_value();
+        node.put(&key, &value).await;
+        acked.push((key, value));
+    }
+    assert_eq!(
+        ingest(&node, "{\"message\": \"before\"}\n").await.status,
+        StatusCode::OK
+    );
+
+    // Something else takes the disk down to 16 MiB free.
+    fs.fill_leaving("filler", 16 << 20);
+    let refused = wait_for(T, "a put refused for want of disk", || async {
+        let reply = node.put_with("d/late", &random_value(), &[]).await;
+        match reply.status {
+            StatusCode::OK => Err("taken".to_string()),
+            _ => Ok(reply),
+        }
+    })
+    .await;
+    assert_refused(&refused, "insufficient_storage", "disk");
+    let logs = ingest(&node, "{\"message\": \"while full\"}\n").await;
+    assert_eq!(
+        logs.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{}",
+        logs.describe()
+    );
+    assert_eq!(logs.body["error"]["code"], json!("insufficient_storage"));
+
+    // The node answers, reads work, deletes free space.
+    assert_eq!(node.get_path("/health").await.status, StatusCode::OK);
+    assert_values(&node, &acked).await;
+    let (deleted, kept) = acked.split_at(5);
+    for (key, _) in deleted {
+        node.delete(key).await;
+    }
+    // More time with the disk this full changes nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        node.is_running(),
+        "the node exited with its disk nearly full"
+    );
+    assert_values(&node, kept).await;
+
+    // Space comes back: writes are taken again.
+    std::fs::remove_file(fs.path().join("filler")).expect("remove the filler");
+    wait_for(T, "a put taken once space is back", || async {
+        let reply = node.put_with("d/back", b"room again", &[]).await;
+        match reply.status {
+            StatusCode::OK => Ok(()),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
+    assert_eq!(
+        ingest(&node, "{\"message\": \"after\"}\n").await.status,
+        StatusCode::OK
+    );
+
+    node.kill9();
+    node.restart().await;
+    assert_values(&node, kept).await;
+    for (key, _) in deleted {
+        assert_eq!(node.get(key).await.0, StatusCode::NOT_FOUND, "{key}");
+    }
+    assert_eq!(kv_value(&node.get_kv("d/back").await), b"room again");
+}
