@@ -29,6 +29,24 @@ pub struct Message {
 }
 
 impl Message {
+    /// About the memory the message takes: its payload, its strings and
+    /// a fixed allowance for the rest.
+    pub fn approx_bytes(&self) -> u64 {
+        let strings = [&self.id, &self.topic, &self.source, &self.kind, &self.time]
+            .iter()
+            .map(|s| s.len())
+            .sum::<usize>()
+            + self.subject.as_ref().map_or(0, String::len)
+            + self.content_type.len()
+            + self.traceparent.as_ref().map_or(0, String::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        (self.data.len() + strings + 256) as u64
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -105,6 +123,12 @@ impl Shared {
             message,
             rendered: OnceLock::new(),
         }
+    }
+
+    /// The message's bytes plus the envelope it renders once for
+    /// subscribers (about as large again as its payload).
+    pub fn approx_bytes(&self) -> u64 {
+        self.message.approx_bytes() + self.message.data.len() as u64
     }
 
     pub fn envelope_json(&self) -> &str {

@@ -65,7 +65,8 @@ pub struct Messaging {
 
 impl Messaging {
     /// `outbound` makes the webhooks' requests (the node's client for
-    /// users' URLs); `workflow_inbox` takes the `workflows:inbox` deliveries.
+    /// users' URLs); `workflow_inbox` takes the `workflows:inbox` deliveries;
+    /// `subscriber_buffer_bytes` is what all subscribers' queues may hold.
     pub fn new(
         node_id: u64,
         outbox: Outbox,
@@ -73,6 +74,7 @@ impl Messaging {
         kafka: Option<KafkaClient>,
         outbound: shoal_outbound::Outbound,
         workflow_inbox: mpsc::Sender<InboxDelivery>,
+        subscriber_buffer_bytes: u64,
     ) -> Arc<Messaging> {
         let (config, config_rx) = watch::channel(Arc::new(Config::default()));
         let deliveries = Deliveries::new(Shared {
@@ -83,7 +85,7 @@ impl Messaging {
             workflow_inbox,
         });
         Arc::new_cyclic(|myself| Messaging {
-            router: Router::new(node_id, transport),
+            router: Router::new(node_id, transport, subscriber_buffer_bytes),
             deliveries,
             kafka,
             node_name: node_id.to_string(),

@@ -24,6 +24,16 @@ pub fn describe_metrics() {
         Unit::Count,
         "Messages to a peer node dropped (the oldest queued) because its link queue was full."
     );
+    describe_counter!(
+        "shoal_subscribers_cut_off_total",
+        Unit::Count,
+        "Subscribers disconnected because the node's subscriber buffers were full (--subscriber-buffer-mb) while they were behind."
+    );
+    describe_gauge!(
+        "shoal_subscriber_buffer_bytes",
+        Unit::Bytes,
+        "Bytes of messages held in this node's subscriber buffers (each buffer counts its own copy), sampled at scrape."
+    );
     describe_gauge!(
         "shoal_subscribers",
         Unit::Count,

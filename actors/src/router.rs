@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::topic_label;
 use crate::message::{Message, Shared};
-use crate::queue::{BoundedQueue, Overflow, Pushed};
+use crate::queue::{BoundedQueue, BufferBudget, Overflow, Pushed, QueueLimits};
 use crate::subject::{pattern_matches, Pattern};
 
 /// Messages buffered per peer link before the oldest are dropped.
 const PEER_LINK_CAPACITY: usize = 65_536;
+/// Bytes of messages buffered per peer link before the oldest are dropped.
+const PEER_LINK_BYTES: u64 = 256 << 20;
 /// Most messages in one frame to a peer.
 const PEER_FRAME_MESSAGES: usize = 1024;
 /// Shortest time between two warnings about one overflowing peer link.
@@ -115,6 +117,8 @@ pub struct Router {
     /// Bumped on every local subscribe/unsubscribe, so the node knows when
     /// to re-announce its interest.
     interest_version: AtomicU64,
+    /// What all local subscribers' queues may hold together.
+    budget: Arc<BufferBudget>,
 }
 
 /// A live subscription; dropping it unsubscribes.
@@ -131,8 +135,16 @@ impl Drop for Subscription {
 }
 
 impl Router {
-    pub fn new(node_id: NodeId, transport: Arc<dyn PeerTransport>) -> Arc<Router> {
+    /// `buffer_budget`: the bytes all local subscribers' queues may hold
+    /// together (see [`BufferBudget`]); one queue holds at most a quarter
+    /// of it.
+    pub fn new(
+        node_id: NodeId,
+        transport: Arc<dyn PeerTransport>,
+        buffer_budget: u64,
+    ) -> Arc<Router> {
         Arc::new(Router {
+            budget: BufferBudget::new(buffer_budget),
             node_id,
             local: RwLock::default(),
             remote: RwLock::default(),
@@ -147,6 +159,11 @@ impl Router {
         self.node_id
     }
 
+    /// Bytes held in local subscribers' queues now.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.budget.used()
+    }
+
     pub fn subscribe(
         self: &Arc<Self>,
         pattern: Pattern,
@@ -155,7 +172,12 @@ impl Router {
         overflow: Overflow,
     ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let queue = BoundedQueue::new(capacity, overflow);
+        let limits = QueueLimits {
+            capacity,
+            max_bytes: self.budget_share(),
+            budget: Some(self.budget.clone()),
+        };
+        let queue = BoundedQueue::new(limits, overflow);
         let sub = Arc::new(LocalSub {
             id,
             pattern,
@@ -182,6 +204,11 @@ impl Router {
             queue,
             router: self.clone(),
         }
+    }
+
+    /// Most bytes one subscriber's queue holds: a quarter of the budget.
+    fn budget_share(&self) -> u64 {
+        (self.budget.limit() / 4).max(1)
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -322,7 +349,8 @@ impl Router {
         for (node, forwards) in outgoing {
             let link = self.link(node);
             for forward in forwards {
-                match link.push(forward) {
+                let bytes = forward.message.approx_bytes();
+                match link.push(forward, bytes) {
                     Pushed::Queued => reach.forwarded += 1,
                     Pushed::DroppedOldest => {
                         reach.forwarded += 1;
@@ -384,7 +412,12 @@ impl Router {
         if let Some(link) = links.get(&node).filter(|link| !link.is_closed()) {
             return link.clone();
         }
-        let link = BoundedQueue::new(PEER_LINK_CAPACITY, Overflow::DropOldest);
+        let limits = QueueLimits {
+            capacity: PEER_LINK_CAPACITY,
+            max_bytes: PEER_LINK_BYTES,
+            budget: None,
+        };
+        let link = BoundedQueue::new(limits, Overflow::DropOldest);
         links.insert(node, link.clone());
         tokio::spawn(run_link(node, link.clone(), self.transport.clone()));
         link
@@ -400,7 +433,7 @@ fn deliver(
     closed: &mut Vec<u64>,
 ) -> usize {
     let topic = shared.message.topic.as_str();
-    match sub.queue.push(shared.clone()) {
+    match sub.queue.push(shared.clone(), shared.approx_bytes()) {
         Pushed::Queued => {
             tally.add(topic, Count::Delivered);
             1
@@ -559,7 +592,7 @@ mod tests {
 
     #[tokio::test]
     async fn queue_group_gets_each_message_once() {
-        let router = Router::new(1, Arc::new(NoPeers));
+        let router = Router::new(1, Arc::new(NoPeers), 1 << 30);
         let pattern = Pattern::parse("jobs.*").unwrap();
         let a = router.subscribe(
             pattern.clone(),

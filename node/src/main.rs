@@ -88,6 +88,9 @@ fn main() -> std::process::ExitCode {
     if matches!(cli.command, Command::Evaluator) {
         return services::evaluator::serve();
     }
+    if matches!(cli.command, Command::SqlWorker) {
+        return services::sql_worker::serve();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

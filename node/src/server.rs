@@ -415,6 +415,7 @@ async fn start_messaging(
         kafka,
         outbound,
         inbox_deliveries,
+        settings.subscriber_buffer_bytes,
     );
     Ok((messaging, transport))
 }

@@ -165,6 +165,10 @@ pub struct NodeArgs {
     #[arg(long, env = "SHOAL_OUTBOUND_ALLOW", value_delimiter = ',')]
     #[serde(default)]
     pub outbound_allow: Vec<String>,
+    /// Memory all subscribers' buffers may hold together, in MiB; past it a subscriber that is
+    /// behind is disconnected (`slow_consumer`). One subscriber holds at most a quarter of it.
+    #[arg(long, env = "SHOAL_SUBSCRIBER_BUFFER_MB")]
+    pub subscriber_buffer_mb: Option<u64>,
     /// Largest message payload accepted by publish, in bytes.
     #[arg(long, env = "SHOAL_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -251,6 +255,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("snapshot_every", "10000"),
     ("history_revisions", "100000"),
     ("max_message_bytes", "1048576"),
+    ("subscriber_buffer_mb", "1024"),
     ("otlp_grpc", "127.0.0.1:4317"),
     ("otlp_http", "127.0.0.1:4318"),
     ("logs_retention_days", "7"),
@@ -490,6 +495,7 @@ pub struct Settings {
     pub logs_disk_max_bytes: u64,
     pub logs_max_streams: usize,
     pub quota_backend_bytes: u64,
+    pub subscriber_buffer_bytes: u64,
     pub min_free_disk_bytes: u64,
     pub logs_max_body_bytes: usize,
     pub logs_commit_ms: u64,
@@ -613,6 +619,9 @@ impl Settings {
             logs_indexing_max_bytes: pick!(logs_indexing_max_mb)
                 .unwrap_or_else(|| default_of("logs_indexing_max_mb"))
                 .saturating_mul(1 << 20),
+            subscriber_buffer_bytes: pick!(subscriber_buffer_mb)
+                .unwrap_or_else(|| default_of("subscriber_buffer_mb"))
+                .saturating_mul(1 << 20),
             quota_backend_bytes: pick!(quota_backend_mb)
                 .unwrap_or_else(|| default_of("quota_backend_mb"))
                 .saturating_mul(1 << 20),
@@ -693,6 +702,9 @@ impl Settings {
         }
         if !(50..=60_000).contains(&self.election_timeout_ms) {
             bail!("--election-timeout-ms must be between 50 and 60000");
+        }
+        if self.subscriber_buffer_bytes == 0 {
+            bail!("--subscriber-buffer-mb must be at least 1");
         }
         if self.quota_backend_bytes == 0 {
             bail!("--quota-backend-mb must be at least 1");

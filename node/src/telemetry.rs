@@ -334,6 +334,11 @@ fn describe_node_metrics() {
         "1 while the space alarm (quota, disk) is raised on any live member: writes that add data get 507."
     );
     describe_counter!(
+        "shoal_sql_stopped_total",
+        Unit::Count,
+        "SQL queries stopped, by why: time (past the request's time) or memory (past 2 GiB)."
+    );
+    describe_counter!(
         "shoal_kv_writes_refused_total",
         Unit::Count,
         "Replicated writes refused with 507 because a space alarm was raised, by alarm."

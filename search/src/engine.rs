@@ -132,6 +132,7 @@ impl Logs {
             .keys()
             .map(|(stream, _)| stream.clone())
             .collect();
+        shared.stream_names().publish_count();
         std::thread::Builder::new()
             .name("shoal-log-indexer".into())
             .spawn(move || indexer.run(indexer_queue))
@@ -148,8 +149,10 @@ impl Logs {
         records: Vec<Record>,
     ) -> Result<IngestOutcome, SearchError> {
         record::validate_stream(stream)?;
-        self.check_capacity()?;
-        self.admit_stream(stream)?;
+        // The node's own streams (the audit trail above all) are small and
+        // go on while the disk is low: the reserve is there for them too.
+        let reserved = self.shared.stream_names().reserved.contains(stream);
+        self.check_limits(!reserved)?;
         let (max_age, _) = self.shared.config.retention.for_stream(stream);
         let now = now_nanos();
         let oldest = now.saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
@@ -173,6 +176,21 @@ impl Logs {
         if kept.is_empty() {
             return Ok(outcome);
         }
+        let new_stream = self.admit_stream(stream)?;
+        let written = self.write(stream, kept, outcome).await;
+        if written.is_err() && new_stream {
+            self.forget_stream(stream);
+        }
+        written
+    }
+
+    /// Append kept records to the WAL and wait for the fsync.
+    async fn write(
+        &self,
+        stream: &str,
+        kept: Vec<Record>,
+        mut outcome: IngestOutcome,
+    ) -> Result<IngestOutcome, SearchError> {
         outcome.accepted = kept.len();
         let stream = stream.to_string();
         let (stream, kept, encoded) = tokio::task::spawn_blocking(move || {
@@ -219,7 +237,11 @@ impl Logs {
     /// `Busy` when a cap is reached. Ingest checks this itself; callers check
     /// it first as well so that a refused request costs no parsing.
     pub fn check_capacity(&self) -> Result<(), SearchError> {
-        if self.shared.disk_low.load(Ordering::Relaxed) {
+        self.check_limits(true)
+    }
+
+    fn check_limits(&self, disk_low_applies: bool) -> Result<(), SearchError> {
+        if disk_low_applies && self.shared.disk_low.load(Ordering::Relaxed) {
             return Err(SearchError::NoSpace(
                 "the node's disk is nearly full (see --min-free-disk-mb): logs are not accepted \
                  until space is freed"
@@ -251,21 +273,15 @@ impl Logs {
         Ok(())
     }
 
-    /// A stream the node does not hold yet is taken only under the cap.
-    fn admit_stream(&self, stream: &str) -> Result<(), SearchError> {
+    /// A stream the node does not hold yet is taken only under the cap;
+    /// whether it is new.
+    fn admit_stream(&self, stream: &str) -> Result<bool, SearchError> {
         let mut names = self.shared.stream_names();
         if names.known.contains(stream) {
-            return Ok(());
+            return Ok(false);
         }
         let max = self.shared.config.limits.streams;
-        let counted = || {
-            names
-                .known
-                .iter()
-                .filter(|known| !names.reserved.contains(*known))
-                .count()
-        };
-        if !names.reserved.contains(stream) && counted() >= max {
+        if !names.reserved.contains(stream) && names.counted() >= max {
             metrics::counter!("shoal_logs_streams_refused_total").increment(1);
             return Err(SearchError::TooManyStreams(format!(
                 "this node holds {max} log streams, the most it may (--logs-max-streams): records \
@@ -273,8 +289,15 @@ impl Logs {
             )));
         }
         names.known.insert(stream.to_string());
-        metrics::gauge!("shoal_logs_streams").set(names.known.len() as f64);
-        Ok(())
+        names.publish_count();
+        Ok(true)
+    }
+
+    /// A new stream whose first records were not written holds no slot.
+    fn forget_stream(&self, stream: &str) {
+        let mut names = self.shared.stream_names();
+        names.known.remove(stream);
+        names.publish_count();
     }
 
     /// Never refuse this stream for the stream cap (the node's own records:

@@ -342,7 +342,7 @@ impl Indexer {
             if kept == 0 {
                 let mut names = self.shared.stream_names();
                 names.known.remove(&stream);
-                metrics::gauge!("shoal_logs_streams").set(names.known.len() as f64);
+                names.publish_count();
             }
             metrics::gauge!("shoal_logs_stream_bytes", "stream" => stream.clone())
                 .set(bytes as f64);

@@ -27,7 +27,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         "shoal_logs_streams",
         Unit::Count,
-        "Log streams holding records on this node (at most --logs-max-streams)."
+        "Log streams holding records on this node, its own streams not counted (at most --logs-max-streams)."
     );
     describe_counter!(
         "shoal_logs_streams_refused_total",

@@ -56,6 +56,20 @@ pub(crate) struct StreamNames {
     pub reserved: BTreeSet<String>,
 }
 
+impl StreamNames {
+    /// The streams that count against the cap (the reserved ones do not).
+    pub fn counted(&self) -> usize {
+        self.known
+            .iter()
+            .filter(|known| !self.reserved.contains(*known))
+            .count()
+    }
+
+    pub fn publish_count(&self) {
+        metrics::gauge!("shoal_logs_streams").set(self.counted() as f64);
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LogsConfig {
     pub dir: PathBuf,

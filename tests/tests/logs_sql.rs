@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use shoal_tests::procfs::{child_pids, command_line, rss_bytes};
 use shoal_tests::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -70,4 +71,94 @@ async fn sql_answers_and_a_self_cross_join_is_refused() {
     }
     assert_eq!(node.get_path("/health").await.status, StatusCode::OK);
     assert_eq!(sql(&node, counts).await.body["rows"], answer.body["rows"]);
+}
+
+/// The `shoal sql-worker` processes running under `pid`.
+fn sql_workers(pid: u32) -> usize {
+    child_pids(pid)
+        .into_iter()
+        .filter(|child| command_line(*child).iter().any(|arg| arg == "sql-worker"))
+        .count()
+}
+
+/// Ingests `count` records of `bytes`-byte messages into `stream`, in
+/// bodies under the body limit.
+async fn ingest_big(node: &Node, stream: &str, count: usize, bytes: usize) {
+    let filler = "y".repeat(bytes);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(200) {
+        let body: String = chunk
+            .iter()
+            .map(|i| format!("{{\"message\": \"{i} {filler}\"}}\n"))
+            .collect();
+        let reply = node
+            .send(
+                node.request(Method::POST, &format!("/v1/logs/{stream}"))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    }
+}
+
+/// Queries run in worker processes with a memory limit and a time limit:
+/// one that needs hundreds of gigabytes or runs past the request's time
+/// is stopped, the node stays as it was, and the next query runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_past_the_memory_or_time_limit_is_stopped_and_the_node_is_unharmed() {
+    let node = Node::start_with(&["--logs-self", "false", "--request-timeout-ms", "4000"]).await;
+    ingest_big(&node, "big", 1000, 60_000).await;
+    let count = "SELECT count(*) AS n FROM logs";
+    wait_for(T, "the 1000 records searchable", || async {
+        let reply = sql(&node, count).await;
+        match reply.body["rows"] == json!([[1000]]) {
+            true => Ok(()),
+            false => Err(reply.describe()),
+        }
+    })
+    .await;
+    let pid = node.pid().expect("the node runs");
+    let rss_before = rss_bytes(pid);
+
+    // A million rows of 240 KB each: far past the worker's 2 GiB.
+    let huge = "SELECT a.message || b.message || a.message || b.message AS m \
+                FROM logs a, logs b";
+    let refused = sql(&node, huge).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(
+        refused.body["error"]["code"],
+        json!("query_too_expensive"),
+        "{}",
+        refused.text
+    );
+
+    // A million regular-expression matches over 60 KB strings: far past
+    // the 4 s the request has.
+    let slow = "SELECT count(*) AS n FROM logs a, logs b \
+                WHERE regexp_like(a.message, b.message)";
+    let stopped = sql(&node, slow).await;
+    assert_eq!(
+        stopped.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        stopped.describe()
+    );
+    assert!(stopped.text.contains("was stopped"), "{}", stopped.text);
+
+    wait_for(T, "no SQL worker left running", || async {
+        match sql_workers(pid) {
+            0 => Ok(()),
+            n => Err(format!("{n} workers")),
+        }
+    })
+    .await;
+    let grown = rss_bytes(pid).saturating_sub(rss_before);
+    assert!(grown < 256 << 20, "the node grew by {} MiB", grown >> 20);
+    assert_eq!(node.get_path("/health").await.status, StatusCode::OK);
+    assert_eq!(sql(&node, count).await.body["rows"], json!([[1000]]));
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use shoal_tests::messaging_support::*;
+use shoal_tests::procfs::rss_bytes;
 use shoal_tests::ws::{Delivery, Subscriber};
 use shoal_tests::*;
 
@@ -212,4 +213,85 @@ async fn a_queue_member_disconnected_for_being_slow_stops_taking_messages() {
         "every message after the disconnect goes to the remaining member: {receipt}"
     );
     node.wait_interest(own, "q.*", Some("g"), 1).await;
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Subscribers that stop reading cannot make the node hold more than
+/// `--subscriber-buffer-mb` together: past it, those holding more than
+/// their share are cut off and their buffers freed, while a subscriber
+/// that keeps up loses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_subscribers_are_cut_off_at_the_nodes_buffer_budget() {
+    let node = Node::start_with(&["--subscriber-buffer-mb", "16"]).await;
+    let own = node.node_id().await;
+    let query = [("pattern", "flood.>"), ("buffer", "65536")];
+    // Never read, with room for 65536 messages each and drop_oldest: only
+    // the budget stops them holding everything published.
+    let mut stalled = Vec::new();
+    for _ in 0..6 {
+        stalled.push(node.subscribe_ws(&query).await);
+    }
+    let mut reader = node.subscribe_sse(&query).await;
+    node.wait_interest(own, "flood.>", None, 7).await;
+    let pid = node.pid().expect("the node runs");
+    let rss_before = rss_bytes(pid);
+
+    // 1000 messages of 64 KiB (64 MB, held by 6 subscribers: 384 MB
+    // without a budget), read by `reader` as they come.
+    let filler = "x".repeat(64 << 10);
+    let mut received = Vec::new();
+    for batch in 0..100 {
+        let messages = (0..10)
+            .map(|i| entry(&format!("f{:04}", batch * 10 + i), "flood.data", &filler))
+            .collect();
+        publish_batch(&node, messages).await;
+        for envelope in reader.messages(10, T).await {
+            received.push(text(&envelope, "/id").to_string());
+        }
+    }
+    let want: Vec<String> = (0..1000).map(|n| format!("f{n:04}")).collect();
+    assert_eq!(received, want, "the reader got every message, in order");
+
+    let metrics = node.get_path("/metrics").await.text;
+    let cut = metric(&metrics, "shoal_subscribers_cut_off_total");
+    let held = metric(&metrics, "shoal_subscriber_buffer_bytes");
+    assert!(cut >= 1.0, "no subscriber was cut off:\n{metrics}");
+    assert!(
+        held <= (16 << 20) as f64,
+        "{held} bytes held in subscriber buffers, past the 16 MiB budget"
+    );
+    let grown = rss_bytes(pid).saturating_sub(rss_before);
+    assert!(
+        grown < 64 << 20,
+        "the node grew by {} MiB while 6 subscribers stalled",
+        grown >> 20
+    );
+
+    // The ones cut off are closed with the reason; the rest lost their
+    // oldest messages (counted) and still receive.
+    let mut closed = 0u64;
+    for subscriber in &mut stalled {
+        loop {
+            match subscriber.expect(T).await {
+                Delivery::Closed(close) => {
+                    let (code, reason) = close.expect("a close frame");
+                    assert_eq!(code, 1008, "{reason}");
+                    assert!(reason.contains("--subscriber-buffer-mb"), "{reason}");
+                    closed += 1;
+                    break;
+                }
+                Delivery::Message(envelope) if text(&envelope, "/id") == "f0999" => break,
+                Delivery::Message(_) | Delivery::Dropped(_) => {}
+                other => panic!("a stalled subscriber: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(closed as f64, cut, "every cut-off subscriber was closed");
+    node.wait_interest(own, "flood.>", None, 7 - closed).await;
 }

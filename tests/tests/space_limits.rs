@@ -168,7 +168,15 @@ async fn one_nodes_quota_alarm_refuses_writes_on_every_node() {
     assert_refused(&refused, "quota_exceeded", "quota");
     for i in 0..3 {
         let node = cluster.node(i);
-        let reply = node.put_with("c/more", &random_value(), &[]).await;
+        // Each node learns of the alarm from gossip within a check or two.
+        let reply = wait_for(T, &format!("a put refused by node {i}"), || async {
+            let reply = node.put_with("c/more", &random_value(), &[]).await;
+            match reply.status {
+                StatusCode::OK => Err("taken".to_string()),
+                _ => Ok(reply),
+            }
+        })
+        .await;
         assert_refused(&reply, "quota_exceeded", "quota");
         assert_values(node, &acked[acked.len() - 3..]).await;
         for (id, alarms) in alarms_by_node(node).await {

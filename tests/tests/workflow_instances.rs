@@ -853,18 +853,7 @@ do:
 /// The node's child processes (its workflow evaluators) and the CPU time
 /// each has used, in clock ticks.
 fn children_cpu(pid: u32) -> Vec<(u32, u64)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let children: BTreeSet<u32> = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect();
+    let children = shoal_tests::procfs::child_pids(pid);
     children
         .into_iter()
         .filter_map(|child| {

@@ -217,7 +217,7 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
     for (path, mut item) in paths {
         let open = super::auth::OPEN_ROUTES.contains(&path.as_str());
         for (method, operation) in operations(&mut item) {
-            if method != "delete" {
+            if matches!(method, "put" | "post" | "patch") {
                 add_space_alarm(operation);
             }
             add_request_id(operation);
@@ -241,17 +241,19 @@ fn add_token(operation: &mut utoipa::openapi::path::Operation) {
     }
 }
 
-/// Writes through Raft (the operations that may answer 503 for want of a
-/// leader) other than deletes, and the local writes below, are refused
-/// with 507 while a space alarm is raised (see `services::space`).
+/// Writes through Raft (the PUT and POST operations that may answer 503
+/// for want of a leader) but those that free space or add nothing, and the
+/// local writes below, are refused with 507 while a space alarm is raised
+/// (see `services::space`).
 fn add_space_alarm(operation: &mut utoipa::openapi::path::Operation) {
     const LOCAL_WRITES: [&str; 3] = ["ingestLogs", "publish", "publishBatch"];
-    let local = operation
-        .operation_id
-        .as_deref()
-        .is_some_and(|id| LOCAL_WRITES.contains(&id));
+    const NEVER_REFUSED: [&str; 3] = ["compact", "keepAliveLease", "clusterLeave"];
+    let id = operation.operation_id.as_deref().unwrap_or_default();
+    if NEVER_REFUSED.contains(&id) {
+        return;
+    }
     let responses = &mut operation.responses.responses;
-    if local || responses.contains_key("503") {
+    if LOCAL_WRITES.contains(&id) || responses.contains_key("503") {
         responses.insert(
             "507".to_string(),
             RefOr::Ref(utoipa::openapi::Ref::from_response_name(

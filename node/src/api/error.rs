@@ -41,6 +41,8 @@ pub enum ErrorCode {
     KafkaNotConfigured,
     /// 400: an SQL answer would exceed the row limit.
     TooManyRows,
+    /// 400: an SQL query needed more memory than a query may have.
+    QueryTooExpensive,
     /// 400: a workflow definition is not valid (`path` says where).
     InvalidDefinition,
     /// 400: a workflow definition uses a construct Shoal does not run
@@ -134,6 +136,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::KafkaNotConfigured => "kafka_not_configured",
             ErrorCode::TooManyRows => "too_many_rows",
+            ErrorCode::QueryTooExpensive => "query_too_expensive",
             ErrorCode::InvalidDefinition => "invalid_definition",
             ErrorCode::UnsupportedConstruct => "unsupported_construct",
             ErrorCode::DestinationRefused => "destination_refused",

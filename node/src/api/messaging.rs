@@ -458,8 +458,18 @@ fn subscribe(shoal: &Shoal, params: &Params) -> ApiResult<Subscription> {
         .subscribe(pattern, group, buffer as usize, overflow))
 }
 
-fn slow_consumer_error() -> Value {
-    json!({"error": {"code": "slow_consumer", "message": "the subscriber's buffer overflowed and overflow=disconnect"}})
+/// Why a subscriber's queue was closed under it.
+fn slow_consumer_reason(queue: &BoundedQueue<Arc<Shared>>) -> &'static str {
+    if queue.was_cut_off() {
+        "slow consumer: the node's subscriber buffers are full (--subscriber-buffer-mb) and this \
+         subscriber was behind"
+    } else {
+        "slow consumer: the subscriber's buffer overflowed and overflow=disconnect"
+    }
+}
+
+fn slow_consumer_error(queue: &BoundedQueue<Arc<Shared>>) -> Value {
+    json!({"error": {"code": "slow_consumer", "message": slow_consumer_reason(queue)}})
 }
 
 /// `GET /v1/subscribe`: an SSE stream of message envelopes (`event:
@@ -510,7 +520,7 @@ pub async fn sse(
                 let _ = sender
                     .send(Ok(Event::default()
                         .event("error")
-                        .data(slow_consumer_error().to_string())))
+                        .data(slow_consumer_error(&queue).to_string())))
                     .await;
                 return;
             };
@@ -612,9 +622,7 @@ async fn stream_to_socket(
             },
         };
         let Some(batch) = batch else {
-            let _ = sink
-                .send(close(1008, "slow consumer: the buffer overflowed"))
-                .await;
+            let _ = sink.send(close(1008, slow_consumer_reason(&queue))).await;
             return;
         };
         if batch.dropped > 0

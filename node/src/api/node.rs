@@ -205,6 +205,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         0.0
     });
     metrics::gauge!("shoal_watchers").set(shoal.hub.watcher_count() as f64);
+    metrics::gauge!("shoal_subscriber_buffer_bytes")
+        .set(shoal.messaging.router.buffered_bytes() as f64);
     if let Ok((counters, disk)) = shoal
         .read(|store| Ok((store.counters()?, store.disk_bytes())))
         .await

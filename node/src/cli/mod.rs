@@ -134,10 +134,14 @@ pub enum Command {
     /// stdin and stdout). Not for people.
     #[command(hide = true)]
     Evaluator,
+    /// Internal: the process a node runs one SQL query over logs in (a job
+    /// on stdin, the answer on stdout). Not for people.
+    #[command(hide = true)]
+    SqlWorker,
 }
 
-/// Run a client subcommand (`serve`, `dev`, `openapi` and `evaluator` are
-/// run by `main`).
+/// Run a client subcommand (`serve`, `dev`, `openapi`, `evaluator` and
+/// `sql-worker` are run by `main`).
 pub async fn run(command: Command) -> anyhow::Result<()> {
     dispatch(command)
         .await
@@ -149,8 +153,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) | Command::Dev(_) | Command::Openapi | Command::Evaluator => {
-            anyhow::bail!("serve, dev, openapi and evaluator are not client commands")
+        Command::Serve(_)
+        | Command::Dev(_)
+        | Command::Openapi
+        | Command::Evaluator
+        | Command::SqlWorker => {
+            anyhow::bail!("serve, dev, openapi, evaluator and sql-worker are not client commands")
         }
         Command::Kv { client, command } => client::kv(client, command).await,
         Command::Lease { client, command } => client::lease(client, command).await,

@@ -354,12 +354,8 @@ fn unexpected(response: &Response) -> EvaluatorError {
 /// The evaluator process's main: bounds its own memory, dies with the
 /// node, then answers frames on stdin until it closes.
 pub fn serve() -> ExitCode {
-    // SAFETY: prctl only sets the signal this process gets when its parent
-    // goes.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-    }
-    if let Err(e) = limit_memory() {
+    die_with_parent();
+    if let Err(e) = limit_memory(MEMORY_LIMIT_BYTES) {
         eprintln!("error: cannot limit the evaluator's memory: {e}");
         return ExitCode::FAILURE;
     }
@@ -372,10 +368,19 @@ pub fn serve() -> ExitCode {
     }
 }
 
-/// Lets this process's address space grow by at most
-/// [`MEMORY_LIMIT_BYTES`] beyond what it maps now (the executable, its
-/// libraries, the allocator's first arena).
-fn limit_memory() -> std::io::Result<()> {
+/// Makes the kernel kill this process when the node that started it goes.
+pub(crate) fn die_with_parent() {
+    // SAFETY: prctl only sets the signal this process gets when its parent
+    // goes.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    }
+}
+
+/// Lets this process's address space grow by at most `extra` bytes beyond
+/// what it maps now (the executable, its libraries, the allocator's first
+/// arena).
+pub(crate) fn limit_memory(extra: u64) -> std::io::Result<()> {
     let statm = std::fs::read_to_string("/proc/self/statm")?;
     let pages: u64 = statm
         .split_whitespace()
@@ -384,7 +389,7 @@ fn limit_memory() -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other(format!("unreadable /proc/self/statm: {statm:?}")))?;
     // SAFETY: sysconf only reads a system setting.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    let bytes = pages * page_size + MEMORY_LIMIT_BYTES;
+    let bytes = pages * page_size + extra;
     let limit = libc::rlimit {
         rlim_cur: bytes,
         rlim_max: bytes,

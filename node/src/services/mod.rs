@@ -14,6 +14,7 @@ pub mod logs;
 pub mod messaging;
 pub mod shoal;
 pub mod space;
+pub mod sql_worker;
 pub mod watch;
 pub mod watch_hub;
 pub mod workflow_events;

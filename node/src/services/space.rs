@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,13 +153,6 @@ fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-/// What one check measured.
-struct Measure {
-    state_bytes: u64,
-    free_bytes: u64,
-    compact_revision: u64,
-}
-
 /// Measure, raise and clear alarms, publish them, and give space back
 /// while the quota alarm is raised. Runs for the node's lifetime.
 pub async fn watch_space(shoal: Arc<Shoal>) {
@@ -168,36 +161,48 @@ pub async fn watch_space(shoal: Arc<Shoal>) {
     let data_dir = shoal.settings.data_dir.clone();
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     let mut reclaimed: Option<(Instant, u64)> = None;
+    let reclaiming = Arc::new(AtomicBool::new(false));
+    let mut statvfs_failed = false;
     loop {
         tick.tick().await;
-        let dir = data_dir.clone();
-        let measured = shoal
-            .read(move |store| {
-                Ok(Measure {
-                    state_bytes: store.state_machine_bytes(quota)?,
-                    free_bytes: free_bytes(&dir).unwrap_or(u64::MAX),
-                    compact_revision: store.counters()?.compact_revision,
-                })
-            })
-            .await;
-        let Ok(measure) = measured else {
-            continue;
+        // Apart from the store's figures: on a full disk the store's
+        // measure (which may flush) can fail, and the disk alarm must not.
+        let free = match free_bytes(&data_dir) {
+            Ok(free) => Some(free),
+            Err(e) => {
+                if !statvfs_failed {
+                    tracing::warn!(error = %e, "cannot read the data directory's free space");
+                }
+                None
+            }
         };
-        metrics::gauge!("shoal_storage_state_machine_bytes").set(measure.state_bytes as f64);
-        metrics::gauge!("shoal_storage_free_bytes").set(measure.free_bytes as f64);
-        let mut local = 0;
-        if measure.state_bytes > quota {
-            local |= Alarm::Quota.bit();
+        statvfs_failed = free.is_none();
+        let store = shoal
+            .read(move |store| {
+                Ok((
+                    store.state_machine_bytes(quota)?,
+                    store.counters()?.compact_revision,
+                ))
+            })
+            .await
+            .ok();
+        // What could not be measured keeps its alarm as it was.
+        let before = shoal.space.local.load(Ordering::Relaxed);
+        let mut local = before;
+        if let Some((state_bytes, _)) = store {
+            metrics::gauge!("shoal_storage_state_machine_bytes").set(state_bytes as f64);
+            local = set_bit(local, Alarm::Quota, state_bytes > quota);
         }
-        if measure.free_bytes < min_free {
-            local |= Alarm::Disk.bit();
+        if let Some(free) = free {
+            metrics::gauge!("shoal_storage_free_bytes").set(free as f64);
+            local = set_bit(local, Alarm::Disk, free < min_free);
         }
-        let before = shoal.space.local.swap(local, Ordering::Relaxed);
+        shoal.space.local.store(local, Ordering::Relaxed);
         if before != local {
             tracing::warn!(
                 alarms = ?names(local),
-                state_bytes = measure.state_bytes,
-                free_bytes = measure.free_bytes,
+                state_bytes = ?store.map(|(bytes, _)| bytes),
+                free_bytes = ?free,
                 "space alarms changed on this node"
             );
         }
@@ -222,19 +227,38 @@ pub async fn watch_space(shoal: Arc<Shoal>) {
             metrics::gauge!("shoal_space_alarm", "alarm" => alarm.name())
                 .set(f64::from(cluster & alarm.bit() != 0));
         }
+        let Some((_, compact_revision)) = store else {
+            continue;
+        };
         let compacted_since = reclaimed.is_none_or(|(at, revision)| {
-            revision != measure.compact_revision && at.elapsed() >= RECLAIM_INTERVAL
+            revision != compact_revision && at.elapsed() >= RECLAIM_INTERVAL
         });
-        if local & Alarm::Quota.bit() != 0 && compacted_since {
-            reclaimed = Some((Instant::now(), measure.compact_revision));
-            let started = Instant::now();
-            match shoal.read(|store| store.reclaim_space()).await {
-                Ok(()) => tracing::info!(
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "rewrote the state machine's files to give back freed space"
-                ),
-                Err(e) => tracing::warn!(error = %e, "could not give back freed space"),
-            }
+        // One rewrite at a time, beside the checks (it can take long).
+        if local & Alarm::Quota.bit() != 0
+            && compacted_since
+            && !reclaiming.swap(true, Ordering::Relaxed)
+        {
+            reclaimed = Some((Instant::now(), compact_revision));
+            let (shoal, reclaiming) = (shoal.clone(), reclaiming.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                match shoal.read(|store| store.reclaim_space()).await {
+                    Ok(()) => tracing::info!(
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "rewrote the state machine's files to give back freed space"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "could not give back freed space"),
+                }
+                reclaiming.store(false, Ordering::Relaxed);
+            });
         }
+    }
+}
+
+fn set_bit(bits: u8, alarm: Alarm, raised: bool) -> u8 {
+    if raised {
+        bits | alarm.bit()
+    } else {
+        bits & !alarm.bit()
     }
 }

@@ -22,6 +22,7 @@ use super::extract::{Body, Params, PathText};
 use super::model::SseEvent;
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
+use crate::services::sql_worker::{self, SqlWorkerError};
 
 /// Most records one SQL query may read, over all nodes (query cost limit).
 pub const MAX_SQL_ROWS: usize = 200_000;
@@ -38,7 +39,7 @@ const SEARCH_DESCRIPTION: &str = "Runs on every live member and merges the pages
 
 const AGGREGATE_DESCRIPTION: &str = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.";
 
-const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL; a query that names a table more than once (a join, a subquery, a CTE) is refused (400 too_many_rows) when the records read to the power of that count pass 1 000 000, so a self cross join cannot take the node's memory.";
+const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL; a query that names a table more than once (a join, a subquery, a CTE) is refused (400 too_many_rows) when the records read to the power of that count pass 1 000 000, so a self cross join cannot take the node's memory. Each query runs in a worker process with 2 GiB of memory (400 query_too_expensive past it) and what is left of the request timeout (504 timeout past it).";
 
 mod answers;
 mod parse;
@@ -650,9 +651,10 @@ fn record_event(hit: &Hit) -> Event {
     ),
     responses(
         (status = 200, description = "Columns and rows.", body = LogSqlResult),
-        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
+        (status = 504, response = crate::api::doc::Timeout),
     )
 )]
 pub async fn sql_get(
@@ -683,9 +685,10 @@ pub async fn sql_get(
     ),
     responses(
         (status = 200, description = "Columns and rows.", body = LogSqlResult),
-        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
+        (status = 504, response = crate::api::doc::Timeout),
     )
 )]
 pub async fn sql(
@@ -749,10 +752,30 @@ async fn run_sql(
             ),
         ));
     }
-    let answer = tokio::task::spawn_blocking(move || shoal_search::sql::execute(&plan, &hits))
+    // The worker gets what is left of the request's time, less a margin
+    // to answer in.
+    let limit = Duration::from_millis(app.shoal.settings.request_timeout_ms)
+        .saturating_sub(started.elapsed())
+        .saturating_sub(Duration::from_millis(250))
+        .max(Duration::from_millis(100));
+    let answer = sql_worker::run(&plan.sql, hits, limit)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::from)?;
+        .map_err(|e| match e {
+            SqlWorkerError::Refused(reason) => {
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, reason)
+            }
+            SqlWorkerError::TooLong(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Timeout,
+                e.to_string(),
+            ),
+            SqlWorkerError::TooBig(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::QueryTooExpensive,
+                e.to_string(),
+            ),
+            SqlWorkerError::Unavailable(_) => ApiError::internal(e.to_string()),
+        })?;
     let table: SqlTable = serde_json::from_value(answer)
         .map_err(|e| ApiError::internal(format!("reading the SQL result: {e}")))?;
     Ok(Json(LogSqlResult {

@@ -132,7 +132,12 @@ impl Runner {
         // barrier passes: the load below sees every instance.
         self.shoal.read_barrier(false).await?;
         let revision = self.load().await?;
-        self.write_announced().await?;
+        // Not fatal: the schedule check writes it again, and failing here
+        // (a space alarm refuses the write) would make every retry of this
+        // term publish the same lifecycle events again.
+        if let Err(e) = self.write_announced().await {
+            tracing::warn!(error = %e, "recording published lifecycle events failed");
+        }
         let mut watcher = Watcher::start(
             self.shoal.clone(),
             Filter::Prefix(INSTANCES_PREFIX.to_string()),

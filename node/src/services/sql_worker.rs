@@ -1,0 +1,166 @@
+//! SQL over logs runs in a process of its own (`shoal sql-worker`), one per
+//! query. Polars cannot be stopped once a query runs, and a query (a join,
+//! a huge aggregation) can ask for more memory than the node has: in the
+//! node's own process, a query past the request timeout would go on taking
+//! a core, and one past the memory would take the node down. A worker's
+//! address space is bounded ([`MEMORY_LIMIT_BYTES`]) and the node kills a
+//! worker that runs past its time, so a runaway query costs the node
+//! neither.
+
+use std::io::{Read, Write};
+use std::process::{ExitCode, Stdio};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shoal_search::Hit;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+
+/// Most memory (address space) a worker may map beyond what it maps when
+/// it starts.
+pub const MEMORY_LIMIT_BYTES: u64 = 2 << 30;
+/// Most bytes of a worker's dying words kept for the error.
+const STDERR_BYTES: u64 = 4096;
+
+/// Workers running at once on a node; more queries wait for one to end.
+static WORKERS: LazyLock<Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Semaphore::new(cores.max(2))
+});
+
+/// What the node sends a worker.
+#[derive(Serialize, Deserialize)]
+struct Job {
+    sql: String,
+    hits: Vec<Hit>,
+}
+
+/// What a worker answers.
+#[derive(Serialize, Deserialize)]
+enum Answer {
+    /// The result table as JSON text (`{"columns": [...], "rows": [...]}`).
+    Table(String),
+    /// Polars refused or failed the query: the reason.
+    Refused(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlWorkerError {
+    /// The query itself is at fault (what Polars said).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the query ran for more than {} ms and was stopped", .0.as_millis())]
+    TooLong(Duration),
+    #[error(
+        "the query needed more than {limit} MiB of memory and was stopped ({0})",
+        limit = MEMORY_LIMIT_BYTES >> 20
+    )]
+    TooBig(String),
+    #[error("cannot run the SQL worker: {0}")]
+    Unavailable(String),
+}
+
+/// Run `sql` over `hits` in a worker, for at most `limit`.
+pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, SqlWorkerError> {
+    let unavailable = |e: &dyn std::fmt::Display| SqlWorkerError::Unavailable(e.to_string());
+    let _slot = WORKERS.acquire().await.map_err(|e| unavailable(&e))?;
+    let job = shoal_codec::encode(&Job {
+        sql: sql.to_string(),
+        hits,
+    })
+    .map_err(|e| unavailable(&e))?;
+    let program = std::env::current_exe().map_err(|e| unavailable(&e))?;
+    let mut child = Command::new(program)
+        .arg("sql-worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| unavailable(&e))?;
+    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(unavailable(&"the worker's pipes are missing"));
+    };
+    // The worker reads the whole job before it writes a byte.
+    let exchange = async {
+        stdin.write_all(&job).await?;
+        drop(stdin);
+        let mut answer = Vec::new();
+        stdout.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = match tokio::time::timeout(limit, exchange).await {
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            metrics::counter!("shoal_sql_stopped_total", "why" => "time").increment(1);
+            return Err(SqlWorkerError::TooLong(limit));
+        }
+        Ok(answer) => answer,
+    };
+    let status = child.wait().await.map_err(|e| unavailable(&e))?;
+    let decoded = answer
+        .ok()
+        .filter(|_| status.success())
+        .and_then(|bytes| shoal_codec::decode::<Answer>(&bytes).ok());
+    match decoded {
+        Some(Answer::Table(json)) => serde_json::from_str(&json).map_err(|e| unavailable(&e)),
+        Some(Answer::Refused(reason)) => Err(SqlWorkerError::Refused(reason)),
+        None => {
+            let mut words = String::new();
+            let _ = stderr.take(STDERR_BYTES).read_to_string(&mut words).await;
+            let words = words
+                .lines()
+                .find(|line| !line.trim().is_empty())
+                .map_or_else(|| status.to_string(), |line| format!("{status}: {line}"));
+            metrics::counter!("shoal_sql_stopped_total", "why" => "memory").increment(1);
+            Err(SqlWorkerError::TooBig(words))
+        }
+    }
+}
+
+/// The worker process's main: bounds its memory, dies with the node, runs
+/// one job from stdin and writes the answer to stdout.
+pub fn serve() -> ExitCode {
+    super::evaluator::die_with_parent();
+    if let Err(e) = super::evaluator::limit_memory(MEMORY_LIMIT_BYTES) {
+        eprintln!("error: cannot limit the SQL worker's memory: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
+        eprintln!("error: reading the job: {e}");
+        return ExitCode::FAILURE;
+    }
+    let job: Job = match shoal_codec::decode(&input) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    drop(input);
+    let answer = match shoal_search::sql::execute(&job.sql, &job.hits) {
+        Ok(table) => Answer::Table(table.to_string()),
+        Err(e) => Answer::Refused(e.to_string()),
+    };
+    let written = shoal_codec::encode(&answer)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&bytes)?;
+            stdout.flush()
+        });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing the answer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
