@@ -183,10 +183,11 @@ impl Policy {
 
     /// The built-in policy that allows everything.
     pub fn management() -> Policy {
-        const ALL: [Resource; 9] = [
+        const ALL: [Resource; 10] = [
             Resource::Kv,
             Resource::Leases,
             Resource::Topic,
+            Resource::QueueGroup,
             Resource::Kafka,
             Resource::Logs,
             Resource::Delivery,

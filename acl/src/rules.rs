@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// The kinds of things a rule can be about. Each kind names its things one
-/// way: by prefix (`kv`, `logs`, `delivery`, `workflows`, `kafka`), by topic
-/// pattern (`topic`), or not at all (`leases`, `operator`, `acl`).
+/// way: by prefix (`kv`, `logs`, `delivery`, `workflows`, `kafka`,
+/// `queue_group`), by topic pattern (`topic`), or not at all (`leases`,
+/// `operator`, `acl`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
@@ -15,6 +16,9 @@ pub enum Resource {
     Leases,
     /// Topics, by NATS-style pattern: `read` subscribes, `write` publishes.
     Topic,
+    /// Queue groups, by name prefix: `read` joins one (with a `topic` read
+    /// rule for the pattern), as NATS's queue subscribe permissions.
+    QueueGroup,
     /// Kafka topics produced to through `POST /v1/kafka/{topic}`, by prefix.
     Kafka,
     /// Log streams, by stream-name prefix: `read` searches, `write` ingests.
@@ -46,6 +50,7 @@ impl Resource {
             Resource::Kv => "kv",
             Resource::Leases => "leases",
             Resource::Topic => "topic",
+            Resource::QueueGroup => "queue_group",
             Resource::Kafka => "kafka",
             Resource::Logs => "logs",
             Resource::Delivery => "delivery",

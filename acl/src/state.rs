@@ -74,6 +74,17 @@ impl Identity {
         self.everything || allows(&self.rules, resource, prefix, true, access)
     }
 
+    /// Whether some rule lets this identity do `access` on some thing of
+    /// this kind (the handler then narrows what it does to those things).
+    pub fn allows_some(&self, resource: Resource, access: Access) -> bool {
+        self.everything
+            || self.rules.iter().any(|rule| {
+                rule.resource == resource
+                    && (rule.access == Access::Write
+                        || (rule.access == Access::Read && access == Access::Read))
+            })
+    }
+
     /// The accessor id, for logs and the audit trail.
     pub fn accessor(&self) -> &str {
         self.token

@@ -40,16 +40,82 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
 }
 
+/// How to reach the brokers: their addresses, and TLS and SASL when the
+/// cluster asks for them (librdkafka's `security.protocol`, `ssl.*` and
+/// `sasl.*` settings).
+#[derive(Clone, Debug, Default)]
+pub struct KafkaConnection {
+    /// `host:port,...`
+    pub brokers: String,
+    /// TLS to the brokers.
+    pub tls: bool,
+    /// PEM CA certificates to verify the brokers with (else the system's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for brokers that ask for one.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// SASL: the mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`),
+    /// user name and password.
+    pub sasl: Option<Sasl>,
+}
+
+#[derive(Clone)]
+pub struct Sasl {
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Sasl {
+    /// Without the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SASL mechanisms the bridge speaks.
+pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+impl KafkaConnection {
+    /// A librdkafka configuration with the brokers, TLS and SASL set.
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        let protocol = match (self.tls, self.sasl.is_some()) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        };
+        config.set("security.protocol", protocol);
+        if let Some(ca) = &self.ca_file {
+            config.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            config.set("ssl.certificate.location", cert.display().to_string());
+            config.set("ssl.key.location", key.display().to_string());
+        }
+        if let Some(sasl) = &self.sasl {
+            config.set("sasl.mechanism", &sasl.mechanism);
+            config.set("sasl.username", &sasl.username);
+            config.set("sasl.password", &sasl.password);
+        }
+        config
+    }
+}
+
 #[derive(Clone)]
 pub struct KafkaClient {
-    brokers: String,
+    connection: KafkaConnection,
     producer: FutureProducer,
 }
 
 impl KafkaClient {
-    pub fn new(brokers: &str) -> Result<KafkaClient, KafkaError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    pub fn new(connection: KafkaConnection) -> Result<KafkaClient, KafkaError> {
+        let producer = connection
+            .config()
             .set("acks", "all")
             .set("enable.idempotence", "false")
             .set(
@@ -60,7 +126,7 @@ impl KafkaClient {
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         Ok(KafkaClient {
-            brokers: brokers.to_string(),
+            connection,
             producer,
         })
     }
@@ -143,8 +209,9 @@ impl KafkaClient {
         Fut: std::future::Future<Output = Result<(), E>>,
         E: std::fmt::Display,
     {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: StreamConsumer = self
+            .connection
+            .config()
             .set("group.id", bridge.group_id())
             .set("client.id", format!("shoal-{node_name}"))
             .set("enable.auto.commit", "false")

@@ -403,8 +403,10 @@ async fn start_messaging(
     let outbox = tokio::task::spawn_blocking(move || Outbox::open(outbox_store))
         .await?
         .context("opening the outbox")?;
-    let kafka = match &settings.kafka_brokers {
-        Some(brokers) => Some(KafkaClient::new(brokers).context("creating the Kafka client")?),
+    let kafka = match &settings.kafka {
+        Some(connection) => {
+            Some(KafkaClient::new(connection.clone()).context("creating the Kafka client")?)
+        }
         None => None,
     };
     let transport = RpcTransport::new(Forwarder::new(auth.clone()));
@@ -494,7 +496,11 @@ async fn bootstrap(shoal: &Arc<Shoal>) -> anyhow::Result<()> {
 /// The background duties every node runs (most act only on the leader).
 fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
     tokio::spawn(cluster::publish_state(shoal.cluster.clone()));
-    tokio::spawn(cluster::reconcile_membership(shoal.cluster.clone()));
+    let audited = shoal.clone();
+    tokio::spawn(cluster::reconcile_membership(
+        shoal.cluster.clone(),
+        move |change| crate::api::audit::record_membership(&audited, change),
+    ));
     tokio::spawn(leases::run(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
     tokio::spawn(crate::services::space::watch_space(shoal.clone()));

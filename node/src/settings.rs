@@ -155,6 +155,29 @@ pub struct NodeArgs {
     /// (`POST /v1/kafka/{topic}`, `kafka:` route destinations, bridges).
     #[arg(long, env = "SHOAL_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Speak TLS to the Kafka brokers (verified against the system's roots, or --kafka-ca-file).
+    #[arg(long, env = "SHOAL_KAFKA_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub kafka_tls: Option<bool>,
+    /// A PEM file of CA certificates to verify the Kafka brokers with (implies --kafka-tls).
+    #[arg(long, env = "SHOAL_KAFKA_CA_FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for Kafka brokers that ask for one; with --kafka-key-file.
+    #[arg(long, env = "SHOAL_KAFKA_CERT_FILE")]
+    pub kafka_cert_file: Option<PathBuf>,
+    /// The key (PEM) of --kafka-cert-file.
+    #[arg(long, env = "SHOAL_KAFKA_KEY_FILE")]
+    pub kafka_key_file: Option<PathBuf>,
+    /// Authenticate to the Kafka brokers with SASL: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; with
+    /// --kafka-sasl-username and --kafka-sasl-password-file.
+    #[arg(long, env = "SHOAL_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    /// The SASL user name.
+    #[arg(long, env = "SHOAL_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// A file whose first line is the SASL password (a file, so that it is not in the process
+    /// list).
+    #[arg(long, env = "SHOAL_KAFKA_SASL_PASSWORD_FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for https:// webhooks and workflow calls, besides
     /// the system's roots (/etc/ssl/certs).
     #[arg(long, env = "SHOAL_OUTBOUND_CA_FILE")]
@@ -352,6 +375,95 @@ fn read_secret_file(path: &Path) -> anyhow::Result<String> {
     Ok(secret.to_string())
 }
 
+/// The --kafka-* flags past --kafka-brokers.
+struct KafkaFlags {
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    sasl_mechanism: Option<String>,
+    sasl_username: Option<String>,
+    sasl_password_file: Option<PathBuf>,
+}
+
+/// How to reach Kafka, checked: TLS and SASL settings need brokers, and
+/// what goes together is given together.
+fn kafka_connection(
+    brokers: Option<String>,
+    flags: KafkaFlags,
+) -> anyhow::Result<Option<shoal_actors::kafka::KafkaConnection>> {
+    use shoal_actors::kafka::{KafkaConnection, Sasl, SASL_MECHANISMS};
+    let Some(brokers) = brokers else {
+        let any = flags.tls
+            || flags.ca_file.is_some()
+            || flags.cert_file.is_some()
+            || flags.key_file.is_some()
+            || flags.sasl_mechanism.is_some()
+            || flags.sasl_username.is_some()
+            || flags.sasl_password_file.is_some();
+        if any {
+            bail!("the --kafka-* settings need --kafka-brokers");
+        }
+        return Ok(None);
+    };
+    let client_cert = match (flags.cert_file, flags.key_file) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!("--kafka-cert-file and --kafka-key-file go together"),
+    };
+    let sasl = match (
+        flags.sasl_mechanism,
+        flags.sasl_username,
+        flags.sasl_password_file,
+    ) {
+        (None, None, None) => None,
+        (Some(mechanism), Some(username), Some(password_file)) => {
+            let mechanism = mechanism.to_ascii_uppercase();
+            if !SASL_MECHANISMS.contains(&mechanism.as_str()) {
+                bail!(
+                    "--kafka-sasl-mechanism {mechanism:?} is not one of {}",
+                    SASL_MECHANISMS.join(", ")
+                );
+            }
+            let text = std::fs::read_to_string(&password_file).with_context(|| {
+                format!("reading --kafka-sasl-password-file {}", password_file.display())
+            })?;
+            let password = text.lines().next().unwrap_or_default().to_string();
+            if password.is_empty() {
+                bail!(
+                    "--kafka-sasl-password-file {}: the password on its first line is empty",
+                    password_file.display()
+                );
+            }
+            Some(Sasl {
+                mechanism,
+                username,
+                password,
+            })
+        }
+        _ => bail!(
+            "--kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password-file go together"
+        ),
+    };
+    let tls = flags.tls || flags.ca_file.is_some() || client_cert.is_some();
+    for path in flags
+        .ca_file
+        .iter()
+        .chain(client_cert.iter().flat_map(|(c, k)| [c, k]))
+    {
+        if !path.is_file() {
+            bail!("the Kafka TLS file {} cannot be read", path.display());
+        }
+    }
+    Ok(Some(KafkaConnection {
+        brokers,
+        tls,
+        ca_file: flags.ca_file,
+        client_cert,
+        sasl,
+    }))
+}
+
 /// An optional listener: its address, and whether the user named it (a
 /// named address that cannot be bound is an error; the default is skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,7 +591,8 @@ pub struct Settings {
     pub header_read_timeout_ms: u64,
     pub snapshot_every: u64,
     pub history_revisions: u64,
-    pub kafka_brokers: Option<String>,
+    /// The Kafka brokers and how to reach them (--kafka-*).
+    pub kafka: Option<shoal_actors::kafka::KafkaConnection>,
     pub outbound_ca_file: Option<PathBuf>,
     /// Where webhooks and workflow calls may go (`--outbound-allow`).
     pub outbound_policy: shoal_outbound::Policy,
@@ -592,7 +705,18 @@ impl Settings {
             snapshot_every: pick!(snapshot_every).unwrap_or_else(|| default_of("snapshot_every")),
             history_revisions: pick!(history_revisions)
                 .unwrap_or_else(|| default_of("history_revisions")),
-            kafka_brokers: pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
+            kafka: kafka_connection(
+                pick!(kafka_brokers).filter(|b| !b.trim().is_empty()),
+                KafkaFlags {
+                    tls: pick!(kafka_tls).unwrap_or(false),
+                    ca_file: pick!(kafka_ca_file),
+                    cert_file: pick!(kafka_cert_file),
+                    key_file: pick!(kafka_key_file),
+                    sasl_mechanism: pick!(kafka_sasl_mechanism),
+                    sasl_username: pick!(kafka_sasl_username),
+                    sasl_password_file: pick!(kafka_sasl_password_file),
+                },
+            )?,
             outbound_ca_file: pick!(outbound_ca_file),
             outbound_policy: shoal_outbound::Policy::new(if flags.outbound_allow.is_empty() {
                 &file.outbound_allow
@@ -770,6 +894,63 @@ mod tests {
     use clap::{Args, Command};
 
     use super::*;
+
+    fn kafka_flags() -> KafkaFlags {
+        KafkaFlags {
+            tls: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_file: None,
+        }
+    }
+
+    #[test]
+    fn kafka_sasl_settings_are_checked_and_the_password_read_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("shoal-kafka-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let password = dir.join("password");
+        std::fs::write(&password, "s3cret\n").expect("write");
+        let brokers = || Some("127.0.0.1:9092".to_string());
+        let sasl = |mechanism: &str| KafkaFlags {
+            sasl_mechanism: Some(mechanism.into()),
+            sasl_username: Some("alice".into()),
+            sasl_password_file: Some(password.clone()),
+            ..kafka_flags()
+        };
+        let connection = kafka_connection(brokers(), sasl("scram-sha-512"))
+            .expect("valid")
+            .expect("configured");
+        let sasl_set = connection.sasl.expect("SASL");
+        assert_eq!(sasl_set.mechanism, "SCRAM-SHA-512");
+        assert_eq!(sasl_set.password, "s3cret");
+        assert!(!connection.tls);
+        assert!(
+            !format!("{sasl_set:?}").contains("s3cret"),
+            "the password is not shown"
+        );
+        assert!(kafka_connection(brokers(), sasl("GSSAPI")).is_err());
+        let half = KafkaFlags {
+            sasl_mechanism: Some("PLAIN".into()),
+            ..kafka_flags()
+        };
+        assert!(kafka_connection(brokers(), half).is_err());
+        assert!(
+            kafka_connection(None, sasl("PLAIN")).is_err(),
+            "needs brokers"
+        );
+        let missing_ca = KafkaFlags {
+            ca_file: Some(dir.join("absent.pem")),
+            ..kafka_flags()
+        };
+        assert!(kafka_connection(brokers(), missing_ca).is_err());
+        assert!(kafka_connection(None, kafka_flags())
+            .expect("valid")
+            .is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Resolving no flags at all takes every default, so every entry of
     /// `DEFAULTS` parses into its setting's type.

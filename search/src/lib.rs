@@ -23,7 +23,7 @@ pub use engine::{Logs, StreamInfo};
 pub use metric_help::describe_metrics;
 pub use query::{
     merge_hits, Cursor, Hit, KindFilter, SearchOrder, SearchRequest, MAX_LIMIT, MAX_QUERY_BYTES,
-    TOP_FIELDS,
+    NO_STREAM, TOP_FIELDS,
 };
 pub use record::{Kind, Record, SpanInfo};
 pub use state::{Limits, LogsConfig, Retention};

@@ -151,11 +151,16 @@ pub(crate) fn validate(request: &SearchRequest) -> Result<(), SearchError> {
             ));
         }
     }
-    for stream in &request.streams {
+    for stream in request.streams.iter().filter(|s| *s != NO_STREAM) {
         crate::record::validate_stream(stream)?;
     }
     Ok(())
 }
+
+/// A stream filter that matches nothing: no stream has this name (names do
+/// not start with `_`). What a search gets for a caller who may read none
+/// of the streams there are.
+pub const NO_STREAM: &str = "_none";
 
 /// The Tantivy query for a request's filters.
 pub(crate) fn build_query(

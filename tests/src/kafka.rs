@@ -35,6 +35,9 @@ pub fn tansu_bin() -> PathBuf {
 pub struct Kafka {
     child: Option<Child>,
     pub port: u16,
+    /// The TLS port in front of the broker, when started with
+    /// [`Kafka::start_behind_tls`], and the task that serves it.
+    tls: Option<(u16, tokio::task::JoinHandle<()>)>,
     // Holds the log; removed after the process is gone.
     dir: TempDir,
 }
@@ -42,21 +45,59 @@ pub struct Kafka {
 impl Kafka {
     /// Starts a broker on a free port and waits until it accepts TCP.
     pub async fn start() -> Kafka {
-        let bin = tansu_bin();
         let port = free_port();
+        Kafka::spawn(port, port).await
+    }
+
+    /// A broker reached only over TLS with `certificate`: tansu (which does
+    /// not speak TLS itself) behind a TLS endpoint of the test's own, which
+    /// the broker advertises as its address, so that every connection a
+    /// client makes (bootstrap and per-broker) is TLS.
+    pub async fn start_behind_tls(certificate: &crate::tls::ServerCertificate) -> Kafka {
+        let tls_port = free_port();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", tls_port))
+            .await
+            .expect("bind the TLS port");
+        let mut kafka = Kafka::spawn(free_port(), tls_port).await;
+        let acceptor = crate::tls::acceptor(&certificate.certificate_pem, &certificate.key_pem);
+        let backend = kafka.port;
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut client) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    let Ok(mut broker) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                });
+            }
+        });
+        kafka.tls = Some((tls_port, task));
+        kafka
+    }
+
+    /// tansu listening on `port`, advertising `advertised`.
+    async fn spawn(port: u16, advertised: u16) -> Kafka {
+        let bin = tansu_bin();
         let dir = tempfile::Builder::new()
             .prefix("shoal-test-kafka-")
             .tempdir()
             .expect("cannot create a temporary directory");
         let log = File::create(dir.path().join("tansu.log")).expect("cannot create the broker log");
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(&bin)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .current_dir(dir.path())
@@ -68,6 +109,7 @@ impl Kafka {
         let mut kafka = Kafka {
             child: Some(child),
             port,
+            tls: None,
             dir,
         };
         kafka.wait_accepting().await;
@@ -103,9 +145,11 @@ impl Kafka {
         }
     }
 
-    /// `127.0.0.1:PORT`, what `--kafka-brokers` takes.
+    /// `127.0.0.1:PORT`, what `--kafka-brokers` takes (the TLS port for a
+    /// broker behind TLS).
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        let port = self.tls.as_ref().map_or(self.port, |(port, _)| *port);
+        format!("127.0.0.1:{port}")
     }
 
     /// The last `lines` lines of the broker's log.
@@ -118,6 +162,9 @@ impl Drop for Kafka {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("kafka broker on port {}:\n{}", self.port, self.log_tail(30));
+        }
+        if let Some((_, task)) = self.tls.take() {
+            task.abort();
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

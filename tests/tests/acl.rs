@@ -371,13 +371,22 @@ async fn each_kind_of_route_needs_its_resource_and_access() {
             json!([{"message": "m"}]),
             403,
         ),
+        // Reads of logs are narrowed to the streams the token may read.
         case(
             writer,
             Method::GET,
             "/v1/logs/search?q=m",
             none.clone(),
+            200,
+        ),
+        case(
+            writer,
+            Method::GET,
+            "/v1/logs/search?stream=other",
+            none.clone(),
             403,
         ),
+        case(reader, Method::GET, "/v1/logs/search", none.clone(), 403),
         // Definitions and administration.
         case(reader, Method::GET, "/v1/webhooks/hook", none.clone(), 200),
         case(
@@ -539,6 +548,143 @@ async fn each_kind_of_route_needs_its_resource_and_access() {
         );
     }
     assert!(reply.text.contains(&reader_accessor), "{}", reply.text);
+}
+
+/// `GET path` with `token`.
+async fn get(node: &Node, token: &str, path: &str) -> Reply {
+    call(node, Some(token), Method::GET, path, &Value::Null).await
+}
+
+/// A token that may read some streams sees those and nothing else, in
+/// every read of logs; a token that may read a topic may join a queue
+/// group on it only with a `queue_group` rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_reads_are_narrowed_to_readable_streams_and_queue_groups_need_a_rule() {
+    let (node, admin) = managed_node().await;
+    for stream in ["app-a", "app-b", "billing"] {
+        let reply = call(
+            &node,
+            Some(&admin),
+            Method::POST,
+            &format!("/v1/logs/{stream}"),
+            &json!([{"message": format!("from {stream}"), "service": "svc", "trace_id": "0af7651916cd43dd8448eb211c80319c"}]),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    }
+    put_policy(
+        &node,
+        &admin,
+        "app-logs",
+        json!([
+            {"resource": "logs", "match": "app-", "access": "read"},
+            {"resource": "logs", "match": "app-b", "access": "deny"},
+            {"resource": "topic", "match": "jobs.>", "access": "read"},
+            {"resource": "queue_group", "match": "app-", "access": "read"},
+        ]),
+    )
+    .await;
+    let (_, token) = token_with(&node, &admin, json!({"policies": ["app-logs"]})).await;
+
+    // Every read sees app-a only, once the records are searchable.
+    let everything = wait_for(
+        SEARCHABLE_TIMEOUT,
+        "the three records searchable",
+        || async {
+            let reply = call(
+                &node,
+                Some(&admin),
+                Method::GET,
+                "/v1/logs/search?stream=app-a,app-b,billing",
+                &Value::Null,
+            )
+            .await;
+            match hits_of(&reply.body).len() {
+                3 => Ok(()),
+                n => Err(format!("{n} hits")),
+            }
+        },
+    );
+    everything.await;
+    let hits = get(&node, &token, "/v1/logs/search").await;
+    assert_eq!(
+        messages(&hits_of(&hits.body)),
+        ["from app-a"],
+        "{}",
+        hits.text
+    );
+    let sql = call(
+        &node,
+        Some(&token),
+        Method::POST,
+        "/v1/logs/sql",
+        &json!({"query": "SELECT stream, count(*) AS n FROM logs GROUP BY stream"}),
+    )
+    .await;
+    assert_eq!(sql.body["rows"], json!([["app-a", 1]]), "{}", sql.text);
+    let trace = get(&node, &token, "/v1/traces/0af7651916cd43dd8448eb211c80319c").await;
+    assert_eq!(
+        trace.body["logs"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        trace.text
+    );
+    let streams = get(&node, &token, "/v1/logs/streams").await;
+    let names: Vec<&str> = streams.body["streams"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["app-a"], "{}", streams.text);
+    let counted = get(&node, &token, "/v1/logs/aggregate?top=service&since=1h").await;
+    assert_eq!(counted.body["total"], json!(1), "{}", counted.text);
+    // Naming a stream it may not read is refused, not emptied.
+    for path in [
+        "/v1/logs/search?stream=billing",
+        "/v1/logs/search?stream=app-b",
+    ] {
+        assert_error(&get(&node, &token, path).await, 403, "permission_denied");
+    }
+    let refused = call(
+        &node,
+        Some(&token),
+        Method::POST,
+        "/v1/logs/sql",
+        &json!({"query": "SELECT count(*) FROM logs WHERE stream = 'billing'"}),
+    )
+    .await;
+    assert_error(&refused, 403, "permission_denied");
+
+    // Queue groups: the topic rule alone does not let a token join one.
+    let refused = get(
+        &node,
+        &token,
+        "/v1/subscribe?pattern=jobs.>&queue=billing-workers",
+    )
+    .await;
+    assert_error(&refused, 403, "permission_denied");
+    let joined = node
+        .client()
+        .get(node.url("/v1/subscribe?pattern=jobs.>&queue=app-workers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("subscribe");
+    assert_eq!(joined.status(), StatusCode::OK);
+
+    // A policy narrowed while the subscription is open ends it (within the
+    // second the check takes), as a revoked token does.
+    put_policy(
+        &node,
+        &admin,
+        "app-logs",
+        json!([{"resource": "logs", "match": "app-", "access": "read"}]),
+    )
+    .await;
+    let ended = tokio::time::timeout(SPREAD, joined.bytes()).await;
+    assert!(
+        matches!(ended, Ok(Ok(_))),
+        "the subscription stayed open after its topic rule went: {ended:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -846,4 +992,79 @@ async fn the_command_line_bootstraps_and_manages_tokens() {
         "{}",
         revoked.stderr
     );
+}
+
+/// Membership changes the cluster makes by itself are in the audit trail,
+/// by the accessor `cluster`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_audits_the_membership_changes_it_makes_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("management-token");
+    let management = "shoal_initial-management-secret-for-the-audit";
+    std::fs::write(&file, format!("{management}\n")).expect("write the token file");
+    let file = file.display().to_string();
+    let plan = shoal_testkit::ClusterPlan::new(3).expect("ports");
+    let args = [
+        "--acl",
+        "--initial-management-token-file",
+        &file,
+        "--dead-node-grace-secs",
+        "2",
+    ];
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::from_process(plan.node(i).args(&args).spawn().expect("spawn")))
+        .collect();
+    for node in &mut nodes {
+        node.wait_ready().await;
+    }
+    let status = |i: usize| {
+        call(
+            &nodes[i],
+            Some(management),
+            Method::GET,
+            "/v1/cluster",
+            &Value::Null,
+        )
+    };
+    let leader_id = wait_for(Duration::from_secs(30), "a leader", || async {
+        opt_num(&status(0).await.body, "/leader").ok_or_else(|| "no leader yet".to_string())
+    })
+    .await;
+    let mut ids = Vec::new();
+    for node in &nodes {
+        let reply = call(
+            node,
+            Some(management),
+            Method::GET,
+            "/v1/status",
+            &Value::Null,
+        )
+        .await;
+        ids.push(num(&reply.body, "/node_id"));
+    }
+    let leader = ids
+        .iter()
+        .position(|id| *id == leader_id)
+        .expect("the leader is a node");
+    let victim = (leader + 1) % 3;
+    let victim_id = ids[victim];
+    nodes[victim].kill9();
+    let want = format!("membership: removed dead voter {victim_id}");
+    let record = wait_for(Duration::from_secs(60), &want, || async {
+        let reply = call(
+            &nodes[leader],
+            Some(management),
+            Method::GET,
+            "/v1/logs/search?stream=audit&q=membership&limit=100",
+            &Value::Null,
+        )
+        .await;
+        hits_of(&reply.body)
+            .into_iter()
+            .find(|hit| text(hit, "/message").starts_with(&want))
+            .ok_or_else(|| reply.describe())
+    })
+    .await;
+    let attributes = &record["attributes"];
+    assert_eq!(attributes["accessor_id"], json!("cluster"), "{record}");
 }

@@ -153,3 +153,57 @@ async fn kafka_produce_bridge_and_route() {
         "{bridges}"
     );
 }
+
+/// With `--kafka-ca-file`, the bridge speaks TLS to the brokers and
+/// verifies them: producing and consuming work through a TLS-only broker;
+/// a node that does not trust the broker's CA, or speaks plain Kafka to
+/// it, gets nothing through.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_over_tls_verifies_the_broker() {
+    let ca = shoal_tests::tls::TestCa::new("kafka-test-ca");
+    let kafka = Kafka::start_behind_tls(&ca.server()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_file = dir.path().join("kafka-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write the CA");
+    let ca_file = ca_file.display().to_string();
+    let node = Node::start_with(&[
+        "--kafka-brokers",
+        &kafka.brokers(),
+        "--kafka-ca-file",
+        &ca_file,
+    ])
+    .await;
+    let mut stream = subscribe(&node, "secure.>").await;
+    let payload = json!({"over": "tls"});
+    let (partition, offset) = produce(&node, "secure", &[], &payload).await;
+    put_bridge(
+        &node,
+        "secure-in",
+        json!({"kafka_topic": "secure", "topic": "secure.in"}),
+    )
+    .await;
+    let messages = wait_messages(&mut stream, &[payload], T).await;
+    assert_eq!(
+        messages[0]["id"],
+        format!("kafka-secure-{partition}-{offset}"),
+        "{}",
+        messages[0]
+    );
+
+    // The system's roots do not include the test CA; plain Kafka is not TLS.
+    let brokers = kafka.brokers();
+    for args in [vec!["--kafka-tls"], vec![]] {
+        let mut all = vec!["--kafka-brokers", brokers.as_str()];
+        all.extend(args.iter().copied());
+        let other = Node::start_with(&all).await;
+        let reply = other
+            .send(
+                other
+                    .request(Method::POST, "/v1/kafka/secure")
+                    .header("content-type", "application/json")
+                    .body("{}"),
+            )
+            .await;
+        assert_error(&reply, 502, "kafka_unavailable");
+    }
+}

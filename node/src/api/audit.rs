@@ -51,6 +51,42 @@ pub fn audited(route: &str, method: &Method, status: u16) -> bool {
     !reads.contains(method) && !DATA_ROUTES.contains(&route)
 }
 
+/// The accessor id of changes the cluster makes by itself (membership).
+pub const CLUSTER_ACCESSOR: &str = "cluster";
+
+/// Record a membership change the leader made by itself (a node joined,
+/// was promoted, or was removed for being dead), with ACLs on.
+pub fn record_membership(shoal: &Shoal, change: &str) {
+    if !shoal.acl.enabled() {
+        return;
+    }
+    queue(
+        shoal,
+        Record {
+            kind: shoal_search::Kind::Log,
+            ts_nanos: shoal_search::record::now_nanos(),
+            level: "info".into(),
+            service: "shoal".into(),
+            message: format!("membership: {change}"),
+            trace_id: String::new(),
+            span_id: String::new(),
+            attributes: json!({
+                "accessor_id": CLUSTER_ACCESSOR,
+                "change": change,
+                "node_id": shoal.node_id,
+            })
+            .to_string(),
+            span: None,
+        },
+    );
+}
+
+fn queue(shoal: &Shoal, record: Record) {
+    if shoal.audit.try_send(record).is_err() {
+        metrics::counter!("shoal_audit_dropped_total").increment(1);
+    }
+}
+
 /// Queue the entry for indexing; when the queue is full it is counted in
 /// `shoal_audit_dropped_total` rather than slowing the request.
 pub fn record(shoal: &Shoal, entry: Entry<'_>) {
@@ -75,7 +111,5 @@ pub fn record(shoal: &Shoal, entry: Entry<'_>) {
         .to_string(),
         span: None,
     };
-    if shoal.audit.try_send(record).is_err() {
-        metrics::counter!("shoal_audit_dropped_total").increment(1);
-    }
+    queue(shoal, record);
 }

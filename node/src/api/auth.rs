@@ -46,6 +46,9 @@ enum Need {
     One(Resource, String, Access),
     /// `access` on every thing whose name starts with the prefix.
     Under(Resource, String, Access),
+    /// `access` on some thing of the kind: the handler narrows the request
+    /// to the things the caller may reach (log streams).
+    Any(Resource, Access),
 }
 
 /// The request's identity, for handlers that check resources themselves.
@@ -84,9 +87,15 @@ impl Caller {
     }
 
     /// Resolves once the caller's token is no longer accepted (deleted,
-    /// expired); never with ACLs off. Streams end on it, so a revoked
-    /// token does not keep a subscription, watch or tail open.
-    pub fn revoked(&self, acl: Arc<Acl>) -> impl Future<Output = ()> + Send + 'static {
+    /// expired), or its policies as they are now no longer allow what the
+    /// stream reads (`still_allowed`); never with ACLs off. Streams end on
+    /// it, so a revoked token or a narrowed policy does not keep a
+    /// subscription, watch or tail open.
+    pub fn revoked(
+        &self,
+        acl: Arc<Acl>,
+        still_allowed: impl Fn(&Identity) -> bool + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let secret = self.secret.clone();
         async move {
             if !acl.enabled() {
@@ -94,11 +103,9 @@ impl Caller {
             }
             loop {
                 tokio::time::sleep(REVOCATION_CHECK).await;
-                if acl
-                    .authenticate(secret.as_deref(), shoal_storage::now_ms())
-                    .is_err()
-                {
-                    return;
+                match acl.authenticate(secret.as_deref(), shoal_storage::now_ms()) {
+                    Ok(identity) if still_allowed(&identity) => {}
+                    _ => return,
                 }
             }
         }
@@ -304,6 +311,8 @@ async fn check(app: &AppState, route: &str, request: Request) -> Result<Request,
         Need::Nothing | Need::Token => Ok(()),
         Need::One(resource, name, access) => caller.require(*resource, name, *access),
         Need::Under(resource, prefix, access) => caller.require_under(*resource, prefix, *access),
+        Need::Any(resource, access) if caller.identity.allows_some(*resource, *access) => Ok(()),
+        Need::Any(resource, access) => Err(denied(&caller.identity, *resource, "", *access)),
     };
     if let Err(error) = allowed {
         return Err(Refusal {
@@ -384,7 +393,7 @@ fn need(route: &str, method: &Method, path: &HashMap<String, String>, params: &P
         | "/api/services/{service}/operations"
         | "/api/operations"
         | "/api/traces"
-        | "/api/traces/{trace_id}" => Under(Logs, String::new(), Read),
+        | "/api/traces/{trace_id}" => Need::Any(Logs, Read),
         "/v1/workflows/definitions" => Under(Workflows, String::new(), Read),
         "/v1/workflows/definitions/{namespace}/{name}/{version}"
         | "/v1/workflows/{namespace}/{name}/instances"

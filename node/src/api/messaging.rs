@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use shoal_acl::{Access, Resource};
+use shoal_acl::{Access, Identity, Resource};
 use shoal_actors::message::{new_id, new_traceparent, rfc3339_now, Message, Shared};
 use shoal_actors::queue::{BoundedQueue, Overflow};
 use shoal_actors::router::Subscription;
@@ -426,8 +426,24 @@ pub async fn publish_batch(
     ))
 }
 
-/// The subscription parameters shared by SSE and WebSocket.
-fn subscribe(shoal: &Shoal, params: &Params) -> ApiResult<Subscription> {
+/// What a subscription needs of its token's policies, checked again while
+/// it is open (the parameters were validated by `subscribe`).
+fn subscription_allowed(params: &Params) -> impl Fn(&Identity) -> bool + Send + 'static {
+    let pattern = params.string("pattern").unwrap_or_default().to_string();
+    let group = params.string("queue").map(str::to_string);
+    move |identity| {
+        identity.allows(Resource::Topic, &pattern, Access::Read)
+            && group
+                .as_deref()
+                .is_none_or(|group| identity.allows(Resource::QueueGroup, group, Access::Read))
+    }
+}
+
+/// The subscription parameters shared by SSE and WebSocket. The topic rule
+/// was checked before the handler; a queue group needs a `queue_group`
+/// rule as well, so that a token that may read a topic cannot take a share
+/// of another service's work.
+fn subscribe(shoal: &Shoal, caller: &Caller, params: &Params) -> ApiResult<Subscription> {
     let pattern = params
         .string("pattern")
         .ok_or_else(|| ApiError::bad_request("pattern= is required (e.g. orders.*)"))?;
@@ -436,6 +452,7 @@ fn subscribe(shoal: &Shoal, params: &Params) -> ApiResult<Subscription> {
     if let Some(group) = &group {
         shoal_actors::config::validate_name("queue group", group)
             .map_err(|e| ApiError::bad_request(e.0))?;
+        caller.require(Resource::QueueGroup, group, Access::Read)?;
     }
     let buffer = params.number("buffer")?.unwrap_or(DEFAULT_BUFFER);
     if buffer == 0 || buffer > MAX_BUFFER {
@@ -497,7 +514,8 @@ pub async fn sse(
     State(shoal): State<Arc<Shoal>>,
     params: Params,
 ) -> ApiResult<Response> {
-    let subscription = subscribe(&shoal, &params)?;
+    let subscription = subscribe(&shoal, &caller, &params)?;
+    let still_allowed = subscription_allowed(&params);
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     let hello = json!({"subscription": subscription.id, "node_id": shoal.node_id});
     tokio::spawn(async move {
@@ -544,7 +562,8 @@ pub async fn sse(
         }
         // `subscription` is dropped here, which unsubscribes.
     });
-    let stream = ReceiverStream::new(receiver).take_until(caller.revoked(shoal.acl.clone()));
+    let stream =
+        ReceiverStream::new(receiver).take_until(caller.revoked(shoal.acl.clone(), still_allowed));
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -587,14 +606,15 @@ pub async fn websocket(
             )))
         }
     };
-    let subscription = subscribe(&shoal, &params)?;
+    let subscription = subscribe(&shoal, &caller, &params)?;
+    let still_allowed = subscription_allowed(&params);
     // A subscriber only ever sends control frames and a close: anything
     // bigger ends the socket before the node buffers it.
     Ok(upgrade
         .max_message_size(SUBSCRIBER_FRAME_BYTES)
         .max_frame_size(SUBSCRIBER_FRAME_BYTES)
         .on_upgrade(move |socket| {
-            let revoked = caller.revoked(shoal.acl.clone());
+            let revoked = caller.revoked(shoal.acl.clone(), still_allowed);
             stream_to_socket(socket, subscription, raw, revoked)
         }))
 }
@@ -736,7 +756,11 @@ async fn publish_from_socket(
         finish(&mut message)?;
         Ok(Some(message))
     };
-    let revoked = caller.revoked(shoal.acl.clone());
+    // Each frame's topics are checked as it comes; the socket itself lasts
+    // while the token may publish somewhere.
+    let revoked = caller.revoked(shoal.acl.clone(), |identity| {
+        identity.allows_some(Resource::Topic, Access::Write)
+    });
     tokio::pin!(revoked);
     loop {
         let first = tokio::select! {

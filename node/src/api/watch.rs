@@ -11,6 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Serialize;
+use shoal_acl::{Access, Resource};
 use shoal_storage::kv::MAX_KEY_BYTES;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -115,7 +116,11 @@ pub async fn sse(
         from = Some(last + 1);
     }
     let stale = params.stale()?;
-    let revoked = caller.revoked(shoal.acl.clone());
+    let watched = filter.clone();
+    let revoked = caller.revoked(shoal.acl.clone(), move |identity| match &watched {
+        Filter::Key(key) => identity.allows(Resource::Kv, key, Access::Read),
+        Filter::Prefix(prefix) => identity.allows_under(Resource::Kv, prefix, Access::Read),
+    });
     let mut watcher = Watcher::start(shoal, filter, from, stale, 256).await?;
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {

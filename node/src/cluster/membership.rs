@@ -53,7 +53,8 @@ impl Cluster {
 /// join as learners and are promoted to voters (up to `--voters`) once caught
 /// up; members dead longer than the grace period are removed, a dead voter
 /// being replaced by a caught-up learner when one exists.
-pub async fn reconcile_membership(cluster: Arc<Cluster>) {
+/// `audit` is told each change made, in words.
+pub async fn reconcile_membership(cluster: Arc<Cluster>, audit: impl Fn(&str)) {
     let grace = cluster.dead_node_grace;
     let mut dead_since: HashMap<NodeId, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
@@ -63,8 +64,10 @@ pub async fn reconcile_membership(cluster: Arc<Cluster>) {
             dead_since.clear();
             continue;
         }
-        if let Err(e) = reconcile_once(&cluster, grace, &mut dead_since).await {
-            tracing::warn!(error = %e, "membership change failed; will retry");
+        match reconcile_once(&cluster, grace, &mut dead_since).await {
+            Ok(Some(change)) => audit(&change),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "membership change failed; will retry"),
         }
     }
 }
@@ -182,11 +185,11 @@ async fn reconcile_once(
     cluster: &Cluster,
     grace: Duration,
     dead_since: &mut HashMap<NodeId, Instant>,
-) -> Result<(), MembershipError> {
+) -> Result<Option<String>, MembershipError> {
     let metrics = cluster.raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership().clone();
     if membership.get_joint_config().len() > 1 {
-        return Ok(()); // a change is in progress
+        return Ok(None); // a change is in progress
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
@@ -194,7 +197,7 @@ async fn reconcile_once(
     // leader until it steps down; it must not change membership any more
     // (openraft 0.9 panics if it does).
     if !voters.contains(&cluster.node_id) {
-        return Ok(());
+        return Ok(None);
     }
     let gossip = cluster.gossip.members().await;
     let now = Instant::now();
@@ -241,7 +244,7 @@ async fn reconcile_once(
                 .raft
                 .add_learner(member.node_id, addr, false)
                 .await?;
-            return Ok(());
+            return Ok(Some(format!("added node {} as a learner", member.node_id)));
         }
     }
 
@@ -277,9 +280,11 @@ async fn reconcile_once(
         tracing::info!(dead, ?next, "replacing a dead voter");
         cluster
             .raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(next), false)
+            .change_membership(ChangeMembers::ReplaceAllVoters(next.clone()), false)
             .await?;
-        return Ok(());
+        return Ok(Some(format!(
+            "removed dead voter {dead}; voters now {next:?}"
+        )));
     }
     if let Some(dead) = learners.iter().copied().find(|id| expired(id)) {
         tracing::info!(dead, "removing a dead learner");
@@ -287,7 +292,7 @@ async fn reconcile_once(
             .raft
             .change_membership(ChangeMembers::RemoveNodes([dead].into()), false)
             .await?;
-        return Ok(());
+        return Ok(Some(format!("removed dead learner {dead}")));
     }
     // Promote caught-up learners up to the voter target.
     if voters.len() < cluster.voters {
@@ -297,7 +302,8 @@ async fn reconcile_once(
                 .raft
                 .change_membership(ChangeMembers::AddVoterIds([learner].into()), false)
                 .await?;
+            return Ok(Some(format!("promoted learner {learner} to voter")));
         }
     }
-    Ok(())
+    Ok(None)
 }

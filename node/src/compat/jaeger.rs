@@ -13,9 +13,10 @@ use shoal_search::record::now_nanos;
 use shoal_search::{AggregateRequest, Hit, Kind, KindFilter, SearchOrder, SearchRequest};
 use utoipa::ToSchema;
 
+use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ApiResult, ErrorCode, ErrorDetail};
 use crate::api::extract::{Params, PathText};
-use crate::api::logs::{fetch_traces, parse_duration};
+use crate::api::logs::{fetch_traces, parse_duration, readable_streams};
 use crate::api::AppState;
 use crate::services::logs;
 
@@ -164,13 +165,19 @@ fn tag(key: impl Into<String>, kind: &'static str, value: impl Into<Value>) -> J
     }
 }
 
-async fn span_values(app: &AppState, field: &str, services: Vec<String>) -> ApiResult<Vec<String>> {
-    let filter = SearchRequest {
+async fn span_values(
+    app: &AppState,
+    caller: &Caller,
+    field: &str,
+    services: Vec<String>,
+) -> ApiResult<Vec<String>> {
+    let mut filter = SearchRequest {
         kind: KindFilter::Span,
         services,
         limit: 1,
         ..Default::default()
     };
+    readable_streams(app, caller, &mut filter.streams).await?;
     let request = AggregateRequest {
         filter,
         interval: None,
@@ -199,8 +206,13 @@ async fn span_values(app: &AppState, field: &str, services: Vec<String>) -> ApiR
         (status = 500, response = crate::api::doc::Internal),
     )
 )]
-pub async fn services(State(app): State<AppState>) -> ApiResult<Json<JaegerAnswer<String>>> {
-    Ok(data(span_values(&app, "service", Vec::new()).await?))
+pub async fn services(
+    caller: Caller,
+    State(app): State<AppState>,
+) -> ApiResult<Json<JaegerAnswer<String>>> {
+    Ok(data(
+        span_values(&app, &caller, "service", Vec::new()).await?,
+    ))
 }
 
 #[utoipa::path(
@@ -219,10 +231,13 @@ pub async fn services(State(app): State<AppState>) -> ApiResult<Json<JaegerAnswe
     )
 )]
 pub async fn service_operations(
+    caller: Caller,
     State(app): State<AppState>,
     PathText(service): PathText,
 ) -> ApiResult<Json<JaegerAnswer<String>>> {
-    Ok(data(span_values(&app, "name", vec![service]).await?))
+    Ok(data(
+        span_values(&app, &caller, "name", vec![service]).await?,
+    ))
 }
 
 #[utoipa::path(
@@ -241,13 +256,14 @@ pub async fn service_operations(
     )
 )]
 pub async fn operations(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
 ) -> ApiResult<Json<JaegerAnswer<JaegerOperation>>> {
     let service = params
         .string("service")
         .ok_or_else(|| ApiError::bad_request("service is required"))?;
-    let names = span_values(&app, "name", vec![service.to_string()]).await?;
+    let names = span_values(&app, &caller, "name", vec![service.to_string()]).await?;
     Ok(data(
         names
             .into_iter()
@@ -276,11 +292,12 @@ pub async fn operations(
     )
 )]
 pub async fn trace(
+    caller: Caller,
     State(app): State<AppState>,
     PathText(trace_id): PathText,
 ) -> ApiResult<Response> {
     let trace_id = crate::api::logs::trace_id_param(&trace_id)?;
-    let (hits, _) = fetch_traces(&app, vec![trace_id.clone()]).await?;
+    let (hits, _) = fetch_traces(&app, &caller, vec![trace_id.clone()]).await?;
     let traces = jaeger_traces(&hits);
     if traces.is_empty() {
         let message = format!("trace {trace_id} not found");
@@ -370,6 +387,7 @@ fn tags_query(params: &Params) -> ApiResult<String> {
     )
 )]
 pub async fn find_traces(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
 ) -> ApiResult<Json<JaegerAnswer<JaegerTrace>>> {
@@ -397,7 +415,7 @@ pub async fn find_traces(
             .map(|t| parse_duration(t).map(|d| d as u64))
             .transpose()
     };
-    let request = SearchRequest {
+    let mut request = SearchRequest {
         query: tags_query(&params)?,
         kind: KindFilter::Span,
         since: Some(since),
@@ -417,6 +435,7 @@ pub async fn find_traces(
         limit: shoal_search::MAX_LIMIT,
         ..Default::default()
     };
+    readable_streams(&app, &caller, &mut request.streams).await?;
     let (spans, _) = logs::search(&app.shoal, request).await?;
     let mut seen = BTreeSet::new();
     let mut trace_ids = Vec::new();
@@ -431,7 +450,7 @@ pub async fn find_traces(
     if trace_ids.is_empty() {
         return Ok(data(Vec::new()));
     }
-    let (hits, _) = fetch_traces(&app, trace_ids.clone()).await?;
+    let (hits, _) = fetch_traces(&app, &caller, trace_ids.clone()).await?;
     let mut traces = jaeger_traces(&hits);
     // Newest match first, as the search found them.
     traces.sort_by_key(|t| trace_ids.iter().position(|id| *id == t.trace_id));

@@ -1,7 +1,7 @@
 //! Logs and traces over HTTP: ingest into a stream, cluster-wide search,
 //! aggregations, live tail (SSE), streams, and whole traces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use super::model::SseEvent;
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
 use crate::services::sql_worker::{self, SqlWorkerError};
+use shoal_acl::{Access, Resource};
 
 /// Most records one SQL query may read, over all nodes (query cost limit).
 pub const MAX_SQL_ROWS: usize = 200_000;
@@ -154,11 +155,12 @@ pub async fn ingest(
     )
 )]
 pub async fn search(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
     Body(body): Body,
 ) -> ApiResult<Json<LogSearchResult>> {
-    run_search(app, params, body).await
+    run_search(app, caller, params, body).await
 }
 
 #[utoipa::path(
@@ -198,21 +200,24 @@ pub async fn search(
     )
 )]
 pub async fn search_post(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
     Body(body): Body,
 ) -> ApiResult<Json<LogSearchResult>> {
-    run_search(app, params, body).await
+    run_search(app, caller, params, body).await
 }
 
 async fn run_search(
     app: AppState,
+    caller: Caller,
     params: Params,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<LogSearchResult>> {
     let started = std::time::Instant::now();
     let params = params_of(params, &body)?;
-    let request = search_request(&params, now_nanos())?;
+    let mut request = search_request(&params, now_nanos())?;
+    readable_streams(&app, &caller, &mut request.streams).await?;
     let limit = request.limit;
     let (hits, report) = logs::search(&app.shoal, request).await?;
     let next_cursor = (hits.len() == limit)
@@ -260,11 +265,12 @@ async fn run_search(
     )
 )]
 pub async fn aggregate(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
     Body(body): Body,
 ) -> ApiResult<Json<LogAggregation>> {
-    run_aggregate(app, params, body).await
+    run_aggregate(app, caller, params, body).await
 }
 
 #[utoipa::path(
@@ -304,15 +310,17 @@ pub async fn aggregate(
     )
 )]
 pub async fn aggregate_post(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
     Body(body): Body,
 ) -> ApiResult<Json<LogAggregation>> {
-    run_aggregate(app, params, body).await
+    run_aggregate(app, caller, params, body).await
 }
 
 async fn run_aggregate(
     app: AppState,
+    caller: Caller,
     params: Params,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<LogAggregation>> {
@@ -320,6 +328,7 @@ async fn run_aggregate(
     let params = params_of(params, &body)?;
     let now = now_nanos();
     let mut filter = search_request(&params, now)?;
+    readable_streams(&app, &caller, &mut filter.streams).await?;
     // Dashboards ask for a window; default to the last hour.
     let since = *filter.since.get_or_insert(now - 3_600_000_000_000);
     let until = *filter.until.get_or_insert(now);
@@ -393,8 +402,11 @@ async fn run_aggregate(
         (status = 500, response = crate::api::doc::Internal),
     )
 )]
-pub async fn streams(State(app): State<AppState>) -> ApiResult<Json<LogStreams>> {
-    let (per_node, report) = logs::streams(&app.shoal).await?;
+pub async fn streams(caller: Caller, State(app): State<AppState>) -> ApiResult<Json<LogStreams>> {
+    let (mut per_node, report) = logs::streams(&app.shoal).await?;
+    for streams in per_node.values_mut() {
+        streams.retain(|stream| caller.may(Resource::Logs, &stream.name, Access::Read));
+    }
     let mut totals: BTreeMap<String, (u64, u64, usize, Vec<u64>)> = BTreeMap::new();
     for (node, streams) in &per_node {
         for stream in streams {
@@ -450,11 +462,12 @@ pub fn trace_id_param(raw: &str) -> ApiResult<String> {
     )
 )]
 pub async fn trace(
+    caller: Caller,
     State(app): State<AppState>,
     PathText(trace_id): PathText,
 ) -> ApiResult<Response> {
     let trace_id = trace_id_param(&trace_id)?;
-    let (hits, report) = fetch_traces(&app, vec![trace_id.clone()]).await?;
+    let (hits, report) = fetch_traces(&app, &caller, vec![trace_id.clone()]).await?;
     if hits.is_empty() {
         let error = ApiError::new(
             StatusCode::NOT_FOUND,
@@ -487,19 +500,58 @@ pub async fn trace(
     .into_response())
 }
 
-/// All records (spans and logs) of these traces, oldest first.
+/// All records (spans and logs) of these traces the caller may read,
+/// oldest first.
 pub async fn fetch_traces(
     app: &AppState,
+    caller: &Caller,
     trace_ids: Vec<String>,
 ) -> ApiResult<(Vec<Hit>, NodeReport)> {
-    let request = SearchRequest {
+    let mut request = SearchRequest {
         kind: KindFilter::Any,
         trace_ids,
         order: SearchOrder::Oldest,
         limit: shoal_search::MAX_LIMIT,
         ..Default::default()
     };
+    readable_streams(app, caller, &mut request.streams).await?;
     Ok(logs::search(&app.shoal, request).await?)
+}
+
+/// Narrows a request's streams (empty: all) to those the caller may read.
+/// A caller that may read every stream is not narrowed; one that names
+/// streams must be allowed to read each (403); one that names none reads
+/// the streams it may read among those the cluster holds now (a live tail
+/// keeps that list: streams created later are not in it).
+pub async fn readable_streams(
+    app: &AppState,
+    caller: &Caller,
+    streams: &mut Vec<String>,
+) -> ApiResult<()> {
+    if caller
+        .identity
+        .allows_under(Resource::Logs, "", Access::Read)
+    {
+        return Ok(());
+    }
+    if !streams.is_empty() {
+        for stream in streams.iter() {
+            caller.require(Resource::Logs, stream, Access::Read)?;
+        }
+        return Ok(());
+    }
+    let (per_node, _) = logs::streams(&app.shoal).await?;
+    let mut readable: BTreeSet<String> = per_node
+        .into_values()
+        .flatten()
+        .map(|stream| stream.name)
+        .filter(|name| caller.may(Resource::Logs, name, Access::Read))
+        .collect();
+    if readable.is_empty() {
+        readable.insert(shoal_search::NO_STREAM.to_string());
+    }
+    *streams = readable.into_iter().collect();
+    Ok(())
 }
 
 /// Live tail (SSE): records that become searchable after the request,
@@ -538,6 +590,8 @@ pub async fn tail(
     params: Params,
 ) -> ApiResult<Response> {
     let mut request = search_request(&params, now_nanos())?;
+    readable_streams(&app, &caller, &mut request.streams).await?;
+    let streams = request.streams.clone();
     let backlog = params.number("backlog")?.unwrap_or(0).min(1000) as usize;
     if backlog == 0 {
         // A query that does not parse must be refused now, with a 400, not
@@ -609,7 +663,15 @@ pub async fn tail(
     });
     let stream = futures::StreamExt::take_until(
         ReceiverStream::new(receiver).map(Ok::<Event, Infallible>),
-        caller.revoked(app.shoal.acl.clone()),
+        caller.revoked(app.shoal.acl.clone(), move |identity| {
+            if streams.is_empty() {
+                identity.allows_under(Resource::Logs, "", Access::Read)
+            } else {
+                streams
+                    .iter()
+                    .all(|stream| identity.allows(Resource::Logs, stream, Access::Read))
+            }
+        }),
     );
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::default())
@@ -658,12 +720,13 @@ fn record_event(hit: &Hit) -> Event {
     )
 )]
 pub async fn sql_get(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Json<LogSqlResult>> {
-    run_sql(app, params, headers, body).await
+    run_sql(app, caller, params, headers, body).await
 }
 
 #[utoipa::path(
@@ -692,16 +755,18 @@ pub async fn sql_get(
     )
 )]
 pub async fn sql(
+    caller: Caller,
     State(app): State<AppState>,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Json<LogSqlResult>> {
-    run_sql(app, params, headers, body).await
+    run_sql(app, caller, params, headers, body).await
 }
 
 async fn run_sql(
     app: AppState,
+    caller: Caller,
     params: Params,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -725,7 +790,8 @@ async fn run_sql(
             .map_err(|_| needs_query())?
             .query
     };
-    let plan = shoal_search::sql::plan(&query, now_nanos()).map_err(ApiError::from)?;
+    let mut plan = shoal_search::sql::plan(&query, now_nanos()).map_err(ApiError::from)?;
+    readable_streams(&app, &caller, &mut plan.filter.streams).await?;
     let (hits, report) = logs::scan(&app.shoal, plan.filter.clone(), MAX_SQL_ROWS + 1).await?;
     if hits.len() > MAX_SQL_ROWS {
         return Err(ApiError::new(
