@@ -17,6 +17,7 @@ mod runner;
 #[allow(dead_code)]
 #[path = "stats.rs"]
 mod stats;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -161,37 +162,6 @@ enum Tls {
     Everywhere,
 }
 
-/// Makes a CA and a node certificate with `shoal tls` in `dir`; the flags
-/// that turn TLS on with them, and the CA's PEM.
-fn tls_args(bin: &Path, dir: &Path, tls: Tls) -> anyhow::Result<(Vec<String>, Vec<u8>)> {
-    let certs = dir.join("certs");
-    let dir_arg = certs.display().to_string();
-    for args in [
-        vec!["tls", "ca", "--dir", &dir_arg],
-        vec!["tls", "cert", "node", "--dir", &dir_arg],
-    ] {
-        let output = Command::new(bin).args(&args).output()?;
-        if !output.status.success() {
-            bail!(
-                "shoal {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-    let path = |file: &str| certs.join(file).display().to_string();
-    let mut args = vec![
-        "--tls-cert".into(),
-        path("node.pem"),
-        "--tls-key".into(),
-        path("node-key.pem"),
-    ];
-    if tls == Tls::Everywhere {
-        args.extend(["--tls-ca".into(), path("ca.pem")]);
-    }
-    Ok((args, std::fs::read(certs.join("ca.pem"))?))
-}
-
 impl Cluster {
     fn shoal(bin: &Path, acl: bool, tls: Tls) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
@@ -212,7 +182,7 @@ impl Cluster {
         let ca_pem = if tls == Tls::Off {
             None
         } else {
-            let (args, ca_pem) = tls_args(bin, dir.path(), tls)?;
+            let (args, ca_pem) = crate::tls::tls_args(bin, dir.path(), tls == Tls::Everywhere)?;
             acl_args.extend(args);
             Some(ca_pem)
         };

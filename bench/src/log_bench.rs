@@ -20,6 +20,7 @@ mod node;
 mod runner;
 #[allow(dead_code)]
 mod stats;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -65,6 +66,10 @@ struct Args {
     /// policy allows ingest and search on the bench's stream.
     #[arg(long)]
     acl: bool,
+    /// Serve the API over TLS (certificates made with `shoal tls`); the
+    /// clients trust its CA.
+    #[arg(long)]
+    tls: bool,
 }
 
 const SERVICES: &[&str] = &[
@@ -287,6 +292,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.acl {
         println!("# ACLs on: every request carries a token with a logs policy");
     }
+    if args.tls {
+        println!("# TLS on the API: every request is https");
+    }
     let scratch = tempfile::Builder::new().prefix("log-bench-").tempdir()?;
     let raw = args
         .data
@@ -319,12 +327,19 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.acl {
         extra.extend(acl::acl_args(scratch.path())?);
     }
-    let mut node = Node::spawn_with(&binary, &extra)?;
+    let ca_pem = if args.tls {
+        let (tls_args, ca_pem) = tls::tls_args(&binary, scratch.path(), false)?;
+        extra.extend(tls_args);
+        Some(ca_pem)
+    } else {
+        None
+    };
+    let mut node = Node::spawn_with(&binary, &extra, ca_pem.as_deref())?;
     node.wait_ready(Duration::from_secs(30)).await?;
     let token = if args.acl {
         // A shipper's and a dashboard's token: ingest and search the logs.
         let rules = serde_json::json!([{"resource": "logs", "match": "", "access": "write"}]);
-        Some(acl::issue_token(&node.api, "log-bench", rules, None).await?)
+        Some(acl::issue_token(&node.api, "log-bench", rules, ca_pem.as_deref()).await?)
     } else {
         None
     };
@@ -335,7 +350,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
     }
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder();
+    if let Some(pem) = &ca_pem {
+        client = client.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    let client = client
         .no_proxy()
         .default_headers(headers)
         .timeout(Duration::from_secs(120))

@@ -263,7 +263,7 @@ impl Deployment {
             System::Shoal => {
                 let quiet = ["--log-level".to_string(), "warn".to_string()];
                 let mut nodes = if n == 1 {
-                    vec![Node::spawn_with(shoal_bin, &quiet)?]
+                    vec![Node::spawn_with(shoal_bin, &quiet, None)?]
                 } else {
                     Node::spawn_cluster(shoal_bin, n, &quiet)?
                 };

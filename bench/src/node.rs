@@ -67,10 +67,19 @@ impl Node {
         Node::start(bench_node(binary))
     }
 
-    /// A node on fresh ports, with extra `serve` flags.
+    /// A node on fresh ports, with extra `serve` flags; with `ca_pem`, its
+    /// API is https with a certificate of that CA.
     #[allow(dead_code)] // log-bench and msg-bench only
-    pub fn spawn_with(binary: &Path, extra: &[String]) -> anyhow::Result<Node> {
-        Node::start(bench_node(binary).args(extra))
+    pub fn spawn_with(
+        binary: &Path,
+        extra: &[String],
+        ca_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Node> {
+        let builder = bench_node(binary).args(extra);
+        Node::start(match ca_pem {
+            Some(pem) => builder.https(pem),
+            None => builder,
+        })
     }
 
     fn start(builder: shoal_testkit::NodeBuilder) -> anyhow::Result<Node> {

@@ -640,6 +640,12 @@ impl Settings {
                 flags.$field.clone().or(file.$field.clone())
             };
         }
+        // A size setting given in MiB, in bytes.
+        let mib = |value: Option<u64>, name: &str| {
+            value
+                .unwrap_or_else(|| default_of::<u64>(name))
+                .saturating_mul(1 << 20)
+        };
         let seeds = if flags.seed.is_empty() {
             file.seed.clone()
         } else {
@@ -687,9 +693,7 @@ impl Settings {
             election_timeout_ms: pick!(election_timeout_ms)
                 .unwrap_or_else(|| default_of("election_timeout_ms")),
             log_level: pick!(log_level).unwrap_or_else(|| default_of("log_level")),
-            log_max_file_bytes: pick!(log_max_file_mb)
-                .unwrap_or_else(|| default_of("log_max_file_mb"))
-                .saturating_mul(1 << 20),
+            log_max_file_bytes: mib(pick!(log_max_file_mb), "log_max_file_mb"),
             log_max_files: pick!(log_max_files).unwrap_or_else(|| default_of("log_max_files")),
             otlp_endpoint: pick!(otlp_endpoint),
             max_value_bytes: pick!(max_value_bytes)
@@ -729,34 +733,20 @@ impl Settings {
             otlp_http: optional_listener(pick!(otlp_http), default_of("otlp_http"), "otlp-http")?,
             logs_retention_days: pick!(logs_retention_days)
                 .unwrap_or_else(|| default_of("logs_retention_days")),
-            logs_retention_bytes: pick!(logs_retention_mb)
-                .unwrap_or_else(|| default_of("logs_retention_mb"))
-                .saturating_mul(1 << 20),
+            logs_retention_bytes: mib(pick!(logs_retention_mb), "logs_retention_mb"),
             logs_stream_retention: stream_retention(if flags.logs_stream_retention.is_empty() {
                 &file.logs_stream_retention
             } else {
                 &flags.logs_stream_retention
             })?,
-            logs_wal_max_bytes: pick!(logs_wal_max_mb)
-                .unwrap_or_else(|| default_of("logs_wal_max_mb"))
-                .saturating_mul(1 << 20),
-            logs_indexing_max_bytes: pick!(logs_indexing_max_mb)
-                .unwrap_or_else(|| default_of("logs_indexing_max_mb"))
-                .saturating_mul(1 << 20),
-            subscriber_buffer_bytes: pick!(subscriber_buffer_mb)
-                .unwrap_or_else(|| default_of("subscriber_buffer_mb"))
-                .saturating_mul(1 << 20),
-            quota_backend_bytes: pick!(quota_backend_mb)
-                .unwrap_or_else(|| default_of("quota_backend_mb"))
-                .saturating_mul(1 << 20),
-            min_free_disk_bytes: pick!(min_free_disk_mb)
-                .unwrap_or_else(|| default_of("min_free_disk_mb"))
-                .saturating_mul(1 << 20),
+            logs_wal_max_bytes: mib(pick!(logs_wal_max_mb), "logs_wal_max_mb"),
+            logs_indexing_max_bytes: mib(pick!(logs_indexing_max_mb), "logs_indexing_max_mb"),
+            subscriber_buffer_bytes: mib(pick!(subscriber_buffer_mb), "subscriber_buffer_mb"),
+            quota_backend_bytes: mib(pick!(quota_backend_mb), "quota_backend_mb"),
+            min_free_disk_bytes: mib(pick!(min_free_disk_mb), "min_free_disk_mb"),
             logs_max_streams: pick!(logs_max_streams)
                 .unwrap_or_else(|| default_of("logs_max_streams")),
-            logs_disk_max_bytes: pick!(logs_disk_max_mb)
-                .unwrap_or_else(|| default_of("logs_disk_max_mb"))
-                .saturating_mul(1 << 20),
+            logs_disk_max_bytes: mib(pick!(logs_disk_max_mb), "logs_disk_max_mb"),
             logs_max_body_bytes: usize::try_from(
                 pick!(logs_max_body_mb)
                     .unwrap_or_else(|| default_of::<u64>("logs_max_body_mb"))

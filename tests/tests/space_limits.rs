@@ -38,6 +38,19 @@ async fn fill_until_refused(
     panic!("{max} puts of {VALUE_BYTES} bytes were all taken");
 }
 
+/// Puts `key` through `node` until the node refuses it (an alarm takes a
+/// check or two to be raised and to reach every node); the refusal.
+async fn put_until_refused(node: &Node, key: &str) -> Reply {
+    wait_for(T, &format!("a put of {key} refused"), || async {
+        let reply = node.put_with(key, &random_value(), &[]).await;
+        match reply.status {
+            StatusCode::OK => Err("taken".to_string()),
+            _ => Ok(reply),
+        }
+    })
+    .await
+}
+
 fn assert_refused(reply: &Reply, code: &str, alarm: &str) {
     assert_eq!(
         reply.status,
@@ -169,14 +182,7 @@ async fn one_nodes_quota_alarm_refuses_writes_on_every_node() {
     for i in 0..3 {
         let node = cluster.node(i);
         // Each node learns of the alarm from gossip within a check or two.
-        let reply = wait_for(T, &format!("a put refused by node {i}"), || async {
-            let reply = node.put_with("c/more", &random_value(), &[]).await;
-            match reply.status {
-                StatusCode::OK => Err("taken".to_string()),
-                _ => Ok(reply),
-            }
-        })
-        .await;
+        let reply = put_until_refused(node, "c/more").await;
         assert_refused(&reply, "quota_exceeded", "quota");
         assert_values(node, &acked[acked.len() - 3..]).await;
         for (id, alarms) in alarms_by_node(node).await {
@@ -283,14 +289,7 @@ async fn nearly_full_disk_refuses_writes_and_the_node_stays_up() {
 
     // Something else takes the disk down to 16 MiB free.
     fs.fill_leaving("filler", 16 << 20);
-    let refused = wait_for(T, "a put refused for want of disk", || async {
-        let reply = node.put_with("d/late", &random_value(), &[]).await;
-        match reply.status {
-            StatusCode::OK => Err("taken".to_string()),
-            _ => Ok(reply),
-        }
-    })
-    .await;
+    let refused = put_until_refused(&node, "d/late").await;
     assert_refused(&refused, "insufficient_storage", "disk");
     let logs = ingest(&node, "{\"message\": \"while full\"}\n").await;
     assert_eq!(
