@@ -21,6 +21,7 @@ mod api_server;
 mod cli;
 mod cluster;
 mod compat;
+mod disk_full;
 mod faults;
 mod routes;
 mod server;
@@ -102,23 +103,30 @@ fn main() -> std::process::ExitCode {
         }
     };
     let mut store_closed = None;
+    // A node's settings, kept for the wait after a full disk stopped it.
+    let mut node_settings = None;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => server::run(Settings::resolve(args)?, &mut store_closed).await,
+            Command::Serve(args) => {
+                let settings = Settings::resolve(args)?;
+                node_settings = Some(settings.clone());
+                server::run(settings, &mut store_closed).await
+            }
             Command::Dev(mut args) => {
                 args.bootstrap_expect.get_or_insert(1);
                 let mut settings = Settings::resolve(args)?;
                 settings.outbound_policy.allow_loopback();
+                node_settings = Some(settings.clone());
                 let try_first = if settings.acl {
                     "shoal acl bootstrap, then export SHOAL_TOKEN=<its secret>"
                 } else {
                     "shoal kv put hello world && shoal kv get hello"
                 };
-                eprintln!(
+                disk_full::to_stderr(format_args!(
                     "shoal dev: single node, data in {}, API on http://{}\n  try: {try_first}",
                     settings.data_dir.display(),
                     settings.api
-                );
+                ));
                 server::run(settings, &mut store_closed).await
             }
             client_command => cli::run(client_command).await,
@@ -130,13 +138,20 @@ fn main() -> std::process::ExitCode {
     drop(runtime);
     if let Some(closed) = store_closed {
         if !closed.wait(STORE_CLOSE_TIMEOUT) {
-            eprintln!("warning: the database was not closed within {STORE_CLOSE_TIMEOUT:?}; exiting anyway");
+            disk_full::to_stderr(format_args!(
+                "warning: the database was not closed within {STORE_CLOSE_TIMEOUT:?}; exiting anyway"
+            ));
         }
     }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            disk_full::to_stderr(format_args!("error: {e:#}"));
+            if let Some(settings) = node_settings.filter(|_| disk_full::caused_by_full_disk(&e)) {
+                let e = disk_full::wait_then_restart(&settings);
+                disk_full::to_stderr(format_args!("error: {e:#}"));
+                return std::process::ExitCode::FAILURE;
+            }
             if e.downcast_ref::<settings::Unprotected>().is_some() {
                 // A usage error, like clap's: the command line must change.
                 return std::process::ExitCode::from(2);

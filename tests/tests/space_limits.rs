@@ -2,7 +2,9 @@
 //! free-disk reserve (`--min-free-disk-mb`) of any live node, writes that add
 //! data are refused with 507 while reads, deletes and compaction go on; the
 //! node stays up, keeps every acknowledged write, and takes writes again
-//! once space is freed.
+//! once space is freed. A disk filled to its last byte stops the node's
+//! Raft, and the node waits in place (answering 507) instead of exiting,
+//! then restarts itself once there is room.
 
 use std::path::Path;
 use std::time::Duration;
@@ -252,6 +254,23 @@ impl SmallFilesystem {
     }
 }
 
+impl SmallFilesystem {
+    /// Writes a file of zeros until the file system has no byte left.
+    fn fill_completely(&self, name: &str) {
+        let mut file = std::fs::File::create(self.path().join(name)).expect("create the filler");
+        let block = vec![0u8; 64 << 10];
+        loop {
+            match std::io::Write::write(&mut file, &block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("writing the filler: {e}"),
+            }
+        }
+        assert_eq!(self.free_bytes(), 0, "the filler left room");
+    }
+}
+
 impl Drop for SmallFilesystem {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
@@ -336,5 +355,128 @@ async fn nearly_full_disk_refuses_writes_and_the_node_stays_up() {
     for (key, _) in deleted {
         assert_eq!(node.get(key).await.0, StatusCode::NOT_FOUND, "{key}");
     }
+    assert_eq!(kv_value(&node.get_kv("d/back").await), b"room again");
+}
+
+/// Takes a node that is waiting for disk space: reads 503, writes 507,
+/// `/health` 200 (the process lives), not ready.
+async fn wait_for_stand_in(node: &Node) {
+    wait_for(
+        T,
+        "the node answering 507 as it waits for space",
+        || async {
+            let reply = node
+                .try_request(Method::PUT, "/v1/kv/while-full", Duration::from_secs(5))
+                .await?;
+            if reply.status != StatusCode::INSUFFICIENT_STORAGE
+                || reply.body["error"]["message"]
+                    .as_str()
+                    .is_none_or(|m| !m.contains("restarts by itself"))
+            {
+                return Err(reply.describe());
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let refused = node.put_with("d/full", b"no room", &[]).await;
+    assert_refused(&refused, "insufficient_storage", "disk");
+    assert_eq!(
+        node.get_path("/ready").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(node.get_path("/health").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_full_to_the_last_byte_stops_the_node_in_place_until_space_returns() {
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPING: mounting a small tmpfs needs root");
+        return;
+    }
+    let fs = SmallFilesystem::mount(128);
+    let mut node = Node::builder()
+        .temp_root(fs.path())
+        .args(&["--min-free-disk-mb", "8"])
+        .start()
+        .await;
+    let pid = node.pid();
+    let mut kept = Vec::new();
+    for i in 0..20 {
+        let key = format!("d/{i:02}");
+        let value = random_value();
+        node.put(&key, &value).await;
+        kept.push((key, value));
+    }
+
+    // Something else takes every byte. Deletes still pass the disk alarm
+    // and need room in the Raft log: one of them fails on ENOSPC, which
+    // stops the node's Raft.
+    fs.fill_completely("filler");
+    // The first deletes are of acknowledged keys (a failed one may or may
+    // not have happened: it is checked no further), the rest of absent ones.
+    let mut deleted = Vec::new();
+    let mut failed = false;
+    let absent = "x".repeat(1000);
+    for i in 0..10_000 {
+        let acked = kept.len() > 15;
+        let key = match kept.pop() {
+            Some((key, _)) if acked => key,
+            Some(entry) => {
+                kept.push(entry);
+                format!("gone/{absent}{i}")
+            }
+            None => unreachable!("twenty keys were written"),
+        };
+        let reply = node
+            .try_request(Method::DELETE, &format!("/v1/kv/{key}"), T)
+            .await;
+        if !matches!(&reply, Ok(reply) if reply.status == StatusCode::OK) {
+            failed = true;
+            break;
+        }
+        if acked {
+            deleted.push(key);
+        }
+    }
+    assert!(failed, "10 000 deletes were taken on a full disk");
+    wait_for_stand_in(&node).await;
+    assert_eq!(node.pid(), pid, "the node is not the same process");
+
+    // Space comes back: the node restarts in place and has every
+    // acknowledged write, and none of the acknowledged deletes.
+    std::fs::remove_file(fs.path().join("filler")).expect("remove the filler");
+    node.wait_ready().await;
+    assert_eq!(node.pid(), pid, "the node is not the same process");
+    assert_values(&node, &kept).await;
+    for key in &deleted {
+        assert_eq!(node.get(key).await.0, StatusCode::NOT_FOUND, "{key}");
+    }
+    node.put("d/back", b"room again").await;
+
+    // A node started on a full disk waits too, instead of exiting.
+    node.kill9();
+    fs.fill_completely("filler");
+    node.restart_no_wait();
+    wait_for(T, "a put refused on a full disk", || async {
+        let reply = node
+            .try_request(
+                Method::PUT,
+                "/v1/kv/d/after-restart",
+                Duration::from_secs(5),
+            )
+            .await?;
+        match reply.status {
+            StatusCode::INSUFFICIENT_STORAGE => Ok(()),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(node.is_running(), "the node exited on a full disk");
+    std::fs::remove_file(fs.path().join("filler")).expect("remove the filler");
+    node.wait_ready().await;
+    assert_values(&node, &kept).await;
     assert_eq!(kv_value(&node.get_kv("d/back").await), b"room again");
 }

@@ -140,7 +140,7 @@ fn names(bits: u8) -> Vec<&'static str> {
 }
 
 /// Bytes free for unprivileged writers on the file system holding `path`.
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: statvfs writes only into the struct it is given, and `path`
