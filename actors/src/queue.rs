@@ -154,15 +154,11 @@ impl<T> BoundedQueue<T> {
                 return Pushed::Closed;
             }
             let budget = self.limits.budget.as_deref();
-            let held = state.bytes + bytes;
-            if budget.is_some_and(|b| b.used() + bytes > b.limit && held > b.fair_share()) {
-                self.shut(&mut state);
+            // Only a backlog counts against the fair share: a consumer that
+            // keeps up is not cut off for the size of the one message it is sent.
+            if budget.is_some_and(|b| b.used() + bytes > b.limit && state.bytes > b.fair_share()) {
+                self.shut_and_empty(&mut state);
                 self.cut_off.store(true, Ordering::Release);
-                let freed = std::mem::take(&mut state.bytes);
-                state.items.clear();
-                if let Some(budget) = budget {
-                    budget.give_back(freed);
-                }
                 metrics::counter!("shoal_subscribers_cut_off_total").increment(1);
                 Pushed::Closed
             } else {
@@ -173,7 +169,9 @@ impl<T> BoundedQueue<T> {
                 let mut outcome = Pushed::Queued;
                 while !fits(&state) && !state.items.is_empty() {
                     if self.overflow == Overflow::Disconnect {
-                        self.shut(&mut state);
+                        // A consumer that cannot take what it is sent may
+                        // never read its backlog either: free it now.
+                        self.shut_and_empty(&mut state);
                         outcome = Pushed::Closed;
                         break;
                     }
@@ -200,6 +198,17 @@ impl<T> BoundedQueue<T> {
     fn shut(&self, state: &mut State<T>) {
         state.closed = true;
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// Closes the queue and frees what it holds (the consumer is told it was
+    /// closed, not sent the rest).
+    fn shut_and_empty(&self, state: &mut State<T>) {
+        self.shut(state);
+        state.items.clear();
+        let freed = std::mem::take(&mut state.bytes);
+        if let Some(budget) = &self.limits.budget {
+            budget.give_back(freed);
+        }
     }
 
     fn release(&self, state: &mut State<T>, bytes: u64) {
@@ -336,11 +345,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn disconnect_closes_on_overflow() {
-        let queue = BoundedQueue::new(limits(1, None), Overflow::Disconnect);
-        assert_eq!(queue.push(1, 1), Pushed::Queued);
-        assert_eq!(queue.push(2, 1), Pushed::Closed);
-        assert_eq!(queue.next_batch(10).await.unwrap().items, vec![1]);
+    async fn disconnect_closes_on_overflow_and_frees_the_backlog() {
+        let budget = BufferBudget::new(1000);
+        let queue = BoundedQueue::new(limits(1, Some(budget.clone())), Overflow::Disconnect);
+        assert_eq!(queue.push(1, 10), Pushed::Queued);
+        assert_eq!(queue.push(2, 10), Pushed::Closed);
+        assert_eq!(budget.used(), 0, "the closed queue's backlog is freed");
         assert!(queue.next_batch(10).await.is_none());
+        assert_eq!(queue.push(3, 10), Pushed::Closed);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_queue_without_a_backlog_is_not_cut_off_past_the_budget() {
+        let budget = BufferBudget::new(1000);
+        let slow = BoundedQueue::new(limits(100, Some(budget.clone())), Overflow::DropOldest);
+        let fast = BoundedQueue::new(limits(100, Some(budget.clone())), Overflow::DropOldest);
+        assert_eq!(slow.push(1, 900), Pushed::Queued);
+        // Bigger than its share (500) and past the budget, but `fast` holds
+        // nothing: it keeps up.
+        assert_eq!(fast.push(1, 600), Pushed::Queued);
+        assert!(!fast.was_cut_off());
+        assert_eq!(fast.next_batch(10).await.unwrap().items, vec![1]);
+        assert_eq!(budget.used(), 900);
     }
 }

@@ -9,10 +9,15 @@
 //! three-node cluster (publisher on node A, subscribers on node B). Every
 //! payload starts with its sequence number and the time it was sent, so the
 //! subscribers count loss and duplicates and measure latency themselves.
+//! The `shoal-tls`, `shoal-acl` and `shoal-tls-acl` targets run the same
+//! with TLS (API over wss, mutual TLS between nodes) and ACLs (clients with
+//! a token of their own) on, for the side-by-side table against plain Shoal.
 //!
 //! See bench/README.md.
 
 // Shared with watch-bench and kv-bench, which use more of them.
+#[path = "acl.rs"]
+mod acl;
 #[allow(dead_code)]
 #[path = "node.rs"]
 mod node;
@@ -21,6 +26,7 @@ mod runner;
 #[allow(dead_code)]
 #[path = "stats.rs"]
 mod stats;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,8 +39,9 @@ use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use shoal_testkit::{free_port, Process};
 
@@ -75,7 +82,10 @@ struct Args {
     /// drop-oldest) and async-nats' subscription capacity (client side).
     #[arg(long, default_value_t = 65536)]
     buffer: u64,
-    /// Systems to measure, comma-separated.
+    /// Systems to measure, comma-separated: nats, shoal, and shoal with
+    /// security on: shoal-tls (API over TLS, wss for the clients, mutual TLS
+    /// between nodes; certificates from `shoal tls`), shoal-acl (--acl; the
+    /// clients' token has a policy of its own), shoal-tls-acl (both).
     #[arg(long, value_delimiter = ',', default_value = "nats,shoal")]
     targets: Vec<String>,
     /// Topologies: `single` (one server) and/or `cluster` (three; publisher on A, subscribers on B).
@@ -134,15 +144,47 @@ fn decode(data: &[u8]) -> Option<(u64, u64)> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
     Nats,
-    Shoal,
+    Shoal(Security),
 }
+
+/// What a Shoal deployment has switched on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Security {
+    tls: bool,
+    acl: bool,
+}
+
+/// Shoal as the comparison with NATS runs it.
+const SHOAL: System = System::Shoal(Security {
+    tls: false,
+    acl: false,
+});
 
 impl System {
     fn name(self) -> &'static str {
         match self {
             System::Nats => "NATS",
-            System::Shoal => "Shoal",
+            System::Shoal(Security { tls, acl }) => match (tls, acl) {
+                (false, false) => "Shoal",
+                (true, false) => "Shoal TLS",
+                (false, true) => "Shoal ACL",
+                (true, true) => "Shoal TLS+ACL",
+            },
         }
+    }
+
+    fn parse(target: &str) -> anyhow::Result<System> {
+        let shoal = |tls, acl| System::Shoal(Security { tls, acl });
+        Ok(match target {
+            "nats" => System::Nats,
+            "shoal" => SHOAL,
+            "shoal-tls" => shoal(true, false),
+            "shoal-acl" => shoal(false, true),
+            "shoal-tls-acl" => shoal(true, true),
+            other => bail!(
+                "unknown target {other:?} (nats, shoal, shoal-tls, shoal-acl or shoal-tls-acl)"
+            ),
+        })
     }
 }
 
@@ -238,10 +280,20 @@ enum Servers {
     Shoal(Vec<Node>),
 }
 
+/// How clients reach a Shoal deployment: TLS and a token when it has them.
+#[derive(Clone, Default)]
+struct Access {
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: Option<String>,
+}
+
 /// One running deployment: one server, or three clustered.
 struct Deployment {
     system: System,
     servers: Servers,
+    access: Access,
+    /// For Shoal's HTTP API (trusting its CA, sending its token).
+    http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -254,18 +306,31 @@ impl Deployment {
         http: &reqwest::Client,
     ) -> anyhow::Result<Deployment> {
         let dir = tempfile::Builder::new().prefix("msg-bench-").tempdir()?;
+        let mut access = Access::default();
+        let mut shoal_http = http.clone();
         let servers = match system {
             System::Nats => {
                 let mut servers = start_nats(&args.nats_bin, n, dir.path())?;
                 wait_nats(&mut servers, http, Duration::from_secs(30)).await?;
                 Servers::Nats(servers)
             }
-            System::Shoal => {
-                let quiet = ["--log-level".to_string(), "warn".to_string()];
-                let mut nodes = if n == 1 {
-                    vec![Node::spawn_with(shoal_bin, &quiet, None)?]
+            System::Shoal(security) => {
+                let mut extra = vec!["--log-level".to_string(), "warn".to_string()];
+                if security.acl {
+                    extra.extend(acl::acl_args(dir.path())?);
+                }
+                let ca_pem = if security.tls {
+                    let (tls_args, ca_pem) = tls::tls_args(shoal_bin, dir.path(), true)?;
+                    extra.extend(tls_args);
+                    access.tls = Some(tls::client_config(dir.path())?);
+                    Some(ca_pem)
                 } else {
-                    Node::spawn_cluster(shoal_bin, n, &quiet)?
+                    None
+                };
+                let mut nodes = if n == 1 {
+                    vec![Node::spawn_with(shoal_bin, &extra, ca_pem.as_deref())?]
+                } else {
+                    Node::spawn_cluster(shoal_bin, n, &extra, ca_pem.as_deref())?
                 };
                 for node in nodes.iter_mut() {
                     node.wait_ready(Duration::from_secs(60))
@@ -274,12 +339,32 @@ impl Deployment {
                             anyhow::anyhow!("shoal node {}: {e:#}\n{}", node.api, node.log_tail(20))
                         })?;
                 }
+                if security.acl {
+                    // A service's token: publish and subscribe under bench.,
+                    // list topics (to see interest), read its config.
+                    let rules = serde_json::json!([
+                        {"resource": "topic", "match": "bench.>", "access": "write"},
+                        {"resource": "topic", "match": ">", "access": "read"},
+                        {"resource": "kv", "match": "config/msg-bench/", "access": "read"},
+                    ]);
+                    access.token = Some(
+                        acl::issue_token(&nodes[0].api, "msg-bench", rules, ca_pem.as_deref())
+                            .await?,
+                    );
+                }
+                shoal_http = shoal_client_http(ca_pem.as_deref(), access.token.as_deref())?;
+                // Every node knows the token (ACLs reach them through Raft).
+                for node in &nodes {
+                    wait_token(&shoal_http, &node.api).await?;
+                }
                 Servers::Shoal(nodes)
             }
         };
         Ok(Deployment {
             system,
             servers,
+            access,
+            http: shoal_http,
             _dir: dir,
         })
     }
@@ -315,16 +400,75 @@ impl Deployment {
     }
 }
 
+/// An HTTP client for Shoal's API: trusting `ca_pem`, sending `token`.
+fn shoal_client_http(
+    ca_pem: Option<&[u8]>,
+    token: Option<&str>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .default_headers(headers);
+    if let Some(pem) = ca_pem {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    Ok(builder.build()?)
+}
+
+/// Waits until `GET /v1/topics` on `api` answers 200 with the client's token.
+async fn wait_token(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let status = http
+            .get(format!("{api}/v1/topics"))
+            .send()
+            .await
+            .map(|r| r.status());
+        match status {
+            Ok(status) if status.is_success() => return Ok(()),
+            _ if started.elapsed() > Duration::from_secs(30) => {
+                bail!("{api} did not take the bench's token within 30 s: {status:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Clients
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn ws_connect(url: String) -> anyhow::Result<Ws> {
+/// The WebSocket URL of `path` on a Shoal API base URL (http or https).
+fn ws_url(endpoint: &str, path: &str) -> String {
+    let base = match endpoint.strip_prefix("https://") {
+        Some(rest) => format!("wss://{rest}"),
+        None => endpoint.replacen("http://", "ws://", 1),
+    };
+    format!("{base}{path}")
+}
+
+async fn ws_connect(url: String, access: &Access) -> anyhow::Result<Ws> {
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(token) = &access.token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    let connector = access.tls.clone().map(Connector::Rustls);
     // TCP_NODELAY on the client side, as async-nats sets it.
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector),
     )
     .await
     .with_context(|| format!("connecting {url}: timed out"))?
@@ -384,12 +528,9 @@ impl Publisher {
                 nats_connect(&endpoint, 1024, events).await?,
                 topic.to_string().into(),
             ),
-            System::Shoal => {
-                let url = format!(
-                    "{}/v1/publish/ws?topic={topic}",
-                    endpoint.replacen("http://", "ws://", 1)
-                );
-                Publisher::Shoal(Box::new(ws_connect(url).await?))
+            System::Shoal(_) => {
+                let url = ws_url(&endpoint, &format!("/v1/publish/ws?topic={topic}"));
+                Publisher::Shoal(Box::new(ws_connect(url, &dep.access).await?))
             }
         })
     }
@@ -472,13 +613,13 @@ impl SubConn {
                     sub,
                 }
             }
-            System::Shoal => {
+            System::Shoal(_) => {
                 // The node registers the subscription before it answers the upgrade.
-                let url = format!(
-                    "{}/v1/subscribe/ws?pattern={topic}&format=raw&buffer={buffer}",
-                    endpoint.replacen("http://", "ws://", 1)
+                let url = ws_url(
+                    &endpoint,
+                    &format!("/v1/subscribe/ws?pattern={topic}&format=raw&buffer={buffer}"),
                 );
-                SubConn::Shoal(Box::new(ws_connect(url).await?))
+                SubConn::Shoal(Box::new(ws_connect(url, &dep.access).await?))
             }
         })
     }
@@ -785,7 +926,6 @@ async fn run_one(
     size: usize,
     count: u64,
     args: &Args,
-    http: &reqwest::Client,
 ) -> anyhow::Result<Outcome> {
     let topic = format!("bench.r{}", RUN.fetch_add(1, Ordering::Relaxed));
     let subscribers = if scenario == Scenario::Fanout {
@@ -807,10 +947,11 @@ async fn run_one(
             SubConn::connect(dep, subscribe_node, &topic, args.buffer, events.clone()).await?,
         );
     }
-    let interest_wait = if dep.system == System::Shoal && publish_node != subscribe_node {
+    let interest_wait = if matches!(dep.system, System::Shoal(_)) && publish_node != subscribe_node
+    {
         Some(
             wait_interest(
-                http,
+                &dep.http,
                 &dep.endpoint(publish_node),
                 &dep.endpoint(subscribe_node),
                 &topic,
@@ -1029,7 +1170,7 @@ fn print_report(rows: &[Row], args: &Args) {
     println!("| scenario | payload | NATS msgs/s | Shoal msgs/s | ratio | NATS p50/p99 | Shoal p50/p99 | NATS lost | Shoal lost |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
-        let (nats, shoal) = (result_of(row, System::Nats), result_of(row, System::Shoal));
+        let (nats, shoal) = (result_of(row, System::Nats), result_of(row, SHOAL));
         let ratio = match (nats, shoal) {
             (Some(Ok(n)), Some(Ok(s))) if n.rate() > 0.0 && row.scenario != Scenario::Latency => {
                 format!("{:.2}", s.rate() / n.rate())
@@ -1142,7 +1283,7 @@ fn print_report(rows: &[Row], args: &Args) {
     println!("Targets:");
     for row in rows {
         let (Some(Ok(nats)), Some(Ok(shoal))) =
-            (result_of(row, System::Nats), result_of(row, System::Shoal))
+            (result_of(row, System::Nats), result_of(row, SHOAL))
         else {
             continue;
         };
@@ -1169,6 +1310,80 @@ fn print_report(rows: &[Row], args: &Args) {
             }
             _ => {}
         }
+    }
+}
+
+/// Shoal with TLS and/or ACLs on beside Shoal with them off: delivered
+/// msgs/s and latency, with the ratio to plain Shoal.
+fn print_security_report(rows: &[Row], args: &Args, systems: &[System]) {
+    let variants: Vec<System> = systems
+        .iter()
+        .copied()
+        .filter(|s| matches!(s, System::Shoal(_)) && *s != SHOAL)
+        .collect();
+    if variants.is_empty() || !systems.contains(&SHOAL) {
+        return;
+    }
+    println!();
+    println!("Shoal with security on, beside Shoal without (in parentheses: × plain Shoal; for latency, p99 × plain):");
+    println!();
+    let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
+    println!("| scenario | payload | Shoal | {} |", names.join(" | "));
+    println!("| --- | ---: | ---: |{}", " ---: |".repeat(variants.len()));
+    let mut targets = Vec::new();
+    for row in rows {
+        let Some(Ok(plain)) = result_of(row, SHOAL) else {
+            continue;
+        };
+        let mut cells = Vec::new();
+        for variant in &variants {
+            let Some(Ok(o)) = result_of(row, *variant) else {
+                cells.push("error".to_string());
+                continue;
+            };
+            let cell = match (&row.scenario, &o.latency, &plain.latency) {
+                (Scenario::Latency, Some(l), Some(p)) => {
+                    let ratio = l.p99 as f64 / p.p99.max(1) as f64;
+                    targets.push(format!(
+                        "- {} p99 ≤ 1.2 × Shoal's, {}, {}: {ratio:.2} × ({})",
+                        variant.name(),
+                        scenario_label(row, args),
+                        size_label(row.payload),
+                        if ratio <= 1.2 { "met" } else { "NOT met" }
+                    ));
+                    format!("{} / {} ms ({ratio:.2})", ms_short(l.p50), ms_short(l.p99))
+                }
+                (Scenario::Latency, _, _) => "–".to_string(),
+                _ => {
+                    let ratio = o.rate() / plain.rate().max(1e-9);
+                    targets.push(format!(
+                        "- {} ≥ 0.9 × Shoal's throughput, {}, {}: {ratio:.2} × ({})",
+                        variant.name(),
+                        scenario_label(row, args),
+                        size_label(row.payload),
+                        if ratio >= 0.9 { "met" } else { "NOT met" }
+                    ));
+                    format!("{} ({ratio:.2})", thousands(o.rate()))
+                }
+            };
+            cells.push(cell);
+        }
+        let plain_cell = match (&row.scenario, &plain.latency) {
+            (Scenario::Latency, Some(l)) => format!("{} / {} ms", ms_short(l.p50), ms_short(l.p99)),
+            (Scenario::Latency, None) => "–".to_string(),
+            _ => thousands(plain.rate()),
+        };
+        println!(
+            "| {} | {} | {plain_cell} | {} |",
+            scenario_label(row, args),
+            size_label(row.payload),
+            cells.join(" | ")
+        );
+    }
+    println!();
+    println!("Targets (security on):");
+    for target in targets {
+        println!("{target}");
     }
 }
 
@@ -1241,14 +1456,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|s| Scenario::parse(s))
         .collect::<anyhow::Result<_>>()?;
-    let mut systems = Vec::new();
-    for target in &args.targets {
-        systems.push(match target.as_str() {
-            "nats" => System::Nats,
-            "shoal" => System::Shoal,
-            other => bail!("unknown target {other:?} (nats or shoal)"),
-        });
-    }
+    let systems: Vec<System> = args
+        .targets
+        .iter()
+        .map(|t| System::parse(t))
+        .collect::<anyhow::Result<_>>()?;
     let mut topologies: Vec<(&'static str, usize)> = Vec::new();
     for topology in &args.topologies {
         topologies.push(match topology.as_str() {
@@ -1337,7 +1549,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                         size_label(row.payload),
                         round + 1
                     );
-                    match run_one(&dep, row.scenario, row.payload, count, args, &http).await {
+                    match run_one(&dep, row.scenario, row.payload, count, args).await {
                         Ok(o) => {
                             eprintln!(
                                 "  delivered {}/{} in {:.2} s = {} msgs/s{}",
@@ -1408,6 +1620,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     print_report(&rows, args);
+    print_security_report(&rows, args, &systems);
     println!();
     println!(
         "# load average at the start: {load_before}; at the end: {}",

@@ -94,10 +94,16 @@ impl Node {
 
     /// `n` nodes that find each other through gossip (each names all of them
     /// as seeds) and bootstrap one cluster once all `n` are up. `extra` is
-    /// passed to every node. The cluster name is unique to this cluster, so it
-    /// cannot merge with another cluster that reuses a port.
+    /// passed to every node; with `ca_pem`, their APIs are https with
+    /// certificates of that CA. The cluster name is unique to this cluster,
+    /// so it cannot merge with another cluster that reuses a port.
     #[allow(dead_code)] // msg-bench and wf-bench only
-    pub fn spawn_cluster(binary: &Path, n: usize, extra: &[String]) -> anyhow::Result<Vec<Node>> {
+    pub fn spawn_cluster(
+        binary: &Path,
+        n: usize,
+        extra: &[String],
+        ca_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Vec<Node>> {
         let plan = ClusterPlan::new(n)?;
         (0..n)
             .map(|i| {
@@ -106,7 +112,10 @@ impl Node {
                     .args(&plan.seed_args())
                     .args(&["--bootstrap-expect", &n.to_string()])
                     .args(extra);
-                Node::start(builder)
+                Node::start(match ca_pem {
+                    Some(pem) => builder.https(pem),
+                    None => builder,
+                })
             })
             .collect()
     }

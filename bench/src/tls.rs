@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::bail;
 
@@ -40,4 +41,12 @@ pub fn tls_args(
         args.extend(["--tls-ca".into(), path("ca.pem")]);
     }
     Ok((args, std::fs::read(certs.join("ca.pem"))?))
+}
+
+/// A client configuration trusting the CA [`tls_args`] made in `dir`, for
+/// clients that take a rustls configuration (WebSocket).
+#[allow(dead_code)] // msg-bench only
+pub fn client_config(dir: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let roots = shoal_tls::read_roots(&dir.join("certs").join("ca.pem"))?;
+    Ok(Arc::new(shoal_tls::client_config(roots, None)?))
 }

@@ -722,7 +722,7 @@ async fn recovery(bench: &mut Bench, args: &Args, leader_pid: u32) -> anyhow::Re
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let (binary, _) = node::resolve_binary(args.shoal_bin.clone())?;
-    let mut nodes = Node::spawn_cluster(&binary, 3, &args.node_args)?;
+    let mut nodes = Node::spawn_cluster(&binary, 3, &args.node_args, None)?;
     for node in &mut nodes {
         node.wait_ready(Duration::from_secs(60)).await?;
     }

@@ -38,6 +38,25 @@ pub struct StreamInfo {
     pub last_day: String,
 }
 
+/// The cap's slot of a new stream while its first records are written.
+struct NewStreamSlot {
+    shared: Arc<Shared>,
+    stream: String,
+    written: bool,
+}
+
+impl Drop for NewStreamSlot {
+    /// Unless the records were written: a new stream without records holds no slot.
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        let mut names = self.shared.stream_names();
+        names.known.remove(&self.stream);
+        names.publish_count();
+    }
+}
+
 /// What an ingest did with a batch.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct IngestOutcome {
@@ -176,10 +195,24 @@ impl Logs {
         if kept.is_empty() {
             return Ok(outcome);
         }
-        let new_stream = self.admit_stream(stream)?;
+        // A new stream's slot is given back unless its records are written,
+        // also when this ingest is dropped on the way (the guard's drop).
+        let mut slot = self.admit_stream(stream)?.then(|| NewStreamSlot {
+            shared: self.shared.clone(),
+            stream: stream.to_string(),
+            written: false,
+        });
         let written = self.write(stream, kept, outcome).await;
-        if written.is_err() && new_stream {
-            self.forget_stream(stream);
+        if written.is_ok() {
+            if let Some(slot) = &mut slot {
+                slot.written = true;
+            }
+            // Another ingest that took the slot may have failed and given
+            // it back after this one was admitted: the stream holds records.
+            let mut names = self.shared.stream_names();
+            if names.known.insert(stream.to_string()) {
+                names.publish_count();
+            }
         }
         written
     }
@@ -291,13 +324,6 @@ impl Logs {
         names.known.insert(stream.to_string());
         names.publish_count();
         Ok(true)
-    }
-
-    /// A new stream whose first records were not written holds no slot.
-    fn forget_stream(&self, stream: &str) {
-        let mut names = self.shared.stream_names();
-        names.known.remove(stream);
-        names.publish_count();
     }
 
     /// Never refuse this stream for the stream cap (the node's own records:

@@ -240,7 +240,7 @@ impl Delivery {
 
 enum Transport {
     Sse(WatchStream),
-    Ws(WsClient),
+    Ws(Box<WsClient>),
 }
 
 /// One live subscription on a node, over SSE or WebSocket. Dropping it
@@ -551,7 +551,7 @@ impl Node {
             .await
             .unwrap_or_else(|r| panic!("{label}: refused: {}", r.describe()));
         Subscriber {
-            transport: Transport::Ws(ws),
+            transport: Transport::Ws(Box::new(ws)),
             label,
         }
     }

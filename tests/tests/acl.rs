@@ -1068,3 +1068,50 @@ async fn the_cluster_audits_the_membership_changes_it_makes_itself() {
     let attributes = &record["attributes"];
     assert_eq!(attributes["accessor_id"], json!("cluster"), "{record}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publishing_websocket_follows_its_tokens_policy_as_it_changes() {
+    let (node, admin) = managed_node().await;
+    let both = json!([
+        {"resource": "topic", "match": "orders.>", "access": "write"},
+        {"resource": "topic", "match": "metrics.>", "access": "write"},
+    ]);
+    put_policy(&node, &admin, "publisher", both).await;
+    let (_, secret) = token_with(&node, &admin, json!({"policies": ["publisher"]})).await;
+    let connect = |query: Vec<(&'static str, String)>| {
+        let mut query: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        query.push(("access_token", &secret));
+        let url = node.ws_url("/v1/publish/ws", &query);
+        async move { ws::ws_connect(&url).await.expect("publish socket") }
+    };
+    let mut fixed = connect(vec![("topic", "orders.created".to_string())]).await;
+    let mut named = connect(Vec::new()).await;
+    fixed.send_binary(b"before").await;
+    named
+        .send_text(&json!({"topic": "orders.created", "data": "before"}).to_string())
+        .await;
+
+    // The policy loses orders.>: the socket fixed on orders.created closes,
+    // and the other refuses a frame for orders.created but not for metrics.
+    put_policy(
+        &node,
+        &admin,
+        "publisher",
+        json!([{"resource": "topic", "match": "metrics.>", "access": "write"}]),
+    )
+    .await;
+    let (code, reason) = fixed.expect_close(SPREAD).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("no longer publish"), "{reason}");
+    // The socket checks the policy every second; past that, frames meet the new one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    named
+        .send_text(&json!({"topic": "metrics.cpu", "data": 1}).to_string())
+        .await;
+    named
+        .send_text(&json!({"topic": "orders.created", "data": "after"}).to_string())
+        .await;
+    let (code, reason) = named.expect_close(SPREAD).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("orders.created"), "{reason}");
+}

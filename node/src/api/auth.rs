@@ -63,7 +63,7 @@ pub struct Caller {
 }
 
 /// How often an open stream checks that its token is still accepted.
-const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+pub const REVOCATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Caller {
     /// 403 unless the caller may do `access` on `name`.
@@ -84,6 +84,16 @@ impl Caller {
 
     pub fn may(&self, resource: Resource, name: &str, access: Access) -> bool {
         self.identity.allows(resource, name, access)
+    }
+
+    /// The caller's identity as the ACLs stand now: None once its token is
+    /// no longer accepted (deleted, expired). With ACLs off, as it came.
+    pub fn identity_now(&self, acl: &Acl) -> Option<Identity> {
+        if !acl.enabled() {
+            return Some(self.identity.clone());
+        }
+        acl.authenticate(self.secret.as_deref(), shoal_storage::now_ms())
+            .ok()
     }
 
     /// Resolves once the caller's token is no longer accepted (deleted,

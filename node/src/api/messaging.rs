@@ -497,7 +497,7 @@ fn slow_consumer_error(queue: &BoundedQueue<Arc<Shared>>) -> Value {
     tag = "messaging",
     operation_id = "subscribe",
     summary = "Subscribe (Server-Sent Events)",
-    description = "Events: `subscribed` (once), `message` (id = message id, data = the envelope), `dropped` (`{\"dropped\": n}` after overflow), `error` (slow_consumer, then the stream ends).\n\nThe events' data: `subscribed`: `{\"subscription\": <id>, \"node_id\": <node id>}`. `message`: the envelope, a message as subscribers and webhooks receive it (CloudEvents 1.0 structured mode, plus `topic` and `headers`): `specversion` (\"1.0\"), `id`, `topic`, `source`, `type`, `time` (RFC 3339), `subject` (optional), `datacontenttype`, `traceparent` (optional), `headers` (an object of strings), and the payload: JSON payloads embedded as `data`, UTF-8 text as a string `data`, other bytes as `data_base64`. `dropped`: `{\"dropped\": n}`, messages lost to overflow (overflow=drop_oldest). `error`: `{\"error\": {\"code\": \"slow_consumer\", \"message\": \"...\"}}` when the buffer overflowed with overflow=disconnect; the stream then ends. A comment line is sent every 15 s to keep the connection open.",
+    description = "Events: `subscribed` (once), `message` (id = message id, data = the envelope), `dropped` (`{\"dropped\": n}` after overflow), `error` (slow_consumer, then the stream ends).\n\nThe events' data: `subscribed`: `{\"subscription\": <id>, \"node_id\": <node id>}`. `message`: the envelope, a message as subscribers and webhooks receive it (CloudEvents 1.0 structured mode, plus `topic` and `headers`): `specversion` (\"1.0\"), `id`, `topic`, `source`, `type`, `time` (RFC 3339), `subject` (optional), `datacontenttype`, `traceparent` (optional), `headers` (an object of strings), and the payload: JSON payloads embedded as `data`, UTF-8 text as a string `data`, other bytes as `data_base64`. `dropped`: `{\"dropped\": n}`, messages lost to overflow (overflow=drop_oldest). `error`: `{\"error\": {\"code\": \"slow_consumer\", \"message\": \"...\"}}` when the buffer overflowed with overflow=disconnect, or (whatever `overflow`) when the node's subscriber buffers hold `--subscriber-buffer-mb` and this subscriber's backlog is past its fair share; the stream then ends. A buffer holds at most a quarter of `--subscriber-buffer-mb`. With ACLs on, the stream also ends within about a second once the token is revoked or its policies no longer allow the pattern. A comment line is sent every 15 s to keep the connection open.",
     params(
         ("pattern" = String, Query, description = "Topic pattern: `*` matches one token, `>` the remaining tokens"),
         ("queue" = Option<String>, Query, description = "Queue group: each message goes to one member of the group in the whole cluster"),
@@ -578,7 +578,7 @@ pub async fn sse(
     tag = "messaging",
     operation_id = "subscribeWebSocket",
     summary = "Subscribe (WebSocket)",
-    description = "`format=json` (default): a text frame per envelope, and `{\"dropped\": n}` text frames after overflow. `format=raw`: a binary frame per payload. Overflow with overflow=disconnect closes with code 1008.",
+    description = "`format=json` (default): a text frame per envelope, and `{\"dropped\": n}` text frames after overflow. `format=raw`: a binary frame per payload. Overflow with overflow=disconnect, or a backlog past its fair share while the node's subscriber buffers hold `--subscriber-buffer-mb`, closes with code 1008 (slow consumer); so does a revoked token or a policy that no longer allows the pattern (ACLs on). A buffer holds at most a quarter of `--subscriber-buffer-mb`.",
     params(
         ("pattern" = String, Query, description = "Topic pattern: `*` matches one token, `>` the remaining tokens"),
         ("queue" = Option<String>, Query, description = "Queue group: each message goes to one member of the group in the whole cluster"),
@@ -682,7 +682,7 @@ async fn stream_to_socket(
     tag = "messaging",
     operation_id = "publishWebSocket",
     summary = "Publish over a WebSocket stream",
-    description = "With `topic`, every frame (text or binary) is a message to that topic. Without, every text frame is a JSON object like a /v1/publish entry. Fire-and-forget; a bad frame closes the socket with code 1008 and the reason.",
+    description = "With `topic`, every frame (text or binary) is a message to that topic. Without, every text frame is a JSON object like a /v1/publish entry. Fire-and-forget; a bad frame closes the socket with code 1008 and the reason. With ACLs on, each frame's topic is checked against the token's policies as of the last check (every second), and the socket closes with 1008 once the token is revoked or may no longer publish to `topic` (without one, to any topic).",
     params(
         ("topic" = Option<String>, Query, description = "Topic for every frame"),
         ("content_type" = Option<String>, Query, description = "Content type of the frames' payloads (default application/octet-stream)"),
@@ -716,61 +716,74 @@ pub async fn publish_socket(
 
 async fn publish_from_socket(
     shoal: Arc<Shoal>,
-    caller: Caller,
+    mut caller: Caller,
     mut socket: WebSocket,
     topic: Option<String>,
     content_type: String,
 ) {
     let source = node_source(&shoal);
-    let to_message = |frame: WsMessage, time: &str| -> ApiResult<Option<Message>> {
-        let data = match (frame, &topic) {
-            (WsMessage::Text(text), None) => {
-                let item: BatchMessage = serde_json::from_str(text.as_str())
-                    .map_err(|e| ApiError::bad_request(format!("invalid JSON frame: {e}")))?;
-                let message = batch_message(&shoal, item, None)?;
-                caller.require(Resource::Topic, &message.topic, Access::Write)?;
-                return Ok(Some(message));
+    let to_message =
+        |caller: &Caller, frame: WsMessage, time: &str| -> ApiResult<Option<Message>> {
+            let data = match (frame, &topic) {
+                (WsMessage::Text(text), None) => {
+                    let item: BatchMessage = serde_json::from_str(text.as_str())
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON frame: {e}")))?;
+                    let message = batch_message(&shoal, item, None)?;
+                    caller.require(Resource::Topic, &message.topic, Access::Write)?;
+                    return Ok(Some(message));
+                }
+                (WsMessage::Text(text), Some(_)) => Bytes::from(text),
+                (WsMessage::Binary(bytes), Some(_)) => bytes,
+                (WsMessage::Binary(_), None) => {
+                    return Err(ApiError::bad_request("binary frames need ?topic="))
+                }
+                _ => return Ok(None),
+            };
+            if data.len() > shoal.settings.max_message_bytes {
+                return Err(too_large(data.len(), shoal.settings.max_message_bytes));
             }
-            (WsMessage::Text(text), Some(_)) => Bytes::from(text),
-            (WsMessage::Binary(bytes), Some(_)) => bytes,
-            (WsMessage::Binary(_), None) => {
-                return Err(ApiError::bad_request("binary frames need ?topic="))
-            }
-            _ => return Ok(None),
+            let mut message = Message {
+                id: new_id(),
+                topic: topic.clone().unwrap_or_default(),
+                source: source.clone(),
+                kind: "shoal.message".into(),
+                time: time.to_string(),
+                subject: None,
+                content_type: content_type.clone(),
+                traceparent: None,
+                headers: Vec::new(),
+                data: data.to_vec(),
+            };
+            finish(&mut message)?;
+            Ok(Some(message))
         };
-        if data.len() > shoal.settings.max_message_bytes {
-            return Err(too_large(data.len(), shoal.settings.max_message_bytes));
-        }
-        let mut message = Message {
-            id: new_id(),
-            topic: topic.clone().unwrap_or_default(),
-            source: source.clone(),
-            kind: "shoal.message".into(),
-            time: time.to_string(),
-            subject: None,
-            content_type: content_type.clone(),
-            traceparent: None,
-            headers: Vec::new(),
-            data: data.to_vec(),
-        };
-        finish(&mut message)?;
-        Ok(Some(message))
-    };
-    // Each frame's topics are checked as it comes; the socket itself lasts
-    // while the token may publish somewhere.
-    let revoked = caller.revoked(shoal.acl.clone(), |identity| {
-        identity.allows_some(Resource::Topic, Access::Write)
-    });
-    tokio::pin!(revoked);
+    // Each frame's topic is checked as it comes, against the caller's
+    // policies as they were at the last check: every second the token is
+    // authenticated again, and the socket is closed once it may no longer
+    // publish to `topic` (or, without one, anywhere).
+    let mut recheck = tokio::time::interval(crate::api::auth::REVOCATION_CHECK);
+    recheck.tick().await;
     loop {
         let first = tokio::select! {
             frame = socket.recv() => match frame {
                 Some(Ok(frame)) => frame,
                 _ => return,
             },
-            () = &mut revoked => {
-                let _ = socket.send(close(1008, "the token was revoked")).await;
-                return;
+            _ = recheck.tick(), if shoal.acl.enabled() => {
+                let may_publish = |identity: &Identity| match &topic {
+                    Some(topic) => identity.allows(Resource::Topic, topic, Access::Write),
+                    None => identity.allows_some(Resource::Topic, Access::Write),
+                };
+                match caller.identity_now(&shoal.acl) {
+                    Some(identity) if may_publish(&identity) => {
+                        caller.identity = identity;
+                        continue;
+                    }
+                    _ => {
+                        let _ = socket.send(close(1008, "the token was revoked or may no longer publish here")).await;
+                        return;
+                    }
+                }
             }
         };
         if matches!(first, WsMessage::Close(_)) {
@@ -788,7 +801,7 @@ async fn publish_from_socket(
         let mut refused = None;
         let now = rfc3339_now();
         for frame in frames {
-            match to_message(frame, &now) {
+            match to_message(&caller, frame, &now) {
                 Ok(Some(message)) => messages.push(message),
                 Ok(None) => {}
                 Err(e) => {

@@ -63,17 +63,27 @@ pub enum SqlWorkerError {
     Unavailable(String),
 }
 
-/// Run `sql` over `hits` in a worker, for at most `limit`.
+/// Run `sql` over `hits` in a worker, for at most `limit` (the wait for a
+/// worker slot included).
 pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, SqlWorkerError> {
     let unavailable = |e: &dyn std::fmt::Display| SqlWorkerError::Unavailable(e.to_string());
-    let _slot = WORKERS.acquire().await.map_err(|e| unavailable(&e))?;
-    let job = shoal_codec::encode(&Job {
-        sql: sql.to_string(),
-        hits,
-    })
-    .map_err(|e| unavailable(&e))?;
-    let program = std::env::current_exe().map_err(|e| unavailable(&e))?;
-    let mut child = Command::new(program)
+    let deadline = tokio::time::Instant::now() + limit;
+    let too_long = || {
+        metrics::counter!("shoal_sql_stopped_total", "why" => "time").increment(1);
+        SqlWorkerError::TooLong(limit)
+    };
+    let _slot = match tokio::time::timeout_at(deadline, WORKERS.acquire()).await {
+        Err(_) => return Err(too_long()),
+        Ok(slot) => slot.map_err(|e| unavailable(&e))?,
+    };
+    let sql = sql.to_string();
+    let job = tokio::task::spawn_blocking(move || shoal_codec::encode(&Job { sql, hits }))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .map_err(|e| unavailable(&e))?;
+    // Not current_exe(): after an upgrade replaced the binary, that path
+    // names a deleted file (or another version).
+    let mut child = Command::new("/proc/self/exe")
         .arg("sql-worker")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -81,11 +91,21 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| unavailable(&e))?;
-    let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(unavailable(&"the worker's pipes are missing"));
     };
+    // Read beside the answer, so a worker that writes much there never blocks.
+    let dying_words = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let _ = (&mut stderr)
+            .take(STDERR_BYTES)
+            .read_to_end(&mut kept)
+            .await;
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        String::from_utf8_lossy(&kept).into_owned()
+    });
     // The worker reads the whole job before it writes a byte.
     let exchange = async {
         stdin.write_all(&job).await?;
@@ -94,33 +114,49 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
         stdout.read_to_end(&mut answer).await?;
         Ok::<_, std::io::Error>(answer)
     };
-    let answer = match tokio::time::timeout(limit, exchange).await {
+    let answer = match tokio::time::timeout_at(deadline, exchange).await {
         Err(_) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            metrics::counter!("shoal_sql_stopped_total", "why" => "time").increment(1);
-            return Err(SqlWorkerError::TooLong(limit));
+            return Err(too_long());
         }
         Ok(answer) => answer,
     };
     let status = child.wait().await.map_err(|e| unavailable(&e))?;
-    let decoded = answer
-        .ok()
-        .filter(|_| status.success())
-        .and_then(|bytes| shoal_codec::decode::<Answer>(&bytes).ok());
-    match decoded {
-        Some(Answer::Table(json)) => serde_json::from_str(&json).map_err(|e| unavailable(&e)),
-        Some(Answer::Refused(reason)) => Err(SqlWorkerError::Refused(reason)),
-        None => {
-            let mut words = String::new();
-            let _ = stderr.take(STDERR_BYTES).read_to_string(&mut words).await;
-            let words = words
-                .lines()
-                .find(|line| !line.trim().is_empty())
-                .map_or_else(|| status.to_string(), |line| format!("{status}: {line}"));
-            metrics::counter!("shoal_sql_stopped_total", "why" => "memory").increment(1);
-            Err(SqlWorkerError::TooBig(words))
-        }
+    let decoded = match answer.ok().filter(|_| status.success()) {
+        Some(bytes) => tokio::task::spawn_blocking(move || {
+            shoal_codec::decode::<Answer>(&bytes)
+                .ok()
+                .map(|answer| match answer {
+                    Answer::Table(json) => serde_json::from_str::<Value>(&json)
+                        .map_err(|e| SqlWorkerError::Unavailable(e.to_string())),
+                    Answer::Refused(reason) => Err(SqlWorkerError::Refused(reason)),
+                })
+        })
+        .await
+        .map_err(|e| unavailable(&e))?,
+        None => None,
+    };
+    if let Some(result) = decoded {
+        return result;
+    }
+    let words = dying_words.await.unwrap_or_default();
+    let first_line = words
+        .lines()
+        .find(|line| !line.trim().is_empty())
+        .map_or_else(|| status.to_string(), |line| format!("{status}: {line}"));
+    // Out of memory: Rust's allocation failure message (the address-space
+    // limit), or SIGKILL (the kernel's OOM killer; a worker past its time
+    // was handled above). Anything else is a fault of the worker.
+    let out_of_memory = words.contains("memory allocation of")
+        || std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+    if out_of_memory {
+        metrics::counter!("shoal_sql_stopped_total", "why" => "memory").increment(1);
+        Err(SqlWorkerError::TooBig(first_line))
+    } else {
+        Err(SqlWorkerError::Unavailable(format!(
+            "the SQL worker failed: {first_line}"
+        )))
     }
 }
 
@@ -128,6 +164,9 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
 /// one job from stdin and writes the answer to stdout.
 pub fn serve() -> ExitCode {
     super::evaluator::die_with_parent();
+    // If the machine runs out of memory, the kernel is to pick the worker,
+    // not the node.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
     if let Err(e) = super::evaluator::limit_memory(MEMORY_LIMIT_BYTES) {
         eprintln!("error: cannot limit the SQL worker's memory: {e}");
         return ExitCode::FAILURE;

@@ -666,6 +666,9 @@ pub async fn tail(
         caller.revoked(app.shoal.acl.clone(), move |identity| {
             if streams.is_empty() {
                 identity.allows_under(Resource::Logs, "", Access::Read)
+            } else if streams == [shoal_search::NO_STREAM] {
+                // Narrowed to nothing readable yet: open while it may read some.
+                identity.allows_some(Resource::Logs, Access::Read)
             } else {
                 streams
                     .iter()
