@@ -131,10 +131,16 @@ pub async fn write_frame<S: AsyncWrite + Unpin>(
         let mut frame = Vec::with_capacity(body.len() + 5);
         frame.extend_from_slice(&header);
         frame.extend_from_slice(body);
-        return stream.write_all(&frame).await;
+        stream.write_all(&frame).await?;
+    } else {
+        stream.write_all(&header).await?;
+        stream.write_all(body).await?;
     }
-    stream.write_all(&header).await?;
-    stream.write_all(body).await
+    // TLS may hold the last records of a write that met a full socket
+    // buffer until something polls the stream's writer again: without the
+    // flush, the peer waits for the rest of the frame and the caller for an
+    // answer, until its timeout.
+    stream.flush().await
 }
 
 pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Vec<u8>> {
@@ -288,6 +294,19 @@ pub async fn accept(stream: TcpStream, auth: &PeerAuth) -> std::io::Result<Optio
 #[cfg(test)]
 mod tests {
     use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_frame_is_flushed_through_a_stream_that_buffers_writes() {
+        // Like TLS, a BufWriter holds what it was given until it is flushed.
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut client = tokio::io::BufWriter::new(client);
+        write_frame(&mut client, b"all of it").await.expect("write");
+        let read = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut server)).await;
+        assert_eq!(
+            read.expect("the frame never arrived").expect("read"),
+            b"all of it"
+        );
+    }
 
     use super::*;
     use crate::protocol::{SearchAnswer, SearchCall};
