@@ -66,9 +66,7 @@ pub fn wait_then_restart(settings: &Settings) -> anyhow::Error {
         Ok(runtime) => runtime,
         Err(e) => return anyhow::anyhow!("cannot start the async runtime: {e}"),
     };
-    if let Err(e) = runtime.block_on(wait_for_space(settings)) {
-        return e;
-    }
+    runtime.block_on(wait_for_space(settings));
     // The listener closes with the runtime (and would on exec anyway).
     drop(runtime);
     to_stderr(format_args!("shoal: disk space is back; restarting"));
@@ -81,26 +79,21 @@ pub fn wait_then_restart(settings: &Settings) -> anyhow::Error {
     anyhow::anyhow!("restarting after the disk had room again: {e}")
 }
 
-async fn wait_for_space(settings: &Settings) -> anyhow::Result<()> {
+async fn wait_for_space(settings: &Settings) {
     let threshold = restart_threshold(settings);
-    let listener = tokio::net::TcpListener::bind(settings.api)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the API address {}: {e}", settings.api))?;
-    let tls = crate::tls::load(settings)?.map(|tls| tls.acceptor);
+    // Without the stand-in (its address taken, its certificate unreadable)
+    // the node still waits: exiting is what this is here to avoid.
     let (stop, stopped) = watch::channel(false);
-    let data_dir = settings.data_dir.clone();
-    let app = Router::new().fallback(move |method: Method, uri: axum::http::Uri| {
-        let data_dir = data_dir.clone();
-        async move { stand_in(&method, uri.path(), free_bytes(&data_dir).ok(), threshold) }
-    });
-    let server = tokio::spawn(api_server::serve(
-        listener,
-        "api",
-        app,
-        ConnectionLimits::of(settings),
-        tls,
-        stopped,
-    ));
+    let server = match serve_stand_in(settings, threshold, stopped).await {
+        Ok(server) => Some(server),
+        Err(e) => {
+            to_stderr(format_args!(
+                "shoal: cannot answer on {} while the disk is full: {e:#}",
+                settings.api
+            ));
+            None
+        }
+    };
     let started = Instant::now();
     let mut last_report = None::<Instant>;
     loop {
@@ -122,8 +115,33 @@ async fn wait_for_space(settings: &Settings) -> anyhow::Result<()> {
         tokio::time::sleep(CHECK_EVERY).await;
     }
     let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    Ok(())
+    if let Some(server) = server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+}
+
+async fn serve_stand_in(
+    settings: &Settings,
+    threshold: u64,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(settings.api)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the API address: {e}"))?;
+    let tls = crate::tls::load(settings)?.map(|tls| tls.acceptor);
+    let data_dir = settings.data_dir.clone();
+    let app = Router::new().fallback(move |method: Method, uri: axum::http::Uri| {
+        let data_dir = data_dir.clone();
+        async move { stand_in(&method, uri.path(), free_bytes(&data_dir).ok(), threshold) }
+    });
+    Ok(tokio::spawn(api_server::serve(
+        listener,
+        "api",
+        app,
+        ConnectionLimits::of(settings),
+        tls,
+        stopped,
+    )))
 }
 
 /// What the stand-in answers: the same JSON error shape as the API.

@@ -1,5 +1,7 @@
 //! Node endpoints, the command line surface and how settings are read.
 
+use std::time::Duration;
+
 use shoal_tests::*;
 
 /// `/ready` is a readiness probe: once the node has caught up it stays
@@ -7,42 +9,51 @@ use shoal_tests::*;
 /// is applied), rather than dropping out of service under load.
 #[tokio::test(flavor = "multi_thread")]
 async fn ready_stays_ready_while_writes_are_in_flight() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let node = Node::start().await;
-    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writing = std::sync::Arc::new(AtomicBool::new(true));
+    let written = std::sync::Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let (url, http, writing) = (node.url(""), node.client().clone(), writing.clone());
+            let (url, http) = (node.url(""), node.client().clone());
+            let (writing, written) = (writing.clone(), written.clone());
             tokio::spawn(async move {
                 let mut i = 0u64;
-                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                while writing.load(Ordering::Relaxed) {
                     let key = format!("{url}/v1/kv/ready/{w}-{i}");
                     let put = http.put(key).body("v").send().await.expect("PUT");
                     assert!(put.status().is_success(), "PUT answered {}", put.status());
                     i += 1;
+                    written.fetch_add(1, Ordering::Relaxed);
                 }
-                i
             })
         })
         .collect();
+    // Probe until both 200 probes and 200 writes are done, however slow the
+    // machine: the probes must overlap the writes.
     let mut not_ready = Vec::new();
-    for _ in 0..200 {
+    let mut probes = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while probes < 200 || written.load(Ordering::Relaxed) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{probes} probes and {} writes in 120 s",
+            written.load(Ordering::Relaxed)
+        );
         let reply = node.get_path("/ready").await;
         if reply.status != StatusCode::OK {
             not_ready.push(reply.text);
         }
+        probes += 1;
     }
-    writing.store(false, std::sync::atomic::Ordering::Relaxed);
-    let mut writes = 0;
+    writing.store(false, Ordering::Relaxed);
     for writer in writers {
-        writes += writer.await.expect("writer");
+        writer.await.expect("writer");
     }
-    assert!(
-        writes > 100,
-        "only {writes} writes were made while /ready was polled"
-    );
+    let writes = written.load(Ordering::Relaxed);
     assert!(
         not_ready.is_empty(),
-        "{} of 200 probes said not ready during {writes} writes: {:?}",
+        "{} of {probes} probes said not ready during {writes} writes: {:?}",
         not_ready.len(),
         not_ready.first()
     );
