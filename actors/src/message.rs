@@ -1,10 +1,12 @@
 //! A message and its CloudEvents-style JSON envelope.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+use crate::queue::{BudgetCharge, BufferBudget};
 
 /// A message as it travels between nodes and into outboxes. The envelope
 /// attributes follow CloudEvents (id, source, type, time, subject);
@@ -111,10 +113,19 @@ impl Message {
 
 /// A message shared by every subscriber it is delivered to; its JSON
 /// envelope is rendered once, by the first subscriber that needs it.
-#[derive(Debug)]
 pub struct Shared {
     pub message: Message,
     rendered: OnceLock<String>,
+    /// Its bytes in the node's subscriber buffer budget, once it is queued.
+    charge: OnceLock<BudgetCharge>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -122,7 +133,15 @@ impl Shared {
         Shared {
             message,
             rendered: OnceLock::new(),
+            charge: OnceLock::new(),
         }
+    }
+
+    /// Charge the message to `budget` (the first time only: every queue
+    /// holding it shares it); given back when the last holder drops it.
+    pub fn charge_to(&self, budget: &Arc<BufferBudget>) {
+        self.charge
+            .get_or_init(|| BudgetCharge::new(budget, self.approx_bytes()));
     }
 
     /// The message's bytes plus the envelope it renders once for

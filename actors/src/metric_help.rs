@@ -32,7 +32,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         "shoal_subscriber_buffer_bytes",
         Unit::Bytes,
-        "Bytes of messages held in this node's subscriber buffers (each buffer counts its own copy), sampled at scrape."
+        "Bytes of messages held for this node's subscribers (a message in several buffers counted once, until its last subscriber has sent it), sampled at scrape."
     );
     describe_gauge!(
         "shoal_subscribers",

@@ -21,12 +21,12 @@ pub enum Overflow {
 }
 
 /// The memory a node lets all its subscribers' queues hold together. Past
-/// it, a subscriber that holds more than its fair share (the budget over
-/// the number of queues) and is sent another message is cut off and its
-/// queue emptied: a few slow consumers cannot make the node hold
+/// it, a subscriber whose backlog is more than its fair share (the budget
+/// over the number of queues) and is sent another message is cut off and
+/// its queue emptied: a few slow consumers cannot make the node hold
 /// gigabytes, and consumers that keep up (whose queues stay short) are not
-/// touched. A message is counted in every queue that holds it (an upper
-/// bound: queues share one copy).
+/// touched. A message is charged once ([`BudgetCharge`]), however many
+/// queues hold it: they share one copy.
 pub struct BufferBudget {
     used: AtomicU64,
     limit: u64,
@@ -55,10 +55,6 @@ impl BufferBudget {
         self.limit / self.queues.load(Ordering::Relaxed).max(1)
     }
 
-    fn take(&self, bytes: u64) {
-        self.used.fetch_add(bytes, Ordering::Relaxed);
-    }
-
     fn give_back(&self, bytes: u64) {
         // Never below zero, whatever the order of concurrent updates.
         let _ = self
@@ -66,6 +62,30 @@ impl BufferBudget {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 Some(used.saturating_sub(bytes))
             });
+    }
+}
+
+/// A message's bytes charged to a budget while anything holds the message:
+/// made once per message and shared by every queue it is put in, given back
+/// when the last holder drops it.
+pub struct BudgetCharge {
+    budget: Arc<BufferBudget>,
+    bytes: u64,
+}
+
+impl BudgetCharge {
+    pub fn new(budget: &Arc<BufferBudget>, bytes: u64) -> BudgetCharge {
+        budget.used.fetch_add(bytes, Ordering::Relaxed);
+        BudgetCharge {
+            budget: budget.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for BudgetCharge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
     }
 }
 
@@ -85,7 +105,8 @@ pub struct QueueLimits {
     pub capacity: usize,
     /// Most bytes of items.
     pub max_bytes: u64,
-    /// The node's budget this queue counts against, if any.
+    /// The node's budget this queue's items are charged to ([`BudgetCharge`]),
+    /// if any: past it, a queue with a backlog past its share is cut off.
     pub budget: Option<Arc<BufferBudget>>,
 }
 
@@ -146,7 +167,8 @@ impl<T> BoundedQueue<T> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queue an item counted as `bytes`.
+    /// Queue an item counted as `bytes` (in this queue's limits; an item
+    /// for a budgeted queue carries its own [`BudgetCharge`]).
     pub fn push(&self, item: T, bytes: u64) -> Pushed {
         let outcome = {
             let mut state = self.lock();
@@ -156,7 +178,7 @@ impl<T> BoundedQueue<T> {
             let budget = self.limits.budget.as_deref();
             // Only a backlog counts against the fair share: a consumer that
             // keeps up is not cut off for the size of the one message it is sent.
-            if budget.is_some_and(|b| b.used() + bytes > b.limit && state.bytes > b.fair_share()) {
+            if budget.is_some_and(|b| b.used() > b.limit && state.bytes > b.fair_share()) {
                 self.shut_and_empty(&mut state);
                 self.cut_off.store(true, Ordering::Release);
                 metrics::counter!("shoal_subscribers_cut_off_total").increment(1);
@@ -184,9 +206,6 @@ impl<T> BoundedQueue<T> {
                 if outcome != Pushed::Closed {
                     state.items.push_back((item, bytes));
                     state.bytes += bytes;
-                    if let Some(budget) = budget {
-                        budget.take(bytes);
-                    }
                 }
                 outcome
             }
@@ -205,17 +224,11 @@ impl<T> BoundedQueue<T> {
     fn shut_and_empty(&self, state: &mut State<T>) {
         self.shut(state);
         state.items.clear();
-        let freed = std::mem::take(&mut state.bytes);
-        if let Some(budget) = &self.limits.budget {
-            budget.give_back(freed);
-        }
+        state.bytes = 0;
     }
 
     fn release(&self, state: &mut State<T>, bytes: u64) {
         state.bytes = state.bytes.saturating_sub(bytes);
-        if let Some(budget) = &self.limits.budget {
-            budget.give_back(bytes);
-        }
     }
 
     /// Wait for messages and take them all (at most `max`); None once the
@@ -271,14 +284,10 @@ impl<T> BoundedQueue<T> {
 }
 
 impl<T> Drop for BoundedQueue<T> {
-    /// What a queue still holds when it goes is given back to the budget.
+    /// The queue no longer takes a share of the budget (what it held is
+    /// given back as its items' charges drop).
     fn drop(&mut self) {
-        let state = self
-            .state
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(budget) = &self.limits.budget {
-            budget.give_back(state.bytes);
             budget.queues.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -307,30 +316,57 @@ mod tests {
         assert_eq!(batch.dropped, 2);
     }
 
+    /// An item charged to `budget` as a message is: `n`, with its charge.
+    fn charged(budget: &Arc<BufferBudget>, n: i32, bytes: u64) -> (i32, Arc<BudgetCharge>) {
+        (n, Arc::new(BudgetCharge::new(budget, bytes)))
+    }
+
+    fn numbers(batch: Batch<(i32, Arc<BudgetCharge>)>) -> Vec<i32> {
+        batch.items.into_iter().map(|(n, _)| n).collect()
+    }
+
     #[tokio::test]
     async fn a_queue_behind_past_the_budget_is_cut_off_and_gives_its_bytes_back() {
         let budget = BufferBudget::new(1000);
         let slow = BoundedQueue::new(limits(100, Some(budget.clone())), Overflow::DropOldest);
         let fast = BoundedQueue::new(limits(100, Some(budget.clone())), Overflow::DropOldest);
-        assert_eq!(slow.push(1, 600), Pushed::Queued);
-        assert_eq!(fast.push(1, 300), Pushed::Queued);
-        assert_eq!(fast.next_batch(10).await.unwrap().items, vec![1]);
+        assert_eq!(slow.push(charged(&budget, 1, 600), 600), Pushed::Queued);
+        assert_eq!(fast.push(charged(&budget, 1, 300), 300), Pushed::Queued);
+        assert_eq!(numbers(fast.next_batch(10).await.unwrap()), vec![1]);
         assert_eq!(budget.used(), 600);
-        // Within the budget; then past it, but `fast` holds less than its
-        // share (1000 / 2).
-        assert_eq!(slow.push(2, 300), Pushed::Queued);
-        assert_eq!(fast.push(2, 300), Pushed::Queued);
-        assert_eq!(fast.next_batch(10).await.unwrap().items, vec![2]);
-        // Past it, the queue holding more than its share is cut off.
-        assert_eq!(fast.push(3, 100), Pushed::Queued);
-        assert_eq!(fast.next_batch(10).await.unwrap().items, vec![3]);
-        assert_eq!(slow.push(3, 300), Pushed::Closed);
+        // Within the budget; then past it, but `fast` has no backlog.
+        assert_eq!(slow.push(charged(&budget, 2, 300), 300), Pushed::Queued);
+        assert_eq!(fast.push(charged(&budget, 2, 300), 300), Pushed::Queued);
+        assert_eq!(numbers(fast.next_batch(10).await.unwrap()), vec![2]);
+        // Past it, the queue whose backlog is more than its share (1000 / 2)
+        // is cut off, and what it held is given back.
+        assert_eq!(slow.push(charged(&budget, 3, 300), 300), Pushed::Closed);
         assert!(slow.was_cut_off());
         assert!(slow.next_batch(10).await.is_none(), "its backlog is gone");
         assert_eq!(budget.used(), 0);
-        assert_eq!(fast.push(4, 300), Pushed::Queued);
+        assert_eq!(fast.push(charged(&budget, 4, 300), 300), Pushed::Queued);
         drop(fast);
         assert_eq!(budget.used(), 0, "a dropped queue gives its bytes back");
+    }
+
+    #[tokio::test]
+    async fn a_message_in_many_queues_is_charged_once() {
+        let budget = BufferBudget::new(1000);
+        let queues: Vec<_> = (0..10)
+            .map(|_| BoundedQueue::new(limits(100, Some(budget.clone())), Overflow::DropOldest))
+            .collect();
+        let message = charged(&budget, 1, 400);
+        for queue in &queues {
+            assert_eq!(queue.push(message.clone(), 400), Pushed::Queued);
+        }
+        drop(message);
+        assert_eq!(budget.used(), 400, "ten queues share one copy");
+        for queue in &queues[..9] {
+            assert_eq!(numbers(queue.next_batch(10).await.unwrap()), vec![1]);
+        }
+        assert_eq!(budget.used(), 400, "the last queue still holds it");
+        assert_eq!(numbers(queues[9].next_batch(10).await.unwrap()), vec![1]);
+        assert_eq!(budget.used(), 0);
     }
 
     #[tokio::test]
@@ -348,11 +384,11 @@ mod tests {
     async fn disconnect_closes_on_overflow_and_frees_the_backlog() {
         let budget = BufferBudget::new(1000);
         let queue = BoundedQueue::new(limits(1, Some(budget.clone())), Overflow::Disconnect);
-        assert_eq!(queue.push(1, 10), Pushed::Queued);
-        assert_eq!(queue.push(2, 10), Pushed::Closed);
+        assert_eq!(queue.push(charged(&budget, 1, 10), 10), Pushed::Queued);
+        assert_eq!(queue.push(charged(&budget, 2, 10), 10), Pushed::Closed);
         assert_eq!(budget.used(), 0, "the closed queue's backlog is freed");
         assert!(queue.next_batch(10).await.is_none());
-        assert_eq!(queue.push(3, 10), Pushed::Closed);
+        assert_eq!(queue.push(charged(&budget, 3, 10), 10), Pushed::Closed);
         assert_eq!(budget.used(), 0);
     }
 
@@ -361,12 +397,12 @@ mod tests {
         let budget = BufferBudget::new(1000);
         let slow = BoundedQueue::new(limits(100, Some(budget.clone())), Overflow::DropOldest);
         let fast = BoundedQueue::new(limits(100, Some(budget.clone())), Overflow::DropOldest);
-        assert_eq!(slow.push(1, 900), Pushed::Queued);
+        assert_eq!(slow.push(charged(&budget, 1, 900), 900), Pushed::Queued);
         // Bigger than its share (500) and past the budget, but `fast` holds
         // nothing: it keeps up.
-        assert_eq!(fast.push(1, 600), Pushed::Queued);
+        assert_eq!(fast.push(charged(&budget, 1, 600), 600), Pushed::Queued);
         assert!(!fast.was_cut_off());
-        assert_eq!(fast.next_batch(10).await.unwrap().items, vec![1]);
+        assert_eq!(numbers(fast.next_batch(10).await.unwrap()), vec![1]);
         assert_eq!(budget.used(), 900);
     }
 }

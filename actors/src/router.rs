@@ -302,7 +302,9 @@ impl Router {
                 // and remote nodes weighted by their member count.
                 let mut groups: HashMap<&str, Vec<Candidate>> = HashMap::new();
                 table.matching(topic, |sub| match &sub.group {
-                    None => reach.local += deliver(sub, &shared, &mut tally, &mut closed),
+                    None => {
+                        reach.local += deliver(sub, &shared, &self.budget, &mut tally, &mut closed)
+                    }
                     Some(group) => groups
                         .entry(group.as_str())
                         .or_default()
@@ -328,7 +330,8 @@ impl Router {
                 for (group, candidates) in groups {
                     match choose(&candidates) {
                         Some(Candidate::Local(sub)) => {
-                            reach.local += deliver(sub, &shared, &mut tally, &mut closed)
+                            reach.local +=
+                                deliver(sub, &shared, &self.budget, &mut tally, &mut closed)
                         }
                         Some(Candidate::Remote(node, _)) => {
                             nodes.entry(*node).or_default().push(group.to_string())
@@ -375,14 +378,20 @@ impl Router {
             let shared = Arc::new(Shared::new(forward.message));
             let mut members: HashMap<&str, Vec<&Arc<LocalSub>>> = HashMap::new();
             table.matching(&shared.message.topic, |sub| match &sub.group {
-                None => delivered += deliver(sub, &shared, &mut tally, &mut closed),
+                None => delivered += deliver(sub, &shared, &self.budget, &mut tally, &mut closed),
                 Some(group) => members.entry(group.as_str()).or_default().push(sub),
             });
             for group in &forward.groups {
                 match members.get(group.as_str()).filter(|m| !m.is_empty()) {
                     Some(members) => {
                         let pick = rand::rng().random_range(0..members.len());
-                        delivered += deliver(members[pick], &shared, &mut tally, &mut closed);
+                        delivered += deliver(
+                            members[pick],
+                            &shared,
+                            &self.budget,
+                            &mut tally,
+                            &mut closed,
+                        );
                     }
                     // The member left between gossip rounds: at-most-once, counted.
                     None => tally.add(&shared.message.topic, Count::Dropped),
@@ -429,10 +438,12 @@ impl Router {
 fn deliver(
     sub: &LocalSub,
     shared: &Arc<Shared>,
+    budget: &Arc<BufferBudget>,
     tally: &mut Tally,
     closed: &mut Vec<u64>,
 ) -> usize {
     let topic = shared.message.topic.as_str();
+    shared.charge_to(budget);
     match sub.queue.push(shared.clone(), shared.approx_bytes()) {
         Pushed::Queued => {
             tally.add(topic, Count::Delivered);

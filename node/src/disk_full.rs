@@ -71,7 +71,7 @@ pub fn wait_then_restart(settings: &Settings) -> anyhow::Error {
     drop(runtime);
     to_stderr(format_args!("shoal: disk space is back; restarting"));
     let mut args = std::env::args_os();
-    let mut command = std::process::Command::new("/proc/self/exe");
+    let mut command = std::process::Command::new(crate::services::evaluator::SELF_EXE);
     if let Some(arg0) = args.next() {
         command.arg0(arg0);
     }

@@ -146,10 +146,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         )),
         peer_http,
         faults,
-        evaluator: Arc::new(
-            crate::services::evaluator::Evaluator::new()
-                .context("cannot find this executable to run workflow evaluators")?,
-        ),
+        evaluator: Arc::new(crate::services::evaluator::Evaluator::new()),
         space: Default::default(),
     });
     if shoal.acl.enabled() {

@@ -230,25 +230,38 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn stalled_subscribers_are_cut_off_at_the_nodes_buffer_budget() {
     let node = Node::start_with(&["--subscriber-buffer-mb", "16"]).await;
     let own = node.node_id().await;
-    let query = [("pattern", "flood.>"), ("buffer", "65536")];
     // Never read, with room for 65536 messages each and drop_oldest: only
-    // the budget stops them holding everything published.
+    // the budget stops them holding everything published. Each has a topic
+    // of its own: a message in several buffers is held (and counted) once.
+    const STALLED: usize = 6;
     let mut stalled = Vec::new();
-    for _ in 0..6 {
+    for i in 0..STALLED {
+        let pattern = format!("flood.{i}");
+        let query = [("pattern", pattern.as_str()), ("buffer", "65536")];
         stalled.push(node.subscribe_ws(&query).await);
+        node.wait_interest(own, &pattern, None, 1).await;
     }
-    let mut reader = node.subscribe_sse(&query).await;
-    node.wait_interest(own, "flood.>", None, 7).await;
+    let mut reader = node
+        .subscribe_sse(&[("pattern", "flood.>"), ("buffer", "65536")])
+        .await;
+    node.wait_interest(own, "flood.>", None, 1).await;
     let pid = node.pid().expect("the node runs");
     let rss_before = rss_bytes(pid);
 
-    // 1000 messages of 64 KiB (64 MB, held by 6 subscribers: 384 MB
-    // without a budget), read by `reader` as they come.
+    // 1000 messages of 64 KiB (64 MB, a sixth for each stalled subscriber),
+    // read by `reader` as they come.
     let filler = "x".repeat(64 << 10);
     let mut received = Vec::new();
     for batch in 0..100 {
         let messages = (0..10)
-            .map(|i| entry(&format!("f{:04}", batch * 10 + i), "flood.data", &filler))
+            .map(|i| {
+                let n = batch * 10 + i;
+                entry(
+                    &format!("f{n:04}"),
+                    &format!("flood.{}", n % STALLED),
+                    &filler,
+                )
+            })
             .collect();
         publish_batch(&node, messages).await;
         for envelope in reader.messages(10, T).await {
@@ -269,14 +282,19 @@ async fn stalled_subscribers_are_cut_off_at_the_nodes_buffer_budget() {
     let grown = rss_bytes(pid).saturating_sub(rss_before);
     assert!(
         grown < 64 << 20,
-        "the node grew by {} MiB while 6 subscribers stalled",
+        "the node grew by {} MiB while {STALLED} subscribers stalled",
         grown >> 20
     );
 
     // The ones cut off are closed with the reason; the rest lost their
     // oldest messages (counted) and still receive.
     let mut closed = 0u64;
-    for subscriber in &mut stalled {
+    let mut still_open = Vec::new();
+    for (i, subscriber) in stalled.iter_mut().enumerate() {
+        let last = format!(
+            "f{:04}",
+            (0..1000).rev().find(|n| n % STALLED == i).unwrap_or(0)
+        );
         loop {
             match subscriber.expect(T).await {
                 Delivery::Closed(close) => {
@@ -286,12 +304,59 @@ async fn stalled_subscribers_are_cut_off_at_the_nodes_buffer_budget() {
                     closed += 1;
                     break;
                 }
-                Delivery::Message(envelope) if text(&envelope, "/id") == "f0999" => break,
+                Delivery::Message(envelope) if text(&envelope, "/id") == last => {
+                    still_open.push(i);
+                    break;
+                }
                 Delivery::Message(_) | Delivery::Dropped(_) => {}
                 other => panic!("a stalled subscriber: {other:?}"),
             }
         }
     }
     assert_eq!(closed as f64, cut, "every cut-off subscriber was closed");
-    node.wait_interest(own, "flood.>", None, 7 - closed).await;
+    // A cut-off subscriber's interest is gone; the others' stays.
+    for i in 0..STALLED {
+        let subscribers = u64::from(still_open.contains(&i));
+        node.wait_interest(own, &format!("flood.{i}"), None, subscribers)
+            .await;
+    }
+}
+
+/// Subscribers of one topic share each message: the budget counts it once,
+/// so twenty stalled subscribers holding the same messages are not cut off
+/// for holding twenty times what the node holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_subscribers_of_one_topic_are_counted_once_in_the_budget() {
+    let node = Node::start_with(&["--subscriber-buffer-mb", "16"]).await;
+    let own = node.node_id().await;
+    let query = [("pattern", "shared.>"), ("buffer", "65536")];
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(node.subscribe_ws(&query).await);
+    }
+    node.wait_interest(own, "shared.>", None, 20).await;
+
+    // 300 messages of 64 KiB: each buffer stops at its quarter of the
+    // budget (4 MiB, dropping its oldest), and all of them hold the same
+    // newest messages.
+    let filler = "x".repeat(64 << 10);
+    for batch in 0..30 {
+        let messages = (0..10)
+            .map(|i| entry(&format!("s{:04}", batch * 10 + i), "shared.data", &filler))
+            .collect();
+        publish_batch(&node, messages).await;
+    }
+    let metrics = node.get_path("/metrics").await.text;
+    assert_eq!(
+        metric(&metrics, "shoal_subscribers_cut_off_total"),
+        0.0,
+        "subscribers were cut off:\n{metrics}"
+    );
+    let held = metric(&metrics, "shoal_subscriber_buffer_bytes");
+    assert!(
+        held <= (16 << 20) as f64,
+        "{held} bytes held in subscriber buffers, past the 16 MiB budget"
+    );
+    node.wait_interest(own, "shared.>", None, 20).await;
+    drop(stalled);
 }

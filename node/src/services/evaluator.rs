@@ -8,7 +8,6 @@
 //! piece of work gets a fresh evaluator.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -45,9 +44,13 @@ pub enum EvaluatorError {
     Unavailable(String),
 }
 
+/// The node's own executable, for the processes it runs of itself
+/// (evaluators, SQL workers, its restart after a full disk): the file the
+/// node runs, even after an upgrade replaced or removed its path.
+pub const SELF_EXE: &str = "/proc/self/exe";
+
 /// The pool of evaluator processes.
 pub struct Evaluator {
-    program: PathBuf,
     slots: Semaphore,
     idle: Mutex<Vec<Worker>>,
 }
@@ -64,7 +67,7 @@ struct Worker {
 impl Evaluator {
     /// A pool running this executable, two evaluators per core (at least
     /// four), started when first needed.
-    pub fn new() -> std::io::Result<Evaluator> {
+    pub fn new() -> Evaluator {
         // Twice the cores: a piece of work's round trip through the pipes
         // overlaps another's evaluation.
         let workers = std::thread::available_parallelism()
@@ -72,11 +75,10 @@ impl Evaluator {
             .unwrap_or(2)
             .max(2)
             * 2;
-        Ok(Evaluator {
-            program: std::env::current_exe()?,
+        Evaluator {
             slots: Semaphore::new(workers),
             idle: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// Evaluates an instance against its definition's document.
@@ -213,7 +215,7 @@ impl Evaluator {
     }
 
     fn spawn(&self) -> Result<Worker, EvaluatorError> {
-        let mut child = Command::new(&self.program)
+        let mut child = Command::new(SELF_EXE)
             .arg("evaluator")
             .env("RUST_BACKTRACE", "0")
             // The allocator reserves address space 1 GiB at a time by
@@ -224,9 +226,7 @@ impl Evaluator {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| {
-                EvaluatorError::Unavailable(format!("cannot start {}: {e}", self.program.display()))
-            })?;
+            .map_err(|e| EvaluatorError::Unavailable(format!("cannot start {SELF_EXE}: {e}")))?;
         metrics::counter!("shoal_workflow_evaluators_started_total").increment(1);
         match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
             (Some(stdin), Some(stdout), Some(stderr)) => Ok(Worker {

@@ -81,9 +81,7 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
         .await
         .map_err(|e| unavailable(&e))?
         .map_err(|e| unavailable(&e))?;
-    // Not current_exe(): after an upgrade replaced the binary, that path
-    // names a deleted file (or another version).
-    let mut child = Command::new("/proc/self/exe")
+    let mut child = Command::new(super::evaluator::SELF_EXE)
         .arg("sql-worker")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
