@@ -280,18 +280,22 @@ impl Drop for SmallFilesystem {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nearly_full_disk_refuses_writes_and_the_node_stays_up() {
-    // Like the jepsen run in scripts/test: CI runs as root.
+/// A node on a tmpfs of `megabytes` with `--min-free-disk-mb`, holding
+/// twenty acknowledged keys (`d/00`..`d/19`); None (the test skipped) unless
+/// root, which mounting needs. CI runs as root, as for the jepsen run.
+async fn node_on_small_filesystem(
+    megabytes: u64,
+    min_free_mb: &str,
+) -> Option<(SmallFilesystem, Node, Vec<(String, Vec<u8>)>)> {
     // SAFETY: geteuid only reads the process's credentials.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPING: mounting a small tmpfs needs root");
-        return;
+        return None;
     }
-    let fs = SmallFilesystem::mount(192);
-    let mut node = Node::builder()
+    let fs = SmallFilesystem::mount(megabytes);
+    let node = Node::builder()
         .temp_root(fs.path())
-        .args(&["--min-free-disk-mb", "48"])
+        .args(&["--min-free-disk-mb", min_free_mb])
         .start()
         .await;
     let mut acked = Vec::new();
@@ -301,6 +305,14 @@ async fn nearly_full_disk_refuses_writes_and_the_node_stays_up() {
         node.put(&key, &value).await;
         acked.push((key, value));
     }
+    Some((fs, node, acked))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nearly_full_disk_refuses_writes_and_the_node_stays_up() {
+    let Some((fs, mut node, acked)) = node_on_small_filesystem(192, "48").await else {
+        return;
+    };
     assert_eq!(
         ingest(&node, "{\"message\": \"before\"}\n").await.status,
         StatusCode::OK
@@ -390,25 +402,10 @@ async fn wait_for_stand_in(node: &Node) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disk_full_to_the_last_byte_stops_the_node_in_place_until_space_returns() {
-    // SAFETY: geteuid only reads the process's credentials.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPING: mounting a small tmpfs needs root");
+    let Some((fs, mut node, mut kept)) = node_on_small_filesystem(128, "8").await else {
         return;
-    }
-    let fs = SmallFilesystem::mount(128);
-    let mut node = Node::builder()
-        .temp_root(fs.path())
-        .args(&["--min-free-disk-mb", "8"])
-        .start()
-        .await;
+    };
     let pid = node.pid();
-    let mut kept = Vec::new();
-    for i in 0..20 {
-        let key = format!("d/{i:02}");
-        let value = random_value();
-        node.put(&key, &value).await;
-        kept.push((key, value));
-    }
 
     // Something else takes every byte. Deletes still pass the disk alarm
     // and need room in the Raft log: one of them fails on ENOSPC, which
