@@ -1,9 +1,11 @@
 //! Nodes with ACLs on, for the benchmarks that compare them with ACLs off
-//! (kv-bench's `shoal-acl` target, `log-bench --acl`): the management
-//! token they start with, and a token for the clients with a policy of
-//! their own, as a service would have.
+//! (the `shoal-acl` targets of kv-bench and msg-bench, `log-bench --acl`):
+//! the management token they start with, a token for the clients with a
+//! policy of their own, as a service would have, and an HTTP client that
+//! sends it (and trusts the nodes' CA with TLS on).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -59,4 +61,30 @@ pub async fn issue_token(
         .as_str()
         .context("no secret in the answer")?;
     Ok(secret.to_string())
+}
+
+/// An HTTP client for a node's API: trusting only `ca_pem` when the API is
+/// https, sending `token` as a bearer token when ACLs are on.
+pub fn api_client(
+    ca_pem: Option<&[u8]>,
+    token: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .default_headers(headers);
+    if let Some(pem) = ca_pem {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+    }
+    Ok(builder.build()?)
 }

@@ -323,18 +323,17 @@ impl Cluster {
     async fn leader_via(&self, node: usize) -> anyhow::Result<usize> {
         match self.name {
             "shoal" => {
-                let mut http = reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(2));
-                if let Some(pem) = &self.ca_pem {
-                    http = http.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
-                }
-                let http = http.build()?;
-                let mut request = http.get(format!("{}/v1/cluster", self.endpoints[node]));
-                if let Some(token) = &self.management_token {
-                    request = request.bearer_auth(token);
-                }
-                let cluster: serde_json::Value = request.send().await?.json().await?;
+                let http = crate::acl::api_client(
+                    self.ca_pem.as_deref(),
+                    self.management_token.as_deref(),
+                    Duration::from_secs(2),
+                )?;
+                let cluster: serde_json::Value = http
+                    .get(format!("{}/v1/cluster", self.endpoints[node]))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
                 let leader = cluster["leader"].as_u64().context("no leader")?;
                 let api = cluster["members"]
                     .as_array()

@@ -343,22 +343,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = &token {
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
-        );
-    }
-    let mut client = reqwest::Client::builder();
-    if let Some(pem) = &ca_pem {
-        client = client.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
-    }
-    let client = client
-        .no_proxy()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(120))
-        .build()?;
+    let client = acl::api_client(
+        ca_pem.as_deref(),
+        token.as_deref(),
+        Duration::from_secs(120),
+    )?;
 
     // Ingest: the file split into batches, C clients taking the next batch.
     let text = std::fs::read_to_string(&raw)?;

@@ -352,7 +352,11 @@ impl Deployment {
                             .await?,
                     );
                 }
-                shoal_http = shoal_client_http(ca_pem.as_deref(), access.token.as_deref())?;
+                shoal_http = acl::api_client(
+                    ca_pem.as_deref(),
+                    access.token.as_deref(),
+                    Duration::from_secs(5),
+                )?;
                 // Every node knows the token (ACLs reach them through Raft).
                 for node in &nodes {
                     wait_token(&shoal_http, &node.api).await?;
@@ -398,30 +402,6 @@ impl Deployment {
             Servers::Shoal(nodes) => nodes.iter().flat_map(|n| n.log_warnings()).collect(),
         }
     }
-}
-
-/// An HTTP client for Shoal's API: trusting `ca_pem`, sending `token`.
-fn shoal_client_http(
-    ca_pem: Option<&[u8]>,
-    token: Option<&str>,
-) -> anyhow::Result<reqwest::Client> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = token {
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?,
-        );
-    }
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .default_headers(headers);
-    if let Some(pem) = ca_pem {
-        builder = builder
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(pem)?);
-    }
-    Ok(builder.build()?)
 }
 
 /// Waits until `GET /v1/topics` on `api` answers 200 with the client's token.

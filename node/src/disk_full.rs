@@ -25,6 +25,8 @@ use axum::Router;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::api::error::{ApiError, ErrorCode};
+use crate::api::node::Health;
 use crate::api_server::{self, ConnectionLimits};
 use crate::services::space::free_bytes;
 use crate::settings::Settings;
@@ -162,19 +164,18 @@ fn stand_in(method: &Method, path: &str, free: Option<u64>, threshold: u64) -> R
     }
     if path == "/health" {
         // Liveness: the process serves, and restarting it would not help.
-        return axum::Json(json!({"status": "ok"})).into_response();
+        return axum::Json(Health { status: "ok" }).into_response();
     }
-    let status = if *method == Method::GET || *method == Method::HEAD {
-        StatusCode::SERVICE_UNAVAILABLE
+    let error = if *method == Method::GET || *method == Method::HEAD {
+        ApiError::unavailable(message)
     } else {
-        StatusCode::INSUFFICIENT_STORAGE
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::InsufficientStorage,
+            message,
+        )
     };
-    let body = json!({"error": {
-        "code": if status == StatusCode::INSUFFICIENT_STORAGE { "insufficient_storage" } else { "unavailable" },
-        "alarm": "disk",
-        "message": message,
-    }});
-    (status, axum::Json(body)).into_response()
+    error.with("alarm", json!("disk")).into_response()
 }
 
 #[cfg(test)]

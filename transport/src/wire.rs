@@ -295,6 +295,9 @@ pub async fn accept(stream: TcpStream, auth: &PeerAuth) -> std::io::Result<Optio
 mod tests {
     use tokio::net::TcpListener;
 
+    use super::*;
+    use crate::protocol::{SearchAnswer, SearchCall};
+
     #[tokio::test]
     async fn a_frame_is_flushed_through_a_stream_that_buffers_writes() {
         // Like TLS, a BufWriter holds what it was given until it is flushed.
@@ -307,9 +310,6 @@ mod tests {
             b"all of it"
         );
     }
-
-    use super::*;
-    use crate::protocol::{SearchAnswer, SearchCall};
 
     /// One server accepting one connection with `server_key`; returns the
     /// client's connect result and whether the server accepted.

@@ -106,15 +106,15 @@ impl Caller {
         acl: Arc<Acl>,
         still_allowed: impl Fn(&Identity) -> bool + Send + 'static,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let secret = self.secret.clone();
+        let caller = self.clone();
         async move {
             if !acl.enabled() {
                 return std::future::pending().await;
             }
             loop {
                 tokio::time::sleep(REVOCATION_CHECK).await;
-                match acl.authenticate(secret.as_deref(), shoal_storage::now_ms()) {
-                    Ok(identity) if still_allowed(&identity) => {}
+                match caller.identity_now(&acl) {
+                    Some(identity) if still_allowed(&identity) => {}
                     _ => return,
                 }
             }
