@@ -82,10 +82,11 @@ struct Args {
     /// drop-oldest) and async-nats' subscription capacity (client side).
     #[arg(long, default_value_t = 65536)]
     buffer: u64,
-    /// Systems to measure, comma-separated: nats, shoal, and shoal with
-    /// security on: shoal-tls (API over TLS, wss for the clients, mutual TLS
-    /// between nodes; certificates from `shoal tls`), shoal-acl (--acl; the
-    /// clients' token has a policy of its own), shoal-tls-acl (both).
+    /// Systems to measure, comma-separated: nats, shoal, and with security
+    /// on: nats-tls (TLS to the clients, mutual TLS between servers, same
+    /// certificates), shoal-tls (API over TLS, wss for the clients, mutual
+    /// TLS between nodes; certificates from `shoal tls`), shoal-acl (--acl;
+    /// the clients' token has a policy of its own), shoal-tls-acl (both).
     #[arg(long, value_delimiter = ',', default_value = "nats,shoal")]
     targets: Vec<String>,
     /// Topologies: `single` (one server) and/or `cluster` (three; publisher on A, subscribers on B).
@@ -143,7 +144,10 @@ fn decode(data: &[u8]) -> Option<(u64, u64)> {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
-    Nats,
+    /// NATS core; with `tls`, TLS to the clients and between the servers.
+    Nats {
+        tls: bool,
+    },
     Shoal(Security),
 }
 
@@ -154,6 +158,9 @@ struct Security {
     acl: bool,
 }
 
+/// NATS as the comparison with Shoal runs it.
+const NATS: System = System::Nats { tls: false };
+
 /// Shoal as the comparison with NATS runs it.
 const SHOAL: System = System::Shoal(Security {
     tls: false,
@@ -163,7 +170,8 @@ const SHOAL: System = System::Shoal(Security {
 impl System {
     fn name(self) -> &'static str {
         match self {
-            System::Nats => "NATS",
+            System::Nats { tls: false } => "NATS",
+            System::Nats { tls: true } => "NATS TLS",
             System::Shoal(Security { tls, acl }) => match (tls, acl) {
                 (false, false) => "Shoal",
                 (true, false) => "Shoal TLS",
@@ -176,15 +184,24 @@ impl System {
     fn parse(target: &str) -> anyhow::Result<System> {
         let shoal = |tls, acl| System::Shoal(Security { tls, acl });
         Ok(match target {
-            "nats" => System::Nats,
+            "nats" => NATS,
+            "nats-tls" => System::Nats { tls: true },
             "shoal" => SHOAL,
             "shoal-tls" => shoal(true, false),
             "shoal-acl" => shoal(false, true),
             "shoal-tls-acl" => shoal(true, true),
             other => bail!(
-                "unknown target {other:?} (nats, shoal, shoal-tls, shoal-acl or shoal-tls-acl)"
+                "unknown target {other:?} (nats, nats-tls, shoal, shoal-tls, shoal-acl or shoal-tls-acl)"
             ),
         })
+    }
+
+    /// The same system with security off: what a variant is set beside.
+    fn plain(self) -> System {
+        match self {
+            System::Nats { .. } => NATS,
+            System::Shoal(_) => SHOAL,
+        }
     }
 }
 
@@ -196,42 +213,60 @@ struct NatsServer {
     monitor: String,
 }
 
-fn start_nats(bin: &Path, n: usize, dir: &Path) -> anyhow::Result<Vec<NatsServer>> {
+/// The servers are configured by file: on 127.0.0.1, with a monitoring
+/// port, and with `n` > 1 routes to each other. With `certs` (the directory
+/// [`tls::tls_args`] filled) they take TLS from clients and speak mutual
+/// TLS to each other (route TLS has no command-line flags).
+fn start_nats(
+    bin: &Path,
+    n: usize,
+    dir: &Path,
+    certs: Option<&Path>,
+) -> anyhow::Result<Vec<NatsServer>> {
     let ports: Vec<(u16, u16, u16)> = (0..n)
         .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
         .collect::<anyhow::Result<_>>()?;
+    let tls = match certs {
+        Some(certs) => {
+            let file = |name: &str| certs.join(name).display().to_string();
+            format!(
+                "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\" }}\n",
+                file("node.pem"),
+                file("node-key.pem"),
+                file("ca.pem")
+            )
+        }
+        None => String::new(),
+    };
     let mut servers = Vec::new();
     for (i, (client, monitor, cluster)) in ports.iter().enumerate() {
-        let mut command = Command::new(bin);
-        command
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &client.to_string(),
-                "-m",
-                &monitor.to_string(),
-            ])
-            .args(["--server_name", &format!("n{i}")]);
+        let mut config = format!(
+            "listen: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\n\
+             server_name: \"n{i}\"\n{tls}"
+        );
         if n > 1 {
             let routes: Vec<String> = ports
                 .iter()
                 .filter(|p| p.2 != *cluster)
-                .map(|p| format!("nats://127.0.0.1:{}", p.2))
+                .map(|p| format!("\"nats://127.0.0.1:{}\"", p.2))
                 .collect();
-            command
-                .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
-                .args([
-                    "--cluster_name",
-                    &format!("msg-bench-{}", std::process::id()),
-                ])
-                .args(["--routes", &routes.join(",")]);
+            config.push_str(&format!(
+                "cluster {{\nname: \"msg-bench-{}\"\nlisten: \"127.0.0.1:{cluster}\"\n\
+                 routes: [{}]\n{tls}}}\n",
+                std::process::id(),
+                routes.join(", ")
+            ));
         }
+        let path = dir.join(format!("nats{i}.conf"));
+        std::fs::write(&path, config)?;
+        let mut command = Command::new(bin);
+        command.arg("-c").arg(&path);
         let process = spawn_logged(&mut command, &dir.join(format!("nats{i}.log")))?;
+        let scheme = if certs.is_some() { "tls" } else { "nats" };
         servers.push(NatsServer {
             pid: process.pid().context("nats-server is not running")?,
             process,
-            url: format!("nats://127.0.0.1:{client}"),
+            url: format!("{scheme}://127.0.0.1:{client}"),
             monitor: format!("http://127.0.0.1:{monitor}"),
         });
     }
@@ -309,8 +344,15 @@ impl Deployment {
         let mut access = Access::default();
         let mut shoal_http = http.clone();
         let servers = match system {
-            System::Nats => {
-                let mut servers = start_nats(&args.nats_bin, n, dir.path())?;
+            System::Nats { tls } => {
+                let certs = if tls {
+                    tls::tls_args(shoal_bin, dir.path(), true)?;
+                    access.tls = Some(tls::client_config(dir.path())?);
+                    Some(dir.path().join("certs"))
+                } else {
+                    None
+                };
+                let mut servers = start_nats(&args.nats_bin, n, dir.path(), certs.as_deref())?;
                 wait_nats(&mut servers, http, Duration::from_secs(30)).await?;
                 Servers::Nats(servers)
             }
@@ -467,8 +509,14 @@ async fn nats_connect(
     url: &str,
     capacity: usize,
     events: Arc<NatsEvents>,
+    access: &Access,
 ) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(tls) = &access.tls {
+        // The same client configuration (roots, suites) Shoal's clients use.
+        options = options.require_tls(true).tls_client_config((**tls).clone());
+    }
+    let client = options
         .subscription_capacity(capacity)
         .event_callback(move |event| {
             let events = events.clone();
@@ -504,8 +552,8 @@ impl Publisher {
     ) -> anyhow::Result<Publisher> {
         let endpoint = dep.endpoint(node);
         Ok(match dep.system {
-            System::Nats => Publisher::Nats(
-                nats_connect(&endpoint, 1024, events).await?,
+            System::Nats { .. } => Publisher::Nats(
+                nats_connect(&endpoint, 1024, events, &dep.access).await?,
                 topic.to_string().into(),
             ),
             System::Shoal(_) => {
@@ -583,8 +631,8 @@ impl SubConn {
     ) -> anyhow::Result<SubConn> {
         let endpoint = dep.endpoint(node);
         Ok(match dep.system {
-            System::Nats => {
-                let client = nats_connect(&endpoint, buffer as usize, events).await?;
+            System::Nats { .. } => {
+                let client = nats_connect(&endpoint, buffer as usize, events, &dep.access).await?;
                 let sub = client.subscribe(topic.to_string()).await?;
                 // The server has the SUB once the PONG is back.
                 client.flush().await?;
@@ -1150,7 +1198,7 @@ fn print_report(rows: &[Row], args: &Args) {
     println!("| scenario | payload | NATS msgs/s | Shoal msgs/s | ratio | NATS p50/p99 | Shoal p50/p99 | NATS lost | Shoal lost |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
-        let (nats, shoal) = (result_of(row, System::Nats), result_of(row, SHOAL));
+        let (nats, shoal) = (result_of(row, NATS), result_of(row, SHOAL));
         let ratio = match (nats, shoal) {
             (Some(Ok(n)), Some(Ok(s))) if n.rate() > 0.0 && row.scenario != Scenario::Latency => {
                 format!("{:.2}", s.rate() / n.rate())
@@ -1262,8 +1310,7 @@ fn print_report(rows: &[Row], args: &Args) {
     println!();
     println!("Targets:");
     for row in rows {
-        let (Some(Ok(nats)), Some(Ok(shoal))) =
-            (result_of(row, System::Nats), result_of(row, SHOAL))
+        let (Some(Ok(nats)), Some(Ok(shoal))) = (result_of(row, NATS), result_of(row, SHOAL))
         else {
             continue;
         };
@@ -1293,26 +1340,32 @@ fn print_report(rows: &[Row], args: &Args) {
     }
 }
 
-/// Shoal with TLS and/or ACLs on beside Shoal with them off: delivered
-/// msgs/s and latency, with the ratio to plain Shoal.
-fn print_security_report(rows: &[Row], args: &Args, systems: &[System]) {
+/// Each system with TLS and/or ACLs on beside itself with them off
+/// (`plain`: Shoal, or NATS for `nats-tls`): delivered msgs/s and latency,
+/// with the ratio to the plain figure. The issue's targets are checked for
+/// Shoal; NATS's ratios show what the same security costs the peer.
+fn print_security_report(rows: &[Row], args: &Args, systems: &[System], plain_system: System) {
     let variants: Vec<System> = systems
         .iter()
         .copied()
-        .filter(|s| matches!(s, System::Shoal(_)) && *s != SHOAL)
+        .filter(|s| s.plain() == plain_system && *s != plain_system)
         .collect();
-    if variants.is_empty() || !systems.contains(&SHOAL) {
+    if variants.is_empty() || !systems.contains(&plain_system) {
         return;
     }
+    let plain_name = plain_system.name();
     println!();
-    println!("Shoal with security on, beside Shoal without (in parentheses: × plain Shoal; for latency, p99 × plain):");
+    println!("{plain_name} with security on, beside {plain_name} without (in parentheses: × plain; for latency, p99 × plain):");
     println!();
     let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
-    println!("| scenario | payload | Shoal | {} |", names.join(" | "));
+    println!(
+        "| scenario | payload | {plain_name} | {} |",
+        names.join(" | ")
+    );
     println!("| --- | ---: | ---: |{}", " ---: |".repeat(variants.len()));
     let mut targets = Vec::new();
     for row in rows {
-        let Some(Ok(plain)) = result_of(row, SHOAL) else {
+        let Some(Ok(plain)) = result_of(row, plain_system) else {
             continue;
         };
         let mut cells = Vec::new();
@@ -1325,7 +1378,7 @@ fn print_security_report(rows: &[Row], args: &Args, systems: &[System]) {
                 (Scenario::Latency, Some(l), Some(p)) => {
                     let ratio = l.p99 as f64 / p.p99.max(1) as f64;
                     targets.push(format!(
-                        "- {} p99 ≤ 1.2 × Shoal's, {}, {}: {ratio:.2} × ({})",
+                        "- {} p99 ≤ 1.2 × plain, {}, {}: {ratio:.2} × ({})",
                         variant.name(),
                         scenario_label(row, args),
                         size_label(row.payload),
@@ -1337,7 +1390,7 @@ fn print_security_report(rows: &[Row], args: &Args, systems: &[System]) {
                 _ => {
                     let ratio = o.rate() / plain.rate().max(1e-9);
                     targets.push(format!(
-                        "- {} ≥ 0.9 × Shoal's throughput, {}, {}: {ratio:.2} × ({})",
+                        "- {} ≥ 0.9 × plain throughput, {}, {}: {ratio:.2} × ({})",
                         variant.name(),
                         scenario_label(row, args),
                         size_label(row.payload),
@@ -1360,10 +1413,12 @@ fn print_security_report(rows: &[Row], args: &Args, systems: &[System]) {
             cells.join(" | ")
         );
     }
-    println!();
-    println!("Targets (security on):");
-    for target in targets {
-        println!("{target}");
+    if plain_system == SHOAL {
+        println!();
+        println!("Targets (security on):");
+        for target in targets {
+            println!("{target}");
+        }
     }
 }
 
@@ -1600,7 +1655,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     print_report(&rows, args);
-    print_security_report(&rows, args, &systems);
+    print_security_report(&rows, args, &systems, SHOAL);
+    print_security_report(&rows, args, &systems, NATS);
     println!();
     println!(
         "# load average at the start: {load_before}; at the end: {}",

@@ -5,6 +5,8 @@
 //! HTTP/1.1 connection that sits idle between requests (slowloris).
 //! With a TLS acceptor, every connection is TLS: the handshake has the same
 //! deadline as a request's headers, and ALPN tells HTTP/2 from HTTP/1.1.
+//! Writes the client leaves untaken fail after a deadline (see
+//! [`WriteDeadline`]), which closes the connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::error::{ApiError, ErrorCode};
 use crate::settings::Settings;
+use crate::write_deadline::WriteDeadline;
 
 /// How long a refused connection gets to send its request's headers, take
 /// its answer and close.
@@ -37,12 +40,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const PREFACE_POLL: Duration = Duration::from_millis(10);
 
 /// The API listener's limits (`--max-connections`,
-/// `--max-connections-per-client`, `--header-read-timeout-ms`).
+/// `--max-connections-per-client`, `--header-read-timeout-ms`,
+/// `--write-timeout-ms`).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     pub total: usize,
     pub per_client: usize,
     pub header_read_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -51,6 +56,7 @@ impl ConnectionLimits {
             total: settings.max_connections,
             per_client: settings.max_connections_per_client,
             header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms),
+            write_timeout: Duration::from_millis(settings.write_timeout_ms),
         }
     }
 }
@@ -246,10 +252,13 @@ async fn serve_connection(
                 .await
                 .unwrap_or(false)
             {
+                let stream =
+                    WriteDeadline::new(stream, listener.limits.write_timeout, listener.name);
                 serve_http(stream, Protocol::Detect, listener, stop).await;
             }
         }
         Some(acceptor) => {
+            let stream = WriteDeadline::new(stream, listener.limits.write_timeout, listener.name);
             let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -384,6 +393,7 @@ mod tests {
             total: 3,
             per_client: 2,
             header_read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
         };
         let open = Arc::new(Mutex::new(Open::default()));
         let a: IpAddr = "10.0.0.1".parse().unwrap();

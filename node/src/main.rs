@@ -29,6 +29,7 @@ mod services;
 mod settings;
 mod telemetry;
 mod tls;
+mod write_deadline;
 
 use clap::{CommandFactory, FromArgMatches};
 

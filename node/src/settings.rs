@@ -135,6 +135,10 @@ pub struct NodeArgs {
     /// HTTP/1.1 connection idle between requests for this long.
     #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
+    /// Time a client may leave the node's writes to it untaken (a subscriber that stops
+    /// reading), in milliseconds; then the connection is closed and its subscription dropped.
+    #[arg(long, env = "SHOAL_WRITE_TIMEOUT_MS")]
+    pub write_timeout_ms: Option<u64>,
     /// Most space the replicated store (keys, history, leases) may take on a node, in MiB; past
     /// it on any node, writes that add data get 507 `quota_exceeded` until keys are deleted and
     /// history compacted (deletes and compaction still work).
@@ -273,6 +277,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("max_connections", "16384"),
     ("max_connections_per_client", "1024"),
     ("header_read_timeout_ms", "30000"),
+    ("write_timeout_ms", "10000"),
     ("quota_backend_mb", "8192"),
     ("min_free_disk_mb", "256"),
     ("snapshot_every", "10000"),
@@ -589,6 +594,7 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub header_read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
     pub snapshot_every: u64,
     pub history_revisions: u64,
     /// The Kafka brokers and how to reach them (--kafka-*).
@@ -706,6 +712,8 @@ impl Settings {
                 .unwrap_or_else(|| default_of("max_connections_per_client")),
             header_read_timeout_ms: pick!(header_read_timeout_ms)
                 .unwrap_or_else(|| default_of("header_read_timeout_ms")),
+            write_timeout_ms: pick!(write_timeout_ms)
+                .unwrap_or_else(|| default_of("write_timeout_ms")),
             snapshot_every: pick!(snapshot_every).unwrap_or_else(|| default_of("snapshot_every")),
             history_revisions: pick!(history_revisions)
                 .unwrap_or_else(|| default_of("history_revisions")),
@@ -837,6 +845,9 @@ impl Settings {
         }
         if !(100..=600_000).contains(&self.header_read_timeout_ms) {
             bail!("--header-read-timeout-ms must be between 100 and 600000");
+        }
+        if !(100..=600_000).contains(&self.write_timeout_ms) {
+            bail!("--write-timeout-ms must be between 100 and 600000");
         }
         if self.log_max_files == 0 || self.log_max_file_bytes == 0 {
             bail!("--log-max-files and --log-max-file-mb must be at least 1");

@@ -254,6 +254,11 @@ fn describe_node_metrics() {
         "Connections answered 503 or 429 and closed because the listener was at --max-connections (limit=node) or the client address at --max-connections-per-client (limit=client)."
     );
     describe_counter!(
+        "shoal_api_write_timeouts_total",
+        Unit::Count,
+        "Connections closed because the client took nothing the node wrote to it for --write-timeout-ms (a stalled subscriber, most likely), by listener."
+    );
+    describe_counter!(
         "shoal_gossip_dropped_total",
         Unit::Count,
         "Gossip datagrams dropped (with --cluster-secret, gossip is sealed): reason=unsealed (not sealed with this cluster's secret: a stranger or a forgery), replayed (sent before), invalid (sealed but not gossip), too_large (not sent: over the UDP limit once sealed)."

@@ -215,6 +215,18 @@ async fn a_queue_member_disconnected_for_being_slow_stops_taking_messages() {
     node.wait_interest(own, "q.*", Some("g"), 1).await;
 }
 
+/// A node whose subscriber buffers may hold 16 MiB together, with a write
+/// timeout far off: there the budget alone lets stalled subscribers go.
+async fn node_with_a_16_mib_budget() -> Node {
+    Node::start_with(&[
+        "--subscriber-buffer-mb",
+        "16",
+        "--write-timeout-ms",
+        "600000",
+    ])
+    .await
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
@@ -228,7 +240,7 @@ fn metric(text: &str, name: &str) -> f64 {
 /// that keeps up loses nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_subscribers_are_cut_off_at_the_nodes_buffer_budget() {
-    let node = Node::start_with(&["--subscriber-buffer-mb", "16"]).await;
+    let node = node_with_a_16_mib_budget().await;
     let own = node.node_id().await;
     // Never read, with room for 65536 messages each and drop_oldest: only
     // the budget stops them holding everything published. Each has a topic
@@ -327,7 +339,7 @@ async fn stalled_subscribers_are_cut_off_at_the_nodes_buffer_budget() {
 /// for holding twenty times what the node holds.
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_subscribers_of_one_topic_are_counted_once_in_the_budget() {
-    let node = Node::start_with(&["--subscriber-buffer-mb", "16"]).await;
+    let node = node_with_a_16_mib_budget().await;
     let own = node.node_id().await;
     let query = [("pattern", "shared.>"), ("buffer", "65536")];
     let mut stalled = Vec::new();
@@ -359,4 +371,49 @@ async fn stalled_subscribers_of_one_topic_are_counted_once_in_the_budget() {
     );
     node.wait_interest(own, "shared.>", None, 20).await;
     drop(stalled);
+}
+
+/// A subscriber that stops reading altogether, over WebSocket or SSE,
+/// fills its socket; after `--write-timeout-ms` with nothing taken the node
+/// closes the connection and drops the subscription and its buffer, while
+/// a subscriber that reads on gets every message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_stops_reading_is_let_go_after_the_write_timeout() {
+    let node = Node::start_with(&["--write-timeout-ms", "1000"]).await;
+    let own = node.node_id().await;
+    let _stalled_ws = node.subscribe_ws(&[("pattern", "stall.ws")]).await;
+    node.wait_interest(own, "stall.ws", None, 1).await;
+    let _stalled_sse = node.subscribe_sse(&[("pattern", "stall.sse")]).await;
+    node.wait_interest(own, "stall.sse", None, 1).await;
+    let mut reader = node
+        .subscribe_sse(&[("pattern", "stall.*"), ("buffer", "65536")])
+        .await;
+    node.wait_interest(own, "stall.*", None, 1).await;
+
+    // 1000 messages of 16 KiB to each stalled topic (16 MB each): more than
+    // the sockets between the node and a client hold.
+    let filler = "x".repeat(16 << 10);
+    let mut received = 0;
+    for batch in 0..100 {
+        let messages = (0..20)
+            .map(|i| {
+                let topic = if i % 2 == 0 { "stall.ws" } else { "stall.sse" };
+                entry(&format!("s{batch:03}-{i:02}"), topic, &filler)
+            })
+            .collect();
+        publish_batch(&node, messages).await;
+        received += reader.messages(20, T).await.len();
+    }
+    assert_eq!(received, 2000, "the reading subscriber got every message");
+
+    // Both stalled subscribers are let go; the reader is not.
+    node.wait_interest(own, "stall.ws", None, 0).await;
+    node.wait_interest(own, "stall.sse", None, 0).await;
+    node.wait_interest(own, "stall.*", None, 1).await;
+    let metrics = node.get_path("/metrics").await.text;
+    let timeouts = metric(&metrics, "shoal_api_write_timeouts_total{listener=\"api\"}");
+    assert!(timeouts >= 2.0, "{timeouts} write timeouts:\n{metrics}");
+    publish_batch(&node, vec![entry("after", "stall.ws", "still here")]).await;
+    let last = reader.messages(1, T).await;
+    assert_eq!(text(&last[0], "/id"), "after");
 }

@@ -203,6 +203,12 @@ async fn real_clients_reach_the_api_and_both_otlp_receivers_over_tls_only() {
             "{version}: {}",
             describe(&output)
         );
+        // OpenSSL lists AES-256 first; the node's order (AES-128 first) wins.
+        assert!(
+            text.contains("TLS_AES_128_GCM_SHA256") || text.contains("-AES128-GCM-SHA256"),
+            "{version} did not settle on AES-128-GCM: {}",
+            describe(&output)
+        );
     }
     let old = s_client(node.api_port, &ca, "-tls1_1").await;
     assert!(
