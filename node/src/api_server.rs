@@ -6,7 +6,8 @@
 //! With a TLS acceptor, every connection is TLS: the handshake has the same
 //! deadline as a request's headers, and ALPN tells HTTP/2 from HTTP/1.1.
 //! Writes the client leaves untaken fail after a deadline (see
-//! [`WriteDeadline`]), which closes the connection.
+//! [`WriteDeadline`]), which closes the connection; TCP keepalive finds
+//! peers that are gone (a host down, a network cut) on idle connections.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +39,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How often a connection that sent part of the HTTP/2 preface is looked
 /// at again.
 const PREFACE_POLL: Duration = Duration::from_millis(10);
+/// TCP keepalive on every accepted connection: probes after a minute of
+/// silence, every 10 s, closed after 6 unanswered (about 2 minutes). An idle
+/// connection to a peer that is gone (an HTTP/2 client, a subscriber
+/// waiting for messages) would otherwise hold its place for ever.
+const TCP_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(6);
 
 /// The API listener's limits (`--max-connections`,
 /// `--max-connections-per-client`, `--header-read-timeout-ms`,
@@ -191,6 +200,7 @@ pub async fn serve(
         // No Nagle delay: stream frames (SSE, WebSocket) go out as soon as
         // they are written.
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&TCP_KEEPALIVE);
         match admit(&open, peer.ip(), &limits) {
             Ok(slot) => {
                 connections.spawn(serve_connection(

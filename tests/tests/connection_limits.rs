@@ -2,8 +2,8 @@
 //! connections per client address and in all (past them a JSON 429 or
 //! 503, then close), and the deadline for a request's headers, which ends
 //! slowloris connections and idle ones while streams stay open, and the
-//! request timeout, which also bounds a body sent slowly. The OTLP/gRPC
-//! listener has the same connection limits.
+//! request timeout, which also bounds a body sent slowly; TCP keepalive on
+//! every connection. The OTLP/gRPC listener has the same connection limits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -289,4 +289,45 @@ async fn a_body_sent_slowly_is_answered_504_when_the_request_time_runs_out() {
     assert!(answer.contains("\"timeout\""), "{answer}");
     let (status, _) = node.get("slow").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the slow write was stored");
+}
+
+/// The node's side of the TCP connection from `client` to its API port, as
+/// `/proc/net/tcp` shows it: its timer field (`tr:when`, 02 = keepalive).
+fn node_side_timer(node: &Node, client: SocketAddr) -> Option<String> {
+    let hex = |address: SocketAddr| match address {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (local, remote) = (hex(api_addr(node)), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() > 5 && fields[1] == local && fields[2] == remote && fields[3] == "01")
+            .then(|| fields[5].to_string())
+    })
+}
+
+/// A peer that is gone (host down, network cut) never closes its side:
+/// every connection the node takes has TCP keepalive on, so the kernel
+/// probes an idle one and ends it when nothing answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_the_node_takes_have_tcp_keepalive_on() {
+    let node = Node::start().await;
+    let idle = connect_from(&node, [127, 0, 0, 6]).await;
+    let client = idle.local_addr().expect("the client's address");
+    wait_for(
+        T,
+        "the node's side of the connection to have a keepalive timer",
+        || async {
+            match node_side_timer(&node, client) {
+                Some(timer) if timer.starts_with("02:") => Ok(()),
+                other => Err(format!("timer {other:?}")),
+            }
+        },
+    )
+    .await;
 }
