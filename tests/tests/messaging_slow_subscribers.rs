@@ -376,7 +376,9 @@ async fn stalled_subscribers_of_one_topic_are_counted_once_in_the_budget() {
 /// A subscriber that stops reading altogether, over WebSocket or SSE,
 /// fills its socket; after `--write-timeout-ms` with nothing taken the node
 /// closes the connection and drops the subscription and its buffer, while
-/// a subscriber that reads on gets every message.
+/// a subscriber that reads on gets every message. Over HTTP/2 the stalled
+/// stream is stopped by flow control before its socket fills; it is let go
+/// too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscriber_that_stops_reading_is_let_go_after_the_write_timeout() {
     let node = Node::start_with(&["--write-timeout-ms", "1000"]).await;
@@ -385,30 +387,40 @@ async fn a_subscriber_that_stops_reading_is_let_go_after_the_write_timeout() {
     node.wait_interest(own, "stall.ws", None, 1).await;
     let _stalled_sse = node.subscribe_sse(&[("pattern", "stall.sse")]).await;
     node.wait_interest(own, "stall.sse", None, 1).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an HTTP/2 client");
+    let stalled_h2 = h2
+        .get(node.url("/v1/subscribe?pattern=stall.h2"))
+        .send()
+        .await
+        .expect("SSE over HTTP/2");
+    assert_eq!(stalled_h2.version(), reqwest::Version::HTTP_2);
+    node.wait_interest(own, "stall.h2", None, 1).await;
     let mut reader = node
         .subscribe_sse(&[("pattern", "stall.*"), ("buffer", "65536")])
         .await;
     node.wait_interest(own, "stall.*", None, 1).await;
 
-    // 1000 messages of 16 KiB to each stalled topic (16 MB each): more than
+    // 700 messages of 16 KiB to each stalled topic (11 MB each): more than
     // the sockets between the node and a client hold.
     let filler = "x".repeat(16 << 10);
+    let topics = ["stall.ws", "stall.sse", "stall.h2"];
     let mut received = 0;
     for batch in 0..100 {
-        let messages = (0..20)
-            .map(|i| {
-                let topic = if i % 2 == 0 { "stall.ws" } else { "stall.sse" };
-                entry(&format!("s{batch:03}-{i:02}"), topic, &filler)
-            })
+        let messages = (0..21)
+            .map(|i| entry(&format!("s{batch:03}-{i:02}"), topics[i % 3], &filler))
             .collect();
         publish_batch(&node, messages).await;
-        received += reader.messages(20, T).await.len();
+        received += reader.messages(21, T).await.len();
     }
-    assert_eq!(received, 2000, "the reading subscriber got every message");
+    assert_eq!(received, 2100, "the reading subscriber got every message");
 
-    // Both stalled subscribers are let go; the reader is not.
-    node.wait_interest(own, "stall.ws", None, 0).await;
-    node.wait_interest(own, "stall.sse", None, 0).await;
+    // The stalled subscribers are let go; the reader is not.
+    for topic in topics {
+        node.wait_interest(own, topic, None, 0).await;
+    }
     node.wait_interest(own, "stall.*", None, 1).await;
     let metrics = node.get_path("/metrics").await.text;
     let timeouts = metric(&metrics, "shoal_api_write_timeouts_total{listener=\"api\"}");

@@ -518,15 +518,11 @@ pub async fn sse(
     let still_allowed = subscription_allowed(&params);
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     let hello = json!({"subscription": subscription.id, "node_id": shoal.node_id});
+    let limit = write_timeout(&shoal);
     tokio::spawn(async move {
         let queue = subscription.queue.clone();
-        if sender
-            .send(Ok(Event::default()
-                .event("subscribed")
-                .data(hello.to_string())))
-            .await
-            .is_err()
-        {
+        let hello = Event::default().event("subscribed").data(hello.to_string());
+        if !within(limit, sender.send(Ok(hello))).await {
             return;
         }
         loop {
@@ -535,18 +531,17 @@ pub async fn sse(
                 _ = sender.closed() => return,
             };
             let Some(batch) = batch else {
-                let _ = sender
-                    .send(Ok(Event::default()
-                        .event("error")
-                        .data(slow_consumer_error(&queue).to_string())))
-                    .await;
+                let error = Event::default()
+                    .event("error")
+                    .data(slow_consumer_error(&queue).to_string());
+                within(limit, sender.send(Ok(error))).await;
                 return;
             };
             if batch.dropped > 0 {
                 let event = Event::default()
                     .event("dropped")
                     .data(json!({"dropped": batch.dropped}).to_string());
-                if sender.send(Ok(event)).await.is_err() {
+                if !within(limit, sender.send(Ok(event))).await {
                     return;
                 }
             }
@@ -555,7 +550,7 @@ pub async fn sse(
                     .event("message")
                     .id(shared.message.id.clone())
                     .data(shared.envelope_json());
-                if sender.send(Ok(event)).await.is_err() {
+                if !within(limit, sender.send(Ok(event))).await {
                     return;
                 }
             }
@@ -615,8 +610,24 @@ pub async fn websocket(
         .max_frame_size(SUBSCRIBER_FRAME_BYTES)
         .on_upgrade(move |socket| {
             let revoked = caller.revoked(shoal.acl.clone(), still_allowed);
-            stream_to_socket(socket, subscription, raw, revoked)
+            stream_to_socket(socket, subscription, raw, revoked, write_timeout(&shoal))
         }))
+}
+
+/// `--write-timeout-ms`: how long a subscriber may take nothing. The
+/// connection's own write deadline sees a socket that fills; over HTTP/2,
+/// flow control stops a stalled stream before its socket fills, so the
+/// stream's writes are bounded here as well.
+fn write_timeout(shoal: &Shoal) -> Duration {
+    Duration::from_millis(shoal.settings.write_timeout_ms)
+}
+
+/// Whether `write` went through within `limit`.
+async fn within<T, E>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T, E>>,
+) -> bool {
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(_)))
 }
 
 async fn stream_to_socket(
@@ -624,6 +635,7 @@ async fn stream_to_socket(
     subscription: Subscription,
     raw: bool,
     revoked: impl std::future::Future<Output = ()>,
+    limit: Duration,
 ) {
     let (mut sink, mut incoming) = socket.split();
     let queue: Arc<BoundedQueue<Arc<Shared>>> = subscription.queue.clone();
@@ -645,15 +657,11 @@ async fn stream_to_socket(
             let _ = sink.send(close(1008, slow_consumer_reason(&queue))).await;
             return;
         };
-        if batch.dropped > 0
-            && sink
-                .feed(WsMessage::Text(
-                    json!({"dropped": batch.dropped}).to_string().into(),
-                ))
-                .await
-                .is_err()
-        {
-            return;
+        if batch.dropped > 0 {
+            let report = WsMessage::Text(json!({"dropped": batch.dropped}).to_string().into());
+            if !within(limit, sink.feed(report)).await {
+                return;
+            }
         }
         for shared in batch.items {
             let frame = if raw {
@@ -661,11 +669,11 @@ async fn stream_to_socket(
             } else {
                 WsMessage::Text(shared.envelope_json().to_string().into())
             };
-            if sink.feed(frame).await.is_err() {
+            if !within(limit, sink.feed(frame)).await {
                 return;
             }
         }
-        if sink.flush().await.is_err() {
+        if !within(limit, sink.flush()).await {
             return;
         }
     }
