@@ -253,22 +253,20 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
 ) {
     let deadline = listener.limits.header_read_timeout;
+    let stream = WriteDeadline::new(stream, listener.limits.write_timeout, listener.name);
     match &listener.tls {
         None => {
             // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2
             // without a deadline of its own: bound that wait by the header
             // deadline.
-            if tokio::time::timeout(deadline, version_known(&stream))
+            if tokio::time::timeout(deadline, version_known(stream.get_ref()))
                 .await
                 .unwrap_or(false)
             {
-                let stream =
-                    WriteDeadline::new(stream, listener.limits.write_timeout, listener.name);
                 serve_http(stream, Protocol::Detect, listener, stop).await;
             }
         }
         Some(acceptor) => {
-            let stream = WriteDeadline::new(stream, listener.limits.write_timeout, listener.name);
             let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

@@ -38,6 +38,11 @@ impl<S> WriteDeadline<S> {
         }
     }
 
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Passes a finished write through and stops the clock; for a write
     /// still waiting, starts the clock (if not running) and fails the write
     /// once it runs out.

@@ -644,7 +644,7 @@ async fn stream_to_socket(
         let batch = tokio::select! {
             batch = queue.next_batch(STREAM_BATCH) => batch,
             () = &mut revoked => {
-                let _ = sink.send(close(1008, "the token was revoked")).await;
+                within(limit, sink.send(close(1008, "the token was revoked"))).await;
                 return;
             }
             // The client closed (or sent something): only a close matters.
@@ -654,7 +654,7 @@ async fn stream_to_socket(
             },
         };
         let Some(batch) = batch else {
-            let _ = sink.send(close(1008, slow_consumer_reason(&queue))).await;
+            within(limit, sink.send(close(1008, slow_consumer_reason(&queue)))).await;
             return;
         };
         if batch.dropped > 0 {
