@@ -2,7 +2,8 @@
 //! under abusive clients: at most so many connections in all and per
 //! client address (past them a connection gets a JSON 503 or 429 and is
 //! closed), and a deadline for a request's headers, which also closes an
-//! HTTP/1.1 connection that sits idle between requests (slowloris).
+//! HTTP/1.1 connection that sits idle between requests (slowloris), and an
+//! HTTP/2 connection without a stream for as long.
 //! With a TLS acceptor, every connection is TLS: the handshake has the same
 //! deadline as a request's headers, and ALPN tells HTTP/2 from HTTP/1.1.
 //! Writes the client leaves untaken fail after a deadline (see
@@ -26,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::error::{ApiError, ErrorCode};
+use crate::http2_idle::{CountedApp, Streams};
 use crate::settings::Settings;
 use crate::write_deadline::WriteDeadline;
 
@@ -65,7 +67,7 @@ impl ConnectionLimits {
             total: settings.max_connections,
             per_client: settings.max_connections_per_client,
             header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms),
-            write_timeout: Duration::from_millis(settings.write_timeout_ms),
+            write_timeout: settings.write_timeout(),
         }
     }
 }
@@ -239,9 +241,8 @@ struct Listener {
 }
 
 /// Which HTTP a connection speaks.
+#[derive(Clone, Copy, PartialEq)]
 enum Protocol {
-    /// Told by the first bytes (plain TCP).
-    Detect,
     Http1,
     Http2,
 }
@@ -256,14 +257,12 @@ async fn serve_connection(
     let stream = WriteDeadline::new(stream, listener.limits.write_timeout, listener.name);
     match &listener.tls {
         None => {
-            // hyper reads the first bytes to tell HTTP/1.1 from HTTP/2
-            // without a deadline of its own: bound that wait by the header
-            // deadline.
-            if tokio::time::timeout(deadline, version_known(stream.get_ref()))
-                .await
-                .unwrap_or(false)
+            // The first bytes tell HTTP/1.1 from HTTP/2; the wait for
+            // them is bounded by the header deadline.
+            if let Ok(Some(protocol)) =
+                tokio::time::timeout(deadline, protocol_of(stream.get_ref())).await
             {
-                serve_http(stream, Protocol::Detect, listener, stop).await;
+                serve_http(stream, protocol, listener, stop).await;
             }
         }
         Some(acceptor) => {
@@ -301,32 +300,53 @@ async fn serve_http<S>(
         .header_read_timeout(listener.limits.header_read_timeout);
     // WebSockets over HTTP/2 use the CONNECT protocol.
     builder.http2().enable_connect_protocol();
-    let builder = match protocol {
-        Protocol::Detect => builder,
-        Protocol::Http1 => builder.http1_only(),
-        Protocol::Http2 => builder.http2_only(),
+    // hyper tells HTTP/1.1 from HTTP/2 by itself (with upgrades, its
+    // `http1_only`/`http2_only` do nothing); `protocol` decides only this:
+    // an HTTP/2 connection with no stream for the header deadline is told
+    // to go away, as an idle HTTP/1.1 connection is closed.
+    let streams = (protocol == Protocol::Http2).then(Streams::default);
+    let idle = {
+        let streams = streams.clone();
+        let limit = listener.limits.header_read_timeout;
+        async move {
+            match streams {
+                Some(streams) => streams.idle_for(limit).await,
+                None => std::future::pending().await,
+            }
+        }
     };
-    let service = TowerToHyperService::new(listener.app);
+    let service = TowerToHyperService::new(CountedApp {
+        router: listener.app,
+        streams,
+    });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
         _ = stop.changed() => connection.as_mut().graceful_shutdown(),
+        _ = idle => {
+            metrics::counter!("shoal_api_idle_closed_total", "listener" => listener.name)
+                .increment(1);
+            connection.as_mut().graceful_shutdown();
+        }
     }
     let _ = connection.await;
 }
 
 /// Waits until the bytes waiting on the connection tell its protocol: they
-/// are the whole HTTP/2 preface or differ from it. False if it closed.
-async fn version_known(stream: &TcpStream) -> bool {
+/// are the whole HTTP/2 preface or differ from it. None if it closed.
+async fn protocol_of(stream: &TcpStream) -> Option<Protocol> {
     let mut first = [0u8; H2_PREFACE.len()];
     loop {
         let n = match stream.peek(&mut first).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => n,
         };
-        if n == H2_PREFACE.len() || first[..n] != H2_PREFACE[..n] {
-            return true;
+        if first[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Protocol::Http2);
         }
         // Part of the preface: peeking again at once would see the same.
         tokio::time::sleep(PREFACE_POLL).await;

@@ -23,6 +23,7 @@ mod cluster;
 mod compat;
 mod disk_full;
 mod faults;
+mod http2_idle;
 mod routes;
 mod server;
 mod services;

@@ -8,6 +8,7 @@
 //! same table: neither can drift from the other.
 
 use axum::extract::DefaultBodyLimit;
+use axum::routing::{on, MethodFilter};
 use axum::{middleware, Extension, Router};
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -165,7 +166,17 @@ pub fn router(app: AppState) -> Router {
     let (router, document) = table(&Limits::of(&app)).split_for_parts();
     let document = api::doc::finish(document);
     let json = serde_json::to_string(&document).unwrap_or_else(|_| "{}".to_string());
+    // WebSockets over HTTP/2 open with CONNECT (RFC 8441), a method OpenAPI
+    // has no operation for: the same handlers, beside their documented GET.
     router
+        .route(
+            "/v1/subscribe/ws",
+            on(MethodFilter::CONNECT, api::messaging::websocket),
+        )
+        .route(
+            "/v1/publish/ws",
+            on(MethodFilter::CONNECT, api::messaging::publish_socket),
+        )
         .route_layer(middleware::from_fn_with_state(app.clone(), api::limit_time))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),

@@ -625,6 +625,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `--write-timeout-ms`: how long a client may leave the node's writes
+    /// to it untaken.
+    pub fn write_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.write_timeout_ms)
+    }
+
     /// The scheme of this node's API, and so of every node's (they are
     /// started alike).
     pub fn api_scheme(&self) -> &'static str {

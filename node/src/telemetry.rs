@@ -254,6 +254,11 @@ fn describe_node_metrics() {
         "Connections answered 503 or 429 and closed because the listener was at --max-connections (limit=node) or the client address at --max-connections-per-client (limit=client)."
     );
     describe_counter!(
+        "shoal_api_idle_closed_total",
+        Unit::Count,
+        "HTTP/2 connections told to go away (GOAWAY) after --header-read-timeout-ms without a stream, by listener; an idle HTTP/1.1 connection is closed by the same deadline."
+    );
+    describe_counter!(
         "shoal_api_write_timeouts_total",
         Unit::Count,
         "Connections closed because the client took nothing the node wrote to it for --write-timeout-ms (a stalled subscriber, most likely), by listener."
@@ -357,6 +362,11 @@ fn describe_node_metrics() {
         "shoal_watch_streams",
         Unit::Count,
         "Open SSE watch streams on this node."
+    );
+    describe_gauge!(
+        "shoal_log_tail_streams",
+        Unit::Count,
+        "Open live log tails (SSE) on this node."
     );
     describe_counter!(
         "shoal_watch_overflows_total",

@@ -15,6 +15,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// Whether `write` went through within `limit`. A task that hands a
+/// stream's frames (SSE events, WebSocket messages) to its connection
+/// bounds each hand-over with it: over HTTP/2, flow control stops a
+/// stalled stream before the socket fills, so [`WriteDeadline`] never sees
+/// it, and the task would wait for ever.
+pub async fn within<T, E>(limit: Duration, write: impl Future<Output = Result<T, E>>) -> bool {
+    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(_)))
+}
+
 /// `inner` whose writes, flushes and shutdown fail with `TimedOut` once one
 /// has waited `limit` without the socket taking anything.
 pub struct WriteDeadline<S> {

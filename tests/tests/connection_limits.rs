@@ -2,8 +2,10 @@
 //! connections per client address and in all (past them a JSON 429 or
 //! 503, then close), and the deadline for a request's headers, which ends
 //! slowloris connections and idle ones while streams stay open, and the
-//! request timeout, which also bounds a body sent slowly; TCP keepalive on
-//! every connection. The OTLP/gRPC listener has the same connection limits.
+//! request timeout, which also bounds a body sent slowly; HTTP/2
+//! connections without a stream told to go away after the same deadline;
+//! TCP keepalive on every connection. The OTLP/gRPC listener has the same
+//! connection limits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use shoal_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
 
 /// Longest wait for something the node must do on its own.
 const T: Duration = Duration::from_secs(20);
@@ -330,4 +333,155 @@ async fn connections_the_node_takes_have_tcp_keepalive_on() {
         },
     )
     .await;
+}
+
+/// An HTTP/2 connection to the node: its request sender, and the task that
+/// drives it, which ends when the node closes the connection.
+async fn h2_connect(node: &Node) -> (h2::client::SendRequest<bytes::Bytes>, JoinHandle<()>) {
+    let tcp = TcpStream::connect(api_addr(node))
+        .await
+        .expect("connecting to the API");
+    let (sender, connection) = h2::client::handshake(tcp)
+        .await
+        .expect("an HTTP/2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let sender = sender
+        .ready()
+        .await
+        .expect("the connection takes a request");
+    (sender, driver)
+}
+
+/// Sends `request` on the connection; its answer's status and body, and
+/// the request's stream (open for a WebSocket's frames, else ended).
+async fn h2_send(
+    sender: &mut h2::client::SendRequest<bytes::Bytes>,
+    request: http::Request<()>,
+) -> (u16, h2::RecvStream, h2::SendStream<bytes::Bytes>) {
+    let end_of_stream = request.method() != http::Method::CONNECT;
+    let (answer, body) = sender
+        .send_request(request, end_of_stream)
+        .expect("a stream for the request");
+    let answer = tokio::time::timeout(T, answer)
+        .await
+        .expect("an answer within 20 s")
+        .expect("an answer");
+    (answer.status().as_u16(), answer.into_body(), body)
+}
+
+/// A WebSocket over HTTP/2 (RFC 8441) to `path`: its answer's status, the
+/// node's frames and the stream to send frames on.
+async fn h2_websocket(
+    sender: &mut h2::client::SendRequest<bytes::Bytes>,
+    node: &Node,
+    path: &str,
+) -> (u16, h2::RecvStream, h2::SendStream<bytes::Bytes>) {
+    let connect = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(node.url(path))
+        .extension(h2::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .expect("a request");
+    h2_send(sender, connect).await
+}
+
+/// A client's WebSocket text frame (masked, as clients must).
+fn masked_text_frame(text: &str) -> bytes::Bytes {
+    let mask = [0x5a, 0x13, 0xc7, 0x2e];
+    assert!(text.len() < 126, "a short frame");
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame.into()
+}
+
+fn h2_get(node: &Node, path: &str) -> http::Request<()> {
+    http::Request::get(node.url(path))
+        .body(())
+        .expect("a request")
+}
+
+/// Reads `body` until what came contains `needle`.
+async fn h2_read_until(body: &mut h2::RecvStream, needle: &str) {
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let chunk = tokio::time::timeout(T, body.data())
+            .await
+            .unwrap_or_else(|_| panic!("{needle:?} not received within 20 s"))
+            .unwrap_or_else(|| panic!("the stream ended before {needle:?}"))
+            .expect("a data frame");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        seen.extend_from_slice(&chunk);
+    }
+}
+
+/// An HTTP/2 connection without a stream is told to go away after the
+/// header deadline, as an idle HTTP/1.1 one is closed; a connection
+/// carrying a stream (an SSE watch, WebSockets over HTTP/2, which outlive
+/// their response) is not, and takes new requests however long it lasts.
+/// WebSockets over HTTP/2 publish and subscribe.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_connections_without_a_stream_go_away_and_those_with_one_stay() {
+    let node = Node::start_with(&["--header-read-timeout-ms", "1000"]).await;
+    let own = node.node_id().await;
+
+    let (mut idle, idle_driver) = h2_connect(&node).await;
+    let (status, ..) = h2_send(&mut idle, h2_get(&node, "/ready")).await;
+    assert_eq!(status, 200);
+
+    let (mut watching, watching_driver) = h2_connect(&node).await;
+    let (status, mut watch, _) =
+        h2_send(&mut watching, h2_get(&node, "/v1/watch?key=limits/h2")).await;
+    assert_eq!(status, 200, "a watch over HTTP/2");
+
+    let (mut socket, socket_driver) = h2_connect(&node).await;
+    // After an answer, the node's settings have been read.
+    let (status, ..) = h2_send(&mut socket, h2_get(&node, "/ready")).await;
+    assert_eq!(status, 200);
+    assert!(
+        socket.is_extended_connect_protocol_enabled(),
+        "the node offers WebSockets over HTTP/2"
+    );
+    let (status, mut frames, _) =
+        h2_websocket(&mut socket, &node, "/v1/subscribe/ws?pattern=limits.h2").await;
+    assert_eq!(status, 200, "a subscriber's WebSocket over HTTP/2");
+    node.wait_interest(own, "limits.h2", None, 1).await;
+    let (status, _, mut publisher) =
+        h2_websocket(&mut socket, &node, "/v1/publish/ws?topic=limits.h2").await;
+    assert_eq!(status, 200, "a publisher's WebSocket over HTTP/2");
+
+    tokio::time::timeout(T, idle_driver)
+        .await
+        .expect("the idle HTTP/2 connection was not closed within 20 s")
+        .expect("the idle connection's task");
+    // Past twice the deadline: were the streams not counted, their
+    // connections would have been told to go away and refuse new streams.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, connection) in [("watching", &mut watching), ("socket", &mut socket)] {
+        let ready = tokio::time::timeout(T, connection.clone().ready())
+            .await
+            .expect("ready within 20 s");
+        let mut ready = ready.unwrap_or_else(|e| panic!("the {name} connection went away: {e}"));
+        let (status, ..) = h2_send(&mut ready, h2_get(&node, "/ready")).await;
+        assert_eq!(status, 200, "a new request on the {name} connection");
+    }
+    assert!(!watching_driver.is_finished() && !socket_driver.is_finished());
+
+    node.put("limits/h2", b"seen").await;
+    h2_read_until(&mut watch, "limits/h2").await;
+    publisher
+        .send_data(masked_text_frame("m-over-h2"), false)
+        .expect("sending a frame");
+    h2_read_until(&mut frames, "m-over-h2").await;
+
+    let metrics = node.get_path("/metrics").await.text;
+    let closed = metrics
+        .lines()
+        .find(|line| line.starts_with("shoal_api_idle_closed_total{listener=\"api\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok());
+    assert_eq!(closed, Some(1.0), "{metrics}");
 }

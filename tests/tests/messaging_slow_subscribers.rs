@@ -429,3 +429,62 @@ async fn a_subscriber_that_stops_reading_is_let_go_after_the_write_timeout() {
     let last = reader.messages(1, T).await;
     assert_eq!(text(&last[0], "/id"), "after");
 }
+
+/// A KV watch and a live log tail are streams too: over HTTP/2 a client
+/// that stops reading them stalls only its stream (flow control), and
+/// after `--write-timeout-ms` with nothing taken the node ends them and
+/// lets their watcher and search loop go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_and_a_log_tail_stalled_over_http2_are_let_go_after_the_write_timeout() {
+    let node = Node::start_with(&["--write-timeout-ms", "1000"]).await;
+    let streams = |metrics: &str| {
+        (
+            metric(metrics, "shoal_watch_streams"),
+            metric(metrics, "shoal_log_tail_streams"),
+        )
+    };
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("an HTTP/2 client");
+    let mut stalled = Vec::new();
+    for path in ["/v1/watch?prefix=stall/", "/v1/logs/tail?stream=stall"] {
+        let answer = h2.get(node.url(path)).send().await.expect(path);
+        assert_eq!(answer.status().as_u16(), 200, "{path}");
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+        stalled.push(answer);
+    }
+    wait_for(T, "a watch and a tail open", || async {
+        let open = streams(&node.get_path("/metrics").await.text);
+        if open == (1.0, 1.0) {
+            Ok(())
+        } else {
+            Err(format!("{open:?}"))
+        }
+    })
+    .await;
+
+    // 12 MB of changes in 24 revisions (fewer than the watcher's buffer
+    // holds, so it never falls behind) and 12 MB of log records: more than
+    // an HTTP/2 stream's window and the node's buffers behind it.
+    let value = vec![b'v'; 512 << 10];
+    for i in 0..24 {
+        node.put(&format!("stall/{i:02}"), &value).await;
+    }
+    let record = |i: usize| json!({"message": format!("{i:05} {}", "r".repeat(8 << 10))});
+    for batch in 0..15 {
+        let records: Vec<_> = (0..100).map(|i| record(batch * 100 + i)).collect();
+        node.ingest_records("stall", &records).await;
+    }
+
+    wait_for(T, "the stalled watch and tail ended", || async {
+        let open = streams(&node.get_path("/metrics").await.text);
+        if open == (0.0, 0.0) {
+            Ok(())
+        } else {
+            Err(format!("(watch streams, tail streams) = {open:?}"))
+        }
+    })
+    .await;
+    drop(stalled);
+}

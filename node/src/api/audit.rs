@@ -47,7 +47,8 @@ pub fn audited(route: &str, method: &Method, status: u16) -> bool {
     if status == 401 || status == 403 {
         return true;
     }
-    let reads = [Method::GET, Method::HEAD, Method::OPTIONS];
+    // CONNECT opens a WebSocket over HTTP/2, like a GET upgrade.
+    let reads = [Method::GET, Method::HEAD, Method::OPTIONS, Method::CONNECT];
     !reads.contains(method) && !DATA_ROUTES.contains(&route)
 }
 

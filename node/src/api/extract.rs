@@ -4,29 +4,60 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use axum::body::Bytes;
-use axum::extract::ws::WebSocketUpgrade;
+use std::future::Future;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ApiResult, ErrorCode};
+use crate::http2_idle::StreamHold;
 use crate::services::shoal::Shoal;
 
 /// A WebSocket upgrade; a request that is not one is answered 400
 /// `bad_request` in JSON like every other malformed request (axum's own
 /// rejection is plain text).
-pub struct Upgrade(pub WebSocketUpgrade);
+pub struct Upgrade {
+    upgrade: WebSocketUpgrade,
+    /// Over HTTP/2, the request's stream: the socket outlives the response,
+    /// and its connection is not idle while it is open.
+    stream: Option<StreamHold>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        WebSocketUpgrade::from_request_parts(parts, state)
+        let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
             .await
-            .map(Upgrade)
             .map_err(|e| {
                 ApiError::bad_request(format!("this route takes a WebSocket upgrade: {e}"))
+            })?;
+        Ok(Upgrade {
+            upgrade,
+            stream: parts.extensions.get::<StreamHold>().cloned(),
+        })
+    }
+}
+
+impl Upgrade {
+    /// Accepts the upgrade and runs `serve` on the socket, which refuses
+    /// frames and messages larger than `max_bytes`.
+    pub fn serve<F, Fut>(self, max_bytes: usize, serve: F) -> Response
+    where
+        F: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let stream = self.stream;
+        self.upgrade
+            .max_message_size(max_bytes)
+            .max_frame_size(max_bytes)
+            .on_upgrade(move |socket| async move {
+                let _stream = stream;
+                serve(socket).await;
             })
     }
 }

@@ -32,6 +32,7 @@ use super::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use super::extract::{Body, JsonBody, Params, PathText, Upgrade};
 use super::model::SseEvent;
 use crate::services::shoal::Shoal;
+use crate::write_deadline::within;
 
 /// Most messages in one publish batch.
 pub const MAX_BATCH_MESSAGES: usize = 1000;
@@ -518,7 +519,7 @@ pub async fn sse(
     let still_allowed = subscription_allowed(&params);
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     let hello = json!({"subscription": subscription.id, "node_id": shoal.node_id});
-    let limit = write_timeout(&shoal);
+    let limit = shoal.settings.write_timeout();
     tokio::spawn(async move {
         let queue = subscription.queue.clone();
         let hello = Event::default().event("subscribed").data(hello.to_string());
@@ -590,7 +591,7 @@ pub async fn websocket(
     caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     params: Params,
-    Upgrade(upgrade): Upgrade,
+    upgrade: Upgrade,
 ) -> ApiResult<Response> {
     let raw = match params.string("format") {
         None | Some("json") => false,
@@ -605,29 +606,16 @@ pub async fn websocket(
     let still_allowed = subscription_allowed(&params);
     // A subscriber only ever sends control frames and a close: anything
     // bigger ends the socket before the node buffers it.
-    Ok(upgrade
-        .max_message_size(SUBSCRIBER_FRAME_BYTES)
-        .max_frame_size(SUBSCRIBER_FRAME_BYTES)
-        .on_upgrade(move |socket| {
-            let revoked = caller.revoked(shoal.acl.clone(), still_allowed);
-            stream_to_socket(socket, subscription, raw, revoked, write_timeout(&shoal))
-        }))
-}
-
-/// `--write-timeout-ms`: how long a subscriber may take nothing. The
-/// connection's own write deadline sees a socket that fills; over HTTP/2,
-/// flow control stops a stalled stream before its socket fills, so the
-/// stream's writes are bounded here as well.
-fn write_timeout(shoal: &Shoal) -> Duration {
-    Duration::from_millis(shoal.settings.write_timeout_ms)
-}
-
-/// Whether `write` went through within `limit`.
-async fn within<T, E>(
-    limit: Duration,
-    write: impl std::future::Future<Output = Result<T, E>>,
-) -> bool {
-    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(_)))
+    Ok(upgrade.serve(SUBSCRIBER_FRAME_BYTES, move |socket| {
+        let revoked = caller.revoked(shoal.acl.clone(), still_allowed);
+        stream_to_socket(
+            socket,
+            subscription,
+            raw,
+            revoked,
+            shoal.settings.write_timeout(),
+        )
+    }))
 }
 
 async fn stream_to_socket(
@@ -644,7 +632,7 @@ async fn stream_to_socket(
         let batch = tokio::select! {
             batch = queue.next_batch(STREAM_BATCH) => batch,
             () = &mut revoked => {
-                within(limit, sink.send(close(1008, "the token was revoked"))).await;
+                send_close(&mut sink, limit, 1008, "the token was revoked").await;
                 return;
             }
             // The client closed (or sent something): only a close matters.
@@ -654,7 +642,7 @@ async fn stream_to_socket(
             },
         };
         let Some(batch) = batch else {
-            within(limit, sink.send(close(1008, slow_consumer_reason(&queue)))).await;
+            send_close(&mut sink, limit, 1008, slow_consumer_reason(&queue)).await;
             return;
         };
         if batch.dropped > 0 {
@@ -704,7 +692,7 @@ pub async fn publish_socket(
     caller: Caller,
     State(shoal): State<Arc<Shoal>>,
     params: Params,
-    Upgrade(upgrade): Upgrade,
+    upgrade: Upgrade,
 ) -> ApiResult<Response> {
     let topic = params.string("topic").map(str::to_string);
     if let Some(topic) = &topic {
@@ -716,10 +704,9 @@ pub async fn publish_socket(
         .unwrap_or("application/octet-stream")
         .to_string();
     let limit = shoal.settings.max_message_bytes + (64 << 10);
-    Ok(upgrade
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| publish_from_socket(shoal, caller, socket, topic, content_type)))
+    Ok(upgrade.serve(limit, move |socket| {
+        publish_from_socket(shoal, caller, socket, topic, content_type)
+    }))
 }
 
 async fn publish_from_socket(
@@ -730,6 +717,7 @@ async fn publish_from_socket(
     content_type: String,
 ) {
     let source = node_source(&shoal);
+    let limit = shoal.settings.write_timeout();
     let to_message =
         |caller: &Caller, frame: WsMessage, time: &str| -> ApiResult<Option<Message>> {
             let data = match (frame, &topic) {
@@ -788,7 +776,8 @@ async fn publish_from_socket(
                         continue;
                     }
                     _ => {
-                        let _ = socket.send(close(1008, "the token was revoked or may no longer publish here")).await;
+                        let reason = "the token was revoked or may no longer publish here";
+                        send_close(&mut socket, limit, 1008, reason).await;
                         return;
                     }
                 }
@@ -826,15 +815,23 @@ async fn publish_from_socket(
                     shoal_actors::MessagingError::NoSpace => 1013,
                     _ => 1011,
                 };
-                let _ = socket.send(close(code, &e.to_string())).await;
+                send_close(&mut socket, limit, code, &e.to_string()).await;
                 return;
             }
         }
         if let Some(e) = refused {
-            let _ = socket.send(close(1008, &e.message)).await;
+            send_close(&mut socket, limit, 1008, &e.message).await;
             return;
         }
     }
+}
+
+/// Sends a close frame, waiting at most `limit` for the client to take it.
+async fn send_close<S>(socket: &mut S, limit: Duration, code: u16, reason: &str)
+where
+    S: futures::Sink<WsMessage> + Unpin,
+{
+    within(limit, socket.send(close(code, reason))).await;
 }
 
 /// A close frame; the reason is cut to the 123 bytes a close frame can hold.

@@ -25,6 +25,7 @@ use super::model::{ChangeBatchJson, SseEvent};
 use crate::services::shoal::Shoal;
 use crate::services::watch::Watcher;
 use crate::services::watch_hub::{Filter, SharedBatch};
+use crate::write_deadline::within;
 
 /// Longest long-poll wait.
 const MAX_POLL_MS: u64 = 300_000;
@@ -81,7 +82,7 @@ fn change_event(shared: &SharedBatch) -> Event {
     tag = "watch",
     operation_id = "watch",
     summary = "Watch changes (Server-Sent Events)",
-    description = "A `text/event-stream` of change batches for one key or a prefix, in revision order, each change exactly once. Each batch (one revision) is an SSE event with `event: change`, `id: <revision>`, `data: <ChangeBatch JSON>`. A reconnecting client sends `Last-Event-ID: <revision>` and resumes at revision + 1 (overrides `from_revision`). A comment line `: keepalive` is sent every 15 s. If the stream fails after it started (e.g. the watcher fell behind the compaction point), a final `event: error` with `data: {\"error\": {\"code\", \"message\", ...}}` (the same body as the error answer; for `compacted` it has `compact_revision`) is sent and the stream ends. Without `from_revision` (and `Last-Event-ID`), the start revision is confirmed by read-index first (503 `unavailable` / 504 `timeout` without a quorum), unless `consistency=stale`; the changes themselves are read from this node's local state.",
+    description = "A `text/event-stream` of change batches for one key or a prefix, in revision order, each change exactly once. Each batch (one revision) is an SSE event with `event: change`, `id: <revision>`, `data: <ChangeBatch JSON>`. A reconnecting client sends `Last-Event-ID: <revision>` and resumes at revision + 1 (overrides `from_revision`). A comment line `: keepalive` is sent every 15 s. If the stream fails after it started (e.g. the watcher fell behind the compaction point), a final `event: error` with `data: {\"error\": {\"code\", \"message\", ...}}` (the same body as the error answer; for `compacted` it has `compact_revision`) is sent and the stream ends. Without `from_revision` (and `Last-Event-ID`), the start revision is confirmed by read-index first (503 `unavailable` / 504 `timeout` without a quorum), unless `consistency=stale`; the changes themselves are read from this node's local state. A client that takes nothing for `--write-timeout-ms` (10 s) is disconnected (over HTTP/2, its stream ends) and the watch dropped.",
     params(
         ("key" = Option<String>, Query, description = "Watch exactly this key. Give exactly one of `key` and `prefix`. Invalid key → 400 `invalid_key`; longer than 1024 bytes → 413 `key_too_large`."),
         ("prefix" = Option<String>, Query, description = "Watch every key starting with this prefix; `prefix=` (empty) watches every key. Give exactly one of `key` and `prefix`. Longer than 1024 bytes → 400 `bad_request`."),
@@ -121,6 +122,7 @@ pub async fn sse(
         Filter::Key(key) => identity.allows(Resource::Kv, key, Access::Read),
         Filter::Prefix(prefix) => identity.allows_under(Resource::Kv, prefix, Access::Read),
     });
+    let limit = shoal.settings.write_timeout();
     let mut watcher = Watcher::start(shoal, filter, from, stale, 256).await?;
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(16);
     tokio::spawn(async move {
@@ -152,7 +154,7 @@ pub async fn sse(
             };
             let mut client_gone = false;
             for event in events {
-                if sender.send(Ok(event)).await.is_err() {
+                if !within(limit, sender.send(Ok(event))).await {
                     client_gone = true;
                     break;
                 }

@@ -23,6 +23,7 @@ use super::model::SseEvent;
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
 use crate::services::sql_worker::{self, SqlWorkerError};
+use crate::write_deadline::within;
 use shoal_acl::{Access, Resource};
 
 /// Most records one SQL query may read, over all nodes (query cost limit).
@@ -562,7 +563,7 @@ pub async fn readable_streams(
     tag = "logs",
     operation_id = "tailLogs",
     summary = "Live tail (Server-Sent Events)",
-    description = "Sends `record` events (data: a LogHit) for matching records that become searchable after the request, from every node, polled every 500 ms. backlog=N first sends the N newest matching records.",
+    description = "Sends `record` events (data: a LogHit) for matching records that become searchable after the request, from every node, polled every 500 ms. backlog=N first sends the N newest matching records. A client that takes nothing for `--write-timeout-ms` (10 s) is disconnected (over HTTP/2, its stream ends) and the tail stops.",
     params(
         ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
         ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
@@ -618,48 +619,53 @@ pub async fn tail(
     request.limit = TAIL_BATCH;
     request.after = None;
     let shoal = app.shoal.clone();
+    let limit = shoal.settings.write_timeout();
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(TAIL_POLL);
-        loop {
-            ticker.tick().await;
-            if sender.is_closed() {
-                return;
-            }
-            request.seq_after = positions.clone();
-            let (hits, report) = match logs::search(&shoal, request.clone()).await {
-                Ok(found) => found,
-                Err(e) => {
-                    let _ = sender
-                        .send(
-                            Event::default()
-                                .event("error")
-                                .data(ApiError::from(e).message),
-                        )
-                        .await;
-                    continue;
-                }
-            };
-            for hit in &hits {
-                let known = positions.entry(hit.node).or_default();
-                *known = (*known).max(hit.seq);
-                if sender.send(record_event(hit)).await.is_err() {
+        metrics::gauge!("shoal_log_tail_streams").increment(1.0);
+        async move {
+            let mut ticker = tokio::time::interval(TAIL_POLL);
+            loop {
+                ticker.tick().await;
+                if sender.is_closed() {
                     return;
                 }
-            }
-            // A member the tail had no position for (it joined or came back):
-            // start it from where it is now.
-            if report
-                .answered
-                .iter()
-                .any(|node| !positions.contains_key(node))
-            {
-                if let Ok(now) = logs::positions(&shoal).await {
-                    for (node, seq) in now {
-                        positions.entry(node).or_insert(seq);
+                request.seq_after = positions.clone();
+                let (hits, report) = match logs::search(&shoal, request.clone()).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        let error = Event::default()
+                            .event("error")
+                            .data(ApiError::from(e).message);
+                        if !within(limit, sender.send(error)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                for hit in &hits {
+                    let known = positions.entry(hit.node).or_default();
+                    *known = (*known).max(hit.seq);
+                    if !within(limit, sender.send(record_event(hit))).await {
+                        return;
+                    }
+                }
+                // A member the tail had no position for (it joined or came back):
+                // start it from where it is now.
+                if report
+                    .answered
+                    .iter()
+                    .any(|node| !positions.contains_key(node))
+                {
+                    if let Ok(now) = logs::positions(&shoal).await {
+                        for (node, seq) in now {
+                            positions.entry(node).or_insert(seq);
+                        }
                     }
                 }
             }
         }
+        .await;
+        metrics::gauge!("shoal_log_tail_streams").decrement(1.0);
     });
     let stream = futures::StreamExt::take_until(
         ReceiverStream::new(receiver).map(Ok::<Event, Infallible>),
