@@ -430,6 +430,27 @@ async fn a_subscriber_that_stops_reading_is_let_go_after_the_write_timeout() {
     assert_eq!(text(&last[0], "/id"), "after");
 }
 
+/// Waits until the node has `expected` (watch streams, log tail streams).
+async fn wait_watch_and_tail_streams(node: &Node, expected: (f64, f64)) {
+    wait_for(
+        T,
+        &format!("{expected:?} watch and tail streams"),
+        || async {
+            let metrics = node.get_path("/metrics").await.text;
+            let open = (
+                metric(&metrics, "shoal_watch_streams"),
+                metric(&metrics, "shoal_log_tail_streams"),
+            );
+            if open == expected {
+                Ok(())
+            } else {
+                Err(format!("(watch streams, tail streams) = {open:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 /// A KV watch and a live log tail are streams too: over HTTP/2 a client
 /// that stops reading them stalls only its stream (flow control), and
 /// after `--write-timeout-ms` with nothing taken the node ends them and
@@ -437,12 +458,6 @@ async fn a_subscriber_that_stops_reading_is_let_go_after_the_write_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_and_a_log_tail_stalled_over_http2_are_let_go_after_the_write_timeout() {
     let node = Node::start_with(&["--write-timeout-ms", "1000"]).await;
-    let streams = |metrics: &str| {
-        (
-            metric(metrics, "shoal_watch_streams"),
-            metric(metrics, "shoal_log_tail_streams"),
-        )
-    };
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -454,15 +469,7 @@ async fn a_watch_and_a_log_tail_stalled_over_http2_are_let_go_after_the_write_ti
         assert_eq!(answer.version(), reqwest::Version::HTTP_2);
         stalled.push(answer);
     }
-    wait_for(T, "a watch and a tail open", || async {
-        let open = streams(&node.get_path("/metrics").await.text);
-        if open == (1.0, 1.0) {
-            Ok(())
-        } else {
-            Err(format!("{open:?}"))
-        }
-    })
-    .await;
+    wait_watch_and_tail_streams(&node, (1.0, 1.0)).await;
 
     // 12 MB of changes in 24 revisions (fewer than the watcher's buffer
     // holds, so it never falls behind) and 12 MB of log records: more than
@@ -477,14 +484,6 @@ async fn a_watch_and_a_log_tail_stalled_over_http2_are_let_go_after_the_write_ti
         node.ingest_records("stall", &records).await;
     }
 
-    wait_for(T, "the stalled watch and tail ended", || async {
-        let open = streams(&node.get_path("/metrics").await.text);
-        if open == (0.0, 0.0) {
-            Ok(())
-        } else {
-            Err(format!("(watch streams, tail streams) = {open:?}"))
-        }
-    })
-    .await;
+    wait_watch_and_tail_streams(&node, (0.0, 0.0)).await;
     drop(stalled);
 }
