@@ -208,4 +208,27 @@ mod tests {
         let metrics = stand_in(&Method::GET, "/metrics", Some(7), 16 << 20);
         assert_eq!(metrics.status(), StatusCode::OK);
     }
+
+    #[test]
+    fn every_answer_of_the_stand_in_is_in_the_api_document() {
+        let document = crate::routes::document();
+        for (path, item) in &document.paths.paths {
+            let operations = [
+                (Method::GET, &item.get),
+                (Method::HEAD, &item.head),
+                (Method::PUT, &item.put),
+                (Method::POST, &item.post),
+                (Method::DELETE, &item.delete),
+                (Method::PATCH, &item.patch),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let status = stand_in(&method, path, Some(0), 16 << 20).status();
+                assert!(
+                    operation.responses.responses.contains_key(status.as_str()),
+                    "{method} {path}: the stand-in answers {status}, which the document does not name"
+                );
+            }
+        }
+    }
 }

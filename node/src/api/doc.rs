@@ -56,8 +56,9 @@ shared_error_response!(
 shared_error_response!(
     Unavailable,
     "No leader or no quorum right now, or this node is not the leader and the request needs \
-     one (`error.leader` names it when known); retry later or on the leader. Error codes: \
-     `unavailable`."
+     one (`error.leader` names it when known); retry later or on the leader. A node whose disk \
+     filled up completely answers every read 503 (`error.alarm` is `disk`) until it has \
+     restarted by itself. Error codes: `unavailable`."
 );
 shared_error_response!(
     Timeout,
@@ -69,8 +70,9 @@ shared_error_response!(
     "A space alarm is raised on a live member: the replicated store is past \
      `--quota-backend-mb` (`quota_exceeded`) or a disk has less than `--min-free-disk-mb` free \
      (`insufficient_storage`); `error.alarm` names it. Writes that add data are refused until \
-     space is freed; deletes and compaction still work. Error codes: `quota_exceeded`, \
-     `insufficient_storage`."
+     space is freed; deletes and compaction still work. A node whose disk filled up completely \
+     answers every write (deletes included) 507 `insufficient_storage` until it has restarted \
+     by itself. Error codes: `quota_exceeded`, `insufficient_storage`."
 );
 shared_error_response!(NotFound, "Any unknown route. Error codes: `not_found`.");
 shared_error_response!(
@@ -220,6 +222,9 @@ pub fn finish(mut document: OpenApi) -> OpenApi {
             if matches!(method, "put" | "post" | "patch") {
                 add_space_alarm(operation);
             }
+            if !DISK_FULL_ANSWERED.contains(&path.as_str()) {
+                add_disk_full(method, operation);
+            }
             add_request_id(operation);
             if !open {
                 add_token(operation);
@@ -261,6 +266,25 @@ fn add_space_alarm(operation: &mut utoipa::openapi::path::Operation) {
             )),
         );
     }
+}
+
+/// Routes a node whose disk filled up completely still answers (see
+/// `disk_full`): liveness and metrics.
+const DISK_FULL_ANSWERED: [&str; 2] = ["/health", "/metrics"];
+
+/// A node whose disk filled up completely serves a stand-in that answers
+/// reads 503 and writes 507 (see `disk_full`).
+fn add_disk_full(method: &str, operation: &mut utoipa::openapi::path::Operation) {
+    let (status, name) = if matches!(method, "get" | "head") {
+        ("503", "Unavailable")
+    } else {
+        ("507", "InsufficientStorage")
+    };
+    operation
+        .responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| RefOr::Ref(utoipa::openapi::Ref::from_response_name(name)));
 }
 
 fn operations(
