@@ -493,6 +493,9 @@ async fn a_route_to_the_inbox_keeps_events_through_an_outage_of_the_cluster() {
     })
     .await;
     wait_waiting(cluster.node(leader), &["pay-r1"]).await;
+    // Every send of pay-r1 delivered (the loop may have sent it more than
+    // once), so the outbox below holds pay-r2 alone.
+    wait_outbox(cluster.node(publisher), "workflows:inbox", (0, 0)).await;
 
     // Without a quorum the message waits in the publisher's outbox, and
     // survives the publisher's kill -9 and a restart of every node.
