@@ -17,8 +17,9 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::response::Response;
+use axum::routing::future::RouteFuture;
 use axum::Router;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use http_body::{Frame, SizeHint};
 
 /// The open streams of one HTTP/2 connection.
@@ -85,7 +86,9 @@ pub struct CountedApp {
 impl tower_service::Service<Request<hyper::body::Incoming>> for CountedApp {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    /// HTTP/1.1 requests go to the router as they are, with no allocation
+    /// on their path; only HTTP/2 answers are wrapped.
+    type Future = Either<RouteFuture<Infallible>, BoxFuture<'static, Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A Router is always ready.
@@ -93,19 +96,16 @@ impl tower_service::Service<Request<hyper::body::Incoming>> for CountedApp {
     }
 
     fn call(&mut self, mut request: Request<hyper::body::Incoming>) -> Self::Future {
-        let hold = self.streams.as_ref().map(|streams| {
-            let hold = streams.hold();
-            request.extensions_mut().insert(hold.clone());
-            hold
-        });
+        let Some(streams) = &self.streams else {
+            return Either::Left(tower_service::Service::call(&mut self.router, request));
+        };
+        let hold = streams.hold();
+        request.extensions_mut().insert(hold.clone());
         let answer = tower_service::Service::call(&mut self.router, request);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let response = answer.await?;
-            Ok(match hold {
-                None => response,
-                Some(hold) => response.map(|body| Body::new(HeldBody { body, _hold: hold })),
-            })
-        })
+            Ok(response.map(|body| Body::new(HeldBody { body, _hold: hold })))
+        }))
     }
 }
 

@@ -1,11 +1,10 @@
 //! Request extractors that turn every malformed input into an `ApiError`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::Read;
 
 use axum::body::Bytes;
-use std::future::Future;
-
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
