@@ -574,7 +574,7 @@ pub async fn sse(
     tag = "messaging",
     operation_id = "subscribeWebSocket",
     summary = "Subscribe (WebSocket)",
-    description = "`format=json` (default): a text frame per envelope, and `{\"dropped\": n}` text frames after overflow. `format=raw`: a binary frame per payload. Overflow with overflow=disconnect, or a backlog past its fair share while the node's subscriber buffers hold `--subscriber-buffer-mb`, closes with code 1008 (slow consumer); so does a revoked token or a policy that no longer allows the pattern (ACLs on). A subscriber that takes nothing for `--write-timeout-ms` (10 s) is disconnected without a close frame and its subscription dropped. A buffer holds at most a quarter of `--subscriber-buffer-mb`.",
+    description = "Over HTTP/2 the socket opens with `CONNECT` and `:protocol: websocket` (RFC 8441) on the same path, a method OpenAPI cannot name. `format=json` (default): a text frame per envelope, and `{\"dropped\": n}` text frames after overflow. `format=raw`: a binary frame per payload. Overflow with overflow=disconnect, or a backlog past its fair share while the node's subscriber buffers hold `--subscriber-buffer-mb`, closes with code 1008 (slow consumer); so does a revoked token or a policy that no longer allows the pattern (ACLs on). A subscriber that takes nothing for `--write-timeout-ms` (10 s) is disconnected without a close frame and its subscription dropped. A buffer holds at most a quarter of `--subscriber-buffer-mb`.",
     params(
         ("pattern" = String, Query, description = "Topic pattern: `*` matches one token, `>` the remaining tokens"),
         ("queue" = Option<String>, Query, description = "Queue group: each message goes to one member of the group in the whole cluster"),
@@ -678,7 +678,7 @@ async fn stream_to_socket(
     tag = "messaging",
     operation_id = "publishWebSocket",
     summary = "Publish over a WebSocket stream",
-    description = "With `topic`, every frame (text or binary) is a message to that topic. Without, every text frame is a JSON object like a /v1/publish entry. Fire-and-forget; a bad frame closes the socket with code 1008 and the reason. With ACLs on, each frame's topic is checked against the token's policies as of the last check (every second), and the socket closes with 1008 once the token is revoked or may no longer publish to `topic` (without one, to any topic).",
+    description = "Over HTTP/2 the socket opens with `CONNECT` and `:protocol: websocket` (RFC 8441) on the same path, a method OpenAPI cannot name. With `topic`, every frame (text or binary) is a message to that topic. Without, every text frame is a JSON object like a /v1/publish entry. Fire-and-forget; a bad frame closes the socket with code 1008 and the reason. With ACLs on, each frame's topic is checked against the token's policies as of the last check (every second), and the socket closes with 1008 once the token is revoked or may no longer publish to `topic` (without one, to any topic).",
     params(
         ("topic" = Option<String>, Query, description = "Topic for every frame"),
         ("content_type" = Option<String>, Query, description = "Content type of the frames' payloads (default application/octet-stream)"),
