@@ -12,6 +12,8 @@ use serde_json::Value;
 use thiserror::Error;
 use utoipa::ToSchema;
 
+use shoal_sinks::definition::{Database, Sink, DATABASES_PREFIX, SINKS_PREFIX};
+
 use crate::message::Message;
 use crate::subject::{validate_topic, Pattern};
 
@@ -21,8 +23,9 @@ pub const WEBHOOKS_PREFIX: &str = "_shoal/webhooks/";
 pub const ROUTES_PREFIX: &str = "_shoal/routes/";
 pub const BRIDGES_PREFIX: &str = "_shoal/bridges/";
 
-/// Longest webhook, route or bridge name.
-pub const MAX_NAME_BYTES: usize = 128;
+/// Longest webhook, route, bridge or sink name (one rule for every
+/// definition, kept with the sinks, the crate below this one).
+pub use shoal_sinks::definition::MAX_NAME_BYTES;
 /// Most destinations per routing rule.
 pub const MAX_DESTINATIONS: usize = 16;
 /// Most retries in a schedule.
@@ -46,18 +49,7 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 }
 
 pub fn validate_name(kind: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_BYTES
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "{kind} name {name:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '-', '_' or '.'"
-        )))
-    }
+    shoal_sinks::definition::validate_name(kind, name).map_err(|e| ConfigError(e.0))
 }
 
 /// A webhook subscription: every message on a matching topic is POSTed to
@@ -179,6 +171,8 @@ pub enum Destination {
     Topic(String),
     Webhook(String),
     Kafka(String),
+    /// A SQL sink (`sql:<name>`).
+    Sql(String),
     /// The workflow event inbox (`workflows:inbox`): stored in Raft for the
     /// instances that listen for the message, now or later.
     WorkflowInbox,
@@ -191,7 +185,7 @@ impl Destination {
     pub fn parse(text: &str) -> Result<Destination, ConfigError> {
         let bad = || {
             invalid(format!(
-                "destination {text:?} must be topic:<topic>, webhook:<name>, kafka:<topic> or {WORKFLOW_INBOX}"
+                "destination {text:?} must be topic:<topic>, webhook:<name>, kafka:<topic>, sql:<sink> or {WORKFLOW_INBOX}"
             ))
         };
         if text == WORKFLOW_INBOX {
@@ -211,6 +205,10 @@ impl Destination {
                 validate_kafka_topic(target)?;
                 Ok(Destination::Kafka(target.to_string()))
             }
+            "sql" => {
+                validate_name("sink", target)?;
+                Ok(Destination::Sql(target.to_string()))
+            }
             _ => Err(bad()),
         }
     }
@@ -221,6 +219,7 @@ impl Destination {
             Destination::Topic(_) => None,
             Destination::Webhook(name) => Some(format!("webhook:{name}")),
             Destination::Kafka(topic) => Some(format!("kafka:{topic}")),
+            Destination::Sql(sink) => Some(format!("sql:{sink}")),
             Destination::WorkflowInbox => Some(WORKFLOW_INBOX.to_string()),
         }
     }
@@ -260,7 +259,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Filter>,
     /// 1 or more of `topic:<topic>`, `webhook:<name>`, `kafka:<topic>`,
-    /// `workflows:inbox`.
+    /// `sql:<sink>`, `workflows:inbox`.
     pub destinations: Vec<String>,
 }
 
@@ -324,6 +323,8 @@ pub struct Config {
     pub webhooks: BTreeMap<String, Webhook>,
     pub routes: BTreeMap<String, Route>,
     pub bridges: BTreeMap<String, Bridge>,
+    pub sinks: BTreeMap<String, Sink>,
+    pub databases: BTreeMap<String, Database>,
 }
 
 impl Config {
@@ -349,6 +350,16 @@ impl Config {
             match value.and_then(|v| parse(key, v)) {
                 Some(bridge) => self.bridges.insert(name.to_string(), bridge),
                 None => self.bridges.remove(name),
+            };
+        } else if let Some(name) = key.strip_prefix(SINKS_PREFIX) {
+            match value.and_then(|v| parse(key, v)) {
+                Some(sink) => self.sinks.insert(name.to_string(), sink),
+                None => self.sinks.remove(name),
+            };
+        } else if let Some(name) = key.strip_prefix(DATABASES_PREFIX) {
+            match value.and_then(|v| parse(key, v)) {
+                Some(database) => self.databases.insert(name.to_string(), database),
+                None => self.databases.remove(name),
             };
         }
     }
@@ -444,6 +455,11 @@ mod tests {
         );
         assert!(Destination::parse("workflows:other").is_err());
         assert!(Destination::parse("topic:a.*").is_err());
+        assert_eq!(
+            Destination::parse("sql:orders").ok(),
+            Some(Destination::Sql("orders".into()))
+        );
+        assert!(Destination::parse("sql:a/b").is_err());
         let webhook = Webhook {
             name: String::new(),
             url: "ftp://x".into(),

@@ -1,6 +1,5 @@
 //! At-least-once delivery to durable destinations (webhooks, Kafka topics,
-//! the workflow event inbox)
-//! from the node's outbox. One ractor actor per destination drains its list
+//! SQL sinks, the workflow event inbox) from the node's outbox. One ractor actor per destination drains its list
 //! in order: the oldest entry is attempted, and on failure the destination
 //! waits for that entry's next retry (head-of-line), so a receiver that is
 //! down costs one attempt per retry step, not one per waiting message.
@@ -27,6 +26,9 @@ use crate::message::Message;
 
 /// Entries attempted per pass before the actor yields to its mailbox.
 const PASS_ENTRIES: usize = 64;
+/// A SQL sink takes the due entries at the head of its list in batches of
+/// up to this many rows, one statement each.
+const SQL_BATCH: usize = shoal_sinks::MAX_BATCH_ROWS;
 /// Kafka and the workflow event inbox never give up (except on an entry
 /// they refuse for good): delays between attempts, the last repeated.
 const FOREVER_RETRY_MS: [u64; 6] = [0, 1_000, 2_000, 5_000, 10_000, 30_000];
@@ -76,6 +78,11 @@ pub struct Shared {
     /// Where `workflows:inbox` entries go: the node stores each in Raft and
     /// answers (the workflows service lives above this crate).
     pub workflow_inbox: mpsc::Sender<InboxDelivery>,
+    /// The SQL sinks' database connections.
+    pub databases: Arc<shoal_sinks::Databases>,
+    /// The node's replica of the configuration store, where database
+    /// passwords are read (by the key a database definition names).
+    pub store: shoal_storage::Store,
 }
 
 /// A message for the workflow event inbox (its CloudEvent envelope), and
@@ -118,6 +125,11 @@ impl Deliveries {
 
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.shared.outbox
+    }
+
+    /// The SQL sinks' database connections.
+    pub fn databases(&self) -> &Arc<shoal_sinks::Databases> {
+        &self.shared.databases
     }
 
     /// Make sure a destination's deliverer runs and looks at its outbox.
@@ -291,6 +303,8 @@ enum AttemptError {
     UnknownDestination(String),
     #[error("the workflow event inbox: {0}")]
     Inbox(#[from] InboxRefusal),
+    #[error("{0}")]
+    Sql(#[from] shoal_sinks::WriteError),
     #[error("webhook secret: {0}")]
     Secret(#[from] crate::config::ConfigError),
     #[error("POST {url}: {failure}")]
@@ -304,6 +318,9 @@ enum AttemptError {
 
 /// Attempt the due entries at the head of the destination's list, in order.
 async fn pass(state: &State) -> Result<Next, PassError> {
+    if let Some(sink) = state.destination.strip_prefix("sql:") {
+        return pass_sql(state, sink).await;
+    }
     let outbox = state.shared.outbox.clone();
     let destination = state.destination.clone();
     let entries = tokio::task::spawn_blocking(move || {
@@ -316,20 +333,8 @@ async fn pass(state: &State) -> Result<Next, PassError> {
         if entry.next_attempt_ms > now_ms() {
             return Ok(Next::At(entry.next_attempt_ms));
         }
-        let topic = topic_label(&entry.message.topic);
-        let outcome = attempt(state, &entry.message).await;
-        let outbox = state.shared.outbox.clone();
-        let destination = state.destination.clone();
-        match outcome {
-            Ok(()) => {
-                metrics::counter!(
-                    "shoal_deliveries_total",
-                    "destination" => destination.clone(),
-                    "topic" => topic,
-                )
-                .increment(1);
-                run_blocking(move || outbox.remove(&destination, stored.seq)).await?;
-            }
+        match attempt(state, &entry.message).await {
+            Ok(()) => delivered(state, &[(stored.seq, entry)]).await?,
             Err(error) => {
                 entry.attempts += 1;
                 entry.last_error = Some(error.to_string());
@@ -339,40 +344,198 @@ async fn pass(state: &State) -> Result<Next, PassError> {
                     AttemptError::Inbox(InboxRefusal::Refused(_)) => None,
                     _ => next_delay(&schedule, entry.attempts, forever),
                 };
-                match delay {
-                    Some(delay) => {
-                        tracing::info!(destination = %state.destination, id = %entry.message.id,
-                            attempts = entry.attempts, retry_in_ms = delay, %error, "delivery failed; will retry");
-                        metrics::counter!(
-                            "shoal_deliveries_retried_total",
-                            "destination" => destination.clone(),
-                            "topic" => topic,
-                        )
-                        .increment(1);
-                        entry.next_attempt_ms = now_ms() + delay;
-                        let at = entry.next_attempt_ms;
-                        let value = shoal_codec::encode(&entry)?;
-                        run_blocking(move || outbox.update(&destination, stored.seq, &value))
-                            .await?;
-                        return Ok(Next::At(at));
-                    }
-                    None => {
-                        tracing::warn!(destination = %state.destination, id = %entry.message.id,
-                            attempts = entry.attempts, %error, "delivery gave up; moved to the dead letters");
-                        metrics::counter!(
-                            "shoal_deliveries_dead_lettered_total",
-                            "destination" => destination.clone(),
-                            "topic" => topic,
-                        )
-                        .increment(1);
-                        let value = shoal_codec::encode(&entry)?;
-                        run_blocking(move || outbox.kill(&destination, stored.seq, &value)).await?;
-                    }
+                if let Some(at) = failed(state, stored.seq, entry, &error, delay).await? {
+                    return Ok(Next::At(at));
                 }
             }
         }
     }
     Ok(if full { Next::More } else { Next::Idle })
+}
+
+/// Record a failed attempt of the entry `seq`: with a delay it waits for
+/// its next attempt (the time returned), without one it becomes a dead
+/// letter.
+async fn failed(
+    state: &State,
+    seq: u64,
+    mut entry: Entry,
+    error: &AttemptError,
+    delay: Option<u64>,
+) -> Result<Option<u64>, PassError> {
+    let outbox = state.shared.outbox.clone();
+    let destination = state.destination.clone();
+    let topic = topic_label(&entry.message.topic);
+    match delay {
+        Some(delay) => {
+            tracing::info!(destination = %state.destination, id = %entry.message.id,
+                attempts = entry.attempts, retry_in_ms = delay, %error, "delivery failed; will retry");
+            metrics::counter!(
+                "shoal_deliveries_retried_total",
+                "destination" => destination.clone(),
+                "topic" => topic,
+            )
+            .increment(1);
+            entry.next_attempt_ms = now_ms() + delay;
+            let at = entry.next_attempt_ms;
+            let value = shoal_codec::encode(&entry)?;
+            run_blocking(move || outbox.update(&destination, seq, &value)).await?;
+            Ok(Some(at))
+        }
+        None => {
+            tracing::warn!(destination = %state.destination, id = %entry.message.id,
+                attempts = entry.attempts, %error, "delivery gave up; moved to the dead letters");
+            metrics::counter!(
+                "shoal_deliveries_dead_lettered_total",
+                "destination" => destination.clone(),
+                "topic" => topic,
+            )
+            .increment(1);
+            let value = shoal_codec::encode(&entry)?;
+            run_blocking(move || outbox.kill(&destination, seq, &value)).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// A SQL sink's pass: the due entries at the head of its list are written
+/// in one statement. When the database refuses the batch, its entries are
+/// written one by one, so only the rows it refuses become dead letters
+/// (with the database's reason); when it is unavailable, the head entry
+/// waits for its next attempt and the rest wait behind it, forever.
+async fn pass_sql(state: &State, sink: &str) -> Result<Next, PassError> {
+    let outbox = state.shared.outbox.clone();
+    let destination = state.destination.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        outbox.scan(List::Pending, &destination, None, SQL_BATCH)
+    })
+    .await??;
+    let full = stored.len() == SQL_BATCH;
+    let mut due: Vec<(u64, Entry)> = Vec::with_capacity(stored.len());
+    let mut next_at = None;
+    for stored in stored {
+        let entry: Entry = shoal_codec::decode(&stored.value)?;
+        if entry.next_attempt_ms > now_ms() {
+            next_at = Some(entry.next_attempt_ms);
+            break;
+        }
+        due.push((stored.seq, entry));
+    }
+    if due.is_empty() {
+        return Ok(next_at.map_or(Next::Idle, Next::At));
+    }
+    let messages: Vec<&Message> = due.iter().map(|(_, entry)| &entry.message).collect();
+    match write_sql(state, sink, &messages).await {
+        Ok(()) => {
+            delivered(state, &due).await?;
+        }
+        Err(AttemptError::Sql(shoal_sinks::WriteError::Refused(_))) if due.len() > 1 => {
+            for (seq, mut entry) in due {
+                match write_sql(state, sink, &[&entry.message]).await {
+                    Ok(()) => delivered(state, &[(seq, entry)]).await?,
+                    Err(error) => {
+                        entry.attempts += 1;
+                        entry.last_error = Some(error.to_string());
+                        let delay = sql_retry_delay(&error, entry.attempts);
+                        if let Some(at) = failed(state, seq, entry, &error, delay).await? {
+                            return Ok(Next::At(at));
+                        }
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            let Some((seq, mut entry)) = due.into_iter().next() else {
+                return Ok(Next::Idle);
+            };
+            entry.attempts += 1;
+            entry.last_error = Some(error.to_string());
+            let delay = sql_retry_delay(&error, entry.attempts);
+            if let Some(at) = failed(state, seq, entry, &error, delay).await? {
+                return Ok(Next::At(at));
+            }
+            return Ok(Next::More);
+        }
+    }
+    Ok(match next_at {
+        Some(at) => Next::At(at),
+        None if full => Next::More,
+        None => Next::Idle,
+    })
+}
+
+/// A row the database refused is dead at once; anything else waits.
+fn sql_retry_delay(error: &AttemptError, attempts: u32) -> Option<u64> {
+    match error {
+        AttemptError::Sql(shoal_sinks::WriteError::Refused(_)) => None,
+        _ => next_delay(&FOREVER_RETRY_MS, attempts, true),
+    }
+}
+
+/// Forget entries that were written, and count them.
+async fn delivered(state: &State, entries: &[(u64, Entry)]) -> Result<(), PassError> {
+    for (_, entry) in entries {
+        metrics::counter!(
+            "shoal_deliveries_total",
+            "destination" => state.destination.clone(),
+            "topic" => topic_label(&entry.message.topic),
+        )
+        .increment(1);
+    }
+    let outbox = state.shared.outbox.clone();
+    let destination = state.destination.clone();
+    let seqs: Vec<u64> = entries.iter().map(|(seq, _)| *seq).collect();
+    run_blocking(move || outbox.remove(&destination, &seqs)).await
+}
+
+/// Write messages as rows of a sink. A sink or database this node does
+/// not know (yet) is retried like a database that is down.
+async fn write_sql(state: &State, name: &str, messages: &[&Message]) -> Result<(), AttemptError> {
+    let (sink, database) = {
+        let config = state.shared.config.borrow();
+        let sink = config.sinks.get(name).cloned();
+        let database = sink
+            .as_ref()
+            .and_then(|sink| config.databases.get(&sink.database).cloned());
+        (sink, database)
+    };
+    let Some(sink) = sink else {
+        return Err(AttemptError::UnknownDestination(state.destination.clone()));
+    };
+    if database.is_none() && sink.database != shoal_sinks::definition::LOCAL_DATABASE {
+        return Err(AttemptError::UnknownDestination(format!(
+            "database {}",
+            sink.database
+        )));
+    }
+    let password = match database.as_ref().and_then(|d| d.password_key.clone()) {
+        Some(key) => Some(read_password(&state.shared.store, key).await?),
+        None => None,
+    };
+    let databases = &state.shared.databases;
+    let pool = databases.pool(database.as_ref(), password).await?;
+    let rows: Vec<Vec<serde_json::Value>> = messages
+        .iter()
+        .map(|message| sink.row(&message.envelope()))
+        .collect();
+    databases.write(&pool, &sink, &rows).await?;
+    Ok(())
+}
+
+/// A database password from the node's replica of the store.
+async fn read_password(
+    store: &shoal_storage::Store,
+    key: String,
+) -> Result<String, shoal_sinks::WriteError> {
+    let store = store.clone();
+    let unavailable = shoal_sinks::WriteError::Unavailable;
+    let read = tokio::task::spawn_blocking(move || store.kv_get(&key).map(|(_, kv)| (key, kv)))
+        .await
+        .map_err(|e| unavailable(format!("reading the password: {e}")))?;
+    let (key, kv) = read.map_err(|e| unavailable(format!("reading the password: {e}")))?;
+    let kv = kv.ok_or_else(|| unavailable(format!("the password key {key:?} does not exist")))?;
+    String::from_utf8(kv.value)
+        .map_err(|_| unavailable(format!("the password key {key:?} does not hold UTF-8 text")))
 }
 
 async fn run_blocking<T: Send + 'static>(

@@ -66,7 +66,10 @@ pub struct Messaging {
 impl Messaging {
     /// `outbound` makes the webhooks' requests (the node's client for
     /// users' URLs); `workflow_inbox` takes the `workflows:inbox` deliveries;
-    /// `subscriber_buffer_bytes` is what all subscribers' queues may hold.
+    /// `subscriber_buffer_bytes` is what all subscribers' queues may hold;
+    /// `databases` are the SQL sinks' connections, and `store` the node's
+    /// replica, where their passwords are read.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: u64,
         outbox: Outbox,
@@ -75,6 +78,8 @@ impl Messaging {
         outbound: shoal_outbound::Outbound,
         workflow_inbox: mpsc::Sender<InboxDelivery>,
         subscriber_buffer_bytes: u64,
+        databases: Arc<shoal_sinks::Databases>,
+        store: shoal_storage::Store,
     ) -> Arc<Messaging> {
         let (config, config_rx) = watch::channel(Arc::new(Config::default()));
         let deliveries = Deliveries::new(Shared {
@@ -83,6 +88,8 @@ impl Messaging {
             outbound,
             kafka: kafka.clone(),
             workflow_inbox,
+            databases,
+            store,
         });
         Arc::new_cyclic(|myself| Messaging {
             router: Router::new(node_id, transport, subscriber_buffer_bytes),
@@ -118,7 +125,7 @@ impl Messaging {
         self.update_config(all, true).await;
     }
 
-    /// Deleted webhooks lose their outbox; bridges start and stop.
+    /// Deleted webhooks and sinks lose their outbox; bridges start and stop.
     async fn update_config(&self, changes: Vec<(String, Option<Vec<u8>>)>, replace: bool) {
         let old = self.config();
         let mut config = if replace {
@@ -129,21 +136,26 @@ impl Messaging {
         for (key, value) in &changes {
             config.apply(key, value.as_deref());
         }
-        let removed: Vec<String> = old
+        let removed_webhooks = old
             .webhooks
             .keys()
             .filter(|name| !config.webhooks.contains_key(*name))
-            .cloned()
-            .collect();
+            .map(|name| format!("webhook:{name}"));
+        let removed_sinks = old
+            .sinks
+            .keys()
+            .filter(|name| !config.sinks.contains_key(*name))
+            .map(|name| format!("sql:{name}"));
+        let removed: Vec<String> = removed_webhooks.chain(removed_sinks).collect();
         let bridges = config.bridges.clone();
         self.config.send_replace(Arc::new(config));
-        for name in removed {
-            let destination = format!("webhook:{name}");
+        for destination in removed {
             self.deliveries.stop(&destination);
             let outbox = self.deliveries.outbox().clone();
-            let purged = tokio::task::spawn_blocking(move || outbox.purge(&destination)).await;
+            let purging = destination.clone();
+            let purged = tokio::task::spawn_blocking(move || outbox.purge(&purging)).await;
             if !matches!(purged, Ok(Ok(()))) {
-                tracing::warn!(webhook = %name, "could not purge the outbox of a deleted webhook");
+                tracing::warn!(%destination, "could not purge the outbox of a deleted destination");
             }
         }
         self.sync_bridges(bridges).await;

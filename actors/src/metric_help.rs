@@ -42,7 +42,7 @@ pub fn describe_metrics() {
     describe_counter!(
         "shoal_deliveries_total",
         Unit::Count,
-        "Webhook and Kafka deliveries that succeeded, by destination and topic."
+        "Deliveries from the outbox (webhooks, Kafka, SQL sinks, the workflow event inbox) that succeeded, by destination and topic."
     );
     describe_counter!(
         "shoal_deliveries_retried_total",

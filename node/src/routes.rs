@@ -100,6 +100,20 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
             api::delivery::bridges::get,
             api::delivery::bridges::delete
         ))
+        .routes(routes!(api::delivery::sinks::list))
+        .routes(routes!(
+            api::delivery::sinks::put,
+            api::delivery::sinks::get,
+            api::delivery::sinks::delete
+        ))
+        .routes(routes!(api::delivery::sql_sinks::sink_dead_letters))
+        .routes(routes!(api::delivery::sql_sinks::sink_replay))
+        .routes(routes!(api::delivery::databases::list))
+        .routes(routes!(
+            api::delivery::databases::put,
+            api::delivery::databases::get,
+            api::delivery::databases::delete
+        ))
         .routes(routes!(api::delivery::outbox))
         .routes(routes!(api::node::health))
         .routes(routes!(api::node::ready))

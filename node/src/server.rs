@@ -406,6 +406,10 @@ async fn start_messaging(
         }
         None => None,
     };
+    // The embedded SQL database's directory exists from the start, so
+    // operators can create its tables before a sink first writes.
+    let sql_dir = settings.data_dir.join("sql");
+    std::fs::create_dir_all(&sql_dir).with_context(|| format!("creating {}", sql_dir.display()))?;
     let transport = RpcTransport::new(Forwarder::new(auth.clone()));
     let messaging = Messaging::new(
         node_id,
@@ -415,6 +419,8 @@ async fn start_messaging(
         outbound,
         inbox_deliveries,
         settings.subscriber_buffer_bytes,
+        Arc::new(shoal_sinks::Databases::new(sql_dir.join("local.sqlite"))),
+        store.clone(),
     );
     Ok((messaging, transport))
 }

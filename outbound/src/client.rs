@@ -115,8 +115,15 @@ impl Outbound {
     /// if DNS answers within 2 s, refused when every one of them is. A name
     /// that does not resolve yet passes; each request is checked again.
     pub async fn check_destination(&self, url: &str) -> Result<(), OutboundError> {
-        let parsed = parse(url)?;
-        self.policy.check_host(&parsed)?;
+        self.check_host_of(&parse(url)?).await
+    }
+
+    /// The same check for a URL of another protocol (a database's): its
+    /// host and what the name resolves to. Connections made by the
+    /// database driver resolve on their own; this is the definition-time
+    /// check.
+    pub async fn check_host_of(&self, parsed: &Url) -> Result<(), OutboundError> {
+        self.policy.check_host(parsed)?;
         let Some(url::Host::Domain(name)) = parsed.host() else {
             return Ok(());
         };

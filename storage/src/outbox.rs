@@ -176,11 +176,14 @@ impl Outbox {
         self.store.write(batch, false)
     }
 
-    /// Forget a delivered entry. Not synced: after a crash it may be
-    /// delivered again, which at-least-once allows.
-    pub fn remove(&self, destination: &str, seq: u64) -> Result<(), StorageError> {
+    /// Forget delivered entries, in one write. Not synced: after a crash
+    /// they may be delivered again, which at-least-once allows.
+    pub fn remove(&self, destination: &str, seqs: &[u64]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.store.cf(CF_OUTBOX)?, entry_key(destination, seq));
+        let cf = self.store.cf(CF_OUTBOX)?;
+        for seq in seqs {
+            batch.delete_cf(cf, entry_key(destination, *seq));
+        }
         self.store.write(batch, false)
     }
 

@@ -27,6 +27,7 @@ mod load;
 pub mod logs;
 pub mod messaging_support;
 mod node;
+pub mod postgres;
 pub mod procfs;
 pub mod python;
 mod sse;

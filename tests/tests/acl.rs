@@ -1115,3 +1115,51 @@ async fn a_publishing_websocket_follows_its_tokens_policy_as_it_changes() {
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.contains("orders.created"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_may_name_only_a_password_key_its_token_may_read() {
+    let (node, admin) = managed_node().await;
+    put_policy(
+        &node,
+        &admin,
+        "db-admin",
+        json!([
+            {"resource": "delivery", "match": "databases/", "access": "write"},
+            {"resource": "kv", "match": "secrets/shop", "access": "read"},
+        ]),
+    )
+    .await;
+    let (_, token) = token_with(&node, &admin, json!({"policies": ["db-admin"]})).await;
+    let database =
+        |key: &str| json!({"url": "postgres://shoal@db.example.com/shop", "password_key": key});
+    // The node would send another key's value to a server of the token's
+    // choosing: refused, and nothing is stored.
+    let reply = call(
+        &node,
+        Some(&token),
+        Method::PUT,
+        "/v1/databases/shop",
+        &database("secrets/payments"),
+    )
+    .await;
+    let error = assert_error(&reply, 403, "permission_denied");
+    assert_eq!(error["error"]["resource"], "kv", "{error}");
+    let reply = call(
+        &node,
+        Some(&admin),
+        Method::GET,
+        "/v1/databases/shop",
+        &Value::Null,
+    )
+    .await;
+    assert_error(&reply, 404, "not_found");
+    let reply = call(
+        &node,
+        Some(&token),
+        Method::PUT,
+        "/v1/databases/shop",
+        &database("secrets/shop"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+}

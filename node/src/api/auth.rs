@@ -387,11 +387,16 @@ fn need(route: &str, method: &Method, path: &HashMap<String, String>, params: &P
         "/v1/webhooks" | "/v1/webhooks/{name}" => delivery("webhooks"),
         "/v1/routes" | "/v1/routes/{name}" => delivery("routes"),
         "/v1/bridges" | "/v1/bridges/{name}" => delivery("bridges"),
+        "/v1/sinks" | "/v1/sinks/{name}" => delivery("sinks"),
+        "/v1/databases" | "/v1/databases/{name}" => delivery("databases"),
         "/v1/webhooks/{name}/dead-letters" | "/v1/webhooks/{name}/dead-letters/replay" => One(
             Delivery,
             format!("webhooks/{}", param("name")),
             read_or_write,
         ),
+        "/v1/sinks/{name}/dead-letters" | "/v1/sinks/{name}/dead-letters/replay" => {
+            One(Delivery, format!("sinks/{}", param("name")), read_or_write)
+        }
         "/v1/logs/{stream}" => One(Logs, param("stream"), Write),
         "/v1/logs/search"
         | "/v1/logs/aggregate"

@@ -48,6 +48,10 @@ pub enum ErrorCode {
     /// 400: a workflow definition uses a construct Shoal does not run
     /// (`path` and `construct` name it).
     UnsupportedConstruct,
+    /// 400: a SQL sink does not fit its table (a missing table or column,
+    /// no unique index over the key), or names a database that is not
+    /// defined.
+    SinkMismatch,
     /// 400: a URL points where outbound requests may not go (loopback,
     /// link-local, private; see `--outbound-allow`).
     DestinationRefused,
@@ -116,6 +120,8 @@ pub enum ErrorCode {
     InsufficientStorage,
     /// 502: the Kafka brokers did not answer.
     KafkaUnavailable,
+    /// 424: a sink's database could not be reached to check its table.
+    DatabaseUnavailable,
     /// 503: no leader or quorum now, or another node must answer.
     Unavailable,
     /// 504: the request did not complete in time.
@@ -138,6 +144,7 @@ impl ErrorCode {
             ErrorCode::TooManyRows => "too_many_rows",
             ErrorCode::QueryTooExpensive => "query_too_expensive",
             ErrorCode::InvalidDefinition => "invalid_definition",
+            ErrorCode::SinkMismatch => "sink_mismatch",
             ErrorCode::UnsupportedConstruct => "unsupported_construct",
             ErrorCode::DestinationRefused => "destination_refused",
             ErrorCode::Unauthorized => "unauthorized",
@@ -169,6 +176,7 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::InsufficientStorage => "insufficient_storage",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
+            ErrorCode::DatabaseUnavailable => "database_unavailable",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
         }

@@ -1,6 +1,7 @@
 //! The webhook, route and bridge definition endpoints: handlers shared by
-//! the three kinds, and one module per kind whose annotated handlers call
-//! them (each kind has its own paths, schemas and operation ids).
+//! these kinds (and the sinks and databases of `sql_sinks.rs`), and one module
+//! per kind whose annotated handlers call them (each kind has its own
+//! paths, schemas and operation ids).
 
 use std::sync::Arc;
 
@@ -12,8 +13,9 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_acl::{Access, Resource};
 use shoal_actors::config::{
-    Bridge, ConfigError, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX, WEBHOOKS_PREFIX,
+    Bridge, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX, WEBHOOKS_PREFIX,
 };
+use shoal_sinks::definition::{Database, Sink, DATABASES_PREFIX, SINKS_PREFIX};
 use shoal_storage::kv::{Txn, TxnOp};
 use utoipa::ToSchema;
 
@@ -22,12 +24,14 @@ use crate::api::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::api::extract::{JsonBody, PathText};
 use crate::services::shoal::Shoal;
 
-/// The three kinds of messaging configuration, for the shared handlers.
+/// The kinds of messaging configuration, for the shared handlers.
 #[derive(Clone, Copy)]
 pub enum Kind {
     Webhook,
     Route,
     Bridge,
+    Sink,
+    Database,
 }
 
 impl Kind {
@@ -36,6 +40,8 @@ impl Kind {
             Kind::Webhook => WEBHOOKS_PREFIX,
             Kind::Route => ROUTES_PREFIX,
             Kind::Bridge => BRIDGES_PREFIX,
+            Kind::Sink => SINKS_PREFIX,
+            Kind::Database => DATABASES_PREFIX,
         }
     }
 
@@ -44,24 +50,28 @@ impl Kind {
             Kind::Webhook => "webhook",
             Kind::Route => "route",
             Kind::Bridge => "bridge",
+            Kind::Sink => "sink",
+            Kind::Database => "database",
         }
     }
 
     /// Parse and validate a definition; the stored JSON.
     fn validate(self, name: &str, body: Value) -> ApiResult<Value> {
-        fn check<T: DeserializeOwned + Serialize>(
+        fn check<T: DeserializeOwned + Serialize, E: ToString>(
             body: Value,
-            validate: impl FnOnce(T) -> Result<T, ConfigError>,
+            validate: impl FnOnce(T) -> Result<T, E>,
         ) -> ApiResult<Value> {
             let parsed: T = serde_json::from_value(body)
                 .map_err(|e| ApiError::bad_request(format!("invalid definition: {e}")))?;
-            let valid = validate(parsed).map_err(|e| ApiError::bad_request(e.0))?;
+            let valid = validate(parsed).map_err(|e| ApiError::bad_request(e.to_string()))?;
             serde_json::to_value(valid).map_err(|e| ApiError::internal(e.to_string()))
         }
         match self {
             Kind::Webhook => check(body, |w: Webhook| w.validate(name)),
             Kind::Route => check(body, |r: Route| r.validate(name)),
             Kind::Bridge => check(body, |b: Bridge| b.validate(name)),
+            Kind::Sink => check(body, |s: Sink| s.validate(name)),
+            Kind::Database => check(body, |d: Database| d.validate(name)),
         }
     }
 }
@@ -92,8 +102,11 @@ pub async fn put(
         ));
     }
     let stored = kind.validate(&name, body)?;
-    if let (Kind::Webhook, Some(url)) = (kind, stored.get("url").and_then(Value::as_str)) {
-        shoal.outbound.check_destination(url).await?;
+    match (kind, stored.get("url").and_then(Value::as_str)) {
+        (Kind::Webhook, Some(url)) => shoal.outbound.check_destination(url).await?,
+        (Kind::Database, Some(url)) => super::sql_sinks::check_database_url(&shoal, url).await?,
+        (Kind::Sink, _) => super::sql_sinks::check_sink(&shoal, &stored).await?,
+        _ => {}
     }
     let value = serde_json::to_vec(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
     let limit = shoal.settings.max_value_bytes;
@@ -338,7 +351,7 @@ pub mod routes {
         tag = "delivery",
         operation_id = "putRoute",
         summary = "Create or replace a route",
-        description = "Messages on topics matching `source` (and passing `filter`) also go to each destination: `topic:<t>` re-publishes a copy (loops stop after 8 hops), `webhook:<name>`, `kafka:<topic>` and `workflows:inbox` (the workflow event inbox) go through the durable outbox. Stored in Raft: every node applies it without a restart.",
+        description = "Messages on topics matching `source` (and passing `filter`) also go to each destination: `topic:<t>` re-publishes a copy (loops stop after 8 hops), `webhook:<name>`, `kafka:<topic>`, `sql:<sink>` (a row of a SQL sink's table) and `workflows:inbox` (the workflow event inbox) go through the durable outbox. Stored in Raft: every node applies it without a restart.",
         params(
             ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'"),
         ),

@@ -1,4 +1,5 @@
-//! Webhook subscriptions, routing rules and Kafka bridges (stored in Raft),
+//! Webhook subscriptions, routing rules, Kafka bridges, SQL sinks and
+//! their databases (stored in Raft),
 //! dead letters and the outbox (per node, gathered across the cluster), and
 //! producing to Kafka.
 
@@ -27,8 +28,10 @@ use crate::services::shoal::Shoal;
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod definitions;
+pub mod sql_sinks;
 pub use definitions::{bridges, routes, webhooks};
 use definitions::{check_name, Kind};
+pub use sql_sinks::{databases, sinks};
 
 /// A message whose retry schedule ran out.
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -175,9 +178,41 @@ pub async fn dead_letters(
     PathText(name): PathText,
     params: Params,
 ) -> ApiResult<Json<DeadLetters>> {
-    check_name(Kind::Webhook, &name)?;
+    let (dead_letters, unreachable) =
+        gather_dead_letters(&shoal, &caller, Kind::Webhook, &name, &params).await?;
+    Ok(Json(DeadLetters {
+        webhook: name,
+        dead_letters,
+        unreachable,
+    }))
+}
+
+/// A destination's outbox name and the path of its definitions.
+fn outbox_names(kind: Kind, name: &str) -> (String, &'static str) {
+    match kind {
+        Kind::Sink => (format!("sql:{name}"), "sinks"),
+        _ => (format!("webhook:{name}"), "webhooks"),
+    }
+}
+
+/// The part of a dead-letter answer the fan-out reads.
+#[derive(Deserialize)]
+struct GatheredLetters {
+    dead_letters: Vec<DeadLetter>,
+}
+
+/// A webhook's or sink's dead letters on this node, and (unless
+/// `scope=local`) on every other node; the nodes that did not answer.
+async fn gather_dead_letters(
+    shoal: &Arc<Shoal>,
+    caller: &Caller,
+    kind: Kind,
+    name: &str,
+    params: &Params,
+) -> ApiResult<(Vec<DeadLetter>, Vec<u64>)> {
+    check_name(kind, name)?;
     let limit = params.limit(100, 10_000)?;
-    let destination = format!("webhook:{name}");
+    let (destination, base) = outbox_names(kind, name);
     let outbox = shoal.messaging.deliveries.outbox().clone();
     let node_id = shoal.node_id;
     let stored =
@@ -190,20 +225,16 @@ pub async fn dead_letters(
         letters.push(DeadLetter::new(node_id, item.seq, &entry));
     }
     let mut unreachable = Vec::new();
-    if !local_scope(&params)? {
-        let path = format!("/v1/webhooks/{name}/dead-letters?scope=local&limit={limit}");
+    if !local_scope(params)? {
+        let path = format!("/v1/{base}/{name}/dead-letters?scope=local&limit={limit}");
         let (answers, missing) =
-            fan_out::<DeadLetters>(&shoal, &caller, reqwest::Method::GET, &path, None).await;
+            fan_out::<GatheredLetters>(shoal, caller, reqwest::Method::GET, &path, None).await;
         for answer in answers {
             letters.extend(answer.dead_letters);
         }
         unreachable = missing;
     }
-    Ok(Json(DeadLetters {
-        webhook: name,
-        dead_letters: letters,
-        unreachable,
-    }))
+    Ok((letters, unreachable))
 }
 
 /// Which dead letters to replay (the body is optional: all of them).
@@ -270,12 +301,38 @@ pub async fn replay(
     params: Params,
     Body(body): Body,
 ) -> ApiResult<Json<Replayed>> {
-    check_name(Kind::Webhook, &name)?;
+    let (replayed, unreachable) =
+        replay_dead_letters(&shoal, &caller, Kind::Webhook, &name, &params, &body).await?;
+    Ok(Json(Replayed {
+        webhook: name,
+        replayed,
+        unreachable,
+    }))
+}
+
+/// The part of a replay answer the fan-out reads.
+#[derive(Deserialize)]
+struct GatheredReplays {
+    replayed: u64,
+}
+
+/// Put a webhook's or sink's dead letters back in the outbox, here and
+/// (unless `scope=local`) on every other node: how many, and the nodes
+/// that did not answer.
+async fn replay_dead_letters(
+    shoal: &Arc<Shoal>,
+    caller: &Caller,
+    kind: Kind,
+    name: &str,
+    params: &Params,
+    body: &[u8],
+) -> ApiResult<(u64, Vec<u64>)> {
+    check_name(kind, name)?;
     // No body (or `null`) replays every dead letter.
     let replay: ReplayRequest = if body.is_empty() {
         ReplayRequest::default()
     } else {
-        serde_json::from_slice::<Option<ReplayRequest>>(&body)
+        serde_json::from_slice::<Option<ReplayRequest>>(body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
             .unwrap_or_default()
     };
@@ -287,7 +344,7 @@ pub async fn replay(
             .map(|i| i.seq)
             .collect()
     });
-    let destination = format!("webhook:{name}");
+    let (destination, base) = outbox_names(kind, name);
     let outbox = shoal.messaging.deliveries.outbox().clone();
     let target = destination.clone();
     let moved = tokio::task::spawn_blocking(move || {
@@ -308,19 +365,16 @@ pub async fn replay(
     }
     let mut replayed = moved as u64;
     let mut unreachable = Vec::new();
-    if !local_scope(&params)? {
-        let path = format!("/v1/webhooks/{name}/dead-letters/replay?scope=local");
+    if !local_scope(params)? {
+        let path = format!("/v1/{base}/{name}/dead-letters/replay?scope=local");
         let body = serde_json::to_value(&replay).map_err(|e| ApiError::internal(e.to_string()))?;
         let (answers, missing) =
-            fan_out::<Replayed>(&shoal, &caller, reqwest::Method::POST, &path, Some(body)).await;
+            fan_out::<GatheredReplays>(shoal, caller, reqwest::Method::POST, &path, Some(body))
+                .await;
         replayed += answers.iter().map(|a| a.replayed).sum::<u64>();
         unreachable = missing;
     }
-    Ok(Json(Replayed {
-        webhook: name,
-        replayed,
-        unreachable,
-    }))
+    Ok((replayed, unreachable))
 }
 
 /// `GET /v1/outbox`: this node's pending and dead entries per destination.
@@ -330,7 +384,7 @@ pub async fn replay(
     tag = "delivery",
     operation_id = "outbox",
     summary = "This node's outbox",
-    description = "Pending and dead entries per destination on this node: every configured webhook, `workflows:inbox`, and every other destination with pending entries.",
+    description = "Pending and dead entries per destination on this node: every configured webhook and SQL sink (`sql:<name>`), `workflows:inbox`, and every other destination with pending entries.",
     responses(
         (status = 200, description = "Counts.", body = Outbox),
         (status = 500, response = crate::api::doc::Internal),
@@ -343,6 +397,7 @@ pub async fn outbox(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Outbox>> 
         .webhooks
         .keys()
         .map(|name| format!("webhook:{name}"))
+        .chain(config.sinks.keys().map(|name| format!("sql:{name}")))
         .chain([WORKFLOW_INBOX.to_string()])
         .collect();
     let counts = tokio::task::spawn_blocking(

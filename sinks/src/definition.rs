@@ -1,0 +1,338 @@
+//! Database and sink definitions as users write them, and their checks
+//! (everything that can be checked without a database).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+use utoipa::ToSchema;
+
+/// Keys of the configuration store that hold the definitions.
+pub const DATABASES_PREFIX: &str = "_shoal/databases/";
+pub const SINKS_PREFIX: &str = "_shoal/sinks/";
+
+/// The embedded database: SQLite in each node's data dir. Always there,
+/// never defined.
+pub const LOCAL_DATABASE: &str = "local";
+
+/// Longest database or sink name.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Most columns a sink maps.
+pub const MAX_COLUMNS: usize = 64;
+/// Most key columns.
+pub const MAX_KEY_COLUMNS: usize = 8;
+/// Longest identifier (PostgreSQL's limit).
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+/// Most connections a node opens to one database.
+pub const MAX_CONNECTIONS: u32 = 32;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct DefinitionError(pub String);
+
+fn invalid(message: impl Into<String>) -> DefinitionError {
+    DefinitionError(message.into())
+}
+
+pub fn validate_name(kind: &str, name: &str) -> Result<(), DefinitionError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{kind} name {name:?} must be 1-{MAX_NAME_BYTES} characters of letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+/// A PostgreSQL database the sinks may write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "shop", "url": "postgres://shoal@db.internal:5432/shop?sslmode=verify-full",
+    "password_key": "secrets/shop-db", "max_connections": 4}))]
+pub struct Database {
+    /// Read-only: the name in the path.
+    #[serde(default)]
+    pub name: String,
+    /// `postgres://user@host:port/database`, with libpq's `sslmode`
+    /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and
+    /// `sslrootcert` (a CA file on every node) as query parameters. No
+    /// password in the URL: it comes from `password_key`.
+    pub url: String,
+    /// The KV key whose value is the password (read on each node from its
+    /// replica when it connects; protect it with an ACL policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_key: Option<String>,
+    /// Connections each node opens at most (1-32).
+    #[serde(default = "default_max_connections")]
+    #[schema(default = default_max_connections)]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    4
+}
+
+impl Database {
+    /// Check and complete a definition given by a user.
+    pub fn validate(mut self, name: &str) -> Result<Database, DefinitionError> {
+        validate_name("database", name)?;
+        if name == LOCAL_DATABASE {
+            return Err(invalid(format!(
+                "{LOCAL_DATABASE:?} is the embedded SQLite database of each node; give this one another name"
+            )));
+        }
+        self.name = name.to_string();
+        let url =
+            url::Url::parse(&self.url).map_err(|e| invalid(format!("url {:?}: {e}", self.url)))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(invalid("url must be postgres://user@host:port/database"));
+        }
+        if url.password().is_some() {
+            return Err(invalid(
+                "url must not carry a password (it would be readable with the definition): store it in a KV key and name that key in password_key",
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("url needs a host"));
+        }
+        if url.query_pairs().any(|(name, _)| name == "password") {
+            return Err(invalid(
+                "url must not carry a password parameter: use password_key",
+            ));
+        }
+        if let Some(key) = &self.password_key {
+            if key.is_empty() || key.len() > 1024 {
+                return Err(invalid("password_key must be a KV key of 1-1024 bytes"));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(invalid(format!(
+                "max_connections must be between 1 and {MAX_CONNECTIONS}"
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// How rows are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Insert, or update the row with the same key (unless its version is newer).
+    #[default]
+    Upsert,
+    /// Insert; a row whose key exists already is left as it is.
+    Insert,
+}
+
+/// A projection of messages into a table: each message a route sends to
+/// `sql:<name>` becomes (or updates) one row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "orders", "database": "shop", "table": "orders", "key": ["id"],
+    "columns": {"id": "/data/id", "customer_id": "/data/customer_id", "total_amount": "/data/total",
+        "status": "/data/status", "updated_at": "/time"},
+    "mode": "upsert", "version_column": "updated_at", "per_node": false}))]
+pub struct Sink {
+    /// Read-only: the name in the path.
+    #[serde(default)]
+    pub name: String,
+    /// `local` (the node's embedded SQLite) or a database defined with
+    /// `PUT /v1/databases/{name}`.
+    pub database: String,
+    /// The table written, `table` or `schema.table`; it must exist.
+    pub table: String,
+    /// The columns that identify a row (a primary key or unique index
+    /// over exactly these columns must exist).
+    pub key: Vec<String>,
+    /// Column name -> JSON Pointer into the message's CloudEvent envelope
+    /// (`/id`, `/source`, `/type`, `/time`, `/subject`, `/data/...`). A
+    /// pointer that finds nothing writes NULL.
+    pub columns: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// A column of `columns` (not of `key`) that orders versions of a row:
+    /// an upsert never replaces a row whose version is greater.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_column: Option<String>,
+    /// Required for `local` in a cluster of more than one node: each node
+    /// writes the messages it accepted into its own SQLite file.
+    #[serde(default)]
+    pub per_node: bool,
+}
+
+impl Sink {
+    pub fn validate(mut self, name: &str) -> Result<Sink, DefinitionError> {
+        validate_name("sink", name)?;
+        self.name = name.to_string();
+        validate_name("database", &self.database)?;
+        let parts: Vec<&str> = self.table.split('.').collect();
+        if parts.len() > 2 {
+            return Err(invalid(format!(
+                "table {:?} must be table or schema.table",
+                self.table
+            )));
+        }
+        for part in parts {
+            validate_identifier("table", part)?;
+        }
+        if self.columns.is_empty() || self.columns.len() > MAX_COLUMNS {
+            return Err(invalid(format!("a sink maps 1 to {MAX_COLUMNS} columns")));
+        }
+        for (column, pointer) in &self.columns {
+            validate_identifier("column", column)?;
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                return Err(invalid(format!(
+                    "column {column:?}: {pointer:?} is not a JSON Pointer (it starts with '/', e.g. /data/id)"
+                )));
+            }
+        }
+        if self.key.is_empty() || self.key.len() > MAX_KEY_COLUMNS {
+            return Err(invalid(format!("key needs 1 to {MAX_KEY_COLUMNS} columns")));
+        }
+        for (i, column) in self.key.iter().enumerate() {
+            if !self.columns.contains_key(column) {
+                return Err(invalid(format!(
+                    "key column {column:?} is not one of the mapped columns"
+                )));
+            }
+            if self.key[..i].contains(column) {
+                return Err(invalid(format!("key column {column:?} is named twice")));
+            }
+        }
+        if let Some(version) = &self.version_column {
+            if !self.columns.contains_key(version) {
+                return Err(invalid(format!(
+                    "version_column {version:?} is not one of the mapped columns"
+                )));
+            }
+            if self.key.contains(version) {
+                return Err(invalid(format!(
+                    "version_column {version:?} cannot be a key column"
+                )));
+            }
+            if self.mode == Mode::Insert {
+                return Err(invalid(
+                    "version_column applies to upserts only (mode insert never replaces a row)",
+                ));
+            }
+        }
+        if self.mode == Mode::Upsert && self.columns.len() == self.key.len() {
+            return Err(invalid(
+                "an upsert needs a column besides the key (use mode insert to only add rows)",
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The values of one row, in `columns` order, taken from a message's
+    /// CloudEvent envelope.
+    pub fn row(&self, envelope: &Value) -> Vec<Value> {
+        self.columns
+            .values()
+            .map(|pointer| envelope.pointer(pointer).cloned().unwrap_or(Value::Null))
+            .collect()
+    }
+
+    /// Positions of the key columns and of the version column in a row.
+    pub(crate) fn positions(&self) -> (Vec<usize>, Option<usize>) {
+        let index = |name: &String| self.columns.keys().position(|c| c == name);
+        let key = self.key.iter().filter_map(index).collect();
+        let version = self.version_column.as_ref().and_then(index);
+        (key, version)
+    }
+}
+
+/// Table and column names: letters, digits and '_', not starting with a
+/// digit (they are quoted in statements, but nothing needs more).
+pub fn validate_identifier(kind: &str, name: &str) -> Result<(), DefinitionError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_IDENTIFIER_BYTES
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{kind} name {name:?} must be 1-{MAX_IDENTIFIER_BYTES} letters, digits or '_', not starting with a digit"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sink() -> Sink {
+        serde_json::from_value(json!({
+            "database": "local", "table": "orders", "key": ["id"],
+            "columns": {"id": "/data/id", "status": "/data/status", "v": "/data/v"},
+            "version_column": "v"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sink_maps_an_envelope_to_a_row() {
+        let sink = sink().validate("orders").unwrap();
+        let row = sink.row(&json!({"id": "m1", "data": {"id": 7, "status": "paid"}}));
+        // columns in name order: id, status, v
+        assert_eq!(row, vec![json!(7), json!("paid"), Value::Null]);
+        assert_eq!(sink.positions(), (vec![0], Some(2)));
+    }
+
+    #[test]
+    fn bad_sinks_are_refused_with_the_reason() {
+        let refused = |change: fn(&mut Sink), needle: &str| {
+            let mut bad = sink();
+            change(&mut bad);
+            let error = bad.validate("s").unwrap_err().0;
+            assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+        };
+        refused(|s| s.table = "orders; drop table x".into(), "table name");
+        refused(|s| s.table = "a.b.c".into(), "schema.table");
+        refused(|s| s.key = vec!["nope".into()], "not one of the mapped");
+        refused(|s| s.key = vec![], "key needs");
+        refused(|s| s.key = vec!["id".into(), "id".into()], "twice");
+        refused(|s| s.version_column = Some("id".into()), "cannot be a key");
+        refused(|s| s.mode = Mode::Insert, "upserts only");
+        refused(
+            |s| {
+                s.columns.insert("x\"y".into(), "/data".into());
+            },
+            "column name",
+        );
+        refused(
+            |s| {
+                s.columns.insert("x".into(), "data".into());
+            },
+            "JSON Pointer",
+        );
+    }
+
+    #[test]
+    fn database_urls_carry_no_password() {
+        let database = |url: &str| Database {
+            name: String::new(),
+            url: url.into(),
+            password_key: None,
+            max_connections: 4,
+        };
+        assert!(database("postgres://u@h/db").validate("shop").is_ok());
+        assert!(database("postgres://u:secret@h/db")
+            .validate("shop")
+            .is_err());
+        assert!(database("postgres://u@h/db?password=x")
+            .validate("shop")
+            .is_err());
+        assert!(database("mysql://u@h/db").validate("shop").is_err());
+        assert!(database("postgres://u@h/db").validate("local").is_err());
+    }
+}
