@@ -194,6 +194,11 @@ struct State {
     shared: Arc<Shared>,
     pending: Arc<AtomicBool>,
     timer: Option<tokio::task::JoinHandle<()>>,
+    /// The last entry this deliverer took off the pending list (delivered
+    /// or dead). Every pending entry has a greater sequence number (the
+    /// outbox hands them out in order, replays included), so scans start
+    /// after it instead of walking over the deleted entries before it.
+    cursor: Option<u64>,
 }
 
 impl Actor for Deliverer {
@@ -211,6 +216,7 @@ impl Actor for Deliverer {
             shared,
             pending,
             timer: None,
+            cursor: None,
         })
     }
 
@@ -317,14 +323,15 @@ enum AttemptError {
 }
 
 /// Attempt the due entries at the head of the destination's list, in order.
-async fn pass(state: &State) -> Result<Next, PassError> {
-    if let Some(sink) = state.destination.strip_prefix("sql:") {
-        return pass_sql(state, sink).await;
+async fn pass(state: &mut State) -> Result<Next, PassError> {
+    if let Some(sink) = state.destination.strip_prefix("sql:").map(str::to_string) {
+        return pass_sql(state, &sink).await;
     }
     let outbox = state.shared.outbox.clone();
     let destination = state.destination.clone();
+    let after = state.cursor;
     let entries = tokio::task::spawn_blocking(move || {
-        outbox.scan(List::Pending, &destination, None, PASS_ENTRIES)
+        outbox.scan(List::Pending, &destination, after, PASS_ENTRIES)
     })
     .await??;
     let full = entries.len() == PASS_ENTRIES;
@@ -349,6 +356,7 @@ async fn pass(state: &State) -> Result<Next, PassError> {
                 }
             }
         }
+        state.cursor = Some(stored.seq);
     }
     Ok(if full { Next::More } else { Next::Idle })
 }
@@ -403,11 +411,12 @@ async fn failed(
 /// written one by one, so only the rows it refuses become dead letters
 /// (with the database's reason); when it is unavailable, the head entry
 /// waits for its next attempt and the rest wait behind it, forever.
-async fn pass_sql(state: &State, sink: &str) -> Result<Next, PassError> {
+async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, PassError> {
     let outbox = state.shared.outbox.clone();
     let destination = state.destination.clone();
+    let after = state.cursor;
     let stored = tokio::task::spawn_blocking(move || {
-        outbox.scan(List::Pending, &destination, None, SQL_BATCH)
+        outbox.scan(List::Pending, &destination, after, SQL_BATCH)
     })
     .await??;
     let full = stored.len() == SQL_BATCH;
@@ -428,6 +437,7 @@ async fn pass_sql(state: &State, sink: &str) -> Result<Next, PassError> {
     match write_sql(state, sink, &messages).await {
         Ok(()) => {
             delivered(state, &due).await?;
+            state.cursor = due.last().map(|(seq, _)| *seq);
         }
         Err(AttemptError::Sql(shoal_sinks::WriteError::Refused(_))) if due.len() > 1 => {
             for (seq, mut entry) in due {
@@ -442,6 +452,7 @@ async fn pass_sql(state: &State, sink: &str) -> Result<Next, PassError> {
                         }
                     }
                 }
+                state.cursor = Some(seq);
             }
         }
         Err(error) => {
@@ -454,6 +465,7 @@ async fn pass_sql(state: &State, sink: &str) -> Result<Next, PassError> {
             if let Some(at) = failed(state, seq, entry, &error, delay).await? {
                 return Ok(Next::At(at));
             }
+            state.cursor = Some(seq);
             return Ok(Next::More);
         }
     }

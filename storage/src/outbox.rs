@@ -197,7 +197,9 @@ impl Outbox {
     }
 
     /// Move dead letters back to the pending list (all of them, or the given
-    /// sequence numbers), each rewritten by `revive`. Returns how many moved.
+    /// sequence numbers), each rewritten by `revive`, under new sequence
+    /// numbers: a replayed entry joins the end of the list, after every
+    /// entry a deliverer has taken off it. Returns how many moved.
     pub fn replay(
         &self,
         destination: &str,
@@ -205,17 +207,24 @@ impl Outbox {
         revive: impl Fn(&[u8]) -> Vec<u8>,
     ) -> Result<usize, StorageError> {
         let dead = self.scan(List::Dead, destination, None, usize::MAX)?;
+        let pending = self.store.cf(CF_OUTBOX)?;
+        // Held across the write, as in `add`.
+        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut moved = 0;
         for entry in dead {
             if only.is_some_and(|seqs| !seqs.contains(&entry.seq)) {
                 continue;
             }
-            let key = entry_key(destination, entry.seq);
-            batch.delete_cf(self.store.cf(CF_DEAD_LETTERS)?, &key);
-            batch.put_cf(self.store.cf(CF_OUTBOX)?, &key, revive(&entry.value));
+            batch.delete_cf(
+                self.store.cf(CF_DEAD_LETTERS)?,
+                entry_key(destination, entry.seq),
+            );
+            batch.put_cf(pending, entry_key(destination, *next), revive(&entry.value));
+            *next += 1;
             moved += 1;
         }
+        batch.put_cf(pending, NEXT_SEQ, next.to_be_bytes());
         self.store.write(batch, true)?;
         Ok(moved)
     }
@@ -272,6 +281,22 @@ mod tests {
         assert_eq!(outbox.count(List::Dead, "webhook:a").unwrap(), 1);
         assert_eq!(outbox.replay("webhook:a", None, |v| v.to_vec()).unwrap(), 1);
         assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 2);
+        // The replayed entry joins the end of the list under a new number,
+        // so a deliverer that scans after the last entry it took (2) finds it.
+        let after = outbox
+            .scan(List::Pending, "webhook:a", Some(2), 10)
+            .unwrap();
+        assert_eq!(
+            after,
+            vec![Stored {
+                seq: 4,
+                value: b"1".to_vec()
+            }]
+        );
+        assert_eq!(
+            outbox.add(&[("webhook:a".into(), b"5".to_vec())]).unwrap(),
+            vec![5]
+        );
         outbox.purge("webhook:a").unwrap();
         assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 0);
     }

@@ -8,7 +8,8 @@
 //! 127.0.0.1 with its own ports and temporary data directory, which can be
 //! waited on until ready (`GET /ready` answers 200), killed with SIGKILL,
 //! restarted on the same ports and data, paused (SIGSTOP), resumed
-//! (SIGCONT) and terminated (SIGTERM). It does not talk to Shoal's API
+//! (SIGCONT) and terminated (SIGTERM); [`Postgres`] is a PostgreSQL server
+//! of a test's own. It does not talk to Shoal's API
 //! beyond the readiness check. Every fallible function returns
 //! [`anyhow::Result`], with the node's log tail in the error where it helps.
 //!
@@ -28,6 +29,7 @@
 
 mod cluster;
 mod node;
+mod postgres;
 mod process;
 
 use std::net::{TcpListener, UdpSocket};
@@ -39,6 +41,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 pub use cluster::{start_cluster, ClusterPlan};
 pub use node::{http_client, NodeBuilder, NodeProcess, Ports, Settings, READY_TIMEOUT};
+pub use postgres::{Postgres, PG_PASSWORD, PG_USER};
 pub use process::{set_parent_death_signal, Process};
 
 /// Path of something `./scripts/setup` installs under `$HOME/.cache/shoal/`

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use shoal_tests::delivery_support::*;
-use shoal_tests::postgres::{Postgres, PASSWORD};
+use shoal_tests::postgres::{self, PASSWORD};
 use shoal_tests::*;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{PgPool, SqlitePool};
@@ -269,8 +269,8 @@ async fn pg_orders(pool: &PgPool) -> Vec<(i64, String, String, i64, String, Stri
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_reach_postgres_through_an_outage_and_a_node_killed_while_it_lasts() {
-    let mut pg = Postgres::start().await;
-    let client = pg.client().await;
+    let mut pg = postgres::start().await;
+    let client = postgres::client(&pg).await;
     sqlx::query(
         "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric(12,2), \
          status text, updated_at timestamptz, version bigint, meta jsonb)",
@@ -411,7 +411,7 @@ async fn rows_reach_postgres_through_an_outage_and_a_node_killed_while_it_lasts(
         Some((20, 0))
     );
 
-    pg.restart().await;
+    pg.restart().await.expect("restarting PostgreSQL");
     let drained = |i: usize| {
         let node = cluster.node(i);
         wait_for(OUTAGE_T, "the outbox to empty", move || async move {
@@ -427,7 +427,7 @@ async fn rows_reach_postgres_through_an_outage_and_a_node_killed_while_it_lasts(
     // Older versions, written after the newer rows, change nothing.
     publish_batch(cluster.node(2), batch(0..5, "stale", 0)).await;
     drained(2).await;
-    let client = pg.client().await;
+    let client = postgres::client(&pg).await;
     let rows = pg_orders(&client).await;
     assert_eq!(rows.len(), 63, "{rows:?}");
     for (id, customer, total, version, status, meta) in rows {
