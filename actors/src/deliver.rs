@@ -545,9 +545,7 @@ async fn read_password(
         .await
         .map_err(|e| unavailable(format!("reading the password: {e}")))?;
     let (key, kv) = read.map_err(|e| unavailable(format!("reading the password: {e}")))?;
-    let kv = kv.ok_or_else(|| unavailable(format!("the password key {key:?} does not exist")))?;
-    String::from_utf8(kv.value)
-        .map_err(|_| unavailable(format!("the password key {key:?} does not hold UTF-8 text")))
+    shoal_sinks::definition::password(&key, kv.map(|kv| kv.value)).map_err(|e| unavailable(e.0))
 }
 
 async fn run_blocking<T: Send + 'static>(

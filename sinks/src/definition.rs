@@ -120,6 +120,21 @@ impl Database {
     }
 }
 
+/// A database's password from the value of the KV key its `password_key`
+/// names (`None` when the key does not exist).
+pub fn password(key: &str, value: Option<Vec<u8>>) -> Result<String, DefinitionError> {
+    let value = value.ok_or_else(|| {
+        invalid(format!(
+            "the database's password_key {key:?} does not exist in the KV store"
+        ))
+    })?;
+    String::from_utf8(value).map_err(|_| {
+        invalid(format!(
+            "the database's password_key {key:?} does not hold UTF-8 text"
+        ))
+    })
+}
+
 /// How rows are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

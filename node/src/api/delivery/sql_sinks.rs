@@ -99,16 +99,7 @@ async fn defined_database(shoal: &Arc<Shoal>, name: &str) -> ApiResult<Database>
 async fn read_password(shoal: &Arc<Shoal>, key: String) -> ApiResult<String> {
     let name = key.clone();
     let (_, kv) = shoal.read(move |store| store.kv_get(&key)).await?;
-    let kv = kv.ok_or_else(|| {
-        mismatch(format!(
-            "the database's password_key {name:?} does not exist in the KV store"
-        ))
-    })?;
-    String::from_utf8(kv.value).map_err(|_| {
-        mismatch(format!(
-            "the database's password_key {name:?} does not hold UTF-8 text"
-        ))
-    })
+    shoal_sinks::definition::password(&name, kv.map(|kv| kv.value)).map_err(|e| mismatch(e.0))
 }
 
 /// The answer of `GET /v1/sinks`.
