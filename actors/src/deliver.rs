@@ -525,7 +525,12 @@ async fn write_sql(state: &State, name: &str, messages: &[&Message]) -> Result<(
         None => None,
     };
     let databases = &state.shared.databases;
-    let pool = databases.pool(database.as_ref(), password).await?;
+    // A migration this node cannot run is the definition's fault, not the
+    // rows': they wait (as for a database that is down) until it is fixed.
+    let pool = databases
+        .pool(database.as_ref(), password)
+        .await
+        .map_err(|e| shoal_sinks::WriteError::Unavailable(e.to_string()))?;
     let rows: Vec<Vec<serde_json::Value>> = messages
         .iter()
         .map(|message| sink.row(&message.envelope()))

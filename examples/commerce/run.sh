@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The order saga end to end: a `shoal dev` node of its own in a temporary
 # directory (or the node at $SHOAL_ENDPOINT), the inventory, payment and
-# shipping stand-ins (services.py), the saga (order.yaml), and one order per
-# outcome. Prints each order's final state; exits 1 if any order did not end
-# where it should.
+# shipping stand-ins (services.py), the saga (order.yaml), its tables
+# (tables.py: migrations, SQL sinks and routes), and one order per outcome.
+# Prints each order's final state and its rows in the tables, then the
+# daily sales; exits 1 if any order or row did not end where it should.
 #
 #   examples/commerce/run.sh
+#   examples/commerce/run.sh --postgres postgres://user@host:5432/db   (password in $PGPASSWORD)
 #   SHOAL_ENDPOINT=http://127.0.0.1:7700 examples/commerce/run.sh
+#
+# The tables are SQLite in the node's data dir, or the PostgreSQL database
+# given with --postgres. The rows are read with Python's sqlite3 (only when
+# this script started the node: it knows the file) or psql.
 #
 # The saga waits 30 minutes for a payment; the demo publishes it as version
 # 1.0.0-demo with a window of $PAYMENT_WINDOW (default PT5S) so the
@@ -27,6 +33,14 @@ cleanup() {
 trap cleanup EXIT
 
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+postgres=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --postgres) postgres=${2:?--postgres needs a URL}; shift 2 ;;
+        *) echo "usage: $0 [--postgres URL]" >&2; exit 2 ;;
+    esac
+done
 
 if [[ -z "${SHOAL_ENDPOINT:-}" ]]; then
     bin=${SHOAL_BIN:-}
@@ -53,6 +67,15 @@ for _ in range(3):
 fi
 api=$SHOAL_ENDPOINT
 curl -sf "$api/ready" >/dev/null || { echo "no ready node at $api" >&2; exit 2; }
+
+python3 "$here/tables.py" setup "$api" ${postgres:+--postgres "$postgres"}
+if [[ -n "$postgres" ]]; then
+    tables=(--postgres "$postgres")
+elif [[ -d "$work/data" ]]; then
+    tables=(--sqlite "$work/data/sql/local.sqlite")
+else
+    tables=()
+fi
 
 python3 "$here/services.py" "$api" >"$work/services.log" 2>&1 &
 pids+=($!)
@@ -103,7 +126,7 @@ order="o$run-event"
 for _ in $(seq 50); do
     curl -sf -X POST "$api/v1/topics/commerce.order.placed" -H 'content-type: application/json' \
         -H 'ce-type: commerce.order.placed' -H "ce-id: $order" \
-        -d "{\"order\": \"$order\", \"items\": [], \"total\": 5, \"scenario\": \"happy\"}" >/dev/null
+        -d "{\"order\": \"$order\", \"customer\": \"c-event\", \"items\": [], \"total\": 5, \"scenario\": \"happy\"}" >/dev/null
     sleep 0.3
     curl -sf "$api/v1/workflows/instances/order-$order" >/dev/null && break
 done
@@ -132,6 +155,53 @@ for i in "${!ids[@]}"; do
     fi
     printf '%-24s %-16s %-34s %s\n' "$id" "$scenario" "$shown" "$mark"
 done
+if [[ ${#tables[@]} -gt 0 ]]; then
+    declare -A rows_expected=(
+        [happy]="completed items=1 payment=paid shipment=delivered"
+        [payment-fails]="cancelled items=1 payment=failed shipment=-"
+        [payment-timeout]="cancelled items=1 payment=- shipment=-"
+        [shipment-fails]="cancelled items=1 payment=refunded shipment=failed"
+        [out-of-stock]="cancelled items=1 payment=- shipment=-"
+        [event]="completed items=0 payment=paid shipment=delivered"
+    )
+    # The orders' ids (an instance started by an event is order-<id>), and
+    # which rows each should have.
+    orders=()
+    keys=()
+    for i in "${!ids[@]}"; do
+        orders+=("${ids[$i]#order-}")
+        if [[ ${ids[$i]} == order-* ]]; then keys+=(event); else keys+=("${scenarios[$i]}"); fi
+    done
+    # The sinks write from the outbox: the rows may trail the instances.
+    for _ in $(seq 150); do
+        rows=$(python3 "$here/tables.py" rows "${tables[@]}" "${orders[@]}")
+        complete=1
+        for i in "${!orders[@]}"; do
+            grep -qxF "${orders[$i]} ${rows_expected[${keys[$i]}]}" <<<"$rows" || complete=0
+        done
+        [[ $complete -eq 1 ]] && break
+        sleep 0.2
+    done
+    echo
+    echo "rows in the tables (${tables[0]#--}):"
+    printf '%-24s %-10s %s\n' order status "items, payment, shipment"
+    for i in "${!orders[@]}"; do
+        key=${keys[$i]}
+        line=$(grep "^${orders[$i]} " <<<"$rows" || echo "${orders[$i]} missing")
+        read -r order status rest <<<"$line"
+        mark=ok
+        if [[ "$status $rest" != "${rows_expected[$key]}" ]]; then
+            mark="WRONG (expected ${rows_expected[$key]})"
+            failed=1
+        fi
+        printf '%-24s %-10s %-46s %s\n' "$order" "$status" "$rest" "$mark"
+    done
+    echo
+    echo "daily sales (completed orders):"
+    python3 "$here/tables.py" sales "${tables[@]}"
+else
+    echo "(the tables are in the node's own SQLite file: read them there, or run with --postgres)"
+fi
 if [[ $failed -ne 0 ]]; then
     echo "some orders did not end where they should; services log:" >&2
     cat "$work/services.log" >&2

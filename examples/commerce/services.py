@@ -22,8 +22,13 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from datetime import datetime, timezone
 
 ENDPOINT = sys.argv[1].rstrip("/") if len(sys.argv) > 1 else "http://127.0.0.1:7700"
+
+
+def now():
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def send_event(kind, event_id, data):
@@ -79,20 +84,25 @@ def payment(kind, data):
         if scenario == "payment-timeout":
             return
         answer = "failed" if scenario == "payment-fails" else "paid"
-        send_event(f"commerce.payment.{answer}", f"payment-{answer}-{order}", {"order": order, "amount": data.get("amount")})
+        send_event(
+            f"commerce.payment.{answer}",
+            f"payment-{answer}-{order}",
+            {"order": order, "payment": f"pay-{order}", "amount": data.get("amount"), "method": "card", "at": now()},
+        )
     elif kind == "commerce.payment.refund":
         print(f"payment: {order} refunded", flush=True)
 
 
 def shipping(kind, data):
     order = data["order"]
+    shipment = {"order": order, "shipment": f"shp-{order}", "carrier": "shoal-post", "at": now()}
     if data.get("scenario") == "shipment-fails":
-        send_event("commerce.shipment.failed", f"shipment-failed-{order}", {"order": order})
+        send_event("commerce.shipment.failed", f"shipment-failed-{order}", shipment)
         return
-    tracking = f"TRK-{order}"
-    send_event("commerce.shipment.shipped", f"shipment-shipped-{order}", {"order": order, "tracking": tracking})
+    shipment["tracking"] = f"TRK-{order}"
+    send_event("commerce.shipment.shipped", f"shipment-shipped-{order}", shipment)
     time.sleep(0.2)
-    send_event("commerce.shipment.delivered", f"shipment-delivered-{order}", {"order": order, "tracking": tracking})
+    send_event("commerce.shipment.delivered", f"shipment-delivered-{order}", dict(shipment, at=now()))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 pub const DATABASES_PREFIX: &str = "_shoal/databases/";
 pub const SINKS_PREFIX: &str = "_shoal/sinks/";
 
-/// The embedded database: SQLite in each node's data dir. Always there,
-/// never defined.
+/// The embedded database: SQLite in each node's data dir. Always there;
+/// defined only to carry migrations.
 pub const LOCAL_DATABASE: &str = "local";
 
 /// Longest database or sink name.
@@ -26,6 +26,10 @@ pub const MAX_KEY_COLUMNS: usize = 8;
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 /// Most connections a node opens to one database.
 pub const MAX_CONNECTIONS: u32 = 32;
+/// Most migrations a database definition carries.
+pub const MAX_MIGRATIONS: usize = 256;
+/// Longest migration description.
+pub const MAX_DESCRIPTION_BYTES: usize = 256;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -50,11 +54,13 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), DefinitionError> {
     }
 }
 
-/// A PostgreSQL database the sinks may write.
+/// A PostgreSQL database the sinks may write, or (named `local`) the
+/// migrations of each node's embedded SQLite database.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "shop", "url": "postgres://shoal@db.internal:5432/shop?sslmode=verify-full",
-    "password_key": "secrets/shop-db", "max_connections": 4}))]
+    "password_key": "secrets/shop-db", "max_connections": 4,
+    "migrations": [{"version": 1, "description": "orders", "sql": "CREATE TABLE orders (id text PRIMARY KEY, status text)"}]}))]
 pub struct Database {
     /// Read-only: the name in the path.
     #[serde(default)]
@@ -62,7 +68,9 @@ pub struct Database {
     /// `postgres://user@host:port/database`, with libpq's `sslmode`
     /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and
     /// `sslrootcert` (a CA file on every node) as query parameters. No
-    /// password in the URL: it comes from `password_key`.
+    /// password in the URL: it comes from `password_key`. Absent for
+    /// `local`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// The KV key whose value is the password (read on each node from its
     /// replica when it connects; protect it with an ACL policy).
@@ -72,6 +80,27 @@ pub struct Database {
     #[serde(default = "default_max_connections")]
     #[schema(default = default_max_connections)]
     pub max_connections: u32,
+    /// Versioned schema migrations, applied in version order by each node
+    /// when it first writes the database after a start or a change of
+    /// this definition, and by the receiving node before the definition
+    /// is stored. Applied versions are recorded in the database
+    /// (`_sqlx_migrations`, as the sqlx CLI does): each runs once, in a
+    /// transaction, and an applied migration whose SQL changed is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<Migration>,
+}
+
+/// One schema migration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    /// Greater than 0, unique within the database (the sqlx CLI's file
+    /// name prefix, e.g. 1 or 20261205120000).
+    pub version: i64,
+    #[serde(default)]
+    pub description: String,
+    /// SQL statements, run in one transaction.
+    pub sql: String,
 }
 
 fn default_max_connections() -> u32 {
@@ -82,12 +111,19 @@ impl Database {
     /// Check and complete a definition given by a user.
     pub fn validate(mut self, name: &str) -> Result<Database, DefinitionError> {
         validate_name("database", name)?;
-        if name == LOCAL_DATABASE {
-            return Err(invalid(format!(
-                "{LOCAL_DATABASE:?} is the embedded SQLite database of each node; give this one another name"
-            )));
-        }
         self.name = name.to_string();
+        self.validate_migrations()?;
+        if name == LOCAL_DATABASE {
+            if !self.url.is_empty()
+                || self.password_key.is_some()
+                || self.max_connections != default_max_connections()
+            {
+                return Err(invalid(format!(
+                    "{LOCAL_DATABASE:?} is the embedded SQLite database of each node: its definition carries migrations only (give a PostgreSQL database another name)"
+                )));
+            }
+            return Ok(self);
+        }
         let url =
             url::Url::parse(&self.url).map_err(|e| invalid(format!("url {:?}: {e}", self.url)))?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
@@ -117,6 +153,57 @@ impl Database {
             )));
         }
         Ok(self)
+    }
+
+    fn validate_migrations(&mut self) -> Result<(), DefinitionError> {
+        if self.migrations.len() > MAX_MIGRATIONS {
+            return Err(invalid(format!(
+                "a database carries at most {MAX_MIGRATIONS} migrations"
+            )));
+        }
+        self.migrations.sort_by_key(|m| m.version);
+        for (i, migration) in self.migrations.iter().enumerate() {
+            if migration.version <= 0 {
+                return Err(invalid(format!(
+                    "migration version {} must be greater than 0",
+                    migration.version
+                )));
+            }
+            if i > 0 && self.migrations[i - 1].version == migration.version {
+                return Err(invalid(format!(
+                    "migration version {} is given twice",
+                    migration.version
+                )));
+            }
+            if migration.description.len() > MAX_DESCRIPTION_BYTES {
+                return Err(invalid(format!(
+                    "migration {}: the description is over {MAX_DESCRIPTION_BYTES} bytes",
+                    migration.version
+                )));
+            }
+            if migration.sql.trim().is_empty() {
+                return Err(invalid(format!(
+                    "migration {} has no SQL",
+                    migration.version
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The definition of the embedded database when none is stored.
+    pub fn local() -> Database {
+        Database {
+            name: LOCAL_DATABASE.to_string(),
+            url: String::new(),
+            password_key: None,
+            max_connections: default_max_connections(),
+            migrations: Vec::new(),
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.name == LOCAL_DATABASE
     }
 }
 
@@ -339,6 +426,7 @@ mod tests {
             url: url.into(),
             password_key: None,
             max_connections: 4,
+            migrations: Vec::new(),
         };
         assert!(database("postgres://u@h/db").validate("shop").is_ok());
         assert!(database("postgres://u:secret@h/db")
@@ -349,5 +437,36 @@ mod tests {
             .is_err());
         assert!(database("mysql://u@h/db").validate("shop").is_err());
         assert!(database("postgres://u@h/db").validate("local").is_err());
+        assert!(database("").validate("shop").is_err());
+        assert!(database("").validate("local").is_ok());
+    }
+
+    #[test]
+    fn migrations_are_ordered_and_checked() {
+        let migration = |version: i64, sql: &str| Migration {
+            version,
+            description: String::new(),
+            sql: sql.into(),
+        };
+        let with = |migrations: Vec<Migration>| {
+            let mut local = Database::local();
+            local.migrations = migrations;
+            local.validate(LOCAL_DATABASE)
+        };
+        let valid = with(vec![migration(2, "b"), migration(1, "a")]).unwrap();
+        let versions: Vec<i64> = valid.migrations.iter().map(|m| m.version).collect();
+        assert_eq!(versions, vec![1, 2]);
+        assert!(with(vec![migration(1, "a"), migration(1, "b")])
+            .unwrap_err()
+            .0
+            .contains("twice"));
+        assert!(with(vec![migration(0, "a")])
+            .unwrap_err()
+            .0
+            .contains("greater than 0"));
+        assert!(with(vec![migration(1, "  ")])
+            .unwrap_err()
+            .0
+            .contains("no SQL"));
     }
 }

@@ -1,19 +1,25 @@
 //! Connections to the sinks' databases, what a table looks like, and the
 //! batched, idempotent statements that write rows into it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{MigrateError, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use thiserror::Error;
 
-use crate::definition::{Database, Mode, Sink, LOCAL_DATABASE};
+use crate::definition::{Database, Mode, Sink};
 
 /// Most rows one statement writes (64 columns at most: 16 384 parameters,
 /// under both databases' limits).
@@ -55,7 +61,10 @@ struct Table {
 /// The pools of every database a sink wrote, and the tables they hold.
 pub struct Databases {
     local_path: PathBuf,
-    pools: Mutex<HashMap<String, (String, Pool)>>,
+    pools: Mutex<HashMap<String, (u64, Pool)>>,
+    /// Held while a pool is opened and its migrations run, so they run
+    /// once on this node.
+    opening: tokio::sync::Mutex<()>,
     tables: Mutex<HashMap<(String, String), Arc<Table>>>,
 }
 
@@ -65,41 +74,51 @@ impl Databases {
         Databases {
             local_path,
             pools: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
             tables: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The pool of a database: `None` is the embedded one. A definition
-    /// or password that changed gets a new pool (the old one closes when
-    /// its last user is done).
+    /// The pool of a database: `None` is the embedded one without a
+    /// definition. A definition or password that changed gets a new pool
+    /// (the old one closes when its last user is done); a new pool first
+    /// runs the definition's migrations that have not run.
     pub async fn pool(
         &self,
         database: Option<&Database>,
         password: Option<String>,
     ) -> Result<Pool, WriteError> {
-        let (name, fingerprint) = match database {
-            None => (LOCAL_DATABASE.to_string(), String::new()),
-            Some(d) => (
-                d.name.clone(),
-                format!("{}\n{}\n{:?}", d.url, d.max_connections, password),
-            ),
-        };
-        if let Some((known, pool)) = self.lock_pools().get(&name) {
-            if *known == fingerprint {
-                return Ok(pool.clone());
-            }
+        let local = Database::local();
+        let database = database.unwrap_or(&local);
+        let fingerprint = fingerprint(database, &password);
+        if let Some(pool) = self.known_pool(&database.name, fingerprint) {
+            return Ok(pool);
         }
-        let pool = match database {
-            None => self.open_local()?,
-            Some(d) => open_postgres(d, password)?,
+        let _opening = self.opening.lock().await;
+        if let Some(pool) = self.known_pool(&database.name, fingerprint) {
+            return Ok(pool);
+        }
+        let pool = if database.is_local() {
+            self.open_local()?
+        } else {
+            open_postgres(database, password)?
         };
+        migrate(&pool, database).await?;
         self.lock_pools()
-            .insert(name.clone(), (fingerprint, pool.clone()));
-        self.forget_tables(&name);
+            .insert(database.name.clone(), (fingerprint, pool.clone()));
+        // After the migrations: a shape read before them is stale.
+        self.forget_tables(&database.name);
         Ok(pool)
     }
 
-    fn lock_pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Pool)>> {
+    fn known_pool(&self, name: &str, fingerprint: u64) -> Option<Pool> {
+        match self.lock_pools().get(name) {
+            Some((known, pool)) if *known == fingerprint => Some(pool.clone()),
+            _ => None,
+        }
+    }
+
+    fn lock_pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Pool)>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -118,6 +137,7 @@ impl Databases {
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|connection, _| Box::pin(forbid_attach(connection)))
             .connect_lazy_with(options);
         Ok(Pool::Sqlite(pool))
     }
@@ -215,6 +235,90 @@ impl Databases {
         }
         result
     }
+}
+
+/// What identifies a pool: a change of any of it opens a new one.
+fn fingerprint(database: &Database, password: &Option<String>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (
+        &database.url,
+        database.max_connections,
+        password,
+        &database.migrations,
+    )
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Migrations run on the node's own SQLite file: `ATTACH` (and `VACUUM
+/// INTO`, which attaches) would let their SQL create or read any file
+/// the node may, so a connection may attach nothing.
+async fn forbid_attach(connection: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut handle = connection.lock_handle().await?;
+    let raw = handle.as_raw_handle().as_ptr();
+    // SAFETY: `raw` is the open connection's handle, locked for this call;
+    // sqlite3_limit only sets a limit on it.
+    unsafe {
+        libsqlite3_sys::sqlite3_limit(raw, libsqlite3_sys::SQLITE_LIMIT_ATTACHED, 0);
+    }
+    Ok(())
+}
+
+/// A database definition's migrations, as sqlx's migrator takes them.
+#[derive(Debug)]
+struct Defined(Vec<sqlx::migrate::Migration>);
+
+impl MigrationSource<'static> for Defined {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<sqlx::migrate::Migration>, BoxDynError>> + Send>>
+    {
+        Box::pin(async move { Ok(self.0) })
+    }
+}
+
+/// Run the migrations of a definition that have not run on this database.
+async fn migrate(pool: &Pool, database: &Database) -> Result<(), WriteError> {
+    if database.migrations.is_empty() {
+        return Ok(());
+    }
+    let migrations = database
+        .migrations
+        .iter()
+        .map(|m| {
+            sqlx::migrate::Migration::new(
+                m.version,
+                Cow::Owned(m.description.clone()),
+                MigrationType::Simple,
+                Cow::Owned(m.sql.clone()),
+                false,
+            )
+        })
+        .collect();
+    let failed = |e: MigrateError| {
+        let name = &database.name;
+        match e {
+            MigrateError::Execute(e) => match classify(pool, e) {
+                WriteError::Unavailable(m) => WriteError::Unavailable(m),
+                WriteError::Refused(m) => {
+                    WriteError::Refused(format!("migrations of database {name}: {m}"))
+                }
+            },
+            MigrateError::ExecuteMigration(e, version) => match classify(pool, e) {
+                WriteError::Unavailable(m) => WriteError::Unavailable(m),
+                WriteError::Refused(m) => WriteError::Refused(format!(
+                    "migration {version} of database {name} failed: {m}"
+                )),
+            },
+            other => WriteError::Refused(format!("migrations of database {name}: {other}")),
+        }
+    };
+    let migrator = Migrator::new(Defined(migrations)).await.map_err(failed)?;
+    let ran = match pool {
+        Pool::Sqlite(pool) => migrator.run(pool).await,
+        Pool::Postgres(pool) => migrator.run(pool).await,
+    };
+    ran.map_err(failed)
 }
 
 fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a str> {

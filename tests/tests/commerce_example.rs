@@ -1,7 +1,9 @@
-//! The order saga of `examples/commerce/`: its `run.sh` end to end, orders
-//! arriving from Kafka through a bridge, and the payment timeout firing
-//! once when the leader is killed while it waits. The inventory, payment
-//! and shipping stand-ins are `examples/commerce/services.py`.
+//! The order saga of `examples/commerce/`: its `run.sh` end to end with the
+//! tables in SQLite and in a real PostgreSQL, orders arriving from Kafka
+//! through a bridge and landing in the tables, and the payment timeout
+//! firing once when the leader is killed while it waits. The inventory,
+//! payment and shipping stand-ins are `examples/commerce/services.py`; the
+//! tables' migrations, sinks and routes come from `tables.py`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -94,17 +96,20 @@ async fn wait_final(node: &Node, id: &str) -> Value {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn run_sh_places_one_order_per_outcome_and_checks_them() {
+/// `run.sh` with `args` and `envs`; its output, after checking that it
+/// succeeded and printed one final state and one row set per outcome.
+async fn run_sh(args: &[&str], envs: &[(&str, &str)]) -> String {
     let output = tokio::process::Command::new("bash")
         .arg(example("run.sh"))
+        .args(args)
         .env("SHOAL_BIN", shoal_bin())
         .env("PAYMENT_WINDOW", "PT3S")
         .env_remove("SHOAL_ENDPOINT")
+        .envs(envs.iter().copied())
         .output()
         .await
         .expect("run.sh runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
@@ -114,15 +119,63 @@ async fn run_sh_places_one_order_per_outcome_and_checks_them() {
         stdout.contains("all orders ended where they should"),
         "{stdout}"
     );
+    assert!(!stdout.contains("WRONG"), "{stdout}");
     for line in [
         "happy            completed",
         "payment-fails    cancelled: payment failed",
         "payment-timeout  cancelled: payment timeout",
         "shipment-fails   cancelled: shipment failed",
         "out-of-stock     cancelled: out of stock",
+        "completed  items=1 payment=paid shipment=delivered",
+        "cancelled  items=1 payment=failed shipment=-",
+        "cancelled  items=1 payment=- shipment=-",
+        "cancelled  items=1 payment=refunded shipment=failed",
+        "completed  items=0 payment=paid shipment=delivered",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
+    // The happy order (20) and the one placed by an event (5), by two
+    // customers, completed today.
+    let sales = stdout
+        .lines()
+        .find(|l| l.starts_with("20") && l.contains("25.00"))
+        .unwrap_or_else(|| panic!("no sales line in:\n{stdout}"));
+    let columns: Vec<&str> = sales.split_whitespace().collect();
+    assert_eq!(columns[1..], ["2", "25.00", "12.50", "2"], "{sales}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_sh_places_one_order_per_outcome_and_checks_them() {
+    let stdout = run_sh(&[], &[]).await;
+    assert!(stdout.contains("rows in the tables (sqlite)"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_sh_keeps_the_tables_in_postgresql_with_one_flag() {
+    let postgres = shoal_tests::postgres::start().await;
+    let stdout = run_sh(
+        &["--postgres", &postgres.url()],
+        &[("PGPASSWORD", shoal_tests::postgres::PASSWORD)],
+    )
+    .await;
+    assert!(stdout.contains("rows in the tables (postgres)"), "{stdout}");
+    // Read independently of run.sh: the migration is recorded as sqlx
+    // records it, and the rows are PostgreSQL's types.
+    let client = shoal_tests::postgres::client(&postgres).await;
+    let (version, success): (i64, bool) =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations")
+            .fetch_one(&client)
+            .await
+            .expect("_sqlx_migrations");
+    assert_eq!((version, success), (1, true));
+    let (completed, revenue): (i64, String) = sqlx::query_as(
+        "SELECT count(*), sum(total_amount)::text FROM orders WHERE status = 'completed'",
+    )
+    .fetch_one(&client)
+    .await
+    .expect("orders");
+    assert_eq!((completed, revenue.as_str()), (2, "25.00"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -132,6 +185,12 @@ async fn orders_from_kafka_drive_the_saga_through_a_bridge() {
     publish_saga(&node, "PT30M").await;
     let _services = Services::start(&node).await;
     Services::wait_known(&node).await;
+    let tables = Command::new("python3")
+        .arg(example("tables.py"))
+        .args(["setup", &node.endpoint()])
+        .output()
+        .expect("python3 examples/commerce/tables.py");
+    assert!(tables.status.success(), "{tables:?}");
     let bridge = put_definition(
         &node,
         "bridges",
@@ -147,7 +206,7 @@ async fn orders_from_kafka_drive_the_saga_through_a_bridge() {
                 .query(&[("partition", "0")])
                 .header("content-type", "application/json")
                 .body(
-                    json!({"order": "k-1", "items": [{"product": "p-1", "quantity": 1, "price": 9}],
+                    json!({"order": "k-1", "customer": "c-k", "items": [{"product": "p-1", "quantity": 1, "price": 9}],
                            "total": 9, "scenario": "happy"})
                     .to_string(),
                 ),
@@ -161,6 +220,44 @@ async fn orders_from_kafka_drive_the_saga_through_a_bridge() {
         done["output"],
         json!({"order": "k-1", "status": "completed", "tracking": "TRK-k-1"}),
         "{done}"
+    );
+    // And the order is in the tables, projected from the saga's events.
+    let sqlite = sqlx::SqlitePool::connect_with(
+        sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(node.data_dir().join("sql/local.sqlite"))
+            .read_only(true),
+    )
+    .await
+    .expect("the node's SQLite file");
+    let rows = wait_for(WAIT, "the order's rows", || async {
+        let row: Option<(String, String, f64, i64, String, String, String)> = sqlx::query_as(
+            "SELECT o.status, o.customer_id, CAST(o.total_amount AS REAL), \
+               (SELECT count(*) FROM order_items i WHERE i.order_id = o.id), \
+               (SELECT p.status FROM payments p WHERE p.order_id = o.id), \
+               (SELECT s.status FROM shipments s WHERE s.order_id = o.id), \
+               (SELECT s.tracking_number FROM shipments s WHERE s.order_id = o.id) \
+             FROM orders o WHERE o.id = 'k-1'",
+        )
+        .fetch_optional(&sqlite)
+        .await
+        .map_err(|e| e.to_string())?;
+        match row {
+            Some(row) if row.5 == "delivered" && row.0 == "completed" => Ok(row),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        rows,
+        (
+            "completed".to_string(),
+            "c-k".to_string(),
+            9.0,
+            1,
+            "paid".to_string(),
+            "delivered".to_string(),
+            "TRK-k-1".to_string()
+        )
     );
 }
 

@@ -456,3 +456,145 @@ async fn rows_reach_postgres_through_an_outage_and_a_node_killed_while_it_lasts(
             .unwrap();
     assert_eq!(stamped.0, 63, "every row has the message's time");
 }
+
+/// A node's embedded SQLite file, opened read-only.
+async fn node_sqlite(node: &Node) -> SqlitePool {
+    SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(node.data_dir().join("sql").join("local.sqlite"))
+            .read_only(true),
+    )
+    .await
+    .expect("opening the node's SQLite file")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_run_once_on_every_node_and_a_changed_or_failing_one_is_refused() {
+    let cluster = Cluster::start(3, &[]).await;
+    let (first, third) = (cluster.node(0), cluster.node(2));
+    let events = json!({"version": 1, "description": "events",
+        "sql": "CREATE TABLE events (id TEXT PRIMARY KEY, note TEXT, v INTEGER)"});
+    put_ok(first, "databases", "local", json!({"migrations": [events]})).await;
+    // The same again runs nothing (the table exists: it would fail if it ran).
+    put_ok(first, "databases", "local", json!({"migrations": [events]})).await;
+
+    let mut changed = events.clone();
+    changed["sql"] = json!("CREATE TABLE events (id TEXT PRIMARY KEY)");
+    let message = refused(
+        first,
+        "databases",
+        "local",
+        json!({"migrations": [changed]}),
+        400,
+        "migration_failed",
+    )
+    .await;
+    assert!(message.contains("modified"), "{message}");
+    let broken = json!({"version": 2, "sql": "CREATE TABLE broken ("});
+    let message = refused(
+        first,
+        "databases",
+        "local",
+        json!({"migrations": [events, broken]}),
+        400,
+        "migration_failed",
+    )
+    .await;
+    assert!(message.contains("migration 2"), "{message}");
+    // Migrations may not reach files beyond the node's own database (a
+    // transaction would stop ATTACH, so the SQL ends it first).
+    let stolen = std::env::temp_dir().join(format!("shoal-attached-{}.db", std::process::id()));
+    for sql in [
+        format!(
+            "COMMIT; ATTACH DATABASE '{}' AS other; CREATE TABLE other.t (a); BEGIN",
+            stolen.display()
+        ),
+        format!("COMMIT; VACUUM INTO '{}'; BEGIN", stolen.display()),
+    ] {
+        let attach = json!({"version": 2, "sql": sql});
+        refused(
+            first,
+            "databases",
+            "local",
+            json!({"migrations": [events, attach]}),
+            400,
+            "migration_failed",
+        )
+        .await;
+        assert!(!stolen.exists(), "{sql} made {}", stolen.display());
+    }
+    // What failed was not stored.
+    let stored = first.get_path("/v1/databases/local").await;
+    assert_eq!(
+        stored.body["migrations"],
+        json!([events]),
+        "{}",
+        stored.describe()
+    );
+    let bad = [
+        (json!({"url": "postgres://u@h/db"}), "migrations only"),
+        (
+            json!({"migrations": [{"version": 0, "sql": "SELECT 1"}]}),
+            "greater than 0",
+        ),
+        (
+            json!({"migrations": [{"version": 1, "sql": " "}]}),
+            "no SQL",
+        ),
+        (
+            json!({"migrations": [{"version": 1, "sql": "SELECT 1"}, {"version": 1, "sql": "SELECT 2"}]}),
+            "twice",
+        ),
+    ];
+    for (body, needle) in bad {
+        let message = refused(first, "databases", "local", body, 400, "bad_request").await;
+        assert!(message.contains(needle), "{message} lacks {needle}");
+    }
+
+    // The third node has not written its database yet: the sink's first
+    // row there runs the migration in its own file, then lands in the table.
+    put_ok(first, "sinks", "events", json!({
+        "database": "local", "table": "events", "key": ["id"], "per_node": true,
+        "columns": {"id": "/data/id", "note": "/data/note", "v": "/data/v"}, "version_column": "v"
+    })).await;
+    put_ok(
+        first,
+        "routes",
+        "events",
+        json!({"source": "events", "destinations": ["sql:events"]}),
+    )
+    .await;
+    wait_route(
+        third,
+        "events",
+        json!({"id": "e-1", "note": "from the third node", "v": 1}),
+    )
+    .await;
+    let file = third.data_dir().join("sql").join("local.sqlite");
+    let rows = wait_for(OUTAGE_T, "the row in the third node's table", || async {
+        if !file.exists() {
+            return Err("no SQLite file yet".to_string());
+        }
+        let sqlite = node_sqlite(third).await;
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, note FROM events")
+            .fetch_all(&sqlite)
+            .await
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            Err("no rows".to_string())
+        } else {
+            Ok(rows)
+        }
+    })
+    .await;
+    let sqlite = node_sqlite(third).await;
+    assert_eq!(
+        rows,
+        vec![("e-1".to_string(), "from the third node".to_string())]
+    );
+    let applied: Vec<(i64, bool)> = sqlx::query_as("SELECT version, success FROM _sqlx_migrations")
+        .fetch_all(&sqlite)
+        .await
+        .expect("_sqlx_migrations");
+    assert_eq!(applied, vec![(1, true)]);
+}

@@ -52,6 +52,9 @@ pub enum ErrorCode {
     /// no unique index over the key), or names a database that is not
     /// defined.
     SinkMismatch,
+    /// 400: a database's migration failed (its SQL, or an applied
+    /// migration whose SQL changed); the definition is not stored.
+    MigrationFailed,
     /// 400: a URL points where outbound requests may not go (loopback,
     /// link-local, private; see `--outbound-allow`).
     DestinationRefused,
@@ -145,6 +148,7 @@ impl ErrorCode {
             ErrorCode::QueryTooExpensive => "query_too_expensive",
             ErrorCode::InvalidDefinition => "invalid_definition",
             ErrorCode::SinkMismatch => "sink_mismatch",
+            ErrorCode::MigrationFailed => "migration_failed",
             ErrorCode::UnsupportedConstruct => "unsupported_construct",
             ErrorCode::DestinationRefused => "destination_refused",
             ErrorCode::Unauthorized => "unauthorized",

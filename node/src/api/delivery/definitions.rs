@@ -104,7 +104,7 @@ pub async fn put(
     let stored = kind.validate(&name, body)?;
     match (kind, stored.get("url").and_then(Value::as_str)) {
         (Kind::Webhook, Some(url)) => shoal.outbound.check_destination(url).await?,
-        (Kind::Database, Some(url)) => super::sql_sinks::check_database_url(&shoal, url).await?,
+        (Kind::Database, _) => super::sql_sinks::check_database(&shoal, &stored).await?,
         (Kind::Sink, _) => super::sql_sinks::check_sink(&shoal, &stored).await?,
         _ => {}
     }

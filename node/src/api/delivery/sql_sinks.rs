@@ -32,12 +32,37 @@ fn unavailable(message: impl Into<String>) -> ApiError {
     )
 }
 
-/// A database URL's host must be one outbound connections may reach.
-pub async fn check_database_url(shoal: &Shoal, url: &str) -> ApiResult<()> {
-    let parsed =
-        url::Url::parse(url).map_err(|e| ApiError::bad_request(format!("url {url:?}: {e}")))?;
-    shoal.outbound.check_host_of(&parsed).await?;
-    Ok(())
+/// A database URL's host must be one outbound connections may reach, and
+/// its migrations must run (on this node, for `local`) before it is stored.
+pub async fn check_database(shoal: &Arc<Shoal>, stored: &Value) -> ApiResult<()> {
+    let database: Database =
+        serde_json::from_value(stored.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
+    if !database.is_local() {
+        let url = &database.url;
+        let parsed =
+            url::Url::parse(url).map_err(|e| ApiError::bad_request(format!("url {url:?}: {e}")))?;
+        shoal.outbound.check_host_of(&parsed).await?;
+    }
+    if database.migrations.is_empty() {
+        return Ok(());
+    }
+    let password = match database.password_key.clone() {
+        Some(key) => Some(read_password(shoal, key).await?),
+        None => None,
+    };
+    let databases = shoal.messaging.deliveries.databases();
+    match databases.pool(Some(&database), password).await {
+        Ok(_) => Ok(()),
+        Err(WriteError::Refused(reason)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MigrationFailed,
+            reason,
+        )),
+        Err(WriteError::Unavailable(reason)) => Err(unavailable(format!(
+            "database {} could not be reached to run its migrations: {reason}",
+            database.name
+        ))),
+    }
 }
 
 /// A sink must name a database that exists and fit its table; the
@@ -60,9 +85,15 @@ pub async fn check_sink(shoal: &Arc<Shoal>, stored: &Value) -> ApiResult<()> {
                  rows would be split across them. Say \"per_node\": true if that is meant, or use a PostgreSQL database"
             )));
         }
-        None
+        // Its definition, when there is one, carries its migrations.
+        find_database(shoal, LOCAL_DATABASE).await?
     } else {
-        Some(defined_database(shoal, &sink.database).await?)
+        let name = &sink.database;
+        Some(find_database(shoal, name).await?.ok_or_else(|| {
+            mismatch(format!(
+                "database {name:?} is not defined (PUT /v1/databases/{name}), and is not {LOCAL_DATABASE:?}"
+            ))
+        })?)
     };
     let password = match database.as_ref().and_then(|d| d.password_key.clone()) {
         Some(key) => Some(read_password(shoal, key).await?),
@@ -83,17 +114,13 @@ pub async fn check_sink(shoal: &Arc<Shoal>, stored: &Value) -> ApiResult<()> {
     }
 }
 
-/// A database's definition (linearizable).
-async fn defined_database(shoal: &Arc<Shoal>, name: &str) -> ApiResult<Database> {
+/// A database's definition, if there is one (linearizable).
+async fn find_database(shoal: &Arc<Shoal>, name: &str) -> ApiResult<Option<Database>> {
     shoal.read_barrier(false).await?;
     let key = format!("{DATABASES_PREFIX}{name}");
     let (_, kv) = shoal.read(move |store| store.kv_get(&key)).await?;
-    let kv = kv.ok_or_else(|| {
-        mismatch(format!(
-            "database {name:?} is not defined (PUT /v1/databases/{name}), and is not {LOCAL_DATABASE:?}"
-        ))
-    })?;
-    serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string()))
+    kv.map(|kv| serde_json::from_slice(&kv.value).map_err(|e| ApiError::internal(e.to_string())))
+        .transpose()
 }
 
 async fn read_password(shoal: &Arc<Shoal>, key: String) -> ApiResult<String> {
@@ -114,7 +141,7 @@ pub struct SinkList {
 #[derive(Serialize, ToSchema)]
 pub struct DatabaseList {
     /// Every database, by name (each as `PUT /v1/databases/{name}` stored
-    /// it); `local` is always there and never listed
+    /// it); `local` is listed only when its migrations were defined
     #[schema(value_type = Vec<shoal_sinks::Database>)]
     pub databases: Vec<Value>,
 }
@@ -238,9 +265,9 @@ pub mod databases {
         tag = "delivery",
         operation_id = "putDatabase",
         summary = "Create or replace a database",
-        description = "A PostgreSQL database SQL sinks may write: `url` is `postgres://user@host:port/database` with libpq's `sslmode` and `sslrootcert` parameters (TLS through rustls, certificates verified against the system roots or `sslrootcert`); the password is read from the KV key `password_key` (never from the URL). Each node opens up to `max_connections` connections when a sink first writes. A host that is loopback, link-local, private or otherwise non-public is refused unless the operator allows it with `--outbound-allow`. `local` (each node's embedded SQLite) needs no definition. With ACLs on, the token must also be allowed to read the KV key `password_key` names (403 otherwise): the node sends that password to the database's server. Stored in Raft.",
+        description = "A PostgreSQL database SQL sinks may write: `url` is `postgres://user@host:port/database` with libpq's `sslmode` and `sslrootcert` parameters (TLS through rustls, certificates verified against the system roots or `sslrootcert`); the password is read from the KV key `password_key` (never from the URL). Each node opens up to `max_connections` connections when a sink first writes. A host that is loopback, link-local, private or otherwise non-public is refused unless the operator allows it with `--outbound-allow`. `local` (each node's embedded SQLite) needs no definition; defined, it carries `migrations` only. `migrations` (up to 256, by version) run in version order, each once and in a transaction, recorded in the database's `_sqlx_migrations` table as the sqlx CLI records them: on the receiving node before the definition is stored (a failure stores nothing), and on every node when it first writes the database after a start or a change of the definition. In the embedded SQLite, migrations cannot attach other files. With ACLs on, the token must also be allowed to read the KV key `password_key` names (403 otherwise): the node sends that password to the database's server. Stored in Raft.",
         params(
-            ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'; not `local`"),
+            ("name" = String, Path, description = "1-128 letters, digits, '-', '_' or '.'; `local` is the embedded SQLite (migrations only)"),
         ),
         request_body(
             content = shoal_sinks::Database,
@@ -249,8 +276,9 @@ pub mod databases {
         ),
         responses(
             (status = 200, description = "The stored definition, defaults filled in. ", body = shoal_sinks::Database),
-            (status = 400, description = "The name, a definition that does not parse or is invalid, a URL with a password (`bad_request`), or a host the outbound policy refuses (`destination_refused`). Error codes: `bad_request`, `destination_refused`.", body = ErrorBody),
+            (status = 400, description = "The name, a definition that does not parse or is invalid, a URL with a password (`bad_request`), a host the outbound policy refuses (`destination_refused`), a password_key that does not exist (`sink_mismatch`), or a migration that failed or differs from the one applied with its version (`migration_failed`). Error codes: `bad_request`, `destination_refused`, `migration_failed`, `sink_mismatch`.", body = ErrorBody),
             (status = 413, description = "The body is over the request size limit (`payload_too_large`), or the stored definition would be over the value limit, --max-value-bytes (`value_too_large`). Error codes: `payload_too_large`, `value_too_large`.", body = ErrorBody),
+            (status = 424, description = "The database could not be reached (or refused the password) to run its migrations: the definition is not stored. Error codes: `database_unavailable`.", body = ErrorBody),
             (status = 500, response = crate::api::doc::Internal),
             (status = 503, response = crate::api::doc::Unavailable),
             (status = 504, response = crate::api::doc::Timeout),
@@ -322,7 +350,7 @@ pub mod databases {
         tag = "delivery",
         operation_id = "deleteDatabase",
         summary = "Delete a database",
-        description = "Sinks that name it keep their rows in the outbox until it is defined again.",
+        description = "Sinks that name it keep their rows in the outbox until it is defined again. Deleting `local` drops its migrations from the definition (tables they made stay) and nothing else: `local` is always there.",
         params(
             ("name" = String, Path, description = "Name"),
         ),
