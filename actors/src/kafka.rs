@@ -1,6 +1,7 @@
 //! The Kafka side of the bridge (rdkafka with its bundled librdkafka):
 //! producing with acks=all, and consuming a Kafka topic into Shoal.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -218,6 +219,10 @@ impl KafkaClient {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
+            // A bridge may be defined before its topic exists: librdkafka
+            // sees the topic appear at its next metadata refresh, every
+            // 5 minutes by default.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .create()
             .map_err(|e| KafkaError::Client(e.to_string()))?;
         consumer
@@ -267,6 +272,10 @@ impl KafkaClient {
     }
 }
 
+/// Longest `ce_` header a bridge takes into a message's envelope (a longer
+/// one is left out, and the attribute takes its default).
+const MAX_ENVELOPE_HEADER_BYTES: usize = 4096;
+
 /// A consumed Kafka record as a Shoal message on the bridge's topic.
 fn bridge_message(bridge: &Bridge, record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
     let mut headers = vec![
@@ -285,6 +294,9 @@ fn bridge_message(bridge: &Bridge, record: &rdkafka::message::BorrowedMessage<'_
     }
     let mut content_type = "application/octet-stream".to_string();
     let mut traceparent = None;
+    // The CloudEvents Kafka binding (binary mode): `ce_` headers are the
+    // envelope's attributes, as `produce_message` writes them.
+    let mut envelope: HashMap<&str, String> = HashMap::new();
     if let Some(kafka_headers) = record.headers() {
         for header in kafka_headers.iter() {
             let value = header
@@ -294,7 +306,11 @@ fn bridge_message(bridge: &Bridge, record: &rdkafka::message::BorrowedMessage<'_
             match header.key {
                 "content-type" => content_type = value,
                 "traceparent" => traceparent = Some(value),
-                key if key.starts_with("ce_") => {}
+                key if key.starts_with("ce_") => {
+                    if !value.is_empty() && value.len() <= MAX_ENVELOPE_HEADER_BYTES {
+                        envelope.insert(key, value);
+                    }
+                }
                 key => headers.push((key.to_string(), value)),
             }
         }
@@ -305,17 +321,23 @@ fn bridge_message(bridge: &Bridge, record: &rdkafka::message::BorrowedMessage<'_
         .map(|ms| rfc3339(ms.max(0) as u64))
         .unwrap_or_else(crate::message::rfc3339_now);
     Message {
-        id: format!(
-            "kafka-{}-{}-{}",
-            record.topic(),
-            record.partition(),
-            record.offset()
-        ),
+        id: envelope.remove("ce_id").unwrap_or_else(|| {
+            format!(
+                "kafka-{}-{}-{}",
+                record.topic(),
+                record.partition(),
+                record.offset()
+            )
+        }),
         topic: bridge.topic.clone(),
-        source: format!("kafka://{}", record.topic()),
-        kind: "shoal.kafka.record".to_string(),
-        time,
-        subject: None,
+        source: envelope
+            .remove("ce_source")
+            .unwrap_or_else(|| format!("kafka://{}", record.topic())),
+        kind: envelope
+            .remove("ce_type")
+            .unwrap_or_else(|| "shoal.kafka.record".to_string()),
+        time: envelope.remove("ce_time").unwrap_or(time),
+        subject: envelope.remove("ce_subject"),
         content_type,
         traceparent,
         headers,

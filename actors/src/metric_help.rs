@@ -39,6 +39,11 @@ pub fn describe_metrics() {
         Unit::Count,
         "Subscriptions (SSE, WebSocket, webhooks, bridges) on this node's router."
     );
+    describe_gauge!(
+        "shoal_outbox_pending",
+        Unit::Count,
+        "Messages waiting in this node's outbox for a destination (a webhook, Kafka topic, SQL sink or the workflow event inbox): the delivery lag, sampled at scrape."
+    );
     describe_counter!(
         "shoal_deliveries_total",
         Unit::Count,

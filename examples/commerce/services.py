@@ -11,6 +11,8 @@ What they answer depends on the order's `scenario`:
   payment-fails    payment answers commerce.payment.failed
   payment-timeout  payment does not answer
   shipment-fails   shipping answers commerce.shipment.failed
+  external         payment and shipping do not answer: another system does
+                   (through Kafka, in the tests)
   anything else    everything succeeds; the parcel is delivered
 
 Usage: services.py ENDPOINT   (e.g. http://127.0.0.1:7700)
@@ -81,7 +83,7 @@ def payment(kind, data):
     order = data["order"]
     if kind == "commerce.payment.request":
         scenario = data.get("scenario")
-        if scenario == "payment-timeout":
+        if scenario in ("payment-timeout", "external"):
             return
         answer = "failed" if scenario == "payment-fails" else "paid"
         send_event(
@@ -95,6 +97,8 @@ def payment(kind, data):
 
 def shipping(kind, data):
     order = data["order"]
+    if data.get("scenario") == "external":
+        return
     shipment = {"order": order, "shipment": f"shp-{order}", "carrier": "shoal-post", "at": now()}
     if data.get("scenario") == "shipment-fails":
         send_event("commerce.shipment.failed", f"shipment-failed-{order}", shipment)

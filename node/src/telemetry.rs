@@ -261,7 +261,7 @@ fn describe_node_metrics() {
     describe_counter!(
         "shoal_api_write_timeouts_total",
         Unit::Count,
-        "Connections closed because the client took nothing the node wrote to it for --write-timeout-ms (a stalled subscriber, most likely), by listener."
+        "Connections closed, and streams (SSE, WebSocket, watches, log tails) ended, because the client took nothing the node wrote to it for --write-timeout-ms (a stalled subscriber, most likely), by listener."
     );
     describe_counter!(
         "shoal_gossip_dropped_total",

@@ -20,8 +20,17 @@ use tokio::time::{Instant, Sleep};
 /// bounds each hand-over with it: over HTTP/2, flow control stops a
 /// stalled stream before the socket fills, so [`WriteDeadline`] never sees
 /// it, and the task would wait for ever.
+/// A hand-over that timed out counts as a write timeout of the API
+/// listener, like a socket that took nothing: which of the two deadlines
+/// lets a stalled stream go first is a race.
 pub async fn within<T, E>(limit: Duration, write: impl Future<Output = Result<T, E>>) -> bool {
-    matches!(tokio::time::timeout(limit, write).await, Ok(Ok(_)))
+    match tokio::time::timeout(limit, write).await {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            metrics::counter!("shoal_api_write_timeouts_total", "listener" => "api").increment(1);
+            false
+        }
+    }
 }
 
 /// `inner` whose writes, flushes and shutdown fail with `TimedOut` once one

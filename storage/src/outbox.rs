@@ -6,6 +6,7 @@
 //! what they hold. Keys are `destination ++ 0x00 ++ seq` (big-endian), so a
 //! destination's entries come out in the order they were added.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
@@ -42,6 +43,9 @@ impl List {
 pub struct Outbox {
     store: Store,
     next_seq: Mutex<u64>,
+    /// Pending entries per destination, counted at open and kept by every
+    /// change, so the lag is known without scanning a long list.
+    pending: Mutex<BTreeMap<String, u64>>,
 }
 
 fn entry_key(destination: &str, seq: u64) -> Vec<u8> {
@@ -71,10 +75,41 @@ impl Outbox {
             })?),
             None => 1,
         };
+        let mut pending: BTreeMap<String, u64> = BTreeMap::new();
+        for item in store
+            .db
+            .iterator_cf(store.cf(CF_OUTBOX)?, IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            if let Some((destination, _)) = split_key(&key) {
+                if !destination.is_empty() {
+                    *pending.entry(destination.to_string()).or_default() += 1;
+                }
+            }
+        }
         Ok(Outbox {
             store,
             next_seq: Mutex::new(next),
+            pending: Mutex::new(pending),
         })
+    }
+
+    /// How many entries wait in each destination's pending list.
+    pub fn pending_counts(&self) -> Vec<(String, u64)> {
+        self.lock_pending()
+            .iter()
+            .map(|(destination, count)| (destination.clone(), *count))
+            .collect()
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_pending(&self, destination: &str, added: u64, removed: u64) {
+        let mut pending = self.lock_pending();
+        let count = pending.entry(destination.to_string()).or_default();
+        *count = (*count + added).saturating_sub(removed);
     }
 
     /// Add entries, one per (destination, value), in one synced write: once
@@ -95,6 +130,9 @@ impl Outbox {
         }
         batch.put_cf(cf, NEXT_SEQ, next.to_be_bytes());
         self.store.write(batch, true)?;
+        for (destination, _) in entries {
+            self.count_pending(destination, 1, 0);
+        }
         Ok(seqs)
     }
 
@@ -184,7 +222,9 @@ impl Outbox {
         for seq in seqs {
             batch.delete_cf(cf, entry_key(destination, *seq));
         }
-        self.store.write(batch, false)
+        self.store.write(batch, false)?;
+        self.count_pending(destination, 0, seqs.len() as u64);
+        Ok(())
     }
 
     /// Move a pending entry to the dead letters, atomically.
@@ -193,7 +233,9 @@ impl Outbox {
         let key = entry_key(destination, seq);
         batch.delete_cf(self.store.cf(CF_OUTBOX)?, &key);
         batch.put_cf(self.store.cf(CF_DEAD_LETTERS)?, &key, value);
-        self.store.write(batch, true)
+        self.store.write(batch, true)?;
+        self.count_pending(destination, 0, 1);
+        Ok(())
     }
 
     /// Move dead letters back to the pending list (all of them, or the given
@@ -226,6 +268,7 @@ impl Outbox {
         }
         batch.put_cf(pending, NEXT_SEQ, next.to_be_bytes());
         self.store.write(batch, true)?;
+        self.count_pending(destination, moved as u64, 0);
         Ok(moved)
     }
 
@@ -239,7 +282,10 @@ impl Outbox {
                 entry_key(destination, u64::MAX),
             );
         }
-        self.store.write(batch, true)
+        self.store.write(batch, true)?;
+        // Kept at 0 rather than removed, so a gauge made from it drops to 0.
+        self.lock_pending().insert(destination.to_string(), 0);
+        Ok(())
     }
 }
 
@@ -262,6 +308,8 @@ mod tests {
             outbox.kill("webhook:a", 1, b"1").unwrap();
         }
         let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        // Counted again at open: one pending (the other is dead).
+        assert_eq!(outbox.pending_counts(), vec![("webhook:a".to_string(), 1)]);
         assert_eq!(
             outbox.add(&[("kafka:t".into(), b"3".to_vec())]).unwrap(),
             vec![3]
@@ -281,6 +329,17 @@ mod tests {
         assert_eq!(outbox.count(List::Dead, "webhook:a").unwrap(), 1);
         assert_eq!(outbox.replay("webhook:a", None, |v| v.to_vec()).unwrap(), 1);
         assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 2);
+        let counts = |outbox: &Outbox| {
+            let mut counted = outbox.pending_counts();
+            counted.retain(|(_, n)| *n > 0);
+            counted
+        };
+        assert_eq!(
+            counts(&outbox),
+            vec![("kafka:t".to_string(), 1), ("webhook:a".to_string(), 2)]
+        );
+        outbox.remove("kafka:t", &[3]).unwrap();
+        assert_eq!(counts(&outbox), vec![("webhook:a".to_string(), 2)]);
         // The replayed entry joins the end of the list under a new number,
         // so a deliverer that scans after the last entry it took (2) finds it.
         let after = outbox
@@ -299,5 +358,6 @@ mod tests {
         );
         outbox.purge("webhook:a").unwrap();
         assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 0);
+        assert_eq!(counts(&outbox), vec![]);
     }
 }

@@ -1,6 +1,7 @@
 //! The order saga of `examples/commerce/`: its `run.sh` end to end with the
-//! tables in SQLite and in a real PostgreSQL, orders arriving from Kafka
-//! through a bridge and landing in the tables, and the payment timeout
+//! tables in SQLite and in a real PostgreSQL, orders, payments and
+//! shipments arriving from Kafka through bridges and landing in the
+//! tables, and the payment timeout
 //! firing once when the leader is killed while it waits. The inventory,
 //! payment and shipping stand-ins are `examples/commerce/services.py`; the
 //! tables' migrations, sinks and routes come from `tables.py`.
@@ -178,8 +179,50 @@ async fn run_sh_keeps_the_tables_in_postgresql_with_one_flag() {
     assert_eq!((completed, revenue.as_str()), (2, "25.00"));
 }
 
+/// Produces a JSON record to a Kafka topic through the node, with
+/// CloudEvents headers (`ce-type`, ...); its offset in partition 0.
+async fn produce(node: &Node, topic: &str, headers: &[(&str, &str)], body: Value) -> u64 {
+    let mut request = node
+        .request(Method::POST, &format!("/v1/kafka/{topic}"))
+        .query(&[("partition", "0")])
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let produced = node.send(request.body(body.to_string())).await;
+    assert_eq!(produced.status.as_u16(), 200, "{}", produced.describe());
+    produced.body["offset"].as_u64().expect("offset")
+}
+
+/// An order's rows: status, customer, total, items, payment status and
+/// method, shipment status and tracking number.
+type OrderRows = (String, String, f64, i64, String, String, String, String);
+
+async fn order_rows(sqlite: &sqlx::SqlitePool, order: &str) -> OrderRows {
+    wait_for(WAIT, &format!("order {order}'s rows"), || async {
+        let row: Option<OrderRows> = sqlx::query_as(
+            "SELECT o.status, o.customer_id, CAST(o.total_amount AS REAL), \
+               (SELECT count(*) FROM order_items i WHERE i.order_id = o.id), \
+               (SELECT p.status FROM payments p WHERE p.order_id = o.id), \
+               (SELECT p.payment_method FROM payments p WHERE p.order_id = o.id), \
+               (SELECT s.status FROM shipments s WHERE s.order_id = o.id), \
+               (SELECT s.tracking_number FROM shipments s WHERE s.order_id = o.id) \
+             FROM orders o WHERE o.id = ?1",
+        )
+        .bind(order)
+        .fetch_optional(sqlite)
+        .await
+        .map_err(|e| e.to_string())?;
+        match row {
+            Some(row) if row.6 == "delivered" && row.0 == "completed" => Ok(row),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn orders_from_kafka_drive_the_saga_through_a_bridge() {
+async fn orders_payments_and_shipments_from_kafka_drive_the_saga_into_the_tables() {
     let kafka = Kafka::start().await;
     let node = Node::start_with(&["--kafka-brokers", &kafka.brokers()]).await;
     publish_saga(&node, "PT30M").await;
@@ -191,37 +234,107 @@ async fn orders_from_kafka_drive_the_saga_through_a_bridge() {
         .output()
         .expect("python3 examples/commerce/tables.py");
     assert!(tables.status.success(), "{tables:?}");
-    let bridge = put_definition(
-        &node,
-        "bridges",
-        "orders-in",
-        &json!({"kafka_topic": "orders", "topic": "commerce.orders.kafka"}),
-    )
-    .await;
-    assert!(bridge.status.is_success(), "{}", bridge.describe());
-    // Another system produces the order to Kafka.
-    let produced = node
-        .send(
-            node.request(Method::POST, "/v1/kafka/orders")
-                .query(&[("partition", "0")])
-                .header("content-type", "application/json")
-                .body(
-                    json!({"order": "k-1", "customer": "c-k", "items": [{"product": "p-1", "quantity": 1, "price": 9}],
-                           "total": 9, "scenario": "happy"})
-                    .to_string(),
-                ),
+    // Orders start the saga from their topic; payments and shipments
+    // answer it through the workflow event inbox. The bridges are defined
+    // before their Kafka topics exist.
+    for (name, definition) in [
+        (
+            "bridges",
+            json!({"kafka_topic": "orders", "topic": "commerce.orders.kafka"}),
+        ),
+        (
+            "bridges",
+            json!({"kafka_topic": "payments", "topic": "commerce.payments.kafka"}),
+        ),
+        (
+            "bridges",
+            json!({"kafka_topic": "shipments", "topic": "commerce.shipments.kafka"}),
+        ),
+        (
+            "routes",
+            json!({"source": "commerce.payments.kafka", "destinations": ["workflows:inbox"]}),
+        ),
+        (
+            "routes",
+            json!({"source": "commerce.shipments.kafka", "destinations": ["workflows:inbox"]}),
+        ),
+    ] {
+        let topic = definition["kafka_topic"]
+            .as_str()
+            .or(definition["source"].as_str());
+        let reply = put_definition(
+            &node,
+            name,
+            &topic.unwrap_or_default().replace('.', "-"),
+            &definition,
         )
         .await;
-    assert_eq!(produced.status.as_u16(), 200, "{}", produced.describe());
-    let offset = produced.body["offset"].as_u64().expect("offset");
-    let id = format!("order-kafka-orders-0-{offset}");
-    let done = wait_final(&node, &id).await;
+        assert!(reply.status.is_success(), "{}", reply.describe());
+    }
+
+    // Another system produces an order to Kafka; the stand-in services
+    // answer for it.
+    let offset = produce(
+        &node,
+        "orders",
+        &[],
+        json!({"order": "k-1", "customer": "c-k",
+        "items": [{"product": "p-1", "quantity": 1, "price": 9}], "total": 9, "scenario": "happy"}),
+    )
+    .await;
+    let done = wait_final(&node, &format!("order-kafka-orders-0-{offset}")).await;
     assert_eq!(
         done["output"],
         json!({"order": "k-1", "status": "completed", "tracking": "TRK-k-1"}),
         "{done}"
     );
-    // And the order is in the tables, projected from the saga's events.
+
+    // A second order is paid and shipped by other systems through Kafka:
+    // CloudEvents headers give the records their types, and the order's
+    // own id (`ce-id`) names its instance.
+    produce(&node, "orders", &[("ce-id", "k-2"), ("ce-type", "commerce.order.placed")],
+        json!({"order": "k-2", "customer": "c-x", "items": [{"product": "p-2", "quantity": 3, "price": 4}],
+               "total": 12, "scenario": "external"})).await;
+    produce(
+        &node,
+        "payments",
+        &[("ce-id", "paid-k-2"), ("ce-type", "commerce.payment.paid")],
+        json!({"order": "k-2", "payment": "pay-k-2", "amount": 12, "method": "bank-transfer",
+               "at": "2026-12-05T10:00:00Z"}),
+    )
+    .await;
+    let shipped = json!({"order": "k-2", "shipment": "shp-k-2", "tracking": "KAFKA-TRK-2",
+        "carrier": "kafka-post", "at": "2026-12-05T11:00:00Z"});
+    produce(
+        &node,
+        "shipments",
+        &[
+            ("ce-id", "shipped-k-2"),
+            ("ce-type", "commerce.shipment.shipped"),
+        ],
+        shipped.clone(),
+    )
+    .await;
+    let mut delivered = shipped;
+    delivered["at"] = json!("2026-12-06T09:00:00Z");
+    produce(
+        &node,
+        "shipments",
+        &[
+            ("ce-id", "delivered-k-2"),
+            ("ce-type", "commerce.shipment.delivered"),
+        ],
+        delivered,
+    )
+    .await;
+    let done = wait_final(&node, "order-k-2").await;
+    assert_eq!(
+        done["output"],
+        json!({"order": "k-2", "status": "completed", "tracking": "KAFKA-TRK-2"}),
+        "{done}"
+    );
+
+    // Both orders are in the tables, projected from the saga's events.
     let sqlite = sqlx::SqlitePool::connect_with(
         sqlx::sqlite::SqliteConnectOptions::new()
             .filename(node.data_dir().join("sql/local.sqlite"))
@@ -229,35 +342,35 @@ async fn orders_from_kafka_drive_the_saga_through_a_bridge() {
     )
     .await
     .expect("the node's SQLite file");
-    let rows = wait_for(WAIT, "the order's rows", || async {
-        let row: Option<(String, String, f64, i64, String, String, String)> = sqlx::query_as(
-            "SELECT o.status, o.customer_id, CAST(o.total_amount AS REAL), \
-               (SELECT count(*) FROM order_items i WHERE i.order_id = o.id), \
-               (SELECT p.status FROM payments p WHERE p.order_id = o.id), \
-               (SELECT s.status FROM shipments s WHERE s.order_id = o.id), \
-               (SELECT s.tracking_number FROM shipments s WHERE s.order_id = o.id) \
-             FROM orders o WHERE o.id = 'k-1'",
-        )
-        .fetch_optional(&sqlite)
-        .await
-        .map_err(|e| e.to_string())?;
-        match row {
-            Some(row) if row.5 == "delivered" && row.0 == "completed" => Ok(row),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let row =
+        |status: &str, customer: &str, total: f64, items: i64, method: &str, tracking: &str| {
+            (
+                status.to_string(),
+                customer.to_string(),
+                total,
+                items,
+                "paid".to_string(),
+                method.to_string(),
+                "delivered".to_string(),
+                tracking.to_string(),
+            )
+        };
     assert_eq!(
-        rows,
-        (
-            "completed".to_string(),
-            "c-k".to_string(),
-            9.0,
-            1,
-            "paid".to_string(),
-            "delivered".to_string(),
-            "TRK-k-1".to_string()
-        )
+        order_rows(&sqlite, "k-1").await,
+        row("completed", "c-k", 9.0, 1, "card", "TRK-k-1")
+    );
+    assert_eq!(
+        order_rows(&sqlite, "k-2").await,
+        row("completed", "c-x", 12.0, 1, "bank-transfer", "KAFKA-TRK-2")
+    );
+    let (ship_date, delivery_date): (String, String) =
+        sqlx::query_as("SELECT ship_date, delivery_date FROM shipments WHERE order_id = 'k-2'")
+            .fetch_one(&sqlite)
+            .await
+            .expect("the shipment");
+    assert_eq!(
+        (ship_date.as_str(), delivery_date.as_str()),
+        ("2026-12-05T11:00:00Z", "2026-12-06T09:00:00Z")
     );
 }
 

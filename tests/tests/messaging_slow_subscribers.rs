@@ -424,7 +424,9 @@ async fn a_subscriber_that_stops_reading_is_let_go_after_the_write_timeout() {
     node.wait_interest(own, "stall.*", None, 1).await;
     let metrics = node.get_path("/metrics").await.text;
     let timeouts = metric(&metrics, "shoal_api_write_timeouts_total{listener=\"api\"}");
-    assert!(timeouts >= 2.0, "{timeouts} write timeouts:\n{metrics}");
+    // Each stalled subscriber is let go by its socket's deadline or its
+    // stream's (whichever fires first), and either counts.
+    assert!(timeouts >= 3.0, "{timeouts} write timeouts:\n{metrics}");
     publish_batch(&node, vec![entry("after", "stall.ws", "still here")]).await;
     let last = reader.messages(1, T).await;
     assert_eq!(text(&last[0], "/id"), "after");

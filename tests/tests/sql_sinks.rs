@@ -64,6 +64,16 @@ async fn wait_route(node: &Node, topic: &str, order: Value) {
     .await;
 }
 
+/// `shoal_outbox_pending{destination}` on a node's /metrics.
+async fn outbox_pending_metric(node: &Node, destination: &str) -> f64 {
+    let text = node.get_path("/metrics").await.text;
+    let prefix = format!("shoal_outbox_pending{{destination=\"{destination}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} line in /metrics:\n{text}"))
+}
+
 async fn sqlite_rows(pool: &SqlitePool) -> Vec<(i64, String, Option<f64>, Option<i64>)> {
     sqlx::query_as("SELECT id, status, total, v FROM orders ORDER BY id")
         .fetch_all(pool)
@@ -410,6 +420,11 @@ async fn rows_reach_postgres_through_an_outage_and_a_node_killed_while_it_lasts(
         outbox_counts(cluster.node(1), "sql:orders").await,
         Some((20, 0))
     );
+    // /metrics shows the lag too (counted again after the restart).
+    assert_eq!(
+        outbox_pending_metric(cluster.node(1), "sql:orders").await,
+        20.0
+    );
 
     pg.restart().await.expect("restarting PostgreSQL");
     let drained = |i: usize| {
@@ -424,6 +439,10 @@ async fn rows_reach_postgres_through_an_outage_and_a_node_killed_while_it_lasts(
     for i in 0..3 {
         drained(i).await;
     }
+    assert_eq!(
+        outbox_pending_metric(cluster.node(1), "sql:orders").await,
+        0.0
+    );
     // Older versions, written after the newer rows, change nothing.
     publish_batch(cluster.node(2), batch(0..5, "stale", 0)).await;
     drained(2).await;

@@ -205,6 +205,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         0.0
     });
     metrics::gauge!("shoal_watchers").set(shoal.hub.watcher_count() as f64);
+    for (destination, pending) in shoal.messaging.deliveries.outbox().pending_counts() {
+        metrics::gauge!("shoal_outbox_pending", "destination" => destination).set(pending as f64);
+    }
     metrics::gauge!("shoal_subscriber_buffer_bytes")
         .set(shoal.messaging.router.buffered_bytes() as f64);
     if let Ok((counters, disk)) = shoal

@@ -463,7 +463,7 @@ pub struct OutboxDestination {
     tag = "delivery",
     operation_id = "produceKafka",
     summary = "Produce to Kafka",
-    description = "Produces the body with acks=all and answers once Kafka acknowledged it. `content-type`, `traceparent` and `ce-*` headers become Kafka headers.",
+    description = "Produces the body with acks=all and answers once Kafka acknowledged it. `content-type` and `traceparent` headers become Kafka headers of the same name, and `ce-<attribute>` headers become `ce_<attribute>` (the CloudEvents Kafka binding, which bridges read back into the envelope).",
     params(
         ("topic" = String, Path, description = "Kafka topic"),
         ("key" = Option<String>, Query, description = "Record key"),
@@ -523,7 +523,12 @@ pub async fn produce(
             let value = value.to_str().map_err(|_| {
                 ApiError::bad_request(format!("header {name} is not visible ASCII"))
             })?;
-            kafka_headers.push((name.to_string(), value.to_string()));
+            // CloudEvents' Kafka binding names the attributes `ce_<name>`.
+            let name = match name.strip_prefix("ce-") {
+                Some(attribute) => format!("ce_{attribute}"),
+                None => name.to_string(),
+            };
+            kafka_headers.push((name, value.to_string()));
         }
     }
     let record = Record {
