@@ -66,10 +66,22 @@ pub struct Postgres {
     bin: PathBuf,
     dir: TempDir,
     user: Option<(u32, u32)>,
+    /// Serving TLS with the certificate and key files in its directory.
+    tls: bool,
 }
 
 impl Postgres {
     pub async fn start() -> Result<Postgres> {
+        Postgres::start_with(None).await
+    }
+
+    /// A server that takes TLS connections with this certificate chain and
+    /// key (PEM), besides plain ones.
+    pub async fn start_tls(certificate_pem: &str, key_pem: &str) -> Result<Postgres> {
+        Postgres::start_with(Some((certificate_pem, key_pem))).await
+    }
+
+    async fn start_with(tls: Option<(&str, &str)>) -> Result<Postgres> {
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new().prefix("shoal-pg-").tempdir()?;
         let user = server_user()?;
@@ -103,12 +115,26 @@ impl Postgres {
         if !output.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         }
+        if let Some((certificate_pem, key_pem)) = tls {
+            let certificate = dir.path().join("server.crt");
+            let key = dir.path().join("server.key");
+            std::fs::write(&certificate, certificate_pem)?;
+            std::fs::write(&key, key_pem)?;
+            // The server refuses a key others may read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if let Some((uid, gid)) = user {
+                for path in [&certificate, &key] {
+                    chown(path, Some(uid), Some(gid)).context("chown for the postgres user")?;
+                }
+            }
+        }
         let mut postgres = Postgres {
             child: None,
             port: free_port()?,
             bin,
             dir,
             user,
+            tls: tls.is_some(),
         };
         postgres.spawn().await?;
         Ok(postgres)
@@ -132,6 +158,13 @@ impl Postgres {
             .args(["-c", "fsync=off"])
             .stdout(Stdio::null())
             .stderr(log);
+        if self.tls {
+            let file = |name: &str| self.dir.path().join(name).display().to_string();
+            command
+                .args(["-c", "ssl=on"])
+                .args(["-c", &format!("ssl_cert_file={}", file("server.crt"))])
+                .args(["-c", &format!("ssl_key_file={}", file("server.key"))]);
+        }
         if let Some((uid, gid)) = self.user {
             command.uid(uid).gid(gid);
         }

@@ -91,6 +91,22 @@ async fn shoal_sub_prints_what_shoal_pub_publishes() {
         .expect("JSON line");
     assert_eq!(envelope["data"], "from standard input", "{envelope}");
 
+    // A JSON object or array goes as JSON unless told otherwise; anything
+    // else (here, JSON cut short) as text.
+    for (message, data, content_type) in [
+        (r#"{"m":2}"#, json!({"m": 2}), "application/json"),
+        ("[1, 2]", json!([1, 2]), "application/json"),
+        (r#"{"m":"#, json!(r#"{"m":"#), "text/plain"),
+    ] {
+        shoal_pub(&node, &["cli.guess", message], None).await;
+        next_line(&mut plain, "shoal sub cli.>").await;
+        let envelope: Value =
+            serde_json::from_str(&next_line(&mut as_json, "shoal sub --json").await)
+                .expect("JSON line");
+        assert_eq!(envelope["data"], data, "{envelope}");
+        assert_eq!(envelope["datacontenttype"], content_type, "{envelope}");
+    }
+
     // Content type and headers.
     shoal_pub(
         &node,

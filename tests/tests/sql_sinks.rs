@@ -617,3 +617,101 @@ async fn migrations_run_once_on_every_node_and_a_changed_or_failing_one_is_refus
         .expect("_sqlx_migrations");
     assert_eq!(applied, vec![(1, true)]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_over_tls_is_verified_against_its_sslrootcert() {
+    let ca = shoal_tests::tls::TestCa::new("postgres-test-ca");
+    let certificate = ca.server();
+    let pg = postgres::Postgres::start_tls(&certificate.certificate_pem, &certificate.key_pem)
+        .await
+        .unwrap_or_else(|e| panic!("starting PostgreSQL with TLS: {e:#}"));
+    let files = tempfile::tempdir().expect("a temporary directory");
+    let trusted = files.path().join("ca.pem");
+    std::fs::write(&trusted, &ca.pem).expect("writing the CA");
+    let stranger = files.path().join("other-ca.pem");
+    std::fs::write(&stranger, shoal_tests::tls::TestCa::new("another-ca").pem)
+        .expect("writing the other CA");
+    let node = Node::start().await;
+    node.put("secrets/pg", PASSWORD.as_bytes()).await;
+    let url = |root: &std::path::Path| {
+        format!(
+            "postgres://shoal@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg.port,
+            root.display()
+        )
+    };
+    let migrations = json!([{"version": 1, "description": "orders",
+        "sql": "CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL)"}]);
+
+    // A server whose certificate the CA file does not vouch for is not
+    // talked to: nothing is stored, and no migration ran.
+    let message = refused(
+        &node,
+        "databases",
+        "shop",
+        json!({"url": url(&stranger), "password_key": "secrets/pg", "migrations": migrations}),
+        424,
+        "database_unavailable",
+    )
+    .await;
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+    // This test's own connections are plain, and named.
+    let client = PgPool::connect(&format!("{}&application_name=the-test", pg.client_url()))
+        .await
+        .expect("connecting to PostgreSQL");
+    let (tables,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_tables WHERE tablename = 'orders'")
+            .fetch_one(&client)
+            .await
+            .expect("pg_tables");
+    assert_eq!(tables, 0);
+
+    put_ok(
+        &node,
+        "databases",
+        "shop",
+        json!({"url": url(&trusted), "password_key": "secrets/pg", "migrations": migrations}),
+    )
+    .await;
+    put_ok(
+        &node,
+        "sinks",
+        "orders",
+        json!({"database": "shop", "table": "orders", "key": ["id"],
+        "columns": {"id": "/data/id", "status": "/data/status"}}),
+    )
+    .await;
+    put_ok(
+        &node,
+        "routes",
+        "orders",
+        json!({"source": "orders.>", "destinations": ["sql:orders"]}),
+    )
+    .await;
+    wait_route(&node, "orders.created", json!({"id": 1, "status": "new"})).await;
+    wait_for(OUTAGE_T, "the row in PostgreSQL", || async {
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM orders")
+            .fetch_all(&client)
+            .await
+            .map_err(|e| e.to_string())?;
+        if rows == vec![(1, "new".to_string())] {
+            Ok(())
+        } else {
+            Err(format!("{rows:?}"))
+        }
+    })
+    .await;
+    // Every connection of the node's is encrypted.
+    let (encrypted, plain): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.backend_type = 'client backend' AND a.application_name <> 'the-test'",
+    )
+    .fetch_one(&client)
+    .await
+    .expect("pg_stat_ssl");
+    assert!(
+        encrypted >= 1 && plain == 0,
+        "{encrypted} encrypted, {plain} plain"
+    );
+}

@@ -426,7 +426,7 @@ pub async fn publish(
     args: ClientArgs,
     topic: String,
     message: Option<String>,
-    content_type: String,
+    content_type: Option<String>,
     headers: Vec<String>,
     to_workflows: bool,
 ) -> anyhow::Result<()> {
@@ -435,6 +435,16 @@ pub async fn publish(
         Some(message) => message.into_bytes(),
         None => read_stdin("message")?,
     };
+    let content_type = content_type.unwrap_or_else(|| {
+        let structured = serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|v| v.is_object() || v.is_array());
+        if structured {
+            "application/json"
+        } else {
+            "text/plain"
+        }
+        .to_string()
+    });
     let mut options = PublishOptions {
         content_type: Some(content_type),
         ..PublishOptions::default()

@@ -70,9 +70,10 @@ pub enum Command {
         /// Topic, dot-separated (e.g. orders.created).
         topic: String,
         message: Option<String>,
-        /// Content type of the message.
-        #[arg(long, default_value = "text/plain")]
-        content_type: String,
+        /// Content type of the message. Default: application/json when the message is a JSON
+        /// object or array, else text/plain.
+        #[arg(long)]
+        content_type: Option<String>,
         /// A message header NAME=VALUE (repeatable); `type`, `id`, `source` and `subject` set
         /// the CloudEvent's attributes.
         #[arg(long = "header")]

@@ -102,12 +102,6 @@ pub async fn put(
         ));
     }
     let stored = kind.validate(&name, body)?;
-    match (kind, stored.get("url").and_then(Value::as_str)) {
-        (Kind::Webhook, Some(url)) => shoal.outbound.check_destination(url).await?,
-        (Kind::Database, _) => super::sql_sinks::check_database(&shoal, &stored).await?,
-        (Kind::Sink, _) => super::sql_sinks::check_sink(&shoal, &stored).await?,
-        _ => {}
-    }
     let value = serde_json::to_vec(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
     let limit = shoal.settings.max_value_bytes;
     if value.len() > limit {
@@ -119,6 +113,13 @@ pub async fn put(
                 value.len()
             ),
         ));
+    }
+    // After the size check: a database's check runs its migrations.
+    match (kind, stored.get("url").and_then(Value::as_str)) {
+        (Kind::Webhook, Some(url)) => shoal.outbound.check_destination(url).await?,
+        (Kind::Database, _) => super::sql_sinks::check_database(&shoal, &stored).await?,
+        (Kind::Sink, _) => super::sql_sinks::check_sink(&shoal, &stored).await?,
+        _ => {}
     }
     let key = format!("{}{name}", kind.prefix());
     let put = TxnOp::Put {
