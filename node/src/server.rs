@@ -419,7 +419,11 @@ async fn start_messaging(
         outbound,
         inbox_deliveries,
         settings.subscriber_buffer_bytes,
-        Arc::new(shoal_sinks::Databases::new(sql_dir.join("local.sqlite"))),
+        // Migrations run while a PUT waits: they stop before it times out.
+        Arc::new(shoal_sinks::Databases::new(
+            sql_dir.join("local.sqlite"),
+            Duration::from_millis(settings.request_timeout_ms * 4 / 5),
+        )),
         store.clone(),
     );
     Ok((messaging, transport))

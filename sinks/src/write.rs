@@ -61,6 +61,8 @@ struct Table {
 /// The pools of every database a sink wrote, and the tables they hold.
 pub struct Databases {
     local_path: PathBuf,
+    /// How long a definition's pending migrations may run.
+    migration_limit: Duration,
     pools: Mutex<HashMap<String, (u64, Pool)>>,
     /// Held while a pool is opened and its migrations run, so they run
     /// once on this node.
@@ -69,10 +71,12 @@ pub struct Databases {
 }
 
 impl Databases {
-    /// `local_path` is the embedded SQLite file (created on first use).
-    pub fn new(local_path: PathBuf) -> Databases {
+    /// `local_path` is the embedded SQLite file (created on first use);
+    /// migrations that run past `migration_limit` are stopped and refused.
+    pub fn new(local_path: PathBuf, migration_limit: Duration) -> Databases {
         Databases {
             local_path,
+            migration_limit,
             pools: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
             tables: Mutex::new(HashMap::new()),
@@ -103,7 +107,7 @@ impl Databases {
         } else {
             open_postgres(database, password)?
         };
-        migrate(&pool, database).await?;
+        migrate(&pool, database, self.migration_limit).await?;
         self.lock_pools()
             .insert(database.name.clone(), (fingerprint, pool.clone()));
         // After the migrations: a shape read before them is stale.
@@ -277,8 +281,10 @@ impl MigrationSource<'static> for Defined {
     }
 }
 
-/// Run the migrations of a definition that have not run on this database.
-async fn migrate(pool: &Pool, database: &Database) -> Result<(), WriteError> {
+/// Run the migrations of a definition that have not run on this database,
+/// on one connection, each statement stopped once `limit` has passed (an
+/// endless migration must not hold the database, or this node's sinks).
+async fn migrate(pool: &Pool, database: &Database, limit: Duration) -> Result<(), WriteError> {
     if database.migrations.is_empty() {
         return Ok(());
     }
@@ -304,6 +310,11 @@ async fn migrate(pool: &Pool, database: &Database) -> Result<(), WriteError> {
                     WriteError::Refused(format!("migrations of database {name}: {m}"))
                 }
             },
+            MigrateError::ExecuteMigration(e, version) if stopped(&e) => {
+                WriteError::Refused(format!(
+                    "migration {version} of database {name} ran past {limit:?} and was stopped"
+                ))
+            }
             MigrateError::ExecuteMigration(e, version) => match classify(pool, e) {
                 WriteError::Unavailable(m) => WriteError::Unavailable(m),
                 WriteError::Refused(m) => WriteError::Refused(format!(
@@ -314,11 +325,44 @@ async fn migrate(pool: &Pool, database: &Database) -> Result<(), WriteError> {
         }
     };
     let migrator = Migrator::new(Defined(migrations)).await.map_err(failed)?;
+    let unavailable = |e: sqlx::Error| classify(pool, e);
     let ran = match pool {
-        Pool::Sqlite(pool) => migrator.run(pool).await,
-        Pool::Postgres(pool) => migrator.run(pool).await,
+        Pool::Sqlite(pool) => {
+            let mut connection = pool.acquire().await.map_err(unavailable)?;
+            let deadline = std::time::Instant::now() + limit;
+            connection
+                .lock_handle()
+                .await
+                .map_err(unavailable)?
+                .set_progress_handler(10_000, move || std::time::Instant::now() < deadline);
+            let ran = migrator.run_direct(&mut *connection).await;
+            // Not back to the pool with its deadline.
+            drop(connection.detach());
+            ran
+        }
+        Pool::Postgres(pool) => {
+            let mut connection = pool.acquire().await.map_err(unavailable)?;
+            sqlx::query(&format!("SET statement_timeout = {}", limit.as_millis()))
+                .execute(&mut *connection)
+                .await
+                .map_err(unavailable)?;
+            let ran = migrator.run_direct(&mut *connection).await;
+            // Not back to the pool with the session's timeout.
+            drop(connection.detach());
+            ran
+        }
     };
     ran.map_err(failed)
+}
+
+/// Whether a statement was stopped for running too long: SQLite's
+/// interrupt (the progress handler's), PostgreSQL's statement_timeout.
+fn stopped(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database_error) = error else {
+        return false;
+    };
+    let code = database_error.code().unwrap_or_default();
+    code == "57014" || code.parse::<i64>().is_ok_and(|c| c & 0xff == 9)
 }
 
 fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a str> {
@@ -688,7 +732,7 @@ mod tests {
     #[tokio::test]
     async fn the_embedded_database_takes_upserts_in_order_of_version() {
         let dir = std::env::temp_dir().join(format!("shoal-sinks-{}", std::process::id()));
-        let databases = Databases::new(dir.join("local.sqlite"));
+        let databases = Databases::new(dir.join("local.sqlite"), Duration::from_secs(5));
         let pool = databases.pool(None, None).await.unwrap();
         let Pool::Sqlite(sqlite) = &pool else {
             panic!("the embedded database is SQLite")
@@ -731,6 +775,31 @@ mod tests {
             matches!(&refused, WriteError::Refused(m) if m.contains("no column missing")),
             "{refused:?}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_migration_past_its_limit_is_stopped_and_frees_the_database() {
+        let dir = std::env::temp_dir().join(format!("shoal-sinks-endless-{}", std::process::id()));
+        let databases = Databases::new(dir.join("local.sqlite"), Duration::from_millis(300));
+        let mut local = Database::local();
+        local.migrations = vec![crate::definition::Migration {
+            version: 1,
+            description: "endless".into(),
+            sql: "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                  SELECT count(*) FROM c"
+                .into(),
+        }];
+        let Err(error) = databases.pool(Some(&local), None).await else {
+            panic!("an endless migration finished");
+        };
+        assert!(
+            matches!(&error, WriteError::Refused(m) if m.contains("ran past")),
+            "{error:?}"
+        );
+        // Nothing of it stayed: the same version with other SQL runs.
+        local.migrations[0].sql = "CREATE TABLE t (id INTEGER PRIMARY KEY)".into();
+        databases.pool(Some(&local), None).await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -701,6 +701,19 @@ async fn a_database_over_tls_is_verified_against_its_sslrootcert() {
         }
     })
     .await;
+    // A migration that does not end is stopped (statement_timeout) before
+    // the request times out, and refused.
+    let endless = json!([migrations[0], {"version": 2, "sql": "SELECT pg_sleep(600)"}]);
+    let message = refused(
+        &node,
+        "databases",
+        "shop",
+        json!({"url": url(&trusted), "password_key": "secrets/pg", "migrations": endless}),
+        400,
+        "migration_failed",
+    )
+    .await;
+    assert!(message.contains("ran past"), "{message}");
     // Every connection of the node's is encrypted.
     let (encrypted, plain): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
