@@ -172,7 +172,7 @@ fn printable(value: &[u8]) -> String {
     }
 }
 
-fn read_stdin(what: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read_stdin(what: &str) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     std::io::stdin()
         .read_to_end(&mut buf)

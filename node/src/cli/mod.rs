@@ -1,6 +1,6 @@
 //! The command-line interface: the `shoal` command's arguments and the
 //! client subcommands (`kv`, `lease`, `cluster`, `pub`, `sub`, `logs`,
-//! `wf`, `acl`, `status`, and `tls`, which needs no node). It owns argument parsing, output formatting and the wording of
+//! `wf`, `db`, `sink`, `acl`, `status`, and `tls`, which needs no node). It owns argument parsing, output formatting and the wording of
 //! errors, and talks to nodes only through `shoal-client` (typed calls where
 //! the client models the API, its `request_json`/`request_events` escape
 //! hatch for cluster, status and log queries), like any other client; it
@@ -9,6 +9,7 @@
 
 mod acl;
 mod client;
+mod data;
 mod logs;
 mod ship;
 mod tls;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 use crate::settings::NodeArgs;
 use acl::AclCommand;
 use client::{ClientArgs, ClusterCommand, KvCommand, LeaseCommand};
+use data::{DbCommand, SinkCommand};
 use logs::LogsCommand;
 use tls::TlsCommand;
 use workflows::WfCommand;
@@ -114,6 +116,22 @@ pub enum Command {
         #[command(subcommand)]
         command: WfCommand,
     },
+    /// Define the databases SQL sinks write, with migrations from a directory
+    /// (`shoal db --help`).
+    Db {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Define SQL sinks (messages projected into tables), read their dead
+    /// letters and replay them (`shoal sink --help`).
+    Sink {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: SinkCommand,
+    },
     /// Manage access control: bootstrap, tokens, roles and policies (nodes started with
     /// --acl; `shoal acl --help`).
     Acl {
@@ -167,6 +185,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status { client } => client::status(client).await,
         Command::Logs { client, command } => logs::run(client, command).await,
         Command::Wf { client, command } => workflows::run(client, command).await,
+        Command::Db { client, command } => data::db(client, command).await,
+        Command::Sink { client, command } => data::sink(client, command).await,
         Command::Acl { client, command } => acl::run(client, command).await,
         Command::Tls { command } => tls::run(command),
         Command::Pub {
