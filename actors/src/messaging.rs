@@ -230,19 +230,13 @@ impl Messaging {
         })
     }
 
-    /// After a restart: deliver what the outbox still holds.
+    /// After a restart: deliver what the outbox still holds (counted when
+    /// it was opened).
     pub async fn resume_deliveries(&self) {
-        let outbox = self.deliveries.outbox().clone();
-        match tokio::task::spawn_blocking(move || outbox.destinations()).await {
-            Ok(Ok(destinations)) => {
-                for destination in destinations {
-                    tracing::info!(%destination, "resuming deliveries from the outbox");
-                    self.deliveries.wake(&destination).await;
-                }
-            }
-            _ => {
-                tracing::error!("reading the outbox failed; deliveries resume on the next publish")
-            }
+        let pending = self.deliveries.outbox().pending_counts();
+        for (destination, _) in pending.into_iter().filter(|(_, count)| *count > 0) {
+            tracing::info!(%destination, "resuming deliveries from the outbox");
+            self.deliveries.wake(&destination).await;
         }
     }
 

@@ -303,25 +303,21 @@ async fn migrate(pool: &Pool, database: &Database, limit: Duration) -> Result<()
         .collect();
     let failed = |e: MigrateError| {
         let name = &database.name;
-        match e {
-            MigrateError::Execute(e) => match classify(pool, e) {
-                WriteError::Unavailable(m) => WriteError::Unavailable(m),
-                WriteError::Refused(m) => {
-                    WriteError::Refused(format!("migrations of database {name}: {m}"))
-                }
-            },
+        let (error, what) = match e {
+            MigrateError::Execute(e) => (e, format!("migrations of database {name}")),
             MigrateError::ExecuteMigration(e, version) if stopped(&e) => {
-                WriteError::Refused(format!(
+                return WriteError::Refused(format!(
                     "migration {version} of database {name} ran past {limit:?} and was stopped"
                 ))
             }
-            MigrateError::ExecuteMigration(e, version) => match classify(pool, e) {
-                WriteError::Unavailable(m) => WriteError::Unavailable(m),
-                WriteError::Refused(m) => WriteError::Refused(format!(
-                    "migration {version} of database {name} failed: {m}"
-                )),
-            },
-            other => WriteError::Refused(format!("migrations of database {name}: {other}")),
+            MigrateError::ExecuteMigration(e, version) => {
+                (e, format!("migration {version} of database {name} failed"))
+            }
+            other => return WriteError::Refused(format!("migrations of database {name}: {other}")),
+        };
+        match classify(pool, error) {
+            WriteError::Refused(m) => WriteError::Refused(format!("{what}: {m}")),
+            unavailable => unavailable,
         }
     };
     let migrator = Migrator::new(Defined(migrations)).await.map_err(failed)?;

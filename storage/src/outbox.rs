@@ -63,6 +63,23 @@ fn split_key(key: &[u8]) -> Option<(&str, u64)> {
     Some((destination, seq))
 }
 
+/// Pending entries per destination, by scanning every one.
+fn count_by_destination(store: &Store) -> Result<BTreeMap<String, u64>, StorageError> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for item in store
+        .db
+        .iterator_cf(store.cf(CF_OUTBOX)?, IteratorMode::Start)
+    {
+        let (key, _) = item?;
+        if let Some((destination, _)) = split_key(&key) {
+            if !destination.is_empty() {
+                *counts.entry(destination.to_string()).or_default() += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
 impl Outbox {
     /// Blocking: reads the sequence counter.
     pub fn open(store: Store) -> Result<Outbox, StorageError> {
@@ -75,18 +92,7 @@ impl Outbox {
             })?),
             None => 1,
         };
-        let mut pending: BTreeMap<String, u64> = BTreeMap::new();
-        for item in store
-            .db
-            .iterator_cf(store.cf(CF_OUTBOX)?, IteratorMode::Start)
-        {
-            let (key, _) = item?;
-            if let Some((destination, _)) = split_key(&key) {
-                if !destination.is_empty() {
-                    *pending.entry(destination.to_string()).or_default() += 1;
-                }
-            }
-        }
+        let pending = count_by_destination(&store)?;
         Ok(Outbox {
             store,
             next_seq: Mutex::new(next),
@@ -189,18 +195,7 @@ impl Outbox {
 
     /// Every destination with pending entries.
     pub fn destinations(&self) -> Result<Vec<String>, StorageError> {
-        let cf = self.store.cf(CF_OUTBOX)?;
-        let mut found: Vec<String> = Vec::new();
-        for item in self.store.db.iterator_cf(cf, IteratorMode::Start) {
-            let (key, _) = item?;
-            if let Some((destination, _)) = split_key(&key) {
-                if !destination.is_empty() && found.last().map(String::as_str) != Some(destination)
-                {
-                    found.push(destination.to_string());
-                }
-            }
-        }
-        Ok(found)
+        Ok(count_by_destination(&self.store)?.into_keys().collect())
     }
 
     /// Replace a pending entry (after a failed attempt).

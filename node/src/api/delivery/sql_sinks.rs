@@ -46,10 +46,7 @@ pub async fn check_database(shoal: &Arc<Shoal>, stored: &Value) -> ApiResult<()>
     if database.migrations.is_empty() {
         return Ok(());
     }
-    let password = match database.password_key.clone() {
-        Some(key) => Some(read_password(shoal, key).await?),
-        None => None,
-    };
+    let password = password_of(shoal, Some(&database)).await?;
     let databases = shoal.messaging.deliveries.databases();
     match databases.pool(Some(&database), password).await {
         Ok(_) => Ok(()),
@@ -95,10 +92,7 @@ pub async fn check_sink(shoal: &Arc<Shoal>, stored: &Value) -> ApiResult<()> {
             ))
         })?)
     };
-    let password = match database.as_ref().and_then(|d| d.password_key.clone()) {
-        Some(key) => Some(read_password(shoal, key).await?),
-        None => None,
-    };
+    let password = password_of(shoal, database.as_ref()).await?;
     let databases = shoal.messaging.deliveries.databases();
     let checked = match databases.pool(database.as_ref(), password).await {
         Ok(pool) => databases.check(&pool, &sink).await,
@@ -123,10 +117,16 @@ async fn find_database(shoal: &Arc<Shoal>, name: &str) -> ApiResult<Option<Datab
         .transpose()
 }
 
-async fn read_password(shoal: &Arc<Shoal>, key: String) -> ApiResult<String> {
+/// The password of a database that names a `password_key`.
+async fn password_of(shoal: &Arc<Shoal>, database: Option<&Database>) -> ApiResult<Option<String>> {
+    let Some(key) = database.and_then(|d| d.password_key.clone()) else {
+        return Ok(None);
+    };
     let name = key.clone();
     let (_, kv) = shoal.read(move |store| store.kv_get(&key)).await?;
-    shoal_sinks::definition::password(&name, kv.map(|kv| kv.value)).map_err(|e| mismatch(e.0))
+    shoal_sinks::definition::password(&name, kv.map(|kv| kv.value))
+        .map(Some)
+        .map_err(|e| mismatch(e.0))
 }
 
 /// The answer of `GET /v1/sinks`.
