@@ -12,6 +12,7 @@ use serde_json::Value;
 use thiserror::Error;
 use utoipa::ToSchema;
 
+use shoal_datasets::{Dataset, DATASETS_PREFIX};
 use shoal_sinks::definition::{Database, Sink, DATABASES_PREFIX, SINKS_PREFIX};
 
 use crate::message::Message;
@@ -173,6 +174,8 @@ pub enum Destination {
     Kafka(String),
     /// A SQL sink (`sql:<name>`).
     Sql(String),
+    /// A dataset (`dataset:<name>`): Parquet files on the receiving node.
+    Dataset(String),
     /// The workflow event inbox (`workflows:inbox`): stored in Raft for the
     /// instances that listen for the message, now or later.
     WorkflowInbox,
@@ -185,7 +188,7 @@ impl Destination {
     pub fn parse(text: &str) -> Result<Destination, ConfigError> {
         let bad = || {
             invalid(format!(
-                "destination {text:?} must be topic:<topic>, webhook:<name>, kafka:<topic>, sql:<sink> or {WORKFLOW_INBOX}"
+                "destination {text:?} must be topic:<topic>, webhook:<name>, kafka:<topic>, sql:<sink>, dataset:<name> or {WORKFLOW_INBOX}"
             ))
         };
         if text == WORKFLOW_INBOX {
@@ -209,6 +212,10 @@ impl Destination {
                 validate_name("sink", target)?;
                 Ok(Destination::Sql(target.to_string()))
             }
+            "dataset" => {
+                validate_name("dataset", target)?;
+                Ok(Destination::Dataset(target.to_string()))
+            }
             _ => Err(bad()),
         }
     }
@@ -220,6 +227,7 @@ impl Destination {
             Destination::Webhook(name) => Some(format!("webhook:{name}")),
             Destination::Kafka(topic) => Some(format!("kafka:{topic}")),
             Destination::Sql(sink) => Some(format!("sql:{sink}")),
+            Destination::Dataset(name) => Some(format!("dataset:{name}")),
             Destination::WorkflowInbox => Some(WORKFLOW_INBOX.to_string()),
         }
     }
@@ -325,6 +333,7 @@ pub struct Config {
     pub bridges: BTreeMap<String, Bridge>,
     pub sinks: BTreeMap<String, Sink>,
     pub databases: BTreeMap<String, Database>,
+    pub datasets: BTreeMap<String, Dataset>,
 }
 
 impl Config {
@@ -360,6 +369,11 @@ impl Config {
             match value.and_then(|v| parse(key, v)) {
                 Some(database) => self.databases.insert(name.to_string(), database),
                 None => self.databases.remove(name),
+            };
+        } else if let Some(name) = key.strip_prefix(DATASETS_PREFIX) {
+            match value.and_then(|v| parse(key, v)) {
+                Some(dataset) => self.datasets.insert(name.to_string(), dataset),
+                None => self.datasets.remove(name),
             };
         }
     }
@@ -460,6 +474,11 @@ mod tests {
             Some(Destination::Sql("orders".into()))
         );
         assert!(Destination::parse("sql:a/b").is_err());
+        assert_eq!(
+            Destination::parse("dataset:orders").ok(),
+            Some(Destination::Dataset("orders".into()))
+        );
+        assert!(Destination::parse("dataset:").is_err());
         let webhook = Webhook {
             name: String::new(),
             url: "ftp://x".into(),

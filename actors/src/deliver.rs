@@ -29,6 +29,10 @@ const PASS_ENTRIES: usize = 64;
 /// A SQL sink takes the due entries at the head of its list in batches of
 /// up to this many rows, one statement each.
 const SQL_BATCH: usize = shoal_sinks::MAX_BATCH_ROWS;
+/// Most entries written into one dataset file.
+const DATASET_BATCH: usize = 20_000;
+/// How long a dataset's entries wait for a fuller batch.
+const DATASET_LINGER_MS: u64 = 1_000;
 /// Kafka and the workflow event inbox never give up (except on an entry
 /// they refuse for good): delays between attempts, the last repeated.
 const FOREVER_RETRY_MS: [u64; 6] = [0, 1_000, 2_000, 5_000, 10_000, 30_000];
@@ -80,6 +84,8 @@ pub struct Shared {
     pub workflow_inbox: mpsc::Sender<InboxDelivery>,
     /// The SQL sinks' database connections.
     pub databases: Arc<shoal_sinks::Databases>,
+    /// The node's dataset files.
+    pub datasets: Arc<shoal_datasets::Datasets>,
     /// The node's replica of the configuration store, where database
     /// passwords are read (by the key a database definition names).
     pub store: shoal_storage::Store,
@@ -130,6 +136,10 @@ impl Deliveries {
     /// The SQL sinks' database connections.
     pub fn databases(&self) -> &Arc<shoal_sinks::Databases> {
         &self.shared.databases
+    }
+
+    pub fn datasets(&self) -> &Arc<shoal_datasets::Datasets> {
+        &self.shared.datasets
     }
 
     /// Make sure a destination's deliverer runs and looks at its outbox.
@@ -199,6 +209,8 @@ struct State {
     /// outbox hands them out in order, replays included), so scans start
     /// after it instead of walking over the deleted entries before it.
     cursor: Option<u64>,
+    /// Until when a dataset's rows wait for more before a file is written.
+    linger_until: Option<u64>,
 }
 
 impl Actor for Deliverer {
@@ -217,6 +229,7 @@ impl Actor for Deliverer {
             pending,
             timer: None,
             cursor: None,
+            linger_until: None,
         })
     }
 
@@ -311,6 +324,11 @@ enum AttemptError {
     Inbox(#[from] InboxRefusal),
     #[error("{0}")]
     Sql(#[from] shoal_sinks::WriteError),
+    /// The message cannot be a row of the dataset (the reason).
+    #[error("{0}")]
+    NotARow(String),
+    #[error(transparent)]
+    Dataset(#[from] shoal_datasets::DatasetError),
     #[error("webhook secret: {0}")]
     Secret(#[from] crate::config::ConfigError),
     #[error("POST {url}: {failure}")]
@@ -326,6 +344,13 @@ enum AttemptError {
 async fn pass(state: &mut State) -> Result<Next, PassError> {
     if let Some(sink) = state.destination.strip_prefix("sql:").map(str::to_string) {
         return pass_sql(state, &sink).await;
+    }
+    if let Some(name) = state
+        .destination
+        .strip_prefix("dataset:")
+        .map(str::to_string)
+    {
+        return pass_dataset(state, &name).await;
     }
     let outbox = state.shared.outbox.clone();
     let destination = state.destination.clone();
@@ -406,20 +431,23 @@ async fn failed(
     }
 }
 
-/// A SQL sink's pass: the due entries at the head of its list are written
-/// in one statement. When the database refuses the batch, its entries are
-/// written one by one, so only the rows it refuses become dead letters
-/// (with the database's reason); when it is unavailable, the head entry
-/// waits for its next attempt and the rest wait behind it, forever.
-async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, PassError> {
+/// The entries at the head of a destination's list that are due now (at
+/// most `limit`); when the next one is due, if it is not; whether the list
+/// had more.
+struct Batch {
+    due: Vec<(u64, Entry)>,
+    next_at: Option<u64>,
+    full: bool,
+}
+
+async fn due_batch(state: &State, limit: usize) -> Result<Batch, PassError> {
     let outbox = state.shared.outbox.clone();
     let destination = state.destination.clone();
     let after = state.cursor;
-    let stored = tokio::task::spawn_blocking(move || {
-        outbox.scan(List::Pending, &destination, after, SQL_BATCH)
-    })
-    .await??;
-    let full = stored.len() == SQL_BATCH;
+    let stored =
+        tokio::task::spawn_blocking(move || outbox.scan(List::Pending, &destination, after, limit))
+            .await??;
+    let full = stored.len() == limit;
     let mut due: Vec<(u64, Entry)> = Vec::with_capacity(stored.len());
     let mut next_at = None;
     for stored in stored {
@@ -430,6 +458,16 @@ async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, PassError> {
         }
         due.push((stored.seq, entry));
     }
+    Ok(Batch { due, next_at, full })
+}
+
+/// A SQL sink's pass: the due entries at the head of its list are written
+/// in one statement. When the database refuses the batch, its entries are
+/// written one by one, so only the rows it refuses become dead letters
+/// (with the database's reason); when it is unavailable, the head entry
+/// waits for its next attempt and the rest wait behind it, forever.
+async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, PassError> {
+    let Batch { due, next_at, full } = due_batch(state, SQL_BATCH).await?;
     if due.is_empty() {
         return Ok(next_at.map_or(Next::Idle, Next::At));
     }
@@ -467,6 +505,81 @@ async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, PassError> {
             }
             state.cursor = Some(seq);
             return Ok(Next::More);
+        }
+    }
+    Ok(match next_at {
+        Some(at) => Next::At(at),
+        None if full => Next::More,
+        None => Next::Idle,
+    })
+}
+
+/// A dataset's pass: the due entries at the head of its list become one
+/// Parquet file per day partition. Entries wait up to
+/// [`DATASET_LINGER_MS`] for a fuller batch (a file per message would make
+/// queries slow). A message that cannot be a row becomes a dead letter; a
+/// write that fails (the disk) leaves the batch waiting, forever.
+async fn pass_dataset(state: &mut State, name: &str) -> Result<Next, PassError> {
+    let Batch { due, next_at, full } = due_batch(state, DATASET_BATCH).await?;
+    let (Some(first), Some(last)) = (due.first().map(|d| d.0), due.last().map(|d| d.0)) else {
+        state.linger_until = None;
+        return Ok(next_at.map_or(Next::Idle, Next::At));
+    };
+    let retrying = due.iter().any(|(_, entry)| entry.attempts > 0);
+    if !full && next_at.is_none() && !retrying {
+        let now = now_ms();
+        let until = *state.linger_until.get_or_insert(now + DATASET_LINGER_MS);
+        if now < until {
+            return Ok(Next::At(until));
+        }
+    }
+    state.linger_until = None;
+    let dataset = state.shared.config.borrow().datasets.get(name).cloned();
+    let written = match dataset {
+        None => Err(AttemptError::UnknownDestination(state.destination.clone())),
+        Some(dataset) => {
+            let mut rows = Vec::with_capacity(due.len());
+            let mut refused = Vec::new();
+            for (seq, entry) in &due {
+                match dataset.row(&entry.message.envelope()) {
+                    Ok(row) => rows.push((*seq, row)),
+                    Err(reason) => refused.push((*seq, reason)),
+                }
+            }
+            let datasets = state.shared.datasets.clone();
+            tokio::task::spawn_blocking(move || datasets.write(&dataset, first, last, rows))
+                .await?
+                .map(|_| refused)
+                .map_err(AttemptError::from)
+        }
+    };
+    match written {
+        Ok(refused) => {
+            let mut accepted = Vec::with_capacity(due.len());
+            for (seq, mut entry) in due {
+                match refused.iter().find(|(at, _)| *at == seq) {
+                    Some((_, reason)) => {
+                        let error = AttemptError::NotARow(reason.clone());
+                        entry.attempts += 1;
+                        entry.last_error = Some(error.to_string());
+                        failed(state, seq, entry, &error, None).await?;
+                    }
+                    None => accepted.push((seq, entry)),
+                }
+            }
+            delivered(state, &accepted).await?;
+            state.cursor = Some(last);
+        }
+        Err(error) => {
+            let Some((seq, mut entry)) = due.into_iter().next() else {
+                return Ok(Next::Idle);
+            };
+            entry.attempts += 1;
+            entry.last_error = Some(error.to_string());
+            let delay = next_delay(&FOREVER_RETRY_MS, entry.attempts, true);
+            if let Some(at) = failed(state, seq, entry, &error, delay).await? {
+                return Ok(Next::At(at));
+            }
         }
     }
     Ok(match next_at {

@@ -79,6 +79,7 @@ impl Messaging {
         workflow_inbox: mpsc::Sender<InboxDelivery>,
         subscriber_buffer_bytes: u64,
         databases: Arc<shoal_sinks::Databases>,
+        datasets: Arc<shoal_datasets::Datasets>,
         store: shoal_storage::Store,
     ) -> Arc<Messaging> {
         let (config, config_rx) = watch::channel(Arc::new(Config::default()));
@@ -89,6 +90,7 @@ impl Messaging {
             kafka: kafka.clone(),
             workflow_inbox,
             databases,
+            datasets,
             store,
         });
         Arc::new_cyclic(|myself| Messaging {
@@ -146,7 +148,15 @@ impl Messaging {
             .keys()
             .filter(|name| !config.sinks.contains_key(*name))
             .map(|name| format!("sql:{name}"));
-        let removed: Vec<String> = removed_webhooks.chain(removed_sinks).collect();
+        let removed_datasets = old
+            .datasets
+            .keys()
+            .filter(|name| !config.datasets.contains_key(*name))
+            .map(|name| format!("dataset:{name}"));
+        let removed: Vec<String> = removed_webhooks
+            .chain(removed_sinks)
+            .chain(removed_datasets)
+            .collect();
         let bridges = config.bridges.clone();
         self.config.send_replace(Arc::new(config));
         for destination in removed {

@@ -74,6 +74,31 @@ impl Client {
         self.call_json(request, "answer").await
     }
 
+    /// Like [`Client::request_json`] for an answer that is not JSON (CSV,
+    /// Parquet, Arrow): its bytes and the headers it came with.
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        params: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>)> {
+        let mut request = Request::new(method, path_with_query(path, params), Retry::Once);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let (response, index) = self.send_from(&request, self.current_index()).await?;
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| crate::Error::Transport {
+                endpoint: self.endpoints()[index].clone(),
+                source,
+            })?;
+        Ok((headers, bytes.to_vec()))
+    }
+
     /// Opens a Server-Sent Events endpoint this crate has no method for
     /// (e.g. `/v1/logs/tail`) and returns its events as they come.
     pub async fn request_events(&self, path: &str, params: &[(&str, &str)]) -> Result<RawEvents> {

@@ -114,6 +114,16 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
             api::delivery::databases::get,
             api::delivery::databases::delete
         ))
+        .routes(routes!(api::delivery::datasets::definition::list))
+        .routes(routes!(
+            api::delivery::datasets::definition::put,
+            api::delivery::datasets::definition::get,
+            api::delivery::datasets::definition::delete
+        ))
+        .routes(routes!(api::delivery::datasets::dataset_files))
+        .routes(routes!(api::delivery::datasets::dataset_dead_letters))
+        .routes(routes!(api::delivery::datasets::dataset_replay))
+        .routes(routes!(api::sql::sql))
         .routes(routes!(api::delivery::outbox))
         .routes(routes!(api::node::health))
         .routes(routes!(api::node::ready))

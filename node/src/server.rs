@@ -117,7 +117,7 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         inbox_deliveries,
     )
     .await?;
-    let peer_services = peer_services(&cluster, &messaging, &logs);
+    let peer_services = peer_services(&cluster, &messaging, &logs, &settings);
 
     let shoal = Arc::new(Shoal {
         node_id,
@@ -424,6 +424,10 @@ async fn start_messaging(
             sql_dir.join("local.sqlite"),
             Duration::from_millis(settings.request_timeout_ms * 4 / 5),
         )),
+        Arc::new(shoal_datasets::Datasets::new(
+            settings.data_dir.join("datasets"),
+            node_id,
+        )),
         store.clone(),
     );
     Ok((messaging, transport))
@@ -431,7 +435,12 @@ async fn start_messaging(
 
 /// What this node answers to peers besides Raft: message frames for its
 /// router, searches of its log engine, removals asked of it as leader.
-fn peer_services(cluster: &Arc<Cluster>, messaging: &Messaging, logs: &Logs) -> PeerServices {
+fn peer_services(
+    cluster: &Arc<Cluster>,
+    messaging: &Messaging,
+    logs: &Logs,
+    settings: &Settings,
+) -> PeerServices {
     let inbox: MessageInbox = {
         let router = messaging.router.clone();
         Arc::new(move |frame: &[u8]| {
@@ -451,6 +460,10 @@ fn peer_services(cluster: &Arc<Cluster>, messaging: &Messaging, logs: &Logs) -> 
         catch_up: cluster.catch_up.clone(),
         messages: inbox,
         search: logs::peer_handler(logs.clone()),
+        dataset_scan: crate::services::datasets::peer_handler(
+            messaging.deliveries.datasets().clone(),
+            Duration::from_millis(settings.request_timeout_ms),
+        ),
         remove_node,
     }
 }
@@ -511,6 +524,7 @@ fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
     tokio::spawn(leases::run(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
     tokio::spawn(crate::services::space::watch_space(shoal.clone()));
+    tokio::spawn(crate::services::datasets::maintain(shoal.clone()));
     tokio::spawn(workflow_runner::run(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
 }

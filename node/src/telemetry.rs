@@ -349,6 +349,21 @@ fn describe_node_metrics() {
         "SQL queries stopped, by why: time (past the request's time) or memory (past 2 GiB)."
     );
     describe_counter!(
+        "shoal_sql_node_failures_total",
+        Unit::Count,
+        "Nodes that did not send their part of a dataset SQL query (the result was partial)."
+    );
+    describe_counter!(
+        "shoal_dataset_files_compacted_total",
+        Unit::Count,
+        "Dataset files merged into compacted files on this node, per dataset."
+    );
+    describe_counter!(
+        "shoal_dataset_files_deleted_total",
+        Unit::Count,
+        "Dataset files deleted on this node (merged, left by an interrupted write, or past retention), per dataset."
+    );
+    describe_counter!(
         "shoal_kv_writes_refused_total",
         Unit::Count,
         "Replicated writes refused with 507 because a space alarm was raised, by alarm."

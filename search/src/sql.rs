@@ -580,7 +580,7 @@ fn any_to_json(value: AnyValue<'_>) -> Value {
     }
 }
 
-fn to_json(frame: &DataFrame) -> Result<Value, SearchError> {
+pub fn to_json(frame: &DataFrame) -> Result<Value, SearchError> {
     let columns: Vec<String> = frame
         .get_column_names()
         .iter()

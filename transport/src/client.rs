@@ -170,4 +170,22 @@ impl Forwarder {
             }),
         }
     }
+
+    /// Scan a peer's dataset files (the scan's bytes are the node's own).
+    pub async fn dataset_scan(
+        &self,
+        addr: &str,
+        scan: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Result<Vec<u8>, RemoteError>, ForwardError> {
+        match self
+            .call(addr, &Request::DatasetScan(scan), timeout)
+            .await?
+        {
+            Reply::DatasetScan(result) => Ok(result.map(serde_bytes::ByteBuf::into_vec)),
+            _ => Err(ForwardError::WrongReply {
+                addr: addr.to_string(),
+            }),
+        }
+    }
 }

@@ -24,5 +24,7 @@ pub use client::{ForwardError, Forwarder};
 pub use metric_help::describe_metrics;
 pub use network::RpcNetwork;
 pub use protocol::{RemoteError, RemoteErrorKind, SearchAnswer, SearchCall, WriteResult};
-pub use server::{serve_rpc, MessageInbox, PeerServices, RemoveHandler, SearchHandler};
+pub use server::{
+    serve_rpc, DatasetScanHandler, MessageInbox, PeerServices, RemoveHandler, SearchHandler,
+};
 pub use wire::{PeerAuth, PeerTls};

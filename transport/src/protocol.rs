@@ -32,6 +32,9 @@ pub(crate) enum Request {
     Messages(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A log search or aggregation for this node's engine.
     Search(SearchCall),
+    /// A scan of this node's dataset files for a SQL query. Opaque here:
+    /// its schema is private to the node, which encodes and decodes it.
+    DatasetScan(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,6 +51,8 @@ pub(crate) enum Reply {
     /// How many local deliveries the frame made, or why it was refused.
     Messages(Result<usize, RemoteError>),
     Search(Result<SearchAnswer, RemoteError>),
+    /// The scanned rows (Arrow IPC), or why the scan was refused.
+    DatasetScan(Result<serde_bytes::ByteBuf, RemoteError>),
 }
 
 /// One response per proposal, in order.

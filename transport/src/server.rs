@@ -62,6 +62,10 @@ pub type MessageInbox = Arc<dyn Fn(&[u8]) -> Result<usize, RemoteError> + Send +
 pub type SearchHandler =
     Arc<dyn Fn(SearchCall) -> BoxFuture<'static, Result<SearchAnswer, RemoteError>> + Send + Sync>;
 
+/// Answers peers' dataset scans (opaque bytes in, Arrow IPC out).
+pub type DatasetScanHandler =
+    Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, RemoteError>> + Send + Sync>;
+
 /// Removes a node from the membership on the leader's behalf (the node's
 /// cluster logic, which also remembers the removal).
 pub type RemoveHandler =
@@ -74,6 +78,7 @@ pub struct PeerServices {
     pub catch_up: Arc<CatchUp>,
     pub messages: MessageInbox,
     pub search: SearchHandler,
+    pub dataset_scan: DatasetScanHandler,
     pub remove_node: RemoveHandler,
 }
 
@@ -166,6 +171,11 @@ async fn serve_connection(
             Request::RemoveNode(id) => Reply::RemoveNode((services.remove_node)(id).await),
             Request::Messages(frame) => Reply::Messages((services.messages)(&frame)),
             Request::Search(call) => Reply::Search((services.search)(call).await),
+            Request::DatasetScan(scan) => Reply::DatasetScan(
+                (services.dataset_scan)(scan)
+                    .await
+                    .map(serde_bytes::ByteBuf::from),
+            ),
         };
         wire::send(&mut stream, &reply).await?;
     }

@@ -389,6 +389,16 @@ fn need(route: &str, method: &Method, path: &HashMap<String, String>, params: &P
         "/v1/bridges" | "/v1/bridges/{name}" => delivery("bridges"),
         "/v1/sinks" | "/v1/sinks/{name}" => delivery("sinks"),
         "/v1/databases" | "/v1/databases/{name}" => delivery("databases"),
+        "/v1/datasets" | "/v1/datasets/{name}" => delivery("datasets"),
+        "/v1/datasets/{name}/files"
+        | "/v1/datasets/{name}/dead-letters"
+        | "/v1/datasets/{name}/dead-letters/replay" => One(
+            Delivery,
+            format!("datasets/{}", param("name")),
+            read_or_write,
+        ),
+        // Each dataset the query reads is checked by the handler.
+        "/v1/sql" => Token,
         "/v1/webhooks/{name}/dead-letters" | "/v1/webhooks/{name}/dead-letters/replay" => One(
             Delivery,
             format!("webhooks/{}", param("name")),

@@ -125,7 +125,7 @@ per transaction branch; list page 1..1000 (default 100); history page 1..1000 (d
 long-poll `timeout_ms` ≤ 300000 (default 30000) and `limit` 1..10000 (default 1000); lease TTL \
 1..86400 s; request timeout 10 s (`--request-timeout-ms`).";
 
-const TAGS: [(&str, &str); 11] = [
+const TAGS: [(&str, &str); 12] = [
     ("node", "Health, readiness, status, metrics"),
     ("cluster", "Membership, leaving, replica digests"),
     ("kv", "Keys, transactions, history, rollback, compaction"),
@@ -148,6 +148,7 @@ const TAGS: [(&str, &str); 11] = [
         "workflows",
         "Workflow definitions (CNCF Serverless Workflow DSL 1.0)",
     ),
+    ("data", "SQL over datasets (Polars), cluster-wide"),
     (
         "traces",
         "Whole traces across the cluster, and the Jaeger query API for Grafana",

@@ -434,6 +434,30 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+impl From<crate::services::sql_worker::SqlWorkerError> for ApiError {
+    fn from(e: crate::services::sql_worker::SqlWorkerError) -> ApiError {
+        use crate::services::sql_worker::SqlWorkerError;
+        let status = StatusCode::BAD_REQUEST;
+        match e {
+            SqlWorkerError::Refused(reason) => {
+                ApiError::new(status, ErrorCode::InvalidQuery, reason)
+            }
+            SqlWorkerError::TooManyRows(reason) => {
+                ApiError::new(status, ErrorCode::TooManyRows, reason)
+            }
+            SqlWorkerError::TooLong(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Timeout,
+                e.to_string(),
+            ),
+            SqlWorkerError::TooBig(_) => {
+                ApiError::new(status, ErrorCode::QueryTooExpensive, e.to_string())
+            }
+            SqlWorkerError::Unavailable(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

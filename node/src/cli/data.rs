@@ -256,3 +256,52 @@ pub async fn sink(args: ClientArgs, command: SinkCommand) -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// `shoal sql`: a query over datasets, as a table, JSON, or the bytes of
+/// CSV, Parquet or Arrow IPC.
+pub async fn sql(
+    args: ClientArgs,
+    query: String,
+    format: String,
+    output: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let client = args.connect()?;
+    let write = |bytes: &[u8]| -> anyhow::Result<()> {
+        match &output {
+            Some(path) => {
+                std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+            }
+            None => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(bytes)?;
+                Ok(stdout.flush()?)
+            }
+        }
+    };
+    if format == "table" {
+        let body = json!({ "query": query });
+        let answer = client
+            .request_json(Method::POST, "/v1/sql", &[], Some(&body))
+            .await?;
+        super::logs::warn_partial(&answer);
+        if args.json || output.is_some() {
+            return write(format!("{answer}\n").as_bytes());
+        }
+        super::logs::print_table(&answer);
+        eprintln!(
+            "({} rows, {} ms)",
+            answer["rows"].as_array().map_or(0, Vec::len),
+            answer["took_ms"]
+        );
+        return Ok(());
+    }
+    let body = json!({ "query": query, "format": format });
+    let (headers, bytes) = client
+        .request_bytes(Method::POST, "/v1/sql", &[], Some(&body))
+        .await?;
+    if headers.get("x-shoal-partial").and_then(|v| v.to_str().ok()) == Some("true") {
+        eprintln!("warning: partial result; a node did not answer (see --json for which)");
+    }
+    write(&bytes)
+}

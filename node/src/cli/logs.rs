@@ -263,17 +263,7 @@ pub async fn run(args: ClientArgs, command: LogsCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             warn_partial(&answer);
-            let columns: Vec<String> = answer["columns"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(text)
-                .collect();
-            println!("{}", columns.join("\t"));
-            for row in answer["rows"].as_array().into_iter().flatten() {
-                let cells: Vec<String> = row.as_array().into_iter().flatten().map(text).collect();
-                println!("{}", cells.join("\t"));
-            }
+            print_table(&answer);
             eprintln!(
                 "({} rows, {} records read, {} ms)",
                 answer["rows"].as_array().map_or(0, Vec::len),
@@ -330,7 +320,22 @@ fn text(value: &Value) -> String {
         .map_or_else(|| value.to_string(), str::to_string)
 }
 
-fn warn_partial(answer: &Value) {
+/// A SQL answer's columns and rows, tab-separated.
+pub(super) fn print_table(answer: &Value) {
+    let columns: Vec<String> = answer["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    println!("{}", columns.join("\t"));
+    for row in answer["rows"].as_array().into_iter().flatten() {
+        let cells: Vec<String> = row.as_array().into_iter().flatten().map(text).collect();
+        println!("{}", cells.join("\t"));
+    }
+}
+
+pub(super) fn warn_partial(answer: &Value) {
     if answer["partial"].as_bool() == Some(true) {
         let failed: Vec<String> = answer["nodes"]["failed"]
             .as_array()

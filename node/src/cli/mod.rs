@@ -140,6 +140,21 @@ pub enum Command {
         #[command(subcommand)]
         command: AclCommand,
     },
+    /// Run one SELECT (Polars SQL) over datasets on every node: a table on
+    /// the terminal, or CSV, Parquet or Arrow IPC with --format (to a file
+    /// with --output). Logs are queried with `shoal logs sql`.
+    Sql {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The query, e.g. "SELECT date, count(*) FROM orders GROUP BY date".
+        query: String,
+        /// table (default; JSON with --json), csv, parquet or arrow.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Write the result to this file instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Make a certificate authority and certificates for nodes and clients, for clusters
     /// without a PKI of their own (`shoal tls --help`).
     Tls {
@@ -187,6 +202,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Wf { client, command } => workflows::run(client, command).await,
         Command::Db { client, command } => data::db(client, command).await,
         Command::Sink { client, command } => data::sink(client, command).await,
+        Command::Sql {
+            client,
+            query,
+            format,
+            output,
+        } => data::sql(client, query, format, output).await,
         Command::Acl { client, command } => acl::run(client, command).await,
         Command::Tls { command } => tls::run(command),
         Command::Pub {

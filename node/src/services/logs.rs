@@ -67,17 +67,14 @@ pub fn peer_handler(logs: Logs) -> SearchHandler {
     })
 }
 
-/// Run a request on every member gossip knows (that has not left): this
-/// node locally, the others over RPC, all at once.
-async fn fan_out(
-    shoal: &Shoal,
-    call: SearchCall,
-) -> Result<(Vec<(u64, SearchAnswer)>, NodeReport), SearchError> {
-    let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
+/// The members a cluster-wide request asks besides this node (id and RPC
+/// address), and a report that counts them and lists the members gossip
+/// says are down (still in the cluster, so their part is missing).
+pub async fn live_peers(shoal: &Shoal) -> (Vec<(u64, String)>, NodeReport) {
     let members = shoal.cluster.gossip.members().await;
     let membership = shoal.raft.metrics().borrow().membership_config.clone();
     let mut report = NodeReport::default();
-    let mut calls = Vec::new();
+    let mut peers = Vec::new();
     for member in members
         .values()
         .filter(|m| !m.left && m.node_id != shoal.node_id)
@@ -95,16 +92,31 @@ async fn fan_out(
             continue;
         }
         report.asked += 1;
-        let (node, addr, call) = (member.node_id, member.rpc.clone(), call.clone());
-        calls.push(async move {
+        peers.push((member.node_id, member.rpc.clone()));
+    }
+    (peers, report)
+}
+
+/// Run a request on every member gossip knows (that has not left): this
+/// node locally, the others over RPC, all at once.
+async fn fan_out(
+    shoal: &Shoal,
+    call: SearchCall,
+) -> Result<(Vec<(u64, SearchAnswer)>, NodeReport), SearchError> {
+    let timeout = Duration::from_millis(shoal.settings.request_timeout_ms);
+    let (peers, mut report) = live_peers(shoal).await;
+    let calls: Vec<_> = peers
+        .into_iter()
+        .map(|(node, addr)| (node, addr, call.clone()))
+        .map(|(node, addr, call)| async move {
             let answer = match shoal.forwarder.search(&addr, call, timeout).await {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             (node, answer)
-        });
-    }
+        })
+        .collect();
     report.asked += 1;
     let (local, remote) = tokio::join!(
         run_local(&shoal.logs, call),

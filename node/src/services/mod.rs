@@ -6,6 +6,7 @@
 //! `compat/`), the CLI, or the wiring in `server.rs`.
 
 pub mod compaction;
+pub mod datasets;
 pub mod evaluator;
 pub mod instances;
 pub mod lease_timers;

@@ -8,12 +8,14 @@
 //! neither.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_datasets::{Format, QueryError, TableScan};
 use shoal_search::Hit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -33,9 +35,31 @@ static WORKERS: LazyLock<Semaphore> = LazyLock::new(|| {
 
 /// What the node sends a worker.
 #[derive(Serialize, Deserialize)]
-struct Job {
-    sql: String,
-    hits: Vec<Hit>,
+enum Job {
+    /// SQL over log records.
+    Logs { sql: String, hits: Vec<Hit> },
+    /// One node's part of a dataset query: its files' rows that pass the
+    /// scan's filter.
+    DatasetScan {
+        scan: TableScan,
+        files: Vec<PathBuf>,
+    },
+    /// A dataset query over this node's files and the other nodes' parts
+    /// (Arrow IPC).
+    DatasetQuery {
+        sql: String,
+        tables: Vec<DatasetTable>,
+        format: Format,
+    },
+}
+
+/// One dataset a query reads: the scan, this node's files, the other
+/// nodes' parts.
+#[derive(Serialize, Deserialize)]
+pub struct DatasetTable {
+    pub scan: TableScan,
+    pub files: Vec<PathBuf>,
+    pub parts: Vec<serde_bytes::ByteBuf>,
 }
 
 /// What a worker answers.
@@ -43,8 +67,18 @@ struct Job {
 enum Answer {
     /// The result table as JSON text (`{"columns": [...], "rows": [...]}`).
     Table(String),
+    /// The result in a binary or CSV format.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Polars refused or failed the query: the reason.
     Refused(String),
+    /// Past a limit on rows: the reason.
+    TooManyRows(String),
+}
+
+/// A worker's result.
+pub enum Output {
+    Table(Value),
+    Bytes(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +93,8 @@ pub enum SqlWorkerError {
         limit = MEMORY_LIMIT_BYTES >> 20
     )]
     TooBig(String),
+    #[error("{0}")]
+    TooManyRows(String),
     #[error("cannot run the SQL worker: {0}")]
     Unavailable(String),
 }
@@ -66,6 +102,47 @@ pub enum SqlWorkerError {
 /// Run `sql` over `hits` in a worker, for at most `limit` (the wait for a
 /// worker slot included).
 pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, SqlWorkerError> {
+    let job = Job::Logs {
+        sql: sql.to_string(),
+        hits,
+    };
+    match run_job(job, limit).await? {
+        Output::Table(table) => Ok(table),
+        Output::Bytes(_) => Err(SqlWorkerError::Unavailable("a table was expected".into())),
+    }
+}
+
+/// This node's part of a dataset query, as Arrow IPC.
+pub async fn scan_dataset(
+    scan: TableScan,
+    files: Vec<PathBuf>,
+    limit: Duration,
+) -> Result<Vec<u8>, SqlWorkerError> {
+    match run_job(Job::DatasetScan { scan, files }, limit).await? {
+        Output::Bytes(bytes) => Ok(bytes),
+        Output::Table(_) => Err(SqlWorkerError::Unavailable("bytes were expected".into())),
+    }
+}
+
+/// A dataset query over every node's part.
+pub async fn query_datasets(
+    sql: String,
+    tables: Vec<DatasetTable>,
+    format: Format,
+    limit: Duration,
+) -> Result<Output, SqlWorkerError> {
+    run_job(
+        Job::DatasetQuery {
+            sql,
+            tables,
+            format,
+        },
+        limit,
+    )
+    .await
+}
+
+async fn run_job(job: Job, limit: Duration) -> Result<Output, SqlWorkerError> {
     let unavailable = |e: &dyn std::fmt::Display| SqlWorkerError::Unavailable(e.to_string());
     let deadline = tokio::time::Instant::now() + limit;
     let too_long = || {
@@ -76,8 +153,7 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
         Err(_) => return Err(too_long()),
         Ok(slot) => slot.map_err(|e| unavailable(&e))?,
     };
-    let sql = sql.to_string();
-    let job = tokio::task::spawn_blocking(move || shoal_codec::encode(&Job { sql, hits }))
+    let job = tokio::task::spawn_blocking(move || shoal_codec::encode(&job))
         .await
         .map_err(|e| unavailable(&e))?
         .map_err(|e| unavailable(&e))?;
@@ -127,8 +203,11 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
                 .ok()
                 .map(|answer| match answer {
                     Answer::Table(json) => serde_json::from_str::<Value>(&json)
+                        .map(Output::Table)
                         .map_err(|e| SqlWorkerError::Unavailable(e.to_string())),
+                    Answer::Bytes(bytes) => Ok(Output::Bytes(bytes)),
                     Answer::Refused(reason) => Err(SqlWorkerError::Refused(reason)),
+                    Answer::TooManyRows(reason) => Err(SqlWorkerError::TooManyRows(reason)),
                 })
         })
         .await
@@ -182,10 +261,7 @@ pub fn serve() -> ExitCode {
         }
     };
     drop(input);
-    let answer = match shoal_search::sql::execute(&job.sql, &job.hits) {
-        Ok(table) => Answer::Table(table.to_string()),
-        Err(e) => Answer::Refused(e.to_string()),
-    };
+    let answer = work(job);
     let written = shoal_codec::encode(&answer)
         .map_err(std::io::Error::other)
         .and_then(|bytes| {
@@ -199,5 +275,57 @@ pub fn serve() -> ExitCode {
             eprintln!("error: writing the answer: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn work(job: Job) -> Answer {
+    match job {
+        Job::Logs { sql, hits } => match shoal_search::sql::execute(&sql, &hits) {
+            Ok(table) => Answer::Table(table.to_string()),
+            Err(e) => Answer::Refused(e.to_string()),
+        },
+        Job::DatasetScan { scan, files } => {
+            let part = shoal_datasets::query::scan(&scan, &files)
+                .and_then(|mut frame| Ok(shoal_datasets::query::to_ipc(&mut frame)?));
+            match part {
+                Ok(bytes) => Answer::Bytes(bytes),
+                Err(e) => refused(e),
+            }
+        }
+        Job::DatasetQuery {
+            sql,
+            tables,
+            format,
+        } => match query(&sql, tables, format) {
+            Ok(answer) => answer,
+            Err(e) => refused(e),
+        },
+    }
+}
+
+fn query(sql: &str, tables: Vec<DatasetTable>, format: Format) -> Result<Answer, QueryError> {
+    let mut inputs = Vec::with_capacity(tables.len());
+    for table in tables {
+        let parts = table
+            .parts
+            .into_iter()
+            .map(|part| shoal_datasets::query::from_ipc(part.into_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        inputs.push((table.scan, table.files, parts));
+    }
+    let mut frame = shoal_datasets::query::execute(sql, inputs)?;
+    Ok(match format {
+        Format::Json => match shoal_search::sql::to_json(&frame) {
+            Ok(table) => Answer::Table(table.to_string()),
+            Err(e) => Answer::Refused(e.to_string()),
+        },
+        _ => Answer::Bytes(shoal_datasets::query::encode(&mut frame, format)?),
+    })
+}
+
+fn refused(error: QueryError) -> Answer {
+    match error {
+        QueryError::TooBig(reason) => Answer::TooManyRows(reason),
+        other => Answer::Refused(other.to_string()),
     }
 }

@@ -15,6 +15,7 @@ use shoal_acl::{Access, Resource};
 use shoal_actors::config::{
     Bridge, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX, WEBHOOKS_PREFIX,
 };
+use shoal_datasets::{Dataset, DATASETS_PREFIX};
 use shoal_sinks::definition::{Database, Sink, DATABASES_PREFIX, SINKS_PREFIX};
 use shoal_storage::kv::{Txn, TxnOp};
 use utoipa::ToSchema;
@@ -32,6 +33,7 @@ pub enum Kind {
     Bridge,
     Sink,
     Database,
+    Dataset,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Bridge => BRIDGES_PREFIX,
             Kind::Sink => SINKS_PREFIX,
             Kind::Database => DATABASES_PREFIX,
+            Kind::Dataset => DATASETS_PREFIX,
         }
     }
 
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Bridge => "bridge",
             Kind::Sink => "sink",
             Kind::Database => "database",
+            Kind::Dataset => "dataset",
         }
     }
 
@@ -72,6 +76,7 @@ impl Kind {
             Kind::Bridge => check(body, |b: Bridge| b.validate(name)),
             Kind::Sink => check(body, |s: Sink| s.validate(name)),
             Kind::Database => check(body, |d: Database| d.validate(name)),
+            Kind::Dataset => check(body, |d: Dataset| d.validate(name)),
         }
     }
 }
@@ -119,6 +124,7 @@ pub async fn put(
         (Kind::Webhook, Some(url)) => shoal.outbound.check_destination(url).await?,
         (Kind::Database, _) => super::sql_sinks::check_database(&shoal, &stored).await?,
         (Kind::Sink, _) => super::sql_sinks::check_sink(&shoal, &stored).await?,
+        (Kind::Dataset, _) => super::datasets::check_dataset(&shoal, &stored).await?,
         _ => {}
     }
     let key = format!("{}{name}", kind.prefix());

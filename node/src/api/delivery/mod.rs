@@ -27,6 +27,7 @@ use crate::services::shoal::Shoal;
 /// Time allowed to each other node when gathering dead letters.
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(5);
 
+pub mod datasets;
 mod definitions;
 pub mod sql_sinks;
 pub use definitions::{bridges, routes, webhooks};
@@ -191,6 +192,7 @@ pub async fn dead_letters(
 fn outbox_names(kind: Kind, name: &str) -> (String, &'static str) {
     match kind {
         Kind::Sink => (format!("sql:{name}"), "sinks"),
+        Kind::Dataset => (format!("dataset:{name}"), "datasets"),
         _ => (format!("webhook:{name}"), "webhooks"),
     }
 }

@@ -285,6 +285,7 @@ pub struct LogStreams {
 
 /// An SQL query (`POST /v1/logs/sql` with a JSON body).
 #[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // The body's schema; `api::sql::read_query` reads it.
 pub struct LogSqlQuery {
     /// One SELECT over the table `logs` (at most 8 KiB).
     pub query: String,

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use shoal_search::record::{self, format_nanos, now_nanos};
 use shoal_search::{AggregateRequest, Hit, Kind, KindFilter, Record, SearchOrder, SearchRequest};
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +22,7 @@ use super::extract::{Body, Params, PathText};
 use super::model::SseEvent;
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
-use crate::services::sql_worker::{self, SqlWorkerError};
+use crate::services::sql_worker;
 use crate::write_deadline::within;
 use shoal_acl::{Access, Resource};
 
@@ -781,24 +781,7 @@ async fn run_sql(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<LogSqlResult>> {
     let started = std::time::Instant::now();
-    let query = if body.is_empty() {
-        params.string("q").map(str::to_string).ok_or_else(|| {
-            ApiError::bad_request("send the SQL as {\"query\": ...}, a text body, or ?q=")
-        })?
-    } else if content_type(&headers).starts_with("text/plain") {
-        String::from_utf8(body.to_vec())
-            .map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
-    } else {
-        let value: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        let needs_query = || ApiError::bad_request("the JSON body needs a string field query");
-        if !value.is_object() {
-            return Err(needs_query());
-        }
-        serde_json::from_value::<LogSqlQuery>(value)
-            .map_err(|_| needs_query())?
-            .query
-    };
+    let (query, _) = crate::api::sql::read_query(&params, &headers, &body)?;
     let mut plan = shoal_search::sql::plan(&query, now_nanos()).map_err(ApiError::from)?;
     readable_streams(&app, &caller, &mut plan.filter.streams).await?;
     let (hits, report) = logs::scan(&app.shoal, plan.filter.clone(), MAX_SQL_ROWS + 1).await?;
@@ -835,22 +818,7 @@ async fn run_sql(
         .max(Duration::from_millis(100));
     let answer = sql_worker::run(&plan.sql, hits, limit)
         .await
-        .map_err(|e| match e {
-            SqlWorkerError::Refused(reason) => {
-                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, reason)
-            }
-            SqlWorkerError::TooLong(_) => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                ErrorCode::Timeout,
-                e.to_string(),
-            ),
-            SqlWorkerError::TooBig(_) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::QueryTooExpensive,
-                e.to_string(),
-            ),
-            SqlWorkerError::Unavailable(_) => ApiError::internal(e.to_string()),
-        })?;
+        .map_err(ApiError::from)?;
     let table: SqlTable = serde_json::from_value(answer)
         .map_err(|e| ApiError::internal(format!("reading the SQL result: {e}")))?;
     Ok(Json(LogSqlResult {

@@ -1,0 +1,13 @@
+//! Datasets: messages appended to Parquet files, partitioned by day
+//! (`date=YYYY-MM-DD/`) under each node's data dir, so any engine that
+//! reads Parquet reads a dataset's directory as it is; and SQL (Polars)
+//! over every node's files.
+
+pub mod definition;
+pub mod files;
+pub mod query;
+pub mod store;
+
+pub use definition::{Dataset, DATASETS_PREFIX};
+pub use query::{Format, QueryError, QueryPlan, TableScan};
+pub use store::{DatasetError, DatasetStats, Datasets};

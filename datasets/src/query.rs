@@ -1,0 +1,506 @@
+//! SQL over datasets: planning a query (which datasets, which columns,
+//! which rows each node must send), scanning a node's files, and running
+//! the query over every node's part with Polars.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use polars::prelude::{
+    col, CsvWriter, DataFrame, DataType, IntoLazy, IpcCompression, IpcReader, IpcWriter, LazyFrame,
+    ParquetCompression, ParquetWriter, PlRefPath, PolarsError, ScanArgsParquet, SerReader,
+    SerWriter,
+};
+use polars::sql::SQLContext;
+use serde::{Deserialize, Serialize};
+use sqlparser::ast::{visit_expressions, visit_relations, Expr, SetExpr, Statement, TableFactor};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::{Parser, ParserOptions};
+use thiserror::Error;
+
+use crate::definition::{Dataset, DATE_COLUMN, ID_COLUMN, TIME_COLUMN};
+
+/// Longest SQL text accepted.
+pub const MAX_SQL_BYTES: usize = 8192;
+/// Most rows one node sends the node that runs a query.
+pub const MAX_SCAN_ROWS: usize = 10_000_000;
+/// How a refusal for too many rows ends (other nodes' refusals arrive as text).
+pub const NARROW_IT: &str = "narrow it with WHERE";
+/// Most rows of a result.
+pub const MAX_RESULT_ROWS: usize = 1_000_000;
+
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// The query is at fault (the text says why).
+    #[error("{0}")]
+    Invalid(String),
+    /// Past one of the limits.
+    #[error("{0}")]
+    TooBig(String),
+    #[error("{0}")]
+    Polars(#[from] PolarsError),
+}
+
+fn invalid(message: impl Into<String>) -> QueryError {
+    QueryError::Invalid(message.into())
+}
+
+/// The format of a query's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Format {
+    Json,
+    Csv,
+    Parquet,
+    ArrowIpc,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv",
+            Format::Parquet => "application/vnd.apache.parquet",
+            Format::ArrowIpc => "application/vnd.apache.arrow.file",
+        }
+    }
+
+    /// From a name (`--format`, `format`) or a media type (`Accept`).
+    pub fn parse(text: &str) -> Option<Format> {
+        Some(match text.trim().to_ascii_lowercase().as_str() {
+            "json" | "application/json" => Format::Json,
+            "csv" | "text/csv" => Format::Csv,
+            "parquet" | "application/vnd.apache.parquet" | "application/x-parquet" => {
+                Format::Parquet
+            }
+            "arrow" | "ipc" | "application/vnd.apache.arrow.file" => Format::ArrowIpc,
+            _ => return None,
+        })
+    }
+}
+
+/// What one node must send for one dataset a query reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableScan {
+    /// Carried as JSON text: the definition's optional fields are left out
+    /// when empty, which a binary codec cannot tell apart.
+    #[serde(with = "as_json")]
+    pub dataset: Dataset,
+    /// The columns the query can use, in the table's order.
+    pub columns: Vec<String>,
+    /// The query's WHERE, when it reads this one table alone: each node
+    /// sends only the rows that pass it.
+    pub filter: Option<String>,
+}
+
+mod as_json {
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::definition::Dataset;
+
+    pub fn serialize<S: Serializer>(dataset: &Dataset, to: S) -> Result<S::Ok, S::Error> {
+        serde_json::to_string(dataset)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(to)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<Dataset, D::Error> {
+        let text = String::deserialize(from)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
+
+/// A checked query and the scans it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryPlan {
+    pub sql: String,
+    pub scans: Vec<TableScan>,
+}
+
+/// Every column of a dataset's table, in order: `_id`, `_time`, its own,
+/// then `date`.
+pub fn table_columns(dataset: &Dataset) -> Vec<String> {
+    let mut columns = vec![ID_COLUMN.to_string(), TIME_COLUMN.to_string()];
+    columns.extend(dataset.columns.iter().map(|c| c.name.clone()));
+    columns.push(DATE_COLUMN.to_string());
+    columns
+}
+
+/// Parse and check a query against the defined datasets.
+pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan, QueryError> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(invalid(format!(
+            "the query is {} bytes; the limit is {MAX_SQL_BYTES}",
+            sql.len()
+        )));
+    }
+    let statements = Parser::new(&GenericDialect)
+        .with_options(ParserOptions::new().with_trailing_commas(true))
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| invalid(format!("cannot parse the SQL: {e}")))?;
+    if statements.len() != 1 {
+        return Err(invalid("send exactly one SQL statement"));
+    }
+    let Statement::Query(query) = &statements[0] else {
+        return Err(invalid("only SELECT queries are allowed"));
+    };
+    let ctes: BTreeSet<String> = query
+        .with
+        .iter()
+        .flat_map(|with| with.cte_tables.iter())
+        .map(|cte| cte.alias.name.value.clone())
+        .collect();
+    let mut read = BTreeSet::new();
+    let mut unknown = None;
+    let _ = visit_relations(&statements, |relation| {
+        let name = relation.to_string();
+        if ctes.contains(&name) {
+            return ControlFlow::<()>::Continue(());
+        }
+        if datasets.contains_key(&name) {
+            read.insert(name);
+            ControlFlow::Continue(())
+        } else {
+            unknown = Some(name);
+            ControlFlow::Break(())
+        }
+    });
+    if let Some(name) = unknown {
+        let known: Vec<&str> = datasets.keys().map(String::as_str).collect();
+        return Err(invalid(format!(
+            "no dataset is named {name:?} (defined: {}); logs are queried with /v1/logs/sql",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    if read.is_empty() {
+        return Err(invalid("the query reads no dataset"));
+    }
+    // The columns the query names anywhere (a superset of what it uses).
+    let mut named = BTreeSet::new();
+    let mut wildcard = sql.contains('*');
+    let _ = visit_expressions(&statements, |expr: &Expr| {
+        match expr {
+            Expr::Identifier(ident) => {
+                named.insert(ident.value.clone());
+            }
+            Expr::CompoundIdentifier(parts) => {
+                if let Some(last) = parts.last() {
+                    named.insert(last.value.clone());
+                }
+            }
+            Expr::QualifiedWildcard(..) | Expr::Wildcard(..) => wildcard = true,
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let single_table_filter = match (&query.with, query.body.as_ref()) {
+        (None, SetExpr::Select(select))
+            if select.from.len() == 1
+                && select.from[0].joins.is_empty()
+                && matches!(&select.from[0].relation, TableFactor::Table { .. }) =>
+        {
+            select.selection.as_ref().map(ToString::to_string)
+        }
+        _ => None,
+    };
+    let scans = read
+        .iter()
+        .filter_map(|name| datasets.get(name))
+        .map(|dataset| {
+            let mut columns: Vec<String> = table_columns(dataset)
+                .into_iter()
+                .filter(|column| wildcard || named.contains(column))
+                .collect();
+            if columns.is_empty() {
+                // `SELECT count(1) FROM t` uses no column but needs the rows.
+                columns.push(ID_COLUMN.to_string());
+            }
+            TableScan {
+                dataset: dataset.clone(),
+                columns,
+                filter: if read.len() == 1 {
+                    single_table_filter.clone()
+                } else {
+                    None
+                },
+            }
+        })
+        .collect();
+    Ok(QueryPlan {
+        sql: sql.to_string(),
+        scans,
+    })
+}
+
+/// The rows of Parquet files (their own columns; none of a file's
+/// missing columns is an error: it reads as NULL).
+pub fn scan_files(paths: &[PathBuf]) -> Result<LazyFrame, PolarsError> {
+    let paths: Vec<PlRefPath> = paths
+        .iter()
+        .map(|p| PlRefPath::new(p.to_string_lossy().as_ref()))
+        .collect();
+    let args = ScanArgsParquet {
+        allow_missing_columns: true,
+        ..Default::default()
+    };
+    LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)
+}
+
+/// A dataset's table on this node: its files, with `date` from `_time`,
+/// reduced to `columns`.
+pub fn local_table(
+    dataset: &Dataset,
+    files: &[PathBuf],
+    columns: &[String],
+) -> Result<LazyFrame, QueryError> {
+    let table = if files.is_empty() {
+        crate::store::frame(dataset, &[])
+            .map_err(|e| QueryError::Invalid(e.to_string()))?
+            .lazy()
+    } else {
+        scan_files(files)?
+    };
+    let table = table.with_column(col(TIME_COLUMN).cast(DataType::Date).alias(DATE_COLUMN));
+    Ok(table.select(columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()))
+}
+
+/// One node's part of a scan: its rows that pass the filter.
+pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError> {
+    let mut table = local_table(&scan.dataset, files, &scan.columns)?;
+    if let Some(filter) = &scan.filter {
+        let mut context = SQLContext::new();
+        context.register("t", table);
+        table = context.execute(&format!("SELECT * FROM t WHERE {filter}"))?;
+    }
+    let frame = table.limit(MAX_SCAN_ROWS as u32 + 1).collect()?;
+    if frame.height() > MAX_SCAN_ROWS {
+        return Err(QueryError::TooBig(format!(
+            "the query needs more than {MAX_SCAN_ROWS} rows of {} from one node; {NARROW_IT}",
+            scan.dataset.name
+        )));
+    }
+    Ok(frame)
+}
+
+/// The query over every node's part: per dataset, this node's files and
+/// the frames the other nodes sent.
+pub fn execute(
+    plan_sql: &str,
+    tables: Vec<(TableScan, Vec<PathBuf>, Vec<DataFrame>)>,
+) -> Result<DataFrame, QueryError> {
+    let mut context = SQLContext::new();
+    for (scan, files, frames) in tables {
+        let table = if frames.is_empty() {
+            // This node alone: Polars pushes the query's filters and
+            // projection into the scan of the files.
+            local_table(&scan.dataset, &files, &scan.columns)?
+        } else {
+            // This node's part as the other nodes sent theirs, so every
+            // part is a frame of the same columns, stacked into one (a
+            // lazy union would have Polars count rows through a 128-bit
+            // cast this build does not carry).
+            let mut all = self::scan(&scan, &files)?;
+            for frame in &frames {
+                all.vstack_mut(frame)?;
+            }
+            all.lazy()
+        };
+        context.register(&scan.dataset.name, table);
+    }
+    let frame = context
+        .execute(plan_sql)?
+        .limit(MAX_RESULT_ROWS as u32 + 1)
+        .collect()?;
+    if frame.height() > MAX_RESULT_ROWS {
+        return Err(QueryError::TooBig(format!(
+            "the result has more than {MAX_RESULT_ROWS} rows; add LIMIT or aggregate"
+        )));
+    }
+    Ok(frame)
+}
+
+/// A frame as Arrow IPC (ZSTD-compressed), to send between nodes or as a result.
+pub fn to_ipc(frame: &mut DataFrame) -> Result<Vec<u8>, PolarsError> {
+    let mut bytes = Vec::new();
+    IpcWriter::new(&mut bytes)
+        .with_compression(Some(IpcCompression::ZSTD(Default::default())))
+        .finish(frame)?;
+    Ok(bytes)
+}
+
+pub fn from_ipc(bytes: Vec<u8>) -> Result<DataFrame, PolarsError> {
+    IpcReader::new(Cursor::new(bytes)).finish()
+}
+
+/// A result in a binary or CSV format (JSON is written by the caller).
+pub fn encode(frame: &mut DataFrame, format: Format) -> Result<Vec<u8>, PolarsError> {
+    let mut bytes = Vec::new();
+    match format {
+        Format::Csv => CsvWriter::new(&mut bytes).finish(frame)?,
+        Format::Parquet => {
+            ParquetWriter::new(&mut bytes)
+                .with_compression(ParquetCompression::Zstd(None))
+                .finish(frame)?;
+        }
+        Format::ArrowIpc | Format::Json => return to_ipc(frame),
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn datasets() -> BTreeMap<String, Dataset> {
+        let orders: Dataset = serde_json::from_value(json!({"columns": [
+            {"name": "order_id", "type": "string", "from": "/data/id"},
+            {"name": "customer", "type": "string", "from": "/data/customer"},
+            {"name": "total", "type": "float64", "from": "/data/total"}]}))
+        .expect("definition");
+        BTreeMap::from([(
+            "orders".to_string(),
+            orders.validate("orders").expect("valid"),
+        )])
+    }
+
+    #[test]
+    fn a_plan_names_the_columns_and_pushes_a_single_tables_filter() {
+        let plan = plan(
+            "SELECT date, sum(total) AS revenue FROM orders WHERE total > 10 GROUP BY date",
+            &datasets(),
+        )
+        .expect("plan");
+        assert_eq!(plan.scans.len(), 1);
+        assert_eq!(plan.scans[0].columns, vec!["total", "date"]);
+        assert_eq!(plan.scans[0].filter.as_deref(), Some("total > 10"));
+        let joined = plan_of("SELECT * FROM orders a JOIN orders b ON a.order_id = b.order_id");
+        assert_eq!(joined.scans[0].filter, None);
+        assert_eq!(joined.scans[0].columns.len(), 6);
+        let counted = plan_of("SELECT count(1) FROM orders");
+        assert_eq!(counted.scans[0].columns, vec!["_id"]);
+    }
+
+    fn plan_of(sql: &str) -> QueryPlan {
+        plan(sql, &datasets()).expect("plan")
+    }
+
+    /// Scans travel between nodes in the binary codec.
+    #[test]
+    fn a_scan_round_trips_in_the_codec() {
+        let mut scan = plan_of("SELECT total FROM orders WHERE total > 1").scans[0].clone();
+        scan.dataset.retention.max_bytes = Some(5);
+        let bytes = shoal_codec::encode(&scan).expect("encode");
+        let back: TableScan = shoal_codec::decode(&bytes).expect("decode");
+        assert_eq!(back, scan);
+    }
+
+    #[test]
+    fn bad_queries_are_refused_with_the_reason() {
+        for (sql, reason) in [
+            ("SELECT * FROM nope", "no dataset is named \"nope\""),
+            ("SELECT 1", "reads no dataset"),
+            ("DELETE FROM orders", "only SELECT"),
+            ("SELECT 1; SELECT 2", "exactly one"),
+            ("SELEC", "cannot parse"),
+            ("SELECT * FROM logs", "/v1/logs/sql"),
+        ] {
+            let error = plan(sql, &datasets()).expect_err(sql).to_string();
+            assert!(error.contains(reason), "{sql}: {error}");
+        }
+        let long = format!(
+            "SELECT * FROM orders WHERE order_id = '{}'",
+            "x".repeat(9000)
+        );
+        assert!(plan(&long, &datasets()).is_err());
+    }
+
+    #[test]
+    fn a_query_runs_over_local_files_and_frames_from_other_nodes() {
+        let temp = tempfile::tempdir().expect("temp");
+        let datasets = datasets();
+        let dataset = &datasets["orders"];
+        let store = crate::store::Datasets::new(temp.path().to_path_buf(), 1);
+        let row = |id: &str, customer: &str, total: f64, time: &str| {
+            dataset
+                .row(&json!({"id": id, "time": time,
+                    "data": {"id": id, "customer": customer, "total": total}}))
+                .expect("row")
+        };
+        store
+            .write(
+                dataset,
+                1,
+                2,
+                vec![
+                    (1, row("a", "c1", 10.0, "2026-12-04T10:00:00Z")),
+                    (2, row("b", "c2", 30.0, "2026-12-05T10:00:00Z")),
+                ],
+            )
+            .expect("write");
+        let sql = "SELECT date, count(*) AS orders, sum(total) AS revenue, \
+                   count(DISTINCT customer) AS customers FROM orders \
+                   WHERE total >= 10 GROUP BY date ORDER BY date";
+        let plan = plan(sql, &datasets).expect("plan");
+        // Another node's part, as it would arrive.
+        let remote_files: Vec<PathBuf> = Vec::new();
+        let remote_store = crate::store::Datasets::new(temp.path().join("other"), 2);
+        remote_store
+            .write(
+                dataset,
+                1,
+                1,
+                vec![(1, row("c", "c1", 5.0, "2026-12-05T11:00:00Z"))],
+            )
+            .expect("write");
+        let remote_paths: Vec<PathBuf> = remote_store
+            .live_files("orders")
+            .expect("files")
+            .into_iter()
+            .map(|f| f.path)
+            .chain(remote_files)
+            .collect();
+        let mut part = scan(&plan.scans[0], &remote_paths).expect("scan");
+        assert_eq!(part.height(), 0, "the filter ran on the remote node");
+        let part = from_ipc(to_ipc(&mut part).expect("ipc")).expect("from ipc");
+        let local: Vec<PathBuf> = store
+            .live_files("orders")
+            .expect("files")
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let result =
+            execute(&plan.sql, vec![(plan.scans[0].clone(), local, vec![part])]).expect("run");
+        assert_eq!(result.height(), 2);
+        let revenue = result
+            .column("revenue")
+            .expect("revenue")
+            .f64()
+            .expect("f64");
+        assert_eq!(revenue.get(0), Some(10.0));
+        assert_eq!(revenue.get(1), Some(30.0));
+        let counted = super::plan("SELECT count(*) AS n FROM orders", &datasets).expect("plan");
+        let part = scan(&counted.scans[0], &remote_paths).expect("scan");
+        let part = from_ipc(to_ipc(&mut part.clone()).expect("ipc")).expect("from ipc");
+        let local: Vec<PathBuf> = store
+            .live_files("orders")
+            .expect("files")
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        let result = execute(
+            &counted.sql,
+            vec![(counted.scans[0].clone(), local, vec![part])],
+        )
+        .expect("count");
+        assert_eq!(
+            format!("{:?}", result.column("n").expect("n").get(0)),
+            "Ok(UInt32(3))"
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! Datasets: messages appended to Parquet files per day partition, read
+//! back by independent readers (pyarrow, DuckDB) and by `POST /v1/sql`
+//! across three nodes, one of them down; rows that survive `kill -9`
+//! exactly once; bad definitions and bad queries refused.
+
+use std::collections::BTreeMap;
+
+use shoal_tests::delivery_support::*;
+use shoal_tests::python::run_python;
+use shoal_tests::*;
+
+fn orders_dataset() -> Value {
+    json!({"columns": [
+        {"name": "order_id", "type": "string", "from": "/data/id"},
+        {"name": "customer_id", "type": "string", "from": "/data/customer"},
+        {"name": "total", "type": "float64", "from": "/data/total"},
+        {"name": "items", "type": "int64", "from": "/data/items"}],
+        "time": "/data/placed"})
+}
+
+/// Defines the dataset and a route from `orders.placed` to it.
+async fn define(node: &Node) {
+    let reply = put_definition(node, "datasets", "orders", &orders_dataset()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    put_route(
+        node,
+        "orders-to-dataset",
+        json!({"source": "orders.placed", "destinations": ["dataset:orders"]}),
+    )
+    .await;
+}
+
+fn order(i: u64, node: u64) -> Value {
+    json!({"id": format!("o-{node}-{i}"), "customer": format!("c{}", i % 7),
+           "total": (i % 50) as f64 + 0.5, "items": i % 4 + 1,
+           "placed": format!("2026-12-0{}T{:02}:00:00Z", 1 + i % 3, i % 24)})
+}
+
+/// `POST /v1/sql` with a JSON body.
+async fn sql(node: &Node, query: &str) -> Reply {
+    node.post_json("/v1/sql", &json!({ "query": query })).await
+}
+
+/// `SELECT count(*)` until it says `want`; the answer.
+async fn wait_count(node: &Node, want: u64) -> Value {
+    wait_for(T, &format!("{want} rows in the dataset"), || async {
+        let reply = sql(node, "SELECT count(*) AS n FROM orders").await;
+        if reply.status != StatusCode::OK {
+            return Err(reply.describe());
+        }
+        match reply.body["rows"][0][0].as_u64() {
+            Some(n) if n == want => Ok(reply.body),
+            _ => Err(reply.body.to_string()),
+        }
+    })
+    .await
+}
+
+/// What pyarrow and DuckDB read from a dataset directory.
+async fn read_independently(dir: &std::path::Path, query: &str) -> Value {
+    let out = run_python("read_dataset.py", &[&dir.display().to_string(), query]).await;
+    out.assert_success();
+    serde_json::from_slice(&out.stdout).expect("the reader's JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dataset_is_parquet_that_other_engines_read_and_its_rows_survive_kill_9() {
+    let mut node = Node::start().await;
+    define(&node).await;
+    publish_until(
+        &node,
+        "orders.placed",
+        &order(0, 1),
+        "the route",
+        |answer| answer["durable"] == 1,
+    )
+    .await;
+    for i in 1..120 {
+        publish(&node, "orders.placed", &order(i, 1)).await;
+    }
+    // A value that does not fit its column, and a message without a time.
+    publish(
+        &node,
+        "orders.placed",
+        &json!({"id": "bad-1", "total": "lots", "placed": "2026-12-01"}),
+    )
+    .await;
+    publish(&node, "orders.placed", &json!({"id": "bad-2", "total": 1})).await;
+    wait_count(&node, 120).await;
+
+    let dead = wait_for(T, "two dead letters", || async {
+        let reply = node.get_path("/v1/datasets/orders/dead-letters").await;
+        let letters = reply.body["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if letters.len() == 2 {
+            Ok(letters)
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    let reasons: Vec<&str> = dead.iter().map(|d| text(d, "/last_error")).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("column total: \"lots\" is not a valid float64")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("time /data/placed")),
+        "{reasons:?}"
+    );
+
+    // The files, read by pyarrow and DuckDB, hold exactly the rows sent.
+    let files = node.get_path("/v1/datasets/orders/files").await.ok();
+    assert_eq!(
+        files["stats"]["partitions"],
+        json!(["2026-12-01", "2026-12-02", "2026-12-03"])
+    );
+    let dir = std::path::PathBuf::from(text(&files, "/directory"));
+    let read = read_independently(
+        &dir,
+        "SELECT date, count(*) AS n, sum(total) AS revenue FROM dataset GROUP BY date ORDER BY date",
+    )
+    .await;
+    let mut rows = read["pyarrow"].as_array().expect("rows").clone();
+    rows.sort_by(|a, b| text(a, "/order_id").cmp(text(b, "/order_id")));
+    assert_eq!(rows.len(), 120);
+    let mut expected: Vec<Value> = (0..120).map(|i| order(i, 1)).collect();
+    expected.sort_by(|a, b| text(a, "/id").cmp(text(b, "/id")));
+    for (row, sent) in rows.iter().zip(&expected) {
+        assert_eq!(row["order_id"], sent["id"]);
+        assert_eq!(row["customer_id"], sent["customer"]);
+        assert_eq!(row["total"], sent["total"]);
+        assert_eq!(row["items"], sent["items"]);
+        assert_eq!(
+            row["date"].as_str(),
+            sent["placed"].as_str().map(|p| &p[..10])
+        );
+    }
+    // Shoal's SQL and DuckDB agree on the daily figures.
+    let ours = sql(
+        &node,
+        "SELECT CAST(date AS VARCHAR) AS date, count(*) AS n, sum(total) AS revenue FROM orders GROUP BY date ORDER BY date",
+    )
+    .await
+    .ok();
+    let duck = read["duckdb"].as_array().expect("duckdb rows");
+    assert_eq!(ours["rows"].as_array().map(Vec::len), Some(duck.len()));
+    for (mine, theirs) in ours["rows"].as_array().unwrap().iter().zip(duck) {
+        assert_eq!(mine[0].as_str(), theirs["date"].as_str());
+        assert_eq!(mine[1].as_u64(), theirs["n"].as_u64());
+        let (a, b) = (
+            mine[2].as_f64().unwrap(),
+            theirs["revenue"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-6, "{a} != {b}");
+    }
+
+    // Other formats.
+    for (format, media) in [
+        ("csv", "text/csv"),
+        ("parquet", "application/vnd.apache.parquet"),
+        ("arrow", "application/vnd.apache.arrow.file"),
+    ] {
+        let reply = node
+            .post_json(
+                "/v1/sql",
+                &json!({"query": "SELECT order_id FROM orders", "format": format}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{format}: {}",
+            reply.describe()
+        );
+        assert_eq!(
+            reply
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some(media)
+        );
+        if format == "csv" {
+            assert_eq!(reply.text.lines().count(), 121, "a header and 120 rows");
+        }
+    }
+
+    // Published, then killed before the batch's linger ends: after the
+    // restart every row is there exactly once.
+    for i in 120..400 {
+        publish(&node, "orders.placed", &order(i, 1)).await;
+    }
+    node.kill9();
+    node.restart().await;
+    wait_count(&node, 400).await;
+    let distinct = sql(
+        &node,
+        "SELECT count(DISTINCT _id) AS n, count(DISTINCT order_id) AS o FROM orders",
+    )
+    .await
+    .ok();
+    assert_eq!(distinct["rows"][0], json!([400, 400]));
+
+    // `shoal sql`: a table on the terminal, CSV into a file.
+    let endpoint = node.endpoint();
+    let out = run_shoal(
+        &[
+            "sql",
+            "SELECT count(*) AS n FROM orders",
+            "--endpoint",
+            &endpoint,
+        ],
+        None,
+        &[],
+    )
+    .await;
+    out.assert_success();
+    assert_eq!(out.lines(), vec!["n", "400"]);
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    let path = file.path().display().to_string();
+    let query = "SELECT order_id FROM orders ORDER BY order_id LIMIT 2";
+    let args = [
+        "sql",
+        query,
+        "--format",
+        "csv",
+        "--output",
+        &path,
+        "--endpoint",
+        &endpoint,
+    ];
+    run_shoal(&args, None, &[]).await.assert_success();
+    assert_eq!(
+        std::fs::read_to_string(file.path()).expect("the CSV"),
+        "order_id\no-1-0\no-1-1\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    define(cluster.node(0)).await;
+    let mut sent: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
+    for n in 0..3u64 {
+        let node = cluster.node(n as usize);
+        publish_until(node, "orders.placed", &order(0, n), "the route", |answer| {
+            answer["durable"] == 1
+        })
+        .await;
+        let mut orders = vec![order(0, n)];
+        for i in 1..50 {
+            publish(node, "orders.placed", &order(i, n)).await;
+            orders.push(order(i, n));
+        }
+        sent.insert(n, orders);
+    }
+    let total = |nodes: &[u64]| -> f64 {
+        nodes
+            .iter()
+            .flat_map(|n| sent[n].iter())
+            .map(|o| o["total"].as_f64().unwrap())
+            .sum()
+    };
+    wait_count(cluster.node(1), 150).await;
+    let query = "SELECT count(*) AS n, sum(total) AS revenue FROM orders WHERE items >= 1";
+    let all = sql(cluster.node(1), query).await.ok();
+    assert_eq!(all["rows"][0][0], 150);
+    assert!((all["rows"][0][1].as_f64().unwrap() - total(&[0, 1, 2])).abs() < 1e-6);
+    assert_eq!(all["partial"], false);
+    assert_eq!(all["nodes"]["answered"].as_array().map(Vec::len), Some(3));
+
+    // Node 2 down: its rows are missing, and the answer says so.
+    cluster.node_mut(2).kill9();
+    let partial = wait_for(T, "a partial answer", || async {
+        let reply = sql(cluster.node(0), query).await;
+        if reply.status == StatusCode::OK && reply.body["partial"] == true {
+            Ok(reply.body)
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    assert_eq!(partial["rows"][0][0], 100);
+    assert!((partial["rows"][0][1].as_f64().unwrap() - total(&[0, 1])).abs() < 1e-6);
+    assert_eq!(partial["nodes"]["failed"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_datasets_and_bad_queries_are_refused_with_the_reason() {
+    let node = Node::start().await;
+    define(&node).await;
+    let with = |columns: Value| json!({ "columns": columns });
+    for (body, reason) in [
+        (
+            with(json!([{"name": "_id", "type": "string", "from": "/id"}])),
+            "reserved",
+        ),
+        (
+            with(json!([{"name": "a", "type": "decimal", "from": "/id"}])),
+            "unknown variant",
+        ),
+        (
+            with(json!([{"name": "a", "type": "string", "from": "id"}])),
+            "JSON Pointer",
+        ),
+        (
+            with(json!([{"name": "a b", "type": "string", "from": "/id"}])),
+            "column",
+        ),
+        (with(json!([])), "1 to 64 columns"),
+        (
+            json!({"columns": [{"name": "a", "type": "string", "from": "/id"}], "retention": {"max_bytes": 0}}),
+            "at least 1",
+        ),
+        (json!("orders"), "must be an object"),
+    ] {
+        let reply = put_definition(&node, "datasets", "other", &body).await;
+        let error = assert_error(&reply, 400, "bad_request");
+        assert!(
+            text(&error, "/error/message").contains(reason),
+            "{body}: {}",
+            reply.describe()
+        );
+    }
+    // A column keeps its type.
+    let mut changed = orders_dataset();
+    changed["columns"][2]["type"] = json!("string");
+    let reply = put_definition(&node, "datasets", "orders", &changed).await;
+    let error = assert_error(&reply, 400, "bad_request");
+    assert!(
+        text(&error, "/error/message").contains("cannot become string"),
+        "{}",
+        reply.describe()
+    );
+
+    let long = format!(
+        "SELECT * FROM orders WHERE order_id = '{}'",
+        "x".repeat(9000)
+    );
+    for (query, code, reason) in [
+        (
+            "SELECT * FROM nowhere",
+            "invalid_query",
+            "no dataset is named",
+        ),
+        ("DROP TABLE orders", "invalid_query", "only SELECT"),
+        ("SELECT 1; SELECT 2", "invalid_query", "exactly one"),
+        ("SELECT nope FROM orders", "invalid_query", "nope"),
+        ("SELECT * FROM logs", "invalid_query", "/v1/logs/sql"),
+        (long.as_str(), "invalid_query", "the limit is 8192"),
+    ] {
+        let reply = sql(&node, query).await;
+        let error = assert_error(&reply, 400, code);
+        assert!(
+            text(&error, "/error/message").contains(reason),
+            "{query}: {}",
+            reply.describe()
+        );
+    }
+    let reply = node
+        .post_json(
+            "/v1/sql",
+            &json!({"query": "SELECT 1 FROM orders", "format": "xml"}),
+        )
+        .await;
+    assert_error(&reply, 400, "bad_request");
+    let reply = node.post_json("/v1/sql", &json!({"sql": "SELECT 1"})).await;
+    assert_error(&reply, 400, "bad_request");
+    // An empty dataset answers with no rows.
+    let empty = sql(&node, "SELECT order_id FROM orders").await.ok();
+    assert_eq!(empty["rows"], json!([]));
+}
