@@ -520,18 +520,21 @@ async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, PassError> {
 /// queries slow). A message that cannot be a row becomes a dead letter; a
 /// write that fails (the disk) leaves the batch waiting, forever.
 async fn pass_dataset(state: &mut State, name: &str) -> Result<Next, PassError> {
+    // Lingering: messages that arrive meanwhile wake the deliverer, but
+    // the list is not read again until the linger ends.
+    if let Some(until) = state.linger_until.filter(|until| now_ms() < *until) {
+        return Ok(Next::At(until));
+    }
     let Batch { due, next_at, full } = due_batch(state, DATASET_BATCH).await?;
     let (Some(first), Some(last)) = (due.first().map(|d| d.0), due.last().map(|d| d.0)) else {
         state.linger_until = None;
         return Ok(next_at.map_or(Next::Idle, Next::At));
     };
     let retrying = due.iter().any(|(_, entry)| entry.attempts > 0);
-    if !full && next_at.is_none() && !retrying {
-        let now = now_ms();
-        let until = *state.linger_until.get_or_insert(now + DATASET_LINGER_MS);
-        if now < until {
-            return Ok(Next::At(until));
-        }
+    if !full && next_at.is_none() && !retrying && state.linger_until.is_none() {
+        let until = now_ms() + DATASET_LINGER_MS;
+        state.linger_until = Some(until);
+        return Ok(Next::At(until));
     }
     state.linger_until = None;
     let dataset = state.shared.config.borrow().datasets.get(name).cloned();

@@ -6,6 +6,7 @@
 pub mod definition;
 pub mod files;
 pub mod query;
+pub mod report;
 pub mod store;
 
 pub use definition::{Dataset, DATASETS_PREFIX};

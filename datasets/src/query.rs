@@ -14,7 +14,10 @@ use polars::prelude::{
 };
 use polars::sql::SQLContext;
 use serde::{Deserialize, Serialize};
-use sqlparser::ast::{visit_expressions, visit_relations, Expr, SetExpr, Statement, TableFactor};
+use sqlparser::ast::{
+    visit_expressions, visit_relations, Expr, Query, SelectItem, SetExpr, Statement, TableFactor,
+    Visit, Visitor,
+};
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserOptions};
 use thiserror::Error;
@@ -182,7 +185,6 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
     }
     // The columns the query names anywhere (a superset of what it uses).
     let mut named = BTreeSet::new();
-    let mut wildcard = sql.contains('*');
     let _ = visit_expressions(&statements, |expr: &Expr| {
         match expr {
             Expr::Identifier(ident) => {
@@ -193,16 +195,21 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                     named.insert(last.value.clone());
                 }
             }
-            Expr::QualifiedWildcard(..) | Expr::Wildcard(..) => wildcard = true,
             _ => {}
         }
         ControlFlow::<()>::Continue(())
     });
+    let mut wildcards = Wildcards(false);
+    let _ = statements.visit(&mut wildcards);
+    let wildcard = wildcards.0;
     let single_table_filter = match (&query.with, query.body.as_ref()) {
         (None, SetExpr::Select(select))
             if select.from.len() == 1
                 && select.from[0].joins.is_empty()
-                && matches!(&select.from[0].relation, TableFactor::Table { .. }) =>
+                && matches!(
+                    &select.from[0].relation,
+                    TableFactor::Table { alias: None, .. }
+                ) =>
         {
             select.selection.as_ref().map(ToString::to_string)
         }
@@ -235,6 +242,34 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
         sql: sql.to_string(),
         scans,
     })
+}
+
+/// Whether a query selects `*` (or `t.*`) anywhere: then every column of
+/// what it reads is needed.
+struct Wildcards(bool);
+
+impl Visitor for Wildcards {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        fn selects_all(body: &SetExpr) -> bool {
+            match body {
+                SetExpr::Select(select) => select.projection.iter().any(|item| {
+                    matches!(
+                        item,
+                        SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                    )
+                }),
+                SetExpr::SetOperation { left, right, .. } => {
+                    selects_all(left) || selects_all(right)
+                }
+                SetExpr::Query(query) => selects_all(&query.body),
+                _ => false,
+            }
+        }
+        self.0 |= selects_all(&query.body);
+        ControlFlow::Continue(())
+    }
 }
 
 /// The rows of Parquet files (their own columns; none of a file's
@@ -273,9 +308,13 @@ pub fn local_table(
 pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError> {
     let mut table = local_table(&scan.dataset, files, &scan.columns)?;
     if let Some(filter) = &scan.filter {
+        // Under the dataset's own name: the filter may name it (orders.total).
         let mut context = SQLContext::new();
-        context.register("t", table);
-        table = context.execute(&format!("SELECT * FROM t WHERE {filter}"))?;
+        context.register(&scan.dataset.name, table);
+        table = context.execute(&format!(
+            "SELECT * FROM \"{}\" WHERE {filter}",
+            scan.dataset.name
+        ))?;
     }
     let frame = table.limit(MAX_SCAN_ROWS as u32 + 1).collect()?;
     if frame.height() > MAX_SCAN_ROWS {
@@ -382,8 +421,18 @@ mod tests {
         let joined = plan_of("SELECT * FROM orders a JOIN orders b ON a.order_id = b.order_id");
         assert_eq!(joined.scans[0].filter, None);
         assert_eq!(joined.scans[0].columns.len(), 6);
-        let counted = plan_of("SELECT count(1) FROM orders");
+        let counted = plan_of("SELECT count(*) FROM orders");
         assert_eq!(counted.scans[0].columns, vec!["_id"]);
+        let qualified = plan_of("SELECT orders.total FROM orders WHERE orders.total > 1");
+        assert_eq!(qualified.scans[0].columns, vec!["total"]);
+        assert_eq!(
+            qualified.scans[0].filter.as_deref(),
+            Some("orders.total > 1")
+        );
+        let aliased = plan_of("SELECT o.total FROM orders o WHERE o.total > 1");
+        assert_eq!(aliased.scans[0].filter, None);
+        let nested = plan_of("SELECT n FROM (SELECT * FROM orders) AS x");
+        assert_eq!(nested.scans[0].columns.len(), 6);
     }
 
     fn plan_of(sql: &str) -> QueryPlan {

@@ -202,6 +202,10 @@ if [[ ${#tables[@]} -gt 0 ]]; then
 else
     echo "(the tables are in the node's own SQLite file: read them there, or run with --postgres)"
 fi
+echo
+# The same figures from the dataset `orders` (Parquet on every node), as
+# Shoal's saved report computes them.
+python3 "$here/tables.py" report "$api" sales-per-day || failed=1
 if [[ $failed -ne 0 ]]; then
     echo "some orders did not end where they should; services log:" >&2
     cat "$work/services.log" >&2

@@ -8,7 +8,11 @@ standard library only (and `psql` for PostgreSQL).
       node's embedded SQLite, `local`; migrations/postgres/ for a
       PostgreSQL database named `commerce` at URL, its password taken from
       $PGPASSWORD into the KV key commerce/db-password), then the sinks and
-      routes of sinks.json.
+      routes of sinks.json, the dataset `orders` (every order status
+      change, for analytics) and the sales reports (per hour, day, week and
+      month; the daily one scheduled at 00:05 UTC).
+  tables.py report ENDPOINT NAME
+      Runs a report now (POST /v1/reports/NAME/run) and prints its result.
   tables.py rows (--sqlite FILE | --postgres URL) ORDER...
       One line per order: id, status, item rows, payment, shipment.
   tables.py sales (--sqlite FILE | --postgres URL)
@@ -22,6 +26,7 @@ import pathlib
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -65,9 +70,14 @@ def setup(endpoint, postgres_url):
     definitions = json.loads((HERE / "sinks.json").read_text())
     for sink, body in definitions["sinks"].items():
         put(endpoint, f"/v1/sinks/{sink}", dict(body, database=name))
+    for dataset, body in definitions["datasets"].items():
+        put(endpoint, f"/v1/datasets/{dataset}", body)
     for route, body in definitions["routes"].items():
         put(endpoint, f"/v1/routes/{route}", body)
-    print(f"tables: database {name}, sinks {', '.join(definitions['sinks'])}")
+    for report, body in definitions["reports"].items():
+        put(endpoint, f"/v1/reports/{report}", body)
+    print(f"tables: database {name}, sinks {', '.join(definitions['sinks'])}; "
+          f"datasets {', '.join(definitions['datasets'])}; reports {', '.join(definitions['reports'])}")
 
 
 def query(target, sql, params=()):
@@ -111,10 +121,34 @@ def sales(target):
         print(f"{day:<12}{int(count):>8}{float(revenue):>12.2f}{float(average):>12.2f}{int(customers):>11}")
 
 
+def report(endpoint, name):
+    # Rows reach the dataset in batches (within a second): wait until the
+    # node has none of them waiting.
+    for _ in range(300):
+        with urllib.request.urlopen(f"{endpoint.rstrip('/')}/v1/outbox", timeout=10) as answer:
+            waiting = [d for d in json.load(answer)["destinations"]
+                       if d["destination"].startswith("dataset:") and d["pending"] > 0]
+        if not waiting:
+            break
+        time.sleep(0.1)
+    request = urllib.request.Request(
+        f"{endpoint.rstrip('/')}/v1/reports/{name}/run", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        run = json.load(answer)
+    if run["status"] != "succeeded":
+        sys.exit(f"report {name}: {run.get('error')}")
+    print(f"report {name} (run {run['id']}, {run['rows']} rows):")
+    print("\t".join(run["result"]["columns"]))
+    for row in run["result"]["rows"]:
+        print("\t".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
+
+
 def main(args):
     if len(args) >= 2 and args[0] == "setup":
         postgres = args[args.index("--postgres") + 1] if "--postgres" in args else None
         setup(args[1], postgres)
+    elif len(args) == 3 and args[0] == "report":
+        report(args[1], args[2])
     elif len(args) >= 3 and args[0] in ("rows", "sales") and args[1] in ("--sqlite", "--postgres"):
         target = (args[1], args[2])
         rows(target, args[3:]) if args[0] == "rows" else sales(target)

@@ -124,6 +124,14 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(api::delivery::datasets::dataset_dead_letters))
         .routes(routes!(api::delivery::datasets::dataset_replay))
         .routes(routes!(api::sql::sql))
+        .routes(routes!(api::reports::list))
+        .routes(routes!(
+            api::reports::put,
+            api::reports::get,
+            api::reports::delete
+        ))
+        .routes(routes!(api::reports::run))
+        .routes(routes!(api::reports::runs))
         .routes(routes!(api::delivery::outbox))
         .routes(routes!(api::node::health))
         .routes(routes!(api::node::ready))

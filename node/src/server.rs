@@ -525,6 +525,7 @@ fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
     tokio::spawn(compact_history(shoal.clone()));
     tokio::spawn(crate::services::space::watch_space(shoal.clone()));
     tokio::spawn(crate::services::datasets::maintain(shoal.clone()));
+    tokio::spawn(crate::services::reports::schedule(shoal.clone()));
     tokio::spawn(workflow_runner::run(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
 }

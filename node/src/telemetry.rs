@@ -354,6 +354,11 @@ fn describe_node_metrics() {
         "Nodes that did not send their part of a dataset SQL query (the result was partial)."
     );
     describe_counter!(
+        "shoal_report_runs_total",
+        Unit::Count,
+        "Report runs this node made, by status (succeeded, failed)."
+    );
+    describe_counter!(
         "shoal_dataset_files_compacted_total",
         Unit::Count,
         "Dataset files merged into compacted files on this node, per dataset."

@@ -143,6 +143,14 @@ async fn run_sh(args: &[&str], envs: &[(&str, &str)]) -> String {
         .unwrap_or_else(|| panic!("no sales line in:\n{stdout}"));
     let columns: Vec<&str> = sales.split_whitespace().collect();
     assert_eq!(columns[1..], ["2", "25.00", "12.50", "2"], "{sales}");
+    // The saved report over the dataset `orders` finds the same figures.
+    let report = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("report sales-per-day"))
+        .find(|l| l.starts_with("20") && l.contains('\t'))
+        .unwrap_or_else(|| panic!("no report line in:\n{stdout}"));
+    let columns: Vec<&str> = report.split('\t').collect();
+    assert_eq!(columns[1..], ["2", "25.00", "12.50", "2"], "{report}");
     stdout
 }
 

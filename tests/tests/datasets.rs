@@ -4,6 +4,7 @@
 //! exactly once; bad definitions and bad queries refused.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use shoal_tests::delivery_support::*;
 use shoal_tests::python::run_python;
@@ -370,7 +371,165 @@ async fn bad_datasets_and_bad_queries_are_refused_with_the_reason() {
     assert_error(&reply, 400, "bad_request");
     let reply = node.post_json("/v1/sql", &json!({"sql": "SELECT 1"})).await;
     assert_error(&reply, 400, "bad_request");
+    // Reports: the query, schedule, topic and keep_runs are checked.
+    for (body, reason) in [
+        (
+            json!({"query": "SELECT * FROM nowhere"}),
+            "no dataset is named",
+        ),
+        (
+            json!({"query": "SELECT * FROM orders", "schedule": "every day"}),
+            "schedule",
+        ),
+        (
+            json!({"query": "SELECT * FROM orders", "topic": "a..b"}),
+            "topic",
+        ),
+        (
+            json!({"query": "SELECT * FROM orders", "keep_runs": 0}),
+            "keep_runs",
+        ),
+        (json!({"query": "", "file": "csv"}), "query must be"),
+        (
+            json!({"query": "SELECT * FROM orders", "file": "xlsx"}),
+            "unknown variant",
+        ),
+    ] {
+        let reply = put_definition(&node, "reports", "r", &body).await;
+        let error = assert_error(&reply, 400, "bad_request");
+        assert!(
+            text(&error, "/error/message").contains(reason),
+            "{body}: {}",
+            reply.describe()
+        );
+    }
+    let reply = node
+        .post_json("/v1/reports/missing/run", &json!(null))
+        .await;
+    assert_error(&reply, 404, "not_found");
     // An empty dataset answers with no rows.
     let empty = sql(&node, "SELECT order_id FROM orders").await.ok();
     assert_eq!(empty["rows"], json!([]));
+}
+
+/// Daily figures computed here from what was sent: orders, revenue,
+/// unique customers, per day.
+fn daily_sales(orders: &[Value]) -> BTreeMap<String, (u64, f64, usize)> {
+    let mut days: BTreeMap<String, (u64, f64, std::collections::BTreeSet<String>)> =
+        BTreeMap::new();
+    for order in orders {
+        let day = text(order, "/placed")[..10].to_string();
+        let entry = days.entry(day).or_default();
+        entry.0 += 1;
+        entry.1 += order["total"].as_f64().unwrap();
+        entry.2.insert(text(order, "/customer").to_string());
+    }
+    days.into_iter()
+        .map(|(day, (n, revenue, customers))| (day, (n, revenue, customers.len())))
+        .collect()
+}
+
+/// The succeeded runs of `each-minute` that its schedule started.
+async fn scheduled_runs(node: &Node) -> Vec<Value> {
+    let reply = node.get_path("/v1/reports/each-minute/runs").await;
+    reply.body["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["trigger"] == "schedule" && r["status"] == "succeeded")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_runs_once_per_tick_across_a_leader_change_and_its_numbers_are_right() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    define(cluster.node(0)).await;
+    // A generated data set, spread over the nodes.
+    let mut sent = Vec::new();
+    for n in 0..3u64 {
+        let node = cluster.node(n as usize);
+        publish_until(node, "orders.placed", &order(0, n), "the route", |answer| {
+            answer["durable"] == 1
+        })
+        .await;
+        sent.push(order(0, n));
+        for i in 1..40 {
+            let mut o = order(i * 7 + n, n);
+            o["id"] = json!(format!("o-{n}-{i}"));
+            publish(node, "orders.placed", &o).await;
+            sent.push(o);
+        }
+    }
+    wait_count(cluster.node(0), sent.len() as u64).await;
+
+    let query = "SELECT CAST(date AS VARCHAR) AS day, count(*) AS orders, sum(total) AS revenue, \
+                 avg(total) AS average, count(DISTINCT customer_id) AS customers \
+                 FROM orders GROUP BY date ORDER BY date";
+    let definition = json!({"query": query, "file": "csv", "topic": "reports.daily"});
+    let reply = put_definition(cluster.node(1), "reports", "daily-sales", &definition).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    let run = cluster
+        .node(2)
+        .post_json("/v1/reports/daily-sales/run", &json!(null))
+        .await
+        .ok();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let expected = daily_sales(&sent);
+    let rows = run["result"]["rows"].as_array().expect("the result");
+    assert_eq!(rows.len(), expected.len(), "{run}");
+    for (row, (day, (n, revenue, customers))) in rows.iter().zip(&expected) {
+        assert_eq!(row[0].as_str(), Some(day.as_str()));
+        assert_eq!(row[1].as_u64(), Some(*n));
+        assert!((row[2].as_f64().unwrap() - revenue).abs() < 1e-6, "{row}");
+        assert!(
+            (row[3].as_f64().unwrap() - revenue / *n as f64).abs() < 1e-6,
+            "{row}"
+        );
+        assert_eq!(row[4].as_u64(), Some(*customers as u64));
+    }
+    let file = std::fs::read_to_string(text(&run, "/file")).expect("the CSV file");
+    assert_eq!(file.lines().count(), expected.len() + 1);
+
+    // Scheduled every minute: one run per tick, also after the leader that
+    // ran one is killed.
+    let scheduled = json!({"query": query, "schedule": "* * * * *"});
+    let reply = put_definition(cluster.node(0), "reports", "each-minute", &scheduled).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    let first = wait_for(Duration::from_secs(150), "a scheduled run", || async {
+        let runs = scheduled_runs(cluster.node(0)).await;
+        runs.first().cloned().ok_or_else(|| "none yet".to_string())
+    })
+    .await;
+    let ran_on = cluster
+        .index_of(num(&first, "/node_id"))
+        .expect("the node that ran it");
+    cluster.node_mut(ran_on).kill9();
+    let asked = (ran_on + 1) % 3;
+    let runs = wait_for(
+        Duration::from_secs(150),
+        "a run after the leader change",
+        || async {
+            let runs = scheduled_runs(cluster.node(asked)).await;
+            if runs
+                .iter()
+                .any(|r| num(r, "/node_id") != num(&first, "/node_id"))
+            {
+                Ok(runs)
+            } else {
+                Err(format!("{runs:?}"))
+            }
+        },
+    )
+    .await;
+    let minutes: Vec<u64> = runs
+        .iter()
+        .map(|r| num(r, "/started_ms") / 60_000)
+        .collect();
+    let distinct: std::collections::BTreeSet<u64> = minutes.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        minutes.len(),
+        "two runs in one minute: {runs:?}"
+    );
 }

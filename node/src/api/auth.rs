@@ -397,6 +397,12 @@ fn need(route: &str, method: &Method, path: &HashMap<String, String>, params: &P
             format!("datasets/{}", param("name")),
             read_or_write,
         ),
+        "/v1/reports" | "/v1/reports/{name}" => delivery("reports"),
+        "/v1/reports/{name}/run" | "/v1/reports/{name}/runs" => One(
+            Delivery,
+            format!("reports/{}", param("name")),
+            read_or_write,
+        ),
         // Each dataset the query reads is checked by the handler.
         "/v1/sql" => Token,
         "/v1/webhooks/{name}/dead-letters" | "/v1/webhooks/{name}/dead-letters/replay" => One(

@@ -20,6 +20,7 @@ pub mod logs;
 pub mod messaging;
 pub mod model;
 pub mod node;
+pub mod reports;
 pub mod sql;
 pub mod watch;
 pub mod workflow_events;

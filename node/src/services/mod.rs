@@ -13,6 +13,7 @@ pub mod lease_timers;
 pub mod leases;
 pub mod logs;
 pub mod messaging;
+pub mod reports;
 pub mod shoal;
 pub mod space;
 pub mod sql_worker;

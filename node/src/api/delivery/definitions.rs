@@ -15,6 +15,7 @@ use shoal_acl::{Access, Resource};
 use shoal_actors::config::{
     Bridge, Route, Webhook, BRIDGES_PREFIX, ROUTES_PREFIX, WEBHOOKS_PREFIX,
 };
+use shoal_datasets::report::{Report, REPORTS_PREFIX};
 use shoal_datasets::{Dataset, DATASETS_PREFIX};
 use shoal_sinks::definition::{Database, Sink, DATABASES_PREFIX, SINKS_PREFIX};
 use shoal_storage::kv::{Txn, TxnOp};
@@ -34,6 +35,7 @@ pub enum Kind {
     Sink,
     Database,
     Dataset,
+    Report,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Sink => SINKS_PREFIX,
             Kind::Database => DATABASES_PREFIX,
             Kind::Dataset => DATASETS_PREFIX,
+            Kind::Report => REPORTS_PREFIX,
         }
     }
 
@@ -56,6 +59,7 @@ impl Kind {
             Kind::Sink => "sink",
             Kind::Database => "database",
             Kind::Dataset => "dataset",
+            Kind::Report => "report",
         }
     }
 
@@ -77,6 +81,7 @@ impl Kind {
             Kind::Sink => check(body, |s: Sink| s.validate(name)),
             Kind::Database => check(body, |d: Database| d.validate(name)),
             Kind::Dataset => check(body, |d: Dataset| d.validate(name)),
+            Kind::Report => check(body, |r: Report| r.validate(name)),
         }
     }
 }
@@ -125,6 +130,7 @@ pub async fn put(
         (Kind::Database, _) => super::sql_sinks::check_database(&shoal, &stored).await?,
         (Kind::Sink, _) => super::sql_sinks::check_sink(&shoal, &stored).await?,
         (Kind::Dataset, _) => super::datasets::check_dataset(&shoal, &stored).await?,
+        (Kind::Report, _) => crate::api::reports::check_report(&shoal, &stored)?,
         _ => {}
     }
     let key = format!("{}{name}", kind.prefix());

@@ -28,7 +28,7 @@ use crate::services::shoal::Shoal;
 const FAN_OUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub mod datasets;
-mod definitions;
+pub mod definitions;
 pub mod sql_sinks;
 pub use definitions::{bridges, routes, webhooks};
 use definitions::{check_name, Kind};
