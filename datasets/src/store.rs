@@ -102,17 +102,24 @@ impl Datasets {
         rows: Vec<(u64, Row)>,
     ) -> Result<usize, DatasetError> {
         let dir = self.dir(&dataset.name);
+        // Only this node's files say what this node wrote: sequence
+        // numbers are its outbox's (files copied from another node hold
+        // numbers of that node's outbox).
+        let own_files = || -> Result<Vec<DataFile>, DatasetError> {
+            let (files, _) = files::list(&dir)?;
+            Ok(files
+                .into_iter()
+                .filter(|f| f.name.node == self.node)
+                .collect())
+        };
         let known = self.lock_written().get(&dataset.name).copied();
         let written = match known {
             Some(high) => high,
-            None => {
-                let (files, _) = files::list(&dir)?;
-                files.iter().map(|f| f.name.last).max().unwrap_or(0)
-            }
+            None => own_files()?.iter().map(|f| f.name.last).max().unwrap_or(0),
         };
         let mut partitions: BTreeMap<String, Vec<Row>> = BTreeMap::new();
         let existing = if first <= written {
-            files::list(&dir)?.0
+            own_files()?
         } else {
             Vec::new()
         };
@@ -453,6 +460,19 @@ mod tests {
             rows_of(&restarted),
             vec![("a".into(), 1.0), ("b".into(), 2.0), ("c".into(), 3.0)]
         );
+    }
+
+    #[test]
+    fn files_of_another_node_do_not_hide_this_nodes_rows() {
+        let temp = tempfile::tempdir().expect("temp");
+        let dataset = dataset();
+        let other = Datasets::new(temp.path().to_path_buf(), 2);
+        let a = row(&dataset, "a", "2026-12-05T01:00:00Z", 1.0);
+        other.write(&dataset, 1, 100, vec![(5, a)]).expect("write");
+        let store = Datasets::new(temp.path().to_path_buf(), 1);
+        let b = row(&dataset, "b", "2026-12-05T02:00:00Z", 2.0);
+        assert_eq!(store.write(&dataset, 5, 5, vec![(5, b)]).expect("write"), 1);
+        assert_eq!(rows_of(&store).len(), 2);
     }
 
     #[test]
