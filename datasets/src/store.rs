@@ -112,16 +112,23 @@ impl Datasets {
                 .filter(|f| f.name.node == self.node)
                 .collect())
         };
-        let known = self.lock_written().get(&dataset.name).copied();
-        let written = match known {
+        // The directory is listed at most once: for the high-water mark
+        // after a start, and for the files of a replayed batch.
+        let mut listed = None;
+        let written = match self.lock_written().get(&dataset.name).copied() {
             Some(high) => high,
-            None => own_files()?.iter().map(|f| f.name.last).max().unwrap_or(0),
+            None => {
+                let files = own_files()?;
+                let high = files.iter().map(|f| f.name.last).max().unwrap_or(0);
+                listed = Some(files);
+                high
+            }
         };
         let mut partitions: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-        let existing = if first <= written {
-            own_files()?
-        } else {
-            Vec::new()
+        let existing = match (first <= written, listed) {
+            (false, _) => Vec::new(),
+            (true, Some(files)) => files,
+            (true, None) => own_files()?,
         };
         for (seq, row) in rows {
             let date = row.date();

@@ -21,7 +21,7 @@ use crate::api::logs::content_type;
 use crate::api::logs::NodeReportBody;
 use crate::services::datasets::{self, DatasetQueryError};
 use crate::services::shoal::Shoal;
-use crate::services::sql_worker::Output;
+use crate::services::sql_worker::{self, Output};
 
 /// The JSON body of a SQL request.
 #[derive(Deserialize, ToSchema)]
@@ -157,9 +157,7 @@ pub async fn sql(
             Access::Read,
         )?;
     }
-    let limit = Duration::from_millis(shoal.settings.request_timeout_ms)
-        .saturating_sub(Duration::from_millis(250))
-        .max(Duration::from_millis(100));
+    let limit = sql_worker::time_left(shoal.settings.request_timeout_ms, Duration::ZERO);
     let (output, report) =
         datasets::query(&shoal, plan, format, limit)
             .await

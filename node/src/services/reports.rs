@@ -99,13 +99,6 @@ fn run_key(report: &str, id: &str) -> String {
     format!("{RUNS_PREFIX}{report}/{id}")
 }
 
-/// The query's limit: the request timeout, less a margin to answer in.
-fn query_limit(shoal: &Shoal) -> Duration {
-    Duration::from_millis(shoal.settings.request_timeout_ms)
-        .saturating_sub(Duration::from_millis(250))
-        .max(Duration::from_millis(100))
-}
-
 /// Check a report against what is defined: its query reads defined
 /// datasets, its schedule parses, its topic is a topic.
 pub fn check(shoal: &Shoal, report: &Report) -> Result<(), ReportError> {
@@ -173,7 +166,7 @@ async fn execute(
     let defined = shoal.messaging.config().datasets.clone();
     let plan = shoal_datasets::query::plan(&report.query, &defined)
         .map_err(|e| ReportError::Invalid(e.to_string()))?;
-    let limit = query_limit(shoal);
+    let limit = super::sql_worker::time_left(shoal.settings.request_timeout_ms, Duration::ZERO);
     let (output, nodes) = datasets::query(shoal, plan.clone(), Format::Json, limit).await?;
     let Output::Table(table) = output else {
         return Err(ReportError::Internal("a table was expected".into()));

@@ -99,6 +99,16 @@ pub enum SqlWorkerError {
     Unavailable(String),
 }
 
+/// The time a query's worker gets: what is left of the request's time
+/// (`request_timeout_ms` less `spent`), less a margin to answer in, and
+/// never under 100 ms.
+pub fn time_left(request_timeout_ms: u64, spent: Duration) -> Duration {
+    Duration::from_millis(request_timeout_ms)
+        .saturating_sub(spent)
+        .saturating_sub(Duration::from_millis(250))
+        .max(Duration::from_millis(100))
+}
+
 /// Run `sql` over `hits` in a worker, for at most `limit` (the wait for a
 /// worker slot included).
 pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, SqlWorkerError> {

@@ -812,10 +812,7 @@ async fn run_sql(
     }
     // The worker gets what is left of the request's time, less a margin
     // to answer in.
-    let limit = Duration::from_millis(app.shoal.settings.request_timeout_ms)
-        .saturating_sub(started.elapsed())
-        .saturating_sub(Duration::from_millis(250))
-        .max(Duration::from_millis(100));
+    let limit = sql_worker::time_left(app.shoal.settings.request_timeout_ms, started.elapsed());
     let answer = sql_worker::run(&plan.sql, hits, limit)
         .await
         .map_err(ApiError::from)?;
