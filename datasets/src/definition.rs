@@ -126,6 +126,11 @@ impl Row {
 impl Dataset {
     pub fn validate(mut self, name: &str) -> Result<Dataset, DefinitionError> {
         validate_name("dataset", name)?;
+        if crate::query::BUILTIN_TABLES.contains(&name) {
+            return Err(invalid(format!(
+                "{name:?} is the name of a built-in table of SQL queries; choose another"
+            )));
+        }
         self.name = name.to_string();
         if self.columns.is_empty() || self.columns.len() > MAX_COLUMNS {
             return Err(invalid(format!(
@@ -345,5 +350,9 @@ mod tests {
             assert!(error.0.contains(reason), "{error}");
         }
         assert!(orders().validate("a/b").is_err());
+        for builtin in crate::query::BUILTIN_TABLES {
+            let error = orders().validate(builtin).expect_err(builtin);
+            assert!(error.0.contains("built-in table"), "{error}");
+        }
     }
 }

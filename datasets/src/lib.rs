@@ -1,10 +1,13 @@
 //! Datasets: messages appended to Parquet files, partitioned by day
 //! (`date=YYYY-MM-DD/`) under each node's data dir, so any engine that
 //! reads Parquet reads a dataset's directory as it is; and SQL (Polars)
-//! over every node's files.
+//! over every node's files, beside the built-in tables (`logs`,
+//! `workflow_instances`).
 
 pub mod definition;
 pub mod files;
+pub mod instances;
+pub mod partial;
 pub mod query;
 pub mod report;
 pub mod store;

@@ -32,6 +32,10 @@ pub const MAX_SCAN_ROWS: usize = 10_000_000;
 pub const NARROW_IT: &str = "narrow it with WHERE";
 /// Most rows of a result.
 pub const MAX_RESULT_ROWS: usize = 1_000_000;
+/// The table of log records (the node fetches them from the log engine).
+pub const LOGS_TABLE: &str = "logs";
+/// Tables a query may read besides datasets; no dataset takes their names.
+pub const BUILTIN_TABLES: [&str; 2] = [LOGS_TABLE, crate::instances::TABLE];
 
 #[derive(Debug, Error)]
 pub enum QueryError {
@@ -94,6 +98,10 @@ pub struct TableScan {
     /// The query's WHERE, when it reads this one table alone: each node
     /// sends only the rows that pass it.
     pub filter: Option<String>,
+    /// The query each node runs over its rows instead, when the query
+    /// aggregates in a way that merges exactly ([`crate::partial`]): each
+    /// node sends its groups.
+    pub partial: Option<String>,
 }
 
 mod as_json {
@@ -118,6 +126,10 @@ mod as_json {
 pub struct QueryPlan {
     pub sql: String,
     pub scans: Vec<TableScan>,
+    /// The built-in tables ([`BUILTIN_TABLES`]) it reads.
+    pub builtins: BTreeSet<String>,
+    /// What runs over the nodes' groups when the scan is partial.
+    pub merge: Option<String>,
 }
 
 /// Every column of a dataset's table, in order: `_id`, `_time`, its own,
@@ -155,6 +167,7 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
         .map(|cte| cte.alias.name.value.clone())
         .collect();
     let mut read = BTreeSet::new();
+    let mut builtins = BTreeSet::new();
     let mut unknown = None;
     let _ = visit_relations(&statements, |relation| {
         let name = relation.to_string();
@@ -163,25 +176,28 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
         }
         if datasets.contains_key(&name) {
             read.insert(name);
-            ControlFlow::Continue(())
+        } else if BUILTIN_TABLES.contains(&name.as_str()) {
+            builtins.insert(name);
         } else {
             unknown = Some(name);
-            ControlFlow::Break(())
+            return ControlFlow::Break(());
         }
+        ControlFlow::Continue(())
     });
     if let Some(name) = unknown {
         let known: Vec<&str> = datasets.keys().map(String::as_str).collect();
         return Err(invalid(format!(
-            "no dataset is named {name:?} (defined: {}); logs are queried with /v1/logs/sql",
+            "no table is named {name:?} (datasets: {}; built in: {})",
             if known.is_empty() {
                 "none".to_string()
             } else {
                 known.join(", ")
-            }
+            },
+            BUILTIN_TABLES.join(", ")
         )));
     }
-    if read.is_empty() {
-        return Err(invalid("the query reads no dataset"));
+    if read.is_empty() && builtins.is_empty() {
+        return Err(invalid("the query reads no table"));
     }
     // The columns the query names anywhere (a superset of what it uses).
     let mut named = BTreeSet::new();
@@ -215,7 +231,7 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
         }
         _ => None,
     };
-    let scans = read
+    let mut scans: Vec<TableScan> = read
         .iter()
         .filter_map(|name| datasets.get(name))
         .map(|dataset| {
@@ -235,12 +251,25 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                 } else {
                     None
                 },
+                partial: None,
             }
         })
         .collect();
+    let mut merge = None;
+    if let ([scan], true) = (scans.as_mut_slice(), builtins.is_empty()) {
+        if let Some(split) = crate::partial::split(sql, &scan.dataset.name) {
+            if split.uses_date && !scan.columns.iter().any(|c| c == DATE_COLUMN) {
+                scan.columns.push(DATE_COLUMN.to_string());
+            }
+            scan.partial = Some(split.partial);
+            merge = Some(split.merge);
+        }
+    }
     Ok(QueryPlan {
         sql: sql.to_string(),
         scans,
+        builtins,
+        merge,
     })
 }
 
@@ -304,17 +333,23 @@ pub fn local_table(
     Ok(table.select(columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()))
 }
 
-/// One node's part of a scan: its rows that pass the filter.
+/// One node's part of a scan: its groups when the scan is partial, else
+/// its rows that pass the filter.
 pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError> {
     let mut table = local_table(&scan.dataset, files, &scan.columns)?;
-    if let Some(filter) = &scan.filter {
-        // Under the dataset's own name: the filter may name it (orders.total).
-        let mut context = SQLContext::new();
-        context.register(&scan.dataset.name, table);
-        table = context.execute(&format!(
+    // Under the dataset's own name: the SQL may name it (orders.total).
+    let query = match (&scan.partial, &scan.filter) {
+        (Some(partial), _) => Some(partial.clone()),
+        (None, Some(filter)) => Some(format!(
             "SELECT * FROM \"{}\" WHERE {filter}",
             scan.dataset.name
-        ))?;
+        )),
+        (None, None) => None,
+    };
+    if let Some(query) = query {
+        let mut context = SQLContext::new();
+        context.register(&scan.dataset.name, table);
+        table = context.execute(&query)?;
     }
     let frame = table.limit(MAX_SCAN_ROWS as u32 + 1).collect()?;
     if frame.height() > MAX_SCAN_ROWS {
@@ -327,14 +362,22 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError
 }
 
 /// The query over every node's part: per dataset, this node's files and
-/// the frames the other nodes sent.
+/// the frames the other nodes sent; and the built-in tables it reads, by
+/// name. `merge` runs instead of `plan_sql` when the scan is partial
+/// (every part, this node's too, is then its groups).
 pub fn execute(
     plan_sql: &str,
+    merge: Option<&str>,
     tables: Vec<(TableScan, Vec<PathBuf>, Vec<DataFrame>)>,
+    builtins: Vec<(&str, DataFrame)>,
 ) -> Result<DataFrame, QueryError> {
+    let mut sql = plan_sql;
     let mut context = SQLContext::new();
+    for (name, frame) in builtins {
+        context.register(name, frame.lazy());
+    }
     for (scan, files, frames) in tables {
-        let table = if frames.is_empty() {
+        let table = if frames.is_empty() && scan.partial.is_none() {
             // This node alone: Polars pushes the query's filters and
             // projection into the scan of the files.
             local_table(&scan.dataset, &files, &scan.columns)?
@@ -347,12 +390,15 @@ pub fn execute(
             for frame in &frames {
                 all.vstack_mut(frame)?;
             }
+            if let (Some(merge), Some(_)) = (merge, &scan.partial) {
+                sql = merge;
+            }
             all.lazy()
         };
         context.register(&scan.dataset.name, table);
     }
     let frame = context
-        .execute(plan_sql)?
+        .execute(sql)?
         .limit(MAX_RESULT_ROWS as u32 + 1)
         .collect()?;
     if frame.height() > MAX_RESULT_ROWS {
@@ -433,6 +479,17 @@ mod tests {
         assert_eq!(aliased.scans[0].filter, None);
         let nested = plan_of("SELECT n FROM (SELECT * FROM orders) AS x");
         assert_eq!(nested.scans[0].columns.len(), 6);
+        let builtin = plan_of(
+            "SELECT o.total, i.status FROM orders o JOIN workflow_instances i ON o.order_id = i.id",
+        );
+        assert_eq!(builtin.scans.len(), 1);
+        assert_eq!(
+            builtin.builtins,
+            BTreeSet::from(["workflow_instances".to_string()])
+        );
+        let logs_only = plan_of("SELECT count(*) FROM logs");
+        assert!(logs_only.scans.is_empty());
+        assert_eq!(logs_only.builtins, BTreeSet::from(["logs".to_string()]));
     }
 
     fn plan_of(sql: &str) -> QueryPlan {
@@ -452,12 +509,12 @@ mod tests {
     #[test]
     fn bad_queries_are_refused_with_the_reason() {
         for (sql, reason) in [
-            ("SELECT * FROM nope", "no dataset is named \"nope\""),
-            ("SELECT 1", "reads no dataset"),
+            ("SELECT * FROM nope", "no table is named \"nope\""),
+            ("SELECT 1", "reads no table"),
             ("DELETE FROM orders", "only SELECT"),
             ("SELECT 1; SELECT 2", "exactly one"),
             ("SELEC", "cannot parse"),
-            ("SELECT * FROM logs", "/v1/logs/sql"),
+            ("SELECT * FROM logz", "built in: logs, workflow_instances"),
         ] {
             let error = plan(sql, &datasets()).expect_err(sql).to_string();
             assert!(error.contains(reason), "{sql}: {error}");
@@ -523,8 +580,13 @@ mod tests {
             .into_iter()
             .map(|f| f.path)
             .collect();
-        let result =
-            execute(&plan.sql, vec![(plan.scans[0].clone(), local, vec![part])]).expect("run");
+        let result = execute(
+            &plan.sql,
+            plan.merge.as_deref(),
+            vec![(plan.scans[0].clone(), local, vec![part])],
+            Vec::new(),
+        )
+        .expect("run");
         assert_eq!(result.height(), 2);
         let revenue = result
             .column("revenue")
@@ -544,7 +606,9 @@ mod tests {
             .collect();
         let result = execute(
             &counted.sql,
+            counted.merge.as_deref(),
             vec![(counted.scans[0].clone(), local, vec![part])],
+            Vec::new(),
         )
         .expect("count");
         assert_eq!(

@@ -5,7 +5,9 @@
 //!
 //! Polars SQL has no `now()` and compares a UTC timestamp column only with
 //! UTC-aware values, so `now()`, `current_timestamp` and timestamp strings
-//! compared with `ts` are rewritten into UTC literals before execution;
+//! compared with `ts` are rewritten into UTC literals before execution
+//! (constant times compared with a dataset's `_time`, which has no zone,
+//! into literals without one: `/v1/sql` uses this planner too);
 //! `date_trunc(unit, ts)` is rewritten too.
 
 use std::ops::ControlFlow;
@@ -111,6 +113,10 @@ pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
             }
         }
     }
+    let _ = visit_expressions_mut(&mut statements, |expr: &mut Expr| {
+        naive_times(expr, now);
+        ControlFlow::<()>::Continue(())
+    });
     let mut bad = None;
     let _ = visit_expressions_mut(&mut statements, |expr: &mut Expr| {
         if is_now(expr) {
@@ -132,21 +138,7 @@ pub fn plan(sql: &str, now: i64) -> Result<SqlPlan, SearchError> {
             *expr = rewritten;
             return ControlFlow::Continue(());
         }
-        match expr {
-            Expr::BinaryOp { left, op, right }
-                if flip(op).is_some() || *op == BinaryOperator::NotEq =>
-            {
-                utc_side(left, right);
-                utc_side(right, left);
-            }
-            Expr::Between {
-                expr, low, high, ..
-            } => {
-                utc_side(expr, low);
-                utc_side(expr, high);
-            }
-            _ => {}
-        }
+        compared_sides(expr, utc_side);
         ControlFlow::Continue(())
     });
     if let Some(bad) = bad {
@@ -472,6 +464,53 @@ fn rewrite_date_trunc(expr: &Expr) -> Option<Expr> {
     ))
 }
 
+/// A dataset's time column: a timestamp without a zone, in UTC (as
+/// Parquet readers expect it), so what it is compared with must be one too.
+const DATASET_TIME: &str = "_time";
+
+/// `_time <op> constant time` (a timestamp string, `now()`, `now() -
+/// interval '1 day'`): make the constant a literal without a zone. Runs
+/// before `now()` anywhere else becomes a UTC literal.
+fn naive_times(expr: &mut Expr, now: i64) {
+    compared_sides(expr, |column, other| {
+        if column_name(column).as_deref() == Some(DATASET_TIME) {
+            if let Some(nanos) = constant_time(other, now) {
+                *other = naive_literal(nanos);
+            }
+        }
+    });
+}
+
+/// Calls `side(a, b)` and `side(b, a)` for a comparison `a <op> b`, and
+/// `side(x, low)`, `side(x, high)` for `x BETWEEN low AND high`.
+fn compared_sides(expr: &mut Expr, mut side: impl FnMut(&Expr, &mut Expr)) {
+    match expr {
+        Expr::BinaryOp { left, op, right }
+            if flip(op).is_some() || *op == BinaryOperator::NotEq =>
+        {
+            side(left, right);
+            side(right, left);
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => {
+            side(expr, low);
+            side(expr, high);
+        }
+        _ => {}
+    }
+}
+
+/// A timestamp literal without a zone.
+fn naive_literal(nanos: i64) -> Expr {
+    let formatted = chrono::DateTime::<chrono::Utc>::from_timestamp_nanos(nanos)
+        .format("%Y-%m-%dT%H:%M:%S%.6f");
+    call(
+        "strptime",
+        vec![text(&formatted.to_string()), text("%Y-%m-%dT%H:%M:%S%.f")],
+    )
+}
+
 /// `ts <op> 'timestamp text'`: make the text a UTC literal.
 fn utc_side(column: &Expr, other: &mut Expr) {
     if column_name(column).as_deref() == Some("ts") {
@@ -497,7 +536,8 @@ pub fn execute(sql: &str, hits: &[Hit]) -> Result<Value, SearchError> {
     to_json(&result)
 }
 
-fn frame(hits: &[Hit]) -> polars::prelude::PolarsResult<DataFrame> {
+/// The table `logs` of these records.
+pub fn frame(hits: &[Hit]) -> polars::prelude::PolarsResult<DataFrame> {
     let optional = |value: &str| (!value.is_empty()).then(|| value.to_string());
     let ts: Vec<i64> = hits.iter().map(|h| h.record.ts_nanos).collect();
     let ts = Series::new("ts".into(), ts)

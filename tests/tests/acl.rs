@@ -387,6 +387,35 @@ async fn each_kind_of_route_needs_its_resource_and_access() {
             403,
         ),
         case(reader, Method::GET, "/v1/logs/search", none.clone(), 403),
+        // SQL: each table it reads needs its right.
+        case(
+            writer,
+            Method::POST,
+            "/v1/sql",
+            json!({"query": "SELECT count(*) AS n FROM logs"}),
+            200,
+        ),
+        case(
+            reader,
+            Method::POST,
+            "/v1/sql",
+            json!({"query": "SELECT count(*) AS n FROM logs"}),
+            403,
+        ),
+        case(
+            writer,
+            Method::POST,
+            "/v1/sql",
+            json!({"query": "SELECT count(*) AS n FROM workflow_instances"}),
+            403,
+        ),
+        case(
+            admin,
+            Method::POST,
+            "/v1/sql",
+            json!({"query": "SELECT count(*) AS n FROM workflow_instances"}),
+            200,
+        ),
         // Definitions and administration.
         case(reader, Method::GET, "/v1/webhooks/hook", none.clone(), 200),
         case(

@@ -1,7 +1,8 @@
 //! Datasets: messages appended to Parquet files per day partition, read
 //! back by independent readers (pyarrow, DuckDB) and by `POST /v1/sql`
-//! across three nodes, one of them down; rows that survive `kill -9`
-//! exactly once; bad definitions and bad queries refused.
+//! across three nodes, one of them down, joined with the built-in tables
+//! `logs` and `workflow_instances`; rows that survive `kill -9` exactly
+//! once; bad definitions and bad queries refused.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +38,19 @@ fn order(i: u64, node: u64) -> Value {
            "placed": format!("2026-12-0{}T{:02}:00:00Z", 1 + i % 3, i % 24)})
 }
 
+/// Publishes orders `0..count` of node `n` on `node` (the first until the
+/// route takes it); what was sent.
+async fn publish_orders(node: &Node, n: u64, count: u64) -> Vec<Value> {
+    publish_until(node, "orders.placed", &order(0, n), "the route", |answer| {
+        answer["durable"] == 1
+    })
+    .await;
+    for i in 1..count {
+        publish(node, "orders.placed", &order(i, n)).await;
+    }
+    (0..count).map(|i| order(i, n)).collect()
+}
+
 /// `POST /v1/sql` with a JSON body.
 async fn sql(node: &Node, query: &str) -> Reply {
     node.post_json("/v1/sql", &json!({ "query": query })).await
@@ -68,17 +82,7 @@ async fn read_independently(dir: &std::path::Path, query: &str) -> Value {
 async fn a_dataset_is_parquet_that_other_engines_read_and_its_rows_survive_kill_9() {
     let mut node = Node::start().await;
     define(&node).await;
-    publish_until(
-        &node,
-        "orders.placed",
-        &order(0, 1),
-        "the route",
-        |answer| answer["durable"] == 1,
-    )
-    .await;
-    for i in 1..120 {
-        publish(&node, "orders.placed", &order(i, 1)).await;
-    }
+    publish_orders(&node, 1, 120).await;
     // A value that does not fit its column, and a message without a time.
     publish(
         &node,
@@ -248,16 +252,12 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     let mut sent: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
     for n in 0..3u64 {
         let node = cluster.node(n as usize);
-        publish_until(node, "orders.placed", &order(0, n), "the route", |answer| {
-            answer["durable"] == 1
-        })
-        .await;
-        let mut orders = vec![order(0, n)];
-        for i in 1..50 {
-            publish(node, "orders.placed", &order(i, n)).await;
-            orders.push(order(i, n));
-        }
-        sent.insert(n, orders);
+        sent.insert(n, publish_orders(node, n, 50).await);
+        // Five log records per node that name one of its orders each.
+        let records: Vec<Value> = (0..5)
+            .map(|i| json!({"message": format!("o-{n}-{i}"), "service": "checkout"}))
+            .collect();
+        node.ingest_records("app", &records).await;
     }
     let total = |nodes: &[u64]| -> f64 {
         nodes
@@ -273,6 +273,17 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     assert!((all["rows"][0][1].as_f64().unwrap() - total(&[0, 1, 2])).abs() < 1e-6);
     assert_eq!(all["partial"], false);
     assert_eq!(all["nodes"]["answered"].as_array().map(Vec::len), Some(3));
+    // Orders joined with every node's log records.
+    let joined = "SELECT count(*) AS n FROM orders o JOIN logs l ON l.message = o.order_id \
+                  WHERE l.service = 'checkout'";
+    wait_for(T, "every node's records in the join", || async {
+        let reply = sql(cluster.node(1), joined).await;
+        match reply.body["rows"][0][0].as_u64() {
+            Some(15) => Ok(()),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
 
     // Node 2 down: its rows are missing, and the answer says so.
     cluster.node_mut(2).kill9();
@@ -288,6 +299,158 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     assert_eq!(partial["rows"][0][0], 100);
     assert!((partial["rows"][0][1].as_f64().unwrap() - total(&[0, 1])).abs() < 1e-6);
     assert_eq!(partial["nodes"]["failed"].as_array().map(Vec::len), Some(1));
+    let partial = sql(cluster.node(0), joined).await.ok();
+    assert_eq!(partial["rows"][0][0], 10, "{partial}");
+    assert_eq!(partial["partial"], true, "{partial}");
+    assert_eq!(
+        partial["nodes"]["failed"].as_array().map(Vec::len),
+        Some(1),
+        "{partial}"
+    );
+}
+
+/// A workflow whose instances complete at once, and one whose instances wait.
+const CONFIRM: &str = "document: {dsl: '1.0.0', namespace: shop, name: confirm, version: '1.0.0'}
+do:
+  - confirm:
+      set: '${ . + {confirmed: true} }'
+";
+const HOLD: &str = "document: {dsl: '1.0.0', namespace: shop, name: hold, version: '1.0.0'}
+do:
+  - sleep: {wait: {minutes: 10}}
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_joins_a_dataset_with_workflow_instances_and_logs() {
+    let node = Node::start().await;
+    define(&node).await;
+    for (name, yaml) in [("confirm", CONFIRM), ("hold", HOLD)] {
+        let reply = node
+            .send(
+                node.request(
+                    Method::PUT,
+                    &format!("/v1/workflows/definitions/shop/{name}/1.0.0"),
+                )
+                .body(yaml),
+            )
+            .await;
+        assert!(reply.status.is_success(), "{}", reply.describe());
+    }
+    publish_orders(&node, 1, 6).await;
+    wait_count(&node, 6).await;
+    // Orders 0-3 are confirmed, 4 waits, 5 has no instance.
+    for i in 0..5u64 {
+        let workflow = if i < 4 { "confirm" } else { "hold" };
+        let reply = node
+            .post_json(
+                &format!("/v1/workflows/shop/{workflow}/instances"),
+                &json!({"id": format!("o-1-{i}"), "input": {"order": i}}),
+            )
+            .await;
+        assert!(reply.status.is_success(), "{}", reply.describe());
+    }
+    let by_status = wait_for(T, "the instances to settle", || async {
+        let reply = sql(
+            &node,
+            "SELECT status, count(*) AS n FROM workflow_instances GROUP BY status ORDER BY status",
+        )
+        .await;
+        if reply.body["rows"] == json!([["completed", 4], ["waiting", 1]]) {
+            Ok(reply.body)
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    assert_eq!(by_status["partial"], false);
+    let joined = sql(
+        &node,
+        "SELECT o.order_id, i.name, i.status, i.output IS NOT NULL AS done \
+         FROM orders o LEFT JOIN workflow_instances i ON o.order_id = i.id ORDER BY o.order_id",
+    )
+    .await
+    .ok();
+    assert_eq!(
+        joined["rows"],
+        json!([
+            ["o-1-0", "confirm", "completed", true],
+            ["o-1-1", "confirm", "completed", true],
+            ["o-1-2", "confirm", "completed", true],
+            ["o-1-3", "confirm", "completed", true],
+            ["o-1-4", "hold", "waiting", false],
+            ["o-1-5", null, null, false],
+        ]),
+        "{joined}"
+    );
+    // Timestamp strings compare with `_time` (orders are placed on
+    // 2026-12-01 to 03, by i % 3).
+    let recent = sql(
+        &node,
+        "SELECT count(*) AS n FROM orders WHERE _time >= '2026-12-02' AND _time < '2026-12-03T00:00:00Z'",
+    )
+    .await
+    .ok();
+    assert_eq!(recent["rows"][0][0], 2, "{recent}");
+    let relative = sql(
+        &node,
+        "SELECT count(*) AS n FROM orders WHERE _time > now() - interval '36500 days' \
+         UNION ALL SELECT count(*) AS n FROM orders WHERE _time BETWEEN now() AND now() + interval '1 day'",
+    )
+    .await
+    .ok();
+    assert_eq!(relative["rows"], json!([[6], [0]]), "{relative}");
+
+    // Logs: `now()` and the conditions pushed down to the index.
+    node.ingest_records(
+        "app",
+        &[
+            json!({"message": "o-1-0", "service": "payments", "level": "info"}),
+            json!({"message": "o-1-1", "service": "payments", "level": "info"}),
+            json!({"message": "o-1-2", "service": "payments", "level": "error"}),
+            json!({"message": "o-1-9", "service": "shipping", "level": "info"}),
+        ],
+    )
+    .await;
+    let levels = wait_for(T, "the records in SQL", || async {
+        let reply = sql(
+            &node,
+            "SELECT level, count(*) AS n FROM logs WHERE ts > now() - interval '1 hour' \
+             AND service = 'payments' GROUP BY level ORDER BY level",
+        )
+        .await;
+        if reply.body["rows"] == json!([["error", 1], ["info", 2]]) {
+            Ok(reply.body)
+        } else {
+            Err(reply.describe())
+        }
+    })
+    .await;
+    assert_eq!(levels["nodes"]["asked"], 1, "{levels}");
+    assert_eq!(levels["partial"], false, "{levels}");
+    let old = sql(
+        &node,
+        "SELECT count(*) AS n FROM logs WHERE ts < now() - interval '1 day'",
+    )
+    .await
+    .ok();
+    assert_eq!(old["rows"][0][0], 0, "{old}");
+    // A CSV answer of a query over all three tables.
+    let reply = node
+        .post_json(
+            "/v1/sql",
+            &json!({"format": "csv", "query":
+                "SELECT i.status, count(*) AS n FROM logs l \
+                 JOIN workflow_instances i ON l.message = i.id \
+                 JOIN orders o ON o.order_id = i.id GROUP BY i.status"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    assert_eq!(
+        reply.text,
+        "status,n\ncompleted,3\n",
+        "{}",
+        reply.describe()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,6 +490,14 @@ async fn bad_datasets_and_bad_queries_are_refused_with_the_reason() {
             reply.describe()
         );
     }
+    // The built-in tables' names are taken.
+    let reply = put_definition(&node, "datasets", "logs", &orders_dataset()).await;
+    let error = assert_error(&reply, 400, "bad_request");
+    assert!(
+        text(&error, "/error/message").contains("built-in table"),
+        "{}",
+        reply.describe()
+    );
     // A column keeps its type.
     let mut changed = orders_dataset();
     changed["columns"][2]["type"] = json!("string");
@@ -346,12 +517,21 @@ async fn bad_datasets_and_bad_queries_are_refused_with_the_reason() {
         (
             "SELECT * FROM nowhere",
             "invalid_query",
-            "no dataset is named",
+            "no table is named",
         ),
         ("DROP TABLE orders", "invalid_query", "only SELECT"),
         ("SELECT 1; SELECT 2", "invalid_query", "exactly one"),
         ("SELECT nope FROM orders", "invalid_query", "nope"),
-        ("SELECT * FROM logs", "invalid_query", "/v1/logs/sql"),
+        (
+            "SELECT * FROM logs WHERE ts > now() - interval '1 fortnight'",
+            "invalid_query",
+            "invalid interval",
+        ),
+        (
+            "SELECT * FROM workflow_instances w JOIN nowhere n ON w.id = n.id",
+            "invalid_query",
+            "no table is named \"nowhere\"",
+        ),
         (long.as_str(), "invalid_query", "the limit is 8192"),
     ] {
         let reply = sql(&node, query).await;
@@ -375,7 +555,7 @@ async fn bad_datasets_and_bad_queries_are_refused_with_the_reason() {
     for (body, reason) in [
         (
             json!({"query": "SELECT * FROM nowhere"}),
-            "no dataset is named",
+            "no table is named",
         ),
         (
             json!({"query": "SELECT * FROM orders", "schedule": "every day"}),

@@ -24,8 +24,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// Version 3: the handshake proves the secret both ways.
-const WIRE_VERSION: u8 = 4;
+/// Bumped with every change of a message's encoding (3: the handshake
+/// proves the secret both ways; 5: a dataset scan may carry a partial query).
+const WIRE_VERSION: u8 = 5;
 /// Largest frame accepted; snapshot chunks and append batches stay far below.
 const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Largest frame of the handshake (a nonce, a proof and a nonce, a verdict

@@ -403,7 +403,7 @@ fn need(route: &str, method: &Method, path: &HashMap<String, String>, params: &P
             format!("reports/{}", param("name")),
             read_or_write,
         ),
-        // Each dataset the query reads is checked by the handler.
+        // Each table the query reads is checked by the handler.
         "/v1/sql" => Token,
         "/v1/webhooks/{name}/dead-letters" | "/v1/webhooks/{name}/dead-letters/replay" => One(
             Delivery,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_acl::{Access, Resource};
 use shoal_datasets::report::Report;
+use shoal_search::record::now_nanos;
 use shoal_storage::kv::{Txn, TxnOp};
 use utoipa::ToSchema;
 
@@ -16,6 +17,7 @@ use crate::api::auth::Caller;
 use crate::api::delivery::definitions::{self as shared, DefinitionDeleted, Kind};
 use crate::api::error::{ApiError, ApiResult, ErrorBody};
 use crate::api::extract::{JsonBody, PathText};
+use crate::services::datasets;
 use crate::services::reports::{self, ReportError, ReportRun, RUNS_PREFIX, STATE_PREFIX};
 use crate::services::shoal::Shoal;
 
@@ -24,6 +26,7 @@ impl From<ReportError> for ApiError {
         match e {
             ReportError::Invalid(reason) => ApiError::bad_request(reason),
             ReportError::Store(e) => ApiError::from(e),
+            ReportError::Query(e) => crate::api::sql::query_error(e),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -89,16 +92,13 @@ pub async fn put(
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
     // The report runs with the node's rights: only a token that may read
-    // the datasets may save a query over them.
+    // every table it reads may save a query over them.
     if let Some(query) = body.get("query").and_then(Value::as_str) {
         let defined = shoal.messaging.config().datasets.clone();
-        if let Ok(plan) = shoal_datasets::query::plan(query, &defined) {
-            for scan in &plan.scans {
-                caller.require(
-                    Resource::Delivery,
-                    &format!("datasets/{}", scan.dataset.name),
-                    Access::Read,
-                )?;
+        if let Ok(plan) = datasets::plan(query, &defined, now_nanos()) {
+            crate::api::sql::require_tables(&caller, &plan)?;
+            if plan.logs.is_some() {
+                caller.require_under(Resource::Logs, "", Access::Read)?;
             }
         }
     }

@@ -1,8 +1,8 @@
-//! `POST /v1/sql`: SQL (Polars) over datasets, cluster-wide.
+//! `POST /v1/sql`: SQL (Polars) over datasets, logs and workflow
+//! instances, cluster-wide.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_acl::{Access, Resource};
 use shoal_datasets::Format;
+use shoal_search::record::now_nanos;
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::error::{ApiError, ApiResult, ErrorBody, ErrorCode};
 use crate::api::extract::{Body, Params};
-use crate::api::logs::content_type;
-use crate::api::logs::NodeReportBody;
-use crate::services::datasets::{self, DatasetQueryError};
-use crate::services::shoal::Shoal;
+use crate::api::logs::{content_type, readable_streams, NodeReportBody};
+use crate::api::AppState;
+use crate::services::datasets::{self, DatasetQueryError, SqlPlan};
 use crate::services::sql_worker::{self, Output};
 
 /// The JSON body of a SQL request.
@@ -103,14 +103,14 @@ struct Table {
     rows: Vec<Vec<Value>>,
 }
 
-const DESCRIPTION: &str = "One SELECT (Polars SQL) over datasets, each a table by its name with `_id`, `_time` (UTC), its columns and `date` (the day partition). Every live node scans its own files in a worker process: when the query reads one dataset without joins, only the rows that pass its WHERE and the columns it names leave a node; this node runs the query over every node's rows. A node that does not answer is listed in `nodes.failed` and `partial` is true (also the `x-shoal-partial` header for non-JSON formats). Limits: 8 KiB of SQL; at most 10,000,000 rows from one node (`too_many_rows`: narrow the WHERE); a result of at most 1,000,000 rows; the query's time, --request-timeout-ms (504); 2 GiB of memory per worker (`query_too_expensive`). Time buckets: `strftime(_time, '%Y-%m-%d %H:00')`, `date`, `strftime(_time, '%G-W%V')`, `strftime(_time, '%Y-%m')`. Logs are queried with `/v1/logs/sql`. With ACLs on, the token needs `read` on `delivery` `datasets/<name>` for each dataset the query reads.";
+const DESCRIPTION: &str = "One SELECT (Polars SQL) over datasets, each a table by its name with `_id`, `_time` (UTC), its columns and `date` (the day partition), and two built-in tables: `logs` (the columns of /v1/logs/sql, from every node) and `workflow_instances` (`id`, `namespace`, `name`, `version`, `status`, `current_task`, `created_at`, `updated_at`, `input`, `output`, `error` as JSON text, `retries`; from the replicated store). Tables may be joined. Every live node scans its own dataset files in a worker process: when the query reads one dataset without joins, only the rows that pass its WHERE and the columns it names leave a node; this node runs the query over every node's rows. A query over one dataset without joins that groups with `count`, `sum`, `min`, `max` or `avg` (each aggregate named with AS; not `count(DISTINCT)`) is split: each node sends its groups and this node merges them. A query that reads `logs` alone has its conditions on `ts`, `level`, `service`, `stream`, `kind`, `status` and `trace_id` pushed down to every node's index. `now()`, `date_trunc(unit, column)` and timestamp strings compared with `ts` or `_time` work as in /v1/logs/sql. A node that does not answer is listed in `nodes.failed` and `partial` is true (also the `x-shoal-partial` header for non-JSON formats). Limits: 8 KiB of SQL; at most 10,000,000 rows of a dataset from one node (`too_many_rows`: narrow the WHERE); at most 200,000 log records and 10,000,000 workflow instances (`too_many_rows`); a result of at most 1,000,000 rows; the query's time, --request-timeout-ms (504); 2 GiB of memory per worker (`query_too_expensive`). Time buckets: `strftime(_time, '%Y-%m-%d %H:00')`, `date`, `strftime(_time, '%G-W%V')`, `strftime(_time, '%Y-%m')`. With ACLs on, the token needs `read` on `delivery` `datasets/<name>` for each dataset the query reads, `read` on all of `workflows` for `workflow_instances`, and `read` on some log stream for `logs` (it sees the streams it may read)";
 
 #[utoipa::path(
     post,
     path = "/v1/sql",
     tag = "data",
     operation_id = "sql",
-    summary = "SQL over datasets, cluster-wide",
+    summary = "SQL over datasets, logs and workflow instances, cluster-wide",
     description = DESCRIPTION,
     params(
         ("q" = Option<String>, Query, description = "The SQL, when there is no body"),
@@ -125,54 +125,39 @@ const DESCRIPTION: &str = "One SELECT (Polars SQL) over datasets, each a table b
     ),
     responses(
         (status = 200, description = "The result: JSON columns and rows, or CSV (`text/csv`), Parquet (`application/vnd.apache.parquet`) or Arrow IPC (`application/vnd.apache.arrow.file`).", body = SqlResult),
-        (status = 400, description = "A query that does not parse, is not one SELECT, names no or an unknown dataset, or that Polars refuses (`invalid_query`); past a row limit (`too_many_rows`) or the memory limit (`query_too_expensive`); a bad format or body (`bad_request`). Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive`, `bad_request`.", body = ErrorBody),
+        (status = 400, description = "A query that does not parse, is not one SELECT, names no or an unknown table, or that Polars refuses (`invalid_query`); past a row limit (`too_many_rows`) or the memory limit (`query_too_expensive`); a bad format or body (`bad_request`). Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive`, `bad_request`.", body = ErrorBody),
         (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
         (status = 504, response = crate::api::doc::Timeout),
     )
 )]
 pub async fn sql(
     caller: Caller,
-    State(shoal): State<Arc<Shoal>>,
+    State(app): State<AppState>,
     params: Params,
     headers: HeaderMap,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let started = Instant::now();
+    let shoal = &app.shoal;
     let (query, format) = read_query(&params, &headers, &body)?;
     let format = format_of(format.as_deref(), &headers)?;
     let defined: BTreeMap<String, shoal_datasets::Dataset> =
         shoal.messaging.config().datasets.clone();
-    let plan = shoal_datasets::query::plan(&query, &defined).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidQuery,
-            e.to_string(),
-        )
-    })?;
-    for scan in &plan.scans {
-        caller.require(
-            Resource::Delivery,
-            &format!("datasets/{}", scan.dataset.name),
-            Access::Read,
-        )?;
+    let mut plan = datasets::plan(&query, &defined, now_nanos())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, e))?;
+    require_tables(&caller, &plan)?;
+    if let Some(filter) = &mut plan.logs {
+        if !caller.identity.allows_some(Resource::Logs, Access::Read) {
+            caller.require(Resource::Logs, "", Access::Read)?;
+        }
+        readable_streams(&app, &caller, &mut filter.streams).await?;
     }
-    let limit = sql_worker::time_left(shoal.settings.request_timeout_ms, Duration::ZERO);
-    let (output, report) =
-        datasets::query(&shoal, plan, format, limit)
-            .await
-            .map_err(|e| match e {
-                DatasetQueryError::Worker(e) => ApiError::from(e),
-                DatasetQueryError::Refused { ref message, .. } => {
-                    let code = if message.contains(shoal_datasets::query::NARROW_IT) {
-                        ErrorCode::TooManyRows
-                    } else {
-                        ErrorCode::InvalidQuery
-                    };
-                    ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
-                }
-                other => ApiError::internal(other.to_string()),
-            })?;
+    let limit = sql_worker::time_left(shoal.settings.request_timeout_ms, started.elapsed());
+    let (output, report) = datasets::query(shoal, plan, format, limit)
+        .await
+        .map_err(query_error)?;
     let took_ms = started.elapsed().as_millis() as u64;
     match output {
         Output::Table(value) => {
@@ -200,5 +185,43 @@ pub async fn sql(
             );
             Ok(response)
         }
+    }
+}
+
+/// 403 unless the caller may read every dataset the query reads, and
+/// every workflow's instances when it reads `workflow_instances` (the
+/// logs it reads are narrowed to the streams it may read).
+pub fn require_tables(caller: &Caller, plan: &SqlPlan) -> ApiResult<()> {
+    for scan in &plan.datasets.scans {
+        caller.require(
+            Resource::Delivery,
+            &format!("datasets/{}", scan.dataset.name),
+            Access::Read,
+        )?;
+    }
+    if plan.instances {
+        caller.require_under(Resource::Workflows, "", Access::Read)?;
+    }
+    Ok(())
+}
+
+/// A failed query as the API answers it.
+pub fn query_error(e: DatasetQueryError) -> ApiError {
+    match e {
+        DatasetQueryError::Worker(e) => ApiError::from(e),
+        DatasetQueryError::Logs(e) => ApiError::from(e),
+        DatasetQueryError::Instances(e) => ApiError::from(e),
+        DatasetQueryError::TooManyRows(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::TooManyRows, message)
+        }
+        DatasetQueryError::Refused { ref message, .. } => {
+            let code = if message.contains(shoal_datasets::query::NARROW_IT) {
+                ErrorCode::TooManyRows
+            } else {
+                ErrorCode::InvalidQuery
+            };
+            ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+        }
+        other => ApiError::internal(other.to_string()),
     }
 }

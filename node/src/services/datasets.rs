@@ -1,19 +1,25 @@
-//! Datasets across the cluster: a SQL query asked on any node has every
-//! live member scan its own files (each in a SQL worker process) and send
-//! the rows that pass the query's filter; this node runs the query over
-//! them and its own files. Also: compaction and retention of this node's
-//! files, once a minute.
+//! SQL across the cluster (`/v1/sql` and reports): a query asked on any
+//! node has every live member scan its own dataset files (each in a SQL
+//! worker process) and send the rows that pass the query's filter; this
+//! node runs the query over them, its own files and the built-in tables
+//! it reads (`logs`, fetched from every node as log SQL does;
+//! `workflow_instances`, from this node's replica). Also: compaction and
+//! retention of this node's dataset files, once a minute.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use shoal_datasets::query::QueryPlan;
-use shoal_datasets::{Datasets, Format, TableScan};
+use shoal_datasets::instances::InstanceRow;
+use shoal_datasets::query::{QueryPlan, LOGS_TABLE};
+use shoal_datasets::{Dataset, Datasets, Format, TableScan};
+use shoal_search::{SearchError, SearchRequest};
 use shoal_transport::{DatasetScanHandler, RemoteError, RemoteErrorKind};
 
-use super::logs::{live_peers, NodeFailure, NodeReport};
+use super::instances::{self, InstanceError};
+use super::logs::{self, live_peers, NodeFailure, NodeReport};
 use super::shoal::Shoal;
-use super::sql_worker::{self, DatasetTable, Output, SqlWorkerError};
+use super::sql_worker::{self, Builtins, DatasetTable, Output, SqlWorkerError};
 
 /// How often this node compacts and applies retention to its datasets.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
@@ -28,8 +34,51 @@ pub enum DatasetQueryError {
     Refused { node: u64, message: String },
     #[error("dataset files: {0}")]
     Files(#[from] shoal_datasets::DatasetError),
+    /// Fetching the logs failed.
+    #[error(transparent)]
+    Logs(#[from] SearchError),
+    /// Reading the workflow instances failed.
+    #[error(transparent)]
+    Instances(#[from] InstanceError),
+    /// A built-in table has more rows than a query may read.
+    #[error("{0}")]
+    TooManyRows(String),
     #[error("{0}")]
     Internal(String),
+}
+
+/// A query checked against what is defined: the datasets it scans, and
+/// which built-in tables it reads.
+#[derive(Clone, Debug)]
+pub struct SqlPlan {
+    /// The datasets' scans, and the SQL as it runs (`now()`, `date_trunc`
+    /// and timestamp strings compared with `ts` or `_time` rewritten).
+    pub datasets: QueryPlan,
+    /// The records to fetch when it reads `logs`: its conditions on `ts`,
+    /// `level`, `service`, ... when it reads `logs` alone, else every
+    /// record (up to [`logs::MAX_SQL_ROWS`]).
+    pub logs: Option<SearchRequest>,
+    /// Whether it reads `workflow_instances`.
+    pub instances: bool,
+}
+
+/// Parse and check a query (the reason when it is refused).
+pub fn plan(
+    sql: &str,
+    defined: &BTreeMap<String, Dataset>,
+    now_nanos: i64,
+) -> Result<SqlPlan, String> {
+    let rewritten = shoal_search::sql::plan(sql, now_nanos).map_err(|e| e.to_string())?;
+    let datasets =
+        shoal_datasets::query::plan(&rewritten.sql, defined).map_err(|e| e.to_string())?;
+    Ok(SqlPlan {
+        logs: datasets
+            .builtins
+            .contains(LOGS_TABLE)
+            .then_some(rewritten.filter),
+        instances: datasets.builtins.contains(shoal_datasets::instances::TABLE),
+        datasets,
+    })
 }
 
 /// Why a node's part of a query is missing.
@@ -40,13 +89,45 @@ enum Part {
     Failed(String),
 }
 
-/// Run a planned query over every live node's files.
+/// Run a planned query over every live node's files and the built-in
+/// tables it reads, within `limit`.
 pub async fn query(
     shoal: &Arc<Shoal>,
-    plan: QueryPlan,
+    plan: SqlPlan,
     format: Format,
     limit: Duration,
 ) -> Result<(Output, NodeReport), DatasetQueryError> {
+    let started = Instant::now();
+    let mut builtins = Builtins::default();
+    let mut logs_report = None;
+    if let Some(filter) = plan.logs {
+        let (hits, report) = logs::scan(shoal, filter, logs::MAX_SQL_ROWS + 1).await?;
+        if hits.len() > logs::MAX_SQL_ROWS {
+            return Err(DatasetQueryError::TooManyRows(format!(
+                "the query reads more than {} log records; narrow it with conditions \
+                 on ts (e.g. ts > now() - interval '1 hour'), level, service, stream or kind in \
+                 the WHERE of a query that reads logs alone",
+                logs::MAX_SQL_ROWS
+            )));
+        }
+        builtins.logs = Some(hits);
+        logs_report = Some(report);
+    }
+    if plan.instances {
+        builtins.instances = Some(instance_rows(shoal).await?);
+    }
+    let limit = limit.saturating_sub(started.elapsed());
+    let plan = plan.datasets;
+    if plan.scans.is_empty() {
+        let report = logs_report.unwrap_or_else(|| NodeReport {
+            asked: 1,
+            answered: vec![shoal.node_id],
+            failed: Vec::new(),
+        });
+        let output =
+            sql_worker::query_datasets(plan.sql, None, Vec::new(), builtins, format, limit).await?;
+        return Ok((output, report));
+    }
     let (peers, mut report) = live_peers(shoal).await;
     let scans: Vec<Vec<u8>> = plan
         .scans
@@ -105,10 +186,62 @@ pub async fn query(
             }
         }
     }
+    if let Some(logs_report) = logs_report {
+        // A node is missing from the result when either of its parts is.
+        for failure in logs_report.failed {
+            if !report.failed.iter().any(|f| f.node == failure.node) {
+                report.failed.push(failure);
+            }
+        }
+        report
+            .answered
+            .retain(|node| !report.failed.iter().any(|f| f.node == *node));
+    }
     report.answered.sort_unstable();
     report.failed.sort_by_key(|f| f.node);
-    let output = sql_worker::query_datasets(plan.sql, tables, format, limit).await?;
+    let output =
+        sql_worker::query_datasets(plan.sql, plan.merge, tables, builtins, format, limit).await?;
     Ok((output, report))
+}
+
+/// Every workflow instance of this node's replica (after a read barrier,
+/// so it holds every change acknowledged before the query), as rows.
+async fn instance_rows(shoal: &Shoal) -> Result<Vec<InstanceRow>, DatasetQueryError> {
+    shoal
+        .read_barrier(false)
+        .await
+        .map_err(InstanceError::from)?;
+    let (_, found) = shoal
+        .read(instances::scan)
+        .await
+        .map_err(InstanceError::from)?;
+    if found.len() > shoal_datasets::query::MAX_SCAN_ROWS {
+        return Err(DatasetQueryError::TooManyRows(format!(
+            "the cluster holds more than {} workflow instances, more than a query may read",
+            shoal_datasets::query::MAX_SCAN_ROWS
+        )));
+    }
+    let json = |value: &serde_json::Value| value.to_string();
+    Ok(found
+        .into_iter()
+        .map(|(instance, _)| InstanceRow {
+            status: instance.status.as_str().to_string(),
+            created_ms: i64::try_from(instance.created_ms).unwrap_or(i64::MAX),
+            updated_ms: i64::try_from(instance.updated_ms).unwrap_or(i64::MAX),
+            input: json(&instance.input),
+            output: instance.output.as_ref().map(json),
+            error: instance
+                .error
+                .as_ref()
+                .map(|e| serde_json::to_string(e).unwrap_or_default()),
+            current_task: instance.current_task,
+            retries: instance.retries,
+            id: instance.id,
+            namespace: instance.namespace,
+            name: instance.name,
+            version: instance.version,
+        })
+        .collect())
 }
 
 /// Answers peers' scans of this node's dataset files.
@@ -175,5 +308,45 @@ pub async fn maintain(shoal: Arc<Shoal>) {
                 Err(e) => tracing::warn!(dataset = %name, error = %e, "dataset maintenance failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The datasets crate names the logs table as the log engine does.
+    #[test]
+    fn the_logs_table_has_one_name() {
+        assert_eq!(LOGS_TABLE, shoal_search::sql::TABLE);
+    }
+
+    #[test]
+    fn a_plan_says_which_builtins_a_query_reads() {
+        let defined = BTreeMap::new();
+        let logs = plan(
+            "SELECT level, count(*) FROM logs WHERE ts > now() - interval '1 hour' AND service = 'api' GROUP BY level",
+            &defined,
+            2_000_000_000_000_000_000,
+        )
+        .expect("plan");
+        let filter = logs.logs.expect("reads logs");
+        assert_eq!(filter.services, vec!["api".to_string()]);
+        assert!(filter.since.is_some());
+        assert!(!logs.instances);
+        assert!(
+            !logs.datasets.sql.contains("now()"),
+            "{}",
+            logs.datasets.sql
+        );
+        let instances = plan(
+            "SELECT status, count(*) FROM workflow_instances GROUP BY status",
+            &defined,
+            0,
+        )
+        .expect("plan");
+        assert!(instances.instances);
+        assert!(instances.logs.is_none());
+        assert!(plan("SELECT * FROM nothing", &defined, 0).is_err());
     }
 }

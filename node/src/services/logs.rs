@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 
 use super::shoal::Shoal;
 
+/// Most records one SQL query may read, over all nodes (query cost limit).
+pub const MAX_SQL_ROWS: usize = 200_000;
+
 /// Which members answered a cluster-wide request.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct NodeReport {

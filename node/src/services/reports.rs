@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use shoal_actors::message::{rfc3339_now, Message};
 use shoal_datasets::report::{Report, REPORTS_PREFIX};
 use shoal_datasets::Format;
+use shoal_search::record::now_nanos;
 use shoal_storage::kv::{Compare, CompareOp, CompareTarget, Txn, TxnOp};
 use shoal_storage::now_ms;
 use shoal_workflows::cron::Cron;
@@ -103,7 +104,7 @@ fn run_key(report: &str, id: &str) -> String {
 /// datasets, its schedule parses, its topic is a topic.
 pub fn check(shoal: &Shoal, report: &Report) -> Result<(), ReportError> {
     let defined = shoal.messaging.config().datasets.clone();
-    shoal_datasets::query::plan(&report.query, &defined)
+    datasets::plan(&report.query, &defined, now_nanos())
         .map_err(|e| ReportError::Invalid(format!("query: {e}")))?;
     if let Some(schedule) = &report.schedule {
         Cron::parse(schedule).map_err(|e| ReportError::Invalid(format!("schedule: {e}")))?;
@@ -164,8 +165,8 @@ async fn execute(
     run: &mut ReportRun,
 ) -> Result<(), ReportError> {
     let defined = shoal.messaging.config().datasets.clone();
-    let plan = shoal_datasets::query::plan(&report.query, &defined)
-        .map_err(|e| ReportError::Invalid(e.to_string()))?;
+    let plan =
+        datasets::plan(&report.query, &defined, now_nanos()).map_err(ReportError::Invalid)?;
     let limit = super::sql_worker::time_left(shoal.settings.request_timeout_ms, Duration::ZERO);
     let (output, nodes) = datasets::query(shoal, plan.clone(), Format::Json, limit).await?;
     let Output::Table(table) = output else {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_datasets::instances::InstanceRow;
 use shoal_datasets::{Format, QueryError, TableScan};
 use shoal_search::Hit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,13 +45,25 @@ enum Job {
         scan: TableScan,
         files: Vec<PathBuf>,
     },
-    /// A dataset query over this node's files and the other nodes' parts
-    /// (Arrow IPC).
+    /// A query over datasets (this node's files and the other nodes'
+    /// parts, Arrow IPC) and built-in tables.
     DatasetQuery {
         sql: String,
+        /// What runs over the nodes' partial groups instead of `sql`.
+        merge: Option<String>,
         tables: Vec<DatasetTable>,
+        builtins: Builtins,
         format: Format,
     },
+}
+
+/// The rows of the built-in tables a query reads (none when it does not).
+#[derive(Default, Serialize, Deserialize)]
+pub struct Builtins {
+    /// `logs`: the records the node fetched from every node.
+    pub logs: Option<Vec<Hit>>,
+    /// `workflow_instances`: from this node's replica.
+    pub instances: Option<Vec<InstanceRow>>,
 }
 
 /// One dataset a query reads: the scan, this node's files, the other
@@ -134,17 +147,22 @@ pub async fn scan_dataset(
     }
 }
 
-/// A dataset query over every node's part.
+/// A query over every node's part of the datasets it reads and the
+/// built-in tables.
 pub async fn query_datasets(
     sql: String,
+    merge: Option<String>,
     tables: Vec<DatasetTable>,
+    builtins: Builtins,
     format: Format,
     limit: Duration,
 ) -> Result<Output, SqlWorkerError> {
     run_job(
         Job::DatasetQuery {
             sql,
+            merge,
             tables,
+            builtins,
             format,
         },
         limit,
@@ -304,16 +322,37 @@ fn work(job: Job) -> Answer {
         }
         Job::DatasetQuery {
             sql,
+            merge,
             tables,
+            builtins,
             format,
-        } => match query(&sql, tables, format) {
+        } => match query(&sql, merge.as_deref(), tables, builtins, format) {
             Ok(answer) => answer,
             Err(e) => refused(e),
         },
     }
 }
 
-fn query(sql: &str, tables: Vec<DatasetTable>, format: Format) -> Result<Answer, QueryError> {
+fn query(
+    sql: &str,
+    merge: Option<&str>,
+    tables: Vec<DatasetTable>,
+    builtins: Builtins,
+    format: Format,
+) -> Result<Answer, QueryError> {
+    let mut frames = Vec::new();
+    if let Some(hits) = builtins.logs {
+        frames.push((
+            shoal_datasets::query::LOGS_TABLE,
+            shoal_search::sql::frame(&hits)?,
+        ));
+    }
+    if let Some(rows) = builtins.instances {
+        frames.push((
+            shoal_datasets::instances::TABLE,
+            shoal_datasets::instances::frame(&rows)?,
+        ));
+    }
     let mut inputs = Vec::with_capacity(tables.len());
     for table in tables {
         let parts = table
@@ -323,7 +362,7 @@ fn query(sql: &str, tables: Vec<DatasetTable>, format: Format) -> Result<Answer,
             .collect::<Result<Vec<_>, _>>()?;
         inputs.push((table.scan, table.files, parts));
     }
-    let mut frame = shoal_datasets::query::execute(sql, inputs)?;
+    let mut frame = shoal_datasets::query::execute(sql, merge, inputs, frames)?;
     Ok(match format {
         Format::Json => match shoal_search::sql::to_json(&frame) {
             Ok(table) => Answer::Table(table.to_string()),

@@ -26,8 +26,7 @@ use crate::services::sql_worker;
 use crate::write_deadline::within;
 use shoal_acl::{Access, Resource};
 
-/// Most records one SQL query may read, over all nodes (query cost limit).
-pub const MAX_SQL_ROWS: usize = 200_000;
+use crate::services::logs::MAX_SQL_ROWS;
 
 /// Per-record errors listed in an ingest answer (all are counted).
 const MAX_ERRORS_LISTED: usize = 100;
