@@ -25,6 +25,8 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
+use crate::definition::{DATE_COLUMN, TIME_COLUMN};
+
 /// A query in two steps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Split {
@@ -49,10 +51,6 @@ struct Key {
     /// What the merge groups by.
     merge: Expr,
 }
-
-/// The dataset's time column, and its day (see `query::local_table`).
-const TIME_COLUMN: &str = "_time";
-const DATE_COLUMN: &str = "date";
 
 /// `strftime(_time, format)` where the format names whole days or coarser
 /// (`%Y-%m`, `%G-W%V`, `%Y-%m-%d`): the same as `strftime(date, format)`.

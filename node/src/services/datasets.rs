@@ -15,8 +15,9 @@ use shoal_datasets::query::{QueryPlan, LOGS_TABLE};
 use shoal_datasets::{Dataset, Datasets, Format, TableScan};
 use shoal_search::{SearchError, SearchRequest};
 use shoal_transport::{DatasetScanHandler, RemoteError, RemoteErrorKind};
+use shoal_workflows::run::Instance;
 
-use super::instances::{self, InstanceError};
+use super::instances::{self, InstanceError, INSTANCES_PREFIX};
 use super::logs::{self, live_peers, NodeFailure, NodeReport};
 use super::shoal::Shoal;
 use super::sql_worker::{self, Builtins, DatasetTable, Output, SqlWorkerError};
@@ -204,44 +205,69 @@ pub async fn query(
     Ok((output, report))
 }
 
+/// Most workflow instances one query may read.
+pub const MAX_INSTANCE_ROWS: usize = 1_000_000;
+
 /// Every workflow instance of this node's replica (after a read barrier,
-/// so it holds every change acknowledged before the query), as rows.
+/// so it holds every change acknowledged before the query), as rows. Read
+/// a thousand at a time, each reduced to its row at once: an instance's
+/// history and recorded outcomes never pile up in memory.
 async fn instance_rows(shoal: &Shoal) -> Result<Vec<InstanceRow>, DatasetQueryError> {
     shoal
         .read_barrier(false)
         .await
         .map_err(InstanceError::from)?;
-    let (_, found) = shoal
-        .read(instances::scan)
-        .await
-        .map_err(InstanceError::from)?;
-    if found.len() > shoal_datasets::query::MAX_SCAN_ROWS {
-        return Err(DatasetQueryError::TooManyRows(format!(
-            "the cluster holds more than {} workflow instances, more than a query may read",
-            shoal_datasets::query::MAX_SCAN_ROWS
-        )));
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let from = after.take();
+        let (chunk, last, more) = shoal
+            .read(move |store| {
+                let (_, kvs, more) = store.kv_range(INSTANCES_PREFIX, from.as_deref(), 1000)?;
+                let last = kvs.last().map(|kv| kv.key.clone());
+                let chunk: Vec<InstanceRow> = kvs
+                    .iter()
+                    .filter_map(|kv| instances::decode(&kv.key, &kv.value).ok())
+                    .map(row_of)
+                    .collect();
+                Ok((chunk, last, more))
+            })
+            .await
+            .map_err(InstanceError::from)?;
+        rows.extend(chunk);
+        if rows.len() > MAX_INSTANCE_ROWS {
+            return Err(DatasetQueryError::TooManyRows(format!(
+                "the cluster holds more than {MAX_INSTANCE_ROWS} workflow instances, more than \
+                 a query may read"
+            )));
+        }
+        if !more {
+            return Ok(rows);
+        }
+        after = last;
     }
+}
+
+/// An instance as the table `workflow_instances` shows it.
+fn row_of(instance: Instance) -> InstanceRow {
     let json = |value: &serde_json::Value| value.to_string();
-    Ok(found
-        .into_iter()
-        .map(|(instance, _)| InstanceRow {
-            status: instance.status.as_str().to_string(),
-            created_ms: i64::try_from(instance.created_ms).unwrap_or(i64::MAX),
-            updated_ms: i64::try_from(instance.updated_ms).unwrap_or(i64::MAX),
-            input: json(&instance.input),
-            output: instance.output.as_ref().map(json),
-            error: instance
-                .error
-                .as_ref()
-                .map(|e| serde_json::to_string(e).unwrap_or_default()),
-            current_task: instance.current_task,
-            retries: instance.retries,
-            id: instance.id,
-            namespace: instance.namespace,
-            name: instance.name,
-            version: instance.version,
-        })
-        .collect())
+    InstanceRow {
+        status: instance.status.as_str().to_string(),
+        created_ms: i64::try_from(instance.created_ms).unwrap_or(i64::MAX),
+        updated_ms: i64::try_from(instance.updated_ms).unwrap_or(i64::MAX),
+        input: json(&instance.input),
+        output: instance.output.as_ref().map(json),
+        error: instance
+            .error
+            .as_ref()
+            .map(|e| serde_json::to_string(e).unwrap_or_default()),
+        current_task: instance.current_task,
+        retries: instance.retries,
+        id: instance.id,
+        namespace: instance.namespace,
+        name: instance.name,
+        version: instance.version,
+    }
 }
 
 /// Answers peers' scans of this node's dataset files.
