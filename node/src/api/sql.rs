@@ -155,9 +155,13 @@ pub async fn sql(
         readable_streams(&app, &caller, &mut filter.streams).await?;
     }
     let limit = sql_worker::time_left(shoal.settings.request_timeout_ms, started.elapsed());
-    let (output, report) = datasets::query(shoal, plan, format, limit)
+    let (outputs, report) = datasets::query(shoal, plan, vec![format], limit)
         .await
         .map_err(query_error)?;
+    let output = outputs
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the SQL worker gave no result"))?;
     let took_ms = started.elapsed().as_millis() as u64;
     match output {
         Output::Table(value) => {

@@ -91,13 +91,13 @@ enum Part {
 }
 
 /// Run a planned query over every live node's files and the built-in
-/// tables it reads, within `limit`.
+/// tables it reads, within `limit`: its result in each of `formats`.
 pub async fn query(
     shoal: &Arc<Shoal>,
     plan: SqlPlan,
-    format: Format,
+    formats: Vec<Format>,
     limit: Duration,
-) -> Result<(Output, NodeReport), DatasetQueryError> {
+) -> Result<(Vec<Output>, NodeReport), DatasetQueryError> {
     let started = Instant::now();
     let mut builtins = Builtins::default();
     let mut logs_report = None;
@@ -126,7 +126,8 @@ pub async fn query(
             failed: Vec::new(),
         });
         let output =
-            sql_worker::query_datasets(plan.sql, None, Vec::new(), builtins, format, limit).await?;
+            sql_worker::query_datasets(plan.sql, None, Vec::new(), builtins, formats, limit)
+                .await?;
         return Ok((output, report));
     }
     let (peers, mut report) = live_peers(shoal).await;
@@ -201,7 +202,7 @@ pub async fn query(
     report.answered.sort_unstable();
     report.failed.sort_by_key(|f| f.node);
     let output =
-        sql_worker::query_datasets(plan.sql, plan.merge, tables, builtins, format, limit).await?;
+        sql_worker::query_datasets(plan.sql, plan.merge, tables, builtins, formats, limit).await?;
     Ok((output, report))
 }
 

@@ -168,8 +168,15 @@ async fn execute(
     let plan =
         datasets::plan(&report.query, &defined, now_nanos()).map_err(ReportError::Invalid)?;
     let limit = super::sql_worker::time_left(shoal.settings.request_timeout_ms, Duration::ZERO);
-    let (output, nodes) = datasets::query(shoal, plan.clone(), Format::Json, limit).await?;
-    let Output::Table(table) = output else {
+    // One run gives the result and the file, so both hold the same rows.
+    let file_format = report.file.map(|format| match format {
+        shoal_datasets::report::FileFormat::Csv => Format::Csv,
+        shoal_datasets::report::FileFormat::Parquet => Format::Parquet,
+    });
+    let formats = std::iter::once(Format::Json).chain(file_format).collect();
+    let (outputs, nodes) = datasets::query(shoal, plan, formats, limit).await?;
+    let mut outputs = outputs.into_iter();
+    let Some(Output::Table(table)) = outputs.next() else {
         return Err(ReportError::Internal("a table was expected".into()));
     };
     let rows = table["rows"].as_array().map_or(0, Vec::len);
@@ -179,13 +186,10 @@ async fn execute(
         run.result = Some(table.clone());
     }
     if let Some(format) = report.file {
-        let wanted = match format {
-            shoal_datasets::report::FileFormat::Csv => Format::Csv,
-            shoal_datasets::report::FileFormat::Parquet => Format::Parquet,
-        };
-        let (output, _) = datasets::query(shoal, plan, wanted, limit).await?;
-        let Output::Bytes(bytes) = output else {
-            return Err(ReportError::Internal("bytes were expected".into()));
+        let Some(Output::Bytes(bytes)) = outputs.next() else {
+            return Err(ReportError::Internal(
+                "the file's bytes were expected".into(),
+            ));
         };
         let dir = shoal.settings.data_dir.join("reports").join(&report.name);
         let path = dir.join(format!("{}.{}", run.id, format.extension()));

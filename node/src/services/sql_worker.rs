@@ -53,7 +53,9 @@ enum Job {
         merge: Option<String>,
         tables: Vec<DatasetTable>,
         builtins: Builtins,
-        format: Format,
+        /// The result in each of these formats (a report keeps it as JSON
+        /// and writes it to a file, from one run).
+        formats: Vec<Format>,
     },
 }
 
@@ -78,14 +80,21 @@ pub struct DatasetTable {
 /// What a worker answers.
 #[derive(Serialize, Deserialize)]
 enum Answer {
-    /// The result table as JSON text (`{"columns": [...], "rows": [...]}`).
-    Table(String),
-    /// The result in a binary or CSV format.
-    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The result, in each format asked for.
+    Done(Vec<Encoded>),
     /// Polars refused or failed the query: the reason.
     Refused(String),
     /// Past a limit on rows: the reason.
     TooManyRows(String),
+}
+
+/// A result in one format, as the worker sends it.
+#[derive(Serialize, Deserialize)]
+enum Encoded {
+    /// The result table as JSON text (`{"columns": [...], "rows": [...]}`).
+    Table(String),
+    /// The result in a binary or CSV format.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A worker's result.
@@ -129,9 +138,9 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
         sql: sql.to_string(),
         hits,
     };
-    match run_job(job, limit).await? {
-        Output::Table(table) => Ok(table),
-        Output::Bytes(_) => Err(SqlWorkerError::Unavailable("a table was expected".into())),
+    match run_job(job, limit).await?.into_iter().next() {
+        Some(Output::Table(table)) => Ok(table),
+        _ => Err(SqlWorkerError::Unavailable("a table was expected".into())),
     }
 }
 
@@ -141,36 +150,40 @@ pub async fn scan_dataset(
     files: Vec<PathBuf>,
     limit: Duration,
 ) -> Result<Vec<u8>, SqlWorkerError> {
-    match run_job(Job::DatasetScan { scan, files }, limit).await? {
-        Output::Bytes(bytes) => Ok(bytes),
-        Output::Table(_) => Err(SqlWorkerError::Unavailable("bytes were expected".into())),
+    match run_job(Job::DatasetScan { scan, files }, limit)
+        .await?
+        .into_iter()
+        .next()
+    {
+        Some(Output::Bytes(bytes)) => Ok(bytes),
+        _ => Err(SqlWorkerError::Unavailable("bytes were expected".into())),
     }
 }
 
 /// A query over every node's part of the datasets it reads and the
-/// built-in tables.
+/// built-in tables: its result in each of `formats`, in that order.
 pub async fn query_datasets(
     sql: String,
     merge: Option<String>,
     tables: Vec<DatasetTable>,
     builtins: Builtins,
-    format: Format,
+    formats: Vec<Format>,
     limit: Duration,
-) -> Result<Output, SqlWorkerError> {
+) -> Result<Vec<Output>, SqlWorkerError> {
     run_job(
         Job::DatasetQuery {
             sql,
             merge,
             tables,
             builtins,
-            format,
+            formats,
         },
         limit,
     )
     .await
 }
 
-async fn run_job(job: Job, limit: Duration) -> Result<Output, SqlWorkerError> {
+async fn run_job(job: Job, limit: Duration) -> Result<Vec<Output>, SqlWorkerError> {
     let unavailable = |e: &dyn std::fmt::Display| SqlWorkerError::Unavailable(e.to_string());
     let deadline = tokio::time::Instant::now() + limit;
     let too_long = || {
@@ -230,10 +243,15 @@ async fn run_job(job: Job, limit: Duration) -> Result<Output, SqlWorkerError> {
             shoal_codec::decode::<Answer>(&bytes)
                 .ok()
                 .map(|answer| match answer {
-                    Answer::Table(json) => serde_json::from_str::<Value>(&json)
-                        .map(Output::Table)
-                        .map_err(|e| SqlWorkerError::Unavailable(e.to_string())),
-                    Answer::Bytes(bytes) => Ok(Output::Bytes(bytes)),
+                    Answer::Done(encoded) => encoded
+                        .into_iter()
+                        .map(|one| match one {
+                            Encoded::Table(json) => serde_json::from_str::<Value>(&json)
+                                .map(Output::Table)
+                                .map_err(|e| SqlWorkerError::Unavailable(e.to_string())),
+                            Encoded::Bytes(bytes) => Ok(Output::Bytes(bytes)),
+                        })
+                        .collect(),
                     Answer::Refused(reason) => Err(SqlWorkerError::Refused(reason)),
                     Answer::TooManyRows(reason) => Err(SqlWorkerError::TooManyRows(reason)),
                 })
@@ -309,14 +327,14 @@ pub fn serve() -> ExitCode {
 fn work(job: Job) -> Answer {
     match job {
         Job::Logs { sql, hits } => match shoal_search::sql::execute(&sql, &hits) {
-            Ok(table) => Answer::Table(table.to_string()),
+            Ok(table) => Answer::Done(vec![Encoded::Table(table.to_string())]),
             Err(e) => Answer::Refused(e.to_string()),
         },
         Job::DatasetScan { scan, files } => {
             let part = shoal_datasets::query::scan(&scan, &files)
                 .and_then(|mut frame| Ok(shoal_datasets::query::to_ipc(&mut frame)?));
             match part {
-                Ok(bytes) => Answer::Bytes(bytes),
+                Ok(bytes) => Answer::Done(vec![Encoded::Bytes(bytes)]),
                 Err(e) => refused(e),
             }
         }
@@ -325,8 +343,8 @@ fn work(job: Job) -> Answer {
             merge,
             tables,
             builtins,
-            format,
-        } => match query(&sql, merge.as_deref(), tables, builtins, format) {
+            formats,
+        } => match query(&sql, merge.as_deref(), tables, builtins, &formats) {
             Ok(answer) => answer,
             Err(e) => refused(e),
         },
@@ -338,7 +356,7 @@ fn query(
     merge: Option<&str>,
     tables: Vec<DatasetTable>,
     builtins: Builtins,
-    format: Format,
+    formats: &[Format],
 ) -> Result<Answer, QueryError> {
     let mut frames = Vec::new();
     if let Some(hits) = builtins.logs {
@@ -363,13 +381,17 @@ fn query(
         inputs.push((table.scan, table.files, parts));
     }
     let mut frame = shoal_datasets::query::execute(sql, merge, inputs, frames)?;
-    Ok(match format {
-        Format::Json => match shoal_search::sql::to_json(&frame) {
-            Ok(table) => Answer::Table(table.to_string()),
-            Err(e) => Answer::Refused(e.to_string()),
-        },
-        _ => Answer::Bytes(shoal_datasets::query::encode(&mut frame, format)?),
-    })
+    let mut encoded = Vec::with_capacity(formats.len());
+    for format in formats {
+        encoded.push(match format {
+            Format::Json => match shoal_search::sql::to_json(&frame) {
+                Ok(table) => Encoded::Table(table.to_string()),
+                Err(e) => return Ok(Answer::Refused(e.to_string())),
+            },
+            _ => Encoded::Bytes(shoal_datasets::query::encode(&mut frame, *format)?),
+        });
+    }
+    Ok(Answer::Done(encoded))
 }
 
 fn refused(error: QueryError) -> Answer {
