@@ -15,7 +15,8 @@ use polars::prelude::{
 use polars::sql::SQLContext;
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
-    visit_expressions, visit_relations, Expr, Query, SelectItem, SetExpr, Statement, TableFactor,
+    visit_expressions, visit_relations, BinaryOperator, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, Query, SelectItem, SetExpr, Statement, TableFactor, Value as SqlValue,
     Visit, Visitor,
 };
 use sqlparser::dialect::GenericDialect;
@@ -98,10 +99,24 @@ pub struct TableScan {
     /// The query's WHERE, when it reads this one table alone: each node
     /// sends only the rows that pass it.
     pub filter: Option<String>,
+    /// The day partitions that WHERE can match (from its conditions on
+    /// `date` and `_time`): files of other days are not opened.
+    pub days: DayRange,
     /// The query each node runs over its rows instead, when the query
     /// aggregates in a way that merges exactly ([`crate::partial`]): each
     /// node sends its groups.
     pub partial: Option<String>,
+}
+
+impl TableScan {
+    /// The paths of the files of days the query can match.
+    pub fn files_to_read(&self, files: Vec<crate::files::DataFile>) -> Vec<PathBuf> {
+        files
+            .into_iter()
+            .filter(|file| self.days.holds(&file.date))
+            .map(|file| file.path)
+            .collect()
+    }
 }
 
 mod as_json {
@@ -119,6 +134,141 @@ mod as_json {
         let text = String::deserialize(from)?;
         serde_json::from_str(&text).map_err(D::Error::custom)
     }
+}
+
+/// Inclusive bounds on day partitions (`YYYY-MM-DD`), a superset of the
+/// days whose rows a query can match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayRange {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl DayRange {
+    /// Whether the partition of `day` may hold matching rows.
+    pub fn holds(&self, day: &str) -> bool {
+        self.from.as_deref().is_none_or(|from| day >= from)
+            && self.to.as_deref().is_none_or(|to| day <= to)
+    }
+
+    fn since(&mut self, day: String) {
+        if self.from.as_ref().is_none_or(|from| day > *from) {
+            self.from = Some(day);
+        }
+    }
+
+    fn until(&mut self, day: String) {
+        if self.to.as_ref().is_none_or(|to| day < *to) {
+            self.to = Some(day);
+        }
+    }
+}
+
+/// The days a WHERE can match, from its top-level (AND) conditions that
+/// compare `date` or `_time` with a constant: `date >= '2026-12-01'`,
+/// `_time < strptime('2026-12-03T00:00:00', ...)` (what a timestamp
+/// string or `now()` compared with `_time` becomes), `BETWEEN`. Bounds are
+/// whole days, so the range is a superset; anything else is left to the
+/// WHERE itself.
+fn day_range(selection: &Expr) -> DayRange {
+    fn conjuncts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+        match expr {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                conjuncts(left, out);
+                conjuncts(right, out);
+            }
+            Expr::Nested(inner) => conjuncts(inner, out),
+            _ => out.push(expr),
+        }
+    }
+    fn is_day_column(expr: &Expr) -> bool {
+        let name = match expr {
+            Expr::Identifier(ident) => &ident.value,
+            Expr::CompoundIdentifier(parts) => match parts.last() {
+                Some(ident) => &ident.value,
+                None => return false,
+            },
+            _ => return false,
+        };
+        name == DATE_COLUMN || name == TIME_COLUMN
+    }
+    /// The day of a constant: a string, or `strptime('...', format)`.
+    fn day_of(expr: &Expr) -> Option<String> {
+        let text = match expr {
+            Expr::Value(value) => match &value.value {
+                SqlValue::SingleQuotedString(text) => text.as_str(),
+                _ => return None,
+            },
+            Expr::Function(function) => {
+                let FunctionArguments::List(list) = &function.args else {
+                    return None;
+                };
+                let is_strptime = function.name.to_string().eq_ignore_ascii_case("strptime");
+                match list.args.first() {
+                    Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(first))) if is_strptime => {
+                        return day_of(first)
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        let day = text.get(..10)?;
+        chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?;
+        Some(day.to_string())
+    }
+    let mut range = DayRange::default();
+    let mut all = Vec::new();
+    conjuncts(selection, &mut all);
+    for condition in all {
+        match condition {
+            Expr::BinaryOp { left, op, right } => {
+                let (op, day) = if is_day_column(left) {
+                    (op.clone(), day_of(right))
+                } else if is_day_column(right) {
+                    let flipped = match op {
+                        BinaryOperator::Gt => BinaryOperator::Lt,
+                        BinaryOperator::GtEq => BinaryOperator::LtEq,
+                        BinaryOperator::Lt => BinaryOperator::Gt,
+                        BinaryOperator::LtEq => BinaryOperator::GtEq,
+                        other => other.clone(),
+                    };
+                    (flipped, day_of(left))
+                } else {
+                    continue;
+                };
+                let Some(day) = day else { continue };
+                match op {
+                    BinaryOperator::Gt | BinaryOperator::GtEq => range.since(day),
+                    BinaryOperator::Lt | BinaryOperator::LtEq => range.until(day),
+                    BinaryOperator::Eq => {
+                        range.since(day.clone());
+                        range.until(day);
+                    }
+                    _ => {}
+                }
+            }
+            Expr::Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            } if is_day_column(expr) => {
+                if let Some(day) = day_of(low) {
+                    range.since(day);
+                }
+                if let Some(day) = day_of(high) {
+                    range.until(day);
+                }
+            }
+            _ => {}
+        }
+    }
+    range
 }
 
 /// A checked query and the scans it needs.
@@ -218,7 +368,7 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
     let mut wildcards = Wildcards(false);
     let _ = statements.visit(&mut wildcards);
     let wildcard = wildcards.0;
-    let single_table_filter = match (&query.with, query.body.as_ref()) {
+    let single_table_where = match (&query.with, query.body.as_ref()) {
         (None, SetExpr::Select(select))
             if select.from.len() == 1
                 && select.from[0].joins.is_empty()
@@ -227,10 +377,12 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                     TableFactor::Table { alias: None, .. }
                 ) =>
         {
-            select.selection.as_ref().map(ToString::to_string)
+            select.selection.as_ref()
         }
         _ => None,
     };
+    let single_table_filter = single_table_where.map(ToString::to_string);
+    let single_table_days = single_table_where.map(day_range).unwrap_or_default();
     let mut scans: Vec<TableScan> = read
         .iter()
         .filter_map(|name| datasets.get(name))
@@ -250,6 +402,11 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                     single_table_filter.clone()
                 } else {
                     None
+                },
+                days: if read.len() == 1 {
+                    single_table_days.clone()
+                } else {
+                    DayRange::default()
                 },
                 partial: None,
             }
@@ -490,6 +647,40 @@ mod tests {
         let logs_only = plan_of("SELECT count(*) FROM logs");
         assert!(logs_only.scans.is_empty());
         assert_eq!(logs_only.builtins, BTreeSet::from(["logs".to_string()]));
+    }
+
+    #[test]
+    fn a_where_on_date_or_time_bounds_the_days_read() {
+        let days = |sql: &str| plan_of(sql).scans[0].days.clone();
+        let range = |from: Option<&str>, to: Option<&str>| DayRange {
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+        };
+        assert_eq!(
+            days(
+                "SELECT count(*) AS n FROM orders WHERE date BETWEEN '2026-12-02' AND '2026-12-04'"
+            ),
+            range(Some("2026-12-02"), Some("2026-12-04"))
+        );
+        assert_eq!(
+            days("SELECT total FROM orders WHERE total > 1 AND _time >= strptime('2026-12-02T10:00:00.000000', '%Y-%m-%dT%H:%M:%S%.f') AND '2026-12-09' > date"),
+            range(Some("2026-12-02"), Some("2026-12-09"))
+        );
+        assert_eq!(
+            days("SELECT total FROM orders WHERE (date = '2026-12-05') AND date >= '2026-12-01'"),
+            range(Some("2026-12-05"), Some("2026-12-05"))
+        );
+        // An OR, a non-day constant, a join: every day.
+        for sql in [
+            "SELECT total FROM orders WHERE date = '2026-12-05' OR total > 1",
+            "SELECT total FROM orders WHERE date > 'yesterday'",
+            "SELECT a.total FROM orders a JOIN orders b ON a.order_id = b.order_id WHERE a.date = '2026-12-05'",
+        ] {
+            assert_eq!(days(sql), DayRange::default(), "{sql}");
+        }
+        let bounded = range(Some("2026-12-02"), Some("2026-12-04"));
+        assert!(bounded.holds("2026-12-02") && bounded.holds("2026-12-04"));
+        assert!(!bounded.holds("2026-12-01") && !bounded.holds("2026-12-05"));
     }
 
     fn plan_of(sql: &str) -> QueryPlan {

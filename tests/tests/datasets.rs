@@ -399,6 +399,28 @@ async fn sql_joins_a_dataset_with_workflow_instances_and_logs() {
     .await
     .ok();
     assert_eq!(relative["rows"], json!([[6], [0]]), "{relative}");
+    // Files of other days are not read; the counts stay right.
+    for (query, want) in [
+        (
+            "SELECT count(*) AS n FROM orders WHERE date = '2026-12-01'",
+            2,
+        ),
+        (
+            "SELECT count(*) AS n FROM orders WHERE date > '2026-12-01' AND date <= '2026-12-02'",
+            2,
+        ),
+        (
+            "SELECT count(*) AS n FROM orders WHERE date BETWEEN '2026-12-03' AND '2026-12-31'",
+            2,
+        ),
+        (
+            "SELECT count(*) AS n FROM orders WHERE date < '2026-12-01'",
+            0,
+        ),
+    ] {
+        let answer = sql(&node, query).await.ok();
+        assert_eq!(answer["rows"][0][0], want, "{query}: {answer}");
+    }
 
     // Logs: `now()` and the conditions pushed down to the index.
     node.ingest_records(

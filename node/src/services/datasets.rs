@@ -167,7 +167,7 @@ pub async fn query(
             .map_err(|e| DatasetQueryError::Internal(e.to_string()))??;
         tables.push(DatasetTable {
             scan: scan.clone(),
-            files: files.into_iter().map(|f| f.path).collect(),
+            files: scan.files_to_read(files),
             parts: Vec::new(),
         });
     }
@@ -286,7 +286,7 @@ pub fn peer_handler(datasets: Arc<Datasets>, request_timeout: Duration) -> Datas
                 .await
                 .map_err(|e| internal(&e))?
                 .map_err(|e| internal(&e))?;
-            let files = files.into_iter().map(|f| f.path).collect();
+            let files = scan.files_to_read(files);
             // Less than the asking node waits, so a refusal reaches it.
             let limit = request_timeout.saturating_sub(Duration::from_millis(500));
             sql_worker::scan_dataset(scan, files, limit)
