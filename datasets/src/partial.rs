@@ -26,6 +26,7 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
 use crate::definition::{DATE_COLUMN, TIME_COLUMN};
+use crate::query::column_name;
 
 /// A query in two steps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,11 +72,7 @@ fn day_bucket(expr: &Expr) -> Option<Expr> {
     else {
         return None;
     };
-    let time_name = match time {
-        Expr::Identifier(ident) => &ident.value,
-        Expr::CompoundIdentifier(parts) => &parts.last()?.value,
-        _ => return None,
-    };
+    let time_name = column_name(time)?;
     let Expr::Value(value) = format else {
         return None;
     };
@@ -94,6 +91,9 @@ fn day_bucket(expr: &Expr) -> Option<Expr> {
     }
     (time_name == TIME_COLUMN).then(|| Expr::Identifier(Ident::new(DATE_COLUMN)))
 }
+
+/// Aggregates whose partial results merge exactly.
+const MERGEABLE: [&str; 6] = ["count", "sum", "min", "max", "avg", "mean"];
 
 /// Aggregates that depend on how many rows a group has or on their order
 /// and cannot be merged from per-node groups; a query with one of these
@@ -202,10 +202,9 @@ pub fn split(sql: &str, table: &str) -> Option<Split> {
                 ) if alias.value == name.value => Some(aliased.clone()),
                 _ => None,
             });
-        let (original, name) = match (aliased, expr) {
-            (Some(aliased), Expr::Identifier(name)) => (aliased, name.value.clone()),
-            (_, Expr::Identifier(name)) => (expr.clone(), name.value.clone()),
-            (_, Expr::CompoundIdentifier(parts)) => (expr.clone(), parts.last()?.value.clone()),
+        let (original, name) = match (aliased, column_name(expr)) {
+            (Some(aliased), Some(name)) => (aliased, name.to_string()),
+            (_, Some(name)) => (expr.clone(), name.to_string()),
             _ => (expr.clone(), format!("__k{i}")),
         };
         keys.push(match day_bucket(&original) {
@@ -370,9 +369,7 @@ fn contains_aggregate(expr: &Expr) -> bool {
     let _ = sqlparser::ast::visit_expressions(expr, |e: &Expr| {
         if let Expr::Function(function) = e {
             let name = function_name(function).unwrap_or_default();
-            if ["count", "sum", "min", "max", "avg", "mean"].contains(&name.as_str())
-                || UNMERGEABLE.contains(&name.as_str())
-            {
+            if MERGEABLE.contains(&name.as_str()) || UNMERGEABLE.contains(&name.as_str()) {
                 found = true;
                 return ControlFlow::Break(());
             }
@@ -416,7 +413,7 @@ impl Collector {
             self.refused = true;
             return;
         }
-        if !["count", "sum", "min", "max", "avg", "mean"].contains(&name.as_str()) {
+        if !MERGEABLE.contains(&name.as_str()) {
             return;
         }
         let original = whole.to_string();
@@ -515,12 +512,7 @@ impl VisitorMut for Rewriter<'_> {
 fn names_only(query: &sqlparser::ast::Query, known: &BTreeSet<String>) -> bool {
     let mut ok = true;
     let _ = sqlparser::ast::visit_expressions(query, |expr: &Expr| {
-        let name = match expr {
-            Expr::Identifier(ident) => Some(&ident.value),
-            Expr::CompoundIdentifier(parts) => parts.last().map(|ident| &ident.value),
-            _ => None,
-        };
-        if let Some(name) = name {
+        if let Some(name) = column_name(expr) {
             if !known.contains(name) && !name.starts_with("__a") {
                 ok = false;
                 return ControlFlow::Break(());

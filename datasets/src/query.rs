@@ -186,15 +186,7 @@ fn day_range(selection: &Expr) -> DayRange {
         }
     }
     fn is_day_column(expr: &Expr) -> bool {
-        let name = match expr {
-            Expr::Identifier(ident) => &ident.value,
-            Expr::CompoundIdentifier(parts) => match parts.last() {
-                Some(ident) => &ident.value,
-                None => return false,
-            },
-            _ => return false,
-        };
-        name == DATE_COLUMN || name == TIME_COLUMN
+        column_name(expr).is_some_and(|name| name == DATE_COLUMN || name == TIME_COLUMN)
     }
     /// The day of a constant: a string, or `strptime('...', format)`.
     fn day_of(expr: &Expr) -> Option<String> {
@@ -269,6 +261,15 @@ fn day_range(selection: &Expr) -> DayRange {
         }
     }
     range
+}
+
+/// The column an expression names (`total`, or `total` of `orders.total`).
+pub(crate) fn column_name(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Identifier(ident) => Some(&ident.value),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|ident| ident.value.as_str()),
+        _ => None,
+    }
 }
 
 /// A checked query and the scans it needs.
@@ -352,16 +353,8 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
     // The columns the query names anywhere (a superset of what it uses).
     let mut named = BTreeSet::new();
     let _ = visit_expressions(&statements, |expr: &Expr| {
-        match expr {
-            Expr::Identifier(ident) => {
-                named.insert(ident.value.clone());
-            }
-            Expr::CompoundIdentifier(parts) => {
-                if let Some(last) = parts.last() {
-                    named.insert(last.value.clone());
-                }
-            }
-            _ => {}
+        if let Some(name) = column_name(expr) {
+            named.insert(name.to_string());
         }
         ControlFlow::<()>::Continue(())
     });
