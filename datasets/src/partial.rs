@@ -531,8 +531,8 @@ mod tests {
     use polars::prelude::{AnyValue, DataFrame};
     use serde_json::json;
 
-    use crate::query::{execute, plan, scan};
-    use crate::{Dataset, Datasets};
+    use crate::query::{execute, plan, scan, Local};
+    use crate::{Dataset, Datasets, TableScan};
 
     fn orders() -> BTreeMap<String, Dataset> {
         let orders: Dataset = serde_json::from_value(json!({"columns": [
@@ -546,6 +546,16 @@ mod tests {
             "orders".to_string(),
             orders.validate("orders").expect("valid"),
         )])
+    }
+
+    /// The scan of a query that runs as written over every row.
+    fn as_written(scan: &TableScan) -> TableScan {
+        TableScan {
+            partial: None,
+            filter: None,
+            sent: scan.columns.clone(),
+            ..scan.clone()
+        }
     }
 
     /// Rows as text, floats to 6 places, sorted unless the query orders them.
@@ -654,6 +664,16 @@ mod tests {
             "SELECT o.customer, count(*) AS n FROM orders o GROUP BY o.customer",
             "SELECT customer, count(*) AS n, first(total) AS f FROM orders GROUP BY customer",
             "SELECT customer, n FROM (SELECT customer, count(*) AS n FROM orders GROUP BY customer) AS x",
+            // The nodes run the WHERE and send the other columns only.
+            "SELECT date, count(DISTINCT customer) AS customers, sum(total) AS revenue \
+             FROM orders WHERE status = 'completed' GROUP BY date",
+            "SELECT count(DISTINCT customer) AS c FROM orders WHERE status = 'completed'",
+            // A subquery reads the whole table (order o-1 is on one node
+            // only): neither split nor filtered on the nodes.
+            "SELECT status, count(*) AS n FROM orders \
+             WHERE customer IN (SELECT customer FROM orders WHERE order_id = 'o-1') GROUP BY status",
+            "SELECT order_id FROM orders \
+             WHERE customer IN (SELECT customer FROM orders WHERE order_id = 'o-1')",
         ];
         for (sql, should_split) in split
             .iter()
@@ -668,12 +688,10 @@ mod tests {
                 assert!(!partial.contains("strftime"), "{partial}");
             }
             let table = &planned.scans[0];
-            let mut unsplit = table.clone();
-            unsplit.partial = None;
             let expected = execute(
                 sql,
                 None,
-                vec![(unsplit, files(&whole), Vec::new())],
+                vec![(as_written(table), Local::Files(files(&whole)), Vec::new())],
                 vec![],
             )
             .expect(sql);
@@ -684,7 +702,7 @@ mod tests {
             let got = execute(
                 &planned.sql,
                 planned.merge.as_deref(),
-                vec![(table.clone(), files(&nodes[0]), parts)],
+                vec![(table.clone(), Local::Files(files(&nodes[0])), parts)],
                 vec![],
             )
             .expect(sql);
@@ -696,14 +714,17 @@ mod tests {
                 planned.merge
             );
             // One node alone runs the split query too.
-            let mut unsplit = table.clone();
-            unsplit.partial = None;
-            let alone =
-                execute(sql, None, vec![(unsplit, files(&nodes[0]), vec![])], vec![]).expect(sql);
+            let alone = execute(
+                sql,
+                None,
+                vec![(as_written(table), Local::Files(files(&nodes[0])), vec![])],
+                vec![],
+            )
+            .expect(sql);
             let split_alone = execute(
                 &planned.sql,
                 planned.merge.as_deref(),
-                vec![(table.clone(), files(&nodes[0]), vec![])],
+                vec![(table.clone(), Local::Files(files(&nodes[0])), vec![])],
                 vec![],
             )
             .expect(sql);

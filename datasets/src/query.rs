@@ -8,11 +8,13 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use polars::prelude::{
-    col, CsvWriter, DataFrame, DataType, IntoLazy, IpcCompression, IpcReader, IpcWriter, LazyFrame,
-    ParquetCompression, ParquetWriter, PlRefPath, PolarsError, ScanArgsParquet, SerReader,
-    SerWriter,
+    col, CsvWriter, DataFrame, DataType, Engine, IntoLazy, IpcCompression, IpcReader, IpcWriter,
+    LazyFrame, ParquetCompression, ParquetWriter, PlRefPath, PolarsError, ScanArgsParquet,
+    SerReader, SerWriter,
 };
 use polars::sql::SQLContext;
+use polars_core::query_result::QueryResult;
+use polars_utils::compression::ZstdLevel;
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
     visit_expressions, visit_relations, BinaryOperator, Expr, FunctionArg, FunctionArgExpr,
@@ -97,8 +99,11 @@ pub struct TableScan {
     /// The columns the query can use, in the table's order.
     pub columns: Vec<String>,
     /// The query's WHERE, when it reads this one table alone: each node
-    /// sends only the rows that pass it.
+    /// sends only the rows that pass it, and the query runs without it.
     pub filter: Option<String>,
+    /// The columns each node sends of those rows (when the scan is not
+    /// partial): the ones the query uses outside that WHERE.
+    pub sent: Vec<String>,
     /// The day partitions that WHERE can match (from its conditions on
     /// `date` and `_time`): files of other days are not opened.
     pub days: DayRange,
@@ -275,6 +280,7 @@ pub(crate) fn column_name(expr: &Expr) -> Option<&str> {
 /// A checked query and the scans it needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueryPlan {
+    /// What runs over the rows the scans give (without the WHERE they run).
     pub sql: String,
     pub scans: Vec<TableScan>,
     /// The built-in tables ([`BUILTIN_TABLES`]) it reads.
@@ -361,7 +367,15 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
     let mut wildcards = Wildcards(false);
     let _ = statements.visit(&mut wildcards);
     let wildcard = wildcards.0;
+    // A subquery reads its table whole: neither a filter nor a split may
+    // cut the table down to one node's rows or the rows that pass.
+    let subqueries = visit_expressions(&statements, |expr: &Expr| match expr {
+        Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break();
     let single_table_where = match (&query.with, query.body.as_ref()) {
+        _ if subqueries || read.len() != 1 => None,
         (None, SetExpr::Select(select))
             if select.from.len() == 1
                 && select.from[0].joins.is_empty()
@@ -376,6 +390,26 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
     };
     let single_table_filter = single_table_where.map(ToString::to_string);
     let single_table_days = single_table_where.map(day_range).unwrap_or_default();
+    // The nodes run that WHERE, so the query runs without it, and a column
+    // it alone names is not sent.
+    let mut run_sql = sql.to_string();
+    let mut sent_named = named.clone();
+    if single_table_where.is_some() {
+        let mut without_where = statements.clone();
+        if let Statement::Query(query) = &mut without_where[0] {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                select.selection = None;
+            }
+        }
+        run_sql = without_where[0].to_string();
+        sent_named.clear();
+        let _ = visit_expressions(&without_where, |expr: &Expr| {
+            if let Some(name) = column_name(expr) {
+                sent_named.insert(name.to_string());
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    }
     let mut scans: Vec<TableScan> = read
         .iter()
         .filter_map(|name| datasets.get(name))
@@ -384,29 +418,31 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                 .into_iter()
                 .filter(|column| wildcard || named.contains(column))
                 .collect();
-            if columns.is_empty() {
-                // `SELECT count(1) FROM t` uses no column but needs the rows.
-                columns.push(ID_COLUMN.to_string());
+            let mut sent: Vec<String> = columns
+                .iter()
+                .filter(|column| wildcard || sent_named.contains(*column))
+                .cloned()
+                .collect();
+            if sent.is_empty() {
+                // `SELECT count(1) FROM t` uses no column but needs the
+                // rows: the narrowest column (a day from `_time`).
+                if !columns.iter().any(|c| c == DATE_COLUMN) {
+                    columns.push(DATE_COLUMN.to_string());
+                }
+                sent.push(DATE_COLUMN.to_string());
             }
             TableScan {
                 dataset: dataset.clone(),
                 columns,
-                filter: if read.len() == 1 {
-                    single_table_filter.clone()
-                } else {
-                    None
-                },
-                days: if read.len() == 1 {
-                    single_table_days.clone()
-                } else {
-                    DayRange::default()
-                },
+                filter: single_table_filter.clone(),
+                sent,
+                days: single_table_days.clone(),
                 partial: None,
             }
         })
         .collect();
     let mut merge = None;
-    if let ([scan], true) = (scans.as_mut_slice(), builtins.is_empty()) {
+    if let ([scan], true, false) = (scans.as_mut_slice(), builtins.is_empty(), subqueries) {
         if let Some(split) = crate::partial::split(sql, &scan.dataset.name) {
             if split.uses_date && !scan.columns.iter().any(|c| c == DATE_COLUMN) {
                 scan.columns.push(DATE_COLUMN.to_string());
@@ -416,7 +452,7 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
         }
     }
     Ok(QueryPlan {
-        sql: sql.to_string(),
+        sql: run_sql,
         scans,
         builtins,
         merge,
@@ -483,25 +519,48 @@ pub fn local_table(
     Ok(table.select(columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()))
 }
 
-/// One node's part of a scan: its groups when the scan is partial, else
-/// its rows that pass the filter.
-pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError> {
-    let mut table = local_table(&scan.dataset, files, &scan.columns)?;
+/// One node's part of a scan, to be read: its groups when the scan is
+/// partial, else its rows that pass the filter (the columns it sends).
+fn scan_lazy(scan: &TableScan, files: &[PathBuf]) -> Result<LazyFrame, QueryError> {
+    let table = local_table(&scan.dataset, files, &scan.columns)?;
     // Under the dataset's own name: the SQL may name it (orders.total).
-    let query = match (&scan.partial, &scan.filter) {
-        (Some(partial), _) => Some(partial.clone()),
-        (None, Some(filter)) => Some(format!(
-            "SELECT * FROM \"{}\" WHERE {filter}",
-            scan.dataset.name
-        )),
-        (None, None) => None,
-    };
-    if let Some(query) = query {
+    let run = |query: &str, table: LazyFrame| {
         let mut context = SQLContext::new();
         context.register(&scan.dataset.name, table);
-        table = context.execute(&query)?;
-    }
-    let frame = table.limit(MAX_SCAN_ROWS as u32 + 1).collect()?;
+        context.execute(query)
+    };
+    let sent = || {
+        scan.sent
+            .iter()
+            .map(|c| col(c.as_str()))
+            .collect::<Vec<_>>()
+    };
+    Ok(match (&scan.partial, &scan.filter) {
+        (Some(partial), _) => run(partial, table)?,
+        (None, Some(filter)) => run(
+            &format!("SELECT * FROM \"{}\" WHERE {filter}", scan.dataset.name),
+            table,
+        )?
+        .select(sent()),
+        (None, None) => table.select(sent()),
+    })
+}
+
+/// One node's part of a scan: its groups when the scan is partial, else
+/// its rows that pass the filter (the columns it sends).
+pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError> {
+    // Polars' streaming engine: a filter, a projection and a partial
+    // aggregation are what it does fastest (the query itself runs on the
+    // in-memory engine, which is faster for count(DISTINCT x)).
+    let frame = match scan_lazy(scan, files)?
+        .limit(MAX_SCAN_ROWS as u32 + 1)
+        .collect_with_engine(Engine::Streaming)?
+    {
+        QueryResult::Single(frame) => frame,
+        QueryResult::Multiple(_) => {
+            return Err(QueryError::Invalid("the scan gave several tables".into()))
+        }
+    };
     if frame.height() > MAX_SCAN_ROWS {
         return Err(QueryError::TooBig(format!(
             "the query needs more than {MAX_SCAN_ROWS} rows of {} from one node; {NARROW_IT}",
@@ -511,14 +570,23 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError
     Ok(frame)
 }
 
-/// The query over every node's part: per dataset, this node's files and
+/// This node's part of a table in a query.
+pub enum Local {
+    /// Its files, read when the query runs (on this node alone, with the
+    /// query's filters and projection pushed into the read).
+    Files(Vec<PathBuf>),
+    /// Its files already read by [`scan`], as the other nodes read theirs.
+    Scanned(DataFrame),
+}
+
+/// The query over every node's part: per dataset, this node's part and
 /// the frames the other nodes sent; and the built-in tables it reads, by
 /// name. `merge` runs instead of `plan_sql` when the scan is partial
 /// (every part, this node's too, is then its groups).
 pub fn execute(
     plan_sql: &str,
     merge: Option<&str>,
-    tables: Vec<(TableScan, Vec<PathBuf>, Vec<DataFrame>)>,
+    tables: Vec<(TableScan, Local, Vec<DataFrame>)>,
     builtins: Vec<(&str, DataFrame)>,
 ) -> Result<DataFrame, QueryError> {
     let mut sql = plan_sql;
@@ -526,24 +594,30 @@ pub fn execute(
     for (name, frame) in builtins {
         context.register(name, frame.lazy());
     }
-    for (scan, files, frames) in tables {
-        let table = if frames.is_empty() && scan.partial.is_none() {
-            // This node alone: Polars pushes the query's filters and
-            // projection into the scan of the files.
-            local_table(&scan.dataset, &files, &scan.columns)?
-        } else {
-            // This node's part as the other nodes sent theirs, so every
-            // part is a frame of the same columns, stacked into one (a
-            // lazy union would have Polars count rows through a 128-bit
-            // cast this build does not carry).
-            let mut all = self::scan(&scan, &files)?;
-            for frame in &frames {
-                all.vstack_mut(frame)?;
+    for (scan, local, frames) in tables {
+        let table = match local {
+            Local::Files(files) if frames.is_empty() && scan.partial.is_none() => {
+                // Lazy: Polars pushes the filter and the query's projection
+                // into the read of the files.
+                scan_lazy(&scan, &files)?
             }
-            if let (Some(merge), Some(_)) = (merge, &scan.partial) {
-                sql = merge;
+            local => {
+                // This node's part as the other nodes sent theirs, so every
+                // part is a frame of the same columns, stacked into one (a
+                // lazy union would have Polars count rows through a 128-bit
+                // cast this build does not carry).
+                let mut all = match local {
+                    Local::Files(files) => self::scan(&scan, &files)?,
+                    Local::Scanned(frame) => frame,
+                };
+                for frame in &frames {
+                    all.vstack_mut(frame)?;
+                }
+                if let (Some(merge), Some(_)) = (merge, &scan.partial) {
+                    sql = merge;
+                }
+                all.lazy()
             }
-            all.lazy()
         };
         context.register(&scan.dataset.name, table);
     }
@@ -559,17 +633,57 @@ pub fn execute(
     Ok(frame)
 }
 
-/// A frame as Arrow IPC (ZSTD-compressed), to send between nodes or as a result.
+/// A frame as Arrow IPC (ZSTD-compressed), to send between nodes or as a
+/// result. Each chunk is a record batch, and each of its buffers costs a
+/// ZSTD context to write and another to read: chunks of a few rows (one
+/// per small file) are joined first. Level 1: these bytes are written
+/// once and read once.
 pub fn to_ipc(frame: &mut DataFrame) -> Result<Vec<u8>, PolarsError> {
+    if frame.max_n_chunks() > frame.height() / MIN_BATCH_ROWS + 1 {
+        frame.rechunk_mut_par();
+    }
     let mut bytes = Vec::new();
     IpcWriter::new(&mut bytes)
-        .with_compression(Some(IpcCompression::ZSTD(Default::default())))
+        .with_compression(Some(IpcCompression::ZSTD(ZstdLevel::try_new(1)?)))
         .finish(frame)?;
     Ok(bytes)
 }
 
+/// Fewest rows per record batch, on average, [`to_ipc`] writes as they are.
+const MIN_BATCH_ROWS: usize = 65_536;
+
 pub fn from_ipc(bytes: Vec<u8>) -> Result<DataFrame, PolarsError> {
     IpcReader::new(Cursor::new(bytes)).finish()
+}
+
+/// The other nodes' parts of each table (Arrow IPC), decoded, each part
+/// on a thread of its own.
+pub fn decode_parts(parts: Vec<Vec<Vec<u8>>>) -> Result<Vec<Vec<DataFrame>>, QueryError> {
+    std::thread::scope(|scope| {
+        let decoding: Vec<Vec<_>> = parts
+            .into_iter()
+            .map(|table| {
+                table
+                    .into_iter()
+                    .map(|part| scope.spawn(move || from_ipc(part)))
+                    .collect()
+            })
+            .collect();
+        decoding
+            .into_iter()
+            .map(|table| {
+                table
+                    .into_iter()
+                    .map(|decoding| match decoding.join() {
+                        Ok(frame) => Ok(frame?),
+                        Err(_) => Err(QueryError::Invalid(
+                            "decoding another node's part failed".to_string(),
+                        )),
+                    })
+                    .collect()
+            })
+            .collect()
+    })
 }
 
 /// A result in a binary or CSV format (JSON is written by the caller).
@@ -618,13 +732,37 @@ mod tests {
         assert_eq!(joined.scans[0].filter, None);
         assert_eq!(joined.scans[0].columns.len(), 6);
         let counted = plan_of("SELECT count(*) FROM orders");
-        assert_eq!(counted.scans[0].columns, vec!["_id"]);
+        assert_eq!(counted.scans[0].columns, vec!["date"]);
         let qualified = plan_of("SELECT orders.total FROM orders WHERE orders.total > 1");
         assert_eq!(qualified.scans[0].columns, vec!["total"]);
         assert_eq!(
             qualified.scans[0].filter.as_deref(),
             Some("orders.total > 1")
         );
+        // The nodes run the WHERE: the query runs without it, and a column
+        // only the WHERE names is read but not sent.
+        let distinct = plan_of(
+            "SELECT date, count(DISTINCT customer) AS c FROM orders WHERE total > 1 GROUP BY date",
+        );
+        assert_eq!(distinct.merge, None);
+        assert_eq!(distinct.scans[0].columns, vec!["customer", "total", "date"]);
+        assert_eq!(distinct.scans[0].sent, vec!["customer", "date"]);
+        assert_eq!(
+            distinct.sql,
+            "SELECT date, count(DISTINCT customer) AS c FROM orders GROUP BY date"
+        );
+        let rows_only = plan_of("SELECT count(DISTINCT 1) AS n FROM orders WHERE total > 1");
+        assert_eq!(rows_only.scans[0].sent, vec!["date"]);
+        // A subquery reads the whole table: nothing is pushed or split.
+        let sub = plan_of(
+            "SELECT count(*) AS n FROM orders WHERE customer IN \
+             (SELECT customer FROM orders WHERE total > 100)",
+        );
+        assert_eq!(
+            (sub.scans[0].filter.as_deref(), sub.merge.as_deref()),
+            (None, None)
+        );
+        assert!(sub.sql.contains("WHERE customer IN"), "{}", sub.sql);
         let aliased = plan_of("SELECT o.total FROM orders o WHERE o.total > 1");
         assert_eq!(aliased.scans[0].filter, None);
         let nested = plan_of("SELECT n FROM (SELECT * FROM orders) AS x");
@@ -767,7 +905,7 @@ mod tests {
         let result = execute(
             &plan.sql,
             plan.merge.as_deref(),
-            vec![(plan.scans[0].clone(), local, vec![part])],
+            vec![(plan.scans[0].clone(), Local::Files(local), vec![part])],
             Vec::new(),
         )
         .expect("run");
@@ -781,17 +919,25 @@ mod tests {
         assert_eq!(revenue.get(1), Some(30.0));
         let counted = super::plan("SELECT count(*) AS n FROM orders", &datasets).expect("plan");
         let part = scan(&counted.scans[0], &remote_paths).expect("scan");
-        let part = from_ipc(to_ipc(&mut part.clone()).expect("ipc")).expect("from ipc");
+        let mut parts =
+            decode_parts(vec![vec![to_ipc(&mut part.clone()).expect("ipc")]]).expect("decode");
         let local: Vec<PathBuf> = store
             .live_files("orders")
             .expect("files")
             .into_iter()
             .map(|f| f.path)
             .collect();
+        // This node's files read first, as a worker does while the other
+        // nodes' parts come.
+        let local = scan(&counted.scans[0], &local).expect("local scan");
         let result = execute(
             &counted.sql,
             counted.merge.as_deref(),
-            vec![(counted.scans[0].clone(), local, vec![part])],
+            vec![(
+                counted.scans[0].clone(),
+                Local::Scanned(local),
+                parts.remove(0),
+            )],
             Vec::new(),
         )
         .expect("count");

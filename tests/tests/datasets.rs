@@ -1,8 +1,9 @@
 //! Datasets: messages appended to Parquet files per day partition, read
 //! back by independent readers (pyarrow, DuckDB) and by `POST /v1/sql`
 //! across three nodes, one of them down, joined with the built-in tables
-//! `logs` and `workflow_instances`; rows that survive `kill -9` exactly
-//! once; bad definitions and bad queries refused.
+//! `logs` and `workflow_instances`, many queries at once; rows that
+//! survive `kill -9` exactly once; bad definitions and bad queries
+//! refused.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -273,6 +274,21 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     assert!((all["rows"][0][1].as_f64().unwrap() - total(&[0, 1, 2])).abs() < 1e-6);
     assert_eq!(all["partial"], false);
     assert_eq!(all["nodes"]["answered"].as_array().map(Vec::len), Some(3));
+    // Queries asked on every node at once, more than a node runs at a
+    // time: each holds its node's query slot while it waits for the other
+    // nodes' scans, so a scan waiting for a slot that queries hold would
+    // stall them all until the request timeout. Not split (DISTINCT), so
+    // every node sends its rows.
+    let distinct = "SELECT count(*) AS n, count(DISTINCT customer_id) AS customers FROM orders";
+    let asks = (0..12).map(|i| sql(cluster.node(i % 3), distinct));
+    for reply in futures::future::join_all(asks).await {
+        assert_eq!(
+            reply.body["rows"][0],
+            json!([150, 7]),
+            "{}",
+            reply.describe()
+        );
+    }
     // Orders joined with every node's log records.
     let joined = "SELECT count(*) AS n FROM orders o JOIN logs l ON l.message = o.order_id \
                   WHERE l.service = 'checkout'";

@@ -126,7 +126,7 @@ pub async fn query(
             failed: Vec::new(),
         });
         let output =
-            sql_worker::query_datasets(plan.sql, None, Vec::new(), builtins, formats, limit)
+            sql_worker::query_datasets(plan.sql, None, Vec::new(), builtins, formats, None, limit)
                 .await?;
         return Ok((output, report));
     }
@@ -137,26 +137,6 @@ pub async fn query(
         .map(shoal_codec::encode)
         .collect::<Result<_, _>>()
         .map_err(|e| DatasetQueryError::Internal(e.to_string()))?;
-    let asks = peers.into_iter().map(|(node, addr)| {
-        let scans = scans.clone();
-        async move {
-            let mut parts = Vec::with_capacity(scans.len());
-            for scan in scans {
-                match shoal.forwarder.dataset_scan(&addr, scan, limit).await {
-                    Ok(Ok(bytes)) => parts.push(serde_bytes::ByteBuf::from(bytes)),
-                    Ok(Err(e)) if e.kind == RemoteErrorKind::Invalid => {
-                        return (node, Err(Part::Refused(e.message)))
-                    }
-                    Ok(Err(e)) => return (node, Err(Part::Failed(e.message))),
-                    Err(e) => return (node, Err(Part::Failed(e.to_string()))),
-                }
-            }
-            (node, Ok(parts))
-        }
-    });
-    report.asked += 1;
-    report.answered.push(shoal.node_id);
-    let answers = futures::future::join_all(asks).await;
     let mut tables: Vec<DatasetTable> = Vec::with_capacity(plan.scans.len());
     let datasets = shoal.messaging.deliveries.datasets().clone();
     for scan in &plan.scans {
@@ -168,28 +148,76 @@ pub async fn query(
         tables.push(DatasetTable {
             scan: scan.clone(),
             files: scan.files_to_read(files),
-            parts: Vec::new(),
         });
     }
-    for (node, answer) in answers {
-        match answer {
-            Ok(parts) => {
-                report.answered.push(node);
-                for (table, part) in tables.iter_mut().zip(parts) {
-                    table.parts.push(part);
+    // This node's worker reads its files while the other nodes read theirs
+    // (alone, it reads them as the query runs).
+    let (parts_sender, parts) = tokio::sync::oneshot::channel();
+    let worker = sql_worker::query_datasets(
+        plan.sql,
+        plan.merge,
+        tables,
+        builtins,
+        formats,
+        (!peers.is_empty()).then_some(parts),
+        limit,
+    );
+    let gather = async {
+        let asks = peers.into_iter().map(|(node, addr)| {
+            let scans = scans.clone();
+            async move {
+                let mut parts = Vec::with_capacity(scans.len());
+                for scan in scans {
+                    match shoal.forwarder.dataset_scan(&addr, scan, limit).await {
+                        Ok(Ok(bytes)) => parts.push(serde_bytes::ByteBuf::from(bytes)),
+                        Ok(Err(e)) if e.kind == RemoteErrorKind::Invalid => {
+                            return (node, Err(Part::Refused(e.message)))
+                        }
+                        Ok(Err(e)) => return (node, Err(Part::Failed(e.message))),
+                        Err(e) => return (node, Err(Part::Failed(e.to_string()))),
+                    }
+                }
+                (node, Ok(parts))
+            }
+        });
+        let mut by_table: sql_worker::Parts = vec![Vec::new(); scans.len()];
+        for (node, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(parts) => {
+                    report.answered.push(node);
+                    for (table, part) in by_table.iter_mut().zip(parts) {
+                        table.push(part);
+                    }
+                }
+                // Dropping the sender stops the worker.
+                Err(Part::Refused(message)) => {
+                    return Err(DatasetQueryError::Refused { node, message })
+                }
+                Err(Part::Failed(error)) => {
+                    metrics::counter!("shoal_sql_node_failures_total").increment(1);
+                    report.failed.push(NodeFailure { node, error });
                 }
             }
-            Err(Part::Refused(message)) => {
-                return Err(DatasetQueryError::Refused { node, message })
-            }
-            Err(Part::Failed(error)) => {
-                metrics::counter!("shoal_sql_node_failures_total").increment(1);
-                report.failed.push(NodeFailure { node, error });
-            }
         }
-    }
+        // The worker may have failed already; its answer says why.
+        let _ = parts_sender.send(by_table);
+        Ok(())
+    };
+    let (output, gathered) = tokio::join!(worker, gather);
+    gathered?;
+    Ok((output?, finish_report(shoal.node_id, report, logs_report)))
+}
+
+/// The report of a query's nodes: a node is missing from the result when
+/// either its dataset part or its log records are.
+fn finish_report(
+    node_id: u64,
+    mut report: NodeReport,
+    logs_report: Option<NodeReport>,
+) -> NodeReport {
+    report.asked += 1;
+    report.answered.push(node_id);
     if let Some(logs_report) = logs_report {
-        // A node is missing from the result when either of its parts is.
         for failure in logs_report.failed {
             if !report.failed.iter().any(|f| f.node == failure.node) {
                 report.failed.push(failure);
@@ -201,9 +229,7 @@ pub async fn query(
     }
     report.answered.sort_unstable();
     report.failed.sort_by_key(|f| f.node);
-    let output =
-        sql_worker::query_datasets(plan.sql, plan.merge, tables, builtins, formats, limit).await?;
-    Ok((output, report))
+    report
 }
 
 /// Most workflow instances one query may read.

@@ -16,11 +16,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_datasets::instances::InstanceRow;
+use shoal_datasets::query::{self as dataset_query, decode_parts, to_ipc, Local};
 use shoal_datasets::{Format, QueryError, TableScan};
 use shoal_search::Hit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 /// Most memory (address space) a worker may map beyond what it maps when
 /// it starts.
@@ -28,11 +29,19 @@ pub const MEMORY_LIMIT_BYTES: u64 = 2 << 30;
 /// Most bytes of a worker's dying words kept for the error.
 const STDERR_BYTES: u64 = 4096;
 
-/// Workers running at once on a node; more queries wait for one to end.
-static WORKERS: LazyLock<Semaphore> = LazyLock::new(|| {
+/// Workers running queries at once on a node; more queries wait for one
+/// to end.
+static QUERY_WORKERS: LazyLock<Semaphore> = LazyLock::new(worker_slots);
+/// Workers scanning this node's files for other nodes' queries at once.
+/// Apart from [`QUERY_WORKERS`]: a query's worker holds its slot while it
+/// waits for the other nodes' scans, so scans taking the same slots could
+/// wait on each other across nodes until the queries time out.
+static SCAN_WORKERS: LazyLock<Semaphore> = LazyLock::new(worker_slots);
+
+fn worker_slots() -> Semaphore {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     Semaphore::new(cores.max(2))
-});
+}
 
 /// What the node sends a worker.
 #[derive(Serialize, Deserialize)]
@@ -46,7 +55,9 @@ enum Job {
         files: Vec<PathBuf>,
     },
     /// A query over datasets (this node's files and the other nodes'
-    /// parts, Arrow IPC) and built-in tables.
+    /// parts, Arrow IPC) and built-in tables. With `parts_follow`, a
+    /// second frame brings the other nodes' parts ([`Parts`]): the worker
+    /// scans this node's files while they are on their way.
     DatasetQuery {
         sql: String,
         /// What runs over the nodes' partial groups instead of `sql`.
@@ -56,8 +67,13 @@ enum Job {
         /// The result in each of these formats (a report keeps it as JSON
         /// and writes it to a file, from one run).
         formats: Vec<Format>,
+        parts_follow: bool,
     },
 }
+
+/// The other nodes' parts of each table of a [`Job::DatasetQuery`], in
+/// the order of its tables: Arrow IPC, one per node that answered.
+pub type Parts = Vec<Vec<serde_bytes::ByteBuf>>;
 
 /// The rows of the built-in tables a query reads (none when it does not).
 #[derive(Default, Serialize, Deserialize)]
@@ -68,13 +84,11 @@ pub struct Builtins {
     pub instances: Option<Vec<InstanceRow>>,
 }
 
-/// One dataset a query reads: the scan, this node's files, the other
-/// nodes' parts.
+/// One dataset a query reads: the scan and this node's files.
 #[derive(Serialize, Deserialize)]
 pub struct DatasetTable {
     pub scan: TableScan,
     pub files: Vec<PathBuf>,
-    pub parts: Vec<serde_bytes::ByteBuf>,
 }
 
 /// What a worker answers.
@@ -138,7 +152,7 @@ pub async fn run(sql: &str, hits: Vec<Hit>, limit: Duration) -> Result<Value, Sq
         sql: sql.to_string(),
         hits,
     };
-    match run_job(job, limit).await?.into_iter().next() {
+    match run_job(job, None, limit).await?.into_iter().next() {
         Some(Output::Table(table)) => Ok(table),
         _ => Err(SqlWorkerError::Unavailable("a table was expected".into())),
     }
@@ -150,7 +164,7 @@ pub async fn scan_dataset(
     files: Vec<PathBuf>,
     limit: Duration,
 ) -> Result<Vec<u8>, SqlWorkerError> {
-    match run_job(Job::DatasetScan { scan, files }, limit)
+    match run_job(Job::DatasetScan { scan, files }, None, limit)
         .await?
         .into_iter()
         .next()
@@ -161,36 +175,48 @@ pub async fn scan_dataset(
 }
 
 /// A query over every node's part of the datasets it reads and the
-/// built-in tables: its result in each of `formats`, in that order.
+/// built-in tables: its result in each of `formats`, in that order. The
+/// other nodes' parts come from `parts` once they are all there (none
+/// when the query runs on this node alone); the worker reads this node's
+/// files meanwhile. If `parts` is dropped, the query fails.
 pub async fn query_datasets(
     sql: String,
     merge: Option<String>,
     tables: Vec<DatasetTable>,
     builtins: Builtins,
     formats: Vec<Format>,
+    parts: Option<oneshot::Receiver<Parts>>,
     limit: Duration,
 ) -> Result<Vec<Output>, SqlWorkerError> {
-    run_job(
-        Job::DatasetQuery {
-            sql,
-            merge,
-            tables,
-            builtins,
-            formats,
-        },
-        limit,
-    )
-    .await
+    let job = Job::DatasetQuery {
+        sql,
+        merge,
+        tables,
+        builtins,
+        formats,
+        parts_follow: parts.is_some(),
+    };
+    run_job(job, parts, limit).await
 }
 
-async fn run_job(job: Job, limit: Duration) -> Result<Vec<Output>, SqlWorkerError> {
+/// Run `job` in a new worker; `parts`, when given, is the second frame
+/// the job says follows it.
+async fn run_job(
+    job: Job,
+    parts: Option<oneshot::Receiver<Parts>>,
+    limit: Duration,
+) -> Result<Vec<Output>, SqlWorkerError> {
     let unavailable = |e: &dyn std::fmt::Display| SqlWorkerError::Unavailable(e.to_string());
     let deadline = tokio::time::Instant::now() + limit;
     let too_long = || {
         metrics::counter!("shoal_sql_stopped_total", "why" => "time").increment(1);
         SqlWorkerError::TooLong(limit)
     };
-    let _slot = match tokio::time::timeout_at(deadline, WORKERS.acquire()).await {
+    let slots = match job {
+        Job::DatasetScan { .. } => &SCAN_WORKERS,
+        _ => &QUERY_WORKERS,
+    };
+    let _slot = match tokio::time::timeout_at(deadline, slots.acquire()).await {
         Err(_) => return Err(too_long()),
         Ok(slot) => slot.map_err(|e| unavailable(&e))?,
     };
@@ -221,13 +247,25 @@ async fn run_job(job: Job, limit: Duration) -> Result<Vec<Output>, SqlWorkerErro
         let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
         String::from_utf8_lossy(&kept).into_owned()
     });
-    // The worker reads the whole job before it writes a byte.
+    // The worker reads the whole job before it writes a byte, unless it
+    // fails before the parts come (then writing them fails and its answer
+    // says why). `None`: the parts will not come.
     let exchange = async {
-        stdin.write_all(&job).await?;
+        write_frame(&mut stdin, &job).await?;
+        if let Some(parts) = parts {
+            let Ok(parts) = parts.await else {
+                return Ok(None);
+            };
+            let parts = tokio::task::spawn_blocking(move || shoal_codec::encode(&parts))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+            let _ = write_frame(&mut stdin, &parts).await;
+        }
         drop(stdin);
         let mut answer = Vec::new();
         stdout.read_to_end(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
+        Ok::<_, std::io::Error>(Some(answer))
     };
     let answer = match tokio::time::timeout_at(deadline, exchange).await {
         Err(_) => {
@@ -235,7 +273,14 @@ async fn run_job(job: Job, limit: Duration) -> Result<Vec<Output>, SqlWorkerErro
             let _ = child.wait().await;
             return Err(too_long());
         }
-        Ok(answer) => answer,
+        Ok(Ok(None)) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(unavailable(
+                &"the query stopped before the other nodes' parts came",
+            ));
+        }
+        Ok(answer) => answer.map(Option::unwrap_or_default),
     };
     let status = child.wait().await.map_err(|e| unavailable(&e))?;
     let decoded = match answer.ok().filter(|_| status.success()) {
@@ -294,19 +339,13 @@ pub fn serve() -> ExitCode {
         eprintln!("error: cannot limit the SQL worker's memory: {e}");
         return ExitCode::FAILURE;
     }
-    let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
-        eprintln!("error: reading the job: {e}");
-        return ExitCode::FAILURE;
-    }
-    let job: Job = match shoal_codec::decode(&input) {
+    let job: Job = match read_frame(&mut std::io::stdin().lock()) {
         Ok(job) => job,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: reading the job: {e}");
             return ExitCode::FAILURE;
         }
     };
-    drop(input);
     let answer = work(job);
     let written = shoal_codec::encode(&answer)
         .map_err(std::io::Error::other)
@@ -331,8 +370,8 @@ fn work(job: Job) -> Answer {
             Err(e) => Answer::Refused(e.to_string()),
         },
         Job::DatasetScan { scan, files } => {
-            let part = shoal_datasets::query::scan(&scan, &files)
-                .and_then(|mut frame| Ok(shoal_datasets::query::to_ipc(&mut frame)?));
+            let part =
+                dataset_query::scan(&scan, &files).and_then(|mut frame| Ok(to_ipc(&mut frame)?));
             match part {
                 Ok(bytes) => Answer::Done(vec![Encoded::Bytes(bytes)]),
                 Err(e) => refused(e),
@@ -344,11 +383,39 @@ fn work(job: Job) -> Answer {
             tables,
             builtins,
             formats,
-        } => match query(&sql, merge.as_deref(), tables, builtins, &formats) {
+            parts_follow,
+        } => match query(
+            &sql,
+            merge.as_deref(),
+            tables,
+            builtins,
+            &formats,
+            parts_follow,
+        ) {
             Ok(answer) => answer,
             Err(e) => refused(e),
         },
     }
+}
+
+/// A frame between the node and a worker: its length (8 bytes, little
+/// endian), then its encoding.
+async fn write_frame(
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    to.write_all(&(bytes.len() as u64).to_le_bytes()).await?;
+    to.write_all(bytes).await?;
+    to.flush().await
+}
+
+fn read_frame<T: serde::de::DeserializeOwned>(from: &mut impl Read) -> std::io::Result<T> {
+    let mut length = [0u8; 8];
+    from.read_exact(&mut length)?;
+    let length = usize::try_from(u64::from_le_bytes(length)).map_err(std::io::Error::other)?;
+    let mut bytes = vec![0u8; length];
+    from.read_exact(&mut bytes)?;
+    shoal_codec::decode(&bytes).map_err(std::io::Error::other)
 }
 
 fn query(
@@ -357,6 +424,7 @@ fn query(
     tables: Vec<DatasetTable>,
     builtins: Builtins,
     formats: &[Format],
+    parts_follow: bool,
 ) -> Result<Answer, QueryError> {
     let mut frames = Vec::new();
     if let Some(hits) = builtins.logs {
@@ -371,15 +439,46 @@ fn query(
             shoal_datasets::instances::frame(&rows)?,
         ));
     }
-    let mut inputs = Vec::with_capacity(tables.len());
-    for table in tables {
-        let parts = table
-            .parts
+    let inputs = if parts_follow {
+        // This node's files are read while the other nodes' parts come.
+        let (scanned, parts) = std::thread::scope(|scope| {
+            let scanning = scope.spawn(|| {
+                tables
+                    .iter()
+                    .map(|table| dataset_query::scan(&table.scan, &table.files))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            let parts = read_frame::<Parts>(&mut std::io::stdin().lock())
+                .map_err(|e| QueryError::Invalid(format!("reading the other nodes' parts: {e}")))
+                .and_then(|parts| {
+                    decode_parts(
+                        parts
+                            .into_iter()
+                            .map(|table| table.into_iter().map(|p| p.into_vec()).collect())
+                            .collect(),
+                    )
+                });
+            let scanned = scanning.join().unwrap_or_else(|_| {
+                Err(QueryError::Invalid(
+                    "scanning this node's files failed".into(),
+                ))
+            });
+            (scanned, parts)
+        });
+        let (scanned, mut parts) = (scanned?, parts?);
+        parts.resize_with(tables.len(), Vec::new);
+        tables
             .into_iter()
-            .map(|part| shoal_datasets::query::from_ipc(part.into_vec()))
-            .collect::<Result<Vec<_>, _>>()?;
-        inputs.push((table.scan, table.files, parts));
-    }
+            .zip(scanned)
+            .zip(parts)
+            .map(|((table, frame), parts)| (table.scan, Local::Scanned(frame), parts))
+            .collect()
+    } else {
+        tables
+            .into_iter()
+            .map(|table| (table.scan, Local::Files(table.files), Vec::new()))
+            .collect()
+    };
     let mut frame = shoal_datasets::query::execute(sql, merge, inputs, frames)?;
     let mut encoded = Vec::with_capacity(formats.len());
     for format in formats {
