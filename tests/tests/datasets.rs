@@ -289,6 +289,12 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
             reply.describe()
         );
     }
+    // A subquery reads the whole table, not each node's rows: order o-0-3
+    // is on node 0 only, and its customer (c3) ordered 7 times on each node.
+    let same_customer = "SELECT count(*) AS n FROM orders WHERE customer_id IN \
+                         (SELECT customer_id FROM orders WHERE order_id = 'o-0-3')";
+    let reply = sql(cluster.node(1), same_customer).await.ok();
+    assert_eq!(reply["rows"][0], json!([21]));
     // Orders joined with every node's log records.
     let joined = "SELECT count(*) AS n FROM orders o JOIN logs l ON l.message = o.order_id \
                   WHERE l.service = 'checkout'";
