@@ -7,6 +7,7 @@
 pub mod definition;
 pub mod files;
 pub mod instances;
+pub mod ipc;
 pub mod partial;
 pub mod query;
 pub mod report;

@@ -3,18 +3,14 @@
 //! the query over every node's part with Polars.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use polars::prelude::{
-    col, CsvWriter, DataFrame, DataType, Engine, IntoLazy, IpcCompression, IpcReader, IpcWriter,
-    LazyFrame, ParquetCompression, ParquetWriter, PlRefPath, PolarsError, ScanArgsParquet,
-    SerReader, SerWriter,
+    col, DataFrame, DataType, Engine, IntoLazy, LazyFrame, PlRefPath, PolarsError, ScanArgsParquet,
 };
 use polars::sql::SQLContext;
 use polars_core::query_result::QueryResult;
-use polars_utils::compression::ZstdLevel;
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
     visit_expressions, visit_relations, BinaryOperator, Expr, FunctionArg, FunctionArgExpr,
@@ -633,77 +629,10 @@ pub fn execute(
     Ok(frame)
 }
 
-/// A frame as Arrow IPC (ZSTD-compressed), to send between nodes or as a
-/// result. Each chunk is a record batch, and each of its buffers costs a
-/// ZSTD context to write and another to read: chunks of a few rows (one
-/// per small file) are joined first. Level 1: these bytes are written
-/// once and read once.
-pub fn to_ipc(frame: &mut DataFrame) -> Result<Vec<u8>, PolarsError> {
-    if frame.max_n_chunks() > frame.height() / MIN_BATCH_ROWS + 1 {
-        frame.rechunk_mut_par();
-    }
-    let mut bytes = Vec::new();
-    IpcWriter::new(&mut bytes)
-        .with_compression(Some(IpcCompression::ZSTD(ZstdLevel::try_new(1)?)))
-        .finish(frame)?;
-    Ok(bytes)
-}
-
-/// Fewest rows per record batch, on average, [`to_ipc`] writes as they are.
-const MIN_BATCH_ROWS: usize = 65_536;
-
-pub fn from_ipc(bytes: Vec<u8>) -> Result<DataFrame, PolarsError> {
-    IpcReader::new(Cursor::new(bytes)).finish()
-}
-
-/// The other nodes' parts of each table (Arrow IPC), decoded, each part
-/// on a thread of its own.
-pub fn decode_parts(parts: Vec<Vec<Vec<u8>>>) -> Result<Vec<Vec<DataFrame>>, QueryError> {
-    std::thread::scope(|scope| {
-        let decoding: Vec<Vec<_>> = parts
-            .into_iter()
-            .map(|table| {
-                table
-                    .into_iter()
-                    .map(|part| scope.spawn(move || from_ipc(part)))
-                    .collect()
-            })
-            .collect();
-        decoding
-            .into_iter()
-            .map(|table| {
-                table
-                    .into_iter()
-                    .map(|decoding| match decoding.join() {
-                        Ok(frame) => Ok(frame?),
-                        Err(_) => Err(QueryError::Invalid(
-                            "decoding another node's part failed".to_string(),
-                        )),
-                    })
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-/// A result in a binary or CSV format (JSON is written by the caller).
-pub fn encode(frame: &mut DataFrame, format: Format) -> Result<Vec<u8>, PolarsError> {
-    let mut bytes = Vec::new();
-    match format {
-        Format::Csv => CsvWriter::new(&mut bytes).finish(frame)?,
-        Format::Parquet => {
-            ParquetWriter::new(&mut bytes)
-                .with_compression(ParquetCompression::Zstd(None))
-                .finish(frame)?;
-        }
-        Format::ArrowIpc | Format::Json => return to_ipc(frame),
-    }
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipc::{decode_parts, from_ipc, part_to_ipc};
     use serde_json::json;
 
     fn datasets() -> BTreeMap<String, Dataset> {
@@ -895,7 +824,7 @@ mod tests {
             .collect();
         let mut part = scan(&plan.scans[0], &remote_paths).expect("scan");
         assert_eq!(part.height(), 0, "the filter ran on the remote node");
-        let part = from_ipc(to_ipc(&mut part).expect("ipc")).expect("from ipc");
+        let part = from_ipc(part_to_ipc(&mut part, "orders").expect("ipc")).expect("from ipc");
         let local: Vec<PathBuf> = store
             .live_files("orders")
             .expect("files")
@@ -919,8 +848,10 @@ mod tests {
         assert_eq!(revenue.get(1), Some(30.0));
         let counted = super::plan("SELECT count(*) AS n FROM orders", &datasets).expect("plan");
         let part = scan(&counted.scans[0], &remote_paths).expect("scan");
-        let mut parts =
-            decode_parts(vec![vec![to_ipc(&mut part.clone()).expect("ipc")]]).expect("decode");
+        let mut parts = decode_parts(vec![vec![
+            part_to_ipc(&mut part.clone(), "orders").expect("ipc")
+        ]])
+        .expect("decode");
         let local: Vec<PathBuf> = store
             .live_files("orders")
             .expect("files")

@@ -295,6 +295,53 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
                          (SELECT customer_id FROM orders WHERE order_id = 'o-0-3')";
     let reply = sql(cluster.node(1), same_customer).await.ok();
     assert_eq!(reply["rows"][0], json!([21]));
+    // A part bigger than an RPC frame's chunk (16 MiB) crosses in chunks:
+    // 500 notes of 64 KiB of random text (about 24 MiB compressed) on node
+    // 0, asked on node 1, not split (DISTINCT), so node 0 sends them all.
+    let notes = json!({"columns": [{"name": "note", "type": "string", "from": "/data/note"}]});
+    let reply = put_definition(cluster.node(0), "datasets", "notes", &notes).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    put_route(
+        cluster.node(0),
+        "notes-to-dataset",
+        json!({"source": "notes.added", "destinations": ["dataset:notes"]}),
+    )
+    .await;
+    let note = |i: u64| {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut state = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let text: String = (0..65_536)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ALPHABET[(state % 64) as usize] as char
+            })
+            .collect();
+        json!({ "note": text })
+    };
+    publish_until(
+        cluster.node(0),
+        "notes.added",
+        &note(0),
+        "the route",
+        |answer| answer["durable"] == 1,
+    )
+    .await;
+    for i in 1..500 {
+        publish(cluster.node(0), "notes.added", &note(i)).await;
+    }
+    let big = "SELECT count(*) AS n, count(DISTINCT note) AS notes, sum(length(note)) AS chars \
+               FROM notes";
+    wait_for(T, "500 notes of 64 KiB from node 0", || async {
+        let reply = sql(cluster.node(1), big).await;
+        match (reply.status, &reply.body["rows"][0]) {
+            (StatusCode::OK, rows) if *rows == json!([500, 500, 500 * 65_536]) => Ok(()),
+            _ => Err(reply.describe()),
+        }
+    })
+    .await;
     // Orders joined with every node's log records.
     let joined = "SELECT count(*) AS n FROM orders o JOIN logs l ON l.message = o.order_id \
                   WHERE l.service = 'checkout'";

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::protocol::{Reply, Request};
+use crate::protocol::{receive_reply, Reply, Request, MAX_SCAN_REPLY_BYTES};
 use crate::wire::{self, PeerAuth, PeerStream};
 
 /// Idle connections kept per peer.
@@ -53,7 +53,7 @@ impl IdleConnections {
     ) -> Result<(Reply, PeerStream), ExchangeError> {
         if let Some(mut pooled) = self.take(addr) {
             if wire::send(&mut pooled, request).await.is_ok() {
-                if let Ok(reply) = wire::receive::<Reply>(&mut pooled).await {
+                if let Ok(reply) = receive_reply(&mut pooled, MAX_SCAN_REPLY_BYTES).await {
                     return Ok((reply, pooled));
                 }
             }
@@ -64,7 +64,7 @@ impl IdleConnections {
         wire::send(&mut stream, request)
             .await
             .map_err(ExchangeError::Exchange)?;
-        let reply = wire::receive::<Reply>(&mut stream)
+        let reply = receive_reply(&mut stream, MAX_SCAN_REPLY_BYTES)
             .await
             .map_err(ExchangeError::Exchange)?;
         Ok((reply, stream))

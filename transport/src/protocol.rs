@@ -1,6 +1,7 @@
 //! What peers say to each other: one [`Request`] and one [`Reply`] per
-//! exchange, encoded with `shoal_codec` inside a `wire` frame. Changing these enums changes the wire schema: bump
-//! `WIRE_VERSION` with them.
+//! exchange, each encoded with `shoal_codec` inside a `wire` frame (a
+//! dataset scan's reply in several: [`send_reply`]). Changing these enums
+//! changes the wire schema: bump `WIRE_VERSION` with them.
 
 use openraft::error::{ClientWriteError, InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -12,6 +13,9 @@ use shoal_raft::{MembershipError, NodeAddr, NodeId, ReadIndexResult, Replication
 use shoal_search::{AggregateRequest, Aggregation, Hit, SearchRequest, StreamInfo};
 use shoal_storage::kv::{Proposal, Response};
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::wire;
 
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Request {
@@ -51,8 +55,70 @@ pub(crate) enum Reply {
     /// How many local deliveries the frame made, or why it was refused.
     Messages(Result<usize, RemoteError>),
     Search(Result<SearchAnswer, RemoteError>),
-    /// The scanned rows (Arrow IPC), or why the scan was refused.
+    /// The scanned rows (Arrow IPC), or why the scan was refused. A part
+    /// bigger than [`REPLY_CHUNK_BYTES`] comes as [`Reply::DatasetScanChunk`]s
+    /// and this (the last chunk): frames stay small however big the part.
     DatasetScan(Result<serde_bytes::ByteBuf, RemoteError>),
+    /// A leading piece of a dataset scan's rows.
+    DatasetScanChunk(serde_bytes::ByteBuf),
+}
+
+/// Bytes of a dataset part per frame.
+pub(crate) const REPLY_CHUNK_BYTES: usize = 16 << 20;
+/// Most bytes of a dataset part a node takes from a peer (the node refuses
+/// to send bigger parts: `shoal_datasets::ipc::MAX_PART_BYTES`).
+pub(crate) const MAX_SCAN_REPLY_BYTES: usize = 1 << 30;
+
+/// Sends `reply`, a dataset scan's rows in chunks of `chunk_bytes`.
+pub(crate) async fn send_reply(
+    stream: &mut (impl AsyncWrite + Unpin),
+    reply: Reply,
+    chunk_bytes: usize,
+) -> std::io::Result<()> {
+    let rows = match reply {
+        Reply::DatasetScan(Ok(rows)) if rows.len() > chunk_bytes => rows.into_vec(),
+        reply => return wire::send(stream, &reply).await,
+    };
+    let mut chunks = rows.chunks(chunk_bytes).peekable();
+    while let Some(chunk) = chunks.next() {
+        let chunk = serde_bytes::ByteBuf::from(chunk);
+        let reply = if chunks.peek().is_some() {
+            Reply::DatasetScanChunk(chunk)
+        } else {
+            Reply::DatasetScan(Ok(chunk))
+        };
+        wire::send(stream, &reply).await?;
+    }
+    Ok(())
+}
+
+/// Reads a reply, joining a dataset scan's chunks (at most `max_bytes`).
+pub(crate) async fn receive_reply(
+    stream: &mut (impl AsyncRead + Unpin),
+    max_bytes: usize,
+) -> std::io::Result<Reply> {
+    let mut joined: Vec<u8> = Vec::new();
+    loop {
+        let (chunk, last) = match wire::receive::<Reply>(stream).await? {
+            Reply::DatasetScanChunk(chunk) => (chunk, false),
+            Reply::DatasetScan(Ok(chunk)) if !joined.is_empty() => (chunk, true),
+            reply if joined.is_empty() => return Ok(reply),
+            _ => {
+                return Err(std::io::Error::other(
+                    "a dataset part's chunks ended without their last",
+                ))
+            }
+        };
+        if joined.len() + chunk.len() > max_bytes {
+            return Err(std::io::Error::other(format!(
+                "a dataset part of more than {max_bytes} bytes"
+            )));
+        }
+        joined.extend_from_slice(&chunk);
+        if last {
+            return Ok(Reply::DatasetScan(Ok(serde_bytes::ByteBuf::from(joined))));
+        }
+    }
 }
 
 /// One response per proposal, in order.
@@ -115,6 +181,58 @@ mod tests {
     use shoal_search::{Kind, Record};
 
     use super::*;
+
+    fn part(reply: Reply) -> Vec<u8> {
+        match reply {
+            Reply::DatasetScan(Ok(rows)) => rows.into_vec(),
+            _ => panic!("not a dataset part"),
+        }
+    }
+
+    /// A part bigger than a chunk crosses in several frames and arrives
+    /// whole; smaller parts and other replies cross as one frame.
+    #[tokio::test]
+    async fn a_dataset_part_crosses_in_chunks_and_arrives_whole() {
+        let rows: Vec<u8> = (0..100u8).collect();
+        for chunk_bytes in [7, 50, 99, 100, 1000] {
+            let (mut near, mut far) = tokio::io::duplex(1 << 16);
+            let reply = Reply::DatasetScan(Ok(serde_bytes::ByteBuf::from(rows.clone())));
+            send_reply(&mut near, reply, chunk_bytes)
+                .await
+                .expect("send");
+            send_reply(&mut near, Reply::Replication(None), chunk_bytes)
+                .await
+                .expect("send");
+            let back = receive_reply(&mut far, 1000).await.expect("receive");
+            assert_eq!(part(back), rows, "chunks of {chunk_bytes} bytes");
+            // The stream is at the next reply: nothing of the part is left.
+            let next = receive_reply(&mut far, 1000).await.expect("receive");
+            assert!(matches!(next, Reply::Replication(None)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dataset_part_past_the_limit_or_cut_short_is_an_error() {
+        let rows = serde_bytes::ByteBuf::from(vec![1u8; 100]);
+        let (mut near, mut far) = tokio::io::duplex(1 << 16);
+        send_reply(&mut near, Reply::DatasetScan(Ok(rows)), 10)
+            .await
+            .expect("send");
+        let Err(error) = receive_reply(&mut far, 99).await else {
+            panic!("a part past the limit was taken");
+        };
+        assert!(error.to_string().contains("more than 99 bytes"), "{error}");
+        // Chunks followed by anything but the last chunk.
+        let (mut near, mut far) = tokio::io::duplex(1 << 16);
+        let chunk = Reply::DatasetScanChunk(serde_bytes::ByteBuf::from(vec![1u8; 10]));
+        wire::send(&mut near, &chunk).await.expect("send");
+        let refused = Reply::DatasetScan(Err(RemoteError::new(RemoteErrorKind::Busy, "x")));
+        wire::send(&mut near, &refused).await.expect("send");
+        let Err(error) = receive_reply(&mut far, 1000).await else {
+            panic!("a part cut short was taken");
+        };
+        assert!(error.to_string().contains("without their last"), "{error}");
+    }
 
     /// Search's types travel in the binary codec, which supports less of
     /// serde than JSON does: every variant must round-trip.

@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::protocol::{RemoteError, Reply, Request, SearchAnswer, SearchCall};
+use crate::protocol::{
+    send_reply, RemoteError, Reply, Request, SearchAnswer, SearchCall, REPLY_CHUNK_BYTES,
+};
 use crate::wire::{self, PeerAuth};
 
 /// openraft 0.9 resets a follower's election timer only when a snapshot's
@@ -177,6 +179,6 @@ async fn serve_connection(
                     .map(serde_bytes::ByteBuf::from),
             ),
         };
-        wire::send(&mut stream, &reply).await?;
+        send_reply(&mut stream, reply, REPLY_CHUNK_BYTES).await?;
     }
 }

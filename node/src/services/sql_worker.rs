@@ -16,11 +16,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_datasets::instances::InstanceRow;
-use shoal_datasets::query::{self as dataset_query, decode_parts, to_ipc, Local};
+use shoal_datasets::ipc::{decode_parts, part_to_ipc};
+use shoal_datasets::query::{self as dataset_query, Local};
 use shoal_datasets::{Format, QueryError, TableScan};
 use shoal_search::Hit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, Semaphore};
 
 /// Most memory (address space) a worker may map beyond what it maps when
@@ -199,6 +200,12 @@ pub async fn query_datasets(
     run_job(job, parts, limit).await
 }
 
+/// Kill a worker and reap it (its answer is no longer wanted).
+async fn stop(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
 /// Run `job` in a new worker; `parts`, when given, is the second frame
 /// the job says follows it.
 async fn run_job(
@@ -269,13 +276,11 @@ async fn run_job(
     };
     let answer = match tokio::time::timeout_at(deadline, exchange).await {
         Err(_) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            stop(&mut child).await;
             return Err(too_long());
         }
         Ok(Ok(None)) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            stop(&mut child).await;
             return Err(unavailable(
                 &"the query stopped before the other nodes' parts came",
             ));
@@ -370,8 +375,8 @@ fn work(job: Job) -> Answer {
             Err(e) => Answer::Refused(e.to_string()),
         },
         Job::DatasetScan { scan, files } => {
-            let part =
-                dataset_query::scan(&scan, &files).and_then(|mut frame| Ok(to_ipc(&mut frame)?));
+            let part = dataset_query::scan(&scan, &files)
+                .and_then(|mut frame| part_to_ipc(&mut frame, &scan.dataset.name));
             match part {
                 Ok(bytes) => Answer::Done(vec![Encoded::Bytes(bytes)]),
                 Err(e) => refused(e),
@@ -487,7 +492,7 @@ fn query(
                 Ok(table) => Encoded::Table(table.to_string()),
                 Err(e) => return Ok(Answer::Refused(e.to_string())),
             },
-            _ => Encoded::Bytes(shoal_datasets::query::encode(&mut frame, *format)?),
+            _ => Encoded::Bytes(shoal_datasets::ipc::encode(&mut frame, *format)?),
         });
     }
     Ok(Answer::Done(encoded))
