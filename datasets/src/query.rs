@@ -27,7 +27,7 @@ use crate::definition::{Dataset, DATE_COLUMN, ID_COLUMN, TIME_COLUMN};
 pub const MAX_SQL_BYTES: usize = 8192;
 /// Most rows one node sends the node that runs a query.
 pub const MAX_SCAN_ROWS: usize = 10_000_000;
-/// How a refusal for too many rows ends (other nodes' refusals arrive as text).
+/// How a refusal for too many rows ends.
 pub const NARROW_IT: &str = "narrow it with WHERE";
 /// Most rows of a result.
 pub const MAX_RESULT_ROWS: usize = 1_000_000;

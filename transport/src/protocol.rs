@@ -159,6 +159,11 @@ pub struct RemoteError {
 pub enum RemoteErrorKind {
     /// The request (or something it names) is not valid.
     Invalid,
+    /// The request is valid but needs more than the peer allows (rows,
+    /// bytes): it would need narrowing.
+    TooLarge,
+    /// The request is valid but needs more memory than the peer gives it.
+    OverBudget,
     /// The peer is at a capacity limit: retry later.
     Busy,
     /// The peer failed to carry it out.

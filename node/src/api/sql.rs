@@ -13,6 +13,7 @@ use serde_json::Value;
 use shoal_acl::{Access, Resource};
 use shoal_datasets::Format;
 use shoal_search::record::now_nanos;
+use shoal_transport::RemoteErrorKind;
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
@@ -218,11 +219,11 @@ pub fn query_error(e: DatasetQueryError) -> ApiError {
         DatasetQueryError::TooManyRows(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::TooManyRows, message)
         }
-        DatasetQueryError::Refused { ref message, .. } => {
-            let code = if message.contains(shoal_datasets::query::NARROW_IT) {
-                ErrorCode::TooManyRows
-            } else {
-                ErrorCode::InvalidQuery
+        DatasetQueryError::Refused { kind, .. } => {
+            let code = match kind {
+                RemoteErrorKind::TooLarge => ErrorCode::TooManyRows,
+                RemoteErrorKind::OverBudget => ErrorCode::QueryTooExpensive,
+                _ => ErrorCode::InvalidQuery,
             };
             ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
         }

@@ -30,9 +30,14 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 pub enum DatasetQueryError {
     #[error(transparent)]
     Worker(#[from] SqlWorkerError),
-    /// A node refused its part (the query is at fault, e.g. too many rows).
+    /// A node refused its part (the query is at fault, e.g. too many
+    /// rows: `kind` says which).
     #[error("node {node}: {message}")]
-    Refused { node: u64, message: String },
+    Refused {
+        node: u64,
+        kind: RemoteErrorKind,
+        message: String,
+    },
     #[error("dataset files: {0}")]
     Files(#[from] shoal_datasets::DatasetError),
     /// Fetching the logs failed.
@@ -85,7 +90,7 @@ pub fn plan(
 /// Why a node's part of a query is missing.
 enum Part {
     /// The query is at fault: the whole query fails.
-    Refused(String),
+    Refused(RemoteError),
     /// The node failed or did not answer: the result is partial.
     Failed(String),
 }
@@ -170,8 +175,8 @@ pub async fn query(
                 for scan in scans {
                     match shoal.forwarder.dataset_scan(&addr, scan, limit).await {
                         Ok(Ok(bytes)) => parts.push(serde_bytes::ByteBuf::from(bytes)),
-                        Ok(Err(e)) if e.kind == RemoteErrorKind::Invalid => {
-                            return (node, Err(Part::Refused(e.message)))
+                        Ok(Err(e)) if fails_the_query(e.kind) => {
+                            return (node, Err(Part::Refused(e)))
                         }
                         Ok(Err(e)) => return (node, Err(Part::Failed(e.message))),
                         Err(e) => return (node, Err(Part::Failed(e.to_string()))),
@@ -190,8 +195,12 @@ pub async fn query(
                     }
                 }
                 // Dropping the sender stops the worker.
-                Err(Part::Refused(message)) => {
-                    return Err(DatasetQueryError::Refused { node, message })
+                Err(Part::Refused(e)) => {
+                    return Err(DatasetQueryError::Refused {
+                        node,
+                        kind: e.kind,
+                        message: e.message,
+                    })
                 }
                 Err(Part::Failed(error)) => {
                     metrics::counter!("shoal_sql_node_failures_total").increment(1);
@@ -317,19 +326,32 @@ pub fn peer_handler(datasets: Arc<Datasets>, request_timeout: Duration) -> Datas
             let limit = request_timeout.saturating_sub(Duration::from_millis(500));
             sql_worker::scan_dataset(scan, files, limit)
                 .await
-                .map_err(|e| match e {
-                    SqlWorkerError::Refused(_)
-                    | SqlWorkerError::TooManyRows(_)
-                    | SqlWorkerError::TooBig(_) => {
-                        RemoteError::new(RemoteErrorKind::Invalid, e.to_string())
-                    }
-                    SqlWorkerError::TooLong(_) => {
-                        RemoteError::new(RemoteErrorKind::Busy, e.to_string())
-                    }
-                    SqlWorkerError::Unavailable(_) => internal(&e),
-                })
+                .map_err(scan_refusal)
         })
     })
+}
+
+/// Whether a node's refusal of its part fails the whole query (the query
+/// is at fault), rather than leaving the answer without that node.
+fn fails_the_query(kind: RemoteErrorKind) -> bool {
+    matches!(
+        kind,
+        RemoteErrorKind::Invalid | RemoteErrorKind::TooLarge | RemoteErrorKind::OverBudget
+    )
+}
+
+/// Why this node did not scan for a peer, as the peer is told: the kind
+/// decides whether the peer's query fails (and with which code) or
+/// answers without this node.
+fn scan_refusal(e: SqlWorkerError) -> RemoteError {
+    let kind = match e {
+        SqlWorkerError::Refused(_) => RemoteErrorKind::Invalid,
+        SqlWorkerError::TooManyRows(_) => RemoteErrorKind::TooLarge,
+        SqlWorkerError::TooBig(_) => RemoteErrorKind::OverBudget,
+        SqlWorkerError::TooLong(_) => RemoteErrorKind::Busy,
+        SqlWorkerError::Unavailable(_) => RemoteErrorKind::Internal,
+    };
+    RemoteError::new(kind, e.to_string())
 }
 
 /// Compact and apply retention to this node's datasets, once a minute.
@@ -372,6 +394,45 @@ mod tests {
     #[test]
     fn the_logs_table_has_one_name() {
         assert_eq!(LOGS_TABLE, shoal_search::sql::TABLE);
+    }
+
+    /// A peer's refusal keeps its reason across the wire: too many rows,
+    /// too much memory and a bad query each fail the whole query with
+    /// their own code; a peer past its time or failing leaves it partial.
+    #[test]
+    fn a_peers_refusal_answers_with_the_code_of_its_reason() {
+        use crate::api::error::ErrorCode;
+        let cases = [
+            (
+                SqlWorkerError::TooManyRows("more than 10000000 rows".into()),
+                Some(ErrorCode::TooManyRows),
+            ),
+            (
+                SqlWorkerError::TooBig("memory allocation of 8 bytes failed".into()),
+                Some(ErrorCode::QueryTooExpensive),
+            ),
+            (
+                SqlWorkerError::Refused("no column x".into()),
+                Some(ErrorCode::InvalidQuery),
+            ),
+            (SqlWorkerError::TooLong(Duration::from_secs(1)), None),
+            (SqlWorkerError::Unavailable("gone".into()), None),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            let sent = shoal_codec::encode(&scan_refusal(e)).expect("encode");
+            let refusal: RemoteError = shoal_codec::decode(&sent).expect("decode");
+            assert_eq!(fails_the_query(refusal.kind), code.is_some(), "{text}");
+            if let Some(code) = code {
+                let answer = crate::api::sql::query_error(DatasetQueryError::Refused {
+                    node: 7,
+                    kind: refusal.kind,
+                    message: refusal.message,
+                });
+                assert_eq!(answer.code, code, "{text}");
+                assert_eq!(answer.message, format!("node 7: {text}"));
+            }
+        }
     }
 
     #[test]
