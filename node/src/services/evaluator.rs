@@ -59,6 +59,8 @@ struct Worker {
     /// The ids of the documents this evaluator was sent.
     documents: HashSet<u64>,
     child: Child,
+    /// The clock of the evaluator's CPU time (none if it has none).
+    cpu_clock: Option<libc::clockid_t>,
     stdin: ChildStdin,
     stdout: ChildStdout,
     stderr: ChildStderr,
@@ -231,6 +233,7 @@ impl Evaluator {
         match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
             (Some(stdin), Some(stdout), Some(stderr)) => Ok(Worker {
                 documents: HashSet::new(),
+                cpu_clock: child.id().and_then(cpu_clock),
                 child,
                 stdin,
                 stdout,
@@ -249,8 +252,8 @@ impl Worker {
     async fn run(&mut self, request: &Request) -> Result<Response, EvaluatorError> {
         let bytes = sandbox::frame(request)
             .map_err(|e| EvaluatorError::Unavailable(format!("cannot encode the work: {e}")))?;
-        let pid = self.child.id();
-        let cpu_before = pid.and_then(cpu_time);
+        let clock = self.cpu_clock;
+        let cpu_before = clock.and_then(cpu_time);
         let started = tokio::time::Instant::now();
         let answered = {
             let exchange = self.exchange(&bytes);
@@ -260,7 +263,7 @@ impl Worker {
                     break Some(answered);
                 }
                 // Unknown CPU time counts as all of the time passed.
-                let used = match (cpu_before, pid.and_then(cpu_time)) {
+                let used = match (cpu_before, clock.and_then(cpu_time)) {
                     (Some(before), Some(now)) => now.saturating_sub(before),
                     _ => started.elapsed(),
                 };
@@ -320,20 +323,32 @@ impl Worker {
     }
 }
 
-/// The CPU time process `pid` has used (user and system, all threads),
-/// from `/proc/<pid>/stat`; None where that cannot be read.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command's closing parenthesis: utime and stime
-    // are the 12th and 13th, in clock ticks.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()
-        .filter(|hz| *hz > 0)?;
-    Some(Duration::from_millis(
-        ticks.saturating_mul(1000) / per_second,
+/// The clock of process `pid`'s CPU time (user and system, all threads).
+/// Read through `clock_gettime`, one system call, where `/proc/<pid>/stat`
+/// cost an open, a read and a parse before every piece of work.
+fn cpu_clock(pid: u32) -> Option<libc::clockid_t> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t through the pointer.
+    let status = unsafe { libc::clock_getcpuclockid(pid, &mut clock) };
+    (status == 0).then_some(clock)
+}
+
+/// The CPU time on a process's CPU clock; none where it cannot be read
+/// (the process is gone).
+fn cpu_time(clock: libc::clockid_t) -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the pointer.
+    let status = unsafe { libc::clock_gettime(clock, &mut now) };
+    if status != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(now.tv_sec).ok()?,
+        u32::try_from(now.tv_nsec).ok()?,
     ))
 }
 
@@ -399,4 +414,37 @@ pub(crate) fn limit_memory(extra: u64) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cpu_clock, cpu_time};
+    use std::time::{Duration, Instant};
+
+    /// The CPU clock counts work done, and a process that is gone has none.
+    #[test]
+    fn a_process_cpu_clock_counts_its_work() {
+        let clock = cpu_clock(std::process::id()).expect("this process has a CPU clock");
+        let before = cpu_time(clock).expect("readable");
+        let started = Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < Duration::from_millis(200) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let used = cpu_time(clock).expect("readable").saturating_sub(before);
+        assert!(
+            used >= Duration::from_millis(100),
+            "{used:?} of CPU in 200 ms of spinning"
+        );
+
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("wait for true");
+        assert!(
+            cpu_clock(pid).and_then(cpu_time).is_none(),
+            "a reaped process has no clock"
+        );
+    }
 }

@@ -104,7 +104,7 @@ impl Actor for InstanceActor {
             }
         };
         if state.advance(&myself, &arrival).await? {
-            state.rest(&myself).await?;
+            state.rest(&myself)?;
         }
         Ok(())
     }
@@ -183,23 +183,20 @@ impl InstanceState {
             })?
     }
 
-    /// Asks the supervisor to stop this actor if the instance only waits
-    /// (or is suspended) and no call is on its way.
-    async fn rest(&self, myself: &ActorRef<InstanceMsg>) -> Result<(), ActorProcessingErr> {
+    /// Asks the supervisor to stop this actor, whose instance was left
+    /// waiting, suspended or finished, unless a call is on its way. The
+    /// instance is not read again: a change since then was delivered to
+    /// this actor after what it handled, and the supervisor keeps an actor
+    /// that was delivered more than it handled.
+    fn rest(&self, myself: &ActorRef<InstanceMsg>) -> Result<(), ActorProcessingErr> {
         if !self.calling.is_empty() {
             return Ok(());
         }
-        let resting = self.read().await?.is_none_or(|(instance, _)| {
-            matches!(instance.status, Status::Waiting | Status::Suspended)
-                || instance.status.is_final()
-        });
-        if resting {
-            self.supervisor.send_message(SupervisorMsg::Idle {
-                id: self.id.clone(),
-                actor: myself.get_id(),
-                handled: self.handled,
-            })?;
-        }
+        self.supervisor.send_message(SupervisorMsg::Idle {
+            id: self.id.clone(),
+            actor: myself.get_id(),
+            handled: self.handled,
+        })?;
         Ok(())
     }
 
@@ -229,7 +226,7 @@ impl InstanceState {
                 if !arrived.record(&mut base, now) {
                     if matches!(arrived, Arrival::TimerDue(_)) {
                         // Fired already (a re-offer that crossed the write).
-                        return Ok(true);
+                        return Ok(instance.status == Status::Waiting);
                     }
                     arrival = None;
                 }
