@@ -291,8 +291,13 @@ mod tests {
     #[test]
     fn every_schema_name_is_used_once() {
         let mut found = Vec::new();
+        // The checkout under test, not the one this test was compiled in
+        // (checkouts that share a target directory reuse compiled tests).
+        let root = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+        );
         // This crate and the crates whose types it documents.
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         for dir in ["src", "../actors/src", "../workflows/src"] {
             schema_names(&root.join(dir), &mut found);
         }

@@ -59,6 +59,18 @@ use std::time::{Duration, Instant};
 
 pub use shoal_testkit::eventually;
 
+/// This package's directory (`tests/`) in the checkout under test, from the
+/// environment cargo and nextest give the running test rather than the one
+/// the test was compiled in: checkouts that share one target directory
+/// reuse each other's compiled tests, and a path compiled in could name
+/// another checkout.
+pub fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        std::path::PathBuf::from,
+    )
+}
+
 /// Like [`eventually`], but `check` explains each miss (`Err(observation)`),
 /// and the panic after `timeout` shows the last observation, so a failure
 /// says what the cluster looked like rather than only what was awaited.

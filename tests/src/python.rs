@@ -28,14 +28,9 @@ pub fn python_bin() -> PathBuf {
     path
 }
 
-/// Path of a script in `tests/py/`. The package directory is taken from the
-/// environment cargo and nextest give the running test, not from the one the
-/// test was compiled in: checkouts sharing one target directory reuse each
-/// other's compiled tests, and a path baked in could name another checkout.
+/// Path of a script in `tests/py/`.
 pub fn py_script(name: &str) -> PathBuf {
-    let package = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
-    let path = package.join("py").join(name);
+    let path = crate::package_dir().join("py").join(name);
     assert!(path.is_file(), "missing test script {}", path.display());
     path
 }

@@ -17,9 +17,7 @@ use shoal_tests::*;
 const WAIT: Duration = Duration::from_secs(90);
 
 fn example(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/commerce")
-        .join(file)
+    package_dir().join("../examples/commerce").join(file)
 }
 
 /// The saga with a payment window of `window` instead of 30 minutes.

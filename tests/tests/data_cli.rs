@@ -2,8 +2,6 @@
 //! laid out as the sqlx CLI lays it out (the commerce example's), a sink
 //! defined from a file, its rows and dead letters, a replay.
 
-use std::path::PathBuf;
-
 use shoal_tests::delivery_support::*;
 use shoal_tests::*;
 
@@ -17,7 +15,7 @@ async fn shoal(node: &Node, args: &[&str], stdin: Option<&[u8]>) -> CliOutput {
 #[tokio::test(flavor = "multi_thread")]
 async fn shoal_db_and_shoal_sink_define_what_the_sinks_write() {
     let node = Node::start().await;
-    let migrations = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let migrations = package_dir()
         .join("../examples/commerce/migrations/sqlite")
         .display()
         .to_string();

@@ -483,9 +483,7 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 /// The fixture's two day partitions of the stream `legacy`, written by a
 /// build whose term dictionaries were FSTs (see tests/fixtures/logs-format1).
 fn format1_fixture() -> std::path::PathBuf {
-    let root = std::env::var("CARGO_MANIFEST_DIR")
-        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    std::path::Path::new(&root).join("fixtures/logs-format1/legacy")
+    package_dir().join("fixtures/logs-format1/legacy")
 }
 
 /// All 30 fixture records, found with several kinds of query, each with
