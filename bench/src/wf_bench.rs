@@ -11,8 +11,8 @@
 //!   another node) is measured;
 //! - inbox: the same, with the events sent to the workflow event inbox
 //!   (stored in Raft before the answer) instead of a topic;
-//! - memory: the leader's resident memory before and after `--sleeping`
-//!   instances start waiting on an hour-long timer, per instance;
+//! - memory: the leader's and a follower's resident memory before and after
+//!   `--sleeping` instances start waiting on an hour-long timer, per instance;
 //! - timers: `--timers` instances wait on hour-long timers (the leader's
 //!   memory per instance), and beside them `--probes` 5 s timers started at
 //!   `--rate`: how late each fired (its recorded firing time against its
@@ -486,15 +486,28 @@ async fn latency(bench: &Bench, args: &Args, inbox: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The leader's RSS before any, after half and after all `--sleeping`
-/// instances wait on a timer: the growth per instance over all of them,
-/// and over the second half alone (the marginal cost: buffers of fixed
-/// size, such as memtables and caches, have filled in the first half).
-async fn memory(bench: &Bench, args: &Args, leader_pid: u32) -> anyhow::Result<()> {
+/// The leader's and a follower's RSS before any, after half and after all
+/// `--sleeping` instances wait on a timer: the growth per instance over all
+/// of them, and over the second half alone (the marginal cost: buffers of
+/// fixed size, such as memtables and caches, have filled in the first
+/// half). A follower holds the same replicated state but drives nothing,
+/// so the difference between the two is what driving costs.
+async fn memory(
+    bench: &Bench,
+    args: &Args,
+    leader_pid: u32,
+    follower_pid: u32,
+) -> anyhow::Result<()> {
     bench.put_definition(SLEEP, "sleep").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let half = args.sleeping / 2;
-    let mut rss = vec![ProcStats::read(leader_pid).context("reading the leader's memory")?];
+    let read = || -> anyhow::Result<(ProcStats, ProcStats)> {
+        Ok((
+            ProcStats::read(leader_pid).context("reading the leader's memory")?,
+            ProcStats::read(follower_pid).context("reading a follower's memory")?,
+        ))
+    };
+    let mut rss = vec![read()?];
     for (from, to) in [(0, half), (half, args.sleeping)] {
         let ids: Vec<String> = (from..to).map(|i| format!("z-{i}")).collect();
         bench.start_all("sleep", ids, args.clients).await?;
@@ -502,25 +515,29 @@ async fn memory(bench: &Bench, args: &Args, leader_pid: u32) -> anyhow::Result<(
             .wait_count("sleep", "waiting", to, Duration::from_secs(600))
             .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rss.push(ProcStats::read(leader_pid).context("reading the leader's memory")?);
+        rss.push(read()?);
     }
     let per_instance = |from: &ProcStats, to: &ProcStats, count: usize| {
         (to.rss_mib() - from.rss_mib()) * 1024.0 * 1024.0 / count.max(1) as f64
     };
-    println!(
-        "| memory | {} instances waiting on a timer | leader RSS {:.1} MiB -> {:.1} MiB | {:.0} bytes per waiting instance | |",
-        args.sleeping,
-        rss[0].rss_mib(),
-        rss[2].rss_mib(),
-        per_instance(&rss[0], &rss[2], args.sleeping)
-    );
-    println!(
-        "| memory | the second {} of them | leader RSS {:.1} MiB -> {:.1} MiB | {:.0} bytes per waiting instance (marginal) | |",
-        args.sleeping - half,
-        rss[1].rss_mib(),
-        rss[2].rss_mib(),
-        per_instance(&rss[1], &rss[2], args.sleeping - half)
-    );
+    for (role, follower) in [("leader", false), ("follower", true)] {
+        let pick = |pair: &(ProcStats, ProcStats)| if follower { pair.1 } else { pair.0 };
+        let (before, middle, after) = (pick(&rss[0]), pick(&rss[1]), pick(&rss[2]));
+        println!(
+            "| memory | {} instances waiting on a timer | {role} RSS {:.1} MiB -> {:.1} MiB | {:.0} bytes per waiting instance | |",
+            args.sleeping,
+            before.rss_mib(),
+            after.rss_mib(),
+            per_instance(&before, &after, args.sleeping)
+        );
+        println!(
+            "| memory | the second {} of them | {role} RSS {:.1} MiB -> {:.1} MiB | {:.0} bytes per waiting instance (marginal) | |",
+            args.sleeping - half,
+            middle.rss_mib(),
+            after.rss_mib(),
+            per_instance(&middle, &after, args.sleeping - half)
+        );
+    }
     Ok(())
 }
 
@@ -758,7 +775,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "throughput" => throughput(&bench, &args).await?,
             "latency" => latency(&bench, &args, false).await?,
             "inbox" => latency(&bench, &args, true).await?,
-            "memory" => memory(&bench, &args, nodes[leader].pid).await?,
+            "memory" => {
+                let follower = (leader + 1) % nodes.len();
+                memory(&bench, &args, nodes[leader].pid, nodes[follower].pid).await?
+            }
             "timers" => timers(&bench, &args, nodes[leader].pid).await?,
             "burst" => burst(&bench, &args, nodes[leader].pid).await?,
             "recovery" => {

@@ -51,6 +51,22 @@ fn no_transparent_huge_pages() {
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
+/// Keep the C heap (RocksDB's memtables, blocks and compaction buffers)
+/// from holding memory it freed. By default glibc raises its mmap
+/// threshold each time a large block is freed, so later memtable blocks
+/// come from the heap, where freed ones are seldom given back; and it
+/// keeps up to eight arenas per core. A node's memory then grew with its
+/// data well past RocksDB's buffers (bench/README.md, memory per waiting
+/// instance). Rust's own allocations go to mimalloc.
+fn bounded_c_heap() {
+    // SAFETY: mallopt only changes glibc's allocator settings, and runs
+    // before this process starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// For client commands: end quietly when the reader of stdout goes away
 /// (`shoal logs stats | head -3`), as Unix tools do, instead of panicking
 /// in `println!`. Rust ignores SIGPIPE by default; sockets are unaffected
@@ -82,6 +98,7 @@ fn main() -> std::process::ExitCode {
     let matches = settings::with_defaults_in_help(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     no_transparent_huge_pages();
+    bounded_c_heap();
     if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         default_sigpipe();
     }

@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{Cache, ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::error::StorageError;
 use crate::kv::KvCache;
@@ -62,19 +62,28 @@ const ALL_CFS: [&str; 12] = [
     CF_DEAD_LETTERS,
 ];
 
+/// RocksDB's memory, shared by every column family so that it is bounded
+/// by the node, not by the number of column families: each one had a
+/// block cache of its own (RocksDB's default, 32 MiB each) and memtables
+/// of 64 MiB unless set below. Past the memtable budget, memtables are
+/// flushed early (the oldest first).
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+const MEMTABLE_BUDGET_BYTES: usize = 128 << 20;
+
 /// Column families read by key on every write (the previous value, whether
 /// a proposal id was seen) get bloom filters, in memtables and in SST files:
 /// a lookup of an absent key, like every new proposal id, then skips the
 /// memtable's skip list and the files instead of searching them.
-fn cf_options(name: &str) -> Options {
+fn cf_options(name: &str, block_cache: &Cache) -> Options {
     let mut options = Options::default();
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(block_cache);
     if matches!(name, CF_KV | CF_REQUESTS | CF_LEASES) {
         options.set_memtable_whole_key_filtering(true);
         options.set_memtable_prefix_bloom_ratio(0.1);
-        let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        options.set_block_based_table_factory(&table);
     }
+    options.set_block_based_table_factory(&table);
     // Every put inserts into `kv` and `key_revs` at a random place, and the
     // cost of that skip-list walk grows with the memtable (it was the largest
     // single item of a node's CPU under a steady write load). Most of `kv`'s
@@ -160,9 +169,11 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+        let block_cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = ALL_CFS
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &block_cache)));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let closed = StoreClosed {
             state: Arc::new((Mutex::new(false), Condvar::new())),

@@ -1413,7 +1413,19 @@ do:
         let gauge = text.contains(
             "shoal_workflow_instances{workflow=\"test/quick/1.0.0\",status=\"completed\"} 0",
         );
-        if deleted && gauge {
+        // Counted as they change: each status the instances went through
+        // holds exactly those in it now.
+        let waiting = text.contains(
+            "shoal_workflow_instances{workflow=\"test/slow/1.0.0\",status=\"waiting\"} 1",
+        );
+        let passed = ["pending", "running"].iter().all(|status| {
+            !text.lines().any(|line| {
+                line.starts_with(&format!(
+                    "shoal_workflow_instances{{workflow=\"test/quick/1.0.0\",status=\"{status}\"}}"
+                )) && !line.ends_with(" 0")
+            })
+        });
+        if deleted && gauge && waiting && passed {
             Ok(())
         } else {
             Err(text

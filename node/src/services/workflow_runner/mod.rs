@@ -78,10 +78,10 @@ pub async fn run(shoal: Arc<Shoal>) {
             shoal: shoal.clone(),
             supervisors: HashMap::new(),
             tracked: HashMap::new(),
+            counts: HashMap::new(),
             definitions: HashSet::new(),
             expiring: BTreeMap::new(),
             sweep: None,
-            gauged: HashSet::new(),
             timers: BTreeSet::new(),
             schedules: Schedules::default(),
             node_calls: node_calls.clone(),
@@ -100,8 +100,13 @@ struct Runner {
     shoal: Arc<Shoal>,
     /// By definition key (`namespace/name/version`).
     supervisors: HashMap<String, ActorRef<SupervisorMsg>>,
-    /// What was last seen of every instance, by id.
-    tracked: HashMap<String, Tracked>,
+    /// What was last seen of every instance, by id. Held for every
+    /// unfinished instance, so kept small: ids and timer keys are shared
+    /// with [`Runner::timers`], not copied.
+    tracked: HashMap<Arc<str>, Tracked>,
+    /// Tracked instances by definition and status, kept as they change (for
+    /// the gauges; counting all of them each time cost the leader CPU).
+    counts: HashMap<(Arc<str>, Status), u64>,
     /// Definition keys, shared by the instances that run them.
     definitions: HashSet<Arc<str>>,
     /// Finished instances, by when they finished, with the revision of
@@ -109,11 +114,9 @@ struct Runner {
     expiring: BTreeMap<(u64, String), u64>,
     /// The deletes under way; it gives back those that failed.
     sweep: Option<JoinHandle<Vec<Expiring>>>,
-    /// The gauge labels set last time, to zero those that went away.
-    gauged: HashSet<(Arc<str>, Status)>,
     /// Every armed timer that has not fired: (when to offer it, instance
     /// id, timer key).
-    timers: BTreeSet<(Instant, String, String)>,
+    timers: BTreeSet<(Instant, Arc<str>, Arc<str>)>,
     schedules: Schedules,
     node_calls: Arc<Semaphore>,
     /// The revision of the last instance change whose lifecycle events are
@@ -274,13 +277,13 @@ impl Runner {
                 break;
             }
             self.timers.pop_first();
-            let Some(definition) = self.tracked.get(&id).map(|t| t.definition.clone()) else {
+            let Some(definition) = self.tracked.get(&*id).map(|t| t.definition.clone()) else {
                 continue;
             };
-            self.deliver(&definition, &id, InstanceMsg::TimerDue(key.clone()))
+            self.deliver(&definition, &id, InstanceMsg::TimerDue(key.to_string()))
                 .await;
             let again = now + TIMER_REOFFER;
-            if let Some(tracked) = self.tracked.get_mut(&id) {
+            if let Some(tracked) = self.tracked.get_mut(&*id) {
                 for timer in tracked.timers.iter_mut().filter(|(_, k)| *k == key) {
                     timer.0 = again;
                 }
@@ -305,31 +308,40 @@ impl Runner {
         if let Some(at) = finished_ms {
             self.expiring.insert((at, instance.id.clone()), revision);
         }
-        let before = self.tracked.remove(&instance.id);
+        let (id, before) = match self.tracked.remove_entry(instance.id.as_str()) {
+            Some((id, before)) => {
+                self.count(&before.definition, before.status, false);
+                (id, Some(before))
+            }
+            None => (Arc::from(instance.id.as_str()), None),
+        };
         // The instance's timers now: one known already keeps its time.
         let now = Instant::now();
-        let known = before.as_ref().map(|t| t.timers.as_slice()).unwrap_or(&[]);
+        let known = before.as_ref().map(|t| &t.timers[..]).unwrap_or(&[]);
         // A suspended instance's timers wait for its resume.
         let driven = matches!(
             instance.status,
             Status::Pending | Status::Running | Status::Waiting
         );
-        let timers: Vec<(Instant, String)> = pending_timers(instance, now_ms())
+        let timers: Box<[(Instant, Arc<str>)]> = pending_timers(instance, now_ms())
             .into_iter()
             .filter(|_| driven)
-            .map(|(key, wait)| match known.iter().find(|(_, k)| *k == key) {
-                Some((at, _)) => (*at, key),
-                None => (now + wait, key),
-            })
+            .map(
+                |(key, wait)| match known.iter().find(|(_, k)| **k == *key) {
+                    Some((at, key)) => (*at, key.clone()),
+                    None => (now + wait, Arc::from(key)),
+                },
+            )
             .collect();
         for (at, key) in known {
-            self.timers.remove(&(*at, instance.id.clone(), key.clone()));
+            self.timers.remove(&(*at, id.clone(), key.clone()));
         }
-        for (at, key) in &timers {
-            self.timers.insert((*at, instance.id.clone(), key.clone()));
+        for (at, key) in &timers[..] {
+            self.timers.insert((*at, id.clone(), key.clone()));
         }
+        self.count(&definition, instance.status, true);
         self.tracked.insert(
-            instance.id.clone(),
+            id,
             Tracked {
                 definition,
                 status: instance.status,
@@ -346,14 +358,26 @@ impl Runner {
     }
 
     fn forget(&mut self, id: &str) {
-        let Some(tracked) = self.tracked.remove(id) else {
+        let Some((id, tracked)) = self.tracked.remove_entry(id) else {
             return;
         };
+        self.count(&tracked.definition, tracked.status, false);
         if let Some(at) = tracked.finished_ms {
             self.expiring.remove(&(at, id.to_string()));
         }
         for (at, key) in tracked.timers {
-            self.timers.remove(&(at, id.to_string(), key));
+            self.timers.remove(&(at, id.clone(), key));
+        }
+    }
+
+    /// One tracked instance more (`added`) or fewer in a definition and
+    /// status.
+    fn count(&mut self, definition: &Arc<str>, status: Status, added: bool) {
+        let count = self.counts.entry((definition.clone(), status)).or_default();
+        if added {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
         }
     }
 
@@ -369,7 +393,7 @@ impl Runner {
             for ((at, id), revision) in sweep.await.unwrap_or_default() {
                 if self
                     .tracked
-                    .get(&id)
+                    .get(id.as_str())
                     .is_some_and(|t| t.finished_ms == Some(at))
                 {
                     self.expiring.insert((at, id), revision);
@@ -460,34 +484,18 @@ impl Runner {
         }
     }
 
+    /// Sets the gauge of each definition and status; those that went to
+    /// zero are set once more and then dropped.
     fn publish_gauges(&mut self) {
-        let mut counts: HashMap<(Arc<str>, Status), u64> = HashMap::new();
-        for tracked in self.tracked.values() {
-            *counts
-                .entry((tracked.definition.clone(), tracked.status))
-                .or_default() += 1;
-        }
-        let gone: Vec<_> = self
-            .gauged
-            .iter()
-            .filter(|labels| !counts.contains_key(*labels))
-            .cloned()
-            .collect();
-        for labels in gone {
-            counts.insert(labels, 0);
-        }
-        self.gauged.clear();
-        for ((definition, status), count) in counts {
+        for ((definition, status), count) in &self.counts {
             metrics::gauge!(
                 "shoal_workflow_instances",
                 "workflow" => definition.to_string(),
                 "status" => status.as_str(),
             )
-            .set(count as f64);
-            if count > 0 {
-                self.gauged.insert((definition, status));
-            }
+            .set(*count as f64);
         }
+        self.counts.retain(|_, count| *count > 0);
     }
 
     fn stop(&mut self) {
@@ -496,6 +504,9 @@ impl Runner {
         }
         // The next leader counts instances and keeps timers; this node no
         // longer does.
+        for count in self.counts.values_mut() {
+            *count = 0;
+        }
         self.tracked.clear();
         self.timers.clear();
         self.publish_gauges();
@@ -515,7 +526,7 @@ struct Tracked {
     /// When it finished (`updated_ms` of its final state).
     finished_ms: Option<u64>,
     /// Its armed timers that have not fired: when to offer each, and key.
-    timers: Vec<(Instant, String)>,
+    timers: Box<[(Instant, Arc<str>)]>,
 }
 
 /// A finished instance: (when it finished, id) and the revision seen.
