@@ -25,8 +25,9 @@ use crate::definition::{Dataset, DATE_COLUMN, ID_COLUMN, TIME_COLUMN};
 
 /// Longest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 8192;
-/// Most rows one node sends the node that runs a query.
-pub const MAX_SCAN_ROWS: usize = 10_000_000;
+/// Most rows one node sends the node that runs a query, unless the plan
+/// says otherwise ([`TableScan::max_rows`]).
+pub const DEFAULT_MAX_SCAN_ROWS: u64 = 10_000_000;
 /// How a refusal for too many rows ends.
 pub const NARROW_IT: &str = "narrow it with WHERE";
 /// Most rows of a result.
@@ -107,6 +108,9 @@ pub struct TableScan {
     /// aggregates in a way that merges exactly ([`crate::partial`]): each
     /// node sends its groups.
     pub partial: Option<String>,
+    /// The most rows (or groups) one node's part may have: the asking
+    /// node's limit, so every node applies the same one.
+    pub max_rows: u64,
 }
 
 impl TableScan {
@@ -434,6 +438,7 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                 sent,
                 days: single_table_days.clone(),
                 partial: None,
+                max_rows: DEFAULT_MAX_SCAN_ROWS,
             }
         })
         .collect();
@@ -548,8 +553,9 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError
     // Polars' streaming engine: a filter, a projection and a partial
     // aggregation are what it does fastest (the query itself runs on the
     // in-memory engine, which is faster for count(DISTINCT x)).
+    let max_rows = scan.max_rows.min(u64::from(u32::MAX) - 1);
     let frame = match scan_lazy(scan, files)?
-        .limit(MAX_SCAN_ROWS as u32 + 1)
+        .limit(max_rows as u32 + 1)
         .collect_with_engine(Engine::Streaming)?
     {
         QueryResult::Single(frame) => frame,
@@ -557,9 +563,9 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError
             return Err(QueryError::Invalid("the scan gave several tables".into()))
         }
     };
-    if frame.height() > MAX_SCAN_ROWS {
+    if frame.height() as u64 > max_rows {
         return Err(QueryError::TooBig(format!(
-            "the query needs more than {MAX_SCAN_ROWS} rows of {} from one node; {NARROW_IT}",
+            "the query needs more than {max_rows} rows of {} from one node; {NARROW_IT}",
             scan.dataset.name
         )));
     }

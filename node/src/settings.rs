@@ -256,7 +256,16 @@ pub struct NodeArgs {
     /// it, e.g. `30min`, `1h`, `2d`; the Raft leader's setting applies.
     #[arg(long, env = "SHOAL_WORKFLOW_EVENT_RETENTION")]
     pub workflow_event_retention: Option<String>,
+    /// Most rows (or groups, when each node aggregates its own) of a dataset that one node's
+    /// part of a SQL query may have: past it the query is refused with 400 `too_many_rows`.
+    /// The setting of the node that was asked applies to every node's part.
+    #[arg(long, env = "SHOAL_SQL_MAX_ROWS_PER_NODE")]
+    pub sql_max_rows_per_node: Option<u64>,
 }
+
+/// The highest `--sql-max-rows-per-node` (the worker's memory and the
+/// 1 GiB bound on a node's part stop a query before this many rows).
+const MAX_SQL_ROWS_PER_NODE: u64 = 100_000_000;
 
 /// Every setting's default, written once: `Settings::resolve` parses its
 /// value from here, and `--help` shows it (see [`with_defaults_in_help`]).
@@ -298,6 +307,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("workflow_retention", "7d"),
     ("workflow_max_unfinished", "1000000"),
     ("workflow_event_retention", "1h"),
+    ("sql_max_rows_per_node", "10000000"),
 ];
 
 /// A duration setting (`12h`, `7d`) given as `--{flag}`, or its default.
@@ -622,6 +632,7 @@ pub struct Settings {
     pub workflow_retention: std::time::Duration,
     pub workflow_max_unfinished: u64,
     pub workflow_event_retention: std::time::Duration,
+    pub sql_max_rows_per_node: u64,
 }
 
 impl Settings {
@@ -776,6 +787,8 @@ impl Settings {
             )?,
             workflow_max_unfinished: pick!(workflow_max_unfinished)
                 .unwrap_or_else(|| default_of("workflow_max_unfinished")),
+            sql_max_rows_per_node: pick!(sql_max_rows_per_node)
+                .unwrap_or_else(|| default_of("sql_max_rows_per_node")),
         };
         settings.check()?;
         Ok(settings)
@@ -869,6 +882,9 @@ impl Settings {
         }
         if self.workflow_max_unfinished == 0 {
             bail!("--workflow-max-unfinished must be at least 1");
+        }
+        if !(1..=MAX_SQL_ROWS_PER_NODE).contains(&self.sql_max_rows_per_node) {
+            bail!("--sql-max-rows-per-node must be between 1 and {MAX_SQL_ROWS_PER_NODE}");
         }
         if !(10..=60_000).contains(&self.logs_commit_ms) {
             bail!("--logs-commit-ms must be between 10 and 60000");

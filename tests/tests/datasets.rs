@@ -378,6 +378,83 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     );
 }
 
+/// Each node's part of a dataset is bounded by the asking node's
+/// `--sql-max-rows-per-node`, which travels with the scan: a peer past it
+/// refuses its part, and the query is refused with `too_many_rows` naming
+/// that peer (not answered partial without its rows).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_past_the_asking_nodes_row_limit_refuses_the_query() {
+    let out = run_shoal(&["serve", "--sql-max-rows-per-node", "0"], None, &[]).await;
+    out.assert_clean_failure();
+    assert!(
+        out.stderr.contains("--sql-max-rows-per-node"),
+        "{}",
+        out.stderr
+    );
+
+    let cluster = Cluster::builder(3)
+        .node_args(1, &["--sql-max-rows-per-node", "100"])
+        .start()
+        .await;
+    define(cluster.node(0)).await;
+    publish_orders(cluster.node(0), 0, 150).await;
+    publish_orders(cluster.node(1), 1, 10).await;
+    wait_count(cluster.node(0), 160).await;
+    let node0 = cluster.node_id(0).await;
+
+    // Not split: node 0 would send its 150 rows to node 1.
+    let rows = "SELECT order_id, total FROM orders";
+    let refused = sql(cluster.node(1), rows).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(
+        refused.body["error"]["code"],
+        "too_many_rows",
+        "{}",
+        refused.describe()
+    );
+    let message = refused.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("node {node0}: ")) && message.contains("more than 100 rows"),
+        "{message}"
+    );
+    // Node 0's own limit (the default) is the one when it is asked.
+    let answered = sql(cluster.node(0), rows).await.ok();
+    assert_eq!(
+        answered["rows"].as_array().map(Vec::len),
+        Some(160),
+        "{answered}"
+    );
+    assert_eq!(answered["partial"], false, "{answered}");
+    // Narrowed by WHERE (orders 0, 4, 8, ... of each node), node 0 sends
+    // 38 rows.
+    let narrowed = sql(
+        cluster.node(1),
+        "SELECT order_id FROM orders WHERE items = 1",
+    )
+    .await
+    .ok();
+    assert_eq!(
+        narrowed["rows"].as_array().map(Vec::len),
+        Some(41),
+        "{narrowed}"
+    );
+    // Aggregated on each node, node 0 sends its 7 groups.
+    let grouped = "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id";
+    let grouped = sql(cluster.node(1), grouped).await.ok();
+    let counted: u64 = grouped["rows"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|row| row[1].as_u64()).sum())
+        .unwrap_or_default();
+    assert_eq!(counted, 160, "{grouped}");
+}
+
 /// A workflow whose instances complete at once, and one whose instances wait.
 const CONFIRM: &str = "document: {dsl: '1.0.0', namespace: shop, name: confirm, version: '1.0.0'}
 do:

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 /// Longest wait for something the node must do on its own.
 const T: Duration = Duration::from_secs(20);
 /// The wire's version byte, after each frame's length.
-const WIRE_VERSION: u8 = 9;
+const WIRE_VERSION: u8 = 10;
 /// A frame of the 16-byte nonce the node sends first: length, version, body.
 const NONCE_FRAME_BYTES: usize = 4 + 1 + 16;
 

@@ -27,8 +27,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// Bumped with every change of a message's encoding (3: the handshake
 /// proves the secret both ways; 5: a dataset scan may carry a partial query;
 /// 6: and the days it reads; 7: and the columns it sends; 8: its rows come
-/// in chunks; 9: refusals say which limit).
-const WIRE_VERSION: u8 = 9;
+/// in chunks; 9: refusals say which limit; 10: a scan carries its row
+/// limit).
+const WIRE_VERSION: u8 = 10;
 /// Largest frame accepted; snapshot chunks and append batches stay far below.
 const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Largest frame of the handshake (a nonce, a proof and a nonce, a verdict

@@ -95,7 +95,12 @@ pub async fn put(
     // every table it reads may save a query over them.
     if let Some(query) = body.get("query").and_then(Value::as_str) {
         let defined = shoal.messaging.config().datasets.clone();
-        if let Ok(plan) = datasets::plan(query, &defined, now_nanos()) {
+        if let Ok(plan) = datasets::plan(
+            query,
+            &defined,
+            now_nanos(),
+            shoal.settings.sql_max_rows_per_node,
+        ) {
             crate::api::sql::require_tables(&caller, &plan)?;
             if plan.logs.is_some() {
                 caller.require_under(Resource::Logs, "", Access::Read)?;

@@ -146,8 +146,13 @@ pub async fn sql(
     let format = format_of(format.as_deref(), &headers)?;
     let defined: BTreeMap<String, shoal_datasets::Dataset> =
         shoal.messaging.config().datasets.clone();
-    let mut plan = datasets::plan(&query, &defined, now_nanos())
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, e))?;
+    let mut plan = datasets::plan(
+        &query,
+        &defined,
+        now_nanos(),
+        shoal.settings.sql_max_rows_per_node,
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, e))?;
     require_tables(&caller, &plan)?;
     if let Some(filter) = &mut plan.logs {
         if !caller.identity.allows_some(Resource::Logs, Access::Read) {

@@ -68,15 +68,20 @@ pub struct SqlPlan {
     pub instances: bool,
 }
 
-/// Parse and check a query (the reason when it is refused).
+/// Parse and check a query (the reason when it is refused); each node's
+/// part of a dataset may have at most `max_rows_per_node` rows.
 pub fn plan(
     sql: &str,
     defined: &BTreeMap<String, Dataset>,
     now_nanos: i64,
+    max_rows_per_node: u64,
 ) -> Result<SqlPlan, String> {
     let rewritten = shoal_search::sql::plan(sql, now_nanos).map_err(|e| e.to_string())?;
-    let datasets =
+    let mut datasets =
         shoal_datasets::query::plan(&rewritten.sql, defined).map_err(|e| e.to_string())?;
+    for scan in &mut datasets.scans {
+        scan.max_rows = max_rows_per_node;
+    }
     Ok(SqlPlan {
         logs: datasets
             .builtins
@@ -389,6 +394,7 @@ pub async fn maintain(shoal: Arc<Shoal>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_datasets::query::DEFAULT_MAX_SCAN_ROWS;
 
     /// The datasets crate names the logs table as the log engine does.
     #[test]
@@ -442,6 +448,7 @@ mod tests {
             "SELECT level, count(*) FROM logs WHERE ts > now() - interval '1 hour' AND service = 'api' GROUP BY level",
             &defined,
             2_000_000_000_000_000_000,
+            DEFAULT_MAX_SCAN_ROWS,
         )
         .expect("plan");
         let filter = logs.logs.expect("reads logs");
@@ -457,10 +464,11 @@ mod tests {
             "SELECT status, count(*) FROM workflow_instances GROUP BY status",
             &defined,
             0,
+            DEFAULT_MAX_SCAN_ROWS,
         )
         .expect("plan");
         assert!(instances.instances);
         assert!(instances.logs.is_none());
-        assert!(plan("SELECT * FROM nothing", &defined, 0).is_err());
+        assert!(plan("SELECT * FROM nothing", &defined, 0, DEFAULT_MAX_SCAN_ROWS).is_err());
     }
 }

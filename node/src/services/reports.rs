@@ -104,8 +104,13 @@ fn run_key(report: &str, id: &str) -> String {
 /// datasets, its schedule parses, its topic is a topic.
 pub fn check(shoal: &Shoal, report: &Report) -> Result<(), ReportError> {
     let defined = shoal.messaging.config().datasets.clone();
-    datasets::plan(&report.query, &defined, now_nanos())
-        .map_err(|e| ReportError::Invalid(format!("query: {e}")))?;
+    datasets::plan(
+        &report.query,
+        &defined,
+        now_nanos(),
+        shoal.settings.sql_max_rows_per_node,
+    )
+    .map_err(|e| ReportError::Invalid(format!("query: {e}")))?;
     if let Some(schedule) = &report.schedule {
         Cron::parse(schedule).map_err(|e| ReportError::Invalid(format!("schedule: {e}")))?;
     }
@@ -165,8 +170,13 @@ async fn execute(
     run: &mut ReportRun,
 ) -> Result<(), ReportError> {
     let defined = shoal.messaging.config().datasets.clone();
-    let plan =
-        datasets::plan(&report.query, &defined, now_nanos()).map_err(ReportError::Invalid)?;
+    let plan = datasets::plan(
+        &report.query,
+        &defined,
+        now_nanos(),
+        shoal.settings.sql_max_rows_per_node,
+    )
+    .map_err(ReportError::Invalid)?;
     let limit = super::sql_worker::time_left(shoal.settings.request_timeout_ms, Duration::ZERO);
     // One run gives the result and the file, so both hold the same rows.
     let file_format = report.file.map(|format| match format {
