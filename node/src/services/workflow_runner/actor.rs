@@ -32,12 +32,22 @@ use crate::services::shoal::Shoal;
 const MAX_ROUNDS: usize = 32;
 
 pub enum InstanceMsg {
-    /// The instance changed (or may have): evaluate it again.
-    Wake,
+    /// The instance changed (or may have): evaluate it again; from the
+    /// state the runner saw, when it has it.
+    Wake(Option<Box<Seen>>),
     TimerDue(String),
     CallDone(String, Result<Value, WorkflowError>),
     /// Sent by the actor to itself: evaluate again.
     Again,
+}
+
+/// An instance as its runner saw it in a change: the actor starts from it
+/// instead of reading the instance again, unless it has read or written a
+/// later revision itself. Should a write have come after it, the actor's
+/// compare-and-swap fails and it reads, as it does after any lost race.
+pub struct Seen {
+    pub instance: Instance,
+    pub revision: u64,
 }
 
 /// What every actor of one definition version shares.
@@ -63,6 +73,8 @@ pub struct InstanceState {
     handled: u64,
     /// Calls on their way.
     calling: HashSet<String>,
+    /// The newest revision of the instance this actor read or wrote.
+    revision: u64,
 }
 
 impl Actor for InstanceActor {
@@ -83,6 +95,7 @@ impl Actor for InstanceActor {
             supervisor,
             handled: 0,
             calling: HashSet::new(),
+            revision: 0,
         })
     }
 
@@ -92,18 +105,19 @@ impl Actor for InstanceActor {
         message: InstanceMsg,
         state: &mut InstanceState,
     ) -> Result<(), ActorProcessingErr> {
-        if matches!(message, InstanceMsg::Wake | InstanceMsg::TimerDue(_)) {
+        if matches!(message, InstanceMsg::Wake(_) | InstanceMsg::TimerDue(_)) {
             state.handled += 1;
         }
-        let arrival = match message {
-            InstanceMsg::Wake | InstanceMsg::Again => Arrival::Nothing,
-            InstanceMsg::TimerDue(key) => Arrival::TimerDue(key),
+        let (arrival, seen) = match message {
+            InstanceMsg::Wake(seen) => (Arrival::Nothing, seen),
+            InstanceMsg::Again => (Arrival::Nothing, None),
+            InstanceMsg::TimerDue(key) => (Arrival::TimerDue(key), None),
             InstanceMsg::CallDone(key, result) => {
                 state.calling.remove(&key);
-                Arrival::CallDone(key, result)
+                (Arrival::CallDone(key, result), None)
             }
         };
-        if state.advance(&myself, &arrival).await? {
+        if state.advance(&myself, &arrival, seen).await? {
             state.rest(&myself)?;
         }
         Ok(())
@@ -148,7 +162,7 @@ impl InstanceState {
     /// Reads the instance, lets `change` modify it, and writes it back if
     /// it says it changed; retried when someone else wrote in between.
     async fn change(
-        &self,
+        &mut self,
         mut change: impl FnMut(&mut Instance) -> bool,
     ) -> Result<bool, InstanceError> {
         for _ in 0..MAX_ROUNDS {
@@ -161,10 +175,9 @@ impl InstanceState {
             if !change(&mut instance) {
                 return Ok(false);
             }
-            if instances::write(&self.shared.shoal, &instance, revision)
-                .await?
-                .is_some()
+            if let Some(written) = instances::write(&self.shared.shoal, &instance, revision).await?
             {
+                self.revision = written;
                 metrics::counter!("shoal_workflow_transitions_total").increment(1);
                 return Ok(true);
             }
@@ -206,13 +219,21 @@ impl InstanceState {
         &mut self,
         myself: &ActorRef<InstanceMsg>,
         arrival: &Arrival,
+        seen: Option<Box<Seen>>,
     ) -> Result<bool, ActorProcessingErr> {
         // What arrived, until it is written.
         let mut arrival = Some(arrival);
+        // Older than what this actor knows: read instead.
+        let mut seen = seen.filter(|seen| seen.revision >= self.revision);
         for _ in 0..MAX_ROUNDS {
-            let Some((instance, revision)) = self.read().await? else {
+            let current = match seen.take() {
+                Some(seen) => Some((seen.instance, seen.revision)),
+                None => self.read().await?,
+            };
+            let Some((instance, revision)) = current else {
                 return Ok(true);
             };
+            self.revision = self.revision.max(revision);
             if instance.status.is_final() || instance.status == Status::Suspended {
                 return Ok(true);
             }
@@ -257,8 +278,9 @@ impl InstanceState {
             }
             let current = if next != instance {
                 let next = match instances::write(&self.shared.shoal, &next, revision).await {
-                    Ok(Some(_)) => {
+                    Ok(Some(written)) => {
                         arrival = None;
+                        self.revision = written;
                         next
                     }
                     Ok(None) => continue,
@@ -275,8 +297,9 @@ impl InstanceState {
                         );
                         faulted.fault(error, now);
                         match instances::write(&self.shared.shoal, &faulted, revision).await? {
-                            Some(_) => {
+                            Some(written) => {
                                 arrival = None;
+                                self.revision = written;
                                 faulted
                             }
                             None => continue,
@@ -630,7 +653,7 @@ impl Actor for DefinitionSupervisor {
                     // A moment later, without holding up the other
                     // instances' messages meanwhile.
                     myself.send_after(Duration::from_millis(100), move || {
-                        SupervisorMsg::Deliver(id, InstanceMsg::Wake)
+                        SupervisorMsg::Deliver(id, InstanceMsg::Wake(None))
                     });
                 }
             }

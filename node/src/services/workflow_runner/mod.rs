@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::actor::{
-    pending_timers, DefinitionShared, DefinitionSupervisor, InstanceMsg, SupervisorMsg,
+    pending_timers, DefinitionShared, DefinitionSupervisor, InstanceMsg, Seen, SupervisorMsg,
 };
 use self::schedules::Schedules;
 use super::instances::{self, INSTANCES_PREFIX};
@@ -223,8 +223,7 @@ impl Runner {
                 }
             }
             if needs_evaluation(None, &instance) {
-                self.deliver(&instance.definition_key(), &instance.id, InstanceMsg::Wake)
-                    .await;
+                self.wake(instance, revision).await;
             }
         }
         self.publish_lifecycle(unannounced).await?;
@@ -441,10 +440,19 @@ impl Runner {
         self.publish_lifecycle(effects::lifecycle_messages(&instance, from))
             .await?;
         if needs_evaluation(before.map(|(status, _)| status), &instance) {
-            self.deliver(&instance.definition_key(), &instance.id, InstanceMsg::Wake)
-                .await;
+            self.wake(instance, revision).await;
         }
         Ok(())
+    }
+
+    /// Has the instance's actor evaluate it, handing it the state just seen
+    /// (its actor need not read it again).
+    async fn wake(&mut self, instance: Instance, revision: u64) {
+        let definition = instance.definition_key();
+        let id = instance.id.clone();
+        let seen = Seen { instance, revision };
+        self.deliver(&definition, &id, InstanceMsg::Wake(Some(Box::new(seen))))
+            .await;
     }
 
     async fn deliver(&mut self, definition: &str, id: &str, message: InstanceMsg) {
