@@ -405,21 +405,8 @@ async fn a_peer_past_the_asking_nodes_row_limit_refuses_the_query() {
     // Not split: node 0 would send its 150 rows to node 1.
     let rows = "SELECT order_id, total FROM orders";
     let refused = sql(cluster.node(1), rows).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::BAD_REQUEST,
-        "{}",
-        refused.describe()
-    );
-    assert_eq!(
-        refused.body["error"]["code"],
-        "too_many_rows",
-        "{}",
-        refused.describe()
-    );
-    let message = refused.body["error"]["message"]
-        .as_str()
-        .unwrap_or_default();
+    let refused = assert_error(&refused, 400, "too_many_rows");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with(&format!("node {node0}: ")) && message.contains("more than 100 rows"),
         "{message}"
