@@ -9,7 +9,6 @@ use serde::Serialize;
 use serde_json::Value;
 use shoal_acl::{Access, Resource};
 use shoal_datasets::report::Report;
-use shoal_search::record::now_nanos;
 use shoal_storage::kv::{Txn, TxnOp};
 use utoipa::ToSchema;
 
@@ -94,13 +93,7 @@ pub async fn put(
     // The report runs with the node's rights: only a token that may read
     // every table it reads may save a query over them.
     if let Some(query) = body.get("query").and_then(Value::as_str) {
-        let defined = shoal.messaging.config().datasets.clone();
-        if let Ok(plan) = datasets::plan(
-            query,
-            &defined,
-            now_nanos(),
-            shoal.settings.sql_max_rows_per_node,
-        ) {
+        if let Ok(plan) = datasets::plan_on_node(&shoal, query) {
             crate::api::sql::require_tables(&caller, &plan)?;
             if plan.logs.is_some() {
                 caller.require_under(Resource::Logs, "", Access::Read)?;

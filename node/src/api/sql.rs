@@ -1,7 +1,6 @@
 //! `POST /v1/sql`: SQL (Polars) over datasets, logs and workflow
 //! instances, cluster-wide.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -12,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_acl::{Access, Resource};
 use shoal_datasets::Format;
-use shoal_search::record::now_nanos;
 use shoal_transport::RemoteErrorKind;
 use utoipa::ToSchema;
 
@@ -144,15 +142,8 @@ pub async fn sql(
     let shoal = &app.shoal;
     let (query, format) = read_query(&params, &headers, &body)?;
     let format = format_of(format.as_deref(), &headers)?;
-    let defined: BTreeMap<String, shoal_datasets::Dataset> =
-        shoal.messaging.config().datasets.clone();
-    let mut plan = datasets::plan(
-        &query,
-        &defined,
-        now_nanos(),
-        shoal.settings.sql_max_rows_per_node,
-    )
-    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, e))?;
+    let mut plan = datasets::plan_on_node(shoal, &query)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, e))?;
     require_tables(&caller, &plan)?;
     if let Some(filter) = &mut plan.logs {
         if !caller.identity.allows_some(Resource::Logs, Access::Read) {

@@ -92,6 +92,18 @@ pub fn plan(
     })
 }
 
+/// [`plan`] as this node runs a query now: over its defined datasets,
+/// with its `--sql-max-rows-per-node`.
+pub fn plan_on_node(shoal: &Shoal, sql: &str) -> Result<SqlPlan, String> {
+    let config = shoal.messaging.config();
+    plan(
+        sql,
+        &config.datasets,
+        shoal_search::record::now_nanos(),
+        shoal.settings.sql_max_rows_per_node,
+    )
+}
+
 /// Why a node's part of a query is missing.
 enum Part {
     /// The query is at fault: the whole query fails.

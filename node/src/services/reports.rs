@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use shoal_actors::message::{rfc3339_now, Message};
 use shoal_datasets::report::{Report, REPORTS_PREFIX};
 use shoal_datasets::Format;
-use shoal_search::record::now_nanos;
 use shoal_storage::kv::{Compare, CompareOp, CompareTarget, Txn, TxnOp};
 use shoal_storage::now_ms;
 use shoal_workflows::cron::Cron;
@@ -103,14 +102,8 @@ fn run_key(report: &str, id: &str) -> String {
 /// Check a report against what is defined: its query reads defined
 /// datasets, its schedule parses, its topic is a topic.
 pub fn check(shoal: &Shoal, report: &Report) -> Result<(), ReportError> {
-    let defined = shoal.messaging.config().datasets.clone();
-    datasets::plan(
-        &report.query,
-        &defined,
-        now_nanos(),
-        shoal.settings.sql_max_rows_per_node,
-    )
-    .map_err(|e| ReportError::Invalid(format!("query: {e}")))?;
+    datasets::plan_on_node(shoal, &report.query)
+        .map_err(|e| ReportError::Invalid(format!("query: {e}")))?;
     if let Some(schedule) = &report.schedule {
         Cron::parse(schedule).map_err(|e| ReportError::Invalid(format!("schedule: {e}")))?;
     }
@@ -169,14 +162,7 @@ async fn execute(
     report: &Report,
     run: &mut ReportRun,
 ) -> Result<(), ReportError> {
-    let defined = shoal.messaging.config().datasets.clone();
-    let plan = datasets::plan(
-        &report.query,
-        &defined,
-        now_nanos(),
-        shoal.settings.sql_max_rows_per_node,
-    )
-    .map_err(ReportError::Invalid)?;
+    let plan = datasets::plan_on_node(shoal, &report.query).map_err(ReportError::Invalid)?;
     let limit = super::sql_worker::time_left(shoal.settings.request_timeout_ms, Duration::ZERO);
     // One run gives the result and the file, so both hold the same rows.
     let file_format = report.file.map(|format| match format {
