@@ -6,6 +6,8 @@
 //! committed them, and hostile requests.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_tests::delivery_support::{next_message, subscribe};
@@ -557,6 +559,167 @@ do:
     for id in &ids {
         let seen = wait_status(cluster.node(leader), id, "completed").await;
         assert_eq!(count(&seen, "timer.fired"), 1, "the restarted node agrees");
+    }
+}
+
+/// Starts instances of `workflow` named `{prefix}{n}` through any node that
+/// answers, one after the other, until `stop` is set; records each started.
+async fn keep_starting(
+    client: reqwest::Client,
+    endpoints: Vec<String>,
+    workflow: &'static str,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    started: Arc<Mutex<Vec<String>>>,
+) {
+    let mut n = 0;
+    let mut node = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("{prefix}{n:05}");
+        let reply = client
+            .post(format!(
+                "{}/v1/workflows/{workflow}/instances",
+                endpoints[node]
+            ))
+            .json(&json!({"id": id, "input": {}}))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        match reply {
+            Ok(reply) if reply.status().is_success() => {
+                started.lock().expect("started").push(id);
+                n += 1;
+            }
+            // A node down or without a leader yet: another node, a bit later.
+            _ => {
+                node = (node + 1) % endpoints.len();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The ids among `ids` that are in `status` on `node`.
+async fn in_status(node: &Node, ids: &BTreeSet<String>, status: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut after = String::new();
+    loop {
+        let reply = node
+            .get_path(&format!(
+                "/v1/workflows/instances?status={status}&limit=1000&after={after}"
+            ))
+            .await;
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.describe());
+        for instance in reply.body["instances"].as_array().expect("instances") {
+            let id = instance["id"].as_str().expect("id");
+            if ids.contains(id) {
+                found.push(id.to_string());
+            }
+        }
+        match reply.body["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => return found,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_started_while_a_new_leader_loads_them_are_all_driven() {
+    // A new leader reads every instance, then follows changes from the
+    // revision it read them at. Read in pages from successive snapshots, an
+    // instance started between two pages that sorted before the second was
+    // in neither page and older than the revision followed: never driven.
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader().await;
+    define(
+        cluster.node(leader),
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: quick, version: '1.0.0'}
+do:
+  - done: {set: {done: true}}
+"#,
+    )
+    .await;
+    // Several pages of finished instances, all sorting after those started
+    // during the leader changes.
+    let client = cluster.node(0).client().clone();
+    let endpoints: Vec<String> = (0..3).map(|i| cluster.node(i).endpoint()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let starters: Vec<_> = (0..8)
+        .map(|k| {
+            tokio::spawn(keep_starting(
+                client.clone(),
+                endpoints.clone(),
+                "test/quick",
+                format!("z{k}-"),
+                stop.clone(),
+                started.clone(),
+            ))
+        })
+        .collect();
+    wait_for(WAIT, "2500 instances started", || async {
+        let n = started.lock().expect("started").len();
+        (n >= 2500).then_some(()).ok_or(format!("{n} started"))
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for starter in starters {
+        starter.await.expect("starter");
+    }
+    stop.store(false, Ordering::Relaxed);
+    let starters: Vec<_> = (0..4)
+        .map(|k| {
+            tokio::spawn(keep_starting(
+                client.clone(),
+                endpoints.clone(),
+                "test/quick",
+                format!("a{k}-"),
+                stop.clone(),
+                started.clone(),
+            ))
+        })
+        .collect();
+    for round in 0..3 {
+        let leader = cluster.wait_leader().await;
+        let before = started.lock().expect("started").len();
+        wait_for(WAIT, "starts going on", || async {
+            let n = started.lock().expect("started").len();
+            (n >= before + 100)
+                .then_some(())
+                .ok_or(format!("{n} started"))
+        })
+        .await;
+        cluster.node_mut(leader).kill9();
+        let new_leader = cluster.wait_leader().await;
+        // Starts go on while the new leader loads the instances.
+        let before = started.lock().expect("started").len();
+        wait_for(WAIT, "starts through the new leader", || async {
+            let n = started.lock().expect("started").len();
+            (n >= before + 200)
+                .then_some(())
+                .ok_or(format!("{n} started"))
+        })
+        .await;
+        let ids: BTreeSet<String> = started.lock().expect("started").iter().cloned().collect();
+        let node = cluster.node(new_leader);
+        wait_for(
+            WAIT,
+            &format!("round {round}: every started instance driven"),
+            || async {
+                let mut left = in_status(node, &ids, "pending").await;
+                left.extend(in_status(node, &ids, "running").await);
+                let stuck = format!("{} not driven: {left:?}", left.len());
+                left.is_empty().then_some(()).ok_or(stuck)
+            },
+        )
+        .await;
+        cluster.node_mut(leader).restart().await;
+        cluster.wait_formed().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for starter in starters {
+        starter.await.expect("starter");
     }
 }
 

@@ -279,7 +279,7 @@ impl ApiError {
             ErrorCode::Compacted,
             format!(
                 "revision {from} has been compacted (oldest available is {compact_revision}); \
-                 re-list the keys and watch from the list's revision + 1"
+                 re-list the keys and watch from the first page's revision + 1"
             ),
         )
         .with("compact_revision", json!(compact_revision))

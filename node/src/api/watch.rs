@@ -93,7 +93,7 @@ fn change_event(shared: &SharedBatch) -> Event {
     responses(
         (status = 200, description = "The event stream. Events: `change` (id = revision, data = ChangeBatch JSON), `error` (data = Error JSON, then the stream ends); `: keepalive` comments every 15 s. SSE stream; each `change` event's data is a ChangeBatch (see #/components/schemas/ChangeBatch).", body = SseEvent, content_type = "text/event-stream", example = json!("event: change\nid: 12\ndata: {\"revision\":12,\"events\":[{\"type\":\"put\",\"kv\":{\"key\":\"a\",\"value\":\"YmFy\",\"create_revision\":12,\"mod_revision\":12,\"version\":1,\"lease\":0}}]}\n\n: keepalive\n\n")),
         (status = 400, description = "`bad_request`: neither or both of `key`/`prefix`, `prefix` longer than 1024 bytes, malformed query string. `invalid_key`: bad `key`. `invalid_revision`: bad `from_revision` or `Last-Event-ID`. Error codes: `bad_request`, `invalid_key`, `invalid_revision`.", body = crate::api::error::ErrorBody),
-        (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the list's revision + 1. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
+        (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the first page's revision + 1 (each page is read at its own revision). Error codes: `compacted`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key` is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
         (status = 503, response = crate::api::doc::Unavailable),
@@ -193,7 +193,7 @@ pub async fn sse(
     responses(
         (status = 200, description = "Batches (possibly none, after the timeout).", body = PollResponse, headers(("X-Shoal-Revision" = u64, description = "The current cluster revision (on successful responses that read or write the store)."))),
         (status = 400, description = "`bad_request`: neither or both of `key`/`prefix`, `prefix` longer than 1024 bytes, `timeout_ms` over 300000, `limit` outside 1..10000, malformed query string. `invalid_key`: bad `key`. `invalid_revision`: bad `from_revision`. Error codes: `bad_request`, `invalid_key`, `invalid_revision`.", body = crate::api::error::ErrorBody),
-        (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the list's revision + 1. Error codes: `compacted`.", body = crate::api::error::ErrorBody),
+        (status = 410, description = "The start revision is older than the compaction point; `error.compact_revision` is the oldest available. Re-list (`GET /v1/kv?prefix=...`) and watch from the first page's revision + 1 (each page is read at its own revision). Error codes: `compacted`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "`key` is longer than 1024 bytes. Error codes: `key_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
         (status = 503, response = crate::api::doc::Unavailable),

@@ -165,23 +165,19 @@ pub fn read_local(store: &Store, id: &str) -> Result<Option<(Instance, u64)>, In
 }
 
 /// Every readable instance of this replica with its own revision, and the
-/// revision they were read at (no barrier; a blocking read, for
+/// revision they were read at, all from one snapshot, so that a watch from
+/// the next revision misses none (no barrier; a blocking read, for
 /// `Shoal::read`).
 #[allow(clippy::type_complexity)]
 pub fn scan(store: &Store) -> Result<(u64, Vec<(Instance, u64)>), shoal_storage::StorageError> {
     let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let (counters, kvs, more) = store.kv_range(INSTANCES_PREFIX, after.as_deref(), 1000)?;
-        after = kvs.last().map(|kv| kv.key.clone());
-        all.extend(kvs.into_iter().filter_map(|kv| {
-            let instance = decode(&kv.key, &kv.value).ok()?;
-            Some((instance, kv.mod_revision))
-        }));
-        if !more {
-            return Ok((counters.revision, all));
-        }
-    }
+    let counters = store.kv_scan_prefix(INSTANCES_PREFIX, &mut |kv| match decode(
+        &kv.key, &kv.value,
+    ) {
+        Ok(instance) => all.push((instance, kv.mod_revision)),
+        Err(e) => tracing::warn!(error = %e, "an unreadable workflow instance is skipped"),
+    })?;
+    Ok((counters.revision, all))
 }
 
 /// An instance (linearizable read).

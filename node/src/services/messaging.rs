@@ -146,17 +146,11 @@ pub async fn load_config(shoal: &Arc<Shoal>) -> u64 {
     loop {
         let loaded = shoal
             .read(|store| {
+                // One snapshot: the watch that follows starts right after it.
                 let mut all = Vec::new();
-                let mut after: Option<String> = None;
-                loop {
-                    let (counters, kvs, more) =
-                        store.kv_range(CONFIG_PREFIX, after.as_deref(), 1000)?;
-                    after = kvs.last().map(|kv| kv.key.clone());
-                    all.extend(kvs.into_iter().map(|kv| (kv.key, Some(kv.value))));
-                    if !more {
-                        return Ok((counters.revision, all));
-                    }
-                }
+                let counters = store
+                    .kv_scan_prefix(CONFIG_PREFIX, &mut |kv| all.push((kv.key, Some(kv.value))))?;
+                Ok((counters.revision, all))
             })
             .await;
         match loaded {

@@ -53,7 +53,7 @@ pub enum KvError {
     /// A watch asked for history that compaction removed.
     #[error(
         "revision {from} has been compacted (oldest available is {compact_revision}); \
-         re-list the keys and watch from the list's revision + 1"
+         re-list the keys and watch from the first page's revision + 1"
     )]
     HistoryCompacted { from: u64, compact_revision: u64 },
     /// A space alarm is raised (see `services::space`): only writes that

@@ -143,22 +143,17 @@ pub async fn delete(shoal: &Shoal, ids: &[String]) -> Result<(), EventError> {
 }
 
 /// Every readable waiting event of this replica by id, and the revision
-/// they were read at (no barrier; a blocking read, for `Shoal::read`).
+/// they were read at, all from one snapshot, so that a watch from the next
+/// revision misses none (no barrier; a blocking read, for `Shoal::read`).
 #[allow(clippy::type_complexity)]
 pub fn scan(store: &Store) -> Result<(u64, Vec<(String, Waiting)>), StorageError> {
     let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let (counters, kvs, more) = store.kv_range(EVENTS_PREFIX, after.as_deref(), 1000)?;
-        after = kvs.last().map(|kv| kv.key.clone());
-        all.extend(kvs.into_iter().filter_map(|kv| {
-            let waiting = decode(&kv.key, &kv.value).ok()?;
-            Some((kv.key[EVENTS_PREFIX.len()..].to_string(), waiting))
-        }));
-        if !more {
-            return Ok((counters.revision, all));
-        }
-    }
+    let counters =
+        store.kv_scan_prefix(EVENTS_PREFIX, &mut |kv| match decode(&kv.key, &kv.value) {
+            Ok(waiting) => all.push((kv.key[EVENTS_PREFIX.len()..].to_string(), waiting)),
+            Err(e) => tracing::warn!(error = %e, "an unreadable workflow event is skipped"),
+        })?;
+    Ok((counters.revision, all))
 }
 
 /// The waiting events in id order after `after`, at most `limit`, and

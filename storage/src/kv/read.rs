@@ -111,6 +111,30 @@ impl Store {
         Ok((self.counters_in(&snap)?, kvs, more))
     }
 
+    /// Every key starting with `prefix`, in byte order, handed to `each`,
+    /// all from one snapshot, with that snapshot's counters. Whoever loads
+    /// a prefix whole and then watches it from `revision + 1` must load it
+    /// this way: pages of [`Store::kv_range`] come from one snapshot each,
+    /// so a key written between two pages that sorts before the second is
+    /// in neither, yet older than the revision the last page reports.
+    pub fn kv_scan_prefix(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(KeyValue),
+    ) -> Result<Counters, StorageError> {
+        let snap = self.db.snapshot();
+        let mut opts = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix.as_bytes()) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        for item in snap.iterator_cf_opt(self.cf(CF_KV)?, opts, mode) {
+            let (_, value) = item?;
+            each(decode(&value)?);
+        }
+        self.counters_in(&snap)
+    }
+
     /// Retained revisions that changed `key`, oldest first.
     pub(crate) fn key_revisions(&self, key: &str) -> Result<Vec<u64>, StorageError> {
         key_revisions_in(&self.db.snapshot(), self.cf(CF_KEY_REVS)?, key)
