@@ -13,6 +13,9 @@
 //! - `SHOAL_FAULT_INBOX_DELAY_MS=N`: the leader's workflow intake waits N ms
 //!   between seeing an event arrive in the workflow event inbox and offering
 //!   it (a leader that dies in between).
+//! - `SHOAL_FAULT_WAKE_DELAY_MS=N`: a workflow instance's actor waits N ms
+//!   before it evaluates a state the runner handed it (a state that a later
+//!   write overtakes meanwhile).
 
 use std::time::Duration;
 
@@ -22,6 +25,7 @@ pub struct Faults {
     pub lose_unsynced_writes: bool,
     pub lifecycle_delay: Option<Duration>,
     pub inbox_delay: Option<Duration>,
+    pub wake_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -34,16 +38,19 @@ impl Faults {
             std::env::var("SHOAL_FAULT_LOSE_UNSYNCED").is_ok_and(|v| v.trim() == "1");
         let lifecycle_delay = delay_from_env("SHOAL_FAULT_LIFECYCLE_DELAY_MS");
         let inbox_delay = delay_from_env("SHOAL_FAULT_INBOX_DELAY_MS");
+        let wake_delay = delay_from_env("SHOAL_FAULT_WAKE_DELAY_MS");
         let faults = Faults {
             log_sync_delay,
             lose_unsynced_writes,
             lifecycle_delay,
             inbox_delay,
+            wake_delay,
         };
         if log_sync_delay.is_some()
             || lose_unsynced_writes
             || lifecycle_delay.is_some()
             || inbox_delay.is_some()
+            || wake_delay.is_some()
         {
             tracing::warn!(?faults, "fault injection is on (debug build)");
         }

@@ -464,6 +464,11 @@ fn describe_node_metrics() {
         "Workflow instance state changes written by this node's driver."
     );
     describe_counter!(
+        "shoal_workflow_write_conflicts_total",
+        Unit::Count,
+        "Workflow instance writes of this node's driver refused because a later write (an event, an operator's action) came first; the driver reads the instance and evaluates it again."
+    );
+    describe_counter!(
         "shoal_workflow_events_total",
         Unit::Count,
         "Events offered to workflow instances, by result (applied, duplicate, not_waiting, dropped, failed: the definition's expressions could not be run on it)."

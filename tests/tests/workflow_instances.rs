@@ -849,6 +849,60 @@ do:
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_state_handed_to_an_actor_and_overtaken_by_a_later_write_is_not_written_over_it() {
+    // The runner hands an instance's actor the state it saw change; each
+    // actor waits 3 s before it evaluates a handed state. The event's
+    // arrival is handed over, and during the wait an operator suspends the
+    // instance: the actor's write, based on the state before the suspend,
+    // must lose to it, and the instance continue only once resumed.
+    let node = Node::builder()
+        .env("SHOAL_FAULT_WAKE_DELAY_MS", "3000")
+        .start()
+        .await;
+    define(
+        &node,
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: overtaken, version: '1.0.0'}
+do:
+  - wait: {listen: {to: {one: {with: {type: test.go}}}}}
+  - out: {set: {done: true}}
+"#,
+    )
+    .await;
+    start(&node, "test/overtaken", "o1", json!({})).await;
+    wait_status(&node, "o1", "waiting").await;
+    deliver(&node, "o1", "go", "test.go", "go-1", json!({})).await;
+    let suspended = node
+        .post_json("/v1/workflows/instances/o1/suspend", &json!({}))
+        .await;
+    assert_eq!(suspended.status.as_u16(), 200, "{}", suspended.describe());
+    // The actor's write is refused, or (wrongly) taken over the suspend.
+    let held = wait_for(WAIT, "the actor's write refused", || async {
+        let text = node.get_path("/metrics").await.text;
+        let refused = text
+            .lines()
+            .any(|l| l.starts_with("shoal_workflow_write_conflicts_total "));
+        let held = instance(&node, "o1").await;
+        if refused || held["status"] != json!("suspended") {
+            Ok(held)
+        } else {
+            Err("no conflict counted yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(held["status"], json!("suspended"), "{held}");
+    assert_eq!(count(&held, "completed"), 0, "{:?}", history(&held));
+    let resumed = node
+        .post_json("/v1/workflows/instances/o1/resume", &json!({}))
+        .await;
+    assert_eq!(resumed.status.as_u16(), 200, "{}", resumed.describe());
+    let done = wait_status(&node, "o1", "completed").await;
+    assert_eq!(done["output"], json!({"done": true}));
+    assert_eq!(count(&done, "event.applied"), 1, "{:?}", history(&done));
+    assert_eq!(count(&done, "completed"), 1, "{:?}", history(&done));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_new_version_leaves_running_instances_on_theirs() {
     let node = Node::start().await;
     let version = |v: &str, out: u64| {

@@ -181,6 +181,7 @@ impl InstanceState {
                 metrics::counter!("shoal_workflow_transitions_total").increment(1);
                 return Ok(true);
             }
+            metrics::counter!("shoal_workflow_write_conflicts_total").increment(1);
         }
         Ok(false)
     }
@@ -227,7 +228,12 @@ impl InstanceState {
         let mut seen = seen.filter(|seen| seen.revision >= self.revision);
         for _ in 0..MAX_ROUNDS {
             let current = match seen.take() {
-                Some(seen) => Some((seen.instance, seen.revision)),
+                Some(seen) => {
+                    if let Some(delay) = self.shared.shoal.faults.wake_delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Some((seen.instance, seen.revision))
+                }
                 None => self.read().await?,
             };
             let Some((instance, revision)) = current else {
@@ -283,7 +289,10 @@ impl InstanceState {
                         self.revision = written;
                         next
                     }
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        metrics::counter!("shoal_workflow_write_conflicts_total").increment(1);
+                        continue;
+                    }
                     Err(InstanceError::TooLarge { size, limit }) => {
                         // Stop where it was, faulted, rather than fail forever.
                         let mut faulted = base.clone();
@@ -302,7 +311,11 @@ impl InstanceState {
                                 self.revision = written;
                                 faulted
                             }
-                            None => continue,
+                            None => {
+                                metrics::counter!("shoal_workflow_write_conflicts_total")
+                                    .increment(1);
+                                continue;
+                            }
                         }
                     }
                     Err(e) => return Err(e.into()),
