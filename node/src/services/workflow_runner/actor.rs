@@ -35,7 +35,8 @@ pub enum InstanceMsg {
     /// The instance changed (or may have): evaluate it again; from the
     /// state the runner saw, when it has it.
     Wake(Option<Box<Seen>>),
-    TimerDue(String),
+    /// A timer is due; with the state the runner saw, when it kept it.
+    TimerDue(String, Option<Box<Seen>>),
     CallDone(String, Result<Value, WorkflowError>),
     /// Sent by the actor to itself: evaluate again.
     Again,
@@ -105,13 +106,13 @@ impl Actor for InstanceActor {
         message: InstanceMsg,
         state: &mut InstanceState,
     ) -> Result<(), ActorProcessingErr> {
-        if matches!(message, InstanceMsg::Wake(_) | InstanceMsg::TimerDue(_)) {
+        if matches!(message, InstanceMsg::Wake(_) | InstanceMsg::TimerDue(..)) {
             state.handled += 1;
         }
         let (arrival, seen) = match message {
             InstanceMsg::Wake(seen) => (Arrival::Nothing, seen),
             InstanceMsg::Again => (Arrival::Nothing, None),
-            InstanceMsg::TimerDue(key) => (Arrival::TimerDue(key), None),
+            InstanceMsg::TimerDue(key, seen) => (Arrival::TimerDue(key), seen),
             InstanceMsg::CallDone(key, result) => {
                 state.calling.remove(&key);
                 (Arrival::CallDone(key, result), None)

@@ -51,8 +51,16 @@ const SCHEDULE_CHECK: Duration = Duration::from_secs(1);
 const DELETES_PER_SWEEP: usize = 1000;
 /// A due timer is offered to its instance again this often until the
 /// instance records it fired (an offer to an actor that failed is lost
-/// with its mailbox).
-const TIMER_REOFFER: Duration = Duration::from_millis(250);
+/// with its mailbox). Not much more often: a runner that lags behind the
+/// writes under load would offer timers that fired already, and each
+/// offer costs a read of the instance, which made it lag further (at
+/// 250 ms, six offers per timer).
+const TIMER_REOFFER: Duration = Duration::from_secs(2);
+/// An instance whose timer is due within this long when the runner sees
+/// it change is kept decoded until the timer is offered, so its actor need
+/// not read it again (short waits and retry backoffs); one due later is
+/// not, so that waiting instances stay small.
+const SOON_DUE: Duration = Duration::from_secs(1);
 
 /// The KV revision through which the leader has published the lifecycle
 /// events of every instance change, written each [`SCHEDULE_CHECK`] when
@@ -83,6 +91,7 @@ pub async fn run(shoal: Arc<Shoal>) {
             expiring: BTreeMap::new(),
             sweep: None,
             timers: BTreeSet::new(),
+            due_soon: HashMap::new(),
             schedules: Schedules::default(),
             node_calls: node_calls.clone(),
             announced: 0,
@@ -117,6 +126,9 @@ struct Runner {
     /// Every armed timer that has not fired: (when to offer it, instance
     /// id, timer key).
     timers: BTreeSet<(Instant, Arc<str>, Arc<str>)>,
+    /// The last state seen of instances with a timer due within
+    /// [`SOON_DUE`], handed to the actor with the timer's first offer.
+    due_soon: HashMap<Arc<str>, Box<Seen>>,
     schedules: Schedules,
     node_calls: Arc<Semaphore>,
     /// The revision of the last instance change whose lifecycle events are
@@ -279,8 +291,13 @@ impl Runner {
             let Some(definition) = self.tracked.get(&*id).map(|t| t.definition.clone()) else {
                 continue;
             };
-            self.deliver(&definition, &id, InstanceMsg::TimerDue(key.to_string()))
-                .await;
+            let seen = self.due_soon.remove(&*id);
+            self.deliver(
+                &definition,
+                &id,
+                InstanceMsg::TimerDue(key.to_string(), seen),
+            )
+            .await;
             let again = now + TIMER_REOFFER;
             if let Some(tracked) = self.tracked.get_mut(&*id) {
                 for timer in tracked.timers.iter_mut().filter(|(_, k)| *k == key) {
@@ -357,6 +374,7 @@ impl Runner {
     }
 
     fn forget(&mut self, id: &str) {
+        self.due_soon.remove(id);
         let Some((id, tracked)) = self.tracked.remove_entry(id) else {
             return;
         };
@@ -439,8 +457,22 @@ impl Runner {
         let from = before.map_or(0, |(_, history_end)| history_end);
         self.publish_lifecycle(effects::lifecycle_messages(&instance, from))
             .await?;
+        let id = instance.id.as_str();
+        let soon = Instant::now() + SOON_DUE;
+        let due_soon = self
+            .tracked
+            .get(id)
+            .is_some_and(|t| t.timers.iter().any(|(at, _)| *at <= soon));
         if needs_evaluation(before.map(|(status, _)| status), &instance) {
+            self.due_soon.remove(id);
             self.wake(instance, revision).await;
+        } else if due_soon {
+            if let Some((id, _)) = self.tracked.get_key_value(id) {
+                let seen = Box::new(Seen { instance, revision });
+                self.due_soon.insert(id.clone(), seen);
+            }
+        } else {
+            self.due_soon.remove(id);
         }
         Ok(())
     }
@@ -517,6 +549,7 @@ impl Runner {
         }
         self.tracked.clear();
         self.timers.clear();
+        self.due_soon.clear();
         self.publish_gauges();
         for (_, supervisor) in self.supervisors.drain() {
             supervisor.stop_children(None);
