@@ -562,39 +562,87 @@ do:
     }
 }
 
-/// Starts instances of `workflow` named `{prefix}{n}` through any node that
-/// answers, one after the other, until `stop` is set; records each started.
-async fn keep_starting(
-    client: reqwest::Client,
-    endpoints: Vec<String>,
-    workflow: &'static str,
-    prefix: String,
+/// Clients starting instances of `test/quick` through any node that
+/// answers, one after the other, until stopped; each client names its
+/// instances `{prefix}{client}-{n}`.
+struct Starters {
     stop: Arc<AtomicBool>,
     started: Arc<Mutex<Vec<String>>>,
-) {
-    let mut n = 0;
-    let mut node = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let id = format!("{prefix}{n:05}");
-        let reply = client
-            .post(format!(
-                "{}/v1/workflows/{workflow}/instances",
-                endpoints[node]
-            ))
-            .json(&json!({"id": id, "input": {}}))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        match reply {
-            Ok(reply) if reply.status().is_success() => {
-                started.lock().expect("started").push(id);
-                n += 1;
-            }
-            // A node down or without a leader yet: another node, a bit later.
-            _ => {
-                node = (node + 1) % endpoints.len();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Starters {
+    fn spawn(cluster: &Cluster, prefix: &str, clients: usize) -> Starters {
+        let client = cluster.node(0).client().clone();
+        let endpoints: Vec<String> = (0..3).map(|i| cluster.node(i).endpoint()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|k| {
+                let (client, endpoints) = (client.clone(), endpoints.clone());
+                let (stop, started) = (stop.clone(), started.clone());
+                let prefix = format!("{prefix}{k}-");
+                tokio::spawn(async move {
+                    let (mut n, mut node) = (0, 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = format!("{prefix}{n:05}");
+                        let reply = client
+                            .post(format!(
+                                "{}/v1/workflows/test/quick/instances",
+                                endpoints[node]
+                            ))
+                            .json(&json!({"id": id, "input": {}}))
+                            .timeout(Duration::from_secs(2))
+                            .send()
+                            .await;
+                        match reply {
+                            Ok(reply) if reply.status().is_success() => {
+                                started.lock().expect("started").push(id);
+                                n += 1;
+                            }
+                            // A node down or without a leader yet: another
+                            // node, a bit later.
+                            _ => {
+                                node = (node + 1) % endpoints.len();
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Starters {
+            stop,
+            started,
+            clients,
+        }
+    }
+
+    fn ids(&self) -> BTreeSet<String> {
+        self.started
+            .lock()
+            .expect("started")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `more` instances more than now have started.
+    async fn wait_more(&self, more: usize, what: &str) {
+        let want = self.started.lock().expect("started").len() + more;
+        wait_for(WAIT, what, || async {
+            let n = self.started.lock().expect("started").len();
+            (n >= want)
+                .then_some(())
+                .ok_or(format!("{n} of {want} started"))
+        })
+        .await;
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.await.expect("a starting client");
         }
     }
 }
@@ -642,66 +690,20 @@ do:
     .await;
     // Several pages of finished instances, all sorting after those started
     // during the leader changes.
-    let client = cluster.node(0).client().clone();
-    let endpoints: Vec<String> = (0..3).map(|i| cluster.node(i).endpoint()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Arc::new(Mutex::new(Vec::new()));
-    let starters: Vec<_> = (0..8)
-        .map(|k| {
-            tokio::spawn(keep_starting(
-                client.clone(),
-                endpoints.clone(),
-                "test/quick",
-                format!("z{k}-"),
-                stop.clone(),
-                started.clone(),
-            ))
-        })
-        .collect();
-    wait_for(WAIT, "2500 instances started", || async {
-        let n = started.lock().expect("started").len();
-        (n >= 2500).then_some(()).ok_or(format!("{n} started"))
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for starter in starters {
-        starter.await.expect("starter");
-    }
-    stop.store(false, Ordering::Relaxed);
-    let starters: Vec<_> = (0..4)
-        .map(|k| {
-            tokio::spawn(keep_starting(
-                client.clone(),
-                endpoints.clone(),
-                "test/quick",
-                format!("a{k}-"),
-                stop.clone(),
-                started.clone(),
-            ))
-        })
-        .collect();
+    let finished = Starters::spawn(&cluster, "z", 8);
+    finished.wait_more(2500, "2500 instances started").await;
+    finished.stop().await;
+    let starters = Starters::spawn(&cluster, "a", 4);
     for round in 0..3 {
         let leader = cluster.wait_leader().await;
-        let before = started.lock().expect("started").len();
-        wait_for(WAIT, "starts going on", || async {
-            let n = started.lock().expect("started").len();
-            (n >= before + 100)
-                .then_some(())
-                .ok_or(format!("{n} started"))
-        })
-        .await;
+        starters.wait_more(100, "starts going on").await;
         cluster.node_mut(leader).kill9();
         let new_leader = cluster.wait_leader().await;
         // Starts go on while the new leader loads the instances.
-        let before = started.lock().expect("started").len();
-        wait_for(WAIT, "starts through the new leader", || async {
-            let n = started.lock().expect("started").len();
-            (n >= before + 200)
-                .then_some(())
-                .ok_or(format!("{n} started"))
-        })
-        .await;
-        let ids: BTreeSet<String> = started.lock().expect("started").iter().cloned().collect();
+        starters
+            .wait_more(200, "starts through the new leader")
+            .await;
+        let ids = starters.ids();
         let node = cluster.node(new_leader);
         wait_for(
             WAIT,
@@ -717,10 +719,7 @@ do:
         cluster.node_mut(leader).restart().await;
         cluster.wait_formed().await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for starter in starters {
-        starter.await.expect("starter");
-    }
+    starters.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -171,11 +171,12 @@ pub fn read_local(store: &Store, id: &str) -> Result<Option<(Instance, u64)>, In
 #[allow(clippy::type_complexity)]
 pub fn scan(store: &Store) -> Result<(u64, Vec<(Instance, u64)>), shoal_storage::StorageError> {
     let mut all = Vec::new();
-    let counters = store.kv_scan_prefix(INSTANCES_PREFIX, &mut |kv| match decode(
-        &kv.key, &kv.value,
-    ) {
-        Ok(instance) => all.push((instance, kv.mod_revision)),
-        Err(e) => tracing::warn!(error = %e, "an unreadable workflow instance is skipped"),
+    let counters = store.kv_scan_prefix(INSTANCES_PREFIX, &mut |kv| {
+        let decoded = decode(&kv.key, &kv.value);
+        match decoded {
+            Ok(instance) => all.push((instance, kv.mod_revision)),
+            Err(e) => tracing::warn!(error = %e, "an unreadable workflow instance is skipped"),
+        }
     })?;
     Ok((counters.revision, all))
 }
