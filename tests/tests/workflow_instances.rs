@@ -679,15 +679,7 @@ async fn instances_started_while_a_new_leader_loads_them_are_all_driven() {
     // in neither page and older than the revision followed: never driven.
     let mut cluster = Cluster::start(3, &[]).await;
     let leader = cluster.wait_leader().await;
-    define(
-        cluster.node(leader),
-        r#"
-document: {dsl: '1.0.0', namespace: test, name: quick, version: '1.0.0'}
-do:
-  - done: {set: {done: true}}
-"#,
-    )
-    .await;
+    define(cluster.node(leader), QUICK).await;
     // Several pages of finished instances, all sorting after those started
     // during the leader changes.
     let finished = Starters::spawn(&cluster, "z", 8);
@@ -1573,6 +1565,13 @@ async fn lifecycle_events_a_killed_leader_committed_but_never_published_come_fro
 }
 
 /// `test/slow`: waits for an event nobody sends.
+/// `test/quick`: completes in one step.
+const QUICK: &str = r#"
+document: {dsl: '1.0.0', namespace: test, name: quick, version: '1.0.0'}
+do:
+  - done: {set: {done: true}}
+"#;
+
 const NEVER_ENDING: &str = r#"
 document: {dsl: '1.0.0', namespace: test, name: slow, version: '1.0.0'}
 do:
@@ -1597,15 +1596,7 @@ async fn finished_instances_are_deleted_once_the_retention_has_passed() {
     refused_at_start(&["--workflow-retention", "soon"]).await;
 
     let node = Node::start_with(&["--workflow-retention", "2s"]).await;
-    define(
-        &node,
-        r#"
-document: {dsl: '1.0.0', namespace: test, name: quick, version: '1.0.0'}
-do:
-  - done: {set: {done: true}}
-"#,
-    )
-    .await;
+    define(&node, QUICK).await;
     define(&node, NEVER_ENDING).await;
     start(&node, "test/slow", "waits", json!({})).await;
     wait_status(&node, "waits", "waiting").await;
