@@ -457,24 +457,26 @@ impl Runner {
         let from = before.map_or(0, |(_, history_end)| history_end);
         self.publish_lifecycle(effects::lifecycle_messages(&instance, from))
             .await?;
-        let id = instance.id.as_str();
-        let soon = Instant::now() + SOON_DUE;
-        let due_soon = self
-            .tracked
-            .get(id)
-            .is_some_and(|t| t.timers.iter().any(|(at, _)| *at <= soon));
+        self.due_soon.remove(instance.id.as_str());
         if needs_evaluation(before.map(|(status, _)| status), &instance) {
-            self.due_soon.remove(id);
             self.wake(instance, revision).await;
-        } else if due_soon {
-            if let Some((id, _)) = self.tracked.get_key_value(id) {
-                let seen = Box::new(Seen { instance, revision });
-                self.due_soon.insert(id.clone(), seen);
-            }
-        } else {
-            self.due_soon.remove(id);
+        } else if let Some(id) = self.with_timer_due_soon(&instance.id) {
+            self.due_soon
+                .insert(id, Box::new(Seen { instance, revision }));
         }
         Ok(())
+    }
+
+    /// The tracked id of the instance, if one of its timers is due within
+    /// [`SOON_DUE`].
+    fn with_timer_due_soon(&self, id: &str) -> Option<Arc<str>> {
+        let soon = Instant::now() + SOON_DUE;
+        let (id, tracked) = self.tracked.get_key_value(id)?;
+        tracked
+            .timers
+            .iter()
+            .any(|(at, _)| *at <= soon)
+            .then(|| id.clone())
     }
 
     /// Has the instance's actor evaluate it, handing it the state just seen
