@@ -392,10 +392,11 @@ async fn a_peer_past_the_asking_nodes_row_limit_refuses_the_query() {
         out.stderr
     );
 
-    let cluster = Cluster::builder(3)
+    let mut cluster = Cluster::builder(3)
         .node_args(1, &["--sql-max-rows-per-node", "100"])
         .start()
         .await;
+    cluster.wait_formed().await;
     define(cluster.node(0)).await;
     publish_orders(cluster.node(0), 0, 150).await;
     publish_orders(cluster.node(1), 1, 10).await;
