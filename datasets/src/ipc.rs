@@ -9,18 +9,20 @@ use polars::prelude::{
 };
 use polars_utils::compression::ZstdLevel;
 
-use crate::query::{Format, QueryError, NARROW_IT};
+use crate::query::{Format, QueryError, TableScan, NARROW_IT};
 
 /// Most bytes of one node's part of a table in a query.
 pub const MAX_PART_BYTES: usize = 1 << 30;
 
 /// A node's part of a table in a query, as [`to_ipc`] writes it; refused
-/// past [`MAX_PART_BYTES`].
-pub fn part_to_ipc(frame: &mut DataFrame, table: &str) -> Result<Vec<u8>, QueryError> {
+/// past the scan's `max_part_bytes` (never more than [`MAX_PART_BYTES`]).
+pub fn part_to_ipc(frame: &mut DataFrame, scan: &TableScan) -> Result<Vec<u8>, QueryError> {
     let bytes = to_ipc(frame)?;
-    if bytes.len() > MAX_PART_BYTES {
+    let most = scan.max_part_bytes.min(MAX_PART_BYTES as u64);
+    if bytes.len() as u64 > most {
         return Err(QueryError::TooBig(format!(
-            "this node's part of {table} is {} bytes, more than {MAX_PART_BYTES}; {NARROW_IT}",
+            "this node's part of {} is {} bytes of Arrow IPC, more than {most}; {NARROW_IT}",
+            scan.dataset.name,
             bytes.len()
         )));
     }

@@ -111,6 +111,9 @@ pub struct TableScan {
     /// The most rows (or groups) one node's part may have: the asking
     /// node's limit, so every node applies the same one.
     pub max_rows: u64,
+    /// The most bytes of Arrow IPC one node's part may have (at most
+    /// [`crate::ipc::MAX_PART_BYTES`]): the asking node's limit too.
+    pub max_part_bytes: u64,
 }
 
 impl TableScan {
@@ -439,6 +442,7 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                 days: single_table_days.clone(),
                 partial: None,
                 max_rows: DEFAULT_MAX_SCAN_ROWS,
+                max_part_bytes: crate::ipc::MAX_PART_BYTES as u64,
             }
         })
         .collect();
@@ -830,7 +834,8 @@ mod tests {
             .collect();
         let mut part = scan(&plan.scans[0], &remote_paths).expect("scan");
         assert_eq!(part.height(), 0, "the filter ran on the remote node");
-        let part = from_ipc(part_to_ipc(&mut part, "orders").expect("ipc")).expect("from ipc");
+        let part =
+            from_ipc(part_to_ipc(&mut part, &plan.scans[0]).expect("ipc")).expect("from ipc");
         let local: Vec<PathBuf> = store
             .live_files("orders")
             .expect("files")
@@ -854,9 +859,11 @@ mod tests {
         assert_eq!(revenue.get(1), Some(30.0));
         let counted = super::plan("SELECT count(*) AS n FROM orders", &datasets).expect("plan");
         let part = scan(&counted.scans[0], &remote_paths).expect("scan");
-        let mut parts = decode_parts(vec![vec![
-            part_to_ipc(&mut part.clone(), "orders").expect("ipc")
-        ]])
+        let mut parts = decode_parts(vec![vec![part_to_ipc(
+            &mut part.clone(),
+            &counted.scans[0],
+        )
+        .expect("ipc")]])
         .expect("decode");
         let local: Vec<PathBuf> = store
             .live_files("orders")

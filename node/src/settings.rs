@@ -261,6 +261,11 @@ pub struct NodeArgs {
     /// The setting of the node that was asked applies to every node's part.
     #[arg(long, env = "SHOAL_SQL_MAX_ROWS_PER_NODE")]
     pub sql_max_rows_per_node: Option<u64>,
+    /// Most MiB of Arrow IPC (ZSTD) in one node's part of a dataset in a SQL query, at most
+    /// 1024: past it the query is refused with 400 `too_many_rows`. The setting of the node that
+    /// was asked applies to every node's part.
+    #[arg(long, env = "SHOAL_SQL_MAX_PART_MB")]
+    pub sql_max_part_mb: Option<u64>,
 }
 
 /// The highest `--sql-max-rows-per-node` (the worker's memory and the
@@ -308,6 +313,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("workflow_max_unfinished", "1000000"),
     ("workflow_event_retention", "1h"),
     ("sql_max_rows_per_node", "10000000"),
+    ("sql_max_part_mb", "1024"),
 ];
 
 /// A duration setting (`12h`, `7d`) given as `--{flag}`, or its default.
@@ -633,6 +639,7 @@ pub struct Settings {
     pub workflow_max_unfinished: u64,
     pub workflow_event_retention: std::time::Duration,
     pub sql_max_rows_per_node: u64,
+    pub sql_max_part_bytes: u64,
 }
 
 impl Settings {
@@ -789,6 +796,9 @@ impl Settings {
                 .unwrap_or_else(|| default_of("workflow_max_unfinished")),
             sql_max_rows_per_node: pick!(sql_max_rows_per_node)
                 .unwrap_or_else(|| default_of("sql_max_rows_per_node")),
+            sql_max_part_bytes: pick!(sql_max_part_mb)
+                .unwrap_or_else(|| default_of::<u64>("sql_max_part_mb"))
+                .saturating_mul(1 << 20),
         };
         settings.check()?;
         Ok(settings)
@@ -885,6 +895,13 @@ impl Settings {
         }
         if !(1..=MAX_SQL_ROWS_PER_NODE).contains(&self.sql_max_rows_per_node) {
             bail!("--sql-max-rows-per-node must be between 1 and {MAX_SQL_ROWS_PER_NODE}");
+        }
+        let max_part_bytes = shoal_datasets::ipc::MAX_PART_BYTES as u64;
+        if !(1 << 20..=max_part_bytes).contains(&self.sql_max_part_bytes) {
+            bail!(
+                "--sql-max-part-mb must be between 1 and {}",
+                max_part_bytes >> 20
+            );
         }
         if !(10..=60_000).contains(&self.logs_commit_ms) {
             bail!("--logs-commit-ms must be between 10 and 60000");

@@ -379,21 +379,24 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
 }
 
 /// Each node's part of a dataset is bounded by the asking node's
-/// `--sql-max-rows-per-node`, which travels with the scan: a peer past it
-/// refuses its part, and the query is refused with `too_many_rows` naming
-/// that peer (not answered partial without its rows).
+/// `--sql-max-rows-per-node` and `--sql-max-part-mb`, which travel with the
+/// scan: a peer past either refuses its part, and the query is refused with
+/// `too_many_rows` naming that peer (not answered partial without its rows).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_peer_past_the_asking_nodes_row_limit_refuses_the_query() {
-    let out = run_shoal(&["serve", "--sql-max-rows-per-node", "0"], None, &[]).await;
-    out.assert_clean_failure();
-    assert!(
-        out.stderr.contains("--sql-max-rows-per-node"),
-        "{}",
-        out.stderr
-    );
+async fn a_peer_past_the_asking_nodes_row_or_byte_limit_refuses_the_query() {
+    for (flag, value) in [
+        ("--sql-max-rows-per-node", "0"),
+        ("--sql-max-part-mb", "0"),
+        ("--sql-max-part-mb", "1025"),
+    ] {
+        let out = run_shoal(&["serve", flag, value], None, &[]).await;
+        out.assert_clean_failure();
+        assert!(out.stderr.contains(flag), "{flag} {value}: {}", out.stderr);
+    }
 
     let mut cluster = Cluster::builder(3)
         .node_args(1, &["--sql-max-rows-per-node", "100"])
+        .node_args(2, &["--sql-max-part-mb", "1"])
         .start()
         .await;
     cluster.wait_formed().await;
@@ -441,6 +444,67 @@ async fn a_peer_past_the_asking_nodes_row_limit_refuses_the_query() {
         .map(|rows| rows.iter().filter_map(|row| row[1].as_u64()).sum())
         .unwrap_or_default();
     assert_eq!(counted, 160, "{grouped}");
+
+    // 200 messages of 16 KiB of random hex on node 0: about 1.6 MiB of
+    // Arrow IPC after ZSTD, past node 2's 1 MiB.
+    let reply = put_definition(
+        cluster.node(0),
+        "datasets",
+        "blobs",
+        &json!({"columns": [{"name": "blob", "type": "string", "from": "/data/blob"}]}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    put_route(
+        cluster.node(0),
+        "blobs-to-dataset",
+        json!({"source": "blobs.put", "destinations": ["dataset:blobs"]}),
+    )
+    .await;
+    let blob = || {
+        let hex: String = (0..8192)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        json!({ "blob": hex })
+    };
+    publish_until(
+        cluster.node(0),
+        "blobs.put",
+        &blob(),
+        "the route",
+        |answer| answer["durable"] == 1,
+    )
+    .await;
+    for _ in 1..200 {
+        publish(cluster.node(0), "blobs.put", &blob()).await;
+    }
+    let count = "SELECT count(*) AS n FROM blobs";
+    wait_for(T, "200 blobs in the dataset", || async {
+        let reply = sql(cluster.node(0), count).await.ok();
+        match reply["rows"][0][0].as_u64() {
+            Some(200) => Ok(()),
+            _ => Err(reply.to_string()),
+        }
+    })
+    .await;
+    let refused = sql(cluster.node(2), "SELECT blob FROM blobs").await;
+    let refused = assert_error(&refused, 400, "too_many_rows");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("node {node0}: "))
+            && message.contains("bytes of Arrow IPC, more than 1048576"),
+        "{message}"
+    );
+    // The same rows counted on each node cross as one small group.
+    let counted = sql(cluster.node(2), count).await.ok();
+    assert_eq!(counted["rows"][0][0], 200, "{counted}");
+    // Node 0's own rows never cross: asked there, the query is answered.
+    let answered = sql(cluster.node(0), "SELECT blob FROM blobs").await.ok();
+    assert_eq!(
+        answered["rows"].as_array().map(Vec::len),
+        Some(200),
+        "{answered}"
+    );
 }
 
 /// A workflow whose instances complete at once, and one whose instances wait.

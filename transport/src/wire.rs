@@ -28,8 +28,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// proves the secret both ways; 5: a dataset scan may carry a partial query;
 /// 6: and the days it reads; 7: and the columns it sends; 8: its rows come
 /// in chunks; 9: refusals say which limit; 10: a scan carries its row
-/// limit).
-const WIRE_VERSION: u8 = 10;
+/// limit; 11: and its byte limit).
+const WIRE_VERSION: u8 = 11;
 /// Largest frame accepted; snapshot chunks and append batches stay far below.
 const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Largest frame of the handshake (a nonce, a proof and a nonce, a verdict

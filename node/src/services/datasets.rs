@@ -68,19 +68,28 @@ pub struct SqlPlan {
     pub instances: bool,
 }
 
+/// How much of a dataset one node's part of a query may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct PartLimits {
+    pub rows: u64,
+    /// Bytes of Arrow IPC.
+    pub bytes: u64,
+}
+
 /// Parse and check a query (the reason when it is refused); each node's
-/// part of a dataset may have at most `max_rows_per_node` rows.
+/// part of a dataset is held to `limits`.
 pub fn plan(
     sql: &str,
     defined: &BTreeMap<String, Dataset>,
     now_nanos: i64,
-    max_rows_per_node: u64,
+    limits: PartLimits,
 ) -> Result<SqlPlan, String> {
     let rewritten = shoal_search::sql::plan(sql, now_nanos).map_err(|e| e.to_string())?;
     let mut datasets =
         shoal_datasets::query::plan(&rewritten.sql, defined).map_err(|e| e.to_string())?;
     for scan in &mut datasets.scans {
-        scan.max_rows = max_rows_per_node;
+        scan.max_rows = limits.rows;
+        scan.max_part_bytes = limits.bytes;
     }
     Ok(SqlPlan {
         logs: datasets
@@ -93,14 +102,17 @@ pub fn plan(
 }
 
 /// [`plan`] as this node runs a query now: over its defined datasets,
-/// with its `--sql-max-rows-per-node`.
+/// with its `--sql-max-rows-per-node` and `--sql-max-part-mb`.
 pub fn plan_on_node(shoal: &Shoal, sql: &str) -> Result<SqlPlan, String> {
     let config = shoal.messaging.config();
     plan(
         sql,
         &config.datasets,
         shoal_search::record::now_nanos(),
-        shoal.settings.sql_max_rows_per_node,
+        PartLimits {
+            rows: shoal.settings.sql_max_rows_per_node,
+            bytes: shoal.settings.sql_max_part_bytes,
+        },
     )
 }
 
@@ -406,7 +418,13 @@ pub async fn maintain(shoal: Arc<Shoal>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_datasets::ipc::MAX_PART_BYTES;
     use shoal_datasets::query::DEFAULT_MAX_SCAN_ROWS;
+
+    const LIMITS: PartLimits = PartLimits {
+        rows: DEFAULT_MAX_SCAN_ROWS,
+        bytes: MAX_PART_BYTES as u64,
+    };
 
     /// The datasets crate names the logs table as the log engine does.
     #[test]
@@ -460,7 +478,7 @@ mod tests {
             "SELECT level, count(*) FROM logs WHERE ts > now() - interval '1 hour' AND service = 'api' GROUP BY level",
             &defined,
             2_000_000_000_000_000_000,
-            DEFAULT_MAX_SCAN_ROWS,
+            LIMITS,
         )
         .expect("plan");
         let filter = logs.logs.expect("reads logs");
@@ -476,11 +494,11 @@ mod tests {
             "SELECT status, count(*) FROM workflow_instances GROUP BY status",
             &defined,
             0,
-            DEFAULT_MAX_SCAN_ROWS,
+            LIMITS,
         )
         .expect("plan");
         assert!(instances.instances);
         assert!(instances.logs.is_none());
-        assert!(plan("SELECT * FROM nothing", &defined, 0, DEFAULT_MAX_SCAN_ROWS).is_err());
+        assert!(plan("SELECT * FROM nothing", &defined, 0, LIMITS).is_err());
     }
 }
