@@ -4,6 +4,7 @@
 //! over every node's files, beside the built-in tables (`logs`,
 //! `workflow_instances`).
 
+pub mod days;
 pub mod definition;
 pub mod files;
 pub mod instances;
