@@ -59,10 +59,11 @@ struct Args {
     #[arg(long)]
     shoal_bin: Option<std::path::PathBuf>,
     /// Instances of the throughput run.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 12_000)]
     instances: usize,
-    /// Concurrent clients starting them.
-    #[arg(long, default_value_t = 32)]
+    /// Concurrent clients starting them (with 32, the starts, each an API
+    /// write, bound the run, not the driver).
+    #[arg(long, default_value_t = 128)]
     clients: usize,
     /// Instances waiting for an event in the latency run.
     #[arg(long, default_value_t = 1000)]
