@@ -12,8 +12,9 @@ use tokio::net::TcpStream;
 
 /// Longest wait for something the node must do on its own.
 const T: Duration = Duration::from_secs(20);
-/// The wire's version byte, after each frame's length.
-const WIRE_VERSION: u8 = 10;
+/// The wire's version byte, after each frame's length (`WIRE_VERSION` of
+/// transport/src/wire.rs, bumped with every change of the encoding).
+const WIRE_VERSION: u8 = 11;
 /// A frame of the 16-byte nonce the node sends first: length, version, body.
 const NONCE_FRAME_BYTES: usize = 4 + 1 + 16;
 
