@@ -88,7 +88,11 @@ struct Args {
     /// Instances waiting when the leader is killed in the recovery run.
     #[arg(long, default_value_t = 10_000)]
     recovering: usize,
-    /// The runs to make, in this order (also: `burst`).
+    /// How long the `pause` run waits (between two runs, to tell the
+    /// after-effects of one from the next).
+    #[arg(long, default_value_t = 20)]
+    pause_secs: u64,
+    /// The runs to make, in this order (also: `burst`, `pause`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -782,6 +786,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             "timers" => timers(&bench, &args, nodes[leader].pid).await?,
             "burst" => burst(&bench, &args, nodes[leader].pid).await?,
+            "pause" => tokio::time::sleep(Duration::from_secs(args.pause_secs)).await,
             "recovery" => {
                 let leader = bench.current_leader().await?;
                 bench.leader = leader;
