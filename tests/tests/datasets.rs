@@ -21,16 +21,43 @@ fn orders_dataset() -> Value {
         "time": "/data/placed"})
 }
 
-/// Defines the dataset and a route from `orders.placed` to it.
-async fn define(node: &Node) {
-    let reply = put_definition(node, "datasets", "orders", &orders_dataset()).await;
+/// Defines dataset `name` and a route `{name}-to-dataset` from `topic` to it.
+async fn define_dataset(node: &Node, name: &str, definition: &Value, topic: &str) {
+    let reply = put_definition(node, "datasets", name, definition).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
     put_route(
         node,
-        "orders-to-dataset",
-        json!({"source": "orders.placed", "destinations": ["dataset:orders"]}),
+        &format!("{name}-to-dataset"),
+        json!({"source": topic, "destinations": [format!("dataset:{name}")]}),
     )
     .await;
+}
+
+/// Defines the dataset `orders` and a route from `orders.placed` to it.
+async fn define(node: &Node) {
+    define_dataset(node, "orders", &orders_dataset(), "orders.placed").await;
+}
+
+/// Publishes `message(i)` for `i` in `0..count` on `topic` (the first until
+/// the route takes it); what was sent.
+async fn publish_routed(
+    node: &Node,
+    topic: &str,
+    count: u64,
+    message: impl Fn(u64) -> Value,
+) -> Vec<Value> {
+    let first = message(0);
+    publish_until(node, topic, &first, "the route", |answer| {
+        answer["durable"] == 1
+    })
+    .await;
+    let mut sent = vec![first];
+    for i in 1..count {
+        let next = message(i);
+        publish(node, topic, &next).await;
+        sent.push(next);
+    }
+    sent
 }
 
 fn order(i: u64, node: u64) -> Value {
@@ -42,14 +69,7 @@ fn order(i: u64, node: u64) -> Value {
 /// Publishes orders `0..count` of node `n` on `node` (the first until the
 /// route takes it); what was sent.
 async fn publish_orders(node: &Node, n: u64, count: u64) -> Vec<Value> {
-    publish_until(node, "orders.placed", &order(0, n), "the route", |answer| {
-        answer["durable"] == 1
-    })
-    .await;
-    for i in 1..count {
-        publish(node, "orders.placed", &order(i, n)).await;
-    }
-    (0..count).map(|i| order(i, n)).collect()
+    publish_routed(node, "orders.placed", count, |i| order(i, n)).await
 }
 
 /// `POST /v1/sql` with a JSON body.
@@ -299,14 +319,7 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     // 500 notes of 64 KiB of random text (about 24 MiB compressed) on node
     // 0, asked on node 1, not split (DISTINCT), so node 0 sends them all.
     let notes = json!({"columns": [{"name": "note", "type": "string", "from": "/data/note"}]});
-    let reply = put_definition(cluster.node(0), "datasets", "notes", &notes).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
-    put_route(
-        cluster.node(0),
-        "notes-to-dataset",
-        json!({"source": "notes.added", "destinations": ["dataset:notes"]}),
-    )
-    .await;
+    define_dataset(cluster.node(0), "notes", &notes, "notes.added").await;
     let note = |i: u64| {
         const ALPHABET: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -321,17 +334,7 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
             .collect();
         json!({ "note": text })
     };
-    publish_until(
-        cluster.node(0),
-        "notes.added",
-        &note(0),
-        "the route",
-        |answer| answer["durable"] == 1,
-    )
-    .await;
-    for i in 1..500 {
-        publish(cluster.node(0), "notes.added", &note(i)).await;
-    }
+    publish_routed(cluster.node(0), "notes.added", 500, note).await;
     let big = "SELECT count(*) AS n, count(DISTINCT note) AS notes, sum(length(note)) AS chars \
                FROM notes";
     wait_for(T, "500 notes of 64 KiB from node 0", || async {
@@ -447,37 +450,15 @@ async fn a_peer_past_the_asking_nodes_row_or_byte_limit_refuses_the_query() {
 
     // 200 messages of 16 KiB of random hex on node 0: about 1.6 MiB of
     // Arrow IPC after ZSTD, past node 2's 1 MiB.
-    let reply = put_definition(
-        cluster.node(0),
-        "datasets",
-        "blobs",
-        &json!({"columns": [{"name": "blob", "type": "string", "from": "/data/blob"}]}),
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
-    put_route(
-        cluster.node(0),
-        "blobs-to-dataset",
-        json!({"source": "blobs.put", "destinations": ["dataset:blobs"]}),
-    )
-    .await;
-    let blob = || {
+    let blobs = json!({"columns": [{"name": "blob", "type": "string", "from": "/data/blob"}]});
+    define_dataset(cluster.node(0), "blobs", &blobs, "blobs.put").await;
+    let blob = |_| {
         let hex: String = (0..8192)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
         json!({ "blob": hex })
     };
-    publish_until(
-        cluster.node(0),
-        "blobs.put",
-        &blob(),
-        "the route",
-        |answer| answer["durable"] == 1,
-    )
-    .await;
-    for _ in 1..200 {
-        publish(cluster.node(0), "blobs.put", &blob()).await;
-    }
+    publish_routed(cluster.node(0), "blobs.put", 200, blob).await;
     let count = "SELECT count(*) AS n FROM blobs";
     wait_for(T, "200 blobs in the dataset", || async {
         let reply = sql(cluster.node(0), count).await.ok();
@@ -849,17 +830,16 @@ async fn a_report_runs_once_per_tick_across_a_leader_change_and_its_numbers_are_
     let mut sent = Vec::new();
     for n in 0..3u64 {
         let node = cluster.node(n as usize);
-        publish_until(node, "orders.placed", &order(0, n), "the route", |answer| {
-            answer["durable"] == 1
-        })
-        .await;
-        sent.push(order(0, n));
-        for i in 1..40 {
+        let orders = publish_routed(node, "orders.placed", 40, |i| {
+            if i == 0 {
+                return order(0, n);
+            }
             let mut o = order(i * 7 + n, n);
             o["id"] = json!(format!("o-{n}-{i}"));
-            publish(node, "orders.placed", &o).await;
-            sent.push(o);
-        }
+            o
+        })
+        .await;
+        sent.extend(orders);
     }
     wait_count(cluster.node(0), sent.len() as u64).await;
 

@@ -1564,7 +1564,6 @@ async fn lifecycle_events_a_killed_leader_committed_but_never_published_come_fro
     assert_eq!(resumed.len(), 1, "{after:?}");
 }
 
-/// `test/slow`: waits for an event nobody sends.
 /// `test/quick`: completes in one step.
 const QUICK: &str = r#"
 document: {dsl: '1.0.0', namespace: test, name: quick, version: '1.0.0'}
@@ -1572,6 +1571,7 @@ do:
   - done: {set: {done: true}}
 "#;
 
+/// `test/slow`: waits for an event nobody sends.
 const NEVER_ENDING: &str = r#"
 document: {dsl: '1.0.0', namespace: test, name: slow, version: '1.0.0'}
 do:
