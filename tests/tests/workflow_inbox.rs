@@ -104,9 +104,20 @@ fn applied(instance: &Value) -> usize {
 
 /// The ids of the events waiting in the inbox.
 async fn waiting(node: &Node) -> Vec<String> {
+    match try_waiting(node).await {
+        Ok(ids) => ids,
+        Err(reply) => panic!("{reply}"),
+    }
+}
+
+/// As `waiting`, for polling loops: a reply other than 200 (a node
+/// still electing after a restart answers 503) is an error to retry.
+async fn try_waiting(node: &Node) -> Result<Vec<String>, String> {
     let reply = node.get_path("/v1/workflows/events").await;
-    assert_eq!(reply.status.as_u16(), 200, "{}", reply.describe());
-    reply.body["events"]
+    if reply.status.as_u16() != 200 {
+        return Err(reply.describe());
+    }
+    Ok(reply.body["events"]
         .as_array()
         .map(|events| {
             events
@@ -114,12 +125,12 @@ async fn waiting(node: &Node) -> Vec<String> {
                 .map(|e| e["event"]["id"].as_str().unwrap_or("").to_string())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default())
 }
 
 async fn wait_inbox_empty(node: &Node) {
     wait_for(WAIT, "an empty inbox", || async {
-        let ids = waiting(node).await;
+        let ids = try_waiting(node).await?;
         if ids.is_empty() {
             Ok(())
         } else {
@@ -182,7 +193,7 @@ async fn an_inbox_event_outlives_the_leader_and_a_crash_of_the_whole_cluster() {
         cluster.node_mut(i).restart_no_wait();
     }
     cluster.wait_formed().await;
-    assert_eq!(waiting(cluster.node(other)).await, vec!["pay-a2"]);
+    wait_waiting(cluster.node(other), &["pay-a2"]).await;
     start(
         cluster.node(third),
         "inbox/paid",
@@ -464,7 +475,7 @@ async fn publish_paid(node: &Node, event_id: &str, order: &str) -> Value {
 
 async fn wait_waiting(node: &Node, want: &[&str]) {
     wait_for(WAIT, &format!("{want:?} in the inbox"), || async {
-        let ids = waiting(node).await;
+        let ids = try_waiting(node).await?;
         if ids == want {
             Ok(())
         } else {
