@@ -66,11 +66,19 @@ struct Forward {
     groups: Vec<String>,
 }
 
+/// Which of this node's own messages a [`Router::subscribe_published_here`]
+/// subscription takes.
+pub type Accepts = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
+
 struct LocalSub {
     id: u64,
     pattern: Pattern,
     group: Option<String>,
     queue: Arc<BoundedQueue<Arc<Shared>>>,
+    /// Set for a subscription to the messages published on this node
+    /// alone: peers never learn of it, and those it does not accept never
+    /// enter its queue.
+    published_here: Option<Accepts>,
 }
 
 #[derive(Default)]
@@ -171,6 +179,32 @@ impl Router {
         capacity: usize,
         overflow: Overflow,
     ) -> Subscription {
+        self.add_subscription(pattern, group, capacity, overflow, None)
+    }
+
+    /// A subscription to the messages published on this node (never those
+    /// peers forward) that `accepts` lets through. Peers do not learn of
+    /// it, so it costs the cluster nothing: for a service every node runs,
+    /// where each message must be seen by one node, the node it was
+    /// published on.
+    pub fn subscribe_published_here(
+        self: &Arc<Self>,
+        pattern: Pattern,
+        capacity: usize,
+        overflow: Overflow,
+        accepts: Accepts,
+    ) -> Subscription {
+        self.add_subscription(pattern, None, capacity, overflow, Some(accepts))
+    }
+
+    fn add_subscription(
+        self: &Arc<Self>,
+        pattern: Pattern,
+        group: Option<String>,
+        capacity: usize,
+        overflow: Overflow,
+        published_here: Option<Accepts>,
+    ) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let limits = QueueLimits {
             capacity,
@@ -178,11 +212,13 @@ impl Router {
             budget: Some(self.budget.clone()),
         };
         let queue = BoundedQueue::new(limits, overflow);
+        let announced = published_here.is_none();
         let sub = Arc::new(LocalSub {
             id,
             pattern,
             group,
             queue: queue.clone(),
+            published_here,
         });
         {
             let mut table = self.local.write().unwrap_or_else(|p| p.into_inner());
@@ -197,7 +233,9 @@ impl Router {
             }
             table.by_id.insert(id, sub);
         }
-        self.interest_version.fetch_add(1, Ordering::Relaxed);
+        if announced {
+            self.interest_version.fetch_add(1, Ordering::Relaxed);
+        }
         metrics::gauge!("shoal_subscribers").increment(1.0);
         Subscription {
             id,
@@ -228,7 +266,9 @@ impl Router {
             table.wildcard.retain(|s| s.id != id);
         }
         drop(table);
-        self.interest_version.fetch_add(1, Ordering::Relaxed);
+        if sub.published_here.is_none() {
+            self.interest_version.fetch_add(1, Ordering::Relaxed);
+        }
         metrics::gauge!("shoal_subscribers").decrement(1.0);
     }
 
@@ -240,7 +280,11 @@ impl Router {
     pub fn local_interest(&self) -> Vec<Interest> {
         let table = self.local.read().unwrap_or_else(|p| p.into_inner());
         let mut counts: HashMap<(String, Option<String>), u32> = HashMap::new();
-        for sub in table.by_id.values() {
+        for sub in table
+            .by_id
+            .values()
+            .filter(|sub| sub.published_here.is_none())
+        {
             *counts
                 .entry((sub.pattern.as_str().to_string(), sub.group.clone()))
                 .or_default() += 1;
@@ -303,7 +347,14 @@ impl Router {
                 let mut groups: HashMap<&str, Vec<Candidate>> = HashMap::new();
                 table.matching(topic, |sub| match &sub.group {
                     None => {
-                        reach.local += deliver(sub, &shared, &self.budget, &mut tally, &mut closed)
+                        let accepted = sub
+                            .published_here
+                            .as_ref()
+                            .is_none_or(|accepts| accepts(&shared.message));
+                        if accepted {
+                            reach.local +=
+                                deliver(sub, &shared, &self.budget, &mut tally, &mut closed)
+                        }
                     }
                     Some(group) => groups
                         .entry(group.as_str())
@@ -378,6 +429,7 @@ impl Router {
             let shared = Arc::new(Shared::new(forward.message));
             let mut members: HashMap<&str, Vec<&Arc<LocalSub>>> = HashMap::new();
             table.matching(&shared.message.topic, |sub| match &sub.group {
+                None if sub.published_here.is_some() => {}
                 None => delivered += deliver(sub, &shared, &self.budget, &mut tally, &mut closed),
                 Some(group) => members.entry(group.as_str()).or_default().push(sub),
             });
@@ -625,5 +677,46 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(router.local_interest().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_to_messages_published_here_takes_only_those_it_accepts() {
+        let router = Router::new(1, Arc::new(NoPeers), 1 << 30);
+        let before = router.interest_version();
+        let here = router.subscribe_published_here(
+            Pattern::parse(">").unwrap(),
+            100,
+            Overflow::DropOldest,
+            Arc::new(|message: &Message| message.kind == "wanted"),
+        );
+        assert!(
+            router.local_interest().is_empty(),
+            "peers never learn of it"
+        );
+        assert_eq!(router.interest_version(), before);
+        let kinds = ["wanted", "other", "wanted"];
+        let reach = router.publish(
+            kinds
+                .iter()
+                .map(|kind| Message {
+                    kind: kind.to_string(),
+                    ..message("a.b")
+                })
+                .collect(),
+        );
+        assert_eq!(reach.local, 2);
+        assert_eq!(here.queue.len(), 2);
+
+        // A message a peer forwards was published there, and is not taken.
+        let forwarded = vec![Forward {
+            message: Message {
+                kind: "wanted".into(),
+                ..message("a.b")
+            },
+            groups: Vec::new(),
+        }];
+        let frame = shoal_codec::encode(&forwarded).unwrap();
+        assert_eq!(router.receive_frame(&frame).unwrap(), 0);
+        assert_eq!(here.queue.len(), 2);
     }
 }

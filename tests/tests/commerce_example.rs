@@ -42,14 +42,14 @@ impl Services {
         Services(child)
     }
 
-    /// Waits until `node` knows of the services' subscriptions and of the
-    /// workflow intake's: a topic is at most once, and a node forwards a
-    /// message only to the subscriptions it has learned of by gossip.
+    /// Waits until `node` knows of the services' subscriptions: a topic is
+    /// at most once, and a node forwards a message only to the
+    /// subscriptions it has learned of by gossip.
     async fn wait_known(node: &Node) {
         wait_for(WAIT, "the subscriptions, known to the node", || async {
             let topics = node.get_path("/v1/topics").await;
             let text = topics.body.to_string();
-            if ["inventory", "payment", "shipping", "_shoal.workflows"]
+            if ["inventory", "payment", "shipping"]
                 .iter()
                 .all(|group| text.contains(group))
             {

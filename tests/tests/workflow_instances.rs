@@ -88,8 +88,8 @@ async fn publish(node: &Node, topic: &str, kind: &str, id: &str, data: Value) {
     assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
 }
 
-/// Publishes until the instance is past its listen (a subscription made
-/// when the instance started reaches other nodes by gossip).
+/// Publishes until the instance is past its listen (the node's intake
+/// takes the event's type once its replica has the definition).
 async fn deliver(node: &Node, id: &str, topic: &str, kind: &str, event_id: &str, data: Value) {
     wait_for(WAIT, &format!("{kind} applied to {id}"), || {
         let data = data.clone();
@@ -1420,6 +1420,84 @@ do:
             }
         })
         .await;
+    }
+}
+
+/// The receipt of a publish: what it reached on the node (`local`) and
+/// how many peers it was sent to (`forwarded`).
+async fn publish_receipt(node: &Node, kind: &str, id: &str, data: Value) -> (u64, u64) {
+    let reply = node
+        .post_cloud_event("/v1/topics/noise", kind, id, &data)
+        .await;
+    assert_eq!(reply.status.as_u16(), 202, "{}", reply.describe());
+    let count = |field: &str| {
+        reply.body[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {field}: {}", reply.describe()))
+    };
+    (count("local"), count("forwarded"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_node_takes_the_events_published_on_it_of_the_types_definitions_take() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_leader().await;
+    define(
+        cluster.node((leader + 1) % 3),
+        r#"
+document: {dsl: '1.0.0', namespace: test, name: typed, version: '1.0.0'}
+do:
+  - go:
+      listen:
+        to:
+          one:
+            with: {type: test.typed.go}
+            correlate: {id: {from: '${ .data.id }', expect: '${ .id }'}}
+  - done: {set: '${ {id: .[0].data.id} }'}
+"#,
+    )
+    .await;
+    for n in 0..3 {
+        let id = format!("t{n}");
+        let reply = start(cluster.node(leader), "test/typed", &id, json!({"id": id})).await;
+        assert_eq!(reply.status.as_u16(), 201, "{}", reply.describe());
+        wait_status(cluster.node(leader), &id, "waiting").await;
+    }
+    for n in 0..3 {
+        let node = cluster.node(n);
+        // The type the definition takes: this node's intake takes it, and
+        // no peer is sent it (nobody else subscribes to the topic).
+        let what = format!("node {n}'s intake taking the type");
+        wait_for(WAIT, &what, || async {
+            match publish_receipt(
+                node,
+                "test.typed.go",
+                &format!("nobody-{n}"),
+                json!({"id": "nobody"}),
+            )
+            .await
+            {
+                (1, 0) => Ok(()),
+                other => Err(format!("(local, forwarded) = {other:?}")),
+            }
+        })
+        .await;
+        // Another type: taken by no node, sent nowhere.
+        let other = publish_receipt(
+            node,
+            "test.other",
+            &format!("other-{n}"),
+            json!({"id": format!("t{n}")}),
+        )
+        .await;
+        assert_eq!(other, (0, 0), "node {n}");
+        let id = format!("t{n}");
+        let go =
+            publish_receipt(node, "test.typed.go", &format!("go-{n}"), json!({"id": id})).await;
+        assert_eq!(go, (1, 0), "node {n}");
+        let done = wait_status(node, &id, "completed").await;
+        assert_eq!(done["output"], json!({"id": id}));
+        assert_eq!(count(&done, "event.applied"), 1, "{done}");
     }
 }
 

@@ -27,6 +27,7 @@
 //! and tasks), `jq` (every runtime expression compiled with jaq); this file
 //! puts them together.
 
+mod event_types;
 mod jq;
 mod sections;
 mod syntax;
@@ -43,6 +44,7 @@ use self::syntax::*;
 pub use self::values::parse_duration;
 use self::values::*;
 
+pub use self::event_types::EventTypes;
 use self::types::{Check, Validator};
 pub use self::types::{
     Definition, DefinitionError, HttpEndpoint, MAX_DEFINITION_BYTES, MAX_EXPANDED_BYTES,
@@ -123,6 +125,14 @@ impl Definition {
     pub fn http_endpoints(&self) -> Vec<HttpEndpoint> {
         check_structure(&self.document)
             .map(|(_, validator)| validator.http_endpoints)
+            .unwrap_or_default()
+    }
+
+    /// The types of the events its `listen` tasks and `schedule.on` take
+    /// (a walk of the structure, as for `http_endpoints`).
+    pub fn event_types(&self) -> EventTypes {
+        check_structure(&self.document)
+            .map(|(_, validator)| validator.event_types)
             .unwrap_or_default()
     }
 }
@@ -210,6 +220,9 @@ fn check_structure(document: &Value) -> Check<((String, String, String), Validat
     }
     if let Some(schedule) = root.get("schedule") {
         schedule_section(schedule, "/schedule")?;
+        if let Some(on) = schedule.get("on") {
+            validator.event_types.add_consumption(on);
+        }
     }
     validator.task_list(tasks, "/do", 1)?;
     Ok((identity, validator))

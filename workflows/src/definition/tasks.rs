@@ -170,7 +170,13 @@ impl Validator {
             "emit" => emit_task(body, &body_path),
             "for" => self.for_task(task, path, depth),
             "fork" => self.fork_task(body, &body_path, depth),
-            "listen" => listen_task(body, &body_path),
+            "listen" => {
+                listen_task(body, &body_path)?;
+                if let Some(to) = body.get("to") {
+                    self.event_types.add_consumption(to);
+                }
+                Ok(())
+            }
             "raise" => self.raise_task(body, &body_path),
             "set" => set_task(body, &body_path),
             "switch" => switch_task(body, &body_path, siblings),

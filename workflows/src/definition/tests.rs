@@ -203,6 +203,39 @@ fn the_order_saga_in_json_parses_equal() {
     assert!(parse(json.as_bytes()).is_ok());
 }
 
+#[test]
+fn event_types_are_those_of_every_listen_and_of_schedule_on() {
+    let saga = parse(ORDER_SAGA.as_bytes()).expect("the saga is valid");
+    let types = saga.event_types();
+    // The saga's one listen is inside a try; what it emits is not taken.
+    assert!(types.contains("com.example.payments.payment.received.v1"));
+    assert!(!types.contains("com.example.shop.order.placed.v1"));
+    assert!(!types.contains("anything.else"));
+
+    let none = parse(doc(ONE_TASK).as_bytes()).expect("valid");
+    assert!(none.event_types().is_empty());
+
+    let nested = doc(
+        "schedule:\n  on:\n    one:\n      with: {type: started.by}\n\
+         do:\n  - each:\n      for: {in: '${ .xs }'}\n      do:\n\
+         \x20       - wait1:\n            listen:\n              to:\n\
+         \x20               all: [{with: {type: in.for}}]\n\
+         \x20 - both:\n      fork:\n        branches:\n\
+         \x20         - b1:\n              listen: {to: {any: [{with: {type: in.fork}}]}}\n\
+         \x20         - b2:\n              set: {x: 1}\n",
+    );
+    let nested = parse(nested.as_bytes()).expect("valid");
+    let types = nested.event_types();
+    for kind in ["started.by", "in.for", "in.fork"] {
+        assert!(types.contains(kind), "{kind}: {types:?}");
+    }
+    assert!(!types.contains("other"));
+
+    let computed = doc("do:\n  - w:\n      listen: {to: {one: {with: {type: '${ .kind }'}}}}\n");
+    let computed = parse(computed.as_bytes()).expect("valid");
+    assert!(computed.event_types().contains("other"));
+}
+
 fn header(name: &str) -> String {
     format!("document:\n  dsl: '1.0.0'\n  namespace: shop\n  name: {name}\n  version: '1.0.0'\n")
 }

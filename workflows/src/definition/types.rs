@@ -90,13 +90,15 @@ pub(super) type Obj = Map<String, Value>;
 pub(super) type Check<T = ()> = Result<T, DefinitionError>;
 
 /// What the validator learns on its way: names defined in `use`, the
-/// running task count, and the endpoints of HTTP calls.
+/// running task count, the endpoints of HTTP calls, and the types of the
+/// events consumed.
 #[derive(Default)]
 pub(super) struct Validator {
     pub(super) errors: HashSet<String>,
     pub(super) retries: HashSet<String>,
     pub(super) tasks: usize,
     pub(super) http_endpoints: Vec<HttpEndpoint>,
+    pub(super) event_types: super::EventTypes,
 }
 
 /// An HTTP call's endpoint written as a URI (not computed by an

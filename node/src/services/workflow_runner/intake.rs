@@ -1,7 +1,10 @@
 //! Events into instances, on every node. Each node follows the instances
-//! in its replica (which listen for what) and subscribes to every topic in
-//! one queue group, so each published message is taken by one node. That
-//! node applies the event to the instances listening for it (a
+//! in its replica (which listen for what) and the definitions (which event
+//! types any of them takes), and takes the messages published on it (on
+//! every topic, never those peers forward) whose type some definition
+//! takes: so each message is looked at by one node, and messages of other
+//! types cost nothing but a lookup and never cross the network. That node
+//! applies the event to the instances listening for it (a
 //! compare-and-swap through Raft) and starts the instances of schedules
 //! that start on events; the leader's driver sees the change and goes on.
 //!
@@ -21,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -31,6 +34,7 @@ use shoal_actors::subject::Pattern;
 use shoal_storage::kv::EventType;
 use shoal_storage::now_ms;
 use shoal_workflows::run::{Applied, Instance, Status};
+use shoal_workflows::EventTypes;
 
 use super::listeners::Listeners;
 use super::schedules::Schedules;
@@ -44,8 +48,6 @@ use crate::services::workflows::DEFINITIONS_PREFIX;
 mod inbox;
 use inbox::Inboxed;
 
-/// The queue group of every node's intake subscription.
-const GROUP: &str = "_shoal.workflows";
 /// Messages waiting for the intake; past it the oldest are dropped (topics
 /// are at most once).
 const QUEUE: usize = 65_536;
@@ -91,6 +93,7 @@ pub async fn run(shoal: Arc<Shoal>) {
             retry: BTreeSet::new(),
             taken: Vec::new(),
             leading: false,
+            accepted: Arc::default(),
         };
         if let Err(e) = intake.follow().await {
             tracing::warn!(error = %e, "workflow event intake stopped; starting again");
@@ -117,6 +120,9 @@ struct Intake {
     taken: Vec<String>,
     /// Whether this node led at the last tick (the leader offers the inbox).
     leading: bool,
+    /// The event types the subscription takes: those of the definitions
+    /// and of the listening instances (whose definition may be gone).
+    accepted: Arc<RwLock<EventTypes>>,
 }
 
 impl Intake {
@@ -175,6 +181,7 @@ impl Intake {
                             new_types.extend(self.listeners.update(id, instance.as_ref()));
                         }
                     }
+                    self.accept(&new_types);
                     if !new_types.is_empty() {
                         self.offer_kept(&new_types).await;
                         self.offer_inbox_of(&new_types).await;
@@ -244,6 +251,11 @@ impl Intake {
     async fn read_schedules(&mut self) -> bool {
         match Schedules::load(&self.shoal, true).await {
             Ok(schedules) => {
+                let mut accepted = schedules.event_types.clone();
+                for kind in self.listeners.types() {
+                    accepted.add((!kind.is_empty()).then_some(kind));
+                }
+                *self.accepted.write().unwrap_or_else(|p| p.into_inner()) = accepted;
                 self.schedules = schedules;
                 true
             }
@@ -254,17 +266,40 @@ impl Intake {
         }
     }
 
+    /// Adds the types instances began to listen for ("" for any type) to
+    /// those the subscription takes, if they are new.
+    fn accept(&self, types: &BTreeSet<String>) {
+        let missing = |accepted: &EventTypes| {
+            types
+                .iter()
+                .any(|kind| kind.is_empty() || !accepted.contains(kind))
+        };
+        if !missing(&self.accepted.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
+        let mut accepted = self.accepted.write().unwrap_or_else(|p| p.into_inner());
+        for kind in types {
+            accepted.add((!kind.is_empty()).then_some(kind.as_str()));
+        }
+    }
+
     /// Subscribes or unsubscribes, and forgets events kept too long.
     fn refresh(&mut self, events: &mut Option<Subscription>) -> anyhow::Result<()> {
-        let wanted = self.schedules.any_workflow || !self.listeners.is_empty();
+        let wanted = !self.schedules.event_types.is_empty() || !self.listeners.is_empty();
         match (wanted, events.is_some()) {
             (true, false) => {
                 let pattern = Pattern::parse(">").map_err(|e| anyhow::anyhow!("{e}"))?;
-                *events = Some(self.shoal.messaging.router.subscribe(
+                let accepted = self.accepted.clone();
+                *events = Some(self.shoal.messaging.router.subscribe_published_here(
                     pattern,
-                    Some(GROUP.to_string()),
                     QUEUE,
                     Overflow::DropOldest,
+                    Arc::new(move |message| {
+                        accepted
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(&message.kind)
+                    }),
                 ));
             }
             (false, true) => *events = None,

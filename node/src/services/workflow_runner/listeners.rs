@@ -77,6 +77,11 @@ impl Listeners {
         self.by_instance.is_empty()
     }
 
+    /// The event types listened for now ("" for any type).
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.by_type.keys().map(String::as_str)
+    }
+
     /// Records what an instance listens for now; returns the event types it
     /// began to listen for.
     pub fn update(&mut self, instance_id: &str, instance: Option<&Instance>) -> BTreeSet<String> {

@@ -23,7 +23,7 @@ use shoal_storage::now_ms;
 use shoal_workflows::cron::Cron;
 use shoal_workflows::definition::parse_duration;
 use shoal_workflows::run::{EventFilter, Instance};
-use shoal_workflows::{version_order, Definition};
+use shoal_workflows::{version_order, Definition, EventTypes};
 
 use super::intake::Offered;
 use crate::services::instances::{self, InstanceError};
@@ -45,10 +45,19 @@ struct ScheduleState {
 /// The schedules of the newest version of every workflow.
 #[derive(Default)]
 pub struct Schedules {
-    /// Whether any workflow is defined (then events are followed).
-    pub any_workflow: bool,
+    /// The types of the events any version of any workflow takes (its
+    /// `listen` tasks and `schedule.on`): messages of other types are
+    /// of no use to workflows.
+    pub event_types: EventTypes,
     timed: Vec<Arc<Definition>>,
-    on_event: Vec<(Arc<Definition>, Vec<EventFilter>)>,
+    on_event: Vec<OnEvent>,
+}
+
+/// A workflow started by events: its filters, and the types they take.
+struct OnEvent {
+    definition: Arc<Definition>,
+    filters: Vec<EventFilter>,
+    types: EventTypes,
 }
 
 fn key_of(definition: &Definition) -> String {
@@ -86,7 +95,9 @@ impl Schedules {
         stale: bool,
     ) -> Result<Schedules, crate::services::workflows::WorkflowError> {
         let mut newest: HashMap<(String, String), Definition> = HashMap::new();
+        let mut event_types = EventTypes::default();
         for (definition, _) in list_definitions(shoal, "", stale).await? {
+            event_types.extend(&definition.event_types());
             let id = (definition.namespace.clone(), definition.name.clone());
             let newer = newest.get(&id).is_none_or(|known| {
                 version_order(&definition.version) > version_order(&known.version)
@@ -96,7 +107,7 @@ impl Schedules {
             }
         }
         let mut schedules = Schedules {
-            any_workflow: !newest.is_empty(),
+            event_types,
             ..Schedules::default()
         };
         for (_, definition) in newest {
@@ -105,7 +116,15 @@ impl Schedules {
             };
             let definition = Arc::new(definition);
             match schedule.get("on") {
-                Some(on) => schedules.on_event.push((definition, event_filters(on))),
+                Some(on) => {
+                    let mut types = EventTypes::default();
+                    types.add_consumption(on);
+                    schedules.on_event.push(OnEvent {
+                        definition,
+                        filters: event_filters(on),
+                        types,
+                    });
+                }
                 None => schedules.timed.push(definition),
             }
         }
@@ -126,7 +145,19 @@ impl Schedules {
     pub async fn offer(&self, shoal: &Shoal, event: &Value) -> Offered {
         let mut offered = Offered::default();
         let event_id = event.get("id").and_then(Value::as_str).unwrap_or_default();
-        for (definition, filters) in &self.on_event {
+        let kind = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for OnEvent {
+            definition,
+            filters,
+            types,
+        } in &self.on_event
+        {
+            if !types.contains(kind) {
+                continue;
+            }
             match shoal.evaluator.matches(filters, event).await {
                 Ok(found) if found.contains(&true) => {}
                 Ok(_) => continue,
