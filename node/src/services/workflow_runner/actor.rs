@@ -544,6 +544,34 @@ pub struct SupervisorState {
     shared: Arc<DefinitionShared>,
     /// Each instance's actor and how many messages were delivered to it.
     actors: HashMap<String, (ActorRef<InstanceMsg>, u64)>,
+    /// The instance of each actor, to find it when it ends.
+    instance_of: HashMap<ractor::ActorId, String>,
+}
+
+/// Whichever of these takes an actor out of the maps counts it out of
+/// `shoal_workflow_actors`, so each is counted once.
+impl SupervisorState {
+    fn insert(&mut self, id: &str, actor: ActorRef<InstanceMsg>) {
+        self.remove(id);
+        self.instance_of.insert(actor.get_id(), id.to_string());
+        self.actors.insert(id.to_string(), (actor, 0));
+        metrics::gauge!("shoal_workflow_actors").increment(1.0);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<ActorRef<InstanceMsg>> {
+        let (actor, _) = self.actors.remove(id)?;
+        self.instance_of.remove(&actor.get_id());
+        metrics::gauge!("shoal_workflow_actors").decrement(1.0);
+        Some(actor)
+    }
+
+    /// Forgets the actor that ended; the instance it drove.
+    fn ended(&mut self, cell: &ractor::ActorCell) -> Option<String> {
+        let id = self.instance_of.remove(&cell.get_id())?;
+        self.actors.remove(&id);
+        metrics::gauge!("shoal_workflow_actors").decrement(1.0);
+        Some(id)
+    }
 }
 
 impl DefinitionSupervisor {
@@ -559,17 +587,8 @@ impl DefinitionSupervisor {
             myself.get_cell(),
         )
         .await?;
-        metrics::gauge!("shoal_workflow_actors").increment(1.0);
-        state.actors.insert(id.to_string(), (actor.clone(), 0));
+        state.insert(id, actor.clone());
         Ok(actor)
-    }
-
-    fn id_of(state: &SupervisorState, cell: &ractor::ActorCell) -> Option<String> {
-        state
-            .actors
-            .iter()
-            .find(|(_, (actor, _))| actor.get_id() == cell.get_id())
-            .map(|(id, _)| id.clone())
     }
 
     /// Hands `message` to the instance's actor, started if it has none.
@@ -591,7 +610,7 @@ impl DefinitionSupervisor {
             Err(_) => None,
         };
         if let Some(message) = message {
-            state.actors.remove(&id);
+            state.remove(&id);
             let actor = Self::spawn(myself, state, &id).await?;
             let _ = actor.send_message(message);
         }
@@ -615,6 +634,7 @@ impl Actor for DefinitionSupervisor {
         Ok(SupervisorState {
             shared,
             actors: HashMap::new(),
+            instance_of: HashMap::new(),
         })
     }
 
@@ -635,9 +655,8 @@ impl Actor for DefinitionSupervisor {
                     current.get_id() == actor && *delivered == handled
                 });
                 if idle {
-                    if let Some((actor, _)) = state.actors.remove(&id) {
+                    if let Some(actor) = state.remove(&id) {
                         actor.stop(None);
-                        metrics::gauge!("shoal_workflow_actors").decrement(1.0);
                     }
                 }
             }
@@ -653,15 +672,10 @@ impl Actor for DefinitionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(id) = Self::id_of(state, &cell) {
-                    state.actors.remove(&id);
-                    metrics::gauge!("shoal_workflow_actors").decrement(1.0);
-                }
+                state.ended(&cell);
             }
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(id) = Self::id_of(state, &cell) {
-                    state.actors.remove(&id);
-                    metrics::gauge!("shoal_workflow_actors").decrement(1.0);
+                if let Some(id) = state.ended(&cell) {
                     metrics::counter!("shoal_workflow_actor_restarts_total").increment(1);
                     tracing::warn!(instance = %id, %error, "workflow instance actor failed; restarting it from the replicated state");
                     // A moment later, without holding up the other

@@ -60,6 +60,11 @@ const TICK: Duration = Duration::from_secs(1);
 /// Tries of a compare-and-swap that lost to another write.
 const TRIES: usize = 8;
 
+/// Adds a type instances listen for ("" as the listeners index it: any).
+fn add_listened(accepted: &mut EventTypes, kind: &str) {
+    accepted.add((!kind.is_empty()).then_some(kind));
+}
+
 /// What offering an event did: an instance took it (or a schedule started
 /// one), whether any offer failed (and may succeed when tried again), and
 /// whether an instance's write deleted it from the inbox.
@@ -253,7 +258,7 @@ impl Intake {
             Ok(schedules) => {
                 let mut accepted = schedules.event_types.clone();
                 for kind in self.listeners.types() {
-                    accepted.add((!kind.is_empty()).then_some(kind));
+                    add_listened(&mut accepted, kind);
                 }
                 *self.accepted.write().unwrap_or_else(|p| p.into_inner()) = accepted;
                 self.schedules = schedules;
@@ -279,7 +284,7 @@ impl Intake {
         }
         let mut accepted = self.accepted.write().unwrap_or_else(|p| p.into_inner());
         for kind in types {
-            accepted.add((!kind.is_empty()).then_some(kind.as_str()));
+            add_listened(&mut accepted, kind);
         }
     }
 
