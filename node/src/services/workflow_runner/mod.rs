@@ -88,6 +88,7 @@ pub async fn run(shoal: Arc<Shoal>) {
             tracked: HashMap::new(),
             counts: HashMap::new(),
             definitions: HashSet::new(),
+            timer_keys: SharedKeys::default(),
             expiring: BTreeMap::new(),
             sweep: None,
             timers: BTreeSet::new(),
@@ -118,6 +119,9 @@ struct Runner {
     counts: HashMap<(Arc<str>, Status), u64>,
     /// Definition keys, shared by the instances that run them.
     definitions: HashSet<Arc<str>>,
+    /// Timer keys (task paths), shared by the instances waiting at the
+    /// same task.
+    timer_keys: SharedKeys,
     /// Finished instances, by when they finished, with the revision of
     /// that state: deleted once retention has passed.
     expiring: BTreeMap<(u64, String), u64>,
@@ -135,6 +139,32 @@ struct Runner {
     /// published, and the one last written to [`ANNOUNCED_KEY`].
     announced: u64,
     announced_written: u64,
+}
+
+/// Strings many holders share (one allocation each, not one per holder);
+/// those no one else holds any more are dropped once the set has doubled
+/// since the last look.
+#[derive(Default)]
+struct SharedKeys {
+    keys: HashSet<Arc<str>>,
+    pruned_at: usize,
+}
+
+impl SharedKeys {
+    const FIRST_PRUNE: usize = 1024;
+
+    fn get(&mut self, key: &str) -> Arc<str> {
+        if let Some(shared) = self.keys.get(key) {
+            return shared.clone();
+        }
+        if self.keys.len() >= (self.pruned_at * 2).max(Self::FIRST_PRUNE) {
+            self.keys.retain(|k| Arc::strong_count(k) > 1);
+            self.pruned_at = self.keys.len();
+        }
+        let shared: Arc<str> = Arc::from(key);
+        self.keys.insert(shared.clone());
+        shared
+    }
 }
 
 impl Runner {
@@ -345,7 +375,7 @@ impl Runner {
             .map(
                 |(key, wait)| match known.iter().find(|(_, k)| **k == *key) {
                     Some((at, key)) => (*at, key.clone()),
-                    None => (now + wait, Arc::from(key)),
+                    None => (now + wait, self.timer_keys.get(&key)),
                 },
             )
             .collect();
@@ -598,5 +628,26 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_keys_are_one_allocation_and_unheld_ones_are_dropped() {
+        let mut keys = SharedKeys::default();
+        let a = keys.get("/do/0/sleep");
+        let b = keys.get("/do/0/sleep");
+        assert!(Arc::ptr_eq(&a, &b));
+        // Filled past the first look with keys nobody holds: the look
+        // drops those and keeps the held one.
+        for n in 0..SharedKeys::FIRST_PRUNE {
+            keys.get(&format!("/do/{n}/x"));
+        }
+        assert!(keys.keys.len() <= SharedKeys::FIRST_PRUNE);
+        assert!(keys.keys.contains("/do/0/sleep"));
+        assert!(Arc::ptr_eq(&a, &keys.get("/do/0/sleep")));
     }
 }
