@@ -113,7 +113,8 @@ pub struct PublishReceipt {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub topic: Option<String>,
-    /// Local subscriber queues reached
+    /// Local subscriber queues reached (the node's workflow intake among
+    /// them when a workflow definition takes the message's type)
     pub local: usize,
     /// Messages handed to links to other nodes
     pub forwarded: usize,
