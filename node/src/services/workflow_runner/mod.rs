@@ -87,7 +87,7 @@ pub async fn run(shoal: Arc<Shoal>) {
             supervisors: HashMap::new(),
             tracked: HashMap::new(),
             counts: HashMap::new(),
-            definitions: HashSet::new(),
+            definitions: SharedKeys::default(),
             timer_keys: SharedKeys::default(),
             expiring: BTreeMap::new(),
             sweep: None,
@@ -118,7 +118,7 @@ struct Runner {
     /// the gauges; counting all of them each time cost the leader CPU).
     counts: HashMap<(Arc<str>, Status), u64>,
     /// Definition keys, shared by the instances that run them.
-    definitions: HashSet<Arc<str>>,
+    definitions: SharedKeys,
     /// Timer keys (task paths), shared by the instances waiting at the
     /// same task.
     timer_keys: SharedKeys,
@@ -341,15 +341,7 @@ impl Runner {
     /// Remembers an instance's state; its status and history end before,
     /// if it was known.
     fn track(&mut self, instance: &Instance, revision: u64) -> Option<(Status, u64)> {
-        let key = instance.definition_key();
-        let definition = match self.definitions.get(key.as_str()) {
-            Some(definition) => definition.clone(),
-            None => {
-                let definition: Arc<str> = Arc::from(key);
-                self.definitions.insert(definition.clone());
-                definition
-            }
-        };
+        let definition = self.definitions.get(&instance.definition_key());
         let finished_ms = instance.status.is_final().then_some(instance.updated_ms);
         if let Some(at) = finished_ms {
             self.expiring.insert((at, instance.id.clone()), revision);
