@@ -12,6 +12,6 @@ pub mod run;
 pub mod sandbox;
 
 pub use definition::{
-    check_id, parse, version_order, Definition, DefinitionError, EventTypes, HttpEndpoint,
-    MAX_DEFINITION_BYTES, SUPPORTED_TASKS,
+    check_id, literal_type, parse, version_order, Definition, DefinitionError, EventTypes,
+    HttpEndpoint, MAX_DEFINITION_BYTES, SUPPORTED_TASKS,
 };

@@ -3,9 +3,19 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::values::is_expression;
+
+/// The event type an event filter's `with` names as literal text; `None`
+/// when it takes any type (no `type`, one that is not text, or a `${ }`
+/// expression).
+pub fn literal_type(with: &Map<String, Value>) -> Option<&str> {
+    match with.get("type") {
+        Some(Value::String(kind)) if !is_expression(kind) => Some(kind),
+        _ => None,
+    }
+}
 
 /// The CloudEvent types of the events a definition's `listen` tasks and
 /// `schedule.on` consume: named types, or any type once a filter's type is
@@ -46,10 +56,7 @@ impl EventTypes {
 
     /// Adds what an event filter's `with` takes.
     pub fn add_filter(&mut self, with: Option<&Value>) {
-        match with.and_then(|with| with.get("type")) {
-            Some(Value::String(kind)) if !is_expression(kind) => self.add(Some(kind)),
-            _ => self.add(None),
-        }
+        self.add(with.and_then(Value::as_object).and_then(literal_type));
     }
 
     /// Adds what an event consumption strategy (`one`, `any` or `all`, as

@@ -44,7 +44,7 @@ use self::syntax::*;
 pub use self::values::parse_duration;
 use self::values::*;
 
-pub use self::event_types::EventTypes;
+pub use self::event_types::{literal_type, EventTypes};
 use self::types::{Check, Validator};
 pub use self::types::{
     Definition, DefinitionError, HttpEndpoint, MAX_DEFINITION_BYTES, MAX_EXPANDED_BYTES,

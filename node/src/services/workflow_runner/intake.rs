@@ -186,8 +186,8 @@ impl Intake {
                             new_types.extend(self.listeners.update(id, instance.as_ref()));
                         }
                     }
-                    self.accept(&new_types);
                     if !new_types.is_empty() {
+                        self.accept(&new_types);
                         self.offer_kept(&new_types).await;
                         self.offer_inbox_of(&new_types).await;
                     }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
+use shoal_workflows::literal_type;
 use shoal_workflows::run::{Instance, Need, Status};
 
 /// One filter of a listening instance, as the index keys it: the event
@@ -41,10 +42,7 @@ fn keys_of(instance: &Instance) -> Vec<Key> {
         })
         .flatten()
         .map(|filter| {
-            let kind = match filter.with.get("type") {
-                Some(Value::String(t)) if !t.trim_start().starts_with("${") => t.clone(),
-                _ => String::new(),
-            };
+            let kind = literal_type(&filter.with).unwrap_or_default().to_string();
             // A correlation without an expected value matches anything: it
             // cannot narrow the lookup.
             let keyed = filter.correlate.iter().all(|c| !c.expect.is_null());

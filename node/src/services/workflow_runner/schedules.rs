@@ -23,7 +23,7 @@ use shoal_storage::now_ms;
 use shoal_workflows::cron::Cron;
 use shoal_workflows::definition::parse_duration;
 use shoal_workflows::run::{EventFilter, Instance};
-use shoal_workflows::{version_order, Definition, EventTypes};
+use shoal_workflows::{literal_type, version_order, Definition, EventTypes};
 
 use super::intake::Offered;
 use crate::services::instances::{self, InstanceError};
@@ -117,11 +117,14 @@ impl Schedules {
             let definition = Arc::new(definition);
             match schedule.get("on") {
                 Some(on) => {
+                    let filters = event_filters(on);
                     let mut types = EventTypes::default();
-                    types.add_consumption(on);
+                    for filter in &filters {
+                        types.add(literal_type(&filter.with));
+                    }
                     schedules.on_event.push(OnEvent {
                         definition,
-                        filters: event_filters(on),
+                        filters,
                         types,
                     });
                 }
