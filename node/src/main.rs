@@ -42,13 +42,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::cli::{Cli, Command};
 use crate::settings::Settings;
 
-/// Opt this process out of transparent huge pages. The allocator returns
-/// freed memory to the system and asks for huge pages when it takes memory
-/// back, so every reuse faulted in and zeroed 2 MiB (a noticeable share of
-/// a node's CPU under write load; databases commonly ask for THP off).
-fn no_transparent_huge_pages() {
+/// Opt this process in or out of transparent huge pages. A node and its
+/// evaluators opt out: the allocator returns freed memory to the system and
+/// asks for huge pages when it takes memory back, so every reuse faulted in
+/// and zeroed 2 MiB (a noticeable share of a node's CPU under write load;
+/// databases commonly ask for THP off). A SQL worker opts back in (the flag
+/// is inherited from the node that starts it): it lives for one query and
+/// fills hundreds of MiB once, which huge pages fault in with far fewer
+/// faults (bench/README.md, analytics).
+fn transparent_huge_pages(allowed: bool) {
+    let disable = libc::c_ulong::from(!allowed);
     // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
-    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, 0, 0, 0) };
 }
 
 /// Keep the C heap (RocksDB's memtables, blocks and compaction buffers)
@@ -97,7 +102,7 @@ fn print_openapi() -> std::process::ExitCode {
 fn main() -> std::process::ExitCode {
     let matches = settings::with_defaults_in_help(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    no_transparent_huge_pages();
+    transparent_huge_pages(matches!(cli.command, Command::SqlWorker));
     bounded_c_heap();
     if !matches!(cli.command, Command::Serve(_) | Command::Dev(_)) {
         default_sigpipe();
