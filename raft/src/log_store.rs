@@ -26,8 +26,11 @@ use crate::{io_error, NodeId, TypeConfig};
 
 /// Changes waiting for the writer thread; a full queue makes `append` wait.
 const WRITE_QUEUE: usize = 4096;
-/// Entries kept in the in-memory tail once they are written.
+/// Most entries kept in the in-memory tail once they are written.
 const TAIL_ENTRIES: usize = 2048;
+/// Most bytes (encoded) of entries kept in the tail once they are written:
+/// a count alone let 2048 entries of 1 MiB values hold 2 GiB on every node.
+const TAIL_BYTES: usize = 16 << 20;
 /// How long a purge waits for the state machine to reach it, and how often
 /// it looks (see `LogStore::wait_applied`).
 const PURGE_WAIT: Duration = Duration::from_secs(120);
@@ -51,7 +54,54 @@ enum LogOp {
 
 /// The newest entries by index, shared with the writer thread, which drops
 /// the oldest once written (never one that is not yet in RocksDB).
-type Tail = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+type Tail = Arc<Mutex<TailEntries>>;
+
+/// The tail's entries, each with its encoded size, and their sum.
+#[derive(Default)]
+struct TailEntries {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl TailEntries {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.keys().next().copied()
+    }
+
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        self.bytes += size;
+        if let Some((_, replaced)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+            self.bytes -= replaced;
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let mut dropped = 0;
+        self.entries.retain(|index, (_, size)| {
+            let kept = keep(*index);
+            if !kept {
+                dropped += *size;
+            }
+            kept
+        });
+        self.bytes -= dropped;
+    }
+
+    /// Drop the oldest entries up to `written` (those are in RocksDB) while
+    /// the tail is over its count or its bytes.
+    fn trim(&mut self, written: u64) {
+        while self.entries.len() > TAIL_ENTRIES || self.bytes > TAIL_BYTES {
+            match self.entries.first_entry() {
+                Some(first) if *first.key() <= written => {
+                    let (_, size) = first.remove();
+                    self.bytes -= size;
+                }
+                _ => break,
+            }
+        }
+        metrics::gauge!("shoal_raft_log_tail_bytes").set(self.bytes as f64);
+    }
+}
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -66,7 +116,7 @@ pub struct LogStore {
     writer_alive: Arc<()>,
 }
 
-fn lock(tail: &Tail) -> MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+fn lock(tail: &Tail) -> MutexGuard<'_, TailEntries> {
     tail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -219,11 +269,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Recent entries come from the tail; older ones (below it) from RocksDB.
         let (tail_first, mut recent) = {
             let tail = lock(&self.tail);
-            let first = tail.keys().next().copied();
+            let first = tail.first_index();
             let from = first.map_or(end, |first| first.max(start));
             let recent: Vec<Entry<TypeConfig>> = if from < end {
-                tail.range(from..end)
-                    .map(|(_, entry)| entry.clone())
+                tail.entries
+                    .range(from..end)
+                    .map(|(_, (entry, _))| entry.clone())
                     .collect()
             } else {
                 Vec::new()
@@ -253,9 +304,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let newest = lock(&self.tail)
+            .entries
             .values()
             .next_back()
-            .map(|entry| entry.log_id);
+            .map(|(entry, _)| entry.log_id);
         self.blocking(StorageIOError::read_logs, move |store| {
             let last_purged_log_id: Option<LogId<NodeId>> =
                 match store.raft_meta_get("last_purged")? {
@@ -324,23 +376,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut appended = Vec::new();
         for entry in entries {
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
-            encoded.push((entry.log_id.index, bytes));
-            appended.push(entry);
+            let index = entry.log_id.index;
+            appended.push((entry, bytes.len()));
+            encoded.push((index, bytes));
         }
         // Readable at once: openraft reads what it appended before it is
         // flushed (a leader replicates its entries while this thread is still
         // writing them, see vendor/openraft/SHOAL.md); reported flushed by the
         // writer thread after the fsync.
-        lock(&self.tail).extend(
-            appended
-                .into_iter()
-                .map(|entry| (entry.log_id.index, entry)),
-        );
+        {
+            let mut tail = lock(&self.tail);
+            for (entry, size) in appended {
+                tail.push(entry, size);
+            }
+        }
         self.queue(LogOp::Append(encoded, callback)).await
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        lock(&self.tail).retain(|index, _| *index < log_id.index);
+        lock(&self.tail).retain(|index| index < log_id.index);
         self.queue_and_wait(|done| LogOp::Truncate(log_id.index, done))
             .await
     }
@@ -350,7 +404,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged = encode(&log_id).map_err(|e| StorageIOError::write_logs(io_error(e)))?;
         self.queue_and_wait(|done| LogOp::Purge(log_id.index, purged, done))
             .await?;
-        lock(&self.tail).retain(|index, _| *index > log_id.index);
+        lock(&self.tail).retain(|index| index > log_id.index);
         Ok(())
     }
 }
@@ -369,7 +423,7 @@ struct LogWriter {
 impl LogWriter {
     /// Every append that queued up is written in one batch and fsynced once,
     /// then their callbacks complete in order; truncations and purges run in
-    /// turn. Written entries beyond the tail's size leave the tail.
+    /// turn. Written entries beyond the tail's count or bytes leave the tail.
     fn run(mut self, mut queue: mpsc::Receiver<LogOp>) {
         let mut next = queue.blocking_recv();
         while let Some(op) = next.take() {
@@ -427,12 +481,7 @@ impl LogWriter {
             return Err(e.to_string());
         }
         if let Some((newest, _)) = written.last() {
-            let mut tail = lock(&self.tail);
-            while tail.len() > TAIL_ENTRIES
-                && tail.keys().next().is_some_and(|first| first <= newest)
-            {
-                tail.pop_first();
-            }
+            lock(&self.tail).trim(*newest);
         }
         Ok(())
     }
@@ -500,6 +549,36 @@ mod tests {
         // The log store is gone with the task: wait for its writer thread to
         // let go of RocksDB before the process exits.
         writer_gone.wait().await;
+    }
+
+    /// The tail keeps at most `TAIL_BYTES` of written entries, however few
+    /// they are, and never drops one that is not written yet.
+    #[test]
+    fn the_tail_is_bounded_by_bytes_and_keeps_unwritten_entries() {
+        use openraft::{CommittedLeaderId, EntryPayload};
+        let entry = |index| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        let quarter = TAIL_BYTES / 4;
+        let mut tail = TailEntries::default();
+        for index in 1..=10 {
+            tail.push(entry(index), quarter);
+        }
+        let indexes = |tail: &TailEntries| tail.entries.keys().copied().collect::<Vec<_>>();
+        // Written up to 5: those go, 6 to 10 stay although over the bound.
+        tail.trim(5);
+        assert_eq!(indexes(&tail), (6..=10).collect::<Vec<_>>());
+        assert_eq!(tail.bytes, 5 * quarter);
+        tail.trim(10);
+        assert_eq!(indexes(&tail), (7..=10).collect::<Vec<_>>());
+        assert_eq!(tail.bytes, TAIL_BYTES);
+        // Replacing an entry (a new leader's) and truncating keep the sum.
+        tail.push(entry(10), 1);
+        assert_eq!(tail.bytes, 3 * quarter + 1);
+        tail.retain(|index| index < 9);
+        assert_eq!(indexes(&tail), vec![7, 8]);
+        assert_eq!(tail.bytes, 2 * quarter);
     }
 
     /// After a failed write the writer writes nothing more: a later batch

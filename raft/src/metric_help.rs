@@ -1,6 +1,6 @@
 //! Help text and units of the metrics this crate records.
 
-use metrics::{describe_counter, describe_histogram, Unit};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// Register the help text of this crate's metrics with the installed recorder.
 pub fn describe_metrics() {
@@ -18,5 +18,10 @@ pub fn describe_metrics() {
         "shoal_raft_log_sync_batch_appends",
         Unit::Count,
         "Raft log appends made durable by one fsync (group commit)."
+    );
+    describe_gauge!(
+        "shoal_raft_log_tail_bytes",
+        Unit::Bytes,
+        "Encoded bytes of the newest Raft log entries kept in memory (at most 16 MiB once written)."
     );
 }

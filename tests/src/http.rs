@@ -201,3 +201,16 @@ pub fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
 pub fn kv_value(kv: &Value) -> Vec<u8> {
     unb64(text(kv, "/value"))
 }
+
+/// The value of the first sample of a metric in Prometheus text: `name`
+/// alone matches any labels, `name{labels}` those labels; absent: `None`.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|value| value.parse().ok())
+}

@@ -37,8 +37,8 @@ pub mod ws;
 pub use cli::{run_shoal, shoal_command, CliOutput};
 pub use cluster::{members_of, Cluster, ClusterBuilder, Member, FORM_TIMEOUT};
 pub use http::{
-    assert_error, b64, encode_key, error_detail, error_matches, kv_value, num, opt_num, text,
-    unb64, Reply,
+    assert_error, b64, encode_key, error_detail, error_matches, kv_value, metric_value, num,
+    opt_num, text, unb64, Reply,
 };
 pub use load::{check_acked, Acked, Load};
 pub use logs::{

@@ -228,10 +228,7 @@ async fn node_with_a_16_mib_budget() -> Node {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric_value(text, name).unwrap_or(0.0)
 }
 
 /// Subscribers that stop reading cannot make the node hold more than

@@ -111,18 +111,6 @@ async fn health_ready_and_status() {
     );
 }
 
-/// Value of the first sample of a metric (any labels), if present.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|line| line.split_whitespace().last())
-        .and_then(|value| value.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_prometheus_text() {
     let node = Node::start().await;

@@ -4,7 +4,8 @@
 //! node stays up, keeps every acknowledged write, and takes writes again
 //! once space is freed. A disk filled to its last byte stops the node's
 //! Raft, and the node waits in place (answering 507) instead of exiting,
-//! then restarts itself once there is room.
+//! then restarts itself once there is room. The Raft log entries a node
+//! keeps in memory are bounded by bytes, whatever the size of the values.
 
 use std::path::Path;
 use std::time::Duration;
@@ -476,4 +477,31 @@ async fn a_disk_full_to_the_last_byte_stops_the_node_in_place_until_space_return
     node.wait_ready().await;
     assert_values(&node, &kept).await;
     assert_eq!(kv_value(&node.get_kv("d/back").await), b"room again");
+}
+
+/// Every node keeps at most 16 MiB of written Raft log entries in memory
+/// (`shoal_raft_log_tail_bytes`), not a fixed number of them: 40 puts of
+/// 1000 KiB leave 15-16 MiB there on each node, where a bound by count
+/// alone (2048 entries) kept all 40 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_raft_log_kept_in_memory_is_bounded_by_bytes() {
+    const BOUND: f64 = (16 << 20) as f64;
+    let cluster = Cluster::start(3, &[]).await;
+    let value = vec![b'v'; 1000 << 10];
+    for i in 0..40 {
+        let node = cluster.node(i % 3);
+        let reply = node.put_with(&format!("tail/{i:02}"), &value, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    }
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        // A follower writes the last entries a moment after the leader.
+        wait_for(T, &format!("node {i}'s tail within the bound"), || async {
+            let text = metrics_text(node).await;
+            match metric_value(&text, "shoal_raft_log_tail_bytes") {
+                Some(bytes) if bytes > BOUND / 2.0 && bytes <= BOUND => Ok(bytes),
+                other => Err(format!("shoal_raft_log_tail_bytes {other:?}")),
+            }
+        })
+        .await;
+    }
 }

@@ -313,7 +313,7 @@ async fn trusted_by(node: &Node, ca_pem: &[u8]) -> bool {
 /// `shoal_tls_reloads_total{result}` of the node, asked with `client`
 /// (which trusts whichever certificate the node serves).
 async fn tls_reloads(client: &reqwest::Client, node: &Node, result: &str) -> u64 {
-    let line = format!("shoal_tls_reloads_total{{result=\"{result}\"}} ");
+    let line = format!("shoal_tls_reloads_total{{result=\"{result}\"}}");
     metric(client, node, &line).await
 }
 
@@ -399,17 +399,14 @@ async fn a_changed_certificate_is_served_without_a_restart_and_a_bad_one_is_not(
     assert!(trusted_by(&node, &b.ca_pem).await);
 }
 
-/// The value of the metric line starting with `name` (labels included) in
-/// the node's `/metrics`, asked with `client`; 0 when absent.
+/// The value of metric `name` (labels included) in the node's `/metrics`,
+/// asked with `client`; 0 when absent.
 async fn metric(client: &reqwest::Client, node: &Node, name: &str) -> u64 {
     let Ok(response) = client.get(node.url("/metrics")).send().await else {
         return 0;
     };
     let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0)
+    metric_value(&text, name).map_or(0, |count| count as u64)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -478,7 +475,7 @@ async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_is_not_added() {
             .spawn()
             .expect("spawn the stranger"),
     );
-    let refused = "shoal_membership_join_refused_total ";
+    let refused = "shoal_membership_join_refused_total";
     eventually(
         Duration::from_secs(30),
         "the leader to refuse the stranger",
@@ -497,7 +494,7 @@ async fn nodes_talk_over_mutual_tls_and_a_node_of_another_ca_is_not_added() {
     let raft_members = members.iter().filter(|m| m.is_raft_member()).count();
     assert_eq!(raft_members, 2, "{}", view.describe());
     // The stranger refused the leader's certificate too.
-    let rejected = "shoal_rpc_rejected_peers_total{reason=\"tls\"} ";
+    let rejected = "shoal_rpc_rejected_peers_total{reason=\"tls\"}";
     assert!(metric(stranger.client(), &stranger, rejected).await > 0);
     // The cluster still takes writes.
     let put = nodes[1].put_with("tls/after", b"v", &[]).await;
