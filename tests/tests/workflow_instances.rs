@@ -213,7 +213,8 @@ do:
     let skipped = wait_status(&node, "raise-2", "completed").await;
     assert_eq!(skipped["output"], json!({"reserved": 2}));
 
-    // fork: every branch's output in order; competing, the first to finish.
+    // fork: every branch's output in order; competing, the first to finish;
+    // two branches' timers due at the same moment both fire.
     define(
         &node,
         r#"
@@ -224,6 +225,12 @@ do:
         branches:
           - a: {set: {branch: a}}
           - b: {set: {branch: b}}
+  # Two timers of one instance due at the same moment: both fire.
+  - twins:
+      fork:
+        branches:
+          - left: {wait: {milliseconds: 300}}
+          - right: {wait: {milliseconds: 300}}
   - race:
       fork:
         compete: true

@@ -127,9 +127,10 @@ struct Runner {
     expiring: BTreeMap<(u64, String), u64>,
     /// The deletes under way; it gives back those that failed.
     sweep: Option<JoinHandle<Vec<Expiring>>>,
-    /// Every armed timer that has not fired: (when to offer it, instance
-    /// id, timer key).
-    timers: BTreeSet<(Instant, Arc<str>, Arc<str>)>,
+    /// When instances have armed timers that have not fired: (when to
+    /// offer them, instance id), once per instance and time. The timers'
+    /// keys are in the instance's [`Tracked`] (kept once, not here too).
+    timers: BTreeSet<(Instant, Arc<str>)>,
     /// The last state seen of instances with a timer due within
     /// [`SOON_DUE`], handed to the actor with the timer's first offer.
     due_soon: HashMap<Arc<str>, Box<Seen>>,
@@ -194,7 +195,7 @@ impl Runner {
         let mut check = tokio::time::interval(LEADERSHIP_CHECK);
         let mut schedule_check = tokio::time::interval(SCHEDULE_CHECK);
         loop {
-            let next_timer = self.timers.first().map(|(at, _, _)| *at);
+            let next_timer = self.timers.first().map(|(at, _)| *at);
             tokio::select! {
                 _ = sleep_until(next_timer) => self.offer_due_timers().await,
                 batches = watcher.next_batches(None) => {
@@ -313,28 +314,39 @@ impl Runner {
     /// instance records that it fired.
     async fn offer_due_timers(&mut self) {
         let now = Instant::now();
-        while let Some((at, id, key)) = self.timers.first().cloned() {
+        while let Some((at, id)) = self.timers.first().cloned() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
-            let Some(definition) = self.tracked.get(&*id).map(|t| t.definition.clone()) else {
+            let Some(tracked) = self.tracked.get(&*id) else {
                 continue;
             };
-            let seen = self.due_soon.remove(&*id);
-            self.deliver(
-                &definition,
-                &id,
-                InstanceMsg::TimerDue(key.to_string(), seen),
-            )
-            .await;
-            let again = now + TIMER_REOFFER;
-            if let Some(tracked) = self.tracked.get_mut(&*id) {
-                for timer in tracked.timers.iter_mut().filter(|(_, k)| *k == key) {
-                    timer.0 = again;
-                }
+            let definition = tracked.definition.clone();
+            let keys: Vec<Arc<str>> = tracked
+                .timers
+                .iter()
+                .filter(|(when, _)| *when == at)
+                .map(|(_, key)| key.clone())
+                .collect();
+            let mut seen = self.due_soon.remove(&*id);
+            for key in &keys {
+                let message = InstanceMsg::TimerDue(key.to_string(), seen.take());
+                self.deliver(&definition, &id, message).await;
             }
-            self.timers.insert((again, id, key));
+            let again = now + TIMER_REOFFER;
+            let Some(tracked) = self.tracked.get_mut(&*id) else {
+                continue;
+            };
+            let mut offered = tracked
+                .timers
+                .iter_mut()
+                .filter(|(when, key)| *when == at && keys.contains(key))
+                .peekable();
+            if offered.peek().is_some() {
+                offered.for_each(|timer| timer.0 = again);
+                self.timers.insert((again, id));
+            }
         }
     }
 
@@ -371,11 +383,11 @@ impl Runner {
                 },
             )
             .collect();
-        for (at, key) in known {
-            self.timers.remove(&(*at, id.clone(), key.clone()));
+        for (at, _) in known {
+            self.timers.remove(&(*at, id.clone()));
         }
-        for (at, key) in &timers[..] {
-            self.timers.insert((*at, id.clone(), key.clone()));
+        for (at, _) in &timers[..] {
+            self.timers.insert((*at, id.clone()));
         }
         self.count(&definition, instance.status, true);
         self.tracked.insert(
@@ -404,8 +416,8 @@ impl Runner {
         if let Some(at) = tracked.finished_ms {
             self.expiring.remove(&(at, id.to_string()));
         }
-        for (at, key) in tracked.timers {
-            self.timers.remove(&(at, id.clone(), key));
+        for (at, _) in &tracked.timers[..] {
+            self.timers.remove(&(*at, id.clone()));
         }
     }
 
