@@ -105,6 +105,10 @@ struct Args {
     node_args: Vec<String>,
 }
 
+/// How long a count of instances may stand still, once it has begun to
+/// grow, before a run gives up on the rest.
+const STALLED: Duration = Duration::from_secs(60);
+
 const STEPS: &str = r#"
 document: {dsl: '1.0.0', namespace: bench, name: steps, version: '1.0.0'}
 do:
@@ -255,6 +259,7 @@ impl Bench {
         limit: Duration,
     ) -> anyhow::Result<Duration> {
         let started = Instant::now();
+        let mut last = (0, Instant::now());
         loop {
             let count = self.count(workflow, status).await?;
             if count >= want {
@@ -262,6 +267,13 @@ impl Bench {
             }
             if started.elapsed() > limit {
                 bail!("only {count} of {want} bench/{workflow} instances {status} after {limit:?}");
+            }
+            // Once some arrived (timers may hold all back at first), stuck
+            // instances end the run now rather than at the limit.
+            if count != last.0 {
+                last = (count, Instant::now());
+            } else if count > 0 && last.1.elapsed() > STALLED {
+                bail!("bench/{workflow} instances {status} stayed at {count} of {want} for {STALLED:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
