@@ -823,11 +823,13 @@ async fn drive(
     let seed = spec.seed;
     if w.workflow {
         workload::workflow::setup(&ctx).await?;
-        for i in 0..2 {
+        let alone = !(w.register || w.set || w.watch || w.lease);
+        let workers = workload::workflow::workers(alone);
+        for i in 0..workers {
             tasks.push(tokio::spawn(workload::workflow::worker(
                 ctx.clone(),
                 i,
-                2,
+                workers,
                 seed ^ (0x600 + i as u64),
             )));
         }

@@ -107,6 +107,17 @@ async fn send_go(ctx: &Ctx, node: usize, id: &str, durable: bool) -> Result<(u16
         .await
 }
 
+/// Clients starting instances at once (each starts one, sends its event
+/// twice, then starts the next): two beside the other workloads, which
+/// keep their share of the cluster's capacity; eight when it runs alone.
+pub fn workers(alone: bool) -> usize {
+    if alone {
+        8
+    } else {
+        2
+    }
+}
+
 pub async fn worker(ctx: Ctx, worker: usize, workers: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut process = Process::new(worker, workers, 6000);
