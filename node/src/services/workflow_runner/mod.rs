@@ -329,22 +329,21 @@ impl Runner {
                 .filter(|(when, _)| *when == at)
                 .map(|(_, key)| key.clone())
                 .collect();
+            if keys.is_empty() {
+                continue;
+            }
             let mut seen = self.due_soon.remove(&*id);
             for key in &keys {
                 let message = InstanceMsg::TimerDue(key.to_string(), seen.take());
                 self.deliver(&definition, &id, message).await;
             }
+            // Delivering changes no tracking: the same timers are due at
+            // `at`, and are offered again later unless they fire meanwhile.
             let again = now + TIMER_REOFFER;
-            let Some(tracked) = self.tracked.get_mut(&*id) else {
-                continue;
-            };
-            let mut offered = tracked
-                .timers
-                .iter_mut()
-                .filter(|(when, key)| *when == at && keys.contains(key))
-                .peekable();
-            if offered.peek().is_some() {
-                offered.for_each(|timer| timer.0 = again);
+            if let Some(tracked) = self.tracked.get_mut(&*id) {
+                for timer in tracked.timers.iter_mut().filter(|(when, _)| *when == at) {
+                    timer.0 = again;
+                }
                 self.timers.insert((again, id));
             }
         }
