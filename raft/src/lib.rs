@@ -15,8 +15,6 @@ mod state_machine;
 #[cfg(test)]
 mod tests;
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 pub use catch_up::{vote_unless_catching_up, CatchUp};
@@ -44,7 +42,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -3,10 +3,18 @@
 //!
 //! The state machine is persistent (every apply is written to RocksDB), so a
 //! snapshot is only needed to ship state to a lagging follower and to allow
-//! log purging; the latest snapshot is also kept as a file so it can be
-//! served after a restart.
+//! log purging; the latest snapshot is also kept as files so it can be
+//! served after a restart. A snapshot's data is a file, written, hashed,
+//! shipped and installed as a stream: it is never held in memory whole, so
+//! building one costs a node no memory that grows with the state.
+//!
+//! Files in the snapshot directory: `current.meta` names the current data
+//! file with its length and blake3 hash (replaced atomically, by rename);
+//! `data-*` are data files, and every one but the current one is removed
+//! once the current one changes.
 
-use std::io::{Cursor, Write};
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +24,7 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
+use serde::{Deserialize, Serialize};
 use shoal_codec::{decode, encode};
 use shoal_storage::kv::{ChangeBatch, Position, Response};
 use shoal_storage::Store;
@@ -36,18 +45,36 @@ pub struct StateMachine {
     sink: Arc<dyn ChangeSink>,
     /// Held while a snapshot is built, installed or read: openraft builds
     /// snapshots in a task of their own while the state machine worker may
-    /// install one, and both end by replacing the current snapshot file.
-    /// Holds the current file's position once known, so that a build need
-    /// not read the whole file to compare positions.
+    /// install one, and both end by replacing the current snapshot.
+    /// Holds the current snapshot's position once known, so that a build
+    /// need not read the current one to compare positions.
     snapshot_lock: Arc<Mutex<CurrentPosition>>,
 }
 
-/// The position (last log id) of the current snapshot file: `None` until
-/// the file was read or written; `Some(None)` when there is no file.
+/// The position (last log id) of the current snapshot: `None` until it was
+/// read or written; `Some(None)` when there is none.
 type CurrentPosition = Option<Option<LogId<NodeId>>>;
 
 type Meta = SnapshotMeta<NodeId, NodeAddr>;
 type Membership = StoredMembership<NodeId, NodeAddr>;
+
+/// What `current.meta` holds.
+#[derive(Serialize, Deserialize)]
+struct CurrentSnapshot {
+    meta: Meta,
+    data: DataFile,
+}
+
+/// A data file in the snapshot directory, as written.
+#[derive(Serialize, Deserialize)]
+struct DataFile {
+    name: String,
+    len: u64,
+    hash: [u8; 32],
+}
+
+const CURRENT_FILE: &str = "current.meta";
+const DATA_PREFIX: &str = "data-";
 
 impl StateMachine {
     pub fn new(
@@ -56,17 +83,18 @@ impl StateMachine {
         sink: Arc<dyn ChangeSink>,
     ) -> std::io::Result<StateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        remove_stale_temporaries(&snapshot_dir);
-        Ok(StateMachine {
+        let sm = StateMachine {
             store,
             snapshot_dir,
             sink,
             snapshot_lock: Arc::default(),
-        })
+        };
+        sm.remove_leftovers();
+        Ok(sm)
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join("current.snap")
+    fn current_path(&self) -> PathBuf {
+        self.snapshot_dir.join(CURRENT_FILE)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -88,29 +116,94 @@ impl StateMachine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Read the current snapshot file and note its position. The state
-    /// machine in RocksDB is the truth: a damaged file is dropped, and
-    /// openraft builds a new one when it needs it (at start, whenever the log
-    /// was purged). Call with the lock.
+    /// Open the current snapshot and note its position. The state machine
+    /// in RocksDB is the truth: a damaged snapshot is dropped, and openraft
+    /// builds a new one when it needs it (at start, whenever the log was
+    /// purged). Call with the lock.
     fn load_current(
         &self,
         position: &mut CurrentPosition,
-    ) -> Result<Option<(Meta, Vec<u8>)>, shoal_storage::StorageError> {
-        let path = self.snapshot_path();
-        let loaded = match load_snapshot_file(&path) {
+    ) -> Result<Option<(Meta, File)>, shoal_storage::StorageError> {
+        let loaded = match self.open_current() {
             Err(e @ shoal_storage::StorageError::Corrupt { .. }) => {
                 tracing::warn!(
                     error = %e,
-                    path = %path.display(),
-                    "removing a damaged snapshot file",
+                    dir = %self.snapshot_dir.display(),
+                    "removing a damaged snapshot",
                 );
+                let path = self.current_path();
                 std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
+                self.remove_data_files_but(None);
                 None
             }
             other => other?,
         };
         *position = Some(loaded.as_ref().and_then(|(meta, _)| meta.last_log_id));
         Ok(loaded)
+    }
+
+    /// The current snapshot's meta and its data file (positioned at its
+    /// start), after checking the data's length and hash.
+    fn open_current(&self) -> Result<Option<(Meta, File)>, shoal_storage::StorageError> {
+        let Some(current) = read_current_file(&self.current_path())? else {
+            return Ok(None);
+        };
+        let path = self.snapshot_dir.join(&current.data.name);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt("the data file is missing"))
+            }
+            Err(e) => return Err(file_error(&path, e)),
+        };
+        let mut summed = Summing::new(std::io::sink());
+        std::io::copy(&mut file, &mut summed).map_err(|e| file_error(&path, e))?;
+        if (summed.len, *summed.hasher.finalize().as_bytes())
+            != (current.data.len, current.data.hash)
+        {
+            return Err(corrupt("the data file's length or hash does not match"));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| file_error(&path, e))?;
+        Ok(Some((current.meta, file)))
+    }
+
+    /// Write a new data file through `fill`, and make it durable. Removed
+    /// again if anything fails.
+    fn write_data_file<T>(
+        &self,
+        fill: impl FnOnce(&mut Summing<BufWriter<File>>) -> Result<T, shoal_storage::StorageError>,
+    ) -> Result<(T, DataFile), shoal_storage::StorageError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{DATA_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.snapshot_dir.join(&name);
+        let written = (|| {
+            let file = File::create(&path).map_err(|e| file_error(&path, e))?;
+            let mut out = Summing::new(BufWriter::with_capacity(1 << 20, file));
+            let value = fill(&mut out)?;
+            let hash = *out.hasher.finalize().as_bytes();
+            let file = out
+                .inner
+                .into_inner()
+                .map_err(|e| file_error(&path, e.into_error()))?;
+            file.sync_all().map_err(|e| file_error(&path, e))?;
+            Ok((
+                value,
+                DataFile {
+                    name: name.clone(),
+                    len: out.len,
+                    hash,
+                },
+            ))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        written
     }
 
     /// Make `meta` and `data` the current snapshot unless the current one is
@@ -120,8 +213,8 @@ impl StateMachine {
         &self,
         position: &mut CurrentPosition,
         meta: Meta,
-        data: Vec<u8>,
-    ) -> Result<(Meta, Vec<u8>), shoal_storage::StorageError> {
+        data: DataFile,
+    ) -> Result<(Meta, File), shoal_storage::StorageError> {
         let current = match *position {
             Some(current) => current,
             None => {
@@ -131,46 +224,133 @@ impl StateMachine {
         };
         if current > meta.last_log_id {
             if let Some(newer) = self.load_current(position)? {
+                let _ = std::fs::remove_file(self.snapshot_dir.join(&data.name));
                 return Ok(newer);
             }
         }
-        save_snapshot_file(&self.snapshot_path(), &meta, &data)?;
-        *position = Some(meta.last_log_id);
-        Ok((meta, data))
+        let path = self.snapshot_dir.join(&data.name);
+        let file = File::open(&path).map_err(|e| file_error(&path, e))?;
+        let current = CurrentSnapshot { meta, data };
+        save_current_file(&self.current_path(), &current)?;
+        *position = Some(current.meta.last_log_id);
+        self.remove_data_files_but(Some(&current.data.name));
+        Ok((current.meta, file))
+    }
+
+    /// Remove every data file but `keep`. A file still open (being sent)
+    /// stays readable until it is closed.
+    fn remove_data_files_but(&self, keep: Option<&str>) {
+        let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(DATA_PREFIX) && Some(&*name) != keep {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Remove what a crash left behind: temporary files, data files no
+    /// snapshot names, and the single file of the earlier format.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("current.tmp") || name == "current.snap" {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let current = read_current_file(&self.current_path()).ok().flatten();
+        self.remove_data_files_but(current.as_ref().map(|c| c.data.name.as_str()));
     }
 }
 
-/// Snapshot file format: magic, blake3 of the body, body (the bincode of
-/// meta and data). A torn or corrupted file is reported, never loaded.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"SHOALSN2";
+/// Passes bytes through to `inner`, keeping their count and blake3 hash.
+struct Summing<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W> Summing<W> {
+    fn new(inner: W) -> Summing<W> {
+        Summing {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Summing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads from `reader` and writes what it read to `copy`.
+struct Tee<'a, R, W> {
+    reader: R,
+    copy: &'a mut W,
+}
+
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// `current.meta`: magic, blake3 of the body, body (the bincode of
+/// [`CurrentSnapshot`]). A torn or corrupted file is reported, never loaded.
+const CURRENT_MAGIC: &[u8; 8] = b"SHOALSN3";
 
 fn file_error(path: &Path, e: std::io::Error) -> shoal_storage::StorageError {
     shoal_storage::StorageError::Io(format!("snapshot file {}: {e}", path.display()))
 }
 
-/// Persist a snapshot file atomically: a temporary file of its own, fsync,
+fn corrupt(detail: &str) -> shoal_storage::StorageError {
+    shoal_storage::StorageError::Corrupt {
+        cf: "snapshot file",
+        detail: detail.into(),
+    }
+}
+
+/// Persist `current.meta` atomically: a temporary file of its own, fsync,
 /// rename over the current one, fsync of the directory.
-fn save_snapshot_file(
+fn save_current_file(
     path: &Path,
-    meta: &Meta,
-    data: &[u8],
+    current: &CurrentSnapshot,
 ) -> Result<(), shoal_storage::StorageError> {
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
-    let body = encode(&(meta, data))?;
+    let body = encode(current)?;
     let tmp = path.with_extension(format!(
         "tmp-{}-{}",
         std::process::id(),
         NEXT_TMP.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(SNAPSHOT_MAGIC)?;
+        let mut file = File::create(&tmp)?;
+        file.write_all(CURRENT_MAGIC)?;
         file.write_all(blake3::hash(&body).as_bytes())?;
         file.write_all(&body)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+            File::open(dir)?.sync_all()?;
         }
         Ok(())
     })();
@@ -180,18 +360,14 @@ fn save_snapshot_file(
     written.map_err(|e| file_error(path, e))
 }
 
-fn load_snapshot_file(path: &Path) -> Result<Option<(Meta, Vec<u8>)>, shoal_storage::StorageError> {
+fn read_current_file(path: &Path) -> Result<Option<CurrentSnapshot>, shoal_storage::StorageError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(file_error(path, e)),
     };
-    let corrupt = |detail: &str| shoal_storage::StorageError::Corrupt {
-        cf: "snapshot file",
-        detail: detail.into(),
-    };
     let rest = bytes
-        .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+        .strip_prefix(CURRENT_MAGIC.as_slice())
         .ok_or_else(|| corrupt("bad magic"))?;
     let (sum, body) = rest
         .split_at_checked(32)
@@ -199,28 +375,7 @@ fn load_snapshot_file(path: &Path) -> Result<Option<(Meta, Vec<u8>)>, shoal_stor
     if blake3::hash(body).as_bytes() != sum {
         return Err(corrupt("checksum mismatch"));
     }
-    // As a byte buffer, not a `Vec<u8>`: serde reads a `Vec<u8>` one element
-    // at a time, which made loading a 24 MiB snapshot take seconds (in an
-    // unoptimized build, on a loaded machine), while the leader sent no
-    // heartbeat to the follower waiting for it.
-    let (meta, data): (Meta, serde_bytes::ByteBuf) = decode(body)?;
-    Ok(Some((meta, data.into_vec())))
-}
-
-/// Remove temporary files a crash left behind.
-fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("current.tmp")
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
+    Ok(Some(decode(body)?))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -230,7 +385,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 |e| StorageIOError::write_snapshot(None, e),
                 |sm| {
                     let mut position = sm.lock_snapshots();
-                    let export = sm.store.sm_export()?;
+                    let (export, data) = sm.write_data_file(|out| sm.store.sm_export(out))?;
                     let last_log_id: Option<LogId<NodeId>> = match &export.last_applied {
                         Some(bytes) => Some(decode(bytes)?),
                         None => None,
@@ -252,13 +407,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                         last_membership,
                         snapshot_id,
                     };
-                    sm.keep_newest(&mut position, meta, export.data)
+                    sm.keep_newest(&mut position, meta, data)
                 },
             )
             .await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         })
     }
 }
@@ -336,24 +491,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// An unnamed file in the snapshot directory (gone when closed, so an
+    /// abandoned transfer leaves nothing behind).
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let file = self
+            .blocking(
+                |e| StorageIOError::write_snapshot(None, e),
+                |sm| {
+                    tempfile::tempfile_in(&sm.snapshot_dir)
+                        .map_err(|e| file_error(&sm.snapshot_dir, e))
+                },
+            )
+            .await?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
+    /// Imports the received data while copying it to a data file of its
+    /// own, which becomes the current snapshot.
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
         let meta = meta.clone();
-        let data = snapshot.into_inner();
+        let mut received = snapshot.into_std().await;
         self.blocking(
             |e| StorageIOError::write_snapshot(None, e),
             move |sm| {
+                received
+                    .seek(SeekFrom::Start(0))
+                    .map_err(|e| file_error(&sm.snapshot_dir, e))?;
                 let mut position = sm.lock_snapshots();
-                sm.store.sm_import(&data)?;
+                let ((), data) = sm.write_data_file(|copy| {
+                    sm.store.sm_import(Tee {
+                        reader: &mut received,
+                        copy,
+                    })
+                })?;
                 sm.keep_newest(&mut position, meta, data).map(|_| ())
             },
         )
@@ -373,7 +549,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await?;
         Ok(loaded.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         }))
     }
 }
@@ -430,7 +606,7 @@ mod tests {
             .await
             .expect("apply");
         let newest = newer.build_snapshot().await.expect("build");
-        let newest_data = newest.snapshot.into_inner();
+        let newest_data = read_all(newest.snapshot).await;
 
         let dir = tempfile::tempdir().expect("tempdir");
         let mut sm = machine(dir.path());
@@ -449,7 +625,7 @@ mod tests {
                         .last_log_id
                         .is_some_and(|id| id.index == 10 || id.index == 50));
                 } else {
-                    sm.install_snapshot(&meta, Box::new(Cursor::new(data)))
+                    sm.install_snapshot(&meta, Box::new(received(&data).await))
                         .await
                         .expect("install");
                 }
@@ -468,14 +644,127 @@ mod tests {
             Some(50),
             "an older build replaced a newer install"
         );
-        assert_eq!(current.snapshot.into_inner(), newest_data);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        assert_eq!(read_all(current.snapshot).await, newest_data);
+        let mut files = snapshot_files(dir.path());
+        files.retain(|name| name != CURRENT_FILE);
+        assert_eq!(files.len(), 1, "one data file, no leftovers: {files:?}");
+    }
+
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("snapshots"))
             .expect("dir")
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name != "current.snap")
-            .collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+            .collect()
+    }
+
+    async fn read_all(mut data: Box<tokio::fs::File>) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        data.read_to_end(&mut bytes).await.expect("read");
+        bytes
+    }
+
+    /// A file as openraft hands a received snapshot over: written, at its end.
+    async fn received(data: &[u8]) -> tokio::fs::File {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::from_std(tempfile::tempfile().expect("tempfile"));
+        file.write_all(data).await.expect("write");
+        file.shutdown().await.expect("shutdown");
+        file
+    }
+
+    /// A snapshot received by a follower holds the leader's state, is
+    /// served again after a restart, and its data never passes through
+    /// memory whole (the same data as built).
+    #[tokio::test]
+    async fn an_installed_snapshot_holds_the_state_and_survives_a_restart() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let mut leader = machine(leader_dir.path());
+        leader
+            .apply((1..=20).map(|i| put_entry(i, &format!("k{i}"))))
+            .await
+            .expect("apply");
+        let built = leader.build_snapshot().await.expect("build");
+        let data = read_all(built.snapshot).await;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut follower = machine(dir.path());
+            follower
+                .install_snapshot(&built.meta, Box::new(received(&data).await))
+                .await
+                .expect("install");
+            assert_eq!(
+                follower.store.sm_digest().expect("digest").hash,
+                leader.store.sm_digest().expect("digest").hash
+            );
+        }
+        let mut restarted = machine(dir.path());
+        let current = restarted
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta, built.meta);
+        assert_eq!(read_all(current.snapshot).await, data);
+    }
+
+    /// What a crash can leave in the snapshot directory (a data file no
+    /// snapshot names, a half-written meta file, the earlier format's file)
+    /// is removed at start; the current snapshot stays.
+    #[tokio::test]
+    async fn leftovers_of_a_crash_are_removed_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let built = {
+            let mut sm = machine(dir.path());
+            sm.apply((1..=3).map(|i| put_entry(i, "k")))
+                .await
+                .expect("apply");
+            sm.build_snapshot().await.expect("build")
+        };
+        let mut expected = snapshot_files(dir.path());
+        expected.sort();
+        for stray in ["data-1-99", "current.tmp-1-2", "current.snap"] {
+            std::fs::write(dir.path().join("snapshots").join(stray), b"x").expect("write");
+        }
+        let mut sm = machine(dir.path());
+        let mut files = snapshot_files(dir.path());
+        files.sort();
+        assert_eq!(files, expected);
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta, built.meta);
+    }
+
+    /// A damaged snapshot import is refused before anything is written.
+    #[tokio::test]
+    async fn a_damaged_received_snapshot_is_refused() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let mut leader = machine(leader_dir.path());
+        leader
+            .apply((1..=5).map(|i| put_entry(i, &format!("k{i}"))))
+            .await
+            .expect("apply");
+        let built = leader.build_snapshot().await.expect("build");
+        let data = read_all(built.snapshot).await;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut follower = machine(dir.path());
+        let truncated = &data[..data.len() - 1];
+        assert!(follower
+            .install_snapshot(&built.meta, Box::new(received(truncated).await))
+            .await
+            .is_err());
+        assert!(follower
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .is_none());
+        assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
     }
 
     /// After a crash a leader's state machine can be ahead of its own log
@@ -518,21 +807,30 @@ mod tests {
         writer_gone.wait().await;
     }
 
-    /// A damaged snapshot file is dropped, not loaded or shipped.
+    /// A damaged snapshot (its meta file or its data file) is dropped, not
+    /// loaded or shipped.
     #[tokio::test]
     async fn a_damaged_snapshot_file_is_dropped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut sm = machine(dir.path());
-        sm.apply((1..=3).map(|i| put_entry(i, "k")))
-            .await
-            .expect("apply");
-        sm.build_snapshot().await.expect("build");
-        let path = sm.snapshot_path();
-        let mut bytes = std::fs::read(&path).expect("read");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&path, bytes).expect("write");
-        assert!(sm.get_current_snapshot().await.expect("read").is_none());
-        assert!(!path.exists());
+        for damaged in ["meta", "data"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut sm = machine(dir.path());
+            sm.apply((1..=3).map(|i| put_entry(i, "k")))
+                .await
+                .expect("apply");
+            sm.build_snapshot().await.expect("build");
+            let files = snapshot_files(dir.path());
+            assert_eq!(files.len(), 2, "{files:?}");
+            let name = files
+                .iter()
+                .find(|name| (damaged == "meta") == (*name == CURRENT_FILE))
+                .expect("file");
+            let path = dir.path().join("snapshots").join(name);
+            let mut bytes = std::fs::read(&path).expect("read");
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+            std::fs::write(&path, bytes).expect("write");
+            assert!(sm.get_current_snapshot().await.expect("read").is_none());
+            assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
+        }
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use apply::{Position, SmBatch};
 pub(crate) use cache::KvCache;
 pub use read::{Changes, Counters, LeaseDetail};
-pub use snapshot::{Digest, Export};
+pub use snapshot::{Digest, ExportPosition};
 
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;

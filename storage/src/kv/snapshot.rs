@@ -2,58 +2,79 @@
 //!
 //! Format: magic, then records `cf index (u8) | key len (u32 BE) | key |
 //! value len (u32 BE) | value`. The export reads one RocksDB snapshot, so it
-//! is consistent with the applied position it contains.
+//! is consistent with the applied position it contains. Both stream: the
+//! state can be larger than memory.
 
-use rocksdb::{IteratorMode, WriteBatch};
+use std::io::{Read, Write};
+
+use rocksdb::{IteratorMode, SnapshotWithThreadMode, WriteBatch, DB};
 
 use super::{META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION};
 use crate::db::{Store, CF_SM_META, STATE_MACHINE_CFS};
 use crate::error::StorageError;
 
-/// A serialized state machine with the Raft position it reflects.
-pub struct Export {
-    pub data: Vec<u8>,
+/// The Raft position an export reflects, read from the same consistent view.
+pub struct ExportPosition {
+    /// The encoded log id of the last applied entry, if any.
     pub last_applied: Option<Vec<u8>>,
+    /// The encoded membership, if any.
     pub membership: Option<Vec<u8>>,
 }
 
 const MAGIC: &[u8; 8] = b"SHOALSM1";
 
+fn write_error(e: std::io::Error) -> StorageError {
+    StorageError::Io(format!("writing a snapshot: {e}"))
+}
+
 impl Store {
-    /// Serialize the whole state machine. Also returns the encoded applied
-    /// log id and membership read from the same consistent view.
-    pub fn sm_export(&self) -> Result<Export, StorageError> {
+    /// Write the whole state machine to `out`, record by record. Returns the
+    /// applied log id and membership of the same consistent view.
+    pub fn sm_export(&self, out: &mut impl Write) -> Result<ExportPosition, StorageError> {
         let snap = self.db.snapshot();
         let meta = self.cf(CF_SM_META)?;
-        let last_applied = snap.get_cf(meta, META_LAST_APPLIED)?;
-        let membership = snap.get_cf(meta, META_MEMBERSHIP)?;
-        let mut out = MAGIC.to_vec();
+        let position = ExportPosition {
+            last_applied: snap.get_cf(meta, META_LAST_APPLIED)?,
+            membership: snap.get_cf(meta, META_MEMBERSHIP)?,
+        };
+        out.write_all(MAGIC).map_err(write_error)?;
+        self.visit_records(&snap, |index, key, value| {
+            out.write_all(&[index]).map_err(write_error)?;
+            for part in [key, value] {
+                out.write_all(&(part.len() as u32).to_be_bytes())
+                    .map_err(write_error)?;
+                out.write_all(part).map_err(write_error)?;
+            }
+            Ok(())
+        })?;
+        Ok(position)
+    }
+
+    /// Every record of every state machine column family in `snap`, in
+    /// export order, with its column family's index.
+    fn visit_records(
+        &self,
+        snap: &SnapshotWithThreadMode<'_, DB>,
+        mut visit: impl FnMut(u8, &[u8], &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         for (index, name) in STATE_MACHINE_CFS.iter().enumerate() {
             for item in snap.iterator_cf(self.cf(name)?, IteratorMode::Start) {
                 let (key, value) = item?;
-                out.push(index as u8);
-                for part in [&key[..], &value[..]] {
-                    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-                    out.extend_from_slice(part);
-                }
+                visit(index as u8, &key, &value)?;
             }
         }
-        Ok(Export {
-            data: out,
-            last_applied,
-            membership,
-        })
+        Ok(())
     }
 
-    /// Replace the whole state machine with an export, atomically and durably.
-    pub fn sm_import(&self, data: &[u8]) -> Result<(), StorageError> {
-        let corrupt = |detail: &str| StorageError::Corrupt {
-            cf: "snapshot",
-            detail: detail.into(),
-        };
-        let body = data
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| corrupt("bad magic"))?;
+    /// Replace the whole state machine with an export read from `data`,
+    /// atomically (one write batch) and durably.
+    pub fn sm_import(&self, data: impl Read) -> Result<(), StorageError> {
+        let mut data = std::io::BufReader::with_capacity(1 << 20, data);
+        let mut magic = [0u8; 8];
+        read_exact(&mut data, &mut magic, "truncated magic")?;
+        if &magic != MAGIC {
+            return Err(corrupt("bad magic"));
+        }
         let mut batch = WriteBatch::default();
         for name in STATE_MACHINE_CFS {
             let cf = self.cf(name)?;
@@ -61,15 +82,20 @@ impl Store {
                 batch.delete_cf(cf, item?.0);
             }
         }
-        let mut rest = body;
-        while let Some((&index, tail)) = rest.split_first() {
+        let mut index = [0u8; 1];
+        loop {
+            match data.read(&mut index) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StorageError::Io(format!("reading a snapshot: {e}"))),
+            }
             let name = STATE_MACHINE_CFS
-                .get(index as usize)
+                .get(index[0] as usize)
                 .ok_or_else(|| corrupt("bad column family"))?;
-            let (key, tail) = take_part(tail).ok_or_else(|| corrupt("truncated key"))?;
-            let (value, tail) = take_part(tail).ok_or_else(|| corrupt("truncated value"))?;
+            let key = read_part(&mut data, "truncated key")?;
+            let value = read_part(&mut data, "truncated value")?;
             batch.put_cf(self.cf(name)?, key, value);
-            rest = tail;
         }
         // The applier's cache describes the state being replaced.
         let mut cache = self.lock_applied_kv();
@@ -92,17 +118,15 @@ impl Store {
         };
         let mut hasher = blake3::Hasher::new();
         let mut records = 0u64;
-        for (index, name) in STATE_MACHINE_CFS.iter().enumerate() {
-            for item in snap.iterator_cf(self.cf(name)?, IteratorMode::Start) {
-                let (key, value) = item?;
-                hasher.update(&[index as u8]);
-                for part in [&key[..], &value[..]] {
-                    hasher.update(&(part.len() as u32).to_be_bytes());
-                    hasher.update(part);
-                }
-                records += 1;
+        self.visit_records(&snap, |index, key, value| {
+            hasher.update(&[index]);
+            for part in [key, value] {
+                hasher.update(&(part.len() as u32).to_be_bytes());
+                hasher.update(part);
             }
-        }
+            records += 1;
+            Ok(())
+        })?;
         Ok(Digest {
             hash: *hasher.finalize().as_bytes(),
             revision,
@@ -128,9 +152,32 @@ impl Digest {
     }
 }
 
-fn take_part(data: &[u8]) -> Option<(&[u8], &[u8])> {
-    let len_bytes: [u8; 4] = data.get(..4)?.try_into().ok()?;
-    let len = u32::from_be_bytes(len_bytes) as usize;
-    let part = data.get(4..4 + len)?;
-    Some((part, &data[4 + len..]))
+fn corrupt(detail: &str) -> StorageError {
+    StorageError::Corrupt {
+        cf: "snapshot",
+        detail: detail.into(),
+    }
+}
+
+fn read_exact(data: &mut impl Read, buf: &mut [u8], truncated: &str) -> Result<(), StorageError> {
+    data.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => corrupt(truncated),
+        _ => StorageError::Io(format!("reading a snapshot: {e}")),
+    })
+}
+
+/// A length-prefixed part. Read as far as the data goes, so a damaged
+/// length costs no allocation of its size.
+fn read_part(data: &mut impl Read, truncated: &str) -> Result<Vec<u8>, StorageError> {
+    let mut len = [0u8; 4];
+    read_exact(data, &mut len, truncated)?;
+    let len = u64::from(u32::from_be_bytes(len));
+    let mut part = Vec::new();
+    data.take(len)
+        .read_to_end(&mut part)
+        .map_err(|e| StorageError::Io(format!("reading a snapshot: {e}")))?;
+    if part.len() as u64 != len {
+        return Err(corrupt(truncated));
+    }
+    Ok(part)
 }

@@ -2,7 +2,7 @@
 //! in the workspace's integration tests against real processes.
 
 use super::*;
-use crate::Store;
+use crate::{StorageError, Store};
 
 fn put(key: &str, value: &str) -> Command {
     Command::Txn(Txn {
@@ -48,6 +48,42 @@ fn apply_proposal(store: &Store, proposal: &Proposal) -> Applied {
     Applied {
         response,
         changes: changes.pop(),
+    }
+}
+
+fn export(store: &Store) -> Vec<u8> {
+    let mut data = Vec::new();
+    store.sm_export(&mut data).expect("export");
+    data
+}
+
+/// A damaged export is refused and leaves the state as it was; a length
+/// past the data's end costs no allocation of that size.
+#[test]
+fn a_damaged_export_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    apply(&store, &put("k", "1"));
+    let good = export(&store);
+    apply(&store, &put("k", "2"));
+    let mut huge_length = good.clone();
+    // The first record's key length.
+    huge_length[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+    let damaged = [
+        good[..good.len() - 1].to_vec(),
+        b"SHOALSMX".iter().chain(&good[8..]).copied().collect(),
+        [good.clone(), vec![200]].concat(),
+        huge_length,
+    ];
+    for data in damaged {
+        assert!(matches!(
+            store.sm_import(&data[..]),
+            Err(StorageError::Corrupt { .. })
+        ));
+        assert_eq!(
+            store.kv_get("k").expect("get").1.map(|kv| kv.value),
+            Some(b"2".to_vec())
+        );
     }
 }
 
@@ -176,10 +212,10 @@ fn failed_lease_put_writes_nothing_and_compaction_drops_history() {
     let changes = store.kv_changes(1, &|_| true, 100, 100).expect("changes");
     assert_eq!(changes.counters.compact_revision, 8);
     assert_eq!(changes.batches.first().map(|b| b.revision), Some(8));
-    let exported = store.sm_export().expect("export");
+    let exported = export(&store);
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other = Store::open(other_dir.path()).expect("open");
-    other.sm_import(&exported.data).expect("import");
+    other.sm_import(&exported[..]).expect("import");
     assert_eq!(
         other.kv_get("k").expect("get"),
         store.kv_get("k").expect("get")
@@ -261,10 +297,7 @@ fn a_batch_of_proposals_behaves_like_one_by_one() {
     assert_eq!(answers, expected);
     assert_eq!(retry, expected[1], "a retry answers with the first outcome");
     assert_eq!(changes, expected_changes);
-    assert_eq!(
-        together.sm_export().expect("export").data,
-        one_by_one.sm_export().expect("export").data
-    );
+    assert_eq!(export(&together), export(&one_by_one));
 }
 
 /// Values are encoded as bytes; the bincode must stay what it was when they
@@ -315,10 +348,10 @@ fn a_snapshot_replaces_what_the_applier_remembers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     apply(&store, &put("k", "1"));
-    let snapshot = store.sm_export().expect("export").data;
+    let snapshot = export(&store);
     apply(&store, &put("k", "2"));
     apply(&store, &put("k", "3"));
-    store.sm_import(&snapshot).expect("import");
+    store.sm_import(&snapshot[..]).expect("import");
     let after = apply(&store, &put("k", "again"));
     let Response::Txn { results, .. } = after.response else {
         panic!("a put answers with a txn result")
@@ -391,11 +424,7 @@ fn the_same_log_in_different_runs_gives_identical_state() {
             batch.commit().expect("commit");
         }
         let digest = store.sm_digest().expect("digest");
-        (
-            store.sm_export().expect("export").data,
-            digest.hash,
-            answers,
-        )
+        (export(&store), digest.hash, answers)
     };
     let (one, one_digest, one_answers) = state_after(1);
     assert!(
