@@ -15,8 +15,10 @@ use std::sync::MutexGuard;
 use super::KeyValue;
 use crate::Store;
 
-/// Bytes of keys and values the cache may hold.
-const BUDGET_BYTES: usize = 32 << 20;
+/// Bytes of keys and values the cache may hold: tens of thousands of small
+/// hot keys. Workflow instances are written a few times each and then left
+/// waiting, so a larger budget only held them for nothing.
+const BUDGET_BYTES: usize = 8 << 20;
 /// Rough per-entry bookkeeping on top of key and value bytes.
 const ENTRY_OVERHEAD: usize = 96;
 
