@@ -11,6 +11,7 @@ mod linearizer;
 mod log_store;
 mod membership;
 mod metric_help;
+mod snapshot_dir;
 mod state_machine;
 #[cfg(test)]
 mod tests;

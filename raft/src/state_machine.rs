@@ -3,32 +3,27 @@
 //!
 //! The state machine is persistent (every apply is written to RocksDB), so a
 //! snapshot is only needed to ship state to a lagging follower and to allow
-//! log purging; the latest snapshot is also kept as files so it can be
-//! served after a restart. A snapshot's data is a file, written, hashed,
-//! shipped and installed as a stream: it is never held in memory whole, so
-//! building one costs a node no memory that grows with the state.
-//!
-//! Files in the snapshot directory: `current.meta` names the current data
-//! file with its length and blake3 hash (replaced atomically, by rename);
-//! `data-*` are data files, and every one but the current one is removed
-//! once the current one changes.
+//! log purging; the latest snapshot is also kept as files
+//! ([`crate::snapshot_dir`]) so it can be served after a restart. A
+//! snapshot is built, shipped and installed as a stream: building one costs
+//! a node no memory that grows with the state.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
 };
-use serde::{Deserialize, Serialize};
 use shoal_codec::{decode, encode};
 use shoal_storage::kv::{ChangeBatch, Position, Response};
 use shoal_storage::Store;
 
+use crate::snapshot_dir::{file_error, DataFile, Meta, SnapshotDir, Tee};
 use crate::{io_error, NodeAddr, NodeId, TypeConfig};
 
 /// Receives every change batch right after it is applied. Must not block.
@@ -41,7 +36,7 @@ pub trait ChangeSink: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct StateMachine {
     store: Store,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotDir,
     sink: Arc<dyn ChangeSink>,
     /// Held while a snapshot is built, installed or read: openraft builds
     /// snapshots in a task of their own while the state machine worker may
@@ -55,26 +50,7 @@ pub struct StateMachine {
 /// read or written; `Some(None)` when there is none.
 type CurrentPosition = Option<Option<LogId<NodeId>>>;
 
-type Meta = SnapshotMeta<NodeId, NodeAddr>;
 type Membership = StoredMembership<NodeId, NodeAddr>;
-
-/// What `current.meta` holds.
-#[derive(Serialize, Deserialize)]
-struct CurrentSnapshot {
-    meta: Meta,
-    data: DataFile,
-}
-
-/// A data file in the snapshot directory, as written.
-#[derive(Serialize, Deserialize)]
-struct DataFile {
-    name: String,
-    len: u64,
-    hash: [u8; 32],
-}
-
-const CURRENT_FILE: &str = "current.meta";
-const DATA_PREFIX: &str = "data-";
 
 impl StateMachine {
     pub fn new(
@@ -82,19 +58,12 @@ impl StateMachine {
         snapshot_dir: PathBuf,
         sink: Arc<dyn ChangeSink>,
     ) -> std::io::Result<StateMachine> {
-        std::fs::create_dir_all(&snapshot_dir)?;
-        let sm = StateMachine {
+        Ok(StateMachine {
             store,
-            snapshot_dir,
+            snapshots: SnapshotDir::open(snapshot_dir)?,
             sink,
             snapshot_lock: Arc::default(),
-        };
-        sm.remove_leftovers();
-        Ok(sm)
-    }
-
-    fn current_path(&self) -> PathBuf {
-        self.snapshot_dir.join(CURRENT_FILE)
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -124,86 +93,20 @@ impl StateMachine {
         &self,
         position: &mut CurrentPosition,
     ) -> Result<Option<(Meta, File)>, shoal_storage::StorageError> {
-        let loaded = match self.open_current() {
+        let loaded = match self.snapshots.open_current() {
             Err(e @ shoal_storage::StorageError::Corrupt { .. }) => {
                 tracing::warn!(
                     error = %e,
-                    dir = %self.snapshot_dir.display(),
+                    dir = %self.snapshots.path().display(),
                     "removing a damaged snapshot",
                 );
-                let path = self.current_path();
-                std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
-                self.remove_data_files_but(None);
+                self.snapshots.remove_current()?;
                 None
             }
             other => other?,
         };
         *position = Some(loaded.as_ref().and_then(|(meta, _)| meta.last_log_id));
         Ok(loaded)
-    }
-
-    /// The current snapshot's meta and its data file (positioned at its
-    /// start), after checking the data's length and hash.
-    fn open_current(&self) -> Result<Option<(Meta, File)>, shoal_storage::StorageError> {
-        let Some(current) = read_current_file(&self.current_path())? else {
-            return Ok(None);
-        };
-        let path = self.snapshot_dir.join(&current.data.name);
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(corrupt("the data file is missing"))
-            }
-            Err(e) => return Err(file_error(&path, e)),
-        };
-        let mut summed = Summing::new(std::io::sink());
-        std::io::copy(&mut file, &mut summed).map_err(|e| file_error(&path, e))?;
-        if (summed.len, *summed.hasher.finalize().as_bytes())
-            != (current.data.len, current.data.hash)
-        {
-            return Err(corrupt("the data file's length or hash does not match"));
-        }
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| file_error(&path, e))?;
-        Ok(Some((current.meta, file)))
-    }
-
-    /// Write a new data file through `fill`, and make it durable. Removed
-    /// again if anything fails.
-    fn write_data_file<T>(
-        &self,
-        fill: impl FnOnce(&mut Summing<BufWriter<File>>) -> Result<T, shoal_storage::StorageError>,
-    ) -> Result<(T, DataFile), shoal_storage::StorageError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "{DATA_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = self.snapshot_dir.join(&name);
-        let written = (|| {
-            let file = File::create(&path).map_err(|e| file_error(&path, e))?;
-            let mut out = Summing::new(BufWriter::with_capacity(1 << 20, file));
-            let value = fill(&mut out)?;
-            let hash = *out.hasher.finalize().as_bytes();
-            let file = out
-                .inner
-                .into_inner()
-                .map_err(|e| file_error(&path, e.into_error()))?;
-            file.sync_all().map_err(|e| file_error(&path, e))?;
-            Ok((
-                value,
-                DataFile {
-                    name: name.clone(),
-                    len: out.len,
-                    hash,
-                },
-            ))
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&path);
-        }
-        written
     }
 
     /// Make `meta` and `data` the current snapshot unless the current one is
@@ -224,158 +127,14 @@ impl StateMachine {
         };
         if current > meta.last_log_id {
             if let Some(newer) = self.load_current(position)? {
-                let _ = std::fs::remove_file(self.snapshot_dir.join(&data.name));
+                self.snapshots.discard(data);
                 return Ok(newer);
             }
         }
-        let path = self.snapshot_dir.join(&data.name);
-        let file = File::open(&path).map_err(|e| file_error(&path, e))?;
-        let current = CurrentSnapshot { meta, data };
-        save_current_file(&self.current_path(), &current)?;
-        *position = Some(current.meta.last_log_id);
-        self.remove_data_files_but(Some(&current.data.name));
-        Ok((current.meta, file))
+        let current = self.snapshots.make_current(meta, data)?;
+        *position = Some(current.0.last_log_id);
+        Ok(current)
     }
-
-    /// Remove every data file but `keep`. A file still open (being sent)
-    /// stays readable until it is closed.
-    fn remove_data_files_but(&self, keep: Option<&str>) {
-        let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(DATA_PREFIX) && Some(&*name) != keep {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-
-    /// Remove what a crash left behind: temporary files, data files no
-    /// snapshot names, and the single file of the earlier format.
-    fn remove_leftovers(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.snapshot_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with("current.tmp") || name == "current.snap" {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        let current = read_current_file(&self.current_path()).ok().flatten();
-        self.remove_data_files_but(current.as_ref().map(|c| c.data.name.as_str()));
-    }
-}
-
-/// Passes bytes through to `inner`, keeping their count and blake3 hash.
-struct Summing<W> {
-    inner: W,
-    hasher: blake3::Hasher,
-    len: u64,
-}
-
-impl<W> Summing<W> {
-    fn new(inner: W) -> Summing<W> {
-        Summing {
-            inner,
-            hasher: blake3::Hasher::new(),
-            len: 0,
-        }
-    }
-}
-
-impl<W: Write> Write for Summing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Reads from `reader` and writes what it read to `copy`.
-struct Tee<'a, R, W> {
-    reader: R,
-    copy: &'a mut W,
-}
-
-impl<R: Read, W: Write> Read for Tee<'_, R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.reader.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-/// `current.meta`: magic, blake3 of the body, body (the bincode of
-/// [`CurrentSnapshot`]). A torn or corrupted file is reported, never loaded.
-const CURRENT_MAGIC: &[u8; 8] = b"SHOALSN3";
-
-fn file_error(path: &Path, e: std::io::Error) -> shoal_storage::StorageError {
-    shoal_storage::StorageError::Io(format!("snapshot file {}: {e}", path.display()))
-}
-
-fn corrupt(detail: &str) -> shoal_storage::StorageError {
-    shoal_storage::StorageError::Corrupt {
-        cf: "snapshot file",
-        detail: detail.into(),
-    }
-}
-
-/// Persist `current.meta` atomically: a temporary file of its own, fsync,
-/// rename over the current one, fsync of the directory.
-fn save_current_file(
-    path: &Path,
-    current: &CurrentSnapshot,
-) -> Result<(), shoal_storage::StorageError> {
-    static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
-    let body = encode(current)?;
-    let tmp = path.with_extension(format!(
-        "tmp-{}-{}",
-        std::process::id(),
-        NEXT_TMP.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(CURRENT_MAGIC)?;
-        file.write_all(blake3::hash(&body).as_bytes())?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(|e| file_error(path, e))
-}
-
-fn read_current_file(path: &Path) -> Result<Option<CurrentSnapshot>, shoal_storage::StorageError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(file_error(path, e)),
-    };
-    let rest = bytes
-        .strip_prefix(CURRENT_MAGIC.as_slice())
-        .ok_or_else(|| corrupt("bad magic"))?;
-    let (sum, body) = rest
-        .split_at_checked(32)
-        .ok_or_else(|| corrupt("truncated"))?;
-    if blake3::hash(body).as_bytes() != sum {
-        return Err(corrupt("checksum mismatch"));
-    }
-    Ok(Some(decode(body)?))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -385,7 +144,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 |e| StorageIOError::write_snapshot(None, e),
                 |sm| {
                     let mut position = sm.lock_snapshots();
-                    let (export, data) = sm.write_data_file(|out| sm.store.sm_export(out))?;
+                    let (export, data) = sm.snapshots.write_data(|out| sm.store.sm_export(out))?;
                     let last_log_id: Option<LogId<NodeId>> = match &export.last_applied {
                         Some(bytes) => Some(decode(bytes)?),
                         None => None,
@@ -491,18 +250,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    /// An unnamed file in the snapshot directory (gone when closed, so an
-    /// abandoned transfer leaves nothing behind).
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
         let file = self
             .blocking(
                 |e| StorageIOError::write_snapshot(None, e),
-                |sm| {
-                    tempfile::tempfile_in(&sm.snapshot_dir)
-                        .map_err(|e| file_error(&sm.snapshot_dir, e))
-                },
+                |sm| sm.snapshots.unnamed_file(),
             )
             .await?;
         Ok(Box::new(tokio::fs::File::from_std(file)))
@@ -522,9 +276,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             move |sm| {
                 received
                     .seek(SeekFrom::Start(0))
-                    .map_err(|e| file_error(&sm.snapshot_dir, e))?;
+                    .map_err(|e| file_error(sm.snapshots.path(), e))?;
                 let mut position = sm.lock_snapshots();
-                let ((), data) = sm.write_data_file(|copy| {
+                let ((), data) = sm.snapshots.write_data(|copy| {
                     sm.store.sm_import(Tee {
                         reader: &mut received,
                         copy,
@@ -558,6 +312,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use shoal_storage::kv::{ChangeBatch, Command, Proposal, Txn, TxnOp};
+
+    use std::path::Path;
 
     use super::*;
 
@@ -646,7 +402,7 @@ mod tests {
         );
         assert_eq!(read_all(current.snapshot).await, newest_data);
         let mut files = snapshot_files(dir.path());
-        files.retain(|name| name != CURRENT_FILE);
+        files.retain(|name| name != crate::snapshot_dir::CURRENT_FILE);
         assert_eq!(files.len(), 1, "one data file, no leftovers: {files:?}");
     }
 
@@ -674,25 +430,29 @@ mod tests {
         file
     }
 
-    /// A snapshot received by a follower holds the leader's state, is
-    /// served again after a restart, and its data never passes through
-    /// memory whole (the same data as built).
-    #[tokio::test]
-    async fn an_installed_snapshot_holds_the_state_and_survives_a_restart() {
-        let leader_dir = tempfile::tempdir().expect("tempdir");
-        let mut leader = machine(leader_dir.path());
+    /// A machine with `entries` keys and the snapshot it built, read whole.
+    async fn leader_snapshot(dir: &Path, entries: u64) -> (StateMachine, Meta, Vec<u8>) {
+        let mut leader = machine(dir);
         leader
-            .apply((1..=20).map(|i| put_entry(i, &format!("k{i}"))))
+            .apply((1..=entries).map(|i| put_entry(i, &format!("k{i}"))))
             .await
             .expect("apply");
         let built = leader.build_snapshot().await.expect("build");
-        let data = read_all(built.snapshot).await;
+        (leader, built.meta, read_all(built.snapshot).await)
+    }
+
+    /// A snapshot received by a follower holds the leader's state and is
+    /// served again, the same data as built, after a restart.
+    #[tokio::test]
+    async fn an_installed_snapshot_holds_the_state_and_survives_a_restart() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let (leader, meta, data) = leader_snapshot(leader_dir.path(), 20).await;
 
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let mut follower = machine(dir.path());
             follower
-                .install_snapshot(&built.meta, Box::new(received(&data).await))
+                .install_snapshot(&meta, Box::new(received(&data).await))
                 .await
                 .expect("install");
             assert_eq!(
@@ -706,7 +466,7 @@ mod tests {
             .await
             .expect("read")
             .expect("a snapshot");
-        assert_eq!(current.meta, built.meta);
+        assert_eq!(current.meta, meta);
         assert_eq!(read_all(current.snapshot).await, data);
     }
 
@@ -744,19 +504,13 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_received_snapshot_is_refused() {
         let leader_dir = tempfile::tempdir().expect("tempdir");
-        let mut leader = machine(leader_dir.path());
-        leader
-            .apply((1..=5).map(|i| put_entry(i, &format!("k{i}"))))
-            .await
-            .expect("apply");
-        let built = leader.build_snapshot().await.expect("build");
-        let data = read_all(built.snapshot).await;
+        let (_, meta, data) = leader_snapshot(leader_dir.path(), 5).await;
 
         let dir = tempfile::tempdir().expect("tempdir");
         let mut follower = machine(dir.path());
         let truncated = &data[..data.len() - 1];
         assert!(follower
-            .install_snapshot(&built.meta, Box::new(received(truncated).await))
+            .install_snapshot(&meta, Box::new(received(truncated).await))
             .await
             .is_err());
         assert!(follower
@@ -822,7 +576,7 @@ mod tests {
             assert_eq!(files.len(), 2, "{files:?}");
             let name = files
                 .iter()
-                .find(|name| (damaged == "meta") == (*name == CURRENT_FILE))
+                .find(|name| (damaged == "meta") == (*name == crate::snapshot_dir::CURRENT_FILE))
                 .expect("file");
             let path = dir.path().join("snapshots").join(name);
             let mut bytes = std::fs::read(&path).expect("read");

@@ -57,8 +57,8 @@ fn export(store: &Store) -> Vec<u8> {
     data
 }
 
-/// A damaged export is refused and leaves the state as it was; a length
-/// past the data's end costs no allocation of that size.
+/// A damaged export (cut short, a wrong magic, an unknown column family, a
+/// length past the data's end) is refused and leaves the state as it was.
 #[test]
 fn a_damaged_export_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");

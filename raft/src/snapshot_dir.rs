@@ -1,0 +1,292 @@
+//! The snapshot directory: `current.meta` names the current snapshot's data
+//! file with its length and blake3 hash (replaced atomically, by rename);
+//! `data-*` are data files, each written once under a name of its own, and
+//! every one but the current one is removed once the current one changes.
+//! A snapshot's data is written, hashed and read as a stream: it is never
+//! held in memory whole.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::SnapshotMeta;
+use serde::{Deserialize, Serialize};
+use shoal_codec::{decode, encode};
+use shoal_storage::StorageError;
+
+use crate::{NodeAddr, NodeId};
+
+pub(crate) type Meta = SnapshotMeta<NodeId, NodeAddr>;
+
+pub(crate) const CURRENT_FILE: &str = "current.meta";
+const DATA_PREFIX: &str = "data-";
+
+/// `current.meta`: magic, blake3 of the body, body (the bincode of
+/// [`CurrentSnapshot`]). A torn or corrupted file is reported, never loaded.
+const CURRENT_MAGIC: &[u8; 8] = b"SHOALSN3";
+
+/// What `current.meta` holds.
+#[derive(Serialize, Deserialize)]
+struct CurrentSnapshot {
+    meta: Meta,
+    data: DataFile,
+}
+
+/// A data file in the snapshot directory, as written.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct DataFile {
+    name: String,
+    len: u64,
+    hash: [u8; 32],
+}
+
+#[derive(Clone)]
+pub(crate) struct SnapshotDir {
+    path: PathBuf,
+}
+
+impl SnapshotDir {
+    /// Create the directory if need be, and remove what a crash left
+    /// behind: temporary files, data files no snapshot names, and the
+    /// single file of the earlier format.
+    pub(crate) fn open(path: PathBuf) -> std::io::Result<SnapshotDir> {
+        std::fs::create_dir_all(&path)?;
+        let dir = SnapshotDir { path };
+        for name in dir.file_names() {
+            if name.starts_with("current.tmp") || name == "current.snap" {
+                let _ = std::fs::remove_file(dir.path.join(name));
+            }
+        }
+        let current = read_current_file(&dir.current_path()).ok().flatten();
+        dir.remove_data_files_but(current.as_ref().map(|c| c.data.name.as_str()));
+        Ok(dir)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn current_path(&self) -> PathBuf {
+        self.path.join(CURRENT_FILE)
+    }
+
+    fn file_names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The current snapshot's meta and its data file (positioned at its
+    /// start), after checking the data's length and hash.
+    pub(crate) fn open_current(&self) -> Result<Option<(Meta, File)>, StorageError> {
+        let Some(current) = read_current_file(&self.current_path())? else {
+            return Ok(None);
+        };
+        let path = self.path.join(&current.data.name);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(corrupt("the data file is missing"))
+            }
+            Err(e) => return Err(file_error(&path, e)),
+        };
+        let mut summed = Summing::new(std::io::sink());
+        std::io::copy(&mut file, &mut summed).map_err(|e| file_error(&path, e))?;
+        if (summed.len, *summed.hasher.finalize().as_bytes())
+            != (current.data.len, current.data.hash)
+        {
+            return Err(corrupt("the data file's length or hash does not match"));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| file_error(&path, e))?;
+        Ok(Some((current.meta, file)))
+    }
+
+    /// Remove the current snapshot (found damaged) and every data file.
+    pub(crate) fn remove_current(&self) -> Result<(), StorageError> {
+        let path = self.current_path();
+        std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
+        self.remove_data_files_but(None);
+        Ok(())
+    }
+
+    /// Write a new data file through `fill`, and make it durable. Removed
+    /// again if anything fails.
+    pub(crate) fn write_data<T>(
+        &self,
+        fill: impl FnOnce(&mut Summing<BufWriter<File>>) -> Result<T, StorageError>,
+    ) -> Result<(T, DataFile), StorageError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{DATA_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.path.join(&name);
+        let written = (|| {
+            let file = File::create(&path).map_err(|e| file_error(&path, e))?;
+            let mut out = Summing::new(BufWriter::with_capacity(1 << 20, file));
+            let value = fill(&mut out)?;
+            let hash = *out.hasher.finalize().as_bytes();
+            let file = out
+                .inner
+                .into_inner()
+                .map_err(|e| file_error(&path, e.into_error()))?;
+            file.sync_all().map_err(|e| file_error(&path, e))?;
+            Ok((
+                value,
+                DataFile {
+                    name: name.clone(),
+                    len: out.len,
+                    hash,
+                },
+            ))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        written
+    }
+
+    /// Remove a data file that will not become current.
+    pub(crate) fn discard(&self, data: DataFile) {
+        let _ = std::fs::remove_file(self.path.join(data.name));
+    }
+
+    /// Make `meta` with `data` the current snapshot, and remove every other
+    /// data file. Returns the data file, open at its start.
+    pub(crate) fn make_current(
+        &self,
+        meta: Meta,
+        data: DataFile,
+    ) -> Result<(Meta, File), StorageError> {
+        let path = self.path.join(&data.name);
+        let file = File::open(&path).map_err(|e| file_error(&path, e))?;
+        let current = CurrentSnapshot { meta, data };
+        save_current_file(&self.current_path(), &current)?;
+        self.remove_data_files_but(Some(&current.data.name));
+        Ok((current.meta, file))
+    }
+
+    /// An unnamed file in the directory, for a snapshot being received
+    /// (gone when closed, so an abandoned transfer leaves nothing behind).
+    pub(crate) fn unnamed_file(&self) -> Result<File, StorageError> {
+        tempfile::tempfile_in(&self.path).map_err(|e| file_error(&self.path, e))
+    }
+
+    /// Remove every data file but `keep`. A file still open (being sent)
+    /// stays readable until it is closed.
+    fn remove_data_files_but(&self, keep: Option<&str>) {
+        for name in self.file_names() {
+            if name.starts_with(DATA_PREFIX) && Some(name.as_str()) != keep {
+                let _ = std::fs::remove_file(self.path.join(name));
+            }
+        }
+    }
+}
+
+/// Passes bytes through to `inner`, keeping their count and blake3 hash.
+pub(crate) struct Summing<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W> Summing<W> {
+    fn new(inner: W) -> Summing<W> {
+        Summing {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Summing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads from `reader` and writes what it read to `copy`.
+pub(crate) struct Tee<'a, R, W> {
+    pub(crate) reader: R,
+    pub(crate) copy: &'a mut W,
+}
+
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+pub(crate) fn file_error(path: &Path, e: std::io::Error) -> StorageError {
+    StorageError::Io(format!("snapshot file {}: {e}", path.display()))
+}
+
+fn corrupt(detail: &str) -> StorageError {
+    StorageError::Corrupt {
+        cf: "snapshot file",
+        detail: detail.into(),
+    }
+}
+
+/// Persist `current.meta` atomically: a temporary file of its own, fsync,
+/// rename over the current one, fsync of the directory.
+fn save_current_file(path: &Path, current: &CurrentSnapshot) -> Result<(), StorageError> {
+    static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+    let body = encode(current)?;
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        NEXT_TMP.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(CURRENT_MAGIC)?;
+        file.write_all(blake3::hash(&body).as_bytes())?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| file_error(path, e))
+}
+
+fn read_current_file(path: &Path) -> Result<Option<CurrentSnapshot>, StorageError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(file_error(path, e)),
+    };
+    let rest = bytes
+        .strip_prefix(CURRENT_MAGIC.as_slice())
+        .ok_or_else(|| corrupt("bad magic"))?;
+    let (sum, body) = rest
+        .split_at_checked(32)
+        .ok_or_else(|| corrupt("truncated"))?;
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok(Some(decode(body)?))
+}
