@@ -218,3 +218,36 @@ async fn a_follower_catches_up_from_a_large_snapshot() {
             )
         });
 }
+
+/// A snapshot is built, kept and sent as a file, never as one buffer in
+/// memory: a node holding about 600 MiB of values (and their history)
+/// builds snapshots of all of it, and its peak resident memory stays
+/// below the values' size. A snapshot built in memory needs the whole
+/// state once, and once more to be written.
+#[tokio::test(flavor = "multi_thread")]
+async fn building_a_snapshot_does_not_hold_the_state_in_memory() {
+    const VALUES: usize = 600;
+    const VALUE_BYTES: usize = 1000 << 10;
+    let node = Node::start_with(&["--snapshot-every", "100"]).await;
+    let pid = node.pid().expect("the node's pid");
+    let value = vec![b's'; VALUE_BYTES];
+    for i in 0..VALUES {
+        let reply = node.put_with(&format!("big/{i:04}"), &value, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    }
+    let last = num(&node.status().await, "/last_log_index");
+    // Building a snapshot of a gigabyte takes a debug build seconds.
+    let wait = Duration::from_secs(120);
+    let status = eventually(wait, "a snapshot of two thirds of the values", || async {
+        let status = node.status().await;
+        (opt_num(&status, "/snapshot_index").unwrap_or(0) + 200 > last).then_some(status)
+    })
+    .await;
+    let peak = shoal_tests::procfs::peak_rss_bytes(pid);
+    let values = (VALUES * VALUE_BYTES) as u64;
+    eprintln!("peak RSS {peak} bytes, values {values} bytes");
+    assert!(
+        peak > 0 && peak < values,
+        "peak RSS {peak} bytes with {values} bytes of values: {status}"
+    );
+}
