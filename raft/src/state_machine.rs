@@ -5,8 +5,9 @@
 //! snapshot is only needed to ship state to a lagging follower and to allow
 //! log purging; the latest snapshot is also kept as files
 //! ([`crate::snapshot_dir`]) so it can be served after a restart. A
-//! snapshot is built, shipped and installed as a stream: building one costs
-//! a node no memory that grows with the state.
+//! snapshot is built and shipped as a stream of a file: building or sending
+//! one costs a node no memory that grows with the state. Installing one
+//! still does (the import is one write batch, see `Store::sm_import`).
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -310,10 +311,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use shoal_storage::kv::{ChangeBatch, Command, Proposal, Txn, TxnOp};
-
-    use std::path::Path;
 
     use super::*;
 

@@ -2,8 +2,10 @@
 //!
 //! Format: magic, then records `cf index (u8) | key len (u32 BE) | key |
 //! value len (u32 BE) | value`. The export reads one RocksDB snapshot, so it
-//! is consistent with the applied position it contains. Both stream: the
-//! state can be larger than memory.
+//! is consistent with the applied position it contains. The export streams
+//! (the state can be larger than memory); the import reads a stream but
+//! replaces the state in one write batch, which holds the whole state in
+//! memory until it is written: that is what makes it atomic.
 
 use std::io::{Read, Write};
 
