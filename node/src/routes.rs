@@ -77,9 +77,9 @@ fn table(limits: &Limits) -> OpenApiRouter<AppState> {
         .routes(routes!(compat::jaeger::find_traces))
         .routes(routes!(compat::jaeger::trace))
         .routes(routes!(api::messaging::interest))
-        .routes(routes!(api::messaging::publish_socket))
-        .routes(routes!(api::messaging::sse))
-        .routes(routes!(api::messaging::websocket))
+        .routes(routes!(api::messaging::publish_socket::publish_socket))
+        .routes(routes!(api::messaging::subscribe::sse))
+        .routes(routes!(api::messaging::subscribe::websocket))
         .routes(routes!(api::delivery::webhooks::list))
         .routes(routes!(
             api::delivery::webhooks::put,
@@ -203,11 +203,14 @@ pub fn router(app: AppState) -> Router {
     router
         .route(
             "/v1/subscribe/ws",
-            on(MethodFilter::CONNECT, api::messaging::websocket),
+            on(MethodFilter::CONNECT, api::messaging::subscribe::websocket),
         )
         .route(
             "/v1/publish/ws",
-            on(MethodFilter::CONNECT, api::messaging::publish_socket),
+            on(
+                MethodFilter::CONNECT,
+                api::messaging::publish_socket::publish_socket,
+            ),
         )
         .route_layer(middleware::from_fn_with_state(app.clone(), api::limit_time))
         .route_layer(middleware::from_fn_with_state(
