@@ -2,48 +2,34 @@
 //! aggregations, live tail (SSE), streams, and whole traces.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Map;
+use shoal_acl::{Access, Resource};
 use shoal_search::record::{self, format_nanos, now_nanos};
 use shoal_search::{AggregateRequest, Hit, Kind, KindFilter, Record, SearchOrder, SearchRequest};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorCode, ErrorDetail};
 use super::extract::{Body, Params, PathText};
-use super::model::SseEvent;
 use super::AppState;
 use crate::services::logs::{self, NodeReport};
-use crate::services::sql_worker;
-use crate::write_deadline::within;
-use shoal_acl::{Access, Resource};
-
-use crate::services::logs::MAX_SQL_ROWS;
 
 /// Per-record errors listed in an ingest answer (all are counted).
 const MAX_ERRORS_LISTED: usize = 100;
-/// How often a live tail polls the cluster.
-const TAIL_POLL: Duration = Duration::from_millis(500);
-/// Most records one tail poll sends.
-const TAIL_BATCH: usize = 1000;
 
 /// Descriptions shared by the GET and POST operations of one path.
 const SEARCH_DESCRIPTION: &str = "Runs on every live member and merges the pages; members that do not answer are listed in `nodes.failed` and `partial` is true (the answer is still 200). POST takes the same parameters as a JSON object. Query cost limits: query at most 4096 bytes, limit at most 10 000.";
 
 const AGGREGATE_DESCRIPTION: &str = "Histogram buckets are aligned to multiples of the interval since the epoch; the window defaults to the last hour and about 60 buckets. At most 10 000 buckets.";
 
-const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL; a query that names a table more than once (a join, a subquery, a CTE) is refused (400 too_many_rows) when the records read to the power of that count pass 1 000 000, so a self cross join cannot take the node's memory. Each query runs in a worker process with 2 GiB of memory (400 query_too_expensive past it) and what is left of the request timeout (504 timeout past it).";
-
 mod answers;
 mod parse;
+pub mod sql;
+pub mod tail;
 
 pub use answers::*;
 pub use parse::*;
@@ -552,277 +538,4 @@ pub async fn readable_streams(
     }
     *streams = readable.into_iter().collect();
     Ok(())
-}
-
-/// Live tail (SSE): records that become searchable after the request,
-/// as `record` events, oldest first; `backlog=N` first sends the newest N.
-#[utoipa::path(
-    get,
-    path = "/v1/logs/tail",
-    tag = "logs",
-    operation_id = "tailLogs",
-    summary = "Live tail (Server-Sent Events)",
-    description = "Sends `record` events (data: a LogHit) for matching records that become searchable after the request, from every node, polled every 500 ms. backlog=N first sends the N newest matching records. A client that takes nothing for `--write-timeout-ms` (10 s) is disconnected (over HTTP/2, its stream ends) and the tail stops.",
-    params(
-        ("q" = Option<String>, Query, description = "Query: words (all must match), \"phrases\", AND/OR/NOT, parentheses, field:value on level, service, kind, trace_id, span_id, name, status, attributes.KEY (dotted keys are paths), ranges such as duration:[1000000 TO *] or ts:>N. Default field: message. At most 4096 bytes."),
-        ("stream" = Option<String>, Query, description = "Streams to search, comma-separated (default all)"),
-        ("kind" = Option<String>, Query, description = "log (default), span or any"),
-        ("since" = Option<String>, Query, description = "Inclusive start: a duration ago (15m, 2h, 7d), RFC 3339, or Unix s/ms/us/ns"),
-        ("until" = Option<String>, Query, description = "Exclusive end, same forms as since"),
-        ("level" = Option<String>, Query, description = "Levels, comma-separated (trace, debug, info, warn, error, fatal)"),
-        ("service" = Option<String>, Query, description = "Services, comma-separated"),
-        ("trace_id" = Option<String>, Query, description = "Trace ids (hex), comma-separated"),
-        ("operation" = Option<String>, Query, description = "Span names, comma-separated"),
-        ("status" = Option<String>, Query, description = "Span statuses (unset, ok, error), comma-separated"),
-        ("min_duration" = Option<String>, Query, description = "Spans at least this long (250ms, 2s, or nanoseconds)"),
-        ("max_duration" = Option<String>, Query, description = "Spans at most this long"),
-        ("backlog" = Option<u64>, Query, description = "Newest records to send first (0..1000)"),
-    ),
-    responses(
-        (status = 200, description = "An event stream: `record` events whose data is a LogHit (JSON), `error` events whose data is a message (text) when a poll fails (the stream goes on); keep-alive comments.", content_type = "text/event-stream", body = SseEvent),
-        (status = 400, description = "Error codes: `invalid_query`, `bad_request`.", body = crate::api::error::ErrorBody),
-        (status = 500, response = crate::api::doc::Internal),
-    )
-)]
-pub async fn tail(
-    caller: Caller,
-    State(app): State<AppState>,
-    params: Params,
-) -> ApiResult<Response> {
-    let mut request = search_request(&params, now_nanos())?;
-    readable_streams(&app, &caller, &mut request.streams).await?;
-    let streams = request.streams.clone();
-    let backlog = params.number("backlog")?.unwrap_or(0).min(1000) as usize;
-    if backlog == 0 {
-        // A query that does not parse must be refused now, with a 400, not
-        // streamed as an error event every poll.
-        let mut probe = request.clone();
-        probe.limit = 1;
-        app.shoal.logs.search(probe).await.map_err(ApiError::from)?;
-    }
-    let mut positions = logs::positions(&app.shoal).await?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(64);
-    if backlog > 0 {
-        let mut first = request.clone();
-        first.limit = backlog;
-        first.order = SearchOrder::Newest;
-        let (mut hits, _) = logs::search(&app.shoal, first).await?;
-        hits.reverse();
-        for hit in &hits {
-            let known = positions.entry(hit.node).or_default();
-            *known = (*known).max(hit.seq);
-            let _ = sender.try_send(record_event(hit));
-        }
-    }
-    request.order = SearchOrder::Ingest;
-    request.limit = TAIL_BATCH;
-    request.after = None;
-    let shoal = app.shoal.clone();
-    let limit = shoal.settings.write_timeout();
-    tokio::spawn(async move {
-        metrics::gauge!("shoal_log_tail_streams").increment(1.0);
-        async move {
-            let mut ticker = tokio::time::interval(TAIL_POLL);
-            loop {
-                ticker.tick().await;
-                if sender.is_closed() {
-                    return;
-                }
-                request.seq_after = positions.clone();
-                let (hits, report) = match logs::search(&shoal, request.clone()).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        let error = Event::default()
-                            .event("error")
-                            .data(ApiError::from(e).message);
-                        if !within(limit, sender.send(error)).await {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                for hit in &hits {
-                    let known = positions.entry(hit.node).or_default();
-                    *known = (*known).max(hit.seq);
-                    if !within(limit, sender.send(record_event(hit))).await {
-                        return;
-                    }
-                }
-                // A member the tail had no position for (it joined or came back):
-                // start it from where it is now.
-                if report
-                    .answered
-                    .iter()
-                    .any(|node| !positions.contains_key(node))
-                {
-                    if let Ok(now) = logs::positions(&shoal).await {
-                        for (node, seq) in now {
-                            positions.entry(node).or_insert(seq);
-                        }
-                    }
-                }
-            }
-        }
-        .await;
-        metrics::gauge!("shoal_log_tail_streams").decrement(1.0);
-    });
-    let stream = futures::StreamExt::take_until(
-        ReceiverStream::new(receiver).map(Ok::<Event, Infallible>),
-        caller.revoked(app.shoal.acl.clone(), move |identity| {
-            if streams.is_empty() {
-                identity.allows_under(Resource::Logs, "", Access::Read)
-            } else if streams == [shoal_search::NO_STREAM] {
-                // Narrowed to nothing readable yet: open while it may read some.
-                identity.allows_some(Resource::Logs, Access::Read)
-            } else {
-                streams
-                    .iter()
-                    .all(|stream| identity.allows(Resource::Logs, stream, Access::Read))
-            }
-        }),
-    );
-    let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
-}
-
-fn record_event(hit: &Hit) -> Event {
-    SseEvent {
-        event: Some("record".to_string()),
-        data: Some(serde_json::to_string(&LogHit::from(hit)).unwrap_or_default()),
-        ..SseEvent::default()
-    }
-    .into()
-}
-
-/// SQL over logs (Polars): `{"query": "SELECT ..."}`, or the query as a
-/// text/plain body, or `?q=`. Conditions on ts, level, service, stream,
-/// kind, status and trace_id are pushed down to every node's indexes.
-#[utoipa::path(
-    get,
-    path = "/v1/logs/sql",
-    tag = "logs",
-    operation_id = "sqlLogsGet",
-    summary = "SQL over logs (Polars) on the table `logs`",
-    description = SQL_DESCRIPTION,
-    params(
-        ("q" = Option<String>, Query, description = "The SQL, when there is no body"),
-    ),
-    request_body(
-        description = "The SQL: `{\"query\": \"SELECT ...\"}`, or the SQL itself as `text/plain`.",
-        content(
-            (Option<LogSqlQuery> = "application/json", example = json!({"query": "SELECT service, level, count(*) AS n FROM logs WHERE ts > now() - interval '1 hour' GROUP BY service, level"})),
-            (Option<String> = "text/plain"),
-        )
-    ),
-    responses(
-        (status = 200, description = "Columns and rows.", body = LogSqlResult),
-        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `bad_request`.", body = crate::api::error::ErrorBody),
-        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
-        (status = 500, response = crate::api::doc::Internal),
-        (status = 504, response = crate::api::doc::Timeout),
-    )
-)]
-pub async fn sql_get(
-    caller: Caller,
-    State(app): State<AppState>,
-    params: Params,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult<Json<LogSqlResult>> {
-    run_sql(app, caller, params, headers, body).await
-}
-
-#[utoipa::path(
-    post,
-    path = "/v1/logs/sql",
-    tag = "logs",
-    operation_id = "sqlLogs",
-    summary = "SQL over logs (Polars) on the table `logs`",
-    description = SQL_DESCRIPTION,
-    params(
-        ("q" = Option<String>, Query, description = "The SQL, when there is no body"),
-    ),
-    request_body(
-        description = "The SQL: `{\"query\": \"SELECT ...\"}`, or the SQL itself as `text/plain`.",
-        content(
-            (Option<LogSqlQuery> = "application/json", example = json!({"query": "SELECT service, level, count(*) AS n FROM logs WHERE ts > now() - interval '1 hour' GROUP BY service, level"})),
-            (Option<String> = "text/plain"),
-        )
-    ),
-    responses(
-        (status = 200, description = "Columns and rows.", body = LogSqlResult),
-        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `bad_request`.", body = crate::api::error::ErrorBody),
-        (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
-        (status = 500, response = crate::api::doc::Internal),
-        (status = 504, response = crate::api::doc::Timeout),
-    )
-)]
-pub async fn sql(
-    caller: Caller,
-    State(app): State<AppState>,
-    params: Params,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> ApiResult<Json<LogSqlResult>> {
-    run_sql(app, caller, params, headers, body).await
-}
-
-async fn run_sql(
-    app: AppState,
-    caller: Caller,
-    params: Params,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> ApiResult<Json<LogSqlResult>> {
-    let started = std::time::Instant::now();
-    let (query, _) = crate::api::sql::read_query(&params, &headers, &body)?;
-    let mut plan = shoal_search::sql::plan(&query, now_nanos()).map_err(ApiError::from)?;
-    readable_streams(&app, &caller, &mut plan.filter.streams).await?;
-    let (hits, report) = logs::scan(&app.shoal, plan.filter.clone(), MAX_SQL_ROWS + 1).await?;
-    if hits.len() > MAX_SQL_ROWS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::TooManyRows,
-            format!(
-                "the query reads more than {MAX_SQL_ROWS} records; narrow it with conditions on ts \
-                 (e.g. ts > now() - interval '1 hour'), level, service, stream or kind"
-            ),
-        ));
-    }
-    let scanned = hits.len();
-    if plan.table_reads > 1 && plan.most_joined_rows(scanned) > shoal_search::sql::MAX_JOINED_ROWS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::TooManyRows,
-            format!(
-                "the query reads the table {} times (a join or a subquery) over {scanned} records: \
-                 up to {scanned}^{} rows, past the limit of {}; narrow it with conditions on ts, \
-                 level, service, stream or kind",
-                plan.table_reads,
-                plan.table_reads,
-                shoal_search::sql::MAX_JOINED_ROWS
-            ),
-        ));
-    }
-    // The worker gets what is left of the request's time, less a margin
-    // to answer in.
-    let limit = sql_worker::time_left(app.shoal.settings.request_timeout_ms, started.elapsed());
-    let answer = sql_worker::run(&plan.sql, hits, limit)
-        .await
-        .map_err(ApiError::from)?;
-    let table: SqlTable = serde_json::from_value(answer)
-        .map_err(|e| ApiError::internal(format!("reading the SQL result: {e}")))?;
-    Ok(Json(LogSqlResult {
-        columns: table.columns,
-        rows: table.rows,
-        scanned,
-        took_ms: started.elapsed().as_millis() as u64,
-        partial: report.partial(),
-        nodes: NodeReportBody::from(&report),
-    }))
 }
