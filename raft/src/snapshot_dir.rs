@@ -81,6 +81,12 @@ impl SnapshotDir {
             .collect()
     }
 
+    /// The current snapshot's meta, from `current.meta` alone (its data
+    /// file is not read).
+    pub(crate) fn current_meta(&self) -> Result<Option<Meta>, StorageError> {
+        Ok(read_current_file(&self.current_path())?.map(|current| current.meta))
+    }
+
     /// The current snapshot's meta and its data file (positioned at its
     /// start), after checking the data's length and hash.
     pub(crate) fn open_current(&self) -> Result<Option<(Meta, File)>, StorageError> {

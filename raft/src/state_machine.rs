@@ -86,15 +86,37 @@ impl StateMachine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Open the current snapshot and note its position. The state machine
-    /// in RocksDB is the truth: a damaged snapshot is dropped, and openraft
-    /// builds a new one when it needs it (at start, whenever the log was
-    /// purged). Call with the lock.
+    /// Open the current snapshot and note its position. Call with the lock.
     fn load_current(
         &self,
         position: &mut CurrentPosition,
     ) -> Result<Option<(Meta, File)>, shoal_storage::StorageError> {
-        let loaded = match self.snapshots.open_current() {
+        let loaded = self.drop_damaged(self.snapshots.open_current())?;
+        *position = Some(loaded.as_ref().and_then(|(meta, _)| meta.last_log_id));
+        Ok(loaded)
+    }
+
+    /// Note the current snapshot's position from its meta file alone: a
+    /// comparison of positions need not read and hash the data. Call with
+    /// the lock.
+    fn load_position(
+        &self,
+        position: &mut CurrentPosition,
+    ) -> Result<Option<LogId<NodeId>>, shoal_storage::StorageError> {
+        let meta = self.drop_damaged(self.snapshots.current_meta())?;
+        let current = meta.and_then(|meta| meta.last_log_id);
+        *position = Some(current);
+        Ok(current)
+    }
+
+    /// The state machine in RocksDB is the truth: a damaged snapshot is
+    /// dropped (reported as none), and openraft builds a new one when it
+    /// needs it (at start, whenever the log was purged).
+    fn drop_damaged<T>(
+        &self,
+        loaded: Result<Option<T>, shoal_storage::StorageError>,
+    ) -> Result<Option<T>, shoal_storage::StorageError> {
+        match loaded {
             Err(e @ shoal_storage::StorageError::Corrupt { .. }) => {
                 tracing::warn!(
                     error = %e,
@@ -102,12 +124,10 @@ impl StateMachine {
                     "removing a damaged snapshot",
                 );
                 self.snapshots.remove_current()?;
-                None
+                Ok(None)
             }
-            other => other?,
-        };
-        *position = Some(loaded.as_ref().and_then(|(meta, _)| meta.last_log_id));
-        Ok(loaded)
+            other => other,
+        }
     }
 
     /// Make `meta` and `data` the current snapshot unless the current one is
@@ -121,10 +141,7 @@ impl StateMachine {
     ) -> Result<(Meta, File), shoal_storage::StorageError> {
         let current = match *position {
             Some(current) => current,
-            None => {
-                self.load_current(position)?;
-                position.flatten()
-            }
+            None => self.load_position(position)?,
         };
         if current > meta.last_log_id {
             if let Some(newer) = self.load_current(position)? {
