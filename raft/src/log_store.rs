@@ -85,6 +85,7 @@ impl TailEntries {
             kept
         });
         self.bytes -= dropped;
+        self.report();
     }
 
     /// Drop the oldest entries up to `written` (those are in RocksDB) while
@@ -99,6 +100,12 @@ impl TailEntries {
                 _ => break,
             }
         }
+        self.report();
+    }
+
+    /// The gauge follows every change that drops entries (a write adds
+    /// them, and is followed by a trim).
+    fn report(&self) {
         metrics::gauge!("shoal_raft_log_tail_bytes").set(self.bytes as f64);
     }
 }
