@@ -45,9 +45,6 @@ const RAFT_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Memory of one log partition's index writer (Tantivy's minimum is 15 MB).
 const LOG_WRITER_BYTES: usize = 64 << 20;
 
-/// Run a node until it is stopped. `store_closed` receives a handle on the
-/// node's database, for the caller to wait, once the async runtime is gone,
-/// until the database is closed before the process exits.
 /// Longest a snapshot chunk's send, or the install after the last one, may
 /// take before openraft starts the transfer again.
 const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 30_000;
@@ -59,6 +56,9 @@ const INBOX_DELIVERIES: usize = 16;
 /// Audit records waiting to be indexed; past this they are counted as dropped.
 const AUDIT_QUEUE: usize = 8192;
 
+/// Run a node until it is stopped. `store_closed` receives a handle on the
+/// node's database, for the caller to wait, once the async runtime is gone,
+/// until the database is closed before the process exits.
 pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> anyhow::Result<()> {
     // Before anything touches the data dir: a bad CA file stops the start
     // with nothing created, opened or joined.
@@ -325,7 +325,7 @@ async fn start_raft(
         settings.data_dir.join("snapshots"),
         hub.clone(),
     )
-    .context("creating the snapshot directory")?;
+    .context("opening the snapshot directory and the state machine")?;
     let config = Config {
         cluster_name: "shoal".into(),
         heartbeat_interval: settings.election_timeout_ms / 5,

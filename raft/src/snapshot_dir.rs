@@ -2,8 +2,10 @@
 //! file with its length and blake3 hash (replaced atomically, by rename);
 //! `data-*` are data files, each written once under a name of its own, and
 //! every one but the current one is removed once the current one changes.
-//! A snapshot's data is written, hashed and read as a stream: it is never
-//! held in memory whole.
+//! `importing.meta`, present only while a snapshot is imported into the
+//! state machine, names the data file being imported: after a crash the
+//! import is done again from it. A snapshot's data is written, hashed and
+//! read as a stream: it is never held in memory whole.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -20,11 +22,16 @@ use crate::{NodeAddr, NodeId};
 pub(crate) type Meta = SnapshotMeta<NodeId, NodeAddr>;
 
 pub(crate) const CURRENT_FILE: &str = "current.meta";
+const IMPORTING_FILE: &str = "importing.meta";
 const DATA_PREFIX: &str = "data-";
+/// Part of the name of a meta file being written, before its rename.
+const TMP_INFIX: &str = ".tmp-";
 
 /// `current.meta`: magic, blake3 of the body, body (the bincode of
 /// [`CurrentSnapshot`]). A torn or corrupted file is reported, never loaded.
 const CURRENT_MAGIC: &[u8; 8] = b"SHOALSN3";
+/// `importing.meta`: the same layout, the body the bincode of a [`DataFile`].
+const IMPORTING_MAGIC: &[u8; 8] = b"SHOALIM1";
 
 /// What `current.meta` holds.
 #[derive(Serialize, Deserialize)]
@@ -48,18 +55,25 @@ pub(crate) struct SnapshotDir {
 
 impl SnapshotDir {
     /// Create the directory if need be, and remove what a crash left
-    /// behind: temporary files, data files no snapshot names, and the
-    /// single file of the earlier format.
+    /// behind: temporary files, data files neither the current snapshot
+    /// nor an interrupted import names, and the single file of the earlier
+    /// format.
     pub(crate) fn open(path: PathBuf) -> std::io::Result<SnapshotDir> {
         std::fs::create_dir_all(&path)?;
         let dir = SnapshotDir { path };
         for name in dir.file_names() {
-            if name.starts_with("current.tmp") || name == "current.snap" {
+            if name.contains(TMP_INFIX) || name == "current.snap" {
                 let _ = std::fs::remove_file(dir.path.join(name));
             }
         }
         let current = read_current_file(&dir.current_path()).ok().flatten();
-        dir.remove_data_files_but(current.as_ref().map(|c| c.data.name.as_str()));
+        let importing = read_importing_file(&dir.importing_path()).ok().flatten();
+        let keep: Vec<&str> = [current.as_ref().map(|c| &c.data), importing.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|data| data.name.as_str())
+            .collect();
+        dir.remove_data_files_but(&keep);
         Ok(dir)
     }
 
@@ -69,6 +83,10 @@ impl SnapshotDir {
 
     fn current_path(&self) -> PathBuf {
         self.path.join(CURRENT_FILE)
+    }
+
+    fn importing_path(&self) -> PathBuf {
+        self.path.join(IMPORTING_FILE)
     }
 
     fn file_names(&self) -> Vec<String> {
@@ -93,7 +111,14 @@ impl SnapshotDir {
         let Some(current) = read_current_file(&self.current_path())? else {
             return Ok(None);
         };
-        let path = self.path.join(&current.data.name);
+        let file = self.open_checked(&current.data)?;
+        Ok(Some((current.meta, file)))
+    }
+
+    /// A data file, positioned at its start, after checking its length and
+    /// hash against what was written.
+    fn open_checked(&self, data: &DataFile) -> Result<File, StorageError> {
+        let path = self.path.join(&data.name);
         let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -103,21 +128,57 @@ impl SnapshotDir {
         };
         let mut summed = Summing::new(std::io::sink());
         std::io::copy(&mut file, &mut summed).map_err(|e| file_error(&path, e))?;
-        if (summed.len, *summed.hasher.finalize().as_bytes())
-            != (current.data.len, current.data.hash)
-        {
+        if (summed.len, *summed.hasher.finalize().as_bytes()) != (data.len, data.hash) {
             return Err(corrupt("the data file's length or hash does not match"));
         }
         file.seek(SeekFrom::Start(0))
             .map_err(|e| file_error(&path, e))?;
-        Ok(Some((current.meta, file)))
+        Ok(file)
+    }
+
+    /// A data file just written by [`SnapshotDir::write_data`], at its start.
+    pub(crate) fn open_data(&self, data: &DataFile) -> Result<File, StorageError> {
+        let path = self.path.join(&data.name);
+        File::open(&path).map_err(|e| file_error(&path, e))
+    }
+
+    /// Note durably that `data` is being imported into the state machine.
+    pub(crate) fn mark_importing(&self, data: &DataFile) -> Result<(), StorageError> {
+        save_file(&self.importing_path(), IMPORTING_MAGIC, &encode(data)?)
+    }
+
+    /// The data file of an import a crash interrupted, checked, if any.
+    pub(crate) fn interrupted_import(&self) -> Result<Option<File>, StorageError> {
+        match read_importing_file(&self.importing_path())? {
+            Some(data) => self.open_checked(&data).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The import is done: remove its note, durably, and its data file
+    /// unless it is the current snapshot's.
+    pub(crate) fn clear_importing(&self) -> Result<(), StorageError> {
+        let path = self.importing_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(file_error(&path, e)),
+        }
+        sync_dir(&self.path).map_err(|e| file_error(&self.path, e))?;
+        // Unless the current snapshot cannot be read just now: then every
+        // data file stays, and the next change of snapshot removes them.
+        if let Ok(current) = read_current_file(&self.current_path()) {
+            let keep: Vec<&str> = current.iter().map(|c| c.data.name.as_str()).collect();
+            self.remove_data_files_but(&keep);
+        }
+        Ok(())
     }
 
     /// Remove the current snapshot (found damaged) and every data file.
     pub(crate) fn remove_current(&self) -> Result<(), StorageError> {
         let path = self.current_path();
         std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
-        self.remove_data_files_but(None);
+        self.remove_data_files_but(&[]);
         Ok(())
     }
 
@@ -174,8 +235,8 @@ impl SnapshotDir {
         let path = self.path.join(&data.name);
         let file = File::open(&path).map_err(|e| file_error(&path, e))?;
         let current = CurrentSnapshot { meta, data };
-        save_current_file(&self.current_path(), &current)?;
-        self.remove_data_files_but(Some(&current.data.name));
+        save_file(&self.current_path(), CURRENT_MAGIC, &encode(&current)?)?;
+        self.remove_data_files_but(&[&current.data.name]);
         Ok((current.meta, file))
     }
 
@@ -185,11 +246,11 @@ impl SnapshotDir {
         tempfile::tempfile_in(&self.path).map_err(|e| file_error(&self.path, e))
     }
 
-    /// Remove every data file but `keep`. A file still open (being sent)
-    /// stays readable until it is closed.
-    fn remove_data_files_but(&self, keep: Option<&str>) {
+    /// Remove every data file but those in `keep`. A file still open (being
+    /// sent) stays readable until it is closed.
+    fn remove_data_files_but(&self, keep: &[&str]) {
         for name in self.file_names() {
-            if name.starts_with(DATA_PREFIX) && Some(name.as_str()) != keep {
+            if name.starts_with(DATA_PREFIX) && !keep.contains(&name.as_str()) {
                 let _ = std::fs::remove_file(self.path.join(name));
             }
         }
@@ -251,27 +312,28 @@ fn corrupt(detail: &str) -> StorageError {
     }
 }
 
-/// Persist `current.meta` atomically: a temporary file of its own, fsync,
-/// rename over the current one, fsync of the directory.
-fn save_current_file(path: &Path, current: &CurrentSnapshot) -> Result<(), StorageError> {
+/// Persist a meta file atomically: a temporary file of its own, fsync,
+/// rename over the old one, fsync of the directory. Its layout: `magic`,
+/// blake3 of `body`, `body`.
+fn save_file(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<(), StorageError> {
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
-    let body = encode(current)?;
     let tmp = path.with_extension(format!(
-        "tmp-{}-{}",
+        "{}{}-{}",
+        &TMP_INFIX[1..],
         std::process::id(),
         NEXT_TMP.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| {
         let mut file = File::create(&tmp)?;
-        file.write_all(CURRENT_MAGIC)?;
-        file.write_all(blake3::hash(&body).as_bytes())?;
-        file.write_all(&body)?;
+        file.write_all(magic)?;
+        file.write_all(blake3::hash(body).as_bytes())?;
+        file.write_all(body)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
+        match path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
         }
-        Ok(())
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -279,14 +341,20 @@ fn save_current_file(path: &Path, current: &CurrentSnapshot) -> Result<(), Stora
     written.map_err(|e| file_error(path, e))
 }
 
-fn read_current_file(path: &Path) -> Result<Option<CurrentSnapshot>, StorageError> {
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The body of a meta file written by [`save_file`], checked; `None` when
+/// there is no such file. A torn or corrupted file is reported.
+fn read_file(path: &Path, magic: &[u8; 8]) -> Result<Option<Vec<u8>>, StorageError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(file_error(path, e)),
     };
     let rest = bytes
-        .strip_prefix(CURRENT_MAGIC.as_slice())
+        .strip_prefix(magic.as_slice())
         .ok_or_else(|| corrupt("bad magic"))?;
     let (sum, body) = rest
         .split_at_checked(32)
@@ -294,5 +362,19 @@ fn read_current_file(path: &Path) -> Result<Option<CurrentSnapshot>, StorageErro
     if blake3::hash(body).as_bytes() != sum {
         return Err(corrupt("checksum mismatch"));
     }
-    Ok(Some(decode(body)?))
+    Ok(Some(body.to_vec()))
+}
+
+fn read_current_file(path: &Path) -> Result<Option<CurrentSnapshot>, StorageError> {
+    match read_file(path, CURRENT_MAGIC)? {
+        Some(body) => Ok(Some(decode(&body)?)),
+        None => Ok(None),
+    }
+}
+
+fn read_importing_file(path: &Path) -> Result<Option<DataFile>, StorageError> {
+    match read_file(path, IMPORTING_MAGIC)? {
+        Some(body) => Ok(Some(decode(&body)?)),
+        None => Ok(None),
+    }
 }

@@ -5,9 +5,17 @@
 //! snapshot is only needed to ship state to a lagging follower and to allow
 //! log purging; the latest snapshot is also kept as files
 //! ([`crate::snapshot_dir`]) so it can be served after a restart. A
-//! snapshot is built and shipped as a stream of a file: building or sending
-//! one costs a node no memory that grows with the state. Installing one
-//! still does (the import is one write batch, see `Store::sm_import`).
+//! snapshot is built, shipped and installed as a stream of a file: none of
+//! these costs a node memory that grows with the state.
+//!
+//! Installing a snapshot: the received data is checked whole while it is
+//! copied into a data file of this node's own; `importing.meta` then names
+//! that file; the import replaces the state in several writes (not
+//! atomic on disk; readers wait meanwhile); the file becomes the current
+//! snapshot and the note is removed. A crash part way leaves the note, and
+//! the import is done again from the same file before the node starts
+//! (`StateMachine::new`): the state machine is never left half old, half
+//! new.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -58,13 +66,33 @@ impl StateMachine {
         store: Store,
         snapshot_dir: PathBuf,
         sink: Arc<dyn ChangeSink>,
-    ) -> std::io::Result<StateMachine> {
-        Ok(StateMachine {
+    ) -> Result<StateMachine, shoal_storage::StorageError> {
+        let snapshots = SnapshotDir::open(snapshot_dir)
+            .map_err(|e| shoal_storage::StorageError::Io(format!("snapshot directory: {e}")))?;
+        let sm = StateMachine {
             store,
-            snapshots: SnapshotDir::open(snapshot_dir)?,
+            snapshots,
             sink,
             snapshot_lock: Arc::default(),
-        })
+        };
+        sm.finish_interrupted_import()?;
+        Ok(sm)
+    }
+
+    /// A crash while a snapshot was imported left part of the old state and
+    /// part of the new: import the same data again, before anything reads
+    /// the state machine. Its data file must be whole: without it the state
+    /// cannot be repaired, and the node does not start.
+    fn finish_interrupted_import(&self) -> Result<(), shoal_storage::StorageError> {
+        let Some(data) = self.snapshots.interrupted_import()? else {
+            return Ok(());
+        };
+        tracing::warn!(
+            dir = %self.snapshots.path().display(),
+            "a snapshot import was interrupted: importing it again",
+        );
+        self.store.sm_import(data)?;
+        self.snapshots.clear_importing()
     }
 
     async fn blocking<T: Send + 'static>(
@@ -280,8 +308,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
-    /// Imports the received data while copying it to a data file of its
-    /// own, which becomes the current snapshot.
+    /// Checks the received data while copying it to a data file of its own,
+    /// imports that file under the `importing.meta` note, and makes it the
+    /// current snapshot (see the module's documentation).
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
@@ -297,12 +326,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(|e| file_error(sm.snapshots.path(), e))?;
                 let mut position = sm.lock_snapshots();
                 let ((), data) = sm.snapshots.write_data(|copy| {
-                    sm.store.sm_import(Tee {
+                    sm.store.sm_check_export(Tee {
                         reader: &mut received,
                         copy,
                     })
                 })?;
-                sm.keep_newest(&mut position, meta, data).map(|_| ())
+                sm.snapshots.mark_importing(&data)?;
+                sm.store.sm_import(sm.snapshots.open_data(&data)?)?;
+                sm.keep_newest(&mut position, meta, data)?;
+                sm.snapshots.clear_importing()
             },
         )
         .await?;
@@ -342,13 +374,17 @@ mod tests {
     }
 
     fn put_entry(index: u64, key: &str) -> Entry<TypeConfig> {
+        put_entry_with(index, key, b"v".to_vec())
+    }
+
+    fn put_entry_with(index: u64, key: &str, value: Vec<u8>) -> Entry<TypeConfig> {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&index.to_be_bytes());
         let command = Command::Txn(Txn {
             compare: vec![],
             success: vec![TxnOp::Put {
                 key: key.into(),
-                value: b"v".to_vec(),
+                value,
                 lease: 0,
             }],
             failure: vec![],
@@ -503,7 +539,12 @@ mod tests {
         };
         let mut expected = snapshot_files(dir.path());
         expected.sort();
-        for stray in ["data-1-99", "current.tmp-1-2", "current.snap"] {
+        for stray in [
+            "data-1-99",
+            "current.tmp-1-2",
+            "importing.tmp-1-3",
+            "current.snap",
+        ] {
             std::fs::write(dir.path().join("snapshots").join(stray), b"x").expect("write");
         }
         let mut sm = machine(dir.path());
@@ -604,5 +645,68 @@ mod tests {
             assert!(sm.get_current_snapshot().await.expect("read").is_none());
             assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
         }
+    }
+
+    /// A crash part way through an import leaves the state machine half
+    /// old, half new, and the `importing.meta` note: the next start imports
+    /// the same data file again, and the state is the leader's. The import
+    /// writes in batches of 16 MiB, so the leader's state is larger than
+    /// one.
+    #[tokio::test]
+    async fn an_import_a_crash_interrupted_is_done_again_at_start() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let mut leader = machine(leader_dir.path());
+        leader
+            .apply((1..=40).map(|i| put_entry_with(i, &format!("big/{i:02}"), vec![b'x'; 1 << 20])))
+            .await
+            .expect("apply");
+        let built = leader.build_snapshot().await.expect("build");
+        let data = read_all(built.snapshot).await;
+        let want = leader.store.sm_digest().expect("digest");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut follower = machine(dir.path());
+            follower
+                .apply((1..=5).map(|i| put_entry(i, "old")))
+                .await
+                .expect("apply");
+            // What an install does up to the import, then an import that
+            // stops after its first batches (the data ends early).
+            let ((), file) = follower
+                .snapshots
+                .write_data(|out| {
+                    std::io::Write::write_all(out, &data)
+                        .map_err(|e| file_error(Path::new("test"), e))
+                })
+                .expect("data file");
+            follower.snapshots.mark_importing(&file).expect("note");
+            assert!(follower.store.sm_import(&data[..data.len() / 2]).is_err());
+            assert!(follower.store.kv_get("old").expect("get").1.is_none());
+            assert_ne!(follower.store.sm_digest().expect("digest").hash, want.hash);
+        }
+        let restarted = machine(dir.path());
+        let got = restarted.store.sm_digest().expect("digest");
+        assert_eq!((got.hash, got.records), (want.hash, want.records));
+        assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
+    }
+
+    /// Without the data file of an interrupted import the state machine
+    /// cannot be repaired: the node does not start.
+    #[tokio::test]
+    async fn an_interrupted_import_without_its_data_stops_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let sm = machine(dir.path());
+            let ((), file) = sm.snapshots.write_data(|_| Ok(())).expect("data file");
+            sm.snapshots.mark_importing(&file).expect("note");
+            for name in snapshot_files(dir.path()) {
+                if name.starts_with("data-") {
+                    std::fs::remove_file(dir.path().join("snapshots").join(name)).expect("remove");
+                }
+            }
+        }
+        let store = Store::open(&dir.path().join("db")).expect("open");
+        assert!(StateMachine::new(store, dir.path().join("snapshots"), Arc::new(NoSink)).is_err());
     }
 }

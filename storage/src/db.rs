@@ -1,9 +1,12 @@
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-use rocksdb::{Cache, ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    Cache, ColumnFamily, ColumnFamilyDescriptor, Options, SnapshotWithThreadMode, WriteBatch,
+    WriteOptions, DB,
+};
 
 use crate::error::StorageError;
 use crate::kv::KvCache;
@@ -114,6 +117,11 @@ pub struct Store {
     /// How many distinct proposals the state machine has applied (the
     /// proposal id window's position; see `kv::Proposal`).
     pub(crate) applied_proposals: Arc<AtomicU64>,
+    /// Readers take the state machine's view under this lock, and a
+    /// snapshot import holds it for writing while it replaces the state in
+    /// several writes: a reader sees the state before the import or after
+    /// it, never a mixture (see [`Store::sm_import`]).
+    pub(crate) sm_gate: Arc<RwLock<()>>,
     /// Raised when the last clone is dropped. Declared after `db`, so fields
     /// drop in that order: the database is closed before the flag goes up.
     closed: Arc<ClosedFlag>,
@@ -188,6 +196,7 @@ impl Store {
             db: Arc::new(db),
             applied_kv: Arc::default(),
             applied_proposals: Arc::default(),
+            sm_gate: Arc::default(),
             closed: Arc::new(ClosedFlag(closed)),
         };
         store.load_applied_proposals()?;
@@ -204,6 +213,16 @@ impl Store {
         self.db
             .cf_handle(name)
             .ok_or(StorageError::MissingColumnFamily(name))
+    }
+
+    /// A consistent view of the database for reading the state machine:
+    /// never one taken while a snapshot import is part way through.
+    pub(crate) fn view(&self) -> SnapshotWithThreadMode<'_, DB> {
+        let _gate = self
+            .sm_gate
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.db.snapshot()
     }
 
     /// Write a batch; `sync` waits for the WAL to reach the disk (fsync).

@@ -54,13 +54,13 @@ impl Store {
     }
 
     pub fn counters(&self) -> Result<Counters, StorageError> {
-        self.counters_in(&self.db.snapshot())
+        self.counters_in(&self.view())
     }
 
     /// The encoded last applied log id and membership, as recorded by `SmBatch::set_position`.
     pub fn sm_applied(&self) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), StorageError> {
         let meta = self.cf(CF_SM_META)?;
-        let snap = self.db.snapshot();
+        let snap = self.view();
         Ok((
             snap.get_cf(meta, META_LAST_APPLIED)?,
             snap.get_cf(meta, META_MEMBERSHIP)?,
@@ -68,7 +68,7 @@ impl Store {
     }
 
     pub fn kv_get(&self, key: &str) -> Result<(Counters, Option<KeyValue>), StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let kv = match snap.get_cf(self.cf(CF_KV)?, key)? {
             Some(bytes) => Some(decode(&bytes)?),
             None => None,
@@ -84,7 +84,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Counters, Vec<KeyValue>, bool), StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let mut opts = ReadOptions::default();
         if let Some(end) = prefix_end(prefix.as_bytes()) {
             opts.set_iterate_upper_bound(end);
@@ -122,7 +122,7 @@ impl Store {
         prefix: &str,
         each: &mut dyn FnMut(KeyValue),
     ) -> Result<Counters, StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let mut opts = ReadOptions::default();
         if let Some(end) = prefix_end(prefix.as_bytes()) {
             opts.set_iterate_upper_bound(end);
@@ -137,12 +137,12 @@ impl Store {
 
     /// Retained revisions that changed `key`, oldest first.
     pub(crate) fn key_revisions(&self, key: &str) -> Result<Vec<u64>, StorageError> {
-        key_revisions_in(&self.db.snapshot(), self.cf(CF_KEY_REVS)?, key)
+        key_revisions_in(&self.view(), self.cf(CF_KEY_REVS)?, key)
     }
 
     /// The last event for `key` in revision `revision`, if that revision is retained.
     pub(crate) fn event_at(&self, key: &str, revision: u64) -> Result<Option<Event>, StorageError> {
-        event_at_in(&self.db.snapshot(), self.cf(CF_EVENTS)?, key, revision)
+        event_at_in(&self.view(), self.cf(CF_EVENTS)?, key, revision)
     }
 
     /// Changes to `key`, newest first, with revision < `before` (if given).
@@ -152,7 +152,7 @@ impl Store {
         before: Option<u64>,
         limit: usize,
     ) -> Result<(Counters, Vec<Event>), StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let events_cf = self.cf(CF_EVENTS)?;
         let mut out = Vec::new();
         for revision in key_revisions_in(&snap, self.cf(CF_KEY_REVS)?, key)?
@@ -183,7 +183,7 @@ impl Store {
         max_batches: usize,
         max_scan: usize,
     ) -> Result<Changes, StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let counters = self.counters_in(&snap)?;
         let mut batches = Vec::new();
         let mut next_revision = from.max(1);
@@ -213,7 +213,7 @@ impl Store {
     }
 
     pub fn lease_get(&self, id: u64) -> Result<Option<LeaseDetail>, StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let Some(bytes) = snap.get_cf(self.cf(CF_LEASES)?, u64_key(id))? else {
             return Ok(None);
         };
@@ -230,11 +230,9 @@ impl Store {
     }
 
     pub fn lease_list(&self) -> Result<Vec<Lease>, StorageError> {
+        let view = self.view();
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_LEASES)?, IteratorMode::Start)
-        {
+        for item in view.iterator_cf(self.cf(CF_LEASES)?, IteratorMode::Start) {
             let (_, value) = item?;
             out.push(decode(&value)?);
         }

@@ -2,10 +2,12 @@
 //!
 //! Format: magic, then records `cf index (u8) | key len (u32 BE) | key |
 //! value len (u32 BE) | value`. The export reads one RocksDB snapshot, so it
-//! is consistent with the applied position it contains. The export streams
-//! (the state can be larger than memory); the import reads a stream but
-//! replaces the state in one write batch, which holds the whole state in
-//! memory until it is written: that is what makes it atomic.
+//! is consistent with the applied position it contains. Both directions
+//! stream: the state can be larger than memory. An import replaces the
+//! state in write batches of bounded size, so it is not atomic on disk:
+//! check the data first ([`Store::sm_check_export`]), and after a crash part
+//! way through, import the same data again (the Raft layer keeps a marker
+//! for that). Readers are held off while it runs ([`Store::view`]).
 
 use std::io::{Read, Write};
 
@@ -25,6 +27,9 @@ pub struct ExportPosition {
 
 const MAGIC: &[u8; 8] = b"SHOALSM1";
 
+/// How many bytes of records an import writes per RocksDB write batch.
+const IMPORT_BATCH_BYTES: usize = 16 << 20;
+
 fn write_error(e: std::io::Error) -> StorageError {
     StorageError::Io(format!("writing a snapshot: {e}"))
 }
@@ -33,7 +38,7 @@ impl Store {
     /// Write the whole state machine to `out`, record by record. Returns the
     /// applied log id and membership of the same consistent view.
     pub fn sm_export(&self, out: &mut impl Write) -> Result<ExportPosition, StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let meta = self.cf(CF_SM_META)?;
         let position = ExportPosition {
             last_applied: snap.get_cf(meta, META_LAST_APPLIED)?,
@@ -68,40 +73,51 @@ impl Store {
         Ok(())
     }
 
-    /// Replace the whole state machine with an export read from `data`,
-    /// atomically (one write batch) and durably.
+    /// Check that `data` is a whole export: the magic, every record
+    /// complete, only known column families. Writes nothing.
+    pub fn sm_check_export(&self, data: impl Read) -> Result<(), StorageError> {
+        read_records(data, |_, _, _| Ok(()))
+    }
+
+    /// Replace the whole state machine with an export read from `data`, in
+    /// write batches of bounded size, the last one fsynced. Readers wait
+    /// meanwhile. Not atomic on disk: a failure or a crash part way leaves
+    /// part of the old state and part of the new, which only importing the
+    /// whole export again repairs. Check the data first.
     pub fn sm_import(&self, data: impl Read) -> Result<(), StorageError> {
-        let mut data = std::io::BufReader::with_capacity(1 << 20, data);
-        let mut magic = [0u8; 8];
-        read_exact(&mut data, &mut magic, "truncated magic")?;
-        if &magic != MAGIC {
-            return Err(corrupt("bad magic"));
-        }
-        let mut batch = WriteBatch::default();
-        for name in STATE_MACHINE_CFS {
-            let cf = self.cf(name)?;
-            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-                batch.delete_cf(cf, item?.0);
-            }
-        }
-        let mut index = [0u8; 1];
-        loop {
-            match data.read(&mut index) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(StorageError::Io(format!("reading a snapshot: {e}"))),
-            }
-            let name = STATE_MACHINE_CFS
-                .get(index[0] as usize)
-                .ok_or_else(|| corrupt("bad column family"))?;
-            let key = read_part(&mut data, "truncated key")?;
-            let value = read_part(&mut data, "truncated value")?;
-            batch.put_cf(self.cf(name)?, key, value);
-        }
+        self.sm_import_in_batches(data, IMPORT_BATCH_BYTES)
+    }
+
+    pub(crate) fn sm_import_in_batches(
+        &self,
+        data: impl Read,
+        batch_bytes: usize,
+    ) -> Result<(), StorageError> {
+        let _readers_wait = self
+            .sm_gate
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // The applier's cache describes the state being replaced.
         let mut cache = self.lock_applied_kv();
         cache.clear();
+        let mut batch = WriteBatch::default();
+        for name in STATE_MACHINE_CFS {
+            let cf = self.cf(name)?;
+            let mut last = self.db.raw_iterator_cf(cf);
+            last.seek_to_last();
+            if let Some(key) = last.key() {
+                let end: Vec<u8> = key.iter().copied().chain([0]).collect();
+                batch.delete_range_cf(cf, b"".as_slice(), end.as_slice());
+            }
+            last.status()?;
+        }
+        read_records(data, |index, key, value| {
+            batch.put_cf(self.cf(STATE_MACHINE_CFS[index])?, key, value);
+            if batch.size_in_bytes() >= batch_bytes {
+                self.write(std::mem::take(&mut batch), false)?;
+            }
+            Ok(())
+        })?;
         self.write(batch, true)?;
         self.load_applied_proposals()
     }
@@ -111,7 +127,7 @@ impl Store {
     /// consistent view: replicas that applied the same log have the same
     /// digest. Returns it with the revision and the number of records.
     pub fn sm_digest(&self) -> Result<Digest, StorageError> {
-        let snap = self.db.snapshot();
+        let snap = self.view();
         let meta = self.cf(CF_SM_META)?;
         let last_applied = snap.get_cf(meta, META_LAST_APPLIED)?;
         let revision = match snap.get_cf(meta, META_REVISION)? {
@@ -161,6 +177,37 @@ fn corrupt(detail: &str) -> StorageError {
     }
 }
 
+/// Read an export record by record, handing each to `each` with its
+/// column family's index (within [`STATE_MACHINE_CFS`]).
+fn read_records(
+    data: impl Read,
+    mut each: impl FnMut(usize, &[u8], &[u8]) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let mut data = std::io::BufReader::with_capacity(1 << 20, data);
+    let mut magic = [0u8; 8];
+    read_exact(&mut data, &mut magic, "truncated magic")?;
+    if &magic != MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    let mut index = [0u8; 1];
+    loop {
+        match data.read(&mut index) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StorageError::Io(format!("reading a snapshot: {e}"))),
+        }
+        let index = usize::from(index[0]);
+        if index >= STATE_MACHINE_CFS.len() {
+            return Err(corrupt("bad column family"));
+        }
+        read_part(&mut data, &mut key, "truncated key")?;
+        read_part(&mut data, &mut value, "truncated value")?;
+        each(index, &key, &value)?;
+    }
+}
+
 fn read_exact(data: &mut impl Read, buf: &mut [u8], truncated: &str) -> Result<(), StorageError> {
     data.read_exact(buf).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => corrupt(truncated),
@@ -168,18 +215,22 @@ fn read_exact(data: &mut impl Read, buf: &mut [u8], truncated: &str) -> Result<(
     })
 }
 
-/// A length-prefixed part. Read as far as the data goes, so a damaged
-/// length costs no allocation of its size.
-fn read_part(data: &mut impl Read, truncated: &str) -> Result<Vec<u8>, StorageError> {
+/// A length-prefixed part, into `part`. Read as far as the data goes, so a
+/// damaged length costs no allocation of its size.
+fn read_part(
+    data: &mut impl Read,
+    part: &mut Vec<u8>,
+    truncated: &str,
+) -> Result<(), StorageError> {
     let mut len = [0u8; 4];
     read_exact(data, &mut len, truncated)?;
     let len = u64::from(u32::from_be_bytes(len));
-    let mut part = Vec::new();
+    part.clear();
     data.take(len)
-        .read_to_end(&mut part)
+        .read_to_end(part)
         .map_err(|e| StorageError::Io(format!("reading a snapshot: {e}")))?;
     if part.len() as u64 != len {
         return Err(corrupt(truncated));
     }
-    Ok(part)
+    Ok(())
 }
