@@ -52,3 +52,16 @@ pub type Raft = openraft::Raft<TypeConfig>;
 fn io_error(e: impl std::error::Error + 'static) -> openraft::AnyError {
     openraft::AnyError::new(&e)
 }
+
+/// About how many bytes a log entry takes encoded (see
+/// `Proposal::approx_bytes`).
+pub fn approx_entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    const FIXED: usize = 64;
+    match &entry.payload {
+        openraft::EntryPayload::Normal(proposals) => {
+            FIXED + proposals.iter().map(|p| p.approx_bytes()).sum::<usize>()
+        }
+        openraft::EntryPayload::Membership(membership) => FIXED + 256 * membership.nodes().count(),
+        openraft::EntryPayload::Blank => FIXED,
+    }
+}

@@ -12,7 +12,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use shoal_raft::{NodeAddr, NodeId, TypeConfig};
+use openraft::Entry;
+use shoal_raft::{approx_entry_bytes, NodeAddr, NodeId, TypeConfig};
 
 use std::sync::Arc;
 
@@ -123,14 +124,47 @@ fn wrong_reply<E: std::error::Error>() -> RPCError<NodeId, NodeAddr, E> {
     network_error(std::io::Error::other("reply of the wrong kind"))
 }
 
+/// Most bytes of entries (about: [`approx_entry_bytes`]) one AppendEntries
+/// carries; openraft bounds it by how many entries only, and entries can
+/// hold megabytes each. The rest follows in the next message (openraft's
+/// `PartialSuccess`). Far below the frame limit, and small enough to be
+/// written on the follower within the call's timeout, which openraft sets
+/// to the heartbeat interval (a fifth of `--election-timeout-ms`).
+const MAX_APPEND_BYTES: usize = 4 << 20;
+
+/// How many of `entries`, from the first, fit in `budget` bytes: at least
+/// one, so that any entry can be sent.
+fn entries_within(entries: &[Entry<TypeConfig>], budget: usize) -> usize {
+    let mut bytes = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        bytes += approx_entry_bytes(entry);
+        if bytes > budget && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let fit = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        // The follower commits no further than the last entry it got from
+        // this leader, whatever `leader_commit` says.
+        let sent_part = (fit < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(fit);
+            rpc.entries.last().map(|entry| entry.log_id)
+        });
         match self.call(Request::AppendEntries(rpc), &option).await? {
-            Reply::AppendEntries(result) => self.remote(result),
+            Reply::AppendEntries(result) => match (self.remote(result)?, sent_part) {
+                (AppendEntriesResponse::Success, Some(last_sent)) => {
+                    Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+                }
+                (response, _) => Ok(response),
+            },
             _ => Err(wrong_reply()),
         }
     }

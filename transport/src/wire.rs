@@ -30,7 +30,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// in chunks; 9: refusals say which limit; 10: a scan carries its row
 /// limit; 11: and its byte limit).
 const WIRE_VERSION: u8 = 11;
-/// Largest frame accepted; snapshot chunks and append batches stay far below.
+/// Largest frame accepted; snapshot chunks (1 MiB), AppendEntries (4 MiB of
+/// entries, or one larger entry) and Raft entries (4 MiB of proposals, or
+/// one larger proposal) stay far below.
 const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Largest frame of the handshake (a nonce, a proof and a nonce, a verdict
 /// and a proof: 48 bytes or less), so a stranger cannot make a node wait for

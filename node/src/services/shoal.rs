@@ -146,6 +146,11 @@ pub struct Pending {
 pub const PROPOSAL_QUEUE: usize = 4096;
 /// Most proposals in one Raft entry.
 const MAX_BATCH: usize = 256;
+/// Most bytes of proposals in one Raft entry (about: see
+/// `Proposal::approx_bytes`); a proposal larger than this goes alone.
+/// Concurrent writes of large values would otherwise make entries of
+/// hundreds of megabytes, past what one node-to-node message may carry.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Group concurrent writes into Raft entries, one batch in flight per node:
 /// while a batch is being written, new proposals gather into the next one.
 /// openraft 0.9 handles every client write as an entry of its own (its own
@@ -154,13 +159,26 @@ const MAX_BATCH: usize = 256;
 /// One batch in flight rather than several: fewer, larger entries go at
 /// least as far, with lower tail latency (figures in bench/README.md).
 pub async fn propose_batches(shoal: Arc<Shoal>, mut queue: mpsc::Receiver<Pending>) {
-    while let Some(first) = queue.recv().await {
+    // A proposal that would have made the last batch too large starts the next.
+    let mut held_over = None;
+    loop {
+        let first = match held_over.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut bytes = first.proposal.approx_bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
+            let Ok(more) = queue.try_recv() else { break };
+            bytes += more.proposal.approx_bytes();
+            if bytes > MAX_BATCH_BYTES {
+                held_over = Some(more);
+                break;
             }
+            batch.push(more);
         }
         shoal.write_batch(batch).await;
     }

@@ -175,6 +175,52 @@ pub struct Proposal {
     pub command: Command,
 }
 
+impl Proposal {
+    /// About how many bytes the proposal takes encoded: its keys and values
+    /// and a little for everything else. Raft entries and replication
+    /// messages are bounded by it, not only by how many they hold.
+    pub fn approx_bytes(&self) -> usize {
+        const FIXED: usize = 16;
+        let op = |op: &TxnOp| {
+            FIXED
+                + match op {
+                    TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                    TxnOp::Delete { key, .. } | TxnOp::Get { key } => key.len(),
+                }
+        };
+        let command = match &self.command {
+            Command::Txn(txn) => {
+                let compares: usize = txn
+                    .compare
+                    .iter()
+                    .map(|compare| {
+                        FIXED
+                            + compare.key.len()
+                            + match &compare.target {
+                                CompareTarget::Value(value) => value.len(),
+                                _ => 0,
+                            }
+                    })
+                    .sum();
+                compares
+                    + txn
+                        .success
+                        .iter()
+                        .chain(&txn.failure)
+                        .map(op)
+                        .sum::<usize>()
+            }
+            Command::LeaseExpire { leases } => leases.len() * FIXED,
+            Command::Rollback { key, .. } => key.len(),
+            Command::LeaseGrant { .. }
+            | Command::LeaseKeepAlive { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::Compact { .. } => 0,
+        };
+        2 * FIXED + command
+    }
+}
+
 /// How many applied proposals' ids are remembered. Retries end long before
 /// (they stop at the request timeout; at 15 000 writes/s the window is about
 /// a minute), and it bounds the space ids take.
