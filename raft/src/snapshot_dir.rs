@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,12 @@ pub(crate) struct DataFile {
 #[derive(Clone)]
 pub(crate) struct SnapshotDir {
     path: PathBuf,
+    /// The data file whose bytes this process hashed: it wrote the file, or
+    /// checked it when it first served it. Serving it again checks its
+    /// length only: hashing the whole file before every send holds
+    /// openraft's replication task to that follower (its heartbeats
+    /// included) for as long as reading the file takes.
+    hashed: Arc<Mutex<Option<String>>>,
 }
 
 impl SnapshotDir {
@@ -60,7 +67,10 @@ impl SnapshotDir {
     /// format.
     pub(crate) fn open(path: PathBuf) -> std::io::Result<SnapshotDir> {
         std::fs::create_dir_all(&path)?;
-        let dir = SnapshotDir { path };
+        let dir = SnapshotDir {
+            path,
+            hashed: Arc::default(),
+        };
         for name in dir.file_names() {
             if name.contains(TMP_INFIX) || name == "current.snap" {
                 let _ = std::fs::remove_file(dir.path.join(name));
@@ -106,26 +116,51 @@ impl SnapshotDir {
     }
 
     /// The current snapshot's meta and its data file (positioned at its
-    /// start), after checking the data's length and hash.
+    /// start), after checking the data's length, and its hash unless this
+    /// process hashed it before.
     pub(crate) fn open_current(&self) -> Result<Option<(Meta, File)>, StorageError> {
         let Some(current) = read_current_file(&self.current_path())? else {
             return Ok(None);
         };
-        let file = self.open_checked(&current.data)?;
+        let hashed = self.lock_hashed().as_deref() == Some(current.data.name.as_str());
+        let file = if hashed {
+            self.open_with_length(&current.data)?
+        } else {
+            let file = self.open_checked(&current.data)?;
+            *self.lock_hashed() = Some(current.data.name.clone());
+            file
+        };
         Ok(Some((current.meta, file)))
     }
 
-    /// A data file, positioned at its start, after checking its length and
-    /// hash against what was written.
-    fn open_checked(&self, data: &DataFile) -> Result<File, StorageError> {
+    fn lock_hashed(&self) -> MutexGuard<'_, Option<String>> {
+        self.hashed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A data file, after checking its length against what was written.
+    fn open_with_length(&self, data: &DataFile) -> Result<File, StorageError> {
         let path = self.path.join(&data.name);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(corrupt("the data file is missing"))
             }
             Err(e) => return Err(file_error(&path, e)),
         };
+        let len = file.metadata().map_err(|e| file_error(&path, e))?.len();
+        if len != data.len {
+            return Err(corrupt("the data file's length does not match"));
+        }
+        Ok(file)
+    }
+
+    /// A data file, positioned at its start, after checking its length and
+    /// hash against what was written.
+    fn open_checked(&self, data: &DataFile) -> Result<File, StorageError> {
+        let path = self.path.join(&data.name);
+        let mut file = self.open_with_length(data)?;
         let mut summed = Summing::new(std::io::sink());
         std::io::copy(&mut file, &mut summed).map_err(|e| file_error(&path, e))?;
         if (summed.len, *summed.hasher.finalize().as_bytes()) != (data.len, data.hash) {
@@ -177,6 +212,7 @@ impl SnapshotDir {
     /// Remove the current snapshot (found damaged) and every data file.
     pub(crate) fn remove_current(&self) -> Result<(), StorageError> {
         let path = self.current_path();
+        *self.lock_hashed() = None;
         std::fs::remove_file(&path).map_err(|e| file_error(&path, e))?;
         self.remove_data_files_but(&[]);
         Ok(())
@@ -225,8 +261,9 @@ impl SnapshotDir {
         let _ = std::fs::remove_file(self.path.join(data.name));
     }
 
-    /// Make `meta` with `data` the current snapshot, and remove every other
-    /// data file. Returns the data file, open at its start.
+    /// Make `meta` with `data` (written by [`SnapshotDir::write_data`], which
+    /// hashed it) the current snapshot, and remove every other data file.
+    /// Returns the data file, open at its start.
     pub(crate) fn make_current(
         &self,
         meta: Meta,
@@ -236,6 +273,7 @@ impl SnapshotDir {
         let file = File::open(&path).map_err(|e| file_error(&path, e))?;
         let current = CurrentSnapshot { meta, data };
         save_file(&self.current_path(), CURRENT_MAGIC, &encode(&current)?)?;
+        *self.lock_hashed() = Some(current.data.name.clone());
         self.remove_data_files_but(&[&current.data.name]);
         Ok((current.meta, file))
     }
