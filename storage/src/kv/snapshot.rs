@@ -93,13 +93,14 @@ impl Store {
         data: impl Read,
         batch_bytes: usize,
     ) -> Result<(), StorageError> {
+        // The applier's cache describes the state being replaced. Locked
+        // before the readers' gate: the applier reads with its cache locked.
+        let mut cache = self.lock_applied_kv();
+        cache.clear();
         let _readers_wait = self
             .sm_gate
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // The applier's cache describes the state being replaced.
-        let mut cache = self.lock_applied_kv();
-        cache.clear();
         let mut batch = WriteBatch::default();
         for name in STATE_MACHINE_CFS {
             let cf = self.cf(name)?;
