@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::SnapshotMeta;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shoal_codec::{decode, encode};
 use shoal_storage::StorageError;
@@ -76,8 +77,8 @@ impl SnapshotDir {
                 let _ = std::fs::remove_file(dir.path.join(name));
             }
         }
-        let current = read_current_file(&dir.current_path()).ok().flatten();
-        let importing = read_importing_file(&dir.importing_path()).ok().flatten();
+        let current = dir.read_current().ok().flatten();
+        let importing = dir.read_importing().ok().flatten();
         let keep: Vec<&str> = [current.as_ref().map(|c| &c.data), importing.as_ref()]
             .into_iter()
             .flatten()
@@ -99,6 +100,14 @@ impl SnapshotDir {
         self.path.join(IMPORTING_FILE)
     }
 
+    fn read_current(&self) -> Result<Option<CurrentSnapshot>, StorageError> {
+        read_file(&self.current_path(), CURRENT_MAGIC)
+    }
+
+    fn read_importing(&self) -> Result<Option<DataFile>, StorageError> {
+        read_file(&self.importing_path(), IMPORTING_MAGIC)
+    }
+
     fn file_names(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.path) else {
             return Vec::new();
@@ -112,14 +121,14 @@ impl SnapshotDir {
     /// The current snapshot's meta, from `current.meta` alone (its data
     /// file is not read).
     pub(crate) fn current_meta(&self) -> Result<Option<Meta>, StorageError> {
-        Ok(read_current_file(&self.current_path())?.map(|current| current.meta))
+        Ok(self.read_current()?.map(|current| current.meta))
     }
 
     /// The current snapshot's meta and its data file (positioned at its
     /// start), after checking the data's length, and its hash unless this
     /// process hashed it before.
     pub(crate) fn open_current(&self) -> Result<Option<(Meta, File)>, StorageError> {
-        let Some(current) = read_current_file(&self.current_path())? else {
+        let Some(current) = self.read_current()? else {
             return Ok(None);
         };
         let hashed = self.lock_hashed().as_deref() == Some(current.data.name.as_str());
@@ -179,12 +188,12 @@ impl SnapshotDir {
 
     /// Note durably that `data` is being imported into the state machine.
     pub(crate) fn mark_importing(&self, data: &DataFile) -> Result<(), StorageError> {
-        save_file(&self.importing_path(), IMPORTING_MAGIC, &encode(data)?)
+        save_file(&self.importing_path(), IMPORTING_MAGIC, data)
     }
 
     /// The data file of an import a crash interrupted, checked, if any.
     pub(crate) fn interrupted_import(&self) -> Result<Option<File>, StorageError> {
-        match read_importing_file(&self.importing_path())? {
+        match self.read_importing()? {
             Some(data) => self.open_checked(&data).map(Some),
             None => Ok(None),
         }
@@ -202,7 +211,7 @@ impl SnapshotDir {
         sync_dir(&self.path).map_err(|e| file_error(&self.path, e))?;
         // Unless the current snapshot cannot be read just now: then every
         // data file stays, and the next change of snapshot removes them.
-        if let Ok(current) = read_current_file(&self.current_path()) {
+        if let Ok(current) = self.read_current() {
             let keep: Vec<&str> = current.iter().map(|c| c.data.name.as_str()).collect();
             self.remove_data_files_but(&keep);
         }
@@ -269,10 +278,9 @@ impl SnapshotDir {
         meta: Meta,
         data: DataFile,
     ) -> Result<(Meta, File), StorageError> {
-        let path = self.path.join(&data.name);
-        let file = File::open(&path).map_err(|e| file_error(&path, e))?;
+        let file = self.open_data(&data)?;
         let current = CurrentSnapshot { meta, data };
-        save_file(&self.current_path(), CURRENT_MAGIC, &encode(&current)?)?;
+        save_file(&self.current_path(), CURRENT_MAGIC, &current)?;
         *self.lock_hashed() = Some(current.data.name.clone());
         self.remove_data_files_but(&[&current.data.name]);
         Ok((current.meta, file))
@@ -352,9 +360,10 @@ fn corrupt(detail: &str) -> StorageError {
 
 /// Persist a meta file atomically: a temporary file of its own, fsync,
 /// rename over the old one, fsync of the directory. Its layout: `magic`,
-/// blake3 of `body`, `body`.
-fn save_file(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<(), StorageError> {
+/// blake3 of the body, the body (the bincode of `value`).
+fn save_file(path: &Path, magic: &[u8; 8], value: &impl Serialize) -> Result<(), StorageError> {
     static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+    let body = encode(value)?;
     let tmp = path.with_extension(format!(
         "{}{}-{}",
         &TMP_INFIX[1..],
@@ -364,8 +373,8 @@ fn save_file(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<(), StorageErr
     let written = (|| {
         let mut file = File::create(&tmp)?;
         file.write_all(magic)?;
-        file.write_all(blake3::hash(body).as_bytes())?;
-        file.write_all(body)?;
+        file.write_all(blake3::hash(&body).as_bytes())?;
+        file.write_all(&body)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         match path.parent() {
@@ -383,9 +392,9 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The body of a meta file written by [`save_file`], checked; `None` when
+/// What a meta file written by [`save_file`] holds, checked; `None` when
 /// there is no such file. A torn or corrupted file is reported.
-fn read_file(path: &Path, magic: &[u8; 8]) -> Result<Option<Vec<u8>>, StorageError> {
+fn read_file<T: DeserializeOwned>(path: &Path, magic: &[u8; 8]) -> Result<Option<T>, StorageError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -400,19 +409,5 @@ fn read_file(path: &Path, magic: &[u8; 8]) -> Result<Option<Vec<u8>>, StorageErr
     if blake3::hash(body).as_bytes() != sum {
         return Err(corrupt("checksum mismatch"));
     }
-    Ok(Some(body.to_vec()))
-}
-
-fn read_current_file(path: &Path) -> Result<Option<CurrentSnapshot>, StorageError> {
-    match read_file(path, CURRENT_MAGIC)? {
-        Some(body) => Ok(Some(decode(&body)?)),
-        None => Ok(None),
-    }
-}
-
-fn read_importing_file(path: &Path) -> Result<Option<DataFile>, StorageError> {
-    match read_file(path, IMPORTING_MAGIC)? {
-        Some(body) => Ok(Some(decode(&body)?)),
-        None => Ok(None),
-    }
+    Ok(Some(decode(body)?))
 }
