@@ -24,6 +24,15 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
         .map_err(|e| CodecError(e.to_string()))
 }
 
+/// Decode a value written by [`encode`] whose strings and byte strings
+/// borrow from `bytes` instead of being copied (a reader that keeps a little
+/// of a large record copies only that).
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|e| CodecError(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ use crate::faults::Faults;
 use crate::routes;
 use crate::services::compaction::compact_history;
 use crate::services::messaging::{self, RpcTransport};
-use crate::services::shoal::{propose_batches, Pending, Shoal, PROPOSAL_QUEUE};
+use crate::services::shoal::{propose_batches, read_permits, Pending, Shoal, PROPOSAL_QUEUE};
 use crate::services::watch_hub::WatchHub;
 use crate::services::{leases, logs, workflow_events, workflow_runner};
 use crate::settings::{self, OptionalListener, Settings};
@@ -148,6 +148,8 @@ pub async fn run(settings: Settings, store_closed: &mut Option<StoreClosed>) -> 
         faults,
         evaluator: Arc::new(crate::services::evaluator::Evaluator::new()),
         space: Default::default(),
+        reads: read_permits(),
+        digest: Default::default(),
     });
     if shoal.acl.enabled() {
         tokio::spawn(logs::index_records(

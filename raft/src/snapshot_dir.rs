@@ -50,6 +50,12 @@ pub(crate) struct DataFile {
     hash: [u8; 32],
 }
 
+impl DataFile {
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct SnapshotDir {
     path: PathBuf,

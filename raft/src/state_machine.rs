@@ -324,6 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 received
                     .seek(SeekFrom::Start(0))
                     .map_err(|e| file_error(sm.snapshots.path(), e))?;
+                let started = std::time::Instant::now();
                 let mut position = sm.lock_snapshots();
                 let ((), data) = sm.snapshots.write_data(|copy| {
                     sm.store.sm_check_export(Tee {
@@ -331,8 +332,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         copy,
                     })
                 })?;
+                let checked = started.elapsed();
                 sm.snapshots.mark_importing(&data)?;
                 sm.store.sm_import(sm.snapshots.open_data(&data)?)?;
+                tracing::info!(
+                    last_log_id = ?meta.last_log_id,
+                    bytes = data.len(),
+                    check_ms = checked.as_millis() as u64,
+                    import_ms = (started.elapsed() - checked).as_millis() as u64,
+                    "installed a snapshot from the leader"
+                );
                 sm.keep_newest(&mut position, meta, data)?;
                 sm.snapshots.clear_importing()
             },

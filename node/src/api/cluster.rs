@@ -186,6 +186,9 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<ClusterSt
     )
 )]
 pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Digest>> {
+    // It reads the whole state: callers that give up cannot stop one that
+    // started, so they must not start several.
+    let _one_at_a_time = shoal.digest.lock().await;
     let digest = shoal.read(|store| store.sm_digest()).await?;
     let applied: Option<openraft::LogId<NodeId>> = match &digest.last_applied {
         Some(bytes) => Some(shoal_codec::decode(bytes)?),

@@ -125,6 +125,21 @@ pub struct Shoal {
     pub evaluator: Arc<super::evaluator::Evaluator>,
     /// The space alarms raised on this node and in the cluster.
     pub space: super::space::SpaceAlarms,
+    /// Blocking reads that may run at once (see [`Shoal::read`]).
+    pub reads: tokio::sync::Semaphore,
+    /// Held while a whole-state digest runs: one at a time.
+    pub digest: tokio::sync::Mutex<()>,
+}
+
+/// Blocking reads a node runs at once, per core. Reads are CPU work on data
+/// in the page cache; past a few per core more threads only take CPU from
+/// the async workers (Raft heartbeats among them) and make each read slower.
+const READS_PER_CORE: usize = 4;
+
+/// The permits of [`Shoal::reads`].
+pub fn read_permits() -> tokio::sync::Semaphore {
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    tokio::sync::Semaphore::new(cores * READS_PER_CORE)
 }
 
 /// What a create-only write ([`Shoal::create`]) found.
@@ -454,11 +469,19 @@ impl Shoal {
         }
     }
 
-    /// Run blocking RocksDB work on the blocking pool.
+    /// Run blocking RocksDB work on the blocking pool, at most
+    /// [`READS_PER_CORE`] per core at once. The rest wait without a thread,
+    /// and one whose request is dropped while it waits never starts (work
+    /// on the blocking pool, once started, cannot be stopped).
     pub async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
     ) -> KvResult<T> {
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| KvError::Internal("the node is stopping".into()))?;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || work(&store)).await {
             Ok(Ok(value)) => Ok(value),

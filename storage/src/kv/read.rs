@@ -4,14 +4,15 @@
 use rocksdb::{Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 
 use super::{
-    key_rev, prefix_end, ChangeBatch, Event, KeyValue, Lease, META_COMPACT_REVISION,
+    key_rev, prefix_end, ChangeBatch, Event, EventType, KeyValue, Lease, META_COMPACT_REVISION,
     META_LAST_APPLIED, META_MEMBERSHIP, META_REVISION,
 };
 use crate::db::{
     key_u64, u64_key, Store, CF_EVENTS, CF_KEY_REVS, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_SM_META,
 };
 use crate::error::StorageError;
-use shoal_codec::decode;
+use serde::Deserialize;
+use shoal_codec::{decode, decode_borrowed};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -188,20 +189,34 @@ impl Store {
         let mut batches = Vec::new();
         let mut next_revision = from.max(1);
         let mut exhausted = true;
-        let mode = IteratorMode::From(&u64_key(next_revision), Direction::Forward);
-        for (scanned, item) in snap.iterator_cf(self.cf(CF_EVENTS)?, mode).enumerate() {
+        // A raw iterator and a borrowing decode: batches are looked at where
+        // RocksDB holds them, and only the kept events are copied.
+        let mut stored = snap.raw_iterator_cf(self.cf(CF_EVENTS)?);
+        stored.seek(u64_key(next_revision));
+        let mut scanned = 0;
+        while let Some(value) = stored.value() {
             if batches.len() == max_batches || scanned == max_scan {
                 exhausted = false;
                 break;
             }
-            let (_, value) = item?;
-            let mut batch: ChangeBatch = decode(&value)?;
+            scanned += 1;
+            let batch: StoredBatch<'_> = decode_borrowed(value)?;
             next_revision = batch.revision + 1;
-            batch.events.retain(|event| matches(&event.kv.key));
-            if !batch.events.is_empty() {
-                batches.push(batch);
+            let events: Vec<Event> = batch
+                .events
+                .into_iter()
+                .filter(|event| matches(event.kv.key))
+                .map(StoredEvent::into_event)
+                .collect();
+            if !events.is_empty() {
+                batches.push(ChangeBatch {
+                    revision: batch.revision,
+                    events,
+                });
             }
+            stored.next();
         }
+        stored.status()?;
         if exhausted {
             next_revision = next_revision.max(counters.revision + 1);
         }
@@ -277,4 +292,96 @@ fn event_at_in(
         .into_iter()
         .rev()
         .find(|event| event.kv.key == key))
+}
+
+/// A stored [`ChangeBatch`] decoded in place: the same fields in the same
+/// order (so the same encoding), with keys and values borrowed.
+#[derive(Deserialize)]
+struct StoredBatch<'a> {
+    revision: u64,
+    #[serde(borrow)]
+    events: Vec<StoredEvent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StoredEvent<'a> {
+    kind: EventType,
+    #[serde(borrow)]
+    kv: StoredKeyValue<'a>,
+}
+
+#[derive(Deserialize)]
+struct StoredKeyValue<'a> {
+    key: &'a str,
+    value: &'a [u8],
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+    lease: u64,
+}
+
+impl StoredEvent<'_> {
+    fn into_event(self) -> Event {
+        let kv = self.kv;
+        Event {
+            kind: self.kind,
+            kv: KeyValue {
+                key: kv.key.to_owned(),
+                value: kv.value.to_vec(),
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `StoredBatch` must keep decoding what `ChangeBatch` encodes: the
+    /// history scan of watches reads every batch through it.
+    #[test]
+    fn a_stored_batch_decodes_in_place_as_the_batch_written() {
+        let batch = ChangeBatch {
+            revision: 7,
+            events: vec![
+                Event {
+                    kind: EventType::Put,
+                    kv: KeyValue {
+                        key: "a/κλειδί".into(),
+                        value: vec![0, 1, 255, 7],
+                        create_revision: 3,
+                        mod_revision: 7,
+                        version: 2,
+                        lease: 9,
+                    },
+                },
+                Event {
+                    kind: EventType::Delete,
+                    kv: KeyValue {
+                        key: "b".into(),
+                        value: Vec::new(),
+                        create_revision: 0,
+                        mod_revision: 7,
+                        version: 0,
+                        lease: 0,
+                    },
+                },
+            ],
+        };
+        let bytes = shoal_codec::encode(&batch).expect("encodes");
+        let stored: StoredBatch<'_> = decode_borrowed(&bytes).expect("decodes in place");
+        let read = ChangeBatch {
+            revision: stored.revision,
+            events: stored
+                .events
+                .into_iter()
+                .map(StoredEvent::into_event)
+                .collect(),
+        };
+        assert_eq!(read, batch);
+    }
 }
