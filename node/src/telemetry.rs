@@ -233,6 +233,11 @@ fn describe_node_metrics() {
         Unit::Seconds,
         "Time to answer an HTTP API request, by method and route."
     );
+    describe_counter!(
+        "shoal_state_digests_total",
+        Unit::Count,
+        "Digests of the whole replicated state computed for GET /v1/cluster/digest (requests answered with the last one, nothing having been applied since, are not counted)."
+    );
     describe_histogram!(
         "shoal_raft_write_seconds",
         Unit::Seconds,

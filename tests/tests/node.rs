@@ -1,7 +1,9 @@
 //! Node endpoints, the command line surface and how settings are read.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures::stream::{self, StreamExt};
 use shoal_tests::*;
 
 /// `/ready` is a readiness probe: once the node has caught up it stays
@@ -296,4 +298,53 @@ async fn help_texts() {
     let out = run_shoal(&["no-such-command"], None, &[]).await;
     assert!(!out.status.success(), "an unknown subcommand must fail");
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+/// `GET /v1/cluster/digest` reads the whole state, and a caller that gives
+/// up cannot stop a digest that started: a node computes one at a time,
+/// and requests that waited take the last result when nothing was applied
+/// meanwhile. 16 requests at once cost one computation per state they
+/// saw (`shoal_state_digests_total`), not one each.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_digests_of_one_state_are_computed_once() {
+    let node = Node::start().await;
+    let value = vec![b'd'; 64 << 10];
+    for i in 0..64 {
+        node.put(&format!("digest/{i:02}"), &value).await;
+    }
+    let computed = || async {
+        let reply = node.get_path("/metrics").await;
+        metric_value(&reply.text, "shoal_state_digests_total").unwrap_or(0.0)
+    };
+    // One computed before, so that the metric exists.
+    assert_eq!(
+        node.get_path("/v1/cluster/digest").await.status,
+        StatusCode::OK
+    );
+    let before = computed().await;
+    let replies: Vec<Reply> = stream::iter(0..16)
+        .map(|_| node.get_path("/v1/cluster/digest"))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let after = computed().await;
+    assert!(before >= 1.0, "shoal_state_digests_total is missing or 0");
+    let mut states = BTreeSet::new();
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        states.insert((
+            num(&reply.body, "/applied_index"),
+            text(&reply.body, "/digest").to_string(),
+        ));
+    }
+    // A state (applied position) has one digest.
+    let positions: BTreeSet<u64> = states.iter().map(|(index, _)| *index).collect();
+    assert_eq!(positions.len(), states.len(), "{states:?}");
+    assert!(
+        after - before <= states.len() as f64,
+        "{} digests computed for {} request(s) that saw {} state(s)",
+        after - before,
+        replies.len(),
+        states.len()
+    );
 }

@@ -179,17 +179,27 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<ClusterSt
     tag = "cluster",
     operation_id = "clusterDigest",
     summary = "A digest of this node's whole replicated state",
-    description = "A hash (blake3) over every record of the replicated state (keys with revisions and values, history, leases, proposal ids, counters, the applied Raft position), read from one consistent view of this node's local state (no read barrier). Replicas at the same `applied_index` must have the same `digest`.",
+    description = "A hash (blake3) over every record of the replicated state (keys with revisions and values, history, leases, proposal ids, counters, the applied Raft position), read from one consistent view of this node's local state (no read barrier). Replicas at the same `applied_index` must have the same `digest`. A node computes one digest at a time; a request that arrives while one runs waits for it, and takes its result when nothing was applied meanwhile.",
     responses(
         (status = 200, description = "The digest.", body = Digest),
         (status = 500, response = crate::api::doc::Internal),
     )
 )]
 pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Digest>> {
-    // It reads the whole state: callers that give up cannot stop one that
-    // started, so they must not start several.
-    let _one_at_a_time = shoal.digest.lock().await;
-    let digest = shoal.read(|store| store.sm_digest()).await?;
+    // It reads the whole state, and callers that give up cannot stop one
+    // that started: one at a time, and the same state is not read twice
+    // (the applied position names it; see the description).
+    let mut last = shoal.digest.lock().await;
+    let (applied, _) = shoal.read(|store| store.sm_applied()).await?;
+    let digest = match last.as_ref() {
+        Some(last) if last.last_applied.is_some() && last.last_applied == applied => last.clone(),
+        _ => {
+            let digest = shoal.read(|store| store.sm_digest()).await?;
+            metrics::counter!("shoal_state_digests_total").increment(1);
+            *last = Some(digest.clone());
+            digest
+        }
+    };
     let applied: Option<openraft::LogId<NodeId>> = match &digest.last_applied {
         Some(bytes) => Some(shoal_codec::decode(bytes)?),
         None => None,

@@ -127,8 +127,10 @@ pub struct Shoal {
     pub space: super::space::SpaceAlarms,
     /// Blocking reads that may run at once (see [`Shoal::read`]).
     pub reads: tokio::sync::Semaphore,
-    /// Held while a whole-state digest runs: one at a time.
-    pub digest: tokio::sync::Mutex<()>,
+    /// The last whole-state digest, held while one is computed: one at a
+    /// time, and callers that queued behind it take it if nothing has been
+    /// applied since (see `api::cluster::digest`).
+    pub digest: tokio::sync::Mutex<Option<shoal_storage::kv::Digest>>,
 }
 
 /// Blocking reads a node runs at once, per core. Reads are CPU work on data

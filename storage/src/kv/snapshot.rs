@@ -156,6 +156,7 @@ impl Store {
 }
 
 /// See [`Store::sm_digest`].
+#[derive(Clone)]
 pub struct Digest {
     pub hash: [u8; 32],
     pub revision: u64,
