@@ -60,8 +60,9 @@ impl DataFile {
 pub(crate) struct SnapshotDir {
     path: PathBuf,
     /// The data file whose bytes this process hashed: it wrote the file, or
-    /// checked it when it first served it. Serving it again checks its
-    /// length only: hashing the whole file before every send holds
+    /// checked it when it first loaded it (openraft loads the current
+    /// snapshot at start). Serving it checks its length only: hashing the
+    /// whole file before every send holds
     /// openraft's replication task to that follower (its heartbeats
     /// included) for as long as reading the file takes.
     hashed: Arc<Mutex<Option<String>>>,
