@@ -65,14 +65,11 @@ pub(super) async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, Pass
             state.cursor = due.last().map(|(seq, _)| *seq);
         }
         Err(AttemptError::Sql(shoal_sinks::WriteError::Refused(_))) if due.len() > 1 => {
-            for (seq, mut entry) in due {
+            for (seq, entry) in due {
                 match write_sql(state, sink, &[&entry.message]).await {
                     Ok(()) => delivered(state, &[(seq, entry)]).await?,
                     Err(error) => {
-                        entry.attempts += 1;
-                        entry.last_error = Some(error.to_string());
-                        let delay = sql_retry_delay(&error, entry.attempts);
-                        if let Some(at) = failed(state, seq, entry, &error, delay).await? {
+                        if let Some(at) = sql_failed(state, seq, entry, &error).await? {
                             return Ok(Next::At(at));
                         }
                     }
@@ -81,13 +78,10 @@ pub(super) async fn pass_sql(state: &mut State, sink: &str) -> Result<Next, Pass
             }
         }
         Err(error) => {
-            let Some((seq, mut entry)) = due.into_iter().next() else {
+            let Some((seq, entry)) = due.into_iter().next() else {
                 return Ok(Next::Idle);
             };
-            entry.attempts += 1;
-            entry.last_error = Some(error.to_string());
-            let delay = sql_retry_delay(&error, entry.attempts);
-            if let Some(at) = failed(state, seq, entry, &error, delay).await? {
+            if let Some(at) = sql_failed(state, seq, entry, &error).await? {
                 return Ok(Next::At(at));
             }
             state.cursor = Some(seq);
@@ -179,12 +173,21 @@ pub(super) async fn pass_dataset(state: &mut State, name: &str) -> Result<Next, 
     })
 }
 
-/// A row the database refused is dead at once; anything else waits.
-fn sql_retry_delay(error: &AttemptError, attempts: u32) -> Option<u64> {
-    match error {
+/// Record a failed attempt to write `entry`'s row: a row the database
+/// refused is dead at once; anything else waits. When it waits: until when.
+async fn sql_failed(
+    state: &State,
+    seq: u64,
+    mut entry: Entry,
+    error: &AttemptError,
+) -> Result<Option<u64>, PassError> {
+    entry.attempts += 1;
+    entry.last_error = Some(error.to_string());
+    let delay = match error {
         AttemptError::Sql(shoal_sinks::WriteError::Refused(_)) => None,
-        _ => next_delay(&FOREVER_RETRY_MS, attempts, true),
-    }
+        _ => next_delay(&FOREVER_RETRY_MS, entry.attempts, true),
+    };
+    failed(state, seq, entry, error, delay).await
 }
 
 /// Write messages as rows of a sink. A sink or database this node does
