@@ -20,6 +20,7 @@ use std::sync::MutexGuard;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::cache::KvCache;
+use super::read::StoredBatch;
 use super::{
     key_rev, lease_key, prefix_end, ChangeBatch, Command, Compare, CompareOp, CompareTarget, Event,
     EventType, KeyValue, Lease, OpResult, Proposal, Rejection, Response, Txn, TxnOp,
@@ -32,7 +33,7 @@ use crate::db::{
 };
 
 use crate::error::StorageError;
-use shoal_codec::{decode, encode};
+use shoal_codec::{decode, decode_borrowed, encode};
 
 /// The Raft position an apply records: the last entry's encoded log id, and
 /// the encoded membership if the run changed it.
@@ -680,11 +681,11 @@ impl ApplyTx<'_> {
         let mode = IteratorMode::From(&u64_key(old), Direction::Forward);
         for item in self.store.db.iterator_cf_opt(events, opts, mode) {
             let (_, value) = item?;
-            let batch: ChangeBatch = decode(&value)?;
+            let batch: StoredBatch<'_> = decode_borrowed(&value)?;
             for event in &batch.events {
                 self.ops.push(Op::Delete(
                     CF_KEY_REVS,
-                    key_rev(&event.kv.key, batch.revision),
+                    key_rev(event.kv.key, batch.revision),
                 ));
             }
         }

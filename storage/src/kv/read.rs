@@ -286,33 +286,36 @@ fn event_at_in(
     let Some(bytes) = snap.get_cf(cf, u64_key(revision))? else {
         return Ok(None);
     };
-    let batch: ChangeBatch = decode(&bytes)?;
+    let batch: StoredBatch<'_> = decode_borrowed(&bytes)?;
     Ok(batch
         .events
         .into_iter()
         .rev()
-        .find(|event| event.kv.key == key))
+        .find(|event| event.kv.key == key)
+        .map(StoredEvent::into_event))
 }
 
 /// A stored [`ChangeBatch`] decoded in place: the same fields in the same
-/// order (so the same encoding), with keys and values borrowed.
+/// order (so the same encoding), with keys and values borrowed. Readers
+/// that keep a few events of a batch (a watch of some keys, one key's
+/// history, compaction's keys) copy only those.
 #[derive(Deserialize)]
-struct StoredBatch<'a> {
-    revision: u64,
+pub(super) struct StoredBatch<'a> {
+    pub(super) revision: u64,
     #[serde(borrow)]
-    events: Vec<StoredEvent<'a>>,
+    pub(super) events: Vec<StoredEvent<'a>>,
 }
 
 #[derive(Deserialize)]
-struct StoredEvent<'a> {
+pub(super) struct StoredEvent<'a> {
     kind: EventType,
     #[serde(borrow)]
-    kv: StoredKeyValue<'a>,
+    pub(super) kv: StoredKeyValue<'a>,
 }
 
 #[derive(Deserialize)]
-struct StoredKeyValue<'a> {
-    key: &'a str,
+pub(super) struct StoredKeyValue<'a> {
+    pub(super) key: &'a str,
     value: &'a [u8],
     create_revision: u64,
     mod_revision: u64,
@@ -321,7 +324,7 @@ struct StoredKeyValue<'a> {
 }
 
 impl StoredEvent<'_> {
-    fn into_event(self) -> Event {
+    pub(super) fn into_event(self) -> Event {
         let kv = self.kv;
         Event {
             kind: self.kind,

@@ -624,3 +624,38 @@ fn an_import_does_not_hold_the_state_in_memory() {
     );
     assert_eq!(target.sm_digest().expect("digest").hash, want.hash);
 }
+
+/// A key's history finds its own event in a revision that changed several
+/// keys, with its own value (the events are read in place, one copied).
+#[test]
+fn history_of_a_key_changed_with_others_in_one_revision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let put_op = |key: &str, value: &[u8]| TxnOp::Put {
+        key: key.into(),
+        value: value.to_vec(),
+        lease: 0,
+    };
+    let txn = Command::Txn(Txn {
+        compare: vec![],
+        success: vec![
+            put_op("x", &[1; 3000]),
+            put_op("y", b"two"),
+            put_op("z", b""),
+        ],
+        failure: vec![],
+    });
+    assert_eq!(apply(&store, &txn).changes.map(|c| c.revision), Some(1));
+    for (key, value) in [
+        ("x", vec![1; 3000]),
+        ("y", b"two".to_vec()),
+        ("z", Vec::new()),
+    ] {
+        let (_, history) = store.kv_history(key, None, 10).expect("history");
+        let found: Vec<(&str, &[u8], u64)> = history
+            .iter()
+            .map(|e| (e.kv.key.as_str(), e.kv.value.as_slice(), e.kv.mod_revision))
+            .collect();
+        assert_eq!(found, vec![(key, value.as_slice(), 1)], "history of {key}");
+    }
+}
