@@ -344,8 +344,9 @@ impl StoredEvent<'_> {
 mod tests {
     use super::*;
 
-    /// `StoredBatch` must keep decoding what `ChangeBatch` encodes: the
-    /// history scan of watches reads every batch through it.
+    /// `StoredBatch` must keep decoding what `ChangeBatch` encodes: every
+    /// reader of the history (watches, a key's history, compaction) reads
+    /// the stored batches through it.
     #[test]
     fn a_stored_batch_decodes_in_place_as_the_batch_written() {
         let batch = ChangeBatch {
