@@ -16,6 +16,9 @@
 //! - `SHOAL_FAULT_WAKE_DELAY_MS=N`: a workflow instance's actor waits N ms
 //!   before it evaluates a state the runner handed it (a state that a later
 //!   write overtakes meanwhile).
+//! - `SHOAL_FAULT_SNAPSHOT_IMPORT_DELAY_MS=N`: installing a snapshot holds
+//!   the state machine's readers off N ms longer (a large state on a slow
+//!   disk).
 
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ pub struct Faults {
     pub lifecycle_delay: Option<Duration>,
     pub inbox_delay: Option<Duration>,
     pub wake_delay: Option<Duration>,
+    pub snapshot_import_delay: Option<Duration>,
 }
 
 impl Faults {
@@ -39,18 +43,21 @@ impl Faults {
         let lifecycle_delay = delay_from_env("SHOAL_FAULT_LIFECYCLE_DELAY_MS");
         let inbox_delay = delay_from_env("SHOAL_FAULT_INBOX_DELAY_MS");
         let wake_delay = delay_from_env("SHOAL_FAULT_WAKE_DELAY_MS");
+        let snapshot_import_delay = delay_from_env("SHOAL_FAULT_SNAPSHOT_IMPORT_DELAY_MS");
         let faults = Faults {
             log_sync_delay,
             lose_unsynced_writes,
             lifecycle_delay,
             inbox_delay,
             wake_delay,
+            snapshot_import_delay,
         };
         if log_sync_delay.is_some()
             || lose_unsynced_writes
             || lifecycle_delay.is_some()
             || inbox_delay.is_some()
             || wake_delay.is_some()
+            || snapshot_import_delay.is_some()
         {
             tracing::warn!(?faults, "fault injection is on (debug build)");
         }

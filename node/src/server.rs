@@ -236,6 +236,7 @@ async fn open_store(settings: &Settings, faults: &Faults) -> anyhow::Result<Stor
     let db_path = settings.data_dir.join("db");
     let open_options = OpenOptions {
         lose_unsynced_writes: faults.lose_unsynced_writes,
+        slow_snapshot_import: faults.snapshot_import_delay,
     };
     tokio::task::spawn_blocking(move || Store::open_with(&db_path, open_options))
         .await?

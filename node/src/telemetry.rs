@@ -329,6 +329,11 @@ fn describe_node_metrics() {
         "Revision below which key history has been compacted."
     );
     describe_gauge!(
+        "shoal_snapshot_installing",
+        Unit::Count,
+        "1 while this node replaces its state with a snapshot from the leader (its reads wait meanwhile), else 0."
+    );
+    describe_gauge!(
         "shoal_storage_disk_bytes",
         Unit::Bytes,
         "Size of the node's RocksDB files on disk."

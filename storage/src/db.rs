@@ -9,7 +9,7 @@ use rocksdb::{
 };
 
 use crate::error::StorageError;
-use crate::kv::KvCache;
+use crate::kv::{Counters, KvCache};
 
 /// Raft log entries, keyed by index (big-endian u64).
 pub(crate) const CF_LOG: &str = "raft_log";
@@ -122,6 +122,13 @@ pub struct Store {
     /// several writes: a reader sees the state before the import or after
     /// it, never a mixture (see [`Store::sm_import`]).
     pub(crate) sm_gate: Arc<RwLock<()>>,
+    /// While a snapshot import replaces the state: the counters of the
+    /// state it replaces, for status reads that must not wait for it
+    /// ([`Store::counters_unless_importing`]).
+    pub(crate) importing: Arc<Mutex<Option<Counters>>>,
+    /// Fault injection: an import sleeps this long once it holds the
+    /// readers' gate (see [`OpenOptions::slow_snapshot_import`]).
+    pub(crate) import_delay: Option<Duration>,
     /// Raised when the last clone is dropped. Declared after `db`, so fields
     /// drop in that order: the database is closed before the flag goes up.
     closed: Arc<ClosedFlag>,
@@ -169,6 +176,9 @@ pub struct OpenOptions {
     /// loses exactly what a power cut would lose: every write after the last
     /// fsync. Synced writes and [`Store::sync_wal`] still reach the disk.
     pub lose_unsynced_writes: bool,
+    /// Fault injection: a snapshot import holds readers off this much
+    /// longer than it needs (an import of a large state on a slow disk).
+    pub slow_snapshot_import: Option<Duration>,
 }
 
 impl Store {
@@ -197,6 +207,8 @@ impl Store {
             applied_kv: Arc::default(),
             applied_proposals: Arc::default(),
             sm_gate: Arc::default(),
+            importing: Arc::default(),
+            import_delay: options.slow_snapshot_import,
             closed: Arc::new(ClosedFlag(closed)),
         };
         store.load_applied_proposals()?;

@@ -219,6 +219,122 @@ async fn a_follower_catches_up_from_a_large_snapshot() {
         });
 }
 
+/// While a follower installs a snapshot from the leader, its reads wait
+/// for the install, but its status and metrics answer at once and say so,
+/// and it is not ready. The install is held 8 s by a fault hook, and more
+/// local reads than the node runs at once are waiting on it: status read
+/// through the gate, or behind those reads, would not answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_installing_a_snapshot_answers_status_and_is_not_ready() {
+    let mut builder = Cluster::builder(3).args(&["--snapshot-every", "20"]);
+    for i in 0..3 {
+        builder = builder.node_env(i, "SHOAL_FAULT_SNAPSHOT_IMPORT_DELAY_MS", "8000");
+    }
+    let mut cluster = builder.start().await;
+    cluster.wait_formed().await;
+    let leader = cluster.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    let left_at = num(&cluster.node(follower).status().await, "/applied_index");
+    cluster.node_mut(follower).kill9();
+    for i in 0..100 {
+        cluster
+            .node(leader)
+            .put(&format!("inst/{i:03}"), b"v")
+            .await;
+    }
+    wait_for(T, "the leader's log purged past the follower", || async {
+        let status = cluster.node(leader).status().await;
+        let first_log = opt_num(&status, "/first_log_index").unwrap_or(0);
+        if first_log > left_at + 1 {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+
+    cluster.node_mut(follower).restart_no_wait();
+    let node = cluster.node(follower);
+    let quick = Duration::from_secs(2);
+    wait_for(
+        Duration::from_secs(60),
+        "the follower installing",
+        || async {
+            let reply = node.try_request(Method::GET, "/v1/status", quick).await?;
+            if reply.body["installing_snapshot"] == true {
+                Ok(())
+            } else {
+                Err(reply.text)
+            }
+        },
+    )
+    .await;
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let reads: Vec<_> = (0..cores * 4 + 4)
+        .map(|i| {
+            let request = node.request(
+                Method::GET,
+                &format!("/v1/kv/inst/{:03}?consistency=stale", i % 100),
+            );
+            tokio::spawn(request.send())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = node
+        .try_request(Method::GET, "/v1/status", quick)
+        .await
+        .unwrap_or_else(|e| panic!("no status while installing: {e}"));
+    assert_eq!(status.status, StatusCode::OK, "{}", status.text);
+    assert_eq!(status.body["installing_snapshot"], true, "{}", status.text);
+    let metrics = node
+        .try_request(Method::GET, "/metrics", quick)
+        .await
+        .unwrap_or_else(|e| panic!("no metrics while installing: {e}"));
+    assert!(
+        metrics.text.contains("shoal_snapshot_installing 1"),
+        "{}",
+        metrics.text
+    );
+    let ready = node
+        .try_request(Method::GET, "/ready", quick)
+        .await
+        .unwrap_or_else(|e| panic!("no readiness while installing: {e}"));
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.text
+    );
+    assert!(
+        ready.text.contains("installing a snapshot"),
+        "{}",
+        ready.text
+    );
+
+    for read in reads {
+        let _ = read.await;
+    }
+    let all: Vec<usize> = (0..3).collect();
+    cluster
+        .wait_same_applied_digest(&all, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("the follower did not catch up: {e}"));
+    let node = cluster.node(follower);
+    let status = node.status().await;
+    assert_eq!(status["installing_snapshot"], false, "{status}");
+    assert_eq!(kv_value(&node.get_kv("inst/099").await), b"v");
+    wait_for(T, "the follower ready again", || async {
+        let reply = node.try_request(Method::GET, "/ready", quick).await?;
+        if reply.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(reply.text)
+        }
+    })
+    .await;
+}
+
 /// Concurrent writes of large values make Raft entries of bounded size,
 /// and replication messages are bounded by bytes too: 96 writes of 1000
 /// KiB at once, half of them through a follower, are all acknowledged and

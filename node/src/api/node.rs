@@ -67,6 +67,10 @@ pub struct Status {
     pub revision: u64,
     /// Compaction point.
     pub compact_revision: u64,
+    /// True while this node replaces its state with a snapshot from the
+    /// leader: its reads wait until the install ends, and `revision` and
+    /// `compact_revision` are those of the state being replaced.
+    pub installing_snapshot: bool,
     /// Active watchers on this node.
     pub watchers: u64,
     /// Seconds since the process started.
@@ -96,17 +100,18 @@ pub async fn health() -> Json<Health> {
 /// everything committed, once since it started. After that it stays ready
 /// while it knows a leader: every write is committed a moment before it is
 /// applied, so comparing the two on each probe would take a busy node out of
-/// service again and again.
+/// service again and again. An install of a snapshot takes it out: its
+/// reads wait until the install ends.
 #[utoipa::path(
     get,
     path = "/ready",
     tag = "node",
     operation_id = "ready",
     summary = "Readiness check",
-    description = "200 once the node knows a Raft leader (and is leader, follower or learner) and has caught up: applied every committed log entry, once since it started. After that it stays ready while it knows a leader (writes in flight do not make it unready). Otherwise 503 `unavailable` with a message saying why (`not ready: no Raft leader yet` or `not ready: applying the committed log`).",
+    description = "200 once the node knows a Raft leader (and is leader, follower or learner) and has caught up: applied every committed log entry, once since it started. After that it stays ready while it knows a leader (writes in flight do not make it unready) and is not installing a snapshot from the leader (its reads wait meanwhile). Otherwise 503 `unavailable` with a message saying why (`not ready: no Raft leader yet`, `not ready: applying the committed log` or `not ready: installing a snapshot from the leader`).",
     responses(
         (status = 200, description = "The node is ready to serve.", body = Ready),
-        (status = 503, description = "Not ready: no Raft leader yet, or still catching up with the committed log after starting. Error codes: `unavailable`.", body = crate::api::error::ErrorBody),
+        (status = 503, description = "Not ready: no Raft leader yet, still catching up with the committed log after starting, or installing a snapshot from the leader. Error codes: `unavailable`.", body = crate::api::error::ErrorBody),
     )
 )]
 pub async fn ready(State(app): State<AppState>) -> Response {
@@ -122,7 +127,8 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     if has_leader && applied >= committed {
         app.shoal.caught_up.store(true, Ordering::Relaxed);
     }
-    if has_leader && app.shoal.caught_up.load(Ordering::Relaxed) {
+    let installing = app.shoal.store.importing_snapshot();
+    if has_leader && !installing && app.shoal.caught_up.load(Ordering::Relaxed) {
         Json(Ready {
             status: "ready",
             leader: metrics.current_leader,
@@ -130,7 +136,9 @@ pub async fn ready(State(app): State<AppState>) -> Response {
         })
         .into_response()
     } else {
-        let reason = if has_leader {
+        let reason = if installing {
+            "installing a snapshot from the leader"
+        } else if has_leader {
             "applying the committed log"
         } else {
             "no Raft leader yet"
@@ -145,7 +153,7 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     tag = "node",
     operation_id = "getStatus",
     summary = "Node and cluster status",
-    description = "This node's id and version, Raft role, term, leader, log indexes, the store's current revision and compaction point, and the number of active watchers. Served from local state (no read barrier).",
+    description = "This node's id and version, Raft role, term, leader, log indexes, the store's current revision and compaction point, and the number of active watchers. Served from local state (no read barrier), and at once while the node installs a snapshot from the leader (`installing_snapshot`), when its other reads wait.",
     responses(
         (status = 200, description = "Node status.", body = Status),
         (status = 500, response = crate::api::doc::Internal),
@@ -154,8 +162,13 @@ pub async fn ready(State(app): State<AppState>) -> Response {
 pub async fn status(State(app): State<AppState>) -> ApiResult<Json<Status>> {
     let shoal = &app.shoal;
     let metrics = shoal.raft.metrics().borrow().clone();
-    let (counters, first_log_index) = shoal
-        .read(|store| Ok((store.counters()?, store.log_first_index()?.unwrap_or(0))))
+    let ((counters, installing_snapshot), first_log_index) = shoal
+        .read_without_permit(|store| {
+            Ok((
+                store.counters_unless_importing()?,
+                store.log_first_index()?.unwrap_or(0),
+            ))
+        })
         .await?;
     Ok(Json(Status {
         node_id: shoal.node_id,
@@ -170,6 +183,7 @@ pub async fn status(State(app): State<AppState>) -> ApiResult<Json<Status>> {
         first_log_index,
         revision: counters.revision,
         compact_revision: counters.compact_revision,
+        installing_snapshot,
         watchers: shoal.hub.watcher_count() as u64,
         uptime_seconds: shoal.started.elapsed().as_secs(),
         api: shoal.settings.advertise_api.clone(),
@@ -210,13 +224,14 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     }
     metrics::gauge!("shoal_subscriber_buffer_bytes")
         .set(shoal.messaging.router.buffered_bytes() as f64);
-    if let Ok((counters, disk)) = shoal
-        .read(|store| Ok((store.counters()?, store.disk_bytes())))
+    if let Ok(((counters, installing), disk)) = shoal
+        .read_without_permit(|store| Ok((store.counters_unless_importing()?, store.disk_bytes())))
         .await
     {
         metrics::gauge!("shoal_kv_revision").set(counters.revision as f64);
         metrics::gauge!("shoal_kv_compact_revision").set(counters.compact_revision as f64);
         metrics::gauge!("shoal_storage_disk_bytes").set(disk as f64);
+        metrics::gauge!("shoal_snapshot_installing").set(if installing { 1.0 } else { 0.0 });
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -484,6 +484,16 @@ impl Shoal {
             .acquire()
             .await
             .map_err(|_| KvError::Internal("the node is stopping".into()))?;
+        self.read_without_permit(work).await
+    }
+
+    /// [`Shoal::read`] without waiting for a permit: for reads of a few
+    /// keys that never wait for a snapshot import (status, metrics), which
+    /// must answer while every permit is held by reads waiting for one.
+    pub async fn read_without_permit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
+    ) -> KvResult<T> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || work(&store)).await {
             Ok(Ok(value)) => Ok(value),

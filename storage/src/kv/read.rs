@@ -1,6 +1,8 @@
 //! Consistent reads: each read runs against one RocksDB snapshot, so the
 //! revision it reports matches exactly the data it returns.
 
+use std::sync::{MutexGuard, TryLockError};
+
 use rocksdb::{Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, DB};
 
 use super::{
@@ -56,6 +58,33 @@ impl Store {
 
     pub fn counters(&self) -> Result<Counters, StorageError> {
         self.counters_in(&self.view())
+    }
+
+    /// The counters without waiting for a snapshot import: while one
+    /// replaces the state, the counters of the state it replaces and
+    /// `true`. Status and metrics read this way, so that they answer while
+    /// an import of gigabytes holds every other reader off.
+    pub fn counters_unless_importing(&self) -> Result<(Counters, bool), StorageError> {
+        let snap = match self.sm_gate.try_read() {
+            Ok(_gate) => self.db.snapshot(),
+            Err(TryLockError::Poisoned(_gate)) => self.db.snapshot(),
+            Err(TryLockError::WouldBlock) => match *self.lock_importing() {
+                Some(replaced) => return Ok((replaced, true)),
+                None => self.view(),
+            },
+        };
+        Ok((self.counters_in(&snap)?, false))
+    }
+
+    /// Whether a snapshot import is replacing the state machine now.
+    pub fn importing_snapshot(&self) -> bool {
+        self.lock_importing().is_some()
+    }
+
+    pub(crate) fn lock_importing(&self) -> MutexGuard<'_, Option<Counters>> {
+        self.importing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The encoded last applied log id and membership, as recorded by `SmBatch::set_position`.

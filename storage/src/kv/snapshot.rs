@@ -97,10 +97,23 @@ impl Store {
         // before the readers' gate: the applier reads with its cache locked.
         let mut cache = self.lock_applied_kv();
         cache.clear();
+        // Noted before the gate is asked for, cleared after it is let go:
+        // whenever the gate refuses a reader, the note is there.
+        let replaced = self.counters()?;
+        *self.lock_importing() = Some(replaced);
+        let imported = self.replace_state(data, batch_bytes);
+        *self.lock_importing() = None;
+        imported
+    }
+
+    fn replace_state(&self, data: impl Read, batch_bytes: usize) -> Result<(), StorageError> {
         let _readers_wait = self
             .sm_gate
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(delay) = self.import_delay {
+            std::thread::sleep(delay);
+        }
         let mut batch = WriteBatch::default();
         for name in STATE_MACHINE_CFS {
             let cf = self.cf(name)?;

@@ -577,6 +577,71 @@ fn readers_never_see_an_import_half_done() {
     assert!(reads > 0);
 }
 
+/// An export that says when it is first read (the import then holds the
+/// readers' gate) and blocks there until told to go on.
+struct HeldExport<'a> {
+    data: &'a [u8],
+    hold: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+}
+
+impl std::io::Read for HeldExport<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some((reading, release)) = self.hold.take() {
+            let _ = reading.send(());
+            let _ = release.recv();
+        }
+        self.data.read(out)
+    }
+}
+
+/// While an import holds every other reader off, the counters answer at
+/// once with the state being replaced, flagged as importing; afterwards
+/// they are the imported state's. Read through the gate, they would wait
+/// for the import to end (and the test would time out).
+#[test]
+fn counters_answer_while_an_import_holds_readers_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Store::open(&dir.path().join("source")).expect("open");
+    put_all(&source, (0..30).map(|i| format!("k/{i:02}")), "new");
+    let exported = export(&source);
+    let store = Store::open(&dir.path().join("importing")).expect("open");
+    put_all(&store, (0..5).map(|i| format!("k/{i:02}")), "old");
+    let before = store.counters().expect("counters");
+    assert_ne!(before, source.counters().expect("counters"));
+    assert!(!store.importing_snapshot());
+
+    let (release, held) = std::sync::mpsc::channel();
+    let (reading, started) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let importer = scope.spawn(|| {
+            store.sm_import(HeldExport {
+                data: &exported,
+                hold: Some((reading, held)),
+            })
+        });
+        started.recv().expect("the import reads its data");
+        assert!(store.importing_snapshot());
+        let (answered, waiting) = std::sync::mpsc::channel();
+        let store = &store;
+        let reader = scope.spawn(move || {
+            let _ = answered.send(store.counters_unless_importing());
+        });
+        let during = waiting.recv_timeout(std::time::Duration::from_secs(10));
+        release.send(()).expect("the import waits");
+        let during = during
+            .expect("the counters waited for the import")
+            .expect("counters");
+        assert_eq!(during, (before, true));
+        importer.join().expect("importer").expect("import");
+        reader.join().expect("reader");
+    });
+    assert!(!store.importing_snapshot());
+    assert_eq!(
+        store.counters_unless_importing().expect("counters"),
+        (source.counters().expect("counters"), false)
+    );
+}
+
 /// This process's resident memory and its peak (`VmRSS`, `VmHWM`), bytes.
 fn rss_and_peak() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
