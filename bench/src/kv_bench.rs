@@ -541,7 +541,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // (system, clients) -> puts/s and gets/s of each round.
     let mut throughput: Vec<(String, usize, f64, f64)> = Vec::new();
     for round in 0..args.rounds {
-        for target in &args.targets {
+        for target in round_order(&args.targets, round) {
             let mut cluster = match target.as_str() {
                 "shoal" => Cluster::shoal(&shoal_bin, false, Tls::Off)?,
                 "shoal-acl" => Cluster::shoal(&shoal_bin, true, Tls::Off)?,
@@ -584,6 +584,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 }
                 failovers.push((target.clone(), times));
             }
+            drop(cluster);
+            settle_disk().await?;
         }
     }
     if args.rounds > 1 {
@@ -604,6 +606,24 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .unwrap_or_default();
         println!("| {target} | {} | {median} |", each.join(", "));
     }
+    Ok(())
+}
+
+/// The systems in the order round `round` runs them: each round starts one
+/// system later, so that over as many rounds as systems each runs once in
+/// every position. With one order for every round, where a system ran in
+/// the round moved its figures by as much as the differences measured
+/// (bench/README.md, kv-bench, 2026-12-07).
+fn round_order(targets: &[String], round: u64) -> impl Iterator<Item = &String> {
+    let start = usize::try_from(round).unwrap_or(0) % targets.len().max(1);
+    targets[start..].iter().chain(&targets[..start])
+}
+
+/// Write back what a stopped cluster left in the page cache before the
+/// next one starts, so that the next one's fsyncs never wait behind it.
+async fn settle_disk() -> anyhow::Result<()> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await?;
     Ok(())
 }
 
