@@ -611,16 +611,15 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
 /// The systems in the order round `round` runs them: each round starts one
 /// system later, so that over as many rounds as systems each runs once in
-/// every position. With one order for every round, where a system ran in
-/// the round moved its figures by as much as the differences measured
-/// (bench/README.md, kv-bench, 2026-12-07).
+/// every position: with one order for every round, a system's place in
+/// the round moved its figures as much as the differences being measured.
 fn round_order(targets: &[String], round: u64) -> impl Iterator<Item = &String> {
     let start = usize::try_from(round).unwrap_or(0) % targets.len().max(1);
     targets[start..].iter().chain(&targets[..start])
 }
 
 /// Write back what a stopped cluster left in the page cache before the
-/// next one starts, so that the next one's fsyncs never wait behind it.
+/// next one starts, so that the write-back does not fall on its figures.
 async fn settle_disk() -> anyhow::Result<()> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await?;
