@@ -5,34 +5,66 @@
 //! every matching row.
 //!
 //! Only shapes whose merge is exact are split: one SELECT over one dataset
-//! without joins, `DISTINCT`, window functions or `GROUP BY` positions;
-//! aggregates `count(*)`, `count(x)`, `sum`, `min`, `max` and `avg` (a sum
-//! and a count); every aggregate in the SELECT list named with `AS`. Any
-//! other query runs as it is over every node's matching rows. That
-//! includes `count(DISTINCT x)`: split, x would join the keys of each
-//! node's groups, and with many distinct values (customers per day) the
-//! nodes would group and send nearly every row, then the merge would
-//! group them again (measured: slower than sending the rows).
+//! without joins, `SELECT DISTINCT`, window functions or `GROUP BY`
+//! positions; aggregates `count(*)`, `count(x)`, `count(DISTINCT x)`,
+//! `sum`, `min`, `max` and `avg` (a sum and a count); every
+//! aggregate in the SELECT list named with `AS`. Any other query runs as it
+//! is over every node's matching rows.
+//!
+//! `count(DISTINCT x)` cannot merge from groups: the same x may be in
+//! several nodes' groups. Each node sends, beside its groups, the keys and
+//! x of each of its matching rows, as a frame of its own; the asking node
+//! counts the distinct x per group over every node's rows and the merge
+//! takes those counts like another group's columns. The other aggregates'
+//! columns (a day's revenue beside its customers) then do not cross once
+//! per row. The nodes do not remove duplicate (keys, x) first: with many
+//! distinct values (customers per day) nearly every row is its own pair,
+//! and grouping them on the nodes measured slower than sending them
+//! (bench/README.md).
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
-    GroupByExpr, Ident, ObjectName, OrderByKind, SelectItem, SetExpr, Statement, TableFactor,
-    VisitMut, VisitorMut,
+    DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
+    FunctionArguments, GroupByExpr, Ident, ObjectName, OrderByKind, SelectItem, SetExpr, Statement,
+    TableFactor, VisitMut, VisitorMut,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
+use serde::{Deserialize, Serialize};
+
 use crate::definition::{DATE_COLUMN, TIME_COLUMN};
 use crate::query::column_name;
+
+/// What each node runs over its rows of a dataset instead of sending them
+/// (a frame per query it has, in this order), and what the asking node
+/// makes of the distinct rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialQueries {
+    /// Its groups: the keys and the partial aggregates.
+    pub groups: Option<String>,
+    /// For `count(DISTINCT x)`: the keys and each x of every matching row.
+    pub distinct_rows: Option<String>,
+    /// Over every node's distinct rows, on the asking node: the keys and
+    /// each count of distinct x, under the names of the x columns; these
+    /// rows are stacked under the groups for the merge.
+    pub distinct_counts: Option<String>,
+}
+
+impl PartialQueries {
+    /// How many frames a node's part of the scan has.
+    pub fn frames(&self) -> usize {
+        usize::from(self.groups.is_some()) + usize::from(self.distinct_rows.is_some())
+    }
+}
 
 /// A query in two steps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Split {
     /// What each node runs over its rows of the dataset.
-    pub partial: String,
+    pub partial: PartialQueries,
     /// What runs over every node's partial rows, registered under the
     /// dataset's name.
     pub merge: String,
@@ -263,22 +295,62 @@ pub fn split(sql: &str, table: &str) -> Option<Split> {
     if collector.refused || collector.aggregates.is_empty() {
         return None;
     }
+    if !collector.distinct.is_empty() {
+        // Distinct values are counted per group of the query, not per day
+        // (a month's customers are not the sum of its days'): no key is
+        // grouped by `date` first.
+        for key in &mut keys {
+            if key.partial != key.original {
+                key.partial = key.original.clone();
+                key.merge = column(&key.name);
+            }
+        }
+    }
 
-    // Each node: the keys and the partial aggregates.
-    let mut partial_select = select.as_ref().clone();
-    let mut projection: Vec<SelectItem> = keys
+    // Each node: the keys and the partial aggregates; the keys and the
+    // distinct arguments of its rows.
+    let key_items: Vec<SelectItem> = keys
         .iter()
         .map(|key| alias(key.partial.clone(), &key.name))
         .collect();
-    let partial_group: Vec<Expr> = keys.iter().map(|key| key.partial.clone()).collect();
-    projection.extend(collector.partials.iter().cloned());
-    partial_select.projection = projection;
-    partial_select.group_by = GroupByExpr::Expressions(partial_group, Vec::new());
-    partial_select.having = None;
-    let mut partial_query = query.as_ref().clone();
-    *partial_query.body = SetExpr::Select(Box::new(partial_select));
-    partial_query.order_by = None;
-    partial_query.limit_clause = None;
+    let key_exprs: Vec<Expr> = keys.iter().map(|key| key.partial.clone()).collect();
+    let node_query = |items: Vec<SelectItem>, group: Vec<Expr>| {
+        let mut node_select = select.as_ref().clone();
+        node_select.projection = key_items.iter().cloned().chain(items).collect();
+        node_select.group_by = GroupByExpr::Expressions(group, Vec::new());
+        node_select.having = None;
+        let mut node_query = query.as_ref().clone();
+        *node_query.body = SetExpr::Select(Box::new(node_select));
+        node_query.order_by = None;
+        node_query.limit_clause = None;
+        node_query.to_string()
+    };
+    let groups = (!collector.partials.is_empty())
+        .then(|| node_query(collector.partials.clone(), key_exprs.clone()));
+    let distinct_rows = (!collector.distinct.is_empty()).then(|| {
+        let items = collector.distinct.iter().map(|(_, item)| item.clone());
+        node_query(items.collect(), Vec::new())
+    });
+    let distinct_counts = (!collector.distinct.is_empty()).then(|| {
+        let names: Vec<String> = keys
+            .iter()
+            .map(|key| column(&key.name).to_string())
+            .collect();
+        let counts = (0..collector.distinct.len()).map(|i| {
+            let name = column(&format!("__d{i}"));
+            format!("count(DISTINCT {name}) AS {name}")
+        });
+        let items: Vec<String> = names.iter().cloned().chain(counts).collect();
+        let group = match names.is_empty() {
+            true => String::new(),
+            false => format!(" GROUP BY {}", names.join(", ")),
+        };
+        format!(
+            "SELECT {} FROM {}{group}",
+            items.join(", "),
+            Ident::with_quote('"', table)
+        )
+    });
 
     // The merge: aggregates of the partial columns, keys by their names.
     let mut merge_select = select.as_ref().clone();
@@ -320,7 +392,11 @@ pub fn split(sql: &str, table: &str) -> Option<Split> {
         return None;
     }
     Some(Split {
-        partial: partial_query.to_string(),
+        partial: PartialQueries {
+            groups,
+            distinct_rows,
+            distinct_counts,
+        },
         merge: merge_query.to_string(),
         uses_date: keys.iter().any(|key| key.partial != key.original),
     })
@@ -385,6 +461,8 @@ struct Collector {
     aggregates: Vec<Aggregate>,
     /// Partial aggregates, `expr AS "__aN"`.
     partials: Vec<SelectItem>,
+    /// Arguments of `count(DISTINCT x)`, `x AS "__dN"`, with their text.
+    distinct: Vec<(String, SelectItem)>,
     /// An aggregate that cannot be merged, or a form not understood.
     refused: bool,
 }
@@ -403,6 +481,20 @@ impl Collector {
         let name = format!("__a{}", self.partials.len());
         self.partials.push(alias(expr, &name));
         column(&name)
+    }
+
+    /// The column of a distinct argument (one per argument text).
+    fn distinct_column(&mut self, arg: &Expr) -> Expr {
+        let text = arg.to_string();
+        let index = match self.distinct.iter().position(|(t, _)| *t == text) {
+            Some(index) => index,
+            None => {
+                let name = format!("__d{}", self.distinct.len());
+                self.distinct.push((text, alias(arg.clone(), &name)));
+                self.distinct.len() - 1
+            }
+        };
+        column(&format!("__d{index}"))
     }
 
     fn function(&mut self, function: &Function, whole: &Expr) {
@@ -424,7 +516,10 @@ impl Collector {
             self.refused = true;
             return;
         };
-        let plain = list.duplicate_treatment.is_none()
+        // Of the aggregates over DISTINCT x, Polars has count alone.
+        let distinct =
+            name == "count" && list.duplicate_treatment == Some(DuplicateTreatment::Distinct);
+        let plain = (list.duplicate_treatment.is_none() || distinct)
             && function.filter.is_none()
             && function.null_treatment.is_none()
             && function.within_group.is_empty()
@@ -442,12 +537,28 @@ impl Collector {
                 }
                 Some(arg.clone())
             }
-            FunctionArg::Unnamed(FunctionArgExpr::Wildcard) if name == "count" => None,
+            FunctionArg::Unnamed(FunctionArgExpr::Wildcard) if name == "count" && !distinct => None,
             _ => {
                 self.refused = true;
                 return;
             }
         };
+        if let (true, Some(arg)) = (distinct, &argument) {
+            if matches!(arg, Expr::Value(_)) {
+                // A node's rows of a constant alone would be one row,
+                // however many (or few) rows it has.
+                self.refused = true;
+                return;
+            }
+            // The group's count of distinct x, from the asking node's
+            // count over every node's rows (one row per group).
+            let counted = self.distinct_column(arg);
+            self.aggregates.push(Aggregate {
+                original,
+                merge: call("max", counted),
+            });
+            return;
+        }
         let merge = match (name.as_str(), argument) {
             ("count", arg) => {
                 let counted = self.partial(match arg {
@@ -513,7 +624,7 @@ fn names_only(query: &sqlparser::ast::Query, known: &BTreeSet<String>) -> bool {
     let mut ok = true;
     let _ = sqlparser::ast::visit_expressions(query, |expr: &Expr| {
         if let Some(name) = column_name(expr) {
-            if !known.contains(name) && !name.starts_with("__a") {
+            if !known.contains(name) && !name.starts_with("__a") && !name.starts_with("__d") {
                 ok = false;
                 return ControlFlow::Break(());
             }
@@ -656,10 +767,26 @@ mod tests {
              GROUP BY hour ORDER BY hour",
             "SELECT strftime(orders._time, '%Y') AS y, status, max(total) AS hi FROM orders \
              GROUP BY y, status ORDER BY y DESC, status",
-        ];
-        let whole_only = [
+            // Aggregates over DISTINCT x: each node sends its distinct
+            // (keys, x) beside its groups (customers are on every node).
             "SELECT date, sum(total) AS revenue, count(DISTINCT customer) AS customers \
              FROM orders GROUP BY date",
+            "SELECT CAST(date AS VARCHAR) AS day, count(*) AS orders, sum(total) AS revenue, \
+             avg(total) AS avg_order, count(DISTINCT customer) AS customers FROM orders \
+             WHERE status = 'completed' GROUP BY date ORDER BY date",
+            "SELECT count(DISTINCT customer) AS c FROM orders WHERE status = 'completed'",
+            "SELECT count(DISTINCT customer) AS c FROM orders WHERE total > 1000000",
+            "SELECT status, count(DISTINCT customer) AS c, count(DISTINCT items) AS i, \
+             max(total) AS hi FROM orders GROUP BY status \
+             HAVING count(DISTINCT customer) > 3 ORDER BY c DESC, status",
+            "SELECT strftime(_time, '%Y-%m') AS month, count(DISTINCT customer) AS c, \
+             count(DISTINCT items) / count(*) AS r FROM orders GROUP BY month ORDER BY month",
+            "SELECT customer, count(DISTINCT customer) AS once, count(*) AS n FROM orders \
+             GROUP BY customer ORDER BY customer",
+            "SELECT items, count(DISTINCT customer) AS c FROM orders \
+             WHERE customer IS NULL GROUP BY items",
+        ];
+        let whole_only = [
             "SELECT customer, median(total) AS m FROM orders GROUP BY customer",
             "SELECT DISTINCT customer FROM orders",
             "SELECT customer, count(*) FROM orders GROUP BY customer",
@@ -667,10 +794,8 @@ mod tests {
             "SELECT o.customer, count(*) AS n FROM orders o GROUP BY o.customer",
             "SELECT customer, count(*) AS n, first(total) AS f FROM orders GROUP BY customer",
             "SELECT customer, n FROM (SELECT customer, count(*) AS n FROM orders GROUP BY customer) AS x",
-            // The nodes run the WHERE and send the other columns only.
-            "SELECT date, count(DISTINCT customer) AS customers, sum(total) AS revenue \
-             FROM orders WHERE status = 'completed' GROUP BY date",
-            "SELECT count(DISTINCT customer) AS c FROM orders WHERE status = 'completed'",
+            "SELECT count(DISTINCT 1) AS c FROM orders",
+            "SELECT status, count(DISTINCT customer) FROM orders GROUP BY status",
             // A subquery reads the whole table (order o-1 is on one node
             // only): neither split nor filtered on the nodes.
             "SELECT status, count(*) AS n FROM orders \
@@ -686,9 +811,14 @@ mod tests {
             let planned = plan(sql, &datasets).expect(sql);
             assert_eq!(planned.merge.is_some(), should_split, "{sql}: {planned:?}");
             if sql.contains("'%Y-%m')") || sql.contains("'%G-W%V')") {
-                // A bucket of whole days: the nodes group by day.
-                let partial = planned.scans[0].partial.as_deref().unwrap_or_default();
-                assert!(!partial.contains("strftime"), "{partial}");
+                // A bucket of whole days: the nodes group by day, unless
+                // distinct values are counted per bucket.
+                let partial = format!("{:?}", planned.scans[0].partial);
+                assert_eq!(
+                    partial.contains("strftime"),
+                    sql.contains("DISTINCT"),
+                    "{partial}"
+                );
             }
             let table = &planned.scans[0];
             let expected = execute(

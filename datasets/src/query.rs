@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use polars::prelude::{
-    col, DataFrame, DataType, Engine, IntoLazy, LazyFrame, PlRefPath, PolarsError, ScanArgsParquet,
+    col, concat, lit, DataFrame, DataType, Engine, IntoLazy, LazyFrame, Null, PlRefPath,
+    PolarsError, ScanArgsParquet, UnionArgs,
 };
 use polars::sql::SQLContext;
 use polars_core::query_result::QueryResult;
@@ -22,6 +23,7 @@ use thiserror::Error;
 
 use crate::days::{day_range, DayRange};
 use crate::definition::{Dataset, DATE_COLUMN, ID_COLUMN, TIME_COLUMN};
+use crate::partial::PartialQueries;
 
 /// Longest SQL text accepted.
 pub const MAX_SQL_BYTES: usize = 8192;
@@ -104,10 +106,11 @@ pub struct TableScan {
     /// The day partitions that WHERE can match (from its conditions on
     /// `date` and `_time`): files of other days are not opened.
     pub days: DayRange,
-    /// The query each node runs over its rows instead, when the query
+    /// What each node runs over its rows instead, when the query
     /// aggregates in a way that merges exactly ([`crate::partial`]): each
-    /// node sends its groups.
-    pub partial: Option<String>,
+    /// node sends its groups (and, for `count(DISTINCT x)`, the keys and x
+    /// of its rows).
+    pub partial: Option<PartialQueries>,
     /// The most rows (or groups) one node's part may have: the asking
     /// node's limit, so every node applies the same one.
     pub max_rows: u64,
@@ -397,56 +400,147 @@ pub fn local_table(
     Ok(table.select(columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()))
 }
 
-/// One node's part of a scan, to be read: its groups when the scan is
-/// partial, else its rows that pass the filter (the columns it sends).
-fn scan_lazy(scan: &TableScan, files: &[PathBuf]) -> Result<LazyFrame, QueryError> {
+/// The lazy frames of one node's part of a scan: when the scan is
+/// partial, its groups and its distinct rows (those of
+/// [`PartialQueries`] it has, in that order); else its rows that pass the
+/// filter (the columns it sends).
+fn part_lazy(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<LazyFrame>, QueryError> {
+    let Some(partial) = &scan.partial else {
+        return Ok(vec![rows_lazy(scan, files)?]);
+    };
     let table = local_table(&scan.dataset, files, &scan.columns)?;
-    // Under the dataset's own name: the SQL may name it (orders.total).
-    let run = |query: &str, table: LazyFrame| {
-        let mut context = SQLContext::new();
-        context.register(&scan.dataset.name, table);
-        context.execute(query)
-    };
-    let sent = || {
-        scan.sent
-            .iter()
-            .map(|c| col(c.as_str()))
-            .collect::<Vec<_>>()
-    };
-    Ok(match (&scan.partial, &scan.filter) {
-        (Some(partial), _) => run(partial, table)?,
-        (None, Some(filter)) => run(
-            &format!("SELECT * FROM \"{}\" WHERE {filter}", scan.dataset.name),
+    [&partial.groups, &partial.distinct_rows]
+        .into_iter()
+        .flatten()
+        .map(|query| Ok(run_over(&scan.dataset.name, table.clone(), query)?))
+        .collect()
+}
+
+/// A node's rows of a scan that pass its filter, the columns it sends.
+fn rows_lazy(scan: &TableScan, files: &[PathBuf]) -> Result<LazyFrame, QueryError> {
+    let table = local_table(&scan.dataset, files, &scan.columns)?;
+    let sent: Vec<_> = scan.sent.iter().map(|c| col(c.as_str())).collect();
+    Ok(match &scan.filter {
+        Some(filter) => run_over(
+            &scan.dataset.name,
             table,
+            &format!("SELECT * FROM \"{}\" WHERE {filter}", scan.dataset.name),
         )?
-        .select(sent()),
-        (None, None) => table.select(sent()),
+        .select(sent),
+        None => table.select(sent),
     })
 }
 
-/// One node's part of a scan: its groups when the scan is partial, else
-/// its rows that pass the filter (the columns it sends).
-pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<DataFrame, QueryError> {
+/// A query over one table, registered under the dataset's own name (the
+/// SQL may name it: orders.total).
+fn run_over(name: &str, table: LazyFrame, query: &str) -> Result<LazyFrame, PolarsError> {
+    let mut context = SQLContext::new();
+    context.register(name, table);
+    context.execute(query)
+}
+
+/// Frames one under the other, matched by column name: a column a frame
+/// lacks is NULL in its rows.
+fn stack_by_name(mut parts: Vec<LazyFrame>) -> Result<LazyFrame, QueryError> {
+    if parts.len() == 1 {
+        return Ok(parts.remove(0));
+    }
+    let mut schemas = Vec::with_capacity(parts.len());
+    for part in &mut parts {
+        schemas.push(part.collect_schema()?);
+    }
+    let mut all: Vec<(String, DataType)> = Vec::new();
+    for schema in &schemas {
+        for (name, dtype) in schema.iter() {
+            if !all.iter().any(|(n, _)| n == name.as_str()) {
+                all.push((name.to_string(), dtype.clone()));
+            }
+        }
+    }
+    let parts: Vec<LazyFrame> = parts
+        .into_iter()
+        .zip(&schemas)
+        .map(|(part, schema)| {
+            part.select(
+                all.iter()
+                    .map(|(name, dtype)| match schema.contains(name) {
+                        true => col(name.as_str()),
+                        false => lit(Null {}).cast(dtype.clone()).alias(name.as_str()),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    Ok(concat(
+        parts,
+        UnionArgs {
+            to_supertypes: true,
+            ..Default::default()
+        },
+    )?)
+}
+
+/// What the merge of a partial scan reads: every node's groups, with the
+/// counts of distinct values per group (from every node's distinct rows)
+/// stacked under them.
+fn merge_input(
+    name: &str,
+    partial: &PartialQueries,
+    frames: Vec<DataFrame>,
+) -> Result<LazyFrame, QueryError> {
+    let mut frames = frames.into_iter();
+    let mut inputs = Vec::with_capacity(2);
+    if partial.groups.is_some() {
+        inputs.extend(frames.next().map(IntoLazy::lazy));
+    }
+    if let (Some(_), Some(counts), Some(rows)) = (
+        &partial.distinct_rows,
+        &partial.distinct_counts,
+        frames.next(),
+    ) {
+        inputs.push(run_over(name, rows.lazy(), counts)?);
+    }
+    if inputs.len() != partial.frames() {
+        return Err(invalid("a partial scan is missing a frame"));
+    }
+    stack_by_name(inputs)
+}
+
+/// One node's part of a scan: its groups and distinct rows when the scan
+/// is partial, else its rows that pass the filter (the columns it sends).
+pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, QueryError> {
     // Polars' streaming engine: a filter, a projection and a partial
     // aggregation are what it does fastest (the query itself runs on the
     // in-memory engine, which is faster for count(DISTINCT x)).
     let max_rows = scan.max_rows.min(u64::from(u32::MAX) - 1);
-    let frame = match scan_lazy(scan, files)?
-        .limit(max_rows as u32 + 1)
-        .collect_with_engine(Engine::Streaming)?
-    {
-        QueryResult::Single(frame) => frame,
-        QueryResult::Multiple(_) => {
-            return Err(QueryError::Invalid("the scan gave several tables".into()))
+    let lazy: Vec<LazyFrame> = part_lazy(scan, files)?
+        .into_iter()
+        .map(|lazy| lazy.limit(max_rows as u32 + 1))
+        .collect();
+    let frames = match <[LazyFrame; 1]>::try_from(lazy) {
+        Ok([one]) => match one.collect_with_engine(Engine::Streaming)? {
+            QueryResult::Single(frame) => vec![frame],
+            QueryResult::Multiple(_) => {
+                return Err(QueryError::Invalid("the scan gave several tables".into()))
+            }
+        },
+        // In one plan, so that the files are read once for all.
+        Err(several) => {
+            let optimizations = several[0].get_current_optimizations();
+            LazyFrame::collect_all_with_engine(
+                several.into_iter().map(|lazy| lazy.logical_plan).collect(),
+                Engine::Streaming,
+                optimizations,
+            )?
         }
     };
-    if frame.height() as u64 > max_rows {
+    if frames.iter().any(|frame| frame.height() as u64 > max_rows) {
         return Err(QueryError::TooBig(format!(
             "the query needs more than {max_rows} rows of {} from one node; {NARROW_IT}",
             scan.dataset.name
         )));
     }
-    Ok(frame)
+    Ok(frames)
 }
 
 /// This node's part of a table in a query.
@@ -455,17 +549,18 @@ pub enum Local {
     /// query's filters and projection pushed into the read).
     Files(Vec<PathBuf>),
     /// Its files already read by [`scan`], as the other nodes read theirs.
-    Scanned(DataFrame),
+    Scanned(Vec<DataFrame>),
 }
 
 /// The query over every node's part: per dataset, this node's part and
-/// the frames the other nodes sent; and the built-in tables it reads, by
-/// name. `merge` runs instead of `plan_sql` when the scan is partial
-/// (every part, this node's too, is then its groups).
+/// the parts the other nodes sent (each the frames [`scan`] made); and the
+/// built-in tables it reads, by name. `merge` runs instead of `plan_sql`
+/// when the scan is partial (every part, this node's too, is then its
+/// groups and distinct rows).
 pub fn execute(
     plan_sql: &str,
     merge: Option<&str>,
-    tables: Vec<(TableScan, Local, Vec<DataFrame>)>,
+    tables: Vec<(TableScan, Local, Vec<Vec<DataFrame>>)>,
     builtins: Vec<(&str, DataFrame)>,
 ) -> Result<DataFrame, QueryError> {
     let mut sql = plan_sql;
@@ -473,29 +568,53 @@ pub fn execute(
     for (name, frame) in builtins {
         context.register(name, frame.lazy());
     }
-    for (scan, local, frames) in tables {
+    for (scan, local, parts) in tables {
         let table = match local {
-            Local::Files(files) if frames.is_empty() && scan.partial.is_none() => {
+            Local::Files(files)
+                if parts.is_empty()
+                    && scan
+                        .partial
+                        .as_ref()
+                        .is_none_or(|p| p.distinct_rows.is_some()) =>
+            {
                 // Lazy: Polars pushes the filter and the query's projection
-                // into the read of the files.
-                scan_lazy(&scan, &files)?
+                // into the read of the files. On one node, a query with
+                // count(DISTINCT x) runs whole: split, its rows would be
+                // gathered into a frame only to be grouped again.
+                rows_lazy(&scan, &files)?
             }
             local => {
                 // This node's part as the other nodes sent theirs, so every
-                // part is a frame of the same columns, stacked into one (a
-                // lazy union would have Polars count rows through a 128-bit
-                // cast this build does not carry).
+                // part is frames of the same columns, each stacked with the
+                // others' (a lazy union would have Polars count rows
+                // through a 128-bit cast this build does not carry).
                 let mut all = match local {
                     Local::Files(files) => self::scan(&scan, &files)?,
-                    Local::Scanned(frame) => frame,
+                    Local::Scanned(frames) => frames,
                 };
-                for frame in &frames {
-                    all.vstack_mut(frame)?;
+                for part in &parts {
+                    if part.len() != all.len() {
+                        return Err(invalid(format!(
+                            "a node sent {} frames of {}; this node made {}",
+                            part.len(),
+                            scan.dataset.name,
+                            all.len()
+                        )));
+                    }
+                    for (into, frame) in all.iter_mut().zip(part) {
+                        into.vstack_mut(frame)?;
+                    }
                 }
-                if let (Some(merge), Some(_)) = (merge, &scan.partial) {
-                    sql = merge;
+                match (merge, &scan.partial) {
+                    (Some(merge), Some(partial)) => {
+                        sql = merge;
+                        merge_input(&scan.dataset.name, partial, all)?
+                    }
+                    _ => match <[DataFrame; 1]>::try_from(all) {
+                        Ok([rows]) => rows.lazy(),
+                        Err(_) => return Err(invalid("a scan of rows is one frame")),
+                    },
                 }
-                all.lazy()
             }
         };
         context.register(&scan.dataset.name, table);
@@ -515,7 +634,7 @@ pub fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::{decode_parts, from_ipc, part_to_ipc};
+    use crate::ipc::{decode_parts, part_from_ipc, part_to_ipc};
     use serde_json::json;
 
     fn datasets() -> BTreeMap<String, Dataset> {
@@ -553,17 +672,45 @@ mod tests {
         );
         // The nodes run the WHERE: the query runs without it, and a column
         // only the WHERE names is read but not sent.
+        let filtered = plan_of("SELECT date, customer FROM orders WHERE total > 1");
+        assert_eq!(filtered.merge, None);
+        assert_eq!(filtered.scans[0].columns, vec!["customer", "total", "date"]);
+        assert_eq!(filtered.scans[0].sent, vec!["customer", "date"]);
+        assert_eq!(filtered.sql, "SELECT date, customer FROM orders");
+        // count(DISTINCT x) beside other aggregates: each node sends its
+        // groups and its distinct (keys, x).
         let distinct = plan_of(
-            "SELECT date, count(DISTINCT customer) AS c FROM orders WHERE total > 1 GROUP BY date",
+            "SELECT date, count(DISTINCT customer) AS c, sum(total) AS t FROM orders \
+             WHERE total > 1 GROUP BY date",
         );
-        assert_eq!(distinct.merge, None);
-        assert_eq!(distinct.scans[0].columns, vec!["customer", "total", "date"]);
-        assert_eq!(distinct.scans[0].sent, vec!["customer", "date"]);
         assert_eq!(
-            distinct.sql,
-            "SELECT date, count(DISTINCT customer) AS c FROM orders GROUP BY date"
+            distinct.scans[0].partial,
+            Some(PartialQueries {
+                groups: Some(
+                    "SELECT date AS \"date\", sum(total) AS \"__a0\" FROM orders \
+                     WHERE total > 1 GROUP BY date"
+                        .into()
+                ),
+                distinct_rows: Some(
+                    "SELECT date AS \"date\", customer AS \"__d0\" FROM orders \
+                     WHERE total > 1"
+                        .into()
+                ),
+                distinct_counts: Some(
+                    "SELECT \"date\", count(DISTINCT \"__d0\") AS \"__d0\" FROM \"orders\" \
+                     GROUP BY \"date\""
+                        .into()
+                ),
+            })
         );
-        let rows_only = plan_of("SELECT count(DISTINCT 1) AS n FROM orders WHERE total > 1");
+        assert_eq!(
+            distinct.merge.as_deref(),
+            Some(
+                "SELECT date, max(\"__d0\") AS c, sum(\"__a0\") AS t FROM orders \
+                 GROUP BY \"date\""
+            )
+        );
+        let rows_only = plan_of("SELECT 1 AS one FROM orders WHERE total > 1");
         assert_eq!(rows_only.scans[0].sent, vec!["date"]);
         // A subquery reads the whole table: nothing is pushed or split.
         let sub = plan_of(
@@ -706,9 +853,13 @@ mod tests {
             .chain(remote_files)
             .collect();
         let mut part = scan(&plan.scans[0], &remote_paths).expect("scan");
-        assert_eq!(part.height(), 0, "the filter ran on the remote node");
+        assert_eq!(part.len(), 2, "groups and distinct rows");
+        assert!(
+            part.iter().all(|frame| frame.height() == 0),
+            "the filter ran on the remote node"
+        );
         let part =
-            from_ipc(part_to_ipc(&mut part, &plan.scans[0]).expect("ipc")).expect("from ipc");
+            part_from_ipc(&part_to_ipc(&mut part, &plan.scans[0]).expect("ipc")).expect("from ipc");
         let local: Vec<PathBuf> = store
             .live_files("orders")
             .expect("files")
@@ -738,6 +889,12 @@ mod tests {
         )
         .expect("ipc")]])
         .expect("decode");
+        assert_eq!(parts[0][0].len(), 1, "groups alone");
+        // A part cut short or with a length past its end is refused.
+        let bytes = part_to_ipc(&mut part.clone(), &counted.scans[0]).expect("ipc");
+        for bad in [&bytes[..3], &bytes[..bytes.len() - 1], &[0xff; 12][..]] {
+            assert!(part_from_ipc(bad).is_err(), "{} bytes", bad.len());
+        }
         let local: Vec<PathBuf> = store
             .live_files("orders")
             .expect("files")

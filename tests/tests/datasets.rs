@@ -297,8 +297,8 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     // Queries asked on every node at once, more than a node runs at a
     // time: each holds its node's query slot while it waits for the other
     // nodes' scans, so a scan waiting for a slot that queries hold would
-    // stall them all until the request timeout. Not split (DISTINCT), so
-    // every node sends its rows.
+    // stall them all until the request timeout. With count(DISTINCT x),
+    // every node sends x of each of its rows.
     let distinct = "SELECT count(*) AS n, count(DISTINCT customer_id) AS customers FROM orders";
     let asks = (0..12).map(|i| sql(cluster.node(i % 3), distinct));
     for reply in futures::future::join_all(asks).await {
@@ -317,7 +317,7 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     assert_eq!(reply["rows"][0], json!([21]));
     // A part bigger than an RPC frame's chunk (16 MiB) crosses in chunks:
     // 500 notes of 64 KiB of random text (about 24 MiB compressed) on node
-    // 0, asked on node 1, not split (DISTINCT), so node 0 sends them all.
+    // 0, asked on node 1; count(DISTINCT note), so node 0 sends them all.
     let notes = json!({"columns": [{"name": "note", "type": "string", "from": "/data/note"}]});
     define_dataset(cluster.node(0), "notes", &notes, "notes.added").await;
     let note = |i: u64| {

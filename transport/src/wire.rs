@@ -29,7 +29,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// 6: and the days it reads; 7: and the columns it sends; 8: its rows come
 /// in chunks; 9: refusals say which limit; 10: a scan carries its row
 /// limit; 11: and its byte limit).
-const WIRE_VERSION: u8 = 11;
+const WIRE_VERSION: u8 = 12;
 /// Largest frame accepted; snapshot chunks (1 MiB), AppendEntries (4 MiB of
 /// entries, or one larger entry) and Raft entries (4 MiB of proposals, or
 /// one larger proposal) stay far below.

@@ -376,7 +376,7 @@ fn work(job: Job) -> Answer {
         },
         Job::DatasetScan { scan, files } => {
             let part = dataset_query::scan(&scan, &files)
-                .and_then(|mut frame| part_to_ipc(&mut frame, &scan));
+                .and_then(|mut frames| part_to_ipc(&mut frames, &scan));
             match part {
                 Ok(bytes) => Answer::Done(vec![Encoded::Bytes(bytes)]),
                 Err(e) => refused(e),
