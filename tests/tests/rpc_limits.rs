@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 const T: Duration = Duration::from_secs(20);
 /// The wire's version byte, after each frame's length (`WIRE_VERSION` of
 /// transport/src/wire.rs, bumped with every change of the encoding).
-const WIRE_VERSION: u8 = 11;
+const WIRE_VERSION: u8 = 12;
 /// A frame of the 16-byte nonce the node sends first: length, version, body.
 const NONCE_FRAME_BYTES: usize = 4 + 1 + 16;
 
