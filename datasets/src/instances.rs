@@ -102,7 +102,7 @@ mod tests {
             row("c", "completed", Some("{}")),
         ];
         let frame = frame(&rows).expect("frame");
-        let result = crate::query::execute(
+        let result = crate::run::execute(
             "SELECT status, count(*) AS n, max(updated_at) > min(created_at) AS later \
              FROM workflow_instances GROUP BY status ORDER BY status",
             None,

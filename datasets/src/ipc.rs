@@ -14,7 +14,7 @@ use crate::query::{Format, QueryError, TableScan, NARROW_IT};
 /// Most bytes of one node's part of a table in a query.
 pub const MAX_PART_BYTES: usize = 1 << 30;
 
-/// A node's part of a table in a query (the frames [`crate::query::scan`]
+/// A node's part of a table in a query (the frames [`crate::run::scan`]
 /// made): each frame as [`to_ipc`] writes it, after its length in bytes
 /// (u64, little-endian). Refused past the scan's `max_part_bytes` (never
 /// more than [`MAX_PART_BYTES`]).

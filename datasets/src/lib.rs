@@ -12,6 +12,7 @@ pub mod ipc;
 pub mod partial;
 pub mod query;
 pub mod report;
+pub mod run;
 pub mod store;
 
 pub use definition::{Dataset, DATASETS_PREFIX};

@@ -642,7 +642,8 @@ mod tests {
     use polars::prelude::{AnyValue, DataFrame};
     use serde_json::json;
 
-    use crate::query::{execute, plan, scan, Local};
+    use crate::query::plan;
+    use crate::run::{execute, scan, Local};
     use crate::{Dataset, Datasets, TableScan};
 
     fn orders() -> BTreeMap<String, Dataset> {

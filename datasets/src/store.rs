@@ -256,7 +256,7 @@ fn compact(dir: &Path, date: &str, node: u64, group: &[DataFile]) -> Result<(), 
         last: group.iter().map(|f| f.name.last).max().unwrap_or(0),
     };
     let paths: Vec<PathBuf> = group.iter().map(|f| f.path.clone()).collect();
-    let mut frame = crate::query::scan_files(&paths)?
+    let mut frame = crate::run::scan_files(&paths)?
         .unique_stable(
             Some(polars::prelude::cols([ID_COLUMN])),
             UniqueKeepStrategy::First,
@@ -411,7 +411,7 @@ mod tests {
             .into_iter()
             .map(|f| f.path)
             .collect();
-        let frame = crate::query::scan_files(&paths)
+        let frame = crate::run::scan_files(&paths)
             .expect("scan")
             .sort_by_exprs(vec![col(ID_COLUMN)], SortMultipleOptions::default())
             .collect()

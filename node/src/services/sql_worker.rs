@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_datasets::instances::InstanceRow;
 use shoal_datasets::ipc::{decode_parts, part_to_ipc};
-use shoal_datasets::query::{self as dataset_query, Local};
+use shoal_datasets::run::{self as dataset_run, Local};
 use shoal_datasets::{Format, QueryError, TableScan};
 use shoal_search::Hit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -375,7 +375,7 @@ fn work(job: Job) -> Answer {
             Err(e) => Answer::Refused(e.to_string()),
         },
         Job::DatasetScan { scan, files } => {
-            let part = dataset_query::scan(&scan, &files)
+            let part = dataset_run::scan(&scan, &files)
                 .and_then(|mut frames| part_to_ipc(&mut frames, &scan));
             match part {
                 Ok(bytes) => Answer::Done(vec![Encoded::Bytes(bytes)]),
@@ -450,7 +450,7 @@ fn query(
             let scanning = scope.spawn(|| {
                 tables
                     .iter()
-                    .map(|table| dataset_query::scan(&table.scan, &table.files))
+                    .map(|table| dataset_run::scan(&table.scan, &table.files))
                     .collect::<Result<Vec<_>, _>>()
             });
             let parts = read_frame::<Parts>(&mut std::io::stdin().lock())
@@ -484,7 +484,7 @@ fn query(
             .map(|table| (table.scan, Local::Files(table.files), Vec::new()))
             .collect()
     };
-    let mut frame = shoal_datasets::query::execute(sql, merge, inputs, frames)?;
+    let mut frame = shoal_datasets::run::execute(sql, merge, inputs, frames)?;
     let mut encoded = Vec::with_capacity(formats.len());
     for format in formats {
         encoded.push(match format {
