@@ -214,57 +214,6 @@ pub fn split(sql: &str, table: &str) -> Option<Split> {
         GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => exprs.clone(),
         _ => return None,
     };
-    // The keys: a GROUP BY name that is a SELECT alias stands for the
-    // aliased expression.
-    let mut keys: Vec<Key> = Vec::with_capacity(group_by.len());
-    for (i, expr) in group_by.iter().enumerate() {
-        if matches!(expr, Expr::Value(_)) {
-            return None;
-        }
-        let aliased = select
-            .projection
-            .iter()
-            .find_map(|item| match (item, expr) {
-                (
-                    SelectItem::ExprWithAlias {
-                        expr: aliased,
-                        alias,
-                    },
-                    Expr::Identifier(name),
-                ) if alias.value == name.value => Some(aliased.clone()),
-                _ => None,
-            });
-        let (original, name) = match (aliased, column_name(expr)) {
-            (Some(aliased), Some(name)) => (aliased, name.to_string()),
-            (_, Some(name)) => (expr.clone(), name.to_string()),
-            _ => (expr.clone(), format!("__k{i}")),
-        };
-        keys.push(match day_bucket(&original) {
-            Some(day) => {
-                let name = format!("__k{i}");
-                let mut merge = original.clone();
-                if let Expr::Function(Function {
-                    args: FunctionArguments::List(list),
-                    ..
-                }) = &mut merge
-                {
-                    list.args[0] = FunctionArg::Unnamed(FunctionArgExpr::Expr(column(&name)));
-                }
-                Key {
-                    original,
-                    partial: day,
-                    name,
-                    merge,
-                }
-            }
-            None => Key {
-                partial: original.clone(),
-                original,
-                merge: column(&name),
-                name,
-            },
-        });
-    }
     // The aggregates, each with the partial columns it needs.
     let mut collector = Collector::default();
     for item in &select.projection {
@@ -295,16 +244,63 @@ pub fn split(sql: &str, table: &str) -> Option<Split> {
     if collector.refused || collector.aggregates.is_empty() {
         return None;
     }
-    if !collector.distinct.is_empty() {
-        // Distinct values are counted per group of the query, not per day
-        // (a month's customers are not the sum of its days'): no key is
-        // grouped by `date` first.
-        for key in &mut keys {
-            if key.partial != key.original {
-                key.partial = key.original.clone();
-                key.merge = column(&key.name);
-            }
+    // The keys: a GROUP BY name that is a SELECT alias stands for the
+    // aliased expression.
+    let mut keys: Vec<Key> = Vec::with_capacity(group_by.len());
+    for (i, expr) in group_by.iter().enumerate() {
+        if matches!(expr, Expr::Value(_)) {
+            return None;
         }
+        let aliased = select
+            .projection
+            .iter()
+            .find_map(|item| match (item, expr) {
+                (
+                    SelectItem::ExprWithAlias {
+                        expr: aliased,
+                        alias,
+                    },
+                    Expr::Identifier(name),
+                ) if alias.value == name.value => Some(aliased.clone()),
+                _ => None,
+            });
+        let (original, name) = match (aliased, column_name(expr)) {
+            (Some(aliased), Some(name)) => (aliased, name.to_string()),
+            (_, Some(name)) => (expr.clone(), name.to_string()),
+            _ => (expr.clone(), format!("__k{i}")),
+        };
+        // Distinct values are counted per group of the query, not per day
+        // (a month's customers are not the sum of its days'): with
+        // count(DISTINCT x) no key is grouped by `date` first.
+        let bucket = match collector.distinct.is_empty() {
+            true => day_bucket(&original),
+            false => None,
+        };
+        keys.push(match bucket {
+            Some(day) => {
+                let name = format!("__k{i}");
+                let mut merge = original.clone();
+                if let Expr::Function(Function {
+                    args: FunctionArguments::List(list),
+                    ..
+                }) = &mut merge
+                {
+                    list.args[0] = FunctionArg::Unnamed(FunctionArgExpr::Expr(column(&name)));
+                }
+                Key {
+                    original,
+                    partial: day,
+                    name,
+                    merge,
+                }
+            }
+            None => Key {
+                partial: original.clone(),
+                original,
+                merge: column(&name),
+                name,
+            },
+        });
     }
 
     // Each node: the keys and the partial aggregates; the keys and the
@@ -328,7 +324,8 @@ pub fn split(sql: &str, table: &str) -> Option<Split> {
     let groups = (!collector.partials.is_empty())
         .then(|| node_query(collector.partials.clone(), key_exprs.clone()));
     let distinct_rows = (!collector.distinct.is_empty()).then(|| {
-        let items = collector.distinct.iter().map(|(_, item)| item.clone());
+        let items = collector.distinct.iter().enumerate();
+        let items = items.map(|(i, (_, arg))| alias(arg.clone(), &distinct_name(i)));
         node_query(items.collect(), Vec::new())
     });
     let distinct_counts = (!collector.distinct.is_empty()).then(|| {
@@ -337,7 +334,7 @@ pub fn split(sql: &str, table: &str) -> Option<Split> {
             .map(|key| column(&key.name).to_string())
             .collect();
         let counts = (0..collector.distinct.len()).map(|i| {
-            let name = column(&format!("__d{i}"));
+            let name = column(&distinct_name(i));
             format!("count(DISTINCT {name}) AS {name}")
         });
         let items: Vec<String> = names.iter().cloned().chain(counts).collect();
@@ -435,6 +432,11 @@ fn call(name: &str, arg: Expr) -> Expr {
     })
 }
 
+/// The column of the N-th distinct argument in a node's distinct rows.
+fn distinct_name(index: usize) -> String {
+    format!("__d{index}")
+}
+
 fn column(name: &str) -> Expr {
     Expr::Identifier(Ident::with_quote('"', name))
 }
@@ -461,8 +463,9 @@ struct Collector {
     aggregates: Vec<Aggregate>,
     /// Partial aggregates, `expr AS "__aN"`.
     partials: Vec<SelectItem>,
-    /// Arguments of `count(DISTINCT x)`, `x AS "__dN"`, with their text.
-    distinct: Vec<(String, SelectItem)>,
+    /// Arguments of `count(DISTINCT x)`, with their text; the N-th is the
+    /// column [`distinct_name`]`(N)`.
+    distinct: Vec<(String, Expr)>,
     /// An aggregate that cannot be merged, or a form not understood.
     refused: bool,
 }
@@ -489,12 +492,11 @@ impl Collector {
         let index = match self.distinct.iter().position(|(t, _)| *t == text) {
             Some(index) => index,
             None => {
-                let name = format!("__d{}", self.distinct.len());
-                self.distinct.push((text, alias(arg.clone(), &name)));
+                self.distinct.push((text, arg.clone()));
                 self.distinct.len() - 1
             }
         };
-        column(&format!("__d{index}"))
+        column(&distinct_name(index))
     }
 
     fn function(&mut self, function: &Function, whole: &Expr) {

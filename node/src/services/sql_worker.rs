@@ -484,7 +484,7 @@ fn query(
             .map(|table| (table.scan, Local::Files(table.files), Vec::new()))
             .collect()
     };
-    let mut frame = shoal_datasets::run::execute(sql, merge, inputs, frames)?;
+    let mut frame = dataset_run::execute(sql, merge, inputs, frames)?;
     let mut encoded = Vec::with_capacity(formats.len());
     for format in formats {
         encoded.push(match format {
