@@ -12,6 +12,8 @@
 //! The `shoal-tls`, `shoal-acl` and `shoal-tls-acl` targets run the same
 //! with TLS (API over wss, mutual TLS between nodes) and ACLs (clients with
 //! a token of their own) on, for the side-by-side table against plain Shoal.
+//! Over TLS the Shoal clients connect as the nodes do to each other
+//! ([`shoal_tls::connect`], with its buffers).
 //!
 //! See bench/README.md.
 
@@ -41,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use shoal_testkit::{free_port, Process};
 
@@ -468,7 +470,11 @@ async fn wait_token(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // Clients
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A client's connection: plain TCP, or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// The WebSocket URL of `path` on a Shoal API base URL (http or https).
 fn ws_url(endpoint: &str, path: &str) -> String {
@@ -486,16 +492,27 @@ async fn ws_connect(url: String, access: &Access) -> anyhow::Result<Ws> {
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
     }
-    let connector = access.tls.clone().map(Connector::Rustls);
-    // TCP_NODELAY on the client side, as async-nats sets it.
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector),
-    )
-    .await
-    .with_context(|| format!("connecting {url}: timed out"))?
-    .with_context(|| format!("connecting {url}"))?;
-    Ok(ws)
+    let host = request.uri().host().context("no host")?.to_string();
+    let port = request.uri().port_u16().context("no port")?;
+    let connect = async {
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        // TCP_NODELAY on the client side, as async-nats sets it.
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn Io> = match &access.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())?;
+                let connector = shoal_tls::TlsConnector::from(config.clone());
+                Box::new(shoal_tls::connect(&connector, name, tcp).await?)
+            }
+        };
+        let (ws, _) = tokio_tungstenite::client_async(request, io).await?;
+        anyhow::Ok(ws)
+    };
+    tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .with_context(|| format!("connecting {url}: timed out"))?
+        .with_context(|| format!("connecting {url}"))
 }
 
 /// Slow-consumer and disconnect events reported by async-nats.

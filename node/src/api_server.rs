@@ -266,7 +266,8 @@ async fn serve_connection(
             }
         }
         Some(acceptor) => {
-            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+            let accepted = shoal_tls::accept(acceptor, stream);
+            let stream = match tokio::time::timeout(deadline, accepted).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     metrics::counter!("shoal_tls_handshake_failures_total", "listener" => listener.name)
@@ -358,7 +359,7 @@ async fn refuse(stream: TcpStream, tls: Option<TlsAcceptor>, answer: String) {
         match tls {
             None => answer_and_close(stream, answer).await,
             Some(acceptor) => {
-                if let Ok(stream) = acceptor.accept(stream).await {
+                if let Ok(stream) = shoal_tls::accept(&acceptor, stream).await {
                     answer_and_close(stream, answer).await;
                 }
             }

@@ -221,8 +221,7 @@ pub async fn connect(addr: &str, auth: &PeerAuth) -> std::io::Result<PeerStream>
         let mut stream: PeerStream = match &auth.tls {
             None => Box::new(tcp),
             Some(tls) => Box::new(
-                tls.connector
-                    .connect(server_name(addr)?, tcp)
+                shoal_tls::connect(&tls.connector, server_name(addr)?, tcp)
                     .await
                     .map_err(|e| {
                         std::io::Error::new(
@@ -265,15 +264,18 @@ pub async fn connect(addr: &str, auth: &PeerAuth) -> std::io::Result<PeerStream>
 pub async fn accept(stream: TcpStream, auth: &PeerAuth) -> std::io::Result<Option<PeerStream>> {
     stream.set_nodelay(true)?;
     let handshake = async {
-        let mut stream: PeerStream = match &auth.tls {
-            None => Box::new(stream),
-            Some(tls) => Box::new(tls.acceptor.accept(stream).await.map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("TLS handshake failed: {e}"),
-                )
-            })?),
-        };
+        let mut stream: PeerStream =
+            match &auth.tls {
+                None => Box::new(stream),
+                Some(tls) => Box::new(shoal_tls::accept(&tls.acceptor, stream).await.map_err(
+                    |e| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("TLS handshake failed: {e}"),
+                        )
+                    },
+                )?),
+            };
         let server_nonce: [u8; NONCE_BYTES] = rand::random();
         write_frame(&mut stream, &server_nonce).await?;
         let answer = read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
