@@ -16,13 +16,13 @@ use shoal_raft::{CatchUp, Linearizer, LogStore, NodeAddr, NodeId, Raft, StateMac
 use shoal_search::{Limits, Logs, LogsConfig, Retention};
 use shoal_storage::outbox::Outbox;
 use shoal_storage::{OpenOptions, Store, StoreClosed};
+use shoal_tls::TlsAcceptor;
 use shoal_transport::{
     serve_rpc, Forwarder, MessageInbox, PeerAuth, PeerServices, RemoteError, RemoteErrorKind,
     RemoveHandler, RpcNetwork,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio_rustls::TlsAcceptor;
 
 use crate::api::AppState;
 use crate::api_server::{self, ConnectionLimits};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_tls::ReloadingCertificate;
+use shoal_tls::{TlsAcceptor, TlsConnector};
 use shoal_transport::PeerTls;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::settings::Settings;
 

@@ -19,10 +19,10 @@ use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::Sha256;
+use shoal_tls::rustls::pki_types::ServerName;
+use shoal_tls::{TlsAcceptor, TlsConnector};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Bumped with every change of a message's encoding (3: the handshake
 /// proves the secret both ways; 5: a dataset scan may carry a partial query;
