@@ -639,13 +639,13 @@ fn names_only(query: &sqlparser::ast::Query, known: &BTreeSet<String>) -> bool {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
 
     use polars::prelude::{AnyValue, DataFrame};
     use serde_json::json;
 
     use crate::query::plan;
     use crate::run::{execute, scan, Local};
+    use crate::store::tests::live_paths;
     use crate::{Dataset, Datasets, TableScan};
 
     fn orders() -> BTreeMap<String, Dataset> {
@@ -736,14 +736,7 @@ mod tests {
         }
         let everything: Vec<_> = all.iter().cloned().map(|(i, row)| (i + 1, row)).collect();
         whole.write(dataset, 1, 600, everything).expect("write");
-        let files = |store: &Datasets| -> Vec<PathBuf> {
-            store
-                .live_files("orders")
-                .expect("files")
-                .into_iter()
-                .map(|f| f.path)
-                .collect()
-        };
+        let files = |store: &Datasets| live_paths(store, "orders");
         let split = [
             "SELECT CAST(date AS VARCHAR) AS day, count(*) AS orders, sum(total) AS revenue, \
              avg(total) AS avg_order FROM orders WHERE status = 'completed' \

@@ -286,6 +286,7 @@ mod tests {
     use crate::ipc::{decode_parts, part_from_ipc, part_to_ipc};
     use crate::query;
     use crate::query::tests::datasets;
+    use crate::store::tests::live_paths;
 
     #[test]
     fn a_query_runs_over_local_files_and_frames_from_other_nodes() {
@@ -325,13 +326,8 @@ mod tests {
                 vec![(1, row("c", "c1", 5.0, "2026-12-05T11:00:00Z"))],
             )
             .expect("write");
-        let remote_paths: Vec<PathBuf> = remote_store
-            .live_files("orders")
-            .expect("files")
-            .into_iter()
-            .map(|f| f.path)
-            .chain(remote_files)
-            .collect();
+        let mut remote_paths = live_paths(&remote_store, "orders");
+        remote_paths.extend(remote_files);
         let mut part = scan(&plan.scans[0], &remote_paths).expect("scan");
         assert_eq!(part.len(), 2, "groups and distinct rows");
         assert!(
@@ -340,12 +336,7 @@ mod tests {
         );
         let part =
             part_from_ipc(&part_to_ipc(&mut part, &plan.scans[0]).expect("ipc")).expect("from ipc");
-        let local_paths: Vec<PathBuf> = store
-            .live_files("orders")
-            .expect("files")
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
+        let local_paths = live_paths(&store, "orders");
         let result = execute(
             &plan.sql,
             plan.merge.as_deref(),

@@ -384,7 +384,7 @@ fn micros_column(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -404,14 +404,18 @@ mod tests {
             .expect("row")
     }
 
-    fn rows_of(store: &Datasets) -> Vec<(String, f64)> {
-        let paths: Vec<PathBuf> = store
-            .live_files("orders")
+    /// The paths of the files a query over `dataset` reads.
+    pub(crate) fn live_paths(store: &Datasets, dataset: &str) -> Vec<PathBuf> {
+        store
+            .live_files(dataset)
             .expect("files")
             .into_iter()
             .map(|f| f.path)
-            .collect();
-        let frame = crate::run::scan_files(&paths)
+            .collect()
+    }
+
+    fn rows_of(store: &Datasets) -> Vec<(String, f64)> {
+        let frame = crate::run::scan_files(&live_paths(store, "orders"))
             .expect("scan")
             .sort_by_exprs(vec![col(ID_COLUMN)], SortMultipleOptions::default())
             .collect()

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use shoal_tls::ReloadingCertificate;
-use shoal_tls::{TlsAcceptor, TlsConnector};
+use shoal_tls::{ReloadingCertificate, TlsAcceptor, TlsConnector};
 use shoal_transport::PeerTls;
 
 use crate::settings::Settings;

@@ -48,8 +48,9 @@ pub enum TlsError {
 
 /// The one cryptography provider everything here uses: aws-lc-rs's (its
 /// AES-GCM is twice ring's speed on CPUs with VAES), with the AES-128-GCM
-/// suites ahead of AES-256-GCM (as Go's TLS, and so NATS, order them). Both are safe; AES-128 is cheaper per byte, which is most
-/// of what TLS costs on a busy stream.
+/// suites ahead of AES-256-GCM (as Go's TLS, and so NATS, order them).
+/// Both are safe; AES-128 is cheaper per byte, which is most of what TLS
+/// costs on a busy stream.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider
