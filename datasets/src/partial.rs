@@ -434,7 +434,16 @@ fn call(name: &str, arg: Expr) -> Expr {
 
 /// The column of the N-th distinct argument in a node's distinct rows.
 fn distinct_name(index: usize) -> String {
-    format!("__d{index}")
+    format!("{DISTINCT_PREFIX}{index}")
+}
+
+const DISTINCT_PREFIX: &str = "__d";
+
+/// Whether a column of the distinct rows holds a distinct argument (the
+/// others are the keys).
+pub fn is_distinct_name(name: &str) -> bool {
+    name.strip_prefix(DISTINCT_PREFIX)
+        .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn column(name: &str) -> Expr {

@@ -12,7 +12,7 @@ use polars::sql::SQLContext;
 use polars_core::query_result::QueryResult;
 
 use crate::definition::{Dataset, DATE_COLUMN, TIME_COLUMN};
-use crate::partial::PartialQueries;
+use crate::partial::{is_distinct_name, PartialQueries};
 use crate::query::{invalid, QueryError, TableScan, MAX_RESULT_ROWS, NARROW_IT};
 
 /// The rows of Parquet files (their own columns; none of a file's
@@ -187,7 +187,30 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, Query
             scan.dataset.name
         )));
     }
+    let mut frames = frames;
+    if scan.partial.as_ref().is_some_and(|p| p.distinct_rows.is_some()) {
+        if let Some(rows) = frames.last_mut() {
+            strings_as_binary(rows)?;
+        }
+    }
     Ok(frames)
+}
+
+/// The text columns of distinct arguments as bytes (the same buffers):
+/// their values are only counted, and a reader of Arrow IPC checks every
+/// string of a text column for UTF-8, which cost more than the count.
+fn strings_as_binary(frame: &mut DataFrame) -> Result<(), PolarsError> {
+    let text: Vec<String> = frame
+        .schema()
+        .iter()
+        .filter(|(name, dtype)| **dtype == DataType::String && is_distinct_name(name))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    for name in text {
+        let binary = frame.column(&name)?.cast(&DataType::Binary)?;
+        frame.replace(&name, binary)?;
+    }
+    Ok(())
 }
 
 /// This node's part of a table in a query.
