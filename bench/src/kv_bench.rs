@@ -11,6 +11,7 @@
 
 #[path = "acl.rs"]
 mod acl;
+mod rounds;
 #[path = "runner.rs"]
 mod runner;
 // Shared with watch-bench, which uses more of its fields.
@@ -541,7 +542,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     // (system, clients) -> puts/s and gets/s of each round.
     let mut throughput: Vec<(String, usize, f64, f64)> = Vec::new();
     for round in 0..args.rounds {
-        for target in round_order(&args.targets, round) {
+        for target in rounds::round_order(&args.targets, usize::try_from(round).unwrap_or(0)) {
             let mut cluster = match target.as_str() {
                 "shoal" => Cluster::shoal(&shoal_bin, false, Tls::Off)?,
                 "shoal-acl" => Cluster::shoal(&shoal_bin, true, Tls::Off)?,
@@ -607,15 +608,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         println!("| {target} | {} | {median} |", each.join(", "));
     }
     Ok(())
-}
-
-/// The systems in the order round `round` runs them: each round starts one
-/// system later, so that over as many rounds as systems each runs once in
-/// every position: with one order for every round, a system's place in
-/// the round moved its figures as much as the differences being measured.
-fn round_order(targets: &[String], round: u64) -> impl Iterator<Item = &String> {
-    let start = usize::try_from(round).unwrap_or(0) % targets.len().max(1);
-    targets[start..].iter().chain(&targets[..start])
 }
 
 /// Write back what a stopped cluster left in the page cache before the

@@ -23,6 +23,7 @@ mod acl;
 #[allow(dead_code)]
 #[path = "node.rs"]
 mod node;
+mod rounds;
 #[path = "runner.rs"]
 mod runner;
 #[allow(dead_code)]
@@ -67,8 +68,10 @@ struct Args {
     /// Messages per throughput and fan-out run, one figure per payload size (same order).
     #[arg(long, value_delimiter = ',', default_value = "200000,50000")]
     messages: Vec<u64>,
-    /// Each stream and fan-out run is repeated this many times; the table
-    /// shows the run with the median delivered rate (all rates are in the details).
+    /// Rounds: in each, every system is started anew, one system later in
+    /// the order than in the round before, and runs each stream and fan-out
+    /// row once (latency rows in the first round only); the table shows the
+    /// run with the median delivered rate (all rates are in the details).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Subscribers in the fan-out runs.
@@ -1561,6 +1564,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .build()?;
     let mut rows: Vec<Row> = Vec::new();
     for (topology, n) in &topologies {
+        let first = rows.len();
         for &scenario in &scenarios {
             for &payload in &args.payloads {
                 rows.push(Row {
@@ -1571,31 +1575,38 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                 });
             }
         }
-        for &system in &systems {
-            eprintln!("{}: starting {n} server(s) ...", system.name());
-            let started = Instant::now();
-            let dep = Deployment::start(system, *n, args, &shoal_bin, &http).await?;
-            eprintln!(
-                "{}: {n} server(s) ready in {} ms",
-                system.name(),
-                started.elapsed().as_millis()
-            );
-            for row in rows.iter_mut().filter(|r| r.topology == *topology) {
-                let count = args.messages[args
-                    .payloads
-                    .iter()
-                    .position(|p| *p == row.payload)
-                    .unwrap_or(0)];
-                let repeats = if row.scenario == Scenario::Latency {
-                    1
-                } else {
-                    args.repeat.max(1)
-                };
-                let mut outcomes = Vec::new();
-                let mut failure = None;
-                for round in 0..repeats {
+        // Each system's outcomes of each row, over the rounds.
+        let mut runs: Vec<Vec<Runs>> = (first..rows.len())
+            .map(|_| systems.iter().map(|_| Runs::default()).collect())
+            .collect();
+        let rounds = args.repeat.max(1);
+        for round in 0..rounds {
+            for &system in rounds::round_order(&systems, round) {
+                let slot = systems.iter().position(|s| *s == system).unwrap_or(0);
+                eprintln!(
+                    "round {}/{rounds}: {}: starting {n} server(s) ...",
+                    round + 1,
+                    system.name()
+                );
+                let started = Instant::now();
+                let dep = Deployment::start(system, *n, args, &shoal_bin, &http).await?;
+                eprintln!(
+                    "{}: {n} server(s) ready in {} ms",
+                    system.name(),
+                    started.elapsed().as_millis()
+                );
+                for (row, runs) in rows[first..].iter().zip(runs.iter_mut()) {
+                    // A latency run is long and paced: once is enough.
+                    if row.scenario == Scenario::Latency && round > 0 {
+                        continue;
+                    }
+                    let count = args.messages[args
+                        .payloads
+                        .iter()
+                        .position(|p| *p == row.payload)
+                        .unwrap_or(0)];
                     eprintln!(
-                        "{} {topology}: {:?} {} ({}/{repeats}) ...",
+                        "{} {topology}: {:?} {} (round {}/{rounds}) ...",
                         system.name(),
                         row.scenario,
                         size_label(row.payload),
@@ -1618,56 +1629,22 @@ async fn run(args: &Args) -> anyhow::Result<()> {
                                     ))
                                     .unwrap_or_default()
                             );
-                            outcomes.push(o);
+                            runs[slot].outcomes.push(o);
                         }
                         Err(e) => {
                             eprintln!("  error: {e:#}");
-                            failure.get_or_insert(e);
+                            runs[slot].failure.get_or_insert(e);
                         }
                     }
                     // Let the servers drop the closed connections before the next run.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                let all_rates: Vec<f64> = outcomes.iter().map(Outcome::rate).collect();
-                outcomes.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-                let median =
-                    (!outcomes.is_empty()).then(|| outcomes.swap_remove(outcomes.len() / 2));
-                let result = match (median, failure) {
-                    (Some(mut o), failure) => {
-                        o.all_rates = all_rates;
-                        if let Some(e) = failure {
-                            o.ended.push(format!("a repetition failed: {e:#}"));
-                        }
-                        Ok(o)
-                    }
-                    (None, Some(e)) => Err(e),
-                    (None, None) => Err(anyhow::anyhow!("no run")),
-                };
-                row.results.push((system, result));
+                print_warnings(&dep, system, topology, round);
             }
-            // WARN/ERROR lines in the node logs, by the module that logged them.
-            let mut by_target: Vec<(String, usize, String)> = Vec::new();
-            for line in dep.warnings() {
-                let target = line
-                    .split_whitespace()
-                    .skip_while(|w| *w != "WARN" && *w != "ERROR")
-                    .nth(1)
-                    .unwrap_or("?")
-                    .trim_end_matches(':')
-                    .to_string();
-                match by_target.iter_mut().find(|(t, _, _)| *t == target) {
-                    Some(entry) => {
-                        entry.1 += 1;
-                        entry.2 = line;
-                    }
-                    None => by_target.push((target, 1, line)),
-                }
-            }
-            for (target, count, last) in &by_target {
-                println!(
-                    "# {} {topology}: {count} WARN/ERROR log lines from {target}; last: {last}",
-                    system.name()
-                );
+        }
+        for (row, runs) in rows[first..].iter_mut().zip(runs) {
+            for (&system, runs) in systems.iter().zip(runs) {
+                row.results.push((system, runs.median()));
             }
         }
     }
@@ -1680,6 +1657,63 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         load_average()
     );
     Ok(())
+}
+
+/// One system's runs of one row.
+#[derive(Default)]
+struct Runs {
+    outcomes: Vec<Outcome>,
+    failure: Option<anyhow::Error>,
+}
+
+impl Runs {
+    /// The run with the median delivered rate (every rate kept beside it).
+    fn median(mut self) -> anyhow::Result<Outcome> {
+        let all_rates: Vec<f64> = self.outcomes.iter().map(Outcome::rate).collect();
+        self.outcomes.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+        let middle = self.outcomes.len() / 2;
+        match (self.outcomes.is_empty(), self.failure) {
+            (false, failure) => {
+                let mut o = self.outcomes.swap_remove(middle);
+                o.all_rates = all_rates;
+                if let Some(e) = failure {
+                    o.ended.push(format!("a repetition failed: {e:#}"));
+                }
+                Ok(o)
+            }
+            (true, Some(e)) => Err(e),
+            (true, None) => Err(anyhow::anyhow!("no run")),
+        }
+    }
+}
+
+/// WARN/ERROR lines in a deployment's node logs, by the module that
+/// logged them.
+fn print_warnings(dep: &Deployment, system: System, topology: &str, round: usize) {
+    let mut by_target: Vec<(String, usize, String)> = Vec::new();
+    for line in dep.warnings() {
+        let target = line
+            .split_whitespace()
+            .skip_while(|w| *w != "WARN" && *w != "ERROR")
+            .nth(1)
+            .unwrap_or("?")
+            .trim_end_matches(':')
+            .to_string();
+        match by_target.iter_mut().find(|(t, _, _)| *t == target) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 = line;
+            }
+            None => by_target.push((target, 1, line)),
+        }
+    }
+    for (target, count, last) in &by_target {
+        println!(
+            "# {} {topology} (round {}): {count} WARN/ERROR log lines from {target}; last: {last}",
+            system.name(),
+            round + 1
+        );
+    }
 }
 
 fn main() -> std::process::ExitCode {

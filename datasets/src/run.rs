@@ -188,7 +188,11 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, Query
         )));
     }
     let mut frames = frames;
-    if scan.partial.as_ref().is_some_and(|p| p.distinct_rows.is_some()) {
+    if scan
+        .partial
+        .as_ref()
+        .is_some_and(|p| p.distinct_rows.is_some())
+    {
         if let Some(rows) = frames.last_mut() {
             strings_as_binary(rows)?;
         }
