@@ -58,8 +58,9 @@ pub struct PeerConnection {
     auth: PeerAuth,
     idle: Arc<IdleConnections>,
     stream: Option<PeerStream>,
-    /// A call is under way on `stream`; if the client is dropped meanwhile
-    /// (openraft's timeout), the stream may hold half a frame and is closed.
+    /// A call is under way on `stream`, or was dropped before it finished;
+    /// the stream may then hold half a frame or an unread reply, and is
+    /// closed instead of used again or given back.
     busy: bool,
 }
 
@@ -85,6 +86,13 @@ impl PeerConnection {
         request: Request,
         option: &RPCOption,
     ) -> RpcResult<Reply, E> {
+        if self.busy {
+            // The last call was dropped before it finished (openraft times
+            // out its own calls and keeps the client): its request may be
+            // half written, or its reply still to come, which the next call
+            // would read as its own.
+            self.stream = None;
+        }
         self.busy = true;
         let result = match tokio::time::timeout(option.hard_ttl(), self.exchange(&request)).await {
             Ok(result) => result,
@@ -189,5 +197,85 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             Reply::Vote(result) => self.remote(result),
             _ => Err(wrong_reply()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::{VoteRequest, VoteResponse};
+    use openraft::Vote;
+    use shoal_raft::NodeAddr;
+    use tokio::net::TcpListener;
+
+    use super::RpcNetwork;
+    use crate::protocol::{Reply, Request};
+    use crate::wire::{self, PeerAuth};
+
+    /// A peer that answers each vote request with the request's own vote,
+    /// the one of term 1 only after `delay`.
+    async fn slow_peer(delay: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let auth = PeerAuth::new(Some("secret"), None);
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(Some(mut stream)) = wire::accept(tcp, &auth).await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    while let Ok(Request::Vote(request)) = wire::receive(&mut stream).await {
+                        if request.vote.leader_id().term == 1 {
+                            tokio::time::sleep(delay).await;
+                        }
+                        let reply = Reply::Vote(Ok(VoteResponse::new(request.vote, None, true)));
+                        if wire::send(&mut stream, &reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_reply_leaves_no_reply_for_the_next_call() {
+        let addr = slow_peer(Duration::from_millis(300)).await;
+        let node = NodeAddr {
+            rpc: addr,
+            api: String::new(),
+        };
+        let mut network = RpcNetwork::new(PeerAuth::new(Some("secret"), None));
+        let mut client = network.new_client(2, &node).await;
+        let option = || RPCOption::new(Duration::from_secs(10));
+        // Open the connection with a call that finishes.
+        let warm = client
+            .vote(VoteRequest::new(Vote::new(3, 1), None), option())
+            .await
+            .expect("vote of term 3");
+        assert_eq!(warm.vote.leader_id().term, 3);
+        // As openraft does: its own timeout around the call drops it while
+        // the peer has not answered yet, and the client is used again.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(50),
+            client.vote(VoteRequest::new(Vote::new(1, 1), None), option()),
+        )
+        .await;
+        assert!(dropped.is_err(), "the call of term 1 should have timed out");
+        let answer = client
+            .vote(VoteRequest::new(Vote::new(2, 1), None), option())
+            .await
+            .expect("vote of term 2");
+        assert_eq!(
+            answer.vote.leader_id().term,
+            2,
+            "the call of term 2 got the reply to the dropped call of term 1"
+        );
     }
 }
