@@ -164,7 +164,7 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, Query
         .into_iter()
         .map(|lazy| lazy.limit(max_rows as u32 + 1))
         .collect();
-    let frames = match <[LazyFrame; 1]>::try_from(lazy) {
+    let mut frames = match <[LazyFrame; 1]>::try_from(lazy) {
         Ok([one]) => match one.collect_with_engine(Engine::Streaming)? {
             QueryResult::Single(frame) => vec![frame],
             QueryResult::Multiple(_) => {
@@ -187,7 +187,6 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, Query
             scan.dataset.name
         )));
     }
-    let mut frames = frames;
     if scan
         .partial
         .as_ref()
@@ -202,7 +201,8 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, Query
 
 /// The text columns of distinct arguments as bytes (the same buffers):
 /// their values are only counted, and a reader of Arrow IPC checks every
-/// string of a text column for UTF-8, which cost more than the count.
+/// string of a text column for UTF-8, which the asking node paid for each
+/// value of every other node's part.
 fn strings_as_binary(frame: &mut DataFrame) -> Result<(), PolarsError> {
     let text: Vec<String> = frame
         .schema()
