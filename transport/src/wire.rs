@@ -212,6 +212,11 @@ fn timed_out(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what)
 }
 
+/// A refused handshake: the peer's TLS, or its answer to the challenge.
+fn denied(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)
+}
+
 /// Connect to a peer (over mutual TLS when configured) and prove we know
 /// the cluster secret.
 pub async fn connect(addr: &str, auth: &PeerAuth) -> std::io::Result<PeerStream> {
@@ -223,12 +228,7 @@ pub async fn connect(addr: &str, auth: &PeerAuth) -> std::io::Result<PeerStream>
             Some(tls) => Box::new(
                 shoal_tls::connect(&tls.connector, server_name(addr)?, tcp)
                     .await
-                    .map_err(|e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            format!("TLS with {addr} failed: {e}"),
-                        )
-                    })?,
+                    .map_err(|e| denied(format!("TLS with {addr} failed: {e}")))?,
             ),
         };
         let server_nonce = read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
@@ -236,7 +236,6 @@ pub async fn connect(addr: &str, auth: &PeerAuth) -> std::io::Result<PeerStream>
         let mut answer = auth.key.proof(Role::Client, &server_nonce, &client_nonce);
         answer.extend_from_slice(&client_nonce);
         write_frame(&mut stream, &answer).await?;
-        let denied = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
         match read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES)
             .await?
             .split_first()
@@ -264,18 +263,14 @@ pub async fn connect(addr: &str, auth: &PeerAuth) -> std::io::Result<PeerStream>
 pub async fn accept(stream: TcpStream, auth: &PeerAuth) -> std::io::Result<Option<PeerStream>> {
     stream.set_nodelay(true)?;
     let handshake = async {
-        let mut stream: PeerStream =
-            match &auth.tls {
-                None => Box::new(stream),
-                Some(tls) => Box::new(shoal_tls::accept(&tls.acceptor, stream).await.map_err(
-                    |e| {
-                        std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            format!("TLS handshake failed: {e}"),
-                        )
-                    },
-                )?),
-            };
+        let mut stream: PeerStream = match &auth.tls {
+            None => Box::new(stream),
+            Some(tls) => Box::new(
+                shoal_tls::accept(&tls.acceptor, stream)
+                    .await
+                    .map_err(|e| denied(format!("TLS handshake failed: {e}")))?,
+            ),
+        };
         let server_nonce: [u8; NONCE_BYTES] = rand::random();
         write_frame(&mut stream, &server_nonce).await?;
         let answer = read_frame_within(&mut stream, MAX_HANDSHAKE_FRAME_BYTES).await?;
