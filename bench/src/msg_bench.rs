@@ -1210,9 +1210,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .map(|_| systems.iter().map(|_| Runs::default()).collect())
             .collect();
         let rounds = args.repeat.max(1);
+        // Positions in `systems`: a system named twice runs twice.
+        let slots: Vec<usize> = (0..systems.len()).collect();
         for round in 0..rounds {
-            for &system in rounds::round_order(&systems, round) {
-                let slot = systems.iter().position(|s| *s == system).unwrap_or(0);
+            for &slot in rounds::round_order(&slots, round) {
+                let system = systems[slot];
                 eprintln!(
                     "round {}/{rounds}: {}: starting {n} server(s) ...",
                     round + 1,
