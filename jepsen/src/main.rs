@@ -11,6 +11,7 @@ mod nemesis;
 mod netns;
 mod output;
 mod run;
+mod verdict;
 mod workload;
 
 use std::path::PathBuf;
@@ -216,7 +217,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             }
             return Ok(0);
         }
-        Some(Cmd::Check { dir }) => return Ok(if run::recheck(&dir)? { 0 } else { 1 }),
+        Some(Cmd::Check { dir }) => return Ok(if verdict::recheck(&dir)? { 0 } else { 1 }),
         None => {}
     }
     let a = cli.run;
