@@ -1,0 +1,89 @@
+//! The CPU msg-bench's servers and the bench itself use during a run, sampled
+//! from /proc.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU samples (servers, this process) every 50 ms until stopped.
+pub(super) fn sample_cpu(
+    pids: Vec<u32>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<(Instant, u64, u64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        loop {
+            let servers: u64 = pids.iter().map(|pid| cpu_ticks(Some(*pid))).sum();
+            samples.push((Instant::now(), servers, cpu_ticks(None)));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.changed() => {
+                    let servers: u64 = pids.iter().map(|pid| cpu_ticks(Some(*pid))).sum();
+                    samples.push((Instant::now(), servers, cpu_ticks(None)));
+                    return samples;
+                }
+            }
+        }
+    })
+}
+
+/// Servers' and bench's CPU (100 = one core) between `from` and `to`.
+pub(super) fn cpu_between(
+    samples: &[(Instant, u64, u64)],
+    from: Instant,
+    to: Instant,
+) -> (f64, f64) {
+    let first = samples
+        .iter()
+        .rev()
+        .find(|s| s.0 <= from)
+        .or(samples.first());
+    let last = samples.iter().find(|s| s.0 >= to).or(samples.last());
+    let (Some(first), Some(last)) = (first, last) else {
+        return (0.0, 0.0);
+    };
+    let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
+    if secs <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let per_sec = ticks_per_sec();
+    let pct = |ticks: u64| ticks as f64 / per_sec / secs * 100.0;
+    (
+        pct(last.1.saturating_sub(first.1)),
+        pct(last.2.saturating_sub(first.2)),
+    )
+}
