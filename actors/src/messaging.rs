@@ -214,13 +214,36 @@ impl Messaging {
             }
             all.push(message);
         }
-        let mut destinations: Vec<String> = durable.iter().map(|(d, _)| d.clone()).collect();
-        destinations.sort_unstable();
-        destinations.dedup();
         let durable_count = durable.len();
         if !durable.is_empty() && self.disk_low.load(Ordering::Relaxed) {
             return Err(MessagingError::NoSpace);
         }
+        let messaging = self.myself.upgrade().ok_or(MessagingError::ShuttingDown)?;
+        // In a task of its own, which a caller that gives up (a request cut
+        // off by its timeout) does not cancel: cancelled between the outbox
+        // write and the wake-ups, it left entries that no deliverer looked
+        // at until the next message to the same destination or a restart.
+        let reach = tokio::spawn(async move { messaging.store_and_route(durable, all).await })
+            .await
+            .map_err(|e| MessagingError::Outbox(e.to_string()))??;
+        Ok(Receipt {
+            ids,
+            routed,
+            durable: durable_count,
+            reach,
+        })
+    }
+
+    /// Write the durable destinations' entries to the outbox (synced), hand
+    /// the messages to the router, and wake the destinations' deliverers.
+    async fn store_and_route(
+        &self,
+        durable: Vec<(String, Vec<u8>)>,
+        all: Vec<Message>,
+    ) -> Result<Reach, MessagingError> {
+        let mut destinations: Vec<String> = durable.iter().map(|(d, _)| d.clone()).collect();
+        destinations.sort_unstable();
+        destinations.dedup();
         if !durable.is_empty() {
             let outbox = self.deliveries.outbox().clone();
             tokio::task::spawn_blocking(move || outbox.add(&durable))
@@ -232,12 +255,7 @@ impl Messaging {
         for destination in destinations {
             self.deliveries.wake(&destination).await;
         }
-        Ok(Receipt {
-            ids,
-            routed,
-            durable: durable_count,
-            reach,
-        })
+        Ok(reach)
     }
 
     /// After a restart: deliver what the outbox still holds (counted when
@@ -380,5 +398,89 @@ impl Actor for BridgeActor {
     ) -> Result<(), ActorProcessingErr> {
         consumer.abort();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::config::{Route, ROUTES_PREFIX, WORKFLOW_INBOX};
+    use crate::router::{NodeId, PeerSendError};
+
+    struct NoPeers;
+    impl PeerTransport for NoPeers {
+        fn send(&self, node: NodeId, _: Vec<u8>) -> BoxFuture<'static, Result<(), PeerSendError>> {
+            Box::pin(async move { Err(PeerSendError::NoAddress(node)) })
+        }
+    }
+
+    /// A node's messaging on its own store, with a route from `orders` to
+    /// the workflow event inbox, whose deliveries come out of the receiver.
+    async fn messaging_routing_orders_to_the_inbox(
+        dir: &std::path::Path,
+    ) -> (Arc<Messaging>, mpsc::Receiver<InboxDelivery>) {
+        let store = shoal_storage::Store::open(&dir.join("store")).expect("store");
+        let outbox = Outbox::open(store.clone()).expect("outbox");
+        let outbound = shoal_outbound::Outbound::new(
+            shoal_outbound::Policy::new::<&str>(&[]).expect("policy"),
+            None,
+        )
+        .expect("outbound");
+        let (inbox, deliveries) = mpsc::channel(8);
+        let messaging = Messaging::new(
+            1,
+            outbox,
+            Arc::new(NoPeers),
+            None,
+            outbound,
+            inbox,
+            1 << 20,
+            Arc::new(shoal_sinks::Databases::new(
+                dir.join("local.sqlite"),
+                Duration::from_secs(5),
+            )),
+            Arc::new(shoal_datasets::Datasets::new(dir.join("datasets"), 1)),
+            store,
+        );
+        let route = Route {
+            name: String::new(),
+            source: "orders".into(),
+            filter: None,
+            destinations: vec![WORKFLOW_INBOX.into()],
+        }
+        .validate("to-inbox")
+        .expect("route");
+        let key = format!("{ROUTES_PREFIX}to-inbox");
+        let value = serde_json::to_vec(&route).expect("route JSON");
+        messaging.apply_config(vec![(key, Some(value))]).await;
+        (messaging, deliveries)
+    }
+
+    #[tokio::test]
+    async fn a_publish_its_caller_gave_up_on_still_wakes_the_deliverer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (messaging, mut deliveries) = messaging_routing_orders_to_the_inbox(dir.path()).await;
+        let message = Message {
+            id: new_id(),
+            topic: "orders".into(),
+            content_type: "application/json".into(),
+            data: b"{}".to_vec(),
+            ..Default::default()
+        };
+        // Polled once, then dropped: the caller gives up while the outbox
+        // write runs on a blocking thread (the write itself goes on).
+        let given_up = messaging.publish(vec![message]).now_or_never();
+        assert!(given_up.is_none(), "the publish finished in its first poll");
+        let delivery = tokio::time::timeout(Duration::from_secs(10), deliveries.recv())
+            .await
+            .expect("the outbox held the message, but no deliverer was woken for it")
+            .expect("the inbox channel is open");
+        assert_eq!(delivery.event["topic"], "orders");
+        let _ = delivery.reply.send(Ok(()));
     }
 }
