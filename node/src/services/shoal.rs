@@ -126,7 +126,7 @@ pub struct Shoal {
     /// The space alarms raised on this node and in the cluster.
     pub space: super::space::SpaceAlarms,
     /// Blocking reads that may run at once (see [`Shoal::read`]).
-    pub reads: tokio::sync::Semaphore,
+    pub reads: Arc<tokio::sync::Semaphore>,
     /// The last whole-state digest, held while one is computed: one at a
     /// time, and callers that queued behind it take it if nothing has been
     /// applied since (see `api::cluster::digest`).
@@ -139,9 +139,9 @@ pub struct Shoal {
 const READS_PER_CORE: usize = 4;
 
 /// The permits of [`Shoal::reads`].
-pub fn read_permits() -> tokio::sync::Semaphore {
+pub fn read_permits() -> Arc<tokio::sync::Semaphore> {
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-    tokio::sync::Semaphore::new(cores * READS_PER_CORE)
+    Arc::new(tokio::sync::Semaphore::new(cores * READS_PER_CORE))
 }
 
 /// What a create-only write ([`Shoal::create`]) found.
@@ -479,12 +479,13 @@ impl Shoal {
         &self,
         work: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
     ) -> KvResult<T> {
-        let _permit = self
+        let permit = self
             .reads
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| KvError::Internal("the node is stopping".into()))?;
-        self.read_without_permit(work).await
+        read_on_blocking_pool(self.store.clone(), Some(permit), work).await
     }
 
     /// [`Shoal::read`] without waiting for a permit: for reads of a few
@@ -494,15 +495,7 @@ impl Shoal {
         &self,
         work: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
     ) -> KvResult<T> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || work(&store)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "storage error");
-                Err(KvError::Storage(Arc::new(e)))
-            }
-            Err(e) => Err(KvError::Internal(format!("read task failed: {e}"))),
-        }
+        read_on_blocking_pool(self.store.clone(), None, work).await
     }
 
     /// Whether this node currently leads (background duties run on the leader).
@@ -512,5 +505,61 @@ impl Shoal {
 
     pub fn committed(&self) -> u64 {
         self.committed_index.load(Ordering::Relaxed)
+    }
+}
+
+/// Run `work` on the blocking pool. The permit goes with the work, not with
+/// the caller: a caller that gives up does not stop work already on the
+/// blocking pool, and a permit given back with the caller let more reads
+/// run than the limit allows (all of them stuck behind a snapshot import,
+/// until the blocking pool itself was full).
+async fn read_on_blocking_pool<T: Send + 'static>(
+    store: Store,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    work: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
+) -> KvResult<T> {
+    let blocking = move || {
+        let _permit = permit;
+        work(&store)
+    };
+    match tokio::task::spawn_blocking(blocking).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "storage error");
+            Err(KvError::Storage(Arc::new(e)))
+        }
+        Err(e) => Err(KvError::Internal(format!("read task failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_its_caller_gave_up_on_holds_its_permit_until_it_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = permits.clone().acquire_owned().await.expect("permit");
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let read = read_on_blocking_pool(store, Some(permit), move |_| {
+            let _ = finished.recv();
+            Ok(())
+        });
+        // Polled once, then dropped: the read goes on on its thread.
+        let given_up = futures::FutureExt::now_or_never(read);
+        assert!(given_up.is_none(), "the read finished in its first poll");
+        assert_eq!(
+            permits.available_permits(),
+            0,
+            "the read still runs, but its permit was given back"
+        );
+        finish.send(()).expect("the read waits");
+        let back = tokio::time::timeout(Duration::from_secs(10), permits.acquire()).await;
+        assert!(
+            back.is_ok(),
+            "the permit did not come back when the read ended"
+        );
     }
 }
