@@ -12,9 +12,9 @@ use utoipa::ToSchema;
 
 use shoal_storage::now_ms;
 
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
-use crate::services::shoal::Shoal;
+use crate::services::shoal::{KvError, Shoal};
 
 /// How long to wait for the leader's replication figures.
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -188,18 +188,27 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<ClusterSt
 pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Digest>> {
     // It reads the whole state, and callers that give up cannot stop one
     // that started: one at a time, and the same state is not read twice
-    // (the applied position names it; see the description).
-    let mut last = shoal.digest.lock().await;
-    let (applied, _) = shoal.read(|store| store.sm_applied()).await?;
-    let digest = match last.as_ref() {
-        Some(last) if last.last_applied.is_some() && last.last_applied == applied => last.clone(),
-        _ => {
-            let digest = shoal.read(|store| store.sm_digest()).await?;
-            metrics::counter!("shoal_state_digests_total").increment(1);
-            *last = Some(digest.clone());
-            digest
+    // (the applied position names it; see the description). In a task of
+    // its own, so that a caller cut off by its timeout neither lets go of
+    // the lock while its read goes on nor throws the result away.
+    let computing = shoal.clone();
+    let digest = tokio::spawn(async move {
+        let mut last = computing.digest.lock().await;
+        let (applied, _) = computing.read(|store| store.sm_applied()).await?;
+        match last.as_ref() {
+            Some(last) if last.last_applied.is_some() && last.last_applied == applied => {
+                Ok(last.clone())
+            }
+            _ => {
+                let digest = computing.read(|store| store.sm_digest()).await?;
+                metrics::counter!("shoal_state_digests_total").increment(1);
+                *last = Some(digest.clone());
+                Ok::<_, KvError>(digest)
+            }
         }
-    };
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the digest task failed: {e}")))??;
     let applied: Option<openraft::LogId<NodeId>> = match &digest.last_applied {
         Some(bytes) => Some(shoal_codec::decode(bytes)?),
         None => None,
