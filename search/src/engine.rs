@@ -195,26 +195,35 @@ impl Logs {
         if kept.is_empty() {
             return Ok(outcome);
         }
-        // A new stream's slot is given back unless its records are written,
-        // also when this ingest is dropped on the way (the guard's drop).
+        // A new stream's slot is given back unless its records are written
+        // (the guard's drop).
         let mut slot = self.admit_stream(stream)?.then(|| NewStreamSlot {
             shared: self.shared.clone(),
             stream: stream.to_string(),
             written: false,
         });
-        let written = self.write(stream, kept, outcome).await;
-        if written.is_ok() {
-            if let Some(slot) = &mut slot {
-                slot.written = true;
+        // In a task of its own, which a caller that gives up does not
+        // cancel: records handed to the WAL are written all the same, and a
+        // slot given back for them let the stream cap be passed.
+        let logs = self.clone();
+        let stream = stream.to_string();
+        tokio::spawn(async move {
+            let written = logs.write(&stream, kept, outcome).await;
+            if written.is_ok() {
+                if let Some(slot) = &mut slot {
+                    slot.written = true;
+                }
+                // Another ingest that took the slot may have failed and given
+                // it back after this one was admitted: the stream holds records.
+                let mut names = logs.shared.stream_names();
+                if names.known.insert(stream) {
+                    names.publish_count();
+                }
             }
-            // Another ingest that took the slot may have failed and given
-            // it back after this one was admitted: the stream holds records.
-            let mut names = self.shared.stream_names();
-            if names.known.insert(stream.to_string()) {
-                names.publish_count();
-            }
-        }
-        written
+            written
+        })
+        .await
+        .map_err(|e| SearchError::Internal(format!("ingest task: {e}")))?
     }
 
     /// Append kept records to the WAL and wait for the fsync.
@@ -465,6 +474,8 @@ impl Logs {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
     use crate::query::{Cursor, SearchOrder};
     use crate::state::{Limits, Retention};
@@ -521,6 +532,56 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("never saw {count} records");
+    }
+
+    /// Polls an ingest into a new stream until its records are handed to
+    /// the WAL, then drops it (a caller that gives up while the WAL
+    /// fsyncs). None when the ingest finished before that could be seen.
+    async fn ingest_given_up_after_the_append(logs: &Logs, stream: &str) -> Option<()> {
+        let mut ingest = std::pin::pin!(logs.ingest(stream, vec![record(now_nanos(), "kept")]));
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        for _ in 0..10_000 {
+            if ingest.as_mut().poll(&mut context).is_ready() {
+                return None;
+            }
+            if logs.shared.indexing_bytes.load(Ordering::Relaxed) > 0 {
+                return Some(());
+            }
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        None
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ingest_its_caller_gave_up_on_still_counts_its_new_stream() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut one_stream = config(dir.path());
+            one_stream.limits.streams = 1;
+            let logs = Logs::open(one_stream).unwrap();
+            if ingest_given_up_after_the_append(&logs, "first")
+                .await
+                .is_none()
+            {
+                continue;
+            }
+            wait_count(&logs, 1).await;
+            assert_eq!(
+                logs.shared.stream_names().counted(),
+                1,
+                "the stream holds a record, so it counts"
+            );
+            let second = logs
+                .ingest("second", vec![record(now_nanos(), "refused")])
+                .await;
+            assert!(
+                matches!(second, Err(SearchError::TooManyStreams(_))),
+                "a second stream passed the cap of one: {second:?}"
+            );
+            return;
+        }
+        panic!("no ingest was seen between its append and the WAL's answer");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
