@@ -198,14 +198,27 @@ impl Outbox {
         Ok(count_by_destination(&self.store)?.into_keys().collect())
     }
 
-    /// Replace a pending entry (after a failed attempt).
+    /// Whether a pending entry is still there. Asked under the lock of
+    /// the counts, which [`Outbox::purge`] holds too: a deliverer's pass
+    /// that was under way when its destination was deleted must not bring
+    /// back an entry the purge removed.
+    fn is_pending(&self, key: &[u8]) -> Result<bool, StorageError> {
+        Ok(self
+            .store
+            .db
+            .get_cf(self.store.cf(CF_OUTBOX)?, key)?
+            .is_some())
+    }
+
+    /// Replace a pending entry (after a failed attempt), unless it is gone.
     pub fn update(&self, destination: &str, seq: u64, value: &[u8]) -> Result<(), StorageError> {
+        let _counts = self.lock_pending();
+        let key = entry_key(destination, seq);
+        if !self.is_pending(&key)? {
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.store.cf(CF_OUTBOX)?,
-            entry_key(destination, seq),
-            value,
-        );
+        batch.put_cf(self.store.cf(CF_OUTBOX)?, key, value);
         self.store.write(batch, false)
     }
 
@@ -222,14 +235,20 @@ impl Outbox {
         Ok(())
     }
 
-    /// Move a pending entry to the dead letters, atomically.
+    /// Move a pending entry to the dead letters, atomically, unless it is
+    /// gone.
     pub fn kill(&self, destination: &str, seq: u64, value: &[u8]) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
+        let mut counts = self.lock_pending();
         let key = entry_key(destination, seq);
+        if !self.is_pending(&key)? {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
         batch.delete_cf(self.store.cf(CF_OUTBOX)?, &key);
         batch.put_cf(self.store.cf(CF_DEAD_LETTERS)?, &key, value);
         self.store.write(batch, true)?;
-        self.count_pending(destination, 0, 1);
+        let count = counts.entry(destination.to_string()).or_default();
+        *count = count.saturating_sub(1);
         Ok(())
     }
 
@@ -269,6 +288,7 @@ impl Outbox {
 
     /// Drop every entry of a destination, pending and dead (when it is deleted).
     pub fn purge(&self, destination: &str) -> Result<(), StorageError> {
+        let mut counts = self.lock_pending();
         let mut batch = WriteBatch::default();
         for list in [List::Pending, List::Dead] {
             batch.delete_range_cf(
@@ -279,7 +299,7 @@ impl Outbox {
         }
         self.store.write(batch, true)?;
         // Kept at 0 rather than removed, so a gauge made from it drops to 0.
-        self.lock_pending().insert(destination.to_string(), 0);
+        counts.insert(destination.to_string(), 0);
         Ok(())
     }
 }
@@ -287,6 +307,27 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purged_entry_is_not_brought_back_by_a_pass_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
+        let seqs = outbox
+            .add(&[
+                ("webhook:a".into(), b"1".to_vec()),
+                ("webhook:a".into(), b"2".to_vec()),
+            ])
+            .unwrap();
+        // The destination is deleted while its deliverer holds both
+        // entries; the deliverer then records a failed attempt and a dead
+        // letter.
+        outbox.purge("webhook:a").unwrap();
+        outbox.update("webhook:a", seqs[0], b"1, tried").unwrap();
+        outbox.kill("webhook:a", seqs[1], b"2, dead").unwrap();
+        assert_eq!(outbox.count(List::Pending, "webhook:a").unwrap(), 0);
+        assert_eq!(outbox.count(List::Dead, "webhook:a").unwrap(), 0);
+        assert_eq!(outbox.pending_counts(), vec![("webhook:a".to_string(), 0)]);
+    }
 
     #[test]
     fn entries_survive_reopen_and_move_between_lists() {
