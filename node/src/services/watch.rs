@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_storage::kv::Changes;
+
 use super::shoal::{KvError, KvResult, Shoal};
 use super::watch_hub::{Filter, Registration, SharedBatch};
 
@@ -26,6 +28,13 @@ pub struct Watcher {
     registration: Option<Registration>,
     /// Stored history may hold matching changes not yet delivered.
     behind: bool,
+    /// The history read under way, kept across calls: loops await
+    /// `next_batches` in `select!` and drop it when another branch fires,
+    /// and a read on the blocking pool cannot be stopped, so the next call
+    /// takes up the same read instead of starting another (else a scan
+    /// longer than the loop's tick would never finish, and each abandoned
+    /// one would hold a read permit until its end).
+    reading: Option<tokio::task::JoinHandle<KvResult<Changes>>>,
 }
 
 impl Watcher {
@@ -58,6 +67,7 @@ impl Watcher {
             max_batches,
             registration: None,
             behind: true,
+            reading: None,
         })
     }
 
@@ -78,12 +88,25 @@ impl Watcher {
             }
             if self.behind {
                 let (from, filter, max) = (self.next, self.filter.clone(), self.max_batches);
-                let changes = self
-                    .shoal
-                    .read(move |store| {
-                        store.kv_changes(from, &|key| filter.matches(key), max, HISTORY_SCAN)
+                let shoal = self.shoal.clone();
+                let reading = self.reading.get_or_insert_with(|| {
+                    tokio::spawn(async move {
+                        shoal
+                            .read(move |store| {
+                                store.kv_changes(
+                                    from,
+                                    &|key| filter.matches(key),
+                                    max,
+                                    HISTORY_SCAN,
+                                )
+                            })
+                            .await
                     })
-                    .await?;
+                });
+                let read = reading.await;
+                self.reading = None;
+                let changes =
+                    read.map_err(|e| KvError::Internal(format!("history read task: {e}")))??;
                 if from < changes.counters.compact_revision {
                     return Err(KvError::HistoryCompacted {
                         from,
