@@ -29,6 +29,9 @@ pub enum MessagingError {
     Outbox(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The task that stores and routes the messages failed (it panicked).
+    #[error("publishing failed: {0}")]
+    Task(String),
     /// The message has webhook or Kafka destinations and the node's disk is
     /// nearly full: its outbox takes nothing until space is freed.
     #[error(
@@ -218,14 +221,19 @@ impl Messaging {
         if !durable.is_empty() && self.disk_low.load(Ordering::Relaxed) {
             return Err(MessagingError::NoSpace);
         }
-        let messaging = self.myself.upgrade().ok_or(MessagingError::ShuttingDown)?;
-        // In a task of its own, which a caller that gives up (a request cut
-        // off by its timeout) does not cancel: cancelled between the outbox
-        // write and the wake-ups, it left entries that no deliverer looked
-        // at until the next message to the same destination or a restart.
-        let reach = tokio::spawn(async move { messaging.store_and_route(durable, all).await })
-            .await
-            .map_err(|e| MessagingError::Outbox(e.to_string()))??;
+        let reach = if durable.is_empty() {
+            self.router.publish(all)
+        } else {
+            let messaging = self.myself.upgrade().ok_or(MessagingError::ShuttingDown)?;
+            // In a task of its own, which a caller that gives up (a request
+            // cut off by its timeout) does not cancel: cancelled between the
+            // outbox write and the wake-ups, it left entries that no
+            // deliverer looked at until the next message to the same
+            // destination or a restart.
+            tokio::spawn(async move { messaging.store_and_route(durable, all).await })
+                .await
+                .map_err(|e| MessagingError::Task(e.to_string()))??
+        };
         Ok(Receipt {
             ids,
             routed,
@@ -244,18 +252,52 @@ impl Messaging {
         let mut destinations: Vec<String> = durable.iter().map(|(d, _)| d.clone()).collect();
         destinations.sort_unstable();
         destinations.dedup();
-        if !durable.is_empty() {
-            let outbox = self.deliveries.outbox().clone();
-            tokio::task::spawn_blocking(move || outbox.add(&durable))
-                .await
-                .map_err(|e| MessagingError::Outbox(e.to_string()))?
-                .map_err(|e| MessagingError::Outbox(e.to_string()))?;
-        }
+        let outbox = self.deliveries.outbox().clone();
+        tokio::task::spawn_blocking(move || outbox.add(&durable))
+            .await
+            .map_err(|e| MessagingError::Outbox(e.to_string()))?
+            .map_err(|e| MessagingError::Outbox(e.to_string()))?;
         let reach = self.router.publish(all);
         for destination in destinations {
             self.deliveries.wake(&destination).await;
         }
         Ok(reach)
+    }
+
+    /// Move a destination's dead letters (all, or those of `only`) back to
+    /// its pending list, each with its attempts reset, and wake its
+    /// deliverer; how many moved. In a task of its own, as a publish.
+    pub async fn replay_dead_letters(
+        &self,
+        destination: &str,
+        only: Option<Vec<u64>>,
+    ) -> Result<usize, MessagingError> {
+        let deliveries = self.deliveries.clone();
+        let destination = destination.to_string();
+        tokio::spawn(async move {
+            let outbox = deliveries.outbox().clone();
+            let target = destination.clone();
+            let moved = tokio::task::spawn_blocking(move || {
+                outbox.replay(
+                    &target,
+                    only.as_deref(),
+                    |value| match shoal_codec::decode::<Entry>(value) {
+                        Ok(entry) => shoal_codec::encode(&Entry::new(entry.message))
+                            .unwrap_or_else(|_| value.to_vec()),
+                        Err(_) => value.to_vec(),
+                    },
+                )
+            })
+            .await
+            .map_err(|e| MessagingError::Outbox(e.to_string()))?
+            .map_err(|e| MessagingError::Outbox(e.to_string()))?;
+            if moved > 0 {
+                deliveries.wake(&destination).await;
+            }
+            Ok(moved)
+        })
+        .await
+        .map_err(|e| MessagingError::Task(e.to_string()))?
     }
 
     /// After a restart: deliver what the outbox still holds (counted when

@@ -347,32 +347,10 @@ async fn replay_dead_letters(
             .collect()
     });
     let (destination, base) = outbox_names(kind, name);
-    let deliveries = shoal.messaging.deliveries.clone();
-    // In a task of its own, which a caller that gives up does not cancel:
-    // entries moved back to the outbox must wake their deliverer.
-    let moved = tokio::spawn(async move {
-        let outbox = deliveries.outbox().clone();
-        let target = destination.clone();
-        let moved = tokio::task::spawn_blocking(move || {
-            outbox.replay(
-                &target,
-                only.as_deref(),
-                |value| match shoal_codec::decode::<Entry>(value) {
-                    Ok(entry) => shoal_codec::encode(&Entry::new(entry.message))
-                        .unwrap_or_else(|_| value.to_vec()),
-                    Err(_) => value.to_vec(),
-                },
-            )
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-        if moved > 0 {
-            deliveries.wake(&destination).await;
-        }
-        Ok::<_, ApiError>(moved)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let moved = shoal
+        .messaging
+        .replay_dead_letters(&destination, only)
+        .await?;
     let mut replayed = moved as u64;
     let mut unreachable = Vec::new();
     if !local_scope(params)? {
