@@ -188,12 +188,14 @@ pub async fn status(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<ClusterSt
 pub async fn digest(State(shoal): State<Arc<Shoal>>) -> ApiResult<Json<Digest>> {
     // It reads the whole state, and callers that give up cannot stop one
     // that started: one at a time, and the same state is not read twice
-    // (the applied position names it; see the description). In a task of
-    // its own, so that a caller cut off by its timeout neither lets go of
-    // the lock while its read goes on nor throws the result away.
+    // (the applied position names it; see the description). A caller that
+    // gives up while it waits for the lock leaves the queue; once it holds
+    // the lock, the rest runs in a task of its own, so that a caller cut
+    // off by its timeout neither lets go of the lock while its read goes on
+    // nor throws the result away.
+    let mut last = shoal.digest.clone().lock_owned().await;
     let computing = shoal.clone();
     let digest = tokio::spawn(async move {
-        let mut last = computing.digest.lock().await;
         let (applied, _) = computing.read(|store| store.sm_applied()).await?;
         match last.as_ref() {
             Some(last) if last.last_applied.is_some() && last.last_applied == applied => {

@@ -130,7 +130,7 @@ pub struct Shoal {
     /// The last whole-state digest, held while one is computed: one at a
     /// time, and callers that queued behind it take it if nothing has been
     /// applied since (see `api::cluster::digest`).
-    pub digest: tokio::sync::Mutex<Option<shoal_storage::kv::Digest>>,
+    pub digest: Arc<tokio::sync::Mutex<Option<shoal_storage::kv::Digest>>>,
 }
 
 /// Blocking reads a node runs at once, per core. Reads are CPU work on data
