@@ -33,8 +33,19 @@ pub struct Watcher {
     /// and a read on the blocking pool cannot be stopped, so the next call
     /// takes up the same read instead of starting another (else a scan
     /// longer than the loop's tick would never finish, and each abandoned
-    /// one would hold a read permit until its end).
-    reading: Option<tokio::task::JoinHandle<KvResult<Changes>>>,
+    /// one would hold a read permit until its end). With the revision it
+    /// reads from.
+    reading: Option<(u64, tokio::task::JoinHandle<KvResult<Changes>>)>,
+}
+
+impl Drop for Watcher {
+    /// A read nobody will take stops waiting for its permit (one already on
+    /// the blocking pool runs to its end, holding its permit).
+    fn drop(&mut self) {
+        if let Some((_, reading)) = &self.reading {
+            reading.abort();
+        }
+    }
 }
 
 impl Watcher {
@@ -87,22 +98,24 @@ impl Watcher {
                 self.behind = true;
             }
             if self.behind {
-                let (from, filter, max) = (self.next, self.filter.clone(), self.max_batches);
+                let (next, filter, max) = (self.next, self.filter.clone(), self.max_batches);
                 let shoal = self.shoal.clone();
-                let reading = self.reading.get_or_insert_with(|| {
-                    tokio::spawn(async move {
+                let (from, reading) = self.reading.get_or_insert_with(|| {
+                    let reading = tokio::spawn(async move {
                         shoal
                             .read(move |store| {
                                 store.kv_changes(
-                                    from,
+                                    next,
                                     &|key| filter.matches(key),
                                     max,
                                     HISTORY_SCAN,
                                 )
                             })
                             .await
-                    })
+                    });
+                    (next, reading)
                 });
+                let from = *from;
                 let read = reading.await;
                 self.reading = None;
                 let changes =
