@@ -7,7 +7,7 @@
 //! destination's entries come out in the order they were added.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
@@ -46,6 +46,12 @@ pub struct Outbox {
     /// Pending entries per destination, counted at open and kept by every
     /// change, so the lag is known without scanning a long list.
     pending: Mutex<BTreeMap<String, u64>>,
+    /// Taken shared around the check and write of the changes that rewrite
+    /// an existing entry (a failed attempt, a dead letter, a replay), and
+    /// exclusively by [`Outbox::purge`]: a deliverer's pass or a replay
+    /// under way when its destination was deleted must not bring back an
+    /// entry the purge removed.
+    purge_gate: RwLock<()>,
 }
 
 fn entry_key(destination: &str, seq: u64) -> Vec<u8> {
@@ -97,6 +103,7 @@ impl Outbox {
             store,
             next_seq: Mutex::new(next),
             pending: Mutex::new(pending),
+            purge_gate: RwLock::new(()),
         })
     }
 
@@ -198,11 +205,17 @@ impl Outbox {
         Ok(count_by_destination(&self.store)?.into_keys().collect())
     }
 
-    /// Whether a pending entry is still there. Asked under the lock of
-    /// the counts, which [`Outbox::purge`] holds too: a deliverer's pass
-    /// that was under way when its destination was deleted must not bring
-    /// back an entry the purge removed.
-    fn is_pending(&self, key: &[u8]) -> Result<bool, StorageError> {
+    fn gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.purge_gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a pending entry is still there (asked through the gate, so
+    /// that no purge comes between the answer and the write it decides).
+    fn is_pending(
+        &self,
+        _gate: &RwLockReadGuard<'_, ()>,
+        key: &[u8],
+    ) -> Result<bool, StorageError> {
         Ok(self
             .store
             .db
@@ -212,9 +225,9 @@ impl Outbox {
 
     /// Replace a pending entry (after a failed attempt), unless it is gone.
     pub fn update(&self, destination: &str, seq: u64, value: &[u8]) -> Result<(), StorageError> {
-        let _counts = self.lock_pending();
+        let gate = self.gate();
         let key = entry_key(destination, seq);
-        if !self.is_pending(&key)? {
+        if !self.is_pending(&gate, &key)? {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
@@ -238,17 +251,16 @@ impl Outbox {
     /// Move a pending entry to the dead letters, atomically, unless it is
     /// gone.
     pub fn kill(&self, destination: &str, seq: u64, value: &[u8]) -> Result<(), StorageError> {
-        let mut counts = self.lock_pending();
+        let gate = self.gate();
         let key = entry_key(destination, seq);
-        if !self.is_pending(&key)? {
+        if !self.is_pending(&gate, &key)? {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.store.cf(CF_OUTBOX)?, &key);
         batch.put_cf(self.store.cf(CF_DEAD_LETTERS)?, &key, value);
         self.store.write(batch, true)?;
-        let count = counts.entry(destination.to_string()).or_default();
-        *count = count.saturating_sub(1);
+        self.count_pending(destination, 0, 1);
         Ok(())
     }
 
@@ -262,6 +274,7 @@ impl Outbox {
         only: Option<&[u64]>,
         revive: impl Fn(&[u8]) -> Vec<u8>,
     ) -> Result<usize, StorageError> {
+        let _gate = self.gate();
         let dead = self.scan(List::Dead, destination, None, usize::MAX)?;
         let pending = self.store.cf(CF_OUTBOX)?;
         // Held across the write, as in `add`.
@@ -288,7 +301,7 @@ impl Outbox {
 
     /// Drop every entry of a destination, pending and dead (when it is deleted).
     pub fn purge(&self, destination: &str) -> Result<(), StorageError> {
-        let mut counts = self.lock_pending();
+        let _gate = self.purge_gate.write().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         for list in [List::Pending, List::Dead] {
             batch.delete_range_cf(
@@ -299,7 +312,7 @@ impl Outbox {
         }
         self.store.write(batch, true)?;
         // Kept at 0 rather than removed, so a gauge made from it drops to 0.
-        counts.insert(destination.to_string(), 0);
+        self.lock_pending().insert(destination.to_string(), 0);
         Ok(())
     }
 }
