@@ -447,19 +447,11 @@ impl Actor for BridgeActor {
 mod tests {
     use std::time::Duration;
 
-    use futures::future::BoxFuture;
     use futures::FutureExt;
 
     use super::*;
     use crate::config::{Route, ROUTES_PREFIX, WORKFLOW_INBOX};
-    use crate::router::{NodeId, PeerSendError};
-
-    struct NoPeers;
-    impl PeerTransport for NoPeers {
-        fn send(&self, node: NodeId, _: Vec<u8>) -> BoxFuture<'static, Result<(), PeerSendError>> {
-            Box::pin(async move { Err(PeerSendError::NoAddress(node)) })
-        }
-    }
+    use crate::router::tests::NoPeers;
 
     /// A node's messaging on its own store, with a route from `orders` to
     /// the workflow event inbox, whose deliveries come out of the receiver.

@@ -636,10 +636,11 @@ async fn run_link(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    struct NoPeers;
+    /// A transport to a cluster of one: every peer is unknown.
+    pub(crate) struct NoPeers;
     impl PeerTransport for NoPeers {
         fn send(&self, node: NodeId, _: Vec<u8>) -> BoxFuture<'static, Result<(), PeerSendError>> {
             Box::pin(async move { Err(PeerSendError::NoAddress(node)) })
