@@ -191,6 +191,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 |sm| {
                     let mut position = sm.lock_snapshots();
                     let (export, data) = sm.snapshots.write_data(|out| sm.store.sm_export(out))?;
+                    // Applied entries are written without an fsync (the log
+                    // has them); the snapshot file is made durable. Synced
+                    // first, the state machine is never behind its snapshot
+                    // after a power cut, which openraft refuses at start.
+                    sm.store.sync_wal()?;
                     let last_log_id: Option<LogId<NodeId>> = match &export.last_applied {
                         Some(bytes) => Some(decode(bytes)?),
                         None => None,

@@ -171,6 +171,57 @@ async fn snapshots_and_log_purge_survive_kill9() {
     assert_eq!(node.put_rev("snap/after", b"x").await, before.0 + 1);
 }
 
+/// A snapshot is made durable; the entries it holds were applied to the
+/// state machine without an fsync. A power cut right after a snapshot (no
+/// write since, so no log fsync that would have carried the applied
+/// entries to the disk) left the state machine behind its snapshot, and the
+/// node refused to start ("snapshot_last_log_id <= committed" in openraft's
+/// state check), restarted and panicked again, forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_power_cut_right_after_a_snapshot_loses_nothing() {
+    let mut node = Node::builder()
+        .args(&["--snapshot-every", "10"])
+        .env("SHOAL_FAULT_LOSE_UNSYNCED", "1")
+        .start()
+        .await;
+    // Writes one at a time until a snapshot holds the last of them (one
+    // follows every 10th entry, shortly after its apply).
+    let mut written = 0;
+    let status = 'writes: loop {
+        assert!(written < 40, "no snapshot of the last write in 40 writes");
+        node.put(
+            &format!("cut/{written:02}"),
+            format!("v{written}").as_bytes(),
+        )
+        .await;
+        written += 1;
+        for _ in 0..20 {
+            let status = node.status().await;
+            let snapshot = opt_num(&status, "/snapshot_index").unwrap_or(0);
+            if snapshot > 0 && snapshot == num(&status, "/applied_index") {
+                break 'writes status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let before = node.list_all("cut/").await;
+    assert_eq!(before.len(), written, "{status}");
+
+    node.kill9();
+    node.restart().await;
+
+    assert_eq!(
+        node.list_all("cut/").await,
+        before,
+        "the keys after the power cut"
+    );
+    let restarted = node.status().await;
+    assert!(
+        num(&restarted, "/applied_index") >= num(&status, "/snapshot_index"),
+        "before: {status}\nafter: {restarted}"
+    );
+}
+
 /// A follower that was down while the leader snapshotted and purged its log
 /// catches up by installing a snapshot of a state far larger than one
 /// transfer chunk (openraft's default gives the install of the last chunk
