@@ -166,8 +166,7 @@ impl Messaging {
             self.deliveries.stop(&destination);
             let outbox = self.deliveries.outbox().clone();
             let purging = destination.clone();
-            let purged = tokio::task::spawn_blocking(move || outbox.purge(&purging)).await;
-            if !matches!(purged, Ok(Ok(()))) {
+            if on_outbox(move || outbox.purge(&purging)).await.is_err() {
                 tracing::warn!(%destination, "could not purge the outbox of a deleted destination");
             }
         }
@@ -253,10 +252,7 @@ impl Messaging {
         destinations.sort_unstable();
         destinations.dedup();
         let outbox = self.deliveries.outbox().clone();
-        tokio::task::spawn_blocking(move || outbox.add(&durable))
-            .await
-            .map_err(|e| MessagingError::Outbox(e.to_string()))?
-            .map_err(|e| MessagingError::Outbox(e.to_string()))?;
+        on_outbox(move || outbox.add(&durable)).await?;
         let reach = self.router.publish(all);
         for destination in destinations {
             self.deliveries.wake(&destination).await;
@@ -277,7 +273,7 @@ impl Messaging {
         tokio::spawn(async move {
             let outbox = deliveries.outbox().clone();
             let target = destination.clone();
-            let moved = tokio::task::spawn_blocking(move || {
+            let moved = on_outbox(move || {
                 outbox.replay(
                     &target,
                     only.as_deref(),
@@ -288,9 +284,7 @@ impl Messaging {
                     },
                 )
             })
-            .await
-            .map_err(|e| MessagingError::Outbox(e.to_string()))?
-            .map_err(|e| MessagingError::Outbox(e.to_string()))?;
+            .await?;
             if moved > 0 {
                 deliveries.wake(&destination).await;
             }
@@ -440,6 +434,17 @@ impl Actor for BridgeActor {
     ) -> Result<(), ActorProcessingErr> {
         consumer.abort();
         Ok(())
+    }
+}
+
+/// Outbox work on the blocking pool; its failures are the outbox's.
+async fn on_outbox<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, shoal_storage::StorageError> + Send + 'static,
+) -> Result<T, MessagingError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(MessagingError::Outbox(e.to_string())),
+        Err(e) => Err(MessagingError::Outbox(e.to_string())),
     }
 }
 
