@@ -98,9 +98,9 @@ impl Watcher {
                 self.behind = true;
             }
             if self.behind {
-                let (next, filter, max) = (self.next, self.filter.clone(), self.max_batches);
-                let shoal = self.shoal.clone();
                 let (from, reading) = self.reading.get_or_insert_with(|| {
+                    let (next, max) = (self.next, self.max_batches);
+                    let (shoal, filter) = (self.shoal.clone(), self.filter.clone());
                     let reading = tokio::spawn(async move {
                         shoal
                             .read(move |store| {
