@@ -65,8 +65,9 @@ pub struct Databases {
     migration_limit: Duration,
     pools: Mutex<HashMap<String, (u64, Pool)>>,
     /// Held while a pool is opened and its migrations run, so they run
-    /// once on this node.
-    opening: tokio::sync::Mutex<()>,
+    /// once on this node (by the migration's task, so that a caller who
+    /// gives up does not let a second one start beside it).
+    opening: Arc<tokio::sync::Mutex<()>>,
     tables: Mutex<HashMap<(String, String), Arc<Table>>>,
 }
 
@@ -78,7 +79,7 @@ impl Databases {
             local_path,
             migration_limit,
             pools: Mutex::new(HashMap::new()),
-            opening: tokio::sync::Mutex::new(()),
+            opening: Arc::new(tokio::sync::Mutex::new(())),
             tables: Mutex::new(HashMap::new()),
         }
     }
@@ -98,7 +99,7 @@ impl Databases {
         if let Some(pool) = self.known_pool(&database.name, fingerprint) {
             return Ok(pool);
         }
-        let _opening = self.opening.lock().await;
+        let opening = self.opening.clone().lock_owned().await;
         if let Some(pool) = self.known_pool(&database.name, fingerprint) {
             return Ok(pool);
         }
@@ -107,7 +108,17 @@ impl Databases {
         } else {
             open_postgres(database, password)?
         };
-        migrate(&pool, database, self.migration_limit).await?;
+        let migration = {
+            let (pool, database, limit) = (pool.clone(), database.clone(), self.migration_limit);
+            tokio::spawn(async move {
+                let ran = migrate(&pool, &database, limit).await;
+                drop(opening);
+                ran
+            })
+        };
+        migration.await.map_err(|e| {
+            WriteError::Unavailable(format!("migrations of database {}: {e}", database.name))
+        })??;
         self.lock_pools()
             .insert(database.name.clone(), (fingerprint, pool.clone()));
         // After the migrations: a shape read before them is stale.
@@ -796,6 +807,43 @@ mod tests {
         // Nothing of it stayed: the same version with other SQL runs.
         local.migrations[0].sql = "CREATE TABLE t (id INTEGER PRIMARY KEY)".into();
         databases.pool(Some(&local), None).await.unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_migration_its_caller_gave_up_on_runs_once_and_alone() {
+        let dir = std::env::temp_dir().join(format!("shoal-sinks-given-up-{}", std::process::id()));
+        let databases = Databases::new(dir.join("local.sqlite"), Duration::from_secs(60));
+        let mut local = Database::local();
+        local.migrations = vec![crate::definition::Migration {
+            version: 1,
+            description: "slow".into(),
+            sql: "CREATE TABLE big AS WITH RECURSIVE c(x) AS \
+                  (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 40000000) SELECT x FROM c"
+                .into(),
+        }];
+        // The caller (a PUT cut off by its request timeout) gives up while
+        // the statement runs.
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            databases.pool(Some(&local), None),
+        )
+        .await;
+        assert!(
+            gave_up.is_err(),
+            "the migration was meant to outlast its caller"
+        );
+        // A retry neither runs it beside the first nor fails for it (the
+        // statement runs longer than SQLite waits for a lock).
+        let pool = databases.pool(Some(&local), None).await.unwrap();
+        let Pool::Sqlite(sqlite) = &pool else {
+            panic!("the embedded database is SQLite")
+        };
+        let rows: (i64,) = sqlx::query_as("SELECT count(*) FROM big")
+            .fetch_one(sqlite)
+            .await
+            .unwrap();
+        assert_eq!(rows.0, 40_000_000);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
