@@ -337,6 +337,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether a durable destination's outbox entries are kept: a deleted
+    /// webhook, sink or dataset loses them (Kafka topics and the workflow
+    /// inbox have no definition to delete).
+    pub fn keeps_outbox(&self, outbox_name: &str) -> bool {
+        match outbox_name.split_once(':') {
+            Some(("webhook", name)) => self.webhooks.contains_key(name),
+            Some(("sql", name)) => self.sinks.contains_key(name),
+            Some(("dataset", name)) => self.datasets.contains_key(name),
+            _ => true,
+        }
+    }
+
     /// Apply a stored key's new value (None when deleted). Values that do
     /// not parse are ignored with a warning: they were validated on the way in.
     pub fn apply(&mut self, key: &str, value: Option<&[u8]>) {

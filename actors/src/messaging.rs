@@ -141,24 +141,13 @@ impl Messaging {
         for (key, value) in &changes {
             config.apply(key, value.as_deref());
         }
-        let removed_webhooks = old
-            .webhooks
-            .keys()
-            .filter(|name| !config.webhooks.contains_key(*name))
-            .map(|name| format!("webhook:{name}"));
-        let removed_sinks = old
-            .sinks
-            .keys()
-            .filter(|name| !config.sinks.contains_key(*name))
-            .map(|name| format!("sql:{name}"));
-        let removed_datasets = old
-            .datasets
-            .keys()
-            .filter(|name| !config.datasets.contains_key(*name))
-            .map(|name| format!("dataset:{name}"));
-        let removed: Vec<String> = removed_webhooks
-            .chain(removed_sinks)
-            .chain(removed_datasets)
+        let webhooks = old.webhooks.keys().map(|name| format!("webhook:{name}"));
+        let sinks = old.sinks.keys().map(|name| format!("sql:{name}"));
+        let datasets = old.datasets.keys().map(|name| format!("dataset:{name}"));
+        let removed: Vec<String> = webhooks
+            .chain(sinks)
+            .chain(datasets)
+            .filter(|outbox_name| !config.keeps_outbox(outbox_name))
             .collect();
         let bridges = config.bridges.clone();
         self.config.send_replace(Arc::new(config));
@@ -248,11 +237,25 @@ impl Messaging {
         durable: Vec<(String, Vec<u8>)>,
         all: Vec<Message>,
     ) -> Result<Reach, MessagingError> {
-        let mut destinations: Vec<String> = durable.iter().map(|(d, _)| d.clone()).collect();
+        let outbox = self.deliveries.outbox().clone();
+        // Asked again as the entries are written: a destination deleted
+        // since the publish read the configuration gets none (its outbox
+        // may have been purged already).
+        let config = self.config.subscribe();
+        let mut destinations = on_outbox(move || {
+            let mut kept = Vec::with_capacity(durable.len());
+            outbox.add(&durable, |destination| {
+                let keep = config.borrow().keeps_outbox(destination);
+                if keep {
+                    kept.push(destination.to_string());
+                }
+                keep
+            })?;
+            Ok(kept)
+        })
+        .await?;
         destinations.sort_unstable();
         destinations.dedup();
-        let outbox = self.deliveries.outbox().clone();
-        on_outbox(move || outbox.add(&durable)).await?;
         let reach = self.router.publish(all);
         for destination in destinations {
             self.deliveries.wake(&destination).await;
@@ -455,7 +458,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::config::{Route, ROUTES_PREFIX, WORKFLOW_INBOX};
+    use crate::config::{Route, ROUTES_PREFIX, WEBHOOKS_PREFIX, WORKFLOW_INBOX};
     use crate::router::tests::NoPeers;
 
     /// A node's messaging on its own store, with a route from `orders` to
@@ -521,5 +524,51 @@ mod tests {
             .expect("the inbox channel is open");
         assert_eq!(delivery.event["topic"], "orders");
         let _ = delivery.reply.send(Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_publish_that_read_a_deleted_webhook_leaves_it_no_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (messaging, mut deliveries) = messaging_routing_orders_to_the_inbox(dir.path()).await;
+        let key = format!("{WEBHOOKS_PREFIX}hook");
+        let webhook: crate::config::Webhook = serde_json::from_value(
+            serde_json::json!({"url": "http://127.0.0.1:9/hook", "pattern": "orders"}),
+        )
+        .expect("webhook");
+        let webhook = webhook.validate("hook").expect("valid webhook");
+        let value = serde_json::to_vec(&webhook).expect("webhook JSON");
+        messaging
+            .apply_config(vec![(key.clone(), Some(value))])
+            .await;
+        let message = Message {
+            id: new_id(),
+            topic: "orders".into(),
+            content_type: "application/json".into(),
+            data: b"{}".to_vec(),
+            ..Default::default()
+        };
+        // The publish reads the configuration (the webhook is there) and
+        // hands its outbox write to a task; the webhook is deleted, and its
+        // outbox purged, before that task writes.
+        let reading = messaging.publish(vec![message]).now_or_never();
+        assert!(reading.is_none(), "the publish finished in its first poll");
+        messaging.apply_config(vec![(key, None)]).await;
+        // The same write's inbox entry: once it is delivered, the write is done.
+        let delivery = tokio::time::timeout(Duration::from_secs(10), deliveries.recv())
+            .await
+            .expect("the inbox entry was never delivered")
+            .expect("the inbox channel is open");
+        let _ = delivery.reply.send(Ok(()));
+        let outbox = messaging.deliveries.outbox();
+        for list in [
+            shoal_storage::outbox::List::Pending,
+            shoal_storage::outbox::List::Dead,
+        ] {
+            assert_eq!(
+                outbox.count(list, "webhook:hook").expect("count"),
+                0,
+                "the deleted webhook has an entry in its {list:?} list"
+            );
+        }
     }
 }

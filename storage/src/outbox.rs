@@ -46,11 +46,11 @@ pub struct Outbox {
     /// Pending entries per destination, counted at open and kept by every
     /// change, so the lag is known without scanning a long list.
     pending: Mutex<BTreeMap<String, u64>>,
-    /// Taken shared around the check and write of the changes that rewrite
-    /// an existing entry (a failed attempt, a dead letter, a replay), and
-    /// exclusively by [`Outbox::purge`]: a deliverer's pass or a replay
-    /// under way when its destination was deleted must not bring back an
-    /// entry the purge removed.
+    /// Taken shared around the check and write of every change but a
+    /// delivered entry's removal (a new entry, a failed attempt, a dead
+    /// letter, a replay), and exclusively by [`Outbox::purge`]: a publish,
+    /// a deliverer's pass or a replay under way when its destination was
+    /// deleted must not bring back an entry the purge removed.
     purge_gate: RwLock<()>,
 }
 
@@ -125,9 +125,18 @@ impl Outbox {
         *count = (*count + added).saturating_sub(removed);
     }
 
-    /// Add entries, one per (destination, value), in one synced write: once
-    /// this returns they survive a crash. Returns the sequence numbers.
-    pub fn add(&self, entries: &[(String, Vec<u8>)]) -> Result<Vec<u64>, StorageError> {
+    /// Add the entries, one per (destination, value), whose destination
+    /// `wanted` keeps, in one synced write: once this returns they survive
+    /// a crash. `wanted` is asked through the purge gate, so an entry for a
+    /// destination deleted meanwhile is either refused or purged after.
+    /// Returns the sequence numbers of the entries written, in order.
+    pub fn add(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        mut wanted: impl FnMut(&str) -> bool,
+    ) -> Result<Vec<u64>, StorageError> {
+        let _gate = self.gate();
+        let entries: Vec<&(String, Vec<u8>)> = entries.iter().filter(|(d, _)| wanted(d)).collect();
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -136,7 +145,7 @@ impl Outbox {
         let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut seqs = Vec::with_capacity(entries.len());
-        for (destination, value) in entries {
+        for (destination, value) in &entries {
             batch.put_cf(cf, entry_key(destination, *next), value);
             seqs.push(*next);
             *next += 1;
@@ -326,10 +335,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
         let seqs = outbox
-            .add(&[
-                ("webhook:a".into(), b"1".to_vec()),
-                ("webhook:a".into(), b"2".to_vec()),
-            ])
+            .add(
+                &[
+                    ("webhook:a".into(), b"1".to_vec()),
+                    ("webhook:a".into(), b"2".to_vec()),
+                ],
+                |_| true,
+            )
             .unwrap();
         // The destination is deleted while its deliverer holds both
         // entries; the deliverer then records a failed attempt and a dead
@@ -348,10 +360,13 @@ mod tests {
         {
             let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
             let seqs = outbox
-                .add(&[
-                    ("webhook:a".into(), b"1".to_vec()),
-                    ("webhook:a".into(), b"2".to_vec()),
-                ])
+                .add(
+                    &[
+                        ("webhook:a".into(), b"1".to_vec()),
+                        ("webhook:a".into(), b"2".to_vec()),
+                    ],
+                    |_| true,
+                )
                 .unwrap();
             assert_eq!(seqs, vec![1, 2]);
             outbox.kill("webhook:a", 1, b"1").unwrap();
@@ -360,7 +375,9 @@ mod tests {
         // Counted again at open: one pending (the other is dead).
         assert_eq!(outbox.pending_counts(), vec![("webhook:a".to_string(), 1)]);
         assert_eq!(
-            outbox.add(&[("kafka:t".into(), b"3".to_vec())]).unwrap(),
+            outbox
+                .add(&[("kafka:t".into(), b"3".to_vec())], |_| true)
+                .unwrap(),
             vec![3]
         );
         assert_eq!(
@@ -402,7 +419,9 @@ mod tests {
             }]
         );
         assert_eq!(
-            outbox.add(&[("webhook:a".into(), b"5".to_vec())]).unwrap(),
+            outbox
+                .add(&[("webhook:a".into(), b"5".to_vec())], |_| true)
+                .unwrap(),
             vec![5]
         );
         outbox.purge("webhook:a").unwrap();

@@ -372,6 +372,7 @@ impl From<shoal_actors::MessagingError> for ApiError {
                 ErrorCode::InsufficientStorage,
                 e.to_string(),
             ),
+            shoal_actors::MessagingError::ShuttingDown => ApiError::unavailable(e.to_string()),
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -165,8 +165,10 @@ async fn publish_from_socket(
         // Frames before a bad one are published: the client sent them first.
         if !messages.is_empty() {
             if let Err(e) = shoal.messaging.publish(messages).await {
-                // 1013 "try again later": the disk is nearly full.
+                // 1001 "going away": the node is shutting down; 1013 "try
+                // again later": the disk is nearly full.
                 let code = match e {
+                    shoal_actors::MessagingError::ShuttingDown => 1001,
                     shoal_actors::MessagingError::NoSpace => 1013,
                     _ => 1011,
                 };
