@@ -41,6 +41,15 @@ pub(crate) enum Request {
     DatasetScan(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
+impl Request {
+    /// Whether running the request twice is harmless: reads, Raft's own
+    /// messages, membership removal, and writes (deduplicated by proposal
+    /// id). Not a frame of messages: topics are at most once.
+    pub(crate) fn may_run_twice(&self) -> bool {
+        !matches!(self, Request::Messages(_))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Reply {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
