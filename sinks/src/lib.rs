@@ -5,6 +5,7 @@
 //! message leaves the same row.
 
 pub mod definition;
+mod migrate;
 pub mod write;
 
 pub use definition::{Database, DefinitionError, Mode, Sink};
