@@ -279,10 +279,7 @@ fn write_file(
     frame: &mut DataFrame,
 ) -> Result<(), DatasetError> {
     let partition = files::partition_dir(dir, date);
-    if !partition.exists() {
-        std::fs::create_dir_all(&partition)?;
-        sync_dir(dir)?;
-    }
+    shoal_durable::create_dir_all(&partition)?;
     let final_path = partition.join(name.render());
     let temporary = partition.join(format!("{TEMPORARY_PREFIX}{}", name.render()));
     let mut file = File::create(&temporary)?;
@@ -292,12 +289,7 @@ fn write_file(
         .with_row_group_size(Some(ROW_GROUP_ROWS))
         .finish(frame)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, &final_path)?;
-    sync_dir(&partition)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), DatasetError> {
-    File::open(dir)?.sync_all()?;
+    shoal_durable::rename(&temporary, &final_path)?;
     Ok(())
 }
 

@@ -43,7 +43,7 @@ impl CatchUp {
         let active = may_have_voted || marker.exists();
         if active && !marker.exists() {
             std::fs::write(&marker, b"")?;
-            std::fs::File::open(data_dir)?.sync_all()?;
+            shoal_durable::sync_dir(data_dir)?;
         }
         if active {
             tracing::info!("raft state is new: voting only for cluster formation until caught up with a leader");

@@ -74,7 +74,7 @@ impl SnapshotDir {
     /// nor an interrupted import names, and the single file of the earlier
     /// format.
     pub(crate) fn open(path: PathBuf) -> std::io::Result<SnapshotDir> {
-        std::fs::create_dir_all(&path)?;
+        shoal_durable::create_dir_all(&path)?;
         let dir = SnapshotDir {
             path,
             hashed: Arc::default(),
@@ -215,7 +215,7 @@ impl SnapshotDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(file_error(&path, e)),
         }
-        sync_dir(&self.path).map_err(|e| file_error(&self.path, e))?;
+        shoal_durable::sync_dir(&self.path).map_err(|e| file_error(&self.path, e))?;
         // Unless the current snapshot cannot be read just now: then every
         // data file stays, and the next change of snapshot removes them.
         if let Ok(current) = self.read_current() {
@@ -385,7 +385,7 @@ fn save_file(path: &Path, magic: &[u8; 8], value: &impl Serialize) -> Result<(),
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         match path.parent() {
-            Some(dir) => sync_dir(dir),
+            Some(dir) => shoal_durable::sync_dir(dir),
             None => Ok(()),
         }
     })();
@@ -393,10 +393,6 @@ fn save_file(path: &Path, magic: &[u8; 8], value: &impl Serialize) -> Result<(),
         let _ = std::fs::remove_file(&tmp);
     }
     written.map_err(|e| file_error(path, e))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// What a meta file written by [`save_file`] holds, checked; `None` when

@@ -77,7 +77,7 @@ impl Logs {
     pub fn open(config: LogsConfig) -> Result<Logs, SearchError> {
         let (schema, fields) = index::schema();
         let index_root = config.dir.join("indexes");
-        std::fs::create_dir_all(&index_root).map_err(|e| SearchError::io(&index_root, e))?;
+        shoal_durable::create_dir_all(&index_root).map_err(|e| SearchError::io(&index_root, e))?;
         let mut partitions = BTreeMap::new();
         for stream_dir in std::fs::read_dir(&index_root)
             .map_err(|e| SearchError::io(&index_root, e))?

@@ -212,9 +212,9 @@ impl Partition {
                 std::fs::remove_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
             }
         } else if dir.join("meta.json").exists() && !dir.join(FORMAT_FILE).exists() {
-            std::fs::rename(&dir, &old).map_err(|e| SearchError::io(&dir, e))?;
+            shoal_durable::rename(&dir, &old).map_err(|e| SearchError::io(&dir, e))?;
         }
-        std::fs::create_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
+        shoal_durable::create_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
         let index = if dir.join("meta.json").exists() {
             Index::open_in_dir(&dir)?
         } else {

@@ -90,11 +90,16 @@ impl Wal {
         indexer: mpsc::SyncSender<Entry>,
         replay: &mut dyn FnMut(Entry),
     ) -> Result<Wal, SearchError> {
-        std::fs::create_dir_all(dir).map_err(|e| SearchError::io(dir, e))?;
+        shoal_durable::create_dir_all(dir).map_err(|e| SearchError::io(dir, e))?;
         let mut segments = Vec::new();
         for item in std::fs::read_dir(dir).map_err(|e| SearchError::io(dir, e))? {
             let item = item.map_err(|e| SearchError::io(dir, e))?;
             let name = item.file_name().to_string_lossy().to_string();
+            if name.starts_with(shoal_durable::TEMPORARY_PREFIX) {
+                // A position file a crash cut short.
+                let _ = std::fs::remove_file(item.path());
+                continue;
+            }
             if let Some(seq) = name
                 .strip_suffix(".wal")
                 .and_then(|s| s.parse::<u64>().ok())
@@ -214,12 +219,8 @@ impl Wal {
 }
 
 fn write_position(dir: &Path, next_seq: u64, next_record: u64) -> std::io::Result<()> {
-    let temporary = dir.join("position.tmp");
-    let mut file = File::create(&temporary)?;
-    file.write_all(format!("{next_seq} {next_record}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(POSITION_FILE))?;
-    File::open(dir)?.sync_all()
+    let position = format!("{next_seq} {next_record}\n");
+    shoal_durable::replace_file(&dir.join(POSITION_FILE), position.as_bytes())
 }
 
 fn open_segment(path: &Path) -> Result<File, SearchError> {
@@ -228,11 +229,10 @@ fn open_segment(path: &Path) -> Result<File, SearchError> {
         .append(true)
         .open(path)
         .map_err(|e| SearchError::io(path, e))?;
-    // Make the new file's directory entry durable too.
+    // Make the new file's directory entry durable too: entries appended
+    // to a segment whose name may vanish in a power cut would be lost.
     if let Some(dir) = path.parent() {
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
+        shoal_durable::sync_dir(dir).map_err(|e| SearchError::io(dir, e))?;
     }
     Ok(file)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -202,15 +202,12 @@ fn load_state(path: &Path) -> anyhow::Result<BTreeMap<String, Position>> {
 /// Save atomically (write, fsync, rename), so a crash leaves the old or the new positions.
 fn save_state(path: &Path, state: &BTreeMap<String, Position>) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        shoal_durable::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let temporary = path.with_extension("tmp");
-    let mut file =
-        File::create(&temporary).with_context(|| format!("writing {}", temporary.display()))?;
-    file.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    let state = serde_json::to_string_pretty(state)?;
+    shoal_durable::replace_file(path, state.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A file being read: the open handle (which keeps reading a renamed file

@@ -191,11 +191,8 @@ async fn execute(
         let path = dir.join(format!("{}.{}", run.id, format.extension()));
         let target = path.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            let temporary = dir.join(format!(".tmp-{}", std::process::id()));
-            std::fs::write(&temporary, &bytes)?;
-            std::fs::File::open(&temporary)?.sync_all()?;
-            std::fs::rename(&temporary, &target)
+            shoal_durable::create_dir_all(&dir)?;
+            shoal_durable::replace_file(&target, &bytes)
         })
         .await
         .map_err(|e| ReportError::Internal(e.to_string()))?

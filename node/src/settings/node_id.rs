@@ -59,14 +59,5 @@ pub fn node_id(settings: &Settings) -> anyhow::Result<NodeIdentity> {
 /// fsync, rename, fsync of the directory. A node id lost after the node
 /// joined would make it start again as a stranger to its own data.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
+    shoal_durable::replace_file(path, bytes)
 }
