@@ -2,7 +2,7 @@
 //! order, commits about once a second (then the WAL behind the commits can
 //! go), closes idle writers, and runs retention.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -43,9 +43,12 @@ pub(crate) struct Indexer {
     shared: Arc<Shared>,
     pub wal: Option<Arc<Wal>>,
     writers: HashMap<(String, i64), (IndexWriter, Instant, bool)>,
-    /// The last WAL entry added, and the record seq after it.
+    /// The last WAL entry added whole, and the record seq after it.
     pub last_seq: u64,
     pub next_record: u64,
+    /// The entry being added: its seq, its stream, and the days whose
+    /// records have not all gone to their writer yet.
+    adding: Option<(u64, String, BTreeSet<i64>)>,
     /// WAL bytes of entries added since the last complete commit.
     uncommitted_bytes: u64,
     last_retention: Instant,
@@ -59,6 +62,7 @@ impl Indexer {
             writers: HashMap::new(),
             last_seq: 0,
             next_record: 1,
+            adding: None,
             uncommitted_bytes: 0,
             last_retention: Instant::now(),
         }
@@ -90,39 +94,59 @@ impl Indexer {
 
     /// Add an entry's records to their partitions. On replay, records a
     /// partition has already committed are skipped. Documents go to Tantivy
-    /// in batches: one hand-over to its indexing thread per batch, not per record.
+    /// in batches: one hand-over to its indexing thread per batch, not per
+    /// record. The records go day by day, each day's whole: a writer closed
+    /// to make room for another in the middle of the entry then holds all
+    /// of the entry's records for its partition or none, and its commit
+    /// says which (see [`Indexer::commit_one`]).
     pub fn add(&mut self, entry: Entry, replay: bool) {
-        self.last_seq = self.last_seq.max(entry.seq);
         self.next_record = self
             .next_record
             .max(entry.first_record + entry.records.len() as u64);
         self.uncommitted_bytes += entry.bytes;
-        let mut batch: Vec<UserOperation> = Vec::new();
-        let mut batch_partition: Option<Arc<Partition>> = None;
+        let mut days: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for (i, record) in entry.records.iter().enumerate() {
-            let day = index::day_of(record.ts_nanos);
-            let partition = match self.partition(&entry.stream, day) {
-                Ok(partition) => partition,
-                Err(e) => {
-                    tracing::error!(
-                        stream = entry.stream,
-                        error = %e,
-                        "cannot open a log partition; record dropped",
-                    );
-                    metrics::counter!("shoal_logs_index_errors_total").increment(1);
-                    continue;
-                }
-            };
-            if replay && partition.committed_seq() >= entry.seq {
-                continue;
+            days.entry(index::day_of(record.ts_nanos))
+                .or_default()
+                .push(i);
+        }
+        self.adding = Some((
+            entry.seq,
+            entry.stream.clone(),
+            days.keys().copied().collect(),
+        ));
+        for (day, positions) in days {
+            self.add_day(&entry, day, positions, replay);
+            if let Some((_, _, days_left)) = &mut self.adding {
+                days_left.remove(&day);
             }
-            let same = batch_partition
-                .as_ref()
-                .is_some_and(|p| Arc::ptr_eq(p, &partition));
-            if !same || batch.len() >= INDEX_BATCH {
-                self.send(batch_partition.take(), &mut batch, &entry.stream);
+        }
+        self.adding = None;
+        self.last_seq = self.last_seq.max(entry.seq);
+    }
+
+    /// The records of an entry (at `positions`) that fall on one day.
+    fn add_day(&mut self, entry: &Entry, day: i64, positions: Vec<usize>, replay: bool) {
+        let partition = match self.partition(&entry.stream, day) {
+            Ok(partition) => partition,
+            Err(e) => {
+                tracing::error!(
+                    stream = entry.stream,
+                    error = %e,
+                    records = positions.len(),
+                    "cannot open a log partition; records dropped",
+                );
+                metrics::counter!("shoal_logs_index_errors_total")
+                    .increment(positions.len() as u64);
+                return;
             }
-            batch_partition = Some(partition);
+        };
+        if replay && partition.committed_seq() >= entry.seq {
+            return;
+        }
+        let mut batch: Vec<UserOperation> = Vec::new();
+        for i in positions {
+            let record = &entry.records[i];
             match index::document(&self.shared.fields, record, entry.first_record + i as u64) {
                 Ok(doc) => batch.push(UserOperation::Add(doc)),
                 Err(e) => {
@@ -130,8 +154,11 @@ impl Indexer {
                     metrics::counter!("shoal_logs_index_errors_total").increment(1);
                 }
             }
+            if batch.len() >= INDEX_BATCH {
+                self.send(Some(partition.clone()), &mut batch, &entry.stream);
+            }
         }
-        self.send(batch_partition, &mut batch, &entry.stream);
+        self.send(Some(partition), &mut batch, &entry.stream);
     }
 
     /// Hand a batch of documents to its partition's writer.
@@ -212,11 +239,26 @@ impl Indexer {
             return;
         };
         self.commit_one(&key);
-        self.writers.remove(&key);
+        // A writer whose commit failed keeps its documents (and the WAL
+        // behind them stays): it is tried again at the next commit.
+        if self.writers.get(&key).is_some_and(|(_, _, dirty)| !*dirty) {
+            self.writers.remove(&key);
+        }
     }
 
+    /// Commit a partition's writer. Its payload is the last entry whose
+    /// records for the partition are all in the commit: during an entry,
+    /// the entry's own seq once the partition's day is done (or when the
+    /// entry has none), else the entry before it; a restart replays the
+    /// entries after it.
     fn commit_one(&mut self, key: &(String, i64)) {
-        let last_seq = self.last_seq;
+        let last_seq = match &self.adding {
+            Some((_, stream, days_left)) if *stream == key.0 && days_left.contains(&key.1) => {
+                self.last_seq
+            }
+            Some((seq, _, _)) => *seq,
+            None => self.last_seq,
+        };
         let Some((writer, _, dirty)) = self.writers.get_mut(key) else {
             return;
         };
@@ -228,16 +270,26 @@ impl Indexer {
             prepared.set_payload(&last_seq.to_string());
             prepared.commit()
         });
+        // Tantivy renames its new meta.json over the old one without
+        // syncing the directory: until that is done, a power cut could bring
+        // back the old one after the WAL behind the commit was removed.
+        let partition = self
+            .shared
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        let committed = committed
+            .map_err(SearchError::from)
+            .and_then(|_| match &partition {
+                Some(partition) => shoal_durable::sync_dir(&partition.dir)
+                    .map_err(|e| SearchError::io(&partition.dir, e)),
+                None => Ok(()),
+            });
         match committed {
-            Ok(_) => {
+            Ok(()) => {
                 *dirty = false;
-                let partition = self
-                    .shared
-                    .partitions
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(key)
-                    .cloned();
                 if let Some(partition) = partition {
                     partition.committed_seq.store(last_seq, Ordering::Relaxed);
                     if let Err(e) = partition.reader.reload() {

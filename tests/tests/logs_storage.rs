@@ -102,6 +102,34 @@ async fn acknowledged_records_survive_kill9_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_more_days_than_open_writers_survives_kill9() {
+    // One batch over 12 days, its days interleaved: the indexer keeps 8
+    // writers open, so it closes (and commits) some in the middle of the
+    // batch, and those partitions get more of the batch's records after.
+    let mut node =
+        Node::start_with(&["--logs-commit-ms", "60000", "--logs-retention-days", "30"]).await;
+    let now = now_nanos();
+    let records: Vec<Value> = (0..240u64)
+        .map(|n| {
+            let at = now - (n % 12) as i64 * DAY - n as i64 * 1_000_000;
+            json!({"timestamp": at, "message": format!("spread {n}"), "n": n})
+        })
+        .collect();
+    let answer = node
+        .ingest_raw("spread", "application/x-ndjson", ndjson(&records))
+        .await
+        .ok();
+    assert_eq!(answer["accepted"].as_u64(), Some(240), "{answer}");
+    node.kill9();
+    node.restart().await;
+    assert_exactly(
+        &everything(&node, "spread").await,
+        0..240,
+        "after kill -9 with writers closed mid-batch",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill9_during_ingest_keeps_every_acknowledged_batch_whole() {
     let mut node = Node::start_with(&["--logs-commit-ms", "300"]).await;
     let acked = Arc::new(AtomicUsize::new(0));
