@@ -139,14 +139,20 @@ impl Datasets {
         }
         let mut count = 0;
         for (date, rows) in &partitions {
-            let mut frame = frame(dataset, rows)?;
             let name = FileName {
                 level: Level::Part,
                 node: self.node,
                 first,
                 last,
             };
-            write_file(&dir, date, &name, &mut frame)?;
+            let written = frame(dataset, rows)
+                .and_then(|mut frame| write_file(&dir, date, &name, &mut frame));
+            if let Err(e) = written {
+                // Some days may have their file: the batch comes again, and
+                // the next write lists the files to skip what they hold.
+                self.lock_written().remove(&dataset.name);
+                return Err(e);
+            }
             count += rows.len();
         }
         self.lock_written()
@@ -462,6 +468,41 @@ pub(crate) mod tests {
         assert_eq!(
             rows_of(&restarted),
             vec![("a".into(), 1.0), ("b".into(), 2.0), ("c".into(), 3.0)]
+        );
+    }
+
+    #[test]
+    fn a_batch_that_failed_half_way_is_not_written_twice() {
+        let temp = tempfile::tempdir().expect("temp");
+        let dataset = dataset();
+        let store = Datasets::new(temp.path().to_path_buf(), 1);
+        let a = row(&dataset, "a", "2026-12-04T23:00:00Z", 1.0);
+        let b = row(&dataset, "b", "2026-12-05T01:00:00Z", 2.0);
+        let c = row(&dataset, "c", "2026-12-05T02:00:00Z", 3.0);
+        let earlier = row(&dataset, "0", "2026-12-04T22:00:00Z", 0.5);
+        store
+            .write(&dataset, 5, 5, vec![(5, earlier)])
+            .expect("an earlier batch");
+        // The second day's directory cannot be made: the batch fails after
+        // the first day's file was written.
+        let blocked = files::partition_dir(&store.dir("orders"), "2026-12-05");
+        std::fs::create_dir_all(store.dir("orders")).expect("dataset dir");
+        std::fs::write(&blocked, b"").expect("blocker");
+        let failed = store.write(&dataset, 10, 11, vec![(10, a.clone()), (11, b.clone())]);
+        assert!(failed.is_err(), "the blocked day was written: {failed:?}");
+        // The outbox delivers the batch again, with an entry more behind it.
+        std::fs::remove_file(&blocked).expect("unblock");
+        store
+            .write(&dataset, 10, 12, vec![(10, a), (11, b), (12, c)])
+            .expect("write");
+        assert_eq!(
+            rows_of(&store),
+            vec![
+                ("0".into(), 0.5),
+                ("a".into(), 1.0),
+                ("b".into(), 2.0),
+                ("c".into(), 3.0)
+            ]
         );
     }
 
