@@ -503,17 +503,22 @@ mod tests {
         (messaging, deliveries)
     }
 
-    #[tokio::test]
-    async fn a_publish_its_caller_gave_up_on_still_wakes_the_deliverer() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (messaging, mut deliveries) = messaging_routing_orders_to_the_inbox(dir.path()).await;
-        let message = Message {
+    /// A message on `orders`.
+    fn order() -> Message {
+        Message {
             id: new_id(),
             topic: "orders".into(),
             content_type: "application/json".into(),
             data: b"{}".to_vec(),
             ..Default::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_its_caller_gave_up_on_still_wakes_the_deliverer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (messaging, mut deliveries) = messaging_routing_orders_to_the_inbox(dir.path()).await;
+        let message = order();
         // Polled once, then dropped: the caller gives up while the outbox
         // write runs on a blocking thread (the write itself goes on).
         let given_up = messaging.publish(vec![message]).now_or_never();
@@ -540,13 +545,7 @@ mod tests {
         messaging
             .apply_config(vec![(key.clone(), Some(value))])
             .await;
-        let message = Message {
-            id: new_id(),
-            topic: "orders".into(),
-            content_type: "application/json".into(),
-            data: b"{}".to_vec(),
-            ..Default::default()
-        };
+        let message = order();
         // The publish reads the configuration (the webhook is there) and
         // hands its outbox write to a task; the webhook is deleted, and its
         // outbox purged, before that task writes.

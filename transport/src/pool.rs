@@ -164,16 +164,20 @@ mod tests {
         Request::Messages(vec![1, 2, 3])
     }
 
+    /// A first frame, answered; its connection goes back to `idle`.
+    async fn first_frame(idle: &IdleConnections, auth: &PeerAuth, addr: &str) {
+        let (_, stream) = idle
+            .exchange(addr, auth, &messages())
+            .await
+            .unwrap_or_else(|_| panic!("the first frame was not answered"));
+        idle.give_back(addr, stream);
+    }
+
     #[tokio::test]
     async fn a_frame_of_messages_the_peer_may_have_taken_is_not_sent_again() {
         let (addr, taken, _closes) = peer(AfterFirst::TakeAndVanish).await;
-        let idle = IdleConnections::default();
-        let auth = PeerAuth::default();
-        let (_, stream) = idle
-            .exchange(&addr, &auth, &messages())
-            .await
-            .unwrap_or_else(|_| panic!("the first frame was not answered"));
-        idle.give_back(&addr, stream);
+        let (idle, auth) = (IdleConnections::default(), PeerAuth::default());
+        first_frame(&idle, &auth, &addr).await;
         let second = idle.exchange(&addr, &auth, &messages()).await;
         assert!(second.is_err(), "the peer never answered the second frame");
         assert_eq!(
@@ -186,13 +190,8 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_the_peer_closed_is_not_used() {
         let (addr, taken, mut closes) = peer(AfterFirst::Close).await;
-        let idle = IdleConnections::default();
-        let auth = PeerAuth::default();
-        let (_, stream) = idle
-            .exchange(&addr, &auth, &messages())
-            .await
-            .unwrap_or_else(|_| panic!("the first frame was not answered"));
-        idle.give_back(&addr, stream);
+        let (idle, auth) = (IdleConnections::default(), PeerAuth::default());
+        first_frame(&idle, &auth, &addr).await;
         closes.recv().await.expect("the peer closed the connection");
         // Closed while idle: the frame goes on a new connection, once.
         let second = idle.exchange(&addr, &auth, &messages()).await;
