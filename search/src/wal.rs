@@ -149,6 +149,7 @@ impl Wal {
             next_record,
             indexer,
             segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
+            torn: false,
         };
         std::thread::Builder::new()
             .name("shoal-log-wal".into())
@@ -299,6 +300,11 @@ struct Writer {
     next_record: u64,
     indexer: mpsc::SyncSender<Entry>,
     segment_bytes: u64,
+    /// A write to the current segment failed (its last frame may be torn)
+    /// and no new segment could be started: nothing more is written until
+    /// one is, since replay stops at a torn frame and would not see what
+    /// followed it.
+    torn: bool,
 }
 
 impl Writer {
@@ -309,6 +315,17 @@ impl Writer {
                 match jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
+                }
+            }
+            if self.torn {
+                self.rotate();
+                if self.torn {
+                    for job in batch {
+                        let _ = job.reply.send(Err(SearchError::Internal(
+                            "the WAL cannot start a new segment after a failed write".into(),
+                        )));
+                    }
+                    continue;
                 }
             }
             let started = std::time::Instant::now();
@@ -348,6 +365,7 @@ impl Writer {
                 tracing::error!(error = %e, "writing the log WAL failed");
                 // The failed frame may be torn: continue in a new segment so that
                 // replay, which stops at a torn frame, still sees later entries.
+                self.torn = true;
                 self.rotate();
                 for job in batch {
                     let _ = job
@@ -401,7 +419,12 @@ impl Writer {
         let path = self.dir.join(format!("{:020}.wal", self.next_seq));
         match open_segment(&path) {
             Ok(file) => {
-                self.file = BufWriter::with_capacity(1 << 20, file);
+                let old =
+                    std::mem::replace(&mut self.file, BufWriter::with_capacity(1 << 20, file));
+                // Not flushed: what it still holds belongs to a batch whose
+                // callers were told it failed.
+                drop(old.into_parts());
+                self.torn = false;
                 let segment = Segment {
                     first_seq: self.next_seq,
                     path,
