@@ -192,6 +192,23 @@ const FORMAT_FILE: &str = "shoal-format";
 const FORMAT: &str = "2";
 /// Suffix of a partition directory while it is rebuilt.
 const UPGRADING: &str = ".upgrading";
+/// A partition Tantivy could not open is renamed `<day>.set-aside-<nanos>`
+/// (no longer a partition: searches and retention pass it by).
+const SET_ASIDE: &str = ".set-aside-";
+
+/// The partition's index in `dir`: opened, or created with the format file.
+fn open_or_create(dir: &Path, schema: &Schema) -> Result<Index, SearchError> {
+    if dir.join("meta.json").exists() {
+        return Ok(Index::open_in_dir(dir)?);
+    }
+    let index = Index::builder()
+        .schema(schema.clone())
+        .settings(settings())
+        .create_in_dir(dir)?;
+    let format = dir.join(FORMAT_FILE);
+    std::fs::write(&format, FORMAT).map_err(|e| SearchError::io(&format, e))?;
+    Ok(index)
+}
 
 impl Partition {
     pub fn open(
@@ -215,16 +232,30 @@ impl Partition {
             shoal_durable::rename(&dir, &old).map_err(|e| SearchError::io(&dir, e))?;
         }
         shoal_durable::create_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
-        let index = if dir.join("meta.json").exists() {
-            Index::open_in_dir(&dir)?
-        } else {
-            let index = Index::builder()
-                .schema(schema.clone())
-                .settings(settings())
-                .create_in_dir(&dir)?;
-            let format = dir.join(FORMAT_FILE);
-            std::fs::write(&format, FORMAT).map_err(|e| SearchError::io(&format, e))?;
-            index
+        let index = match open_or_create(&dir, schema) {
+            // Tantivy cannot read what is there (a damaged meta.json): the
+            // partition is set aside for an operator to look at, and a new
+            // one takes the records that come (the WAL's first), rather than
+            // every record of this stream and day being dropped.
+            Err(SearchError::Index(e)) => {
+                let aside = root.join(stream).join(format!(
+                    "{}{SET_ASIDE}{}",
+                    day_name(day),
+                    crate::record::now_nanos()
+                ));
+                tracing::error!(
+                    stream,
+                    day = %day_name(day),
+                    error = %e,
+                    set_aside = %aside.display(),
+                    "a log partition cannot be read: set aside, a new one takes its records",
+                );
+                metrics::counter!("shoal_logs_partitions_set_aside_total").increment(1);
+                shoal_durable::rename(&dir, &aside).map_err(|e| SearchError::io(&dir, e))?;
+                shoal_durable::create_dir_all(&dir).map_err(|e| SearchError::io(&dir, e))?;
+                open_or_create(&dir, schema)?
+            }
+            opened => opened?,
         };
         if old.exists() {
             rebuild(&old, &index, fields, stream, day)?;

@@ -20,6 +20,11 @@ pub fn describe_metrics() {
         "Failures to index or commit log records (they stay in the WAL and are retried)."
     );
     describe_counter!(
+        "shoal_logs_partitions_set_aside_total",
+        Unit::Count,
+        "Log partitions Tantivy could not open, renamed <day>.set-aside-<nanos> and replaced by a new one."
+    );
+    describe_counter!(
         "shoal_logs_partitions_dropped_total",
         Unit::Count,
         "Log partitions (one stream, one day) dropped by retention."

@@ -130,6 +130,68 @@ async fn a_batch_over_more_days_than_open_writers_survives_kill9() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_partition_is_set_aside_and_new_records_are_kept() {
+    let mut node = Node::start().await;
+    node.ingest_records("mend", &numbered(0, 10, "mend")).await;
+    node.wait_hits(&[("stream", "mend")], 10).await;
+    node.kill9();
+    // Damage the partition's meta.json, as a bad disk or a bad hand would.
+    let stream_dir = node.data_dir().join("search").join("indexes").join("mend");
+    let day_dirs: Vec<_> = std::fs::read_dir(&stream_dir)
+        .expect("the stream's directory")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    assert_eq!(day_dirs.len(), 1, "{day_dirs:?}");
+    std::fs::write(day_dirs[0].join("meta.json"), b"{ not json").expect("damage");
+    node.restart().await;
+    // New records of the same stream and day are indexed, not dropped.
+    node.ingest_records("mend", &numbered(10, 10, "mend")).await;
+    let hits = wait_for(
+        Duration::from_secs(30),
+        "records 10-19 searchable",
+        || async {
+            let hits = everything(&node, "mend").await;
+            let counts = counts_of(&hits);
+            match (10..20).all(|n| counts.contains_key(&n)) {
+                true => Ok(hits),
+                false => Err(format!("{counts:?}")),
+            }
+        },
+    )
+    .await;
+    // The first ten come back too when the WAL still held them (it is
+    // removed a commit after theirs), each once.
+    match counts_of(&hits).contains_key(&0) {
+        true => assert_exactly(&hits, 0..20, "after the damage"),
+        false => assert_exactly(&hits, 10..20, "after the damage"),
+    }
+    let set_aside: Vec<String> = std::fs::read_dir(&stream_dir)
+        .expect("the stream's directory")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .to_string()
+        })
+        .filter(|name| name.contains(".set-aside-"))
+        .collect();
+    assert_eq!(
+        set_aside.len(),
+        1,
+        "the damaged partition is kept aside: {set_aside:?}"
+    );
+    let metrics = node.get_path("/metrics").await;
+    assert!(
+        metrics
+            .text
+            .contains("shoal_logs_partitions_set_aside_total 1"),
+        "{}",
+        metrics.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill9_during_ingest_keeps_every_acknowledged_batch_whole() {
     let mut node = Node::start_with(&["--logs-commit-ms", "300"]).await;
     let acked = Arc::new(AtomicUsize::new(0));
