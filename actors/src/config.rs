@@ -337,6 +337,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The outbox names of the destinations this configuration defines
+    /// (webhooks, sinks, datasets), whose entries go when they are deleted.
+    pub fn defined_outboxes(&self) -> impl Iterator<Item = String> + '_ {
+        let webhooks = self.webhooks.keys().cloned().map(Destination::Webhook);
+        let sinks = self.sinks.keys().cloned().map(Destination::Sql);
+        let datasets = self.datasets.keys().cloned().map(Destination::Dataset);
+        webhooks
+            .chain(sinks)
+            .chain(datasets)
+            .filter_map(|destination| destination.outbox_name())
+    }
+
     /// Whether a durable destination's outbox entries are kept: a deleted
     /// webhook, sink or dataset loses them (Kafka topics and the workflow
     /// inbox have no definition to delete).

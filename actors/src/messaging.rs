@@ -141,12 +141,8 @@ impl Messaging {
         for (key, value) in &changes {
             config.apply(key, value.as_deref());
         }
-        let webhooks = old.webhooks.keys().map(|name| format!("webhook:{name}"));
-        let sinks = old.sinks.keys().map(|name| format!("sql:{name}"));
-        let datasets = old.datasets.keys().map(|name| format!("dataset:{name}"));
-        let removed: Vec<String> = webhooks
-            .chain(sinks)
-            .chain(datasets)
+        let removed: Vec<String> = old
+            .defined_outboxes()
             .filter(|outbox_name| !config.keeps_outbox(outbox_name))
             .collect();
         let bridges = config.bridges.clone();

@@ -26,8 +26,6 @@ pub(crate) type Meta = SnapshotMeta<NodeId, NodeAddr>;
 pub(crate) const CURRENT_FILE: &str = "current.meta";
 const IMPORTING_FILE: &str = "importing.meta";
 const DATA_PREFIX: &str = "data-";
-/// Part of the name of a meta file being written, before its rename.
-const TMP_INFIX: &str = ".tmp-";
 
 /// `current.meta`: magic, blake3 of the body, body (the bincode of
 /// [`CurrentSnapshot`]). A torn or corrupted file is reported, never loaded.
@@ -80,7 +78,9 @@ impl SnapshotDir {
             hashed: Arc::default(),
         };
         for name in dir.file_names() {
-            if name.contains(TMP_INFIX) || name == "current.snap" {
+            // A meta file being written when the node stopped (its
+            // temporary name; `current.tmp-*` from earlier versions).
+            if name.contains(shoal_durable::TEMPORARY_PREFIX) || name == "current.snap" {
                 let _ = std::fs::remove_file(dir.path.join(name));
             }
         }
@@ -365,34 +365,15 @@ fn corrupt(detail: &str) -> StorageError {
     }
 }
 
-/// Persist a meta file atomically: a temporary file of its own, fsync,
-/// rename over the old one, fsync of the directory. Its layout: `magic`,
-/// blake3 of the body, the body (the bincode of `value`).
+/// Persist a meta file atomically ([`shoal_durable::replace_file`]). Its
+/// layout: `magic`, blake3 of the body, the body (the bincode of `value`).
 fn save_file(path: &Path, magic: &[u8; 8], value: &impl Serialize) -> Result<(), StorageError> {
-    static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
     let body = encode(value)?;
-    let tmp = path.with_extension(format!(
-        "{}{}-{}",
-        &TMP_INFIX[1..],
-        std::process::id(),
-        NEXT_TMP.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(magic)?;
-        file.write_all(blake3::hash(&body).as_bytes())?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        match path.parent() {
-            Some(dir) => shoal_durable::sync_dir(dir),
-            None => Ok(()),
-        }
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(|e| file_error(path, e))
+    let mut file = Vec::with_capacity(magic.len() + blake3::OUT_LEN + body.len());
+    file.extend_from_slice(magic);
+    file.extend_from_slice(blake3::hash(&body).as_bytes());
+    file.extend_from_slice(&body);
+    shoal_durable::replace_file(path, &file).map_err(|e| file_error(path, e))
 }
 
 /// What a meta file written by [`save_file`] holds, checked; `None` when

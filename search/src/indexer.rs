@@ -155,25 +155,20 @@ impl Indexer {
                 }
             }
             if batch.len() >= INDEX_BATCH {
-                self.send(Some(partition.clone()), &mut batch, &entry.stream);
+                self.send(&partition, &mut batch, &entry.stream);
             }
         }
-        self.send(Some(partition), &mut batch, &entry.stream);
+        self.send(&partition, &mut batch, &entry.stream);
     }
 
     /// Hand a batch of documents to its partition's writer.
-    fn send(
-        &mut self,
-        partition: Option<Arc<Partition>>,
-        batch: &mut Vec<UserOperation>,
-        stream: &str,
-    ) {
-        let (Some(partition), false) = (partition, batch.is_empty()) else {
+    fn send(&mut self, partition: &Partition, batch: &mut Vec<UserOperation>, stream: &str) {
+        if batch.is_empty() {
             return;
-        };
+        }
         let count = batch.len() as u64;
         let sent = self
-            .writer(&partition)
+            .writer(partition)
             .and_then(|w| w.run(std::mem::take(batch)).map_err(SearchError::from));
         if let Err(e) = sent {
             tracing::error!(stream, error = %e, records = count, "cannot index records");

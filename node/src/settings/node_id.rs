@@ -1,8 +1,6 @@
 //! The node's id: given by `--node-id`, or made up on the first start and
 //! kept in DATA_DIR/node-id.
 
-use std::path::Path;
-
 use anyhow::{bail, Context};
 
 use super::Settings;
@@ -50,14 +48,9 @@ pub fn node_id(settings: &Settings) -> anyhow::Result<NodeIdentity> {
             generated: true,
         },
     };
-    write_synced(&path, format!("{}\n", id.id).as_bytes())
+    // Durable before the node uses it: a node id lost after the node
+    // joined would make it start again as a stranger to its own data.
+    shoal_durable::replace_file(&path, format!("{}\n", id.id).as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(id)
-}
-
-/// Write a small file so that it survives a power cut: a temporary file,
-/// fsync, rename, fsync of the directory. A node id lost after the node
-/// joined would make it start again as a stranger to its own data.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    shoal_durable::replace_file(path, bytes)
 }
