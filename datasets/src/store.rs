@@ -402,6 +402,15 @@ pub(crate) mod tests {
             .expect("row")
     }
 
+    /// Rows `a` (2026-12-04), `b` and `c` (2026-12-05), totals 1, 2 and 3.
+    fn rows_over_two_days(dataset: &Dataset) -> [Row; 3] {
+        [
+            row(dataset, "a", "2026-12-04T23:00:00Z", 1.0),
+            row(dataset, "b", "2026-12-05T01:00:00Z", 2.0),
+            row(dataset, "c", "2026-12-05T02:00:00Z", 3.0),
+        ]
+    }
+
     /// The paths of the files a query over `dataset` reads.
     pub(crate) fn live_paths(store: &Datasets, dataset: &str) -> Vec<PathBuf> {
         store
@@ -446,9 +455,7 @@ pub(crate) mod tests {
         let temp = tempfile::tempdir().expect("temp");
         let dataset = dataset();
         let store = Datasets::new(temp.path().to_path_buf(), 1);
-        let a = row(&dataset, "a", "2026-12-04T23:00:00Z", 1.0);
-        let b = row(&dataset, "b", "2026-12-05T01:00:00Z", 2.0);
-        let c = row(&dataset, "c", "2026-12-05T02:00:00Z", 3.0);
+        let [a, b, c] = rows_over_two_days(&dataset);
         // A batch of entries 10-11 is written, then the node "crashes"
         // before the outbox forgets them; after the restart (a new store,
         // nothing in memory) the batch comes again with entry 12 behind it.
@@ -476,9 +483,7 @@ pub(crate) mod tests {
         let temp = tempfile::tempdir().expect("temp");
         let dataset = dataset();
         let store = Datasets::new(temp.path().to_path_buf(), 1);
-        let a = row(&dataset, "a", "2026-12-04T23:00:00Z", 1.0);
-        let b = row(&dataset, "b", "2026-12-05T01:00:00Z", 2.0);
-        let c = row(&dataset, "c", "2026-12-05T02:00:00Z", 3.0);
+        let [a, b, c] = rows_over_two_days(&dataset);
         let earlier = row(&dataset, "0", "2026-12-04T22:00:00Z", 0.5);
         store
             .write(&dataset, 5, 5, vec![(5, earlier)])

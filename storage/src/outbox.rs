@@ -330,19 +330,20 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    /// Entries `1` and `2` for `webhook:a`: their sequence numbers.
+    fn add_two_for_a(outbox: &Outbox) -> Vec<u64> {
+        let entries = [
+            ("webhook:a".to_string(), b"1".to_vec()),
+            ("webhook:a".to_string(), b"2".to_vec()),
+        ];
+        outbox.add(&entries, |_| true).unwrap()
+    }
+
     #[test]
     fn a_purged_entry_is_not_brought_back_by_a_pass_under_way() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
-        let seqs = outbox
-            .add(
-                &[
-                    ("webhook:a".into(), b"1".to_vec()),
-                    ("webhook:a".into(), b"2".to_vec()),
-                ],
-                |_| true,
-            )
-            .unwrap();
+        let seqs = add_two_for_a(&outbox);
         // The destination is deleted while its deliverer holds both
         // entries; the deliverer then records a failed attempt and a dead
         // letter.
@@ -359,15 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let outbox = Outbox::open(Store::open(dir.path()).unwrap()).unwrap();
-            let seqs = outbox
-                .add(
-                    &[
-                        ("webhook:a".into(), b"1".to_vec()),
-                        ("webhook:a".into(), b"2".to_vec()),
-                    ],
-                    |_| true,
-                )
-                .unwrap();
+            let seqs = add_two_for_a(&outbox);
             assert_eq!(seqs, vec![1, 2]);
             outbox.kill("webhook:a", 1, b"1").unwrap();
         }
