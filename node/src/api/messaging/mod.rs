@@ -133,6 +133,7 @@ pub struct PublishReceipt {
         (status = 400, description = "Malformed request. Error codes: `invalid_topic`, `bad_request`.", body = ErrorBody),
         (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
     )
 )]
 pub async fn publish_one(
@@ -374,6 +375,7 @@ fn batch_message(
         (status = 400, description = "Malformed request. Error codes: `bad_request`, `invalid_topic`.", body = ErrorBody),
         (status = 413, description = "Payload too large. Error codes: `payload_too_large`.", body = ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
+        (status = 503, response = crate::api::doc::Unavailable),
     )
 )]
 pub async fn publish_batch(
