@@ -13,6 +13,7 @@ pub mod partial;
 pub mod query;
 pub mod report;
 pub mod run;
+pub mod small_files;
 pub mod store;
 
 pub use definition::{Dataset, DATASETS_PREFIX};

@@ -14,6 +14,7 @@ use polars_core::query_result::QueryResult;
 use crate::definition::{Dataset, DATE_COLUMN, TIME_COLUMN};
 use crate::partial::{is_distinct_name, PartialQueries};
 use crate::query::{invalid, QueryError, TableScan, MAX_RESULT_ROWS, NARROW_IT};
+use crate::small_files::{self, Batch};
 
 /// The rows of Parquet files (their own columns; none of a file's
 /// missing columns is an error: it reads as NULL).
@@ -43,19 +44,25 @@ pub fn local_table(
     } else {
         scan_files(files)?
     };
-    let table = table.with_column(col(TIME_COLUMN).cast(DataType::Date).alias(DATE_COLUMN));
-    Ok(table.select(columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()))
+    Ok(shaped(table, columns))
 }
 
-/// The lazy frames of one node's part of a scan: when the scan is
-/// partial, its groups and its distinct rows (those of
-/// [`PartialQueries`] it has, in that order); else its rows that pass the
-/// filter (the columns it sends).
-fn part_lazy(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<LazyFrame>, QueryError> {
+/// A table of stored columns with `date` from `_time`, reduced to
+/// `columns`.
+fn shaped(table: LazyFrame, columns: &[String]) -> LazyFrame {
+    table
+        .with_column(col(TIME_COLUMN).cast(DataType::Date).alias(DATE_COLUMN))
+        .select(columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>())
+}
+
+/// The lazy frames of one node's part of a scan over `table` (its
+/// [`local_table`], or some of it): when the scan is partial, its groups
+/// and its distinct rows (those of [`PartialQueries`] it has, in that
+/// order); else its rows that pass the filter (the columns it sends).
+fn part_lazy(scan: &TableScan, table: LazyFrame) -> Result<Vec<LazyFrame>, QueryError> {
     let Some(partial) = &scan.partial else {
-        return Ok(vec![rows_lazy(scan, files)?]);
+        return Ok(vec![rows_lazy(scan, table)?]);
     };
-    let table = local_table(&scan.dataset, files, &scan.columns)?;
     [&partial.groups, &partial.distinct_rows]
         .into_iter()
         .flatten()
@@ -63,9 +70,8 @@ fn part_lazy(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<LazyFrame>, Quer
         .collect()
 }
 
-/// A node's rows of a scan that pass its filter, the columns it sends.
-fn rows_lazy(scan: &TableScan, files: &[PathBuf]) -> Result<LazyFrame, QueryError> {
-    let table = local_table(&scan.dataset, files, &scan.columns)?;
+/// The rows of `table` that pass the scan's filter, the columns it sends.
+fn rows_lazy(scan: &TableScan, table: LazyFrame) -> Result<LazyFrame, QueryError> {
     let sent: Vec<_> = scan.sent.iter().map(|c| col(c.as_str())).collect();
     Ok(match &scan.filter {
         Some(filter) => run_over(
@@ -155,16 +161,66 @@ fn merge_input(
 
 /// One node's part of a scan: its groups and distinct rows when the scan
 /// is partial, else its rows that pass the filter (the columns it sends).
+/// Small files are read whole, in batches ([`crate::small_files`]), and
+/// each batch's part is stacked under the others' (the merge takes a
+/// group's rows from several batches as from several nodes).
 pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, QueryError> {
+    scan_batches(scan, small_files::batches(files, small_files::BATCH_BYTES))
+}
+
+fn scan_batches(scan: &TableScan, batches: Vec<Batch>) -> Result<Vec<DataFrame>, QueryError> {
+    let max_rows = scan.max_rows.min(u64::from(u32::MAX) - 1);
+    let mut frames: Vec<DataFrame> = Vec::new();
+    for batch in batches {
+        let table = match batch {
+            Batch::Small(files) => shaped(
+                small_files::read(&scan.dataset, &files, &scan.columns)?.lazy(),
+                &scan.columns,
+            ),
+            Batch::Scanned(files) => local_table(&scan.dataset, &files, &scan.columns)?,
+        };
+        let part = collect_part(scan, table, max_rows)?;
+        if frames.is_empty() {
+            frames = part;
+        } else {
+            for (into, frame) in frames.iter_mut().zip(part) {
+                into.vstack_mut_owned(frame)?;
+            }
+        }
+        if frames.iter().any(|frame| frame.height() as u64 > max_rows) {
+            return Err(QueryError::TooBig(format!(
+                "the query needs more than {max_rows} rows of {} from one node; {NARROW_IT}",
+                scan.dataset.name
+            )));
+        }
+    }
+    if scan
+        .partial
+        .as_ref()
+        .is_some_and(|p| p.distinct_rows.is_some())
+    {
+        if let Some(rows) = frames.last_mut() {
+            strings_as_binary(rows)?;
+        }
+    }
+    Ok(frames)
+}
+
+/// The frames of a node's part of a scan over `table`, at most
+/// `max_rows` + 1 rows each.
+fn collect_part(
+    scan: &TableScan,
+    table: LazyFrame,
+    max_rows: u64,
+) -> Result<Vec<DataFrame>, QueryError> {
     // Polars' streaming engine: a filter, a projection and a partial
     // aggregation are what it does fastest (the query itself runs on the
     // in-memory engine, which is faster for count(DISTINCT x)).
-    let max_rows = scan.max_rows.min(u64::from(u32::MAX) - 1);
-    let lazy: Vec<LazyFrame> = part_lazy(scan, files)?
+    let lazy: Vec<LazyFrame> = part_lazy(scan, table)?
         .into_iter()
         .map(|lazy| lazy.limit(max_rows as u32 + 1))
         .collect();
-    let mut frames = match <[LazyFrame; 1]>::try_from(lazy) {
+    Ok(match <[LazyFrame; 1]>::try_from(lazy) {
         Ok([one]) => match one.collect_with_engine(Engine::Streaming)? {
             QueryResult::Single(frame) => vec![frame],
             QueryResult::Multiple(_) => {
@@ -180,23 +236,7 @@ pub fn scan(scan: &TableScan, files: &[PathBuf]) -> Result<Vec<DataFrame>, Query
                 optimizations,
             )?
         }
-    };
-    if frames.iter().any(|frame| frame.height() as u64 > max_rows) {
-        return Err(QueryError::TooBig(format!(
-            "the query needs more than {max_rows} rows of {} from one node; {NARROW_IT}",
-            scan.dataset.name
-        )));
-    }
-    if scan
-        .partial
-        .as_ref()
-        .is_some_and(|p| p.distinct_rows.is_some())
-    {
-        if let Some(rows) = frames.last_mut() {
-            strings_as_binary(rows)?;
-        }
-    }
-    Ok(frames)
+    })
 }
 
 /// The text columns of distinct arguments as bytes (the same buffers):
@@ -255,7 +295,7 @@ pub fn execute(
                 // into the read of the files. On one node, a query with
                 // count(DISTINCT x) runs whole: split, its rows would be
                 // gathered into a frame only to be grouped again.
-                rows_lazy(&scan, &files)?
+                rows_lazy(&scan, local_table(&scan.dataset, &files, &scan.columns)?)?
             }
             local => {
                 // This node's part as the other nodes sent theirs, so every
@@ -415,5 +455,64 @@ mod tests {
             format!("{:?}", result.column("n").expect("n").get(0)),
             "Ok(UInt32(3))"
         );
+    }
+
+    #[test]
+    fn a_nodes_part_read_in_several_batches_merges_as_read_in_one() {
+        let temp = tempfile::tempdir().expect("temp");
+        let datasets = datasets();
+        let dataset = &datasets["orders"];
+        let store = crate::store::Datasets::new(temp.path().to_path_buf(), 1);
+        // Three files (three delivered batches), two of them on one day.
+        let orders = [
+            ("a", "c1", 10.0, "2026-12-04T10:00:00Z"),
+            ("b", "c2", 30.0, "2026-12-05T10:00:00Z"),
+            ("c", "c1", 5.0, "2026-12-05T11:00:00Z"),
+            ("d", "c2", 1.0, "2026-12-05T12:00:00Z"),
+        ];
+        for (seq, (id, customer, total, time)) in orders.iter().enumerate() {
+            let row = dataset
+                .row(&json!({"id": id, "time": time,
+                    "data": {"id": id, "customer": customer, "total": total}}))
+                .expect("row");
+            let seq = seq as u64 + 1;
+            store
+                .write(dataset, seq, seq, vec![(seq, row)])
+                .expect("write");
+        }
+        let files = live_paths(&store, "orders");
+        assert_eq!(files.len(), 4);
+        let each_alone = small_files::batches(&files, 1);
+        assert_eq!(each_alone.len(), 4, "{each_alone:?}");
+        for (sql, expected) in [
+            (
+                "SELECT CAST(date AS VARCHAR) AS day, count(*) AS orders, sum(total) AS revenue, \
+                 count(DISTINCT customer) AS customers FROM orders WHERE total >= 5 \
+                 GROUP BY date ORDER BY date",
+                "day,orders,revenue,customers\n2026-12-04,1,10.0,1\n2026-12-05,2,35.0,2\n",
+            ),
+            (
+                "SELECT order_id FROM orders WHERE total < 20 ORDER BY order_id",
+                "order_id\na\nc\nd\n",
+            ),
+        ] {
+            let plan = query::plan(sql, &datasets).expect("plan");
+            let scan = &plan.scans[0];
+            let run = |batches| {
+                let local = scan_batches(scan, batches).expect("scan");
+                let result = execute(
+                    &plan.sql,
+                    plan.merge.as_deref(),
+                    vec![(scan.clone(), Local::Scanned(local), Vec::new())],
+                    Vec::new(),
+                )
+                .expect("run");
+                let mut result = result;
+                let csv = crate::ipc::encode(&mut result, crate::Format::Csv).expect("csv");
+                String::from_utf8(csv).expect("utf-8")
+            };
+            assert_eq!(run(small_files::batches(&files, 1)), expected, "{sql}");
+            assert_eq!(run(vec![Batch::Scanned(files.clone())]), expected, "{sql}");
+        }
     }
 }
