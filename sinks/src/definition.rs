@@ -260,7 +260,9 @@ pub struct Sink {
     #[serde(default)]
     pub mode: Mode,
     /// A column of `columns` (not of `key`) that orders versions of a row:
-    /// an upsert never replaces a row whose version is greater.
+    /// an upsert never replaces a row whose version is greater. The
+    /// table's column must be of a number, date or time type (checked on
+    /// PUT; in SQLite, not of TEXT or BLOB affinity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_column: Option<String>,
     /// Required for `local` in a cluster of more than one node: each node

@@ -163,7 +163,8 @@ impl Databases {
     }
 
     /// Whether a sink fits its table: the table exists, has every mapped
-    /// column, and a unique index over exactly the key columns.
+    /// column, a unique index over exactly the key columns, and a version
+    /// column (if any) whose values compare as numbers or times.
     pub async fn check(&self, pool: &Pool, sink: &Sink) -> Result<(), WriteError> {
         self.forget_tables(&sink.database);
         let table = self.table(pool, sink).await?;
@@ -188,6 +189,15 @@ impl Databases {
                 sink.table,
                 sink.key.join(", ")
             )));
+        }
+        if let Some(version) = &sink.version_column {
+            let declared = table.columns.get(version).map_or("", String::as_str);
+            if !orders_versions(matches!(pool, Pool::Postgres(_)), declared) {
+                return Err(WriteError::Refused(format!(
+                    "version column {version} of table {} is {declared:?}: versions must compare as numbers or times (as text, \"10\" comes before \"9\"); make it an integer, numeric or timestamp column",
+                    sink.table
+                )));
+            }
         }
         Ok(())
     }
@@ -292,6 +302,40 @@ fn open_postgres(database: &Database, password: Option<String>) -> Result<Pool, 
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options);
     Ok(Pool::Postgres(pool))
+}
+
+/// Whether a column of this declared type orders versions as numbers or
+/// times: PostgreSQL's number, date and time types; in SQLite, a column
+/// whose type affinity is not TEXT or BLOB (the rules of "Datatypes In
+/// SQLite", 3.1).
+fn orders_versions(postgres: bool, declared: &str) -> bool {
+    match postgres {
+        true => {
+            let declared = declared.to_ascii_lowercase();
+            [
+                "smallint",
+                "integer",
+                "bigint",
+                "numeric",
+                "real",
+                "double precision",
+                "timestamp",
+                "date",
+                "time",
+                "interval",
+            ]
+            .iter()
+            .any(|kind| declared.starts_with(kind))
+        }
+        false => {
+            let declared = declared.to_ascii_uppercase();
+            declared.contains("INT")
+                || !(["CHAR", "CLOB", "TEXT", "BLOB"]
+                    .iter()
+                    .any(|text| declared.contains(text))
+                    || declared.trim().is_empty())
+        }
+    }
 }
 
 /// Whether an error is the database's refusal of these rows or a reason
@@ -587,6 +631,31 @@ async fn postgres_table(pool: &PgPool, table: &str) -> Result<Table, sqlx::Error
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_version_column_must_order_as_numbers_or_times() {
+        for declared in [
+            "bigint",
+            "integer",
+            "numeric(12,2)",
+            "double precision",
+            "timestamp with time zone",
+            "date",
+        ] {
+            assert!(orders_versions(true, declared), "{declared}");
+        }
+        for declared in ["text", "character varying(20)", "jsonb", "boolean", "uuid"] {
+            assert!(!orders_versions(true, declared), "{declared}");
+        }
+        for declared in [
+            "INTEGER", "INT", "BIGINT", "REAL", "NUMERIC", "DATETIME", "ANY",
+        ] {
+            assert!(orders_versions(false, declared), "{declared}");
+        }
+        for declared in ["TEXT", "VARCHAR(10)", "CLOB", "BLOB", ""] {
+            assert!(!orders_versions(false, declared), "{declared}");
+        }
+    }
 
     fn sink(mode: Mode, version: Option<&str>) -> Sink {
         let mut sink: Sink = serde_json::from_value(json!({

@@ -150,6 +150,17 @@ async fn a_sink_projects_messages_into_the_embedded_sqlite_by_key_and_version() 
     )
     .await;
     assert!(message.contains("not defined"), "{message}");
+    // Versions in a text column would compare as text ("10" before "9").
+    let message = refused(
+        &node,
+        "sinks",
+        "orders",
+        with("version_column", json!("status")),
+        400,
+        "sink_mismatch",
+    )
+    .await;
+    assert!(message.contains("version column status"), "{message}");
     refused(
         &node,
         "sinks",
@@ -258,6 +269,40 @@ async fn a_sink_projects_messages_into_the_embedded_sqlite_by_key_and_version() 
         .ok();
     assert_eq!(replayed["replayed"], 1, "{replayed}");
     wait_outbox(&node, "sql:orders", (0, 1)).await;
+
+    // A value of the wrong type for its column, and a column dropped from
+    // the table after the sink was defined: each row a dead letter with
+    // the database's reason, the rows beside them written.
+    publish(
+        &node,
+        "orders.updated",
+        &json!({"id": 4, "status": "new", "total": "four", "v": 1}),
+    )
+    .await;
+    wait_outbox(&node, "sql:orders", (0, 2)).await;
+    sqlx::query("ALTER TABLE orders DROP COLUMN customer")
+        .execute(&sqlite)
+        .await
+        .expect("dropping a column");
+    publish(
+        &node,
+        "orders.updated",
+        &json!({"id": 5, "status": "new", "total": 5, "v": 1}),
+    )
+    .await;
+    wait_outbox(&node, "sql:orders", (0, 3)).await;
+    let letters = node.get_path("/v1/sinks/orders/dead-letters").await.ok();
+    let reason_of = |id: i64| {
+        letters["dead_letters"]
+            .as_array()
+            .and_then(|all| all.iter().find(|l| l["message"]["data"]["id"] == id))
+            .map(|l| text(l, "/last_error").to_string())
+            .unwrap_or_else(|| panic!("no dead letter for {id}: {letters}"))
+    };
+    let wrong_type = reason_of(4);
+    assert!(wrong_type.contains("total"), "{wrong_type}");
+    let dropped = reason_of(5);
+    assert!(dropped.contains("customer"), "{dropped}");
 
     // Deleting the sink drops its outbox.
     let deleted = node
