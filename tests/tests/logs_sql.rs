@@ -138,19 +138,22 @@ async fn a_query_past_the_memory_or_time_limit_is_stopped_and_the_node_is_unharm
     // A million rows of 240 KB each: far past the worker's 2 GiB.
     let huge = "SELECT a.message || b.message || a.message || b.message AS m \
                 FROM logs a, logs b";
-    let refused = sql(&roomy, huge).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::BAD_REQUEST,
-        "{}",
-        refused.describe()
-    );
-    assert_eq!(
-        refused.body["error"]["code"],
-        json!("query_too_expensive"),
-        "{}",
-        refused.text
-    );
+    // Both SQL routes run their queries in the same workers.
+    for route in ["/v1/logs/sql", "/v1/sql"] {
+        let refused = roomy.post_json(route, &json!({ "query": huge })).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{route}: {}",
+            refused.describe()
+        );
+        assert_eq!(
+            refused.body["error"]["code"],
+            json!("query_too_expensive"),
+            "{route}: {}",
+            refused.text
+        );
+    }
     let grown = rss_bytes(pid).saturating_sub(rss_before);
     assert!(grown < 256 << 20, "the node grew by {} MiB", grown >> 20);
     assert_eq!(sql(&roomy, COUNT).await.body["rows"], json!([[1000]]));
@@ -161,14 +164,26 @@ async fn a_query_past_the_memory_or_time_limit_is_stopped_and_the_node_is_unharm
     let pid = node.pid().expect("the node runs");
     let slow = "SELECT count(*) AS n FROM logs a, logs b \
                 WHERE regexp_like(a.message, b.message)";
-    let stopped = sql(&node, slow).await;
-    assert_eq!(
-        stopped.status,
-        StatusCode::GATEWAY_TIMEOUT,
-        "{}",
-        stopped.describe()
-    );
-    assert!(stopped.text.contains("was stopped"), "{}", stopped.text);
+    for route in ["/v1/logs/sql", "/v1/sql"] {
+        let stopped = node.post_json(route, &json!({ "query": slow })).await;
+        assert_eq!(
+            stopped.status,
+            StatusCode::BAD_REQUEST,
+            "{route}: {}",
+            stopped.describe()
+        );
+        assert_eq!(
+            stopped.body["error"]["code"],
+            json!("query_too_slow"),
+            "{route}: {}",
+            stopped.text
+        );
+        assert!(
+            stopped.text.contains("--request-timeout-ms"),
+            "{route}: {}",
+            stopped.text
+        );
+    }
 
     wait_for(T, "no SQL worker left running", || async {
         match sql_workers(pid) {

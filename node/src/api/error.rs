@@ -43,6 +43,8 @@ pub enum ErrorCode {
     TooManyRows,
     /// 400: an SQL query needed more memory than a query may have.
     QueryTooExpensive,
+    /// 400: an SQL query ran past the time a query may have.
+    QueryTooSlow,
     /// 400: a workflow definition is not valid (`path` says where).
     InvalidDefinition,
     /// 400: a workflow definition uses a construct Shoal does not run
@@ -146,6 +148,7 @@ impl ErrorCode {
             ErrorCode::KafkaNotConfigured => "kafka_not_configured",
             ErrorCode::TooManyRows => "too_many_rows",
             ErrorCode::QueryTooExpensive => "query_too_expensive",
+            ErrorCode::QueryTooSlow => "query_too_slow",
             ErrorCode::InvalidDefinition => "invalid_definition",
             ErrorCode::SinkMismatch => "sink_mismatch",
             ErrorCode::MigrationFailed => "migration_failed",
@@ -446,11 +449,9 @@ impl From<crate::services::sql_worker::SqlWorkerError> for ApiError {
             SqlWorkerError::TooManyRows(reason) => {
                 ApiError::new(status, ErrorCode::TooManyRows, reason)
             }
-            SqlWorkerError::TooLong(_) => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                ErrorCode::Timeout,
-                e.to_string(),
-            ),
+            SqlWorkerError::TooLong(_) => {
+                ApiError::new(status, ErrorCode::QueryTooSlow, e.to_string())
+            }
             SqlWorkerError::TooBig(_) => {
                 ApiError::new(status, ErrorCode::QueryTooExpensive, e.to_string())
             }

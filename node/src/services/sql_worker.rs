@@ -123,7 +123,10 @@ pub enum SqlWorkerError {
     /// The query itself is at fault (what Polars said).
     #[error("{0}")]
     Refused(String),
-    #[error("the query ran for more than {} ms and was stopped", .0.as_millis())]
+    #[error(
+        "the query ran for more than {} ms (what was left of --request-timeout-ms) and was stopped; narrow it",
+        .0.as_millis()
+    )]
     TooLong(Duration),
     #[error(
         "the query needed more than {limit} MiB of memory and was stopped ({0})",

@@ -15,7 +15,7 @@ use crate::services::logs::{self, MAX_SQL_ROWS};
 use crate::services::sql_worker;
 
 /// The description shared by the GET and POST operations.
-const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL; a query that names a table more than once (a join, a subquery, a CTE) is refused (400 too_many_rows) when the records read to the power of that count pass 1 000 000, so a self cross join cannot take the node's memory. Each query runs in a worker process with 2 GiB of memory (400 query_too_expensive past it) and what is left of the request timeout (504 timeout past it).";
+const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain body, or `?q=`. Columns: ts (UTC timestamp), stream, node, kind, level, service, message, trace_id, span_id, duration_ns, status, attributes (JSON text). Top-level AND conditions on ts, level, service, stream, kind, status and trace_id are pushed down to every node's indexes; now(), current_timestamp, date_trunc and timestamp strings compared with ts are supported. One SELECT only. Limits: 200 000 records read per query (400 too_many_rows), 8 KiB of SQL; a query that names a table more than once (a join, a subquery, a CTE) is refused (400 too_many_rows) when the records read to the power of that count pass 1 000 000, so a self cross join cannot take the node's memory. Each query runs in a worker process with 2 GiB of memory (400 query_too_expensive past it) and what is left of the request timeout (400 query_too_slow past it).";
 
 /// SQL over logs (Polars): `{"query": "SELECT ..."}`, or the query as a
 /// text/plain body, or `?q=`. Conditions on ts, level, service, stream,
@@ -39,7 +39,7 @@ const SQL_DESCRIPTION: &str = "Body `{\"query\": \"SELECT ...\"}`, a text/plain 
     ),
     responses(
         (status = 200, description = "Columns and rows.", body = LogSqlResult),
-        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `query_too_slow` (it ran past what was left of the request timeout), `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
         (status = 504, response = crate::api::doc::Timeout),
@@ -74,7 +74,7 @@ pub async fn sql_get(
     ),
     responses(
         (status = 200, description = "Columns and rows.", body = LogSqlResult),
-        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `bad_request`.", body = crate::api::error::ErrorBody),
+        (status = 400, description = "Error codes: `invalid_query`, `too_many_rows`, `query_too_expensive` (the query needed more than 2 GiB), `query_too_slow` (it ran past what was left of the request timeout), `bad_request`.", body = crate::api::error::ErrorBody),
         (status = 413, description = "The body is over the request body limit. Error codes: `payload_too_large`.", body = crate::api::error::ErrorBody),
         (status = 500, response = crate::api::doc::Internal),
         (status = 504, response = crate::api::doc::Timeout),
