@@ -371,6 +371,30 @@ async fn sql_reads_every_nodes_files_and_says_when_a_node_is_missing() {
     assert_eq!(partial["rows"][0][0], 100);
     assert!((partial["rows"][0][1].as_f64().unwrap() - total(&[0, 1])).abs() < 1e-6);
     assert_eq!(partial["nodes"]["failed"].as_array().map(Vec::len), Some(1));
+    // Asked by `Accept`, CSV says the same in a header.
+    let csv = cluster
+        .node(0)
+        .send(
+            cluster
+                .node(0)
+                .request(Method::POST, "/v1/sql")
+                .header("accept", "text/csv")
+                .json(&json!({ "query": query })),
+        )
+        .await;
+    assert_eq!(csv.status, StatusCode::OK, "{}", csv.describe());
+    let header = |name: &str| {
+        csv.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    assert_eq!(header("content-type").as_deref(), Some("text/csv"));
+    assert_eq!(header("x-shoal-partial").as_deref(), Some("true"));
+    let mut lines = csv.text.lines();
+    assert_eq!(lines.next(), Some("n,revenue"), "{}", csv.text);
+    let row = lines.next().unwrap_or_default();
+    assert!(row.starts_with("100,"), "{}", csv.text);
     let partial = sql(cluster.node(0), joined).await.ok();
     assert_eq!(partial["rows"][0][0], 10, "{partial}");
     assert_eq!(partial["partial"], true, "{partial}");
@@ -791,22 +815,44 @@ async fn bad_datasets_and_bad_queries_are_refused_with_the_reason() {
     // An empty dataset answers with no rows.
     let empty = sql(&node, "SELECT order_id FROM orders").await.ok();
     assert_eq!(empty["rows"], json!([]));
+    // A result past 1,000,000 rows: 1,001 orders joined with themselves.
+    publish_orders(&node, 0, 1).await;
+    for chunk in 0..2u64 {
+        let messages = (1..=500)
+            .map(|i| json!({"topic": "orders.placed", "data": order(chunk * 500 + i, 0)}))
+            .collect();
+        shoal_tests::messaging_support::publish_batch(&node, messages).await;
+    }
+    wait_count(&node, 1001).await;
+    let reply = sql(&node, "SELECT a.order_id FROM orders a, orders b").await;
+    let error = assert_error(&reply, 400, "too_many_rows");
+    assert!(
+        text(&error, "/error/message").contains("more than 1000000 rows"),
+        "{}",
+        reply.describe()
+    );
 }
 
 /// Daily figures computed here from what was sent: orders, revenue,
 /// unique customers, per day.
 fn daily_sales(orders: &[Value]) -> BTreeMap<String, (u64, f64, usize)> {
-    let mut days: BTreeMap<String, (u64, f64, std::collections::BTreeSet<String>)> =
+    sales_by(orders, |placed| placed[..10].to_string())
+}
+
+/// Figures computed here from what was sent: orders, revenue, unique
+/// customers, per `bucket` of the order's time (RFC 3339, UTC).
+fn sales_by(orders: &[Value], bucket: fn(&str) -> String) -> BTreeMap<String, (u64, f64, usize)> {
+    let mut buckets: BTreeMap<String, (u64, f64, std::collections::BTreeSet<String>)> =
         BTreeMap::new();
     for order in orders {
-        let day = text(order, "/placed")[..10].to_string();
-        let entry = days.entry(day).or_default();
+        let entry = buckets.entry(bucket(text(order, "/placed"))).or_default();
         entry.0 += 1;
         entry.1 += order["total"].as_f64().unwrap();
         entry.2.insert(text(order, "/customer").to_string());
     }
-    days.into_iter()
-        .map(|(day, (n, revenue, customers))| (day, (n, revenue, customers.len())))
+    buckets
+        .into_iter()
+        .map(|(key, (n, revenue, customers))| (key, (n, revenue, customers.len())))
         .collect()
 }
 
@@ -849,6 +895,7 @@ async fn a_report_runs_once_per_tick_across_a_leader_change_and_its_numbers_are_
     let definition = json!({"query": query, "file": "csv", "topic": "reports.daily"});
     let reply = put_definition(cluster.node(1), "reports", "daily-sales", &definition).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    let mut published = subscribe(cluster.node(2), "reports.daily").await;
     let run = cluster
         .node(2)
         .post_json("/v1/reports/daily-sales/run", &json!(null))
@@ -870,6 +917,69 @@ async fn a_report_runs_once_per_tick_across_a_leader_change_and_its_numbers_are_
     }
     let file = std::fs::read_to_string(text(&run, "/file")).expect("the CSV file");
     assert_eq!(file.lines().count(), expected.len() + 1);
+    // The commerce example's other time buckets: hour, ISO week, month.
+    let buckets: [(&str, fn(&str) -> String); 3] = [
+        ("strftime(_time, '%Y-%m-%d %H:00')", |placed| {
+            format!("{} {}:00", &placed[..10], &placed[11..13])
+        }),
+        ("strftime(_time, '%G-W%V')", |placed| {
+            chrono::NaiveDate::parse_from_str(&placed[..10], "%Y-%m-%d")
+                .expect("a date")
+                .format("%G-W%V")
+                .to_string()
+        }),
+        ("strftime(_time, '%Y-%m')", |placed| placed[..7].to_string()),
+    ];
+    for (bucket_sql, bucket) in buckets {
+        let query = format!(
+            "SELECT {bucket_sql} AS bucket, count(*) AS orders, sum(total) AS revenue, \
+             count(DISTINCT customer_id) AS customers FROM orders GROUP BY bucket ORDER BY bucket"
+        );
+        let answer = sql(cluster.node(1), &query).await.ok();
+        let expected = sales_by(&sent, bucket);
+        let rows = answer["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), expected.len(), "{query}: {answer}");
+        for (row, (key, (n, revenue, customers))) in rows.iter().zip(&expected) {
+            assert_eq!(row[0].as_str(), Some(key.as_str()), "{query}: {row}");
+            assert_eq!(row[1].as_u64(), Some(*n), "{query}: {row}");
+            assert!(
+                (row[2].as_f64().unwrap() - revenue).abs() < 1e-6,
+                "{query}: {row}"
+            );
+            assert_eq!(row[3].as_u64(), Some(*customers as u64), "{query}: {row}");
+        }
+    }
+    // The run's message on its topic carries the same rows.
+    let message = next_message(&mut published, T)
+        .await
+        .expect("the report's message");
+    assert_eq!(message["type"], "shoal.report.run.v1", "{message}");
+    let data = &message["data"];
+    assert_eq!(data["report"], "daily-sales", "{message}");
+    assert_eq!(data["run"], run["id"], "{message}");
+    assert_eq!(data["rows"], json!(expected.len()), "{message}");
+    assert_eq!(data["result"], run["result"]["rows"], "{message}");
+
+    // A Parquet file, as another engine reads it.
+    let parquet = json!({"query": query, "file": "parquet"});
+    let reply = put_definition(cluster.node(0), "reports", "daily-parquet", &parquet).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.describe());
+    let run = cluster
+        .node(0)
+        .post_json("/v1/reports/daily-parquet/run", &json!(null))
+        .await
+        .ok();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let path = text(&run, "/file");
+    assert!(path.ends_with(".parquet"), "{run}");
+    let out = run_python("read_parquet.py", &[path]).await;
+    out.assert_success();
+    let read: Value = serde_json::from_slice(&out.stdout).expect("the reader's JSON");
+    assert_eq!(
+        read["columns"],
+        json!(["day", "orders", "revenue", "average", "customers"])
+    );
+    assert_eq!(read["rows"], run["result"]["rows"], "{read}");
 
     // Scheduled every minute: one run per tick, also after the leader that
     // ran one is killed.
