@@ -9,6 +9,7 @@ pub mod definition;
 pub mod files;
 pub mod instances;
 pub mod ipc;
+mod join_filter;
 pub mod partial;
 pub mod query;
 pub mod report;

@@ -94,11 +94,13 @@ pub struct TableScan {
     pub columns: Vec<String>,
     /// The query's WHERE, when it reads this one table alone: each node
     /// sends only the rows that pass it, and the query runs without it.
+    /// In a join, the WHERE's conditions on this table alone
+    /// ([`crate::join_filter`]), which the query runs again.
     pub filter: Option<String>,
     /// The columns each node sends of those rows (when the scan is not
     /// partial): the ones the query uses outside that WHERE.
     pub sent: Vec<String>,
-    /// The day partitions that WHERE can match (from its conditions on
+    /// The day partitions that filter can match (from its conditions on
     /// `date` and `_time`): files of other days are not opened.
     pub days: DayRange,
     /// What each node runs over its rows instead, when the query
@@ -264,6 +266,11 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
     };
     let single_table_filter = single_table_where.map(ToString::to_string);
     let single_table_days = single_table_where.map(day_range).unwrap_or_default();
+    // A join's conditions on one dataset alone: each node runs them too.
+    let join_filters = match single_table_where {
+        None if !subqueries => crate::join_filter::join_filters(query, &read),
+        _ => BTreeMap::new(),
+    };
     // The nodes run that WHERE, so the query runs without it, and a column
     // it alone names is not sent.
     let mut run_sql = sql.to_string();
@@ -305,12 +312,15 @@ pub fn plan(sql: &str, datasets: &BTreeMap<String, Dataset>) -> Result<QueryPlan
                 }
                 sent.push(DATE_COLUMN.to_string());
             }
+            let join_filter = join_filters.get(&dataset.name);
             TableScan {
                 dataset: dataset.clone(),
                 columns,
-                filter: single_table_filter.clone(),
+                filter: single_table_filter
+                    .clone()
+                    .or_else(|| join_filter.map(ToString::to_string)),
                 sent,
-                days: single_table_days.clone(),
+                days: join_filter.map_or_else(|| single_table_days.clone(), day_range),
                 partial: None,
                 max_rows: DEFAULT_MAX_SCAN_ROWS,
                 max_part_bytes: crate::ipc::MAX_PART_BYTES as u64,
@@ -454,8 +464,11 @@ pub(crate) mod tests {
             (None, None)
         );
         assert!(sub.sql.contains("WHERE customer IN"), "{}", sub.sql);
+        // An alias: its conditions go to the nodes as a join's would, and
+        // the query keeps its WHERE.
         let aliased = plan_of("SELECT o.total FROM orders o WHERE o.total > 1");
-        assert_eq!(aliased.scans[0].filter, None);
+        assert_eq!(aliased.scans[0].filter.as_deref(), Some("(total > 1)"));
+        assert!(aliased.sql.contains("WHERE o.total > 1"), "{}", aliased.sql);
         let nested = plan_of("SELECT n FROM (SELECT * FROM orders) AS x");
         assert_eq!(nested.scans[0].columns.len(), 6);
         let builtin = plan_of(

@@ -585,6 +585,16 @@ async fn sql_joins_a_dataset_with_workflow_instances_and_logs() {
         ]),
         "{joined}"
     );
+    // An inner join's condition on the dataset alone runs on the nodes
+    // too (and picks the day partition to read); the answer is the same.
+    let inner = sql(
+        &node,
+        "SELECT o.order_id, i.status FROM orders o JOIN workflow_instances i ON o.order_id = i.id \
+         WHERE o.date = '2026-12-02' AND i.status = 'completed' ORDER BY o.order_id",
+    )
+    .await
+    .ok();
+    assert_eq!(inner["rows"], json!([["o-1-1", "completed"]]), "{inner}");
     // Timestamp strings compare with `_time` (orders are placed on
     // 2026-12-01 to 03, by i % 3).
     let recent = sql(
