@@ -527,21 +527,24 @@ fn spawn_duties(shoal: &Arc<Shoal>, transport: Arc<RpcTransport>) {
     tokio::spawn(leases::run(shoal.clone()));
     tokio::spawn(compact_history(shoal.clone()));
     tokio::spawn(crate::services::space::watch_space(shoal.clone()));
-    tokio::spawn(crate::services::datasets::maintain(shoal.clone()));
     tokio::spawn(crate::services::reports::schedule(shoal.clone()));
     tokio::spawn(workflow_runner::run(shoal.clone()));
     tokio::spawn(messaging::sync_interest(shoal.clone(), transport));
 }
 
 /// The configuration first: deliverers and publishes look webhooks and
-/// routing rules up in it. Then follow it and resume deliveries (those to
-/// the workflow event inbox come back on `inbox_receiver`).
+/// routing rules up in it, and the datasets' maintenance its datasets (its
+/// first round runs at once, which before the configuration was loaded
+/// found no dataset and waited a minute). Then follow it and resume
+/// deliveries (those to the workflow event inbox come back on
+/// `inbox_receiver`).
 async fn start_messaging_delivery(
     shoal: &Arc<Shoal>,
     inbox_receiver: mpsc::Receiver<InboxDelivery>,
 ) {
     let config_revision = messaging::load_config(shoal).await;
     tokio::spawn(messaging::follow_config(shoal.clone(), config_revision));
+    tokio::spawn(crate::services::datasets::maintain(shoal.clone()));
     tokio::spawn(workflow_events::take_deliveries(
         shoal.clone(),
         inbox_receiver,
