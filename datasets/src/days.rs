@@ -37,6 +37,23 @@ impl DayRange {
     }
 }
 
+/// The top-level (AND) conditions of a WHERE.
+pub(crate) fn conjuncts(expr: &Expr) -> Vec<&Expr> {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            let mut all = conjuncts(left);
+            all.extend(conjuncts(right));
+            all
+        }
+        Expr::Nested(inner) => conjuncts(inner),
+        other => vec![other],
+    }
+}
+
 /// The days a WHERE can match, from its top-level (AND) conditions that
 /// compare `date` or `_time` with a constant: `date >= '2026-12-01'`,
 /// `_time < strptime('2026-12-03T00:00:00', ...)` (what a timestamp
@@ -44,20 +61,6 @@ impl DayRange {
 /// whole days, so the range is a superset; anything else is left to the
 /// WHERE itself.
 pub(crate) fn day_range(selection: &Expr) -> DayRange {
-    fn conjuncts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
-        match expr {
-            Expr::BinaryOp {
-                left,
-                op: BinaryOperator::And,
-                right,
-            } => {
-                conjuncts(left, out);
-                conjuncts(right, out);
-            }
-            Expr::Nested(inner) => conjuncts(inner, out),
-            _ => out.push(expr),
-        }
-    }
     fn is_day_column(expr: &Expr) -> bool {
         column_name(expr).is_some_and(|name| name == DATE_COLUMN || name == TIME_COLUMN)
     }
@@ -87,9 +90,7 @@ pub(crate) fn day_range(selection: &Expr) -> DayRange {
         Some(day.to_string())
     }
     let mut range = DayRange::default();
-    let mut all = Vec::new();
-    conjuncts(selection, &mut all);
-    for condition in all {
+    for condition in conjuncts(selection) {
         match condition {
             Expr::BinaryOp { left, op, right } => {
                 let (op, day) = if is_day_column(left) {

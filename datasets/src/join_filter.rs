@@ -18,6 +18,8 @@ use sqlparser::ast::{
     TableFactor,
 };
 
+use crate::days::conjuncts;
+
 /// Per dataset of `datasets` that a join reads once, the conditions only
 /// on it, joined with AND, its columns unqualified (as each node's filter
 /// names them).
@@ -83,23 +85,6 @@ pub(crate) fn join_filters(query: &Query, datasets: &BTreeSet<String>) -> BTreeM
         }
     }
     filters
-}
-
-/// The top-level (AND) conditions of a WHERE.
-fn conjuncts(expr: &Expr) -> Vec<&Expr> {
-    match expr {
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::And,
-            right,
-        } => {
-            let mut all = conjuncts(left);
-            all.extend(conjuncts(right));
-            all
-        }
-        Expr::Nested(inner) => conjuncts(inner),
-        other => vec![other],
-    }
 }
 
 /// The table every column of a condition is qualified by, if there is one

@@ -62,8 +62,10 @@ pub fn batches(files: &[PathBuf], batch_bytes: u64) -> Vec<Batch> {
 }
 
 /// The rows of `files`, one file after another: the stored columns of
-/// `columns` (`date` comes from `_time`, which is always read). A column
-/// a file lacks (written before the definition gained it) is NULL.
+/// `columns` (`date` comes from `_time`, which is always read: every file
+/// has it, so a file's rows are all there even when it has none of the
+/// other columns). A column a file lacks (written before the definition
+/// gained it) is NULL.
 pub fn read(
     dataset: &Dataset,
     files: &[PathBuf],
@@ -138,7 +140,7 @@ fn read_file(path: &Path, read: &[Column]) -> Result<DataFrame, PolarsError> {
         .filter(|c| schema.contains(c.name()))
         .map(|c| c.name().to_string())
         .collect();
-    let mut frame = reader.with_columns(Some(present)).finish()?;
+    let frame = reader.with_columns(Some(present)).finish()?;
     let height = frame.height();
     let mut columns = Vec::with_capacity(read.len());
     for column in read {
@@ -147,8 +149,7 @@ fn read_file(path: &Path, read: &[Column]) -> Result<DataFrame, PolarsError> {
             Err(_) => Column::full_null(column.name().clone(), height, column.dtype()),
         });
     }
-    frame = DataFrame::new(height, columns)?;
-    Ok(frame)
+    DataFrame::new(height, columns)
 }
 
 #[cfg(test)]
