@@ -309,32 +309,29 @@ fn open_postgres(database: &Database, password: Option<String>) -> Result<Pool, 
 /// whose type affinity is not TEXT or BLOB (the rules of "Datatypes In
 /// SQLite", 3.1).
 fn orders_versions(postgres: bool, declared: &str) -> bool {
-    match postgres {
-        true => {
-            let declared = declared.to_ascii_lowercase();
-            [
-                "smallint",
-                "integer",
-                "bigint",
-                "numeric",
-                "real",
-                "double precision",
-                "timestamp",
-                "date",
-                "time",
-                "interval",
-            ]
-            .iter()
-            .any(|kind| declared.starts_with(kind))
-        }
-        false => {
-            let declared = declared.to_ascii_uppercase();
-            declared.contains("INT")
-                || !(["CHAR", "CLOB", "TEXT", "BLOB"]
-                    .iter()
-                    .any(|text| declared.contains(text))
-                    || declared.trim().is_empty())
-        }
+    if postgres {
+        let declared = declared.to_ascii_lowercase();
+        [
+            "smallint",
+            "integer",
+            "bigint",
+            "numeric",
+            "real",
+            "double precision",
+            "timestamp",
+            "date",
+            "time",
+            "interval",
+        ]
+        .iter()
+        .any(|kind| declared.starts_with(kind))
+    } else {
+        let declared = declared.to_ascii_uppercase();
+        declared.contains("INT")
+            || !(["CHAR", "CLOB", "TEXT", "BLOB"]
+                .iter()
+                .any(|text| declared.contains(text))
+                || declared.trim().is_empty())
     }
 }
 

@@ -849,6 +849,27 @@ fn daily_sales(orders: &[Value]) -> BTreeMap<String, (u64, f64, usize)> {
     sales_by(orders, |placed| placed[..10].to_string())
 }
 
+/// Rows of (bucket, orders, revenue, average order, unique customers)
+/// equal to `expected`, in its order.
+#[track_caller]
+fn assert_sales(rows: &Value, expected: &BTreeMap<String, (u64, f64, usize)>, query: &str) {
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), expected.len(), "{query}: {rows:?}");
+    for (row, (key, (n, revenue, customers))) in rows.iter().zip(expected) {
+        assert_eq!(row[0].as_str(), Some(key.as_str()), "{query}: {row}");
+        assert_eq!(row[1].as_u64(), Some(*n), "{query}: {row}");
+        assert!(
+            (row[2].as_f64().unwrap() - revenue).abs() < 1e-6,
+            "{query}: {row}"
+        );
+        assert!(
+            (row[3].as_f64().unwrap() - revenue / *n as f64).abs() < 1e-6,
+            "{query}: {row}"
+        );
+        assert_eq!(row[4].as_u64(), Some(*customers as u64), "{query}: {row}");
+    }
+}
+
 /// Figures computed here from what was sent: orders, revenue, unique
 /// customers, per `bucket` of the order's time (RFC 3339, UTC).
 fn sales_by(orders: &[Value], bucket: fn(&str) -> String) -> BTreeMap<String, (u64, f64, usize)> {
@@ -913,18 +934,7 @@ async fn a_report_runs_once_per_tick_across_a_leader_change_and_its_numbers_are_
         .ok();
     assert_eq!(run["status"], "succeeded", "{run}");
     let expected = daily_sales(&sent);
-    let rows = run["result"]["rows"].as_array().expect("the result");
-    assert_eq!(rows.len(), expected.len(), "{run}");
-    for (row, (day, (n, revenue, customers))) in rows.iter().zip(&expected) {
-        assert_eq!(row[0].as_str(), Some(day.as_str()));
-        assert_eq!(row[1].as_u64(), Some(*n));
-        assert!((row[2].as_f64().unwrap() - revenue).abs() < 1e-6, "{row}");
-        assert!(
-            (row[3].as_f64().unwrap() - revenue / *n as f64).abs() < 1e-6,
-            "{row}"
-        );
-        assert_eq!(row[4].as_u64(), Some(*customers as u64));
-    }
+    assert_sales(&run["result"]["rows"], &expected, query);
     let file = std::fs::read_to_string(text(&run, "/file")).expect("the CSV file");
     assert_eq!(file.lines().count(), expected.len() + 1);
     // The commerce example's other time buckets: hour, ISO week, month.
@@ -943,21 +953,11 @@ async fn a_report_runs_once_per_tick_across_a_leader_change_and_its_numbers_are_
     for (bucket_sql, bucket) in buckets {
         let query = format!(
             "SELECT {bucket_sql} AS bucket, count(*) AS orders, sum(total) AS revenue, \
-             count(DISTINCT customer_id) AS customers FROM orders GROUP BY bucket ORDER BY bucket"
+             avg(total) AS average, count(DISTINCT customer_id) AS customers \
+             FROM orders GROUP BY bucket ORDER BY bucket"
         );
         let answer = sql(cluster.node(1), &query).await.ok();
-        let expected = sales_by(&sent, bucket);
-        let rows = answer["rows"].as_array().expect("rows");
-        assert_eq!(rows.len(), expected.len(), "{query}: {answer}");
-        for (row, (key, (n, revenue, customers))) in rows.iter().zip(&expected) {
-            assert_eq!(row[0].as_str(), Some(key.as_str()), "{query}: {row}");
-            assert_eq!(row[1].as_u64(), Some(*n), "{query}: {row}");
-            assert!(
-                (row[2].as_f64().unwrap() - revenue).abs() < 1e-6,
-                "{query}: {row}"
-            );
-            assert_eq!(row[3].as_u64(), Some(*customers as u64), "{query}: {row}");
-        }
+        assert_sales(&answer["rows"], &sales_by(&sent, bucket), &query);
     }
     // The run's message on its topic carries the same rows.
     let message = next_message(&mut published, T)
