@@ -3,6 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -112,10 +113,12 @@ impl Message {
 }
 
 /// A message shared by every subscriber it is delivered to; its JSON
-/// envelope is rendered once, by the first subscriber that needs it.
+/// envelope, and its payload as shared bytes for raw frames, are made
+/// once, by the first subscriber that needs them.
 pub struct Shared {
     pub message: Message,
     rendered: OnceLock<String>,
+    payload: OnceLock<Bytes>,
     /// Its bytes in the node's subscriber buffer budget, once it is queued.
     charge: OnceLock<BudgetCharge>,
 }
@@ -133,6 +136,7 @@ impl Shared {
         Shared {
             message,
             rendered: OnceLock::new(),
+            payload: OnceLock::new(),
             charge: OnceLock::new(),
         }
     }
@@ -145,7 +149,9 @@ impl Shared {
     }
 
     /// The message's bytes plus the envelope it renders once for
-    /// subscribers (about as large again as its payload).
+    /// subscribers (about as large again as its payload). Raw subscribers
+    /// share one copy of the payload instead; a message that has both
+    /// kinds of subscribers holds one payload more than this says.
     pub fn approx_bytes(&self) -> u64 {
         self.message.approx_bytes() + self.message.data.len() as u64
     }
@@ -153,6 +159,14 @@ impl Shared {
     pub fn envelope_json(&self) -> &str {
         self.rendered
             .get_or_init(|| self.message.envelope().to_string())
+    }
+
+    /// The payload as bytes every raw frame of it shares (copied once, not
+    /// once per subscriber).
+    pub fn payload_bytes(&self) -> Bytes {
+        self.payload
+            .get_or_init(|| Bytes::copy_from_slice(&self.message.data))
+            .clone()
     }
 }
 
@@ -217,6 +231,22 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_frames_share_one_copy_of_the_payload() {
+        let shared = Shared::new(Message {
+            data: vec![7; 4096],
+            ..Message::default()
+        });
+        let first = shared.payload_bytes();
+        let second = shared.payload_bytes();
+        assert_eq!(&first[..], &shared.message.data[..]);
+        assert_eq!(
+            first.as_ptr(),
+            second.as_ptr(),
+            "the payload was copied again"
+        );
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

@@ -61,12 +61,25 @@ pub(super) fn sample_cpu(
     })
 }
 
-/// Servers' and bench's CPU (100 = one core) between `from` and `to`.
-pub(super) fn cpu_between(
-    samples: &[(Instant, u64, u64)],
-    from: Instant,
-    to: Instant,
-) -> (f64, f64) {
+/// The CPU the servers and the bench used over a run.
+pub(super) struct CpuUse {
+    /// Servers' CPU, 100 = one core busy all the time.
+    pub(super) server_pct: f64,
+    /// This process's CPU, likewise.
+    pub(super) bench_pct: f64,
+    /// Seconds of CPU the servers used (every core counted).
+    pub(super) server_secs: f64,
+}
+
+/// The servers' and bench's CPU between `from` and `to`, from the samples
+/// on either side of them (the servers are idle just before and after a
+/// run, so the seconds are those of the run).
+pub(super) fn cpu_between(samples: &[(Instant, u64, u64)], from: Instant, to: Instant) -> CpuUse {
+    let idle = CpuUse {
+        server_pct: 0.0,
+        bench_pct: 0.0,
+        server_secs: 0.0,
+    };
     let first = samples
         .iter()
         .rev()
@@ -74,16 +87,18 @@ pub(super) fn cpu_between(
         .or(samples.first());
     let last = samples.iter().find(|s| s.0 >= to).or(samples.last());
     let (Some(first), Some(last)) = (first, last) else {
-        return (0.0, 0.0);
+        return idle;
     };
     let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
     if secs <= 0.0 {
-        return (0.0, 0.0);
+        return idle;
     }
     let per_sec = ticks_per_sec();
-    let pct = |ticks: u64| ticks as f64 / per_sec / secs * 100.0;
-    (
-        pct(last.1.saturating_sub(first.1)),
-        pct(last.2.saturating_sub(first.2)),
-    )
+    let server_secs = last.1.saturating_sub(first.1) as f64 / per_sec;
+    let bench_secs = last.2.saturating_sub(first.2) as f64 / per_sec;
+    CpuUse {
+        server_pct: server_secs / secs * 100.0,
+        bench_pct: bench_secs / secs * 100.0,
+        server_secs,
+    }
 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::Args;
 use crate::client::{wait_interest, Incoming, NatsEvents, Publisher, SubConn};
-use crate::cpu::{cpu_between, sample_cpu};
+use crate::cpu::{cpu_between, sample_cpu, CpuUse};
 use crate::payload::{decode, now_ns, payload, HEADER, PROBE};
 use crate::stats::{summarize, Summary};
 use crate::systems::{Deployment, System};
@@ -130,8 +130,7 @@ pub(super) struct Outcome {
     /// From the first publish to the last message received.
     pub(super) elapsed_secs: f64,
     pub(super) latency: Option<Summary>,
-    pub(super) server_cpu: f64,
-    pub(super) bench_cpu: f64,
+    pub(super) cpu: CpuUse,
     pub(super) interest_wait: Option<Duration>,
     pub(super) nats_slow_consumer: u64,
     pub(super) nats_disconnected: u64,
@@ -147,6 +146,13 @@ impl Outcome {
         } else {
             0.0
         }
+    }
+
+    /// Microseconds of the servers' CPU per message delivered: what bounds
+    /// the throughput of servers on cores of their own, which the bench's
+    /// clients (here on the same cores) do not share.
+    pub(super) fn server_us_per_message(&self) -> f64 {
+        self.cpu.server_secs * 1e6 / self.delivered.max(1) as f64
     }
 
     pub(super) fn lost(&self) -> u64 {
@@ -272,7 +278,7 @@ pub(super) async fn run_one(
         .filter_map(|r| r.last)
         .max()
         .unwrap_or(started);
-    let (server_cpu, bench_cpu) = cpu_between(&samples, started, last);
+    let cpu = cpu_between(&samples, started, last);
     let latency = if scenario == Scenario::Latency {
         summarize(
             reports
@@ -294,8 +300,7 @@ pub(super) async fn run_one(
         malformed: reports.iter().map(|r| r.malformed).sum(),
         elapsed_secs: last.saturating_duration_since(started).as_secs_f64(),
         latency,
-        server_cpu,
-        bench_cpu,
+        cpu,
         interest_wait,
         nats_slow_consumer: events.slow_consumer.load(Ordering::Relaxed),
         nats_disconnected: events.disconnected.load(Ordering::Relaxed),

@@ -200,8 +200,8 @@ pub(super) fn print_report(rows: &[Row], args: &Args) {
                         thousands(o.lost() as f64),
                         o.duplicates,
                         o.elapsed_secs,
-                        o.server_cpu,
-                        o.bench_cpu,
+                        o.cpu.server_pct,
+                        o.cpu.bench_pct,
                         notes.join("; "),
                     );
                 }
@@ -324,12 +324,57 @@ pub(super) fn print_security_report(
             cells.join(" | ")
         );
     }
+    print_server_cpu(rows, args, &variants, plain_system);
     if plain_system == SHOAL {
         println!();
         println!("Targets (security on):");
         for target in targets {
             println!("{target}");
         }
+    }
+}
+
+/// The servers' CPU per delivered message of the throughput and fan-out
+/// rows, each variant beside the plain system. The bench's clients run on
+/// the same cores as the servers and decrypt what these encrypt, so the
+/// msgs/s above count the clients' TLS work too; a server on cores of its
+/// own is bound by this figure instead (in parentheses: plain's µs over the
+/// variant's, the share of plain throughput such a server keeps).
+fn print_server_cpu(rows: &[Row], args: &Args, variants: &[System], plain_system: System) {
+    let plain_name = plain_system.name();
+    let names: Vec<&str> = variants.iter().map(|v| v.name()).collect();
+    println!();
+    println!("{plain_name}'s servers' CPU per delivered message, µs (in parentheses: plain's µs / the variant's):");
+    println!();
+    println!(
+        "| scenario | payload | {plain_name} | {} |",
+        names.join(" | ")
+    );
+    println!("| --- | ---: | ---: |{}", " ---: |".repeat(variants.len()));
+    for row in rows {
+        if row.scenario == Scenario::Latency {
+            continue;
+        }
+        let Some(Ok(plain)) = result_of(row, plain_system) else {
+            continue;
+        };
+        let plain_us = plain.server_us_per_message();
+        let cells: Vec<String> = variants
+            .iter()
+            .map(|variant| match result_of(row, *variant) {
+                Some(Ok(o)) => {
+                    let us = o.server_us_per_message();
+                    format!("{us:.2} ({:.2})", plain_us / us.max(1e-9))
+                }
+                _ => "error".to_string(),
+            })
+            .collect();
+        println!(
+            "| {} | {} | {plain_us:.2} | {} |",
+            scenario_label(row, args),
+            size_label(row.payload),
+            cells.join(" | ")
+        );
     }
 }
 

@@ -15,6 +15,10 @@ async fn websocket_publishing_stream_feeds_a_raw_websocket_subscriber_in_order()
     let mut raw = node
         .subscribe_ws(&[("pattern", "stream.bin"), ("format", "raw")])
         .await;
+    // A second raw subscriber: the two share each payload's bytes.
+    let mut second_raw = node
+        .subscribe_ws(&[("pattern", "stream.bin"), ("format", "raw")])
+        .await;
     let mut envelopes = node.subscribe_sse(&[("pattern", "stream.*")]).await;
 
     let payloads: Vec<Vec<u8>> = (0..500u32)
@@ -47,6 +51,15 @@ async fn websocket_publishing_stream_feeds_a_raw_websocket_subscriber_in_order()
         "raw subscriber"
     );
     assert_eq!(raw.expect(T).await, Delivery::Payload(b"as text".to_vec()));
+    assert_eq!(
+        second_raw.payloads(payloads.len(), T).await,
+        payloads,
+        "second raw subscriber"
+    );
+    assert_eq!(
+        second_raw.expect(T).await,
+        Delivery::Payload(b"as text".to_vec())
+    );
     let got = envelopes.messages(payloads.len() + 1, T).await;
     for (envelope, payload) in got.iter().zip(&payloads) {
         assert_eq!(envelope["topic"], "stream.bin", "{envelope}");

@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -263,7 +262,7 @@ async fn stream_to_socket(
         }
         for shared in batch.items {
             let frame = if raw {
-                WsMessage::Binary(Bytes::copy_from_slice(&shared.message.data))
+                WsMessage::Binary(shared.payload_bytes())
             } else {
                 WsMessage::Text(shared.envelope_json().to_string().into())
             };
