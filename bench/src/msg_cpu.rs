@@ -62,6 +62,7 @@ pub(super) fn sample_cpu(
 }
 
 /// The CPU the servers and the bench used over a run.
+#[derive(Default)]
 pub(super) struct CpuUse {
     /// Servers' CPU, 100 = one core busy all the time.
     pub(super) server_pct: f64,
@@ -75,11 +76,6 @@ pub(super) struct CpuUse {
 /// on either side of them (the servers are idle just before and after a
 /// run, so the seconds are those of the run).
 pub(super) fn cpu_between(samples: &[(Instant, u64, u64)], from: Instant, to: Instant) -> CpuUse {
-    let idle = CpuUse {
-        server_pct: 0.0,
-        bench_pct: 0.0,
-        server_secs: 0.0,
-    };
     let first = samples
         .iter()
         .rev()
@@ -87,11 +83,11 @@ pub(super) fn cpu_between(samples: &[(Instant, u64, u64)], from: Instant, to: In
         .or(samples.first());
     let last = samples.iter().find(|s| s.0 >= to).or(samples.last());
     let (Some(first), Some(last)) = (first, last) else {
-        return idle;
+        return CpuUse::default();
     };
     let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
     if secs <= 0.0 {
-        return idle;
+        return CpuUse::default();
     }
     let per_sec = ticks_per_sec();
     let server_secs = last.1.saturating_sub(first.1) as f64 / per_sec;
